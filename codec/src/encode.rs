@@ -1,0 +1,215 @@
+//! Encoding with one reusable builder per encoder.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
+use selfie_protocol::{
+    DATAGRAM_IDENTIFIER, Datagram, DatagramT, Envelope, EnvelopeT,
+    finish_size_prefixed_envelope_buffer,
+};
+
+use crate::{CodecError, Limits, PREFIX_LEN};
+
+/// Builds frames and datagrams with one `FlatBufferBuilder` that is reset, not freed,
+/// between messages: once it has grown to the largest message, encoding allocates
+/// nothing.
+///
+/// ```
+/// use selfie_codec::{Encoder, Frame, Limits, build};
+/// let mut enc = Encoder::new(Limits::DEFAULT);
+/// let wire = enc.encode_bytes(|b| build::ping(b, 7, 1234)).unwrap();
+/// let frame = Frame::verify(wire, &Limits::DEFAULT).unwrap();
+/// assert_eq!(frame.id(), 7);
+/// ```
+pub struct Encoder {
+    fbb: FlatBufferBuilder<'static>,
+    limits: Limits,
+}
+
+/// The builder type handed to encoding closures.
+pub type Builder = FlatBufferBuilder<'static>;
+
+impl Encoder {
+    /// An encoder whose output is checked against `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            fbb: FlatBufferBuilder::with_capacity(1024),
+            limits,
+        }
+    }
+
+    /// Builds one envelope with `f` and returns the frame (length prefix included),
+    /// borrowed from the builder until the next call.
+    ///
+    /// Fails with [`CodecError::FrameTooLarge`] when the result exceeds the limit: a
+    /// peer would refuse it anyway.
+    pub fn encode<F>(&mut self, f: F) -> Result<&[u8], CodecError>
+    where
+        F: FnOnce(&mut Builder) -> WIPOffset<Envelope<'static>>,
+    {
+        self.fbb.reset();
+        let root = f(&mut self.fbb);
+        finish_size_prefixed_envelope_buffer(&mut self.fbb, root);
+        let data = self.fbb.finished_data();
+        let body = data.len() - PREFIX_LEN;
+        if body > self.limits.max_frame_bytes {
+            return Err(CodecError::FrameTooLarge {
+                len: body as u64,
+                max: self.limits.max_frame_bytes,
+            });
+        }
+        Ok(data)
+    }
+
+    /// Like [`Encoder::encode`], appending the frame to `out` (e.g. a send buffer that
+    /// batches several frames into one stream write).
+    pub fn encode_into<F>(&mut self, out: &mut BytesMut, f: F) -> Result<(), CodecError>
+    where
+        F: FnOnce(&mut Builder) -> WIPOffset<Envelope<'static>>,
+    {
+        let data = self.encode(f)?;
+        out.put_slice(data);
+        Ok(())
+    }
+
+    /// Like [`Encoder::encode`], copied into an owned [`Bytes`] (for mailboxes and
+    /// queues that outlive the builder).
+    pub fn encode_bytes<F>(&mut self, f: F) -> Result<Bytes, CodecError>
+    where
+        F: FnOnce(&mut Builder) -> WIPOffset<Envelope<'static>>,
+    {
+        self.encode(f).map(Bytes::copy_from_slice)
+    }
+
+    /// Encodes an owned envelope (object API). Convenient for tests and cold paths; hot
+    /// paths build in place with [`Encoder::encode`].
+    pub fn encode_object(&mut self, env: &EnvelopeT) -> Result<&[u8], CodecError> {
+        self.encode(|b| env.pack(b))
+    }
+
+    /// Builds one datagram with `f` (no length prefix).
+    pub fn encode_datagram<F>(&mut self, f: F) -> Result<&[u8], CodecError>
+    where
+        F: FnOnce(&mut Builder) -> WIPOffset<Datagram<'static>>,
+    {
+        self.fbb.reset();
+        let root = f(&mut self.fbb);
+        self.fbb.finish(root, Some(DATAGRAM_IDENTIFIER));
+        let data = self.fbb.finished_data();
+        if data.len() > self.limits.max_datagram_bytes {
+            return Err(CodecError::DatagramTooLarge {
+                len: data.len(),
+                max: self.limits.max_datagram_bytes,
+            });
+        }
+        Ok(data)
+    }
+
+    /// Encodes an owned datagram (object API).
+    pub fn encode_datagram_object(&mut self, d: &DatagramT) -> Result<&[u8], CodecError> {
+        self.encode_datagram(|b| d.pack(b))
+    }
+
+    /// The limits this encoder enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self::new(Limits::DEFAULT)
+    }
+}
+
+/// Builders for the frames every layer sends (control traffic and errors).
+pub mod build {
+    use flatbuffers::WIPOffset;
+    use selfie_protocol::control::{
+        Ack, AckArgs, Control, ControlArgs, ControlOp, Error, ErrorArgs, Ping, PingArgs, Pong,
+        PongArgs,
+    };
+    use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode};
+
+    use super::Builder;
+
+    /// Wraps a control operation into an envelope.
+    pub fn control(
+        b: &mut Builder,
+        id: u64,
+        op_type: ControlOp,
+        op: WIPOffset<flatbuffers::UnionWIPOffset>,
+    ) -> WIPOffset<Envelope<'static>> {
+        let body = Control::create(
+            b,
+            &ControlArgs {
+                op_type,
+                op: Some(op),
+            },
+        );
+        Envelope::create(
+            b,
+            &EnvelopeArgs {
+                id,
+                body_type: Body::Control,
+                body: Some(body.as_union_value()),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// An `Error` response to request `id`.
+    pub fn error(
+        b: &mut Builder,
+        id: u64,
+        code: ErrorCode,
+        message: &str,
+        retry_after_ms: u32,
+    ) -> WIPOffset<Envelope<'static>> {
+        let message = b.create_string(message);
+        let err = Error::create(
+            b,
+            &ErrorArgs {
+                code,
+                message: Some(message),
+                retry_after_ms,
+                field: None,
+            },
+        );
+        control(b, id, ControlOp::Error, err.as_union_value())
+    }
+
+    /// An `Ack` (empty success) for request `id`.
+    pub fn ack(b: &mut Builder, id: u64) -> WIPOffset<Envelope<'static>> {
+        let ack = Ack::create(b, &AckArgs {});
+        control(b, id, ControlOp::Ack, ack.as_union_value())
+    }
+
+    /// A `Ping` with request id `id`.
+    pub fn ping(b: &mut Builder, id: u64, sent_at_ms: u64) -> WIPOffset<Envelope<'static>> {
+        let ping = Ping::create(
+            b,
+            &PingArgs {
+                nonce: id,
+                sent_at_ms,
+            },
+        );
+        control(b, id, ControlOp::Ping, ping.as_union_value())
+    }
+
+    /// The `Pong` answering a `Ping`.
+    pub fn pong(
+        b: &mut Builder,
+        id: u64,
+        nonce: u64,
+        server_time_ms: u64,
+    ) -> WIPOffset<Envelope<'static>> {
+        let pong = Pong::create(
+            b,
+            &PongArgs {
+                nonce,
+                server_time_ms,
+            },
+        );
+        control(b, id, ControlOp::Pong, pong.as_union_value())
+    }
+}
