@@ -75,6 +75,6 @@ cql_probe() {
     len=$((16#${hdr:10:8})); body=""
     ((len > 0)) && body=$(_cql_read_hex "$len")
     [[ ${hdr:8:2} == 08 ]] || { echo "QUERY: opcode ${hdr:8:2}: $(_cql_hex_to_text "$body" | tr '\n' ' ')" >&2; exit 1; }
-    _cql_hex_to_text "$body" | tail -n1
+    _cql_hex_to_text "$body" | tail -n1; echo
   )
 }

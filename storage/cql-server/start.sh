@@ -42,7 +42,7 @@ done
 version=$(cat "$CQL_LIB/$CQL_MARKER_NAME")
 java=$(cql_find_java)
 
-mkdir -p "$dir"/{data,commitlog,saved_caches,hints,cdc_raw}
+mkdir -p "$dir"/{data,commitlog,saved_caches,hints,cdc_raw,triggers}
 cat >"$dir/cassandra.yaml" <<YAML
 # Written by storage/cql-server/start.sh: a single test node on 127.0.0.1.
 cluster_name: selfie-test
@@ -128,7 +128,7 @@ jpms=(
 )
 jvm=(
   -Xms256m "-Xmx$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=300 -XX:+PerfDisableSharedMem
-  -XX:-HeapDumpOnOutOfMemoryError -XX:+UseThreadPriorities
+  -XX:-HeapDumpOnOutOfMemoryError -XX:+ExitOnOutOfMemoryError -XX:+UseThreadPriorities
   -Djava.net.preferIPv4Stack=true -Djdk.attach.allowAttachSelf=true
   -Dio.netty.tryReflectionSetAccessible=true
   -Dio.netty.allocator.useCacheForAllThreads=true -Dio.netty.allocator.maxOrder=11
@@ -142,6 +142,7 @@ props=(
   "-Dcassandra.logdir=$dir"
   "-Dlogback.configurationFile=file://$dir/logback.xml"
   "-Dcassandra-pidfile=$pidfile"
+  "-Dcassandra.triggers_dir=$dir/triggers"
   -Dcassandra-foreground=yes
   # Test-only speedups: no gossip settle wait, short ring delay, no fsync of system tables.
   -Dcassandra.skip_wait_for_gossip_to_settle=0
