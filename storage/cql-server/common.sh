@@ -3,7 +3,9 @@
 
 CQL_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # Jars live outside the git tree (about 66 MiB, 100 jars).
+# shellcheck disable=SC2034  # used by the scripts that source this file
 CQL_LIB=${SELFIE_CQL_LIB:-$HOME/.cache/selfie/cql-server/lib}
+# shellcheck disable=SC2034
 CQL_MARKER_NAME=.selfie-cql-version
 
 cql_die() { echo "cql-server: error: $*" >&2; exit 1; }
@@ -52,6 +54,7 @@ cql_find_java() {
 # the printable tail of the result (for system.local's release_version: the version).
 _cql_be32() { printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 >> 24 & 255)) $(($1 >> 16 & 255)) $(($1 >> 8 & 255)) $(($1 & 255)); }
 _cql_read_hex() { timeout 10 head -c "$1" <&3 | od -An -v -tx1 | tr -d ' \n'; }
+# shellcheck disable=SC2001
 _cql_hex_to_text() { printf '%b' "$(sed 's/../\\x&/g' <<<"$1")" | tr -c '[:print:]' '\n' | sed '/^$/d'; }
 cql_probe() {
   local port=$1 query=${2:-SELECT release_version FROM system.local}
@@ -67,6 +70,7 @@ cql_probe() {
     [[ ${hdr:8:2} == 02 ]] || { echo "STARTUP: opcode ${hdr:8:2}: $(_cql_hex_to_text "$body" | tr '\n' ' ')" >&2; exit 1; }
     # QUERY <long string> consistency ONE, no flags, stream 2.
     qlen=$(printf '%s' "$query" | wc -c)
+    # shellcheck disable=SC2059  # the format is built from \xNN escapes on purpose
     printf "\\x04\\x00\\x00\\x02\\x07$(_cql_be32 $((qlen + 7)))$(_cql_be32 "$qlen")" >&3
     printf '%s' "$query" >&3
     printf '\x00\x01\x00' >&3

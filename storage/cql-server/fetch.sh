@@ -17,6 +17,7 @@ command -v mvn >/dev/null 2>&1 || cql_die "mvn not found (apt-get install -y mav
 parent=$(dirname "$CQL_LIB")
 mkdir -p "$parent"
 tmp=$(mktemp -d "$parent/.lib-tmp.XXXXXX")
+chmod 755 "$tmp"
 mvnlog="$tmp.mvn.log"
 trap 'rm -rf "$tmp"' EXIT
 cql_log "resolving org.apache.cassandra:cassandra-all:$version into $CQL_LIB (Maven Central) ..."
@@ -32,5 +33,5 @@ rm -rf "$CQL_LIB"
 mv "$tmp" "$CQL_LIB"
 rm -f "$mvnlog"
 trap - EXIT
-cql_log "fetched $(ls "$CQL_LIB" | wc -l) jars in $((SECONDS - start)) s"
+cql_log "fetched $(find "$CQL_LIB" -name '*.jar' | wc -l) jars in $((SECONDS - start)) s"
 echo "$CQL_LIB"

@@ -144,10 +144,12 @@ props=(
   "-Dcassandra-pidfile=$pidfile"
   "-Dcassandra.triggers_dir=$dir/triggers"
   -Dcassandra-foreground=yes
-  # Test-only speedups: no gossip settle wait, short ring delay, no fsync of system tables.
+  # Test-only speedups: no gossip settle wait, short ring delay.
   -Dcassandra.skip_wait_for_gossip_to_settle=0
   -Dcassandra.ring_delay_ms=1000
-  -Dcassandra.unsafesystem=true
+  # SELFIE_CQL_UNSAFE_SYSTEM=1 halves DDL time but schema changes are then lost if the
+  # server is killed (SIGKILL) before a flush: keep it off unless nothing restarts.
+  ${SELFIE_CQL_UNSAFE_SYSTEM:+-Dcassandra.unsafesystem=true}
   -Dcassandra.superuser_setup_delay_ms=0
 )
 # No JMX at all: no cassandra.jmx.*.port property, so no port 7199 to collide on.
@@ -177,15 +179,19 @@ while :; do
     fail "Cassandra exited during startup (pid $pid)"
   fi
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    if got=$(cql_probe "$port" 2>/tmp/.cql-probe.$$); then
-      rm -f /tmp/.cql-probe.$$
+    if got=$(cql_probe "$port" 2>"$dir/.probe.err"); then
+      rm -f "$dir/.probe.err"
+      # Cassandra rewrote the pidfile itself (-Dcassandra-pidfile); trust it if it is live.
+      own=$(cat "$pidfile" 2>/dev/null || true)
+      if [[ -n $own && $own != "$pid" ]] && grep -qa CassandraDaemon "/proc/$own/cmdline" 2>/dev/null; then pid=$own; fi
+      echo "$pid" >"$pidfile"
       secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')
       rss=$(awk '/^VmRSS/{printf "%d MiB", $2/1024}' "/proc/$pid/status" 2>/dev/null || true)
       cql_log "Cassandra $got answers CQL on 127.0.0.1:$port after ${secs}s (pid $pid, RSS $rss)"
       echo "$pid"
       exit 0
     fi
-    last_err=$(cat /tmp/.cql-probe.$$ 2>/dev/null || true); rm -f /tmp/.cql-probe.$$
+    last_err=$(cat "$dir/.probe.err" 2>/dev/null || true); rm -f "$dir/.probe.err"
   fi
   if ((SECONDS >= deadline)); then
     kill -TERM "$pid" 2>/dev/null || true
