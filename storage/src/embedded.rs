@@ -1,0 +1,572 @@
+//! The embedded backend: fjall (a pure-Rust LSM tree) in a data directory.
+//!
+//! Layout: one fjall keyspace per declared table. A row's fjall key is
+//! `u16 BE partition length | partition | clustering`, so one partition is one
+//! contiguous, ordered key range. A row's fjall value is a one-byte header (0: no
+//! expiry, 1: followed by the expiry as Unix milliseconds, u64 BE) and the value.
+//! Counters are 8-byte big-endian `i64`.
+//!
+//! **Durability policy (group commit).** Every write goes to one writer thread. It takes
+//! all writes waiting in its queue (up to [`GROUP_MAX`]), applies each one as an atomic
+//! fjall batch, then makes the journal durable once with `fsync`
+//! (`PersistMode::SyncAll`), and only then acknowledges every write of the group. A write
+//! is therefore acknowledged only when it is on disk, and concurrent writers share one
+//! `fsync`. A batch is one journal entry: after a crash it is either wholly there or
+//! wholly absent.
+//!
+//! **Linearizability.** The single writer applies conditional writes
+//! (`insert_if_absent`) and counter increments in queue order, reading state that includes
+//! every earlier write, so they are linearizable within the process.
+//!
+//! **TTL.** Expired rows are invisible to reads at once (checked against the injected
+//! [`Clock`]) and are purged in the background by a fjall compaction filter.
+//!
+//! Reads run on the caller's thread: they hit fjall's memtables and block cache. This
+//! store is shared by the shards of one node (fjall is internally concurrent); it must
+//! not be opened twice on one directory (fjall locks it).
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use lsm_tree::compaction::{CompactionFilter, Factory, ItemAccessor, Verdict};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{check_key, check_kind, check_value, effective_ttl};
+use crate::{Clock, Cursor, Mutation, Page, Row, Scan, Store, StoreError, Table, TableKind};
+
+/// Most writes made durable by one `fsync`.
+pub const GROUP_MAX: usize = 512;
+/// Writes that may wait for the writer before callers are made to wait (backpressure).
+const QUEUE: usize = 8192;
+
+const NO_EXPIRY: u8 = 0;
+const EXPIRES: u8 = 1;
+
+/// The embedded store. Cheap to clone; all clones share one database and one writer.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tables: HashMap<&'static str, Keyspace>,
+    clock: Arc<dyn Clock>,
+    writer: Option<mpsc::Sender<Command>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    db: Database,
+}
+
+struct Command {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+enum WriteOp {
+    /// Atomic puts (`Some`) and deletes (`None`) in one keyspace.
+    Batch {
+        keyspace: Keyspace,
+        items: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
+    InsertIfAbsent {
+        keyspace: Keyspace,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    CounterAdd {
+        keyspace: Keyspace,
+        key: Vec<u8>,
+        delta: i64,
+    },
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir` with the given tables.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        tables: &[&'static Table],
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir.as_ref())?;
+        let mut ttl_tables = Vec::new();
+        for t in tables {
+            t.validate()?;
+            if t.kind == TableKind::Rows {
+                ttl_tables.push(t.name.to_string());
+            }
+        }
+        let filter_clock = clock.clone();
+        let db = Database::builder(dir.as_ref())
+            .with_compaction_filter_factories(Arc::new(move |name: &str| {
+                ttl_tables.iter().any(|t| t == name).then(|| {
+                    Arc::new(TtlPurge {
+                        clock: filter_clock.clone(),
+                    }) as Arc<dyn Factory>
+                })
+            }))
+            .open()?;
+        let mut map = HashMap::new();
+        for t in tables {
+            map.insert(t.name, db.keyspace(t.name, KeyspaceCreateOptions::default)?);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let writer_db = db.clone();
+        let writer_clock = clock.clone();
+        let thread = std::thread::Builder::new()
+            .name("selfie-storage-writer".into())
+            .spawn(move || writer_loop(writer_db, rx, writer_clock))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tables: map,
+                clock,
+                writer: Some(tx),
+                thread: Mutex::new(Some(thread)),
+                db,
+            }),
+        })
+    }
+
+    fn keyspace(&self, table: &Table) -> Result<&Keyspace, StoreError> {
+        self.inner
+            .tables
+            .get(table.name)
+            .ok_or(StoreError::InvalidTable { name: table.name })
+    }
+
+    async fn submit(&self, op: WriteOp) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let writer = self.inner.writer.as_ref().ok_or(StoreError::Closed)?;
+        writer
+            .send(Command { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn encode_value(&self, table: &Table, value: &[u8], ttl: Option<Duration>) -> Result<Vec<u8>, StoreError> {
+        check_value(value)?;
+        let mut out = Vec::with_capacity(value.len() + 9);
+        match effective_ttl(table, ttl)? {
+            None => out.push(NO_EXPIRY),
+            Some(secs) => {
+                out.push(EXPIRES);
+                let at = self.inner.clock.now_ms() + u64::from(secs) * 1000;
+                out.extend_from_slice(&at.to_be_bytes());
+            }
+        }
+        out.extend_from_slice(value);
+        Ok(out)
+    }
+
+    /// Forces a major compaction of `table` (TTL purge included). Blocking; for tests and
+    /// operator tools.
+    pub fn compact(&self, table: &Table) -> Result<(), StoreError> {
+        let ks = self.keyspace(table)?;
+        ks.rotate_memtable_and_wait()?;
+        ks.major_compact()?;
+        Ok(())
+    }
+
+    /// Rows physically present in `table`, expired or not (tests, diagnostics).
+    pub fn physical_len(&self, table: &Table) -> Result<usize, StoreError> {
+        Ok(self.keyspace(table)?.len()?)
+    }
+
+    /// Bytes on disk.
+    pub fn disk_space(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.disk_space()?)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer after it has drained; wait for it so that the
+        // directory is unlocked when the last handle is gone.
+        self.writer.take();
+        if let Ok(mut t) = self.thread.lock()
+            && let Some(t) = t.take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer_loop(db: Database, mut rx: mpsc::Receiver<Command>, clock: Arc<dyn Clock>) {
+    let mut group: Vec<(Command, Result<bool, StoreError>)> = Vec::with_capacity(GROUP_MAX);
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            let result = apply(&db, &cmd.op, clock.now_ms());
+            group.push((cmd, result));
+            if group.len() < GROUP_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        // One fsync for the whole group, then the acknowledgements.
+        let persisted = db.persist(PersistMode::SyncAll);
+        for (cmd, result) in group.drain(..) {
+            let result = match (&persisted, result) {
+                (Ok(()), r) => r,
+                (Err(e), _) => Err(StoreError::Io(std::io::Error::other(format!(
+                    "journal fsync failed: {e}"
+                )))),
+            };
+            let _ = cmd.reply.send(result);
+        }
+    }
+}
+
+fn apply(db: &Database, op: &WriteOp, now_ms: u64) -> Result<bool, StoreError> {
+    match op {
+        WriteOp::Batch { keyspace, items } => {
+            let mut batch = db.batch();
+            for (key, value) in items {
+                match value {
+                    Some(v) => batch.insert(keyspace, key.as_slice(), v.as_slice()),
+                    None => batch.remove(keyspace, key.as_slice()),
+                }
+            }
+            batch.commit()?;
+            Ok(true)
+        }
+        WriteOp::InsertIfAbsent {
+            keyspace,
+            key,
+            value,
+        } => {
+            let live = match keyspace.get(key)? {
+                Some(v) => decode_value(&v, now_ms).is_some(),
+                None => false,
+            };
+            if live {
+                return Ok(false);
+            }
+            keyspace.insert(key.as_slice(), value.as_slice())?;
+            Ok(true)
+        }
+        WriteOp::CounterAdd {
+            keyspace,
+            key,
+            delta,
+        } => {
+            let current = match keyspace.get(key)? {
+                Some(v) => decode_counter(&v).ok_or(StoreError::Corrupt {
+                    table: "counter",
+                    reason: "counter is not 8 bytes",
+                })?,
+                None => 0,
+            };
+            let next = current.wrapping_add(*delta);
+            keyspace.insert(key.as_slice(), next.to_be_bytes().to_vec())?;
+            Ok(true)
+        }
+    }
+}
+
+/// The value of a stored row, or `None` when it has expired.
+fn decode_value(stored: &[u8], now_ms: u64) -> Option<&[u8]> {
+    match stored.split_first()? {
+        (&NO_EXPIRY, rest) => Some(rest),
+        (&EXPIRES, rest) => {
+            let (at, value) = rest.split_first_chunk::<8>()?;
+            (u64::from_be_bytes(*at) > now_ms).then_some(value)
+        }
+        _ => None,
+    }
+}
+
+fn decode_counter(stored: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(*stored.first_chunk::<8>()?))
+}
+
+fn row_key(partition: &[u8], clustering: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + partition.len() + clustering.len());
+    // check_key bounds the partition to MAX_PARTITION_KEY (< u16::MAX).
+    key.extend_from_slice(&(partition.len() as u16).to_be_bytes());
+    key.extend_from_slice(partition);
+    key.extend_from_slice(clustering);
+    key
+}
+
+/// The smallest key greater than every key starting with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+struct TtlPurge {
+    clock: Arc<dyn Clock>,
+}
+
+// The filter runs on fjall's compaction workers.
+impl Factory for TtlPurge {
+    fn name(&self) -> &str {
+        "selfie-ttl"
+    }
+
+    fn make_filter(&self, _ctx: &lsm_tree::compaction::filter::Context) -> Box<dyn CompactionFilter> {
+        Box::new(TtlFilter {
+            now_ms: self.clock.now_ms(),
+        })
+    }
+}
+
+impl std::panic::RefUnwindSafe for TtlPurge {}
+
+struct TtlFilter {
+    now_ms: u64,
+}
+
+impl CompactionFilter for TtlFilter {
+    fn filter_item(
+        &mut self,
+        item: ItemAccessor<'_>,
+        _ctx: &lsm_tree::compaction::filter::Context,
+    ) -> lsm_tree::Result<Verdict> {
+        let value = item.value()?;
+        if value.first() == Some(&EXPIRES) && decode_value(&value, self.now_ms).is_none() {
+            Ok(Verdict::Remove)
+        } else {
+            Ok(Verdict::Keep)
+        }
+    }
+}
+
+impl Store for EmbeddedStore {
+    async fn put(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        check_kind(table, TableKind::Rows)?;
+        check_key(partition, clustering)?;
+        let value = self.encode_value(table, value, ttl)?;
+        let keyspace = self.keyspace(table)?.clone();
+        self.submit(WriteOp::Batch {
+            keyspace,
+            items: vec![(row_key(partition, clustering), Some(value))],
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn get(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> Result<Option<Bytes>, StoreError> {
+        check_kind(table, TableKind::Rows)?;
+        check_key(partition, clustering)?;
+        let stored = self.keyspace(table)?.get(row_key(partition, clustering))?;
+        let now = self.inner.clock.now_ms();
+        Ok(stored.and_then(|v| decode_value(&v, now).map(Bytes::copy_from_slice)))
+    }
+
+    async fn delete(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> Result<(), StoreError> {
+        check_key(partition, clustering)?;
+        let keyspace = self.keyspace(table)?.clone();
+        self.submit(WriteOp::Batch {
+            keyspace,
+            items: vec![(row_key(partition, clustering), None)],
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn scan(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        scan: &Scan,
+    ) -> Result<Page, StoreError> {
+        check_kind(table, TableKind::Rows)?;
+        check_key(partition, &[])?;
+        let keyspace = self.keyspace(table)?;
+        let Some((start, end)) = scan.effective_bounds() else {
+            return Ok(Page {
+                rows: Vec::new(),
+                cursor: None,
+            });
+        };
+        let prefix = row_key(partition, &[]);
+        let lower = match start {
+            Bound::Unbounded => Bound::Included(prefix.clone()),
+            Bound::Included(c) => Bound::Included(row_key(partition, &c)),
+            Bound::Excluded(c) => Bound::Excluded(row_key(partition, &c)),
+        };
+        let upper = match end {
+            Bound::Unbounded => prefix_end(&prefix).map_or(Bound::Unbounded, Bound::Excluded),
+            Bound::Included(c) => Bound::Included(row_key(partition, &c)),
+            Bound::Excluded(c) => Bound::Excluded(row_key(partition, &c)),
+        };
+        let limit = scan.page_rows();
+        let now = self.inner.clock.now_ms();
+        // A snapshot: a scan never sees part of a batch (`Keyspace::range` reads the
+        // latest state item by item, which can interleave with a committing batch).
+        let iter = self
+            .inner
+            .db
+            .snapshot()
+            .range::<Vec<u8>, _>(keyspace, (lower, upper));
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> = if scan.reverse {
+            Box::new(iter.rev())
+        } else {
+            Box::new(iter)
+        };
+        let mut rows = Vec::with_capacity(limit.min(64));
+        let mut more = false;
+        for guard in iter {
+            let (key, value) = guard.into_inner()?;
+            let Some(value) = decode_value(&value, now) else {
+                continue;
+            };
+            if rows.len() == limit {
+                more = true;
+                break;
+            }
+            rows.push(Row {
+                clustering: Bytes::copy_from_slice(&key[prefix.len()..]),
+                value: Bytes::copy_from_slice(value),
+            });
+        }
+        let cursor = if more {
+            rows.last().map(|r| Cursor(r.clustering.clone()))
+        } else {
+            None
+        };
+        Ok(Page { rows, cursor })
+    }
+
+    async fn batch(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        mutations: &[Mutation],
+    ) -> Result<(), StoreError> {
+        check_kind(table, TableKind::Rows)?;
+        let mut items = Vec::with_capacity(mutations.len());
+        for m in mutations {
+            match m {
+                Mutation::Put {
+                    clustering,
+                    value,
+                    ttl,
+                } => {
+                    check_key(partition, clustering)?;
+                    items.push((
+                        row_key(partition, clustering),
+                        Some(self.encode_value(table, value, *ttl)?),
+                    ));
+                }
+                Mutation::Delete { clustering } => {
+                    check_key(partition, clustering)?;
+                    items.push((row_key(partition, clustering), None));
+                }
+            }
+        }
+        let keyspace = self.keyspace(table)?.clone();
+        self.submit(WriteOp::Batch { keyspace, items })
+            .await
+            .map(|_| ())
+    }
+
+    async fn insert_if_absent(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        check_kind(table, TableKind::Rows)?;
+        check_key(partition, clustering)?;
+        let value = self.encode_value(table, value, ttl)?;
+        let keyspace = self.keyspace(table)?.clone();
+        self.submit(WriteOp::InsertIfAbsent {
+            keyspace,
+            key: row_key(partition, clustering),
+            value,
+        })
+        .await
+    }
+
+    async fn counter_add(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        check_kind(table, TableKind::Counters)?;
+        check_key(partition, clustering)?;
+        let keyspace = self.keyspace(table)?.clone();
+        self.submit(WriteOp::CounterAdd {
+            keyspace,
+            key: row_key(partition, clustering),
+            delta,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn counter_get(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> Result<i64, StoreError> {
+        check_kind(table, TableKind::Counters)?;
+        check_key(partition, clustering)?;
+        match self.keyspace(table)?.get(row_key(partition, clustering))? {
+            Some(v) => decode_counter(&v).ok_or(StoreError::Corrupt {
+                table: table.name,
+                reason: "counter is not 8 bytes",
+            }),
+            None => Ok(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_prefix() {
+        assert_eq!(prefix_end(&[0, 3, 1, 2]), Some(vec![0, 3, 1, 3]));
+        assert_eq!(prefix_end(&[0, 3, 0xFF]), Some(vec![0, 4]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+    }
+
+    #[test]
+    fn expired_values_decode_as_absent() {
+        let mut v = vec![EXPIRES];
+        v.extend_from_slice(&100u64.to_be_bytes());
+        v.extend_from_slice(b"x");
+        assert_eq!(decode_value(&v, 99), Some(&b"x"[..]));
+        assert_eq!(decode_value(&v, 100), None);
+        assert_eq!(decode_value(&[NO_EXPIRY, b'y'], u64::MAX), Some(&b"y"[..]));
+        assert_eq!(decode_value(&[7], 0), None);
+        assert_eq!(decode_value(&[EXPIRES, 1, 2], 0), None);
+    }
+}

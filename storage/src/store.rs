@@ -1,0 +1,492 @@
+//! The data model and the operations every backend implements.
+
+use std::future::Future;
+use std::ops::Bound;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// The most rows one [`Store::scan`] returns; bounded pages keep every request bounded.
+pub const MAX_PAGE_ROWS: usize = 1000;
+
+/// What a table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// Rows with an opaque value (and an optional TTL).
+    Rows,
+    /// 64-bit counters, changed only by [`Store::counter_add`].
+    Counters,
+}
+
+/// A table declaration: the single source of truth for both backends' schemas.
+///
+/// Key parts are documented by name: the bytes are built with [`crate::key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    /// Table name: `[a-z][a-z0-9_]*`, at most 48 characters (CQL's limit).
+    pub name: &'static str,
+    /// Rows or counters.
+    pub kind: TableKind,
+    /// Names of the partition key parts, in order (documentation and CQL comments).
+    pub partition: &'static [&'static str],
+    /// Names of the clustering key parts, in order.
+    pub clustering: &'static [&'static str],
+    /// TTL applied to rows written without one; `None` means rows live until deleted.
+    pub default_ttl: Option<Duration>,
+    /// What the table is for.
+    pub doc: &'static str,
+}
+
+impl Table {
+    /// Checks the declaration (name syntax and length).
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let ok = !self.name.is_empty()
+            && self.name.len() <= 48
+            && self.name.as_bytes()[0].is_ascii_lowercase()
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError::InvalidTable { name: self.name })
+        }
+    }
+}
+
+/// One row of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// The clustering key.
+    pub clustering: Bytes,
+    /// The stored value.
+    pub value: Bytes,
+}
+
+/// A write inside an atomic single-partition [`Store::batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    /// Insert or overwrite a row.
+    Put {
+        /// Clustering key.
+        clustering: Bytes,
+        /// Value.
+        value: Bytes,
+        /// Time to live; `None` uses the table's default.
+        ttl: Option<Duration>,
+    },
+    /// Delete a row (absent rows are fine).
+    Delete {
+        /// Clustering key.
+        clustering: Bytes,
+    },
+}
+
+/// An opaque position in a partition: the clustering key of the last row returned.
+/// The next page continues strictly after it (before it, for reverse scans).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cursor(pub Bytes);
+
+/// A bounded, paginated range scan within one partition.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    /// Lower bound on the clustering key.
+    pub start: Bound<Bytes>,
+    /// Upper bound on the clustering key.
+    pub end: Bound<Bytes>,
+    /// Newest (greatest) first when true.
+    pub reverse: bool,
+    /// Rows per page, capped at [`MAX_PAGE_ROWS`].
+    pub limit: usize,
+    /// Continue after this cursor (from a previous [`Page`]).
+    pub cursor: Option<Cursor>,
+}
+
+impl Scan {
+    /// The whole partition, ascending, `limit` rows per page.
+    pub fn all(limit: usize) -> Self {
+        Self {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+            reverse: false,
+            limit,
+            cursor: None,
+        }
+    }
+
+    /// The same scan, descending.
+    pub fn reversed(mut self) -> Self {
+        self.reverse = true;
+        self
+    }
+
+    /// The same scan, continuing after `cursor`.
+    pub fn after(mut self, cursor: Option<Cursor>) -> Self {
+        self.cursor = cursor;
+        self
+    }
+
+    /// The effective bounds once the cursor is applied, or `None` when the range is
+    /// empty.
+    pub fn effective_bounds(&self) -> Option<(Bound<Bytes>, Bound<Bytes>)> {
+        let (mut start, mut end) = (self.start.clone(), self.end.clone());
+        if let Some(Cursor(c)) = &self.cursor {
+            if self.reverse {
+                end = tighter_upper(end, Bound::Excluded(c.clone()));
+            } else {
+                start = tighter_lower(start, Bound::Excluded(c.clone()));
+            }
+        }
+        let empty = match (&start, &end) {
+            (Bound::Included(s), Bound::Included(e)) => s > e,
+            (Bound::Included(s), Bound::Excluded(e))
+            | (Bound::Excluded(s), Bound::Included(e))
+            | (Bound::Excluded(s), Bound::Excluded(e)) => s >= e,
+            _ => false,
+        };
+        (!empty).then_some((start, end))
+    }
+
+    /// The page size actually used.
+    pub fn page_rows(&self) -> usize {
+        self.limit.clamp(1, MAX_PAGE_ROWS)
+    }
+}
+
+fn tighter_lower(a: Bound<Bytes>, b: Bound<Bytes>) -> Bound<Bytes> {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if x > y || (x == y && matches!(a, Bound::Excluded(_))) {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+fn tighter_upper(a: Bound<Bytes>, b: Bound<Bytes>) -> Bound<Bytes> {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if x < y || (x == y && matches!(a, Bound::Excluded(_))) {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Rows in scan order.
+    pub rows: Vec<Row>,
+    /// Where the next page starts; `None` when the range is exhausted.
+    pub cursor: Option<Cursor>,
+}
+
+/// Storage errors. Messages name the table and the limit, never row contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A table declaration is invalid.
+    #[error("invalid table name {name:?}")]
+    InvalidTable {
+        /// The name.
+        name: &'static str,
+    },
+    /// The table is not of the kind the operation needs (rows vs counters).
+    #[error("table {table} is not a {expected:?} table")]
+    WrongKind {
+        /// The table.
+        table: &'static str,
+        /// The kind the operation needs.
+        expected: TableKind,
+    },
+    /// A key or value exceeds a limit.
+    #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Which part.
+        what: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A TTL outside what the backends support (1 s to 20 years, whole seconds on CQL).
+    #[error("invalid TTL {0:?}")]
+    InvalidTtl(Duration),
+    /// Stored bytes could not be decoded (corruption or a foreign writer).
+    #[error("corrupt row in table {table}: {reason}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The embedded engine failed.
+    #[error("embedded storage: {0}")]
+    Embedded(#[from] fjall::Error),
+    /// The CQL backend failed.
+    #[error("cql: {0}")]
+    Cql(String),
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// The store is shutting down (its writer is gone).
+    #[error("store is closed")]
+    Closed,
+    /// Filesystem error (data directory).
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// A bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StoreError::InvalidTable { .. } => "invalid_table",
+            StoreError::WrongKind { .. } => "wrong_kind",
+            StoreError::TooLarge { .. } => "too_large",
+            StoreError::InvalidTtl(_) => "invalid_ttl",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Embedded(_) => "embedded",
+            StoreError::Cql(_) => "cql",
+            StoreError::Redis(_) => "redis",
+            StoreError::Closed => "closed",
+            StoreError::Io(_) => "io",
+        }
+    }
+}
+
+/// Longest partition key, in bytes.
+pub const MAX_PARTITION_KEY: usize = 1024;
+/// Longest clustering key, in bytes.
+pub const MAX_CLUSTERING_KEY: usize = 1024;
+/// Largest value, in bytes. Media never goes through here (it has a blob store).
+pub const MAX_VALUE: usize = 1 << 20;
+/// Longest TTL (CQL's limit is 20 years).
+pub const MAX_TTL: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
+
+pub(crate) fn check_key(partition: &[u8], clustering: &[u8]) -> Result<(), StoreError> {
+    if partition.len() > MAX_PARTITION_KEY {
+        return Err(StoreError::TooLarge {
+            what: "partition key",
+            len: partition.len(),
+            max: MAX_PARTITION_KEY,
+        });
+    }
+    if clustering.len() > MAX_CLUSTERING_KEY {
+        return Err(StoreError::TooLarge {
+            what: "clustering key",
+            len: clustering.len(),
+            max: MAX_CLUSTERING_KEY,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_value(value: &[u8]) -> Result<(), StoreError> {
+    if value.len() > MAX_VALUE {
+        return Err(StoreError::TooLarge {
+            what: "value",
+            len: value.len(),
+            max: MAX_VALUE,
+        });
+    }
+    Ok(())
+}
+
+/// Resolves a row's TTL (explicit, else the table default) and checks it. TTLs are whole
+/// seconds on every backend (CQL's granularity), rounded up.
+pub(crate) fn effective_ttl(
+    table: &Table,
+    ttl: Option<Duration>,
+) -> Result<Option<u32>, StoreError> {
+    match ttl.or(table.default_ttl) {
+        None => Ok(None),
+        Some(d) if d.is_zero() || d > MAX_TTL => Err(StoreError::InvalidTtl(d)),
+        Some(d) => {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            Ok(Some(u32::try_from(secs).map_err(|_| StoreError::InvalidTtl(d))?))
+        }
+    }
+}
+
+pub(crate) fn check_kind(table: &Table, expected: TableKind) -> Result<(), StoreError> {
+    if table.kind == expected {
+        Ok(())
+    } else {
+        Err(StoreError::WrongKind {
+            table: table.name,
+            expected,
+        })
+    }
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch, injectable for tests.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// The operations every durable backend implements, with the same semantics (checked by
+/// [`crate::conformance`]).
+///
+/// - Every write is acknowledged only once durable (per the backend's policy).
+/// - A row whose TTL has passed is invisible to every read.
+/// - `batch` is atomic and isolated within its partition.
+/// - `insert_if_absent` is linearizable: among concurrent callers exactly one wins.
+pub trait Store {
+    /// Inserts or overwrites a row. `ttl: None` uses the table's default.
+    fn put(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Reads one row's value.
+    fn get(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> impl Future<Output = Result<Option<Bytes>, StoreError>>;
+
+    /// Deletes one row.
+    fn delete(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// One page of rows of a partition, in clustering order (or reverse).
+    fn scan(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        scan: &Scan,
+    ) -> impl Future<Output = Result<Page, StoreError>>;
+
+    /// Applies all mutations atomically within one partition.
+    fn batch(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        mutations: &[Mutation],
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Inserts the row only if no live row has this key; `true` when inserted.
+    fn insert_if_absent(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<bool, StoreError>>;
+
+    /// Adds `delta` (possibly negative) to a counter.
+    fn counter_add(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        delta: i64,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Reads a counter (0 when never written).
+    fn counter_get(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> impl Future<Output = Result<i64, StoreError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &'static [u8]) -> Bytes {
+        Bytes::from_static(s)
+    }
+
+    #[test]
+    fn cursor_tightens_the_start_of_a_forward_scan() {
+        let scan = Scan {
+            start: Bound::Included(b(b"a")),
+            ..Scan::all(10)
+        }
+        .after(Some(Cursor(b(b"c"))));
+        assert_eq!(
+            scan.effective_bounds(),
+            Some((Bound::Excluded(b(b"c")), Bound::Unbounded))
+        );
+    }
+
+    #[test]
+    fn cursor_tightens_the_end_of_a_reverse_scan() {
+        let scan = Scan {
+            end: Bound::Excluded(b(b"z")),
+            ..Scan::all(10)
+        }
+        .reversed()
+        .after(Some(Cursor(b(b"m"))));
+        assert_eq!(
+            scan.effective_bounds(),
+            Some((Bound::Unbounded, Bound::Excluded(b(b"m"))))
+        );
+    }
+
+    #[test]
+    fn a_cursor_past_the_end_gives_an_empty_range() {
+        let scan = Scan {
+            end: Bound::Included(b(b"c")),
+            ..Scan::all(10)
+        }
+        .after(Some(Cursor(b(b"c"))));
+        assert_eq!(scan.effective_bounds(), None);
+    }
+
+    #[test]
+    fn ttl_is_rounded_up_to_whole_seconds_and_bounded() {
+        let t = Table {
+            name: "t",
+            kind: TableKind::Rows,
+            partition: &[],
+            clustering: &[],
+            default_ttl: None,
+            doc: "",
+        };
+        assert_eq!(effective_ttl(&t, None).ok(), Some(None));
+        assert_eq!(
+            effective_ttl(&t, Some(Duration::from_millis(1500))).ok(),
+            Some(Some(2))
+        );
+        assert!(effective_ttl(&t, Some(Duration::ZERO)).is_err());
+        assert!(effective_ttl(&t, Some(MAX_TTL * 2)).is_err());
+    }
+}
