@@ -61,12 +61,20 @@ fn ck(i: u64) -> Bytes {
     KeyBuilder::new().u64(i).build()
 }
 
-async fn scan_all<S: Store>(store: &S, table: &'static Table, p: &[u8], scan: Scan) -> Result<Vec<Bytes>> {
+async fn scan_all<S: Store>(
+    store: &S,
+    table: &'static Table,
+    p: &[u8],
+    scan: Scan,
+) -> Result<Vec<Bytes>> {
     let mut out = Vec::new();
     let mut cursor: Option<Cursor> = None;
     loop {
         let page = store.scan(table, p, &scan.clone().after(cursor)).await?;
-        assert!(page.rows.len() <= scan.page_rows(), "page larger than its limit");
+        assert!(
+            page.rows.len() <= scan.page_rows(),
+            "page larger than its limit"
+        );
         out.extend(page.rows.into_iter().map(|r| r.clustering));
         match page.cursor {
             Some(c) => cursor = Some(c),
@@ -96,12 +104,21 @@ pub async fn point_operations<S: Store>(store: &S) -> Result {
     let p = partition();
     assert_eq!(store.get(&ROWS, &p, &ck(1)).await?, None);
     store.put(&ROWS, &p, &ck(1), b"one", None).await?;
-    assert_eq!(store.get(&ROWS, &p, &ck(1)).await?.as_deref(), Some(&b"one"[..]));
+    assert_eq!(
+        store.get(&ROWS, &p, &ck(1)).await?.as_deref(),
+        Some(&b"one"[..])
+    );
     store.put(&ROWS, &p, &ck(1), b"uno", None).await?;
-    assert_eq!(store.get(&ROWS, &p, &ck(1)).await?.as_deref(), Some(&b"uno"[..]));
+    assert_eq!(
+        store.get(&ROWS, &p, &ck(1)).await?.as_deref(),
+        Some(&b"uno"[..])
+    );
     // An empty value is a value, not an absence.
     store.put(&ROWS, &p, &ck(2), b"", None).await?;
-    assert_eq!(store.get(&ROWS, &p, &ck(2)).await?.as_deref(), Some(&b""[..]));
+    assert_eq!(
+        store.get(&ROWS, &p, &ck(2)).await?.as_deref(),
+        Some(&b""[..])
+    );
     store.delete(&ROWS, &p, &ck(1)).await?;
     assert_eq!(store.get(&ROWS, &p, &ck(1)).await?, None);
     store.delete(&ROWS, &p, &ck(99)).await?;
@@ -117,22 +134,28 @@ pub async fn ordering_and_reverse_scans<S: Store>(store: &S) -> Result {
     // Insert in a scrambled order.
     ids.sort_by_key(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let pr = &p;
-    join_all(ids.iter().map(|&i| async move {
-        store.put(&ROWS, pr, &ck(i), &i.to_be_bytes(), None).await
-    }))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
+    join_all(
+        ids.iter()
+            .map(|&i| async move { store.put(&ROWS, pr, &ck(i), &i.to_be_bytes(), None).await }),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?;
     ids.sort_unstable();
     let want: Vec<Bytes> = ids.iter().map(|&i| ck(i)).collect();
     assert_eq!(scan_all(store, &ROWS, &p, Scan::all(1000)).await?, want);
     let mut rev = want.clone();
     rev.reverse();
-    assert_eq!(scan_all(store, &ROWS, &p, Scan::all(1000).reversed()).await?, rev);
+    assert_eq!(
+        scan_all(store, &ROWS, &p, Scan::all(1000).reversed()).await?,
+        rev
+    );
     // Values come with their rows.
     let page = store.scan(&ROWS, &p, &Scan::all(3)).await?;
     for row in &page.rows {
-        let id = crate::key::KeyReader::new(&row.clustering).u64().expect("u64 key");
+        let id = crate::key::KeyReader::new(&row.clustering)
+            .u64()
+            .expect("u64 key");
         assert_eq!(row.value.as_ref(), id.to_be_bytes());
     }
     Ok(())
@@ -148,10 +171,17 @@ pub async fn pagination_and_bounds<S: Store>(store: &S) -> Result {
         .collect::<Result<Vec<_>>>()?;
     let all: Vec<Bytes> = (0..95).map(ck).collect();
     for size in [1, 7, 10, 94, 95, 96, 5000] {
-        assert_eq!(scan_all(store, &ROWS, &p, Scan::all(size)).await?, all, "page size {size}");
+        assert_eq!(
+            scan_all(store, &ROWS, &p, Scan::all(size)).await?,
+            all,
+            "page size {size}"
+        );
         let mut rev = all.clone();
         rev.reverse();
-        assert_eq!(scan_all(store, &ROWS, &p, Scan::all(size).reversed()).await?, rev);
+        assert_eq!(
+            scan_all(store, &ROWS, &p, Scan::all(size).reversed()).await?,
+            rev
+        );
     }
     // A full page exactly at the end has no cursor only when nothing follows.
     let page = store.scan(&ROWS, &p, &Scan::all(95)).await?;
@@ -171,8 +201,14 @@ pub async fn pagination_and_bounds<S: Store>(store: &S) -> Result {
             .map(|k| crate::key::KeyReader::new(k).u64().expect("u64 key"))
             .collect()
     };
-    assert_eq!(ids(scan_all(store, &ROWS, &p, range(inc(10), exc(20))).await?), (10..20).collect::<Vec<_>>());
-    assert_eq!(ids(scan_all(store, &ROWS, &p, range(exc(10), inc(20))).await?), (11..=20).collect::<Vec<_>>());
+    assert_eq!(
+        ids(scan_all(store, &ROWS, &p, range(inc(10), exc(20))).await?),
+        (10..20).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ids(scan_all(store, &ROWS, &p, range(exc(10), inc(20))).await?),
+        (11..=20).collect::<Vec<_>>()
+    );
     assert_eq!(
         ids(scan_all(store, &ROWS, &p, range(inc(90), Bound::Unbounded)).await?),
         (90..95).collect::<Vec<_>>()
@@ -181,8 +217,16 @@ pub async fn pagination_and_bounds<S: Store>(store: &S) -> Result {
         ids(scan_all(store, &ROWS, &p, range(Bound::Unbounded, exc(3)).reversed()).await?),
         vec![2, 1, 0]
     );
-    assert!(scan_all(store, &ROWS, &p, range(inc(50), exc(50))).await?.is_empty());
-    assert!(scan_all(store, &ROWS, &p, range(inc(60), inc(50))).await?.is_empty());
+    assert!(
+        scan_all(store, &ROWS, &p, range(inc(50), exc(50)))
+            .await?
+            .is_empty()
+    );
+    assert!(
+        scan_all(store, &ROWS, &p, range(inc(60), inc(50)))
+            .await?
+            .is_empty()
+    );
     // An empty partition.
     let empty = store.scan(&ROWS, &partition(), &Scan::all(10)).await?;
     assert!(empty.rows.is_empty() && empty.cursor.is_none());
@@ -193,9 +237,13 @@ pub async fn pagination_and_bounds<S: Store>(store: &S) -> Result {
 /// key can be inserted again with `insert_if_absent`.
 pub async fn ttl_expiry<S: Store>(store: &S) -> Result {
     let p = partition();
-    store.put(&ROWS, &p, &ck(1), b"short", Some(Duration::from_secs(1))).await?;
+    store
+        .put(&ROWS, &p, &ck(1), b"short", Some(Duration::from_secs(1)))
+        .await?;
     store.put(&ROWS, &p, &ck(2), b"forever", None).await?;
-    store.put(&EPHEMERAL, &p, &ck(3), b"default ttl", None).await?;
+    store
+        .put(&EPHEMERAL, &p, &ck(3), b"default ttl", None)
+        .await?;
     assert!(store.get(&ROWS, &p, &ck(1)).await?.is_some());
     assert!(store.get(&EPHEMERAL, &p, &ck(3)).await?.is_some());
     eventually("ttl row expires", Duration::from_secs(15), || async {
@@ -206,8 +254,15 @@ pub async fn ttl_expiry<S: Store>(store: &S) -> Result {
     let page = store.scan(&ROWS, &p, &Scan::all(10)).await?;
     assert_eq!(page.rows.len(), 1, "expired rows are invisible to scans");
     assert_eq!(page.rows[0].clustering, ck(2));
-    assert!(store.insert_if_absent(&ROWS, &p, &ck(1), b"again", None).await?);
-    assert_eq!(store.get(&ROWS, &p, &ck(1)).await?.as_deref(), Some(&b"again"[..]));
+    assert!(
+        store
+            .insert_if_absent(&ROWS, &p, &ck(1), b"again", None)
+            .await?
+    );
+    assert_eq!(
+        store.get(&ROWS, &p, &ck(1)).await?.as_deref(),
+        Some(&b"again"[..])
+    );
     Ok(())
 }
 
@@ -225,7 +280,9 @@ pub async fn batch_atomicity<S: Store>(store: &S) -> Result {
             })
             .collect();
         // Each generation also moves a marker row.
-        m.push(Mutation::Delete { clustering: ck(1000 + g) });
+        m.push(Mutation::Delete {
+            clustering: ck(1000 + g),
+        });
         m.push(Mutation::Put {
             clustering: ck(1001 + g),
             value: Bytes::from_static(b"marker"),
@@ -251,7 +308,11 @@ pub async fn batch_atomicity<S: Store>(store: &S) -> Result {
                 .collect();
             assert_eq!(gens.len() as u64, ROWS_PER_BATCH);
             assert!(gens.windows(2).all(|w| w[0] == w[1]), "saw a partial batch");
-            let markers = page.rows.iter().filter(|r| r.clustering >= ck(1000)).count();
+            let markers = page
+                .rows
+                .iter()
+                .filter(|r| r.clustering >= ck(1000))
+                .count();
             assert_eq!(markers, 1, "saw a partial batch (marker rows)");
             tokio::task::yield_now().await;
         }
@@ -261,7 +322,12 @@ pub async fn batch_atomicity<S: Store>(store: &S) -> Result {
     w?;
     r?;
     let page = store.scan(&ROWS, &p, &Scan::all(100)).await?;
-    assert!(page.rows.iter().filter(|r| r.clustering < ck(1000)).all(|r| r.value.as_ref() == 20u64.to_be_bytes()));
+    assert!(
+        page.rows
+            .iter()
+            .filter(|r| r.clustering < ck(1000))
+            .all(|r| r.value.as_ref() == 20u64.to_be_bytes())
+    );
     Ok(())
 }
 
@@ -273,20 +339,30 @@ pub async fn concurrent_insert_if_absent<S: Store>(store: &S) -> Result {
         let key = key.clone();
         let p = p.clone();
         async move {
-            let won = store.insert_if_absent(&ROWS, &p, &key, &i.to_be_bytes(), None).await?;
+            let won = store
+                .insert_if_absent(&ROWS, &p, &key, &i.to_be_bytes(), None)
+                .await?;
             Ok::<_, StoreError>((i, won))
         }
     }))
     .await
     .into_iter()
     .collect::<Result<Vec<_>>>()?;
-    let winners: Vec<u64> = results.iter().filter(|(_, won)| *won).map(|(i, _)| *i).collect();
+    let winners: Vec<u64> = results
+        .iter()
+        .filter(|(_, won)| *won)
+        .map(|(i, _)| *i)
+        .collect();
     assert_eq!(winners.len(), 1, "exactly one winner, got {winners:?}");
     assert_eq!(
         store.get(&ROWS, &p, &key).await?.as_deref(),
         Some(&winners[0].to_be_bytes()[..])
     );
-    assert!(!store.insert_if_absent(&ROWS, &p, &key, b"late", None).await?);
+    assert!(
+        !store
+            .insert_if_absent(&ROWS, &p, &key, b"late", None)
+            .await?
+    );
     Ok(())
 }
 
@@ -295,10 +371,12 @@ pub async fn counters<S: Store>(store: &S) -> Result {
     let p = partition();
     let name = KeyBuilder::new().str("followers").build();
     assert_eq!(store.counter_get(&COUNTERS, &p, &name).await?, 0);
-    join_all((0..200).map(|i| store.counter_add(&COUNTERS, &p, &name, if i % 4 == 3 { -1 } else { 2 })))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
+    join_all(
+        (0..200).map(|i| store.counter_add(&COUNTERS, &p, &name, if i % 4 == 3 { -1 } else { 2 })),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?;
     assert_eq!(store.counter_get(&COUNTERS, &p, &name).await?, 150 * 2 - 50);
     Ok(())
 }
@@ -309,38 +387,61 @@ pub async fn large_partition<S: Store>(store: &S, rows: u64) -> Result {
     let value = vec![7u8; 100];
     for chunk in (0..rows).collect::<Vec<_>>().chunks(200) {
         let (pr, value) = (&p, &value);
-        join_all(chunk.iter().map(|&i| async move { store.put(&ROWS, pr, &ck(i), value, None).await }))
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
+        join_all(
+            chunk
+                .iter()
+                .map(|&i| async move { store.put(&ROWS, pr, &ck(i), value, None).await }),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
     }
     let got = scan_all(store, &ROWS, &p, Scan::all(1000)).await?;
     assert_eq!(got.len() as u64, rows);
     assert!(got.windows(2).all(|w| w[0] < w[1]));
     let newest = store.scan(&ROWS, &p, &Scan::all(20).reversed()).await?;
-    assert_eq!(newest.rows.first().map(|r| r.clustering.clone()), Some(ck(rows - 1)));
+    assert_eq!(
+        newest.rows.first().map(|r| r.clustering.clone()),
+        Some(ck(rows - 1))
+    );
     Ok(())
 }
 
 /// Misuse is a typed error, not a panic or a silent write.
 pub async fn typed_errors<S: Store>(store: &S) -> Result {
     let p = partition();
-    let err = store.counter_add(&ROWS, &p, &ck(1), 1).await.expect_err("rows table");
+    let err = store
+        .counter_add(&ROWS, &p, &ck(1), 1)
+        .await
+        .expect_err("rows table");
     assert!(matches!(err, StoreError::WrongKind { .. }), "{err}");
-    let err = store.put(&COUNTERS, &p, &ck(1), b"x", None).await.expect_err("counter table");
+    let err = store
+        .put(&COUNTERS, &p, &ck(1), b"x", None)
+        .await
+        .expect_err("counter table");
     assert!(matches!(err, StoreError::WrongKind { .. }), "{err}");
     let big_key = vec![1u8; crate::store::MAX_CLUSTERING_KEY + 1];
-    let err = store.put(&ROWS, &p, &big_key, b"x", None).await.expect_err("key too large");
+    let err = store
+        .put(&ROWS, &p, &big_key, b"x", None)
+        .await
+        .expect_err("key too large");
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
     let big_value = vec![1u8; crate::store::MAX_VALUE + 1];
-    let err = store.put(&ROWS, &p, &ck(1), &big_value, None).await.expect_err("value too large");
+    let err = store
+        .put(&ROWS, &p, &ck(1), &big_value, None)
+        .await
+        .expect_err("value too large");
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
     let err = store
         .put(&ROWS, &p, &ck(1), b"x", Some(Duration::ZERO))
         .await
         .expect_err("zero ttl");
     assert!(matches!(err, StoreError::InvalidTtl(_)), "{err}");
-    assert_eq!(store.get(&ROWS, &p, &ck(1)).await?, None, "nothing was written");
+    assert_eq!(
+        store.get(&ROWS, &p, &ck(1)).await?,
+        None,
+        "nothing was written"
+    );
     Ok(())
 }
 
@@ -356,7 +457,9 @@ where
     for i in 0..50 {
         first.put(&ROWS, &p, &ck(i), &i.to_be_bytes(), None).await?;
     }
-    first.batch(&ROWS, &p, &[Mutation::Delete { clustering: ck(0) }]).await?;
+    first
+        .batch(&ROWS, &p, &[Mutation::Delete { clustering: ck(0) }])
+        .await?;
     first.counter_add(&COUNTERS, &p, &ck(0), 42).await?;
     drop(first);
     let second = reopen().await?;

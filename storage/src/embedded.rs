@@ -148,7 +148,12 @@ impl EmbeddedStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    fn encode_value(&self, table: &Table, value: &[u8], ttl: Option<Duration>) -> Result<Vec<u8>, StoreError> {
+    fn encode_value(
+        &self,
+        table: &Table,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Vec<u8>, StoreError> {
         check_value(value)?;
         let mut out = Vec::with_capacity(value.len() + 9);
         match effective_ttl(table, ttl)? {
@@ -315,7 +320,10 @@ impl Factory for TtlPurge {
         "selfie-ttl"
     }
 
-    fn make_filter(&self, _ctx: &lsm_tree::compaction::filter::Context) -> Box<dyn CompactionFilter> {
+    fn make_filter(
+        &self,
+        _ctx: &lsm_tree::compaction::filter::Context,
+    ) -> Box<dyn CompactionFilter> {
         Box::new(TtlFilter {
             now_ms: self.clock.now_ms(),
         })

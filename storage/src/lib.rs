@@ -25,7 +25,7 @@
 //! it does not know what they mean.
 
 pub mod conformance;
-// pub mod cql;
+pub mod cql;
 pub mod embedded;
 pub mod id;
 pub mod key;
@@ -33,6 +33,6 @@ pub mod key;
 mod store;
 
 pub use store::{
-    Clock, Cursor, Mutation, Page, Row, Scan, Store, StoreError, SystemClock, Table, TableKind,
-    MAX_PAGE_ROWS,
+    Clock, Cursor, MAX_PAGE_ROWS, Mutation, Page, Row, Scan, Store, StoreError, SystemClock, Table,
+    TableKind,
 };

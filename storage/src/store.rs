@@ -313,7 +313,9 @@ pub(crate) fn effective_ttl(
         Some(d) if d.is_zero() || d > MAX_TTL => Err(StoreError::InvalidTtl(d)),
         Some(d) => {
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-            Ok(Some(u32::try_from(secs).map_err(|_| StoreError::InvalidTtl(d))?))
+            Ok(Some(
+                u32::try_from(secs).map_err(|_| StoreError::InvalidTtl(d))?,
+            ))
         }
     }
 }
