@@ -29,7 +29,7 @@ pub mod cql;
 pub mod embedded;
 pub mod id;
 pub mod key;
-// pub mod redis;
+pub mod redis;
 mod store;
 
 pub use store::{

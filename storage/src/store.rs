@@ -237,7 +237,7 @@ pub enum StoreError {
     Cql(String),
     /// Redis failed.
     #[error("redis: {0}")]
-    Redis(String),
+    Redis(#[from] ::redis::RedisError),
     /// The store is shutting down (its writer is gone).
     #[error("store is closed")]
     Closed,

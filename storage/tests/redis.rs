@@ -1,0 +1,131 @@
+//! Presence, event bus and global rate limiter against a real `redis-server` (Debian's,
+//! started here on a private Unix socket per test).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use selfie_storage::StoreError;
+use selfie_storage::redis::{
+    self as sredis, EventBus, GlobalRateLimiter, PresenceEntry, PresenceRegistry, RateDecision,
+};
+
+struct RedisServer {
+    child: Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sock = dir.path().join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let url = format!("redis+unix://{}", sock.display());
+        Self { child, _dir: dir, url }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn entry(node: &str, connection: u64) -> PresenceEntry {
+    PresenceEntry {
+        node: node.into(),
+        shard: 1,
+        connection,
+    }
+}
+
+#[tokio::test]
+async fn presence_lists_live_connections_and_forgets_expired_ones() -> Result<(), StoreError> {
+    let server = RedisServer::start();
+    let (_, conn) = sredis::connect(&server.url).await?;
+    let long = PresenceRegistry::new(conn.clone(), "t:", Duration::from_secs(60));
+    let short = PresenceRegistry::new(conn, "t:", Duration::from_millis(300));
+    long.heartbeat(7, &entry("edge-a", 1)).await?;
+    short.heartbeat(7, &entry("edge-b", 2)).await?;
+    long.heartbeat(8, &entry("edge-a", 3)).await?;
+    let mut now = long.connections(7).await?;
+    now.sort();
+    assert_eq!(now, vec![entry("edge-a", 1), entry("edge-b", 2)]);
+    // The short-lived entry expires without a heartbeat.
+    let start = Instant::now();
+    while long.connections(7).await?.len() != 1 {
+        assert!(start.elapsed() < Duration::from_secs(10), "entry never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(long.connections(7).await?, vec![entry("edge-a", 1)]);
+    long.remove(7, &entry("edge-a", 1)).await?;
+    assert!(long.connections(7).await?.is_empty());
+    assert_eq!(
+        long.connections_of(&[7, 8, 9]).await?,
+        vec![vec![], vec![entry("edge-a", 3)], vec![]]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_published_on_one_node_reach_the_nodes_subscribed_to_the_topic() -> Result<(), StoreError> {
+    let server = RedisServer::start();
+    let (client, conn) = sredis::connect(&server.url).await?;
+    let bus = EventBus::new(client, conn, "t:");
+    let (mut node_a, stream_a) = bus.subscribe().await?;
+    let (mut node_b, stream_b) = bus.subscribe().await?;
+    let (mut stream_a, mut stream_b) = (Box::pin(stream_a), Box::pin(stream_b));
+    node_a.subscribe("user:1").await?;
+    node_b.subscribe("user:1").await?;
+    node_b.subscribe("user:2").await?;
+    assert_eq!(bus.publish("user:1", b"hello").await?, 2);
+    assert_eq!(bus.publish("user:2", b"only b").await?, 1);
+    let timeout = Duration::from_secs(5);
+    let a1 = tokio::time::timeout(timeout, stream_a.next()).await.expect("a receives").expect("open");
+    assert_eq!((a1.topic.as_str(), a1.payload.as_ref()), ("user:1", &b"hello"[..]));
+    let b1 = tokio::time::timeout(timeout, stream_b.next()).await.expect("b receives").expect("open");
+    let b2 = tokio::time::timeout(timeout, stream_b.next()).await.expect("b receives").expect("open");
+    assert_eq!((b1.topic.as_str(), b2.topic.as_str()), ("user:1", "user:2"));
+    node_a.unsubscribe("user:1").await?;
+    assert_eq!(bus.publish("user:1", b"after").await?, 1, "only node b still listens");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_shared_by_every_node() -> Result<(), StoreError> {
+    let server = RedisServer::start();
+    let (_, conn_a) = sredis::connect(&server.url).await?;
+    let (_, conn_b) = sredis::connect(&server.url).await?;
+    // 10 per minute, bursts of 5: two "nodes" share one budget.
+    let a = GlobalRateLimiter::new(conn_a, "t:", "login_ip", 10, Duration::from_secs(60), 5);
+    let b = GlobalRateLimiter::new(conn_b, "t:", "login_ip", 10, Duration::from_secs(60), 5);
+    let mut allowed = 0;
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        if node.check("198.51.100.0/24").await? == RateDecision::Allowed {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 5, "the burst is global, not per node");
+    match a.check("198.51.100.0/24").await? {
+        RateDecision::Limited { retry_after } => {
+            assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(6));
+        }
+        RateDecision::Allowed => panic!("over the limit"),
+    }
+    // Another subject has its own budget.
+    assert_eq!(b.check("203.0.113.0/24").await?, RateDecision::Allowed);
+    Ok(())
+}
