@@ -205,13 +205,30 @@ fn writer_loop(db: Database, mut rx: mpsc::Receiver<Command>, clock: Arc<dyn Clo
     let mut group: Vec<(Command, Result<bool, StoreError>)> = Vec::with_capacity(GROUP_MAX);
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
+        // Consecutive plain batches are committed together as one fjall batch (one journal
+        // entry): a superset of atomic batches is still atomic. Conditional writes flush
+        // it first, so that they read every earlier write.
+        let mut combined = db.batch();
+        let mut pending: Vec<Command> = Vec::new();
         while let Some(cmd) = next.take() {
-            let result = apply(&db, &cmd.op, clock.now_ms());
-            group.push((cmd, result));
-            if group.len() < GROUP_MAX {
+            if let WriteOp::Batch { keyspace, items } = &cmd.op {
+                for (key, value) in items {
+                    match value {
+                        Some(v) => combined.insert(keyspace, key.as_slice(), v.as_slice()),
+                        None => combined.remove(keyspace, key.as_slice()),
+                    }
+                }
+                pending.push(cmd);
+            } else {
+                flush(&mut combined, &db, &mut pending, &mut group);
+                let result = apply(&db, &cmd.op, clock.now_ms());
+                group.push((cmd, result));
+            }
+            if group.len() + pending.len() < GROUP_MAX {
                 next = rx.try_recv().ok();
             }
         }
+        flush(&mut combined, &db, &mut pending, &mut group);
         // One fsync for the whole group, then the acknowledgements.
         let persisted = db.persist(PersistMode::SyncAll);
         for (cmd, result) in group.drain(..) {
@@ -223,6 +240,29 @@ fn writer_loop(db: Database, mut rx: mpsc::Receiver<Command>, clock: Arc<dyn Clo
             };
             let _ = cmd.reply.send(result);
         }
+    }
+}
+
+/// Commits the combined batch and records its commands' result.
+fn flush(
+    combined: &mut fjall::OwnedWriteBatch,
+    db: &Database,
+    pending: &mut Vec<Command>,
+    group: &mut Vec<(Command, Result<bool, StoreError>)>,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let batch = std::mem::replace(combined, db.batch());
+    let result = batch.commit();
+    for cmd in pending.drain(..) {
+        let r = match &result {
+            Ok(()) => Ok(true),
+            Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
+                "commit failed: {e}"
+            )))),
+        };
+        group.push((cmd, r));
     }
 }
 
@@ -245,7 +285,7 @@ fn apply(db: &Database, op: &WriteOp, now_ms: u64) -> Result<bool, StoreError> {
             value,
         } => {
             let live = match keyspace.get(key)? {
-                Some(v) => decode_value(&v, now_ms).is_some(),
+                Some(v) => value_offset(&v, now_ms).is_some(),
                 None => false,
             };
             if live {
@@ -273,7 +313,21 @@ fn apply(db: &Database, op: &WriteOp, now_ms: u64) -> Result<bool, StoreError> {
     }
 }
 
+/// Offset of the value in a stored row, or `None` when it has expired (or is corrupt).
+fn value_offset(stored: &[u8], now_ms: u64) -> Option<usize> {
+    match *stored.first()? {
+        NO_EXPIRY => Some(1),
+        EXPIRES => {
+            let at = stored.get(1..9)?;
+            let at = u64::from_be_bytes(at.try_into().ok()?);
+            (at > now_ms).then_some(9)
+        }
+        _ => None,
+    }
+}
+
 /// The value of a stored row, or `None` when it has expired.
+#[cfg(test)]
 fn decode_value(stored: &[u8], now_ms: u64) -> Option<&[u8]> {
     match stored.split_first()? {
         (&NO_EXPIRY, rest) => Some(rest),
@@ -343,7 +397,7 @@ impl CompactionFilter for TtlFilter {
         _ctx: &lsm_tree::compaction::filter::Context,
     ) -> lsm_tree::Result<Verdict> {
         let value = item.value()?;
-        if value.first() == Some(&EXPIRES) && decode_value(&value, self.now_ms).is_none() {
+        if value.first() == Some(&EXPIRES) && value_offset(&value, self.now_ms).is_none() {
             Ok(Verdict::Remove)
         } else {
             Ok(Verdict::Keep)
@@ -382,7 +436,10 @@ impl Store for EmbeddedStore {
         check_key(partition, clustering)?;
         let stored = self.keyspace(table)?.get(row_key(partition, clustering))?;
         let now = self.inner.clock.now_ms();
-        Ok(stored.and_then(|v| decode_value(&v, now).map(Bytes::copy_from_slice)))
+        Ok(stored.and_then(|v| {
+            let at = value_offset(&v, now)?;
+            Some(Bytes::from(v).slice(at..))
+        }))
     }
 
     async fn delete(
@@ -445,16 +502,17 @@ impl Store for EmbeddedStore {
         let mut more = false;
         for guard in iter {
             let (key, value) = guard.into_inner()?;
-            let Some(value) = decode_value(&value, now) else {
+            let Some(at) = value_offset(&value, now) else {
                 continue;
             };
             if rows.len() == limit {
                 more = true;
                 break;
             }
+            // Zero-copy: fjall's slices are `Bytes` (feature `bytes_1`).
             rows.push(Row {
-                clustering: Bytes::copy_from_slice(&key[prefix.len()..]),
-                value: Bytes::copy_from_slice(value),
+                clustering: Bytes::from(key).slice(prefix.len()..),
+                value: Bytes::from(value).slice(at..),
             });
         }
         let cursor = if more {

@@ -135,7 +135,11 @@ impl PresenceRegistry {
 
     /// The live connections of `user`.
     pub async fn connections(&self, user: u64) -> Result<Vec<PresenceEntry>, StoreError> {
-        Ok(self.connections_of(&[user]).await?.pop().unwrap_or_default())
+        Ok(self
+            .connections_of(&[user])
+            .await?
+            .pop()
+            .unwrap_or_default())
     }
 
     /// The live connections of each user, in order (one round trip).

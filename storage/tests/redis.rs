@@ -21,18 +21,33 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let sock = dir.path().join("redis.sock");
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocket",
+            ])
             .arg(&sock)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
         let start = Instant::now();
         while !sock.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let url = format!("redis+unix://{}", sock.display());
-        Self { child, _dir: dir, url }
+        Self {
+            child,
+            _dir: dir,
+            url,
+        }
     }
 }
 
@@ -66,7 +81,10 @@ async fn presence_lists_live_connections_and_forgets_expired_ones() -> Result<()
     // The short-lived entry expires without a heartbeat.
     let start = Instant::now();
     while long.connections(7).await?.len() != 1 {
-        assert!(start.elapsed() < Duration::from_secs(10), "entry never expired");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "entry never expired"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(long.connections(7).await?, vec![entry("edge-a", 1)]);
@@ -80,7 +98,8 @@ async fn presence_lists_live_connections_and_forgets_expired_ones() -> Result<()
 }
 
 #[tokio::test]
-async fn events_published_on_one_node_reach_the_nodes_subscribed_to_the_topic() -> Result<(), StoreError> {
+async fn events_published_on_one_node_reach_the_nodes_subscribed_to_the_topic()
+-> Result<(), StoreError> {
     let server = RedisServer::start();
     let (client, conn) = sredis::connect(&server.url).await?;
     let bus = EventBus::new(client, conn, "t:");
@@ -93,13 +112,29 @@ async fn events_published_on_one_node_reach_the_nodes_subscribed_to_the_topic() 
     assert_eq!(bus.publish("user:1", b"hello").await?, 2);
     assert_eq!(bus.publish("user:2", b"only b").await?, 1);
     let timeout = Duration::from_secs(5);
-    let a1 = tokio::time::timeout(timeout, stream_a.next()).await.expect("a receives").expect("open");
-    assert_eq!((a1.topic.as_str(), a1.payload.as_ref()), ("user:1", &b"hello"[..]));
-    let b1 = tokio::time::timeout(timeout, stream_b.next()).await.expect("b receives").expect("open");
-    let b2 = tokio::time::timeout(timeout, stream_b.next()).await.expect("b receives").expect("open");
+    let a1 = tokio::time::timeout(timeout, stream_a.next())
+        .await
+        .expect("a receives")
+        .expect("open");
+    assert_eq!(
+        (a1.topic.as_str(), a1.payload.as_ref()),
+        ("user:1", &b"hello"[..])
+    );
+    let b1 = tokio::time::timeout(timeout, stream_b.next())
+        .await
+        .expect("b receives")
+        .expect("open");
+    let b2 = tokio::time::timeout(timeout, stream_b.next())
+        .await
+        .expect("b receives")
+        .expect("open");
     assert_eq!((b1.topic.as_str(), b2.topic.as_str()), ("user:1", "user:2"));
     node_a.unsubscribe("user:1").await?;
-    assert_eq!(bus.publish("user:1", b"after").await?, 1, "only node b still listens");
+    assert_eq!(
+        bus.publish("user:1", b"after").await?,
+        1,
+        "only node b still listens"
+    );
     Ok(())
 }
 
