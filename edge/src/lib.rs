@@ -1,9 +1,215 @@
 //! The Selfie edge: the thread-per-core QUIC server every client byte passes through.
 //!
-//! It will own the shard runtime (one pinned `current_thread` tokio runtime, reuseport
-//! UDP socket and quinn endpoint per core), connection and session lifecycle, stream
-//! routing to the co-located service shards, admission control and rate limits, drain,
-//! and the ops HTTP endpoints. It must not hold domain logic (that is `selfie-services`)
-//! nor storage code (that is `selfie-storage`).
+//! The one idea: **one shard per core, shared-nothing.** Each shard is a pinned thread
+//! with a tokio `current_thread` runtime, its own `SO_REUSEPORT` UDP socket and quinn
+//! endpoint, and its own instance of every service ([`service::Registry`]). Connection
+//! ids name their shard and a BPF program steers packets by them ([`steering`]), so a
+//! client whose address changes stays on its shard. A request for a key owned by another
+//! shard travels through that shard's bounded mailbox (`invoke_on`) carrying the verified
+//! frame's `Bytes`, and its answer comes back on the original stream.
 //!
-//! Status: not built yet (issue 3); this crate only reserves its place in the workspace.
+//! A connection starts with a control stream (`Hello` → `Welcome`, [`session`]); each
+//! request is a bidirectional stream carrying one verified `Envelope`; admission control,
+//! rate limits and typed errors guard every step ([`shard`]). On SIGTERM the edge drains:
+//! `/readyz` turns 503, new connections are refused, clients get `GoAway`, in-flight
+//! requests finish, connections close at the deadline ([`Edge::drain`]).
+//!
+//! This crate holds no domain logic (that is `selfie-services`) and no storage code; it
+//! must not be imported by either.
+
+pub mod config;
+pub mod metrics;
+pub mod ops;
+pub mod service;
+pub mod session;
+pub mod shard;
+pub mod steering;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+pub use config::Config;
+pub use service::{ErrorReply, Registry, RequestContext, Service, ServiceFactory};
+pub use session::{AnonymousOnly, Authenticator, Principal};
+
+/// A running edge.
+pub struct Edge {
+    /// The UDP address clients connect to.
+    pub addr: SocketAddr,
+    /// The ops HTTP address.
+    pub ops_addr: SocketAddr,
+    /// SHA-256 of the server certificate (hex), for clients that pin it.
+    pub fingerprint: String,
+    /// The number of shards.
+    pub shards: usize,
+    shared: Arc<shard::Shared>,
+    drain: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    ops_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    ops_thread: Option<JoinHandle<()>>,
+}
+
+impl Edge {
+    /// Binds every shard and the ops port and starts serving.
+    pub fn start(
+        config: Config,
+        factory: ServiceFactory,
+        auth: Arc<dyn Authenticator>,
+    ) -> anyhow::Result<Edge> {
+        config.validate()?;
+        let shards = config.shard_count();
+        let identity = tls::load_identity(&config.tls, &config.server.data_dir)?;
+        let fingerprint = identity.fingerprint();
+        let mut server_config = tls::quic_server_config(&identity)?;
+        let limits = &config.limits;
+        let mut transport = quinn::TransportConfig::default();
+        // Twice the application limit, so that the edge (not QUIC flow control) answers
+        // a client over the limit with a typed TooManyStreams error.
+        transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(
+            limits.max_concurrent_streams.saturating_mul(2),
+        ));
+        transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_millis(
+            limits.idle_timeout_ms,
+        ))?));
+        transport.datagram_receive_buffer_size(Some(64 * 1024));
+        // Windows sized deliberately (quinn's defaults assume 100 Mbit/s × 100 ms).
+        transport.stream_receive_window(quinn::VarInt::from_u32(1 << 20));
+        transport.receive_window(quinn::VarInt::from_u32(8 << 20));
+        transport.send_window(8 << 20);
+        server_config.transport_config(Arc::new(transport));
+        server_config.max_incoming(limits.max_connections_per_shard.max(1));
+
+        let sockets = steering::bind_group(config.server.listen, shards)?;
+        let addr = sockets
+            .first()
+            .map(std::net::UdpSocket::local_addr)
+            .transpose()?
+            .ok_or_else(|| anyhow::anyhow!("no shard socket"))?;
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let mut mailboxes = Vec::with_capacity(shards);
+        let mut receivers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = mpsc::channel(shard::MAILBOX);
+            mailboxes.push(tx);
+            receivers.push(rx);
+        }
+        let shared = Arc::new(shard::Shared {
+            metrics: metrics::Metrics::new(),
+            auth,
+            factory,
+            mailboxes,
+            heartbeats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            running: AtomicUsize::new(0),
+            drain: drain_rx,
+            config: config.clone(),
+        });
+        let cores = if config.server.pin_cores {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut threads = Vec::with_capacity(shards);
+        for (id, (socket, rx)) in sockets.into_iter().zip(receivers).enumerate() {
+            let shared = shared.clone();
+            let server_config = server_config.clone();
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("selfie-shard-{id}"))
+                    .spawn(move || {
+                        if let Some(core) = core {
+                            core_affinity::set_for_current(core);
+                        }
+                        if let Err(e) = shard::run(id, socket, server_config, shared, rx) {
+                            error!(shard = id, error = %e, "shard failed");
+                        }
+                    })?,
+            );
+        }
+        // Ops HTTP on its own thread.
+        let listener = std::net::TcpListener::bind(config.ops.listen)?;
+        listener.set_nonblocking(true)?;
+        let ops_addr = listener.local_addr()?;
+        let (ops_shutdown, ops_stop) = tokio::sync::oneshot::channel::<()>();
+        let router = ops::router(shared.clone());
+        let ops_thread = std::thread::Builder::new()
+            .name("selfie-ops".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return error!(error = %e, "ops runtime"),
+                };
+                rt.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return error!("ops listener");
+                    };
+                    let _ = axum::serve(listener, router)
+                        .with_graceful_shutdown(async move {
+                            let _ = ops_stop.await;
+                        })
+                        .await;
+                });
+            })?;
+        info!(%addr, %ops_addr, shards, fingerprint = %fingerprint, "edge started");
+        Ok(Edge {
+            addr,
+            ops_addr,
+            fingerprint,
+            shards,
+            shared,
+            drain: drain_tx,
+            threads,
+            ops_shutdown: Some(ops_shutdown),
+            ops_thread: Some(ops_thread),
+        })
+    }
+
+    /// The metrics registry (tests, embedding).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.shared.metrics
+    }
+
+    /// Starts draining: `/readyz` turns 503, new connections are refused, clients get
+    /// `GoAway`, in-flight requests finish, connections close at the deadline.
+    pub fn drain(&self) {
+        let _ = self.drain.send(true);
+    }
+
+    /// Waits for every shard to finish draining, then stops the ops server.
+    pub fn join(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(tx) = self.ops_shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.ops_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Edge {
+    /// A dropped edge drains and stops, so that no shard thread outlives its handle.
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.drain();
+            self.stop_threads();
+        }
+    }
+}

@@ -30,6 +30,7 @@ pub mod embedded;
 pub mod id;
 pub mod key;
 pub mod redis;
+pub mod schema;
 mod store;
 
 pub use store::{

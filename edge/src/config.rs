@@ -1,0 +1,458 @@
+//! Configuration: embedded defaults, then a TOML file, then `SELFIE_*` environment
+//! variables, then command-line overrides — each layer overriding the one before.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default). Environment
+//! variables are `SELFIE_<SECTION>_<KEY>` in upper case (`SELFIE_SERVER_LISTEN`,
+//! `SELFIE_STORAGE_CQL_URL`); variables whose second word is not a section name are not
+//! configuration and are ignored (`SELFIE_CQL_NODES` belongs to the test harness).
+//! Command-line overrides are `section.key=value`. Values are parsed as TOML when they
+//! parse (numbers, booleans), else taken as strings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// QUIC listener and shards.
+    pub server: ServerConfig,
+    /// TLS certificate.
+    pub tls: TlsConfig,
+    /// Protection limits.
+    pub limits: LimitsConfig,
+    /// Ops HTTP endpoints.
+    pub ops: OpsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Storage backends.
+    pub storage: StorageConfig,
+}
+
+/// QUIC listener and shards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// UDP address every shard binds (`SO_REUSEPORT`).
+    pub listen: SocketAddr,
+    /// Number of shards; 0 means one per available core.
+    pub shards: usize,
+    /// Pin each shard thread to a core.
+    pub pin_cores: bool,
+    /// This node's id in the fleet (logs, presence, `Welcome.node_id`).
+    pub node_id: String,
+    /// Data directory (dev certificate, embedded storage).
+    pub data_dir: PathBuf,
+    /// Milliseconds that drain waits for in-flight requests before closing connections.
+    pub drain_deadline_ms: u64,
+}
+
+/// TLS certificate: both paths, or neither for a generated development certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Protection limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections one shard accepts before refusing new ones.
+    pub max_connections_per_shard: usize,
+    /// Concurrent bidirectional streams a client may open.
+    pub max_concurrent_streams: u32,
+    /// Largest frame accepted or sent.
+    pub max_frame_bytes: usize,
+    /// Time allowed for the QUIC handshake plus `Hello`.
+    pub handshake_timeout_ms: u64,
+    /// Idle timeout of a connection.
+    pub idle_timeout_ms: u64,
+    /// Sustained requests per second per connection.
+    pub connection_requests_per_second: u32,
+    /// Burst of requests per connection.
+    pub connection_request_burst: u32,
+    /// Sustained requests per second per client IP (per shard).
+    pub ip_requests_per_second: u32,
+    /// Burst of requests per client IP.
+    pub ip_request_burst: u32,
+    /// New connections per second per shard above which clients must prove their
+    /// address (QUIC Retry, RFC 9000 §8.1).
+    pub retry_above_handshakes_per_second: u32,
+    /// Protocol errors a connection may cause before it is closed.
+    pub max_protocol_errors: u32,
+}
+
+/// Ops HTTP endpoints (`/metrics`, `/livez`, `/readyz`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// TCP address of the ops server.
+    pub listen: SocketAddr,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// An `EnvFilter` directive (`info`, `selfie_edge=debug`, ...).
+    pub level: String,
+}
+
+/// Storage backends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `embedded` (default) or `cql`.
+    pub backend: String,
+    /// CQL URL (`cql://host:9042/keyspace?rf=3&dc=dc1`), for the `cql` backend and
+    /// `selfie migrate`.
+    pub cql_url: Option<String>,
+    /// Redis URL for presence, fan-out and global rate limits (fleets).
+    pub redis_url: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4460)),
+            shards: 0,
+            pin_cores: true,
+            node_id: "edge-1".into(),
+            data_dir: PathBuf::from(".selfie"),
+            drain_deadline_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_shard: 100_000,
+            max_concurrent_streams: 256,
+            max_frame_bytes: selfie_codec::Limits::DEFAULT.max_frame_bytes,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            connection_requests_per_second: 500,
+            connection_request_burst: 1_000,
+            ip_requests_per_second: 5_000,
+            ip_request_burst: 10_000,
+            retry_above_handshakes_per_second: 2_000,
+            max_protocol_errors: 8,
+        }
+    }
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9460)),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "pretty".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: "embedded".into(),
+            cql_url: None,
+            redis_url: None,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Invalid TOML, an unknown key, or a value of the wrong type.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// Where it came from (file, environment variable, flag).
+        origin: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+const SECTIONS: [&str; 6] = ["server", "tls", "limits", "ops", "log", "storage"];
+
+fn scalar(raw: &str) -> Value {
+    // `key = <raw>` parses as TOML when it is a number, boolean, array...; else a string.
+    match format!("v = {raw}").parse::<Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.into())),
+        Err(_) => Value::String(raw.into()),
+    }
+}
+
+fn set(
+    root: &mut Table,
+    section: &str,
+    key: &str,
+    value: Value,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let entry = root
+        .entry(section.to_string())
+        .or_insert_with(|| Value::Table(Table::new()));
+    match entry {
+        Value::Table(t) => {
+            t.insert(key.to_string(), value);
+            Ok(())
+        }
+        _ => Err(ConfigError::Invalid {
+            origin: origin.into(),
+            message: format!("[{section}] is not a table"),
+        }),
+    }
+}
+
+/// Loads the configuration: defaults < `file` < environment (`env`) < `overrides`.
+pub fn load(
+    file: Option<&std::path::Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[String],
+) -> Result<Config, ConfigError> {
+    let mut root = Table::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        root = text.parse::<Table>().map_err(|e| ConfigError::Invalid {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        // Check the file alone first, so that its errors name the file.
+        Config::deserialize(Value::Table(root.clone())).map_err(|e| ConfigError::Invalid {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    let mut env: Vec<(String, String)> = env.into_iter().collect();
+    env.sort();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("SELFIE_") else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let Some(section) = SECTIONS
+            .iter()
+            .find(|s| lower.starts_with(&format!("{s}_")))
+        else {
+            continue;
+        };
+        let key = &lower[section.len() + 1..];
+        set(&mut root, section, key, scalar(&raw), &name)?;
+        Config::deserialize(Value::Table(root.clone())).map_err(|e| ConfigError::Invalid {
+            origin: format!("environment variable {name}"),
+            message: e.to_string(),
+        })?;
+    }
+    for o in overrides {
+        let origin = format!("--set {o}");
+        let (path, raw) = o.split_once('=').ok_or_else(|| ConfigError::Invalid {
+            origin: origin.clone(),
+            message: "expected section.key=value".into(),
+        })?;
+        let (section, key) = path.split_once('.').ok_or_else(|| ConfigError::Invalid {
+            origin: origin.clone(),
+            message: "expected section.key=value".into(),
+        })?;
+        set(&mut root, section, key, scalar(raw), &origin)?;
+        Config::deserialize(Value::Table(root.clone())).map_err(|e| ConfigError::Invalid {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    let config = Config::deserialize(Value::Table(root)).map_err(|e| ConfigError::Invalid {
+        origin: "configuration".into(),
+        message: e.to_string(),
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl Config {
+    /// Cross-field checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            origin: "configuration".into(),
+            message,
+        };
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(bad("tls.cert and tls.key go together".into()));
+        }
+        if !matches!(self.log.format.as_str(), "pretty" | "json") {
+            return Err(bad(format!(
+                "log.format must be pretty or json, not {:?}",
+                self.log.format
+            )));
+        }
+        match self.storage.backend.as_str() {
+            "embedded" => {}
+            "cql" if self.storage.cql_url.is_some() => {}
+            "cql" => return Err(bad("storage.backend = \"cql\" needs storage.cql_url".into())),
+            other => {
+                return Err(bad(format!(
+                    "storage.backend must be embedded or cql, not {other:?}"
+                )));
+            }
+        }
+        if let Some(url) = &self.storage.cql_url {
+            selfie_storage::cql::CqlConfig::from_url(url).map_err(|e| bad(e.to_string()))?;
+        }
+        if self.limits.max_frame_bytes < 1024 || self.limits.max_frame_bytes > 16 << 20 {
+            return Err(bad(
+                "limits.max_frame_bytes must be within 1 KiB..16 MiB".into()
+            ));
+        }
+        if self.limits.max_concurrent_streams == 0 || self.server.node_id.is_empty() {
+            return Err(bad(
+                "limits.max_concurrent_streams and server.node_id must be set".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Shards to start: the configured number, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        if self.server.shards > 0 {
+            self.server.shards
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The configuration as TOML with secrets (URL passwords) redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        c.storage.cql_url = c.storage.cql_url.as_deref().map(redact_url);
+        c.storage.redis_url = c.storage.redis_url.as_deref().map(redact_url);
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host/...` with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".into()
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_without_any_input() {
+        let c = load(None, env(&[]), &[]).expect("defaults are valid");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn cli_overrides_env_which_overrides_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("selfie.toml");
+        std::fs::write(
+            &path,
+            "[server]\nshards = 2\nnode_id = \"from-file\"\n[log]\nlevel = \"debug\"\n",
+        )
+        .expect("write");
+        let c = load(
+            Some(&path),
+            env(&[
+                ("SELFIE_SERVER_SHARDS", "3"),
+                ("SELFIE_SERVER_NODE_ID", "from-env"),
+            ]),
+            &["server.shards=4".into()],
+        )
+        .expect("valid");
+        assert_eq!(c.server.shards, 4);
+        assert_eq!(c.server.node_id, "from-env");
+        assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_wherever_they_come_from() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("selfie.toml");
+        std::fs::write(&path, "[server]\nshardz = 2\n").expect("write");
+        let err = load(Some(&path), env(&[]), &[]).expect_err("typo");
+        assert!(err.to_string().contains("shardz"), "{err}");
+        let err = load(None, env(&[("SELFIE_SERVER_LISTN", "x")]), &[]).expect_err("typo");
+        assert!(err.to_string().contains("SELFIE_SERVER_LISTN"), "{err}");
+        assert!(load(None, env(&[]), &["nosuch.key=1".into()]).is_err());
+        // Not configuration: ignored.
+        assert!(load(None, env(&[("SELFIE_CQL_NODES", "127.0.0.1:9042")]), &[]).is_ok());
+    }
+
+    #[test]
+    fn wrong_types_and_inconsistent_values_are_refused() {
+        assert!(load(None, env(&[("SELFIE_SERVER_SHARDS", "many")]), &[]).is_err());
+        assert!(load(None, env(&[]), &["storage.backend=cql".into()]).is_err());
+        assert!(load(None, env(&[]), &["log.format=xml".into()]).is_err());
+        assert!(load(None, env(&[]), &["tls.cert=/x.pem".into()]).is_err());
+    }
+
+    #[test]
+    fn printed_configuration_hides_passwords() {
+        let c = load(
+            None,
+            env(&[(
+                "SELFIE_STORAGE_REDIS_URL",
+                "redis://app:hunter2@cache:6379/0",
+            )]),
+            &[],
+        )
+        .expect("valid");
+        let out = c.redacted_toml();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(out.contains("redis://app:***@cache:6379/0"), "{out}");
+    }
+}

@@ -1,0 +1,162 @@
+//! `selfie`: the edge server binary.
+//!
+//! - `selfie serve` — run the edge (embedded defaults with no configuration at all);
+//! - `selfie config check` / `selfie config print` — validate / show the effective
+//!   configuration (secrets redacted);
+//! - `selfie migrate` — apply the CQL schema migrations to `storage.cql_url`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use selfie_edge::{AnonymousOnly, Config, Edge, Registry, config};
+
+#[derive(Parser)]
+#[command(name = "selfie", version, about = "Selfie edge server")]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, global = true, env = "SELFIE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override a setting: `section.key=value` (repeatable; wins over file and environment).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge.
+    Serve {
+        /// UDP address to listen on (shorthand for --set server.listen=...).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Number of shards, 0 for one per core (shorthand for --set server.shards=...).
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Data directory (shorthand for --set server.data_dir=...).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Apply CQL schema migrations to `storage.cql_url`.
+    Migrate,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration and exit.
+    Check,
+    /// Print the effective configuration (secrets redacted).
+    Print,
+}
+
+fn load(cli: &Cli, extra: Vec<String>) -> anyhow::Result<Config> {
+    let mut overrides = cli.overrides.clone();
+    overrides.extend(extra);
+    Ok(config::load(
+        cli.config.as_deref(),
+        std::env::vars(),
+        &overrides,
+    )?)
+}
+
+fn init_logs(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Config { action } => {
+            let config = load(&cli, Vec::new())?;
+            match action {
+                ConfigAction::Check => println!("configuration is valid"),
+                ConfigAction::Print => print!("{}", config.redacted_toml()),
+            }
+            Ok(())
+        }
+        Command::Migrate => {
+            let config = load(&cli, Vec::new())?;
+            init_logs(&config);
+            let url = config
+                .storage
+                .cql_url
+                .as_deref()
+                .context("storage.cql_url is not set (e.g. SELFIE_STORAGE_CQL_URL=cql://127.0.0.1:9042/selfie)")?;
+            let cql = selfie_storage::cql::CqlConfig::from_url(url)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let applied = rt.block_on(async {
+                let session = selfie_storage::cql::connect(&cql).await?;
+                selfie_storage::cql::migrate(&session, &cql, selfie_storage::schema::MIGRATIONS)
+                    .await
+            })?;
+            if applied.is_empty() {
+                println!("schema of {} is up to date", cql.keyspace);
+            } else {
+                println!("applied migrations {applied:?} to {}", cql.keyspace);
+            }
+            Ok(())
+        }
+        Command::Serve {
+            listen,
+            shards,
+            data_dir,
+        } => {
+            let mut extra = Vec::new();
+            if let Some(l) = listen {
+                extra.push(format!("server.listen=\"{l}\""));
+            }
+            if let Some(s) = shards {
+                extra.push(format!("server.shards={s}"));
+            }
+            if let Some(d) = data_dir {
+                extra.push(format!("server.data_dir=\"{}\"", d.display()));
+            }
+            let config = load(&cli, extra)?;
+            init_logs(&config);
+            // Services arrive with the accounts and social issues; until then the edge
+            // serves control RPCs (Ping) to anonymous sessions.
+            let factory: selfie_edge::ServiceFactory = Arc::new(|_| Registry::new());
+            let edge = Edge::start(config, factory, Arc::new(AnonymousOnly))?;
+            println!(
+                "selfie edge listening on udp://{} ({} shards), ops on http://{}",
+                edge.addr, edge.shards, edge.ops_addr
+            );
+            println!("certificate sha-256: {}", edge.fingerprint);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                anyhow::Ok(())
+            })?;
+            println!("draining");
+            edge.drain();
+            edge.join();
+            println!("drained; bye");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Prometheus metrics: `selfie_edge_*` with base units and bounded labels (shard,
+//! service, error code name; never user ids). Counters are atomics shared with the ops
+//! thread; each shard only touches its own label values, so there is no contention.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels: shard only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    /// Shard index.
+    pub shard: u16,
+}
+
+/// Labels: shard and outcome (`accepted`, `refused_limit`, `refused_draining`, `retry`,
+/// `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Shard index.
+    pub shard: u16,
+    /// Outcome.
+    pub outcome: &'static str,
+}
+
+/// Labels: shard, service and result code (`ok` or an error code name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Shard index.
+    pub shard: u16,
+    /// Protocol service (`chat`, `control`, ...; `unknown` when it could not be read).
+    pub service: &'static str,
+    /// `ok` or the error code's name.
+    pub code: &'static str,
+}
+
+/// Labels: shard and error code name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// Shard index.
+    pub shard: u16,
+    /// The error code's name.
+    pub code: &'static str,
+}
+
+/// Labels: build information.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    protocol: String,
+}
+
+/// Every edge metric.
+pub struct Metrics {
+    /// Open connections.
+    pub connections_active: Family<ShardLabel, Gauge>,
+    /// Incoming connections by outcome.
+    pub connections_total: Family<OutcomeLabels, Counter>,
+    /// Completed `Hello`s by outcome (`welcome` or a refusal code).
+    pub sessions_total: Family<OutcomeLabels, Counter>,
+    /// Request streams opened by clients.
+    pub streams_total: Family<ShardLabel, Counter>,
+    /// Requests by service and result.
+    pub requests_total: Family<RequestLabels, Counter>,
+    /// Request latency, from the first byte read to the response written.
+    pub request_duration_seconds: Family<RequestLabels, Histogram>,
+    /// Requests run on another shard (owner routing).
+    pub forwarded_total: Family<ShardLabel, Counter>,
+    /// Protocol violations by code (malformed frames, floods, ...).
+    pub protocol_errors_total: Family<CodeLabels, Counter>,
+    /// Connections closed by the server for misbehaviour, by code.
+    pub connections_closed_total: Family<CodeLabels, Counter>,
+    /// Application bytes received on request streams.
+    pub received_bytes_total: Family<ShardLabel, Counter>,
+    /// Application bytes sent on request streams.
+    pub sent_bytes_total: Family<ShardLabel, Counter>,
+    /// Datagrams received.
+    pub datagrams_total: Family<OutcomeLabels, Counter>,
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let m = Self {
+            connections_active: Family::default(),
+            connections_total: Family::default(),
+            sessions_total: Family::default(),
+            streams_total: Family::default(),
+            requests_total: Family::default(),
+            request_duration_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_025, 2.0, 18))
+            }),
+            forwarded_total: Family::default(),
+            protocol_errors_total: Family::default(),
+            connections_closed_total: Family::default(),
+            received_bytes_total: Family::default(),
+            sent_bytes_total: Family::default(),
+            datagrams_total: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "selfie_edge_connections_active",
+            "Open QUIC connections",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "selfie_edge_connections",
+            "Incoming connections by outcome",
+            m.connections_total.clone(),
+        );
+        r.register(
+            "selfie_edge_sessions",
+            "Hello outcomes",
+            m.sessions_total.clone(),
+        );
+        r.register(
+            "selfie_edge_streams",
+            "Request streams opened by clients",
+            m.streams_total.clone(),
+        );
+        r.register(
+            "selfie_edge_requests",
+            "Requests by service and result code",
+            m.requests_total.clone(),
+        );
+        r.register(
+            "selfie_edge_request_duration_seconds",
+            "Request latency at the edge",
+            m.request_duration_seconds.clone(),
+        );
+        r.register(
+            "selfie_edge_forwarded",
+            "Requests forwarded to their owner shard",
+            m.forwarded_total.clone(),
+        );
+        r.register(
+            "selfie_edge_protocol_errors",
+            "Protocol violations by code",
+            m.protocol_errors_total.clone(),
+        );
+        r.register(
+            "selfie_edge_connections_closed",
+            "Connections closed by the server for misbehaviour, by code",
+            m.connections_closed_total.clone(),
+        );
+        r.register(
+            "selfie_edge_received_bytes",
+            "Bytes received on request streams",
+            m.received_bytes_total.clone(),
+        );
+        r.register(
+            "selfie_edge_sent_bytes",
+            "Bytes sent on request streams",
+            m.sent_bytes_total.clone(),
+        );
+        r.register(
+            "selfie_edge_datagrams",
+            "Datagrams received by outcome",
+            m.datagrams_total.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                protocol: selfie_protocol::PROTOCOL_VERSION.to_string(),
+            })
+            .set(1);
+        r.register("selfie_build_info", "Build information", build);
+        Arc::new(Self { registry, ..m })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
