@@ -1,7 +1,546 @@
-//! The Selfie client SDK: connect to an edge over QUIC, typed requests, subscriptions
-//! as streams, datagrams, reconnect with resume.
+//! The Selfie client SDK: what apps, tests and the bench harness use to talk to an edge.
 //!
-//! It depends on `selfie-protocol` and `selfie-codec` only (plus quinn); never on server
-//! crates.
+//! [`Client::connect`] opens one QUIC connection (ALPN `selfie/1`), trusting the server
+//! by a pinned certificate SHA-256 (development certificates) or by CA roots, and runs
+//! the control-stream handshake (`Hello` → `Welcome`). Each [`Client::request`] is one
+//! bidirectional stream carrying one envelope; a `control.Error` answer becomes
+//! [`ClientError::Server`] with its code. Control frames the server pushes later
+//! (`GoAway`) are surfaced by [`Client::next_control_frame`] and [`Client::goaway`].
 //!
-//! Status: not built yet (issue 3); this crate only reserves its place in the workspace.
+//! Depends on `selfie-protocol`, `selfie-codec` and quinn only; never on server crates.
+//!
+//! Not yet here (later issues): subscriptions as streams, datagram send/receive helpers,
+//! automatic reconnect with backoff that honours `GoAway`, 0-RTT for idempotent requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flatbuffers::WIPOffset;
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use selfie_codec::{Builder, CodecError, Encoder, Frame, FrameDecoder, Limits, build};
+use selfie_protocol::control::{self, ControlOp, GoAwayT, WelcomeT};
+use selfie_protocol::{Envelope, ErrorCode, Version};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, mpsc, watch};
+
+/// How the client decides to trust the server.
+#[derive(Clone)]
+pub enum Trust {
+    /// Exactly this leaf certificate (SHA-256 of its DER), e.g. the development
+    /// certificate whose hash `selfie serve` prints.
+    PinnedSha256([u8; 32]),
+    /// Any certificate for `server_name` chaining to these roots.
+    Roots(Arc<rustls::RootCertStore>),
+}
+
+impl Trust {
+    /// Parses a hex SHA-256 fingerprint.
+    pub fn pinned_hex(hex: &str) -> Result<Self, ClientError> {
+        let bad = || ClientError::Config("certificate pin must be 64 hex digits".into());
+        if hex.len() != 64 {
+            return Err(bad());
+        }
+        let mut pin = [0u8; 32];
+        for (i, b) in pin.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+                .map_err(|_| bad())?;
+        }
+        Ok(Trust::PinnedSha256(pin))
+    }
+}
+
+/// Connection settings.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Edge address.
+    pub server: SocketAddr,
+    /// TLS server name.
+    pub server_name: String,
+    /// Trust decision.
+    pub trust: Trust,
+    /// Access token for an authenticated session.
+    pub access_token: Option<String>,
+    /// Application name and version sent in `Hello`.
+    pub app: (String, String),
+    /// Stable per-install device id.
+    pub device_id: String,
+    /// Protocol version offered (tests use other values).
+    pub version: Version,
+    /// Frame limits applied to what the server sends.
+    pub limits: Limits,
+    /// Time allowed for QUIC handshake plus `Welcome`.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `server` trusted by `trust`.
+    pub fn new(server: SocketAddr, trust: Trust) -> Self {
+        Self {
+            server,
+            server_name: "localhost".into(),
+            trust,
+            access_token: None,
+            app: ("selfie-rust".into(), env!("CARGO_PKG_VERSION").into()),
+            device_id: String::new(),
+            version: selfie_protocol::PROTOCOL_VERSION,
+            limits: Limits::DEFAULT,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Invalid configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The QUIC connection could not be made or was lost. A close by the server carries
+    /// its error code ([`ClientError::close_code`]).
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Connecting failed before a connection existed.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// A stream failed.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The server sent bytes that are not a valid frame.
+    #[error("frame: {0}")]
+    Codec(#[from] CodecError),
+    /// The server answered with a typed error.
+    #[error("server error {code}: {message}")]
+    Server {
+        /// The error code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+        /// Retry hint (0 when none).
+        retry_after_ms: u32,
+    },
+    /// The server broke the protocol (e.g. no `Welcome`).
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Timed out.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl ClientError {
+    /// The protocol error code behind this error: a server `Error` frame's code, or the
+    /// application code the server closed the connection with.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => self.close_code(),
+        }
+    }
+
+    /// The application error code of a connection the server closed.
+    pub fn close_code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
+                u16::try_from(c.error_code.into_inner()).ok().map(ErrorCode)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn stream_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Stream(e.to_string())
+}
+
+/// Checks the server's leaf certificate against a pinned SHA-256 (TLS 1.3 signatures are
+/// still verified).
+#[derive(Debug)]
+struct PinnedVerifier {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let digest = Sha256::digest(end_entity.as_ref());
+        // Not secret material: a plain comparison of the public certificate's hash.
+        if digest.as_slice() == self.pin {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "certificate does not match the pinned SHA-256".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The quinn client configuration for `trust`.
+pub fn quic_client_config(trust: &Trust) -> Result<quinn::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let mut tls = match trust {
+        Trust::PinnedSha256(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                pin: *pin,
+                provider,
+            }))
+            .with_no_client_auth(),
+        Trust::Roots(roots) => builder
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![selfie_protocol::ALPN.to_vec()];
+    tls.enable_early_data = true;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.stream_receive_window(quinn::VarInt::from_u32(1 << 20));
+    transport.receive_window(quinn::VarInt::from_u32(8 << 20));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// A client endpoint on an ephemeral loopback/any port, for [`Client::connect_on`].
+pub fn endpoint(bind: SocketAddr) -> Result<Endpoint, ClientError> {
+    Endpoint::client(bind).map_err(stream_err)
+}
+
+/// A connected session.
+pub struct Client {
+    endpoint: Endpoint,
+    conn: Connection,
+    welcome: WelcomeT,
+    control_send: Mutex<SendStream>,
+    control_frames: Mutex<mpsc::Receiver<Frame>>,
+    goaway: watch::Receiver<Option<GoAwayT>>,
+    next_id: AtomicU64,
+    encoder: std::sync::Mutex<Encoder>,
+    limits: Limits,
+}
+
+impl Client {
+    /// Connects on a new endpoint bound to an ephemeral port.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let bind: SocketAddr = if config.server.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(stream_err)?;
+        let endpoint = endpoint(bind)?;
+        Self::connect_on(&endpoint, config).await
+    }
+
+    /// Connects on an existing endpoint (many connections can share one socket).
+    pub async fn connect_on(
+        endpoint: &Endpoint,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let quic = quic_client_config(&config.trust)?;
+        let deadline = Instant::now() + config.connect_timeout;
+        let connecting = endpoint.connect_with(quic, config.server, &config.server_name)?;
+        let conn = tokio::time::timeout_at(deadline.into(), connecting)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let mut encoder = Encoder::new(config.limits);
+        let hello = encoder.encode_bytes(|b| hello(b, &config))?;
+        send.write_all(&hello).await.map_err(stream_err)?;
+        let mut dec = FrameDecoder::new(config.limits);
+        let frame = tokio::time::timeout_at(deadline.into(), read_frame(&mut recv, &mut dec))
+            .await
+            .map_err(|_| ClientError::Timeout)?;
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return Err(ClientError::Protocol(
+                    "control stream closed before Welcome".into(),
+                ));
+            }
+            Err(e) => {
+                // A refused Hello: report the server's close code if that is what happened.
+                if let Some(reason) = conn.close_reason() {
+                    return Err(ClientError::Connection(reason));
+                }
+                return Err(e);
+            }
+        };
+        server_error(&frame)?;
+        let welcome = frame
+            .envelope()
+            .body_as_control()
+            .and_then(|c| c.op_as_welcome())
+            .map(|w| w.unpack())
+            .ok_or_else(|| ClientError::Protocol("expected Welcome".into()))?;
+        let (frames_tx, frames_rx) = mpsc::channel(16);
+        let (goaway_tx, goaway_rx) = watch::channel(None);
+        tokio::spawn(async move {
+            // Control frames after Welcome: Pong, GoAway, session errors.
+            while let Ok(Some(frame)) = read_frame(&mut recv, &mut dec).await {
+                if let Some(g) = frame
+                    .envelope()
+                    .body_as_control()
+                    .and_then(|c| c.op_as_go_away())
+                {
+                    let _ = goaway_tx.send(Some(g.unpack()));
+                }
+                if frames_tx.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Client {
+            endpoint: endpoint.clone(),
+            conn,
+            welcome,
+            control_send: Mutex::new(send),
+            control_frames: Mutex::new(frames_rx),
+            goaway: goaway_rx,
+            next_id: AtomicU64::new(1),
+            encoder: std::sync::Mutex::new(encoder),
+            limits: config.limits,
+        })
+    }
+
+    /// The server's `Welcome`.
+    pub fn welcome(&self) -> &WelcomeT {
+        &self.welcome
+    }
+
+    /// The QUIC connection (stats, close reason, datagrams).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// A fresh request id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn encode(
+        &self,
+        f: impl FnOnce(&mut Builder, u64) -> WIPOffset<Envelope<'static>>,
+    ) -> Result<(u64, Bytes), ClientError> {
+        let id = self.next_id();
+        let mut enc = self
+            .encoder
+            .lock()
+            .map_err(|_| ClientError::Protocol("encoder poisoned".into()))?;
+        Ok((id, enc.encode_bytes(|b| f(b, id))?))
+    }
+
+    /// Sends one request (built by `f` with the request id) on its own stream and
+    /// returns the response frame; a `control.Error` answer is [`ClientError::Server`].
+    pub async fn request(
+        &self,
+        f: impl FnOnce(&mut Builder, u64) -> WIPOffset<Envelope<'static>>,
+    ) -> Result<Frame, ClientError> {
+        let (_, bytes) = self.encode(f)?;
+        self.request_bytes(&bytes).await
+    }
+
+    /// Sends raw bytes as a request stream and reads one response frame (tests and
+    /// tools that need to send what the encoder would refuse).
+    pub async fn request_bytes(&self, bytes: &[u8]) -> Result<Frame, ClientError> {
+        let (mut send, mut recv) = self.conn.open_bi().await?;
+        send.write_all(bytes).await.map_err(stream_err)?;
+        send.finish().map_err(stream_err)?;
+        let mut dec = FrameDecoder::new(self.limits);
+        let frame = match read_frame(&mut recv, &mut dec).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return Err(ClientError::Protocol(
+                    "stream ended without a response".into(),
+                ));
+            }
+            Err(e) => {
+                if let Some(reason) = self.conn.close_reason() {
+                    return Err(ClientError::Connection(reason));
+                }
+                return Err(e);
+            }
+        };
+        server_error(&frame)?;
+        Ok(frame)
+    }
+
+    /// A `Ping` request; returns the round-trip time.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let start = Instant::now();
+        let frame = self.request(|b, id| build::ping(b, id, 0)).await?;
+        frame
+            .envelope()
+            .body_as_control()
+            .and_then(|c| c.op_as_pong())
+            .ok_or_else(|| ClientError::Protocol("expected Pong".into()))?;
+        Ok(start.elapsed())
+    }
+
+    /// Sends a `Ping` on the control stream (its `Pong` arrives on
+    /// [`Client::next_control_frame`]).
+    pub async fn ping_control(&self) -> Result<(), ClientError> {
+        let (_, bytes) = self.encode(|b, id| build::ping(b, id, 0))?;
+        self.control_send
+            .lock()
+            .await
+            .write_all(&bytes)
+            .await
+            .map_err(stream_err)
+    }
+
+    /// The next frame the server sent on the control stream, if it comes within `within`.
+    pub async fn next_control_frame(&self, within: Duration) -> Result<Frame, ClientError> {
+        let mut rx = self.control_frames.lock().await;
+        match tokio::time::timeout(within, rx.recv()).await {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => Err(ClientError::Protocol("control stream closed".into())),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Waits for a `GoAway` from the server.
+    pub async fn goaway(&self, within: Duration) -> Result<GoAwayT, ClientError> {
+        let mut rx = self.goaway.clone();
+        let got = tokio::time::timeout(within, rx.wait_for(Option::is_some))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|_| ClientError::Protocol("control stream closed".into()))?;
+        got.clone().ok_or(ClientError::Timeout)
+    }
+
+    /// Moves the connection to a new local socket (as when a phone changes network);
+    /// the session and in-flight requests continue (RFC 9000 §9).
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> Result<(), ClientError> {
+        self.endpoint.rebind(socket).map_err(stream_err)
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+}
+
+fn hello(b: &mut Builder, config: &ClientConfig) -> WIPOffset<Envelope<'static>> {
+    let app_name = b.create_string(&config.app.0);
+    let app_version = b.create_string(&config.app.1);
+    let device_id = b.create_string(&config.device_id);
+    let client = control::ClientInfo::create(
+        b,
+        &control::ClientInfoArgs {
+            app_name: Some(app_name),
+            app_version: Some(app_version),
+            platform: selfie_protocol::common::Platform::Unknown,
+            device_id: Some(device_id),
+            ..Default::default()
+        },
+    );
+    let token = config.access_token.as_deref().map(|t| b.create_string(t));
+    let v = config.version.to_wire();
+    let hello = control::Hello::create(
+        b,
+        &control::HelloArgs {
+            version: Some(&v),
+            min_version: Some(&v),
+            client: Some(client),
+            access_token: token,
+            ..Default::default()
+        },
+    );
+    build::control(b, 0, ControlOp::Hello, hello.as_union_value())
+}
+
+fn server_error(frame: &Frame) -> Result<(), ClientError> {
+    match frame
+        .envelope()
+        .body_as_control()
+        .and_then(|c| c.op_as_error())
+    {
+        Some(e) => Err(ClientError::Server {
+            code: e.code(),
+            message: e.message().unwrap_or_default().to_string(),
+            retry_after_ms: e.retry_after_ms(),
+        }),
+        None => Ok(()),
+    }
+}
+
+async fn read_frame(
+    recv: &mut RecvStream,
+    dec: &mut FrameDecoder,
+) -> Result<Option<Frame>, ClientError> {
+    loop {
+        if let Some(frame) = dec.next_frame()? {
+            return Ok(Some(frame));
+        }
+        match recv.read_chunk(64 * 1024, true).await.map_err(stream_err)? {
+            Some(chunk) => dec.push(chunk.bytes),
+            None => {
+                dec.finish()?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_parse_from_hex() {
+        let hex = "730f88069336bc66ada8d024b11726bd13f02f84a7a5af52fde4678842fa61f2";
+        assert!(matches!(Trust::pinned_hex(hex), Ok(Trust::PinnedSha256(p)) if p[0] == 0x73));
+        assert!(Trust::pinned_hex("abc").is_err());
+        assert!(Trust::pinned_hex(&"zz".repeat(32)).is_err());
+    }
+}

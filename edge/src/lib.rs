@@ -108,6 +108,7 @@ impl Edge {
             mailboxes,
             heartbeats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             running: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             drain: drain_rx,
             config: config.clone(),
         });

@@ -50,6 +50,9 @@ pub struct Shared {
     pub heartbeats: Vec<AtomicU64>,
     /// Shards serving (for `/readyz`).
     pub running: AtomicUsize,
+    /// Open connections on all shards. Draining shards keep serving their mailboxes
+    /// until it reaches zero, since any open connection may still forward to them.
+    pub connections: AtomicUsize,
     /// Drain signal.
     pub drain: watch::Receiver<bool>,
 }
@@ -106,6 +109,7 @@ struct Shard {
     next_connection: Cell<u64>,
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     handshake_window: Cell<(u64, u32)>,
+    mail_inflight: Cell<usize>,
     label: ShardLabel,
 }
 
@@ -178,6 +182,7 @@ async fn serve(
                 .allow_burst(per_second(limits_cfg.ip_request_burst)),
         ),
         handshake_window: Cell::new((0, 0)),
+        mail_inflight: Cell::new(0),
         label: ShardLabel { shard: id as u16 },
         shared: shared.clone(),
     });
@@ -243,8 +248,13 @@ async fn serve(
     shared.running.fetch_sub(1, Ordering::SeqCst);
     let deadline =
         Duration::from_millis(shared.config.server.drain_deadline_ms) + Duration::from_secs(2);
+    // Wait for this shard's connections, then for every shard's (they may still forward
+    // requests here), then for forwarded requests still running here.
     let _ = tokio::time::timeout(deadline, async {
-        while shard.connections.get() > 0 {
+        while shard.connections.get() > 0
+            || shared.connections.load(Ordering::SeqCst) > 0
+            || shard.mail_inflight.get() > 0
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -297,6 +307,7 @@ fn admit(shard: &Rc<Shard>, incoming: Incoming) {
         return;
     }
     shard.connections.set(shard.connections.get() + 1);
+    shard.shared.connections.fetch_add(1, Ordering::SeqCst);
     let conn_id = shard.next_connection.get();
     shard.next_connection.set(conn_id + 1);
     let shard = shard.clone();

@@ -1,0 +1,431 @@
+//! A real edge on 127.0.0.1:0 and the real client SDK over QUIC.
+//!
+//! The services here are test services registered through the edge's service seam (the
+//! domain services arrive with later issues): `Users.GetProfileRequest` answers with the
+//! shard that ran it, keyed by `user_id` so that owner routing is visible, and waits
+//! 300 ms when asked for username "slow" (to hold requests in flight).
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{LocalBoxFuture, join_all};
+use selfie_client::{Client, ClientConfig, ClientError, Trust};
+use selfie_codec::{Encoder, Frame, Limits};
+use selfie_edge::service::owner_shard;
+use selfie_edge::{
+    Authenticator, Config, Edge, ErrorReply, Principal, Registry, RequestContext, Service,
+};
+use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, Version, common, users};
+
+struct TokenAuth;
+
+impl Authenticator for TokenAuth {
+    fn authenticate(&self, token: &str) -> Result<Principal, ErrorCode> {
+        let id = token
+            .strip_prefix("user-")
+            .and_then(|n| n.parse().ok())
+            .ok_or(ErrorCode::TokenInvalid)?;
+        Ok(Principal {
+            user_id: id,
+            session_id: id,
+            roles: vec![],
+        })
+    }
+}
+
+/// Answers `GetProfileRequest` with `display_name = "shard-<n>"` of the shard that ran it.
+struct Probe {
+    shard: usize,
+    encoder: std::cell::RefCell<Encoder>,
+}
+
+impl Service for Probe {
+    fn owner_key(&self, env: &Envelope<'_>) -> Option<u64> {
+        env.body_as_users()?
+            .op_as_get_profile_request()
+            .map(|r| r.user_id())
+    }
+
+    fn handle(
+        &self,
+        _ctx: RequestContext,
+        frame: Frame,
+    ) -> LocalBoxFuture<'static, Result<Bytes, ErrorReply>> {
+        let env = frame.envelope();
+        let Some(req) = env
+            .body_as_users()
+            .and_then(|u| u.op_as_get_profile_request())
+        else {
+            return Box::pin(async {
+                Err(ErrorReply::new(
+                    ErrorCode::UnexpectedMessage,
+                    "not supported",
+                ))
+            });
+        };
+        let (id, user_id, slow) = (env.id(), req.user_id(), req.username() == Some("slow"));
+        let name = format!("shard-{}", self.shard);
+        let bytes = self.encoder.borrow_mut().encode_bytes(|b| {
+            let name = b.create_string(&name);
+            let user = common::UserSummary::create(
+                b,
+                &common::UserSummaryArgs {
+                    user_id,
+                    display_name: Some(name),
+                    ..Default::default()
+                },
+            );
+            let profile = users::Profile::create(
+                b,
+                &users::ProfileArgs {
+                    user: Some(user),
+                    ..Default::default()
+                },
+            );
+            let resp = users::GetProfileResponse::create(
+                b,
+                &users::GetProfileResponseArgs {
+                    profile: Some(profile),
+                },
+            );
+            let body = users::Users::create(
+                b,
+                &users::UsersArgs {
+                    op_type: users::UsersOp::GetProfileResponse,
+                    op: Some(resp.as_union_value()),
+                },
+            );
+            Envelope::create(
+                b,
+                &EnvelopeArgs {
+                    id,
+                    body_type: Body::Users,
+                    body: Some(body.as_union_value()),
+                    ..Default::default()
+                },
+            )
+        });
+        Box::pin(async move {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            bytes.map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))
+        })
+    }
+}
+
+struct TestEdge {
+    edge: Edge,
+    _dir: tempfile::TempDir,
+}
+
+fn start(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestEdge {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.server.shards = shards;
+    config.server.pin_cores = false;
+    config.server.data_dir = dir.path().to_path_buf();
+    config.server.drain_deadline_ms = 2_000;
+    config.ops.listen = "127.0.0.1:0".parse().expect("addr");
+    tweak(&mut config);
+    let factory: selfie_edge::ServiceFactory = Arc::new(|shard| {
+        let mut r = Registry::new();
+        r.register(
+            selfie_protocol::Service::Users,
+            Rc::new(Probe {
+                shard,
+                encoder: std::cell::RefCell::new(Encoder::new(Limits::DEFAULT)),
+            }),
+        );
+        r
+    });
+    let edge = Edge::start(config, factory, Arc::new(TokenAuth)).expect("edge starts");
+    TestEdge { edge, _dir: dir }
+}
+
+fn client_config(t: &TestEdge, user: Option<u64>) -> ClientConfig {
+    let mut c = ClientConfig::new(
+        t.edge.addr,
+        Trust::pinned_hex(&t.edge.fingerprint).expect("pin"),
+    );
+    c.access_token = user.map(|u| format!("user-{u}"));
+    c
+}
+
+async fn get_profile(
+    client: &Client,
+    user_id: u64,
+    username: Option<&str>,
+) -> Result<String, ClientError> {
+    let frame = client
+        .request(|b, id| {
+            let username = username.map(|u| b.create_string(u));
+            let req = users::GetProfileRequest::create(
+                b,
+                &users::GetProfileRequestArgs { user_id, username },
+            );
+            let body = users::Users::create(
+                b,
+                &users::UsersArgs {
+                    op_type: users::UsersOp::GetProfileRequest,
+                    op: Some(req.as_union_value()),
+                },
+            );
+            Envelope::create(
+                b,
+                &EnvelopeArgs {
+                    id,
+                    body_type: Body::Users,
+                    body: Some(body.as_union_value()),
+                    ..Default::default()
+                },
+            )
+        })
+        .await?;
+    let env = frame.envelope();
+    let profile = env
+        .body_as_users()
+        .and_then(|u| u.op_as_get_profile_response())
+        .and_then(|r| r.profile())
+        .and_then(|p| p.user())
+        .ok_or_else(|| ClientError::Protocol("expected a profile".into()))?;
+    assert_eq!(profile.user_id(), user_id);
+    Ok(profile.display_name().unwrap_or_default().to_string())
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("ops port");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+#[tokio::test]
+async fn hello_gets_welcome_and_ping_gets_pong() {
+    let t = start(2, |_| {});
+    let client = Client::connect(client_config(&t, None))
+        .await
+        .expect("connect");
+    let v = client.welcome().version.as_ref().expect("version");
+    assert_eq!(
+        Version::new(v.major, v.minor),
+        selfie_protocol::PROTOCOL_VERSION
+    );
+    assert_eq!(client.welcome().user_id, 0, "anonymous");
+    client.ping().await.expect("pong over a request stream");
+    client.ping_control().await.expect("ping on control");
+    let pong = client
+        .next_control_frame(Duration::from_secs(5))
+        .await
+        .expect("pong");
+    assert!(
+        pong.envelope()
+            .body_as_control()
+            .and_then(|c| c.op_as_pong())
+            .is_some()
+    );
+    // Anonymous sessions may only call control (and auth) RPCs.
+    let err = get_profile(&client, 1, None)
+        .await
+        .expect_err("needs a user");
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
+    let (status, body) = http_get(t.edge.ops_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("selfie_edge_requests_total"), "{body}");
+    assert!(body.contains("selfie_edge_sessions_total"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_connections_each_make_requests() {
+    let t = start(2, |_| {});
+    let endpoint = selfie_client::endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let results = join_all((0..500u64).map(|i| {
+        let (endpoint, config) = (endpoint.clone(), client_config(&t, Some(i + 1)));
+        async move {
+            let client = Client::connect_on(&endpoint, config).await?;
+            for _ in 0..2 {
+                client.ping().await?;
+            }
+            get_profile(&client, i + 1, None).await?;
+            Ok::<_, ClientError>(client)
+        }
+    }))
+    .await;
+    let clients: Vec<Client> = results
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("every connection works");
+    assert_eq!(clients.len(), 500);
+    let shards: std::collections::HashSet<u16> =
+        clients.iter().map(|c| c.welcome().shard).collect();
+    assert_eq!(shards.len(), 2, "connections spread over both shards");
+}
+
+#[tokio::test]
+async fn requests_for_keys_owned_by_another_shard_run_on_the_owner() {
+    let t = start(2, |_| {});
+    let client = Client::connect(client_config(&t, Some(7)))
+        .await
+        .expect("connect");
+    let mine = client.welcome().shard as usize;
+    let mut forwarded = 0;
+    for user in 1..=40u64 {
+        let ran_on = get_profile(&client, user, None).await.expect("answered");
+        let owner = owner_shard(user, 2);
+        assert_eq!(ran_on, format!("shard-{owner}"), "user {user}");
+        forwarded += usize::from(owner != mine);
+    }
+    assert!(forwarded > 0, "some keys are owned by the other shard");
+}
+
+#[tokio::test]
+async fn a_client_that_rebinds_its_socket_keeps_its_session_and_in_flight_requests() {
+    let t = start(2, |_| {});
+    for round in 0..6 {
+        let client = Client::connect(client_config(&t, Some(3)))
+            .await
+            .expect("connect");
+        // A slow request in flight across the address change.
+        let slow = get_profile(&client, 11, Some("slow"));
+        let rebind = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("new socket");
+            client.rebind(socket).expect("rebind");
+        };
+        let (answer, ()) = tokio::join!(slow, rebind);
+        answer.unwrap_or_else(|e| {
+            panic!("round {round}: in-flight request failed after rebinding: {e}")
+        });
+        client
+            .ping()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: session lost after rebinding: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn drain_sends_goaway_finishes_in_flight_requests_and_ends_cleanly() {
+    let t = start(2, |_| {});
+    let client = Client::connect(client_config(&t, Some(5)))
+        .await
+        .expect("connect");
+    assert_eq!(http_get(t.edge.ops_addr, "/readyz").await.0, 200);
+    assert_eq!(http_get(t.edge.ops_addr, "/livez").await.0, 200);
+    let in_flight = get_profile(&client, 21, Some("slow"));
+    let drain = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        t.edge.drain();
+        let goaway = client.goaway(Duration::from_secs(5)).await.expect("GoAway");
+        assert_eq!(
+            goaway.reason,
+            selfie_protocol::control::GoAwayReason::Draining
+        );
+        assert!(goaway.reconnect_after_ms > 0);
+        assert_eq!(http_get(t.edge.ops_addr, "/readyz").await.0, 503);
+    };
+    let (answer, ()) = tokio::join!(in_flight, drain);
+    answer.expect("the in-flight request finishes during drain");
+    // New connections are refused while draining.
+    assert!(Client::connect(client_config(&t, Some(6))).await.is_err());
+    let TestEdge { edge, _dir } = t;
+    tokio::task::spawn_blocking(move || edge.join())
+        .await
+        .expect("edge stops");
+    let closed = client.connection().closed().await;
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code.into_inner() == u64::from(ErrorCode::Draining.0)),
+        "{closed:?}"
+    );
+}
+
+/// Each misbehaviour gets its documented code; a well-behaved client on the same edge
+/// keeps being served throughout.
+#[tokio::test]
+async fn hostile_clients_get_typed_errors_and_others_are_unaffected() {
+    let t = start(2, |c| {
+        c.limits.max_concurrent_streams = 4;
+        c.limits.connection_requests_per_second = 20;
+        c.limits.connection_request_burst = 20;
+        c.limits.max_frame_bytes = 4096;
+    });
+    let good = Client::connect(client_config(&t, Some(1)))
+        .await
+        .expect("connect");
+
+    // Garbage bytes on a request stream.
+    let bad = Client::connect(client_config(&t, Some(2)))
+        .await
+        .expect("connect");
+    let err = bad
+        .request_bytes(b"\x05\x00\x00\x00hello")
+        .await
+        .expect_err("garbage");
+    assert_eq!(err.code(), Some(ErrorCode::MalformedFrame), "{err}");
+    good.ping().await.expect("good client unaffected");
+
+    // A frame over the limit.
+    let bad = Client::connect(client_config(&t, Some(2)))
+        .await
+        .expect("connect");
+    let mut big = (1u32 << 20).to_le_bytes().to_vec();
+    big.extend_from_slice(&[0u8; 64]);
+    let err = bad.request_bytes(&big).await.expect_err("oversize");
+    assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge), "{err}");
+    good.ping().await.expect("good client unaffected");
+
+    // An unknown protocol version.
+    let mut old = client_config(&t, Some(2));
+    old.version = Version::new(9, 0);
+    let err = Client::connect(old).await.err().expect("refused");
+    assert_eq!(err.code(), Some(ErrorCode::UnsupportedVersion), "{err}");
+    good.ping().await.expect("good client unaffected");
+
+    // Too many streams in flight.
+    let bad = Client::connect(client_config(&t, Some(2)))
+        .await
+        .expect("connect");
+    let results = join_all((0..8).map(|_| get_profile(&bad, 1, Some("slow")))).await;
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(e) if e.code() == Some(ErrorCode::TooManyStreams)))
+        .count();
+    assert!(refused >= 1, "{results:?}");
+    assert!(results.iter().filter(|r| r.is_ok()).count() >= 1);
+    good.ping().await.expect("good client unaffected");
+
+    // A request flood.
+    let bad = Client::connect(client_config(&t, Some(2)))
+        .await
+        .expect("connect");
+    let results = join_all((0..60).map(|_| bad.ping())).await;
+    let limited: Vec<&ClientError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(!limited.is_empty(), "the flood was not limited");
+    assert!(
+        limited
+            .iter()
+            .all(|e| e.code() == Some(ErrorCode::RateLimited)),
+        "{limited:?}"
+    );
+    assert!(
+        matches!(limited[0], ClientError::Server { retry_after_ms, .. } if *retry_after_ms > 0)
+    );
+    good.ping().await.expect("good client unaffected");
+
+    let (_, metrics) = http_get(t.edge.ops_addr, "/metrics").await;
+    assert!(metrics.contains("code=\"MalformedFrame\""), "{metrics}");
+    assert!(metrics.contains("code=\"RateLimited\""), "{metrics}");
+}
