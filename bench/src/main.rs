@@ -1,13 +1,15 @@
 //! `selfie-bench`: load generator with scenarios, HdrHistogram percentiles, and
 //! baselines run side by side in the same invocation, reported as ratios.
 //!
-//! Scenarios so far:
+//! Scenarios:
 //! - `storage`: timeline appends and 20-row page reads through `selfie-storage`
-//!   (embedded or CQL) and, for the embedded backend, the same operations on raw fjall.
+//!   (embedded or CQL) and, for the embedded backend, the same operations on raw fjall;
+//! - `rpc`, `connect`, `idle`: the edge (a `selfie serve` child process) against a raw
+//!   quinn echo server with the same TLS and transport settings.
 //!
-//! The edge scenarios (`rpc`, `connect`, `idle`) arrive with the edge (issue 3).
 //! Results and command lines are recorded in `bench/RESULTS.md`.
 
+mod edge;
 mod report;
 mod storage;
 
@@ -24,10 +26,23 @@ struct Cli {
 enum Scenario {
     /// Timeline append and page-read through the storage layer vs raw fjall.
     Storage(storage::Args),
+    /// Request/response through the edge vs a raw quinn echo server.
+    Rpc(edge::RpcArgs),
+    /// New connections per second, edge vs raw quinn.
+    Connect(edge::ConnectArgs),
+    /// Server memory per idle connection, edge vs raw quinn.
+    Idle(edge::IdleArgs),
+    /// The raw quinn echo baseline server (started by the other scenarios).
+    #[command(hide = true)]
+    EchoServer(edge::EchoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Storage(args) => storage::run(args),
+        Scenario::Rpc(args) => edge::rpc(args),
+        Scenario::Connect(args) => edge::connect(args),
+        Scenario::Idle(args) => edge::idle(args),
+        Scenario::EchoServer(args) => edge::echo_server(args),
     }
 }

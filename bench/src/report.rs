@@ -22,6 +22,11 @@ impl Latencies {
         self.hist.saturating_record((d.as_micros() as u64).max(1));
     }
 
+    /// Merges another recorder.
+    pub fn merge(&mut self, other: &Latencies) {
+        let _ = self.hist.add(&other.hist);
+    }
+
     /// Percentile in microseconds.
     pub fn p(&self, q: f64) -> u64 {
         self.hist.value_at_quantile(q)

@@ -74,6 +74,10 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// Time allowed for QUIC handshake plus `Welcome`.
     pub connect_timeout: Duration,
+    /// The QUIC/TLS client configuration, built once by [`ClientConfig::prepared`] and
+    /// reused by every connection made with this configuration (building it per
+    /// connection costs more than a handshake's worth of CPU).
+    pub quic: Option<quinn::ClientConfig>,
 }
 
 impl ClientConfig {
@@ -89,7 +93,15 @@ impl ClientConfig {
             version: selfie_protocol::PROTOCOL_VERSION,
             limits: Limits::DEFAULT,
             connect_timeout: Duration::from_secs(10),
+            quic: None,
         }
+    }
+
+    /// The same configuration with its QUIC/TLS configuration built, for making many
+    /// connections.
+    pub fn prepared(mut self) -> Result<Self, ClientError> {
+        self.quic = Some(quic_client_config(&self.trust)?);
+        Ok(self)
     }
 }
 
@@ -286,7 +298,10 @@ impl Client {
         endpoint: &Endpoint,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
-        let quic = quic_client_config(&config.trust)?;
+        let quic = match &config.quic {
+            Some(q) => q.clone(),
+            None => quic_client_config(&config.trust)?,
+        };
         let deadline = Instant::now() + config.connect_timeout;
         let connecting = endpoint.connect_with(quic, config.server, &config.server_name)?;
         let conn = tokio::time::timeout_at(deadline.into(), connecting)

@@ -66,7 +66,8 @@ pub struct TlsConfig {
 pub struct LimitsConfig {
     /// Connections one shard accepts before refusing new ones.
     pub max_connections_per_shard: usize,
-    /// Concurrent bidirectional streams a client may open.
+    /// Concurrent requests (bidirectional streams) a client may have in flight. Memory
+    /// grows with it: quinn reserves ~85 bytes per allowed stream per connection.
     pub max_concurrent_streams: u32,
     /// Largest frame accepted or sent.
     pub max_frame_bytes: usize,
@@ -137,7 +138,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections_per_shard: 100_000,
-            max_concurrent_streams: 256,
+            max_concurrent_streams: 128,
             max_frame_bytes: selfie_codec::Limits::DEFAULT.max_frame_bytes,
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,

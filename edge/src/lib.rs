@@ -39,6 +39,11 @@ pub use config::Config;
 pub use service::{ErrorReply, Registry, RequestContext, Service, ServiceFactory};
 pub use session::{AnonymousOnly, Authenticator, Principal};
 
+/// Streams QUIC lets a client open: the application limit plus a margin of 16.
+pub fn transport_streams(app_limit: u32) -> u32 {
+    app_limit.saturating_add(16)
+}
+
 /// A running edge.
 pub struct Edge {
     /// The UDP address clients connect to.

@@ -4,6 +4,7 @@
 //! here; other shards are reached only through their bounded mailboxes.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::rc::Rc;
@@ -21,6 +22,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Config;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::metrics::{CodeLabels, Metrics, OutcomeLabels, RequestLabels, ShardLabel};
 use crate::service::{ErrorReply, Registry, RequestContext, ServiceFactory, ShardId, owner_shard};
 use crate::session::{self, Authenticator, SessionInfo};
@@ -111,6 +115,32 @@ struct Shard {
     handshake_window: Cell<(u64, u32)>,
     mail_inflight: Cell<usize>,
     label: ShardLabel,
+    hot: HotMetrics,
+}
+
+/// Metric handles resolved once per shard, so that the request path does no family
+/// lookups (each `get_or_create` takes a lock and hashes the labels).
+struct HotMetrics {
+    streams: Counter,
+    received: Counter,
+    sent: Counter,
+    forwarded: Counter,
+    requests: RefCell<HashMap<RequestKey, (Counter, Histogram)>>,
+}
+
+/// (service, result code) of a request, for [`HotMetrics::requests`].
+type RequestKey = (&'static str, &'static str);
+
+impl HotMetrics {
+    fn new(metrics: &Metrics, label: &ShardLabel) -> Self {
+        Self {
+            streams: metrics.streams_total.get_or_create(label).clone(),
+            received: metrics.received_bytes_total.get_or_create(label).clone(),
+            sent: metrics.sent_bytes_total.get_or_create(label).clone(),
+            forwarded: metrics.forwarded_total.get_or_create(label).clone(),
+            requests: RefCell::new(HashMap::new()),
+        }
+    }
 }
 
 impl Shard {
@@ -183,6 +213,7 @@ async fn serve(
         ),
         handshake_window: Cell::new((0, 0)),
         mail_inflight: Cell::new(0),
+        hot: HotMetrics::new(&shared.metrics, &ShardLabel { shard: id as u16 }),
         label: ShardLabel { shard: id as u16 },
         shared: shared.clone(),
     });
@@ -337,6 +368,9 @@ fn admit(shard: &Rc<Shard>, incoming: Incoming) {
 struct Conn {
     id: u64,
     conn: Connection,
+    /// The client's address when it connected: the per-IP rate-limit key (reading the
+    /// live address takes the connection's lock on every request).
+    ip: IpAddr,
     session: SessionInfo,
     limiter: DefaultDirectRateLimiter,
     inflight: Cell<u32>,
@@ -427,7 +461,7 @@ async fn serve_connection(
         let frame = read_frame(&mut recv, &mut dec).await?;
         Ok::<_, ConnError>((send, recv, dec, frame))
     };
-    let (mut ctl_send, mut ctl_recv, mut ctl_dec, frame) =
+    let (mut ctl_send, ctl_recv, ctl_dec, frame) =
         match tokio::time::timeout_at(handshake_deadline.into(), hello).await {
             Ok(Ok(v)) => v,
             Ok(Err(ConnError::Codec(e))) => {
@@ -528,6 +562,7 @@ async fn serve_connection(
 
     let state = Rc::new(Conn {
         id: conn_id,
+        ip: conn.remote_address().ip(),
         conn: conn.clone(),
         limiter: RateLimiter::direct(
             Quota::per_second(per_second(limits.connection_requests_per_second))
@@ -537,13 +572,26 @@ async fn serve_connection(
         inflight: Cell::new(0),
         protocol_errors: Cell::new(0),
     });
+    // Datagrams and the control stream run in their own tasks, so that the accept loop
+    // below polls only for new request streams and the drain signal.
+    tokio::task::spawn_local(datagram_loop(shard.clone(), state.clone()));
+    let ctl_send = Rc::new(tokio::sync::Mutex::new(ctl_send));
+    tokio::task::spawn_local(control_loop(
+        shard.clone(),
+        state.clone(),
+        ctl_send.clone(),
+        ctl_recv,
+        ctl_dec,
+    ));
     let mut drain = shard.shared.drain.clone();
-    let mut draining = *drain.borrow();
+    let drained = async move {
+        let _ = drain.wait_for(|d| *d).await;
+    };
+    tokio::pin!(drained);
     loop {
-        if draining {
-            break;
-        }
         tokio::select! {
+            biased;
+            () = &mut drained => break,
             stream = conn.accept_bi() => {
                 let (send, recv) = match stream {
                     Ok(s) => s,
@@ -551,35 +599,6 @@ async fn serve_connection(
                 };
                 let (shard, state) = (shard.clone(), state.clone());
                 tokio::task::spawn_local(async move { serve_request(&shard, &state, send, recv).await });
-            }
-            frame = read_frame(&mut ctl_recv, &mut ctl_dec) => {
-                match frame {
-                    Ok(Some(frame)) => on_control(shard, &state, &mut ctl_send, frame).await?,
-                    Ok(None) => {
-                        // The client closed its control stream: the session is over.
-                        conn.close(VarInt::from_u32(0), b"control stream closed");
-                        return Ok(());
-                    }
-                    Err(ConnError::Codec(e)) => {
-                        state.violation(shard, e.code());
-                        return Err(ConnError::Codec(e));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            datagram = conn.read_datagram() => {
-                let Ok(bytes) = datagram else { return Ok(()) };
-                let outcome = match selfie_codec::decode_datagram(bytes, &shard.limits) {
-                    Ok(_) => "ok",
-                    Err(e) => {
-                        state.violation(shard, e.code());
-                        e.label()
-                    }
-                };
-                shard.shared.metrics.datagrams_total.get_or_create(&OutcomeLabels { shard: shard.id as u16, outcome }).inc();
-            }
-            changed = drain.changed() => {
-                draining = changed.is_err() || *drain.borrow();
             }
         }
     }
@@ -599,7 +618,7 @@ async fn serve_connection(
         );
         build::control(b, 0, ControlOp::GoAway, g.as_union_value())
     }) {
-        let _ = ctl_send.write_all(&bytes).await;
+        let _ = ctl_send.lock().await.write_all(&bytes).await;
     }
     let _ = tokio::time::timeout(Duration::from_millis(deadline_ms), async {
         while state.inflight.get() > 0 {
@@ -612,6 +631,60 @@ async fn serve_connection(
         b"draining",
     );
     Ok(())
+}
+
+/// Datagrams of one connection: verified and counted (presence and typing handlers plug
+/// in here with the chat issue).
+async fn datagram_loop(shard: Rc<Shard>, state: Rc<Conn>) {
+    while let Ok(bytes) = state.conn.read_datagram().await {
+        let outcome = match selfie_codec::decode_datagram(bytes, &shard.limits) {
+            Ok(_) => "ok",
+            Err(e) => {
+                state.violation(&shard, e.code());
+                e.label()
+            }
+        };
+        shard
+            .shared
+            .metrics
+            .datagrams_total
+            .get_or_create(&OutcomeLabels {
+                shard: shard.id as u16,
+                outcome,
+            })
+            .inc();
+    }
+}
+
+/// The control stream after `Welcome`. Its end ends the session.
+async fn control_loop(
+    shard: Rc<Shard>,
+    state: Rc<Conn>,
+    send: Rc<tokio::sync::Mutex<SendStream>>,
+    mut recv: RecvStream,
+    mut dec: FrameDecoder,
+) {
+    loop {
+        match read_frame(&mut recv, &mut dec).await {
+            Ok(Some(frame)) => {
+                let mut send = send.lock().await;
+                if on_control(&shard, &state, &mut send, frame).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                state
+                    .conn
+                    .close(VarInt::from_u32(0), b"control stream closed");
+                return;
+            }
+            Err(ConnError::Codec(e)) => {
+                state.violation(&shard, e.code());
+                return;
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Frames on the control stream after `Welcome`: `Ping` is answered; anything else is a
@@ -660,8 +733,7 @@ async fn serve_request(
     mut recv: RecvStream,
 ) {
     let started = Instant::now();
-    let metrics = &shard.shared.metrics;
-    metrics.streams_total.get_or_create(&shard.label).inc();
+    shard.hot.streams.inc();
     state.inflight.set(state.inflight.get() + 1);
     let _guard = InflightGuard(state.clone());
     let mut dec = FrameDecoder::new(shard.limits);
@@ -690,14 +762,15 @@ async fn serve_request(
         }
         Err(_) => return,
     };
-    metrics
-        .received_bytes_total
-        .get_or_create(&shard.label)
-        .inc_by(frame.as_bytes().len() as u64);
+    shard.hot.received.inc_by(frame.as_bytes().len() as u64);
     let env = frame.envelope();
     let id = env.id();
     let body = env.body_type();
-    let _ = send.set_priority(priority_of(body).quic_priority());
+    // Streams start at priority 0 (Content): skip the call (it takes the connection lock).
+    let priority = priority_of(body).quic_priority();
+    if priority != 0 {
+        let _ = send.set_priority(priority);
+    }
     let Some(service) = Service::of(body) else {
         // Unreachable: the codec refuses unknown services.
         return;
@@ -725,10 +798,7 @@ async fn serve_request(
             "connection request rate exceeded",
             wait.as_millis().max(1) as u32,
         ))
-    } else if let Err(not_until) = shard
-        .ip_limiter
-        .check_key(&state.conn.remote_address().ip())
-    {
+    } else if let Err(not_until) = shard.ip_limiter.check_key(&state.ip) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
@@ -774,7 +844,7 @@ async fn serve_request(
                 };
                 match owner {
                     Some(o) if o != shard.id => {
-                        metrics.forwarded_total.get_or_create(&shard.label).inc();
+                        shard.hot.forwarded.inc();
                         shard.shared.invoke_on(o, service, ctx, frame.clone()).await
                     }
                     _ => svc.handle(ctx, frame.clone()).await,
@@ -787,10 +857,7 @@ async fn serve_request(
             if send.write_all(&bytes).await.is_ok() {
                 let _ = send.finish();
             }
-            metrics
-                .sent_bytes_total
-                .get_or_create(&shard.label)
-                .inc_by(bytes.len() as u64);
+            shard.hot.sent.inc_by(bytes.len() as u64);
             record(shard, label, "ok", started);
         }
         Err(reply) => respond_error(shard, &mut send, id, &reply, label, started).await,
@@ -798,23 +865,21 @@ async fn serve_request(
 }
 
 fn record(shard: &Shard, service: &'static str, code: &'static str, started: Instant) {
-    let labels = RequestLabels {
-        shard: shard.id as u16,
-        service,
-        code,
-    };
-    shard
-        .shared
-        .metrics
-        .requests_total
-        .get_or_create(&labels)
-        .inc();
-    shard
-        .shared
-        .metrics
-        .request_duration_seconds
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    let mut cache = shard.hot.requests.borrow_mut();
+    let (count, latency) = cache.entry((service, code)).or_insert_with(|| {
+        let labels = RequestLabels {
+            shard: shard.id as u16,
+            service,
+            code,
+        };
+        let m = &shard.shared.metrics;
+        (
+            m.requests_total.get_or_create(&labels).clone(),
+            m.request_duration_seconds.get_or_create(&labels).clone(),
+        )
+    });
+    count.inc();
+    latency.observe(started.elapsed().as_secs_f64());
 }
 
 async fn respond_error(

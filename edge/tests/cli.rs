@@ -16,8 +16,15 @@ fn selfie() -> Command {
 
 #[test]
 fn config_check_accepts_defaults_and_refuses_unknown_keys() {
-    let out = selfie().args(["config", "check"]).output().expect("run selfie");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = selfie()
+        .args(["config", "check"])
+        .output()
+        .expect("run selfie");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = selfie()
         .args(["config", "check"])
         .env("SELFIE_SERVER_SHARDZ", "2")
@@ -36,11 +43,18 @@ fn config_print_shows_overrides_and_redacts_secrets() {
         .args(["--config"])
         .arg(&file)
         .args(["config", "print", "--set", "server.node_id=\"edge-eu-7\""])
-        .env("SELFIE_STORAGE_REDIS_URL", "redis://svc:s3cret@cache:6379/0")
+        .env(
+            "SELFIE_STORAGE_REDIS_URL",
+            "redis://svc:s3cret@cache:6379/0",
+        )
         .output()
         .expect("run selfie");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("shards = 3"), "{text}");
     assert!(text.contains("node_id = \"edge-eu-7\""), "{text}");
     assert!(!text.contains("s3cret"), "{text}");
@@ -48,8 +62,9 @@ fn config_print_shows_overrides_and_redacts_secrets() {
 
 #[test]
 fn migrate_creates_the_keyspace_and_ledger_then_is_a_no_op() {
-    let nodes = std::env::var("SELFIE_CQL_NODES")
-        .expect("SELFIE_CQL_NODES is not set: run the tests with scripts/test (it starts a CQL server)");
+    let nodes = std::env::var("SELFIE_CQL_NODES").expect(
+        "SELFIE_CQL_NODES is not set: run the tests with scripts/test (it starts a CQL server)",
+    );
     let keyspace = format!("migrate_{:08x}", rand::random::<u32>());
     let url = format!("cql://{nodes}/{keyspace}");
     let run = || {
@@ -59,7 +74,11 @@ fn migrate_creates_the_keyspace_and_ledger_then_is_a_no_op() {
             .env("SELFIE_LOG_LEVEL", "warn")
             .output()
             .expect("run selfie migrate");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let first = run();
@@ -67,12 +86,18 @@ fn migrate_creates_the_keyspace_and_ledger_then_is_a_no_op() {
     let second = run();
     assert!(second.contains("up to date"), "{second}");
     // The ledger exists on the server.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let cql = selfie_storage::cql::CqlConfig::from_url(&url).expect("url");
         let session = selfie_storage::cql::connect(&cql).await.expect("connect");
         session
-            .query_unpaged(format!("SELECT version FROM {keyspace}.selfie_migrations"), &[])
+            .query_unpaged(
+                format!("SELECT version FROM {keyspace}.selfie_migrations"),
+                &[],
+            )
             .await
             .expect("ledger table exists");
     });

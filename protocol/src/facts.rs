@@ -107,19 +107,21 @@ impl Service {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     /// Bulk media bytes.
-    Media = 0,
-    /// Feeds, stories and the other request/response services.
-    Content = 1,
+    Media = -1,
+    /// Feeds, stories and the other request/response services (QUIC's default, 0, so
+    /// that most streams need no priority call at all).
+    Content = 0,
     /// Notifications.
-    Notifications = 2,
+    Notifications = 1,
     /// Chat messages and events.
-    Chat = 3,
+    Chat = 2,
     /// Session control: `Hello`, `Ping`, `GoAway`, errors.
-    Control = 4,
+    Control = 3,
 }
 
 impl Priority {
-    /// The value for `quinn::SendStream::set_priority` (higher is sent first).
+    /// The value for `quinn::SendStream::set_priority` (higher is sent first; streams
+    /// start at 0).
     pub fn quic_priority(self) -> i32 {
         self as i32
     }

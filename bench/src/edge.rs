@@ -1,0 +1,622 @@
+//! Edge scenarios, each run side by side with a raw quinn baseline in the same
+//! invocation:
+//!
+//! - `rpc`: K connections × M requests in flight (a `Ping` request through the edge:
+//!   verify, admission, dispatch, encode) vs raw quinn echo of the same request bytes on
+//!   the same connections/streams pattern;
+//! - `connect`: new connections per second (QUIC handshake + `Hello`/`Welcome` vs a bare
+//!   QUIC handshake);
+//! - `idle`: N idle connections; server memory per connection (RSS delta / N).
+//!
+//! Servers run as child processes (`selfie serve`, `selfie-bench echo-server`), so that
+//! their CPU time (from `/proc/<pid>/stat`) and memory are theirs alone; the load
+//! generator runs on one current-thread runtime in this process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use selfie_client::{Client, ClientConfig, Trust};
+use selfie_codec::{Encoder, Limits, build};
+
+use crate::report::{Latencies, Line};
+
+/// A server child process and what it printed about itself.
+pub struct ServerProcess {
+    child: Child,
+    /// UDP address.
+    pub addr: SocketAddr,
+    /// Certificate SHA-256 (hex).
+    pub fingerprint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> anyhow::Result<Self> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start server process")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut addr, mut fingerprint) = (None, None);
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(rest) = line.split("udp://").nth(1) {
+                addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+            if let Some(f) = line.strip_prefix("certificate sha-256: ") {
+                fingerprint = Some(f.trim().to_string());
+            }
+            if addr.is_some() && fingerprint.is_some() {
+                break;
+            }
+        }
+        // Keep draining stdout so that the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        match (addr, fingerprint) {
+            (Some(addr), Some(fingerprint)) => Ok(Self {
+                child,
+                addr,
+                fingerprint,
+                _dir: dir,
+            }),
+            _ => {
+                let _ = child.kill();
+                bail!("server did not print its address and certificate")
+            }
+        }
+    }
+
+    /// `selfie serve` with `shards` shards and limits raised for load testing.
+    pub fn edge(shards: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let exe = sibling_exe("selfie")?;
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            &shards.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("SELFIE_OPS_LISTEN", "127.0.0.1:0")
+        .env("SELFIE_LOG_LEVEL", "warn")
+        .env("SELFIE_SERVER_PIN_CORES", "false")
+        .env("SELFIE_LIMITS_CONNECTION_REQUESTS_PER_SECOND", "100000000")
+        .env("SELFIE_LIMITS_CONNECTION_REQUEST_BURST", "100000000")
+        .env("SELFIE_LIMITS_IP_REQUESTS_PER_SECOND", "100000000")
+        .env("SELFIE_LIMITS_IP_REQUEST_BURST", "100000000")
+        .env(
+            "SELFIE_LIMITS_RETRY_ABOVE_HANDSHAKES_PER_SECOND",
+            "100000000",
+        )
+        .env("SELFIE_LIMITS_IDLE_TIMEOUT_MS", "120000");
+        Self::spawn(cmd, dir)
+    }
+
+    /// The raw quinn echo baseline (`selfie-bench echo-server`).
+    pub fn echo() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["echo-server", "--data-dir"]).arg(dir.path());
+        Self::spawn(cmd, dir)
+    }
+
+    /// CPU time (user + system) the process has used.
+    pub fn cpu(&self) -> Duration {
+        proc_cpu(self.child.id()).unwrap_or_default()
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    fn trust(&self) -> anyhow::Result<Trust> {
+        Ok(Trust::pinned_hex(&self.fingerprint)?)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sibling_exe(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let path = me.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        bail!(
+            "{} not found: build it first (cargo build --release -p selfie-edge)",
+            path.display()
+        )
+    }
+}
+
+fn proc_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // utime and stime are in USER_HZ, which is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Arguments shared by the edge scenarios.
+#[derive(clap::Args, Clone)]
+pub struct RpcArgs {
+    /// Connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Edge shards (the baseline echo server is one thread).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// Also run the edge with two shards and report 2 ÷ 1 shard throughput.
+    #[arg(long)]
+    scaling: bool,
+    /// Also print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn ping_frame() -> Bytes {
+    let mut enc = Encoder::new(Limits::DEFAULT);
+    enc.encode_bytes(|b| build::ping(b, 1, 0))
+        .unwrap_or_default()
+}
+
+async fn edge_rpc(
+    server: &ServerProcess,
+    args: &RpcArgs,
+    name: &str,
+) -> anyhow::Result<(Line, Duration)> {
+    let endpoint = selfie_client::endpoint("127.0.0.1:0".parse()?)?;
+    let prepared = ClientConfig::new(server.addr, server.trust()?).prepared()?;
+    let mut clients = Vec::new();
+    for _ in 0..args.connections {
+        clients.push(Rc::new(
+            Client::connect_on(&endpoint, prepared.clone()).await?,
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let cpu0 = server.cpu();
+    let start = Instant::now();
+    let tasks = clients
+        .iter()
+        .flat_map(|c| (0..args.in_flight).map(move |_| c.clone()))
+        .map(|c| async move {
+            let mut lat = Latencies::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                c.ping().await?;
+                lat.record(t.elapsed());
+                n += 1;
+            }
+            anyhow::Ok((n, lat))
+        });
+    let results = futures::future::join_all(tasks).await;
+    let elapsed = start.elapsed();
+    let cpu = server.cpu().saturating_sub(cpu0);
+    let mut lat = Latencies::new();
+    let mut ops = 0;
+    for r in results {
+        let (n, l) = r?;
+        ops += n;
+        lat.merge(&l);
+    }
+    Ok((
+        Line {
+            name: name.into(),
+            ops,
+            elapsed,
+            lat,
+        },
+        cpu,
+    ))
+}
+
+async fn echo_rpc(server: &ServerProcess, args: &RpcArgs) -> anyhow::Result<(Line, Duration)> {
+    let endpoint = selfie_client::endpoint("127.0.0.1:0".parse()?)?;
+    let config = selfie_client::quic_client_config(&server.trust()?)?;
+    let mut conns = Vec::new();
+    for _ in 0..args.connections {
+        conns.push(
+            endpoint
+                .connect_with(config.clone(), server.addr, "localhost")?
+                .await?,
+        );
+    }
+    let request = ping_frame();
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let cpu0 = server.cpu();
+    let start = Instant::now();
+    let tasks = conns
+        .iter()
+        .flat_map(|c| (0..args.in_flight).map(move |_| c.clone()))
+        .map(|c| {
+            let request = request.clone();
+            async move {
+                let mut lat = Latencies::new();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let (mut send, mut recv) = c.open_bi().await?;
+                    send.write_all(&request).await?;
+                    send.finish()?;
+                    let response = recv.read_to_end(64 * 1024).await?;
+                    anyhow::ensure!(response.len() == request.len(), "echo mismatch");
+                    lat.record(t.elapsed());
+                    n += 1;
+                }
+                anyhow::Ok((n, lat))
+            }
+        });
+    let results = futures::future::join_all(tasks).await;
+    let elapsed = start.elapsed();
+    let cpu = server.cpu().saturating_sub(cpu0);
+    let mut lat = Latencies::new();
+    let mut ops = 0;
+    for r in results {
+        let (n, l) = r?;
+        ops += n;
+        lat.merge(&l);
+    }
+    Ok((
+        Line {
+            name: "raw quinn echo (baseline)".into(),
+            ops,
+            elapsed,
+            lat,
+        },
+        cpu,
+    ))
+}
+
+fn cpu_per_op(cpu: Duration, ops: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / ops.max(1) as f64
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `rpc`: edge vs raw quinn, same connections, in-flight requests and request bytes.
+pub fn rpc(args: RpcArgs) -> anyhow::Result<()> {
+    let rt = current_thread()?;
+    println!(
+        "rpc: {} connections x {} in flight, {} s per run, request {} bytes",
+        args.connections,
+        args.in_flight,
+        args.seconds,
+        ping_frame().len()
+    );
+    let echo = ServerProcess::echo()?;
+    let (base, base_cpu) = rt.block_on(echo_rpc(&echo, &args))?;
+    drop(echo);
+    let edge = ServerProcess::edge(args.shards)?;
+    let label = format!(
+        "edge ping ({} shard{})",
+        args.shards,
+        if args.shards == 1 { "" } else { "s" }
+    );
+    let (ours, our_cpu) = rt.block_on(edge_rpc(&edge, &args, &label))?;
+    drop(edge);
+    let mut lines = vec![(base, base_cpu), (ours, our_cpu)];
+    if args.scaling {
+        for shards in [1, 2] {
+            if shards == args.shards {
+                continue;
+            }
+            let edge = ServerProcess::edge(shards)?;
+            let label = format!(
+                "edge ping ({shards} shard{})",
+                if shards == 1 { "" } else { "s" }
+            );
+            lines.push(rt.block_on(edge_rpc(&edge, &args, &label))?);
+        }
+    }
+    for (l, cpu) in &lines {
+        println!(
+            "{}  server CPU {:.2} µs/req",
+            l.text(),
+            cpu_per_op(*cpu, l.ops)
+        );
+    }
+    let (b, bc) = &lines[0];
+    let (o, oc) = &lines[1];
+    println!(
+        "ratios (edge ÷ raw quinn): throughput {:.2}x, p50 {:.2}x, p99 {:.2}x, server CPU per request {:.2}x",
+        o.rate() / b.rate(),
+        o.lat.p(0.5) as f64 / b.lat.p(0.5).max(1) as f64,
+        o.lat.p(0.99) as f64 / b.lat.p(0.99).max(1) as f64,
+        cpu_per_op(*oc, o.ops) / cpu_per_op(*bc, b.ops).max(f64::EPSILON),
+    );
+    if args.scaling {
+        let one = lines.iter().find(|(l, _)| l.name.contains("(1 shard)"));
+        let two = lines.iter().find(|(l, _)| l.name.contains("(2 shards)"));
+        if let (Some((one, _)), Some((two, _))) = (one, two) {
+            println!(
+                "scaling: 2 shards ÷ 1 shard throughput {:.2}x",
+                two.rate() / one.rate()
+            );
+        }
+    }
+    if args.json {
+        let v: Vec<_> = lines.iter().map(|(l, _)| l.json()).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+/// Arguments of `connect`.
+#[derive(clap::Args, Clone)]
+pub struct ConnectArgs {
+    /// Connection attempts in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Edge shards.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+}
+
+async fn connect_loop(
+    server: &ServerProcess,
+    args: &ConnectArgs,
+    edge: bool,
+    name: &str,
+) -> anyhow::Result<Line> {
+    let endpoint = selfie_client::endpoint("127.0.0.1:0".parse()?)?;
+    let trust = server.trust()?;
+    let quic = selfie_client::quic_client_config(&trust)?;
+    let prepared = ClientConfig::new(server.addr, trust).prepared()?;
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let start = Instant::now();
+    let tasks = (0..args.concurrency).map(|_| {
+        let (endpoint, prepared, quic) = (endpoint.clone(), prepared.clone(), quic.clone());
+        async move {
+            let mut lat = Latencies::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if edge {
+                    let c = Client::connect_on(&endpoint, prepared.clone()).await?;
+                    lat.record(t.elapsed());
+                    c.close();
+                } else {
+                    let c = endpoint
+                        .connect_with(quic.clone(), server.addr, "localhost")?
+                        .await?;
+                    lat.record(t.elapsed());
+                    c.close(quinn::VarInt::from_u32(0), b"");
+                }
+                n += 1;
+            }
+            anyhow::Ok((n, lat))
+        }
+    });
+    let results = futures::future::join_all(tasks).await;
+    let elapsed = start.elapsed();
+    let mut lat = Latencies::new();
+    let mut ops = 0;
+    for r in results {
+        let (n, l) = r?;
+        ops += n;
+        lat.merge(&l);
+    }
+    Ok(Line {
+        name: name.into(),
+        ops,
+        elapsed,
+        lat,
+    })
+}
+
+/// `connect`: new connections per second, edge (handshake + Hello/Welcome) vs raw quinn.
+pub fn connect(args: ConnectArgs) -> anyhow::Result<()> {
+    let rt = current_thread()?;
+    println!(
+        "connect: {} in flight, {} s per run",
+        args.concurrency, args.seconds
+    );
+    let echo = ServerProcess::echo()?;
+    let base = rt.block_on(connect_loop(
+        &echo,
+        &args,
+        false,
+        "raw quinn handshake (baseline)",
+    ))?;
+    drop(echo);
+    let edge = ServerProcess::edge(args.shards)?;
+    let ours = rt.block_on(connect_loop(
+        &edge,
+        &args,
+        true,
+        "edge handshake + Hello/Welcome",
+    ))?;
+    println!("{}\n{}", base.text(), ours.text());
+    println!(
+        "ratios (edge ÷ raw quinn): connections/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
+        ours.rate() / base.rate(),
+        ours.lat.p(0.5) as f64 / base.lat.p(0.5).max(1) as f64,
+        ours.lat.p(0.99) as f64 / base.lat.p(0.99).max(1) as f64,
+    );
+    Ok(())
+}
+
+/// Arguments of `idle`.
+#[derive(clap::Args, Clone)]
+pub struct IdleArgs {
+    /// Idle connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Connection attempts in flight while opening them.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Edge shards.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+}
+
+async fn open_idle(
+    server: &ServerProcess,
+    args: &IdleArgs,
+    edge: bool,
+) -> anyhow::Result<(u64, u64, Vec<Box<dyn std::any::Any>>)> {
+    // Several client sockets, so that one socket's buffers are not the limit.
+    let endpoints: Vec<quinn::Endpoint> = (0..8)
+        .map(|_| selfie_client::endpoint("127.0.0.1:0".parse().expect("addr")))
+        .collect::<Result<_, _>>()?;
+    let trust = server.trust()?;
+    let quic = selfie_client::quic_client_config(&trust)?;
+    let prepared = ClientConfig::new(server.addr, trust).prepared()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss();
+    let mut held: Vec<Box<dyn std::any::Any>> = Vec::with_capacity(args.connections);
+    let mut next = 0usize;
+    while next < args.connections {
+        let batch = (args.connections - next).min(args.concurrency);
+        let opened = futures::future::join_all((0..batch).map(|i| {
+            let endpoint = endpoints[(next + i) % endpoints.len()].clone();
+            let (prepared, quic) = (prepared.clone(), quic.clone());
+            async move {
+                let held: Box<dyn std::any::Any> = if edge {
+                    Box::new(Client::connect_on(&endpoint, prepared).await?)
+                } else {
+                    Box::new(
+                        endpoint
+                            .connect_with(quic, server.addr, "localhost")?
+                            .await?,
+                    )
+                };
+                anyhow::Ok(held)
+            }
+        }))
+        .await;
+        for o in opened {
+            held.push(o?);
+        }
+        next += batch;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = server.rss();
+    Ok((before, after, held))
+}
+
+/// `idle`: server memory per idle connection, edge vs raw quinn.
+pub fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    let rt = current_thread()?;
+    println!("idle: {} connections", args.connections);
+    let mut report = Vec::new();
+    for (edge, name) in [
+        (false, "raw quinn (baseline)"),
+        (true, "edge (Hello/Welcome session)"),
+    ] {
+        let server = if edge {
+            ServerProcess::edge(args.shards)?
+        } else {
+            ServerProcess::echo()?
+        };
+        let (before, after, held) = rt.block_on(open_idle(&server, &args, edge))?;
+        let per = after.saturating_sub(before) as f64 / args.connections as f64;
+        println!(
+            "{name:<32} RSS {:.1} MiB -> {:.1} MiB: {:.1} KiB per connection",
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0,
+            per / 1024.0
+        );
+        report.push(per);
+        drop(held);
+    }
+    println!(
+        "ratio (edge ÷ raw quinn) memory per connection: {:.2}x",
+        report[1] / report[0].max(1.0)
+    );
+    Ok(())
+}
+
+/// Arguments of the hidden `echo-server` subcommand.
+#[derive(clap::Args, Clone)]
+pub struct EchoArgs {
+    /// UDP address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Where the development certificate lives.
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+/// The raw quinn baseline server: one thread, the edge's TLS and transport settings,
+/// echoing each bidirectional stream.
+pub fn echo_server(args: EchoArgs) -> anyhow::Result<()> {
+    let identity = selfie_edge::tls::load_identity(&Default::default(), Path::new(&args.data_dir))?;
+    let mut server_config = selfie_edge::tls::quic_server_config(&identity)?;
+    let mut transport = quinn::TransportConfig::default();
+    // The same stream allowance as the edge's default (memory depends on it).
+    let streams = selfie_edge::Config::default().limits.max_concurrent_streams;
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(selfie_edge::transport_streams(
+        streams,
+    )));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(
+        120,
+    ))?));
+    transport.stream_receive_window(quinn::VarInt::from_u32(1 << 20));
+    transport.receive_window(quinn::VarInt::from_u32(8 << 20));
+    transport.send_window(8 << 20);
+    server_config.transport_config(Arc::new(transport));
+    let rt = current_thread()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let endpoint = quinn::Endpoint::server(server_config, args.listen)?;
+        println!("echo listening on udp://{}", endpoint.local_addr()?);
+        println!("certificate sha-256: {}", identity.fingerprint());
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::task::spawn_local(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::task::spawn_local(async move {
+                        if let Ok(data) = recv.read_to_end(64 * 1024).await {
+                            let _ = send.write_all(&data).await;
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            });
+        }
+        anyhow::Ok(())
+    })
+}
