@@ -109,3 +109,20 @@ fn migrate_without_a_cql_url_explains_what_is_missing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("storage.cql_url"));
 }
+
+#[test]
+fn the_deployment_example_configuration_is_valid() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/selfie.example.toml");
+    let out = selfie()
+        .args(["--config"])
+        .arg(&example)
+        .args(["config", "check"])
+        .output()
+        .expect("run selfie");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
