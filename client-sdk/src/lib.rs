@@ -9,19 +9,34 @@
 //!
 //! Depends on `selfie-protocol`, `selfie-codec` and quinn only; never on server crates.
 //!
-//! Not yet here (later issues): subscriptions as streams, datagram send/receive helpers,
-//! automatic reconnect with backoff that honours `GoAway`, 0-RTT for idempotent requests.
+//! Subscriptions ([`Client::subscribe`]) arrive as server-initiated unidirectional
+//! streams and are read as a [`Subscription`] (a `futures::Stream` of frames); presence
+//! and typing travel as datagrams ([`Client::send_datagram`], [`Client::recv_datagram`]).
+//! [`ReconnectingClient`] reconnects with backoff and jitter, honours `GoAway`, and
+//! replays only idempotent requests.
+//!
+//! Not yet here: 0-RTT early data for idempotent requests (the server would also have to
+//! tell early requests apart; quinn does not expose that per stream).
 
+mod reconnect;
+
+pub use reconnect::{Backoff, ReconnectingClient};
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flatbuffers::WIPOffset;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use selfie_codec::{Builder, CodecError, Encoder, Frame, FrameDecoder, Limits, build};
+use selfie_codec::{
+    Builder, CodecError, DatagramFrame, Encoder, Frame, FrameDecoder, Limits, build,
+};
 use selfie_protocol::control::{self, ControlOp, GoAwayT, WelcomeT};
 use selfie_protocol::{Envelope, ErrorCode, Version};
 use sha2::{Digest, Sha256};
@@ -277,6 +292,91 @@ pub struct Client {
     next_id: AtomicU64,
     encoder: std::sync::Mutex<Encoder>,
     limits: Limits,
+    subscriptions: Subscriptions,
+}
+
+/// Push channels by subscription id. Whichever side comes first (the push stream's
+/// header, or the `SubscribeResponse`) creates the channel.
+type Subscriptions = Arc<std::sync::Mutex<HashMap<u64, PushSlot>>>;
+
+/// Both halves of a subscription's channel until each side has taken its own: the push
+/// stream reader takes the sender, `subscribe` the receiver; the entry goes when both
+/// are gone.
+struct PushSlot {
+    tx: Option<mpsc::Sender<Frame>>,
+    rx: Option<mpsc::Receiver<Frame>>,
+}
+
+/// Events per subscription buffered in the client before the server is slowed down
+/// (QUIC flow control pushes back once the channel is full).
+const PUSH_BUFFER: usize = 256;
+
+fn with_slot<R>(subs: &Subscriptions, id: u64, f: impl FnOnce(&mut PushSlot) -> R) -> Option<R> {
+    let mut map = subs.lock().ok()?;
+    let slot = map.entry(id).or_insert_with(|| {
+        let (tx, rx) = mpsc::channel(PUSH_BUFFER);
+        PushSlot {
+            tx: Some(tx),
+            rx: Some(rx),
+        }
+    });
+    let r = f(slot);
+    if slot.tx.is_none() && slot.rx.is_none() {
+        map.remove(&id);
+    }
+    Some(r)
+}
+
+/// One subscription's events, in order. Ends when the server ends the push stream or
+/// the connection closes.
+pub struct Subscription {
+    id: u64,
+    rx: mpsc::Receiver<Frame>,
+}
+
+impl Subscription {
+    /// The server-assigned id (for [`Client::unsubscribe`]).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next event, or `None` at the end.
+    pub async fn next(&mut self) -> Option<Frame> {
+        self.rx.recv().await
+    }
+}
+
+impl futures::Stream for Subscription {
+    type Item = Frame;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Reads one push stream: its header names the subscription, then frames follow.
+async fn read_push_stream(mut recv: RecvStream, limits: Limits, subs: Subscriptions) {
+    let mut dec = FrameDecoder::new(limits);
+    let Ok(Some(header)) = read_frame(&mut recv, &mut dec).await else {
+        return;
+    };
+    let Some(id) = header
+        .envelope()
+        .body_as_control()
+        .and_then(|c| c.op_as_push_stream_header())
+        .map(|h| h.subscription_id())
+    else {
+        return;
+    };
+    let Some(Some(tx)) = with_slot(&subs, id, |slot| slot.tx.take()) else {
+        return;
+    };
+    // Dropping `tx` at the end ends the subscriber's stream after the buffered events.
+    while let Ok(Some(frame)) = read_frame(&mut recv, &mut dec).await {
+        if tx.send(frame).await.is_err() {
+            break;
+        }
+    }
 }
 
 impl Client {
@@ -354,7 +454,15 @@ impl Client {
                 }
             }
         });
+        let subscriptions: Subscriptions = Arc::default();
+        let (push_conn, push_subs, limits) = (conn.clone(), subscriptions.clone(), config.limits);
+        tokio::spawn(async move {
+            while let Ok(recv) = push_conn.accept_uni().await {
+                tokio::spawn(read_push_stream(recv, limits, push_subs.clone()));
+            }
+        });
         Ok(Client {
+            subscriptions,
             endpoint: endpoint.clone(),
             conn,
             welcome,
@@ -471,6 +579,86 @@ impl Client {
             .map_err(|_| ClientError::Timeout)?
             .map_err(|_| ClientError::Protocol("control stream closed".into()))?;
         got.clone().ok_or(ClientError::Timeout)
+    }
+
+    /// Opens a subscription (`kind`, `target_id`, resuming after `since_cursor` when
+    /// given); events arrive on the returned [`Subscription`].
+    pub async fn subscribe(
+        &self,
+        kind: control::SubscriptionKind,
+        target_id: u64,
+        since_cursor: Option<&[u8]>,
+    ) -> Result<Subscription, ClientError> {
+        let frame = self
+            .request(|b, id| {
+                let since = since_cursor.map(|c| b.create_vector(c));
+                let req = control::SubscribeRequest::create(
+                    b,
+                    &control::SubscribeRequestArgs {
+                        kind,
+                        target_id,
+                        since_cursor: since,
+                    },
+                );
+                build::control(b, id, ControlOp::SubscribeRequest, req.as_union_value())
+            })
+            .await?;
+        let id = frame
+            .envelope()
+            .body_as_control()
+            .and_then(|c| c.op_as_subscribe_response())
+            .map(|r| r.subscription_id())
+            .ok_or_else(|| ClientError::Protocol("expected SubscribeResponse".into()))?;
+        match with_slot(&self.subscriptions, id, |slot| slot.rx.take()) {
+            Some(Some(rx)) => Ok(Subscription { id, rx }),
+            _ => Err(ClientError::Protocol(format!(
+                "subscription {id} opened twice"
+            ))),
+        }
+    }
+
+    /// Ends a subscription; its [`Subscription`] then ends.
+    pub async fn unsubscribe(&self, subscription_id: u64) -> Result<(), ClientError> {
+        self.request(|b, id| {
+            let req = control::UnsubscribeRequest::create(
+                b,
+                &control::UnsubscribeRequestArgs { subscription_id },
+            );
+            build::control(b, id, ControlOp::UnsubscribeRequest, req.as_union_value())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Sends a datagram (presence, typing): unreliable, latest wins.
+    pub fn send_datagram(
+        &self,
+        f: impl FnOnce(&mut Builder) -> WIPOffset<selfie_protocol::Datagram<'static>>,
+    ) -> Result<(), ClientError> {
+        let bytes = {
+            let mut enc = self
+                .encoder
+                .lock()
+                .map_err(|_| ClientError::Protocol("encoder poisoned".into()))?;
+            Bytes::copy_from_slice(enc.encode_datagram(f)?)
+        };
+        self.conn.send_datagram(bytes).map_err(stream_err)
+    }
+
+    /// Sends raw bytes as a datagram (tests and tools).
+    pub fn send_datagram_bytes(&self, bytes: Bytes) -> Result<(), ClientError> {
+        self.conn.send_datagram(bytes).map_err(stream_err)
+    }
+
+    /// The next datagram from the server, verified.
+    pub async fn recv_datagram(&self) -> Result<DatagramFrame, ClientError> {
+        let bytes = self.conn.read_datagram().await?;
+        Ok(selfie_codec::decode_datagram(bytes, &self.limits)?)
+    }
+
+    /// The `GoAway` received so far, if any.
+    pub fn goaway_now(&self) -> Option<GoAwayT> {
+        self.goaway.borrow().clone()
     }
 
     /// Moves the connection to a new local socket (as when a phone changes network);

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
+use futures::stream::LocalBoxStream;
 use selfie_codec::Frame;
+use selfie_protocol::control::{SubscribeRequest, SubscriptionKind};
 use selfie_protocol::{Envelope, ErrorCode};
 
 use crate::session::Principal;
@@ -67,6 +69,34 @@ pub trait Service {
         ctx: RequestContext,
         frame: Frame,
     ) -> LocalBoxFuture<'static, Result<Bytes, ErrorReply>>;
+
+    /// Opens a subscription: a stream of encoded push frames (events) that the edge
+    /// writes on a server-initiated unidirectional stream until it ends or the client
+    /// unsubscribes. Events missed since `request.since_cursor` come first.
+    fn subscribe(
+        &self,
+        _ctx: RequestContext,
+        _request: &SubscribeRequest<'_>,
+    ) -> Result<LocalBoxStream<'static, Bytes>, ErrorReply> {
+        Err(ErrorReply::new(
+            ErrorCode::Unavailable,
+            "this service has no subscriptions",
+        ))
+    }
+}
+
+/// The service that serves a subscription kind.
+pub fn subscription_service(kind: SubscriptionKind) -> Option<selfie_protocol::Service> {
+    use selfie_protocol::Service;
+    Some(match kind {
+        SubscriptionKind::Conversation | SubscriptionKind::AllConversations => Service::Chat,
+        SubscriptionKind::HomeFeed => Service::Feed,
+        SubscriptionKind::StoryTray => Service::Stories,
+        SubscriptionKind::Notifications => Service::Notifications,
+        SubscriptionKind::Presence | SubscriptionKind::User => Service::Users,
+        SubscriptionKind::Post => Service::Posts,
+        _ => return None,
+    })
 }
 
 /// The services of one shard, by protocol service.

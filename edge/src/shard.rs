@@ -375,9 +375,34 @@ struct Conn {
     limiter: DefaultDirectRateLimiter,
     inflight: Cell<u32>,
     protocol_errors: Cell<u32>,
+    /// Open subscriptions: id -> the task writing its push stream.
+    subscriptions: RefCell<HashMap<u64, tokio::task::JoinHandle<()>>>,
+    next_subscription: Cell<u64>,
+}
+
+/// Subscriptions one connection may hold at once.
+const MAX_SUBSCRIPTIONS: usize = 64;
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for (_, task) in self.subscriptions.borrow_mut().drain() {
+            task.abort();
+        }
+    }
 }
 
 impl Conn {
+    /// Records a violation that does not close the connection by itself (only past the
+    /// limit of protocol errors).
+    fn tolerated_violation(&self, shard: &Shard, code: ErrorCode) {
+        shard.count_protocol_error(code);
+        let n = self.protocol_errors.get() + 1;
+        self.protocol_errors.set(n);
+        if n > shard.shared.config.limits.max_protocol_errors {
+            close_for(shard, &self.conn, code, "too many protocol errors");
+        }
+    }
+
     /// Records a protocol violation; closes the connection past the limit.
     fn violation(&self, shard: &Shard, code: ErrorCode) {
         shard.count_protocol_error(code);
@@ -571,6 +596,8 @@ async fn serve_connection(
         session,
         inflight: Cell::new(0),
         protocol_errors: Cell::new(0),
+        subscriptions: RefCell::new(HashMap::new()),
+        next_subscription: Cell::new(1),
     });
     // Datagrams and the control stream run in their own tasks, so that the accept loop
     // below polls only for new request streams and the drain signal.
@@ -598,7 +625,11 @@ async fn serve_connection(
                     Err(_) => return Ok(()),
                 };
                 let (shard, state) = (shard.clone(), state.clone());
-                tokio::task::spawn_local(async move { serve_request(&shard, &state, send, recv).await });
+                // A debug-level span: free unless debug logging is on for this module.
+                let span = tracing::debug_span!("request", stream = %send.id());
+                tokio::task::spawn_local(
+                    async move { serve_request(&shard, &state, send, recv).await }.instrument(span),
+                );
             }
         }
     }
@@ -620,12 +651,17 @@ async fn serve_connection(
     }) {
         let _ = ctl_send.lock().await.write_all(&bytes).await;
     }
-    let _ = tokio::time::timeout(Duration::from_millis(deadline_ms), async {
+    let drain_deadline = Instant::now() + Duration::from_millis(deadline_ms);
+    let _ = tokio::time::timeout_at(drain_deadline.into(), async {
         while state.inflight.get() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
+    // Closing discards unsent stream data: give the GoAway a grace period to reach the
+    // client, which closes (or moves away) on its own when it has it.
+    let grace = Instant::now() + Duration::from_millis(1000);
+    let _ = tokio::time::timeout_at(grace.min(drain_deadline).into(), conn.closed()).await;
     conn.close(
         VarInt::from_u32(u32::from(ErrorCode::Draining.0)),
         b"draining",
@@ -640,7 +676,9 @@ async fn datagram_loop(shard: Rc<Shard>, state: Rc<Conn>) {
         let outcome = match selfie_codec::decode_datagram(bytes, &shard.limits) {
             Ok(_) => "ok",
             Err(e) => {
-                state.violation(&shard, e.code());
+                // Datagrams have no stream to answer on and are cheap to drop: a bad one
+                // is counted, and only repeated ones close the connection.
+                state.tolerated_violation(&shard, e.code());
                 e.label()
             }
         };
@@ -817,14 +855,32 @@ async fn serve_request(
         return;
     }
     let result = if service == Service::Control {
-        match env.body_as_control().and_then(|c| c.op_as_ping()) {
-            Some(ping) => shard
+        let control = env.body_as_control();
+        if let Some(ping) = control.and_then(|c| c.op_as_ping()) {
+            shard
                 .encode(|b| build::pong(b, id, ping.nonce(), now_ms()))
-                .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed")),
-            None => Err(ErrorReply::new(
+                .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
+        } else if let Some(req) = control.and_then(|c| c.op_as_subscribe_request()) {
+            subscribe(shard, state, id, &req)
+        } else if let Some(req) = control.and_then(|c| c.op_as_unsubscribe_request()) {
+            let task = state
+                .subscriptions
+                .borrow_mut()
+                .remove(&req.subscription_id());
+            match task {
+                Some(task) => {
+                    task.abort();
+                    shard
+                        .encode(|b| build::ack(b, id))
+                        .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
+                }
+                None => Err(ErrorReply::new(ErrorCode::NotFound, "no such subscription")),
+            }
+        } else {
+            Err(ErrorReply::new(
                 ErrorCode::UnexpectedMessage,
                 "not a request",
-            )),
+            ))
         }
     } else {
         match shard.registry.get(service) {
@@ -862,6 +918,93 @@ async fn serve_request(
         }
         Err(reply) => respond_error(shard, &mut send, id, &reply, label, started).await,
     }
+}
+
+/// Opens a subscription: the owning service produces push frames; a task writes them on
+/// a server-initiated unidirectional stream that starts with `PushStreamHeader`.
+fn subscribe(
+    shard: &Rc<Shard>,
+    state: &Rc<Conn>,
+    id: u64,
+    req: &selfie_protocol::control::SubscribeRequest<'_>,
+) -> Result<Bytes, ErrorReply> {
+    use selfie_protocol::control::{
+        PushStreamHeader, PushStreamHeaderArgs, SubscribeResponse, SubscribeResponseArgs,
+    };
+    let kind = req.kind();
+    let service = crate::service::subscription_service(kind)
+        .ok_or_else(|| ErrorReply::new(ErrorCode::InvalidArgument, "unknown subscription kind"))?;
+    if !state.session.may_call(service) {
+        return Err(ErrorReply::new(ErrorCode::Unauthenticated, "sign in first"));
+    }
+    if state.subscriptions.borrow().len() >= MAX_SUBSCRIPTIONS {
+        let mut e = ErrorReply::new(ErrorCode::TooManyStreams, "too many subscriptions");
+        e.retry_after_ms = 1000;
+        return Err(e);
+    }
+    let svc = shard.registry.get(service).ok_or_else(|| {
+        ErrorReply::new(ErrorCode::Unavailable, "service not available on this edge")
+    })?;
+    let ctx = RequestContext {
+        principal: state.session.principal.clone(),
+        origin_shard: shard.id,
+        shard: shard.id,
+        connection: state.id,
+    };
+    let mut events = svc.subscribe(ctx, req)?;
+    let sub_id = state.next_subscription.get();
+    state.next_subscription.set(sub_id + 1);
+    let header = shard
+        .encode(|b| {
+            let h = PushStreamHeader::create(
+                b,
+                &PushStreamHeaderArgs {
+                    subscription_id: sub_id,
+                    kind,
+                },
+            );
+            build::control(b, 0, ControlOp::PushStreamHeader, h.as_union_value())
+        })
+        .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))?;
+    let priority = match service {
+        Service::Chat => selfie_protocol::Priority::Chat,
+        Service::Notifications => selfie_protocol::Priority::Notifications,
+        _ => selfie_protocol::Priority::Content,
+    }
+    .quic_priority();
+    let conn = state.conn.clone();
+    let weak = Rc::downgrade(state);
+    let task = tokio::task::spawn_local(async move {
+        use futures::StreamExt;
+        let Ok(mut send) = conn.open_uni().await else {
+            return;
+        };
+        let _ = send.set_priority(priority);
+        if send.write_all(&header).await.is_err() {
+            return;
+        }
+        while let Some(event) = events.next().await {
+            if send.write_all(&event).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+        if let Some(state) = weak.upgrade() {
+            state.subscriptions.borrow_mut().remove(&sub_id);
+        }
+    });
+    state.subscriptions.borrow_mut().insert(sub_id, task);
+    shard
+        .encode(|b| {
+            let r = SubscribeResponse::create(
+                b,
+                &SubscribeResponseArgs {
+                    subscription_id: sub_id,
+                },
+            );
+            build::control(b, id, ControlOp::SubscribeResponse, r.as_union_value())
+        })
+        .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
 }
 
 fn record(shard: &Shard, service: &'static str, code: &'static str, started: Instant) {

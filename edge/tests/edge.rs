@@ -116,13 +116,104 @@ impl Service for Probe {
     }
 }
 
+/// Pushes `NotificationEvent`s with ids 1..=target_id every 5 ms, then ends (target 0:
+/// forever, until unsubscribed).
+struct Notifier;
+
+fn notification_frame(n: u64) -> Bytes {
+    let mut enc = Encoder::new(Limits::DEFAULT);
+    enc.encode_bytes(|b| {
+        use selfie_protocol::notifications as nt;
+        let notification = nt::Notification::create(
+            b,
+            &nt::NotificationArgs {
+                notification_id: n,
+                ..Default::default()
+            },
+        );
+        let ev = nt::NotificationEvent::create(
+            b,
+            &nt::NotificationEventArgs {
+                notification: Some(notification),
+                unread_notifications: n as u32,
+                ..Default::default()
+            },
+        );
+        let body = nt::Notifications::create(
+            b,
+            &nt::NotificationsArgs {
+                op_type: nt::NotificationsOp::NotificationEvent,
+                op: Some(ev.as_union_value()),
+            },
+        );
+        Envelope::create(
+            b,
+            &EnvelopeArgs {
+                body_type: Body::Notifications,
+                body: Some(body.as_union_value()),
+                ..Default::default()
+            },
+        )
+    })
+    .expect("small frame")
+}
+
+impl Service for Notifier {
+    fn owner_key(&self, _env: &Envelope<'_>) -> Option<u64> {
+        None
+    }
+
+    fn handle(
+        &self,
+        _ctx: RequestContext,
+        _frame: Frame,
+    ) -> LocalBoxFuture<'static, Result<Bytes, ErrorReply>> {
+        Box::pin(async { Err(ErrorReply::new(ErrorCode::UnexpectedMessage, "push only")) })
+    }
+
+    fn subscribe(
+        &self,
+        _ctx: RequestContext,
+        request: &selfie_protocol::control::SubscribeRequest<'_>,
+    ) -> Result<futures::stream::LocalBoxStream<'static, Bytes>, ErrorReply> {
+        let last = request.target_id();
+        Ok(Box::pin(futures::stream::unfold(
+            1u64,
+            move |n| async move {
+                if last != 0 && n > last {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Some((notification_frame(n), n + 1))
+            },
+        )))
+    }
+}
+
 struct TestEdge {
     edge: Edge,
     _dir: tempfile::TempDir,
 }
 
 fn start(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestEdge {
+    start_with_cert_of(None, shards, tweak)
+}
+
+/// Starts an edge; with `peer`, it serves the same certificate (as the nodes of a fleet do).
+fn start_with_cert_of(
+    peer: Option<&TestEdge>,
+    shards: usize,
+    tweak: impl FnOnce(&mut Config),
+) -> TestEdge {
     let dir = tempfile::tempdir().expect("temp dir");
+    if let Some(peer) = peer {
+        let (from, to) = (peer._dir.path().join("tls"), dir.path().join("tls"));
+        std::fs::create_dir_all(&to).expect("tls dir");
+        for entry in std::fs::read_dir(&from).expect("peer tls dir") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy certificate");
+        }
+    }
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
     config.server.shards = shards;
@@ -140,6 +231,7 @@ fn start(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestEdge {
                 encoder: std::cell::RefCell::new(Encoder::new(Limits::DEFAULT)),
             }),
         );
+        r.register(selfie_protocol::Service::Notifications, Rc::new(Notifier));
         r
     });
     let edge = Edge::start(config, factory, Arc::new(TokenAuth)).expect("edge starts");
@@ -428,4 +520,182 @@ async fn hostile_clients_get_typed_errors_and_others_are_unaffected() {
     let (_, metrics) = http_get(t.edge.ops_addr, "/metrics").await;
     assert!(metrics.contains("code=\"MalformedFrame\""), "{metrics}");
     assert!(metrics.contains("code=\"RateLimited\""), "{metrics}");
+}
+
+fn notification_id(frame: &Frame) -> u64 {
+    frame
+        .envelope()
+        .body_as_notifications()
+        .and_then(|n| n.op_as_notification_event())
+        .and_then(|e| e.notification())
+        .map(|n| n.notification_id())
+        .expect("a notification event")
+}
+
+#[tokio::test]
+async fn subscriptions_deliver_pushes_in_order_on_their_own_stream_until_unsubscribed() {
+    use selfie_protocol::control::SubscriptionKind;
+    let t = start(2, |_| {});
+    let client = Client::connect(client_config(&t, Some(9)))
+        .await
+        .expect("connect");
+    let mut finite = client
+        .subscribe(SubscriptionKind::Notifications, 20, None)
+        .await
+        .expect("subscribed");
+    let mut endless = client
+        .subscribe(SubscriptionKind::Notifications, 0, None)
+        .await
+        .expect("subscribed");
+    assert_ne!(finite.id(), endless.id());
+    let mut got = Vec::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), finite.next())
+        .await
+        .expect("in time")
+    {
+        got.push(notification_id(&frame));
+    }
+    assert_eq!(
+        got,
+        (1..=20).collect::<Vec<_>>(),
+        "every event, in order, then the end"
+    );
+    for want in 1..=3 {
+        let frame = endless.next().await.expect("events flow");
+        assert_eq!(notification_id(&frame), want);
+    }
+    client
+        .unsubscribe(endless.id())
+        .await
+        .expect("unsubscribed");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while endless.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the push stream ends after unsubscribe");
+    let err = client
+        .unsubscribe(endless.id())
+        .await
+        .expect_err("already gone");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    // Anonymous sessions cannot subscribe to user data.
+    let anon = Client::connect(client_config(&t, None))
+        .await
+        .expect("connect");
+    let err = anon
+        .subscribe(SubscriptionKind::Notifications, 1, None)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
+}
+
+#[tokio::test]
+async fn datagrams_are_verified_and_bad_ones_are_counted() {
+    let t = start(1, |_| {});
+    let client = Client::connect(client_config(&t, Some(4)))
+        .await
+        .expect("connect");
+    client
+        .send_datagram(|b| {
+            use selfie_protocol::datagram as dg;
+            let typing = dg::Typing::create(
+                b,
+                &dg::TypingArgs {
+                    conversation_id: 1,
+                    user_id: 4,
+                    typing: true,
+                    at_ms: 1,
+                },
+            );
+            dg::Datagram::create(
+                b,
+                &dg::DatagramArgs {
+                    seq: 1,
+                    body_type: dg::DatagramBody::Typing,
+                    body: Some(typing.as_union_value()),
+                },
+            )
+        })
+        .expect("sent");
+    client
+        .send_datagram_bytes(Bytes::from_static(b"not a flatbuffer"))
+        .expect("sent");
+    let start = std::time::Instant::now();
+    loop {
+        let (_, m) = http_get(t.edge.ops_addr, "/metrics").await;
+        if m.contains("selfie_edge_datagrams_total{shard=\"0\",outcome=\"ok\"} 1")
+            && m.contains("outcome=\"malformed\"")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "datagrams not counted: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .ping()
+        .await
+        .expect("one bad datagram does not end the session");
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_follows_goaway_to_another_node_and_replays_idempotent_requests() {
+    let a = start(1, |_| {});
+    let b = start_with_cert_of(Some(&a), 1, |_| {});
+    assert_eq!(
+        a.edge.fingerprint, b.edge.fingerprint,
+        "one certificate for the fleet"
+    );
+    let servers = vec![a.edge.addr, b.edge.addr];
+    let config = client_config(&a, Some(8));
+    let rc = selfie_client::ReconnectingClient::connect(
+        config,
+        servers,
+        selfie_client::Backoff::default(),
+    )
+    .await
+    .expect("connect");
+    assert_eq!(rc.server().await, Some(a.edge.addr));
+    rc.request(|b, id| selfie_codec::build::ping(b, id, 0))
+        .await
+        .expect("ping on A");
+    a.edge.drain();
+    // Wait until A's GoAway has arrived, then keep using the client.
+    let current = rc.client().await.expect("client");
+    current
+        .goaway(Duration::from_secs(5))
+        .await
+        .expect("GoAway from A");
+    drop(current);
+    let frame = rc
+        .request(|b, id| selfie_codec::build::ping(b, id, 0))
+        .await
+        .expect("ping after GoAway");
+    assert!(
+        frame
+            .envelope()
+            .body_as_control()
+            .and_then(|c| c.op_as_pong())
+            .is_some()
+    );
+    assert_eq!(
+        rc.server().await,
+        Some(b.edge.addr),
+        "moved to the other node"
+    );
+    assert_eq!(rc.reconnects(), 1);
+}
+
+#[tokio::test]
+async fn above_the_handshake_threshold_clients_must_validate_their_address_first() {
+    let t = start(1, |c| c.limits.retry_above_handshakes_per_second = 0);
+    let client = Client::connect(client_config(&t, Some(1)))
+        .await
+        .expect("connects after a Retry");
+    client.ping().await.expect("works");
+    let (_, m) = http_get(t.edge.ops_addr, "/metrics").await;
+    assert!(m.contains("outcome=\"retry\""), "{m}");
 }

@@ -1,0 +1,270 @@
+//! A client that outlives its connections: it reconnects with exponential backoff and
+//! full jitter, honours `GoAway` (stops using a draining connection, waits the server's
+//! `reconnect_after_ms`, moves to the hinted host or the next known one), and retries a
+//! request transparently only when the request is idempotent (a read: replaying it
+//! cannot change state). Everything else is returned to the caller, who retries with
+//! the operation's idempotency key.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use flatbuffers::WIPOffset;
+use quinn::Endpoint;
+use selfie_codec::{Builder, Encoder, Frame};
+use selfie_protocol::{Envelope, ErrorCode};
+use tokio::sync::Mutex;
+
+use crate::{Client, ClientConfig, ClientError};
+
+/// Exponential backoff with full jitter (each delay uniform in `0..=cap`).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Cap of the first delay.
+    pub initial: Duration,
+    /// Largest cap.
+    pub max: Duration,
+    /// Attempts before giving up.
+    pub attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            attempts: 8,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (0-based), given a uniform sample in `[0, 1)`.
+    pub fn delay(&self, n: u32, unit: f64) -> Duration {
+        let cap = self
+            .initial
+            .saturating_mul(1u32.checked_shl(n.min(16)).unwrap_or(u32::MAX))
+            .min(self.max);
+        cap.mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+/// Whether a failed request may be sent again on a new connection.
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connection(_) | ClientError::Stream(_) | ClientError::Timeout => true,
+        ClientError::Server { code, .. } => matches!(
+            *code,
+            ErrorCode::Draining | ErrorCode::Unavailable | ErrorCode::Overloaded
+        ),
+        _ => false,
+    }
+}
+
+/// A client over a changing connection.
+pub struct ReconnectingClient {
+    config: ClientConfig,
+    servers: Vec<SocketAddr>,
+    endpoint: Endpoint,
+    current: Mutex<Option<Arc<Client>>>,
+    next_server: AtomicUsize,
+    backoff: Backoff,
+    reconnects: AtomicU64,
+    encoder: std::sync::Mutex<Encoder>,
+}
+
+impl ReconnectingClient {
+    /// Connects to the first reachable of `servers` (tried in order, then round robin).
+    pub async fn connect(
+        config: ClientConfig,
+        servers: Vec<SocketAddr>,
+        backoff: Backoff,
+    ) -> Result<Self, ClientError> {
+        if servers.is_empty() {
+            return Err(ClientError::Config("no servers".into()));
+        }
+        let config = config.prepared()?;
+        let bind: SocketAddr = if servers[0].is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(|e: std::net::AddrParseError| ClientError::Config(e.to_string()))?;
+        let this = Self {
+            encoder: std::sync::Mutex::new(Encoder::new(config.limits)),
+            config,
+            servers,
+            endpoint: crate::endpoint(bind)?,
+            current: Mutex::new(None),
+            next_server: AtomicUsize::new(0),
+            backoff,
+            reconnects: AtomicU64::new(0),
+        };
+        this.client().await?;
+        this.reconnects.store(0, Ordering::Relaxed);
+        Ok(this)
+    }
+
+    /// Connections made after the first one.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The address of the server in use.
+    pub async fn server(&self) -> Option<SocketAddr> {
+        self.current
+            .lock()
+            .await
+            .as_ref()
+            .map(|c| c.connection().remote_address())
+    }
+
+    /// A usable connection: the current one unless it is closed or has received
+    /// `GoAway`, else a new one (after the server's requested delay, with backoff).
+    pub async fn client(&self) -> Result<Arc<Client>, ClientError> {
+        let mut current = self.current.lock().await;
+        let mut wait = Duration::ZERO;
+        let mut hint = None;
+        if let Some(c) = current.as_ref() {
+            let goaway = c.goaway_now();
+            if c.connection().close_reason().is_none() && goaway.is_none() {
+                return Ok(c.clone());
+            }
+            if let Some(g) = goaway {
+                wait = Duration::from_millis(u64::from(g.reconnect_after_ms));
+                hint = g
+                    .reconnect_host
+                    .as_deref()
+                    .and_then(|h| h.parse::<SocketAddr>().ok());
+            }
+            // Leave the draining server: start from the next one.
+            let from = c.connection().remote_address();
+            if let Some(i) = self.servers.iter().position(|s| *s == from) {
+                self.next_server.store(i + 1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(wait).await;
+        let mut last = ClientError::Timeout;
+        for attempt in 0..self.backoff.attempts {
+            if attempt > 0 {
+                tokio::time::sleep(self.backoff.delay(attempt - 1, rand_unit())).await;
+            }
+            let server = match hint.take() {
+                Some(h) => h,
+                None => {
+                    self.servers
+                        [self.next_server.fetch_add(1, Ordering::Relaxed) % self.servers.len()]
+                }
+            };
+            let mut config = self.config.clone();
+            config.server = server;
+            match Client::connect_on(&self.endpoint, config).await {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    if current.is_some() {
+                        self.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    *current = Some(c.clone());
+                    // Next time, start from the server that worked.
+                    if let Some(i) = self.servers.iter().position(|s| *s == server) {
+                        self.next_server.store(i, Ordering::Relaxed);
+                    }
+                    return Ok(c);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends a request; on a lost or draining connection an idempotent request is sent
+    /// again on a new connection, any other request fails with the error.
+    pub async fn request(
+        &self,
+        f: impl FnOnce(&mut Builder, u64) -> WIPOffset<Envelope<'static>>,
+    ) -> Result<Frame, ClientError> {
+        let bytes = {
+            let mut enc = self
+                .encoder
+                .lock()
+                .map_err(|_| ClientError::Protocol("encoder poisoned".into()))?;
+            enc.encode_bytes(|b| f(b, 1))?
+        };
+        let idempotent = selfie_codec::Frame::verify(bytes.clone(), &self.config.limits)
+            .map(|f| selfie_protocol::is_idempotent(&f.envelope()))
+            .unwrap_or(false);
+        let mut attempt = 0;
+        loop {
+            let client = self.client().await?;
+            match client.request_bytes(&bytes).await {
+                Err(e) if idempotent && retryable(&e) && attempt < self.backoff.attempts => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "retrying an idempotent request on a new connection");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn rand_unit() -> f64 {
+    // Jitter needs no cryptographic quality: a time-seeded xorshift is enough and keeps
+    // the SDK's dependencies small.
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x2545_F491_4F6C_DD1D, |d| d.as_nanos() as u64 | 1),
+        );
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_caps_grow_exponentially_up_to_the_maximum_and_jitter_stays_below() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            attempts: 10,
+        };
+        assert_eq!(b.delay(0, 1.0), Duration::from_millis(100));
+        assert_eq!(b.delay(3, 1.0), Duration::from_millis(800));
+        assert_eq!(b.delay(9, 1.0), Duration::from_secs(2));
+        assert_eq!(b.delay(40, 1.0), Duration::from_secs(2));
+        assert_eq!(b.delay(3, 0.5), Duration::from_millis(400));
+        assert_eq!(b.delay(3, 0.0), Duration::ZERO);
+        for _ in 0..1000 {
+            let u = rand_unit();
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        assert!(retryable(&ClientError::Timeout));
+        assert!(retryable(&ClientError::Server {
+            code: ErrorCode::Draining,
+            message: String::new(),
+            retry_after_ms: 0
+        }));
+        assert!(!retryable(&ClientError::Server {
+            code: ErrorCode::Forbidden,
+            message: String::new(),
+            retry_after_ms: 0
+        }));
+    }
+}
