@@ -15,8 +15,10 @@
 //! [`ReconnectingClient`] reconnects with backoff and jitter, honours `GoAway`, and
 //! replays only idempotent requests.
 //!
-//! Not yet here: 0-RTT early data for idempotent requests (the server would also have to
-//! tell early requests apart; quinn does not expose that per stream).
+//! [`Client::connect_with_request`] resumes with TLS 1.3 0-RTT when it can and sends
+//! `Hello` and the request in early data, but only an idempotent request: a replayed
+//! first flight must not change state. (The edge only acts on early data once the
+//! handshake has completed, which a replayed flight never does.)
 
 mod reconnect;
 
@@ -293,6 +295,7 @@ pub struct Client {
     encoder: std::sync::Mutex<Encoder>,
     limits: Limits,
     subscriptions: Subscriptions,
+    zero_rtt: bool,
 }
 
 /// Push channels by subscription id. Whichever side comes first (the push stream's
@@ -398,19 +401,92 @@ impl Client {
         endpoint: &Endpoint,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
+        Ok(Self::connect_inner(endpoint, config, None).await?.0)
+    }
+
+    /// Connects and sends one request as early as the protocol allows: when a session
+    /// ticket from an earlier connection to this server is cached (same prepared
+    /// [`ClientConfig`]) and the request is idempotent, it travels in TLS 1.3 0-RTT
+    /// early data together with `Hello`, saving a round trip. A request that is not
+    /// idempotent is never sent early (a replayed flight must not change state); it is
+    /// sent once the session is established. Returns the client and the response.
+    pub async fn connect_with_request(
+        endpoint: &Endpoint,
+        config: ClientConfig,
+        f: impl FnOnce(&mut Builder, u64) -> WIPOffset<Envelope<'static>>,
+    ) -> Result<(Client, Frame), ClientError> {
+        let mut encoder = Encoder::new(config.limits);
+        let request = encoder.encode_bytes(|b| f(b, 1))?;
+        let (client, early) = Self::connect_inner(endpoint, config, Some(request.clone())).await?;
+        let response = match early {
+            Some(mut recv) => {
+                let mut dec = FrameDecoder::new(client.limits);
+                let frame = read_frame(&mut recv, &mut dec).await?.ok_or_else(|| {
+                    ClientError::Protocol("stream ended without a response".into())
+                })?;
+                server_error(&frame)?;
+                frame
+            }
+            None => client.request_bytes(&request).await?,
+        };
+        Ok((client, response))
+    }
+
+    /// Whether this connection was resumed with 0-RTT early data accepted by the server.
+    pub fn used_0rtt(&self) -> bool {
+        self.zero_rtt
+    }
+
+    async fn connect_inner(
+        endpoint: &Endpoint,
+        config: ClientConfig,
+        early: Option<Bytes>,
+    ) -> Result<(Client, Option<RecvStream>), ClientError> {
         let quic = match &config.quic {
             Some(q) => q.clone(),
             None => quic_client_config(&config.trust)?,
         };
         let deadline = Instant::now() + config.connect_timeout;
         let connecting = endpoint.connect_with(quic, config.server, &config.server_name)?;
-        let conn = tokio::time::timeout_at(deadline.into(), connecting)
-            .await
-            .map_err(|_| ClientError::Timeout)??;
-        let (mut send, mut recv) = conn.open_bi().await?;
+        let (conn, zero_rtt) = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => (conn, Some(accepted)),
+            Err(connecting) => (
+                tokio::time::timeout_at(deadline.into(), connecting)
+                    .await
+                    .map_err(|_| ClientError::Timeout)??,
+                None,
+            ),
+        };
         let mut encoder = Encoder::new(config.limits);
         let hello = encoder.encode_bytes(|b| hello(b, &config))?;
+        let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(&hello).await.map_err(stream_err)?;
+        // Only an idempotent request may ride in early data.
+        let early = early.filter(|bytes| {
+            zero_rtt.is_some()
+                && Frame::verify(bytes.clone(), &config.limits)
+                    .is_ok_and(|f| selfie_protocol::is_idempotent(&f.envelope()))
+        });
+        let mut early_stream = None;
+        if let Some(bytes) = &early {
+            let (mut s, r) = conn.open_bi().await?;
+            s.write_all(bytes).await.map_err(stream_err)?;
+            s.finish().map_err(stream_err)?;
+            early_stream = Some(r);
+        }
+        let mut accepted_0rtt = false;
+        if let Some(accepted) = zero_rtt {
+            accepted_0rtt = tokio::time::timeout_at(deadline.into(), accepted)
+                .await
+                .map_err(|_| ClientError::Timeout)?;
+            if !accepted_0rtt {
+                // The server refused early data: those streams are gone. Start over on
+                // the now established connection.
+                (send, recv) = conn.open_bi().await?;
+                send.write_all(&hello).await.map_err(stream_err)?;
+                early_stream = None;
+            }
+        }
         let mut dec = FrameDecoder::new(config.limits);
         let frame = tokio::time::timeout_at(deadline.into(), read_frame(&mut recv, &mut dec))
             .await
@@ -461,7 +537,8 @@ impl Client {
                 tokio::spawn(read_push_stream(recv, limits, push_subs.clone()));
             }
         });
-        Ok(Client {
+        let client = Client {
+            zero_rtt: accepted_0rtt,
             subscriptions,
             endpoint: endpoint.clone(),
             conn,
@@ -472,7 +549,8 @@ impl Client {
             next_id: AtomicU64::new(1),
             encoder: std::sync::Mutex::new(encoder),
             limits: config.limits,
-        })
+        };
+        Ok((client, early_stream))
     }
 
     /// The server's `Welcome`.

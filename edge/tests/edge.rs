@@ -699,3 +699,55 @@ async fn above_the_handshake_threshold_clients_must_validate_their_address_first
     let (_, m) = http_get(t.edge.ops_addr, "/metrics").await;
     assert!(m.contains("outcome=\"retry\""), "{m}");
 }
+
+#[tokio::test]
+async fn a_returning_client_sends_hello_and_idempotent_requests_in_0rtt() {
+    let t = start(1, |_| {});
+    let endpoint = selfie_client::endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    // One prepared configuration: its TLS session cache keeps the server's tickets.
+    let config = client_config(&t, Some(3)).prepared().expect("config");
+    let first = Client::connect_on(&endpoint, config.clone())
+        .await
+        .expect("connect");
+    assert!(!first.used_0rtt(), "no ticket yet");
+    first.ping().await.expect("ping");
+    first.close();
+    let (second, pong) = Client::connect_with_request(&endpoint, config.clone(), |b, id| {
+        selfie_codec::build::ping(b, id, 0)
+    })
+    .await
+    .expect("resumed");
+    assert!(second.used_0rtt(), "resumed with early data");
+    assert!(
+        pong.envelope()
+            .body_as_control()
+            .and_then(|c| c.op_as_pong())
+            .is_some()
+    );
+    // A request that changes state is never sent early, but still answered.
+    let (_, answer) = Client::connect_with_request(&endpoint, config, |b, id| {
+        let req = selfie_protocol::control::SubscribeRequest::create(
+            b,
+            &selfie_protocol::control::SubscribeRequestArgs {
+                kind: selfie_protocol::control::SubscriptionKind::Notifications,
+                target_id: 1,
+                since_cursor: None,
+            },
+        );
+        selfie_codec::build::control(
+            b,
+            id,
+            selfie_protocol::control::ControlOp::SubscribeRequest,
+            req.as_union_value(),
+        )
+    })
+    .await
+    .expect("answered after the handshake");
+    assert!(
+        answer
+            .envelope()
+            .body_as_control()
+            .and_then(|c| c.op_as_subscribe_response())
+            .is_some()
+    );
+}
