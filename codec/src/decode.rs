@@ -162,7 +162,11 @@ fn raw_op_tag(env: &Envelope<'_>) -> u8 {
 pub struct FrameDecoder {
     limits: Limits,
     opts: VerifierOptions,
-    chunks: VecDeque<Bytes>,
+    /// The oldest buffered chunk. Kept apart from `tail` so that the common case (one
+    /// request per stream, arriving in one chunk) never allocates a queue.
+    head: Bytes,
+    /// Later chunks, in order.
+    tail: VecDeque<Bytes>,
     buffered: usize,
     failed: bool,
 }
@@ -173,7 +177,8 @@ impl FrameDecoder {
         Self {
             opts: limits.verifier_options(),
             limits,
-            chunks: VecDeque::new(),
+            head: Bytes::new(),
+            tail: VecDeque::new(),
             buffered: 0,
             failed: false,
         }
@@ -181,9 +186,14 @@ impl FrameDecoder {
 
     /// Adds received bytes. Cheap: the chunk is kept by reference.
     pub fn push(&mut self, chunk: Bytes) {
-        if !chunk.is_empty() {
-            self.buffered += chunk.len();
-            self.chunks.push_back(chunk);
+        if chunk.is_empty() {
+            return;
+        }
+        self.buffered += chunk.len();
+        if self.head.is_empty() {
+            self.head = chunk;
+        } else {
+            self.tail.push_back(chunk);
         }
     }
 
@@ -202,7 +212,8 @@ impl FrameDecoder {
         let result = self.next_frame_inner();
         if result.is_err() {
             self.failed = true;
-            self.chunks.clear();
+            self.head = Bytes::new();
+            self.tail.clear();
             self.buffered = 0;
         }
         result
@@ -249,7 +260,7 @@ impl FrameDecoder {
         }
         let mut prefix = [0u8; PREFIX_LEN];
         let mut filled = 0;
-        for chunk in &self.chunks {
+        for chunk in std::iter::once(&self.head).chain(&self.tail) {
             let n = (PREFIX_LEN - filled).min(chunk.len());
             prefix[filled..filled + n].copy_from_slice(&chunk[..n]);
             filled += n;
@@ -263,28 +274,28 @@ impl FrameDecoder {
     /// Removes the first `n` buffered bytes (`n <= self.buffered`).
     fn take(&mut self, n: usize) -> Bytes {
         self.buffered -= n;
-        if let Some(front) = self.chunks.front_mut()
-            && front.len() >= n
-        {
-            let out = front.split_to(n);
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
+        if self.head.len() >= n {
+            let out = self.head.split_to(n);
+            self.refill();
             return out;
         }
         let mut out = BytesMut::with_capacity(n);
-        while out.len() < n {
-            let Some(front) = self.chunks.front_mut() else {
-                break;
-            };
-            let k = (n - out.len()).min(front.len());
-            out.extend_from_slice(&front[..k]);
-            front.advance(k);
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
+        while out.len() < n && !self.head.is_empty() {
+            let k = (n - out.len()).min(self.head.len());
+            out.extend_from_slice(&self.head[..k]);
+            self.head.advance(k);
+            self.refill();
         }
         out.freeze()
+    }
+
+    /// Moves the next queued chunk to `head` once `head` is used up.
+    fn refill(&mut self) {
+        if self.head.is_empty()
+            && let Some(next) = self.tail.pop_front()
+        {
+            self.head = next;
+        }
     }
 }
 

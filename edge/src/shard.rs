@@ -910,7 +910,8 @@ async fn serve_request(
     };
     match result {
         Ok(bytes) => {
-            if send.write_all(&bytes).await.is_ok() {
+            // `write_chunk` hands quinn the `Bytes` itself: no copy into its buffer.
+            if send.write_chunk(bytes.clone()).await.is_ok() {
                 let _ = send.finish();
             }
             shard.hot.sent.inc_by(bytes.len() as u64);
@@ -1040,7 +1041,7 @@ async fn respond_error(
         debug!(code = %reply.code, "request refused");
     }
     if let Some(bytes) = shard.error_frame(id, reply)
-        && send.write_all(&bytes).await.is_ok()
+        && send.write_chunk(bytes).await.is_ok()
     {
         let _ = send.finish();
     }
