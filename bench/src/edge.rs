@@ -227,13 +227,7 @@ async fn edge_rpc(
     let results = futures::future::join_all(tasks).await;
     let elapsed = start.elapsed();
     let cpu = server.cpu().saturating_sub(cpu0);
-    let mut lat = Latencies::new();
-    let mut ops = 0;
-    for r in results {
-        let (n, l) = r?;
-        ops += n;
-        lat.merge(&l);
-    }
+    let (ops, lat) = merge(results)?;
     Ok((
         Line {
             name: name.into(),
@@ -284,13 +278,7 @@ async fn echo_rpc(server: &ServerProcess, args: &RpcArgs) -> anyhow::Result<(Lin
     let results = futures::future::join_all(tasks).await;
     let elapsed = start.elapsed();
     let cpu = server.cpu().saturating_sub(cpu0);
-    let mut lat = Latencies::new();
-    let mut ops = 0;
-    for r in results {
-        let (n, l) = r?;
-        ops += n;
-        lat.merge(&l);
-    }
+    let (ops, lat) = merge(results)?;
     Ok((
         Line {
             name: "raw quinn echo (baseline)".into(),
@@ -300,6 +288,18 @@ async fn echo_rpc(server: &ServerProcess, args: &RpcArgs) -> anyhow::Result<(Lin
         },
         cpu,
     ))
+}
+
+/// Sums the operation counts and merges the latencies of load tasks.
+fn merge(results: Vec<anyhow::Result<(u64, Latencies)>>) -> anyhow::Result<(u64, Latencies)> {
+    let mut lat = Latencies::new();
+    let mut ops = 0;
+    for r in results {
+        let (n, l) = r?;
+        ops += n;
+        lat.merge(&l);
+    }
+    Ok((ops, lat))
 }
 
 fn cpu_per_op(cpu: Duration, ops: u64) -> f64 {
@@ -431,13 +431,7 @@ async fn connect_loop(
     });
     let results = futures::future::join_all(tasks).await;
     let elapsed = start.elapsed();
-    let mut lat = Latencies::new();
-    let mut ops = 0;
-    for r in results {
-        let (n, l) = r?;
-        ops += n;
-        lat.merge(&l);
-    }
+    let (ops, lat) = merge(results)?;
     Ok(Line {
         name: name.into(),
         ops,

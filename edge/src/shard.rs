@@ -755,6 +755,15 @@ async fn on_control(
     Ok(())
 }
 
+/// Milliseconds until a rate limiter would allow the next request (at least 1).
+fn retry_after_ms(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -> u32 {
+    let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
+    not_until
+        .wait_time_from(now)
+        .as_millis()
+        .clamp(1, u128::from(u32::MAX)) as u32
+}
+
 /// Decrements the in-flight count when a request ends, however it ends.
 struct InflightGuard(Rc<Conn>);
 
@@ -828,22 +837,16 @@ async fn serve_request(
             10,
         ))
     } else if let Err(not_until) = state.limiter.check() {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
         Err(refuse(
             ErrorCode::RateLimited,
             "connection request rate exceeded",
-            wait.as_millis().max(1) as u32,
+            retry_after_ms(&not_until),
         ))
     } else if let Err(not_until) = shard.ip_limiter.check_key(&state.ip) {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
         Err(refuse(
             ErrorCode::RateLimited,
             "address request rate exceeded",
-            wait.as_millis().max(1) as u32,
+            retry_after_ms(&not_until),
         ))
     } else if !state.session.may_call(service) {
         Err(refuse(ErrorCode::Unauthenticated, "sign in first", 0))

@@ -45,6 +45,17 @@ pub static COUNTERS: Table = Table {
     doc: "counters for the conformance suite",
 };
 
+/// The table of the crash-safety test (`tests/crash_safety.rs` and its writer process,
+/// `src/bin/crash_writer.rs`): partition = batch number, rows 0..4 hold that number.
+pub static CRASH: Table = Table {
+    name: "crash",
+    kind: TableKind::Rows,
+    partition: &["batch"],
+    clustering: &["row"],
+    default_ttl: None,
+    doc: "crash-safety test rows",
+};
+
 /// Every table the suite uses.
 pub static TABLES: &[&Table] = &[&ROWS, &EPHEMERAL, &COUNTERS];
 

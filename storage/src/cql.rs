@@ -36,7 +36,7 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row as CqlRow};
 
 use crate::store::{check_key, check_kind, check_value, effective_ttl};
-use crate::{Cursor, Mutation, Page, Row, Scan, Store, StoreError, Table, TableKind};
+use crate::{Mutation, Page, Row, Scan, Store, StoreError, Table, TableKind};
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -516,12 +516,7 @@ impl Store for CqlStore {
                 value: Bytes::from(v.unwrap_or_default()),
             });
         }
-        let cursor = if more {
-            rows.last().map(|r| Cursor(r.clustering.clone()))
-        } else {
-            None
-        };
-        Ok(Page { rows, cursor })
+        Ok(Page::new(rows, more))
     }
 
     async fn batch(

@@ -38,7 +38,7 @@ use lsm_tree::compaction::{CompactionFilter, Factory, ItemAccessor, Verdict};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{check_key, check_kind, check_value, effective_ttl};
-use crate::{Clock, Cursor, Mutation, Page, Row, Scan, Store, StoreError, Table, TableKind};
+use crate::{Clock, Mutation, Page, Row, Scan, Store, StoreError, Table, TableKind};
 
 /// Most writes made durable by one `fsync`.
 pub const GROUP_MAX: usize = 512;
@@ -515,12 +515,7 @@ impl Store for EmbeddedStore {
                 value: Bytes::from(value).slice(at..),
             });
         }
-        let cursor = if more {
-            rows.last().map(|r| Cursor(r.clustering.clone()))
-        } else {
-            None
-        };
-        Ok(Page { rows, cursor })
+        Ok(Page::new(rows, more))
     }
 
     async fn batch(

@@ -191,6 +191,19 @@ pub struct Page {
     pub cursor: Option<Cursor>,
 }
 
+impl Page {
+    /// A page of `rows` in scan order; `more` says whether rows follow, in which case the
+    /// cursor is the last row's clustering key.
+    pub fn new(rows: Vec<Row>, more: bool) -> Self {
+        let cursor = if more {
+            rows.last().map(|r| Cursor(r.clustering.clone()))
+        } else {
+            None
+        };
+        Page { rows, cursor }
+    }
+}
+
 /// Storage errors. Messages name the table and the limit, never row contents.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

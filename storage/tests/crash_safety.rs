@@ -8,18 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use selfie_storage::conformance::CRASH;
 use selfie_storage::embedded::EmbeddedStore;
 use selfie_storage::key::{KeyBuilder, KeyReader};
-use selfie_storage::{Scan, Store, SystemClock, Table, TableKind};
-
-static CRASH: Table = Table {
-    name: "crash",
-    kind: TableKind::Rows,
-    partition: &["batch"],
-    clustering: &["row"],
-    default_ttl: None,
-    doc: "crash-safety test rows",
-};
+use selfie_storage::{Scan, Store, SystemClock};
 
 const ROUNDS: u64 = 24;
 const ROWS: usize = 4;

@@ -7,19 +7,10 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use selfie_storage::conformance::CRASH;
 use selfie_storage::embedded::EmbeddedStore;
 use selfie_storage::key::KeyBuilder;
-use selfie_storage::{Mutation, Store, SystemClock, Table, TableKind};
-
-/// The table the crash test writes and checks.
-pub static CRASH: Table = Table {
-    name: "crash",
-    kind: TableKind::Rows,
-    partition: &["batch"],
-    clustering: &["row"],
-    default_ttl: None,
-    doc: "crash-safety test rows",
-};
+use selfie_storage::{Mutation, Store, SystemClock};
 
 /// Rows per batch.
 const ROWS: u64 = 4;
