@@ -392,6 +392,9 @@ pub struct ConnectArgs {
     /// Edge shards.
     #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// Also print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 async fn connect_loop(
@@ -469,6 +472,12 @@ pub fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         ours.lat.p(0.5) as f64 / base.lat.p(0.5).max(1) as f64,
         ours.lat.p(0.99) as f64 / base.lat.p(0.99).max(1) as f64,
     );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&[base.json(), ours.json()])?
+        );
+    }
     Ok(())
 }
 

@@ -54,7 +54,7 @@ pub struct Edge {
     pub fingerprint: String,
     /// The number of shards.
     pub shards: usize,
-    shared: Arc<shard::Shared>,
+    shared: Arc<shard::Shards>,
     drain: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     ops_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -106,7 +106,7 @@ impl Edge {
             mailboxes.push(tx);
             receivers.push(rx);
         }
-        let shared = Arc::new(shard::Shared {
+        let shared = Arc::new(shard::Shards {
             metrics: metrics::Metrics::new(),
             auth,
             factory,

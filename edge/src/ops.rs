@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::shard::Shared;
+use crate::shard::Shards;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -19,7 +19,7 @@ fn now_ms() -> u64 {
 }
 
 /// The ops router.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Shards>) -> Router {
     let metrics = shared.clone();
     let live = shared.clone();
     let ready = shared;

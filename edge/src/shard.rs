@@ -38,8 +38,9 @@ pub struct Mail {
     reply: oneshot::Sender<Result<Bytes, ErrorReply>>,
 }
 
-/// What every shard can see of the others: `Send + Sync`, read-mostly.
-pub struct Shared {
+/// The handle every shard has on all shards (`Send + Sync`, read-mostly): their
+/// mailboxes for [`Shards::invoke_on`], plus configuration, metrics and the drain signal.
+pub struct Shards {
     /// The configuration.
     pub config: Config,
     /// Metrics.
@@ -61,7 +62,7 @@ pub struct Shared {
     pub drain: watch::Receiver<bool>,
 }
 
-impl Shared {
+impl Shards {
     /// `invoke_on`: runs a request on `shard` through its bounded mailbox and returns its
     /// answer. A full mailbox is answered with `Overloaded` rather than waiting.
     pub async fn invoke_on(
@@ -105,7 +106,7 @@ fn now_ms() -> u64 {
 /// Shard-local state.
 struct Shard {
     id: ShardId,
-    shared: Arc<Shared>,
+    shared: Arc<Shards>,
     registry: Registry,
     limits: Limits,
     encoder: RefCell<Encoder>,
@@ -174,7 +175,7 @@ pub fn run(
     id: ShardId,
     socket: std::net::UdpSocket,
     server_config: quinn::ServerConfig,
-    shared: Arc<Shared>,
+    shared: Arc<Shards>,
     mailbox: mpsc::Receiver<Mail>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -192,7 +193,7 @@ async fn serve(
     id: ShardId,
     socket: std::net::UdpSocket,
     server_config: quinn::ServerConfig,
-    shared: Arc<Shared>,
+    shared: Arc<Shards>,
     mut mailbox: mpsc::Receiver<Mail>,
 ) -> std::io::Result<()> {
     let limits_cfg = &shared.config.limits;
