@@ -5,4 +5,9 @@
 //! crate must not depend on quinn, the edge, or any socket type: the edge hands it
 //! verified envelopes and the authenticated caller, and sends back what it returns.
 //!
-//! Status: not built yet (issue 5); this crate only reserves its place in the workspace.
+//! Built so far: [`auth`]'s building blocks — access tokens verified without a storage
+//! round trip (PASETO v4), Argon2id password hashing on a bounded pool off the shard
+//! threads, and TOTP second factors with recovery codes. The account flows on top of them
+//! (register, login, refresh rotation, sessions) and every other service come next.
+
+pub mod auth;

@@ -30,6 +30,31 @@ pub struct Config {
     pub log: LogConfig,
     /// Storage backends.
     pub storage: StorageConfig,
+    /// Access tokens.
+    pub auth: AuthConfig,
+}
+
+/// Access tokens (PASETO v4.public, verified at the edge).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Token issuer (`iss`): one per deployment.
+    pub issuer: String,
+    /// Lifetime of access tokens, in seconds (short: refresh tokens renew them).
+    pub access_token_ttl_s: u64,
+    /// Hex file holding the 64-byte Ed25519 signing key, shared by the fleet. Absent: a
+    /// key is generated in `<data_dir>/auth/` on first start (single node).
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "selfie".into(),
+            access_token_ttl_s: 900,
+            key_file: None,
+        }
+    }
 }
 
 /// QUIC listener and shards.
@@ -200,7 +225,7 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 6] = ["server", "tls", "limits", "ops", "log", "storage"];
+const SECTIONS: [&str; 7] = ["server", "tls", "limits", "ops", "log", "storage", "auth"];
 
 fn scalar(raw: &str) -> Value {
     // `key = <raw>` parses as TOML when it is a number, boolean, array...; else a string.
@@ -330,6 +355,11 @@ impl Config {
         if self.limits.max_frame_bytes < 1024 || self.limits.max_frame_bytes > 16 << 20 {
             return Err(bad(
                 "limits.max_frame_bytes must be within 1 KiB..16 MiB".into()
+            ));
+        }
+        if self.auth.access_token_ttl_s == 0 || self.auth.access_token_ttl_s > 24 * 3600 {
+            return Err(bad(
+                "auth.access_token_ttl_s must be within 1..=86400".into()
             ));
         }
         if self.limits.max_concurrent_streams == 0 || self.server.node_id.is_empty() {

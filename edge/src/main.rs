@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use selfie_edge::{AnonymousOnly, Config, Edge, Registry, config};
+use selfie_edge::{Config, Edge, Registry, config};
 
 #[derive(Parser)]
 #[command(name = "selfie", version, about = "Selfie edge server")]
@@ -131,10 +131,13 @@ fn main() -> anyhow::Result<()> {
             }
             let config = load(&cli, extra)?;
             init_logs(&config);
-            // Services arrive with the accounts and social issues; until then the edge
-            // serves control RPCs (Ping) to anonymous sessions.
+            // Access tokens in `Hello` are verified with the deployment's signing key.
+            // The account services (which mint them) arrive with the accounts issue;
+            // until then the edge serves control RPCs.
+            let tokens = selfie_edge::auth::load_tokens(&config.auth, &config.server.data_dir)?;
+            let auth = Arc::new(selfie_edge::auth::TokenAuthenticator::new(tokens));
             let factory: selfie_edge::ServiceFactory = Arc::new(|_| Registry::new());
-            let edge = Edge::start(config, factory, Arc::new(AnonymousOnly))?;
+            let edge = Edge::start(config, factory, auth)?;
             println!(
                 "selfie edge listening on udp://{} ({} shards), ops on http://{}",
                 edge.addr, edge.shards, edge.ops_addr
