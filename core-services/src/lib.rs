@@ -5,9 +5,12 @@
 //! crate must not depend on quinn, the edge, or any socket type: the edge hands it
 //! verified envelopes and the authenticated caller, and sends back what it returns.
 //!
-//! Built so far: [`auth`]'s building blocks — access tokens verified without a storage
-//! round trip (PASETO v4), Argon2id password hashing on a bounded pool off the shard
-//! threads, and TOTP second factors with recovery codes. The account flows on top of them
-//! (register, login, refresh rotation, sessions) and every other service come next.
+//! Built so far: [`auth`] — access tokens verified without a storage round trip (PASETO
+//! v4), Argon2id password hashing on a bounded pool off the shard threads, TOTP second
+//! factors with recovery codes, and the account flows on top of them (register, login,
+//! refresh-token rotation with reuse detection, sessions and revocation). [`schema`]
+//! lists the tables `selfie migrate` creates. The edge adapter for the auth operations
+//! and every other service come next.
 
 pub mod auth;
+pub mod schema;

@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let applied = rt.block_on(async {
                 let session = selfie_storage::cql::connect(&cql).await?;
-                selfie_storage::cql::migrate(&session, &cql, selfie_storage::schema::MIGRATIONS)
+                selfie_storage::cql::migrate(&session, &cql, selfie_services::schema::MIGRATIONS)
                     .await
             })?;
             if applied.is_empty() {

@@ -30,7 +30,6 @@ pub mod embedded;
 pub mod id;
 pub mod key;
 pub mod redis;
-pub mod schema;
 mod store;
 
 pub use store::{

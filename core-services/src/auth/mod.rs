@@ -8,6 +8,7 @@
 //!
 //! Secrets are never logged and never appear in error messages.
 
+pub mod accounts;
 pub mod password;
 pub mod tokens;
 pub mod totp;

@@ -1,0 +1,511 @@
+//! Accounts: registration, login, refresh-token rotation, logout and sessions, over the
+//! storage traits.
+//!
+//! - Usernames and e-mail addresses are claimed with `insert_if_absent`, so no race can
+//!   give one name two owners (on the CQL backend this is a lightweight transaction).
+//! - Login checks the password with Argon2id off the shard threads; an unknown account and
+//!   a wrong password cost the same time and give the same error.
+//! - A login creates a session (device) with a refresh-token *family*. Refreshing spends
+//!   the presented token (claimed once, again with `insert_if_absent`) and returns a new
+//!   one; presenting an already spent token means it was stolen or replayed, so the whole
+//!   session is revoked (its access tokens stop verifying at once).
+//! - Refresh tokens are 256-bit random strings; only their SHA-256 is stored.
+//!
+//! Not built yet (accounts issue): TOTP at login, brute-force throttling, password
+//! change, account deletion, and the edge adapter that exposes these over the protocol.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use selfie_storage::id::IdGenerator;
+use selfie_storage::key::KeyBuilder;
+use selfie_storage::{Clock, Scan, Store, StoreError, Table, TableKind};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::password::{PasswordError, PasswordHasher};
+use super::tokens::{AccessTokens, TokenError};
+
+/// `username` (lower case) → user id, claimed once.
+pub static USERNAMES: Table = Table {
+    name: "auth_usernames",
+    kind: TableKind::Rows,
+    partition: &["username_lower"],
+    clustering: &[],
+    default_ttl: None,
+    doc: "username claims",
+};
+
+/// `email` (lower case) → user id, claimed once.
+pub static EMAILS: Table = Table {
+    name: "auth_emails",
+    kind: TableKind::Rows,
+    partition: &["email_lower"],
+    clustering: &[],
+    default_ttl: None,
+    doc: "e-mail claims",
+};
+
+/// user id → account record.
+pub static ACCOUNTS: Table = Table {
+    name: "auth_accounts",
+    kind: TableKind::Rows,
+    partition: &["user_id"],
+    clustering: &[],
+    default_ttl: None,
+    doc: "accounts (credentials)",
+};
+
+/// user id, session id → session record.
+pub static SESSIONS: Table = Table {
+    name: "auth_sessions",
+    kind: TableKind::Rows,
+    partition: &["user_id"],
+    clustering: &["session_id"],
+    default_ttl: None,
+    doc: "login sessions (devices)",
+};
+
+/// SHA-256 of a refresh token → its session; expires with the token.
+pub static REFRESH_TOKENS: Table = Table {
+    name: "auth_refresh_tokens",
+    kind: TableKind::Rows,
+    partition: &["token_sha256"],
+    clustering: &[],
+    default_ttl: Some(REFRESH_TTL),
+    doc: "refresh tokens",
+};
+
+/// Spent refresh tokens (claimed once on use).
+pub static REFRESH_SPENT: Table = Table {
+    name: "auth_refresh_spent",
+    kind: TableKind::Rows,
+    partition: &["token_sha256"],
+    clustering: &[],
+    default_ttl: Some(REFRESH_TTL),
+    doc: "spent refresh tokens (reuse detection)",
+};
+
+/// Every table of the accounts service.
+pub static TABLES: &[&Table] = &[
+    &USERNAMES,
+    &EMAILS,
+    &ACCOUNTS,
+    &SESSIONS,
+    &REFRESH_TOKENS,
+    &REFRESH_SPENT,
+];
+
+/// Lifetime of a refresh token.
+pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Account errors, each mapping to one protocol error code.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// Username or e-mail syntax.
+    #[error("invalid {field}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+    },
+    /// The username or e-mail is taken.
+    #[error("{field} is already taken")]
+    Taken {
+        /// The field.
+        field: &'static str,
+    },
+    /// Unknown account or wrong password (one error for both).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The refresh token is unknown or expired.
+    #[error("refresh token invalid")]
+    TokenInvalid,
+    /// The refresh token was already used: the session has been revoked.
+    #[error("refresh token reused; session revoked")]
+    TokenReused,
+    /// The session was revoked.
+    #[error("session revoked")]
+    SessionRevoked,
+    /// No such session for this user.
+    #[error("no such session")]
+    NoSuchSession,
+    /// Password policy or hashing capacity.
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    /// A stored record could not be decoded.
+    #[error("corrupt account record")]
+    Corrupt,
+    /// Token minting failed.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Account {
+    user_id: u64,
+    username: String,
+    email: String,
+    password_hash: String,
+    created_at_ms: u64,
+}
+
+/// A login session (device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Session id.
+    pub session_id: u64,
+    /// Device name given at login.
+    pub device_name: String,
+    /// When it was created.
+    pub created_at_ms: u64,
+    /// Last refresh.
+    pub last_seen_at_ms: u64,
+    /// Revoked sessions stay listed until they expire, marked.
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RefreshRecord {
+    user_id: u64,
+    session_id: u64,
+}
+
+/// Tokens handed to a client after register, login or refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedTokens {
+    /// The user.
+    pub user_id: u64,
+    /// The session.
+    pub session_id: u64,
+    /// Short-lived access token (PASETO).
+    pub access_token: String,
+    /// Long-lived, single-use refresh token.
+    pub refresh_token: String,
+}
+
+/// The accounts service of one shard.
+pub struct Accounts<S> {
+    store: S,
+    tokens: AccessTokens,
+    hasher: PasswordHasher,
+    clock: Arc<dyn Clock>,
+    ids: std::cell::RefCell<IdGenerator>,
+}
+
+fn key_u64(v: u64) -> Bytes {
+    KeyBuilder::new().u64(v).build()
+}
+
+fn key_str(v: &str) -> Bytes {
+    KeyBuilder::new().str(v).build()
+}
+
+fn sha256(token: &str) -> Bytes {
+    Bytes::copy_from_slice(&Sha256::digest(token.as_bytes()))
+}
+
+fn valid_username(u: &str) -> bool {
+    (3..=30).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        && u.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn valid_email(e: &str) -> bool {
+    e.len() <= 254
+        && e.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !e.contains(char::is_whitespace)
+        })
+}
+
+impl<S: Store> Accounts<S> {
+    /// The service for one shard (`node`, `shard` make its ids unique).
+    pub fn new(
+        store: S,
+        tokens: AccessTokens,
+        hasher: PasswordHasher,
+        clock: Arc<dyn Clock>,
+        node: u16,
+        shard: u16,
+    ) -> Result<Self, AccountError> {
+        let ids = IdGenerator::new(node, shard)
+            .map_err(|_| AccountError::InvalidArgument { field: "shard" })?;
+        Ok(Self {
+            store,
+            tokens,
+            hasher,
+            clock,
+            ids: std::cell::RefCell::new(ids),
+        })
+    }
+
+    fn next_id(&self) -> u64 {
+        self.ids.borrow_mut().next(self.clock.now_ms()).0
+    }
+
+    /// Creates an account and signs it in on `device_name`.
+    pub async fn register(
+        &self,
+        username: &str,
+        email: &str,
+        password: String,
+        device_name: &str,
+    ) -> Result<IssuedTokens, AccountError> {
+        if !valid_username(username) {
+            return Err(AccountError::InvalidArgument { field: "username" });
+        }
+        if !valid_email(email) {
+            return Err(AccountError::InvalidArgument { field: "email" });
+        }
+        let password_hash = self.hasher.hash(password).await?;
+        let user_id = self.next_id();
+        let id_bytes = user_id.to_be_bytes();
+        if !self
+            .store
+            .insert_if_absent(
+                &USERNAMES,
+                &key_str(&username.to_ascii_lowercase()),
+                &[],
+                &id_bytes,
+                None,
+            )
+            .await?
+        {
+            return Err(AccountError::Taken { field: "username" });
+        }
+        if !self
+            .store
+            .insert_if_absent(
+                &EMAILS,
+                &key_str(&email.to_ascii_lowercase()),
+                &[],
+                &id_bytes,
+                None,
+            )
+            .await?
+        {
+            // Give the username back.
+            self.store
+                .delete(&USERNAMES, &key_str(&username.to_ascii_lowercase()), &[])
+                .await?;
+            return Err(AccountError::Taken { field: "email" });
+        }
+        let account = Account {
+            user_id,
+            username: username.to_string(),
+            email: email.to_string(),
+            password_hash,
+            created_at_ms: self.clock.now_ms(),
+        };
+        let record = serde_json::to_vec(&account).map_err(|_| AccountError::Corrupt)?;
+        self.store
+            .put(&ACCOUNTS, &key_u64(user_id), &[], &record, None)
+            .await?;
+        self.open_session(user_id, device_name).await
+    }
+
+    async fn account_by_identifier(
+        &self,
+        identifier: &str,
+    ) -> Result<Option<Account>, AccountError> {
+        let lower = identifier.to_ascii_lowercase();
+        let table = if lower.contains('@') {
+            &EMAILS
+        } else {
+            &USERNAMES
+        };
+        let Some(id) = self.store.get(table, &key_str(&lower), &[]).await? else {
+            return Ok(None);
+        };
+        let id = u64::from_be_bytes(id.as_ref().try_into().map_err(|_| AccountError::Corrupt)?);
+        let Some(record) = self.store.get(&ACCOUNTS, &key_u64(id), &[]).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&record)
+            .map(Some)
+            .map_err(|_| AccountError::Corrupt)
+    }
+
+    /// Signs in with a username or e-mail and a password.
+    pub async fn login(
+        &self,
+        identifier: &str,
+        password: String,
+        device_name: &str,
+    ) -> Result<IssuedTokens, AccountError> {
+        let account = self.account_by_identifier(identifier).await?;
+        let stored = account.as_ref().map(|a| a.password_hash.clone());
+        // Same Argon2 work whether or not the account exists.
+        if !self.hasher.verify(password, stored).await? {
+            return Err(AccountError::InvalidCredentials);
+        }
+        let account = account.ok_or(AccountError::InvalidCredentials)?;
+        self.open_session(account.user_id, device_name).await
+    }
+
+    async fn open_session(
+        &self,
+        user_id: u64,
+        device_name: &str,
+    ) -> Result<IssuedTokens, AccountError> {
+        let session_id = self.next_id();
+        let now = self.clock.now_ms();
+        let session = Session {
+            session_id,
+            device_name: device_name.chars().take(64).collect(),
+            created_at_ms: now,
+            last_seen_at_ms: now,
+            revoked: false,
+        };
+        let record = serde_json::to_vec(&session).map_err(|_| AccountError::Corrupt)?;
+        self.store
+            .put(
+                &SESSIONS,
+                &key_u64(user_id),
+                &key_u64(session_id),
+                &record,
+                None,
+            )
+            .await?;
+        self.issue(user_id, session_id).await
+    }
+
+    async fn issue(&self, user_id: u64, session_id: u64) -> Result<IssuedTokens, AccountError> {
+        let mut raw = [0u8; 32];
+        rand::fill(&mut raw);
+        let refresh_token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let record = serde_json::to_vec(&RefreshRecord {
+            user_id,
+            session_id,
+        })
+        .map_err(|_| AccountError::Corrupt)?;
+        self.store
+            .put(&REFRESH_TOKENS, &sha256(&refresh_token), &[], &record, None)
+            .await?;
+        Ok(IssuedTokens {
+            user_id,
+            session_id,
+            access_token: self.tokens.issue(user_id, session_id, &[])?,
+            refresh_token,
+        })
+    }
+
+    async fn session(
+        &self,
+        user_id: u64,
+        session_id: u64,
+    ) -> Result<Option<Session>, AccountError> {
+        match self
+            .store
+            .get(&SESSIONS, &key_u64(user_id), &key_u64(session_id))
+            .await?
+        {
+            Some(r) => serde_json::from_slice(&r)
+                .map(Some)
+                .map_err(|_| AccountError::Corrupt),
+            None => Ok(None),
+        }
+    }
+
+    /// Spends a refresh token and returns new tokens for the same session. A token that
+    /// was already spent revokes the session.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens, AccountError> {
+        let hash = sha256(refresh_token);
+        let record = self
+            .store
+            .get(&REFRESH_TOKENS, &hash, &[])
+            .await?
+            .ok_or(AccountError::TokenInvalid)?;
+        let r: RefreshRecord =
+            serde_json::from_slice(&record).map_err(|_| AccountError::Corrupt)?;
+        let session = self
+            .session(r.user_id, r.session_id)
+            .await?
+            .ok_or(AccountError::TokenInvalid)?;
+        if session.revoked {
+            return Err(AccountError::SessionRevoked);
+        }
+        // Exactly one use: whoever claims the spent marker first may rotate.
+        if !self
+            .store
+            .insert_if_absent(&REFRESH_SPENT, &hash, &[], b"", None)
+            .await?
+        {
+            self.revoke(r.user_id, r.session_id).await?;
+            return Err(AccountError::TokenReused);
+        }
+        let mut session = session;
+        session.last_seen_at_ms = self.clock.now_ms();
+        let bytes = serde_json::to_vec(&session).map_err(|_| AccountError::Corrupt)?;
+        self.store
+            .put(
+                &SESSIONS,
+                &key_u64(r.user_id),
+                &key_u64(r.session_id),
+                &bytes,
+                None,
+            )
+            .await?;
+        self.issue(r.user_id, r.session_id).await
+    }
+
+    /// Revokes one session of `user_id`: its refresh tokens stop working and its access
+    /// tokens stop verifying at once.
+    pub async fn revoke(&self, user_id: u64, session_id: u64) -> Result<(), AccountError> {
+        let mut session = self
+            .session(user_id, session_id)
+            .await?
+            .ok_or(AccountError::NoSuchSession)?;
+        session.revoked = true;
+        let bytes = serde_json::to_vec(&session).map_err(|_| AccountError::Corrupt)?;
+        self.store
+            .put(
+                &SESSIONS,
+                &key_u64(user_id),
+                &key_u64(session_id),
+                &bytes,
+                None,
+            )
+            .await?;
+        self.tokens.revoked().revoke(session_id);
+        Ok(())
+    }
+
+    /// Revokes every session of `user_id` except `keep`.
+    pub async fn revoke_others(&self, user_id: u64, keep: u64) -> Result<usize, AccountError> {
+        let mut n = 0;
+        for s in self.sessions(user_id).await? {
+            if s.session_id != keep && !s.revoked {
+                self.revoke(user_id, s.session_id).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The sessions of `user_id`, oldest first.
+    pub async fn sessions(&self, user_id: u64) -> Result<Vec<Session>, AccountError> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .scan(&SESSIONS, &key_u64(user_id), &Scan::all(200).after(cursor))
+                .await?;
+            for row in &page.rows {
+                out.push(serde_json::from_slice(&row.value).map_err(|_| AccountError::Corrupt)?);
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The product's CQL schema history: every migration `selfie migrate` applies, in
+//! version order. A service adds its tables with a new migration; an applied migration
+//! is never edited. The embedded backend needs no migrations: it opens the same table
+//! declarations directly.
+
+use selfie_storage::Table;
+use selfie_storage::cql::Migration;
+
+/// Every migration, oldest first.
+pub static MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "accounts: usernames, e-mails, accounts, sessions, refresh tokens",
+    tables: crate::auth::accounts::TABLES,
+    statements: &[],
+}];
+
+/// Every table of every service (for opening the embedded store).
+pub fn tables() -> Vec<&'static Table> {
+    MIGRATIONS
+        .iter()
+        .flat_map(|m| m.tables.iter().copied())
+        .collect()
+}

@@ -1,0 +1,250 @@
+//! Accounts over the embedded store (a real fjall database in a temporary directory).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::Params;
+use selfie_services::auth::accounts::{AccountError, Accounts, TABLES};
+use selfie_services::auth::password::PasswordHasher;
+use selfie_services::auth::tokens::{AccessTokens, TokenError};
+use selfie_storage::SystemClock;
+use selfie_storage::embedded::EmbeddedStore;
+
+struct Fixture {
+    accounts: Accounts<EmbeddedStore>,
+    tokens: AccessTokens,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(dir.path(), TABLES, Arc::new(SystemClock)).expect("store");
+    let tokens = AccessTokens::generate("selfie-test", Duration::from_secs(900)).expect("key");
+    // Cheap Argon2 parameters: these tests check behaviour, not hashing cost.
+    let hasher = PasswordHasher::with_params(
+        Params::new(64, 1, 1, None).expect("params"),
+        4,
+        Duration::from_secs(5),
+    )
+    .expect("hasher");
+    let accounts = Accounts::new(store, tokens.clone(), hasher, Arc::new(SystemClock), 1, 0)
+        .expect("accounts");
+    Fixture {
+        accounts,
+        tokens,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn register_then_login_gives_tokens_for_that_user_only() {
+    let f = fixture();
+    let reg = f
+        .accounts
+        .register("Ada", "ada@example.com", "correct horse".into(), "phone")
+        .await
+        .expect("registered");
+    let claims = f
+        .tokens
+        .verify(&reg.access_token)
+        .expect("access token verifies");
+    assert_eq!(
+        (claims.user_id, claims.session_id),
+        (reg.user_id, reg.session_id)
+    );
+    let by_name = f
+        .accounts
+        .login("ada", "correct horse".into(), "laptop")
+        .await
+        .expect("login by name");
+    let by_mail = f
+        .accounts
+        .login("ADA@example.com", "correct horse".into(), "tablet")
+        .await
+        .expect("login by e-mail");
+    assert_eq!(by_name.user_id, reg.user_id);
+    assert_eq!(by_mail.user_id, reg.user_id);
+    assert_ne!(
+        by_name.session_id, by_mail.session_id,
+        "one session per login"
+    );
+    assert_eq!(
+        f.accounts
+            .sessions(reg.user_id)
+            .await
+            .expect("sessions")
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_get_the_same_error() {
+    let f = fixture();
+    f.accounts
+        .register("bob", "bob@example.com", "hunter2hunter2".into(), "phone")
+        .await
+        .expect("registered");
+    let wrong = f
+        .accounts
+        .login("bob", "hunter3hunter3".into(), "x")
+        .await
+        .expect_err("wrong password");
+    let unknown = f
+        .accounts
+        .login("nobody", "hunter2hunter2".into(), "x")
+        .await
+        .expect_err("unknown user");
+    assert!(matches!(wrong, AccountError::InvalidCredentials));
+    assert!(matches!(unknown, AccountError::InvalidCredentials));
+    assert_eq!(wrong.to_string(), unknown.to_string());
+}
+
+#[tokio::test]
+async fn usernames_and_emails_are_unique_whatever_the_case_and_the_race() {
+    let f = fixture();
+    let accounts = &f.accounts;
+    let attempts = futures::future::join_all((0..8).map(|i| async move {
+        let email = format!("carol{i}@example.com");
+        accounts
+            .register("Carol", &email, "long enough pw".into(), "phone")
+            .await
+    }))
+    .await;
+    assert_eq!(
+        attempts.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "exactly one owner of the name"
+    );
+    assert!(
+        attempts
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, AccountError::Taken { field: "username" }))
+    );
+    let err = f
+        .accounts
+        .register("carol", "other@example.com", "long enough pw".into(), "x")
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, AccountError::Taken { field: "username" }));
+    f.accounts
+        .register("dave", "dave@example.com", "long enough pw".into(), "x")
+        .await
+        .expect("ok");
+    let err = f
+        .accounts
+        .register("dave2", "DAVE@example.com", "long enough pw".into(), "x")
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, AccountError::Taken { field: "email" }));
+    // The username of the refused registration was given back.
+    f.accounts
+        .register("dave2", "dave2@example.com", "long enough pw".into(), "x")
+        .await
+        .expect("free again");
+    for (u, e) in [
+        ("a", "a@example.com"),
+        ("bad name", "x@example.com"),
+        ("erin", "not-an-email"),
+    ] {
+        let err = f
+            .accounts
+            .register(u, e, "long enough pw".into(), "x")
+            .await
+            .expect_err("invalid");
+        assert!(
+            matches!(err, AccountError::InvalidArgument { .. }),
+            "{u} {e}: {err}"
+        );
+    }
+    let err = f
+        .accounts
+        .register("frank", "frank@example.com", "short".into(), "x")
+        .await
+        .expect_err("weak");
+    assert!(matches!(err, AccountError::Password(_)));
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_of_a_spent_token_revokes_the_session() {
+    let f = fixture();
+    let first = f
+        .accounts
+        .register(
+            "grace",
+            "grace@example.com",
+            "long enough pw".into(),
+            "phone",
+        )
+        .await
+        .expect("ok");
+    let second = f
+        .accounts
+        .refresh(&first.refresh_token)
+        .await
+        .expect("rotated");
+    assert_eq!(second.session_id, first.session_id);
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert!(f.tokens.verify(&second.access_token).is_ok());
+    // A thief replays the first token: the whole session goes.
+    let err = f
+        .accounts
+        .refresh(&first.refresh_token)
+        .await
+        .expect_err("reuse");
+    assert!(matches!(err, AccountError::TokenReused));
+    assert_eq!(
+        f.tokens.verify(&second.access_token),
+        Err(TokenError::Revoked)
+    );
+    let err = f
+        .accounts
+        .refresh(&second.refresh_token)
+        .await
+        .expect_err("session revoked");
+    assert!(matches!(err, AccountError::SessionRevoked));
+    let err = f.accounts.refresh("0123").await.expect_err("unknown");
+    assert!(matches!(err, AccountError::TokenInvalid));
+}
+
+#[tokio::test]
+async fn revoking_other_sessions_keeps_the_current_one() {
+    let f = fixture();
+    let a = f
+        .accounts
+        .register(
+            "heidi",
+            "heidi@example.com",
+            "long enough pw".into(),
+            "phone",
+        )
+        .await
+        .expect("ok");
+    let b = f
+        .accounts
+        .login("heidi", "long enough pw".into(), "laptop")
+        .await
+        .expect("ok");
+    let c = f
+        .accounts
+        .login("heidi", "long enough pw".into(), "tablet")
+        .await
+        .expect("ok");
+    assert_eq!(
+        f.accounts
+            .revoke_others(a.user_id, b.session_id)
+            .await
+            .expect("revoked"),
+        2
+    );
+    assert!(f.tokens.verify(&b.access_token).is_ok());
+    assert_eq!(f.tokens.verify(&a.access_token), Err(TokenError::Revoked));
+    assert_eq!(f.tokens.verify(&c.access_token), Err(TokenError::Revoked));
+    let sessions = f.accounts.sessions(a.user_id).await.expect("sessions");
+    assert_eq!(sessions.iter().filter(|s| !s.revoked).count(), 1);
+    assert!(matches!(
+        f.accounts.revoke(a.user_id, 12345).await,
+        Err(AccountError::NoSuchSession)
+    ));
+}
