@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub pin_cores: bool,
     /// This node's id in the fleet (logs, presence, `Welcome.node_id`).
     pub node_id: String,
+    /// This node's number in the fleet, 0..=255, unique per node: it is part of every id
+    /// the node generates (Snowflake layout), so two nodes sharing one would collide.
+    pub node_number: u16,
     /// Data directory (dev certificate, embedded storage).
     pub data_dir: PathBuf,
     /// Milliseconds that drain waits for in-flight requests before closing connections.
@@ -153,6 +156,7 @@ impl Default for ServerConfig {
             shards: 0,
             pin_cores: true,
             node_id: "edge-1".into(),
+            node_number: 0,
             data_dir: PathBuf::from(".selfie"),
             drain_deadline_ms: 10_000,
         }
@@ -356,6 +360,12 @@ impl Config {
             return Err(bad(
                 "limits.max_frame_bytes must be within 1 KiB..16 MiB".into()
             ));
+        }
+        if self.server.node_number > selfie_storage::id::MAX_NODE {
+            return Err(bad(format!(
+                "server.node_number must be within 0..={}",
+                selfie_storage::id::MAX_NODE
+            )));
         }
         if self.auth.access_token_ttl_s == 0 || self.auth.access_token_ttl_s > 24 * 3600 {
             return Err(bad(

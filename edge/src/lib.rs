@@ -17,6 +17,7 @@
 //! This crate holds no domain logic (that is `selfie-services`) and no storage code; it
 //! must not be imported by either.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod metrics;

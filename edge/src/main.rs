@@ -6,11 +6,18 @@
 //! - `selfie migrate` — apply the CQL schema migrations to `storage.cql_url`.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use selfie_edge::api::auth::AuthApi;
 use selfie_edge::{Config, Edge, Registry, config};
+use selfie_services::auth::accounts::Accounts;
+use selfie_services::auth::password::PasswordHasher;
+use selfie_storage::SystemClock;
+use selfie_storage::any::AnyStore;
 
 #[derive(Parser)]
 #[command(name = "selfie", version, about = "Selfie edge server")]
@@ -131,12 +138,63 @@ fn main() -> anyhow::Result<()> {
             }
             let config = load(&cli, extra)?;
             init_logs(&config);
-            // Access tokens in `Hello` are verified with the deployment's signing key.
-            // The account services (which mint them) arrive with the accounts issue;
-            // until then the edge serves control RPCs.
+            // Storage: embedded by default, CQL when configured. The driver's connection
+            // tasks run on this runtime's worker, which lives as long as the process.
+            let storage_rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("selfie-storage-io")
+                .enable_all()
+                .build()?;
+            let store = match config.storage.backend.as_str() {
+                "cql" => {
+                    let url = config
+                        .storage
+                        .cql_url
+                        .as_deref()
+                        .context("storage.cql_url")?;
+                    let cql = selfie_storage::cql::CqlConfig::from_url(url)?;
+                    let tables = selfie_services::schema::tables();
+                    let store = storage_rt.block_on(selfie_storage::cql::CqlStore::open(
+                        &cql,
+                        selfie_services::schema::MIGRATIONS,
+                        &tables,
+                    ))?;
+                    AnyStore::Cql(store)
+                }
+                _ => AnyStore::Embedded(selfie_storage::embedded::EmbeddedStore::open(
+                    config.server.data_dir.join("storage"),
+                    &selfie_services::schema::tables(),
+                    Arc::new(SystemClock),
+                )?),
+            };
+            // Access tokens in `Hello` are verified with the deployment's signing key,
+            // the same key the accounts service signs with.
             let tokens = selfie_edge::auth::load_tokens(&config.auth, &config.server.data_dir)?;
-            let auth = Arc::new(selfie_edge::auth::TokenAuthenticator::new(tokens));
-            let factory: selfie_edge::ServiceFactory = Arc::new(|_| Registry::new());
+            let auth = Arc::new(selfie_edge::auth::TokenAuthenticator::new(tokens.clone()));
+            let hasher = PasswordHasher::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Duration::from_secs(2),
+            )?;
+            let node = config.server.node_number;
+            let access_ttl = Duration::from_secs(config.auth.access_token_ttl_s);
+            let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
+                let mut registry = Registry::new();
+                match Accounts::new(
+                    store.clone(),
+                    tokens.clone(),
+                    hasher.clone(),
+                    Arc::new(SystemClock),
+                    node,
+                    shard as u16,
+                ) {
+                    Ok(accounts) => registry.register(
+                        selfie_protocol::Service::Auth,
+                        Rc::new(AuthApi::new(accounts, access_ttl)),
+                    ),
+                    Err(e) => tracing::error!(shard, error = %e, "accounts service unavailable"),
+                }
+                registry
+            });
             let edge = Edge::start(config, factory, auth)?;
             println!(
                 "selfie edge listening on udp://{} ({} shards), ops on http://{}",
@@ -158,6 +216,7 @@ fn main() -> anyhow::Result<()> {
             println!("draining");
             edge.drain();
             edge.join();
+            drop(storage_rt);
             println!("drained; bye");
             Ok(())
         }

@@ -24,6 +24,7 @@
 //! This crate must not depend on the protocol, the codec or the edge: it stores bytes,
 //! it does not know what they mean.
 
+pub mod any;
 pub mod conformance;
 pub mod cql;
 pub mod embedded;

@@ -1,0 +1,380 @@
+//! The `Auth` service on the wire: decodes auth operations, calls the accounts service,
+//! encodes the answers. Registration, login and refresh are open to anonymous sessions;
+//! logout and session management need a signed-in session and act on its own user only.
+//!
+//! Not wired yet (accounts issue): TOTP enrolment and login, password change and reset,
+//! account deletion, e-mail verification. They are answered `Unavailable`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use flatbuffers::WIPOffset;
+use futures::future::LocalBoxFuture;
+use selfie_codec::{Builder, Encoder, Frame, Limits, build};
+use selfie_protocol::auth::{self as pa, AuthOp};
+use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, common};
+use selfie_services::auth::accounts::{AccountError, Accounts, IssuedTokens, REFRESH_TTL};
+use selfie_services::auth::password::PasswordError;
+use selfie_storage::Store;
+
+use crate::service::{ErrorReply, RequestContext, Service};
+
+/// The auth operations of one shard.
+pub struct AuthApi<S> {
+    accounts: Rc<Accounts<S>>,
+    encoder: Rc<RefCell<Encoder>>,
+    access_ttl_ms: u64,
+}
+
+impl<S: Store + 'static> AuthApi<S> {
+    /// Over one shard's accounts service.
+    pub fn new(accounts: Accounts<S>, access_ttl: std::time::Duration) -> Self {
+        Self {
+            accounts: Rc::new(accounts),
+            encoder: Rc::new(RefCell::new(Encoder::new(Limits::DEFAULT))),
+            access_ttl_ms: access_ttl.as_millis() as u64,
+        }
+    }
+}
+
+/// The protocol code for an accounts error.
+pub fn error_reply(e: &AccountError) -> ErrorReply {
+    let (code, message): (ErrorCode, String) = match e {
+        AccountError::InvalidArgument { field } => {
+            (ErrorCode::InvalidArgument, format!("invalid {field}"))
+        }
+        AccountError::Taken { field } => (ErrorCode::Conflict, format!("{field} is already taken")),
+        AccountError::InvalidCredentials => {
+            (ErrorCode::InvalidCredentials, "invalid credentials".into())
+        }
+        AccountError::TokenInvalid => (ErrorCode::TokenInvalid, "refresh token invalid".into()),
+        AccountError::TokenReused => (
+            ErrorCode::TokenRevoked,
+            "refresh token reused; session revoked".into(),
+        ),
+        AccountError::SessionRevoked => (ErrorCode::SessionRevoked, "session revoked".into()),
+        AccountError::NoSuchSession => (ErrorCode::NotFound, "no such session".into()),
+        AccountError::Password(PasswordError::TooShort | PasswordError::TooLong) => {
+            (ErrorCode::InvalidArgument, e.to_string())
+        }
+        AccountError::Password(PasswordError::Overloaded) => {
+            (ErrorCode::Overloaded, "try again shortly".into())
+        }
+        AccountError::Storage(_) => (ErrorCode::StorageFailure, "storage unavailable".into()),
+        _ => (ErrorCode::Internal, "internal error".into()),
+    };
+    let mut r = ErrorReply::new(code, message);
+    if code == ErrorCode::Overloaded {
+        r.retry_after_ms = 500;
+    }
+    r
+}
+
+fn wrap(
+    b: &mut Builder,
+    id: u64,
+    op_type: AuthOp,
+    op: WIPOffset<flatbuffers::UnionWIPOffset>,
+) -> WIPOffset<Envelope<'static>> {
+    let body = pa::Auth::create(
+        b,
+        &pa::AuthArgs {
+            op_type,
+            op: Some(op),
+        },
+    );
+    Envelope::create(
+        b,
+        &EnvelopeArgs {
+            id,
+            body_type: Body::Auth,
+            body: Some(body.as_union_value()),
+            ..Default::default()
+        },
+    )
+}
+
+fn tokens(
+    b: &mut Builder,
+    t: &IssuedTokens,
+    access_ttl_ms: u64,
+    now_ms: u64,
+) -> WIPOffset<pa::AuthTokens<'static>> {
+    let access = b.create_string(&t.access_token);
+    let refresh = b.create_string(&t.refresh_token);
+    pa::AuthTokens::create(
+        b,
+        &pa::AuthTokensArgs {
+            user_id: t.user_id,
+            session_id: t.session_id,
+            access_token: Some(access),
+            access_expires_at_ms: now_ms + access_ttl_ms,
+            refresh_token: Some(refresh),
+            refresh_expires_at_ms: now_ms + REFRESH_TTL.as_millis() as u64,
+        },
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a request asks, copied out of the frame so that the work can outlive it.
+enum Call {
+    Register {
+        username: String,
+        email: String,
+        password: String,
+        device: String,
+    },
+    Login {
+        identifier: String,
+        password: String,
+        device: String,
+    },
+    Refresh {
+        token: String,
+    },
+    Logout,
+    Sessions,
+    Revoke {
+        session_id: u64,
+    },
+    RevokeOthers,
+}
+
+fn device_name(d: Option<pa::DeviceInfo<'_>>) -> String {
+    d.and_then(|d| d.name())
+        .unwrap_or("unknown device")
+        .to_string()
+}
+
+fn parse(env: &Envelope<'_>) -> Result<Call, ErrorReply> {
+    let auth = env
+        .body_as_auth()
+        .ok_or_else(|| ErrorReply::new(ErrorCode::UnexpectedMessage, "not an auth request"))?;
+    let missing =
+        |field: &str| ErrorReply::new(ErrorCode::InvalidArgument, format!("{field} is required"));
+    Ok(match auth.op_type() {
+        AuthOp::RegisterRequest => {
+            let r = auth
+                .op_as_register_request()
+                .ok_or_else(|| missing("register"))?;
+            Call::Register {
+                username: r.username().ok_or_else(|| missing("username"))?.to_string(),
+                email: r.email().ok_or_else(|| missing("email"))?.to_string(),
+                password: r.password().ok_or_else(|| missing("password"))?.to_string(),
+                device: device_name(r.device()),
+            }
+        }
+        AuthOp::LoginRequest => {
+            let r = auth.op_as_login_request().ok_or_else(|| missing("login"))?;
+            Call::Login {
+                identifier: r
+                    .identifier()
+                    .ok_or_else(|| missing("identifier"))?
+                    .to_string(),
+                password: r.password().ok_or_else(|| missing("password"))?.to_string(),
+                device: device_name(r.device()),
+            }
+        }
+        AuthOp::RefreshRequest => Call::Refresh {
+            token: auth
+                .op_as_refresh_request()
+                .and_then(|r| r.refresh_token())
+                .ok_or_else(|| missing("refresh_token"))?
+                .to_string(),
+        },
+        AuthOp::LogoutRequest => Call::Logout,
+        AuthOp::SessionsListRequest => Call::Sessions,
+        AuthOp::SessionRevokeRequest => Call::Revoke {
+            session_id: auth
+                .op_as_session_revoke_request()
+                .map_or(0, |r| r.session_id()),
+        },
+        AuthOp::SessionRevokeOthersRequest => Call::RevokeOthers,
+        _ => {
+            return Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                "this auth operation is not available yet",
+            ));
+        }
+    })
+}
+
+impl<S: Store + 'static> Service for AuthApi<S> {
+    fn owner_key(&self, _env: &Envelope<'_>) -> Option<u64> {
+        // Claims are linearizable in storage, so any shard may serve any account.
+        None
+    }
+
+    fn handle(
+        &self,
+        ctx: RequestContext,
+        frame: Frame,
+    ) -> LocalBoxFuture<'static, Result<Bytes, ErrorReply>> {
+        let env = frame.envelope();
+        let id = env.id();
+        let call = parse(&env);
+        let (accounts, encoder, ttl) = (
+            self.accounts.clone(),
+            self.encoder.clone(),
+            self.access_ttl_ms,
+        );
+        Box::pin(async move {
+            let call = call?;
+            let me = || {
+                ctx.principal
+                    .clone()
+                    .ok_or_else(|| ErrorReply::new(ErrorCode::Unauthenticated, "sign in first"))
+            };
+            let enc = |f: &dyn Fn(&mut Builder) -> WIPOffset<Envelope<'static>>| {
+                encoder
+                    .borrow_mut()
+                    .encode_bytes(f)
+                    .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))
+            };
+            match call {
+                Call::Register {
+                    username,
+                    email,
+                    password,
+                    device,
+                } => {
+                    let t = accounts
+                        .register(&username, &email, password, &device)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    let now = now_ms();
+                    enc(&|b| {
+                        let tk = tokens(b, &t, ttl, now);
+                        let name = b.create_string(&username);
+                        let user = common::UserSummary::create(
+                            b,
+                            &common::UserSummaryArgs {
+                                user_id: t.user_id,
+                                username: Some(name),
+                                ..Default::default()
+                            },
+                        );
+                        let r = pa::RegisterResponse::create(
+                            b,
+                            &pa::RegisterResponseArgs {
+                                tokens: Some(tk),
+                                user: Some(user),
+                            },
+                        );
+                        wrap(b, id, AuthOp::RegisterResponse, r.as_union_value())
+                    })
+                }
+                Call::Login {
+                    identifier,
+                    password,
+                    device,
+                } => {
+                    let t = accounts
+                        .login(&identifier, password, &device)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    let now = now_ms();
+                    enc(&|b| {
+                        let tk = tokens(b, &t, ttl, now);
+                        let user = common::UserSummary::create(
+                            b,
+                            &common::UserSummaryArgs {
+                                user_id: t.user_id,
+                                ..Default::default()
+                            },
+                        );
+                        let r = pa::LoginResponse::create(
+                            b,
+                            &pa::LoginResponseArgs {
+                                tokens: Some(tk),
+                                user: Some(user),
+                            },
+                        );
+                        wrap(b, id, AuthOp::LoginResponse, r.as_union_value())
+                    })
+                }
+                Call::Refresh { token } => {
+                    let t = accounts
+                        .refresh(&token)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    let now = now_ms();
+                    enc(&|b| {
+                        let tk = tokens(b, &t, ttl, now);
+                        let r = pa::RefreshResponse::create(
+                            b,
+                            &pa::RefreshResponseArgs { tokens: Some(tk) },
+                        );
+                        wrap(b, id, AuthOp::RefreshResponse, r.as_union_value())
+                    })
+                }
+                Call::Logout => {
+                    let p = me()?;
+                    accounts
+                        .revoke(p.user_id, p.session_id)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| build::ack(b, id))
+                }
+                Call::Sessions => {
+                    let p = me()?;
+                    let sessions = accounts
+                        .sessions(p.user_id)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| {
+                        let list: Vec<_> = sessions
+                            .iter()
+                            .filter(|s| !s.revoked)
+                            .map(|s| {
+                                let name = b.create_string(&s.device_name);
+                                pa::SessionInfo::create(
+                                    b,
+                                    &pa::SessionInfoArgs {
+                                        session_id: s.session_id,
+                                        device_name: Some(name),
+                                        created_at_ms: s.created_at_ms,
+                                        last_seen_at_ms: s.last_seen_at_ms,
+                                        current: s.session_id == p.session_id,
+                                        ..Default::default()
+                                    },
+                                )
+                            })
+                            .collect();
+                        let list = b.create_vector(&list);
+                        let r = pa::SessionsListResponse::create(
+                            b,
+                            &pa::SessionsListResponseArgs {
+                                sessions: Some(list),
+                            },
+                        );
+                        wrap(b, id, AuthOp::SessionsListResponse, r.as_union_value())
+                    })
+                }
+                Call::Revoke { session_id } => {
+                    let p = me()?;
+                    // Only the caller's own sessions: another user's id is simply not found.
+                    accounts
+                        .revoke(p.user_id, session_id)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| build::ack(b, id))
+                }
+                Call::RevokeOthers => {
+                    let p = me()?;
+                    accounts
+                        .revoke_others(p.user_id, p.session_id)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| build::ack(b, id))
+                }
+            }
+        })
+    }
+}

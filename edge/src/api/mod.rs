@@ -1,0 +1,4 @@
+//! Protocol adapters for the domain services: decode a verified request, call the
+//! shard-local service, encode the answer. No domain logic here.
+
+pub mod auth;
