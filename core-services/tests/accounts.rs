@@ -6,9 +6,12 @@ use std::time::Duration;
 use argon2::Params;
 use selfie_services::auth::accounts::{AccountError, Accounts, TABLES};
 use selfie_services::auth::password::PasswordHasher;
+use selfie_services::auth::throttle::LoginThrottle;
 use selfie_services::auth::tokens::{AccessTokens, TokenError};
 use selfie_storage::SystemClock;
 use selfie_storage::embedded::EmbeddedStore;
+
+const IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
 struct Fixture {
     accounts: Accounts<EmbeddedStore>,
@@ -27,8 +30,16 @@ fn fixture() -> Fixture {
         Duration::from_secs(5),
     )
     .expect("hasher");
-    let accounts = Accounts::new(store, tokens.clone(), hasher, Arc::new(SystemClock), 1, 0)
-        .expect("accounts");
+    let accounts = Accounts::new(
+        store,
+        tokens.clone(),
+        hasher,
+        Arc::new(SystemClock),
+        1,
+        0,
+        LoginThrottle::default(),
+    )
+    .expect("accounts");
     Fixture {
         accounts,
         tokens,
@@ -54,12 +65,12 @@ async fn register_then_login_gives_tokens_for_that_user_only() {
     );
     let by_name = f
         .accounts
-        .login("ada", "correct horse".into(), "laptop")
+        .login("ada", "correct horse".into(), "laptop", IP)
         .await
         .expect("login by name");
     let by_mail = f
         .accounts
-        .login("ADA@example.com", "correct horse".into(), "tablet")
+        .login("ADA@example.com", "correct horse".into(), "tablet", IP)
         .await
         .expect("login by e-mail");
     assert_eq!(by_name.user_id, reg.user_id);
@@ -87,12 +98,12 @@ async fn wrong_password_and_unknown_user_get_the_same_error() {
         .expect("registered");
     let wrong = f
         .accounts
-        .login("bob", "hunter3hunter3".into(), "x")
+        .login("bob", "hunter3hunter3".into(), "x", IP)
         .await
         .expect_err("wrong password");
     let unknown = f
         .accounts
-        .login("nobody", "hunter2hunter2".into(), "x")
+        .login("nobody", "hunter2hunter2".into(), "x", IP)
         .await
         .expect_err("unknown user");
     assert!(matches!(wrong, AccountError::InvalidCredentials));
@@ -223,12 +234,12 @@ async fn revoking_other_sessions_keeps_the_current_one() {
         .expect("ok");
     let b = f
         .accounts
-        .login("heidi", "long enough pw".into(), "laptop")
+        .login("heidi", "long enough pw".into(), "laptop", IP)
         .await
         .expect("ok");
     let c = f
         .accounts
-        .login("heidi", "long enough pw".into(), "tablet")
+        .login("heidi", "long enough pw".into(), "tablet", IP)
         .await
         .expect("ok");
     assert_eq!(

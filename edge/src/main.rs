@@ -16,6 +16,7 @@ use selfie_edge::api::auth::AuthApi;
 use selfie_edge::{Config, Edge, Registry, config};
 use selfie_services::auth::accounts::Accounts;
 use selfie_services::auth::password::PasswordHasher;
+use selfie_services::auth::throttle::LoginThrottle;
 use selfie_storage::SystemClock;
 use selfie_storage::any::AnyStore;
 
@@ -176,6 +177,8 @@ fn main() -> anyhow::Result<()> {
                 Duration::from_secs(2),
             )?;
             let node = config.server.node_number;
+            // One login throttle for the node, shared by its shards.
+            let throttle = LoginThrottle::default();
             let access_ttl = Duration::from_secs(config.auth.access_token_ttl_s);
             let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
                 let mut registry = Registry::new();
@@ -186,6 +189,7 @@ fn main() -> anyhow::Result<()> {
                     Arc::new(SystemClock),
                     node,
                     shard as u16,
+                    throttle.clone(),
                 ) {
                     Ok(accounts) => registry.register(
                         selfie_protocol::Service::Auth,

@@ -32,6 +32,8 @@ pub struct RequestContext {
     pub shard: ShardId,
     /// Connection id (unique per shard), for logs.
     pub connection: u64,
+    /// The client's address (rate limits; never stored with content).
+    pub peer_ip: std::net::IpAddr,
 }
 
 /// A typed refusal of a request.

@@ -901,6 +901,7 @@ async fn serve_request(
                     origin_shard: shard.id,
                     shard: owner.unwrap_or(shard.id),
                     connection: state.id,
+                    peer_ip: state.ip,
                 };
                 match owner {
                     Some(o) if o != shard.id => {
@@ -955,6 +956,7 @@ fn subscribe(
         origin_shard: shard.id,
         shard: shard.id,
         connection: state.id,
+        peer_ip: state.ip,
     };
     let mut events = svc.subscribe(ctx, req)?;
     let sub_id = state.next_subscription.get();

@@ -14,6 +14,7 @@ use selfie_protocol::auth::{self as pa, AuthOp};
 use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode};
 use selfie_services::auth::accounts::{Accounts, TABLES};
 use selfie_services::auth::password::PasswordHasher;
+use selfie_services::auth::throttle::{LoginThrottle, ThrottleConfig};
 use selfie_services::auth::tokens::AccessTokens;
 use selfie_storage::SystemClock;
 use selfie_storage::embedded::EmbeddedStore;
@@ -43,6 +44,12 @@ fn start() -> Node {
     )
     .expect("hasher");
     let auth = Arc::new(TokenAuthenticator::new(tokens.clone()));
+    // The default address limits, with a short lockout cap so that the test can wait it
+    // out; one throttle for the node, shared by both shards.
+    let throttle = LoginThrottle::new(ThrottleConfig {
+        max_lockout: Duration::from_secs(2),
+        ..ThrottleConfig::default()
+    });
     let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
         let mut r = Registry::new();
         let accounts = Accounts::new(
@@ -52,6 +59,7 @@ fn start() -> Node {
             Arc::new(SystemClock),
             1,
             shard as u16,
+            throttle.clone(),
         )
         .expect("accounts");
         r.register(
@@ -323,4 +331,123 @@ async fn refresh_rotates_reuse_revokes_and_revoked_tokens_no_longer_open_session
         .err()
         .expect("logged out");
     assert_eq!(err.code(), Some(ErrorCode::TokenRevoked));
+}
+
+/// A scripted attack: 1,000 password guesses against one account from one address.
+#[tokio::test]
+async fn a_password_guessing_attack_is_throttled_and_the_owner_still_gets_in() {
+    let node = start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    register(&anon, "victim", "victim@example.com", "the real password")
+        .await
+        .expect("registered");
+    let attacker = Client::connect(config(&node, None)).await.expect("session");
+    let start = std::time::Instant::now();
+    let (mut checked, mut throttled) = (0u32, 0u32);
+    for i in 0..1_000 {
+        match login(&attacker, "victim", &format!("guess number {i}")).await {
+            Err(e) if e.code() == Some(ErrorCode::InvalidCredentials) => checked += 1,
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::RateLimited | ErrorCode::AccountLocked)
+                ) =>
+            {
+                throttled += 1
+            }
+            other => panic!("guess {i}: {:?}", other.map(|t| t.user_id)),
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    eprintln!(
+        "1000 guesses in {elapsed:.2} s: {checked} reached the password check ({:.1}/s), {throttled} throttled",
+        f64::from(checked) / elapsed
+    );
+    assert_eq!(checked + throttled, 1_000);
+    assert!(
+        checked <= 20,
+        "only the address burst reaches the password check: {checked}"
+    );
+    // The owner, from another address, gets in once the account lockout has passed.
+    let endpoint =
+        selfie_client::endpoint("127.0.0.2:0".parse().expect("addr")).expect("second address");
+    let owner = Client::connect_on(&endpoint, config(&node, None))
+        .await
+        .expect("session");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match login(&owner, "victim", "the real password").await {
+            Ok(t) => {
+                assert!(t.user_id > 0);
+                break;
+            }
+            Err(e) if e.code() == Some(ErrorCode::AccountLocked) => {
+                assert!(std::time::Instant::now() < deadline, "still locked");
+                let wait = match e {
+                    ClientError::Server { retry_after_ms, .. } => u64::from(retry_after_ms),
+                    _ => 100,
+                };
+                tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+            }
+            Err(e) => panic!("owner refused: {e}"),
+        }
+    }
+}
+
+/// Logs of every crate, at TRACE, captured while a user registers, logs in and refreshes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn secrets_never_appear_in_logs() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    // This test binary's global subscriber (shard threads log through it).
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    let node = start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let password = "Tr0ub4dor&3-unique-in-logs";
+    let reg = register(&anon, "logtest", "logtest@example.com", password)
+        .await
+        .expect("registered");
+    let again = login(&anon, "logtest", password).await.expect("login");
+    let _ = login(&anon, "logtest", "wrong-password-unique-in-logs").await;
+    let rotated = refresh(&anon, &again.refresh).await.expect("refresh");
+    Client::connect(config(&node, Some(rotated.access.clone())))
+        .await
+        .expect("welcome");
+    drop(node);
+    let logs = String::from_utf8_lossy(&captured.0.lock().expect("logs")).to_string();
+    assert!(
+        logs.len() > 1_000,
+        "logging was captured ({} bytes)",
+        logs.len()
+    );
+    for secret in [
+        password,
+        "wrong-password-unique-in-logs",
+        reg.access.as_str(),
+        reg.refresh.as_str(),
+        again.refresh.as_str(),
+        rotated.access.as_str(),
+        rotated.refresh.as_str(),
+    ] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
 }

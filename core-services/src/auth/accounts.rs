@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::password::{PasswordError, PasswordHasher};
+use super::throttle::{LoginThrottle, Throttled};
 use super::tokens::{AccessTokens, TokenError};
 
 /// `username` (lower case) → user id, claimed once.
@@ -130,6 +131,9 @@ pub enum AccountError {
     /// No such session for this user.
     #[error("no such session")]
     NoSuchSession,
+    /// Too many login attempts from this address, or the account is locked for a while.
+    #[error("too many attempts")]
+    Throttled(Throttled),
     /// Password policy or hashing capacity.
     #[error(transparent)]
     Password(#[from] PasswordError),
@@ -194,6 +198,7 @@ pub struct Accounts<S> {
     hasher: PasswordHasher,
     clock: Arc<dyn Clock>,
     ids: std::cell::RefCell<IdGenerator>,
+    throttle: LoginThrottle,
 }
 
 fn key_u64(v: u64) -> Bytes {
@@ -226,7 +231,9 @@ fn valid_email(e: &str) -> bool {
 }
 
 impl<S: Store> Accounts<S> {
-    /// The service for one shard (`node`, `shard` make its ids unique).
+    /// The service for one shard (`node`, `shard` make its ids unique). `throttle` is
+    /// the node's login throttle: one instance shared by every shard, so that an attacker
+    /// gains nothing by spreading guesses over connections.
     pub fn new(
         store: S,
         tokens: AccessTokens,
@@ -234,6 +241,7 @@ impl<S: Store> Accounts<S> {
         clock: Arc<dyn Clock>,
         node: u16,
         shard: u16,
+        throttle: LoginThrottle,
     ) -> Result<Self, AccountError> {
         let ids = IdGenerator::new(node, shard)
             .map_err(|_| AccountError::InvalidArgument { field: "shard" })?;
@@ -243,6 +251,7 @@ impl<S: Store> Accounts<S> {
             hasher,
             clock,
             ids: std::cell::RefCell::new(ids),
+            throttle,
         })
     }
 
@@ -333,20 +342,27 @@ impl<S: Store> Accounts<S> {
             .map_err(|_| AccountError::Corrupt)
     }
 
-    /// Signs in with a username or e-mail and a password.
+    /// Signs in with a username or e-mail and a password, from address `ip` (throttled
+    /// per address and per account, see [`LoginThrottle`]).
     pub async fn login(
         &self,
         identifier: &str,
         password: String,
         device_name: &str,
+        ip: std::net::IpAddr,
     ) -> Result<IssuedTokens, AccountError> {
+        let key = identifier.to_ascii_lowercase();
+        self.throttle
+            .check(&key, ip, self.clock.now_ms())
+            .map_err(AccountError::Throttled)?;
         let account = self.account_by_identifier(identifier).await?;
         let stored = account.as_ref().map(|a| a.password_hash.clone());
         // Same Argon2 work whether or not the account exists.
-        if !self.hasher.verify(password, stored).await? {
-            return Err(AccountError::InvalidCredentials);
-        }
-        let account = account.ok_or(AccountError::InvalidCredentials)?;
+        let ok = self.hasher.verify(password, stored).await? && account.is_some();
+        self.throttle.record(&key, ok, self.clock.now_ms());
+        let account = account
+            .filter(|_| ok)
+            .ok_or(AccountError::InvalidCredentials)?;
         self.open_session(account.user_id, device_name).await
     }
 

@@ -10,5 +10,6 @@
 
 pub mod accounts;
 pub mod password;
+pub mod throttle;
 pub mod tokens;
 pub mod totp;

@@ -16,6 +16,7 @@ use selfie_protocol::auth::{self as pa, AuthOp};
 use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, common};
 use selfie_services::auth::accounts::{AccountError, Accounts, IssuedTokens, REFRESH_TTL};
 use selfie_services::auth::password::PasswordError;
+use selfie_services::auth::throttle::Throttled;
 use selfie_storage::Store;
 
 use crate::service::{ErrorReply, RequestContext, Service};
@@ -62,6 +63,15 @@ pub fn error_reply(e: &AccountError) -> ErrorReply {
             (ErrorCode::Overloaded, "try again shortly".into())
         }
         AccountError::Storage(_) => (ErrorCode::StorageFailure, "storage unavailable".into()),
+        AccountError::Throttled(t) => {
+            let (code, wait) = match t {
+                Throttled::Address(w) => (ErrorCode::RateLimited, w),
+                Throttled::Account(w) => (ErrorCode::AccountLocked, w),
+            };
+            let mut r = ErrorReply::new(code, "too many attempts; try again later");
+            r.retry_after_ms = wait.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+            return r;
+        }
         _ => (ErrorCode::Internal, "internal error".into()),
     };
     let mut r = ErrorReply::new(code, message);
@@ -276,7 +286,7 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                     device,
                 } => {
                     let t = accounts
-                        .login(&identifier, password, &device)
+                        .login(&identifier, password, &device, ctx.peer_ip)
                         .await
                         .map_err(|e| error_reply(&e))?;
                     let now = now_ms();
