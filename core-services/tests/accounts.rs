@@ -259,3 +259,119 @@ async fn revoking_other_sessions_keeps_the_current_one() {
         Err(AccountError::NoSuchSession)
     ));
 }
+
+fn totp_now(secret_b32: &str, offset_steps: i64) -> String {
+    let secret = totp_rs::Secret::Encoded(secret_b32.to_string())
+        .to_bytes()
+        .expect("base32");
+    let t = totp_rs::TOTP::new_unchecked(
+        totp_rs::Algorithm::SHA1,
+        6,
+        0,
+        30,
+        secret,
+        None,
+        String::new(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    t.generate((now + offset_steps * 30) as u64)
+}
+
+#[tokio::test]
+async fn a_second_factor_is_required_at_login_once_confirmed() {
+    let f = fixture();
+    let reg = f
+        .accounts
+        .register("ivan", "ivan@example.com", "long enough pw".into(), "phone")
+        .await
+        .expect("ok");
+    // Enrolment needs the password again.
+    let err = f
+        .accounts
+        .totp_enrol(reg.user_id, "wrong password".into(), "Selfie")
+        .await
+        .expect_err("reauth");
+    assert!(matches!(err, AccountError::InvalidCredentials));
+    let (uri, secret) = f
+        .accounts
+        .totp_enrol(reg.user_id, "long enough pw".into(), "Selfie")
+        .await
+        .expect("enrol");
+    assert!(uri.starts_with("otpauth://totp/Selfie:ivan?"), "{uri}");
+    // Pending until confirmed: login still needs only the password.
+    f.accounts
+        .login("ivan", "long enough pw".into(), "x", IP)
+        .await
+        .expect("not yet required");
+    let err = f.accounts.totp_confirm(reg.user_id, "000000").await;
+    assert!(err.is_err() || totp_now(&secret, 0) == "000000");
+    let recovery = f
+        .accounts
+        .totp_confirm(reg.user_id, &totp_now(&secret, 0))
+        .await
+        .expect("confirmed");
+    assert_eq!(recovery.len(), 10);
+
+    let login = |totp: Option<String>, recovery: Option<String>| {
+        let accounts = &f.accounts;
+        async move {
+            accounts
+                .login_with_second_factor(
+                    "ivan",
+                    "long enough pw".into(),
+                    totp.as_deref(),
+                    recovery.as_deref(),
+                    "x",
+                    IP,
+                )
+                .await
+        }
+    };
+    assert!(matches!(
+        login(None, None).await,
+        Err(AccountError::SecondFactorRequired)
+    ));
+    // The next step's code (allowed by the ±1 window) signs in, once.
+    let code = totp_now(&secret, 1);
+    login(Some(code.clone()), None).await.expect("with a code");
+    assert!(
+        matches!(
+            login(Some(code), None).await,
+            Err(AccountError::SecondFactorInvalid)
+        ),
+        "a code works once"
+    );
+    // A recovery code works once too.
+    login(None, Some(recovery[0].clone()))
+        .await
+        .expect("recovery code");
+    assert!(matches!(
+        login(None, Some(recovery[0].clone())).await,
+        Err(AccountError::SecondFactorInvalid)
+    ));
+    // A wrong password never reveals that a second factor is on.
+    let err = f
+        .accounts
+        .login_with_second_factor("ivan", "not the password".into(), None, None, "x", IP)
+        .await
+        .expect_err("wrong password");
+    assert!(matches!(err, AccountError::InvalidCredentials));
+    // Disabling needs the password and a code.
+    let err = f
+        .accounts
+        .totp_disable(reg.user_id, "long enough pw".into(), "nope")
+        .await
+        .expect_err("needs a code");
+    assert!(matches!(err, AccountError::SecondFactorInvalid));
+    f.accounts
+        .totp_disable(reg.user_id, "long enough pw".into(), &recovery[1])
+        .await
+        .expect("disabled with a recovery code");
+    f.accounts
+        .login("ivan", "long enough pw".into(), "x", IP)
+        .await
+        .expect("password alone again");
+}

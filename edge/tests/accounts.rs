@@ -451,3 +451,96 @@ async fn secrets_never_appear_in_logs() {
         assert!(!logs.contains(secret), "a secret leaked into the logs");
     }
 }
+
+fn totp_code(secret_b32: &str, offset_steps: i64) -> String {
+    let secret = totp_rs::Secret::Encoded(secret_b32.to_string())
+        .to_bytes()
+        .expect("base32");
+    let t = totp_rs::TOTP::new_unchecked(
+        totp_rs::Algorithm::SHA1,
+        6,
+        0,
+        30,
+        secret,
+        None,
+        String::new(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    t.generate((now + offset_steps * 30) as u64)
+}
+
+#[tokio::test]
+async fn two_factor_enrolment_and_login_over_the_protocol() {
+    let node = start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let reg = register(&anon, "judy", "judy@example.com", "correct horse battery")
+        .await
+        .expect("registered");
+    let judy = Client::connect(config(&node, Some(reg.access)))
+        .await
+        .expect("welcome");
+    let enrol = judy
+        .request(|b, id| {
+            let p = b.create_string("correct horse battery");
+            let r =
+                pa::TotpEnrollRequest::create(b, &pa::TotpEnrollRequestArgs { password: Some(p) });
+            auth_envelope(b, id, AuthOp::TotpEnrollRequest, r.as_union_value())
+        })
+        .await
+        .expect("enrol");
+    let secret = enrol
+        .envelope()
+        .body_as_auth()
+        .and_then(|a| a.op_as_totp_enroll_response())
+        .and_then(|r| r.secret_base32())
+        .expect("secret")
+        .to_string();
+    let code = totp_code(&secret, 0);
+    let confirm = judy
+        .request(|b, id| {
+            let c = b.create_string(&code);
+            let r =
+                pa::TotpConfirmRequest::create(b, &pa::TotpConfirmRequestArgs { code: Some(c) });
+            auth_envelope(b, id, AuthOp::TotpConfirmRequest, r.as_union_value())
+        })
+        .await
+        .expect("confirm");
+    let recovery = confirm
+        .envelope()
+        .body_as_auth()
+        .and_then(|a| a.op_as_totp_confirm_response())
+        .and_then(|r| r.recovery_codes())
+        .map(|c| c.len())
+        .expect("recovery codes");
+    assert_eq!(recovery, 10);
+    let err = login(&anon, "judy", "correct horse battery")
+        .await
+        .err()
+        .expect("needs a code");
+    assert_eq!(err.code(), Some(ErrorCode::SecondFactorRequired));
+    let next = totp_code(&secret, 1);
+    let ok = anon
+        .request(|b, id| {
+            let (i, p, t) = (
+                b.create_string("judy"),
+                b.create_string("correct horse battery"),
+                b.create_string(&next),
+            );
+            let r = pa::LoginRequest::create(
+                b,
+                &pa::LoginRequestArgs {
+                    identifier: Some(i),
+                    password: Some(p),
+                    totp_code: Some(t),
+                    ..Default::default()
+                },
+            );
+            auth_envelope(b, id, AuthOp::LoginRequest, r.as_union_value())
+        })
+        .await
+        .expect("login with a code");
+    assert_eq!(tokens_of(&ok).user_id, reg.user_id);
+}

@@ -11,8 +11,11 @@
 //!   session is revoked (its access tokens stop verifying at once).
 //! - Refresh tokens are 256-bit random strings; only their SHA-256 is stored.
 //!
-//! Not built yet (accounts issue): TOTP at login, brute-force throttling, password
-//! change, account deletion, and the edge adapter that exposes these over the protocol.
+//! - Logins are throttled per address and per account ([`LoginThrottle`]); accounts with
+//!   a confirmed TOTP second factor need a current code or a single-use recovery code.
+//!
+//! Not built yet (accounts issue): password change and reset, account deletion, e-mail
+//! verification.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +30,7 @@ use sha2::{Digest, Sha256};
 use super::password::{PasswordError, PasswordHasher};
 use super::throttle::{LoginThrottle, Throttled};
 use super::tokens::{AccessTokens, TokenError};
+use super::totp;
 
 /// `username` (lower case) → user id, claimed once.
 pub static USERNAMES: Table = Table {
@@ -119,6 +123,16 @@ pub enum AccountError {
     /// Unknown account or wrong password (one error for both).
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// The password was right; the account needs a TOTP or recovery code too.
+    #[error("second factor required")]
+    SecondFactorRequired,
+    /// Wrong, reused or missing second-factor code.
+    #[error("second factor invalid")]
+    SecondFactorInvalid,
+    /// The operation needs a pending or confirmed second factor that is not there (or
+    /// one is already enabled).
+    #[error("second factor not in the required state")]
+    SecondFactorState,
     /// The refresh token is unknown or expired.
     #[error("refresh token invalid")]
     TokenInvalid,
@@ -155,6 +169,17 @@ struct Account {
     email: String,
     password_hash: String,
     created_at_ms: u64,
+    #[serde(default)]
+    second_factor: Option<SecondFactor>,
+}
+
+/// TOTP state of an account: pending until the first code confirms it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SecondFactor {
+    secret: Vec<u8>,
+    confirmed: bool,
+    last_step: Option<u64>,
+    recovery: Vec<[u8; 32]>,
 }
 
 /// A login session (device).
@@ -312,6 +337,7 @@ impl<S: Store> Accounts<S> {
             email: email.to_string(),
             password_hash,
             created_at_ms: self.clock.now_ms(),
+            second_factor: None,
         };
         let record = serde_json::to_vec(&account).map_err(|_| AccountError::Corrupt)?;
         self.store
@@ -351,6 +377,23 @@ impl<S: Store> Accounts<S> {
         device_name: &str,
         ip: std::net::IpAddr,
     ) -> Result<IssuedTokens, AccountError> {
+        self.login_with_second_factor(identifier, password, None, None, device_name, ip)
+            .await
+    }
+
+    /// [`Accounts::login`] for accounts with a second factor: a current TOTP code, or a
+    /// single-use recovery code. Without either, a right password gives
+    /// `SecondFactorRequired` (only after the password matched, so 2FA status leaks to no
+    /// one without the password).
+    pub async fn login_with_second_factor(
+        &self,
+        identifier: &str,
+        password: String,
+        totp_code: Option<&str>,
+        recovery_code: Option<&str>,
+        device_name: &str,
+        ip: std::net::IpAddr,
+    ) -> Result<IssuedTokens, AccountError> {
         let key = identifier.to_ascii_lowercase();
         self.throttle
             .check(&key, ip, self.clock.now_ms())
@@ -359,11 +402,147 @@ impl<S: Store> Accounts<S> {
         let stored = account.as_ref().map(|a| a.password_hash.clone());
         // Same Argon2 work whether or not the account exists.
         let ok = self.hasher.verify(password, stored).await? && account.is_some();
-        self.throttle.record(&key, ok, self.clock.now_ms());
-        let account = account
-            .filter(|_| ok)
-            .ok_or(AccountError::InvalidCredentials)?;
+        let Some(mut account) = account.filter(|_| ok) else {
+            self.throttle.record(&key, false, self.clock.now_ms());
+            return Err(AccountError::InvalidCredentials);
+        };
+        if let Some(sf) = account.second_factor.as_mut().filter(|sf| sf.confirmed) {
+            let passed = match (totp_code, recovery_code) {
+                (Some(code), _) => {
+                    match totp::verify(&sf.secret, code, self.clock.now_ms() / 1000, sf.last_step) {
+                        Ok(step) => {
+                            sf.last_step = Some(step);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
+                (None, Some(code)) => totp::use_recovery_code(&mut sf.recovery, code).is_ok(),
+                (None, None) => {
+                    // Not a failed guess: the password was right.
+                    return Err(AccountError::SecondFactorRequired);
+                }
+            };
+            self.throttle.record(&key, passed, self.clock.now_ms());
+            if !passed {
+                return Err(AccountError::SecondFactorInvalid);
+            }
+            // The used step / recovery code is spent for good.
+            self.save(&account).await?;
+        } else {
+            self.throttle.record(&key, true, self.clock.now_ms());
+        }
         self.open_session(account.user_id, device_name).await
+    }
+
+    async fn load(&self, user_id: u64) -> Result<Account, AccountError> {
+        let record = self
+            .store
+            .get(&ACCOUNTS, &key_u64(user_id), &[])
+            .await?
+            .ok_or(AccountError::InvalidCredentials)?;
+        serde_json::from_slice(&record).map_err(|_| AccountError::Corrupt)
+    }
+
+    async fn save(&self, account: &Account) -> Result<(), AccountError> {
+        let record = serde_json::to_vec(account).map_err(|_| AccountError::Corrupt)?;
+        self.store
+            .put(&ACCOUNTS, &key_u64(account.user_id), &[], &record, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Re-authentication for sensitive changes.
+    async fn reauthenticate(
+        &self,
+        user_id: u64,
+        password: String,
+    ) -> Result<Account, AccountError> {
+        let account = self.load(user_id).await?;
+        if !self
+            .hasher
+            .verify(password, Some(account.password_hash.clone()))
+            .await?
+        {
+            return Err(AccountError::InvalidCredentials);
+        }
+        Ok(account)
+    }
+
+    /// Starts TOTP enrolment (after re-entering the password): returns the `otpauth://`
+    /// URI and the base32 secret. Nothing is required at login until it is confirmed.
+    pub async fn totp_enrol(
+        &self,
+        user_id: u64,
+        password: String,
+        issuer: &str,
+    ) -> Result<(String, String), AccountError> {
+        let mut account = self.reauthenticate(user_id, password).await?;
+        if account
+            .second_factor
+            .as_ref()
+            .is_some_and(|sf| sf.confirmed)
+        {
+            return Err(AccountError::SecondFactorState);
+        }
+        let secret = totp::new_secret();
+        let (uri, b32) = totp::enrolment(&secret, issuer, &account.username)
+            .map_err(|_| AccountError::Corrupt)?;
+        account.second_factor = Some(SecondFactor {
+            secret,
+            confirmed: false,
+            last_step: None,
+            recovery: Vec::new(),
+        });
+        self.save(&account).await?;
+        Ok((uri, b32))
+    }
+
+    /// Confirms enrolment with a first code; returns the recovery codes (shown once).
+    pub async fn totp_confirm(
+        &self,
+        user_id: u64,
+        code: &str,
+    ) -> Result<Vec<String>, AccountError> {
+        let mut account = self.load(user_id).await?;
+        let now = self.clock.now_ms() / 1000;
+        let sf = account
+            .second_factor
+            .as_mut()
+            .filter(|sf| !sf.confirmed)
+            .ok_or(AccountError::SecondFactorState)?;
+        let step = totp::verify(&sf.secret, code, now, sf.last_step)
+            .map_err(|_| AccountError::SecondFactorInvalid)?;
+        let (codes, hashes) = totp::recovery_codes();
+        sf.confirmed = true;
+        sf.last_step = Some(step);
+        sf.recovery = hashes;
+        self.save(&account).await?;
+        Ok(codes)
+    }
+
+    /// Turns the second factor off: needs the password and a current code (or a
+    /// recovery code).
+    pub async fn totp_disable(
+        &self,
+        user_id: u64,
+        password: String,
+        code: &str,
+    ) -> Result<(), AccountError> {
+        let mut account = self.reauthenticate(user_id, password).await?;
+        let now = self.clock.now_ms() / 1000;
+        let sf = account
+            .second_factor
+            .as_mut()
+            .filter(|sf| sf.confirmed)
+            .ok_or(AccountError::SecondFactorState)?;
+        let ok = totp::verify(&sf.secret, code, now, sf.last_step).is_ok()
+            || totp::use_recovery_code(&mut sf.recovery, code).is_ok();
+        if !ok {
+            return Err(AccountError::SecondFactorInvalid);
+        }
+        account.second_factor = None;
+        self.save(&account).await
     }
 
     async fn open_session(

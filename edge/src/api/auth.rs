@@ -2,8 +2,8 @@
 //! encodes the answers. Registration, login and refresh are open to anonymous sessions;
 //! logout and session management need a signed-in session and act on its own user only.
 //!
-//! Not wired yet (accounts issue): TOTP enrolment and login, password change and reset,
-//! account deletion, e-mail verification. They are answered `Unavailable`.
+//! Not wired yet (accounts issue): password change and reset, account deletion, e-mail
+//! verification, recovery-code regeneration. They are answered `Unavailable`.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -56,6 +56,18 @@ pub fn error_reply(e: &AccountError) -> ErrorReply {
         ),
         AccountError::SessionRevoked => (ErrorCode::SessionRevoked, "session revoked".into()),
         AccountError::NoSuchSession => (ErrorCode::NotFound, "no such session".into()),
+        AccountError::SecondFactorRequired => (
+            ErrorCode::SecondFactorRequired,
+            "second factor required".into(),
+        ),
+        AccountError::SecondFactorInvalid => (
+            ErrorCode::SecondFactorInvalid,
+            "second factor invalid".into(),
+        ),
+        AccountError::SecondFactorState => (
+            ErrorCode::PreconditionFailed,
+            "second factor not in the required state".into(),
+        ),
         AccountError::Password(PasswordError::TooShort | PasswordError::TooLong) => {
             (ErrorCode::InvalidArgument, e.to_string())
         }
@@ -143,7 +155,19 @@ enum Call {
     Login {
         identifier: String,
         password: String,
+        totp_code: Option<String>,
+        recovery_code: Option<String>,
         device: String,
+    },
+    TotpEnrol {
+        password: String,
+    },
+    TotpConfirm {
+        code: String,
+    },
+    TotpDisable {
+        password: String,
+        code: String,
     },
     Refresh {
         token: String,
@@ -188,7 +212,32 @@ fn parse(env: &Envelope<'_>) -> Result<Call, ErrorReply> {
                     .ok_or_else(|| missing("identifier"))?
                     .to_string(),
                 password: r.password().ok_or_else(|| missing("password"))?.to_string(),
+                totp_code: r.totp_code().map(str::to_string),
+                recovery_code: r.recovery_code().map(str::to_string),
                 device: device_name(r.device()),
+            }
+        }
+        AuthOp::TotpEnrollRequest => Call::TotpEnrol {
+            password: auth
+                .op_as_totp_enroll_request()
+                .and_then(|r| r.password())
+                .ok_or_else(|| missing("password"))?
+                .to_string(),
+        },
+        AuthOp::TotpConfirmRequest => Call::TotpConfirm {
+            code: auth
+                .op_as_totp_confirm_request()
+                .and_then(|r| r.code())
+                .ok_or_else(|| missing("code"))?
+                .to_string(),
+        },
+        AuthOp::TotpDisableRequest => {
+            let r = auth
+                .op_as_totp_disable_request()
+                .ok_or_else(|| missing("totp"))?;
+            Call::TotpDisable {
+                password: r.password().ok_or_else(|| missing("password"))?.to_string(),
+                code: r.code().ok_or_else(|| missing("code"))?.to_string(),
             }
         }
         AuthOp::RefreshRequest => Call::Refresh {
@@ -283,10 +332,19 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                 Call::Login {
                     identifier,
                     password,
+                    totp_code,
+                    recovery_code,
                     device,
                 } => {
                     let t = accounts
-                        .login(&identifier, password, &device, ctx.peer_ip)
+                        .login_with_second_factor(
+                            &identifier,
+                            password,
+                            totp_code.as_deref(),
+                            recovery_code.as_deref(),
+                            &device,
+                            ctx.peer_ip,
+                        )
                         .await
                         .map_err(|e| error_reply(&e))?;
                     let now = now_ms();
@@ -323,6 +381,50 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                         );
                         wrap(b, id, AuthOp::RefreshResponse, r.as_union_value())
                     })
+                }
+                Call::TotpEnrol { password } => {
+                    let p = me()?;
+                    let (uri, secret) = accounts
+                        .totp_enrol(p.user_id, password, "Selfie")
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| {
+                        let (u, s) = (b.create_string(&uri), b.create_string(&secret));
+                        let r = pa::TotpEnrollResponse::create(
+                            b,
+                            &pa::TotpEnrollResponseArgs {
+                                otpauth_uri: Some(u),
+                                secret_base32: Some(s),
+                            },
+                        );
+                        wrap(b, id, AuthOp::TotpEnrollResponse, r.as_union_value())
+                    })
+                }
+                Call::TotpConfirm { code } => {
+                    let p = me()?;
+                    let codes = accounts
+                        .totp_confirm(p.user_id, &code)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| {
+                        let list: Vec<_> = codes.iter().map(|c| b.create_string(c)).collect();
+                        let list = b.create_vector(&list);
+                        let r = pa::TotpConfirmResponse::create(
+                            b,
+                            &pa::TotpConfirmResponseArgs {
+                                recovery_codes: Some(list),
+                            },
+                        );
+                        wrap(b, id, AuthOp::TotpConfirmResponse, r.as_union_value())
+                    })
+                }
+                Call::TotpDisable { password, code } => {
+                    let p = me()?;
+                    accounts
+                        .totp_disable(p.user_id, password, &code)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| build::ack(b, id))
                 }
                 Call::Logout => {
                     let p = me()?;
