@@ -1,0 +1,396 @@
+//! One connection: the QUIC handshake, the control stream (`Hello` → `Welcome`, then
+//! `Ping`, `GoAway`), datagrams, the loop that accepts request streams, and drain.
+
+use super::request::serve_request;
+use super::*;
+
+/// State of one established session.
+pub(super) struct Conn {
+    pub(super) id: u64,
+    pub(super) conn: Connection,
+    /// The client's address when it connected: the per-IP rate-limit key (reading the
+    /// live address takes the connection's lock on every request).
+    pub(super) ip: IpAddr,
+    pub(super) session: SessionInfo,
+    pub(super) limiter: DefaultDirectRateLimiter,
+    pub(super) inflight: Cell<u32>,
+    pub(super) protocol_errors: Cell<u32>,
+    /// Open subscriptions: id -> the task writing its push stream.
+    pub(super) subscriptions: RefCell<HashMap<u64, tokio::task::JoinHandle<()>>>,
+    pub(super) next_subscription: Cell<u64>,
+}
+
+/// Subscriptions one connection may hold at once.
+pub(super) const MAX_SUBSCRIPTIONS: usize = 64;
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for (_, task) in self.subscriptions.borrow_mut().drain() {
+            task.abort();
+        }
+    }
+}
+
+impl Conn {
+    /// Records a violation that does not close the connection by itself (only past the
+    /// limit of protocol errors).
+    pub(super) fn tolerated_violation(&self, shard: &Shard, code: ErrorCode) {
+        shard.count_protocol_error(code);
+        let n = self.protocol_errors.get() + 1;
+        self.protocol_errors.set(n);
+        if n > shard.shared.config.limits.max_protocol_errors {
+            close_for(shard, &self.conn, code, "too many protocol errors");
+        }
+    }
+
+    /// Records a protocol violation; closes the connection past the limit.
+    pub(super) fn violation(&self, shard: &Shard, code: ErrorCode) {
+        shard.count_protocol_error(code);
+        let n = self.protocol_errors.get() + 1;
+        self.protocol_errors.set(n);
+        if n > shard.shared.config.limits.max_protocol_errors || code.closes_connection() {
+            close_for(shard, &self.conn, code, "protocol violation");
+        }
+    }
+}
+
+pub(super) fn close_for(shard: &Shard, conn: &Connection, code: ErrorCode, reason: &str) {
+    shard
+        .shared
+        .metrics
+        .connections_closed_total
+        .get_or_create(&CodeLabels {
+            shard: shard.id as u16,
+            code: code.label(),
+        })
+        .inc();
+    conn.close(VarInt::from_u32(u32::from(code.0)), reason.as_bytes());
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnError {
+    #[error("handshake: {0}")]
+    Handshake(#[from] quinn::ConnectionError),
+    #[error("timed out waiting for Hello")]
+    HelloTimeout,
+    #[error("stream: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("stream: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("frame: {0}")]
+    Codec(#[from] CodecError),
+    #[error("refused: {0:?}")]
+    Refused(ErrorCode),
+}
+
+/// Reads bytes into `dec` until a frame is complete; `Ok(None)` at a clean end of stream.
+pub(super) async fn read_frame(
+    recv: &mut RecvStream,
+    dec: &mut FrameDecoder,
+) -> Result<Option<Frame>, ConnError> {
+    loop {
+        if let Some(frame) = dec.next_frame()? {
+            return Ok(Some(frame));
+        }
+        match recv.read_chunk(64 * 1024, true).await? {
+            Some(chunk) => dec.push(chunk.bytes),
+            None => {
+                dec.finish()?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+pub(super) async fn serve_connection(
+    shard: &Rc<Shard>,
+    conn_id: u64,
+    incoming: Incoming,
+) -> Result<(), ConnError> {
+    let limits = &shard.shared.config.limits;
+    let handshake_deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
+    let connecting = incoming.accept()?;
+    let conn = match tokio::time::timeout_at(handshake_deadline.into(), connecting).await {
+        Ok(c) => c?,
+        Err(_) => {
+            count_connection(shard, "handshake_timeout");
+            return Err(ConnError::HelloTimeout);
+        }
+    };
+    count_connection(shard, "accepted");
+
+    // The control stream: Hello -> Welcome, within the handshake deadline.
+    let hello = async {
+        let (send, mut recv) = conn.accept_bi().await?;
+        let mut dec = FrameDecoder::new(shard.limits);
+        let frame = read_frame(&mut recv, &mut dec).await?;
+        Ok::<_, ConnError>((send, recv, dec, frame))
+    };
+    let (mut ctl_send, ctl_recv, ctl_dec, frame) =
+        match tokio::time::timeout_at(handshake_deadline.into(), hello).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(ConnError::Codec(e))) => {
+                shard.count_protocol_error(e.code());
+                close_for(shard, &conn, e.code(), "malformed Hello");
+                return Err(ConnError::Codec(e));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                close_for(
+                    shard,
+                    &conn,
+                    ErrorCode::HandshakeTimeout,
+                    "no Hello in time",
+                );
+                return Err(ConnError::HelloTimeout);
+            }
+        };
+    let _ = ctl_send.set_priority(selfie_protocol::Priority::Control.quic_priority());
+    let session_result = match frame
+        .as_ref()
+        .and_then(|f| f.envelope().body_as_control())
+        .and_then(|c| c.op_as_hello())
+    {
+        Some(hello) => session::on_hello(&hello, shard.shared.auth.as_ref()),
+        None => Err(session::Refusal {
+            code: ErrorCode::HelloRequired,
+            message: "the first frame must be Hello".into(),
+        }),
+    };
+    let hello_id = frame.as_ref().map_or(0, Frame::id);
+    let session = match session_result {
+        Ok(s) => s,
+        Err(refusal) => {
+            shard
+                .shared
+                .metrics
+                .sessions_total
+                .get_or_create(&OutcomeLabels {
+                    shard: shard.id as u16,
+                    outcome: refusal.code.label(),
+                })
+                .inc();
+            let e = ErrorReply::new(refusal.code, refusal.message);
+            if let Some(bytes) = shard.error_frame(hello_id, &e) {
+                let _ = ctl_send.write_all(&bytes).await;
+                let _ = ctl_send.finish();
+            }
+            // Give the error frame a moment to leave before the close.
+            let _ = tokio::time::timeout(Duration::from_millis(200), ctl_send.stopped()).await;
+            close_for(shard, &conn, refusal.code, "hello refused");
+            return Err(ConnError::Refused(refusal.code));
+        }
+    };
+    shard
+        .shared
+        .metrics
+        .sessions_total
+        .get_or_create(&OutcomeLabels {
+            shard: shard.id as u16,
+            outcome: "welcome",
+        })
+        .inc();
+    let welcome = shard.encode(|b| {
+        let node_id = b.create_string(&shard.shared.config.server.node_id);
+        let v = session.version.to_wire();
+        let lim = selfie_protocol::control::Limits::create(
+            b,
+            &selfie_protocol::control::LimitsArgs {
+                max_frame_bytes: limits.max_frame_bytes as u32,
+                max_concurrent_streams: limits.max_concurrent_streams,
+                max_datagram_bytes: shard.limits.max_datagram_bytes as u16,
+                requests_per_second: limits.connection_requests_per_second,
+                request_burst: limits.connection_request_burst,
+                idle_timeout_ms: limits.idle_timeout_ms as u32,
+                max_upload_bytes: 0,
+            },
+        );
+        let w = Welcome::create(
+            b,
+            &WelcomeArgs {
+                version: Some(&v),
+                session_id: (shard.id as u64) << 48 | conn_id,
+                user_id: session.principal.as_ref().map_or(0, |p| p.user_id),
+                server_time_ms: now_ms(),
+                limits: Some(lim),
+                shard: shard.id as u16,
+                node_id: Some(node_id),
+                heartbeat_interval_ms: (limits.idle_timeout_ms / 3) as u32,
+                ..Default::default()
+            },
+        );
+        build::control(b, hello_id, ControlOp::Welcome, w.as_union_value())
+    });
+    if let Some(bytes) = welcome {
+        ctl_send.write_all(&bytes).await?;
+    }
+
+    let state = Rc::new(Conn {
+        id: conn_id,
+        ip: conn.remote_address().ip(),
+        conn: conn.clone(),
+        limiter: RateLimiter::direct(
+            Quota::per_second(per_second(limits.connection_requests_per_second))
+                .allow_burst(per_second(limits.connection_request_burst)),
+        ),
+        session,
+        inflight: Cell::new(0),
+        protocol_errors: Cell::new(0),
+        subscriptions: RefCell::new(HashMap::new()),
+        next_subscription: Cell::new(1),
+    });
+    // Datagrams and the control stream run in their own tasks, so that the accept loop
+    // below polls only for new request streams and the drain signal.
+    tokio::task::spawn_local(datagram_loop(shard.clone(), state.clone()));
+    let ctl_send = Rc::new(tokio::sync::Mutex::new(ctl_send));
+    tokio::task::spawn_local(control_loop(
+        shard.clone(),
+        state.clone(),
+        ctl_send.clone(),
+        ctl_recv,
+        ctl_dec,
+    ));
+    let mut drain = shard.shared.drain.clone();
+    let drained = async move {
+        let _ = drain.wait_for(|d| *d).await;
+    };
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut drained => break,
+            stream = conn.accept_bi() => {
+                let (send, recv) = match stream {
+                    Ok(s) => s,
+                    Err(_) => return Ok(()),
+                };
+                let (shard, state) = (shard.clone(), state.clone());
+                // A debug-level span: free unless debug logging is on for this module.
+                let span = tracing::debug_span!("request", stream = %send.id());
+                tokio::task::spawn_local(
+                    async move { serve_request(&shard, &state, send, recv).await }.instrument(span),
+                );
+            }
+        }
+    }
+    // Drain: tell the client where to go, finish in-flight requests, then close.
+    let deadline_ms = shard.shared.config.server.drain_deadline_ms;
+    if let Some(bytes) = shard.encode(|b| {
+        let message = b.create_string("server is draining; reconnect");
+        let g = GoAway::create(
+            b,
+            &GoAwayArgs {
+                reason: GoAwayReason::Draining,
+                message: Some(message),
+                reconnect_after_ms: 100 + rand::random_range(0..900),
+                deadline_ms: deadline_ms as u32,
+                ..Default::default()
+            },
+        );
+        build::control(b, 0, ControlOp::GoAway, g.as_union_value())
+    }) {
+        let _ = ctl_send.lock().await.write_all(&bytes).await;
+    }
+    let drain_deadline = Instant::now() + Duration::from_millis(deadline_ms);
+    let _ = tokio::time::timeout_at(drain_deadline.into(), async {
+        while state.inflight.get() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Closing discards unsent stream data: give the GoAway a grace period to reach the
+    // client, which closes (or moves away) on its own when it has it.
+    let grace = Instant::now() + Duration::from_millis(1000);
+    let _ = tokio::time::timeout_at(grace.min(drain_deadline).into(), conn.closed()).await;
+    conn.close(
+        VarInt::from_u32(u32::from(ErrorCode::Draining.0)),
+        b"draining",
+    );
+    Ok(())
+}
+
+/// Datagrams of one connection: verified and counted (presence and typing handlers plug
+/// in here with the chat issue).
+async fn datagram_loop(shard: Rc<Shard>, state: Rc<Conn>) {
+    while let Ok(bytes) = state.conn.read_datagram().await {
+        let outcome = match selfie_codec::decode_datagram(bytes, &shard.limits) {
+            Ok(_) => "ok",
+            Err(e) => {
+                // Datagrams have no stream to answer on and are cheap to drop: a bad one
+                // is counted, and only repeated ones close the connection.
+                state.tolerated_violation(&shard, e.code());
+                e.label()
+            }
+        };
+        shard
+            .shared
+            .metrics
+            .datagrams_total
+            .get_or_create(&OutcomeLabels {
+                shard: shard.id as u16,
+                outcome,
+            })
+            .inc();
+    }
+}
+
+/// The control stream after `Welcome`. Its end ends the session.
+async fn control_loop(
+    shard: Rc<Shard>,
+    state: Rc<Conn>,
+    send: Rc<tokio::sync::Mutex<SendStream>>,
+    mut recv: RecvStream,
+    mut dec: FrameDecoder,
+) {
+    loop {
+        match read_frame(&mut recv, &mut dec).await {
+            Ok(Some(frame)) => {
+                let mut send = send.lock().await;
+                if on_control(&shard, &state, &mut send, frame).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                state
+                    .conn
+                    .close(VarInt::from_u32(0), b"control stream closed");
+                return;
+            }
+            Err(ConnError::Codec(e)) => {
+                state.violation(&shard, e.code());
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Frames on the control stream after `Welcome`: `Ping` is answered; anything else is a
+/// protocol violation.
+async fn on_control(
+    shard: &Rc<Shard>,
+    state: &Rc<Conn>,
+    send: &mut SendStream,
+    frame: Frame,
+) -> Result<(), ConnError> {
+    let env = frame.envelope();
+    match env.body_as_control().and_then(|c| c.op_as_ping()) {
+        Some(ping) => {
+            if let Some(bytes) = shard.encode(|b| build::pong(b, env.id(), ping.nonce(), now_ms()))
+            {
+                send.write_all(&bytes).await?;
+            }
+        }
+        None => {
+            let e = ErrorReply::new(
+                ErrorCode::UnexpectedMessage,
+                "only Ping is allowed on the control stream",
+            );
+            if let Some(bytes) = shard.error_frame(env.id(), &e) {
+                send.write_all(&bytes).await?;
+            }
+            state.violation(shard, ErrorCode::UnexpectedMessage);
+        }
+    }
+    Ok(())
+}

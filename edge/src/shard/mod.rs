@@ -1,0 +1,371 @@
+//! One shard: a pinned OS thread running a tokio `current_thread` runtime, with its own
+//! reuseport UDP socket, quinn endpoint, service instances and mailbox. Nothing mutable
+//! is shared with other shards on the request path: per-shard state lives in `Rc`/`Cell`
+//! here; other shards are reached only through their bounded mailboxes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use quinn::{Connection, Endpoint, EndpointConfig, Incoming, RecvStream, SendStream, VarInt};
+use selfie_codec::{CodecError, Encoder, Frame, FrameDecoder, Limits, build};
+use selfie_protocol::control::{ControlOp, GoAway, GoAwayArgs, GoAwayReason, Welcome, WelcomeArgs};
+use selfie_protocol::{ErrorCode, Service, priority_of};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::Config;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{CodeLabels, Metrics, OutcomeLabels, RequestLabels, ShardLabel};
+use crate::service::{ErrorReply, Registry, RequestContext, ServiceFactory, ShardId, owner_shard};
+use crate::session::{self, Authenticator, SessionInfo};
+use crate::steering::ShardCidGenerator;
+
+mod connection;
+mod request;
+
+use connection::serve_connection;
+
+/// A request sent to its owner shard.
+pub struct Mail {
+    service: Service,
+    ctx: RequestContext,
+    frame: Frame,
+    reply: oneshot::Sender<Result<Bytes, ErrorReply>>,
+}
+
+/// The handle every shard has on all shards (`Send + Sync`, read-mostly): their
+/// mailboxes for [`Shards::invoke_on`], plus configuration, metrics and the drain signal.
+pub struct Shards {
+    /// The configuration.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Token verification.
+    pub auth: Arc<dyn Authenticator>,
+    /// Builds each shard's services.
+    pub factory: ServiceFactory,
+    /// Every shard's mailbox, by shard index.
+    pub mailboxes: Vec<mpsc::Sender<Mail>>,
+    /// Last loop tick of each shard (Unix ms), for `/livez`.
+    pub heartbeats: Vec<AtomicU64>,
+    /// Shards serving (for `/readyz`).
+    pub running: AtomicUsize,
+    /// Open connections on all shards. Draining shards keep serving their mailboxes
+    /// until it reaches zero, since any open connection may still forward to them.
+    pub connections: AtomicUsize,
+    /// Drain signal.
+    pub drain: watch::Receiver<bool>,
+}
+
+impl Shards {
+    /// `invoke_on`: runs a request on `shard` through its bounded mailbox and returns its
+    /// answer. A full mailbox is answered with `Overloaded` rather than waiting.
+    pub async fn invoke_on(
+        &self,
+        shard: ShardId,
+        service: Service,
+        ctx: RequestContext,
+        frame: Frame,
+    ) -> Result<Bytes, ErrorReply> {
+        let mailbox = self
+            .mailboxes
+            .get(shard)
+            .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "no such shard"))?;
+        let (reply, rx) = oneshot::channel();
+        mailbox
+            .try_send(Mail {
+                service,
+                ctx,
+                frame,
+                reply,
+            })
+            .map_err(|_| {
+                let mut e = ErrorReply::new(ErrorCode::Overloaded, "owner shard is overloaded");
+                e.retry_after_ms = 50;
+                e
+            })?;
+        rx.await
+            .map_err(|_| ErrorReply::new(ErrorCode::Unavailable, "owner shard stopped"))?
+    }
+}
+
+/// Mailbox depth per shard.
+pub const MAILBOX: usize = 4096;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Shard-local state.
+struct Shard {
+    id: ShardId,
+    shared: Arc<Shards>,
+    registry: Registry,
+    limits: Limits,
+    encoder: RefCell<Encoder>,
+    connections: Cell<usize>,
+    next_connection: Cell<u64>,
+    ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    handshake_window: Cell<(u64, u32)>,
+    mail_inflight: Cell<usize>,
+    label: ShardLabel,
+    hot: HotMetrics,
+}
+
+/// Metric handles resolved once per shard, so that the request path does no family
+/// lookups (each `get_or_create` takes a lock and hashes the labels).
+struct HotMetrics {
+    streams: Counter,
+    received: Counter,
+    sent: Counter,
+    forwarded: Counter,
+    requests: RefCell<HashMap<RequestKey, (Counter, Histogram)>>,
+}
+
+/// (service, result code) of a request, for [`HotMetrics::requests`].
+type RequestKey = (&'static str, &'static str);
+
+impl HotMetrics {
+    fn new(metrics: &Metrics, label: &ShardLabel) -> Self {
+        Self {
+            streams: metrics.streams_total.get_or_create(label).clone(),
+            received: metrics.received_bytes_total.get_or_create(label).clone(),
+            sent: metrics.sent_bytes_total.get_or_create(label).clone(),
+            forwarded: metrics.forwarded_total.get_or_create(label).clone(),
+            requests: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+impl Shard {
+    fn encode(
+        &self,
+        f: impl FnOnce(
+            &mut selfie_codec::Builder,
+        ) -> flatbuffers::WIPOffset<selfie_protocol::Envelope<'static>>,
+    ) -> Option<Bytes> {
+        self.encoder.borrow_mut().encode_bytes(f).ok()
+    }
+
+    fn error_frame(&self, id: u64, e: &ErrorReply) -> Option<Bytes> {
+        self.encode(|b| build::error(b, id, e.code, &e.message, e.retry_after_ms))
+    }
+
+    fn count_protocol_error(&self, code: ErrorCode) {
+        self.shared
+            .metrics
+            .protocol_errors_total
+            .get_or_create(&CodeLabels {
+                shard: self.id as u16,
+                code: code.label(),
+            })
+            .inc();
+    }
+}
+
+/// Runs shard `id` on the current thread until it has drained.
+pub fn run(
+    id: ShardId,
+    socket: std::net::UdpSocket,
+    server_config: quinn::ServerConfig,
+    shared: Arc<Shards>,
+    mailbox: mpsc::Receiver<Mail>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, serve(id, socket, server_config, shared, mailbox))
+}
+
+fn per_second(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+async fn serve(
+    id: ShardId,
+    socket: std::net::UdpSocket,
+    server_config: quinn::ServerConfig,
+    shared: Arc<Shards>,
+    mut mailbox: mpsc::Receiver<Mail>,
+) -> std::io::Result<()> {
+    let limits_cfg = &shared.config.limits;
+    let limits = Limits {
+        max_frame_bytes: limits_cfg.max_frame_bytes,
+        ..Limits::DEFAULT
+    };
+    let shard = Rc::new(Shard {
+        id,
+        registry: (shared.factory)(id),
+        limits,
+        encoder: RefCell::new(Encoder::new(limits)),
+        connections: Cell::new(0),
+        next_connection: Cell::new(1),
+        ip_limiter: RateLimiter::keyed(
+            Quota::per_second(per_second(limits_cfg.ip_requests_per_second))
+                .allow_burst(per_second(limits_cfg.ip_request_burst)),
+        ),
+        handshake_window: Cell::new((0, 0)),
+        mail_inflight: Cell::new(0),
+        hot: HotMetrics::new(&shared.metrics, &ShardLabel { shard: id as u16 }),
+        label: ShardLabel { shard: id as u16 },
+        shared: shared.clone(),
+    });
+    let mut endpoint_config = EndpointConfig::default();
+    let shard_byte = u8::try_from(id).map_err(|_| std::io::Error::other("at most 256 shards"))?;
+    endpoint_config.cid_generator(move || Box::new(ShardCidGenerator::new(shard_byte)));
+    let endpoint = Endpoint::new(
+        endpoint_config,
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+
+    // Requests forwarded here by other shards.
+    let mail_shard = shard.clone();
+    tokio::task::spawn_local(async move {
+        while let Some(mail) = mailbox.recv().await {
+            let shard = mail_shard.clone();
+            tokio::task::spawn_local(async move {
+                let result = match shard.registry.get(mail.service) {
+                    Some(svc) => svc.handle(mail.ctx, mail.frame).await,
+                    None => Err(ErrorReply::new(
+                        ErrorCode::Unavailable,
+                        "service not available",
+                    )),
+                };
+                let _ = mail.reply.send(result);
+            });
+        }
+    });
+
+    // Liveness: the loop ticks.
+    let tick_shard = shard.clone();
+    tokio::task::spawn_local(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            every.tick().await;
+            if let Some(h) = tick_shard.shared.heartbeats.get(tick_shard.id) {
+                h.store(now_ms(), Ordering::Relaxed);
+            }
+            tick_shard.ip_limiter.retain_recent();
+        }
+    });
+
+    shared.running.fetch_add(1, Ordering::SeqCst);
+    info!(shard = id, addr = %endpoint.local_addr()?, "shard serving");
+    let mut drain = shared.drain.clone();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                admit(&shard, incoming);
+            }
+            changed = drain.changed() => {
+                if changed.is_err() || *drain.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    // Drain: refuse new connections, let open ones finish (they watch the same signal).
+    endpoint.set_server_config(None);
+    shared.running.fetch_sub(1, Ordering::SeqCst);
+    let deadline =
+        Duration::from_millis(shared.config.server.drain_deadline_ms) + Duration::from_secs(2);
+    // Wait for this shard's connections, then for every shard's (they may still forward
+    // requests here), then for forwarded requests still running here.
+    let _ = tokio::time::timeout(deadline, async {
+        while shard.connections.get() > 0
+            || shared.connections.load(Ordering::SeqCst) > 0
+            || shard.mail_inflight.get() > 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    endpoint.close(
+        VarInt::from_u32(u32::from(ErrorCode::Draining.0)),
+        b"draining",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    info!(shard = id, "shard drained");
+    Ok(())
+}
+
+fn count_connection(shard: &Shard, outcome: &'static str) {
+    shard
+        .shared
+        .metrics
+        .connections_total
+        .get_or_create(&OutcomeLabels {
+            shard: shard.id as u16,
+            outcome,
+        })
+        .inc();
+}
+
+/// Admission control for a new connection attempt.
+fn admit(shard: &Rc<Shard>, incoming: Incoming) {
+    let limits = &shard.shared.config.limits;
+    if *shard.shared.drain.borrow() {
+        count_connection(shard, "refused_draining");
+        incoming.refuse();
+        return;
+    }
+    if shard.connections.get() >= limits.max_connections_per_shard {
+        count_connection(shard, "refused_limit");
+        incoming.refuse();
+        return;
+    }
+    // Above the handshake-rate threshold, clients must prove their address first.
+    let second = now_ms() / 1000;
+    let (window, count) = shard.handshake_window.get();
+    let count = if window == second { count + 1 } else { 1 };
+    shard.handshake_window.set((second, count));
+    if count > limits.retry_above_handshakes_per_second
+        && !incoming.remote_address_validated()
+        && incoming.may_retry()
+    {
+        count_connection(shard, "retry");
+        let _ = incoming.retry();
+        return;
+    }
+    shard.connections.set(shard.connections.get() + 1);
+    shard.shared.connections.fetch_add(1, Ordering::SeqCst);
+    let conn_id = shard.next_connection.get();
+    shard.next_connection.set(conn_id + 1);
+    let shard = shard.clone();
+    let span = info_span!("connection", shard = shard.id, conn = conn_id, peer = %incoming.remote_address());
+    tokio::task::spawn_local(
+        async move {
+            let active = shard
+                .shared
+                .metrics
+                .connections_active
+                .get_or_create(&shard.label)
+                .clone();
+            active.inc();
+            if let Err(e) = serve_connection(&shard, conn_id, incoming).await {
+                debug!(error = %e, "connection ended");
+            }
+            active.dec();
+            shard
+                .connections
+                .set(shard.connections.get().saturating_sub(1));
+        }
+        .instrument(span),
+    );
+}

@@ -1,0 +1,303 @@
+//! One request stream: admission (concurrency, rate limits, session rights), dispatch to
+//! the owner shard's service, subscriptions, metrics.
+
+use super::connection::{Conn, ConnError, MAX_SUBSCRIPTIONS, read_frame};
+use super::*;
+
+/// Milliseconds until a rate limiter would allow the next request (at least 1).
+fn retry_after_ms(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -> u32 {
+    let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
+    not_until
+        .wait_time_from(now)
+        .as_millis()
+        .clamp(1, u128::from(u32::MAX)) as u32
+}
+
+/// Decrements the in-flight count when a request ends, however it ends.
+struct InflightGuard(Rc<Conn>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.set(self.0.inflight.get().saturating_sub(1));
+    }
+}
+
+pub(super) async fn serve_request(
+    shard: &Rc<Shard>,
+    state: &Rc<Conn>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let started = Instant::now();
+    shard.hot.streams.inc();
+    state.inflight.set(state.inflight.get() + 1);
+    let _guard = InflightGuard(state.clone());
+    let mut dec = FrameDecoder::new(shard.limits);
+    let frame = match read_frame(&mut recv, &mut dec).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => {
+            // An empty request stream.
+            respond_error(
+                shard,
+                &mut send,
+                0,
+                &ErrorReply::new(ErrorCode::TruncatedFrame, "empty request"),
+                "unknown",
+                started,
+            )
+            .await;
+            state.violation(shard, ErrorCode::TruncatedFrame);
+            return;
+        }
+        Err(ConnError::Codec(e)) => {
+            let reply = ErrorReply::new(e.code(), e.to_string());
+            respond_error(shard, &mut send, 0, &reply, "unknown", started).await;
+            let _ = recv.stop(VarInt::from_u32(u32::from(e.code().0)));
+            state.violation(shard, e.code());
+            return;
+        }
+        Err(_) => return,
+    };
+    shard.hot.received.inc_by(frame.as_bytes().len() as u64);
+    let env = frame.envelope();
+    let id = env.id();
+    let body = env.body_type();
+    // Streams start at priority 0 (Content): skip the call (it takes the connection lock).
+    let priority = priority_of(body).quic_priority();
+    if priority != 0 {
+        let _ = send.set_priority(priority);
+    }
+    let Some(service) = Service::of(body) else {
+        // Unreachable: the codec refuses unknown services.
+        return;
+    };
+    let label = service.name();
+    let refuse = |code: ErrorCode, message: &str, retry_after_ms: u32| ErrorReply {
+        code,
+        message: message.into(),
+        retry_after_ms,
+    };
+    // Admission: concurrency, per-connection and per-IP rates, session rights.
+    let limits = &shard.shared.config.limits;
+    let verdict = if state.inflight.get() > limits.max_concurrent_streams {
+        Err(refuse(
+            ErrorCode::TooManyStreams,
+            "too many requests in flight",
+            10,
+        ))
+    } else if let Err(not_until) = state.limiter.check() {
+        Err(refuse(
+            ErrorCode::RateLimited,
+            "connection request rate exceeded",
+            retry_after_ms(&not_until),
+        ))
+    } else if let Err(not_until) = shard.ip_limiter.check_key(&state.ip) {
+        Err(refuse(
+            ErrorCode::RateLimited,
+            "address request rate exceeded",
+            retry_after_ms(&not_until),
+        ))
+    } else if !state.session.may_call(service) {
+        Err(refuse(ErrorCode::Unauthenticated, "sign in first", 0))
+    } else {
+        Ok(())
+    };
+    if let Err(reply) = verdict {
+        respond_error(shard, &mut send, id, &reply, label, started).await;
+        return;
+    }
+    let result = if service == Service::Control {
+        let control = env.body_as_control();
+        if let Some(ping) = control.and_then(|c| c.op_as_ping()) {
+            shard
+                .encode(|b| build::pong(b, id, ping.nonce(), now_ms()))
+                .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
+        } else if let Some(req) = control.and_then(|c| c.op_as_subscribe_request()) {
+            subscribe(shard, state, id, &req)
+        } else if let Some(req) = control.and_then(|c| c.op_as_unsubscribe_request()) {
+            let task = state
+                .subscriptions
+                .borrow_mut()
+                .remove(&req.subscription_id());
+            match task {
+                Some(task) => {
+                    task.abort();
+                    shard
+                        .encode(|b| build::ack(b, id))
+                        .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
+                }
+                None => Err(ErrorReply::new(ErrorCode::NotFound, "no such subscription")),
+            }
+        } else {
+            Err(ErrorReply::new(
+                ErrorCode::UnexpectedMessage,
+                "not a request",
+            ))
+        }
+    } else {
+        match shard.registry.get(service) {
+            None => Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                "service not available on this edge",
+            )),
+            Some(svc) => {
+                let owner = svc
+                    .owner_key(&env)
+                    .map(|k| owner_shard(k, shard.shared.mailboxes.len()));
+                let ctx = RequestContext {
+                    principal: state.session.principal.clone(),
+                    origin_shard: shard.id,
+                    shard: owner.unwrap_or(shard.id),
+                    connection: state.id,
+                    peer_ip: state.ip,
+                };
+                match owner {
+                    Some(o) if o != shard.id => {
+                        shard.hot.forwarded.inc();
+                        shard.shared.invoke_on(o, service, ctx, frame.clone()).await
+                    }
+                    _ => svc.handle(ctx, frame.clone()).await,
+                }
+            }
+        }
+    };
+    match result {
+        Ok(bytes) => {
+            // `write_chunk` hands quinn the `Bytes` itself: no copy into its buffer.
+            if send.write_chunk(bytes.clone()).await.is_ok() {
+                let _ = send.finish();
+            }
+            shard.hot.sent.inc_by(bytes.len() as u64);
+            record(shard, label, "ok", started);
+        }
+        Err(reply) => respond_error(shard, &mut send, id, &reply, label, started).await,
+    }
+}
+
+/// Opens a subscription: the owning service produces push frames; a task writes them on
+/// a server-initiated unidirectional stream that starts with `PushStreamHeader`.
+fn subscribe(
+    shard: &Rc<Shard>,
+    state: &Rc<Conn>,
+    id: u64,
+    req: &selfie_protocol::control::SubscribeRequest<'_>,
+) -> Result<Bytes, ErrorReply> {
+    use selfie_protocol::control::{
+        PushStreamHeader, PushStreamHeaderArgs, SubscribeResponse, SubscribeResponseArgs,
+    };
+    let kind = req.kind();
+    let service = crate::service::subscription_service(kind)
+        .ok_or_else(|| ErrorReply::new(ErrorCode::InvalidArgument, "unknown subscription kind"))?;
+    if !state.session.may_call(service) {
+        return Err(ErrorReply::new(ErrorCode::Unauthenticated, "sign in first"));
+    }
+    if state.subscriptions.borrow().len() >= MAX_SUBSCRIPTIONS {
+        let mut e = ErrorReply::new(ErrorCode::TooManyStreams, "too many subscriptions");
+        e.retry_after_ms = 1000;
+        return Err(e);
+    }
+    let svc = shard.registry.get(service).ok_or_else(|| {
+        ErrorReply::new(ErrorCode::Unavailable, "service not available on this edge")
+    })?;
+    let ctx = RequestContext {
+        principal: state.session.principal.clone(),
+        origin_shard: shard.id,
+        shard: shard.id,
+        connection: state.id,
+        peer_ip: state.ip,
+    };
+    let mut events = svc.subscribe(ctx, req)?;
+    let sub_id = state.next_subscription.get();
+    state.next_subscription.set(sub_id + 1);
+    let header = shard
+        .encode(|b| {
+            let h = PushStreamHeader::create(
+                b,
+                &PushStreamHeaderArgs {
+                    subscription_id: sub_id,
+                    kind,
+                },
+            );
+            build::control(b, 0, ControlOp::PushStreamHeader, h.as_union_value())
+        })
+        .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))?;
+    let priority = match service {
+        Service::Chat => selfie_protocol::Priority::Chat,
+        Service::Notifications => selfie_protocol::Priority::Notifications,
+        _ => selfie_protocol::Priority::Content,
+    }
+    .quic_priority();
+    let conn = state.conn.clone();
+    let weak = Rc::downgrade(state);
+    let task = tokio::task::spawn_local(async move {
+        use futures::StreamExt;
+        let Ok(mut send) = conn.open_uni().await else {
+            return;
+        };
+        let _ = send.set_priority(priority);
+        if send.write_all(&header).await.is_err() {
+            return;
+        }
+        while let Some(event) = events.next().await {
+            if send.write_all(&event).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+        if let Some(state) = weak.upgrade() {
+            state.subscriptions.borrow_mut().remove(&sub_id);
+        }
+    });
+    state.subscriptions.borrow_mut().insert(sub_id, task);
+    shard
+        .encode(|b| {
+            let r = SubscribeResponse::create(
+                b,
+                &SubscribeResponseArgs {
+                    subscription_id: sub_id,
+                },
+            );
+            build::control(b, id, ControlOp::SubscribeResponse, r.as_union_value())
+        })
+        .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
+}
+
+fn record(shard: &Shard, service: &'static str, code: &'static str, started: Instant) {
+    let mut cache = shard.hot.requests.borrow_mut();
+    let (count, latency) = cache.entry((service, code)).or_insert_with(|| {
+        let labels = RequestLabels {
+            shard: shard.id as u16,
+            service,
+            code,
+        };
+        let m = &shard.shared.metrics;
+        (
+            m.requests_total.get_or_create(&labels).clone(),
+            m.request_duration_seconds.get_or_create(&labels).clone(),
+        )
+    });
+    count.inc();
+    latency.observe(started.elapsed().as_secs_f64());
+}
+
+async fn respond_error(
+    shard: &Shard,
+    send: &mut SendStream,
+    id: u64,
+    reply: &ErrorReply,
+    service: &'static str,
+    started: Instant,
+) {
+    // Floods produce many refusals: only server faults are worth a warning.
+    if reply.code.class() == selfie_protocol::ErrorClass::Server {
+        warn!(code = %reply.code, message = %reply.message, "request failed");
+    } else {
+        debug!(code = %reply.code, "request refused");
+    }
+    if let Some(bytes) = shard.error_frame(id, reply)
+        && send.write_chunk(bytes).await.is_ok()
+    {
+        let _ = send.finish();
+    }
+    record(shard, service, reply.code.label(), started);
+}
