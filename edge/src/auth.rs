@@ -41,6 +41,10 @@ impl Authenticator for TokenAuthenticator {
             Err(TokenError::Invalid | TokenError::Issue) => Err(ErrorCode::TokenInvalid),
         }
     }
+
+    fn revocations(&self) -> Option<tokio::sync::broadcast::Receiver<u64>> {
+        Some(self.tokens.revoked().subscribe())
+    }
 }
 
 /// Loads the token signing key (64 bytes, hex) from `auth.key_file`, or, when none is

@@ -21,6 +21,11 @@ pub trait Authenticator: Send + Sync + 'static {
     /// The principal a token proves, or the error code to refuse it with
     /// (`TokenInvalid`, `TokenExpired`, `TokenRevoked`).
     fn authenticate(&self, token: &str) -> Result<Principal, ErrorCode>;
+
+    /// Session ids revoked from now on; the edge closes their connections at once.
+    fn revocations(&self) -> Option<tokio::sync::broadcast::Receiver<u64>> {
+        None
+    }
 }
 
 /// Accepts anonymous sessions only; any token is refused as invalid, since nothing here

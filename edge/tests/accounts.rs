@@ -326,6 +326,13 @@ async fn refresh_rotates_reuse_revokes_and_revoked_tokens_no_longer_open_session
     simple(&on_a, AuthOp::LogoutRequest, 0)
         .await
         .expect("logged out");
+    let closed = tokio::time::timeout(Duration::from_secs(5), on_a.connection().closed())
+        .await
+        .expect("the logged-out connection closes");
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code.into_inner() == u64::from(ErrorCode::SessionRevoked.0)),
+        "{closed:?}"
+    );
     let err = Client::connect(config(&node, Some(a.access)))
         .await
         .err()
@@ -543,4 +550,42 @@ async fn two_factor_enrolment_and_login_over_the_protocol() {
         .await
         .expect("login with a code");
     assert_eq!(tokens_of(&ok).user_id, reg.user_id);
+}
+
+#[tokio::test]
+async fn revoking_a_session_closes_its_open_connections_at_once() {
+    let node = start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    register(
+        &anon,
+        "mallory",
+        "mallory@example.com",
+        "correct horse battery",
+    )
+    .await
+    .expect("registered");
+    let stolen = login(&anon, "mallory", "correct horse battery")
+        .await
+        .expect("login");
+    let mine = login(&anon, "mallory", "correct horse battery")
+        .await
+        .expect("login");
+    let thief = Client::connect(config(&node, Some(stolen.access)))
+        .await
+        .expect("welcome");
+    let owner = Client::connect(config(&node, Some(mine.access)))
+        .await
+        .expect("welcome");
+    thief.ping().await.expect("serves");
+    simple(&owner, AuthOp::SessionRevokeOthersRequest, 0)
+        .await
+        .expect("revoked");
+    let closed = tokio::time::timeout(Duration::from_secs(5), thief.connection().closed())
+        .await
+        .expect("closed promptly");
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code.into_inner() == u64::from(ErrorCode::SessionRevoked.0)),
+        "{closed:?}"
+    );
+    owner.ping().await.expect("the owner's session goes on");
 }

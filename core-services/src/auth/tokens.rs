@@ -51,18 +51,38 @@ pub enum TokenError {
 }
 
 /// Sessions whose tokens must no longer be accepted, shared by every shard. Written on
-/// revocation (rare), read on `Hello` (not per request).
-#[derive(Debug, Clone, Default)]
+/// revocation (rare), read on `Hello` (not per request). Each revocation is also
+/// announced ([`RevokedSessions::subscribe`]) so that the edge closes the session's open
+/// connections at once.
+#[derive(Debug, Clone)]
 pub struct RevokedSessions {
     inner: Arc<RwLock<HashSet<u64>>>,
+    announce: tokio::sync::broadcast::Sender<u64>,
+}
+
+impl Default for RevokedSessions {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            // Lagging listeners miss announcements but never the set itself, which
+            // `Hello` always checks.
+            announce: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 impl RevokedSessions {
-    /// Marks a session revoked.
+    /// Marks a session revoked and announces it.
     pub fn revoke(&self, session_id: u64) {
         if let Ok(mut set) = self.inner.write() {
             set.insert(session_id);
         }
+        let _ = self.announce.send(session_id);
+    }
+
+    /// Revocations from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<u64> {
+        self.announce.subscribe()
     }
 
     /// Whether a session was revoked. A poisoned lock counts as revoked (fail closed).

@@ -239,6 +239,12 @@ pub(super) async fn serve_connection(
         subscriptions: RefCell::new(HashMap::new()),
         next_subscription: Cell::new(1),
     });
+    if let Some(p) = &state.session.principal {
+        let mut sessions = shard.sessions.borrow_mut();
+        let entry = sessions.entry(p.session_id).or_default();
+        entry.retain(|w| w.strong_count() > 0);
+        entry.push(Rc::downgrade(&state));
+    }
     // Datagrams and the control stream run in their own tasks, so that the accept loop
     // below polls only for new request streams and the drain signal.
     tokio::task::spawn_local(datagram_loop(shard.clone(), state.clone()));

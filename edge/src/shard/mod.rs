@@ -122,6 +122,8 @@ struct Shard {
     mail_inflight: Cell<usize>,
     label: ShardLabel,
     hot: HotMetrics,
+    /// Authenticated connections by login session, to close them when it is revoked.
+    sessions: RefCell<HashMap<u64, Vec<std::rc::Weak<connection::Conn>>>>,
 }
 
 /// Metric handles resolved once per shard, so that the request path does no family
@@ -219,6 +221,7 @@ async fn serve(
         ),
         handshake_window: Cell::new((0, 0)),
         mail_inflight: Cell::new(0),
+        sessions: RefCell::new(HashMap::new()),
         hot: HotMetrics::new(&shared.metrics, &ShardLabel { shard: id as u16 }),
         label: ShardLabel { shard: id as u16 },
         shared: shared.clone(),
@@ -261,9 +264,45 @@ async fn serve(
                 h.store(now_ms(), Ordering::Relaxed);
             }
             tick_shard.ip_limiter.retain_recent();
+            // Forget closed connections of sessions that were never revoked.
+            tick_shard.sessions.borrow_mut().retain(|_, conns| {
+                conns.retain(|w| w.strong_count() > 0);
+                !conns.is_empty()
+            });
         }
     });
 
+    // Revoked login sessions: close their connections on this shard at once.
+    if let Some(mut revoked) = shared.auth.revocations() {
+        let rev_shard = shard.clone();
+        tokio::task::spawn_local(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match revoked.recv().await {
+                    Ok(session_id) => {
+                        let conns = rev_shard.sessions.borrow_mut().remove(&session_id);
+                        for conn in conns.into_iter().flatten().filter_map(|w| w.upgrade()) {
+                            // A short grace lets the answer to the revoking request itself
+                            // (a logout on this very connection) leave first.
+                            let shard = rev_shard.clone();
+                            tokio::task::spawn_local(async move {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                connection::close_for(
+                                    &shard,
+                                    &conn.conn,
+                                    ErrorCode::SessionRevoked,
+                                    "session revoked",
+                                );
+                            });
+                        }
+                    }
+                    // Missed announcements only delay closing: `Hello` checks the set.
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+    }
     shared.running.fetch_add(1, Ordering::SeqCst);
     info!(shard = id, addr = %endpoint.local_addr()?, "shard serving");
     let mut drain = shared.drain.clone();
