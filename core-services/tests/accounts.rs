@@ -375,3 +375,77 @@ async fn a_second_factor_is_required_at_login_once_confirmed() {
         .await
         .expect("password alone again");
 }
+
+#[tokio::test]
+async fn changing_the_password_signs_out_other_sessions_and_deletion_erases_the_account() {
+    let f = fixture();
+    let a = f
+        .accounts
+        .register("kim", "kim@example.com", "first password".into(), "phone")
+        .await
+        .expect("ok");
+    let b = f
+        .accounts
+        .login("kim", "first password".into(), "laptop", IP)
+        .await
+        .expect("ok");
+    let err = f
+        .accounts
+        .change_password(
+            a.user_id,
+            a.session_id,
+            "wrong password".into(),
+            "second password".into(),
+            None,
+        )
+        .await
+        .expect_err("needs the current password");
+    assert!(matches!(err, AccountError::InvalidCredentials));
+    let signed_out = f
+        .accounts
+        .change_password(
+            a.user_id,
+            a.session_id,
+            "first password".into(),
+            "second password".into(),
+            None,
+        )
+        .await
+        .expect("changed");
+    assert_eq!(signed_out, 1);
+    assert!(f.tokens.verify(&a.access_token).is_ok());
+    assert_eq!(f.tokens.verify(&b.access_token), Err(TokenError::Revoked));
+    assert!(
+        f.accounts
+            .login("kim", "first password".into(), "x", IP)
+            .await
+            .is_err()
+    );
+    f.accounts
+        .login("kim", "second password".into(), "x", IP)
+        .await
+        .expect("new password");
+
+    f.accounts
+        .delete_account(a.user_id, "second password".into(), None)
+        .await
+        .expect("deleted");
+    assert_eq!(f.tokens.verify(&a.access_token), Err(TokenError::Revoked));
+    let err = f
+        .accounts
+        .login("kim", "second password".into(), "x", IP)
+        .await
+        .expect_err("gone");
+    assert!(matches!(err, AccountError::InvalidCredentials));
+    // The e-mail address is free again; the username stays reserved.
+    f.accounts
+        .register("kim2", "kim@example.com", "third password".into(), "x")
+        .await
+        .expect("e-mail reusable");
+    let err = f
+        .accounts
+        .register("kim", "kim3@example.com", "third password".into(), "x")
+        .await
+        .expect_err("reserved");
+    assert!(matches!(err, AccountError::Taken { field: "username" }));
+}

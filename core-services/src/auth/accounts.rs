@@ -171,6 +171,10 @@ struct Account {
     created_at_ms: u64,
     #[serde(default)]
     second_factor: Option<SecondFactor>,
+    /// Deleted accounts keep their username reserved (no impersonation by
+    /// re-registration) and nothing else.
+    #[serde(default)]
+    deleted: bool,
 }
 
 /// TOTP state of an account: pending until the first code confirms it.
@@ -338,6 +342,7 @@ impl<S: Store> Accounts<S> {
             password_hash,
             created_at_ms: self.clock.now_ms(),
             second_factor: None,
+            deleted: false,
         };
         let record = serde_json::to_vec(&account).map_err(|_| AccountError::Corrupt)?;
         self.store
@@ -398,7 +403,10 @@ impl<S: Store> Accounts<S> {
         self.throttle
             .check(&key, ip, self.clock.now_ms())
             .map_err(AccountError::Throttled)?;
-        let account = self.account_by_identifier(identifier).await?;
+        let account = self
+            .account_by_identifier(identifier)
+            .await?
+            .filter(|a| !a.deleted);
         let stored = account.as_ref().map(|a| a.password_hash.clone());
         // Same Argon2 work whether or not the account exists.
         let ok = self.hasher.verify(password, stored).await? && account.is_some();
@@ -459,14 +467,77 @@ impl<S: Store> Accounts<S> {
         password: String,
     ) -> Result<Account, AccountError> {
         let account = self.load(user_id).await?;
-        if !self
-            .hasher
-            .verify(password, Some(account.password_hash.clone()))
-            .await?
+        if account.deleted
+            || !self
+                .hasher
+                .verify(password, Some(account.password_hash.clone()))
+                .await?
         {
             return Err(AccountError::InvalidCredentials);
         }
         Ok(account)
+    }
+
+    /// Re-authentication with the second factor too, when the account has one.
+    async fn reauthenticate_fully(
+        &self,
+        user_id: u64,
+        password: String,
+        code: Option<&str>,
+    ) -> Result<Account, AccountError> {
+        let mut account = self.reauthenticate(user_id, password).await?;
+        if let Some(sf) = account.second_factor.as_mut().filter(|sf| sf.confirmed) {
+            let code = code.ok_or(AccountError::SecondFactorRequired)?;
+            let now = self.clock.now_ms() / 1000;
+            match totp::verify(&sf.secret, code, now, sf.last_step) {
+                Ok(step) => sf.last_step = Some(step),
+                Err(_) => totp::use_recovery_code(&mut sf.recovery, code)
+                    .map_err(|_| AccountError::SecondFactorInvalid)?,
+            }
+        }
+        Ok(account)
+    }
+
+    /// Changes the password (current password, and second factor when enabled) and
+    /// signs out every other session.
+    pub async fn change_password(
+        &self,
+        user_id: u64,
+        session_id: u64,
+        current: String,
+        new: String,
+        code: Option<&str>,
+    ) -> Result<usize, AccountError> {
+        PasswordHasher::check_policy(&new)?;
+        let mut account = self.reauthenticate_fully(user_id, current, code).await?;
+        account.password_hash = self.hasher.hash(new).await?;
+        self.save(&account).await?;
+        self.revoke_others(user_id, session_id).await
+    }
+
+    /// Deletes the account (password, and second factor when enabled): every session is
+    /// revoked, credentials and e-mail are erased (the address may register again), the
+    /// username stays reserved so that no one can impersonate the former owner.
+    pub async fn delete_account(
+        &self,
+        user_id: u64,
+        password: String,
+        code: Option<&str>,
+    ) -> Result<(), AccountError> {
+        let mut account = self.reauthenticate_fully(user_id, password, code).await?;
+        for s in self.sessions(user_id).await? {
+            if !s.revoked {
+                self.revoke(user_id, s.session_id).await?;
+            }
+        }
+        self.store
+            .delete(&EMAILS, &key_str(&account.email.to_ascii_lowercase()), &[])
+            .await?;
+        account.deleted = true;
+        account.email = String::new();
+        account.password_hash = String::new();
+        account.second_factor = None;
+        self.save(&account).await
     }
 
     /// Starts TOTP enrolment (after re-entering the password): returns the `otpauth://`

@@ -2,8 +2,8 @@
 //! encodes the answers. Registration, login and refresh are open to anonymous sessions;
 //! logout and session management need a signed-in session and act on its own user only.
 //!
-//! Not wired yet (accounts issue): password change and reset, account deletion, e-mail
-//! verification, recovery-code regeneration. They are answered `Unavailable`.
+//! Not wired yet (accounts issue): password reset by e-mail, e-mail verification,
+//! recovery-code regeneration. They are answered `Unavailable`.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -162,6 +162,15 @@ enum Call {
     TotpEnrol {
         password: String,
     },
+    ChangePassword {
+        current: String,
+        new: String,
+        code: Option<String>,
+    },
+    DeleteAccount {
+        password: String,
+        code: Option<String>,
+    },
     TotpConfirm {
         code: String,
     },
@@ -215,6 +224,31 @@ fn parse(env: &Envelope<'_>) -> Result<Call, ErrorReply> {
                 totp_code: r.totp_code().map(str::to_string),
                 recovery_code: r.recovery_code().map(str::to_string),
                 device: device_name(r.device()),
+            }
+        }
+        AuthOp::PasswordChangeRequest => {
+            let r = auth
+                .op_as_password_change_request()
+                .ok_or_else(|| missing("password change"))?;
+            Call::ChangePassword {
+                current: r
+                    .current_password()
+                    .ok_or_else(|| missing("current_password"))?
+                    .to_string(),
+                new: r
+                    .new_password()
+                    .ok_or_else(|| missing("new_password"))?
+                    .to_string(),
+                code: r.totp_code().map(str::to_string),
+            }
+        }
+        AuthOp::AccountDeleteRequest => {
+            let r = auth
+                .op_as_account_delete_request()
+                .ok_or_else(|| missing("account deletion"))?;
+            Call::DeleteAccount {
+                password: r.password().ok_or_else(|| missing("password"))?.to_string(),
+                code: r.totp_code().map(str::to_string),
             }
         }
         AuthOp::TotpEnrollRequest => Call::TotpEnrol {
@@ -422,6 +456,22 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                     let p = me()?;
                     accounts
                         .totp_disable(p.user_id, password, &code)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| build::ack(b, id))
+                }
+                Call::ChangePassword { current, new, code } => {
+                    let p = me()?;
+                    accounts
+                        .change_password(p.user_id, p.session_id, current, new, code.as_deref())
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| build::ack(b, id))
+                }
+                Call::DeleteAccount { password, code } => {
+                    let p = me()?;
+                    accounts
+                        .delete_account(p.user_id, password, code.as_deref())
                         .await
                         .map_err(|e| error_reply(&e))?;
                     enc(&|b| build::ack(b, id))
