@@ -1,0 +1,105 @@
+//! The storage-sensitive account flows on the CQL backend (a real Cassandra started by
+//! `scripts/test`, address in `SELFIE_CQL_NODES`): claims under a race (lightweight
+//! transactions), single-use refresh tokens, session scans, deletion.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::Params;
+use selfie_services::auth::accounts::{AccountError, Accounts};
+use selfie_services::auth::password::PasswordHasher;
+use selfie_services::auth::throttle::LoginThrottle;
+use selfie_services::auth::tokens::{AccessTokens, TokenError};
+use selfie_services::schema;
+use selfie_storage::SystemClock;
+use selfie_storage::cql::{CqlConfig, CqlStore};
+
+const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+
+async fn accounts() -> (Accounts<CqlStore>, AccessTokens) {
+    let nodes = std::env::var("SELFIE_CQL_NODES").expect(
+        "SELFIE_CQL_NODES is not set: run the tests with scripts/test (it starts a CQL server)",
+    );
+    let ks = format!("accounts_{:08x}", rand::random::<u32>());
+    let config = CqlConfig::from_url(&format!("cql://{nodes}/{ks}")).expect("url");
+    let store = CqlStore::open(&config, schema::MIGRATIONS, &schema::tables())
+        .await
+        .expect("migrated store");
+    let tokens = AccessTokens::generate("selfie-test", Duration::from_secs(900)).expect("key");
+    let hasher = PasswordHasher::with_params(
+        Params::new(64, 1, 1, None).expect("params"),
+        4,
+        Duration::from_secs(5),
+    )
+    .expect("hasher");
+    let accounts = Accounts::new(
+        store,
+        tokens.clone(),
+        hasher,
+        Arc::new(SystemClock),
+        1,
+        0,
+        LoginThrottle::default(),
+    )
+    .expect("accounts");
+    (accounts, tokens)
+}
+
+#[tokio::test]
+async fn account_flows_hold_on_the_cql_backend() {
+    let (accounts, tokens) = accounts().await;
+    // Eight concurrent registrations of one name: exactly one owner (LWT).
+    let a = &accounts;
+    let attempts = futures::future::join_all((0..8).map(|i| async move {
+        let email = format!("olga{i}@example.com");
+        a.register("olga", &email, "long enough pw".into(), "phone")
+            .await
+    }))
+    .await;
+    let owners: Vec<_> = attempts.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(owners.len(), 1, "exactly one owner of the name");
+    let reg = owners[0].clone();
+    let login = accounts
+        .login("OLGA", "long enough pw".into(), "laptop", IP)
+        .await
+        .expect("login");
+    assert_eq!(login.user_id, reg.user_id);
+    assert_eq!(
+        accounts
+            .sessions(reg.user_id)
+            .await
+            .expect("sessions")
+            .len(),
+        2
+    );
+    // Refresh tokens are single use; reuse revokes the session.
+    let next = accounts
+        .refresh(&login.refresh_token)
+        .await
+        .expect("rotated");
+    let err = accounts
+        .refresh(&login.refresh_token)
+        .await
+        .expect_err("reused");
+    assert!(matches!(err, AccountError::TokenReused));
+    assert_eq!(tokens.verify(&next.access_token), Err(TokenError::Revoked));
+    // Deletion frees the e-mail and keeps the name.
+    let email = {
+        let i = attempts.iter().position(|r| r.is_ok()).expect("winner");
+        format!("olga{i}@example.com")
+    };
+    accounts
+        .delete_account(reg.user_id, "long enough pw".into(), None)
+        .await
+        .expect("deleted");
+    accounts
+        .register("olga2", &email, "long enough pw".into(), "x")
+        .await
+        .expect("e-mail free again");
+    let err = accounts
+        .register("olga", "olga-new@example.com", "long enough pw".into(), "x")
+        .await
+        .expect_err("reserved");
+    assert!(matches!(err, AccountError::Taken { field: "username" }));
+}
