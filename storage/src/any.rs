@@ -86,6 +86,15 @@ impl Store for AnyStore {
         delegate!(self, s => s.insert_if_absent(table, partition, clustering, value, ttl))
     }
 
+    async fn delete_if_present(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> Result<bool, StoreError> {
+        delegate!(self, s => s.delete_if_present(table, partition, clustering))
+    }
+
     async fn counter_add(
         &self,
         table: &'static Table,

@@ -282,6 +282,7 @@ fn scan_index(lower: &Bound<Bytes>, upper: &Bound<Bytes>, reverse: bool) -> usiz
 struct RowStatements {
     insert: PreparedStatement,
     insert_if_absent: PreparedStatement,
+    delete_if_present: PreparedStatement,
     get: PreparedStatement,
     delete: PreparedStatement,
     scans: Vec<PreparedStatement>,
@@ -355,6 +356,10 @@ impl CqlStore {
                         ))
                         .await?,
                         get,
+                        delete_if_present: prepare(format!(
+                            "DELETE FROM {name} WHERE p = ? AND c = ? IF EXISTS"
+                        ))
+                        .await?,
                         delete: prepare(format!("DELETE FROM {name} WHERE p = ? AND c = ?")).await?,
                         scans,
                     }))
@@ -403,6 +408,16 @@ impl CqlStore {
             Some(Statements::Counters(s)) => Ok(s),
             _ => Err(StoreError::InvalidTable { name: table.name }),
         }
+    }
+}
+
+/// The `[applied]` column of a lightweight transaction's result. The other columns (the
+/// existing row, when not applied) vary, so the row is read generically.
+fn applied(result: &scylla::response::query_result::QueryRowsResult) -> Result<bool, StoreError> {
+    let row = result.first_row::<CqlRow>().map_err(cql_err)?;
+    match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        _ => Err(StoreError::Cql("LWT result without [applied]".into())),
     }
 }
 
@@ -586,13 +601,25 @@ impl Store for CqlStore {
             .map_err(cql_err)?
             .into_rows_result()
             .map_err(cql_err)?;
-        // The first column of an LWT result is `[applied]`; the others (the existing row,
-        // when not applied) vary, so read the row generically.
-        let row = result.first_row::<CqlRow>().map_err(cql_err)?;
-        match row.columns.first() {
-            Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
-            _ => Err(StoreError::Cql("LWT result without [applied]".into())),
-        }
+        applied(&result)
+    }
+
+    async fn delete_if_present(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> Result<bool, StoreError> {
+        let s = self.rows(table)?;
+        check_key(partition, clustering)?;
+        let result = self
+            .session
+            .execute_unpaged(&s.delete_if_present, (partition, clustering))
+            .await
+            .map_err(cql_err)?
+            .into_rows_result()
+            .map_err(cql_err)?;
+        applied(&result)
     }
 
     async fn counter_add(

@@ -78,6 +78,10 @@ enum WriteOp {
         key: Vec<u8>,
         value: Vec<u8>,
     },
+    DeleteIfPresent {
+        keyspace: Keyspace,
+        key: Vec<u8>,
+    },
     CounterAdd {
         keyspace: Keyspace,
         key: Vec<u8>,
@@ -293,6 +297,16 @@ fn apply(db: &Database, op: &WriteOp, now_ms: u64) -> Result<bool, StoreError> {
             }
             keyspace.insert(key.as_slice(), value.as_slice())?;
             Ok(true)
+        }
+        WriteOp::DeleteIfPresent { keyspace, key } => {
+            let live = match keyspace.get(key)? {
+                Some(v) => value_offset(&v, now_ms).is_some(),
+                None => false,
+            };
+            if live {
+                keyspace.remove(key.as_slice())?;
+            }
+            Ok(live)
         }
         WriteOp::CounterAdd {
             keyspace,
@@ -567,6 +581,22 @@ impl Store for EmbeddedStore {
             keyspace,
             key: row_key(partition, clustering),
             value,
+        })
+        .await
+    }
+
+    async fn delete_if_present(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> Result<bool, StoreError> {
+        check_kind(table, TableKind::Rows)?;
+        check_key(partition, clustering)?;
+        let keyspace = self.keyspace(table)?.clone();
+        self.submit(WriteOp::DeleteIfPresent {
+            keyspace,
+            key: row_key(partition, clustering),
         })
         .await
     }

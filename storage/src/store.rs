@@ -369,7 +369,8 @@ impl Clock for SystemClock {
 /// - Every write is acknowledged only once durable (per the backend's policy).
 /// - A row whose TTL has passed is invisible to every read.
 /// - `batch` is atomic and isolated within its partition.
-/// - `insert_if_absent` is linearizable: among concurrent callers exactly one wins.
+/// - `insert_if_absent` and `delete_if_present` are linearizable: among concurrent
+///   callers exactly one wins.
 pub trait Store {
     /// Inserts or overwrites a row. `ttl: None` uses the table's default.
     fn put(
@@ -421,6 +422,16 @@ pub trait Store {
         clustering: &[u8],
         value: &[u8],
         ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<bool, StoreError>>;
+
+    /// Deletes the row only if a live row has this key; `true` when it did. Linearizable
+    /// with `insert_if_absent`, so edges claimed with one and released with the other
+    /// keep exact counts.
+    fn delete_if_present(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
     ) -> impl Future<Output = Result<bool, StoreError>>;
 
     /// Adds `delta` (possibly negative) to a counter.
