@@ -8,9 +8,12 @@
 //! Built so far: [`auth`] — access tokens verified without a storage round trip (PASETO
 //! v4), Argon2id password hashing on a bounded pool off the shard threads, TOTP second
 //! factors with recovery codes, and the account flows on top of them (register, login,
-//! refresh-token rotation with reuse detection, sessions and revocation). [`schema`]
-//! lists the tables `selfie migrate` creates. The edge adapter for the auth operations
-//! and every other service come next.
+//! refresh-token rotation with reuse detection, sessions and revocation, throttling,
+//! password change, deletion); [`users`] (profiles, private accounts) and [`graph`]
+//! (follows, requests, blocks, mutes, lists, exact counts). [`schema`] lists the tables
+//! `selfie migrate` creates. Posts, feeds and the rest come next.
 
 pub mod auth;
+pub mod graph;
 pub mod schema;
+pub mod users;

@@ -7,12 +7,26 @@ use selfie_storage::Table;
 use selfie_storage::cql::Migration;
 
 /// Every migration, oldest first.
-pub static MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "accounts: usernames, e-mails, accounts, sessions, refresh tokens",
-    tables: crate::auth::accounts::TABLES,
-    statements: &[],
-}];
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "accounts: usernames, e-mails, accounts, sessions, refresh tokens",
+        tables: crate::auth::accounts::TABLES,
+        statements: &[],
+    },
+    Migration {
+        version: 2,
+        name: "users: profiles",
+        tables: crate::users::TABLES,
+        statements: &[],
+    },
+    Migration {
+        version: 3,
+        name: "graph: follows, requests, blocks, mutes, counts",
+        tables: crate::graph::TABLES,
+        statements: &[],
+    },
+];
 
 /// Every table of every service (for opening the embedded store).
 pub fn tables() -> Vec<&'static Table> {

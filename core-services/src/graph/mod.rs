@@ -1,0 +1,495 @@
+//! The follow graph: follows, follow requests for private accounts, blocks, mutes,
+//! follower and following lists, counts.
+//!
+//! Every edge is stored twice, once per direction, so that both lists are a partition
+//! scan. The forward edge is the source of truth: it is claimed with `insert_if_absent`
+//! and released with `delete_if_present` (linearizable on both backends), and only the
+//! caller that changed it updates the reverse edge and the counters — so counts stay
+//! exact however many follows and unfollows race.
+//!
+//! The reverse edge and the counters follow the forward edge only if changes to one pair
+//! of users are applied one at a time: the graph serialises them per pair (a shard-local
+//! lock; the edge routes a user's graph requests to one owner shard). Without it a
+//! follow and an unfollow racing on one pair could leave a reverse edge behind (the
+//! conformance test for exact counts caught exactly that).
+//!
+//! A block removes follows and pending requests in both directions and hides each
+//! side from the other; a blocked user can neither follow nor request. Lists of a private
+//! account are for its approved followers (and itself) only.
+
+use bytes::Bytes;
+use selfie_storage::key::{KeyBuilder, KeyReader};
+use selfie_storage::{Cursor, Scan, Store, StoreError, Table, TableKind};
+
+use crate::users::{self, UsersError};
+
+macro_rules! edges {
+    ($($name:ident, $table:literal, $p:literal, $c:literal, $doc:literal;)*) => {$(
+        #[doc = $doc]
+        pub static $name: Table = Table {
+            name: $table,
+            kind: TableKind::Rows,
+            partition: &[$p],
+            clustering: &[$c],
+            default_ttl: None,
+            doc: $doc,
+        };
+    )*};
+}
+
+edges! {
+    FOLLOWING, "graph_following", "user_id", "followed_id", "who a user follows";
+    FOLLOWERS, "graph_followers", "user_id", "follower_id", "who follows a user";
+    REQUESTS_IN, "graph_requests_in", "user_id", "requester_id", "follow requests received";
+    REQUESTS_OUT, "graph_requests_out", "user_id", "target_id", "follow requests sent";
+    BLOCKS, "graph_blocks", "user_id", "blocked_id", "who a user blocks";
+    BLOCKED_BY, "graph_blocked_by", "user_id", "blocker_id", "who blocks a user";
+    MUTES, "graph_mutes", "user_id", "muted_id", "who a user mutes";
+}
+
+/// `followers` / `following` counts per user.
+pub static COUNTS: Table = Table {
+    name: "graph_counts",
+    kind: TableKind::Counters,
+    partition: &["user_id"],
+    clustering: &["which"],
+    default_ttl: None,
+    doc: "follower and following counts",
+};
+
+/// Every table of the graph service.
+pub static TABLES: &[&Table] = &[
+    &FOLLOWING,
+    &FOLLOWERS,
+    &REQUESTS_IN,
+    &REQUESTS_OUT,
+    &BLOCKS,
+    &BLOCKED_BY,
+    &MUTES,
+    &COUNTS,
+];
+
+/// The outcome of a follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowState {
+    /// Following now.
+    Following,
+    /// The account is private: a request waits for approval.
+    Requested,
+}
+
+/// Graph errors.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// Following or blocking oneself.
+    #[error("not allowed on yourself")]
+    SelfTarget,
+    /// No such user (or hidden by a block).
+    #[error("no such user")]
+    NotFound,
+    /// A block between the two users prevents this.
+    #[error("blocked")]
+    Blocked,
+    /// The list is private.
+    #[error("forbidden")]
+    Forbidden,
+    /// No such follow request.
+    #[error("no such request")]
+    NoSuchRequest,
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    /// A profile could not be read.
+    #[error(transparent)]
+    Users(#[from] UsersError),
+}
+
+fn k(id: u64) -> Bytes {
+    KeyBuilder::new().u64(id).build()
+}
+
+fn followers_key() -> Bytes {
+    KeyBuilder::new().str("followers").build()
+}
+
+fn following_key() -> Bytes {
+    KeyBuilder::new().str("following").build()
+}
+
+/// Whether `a` blocks `b` or `b` blocks `a`.
+pub async fn blocked_either_way<S: Store>(store: &S, a: u64, b: u64) -> Result<bool, StoreError> {
+    Ok(a != b
+        && (store.get(&BLOCKS, &k(a), &k(b)).await?.is_some()
+            || store.get(&BLOCKS, &k(b), &k(a)).await?.is_some()))
+}
+
+/// A page of user ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPage {
+    /// Ids in order (oldest edge key first).
+    pub ids: Vec<u64>,
+    /// Where the next page starts.
+    pub cursor: Option<Cursor>,
+}
+
+/// How `viewer` relates to a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Relationship {
+    /// The viewer follows them.
+    pub following: bool,
+    /// They follow the viewer.
+    pub followed_by: bool,
+    /// The viewer has a pending request to them.
+    pub requested: bool,
+    /// The viewer blocks them.
+    pub blocking: bool,
+    /// They block the viewer.
+    pub blocked_by: bool,
+    /// The viewer mutes them.
+    pub muting: bool,
+}
+
+/// In-progress pair operations: one lock per pair of users.
+type PairLocks = std::cell::RefCell<
+    std::collections::HashMap<(u64, u64), std::sync::Arc<tokio::sync::Mutex<()>>>,
+>;
+
+/// The graph service of one shard.
+pub struct Graph<S> {
+    store: S,
+    /// One lock per pair of users with an operation in progress.
+    pairs: PairLocks,
+}
+
+/// Holds a pair's lock; forgets the lock when no one else waits for it.
+struct PairGuard<'a> {
+    key: (u64, u64),
+    pairs: &'a PairLocks,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for PairGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut pairs = self.pairs.borrow_mut();
+        if pairs
+            .get(&self.key)
+            .is_some_and(|l| std::sync::Arc::strong_count(l) == 1)
+        {
+            pairs.remove(&self.key);
+        }
+    }
+}
+
+impl<S: Store> Graph<S> {
+    /// Over `store`.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            pairs: Default::default(),
+        }
+    }
+
+    /// Serialises operations on the pair {a, b} (in either direction).
+    async fn lock(&self, a: u64, b: u64) -> PairGuard<'_> {
+        let key = (a.min(b), a.max(b));
+        let lock = self.pairs.borrow_mut().entry(key).or_default().clone();
+        let guard = lock.lock_owned().await;
+        PairGuard {
+            key,
+            pairs: &self.pairs,
+            guard: Some(guard),
+        }
+    }
+
+    async fn counted_edge(&self, from: u64, to: u64, add: bool) -> Result<bool, GraphError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .to_be_bytes();
+        let changed = if add {
+            self.store
+                .insert_if_absent(&FOLLOWING, &k(from), &k(to), &now, None)
+                .await?
+        } else {
+            self.store
+                .delete_if_present(&FOLLOWING, &k(from), &k(to))
+                .await?
+        };
+        if changed {
+            let delta = if add { 1 } else { -1 };
+            if add {
+                self.store
+                    .put(&FOLLOWERS, &k(to), &k(from), &now, None)
+                    .await?;
+            } else {
+                self.store.delete(&FOLLOWERS, &k(to), &k(from)).await?;
+            }
+            self.store
+                .counter_add(&COUNTS, &k(from), &following_key(), delta)
+                .await?;
+            self.store
+                .counter_add(&COUNTS, &k(to), &followers_key(), delta)
+                .await?;
+        }
+        Ok(changed)
+    }
+
+    /// `viewer` follows `target` (or asks to, when the account is private).
+    pub async fn follow(&self, viewer: u64, target: u64) -> Result<FollowState, GraphError> {
+        if viewer == target {
+            return Err(GraphError::SelfTarget);
+        }
+        let _pair = self.lock(viewer, target).await;
+        if blocked_either_way(&self.store, viewer, target).await? {
+            return Err(GraphError::Blocked);
+        }
+        let profile = users::load(&self.store, target)
+            .await?
+            .ok_or(GraphError::NotFound)?;
+        if self
+            .store
+            .get(&FOLLOWING, &k(viewer), &k(target))
+            .await?
+            .is_some()
+        {
+            return Ok(FollowState::Following);
+        }
+        if profile.private {
+            if self
+                .store
+                .insert_if_absent(&REQUESTS_OUT, &k(viewer), &k(target), b"", None)
+                .await?
+            {
+                self.store
+                    .put(&REQUESTS_IN, &k(target), &k(viewer), b"", None)
+                    .await?;
+            }
+            return Ok(FollowState::Requested);
+        }
+        self.counted_edge(viewer, target, true).await?;
+        Ok(FollowState::Following)
+    }
+
+    /// `viewer` stops following `target` (and withdraws a pending request).
+    pub async fn unfollow(&self, viewer: u64, target: u64) -> Result<(), GraphError> {
+        let _pair = self.lock(viewer, target).await;
+        self.counted_edge(viewer, target, false).await?;
+        self.withdraw(viewer, target).await.map(|_| ())
+    }
+
+    /// `me` approves `requester`'s request.
+    pub async fn approve(&self, me: u64, requester: u64) -> Result<(), GraphError> {
+        let _pair = self.lock(me, requester).await;
+        if !self
+            .store
+            .delete_if_present(&REQUESTS_IN, &k(me), &k(requester))
+            .await?
+        {
+            return Err(GraphError::NoSuchRequest);
+        }
+        self.store
+            .delete(&REQUESTS_OUT, &k(requester), &k(me))
+            .await?;
+        if blocked_either_way(&self.store, me, requester).await? {
+            return Err(GraphError::Blocked);
+        }
+        self.counted_edge(requester, me, true).await?;
+        Ok(())
+    }
+
+    /// `me` denies `requester`'s request.
+    pub async fn deny(&self, me: u64, requester: u64) -> Result<(), GraphError> {
+        let _pair = self.lock(me, requester).await;
+        if !self
+            .store
+            .delete_if_present(&REQUESTS_IN, &k(me), &k(requester))
+            .await?
+        {
+            return Err(GraphError::NoSuchRequest);
+        }
+        self.store
+            .delete(&REQUESTS_OUT, &k(requester), &k(me))
+            .await?;
+        Ok(())
+    }
+
+    /// `me` withdraws a request to `target`.
+    pub async fn cancel_request(&self, me: u64, target: u64) -> Result<(), GraphError> {
+        let _pair = self.lock(me, target).await;
+        if self.withdraw(me, target).await? {
+            Ok(())
+        } else {
+            Err(GraphError::NoSuchRequest)
+        }
+    }
+
+    /// Removes `me`'s request to `target`, if any (the caller holds the pair's lock).
+    async fn withdraw(&self, me: u64, target: u64) -> Result<bool, GraphError> {
+        if !self
+            .store
+            .delete_if_present(&REQUESTS_OUT, &k(me), &k(target))
+            .await?
+        {
+            return Ok(false);
+        }
+        self.store.delete(&REQUESTS_IN, &k(target), &k(me)).await?;
+        Ok(true)
+    }
+
+    /// `me` blocks `target`: follows and requests both ways end; each is hidden from the
+    /// other.
+    pub async fn block(&self, me: u64, target: u64) -> Result<(), GraphError> {
+        if me == target {
+            return Err(GraphError::SelfTarget);
+        }
+        let _pair = self.lock(me, target).await;
+        self.store
+            .put(&BLOCKS, &k(me), &k(target), b"", None)
+            .await?;
+        self.store
+            .put(&BLOCKED_BY, &k(target), &k(me), b"", None)
+            .await?;
+        self.counted_edge(me, target, false).await?;
+        self.counted_edge(target, me, false).await?;
+        for (a, b) in [(me, target), (target, me)] {
+            if self
+                .store
+                .delete_if_present(&REQUESTS_OUT, &k(a), &k(b))
+                .await?
+            {
+                self.store.delete(&REQUESTS_IN, &k(b), &k(a)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `me` unblocks `target` (nothing else is restored).
+    pub async fn unblock(&self, me: u64, target: u64) -> Result<(), GraphError> {
+        let _pair = self.lock(me, target).await;
+        self.store.delete(&BLOCKS, &k(me), &k(target)).await?;
+        self.store.delete(&BLOCKED_BY, &k(target), &k(me)).await?;
+        Ok(())
+    }
+
+    /// `me` mutes `target` (their content leaves `me`'s feeds; nothing is revealed).
+    pub async fn mute(&self, me: u64, target: u64) -> Result<(), GraphError> {
+        if me == target {
+            return Err(GraphError::SelfTarget);
+        }
+        self.store
+            .put(&MUTES, &k(me), &k(target), b"", None)
+            .await?;
+        Ok(())
+    }
+
+    /// `me` unmutes `target`.
+    pub async fn unmute(&self, me: u64, target: u64) -> Result<(), GraphError> {
+        self.store.delete(&MUTES, &k(me), &k(target)).await?;
+        Ok(())
+    }
+
+    /// (followers, following) of `user`.
+    pub async fn counts(&self, user: u64) -> Result<(i64, i64), GraphError> {
+        Ok((
+            self.store
+                .counter_get(&COUNTS, &k(user), &followers_key())
+                .await?,
+            self.store
+                .counter_get(&COUNTS, &k(user), &following_key())
+                .await?,
+        ))
+    }
+
+    /// How `viewer` relates to `other`.
+    pub async fn relationship(&self, viewer: u64, other: u64) -> Result<Relationship, GraphError> {
+        let has = |t: &'static Table, a: u64, b: u64| {
+            let store = &self.store;
+            async move { Ok::<_, StoreError>(store.get(t, &k(a), &k(b)).await?.is_some()) }
+        };
+        Ok(Relationship {
+            following: has(&FOLLOWING, viewer, other).await?,
+            followed_by: has(&FOLLOWING, other, viewer).await?,
+            requested: has(&REQUESTS_OUT, viewer, other).await?,
+            blocking: has(&BLOCKS, viewer, other).await?,
+            blocked_by: has(&BLOCKS, other, viewer).await?,
+            muting: has(&MUTES, viewer, other).await?,
+        })
+    }
+
+    async fn may_see_lists(&self, viewer: u64, user: u64) -> Result<(), GraphError> {
+        if blocked_either_way(&self.store, viewer, user).await? {
+            return Err(GraphError::NotFound);
+        }
+        let profile = users::load(&self.store, user)
+            .await?
+            .ok_or(GraphError::NotFound)?;
+        if profile.private
+            && viewer != user
+            && self
+                .store
+                .get(&FOLLOWING, &k(viewer), &k(user))
+                .await?
+                .is_none()
+        {
+            return Err(GraphError::Forbidden);
+        }
+        Ok(())
+    }
+
+    async fn page(
+        &self,
+        table: &'static Table,
+        user: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<IdPage, GraphError> {
+        let page = self
+            .store
+            .scan(table, &k(user), &Scan::all(limit).after(cursor))
+            .await?;
+        let ids = page
+            .rows
+            .iter()
+            .filter_map(|r| KeyReader::new(&r.clustering).u64())
+            .collect();
+        Ok(IdPage {
+            ids,
+            cursor: page.cursor,
+        })
+    }
+
+    /// Followers of `user`, as `viewer` may see them.
+    pub async fn followers(
+        &self,
+        viewer: u64,
+        user: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<IdPage, GraphError> {
+        self.may_see_lists(viewer, user).await?;
+        self.page(&FOLLOWERS, user, limit, cursor).await
+    }
+
+    /// Whom `user` follows, as `viewer` may see it.
+    pub async fn following(
+        &self,
+        viewer: u64,
+        user: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<IdPage, GraphError> {
+        self.may_see_lists(viewer, user).await?;
+        self.page(&FOLLOWING, user, limit, cursor).await
+    }
+
+    /// Pending requests to `me`.
+    pub async fn requests(
+        &self,
+        me: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<IdPage, GraphError> {
+        self.page(&REQUESTS_IN, me, limit, cursor).await
+    }
+}
