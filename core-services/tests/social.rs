@@ -232,6 +232,57 @@ async fn counts_stay_exact_under_racing_follows<S: Store + Clone>(store: S) {
     }
 }
 
+async fn a_deleted_user_leaves_no_edges<S: Store + Clone>(store: S) {
+    let (users, graph) = people(&store).await;
+    users
+        .update(
+            DAN,
+            ProfileUpdate {
+                private: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("private");
+    graph.follow(ANA, BEN).await.expect("follow");
+    graph.follow(BEN, ANA).await.expect("follow");
+    graph.follow(CAT, ANA).await.expect("follow");
+    graph.follow(ANA, DAN).await.expect("request");
+    graph.block(ANA, CAT).await.expect("block");
+    graph.follow(BEN, CAT).await.expect("follow");
+    assert!(graph.remove_user(ANA).await.expect("removed") >= 4);
+    assert_eq!(
+        graph.counts(BEN).await.expect("counts"),
+        (0, 1),
+        "only ben -> cat remains"
+    );
+    assert_eq!(graph.counts(ANA).await.expect("counts"), (0, 0));
+    assert!(
+        graph
+            .requests(DAN, 10, None)
+            .await
+            .expect("requests")
+            .ids
+            .is_empty()
+    );
+    assert!(!graph.relationship(CAT, ANA).await.expect("rel").blocked_by);
+    assert_eq!(
+        graph.followers(BEN, CAT, 10, None).await.expect("list").ids,
+        vec![BEN]
+    );
+}
+
+#[tokio::test]
+async fn deletion_cleanup_on_the_embedded_store() {
+    let (store, _dir) = embedded();
+    a_deleted_user_leaves_no_edges(store).await;
+}
+
+#[tokio::test]
+async fn deletion_cleanup_on_cql() {
+    a_deleted_user_leaves_no_edges(cql().await).await;
+}
+
 #[tokio::test]
 async fn social_rules_on_the_embedded_store() {
     let (store, _dir) = embedded();

@@ -13,10 +13,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use selfie_edge::api::auth::AuthApi;
+use selfie_edge::api::social::{GraphApi, UsersApi};
 use selfie_edge::{Config, Edge, Registry, config};
 use selfie_services::auth::accounts::Accounts;
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::LoginThrottle;
+use selfie_services::graph::Graph;
+use selfie_services::users::Users;
 use selfie_storage::SystemClock;
 use selfie_storage::any::AnyStore;
 
@@ -182,6 +185,16 @@ fn main() -> anyhow::Result<()> {
             let access_ttl = Duration::from_secs(config.auth.access_token_ttl_s);
             let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
                 let mut registry = Registry::new();
+                let users = Rc::new(Users::new(store.clone()));
+                let graph = Rc::new(Graph::new(store.clone()));
+                registry.register(
+                    selfie_protocol::Service::Users,
+                    Rc::new(UsersApi::new(users.clone(), graph.clone())),
+                );
+                registry.register(
+                    selfie_protocol::Service::Graph,
+                    Rc::new(GraphApi::new(graph.clone())),
+                );
                 match Accounts::new(
                     store.clone(),
                     tokens.clone(),
@@ -193,7 +206,7 @@ fn main() -> anyhow::Result<()> {
                 ) {
                     Ok(accounts) => registry.register(
                         selfie_protocol::Service::Auth,
-                        Rc::new(AuthApi::new(accounts, access_ttl)),
+                        Rc::new(AuthApi::new(accounts, users, graph, access_ttl)),
                     ),
                     Err(e) => tracing::error!(shard, error = %e, "accounts service unavailable"),
                 }

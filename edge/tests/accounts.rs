@@ -8,14 +8,17 @@ use std::time::Duration;
 use selfie_client::{Client, ClientConfig, ClientError, Trust};
 use selfie_codec::Frame;
 use selfie_edge::api::auth::AuthApi;
+use selfie_edge::api::social::{GraphApi, UsersApi};
 use selfie_edge::auth::TokenAuthenticator;
 use selfie_edge::{Config, Edge, Registry};
 use selfie_protocol::auth::{self as pa, AuthOp};
 use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode};
-use selfie_services::auth::accounts::{Accounts, TABLES};
+use selfie_services::auth::accounts::Accounts;
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::{LoginThrottle, ThrottleConfig};
 use selfie_services::auth::tokens::AccessTokens;
+use selfie_services::graph::Graph;
+use selfie_services::users::Users;
 use selfie_storage::SystemClock;
 use selfie_storage::embedded::EmbeddedStore;
 
@@ -33,8 +36,12 @@ fn start() -> Node {
     config.server.data_dir = dir.path().to_path_buf();
     config.server.drain_deadline_ms = 1_000;
     config.ops.listen = "127.0.0.1:0".parse().expect("addr");
-    let store = EmbeddedStore::open(dir.path().join("storage"), TABLES, Arc::new(SystemClock))
-        .expect("store");
+    let store = EmbeddedStore::open(
+        dir.path().join("storage"),
+        &selfie_services::schema::tables(),
+        Arc::new(SystemClock),
+    )
+    .expect("store");
     let tokens = AccessTokens::generate("selfie-test", Duration::from_secs(900)).expect("key");
     // Cheap Argon2 parameters: these tests check the flows, not hashing cost.
     let hasher = PasswordHasher::with_params(
@@ -62,9 +69,24 @@ fn start() -> Node {
             throttle.clone(),
         )
         .expect("accounts");
+        let users = Rc::new(Users::new(store.clone()));
+        let graph = Rc::new(Graph::new(store.clone()));
+        r.register(
+            selfie_protocol::Service::Users,
+            Rc::new(UsersApi::new(users.clone(), graph.clone())),
+        );
+        r.register(
+            selfie_protocol::Service::Graph,
+            Rc::new(GraphApi::new(graph.clone())),
+        );
         r.register(
             selfie_protocol::Service::Auth,
-            Rc::new(AuthApi::new(accounts, Duration::from_secs(900))),
+            Rc::new(AuthApi::new(
+                accounts,
+                users,
+                graph,
+                Duration::from_secs(900),
+            )),
         );
         r
     });
@@ -588,4 +610,196 @@ async fn revoking_a_session_closes_its_open_connections_at_once() {
         "{closed:?}"
     );
     owner.ping().await.expect("the owner's session goes on");
+}
+
+fn graph_op(
+    b: &mut selfie_codec::Builder,
+    id: u64,
+    op_type: selfie_protocol::graph::GraphOp,
+    op: flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
+) -> flatbuffers::WIPOffset<Envelope<'static>> {
+    let body = selfie_protocol::graph::Graph::create(
+        b,
+        &selfie_protocol::graph::GraphArgs {
+            op_type,
+            op: Some(op),
+        },
+    );
+    Envelope::create(
+        b,
+        &EnvelopeArgs {
+            id,
+            body_type: Body::Graph,
+            body: Some(body.as_union_value()),
+            ..Default::default()
+        },
+    )
+}
+
+async fn graph_call(
+    c: &Client,
+    op: selfie_protocol::graph::GraphOp,
+    target: u64,
+) -> Result<Frame, ClientError> {
+    use selfie_protocol::graph::{self as g, GraphOp};
+    c.request(|b, id| {
+        let value = match op {
+            GraphOp::FollowRequest => {
+                g::FollowRequest::create(b, &g::FollowRequestArgs { target_id: target })
+                    .as_union_value()
+            }
+            GraphOp::FollowRequestApproveRequest => g::FollowRequestApproveRequest::create(
+                b,
+                &g::FollowRequestApproveRequestArgs {
+                    requester_id: target,
+                },
+            )
+            .as_union_value(),
+            GraphOp::BlockRequest => {
+                g::BlockRequest::create(b, &g::BlockRequestArgs { target_id: target })
+                    .as_union_value()
+            }
+            GraphOp::FollowersListRequest => g::FollowersListRequest::create(
+                b,
+                &g::FollowersListRequestArgs {
+                    user_id: target,
+                    page: None,
+                },
+            )
+            .as_union_value(),
+            _ => g::UnfollowRequest::create(b, &g::UnfollowRequestArgs { target_id: target })
+                .as_union_value(),
+        };
+        graph_op(b, id, op, value)
+    })
+    .await
+}
+
+async fn profile(c: &Client, user_id: u64, make_private: bool) -> Result<Frame, ClientError> {
+    use selfie_protocol::users as u;
+    c.request(|b, id| {
+        let (op_type, value) = if make_private {
+            let r = u::UpdateProfileRequest::create(
+                b,
+                &u::UpdateProfileRequestArgs {
+                    private: Some(true),
+                    ..Default::default()
+                },
+            );
+            (u::UsersOp::UpdateProfileRequest, r.as_union_value())
+        } else {
+            let r = u::GetProfileRequest::create(
+                b,
+                &u::GetProfileRequestArgs {
+                    user_id,
+                    username: None,
+                },
+            );
+            (u::UsersOp::GetProfileRequest, r.as_union_value())
+        };
+        let body = u::Users::create(
+            b,
+            &u::UsersArgs {
+                op_type,
+                op: Some(value),
+            },
+        );
+        Envelope::create(
+            b,
+            &EnvelopeArgs {
+                id,
+                body_type: Body::Users,
+                body: Some(body.as_union_value()),
+                ..Default::default()
+            },
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn profiles_follows_privacy_and_blocks_over_the_protocol() {
+    use selfie_protocol::graph::GraphOp;
+    let node = start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let mut clients = Vec::new();
+    for name in ["ana", "ben", "cat"] {
+        let t = register(
+            &anon,
+            name,
+            &format!("{name}@example.com"),
+            "correct horse battery",
+        )
+        .await
+        .expect("registered");
+        clients.push((
+            t.user_id,
+            Client::connect(config(&node, Some(t.access)))
+                .await
+                .expect("welcome"),
+        ));
+    }
+    let [(ana, a), (ben, b), (cat, c)] = <[_; 3]>::try_from(clients).ok().expect("three users");
+    // Ben goes private; Ana asks to follow; Ben approves.
+    profile(&b, 0, true).await.expect("private");
+    let state = graph_call(&a, GraphOp::FollowRequest, ben)
+        .await
+        .expect("follow");
+    let state = state
+        .envelope()
+        .body_as_graph()
+        .and_then(|g| g.op_as_follow_response())
+        .map(|r| r.state());
+    assert_eq!(state, Some(selfie_protocol::graph::FollowState::Requested));
+    // Ana cannot approve her own request on Ben's behalf: approvals act on the caller's inbox.
+    let err = graph_call(&a, GraphOp::FollowRequestApproveRequest, ana)
+        .await
+        .expect_err("not hers");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    graph_call(&b, GraphOp::FollowRequestApproveRequest, ana)
+        .await
+        .expect("approved");
+    // Followers of a private account: the follower may look, others may not.
+    let list = graph_call(&a, GraphOp::FollowersListRequest, ben)
+        .await
+        .expect("follower sees");
+    let ids: Vec<u64> = list
+        .envelope()
+        .body_as_graph()
+        .and_then(|g| g.op_as_user_list_response())
+        .and_then(|r| r.users())
+        .map(|u| u.iter().map(|x| x.user_id()).collect())
+        .expect("list");
+    assert_eq!(ids, vec![ana]);
+    let err = graph_call(&c, GraphOp::FollowersListRequest, ben)
+        .await
+        .expect_err("private list");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    // Profiles carry counts and the viewer's relationship.
+    let p = profile(&a, ben, false).await.expect("profile");
+    let env = p.envelope();
+    let prof = env
+        .body_as_users()
+        .and_then(|u| u.op_as_get_profile_response())
+        .and_then(|r| r.profile())
+        .expect("profile");
+    assert_eq!(prof.followers_count(), 1);
+    assert!(prof.relationship().is_some_and(|r| r.following()));
+    assert!(
+        prof.user()
+            .is_some_and(|u| u.private() && u.username() == Some("ben"))
+    );
+    // A block hides each from the other and stops follows.
+    graph_call(&b, GraphOp::BlockRequest, cat)
+        .await
+        .expect("blocked");
+    let err = profile(&c, ben, false).await.expect_err("hidden");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    let err = graph_call(&c, GraphOp::FollowRequest, ben)
+        .await
+        .expect_err("blocked");
+    assert_eq!(err.code(), Some(ErrorCode::Blocked));
+    // Anonymous sessions get nothing.
+    let err = profile(&anon, ben, false).await.expect_err("anonymous");
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
 }

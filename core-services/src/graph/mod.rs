@@ -483,6 +483,55 @@ impl<S: Store> Graph<S> {
         self.page(&FOLLOWING, user, limit, cursor).await
     }
 
+    /// Removes every edge of a deleted account, in both directions, keeping the other
+    /// users' counts exact. Returns the number of edges removed.
+    pub async fn remove_user(&self, user: u64) -> Result<usize, GraphError> {
+        let mut removed = 0;
+        for (table, outgoing) in [(&FOLLOWING, true), (&FOLLOWERS, false)] {
+            loop {
+                let page = self.page(table, user, 500, None).await?;
+                if page.ids.is_empty() {
+                    break;
+                }
+                for other in page.ids {
+                    let (from, to) = if outgoing {
+                        (user, other)
+                    } else {
+                        (other, user)
+                    };
+                    let _pair = self.lock(from, to).await;
+                    if !self.counted_edge(from, to, false).await? {
+                        // A reverse edge without its forward edge: drop it too.
+                        self.store.delete(table, &k(user), &k(other)).await?;
+                    }
+                    removed += 1;
+                }
+            }
+        }
+        for (table, mirror) in [
+            (&REQUESTS_OUT, &REQUESTS_IN),
+            (&REQUESTS_IN, &REQUESTS_OUT),
+            (&BLOCKS, &BLOCKED_BY),
+            (&BLOCKED_BY, &BLOCKS),
+            (&MUTES, &MUTES),
+        ] {
+            loop {
+                let page = self.page(table, user, 500, None).await?;
+                if page.ids.is_empty() {
+                    break;
+                }
+                for other in page.ids {
+                    self.store.delete(table, &k(user), &k(other)).await?;
+                    if !std::ptr::eq(table, mirror) {
+                        self.store.delete(mirror, &k(other), &k(user)).await?;
+                    }
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Pending requests to `me`.
     pub async fn requests(
         &self,

@@ -17,6 +17,8 @@ use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, common};
 use selfie_services::auth::accounts::{AccountError, Accounts, IssuedTokens, REFRESH_TTL};
 use selfie_services::auth::password::PasswordError;
 use selfie_services::auth::throttle::Throttled;
+use selfie_services::graph::Graph;
+use selfie_services::users::Users;
 use selfie_storage::Store;
 
 use crate::service::{ErrorReply, RequestContext, Service};
@@ -24,15 +26,26 @@ use crate::service::{ErrorReply, RequestContext, Service};
 /// The auth operations of one shard.
 pub struct AuthApi<S> {
     accounts: Rc<Accounts<S>>,
+    users: Rc<Users<S>>,
+    graph: Rc<Graph<S>>,
     encoder: Rc<RefCell<Encoder>>,
     access_ttl_ms: u64,
 }
 
 impl<S: Store + 'static> AuthApi<S> {
     /// Over one shard's accounts service.
-    pub fn new(accounts: Accounts<S>, access_ttl: std::time::Duration) -> Self {
+    /// `users` gets a profile for every new account; `graph` loses a deleted account's
+    /// edges.
+    pub fn new(
+        accounts: Accounts<S>,
+        users: Rc<Users<S>>,
+        graph: Rc<Graph<S>>,
+        access_ttl: std::time::Duration,
+    ) -> Self {
         Self {
             accounts: Rc::new(accounts),
+            users,
+            graph,
             encoder: Rc::new(RefCell::new(Encoder::new(Limits::DEFAULT))),
             access_ttl_ms: access_ttl.as_millis() as u64,
         }
@@ -312,6 +325,7 @@ impl<S: Store + 'static> Service for AuthApi<S> {
         let env = frame.envelope();
         let id = env.id();
         let call = parse(&env);
+        let (users, graph) = (self.users.clone(), self.graph.clone());
         let (accounts, encoder, ttl) = (
             self.accounts.clone(),
             self.encoder.clone(),
@@ -341,6 +355,9 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                         .register(&username, &email, password, &device)
                         .await
                         .map_err(|e| error_reply(&e))?;
+                    users.create(t.user_id, &username).await.map_err(|_| {
+                        ErrorReply::new(ErrorCode::StorageFailure, "profile not created; retry")
+                    })?;
                     let now = now_ms();
                     enc(&|b| {
                         let tk = tokens(b, &t, ttl, now);
@@ -474,6 +491,14 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                         .delete_account(p.user_id, password, code.as_deref())
                         .await
                         .map_err(|e| error_reply(&e))?;
+                    // Graph edges go with the account; the profile stays as a tombstone
+                    // behind the reserved username.
+                    graph.remove_user(p.user_id).await.map_err(|_| {
+                        ErrorReply::new(
+                            ErrorCode::StorageFailure,
+                            "account deleted; edge cleanup will retry",
+                        )
+                    })?;
                     enc(&|b| build::ack(b, id))
                 }
                 Call::Logout => {

@@ -2,3 +2,4 @@
 //! shard-local service, encode the answer. No domain logic here.
 
 pub mod auth;
+pub mod social;
