@@ -15,5 +15,6 @@
 
 pub mod auth;
 pub mod graph;
+pub mod posts;
 pub mod schema;
 pub mod users;

@@ -26,6 +26,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::graph::TABLES,
         statements: &[],
     },
+    Migration {
+        version: 4,
+        name: "posts: posts, history, by user, comments, reactions, counts",
+        tables: crate::posts::TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

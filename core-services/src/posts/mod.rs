@@ -1,0 +1,588 @@
+//! Posts: create (text, hashtags and mentions parsed), edit with visible history, delete;
+//! comments with one level of replies; reactions; reposts; per-post audience.
+//!
+//! Who may read a post is decided in one place ([`Posts::can_read`]): the author always;
+//! nobody across a block; for a private author only approved followers; otherwise by the
+//! post's audience (public, followers, mentioned only). Everything that touches a post
+//! (reading, history, comments, reactions, reposts) goes through it, and a post the viewer
+//! may not read is `NotFound` — its existence is not revealed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use selfie_storage::id::IdGenerator;
+use selfie_storage::key::{KeyBuilder, KeyReader};
+use selfie_storage::{Clock, Cursor, Scan, Store, StoreError, Table, TableKind};
+use serde::{Deserialize, Serialize};
+
+use crate::graph;
+use crate::users;
+
+macro_rules! rows {
+    ($($name:ident, $table:literal, [$($p:literal),*], [$($c:literal),*], $doc:literal;)*) => {$(
+        #[doc = $doc]
+        pub static $name: Table = Table {
+            name: $table,
+            kind: TableKind::Rows,
+            partition: &[$($p),*],
+            clustering: &[$($c),*],
+            default_ttl: None,
+            doc: $doc,
+        };
+    )*};
+}
+
+rows! {
+    POSTS, "posts", ["post_id"], [], "posts";
+    HISTORY, "posts_history", ["post_id"], ["edited_at_ms"], "earlier versions of edited posts";
+    USER_POSTS, "posts_by_user", ["author_id"], ["post_id"], "a user's posts, newest last";
+    COMMENTS, "posts_comments", ["post_id"], ["comment_id"], "comments and replies";
+    REACTIONS, "posts_reactions", ["post_id"], ["user_id"], "one reaction per user per post";
+}
+
+/// Per-post counters: `reactions`, `comments`, `reposts`, `quotes`.
+pub static COUNTS: Table = Table {
+    name: "posts_counts",
+    kind: TableKind::Counters,
+    partition: &["post_id"],
+    clustering: &["which"],
+    default_ttl: None,
+    doc: "post counters",
+};
+
+/// Every table of the posts service.
+pub static TABLES: &[&Table] = &[
+    &POSTS,
+    &HISTORY,
+    &USER_POSTS,
+    &COMMENTS,
+    &REACTIONS,
+    &COUNTS,
+];
+
+/// Longest post, in characters.
+pub const MAX_POST_CHARS: usize = 500;
+/// Longest comment, in characters.
+pub const MAX_COMMENT_CHARS: usize = 500;
+
+/// Who may see a post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Audience {
+    /// Anyone not blocked (for a public author).
+    Public,
+    /// The author's followers.
+    Followers,
+    /// Only the users mentioned in it.
+    MentionedOnly,
+}
+
+/// A post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Post {
+    /// Id (time-ordered).
+    pub post_id: u64,
+    /// Author.
+    pub author_id: u64,
+    /// Text.
+    pub text: String,
+    /// `#hashtags`, lower case, in order of appearance.
+    pub hashtags: Vec<String>,
+    /// Mentioned users that exist.
+    pub mentions: Vec<u64>,
+    /// Audience.
+    pub audience: Audience,
+    /// The quoted post, for a quote post.
+    pub quote_of: Option<u64>,
+    /// The reposted post, for a repost.
+    pub repost_of: Option<u64>,
+    /// Creation time.
+    pub created_at_ms: u64,
+    /// Last edit, 0 when never edited.
+    pub edited_at_ms: u64,
+    /// Deleted posts keep their id (replies and quotes point at them) and nothing else.
+    pub deleted: bool,
+}
+
+/// An earlier version of an edited post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// The text then.
+    pub text: String,
+    /// When it was replaced.
+    pub replaced_at_ms: u64,
+}
+
+/// A comment (or a reply to one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comment {
+    /// Id.
+    pub comment_id: u64,
+    /// The post.
+    pub post_id: u64,
+    /// The comment replied to, 0 for a top-level comment.
+    pub parent_id: u64,
+    /// Author.
+    pub author_id: u64,
+    /// Text.
+    pub text: String,
+    /// Creation time.
+    pub created_at_ms: u64,
+}
+
+/// Posts errors.
+#[derive(Debug, thiserror::Error)]
+pub enum PostsError {
+    /// No such post, or not visible to the viewer.
+    #[error("no such post")]
+    NotFound,
+    /// Only the author may do this.
+    #[error("forbidden")]
+    Forbidden,
+    /// Bad text, audience, reply depth or target.
+    #[error("invalid {field}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    /// A stored record could not be decoded.
+    #[error("corrupt record")]
+    Corrupt,
+}
+
+fn k(id: u64) -> Bytes {
+    KeyBuilder::new().u64(id).build()
+}
+
+fn counter(which: &str) -> Bytes {
+    KeyBuilder::new().str(which).build()
+}
+
+/// `#tags` (lower case, deduplicated) and `@names` (as written) in `text`.
+pub fn parse_tags(text: &str) -> (Vec<String>, Vec<String>) {
+    let (mut tags, mut names) = (Vec::new(), Vec::new());
+    for word in text.split(|c: char| c.is_whitespace()) {
+        let clean = |w: &str| -> String {
+            w.chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .collect::<String>()
+                .trim_end_matches('.')
+                .to_string()
+        };
+        if let Some(t) = word.strip_prefix('#') {
+            let t = clean(t).to_lowercase();
+            if !t.is_empty() && !tags.contains(&t) {
+                tags.push(t);
+            }
+        } else if let Some(n) = word.strip_prefix('@') {
+            let n = clean(n);
+            if !n.is_empty() && !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    (tags, names)
+}
+
+/// The posts service of one shard.
+pub struct Posts<S> {
+    store: S,
+    clock: Arc<dyn Clock>,
+    ids: std::cell::RefCell<IdGenerator>,
+}
+
+impl<S: Store> Posts<S> {
+    /// Over `store`; `node`/`shard` make its ids unique.
+    pub fn new(store: S, clock: Arc<dyn Clock>, node: u16, shard: u16) -> Result<Self, PostsError> {
+        let ids = IdGenerator::new(node, shard)
+            .map_err(|_| PostsError::InvalidArgument { field: "shard" })?;
+        Ok(Self {
+            store,
+            clock,
+            ids: std::cell::RefCell::new(ids),
+        })
+    }
+
+    fn next_id(&self) -> u64 {
+        self.ids.borrow_mut().next(self.clock.now_ms()).0
+    }
+
+    async fn load(&self, post_id: u64) -> Result<Option<Post>, PostsError> {
+        match self.store.get(&POSTS, &k(post_id), &[]).await? {
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|_| PostsError::Corrupt),
+            None => Ok(None),
+        }
+    }
+
+    async fn save(&self, post: &Post) -> Result<(), PostsError> {
+        let b = serde_json::to_vec(post).map_err(|_| PostsError::Corrupt)?;
+        self.store
+            .put(&POSTS, &k(post.post_id), &[], &b, None)
+            .await?;
+        Ok(())
+    }
+
+    async fn resolve_mentions(&self, names: &[String]) -> Result<Vec<u64>, PostsError> {
+        let mut ids = Vec::new();
+        for name in names {
+            let key = KeyBuilder::new().str(&name.to_ascii_lowercase()).build();
+            if let Some(v) = self
+                .store
+                .get(&crate::auth::accounts::USERNAMES, &key, &[])
+                .await?
+                && let Ok(bytes) = <[u8; 8]>::try_from(v.as_ref())
+            {
+                let id = u64::from_be_bytes(bytes);
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether `viewer` may read `post` (the single authorization rule for posts).
+    pub async fn can_read(&self, viewer: u64, post: &Post) -> Result<bool, PostsError> {
+        if post.author_id == viewer {
+            return Ok(true);
+        }
+        if post.deleted || graph::blocked_either_way(&self.store, viewer, post.author_id).await? {
+            return Ok(false);
+        }
+        let follows = || async {
+            Ok::<_, PostsError>(
+                self.store
+                    .get(&graph::FOLLOWING, &k(viewer), &k(post.author_id))
+                    .await?
+                    .is_some(),
+            )
+        };
+        let private = users::load(&self.store, post.author_id)
+            .await
+            .map_err(|_| PostsError::Corrupt)?
+            .is_some_and(|p| p.private);
+        Ok(match post.audience {
+            Audience::MentionedOnly => post.mentions.contains(&viewer),
+            Audience::Followers => follows().await?,
+            Audience::Public if private => follows().await?,
+            Audience::Public => true,
+        })
+    }
+
+    async fn readable(&self, viewer: u64, post_id: u64) -> Result<Post, PostsError> {
+        let post = self.load(post_id).await?.ok_or(PostsError::NotFound)?;
+        if self.can_read(viewer, &post).await? {
+            Ok(post)
+        } else {
+            Err(PostsError::NotFound)
+        }
+    }
+
+    /// Publishes a post (or a quote of `quote_of`, which the author must be able to read).
+    pub async fn create(
+        &self,
+        author: u64,
+        text: &str,
+        audience: Audience,
+        quote_of: Option<u64>,
+    ) -> Result<Post, PostsError> {
+        if text.trim().is_empty() || text.chars().count() > MAX_POST_CHARS {
+            return Err(PostsError::InvalidArgument { field: "text" });
+        }
+        if let Some(q) = quote_of {
+            self.readable(author, q).await?;
+        }
+        let (hashtags, names) = parse_tags(text);
+        let post = Post {
+            post_id: self.next_id(),
+            author_id: author,
+            text: text.to_string(),
+            hashtags,
+            mentions: self.resolve_mentions(&names).await?,
+            audience,
+            quote_of,
+            repost_of: None,
+            created_at_ms: self.clock.now_ms(),
+            edited_at_ms: 0,
+            deleted: false,
+        };
+        self.save(&post).await?;
+        self.store
+            .put(&USER_POSTS, &k(author), &k(post.post_id), b"", None)
+            .await?;
+        if let Some(q) = quote_of {
+            self.store
+                .counter_add(&COUNTS, &k(q), &counter("quotes"), 1)
+                .await?;
+        }
+        Ok(post)
+    }
+
+    /// Edits the author's own post; the previous text joins the visible history.
+    pub async fn edit(&self, author: u64, post_id: u64, text: &str) -> Result<Post, PostsError> {
+        let mut post = self.readable(author, post_id).await?;
+        if post.author_id != author || post.repost_of.is_some() {
+            return Err(PostsError::Forbidden);
+        }
+        if text.trim().is_empty() || text.chars().count() > MAX_POST_CHARS {
+            return Err(PostsError::InvalidArgument { field: "text" });
+        }
+        let now = self.clock.now_ms();
+        let old = serde_json::to_vec(&Version {
+            text: post.text.clone(),
+            replaced_at_ms: now,
+        })
+        .map_err(|_| PostsError::Corrupt)?;
+        self.store
+            .put(&HISTORY, &k(post_id), &k(now), &old, None)
+            .await?;
+        let (hashtags, names) = parse_tags(text);
+        post.text = text.to_string();
+        post.hashtags = hashtags;
+        post.mentions = self.resolve_mentions(&names).await?;
+        post.edited_at_ms = now;
+        self.save(&post).await?;
+        Ok(post)
+    }
+
+    /// Earlier versions of a post the viewer may read, oldest first.
+    pub async fn history(&self, viewer: u64, post_id: u64) -> Result<Vec<Version>, PostsError> {
+        self.readable(viewer, post_id).await?;
+        let page = self
+            .store
+            .scan(&HISTORY, &k(post_id), &Scan::all(1000))
+            .await?;
+        page.rows
+            .iter()
+            .map(|r| serde_json::from_slice(&r.value).map_err(|_| PostsError::Corrupt))
+            .collect()
+    }
+
+    /// Deletes the author's own post (text and history go; the id stays as a tombstone).
+    pub async fn delete(&self, author: u64, post_id: u64) -> Result<(), PostsError> {
+        let mut post = self.readable(author, post_id).await?;
+        if post.author_id != author {
+            return Err(PostsError::Forbidden);
+        }
+        post.deleted = true;
+        post.text.clear();
+        post.hashtags.clear();
+        post.mentions.clear();
+        self.save(&post).await?;
+        loop {
+            let page = self
+                .store
+                .scan(&HISTORY, &k(post_id), &Scan::all(500))
+                .await?;
+            if page.rows.is_empty() {
+                break;
+            }
+            for r in page.rows {
+                self.store
+                    .delete(&HISTORY, &k(post_id), &r.clustering)
+                    .await?;
+            }
+        }
+        self.store
+            .delete(&USER_POSTS, &k(author), &k(post_id))
+            .await?;
+        Ok(())
+    }
+
+    /// A post as the viewer may see it.
+    pub async fn get(&self, viewer: u64, post_id: u64) -> Result<Post, PostsError> {
+        self.readable(viewer, post_id).await
+    }
+
+    /// Comments on a readable post; `parent_id` 0 for top level, else a top-level comment
+    /// of the same post (one level of replies).
+    pub async fn comment(
+        &self,
+        viewer: u64,
+        post_id: u64,
+        parent_id: u64,
+        text: &str,
+    ) -> Result<Comment, PostsError> {
+        self.readable(viewer, post_id).await?;
+        if text.trim().is_empty() || text.chars().count() > MAX_COMMENT_CHARS {
+            return Err(PostsError::InvalidArgument { field: "text" });
+        }
+        if parent_id != 0 {
+            let parent = self
+                .store
+                .get(&COMMENTS, &k(post_id), &k(parent_id))
+                .await?
+                .ok_or(PostsError::InvalidArgument { field: "parent_id" })?;
+            let parent: Comment =
+                serde_json::from_slice(&parent).map_err(|_| PostsError::Corrupt)?;
+            if parent.parent_id != 0 {
+                return Err(PostsError::InvalidArgument { field: "parent_id" });
+            }
+        }
+        let c = Comment {
+            comment_id: self.next_id(),
+            post_id,
+            parent_id,
+            author_id: viewer,
+            text: text.to_string(),
+            created_at_ms: self.clock.now_ms(),
+        };
+        let b = serde_json::to_vec(&c).map_err(|_| PostsError::Corrupt)?;
+        self.store
+            .put(&COMMENTS, &k(post_id), &k(c.comment_id), &b, None)
+            .await?;
+        self.store
+            .counter_add(&COUNTS, &k(post_id), &counter("comments"), 1)
+            .await?;
+        Ok(c)
+    }
+
+    /// A page of a readable post's comments, oldest first (hiding blocked authors).
+    pub async fn comments(
+        &self,
+        viewer: u64,
+        post_id: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<(Vec<Comment>, Option<Cursor>), PostsError> {
+        self.readable(viewer, post_id).await?;
+        let page = self
+            .store
+            .scan(&COMMENTS, &k(post_id), &Scan::all(limit).after(cursor))
+            .await?;
+        let mut out = Vec::new();
+        for r in &page.rows {
+            let c: Comment = serde_json::from_slice(&r.value).map_err(|_| PostsError::Corrupt)?;
+            if !graph::blocked_either_way(&self.store, viewer, c.author_id).await? {
+                out.push(c);
+            }
+        }
+        Ok((out, page.cursor))
+    }
+
+    /// Sets the viewer's reaction on a readable post (one per user; a new one replaces).
+    pub async fn react(&self, viewer: u64, post_id: u64, emoji: &str) -> Result<(), PostsError> {
+        self.readable(viewer, post_id).await?;
+        if emoji.is_empty() || emoji.chars().count() > 8 {
+            return Err(PostsError::InvalidArgument { field: "emoji" });
+        }
+        if self
+            .store
+            .insert_if_absent(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
+            .await?
+        {
+            self.store
+                .counter_add(&COUNTS, &k(post_id), &counter("reactions"), 1)
+                .await?;
+        } else {
+            self.store
+                .put(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the viewer's reaction.
+    pub async fn unreact(&self, viewer: u64, post_id: u64) -> Result<(), PostsError> {
+        if self
+            .store
+            .delete_if_present(&REACTIONS, &k(post_id), &k(viewer))
+            .await?
+        {
+            self.store
+                .counter_add(&COUNTS, &k(post_id), &counter("reactions"), -1)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Reposts a public post the viewer may read (followers-only posts stay with their
+    /// audience).
+    pub async fn repost(&self, viewer: u64, post_id: u64) -> Result<Post, PostsError> {
+        let original = self.readable(viewer, post_id).await?;
+        let private = users::load(&self.store, original.author_id)
+            .await
+            .map_err(|_| PostsError::Corrupt)?
+            .is_some_and(|p| p.private);
+        if original.audience != Audience::Public || private || original.repost_of.is_some() {
+            return Err(PostsError::InvalidArgument { field: "post_id" });
+        }
+        let post = Post {
+            post_id: self.next_id(),
+            author_id: viewer,
+            text: String::new(),
+            hashtags: Vec::new(),
+            mentions: Vec::new(),
+            audience: Audience::Public,
+            quote_of: None,
+            repost_of: Some(post_id),
+            created_at_ms: self.clock.now_ms(),
+            edited_at_ms: 0,
+            deleted: false,
+        };
+        self.save(&post).await?;
+        self.store
+            .put(&USER_POSTS, &k(viewer), &k(post.post_id), b"", None)
+            .await?;
+        self.store
+            .counter_add(&COUNTS, &k(post_id), &counter("reposts"), 1)
+            .await?;
+        Ok(post)
+    }
+
+    /// A counter of a post: `reactions`, `comments`, `reposts` or `quotes`.
+    pub async fn count(&self, post_id: u64, which: &str) -> Result<i64, PostsError> {
+        Ok(self
+            .store
+            .counter_get(&COUNTS, &k(post_id), &counter(which))
+            .await?)
+    }
+
+    /// The author's posts the viewer may read, newest first.
+    pub async fn by_user(
+        &self,
+        viewer: u64,
+        author: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<(Vec<Post>, Option<Cursor>), PostsError> {
+        let page = self
+            .store
+            .scan(
+                &USER_POSTS,
+                &k(author),
+                &Scan::all(limit).reversed().after(cursor),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in &page.rows {
+            let Some(id) = KeyReader::new(&r.clustering).u64() else {
+                continue;
+            };
+            if let Some(p) = self.load(id).await?
+                && self.can_read(viewer, &p).await?
+            {
+                out.push(p);
+            }
+        }
+        Ok((out, page.cursor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashtags_and_mentions_are_parsed() {
+        let (tags, names) =
+            parse_tags("Sunset at #Harbour with @ana_k and @ben. #harbour #film! @ana_k");
+        assert_eq!(tags, vec!["harbour", "film"]);
+        assert_eq!(names, vec!["ana_k", "ben"]);
+        assert_eq!(parse_tags("# @ nothing"), (vec![], vec![]));
+    }
+}
