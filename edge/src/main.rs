@@ -13,12 +13,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use selfie_edge::api::auth::AuthApi;
+use selfie_edge::api::posts::PostsApi;
 use selfie_edge::api::social::{GraphApi, UsersApi};
 use selfie_edge::{Config, Edge, Registry, config};
 use selfie_services::auth::accounts::Accounts;
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::LoginThrottle;
 use selfie_services::graph::Graph;
+use selfie_services::posts::Posts;
 use selfie_services::users::Users;
 use selfie_storage::SystemClock;
 use selfie_storage::any::AnyStore;
@@ -195,6 +197,13 @@ fn main() -> anyhow::Result<()> {
                     selfie_protocol::Service::Graph,
                     Rc::new(GraphApi::new(graph.clone())),
                 );
+                match Posts::new(store.clone(), Arc::new(SystemClock), node, shard as u16) {
+                    Ok(posts) => registry.register(
+                        selfie_protocol::Service::Posts,
+                        Rc::new(PostsApi::new(posts)),
+                    ),
+                    Err(e) => tracing::error!(shard, error = %e, "posts service unavailable"),
+                }
                 match Accounts::new(
                     store.clone(),
                     tokens.clone(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use selfie_client::{Client, ClientConfig, ClientError, Trust};
 use selfie_codec::Frame;
 use selfie_edge::api::auth::AuthApi;
+use selfie_edge::api::posts::PostsApi;
 use selfie_edge::api::social::{GraphApi, UsersApi};
 use selfie_edge::auth::TokenAuthenticator;
 use selfie_edge::{Config, Edge, Registry};
@@ -18,6 +19,7 @@ use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::{LoginThrottle, ThrottleConfig};
 use selfie_services::auth::tokens::AccessTokens;
 use selfie_services::graph::Graph;
+use selfie_services::posts::Posts;
 use selfie_services::users::Users;
 use selfie_storage::SystemClock;
 use selfie_storage::embedded::EmbeddedStore;
@@ -78,6 +80,12 @@ fn start() -> Node {
         r.register(
             selfie_protocol::Service::Graph,
             Rc::new(GraphApi::new(graph.clone())),
+        );
+        let posts =
+            Posts::new(store.clone(), Arc::new(SystemClock), 1, shard as u16).expect("posts");
+        r.register(
+            selfie_protocol::Service::Posts,
+            Rc::new(PostsApi::new(posts)),
         );
         r.register(
             selfie_protocol::Service::Auth,
@@ -802,4 +810,162 @@ async fn profiles_follows_privacy_and_blocks_over_the_protocol() {
     // Anonymous sessions get nothing.
     let err = profile(&anon, ben, false).await.expect_err("anonymous");
     assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
+}
+
+fn posts_op(
+    b: &mut selfie_codec::Builder,
+    id: u64,
+    op_type: selfie_protocol::posts::PostsOp,
+    op: flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
+) -> flatbuffers::WIPOffset<Envelope<'static>> {
+    let body = selfie_protocol::posts::Posts::create(
+        b,
+        &selfie_protocol::posts::PostsArgs {
+            op_type,
+            op: Some(op),
+        },
+    );
+    Envelope::create(
+        b,
+        &EnvelopeArgs {
+            id,
+            body_type: Body::Posts,
+            body: Some(body.as_union_value()),
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn posts_over_the_protocol_respect_audiences_and_authorship() {
+    use selfie_protocol::common;
+    use selfie_protocol::posts::{self as pp, PostsOp};
+    let node = start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let a = register(
+        &anon,
+        "poster",
+        "poster@example.com",
+        "correct horse battery",
+    )
+    .await
+    .expect("registered");
+    let b = register(
+        &anon,
+        "reader",
+        "reader@example.com",
+        "correct horse battery",
+    )
+    .await
+    .expect("registered");
+    let author = Client::connect(config(&node, Some(a.access)))
+        .await
+        .expect("welcome");
+    let reader = Client::connect(config(&node, Some(b.access)))
+        .await
+        .expect("welcome");
+    let create = |audience: common::Audience| {
+        let author = &author;
+        async move {
+            let f = author
+                .request(|bb, id| {
+                    let text = bb.create_string("golden hour #film with @reader");
+                    let r = pp::CreatePostRequest::create(
+                        bb,
+                        &pp::CreatePostRequestArgs {
+                            text: Some(text),
+                            audience,
+                            ..Default::default()
+                        },
+                    );
+                    posts_op(bb, id, PostsOp::CreatePostRequest, r.as_union_value())
+                })
+                .await
+                .expect("created");
+            let env = f.envelope();
+            let post = env
+                .body_as_posts()
+                .and_then(|p| p.op_as_post_response())
+                .and_then(|r| r.post())
+                .expect("post");
+            assert_eq!(
+                post.hashtags().map(|h| h.iter().collect::<Vec<_>>()),
+                Some(vec!["film"])
+            );
+            assert_eq!(
+                post.mentions().map(|m| m.iter().collect::<Vec<_>>()),
+                Some(vec![b.user_id])
+            );
+            post.post_id()
+        }
+    };
+    let public = create(common::Audience::Public).await;
+    let friends = create(common::Audience::Followers).await;
+    async fn get(c: &Client, post_id: u64) -> Result<Frame, ClientError> {
+        c.request(|bb, id| {
+            let r = pp::GetPostRequest::create(bb, &pp::GetPostRequestArgs { post_id });
+            posts_op(bb, id, PostsOp::GetPostRequest, r.as_union_value())
+        })
+        .await
+    }
+    get(&reader, public).await.expect("public post is readable");
+    let err = get(&reader, friends).await.expect_err("followers only");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    // The reader reacts and comments on the public post; counts show on the author's read.
+    reader
+        .request(|bb, id| {
+            let e = bb.create_string("🔥");
+            let r = pp::ReactRequest::create(
+                bb,
+                &pp::ReactRequestArgs {
+                    target_kind: common::ObjectKind::Post,
+                    target_id: public,
+                    emoji: Some(e),
+                },
+            );
+            posts_op(bb, id, PostsOp::ReactRequest, r.as_union_value())
+        })
+        .await
+        .expect("reacted");
+    reader
+        .request(|bb, id| {
+            let t = bb.create_string("lovely");
+            let r = pp::CreateCommentRequest::create(
+                bb,
+                &pp::CreateCommentRequestArgs {
+                    post_id: public,
+                    text: Some(t),
+                    ..Default::default()
+                },
+            );
+            posts_op(bb, id, PostsOp::CreateCommentRequest, r.as_union_value())
+        })
+        .await
+        .expect("commented");
+    let f = get(&author, public).await.expect("read");
+    let counts = f
+        .envelope()
+        .body_as_posts()
+        .and_then(|p| p.op_as_post_response())
+        .and_then(|r| r.post())
+        .and_then(|p| p.counts())
+        .map(|c| (c.reactions(), c.comments()));
+    assert_eq!(counts, Some((1, 1)));
+    // Only the author edits.
+    let err = reader
+        .request(|bb, id| {
+            let t = bb.create_string("hijacked");
+            let r = pp::EditPostRequest::create(
+                bb,
+                &pp::EditPostRequestArgs {
+                    post_id: public,
+                    text: Some(t),
+                    ..Default::default()
+                },
+            );
+            posts_op(bb, id, PostsOp::EditPostRequest, r.as_union_value())
+        })
+        .await
+        .expect_err("not the author");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
 }

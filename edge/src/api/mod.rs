@@ -2,4 +2,5 @@
 //! shard-local service, encode the answer. No domain logic here.
 
 pub mod auth;
+pub mod posts;
 pub mod social;

@@ -1,0 +1,459 @@
+//! The `Posts` service on the wire. Every operation acts as the session's user; what a
+//! user may see or touch is decided by the posts service's single read rule.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use flatbuffers::WIPOffset;
+use futures::future::LocalBoxFuture;
+use selfie_codec::{Builder, Encoder, Frame, Limits, build};
+use selfie_protocol::posts::{self as pp, PostsOp};
+use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, common};
+use selfie_services::posts::{Audience, Comment, Post, Posts, PostsError};
+use selfie_storage::{Cursor, Store};
+
+use crate::service::{ErrorReply, RequestContext, Service};
+
+fn posts_error(e: &PostsError) -> ErrorReply {
+    match e {
+        PostsError::NotFound => ErrorReply::new(ErrorCode::NotFound, "no such post"),
+        PostsError::Forbidden => {
+            ErrorReply::new(ErrorCode::Forbidden, "only the author may do this")
+        }
+        PostsError::InvalidArgument { field } => {
+            ErrorReply::new(ErrorCode::InvalidArgument, format!("invalid {field}"))
+        }
+        PostsError::Storage(_) => ErrorReply::new(ErrorCode::StorageFailure, "storage unavailable"),
+        PostsError::Corrupt => ErrorReply::new(ErrorCode::Internal, "internal error"),
+    }
+}
+
+fn audience_of(a: common::Audience) -> Option<Audience> {
+    match a {
+        common::Audience::Public => Some(Audience::Public),
+        common::Audience::Followers => Some(Audience::Followers),
+        common::Audience::MentionedOnly => Some(Audience::MentionedOnly),
+        _ => None,
+    }
+}
+
+fn wire_audience(a: Audience) -> common::Audience {
+    match a {
+        Audience::Public => common::Audience::Public,
+        Audience::Followers => common::Audience::Followers,
+        Audience::MentionedOnly => common::Audience::MentionedOnly,
+    }
+}
+
+enum Call {
+    Create {
+        text: String,
+        audience: Option<Audience>,
+        quote_of: Option<u64>,
+    },
+    Edit {
+        post_id: u64,
+        text: String,
+    },
+    History(u64),
+    Delete(u64),
+    Get(u64),
+    Comment {
+        post_id: u64,
+        parent_id: u64,
+        text: String,
+    },
+    Comments {
+        post_id: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    },
+    React {
+        post_id: u64,
+        emoji: String,
+    },
+    Unreact(u64),
+    Repost(u64),
+    ByUser {
+        user_id: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    },
+}
+
+fn page(p: Option<common::PageRequest<'_>>) -> (usize, Option<Cursor>) {
+    (
+        p.map_or(20, |p| usize::from(p.limit())).clamp(1, 100),
+        p.and_then(|p| p.cursor())
+            .map(|c| Cursor(Bytes::copy_from_slice(c.bytes()))),
+    )
+}
+
+fn parse(env: &Envelope<'_>) -> Option<Call> {
+    let p = env.body_as_posts()?;
+    let text = |t: Option<&str>| t.unwrap_or_default().to_string();
+    Some(match p.op_type() {
+        PostsOp::CreatePostRequest => {
+            let r = p.op_as_create_post_request()?;
+            Call::Create {
+                text: text(r.text()),
+                audience: audience_of(r.audience()),
+                quote_of: (r.quote_of() != 0).then_some(r.quote_of()),
+            }
+        }
+        PostsOp::EditPostRequest => {
+            let r = p.op_as_edit_post_request()?;
+            Call::Edit {
+                post_id: r.post_id(),
+                text: text(r.text()),
+            }
+        }
+        PostsOp::PostHistoryRequest => Call::History(p.op_as_post_history_request()?.post_id()),
+        PostsOp::DeletePostRequest => Call::Delete(p.op_as_delete_post_request()?.post_id()),
+        PostsOp::GetPostRequest => Call::Get(p.op_as_get_post_request()?.post_id()),
+        PostsOp::CreateCommentRequest => {
+            let r = p.op_as_create_comment_request()?;
+            Call::Comment {
+                post_id: r.post_id(),
+                parent_id: r.parent_id(),
+                text: text(r.text()),
+            }
+        }
+        PostsOp::CommentsListRequest => {
+            let r = p.op_as_comments_list_request()?;
+            let (limit, cursor) = page(r.page());
+            Call::Comments {
+                post_id: r.post_id(),
+                limit,
+                cursor,
+            }
+        }
+        PostsOp::ReactRequest => {
+            let r = p.op_as_react_request()?;
+            if r.target_kind() != common::ObjectKind::Post {
+                return None;
+            }
+            Call::React {
+                post_id: r.target_id(),
+                emoji: text(r.emoji()),
+            }
+        }
+        PostsOp::UnreactRequest => {
+            let r = p.op_as_unreact_request()?;
+            if r.target_kind() != common::ObjectKind::Post {
+                return None;
+            }
+            Call::Unreact(r.target_id())
+        }
+        PostsOp::RepostRequest => Call::Repost(p.op_as_repost_request()?.post_id()),
+        PostsOp::UserPostsRequest => {
+            let r = p.op_as_user_posts_request()?;
+            let (limit, cursor) = page(r.page());
+            Call::ByUser {
+                user_id: r.user_id(),
+                limit,
+                cursor,
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn wrap(
+    b: &mut Builder,
+    id: u64,
+    op_type: PostsOp,
+    op: WIPOffset<flatbuffers::UnionWIPOffset>,
+) -> WIPOffset<Envelope<'static>> {
+    let body = pp::Posts::create(
+        b,
+        &pp::PostsArgs {
+            op_type,
+            op: Some(op),
+        },
+    );
+    Envelope::create(
+        b,
+        &EnvelopeArgs {
+            id,
+            body_type: Body::Posts,
+            body: Some(body.as_union_value()),
+            ..Default::default()
+        },
+    )
+}
+
+fn post_table(b: &mut Builder, p: &Post, counts: Option<[i64; 4]>) -> WIPOffset<pp::Post<'static>> {
+    let text = b.create_string(&p.text);
+    let tags: Vec<_> = p.hashtags.iter().map(|t| b.create_string(t)).collect();
+    let tags = b.create_vector(&tags);
+    let mentions = b.create_vector(&p.mentions);
+    let author = common::UserSummary::create(
+        b,
+        &common::UserSummaryArgs {
+            user_id: p.author_id,
+            ..Default::default()
+        },
+    );
+    let counts = counts.map(|[reactions, comments, reposts, quotes]| {
+        pp::PostCounts::create(
+            b,
+            &pp::PostCountsArgs {
+                reactions: reactions.max(0) as u64,
+                comments: comments.max(0) as u64,
+                reposts: reposts.max(0) as u64,
+                quotes: quotes.max(0) as u64,
+                views: 0,
+            },
+        )
+    });
+    pp::Post::create(
+        b,
+        &pp::PostArgs {
+            post_id: p.post_id,
+            author: Some(author),
+            text: Some(text),
+            hashtags: Some(tags),
+            mentions: Some(mentions),
+            audience: wire_audience(p.audience),
+            created_at_ms: p.created_at_ms,
+            edited_at_ms: p.edited_at_ms,
+            quote_of: p.quote_of.or(p.repost_of).unwrap_or(0),
+            counts,
+            deleted: p.deleted,
+            ..Default::default()
+        },
+    )
+}
+
+fn comment_table(b: &mut Builder, c: &Comment) -> WIPOffset<pp::Comment<'static>> {
+    let text = b.create_string(&c.text);
+    let author = common::UserSummary::create(
+        b,
+        &common::UserSummaryArgs {
+            user_id: c.author_id,
+            ..Default::default()
+        },
+    );
+    pp::Comment::create(
+        b,
+        &pp::CommentArgs {
+            comment_id: c.comment_id,
+            post_id: c.post_id,
+            parent_id: c.parent_id,
+            author: Some(author),
+            text: Some(text),
+            created_at_ms: c.created_at_ms,
+            ..Default::default()
+        },
+    )
+}
+
+fn page_info(b: &mut Builder, cursor: &Option<Cursor>) -> WIPOffset<common::PageInfo<'static>> {
+    let next = cursor.as_ref().map(|c| b.create_vector(&c.0));
+    common::PageInfo::create(
+        b,
+        &common::PageInfoArgs {
+            next_cursor: next,
+            has_more: cursor.is_some(),
+        },
+    )
+}
+
+/// The posts service of one shard, on the wire.
+pub struct PostsApi<S> {
+    posts: Rc<Posts<S>>,
+    encoder: Rc<RefCell<Encoder>>,
+}
+
+impl<S: Store + 'static> PostsApi<S> {
+    /// Over one shard's posts service.
+    pub fn new(posts: Posts<S>) -> Self {
+        Self {
+            posts: Rc::new(posts),
+            encoder: Rc::new(RefCell::new(Encoder::new(Limits::DEFAULT))),
+        }
+    }
+}
+
+impl<S: Store + 'static> Service for PostsApi<S> {
+    fn owner_key(&self, _env: &Envelope<'_>) -> Option<u64> {
+        None
+    }
+
+    fn handle(
+        &self,
+        ctx: RequestContext,
+        frame: Frame,
+    ) -> LocalBoxFuture<'static, Result<Bytes, ErrorReply>> {
+        let env = frame.envelope();
+        let id = env.id();
+        let call = parse(&env);
+        let (posts, encoder) = (self.posts.clone(), self.encoder.clone());
+        Box::pin(async move {
+            let me = ctx
+                .principal
+                .as_ref()
+                .map(|p| p.user_id)
+                .ok_or_else(|| ErrorReply::new(ErrorCode::Unauthenticated, "sign in first"))?;
+            let call = call.ok_or_else(|| {
+                ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    "this posts operation is not available yet",
+                )
+            })?;
+            let err = |e: PostsError| posts_error(&e);
+            let enc = |f: &dyn Fn(&mut Builder) -> WIPOffset<Envelope<'static>>| {
+                encoder
+                    .borrow_mut()
+                    .encode_bytes(f)
+                    .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))
+            };
+            let one = |p: &Post, counts: Option<[i64; 4]>| {
+                enc(&|b| {
+                    let post = post_table(b, p, counts);
+                    let r = pp::PostResponse::create(b, &pp::PostResponseArgs { post: Some(post) });
+                    wrap(b, id, PostsOp::PostResponse, r.as_union_value())
+                })
+            };
+            match call {
+                Call::Create {
+                    text,
+                    audience,
+                    quote_of,
+                } => {
+                    let audience = audience.ok_or_else(|| {
+                        ErrorReply::new(ErrorCode::InvalidArgument, "invalid audience")
+                    })?;
+                    let p = posts
+                        .create(me, &text, audience, quote_of)
+                        .await
+                        .map_err(err)?;
+                    one(&p, None)
+                }
+                Call::Edit { post_id, text } => {
+                    one(&posts.edit(me, post_id, &text).await.map_err(err)?, None)
+                }
+                Call::Get(post_id) => {
+                    let p = posts.get(me, post_id).await.map_err(err)?;
+                    let mut counts = [0; 4];
+                    for (slot, which) in
+                        counts
+                            .iter_mut()
+                            .zip(["reactions", "comments", "reposts", "quotes"])
+                    {
+                        *slot = posts.count(post_id, which).await.map_err(err)?;
+                    }
+                    one(&p, Some(counts))
+                }
+                Call::Repost(post_id) => one(&posts.repost(me, post_id).await.map_err(err)?, None),
+                Call::History(post_id) => {
+                    let versions = posts.history(me, post_id).await.map_err(err)?;
+                    enc(&|b| {
+                        let list: Vec<_> = versions
+                            .iter()
+                            .map(|v| {
+                                let text = b.create_string(&v.text);
+                                pp::PostVersion::create(
+                                    b,
+                                    &pp::PostVersionArgs {
+                                        text: Some(text),
+                                        media_ids: None,
+                                        edited_at_ms: v.replaced_at_ms,
+                                    },
+                                )
+                            })
+                            .collect();
+                        let list = b.create_vector(&list);
+                        let r = pp::PostHistoryResponse::create(
+                            b,
+                            &pp::PostHistoryResponseArgs {
+                                versions: Some(list),
+                            },
+                        );
+                        wrap(b, id, PostsOp::PostHistoryResponse, r.as_union_value())
+                    })
+                }
+                Call::Delete(post_id) => {
+                    posts.delete(me, post_id).await.map_err(err)?;
+                    enc(&|b| build::ack(b, id))
+                }
+                Call::Comment {
+                    post_id,
+                    parent_id,
+                    text,
+                } => {
+                    let c = posts
+                        .comment(me, post_id, parent_id, &text)
+                        .await
+                        .map_err(err)?;
+                    enc(&|b| {
+                        let comment = comment_table(b, &c);
+                        let r = pp::CommentResponse::create(
+                            b,
+                            &pp::CommentResponseArgs {
+                                comment: Some(comment),
+                            },
+                        );
+                        wrap(b, id, PostsOp::CommentResponse, r.as_union_value())
+                    })
+                }
+                Call::Comments {
+                    post_id,
+                    limit,
+                    cursor,
+                } => {
+                    let (list, next) = posts
+                        .comments(me, post_id, limit, cursor)
+                        .await
+                        .map_err(err)?;
+                    enc(&|b| {
+                        let items: Vec<_> = list.iter().map(|c| comment_table(b, c)).collect();
+                        let items = b.create_vector(&items);
+                        let info = page_info(b, &next);
+                        let r = pp::CommentsListResponse::create(
+                            b,
+                            &pp::CommentsListResponseArgs {
+                                comments: Some(items),
+                                page: Some(info),
+                            },
+                        );
+                        wrap(b, id, PostsOp::CommentsListResponse, r.as_union_value())
+                    })
+                }
+                Call::React { post_id, emoji } => {
+                    posts.react(me, post_id, &emoji).await.map_err(err)?;
+                    enc(&|b| build::ack(b, id))
+                }
+                Call::Unreact(post_id) => {
+                    posts.unreact(me, post_id).await.map_err(err)?;
+                    enc(&|b| build::ack(b, id))
+                }
+                Call::ByUser {
+                    user_id,
+                    limit,
+                    cursor,
+                } => {
+                    let (list, next) = posts
+                        .by_user(me, user_id, limit, cursor)
+                        .await
+                        .map_err(err)?;
+                    enc(&|b| {
+                        let items: Vec<_> = list.iter().map(|p| post_table(b, p, None)).collect();
+                        let items = b.create_vector(&items);
+                        let info = page_info(b, &next);
+                        let r = pp::PostsResponse::create(
+                            b,
+                            &pp::PostsResponseArgs {
+                                posts: Some(items),
+                                page: Some(info),
+                            },
+                        );
+                        wrap(b, id, PostsOp::PostsResponse, r.as_union_value())
+                    })
+                }
+            }
+        })
+    }
+}
