@@ -251,6 +251,15 @@ async fn a_deleted_user_leaves_no_edges<S: Store + Clone>(store: S) {
     graph.block(ANA, CAT).await.expect("block");
     graph.follow(BEN, CAT).await.expect("follow");
     assert!(graph.remove_user(ANA).await.expect("removed") >= 4);
+    users.mark_deleted(ANA).await.expect("anonymised");
+    assert!(matches!(
+        users.get(BEN, ANA).await,
+        Err(UsersError::NotFound)
+    ));
+    assert!(matches!(
+        graph.follow(BEN, ANA).await,
+        Err(GraphError::NotFound)
+    ));
     assert_eq!(
         graph.counts(BEN).await.expect("counts"),
         (0, 1),

@@ -246,6 +246,7 @@ impl<S: Store> Graph<S> {
         }
         let profile = users::load(&self.store, target)
             .await?
+            .filter(|p| !p.deleted)
             .ok_or(GraphError::NotFound)?;
         if self
             .store
@@ -423,6 +424,7 @@ impl<S: Store> Graph<S> {
         }
         let profile = users::load(&self.store, user)
             .await?
+            .filter(|p| !p.deleted)
             .ok_or(GraphError::NotFound)?;
         if profile.private
             && viewer != user

@@ -261,10 +261,13 @@ impl<S: Store> Posts<S> {
                     .is_some(),
             )
         };
-        let private = users::load(&self.store, post.author_id)
+        let author = users::load(&self.store, post.author_id)
             .await
-            .map_err(|_| PostsError::Corrupt)?
-            .is_some_and(|p| p.private);
+            .map_err(|_| PostsError::Corrupt)?;
+        if author.as_ref().is_some_and(|p| p.deleted) {
+            return Ok(false);
+        }
+        let private = author.is_some_and(|p| p.private);
         Ok(match post.audience {
             Audience::MentionedOnly => post.mentions.contains(&viewer),
             Audience::Followers => follows().await?,

@@ -41,6 +41,9 @@ pub struct Profile {
     pub bio: String,
     /// Private account: follows need approval; content and lists for followers only.
     pub private: bool,
+    /// The account was deleted: the profile is anonymised and hidden, its content too.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// Changes to a profile; `None` leaves a field as it is.
@@ -107,6 +110,7 @@ impl<S: Store> Users<S> {
             display_name: username.to_string(),
             bio: String::new(),
             private: false,
+            deleted: false,
         };
         let bytes = serde_json::to_vec(&profile).map_err(|_| UsersError::Corrupt)?;
         if !self
@@ -128,7 +132,24 @@ impl<S: Store> Users<S> {
         }
         load(&self.store, user_id)
             .await?
+            .filter(|p| !p.deleted)
             .ok_or(UsersError::NotFound)
+    }
+
+    /// Anonymises and hides the profile of a deleted account (its username stays
+    /// reserved by the accounts service).
+    pub async fn mark_deleted(&self, user_id: u64) -> Result<(), UsersError> {
+        let Some(mut profile) = load(&self.store, user_id).await? else {
+            return Ok(());
+        };
+        profile.deleted = true;
+        profile.display_name.clear();
+        profile.bio.clear();
+        let bytes = serde_json::to_vec(&profile).map_err(|_| UsersError::Corrupt)?;
+        self.store
+            .put(&PROFILES, &key(user_id), &[], &bytes, None)
+            .await?;
+        Ok(())
     }
 
     /// Updates the caller's own profile.

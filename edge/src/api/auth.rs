@@ -491,8 +491,14 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                         .delete_account(p.user_id, password, code.as_deref())
                         .await
                         .map_err(|e| error_reply(&e))?;
-                    // Graph edges go with the account; the profile stays as a tombstone
-                    // behind the reserved username.
+                    // The profile is anonymised and hidden (its posts with it); graph
+                    // edges go with the account.
+                    users.mark_deleted(p.user_id).await.map_err(|_| {
+                        ErrorReply::new(
+                            ErrorCode::StorageFailure,
+                            "account deleted; profile cleanup will retry",
+                        )
+                    })?;
                     graph.remove_user(p.user_id).await.map_err(|_| {
                         ErrorReply::new(
                             ErrorCode::StorageFailure,
