@@ -130,7 +130,8 @@ impl ServerProcess {
             .map_or(0, |kb| kb * 1024)
     }
 
-    fn trust(&self) -> anyhow::Result<Trust> {
+    /// Trust for clients of this server.
+    pub fn trust(&self) -> anyhow::Result<Trust> {
         Ok(Trust::pinned_hex(&self.fingerprint)?)
     }
 }

@@ -11,6 +11,7 @@
 
 mod edge;
 mod report;
+mod social;
 mod storage;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Scenario {
     Connect(edge::ConnectArgs),
     /// Server memory per idle connection, edge vs raw quinn.
     Idle(edge::IdleArgs),
+    /// Accounts, follow graph, posts and reads through a real edge.
+    Social(social::Args),
     /// The raw quinn echo baseline server (started by the other scenarios).
     #[command(hide = true)]
     EchoServer(edge::EchoArgs),
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Rpc(args) => edge::rpc(args),
         Scenario::Connect(args) => edge::connect(args),
         Scenario::Idle(args) => edge::idle(args),
+        Scenario::Social(args) => social::run(args),
         Scenario::EchoServer(args) => edge::echo_server(args),
     }
 }
