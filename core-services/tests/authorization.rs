@@ -125,6 +125,21 @@ async fn who_may_read_comment_and_react() {
         }
     }
     assert_eq!(checked, 48);
+    // Mentions: a user across a block is not mentioned (not notified, not shown).
+    let m = posts
+        .create(
+            AUTHOR,
+            "hi @mentioned @blocked @blocker @nobody",
+            Audience::MentionedOnly,
+            None,
+        )
+        .await
+        .expect("post");
+    assert_eq!(m.mentions, vec![MENTIONED]);
+    assert!(matches!(
+        posts.get(BLOCKED, m.post_id).await,
+        Err(PostsError::NotFound)
+    ));
     // Only the author edits or deletes.
     let public_post = posts
         .create(AUTHOR, "mine", Audience::Public, None)

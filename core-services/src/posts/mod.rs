@@ -226,7 +226,13 @@ impl<S: Store> Posts<S> {
         Ok(())
     }
 
-    async fn resolve_mentions(&self, names: &[String]) -> Result<Vec<u64>, PostsError> {
+    /// The users `author` may mention among `names`: existing, not deleted, and with no
+    /// block between them (a blocked user is neither notified nor shown the post).
+    async fn resolve_mentions(
+        &self,
+        author: u64,
+        names: &[String],
+    ) -> Result<Vec<u64>, PostsError> {
         let mut ids = Vec::new();
         for name in names {
             let key = KeyBuilder::new().str(&name.to_ascii_lowercase()).build();
@@ -237,7 +243,14 @@ impl<S: Store> Posts<S> {
                 && let Ok(bytes) = <[u8; 8]>::try_from(v.as_ref())
             {
                 let id = u64::from_be_bytes(bytes);
-                if !ids.contains(&id) {
+                let live = users::load(&self.store, id)
+                    .await
+                    .map_err(|_| PostsError::Corrupt)?
+                    .is_some_and(|p| !p.deleted);
+                if live
+                    && !ids.contains(&id)
+                    && !graph::blocked_either_way(&self.store, author, id).await?
+                {
                     ids.push(id);
                 }
             }
@@ -305,7 +318,7 @@ impl<S: Store> Posts<S> {
             author_id: author,
             text: text.to_string(),
             hashtags,
-            mentions: self.resolve_mentions(&names).await?,
+            mentions: self.resolve_mentions(author, &names).await?,
             audience,
             quote_of,
             repost_of: None,
@@ -346,7 +359,7 @@ impl<S: Store> Posts<S> {
         let (hashtags, names) = parse_tags(text);
         post.text = text.to_string();
         post.hashtags = hashtags;
-        post.mentions = self.resolve_mentions(&names).await?;
+        post.mentions = self.resolve_mentions(author, &names).await?;
         post.edited_at_ms = now;
         self.save(&post).await?;
         Ok(post)
