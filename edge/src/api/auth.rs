@@ -13,7 +13,7 @@ use flatbuffers::WIPOffset;
 use futures::future::LocalBoxFuture;
 use selfie_codec::{Builder, Encoder, Frame, Limits, build};
 use selfie_protocol::auth::{self as pa, AuthOp};
-use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, common};
+use selfie_protocol::{Body, Envelope, ErrorCode, common};
 use selfie_services::auth::accounts::{AccountError, Accounts, IssuedTokens, REFRESH_TTL};
 use selfie_services::auth::password::PasswordError;
 use selfie_services::auth::throttle::Throttled;
@@ -119,15 +119,7 @@ fn wrap(
             op: Some(op),
         },
     );
-    Envelope::create(
-        b,
-        &EnvelopeArgs {
-            id,
-            body_type: Body::Auth,
-            body: Some(body.as_union_value()),
-            ..Default::default()
-        },
-    )
+    super::envelope(b, id, Body::Auth, body.as_union_value())
 }
 
 fn tokens(

@@ -9,7 +9,7 @@ use flatbuffers::WIPOffset;
 use futures::future::LocalBoxFuture;
 use selfie_codec::{Builder, Encoder, Frame, Limits, build};
 use selfie_protocol::posts::{self as pp, PostsOp};
-use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, common};
+use selfie_protocol::{Body, Envelope, ErrorCode, common};
 use selfie_services::posts::{Audience, Comment, Post, Posts, PostsError};
 use selfie_storage::{Cursor, Store};
 
@@ -173,15 +173,7 @@ fn wrap(
             op: Some(op),
         },
     );
-    Envelope::create(
-        b,
-        &EnvelopeArgs {
-            id,
-            body_type: Body::Posts,
-            body: Some(body.as_union_value()),
-            ..Default::default()
-        },
-    )
+    super::envelope(b, id, Body::Posts, body.as_union_value())
 }
 
 fn post_table(b: &mut Builder, p: &Post, counts: Option<[i64; 4]>) -> WIPOffset<pp::Post<'static>> {

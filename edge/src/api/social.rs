@@ -15,11 +15,12 @@ use futures::future::LocalBoxFuture;
 use selfie_codec::{Builder, Encoder, Frame, Limits, build};
 use selfie_protocol::graph::{self as pg, GraphOp};
 use selfie_protocol::users::{self as pu, UsersOp};
-use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, common};
+use selfie_protocol::{Body, Envelope, ErrorCode, common};
 use selfie_services::graph::{FollowState, Graph, GraphError, IdPage};
 use selfie_services::users::{Profile, ProfileUpdate, Users, UsersError};
 use selfie_storage::{Cursor, Store};
 
+use super::envelope;
 use crate::service::{ErrorReply, RequestContext, Service};
 
 /// Most users per list page.
@@ -49,23 +50,6 @@ fn users_error(e: &UsersError) -> ErrorReply {
         UsersError::Storage(_) => ErrorReply::new(ErrorCode::StorageFailure, "storage unavailable"),
         UsersError::Corrupt => ErrorReply::new(ErrorCode::Internal, "internal error"),
     }
-}
-
-fn envelope(
-    b: &mut Builder,
-    id: u64,
-    body_type: Body,
-    body: WIPOffset<flatbuffers::UnionWIPOffset>,
-) -> WIPOffset<Envelope<'static>> {
-    Envelope::create(
-        b,
-        &EnvelopeArgs {
-            id,
-            body_type,
-            body: Some(body),
-            ..Default::default()
-        },
-    )
 }
 
 fn principal(ctx: &RequestContext) -> Result<u64, ErrorReply> {
