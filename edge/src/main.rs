@@ -144,15 +144,18 @@ fn main() -> anyhow::Result<()> {
             }
             let config = load(&cli, extra)?;
             init_logs(&config);
-            // Storage: embedded by default, CQL when configured. The driver's connection
-            // tasks run on this runtime's worker, which lives as long as the process.
-            let storage_rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("selfie-storage-io")
-                .enable_all()
-                .build()?;
+            // Storage: embedded by default, CQL when configured. The CQL driver's
+            // connection tasks run on their own runtime, kept as long as the process.
+            let mut storage_rt = None;
             let store = match config.storage.backend.as_str() {
                 "cql" => {
+                    let rt = storage_rt.insert(
+                        tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(1)
+                            .thread_name("selfie-storage-io")
+                            .enable_all()
+                            .build()?,
+                    );
                     let url = config
                         .storage
                         .cql_url
@@ -160,7 +163,7 @@ fn main() -> anyhow::Result<()> {
                         .context("storage.cql_url")?;
                     let cql = selfie_storage::cql::CqlConfig::from_url(url)?;
                     let tables = selfie_services::schema::tables();
-                    let store = storage_rt.block_on(selfie_storage::cql::CqlStore::open(
+                    let store = rt.block_on(selfie_storage::cql::CqlStore::open(
                         &cql,
                         selfie_services::schema::MIGRATIONS,
                         &tables,

@@ -402,6 +402,20 @@ impl CqlStore {
         }
     }
 
+    /// Executes a statement that returns rows.
+    async fn query_rows(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<scylla::response::query_result::QueryRowsResult, StoreError> {
+        self.session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(cql_err)?
+            .into_rows_result()
+            .map_err(cql_err)
+    }
+
     fn counters(&self, table: &Table) -> Result<&CounterStatements, StoreError> {
         check_kind(table, TableKind::Counters)?;
         match self.statements.get(table.name) {
@@ -454,13 +468,7 @@ impl Store for CqlStore {
     ) -> Result<Option<Bytes>, StoreError> {
         let s = self.rows(table)?;
         check_key(partition, clustering)?;
-        let result = self
-            .session
-            .execute_unpaged(&s.get, (partition, clustering))
-            .await
-            .map_err(cql_err)?
-            .into_rows_result()
-            .map_err(cql_err)?;
+        let result = self.query_rows(&s.get, (partition, clustering)).await?;
         let row = result
             .maybe_first_row::<(Option<Vec<u8>>,)>()
             .map_err(cql_err)?;
@@ -508,13 +516,7 @@ impl Store for CqlStore {
             }
         }
         values.push(CqlValue::Int(fetch));
-        let result = self
-            .session
-            .execute_unpaged(stmt, values)
-            .await
-            .map_err(cql_err)?
-            .into_rows_result()
-            .map_err(cql_err)?;
+        let result = self.query_rows(stmt, values).await?;
         let mut rows = Vec::with_capacity(limit.min(64));
         let mut more = false;
         for r in result
@@ -595,12 +597,8 @@ impl Store for CqlStore {
         check_value(value)?;
         let ttl = ttl_secs(table, ttl)?;
         let result = self
-            .session
-            .execute_unpaged(&s.insert_if_absent, (partition, clustering, value, ttl))
-            .await
-            .map_err(cql_err)?
-            .into_rows_result()
-            .map_err(cql_err)?;
+            .query_rows(&s.insert_if_absent, (partition, clustering, value, ttl))
+            .await?;
         applied(&result)
     }
 
@@ -613,12 +611,8 @@ impl Store for CqlStore {
         let s = self.rows(table)?;
         check_key(partition, clustering)?;
         let result = self
-            .session
-            .execute_unpaged(&s.delete_if_present, (partition, clustering))
-            .await
-            .map_err(cql_err)?
-            .into_rows_result()
-            .map_err(cql_err)?;
+            .query_rows(&s.delete_if_present, (partition, clustering))
+            .await?;
         applied(&result)
     }
 
@@ -649,13 +643,7 @@ impl Store for CqlStore {
     ) -> Result<i64, StoreError> {
         let s = self.counters(table)?;
         check_key(partition, clustering)?;
-        let result = self
-            .session
-            .execute_unpaged(&s.get, (partition, clustering))
-            .await
-            .map_err(cql_err)?
-            .into_rows_result()
-            .map_err(cql_err)?;
+        let result = self.query_rows(&s.get, (partition, clustering)).await?;
         let row = result
             .maybe_first_row::<(Option<scylla::value::Counter>,)>()
             .map_err(cql_err)?;

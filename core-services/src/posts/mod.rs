@@ -129,6 +129,34 @@ pub struct Comment {
     pub created_at_ms: u64,
 }
 
+/// How a viewer stands towards an author, for [`Posts::can_read`].
+#[derive(Debug, Clone, Copy)]
+enum AuthorView {
+    /// The viewer is the author.
+    Own,
+    /// A block either way, or a deleted author: nothing is visible.
+    Hidden,
+    /// Anyone else.
+    Other { private: bool, follows: bool },
+}
+
+impl AuthorView {
+    /// The rule: the author always; nobody across a block or for a deleted author; for a
+    /// private author only followers; otherwise by the post's audience.
+    fn allows(self, viewer: u64, post: &Post) -> bool {
+        match self {
+            AuthorView::Own => true,
+            AuthorView::Hidden => false,
+            AuthorView::Other { .. } if post.deleted => false,
+            AuthorView::Other { private, follows } => match post.audience {
+                Audience::MentionedOnly => post.mentions.contains(&viewer),
+                Audience::Followers => follows,
+                Audience::Public => !private || follows,
+            },
+        }
+    }
+}
+
 /// Posts errors.
 #[derive(Debug, thiserror::Error)]
 pub enum PostsError {
@@ -258,35 +286,38 @@ impl<S: Store> Posts<S> {
         Ok(ids)
     }
 
-    /// Whether `viewer` may read `post` (the single authorization rule for posts).
-    pub async fn can_read(&self, viewer: u64, post: &Post) -> Result<bool, PostsError> {
-        if post.author_id == viewer {
-            return Ok(true);
+    /// What decides `viewer`'s access to `author`'s posts, read once per author (a
+    /// page of one author's posts shares it).
+    async fn author_view(&self, viewer: u64, author: u64) -> Result<AuthorView, PostsError> {
+        if author == viewer {
+            return Ok(AuthorView::Own);
         }
-        if post.deleted || graph::blocked_either_way(&self.store, viewer, post.author_id).await? {
-            return Ok(false);
+        if graph::blocked_either_way(&self.store, viewer, author).await? {
+            return Ok(AuthorView::Hidden);
         }
-        let follows = || async {
-            Ok::<_, PostsError>(
-                self.store
-                    .get(&graph::FOLLOWING, &k(viewer), &k(post.author_id))
-                    .await?
-                    .is_some(),
-            )
-        };
-        let author = users::load(&self.store, post.author_id)
+        let profile = users::load(&self.store, author)
             .await
             .map_err(|_| PostsError::Corrupt)?;
-        if author.as_ref().is_some_and(|p| p.deleted) {
-            return Ok(false);
+        if profile.as_ref().is_some_and(|p| p.deleted) {
+            return Ok(AuthorView::Hidden);
         }
-        let private = author.is_some_and(|p| p.private);
-        Ok(match post.audience {
-            Audience::MentionedOnly => post.mentions.contains(&viewer),
-            Audience::Followers => follows().await?,
-            Audience::Public if private => follows().await?,
-            Audience::Public => true,
+        let follows = self
+            .store
+            .get(&graph::FOLLOWING, &k(viewer), &k(author))
+            .await?
+            .is_some();
+        Ok(AuthorView::Other {
+            private: profile.is_some_and(|p| p.private),
+            follows,
         })
+    }
+
+    /// Whether `viewer` may read `post` (the single authorization rule for posts).
+    pub async fn can_read(&self, viewer: u64, post: &Post) -> Result<bool, PostsError> {
+        Ok(self
+            .author_view(viewer, post.author_id)
+            .await?
+            .allows(viewer, post))
     }
 
     async fn readable(&self, viewer: u64, post_id: u64) -> Result<Post, PostsError> {
@@ -519,11 +550,12 @@ impl<S: Store> Posts<S> {
     /// Reposts a public post the viewer may read (followers-only posts stay with their
     /// audience).
     pub async fn repost(&self, viewer: u64, post_id: u64) -> Result<Post, PostsError> {
-        let original = self.readable(viewer, post_id).await?;
-        let private = users::load(&self.store, original.author_id)
-            .await
-            .map_err(|_| PostsError::Corrupt)?
-            .is_some_and(|p| p.private);
+        let original = self.load(post_id).await?.ok_or(PostsError::NotFound)?;
+        let view = self.author_view(viewer, original.author_id).await?;
+        if !view.allows(viewer, &original) {
+            return Err(PostsError::NotFound);
+        }
+        let private = matches!(view, AuthorView::Other { private: true, .. });
         if original.audience != Audience::Public || private || original.repost_of.is_some() {
             return Err(PostsError::InvalidArgument { field: "post_id" });
         }
@@ -574,13 +606,14 @@ impl<S: Store> Posts<S> {
                 &Scan::all(limit).reversed().after(cursor),
             )
             .await?;
+        let view = self.author_view(viewer, author).await?;
         let mut out = Vec::new();
         for r in &page.rows {
             let Some(id) = KeyReader::new(&r.clustering).u64() else {
                 continue;
             };
             if let Some(p) = self.load(id).await?
-                && self.can_read(viewer, &p).await?
+                && view.allows(viewer, &p)
             {
                 out.push(p);
             }
