@@ -32,6 +32,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::posts::TABLES,
         statements: &[],
     },
+    Migration {
+        version: 5,
+        name: "users: settings; posts: per-author counts",
+        tables: &[&crate::users::SETTINGS, &crate::posts::AUTHOR_COUNTS],
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

@@ -166,7 +166,7 @@ async fn follows_requests_blocks_and_privacy<S: Store + Clone>(store: S) {
         FollowState::Following
     );
     // Mutes are private to the muter.
-    graph.mute(ANA, DAN).await.expect("muted");
+    graph.mute(ANA, DAN, None).await.expect("muted");
     assert!(graph.relationship(ANA, DAN).await.expect("rel").muting);
     assert!(!graph.relationship(DAN, ANA).await.expect("rel").muting);
     // Unfollow.

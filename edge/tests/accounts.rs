@@ -1,115 +1,16 @@
 //! Accounts end to end: a real edge with the accounts service over the embedded store,
 //! the real SDK speaking the protocol.
 
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use selfie_client::{Client, ClientConfig, ClientError, Trust};
+mod support;
+
+use selfie_client::{Client, ClientError};
 use selfie_codec::Frame;
-use selfie_edge::api::auth::AuthApi;
-use selfie_edge::api::posts::PostsApi;
-use selfie_edge::api::social::{GraphApi, UsersApi};
-use selfie_edge::auth::TokenAuthenticator;
-use selfie_edge::{Config, Edge, Registry};
 use selfie_protocol::auth::{self as pa, AuthOp};
 use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode};
-use selfie_services::auth::accounts::Accounts;
-use selfie_services::auth::password::PasswordHasher;
-use selfie_services::auth::throttle::{LoginThrottle, ThrottleConfig};
-use selfie_services::auth::tokens::AccessTokens;
-use selfie_services::graph::Graph;
-use selfie_services::posts::Posts;
-use selfie_services::users::Users;
-use selfie_storage::SystemClock;
-use selfie_storage::embedded::EmbeddedStore;
-
-struct Node {
-    edge: Edge,
-    _dir: tempfile::TempDir,
-}
-
-fn start() -> Node {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().expect("addr");
-    config.server.shards = 2;
-    config.server.pin_cores = false;
-    config.server.data_dir = dir.path().to_path_buf();
-    config.server.drain_deadline_ms = 1_000;
-    config.ops.listen = "127.0.0.1:0".parse().expect("addr");
-    let store = EmbeddedStore::open(
-        dir.path().join("storage"),
-        &selfie_services::schema::tables(),
-        Arc::new(SystemClock),
-    )
-    .expect("store");
-    let tokens = AccessTokens::generate("selfie-test", Duration::from_secs(900)).expect("key");
-    // Cheap Argon2 parameters: these tests check the flows, not hashing cost.
-    let hasher = PasswordHasher::with_params(
-        argon2::Params::new(64, 1, 1, None).expect("params"),
-        2,
-        Duration::from_secs(5),
-    )
-    .expect("hasher");
-    let auth = Arc::new(TokenAuthenticator::new(tokens.clone()));
-    // The default address limits, with a short lockout cap so that the test can wait it
-    // out; one throttle for the node, shared by both shards.
-    let throttle = LoginThrottle::new(ThrottleConfig {
-        max_lockout: Duration::from_secs(2),
-        ..ThrottleConfig::default()
-    });
-    let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
-        let mut r = Registry::new();
-        let accounts = Accounts::new(
-            store.clone(),
-            tokens.clone(),
-            hasher.clone(),
-            Arc::new(SystemClock),
-            1,
-            shard as u16,
-            throttle.clone(),
-        )
-        .expect("accounts");
-        let users = Rc::new(Users::new(store.clone()));
-        let graph = Rc::new(Graph::new(store.clone()));
-        r.register(
-            selfie_protocol::Service::Users,
-            Rc::new(UsersApi::new(users.clone(), graph.clone())),
-        );
-        r.register(
-            selfie_protocol::Service::Graph,
-            Rc::new(GraphApi::new(graph.clone())),
-        );
-        let posts =
-            Posts::new(store.clone(), Arc::new(SystemClock), 1, shard as u16).expect("posts");
-        r.register(
-            selfie_protocol::Service::Posts,
-            Rc::new(PostsApi::new(posts)),
-        );
-        r.register(
-            selfie_protocol::Service::Auth,
-            Rc::new(AuthApi::new(
-                accounts,
-                users,
-                graph,
-                Duration::from_secs(900),
-            )),
-        );
-        r
-    });
-    let edge = Edge::start(config, factory, auth).expect("edge");
-    Node { edge, _dir: dir }
-}
-
-fn config(node: &Node, token: Option<String>) -> ClientConfig {
-    let mut c = ClientConfig::new(
-        node.edge.addr,
-        Trust::pinned_hex(&node.edge.fingerprint).expect("pin"),
-    );
-    c.access_token = token;
-    c
-}
+use support::{config, start};
 
 fn auth_envelope(
     b: &mut selfie_codec::Builder,

@@ -93,6 +93,12 @@ pub enum GraphError {
     /// The list is private.
     #[error("forbidden")]
     Forbidden,
+    /// A bad argument (a mute duration out of range, too many ids).
+    #[error("invalid {field}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+    },
     /// No such follow request.
     #[error("no such request")]
     NoSuchRequest,
@@ -141,6 +147,8 @@ pub struct Relationship {
     pub followed_by: bool,
     /// The viewer has a pending request to them.
     pub requested: bool,
+    /// They have a pending request to the viewer.
+    pub request_received: bool,
     /// The viewer blocks them.
     pub blocking: bool,
     /// They block the viewer.
@@ -148,6 +156,12 @@ pub struct Relationship {
     /// The viewer mutes them.
     pub muting: bool,
 }
+
+/// Longest timed mute (longer ones are indefinite mutes).
+pub const MAX_MUTE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// Most users in one relationships request.
+pub const MAX_RELATIONSHIPS: usize = 100;
 
 /// In-progress pair operations: one lock per pair of users.
 type PairLocks = std::cell::RefCell<
@@ -373,15 +387,90 @@ impl<S: Store> Graph<S> {
         Ok(())
     }
 
-    /// `me` mutes `target` (their content leaves `me`'s feeds; nothing is revealed).
-    pub async fn mute(&self, me: u64, target: u64) -> Result<(), GraphError> {
+    /// `me` mutes `target` (their content leaves `me`'s feeds; nothing is revealed to
+    /// them), for `duration` or until unmuted. A muted user must exist and be visible.
+    pub async fn mute(
+        &self,
+        me: u64,
+        target: u64,
+        duration: Option<std::time::Duration>,
+    ) -> Result<(), GraphError> {
         if me == target {
             return Err(GraphError::SelfTarget);
         }
+        if duration.is_some_and(|d| d.is_zero() || d > MAX_MUTE) {
+            return Err(GraphError::InvalidArgument {
+                field: "duration_ms",
+            });
+        }
+        if blocked_either_way(&self.store, me, target).await?
+            || users::load(&self.store, target)
+                .await?
+                .is_none_or(|p| p.deleted)
+        {
+            return Err(GraphError::NotFound);
+        }
         self.store
-            .put(&MUTES, &k(me), &k(target), b"", None)
+            .put(&MUTES, &k(me), &k(target), b"", duration)
             .await?;
         Ok(())
+    }
+
+    /// `me` removes `follower` from their followers (the follower is not told).
+    pub async fn remove_follower(&self, me: u64, follower: u64) -> Result<(), GraphError> {
+        if me == follower {
+            return Err(GraphError::SelfTarget);
+        }
+        let _pair = self.lock(me, follower).await;
+        self.counted_edge(follower, me, false).await?;
+        Ok(())
+    }
+
+    /// Whom `me` blocks.
+    pub async fn blocks(
+        &self,
+        me: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<IdPage, GraphError> {
+        self.page(&BLOCKS, me, limit, cursor).await
+    }
+
+    /// Whom `me` mutes (expired timed mutes are gone).
+    pub async fn mutes(
+        &self,
+        me: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<IdPage, GraphError> {
+        self.page(&MUTES, me, limit, cursor).await
+    }
+
+    /// How `viewer` relates to each of `others` (at most [`MAX_RELATIONSHIPS`]); a block
+    /// by the other user is not revealed (it reads as no relationship).
+    pub async fn relationships(
+        &self,
+        viewer: u64,
+        others: &[u64],
+    ) -> Result<Vec<(u64, Relationship)>, GraphError> {
+        if others.len() > MAX_RELATIONSHIPS {
+            return Err(GraphError::InvalidArgument { field: "user_ids" });
+        }
+        let mut out = Vec::with_capacity(others.len());
+        for &other in others {
+            let rel = self.relationship(viewer, other).await?;
+            // A block by the other side is not revealed: it reads as no relationship.
+            let rel = if rel.blocked_by {
+                Relationship {
+                    blocking: rel.blocking,
+                    ..Relationship::default()
+                }
+            } else {
+                rel
+            };
+            out.push((other, rel));
+        }
+        Ok(out)
     }
 
     /// `me` unmutes `target`.
@@ -412,6 +501,7 @@ impl<S: Store> Graph<S> {
             following: has(&FOLLOWING, viewer, other).await?,
             followed_by: has(&FOLLOWING, other, viewer).await?,
             requested: has(&REQUESTS_OUT, viewer, other).await?,
+            request_received: has(&REQUESTS_IN, viewer, other).await?,
             blocking: has(&BLOCKS, viewer, other).await?,
             blocked_by: has(&BLOCKS, other, viewer).await?,
             muting: has(&MUTES, viewer, other).await?,
@@ -532,6 +622,16 @@ impl<S: Store> Graph<S> {
             }
         }
         Ok(removed)
+    }
+
+    /// Pending requests `me` sent.
+    pub async fn requests_sent(
+        &self,
+        me: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<IdPage, GraphError> {
+        self.page(&REQUESTS_OUT, me, limit, cursor).await
     }
 
     /// Pending requests to `me`.

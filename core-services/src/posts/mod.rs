@@ -1,11 +1,19 @@
-//! Posts: create (text, hashtags and mentions parsed), edit with visible history, delete;
-//! comments with one level of replies; reactions; reposts; per-post audience.
+//! Posts: create (text, media ids, hashtags and mentions parsed), edit with visible
+//! history, delete; comments with one level of replies; reactions; reposts; per-post
+//! audience and reply policy.
 //!
 //! Who may read a post is decided in one place ([`Posts::can_read`]): the author always;
 //! nobody across a block; for a private author only approved followers; otherwise by the
 //! post's audience (public, followers, mentioned only). Everything that touches a post
 //! (reading, history, comments, reactions, reposts) goes through it, and a post the viewer
 //! may not read is `NotFound` — its existence is not revealed.
+//!
+//! Who may comment on a readable post is the stricter of the post's reply policy and the
+//! author's `who_can_comment` setting; a mention only links (and later notifies) a user
+//! whose `who_can_mention` setting admits the author.
+//!
+//! Media ids are stored as given (at most [`MAX_MEDIA`]): the media service that owns
+//! uploads does not exist yet, so ownership of the referenced objects is not checked here.
 
 use std::sync::Arc;
 
@@ -50,7 +58,17 @@ pub static COUNTS: Table = Table {
     doc: "post counters",
 };
 
-/// Every table of the posts service.
+/// Per-author counters: `posts`.
+pub static AUTHOR_COUNTS: Table = Table {
+    name: "posts_author_counts",
+    kind: TableKind::Counters,
+    partition: &["author_id"],
+    clustering: &["which"],
+    default_ttl: None,
+    doc: "per-author post counts",
+};
+
+/// The tables of the posts service in its first migration.
 pub static TABLES: &[&Table] = &[
     &POSTS,
     &HISTORY,
@@ -64,6 +82,64 @@ pub static TABLES: &[&Table] = &[
 pub const MAX_POST_CHARS: usize = 500;
 /// Longest comment, in characters.
 pub const MAX_COMMENT_CHARS: usize = 500;
+/// Most media objects on one post.
+pub const MAX_MEDIA: usize = 10;
+
+/// Who may comment on a post (besides its author, who always may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ReplyPolicy {
+    /// Anyone who can read it.
+    #[default]
+    Everyone,
+    /// The author's followers.
+    Followers,
+    /// The users mentioned in it.
+    Mentioned,
+    /// Nobody.
+    Nobody,
+}
+
+/// A new post, for [`Posts::publish`].
+#[derive(Debug, Clone)]
+pub struct NewPost {
+    /// Text (may be empty when there is media).
+    pub text: String,
+    /// Media objects, in display order.
+    pub media_ids: Vec<u64>,
+    /// Audience.
+    pub audience: Audience,
+    /// Who may comment.
+    pub reply_policy: ReplyPolicy,
+    /// The quoted post, for a quote post.
+    pub quote_of: Option<u64>,
+    /// Marked sensitive by the author.
+    pub sensitive: bool,
+}
+
+impl NewPost {
+    /// A public text post.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            media_ids: Vec::new(),
+            audience: Audience::Public,
+            reply_policy: ReplyPolicy::Everyone,
+            quote_of: None,
+            sensitive: false,
+        }
+    }
+}
+
+/// Changes to a post, for [`Posts::edit_with`]; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PostEdit {
+    /// New text.
+    pub text: Option<String>,
+    /// New media.
+    pub media_ids: Option<Vec<u64>>,
+    /// New sensitive flag.
+    pub sensitive: Option<bool>,
+}
 
 /// Who may see a post.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +177,18 @@ pub struct Post {
     pub edited_at_ms: u64,
     /// Deleted posts keep their id (replies and quotes point at them) and nothing else.
     pub deleted: bool,
+    /// Media objects, in display order.
+    #[serde(default)]
+    pub media_ids: Vec<u64>,
+    /// Who may comment.
+    #[serde(default)]
+    pub reply_policy: ReplyPolicy,
+    /// Marked sensitive by the author.
+    #[serde(default)]
+    pub sensitive: bool,
+    /// How many times it was edited.
+    #[serde(default)]
+    pub edit_count: u32,
 }
 
 /// An earlier version of an edited post.
@@ -108,6 +196,9 @@ pub struct Post {
 pub struct Version {
     /// The text then.
     pub text: String,
+    /// The media then.
+    #[serde(default)]
+    pub media_ids: Vec<u64>,
     /// When it was replaced.
     pub replaced_at_ms: u64,
 }
@@ -166,6 +257,9 @@ pub enum PostsError {
     /// Only the author may do this.
     #[error("forbidden")]
     Forbidden,
+    /// The post's reply policy or the author's settings do not admit the viewer's comment.
+    #[error("comments are limited")]
+    CommentsLimited,
     /// Bad text, audience, reply depth or target.
     #[error("invalid {field}")]
     InvalidArgument {
@@ -186,6 +280,16 @@ fn k(id: u64) -> Bytes {
 
 fn counter(which: &str) -> Bytes {
     KeyBuilder::new().str(which).build()
+}
+
+/// How many posts (and reposts) `author` has.
+pub(crate) async fn author_posts_count<S: Store>(
+    store: &S,
+    author: u64,
+) -> Result<i64, StoreError> {
+    store
+        .counter_get(&AUTHOR_COUNTS, &k(author), &counter("posts"))
+        .await
 }
 
 /// `#tags` (lower case, deduplicated) and `@names` (as written) in `text`.
@@ -254,8 +358,9 @@ impl<S: Store> Posts<S> {
         Ok(())
     }
 
-    /// The users `author` may mention among `names`: existing, not deleted, and with no
-    /// block between them (a blocked user is neither notified nor shown the post).
+    /// The users `author` may mention among `names`: existing, not deleted, with no
+    /// block between them (a blocked user is neither notified nor shown the post), and
+    /// whose `who_can_mention` setting admits the author.
     async fn resolve_mentions(
         &self,
         author: u64,
@@ -278,12 +383,66 @@ impl<S: Store> Posts<S> {
                 if live
                     && !ids.contains(&id)
                     && !graph::blocked_either_way(&self.store, author, id).await?
+                    && self.admits(id, author, |s| s.who_can_mention).await?
                 {
                     ids.push(id);
                 }
             }
         }
         Ok(ids)
+    }
+
+    /// Whether `owner`'s setting (picked by `which`) admits `actor`.
+    async fn admits(
+        &self,
+        owner: u64,
+        actor: u64,
+        which: fn(&users::Settings) -> users::Permission,
+    ) -> Result<bool, PostsError> {
+        let settings = users::load_settings(&self.store, owner)
+            .await
+            .map_err(|_| PostsError::Corrupt)?;
+        Ok(users::permits(&self.store, owner, actor, which(&settings)).await?)
+    }
+
+    /// Whether `viewer` may comment on `post`, which they can read.
+    async fn may_comment(&self, viewer: u64, post: &Post) -> Result<bool, PostsError> {
+        let author = post.author_id;
+        if viewer == author {
+            return Ok(true);
+        }
+        let by_policy = match post.reply_policy {
+            ReplyPolicy::Everyone => true,
+            ReplyPolicy::Followers => self
+                .store
+                .get(&graph::FOLLOWING, &k(viewer), &k(author))
+                .await?
+                .is_some(),
+            ReplyPolicy::Mentioned => post.mentions.contains(&viewer),
+            ReplyPolicy::Nobody => false,
+        };
+        Ok(by_policy && self.admits(author, viewer, |s| s.who_can_comment).await?)
+    }
+
+    fn check_media(ids: &[u64]) -> Result<Vec<u64>, PostsError> {
+        let mut out: Vec<u64> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if id == 0 || out.contains(&id) {
+                return Err(PostsError::InvalidArgument { field: "media_ids" });
+            }
+            out.push(id);
+        }
+        if out.len() > MAX_MEDIA {
+            return Err(PostsError::InvalidArgument { field: "media_ids" });
+        }
+        Ok(out)
+    }
+
+    fn check_text(text: &str, has_media: bool) -> Result<(), PostsError> {
+        if (text.trim().is_empty() && !has_media) || text.chars().count() > MAX_POST_CHARS {
+            return Err(PostsError::InvalidArgument { field: "text" });
+        }
+        Ok(())
     }
 
     /// What decides `viewer`'s access to `author`'s posts, read once per author (a
@@ -329,7 +488,7 @@ impl<S: Store> Posts<S> {
         }
     }
 
-    /// Publishes a post (or a quote of `quote_of`, which the author must be able to read).
+    /// Publishes a text post (or a quote of `quote_of`); see [`Posts::publish`].
     pub async fn create(
         &self,
         author: u64,
@@ -337,30 +496,50 @@ impl<S: Store> Posts<S> {
         audience: Audience,
         quote_of: Option<u64>,
     ) -> Result<Post, PostsError> {
-        if text.trim().is_empty() || text.chars().count() > MAX_POST_CHARS {
-            return Err(PostsError::InvalidArgument { field: "text" });
-        }
-        if let Some(q) = quote_of {
+        self.publish(
+            author,
+            NewPost {
+                audience,
+                quote_of,
+                ..NewPost::text(text)
+            },
+        )
+        .await
+    }
+
+    /// Publishes a post (or a quote of `quote_of`, which the author must be able to read).
+    pub async fn publish(&self, author: u64, new: NewPost) -> Result<Post, PostsError> {
+        let media_ids = Self::check_media(&new.media_ids)?;
+        Self::check_text(&new.text, !media_ids.is_empty())?;
+        if let Some(q) = new.quote_of {
             self.readable(author, q).await?;
         }
-        let (hashtags, names) = parse_tags(text);
+        let (hashtags, names) = parse_tags(&new.text);
         let post = Post {
             post_id: self.next_id(),
             author_id: author,
-            text: text.to_string(),
             hashtags,
             mentions: self.resolve_mentions(author, &names).await?,
-            audience,
-            quote_of,
+            text: new.text,
+            audience: new.audience,
+            quote_of: new.quote_of,
             repost_of: None,
             created_at_ms: self.clock.now_ms(),
             edited_at_ms: 0,
             deleted: false,
+            media_ids,
+            reply_policy: new.reply_policy,
+            sensitive: new.sensitive,
+            edit_count: 0,
         };
         self.save(&post).await?;
         self.store
             .put(&USER_POSTS, &k(author), &k(post.post_id), b"", None)
             .await?;
+        self.store
+            .counter_add(&AUTHOR_COUNTS, &k(author), &counter("posts"), 1)
+            .await?;
+        let quote_of = post.quote_of;
         if let Some(q) = quote_of {
             self.store
                 .counter_add(&COUNTS, &k(q), &counter("quotes"), 1)
@@ -369,29 +548,50 @@ impl<S: Store> Posts<S> {
         Ok(post)
     }
 
-    /// Edits the author's own post; the previous text joins the visible history.
+    /// Edits the text of the author's own post; see [`Posts::edit_with`].
     pub async fn edit(&self, author: u64, post_id: u64, text: &str) -> Result<Post, PostsError> {
+        let edit = PostEdit {
+            text: Some(text.to_string()),
+            ..PostEdit::default()
+        };
+        self.edit_with(author, post_id, edit).await
+    }
+
+    /// Edits the author's own post; the previous text and media join the visible history.
+    pub async fn edit_with(
+        &self,
+        author: u64,
+        post_id: u64,
+        edit: PostEdit,
+    ) -> Result<Post, PostsError> {
         let mut post = self.readable(author, post_id).await?;
         if post.author_id != author || post.repost_of.is_some() {
             return Err(PostsError::Forbidden);
         }
-        if text.trim().is_empty() || text.chars().count() > MAX_POST_CHARS {
-            return Err(PostsError::InvalidArgument { field: "text" });
-        }
+        let media_ids = match &edit.media_ids {
+            Some(ids) => Self::check_media(ids)?,
+            None => post.media_ids.clone(),
+        };
+        let text = edit.text.unwrap_or_else(|| post.text.clone());
+        Self::check_text(&text, !media_ids.is_empty())?;
         let now = self.clock.now_ms();
         let old = serde_json::to_vec(&Version {
             text: post.text.clone(),
+            media_ids: post.media_ids.clone(),
             replaced_at_ms: now,
         })
         .map_err(|_| PostsError::Corrupt)?;
         self.store
             .put(&HISTORY, &k(post_id), &k(now), &old, None)
             .await?;
-        let (hashtags, names) = parse_tags(text);
-        post.text = text.to_string();
-        post.hashtags = hashtags;
+        let (hashtags, names) = parse_tags(&text);
         post.mentions = self.resolve_mentions(author, &names).await?;
+        post.text = text;
+        post.hashtags = hashtags;
+        post.media_ids = media_ids;
+        post.sensitive = edit.sensitive.unwrap_or(post.sensitive);
         post.edited_at_ms = now;
+        post.edit_count = post.edit_count.saturating_add(1);
         self.save(&post).await?;
         Ok(post)
     }
@@ -419,6 +619,7 @@ impl<S: Store> Posts<S> {
         post.text.clear();
         post.hashtags.clear();
         post.mentions.clear();
+        post.media_ids.clear();
         self.save(&post).await?;
         loop {
             let page = self
@@ -434,9 +635,15 @@ impl<S: Store> Posts<S> {
                     .await?;
             }
         }
-        self.store
-            .delete(&USER_POSTS, &k(author), &k(post_id))
-            .await?;
+        if self
+            .store
+            .delete_if_present(&USER_POSTS, &k(author), &k(post_id))
+            .await?
+        {
+            self.store
+                .counter_add(&AUTHOR_COUNTS, &k(author), &counter("posts"), -1)
+                .await?;
+        }
         Ok(())
     }
 
@@ -454,7 +661,13 @@ impl<S: Store> Posts<S> {
         parent_id: u64,
         text: &str,
     ) -> Result<Comment, PostsError> {
-        self.readable(viewer, post_id).await?;
+        let post = self.readable(viewer, post_id).await?;
+        if post.repost_of.is_some() {
+            return Err(PostsError::InvalidArgument { field: "post_id" });
+        }
+        if !self.may_comment(viewer, &post).await? {
+            return Err(PostsError::CommentsLimited);
+        }
         if text.trim().is_empty() || text.chars().count() > MAX_COMMENT_CHARS {
             return Err(PostsError::InvalidArgument { field: "text" });
         }
@@ -571,10 +784,17 @@ impl<S: Store> Posts<S> {
             created_at_ms: self.clock.now_ms(),
             edited_at_ms: 0,
             deleted: false,
+            media_ids: Vec::new(),
+            reply_policy: ReplyPolicy::Nobody,
+            sensitive: false,
+            edit_count: 0,
         };
         self.save(&post).await?;
         self.store
             .put(&USER_POSTS, &k(viewer), &k(post.post_id), b"", None)
+            .await?;
+        self.store
+            .counter_add(&AUTHOR_COUNTS, &k(viewer), &counter("posts"), 1)
             .await?;
         self.store
             .counter_add(&COUNTS, &k(post_id), &counter("reposts"), 1)
@@ -588,6 +808,11 @@ impl<S: Store> Posts<S> {
             .store
             .counter_get(&COUNTS, &k(post_id), &counter(which))
             .await?)
+    }
+
+    /// How many posts (and reposts) `author` has.
+    pub async fn posts_count(&self, author: u64) -> Result<i64, PostsError> {
+        Ok(author_posts_count(&self.store, author).await?)
     }
 
     /// The author's posts the viewer may read, newest first.

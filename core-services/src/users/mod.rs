@@ -1,9 +1,16 @@
-//! Users: profiles and the private-account flag.
+//! Users: profiles (display name, bio, avatar and banner media ids, links, pronouns,
+//! location), the private-account flag, and per-user settings (who may message, mention
+//! or comment; read receipts, activity status, sensitive media, language, time zone,
+//! e-mail notifications).
 //!
 //! A profile is readable by anyone the owner has not blocked and who has not blocked the
 //! owner; for everyone else it does not exist (`NotFound`, not `Forbidden`, so that a
 //! block is not revealed). A private account's profile stays visible; its content and
 //! lists are for approved followers only (enforced by the graph and content services).
+//! Settings are the owner's alone; other services consult them through [`permits`].
+//!
+//! Media ids (avatar, banner) are stored as given: the media service, which owns uploads,
+//! does not exist yet, so ownership of the referenced object is not checked here.
 
 use bytes::Bytes;
 use selfie_storage::key::KeyBuilder;
@@ -20,13 +27,42 @@ pub static PROFILES: Table = Table {
     doc: "profiles",
 };
 
-/// Every table of the users service.
+/// user id → settings.
+pub static SETTINGS: Table = Table {
+    name: "users_settings",
+    kind: TableKind::Rows,
+    partition: &["user_id"],
+    clustering: &[],
+    default_ttl: None,
+    doc: "per-user settings",
+};
+
+/// The tables of the users service in its first migration.
 pub static TABLES: &[&Table] = &[&PROFILES];
 
 /// Longest display name, in characters.
 pub const MAX_DISPLAY_NAME: usize = 64;
 /// Longest bio, in characters.
 pub const MAX_BIO: usize = 300;
+/// Most links on a profile.
+pub const MAX_LINKS: usize = 5;
+/// Longest link title, in characters.
+pub const MAX_LINK_TITLE: usize = 64;
+/// Longest link URL, in bytes.
+pub const MAX_LINK_URL: usize = 512;
+/// Longest pronouns, in characters.
+pub const MAX_PRONOUNS: usize = 32;
+/// Longest location, in characters.
+pub const MAX_LOCATION: usize = 64;
+
+/// A link shown on a profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// Label.
+    pub title: String,
+    /// An absolute `http`/`https` URL.
+    pub url: String,
+}
 
 /// A profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +80,24 @@ pub struct Profile {
     /// The account was deleted: the profile is anonymised and hidden, its content too.
     #[serde(default)]
     pub deleted: bool,
+    /// Avatar media id, 0 for none.
+    #[serde(default)]
+    pub avatar_media_id: u64,
+    /// Banner media id, 0 for none.
+    #[serde(default)]
+    pub banner_media_id: u64,
+    /// Links, in the owner's order.
+    #[serde(default)]
+    pub links: Vec<Link>,
+    /// Pronouns.
+    #[serde(default)]
+    pub pronouns: String,
+    /// Location.
+    #[serde(default)]
+    pub location: String,
+    /// When the profile was created (0 for profiles older than the field).
+    #[serde(default)]
+    pub created_at_ms: u64,
 }
 
 /// Changes to a profile; `None` leaves a field as it is.
@@ -55,6 +109,105 @@ pub struct ProfileUpdate {
     pub bio: Option<String>,
     /// New private flag.
     pub private: Option<bool>,
+    /// New avatar (0 removes it).
+    pub avatar_media_id: Option<u64>,
+    /// New banner (0 removes it).
+    pub banner_media_id: Option<u64>,
+    /// New links (replace all).
+    pub links: Option<Vec<Link>>,
+    /// New pronouns.
+    pub pronouns: Option<String>,
+    /// New location.
+    pub location: Option<String>,
+}
+
+/// Who may do something to a user (message, mention, comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Permission {
+    /// Anyone not blocked.
+    #[default]
+    Everyone,
+    /// Users who follow the owner.
+    Followers,
+    /// Users the owner follows.
+    Following,
+    /// Nobody but the owner.
+    Nobody,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A user's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Who may start a conversation.
+    #[serde(default)]
+    pub who_can_message: Permission,
+    /// Whose mentions reach the user (others are not linked or notified).
+    #[serde(default)]
+    pub who_can_mention: Permission,
+    /// Who may comment on the user's posts.
+    #[serde(default)]
+    pub who_can_comment: Permission,
+    /// Send read receipts.
+    #[serde(default = "yes")]
+    pub show_read_receipts: bool,
+    /// Show online/last-seen status.
+    #[serde(default = "yes")]
+    pub show_activity_status: bool,
+    /// Show media marked sensitive without a warning.
+    #[serde(default)]
+    pub show_sensitive_media: bool,
+    /// BCP 47 language tag, empty for the client's default.
+    #[serde(default)]
+    pub language: String,
+    /// IANA time zone name, empty for the client's default.
+    #[serde(default)]
+    pub timezone: String,
+    /// Send e-mail notifications.
+    #[serde(default = "yes")]
+    pub email_notifications: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            who_can_message: Permission::Everyone,
+            who_can_mention: Permission::Everyone,
+            who_can_comment: Permission::Everyone,
+            show_read_receipts: true,
+            show_activity_status: true,
+            show_sensitive_media: false,
+            language: String::new(),
+            timezone: String::new(),
+            email_notifications: true,
+        }
+    }
+}
+
+/// Changes to settings; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct SettingsUpdate {
+    /// New messaging permission.
+    pub who_can_message: Option<Permission>,
+    /// New mention permission.
+    pub who_can_mention: Option<Permission>,
+    /// New comment permission.
+    pub who_can_comment: Option<Permission>,
+    /// New read-receipts flag.
+    pub show_read_receipts: Option<bool>,
+    /// New activity-status flag.
+    pub show_activity_status: Option<bool>,
+    /// New sensitive-media flag.
+    pub show_sensitive_media: Option<bool>,
+    /// New language tag.
+    pub language: Option<String>,
+    /// New time zone.
+    pub timezone: Option<String>,
+    /// New e-mail notifications flag.
+    pub email_notifications: Option<bool>,
 }
 
 /// Users errors.
@@ -91,6 +244,144 @@ pub(crate) async fn load<S: Store>(store: &S, user_id: u64) -> Result<Option<Pro
     }
 }
 
+/// A user's settings (the defaults until they change any).
+pub(crate) async fn load_settings<S: Store>(
+    store: &S,
+    user_id: u64,
+) -> Result<Settings, UsersError> {
+    match store.get(&SETTINGS, &key(user_id), &[]).await? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| UsersError::Corrupt),
+        None => Ok(Settings::default()),
+    }
+}
+
+/// Whether `actor` passes `owner`'s `permission` (the owner always does). Blocks are
+/// checked by the caller.
+pub(crate) async fn permits<S: Store>(
+    store: &S,
+    owner: u64,
+    actor: u64,
+    permission: Permission,
+) -> Result<bool, StoreError> {
+    let follows = |a: u64, b: u64| async move {
+        Ok::<_, StoreError>(
+            store
+                .get(&crate::graph::FOLLOWING, &key(a), &key(b))
+                .await?
+                .is_some(),
+        )
+    };
+    Ok(owner == actor
+        || match permission {
+            Permission::Everyone => true,
+            Permission::Followers => follows(actor, owner).await?,
+            Permission::Following => follows(owner, actor).await?,
+            Permission::Nobody => false,
+        })
+}
+
+/// The id owning `username` (any case), if claimed.
+pub(crate) async fn id_by_username<S: Store>(
+    store: &S,
+    username: &str,
+) -> Result<Option<u64>, StoreError> {
+    if username.is_empty() || username.len() > 64 {
+        return Ok(None);
+    }
+    let k = KeyBuilder::new()
+        .str(&username.to_ascii_lowercase())
+        .build();
+    Ok(store
+        .get(&crate::auth::accounts::USERNAMES, &k, &[])
+        .await?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
+
+/// Checks a free-text field: at most `max` characters, no control characters (newlines
+/// allowed where `multiline`).
+fn text(
+    value: String,
+    max: usize,
+    multiline: bool,
+    field: &'static str,
+) -> Result<String, UsersError> {
+    let bad = value
+        .chars()
+        .any(|c| c.is_control() && !(multiline && c == '\n'));
+    if bad || value.chars().count() > max {
+        return Err(UsersError::InvalidArgument { field });
+    }
+    Ok(value)
+}
+
+/// Checks a profile link: a short title and an absolute `http(s)` URL with a host and no
+/// credentials.
+fn link(l: Link) -> Result<Link, UsersError> {
+    let title = text(l.title, MAX_LINK_TITLE, false, "links")?;
+    let bad = || UsersError::InvalidArgument { field: "links" };
+    if l.url.len() > MAX_LINK_URL {
+        return Err(bad());
+    }
+    let url = url::Url::parse(&l.url).map_err(|_| bad())?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none_or(str::is_empty)
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(bad());
+    }
+    Ok(Link {
+        title,
+        url: url.to_string(),
+    })
+}
+
+/// A BCP 47 tag's shape: a 2–3 letter language, then 1–8 character subtags.
+fn language_tag(tag: String) -> Result<String, UsersError> {
+    let mut parts = tag.split('-');
+    let ok = tag.is_empty()
+        || (tag.len() <= 35
+            && parts.next().is_some_and(|p| {
+                (2..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic())
+            })
+            && parts.all(|p| {
+                (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric())
+            }));
+    if ok {
+        Ok(tag)
+    } else {
+        Err(UsersError::InvalidArgument { field: "language" })
+    }
+}
+
+/// An IANA time zone name's shape (`Area/Location`, `UTC`, `Etc/GMT+5`).
+fn timezone(tz: String) -> Result<String, UsersError> {
+    let ok = tz.is_empty()
+        || (tz.len() <= 64
+            && tz.split('/').all(|p| {
+                !p.is_empty()
+                    && p != "."
+                    && p != ".."
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'+'))
+            }));
+    if ok {
+        Ok(tz)
+    } else {
+        Err(UsersError::InvalidArgument { field: "timezone" })
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Most users in one lookup.
+pub const MAX_LOOKUP: usize = 100;
+
 /// The users service of one shard.
 pub struct Users<S> {
     store: S,
@@ -111,6 +402,12 @@ impl<S: Store> Users<S> {
             bio: String::new(),
             private: false,
             deleted: false,
+            avatar_media_id: 0,
+            banner_media_id: 0,
+            links: Vec::new(),
+            pronouns: String::new(),
+            location: String::new(),
+            created_at_ms: now_ms(),
         };
         let bytes = serde_json::to_vec(&profile).map_err(|_| UsersError::Corrupt)?;
         if !self
@@ -136,8 +433,51 @@ impl<S: Store> Users<S> {
             .ok_or(UsersError::NotFound)
     }
 
+    /// The profile of `username` as `viewer` may see it.
+    pub async fn get_by_username(
+        &self,
+        viewer: u64,
+        username: &str,
+    ) -> Result<Profile, UsersError> {
+        let id = id_by_username(&self.store, username)
+            .await?
+            .ok_or(UsersError::NotFound)?;
+        self.get(viewer, id).await
+    }
+
+    /// The profiles among `ids` and `usernames` that `viewer` may see, in request order,
+    /// each once (hidden and unknown users are left out). At most [`MAX_LOOKUP`] in all.
+    pub async fn lookup(
+        &self,
+        viewer: u64,
+        ids: &[u64],
+        usernames: &[String],
+    ) -> Result<Vec<Profile>, UsersError> {
+        if ids.len() + usernames.len() > MAX_LOOKUP {
+            return Err(UsersError::InvalidArgument { field: "user_ids" });
+        }
+        let mut wanted = ids.to_vec();
+        for name in usernames {
+            if let Some(id) = id_by_username(&self.store, name).await? {
+                wanted.push(id);
+            }
+        }
+        let mut out: Vec<Profile> = Vec::new();
+        for id in wanted {
+            if out.iter().any(|p| p.user_id == id) {
+                continue;
+            }
+            match self.get(viewer, id).await {
+                Ok(p) => out.push(p),
+                Err(UsersError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Anonymises and hides the profile of a deleted account (its username stays
-    /// reserved by the accounts service).
+    /// reserved by the accounts service); its settings go.
     pub async fn mark_deleted(&self, user_id: u64) -> Result<(), UsersError> {
         let Some(mut profile) = load(&self.store, user_id).await? else {
             return Ok(());
@@ -145,20 +485,28 @@ impl<S: Store> Users<S> {
         profile.deleted = true;
         profile.display_name.clear();
         profile.bio.clear();
+        profile.avatar_media_id = 0;
+        profile.banner_media_id = 0;
+        profile.links.clear();
+        profile.pronouns.clear();
+        profile.location.clear();
         let bytes = serde_json::to_vec(&profile).map_err(|_| UsersError::Corrupt)?;
         self.store
             .put(&PROFILES, &key(user_id), &[], &bytes, None)
             .await?;
+        self.store.delete(&SETTINGS, &key(user_id), &[]).await?;
         Ok(())
     }
 
-    /// Updates the caller's own profile.
+    /// Updates the caller's own profile; nothing changes unless every field is valid.
     pub async fn update(&self, user_id: u64, update: ProfileUpdate) -> Result<Profile, UsersError> {
         let mut profile = load(&self.store, user_id)
             .await?
+            .filter(|p| !p.deleted)
             .ok_or(UsersError::NotFound)?;
         if let Some(name) = update.display_name {
-            if name.chars().count() > MAX_DISPLAY_NAME || name.trim().is_empty() {
+            let name = text(name, MAX_DISPLAY_NAME, false, "display_name")?;
+            if name.trim().is_empty() {
                 return Err(UsersError::InvalidArgument {
                     field: "display_name",
                 });
@@ -166,18 +514,137 @@ impl<S: Store> Users<S> {
             profile.display_name = name;
         }
         if let Some(bio) = update.bio {
-            if bio.chars().count() > MAX_BIO {
-                return Err(UsersError::InvalidArgument { field: "bio" });
-            }
-            profile.bio = bio;
+            profile.bio = text(bio, MAX_BIO, true, "bio")?;
         }
         if let Some(private) = update.private {
             profile.private = private;
+        }
+        if let Some(id) = update.avatar_media_id {
+            profile.avatar_media_id = id;
+        }
+        if let Some(id) = update.banner_media_id {
+            profile.banner_media_id = id;
+        }
+        if let Some(links) = update.links {
+            if links.len() > MAX_LINKS {
+                return Err(UsersError::InvalidArgument { field: "links" });
+            }
+            profile.links = links.into_iter().map(link).collect::<Result<_, _>>()?;
+        }
+        if let Some(p) = update.pronouns {
+            profile.pronouns = text(p, MAX_PRONOUNS, false, "pronouns")?;
+        }
+        if let Some(l) = update.location {
+            profile.location = text(l, MAX_LOCATION, false, "location")?;
         }
         let bytes = serde_json::to_vec(&profile).map_err(|_| UsersError::Corrupt)?;
         self.store
             .put(&PROFILES, &key(user_id), &[], &bytes, None)
             .await?;
         Ok(profile)
+    }
+
+    /// How many posts (and reposts) `user_id` has published.
+    pub async fn posts_count(&self, user_id: u64) -> Result<i64, UsersError> {
+        Ok(crate::posts::author_posts_count(&self.store, user_id).await?)
+    }
+
+    /// The caller's own settings.
+    pub async fn settings(&self, user_id: u64) -> Result<Settings, UsersError> {
+        load_settings(&self.store, user_id).await
+    }
+
+    /// Updates the caller's own settings; nothing changes unless every field is valid.
+    pub async fn update_settings(
+        &self,
+        user_id: u64,
+        update: SettingsUpdate,
+    ) -> Result<Settings, UsersError> {
+        load(&self.store, user_id)
+            .await?
+            .filter(|p| !p.deleted)
+            .ok_or(UsersError::NotFound)?;
+        let mut s = load_settings(&self.store, user_id).await?;
+        if let Some(v) = update.language {
+            s.language = language_tag(v)?;
+        }
+        if let Some(v) = update.timezone {
+            s.timezone = timezone(v)?;
+        }
+        s.who_can_message = update.who_can_message.unwrap_or(s.who_can_message);
+        s.who_can_mention = update.who_can_mention.unwrap_or(s.who_can_mention);
+        s.who_can_comment = update.who_can_comment.unwrap_or(s.who_can_comment);
+        s.show_read_receipts = update.show_read_receipts.unwrap_or(s.show_read_receipts);
+        s.show_activity_status = update
+            .show_activity_status
+            .unwrap_or(s.show_activity_status);
+        s.show_sensitive_media = update
+            .show_sensitive_media
+            .unwrap_or(s.show_sensitive_media);
+        s.email_notifications = update.email_notifications.unwrap_or(s.email_notifications);
+        let bytes = serde_json::to_vec(&s).map_err(|_| UsersError::Corrupt)?;
+        self.store
+            .put(&SETTINGS, &key(user_id), &[], &bytes, None)
+            .await?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_must_be_plain_web_addresses() {
+        let l = |url: &str| {
+            link(Link {
+                title: "site".into(),
+                url: url.into(),
+            })
+        };
+        assert!(l("https://example.com/me").is_ok());
+        assert!(l("http://example.com").is_ok());
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,hi",
+            "ftp://example.com",
+            "https://user:pw@example.com",
+            "/relative",
+            "https://",
+        ] {
+            assert!(l(bad).is_err(), "{bad}");
+        }
+        assert!(l(&format!("https://example.com/{}", "a".repeat(600))).is_err());
+    }
+
+    #[test]
+    fn language_and_timezone_shapes() {
+        for ok in ["", "en", "pt-BR", "zh-Hant-TW", "sr-Latn"] {
+            assert!(language_tag(ok.into()).is_ok(), "{ok}");
+        }
+        for bad in ["e", "english", "en_US", "en--US", "en-<script>"] {
+            assert!(language_tag(bad.into()).is_err(), "{bad}");
+        }
+        for ok in [
+            "",
+            "UTC",
+            "Europe/Lisbon",
+            "America/Argentina/Buenos_Aires",
+            "Etc/GMT+5",
+        ] {
+            assert!(timezone(ok.into()).is_ok(), "{ok}");
+        }
+        for bad in ["../etc/passwd", "/UTC", "Europe//Lisbon", "Europe/Lis bon"] {
+            assert!(timezone(bad.into()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_fields_refuse_control_characters() {
+        assert!(text("a\nb".into(), 10, true, "bio").is_ok());
+        assert!(text("a\nb".into(), 10, false, "location").is_err());
+        assert!(text("a\u{202e}b".into(), 10, false, "x").is_ok());
+        assert!(text("a\u{0}b".into(), 10, true, "bio").is_err());
+        assert!(text("é".repeat(11), 10, true, "bio").is_err());
     }
 }

@@ -10,7 +10,9 @@ use futures::future::LocalBoxFuture;
 use selfie_codec::{Builder, Encoder, Frame, Limits, build};
 use selfie_protocol::posts::{self as pp, PostsOp};
 use selfie_protocol::{Body, Envelope, ErrorCode, common};
-use selfie_services::posts::{Audience, Comment, Post, Posts, PostsError};
+use selfie_services::posts::{
+    Audience, Comment, NewPost, Post, PostEdit, Posts, PostsError, ReplyPolicy,
+};
 use selfie_storage::{Cursor, Store};
 
 use crate::service::{ErrorReply, RequestContext, Service};
@@ -20,6 +22,9 @@ fn posts_error(e: &PostsError) -> ErrorReply {
         PostsError::NotFound => ErrorReply::new(ErrorCode::NotFound, "no such post"),
         PostsError::Forbidden => {
             ErrorReply::new(ErrorCode::Forbidden, "only the author may do this")
+        }
+        PostsError::CommentsLimited => {
+            ErrorReply::new(ErrorCode::Forbidden, "comments are limited on this post")
         }
         PostsError::InvalidArgument { field } => {
             ErrorReply::new(ErrorCode::InvalidArgument, format!("invalid {field}"))
@@ -46,15 +51,41 @@ fn wire_audience(a: Audience) -> common::Audience {
     }
 }
 
+fn reply_policy_of(p: pp::ReplyPolicy) -> Option<ReplyPolicy> {
+    match p {
+        pp::ReplyPolicy::Everyone => Some(ReplyPolicy::Everyone),
+        pp::ReplyPolicy::Followers => Some(ReplyPolicy::Followers),
+        pp::ReplyPolicy::Mentioned => Some(ReplyPolicy::Mentioned),
+        pp::ReplyPolicy::Nobody => Some(ReplyPolicy::Nobody),
+        _ => None,
+    }
+}
+
+fn wire_reply_policy(p: ReplyPolicy) -> pp::ReplyPolicy {
+    match p {
+        ReplyPolicy::Everyone => pp::ReplyPolicy::Everyone,
+        ReplyPolicy::Followers => pp::ReplyPolicy::Followers,
+        ReplyPolicy::Mentioned => pp::ReplyPolicy::Mentioned,
+        ReplyPolicy::Nobody => pp::ReplyPolicy::Nobody,
+    }
+}
+
+/// Most media ids read from one request (the service allows fewer; more is refused).
+const MEDIA_READ_MAX: usize = 64;
+
+fn media_ids(v: Option<flatbuffers::Vector<'_, u64>>) -> Option<Vec<u64>> {
+    v.map(|v| v.iter().take(MEDIA_READ_MAX + 1).collect())
+}
+
 enum Call {
     Create {
-        text: String,
+        new: NewPost,
         audience: Option<Audience>,
-        quote_of: Option<u64>,
+        reply_policy: Option<ReplyPolicy>,
     },
     Edit {
         post_id: u64,
-        text: String,
+        edit: PostEdit,
     },
     History(u64),
     Delete(u64),
@@ -97,16 +128,25 @@ fn parse(env: &Envelope<'_>) -> Option<Call> {
         PostsOp::CreatePostRequest => {
             let r = p.op_as_create_post_request()?;
             Call::Create {
-                text: text(r.text()),
+                new: NewPost {
+                    media_ids: media_ids(r.media_ids()).unwrap_or_default(),
+                    quote_of: (r.quote_of() != 0).then_some(r.quote_of()),
+                    sensitive: r.sensitive(),
+                    ..NewPost::text(text(r.text()))
+                },
                 audience: audience_of(r.audience()),
-                quote_of: (r.quote_of() != 0).then_some(r.quote_of()),
+                reply_policy: reply_policy_of(r.reply_policy()),
             }
         }
         PostsOp::EditPostRequest => {
             let r = p.op_as_edit_post_request()?;
             Call::Edit {
                 post_id: r.post_id(),
-                text: text(r.text()),
+                edit: PostEdit {
+                    text: r.text().map(str::to_string),
+                    media_ids: media_ids(r.media_ids()),
+                    sensitive: r.sensitive(),
+                },
             }
         }
         PostsOp::PostHistoryRequest => Call::History(p.op_as_post_history_request()?.post_id()),
@@ -181,6 +221,20 @@ fn post_table(b: &mut Builder, p: &Post, counts: Option<[i64; 4]>) -> WIPOffset<
     let tags: Vec<_> = p.hashtags.iter().map(|t| b.create_string(t)).collect();
     let tags = b.create_vector(&tags);
     let mentions = b.create_vector(&p.mentions);
+    let media: Vec<_> = p
+        .media_ids
+        .iter()
+        .map(|&media_id| {
+            common::MediaRef::create(
+                b,
+                &common::MediaRefArgs {
+                    media_id,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let media = b.create_vector(&media);
     let author = common::UserSummary::create(
         b,
         &common::UserSummaryArgs {
@@ -214,6 +268,10 @@ fn post_table(b: &mut Builder, p: &Post, counts: Option<[i64; 4]>) -> WIPOffset<
             quote_of: p.quote_of.or(p.repost_of).unwrap_or(0),
             counts,
             deleted: p.deleted,
+            media: Some(media),
+            reply_policy: wire_reply_policy(p.reply_policy),
+            edit_count: p.edit_count,
+            sensitive: p.sensitive,
             ..Default::default()
         },
     )
@@ -311,22 +369,22 @@ impl<S: Store + 'static> Service for PostsApi<S> {
             };
             match call {
                 Call::Create {
-                    text,
+                    mut new,
                     audience,
-                    quote_of,
+                    reply_policy,
                 } => {
-                    let audience = audience.ok_or_else(|| {
+                    new.audience = audience.ok_or_else(|| {
                         ErrorReply::new(ErrorCode::InvalidArgument, "invalid audience")
                     })?;
-                    let p = posts
-                        .create(me, &text, audience, quote_of)
-                        .await
-                        .map_err(err)?;
-                    one(&p, None)
+                    new.reply_policy = reply_policy.ok_or_else(|| {
+                        ErrorReply::new(ErrorCode::InvalidArgument, "invalid reply_policy")
+                    })?;
+                    one(&posts.publish(me, new).await.map_err(err)?, None)
                 }
-                Call::Edit { post_id, text } => {
-                    one(&posts.edit(me, post_id, &text).await.map_err(err)?, None)
-                }
+                Call::Edit { post_id, edit } => one(
+                    &posts.edit_with(me, post_id, edit).await.map_err(err)?,
+                    None,
+                ),
                 Call::Get(post_id) => {
                     let p = posts.get(me, post_id).await.map_err(err)?;
                     let mut counts = [0; 4];
@@ -347,11 +405,12 @@ impl<S: Store + 'static> Service for PostsApi<S> {
                             .iter()
                             .map(|v| {
                                 let text = b.create_string(&v.text);
+                                let media = b.create_vector(&v.media_ids);
                                 pp::PostVersion::create(
                                     b,
                                     &pp::PostVersionArgs {
                                         text: Some(text),
-                                        media_ids: None,
+                                        media_ids: Some(media),
                                         edited_at_ms: v.replaced_at_ms,
                                     },
                                 )

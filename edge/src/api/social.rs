@@ -17,7 +17,9 @@ use selfie_protocol::graph::{self as pg, GraphOp};
 use selfie_protocol::users::{self as pu, UsersOp};
 use selfie_protocol::{Body, Envelope, ErrorCode, common};
 use selfie_services::graph::{FollowState, Graph, GraphError, IdPage};
-use selfie_services::users::{Profile, ProfileUpdate, Users, UsersError};
+use selfie_services::users::{
+    Link, Permission, Profile, ProfileUpdate, Settings, SettingsUpdate, Users, UsersError,
+};
 use selfie_storage::{Cursor, Store};
 
 use super::envelope;
@@ -33,6 +35,7 @@ fn graph_error(e: &GraphError) -> ErrorReply {
         GraphError::Blocked => (ErrorCode::Blocked, "blocked"),
         GraphError::Forbidden => (ErrorCode::Forbidden, "this list is private"),
         GraphError::NoSuchRequest => (ErrorCode::NotFound, "no such request"),
+        GraphError::InvalidArgument { .. } => (ErrorCode::InvalidArgument, "invalid argument"),
         GraphError::Storage(_) | GraphError::Users(UsersError::Storage(_)) => {
             (ErrorCode::StorageFailure, "storage unavailable")
         }
@@ -89,41 +92,184 @@ impl<S: Store + 'static> UsersApi<S> {
 
 enum UsersCall {
     Get(u64),
+    GetByName(String),
     Update(ProfileUpdate),
+    Settings,
+    UpdateSettings(SettingsUpdate),
+    Lookup(Vec<u64>, Vec<String>),
+}
+
+fn permission_of(p: pu::Permission) -> Option<Permission> {
+    match p {
+        pu::Permission::Everyone => Some(Permission::Everyone),
+        pu::Permission::Followers => Some(Permission::Followers),
+        pu::Permission::Following => Some(Permission::Following),
+        pu::Permission::Nobody => Some(Permission::Nobody),
+        _ => None,
+    }
+}
+
+fn wire_permission(p: Permission) -> pu::Permission {
+    match p {
+        Permission::Everyone => pu::Permission::Everyone,
+        Permission::Followers => pu::Permission::Followers,
+        Permission::Following => pu::Permission::Following,
+        Permission::Nobody => pu::Permission::Nobody,
+    }
+}
+
+/// Reads a users request; `Err` for a request whose enum values are out of range.
+fn parse_users(env: &Envelope<'_>) -> Option<Result<UsersCall, ErrorReply>> {
+    let u = env.body_as_users()?;
+    let invalid =
+        |field: &str| ErrorReply::new(ErrorCode::InvalidArgument, format!("invalid {field}"));
+    Some(Ok(match u.op_type() {
+        UsersOp::GetProfileRequest => {
+            let r = u.op_as_get_profile_request()?;
+            match r.username() {
+                Some(name) if r.user_id() == 0 => UsersCall::GetByName(name.to_string()),
+                _ => UsersCall::Get(r.user_id()),
+            }
+        }
+        UsersOp::UpdateProfileRequest => {
+            let r = u.op_as_update_profile_request()?;
+            UsersCall::Update(ProfileUpdate {
+                display_name: r.display_name().map(str::to_string),
+                bio: r.bio().map(str::to_string),
+                private: r.private(),
+                avatar_media_id: r.avatar_media_id(),
+                banner_media_id: r.banner_media_id(),
+                // One more than allowed is enough to be refused.
+                links: r.links().map(|v| {
+                    v.iter()
+                        .take(selfie_services::users::MAX_LINKS + 1)
+                        .map(|l| Link {
+                            title: l.title().unwrap_or_default().to_string(),
+                            url: l.url().unwrap_or_default().to_string(),
+                        })
+                        .collect()
+                }),
+                pronouns: r.pronouns().map(str::to_string),
+                location: r.location().map(str::to_string),
+            })
+        }
+        UsersOp::GetSettingsRequest => UsersCall::Settings,
+        UsersOp::UpdateSettingsRequest => {
+            let r = u.op_as_update_settings_request()?;
+            let perm = |p: Option<pu::Permission>, field| match p {
+                None => Ok(None),
+                Some(p) => permission_of(p).map(Some).ok_or_else(|| invalid(field)),
+            };
+            let update = (|| {
+                Ok(SettingsUpdate {
+                    who_can_message: perm(r.who_can_message(), "who_can_message")?,
+                    who_can_mention: perm(r.who_can_mention(), "who_can_mention")?,
+                    who_can_comment: perm(r.who_can_comment(), "who_can_comment")?,
+                    show_read_receipts: r.show_read_receipts(),
+                    show_activity_status: r.show_activity_status(),
+                    show_sensitive_media: r.show_sensitive_media(),
+                    language: r.language().map(str::to_string),
+                    timezone: r.timezone().map(str::to_string),
+                    email_notifications: r.email_notifications(),
+                })
+            })();
+            return Some(update.map(UsersCall::UpdateSettings));
+        }
+        UsersOp::LookupUsersRequest => {
+            let r = u.op_as_lookup_users_request()?;
+            let cap = selfie_services::users::MAX_LOOKUP + 1;
+            UsersCall::Lookup(
+                r.user_ids()
+                    .map(|v| v.iter().take(cap).collect())
+                    .unwrap_or_default(),
+                r.usernames()
+                    .map(|v| v.iter().take(cap).map(str::to_string).collect())
+                    .unwrap_or_default(),
+            )
+        }
+        _ => return None,
+    }))
+}
+
+fn summary(b: &mut Builder, p: &Profile) -> WIPOffset<common::UserSummary<'static>> {
+    let (username, display) = (
+        b.create_string(&p.username),
+        b.create_string(&p.display_name),
+    );
+    common::UserSummary::create(
+        b,
+        &common::UserSummaryArgs {
+            user_id: p.user_id,
+            username: Some(username),
+            display_name: Some(display),
+            avatar_media_id: p.avatar_media_id,
+            private: p.private,
+            deleted: p.deleted,
+            ..Default::default()
+        },
+    )
+}
+
+fn users_frame(
+    b: &mut Builder,
+    id: u64,
+    op_type: UsersOp,
+    op: WIPOffset<flatbuffers::UnionWIPOffset>,
+) -> WIPOffset<Envelope<'static>> {
+    let body = pu::Users::create(
+        b,
+        &pu::UsersArgs {
+            op_type,
+            op: Some(op),
+        },
+    );
+    envelope(b, id, Body::Users, body.as_union_value())
+}
+
+/// What a profile read shows besides the profile itself.
+struct ProfileExtras {
+    followers: i64,
+    following: i64,
+    posts: i64,
+    rel: selfie_services::graph::Relationship,
 }
 
 fn profile_frame(
     b: &mut Builder,
     id: u64,
     p: &Profile,
-    counts: (i64, i64),
-    rel: selfie_services::graph::Relationship,
+    x: &ProfileExtras,
 ) -> WIPOffset<Envelope<'static>> {
-    let (username, display, bio) = (
-        b.create_string(&p.username),
-        b.create_string(&p.display_name),
-        b.create_string(&p.bio),
-    );
-    let user = common::UserSummary::create(
-        b,
-        &common::UserSummaryArgs {
-            user_id: p.user_id,
-            username: Some(username),
-            display_name: Some(display),
-            private: p.private,
-            ..Default::default()
-        },
-    );
+    let user = summary(b, p);
+    let bio = b.create_string(&p.bio);
+    let (pronouns, location) = (b.create_string(&p.pronouns), b.create_string(&p.location));
+    let links: Vec<_> = p
+        .links
+        .iter()
+        .map(|l| {
+            let (title, url) = (b.create_string(&l.title), b.create_string(&l.url));
+            pu::ProfileLink::create(
+                b,
+                &pu::ProfileLinkArgs {
+                    title: Some(title),
+                    url: Some(url),
+                },
+            )
+        })
+        .collect();
+    let links = b.create_vector(&links);
+    let rel = x.rel;
     let relationship = pu::Relationship::create(
         b,
         &pu::RelationshipArgs {
             following: rel.following,
             followed_by: rel.followed_by,
             follow_requested: rel.requested,
+            follow_request_received: rel.request_received,
             blocking: rel.blocking,
             blocked_by: rel.blocked_by,
             muting: rel.muting,
-            ..Default::default()
+            close_friend: false,
         },
     );
     let profile = pu::Profile::create(
@@ -131,10 +277,15 @@ fn profile_frame(
         &pu::ProfileArgs {
             user: Some(user),
             bio: Some(bio),
-            followers_count: counts.0.max(0) as u64,
-            following_count: counts.1.max(0) as u64,
+            banner_media_id: p.banner_media_id,
+            links: Some(links),
+            created_at_ms: p.created_at_ms,
+            followers_count: x.followers.max(0) as u64,
+            following_count: x.following.max(0) as u64,
+            posts_count: x.posts.max(0) as u64,
             relationship: Some(relationship),
-            ..Default::default()
+            pronouns: Some(pronouns),
+            location: Some(location),
         },
     );
     let r = pu::GetProfileResponse::create(
@@ -143,14 +294,32 @@ fn profile_frame(
             profile: Some(profile),
         },
     );
-    let body = pu::Users::create(
+    users_frame(b, id, UsersOp::GetProfileResponse, r.as_union_value())
+}
+
+fn settings_frame(b: &mut Builder, id: u64, s: &Settings) -> WIPOffset<Envelope<'static>> {
+    let (language, timezone) = (b.create_string(&s.language), b.create_string(&s.timezone));
+    let settings = pu::Settings::create(
         b,
-        &pu::UsersArgs {
-            op_type: UsersOp::GetProfileResponse,
-            op: Some(r.as_union_value()),
+        &pu::SettingsArgs {
+            who_can_message: wire_permission(s.who_can_message),
+            who_can_mention: wire_permission(s.who_can_mention),
+            who_can_comment: wire_permission(s.who_can_comment),
+            show_read_receipts: s.show_read_receipts,
+            show_activity_status: s.show_activity_status,
+            show_sensitive_media: s.show_sensitive_media,
+            language: Some(language),
+            timezone: Some(timezone),
+            email_notifications: s.email_notifications,
         },
     );
-    envelope(b, id, Body::Users, body.as_union_value())
+    let r = pu::SettingsResponse::create(
+        b,
+        &pu::SettingsResponseArgs {
+            settings: Some(settings),
+        },
+    );
+    users_frame(b, id, UsersOp::SettingsResponse, r.as_union_value())
 }
 
 impl<S: Store + 'static> Service for UsersApi<S> {
@@ -165,19 +334,7 @@ impl<S: Store + 'static> Service for UsersApi<S> {
     ) -> LocalBoxFuture<'static, Result<Bytes, ErrorReply>> {
         let env = frame.envelope();
         let id = env.id();
-        let call = env.body_as_users().and_then(|u| match u.op_type() {
-            UsersOp::GetProfileRequest => u
-                .op_as_get_profile_request()
-                .map(|r| UsersCall::Get(r.user_id())),
-            UsersOp::UpdateProfileRequest => u.op_as_update_profile_request().map(|r| {
-                UsersCall::Update(ProfileUpdate {
-                    display_name: r.display_name().map(str::to_string),
-                    bio: r.bio().map(str::to_string),
-                    private: r.private(),
-                })
-            }),
-            _ => None,
-        });
+        let call = parse_users(&env);
         let (users, graph, encoder) =
             (self.users.clone(), self.graph.clone(), self.encoder.clone());
         Box::pin(async move {
@@ -187,26 +344,47 @@ impl<S: Store + 'static> Service for UsersApi<S> {
                     ErrorCode::Unavailable,
                     "this users operation is not available yet",
                 )
-            })?;
-            let (profile, target) = match call {
-                UsersCall::Get(user_id) => (
-                    users.get(me, user_id).await.map_err(|e| users_error(&e))?,
-                    user_id,
-                ),
-                UsersCall::Update(update) => (
-                    users
-                        .update(me, update)
-                        .await
-                        .map_err(|e| users_error(&e))?,
-                    me,
-                ),
+            })??;
+            let uerr = |e: UsersError| users_error(&e);
+            let profile = match call {
+                UsersCall::Get(user_id) => users.get(me, user_id).await.map_err(uerr)?,
+                UsersCall::GetByName(name) => {
+                    users.get_by_username(me, &name).await.map_err(uerr)?
+                }
+                UsersCall::Update(update) => users.update(me, update).await.map_err(uerr)?,
+                UsersCall::Settings => {
+                    let s = users.settings(me).await.map_err(uerr)?;
+                    return encode(&encoder, &|b| settings_frame(b, id, &s));
+                }
+                UsersCall::UpdateSettings(update) => {
+                    let s = users.update_settings(me, update).await.map_err(uerr)?;
+                    return encode(&encoder, &|b| settings_frame(b, id, &s));
+                }
+                UsersCall::Lookup(ids, names) => {
+                    let found = users.lookup(me, &ids, &names).await.map_err(uerr)?;
+                    return encode(&encoder, &|b| {
+                        let list: Vec<_> = found.iter().map(|p| summary(b, p)).collect();
+                        let list = b.create_vector(&list);
+                        let r = pu::LookupUsersResponse::create(
+                            b,
+                            &pu::LookupUsersResponseArgs { users: Some(list) },
+                        );
+                        users_frame(b, id, UsersOp::LookupUsersResponse, r.as_union_value())
+                    });
+                }
             };
-            let counts = graph.counts(target).await.map_err(|e| graph_error(&e))?;
-            let rel = graph
-                .relationship(me, target)
-                .await
-                .map_err(|e| graph_error(&e))?;
-            encode(&encoder, &|b| profile_frame(b, id, &profile, counts, rel))
+            let target = profile.user_id;
+            let (followers, following) = graph.counts(target).await.map_err(|e| graph_error(&e))?;
+            let extras = ProfileExtras {
+                followers,
+                following,
+                posts: users.posts_count(target).await.map_err(uerr)?,
+                rel: graph
+                    .relationship(me, target)
+                    .await
+                    .map_err(|e| graph_error(&e))?,
+            };
+            encode(&encoder, &|b| profile_frame(b, id, &profile, &extras))
         })
     }
 }
@@ -235,11 +413,16 @@ enum GraphCall {
     Cancel(u64),
     Block(u64),
     Unblock(u64),
-    Mute(u64),
+    Mute(u64, Option<std::time::Duration>),
     Unmute(u64),
+    RemoveFollower(u64),
     Followers(u64, usize, Option<Cursor>),
     Following(u64, usize, Option<Cursor>),
     Requests(usize, Option<Cursor>),
+    RequestsSent(usize, Option<Cursor>),
+    Blocks(usize, Option<Cursor>),
+    Mutes(usize, Option<Cursor>),
+    Relationships(Vec<u64>),
 }
 
 fn page_args(page: Option<common::PageRequest<'_>>) -> (usize, Option<Cursor>) {
@@ -268,7 +451,33 @@ fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
         }
         GraphOp::BlockRequest => GraphCall::Block(g.op_as_block_request()?.target_id()),
         GraphOp::UnblockRequest => GraphCall::Unblock(g.op_as_unblock_request()?.target_id()),
-        GraphOp::MuteRequest => GraphCall::Mute(g.op_as_mute_request()?.target_id()),
+        GraphOp::MuteRequest => {
+            let r = g.op_as_mute_request()?;
+            let duration =
+                (r.duration_ms() != 0).then(|| std::time::Duration::from_millis(r.duration_ms()));
+            GraphCall::Mute(r.target_id(), duration)
+        }
+        GraphOp::RemoveFollowerRequest => {
+            GraphCall::RemoveFollower(g.op_as_remove_follower_request()?.follower_id())
+        }
+        GraphOp::BlocksListRequest => {
+            let (limit, cursor) = page_args(g.op_as_blocks_list_request()?.page());
+            GraphCall::Blocks(limit, cursor)
+        }
+        GraphOp::MutesListRequest => {
+            let (limit, cursor) = page_args(g.op_as_mutes_list_request()?.page());
+            GraphCall::Mutes(limit, cursor)
+        }
+        GraphOp::RelationshipsRequest => GraphCall::Relationships(
+            g.op_as_relationships_request()?
+                .user_ids()
+                .map(|v| {
+                    v.iter()
+                        .take(selfie_services::graph::MAX_RELATIONSHIPS + 1)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
         GraphOp::UnmuteRequest => GraphCall::Unmute(g.op_as_unmute_request()?.target_id()),
         GraphOp::FollowersListRequest => {
             let r = g.op_as_followers_list_request()?;
@@ -281,8 +490,12 @@ fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
             GraphCall::Following(r.user_id(), limit, cursor)
         }
         GraphOp::FollowRequestsListRequest => {
-            let (limit, cursor) = page_args(g.op_as_follow_requests_list_request()?.page());
-            GraphCall::Requests(limit, cursor)
+            let r = g.op_as_follow_requests_list_request()?;
+            let (limit, cursor) = page_args(r.page());
+            match r.direction() {
+                pg::Direction::Outgoing => GraphCall::RequestsSent(limit, cursor),
+                _ => GraphCall::Requests(limit, cursor),
+            }
         }
         _ => return None,
     })
@@ -339,11 +552,16 @@ impl<S: Store + 'static> Service for GraphApi<S> {
             | GraphCall::Cancel(t)
             | GraphCall::Block(t)
             | GraphCall::Unblock(t)
-            | GraphCall::Mute(t)
+            | GraphCall::Mute(t, _)
             | GraphCall::Unmute(t)
+            | GraphCall::RemoveFollower(t)
             | GraphCall::Followers(t, ..)
             | GraphCall::Following(t, ..) => Some(t),
-            GraphCall::Requests(..) => None,
+            GraphCall::Requests(..)
+            | GraphCall::RequestsSent(..)
+            | GraphCall::Blocks(..)
+            | GraphCall::Mutes(..)
+            | GraphCall::Relationships(..) => None,
         }
     }
 
@@ -419,8 +637,8 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                     .await
                     .map_err(err)
                     .and_then(|()| ack(&encoder)),
-                GraphCall::Mute(t) => graph
-                    .mute(me, t)
+                GraphCall::Mute(t, duration) => graph
+                    .mute(me, t, duration)
                     .await
                     .map_err(err)
                     .and_then(|()| ack(&encoder)),
@@ -443,9 +661,63 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                         .map_err(err)?;
                     encode(&encoder, &|b| list_frame(b, id, &page))
                 }
+                GraphCall::RemoveFollower(f) => graph
+                    .remove_follower(me, f)
+                    .await
+                    .map_err(err)
+                    .and_then(|()| ack(&encoder)),
                 GraphCall::Requests(limit, cursor) => {
                     let page = graph.requests(me, limit, cursor).await.map_err(err)?;
                     encode(&encoder, &|b| list_frame(b, id, &page))
+                }
+                GraphCall::RequestsSent(limit, cursor) => {
+                    let page = graph.requests_sent(me, limit, cursor).await.map_err(err)?;
+                    encode(&encoder, &|b| list_frame(b, id, &page))
+                }
+                GraphCall::Blocks(limit, cursor) => {
+                    let page = graph.blocks(me, limit, cursor).await.map_err(err)?;
+                    encode(&encoder, &|b| list_frame(b, id, &page))
+                }
+                GraphCall::Mutes(limit, cursor) => {
+                    let page = graph.mutes(me, limit, cursor).await.map_err(err)?;
+                    encode(&encoder, &|b| list_frame(b, id, &page))
+                }
+                GraphCall::Relationships(ids) => {
+                    let list = graph.relationships(me, &ids).await.map_err(err)?;
+                    encode(&encoder, &|b| {
+                        let entries: Vec<_> = list
+                            .iter()
+                            .map(|(user_id, r)| {
+                                pg::RelationshipEntry::create(
+                                    b,
+                                    &pg::RelationshipEntryArgs {
+                                        user_id: *user_id,
+                                        following: r.following,
+                                        followed_by: r.followed_by,
+                                        follow_requested: r.requested,
+                                        blocking: r.blocking,
+                                        blocked_by: r.blocked_by,
+                                        muting: r.muting,
+                                    },
+                                )
+                            })
+                            .collect();
+                        let entries = b.create_vector(&entries);
+                        let r = pg::RelationshipsResponse::create(
+                            b,
+                            &pg::RelationshipsResponseArgs {
+                                entries: Some(entries),
+                            },
+                        );
+                        let body = pg::Graph::create(
+                            b,
+                            &pg::GraphArgs {
+                                op_type: GraphOp::RelationshipsResponse,
+                                op: Some(r.as_union_value()),
+                            },
+                        );
+                        envelope(b, id, Body::Graph, body.as_union_value())
+                    })
                 }
             }
         })

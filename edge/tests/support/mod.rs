@@ -1,0 +1,195 @@
+//! Shared by the end-to-end tests: a real edge with every social service over a fresh
+//! embedded store, and requests written with the protocol's object API.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use selfie_client::{Client, ClientConfig, ClientError, Trust};
+use selfie_edge::api::auth::AuthApi;
+use selfie_edge::api::posts::PostsApi;
+use selfie_edge::api::social::{GraphApi, UsersApi};
+use selfie_edge::auth::TokenAuthenticator;
+use selfie_edge::{Config, Edge, Registry};
+use selfie_protocol::auth::{self as pa, AuthOpT, AuthT};
+use selfie_protocol::graph::{GraphOpT, GraphT};
+use selfie_protocol::posts::{PostsOpT, PostsT};
+use selfie_protocol::users::{UsersOpT, UsersT};
+use selfie_protocol::{BodyT, EnvelopeT};
+use selfie_services::auth::accounts::Accounts;
+use selfie_services::auth::password::PasswordHasher;
+use selfie_services::auth::throttle::{LoginThrottle, ThrottleConfig};
+use selfie_services::auth::tokens::AccessTokens;
+use selfie_services::graph::Graph;
+use selfie_services::posts::Posts;
+use selfie_services::users::Users;
+use selfie_storage::SystemClock;
+use selfie_storage::embedded::EmbeddedStore;
+
+/// A running edge and its data directory.
+pub struct Node {
+    pub edge: Edge,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts an edge (2 shards) with accounts, users, graph and posts over a fresh store.
+pub fn start() -> Node {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.server.shards = 2;
+    config.server.pin_cores = false;
+    config.server.data_dir = dir.path().to_path_buf();
+    config.server.drain_deadline_ms = 1_000;
+    config.ops.listen = "127.0.0.1:0".parse().expect("addr");
+    let store = EmbeddedStore::open(
+        dir.path().join("storage"),
+        &selfie_services::schema::tables(),
+        Arc::new(SystemClock),
+    )
+    .expect("store");
+    let tokens = AccessTokens::generate("selfie-test", Duration::from_secs(900)).expect("key");
+    // Cheap Argon2 parameters: these tests check the flows, not hashing cost.
+    let hasher = PasswordHasher::with_params(
+        argon2::Params::new(64, 1, 1, None).expect("params"),
+        2,
+        Duration::from_secs(5),
+    )
+    .expect("hasher");
+    let auth = Arc::new(TokenAuthenticator::new(tokens.clone()));
+    // The default address limits, with a short lockout cap so that a test can wait it
+    // out; one throttle for the node, shared by both shards.
+    let throttle = LoginThrottle::new(ThrottleConfig {
+        max_lockout: Duration::from_secs(2),
+        ..ThrottleConfig::default()
+    });
+    let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
+        let mut r = Registry::new();
+        let accounts = Accounts::new(
+            store.clone(),
+            tokens.clone(),
+            hasher.clone(),
+            Arc::new(SystemClock),
+            1,
+            shard as u16,
+            throttle.clone(),
+        )
+        .expect("accounts");
+        let users = Rc::new(Users::new(store.clone()));
+        let graph = Rc::new(Graph::new(store.clone()));
+        r.register(
+            selfie_protocol::Service::Users,
+            Rc::new(UsersApi::new(users.clone(), graph.clone())),
+        );
+        r.register(
+            selfie_protocol::Service::Graph,
+            Rc::new(GraphApi::new(graph.clone())),
+        );
+        let posts =
+            Posts::new(store.clone(), Arc::new(SystemClock), 1, shard as u16).expect("posts");
+        r.register(
+            selfie_protocol::Service::Posts,
+            Rc::new(PostsApi::new(posts)),
+        );
+        r.register(
+            selfie_protocol::Service::Auth,
+            Rc::new(AuthApi::new(
+                accounts,
+                users,
+                graph,
+                Duration::from_secs(900),
+            )),
+        );
+        r
+    });
+    let edge = Edge::start(config, factory, auth).expect("edge");
+    Node { edge, _dir: dir }
+}
+
+/// A client configuration for `node`, signed in with `token` when given.
+pub fn config(node: &Node, token: Option<String>) -> ClientConfig {
+    let mut c = ClientConfig::new(
+        node.edge.addr,
+        Trust::pinned_hex(&node.edge.fingerprint).expect("pin"),
+    );
+    c.access_token = token;
+    c
+}
+
+/// Sends `body` and returns the answer's body.
+pub async fn call(c: &Client, body: BodyT) -> Result<BodyT, ClientError> {
+    let f = c
+        .request(|b, id| {
+            let mut e = EnvelopeT::default();
+            e.id = id;
+            e.body = body;
+            e.pack(b)
+        })
+        .await?;
+    Ok(f.envelope().unpack().body)
+}
+
+/// An auth operation.
+pub fn auth(op: AuthOpT) -> BodyT {
+    let mut t = AuthT::default();
+    t.op = op;
+    BodyT::Auth(Box::new(t))
+}
+
+/// A users operation.
+pub fn users(op: UsersOpT) -> BodyT {
+    let mut t = UsersT::default();
+    t.op = op;
+    BodyT::Users(Box::new(t))
+}
+
+/// A graph operation.
+pub fn graph(op: GraphOpT) -> BodyT {
+    let mut t = GraphT::default();
+    t.op = op;
+    BodyT::Graph(Box::new(t))
+}
+
+/// A posts operation.
+pub fn posts(op: PostsOpT) -> BodyT {
+    let mut t = PostsT::default();
+    t.op = op;
+    BodyT::Posts(Box::new(t))
+}
+
+/// A signed-in user: id, password and a session.
+pub struct User {
+    pub id: u64,
+    pub name: String,
+    pub password: String,
+    pub client: Client,
+}
+
+/// Registers `name` through `anon` and opens a session with its access token.
+pub async fn sign_up(node: &Node, anon: &Client, name: &str) -> User {
+    let password = format!("{name} correct horse battery");
+    let mut r = pa::RegisterRequestT::default();
+    r.username = Some(name.to_string());
+    r.email = Some(format!("{name}@example.com"));
+    r.password = Some(password.clone());
+    let BodyT::Auth(a) = call(anon, auth(AuthOpT::RegisterRequest(Box::new(r))))
+        .await
+        .expect("registered")
+    else {
+        panic!("not an auth answer")
+    };
+    let AuthOpT::RegisterResponse(r) = a.op else {
+        panic!("not a register response")
+    };
+    let t = r.tokens.expect("tokens");
+    let client = Client::connect(config(node, t.access_token))
+        .await
+        .expect("welcome");
+    User {
+        id: t.user_id,
+        name: name.to_string(),
+        password,
+        client,
+    }
+}
