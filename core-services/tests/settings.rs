@@ -1,0 +1,543 @@
+//! Profiles, settings, reply policies, media ids and the graph's lists and timed mutes:
+//! the same test bodies on the embedded store and on the real CQL server
+//! (`SELFIE_CQL_NODES`, started by `scripts/test`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use selfie_services::graph::{Graph, GraphError, MAX_MUTE};
+use selfie_services::posts::{
+    Audience, MAX_MEDIA, NewPost, PostEdit, Posts, PostsError, ReplyPolicy,
+};
+use selfie_services::schema;
+use selfie_services::users::{
+    Link, MAX_LINKS, Permission, ProfileUpdate, Settings, SettingsUpdate, Users, UsersError,
+};
+use selfie_storage::cql::{CqlConfig, CqlStore};
+use selfie_storage::embedded::EmbeddedStore;
+use selfie_storage::key::KeyBuilder;
+use selfie_storage::{Clock, Store, SystemClock};
+
+async fn cql() -> CqlStore {
+    let nodes = std::env::var("SELFIE_CQL_NODES").expect(
+        "SELFIE_CQL_NODES is not set: run the tests with scripts/test (it starts a CQL server)",
+    );
+    let config = CqlConfig::from_url(&format!(
+        "cql://{nodes}/settings_{:08x}",
+        rand::random::<u32>()
+    ))
+    .expect("url");
+    CqlStore::open(&config, schema::MIGRATIONS, &schema::tables())
+        .await
+        .expect("store")
+}
+
+const OWNER: u64 = 1;
+const FAN: u64 = 2; // follows OWNER
+const FRIEND: u64 = 3; // followed by OWNER
+const STRANGER: u64 = 4;
+
+struct World<S> {
+    users: Users<S>,
+    graph: Graph<S>,
+    posts: Posts<S>,
+}
+
+async fn world<S: Store + Clone>(store: &S) -> World<S> {
+    let users = Users::new(store.clone());
+    for (id, name) in [
+        (OWNER, "owner"),
+        (FAN, "fan"),
+        (FRIEND, "friend"),
+        (STRANGER, "stranger"),
+    ] {
+        users.create(id, name).await.expect("profile");
+        // Usernames resolve as accounts would register them.
+        store
+            .insert_if_absent(
+                &selfie_services::auth::accounts::USERNAMES,
+                &KeyBuilder::new().str(name).build(),
+                &[],
+                &id.to_be_bytes(),
+                None,
+            )
+            .await
+            .expect("username");
+    }
+    let graph = Graph::new(store.clone());
+    graph.follow(FAN, OWNER).await.expect("follow");
+    graph.follow(OWNER, FRIEND).await.expect("follow");
+    let posts = Posts::new(store.clone(), Arc::new(SystemClock), 1, 0).expect("posts");
+    World {
+        users,
+        graph,
+        posts,
+    }
+}
+
+async fn commenters<S: Store>(w: &World<S>, post_id: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for viewer in [OWNER, FAN, FRIEND, STRANGER] {
+        match w.posts.comment(viewer, post_id, 0, "hi").await {
+            Ok(_) => out.push(viewer),
+            Err(PostsError::CommentsLimited) => {}
+            Err(e) => panic!("viewer {viewer}: {e}"),
+        }
+    }
+    out
+}
+
+async fn reply_policies_and_settings<S: Store + Clone>(store: S) {
+    let w = world(&store).await;
+    // The post's reply policy.
+    let mut expected = vec![
+        (ReplyPolicy::Everyone, vec![OWNER, FAN, FRIEND, STRANGER]),
+        (ReplyPolicy::Followers, vec![OWNER, FAN]),
+        (ReplyPolicy::Mentioned, vec![OWNER, STRANGER]),
+        (ReplyPolicy::Nobody, vec![OWNER]),
+    ];
+    for (policy, who) in expected.drain(..) {
+        let p = w
+            .posts
+            .publish(
+                OWNER,
+                NewPost {
+                    reply_policy: policy,
+                    ..NewPost::text("thoughts, @stranger?")
+                },
+            )
+            .await
+            .expect("post");
+        assert_eq!(commenters(&w, p.post_id).await, who, "{policy:?}");
+    }
+    // The author's setting narrows every post further (the stricter one wins).
+    assert_eq!(
+        w.users.settings(OWNER).await.expect("settings"),
+        Settings::default()
+    );
+    w.users
+        .update_settings(
+            OWNER,
+            SettingsUpdate {
+                who_can_comment: Some(Permission::Following),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("settings");
+    let p = w
+        .posts
+        .create(OWNER, "open to all?", Audience::Public, None)
+        .await
+        .expect("post");
+    assert_eq!(commenters(&w, p.post_id).await, vec![OWNER, FRIEND]);
+    // Mentions: who may link the owner.
+    let mentions = |author| {
+        let posts = &w.posts;
+        async move {
+            posts
+                .create(author, "hey @owner", Audience::Public, None)
+                .await
+                .expect("post")
+                .mentions
+        }
+    };
+    assert_eq!(mentions(STRANGER).await, vec![OWNER]);
+    for (permission, linked) in [
+        (Permission::Nobody, vec![]),
+        (Permission::Following, vec![FRIEND]),
+        (Permission::Followers, vec![FAN]),
+        (Permission::Everyone, vec![FAN, FRIEND, STRANGER]),
+    ] {
+        w.users
+            .update_settings(
+                OWNER,
+                SettingsUpdate {
+                    who_can_mention: Some(permission),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("settings");
+        let mut got = Vec::new();
+        for author in [FAN, FRIEND, STRANGER] {
+            if mentions(author).await == vec![OWNER] {
+                got.push(author);
+            }
+        }
+        assert_eq!(got, linked, "{permission:?}");
+        // The owner may always mention themselves.
+        assert_eq!(mentions(OWNER).await, vec![OWNER]);
+    }
+    // A bad field refuses the whole update.
+    let before = w.users.settings(OWNER).await.expect("settings");
+    let err = w
+        .users
+        .update_settings(
+            OWNER,
+            SettingsUpdate {
+                show_read_receipts: Some(false),
+                language: Some("english please".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(
+        err,
+        Err(UsersError::InvalidArgument { field: "language" })
+    ));
+    assert_eq!(w.users.settings(OWNER).await.expect("settings"), before);
+    let s = w
+        .users
+        .update_settings(
+            OWNER,
+            SettingsUpdate {
+                show_read_receipts: Some(false),
+                language: Some("pt-BR".into()),
+                timezone: Some("America/Sao_Paulo".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("settings");
+    assert!(!s.show_read_receipts && s.language == "pt-BR");
+    assert_eq!(w.users.settings(OWNER).await.expect("settings"), s);
+}
+
+async fn profiles_and_lookup<S: Store + Clone>(store: S) {
+    let w = world(&store).await;
+    let links = vec![Link {
+        title: "portfolio".into(),
+        url: "https://example.com/me".into(),
+    }];
+    let p = w
+        .users
+        .update(
+            OWNER,
+            ProfileUpdate {
+                avatar_media_id: Some(77),
+                banner_media_id: Some(78),
+                links: Some(links.clone()),
+                pronouns: Some("she/her".into()),
+                location: Some("Lisbon".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update");
+    assert_eq!((p.avatar_media_id, p.banner_media_id), (77, 78));
+    assert!(p.created_at_ms > 0);
+    // Every field is checked before anything is written.
+    let bad = [
+        ProfileUpdate {
+            bio: Some("new bio".into()),
+            links: Some(vec![Link {
+                title: "x".into(),
+                url: "javascript:alert(1)".into(),
+            }]),
+            ..Default::default()
+        },
+        ProfileUpdate {
+            bio: Some("new bio".into()),
+            links: Some(vec![links[0].clone(); MAX_LINKS + 1]),
+            ..Default::default()
+        },
+        ProfileUpdate {
+            bio: Some("new bio".into()),
+            location: Some("far\u{0}away".into()),
+            ..Default::default()
+        },
+    ];
+    for update in bad {
+        assert!(matches!(
+            w.users.update(OWNER, update).await,
+            Err(UsersError::InvalidArgument { .. })
+        ));
+    }
+    let read = w.users.get(STRANGER, OWNER).await.expect("profile");
+    assert_eq!(read, p);
+    assert_eq!(read.links, links);
+    // By username, in any case; lookups leave out the hidden and the unknown.
+    assert_eq!(
+        w.users
+            .get_by_username(STRANGER, "OWNER")
+            .await
+            .expect("profile")
+            .user_id,
+        OWNER
+    );
+    w.graph.block(FRIEND, STRANGER).await.expect("block");
+    w.users.mark_deleted(FAN).await.expect("deleted");
+    let found = w
+        .users
+        .lookup(
+            STRANGER,
+            &[FRIEND, OWNER, 999, FAN, OWNER],
+            &["stranger".into(), "nobody".into()],
+        )
+        .await
+        .expect("lookup");
+    let ids: Vec<u64> = found.iter().map(|p| p.user_id).collect();
+    assert_eq!(ids, vec![OWNER, STRANGER]);
+    assert!(matches!(
+        w.users.lookup(STRANGER, &[1; 101], &[]).await,
+        Err(UsersError::InvalidArgument { .. })
+    ));
+    // A deleted account's profile keeps nothing of what it showed.
+    w.users.mark_deleted(OWNER).await.expect("deleted");
+    assert!(matches!(
+        w.users.get(STRANGER, OWNER).await,
+        Err(UsersError::NotFound)
+    ));
+}
+
+async fn graph_lists_and_relationships<S: Store + Clone>(store: S) {
+    let w = world(&store).await;
+    // Removing a follower keeps both counts exact.
+    assert_eq!(w.graph.counts(OWNER).await.expect("counts"), (1, 1));
+    w.graph.remove_follower(OWNER, FAN).await.expect("removed");
+    w.graph.remove_follower(OWNER, FAN).await.expect("again");
+    assert_eq!(w.graph.counts(OWNER).await.expect("counts"), (0, 1));
+    assert_eq!(w.graph.counts(FAN).await.expect("counts"), (0, 0));
+    // Blocks and mutes are listed for their owner.
+    w.graph.block(OWNER, STRANGER).await.expect("block");
+    w.graph.mute(OWNER, FAN, None).await.expect("mute");
+    w.graph
+        .mute(OWNER, FRIEND, Some(Duration::from_secs(3600)))
+        .await
+        .expect("timed mute");
+    assert_eq!(
+        w.graph.blocks(OWNER, 10, None).await.expect("blocks").ids,
+        vec![STRANGER]
+    );
+    assert_eq!(
+        w.graph.mutes(OWNER, 10, None).await.expect("mutes").ids,
+        vec![FAN, FRIEND]
+    );
+    for bad in [Duration::ZERO, MAX_MUTE + Duration::from_secs(1)] {
+        assert!(matches!(
+            w.graph.mute(OWNER, FAN, Some(bad)).await,
+            Err(GraphError::InvalidArgument { .. })
+        ));
+    }
+    assert!(matches!(
+        w.graph.mute(OWNER, 999, None).await,
+        Err(GraphError::NotFound)
+    ));
+    assert!(matches!(w.graph.mute(FAN, STRANGER, None).await, Ok(())));
+    // Batch relationships: the stranger does not learn that the owner blocks them.
+    let rels = w
+        .graph
+        .relationships(STRANGER, &[OWNER, FAN])
+        .await
+        .expect("relationships");
+    assert_eq!(rels[0].0, OWNER);
+    assert!(!rels[0].1.blocked_by && !rels[0].1.blocking);
+    let mine = w
+        .graph
+        .relationships(OWNER, &[STRANGER, FRIEND, FAN])
+        .await
+        .expect("relationships");
+    assert!(mine[0].1.blocking);
+    assert!(mine[1].1.following && mine[1].1.muting);
+    assert!(mine[2].1.muting && !mine[2].1.followed_by);
+    // Requests sent are listed for their sender.
+    w.users
+        .update(
+            FRIEND,
+            ProfileUpdate {
+                private: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("private");
+    w.graph.follow(FAN, FRIEND).await.expect("requested");
+    assert_eq!(
+        w.graph
+            .requests_sent(FAN, 10, None)
+            .await
+            .expect("sent")
+            .ids,
+        vec![FRIEND]
+    );
+    assert!(
+        w.graph
+            .relationship(FRIEND, FAN)
+            .await
+            .expect("rel")
+            .request_received
+    );
+}
+
+async fn media_history_and_counts<S: Store + Clone>(store: S) {
+    let w = world(&store).await;
+    let media = |ids: Vec<u64>| NewPost {
+        media_ids: ids,
+        ..NewPost::text("")
+    };
+    // A media-only post is fine; an empty one is not.
+    let p = w
+        .posts
+        .publish(OWNER, media(vec![11, 12]))
+        .await
+        .expect("post");
+    assert_eq!(p.media_ids, vec![11, 12]);
+    for bad in [
+        vec![],
+        vec![0],
+        vec![5, 5],
+        (1..=MAX_MEDIA as u64 + 1).collect(),
+    ] {
+        assert!(
+            matches!(
+                w.posts.publish(OWNER, media(bad.clone())).await,
+                Err(PostsError::InvalidArgument { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    // Editing the media keeps the old set in the visible history.
+    let edited = w
+        .posts
+        .edit_with(
+            OWNER,
+            p.post_id,
+            PostEdit {
+                text: Some("now with words".into()),
+                media_ids: Some(vec![13]),
+                sensitive: Some(true),
+            },
+        )
+        .await
+        .expect("edit");
+    assert_eq!(
+        (
+            edited.media_ids.clone(),
+            edited.edit_count,
+            edited.sensitive
+        ),
+        (vec![13], 1, true)
+    );
+    let history = w.posts.history(FAN, p.post_id).await.expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].media_ids, vec![11, 12]);
+    assert!(history[0].text.is_empty());
+    // Per-author counts follow posts, reposts and deletes.
+    let q = w
+        .posts
+        .create(FAN, "mine", Audience::Public, None)
+        .await
+        .expect("post");
+    w.posts.repost(OWNER, q.post_id).await.expect("repost");
+    assert_eq!(w.posts.posts_count(OWNER).await.expect("count"), 2);
+    w.posts.delete(OWNER, p.post_id).await.expect("delete");
+    w.posts.delete(OWNER, p.post_id).await.err();
+    assert_eq!(w.posts.posts_count(OWNER).await.expect("count"), 1);
+    assert_eq!(w.users.posts_count(FAN).await.expect("count"), 1);
+    // Comments on a repost go to the original.
+    let repost = w
+        .posts
+        .by_user(OWNER, OWNER, 1, None)
+        .await
+        .expect("page")
+        .0;
+    assert!(matches!(
+        w.posts.comment(FAN, repost[0].post_id, 0, "hi").await,
+        Err(PostsError::InvalidArgument { .. })
+    ));
+}
+
+#[tokio::test]
+async fn settings_on_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store =
+        EmbeddedStore::open(dir.path(), &schema::tables(), Arc::new(SystemClock)).expect("store");
+    reply_policies_and_settings(store.clone()).await;
+}
+
+#[tokio::test]
+async fn settings_on_cql() {
+    reply_policies_and_settings(cql().await).await;
+}
+
+#[tokio::test]
+async fn profiles_on_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store =
+        EmbeddedStore::open(dir.path(), &schema::tables(), Arc::new(SystemClock)).expect("store");
+    profiles_and_lookup(store).await;
+}
+
+#[tokio::test]
+async fn profiles_on_cql() {
+    profiles_and_lookup(cql().await).await;
+}
+
+#[tokio::test]
+async fn graph_lists_on_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store =
+        EmbeddedStore::open(dir.path(), &schema::tables(), Arc::new(SystemClock)).expect("store");
+    graph_lists_and_relationships(store).await;
+}
+
+#[tokio::test]
+async fn graph_lists_on_cql() {
+    graph_lists_and_relationships(cql().await).await;
+}
+
+#[tokio::test]
+async fn media_on_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store =
+        EmbeddedStore::open(dir.path(), &schema::tables(), Arc::new(SystemClock)).expect("store");
+    media_history_and_counts(store).await;
+}
+
+#[tokio::test]
+async fn media_on_cql() {
+    media_history_and_counts(cql().await).await;
+}
+
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_timed_mute_ends_by_itself() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_800_000_000_000)));
+    let store = EmbeddedStore::open(dir.path(), &schema::tables(), clock.clone()).expect("store");
+    let w = world(&store).await;
+    w.graph
+        .mute(OWNER, STRANGER, Some(Duration::from_secs(3600)))
+        .await
+        .expect("mute");
+    w.graph.mute(OWNER, FAN, None).await.expect("mute");
+    let muting = |other| {
+        let graph = &w.graph;
+        async move {
+            graph
+                .relationship(OWNER, other)
+                .await
+                .expect("relationship")
+                .muting
+        }
+    };
+    assert!(muting(STRANGER).await && muting(FAN).await);
+    clock.0.fetch_add(3_599_000, Ordering::SeqCst);
+    assert!(muting(STRANGER).await);
+    clock.0.fetch_add(2_000, Ordering::SeqCst);
+    assert!(!muting(STRANGER).await, "the hour is over");
+    assert!(muting(FAN).await, "an indefinite mute stays");
+    assert_eq!(
+        w.graph.mutes(OWNER, 10, None).await.expect("mutes").ids,
+        vec![FAN]
+    );
+}

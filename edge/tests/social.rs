@@ -1,0 +1,315 @@
+//! Profiles, settings, lookups, lists, timed mutes, media ids and reply policies over the
+//! protocol: a real edge, real SDK clients.
+
+mod support;
+
+use selfie_client::Client;
+use selfie_protocol::graph::{self as pg, GraphOpT};
+use selfie_protocol::posts::{self as pp, PostsOpT};
+use selfie_protocol::users::{self as pu, UsersOpT};
+use selfie_protocol::{BodyT, ErrorCode, common};
+use support::{call, graph, posts, sign_up, start, users};
+
+fn users_answer(b: BodyT) -> UsersOpT {
+    match b {
+        BodyT::Users(u) => u.op,
+        other => panic!("not a users answer: {other:?}"),
+    }
+}
+
+fn graph_answer(b: BodyT) -> GraphOpT {
+    match b {
+        BodyT::Graph(g) => g.op,
+        other => panic!("not a graph answer: {other:?}"),
+    }
+}
+
+fn post_answer(b: BodyT) -> pp::PostT {
+    match b {
+        BodyT::Posts(p) => match p.op {
+            PostsOpT::PostResponse(r) => *r.post.expect("post"),
+            other => panic!("not a post: {other:?}"),
+        },
+        other => panic!("not a posts answer: {other:?}"),
+    }
+}
+
+fn ids(op: GraphOpT) -> Vec<u64> {
+    match op {
+        GraphOpT::UserListResponse(r) => r
+            .users
+            .unwrap_or_default()
+            .iter()
+            .map(|u| u.user_id)
+            .collect(),
+        other => panic!("not a user list: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn profiles_and_settings_over_the_protocol() {
+    let node = start();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    // Ana fills in her profile.
+    let mut r = pu::UpdateProfileRequestT::default();
+    r.bio = Some("film photographer\nLisbon".into());
+    r.avatar_media_id = Some(4242);
+    r.pronouns = Some("she/her".into());
+    r.location = Some("Lisbon".into());
+    let mut link = pu::ProfileLinkT::default();
+    link.title = Some("portfolio".into());
+    link.url = Some("https://example.com/ana".into());
+    r.links = Some(vec![link.clone()]);
+    call(
+        &ana.client,
+        users(UsersOpT::UpdateProfileRequest(Box::new(r))),
+    )
+    .await
+    .expect("updated");
+    // A hostile link is refused with a typed error and changes nothing.
+    let mut r = pu::UpdateProfileRequestT::default();
+    r.bio = Some("changed".into());
+    let mut bad = link.clone();
+    bad.url = Some("javascript:alert(document.cookie)".into());
+    r.links = Some(vec![bad]);
+    let err = call(
+        &ana.client,
+        users(UsersOpT::UpdateProfileRequest(Box::new(r))),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
+    // Ben reads it by username.
+    let mut r = pu::GetProfileRequestT::default();
+    r.username = Some("ANA".into());
+    let UsersOpT::GetProfileResponse(p) = users_answer(
+        call(&ben.client, users(UsersOpT::GetProfileRequest(Box::new(r))))
+            .await
+            .expect("profile"),
+    ) else {
+        panic!("not a profile")
+    };
+    let p = p.profile.expect("profile");
+    let user = p.user.as_ref().expect("summary");
+    assert_eq!((user.user_id, user.avatar_media_id), (ana.id, 4242));
+    assert_eq!(p.bio.as_deref(), Some("film photographer\nLisbon"));
+    assert_eq!(p.pronouns.as_deref(), Some("she/her"));
+    assert_eq!(p.links.as_ref().map(Vec::len), Some(1));
+    assert_eq!(
+        p.links.as_ref().and_then(|l| l[0].url.clone()).as_deref(),
+        Some("https://example.com/ana")
+    );
+    assert!(p.created_at_ms > 0);
+    // Settings: defaults, a change, a refused value.
+    let UsersOpT::SettingsResponse(s) = users_answer(
+        call(
+            &ana.client,
+            users(UsersOpT::GetSettingsRequest(Box::default())),
+        )
+        .await
+        .expect("settings"),
+    ) else {
+        panic!("not settings")
+    };
+    let s = s.settings.expect("settings");
+    assert_eq!(s.who_can_comment, pu::Permission::Everyone);
+    assert!(s.show_read_receipts && s.email_notifications);
+    let mut r = pu::UpdateSettingsRequestT::default();
+    r.who_can_comment = Some(pu::Permission::Followers);
+    r.show_activity_status = Some(false);
+    r.timezone = Some("Europe/Lisbon".into());
+    let UsersOpT::SettingsResponse(s) = users_answer(
+        call(
+            &ana.client,
+            users(UsersOpT::UpdateSettingsRequest(Box::new(r))),
+        )
+        .await
+        .expect("settings"),
+    ) else {
+        panic!("not settings")
+    };
+    let s = s.settings.expect("settings");
+    assert_eq!(s.who_can_comment, pu::Permission::Followers);
+    assert!(!s.show_activity_status);
+    assert_eq!(s.timezone.as_deref(), Some("Europe/Lisbon"));
+    let mut r = pu::UpdateSettingsRequestT::default();
+    r.who_can_mention = Some(pu::Permission(77));
+    let err = call(
+        &ana.client,
+        users(UsersOpT::UpdateSettingsRequest(Box::new(r))),
+    )
+    .await
+    .expect_err("out of range");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
+    // Lookups: known and visible users, in request order, once each.
+    let mut r = pu::LookupUsersRequestT::default();
+    r.user_ids = Some(vec![ben.id, 123_456, ana.id, ben.id]);
+    r.usernames = Some(vec!["nobody".into()]);
+    let UsersOpT::LookupUsersResponse(l) = users_answer(
+        call(
+            &ben.client,
+            users(UsersOpT::LookupUsersRequest(Box::new(r))),
+        )
+        .await
+        .expect("lookup"),
+    ) else {
+        panic!("not a lookup")
+    };
+    let found: Vec<u64> = l
+        .users
+        .unwrap_or_default()
+        .iter()
+        .map(|u| u.user_id)
+        .collect();
+    assert_eq!(found, vec![ben.id, ana.id]);
+}
+
+async fn comment(c: &Client, post_id: u64) -> Result<BodyT, selfie_client::ClientError> {
+    let mut r = pp::CreateCommentRequestT::default();
+    r.post_id = post_id;
+    r.text = Some("lovely".into());
+    call(c, posts(PostsOpT::CreateCommentRequest(Box::new(r)))).await
+}
+
+#[tokio::test]
+async fn lists_mutes_media_and_reply_policies_over_the_protocol() {
+    let node = start();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    let req = |op: GraphOpT| graph(op);
+    let mut f = pg::FollowRequestT::default();
+    f.target_id = ana.id;
+    call(&ben.client, req(GraphOpT::FollowRequest(Box::new(f))))
+        .await
+        .expect("follow");
+    // Ana mutes Ben for an hour and Cat for good; a zero-length mute is refused.
+    for (who, duration_ms) in [(ben.id, 3_600_000), (cat.id, 0)] {
+        let mut m = pg::MuteRequestT::default();
+        m.target_id = who;
+        m.duration_ms = duration_ms;
+        call(&ana.client, req(GraphOpT::MuteRequest(Box::new(m))))
+            .await
+            .expect("muted");
+    }
+    let mut m = pg::MuteRequestT::default();
+    m.target_id = ben.id;
+    m.duration_ms = u64::MAX;
+    let err = call(&ana.client, req(GraphOpT::MuteRequest(Box::new(m))))
+        .await
+        .expect_err("too long");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
+    let mutes = ids(graph_answer(
+        call(&ana.client, req(GraphOpT::MutesListRequest(Box::default())))
+            .await
+            .expect("mutes"),
+    ));
+    assert_eq!(mutes.len(), 2);
+    // Relationships in one call.
+    let mut r = pg::RelationshipsRequestT::default();
+    r.user_ids = Some(vec![ben.id, cat.id]);
+    let GraphOpT::RelationshipsResponse(rels) = graph_answer(
+        call(
+            &ana.client,
+            req(GraphOpT::RelationshipsRequest(Box::new(r))),
+        )
+        .await
+        .expect("relationships"),
+    ) else {
+        panic!("not relationships")
+    };
+    let rels = rels.entries.expect("entries");
+    assert!(rels[0].followed_by && rels[0].muting);
+    assert!(!rels[1].followed_by && rels[1].muting);
+    // Ana takes comments from followers only and posts with media.
+    let mut s = pu::UpdateSettingsRequestT::default();
+    s.who_can_comment = Some(pu::Permission::Followers);
+    call(
+        &ana.client,
+        users(UsersOpT::UpdateSettingsRequest(Box::new(s))),
+    )
+    .await
+    .expect("settings");
+    let mut p = pp::CreatePostRequestT::default();
+    p.media_ids = Some(vec![901, 902]);
+    p.audience = common::Audience::Public;
+    p.reply_policy = pp::ReplyPolicy::Everyone;
+    let post = post_answer(
+        call(&ana.client, posts(PostsOpT::CreatePostRequest(Box::new(p))))
+            .await
+            .expect("media post"),
+    );
+    let media: Vec<u64> = post
+        .media
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.media_id)
+        .collect();
+    assert_eq!(media, vec![901, 902]);
+    let mut p = pp::CreatePostRequestT::default();
+    p.text = Some("too much".into());
+    p.media_ids = Some((1..=11).collect());
+    let err = call(&ana.client, posts(PostsOpT::CreatePostRequest(Box::new(p))))
+        .await
+        .expect_err("too many");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
+    comment(&ben.client, post.post_id)
+        .await
+        .expect("a follower comments");
+    let err = comment(&cat.client, post.post_id)
+        .await
+        .expect_err("not a follower");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    // Ana removes Ben from her followers, then blocks Cat; both lists show it.
+    let mut r = pg::RemoveFollowerRequestT::default();
+    r.follower_id = ben.id;
+    call(
+        &ana.client,
+        req(GraphOpT::RemoveFollowerRequest(Box::new(r))),
+    )
+    .await
+    .expect("removed");
+    let mut l = pg::FollowersListRequestT::default();
+    l.user_id = ana.id;
+    let followers = ids(graph_answer(
+        call(
+            &ana.client,
+            req(GraphOpT::FollowersListRequest(Box::new(l))),
+        )
+        .await
+        .expect("followers"),
+    ));
+    assert!(followers.is_empty());
+    let mut b = pg::BlockRequestT::default();
+    b.target_id = cat.id;
+    call(&ana.client, req(GraphOpT::BlockRequest(Box::new(b))))
+        .await
+        .expect("blocked");
+    let blocks = ids(graph_answer(
+        call(
+            &ana.client,
+            req(GraphOpT::BlocksListRequest(Box::default())),
+        )
+        .await
+        .expect("blocks"),
+    ));
+    assert_eq!(blocks, vec![cat.id]);
+    // The profile's post count includes the media post.
+    let mut r = pu::GetProfileRequestT::default();
+    r.user_id = ana.id;
+    let UsersOpT::GetProfileResponse(p) = users_answer(
+        call(&ben.client, users(UsersOpT::GetProfileRequest(Box::new(r))))
+            .await
+            .expect("profile"),
+    ) else {
+        panic!("not a profile")
+    };
+    assert_eq!(p.profile.expect("profile").posts_count, 1);
+}
