@@ -60,9 +60,9 @@ impl ErrorReply {
 
 /// A request handler for one service on one shard.
 pub trait Service {
-    /// The key whose owner shard must handle `env` (user, conversation, post id), or
-    /// `None` when any shard may handle it.
-    fn owner_key(&self, env: &Envelope<'_>) -> Option<u64>;
+    /// The key whose owner shard must handle `env` (user, conversation, post id, a pair
+    /// of users), or `None` when any shard may handle it. `caller` is the session's user.
+    fn owner_key(&self, caller: Option<u64>, env: &Envelope<'_>) -> Option<u64>;
 
     /// Handles a verified request; the response is a whole encoded frame carrying the
     /// request's id.

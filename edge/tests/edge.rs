@@ -42,7 +42,7 @@ struct Probe {
 }
 
 impl Service for Probe {
-    fn owner_key(&self, env: &Envelope<'_>) -> Option<u64> {
+    fn owner_key(&self, _caller: Option<u64>, env: &Envelope<'_>) -> Option<u64> {
         env.body_as_users()?
             .op_as_get_profile_request()
             .map(|r| r.user_id())
@@ -159,7 +159,7 @@ fn notification_frame(n: u64) -> Bytes {
 }
 
 impl Service for Notifier {
-    fn owner_key(&self, _env: &Envelope<'_>) -> Option<u64> {
+    fn owner_key(&self, _caller: Option<u64>, _env: &Envelope<'_>) -> Option<u64> {
         None
     }
 

@@ -313,3 +313,90 @@ async fn lists_mutes_media_and_reply_policies_over_the_protocol() {
     };
     assert_eq!(p.profile.expect("profile").posts_count, 1);
 }
+
+#[tokio::test]
+async fn racing_changes_to_one_pair_from_both_sides_keep_lists_and_counts_in_step() {
+    let node = start();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    // Several connections per user, so that requests arrive on both shards.
+    let mut bens = Vec::new();
+    for _ in 0..4 {
+        bens.push(sign_up_again(&node, &anon, &ben).await);
+    }
+    let mut anas = Vec::new();
+    for _ in 0..4 {
+        anas.push(sign_up_again(&node, &anon, &ana).await);
+    }
+    for round in 0..60 {
+        let mut calls = Vec::new();
+        for (i, c) in bens.iter().enumerate() {
+            let op = if (round + i) % 2 == 0 {
+                let mut f = pg::FollowRequestT::default();
+                f.target_id = ana.id;
+                GraphOpT::FollowRequest(Box::new(f))
+            } else {
+                let mut u = pg::UnfollowRequestT::default();
+                u.target_id = ana.id;
+                GraphOpT::UnfollowRequest(Box::new(u))
+            };
+            calls.push(call(c, graph(op)));
+        }
+        for c in &anas {
+            let mut r = pg::RemoveFollowerRequestT::default();
+            r.follower_id = ben.id;
+            calls.push(call(c, graph(GraphOpT::RemoveFollowerRequest(Box::new(r)))));
+        }
+        for r in futures::future::join_all(calls).await {
+            r.expect("graph call");
+        }
+        // However the race went, the list and both counts agree.
+        let mut l = pg::FollowersListRequestT::default();
+        l.user_id = ana.id;
+        let listed = ids(graph_answer(
+            call(
+                &ana.client,
+                graph(GraphOpT::FollowersListRequest(Box::new(l))),
+            )
+            .await
+            .expect("followers"),
+        ));
+        let mut r = pu::GetProfileRequestT::default();
+        r.user_id = ana.id;
+        let UsersOpT::GetProfileResponse(p) = users_answer(
+            call(&ben.client, users(UsersOpT::GetProfileRequest(Box::new(r))))
+                .await
+                .expect("profile"),
+        ) else {
+            panic!("not a profile")
+        };
+        let p = p.profile.expect("profile");
+        let following = p.relationship.as_ref().is_some_and(|r| r.following);
+        assert_eq!(p.followers_count as usize, listed.len(), "round {round}");
+        assert_eq!(following, listed == vec![ben.id], "round {round}");
+    }
+}
+
+/// Another session of `user` (a fresh login through `anon`).
+async fn sign_up_again(node: &support::Node, anon: &Client, user: &support::User) -> Client {
+    use selfie_protocol::auth::{self as pa, AuthOpT};
+    let mut r = pa::LoginRequestT::default();
+    r.identifier = Some(user.name.clone());
+    r.password = Some(user.password.clone());
+    let BodyT::Auth(a) = call(anon, support::auth(AuthOpT::LoginRequest(Box::new(r))))
+        .await
+        .expect("login")
+    else {
+        panic!("not an auth answer")
+    };
+    let AuthOpT::LoginResponse(r) = a.op else {
+        panic!("not a login response")
+    };
+    let t = r.tokens.expect("tokens");
+    Client::connect(support::config(node, t.access_token))
+        .await
+        .expect("welcome")
+}

@@ -524,7 +524,29 @@ impl<S: Store> Accounts<S> {
         password: String,
         code: Option<&str>,
     ) -> Result<(), AccountError> {
-        let mut account = self.reauthenticate_fully(user_id, password, code).await?;
+        self.confirm_deletion(user_id, password, code).await?;
+        self.erase(user_id).await
+    }
+
+    /// The first step of a deletion: the owner proves it is them (password and, when
+    /// enrolled, a second factor). The caller then removes the user's data from the
+    /// other services and finishes with [`Accounts::erase`]; until then the account
+    /// and its sessions stay, so a deletion interrupted by a failure can be retried.
+    pub async fn confirm_deletion(
+        &self,
+        user_id: u64,
+        password: String,
+        code: Option<&str>,
+    ) -> Result<(), AccountError> {
+        self.reauthenticate_fully(user_id, password, code)
+            .await
+            .map(|_| ())
+    }
+
+    /// The last step of a deletion: every session is revoked, the e-mail, password and
+    /// second factor are erased; the username stays reserved.
+    pub async fn erase(&self, user_id: u64) -> Result<(), AccountError> {
+        let mut account = self.load(user_id).await?;
         for s in self.sessions(user_id).await? {
             if !s.revoked {
                 self.revoke(user_id, s.session_id).await?;

@@ -7,11 +7,14 @@
 //! caller that changed it updates the reverse edge and the counters — so counts stay
 //! exact however many follows and unfollows race.
 //!
-//! The reverse edge and the counters follow the forward edge only if changes to one pair
-//! of users are applied one at a time: the graph serialises them per pair (a shard-local
-//! lock; the edge routes a user's graph requests to one owner shard). Without it a
-//! follow and an unfollow racing on one pair could leave a reverse edge behind (the
-//! conformance test for exact counts caught exactly that).
+//! The reverse edge follows the forward edge only if changes to one pair of users are
+//! applied one at a time: the graph serialises them per pair (a shard-local lock; the
+//! edge routes every change to a pair, from either user, to the pair's owner shard).
+//! Without it a follow and an unfollow racing on one pair could leave a reverse edge
+//! behind (the test for exact counts caught exactly that). Two limits remain: nodes of a
+//! fleet do not forward to one another yet, and an account deletion removes edges from
+//! the shard that handles it; in both cases a race can leave a stale reverse entry, never
+//! a wrong count.
 //!
 //! A block removes follows and pending requests in both directions and hides each
 //! side from the other; a blocked user can neither follow nor request. Lists of a private

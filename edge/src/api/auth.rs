@@ -304,7 +304,7 @@ fn parse(env: &Envelope<'_>) -> Result<Call, ErrorReply> {
 }
 
 impl<S: Store + 'static> Service for AuthApi<S> {
-    fn owner_key(&self, _env: &Envelope<'_>) -> Option<u64> {
+    fn owner_key(&self, _caller: Option<u64>, _env: &Envelope<'_>) -> Option<u64> {
         // Claims are linearizable in storage, so any shard may serve any account.
         None
     }
@@ -480,23 +480,25 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                 Call::DeleteAccount { password, code } => {
                     let p = me()?;
                     accounts
-                        .delete_account(p.user_id, password, code.as_deref())
+                        .confirm_deletion(p.user_id, password, code.as_deref())
                         .await
                         .map_err(|e| error_reply(&e))?;
-                    // The profile is anonymised and hidden (its posts with it); graph
-                    // edges go with the account.
-                    users.mark_deleted(p.user_id).await.map_err(|_| {
+                    // The profile is anonymised and hidden (its posts with it) and the
+                    // graph edges go, before the credentials: a failure leaves the account
+                    // and its session in place, so the owner can simply retry (every step
+                    // is idempotent).
+                    let retry = || {
                         ErrorReply::new(
                             ErrorCode::StorageFailure,
-                            "account deleted; profile cleanup will retry",
+                            "the account is not deleted yet: try again",
                         )
-                    })?;
-                    graph.remove_user(p.user_id).await.map_err(|_| {
-                        ErrorReply::new(
-                            ErrorCode::StorageFailure,
-                            "account deleted; edge cleanup will retry",
-                        )
-                    })?;
+                    };
+                    users.mark_deleted(p.user_id).await.map_err(|_| retry())?;
+                    graph.remove_user(p.user_id).await.map_err(|_| retry())?;
+                    accounts
+                        .erase(p.user_id)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
                     enc(&|b| build::ack(b, id))
                 }
                 Call::Logout => {

@@ -328,7 +328,7 @@ impl<S: Store + 'static> PostsApi<S> {
 }
 
 impl<S: Store + 'static> Service for PostsApi<S> {
-    fn owner_key(&self, _env: &Envelope<'_>) -> Option<u64> {
+    fn owner_key(&self, _caller: Option<u64>, _env: &Envelope<'_>) -> Option<u64> {
         None
     }
 

@@ -2,9 +2,13 @@
 //! session and acts as its user (the principal from the access token): a client can never
 //! act for another user, whatever ids it sends.
 //!
-//! Graph requests are routed to the owner shard of the *other* user of the pair, so that
-//! concurrent operations on one pair in one direction meet on one shard (the graph
-//! serialises them there).
+//! Graph changes are routed to the owner shard of the *pair* of users (the caller and
+//! the other user), so that concurrent operations on one pair — a follow racing an
+//! unfollow, a block or a follower's removal, from either side — meet on one shard, where
+//! the graph serialises them. Across a fleet of nodes this routing does not reach yet
+//! (there is no node-to-node forwarding): two nodes changing one pair at the same instant
+//! keep the counters exact (they move only with the linearizable forward edge) but may
+//! leave a reverse list entry behind.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -323,7 +327,7 @@ fn settings_frame(b: &mut Builder, id: u64, s: &Settings) -> WIPOffset<Envelope<
 }
 
 impl<S: Store + 'static> Service for UsersApi<S> {
-    fn owner_key(&self, _env: &Envelope<'_>) -> Option<u64> {
+    fn owner_key(&self, _caller: Option<u64>, _env: &Envelope<'_>) -> Option<u64> {
         None
     }
 
@@ -387,6 +391,13 @@ impl<S: Store + 'static> Service for UsersApi<S> {
             encode(&encoder, &|b| profile_frame(b, id, &profile, &extras))
         })
     }
+}
+
+/// One key for the unordered pair {a, b}: both users' operations on the pair meet on its
+/// owner shard.
+fn pair_key(a: u64, b: u64) -> u64 {
+    let (lo, hi) = (a.min(b), a.max(b));
+    lo.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31) ^ hi
 }
 
 /// The graph service on the wire.
@@ -543,8 +554,10 @@ fn list_frame(b: &mut Builder, id: u64, page: &IdPage) -> WIPOffset<Envelope<'st
 }
 
 impl<S: Store + 'static> Service for GraphApi<S> {
-    fn owner_key(&self, env: &Envelope<'_>) -> Option<u64> {
+    fn owner_key(&self, caller: Option<u64>, env: &Envelope<'_>) -> Option<u64> {
         match parse_graph(env)? {
+            // Every change to one pair of users, whoever of the two makes it, runs on the
+            // pair's owner shard, where the graph serialises it.
             GraphCall::Follow(t)
             | GraphCall::Unfollow(t)
             | GraphCall::Approve(t)
@@ -554,10 +567,10 @@ impl<S: Store + 'static> Service for GraphApi<S> {
             | GraphCall::Unblock(t)
             | GraphCall::Mute(t, _)
             | GraphCall::Unmute(t)
-            | GraphCall::RemoveFollower(t)
-            | GraphCall::Followers(t, ..)
-            | GraphCall::Following(t, ..) => Some(t),
-            GraphCall::Requests(..)
+            | GraphCall::RemoveFollower(t) => caller.map(|me| pair_key(me, t)),
+            GraphCall::Followers(..)
+            | GraphCall::Following(..)
+            | GraphCall::Requests(..)
             | GraphCall::RequestsSent(..)
             | GraphCall::Blocks(..)
             | GraphCall::Mutes(..)

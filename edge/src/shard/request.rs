@@ -142,7 +142,7 @@ pub(super) async fn serve_request(
             )),
             Some(svc) => {
                 let owner = svc
-                    .owner_key(&env)
+                    .owner_key(state.session.principal.as_ref().map(|p| p.user_id), &env)
                     .map(|k| owner_shard(k, shard.shared.mailboxes.len()));
                 let ctx = RequestContext {
                     principal: state.session.principal.clone(),
