@@ -145,7 +145,8 @@ pub struct StorageConfig {
     /// CQL URL (`cql://host:9042/keyspace?rf=3&dc=dc1`), for the `cql` backend and
     /// `selfie migrate`.
     pub cql_url: Option<String>,
-    /// Redis URL for presence, fan-out and global rate limits (fleets).
+    /// Redis URL for fleets: session revocations and login throttling shared by every
+    /// node (`selfie_edge::fleet`); presence and fan-out build on it.
     pub redis_url: Option<String>,
 }
 

@@ -20,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod fleet;
 pub mod metrics;
 pub mod ops;
 pub mod service;

@@ -185,8 +185,22 @@ fn main() -> anyhow::Result<()> {
                 Duration::from_secs(2),
             )?;
             let node = config.server.node_number;
-            // One login throttle for the node, shared by its shards.
-            let throttle = LoginThrottle::default();
+            // One login throttle for the node, shared by its shards; with Redis, a second
+            // layer shared by the fleet, which also spreads session revocations.
+            let mut throttle = LoginThrottle::default();
+            let fleet = match config.storage.redis_url.as_deref() {
+                Some(url) => {
+                    let fleet = selfie_edge::fleet::Fleet::start(
+                        url,
+                        "selfie:",
+                        tokens.revoked().clone(),
+                        throttle.config(),
+                    )?;
+                    throttle = throttle.with_fleet(fleet.login_throttle());
+                    Some(fleet)
+                }
+                None => None,
+            };
             let access_ttl = Duration::from_secs(config.auth.access_token_ttl_s);
             let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
                 let mut registry = Registry::new();
@@ -245,6 +259,7 @@ fn main() -> anyhow::Result<()> {
             println!("draining");
             edge.drain();
             edge.join();
+            drop(fleet);
             drop(storage_rt);
             println!("drained; bye");
             Ok(())

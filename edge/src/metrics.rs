@@ -48,6 +48,21 @@ pub struct CodeLabels {
     pub code: &'static str,
 }
 
+/// The fleet bridge's counters (`crate::fleet`), one set per process.
+#[derive(Debug, Default)]
+pub struct FleetCounters {
+    /// Revocations of this node shared with the fleet.
+    pub sent: Counter,
+    /// Revocations of other nodes applied here.
+    pub received: Counter,
+    /// Redis operations of the bridge that failed.
+    pub errors: Counter,
+}
+
+/// The fleet bridge's counters, registered by every [`Metrics`].
+pub static FLEET: std::sync::LazyLock<FleetCounters> =
+    std::sync::LazyLock::new(FleetCounters::default);
+
 /// Labels: build information.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -174,6 +189,21 @@ impl Metrics {
             })
             .set(1);
         r.register("selfie_build_info", "Build information", build);
+        r.register(
+            "selfie_fleet_revocations_sent",
+            "Session revocations of this node shared with the fleet",
+            FLEET.sent.clone(),
+        );
+        r.register(
+            "selfie_fleet_revocations_received",
+            "Session revocations of other nodes applied here",
+            FLEET.received.clone(),
+        );
+        r.register(
+            "selfie_fleet_errors",
+            "Redis operations of the fleet bridge that failed",
+            FLEET.errors.clone(),
+        );
         Arc::new(Self { registry, ..m })
     }
 

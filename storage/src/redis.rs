@@ -9,6 +9,10 @@
 //!   clients catch up with sync cursors after a gap.
 //! - [`GlobalRateLimiter`]: a GCRA limiter evaluated atomically in Redis (Lua), using
 //!   Redis's clock so that nodes with skewed clocks agree.
+//! - [`RevocationList`]: revoked sessions every node must refuse, kept as long as their
+//!   access tokens could still be presented.
+//! - [`LoginLockouts`]: per-account failed-login counting and doubling lockouts, shared
+//!   by every node so that spreading guesses over nodes gains an attacker nothing.
 //!
 //! Every key is prefixed (`selfie:` by default) so one Redis can serve several
 //! deployments. Connections reconnect by themselves (`ConnectionManager`).
@@ -22,6 +26,9 @@ use redis::aio::{ConnectionManager, PubSubSink};
 use redis::{AsyncCommands, Client, Script};
 
 use crate::StoreError;
+
+/// A reconnecting, multiplexed Redis connection (cheap to clone).
+pub type Connection = ConnectionManager;
 
 /// Connects a reconnecting Redis connection from a URL (`redis://host:port/db`,
 /// `redis+unix:///path/to/socket`).
@@ -326,6 +333,200 @@ impl GlobalRateLimiter {
                 retry_after: Duration::from_millis(retry_ms.max(1) as u64),
             }
         })
+    }
+}
+
+/// Revoked sessions, shared by every node: a sorted set of session ids scored by the time
+/// after which remembering them is pointless (the last access token of the session has
+/// expired by then). Nodes add what they revoke and read the live entries when they
+/// start and after a gap in pub/sub.
+#[derive(Clone)]
+pub struct RevocationList {
+    conn: ConnectionManager,
+    key: String,
+}
+
+impl RevocationList {
+    /// The list `{prefix}revoked`.
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            conn,
+            key: format!("{prefix}revoked"),
+        }
+    }
+
+    /// Records `session_id` as revoked until `until_ms` (Unix ms).
+    pub async fn add(&self, session_id: u64, until_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        // GT: a later expiry wins when two nodes revoke one session.
+        let _: i64 = redis::cmd("ZADD")
+            .arg(&self.key)
+            .arg("GT")
+            .arg(until_ms)
+            .arg(session_id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The sessions still remembered at `now_ms`; forgets the expired ones.
+    pub async fn live(&self, now_ms: u64) -> Result<Vec<u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.zrembyscore(&self.key, "-inf", now_ms).await?;
+        let ids: Vec<String> = conn.zrangebyscore(&self.key, now_ms, "+inf").await?;
+        Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
+    }
+}
+
+/// Per-account login lockouts shared by every node: failures counted in Redis, and once
+/// more than `free_failures` have failed, a lockout that doubles with every further
+/// failure (1 s, 2 s, 4 s ... up to `max_lockout`). A success clears the account. Evaluated
+/// atomically in Redis (Lua) with Redis's clock.
+#[derive(Clone)]
+pub struct LoginLockouts {
+    conn: ConnectionManager,
+    prefix: String,
+    free_failures: u32,
+    max_lockout: Duration,
+}
+
+/// `KEYS[1]` = account hash; `ARGV` = free failures, max lockout ms, idle expiry ms.
+/// Returns the lockout left in ms (0 when none).
+const LOCKOUT_FAIL: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local free = tonumber(ARGV[1])
+local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+if n >= free then
+  local doublings = math.min(n - free, 20)
+  local lock = math.min(1000 * (2 ^ doublings), tonumber(ARGV[2]))
+  until_ms = now + lock
+  redis.call('HSET', KEYS[1], 'until', string.format('%.0f', until_ms))
+end
+redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[3]), until_ms - now))
+return math.max(until_ms - now, 0)
+";
+
+/// `KEYS[1]` = account hash. Returns the lockout left in ms (0 when none).
+const LOCKOUT_CHECK: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+return math.max(until_ms - now, 0)
+";
+
+static LOCKOUT_FAIL_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LOCKOUT_FAIL));
+static LOCKOUT_CHECK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LOCKOUT_CHECK));
+
+impl LoginLockouts {
+    /// Lockouts under `{prefix}lockout:{account}`.
+    pub fn new(
+        conn: ConnectionManager,
+        prefix: &str,
+        free_failures: u32,
+        max_lockout: Duration,
+    ) -> Self {
+        Self {
+            conn,
+            prefix: prefix.to_string(),
+            free_failures: free_failures.max(1),
+            max_lockout,
+        }
+    }
+
+    fn key(&self, account: &str) -> String {
+        format!("{}lockout:{account}", self.prefix)
+    }
+
+    /// The lockout left for `account`, if any.
+    pub async fn locked_for(&self, account: &str) -> Result<Option<Duration>, StoreError> {
+        let mut conn = self.conn.clone();
+        let left: i64 = LOCKOUT_CHECK_SCRIPT
+            .key(self.key(account))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((left > 0).then(|| Duration::from_millis(left as u64)))
+    }
+
+    /// Records a failed attempt; returns the lockout it starts, if any.
+    pub async fn fail(&self, account: &str) -> Result<Option<Duration>, StoreError> {
+        let mut conn = self.conn.clone();
+        let max_ms = self.max_lockout.as_millis().max(1) as u64;
+        let left: i64 = LOCKOUT_FAIL_SCRIPT
+            .key(self.key(account))
+            .arg(self.free_failures)
+            .arg(max_ms)
+            // Failures are forgotten after an hour without any (or the lockout, if longer).
+            .arg(max_ms.max(3_600_000))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((left > 0).then(|| Duration::from_millis(left as u64)))
+    }
+
+    /// Records a success: the account starts afresh.
+    pub async fn succeed(&self, account: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(self.key(account)).await?;
+        Ok(())
+    }
+}
+
+/// A private `redis-server` for tests (Debian's `redis-server` on a Unix socket in a
+/// temporary directory, no persistence), stopped when dropped. Not for production use.
+pub mod testing {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A running test server.
+    pub struct RedisServer {
+        child: Child,
+        _dir: tempfile::TempDir,
+        /// `redis+unix://` URL of the server.
+        pub url: String,
+    }
+
+    impl RedisServer {
+        /// Starts one; fails if `redis-server` is not installed or does not come up.
+        pub fn start() -> std::io::Result<Self> {
+            let dir = tempfile::tempdir()?;
+            let sock = dir.path().join("redis.sock");
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--unixsocket",
+                ])
+                .arg(&sock)
+                .stdout(Stdio::null())
+                .spawn()?;
+            let start = Instant::now();
+            while !sock.exists() {
+                if start.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(std::io::Error::other("redis-server did not start"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let url = format!("redis+unix://{}", sock.display());
+            Ok(Self {
+                child,
+                _dir: dir,
+                url,
+            })
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! Presence, event bus and global rate limiter against a real `redis-server` (Debian's,
 //! started here on a private Unix socket per test).
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -10,51 +9,12 @@ use selfie_storage::redis::{
     self as sredis, EventBus, GlobalRateLimiter, PresenceEntry, PresenceRegistry, RateDecision,
 };
 
-struct RedisServer {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
+struct RedisServer;
 
 impl RedisServer {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let sock = dir.path().join("redis.sock");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--unixsocket",
-            ])
-            .arg(&sock)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let url = format!("redis+unix://{}", sock.display());
-        Self {
-            child,
-            _dir: dir,
-            url,
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn start() -> sredis::testing::RedisServer {
+        sredis::testing::RedisServer::start()
+            .expect("redis-server must be installed (apt-get install redis-server)")
     }
 }
 
@@ -162,5 +122,55 @@ async fn the_rate_limit_is_shared_by_every_node() -> Result<(), StoreError> {
     }
     // Another subject has its own budget.
     assert_eq!(b.check("203.0.113.0/24").await?, RateDecision::Allowed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn revocations_are_shared_until_they_expire() -> Result<(), StoreError> {
+    use selfie_storage::redis::RevocationList;
+    let server = RedisServer::start();
+    let (_, conn) = sredis::connect(&server.url).await?;
+    let node_a = RevocationList::new(conn.clone(), "t:");
+    let node_b = RevocationList::new(conn, "t:");
+    let now = 1_800_000_000_000;
+    node_a.add(7, now + 60_000).await?;
+    node_a.add(8, now + 1_000).await?;
+    // Another node revoking the same session with an earlier expiry changes nothing.
+    node_b.add(7, now + 10).await?;
+    let mut live = node_b.live(now).await?;
+    live.sort();
+    assert_eq!(live, vec![7, 8]);
+    assert_eq!(node_b.live(now + 5_000).await?, vec![7]);
+    // Expired entries are gone for good.
+    assert_eq!(node_a.live(now).await?, vec![7]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn lockouts_double_across_nodes_and_a_success_clears_them() -> Result<(), StoreError> {
+    use selfie_storage::redis::LoginLockouts;
+    let server = RedisServer::start();
+    let (_, conn) = sredis::connect(&server.url).await?;
+    let node_a = LoginLockouts::new(conn.clone(), "t:", 3, Duration::from_secs(8));
+    let node_b = LoginLockouts::new(conn, "t:", 3, Duration::from_secs(8));
+    // Failures on two nodes add up: the third starts a 1 s lockout, seen by both.
+    assert_eq!(node_a.fail("acct").await?, None);
+    assert_eq!(node_b.fail("acct").await?, None);
+    let first = node_a.fail("acct").await?.expect("locked");
+    assert!(first <= Duration::from_secs(1) && first > Duration::from_millis(500));
+    assert!(node_b.locked_for("acct").await?.is_some());
+    assert_eq!(node_b.locked_for("other").await?, None);
+    // Each further failure doubles it, up to the cap.
+    let second = node_b.fail("acct").await?.expect("locked");
+    assert!(second > Duration::from_millis(1_500), "{second:?}");
+    for _ in 0..10 {
+        node_a.fail("acct").await?;
+    }
+    let capped = node_b.locked_for("acct").await?.expect("locked");
+    assert!(capped <= Duration::from_secs(8), "{capped:?}");
+    assert!(capped > Duration::from_secs(7), "{capped:?}");
+    // A success clears the account everywhere.
+    node_a.succeed("acct").await?;
+    assert_eq!(node_b.locked_for("acct").await?, None);
     Ok(())
 }

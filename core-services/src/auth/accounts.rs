@@ -403,6 +403,12 @@ impl<S: Store> Accounts<S> {
         self.throttle
             .check(&key, ip, self.clock.now_ms())
             .map_err(AccountError::Throttled)?;
+        if let Some(fleet) = self.throttle.fleet() {
+            fleet
+                .check(&key, ip)
+                .await
+                .map_err(AccountError::Throttled)?;
+        }
         let account = self
             .account_by_identifier(identifier)
             .await?
@@ -411,7 +417,7 @@ impl<S: Store> Accounts<S> {
         // Same Argon2 work whether or not the account exists.
         let ok = self.hasher.verify(password, stored).await? && account.is_some();
         let Some(mut account) = account.filter(|_| ok) else {
-            self.throttle.record(&key, false, self.clock.now_ms());
+            self.note_attempt(&key, false).await;
             return Err(AccountError::InvalidCredentials);
         };
         if let Some(sf) = account.second_factor.as_mut().filter(|sf| sf.confirmed) {
@@ -431,16 +437,24 @@ impl<S: Store> Accounts<S> {
                     return Err(AccountError::SecondFactorRequired);
                 }
             };
-            self.throttle.record(&key, passed, self.clock.now_ms());
+            self.note_attempt(&key, passed).await;
             if !passed {
                 return Err(AccountError::SecondFactorInvalid);
             }
             // The used step / recovery code is spent for good.
             self.save(&account).await?;
         } else {
-            self.throttle.record(&key, true, self.clock.now_ms());
+            self.note_attempt(&key, true).await;
         }
         self.open_session(account.user_id, device_name).await
+    }
+
+    /// Records a login attempt's outcome with the node's throttle and the fleet's.
+    async fn note_attempt(&self, key: &str, success: bool) {
+        self.throttle.record(key, success, self.clock.now_ms());
+        if let Some(fleet) = self.throttle.fleet() {
+            fleet.record(key, success).await;
+        }
     }
 
     async fn load(&self, user_id: u64) -> Result<Account, AccountError> {

@@ -10,13 +10,16 @@
 //!   from another address once it has passed.
 //!
 //! State is per process, shared by the shards (logins are rare next to other requests);
-//! the fleet-wide equivalent is `selfie_storage::redis::GlobalRateLimiter`. Entries are
-//! dropped once idle, so memory stays bounded by recent attackers.
+//! entries are dropped once idle, so memory stays bounded by recent attackers. On a
+//! fleet, [`RedisLoginThrottle`] applies the same limits across every node as a second
+//! layer ([`LoginThrottle::with_fleet`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use selfie_storage::redis::{GlobalRateLimiter, LoginLockouts, RateDecision};
 
 /// Throttle settings.
 #[derive(Debug, Clone, Copy)]
@@ -60,11 +63,109 @@ struct State {
     last_sweep_ms: u64,
 }
 
-/// The login throttle, shared by every shard of a node.
-#[derive(Debug, Clone, Default)]
+/// The login throttle, shared by every shard of a node, with an optional fleet-wide
+/// layer ([`FleetThrottle`]) consulted after the node's own.
+#[derive(Clone, Default)]
 pub struct LoginThrottle {
     config: ThrottleConfig,
     state: Arc<Mutex<State>>,
+    fleet: Option<Arc<dyn FleetThrottle>>,
+}
+
+impl std::fmt::Debug for LoginThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginThrottle")
+            .field("config", &self.config)
+            .field("fleet", &self.fleet.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A boxed future that can cross threads.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Login throttling shared by every node of a fleet, so that spreading guesses over
+/// nodes gains an attacker nothing. `account` is the lower-cased identifier.
+pub trait FleetThrottle: Send + Sync {
+    /// Refuses an attempt while the account is locked or the address is over its rate.
+    fn check<'a>(&'a self, account: &'a str, ip: IpAddr) -> BoxFuture<'a, Result<(), Throttled>>;
+    /// Records the outcome of a password (or second-factor) check.
+    fn record<'a>(&'a self, account: &'a str, success: bool) -> BoxFuture<'a, ()>;
+}
+
+/// [`FleetThrottle`] over Redis: the address limit as a GCRA limiter, the account
+/// lockouts as [`LoginLockouts`], both evaluated atomically in Redis. Accounts are keyed
+/// by a SHA-256 of the identifier (no e-mail addresses in Redis keys). If Redis cannot be
+/// reached the attempt goes on under the node's own limits (logged), rather than locking
+/// every user out.
+pub struct RedisLoginThrottle {
+    addresses: GlobalRateLimiter,
+    lockouts: LoginLockouts,
+}
+
+impl RedisLoginThrottle {
+    /// Over a Redis connection, with the same limits as the node's throttle.
+    pub fn new(
+        conn: selfie_storage::redis::Connection,
+        prefix: &str,
+        config: ThrottleConfig,
+    ) -> Self {
+        Self {
+            addresses: GlobalRateLimiter::new(
+                conn.clone(),
+                prefix,
+                "login_ip",
+                config.ip_per_minute.max(1),
+                Duration::from_secs(60),
+                config.ip_burst,
+            ),
+            lockouts: LoginLockouts::new(conn, prefix, config.free_failures, config.max_lockout),
+        }
+    }
+}
+
+fn account_subject(account: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(account.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl FleetThrottle for RedisLoginThrottle {
+    fn check<'a>(&'a self, account: &'a str, ip: IpAddr) -> BoxFuture<'a, Result<(), Throttled>> {
+        Box::pin(async move {
+            match self.lockouts.locked_for(&account_subject(account)).await {
+                Ok(Some(left)) => return Err(Throttled::Account(left)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "fleet login lockouts unavailable"),
+            }
+            match self
+                .addresses
+                .check(&format!("{:x}", address_key(ip)))
+                .await
+            {
+                Ok(RateDecision::Limited { retry_after }) => Err(Throttled::Address(retry_after)),
+                Ok(RateDecision::Allowed) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "fleet login rate limit unavailable");
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn record<'a>(&'a self, account: &'a str, success: bool) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let subject = account_subject(account);
+            let result = if success {
+                self.lockouts.succeed(&subject).await
+            } else {
+                self.lockouts.fail(&subject).await.map(|_| ())
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "fleet login lockouts unavailable");
+            }
+        })
+    }
 }
 
 fn address_key(ip: IpAddr) -> u128 {
@@ -81,7 +182,24 @@ impl LoginThrottle {
         Self {
             config,
             state: Arc::default(),
+            fleet: None,
         }
+    }
+
+    /// Adds a fleet-wide layer, consulted after this node's limits.
+    pub fn with_fleet(mut self, fleet: Arc<dyn FleetThrottle>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// The limits.
+    pub fn config(&self) -> ThrottleConfig {
+        self.config
+    }
+
+    /// The fleet-wide layer, if any.
+    pub fn fleet(&self) -> Option<&Arc<dyn FleetThrottle>> {
+        self.fleet.as_ref()
     }
 
     /// Whether an attempt on `account` (the normalised identifier) from `ip` may proceed

@@ -7,7 +7,7 @@
 //! Tokens are short-lived (minutes); revoking a session takes effect at once through
 //! [`RevokedSessions`], which the accounts service feeds (and, on a fleet, the event bus).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -53,43 +53,116 @@ pub enum TokenError {
 /// Sessions whose tokens must no longer be accepted, shared by every shard. Written on
 /// revocation (rare), read on `Hello` (not per request). Each revocation is also
 /// announced ([`RevokedSessions::subscribe`]) so that the edge closes the session's open
-/// connections at once.
+/// connections at once. An entry is kept for `retention` (the access-token lifetime plus
+/// a margin for clock skew): after that every token of the session has expired anyway.
+///
+/// On a fleet, revocations made on this node are handed to the fleet bridge
+/// ([`RevokedSessions::local_revocations`]) and those of other nodes come back through
+/// [`RevokedSessions::revoke_from_fleet`], which does not hand them on again.
 #[derive(Debug, Clone)]
 pub struct RevokedSessions {
-    inner: Arc<RwLock<HashSet<u64>>>,
+    inner: Arc<RwLock<Revoked>>,
     announce: tokio::sync::broadcast::Sender<u64>,
+    local: tokio::sync::broadcast::Sender<u64>,
+    retention: Duration,
 }
+
+#[derive(Debug, Default)]
+struct Revoked {
+    /// Session id → when it was revoked (Unix ms).
+    at: HashMap<u64, u64>,
+    last_prune_ms: u64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Margin added to the token lifetime for clocks that disagree.
+const SKEW: Duration = Duration::from_secs(120);
 
 impl Default for RevokedSessions {
     fn default() -> Self {
+        Self::with_retention(Duration::from_secs(3600))
+    }
+}
+
+impl RevokedSessions {
+    /// Remembers each revocation for `retention`.
+    pub fn with_retention(retention: Duration) -> Self {
         Self {
             inner: Arc::default(),
             // Lagging listeners miss announcements but never the set itself, which
             // `Hello` always checks.
             announce: tokio::sync::broadcast::channel(1024).0,
+            local: tokio::sync::broadcast::channel(4096).0,
+            retention,
         }
     }
-}
 
-impl RevokedSessions {
-    /// Marks a session revoked and announces it.
+    /// How long a revocation is remembered.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Marks a session revoked on this node: remembered, announced to the shards, and
+    /// handed to the fleet bridge.
     pub fn revoke(&self, session_id: u64) {
-        if let Ok(mut set) = self.inner.write() {
-            set.insert(session_id);
+        if self.insert(session_id) {
+            let _ = self.local.send(session_id);
         }
-        let _ = self.announce.send(session_id);
     }
 
-    /// Revocations from now on.
+    /// Marks a session revoked by another node (remembered and announced, not handed on).
+    pub fn revoke_from_fleet(&self, session_id: u64) {
+        self.insert(session_id);
+    }
+
+    /// Returns whether the session is new to the set.
+    fn insert(&self, session_id: u64) -> bool {
+        let now = unix_ms();
+        let fresh = match self.inner.write() {
+            Ok(mut r) => {
+                let retention = self.retention.as_millis() as u64;
+                if now.saturating_sub(r.last_prune_ms) > 60_000 {
+                    r.at.retain(|_, at| now.saturating_sub(*at) < retention);
+                    r.last_prune_ms = now;
+                }
+                r.at.insert(session_id, now).is_none()
+            }
+            Err(_) => true,
+        };
+        let _ = self.announce.send(session_id);
+        fresh
+    }
+
+    /// Revocations from now on (this node's and the fleet's).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<u64> {
         self.announce.subscribe()
+    }
+
+    /// Revocations made on this node from now on, for the fleet bridge.
+    pub fn local_revocations(&self) -> tokio::sync::broadcast::Receiver<u64> {
+        self.local.subscribe()
     }
 
     /// Whether a session was revoked. A poisoned lock counts as revoked (fail closed).
     pub fn contains(&self, session_id: u64) -> bool {
         self.inner
             .read()
-            .map_or(true, |set| set.contains(&session_id))
+            .map_or(true, |r| r.at.contains_key(&session_id))
+    }
+
+    /// How many revocations are remembered.
+    pub fn len(&self) -> usize {
+        self.inner.read().map_or(0, |r| r.at.len())
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -123,7 +196,7 @@ impl AccessTokens {
             public: pair.public,
             issuer: issuer.to_string(),
             ttl,
-            revoked: RevokedSessions::default(),
+            revoked: RevokedSessions::with_retention(ttl + SKEW),
         })
     }
 
@@ -137,7 +210,7 @@ impl AccessTokens {
             public,
             issuer: issuer.to_string(),
             ttl,
-            revoked: RevokedSessions::default(),
+            revoked: RevokedSessions::with_retention(ttl + SKEW),
         })
     }
 

@@ -27,22 +27,27 @@ use selfie_services::users::Users;
 use selfie_storage::SystemClock;
 use selfie_storage::embedded::EmbeddedStore;
 
-/// A running edge and its data directory.
+/// A running edge and the directory of its store.
 pub struct Node {
     pub edge: Edge,
-    _dir: tempfile::TempDir,
+    _dir: Arc<tempfile::TempDir>,
 }
 
-/// Starts an edge (2 shards) with accounts, users, graph and posts over a fresh store.
-pub fn start() -> Node {
+/// What a node is built from; nodes built from clones of one `Parts` share the store and
+/// the signing key, like the nodes of a fleet.
+#[derive(Clone)]
+pub struct Parts {
+    pub store: EmbeddedStore,
+    /// The signing key every node loads (each node has its own revocation set).
+    pub secret_key: Vec<u8>,
+    pub throttle: ThrottleConfig,
+    dir: Arc<tempfile::TempDir>,
+}
+
+/// A fresh store and signing key; the default address limits, with a short lockout cap
+/// so that a test can wait it out.
+pub fn parts() -> Parts {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().expect("addr");
-    config.server.shards = 2;
-    config.server.pin_cores = false;
-    config.server.data_dir = dir.path().to_path_buf();
-    config.server.drain_deadline_ms = 1_000;
-    config.ops.listen = "127.0.0.1:0".parse().expect("addr");
     let store = EmbeddedStore::open(
         dir.path().join("storage"),
         &selfie_services::schema::tables(),
@@ -50,6 +55,48 @@ pub fn start() -> Node {
     )
     .expect("store");
     let tokens = AccessTokens::generate("selfie-test", Duration::from_secs(900)).expect("key");
+    Parts {
+        store,
+        secret_key: tokens.secret_key_bytes(),
+        throttle: ThrottleConfig {
+            max_lockout: Duration::from_secs(2),
+            ..ThrottleConfig::default()
+        },
+        dir: Arc::new(dir),
+    }
+}
+
+/// The access tokens of one node built from `parts`.
+pub fn tokens(parts: &Parts) -> AccessTokens {
+    AccessTokens::from_secret_key(&parts.secret_key, "selfie-test", Duration::from_secs(900))
+        .expect("key")
+}
+
+/// Starts an edge (2 shards) with accounts, users, graph and posts over a fresh store.
+pub fn start() -> Node {
+    let p = parts();
+    let t = tokens(&p);
+    let throttle = LoginThrottle::new(p.throttle);
+    start_with(&p, t, throttle)
+}
+
+/// Starts an edge (2 shards) over `parts`, signing with `tokens` and throttling logins
+/// with `throttle` (shared by its shards).
+pub fn start_with(parts: &Parts, tokens: AccessTokens, throttle: LoginThrottle) -> Node {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.server.shards = 2;
+    config.server.pin_cores = false;
+    config.server.data_dir = parts
+        .dir
+        .path()
+        .join(format!("node-{:08x}", rand::random::<u32>()));
+    config.server.drain_deadline_ms = 1_000;
+    config.ops.listen = "127.0.0.1:0".parse().expect("addr");
+    let store = parts.store.clone();
+    // Distinct node numbers keep ids unique across the nodes of one store.
+    static NODES: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    let node = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250 + 1;
     // Cheap Argon2 parameters: these tests check the flows, not hashing cost.
     let hasher = PasswordHasher::with_params(
         argon2::Params::new(64, 1, 1, None).expect("params"),
@@ -58,12 +105,6 @@ pub fn start() -> Node {
     )
     .expect("hasher");
     let auth = Arc::new(TokenAuthenticator::new(tokens.clone()));
-    // The default address limits, with a short lockout cap so that a test can wait it
-    // out; one throttle for the node, shared by both shards.
-    let throttle = LoginThrottle::new(ThrottleConfig {
-        max_lockout: Duration::from_secs(2),
-        ..ThrottleConfig::default()
-    });
     let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
         let mut r = Registry::new();
         let accounts = Accounts::new(
@@ -71,7 +112,7 @@ pub fn start() -> Node {
             tokens.clone(),
             hasher.clone(),
             Arc::new(SystemClock),
-            1,
+            node,
             shard as u16,
             throttle.clone(),
         )
@@ -87,7 +128,7 @@ pub fn start() -> Node {
             Rc::new(GraphApi::new(graph.clone())),
         );
         let posts =
-            Posts::new(store.clone(), Arc::new(SystemClock), 1, shard as u16).expect("posts");
+            Posts::new(store.clone(), Arc::new(SystemClock), node, shard as u16).expect("posts");
         r.register(
             selfie_protocol::Service::Posts,
             Rc::new(PostsApi::new(posts)),
@@ -104,7 +145,10 @@ pub fn start() -> Node {
         r
     });
     let edge = Edge::start(config, factory, auth).expect("edge");
-    Node { edge, _dir: dir }
+    Node {
+        edge,
+        _dir: parts.dir.clone(),
+    }
 }
 
 /// A client configuration for `node`, signed in with `token` when given.

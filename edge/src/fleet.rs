@@ -1,0 +1,241 @@
+//! Fleet-wide state through Redis (`storage.redis_url`): what one edge node must know of
+//! the others to enforce security decisions everywhere.
+//!
+//! - **Session revocations.** A session revoked on any node (logout, password change,
+//!   "sign out other devices", refresh-token reuse, account deletion) is refused by every
+//!   node's `Hello`, and its open connections on every node close at once. Revocations
+//!   made here are written to a shared [`RevocationList`] (kept as long as the session's
+//!   access tokens could still be presented) and announced on the event bus; this node
+//!   applies the others' announcements as they arrive, and re-reads the list every few
+//!   seconds and at start, so a node that missed messages (pub/sub is at-most-once, Redis
+//!   may restart) still converges.
+//! - **Login throttling.** [`RedisLoginThrottle`] applies the per-address rate and the
+//!   per-account lockout across all nodes, as a second layer after the node's own.
+//!
+//! The Redis connections and the bridge tasks run on their own small runtime, so shard
+//! threads never wait on Redis except inside a login. If Redis is unreachable the node
+//! keeps enforcing its own revocations and limits, logs, counts the failures in
+//! `selfie_fleet_errors_total` (with `selfie_fleet_revocations_{sent,received}_total`),
+//! and catches up when Redis returns.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use selfie_services::auth::throttle::{FleetThrottle, RedisLoginThrottle, ThrottleConfig};
+use selfie_services::auth::tokens::RevokedSessions;
+use selfie_storage::redis::{EventBus, RevocationList};
+
+use crate::metrics::{FLEET, FleetCounters};
+
+/// Bus topic of revocations: payload is the session id, 8 bytes big-endian.
+const TOPIC: &str = "revocations";
+/// How often the shared list is re-read.
+const RESYNC: Duration = Duration::from_secs(5);
+
+/// This node's link to the fleet; dropping it stops the bridge.
+pub struct Fleet {
+    runtime: Option<tokio::runtime::Runtime>,
+    throttle: Arc<RedisLoginThrottle>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Fleet {
+    /// Connects to Redis at `url` (keys under `prefix`), loads the fleet's revocations
+    /// into `revoked`, and starts the bridge. Fails if Redis cannot be reached at start.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        revoked: RevokedSessions,
+        throttle: ThrottleConfig,
+    ) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("selfie-fleet-io")
+            .enable_all()
+            .build()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (url, prefix) = (url.to_string(), prefix.to_string());
+        let c: &'static FleetCounters = &FLEET;
+        runtime.spawn(async move {
+            let started = async {
+                let (client, conn) = selfie_storage::redis::connect(&url).await?;
+                let list = RevocationList::new(conn.clone(), &prefix);
+                let bus = EventBus::new(client, conn.clone(), &prefix);
+                for id in list.live(unix_ms()).await? {
+                    revoked.revoke_from_fleet(id);
+                }
+                anyhow::Ok((conn, list, bus))
+            }
+            .await;
+            match started {
+                Ok((conn, list, bus)) => {
+                    let throttle = Arc::new(RedisLoginThrottle::new(conn, &prefix, throttle));
+                    let _ = tx.send(Ok(throttle));
+                    tokio::spawn(outbox(revoked.clone(), list.clone(), bus.clone(), c));
+                    tokio::spawn(inbox(revoked.clone(), bus, c));
+                    resync(revoked, list, c).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        let throttle = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                runtime.shutdown_background();
+                return Err(e.context("cannot reach Redis (storage.redis_url)"));
+            }
+            Err(_) => {
+                runtime.shutdown_background();
+                anyhow::bail!("Redis (storage.redis_url) did not answer within 10 s");
+            }
+        };
+        Ok(Self {
+            runtime: Some(runtime),
+            throttle,
+        })
+    }
+
+    /// The fleet-wide login throttle, for [`LoginThrottle::with_fleet`](selfie_services::auth::throttle::LoginThrottle::with_fleet).
+    pub fn login_throttle(&self) -> Arc<dyn FleetThrottle> {
+        self.throttle.clone()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Never blocks, so a fleet may be dropped from async code.
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Shares this node's revocations: into the list first (durable for the retention), then
+/// announced. What fails is retried every second, in order.
+async fn outbox(
+    revoked: RevokedSessions,
+    list: RevocationList,
+    bus: EventBus,
+    counters: &'static FleetCounters,
+) {
+    let mut local = revoked.local_revocations();
+    let mut pending: Vec<u64> = Vec::new();
+    loop {
+        let next = if pending.is_empty() {
+            local.recv().await
+        } else {
+            match tokio::time::timeout(Duration::from_secs(1), local.recv()).await {
+                Ok(r) => r,
+                Err(_) => Err(tokio::sync::broadcast::error::RecvError::Lagged(0)),
+            }
+        };
+        match next {
+            Ok(id) => pending.push(id),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) if n > 0 => {
+                // Over 4096 revocations queued at once: they are in this node's set, and
+                // their sessions' refresh tokens are dead in storage; other nodes miss
+                // them only until the access tokens expire.
+                counters.errors.inc_by(n);
+                tracing::error!(missed = n, "fleet: revocations not shared");
+            }
+            Err(_) => {}
+        }
+        let until = unix_ms() + revoked.retention().as_millis() as u64;
+        while let Some(&id) = pending.first() {
+            let shared = async {
+                list.add(id, until).await?;
+                bus.publish(TOPIC, &id.to_be_bytes()).await
+            }
+            .await;
+            match shared {
+                Ok(_) => {
+                    pending.remove(0);
+                    counters.sent.inc();
+                }
+                Err(e) => {
+                    counters.errors.inc();
+                    tracing::warn!(error = %e, pending = pending.len(), "fleet: cannot share revocations yet");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Applies the other nodes' announcements; resubscribes after a lost connection.
+async fn inbox(revoked: RevokedSessions, bus: EventBus, counters: &'static FleetCounters) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match bus.subscribe().await {
+            Ok((mut sub, messages)) => {
+                let mut messages = std::pin::pin!(messages);
+                if let Err(e) = sub.subscribe(TOPIC).await {
+                    counters.errors.inc();
+                    tracing::warn!(error = %e, "fleet: cannot subscribe to revocations");
+                } else {
+                    backoff = Duration::from_millis(100);
+                    while let Some(m) = messages.next().await {
+                        match <[u8; 8]>::try_from(m.payload.as_ref()) {
+                            Ok(b) => {
+                                let id = u64::from_be_bytes(b);
+                                if !revoked.contains(id) {
+                                    revoked.revoke_from_fleet(id);
+                                    counters.received.inc();
+                                }
+                            }
+                            Err(_) => {
+                                counters.errors.inc();
+                                tracing::warn!(
+                                    len = m.payload.len(),
+                                    "fleet: malformed revocation"
+                                );
+                            }
+                        }
+                    }
+                    tracing::warn!("fleet: revocation subscription lost; resubscribing");
+                }
+            }
+            Err(e) => {
+                counters.errors.inc();
+                tracing::warn!(error = %e, "fleet: cannot open the event bus");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Re-reads the shared list: whatever pub/sub dropped arrives within [`RESYNC`].
+async fn resync(revoked: RevokedSessions, list: RevocationList, counters: &'static FleetCounters) {
+    let mut tick = tokio::time::interval(RESYNC);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match list.live(unix_ms()).await {
+            Ok(ids) => {
+                let fresh: HashSet<u64> = ids
+                    .into_iter()
+                    .filter(|&id| !revoked.contains(id))
+                    .collect();
+                for id in fresh {
+                    revoked.revoke_from_fleet(id);
+                    counters.received.inc();
+                }
+            }
+            Err(e) => {
+                counters.errors.inc();
+                tracing::warn!(error = %e, "fleet: cannot read the revocation list");
+            }
+        }
+    }
+}
