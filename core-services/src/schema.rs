@@ -38,6 +38,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: &[&crate::users::SETTINGS, &crate::posts::AUTHOR_COUNTS],
         statements: &[],
     },
+    Migration {
+        version: 6,
+        name: "graph: close friends",
+        tables: crate::graph::CLOSE_FRIENDS_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

@@ -1,5 +1,6 @@
 //! The authorization matrix for posts: for each relationship between a viewer and an
-//! author, and each audience, who may read, comment and react. A post the viewer may not
+//! author, and each audience (public, followers, mentioned only, close friends), who may
+//! read, comment and react. A post the viewer may not
 //! read is `NotFound` for every action (its existence is not revealed).
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ const PENDING: u64 = 12; // asked to follow PRIVATE, not approved
 const BLOCKED: u64 = 13; // blocked by both authors
 const BLOCKER: u64 = 14; // blocks both authors
 const MENTIONED: u64 = 15; // mentioned in the mentioned-only posts
+const CLOSE: u64 = 16; // a close friend of both authors, following neither
 
 #[tokio::test]
 async fn who_may_read_comment_and_react() {
@@ -39,6 +41,7 @@ async fn who_may_read_comment_and_react() {
         (BLOCKED, "blocked"),
         (BLOCKER, "blocker"),
         (MENTIONED, "mentioned"),
+        (CLOSE, "close"),
     ] {
         users.create(id, name).await.expect("profile");
         // Usernames resolve for @mentions as accounts would register them.
@@ -69,6 +72,19 @@ async fn who_may_read_comment_and_react() {
         graph.block(BLOCKER, author).await.expect("block");
     }
     graph.approve(PRIVATE, FOLLOWER).await.expect("approve");
+    for author in [AUTHOR, PRIVATE] {
+        graph
+            .update_close_friends(author, &[CLOSE], &[])
+            .await
+            .expect("close friend");
+        // Blocked users cannot be added.
+        assert!(
+            graph
+                .update_close_friends(author, &[BLOCKED], &[])
+                .await
+                .is_err()
+        );
+    }
     graph.follow(PENDING, PRIVATE).await.expect("request");
 
     let mut cases = Vec::new();
@@ -77,6 +93,7 @@ async fn who_may_read_comment_and_react() {
             Audience::Public,
             Audience::Followers,
             Audience::MentionedOnly,
+            Audience::CloseFriends,
         ] {
             let p = posts
                 .create(author, "hello @mentioned #matrix", audience, None)
@@ -90,8 +107,9 @@ async fn who_may_read_comment_and_react() {
         let mut v = vec![author];
         match (author, audience) {
             (AUTHOR, Audience::Public) => {
-                v.extend([PRIVATE, FOLLOWER, STRANGER, PENDING, MENTIONED])
+                v.extend([PRIVATE, FOLLOWER, STRANGER, PENDING, MENTIONED, CLOSE])
             }
+            (_, Audience::CloseFriends) => v.push(CLOSE),
             (_, Audience::Followers) | (PRIVATE, Audience::Public) => v.push(FOLLOWER),
             (_, Audience::MentionedOnly) => v.push(MENTIONED),
             _ => {}
@@ -99,7 +117,7 @@ async fn who_may_read_comment_and_react() {
         v
     };
     let viewers = [
-        AUTHOR, PRIVATE, FOLLOWER, STRANGER, PENDING, BLOCKED, BLOCKER, MENTIONED,
+        AUTHOR, PRIVATE, FOLLOWER, STRANGER, PENDING, BLOCKED, BLOCKER, MENTIONED, CLOSE,
     ];
     let mut checked = 0;
     for (author, audience, post_id) in cases {
@@ -124,7 +142,39 @@ async fn who_may_read_comment_and_react() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 48);
+    assert_eq!(checked, 2 * 4 * 9);
+    // Leaving the list ends access; a block removes a close friend for good.
+    let cf = posts
+        .create(AUTHOR, "for close friends", Audience::CloseFriends, None)
+        .await
+        .expect("post");
+    graph
+        .update_close_friends(AUTHOR, &[], &[CLOSE])
+        .await
+        .expect("removed");
+    assert!(matches!(
+        posts.get(CLOSE, cf.post_id).await,
+        Err(PostsError::NotFound)
+    ));
+    graph
+        .update_close_friends(AUTHOR, &[CLOSE], &[])
+        .await
+        .expect("again");
+    posts.get(CLOSE, cf.post_id).await.expect("readable again");
+    graph.block(CLOSE, AUTHOR).await.expect("block");
+    graph.unblock(CLOSE, AUTHOR).await.expect("unblock");
+    assert!(matches!(
+        posts.get(CLOSE, cf.post_id).await,
+        Err(PostsError::NotFound)
+    ));
+    assert!(
+        graph
+            .close_friends(AUTHOR, 10, None)
+            .await
+            .expect("list")
+            .ids
+            .is_empty()
+    );
     // Mentions: a user across a block is not mentioned (not notified, not shown).
     let m = posts
         .create(

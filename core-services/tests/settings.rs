@@ -369,6 +369,54 @@ async fn graph_lists_and_relationships<S: Store + Clone>(store: S) {
             .expect("rel")
             .request_received
     );
+    // Close friends: listed for their owner, shown in the relationship, checked on the
+    // way in, and cleaned up with a deleted account.
+    w.graph
+        .update_close_friends(FRIEND, &[OWNER, FAN], &[])
+        .await
+        .expect("close friends");
+    w.graph
+        .update_close_friends(FRIEND, &[OWNER], &[])
+        .await
+        .expect("idempotent");
+    assert_eq!(
+        w.graph
+            .close_friends(FRIEND, 10, None)
+            .await
+            .expect("list")
+            .ids,
+        vec![OWNER, FAN]
+    );
+    assert!(
+        w.graph
+            .relationship(FRIEND, OWNER)
+            .await
+            .expect("rel")
+            .close_friend
+    );
+    assert!(matches!(
+        w.graph.update_close_friends(FRIEND, &[FRIEND], &[]).await,
+        Err(GraphError::SelfTarget)
+    ));
+    assert!(matches!(
+        w.graph.update_close_friends(FRIEND, &[999], &[]).await,
+        Err(GraphError::NotFound)
+    ));
+    assert!(matches!(
+        w.graph
+            .update_close_friends(FRIEND, &[OWNER; 101], &[])
+            .await,
+        Err(GraphError::InvalidArgument { .. })
+    ));
+    w.graph.remove_user(FAN).await.expect("removed");
+    assert_eq!(
+        w.graph
+            .close_friends(FRIEND, 10, None)
+            .await
+            .expect("list")
+            .ids,
+        vec![OWNER]
+    );
 }
 
 async fn media_history_and_counts<S: Store + Clone>(store: S) {

@@ -301,7 +301,46 @@ async fn lists_mutes_media_and_reply_policies_over_the_protocol() {
         .expect("blocks"),
     ));
     assert_eq!(blocks, vec![cat.id]);
-    // The profile's post count includes the media post.
+    // Close friends: Ana lists Ben; a close-friends post reaches him and no one else.
+    let mut r = pg::CloseFriendsUpdateRequestT::default();
+    r.add = Some(vec![ben.id]);
+    call(
+        &ana.client,
+        req(GraphOpT::CloseFriendsUpdateRequest(Box::new(r))),
+    )
+    .await
+    .expect("close friends");
+    let close = ids(graph_answer(
+        call(
+            &ana.client,
+            req(GraphOpT::CloseFriendsListRequest(Box::default())),
+        )
+        .await
+        .expect("list"),
+    ));
+    assert_eq!(close, vec![ben.id]);
+    let mut p = pp::CreatePostRequestT::default();
+    p.text = Some("just for you".into());
+    p.audience = common::Audience::CloseFriends;
+    let inner = post_answer(
+        call(&ana.client, posts(PostsOpT::CreatePostRequest(Box::new(p))))
+            .await
+            .expect("close friends post"),
+    );
+    assert_eq!(inner.audience, common::Audience::CloseFriends);
+    let mut g = pp::GetPostRequestT::default();
+    g.post_id = inner.post_id;
+    call(
+        &ben.client,
+        posts(PostsOpT::GetPostRequest(Box::new(g.clone()))),
+    )
+    .await
+    .expect("a close friend reads it");
+    let err = call(&cat.client, posts(PostsOpT::GetPostRequest(Box::new(g))))
+        .await
+        .expect_err("not for cat");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    // The profile's post count includes both posts.
     let mut r = pu::GetProfileRequestT::default();
     r.user_id = ana.id;
     let UsersOpT::GetProfileResponse(p) = users_answer(
@@ -311,7 +350,22 @@ async fn lists_mutes_media_and_reply_policies_over_the_protocol() {
     ) else {
         panic!("not a profile")
     };
-    assert_eq!(p.profile.expect("profile").posts_count, 1);
+    assert_eq!(p.profile.expect("profile").posts_count, 2);
+    // Ana sees Ben as her close friend on his profile.
+    let mut r = pu::GetProfileRequestT::default();
+    r.user_id = ben.id;
+    let UsersOpT::GetProfileResponse(p) = users_answer(
+        call(&ana.client, users(UsersOpT::GetProfileRequest(Box::new(r))))
+            .await
+            .expect("profile"),
+    ) else {
+        panic!("not a profile")
+    };
+    let rel = p
+        .profile
+        .and_then(|p| p.relationship)
+        .expect("relationship");
+    assert!(rel.close_friend);
 }
 
 #[tokio::test]

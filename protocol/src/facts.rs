@@ -178,6 +178,7 @@ pub fn is_idempotent(env: &Envelope<'_>) -> bool {
                     ListsGetRequest,
                     ListMembersRequest,
                     RelationshipsRequest,
+                    CloseFriendsListRequest,
                 ]
             )
         }

@@ -68,6 +68,9 @@ start_native_transport: true
 endpoint_snitch: SimpleSnitch
 authenticator: AllowAllAuthenticator
 authorizer: AllowAllAuthorizer
+# Every test opens its own keyspace and each store prepares its statements (~8 per
+# table): the default cache (10 MiB for a 1 GiB heap) evicts them mid-run.
+prepared_statements_cache_size: 128MiB
 # Tests create and drop keyspaces often: no snapshots on DROP/TRUNCATE.
 auto_snapshot: false
 snapshot_before_compaction: false

@@ -48,6 +48,8 @@ edges! {
     BLOCKS, "graph_blocks", "user_id", "blocked_id", "who a user blocks";
     BLOCKED_BY, "graph_blocked_by", "user_id", "blocker_id", "who blocks a user";
     MUTES, "graph_mutes", "user_id", "muted_id", "who a user mutes";
+    CLOSE_FRIENDS, "graph_close_friends", "user_id", "friend_id", "a user's close friends";
+    CLOSE_FRIEND_OF, "graph_close_friend_of", "user_id", "owner_id", "whose close friend a user is";
 }
 
 /// `followers` / `following` counts per user.
@@ -60,7 +62,10 @@ pub static COUNTS: Table = Table {
     doc: "follower and following counts",
 };
 
-/// Every table of the graph service.
+/// The close-friends tables (a later migration than [`TABLES`]).
+pub static CLOSE_FRIENDS_TABLES: &[&Table] = &[&CLOSE_FRIENDS, &CLOSE_FRIEND_OF];
+
+/// The tables of the graph service in its first migration.
 pub static TABLES: &[&Table] = &[
     &FOLLOWING,
     &FOLLOWERS,
@@ -125,6 +130,22 @@ fn following_key() -> Bytes {
     KeyBuilder::new().str("following").build()
 }
 
+fn close_friends_key() -> Bytes {
+    KeyBuilder::new().str("close_friends").build()
+}
+
+/// Whether `owner` counts `viewer` among their close friends.
+pub(crate) async fn is_close_friend<S: Store>(
+    store: &S,
+    owner: u64,
+    viewer: u64,
+) -> Result<bool, StoreError> {
+    Ok(store
+        .get(&CLOSE_FRIENDS, &k(owner), &k(viewer))
+        .await?
+        .is_some())
+}
+
 /// Whether `a` blocks `b` or `b` blocks `a`.
 pub async fn blocked_either_way<S: Store>(store: &S, a: u64, b: u64) -> Result<bool, StoreError> {
     Ok(a != b
@@ -158,6 +179,8 @@ pub struct Relationship {
     pub blocked_by: bool,
     /// The viewer mutes them.
     pub muting: bool,
+    /// The viewer counts them among their close friends.
+    pub close_friend: bool,
 }
 
 /// Longest timed mute (longer ones are indefinite mutes).
@@ -165,6 +188,12 @@ pub const MAX_MUTE: std::time::Duration = std::time::Duration::from_secs(365 * 2
 
 /// Most users in one relationships request.
 pub const MAX_RELATIONSHIPS: usize = 100;
+
+/// Most users added or removed in one close-friends update.
+pub const MAX_CLOSE_FRIENDS_CHANGE: usize = 100;
+
+/// Longest close-friends list.
+pub const MAX_CLOSE_FRIENDS: i64 = 1_000;
 
 /// In-progress pair operations: one lock per pair of users.
 type PairLocks = std::cell::RefCell<
@@ -378,6 +407,7 @@ impl<S: Store> Graph<S> {
             {
                 self.store.delete(&REQUESTS_IN, &k(b), &k(a)).await?;
             }
+            self.drop_close_friend(a, b).await?;
         }
         Ok(())
     }
@@ -508,6 +538,7 @@ impl<S: Store> Graph<S> {
             blocking: has(&BLOCKS, viewer, other).await?,
             blocked_by: has(&BLOCKS, other, viewer).await?,
             muting: has(&MUTES, viewer, other).await?,
+            close_friend: has(&CLOSE_FRIENDS, viewer, other).await?,
         })
     }
 
@@ -624,7 +655,106 @@ impl<S: Store> Graph<S> {
                 }
             }
         }
+        // Close friends: the user's own list, and their place in others' lists (whose
+        // counts drop with it).
+        for (table, outgoing) in [(&CLOSE_FRIENDS, true), (&CLOSE_FRIEND_OF, false)] {
+            loop {
+                let page = self.page(table, user, 500, None).await?;
+                if page.ids.is_empty() {
+                    break;
+                }
+                for other in page.ids {
+                    let (owner, friend) = if outgoing {
+                        (user, other)
+                    } else {
+                        (other, user)
+                    };
+                    if !self.drop_close_friend(owner, friend).await? {
+                        self.store.delete(table, &k(user), &k(other)).await?;
+                    }
+                    removed += 1;
+                }
+            }
+        }
         Ok(removed)
+    }
+
+    /// Removes `friend` from `owner`'s close friends, if there.
+    async fn drop_close_friend(&self, owner: u64, friend: u64) -> Result<bool, GraphError> {
+        let removed = self
+            .store
+            .delete_if_present(&CLOSE_FRIENDS, &k(owner), &k(friend))
+            .await?;
+        if removed {
+            self.store
+                .delete(&CLOSE_FRIEND_OF, &k(friend), &k(owner))
+                .await?;
+            self.store
+                .counter_add(&COUNTS, &k(owner), &close_friends_key(), -1)
+                .await?;
+        }
+        Ok(removed)
+    }
+
+    /// Adds users to and removes users from `me`'s close friends (who see posts and
+    /// stories shared with close friends). Added users must exist and have no block
+    /// with `me`; the list holds at most [`MAX_CLOSE_FRIENDS`]. Nobody is told.
+    pub async fn update_close_friends(
+        &self,
+        me: u64,
+        add: &[u64],
+        remove: &[u64],
+    ) -> Result<(), GraphError> {
+        if add.len() > MAX_CLOSE_FRIENDS_CHANGE || remove.len() > MAX_CLOSE_FRIENDS_CHANGE {
+            return Err(GraphError::InvalidArgument { field: "add" });
+        }
+        if add.contains(&me) {
+            return Err(GraphError::SelfTarget);
+        }
+        for &friend in add {
+            if blocked_either_way(&self.store, me, friend).await?
+                || users::load(&self.store, friend)
+                    .await?
+                    .is_none_or(|p| p.deleted)
+            {
+                return Err(GraphError::NotFound);
+            }
+        }
+        for &friend in remove {
+            self.drop_close_friend(me, friend).await?;
+        }
+        for &friend in add {
+            let now = self
+                .store
+                .counter_get(&COUNTS, &k(me), &close_friends_key())
+                .await?;
+            if now >= MAX_CLOSE_FRIENDS {
+                return Err(GraphError::InvalidArgument { field: "add" });
+            }
+            if self
+                .store
+                .insert_if_absent(&CLOSE_FRIENDS, &k(me), &k(friend), b"", None)
+                .await?
+            {
+                self.store
+                    .put(&CLOSE_FRIEND_OF, &k(friend), &k(me), b"", None)
+                    .await?;
+                self.store
+                    .counter_add(&COUNTS, &k(me), &close_friends_key(), 1)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `me`'s close friends.
+    pub async fn close_friends(
+        &self,
+        me: u64,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<IdPage, GraphError> {
+        self.page(&CLOSE_FRIENDS, me, limit, cursor).await
     }
 
     /// Pending requests `me` sent.

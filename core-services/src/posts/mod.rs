@@ -3,8 +3,9 @@
 //! audience and reply policy.
 //!
 //! Who may read a post is decided in one place ([`Posts::can_read`]): the author always;
-//! nobody across a block; for a private author only approved followers; otherwise by the
-//! post's audience (public, followers, mentioned only). Everything that touches a post
+//! nobody across a block or for a deleted author; otherwise by the post's audience —
+//! public (for a private author: approved followers only), followers, mentioned only,
+//! close friends (the author's list, followers or not). Everything that touches a post
 //! (reading, history, comments, reactions, reposts) goes through it, and a post the viewer
 //! may not read is `NotFound` — its existence is not revealed.
 //!
@@ -150,6 +151,8 @@ pub enum Audience {
     Followers,
     /// Only the users mentioned in it.
     MentionedOnly,
+    /// The author's close friends.
+    CloseFriends,
 }
 
 /// A post.
@@ -228,7 +231,11 @@ enum AuthorView {
     /// A block either way, or a deleted author: nothing is visible.
     Hidden,
     /// Anyone else.
-    Other { private: bool, follows: bool },
+    Other {
+        private: bool,
+        follows: bool,
+        close_friend: bool,
+    },
 }
 
 impl AuthorView {
@@ -239,8 +246,13 @@ impl AuthorView {
             AuthorView::Own => true,
             AuthorView::Hidden => false,
             AuthorView::Other { .. } if post.deleted => false,
-            AuthorView::Other { private, follows } => match post.audience {
+            AuthorView::Other {
+                private,
+                follows,
+                close_friend,
+            } => match post.audience {
                 Audience::MentionedOnly => post.mentions.contains(&viewer),
+                Audience::CloseFriends => close_friend,
                 Audience::Followers => follows,
                 Audience::Public => !private || follows,
             },
@@ -468,6 +480,7 @@ impl<S: Store> Posts<S> {
         Ok(AuthorView::Other {
             private: profile.is_some_and(|p| p.private),
             follows,
+            close_friend: graph::is_close_friend(&self.store, author, viewer).await?,
         })
     }
 

@@ -39,6 +39,7 @@ fn audience_of(a: common::Audience) -> Option<Audience> {
         common::Audience::Public => Some(Audience::Public),
         common::Audience::Followers => Some(Audience::Followers),
         common::Audience::MentionedOnly => Some(Audience::MentionedOnly),
+        common::Audience::CloseFriends => Some(Audience::CloseFriends),
         _ => None,
     }
 }
@@ -48,6 +49,7 @@ fn wire_audience(a: Audience) -> common::Audience {
         Audience::Public => common::Audience::Public,
         Audience::Followers => common::Audience::Followers,
         Audience::MentionedOnly => common::Audience::MentionedOnly,
+        Audience::CloseFriends => common::Audience::CloseFriends,
     }
 }
 

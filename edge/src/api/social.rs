@@ -273,7 +273,7 @@ fn profile_frame(
             blocking: rel.blocking,
             blocked_by: rel.blocked_by,
             muting: rel.muting,
-            close_friend: false,
+            close_friend: rel.close_friend,
         },
     );
     let profile = pu::Profile::create(
@@ -434,6 +434,8 @@ enum GraphCall {
     Blocks(usize, Option<Cursor>),
     Mutes(usize, Option<Cursor>),
     Relationships(Vec<u64>),
+    CloseFriendsUpdate(Vec<u64>, Vec<u64>),
+    CloseFriends(usize, Option<Cursor>),
 }
 
 fn page_args(page: Option<common::PageRequest<'_>>) -> (usize, Option<Cursor>) {
@@ -478,6 +480,19 @@ fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
         GraphOp::MutesListRequest => {
             let (limit, cursor) = page_args(g.op_as_mutes_list_request()?.page());
             GraphCall::Mutes(limit, cursor)
+        }
+        GraphOp::CloseFriendsUpdateRequest => {
+            let r = g.op_as_close_friends_update_request()?;
+            // One more than allowed is enough to be refused.
+            let cap = selfie_services::graph::MAX_CLOSE_FRIENDS_CHANGE + 1;
+            let ids = |v: Option<flatbuffers::Vector<'_, u64>>| {
+                v.map(|v| v.iter().take(cap).collect()).unwrap_or_default()
+            };
+            GraphCall::CloseFriendsUpdate(ids(r.add()), ids(r.remove()))
+        }
+        GraphOp::CloseFriendsListRequest => {
+            let (limit, cursor) = page_args(g.op_as_close_friends_list_request()?.page());
+            GraphCall::CloseFriends(limit, cursor)
         }
         GraphOp::RelationshipsRequest => GraphCall::Relationships(
             g.op_as_relationships_request()?
@@ -574,7 +589,9 @@ impl<S: Store + 'static> Service for GraphApi<S> {
             | GraphCall::RequestsSent(..)
             | GraphCall::Blocks(..)
             | GraphCall::Mutes(..)
-            | GraphCall::Relationships(..) => None,
+            | GraphCall::Relationships(..)
+            | GraphCall::CloseFriendsUpdate(..)
+            | GraphCall::CloseFriends(..) => None,
         }
     }
 
@@ -689,6 +706,15 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                 }
                 GraphCall::Blocks(limit, cursor) => {
                     let page = graph.blocks(me, limit, cursor).await.map_err(err)?;
+                    encode(&encoder, &|b| list_frame(b, id, &page))
+                }
+                GraphCall::CloseFriendsUpdate(add, remove) => graph
+                    .update_close_friends(me, &add, &remove)
+                    .await
+                    .map_err(err)
+                    .and_then(|()| ack(&encoder)),
+                GraphCall::CloseFriends(limit, cursor) => {
+                    let page = graph.close_friends(me, limit, cursor).await.map_err(err)?;
                     encode(&encoder, &|b| list_frame(b, id, &page))
                 }
                 GraphCall::Mutes(limit, cursor) => {

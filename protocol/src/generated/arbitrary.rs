@@ -1391,6 +1391,14 @@ pub fn selfie_graph_blocks_list_request(depth: u32) -> BoxedStrategy<crate::gene
         .boxed()
 }
 
+/// Arbitrary `selfie.graph.CloseFriendsListRequest`.
+pub fn selfie_graph_close_friends_list_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::graph::CloseFriendsListRequestT> {
+    let _ = depth;
+    ((if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_page_request(depth - 1).prop_map(Box::new)).boxed() },),)
+        .prop_map(|((page,),)| crate::generated::selfie::graph::CloseFriendsListRequestT { page })
+        .boxed()
+}
+
 /// Arbitrary `selfie.graph.CloseFriendsUpdateRequest`.
 pub fn selfie_graph_close_friends_update_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::graph::CloseFriendsUpdateRequestT> {
     let _ = depth;
@@ -1505,6 +1513,7 @@ pub fn selfie_graph_graph_op(depth: u32) -> BoxedStrategy<crate::generated::self
         selfie_graph_close_friends_update_request(depth - 1).prop_map(|v| crate::generated::selfie::graph::GraphOpT::CloseFriendsUpdateRequest(Box::new(v))).boxed(),
         selfie_graph_relationships_request(depth - 1).prop_map(|v| crate::generated::selfie::graph::GraphOpT::RelationshipsRequest(Box::new(v))).boxed(),
         selfie_graph_relationships_response(depth - 1).prop_map(|v| crate::generated::selfie::graph::GraphOpT::RelationshipsResponse(Box::new(v))).boxed(),
+        selfie_graph_close_friends_list_request(depth - 1).prop_map(|v| crate::generated::selfie::graph::GraphOpT::CloseFriendsListRequest(Box::new(v))).boxed(),
     ]).boxed()
 }
 
@@ -1540,6 +1549,7 @@ pub fn selfie_graph_graph_op_variants(depth: u32) -> Vec<(&'static str, BoxedStr
         ("selfie.graph.CloseFriendsUpdateRequest", selfie_graph_close_friends_update_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::graph::GraphOpT::CloseFriendsUpdateRequest(Box::new(v))).boxed()),
         ("selfie.graph.RelationshipsRequest", selfie_graph_relationships_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::graph::GraphOpT::RelationshipsRequest(Box::new(v))).boxed()),
         ("selfie.graph.RelationshipsResponse", selfie_graph_relationships_response(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::graph::GraphOpT::RelationshipsResponse(Box::new(v))).boxed()),
+        ("selfie.graph.CloseFriendsListRequest", selfie_graph_close_friends_list_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::graph::GraphOpT::CloseFriendsListRequest(Box::new(v))).boxed()),
     ]
 }
 
@@ -3096,6 +3106,7 @@ pub fn every_operation(depth: u32) -> Vec<(&'static str, BoxedStrategy<crate::ge
     all.push(("selfie.graph.CloseFriendsUpdateRequest", (selfie_envelope(0), selfie_graph_close_friends_update_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Graph(Box::new(crate::generated::selfie::graph::GraphT { op: crate::generated::selfie::graph::GraphOpT::CloseFriendsUpdateRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.graph.RelationshipsRequest", (selfie_envelope(0), selfie_graph_relationships_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Graph(Box::new(crate::generated::selfie::graph::GraphT { op: crate::generated::selfie::graph::GraphOpT::RelationshipsRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.graph.RelationshipsResponse", (selfie_envelope(0), selfie_graph_relationships_response(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Graph(Box::new(crate::generated::selfie::graph::GraphT { op: crate::generated::selfie::graph::GraphOpT::RelationshipsResponse(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.graph.CloseFriendsListRequest", (selfie_envelope(0), selfie_graph_close_friends_list_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Graph(Box::new(crate::generated::selfie::graph::GraphT { op: crate::generated::selfie::graph::GraphOpT::CloseFriendsListRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.posts.CreatePostRequest", (selfie_envelope(0), selfie_posts_create_post_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Posts(Box::new(crate::generated::selfie::posts::PostsT { op: crate::generated::selfie::posts::PostsOpT::CreatePostRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.posts.PostResponse", (selfie_envelope(0), selfie_posts_post_response(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Posts(Box::new(crate::generated::selfie::posts::PostsT { op: crate::generated::selfie::posts::PostsOpT::PostResponse(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.posts.EditPostRequest", (selfie_envelope(0), selfie_posts_edit_post_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Posts(Box::new(crate::generated::selfie::posts::PostsT { op: crate::generated::selfie::posts::PostsOpT::EditPostRequest(Box::new(v)) })); e }).boxed()));

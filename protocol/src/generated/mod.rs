@@ -403,6 +403,8 @@ pub mod selfie {
     pub use self::list_members_request_generated::*;
     mod close_friends_update_request_generated;
     pub use self::close_friends_update_request_generated::*;
+    mod close_friends_list_request_generated;
+    pub use self::close_friends_list_request_generated::*;
     mod relationships_request_generated;
     pub use self::relationships_request_generated::*;
     mod relationship_entry_generated;

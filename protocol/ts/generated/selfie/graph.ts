@@ -4,6 +4,7 @@
 
 export { BlockRequest } from './graph/block-request.js';
 export { BlocksListRequest } from './graph/blocks-list-request.js';
+export { CloseFriendsListRequest } from './graph/close-friends-list-request.js';
 export { CloseFriendsUpdateRequest } from './graph/close-friends-update-request.js';
 export { Direction } from './graph/direction.js';
 export { FollowRequest } from './graph/follow-request.js';

@@ -184,6 +184,11 @@ impl<'a> Graph<'a> {
             .expect("Invalid union table, expected `GraphOp::RelationshipsResponse`.")
             .unpack()
       )),
+      GraphOp::CloseFriendsListRequest => GraphOpT::CloseFriendsListRequest(alloc::boxed::Box::new(
+        self.op_as_close_friends_list_request()
+            .expect("Invalid union table, expected `GraphOp::CloseFriendsListRequest`.")
+            .unpack()
+      )),
       _ => GraphOpT::NONE,
     };
     GraphT {
@@ -640,6 +645,21 @@ impl<'a> Graph<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_close_friends_list_request(&self) -> Option<CloseFriendsListRequest<'a>> {
+    if self.op_type() == GraphOp::CloseFriendsListRequest {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CloseFriendsListRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Graph<'_> {
@@ -679,6 +699,7 @@ impl ::flatbuffers::Verifiable for Graph<'_> {
           GraphOp::CloseFriendsUpdateRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CloseFriendsUpdateRequest>>("GraphOp::CloseFriendsUpdateRequest", pos),
           GraphOp::RelationshipsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RelationshipsRequest>>("GraphOp::RelationshipsRequest", pos),
           GraphOp::RelationshipsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RelationshipsResponse>>("GraphOp::RelationshipsResponse", pos),
+          GraphOp::CloseFriendsListRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CloseFriendsListRequest>>("GraphOp::CloseFriendsListRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -931,6 +952,13 @@ impl ::core::fmt::Debug for Graph<'_> {
         },
         GraphOp::RelationshipsResponse => {
           if let Some(x) = self.op_as_relationships_response() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        GraphOp::CloseFriendsListRequest => {
+          if let Some(x) = self.op_as_close_friends_list_request() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_GRAPH_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_GRAPH_OP: u8 = 29;
+pub const ENUM_MAX_GRAPH_OP: u8 = 30;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_GRAPH_OP: [GraphOp; 30] = [
+pub const ENUM_VALUES_GRAPH_OP: [GraphOp; 31] = [
   GraphOp::NONE,
   GraphOp::FollowRequest,
   GraphOp::FollowResponse,
@@ -39,6 +39,7 @@ pub const ENUM_VALUES_GRAPH_OP: [GraphOp; 30] = [
   GraphOp::CloseFriendsUpdateRequest,
   GraphOp::RelationshipsRequest,
   GraphOp::RelationshipsResponse,
+  GraphOp::CloseFriendsListRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -76,9 +77,10 @@ impl GraphOp {
   pub const CloseFriendsUpdateRequest: Self = Self(27);
   pub const RelationshipsRequest: Self = Self(28);
   pub const RelationshipsResponse: Self = Self(29);
+  pub const CloseFriendsListRequest: Self = Self(30);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 29;
+  pub const ENUM_MAX: u8 = 30;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::FollowRequest,
@@ -110,6 +112,7 @@ impl GraphOp {
     Self::CloseFriendsUpdateRequest,
     Self::RelationshipsRequest,
     Self::RelationshipsResponse,
+    Self::CloseFriendsListRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -144,6 +147,7 @@ impl GraphOp {
       Self::CloseFriendsUpdateRequest => Some("CloseFriendsUpdateRequest"),
       Self::RelationshipsRequest => Some("RelationshipsRequest"),
       Self::RelationshipsResponse => Some("RelationshipsResponse"),
+      Self::CloseFriendsListRequest => Some("CloseFriendsListRequest"),
       _ => None,
     }
   }
@@ -234,6 +238,7 @@ pub enum GraphOpT {
   CloseFriendsUpdateRequest(alloc::boxed::Box<CloseFriendsUpdateRequestT>),
   RelationshipsRequest(alloc::boxed::Box<RelationshipsRequestT>),
   RelationshipsResponse(alloc::boxed::Box<RelationshipsResponseT>),
+  CloseFriendsListRequest(alloc::boxed::Box<CloseFriendsListRequestT>),
 }
 impl Default for GraphOpT {
   fn default() -> Self {
@@ -273,6 +278,7 @@ impl GraphOpT {
       Self::CloseFriendsUpdateRequest(_) => GraphOp::CloseFriendsUpdateRequest,
       Self::RelationshipsRequest(_) => GraphOp::RelationshipsRequest,
       Self::RelationshipsResponse(_) => GraphOp::RelationshipsResponse,
+      Self::CloseFriendsListRequest(_) => GraphOp::CloseFriendsListRequest,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -307,6 +313,7 @@ impl GraphOpT {
       Self::CloseFriendsUpdateRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::RelationshipsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::RelationshipsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::CloseFriendsListRequest(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned FollowRequestT, setting the union to NONE.
@@ -917,5 +924,26 @@ impl GraphOpT {
   /// If the union variant matches, return a mutable reference to the RelationshipsResponseT.
   pub fn as_relationships_response_mut(&mut self) -> Option<&mut RelationshipsResponseT> {
     if let Self::RelationshipsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned CloseFriendsListRequestT, setting the union to NONE.
+  pub fn take_close_friends_list_request(&mut self) -> Option<alloc::boxed::Box<CloseFriendsListRequestT>> {
+    if let Self::CloseFriendsListRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::CloseFriendsListRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the CloseFriendsListRequestT.
+  pub fn as_close_friends_list_request(&self) -> Option<&CloseFriendsListRequestT> {
+    if let Self::CloseFriendsListRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the CloseFriendsListRequestT.
+  pub fn as_close_friends_list_request_mut(&mut self) -> Option<&mut CloseFriendsListRequestT> {
+    if let Self::CloseFriendsListRequest(v) = self { Some(v.as_mut()) } else { None }
   }
 }

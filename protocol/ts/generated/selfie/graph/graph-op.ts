@@ -4,6 +4,7 @@
 
 import { BlockRequest } from '../../selfie/graph/block-request.js';
 import { BlocksListRequest } from '../../selfie/graph/blocks-list-request.js';
+import { CloseFriendsListRequest } from '../../selfie/graph/close-friends-list-request.js';
 import { CloseFriendsUpdateRequest } from '../../selfie/graph/close-friends-update-request.js';
 import { FollowRequest } from '../../selfie/graph/follow-request.js';
 import { FollowRequestApproveRequest } from '../../selfie/graph/follow-request-approve-request.js';
@@ -63,13 +64,14 @@ export enum GraphOp {
   ListMembersRequest = 26,
   CloseFriendsUpdateRequest = 27,
   RelationshipsRequest = 28,
-  RelationshipsResponse = 29
+  RelationshipsResponse = 29,
+  CloseFriendsListRequest = 30
 }
 
 export function unionToGraphOp(
   type: GraphOp,
-  accessor: (obj:BlockRequest|BlocksListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse) => BlockRequest|BlocksListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse|null
-): BlockRequest|BlocksListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse|null {
+  accessor: (obj:BlockRequest|BlocksListRequest|CloseFriendsListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse) => BlockRequest|BlocksListRequest|CloseFriendsListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse|null
+): BlockRequest|BlocksListRequest|CloseFriendsListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse|null {
   switch(GraphOp[type]) {
     case 'NONE': return null; 
     case 'FollowRequest': return accessor(new FollowRequest())! as FollowRequest;
@@ -101,15 +103,16 @@ export function unionToGraphOp(
     case 'CloseFriendsUpdateRequest': return accessor(new CloseFriendsUpdateRequest())! as CloseFriendsUpdateRequest;
     case 'RelationshipsRequest': return accessor(new RelationshipsRequest())! as RelationshipsRequest;
     case 'RelationshipsResponse': return accessor(new RelationshipsResponse())! as RelationshipsResponse;
+    case 'CloseFriendsListRequest': return accessor(new CloseFriendsListRequest())! as CloseFriendsListRequest;
     default: return null;
   }
 }
 
 export function unionListToGraphOp(
   type: GraphOp, 
-  accessor: (index: number, obj:BlockRequest|BlocksListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse) => BlockRequest|BlocksListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse|null, 
+  accessor: (index: number, obj:BlockRequest|BlocksListRequest|CloseFriendsListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse) => BlockRequest|BlocksListRequest|CloseFriendsListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse|null, 
   index: number
-): BlockRequest|BlocksListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse|null {
+): BlockRequest|BlocksListRequest|CloseFriendsListRequest|CloseFriendsUpdateRequest|FollowRequest|FollowRequestApproveRequest|FollowRequestCancelRequest|FollowRequestDenyRequest|FollowRequestsListRequest|FollowResponse|FollowersListRequest|FollowingListRequest|ListCreateRequest|ListDeleteRequest|ListMembersAddRequest|ListMembersRemoveRequest|ListMembersRequest|ListResponse|ListUpdateRequest|ListsGetRequest|ListsResponse|MuteRequest|MutesListRequest|RelationshipsRequest|RelationshipsResponse|RemoveFollowerRequest|UnblockRequest|UnfollowRequest|UnmuteRequest|UserListResponse|null {
   switch(GraphOp[type]) {
     case 'NONE': return null; 
     case 'FollowRequest': return accessor(index, new FollowRequest())! as FollowRequest;
@@ -141,6 +144,7 @@ export function unionListToGraphOp(
     case 'CloseFriendsUpdateRequest': return accessor(index, new CloseFriendsUpdateRequest())! as CloseFriendsUpdateRequest;
     case 'RelationshipsRequest': return accessor(index, new RelationshipsRequest())! as RelationshipsRequest;
     case 'RelationshipsResponse': return accessor(index, new RelationshipsResponse())! as RelationshipsResponse;
+    case 'CloseFriendsListRequest': return accessor(index, new CloseFriendsListRequest())! as CloseFriendsListRequest;
     default: return null;
   }
 }
