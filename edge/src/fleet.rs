@@ -31,6 +31,8 @@ use crate::metrics::{FLEET, FleetCounters};
 
 /// Bus topic of revocations: payload is the session id, 8 bytes big-endian.
 const TOPIC: &str = "revocations";
+/// Most revocations held for Redis while it is unreachable.
+const MAX_PENDING: usize = 100_000;
 /// How often the shared list is re-read.
 const RESYNC: Duration = Duration::from_secs(5);
 
@@ -127,31 +129,41 @@ async fn outbox(
     bus: EventBus,
     counters: &'static FleetCounters,
 ) {
+    use tokio::sync::broadcast::error::RecvError;
     let mut local = revoked.local_revocations();
-    let mut pending: Vec<u64> = Vec::new();
+    let mut pending: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     loop {
+        // With nothing pending, wait for the next revocation; otherwise wake up within a
+        // second to retry what Redis refused.
         let next = if pending.is_empty() {
-            local.recv().await
+            Some(local.recv().await)
         } else {
-            match tokio::time::timeout(Duration::from_secs(1), local.recv()).await {
-                Ok(r) => r,
-                Err(_) => Err(tokio::sync::broadcast::error::RecvError::Lagged(0)),
-            }
+            tokio::time::timeout(Duration::from_secs(1), local.recv())
+                .await
+                .ok()
         };
         match next {
-            Ok(id) => pending.push(id),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) if n > 0 => {
+            Some(Ok(id)) => {
+                if pending.len() >= MAX_PENDING {
+                    // Redis has been away for very long: the oldest entries' tokens are
+                    // expiring anyway; this node still refuses them itself.
+                    pending.pop_front();
+                    counters.errors.inc();
+                }
+                pending.push_back(id);
+            }
+            Some(Err(RecvError::Closed)) => return,
+            Some(Err(RecvError::Lagged(n))) => {
                 // Over 4096 revocations queued at once: they are in this node's set, and
                 // their sessions' refresh tokens are dead in storage; other nodes miss
                 // them only until the access tokens expire.
                 counters.errors.inc_by(n);
                 tracing::error!(missed = n, "fleet: revocations not shared");
             }
-            Err(_) => {}
+            None => {}
         }
         let until = unix_ms() + revoked.retention().as_millis() as u64;
-        while let Some(&id) = pending.first() {
+        while let Some(&id) = pending.front() {
             let shared = async {
                 list.add(id, until).await?;
                 bus.publish(TOPIC, &id.to_be_bytes()).await
@@ -159,7 +171,7 @@ async fn outbox(
             .await;
             match shared {
                 Ok(_) => {
-                    pending.remove(0);
+                    pending.pop_front();
                     counters.sent.inc();
                 }
                 Err(e) => {

@@ -139,12 +139,17 @@ mod tests {
 
     #[test]
     fn newer_minor_client_gets_the_server_version() {
-        assert_eq!(negotiate(v(1, 7), Some(v(1, 0))), Ok(v(1, 0)));
+        assert_eq!(negotiate(v(1, 7), Some(v(1, 0))), Ok(PROTOCOL_VERSION));
     }
 
     #[test]
     fn newer_major_client_that_still_speaks_ours_is_accepted() {
-        assert_eq!(negotiate(v(2, 0), Some(v(1, 0))), Ok(v(1, 0)));
+        assert_eq!(negotiate(v(2, 0), Some(v(1, 0))), Ok(PROTOCOL_VERSION));
+    }
+
+    #[test]
+    fn an_older_minor_client_is_served_at_its_own_version() {
+        assert_eq!(negotiate(v(1, 0), None), Ok(v(1, 0)));
     }
 
     #[test]
