@@ -44,6 +44,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::graph::CLOSE_FRIENDS_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 7,
+        name: "graph: user lists",
+        tables: crate::graph::lists::TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

@@ -206,13 +206,25 @@ fn main() -> anyhow::Result<()> {
                 let mut registry = Registry::new();
                 let users = Rc::new(Users::new(store.clone()));
                 let graph = Rc::new(Graph::new(store.clone()));
+                let lists = match selfie_services::graph::lists::Lists::new(
+                    store.clone(),
+                    Arc::new(SystemClock),
+                    node,
+                    shard as u16,
+                ) {
+                    Ok(l) => Rc::new(l),
+                    Err(e) => {
+                        tracing::error!(shard, error = %e, "graph service unavailable");
+                        return registry;
+                    }
+                };
                 registry.register(
                     selfie_protocol::Service::Users,
                     Rc::new(UsersApi::new(users.clone(), graph.clone())),
                 );
                 registry.register(
                     selfie_protocol::Service::Graph,
-                    Rc::new(GraphApi::new(graph.clone())),
+                    Rc::new(GraphApi::new(graph.clone(), lists)),
                 );
                 match Posts::new(store.clone(), Arc::new(SystemClock), node, shard as u16) {
                     Ok(posts) => registry.register(

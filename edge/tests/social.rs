@@ -454,3 +454,104 @@ async fn sign_up_again(node: &support::Node, anon: &Client, user: &support::User
         .await
         .expect("welcome")
 }
+
+#[tokio::test]
+async fn user_lists_over_the_protocol() {
+    let node = start();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    let list_of = |b: BodyT| match graph_answer(b) {
+        GraphOpT::ListResponse(r) => *r.list.expect("list"),
+        other => panic!("not a list: {other:?}"),
+    };
+    let mut r = pg::ListCreateRequestT::default();
+    r.name = Some("film people".into());
+    r.description = Some("35 mm forever".into());
+    let list = list_of(
+        call(&ana.client, graph(GraphOpT::ListCreateRequest(Box::new(r))))
+            .await
+            .expect("created"),
+    );
+    assert_eq!(list.owner_id, ana.id);
+    let mut r = pg::ListMembersAddRequestT::default();
+    r.list_id = list.list_id;
+    r.user_ids = Some(vec![ben.id, cat.id]);
+    call(
+        &ana.client,
+        graph(GraphOpT::ListMembersAddRequest(Box::new(r.clone()))),
+    )
+    .await
+    .expect("added");
+    // Ben may look but not touch.
+    let err = call(
+        &ben.client,
+        graph(GraphOpT::ListMembersAddRequest(Box::new(r))),
+    )
+    .await
+    .expect_err("not his list");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    let mut m = pg::ListMembersRequestT::default();
+    m.list_id = list.list_id;
+    let members = ids(graph_answer(
+        call(
+            &ben.client,
+            graph(GraphOpT::ListMembersRequest(Box::new(m.clone()))),
+        )
+        .await
+        .expect("members"),
+    ));
+    assert_eq!(members, vec![ben.id, cat.id]);
+    // Ana makes it private: gone for Ben.
+    let mut u = pg::ListUpdateRequestT::default();
+    u.list_id = list.list_id;
+    u.private = Some(true);
+    let updated = list_of(
+        call(&ana.client, graph(GraphOpT::ListUpdateRequest(Box::new(u))))
+            .await
+            .expect("updated"),
+    );
+    assert!(updated.private && updated.members_count == 2);
+    let err = call(
+        &ben.client,
+        graph(GraphOpT::ListMembersRequest(Box::new(m))),
+    )
+    .await
+    .expect_err("private now");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    // Ana's own lists (owner 0 = the caller) include it; Ben sees none of hers.
+    let lists_of = |b: BodyT| match graph_answer(b) {
+        GraphOpT::ListsResponse(r) => r
+            .lists
+            .unwrap_or_default()
+            .iter()
+            .map(|l| l.list_id)
+            .collect::<Vec<_>>(),
+        other => panic!("not lists: {other:?}"),
+    };
+    let mine = lists_of(
+        call(
+            &ana.client,
+            graph(GraphOpT::ListsGetRequest(Box::default())),
+        )
+        .await
+        .expect("lists"),
+    );
+    assert_eq!(mine, vec![list.list_id]);
+    let mut g = pg::ListsGetRequestT::default();
+    g.owner_id = ana.id;
+    let hers = lists_of(
+        call(&ben.client, graph(GraphOpT::ListsGetRequest(Box::new(g))))
+            .await
+            .expect("lists"),
+    );
+    assert!(hers.is_empty());
+    let mut d = pg::ListDeleteRequestT::default();
+    d.list_id = list.list_id;
+    call(&ana.client, graph(GraphOpT::ListDeleteRequest(Box::new(d))))
+        .await
+        .expect("deleted");
+}

@@ -20,6 +20,8 @@
 //! side from the other; a blocked user can neither follow nor request. Lists of a private
 //! account are for its approved followers (and itself) only.
 
+pub mod lists;
+
 use bytes::Bytes;
 use selfie_storage::key::{KeyBuilder, KeyReader};
 use selfie_storage::{Cursor, Scan, Store, StoreError, Table, TableKind};
@@ -116,6 +118,9 @@ pub enum GraphError {
     /// A profile could not be read.
     #[error(transparent)]
     Users(#[from] UsersError),
+    /// A stored record could not be decoded.
+    #[error("corrupt record")]
+    Corrupt,
 }
 
 fn k(id: u64) -> Bytes {
@@ -655,6 +660,7 @@ impl<S: Store> Graph<S> {
                 }
             }
         }
+        removed += lists::remove_user(&self.store, user).await?;
         // Close friends: the user's own list, and their place in others' lists (whose
         // counts drop with it).
         for (table, outgoing) in [(&CLOSE_FRIENDS, true), (&CLOSE_FRIEND_OF, false)] {

@@ -20,6 +20,7 @@ use selfie_codec::{Builder, Encoder, Frame, Limits, build};
 use selfie_protocol::graph::{self as pg, GraphOp};
 use selfie_protocol::users::{self as pu, UsersOp};
 use selfie_protocol::{Body, Envelope, ErrorCode, common};
+use selfie_services::graph::lists::{ListUpdate, Lists, UserList};
 use selfie_services::graph::{FollowState, Graph, GraphError, IdPage};
 use selfie_services::users::{
     Link, Permission, Profile, ProfileUpdate, Settings, SettingsUpdate, Users, UsersError,
@@ -43,7 +44,7 @@ fn graph_error(e: &GraphError) -> ErrorReply {
         GraphError::Storage(_) | GraphError::Users(UsersError::Storage(_)) => {
             (ErrorCode::StorageFailure, "storage unavailable")
         }
-        GraphError::Users(_) => (ErrorCode::Internal, "internal error"),
+        GraphError::Users(_) | GraphError::Corrupt => (ErrorCode::Internal, "internal error"),
     };
     ErrorReply::new(code, msg)
 }
@@ -403,14 +404,16 @@ fn pair_key(a: u64, b: u64) -> u64 {
 /// The graph service on the wire.
 pub struct GraphApi<S> {
     graph: Rc<Graph<S>>,
+    lists: Rc<Lists<S>>,
     encoder: Rc<RefCell<Encoder>>,
 }
 
 impl<S: Store + 'static> GraphApi<S> {
-    /// Over one shard's graph service.
-    pub fn new(graph: Rc<Graph<S>>) -> Self {
+    /// Over one shard's graph service and user lists.
+    pub fn new(graph: Rc<Graph<S>>, lists: Rc<Lists<S>>) -> Self {
         Self {
             graph,
+            lists,
             encoder: Rc::new(RefCell::new(Encoder::new(Limits::DEFAULT))),
         }
     }
@@ -436,6 +439,27 @@ enum GraphCall {
     Relationships(Vec<u64>),
     CloseFriendsUpdate(Vec<u64>, Vec<u64>),
     CloseFriends(usize, Option<Cursor>),
+    ListCreate {
+        name: String,
+        description: String,
+        private: bool,
+    },
+    ListUpdate(u64, ListUpdate),
+    ListDelete(u64),
+    ListsOf(u64, usize, Option<Cursor>),
+    ListAdd(u64, Vec<u64>),
+    ListRemove(u64, Vec<u64>),
+    ListMembers(u64, usize, Option<Cursor>),
+}
+
+/// One more than a list change allows is enough to be refused.
+fn list_ids(v: Option<flatbuffers::Vector<'_, u64>>) -> Vec<u64> {
+    v.map(|v| {
+        v.iter()
+            .take(selfie_services::graph::lists::MAX_CHANGE + 1)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn page_args(page: Option<common::PageRequest<'_>>) -> (usize, Option<Cursor>) {
@@ -490,6 +514,46 @@ fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
             };
             GraphCall::CloseFriendsUpdate(ids(r.add()), ids(r.remove()))
         }
+        GraphOp::ListCreateRequest => {
+            let r = g.op_as_list_create_request()?;
+            GraphCall::ListCreate {
+                name: r.name().unwrap_or_default().to_string(),
+                description: r.description().unwrap_or_default().to_string(),
+                private: r.private(),
+            }
+        }
+        GraphOp::ListUpdateRequest => {
+            let r = g.op_as_list_update_request()?;
+            GraphCall::ListUpdate(
+                r.list_id(),
+                ListUpdate {
+                    name: r.name().map(str::to_string),
+                    description: r.description().map(str::to_string),
+                    private: r.private(),
+                },
+            )
+        }
+        GraphOp::ListDeleteRequest => {
+            GraphCall::ListDelete(g.op_as_list_delete_request()?.list_id())
+        }
+        GraphOp::ListsGetRequest => {
+            let r = g.op_as_lists_get_request()?;
+            let (limit, cursor) = page_args(r.page());
+            GraphCall::ListsOf(r.owner_id(), limit, cursor)
+        }
+        GraphOp::ListMembersAddRequest => {
+            let r = g.op_as_list_members_add_request()?;
+            GraphCall::ListAdd(r.list_id(), list_ids(r.user_ids()))
+        }
+        GraphOp::ListMembersRemoveRequest => {
+            let r = g.op_as_list_members_remove_request()?;
+            GraphCall::ListRemove(r.list_id(), list_ids(r.user_ids()))
+        }
+        GraphOp::ListMembersRequest => {
+            let r = g.op_as_list_members_request()?;
+            let (limit, cursor) = page_args(r.page());
+            GraphCall::ListMembers(r.list_id(), limit, cursor)
+        }
         GraphOp::CloseFriendsListRequest => {
             let (limit, cursor) = page_args(g.op_as_close_friends_list_request()?.page());
             GraphCall::CloseFriends(limit, cursor)
@@ -525,6 +589,49 @@ fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
         }
         _ => return None,
     })
+}
+
+fn graph_frame(
+    b: &mut Builder,
+    id: u64,
+    op_type: GraphOp,
+    op: WIPOffset<flatbuffers::UnionWIPOffset>,
+) -> WIPOffset<Envelope<'static>> {
+    let body = pg::Graph::create(
+        b,
+        &pg::GraphArgs {
+            op_type,
+            op: Some(op),
+        },
+    );
+    envelope(b, id, Body::Graph, body.as_union_value())
+}
+
+fn user_list(b: &mut Builder, l: &UserList, members: i64) -> WIPOffset<pg::UserList<'static>> {
+    let (name, description) = (b.create_string(&l.name), b.create_string(&l.description));
+    pg::UserList::create(
+        b,
+        &pg::UserListArgs {
+            list_id: l.list_id,
+            owner_id: l.owner_id,
+            name: Some(name),
+            description: Some(description),
+            private: l.private,
+            members_count: members.max(0) as u64,
+            created_at_ms: l.created_at_ms,
+        },
+    )
+}
+
+fn list_response(
+    b: &mut Builder,
+    id: u64,
+    l: &UserList,
+    members: i64,
+) -> WIPOffset<Envelope<'static>> {
+    let list = user_list(b, l, members);
+    let r = pg::ListResponse::create(b, &pg::ListResponseArgs { list: Some(list) });
+    graph_frame(b, id, GraphOp::ListResponse, r.as_union_value())
 }
 
 fn list_frame(b: &mut Builder, id: u64, page: &IdPage) -> WIPOffset<Envelope<'static>> {
@@ -591,7 +698,14 @@ impl<S: Store + 'static> Service for GraphApi<S> {
             | GraphCall::Mutes(..)
             | GraphCall::Relationships(..)
             | GraphCall::CloseFriendsUpdate(..)
-            | GraphCall::CloseFriends(..) => None,
+            | GraphCall::CloseFriends(..)
+            | GraphCall::ListCreate { .. }
+            | GraphCall::ListUpdate(..)
+            | GraphCall::ListDelete(..)
+            | GraphCall::ListsOf(..)
+            | GraphCall::ListAdd(..)
+            | GraphCall::ListRemove(..)
+            | GraphCall::ListMembers(..) => None,
         }
     }
 
@@ -603,7 +717,8 @@ impl<S: Store + 'static> Service for GraphApi<S> {
         let env = frame.envelope();
         let id = env.id();
         let call = parse_graph(&env);
-        let (graph, encoder) = (self.graph.clone(), self.encoder.clone());
+        let (graph, lists, encoder) =
+            (self.graph.clone(), self.lists.clone(), self.encoder.clone());
         Box::pin(async move {
             let me = principal(&ctx)?;
             let call = call.ok_or_else(|| {
@@ -713,6 +828,72 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                     .await
                     .map_err(err)
                     .and_then(|()| ack(&encoder)),
+                GraphCall::ListCreate {
+                    name,
+                    description,
+                    private,
+                } => {
+                    let list = lists
+                        .create(me, &name, &description, private)
+                        .await
+                        .map_err(err)?;
+                    encode(&encoder, &|b| list_response(b, id, &list, 0))
+                }
+                GraphCall::ListUpdate(list_id, update) => {
+                    let list = lists.update(me, list_id, update).await.map_err(err)?;
+                    let n = lists.members_count(list_id).await.map_err(err)?;
+                    encode(&encoder, &|b| list_response(b, id, &list, n))
+                }
+                GraphCall::ListDelete(list_id) => lists
+                    .delete(me, list_id)
+                    .await
+                    .map_err(err)
+                    .and_then(|()| ack(&encoder)),
+                GraphCall::ListsOf(owner, limit, cursor) => {
+                    let owner = if owner == 0 { me } else { owner };
+                    let (found, next) = lists
+                        .of_owner(me, owner, limit, cursor)
+                        .await
+                        .map_err(err)?;
+                    encode(&encoder, &|b| {
+                        let items: Vec<_> =
+                            found.iter().map(|(l, n)| user_list(b, l, *n)).collect();
+                        let items = b.create_vector(&items);
+                        let next = next.as_ref().map(|c| b.create_vector(&c.0));
+                        let info = common::PageInfo::create(
+                            b,
+                            &common::PageInfoArgs {
+                                next_cursor: next,
+                                has_more: next.is_some(),
+                            },
+                        );
+                        let r = pg::ListsResponse::create(
+                            b,
+                            &pg::ListsResponseArgs {
+                                lists: Some(items),
+                                page: Some(info),
+                            },
+                        );
+                        graph_frame(b, id, GraphOp::ListsResponse, r.as_union_value())
+                    })
+                }
+                GraphCall::ListAdd(list_id, users) => lists
+                    .add_members(me, list_id, &users)
+                    .await
+                    .map_err(err)
+                    .and_then(|()| ack(&encoder)),
+                GraphCall::ListRemove(list_id, users) => lists
+                    .remove_members(me, list_id, &users)
+                    .await
+                    .map_err(err)
+                    .and_then(|()| ack(&encoder)),
+                GraphCall::ListMembers(list_id, limit, cursor) => {
+                    let page = lists
+                        .members(me, list_id, limit, cursor)
+                        .await
+                        .map_err(err)?;
+                    encode(&encoder, &|b| list_frame(b, id, &page))
+                }
                 GraphCall::CloseFriends(limit, cursor) => {
                     let page = graph.close_friends(me, limit, cursor).await.map_err(err)?;
                     encode(&encoder, &|b| list_frame(b, id, &page))

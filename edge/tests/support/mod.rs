@@ -119,13 +119,22 @@ pub fn start_with(parts: &Parts, tokens: AccessTokens, throttle: LoginThrottle) 
         .expect("accounts");
         let users = Rc::new(Users::new(store.clone()));
         let graph = Rc::new(Graph::new(store.clone()));
+        let lists = Rc::new(
+            selfie_services::graph::lists::Lists::new(
+                store.clone(),
+                Arc::new(SystemClock),
+                node,
+                shard as u16,
+            )
+            .expect("lists"),
+        );
         r.register(
             selfie_protocol::Service::Users,
             Rc::new(UsersApi::new(users.clone(), graph.clone())),
         );
         r.register(
             selfie_protocol::Service::Graph,
-            Rc::new(GraphApi::new(graph.clone())),
+            Rc::new(GraphApi::new(graph.clone(), lists)),
         );
         let posts =
             Posts::new(store.clone(), Arc::new(SystemClock), node, shard as u16).expect("posts");
