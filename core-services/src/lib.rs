@@ -10,11 +10,16 @@
 //! factors with recovery codes, and the account flows on top of them (register, login,
 //! refresh-token rotation with reuse detection, sessions and revocation, throttling,
 //! password change, deletion); [`users`] (profiles, private accounts) and [`graph`]
-//! (follows, requests, blocks, mutes, lists, exact counts). [`schema`] lists the tables
-//! `selfie migrate` creates. Posts, feeds and the rest come next.
+//! (follows, requests, blocks, timed mutes, close friends, user lists, exact counts),
+//! [`posts`] (media ids, audiences, reply policies, history, comments, reactions,
+//! reposts, quotes). [`schema`] lists the tables `selfie migrate` creates. Feeds, stories,
+//! chat and the rest come next.
 
 pub mod auth;
 pub mod graph;
+
+/// A boxed future that can cross threads (for the fleet-wide hooks services accept).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub mod posts;
 pub mod schema;
 pub mod users;

@@ -11,6 +11,9 @@
 //!   may restart) still converges.
 //! - **Login throttling.** [`RedisLoginThrottle`] applies the per-address rate and the
 //!   per-account lockout across all nodes, as a second layer after the node's own.
+//! - **Graph pair locks.** Changes to one pair of users (follow, unfollow, block, a
+//!   follower's removal...) made on two nodes at once take turns through short Redis
+//!   leases, as they already do across the shards of one node.
 //!
 //! The Redis connections and the bridge tasks run on their own small runtime, so shard
 //! threads never wait on Redis except inside a login. If Redis is unreachable the node
@@ -25,7 +28,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use selfie_services::auth::throttle::{FleetThrottle, RedisLoginThrottle, ThrottleConfig};
 use selfie_services::auth::tokens::RevokedSessions;
-use selfie_storage::redis::{EventBus, RevocationList};
+use selfie_services::graph::{FleetLocks, RedisFleetLocks};
+use selfie_storage::redis::{EventBus, Locks, RevocationList};
 
 use crate::metrics::{FLEET, FleetCounters};
 
@@ -40,6 +44,7 @@ const RESYNC: Duration = Duration::from_secs(5);
 pub struct Fleet {
     runtime: Option<tokio::runtime::Runtime>,
     throttle: Arc<RedisLoginThrottle>,
+    locks: Arc<RedisFleetLocks>,
 }
 
 fn unix_ms() -> u64 {
@@ -78,8 +83,9 @@ impl Fleet {
             .await;
             match started {
                 Ok((conn, list, bus)) => {
+                    let locks = Arc::new(RedisFleetLocks::new(Locks::new(conn.clone(), &prefix)));
                     let throttle = Arc::new(RedisLoginThrottle::new(conn, &prefix, throttle));
-                    let _ = tx.send(Ok(throttle));
+                    let _ = tx.send(Ok((throttle, locks)));
                     tokio::spawn(outbox(revoked.clone(), list.clone(), bus.clone(), c));
                     tokio::spawn(inbox(revoked.clone(), bus, c));
                     resync(revoked, list, c).await;
@@ -89,7 +95,7 @@ impl Fleet {
                 }
             }
         });
-        let throttle = match rx.recv_timeout(Duration::from_secs(10)) {
+        let (throttle, locks) = match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 runtime.shutdown_background();
@@ -103,7 +109,13 @@ impl Fleet {
         Ok(Self {
             runtime: Some(runtime),
             throttle,
+            locks,
         })
+    }
+
+    /// The fleet-wide pair locks, for [`Graph::with_fleet_locks`](selfie_services::graph::Graph::with_fleet_locks).
+    pub fn graph_locks(&self) -> Arc<dyn FleetLocks> {
+        self.locks.clone()
     }
 
     /// The fleet-wide login throttle, for [`LoginThrottle::with_fleet`](selfie_services::auth::throttle::LoginThrottle::with_fleet).

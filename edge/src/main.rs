@@ -201,11 +201,16 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            let graph_locks = fleet.as_ref().map(|f| f.graph_locks());
             let access_ttl = Duration::from_secs(config.auth.access_token_ttl_s);
             let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
                 let mut registry = Registry::new();
                 let users = Rc::new(Users::new(store.clone()));
-                let graph = Rc::new(Graph::new(store.clone()));
+                let graph = match &graph_locks {
+                    Some(locks) => Graph::new(store.clone()).with_fleet_locks(locks.clone()),
+                    None => Graph::new(store.clone()),
+                };
+                let graph = Rc::new(graph);
                 let lists = match selfie_services::graph::lists::Lists::new(
                     store.clone(),
                     Arc::new(SystemClock),

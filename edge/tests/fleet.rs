@@ -12,7 +12,7 @@ use selfie_protocol::auth::{self as pa, AuthOpT};
 use selfie_protocol::{BodyT, ErrorCode};
 use selfie_services::auth::throttle::LoginThrottle;
 use selfie_storage::redis::testing::RedisServer;
-use support::{Node, Parts, auth, call, config, sign_up, start_with, tokens};
+use support::{Node, Parts, auth, call, config, graph, sign_up, start_in_fleet, tokens, users};
 
 /// A node of the fleet: its edge and its Redis bridge.
 struct FleetNode {
@@ -31,7 +31,7 @@ fn node(parts: &Parts, redis: &RedisServer) -> FleetNode {
     .expect("fleet");
     let throttle = LoginThrottle::new(parts.throttle).with_fleet(fleet.login_throttle());
     FleetNode {
-        node: start_with(parts, tokens, throttle),
+        node: start_in_fleet(parts, tokens, throttle, Some(fleet.graph_locks())),
         _fleet: fleet,
     }
 }
@@ -154,5 +154,101 @@ async fn guesses_spread_over_nodes_lock_the_account_on_every_node() {
             }
             Err(e) => panic!("owner refused: {e}"),
         }
+    }
+}
+
+/// Another session of `user` on `node` (a fresh login there).
+async fn session_on(node: &Node, user: &support::User) -> Client {
+    let anon = Client::connect(config(node, None)).await.expect("session");
+    let token = login(&anon, &user.name, &user.password)
+        .await
+        .expect("login");
+    Client::connect(config(node, Some(token)))
+        .await
+        .expect("welcome")
+}
+
+#[tokio::test]
+async fn racing_changes_to_one_pair_on_two_nodes_take_turns() {
+    use selfie_protocol::graph::{self as pg, GraphOpT};
+    use selfie_protocol::users::{self as pu, UsersOpT};
+    let redis = RedisServer::start().expect("redis-server must be installed");
+    let parts = support::parts();
+    let a = node(&parts, &redis);
+    let b = node(&parts, &redis);
+    let anon = Client::connect(config(&a.node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&a.node, &anon, "ana").await;
+    let ben = sign_up(&a.node, &anon, "ben").await;
+    // Ben works on node A, Ana on node B.
+    let mut bens = Vec::new();
+    let mut anas = Vec::new();
+    for _ in 0..3 {
+        bens.push(session_on(&a.node, &ben).await);
+        anas.push(session_on(&b.node, &ana).await);
+    }
+    for round in 0..40 {
+        let mut calls = Vec::new();
+        for (i, c) in bens.iter().enumerate() {
+            let op = if (round + i) % 2 == 0 {
+                let mut f = pg::FollowRequestT::default();
+                f.target_id = ana.id;
+                GraphOpT::FollowRequest(Box::new(f))
+            } else {
+                let mut u = pg::UnfollowRequestT::default();
+                u.target_id = ana.id;
+                GraphOpT::UnfollowRequest(Box::new(u))
+            };
+            calls.push(call(c, graph(op)));
+        }
+        for c in &anas {
+            let mut r = pg::RemoveFollowerRequestT::default();
+            r.follower_id = ben.id;
+            calls.push(call(c, graph(GraphOpT::RemoveFollowerRequest(Box::new(r)))));
+        }
+        for r in futures::future::join_all(calls).await {
+            r.expect("graph call");
+        }
+        // However the race went, Ana's follower list, her count and Ben's view agree.
+        let mut l = pg::FollowersListRequestT::default();
+        l.user_id = ana.id;
+        let listed: Vec<u64> = match call(
+            &ana.client,
+            graph(GraphOpT::FollowersListRequest(Box::new(l))),
+        )
+        .await
+        .expect("followers")
+        {
+            BodyT::Graph(g) => match g.op {
+                GraphOpT::UserListResponse(r) => r
+                    .users
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|u| u.user_id)
+                    .collect(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let mut r = pu::GetProfileRequestT::default();
+        r.user_id = ana.id;
+        let profile = match call(&ben.client, users(UsersOpT::GetProfileRequest(Box::new(r))))
+            .await
+            .expect("profile")
+        {
+            BodyT::Users(u) => match u.op {
+                UsersOpT::GetProfileResponse(r) => *r.profile.expect("profile"),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let following = profile.relationship.as_ref().is_some_and(|r| r.following);
+        assert_eq!(
+            profile.followers_count as usize,
+            listed.len(),
+            "round {round}"
+        );
+        assert_eq!(following, listed == vec![ben.id], "round {round}");
     }
 }

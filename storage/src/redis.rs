@@ -13,6 +13,8 @@
 //!   access tokens could still be presented.
 //! - [`LoginLockouts`]: per-account failed-login counting and doubling lockouts, shared
 //!   by every node so that spreading guesses over nodes gains an attacker nothing.
+//! - [`Locks`]: short leases on named locks, for the few operations that must not
+//!   interleave across nodes (changes to one pair of users in the graph).
 //!
 //! Every key is prefixed (`selfie:` by default) so one Redis can serve several
 //! deployments. Connections reconnect by themselves (`ConnectionManager`).
@@ -469,6 +471,66 @@ impl LoginLockouts {
         let mut conn = self.conn.clone();
         let _: i64 = conn.del(self.key(account)).await?;
         Ok(())
+    }
+}
+
+/// Short leases on named locks shared by every node (`SET NX PX`; released only by the
+/// holder, atomically in Lua). A lease expires by itself after its TTL, so a crashed
+/// holder blocks no one for longer than that; callers keep their critical sections far
+/// shorter than the TTL.
+#[derive(Clone)]
+pub struct Locks {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+/// `KEYS[1]` = lock; `ARGV[1]` = the holder's token. Deletes the lock only if still held.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+static UNLOCK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(UNLOCK));
+
+impl Locks {
+    /// Locks under `{prefix}lock:{name}`.
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            conn,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Takes `name` for `ttl` with `token` (unique per holder) if no one holds it.
+    pub async fn try_lock(
+        &self,
+        name: &str,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(format!("{}lock:{name}", self.prefix))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(ok.is_some())
+    }
+
+    /// Releases `name` if `token` still holds it; returns whether it did.
+    pub async fn unlock(&self, name: &str, token: u64) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = UNLOCK_SCRIPT
+            .key(format!("{}lock:{name}", self.prefix))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n == 1)
     }
 }
 

@@ -174,3 +174,31 @@ async fn lockouts_double_across_nodes_and_a_success_clears_them() -> Result<(), 
     assert_eq!(node_b.locked_for("acct").await?, None);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_lock_has_one_holder_and_expires_by_itself() -> Result<(), StoreError> {
+    use selfie_storage::redis::Locks;
+    let server = RedisServer::start();
+    let (_, conn) = sredis::connect(&server.url).await?;
+    let node_a = Locks::new(conn.clone(), "t:");
+    let node_b = Locks::new(conn, "t:");
+    let ttl = Duration::from_millis(300);
+    assert!(node_a.try_lock("pair:1:2", 1, ttl).await?);
+    assert!(!node_b.try_lock("pair:1:2", 2, ttl).await?);
+    assert!(
+        node_b.try_lock("pair:1:3", 2, ttl).await?,
+        "other names are free"
+    );
+    // Only the holder releases it.
+    assert!(!node_b.unlock("pair:1:2", 2).await?);
+    assert!(node_a.unlock("pair:1:2", 1).await?);
+    assert!(node_b.try_lock("pair:1:2", 2, ttl).await?);
+    // A holder that never releases blocks others for the TTL only.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(node_a.try_lock("pair:1:2", 3, ttl).await?);
+    assert!(
+        !node_b.unlock("pair:1:2", 2).await?,
+        "the expired holder cannot free it"
+    );
+    Ok(())
+}

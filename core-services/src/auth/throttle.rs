@@ -81,8 +81,7 @@ impl std::fmt::Debug for LoginThrottle {
     }
 }
 
-/// A boxed future that can cross threads.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub use crate::BoxFuture;
 
 /// Login throttling shared by every node of a fleet, so that spreading guesses over
 /// nodes gains an attacker nothing. `account` is the lower-cased identifier.

@@ -11,10 +11,11 @@
 //! applied one at a time: the graph serialises them per pair (a shard-local lock; the
 //! edge routes every change to a pair, from either user, to the pair's owner shard).
 //! Without it a follow and an unfollow racing on one pair could leave a reverse edge
-//! behind (the test for exact counts caught exactly that). Two limits remain: nodes of a
-//! fleet do not forward to one another yet, and an account deletion removes edges from
-//! the shard that handles it; in both cases a race can leave a stale reverse entry, never
-//! a wrong count.
+//! behind (the test for exact counts caught exactly that). On a fleet, the nodes also
+//! take turns on a pair through [`FleetLocks`] (Redis leases), which also covers account
+//! deletions. On a single node without them one limit remains: a deletion removes edges
+//! from the shard that handles it, so a follow racing it on another shard can leave a
+//! stale reverse entry — never a wrong count.
 //!
 //! A block removes follows and pending requests in both directions and hides each
 //! side from the other; a blocked user can neither follow nor request. Lists of a private
@@ -121,6 +122,9 @@ pub enum GraphError {
     /// A stored record could not be decoded.
     #[error("corrupt record")]
     Corrupt,
+    /// Another node kept the pair locked too long: retry.
+    #[error("busy")]
+    Busy,
 }
 
 fn k(id: u64) -> Bytes {
@@ -200,6 +204,77 @@ pub const MAX_CLOSE_FRIENDS_CHANGE: usize = 100;
 /// Longest close-friends list.
 pub const MAX_CLOSE_FRIENDS: i64 = 1_000;
 
+/// Locks shared by the nodes of a fleet, so that changes to one pair of users made on two
+/// nodes at once still apply one at a time. `acquire` waits a bounded time; `Ok(None)`
+/// means the fleet cannot be asked (the node's own lock still applies), `Err` that the
+/// lock stayed taken.
+pub trait FleetLocks: Send + Sync {
+    /// Takes the lock named `name`.
+    fn acquire(&self, name: String) -> crate::BoxFuture<'_, Result<Option<Lease>, GraphError>>;
+    /// Releases a lease (best effort: leases also expire by themselves).
+    fn release(&self, lease: Lease) -> crate::BoxFuture<'static, ()>;
+}
+
+/// A held fleet lock.
+#[derive(Debug)]
+pub struct Lease {
+    /// The lock's name.
+    pub name: String,
+    /// The holder's token.
+    pub token: u64,
+}
+
+/// [`FleetLocks`] over Redis leases ([`selfie_storage::redis::Locks`]): 5 s leases,
+/// waited for up to 2 s (a graph change takes milliseconds).
+#[derive(Clone)]
+pub struct RedisFleetLocks {
+    locks: selfie_storage::redis::Locks,
+}
+
+impl RedisFleetLocks {
+    /// Over `locks`.
+    pub fn new(locks: selfie_storage::redis::Locks) -> Self {
+        Self { locks }
+    }
+}
+
+impl FleetLocks for RedisFleetLocks {
+    fn acquire(&self, name: String) -> crate::BoxFuture<'_, Result<Option<Lease>, GraphError>> {
+        Box::pin(async move {
+            let token: u64 = rand::random();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut wait = std::time::Duration::from_millis(1);
+            loop {
+                match self
+                    .locks
+                    .try_lock(&name, token, std::time::Duration::from_secs(5))
+                    .await
+                {
+                    Ok(true) => return Ok(Some(Lease { name, token })),
+                    Ok(false) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_millis(50));
+                    }
+                    Ok(false) => return Err(GraphError::Busy),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fleet graph locks unavailable");
+                        return Ok(None);
+                    }
+                }
+            }
+        })
+    }
+
+    fn release(&self, lease: Lease) -> crate::BoxFuture<'static, ()> {
+        let locks = self.locks.clone();
+        Box::pin(async move {
+            if let Err(e) = locks.unlock(&lease.name, lease.token).await {
+                tracing::warn!(error = %e, "fleet graph lock not released (it will expire)");
+            }
+        })
+    }
+}
+
 /// In-progress pair operations: one lock per pair of users.
 type PairLocks = std::cell::RefCell<
     std::collections::HashMap<(u64, u64), std::sync::Arc<tokio::sync::Mutex<()>>>,
@@ -210,6 +285,8 @@ pub struct Graph<S> {
     store: S,
     /// One lock per pair of users with an operation in progress.
     pairs: PairLocks,
+    /// The fleet's locks, when nodes share the store.
+    fleet: Option<std::sync::Arc<dyn FleetLocks>>,
 }
 
 /// Holds a pair's lock; forgets the lock when no one else waits for it.
@@ -217,10 +294,16 @@ struct PairGuard<'a> {
     key: (u64, u64),
     pairs: &'a PairLocks,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    lease: Option<(std::sync::Arc<dyn FleetLocks>, Lease)>,
 }
 
 impl Drop for PairGuard<'_> {
     fn drop(&mut self) {
+        if let Some((fleet, lease)) = self.lease.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(fleet.release(lease));
+        }
         self.guard.take();
         let mut pairs = self.pairs.borrow_mut();
         if pairs
@@ -238,19 +321,34 @@ impl<S: Store> Graph<S> {
         Self {
             store,
             pairs: Default::default(),
+            fleet: None,
         }
     }
 
-    /// Serialises operations on the pair {a, b} (in either direction).
-    async fn lock(&self, a: u64, b: u64) -> PairGuard<'_> {
+    /// Also serialises pair changes with the other nodes of a fleet.
+    pub fn with_fleet_locks(mut self, fleet: std::sync::Arc<dyn FleetLocks>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// Serialises operations on the pair {a, b} (in either direction): this shard's lock,
+    /// then the fleet's.
+    async fn lock(&self, a: u64, b: u64) -> Result<PairGuard<'_>, GraphError> {
         let key = (a.min(b), a.max(b));
         let lock = self.pairs.borrow_mut().entry(key).or_default().clone();
         let guard = lock.lock_owned().await;
-        PairGuard {
+        let mut pair = PairGuard {
             key,
             pairs: &self.pairs,
             guard: Some(guard),
+            lease: None,
+        };
+        if let Some(fleet) = &self.fleet
+            && let Some(lease) = fleet.acquire(format!("pair:{}:{}", key.0, key.1)).await?
+        {
+            pair.lease = Some((fleet.clone(), lease));
         }
+        Ok(pair)
     }
 
     async fn counted_edge(&self, from: u64, to: u64, add: bool) -> Result<bool, GraphError> {
@@ -291,7 +389,7 @@ impl<S: Store> Graph<S> {
         if viewer == target {
             return Err(GraphError::SelfTarget);
         }
-        let _pair = self.lock(viewer, target).await;
+        let _pair = self.lock(viewer, target).await?;
         if blocked_either_way(&self.store, viewer, target).await? {
             return Err(GraphError::Blocked);
         }
@@ -325,14 +423,14 @@ impl<S: Store> Graph<S> {
 
     /// `viewer` stops following `target` (and withdraws a pending request).
     pub async fn unfollow(&self, viewer: u64, target: u64) -> Result<(), GraphError> {
-        let _pair = self.lock(viewer, target).await;
+        let _pair = self.lock(viewer, target).await?;
         self.counted_edge(viewer, target, false).await?;
         self.withdraw(viewer, target).await.map(|_| ())
     }
 
     /// `me` approves `requester`'s request.
     pub async fn approve(&self, me: u64, requester: u64) -> Result<(), GraphError> {
-        let _pair = self.lock(me, requester).await;
+        let _pair = self.lock(me, requester).await?;
         if !self
             .store
             .delete_if_present(&REQUESTS_IN, &k(me), &k(requester))
@@ -352,7 +450,7 @@ impl<S: Store> Graph<S> {
 
     /// `me` denies `requester`'s request.
     pub async fn deny(&self, me: u64, requester: u64) -> Result<(), GraphError> {
-        let _pair = self.lock(me, requester).await;
+        let _pair = self.lock(me, requester).await?;
         if !self
             .store
             .delete_if_present(&REQUESTS_IN, &k(me), &k(requester))
@@ -368,7 +466,7 @@ impl<S: Store> Graph<S> {
 
     /// `me` withdraws a request to `target`.
     pub async fn cancel_request(&self, me: u64, target: u64) -> Result<(), GraphError> {
-        let _pair = self.lock(me, target).await;
+        let _pair = self.lock(me, target).await?;
         if self.withdraw(me, target).await? {
             Ok(())
         } else {
@@ -395,7 +493,7 @@ impl<S: Store> Graph<S> {
         if me == target {
             return Err(GraphError::SelfTarget);
         }
-        let _pair = self.lock(me, target).await;
+        let _pair = self.lock(me, target).await?;
         self.store
             .put(&BLOCKS, &k(me), &k(target), b"", None)
             .await?;
@@ -419,7 +517,7 @@ impl<S: Store> Graph<S> {
 
     /// `me` unblocks `target` (nothing else is restored).
     pub async fn unblock(&self, me: u64, target: u64) -> Result<(), GraphError> {
-        let _pair = self.lock(me, target).await;
+        let _pair = self.lock(me, target).await?;
         self.store.delete(&BLOCKS, &k(me), &k(target)).await?;
         self.store.delete(&BLOCKED_BY, &k(target), &k(me)).await?;
         Ok(())
@@ -459,7 +557,7 @@ impl<S: Store> Graph<S> {
         if me == follower {
             return Err(GraphError::SelfTarget);
         }
-        let _pair = self.lock(me, follower).await;
+        let _pair = self.lock(me, follower).await?;
         self.counted_edge(follower, me, false).await?;
         Ok(())
     }
@@ -630,7 +728,7 @@ impl<S: Store> Graph<S> {
                     } else {
                         (other, user)
                     };
-                    let _pair = self.lock(from, to).await;
+                    let _pair = self.lock(from, to).await?;
                     if !self.counted_edge(from, to, false).await? {
                         // A reverse edge without its forward edge: drop it too.
                         self.store.delete(table, &k(user), &k(other)).await?;

@@ -5,10 +5,8 @@
 //! Graph changes are routed to the owner shard of the *pair* of users (the caller and
 //! the other user), so that concurrent operations on one pair — a follow racing an
 //! unfollow, a block or a follower's removal, from either side — meet on one shard, where
-//! the graph serialises them. Across a fleet of nodes this routing does not reach yet
-//! (there is no node-to-node forwarding): two nodes changing one pair at the same instant
-//! keep the counters exact (they move only with the linearizable forward edge) but may
-//! leave a reverse list entry behind.
+//! the graph serialises them. On a fleet the graph also takes a short Redis lease on the
+//! pair (`Graph::with_fleet_locks`), so that two nodes changing one pair take turns too.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -41,6 +39,7 @@ fn graph_error(e: &GraphError) -> ErrorReply {
         GraphError::Forbidden => (ErrorCode::Forbidden, "this list is private"),
         GraphError::NoSuchRequest => (ErrorCode::NotFound, "no such request"),
         GraphError::InvalidArgument { .. } => (ErrorCode::InvalidArgument, "invalid argument"),
+        GraphError::Busy => (ErrorCode::Unavailable, "busy; try again"),
         GraphError::Storage(_) | GraphError::Users(UsersError::Storage(_)) => {
             (ErrorCode::StorageFailure, "storage unavailable")
         }

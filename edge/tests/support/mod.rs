@@ -83,6 +83,16 @@ pub fn start() -> Node {
 /// Starts an edge (2 shards) over `parts`, signing with `tokens` and throttling logins
 /// with `throttle` (shared by its shards).
 pub fn start_with(parts: &Parts, tokens: AccessTokens, throttle: LoginThrottle) -> Node {
+    start_in_fleet(parts, tokens, throttle, None)
+}
+
+/// [`start_with`], taking the fleet's graph locks when given.
+pub fn start_in_fleet(
+    parts: &Parts,
+    tokens: AccessTokens,
+    throttle: LoginThrottle,
+    graph_locks: Option<Arc<dyn selfie_services::graph::FleetLocks>>,
+) -> Node {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
     config.server.shards = 2;
@@ -118,7 +128,10 @@ pub fn start_with(parts: &Parts, tokens: AccessTokens, throttle: LoginThrottle) 
         )
         .expect("accounts");
         let users = Rc::new(Users::new(store.clone()));
-        let graph = Rc::new(Graph::new(store.clone()));
+        let graph = Rc::new(match &graph_locks {
+            Some(locks) => Graph::new(store.clone()).with_fleet_locks(locks.clone()),
+            None => Graph::new(store.clone()),
+        });
         let lists = Rc::new(
             selfie_services::graph::lists::Lists::new(
                 store.clone(),
