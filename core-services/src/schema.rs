@@ -34,6 +34,8 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
+        // The per-author post count starts here: no deployment holds posts from before
+        // this migration (it landed before any release), so nothing needs a backfill.
         name: "users: settings; posts: per-author counts",
         tables: &[&crate::users::SETTINGS, &crate::posts::AUTHOR_COUNTS],
         statements: &[],

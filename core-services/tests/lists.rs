@@ -178,6 +178,29 @@ async fn lists_rules<S: Store + Clone>(store: S) {
         lists.create(OWNER, "one too many", "", false).await,
         Err(GraphError::InvalidArgument { field: "lists" })
     ));
+    // A private account's lists are for its approved followers.
+    users
+        .update(
+            FRIEND,
+            selfie_services::users::ProfileUpdate {
+                private: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("private");
+    let pals = lists.create(FRIEND, "pals", "", false).await.expect("list");
+    assert!(matches!(
+        lists.get(VICTIM, pals.list_id).await,
+        Err(GraphError::NotFound)
+    ));
+    graph.follow(VICTIM, FRIEND).await.expect("requested");
+    graph.approve(FRIEND, VICTIM).await.expect("approved");
+    lists
+        .get(VICTIM, pals.list_id)
+        .await
+        .expect("a follower sees it");
+    lists.delete(FRIEND, pals.list_id).await.expect("deleted");
     // Account deletion takes the owner's lists and the user's memberships with it.
     let other = lists
         .create(FRIEND, "friends", "", false)

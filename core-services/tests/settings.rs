@@ -301,6 +301,7 @@ async fn graph_lists_and_relationships<S: Store + Clone>(store: S) {
     assert_eq!(w.graph.counts(OWNER).await.expect("counts"), (0, 1));
     assert_eq!(w.graph.counts(FAN).await.expect("counts"), (0, 0));
     // Blocks and mutes are listed for their owner.
+    w.graph.mute(STRANGER, OWNER, None).await.expect("mute");
     w.graph.block(OWNER, STRANGER).await.expect("block");
     w.graph.mute(OWNER, FAN, None).await.expect("mute");
     w.graph
@@ -334,6 +335,8 @@ async fn graph_lists_and_relationships<S: Store + Clone>(store: S) {
         .expect("relationships");
     assert_eq!(rels[0].0, OWNER);
     assert!(!rels[0].1.blocked_by && !rels[0].1.blocking);
+    // What the stranger did themselves still shows (hiding it would reveal the block).
+    assert!(rels[0].1.muting);
     let mine = w
         .graph
         .relationships(OWNER, &[STRANGER, FRIEND, FAN])
@@ -417,6 +420,12 @@ async fn graph_lists_and_relationships<S: Store + Clone>(store: S) {
             .ids,
         vec![OWNER]
     );
+    // An account being deleted (profile already hidden) follows no one.
+    w.users.mark_deleted(OWNER).await.expect("deleted");
+    assert!(matches!(
+        w.graph.follow(OWNER, FAN).await,
+        Err(GraphError::NotFound)
+    ));
 }
 
 async fn media_history_and_counts<S: Store + Clone>(store: S) {
@@ -472,6 +481,32 @@ async fn media_history_and_counts<S: Store + Clone>(store: S) {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].media_ids, vec![11, 12]);
     assert!(history[0].text.is_empty());
+    // A deleted post is a tombstone: even its author edits, comments on, reacts to or
+    // quotes it no more.
+    let gone = w
+        .posts
+        .create(OWNER, "soon gone", Audience::Public, None)
+        .await
+        .expect("post");
+    w.posts.delete(OWNER, gone.post_id).await.expect("delete");
+    assert!(matches!(
+        w.posts.edit(OWNER, gone.post_id, "back").await,
+        Err(PostsError::NotFound)
+    ));
+    assert!(matches!(
+        w.posts.comment(OWNER, gone.post_id, 0, "hello?").await,
+        Err(PostsError::NotFound)
+    ));
+    assert!(matches!(
+        w.posts.react(OWNER, gone.post_id, "🔥").await,
+        Err(PostsError::NotFound)
+    ));
+    assert!(matches!(
+        w.posts
+            .create(OWNER, "quoting", Audience::Public, Some(gone.post_id))
+            .await,
+        Err(PostsError::NotFound)
+    ));
     // Per-author counts follow posts, reposts and deletes.
     let q = w
         .posts

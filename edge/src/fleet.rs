@@ -15,8 +15,8 @@
 //!   follower's removal...) made on two nodes at once take turns through short Redis
 //!   leases, as they already do across the shards of one node.
 //!
-//! The Redis connections and the bridge tasks run on their own small runtime, so shard
-//! threads never wait on Redis except inside a login. If Redis is unreachable the node
+//! The Redis connections and the bridge tasks run on their own small runtime; shard
+//! threads wait on Redis only inside a login and while a graph change holds its pair. If Redis is unreachable the node
 //! keeps enforcing its own revocations and limits, logs, counts the failures in
 //! `selfie_fleet_errors_total` (with `selfie_fleet_revocations_{sent,received}_total`),
 //! and catches up when Redis returns.
@@ -47,12 +47,6 @@ pub struct Fleet {
     locks: Arc<RedisFleetLocks>,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Fleet {
     /// Connects to Redis at `url` (keys under `prefix`), loads the fleet's revocations
     /// into `revoked`, and starts the bridge. Fails if Redis cannot be reached at start.
@@ -75,7 +69,7 @@ impl Fleet {
                 let (client, conn) = selfie_storage::redis::connect(&url).await?;
                 let list = RevocationList::new(conn.clone(), &prefix);
                 let bus = EventBus::new(client, conn.clone(), &prefix);
-                for id in list.live(unix_ms()).await? {
+                for id in list.live().await? {
                     revoked.revoke_from_fleet(id);
                 }
                 anyhow::Ok((conn, list, bus))
@@ -174,10 +168,9 @@ async fn outbox(
             }
             None => {}
         }
-        let until = unix_ms() + revoked.retention().as_millis() as u64;
         while let Some(&id) = pending.front() {
             let shared = async {
-                list.add(id, until).await?;
+                list.add(id, revoked.retention()).await?;
                 bus.publish(TOPIC, &id.to_be_bytes()).await
             }
             .await;
@@ -245,7 +238,7 @@ async fn resync(revoked: RevokedSessions, list: RevocationList, counters: &'stat
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match list.live(unix_ms()).await {
+        match list.live().await {
             Ok(ids) => {
                 let fresh: HashSet<u64> = ids
                     .into_iter()

@@ -201,6 +201,13 @@ async fn lists_mutes_media_and_reply_policies_over_the_protocol() {
     }
     let mut m = pg::MuteRequestT::default();
     m.target_id = ben.id;
+    m.mute_reposts_only = true;
+    let err = call(&ana.client, req(GraphOpT::MuteRequest(Box::new(m))))
+        .await
+        .expect_err("not supported yet");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
+    let mut m = pg::MuteRequestT::default();
+    m.target_id = ben.id;
     m.duration_ms = u64::MAX;
     let err = call(&ana.client, req(GraphOpT::MuteRequest(Box::new(m))))
         .await

@@ -341,12 +341,31 @@ impl GlobalRateLimiter {
 /// Revoked sessions, shared by every node: a sorted set of session ids scored by the time
 /// after which remembering them is pointless (the last access token of the session has
 /// expired by then). Nodes add what they revoke and read the live entries when they
-/// start and after a gap in pub/sub.
+/// start and after a gap in pub/sub. Times are Redis's (Lua `TIME`), so nodes with skewed
+/// clocks agree on what has expired.
 #[derive(Clone)]
 pub struct RevocationList {
     conn: ConnectionManager,
     key: String,
 }
+
+/// `KEYS[1]` = the set; `ARGV` = session id, retention ms. A later expiry wins.
+const REVOKE_ADD: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+return redis.call('ZADD', KEYS[1], 'GT', string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
+";
+
+/// `KEYS[1]` = the set. Forgets expired entries, returns the live ones.
+const REVOKE_LIVE: &str = r"
+local t = redis.call('TIME')
+local now = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+";
+
+static REVOKE_ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REVOKE_ADD));
+static REVOKE_LIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REVOKE_LIVE));
 
 impl RevocationList {
     /// The list `{prefix}revoked`.
@@ -357,25 +376,25 @@ impl RevocationList {
         }
     }
 
-    /// Records `session_id` as revoked until `until_ms` (Unix ms).
-    pub async fn add(&self, session_id: u64, until_ms: u64) -> Result<(), StoreError> {
+    /// Records `session_id` as revoked for `retention` from now.
+    pub async fn add(&self, session_id: u64, retention: Duration) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        // GT: a later expiry wins when two nodes revoke one session.
-        let _: i64 = redis::cmd("ZADD")
-            .arg(&self.key)
-            .arg("GT")
-            .arg(until_ms)
+        let _: i64 = REVOKE_ADD_SCRIPT
+            .key(&self.key)
             .arg(session_id)
-            .query_async(&mut conn)
+            .arg(retention.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }
 
-    /// The sessions still remembered at `now_ms`; forgets the expired ones.
-    pub async fn live(&self, now_ms: u64) -> Result<Vec<u64>, StoreError> {
+    /// The sessions still remembered; forgets the expired ones.
+    pub async fn live(&self) -> Result<Vec<u64>, StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = conn.zrembyscore(&self.key, "-inf", now_ms).await?;
-        let ids: Vec<String> = conn.zrangebyscore(&self.key, now_ms, "+inf").await?;
+        let ids: Vec<String> = REVOKE_LIVE_SCRIPT
+            .key(&self.key)
+            .invoke_async(&mut conn)
+            .await?;
         Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
     }
 }

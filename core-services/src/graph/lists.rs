@@ -3,7 +3,9 @@
 //!
 //! Who may do what: only the owner changes a list or its members. A private list exists
 //! for its owner alone (`NotFound` for everyone else). A public list is visible to anyone
-//! the owner has not blocked and who has not blocked the owner. Members are added only if
+//! the owner has not blocked and who has not blocked the owner — and, when the owner's
+//! account is private, only to its approved followers (whom a private account curates is
+//! its content). Members are added only if
 //! they exist and have no block with the owner; a block made later hides the member from
 //! the list (members are filtered by blocks with the owner and with the viewer at read
 //! time, so a block never has to rewrite other users' lists). A deleted account's lists
@@ -18,7 +20,7 @@ use selfie_storage::key::{KeyBuilder, KeyReader};
 use selfie_storage::{Clock, Cursor, Scan, Store, Table, TableKind};
 use serde::{Deserialize, Serialize};
 
-use super::{GraphError, IdPage, blocked_either_way};
+use super::{FOLLOWING, GraphError, IdPage, KeyedLocks, blocked_either_way};
 use crate::users;
 
 macro_rules! rows {
@@ -143,6 +145,15 @@ async fn drop_list<S: Store>(store: &S, list: &UserList) -> Result<(), GraphErro
                 .await?;
         }
     }
+    // The member counter goes back to zero (counters cannot be deleted on every backend).
+    let left = store
+        .counter_get(&LIST_COUNTS, &k(list.list_id), &which("members"))
+        .await?;
+    if left != 0 {
+        store
+            .counter_add(&LIST_COUNTS, &k(list.list_id), &which("members"), -left)
+            .await?;
+    }
     store.delete(&LISTS, &k(list.list_id), &[]).await?;
     if store
         .delete_if_present(&OWNER_LISTS, &k(list.owner_id), &k(list.list_id))
@@ -208,7 +219,14 @@ pub struct Lists<S> {
     store: S,
     clock: Arc<dyn Clock>,
     ids: RefCell<IdGenerator>,
+    /// One change at a time per owner (creations) and per list (the edge routes them to
+    /// one shard), so the limits hold and a deletion leaves no member behind.
+    locks: KeyedLocks,
 }
+
+/// Lock keys: an owner's creations, a list's changes.
+const OWNER: u64 = 0;
+const LIST: u64 = 1;
 
 impl<S: Store> Lists<S> {
     /// Over `store`; `node`/`shard` make list ids unique.
@@ -219,6 +237,7 @@ impl<S: Store> Lists<S> {
             store,
             clock,
             ids: RefCell::new(ids),
+            locks: KeyedLocks::default(),
         })
     }
 
@@ -241,15 +260,33 @@ impl<S: Store> Lists<S> {
         if list.owner_id == viewer {
             return Ok(list);
         }
-        if list.private
-            || blocked_either_way(&self.store, viewer, list.owner_id).await?
-            || users::load(&self.store, list.owner_id)
-                .await?
-                .is_none_or(|p| p.deleted)
-        {
+        if list.private || !self.may_see_owner(viewer, list.owner_id).await? {
             return Err(GraphError::NotFound);
         }
         Ok(list)
+    }
+
+    /// Whether `viewer` may see `owner`'s public lists: no block either way, a live
+    /// account, and for a private account an approved follower.
+    async fn may_see_owner(&self, viewer: u64, owner: u64) -> Result<bool, GraphError> {
+        if viewer == owner {
+            return Ok(true);
+        }
+        if blocked_either_way(&self.store, viewer, owner).await? {
+            return Ok(false);
+        }
+        let Some(profile) = users::load(&self.store, owner)
+            .await?
+            .filter(|p| !p.deleted)
+        else {
+            return Ok(false);
+        };
+        Ok(!profile.private
+            || self
+                .store
+                .get(&FOLLOWING, &k(viewer), &k(owner))
+                .await?
+                .is_some())
     }
 
     /// The list, if `me` owns it (`Forbidden` for a visible list of someone else).
@@ -271,6 +308,7 @@ impl<S: Store> Lists<S> {
     ) -> Result<UserList, GraphError> {
         check_text(name, MAX_NAME, false, "name")?;
         check_text(description, MAX_DESCRIPTION, true, "description")?;
+        let _owner = self.locks.lock((OWNER, me)).await;
         let owned = self
             .store
             .counter_get(&LIST_COUNTS, &k(me), &which("lists"))
@@ -304,6 +342,7 @@ impl<S: Store> Lists<S> {
         list_id: u64,
         update: ListUpdate,
     ) -> Result<UserList, GraphError> {
+        let _list = self.locks.lock((LIST, list_id)).await;
         let mut list = self.owned(me, list_id).await?;
         if let Some(name) = update.name {
             check_text(&name, MAX_NAME, false, "name")?;
@@ -320,6 +359,7 @@ impl<S: Store> Lists<S> {
 
     /// Deletes `me`'s list and its memberships.
     pub async fn delete(&self, me: u64, list_id: u64) -> Result<(), GraphError> {
+        let _list = self.locks.lock((LIST, list_id)).await;
         let list = self.owned(me, list_id).await?;
         drop_list(&self.store, &list).await
     }
@@ -334,6 +374,7 @@ impl<S: Store> Lists<S> {
         if users.len() > MAX_CHANGE {
             return Err(GraphError::InvalidArgument { field: "user_ids" });
         }
+        let _list = self.locks.lock((LIST, list_id)).await;
         let list = self.owned(me, list_id).await?;
         for &u in users {
             if blocked_either_way(&self.store, me, u).await?
@@ -376,6 +417,7 @@ impl<S: Store> Lists<S> {
         if users.len() > MAX_CHANGE {
             return Err(GraphError::InvalidArgument { field: "user_ids" });
         }
+        let _list = self.locks.lock((LIST, list_id)).await;
         let list = self.owned(me, list_id).await?;
         for &u in users {
             drop_member(&self.store, list.list_id, u).await?;
@@ -407,12 +449,7 @@ impl<S: Store> Lists<S> {
         limit: usize,
         cursor: Option<Cursor>,
     ) -> Result<(Vec<(UserList, i64)>, Option<Cursor>), GraphError> {
-        if viewer != owner
-            && (blocked_either_way(&self.store, viewer, owner).await?
-                || users::load(&self.store, owner)
-                    .await?
-                    .is_none_or(|p| p.deleted))
-        {
+        if !self.may_see_owner(viewer, owner).await? {
             return Err(GraphError::NotFound);
         }
         let page = self

@@ -192,7 +192,7 @@ pub struct Relationship {
     pub close_friend: bool,
 }
 
-/// Longest timed mute (longer ones are indefinite mutes).
+/// Longest timed mute (a longer duration is refused; no duration mutes indefinitely).
 pub const MAX_MUTE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// Most users in one relationships request.
@@ -224,8 +224,10 @@ pub struct Lease {
     pub token: u64,
 }
 
-/// [`FleetLocks`] over Redis leases ([`selfie_storage::redis::Locks`]): 5 s leases,
-/// waited for up to 2 s (a graph change takes milliseconds).
+/// [`FleetLocks`] over Redis leases ([`selfie_storage::redis::Locks`]): 15 s leases —
+/// longer than the CQL request timeouts (10 s), so a holder's storage calls end before its
+/// lease does — waited for up to 2 s (a graph change takes milliseconds; a longer wait
+/// answers `Busy`, which clients retry).
 #[derive(Clone)]
 pub struct RedisFleetLocks {
     locks: selfie_storage::redis::Locks,
@@ -247,7 +249,7 @@ impl FleetLocks for RedisFleetLocks {
             loop {
                 match self
                     .locks
-                    .try_lock(&name, token, std::time::Duration::from_secs(5))
+                    .try_lock(&name, token, std::time::Duration::from_secs(15))
                     .await
                 {
                     Ok(true) => return Ok(Some(Lease { name, token })),
@@ -275,42 +277,69 @@ impl FleetLocks for RedisFleetLocks {
     }
 }
 
-/// In-progress pair operations: one lock per pair of users.
-type PairLocks = std::cell::RefCell<
-    std::collections::HashMap<(u64, u64), std::sync::Arc<tokio::sync::Mutex<()>>>,
->;
+/// Shard-local locks by key, forgotten once no one holds or waits for them.
+#[derive(Default)]
+pub(crate) struct KeyedLocks {
+    map: std::cell::RefCell<std::collections::HashMap<(u64, u64), SharedMutex>>,
+}
+
+type SharedMutex = std::sync::Arc<tokio::sync::Mutex<()>>;
+
+/// Holds one key of [`KeyedLocks`].
+pub(crate) struct KeyGuard<'a> {
+    key: (u64, u64),
+    locks: &'a KeyedLocks,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyedLocks {
+    /// Waits for `key`.
+    pub(crate) async fn lock(&self, key: (u64, u64)) -> KeyGuard<'_> {
+        let lock = self.map.borrow_mut().entry(key).or_default().clone();
+        let guard = lock.lock_owned().await;
+        KeyGuard {
+            key,
+            locks: self,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = self.locks.map.borrow_mut();
+        if map
+            .get(&self.key)
+            .is_some_and(|l| std::sync::Arc::strong_count(l) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
 
 /// The graph service of one shard.
 pub struct Graph<S> {
     store: S,
     /// One lock per pair of users with an operation in progress.
-    pairs: PairLocks,
+    pairs: KeyedLocks,
     /// The fleet's locks, when nodes share the store.
     fleet: Option<std::sync::Arc<dyn FleetLocks>>,
 }
 
 /// Holds a pair's lock; forgets the lock when no one else waits for it.
 struct PairGuard<'a> {
-    key: (u64, u64),
-    pairs: &'a PairLocks,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _local: KeyGuard<'a>,
     lease: Option<(std::sync::Arc<dyn FleetLocks>, Lease)>,
 }
 
 impl Drop for PairGuard<'_> {
     fn drop(&mut self) {
+        // The lease is handed back first; the shard-local lock goes with the fields.
         if let Some((fleet, lease)) = self.lease.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(fleet.release(lease));
-        }
-        self.guard.take();
-        let mut pairs = self.pairs.borrow_mut();
-        if pairs
-            .get(&self.key)
-            .is_some_and(|l| std::sync::Arc::strong_count(l) == 1)
-        {
-            pairs.remove(&self.key);
         }
     }
 }
@@ -335,12 +364,8 @@ impl<S: Store> Graph<S> {
     /// then the fleet's.
     async fn lock(&self, a: u64, b: u64) -> Result<PairGuard<'_>, GraphError> {
         let key = (a.min(b), a.max(b));
-        let lock = self.pairs.borrow_mut().entry(key).or_default().clone();
-        let guard = lock.lock_owned().await;
         let mut pair = PairGuard {
-            key,
-            pairs: &self.pairs,
-            guard: Some(guard),
+            _local: self.pairs.lock(key).await,
             lease: None,
         };
         if let Some(fleet) = &self.fleet
@@ -397,6 +422,13 @@ impl<S: Store> Graph<S> {
             .await?
             .filter(|p| !p.deleted)
             .ok_or(GraphError::NotFound)?;
+        // An account being deleted follows no one (its sessions live until the end).
+        if users::load(&self.store, viewer)
+            .await?
+            .is_none_or(|p| p.deleted)
+        {
+            return Err(GraphError::NotFound);
+        }
         if self
             .store
             .get(&FOLLOWING, &k(viewer), &k(target))
@@ -443,6 +475,13 @@ impl<S: Store> Graph<S> {
             .await?;
         if blocked_either_way(&self.store, me, requester).await? {
             return Err(GraphError::Blocked);
+        }
+        // A requester whose account is being deleted does not become a follower.
+        if users::load(&self.store, requester)
+            .await?
+            .is_none_or(|p| p.deleted)
+        {
+            return Err(GraphError::NotFound);
         }
         self.counted_edge(requester, me, true).await?;
         Ok(())
@@ -597,8 +636,12 @@ impl<S: Store> Graph<S> {
             let rel = self.relationship(viewer, other).await?;
             // A block by the other side is not revealed: it reads as no relationship.
             let rel = if rel.blocked_by {
+                // What the viewer did themselves stays; what comes from the other side
+                // (following back, their requests, the block) is not shown.
                 Relationship {
                     blocking: rel.blocking,
+                    muting: rel.muting,
+                    close_friend: rel.close_friend,
                     ..Relationship::default()
                 }
             } else {
@@ -824,6 +867,9 @@ impl<S: Store> Graph<S> {
                 return Err(GraphError::NotFound);
             }
         }
+        // One update of a user's list at a time (the edge routes them to one shard), so the
+        // size limit holds.
+        let _own = self.lock(me, me).await?;
         for &friend in remove {
             self.drop_close_friend(me, friend).await?;
         }
@@ -846,6 +892,12 @@ impl<S: Store> Graph<S> {
                 self.store
                     .counter_add(&COUNTS, &k(me), &close_friends_key(), 1)
                     .await?;
+                // Written, then checked again: a block racing this add either is seen
+                // here or runs its own removal after the entry exists.
+                if blocked_either_way(&self.store, me, friend).await? {
+                    self.drop_close_friend(me, friend).await?;
+                    return Err(GraphError::NotFound);
+                }
             }
         }
         Ok(())

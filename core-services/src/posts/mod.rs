@@ -501,6 +501,16 @@ impl<S: Store> Posts<S> {
         }
     }
 
+    /// A readable post that is not deleted (its author sees the tombstone, but nobody
+    /// edits, quotes, comments on or reacts to it).
+    async fn live(&self, viewer: u64, post_id: u64) -> Result<Post, PostsError> {
+        let post = self.readable(viewer, post_id).await?;
+        if post.deleted {
+            return Err(PostsError::NotFound);
+        }
+        Ok(post)
+    }
+
     /// Publishes a text post (or a quote of `quote_of`); see [`Posts::publish`].
     pub async fn create(
         &self,
@@ -525,7 +535,7 @@ impl<S: Store> Posts<S> {
         let media_ids = Self::check_media(&new.media_ids)?;
         Self::check_text(&new.text, !media_ids.is_empty())?;
         if let Some(q) = new.quote_of {
-            self.readable(author, q).await?;
+            self.live(author, q).await?;
         }
         let (hashtags, names) = parse_tags(&new.text);
         let post = Post {
@@ -577,7 +587,7 @@ impl<S: Store> Posts<S> {
         post_id: u64,
         edit: PostEdit,
     ) -> Result<Post, PostsError> {
-        let mut post = self.readable(author, post_id).await?;
+        let mut post = self.live(author, post_id).await?;
         if post.author_id != author || post.repost_of.is_some() {
             return Err(PostsError::Forbidden);
         }
@@ -674,7 +684,7 @@ impl<S: Store> Posts<S> {
         parent_id: u64,
         text: &str,
     ) -> Result<Comment, PostsError> {
-        let post = self.readable(viewer, post_id).await?;
+        let post = self.live(viewer, post_id).await?;
         if post.repost_of.is_some() {
             return Err(PostsError::InvalidArgument { field: "post_id" });
         }
@@ -739,7 +749,7 @@ impl<S: Store> Posts<S> {
 
     /// Sets the viewer's reaction on a readable post (one per user; a new one replaces).
     pub async fn react(&self, viewer: u64, post_id: u64, emoji: &str) -> Result<(), PostsError> {
-        self.readable(viewer, post_id).await?;
+        self.live(viewer, post_id).await?;
         if emoji.is_empty() || emoji.chars().count() > 8 {
             return Err(PostsError::InvalidArgument { field: "emoji" });
         }
@@ -778,7 +788,7 @@ impl<S: Store> Posts<S> {
     pub async fn repost(&self, viewer: u64, post_id: u64) -> Result<Post, PostsError> {
         let original = self.load(post_id).await?.ok_or(PostsError::NotFound)?;
         let view = self.author_view(viewer, original.author_id).await?;
-        if !view.allows(viewer, &original) {
+        if original.deleted || !view.allows(viewer, &original) {
             return Err(PostsError::NotFound);
         }
         let private = matches!(view, AuthorView::Other { private: true, .. });

@@ -5,8 +5,9 @@
 //!
 //! A profile is readable by anyone the owner has not blocked and who has not blocked the
 //! owner; for everyone else it does not exist (`NotFound`, not `Forbidden`, so that a
-//! block is not revealed). A private account's profile stays visible; its content and
-//! lists are for approved followers only (enforced by the graph and content services).
+//! block is not revealed). A private account's profile stays visible; its content, its
+//! follower/following lists and its user lists are for approved followers only (enforced
+//! by the graph and content services).
 //! Settings are the owner's alone; other services consult them through [`permits`].
 //!
 //! Media ids (avatar, banner) are stored as given: the media service, which owns uploads,

@@ -483,16 +483,21 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                         .confirm_deletion(p.user_id, password, code.as_deref())
                         .await
                         .map_err(|e| error_reply(&e))?;
-                    // The profile is anonymised and hidden (its posts with it) and the
-                    // graph edges go, before the credentials: a failure leaves the account
-                    // and its session in place, so the owner can simply retry (every step
-                    // is idempotent).
+                    // The owner's other devices are signed out first (nothing acts for
+                    // the account while it goes); then the profile is anonymised and
+                    // hidden (its posts with it) and the graph edges go, before the
+                    // credentials: a failure leaves the account and this session in place,
+                    // so the owner can simply retry (every step is idempotent).
                     let retry = || {
                         ErrorReply::new(
                             ErrorCode::StorageFailure,
                             "the account is not deleted yet: try again",
                         )
                     };
+                    accounts
+                        .revoke_others(p.user_id, p.session_id)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
                     users.mark_deleted(p.user_id).await.map_err(|_| retry())?;
                     graph.remove_user(p.user_id).await.map_err(|_| retry())?;
                     accounts

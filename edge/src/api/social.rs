@@ -449,6 +449,8 @@ enum GraphCall {
     ListAdd(u64, Vec<u64>),
     ListRemove(u64, Vec<u64>),
     ListMembers(u64, usize, Option<Cursor>),
+    /// A well-formed request this edge refuses (with `InvalidArgument`).
+    Refuse(&'static str),
 }
 
 /// One more than a list change allows is enough to be refused.
@@ -489,6 +491,11 @@ fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
         GraphOp::UnblockRequest => GraphCall::Unblock(g.op_as_unblock_request()?.target_id()),
         GraphOp::MuteRequest => {
             let r = g.op_as_mute_request()?;
+            if r.mute_reposts_only() {
+                return Some(GraphCall::Refuse(
+                    "reposts-only mutes are not supported yet (they come with feeds)",
+                ));
+            }
             let duration =
                 (r.duration_ms() != 0).then(|| std::time::Duration::from_millis(r.duration_ms()));
             GraphCall::Mute(r.target_id(), duration)
@@ -689,6 +696,15 @@ impl<S: Store + 'static> Service for GraphApi<S> {
             | GraphCall::Mute(t, _)
             | GraphCall::Unmute(t)
             | GraphCall::RemoveFollower(t) => caller.map(|me| pair_key(me, t)),
+            // One user's close-friend updates and list creations meet on one shard (their
+            // size limits hold); a list's changes meet on the list's shard.
+            GraphCall::CloseFriendsUpdate(..) | GraphCall::ListCreate { .. } => {
+                caller.map(|me| pair_key(me, me))
+            }
+            GraphCall::ListUpdate(l, _)
+            | GraphCall::ListDelete(l)
+            | GraphCall::ListAdd(l, _)
+            | GraphCall::ListRemove(l, _) => Some(l),
             GraphCall::Followers(..)
             | GraphCall::Following(..)
             | GraphCall::Requests(..)
@@ -696,15 +712,10 @@ impl<S: Store + 'static> Service for GraphApi<S> {
             | GraphCall::Blocks(..)
             | GraphCall::Mutes(..)
             | GraphCall::Relationships(..)
-            | GraphCall::CloseFriendsUpdate(..)
             | GraphCall::CloseFriends(..)
-            | GraphCall::ListCreate { .. }
-            | GraphCall::ListUpdate(..)
-            | GraphCall::ListDelete(..)
             | GraphCall::ListsOf(..)
-            | GraphCall::ListAdd(..)
-            | GraphCall::ListRemove(..)
-            | GraphCall::ListMembers(..) => None,
+            | GraphCall::ListMembers(..)
+            | GraphCall::Refuse(_) => None,
         }
     }
 
@@ -892,6 +903,9 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                         .await
                         .map_err(err)?;
                     encode(&encoder, &|b| list_frame(b, id, &page))
+                }
+                GraphCall::Refuse(message) => {
+                    Err(ErrorReply::new(ErrorCode::InvalidArgument, message))
                 }
                 GraphCall::CloseFriends(limit, cursor) => {
                     let page = graph.close_friends(me, limit, cursor).await.map_err(err)?;
