@@ -52,6 +52,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::graph::lists::TABLES,
         statements: &[],
     },
+    Migration {
+        version: 8,
+        name: "posts: reposts by user, comment index, reaction kinds",
+        tables: crate::posts::INTERACTION_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

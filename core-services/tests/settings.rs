@@ -532,6 +532,165 @@ async fn media_history_and_counts<S: Store + Clone>(store: S) {
     ));
 }
 
+async fn interactions<S: Store + Clone>(store: S) {
+    let w = world(&store).await;
+    let post = w
+        .posts
+        .create(OWNER, "react to this", Audience::Public, None)
+        .await
+        .expect("post");
+    let id = post.post_id;
+    // Reactions: one per user, a new one replaces, counts per emoji stay exact.
+    w.posts.react(FAN, id, "❤️").await.expect("react");
+    w.posts.react(FRIEND, id, "🔥").await.expect("react");
+    w.posts.react(STRANGER, id, "🔥").await.expect("react");
+    w.posts.react(FAN, id, "🔥").await.expect("replace");
+    w.posts.react(FAN, id, "🔥").await.expect("same again");
+    let (counts, entries, _) = w
+        .posts
+        .reactions(OWNER, id, None, 10, None)
+        .await
+        .expect("reactions");
+    assert_eq!(counts, vec![("🔥".to_string(), 3)]);
+    assert_eq!(entries.len(), 3);
+    assert_eq!(w.posts.count(id, "reactions").await.expect("n"), 3);
+    w.posts.unreact(FAN, id).await.expect("unreact");
+    w.posts.unreact(FAN, id).await.expect("idempotent");
+    w.posts.react(FRIEND, id, "😂").await.expect("replace");
+    let (counts, _, _) = w
+        .posts
+        .reactions(OWNER, id, None, 10, None)
+        .await
+        .expect("reactions");
+    assert_eq!(
+        counts,
+        // Ties in code-point order.
+        vec![("🔥".to_string(), 1), ("😂".to_string(), 1)]
+    );
+    let (_, only, _) = w
+        .posts
+        .reactions(OWNER, id, Some("😂"), 10, None)
+        .await
+        .expect("reactions");
+    assert_eq!(
+        only.iter().map(|r| r.user_id).collect::<Vec<_>>(),
+        vec![FRIEND]
+    );
+    assert_eq!(
+        w.posts.viewer_reaction(FRIEND, id).await.expect("mine"),
+        Some("😂".to_string())
+    );
+    // Users across a block with the viewer are left out of the list.
+    w.graph.block(FRIEND, STRANGER).await.expect("block");
+    let (_, seen, _) = w
+        .posts
+        .reactions(FRIEND, id, None, 10, None)
+        .await
+        .expect("reactions");
+    assert!(seen.iter().all(|r| r.user_id != STRANGER));
+    // Reposts: once per user; undone cleanly.
+    let first = w.posts.repost(FAN, id).await.expect("repost");
+    let again = w.posts.repost(FAN, id).await.expect("again");
+    assert_eq!(first.post_id, again.post_id);
+    assert_eq!(w.posts.count(id, "reposts").await.expect("n"), 1);
+    assert!(w.posts.viewer_reposted(FAN, id).await.expect("reposted"));
+    assert_eq!(w.posts.posts_count(FAN).await.expect("n"), 1);
+    w.posts.undo_repost(FAN, id).await.expect("undo");
+    w.posts.undo_repost(FAN, id).await.expect("idempotent");
+    assert_eq!(w.posts.count(id, "reposts").await.expect("n"), 0);
+    assert_eq!(w.posts.posts_count(FAN).await.expect("n"), 0);
+    assert!(!w.posts.viewer_reposted(FAN, id).await.expect("not now"));
+    // Comments: the author edits, the author or the post's author deletes, once.
+    let c = w
+        .posts
+        .comment(FAN, id, 0, "first!")
+        .await
+        .expect("comment");
+    let reply = w
+        .posts
+        .comment(FRIEND, id, c.comment_id, "second")
+        .await
+        .expect("reply");
+    let edited = w
+        .posts
+        .edit_comment(FAN, c.comment_id, "first, edited")
+        .await
+        .expect("edit");
+    assert!(edited.edited_at_ms > 0);
+    assert!(matches!(
+        w.posts.edit_comment(OWNER, c.comment_id, "mine now").await,
+        Err(PostsError::Forbidden)
+    ));
+    assert!(matches!(
+        w.posts.delete_comment(FRIEND, c.comment_id).await,
+        Err(PostsError::Forbidden)
+    ));
+    assert_eq!(w.posts.count(id, "comments").await.expect("n"), 2);
+    w.posts
+        .delete_comment(OWNER, c.comment_id)
+        .await
+        .expect("the post's author moderates");
+    assert!(matches!(
+        w.posts.delete_comment(FAN, c.comment_id).await,
+        Err(PostsError::NotFound)
+    ));
+    assert!(matches!(
+        w.posts.edit_comment(FAN, c.comment_id, "back").await,
+        Err(PostsError::NotFound)
+    ));
+    assert_eq!(w.posts.count(id, "comments").await.expect("n"), 1);
+    assert!(matches!(
+        w.posts
+            .comment(FAN, id, c.comment_id, "to a tombstone")
+            .await,
+        Err(PostsError::InvalidArgument { .. })
+    ));
+    let (listed, _) = w.posts.comments(OWNER, id, 10, None).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert!(listed[0].deleted && listed[0].text.is_empty());
+    assert_eq!(listed[1].comment_id, reply.comment_id);
+    w.posts
+        .delete_comment(FRIEND, reply.comment_id)
+        .await
+        .expect("own reply");
+    assert_eq!(w.posts.count(id, "comments").await.expect("n"), 0);
+    // Batch reads: what the viewer may read, in request order.
+    let friends_only = w
+        .posts
+        .create(OWNER, "followers only", Audience::Followers, None)
+        .await
+        .expect("post");
+    let got = w
+        .posts
+        .get_many(STRANGER, &[friends_only.post_id, id, 12345, id])
+        .await
+        .expect("batch");
+    assert_eq!(got.iter().map(|p| p.post_id).collect::<Vec<_>>(), vec![id]);
+    let got = w
+        .posts
+        .get_many(FAN, &[friends_only.post_id, id])
+        .await
+        .expect("batch");
+    assert_eq!(got.len(), 2);
+    assert!(matches!(
+        w.posts.get_many(FAN, &[id; 101]).await,
+        Err(PostsError::InvalidArgument { .. })
+    ));
+}
+
+#[tokio::test]
+async fn interactions_on_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store =
+        EmbeddedStore::open(dir.path(), &schema::tables(), Arc::new(SystemClock)).expect("store");
+    interactions(store).await;
+}
+
+#[tokio::test]
+async fn interactions_on_cql() {
+    interactions(cql().await).await;
+}
+
 #[tokio::test]
 async fn settings_on_the_embedded_store() {
     let dir = tempfile::tempdir().expect("dir");

@@ -562,3 +562,148 @@ async fn user_lists_over_the_protocol() {
         .await
         .expect("deleted");
 }
+
+#[tokio::test]
+async fn reactions_reposts_comments_and_batches_over_the_protocol() {
+    let node = start();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let mut p = pp::CreatePostRequestT::default();
+    p.text = Some("sunset".into());
+    let post = post_answer(
+        call(&ana.client, posts(PostsOpT::CreatePostRequest(Box::new(p))))
+            .await
+            .expect("post"),
+    );
+    let id = post.post_id;
+    // Ben reacts, reposts (twice: one repost), comments and edits his comment.
+    let mut r = pp::ReactRequestT::default();
+    r.target_kind = common::ObjectKind::Post;
+    r.target_id = id;
+    r.emoji = Some("🔥".into());
+    call(&ben.client, posts(PostsOpT::ReactRequest(Box::new(r))))
+        .await
+        .expect("react");
+    for _ in 0..2 {
+        let mut r = pp::RepostRequestT::default();
+        r.post_id = id;
+        call(&ben.client, posts(PostsOpT::RepostRequest(Box::new(r))))
+            .await
+            .expect("repost");
+    }
+    let mut c = pp::CreateCommentRequestT::default();
+    c.post_id = id;
+    c.text = Some("wow".into());
+    let comment = match call(
+        &ben.client,
+        posts(PostsOpT::CreateCommentRequest(Box::new(c))),
+    )
+    .await
+    .expect("comment")
+    {
+        BodyT::Posts(p) => match p.op {
+            PostsOpT::CommentResponse(r) => *r.comment.expect("comment"),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let mut e = pp::EditCommentRequestT::default();
+    e.comment_id = comment.comment_id;
+    e.text = Some("wow, really".into());
+    call(
+        &ben.client,
+        posts(PostsOpT::EditCommentRequest(Box::new(e.clone()))),
+    )
+    .await
+    .expect("edit own comment");
+    let err = call(
+        &ana.client,
+        posts(PostsOpT::EditCommentRequest(Box::new(e))),
+    )
+    .await
+    .expect_err("not hers");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    // Ben's read shows his reaction, his repost and the counts.
+    let mut g = pp::GetPostRequestT::default();
+    g.post_id = id;
+    let seen = post_answer(
+        call(
+            &ben.client,
+            posts(PostsOpT::GetPostRequest(Box::new(g.clone()))),
+        )
+        .await
+        .expect("read"),
+    );
+    assert_eq!(seen.viewer_reaction.as_deref(), Some("🔥"));
+    assert!(seen.viewer_reposted);
+    let counts = seen.counts.expect("counts");
+    assert_eq!(
+        (counts.reactions, counts.reposts, counts.comments),
+        (1, 1, 1)
+    );
+    // Who reacted.
+    let mut l = pp::ReactionsListRequestT::default();
+    l.target_kind = common::ObjectKind::Post;
+    l.target_id = id;
+    let BodyT::Posts(answer) = call(
+        &ana.client,
+        posts(PostsOpT::ReactionsListRequest(Box::new(l))),
+    )
+    .await
+    .expect("reactions") else {
+        panic!("not posts")
+    };
+    let PostsOpT::ReactionsListResponse(list) = answer.op else {
+        panic!("not reactions")
+    };
+    let entries = list.entries.unwrap_or_default();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].user.as_ref().map(|u| u.user_id), Some(ben.id));
+    let counts = list.counts.unwrap_or_default();
+    assert_eq!(counts[0].emoji.as_deref(), Some("🔥"));
+    assert_eq!(counts[0].count, 1);
+    // Ana removes Ben's comment from her post; Ben undoes his repost.
+    let mut d = pp::DeleteCommentRequestT::default();
+    d.comment_id = comment.comment_id;
+    call(
+        &ana.client,
+        posts(PostsOpT::DeleteCommentRequest(Box::new(d))),
+    )
+    .await
+    .expect("moderated");
+    let mut u = pp::UndoRepostRequestT::default();
+    u.post_id = id;
+    call(&ben.client, posts(PostsOpT::UndoRepostRequest(Box::new(u))))
+        .await
+        .expect("undone");
+    let seen = post_answer(
+        call(&ben.client, posts(PostsOpT::GetPostRequest(Box::new(g))))
+            .await
+            .expect("read"),
+    );
+    assert!(!seen.viewer_reposted);
+    let counts = seen.counts.expect("counts");
+    assert_eq!((counts.reposts, counts.comments), (0, 0));
+    // A batch read returns what the reader may read, in order.
+    let mut b = pp::GetPostsRequestT::default();
+    b.post_ids = Some(vec![999, id]);
+    let BodyT::Posts(answer) = call(&ben.client, posts(PostsOpT::GetPostsRequest(Box::new(b))))
+        .await
+        .expect("batch")
+    else {
+        panic!("not posts")
+    };
+    let PostsOpT::PostsResponse(list) = answer.op else {
+        panic!("not a batch")
+    };
+    let got: Vec<u64> = list
+        .posts
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.post_id)
+        .collect();
+    assert_eq!(got, vec![id]);
+}

@@ -7,7 +7,7 @@
 # Environment (all optional):
 #   SELFIE_CQL_LIB            jar folder (default ~/.cache/selfie/cql-server/lib); fetched if missing
 #   SELFIE_CQL_JAVA           java binary (must be Java 11 or 17)
-#   SELFIE_CQL_HEAP           max heap (default 1g);  SELFIE_CQL_STORAGE_PORT (default NATIVE_PORT+1000)
+#   SELFIE_CQL_HEAP           max heap (default 2g);  SELFIE_CQL_STORAGE_PORT (default NATIVE_PORT+1000)
 #   SELFIE_CQL_START_TIMEOUT  seconds to wait (default 240);  SELFIE_CQL_JVM_OPTS extra JVM flags
 set -euo pipefail
 # shellcheck source=common.sh
@@ -18,7 +18,9 @@ mkdir -p "$1"
 dir=$(cd "$1" && pwd)
 port=${2:-9042}
 storage_port=${SELFIE_CQL_STORAGE_PORT:-$((port + 1000))}
-heap=${SELFIE_CQL_HEAP:-1g}
+# One test run opens ~20 keyspaces of ~35 tables each, plus the prepared-statement
+# cache below: 1 GiB of heap ran out after a few runs against one server.
+heap=${SELFIE_CQL_HEAP:-2g}
 timeout_s=${SELFIE_CQL_START_TIMEOUT:-240}
 [[ $port =~ ^[0-9]+$ && $storage_port =~ ^[0-9]+$ ]] || cql_die "ports must be numbers (got $port, $storage_port)"
 pidfile="$dir/cassandra.pid"

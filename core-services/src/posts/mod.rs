@@ -59,6 +59,21 @@ pub static COUNTS: Table = Table {
     doc: "post counters",
 };
 
+rows! {
+    REPOSTS, "posts_reposts", ["post_id"], ["user_id"], "who reposted a post, and the repost's id";
+    COMMENT_POSTS, "posts_comment_posts", ["comment_id"], [], "the post of each live comment";
+    REACTION_KINDS, "posts_reaction_kinds", ["post_id"], ["emoji"], "the emoji used on a post";
+}
+
+/// The tables of reposts, comment lookups and per-emoji reaction kinds (migration 8).
+pub static INTERACTION_TABLES: &[&Table] = &[&REPOSTS, &COMMENT_POSTS, &REACTION_KINDS];
+
+/// Most emoji kinds listed with a post's reactions.
+pub const MAX_REACTION_KINDS: usize = 50;
+
+/// Most posts in one batch read.
+pub const MAX_BATCH: usize = 100;
+
 /// Per-author counters: `posts`.
 pub static AUTHOR_COUNTS: Table = Table {
     name: "posts_author_counts",
@@ -221,6 +236,21 @@ pub struct Comment {
     pub text: String,
     /// Creation time.
     pub created_at_ms: u64,
+    /// Last edit, 0 when never edited.
+    #[serde(default)]
+    pub edited_at_ms: u64,
+    /// Deleted by its author or the post's author (kept as a tombstone for its replies).
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// A user's reaction, for [`Posts::reactions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    /// Who reacted.
+    pub user_id: u64,
+    /// With what.
+    pub emoji: String,
 }
 
 /// How a viewer stands towards an author, for [`Posts::can_read`].
@@ -294,6 +324,11 @@ fn counter(which: &str) -> Bytes {
     KeyBuilder::new().str(which).build()
 }
 
+/// The counter of one emoji's reactions (`r:` keeps them apart from the named counters).
+fn emoji_counter(emoji: &str) -> Bytes {
+    KeyBuilder::new().str(&format!("r:{emoji}")).build()
+}
+
 /// How many posts (and reposts) `author` has.
 pub(crate) async fn author_posts_count<S: Store>(
     store: &S,
@@ -335,6 +370,11 @@ pub struct Posts<S> {
     store: S,
     clock: Arc<dyn Clock>,
     ids: std::cell::RefCell<IdGenerator>,
+    /// One change at a time per (post, user) for reactions and reposts (the edge routes
+    /// a post's interactions to one shard), so per-emoji counts stay exact on a node. The
+    /// totals are claimed with insert-if-absent and stay exact across nodes too; two
+    /// nodes changing one user's reaction at once could only skew the per-emoji split.
+    locks: crate::graph::KeyedLocks,
 }
 
 impl<S: Store> Posts<S> {
@@ -346,6 +386,7 @@ impl<S: Store> Posts<S> {
             store,
             clock,
             ids: std::cell::RefCell::new(ids),
+            locks: Default::default(),
         })
     }
 
@@ -702,7 +743,7 @@ impl<S: Store> Posts<S> {
                 .ok_or(PostsError::InvalidArgument { field: "parent_id" })?;
             let parent: Comment =
                 serde_json::from_slice(&parent).map_err(|_| PostsError::Corrupt)?;
-            if parent.parent_id != 0 {
+            if parent.parent_id != 0 || parent.deleted {
                 return Err(PostsError::InvalidArgument { field: "parent_id" });
             }
         }
@@ -713,10 +754,15 @@ impl<S: Store> Posts<S> {
             author_id: viewer,
             text: text.to_string(),
             created_at_ms: self.clock.now_ms(),
+            edited_at_ms: 0,
+            deleted: false,
         };
         let b = serde_json::to_vec(&c).map_err(|_| PostsError::Corrupt)?;
         self.store
             .put(&COMMENTS, &k(post_id), &k(c.comment_id), &b, None)
+            .await?;
+        self.store
+            .put(&COMMENT_POSTS, &k(c.comment_id), &[], &k(post_id), None)
             .await?;
         self.store
             .counter_add(&COUNTS, &k(post_id), &counter("comments"), 1)
@@ -750,9 +796,15 @@ impl<S: Store> Posts<S> {
     /// Sets the viewer's reaction on a readable post (one per user; a new one replaces).
     pub async fn react(&self, viewer: u64, post_id: u64, emoji: &str) -> Result<(), PostsError> {
         self.live(viewer, post_id).await?;
-        if emoji.is_empty() || emoji.chars().count() > 8 {
+        if emoji.is_empty() || emoji.chars().count() > 8 || emoji.chars().any(char::is_control) {
             return Err(PostsError::InvalidArgument { field: "emoji" });
         }
+        let _one = self.locks.lock((post_id, viewer)).await;
+        self.store
+            .put(&REACTION_KINDS, &k(post_id), &counter(emoji), b"", None)
+            .await?;
+        // A first reaction is claimed (the total moves exactly once, whichever node
+        // wins); a later one replaces the emoji.
         if self
             .store
             .insert_if_absent(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
@@ -761,9 +813,25 @@ impl<S: Store> Posts<S> {
             self.store
                 .counter_add(&COUNTS, &k(post_id), &counter("reactions"), 1)
                 .await?;
-        } else {
             self.store
-                .put(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
+                .counter_add(&COUNTS, &k(post_id), &emoji_counter(emoji), 1)
+                .await?;
+            return Ok(());
+        }
+        let before = self.store.get(&REACTIONS, &k(post_id), &k(viewer)).await?;
+        if before.as_deref() == Some(emoji.as_bytes()) {
+            return Ok(());
+        }
+        self.store
+            .put(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
+            .await?;
+        self.store
+            .counter_add(&COUNTS, &k(post_id), &emoji_counter(emoji), 1)
+            .await?;
+        if let Some(old) = before {
+            let old = String::from_utf8_lossy(&old).into_owned();
+            self.store
+                .counter_add(&COUNTS, &k(post_id), &emoji_counter(&old), -1)
                 .await?;
         }
         Ok(())
@@ -771,16 +839,195 @@ impl<S: Store> Posts<S> {
 
     /// Removes the viewer's reaction.
     pub async fn unreact(&self, viewer: u64, post_id: u64) -> Result<(), PostsError> {
+        let _one = self.locks.lock((post_id, viewer)).await;
+        let Some(old) = self.store.get(&REACTIONS, &k(post_id), &k(viewer)).await? else {
+            return Ok(());
+        };
         if self
             .store
             .delete_if_present(&REACTIONS, &k(post_id), &k(viewer))
             .await?
         {
+            let old = String::from_utf8_lossy(&old).into_owned();
+            self.store
+                .counter_add(&COUNTS, &k(post_id), &emoji_counter(&old), -1)
+                .await?;
             self.store
                 .counter_add(&COUNTS, &k(post_id), &counter("reactions"), -1)
                 .await?;
         }
         Ok(())
+    }
+
+    /// The reactions on a post the viewer may read: counts per emoji (most used first, at
+    /// most [`MAX_REACTION_KINDS`]) and a page of who reacted with what (optionally one
+    /// emoji only), leaving out users across a block with the viewer.
+    pub async fn reactions(
+        &self,
+        viewer: u64,
+        post_id: u64,
+        only: Option<&str>,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<(Vec<(String, i64)>, Vec<Reaction>, Option<Cursor>), PostsError> {
+        self.readable(viewer, post_id).await?;
+        let kinds = self
+            .store
+            .scan(&REACTION_KINDS, &k(post_id), &Scan::all(MAX_REACTION_KINDS))
+            .await?;
+        let mut counts = Vec::new();
+        for r in &kinds.rows {
+            let Some(emoji) = KeyReader::new(&r.clustering).str() else {
+                continue;
+            };
+            let n = self
+                .store
+                .counter_get(&COUNTS, &k(post_id), &emoji_counter(&emoji))
+                .await?;
+            if n > 0 {
+                counts.push((emoji, n));
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let page = self
+            .store
+            .scan(&REACTIONS, &k(post_id), &Scan::all(limit).after(cursor))
+            .await?;
+        let mut entries = Vec::new();
+        for r in &page.rows {
+            let Some(user_id) = KeyReader::new(&r.clustering).u64() else {
+                continue;
+            };
+            let emoji = String::from_utf8_lossy(&r.value).into_owned();
+            if only.is_some_and(|o| o != emoji)
+                || graph::blocked_either_way(&self.store, viewer, user_id).await?
+            {
+                continue;
+            }
+            entries.push(Reaction { user_id, emoji });
+        }
+        Ok((counts, entries, page.cursor))
+    }
+
+    /// The viewer's reaction on a post, if any.
+    pub async fn viewer_reaction(
+        &self,
+        viewer: u64,
+        post_id: u64,
+    ) -> Result<Option<String>, PostsError> {
+        Ok(self
+            .store
+            .get(&REACTIONS, &k(post_id), &k(viewer))
+            .await?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Whether the viewer reposted a post.
+    pub async fn viewer_reposted(&self, viewer: u64, post_id: u64) -> Result<bool, PostsError> {
+        Ok(self
+            .store
+            .get(&REPOSTS, &k(post_id), &k(viewer))
+            .await?
+            .is_some())
+    }
+
+    /// Edits the viewer's own comment.
+    pub async fn edit_comment(
+        &self,
+        viewer: u64,
+        comment_id: u64,
+        text: &str,
+    ) -> Result<Comment, PostsError> {
+        let (post_id, mut c) = self.find_comment(viewer, comment_id).await?;
+        if c.author_id != viewer {
+            return Err(PostsError::Forbidden);
+        }
+        self.live(viewer, post_id).await?;
+        if text.trim().is_empty() || text.chars().count() > MAX_COMMENT_CHARS {
+            return Err(PostsError::InvalidArgument { field: "text" });
+        }
+        c.text = text.to_string();
+        c.edited_at_ms = self.clock.now_ms();
+        let b = serde_json::to_vec(&c).map_err(|_| PostsError::Corrupt)?;
+        self.store
+            .put(&COMMENTS, &k(post_id), &k(comment_id), &b, None)
+            .await?;
+        Ok(c)
+    }
+
+    /// Deletes a comment: its author may, and so may the post's author (on their own
+    /// post). It stays as a tombstone for its replies.
+    pub async fn delete_comment(&self, viewer: u64, comment_id: u64) -> Result<(), PostsError> {
+        let (post_id, mut c) = self.find_comment(viewer, comment_id).await?;
+        let post = self.readable(viewer, post_id).await?;
+        if c.author_id != viewer && post.author_id != viewer {
+            return Err(PostsError::Forbidden);
+        }
+        // The index entry goes first and only once: the count drops exactly once.
+        if !self
+            .store
+            .delete_if_present(&COMMENT_POSTS, &k(comment_id), &[])
+            .await?
+        {
+            return Err(PostsError::NotFound);
+        }
+        c.deleted = true;
+        c.text.clear();
+        let b = serde_json::to_vec(&c).map_err(|_| PostsError::Corrupt)?;
+        self.store
+            .put(&COMMENTS, &k(post_id), &k(comment_id), &b, None)
+            .await?;
+        self.store
+            .counter_add(&COUNTS, &k(post_id), &counter("comments"), -1)
+            .await?;
+        Ok(())
+    }
+
+    /// A live comment and its post, if the viewer may read the post (`NotFound` otherwise).
+    async fn find_comment(
+        &self,
+        viewer: u64,
+        comment_id: u64,
+    ) -> Result<(u64, Comment), PostsError> {
+        let post_id = self
+            .store
+            .get(&COMMENT_POSTS, &k(comment_id), &[])
+            .await?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .ok_or(PostsError::NotFound)?;
+        self.readable(viewer, post_id).await?;
+        let c: Comment = self
+            .store
+            .get(&COMMENTS, &k(post_id), &k(comment_id))
+            .await?
+            .map(|b| serde_json::from_slice(&b).map_err(|_| PostsError::Corrupt))
+            .transpose()?
+            .ok_or(PostsError::NotFound)?;
+        if c.deleted || graph::blocked_either_way(&self.store, viewer, c.author_id).await? {
+            return Err(PostsError::NotFound);
+        }
+        Ok((post_id, c))
+    }
+
+    /// The posts among `ids` the viewer may read, in request order (at most
+    /// [`MAX_BATCH`]; the others are left out).
+    pub async fn get_many(&self, viewer: u64, ids: &[u64]) -> Result<Vec<Post>, PostsError> {
+        if ids.len() > MAX_BATCH {
+            return Err(PostsError::InvalidArgument { field: "post_ids" });
+        }
+        let mut out: Vec<Post> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if out.iter().any(|p| p.post_id == id) {
+                continue;
+            }
+            match self.readable(viewer, id).await {
+                Ok(p) => out.push(p),
+                Err(PostsError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Reposts a public post the viewer may read (followers-only posts stay with their
@@ -795,8 +1042,25 @@ impl<S: Store> Posts<S> {
         if original.audience != Audience::Public || private || original.repost_of.is_some() {
             return Err(PostsError::InvalidArgument { field: "post_id" });
         }
+        let _one = self.locks.lock((post_id, viewer)).await;
+        let repost_id = self.next_id();
+        if !self
+            .store
+            .insert_if_absent(&REPOSTS, &k(post_id), &k(viewer), &k(repost_id), None)
+            .await?
+        {
+            // Reposting twice is one repost: the first is the answer.
+            let first = self
+                .store
+                .get(&REPOSTS, &k(post_id), &k(viewer))
+                .await?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map(u64::from_be_bytes)
+                .ok_or(PostsError::Corrupt)?;
+            return self.load(first).await?.ok_or(PostsError::Corrupt);
+        }
         let post = Post {
-            post_id: self.next_id(),
+            post_id: repost_id,
             author_id: viewer,
             text: String::new(),
             hashtags: Vec::new(),
@@ -823,6 +1087,41 @@ impl<S: Store> Posts<S> {
             .counter_add(&COUNTS, &k(post_id), &counter("reposts"), 1)
             .await?;
         Ok(post)
+    }
+
+    /// Undoes the viewer's repost of `post_id` (the repost disappears from their posts).
+    pub async fn undo_repost(&self, viewer: u64, post_id: u64) -> Result<(), PostsError> {
+        let _one = self.locks.lock((post_id, viewer)).await;
+        let Some(v) = self.store.get(&REPOSTS, &k(post_id), &k(viewer)).await? else {
+            return Ok(());
+        };
+        let repost_id = <[u8; 8]>::try_from(v.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| PostsError::Corrupt)?;
+        if !self
+            .store
+            .delete_if_present(&REPOSTS, &k(post_id), &k(viewer))
+            .await?
+        {
+            return Ok(());
+        }
+        if let Some(mut shell) = self.load(repost_id).await? {
+            shell.deleted = true;
+            self.save(&shell).await?;
+        }
+        if self
+            .store
+            .delete_if_present(&USER_POSTS, &k(viewer), &k(repost_id))
+            .await?
+        {
+            self.store
+                .counter_add(&AUTHOR_COUNTS, &k(viewer), &counter("posts"), -1)
+                .await?;
+        }
+        self.store
+            .counter_add(&COUNTS, &k(post_id), &counter("reposts"), -1)
+            .await?;
+        Ok(())
     }
 
     /// A counter of a post: `reactions`, `comments`, `reposts` or `quotes`.

@@ -108,6 +108,19 @@ enum Call {
     },
     Unreact(u64),
     Repost(u64),
+    UndoRepost(u64),
+    GetMany(Vec<u64>),
+    EditComment {
+        comment_id: u64,
+        text: String,
+    },
+    DeleteComment(u64),
+    Reactions {
+        post_id: u64,
+        only: Option<String>,
+        limit: usize,
+        cursor: Option<Cursor>,
+    },
     ByUser {
         user_id: u64,
         limit: usize,
@@ -189,6 +202,41 @@ fn parse(env: &Envelope<'_>) -> Option<Call> {
             Call::Unreact(r.target_id())
         }
         PostsOp::RepostRequest => Call::Repost(p.op_as_repost_request()?.post_id()),
+        PostsOp::UndoRepostRequest => Call::UndoRepost(p.op_as_undo_repost_request()?.post_id()),
+        PostsOp::GetPostsRequest => Call::GetMany(
+            p.op_as_get_posts_request()?
+                .post_ids()
+                .map(|v| {
+                    // One more than allowed is enough to be refused.
+                    v.iter()
+                        .take(selfie_services::posts::MAX_BATCH + 1)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+        PostsOp::EditCommentRequest => {
+            let r = p.op_as_edit_comment_request()?;
+            Call::EditComment {
+                comment_id: r.comment_id(),
+                text: text(r.text()),
+            }
+        }
+        PostsOp::DeleteCommentRequest => {
+            Call::DeleteComment(p.op_as_delete_comment_request()?.comment_id())
+        }
+        PostsOp::ReactionsListRequest => {
+            let r = p.op_as_reactions_list_request()?;
+            if r.target_kind() != common::ObjectKind::Post {
+                return None;
+            }
+            let (limit, cursor) = page(r.page());
+            Call::Reactions {
+                post_id: r.target_id(),
+                only: r.emoji().filter(|e| !e.is_empty()).map(str::to_string),
+                limit,
+                cursor,
+            }
+        }
         PostsOp::UserPostsRequest => {
             let r = p.op_as_user_posts_request()?;
             let (limit, cursor) = page(r.page());
@@ -218,8 +266,21 @@ fn wrap(
     super::envelope(b, id, Body::Posts, body.as_union_value())
 }
 
-fn post_table(b: &mut Builder, p: &Post, counts: Option<[i64; 4]>) -> WIPOffset<pp::Post<'static>> {
+/// What the viewer did to a post (shown on single reads).
+#[derive(Default)]
+struct ViewerState<'a> {
+    reaction: Option<&'a str>,
+    reposted: bool,
+}
+
+fn post_table(
+    b: &mut Builder,
+    p: &Post,
+    counts: Option<[i64; 4]>,
+    viewer: &ViewerState<'_>,
+) -> WIPOffset<pp::Post<'static>> {
     let text = b.create_string(&p.text);
+    let reaction = viewer.reaction.map(|r| b.create_string(r));
     let tags: Vec<_> = p.hashtags.iter().map(|t| b.create_string(t)).collect();
     let tags = b.create_vector(&tags);
     let mentions = b.create_vector(&p.mentions);
@@ -274,6 +335,8 @@ fn post_table(b: &mut Builder, p: &Post, counts: Option<[i64; 4]>) -> WIPOffset<
             reply_policy: wire_reply_policy(p.reply_policy),
             edit_count: p.edit_count,
             sensitive: p.sensitive,
+            viewer_reaction: reaction,
+            viewer_reposted: viewer.reposted,
             ..Default::default()
         },
     )
@@ -297,6 +360,8 @@ fn comment_table(b: &mut Builder, c: &Comment) -> WIPOffset<pp::Comment<'static>
             author: Some(author),
             text: Some(text),
             created_at_ms: c.created_at_ms,
+            edited_at_ms: c.edited_at_ms,
+            deleted: c.deleted,
             ..Default::default()
         },
     )
@@ -330,8 +395,16 @@ impl<S: Store + 'static> PostsApi<S> {
 }
 
 impl<S: Store + 'static> Service for PostsApi<S> {
-    fn owner_key(&self, _caller: Option<u64>, _env: &Envelope<'_>) -> Option<u64> {
-        None
+    fn owner_key(&self, _caller: Option<u64>, env: &Envelope<'_>) -> Option<u64> {
+        // A post's reactions and reposts meet on the post's shard, where one user's
+        // changes to one post take turns.
+        match parse(env)? {
+            Call::React { post_id, .. }
+            | Call::Unreact(post_id)
+            | Call::Repost(post_id)
+            | Call::UndoRepost(post_id) => Some(post_id),
+            _ => None,
+        }
     }
 
     fn handle(
@@ -364,7 +437,7 @@ impl<S: Store + 'static> Service for PostsApi<S> {
             };
             let one = |p: &Post, counts: Option<[i64; 4]>| {
                 enc(&|b| {
-                    let post = post_table(b, p, counts);
+                    let post = post_table(b, p, counts, &ViewerState::default());
                     let r = pp::PostResponse::create(b, &pp::PostResponseArgs { post: Some(post) });
                     wrap(b, id, PostsOp::PostResponse, r.as_union_value())
                 })
@@ -397,7 +470,120 @@ impl<S: Store + 'static> Service for PostsApi<S> {
                     {
                         *slot = posts.count(post_id, which).await.map_err(err)?;
                     }
-                    one(&p, Some(counts))
+                    let reaction = posts.viewer_reaction(me, post_id).await.map_err(err)?;
+                    let reposted = posts.viewer_reposted(me, post_id).await.map_err(err)?;
+                    enc(&|b| {
+                        let viewer = ViewerState {
+                            reaction: reaction.as_deref(),
+                            reposted,
+                        };
+                        let post = post_table(b, &p, Some(counts), &viewer);
+                        let r =
+                            pp::PostResponse::create(b, &pp::PostResponseArgs { post: Some(post) });
+                        wrap(b, id, PostsOp::PostResponse, r.as_union_value())
+                    })
+                }
+                Call::GetMany(ids) => {
+                    let list = posts.get_many(me, &ids).await.map_err(err)?;
+                    enc(&|b| {
+                        let items: Vec<_> = list
+                            .iter()
+                            .map(|p| post_table(b, p, None, &ViewerState::default()))
+                            .collect();
+                        let items = b.create_vector(&items);
+                        let info = page_info(b, &None);
+                        let r = pp::PostsResponse::create(
+                            b,
+                            &pp::PostsResponseArgs {
+                                posts: Some(items),
+                                page: Some(info),
+                            },
+                        );
+                        wrap(b, id, PostsOp::PostsResponse, r.as_union_value())
+                    })
+                }
+                Call::UndoRepost(post_id) => {
+                    posts.undo_repost(me, post_id).await.map_err(err)?;
+                    enc(&|b| build::ack(b, id))
+                }
+                Call::EditComment { comment_id, text } => {
+                    let c = posts
+                        .edit_comment(me, comment_id, &text)
+                        .await
+                        .map_err(err)?;
+                    enc(&|b| {
+                        let comment = comment_table(b, &c);
+                        let r = pp::CommentResponse::create(
+                            b,
+                            &pp::CommentResponseArgs {
+                                comment: Some(comment),
+                            },
+                        );
+                        wrap(b, id, PostsOp::CommentResponse, r.as_union_value())
+                    })
+                }
+                Call::DeleteComment(comment_id) => {
+                    posts.delete_comment(me, comment_id).await.map_err(err)?;
+                    enc(&|b| build::ack(b, id))
+                }
+                Call::Reactions {
+                    post_id,
+                    only,
+                    limit,
+                    cursor,
+                } => {
+                    let (counts, entries, next) = posts
+                        .reactions(me, post_id, only.as_deref(), limit, cursor)
+                        .await
+                        .map_err(err)?;
+                    enc(&|b| {
+                        let counts: Vec<_> = counts
+                            .iter()
+                            .map(|(emoji, n)| {
+                                let e = b.create_string(emoji);
+                                common::ReactionCount::create(
+                                    b,
+                                    &common::ReactionCountArgs {
+                                        emoji: Some(e),
+                                        count: (*n).max(0) as u64,
+                                    },
+                                )
+                            })
+                            .collect();
+                        let counts = b.create_vector(&counts);
+                        let entries: Vec<_> = entries
+                            .iter()
+                            .map(|r| {
+                                let user = common::UserSummary::create(
+                                    b,
+                                    &common::UserSummaryArgs {
+                                        user_id: r.user_id,
+                                        ..Default::default()
+                                    },
+                                );
+                                let e = b.create_string(&r.emoji);
+                                pp::ReactionEntry::create(
+                                    b,
+                                    &pp::ReactionEntryArgs {
+                                        user: Some(user),
+                                        emoji: Some(e),
+                                        created_at_ms: 0,
+                                    },
+                                )
+                            })
+                            .collect();
+                        let entries = b.create_vector(&entries);
+                        let info = page_info(b, &next);
+                        let r = pp::ReactionsListResponse::create(
+                            b,
+                            &pp::ReactionsListResponseArgs {
+                                counts: Some(counts),
+                                entries: Some(entries),
+                                page: Some(info),
+                            },
+                        );
+                        wrap(b, id, PostsOp::ReactionsListResponse, r.as_union_value())
+                    })
                 }
                 Call::Repost(post_id) => one(&posts.repost(me, post_id).await.map_err(err)?, None),
                 Call::History(post_id) => {
@@ -493,7 +679,10 @@ impl<S: Store + 'static> Service for PostsApi<S> {
                         .await
                         .map_err(err)?;
                     enc(&|b| {
-                        let items: Vec<_> = list.iter().map(|p| post_table(b, p, None)).collect();
+                        let items: Vec<_> = list
+                            .iter()
+                            .map(|p| post_table(b, p, None, &ViewerState::default()))
+                            .collect();
                         let items = b.create_vector(&items);
                         let info = page_info(b, &next);
                         let r = pp::PostsResponse::create(
