@@ -446,14 +446,14 @@ async fn two_factor_enrolment_and_login_over_the_protocol() {
         })
         .await
         .expect("confirm");
-    let recovery = confirm
+    let recovery: Vec<String> = confirm
         .envelope()
         .body_as_auth()
         .and_then(|a| a.op_as_totp_confirm_response())
         .and_then(|r| r.recovery_codes())
-        .map(|c| c.len())
+        .map(|c| c.iter().map(str::to_string).collect())
         .expect("recovery codes");
-    assert_eq!(recovery, 10);
+    assert_eq!(recovery.len(), 10);
     let err = login(&anon, "judy", "correct horse battery")
         .await
         .err()
@@ -481,6 +481,50 @@ async fn two_factor_enrolment_and_login_over_the_protocol() {
         .await
         .expect("login with a code");
     assert_eq!(tokens_of(&ok).user_id, reg.user_id);
+    // New recovery codes (password + an old code) replace every old one.
+    let regenerate = |code: String| {
+        let judy = &judy;
+        async move {
+            judy.request(|b, id| {
+                let (p, c) = (
+                    b.create_string("correct horse battery"),
+                    b.create_string(&code),
+                );
+                let r = pa::RecoveryCodesRegenerateRequest::create(
+                    b,
+                    &pa::RecoveryCodesRegenerateRequestArgs {
+                        password: Some(p),
+                        code: Some(c),
+                    },
+                );
+                auth_envelope(
+                    b,
+                    id,
+                    AuthOp::RecoveryCodesRegenerateRequest,
+                    r.as_union_value(),
+                )
+            })
+            .await
+        }
+    };
+    let fresh: Vec<String> = regenerate(recovery[0].clone())
+        .await
+        .expect("regenerated")
+        .envelope()
+        .body_as_auth()
+        .and_then(|a| a.op_as_recovery_codes_response())
+        .and_then(|r| r.recovery_codes())
+        .map(|c| c.iter().map(str::to_string).collect())
+        .expect("codes");
+    assert_eq!(fresh.len(), 10);
+    assert!(fresh.iter().all(|c| !recovery.contains(c)));
+    let err = regenerate(recovery[1].clone())
+        .await
+        .expect_err("old codes are void");
+    assert_eq!(err.code(), Some(ErrorCode::SecondFactorInvalid));
+    regenerate(fresh[0].clone())
+        .await
+        .expect("a new code works");
 }
 
 #[tokio::test]

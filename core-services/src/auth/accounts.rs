@@ -652,6 +652,28 @@ impl<S: Store> Accounts<S> {
         self.save(&account).await
     }
 
+    /// Replaces every recovery code with a fresh set (shown once): needs the password and
+    /// a current code (or one of the old recovery codes).
+    pub async fn regenerate_recovery_codes(
+        &self,
+        user_id: u64,
+        password: String,
+        code: &str,
+    ) -> Result<Vec<String>, AccountError> {
+        let mut account = self
+            .reauthenticate_fully(user_id, password, Some(code))
+            .await?;
+        let sf = account
+            .second_factor
+            .as_mut()
+            .filter(|sf| sf.confirmed)
+            .ok_or(AccountError::SecondFactorState)?;
+        let (codes, hashes) = totp::recovery_codes();
+        sf.recovery = hashes;
+        self.save(&account).await?;
+        Ok(codes)
+    }
+
     async fn open_session(
         &self,
         user_id: u64,

@@ -183,6 +183,10 @@ enum Call {
         password: String,
         code: String,
     },
+    RecoveryCodes {
+        password: String,
+        code: String,
+    },
     Refresh {
         token: String,
     },
@@ -275,6 +279,15 @@ fn parse(env: &Envelope<'_>) -> Result<Call, ErrorReply> {
                 .op_as_totp_disable_request()
                 .ok_or_else(|| missing("totp"))?;
             Call::TotpDisable {
+                password: r.password().ok_or_else(|| missing("password"))?.to_string(),
+                code: r.code().ok_or_else(|| missing("code"))?.to_string(),
+            }
+        }
+        AuthOp::RecoveryCodesRegenerateRequest => {
+            let r = auth
+                .op_as_recovery_codes_regenerate_request()
+                .ok_or_else(|| missing("recovery"))?;
+            Call::RecoveryCodes {
                 password: r.password().ok_or_else(|| missing("password"))?.to_string(),
                 code: r.code().ok_or_else(|| missing("code"))?.to_string(),
             }
@@ -459,6 +472,24 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                             },
                         );
                         wrap(b, id, AuthOp::TotpConfirmResponse, r.as_union_value())
+                    })
+                }
+                Call::RecoveryCodes { password, code } => {
+                    let p = me()?;
+                    let codes = accounts
+                        .regenerate_recovery_codes(p.user_id, password, &code)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| {
+                        let list: Vec<_> = codes.iter().map(|c| b.create_string(c)).collect();
+                        let list = b.create_vector(&list);
+                        let r = pa::RecoveryCodesResponse::create(
+                            b,
+                            &pa::RecoveryCodesResponseArgs {
+                                recovery_codes: Some(list),
+                            },
+                        );
+                        wrap(b, id, AuthOp::RecoveryCodesResponse, r.as_union_value())
                     })
                 }
                 Call::TotpDisable { password, code } => {
