@@ -58,6 +58,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::posts::INTERACTION_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 9,
+        name: "accounts: password resets",
+        tables: crate::auth::accounts::RESET_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

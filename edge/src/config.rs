@@ -32,6 +32,28 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Access tokens.
     pub auth: AuthConfig,
+    /// Outgoing mail (password-reset codes).
+    pub mail: MailConfig,
+}
+
+/// Outgoing mail through an SMTP relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// `smtp://host:25` (plain, for a local relay), `smtp://user:pass@host:587?tls=required`
+    /// (STARTTLS) or `smtps://user:pass@host:465`. Absent: password resets are unavailable.
+    pub smtp_url: Option<String>,
+    /// The `From:` address.
+    pub from: String,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            from: "Selfie <no-reply@localhost>".into(),
+        }
+    }
 }
 
 /// Access tokens (PASETO v4.public, verified at the edge).
@@ -230,7 +252,9 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 7] = ["server", "tls", "limits", "ops", "log", "storage", "auth"];
+const SECTIONS: [&str; 8] = [
+    "server", "tls", "limits", "ops", "log", "storage", "auth", "mail",
+];
 
 fn scalar(raw: &str) -> Value {
     // `key = <raw>` parses as TOML when it is a number, boolean, array...; else a string.
@@ -395,6 +419,7 @@ impl Config {
         let mut c = self.clone();
         c.storage.cql_url = c.storage.cql_url.as_deref().map(redact_url);
         c.storage.redis_url = c.storage.redis_url.as_deref().map(redact_url);
+        c.mail.smtp_url = c.mail.smtp_url.as_deref().map(redact_url);
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 }

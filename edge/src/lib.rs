@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod fleet;
+pub mod mail;
 pub mod metrics;
 pub mod ops;
 pub mod service;

@@ -202,6 +202,15 @@ fn main() -> anyhow::Result<()> {
                 None => None,
             };
             let graph_locks = fleet.as_ref().map(|f| f.graph_locks());
+            // Password-reset codes go out through the configured SMTP relay, if any.
+            let mailer: Option<Arc<dyn selfie_services::auth::mail::Mailer>> =
+                match config.mail.smtp_url.as_deref() {
+                    Some(url) => Some(Arc::new(selfie_edge::mail::SmtpMailer::new(
+                        url,
+                        &config.mail.from,
+                    )?)),
+                    None => None,
+                };
             let access_ttl = Duration::from_secs(config.auth.access_token_ttl_s);
             let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
                 let mut registry = Registry::new();
@@ -246,7 +255,11 @@ fn main() -> anyhow::Result<()> {
                     node,
                     shard as u16,
                     throttle.clone(),
-                ) {
+                )
+                .map(|a| match &mailer {
+                    Some(m) => a.with_mailer(m.clone()),
+                    None => a,
+                }) {
                     Ok(accounts) => registry.register(
                         selfie_protocol::Service::Auth,
                         Rc::new(AuthApi::new(accounts, users, graph, access_ttl)),

@@ -27,6 +27,9 @@ use selfie_storage::{Clock, Scan, Store, StoreError, Table, TableKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use subtle::ConstantTimeEq;
+
+use super::mail::{Mail, Mailer};
 use super::password::{PasswordError, PasswordHasher};
 use super::throttle::{LoginThrottle, Throttled};
 use super::tokens::{AccessTokens, TokenError};
@@ -154,6 +157,9 @@ pub enum AccountError {
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
+    /// The deployment cannot do this (no mail relay configured for password resets).
+    #[error("unavailable")]
+    Unavailable,
     /// A stored record could not be decoded.
     #[error("corrupt account record")]
     Corrupt,
@@ -228,6 +234,34 @@ pub struct Accounts<S> {
     clock: Arc<dyn Clock>,
     ids: std::cell::RefCell<IdGenerator>,
     throttle: LoginThrottle,
+    mailer: Option<Arc<dyn Mailer>>,
+}
+
+/// user id → the pending password-reset code's hash (one at a time; expires on its own).
+pub static RESETS: Table = Table {
+    name: "auth_password_resets",
+    kind: TableKind::Rows,
+    partition: &["user_id"],
+    clustering: &[],
+    default_ttl: Some(RESET_TTL),
+    doc: "pending password-reset codes (SHA-256), 30 minutes",
+};
+
+/// The password-reset table (a later migration than [`TABLES`]).
+pub static RESET_TABLES: &[&Table] = &[&RESETS];
+
+/// How long a password-reset code works.
+pub const RESET_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// A reset code: 10 characters of an unambiguous alphabet (~50 bits), so that with the
+/// attempt throttling an online guess is hopeless.
+fn reset_code() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..10)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
 }
 
 fn key_u64(v: u64) -> Bytes {
@@ -281,7 +315,123 @@ impl<S: Store> Accounts<S> {
             clock,
             ids: std::cell::RefCell::new(ids),
             throttle,
+            mailer: None,
         })
+    }
+
+    /// Sends password-reset codes through `mailer` (without one, resets are unavailable).
+    pub fn with_mailer(mut self, mailer: Arc<dyn Mailer>) -> Self {
+        self.mailer = Some(mailer);
+        self
+    }
+
+    /// Starts a password reset for the account with `email`: a single-use code, valid for
+    /// [`RESET_TTL`], is mailed to that address. The answer is the same whether or not
+    /// the address belongs to an account (nothing to enumerate), and the mail goes out
+    /// after the answer (no timing difference). Throttled per address and per e-mail like
+    /// logins; a new code replaces the previous one.
+    pub async fn password_reset_start(
+        &self,
+        email: &str,
+        ip: std::net::IpAddr,
+    ) -> Result<(), AccountError> {
+        let Some(mailer) = self.mailer.clone() else {
+            return Err(AccountError::Unavailable);
+        };
+        if !valid_email(email) {
+            return Err(AccountError::InvalidArgument { field: "email" });
+        }
+        let key = format!("reset:{}", email.to_ascii_lowercase());
+        self.throttle
+            .check(&key, ip, self.clock.now_ms())
+            .map_err(AccountError::Throttled)?;
+        // Every request counts towards the lockout, so codes cannot be requested in bulk.
+        self.throttle.record(&key, false, self.clock.now_ms());
+        let Some(account) = self
+            .account_by_identifier(email)
+            .await?
+            .filter(|a| !a.deleted && a.email.eq_ignore_ascii_case(email))
+        else {
+            return Ok(());
+        };
+        let code = reset_code();
+        self.store
+            .put(
+                &RESETS,
+                &key_u64(account.user_id),
+                &[],
+                &sha256(&code),
+                None,
+            )
+            .await?;
+        let mail = Mail {
+            to: account.email.clone(),
+            subject: "Your Selfie password reset code".into(),
+            body: format!(
+                "Someone (hopefully you) asked to reset the password of @{}.\n\n\
+                 Your code: {code}\n\nIt works once, for 30 minutes. If you did not ask, \
+                 ignore this message: your password stays as it is.\n",
+                account.username
+            ),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = mailer.send(mail).await {
+                tracing::warn!(error = %e, "password reset mail not sent");
+            }
+        });
+        Ok(())
+    }
+
+    /// Finishes a password reset: the code mailed to `email` sets `new_password`, signs
+    /// out every session and clears login lockouts. Wrong codes count like failed logins.
+    pub async fn password_reset_finish(
+        &self,
+        email: &str,
+        code: &str,
+        new_password: String,
+        ip: std::net::IpAddr,
+    ) -> Result<(), AccountError> {
+        let key = format!("reset:{}", email.to_ascii_lowercase());
+        self.throttle
+            .check(&key, ip, self.clock.now_ms())
+            .map_err(AccountError::Throttled)?;
+        let account = self
+            .account_by_identifier(email)
+            .await?
+            .filter(|a| !a.deleted && a.email.eq_ignore_ascii_case(email));
+        let stored = match &account {
+            Some(a) => self.store.get(&RESETS, &key_u64(a.user_id), &[]).await?,
+            None => None,
+        };
+        let presented = sha256(&code.trim().to_ascii_uppercase());
+        let matches = stored
+            .as_deref()
+            .is_some_and(|s| bool::from(s.ct_eq(presented.as_ref())));
+        let (Some(mut account), true) = (account, matches) else {
+            self.throttle.record(&key, false, self.clock.now_ms());
+            return Err(AccountError::InvalidCredentials);
+        };
+        // Single use: whoever deletes the code first is the one reset.
+        if !self
+            .store
+            .delete_if_present(&RESETS, &key_u64(account.user_id), &[])
+            .await?
+        {
+            return Err(AccountError::InvalidCredentials);
+        }
+        account.password_hash = self.hasher.hash(new_password).await?;
+        self.save(&account).await?;
+        for s in self.sessions(account.user_id).await? {
+            if !s.revoked {
+                self.revoke(account.user_id, s.session_id).await?;
+            }
+        }
+        self.throttle.record(&key, true, self.clock.now_ms());
+        self.note_attempt(&account.username.to_ascii_lowercase(), true)
+            .await;
+        self.note_attempt(&account.email.to_ascii_lowercase(), true)
+            .await;
+        Ok(())
     }
 
     fn next_id(&self) -> u64 {

@@ -9,6 +9,7 @@
 //! Secrets are never logged and never appear in error messages.
 
 pub mod accounts;
+pub mod mail;
 pub mod password;
 pub mod throttle;
 pub mod tokens;

@@ -88,6 +88,10 @@ pub fn error_reply(e: &AccountError) -> ErrorReply {
             (ErrorCode::Overloaded, "try again shortly".into())
         }
         AccountError::Storage(_) => (ErrorCode::StorageFailure, "storage unavailable".into()),
+        AccountError::Unavailable => (
+            ErrorCode::Unavailable,
+            "not available on this deployment".into(),
+        ),
         AccountError::Throttled(t) => {
             let (code, wait) = match t {
                 Throttled::Address(w) => (ErrorCode::RateLimited, w),
@@ -183,6 +187,14 @@ enum Call {
         password: String,
         code: String,
     },
+    ResetStart {
+        email: String,
+    },
+    ResetFinish {
+        email: String,
+        code: String,
+        new_password: String,
+    },
     RecoveryCodes {
         password: String,
         code: String,
@@ -233,6 +245,26 @@ fn parse(env: &Envelope<'_>) -> Result<Call, ErrorReply> {
                 totp_code: r.totp_code().map(str::to_string),
                 recovery_code: r.recovery_code().map(str::to_string),
                 device: device_name(r.device()),
+            }
+        }
+        AuthOp::PasswordResetStartRequest => Call::ResetStart {
+            email: auth
+                .op_as_password_reset_start_request()
+                .and_then(|r| r.email())
+                .ok_or_else(|| missing("email"))?
+                .to_string(),
+        },
+        AuthOp::PasswordResetFinishRequest => {
+            let r = auth
+                .op_as_password_reset_finish_request()
+                .ok_or_else(|| missing("reset"))?;
+            Call::ResetFinish {
+                email: r.email().ok_or_else(|| missing("email"))?.to_string(),
+                code: r.code().ok_or_else(|| missing("code"))?.to_string(),
+                new_password: r
+                    .new_password()
+                    .ok_or_else(|| missing("new_password"))?
+                    .to_string(),
             }
         }
         AuthOp::PasswordChangeRequest => {
@@ -473,6 +505,24 @@ impl<S: Store + 'static> Service for AuthApi<S> {
                         );
                         wrap(b, id, AuthOp::TotpConfirmResponse, r.as_union_value())
                     })
+                }
+                Call::ResetStart { email } => {
+                    accounts
+                        .password_reset_start(&email, ctx.peer_ip)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| build::ack(b, id))
+                }
+                Call::ResetFinish {
+                    email,
+                    code,
+                    new_password,
+                } => {
+                    accounts
+                        .password_reset_finish(&email, &code, new_password, ctx.peer_ip)
+                        .await
+                        .map_err(|e| error_reply(&e))?;
+                    enc(&|b| build::ack(b, id))
                 }
                 Call::RecoveryCodes { password, code } => {
                     let p = me()?;

@@ -41,6 +41,8 @@ pub struct Parts {
     /// The signing key every node loads (each node has its own revocation set).
     pub secret_key: Vec<u8>,
     pub throttle: ThrottleConfig,
+    /// Sends password-reset mail, when set.
+    pub mailer: Option<Arc<dyn selfie_services::auth::mail::Mailer>>,
     dir: Arc<tempfile::TempDir>,
 }
 
@@ -62,6 +64,7 @@ pub fn parts() -> Parts {
             max_lockout: Duration::from_secs(2),
             ..ThrottleConfig::default()
         },
+        mailer: None,
         dir: Arc::new(dir),
     }
 }
@@ -104,6 +107,7 @@ pub fn start_in_fleet(
     config.server.drain_deadline_ms = 1_000;
     config.ops.listen = "127.0.0.1:0".parse().expect("addr");
     let store = parts.store.clone();
+    let mailer = parts.mailer.clone();
     // Distinct node numbers keep ids unique across the nodes of one store.
     static NODES: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
     let node = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250 + 1;
@@ -127,6 +131,10 @@ pub fn start_in_fleet(
             throttle.clone(),
         )
         .expect("accounts");
+        let accounts = match &mailer {
+            Some(m) => accounts.with_mailer(m.clone()),
+            None => accounts,
+        };
         let users = Rc::new(Users::new(store.clone()));
         let graph = Rc::new(match &graph_locks {
             Some(locks) => Graph::new(store.clone()).with_fleet_locks(locks.clone()),
