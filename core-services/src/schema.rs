@@ -54,6 +54,8 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 8,
+        // Like migration 5, this starts its bookkeeping fresh: no deployment holds
+        // comments, reposts or reactions from before it (it landed before any release).
         name: "posts: reposts by user, comment index, reaction kinds",
         tables: crate::posts::INTERACTION_TABLES,
         statements: &[],

@@ -546,6 +546,12 @@ async fn interactions<S: Store + Clone>(store: S) {
     w.posts.react(STRANGER, id, "🔥").await.expect("react");
     w.posts.react(FAN, id, "🔥").await.expect("replace");
     w.posts.react(FAN, id, "🔥").await.expect("same again");
+    for bad in ["!", "ok", "🔥 🔥", ""] {
+        assert!(matches!(
+            w.posts.react(STRANGER, id, bad).await,
+            Err(PostsError::InvalidArgument { .. })
+        ));
+    }
     let (counts, entries, _) = w
         .posts
         .reactions(OWNER, id, None, 10, None)
@@ -595,6 +601,14 @@ async fn interactions<S: Store + Clone>(store: S) {
     assert_eq!(w.posts.count(id, "reposts").await.expect("n"), 1);
     assert!(w.posts.viewer_reposted(FAN, id).await.expect("reposted"));
     assert_eq!(w.posts.posts_count(FAN).await.expect("n"), 1);
+    // Deleting the repost itself is undoing it.
+    w.posts
+        .delete(FAN, first.post_id)
+        .await
+        .expect("delete repost");
+    assert!(!w.posts.viewer_reposted(FAN, id).await.expect("not now"));
+    let third = w.posts.repost(FAN, id).await.expect("repost again");
+    assert_ne!(third.post_id, first.post_id);
     w.posts.undo_repost(FAN, id).await.expect("undo");
     w.posts.undo_repost(FAN, id).await.expect("idempotent");
     assert_eq!(w.posts.count(id, "reposts").await.expect("n"), 0);
@@ -654,6 +668,18 @@ async fn interactions<S: Store + Clone>(store: S) {
         .await
         .expect("own reply");
     assert_eq!(w.posts.count(id, "comments").await.expect("n"), 0);
+    // The post's author removes a comment even from someone they block.
+    let troll = w
+        .posts
+        .comment(STRANGER, id, 0, "troll")
+        .await
+        .expect("comment");
+    w.graph.block(OWNER, STRANGER).await.expect("block");
+    w.posts
+        .delete_comment(OWNER, troll.comment_id)
+        .await
+        .expect("moderated across the block");
+    w.graph.unblock(OWNER, STRANGER).await.expect("unblock");
     // Batch reads: what the viewer may read, in request order.
     let friends_only = w
         .posts

@@ -134,10 +134,15 @@ async fn a_mailed_code_resets_the_password_once_and_signs_out_every_session() {
         .await
         .expect("reset started");
     let code = smtp.code(1).await;
+    // A second request (by anyone) does not void the first code.
+    reset_start(&anon, "rita@example.com").await.expect("again");
+    let second = smtp.code(2).await;
+    assert_ne!(code, second);
     assert_eq!(code.len(), 10);
     let mail = smtp.received();
     assert!(mail.contains("rita@example.com"), "{mail}");
     assert!(!mail.contains("nobody@example.com"), "{mail}");
+    assert_eq!(mail.matches("Your code: ").count(), 2, "{mail}");
     // A wrong code is refused like a wrong password.
     let err = reset_finish(
         &anon,
@@ -148,6 +153,11 @@ async fn a_mailed_code_resets_the_password_once_and_signs_out_every_session() {
     .await
     .expect_err("wrong code");
     assert_eq!(err.code(), Some(ErrorCode::InvalidCredentials));
+    // A refused new password does not spend the code.
+    let err = reset_finish(&anon, "rita@example.com", &code, "short")
+        .await
+        .expect_err("too short");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
     // The right one sets the password and signs out every session.
     reset_finish(&anon, "rita@example.com", &code, "a brand new secret")
         .await

@@ -244,7 +244,7 @@ pub static RESETS: Table = Table {
     partition: &["user_id"],
     clustering: &[],
     default_ttl: Some(RESET_TTL),
-    doc: "pending password-reset codes (SHA-256), 30 minutes",
+    doc: "pending password-reset codes (SHA-256 of the two most recent), 30 minutes",
 };
 
 /// The password-reset table (a later migration than [`TABLES`]).
@@ -328,8 +328,9 @@ impl<S: Store> Accounts<S> {
     /// Starts a password reset for the account with `email`: a single-use code, valid for
     /// [`RESET_TTL`], is mailed to that address. The answer is the same whether or not
     /// the address belongs to an account (nothing to enumerate), and the mail goes out
-    /// after the answer (no timing difference). Throttled per address and per e-mail like
-    /// logins; a new code replaces the previous one.
+    /// after the answer; unknown addresses cost the same storage work (no timing
+    /// difference). Throttled per address and per e-mail like logins, on this node and
+    /// the fleet; the two most recent codes work.
     pub async fn password_reset_start(
         &self,
         email: &str,
@@ -341,29 +342,38 @@ impl<S: Store> Accounts<S> {
         if !valid_email(email) {
             return Err(AccountError::InvalidArgument { field: "email" });
         }
-        let key = format!("reset:{}", email.to_ascii_lowercase());
-        self.throttle
-            .check(&key, ip, self.clock.now_ms())
-            .map_err(AccountError::Throttled)?;
+        // Requests have their own throttle key: asking for codes never locks out the
+        // owner's attempts to use one.
+        let key = format!("reset-start:{}", email.to_ascii_lowercase());
+        self.reset_throttle(&key, ip).await?;
         // Every request counts towards the lockout, so codes cannot be requested in bulk.
-        self.throttle.record(&key, false, self.clock.now_ms());
-        let Some(account) = self
+        self.reset_attempt(&key, false).await;
+        let account = self
             .account_by_identifier(email)
             .await?
-            .filter(|a| !a.deleted && a.email.eq_ignore_ascii_case(email))
-        else {
+            .filter(|a| !a.deleted && a.email.eq_ignore_ascii_case(email));
+        let code = reset_code();
+        // The same storage work with or without an account (user 0 is nobody), so the
+        // answer's timing tells nothing either.
+        let (user_id, previous) = match &account {
+            Some(a) => (
+                a.user_id,
+                self.store.get(&RESETS, &key_u64(a.user_id), &[]).await?,
+            ),
+            None => (0, self.store.get(&RESETS, &key_u64(0), &[]).await?),
+        };
+        // The new code and the one before it both work (a request by someone else cannot
+        // void a code the owner is about to type).
+        let mut hashes = sha256(&code).to_vec();
+        if let Some(p) = previous.as_deref().and_then(|p| p.get(..32)) {
+            hashes.extend_from_slice(p);
+        }
+        self.store
+            .put(&RESETS, &key_u64(user_id), &[], &hashes, None)
+            .await?;
+        let Some(account) = account else {
             return Ok(());
         };
-        let code = reset_code();
-        self.store
-            .put(
-                &RESETS,
-                &key_u64(account.user_id),
-                &[],
-                &sha256(&code),
-                None,
-            )
-            .await?;
         let mail = Mail {
             to: account.email.clone(),
             subject: "Your Selfie password reset code".into(),
@@ -392,9 +402,7 @@ impl<S: Store> Accounts<S> {
         ip: std::net::IpAddr,
     ) -> Result<(), AccountError> {
         let key = format!("reset:{}", email.to_ascii_lowercase());
-        self.throttle
-            .check(&key, ip, self.clock.now_ms())
-            .map_err(AccountError::Throttled)?;
+        self.reset_throttle(&key, ip).await?;
         let account = self
             .account_by_identifier(email)
             .await?
@@ -404,13 +412,18 @@ impl<S: Store> Accounts<S> {
             None => None,
         };
         let presented = sha256(&code.trim().to_ascii_uppercase());
-        let matches = stored
-            .as_deref()
-            .is_some_and(|s| bool::from(s.ct_eq(presented.as_ref())));
+        let matches = stored.as_deref().is_some_and(|s| {
+            s.chunks(32).fold(false, |hit, h| {
+                hit | bool::from(h.ct_eq(presented.as_ref()))
+            })
+        });
         let (Some(mut account), true) = (account, matches) else {
-            self.throttle.record(&key, false, self.clock.now_ms());
+            self.reset_attempt(&key, false).await;
             return Err(AccountError::InvalidCredentials);
         };
+        // The new password is checked and hashed before the code is spent, so a refused
+        // password or a busy hasher leaves the code usable.
+        let hash = self.hasher.hash(new_password).await?;
         // Single use: whoever deletes the code first is the one reset.
         if !self
             .store
@@ -419,14 +432,14 @@ impl<S: Store> Accounts<S> {
         {
             return Err(AccountError::InvalidCredentials);
         }
-        account.password_hash = self.hasher.hash(new_password).await?;
+        account.password_hash = hash;
         self.save(&account).await?;
         for s in self.sessions(account.user_id).await? {
             if !s.revoked {
                 self.revoke(account.user_id, s.session_id).await?;
             }
         }
-        self.throttle.record(&key, true, self.clock.now_ms());
+        self.reset_attempt(&key, true).await;
         self.note_attempt(&account.username.to_ascii_lowercase(), true)
             .await;
         self.note_attempt(&account.email.to_ascii_lowercase(), true)
@@ -597,6 +610,25 @@ impl<S: Store> Accounts<S> {
             self.note_attempt(&key, true).await;
         }
         self.open_session(account.user_id, device_name).await
+    }
+
+    /// The node's and the fleet's throttle for a password-reset key.
+    async fn reset_throttle(&self, key: &str, ip: std::net::IpAddr) -> Result<(), AccountError> {
+        self.throttle
+            .check(key, ip, self.clock.now_ms())
+            .map_err(AccountError::Throttled)?;
+        if let Some(fleet) = self.throttle.fleet() {
+            fleet
+                .check(key, ip)
+                .await
+                .map_err(AccountError::Throttled)?;
+        }
+        Ok(())
+    }
+
+    /// Records a password-reset attempt with the node's throttle and the fleet's.
+    async fn reset_attempt(&self, key: &str, success: bool) {
+        self.note_attempt(key, success).await;
     }
 
     /// Records a login attempt's outcome with the node's throttle and the fleet's.

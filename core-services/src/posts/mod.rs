@@ -299,6 +299,9 @@ pub enum PostsError {
     /// Only the author may do this.
     #[error("forbidden")]
     Forbidden,
+    /// Concurrent changes kept interfering: retry.
+    #[error("busy")]
+    Busy,
     /// The post's reply policy or the author's settings do not admit the viewer's comment.
     #[error("comments are limited")]
     CommentsLimited,
@@ -679,6 +682,12 @@ impl<S: Store> Posts<S> {
         if post.author_id != author {
             return Err(PostsError::Forbidden);
         }
+        // Deleting a repost is undoing it (its bookkeeping lives with the original).
+        if let Some(original) = post.repost_of
+            && !post.deleted
+        {
+            return self.undo_repost(author, original).await;
+        }
         post.deleted = true;
         post.text.clear();
         post.hashtags.clear();
@@ -796,7 +805,12 @@ impl<S: Store> Posts<S> {
     /// Sets the viewer's reaction on a readable post (one per user; a new one replaces).
     pub async fn react(&self, viewer: u64, post_id: u64, emoji: &str) -> Result<(), PostsError> {
         self.live(viewer, post_id).await?;
-        if emoji.is_empty() || emoji.chars().count() > 8 || emoji.chars().any(char::is_control) {
+        // An emoji: short, no control characters or spaces, and not plain ASCII text.
+        if emoji.is_empty()
+            || emoji.chars().count() > 8
+            || emoji.chars().any(|c| c.is_control() || c.is_whitespace())
+            || emoji.is_ascii()
+        {
             return Err(PostsError::InvalidArgument { field: "emoji" });
         }
         let _one = self.locks.lock((post_id, viewer)).await;
@@ -804,34 +818,54 @@ impl<S: Store> Posts<S> {
             .put(&REACTION_KINDS, &k(post_id), &counter(emoji), b"", None)
             .await?;
         // A first reaction is claimed (the total moves exactly once, whichever node
-        // wins); a later one replaces the emoji.
-        if self
-            .store
-            .insert_if_absent(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
-            .await?
-        {
+        // wins); a later one replaces the emoji. If the reaction vanishes between the two
+        // (an unreact on another node), claim again.
+        for _ in 0..4 {
+            if self
+                .store
+                .insert_if_absent(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
+                .await?
+            {
+                self.store
+                    .counter_add(&COUNTS, &k(post_id), &counter("reactions"), 1)
+                    .await?;
+                self.store
+                    .counter_add(&COUNTS, &k(post_id), &emoji_counter(emoji), 1)
+                    .await?;
+                return Ok(());
+            }
+            let Some(before) = self.store.get(&REACTIONS, &k(post_id), &k(viewer)).await? else {
+                continue;
+            };
+            if before.as_ref() == emoji.as_bytes() {
+                return Ok(());
+            }
             self.store
-                .counter_add(&COUNTS, &k(post_id), &counter("reactions"), 1)
+                .put(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
                 .await?;
             self.store
                 .counter_add(&COUNTS, &k(post_id), &emoji_counter(emoji), 1)
                 .await?;
+            let old = String::from_utf8_lossy(&before).into_owned();
+            self.drop_emoji(post_id, &old).await?;
             return Ok(());
         }
-        let before = self.store.get(&REACTIONS, &k(post_id), &k(viewer)).await?;
-        if before.as_deref() == Some(emoji.as_bytes()) {
-            return Ok(());
-        }
+        Err(PostsError::Busy)
+    }
+
+    /// One reaction with `emoji` fewer; the kind goes when none is left.
+    async fn drop_emoji(&self, post_id: u64, emoji: &str) -> Result<(), PostsError> {
         self.store
-            .put(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
+            .counter_add(&COUNTS, &k(post_id), &emoji_counter(emoji), -1)
             .await?;
-        self.store
-            .counter_add(&COUNTS, &k(post_id), &emoji_counter(emoji), 1)
-            .await?;
-        if let Some(old) = before {
-            let old = String::from_utf8_lossy(&old).into_owned();
+        if self
+            .store
+            .counter_get(&COUNTS, &k(post_id), &emoji_counter(emoji))
+            .await?
+            <= 0
+        {
             self.store
-                .counter_add(&COUNTS, &k(post_id), &emoji_counter(&old), -1)
+                .delete(&REACTION_KINDS, &k(post_id), &counter(emoji))
                 .await?;
         }
         Ok(())
@@ -849,9 +883,7 @@ impl<S: Store> Posts<S> {
             .await?
         {
             let old = String::from_utf8_lossy(&old).into_owned();
-            self.store
-                .counter_add(&COUNTS, &k(post_id), &emoji_counter(&old), -1)
-                .await?;
+            self.drop_emoji(post_id, &old).await?;
             self.store
                 .counter_add(&COUNTS, &k(post_id), &counter("reactions"), -1)
                 .await?;
@@ -871,9 +903,14 @@ impl<S: Store> Posts<S> {
         cursor: Option<Cursor>,
     ) -> Result<(Vec<(String, i64)>, Vec<Reaction>, Option<Cursor>), PostsError> {
         self.readable(viewer, post_id).await?;
+        // Kinds in use (a kind goes when its last reaction does); the most used listed.
         let kinds = self
             .store
-            .scan(&REACTION_KINDS, &k(post_id), &Scan::all(MAX_REACTION_KINDS))
+            .scan(
+                &REACTION_KINDS,
+                &k(post_id),
+                &Scan::all(4 * MAX_REACTION_KINDS),
+            )
             .await?;
         let mut counts = Vec::new();
         for r in &kinds.rows {
@@ -889,6 +926,7 @@ impl<S: Store> Posts<S> {
             }
         }
         counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counts.truncate(MAX_REACTION_KINDS);
         let page = self
             .store
             .scan(&REACTIONS, &k(post_id), &Scan::all(limit).after(cursor))
@@ -938,6 +976,7 @@ impl<S: Store> Posts<S> {
         comment_id: u64,
         text: &str,
     ) -> Result<Comment, PostsError> {
+        let _one = self.locks.lock((comment_id, 0)).await;
         let (post_id, mut c) = self.find_comment(viewer, comment_id).await?;
         if c.author_id != viewer {
             return Err(PostsError::Forbidden);
@@ -958,6 +997,7 @@ impl<S: Store> Posts<S> {
     /// Deletes a comment: its author may, and so may the post's author (on their own
     /// post). It stays as a tombstone for its replies.
     pub async fn delete_comment(&self, viewer: u64, comment_id: u64) -> Result<(), PostsError> {
+        let _one = self.locks.lock((comment_id, 0)).await;
         let (post_id, mut c) = self.find_comment(viewer, comment_id).await?;
         let post = self.readable(viewer, post_id).await?;
         if c.author_id != viewer && post.author_id != viewer {
@@ -996,7 +1036,7 @@ impl<S: Store> Posts<S> {
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes)
             .ok_or(PostsError::NotFound)?;
-        self.readable(viewer, post_id).await?;
+        let post = self.readable(viewer, post_id).await?;
         let c: Comment = self
             .store
             .get(&COMMENTS, &k(post_id), &k(comment_id))
@@ -1004,7 +1044,12 @@ impl<S: Store> Posts<S> {
             .map(|b| serde_json::from_slice(&b).map_err(|_| PostsError::Corrupt))
             .transpose()?
             .ok_or(PostsError::NotFound)?;
-        if c.deleted || graph::blocked_either_way(&self.store, viewer, c.author_id).await? {
+        // Across a block a comment does not exist — except for the post's author, who can
+        // still remove a blocked user's comment from their post.
+        if c.deleted
+            || (viewer != post.author_id
+                && graph::blocked_either_way(&self.store, viewer, c.author_id).await?)
+        {
             return Err(PostsError::NotFound);
         }
         Ok((post_id, c))

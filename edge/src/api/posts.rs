@@ -23,6 +23,7 @@ fn posts_error(e: &PostsError) -> ErrorReply {
         PostsError::Forbidden => {
             ErrorReply::new(ErrorCode::Forbidden, "only the author may do this")
         }
+        PostsError::Busy => ErrorReply::new(ErrorCode::Unavailable, "busy; try again"),
         PostsError::CommentsLimited => {
             ErrorReply::new(ErrorCode::Forbidden, "comments are limited on this post")
         }
@@ -347,7 +348,8 @@ fn comment_table(b: &mut Builder, c: &Comment) -> WIPOffset<pp::Comment<'static>
     let author = common::UserSummary::create(
         b,
         &common::UserSummaryArgs {
-            user_id: c.author_id,
+            // A tombstone does not say whose comment it was.
+            user_id: if c.deleted { 0 } else { c.author_id },
             ..Default::default()
         },
     );
@@ -403,6 +405,10 @@ impl<S: Store + 'static> Service for PostsApi<S> {
             | Call::Unreact(post_id)
             | Call::Repost(post_id)
             | Call::UndoRepost(post_id) => Some(post_id),
+            // One comment's edit and deletion meet on one shard and take turns.
+            Call::EditComment { comment_id, .. } | Call::DeleteComment(comment_id) => {
+                Some(comment_id)
+            }
             _ => None,
         }
     }
