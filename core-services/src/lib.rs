@@ -15,6 +15,22 @@
 //! reposts, quotes). [`schema`] lists the tables `selfie migrate` creates. Feeds, stories,
 //! chat and the rest come next.
 
+/// Declares `Rows` tables: `NAME, "table", [partition columns], [clustering columns],
+/// "doc";` (the services' own tables; counters are declared by hand).
+macro_rules! rows {
+    ($($name:ident, $table:literal, [$($p:literal),*], [$($c:literal),*], $doc:literal;)*) => {$(
+        #[doc = $doc]
+        pub static $name: selfie_storage::Table = selfie_storage::Table {
+            name: $table,
+            kind: selfie_storage::TableKind::Rows,
+            partition: &[$($p),*],
+            clustering: &[$($c),*],
+            default_ttl: None,
+            doc: $doc,
+        };
+    )*};
+}
+
 pub mod auth;
 pub mod graph;
 

@@ -347,7 +347,7 @@ impl<S: Store> Accounts<S> {
         let key = format!("reset-start:{}", email.to_ascii_lowercase());
         self.reset_throttle(&key, ip).await?;
         // Every request counts towards the lockout, so codes cannot be requested in bulk.
-        self.reset_attempt(&key, false).await;
+        self.note_attempt(&key, false).await;
         let account = self
             .account_by_identifier(email)
             .await?
@@ -418,7 +418,7 @@ impl<S: Store> Accounts<S> {
             })
         });
         let (Some(mut account), true) = (account, matches) else {
-            self.reset_attempt(&key, false).await;
+            self.note_attempt(&key, false).await;
             return Err(AccountError::InvalidCredentials);
         };
         // The new password is checked and hashed before the code is spent, so a refused
@@ -439,7 +439,7 @@ impl<S: Store> Accounts<S> {
                 self.revoke(account.user_id, s.session_id).await?;
             }
         }
-        self.reset_attempt(&key, true).await;
+        self.note_attempt(&key, true).await;
         self.note_attempt(&account.username.to_ascii_lowercase(), true)
             .await;
         self.note_attempt(&account.email.to_ascii_lowercase(), true)
@@ -624,11 +624,6 @@ impl<S: Store> Accounts<S> {
                 .map_err(AccountError::Throttled)?;
         }
         Ok(())
-    }
-
-    /// Records a password-reset attempt with the node's throttle and the fleet's.
-    async fn reset_attempt(&self, key: &str, success: bool) {
-        self.note_attempt(key, success).await;
     }
 
     /// Records a login attempt's outcome with the node's throttle and the fleet's.

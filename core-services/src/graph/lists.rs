@@ -23,20 +23,6 @@ use serde::{Deserialize, Serialize};
 use super::{FOLLOWING, GraphError, IdPage, KeyedLocks, blocked_either_way};
 use crate::users;
 
-macro_rules! rows {
-    ($($name:ident, $table:literal, [$($p:literal),*], [$($c:literal),*], $doc:literal;)*) => {$(
-        #[doc = $doc]
-        pub static $name: Table = Table {
-            name: $table,
-            kind: TableKind::Rows,
-            partition: &[$($p),*],
-            clustering: &[$($c),*],
-            default_ttl: None,
-            doc: $doc,
-        };
-    )*};
-}
-
 rows! {
     LISTS, "graph_lists", ["list_id"], [], "user lists";
     OWNER_LISTS, "graph_lists_by_owner", ["owner_id"], ["list_id"], "a user's lists";
@@ -241,10 +227,6 @@ impl<S: Store> Lists<S> {
         })
     }
 
-    async fn load(&self, list_id: u64) -> Result<Option<UserList>, GraphError> {
-        load(&self.store, list_id).await
-    }
-
     async fn save(&self, list: &UserList) -> Result<(), GraphError> {
         let b = serde_json::to_vec(list).map_err(|_| GraphError::Corrupt)?;
         self.store
@@ -256,7 +238,9 @@ impl<S: Store> Lists<S> {
     /// The list as `viewer` may see it (`NotFound` when private to someone else, across a
     /// block, or of a deleted owner).
     async fn visible(&self, viewer: u64, list_id: u64) -> Result<UserList, GraphError> {
-        let list = self.load(list_id).await?.ok_or(GraphError::NotFound)?;
+        let list = load(&self.store, list_id)
+            .await?
+            .ok_or(GraphError::NotFound)?;
         if list.owner_id == viewer {
             return Ok(list);
         }
@@ -461,7 +445,7 @@ impl<S: Store> Lists<S> {
             let Some(id) = KeyReader::new(&r.clustering).u64() else {
                 continue;
             };
-            if let Some(list) = self.load(id).await?
+            if let Some(list) = load(&self.store, id).await?
                 && (viewer == owner || !list.private)
             {
                 let n = self.members_count(id).await?;

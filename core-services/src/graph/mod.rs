@@ -29,30 +29,16 @@ use selfie_storage::{Cursor, Scan, Store, StoreError, Table, TableKind};
 
 use crate::users::{self, UsersError};
 
-macro_rules! edges {
-    ($($name:ident, $table:literal, $p:literal, $c:literal, $doc:literal;)*) => {$(
-        #[doc = $doc]
-        pub static $name: Table = Table {
-            name: $table,
-            kind: TableKind::Rows,
-            partition: &[$p],
-            clustering: &[$c],
-            default_ttl: None,
-            doc: $doc,
-        };
-    )*};
-}
-
-edges! {
-    FOLLOWING, "graph_following", "user_id", "followed_id", "who a user follows";
-    FOLLOWERS, "graph_followers", "user_id", "follower_id", "who follows a user";
-    REQUESTS_IN, "graph_requests_in", "user_id", "requester_id", "follow requests received";
-    REQUESTS_OUT, "graph_requests_out", "user_id", "target_id", "follow requests sent";
-    BLOCKS, "graph_blocks", "user_id", "blocked_id", "who a user blocks";
-    BLOCKED_BY, "graph_blocked_by", "user_id", "blocker_id", "who blocks a user";
-    MUTES, "graph_mutes", "user_id", "muted_id", "who a user mutes";
-    CLOSE_FRIENDS, "graph_close_friends", "user_id", "friend_id", "a user's close friends";
-    CLOSE_FRIEND_OF, "graph_close_friend_of", "user_id", "owner_id", "whose close friend a user is";
+rows! {
+    FOLLOWING, "graph_following", ["user_id"], ["followed_id"], "who a user follows";
+    FOLLOWERS, "graph_followers", ["user_id"], ["follower_id"], "who follows a user";
+    REQUESTS_IN, "graph_requests_in", ["user_id"], ["requester_id"], "follow requests received";
+    REQUESTS_OUT, "graph_requests_out", ["user_id"], ["target_id"], "follow requests sent";
+    BLOCKS, "graph_blocks", ["user_id"], ["blocked_id"], "who a user blocks";
+    BLOCKED_BY, "graph_blocked_by", ["user_id"], ["blocker_id"], "who blocks a user";
+    MUTES, "graph_mutes", ["user_id"], ["muted_id"], "who a user mutes";
+    CLOSE_FRIENDS, "graph_close_friends", ["user_id"], ["friend_id"], "a user's close friends";
+    CLOSE_FRIEND_OF, "graph_close_friend_of", ["user_id"], ["owner_id"], "whose close friend a user is";
 }
 
 /// `followers` / `following` counts per user.

@@ -27,20 +27,6 @@ use serde::{Deserialize, Serialize};
 use crate::graph;
 use crate::users;
 
-macro_rules! rows {
-    ($($name:ident, $table:literal, [$($p:literal),*], [$($c:literal),*], $doc:literal;)*) => {$(
-        #[doc = $doc]
-        pub static $name: Table = Table {
-            name: $table,
-            kind: TableKind::Rows,
-            partition: &[$($p),*],
-            clustering: &[$($c),*],
-            default_ttl: None,
-            doc: $doc,
-        };
-    )*};
-}
-
 rows! {
     POSTS, "posts", ["post_id"], [], "posts";
     HISTORY, "posts_history", ["post_id"], ["edited_at_ms"], "earlier versions of edited posts";
@@ -424,14 +410,7 @@ impl<S: Store> Posts<S> {
     ) -> Result<Vec<u64>, PostsError> {
         let mut ids = Vec::new();
         for name in names {
-            let key = KeyBuilder::new().str(&name.to_ascii_lowercase()).build();
-            if let Some(v) = self
-                .store
-                .get(&crate::auth::accounts::USERNAMES, &key, &[])
-                .await?
-                && let Ok(bytes) = <[u8; 8]>::try_from(v.as_ref())
-            {
-                let id = u64::from_be_bytes(bytes);
+            if let Some(id) = users::id_by_username(&self.store, name).await? {
                 let live = users::load(&self.store, id)
                     .await
                     .map_err(|_| PostsError::Corrupt)?

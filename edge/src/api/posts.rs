@@ -15,6 +15,7 @@ use selfie_services::posts::{
 };
 use selfie_storage::{Cursor, Store};
 
+use super::{encode, page_info, page_request, signed_in};
 use crate::service::{ErrorReply, RequestContext, Service};
 
 fn posts_error(e: &PostsError) -> ErrorReply {
@@ -129,14 +130,6 @@ enum Call {
     },
 }
 
-fn page(p: Option<common::PageRequest<'_>>) -> (usize, Option<Cursor>) {
-    (
-        p.map_or(20, |p| usize::from(p.limit())).clamp(1, 100),
-        p.and_then(|p| p.cursor())
-            .map(|c| Cursor(Bytes::copy_from_slice(c.bytes()))),
-    )
-}
-
 fn parse(env: &Envelope<'_>) -> Option<Call> {
     let p = env.body_as_posts()?;
     let text = |t: Option<&str>| t.unwrap_or_default().to_string();
@@ -178,7 +171,7 @@ fn parse(env: &Envelope<'_>) -> Option<Call> {
         }
         PostsOp::CommentsListRequest => {
             let r = p.op_as_comments_list_request()?;
-            let (limit, cursor) = page(r.page());
+            let (limit, cursor) = page_request(r.page());
             Call::Comments {
                 post_id: r.post_id(),
                 limit,
@@ -230,7 +223,7 @@ fn parse(env: &Envelope<'_>) -> Option<Call> {
             if r.target_kind() != common::ObjectKind::Post {
                 return None;
             }
-            let (limit, cursor) = page(r.page());
+            let (limit, cursor) = page_request(r.page());
             Call::Reactions {
                 post_id: r.target_id(),
                 only: r.emoji().filter(|e| !e.is_empty()).map(str::to_string),
@@ -240,7 +233,7 @@ fn parse(env: &Envelope<'_>) -> Option<Call> {
         }
         PostsOp::UserPostsRequest => {
             let r = p.op_as_user_posts_request()?;
-            let (limit, cursor) = page(r.page());
+            let (limit, cursor) = page_request(r.page());
             Call::ByUser {
                 user_id: r.user_id(),
                 limit,
@@ -265,6 +258,29 @@ fn wrap(
         },
     );
     super::envelope(b, id, Body::Posts, body.as_union_value())
+}
+
+/// A page of posts (without counts or the viewer's own state).
+fn posts_page(
+    b: &mut Builder,
+    id: u64,
+    list: &[Post],
+    next: &Option<Cursor>,
+) -> WIPOffset<Envelope<'static>> {
+    let items: Vec<_> = list
+        .iter()
+        .map(|p| post_table(b, p, None, &ViewerState::default()))
+        .collect();
+    let items = b.create_vector(&items);
+    let info = page_info(b, next);
+    let r = pp::PostsResponse::create(
+        b,
+        &pp::PostsResponseArgs {
+            posts: Some(items),
+            page: Some(info),
+        },
+    );
+    wrap(b, id, PostsOp::PostsResponse, r.as_union_value())
 }
 
 /// What the viewer did to a post (shown on single reads).
@@ -369,17 +385,6 @@ fn comment_table(b: &mut Builder, c: &Comment) -> WIPOffset<pp::Comment<'static>
     )
 }
 
-fn page_info(b: &mut Builder, cursor: &Option<Cursor>) -> WIPOffset<common::PageInfo<'static>> {
-    let next = cursor.as_ref().map(|c| b.create_vector(&c.0));
-    common::PageInfo::create(
-        b,
-        &common::PageInfoArgs {
-            next_cursor: next,
-            has_more: cursor.is_some(),
-        },
-    )
-}
-
 /// The posts service of one shard, on the wire.
 pub struct PostsApi<S> {
     posts: Rc<Posts<S>>,
@@ -398,17 +403,18 @@ impl<S: Store + 'static> PostsApi<S> {
 
 impl<S: Store + 'static> Service for PostsApi<S> {
     fn owner_key(&self, _caller: Option<u64>, env: &Envelope<'_>) -> Option<u64> {
-        // A post's reactions and reposts meet on the post's shard, where one user's
-        // changes to one post take turns.
-        match parse(env)? {
-            Call::React { post_id, .. }
-            | Call::Unreact(post_id)
-            | Call::Repost(post_id)
-            | Call::UndoRepost(post_id) => Some(post_id),
+        // Read straight from the request (the handler parses it fully on the owner shard).
+        let p = env.body_as_posts()?;
+        match p.op_type() {
+            // A post's reactions and reposts meet on the post's shard, where one user's
+            // changes to one post take turns.
+            PostsOp::ReactRequest => Some(p.op_as_react_request()?.target_id()),
+            PostsOp::UnreactRequest => Some(p.op_as_unreact_request()?.target_id()),
+            PostsOp::RepostRequest => Some(p.op_as_repost_request()?.post_id()),
+            PostsOp::UndoRepostRequest => Some(p.op_as_undo_repost_request()?.post_id()),
             // One comment's edit and deletion meet on one shard and take turns.
-            Call::EditComment { comment_id, .. } | Call::DeleteComment(comment_id) => {
-                Some(comment_id)
-            }
+            PostsOp::EditCommentRequest => Some(p.op_as_edit_comment_request()?.comment_id()),
+            PostsOp::DeleteCommentRequest => Some(p.op_as_delete_comment_request()?.comment_id()),
             _ => None,
         }
     }
@@ -423,11 +429,7 @@ impl<S: Store + 'static> Service for PostsApi<S> {
         let call = parse(&env);
         let (posts, encoder) = (self.posts.clone(), self.encoder.clone());
         Box::pin(async move {
-            let me = ctx
-                .principal
-                .as_ref()
-                .map(|p| p.user_id)
-                .ok_or_else(|| ErrorReply::new(ErrorCode::Unauthenticated, "sign in first"))?;
+            let me = signed_in(&ctx)?;
             let call = call.ok_or_else(|| {
                 ErrorReply::new(
                     ErrorCode::Unavailable,
@@ -435,12 +437,8 @@ impl<S: Store + 'static> Service for PostsApi<S> {
                 )
             })?;
             let err = |e: PostsError| posts_error(&e);
-            let enc = |f: &dyn Fn(&mut Builder) -> WIPOffset<Envelope<'static>>| {
-                encoder
-                    .borrow_mut()
-                    .encode_bytes(f)
-                    .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))
-            };
+            let enc =
+                |f: &dyn Fn(&mut Builder) -> WIPOffset<Envelope<'static>>| encode(&encoder, f);
             let one = |p: &Post, counts: Option<[i64; 4]>| {
                 enc(&|b| {
                     let post = post_table(b, p, counts, &ViewerState::default());
@@ -491,22 +489,7 @@ impl<S: Store + 'static> Service for PostsApi<S> {
                 }
                 Call::GetMany(ids) => {
                     let list = posts.get_many(me, &ids).await.map_err(err)?;
-                    enc(&|b| {
-                        let items: Vec<_> = list
-                            .iter()
-                            .map(|p| post_table(b, p, None, &ViewerState::default()))
-                            .collect();
-                        let items = b.create_vector(&items);
-                        let info = page_info(b, &None);
-                        let r = pp::PostsResponse::create(
-                            b,
-                            &pp::PostsResponseArgs {
-                                posts: Some(items),
-                                page: Some(info),
-                            },
-                        );
-                        wrap(b, id, PostsOp::PostsResponse, r.as_union_value())
-                    })
+                    enc(&|b| posts_page(b, id, &list, &None))
                 }
                 Call::UndoRepost(post_id) => {
                     posts.undo_repost(me, post_id).await.map_err(err)?;
@@ -684,22 +667,7 @@ impl<S: Store + 'static> Service for PostsApi<S> {
                         .by_user(me, user_id, limit, cursor)
                         .await
                         .map_err(err)?;
-                    enc(&|b| {
-                        let items: Vec<_> = list
-                            .iter()
-                            .map(|p| post_table(b, p, None, &ViewerState::default()))
-                            .collect();
-                        let items = b.create_vector(&items);
-                        let info = page_info(b, &next);
-                        let r = pp::PostsResponse::create(
-                            b,
-                            &pp::PostsResponseArgs {
-                                posts: Some(items),
-                                page: Some(info),
-                            },
-                        );
-                        wrap(b, id, PostsOp::PostsResponse, r.as_union_value())
-                    })
+                    enc(&|b| posts_page(b, id, &list, &next))
                 }
             }
         })

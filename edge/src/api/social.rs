@@ -25,11 +25,8 @@ use selfie_services::users::{
 };
 use selfie_storage::{Cursor, Store};
 
-use super::envelope;
+use super::{encode, envelope, page_info, page_request, signed_in};
 use crate::service::{ErrorReply, RequestContext, Service};
-
-/// Most users per list page.
-const PAGE_MAX: usize = 100;
 
 fn graph_error(e: &GraphError) -> ErrorReply {
     let (code, msg) = match e {
@@ -57,23 +54,6 @@ fn users_error(e: &UsersError) -> ErrorReply {
         UsersError::Storage(_) => ErrorReply::new(ErrorCode::StorageFailure, "storage unavailable"),
         UsersError::Corrupt => ErrorReply::new(ErrorCode::Internal, "internal error"),
     }
-}
-
-fn principal(ctx: &RequestContext) -> Result<u64, ErrorReply> {
-    ctx.principal
-        .as_ref()
-        .map(|p| p.user_id)
-        .ok_or_else(|| ErrorReply::new(ErrorCode::Unauthenticated, "sign in first"))
-}
-
-fn encode(
-    encoder: &RefCell<Encoder>,
-    f: &dyn Fn(&mut Builder) -> WIPOffset<Envelope<'static>>,
-) -> Result<Bytes, ErrorReply> {
-    encoder
-        .borrow_mut()
-        .encode_bytes(f)
-        .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))
 }
 
 /// The users service on the wire.
@@ -342,7 +322,7 @@ impl<S: Store + 'static> Service for UsersApi<S> {
         let (users, graph, encoder) =
             (self.users.clone(), self.graph.clone(), self.encoder.clone());
         Box::pin(async move {
-            let me = principal(&ctx)?;
+            let me = signed_in(&ctx)?;
             let call = call.ok_or_else(|| {
                 ErrorReply::new(
                     ErrorCode::Unavailable,
@@ -398,6 +378,41 @@ impl<S: Store + 'static> Service for UsersApi<S> {
 fn pair_key(a: u64, b: u64) -> u64 {
     let (lo, hi) = (a.min(b), a.max(b));
     lo.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31) ^ hi
+}
+
+/// The shard key of a graph request, read straight from the request (the handler parses
+/// it fully later, on the owner shard).
+fn graph_owner(caller: Option<u64>, env: &Envelope<'_>) -> Option<u64> {
+    let g = env.body_as_graph()?;
+    // Every change to one pair of users, whoever of the two makes it, runs on the pair's
+    // owner shard, where the graph serialises it.
+    let pair = |t: u64| caller.map(|me| pair_key(me, t));
+    match g.op_type() {
+        GraphOp::FollowRequest => pair(g.op_as_follow_request()?.target_id()),
+        GraphOp::UnfollowRequest => pair(g.op_as_unfollow_request()?.target_id()),
+        GraphOp::FollowRequestApproveRequest => {
+            pair(g.op_as_follow_request_approve_request()?.requester_id())
+        }
+        GraphOp::FollowRequestDenyRequest => {
+            pair(g.op_as_follow_request_deny_request()?.requester_id())
+        }
+        GraphOp::FollowRequestCancelRequest => {
+            pair(g.op_as_follow_request_cancel_request()?.target_id())
+        }
+        GraphOp::BlockRequest => pair(g.op_as_block_request()?.target_id()),
+        GraphOp::UnblockRequest => pair(g.op_as_unblock_request()?.target_id()),
+        GraphOp::MuteRequest => pair(g.op_as_mute_request()?.target_id()),
+        GraphOp::UnmuteRequest => pair(g.op_as_unmute_request()?.target_id()),
+        GraphOp::RemoveFollowerRequest => pair(g.op_as_remove_follower_request()?.follower_id()),
+        // One user's close-friend updates and list creations meet on one shard (their size
+        // limits hold); a list's changes meet on the list's shard.
+        GraphOp::CloseFriendsUpdateRequest | GraphOp::ListCreateRequest => pair(caller?),
+        GraphOp::ListUpdateRequest => Some(g.op_as_list_update_request()?.list_id()),
+        GraphOp::ListDeleteRequest => Some(g.op_as_list_delete_request()?.list_id()),
+        GraphOp::ListMembersAddRequest => Some(g.op_as_list_members_add_request()?.list_id()),
+        GraphOp::ListMembersRemoveRequest => Some(g.op_as_list_members_remove_request()?.list_id()),
+        _ => None,
+    }
 }
 
 /// The graph service on the wire.
@@ -463,16 +478,6 @@ fn list_ids(v: Option<flatbuffers::Vector<'_, u64>>) -> Vec<u64> {
     .unwrap_or_default()
 }
 
-fn page_args(page: Option<common::PageRequest<'_>>) -> (usize, Option<Cursor>) {
-    let limit = page
-        .map_or(20, |p| usize::from(p.limit()))
-        .clamp(1, PAGE_MAX);
-    let cursor = page
-        .and_then(|p| p.cursor())
-        .map(|c| Cursor(Bytes::copy_from_slice(c.bytes())));
-    (limit, cursor)
-}
-
 fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
     let g = env.body_as_graph()?;
     Some(match g.op_type() {
@@ -504,11 +509,11 @@ fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
             GraphCall::RemoveFollower(g.op_as_remove_follower_request()?.follower_id())
         }
         GraphOp::BlocksListRequest => {
-            let (limit, cursor) = page_args(g.op_as_blocks_list_request()?.page());
+            let (limit, cursor) = page_request(g.op_as_blocks_list_request()?.page());
             GraphCall::Blocks(limit, cursor)
         }
         GraphOp::MutesListRequest => {
-            let (limit, cursor) = page_args(g.op_as_mutes_list_request()?.page());
+            let (limit, cursor) = page_request(g.op_as_mutes_list_request()?.page());
             GraphCall::Mutes(limit, cursor)
         }
         GraphOp::CloseFriendsUpdateRequest => {
@@ -544,7 +549,7 @@ fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
         }
         GraphOp::ListsGetRequest => {
             let r = g.op_as_lists_get_request()?;
-            let (limit, cursor) = page_args(r.page());
+            let (limit, cursor) = page_request(r.page());
             GraphCall::ListsOf(r.owner_id(), limit, cursor)
         }
         GraphOp::ListMembersAddRequest => {
@@ -557,11 +562,11 @@ fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
         }
         GraphOp::ListMembersRequest => {
             let r = g.op_as_list_members_request()?;
-            let (limit, cursor) = page_args(r.page());
+            let (limit, cursor) = page_request(r.page());
             GraphCall::ListMembers(r.list_id(), limit, cursor)
         }
         GraphOp::CloseFriendsListRequest => {
-            let (limit, cursor) = page_args(g.op_as_close_friends_list_request()?.page());
+            let (limit, cursor) = page_request(g.op_as_close_friends_list_request()?.page());
             GraphCall::CloseFriends(limit, cursor)
         }
         GraphOp::RelationshipsRequest => GraphCall::Relationships(
@@ -577,17 +582,17 @@ fn parse_graph(env: &Envelope<'_>) -> Option<GraphCall> {
         GraphOp::UnmuteRequest => GraphCall::Unmute(g.op_as_unmute_request()?.target_id()),
         GraphOp::FollowersListRequest => {
             let r = g.op_as_followers_list_request()?;
-            let (limit, cursor) = page_args(r.page());
+            let (limit, cursor) = page_request(r.page());
             GraphCall::Followers(r.user_id(), limit, cursor)
         }
         GraphOp::FollowingListRequest => {
             let r = g.op_as_following_list_request()?;
-            let (limit, cursor) = page_args(r.page());
+            let (limit, cursor) = page_request(r.page());
             GraphCall::Following(r.user_id(), limit, cursor)
         }
         GraphOp::FollowRequestsListRequest => {
             let r = g.op_as_follow_requests_list_request()?;
-            let (limit, cursor) = page_args(r.page());
+            let (limit, cursor) = page_request(r.page());
             match r.direction() {
                 pg::Direction::Outgoing => GraphCall::RequestsSent(limit, cursor),
                 _ => GraphCall::Requests(limit, cursor),
@@ -655,14 +660,7 @@ fn list_frame(b: &mut Builder, id: u64, page: &IdPage) -> WIPOffset<Envelope<'st
         })
         .collect();
     let users = b.create_vector(&users);
-    let next = page.cursor.as_ref().map(|c| b.create_vector(&c.0));
-    let info = common::PageInfo::create(
-        b,
-        &common::PageInfoArgs {
-            next_cursor: next,
-            has_more: page.cursor.is_some(),
-        },
-    );
+    let info = page_info(b, &page.cursor);
     let r = pg::UserListResponse::create(
         b,
         &pg::UserListResponseArgs {
@@ -683,40 +681,7 @@ fn list_frame(b: &mut Builder, id: u64, page: &IdPage) -> WIPOffset<Envelope<'st
 
 impl<S: Store + 'static> Service for GraphApi<S> {
     fn owner_key(&self, caller: Option<u64>, env: &Envelope<'_>) -> Option<u64> {
-        match parse_graph(env)? {
-            // Every change to one pair of users, whoever of the two makes it, runs on the
-            // pair's owner shard, where the graph serialises it.
-            GraphCall::Follow(t)
-            | GraphCall::Unfollow(t)
-            | GraphCall::Approve(t)
-            | GraphCall::Deny(t)
-            | GraphCall::Cancel(t)
-            | GraphCall::Block(t)
-            | GraphCall::Unblock(t)
-            | GraphCall::Mute(t, _)
-            | GraphCall::Unmute(t)
-            | GraphCall::RemoveFollower(t) => caller.map(|me| pair_key(me, t)),
-            // One user's close-friend updates and list creations meet on one shard (their
-            // size limits hold); a list's changes meet on the list's shard.
-            GraphCall::CloseFriendsUpdate(..) | GraphCall::ListCreate { .. } => {
-                caller.map(|me| pair_key(me, me))
-            }
-            GraphCall::ListUpdate(l, _)
-            | GraphCall::ListDelete(l)
-            | GraphCall::ListAdd(l, _)
-            | GraphCall::ListRemove(l, _) => Some(l),
-            GraphCall::Followers(..)
-            | GraphCall::Following(..)
-            | GraphCall::Requests(..)
-            | GraphCall::RequestsSent(..)
-            | GraphCall::Blocks(..)
-            | GraphCall::Mutes(..)
-            | GraphCall::Relationships(..)
-            | GraphCall::CloseFriends(..)
-            | GraphCall::ListsOf(..)
-            | GraphCall::ListMembers(..)
-            | GraphCall::Refuse(_) => None,
-        }
+        graph_owner(caller, env)
     }
 
     fn handle(
@@ -730,7 +695,7 @@ impl<S: Store + 'static> Service for GraphApi<S> {
         let (graph, lists, encoder) =
             (self.graph.clone(), self.lists.clone(), self.encoder.clone());
         Box::pin(async move {
-            let me = principal(&ctx)?;
+            let me = signed_in(&ctx)?;
             let call = call.ok_or_else(|| {
                 ErrorReply::new(
                     ErrorCode::Unavailable,
@@ -739,6 +704,8 @@ impl<S: Store + 'static> Service for GraphApi<S> {
             })?;
             let err = |e: GraphError| graph_error(&e);
             let ack = |encoder: &RefCell<Encoder>| encode(encoder, &|b| build::ack(b, id));
+            // A change that answers with a plain acknowledgement.
+            let done = |r: Result<(), GraphError>| r.map_err(err).and_then(|()| ack(&encoder));
             match call {
                 GraphCall::Follow(t) => {
                     let state = graph.follow(me, t).await.map_err(err)?;
@@ -762,46 +729,14 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                         envelope(b, id, Body::Graph, body.as_union_value())
                     })
                 }
-                GraphCall::Unfollow(t) => graph
-                    .unfollow(me, t)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
-                GraphCall::Approve(r) => graph
-                    .approve(me, r)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
-                GraphCall::Deny(r) => graph
-                    .deny(me, r)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
-                GraphCall::Cancel(t) => graph
-                    .cancel_request(me, t)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
-                GraphCall::Block(t) => graph
-                    .block(me, t)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
-                GraphCall::Unblock(t) => graph
-                    .unblock(me, t)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
-                GraphCall::Mute(t, duration) => graph
-                    .mute(me, t, duration)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
-                GraphCall::Unmute(t) => graph
-                    .unmute(me, t)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
+                GraphCall::Unfollow(t) => done(graph.unfollow(me, t).await),
+                GraphCall::Approve(r) => done(graph.approve(me, r).await),
+                GraphCall::Deny(r) => done(graph.deny(me, r).await),
+                GraphCall::Cancel(t) => done(graph.cancel_request(me, t).await),
+                GraphCall::Block(t) => done(graph.block(me, t).await),
+                GraphCall::Unblock(t) => done(graph.unblock(me, t).await),
+                GraphCall::Mute(t, duration) => done(graph.mute(me, t, duration).await),
+                GraphCall::Unmute(t) => done(graph.unmute(me, t).await),
                 GraphCall::Followers(user, limit, cursor) => {
                     let page = graph
                         .followers(me, user, limit, cursor)
@@ -816,11 +751,7 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                         .map_err(err)?;
                     encode(&encoder, &|b| list_frame(b, id, &page))
                 }
-                GraphCall::RemoveFollower(f) => graph
-                    .remove_follower(me, f)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
+                GraphCall::RemoveFollower(f) => done(graph.remove_follower(me, f).await),
                 GraphCall::Requests(limit, cursor) => {
                     let page = graph.requests(me, limit, cursor).await.map_err(err)?;
                     encode(&encoder, &|b| list_frame(b, id, &page))
@@ -833,11 +764,9 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                     let page = graph.blocks(me, limit, cursor).await.map_err(err)?;
                     encode(&encoder, &|b| list_frame(b, id, &page))
                 }
-                GraphCall::CloseFriendsUpdate(add, remove) => graph
-                    .update_close_friends(me, &add, &remove)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
+                GraphCall::CloseFriendsUpdate(add, remove) => {
+                    done(graph.update_close_friends(me, &add, &remove).await)
+                }
                 GraphCall::ListCreate {
                     name,
                     description,
@@ -854,11 +783,7 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                     let n = lists.members_count(list_id).await.map_err(err)?;
                     encode(&encoder, &|b| list_response(b, id, &list, n))
                 }
-                GraphCall::ListDelete(list_id) => lists
-                    .delete(me, list_id)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
+                GraphCall::ListDelete(list_id) => done(lists.delete(me, list_id).await),
                 GraphCall::ListsOf(owner, limit, cursor) => {
                     let owner = if owner == 0 { me } else { owner };
                     let (found, next) = lists
@@ -869,14 +794,7 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                         let items: Vec<_> =
                             found.iter().map(|(l, n)| user_list(b, l, *n)).collect();
                         let items = b.create_vector(&items);
-                        let next = next.as_ref().map(|c| b.create_vector(&c.0));
-                        let info = common::PageInfo::create(
-                            b,
-                            &common::PageInfoArgs {
-                                next_cursor: next,
-                                has_more: next.is_some(),
-                            },
-                        );
+                        let info = page_info(b, &next);
                         let r = pg::ListsResponse::create(
                             b,
                             &pg::ListsResponseArgs {
@@ -887,16 +805,12 @@ impl<S: Store + 'static> Service for GraphApi<S> {
                         graph_frame(b, id, GraphOp::ListsResponse, r.as_union_value())
                     })
                 }
-                GraphCall::ListAdd(list_id, users) => lists
-                    .add_members(me, list_id, &users)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
-                GraphCall::ListRemove(list_id, users) => lists
-                    .remove_members(me, list_id, &users)
-                    .await
-                    .map_err(err)
-                    .and_then(|()| ack(&encoder)),
+                GraphCall::ListAdd(list_id, users) => {
+                    done(lists.add_members(me, list_id, &users).await)
+                }
+                GraphCall::ListRemove(list_id, users) => {
+                    done(lists.remove_members(me, list_id, &users).await)
+                }
                 GraphCall::ListMembers(list_id, limit, cursor) => {
                     let page = lists
                         .members(me, list_id, limit, cursor)
