@@ -77,6 +77,38 @@ impl Frame {
         Ok(Frame { bytes })
     }
 
+    /// A copy of this frame whose envelope `id` is `id`: FlatBuffers' in-place mutation
+    /// of a scalar that is present in the buffer (what `flatc --gen-mutable` generates
+    /// for C++). The delivery plane uses it to stamp a push with its topic sequence once
+    /// per node, after the event was encoded once by its publisher. `None` when the frame
+    /// was built without an `id` (a default 0 is not stored, so there is nothing to patch).
+    pub fn with_id(&self, id: u64) -> Option<Frame> {
+        let buf = self.bytes.get(PREFIX_LEN..)?;
+        let u16_at = |at: usize| -> Option<usize> {
+            Some(usize::from(u16::from_le_bytes(
+                buf.get(at..at + 2)?.try_into().ok()?,
+            )))
+        };
+        let root = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?) as usize;
+        let soffset = i32::from_le_bytes(buf.get(root..root + 4)?.try_into().ok()?);
+        let vtable = usize::try_from(i64::try_from(root).ok()? - i64::from(soffset)).ok()?;
+        // The vtable: its length, the table's length, then one offset per field; `id` is
+        // the envelope's first field.
+        if u16_at(vtable)? < 6 {
+            return None;
+        }
+        let field = u16_at(vtable + 4)?;
+        if field == 0 {
+            return None;
+        }
+        let at = PREFIX_LEN + root + field;
+        let mut out = bytes::BytesMut::from(&self.bytes[..]);
+        out.get_mut(at..at + 8)?.copy_from_slice(&id.to_le_bytes());
+        Some(Frame {
+            bytes: out.freeze(),
+        })
+    }
+
     /// The envelope, read in place.
     pub fn envelope(&self) -> Envelope<'_> {
         // SAFETY: `self.bytes` passed `size_prefixed_root_as_envelope_with_opts` when this

@@ -165,14 +165,27 @@ pub mod build {
         message: &str,
         retry_after_ms: u32,
     ) -> WIPOffset<Envelope<'static>> {
+        error_on_field(b, id, code, message, retry_after_ms, None)
+    }
+
+    /// An `Error` response to request `id` naming the request field at fault.
+    pub fn error_on_field(
+        b: &mut Builder,
+        id: u64,
+        code: ErrorCode,
+        message: &str,
+        retry_after_ms: u32,
+        field: Option<&str>,
+    ) -> WIPOffset<Envelope<'static>> {
         let message = b.create_string(message);
+        let field = field.map(|f| b.create_string(f));
         let err = Error::create(
             b,
             &ErrorArgs {
                 code,
                 message: Some(message),
                 retry_after_ms,
-                field: None,
+                field,
             },
         );
         control(b, id, ControlOp::Error, err.as_union_value())

@@ -1,41 +1,39 @@
 //! The Selfie domain: auth, users, graph, posts, feed, stories, chat, media,
-//! notifications, search, recommend, moderation, admin, payments, ads, analytics.
+//! notifications, search, recommend, moderation, admin, payments, ads, analytics — and
+//! the service plane they stand on.
 //!
-//! Each service is a shard-local state machine over the `selfie-storage` traits. This
-//! crate must not depend on quinn, the edge, or any socket type: the edge hands it
-//! verified envelopes and the authenticated caller, and sends back what it returns.
+//! Each service is a shard-local state machine over the `selfie-storage` traits, with its
+//! wire table beside it (`<service>/wire.rs`: operation → handler, owner key), reading
+//! verified frames in place. The [`plane`] carries requests and typed calls between
+//! shards and pushes events to subscribers; [`registry`] builds one shard's services;
+//! [`workflows`] hold what spans services (registration, account deletion, the profile
+//! view); [`tables`] is the floor of table declarations and shared records that keeps the
+//! services from importing each other. One error kind, [`Error`], maps to protocol codes.
 //!
-//! Built so far: [`auth`] — access tokens verified without a storage round trip (PASETO
-//! v4), Argon2id password hashing on a bounded pool off the shard threads, TOTP second
-//! factors with recovery codes, and the account flows on top of them (register, login,
-//! refresh-token rotation with reuse detection, sessions and revocation, throttling,
-//! password change, deletion); [`users`] (profiles, private accounts) and [`graph`]
+//! This crate knows frames and protocol types but must not depend on quinn, the edge, or
+//! any socket type: the edge moves the bytes.
+//!
+//! Built so far: [`auth`] (register, login with TOTP and recovery codes, refresh-token
+//! rotation with reuse detection, sessions and revocation, throttling, password change
+//! and reset, deletion), [`users`] (profiles, settings, private accounts), [`graph`]
 //! (follows, requests, blocks, timed mutes, close friends, user lists, exact counts),
-//! [`posts`] (media ids, audiences, reply policies, history, comments, reactions,
-//! reposts, quotes). [`schema`] lists the tables `selfie migrate` creates. Feeds, stories,
-//! chat and the rest come next.
-
-/// Declares `Rows` tables: `NAME, "table", [partition columns], [clustering columns],
-/// "doc";` (the services' own tables; counters are declared by hand).
-macro_rules! rows {
-    ($($name:ident, $table:literal, [$($p:literal),*], [$($c:literal),*], $doc:literal;)*) => {$(
-        #[doc = $doc]
-        pub static $name: selfie_storage::Table = selfie_storage::Table {
-            name: $table,
-            kind: selfie_storage::TableKind::Rows,
-            partition: &[$($p),*],
-            clustering: &[$($c),*],
-            default_ttl: None,
-            doc: $doc,
-        };
-    )*};
-}
+//! [`posts`] (media ids, audiences, reply policies, history, comments, reactions, reposts,
+//! quotes, live counters). [`schema`] lists the tables `selfie migrate` creates.
 
 pub mod auth;
+mod error;
 pub mod graph;
+pub mod locks;
+pub mod plane;
+pub mod posts;
+mod registry;
+pub mod schema;
+pub mod tables;
+pub mod users;
+pub mod workflows;
+
+pub use error::{Error, ErrorReply, Result};
+pub use registry::{Deps, registry};
 
 /// A boxed future that can cross threads (for the fleet-wide hooks services accept).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-pub mod posts;
-pub mod schema;
-pub mod users;

@@ -11,25 +11,25 @@ pub static MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "accounts: usernames, e-mails, accounts, sessions, refresh tokens",
-        tables: crate::auth::accounts::TABLES,
+        tables: crate::tables::auth::TABLES,
         statements: &[],
     },
     Migration {
         version: 2,
         name: "users: profiles",
-        tables: crate::users::TABLES,
+        tables: crate::tables::users::TABLES,
         statements: &[],
     },
     Migration {
         version: 3,
         name: "graph: follows, requests, blocks, mutes, counts",
-        tables: crate::graph::TABLES,
+        tables: crate::tables::graph::TABLES,
         statements: &[],
     },
     Migration {
         version: 4,
         name: "posts: posts, history, by user, comments, reactions, counts",
-        tables: crate::posts::TABLES,
+        tables: crate::tables::posts::TABLES,
         statements: &[],
     },
     Migration {
@@ -37,19 +37,22 @@ pub static MIGRATIONS: &[Migration] = &[
         // The per-author post count starts here: no deployment holds posts from before
         // this migration (it landed before any release), so nothing needs a backfill.
         name: "users: settings; posts: per-author counts",
-        tables: &[&crate::users::SETTINGS, &crate::posts::AUTHOR_COUNTS],
+        tables: &[
+            &crate::tables::users::SETTINGS,
+            &crate::tables::posts::AUTHOR_COUNTS,
+        ],
         statements: &[],
     },
     Migration {
         version: 6,
         name: "graph: close friends",
-        tables: crate::graph::CLOSE_FRIENDS_TABLES,
+        tables: crate::tables::graph::CLOSE_FRIENDS_TABLES,
         statements: &[],
     },
     Migration {
         version: 7,
         name: "graph: user lists",
-        tables: crate::graph::lists::TABLES,
+        tables: crate::tables::graph::LIST_TABLES,
         statements: &[],
     },
     Migration {
@@ -57,13 +60,13 @@ pub static MIGRATIONS: &[Migration] = &[
         // Like migration 5, this starts its bookkeeping fresh: no deployment holds
         // comments, reposts or reactions from before it (it landed before any release).
         name: "posts: reposts by user, comment index, reaction kinds",
-        tables: crate::posts::INTERACTION_TABLES,
+        tables: crate::tables::posts::INTERACTION_TABLES,
         statements: &[],
     },
     Migration {
         version: 9,
         name: "accounts: password resets",
-        tables: crate::auth::accounts::RESET_TABLES,
+        tables: crate::tables::auth::RESET_TABLES,
         statements: &[],
     },
 ];

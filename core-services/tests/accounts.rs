@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::Params;
-use selfie_services::auth::accounts::{AccountError, Accounts, TABLES};
+use selfie_services::Error;
+use selfie_services::auth::accounts::Accounts;
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::LoginThrottle;
 use selfie_services::auth::tokens::{AccessTokens, TokenError};
+use selfie_services::tables::auth::TABLES;
 use selfie_storage::SystemClock;
 use selfie_storage::embedded::EmbeddedStore;
 
@@ -106,8 +108,8 @@ async fn wrong_password_and_unknown_user_get_the_same_error() {
         .login("nobody", "hunter2hunter2".into(), "x", IP)
         .await
         .expect_err("unknown user");
-    assert!(matches!(wrong, AccountError::InvalidCredentials));
-    assert!(matches!(unknown, AccountError::InvalidCredentials));
+    assert!(matches!(wrong, Error::InvalidCredentials));
+    assert!(matches!(unknown, Error::InvalidCredentials));
     assert_eq!(wrong.to_string(), unknown.to_string());
 }
 
@@ -131,14 +133,14 @@ async fn usernames_and_emails_are_unique_whatever_the_case_and_the_race() {
         attempts
             .iter()
             .filter_map(|r| r.as_ref().err())
-            .all(|e| matches!(e, AccountError::Taken { field: "username" }))
+            .all(|e| matches!(e, Error::Taken { field: "username" }))
     );
     let err = f
         .accounts
         .register("carol", "other@example.com", "long enough pw".into(), "x")
         .await
         .expect_err("taken");
-    assert!(matches!(err, AccountError::Taken { field: "username" }));
+    assert!(matches!(err, Error::Taken { field: "username" }));
     f.accounts
         .register("dave", "dave@example.com", "long enough pw".into(), "x")
         .await
@@ -148,7 +150,7 @@ async fn usernames_and_emails_are_unique_whatever_the_case_and_the_race() {
         .register("dave2", "DAVE@example.com", "long enough pw".into(), "x")
         .await
         .expect_err("taken");
-    assert!(matches!(err, AccountError::Taken { field: "email" }));
+    assert!(matches!(err, Error::Taken { field: "email" }));
     // The username of the refused registration was given back.
     f.accounts
         .register("dave2", "dave2@example.com", "long enough pw".into(), "x")
@@ -165,7 +167,7 @@ async fn usernames_and_emails_are_unique_whatever_the_case_and_the_race() {
             .await
             .expect_err("invalid");
         assert!(
-            matches!(err, AccountError::InvalidArgument { .. }),
+            matches!(err, Error::InvalidArgument { .. }),
             "{u} {e}: {err}"
         );
     }
@@ -174,7 +176,7 @@ async fn usernames_and_emails_are_unique_whatever_the_case_and_the_race() {
         .register("frank", "frank@example.com", "short".into(), "x")
         .await
         .expect_err("weak");
-    assert!(matches!(err, AccountError::Password(_)));
+    assert!(matches!(err, Error::Password(_)));
 }
 
 #[tokio::test]
@@ -204,7 +206,7 @@ async fn refresh_rotates_and_reuse_of_a_spent_token_revokes_the_session() {
         .refresh(&first.refresh_token)
         .await
         .expect_err("reuse");
-    assert!(matches!(err, AccountError::TokenReused));
+    assert!(matches!(err, Error::TokenReused));
     assert_eq!(
         f.tokens.verify(&second.access_token),
         Err(TokenError::Revoked)
@@ -214,9 +216,9 @@ async fn refresh_rotates_and_reuse_of_a_spent_token_revokes_the_session() {
         .refresh(&second.refresh_token)
         .await
         .expect_err("session revoked");
-    assert!(matches!(err, AccountError::SessionRevoked));
+    assert!(matches!(err, Error::SessionRevoked));
     let err = f.accounts.refresh("0123").await.expect_err("unknown");
-    assert!(matches!(err, AccountError::TokenInvalid));
+    assert!(matches!(err, Error::TokenInvalid));
 }
 
 #[tokio::test]
@@ -256,7 +258,7 @@ async fn revoking_other_sessions_keeps_the_current_one() {
     assert_eq!(sessions.iter().filter(|s| !s.revoked).count(), 1);
     assert!(matches!(
         f.accounts.revoke(a.user_id, 12345).await,
-        Err(AccountError::NoSuchSession)
+        Err(Error::NotFound(_))
     ));
 }
 
@@ -294,7 +296,7 @@ async fn a_second_factor_is_required_at_login_once_confirmed() {
         .totp_enrol(reg.user_id, "wrong password".into(), "Selfie")
         .await
         .expect_err("reauth");
-    assert!(matches!(err, AccountError::InvalidCredentials));
+    assert!(matches!(err, Error::InvalidCredentials));
     let (uri, secret) = f
         .accounts
         .totp_enrol(reg.user_id, "long enough pw".into(), "Selfie")
@@ -332,7 +334,7 @@ async fn a_second_factor_is_required_at_login_once_confirmed() {
     };
     assert!(matches!(
         login(None, None).await,
-        Err(AccountError::SecondFactorRequired)
+        Err(Error::SecondFactorRequired)
     ));
     // The next step's code (allowed by the ±1 window) signs in, once.
     let code = totp_now(&secret, 1);
@@ -340,7 +342,7 @@ async fn a_second_factor_is_required_at_login_once_confirmed() {
     assert!(
         matches!(
             login(Some(code), None).await,
-            Err(AccountError::SecondFactorInvalid)
+            Err(Error::SecondFactorInvalid)
         ),
         "a code works once"
     );
@@ -350,7 +352,7 @@ async fn a_second_factor_is_required_at_login_once_confirmed() {
         .expect("recovery code");
     assert!(matches!(
         login(None, Some(recovery[0].clone())).await,
-        Err(AccountError::SecondFactorInvalid)
+        Err(Error::SecondFactorInvalid)
     ));
     // A wrong password never reveals that a second factor is on.
     let err = f
@@ -358,14 +360,14 @@ async fn a_second_factor_is_required_at_login_once_confirmed() {
         .login_with_second_factor("ivan", "not the password".into(), None, None, "x", IP)
         .await
         .expect_err("wrong password");
-    assert!(matches!(err, AccountError::InvalidCredentials));
+    assert!(matches!(err, Error::InvalidCredentials));
     // Disabling needs the password and a code.
     let err = f
         .accounts
         .totp_disable(reg.user_id, "long enough pw".into(), "nope")
         .await
         .expect_err("needs a code");
-    assert!(matches!(err, AccountError::SecondFactorInvalid));
+    assert!(matches!(err, Error::SecondFactorInvalid));
     f.accounts
         .totp_disable(reg.user_id, "long enough pw".into(), &recovery[1])
         .await
@@ -400,7 +402,7 @@ async fn changing_the_password_signs_out_other_sessions_and_deletion_erases_the_
         )
         .await
         .expect_err("needs the current password");
-    assert!(matches!(err, AccountError::InvalidCredentials));
+    assert!(matches!(err, Error::InvalidCredentials));
     let signed_out = f
         .accounts
         .change_password(
@@ -436,7 +438,7 @@ async fn changing_the_password_signs_out_other_sessions_and_deletion_erases_the_
         .login("kim", "second password".into(), "x", IP)
         .await
         .expect_err("gone");
-    assert!(matches!(err, AccountError::InvalidCredentials));
+    assert!(matches!(err, Error::InvalidCredentials));
     // The e-mail address is free again; the username stays reserved.
     f.accounts
         .register("kim2", "kim@example.com", "third password".into(), "x")
@@ -447,5 +449,5 @@ async fn changing_the_password_signs_out_other_sessions_and_deletion_erases_the_
         .register("kim", "kim3@example.com", "third password".into(), "x")
         .await
         .expect_err("reserved");
-    assert!(matches!(err, AccountError::Taken { field: "username" }));
+    assert!(matches!(err, Error::Taken { field: "username" }));
 }

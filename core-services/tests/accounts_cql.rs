@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::Params;
-use selfie_services::auth::accounts::{AccountError, Accounts};
+use selfie_services::Error;
+use selfie_services::auth::accounts::Accounts;
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::LoginThrottle;
 use selfie_services::auth::tokens::{AccessTokens, TokenError};
@@ -82,7 +83,7 @@ async fn account_flows_hold_on_the_cql_backend() {
         .refresh(&login.refresh_token)
         .await
         .expect_err("reused");
-    assert!(matches!(err, AccountError::TokenReused));
+    assert!(matches!(err, Error::TokenReused));
     assert_eq!(tokens.verify(&next.access_token), Err(TokenError::Revoked));
     // Deletion frees the e-mail and keeps the name.
     let email = {
@@ -101,5 +102,5 @@ async fn account_flows_hold_on_the_cql_backend() {
         .register("olga", "olga-new@example.com", "long enough pw".into(), "x")
         .await
         .expect_err("reserved");
-    assert!(matches!(err, AccountError::Taken { field: "username" }));
+    assert!(matches!(err, Error::Taken { field: "username" }));
 }

@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
+use selfie_services::Error;
 use selfie_services::graph::Graph;
-use selfie_services::posts::{Audience, Posts, PostsError};
+use selfie_services::posts::{Audience, Posts};
 use selfie_services::schema;
 use selfie_services::users::{ProfileUpdate, Users};
 use selfie_storage::Store;
@@ -47,7 +48,7 @@ async fn who_may_read_comment_and_react() {
         // Usernames resolve for @mentions as accounts would register them.
         store
             .insert_if_absent(
-                &selfie_services::auth::accounts::USERNAMES,
+                &selfie_services::tables::auth::USERNAMES,
                 &KeyBuilder::new().str(name).build(),
                 &[],
                 &id.to_be_bytes(),
@@ -135,7 +136,7 @@ async fn who_may_read_comment_and_react() {
             assert_eq!(history.is_ok(), may, "history: {what}");
             if !may {
                 assert!(
-                    matches!(read, Err(PostsError::NotFound)),
+                    matches!(read, Err(Error::NotFound(_))),
                     "hidden, not forbidden: {what}"
                 );
             }
@@ -154,7 +155,7 @@ async fn who_may_read_comment_and_react() {
         .expect("removed");
     assert!(matches!(
         posts.get(CLOSE, cf.post_id).await,
-        Err(PostsError::NotFound)
+        Err(Error::NotFound(_))
     ));
     graph
         .update_close_friends(AUTHOR, &[CLOSE], &[])
@@ -165,7 +166,7 @@ async fn who_may_read_comment_and_react() {
     graph.unblock(CLOSE, AUTHOR).await.expect("unblock");
     assert!(matches!(
         posts.get(CLOSE, cf.post_id).await,
-        Err(PostsError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert!(
         graph
@@ -188,7 +189,7 @@ async fn who_may_read_comment_and_react() {
     assert_eq!(m.mentions, vec![MENTIONED]);
     assert!(matches!(
         posts.get(BLOCKED, m.post_id).await,
-        Err(PostsError::NotFound)
+        Err(Error::NotFound(_))
     ));
     // Only the author edits or deletes.
     let public_post = posts
@@ -198,11 +199,11 @@ async fn who_may_read_comment_and_react() {
         .post_id;
     assert!(matches!(
         posts.edit(FOLLOWER, public_post, "hijack").await,
-        Err(PostsError::Forbidden)
+        Err(Error::Forbidden(_))
     ));
     assert!(matches!(
         posts.delete(STRANGER, public_post).await,
-        Err(PostsError::Forbidden)
+        Err(Error::Forbidden(_))
     ));
     posts
         .edit(AUTHOR, public_post, "mine, edited")
@@ -223,7 +224,7 @@ async fn who_may_read_comment_and_react() {
     ));
     assert!(matches!(
         posts.get(STRANGER, public_post).await,
-        Err(PostsError::NotFound)
+        Err(Error::NotFound(_))
     ));
 }
 
@@ -254,7 +255,7 @@ async fn comments_replies_reactions_reposts_and_quotes_are_counted() {
         posts
             .comment(1, p.post_id, reply.comment_id, "deeper")
             .await,
-        Err(PostsError::InvalidArgument { .. })
+        Err(Error::InvalidArgument { .. })
     ));
     posts.react(2, p.post_id, "❤️").await.expect("react");
     posts.react(2, p.post_id, "🔥").await.expect("replace");

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use selfie_services::Error;
+use selfie_services::graph::Graph;
 use selfie_services::graph::lists::{ListUpdate, Lists, MAX_LISTS};
-use selfie_services::graph::{Graph, GraphError};
 use selfie_services::schema;
 use selfie_services::users::Users;
 use selfie_storage::cql::{CqlConfig, CqlStore};
@@ -42,7 +43,7 @@ async fn lists_rules<S: Store + Clone>(store: S) {
     for bad in ["", "   ", &"x".repeat(51), "tab\tname"] {
         assert!(matches!(
             lists.create(OWNER, bad, "", false).await,
-            Err(GraphError::InvalidArgument { field: "name" })
+            Err(Error::InvalidArgument { field: "name" })
         ));
     }
     // Members: existing users without a block with the owner; the whole request or nothing.
@@ -53,7 +54,7 @@ async fn lists_rules<S: Store + Clone>(store: S) {
     for bad in [vec![STRANGER, 999], vec![VICTIM]] {
         assert!(matches!(
             lists.add_members(OWNER, public.list_id, &bad).await,
-            Err(GraphError::NotFound)
+            Err(Error::NotFound(_))
         ));
     }
     assert_eq!(lists.members_count(public.list_id).await.expect("count"), 2);
@@ -62,20 +63,20 @@ async fn lists_rules<S: Store + Clone>(store: S) {
         lists
             .add_members(STRANGER, public.list_id, &[STRANGER])
             .await,
-        Err(GraphError::Forbidden)
+        Err(Error::Forbidden(_))
     ));
     assert!(matches!(
         lists.delete(FAN, public.list_id).await,
-        Err(GraphError::Forbidden)
+        Err(Error::Forbidden(_))
     ));
     for viewer in [STRANGER, FAN] {
         assert!(matches!(
             lists.get(viewer, private.list_id).await,
-            Err(GraphError::NotFound)
+            Err(Error::NotFound(_))
         ));
         assert!(matches!(
             lists.members(viewer, private.list_id, 10, None).await,
-            Err(GraphError::NotFound)
+            Err(Error::NotFound(_))
         ));
     }
     let seen = |v: Vec<(selfie_services::graph::lists::UserList, i64)>| {
@@ -106,11 +107,11 @@ async fn lists_rules<S: Store + Clone>(store: S) {
     // Across a block the owner and their lists do not exist.
     assert!(matches!(
         lists.get(VICTIM, public.list_id).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert!(matches!(
         lists.of_owner(VICTIM, OWNER, 10, None).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
     // A member who blocks the owner, or the viewer, leaves the visible member list.
     assert_eq!(
@@ -155,7 +156,7 @@ async fn lists_rules<S: Store + Clone>(store: S) {
     assert_eq!((renamed.name.as_str(), renamed.private), ("mentors", true));
     assert!(matches!(
         lists.get(STRANGER, public.list_id).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
     // Removing members and deleting lists; the owner's count comes back down.
     lists
@@ -166,7 +167,7 @@ async fn lists_rules<S: Store + Clone>(store: S) {
     lists.delete(OWNER, private.list_id).await.expect("deleted");
     assert!(matches!(
         lists.get(OWNER, private.list_id).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
     for i in 1..MAX_LISTS {
         lists
@@ -176,7 +177,7 @@ async fn lists_rules<S: Store + Clone>(store: S) {
     }
     assert!(matches!(
         lists.create(OWNER, "one too many", "", false).await,
-        Err(GraphError::InvalidArgument { field: "lists" })
+        Err(Error::InvalidArgument { field: "lists" })
     ));
     // A private account's lists are for its approved followers.
     users
@@ -192,7 +193,7 @@ async fn lists_rules<S: Store + Clone>(store: S) {
     let pals = lists.create(FRIEND, "pals", "", false).await.expect("list");
     assert!(matches!(
         lists.get(VICTIM, pals.list_id).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
     graph.follow(VICTIM, FRIEND).await.expect("requested");
     graph.approve(FRIEND, VICTIM).await.expect("approved");
@@ -224,7 +225,7 @@ async fn lists_rules<S: Store + Clone>(store: S) {
     );
     assert!(matches!(
         lists.get(FRIEND, public.list_id).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
 }
 

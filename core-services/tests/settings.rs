@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use selfie_services::graph::{Graph, GraphError, MAX_MUTE};
-use selfie_services::posts::{
-    Audience, MAX_MEDIA, NewPost, PostEdit, Posts, PostsError, ReplyPolicy,
-};
+use selfie_services::Error;
+use selfie_services::graph::{Graph, MAX_MUTE};
+use selfie_services::posts::{Audience, MAX_MEDIA, NewPost, PostEdit, Posts, ReplyPolicy};
 use selfie_services::schema;
 use selfie_services::users::{
-    Link, MAX_LINKS, Permission, ProfileUpdate, Settings, SettingsUpdate, Users, UsersError,
+    Link, MAX_LINKS, Permission, ProfileUpdate, Settings, SettingsUpdate, Users,
 };
 use selfie_storage::cql::{CqlConfig, CqlStore};
 use selfie_storage::embedded::EmbeddedStore;
@@ -56,7 +55,7 @@ async fn world<S: Store + Clone>(store: &S) -> World<S> {
         // Usernames resolve as accounts would register them.
         store
             .insert_if_absent(
-                &selfie_services::auth::accounts::USERNAMES,
+                &selfie_services::tables::auth::USERNAMES,
                 &KeyBuilder::new().str(name).build(),
                 &[],
                 &id.to_be_bytes(),
@@ -81,7 +80,7 @@ async fn commenters<S: Store>(w: &World<S>, post_id: u64) -> Vec<u64> {
     for viewer in [OWNER, FAN, FRIEND, STRANGER] {
         match w.posts.comment(viewer, post_id, 0, "hi").await {
             Ok(_) => out.push(viewer),
-            Err(PostsError::CommentsLimited) => {}
+            Err(Error::Forbidden(_)) => {}
             Err(e) => panic!("viewer {viewer}: {e}"),
         }
     }
@@ -185,7 +184,7 @@ async fn reply_policies_and_settings<S: Store + Clone>(store: S) {
         .await;
     assert!(matches!(
         err,
-        Err(UsersError::InvalidArgument { field: "language" })
+        Err(Error::InvalidArgument { field: "language" })
     ));
     assert_eq!(w.users.settings(OWNER).await.expect("settings"), before);
     let s = w
@@ -252,7 +251,7 @@ async fn profiles_and_lookup<S: Store + Clone>(store: S) {
     for update in bad {
         assert!(matches!(
             w.users.update(OWNER, update).await,
-            Err(UsersError::InvalidArgument { .. })
+            Err(Error::InvalidArgument { .. })
         ));
     }
     let read = w.users.get(STRANGER, OWNER).await.expect("profile");
@@ -282,13 +281,13 @@ async fn profiles_and_lookup<S: Store + Clone>(store: S) {
     assert_eq!(ids, vec![OWNER, STRANGER]);
     assert!(matches!(
         w.users.lookup(STRANGER, &[1; 101], &[]).await,
-        Err(UsersError::InvalidArgument { .. })
+        Err(Error::InvalidArgument { .. })
     ));
     // A deleted account's profile keeps nothing of what it showed.
     w.users.mark_deleted(OWNER).await.expect("deleted");
     assert!(matches!(
         w.users.get(STRANGER, OWNER).await,
-        Err(UsersError::NotFound)
+        Err(Error::NotFound(_))
     ));
 }
 
@@ -319,12 +318,12 @@ async fn graph_lists_and_relationships<S: Store + Clone>(store: S) {
     for bad in [Duration::ZERO, MAX_MUTE + Duration::from_secs(1)] {
         assert!(matches!(
             w.graph.mute(OWNER, FAN, Some(bad)).await,
-            Err(GraphError::InvalidArgument { .. })
+            Err(Error::InvalidArgument { .. })
         ));
     }
     assert!(matches!(
         w.graph.mute(OWNER, 999, None).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert!(matches!(w.graph.mute(FAN, STRANGER, None).await, Ok(())));
     // Batch relationships: the stranger does not learn that the owner blocks them.
@@ -399,17 +398,17 @@ async fn graph_lists_and_relationships<S: Store + Clone>(store: S) {
     );
     assert!(matches!(
         w.graph.update_close_friends(FRIEND, &[FRIEND], &[]).await,
-        Err(GraphError::SelfTarget)
+        Err(Error::SelfTarget)
     ));
     assert!(matches!(
         w.graph.update_close_friends(FRIEND, &[999], &[]).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert!(matches!(
         w.graph
             .update_close_friends(FRIEND, &[OWNER; 101], &[])
             .await,
-        Err(GraphError::InvalidArgument { .. })
+        Err(Error::InvalidArgument { .. })
     ));
     w.graph.remove_user(FAN).await.expect("removed");
     assert_eq!(
@@ -424,7 +423,7 @@ async fn graph_lists_and_relationships<S: Store + Clone>(store: S) {
     w.users.mark_deleted(OWNER).await.expect("deleted");
     assert!(matches!(
         w.graph.follow(OWNER, FAN).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
 }
 
@@ -450,7 +449,7 @@ async fn media_history_and_counts<S: Store + Clone>(store: S) {
         assert!(
             matches!(
                 w.posts.publish(OWNER, media(bad.clone())).await,
-                Err(PostsError::InvalidArgument { .. })
+                Err(Error::InvalidArgument { .. })
             ),
             "{bad:?}"
         );
@@ -491,21 +490,21 @@ async fn media_history_and_counts<S: Store + Clone>(store: S) {
     w.posts.delete(OWNER, gone.post_id).await.expect("delete");
     assert!(matches!(
         w.posts.edit(OWNER, gone.post_id, "back").await,
-        Err(PostsError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert!(matches!(
         w.posts.comment(OWNER, gone.post_id, 0, "hello?").await,
-        Err(PostsError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert!(matches!(
         w.posts.react(OWNER, gone.post_id, "🔥").await,
-        Err(PostsError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert!(matches!(
         w.posts
             .create(OWNER, "quoting", Audience::Public, Some(gone.post_id))
             .await,
-        Err(PostsError::NotFound)
+        Err(Error::NotFound(_))
     ));
     // Per-author counts follow posts, reposts and deletes.
     let q = w
@@ -528,7 +527,7 @@ async fn media_history_and_counts<S: Store + Clone>(store: S) {
         .0;
     assert!(matches!(
         w.posts.comment(FAN, repost[0].post_id, 0, "hi").await,
-        Err(PostsError::InvalidArgument { .. })
+        Err(Error::InvalidArgument { .. })
     ));
 }
 
@@ -549,7 +548,7 @@ async fn interactions<S: Store + Clone>(store: S) {
     for bad in ["!", "ok", "🔥 🔥", ""] {
         assert!(matches!(
             w.posts.react(STRANGER, id, bad).await,
-            Err(PostsError::InvalidArgument { .. })
+            Err(Error::InvalidArgument { .. })
         ));
     }
     let (counts, entries, _) = w
@@ -633,11 +632,11 @@ async fn interactions<S: Store + Clone>(store: S) {
     assert!(edited.edited_at_ms > 0);
     assert!(matches!(
         w.posts.edit_comment(OWNER, c.comment_id, "mine now").await,
-        Err(PostsError::Forbidden)
+        Err(Error::Forbidden(_))
     ));
     assert!(matches!(
         w.posts.delete_comment(FRIEND, c.comment_id).await,
-        Err(PostsError::Forbidden)
+        Err(Error::Forbidden(_))
     ));
     assert_eq!(w.posts.count(id, "comments").await.expect("n"), 2);
     w.posts
@@ -646,18 +645,18 @@ async fn interactions<S: Store + Clone>(store: S) {
         .expect("the post's author moderates");
     assert!(matches!(
         w.posts.delete_comment(FAN, c.comment_id).await,
-        Err(PostsError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert!(matches!(
         w.posts.edit_comment(FAN, c.comment_id, "back").await,
-        Err(PostsError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert_eq!(w.posts.count(id, "comments").await.expect("n"), 1);
     assert!(matches!(
         w.posts
             .comment(FAN, id, c.comment_id, "to a tombstone")
             .await,
-        Err(PostsError::InvalidArgument { .. })
+        Err(Error::InvalidArgument { .. })
     ));
     let (listed, _) = w.posts.comments(OWNER, id, 10, None).await.expect("list");
     assert_eq!(listed.len(), 2);
@@ -700,7 +699,7 @@ async fn interactions<S: Store + Clone>(store: S) {
     assert_eq!(got.len(), 2);
     assert!(matches!(
         w.posts.get_many(FAN, &[id; 101]).await,
-        Err(PostsError::InvalidArgument { .. })
+        Err(Error::InvalidArgument { .. })
     ));
 }
 

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use selfie_services::graph::{FollowState, Graph, GraphError};
+use selfie_services::Error;
+use selfie_services::graph::{FollowState, Graph};
 use selfie_services::schema;
-use selfie_services::users::{ProfileUpdate, Users, UsersError};
+use selfie_services::users::{ProfileUpdate, Users};
 use selfie_storage::cql::{CqlConfig, CqlStore};
 use selfie_storage::embedded::EmbeddedStore;
 use selfie_storage::{Store, SystemClock};
@@ -59,7 +60,7 @@ async fn follows_requests_blocks_and_privacy<S: Store + Clone>(store: S) {
     assert_eq!(graph.counts(ANA).await.expect("counts"), (0, 1));
     assert!(matches!(
         graph.follow(ANA, ANA).await,
-        Err(GraphError::SelfTarget)
+        Err(Error::SelfTarget)
     ));
     // Private account: a request, approved or denied.
     users
@@ -88,13 +89,13 @@ async fn follows_requests_blocks_and_privacy<S: Store + Clone>(store: S) {
     // Before approval, a private account's lists are closed to others.
     assert!(matches!(
         graph.followers(ANA, CAT, 10, None).await,
-        Err(GraphError::Forbidden)
+        Err(Error::Forbidden(_))
     ));
     graph.approve(CAT, ANA).await.expect("approved");
     graph.deny(CAT, BEN).await.expect("denied");
     assert!(matches!(
         graph.approve(CAT, BEN).await,
-        Err(GraphError::NoSuchRequest)
+        Err(Error::NotFound(_))
     ));
     assert_eq!(
         graph
@@ -106,7 +107,7 @@ async fn follows_requests_blocks_and_privacy<S: Store + Clone>(store: S) {
     );
     assert!(matches!(
         graph.followers(BEN, CAT, 10, None).await,
-        Err(GraphError::Forbidden)
+        Err(Error::Forbidden(_))
     ));
     assert_eq!(
         graph
@@ -136,21 +137,18 @@ async fn follows_requests_blocks_and_privacy<S: Store + Clone>(store: S) {
     let rel = graph.relationship(ANA, BEN).await.expect("rel");
     assert!(rel.blocking && !rel.following && !rel.followed_by);
     assert_eq!(graph.counts(BEN).await.expect("counts"), (0, 0));
-    assert!(matches!(
-        graph.follow(BEN, ANA).await,
-        Err(GraphError::Blocked)
-    ));
+    assert!(matches!(graph.follow(BEN, ANA).await, Err(Error::Blocked)));
     assert!(
-        matches!(users.get(BEN, ANA).await, Err(UsersError::NotFound)),
+        matches!(users.get(BEN, ANA).await, Err(Error::NotFound(_))),
         "hidden from the blocked"
     );
     assert!(
-        matches!(users.get(ANA, BEN).await, Err(UsersError::NotFound)),
+        matches!(users.get(ANA, BEN).await, Err(Error::NotFound(_))),
         "and from the blocker"
     );
     assert!(matches!(
         graph.followers(BEN, ANA, 10, None).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert_eq!(
         users
@@ -184,7 +182,7 @@ async fn follows_requests_blocks_and_privacy<S: Store + Clone>(store: S) {
                 }
             )
             .await,
-        Err(UsersError::InvalidArgument { field: "bio" })
+        Err(Error::InvalidArgument { field: "bio" })
     ));
 }
 
@@ -252,13 +250,10 @@ async fn a_deleted_user_leaves_no_edges<S: Store + Clone>(store: S) {
     graph.follow(BEN, CAT).await.expect("follow");
     assert!(graph.remove_user(ANA).await.expect("removed") >= 4);
     users.mark_deleted(ANA).await.expect("anonymised");
-    assert!(matches!(
-        users.get(BEN, ANA).await,
-        Err(UsersError::NotFound)
-    ));
+    assert!(matches!(users.get(BEN, ANA).await, Err(Error::NotFound(_))));
     assert!(matches!(
         graph.follow(BEN, ANA).await,
-        Err(GraphError::NotFound)
+        Err(Error::NotFound(_))
     ));
     assert_eq!(
         graph.counts(BEN).await.expect("counts"),

@@ -34,6 +34,39 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Outgoing mail (password-reset codes).
     pub mail: MailConfig,
+    /// The live delivery plane (subscriptions).
+    pub delivery: DeliveryConfig,
+}
+
+/// The live delivery plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Events queued per subscriber before a slow one is cut off with `ResyncRequired`.
+    pub subscriber_queue: usize,
+    /// How long a publisher waits for room in the owner shard's mailbox (or the fleet's
+    /// outgoing queue) before the event is dropped and its subscribers resync.
+    pub publish_wait_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let d = selfie_services::plane::DeliveryConfig::default();
+        Self {
+            subscriber_queue: d.subscriber_queue,
+            publish_wait_ms: d.publish_wait.as_millis() as u64,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The plane's settings.
+    pub fn plane(&self) -> selfie_services::plane::DeliveryConfig {
+        selfie_services::plane::DeliveryConfig {
+            subscriber_queue: self.subscriber_queue.max(1),
+            publish_wait: std::time::Duration::from_millis(self.publish_wait_ms),
+        }
+    }
 }
 
 /// Outgoing mail through an SMTP relay.
@@ -252,8 +285,8 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 8] = [
-    "server", "tls", "limits", "ops", "log", "storage", "auth", "mail",
+const SECTIONS: [&str; 9] = [
+    "server", "tls", "limits", "ops", "log", "storage", "auth", "mail", "delivery",
 ];
 
 fn scalar(raw: &str) -> Value {
@@ -395,6 +428,13 @@ impl Config {
         if self.auth.access_token_ttl_s == 0 || self.auth.access_token_ttl_s > 24 * 3600 {
             return Err(bad(
                 "auth.access_token_ttl_s must be within 1..=86400".into()
+            ));
+        }
+        if !(1..=65_536).contains(&self.delivery.subscriber_queue)
+            || self.delivery.publish_wait_ms > 60_000
+        {
+            return Err(bad(
+                "delivery.subscriber_queue must be within 1..=65536 and delivery.publish_wait_ms at most 60000".into(),
             ));
         }
         if self.limits.max_concurrent_streams == 0 || self.server.node_id.is_empty() {

@@ -14,6 +14,9 @@
 //! - **Graph pair locks.** Changes to one pair of users (follow, unfollow, block, a
 //!   follower's removal...) made on two nodes at once take turns through short Redis
 //!   leases, as they already do across the shards of one node.
+//! - **The delivery plane.** Events published on any node reach the subscribers of every
+//!   node, numbered in one fleet-wide sequence per topic, through one Redis subscription
+//!   per node (`selfie_services::plane::RedisBus`).
 //!
 //! The Redis connections and the bridge tasks run on their own small runtime; shard
 //! threads wait on Redis only inside a login and while a graph change holds its pair. If Redis is unreachable the node
@@ -29,6 +32,7 @@ use futures::StreamExt;
 use selfie_services::auth::throttle::{FleetThrottle, RedisLoginThrottle, ThrottleConfig};
 use selfie_services::auth::tokens::RevokedSessions;
 use selfie_services::graph::{FleetLocks, RedisFleetLocks};
+use selfie_services::plane::{Plane, RedisBus};
 use selfie_storage::redis::{EventBus, Locks, RevocationList};
 
 use crate::metrics::{FLEET, FleetCounters};
@@ -49,12 +53,14 @@ pub struct Fleet {
 
 impl Fleet {
     /// Connects to Redis at `url` (keys under `prefix`), loads the fleet's revocations
-    /// into `revoked`, and starts the bridge. Fails if Redis cannot be reached at start.
+    /// into `revoked`, connects `plane`'s delivery to the other nodes, and starts the
+    /// bridge. Fails if Redis cannot be reached at start.
     pub fn start(
         url: &str,
         prefix: &str,
         revoked: RevokedSessions,
         throttle: ThrottleConfig,
+        plane: Arc<Plane>,
     ) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -79,6 +85,27 @@ impl Fleet {
                 Ok((conn, list, bus)) => {
                     let locks = Arc::new(RedisFleetLocks::new(Locks::new(conn.clone(), &prefix)));
                     let throttle = Arc::new(RedisLoginThrottle::new(conn, &prefix, throttle));
+                    // The delivery plane: this node's one subscription is confirmed
+                    // before the node serves, so no event published after it is missed.
+                    let (subscribed, ready) = tokio::sync::oneshot::channel();
+                    tokio::spawn(selfie_services::plane::run_inbox(
+                        bus.clone(),
+                        plane.clone(),
+                        Some(subscribed),
+                    ));
+                    if tokio::time::timeout(Duration::from_secs(10), ready)
+                        .await
+                        .is_err()
+                    {
+                        let _ = tx.send(Err(anyhow::anyhow!(
+                            "cannot subscribe to the fleet's event channel"
+                        )));
+                        return;
+                    }
+                    if plane.set_bus(Arc::new(RedisBus::new(bus.clone()))).is_err() {
+                        let _ = tx.send(Err(anyhow::anyhow!("the plane already has a bus")));
+                        return;
+                    }
                     let _ = tx.send(Ok((throttle, locks)));
                     tokio::spawn(outbox(revoked.clone(), list.clone(), bus.clone(), c));
                     tokio::spawn(inbox(revoked.clone(), bus, c));

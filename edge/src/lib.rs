@@ -2,11 +2,14 @@
 //!
 //! The one idea: **one shard per core, shared-nothing.** Each shard is a pinned thread
 //! with a tokio `current_thread` runtime, its own `SO_REUSEPORT` UDP socket and quinn
-//! endpoint, and its own instance of every service ([`service::Registry`]). Connection
-//! ids name their shard and a BPF program steers packets by them ([`steering`]), so a
-//! client whose address changes stays on its shard. A request for a key owned by another
-//! shard travels through that shard's bounded mailbox (`invoke_on`) carrying the verified
-//! frame's `Bytes`, and its answer comes back on the original stream.
+//! endpoint, and its own instance of every service (a [`Registry`] of the service plane,
+//! `selfie_services::plane`). Connection ids name their shard and a BPF program steers
+//! packets by them ([`steering`]), so a client whose address changes stays on its shard.
+//! A request for a key owned by another shard travels through that shard's bounded
+//! mailbox (`Shards::forward`) carrying the verified frame's `Bytes`, and its answer comes
+//! back on the original stream; the same mailboxes carry typed calls between shards and
+//! the delivery plane's fan-out. Subscriptions are push streams fed by the delivery
+//! plane.
 //!
 //! A connection starts with a control stream (`Hello` → `Welcome`, [`session`]); each
 //! request is a bidirectional stream carrying one verified `Envelope`; admission control,
@@ -14,17 +17,16 @@
 //! `/readyz` turns 503, new connections are refused, clients get `GoAway`, in-flight
 //! requests finish, connections close at the deadline ([`Edge::drain`]).
 //!
-//! This crate holds no domain logic (that is `selfie-services`) and no storage code; it
+//! This crate is transport, sessions and dispatch: it holds no domain logic and no wire
+//! adapters (each service owns its table in `selfie-services`) and no storage code; it
 //! must not be imported by either.
 
-pub mod api;
 pub mod auth;
 pub mod config;
 pub mod fleet;
 pub mod mail;
 pub mod metrics;
 pub mod ops;
-pub mod service;
 pub mod session;
 pub mod shard;
 pub mod steering;
@@ -36,12 +38,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{error, info};
 
 pub use config::Config;
-pub use service::{ErrorReply, Registry, RequestContext, Service, ServiceFactory};
+pub use selfie_services::ErrorReply;
+pub use selfie_services::plane::{Call, Plane, Registry, RequestContext, Service, ShardId};
 pub use session::{AnonymousOnly, Authenticator, Principal};
+
+/// Builds a shard's registry; called once on each shard thread.
+pub type ServiceFactory = Arc<dyn Fn(ShardId) -> Registry + Send + Sync>;
 
 /// Streams QUIC lets a client open: the application limit plus a margin of 16.
 pub fn transport_streams(app_limit: u32) -> u32 {
@@ -58,7 +64,7 @@ pub struct Edge {
     pub fingerprint: String,
     /// The number of shards.
     pub shards: usize,
-    shared: Arc<shard::Shards>,
+    shared: Arc<shard::Shared>,
     drain: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     ops_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -66,14 +72,22 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Binds every shard and the ops port and starts serving.
+    /// Binds every shard and the ops port and starts serving. `plane` is the node's
+    /// service plane (one mailbox per shard, the delivery plane); `factory` builds each
+    /// shard's registry on its thread.
     pub fn start(
         config: Config,
+        plane: Arc<Plane>,
         factory: ServiceFactory,
         auth: Arc<dyn Authenticator>,
     ) -> anyhow::Result<Edge> {
         config.validate()?;
         let shards = config.shard_count();
+        anyhow::ensure!(
+            plane.shards().count() == shards,
+            "the plane has {} shards, the configuration {shards}",
+            plane.shards().count()
+        );
         let identity = tls::load_identity(&config.tls, &config.server.data_dir)?;
         let fingerprint = identity.fingerprint();
         let mut server_config = tls::quic_server_config(&identity)?;
@@ -104,17 +118,20 @@ impl Edge {
             .ok_or_else(|| anyhow::anyhow!("no shard socket"))?;
         let (drain_tx, drain_rx) = watch::channel(false);
         let mut mailboxes = Vec::with_capacity(shards);
-        let mut receivers = Vec::with_capacity(shards);
-        for _ in 0..shards {
-            let (tx, rx) = mpsc::channel(shard::MAILBOX);
-            mailboxes.push(tx);
-            receivers.push(rx);
+        for id in 0..shards {
+            mailboxes.push(
+                plane
+                    .shards()
+                    .take_mailbox(id)
+                    .ok_or_else(|| anyhow::anyhow!("shard {id}'s mailbox is already taken"))?,
+            );
         }
-        let shared = Arc::new(shard::Shards {
-            metrics: metrics::Metrics::new(),
+        let shared = Arc::new(shard::Shared {
+            metrics: metrics::Metrics::new(&plane),
             auth,
             factory,
-            mailboxes,
+            plane,
+            shards,
             heartbeats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             running: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
@@ -127,7 +144,7 @@ impl Edge {
             Vec::new()
         };
         let mut threads = Vec::with_capacity(shards);
-        for (id, (socket, rx)) in sockets.into_iter().zip(receivers).enumerate() {
+        for (id, (socket, rx)) in sockets.into_iter().zip(mailboxes).enumerate() {
             let shared = shared.clone();
             let server_config = server_config.clone();
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);

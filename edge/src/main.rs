@@ -6,22 +6,15 @@
 //! - `selfie migrate` — apply the CQL schema migrations to `storage.cql_url`.
 
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use selfie_edge::api::auth::AuthApi;
-use selfie_edge::api::posts::PostsApi;
-use selfie_edge::api::social::{GraphApi, UsersApi};
-use selfie_edge::{Config, Edge, Registry, config};
-use selfie_services::auth::accounts::Accounts;
+use selfie_edge::{Config, Edge, config};
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::LoginThrottle;
-use selfie_services::graph::Graph;
-use selfie_services::posts::Posts;
-use selfie_services::users::Users;
+use selfie_services::plane::Plane;
 use selfie_storage::SystemClock;
 use selfie_storage::any::AnyStore;
 
@@ -184,9 +177,10 @@ fn main() -> anyhow::Result<()> {
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
                 Duration::from_secs(2),
             )?;
-            let node = config.server.node_number;
+            let plane = Plane::new(config.shard_count(), config.delivery.plane());
             // One login throttle for the node, shared by its shards; with Redis, a second
-            // layer shared by the fleet, which also spreads session revocations.
+            // layer shared by the fleet, which also spreads session revocations and the
+            // delivery plane's events.
             let mut throttle = LoginThrottle::default();
             let fleet = match config.storage.redis_url.as_deref() {
                 Some(url) => {
@@ -195,13 +189,13 @@ fn main() -> anyhow::Result<()> {
                         "selfie:",
                         tokens.revoked().clone(),
                         throttle.config(),
+                        plane.clone(),
                     )?;
                     throttle = throttle.with_fleet(fleet.login_throttle());
                     Some(fleet)
                 }
                 None => None,
             };
-            let graph_locks = fleet.as_ref().map(|f| f.graph_locks());
             // Password-reset codes go out through the configured SMTP relay, if any.
             let mailer: Option<Arc<dyn selfie_services::auth::mail::Mailer>> =
                 match config.mail.smtp_url.as_deref() {
@@ -211,64 +205,25 @@ fn main() -> anyhow::Result<()> {
                     )?)),
                     None => None,
                 };
-            let access_ttl = Duration::from_secs(config.auth.access_token_ttl_s);
+            let deps = selfie_services::Deps {
+                store,
+                clock: Arc::new(SystemClock),
+                node: config.server.node_number,
+                tokens,
+                hasher,
+                throttle,
+                mailer,
+                graph_locks: fleet.as_ref().map(|f| f.graph_locks()),
+                access_ttl: Duration::from_secs(config.auth.access_token_ttl_s),
+                plane: plane.clone(),
+            };
             let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
-                let mut registry = Registry::new();
-                let users = Rc::new(Users::new(store.clone()));
-                let graph = match &graph_locks {
-                    Some(locks) => Graph::new(store.clone()).with_fleet_locks(locks.clone()),
-                    None => Graph::new(store.clone()),
-                };
-                let graph = Rc::new(graph);
-                let lists = match selfie_services::graph::lists::Lists::new(
-                    store.clone(),
-                    Arc::new(SystemClock),
-                    node,
-                    shard as u16,
-                ) {
-                    Ok(l) => Rc::new(l),
-                    Err(e) => {
-                        tracing::error!(shard, error = %e, "graph service unavailable");
-                        return registry;
-                    }
-                };
-                registry.register(
-                    selfie_protocol::Service::Users,
-                    Rc::new(UsersApi::new(users.clone(), graph.clone())),
-                );
-                registry.register(
-                    selfie_protocol::Service::Graph,
-                    Rc::new(GraphApi::new(graph.clone(), lists)),
-                );
-                match Posts::new(store.clone(), Arc::new(SystemClock), node, shard as u16) {
-                    Ok(posts) => registry.register(
-                        selfie_protocol::Service::Posts,
-                        Rc::new(PostsApi::new(posts)),
-                    ),
-                    Err(e) => tracing::error!(shard, error = %e, "posts service unavailable"),
-                }
-                match Accounts::new(
-                    store.clone(),
-                    tokens.clone(),
-                    hasher.clone(),
-                    Arc::new(SystemClock),
-                    node,
-                    shard as u16,
-                    throttle.clone(),
-                )
-                .map(|a| match &mailer {
-                    Some(m) => a.with_mailer(m.clone()),
-                    None => a,
-                }) {
-                    Ok(accounts) => registry.register(
-                        selfie_protocol::Service::Auth,
-                        Rc::new(AuthApi::new(accounts, users, graph, access_ttl)),
-                    ),
-                    Err(e) => tracing::error!(shard, error = %e, "accounts service unavailable"),
-                }
-                registry
+                selfie_services::registry(shard, &deps).unwrap_or_else(|e| {
+                    tracing::error!(shard, error = %e, "services unavailable on this shard");
+                    selfie_services::plane::Registry::new(shard, &deps.plane)
+                })
             });
-            let edge = Edge::start(config, factory, auth)?;
+            let edge = Edge::start(config, plane, factory, auth)?;
             println!(
                 "selfie edge listening on udp://{} ({} shards), ops on http://{}",
                 edge.addr, edge.shards, edge.ops_addr

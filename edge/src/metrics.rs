@@ -100,8 +100,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Arc<Self> {
+    /// Creates and registers every metric, the service plane's included.
+    pub fn new(plane: &selfie_services::plane::Plane) -> Arc<Self> {
         let mut registry = Registry::default();
         let m = Self {
             connections_active: Family::default(),
@@ -189,6 +189,7 @@ impl Metrics {
             })
             .set(1);
         r.register("selfie_build_info", "Build information", build);
+        plane.metrics.register(r);
         r.register(
             "selfie_fleet_revocations_sent",
             "Session revocations of this node shared with the fleet",

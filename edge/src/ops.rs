@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::shard::Shards;
+use crate::shard::Shared;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -19,7 +19,7 @@ fn now_ms() -> u64 {
 }
 
 /// The ops router.
-pub fn router(shared: Arc<Shards>) -> Router {
+pub fn router(shared: Arc<Shared>) -> Router {
     let metrics = shared.clone();
     let live = shared.clone();
     let ready = shared;
@@ -68,7 +68,7 @@ pub fn router(shared: Arc<Shards>) -> Router {
             get(move || {
                 let draining = *ready.drain.borrow();
                 let running = ready.running.load(Ordering::SeqCst);
-                let total = ready.mailboxes.len();
+                let total = ready.shards;
                 async move {
                     if draining {
                         (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string())

@@ -3,17 +3,7 @@
 //! network. Nothing here knows quinn, so a WebTransport session can use it unchanged.
 
 use selfie_protocol::{ErrorCode, Version, control::Hello, negotiate};
-
-/// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// The user.
-    pub user_id: u64,
-    /// The login session (device) the token belongs to.
-    pub session_id: u64,
-    /// Roles (e.g. `admin`, `moderator`).
-    pub roles: Vec<String>,
-}
+pub use selfie_services::plane::Principal;
 
 /// Verifies access tokens at the edge, without a storage round trip. The accounts service
 /// provides the real one; [`AnonymousOnly`] serves until then.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use selfie_client::{Client, ClientConfig, Trust};
 use selfie_edge::auth::TokenAuthenticator;
-use selfie_edge::{Config, Edge, Registry};
+use selfie_edge::{Config, Edge, Plane, Registry};
 use selfie_protocol::ErrorCode;
 use selfie_services::auth::tokens::AccessTokens;
 
@@ -28,7 +28,10 @@ fn start() -> Node {
     config.ops.listen = "127.0.0.1:0".parse().expect("addr");
     let tokens = AccessTokens::generate("selfie-test", Duration::from_secs(900)).expect("key");
     let auth = Arc::new(TokenAuthenticator::new(tokens.clone()));
-    let edge = Edge::start(config, Arc::new(|_| Registry::new()), auth).expect("edge");
+    let plane = Plane::new(config.shard_count(), config.delivery.plane());
+    let shards = plane.clone();
+    let factory = Arc::new(move |shard| Registry::new(shard, &shards));
+    let edge = Edge::start(config, plane, factory, auth).expect("edge");
     Node {
         edge,
         tokens,

@@ -1,9 +1,10 @@
 //! A real edge on 127.0.0.1:0 and the real client SDK over QUIC.
 //!
-//! The services here are test services registered through the edge's service seam (the
-//! domain services arrive with later issues): `Users.GetProfileRequest` answers with the
-//! shard that ran it, keyed by `user_id` so that owner routing is visible, and waits
-//! 300 ms when asked for username "slow" (to hold requests in flight).
+//! The services here are test services registered through the service plane's seam:
+//! `Users.GetProfileRequest` answers with the shard that ran it, keyed by `user_id` so that
+//! owner routing is visible, and waits 300 ms when asked for username "slow" (to hold
+//! requests in flight); a `Notifications` subscription to target N publishes events
+//! 1..=N on the subscriber's topic through the delivery plane.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,11 +14,10 @@ use bytes::Bytes;
 use futures::future::{LocalBoxFuture, join_all};
 use selfie_client::{Client, ClientConfig, ClientError, Trust};
 use selfie_codec::{Encoder, Frame, Limits};
-use selfie_edge::service::owner_shard;
-use selfie_edge::{
-    Authenticator, Config, Edge, ErrorReply, Principal, Registry, RequestContext, Service,
-};
+use selfie_edge::{Authenticator, Call, Config, Edge, Plane, Principal, Registry, Service};
+use selfie_protocol::control::SubscriptionKind;
 use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, Version, common, users};
+use selfie_services::plane::{Delivery, Subscription, Topic, owner_shard};
 
 struct TokenAuth;
 
@@ -48,22 +48,13 @@ impl Service for Probe {
             .map(|r| r.user_id())
     }
 
-    fn handle(
-        &self,
-        _ctx: RequestContext,
-        frame: Frame,
-    ) -> LocalBoxFuture<'static, Result<Bytes, ErrorReply>> {
-        let env = frame.envelope();
+    fn handle(&self, call: Call) -> LocalBoxFuture<'static, selfie_services::Result<Bytes>> {
+        let env = call.env();
         let Some(req) = env
             .body_as_users()
             .and_then(|u| u.op_as_get_profile_request())
         else {
-            return Box::pin(async {
-                Err(ErrorReply::new(
-                    ErrorCode::UnexpectedMessage,
-                    "not supported",
-                ))
-            });
+            return Box::pin(async { Err(selfie_services::Error::Unavailable("this operation")) });
         };
         let (id, user_id, slow) = (env.id(), req.user_id(), req.username() == Some("slow"));
         let name = format!("shard-{}", self.shard);
@@ -111,18 +102,18 @@ impl Service for Probe {
             if slow {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            bytes.map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))
+            bytes.map_err(|_| selfie_services::Error::Corrupt("answer"))
         })
     }
 }
 
-/// Pushes `NotificationEvent`s with ids 1..=target_id every 5 ms, then ends (target 0:
-/// forever, until unsubscribed).
-struct Notifier;
+/// A `Notifications` subscription to target N joins the caller's notifications topic and
+/// publishes N events (`notification_id` 1..=N) on it through the delivery plane, one
+/// every 5 ms (target 0: one every 5 ms until unsubscribed).
+struct Notifier(Rc<Delivery>);
 
-fn notification_frame(n: u64) -> Bytes {
-    let mut enc = Encoder::new(Limits::DEFAULT);
-    enc.encode_bytes(|b| {
+fn notification_frame(d: &Delivery, n: u64) -> Bytes {
+    d.encode_event(|b, id| {
         use selfie_protocol::notifications as nt;
         let notification = nt::Notification::create(
             b,
@@ -149,6 +140,7 @@ fn notification_frame(n: u64) -> Bytes {
         Envelope::create(
             b,
             &EnvelopeArgs {
+                id,
                 body_type: Body::Notifications,
                 body: Some(body.as_union_value()),
                 ..Default::default()
@@ -163,30 +155,41 @@ impl Service for Notifier {
         None
     }
 
-    fn handle(
-        &self,
-        _ctx: RequestContext,
-        _frame: Frame,
-    ) -> LocalBoxFuture<'static, Result<Bytes, ErrorReply>> {
-        Box::pin(async { Err(ErrorReply::new(ErrorCode::UnexpectedMessage, "push only")) })
+    fn handle(&self, _call: Call) -> LocalBoxFuture<'static, selfie_services::Result<Bytes>> {
+        Box::pin(async { Err(selfie_services::Error::Unavailable("push only")) })
     }
 
     fn subscribe(
         &self,
-        _ctx: RequestContext,
-        request: &selfie_protocol::control::SubscribeRequest<'_>,
-    ) -> Result<futures::stream::LocalBoxStream<'static, Bytes>, ErrorReply> {
-        let last = request.target_id();
-        Ok(Box::pin(futures::stream::unfold(
-            1u64,
-            move |n| async move {
-                if last != 0 && n > last {
-                    return None;
+        kind: SubscriptionKind,
+        call: Call,
+    ) -> LocalBoxFuture<'static, selfie_services::Result<Subscription>> {
+        let d = self.0.clone();
+        Box::pin(async move {
+            let last = call
+                .op(|e| e.body_as_control()?.op_as_subscribe_request())?
+                .target_id();
+            // One topic per subscription here, so that tests can count exactly.
+            let topic = Topic::new(kind, rand::random::<u64>() >> 1);
+            let events = d.subscribe(topic).await?;
+            tokio::task::spawn_local(async move {
+                let mut n = 1;
+                while last == 0 || n <= last {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if d.publish(topic, notification_frame(&d, n)).await.is_err() {
+                        return;
+                    }
+                    if d.subscriber_count() == 0 {
+                        return;
+                    }
+                    n += 1;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                Some((notification_frame(n), n + 1))
-            },
-        )))
+            });
+            Ok(Subscription {
+                initial: Vec::new(),
+                events,
+            })
+        })
     }
 }
 
@@ -222,8 +225,10 @@ fn start_with_cert_of(
     config.server.drain_deadline_ms = 2_000;
     config.ops.listen = "127.0.0.1:0".parse().expect("addr");
     tweak(&mut config);
-    let factory: selfie_edge::ServiceFactory = Arc::new(|shard| {
-        let mut r = Registry::new();
+    let plane = Plane::new(config.shard_count(), config.delivery.plane());
+    let shards = plane.clone();
+    let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
+        let mut r = Registry::new(shard, &shards);
         r.register(
             selfie_protocol::Service::Users,
             Rc::new(Probe {
@@ -231,10 +236,11 @@ fn start_with_cert_of(
                 encoder: std::cell::RefCell::new(Encoder::new(Limits::DEFAULT)),
             }),
         );
-        r.register(selfie_protocol::Service::Notifications, Rc::new(Notifier));
+        let notifier = Notifier(r.delivery().clone());
+        r.register(selfie_protocol::Service::Notifications, Rc::new(notifier));
         r
     });
-    let edge = Edge::start(config, factory, Arc::new(TokenAuth)).expect("edge starts");
+    let edge = Edge::start(config, plane, factory, Arc::new(TokenAuth)).expect("edge starts");
     TestEdge { edge, _dir: dir }
 }
 
@@ -549,16 +555,17 @@ async fn subscriptions_deliver_pushes_in_order_on_their_own_stream_until_unsubsc
         .expect("subscribed");
     assert_ne!(finite.id(), endless.id());
     let mut got = Vec::new();
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), finite.next())
-        .await
-        .expect("in time")
-    {
-        got.push(notification_id(&frame));
+    for _ in 0..20 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), finite.next())
+            .await
+            .expect("in time")
+            .expect("an event");
+        got.push((notification_id(&frame), frame.id()));
     }
     assert_eq!(
         got,
-        (1..=20).collect::<Vec<_>>(),
-        "every event, in order, then the end"
+        (1..=20).map(|n| (n, n)).collect::<Vec<_>>(),
+        "every event, in order, each carrying its topic sequence"
     );
     for want in 1..=3 {
         let frame = endless.next().await.expect("events flow");

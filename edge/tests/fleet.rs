@@ -22,16 +22,18 @@ struct FleetNode {
 
 fn node(parts: &Parts, redis: &RedisServer) -> FleetNode {
     let tokens = tokens(parts);
+    let plane = support::plane();
     let fleet = Fleet::start(
         &redis.url,
         "test:",
         tokens.revoked().clone(),
         parts.throttle,
+        plane.clone(),
     )
     .expect("fleet");
     let throttle = LoginThrottle::new(parts.throttle).with_fleet(fleet.login_throttle());
     FleetNode {
-        node: start_in_fleet(parts, tokens, throttle, Some(fleet.graph_locks())),
+        node: start_in_fleet(parts, tokens, throttle, Some(fleet.graph_locks()), plane),
         _fleet: fleet,
     }
 }

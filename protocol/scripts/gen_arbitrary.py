@@ -27,8 +27,8 @@ SCALARS = {
 
 DECL = re.compile(
     r"(namespace)\s+([\w.]+)\s*;"
-    r"|(include|root_type|file_identifier)\s+[^;]*;"
-    r"|(enum|union|struct|table)\s+(\w+)\s*(?::\s*(\w+))?\s*(?:\([^)]*\))?\s*\{([^}]*)\}",
+    r"|(include|root_type|file_identifier|attribute)\s+[^;]*;"
+    r"|(enum|union|struct|table)\s+(\w+)\s*(?::\s*(\w+))?\s*(?:\(([^)]*)\))?\s*\{([^}]*)\}",
     re.S,
 )
 
@@ -53,7 +53,8 @@ def parse(schema_dir):
             elif m.group(3):
                 continue
             else:
-                kind, name, _base, body = m.group(4), m.group(5), m.group(6), m.group(7)
+                kind, name, _base, decl_attrs, body = (
+                    m.group(4), m.group(5), m.group(6), m.group(7), m.group(8))
                 fq = f"{ns}.{name}"
                 if kind == "enum":
                     decls[fq] = {"kind": "enum"}
@@ -79,7 +80,8 @@ def parse(schema_dir):
                         if attrs and "deprecated" in attrs:
                             continue
                         fields.append((fname, ftype, default == "null"))
-                    decls[fq] = {"kind": kind, "ns": ns, "fields": fields}
+                    decls[fq] = {"kind": kind, "ns": ns, "fields": fields,
+                                 "attrs": [a.strip() for a in (decl_attrs or "").split(",") if a.strip()]}
         tail = text[pos:].strip()
         if tail:
             sys.exit(f"{path}: cannot parse near: {tail[:60]!r}")

@@ -50,6 +50,7 @@ impl ErrorCode {
                 | ErrorCode::StorageFailure
                 | ErrorCode::IdleTimeout
                 | ErrorCode::HandshakeTimeout
+                | ErrorCode::ResyncRequired
         )
     }
 

@@ -1,12 +1,9 @@
 //! Facts about messages that every layer needs: which service a body belongs to, the
-//! stream priority it travels at, whether it is safe to replay (0-RTT), and bounded
-//! names for metrics and logs.
+//! stream priority it travels at, and bounded names for metrics and logs. Whether a
+//! request is safe to replay (0-RTT) is declared in the schemas (`(idempotent)`) and
+//! generated (`generated/idempotent.rs`).
 
 use crate::{Body, Envelope};
-use crate::{
-    ads, analytics, auth, chat, control, feed, graph, media, moderation, notifications, payments,
-    posts, recommend, search, stories, users,
-};
 
 /// A product service: the first level of the envelope's `body` union.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -129,162 +126,17 @@ impl Priority {
 
 /// The priority of a stream that carries `body`.
 pub fn priority_of(body: Body) -> Priority {
-    match Service::of(body) {
-        Some(Service::Control) => Priority::Control,
-        Some(Service::Chat) => Priority::Chat,
-        Some(Service::Notifications) => Priority::Notifications,
-        Some(Service::Media) => Priority::Media,
-        _ => Priority::Content,
-    }
+    Service::of(body).map_or(Priority::Content, priority_of_service)
 }
 
-/// Whether a request only reads, so that replaying it (TLS 0-RTT early data, RFC 8446
-/// §8, or a retry after a lost response) cannot change state. Everything else must be
-/// sent after the handshake completes. Unknown operations are never idempotent.
-pub fn is_idempotent(env: &Envelope<'_>) -> bool {
-    macro_rules! op_in {
-        ($table:expr, $op:ident, [$($variant:ident),* $(,)?]) => {
-            $table.is_some_and(|t| matches!(t.op_type(), $($op::$variant)|*))
-        };
-    }
-    match env.body_type() {
-        Body::Control => {
-            use control::ControlOp;
-            op_in!(env.body_as_control(), ControlOp, [Ping])
-        }
-        Body::Auth => {
-            use auth::AuthOp;
-            op_in!(env.body_as_auth(), AuthOp, [SessionsListRequest])
-        }
-        Body::Users => {
-            use users::UsersOp;
-            op_in!(
-                env.body_as_users(),
-                UsersOp,
-                [GetProfileRequest, GetSettingsRequest, LookupUsersRequest]
-            )
-        }
-        Body::Graph => {
-            use graph::GraphOp;
-            op_in!(
-                env.body_as_graph(),
-                GraphOp,
-                [
-                    FollowRequestsListRequest,
-                    FollowersListRequest,
-                    FollowingListRequest,
-                    BlocksListRequest,
-                    MutesListRequest,
-                    ListsGetRequest,
-                    ListMembersRequest,
-                    RelationshipsRequest,
-                    CloseFriendsListRequest,
-                ]
-            )
-        }
-        Body::Posts => {
-            use posts::PostsOp;
-            op_in!(
-                env.body_as_posts(),
-                PostsOp,
-                [
-                    PostHistoryRequest,
-                    GetPostRequest,
-                    GetPostsRequest,
-                    UserPostsRequest,
-                    CommentsListRequest,
-                    ReactionsListRequest,
-                ]
-            )
-        }
-        Body::Feed => {
-            use feed::FeedOp;
-            op_in!(env.body_as_feed(), FeedOp, [FeedPageRequest])
-        }
-        Body::Stories => {
-            use stories::StoriesOp;
-            op_in!(
-                env.body_as_stories(),
-                StoriesOp,
-                [StoryTrayRequest, UserStoriesRequest, StoryViewersRequest]
-            )
-        }
-        Body::Chat => {
-            use chat::ChatOp;
-            op_in!(
-                env.body_as_chat(),
-                ChatOp,
-                [
-                    GetConversationRequest,
-                    ConversationsListRequest,
-                    HistoryRequest,
-                    SyncRequest
-                ]
-            )
-        }
-        Body::Media => {
-            use media::MediaOp;
-            op_in!(
-                env.body_as_media(),
-                MediaOp,
-                [UploadResumeRequest, GetMediaRequest, DownloadRequest]
-            )
-        }
-        Body::Notifications => {
-            use notifications::NotificationsOp;
-            op_in!(
-                env.body_as_notifications(),
-                NotificationsOp,
-                [NotificationsListRequest, PreferencesRequest]
-            )
-        }
-        Body::Search => {
-            use search::SearchOp;
-            op_in!(
-                env.body_as_search(),
-                SearchOp,
-                [SearchRequest, TypeaheadRequest, TrendingRequest]
-            )
-        }
-        Body::Recommend => {
-            use recommend::RecommendOp;
-            op_in!(
-                env.body_as_recommend(),
-                RecommendOp,
-                [SuggestedUsersRequest]
-            )
-        }
-        Body::Moderation => {
-            use moderation::ModerationOp;
-            op_in!(env.body_as_moderation(), ModerationOp, [LabelsRequest])
-        }
-        Body::Payments => {
-            use payments::PaymentsOp;
-            op_in!(
-                env.body_as_payments(),
-                PaymentsOp,
-                [
-                    GetIntentRequest,
-                    TransactionsRequest,
-                    TiersRequest,
-                    WalletRequest
-                ]
-            )
-        }
-        Body::Ads => {
-            use ads::AdsOp;
-            op_in!(
-                env.body_as_ads(),
-                AdsOp,
-                [CampaignsListRequest, CampaignStatsRequest]
-            )
-        }
-        Body::Analytics => {
-            use analytics::AnalyticsOp;
-            op_in!(env.body_as_analytics(), AnalyticsOp, [InsightsRequest])
-        }
-        // Admin operations are never replayable; unknown services neither.
-        _ => false,
+/// The priority of `service`'s streams (requests and push streams alike).
+pub fn priority_of_service(service: Service) -> Priority {
+    match service {
+        Service::Control => Priority::Control,
+        Service::Chat => Priority::Chat,
+        Service::Notifications => Priority::Notifications,
+        Service::Media => Priority::Media,
+        _ => Priority::Content,
     }
 }
 

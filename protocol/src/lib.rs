@@ -41,11 +41,17 @@ pub mod generated;
 #[path = "generated/arbitrary.rs"]
 pub mod arbitrary;
 
+/// Which requests are idempotent, generated from the schemas' `(idempotent)` marks.
+#[rustfmt::skip]
+#[path = "generated/idempotent.rs"]
+mod idempotent;
+
 mod errors;
 mod facts;
 
 pub use errors::ErrorClass;
-pub use facts::{Priority, Service, is_idempotent, op_name, priority_of};
+pub use facts::{Priority, Service, op_name, priority_of, priority_of_service};
+pub use idempotent::is_idempotent;
 
 pub use generated::selfie::control::ErrorCode;
 pub use generated::selfie::datagram::{Datagram, DatagramArgs, DatagramBody, DatagramT};
@@ -100,7 +106,7 @@ pub const ALPN: &[u8] = b"selfie/1";
 
 /// The protocol version this build speaks. Minor versions only append fields and
 /// operations; a new major version is incompatible.
-pub const PROTOCOL_VERSION: Version = Version::new(1, 1);
+pub const PROTOCOL_VERSION: Version = Version::new(1, 2);
 
 /// The oldest version this build still accepts.
 pub const MIN_SUPPORTED_VERSION: Version = Version::new(1, 0);
@@ -130,6 +136,25 @@ mod tests {
 
     fn v(major: u16, minor: u16) -> Version {
         Version::new(major, minor)
+    }
+
+    #[test]
+    fn reads_are_idempotent_and_writes_are_not_as_the_schemas_mark_them() {
+        use crate::posts::{PostsOpT, PostsT};
+        let check = |op: PostsOpT| {
+            let env = EnvelopeT {
+                body: BodyT::Posts(Box::new(PostsT { op })),
+                ..Default::default()
+            };
+            let mut b = flatbuffers::FlatBufferBuilder::new();
+            let e = env.pack(&mut b);
+            b.finish(e, None);
+            is_idempotent(&flatbuffers::root::<Envelope>(b.finished_data()).expect("valid"))
+        };
+        assert!(check(PostsOpT::GetPostRequest(Box::default())));
+        assert!(check(PostsOpT::CommentsListRequest(Box::default())));
+        assert!(!check(PostsOpT::CreatePostRequest(Box::default())));
+        assert!(!check(PostsOpT::ReactRequest(Box::default())));
     }
 
     #[test]

@@ -214,6 +214,28 @@ impl EventBus {
             .await?)
     }
 
+    /// Publishes `payload` to `topic` with the next number of the sequence named
+    /// `sequence` (one atomic script: the numbers reach every subscriber in order, and
+    /// no two publishers get the same one). The message is `"<seq>:" + payload`
+    /// ([`BusMessage::sequenced`] splits it). The sequence is forgotten `keep` after its
+    /// last use. Returns the number given.
+    pub async fn publish_sequenced(
+        &self,
+        topic: &str,
+        sequence: &str,
+        payload: &[u8],
+        keep: Duration,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(PUBLISH_SEQUENCED_SCRIPT
+            .key(format!("{}seq:{sequence}", self.prefix))
+            .key(format!("{}bus:{topic}", self.prefix))
+            .arg(payload)
+            .arg(keep.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
     /// Opens this node's subscription (its own Redis connection) and its message stream.
     pub async fn subscribe(
         &self,
@@ -238,6 +260,30 @@ impl EventBus {
         ))
     }
 }
+
+impl BusMessage {
+    /// The sequence number and payload of a message sent with
+    /// [`EventBus::publish_sequenced`].
+    pub fn sequenced(&self) -> Option<(u64, Bytes)> {
+        let colon = self.payload.iter().position(|&b| b == b':')?;
+        let seq = std::str::from_utf8(&self.payload[..colon])
+            .ok()?
+            .parse()
+            .ok()?;
+        Some((seq, self.payload.slice(colon + 1..)))
+    }
+}
+
+/// `INCR` a sequence and `PUBLISH` with its number, atomically (scripts run alone).
+const PUBLISH_SEQUENCED: &str = r"
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[2], seq .. ':' .. ARGV[1])
+return seq
+";
+
+static PUBLISH_SEQUENCED_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(PUBLISH_SEQUENCED));
 
 impl Subscription {
     /// Starts receiving `topic`. Returns once Redis has confirmed the subscription.

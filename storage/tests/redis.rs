@@ -99,6 +99,55 @@ async fn events_published_on_one_node_reach_the_nodes_subscribed_to_the_topic()
 }
 
 #[tokio::test]
+async fn sequenced_publishes_from_racing_publishers_arrive_numbered_in_order()
+-> Result<(), StoreError> {
+    let server = RedisServer::start();
+    let (client, conn) = sredis::connect(&server.url).await?;
+    let bus = EventBus::new(client.clone(), conn, "t:");
+    let (_, conn_b) = sredis::connect(&server.url).await?;
+    let other = EventBus::new(client, conn_b, "t:");
+    let (mut node, stream) = bus.subscribe().await?;
+    let mut stream = Box::pin(stream);
+    node.subscribe("events").await?;
+    // Two publishers (two connections) race on one sequence, with binary payloads.
+    let keep = Duration::from_secs(60);
+    let publish = |bus: &EventBus, i: u8| {
+        let bus = bus.clone();
+        async move {
+            bus.publish_sequenced("events", "topic:7", &[i, b':', 0], keep)
+                .await
+        }
+    };
+    let mut given = Vec::new();
+    for i in 0..20u8 {
+        let (a, b) = tokio::join!(publish(&bus, i), publish(&other, 100 + i));
+        given.extend([a?, b?]);
+    }
+    given.sort_unstable();
+    assert_eq!(given, (1..=40).collect::<Vec<u64>>(), "no number twice");
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("in time")
+            .expect("open");
+        let (seq, payload) = m.sequenced().expect("sequenced");
+        assert_eq!(
+            payload.len(),
+            3,
+            "the payload survives whole, colons included"
+        );
+        seen.push(seq);
+    }
+    assert_eq!(
+        seen,
+        (1..=40).collect::<Vec<u64>>(),
+        "received in sequence order"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_rate_limit_is_shared_by_every_node() -> Result<(), StoreError> {
     let server = RedisServer::start();
     let (_, conn_a) = sredis::connect(&server.url).await?;

@@ -14,182 +14,50 @@
 //! - Logins are throttled per address and per account ([`LoginThrottle`]); accounts with
 //!   a confirmed TOTP second factor need a current code or a single-use recovery code.
 //!
-//! Not built yet (accounts issue): password change and reset, account deletion, e-mail
-//! verification.
+//! - Password change and account deletion re-authenticate (password, and the second
+//!   factor when enrolled: `second_factor`); password reset by e-mail lives in `reset`.
+//!   E-mail verification is not built yet (the protocol has no resend operation).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use selfie_storage::id::IdGenerator;
-use selfie_storage::key::KeyBuilder;
-use selfie_storage::{Clock, Scan, Store, StoreError, Table, TableKind};
+use selfie_storage::{Clock, Scan, Store};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use subtle::ConstantTimeEq;
-
-use super::mail::{Mail, Mailer};
-use super::password::{PasswordError, PasswordHasher};
-use super::throttle::{LoginThrottle, Throttled};
-use super::tokens::{AccessTokens, TokenError};
+use super::mail::Mailer;
+use super::password::PasswordHasher;
+use super::throttle::LoginThrottle;
+use super::tokens::AccessTokens;
 use super::totp;
-
-/// `username` (lower case) → user id, claimed once.
-pub static USERNAMES: Table = Table {
-    name: "auth_usernames",
-    kind: TableKind::Rows,
-    partition: &["username_lower"],
-    clustering: &[],
-    default_ttl: None,
-    doc: "username claims",
-};
-
-/// `email` (lower case) → user id, claimed once.
-pub static EMAILS: Table = Table {
-    name: "auth_emails",
-    kind: TableKind::Rows,
-    partition: &["email_lower"],
-    clustering: &[],
-    default_ttl: None,
-    doc: "e-mail claims",
-};
-
-/// user id → account record.
-pub static ACCOUNTS: Table = Table {
-    name: "auth_accounts",
-    kind: TableKind::Rows,
-    partition: &["user_id"],
-    clustering: &[],
-    default_ttl: None,
-    doc: "accounts (credentials)",
-};
-
-/// user id, session id → session record.
-pub static SESSIONS: Table = Table {
-    name: "auth_sessions",
-    kind: TableKind::Rows,
-    partition: &["user_id"],
-    clustering: &["session_id"],
-    default_ttl: None,
-    doc: "login sessions (devices)",
-};
-
-/// SHA-256 of a refresh token → its session; expires with the token.
-pub static REFRESH_TOKENS: Table = Table {
-    name: "auth_refresh_tokens",
-    kind: TableKind::Rows,
-    partition: &["token_sha256"],
-    clustering: &[],
-    default_ttl: Some(REFRESH_TTL),
-    doc: "refresh tokens",
-};
-
-/// Spent refresh tokens (claimed once on use).
-pub static REFRESH_SPENT: Table = Table {
-    name: "auth_refresh_spent",
-    kind: TableKind::Rows,
-    partition: &["token_sha256"],
-    clustering: &[],
-    default_ttl: Some(REFRESH_TTL),
-    doc: "spent refresh tokens (reuse detection)",
-};
-
-/// Every table of the accounts service.
-pub static TABLES: &[&Table] = &[
-    &USERNAMES,
-    &EMAILS,
-    &ACCOUNTS,
-    &SESSIONS,
-    &REFRESH_TOKENS,
-    &REFRESH_SPENT,
-];
-
-/// Lifetime of a refresh token.
-pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// Account errors, each mapping to one protocol error code.
-#[derive(Debug, thiserror::Error)]
-pub enum AccountError {
-    /// Username or e-mail syntax.
-    #[error("invalid {field}")]
-    InvalidArgument {
-        /// The field.
-        field: &'static str,
-    },
-    /// The username or e-mail is taken.
-    #[error("{field} is already taken")]
-    Taken {
-        /// The field.
-        field: &'static str,
-    },
-    /// Unknown account or wrong password (one error for both).
-    #[error("invalid credentials")]
-    InvalidCredentials,
-    /// The password was right; the account needs a TOTP or recovery code too.
-    #[error("second factor required")]
-    SecondFactorRequired,
-    /// Wrong, reused or missing second-factor code.
-    #[error("second factor invalid")]
-    SecondFactorInvalid,
-    /// The operation needs a pending or confirmed second factor that is not there (or
-    /// one is already enabled).
-    #[error("second factor not in the required state")]
-    SecondFactorState,
-    /// The refresh token is unknown or expired.
-    #[error("refresh token invalid")]
-    TokenInvalid,
-    /// The refresh token was already used: the session has been revoked.
-    #[error("refresh token reused; session revoked")]
-    TokenReused,
-    /// The session was revoked.
-    #[error("session revoked")]
-    SessionRevoked,
-    /// No such session for this user.
-    #[error("no such session")]
-    NoSuchSession,
-    /// Too many login attempts from this address, or the account is locked for a while.
-    #[error("too many attempts")]
-    Throttled(Throttled),
-    /// Password policy or hashing capacity.
-    #[error(transparent)]
-    Password(#[from] PasswordError),
-    /// Storage failed.
-    #[error(transparent)]
-    Storage(#[from] StoreError),
-    /// The deployment cannot do this (no mail relay configured for password resets).
-    #[error("unavailable")]
-    Unavailable,
-    /// A stored record could not be decoded.
-    #[error("corrupt account record")]
-    Corrupt,
-    /// Token minting failed.
-    #[error(transparent)]
-    Token(#[from] TokenError),
-}
+use crate::tables::auth::*;
+pub use crate::tables::auth::{REFRESH_TTL, RESET_TTL};
+use crate::tables::{decode, encode, id_value, key as key_u64, name_key as key_str};
+use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Account {
-    user_id: u64,
-    username: String,
-    email: String,
-    password_hash: String,
-    created_at_ms: u64,
+pub(super) struct Account {
+    pub(super) user_id: u64,
+    pub(super) username: String,
+    pub(super) email: String,
+    pub(super) password_hash: String,
+    pub(super) created_at_ms: u64,
     #[serde(default)]
-    second_factor: Option<SecondFactor>,
+    pub(super) second_factor: Option<SecondFactor>,
     /// Deleted accounts keep their username reserved (no impersonation by
     /// re-registration) and nothing else.
     #[serde(default)]
-    deleted: bool,
+    pub(super) deleted: bool,
 }
 
 /// TOTP state of an account: pending until the first code confirms it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct SecondFactor {
-    secret: Vec<u8>,
-    confirmed: bool,
-    last_step: Option<u64>,
-    recovery: Vec<[u8; 32]>,
+pub(super) struct SecondFactor {
+    pub(super) secret: Vec<u8>,
+    pub(super) confirmed: bool,
+    pub(super) last_step: Option<u64>,
+    pub(super) recovery: Vec<[u8; 32]>,
 }
 
 /// A login session (device).
@@ -228,51 +96,16 @@ pub struct IssuedTokens {
 
 /// The accounts service of one shard.
 pub struct Accounts<S> {
-    store: S,
-    tokens: AccessTokens,
-    hasher: PasswordHasher,
-    clock: Arc<dyn Clock>,
-    ids: std::cell::RefCell<IdGenerator>,
-    throttle: LoginThrottle,
-    mailer: Option<Arc<dyn Mailer>>,
+    pub(super) store: S,
+    pub(super) tokens: AccessTokens,
+    pub(super) hasher: PasswordHasher,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) ids: std::cell::RefCell<IdGenerator>,
+    pub(super) throttle: LoginThrottle,
+    pub(super) mailer: Option<Arc<dyn Mailer>>,
 }
 
-/// user id → the pending password-reset code's hash (one at a time; expires on its own).
-pub static RESETS: Table = Table {
-    name: "auth_password_resets",
-    kind: TableKind::Rows,
-    partition: &["user_id"],
-    clustering: &[],
-    default_ttl: Some(RESET_TTL),
-    doc: "pending password-reset codes (SHA-256 of the two most recent), 30 minutes",
-};
-
-/// The password-reset table (a later migration than [`TABLES`]).
-pub static RESET_TABLES: &[&Table] = &[&RESETS];
-
-/// How long a password-reset code works.
-pub const RESET_TTL: Duration = Duration::from_secs(30 * 60);
-
-/// A reset code: 10 characters of an unambiguous alphabet (~50 bits), so that with the
-/// attempt throttling an online guess is hopeless.
-fn reset_code() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut rng = rand::rng();
-    (0..10)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect()
-}
-
-fn key_u64(v: u64) -> Bytes {
-    KeyBuilder::new().u64(v).build()
-}
-
-fn key_str(v: &str) -> Bytes {
-    KeyBuilder::new().str(v).build()
-}
-
-fn sha256(token: &str) -> Bytes {
+pub(super) fn sha256(token: &str) -> Bytes {
     Bytes::copy_from_slice(&Sha256::digest(token.as_bytes()))
 }
 
@@ -283,7 +116,7 @@ fn valid_username(u: &str) -> bool {
         && u.as_bytes()[0].is_ascii_alphanumeric()
 }
 
-fn valid_email(e: &str) -> bool {
+pub(super) fn valid_email(e: &str) -> bool {
     e.len() <= 254
         && e.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
@@ -305,9 +138,9 @@ impl<S: Store> Accounts<S> {
         node: u16,
         shard: u16,
         throttle: LoginThrottle,
-    ) -> Result<Self, AccountError> {
-        let ids = IdGenerator::new(node, shard)
-            .map_err(|_| AccountError::InvalidArgument { field: "shard" })?;
+    ) -> Result<Self> {
+        let ids =
+            IdGenerator::new(node, shard).map_err(|_| Error::InvalidArgument { field: "shard" })?;
         Ok(Self {
             store,
             tokens,
@@ -325,128 +158,6 @@ impl<S: Store> Accounts<S> {
         self
     }
 
-    /// Starts a password reset for the account with `email`: a single-use code, valid for
-    /// [`RESET_TTL`], is mailed to that address. The answer is the same whether or not
-    /// the address belongs to an account (nothing to enumerate), and the mail goes out
-    /// after the answer; unknown addresses cost the same storage work (no timing
-    /// difference). Throttled per address and per e-mail like logins, on this node and
-    /// the fleet; the two most recent codes work.
-    pub async fn password_reset_start(
-        &self,
-        email: &str,
-        ip: std::net::IpAddr,
-    ) -> Result<(), AccountError> {
-        let Some(mailer) = self.mailer.clone() else {
-            return Err(AccountError::Unavailable);
-        };
-        if !valid_email(email) {
-            return Err(AccountError::InvalidArgument { field: "email" });
-        }
-        // Requests have their own throttle key: asking for codes never locks out the
-        // owner's attempts to use one.
-        let key = format!("reset-start:{}", email.to_ascii_lowercase());
-        self.reset_throttle(&key, ip).await?;
-        // Every request counts towards the lockout, so codes cannot be requested in bulk.
-        self.note_attempt(&key, false).await;
-        let account = self
-            .account_by_identifier(email)
-            .await?
-            .filter(|a| !a.deleted && a.email.eq_ignore_ascii_case(email));
-        let code = reset_code();
-        // The same storage work with or without an account (user 0 is nobody), so the
-        // answer's timing tells nothing either.
-        let (user_id, previous) = match &account {
-            Some(a) => (
-                a.user_id,
-                self.store.get(&RESETS, &key_u64(a.user_id), &[]).await?,
-            ),
-            None => (0, self.store.get(&RESETS, &key_u64(0), &[]).await?),
-        };
-        // The new code and the one before it both work (a request by someone else cannot
-        // void a code the owner is about to type).
-        let mut hashes = sha256(&code).to_vec();
-        if let Some(p) = previous.as_deref().and_then(|p| p.get(..32)) {
-            hashes.extend_from_slice(p);
-        }
-        self.store
-            .put(&RESETS, &key_u64(user_id), &[], &hashes, None)
-            .await?;
-        let Some(account) = account else {
-            return Ok(());
-        };
-        let mail = Mail {
-            to: account.email.clone(),
-            subject: "Your Selfie password reset code".into(),
-            body: format!(
-                "Someone (hopefully you) asked to reset the password of @{}.\n\n\
-                 Your code: {code}\n\nIt works once, for 30 minutes. If you did not ask, \
-                 ignore this message: your password stays as it is.\n",
-                account.username
-            ),
-        };
-        tokio::spawn(async move {
-            if let Err(e) = mailer.send(mail).await {
-                tracing::warn!(error = %e, "password reset mail not sent");
-            }
-        });
-        Ok(())
-    }
-
-    /// Finishes a password reset: the code mailed to `email` sets `new_password`, signs
-    /// out every session and clears login lockouts. Wrong codes count like failed logins.
-    pub async fn password_reset_finish(
-        &self,
-        email: &str,
-        code: &str,
-        new_password: String,
-        ip: std::net::IpAddr,
-    ) -> Result<(), AccountError> {
-        let key = format!("reset:{}", email.to_ascii_lowercase());
-        self.reset_throttle(&key, ip).await?;
-        let account = self
-            .account_by_identifier(email)
-            .await?
-            .filter(|a| !a.deleted && a.email.eq_ignore_ascii_case(email));
-        let stored = match &account {
-            Some(a) => self.store.get(&RESETS, &key_u64(a.user_id), &[]).await?,
-            None => None,
-        };
-        let presented = sha256(&code.trim().to_ascii_uppercase());
-        let matches = stored.as_deref().is_some_and(|s| {
-            s.chunks(32).fold(false, |hit, h| {
-                hit | bool::from(h.ct_eq(presented.as_ref()))
-            })
-        });
-        let (Some(mut account), true) = (account, matches) else {
-            self.note_attempt(&key, false).await;
-            return Err(AccountError::InvalidCredentials);
-        };
-        // The new password is checked and hashed before the code is spent, so a refused
-        // password or a busy hasher leaves the code usable.
-        let hash = self.hasher.hash(new_password).await?;
-        // Single use: whoever deletes the code first is the one reset.
-        if !self
-            .store
-            .delete_if_present(&RESETS, &key_u64(account.user_id), &[])
-            .await?
-        {
-            return Err(AccountError::InvalidCredentials);
-        }
-        account.password_hash = hash;
-        self.save(&account).await?;
-        for s in self.sessions(account.user_id).await? {
-            if !s.revoked {
-                self.revoke(account.user_id, s.session_id).await?;
-            }
-        }
-        self.note_attempt(&key, true).await;
-        self.note_attempt(&account.username.to_ascii_lowercase(), true)
-            .await;
-        self.note_attempt(&account.email.to_ascii_lowercase(), true)
-            .await;
-        Ok(())
-    }
-
     fn next_id(&self) -> u64 {
         self.ids.borrow_mut().next(self.clock.now_ms()).0
     }
@@ -458,12 +169,12 @@ impl<S: Store> Accounts<S> {
         email: &str,
         password: String,
         device_name: &str,
-    ) -> Result<IssuedTokens, AccountError> {
+    ) -> Result<IssuedTokens> {
         if !valid_username(username) {
-            return Err(AccountError::InvalidArgument { field: "username" });
+            return Err(Error::InvalidArgument { field: "username" });
         }
         if !valid_email(email) {
-            return Err(AccountError::InvalidArgument { field: "email" });
+            return Err(Error::InvalidArgument { field: "email" });
         }
         let password_hash = self.hasher.hash(password).await?;
         let user_id = self.next_id();
@@ -479,7 +190,7 @@ impl<S: Store> Accounts<S> {
             )
             .await?
         {
-            return Err(AccountError::Taken { field: "username" });
+            return Err(Error::Taken { field: "username" });
         }
         if !self
             .store
@@ -496,7 +207,7 @@ impl<S: Store> Accounts<S> {
             self.store
                 .delete(&USERNAMES, &key_str(&username.to_ascii_lowercase()), &[])
                 .await?;
-            return Err(AccountError::Taken { field: "email" });
+            return Err(Error::Taken { field: "email" });
         }
         let account = Account {
             user_id,
@@ -507,17 +218,14 @@ impl<S: Store> Accounts<S> {
             second_factor: None,
             deleted: false,
         };
-        let record = serde_json::to_vec(&account).map_err(|_| AccountError::Corrupt)?;
+        let record = encode("account", &account)?;
         self.store
             .put(&ACCOUNTS, &key_u64(user_id), &[], &record, None)
             .await?;
         self.open_session(user_id, device_name).await
     }
 
-    async fn account_by_identifier(
-        &self,
-        identifier: &str,
-    ) -> Result<Option<Account>, AccountError> {
+    pub(super) async fn account_by_identifier(&self, identifier: &str) -> Result<Option<Account>> {
         let lower = identifier.to_ascii_lowercase();
         let table = if lower.contains('@') {
             &EMAILS
@@ -527,13 +235,11 @@ impl<S: Store> Accounts<S> {
         let Some(id) = self.store.get(table, &key_str(&lower), &[]).await? else {
             return Ok(None);
         };
-        let id = u64::from_be_bytes(id.as_ref().try_into().map_err(|_| AccountError::Corrupt)?);
+        let id = id_value(&id).ok_or(Error::Corrupt("account"))?;
         let Some(record) = self.store.get(&ACCOUNTS, &key_u64(id), &[]).await? else {
             return Ok(None);
         };
-        serde_json::from_slice(&record)
-            .map(Some)
-            .map_err(|_| AccountError::Corrupt)
+        decode("account", &record).map(Some)
     }
 
     /// Signs in with a username or e-mail and a password, from address `ip` (throttled
@@ -544,7 +250,7 @@ impl<S: Store> Accounts<S> {
         password: String,
         device_name: &str,
         ip: std::net::IpAddr,
-    ) -> Result<IssuedTokens, AccountError> {
+    ) -> Result<IssuedTokens> {
         self.login_with_second_factor(identifier, password, None, None, device_name, ip)
             .await
     }
@@ -561,16 +267,13 @@ impl<S: Store> Accounts<S> {
         recovery_code: Option<&str>,
         device_name: &str,
         ip: std::net::IpAddr,
-    ) -> Result<IssuedTokens, AccountError> {
+    ) -> Result<IssuedTokens> {
         let key = identifier.to_ascii_lowercase();
         self.throttle
             .check(&key, ip, self.clock.now_ms())
-            .map_err(AccountError::Throttled)?;
+            .map_err(Error::Throttled)?;
         if let Some(fleet) = self.throttle.fleet() {
-            fleet
-                .check(&key, ip)
-                .await
-                .map_err(AccountError::Throttled)?;
+            fleet.check(&key, ip).await.map_err(Error::Throttled)?;
         }
         let account = self
             .account_by_identifier(identifier)
@@ -581,7 +284,7 @@ impl<S: Store> Accounts<S> {
         let ok = self.hasher.verify(password, stored).await? && account.is_some();
         let Some(mut account) = account.filter(|_| ok) else {
             self.note_attempt(&key, false).await;
-            return Err(AccountError::InvalidCredentials);
+            return Err(Error::InvalidCredentials);
         };
         if let Some(sf) = account.second_factor.as_mut().filter(|sf| sf.confirmed) {
             let passed = match (totp_code, recovery_code) {
@@ -597,12 +300,12 @@ impl<S: Store> Accounts<S> {
                 (None, Some(code)) => totp::use_recovery_code(&mut sf.recovery, code).is_ok(),
                 (None, None) => {
                     // Not a failed guess: the password was right.
-                    return Err(AccountError::SecondFactorRequired);
+                    return Err(Error::SecondFactorRequired);
                 }
             };
             self.note_attempt(&key, passed).await;
             if !passed {
-                return Err(AccountError::SecondFactorInvalid);
+                return Err(Error::SecondFactorInvalid);
             }
             // The used step / recovery code is spent for good.
             self.save(&account).await?;
@@ -612,81 +315,29 @@ impl<S: Store> Accounts<S> {
         self.open_session(account.user_id, device_name).await
     }
 
-    /// The node's and the fleet's throttle for a password-reset key.
-    async fn reset_throttle(&self, key: &str, ip: std::net::IpAddr) -> Result<(), AccountError> {
-        self.throttle
-            .check(key, ip, self.clock.now_ms())
-            .map_err(AccountError::Throttled)?;
-        if let Some(fleet) = self.throttle.fleet() {
-            fleet
-                .check(key, ip)
-                .await
-                .map_err(AccountError::Throttled)?;
-        }
-        Ok(())
-    }
-
     /// Records a login attempt's outcome with the node's throttle and the fleet's.
-    async fn note_attempt(&self, key: &str, success: bool) {
+    pub(super) async fn note_attempt(&self, key: &str, success: bool) {
         self.throttle.record(key, success, self.clock.now_ms());
         if let Some(fleet) = self.throttle.fleet() {
             fleet.record(key, success).await;
         }
     }
 
-    async fn load(&self, user_id: u64) -> Result<Account, AccountError> {
+    pub(super) async fn load(&self, user_id: u64) -> Result<Account> {
         let record = self
             .store
             .get(&ACCOUNTS, &key_u64(user_id), &[])
             .await?
-            .ok_or(AccountError::InvalidCredentials)?;
-        serde_json::from_slice(&record).map_err(|_| AccountError::Corrupt)
+            .ok_or(Error::InvalidCredentials)?;
+        decode("account", &record)
     }
 
-    async fn save(&self, account: &Account) -> Result<(), AccountError> {
-        let record = serde_json::to_vec(account).map_err(|_| AccountError::Corrupt)?;
+    pub(super) async fn save(&self, account: &Account) -> Result<()> {
+        let record = encode("account", account)?;
         self.store
             .put(&ACCOUNTS, &key_u64(account.user_id), &[], &record, None)
             .await?;
         Ok(())
-    }
-
-    /// Re-authentication for sensitive changes.
-    async fn reauthenticate(
-        &self,
-        user_id: u64,
-        password: String,
-    ) -> Result<Account, AccountError> {
-        let account = self.load(user_id).await?;
-        if account.deleted
-            || !self
-                .hasher
-                .verify(password, Some(account.password_hash.clone()))
-                .await?
-        {
-            return Err(AccountError::InvalidCredentials);
-        }
-        Ok(account)
-    }
-
-    /// Re-authentication with the second factor too, when the account has one.
-    async fn reauthenticate_fully(
-        &self,
-        user_id: u64,
-        password: String,
-        code: Option<&str>,
-    ) -> Result<Account, AccountError> {
-        let mut account = self.reauthenticate(user_id, password).await?;
-        if let Some(sf) = account.second_factor.as_mut().filter(|sf| sf.confirmed) {
-            let code = code.ok_or(AccountError::SecondFactorRequired)?;
-            let now = self.clock.now_ms() / 1000;
-            match totp::verify(&sf.secret, code, now, sf.last_step) {
-                Ok(step) => sf.last_step = Some(step),
-                Err(_) => totp::use_recovery_code(&mut sf.recovery, code)
-                    .map_err(|_| AccountError::SecondFactorInvalid)?,
-            }
-        }
-        Ok(account)
     }
 
     /// Changes the password (current password, and second factor when enabled) and
@@ -698,7 +349,7 @@ impl<S: Store> Accounts<S> {
         current: String,
         new: String,
         code: Option<&str>,
-    ) -> Result<usize, AccountError> {
+    ) -> Result<usize> {
         PasswordHasher::check_policy(&new)?;
         let mut account = self.reauthenticate_fully(user_id, current, code).await?;
         account.password_hash = self.hasher.hash(new).await?;
@@ -714,7 +365,7 @@ impl<S: Store> Accounts<S> {
         user_id: u64,
         password: String,
         code: Option<&str>,
-    ) -> Result<(), AccountError> {
+    ) -> Result<()> {
         self.confirm_deletion(user_id, password, code).await?;
         self.erase(user_id).await
     }
@@ -728,7 +379,7 @@ impl<S: Store> Accounts<S> {
         user_id: u64,
         password: String,
         code: Option<&str>,
-    ) -> Result<(), AccountError> {
+    ) -> Result<()> {
         self.reauthenticate_fully(user_id, password, code)
             .await
             .map(|_| ())
@@ -736,7 +387,7 @@ impl<S: Store> Accounts<S> {
 
     /// The last step of a deletion: every session is revoked, the e-mail, password and
     /// second factor are erased; the username stays reserved.
-    pub async fn erase(&self, user_id: u64) -> Result<(), AccountError> {
+    pub async fn erase(&self, user_id: u64) -> Result<()> {
         let mut account = self.load(user_id).await?;
         for s in self.sessions(user_id).await? {
             if !s.revoked {
@@ -753,109 +404,7 @@ impl<S: Store> Accounts<S> {
         self.save(&account).await
     }
 
-    /// Starts TOTP enrolment (after re-entering the password): returns the `otpauth://`
-    /// URI and the base32 secret. Nothing is required at login until it is confirmed.
-    pub async fn totp_enrol(
-        &self,
-        user_id: u64,
-        password: String,
-        issuer: &str,
-    ) -> Result<(String, String), AccountError> {
-        let mut account = self.reauthenticate(user_id, password).await?;
-        if account
-            .second_factor
-            .as_ref()
-            .is_some_and(|sf| sf.confirmed)
-        {
-            return Err(AccountError::SecondFactorState);
-        }
-        let secret = totp::new_secret();
-        let (uri, b32) = totp::enrolment(&secret, issuer, &account.username)
-            .map_err(|_| AccountError::Corrupt)?;
-        account.second_factor = Some(SecondFactor {
-            secret,
-            confirmed: false,
-            last_step: None,
-            recovery: Vec::new(),
-        });
-        self.save(&account).await?;
-        Ok((uri, b32))
-    }
-
-    /// Confirms enrolment with a first code; returns the recovery codes (shown once).
-    pub async fn totp_confirm(
-        &self,
-        user_id: u64,
-        code: &str,
-    ) -> Result<Vec<String>, AccountError> {
-        let mut account = self.load(user_id).await?;
-        let now = self.clock.now_ms() / 1000;
-        let sf = account
-            .second_factor
-            .as_mut()
-            .filter(|sf| !sf.confirmed)
-            .ok_or(AccountError::SecondFactorState)?;
-        let step = totp::verify(&sf.secret, code, now, sf.last_step)
-            .map_err(|_| AccountError::SecondFactorInvalid)?;
-        let (codes, hashes) = totp::recovery_codes();
-        sf.confirmed = true;
-        sf.last_step = Some(step);
-        sf.recovery = hashes;
-        self.save(&account).await?;
-        Ok(codes)
-    }
-
-    /// Turns the second factor off: needs the password and a current code (or a
-    /// recovery code).
-    pub async fn totp_disable(
-        &self,
-        user_id: u64,
-        password: String,
-        code: &str,
-    ) -> Result<(), AccountError> {
-        let mut account = self.reauthenticate(user_id, password).await?;
-        let now = self.clock.now_ms() / 1000;
-        let sf = account
-            .second_factor
-            .as_mut()
-            .filter(|sf| sf.confirmed)
-            .ok_or(AccountError::SecondFactorState)?;
-        let ok = totp::verify(&sf.secret, code, now, sf.last_step).is_ok()
-            || totp::use_recovery_code(&mut sf.recovery, code).is_ok();
-        if !ok {
-            return Err(AccountError::SecondFactorInvalid);
-        }
-        account.second_factor = None;
-        self.save(&account).await
-    }
-
-    /// Replaces every recovery code with a fresh set (shown once): needs the password and
-    /// a current code (or one of the old recovery codes).
-    pub async fn regenerate_recovery_codes(
-        &self,
-        user_id: u64,
-        password: String,
-        code: &str,
-    ) -> Result<Vec<String>, AccountError> {
-        let mut account = self
-            .reauthenticate_fully(user_id, password, Some(code))
-            .await?;
-        let sf = account
-            .second_factor
-            .as_mut()
-            .filter(|sf| sf.confirmed)
-            .ok_or(AccountError::SecondFactorState)?;
-        let (codes, hashes) = totp::recovery_codes();
-        sf.recovery = hashes;
-        self.save(&account).await?;
-        Ok(codes)
-    }
-
-    async fn open_session(
-        &self,
-        user_id: u64,
-        device_name: &str,
-    ) -> Result<IssuedTokens, AccountError> {
+    async fn open_session(&self, user_id: u64, device_name: &str) -> Result<IssuedTokens> {
         let session_id = self.next_id();
         let now = self.clock.now_ms();
         let session = Session {
@@ -865,7 +414,7 @@ impl<S: Store> Accounts<S> {
             last_seen_at_ms: now,
             revoked: false,
         };
-        let record = serde_json::to_vec(&session).map_err(|_| AccountError::Corrupt)?;
+        let record = encode("session", &session)?;
         self.store
             .put(
                 &SESSIONS,
@@ -878,15 +427,17 @@ impl<S: Store> Accounts<S> {
         self.issue(user_id, session_id).await
     }
 
-    async fn issue(&self, user_id: u64, session_id: u64) -> Result<IssuedTokens, AccountError> {
+    async fn issue(&self, user_id: u64, session_id: u64) -> Result<IssuedTokens> {
         let mut raw = [0u8; 32];
         rand::fill(&mut raw);
         let refresh_token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        let record = serde_json::to_vec(&RefreshRecord {
-            user_id,
-            session_id,
-        })
-        .map_err(|_| AccountError::Corrupt)?;
+        let record = encode(
+            "refresh token",
+            &RefreshRecord {
+                user_id,
+                session_id,
+            },
+        )?;
         self.store
             .put(&REFRESH_TOKENS, &sha256(&refresh_token), &[], &record, None)
             .await?;
@@ -898,40 +449,33 @@ impl<S: Store> Accounts<S> {
         })
     }
 
-    async fn session(
-        &self,
-        user_id: u64,
-        session_id: u64,
-    ) -> Result<Option<Session>, AccountError> {
+    async fn session(&self, user_id: u64, session_id: u64) -> Result<Option<Session>> {
         match self
             .store
             .get(&SESSIONS, &key_u64(user_id), &key_u64(session_id))
             .await?
         {
-            Some(r) => serde_json::from_slice(&r)
-                .map(Some)
-                .map_err(|_| AccountError::Corrupt),
+            Some(r) => decode("session", &r).map(Some),
             None => Ok(None),
         }
     }
 
     /// Spends a refresh token and returns new tokens for the same session. A token that
     /// was already spent revokes the session.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens, AccountError> {
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
         let hash = sha256(refresh_token);
         let record = self
             .store
             .get(&REFRESH_TOKENS, &hash, &[])
             .await?
-            .ok_or(AccountError::TokenInvalid)?;
-        let r: RefreshRecord =
-            serde_json::from_slice(&record).map_err(|_| AccountError::Corrupt)?;
+            .ok_or(Error::TokenInvalid)?;
+        let r: RefreshRecord = decode("account", &record)?;
         let session = self
             .session(r.user_id, r.session_id)
             .await?
-            .ok_or(AccountError::TokenInvalid)?;
+            .ok_or(Error::TokenInvalid)?;
         if session.revoked {
-            return Err(AccountError::SessionRevoked);
+            return Err(Error::SessionRevoked);
         }
         // Exactly one use: whoever claims the spent marker first may rotate.
         if !self
@@ -940,11 +484,11 @@ impl<S: Store> Accounts<S> {
             .await?
         {
             self.revoke(r.user_id, r.session_id).await?;
-            return Err(AccountError::TokenReused);
+            return Err(Error::TokenReused);
         }
         let mut session = session;
         session.last_seen_at_ms = self.clock.now_ms();
-        let bytes = serde_json::to_vec(&session).map_err(|_| AccountError::Corrupt)?;
+        let bytes = encode("session", &session)?;
         self.store
             .put(
                 &SESSIONS,
@@ -959,13 +503,13 @@ impl<S: Store> Accounts<S> {
 
     /// Revokes one session of `user_id`: its refresh tokens stop working and its access
     /// tokens stop verifying at once.
-    pub async fn revoke(&self, user_id: u64, session_id: u64) -> Result<(), AccountError> {
+    pub async fn revoke(&self, user_id: u64, session_id: u64) -> Result<()> {
         let mut session = self
             .session(user_id, session_id)
             .await?
-            .ok_or(AccountError::NoSuchSession)?;
+            .ok_or(Error::NotFound("session"))?;
         session.revoked = true;
-        let bytes = serde_json::to_vec(&session).map_err(|_| AccountError::Corrupt)?;
+        let bytes = encode("session", &session)?;
         self.store
             .put(
                 &SESSIONS,
@@ -980,7 +524,7 @@ impl<S: Store> Accounts<S> {
     }
 
     /// Revokes every session of `user_id` except `keep`.
-    pub async fn revoke_others(&self, user_id: u64, keep: u64) -> Result<usize, AccountError> {
+    pub async fn revoke_others(&self, user_id: u64, keep: u64) -> Result<usize> {
         let mut n = 0;
         for s in self.sessions(user_id).await? {
             if s.session_id != keep && !s.revoked {
@@ -992,7 +536,7 @@ impl<S: Store> Accounts<S> {
     }
 
     /// The sessions of `user_id`, oldest first.
-    pub async fn sessions(&self, user_id: u64) -> Result<Vec<Session>, AccountError> {
+    pub async fn sessions(&self, user_id: u64) -> Result<Vec<Session>> {
         let mut out = Vec::new();
         let mut cursor = None;
         loop {
@@ -1001,7 +545,7 @@ impl<S: Store> Accounts<S> {
                 .scan(&SESSIONS, &key_u64(user_id), &Scan::all(200).after(cursor))
                 .await?;
             for row in &page.rows {
-                out.push(serde_json::from_slice(&row.value).map_err(|_| AccountError::Corrupt)?);
+                out.push(decode("session", &row.value)?);
             }
             match page.cursor {
                 Some(c) => cursor = Some(c),

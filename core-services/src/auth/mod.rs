@@ -11,6 +11,11 @@
 pub mod accounts;
 pub mod mail;
 pub mod password;
+mod reset;
+mod second_factor;
 pub mod throttle;
 pub mod tokens;
 pub mod totp;
+mod wire;
+
+pub use wire::AuthWire;

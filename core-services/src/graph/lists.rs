@@ -16,32 +16,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use selfie_storage::id::IdGenerator;
-use selfie_storage::key::{KeyBuilder, KeyReader};
-use selfie_storage::{Clock, Cursor, Scan, Store, Table, TableKind};
+use selfie_storage::key::KeyReader;
+use selfie_storage::{Clock, Cursor, Scan, Store};
 use serde::{Deserialize, Serialize};
 
-use super::{FOLLOWING, GraphError, IdPage, KeyedLocks, blocked_either_way};
-use crate::users;
-
-rows! {
-    LISTS, "graph_lists", ["list_id"], [], "user lists";
-    OWNER_LISTS, "graph_lists_by_owner", ["owner_id"], ["list_id"], "a user's lists";
-    MEMBERS, "graph_list_members", ["list_id"], ["member_id"], "members of a list";
-    MEMBER_OF, "graph_list_member_of", ["member_id"], ["list_id"], "the lists a user is on";
-}
-
-/// `members` per list, `lists` per owner.
-pub static LIST_COUNTS: Table = Table {
-    name: "graph_list_counts",
-    kind: TableKind::Counters,
-    partition: &["id"],
-    clustering: &["which"],
-    default_ttl: None,
-    doc: "list member counts and per-owner list counts",
+use super::IdPage;
+use crate::locks::KeyedLocks;
+use crate::tables::graph::{
+    FOLLOWING, LIST_COUNTS, LISTS, MEMBER_OF, MEMBERS, OWNER_LISTS, blocked_either_way,
 };
-
-/// Every table of user lists.
-pub static TABLES: &[&Table] = &[&LISTS, &OWNER_LISTS, &MEMBERS, &MEMBER_OF, &LIST_COUNTS];
+use crate::tables::{decode, encode, key as k, name_key, users::live_profile};
+use crate::{Error, Result};
 
 /// Most lists one user owns.
 pub const MAX_LISTS: i64 = 100;
@@ -82,37 +67,27 @@ pub struct ListUpdate {
     pub private: Option<bool>,
 }
 
-fn k(id: u64) -> Bytes {
-    KeyBuilder::new().u64(id).build()
-}
-
 fn which(name: &str) -> Bytes {
-    KeyBuilder::new().str(name).build()
+    name_key(name)
 }
 
-fn check_text(
-    value: &str,
-    max: usize,
-    empty_ok: bool,
-    field: &'static str,
-) -> Result<(), GraphError> {
+fn check_text(value: &str, max: usize, empty_ok: bool, field: &'static str) -> Result<()> {
     let n = value.chars().count();
     if n > max || (!empty_ok && value.trim().is_empty()) || value.chars().any(char::is_control) {
-        return Err(GraphError::InvalidArgument { field });
+        return Err(Error::InvalidArgument { field });
     }
     Ok(())
 }
 
-async fn load<S: Store>(store: &S, list_id: u64) -> Result<Option<UserList>, GraphError> {
-    match store.get(&LISTS, &k(list_id), &[]).await? {
-        Some(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|_| GraphError::Corrupt),
-        None => Ok(None),
-    }
+async fn load<S: Store>(store: &S, list_id: u64) -> Result<Option<UserList>> {
+    store
+        .get(&LISTS, &k(list_id), &[])
+        .await?
+        .map(|b| decode("list", &b))
+        .transpose()
 }
 
-async fn drop_list<S: Store>(store: &S, list: &UserList) -> Result<(), GraphError> {
+async fn drop_list<S: Store>(store: &S, list: &UserList) -> Result<()> {
     loop {
         let page = store
             .scan(&MEMBERS, &k(list.list_id), &Scan::all(500))
@@ -152,7 +127,7 @@ async fn drop_list<S: Store>(store: &S, list: &UserList) -> Result<(), GraphErro
     Ok(())
 }
 
-async fn drop_member<S: Store>(store: &S, list_id: u64, member: u64) -> Result<(), GraphError> {
+async fn drop_member<S: Store>(store: &S, list_id: u64, member: u64) -> Result<()> {
     if store
         .delete_if_present(&MEMBERS, &k(list_id), &k(member))
         .await?
@@ -166,7 +141,7 @@ async fn drop_member<S: Store>(store: &S, list_id: u64, member: u64) -> Result<(
 }
 
 /// Removes a deleted account's lists and its memberships in others' lists.
-pub async fn remove_user<S: Store>(store: &S, user: u64) -> Result<usize, GraphError> {
+pub async fn remove_user<S: Store>(store: &S, user: u64) -> Result<usize> {
     let mut removed = 0;
     loop {
         let page = store.scan(&OWNER_LISTS, &k(user), &Scan::all(100)).await?;
@@ -216,9 +191,9 @@ const LIST: u64 = 1;
 
 impl<S: Store> Lists<S> {
     /// Over `store`; `node`/`shard` make list ids unique.
-    pub fn new(store: S, clock: Arc<dyn Clock>, node: u16, shard: u16) -> Result<Self, GraphError> {
-        let ids = IdGenerator::new(node, shard)
-            .map_err(|_| GraphError::InvalidArgument { field: "shard" })?;
+    pub fn new(store: S, clock: Arc<dyn Clock>, node: u16, shard: u16) -> Result<Self> {
+        let ids =
+            IdGenerator::new(node, shard).map_err(|_| Error::InvalidArgument { field: "shard" })?;
         Ok(Self {
             store,
             clock,
@@ -227,8 +202,8 @@ impl<S: Store> Lists<S> {
         })
     }
 
-    async fn save(&self, list: &UserList) -> Result<(), GraphError> {
-        let b = serde_json::to_vec(list).map_err(|_| GraphError::Corrupt)?;
+    async fn save(&self, list: &UserList) -> Result<()> {
+        let b = encode("list", list)?;
         self.store
             .put(&LISTS, &k(list.list_id), &[], &b, None)
             .await?;
@@ -237,32 +212,29 @@ impl<S: Store> Lists<S> {
 
     /// The list as `viewer` may see it (`NotFound` when private to someone else, across a
     /// block, or of a deleted owner).
-    async fn visible(&self, viewer: u64, list_id: u64) -> Result<UserList, GraphError> {
+    async fn visible(&self, viewer: u64, list_id: u64) -> Result<UserList> {
         let list = load(&self.store, list_id)
             .await?
-            .ok_or(GraphError::NotFound)?;
+            .ok_or(Error::NotFound("list"))?;
         if list.owner_id == viewer {
             return Ok(list);
         }
         if list.private || !self.may_see_owner(viewer, list.owner_id).await? {
-            return Err(GraphError::NotFound);
+            return Err(Error::NotFound("list"));
         }
         Ok(list)
     }
 
     /// Whether `viewer` may see `owner`'s public lists: no block either way, a live
     /// account, and for a private account an approved follower.
-    async fn may_see_owner(&self, viewer: u64, owner: u64) -> Result<bool, GraphError> {
+    async fn may_see_owner(&self, viewer: u64, owner: u64) -> Result<bool> {
         if viewer == owner {
             return Ok(true);
         }
         if blocked_either_way(&self.store, viewer, owner).await? {
             return Ok(false);
         }
-        let Some(profile) = users::load(&self.store, owner)
-            .await?
-            .filter(|p| !p.deleted)
-        else {
+        let Some(profile) = live_profile(&self.store, owner).await? else {
             return Ok(false);
         };
         Ok(!profile.private
@@ -274,10 +246,10 @@ impl<S: Store> Lists<S> {
     }
 
     /// The list, if `me` owns it (`Forbidden` for a visible list of someone else).
-    async fn owned(&self, me: u64, list_id: u64) -> Result<UserList, GraphError> {
+    async fn owned(&self, me: u64, list_id: u64) -> Result<UserList> {
         let list = self.visible(me, list_id).await?;
         if list.owner_id != me {
-            return Err(GraphError::Forbidden);
+            return Err(Error::Forbidden("only the owner may change a list"));
         }
         Ok(list)
     }
@@ -289,7 +261,7 @@ impl<S: Store> Lists<S> {
         name: &str,
         description: &str,
         private: bool,
-    ) -> Result<UserList, GraphError> {
+    ) -> Result<UserList> {
         check_text(name, MAX_NAME, false, "name")?;
         check_text(description, MAX_DESCRIPTION, true, "description")?;
         let _owner = self.locks.lock((OWNER, me)).await;
@@ -298,7 +270,7 @@ impl<S: Store> Lists<S> {
             .counter_get(&LIST_COUNTS, &k(me), &which("lists"))
             .await?;
         if owned >= MAX_LISTS {
-            return Err(GraphError::InvalidArgument { field: "lists" });
+            return Err(Error::InvalidArgument { field: "lists" });
         }
         let now = self.clock.now_ms();
         let list = UserList {
@@ -320,12 +292,7 @@ impl<S: Store> Lists<S> {
     }
 
     /// Renames, redescribes or changes the visibility of `me`'s list.
-    pub async fn update(
-        &self,
-        me: u64,
-        list_id: u64,
-        update: ListUpdate,
-    ) -> Result<UserList, GraphError> {
+    pub async fn update(&self, me: u64, list_id: u64, update: ListUpdate) -> Result<UserList> {
         let _list = self.locks.lock((LIST, list_id)).await;
         let mut list = self.owned(me, list_id).await?;
         if let Some(name) = update.name {
@@ -342,29 +309,24 @@ impl<S: Store> Lists<S> {
     }
 
     /// Deletes `me`'s list and its memberships.
-    pub async fn delete(&self, me: u64, list_id: u64) -> Result<(), GraphError> {
+    pub async fn delete(&self, me: u64, list_id: u64) -> Result<()> {
         let _list = self.locks.lock((LIST, list_id)).await;
         let list = self.owned(me, list_id).await?;
         drop_list(&self.store, &list).await
     }
 
     /// Adds users to `me`'s list: each must exist and have no block with `me`.
-    pub async fn add_members(
-        &self,
-        me: u64,
-        list_id: u64,
-        users: &[u64],
-    ) -> Result<(), GraphError> {
+    pub async fn add_members(&self, me: u64, list_id: u64, users: &[u64]) -> Result<()> {
         if users.len() > MAX_CHANGE {
-            return Err(GraphError::InvalidArgument { field: "user_ids" });
+            return Err(Error::InvalidArgument { field: "user_ids" });
         }
         let _list = self.locks.lock((LIST, list_id)).await;
         let list = self.owned(me, list_id).await?;
         for &u in users {
             if blocked_either_way(&self.store, me, u).await?
-                || users::load(&self.store, u).await?.is_none_or(|p| p.deleted)
+                || live_profile(&self.store, u).await?.is_none()
             {
-                return Err(GraphError::NotFound);
+                return Err(Error::NotFound("user"));
             }
         }
         for &u in users {
@@ -373,7 +335,7 @@ impl<S: Store> Lists<S> {
                 .counter_get(&LIST_COUNTS, &k(list.list_id), &which("members"))
                 .await?;
             if count >= MAX_MEMBERS {
-                return Err(GraphError::InvalidArgument { field: "user_ids" });
+                return Err(Error::InvalidArgument { field: "user_ids" });
             }
             if self
                 .store
@@ -392,14 +354,9 @@ impl<S: Store> Lists<S> {
     }
 
     /// Removes users from `me`'s list.
-    pub async fn remove_members(
-        &self,
-        me: u64,
-        list_id: u64,
-        users: &[u64],
-    ) -> Result<(), GraphError> {
+    pub async fn remove_members(&self, me: u64, list_id: u64, users: &[u64]) -> Result<()> {
         if users.len() > MAX_CHANGE {
-            return Err(GraphError::InvalidArgument { field: "user_ids" });
+            return Err(Error::InvalidArgument { field: "user_ids" });
         }
         let _list = self.locks.lock((LIST, list_id)).await;
         let list = self.owned(me, list_id).await?;
@@ -410,14 +367,14 @@ impl<S: Store> Lists<S> {
     }
 
     /// A list as `viewer` may see it, with its member count.
-    pub async fn get(&self, viewer: u64, list_id: u64) -> Result<(UserList, i64), GraphError> {
+    pub async fn get(&self, viewer: u64, list_id: u64) -> Result<(UserList, i64)> {
         let list = self.visible(viewer, list_id).await?;
         let n = self.members_count(list_id).await?;
         Ok((list, n))
     }
 
     /// How many members a list has (blocked ones included).
-    pub async fn members_count(&self, list_id: u64) -> Result<i64, GraphError> {
+    pub async fn members_count(&self, list_id: u64) -> Result<i64> {
         Ok(self
             .store
             .counter_get(&LIST_COUNTS, &k(list_id), &which("members"))
@@ -432,9 +389,9 @@ impl<S: Store> Lists<S> {
         owner: u64,
         limit: usize,
         cursor: Option<Cursor>,
-    ) -> Result<(Vec<(UserList, i64)>, Option<Cursor>), GraphError> {
+    ) -> Result<(Vec<(UserList, i64)>, Option<Cursor>)> {
         if !self.may_see_owner(viewer, owner).await? {
-            return Err(GraphError::NotFound);
+            return Err(Error::NotFound("list"));
         }
         let page = self
             .store
@@ -463,7 +420,7 @@ impl<S: Store> Lists<S> {
         list_id: u64,
         limit: usize,
         cursor: Option<Cursor>,
-    ) -> Result<IdPage, GraphError> {
+    ) -> Result<IdPage> {
         let list = self.visible(viewer, list_id).await?;
         let page = self
             .store

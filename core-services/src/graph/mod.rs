@@ -22,49 +22,19 @@
 //! account are for its approved followers (and itself) only.
 
 pub mod lists;
+mod wire;
+
+pub use wire::GraphWire;
 
 use bytes::Bytes;
-use selfie_storage::key::{KeyBuilder, KeyReader};
-use selfie_storage::{Cursor, Scan, Store, StoreError, Table, TableKind};
+use selfie_storage::key::KeyReader;
+use selfie_storage::{Cursor, Scan, Store, Table};
 
-use crate::users::{self, UsersError};
-
-rows! {
-    FOLLOWING, "graph_following", ["user_id"], ["followed_id"], "who a user follows";
-    FOLLOWERS, "graph_followers", ["user_id"], ["follower_id"], "who follows a user";
-    REQUESTS_IN, "graph_requests_in", ["user_id"], ["requester_id"], "follow requests received";
-    REQUESTS_OUT, "graph_requests_out", ["user_id"], ["target_id"], "follow requests sent";
-    BLOCKS, "graph_blocks", ["user_id"], ["blocked_id"], "who a user blocks";
-    BLOCKED_BY, "graph_blocked_by", ["user_id"], ["blocker_id"], "who blocks a user";
-    MUTES, "graph_mutes", ["user_id"], ["muted_id"], "who a user mutes";
-    CLOSE_FRIENDS, "graph_close_friends", ["user_id"], ["friend_id"], "a user's close friends";
-    CLOSE_FRIEND_OF, "graph_close_friend_of", ["user_id"], ["owner_id"], "whose close friend a user is";
-}
-
-/// `followers` / `following` counts per user.
-pub static COUNTS: Table = Table {
-    name: "graph_counts",
-    kind: TableKind::Counters,
-    partition: &["user_id"],
-    clustering: &["which"],
-    default_ttl: None,
-    doc: "follower and following counts",
-};
-
-/// The close-friends tables (a later migration than [`TABLES`]).
-pub static CLOSE_FRIENDS_TABLES: &[&Table] = &[&CLOSE_FRIENDS, &CLOSE_FRIEND_OF];
-
-/// The tables of the graph service in its first migration.
-pub static TABLES: &[&Table] = &[
-    &FOLLOWING,
-    &FOLLOWERS,
-    &REQUESTS_IN,
-    &REQUESTS_OUT,
-    &BLOCKS,
-    &BLOCKED_BY,
-    &MUTES,
-    &COUNTS,
-];
+use crate::locks::{KeyGuard, KeyedLocks};
+pub use crate::tables::graph::blocked_either_way;
+use crate::tables::graph::*;
+use crate::tables::{key as k, name_key, users::live_profile};
+use crate::{Error, Result};
 
 /// The outcome of a follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,77 +45,16 @@ pub enum FollowState {
     Requested,
 }
 
-/// Graph errors.
-#[derive(Debug, thiserror::Error)]
-pub enum GraphError {
-    /// Following or blocking oneself.
-    #[error("not allowed on yourself")]
-    SelfTarget,
-    /// No such user (or hidden by a block).
-    #[error("no such user")]
-    NotFound,
-    /// A block between the two users prevents this.
-    #[error("blocked")]
-    Blocked,
-    /// The list is private.
-    #[error("forbidden")]
-    Forbidden,
-    /// A bad argument (a mute duration out of range, too many ids).
-    #[error("invalid {field}")]
-    InvalidArgument {
-        /// The field.
-        field: &'static str,
-    },
-    /// No such follow request.
-    #[error("no such request")]
-    NoSuchRequest,
-    /// Storage failed.
-    #[error(transparent)]
-    Storage(#[from] StoreError),
-    /// A profile could not be read.
-    #[error(transparent)]
-    Users(#[from] UsersError),
-    /// A stored record could not be decoded.
-    #[error("corrupt record")]
-    Corrupt,
-    /// Another node kept the pair locked too long: retry.
-    #[error("busy")]
-    Busy,
-}
-
-fn k(id: u64) -> Bytes {
-    KeyBuilder::new().u64(id).build()
-}
-
 fn followers_key() -> Bytes {
-    KeyBuilder::new().str("followers").build()
+    name_key("followers")
 }
 
 fn following_key() -> Bytes {
-    KeyBuilder::new().str("following").build()
+    name_key("following")
 }
 
 fn close_friends_key() -> Bytes {
-    KeyBuilder::new().str("close_friends").build()
-}
-
-/// Whether `owner` counts `viewer` among their close friends.
-pub(crate) async fn is_close_friend<S: Store>(
-    store: &S,
-    owner: u64,
-    viewer: u64,
-) -> Result<bool, StoreError> {
-    Ok(store
-        .get(&CLOSE_FRIENDS, &k(owner), &k(viewer))
-        .await?
-        .is_some())
-}
-
-/// Whether `a` blocks `b` or `b` blocks `a`.
-pub async fn blocked_either_way<S: Store>(store: &S, a: u64, b: u64) -> Result<bool, StoreError> {
-    Ok(a != b
-        && (store.get(&BLOCKS, &k(a), &k(b)).await?.is_some()
-            || store.get(&BLOCKS, &k(b), &k(a)).await?.is_some()))
+    name_key("close_friends")
 }
 
 /// A page of user ids.
@@ -196,7 +105,7 @@ pub const MAX_CLOSE_FRIENDS: i64 = 1_000;
 /// lock stayed taken.
 pub trait FleetLocks: Send + Sync {
     /// Takes the lock named `name`.
-    fn acquire(&self, name: String) -> crate::BoxFuture<'_, Result<Option<Lease>, GraphError>>;
+    fn acquire(&self, name: String) -> crate::BoxFuture<'_, Result<Option<Lease>>>;
     /// Releases a lease (best effort: leases also expire by themselves).
     fn release(&self, lease: Lease) -> crate::BoxFuture<'static, ()>;
 }
@@ -227,7 +136,7 @@ impl RedisFleetLocks {
 }
 
 impl FleetLocks for RedisFleetLocks {
-    fn acquire(&self, name: String) -> crate::BoxFuture<'_, Result<Option<Lease>, GraphError>> {
+    fn acquire(&self, name: String) -> crate::BoxFuture<'_, Result<Option<Lease>>> {
         Box::pin(async move {
             let token: u64 = rand::random();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -243,7 +152,7 @@ impl FleetLocks for RedisFleetLocks {
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(std::time::Duration::from_millis(50));
                     }
-                    Ok(false) => return Err(GraphError::Busy),
+                    Ok(false) => return Err(Error::Busy),
                     Err(e) => {
                         tracing::warn!(error = %e, "fleet graph locks unavailable");
                         return Ok(None);
@@ -260,47 +169,6 @@ impl FleetLocks for RedisFleetLocks {
                 tracing::warn!(error = %e, "fleet graph lock not released (it will expire)");
             }
         })
-    }
-}
-
-/// Shard-local locks by key, forgotten once no one holds or waits for them.
-#[derive(Default)]
-pub(crate) struct KeyedLocks {
-    map: std::cell::RefCell<std::collections::HashMap<(u64, u64), SharedMutex>>,
-}
-
-type SharedMutex = std::sync::Arc<tokio::sync::Mutex<()>>;
-
-/// Holds one key of [`KeyedLocks`].
-pub(crate) struct KeyGuard<'a> {
-    key: (u64, u64),
-    locks: &'a KeyedLocks,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl KeyedLocks {
-    /// Waits for `key`.
-    pub(crate) async fn lock(&self, key: (u64, u64)) -> KeyGuard<'_> {
-        let lock = self.map.borrow_mut().entry(key).or_default().clone();
-        let guard = lock.lock_owned().await;
-        KeyGuard {
-            key,
-            locks: self,
-            guard: Some(guard),
-        }
-    }
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        self.guard.take();
-        let mut map = self.locks.map.borrow_mut();
-        if map
-            .get(&self.key)
-            .is_some_and(|l| std::sync::Arc::strong_count(l) == 1)
-        {
-            map.remove(&self.key);
-        }
     }
 }
 
@@ -348,7 +216,7 @@ impl<S: Store> Graph<S> {
 
     /// Serialises operations on the pair {a, b} (in either direction): this shard's lock,
     /// then the fleet's.
-    async fn lock(&self, a: u64, b: u64) -> Result<PairGuard<'_>, GraphError> {
+    async fn lock(&self, a: u64, b: u64) -> Result<PairGuard<'_>> {
         let key = (a.min(b), a.max(b));
         let mut pair = PairGuard {
             _local: self.pairs.lock(key).await,
@@ -362,7 +230,7 @@ impl<S: Store> Graph<S> {
         Ok(pair)
     }
 
-    async fn counted_edge(&self, from: u64, to: u64, add: bool) -> Result<bool, GraphError> {
+    async fn counted_edge(&self, from: u64, to: u64, add: bool) -> Result<bool> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
@@ -396,24 +264,20 @@ impl<S: Store> Graph<S> {
     }
 
     /// `viewer` follows `target` (or asks to, when the account is private).
-    pub async fn follow(&self, viewer: u64, target: u64) -> Result<FollowState, GraphError> {
+    pub async fn follow(&self, viewer: u64, target: u64) -> Result<FollowState> {
         if viewer == target {
-            return Err(GraphError::SelfTarget);
+            return Err(Error::SelfTarget);
         }
         let _pair = self.lock(viewer, target).await?;
         if blocked_either_way(&self.store, viewer, target).await? {
-            return Err(GraphError::Blocked);
+            return Err(Error::Blocked);
         }
-        let profile = users::load(&self.store, target)
+        let profile = live_profile(&self.store, target)
             .await?
-            .filter(|p| !p.deleted)
-            .ok_or(GraphError::NotFound)?;
+            .ok_or(Error::NotFound("user"))?;
         // An account being deleted follows no one (its sessions live until the end).
-        if users::load(&self.store, viewer)
-            .await?
-            .is_none_or(|p| p.deleted)
-        {
-            return Err(GraphError::NotFound);
+        if live_profile(&self.store, viewer).await?.is_none() {
+            return Err(Error::NotFound("user"));
         }
         if self
             .store
@@ -440,48 +304,45 @@ impl<S: Store> Graph<S> {
     }
 
     /// `viewer` stops following `target` (and withdraws a pending request).
-    pub async fn unfollow(&self, viewer: u64, target: u64) -> Result<(), GraphError> {
+    pub async fn unfollow(&self, viewer: u64, target: u64) -> Result<()> {
         let _pair = self.lock(viewer, target).await?;
         self.counted_edge(viewer, target, false).await?;
         self.withdraw(viewer, target).await.map(|_| ())
     }
 
     /// `me` approves `requester`'s request.
-    pub async fn approve(&self, me: u64, requester: u64) -> Result<(), GraphError> {
+    pub async fn approve(&self, me: u64, requester: u64) -> Result<()> {
         let _pair = self.lock(me, requester).await?;
         if !self
             .store
             .delete_if_present(&REQUESTS_IN, &k(me), &k(requester))
             .await?
         {
-            return Err(GraphError::NoSuchRequest);
+            return Err(Error::NotFound("follow request"));
         }
         self.store
             .delete(&REQUESTS_OUT, &k(requester), &k(me))
             .await?;
         if blocked_either_way(&self.store, me, requester).await? {
-            return Err(GraphError::Blocked);
+            return Err(Error::Blocked);
         }
         // A requester whose account is being deleted does not become a follower.
-        if users::load(&self.store, requester)
-            .await?
-            .is_none_or(|p| p.deleted)
-        {
-            return Err(GraphError::NotFound);
+        if live_profile(&self.store, requester).await?.is_none() {
+            return Err(Error::NotFound("user"));
         }
         self.counted_edge(requester, me, true).await?;
         Ok(())
     }
 
     /// `me` denies `requester`'s request.
-    pub async fn deny(&self, me: u64, requester: u64) -> Result<(), GraphError> {
+    pub async fn deny(&self, me: u64, requester: u64) -> Result<()> {
         let _pair = self.lock(me, requester).await?;
         if !self
             .store
             .delete_if_present(&REQUESTS_IN, &k(me), &k(requester))
             .await?
         {
-            return Err(GraphError::NoSuchRequest);
+            return Err(Error::NotFound("follow request"));
         }
         self.store
             .delete(&REQUESTS_OUT, &k(requester), &k(me))
@@ -490,17 +351,17 @@ impl<S: Store> Graph<S> {
     }
 
     /// `me` withdraws a request to `target`.
-    pub async fn cancel_request(&self, me: u64, target: u64) -> Result<(), GraphError> {
+    pub async fn cancel_request(&self, me: u64, target: u64) -> Result<()> {
         let _pair = self.lock(me, target).await?;
         if self.withdraw(me, target).await? {
             Ok(())
         } else {
-            Err(GraphError::NoSuchRequest)
+            Err(Error::NotFound("follow request"))
         }
     }
 
     /// Removes `me`'s request to `target`, if any (the caller holds the pair's lock).
-    async fn withdraw(&self, me: u64, target: u64) -> Result<bool, GraphError> {
+    async fn withdraw(&self, me: u64, target: u64) -> Result<bool> {
         if !self
             .store
             .delete_if_present(&REQUESTS_OUT, &k(me), &k(target))
@@ -514,9 +375,9 @@ impl<S: Store> Graph<S> {
 
     /// `me` blocks `target`: follows and requests both ways end; each is hidden from the
     /// other.
-    pub async fn block(&self, me: u64, target: u64) -> Result<(), GraphError> {
+    pub async fn block(&self, me: u64, target: u64) -> Result<()> {
         if me == target {
-            return Err(GraphError::SelfTarget);
+            return Err(Error::SelfTarget);
         }
         let _pair = self.lock(me, target).await?;
         self.store
@@ -541,7 +402,7 @@ impl<S: Store> Graph<S> {
     }
 
     /// `me` unblocks `target` (nothing else is restored).
-    pub async fn unblock(&self, me: u64, target: u64) -> Result<(), GraphError> {
+    pub async fn unblock(&self, me: u64, target: u64) -> Result<()> {
         let _pair = self.lock(me, target).await?;
         self.store.delete(&BLOCKS, &k(me), &k(target)).await?;
         self.store.delete(&BLOCKED_BY, &k(target), &k(me)).await?;
@@ -555,21 +416,19 @@ impl<S: Store> Graph<S> {
         me: u64,
         target: u64,
         duration: Option<std::time::Duration>,
-    ) -> Result<(), GraphError> {
+    ) -> Result<()> {
         if me == target {
-            return Err(GraphError::SelfTarget);
+            return Err(Error::SelfTarget);
         }
         if duration.is_some_and(|d| d.is_zero() || d > MAX_MUTE) {
-            return Err(GraphError::InvalidArgument {
+            return Err(Error::InvalidArgument {
                 field: "duration_ms",
             });
         }
         if blocked_either_way(&self.store, me, target).await?
-            || users::load(&self.store, target)
-                .await?
-                .is_none_or(|p| p.deleted)
+            || live_profile(&self.store, target).await?.is_none()
         {
-            return Err(GraphError::NotFound);
+            return Err(Error::NotFound("user"));
         }
         self.store
             .put(&MUTES, &k(me), &k(target), b"", duration)
@@ -578,9 +437,9 @@ impl<S: Store> Graph<S> {
     }
 
     /// `me` removes `follower` from their followers (the follower is not told).
-    pub async fn remove_follower(&self, me: u64, follower: u64) -> Result<(), GraphError> {
+    pub async fn remove_follower(&self, me: u64, follower: u64) -> Result<()> {
         if me == follower {
-            return Err(GraphError::SelfTarget);
+            return Err(Error::SelfTarget);
         }
         let _pair = self.lock(me, follower).await?;
         self.counted_edge(follower, me, false).await?;
@@ -588,22 +447,12 @@ impl<S: Store> Graph<S> {
     }
 
     /// Whom `me` blocks.
-    pub async fn blocks(
-        &self,
-        me: u64,
-        limit: usize,
-        cursor: Option<Cursor>,
-    ) -> Result<IdPage, GraphError> {
+    pub async fn blocks(&self, me: u64, limit: usize, cursor: Option<Cursor>) -> Result<IdPage> {
         self.page(&BLOCKS, me, limit, cursor).await
     }
 
     /// Whom `me` mutes (expired timed mutes are gone).
-    pub async fn mutes(
-        &self,
-        me: u64,
-        limit: usize,
-        cursor: Option<Cursor>,
-    ) -> Result<IdPage, GraphError> {
+    pub async fn mutes(&self, me: u64, limit: usize, cursor: Option<Cursor>) -> Result<IdPage> {
         self.page(&MUTES, me, limit, cursor).await
     }
 
@@ -613,9 +462,9 @@ impl<S: Store> Graph<S> {
         &self,
         viewer: u64,
         others: &[u64],
-    ) -> Result<Vec<(u64, Relationship)>, GraphError> {
+    ) -> Result<Vec<(u64, Relationship)>> {
         if others.len() > MAX_RELATIONSHIPS {
-            return Err(GraphError::InvalidArgument { field: "user_ids" });
+            return Err(Error::InvalidArgument { field: "user_ids" });
         }
         let mut out = Vec::with_capacity(others.len());
         for &other in others {
@@ -639,13 +488,13 @@ impl<S: Store> Graph<S> {
     }
 
     /// `me` unmutes `target`.
-    pub async fn unmute(&self, me: u64, target: u64) -> Result<(), GraphError> {
+    pub async fn unmute(&self, me: u64, target: u64) -> Result<()> {
         self.store.delete(&MUTES, &k(me), &k(target)).await?;
         Ok(())
     }
 
     /// (followers, following) of `user`.
-    pub async fn counts(&self, user: u64) -> Result<(i64, i64), GraphError> {
+    pub async fn counts(&self, user: u64) -> Result<(i64, i64)> {
         Ok((
             self.store
                 .counter_get(&COUNTS, &k(user), &followers_key())
@@ -657,10 +506,10 @@ impl<S: Store> Graph<S> {
     }
 
     /// How `viewer` relates to `other`.
-    pub async fn relationship(&self, viewer: u64, other: u64) -> Result<Relationship, GraphError> {
+    pub async fn relationship(&self, viewer: u64, other: u64) -> Result<Relationship> {
         let has = |t: &'static Table, a: u64, b: u64| {
             let store = &self.store;
-            async move { Ok::<_, StoreError>(store.get(t, &k(a), &k(b)).await?.is_some()) }
+            async move { Ok::<_, Error>(store.get(t, &k(a), &k(b)).await?.is_some()) }
         };
         Ok(Relationship {
             following: has(&FOLLOWING, viewer, other).await?,
@@ -674,14 +523,13 @@ impl<S: Store> Graph<S> {
         })
     }
 
-    async fn may_see_lists(&self, viewer: u64, user: u64) -> Result<(), GraphError> {
+    async fn may_see_lists(&self, viewer: u64, user: u64) -> Result<()> {
         if blocked_either_way(&self.store, viewer, user).await? {
-            return Err(GraphError::NotFound);
+            return Err(Error::NotFound("user"));
         }
-        let profile = users::load(&self.store, user)
+        let profile = live_profile(&self.store, user)
             .await?
-            .filter(|p| !p.deleted)
-            .ok_or(GraphError::NotFound)?;
+            .ok_or(Error::NotFound("user"))?;
         if profile.private
             && viewer != user
             && self
@@ -690,7 +538,9 @@ impl<S: Store> Graph<S> {
                 .await?
                 .is_none()
         {
-            return Err(GraphError::Forbidden);
+            return Err(Error::Forbidden(
+                "this account's lists are for its followers",
+            ));
         }
         Ok(())
     }
@@ -701,7 +551,7 @@ impl<S: Store> Graph<S> {
         user: u64,
         limit: usize,
         cursor: Option<Cursor>,
-    ) -> Result<IdPage, GraphError> {
+    ) -> Result<IdPage> {
         let page = self
             .store
             .scan(table, &k(user), &Scan::all(limit).after(cursor))
@@ -724,7 +574,7 @@ impl<S: Store> Graph<S> {
         user: u64,
         limit: usize,
         cursor: Option<Cursor>,
-    ) -> Result<IdPage, GraphError> {
+    ) -> Result<IdPage> {
         self.may_see_lists(viewer, user).await?;
         self.page(&FOLLOWERS, user, limit, cursor).await
     }
@@ -736,14 +586,14 @@ impl<S: Store> Graph<S> {
         user: u64,
         limit: usize,
         cursor: Option<Cursor>,
-    ) -> Result<IdPage, GraphError> {
+    ) -> Result<IdPage> {
         self.may_see_lists(viewer, user).await?;
         self.page(&FOLLOWING, user, limit, cursor).await
     }
 
     /// Removes every edge of a deleted account, in both directions, keeping the other
     /// users' counts exact. Returns the number of edges removed.
-    pub async fn remove_user(&self, user: u64) -> Result<usize, GraphError> {
+    pub async fn remove_user(&self, user: u64) -> Result<usize> {
         let mut removed = 0;
         for (table, outgoing) in [(&FOLLOWING, true), (&FOLLOWERS, false)] {
             loop {
@@ -813,7 +663,7 @@ impl<S: Store> Graph<S> {
     }
 
     /// Removes `friend` from `owner`'s close friends, if there.
-    async fn drop_close_friend(&self, owner: u64, friend: u64) -> Result<bool, GraphError> {
+    async fn drop_close_friend(&self, owner: u64, friend: u64) -> Result<bool> {
         let removed = self
             .store
             .delete_if_present(&CLOSE_FRIENDS, &k(owner), &k(friend))
@@ -832,25 +682,18 @@ impl<S: Store> Graph<S> {
     /// Adds users to and removes users from `me`'s close friends (who see posts and
     /// stories shared with close friends). Added users must exist and have no block
     /// with `me`; the list holds at most [`MAX_CLOSE_FRIENDS`]. Nobody is told.
-    pub async fn update_close_friends(
-        &self,
-        me: u64,
-        add: &[u64],
-        remove: &[u64],
-    ) -> Result<(), GraphError> {
+    pub async fn update_close_friends(&self, me: u64, add: &[u64], remove: &[u64]) -> Result<()> {
         if add.len() > MAX_CLOSE_FRIENDS_CHANGE || remove.len() > MAX_CLOSE_FRIENDS_CHANGE {
-            return Err(GraphError::InvalidArgument { field: "add" });
+            return Err(Error::InvalidArgument { field: "add" });
         }
         if add.contains(&me) {
-            return Err(GraphError::SelfTarget);
+            return Err(Error::SelfTarget);
         }
         for &friend in add {
             if blocked_either_way(&self.store, me, friend).await?
-                || users::load(&self.store, friend)
-                    .await?
-                    .is_none_or(|p| p.deleted)
+                || live_profile(&self.store, friend).await?.is_none()
             {
-                return Err(GraphError::NotFound);
+                return Err(Error::NotFound("user"));
             }
         }
         // One update of a user's list at a time (the edge routes them to one shard), so the
@@ -865,7 +708,7 @@ impl<S: Store> Graph<S> {
                 .counter_get(&COUNTS, &k(me), &close_friends_key())
                 .await?;
             if now >= MAX_CLOSE_FRIENDS {
-                return Err(GraphError::InvalidArgument { field: "add" });
+                return Err(Error::InvalidArgument { field: "add" });
             }
             if self
                 .store
@@ -882,7 +725,7 @@ impl<S: Store> Graph<S> {
                 // here or runs its own removal after the entry exists.
                 if blocked_either_way(&self.store, me, friend).await? {
                     self.drop_close_friend(me, friend).await?;
-                    return Err(GraphError::NotFound);
+                    return Err(Error::NotFound("user"));
                 }
             }
         }
@@ -895,7 +738,7 @@ impl<S: Store> Graph<S> {
         me: u64,
         limit: usize,
         cursor: Option<Cursor>,
-    ) -> Result<IdPage, GraphError> {
+    ) -> Result<IdPage> {
         self.page(&CLOSE_FRIENDS, me, limit, cursor).await
     }
 
@@ -905,17 +748,12 @@ impl<S: Store> Graph<S> {
         me: u64,
         limit: usize,
         cursor: Option<Cursor>,
-    ) -> Result<IdPage, GraphError> {
+    ) -> Result<IdPage> {
         self.page(&REQUESTS_OUT, me, limit, cursor).await
     }
 
     /// Pending requests to `me`.
-    pub async fn requests(
-        &self,
-        me: u64,
-        limit: usize,
-        cursor: Option<Cursor>,
-    ) -> Result<IdPage, GraphError> {
+    pub async fn requests(&self, me: u64, limit: usize, cursor: Option<Cursor>) -> Result<IdPage> {
         self.page(&REQUESTS_IN, me, limit, cursor).await
     }
 }

@@ -8,38 +8,21 @@
 //! block is not revealed). A private account's profile stays visible; its content, its
 //! follower/following lists and its user lists are for approved followers only (enforced
 //! by the graph and content services).
-//! Settings are the owner's alone; other services consult them through [`permits`].
+//! Settings are the owner's alone; other services consult them through
+//! [`crate::tables::users::permits`].
 //!
 //! Media ids (avatar, banner) are stored as given: the media service, which owns uploads,
 //! does not exist yet, so ownership of the referenced object is not checked here.
 
-use bytes::Bytes;
-use selfie_storage::key::KeyBuilder;
-use selfie_storage::{Store, StoreError, Table, TableKind};
-use serde::{Deserialize, Serialize};
+mod wire;
 
-/// user id → profile.
-pub static PROFILES: Table = Table {
-    name: "users_profiles",
-    kind: TableKind::Rows,
-    partition: &["user_id"],
-    clustering: &[],
-    default_ttl: None,
-    doc: "profiles",
-};
+use selfie_storage::Store;
 
-/// user id → settings.
-pub static SETTINGS: Table = Table {
-    name: "users_settings",
-    kind: TableKind::Rows,
-    partition: &["user_id"],
-    clustering: &[],
-    default_ttl: None,
-    doc: "per-user settings",
-};
-
-/// The tables of the users service in its first migration.
-pub static TABLES: &[&Table] = &[&PROFILES];
+pub use crate::tables::users::{Link, Permission, Profile, Settings};
+use crate::tables::users::{PROFILES, SETTINGS};
+use crate::tables::{self, encode, key};
+use crate::{Error, Result};
+pub use wire::UsersWire;
 
 /// Longest display name, in characters.
 pub const MAX_DISPLAY_NAME: usize = 64;
@@ -55,51 +38,6 @@ pub const MAX_LINK_URL: usize = 512;
 pub const MAX_PRONOUNS: usize = 32;
 /// Longest location, in characters.
 pub const MAX_LOCATION: usize = 64;
-
-/// A link shown on a profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Link {
-    /// Label.
-    pub title: String,
-    /// An absolute `http`/`https` URL.
-    pub url: String,
-}
-
-/// A profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Profile {
-    /// The user.
-    pub user_id: u64,
-    /// Unique handle.
-    pub username: String,
-    /// Display name.
-    pub display_name: String,
-    /// Bio.
-    pub bio: String,
-    /// Private account: follows need approval; content and lists for followers only.
-    pub private: bool,
-    /// The account was deleted: the profile is anonymised and hidden, its content too.
-    #[serde(default)]
-    pub deleted: bool,
-    /// Avatar media id, 0 for none.
-    #[serde(default)]
-    pub avatar_media_id: u64,
-    /// Banner media id, 0 for none.
-    #[serde(default)]
-    pub banner_media_id: u64,
-    /// Links, in the owner's order.
-    #[serde(default)]
-    pub links: Vec<Link>,
-    /// Pronouns.
-    #[serde(default)]
-    pub pronouns: String,
-    /// Location.
-    #[serde(default)]
-    pub location: String,
-    /// When the profile was created (0 for profiles older than the field).
-    #[serde(default)]
-    pub created_at_ms: u64,
-}
 
 /// Changes to a profile; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
@@ -120,72 +58,6 @@ pub struct ProfileUpdate {
     pub pronouns: Option<String>,
     /// New location.
     pub location: Option<String>,
-}
-
-/// Who may do something to a user (message, mention, comment).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum Permission {
-    /// Anyone not blocked.
-    #[default]
-    Everyone,
-    /// Users who follow the owner.
-    Followers,
-    /// Users the owner follows.
-    Following,
-    /// Nobody but the owner.
-    Nobody,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// A user's settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Settings {
-    /// Who may start a conversation.
-    #[serde(default)]
-    pub who_can_message: Permission,
-    /// Whose mentions reach the user (others are not linked or notified).
-    #[serde(default)]
-    pub who_can_mention: Permission,
-    /// Who may comment on the user's posts.
-    #[serde(default)]
-    pub who_can_comment: Permission,
-    /// Send read receipts.
-    #[serde(default = "yes")]
-    pub show_read_receipts: bool,
-    /// Show online/last-seen status.
-    #[serde(default = "yes")]
-    pub show_activity_status: bool,
-    /// Show media marked sensitive without a warning.
-    #[serde(default)]
-    pub show_sensitive_media: bool,
-    /// BCP 47 language tag, empty for the client's default.
-    #[serde(default)]
-    pub language: String,
-    /// IANA time zone name, empty for the client's default.
-    #[serde(default)]
-    pub timezone: String,
-    /// Send e-mail notifications.
-    #[serde(default = "yes")]
-    pub email_notifications: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            who_can_message: Permission::Everyone,
-            who_can_mention: Permission::Everyone,
-            who_can_comment: Permission::Everyone,
-            show_read_receipts: true,
-            show_activity_status: true,
-            show_sensitive_media: false,
-            language: String::new(),
-            timezone: String::new(),
-            email_notifications: true,
-        }
-    }
 }
 
 /// Changes to settings; `None` leaves a field as it is.
@@ -211,116 +83,23 @@ pub struct SettingsUpdate {
     pub email_notifications: Option<bool>,
 }
 
-/// Users errors.
-#[derive(Debug, thiserror::Error)]
-pub enum UsersError {
-    /// No such user (or hidden from the viewer by a block).
-    #[error("no such user")]
-    NotFound,
-    /// A field is too long.
-    #[error("invalid {field}")]
-    InvalidArgument {
-        /// The field.
-        field: &'static str,
-    },
-    /// Storage failed.
-    #[error(transparent)]
-    Storage(#[from] StoreError),
-    /// A stored record could not be decoded.
-    #[error("corrupt profile")]
-    Corrupt,
-}
-
-pub(crate) fn key(user_id: u64) -> Bytes {
-    KeyBuilder::new().u64(user_id).build()
-}
-
-/// Reads a profile without any visibility check (for services that check themselves).
-pub(crate) async fn load<S: Store>(store: &S, user_id: u64) -> Result<Option<Profile>, UsersError> {
-    match store.get(&PROFILES, &key(user_id), &[]).await? {
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|_| UsersError::Corrupt),
-        None => Ok(None),
-    }
-}
-
-/// A user's settings (the defaults until they change any).
-pub(crate) async fn load_settings<S: Store>(
-    store: &S,
-    user_id: u64,
-) -> Result<Settings, UsersError> {
-    match store.get(&SETTINGS, &key(user_id), &[]).await? {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| UsersError::Corrupt),
-        None => Ok(Settings::default()),
-    }
-}
-
-/// Whether `actor` passes `owner`'s `permission` (the owner always does). Blocks are
-/// checked by the caller.
-pub(crate) async fn permits<S: Store>(
-    store: &S,
-    owner: u64,
-    actor: u64,
-    permission: Permission,
-) -> Result<bool, StoreError> {
-    let follows = |a: u64, b: u64| async move {
-        Ok::<_, StoreError>(
-            store
-                .get(&crate::graph::FOLLOWING, &key(a), &key(b))
-                .await?
-                .is_some(),
-        )
-    };
-    Ok(owner == actor
-        || match permission {
-            Permission::Everyone => true,
-            Permission::Followers => follows(actor, owner).await?,
-            Permission::Following => follows(owner, actor).await?,
-            Permission::Nobody => false,
-        })
-}
-
-/// The id owning `username` (any case), if claimed.
-pub(crate) async fn id_by_username<S: Store>(
-    store: &S,
-    username: &str,
-) -> Result<Option<u64>, StoreError> {
-    if username.is_empty() || username.len() > 64 {
-        return Ok(None);
-    }
-    let k = KeyBuilder::new()
-        .str(&username.to_ascii_lowercase())
-        .build();
-    Ok(store
-        .get(&crate::auth::accounts::USERNAMES, &k, &[])
-        .await?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes))
-}
-
 /// Checks a free-text field: at most `max` characters, no control characters (newlines
 /// allowed where `multiline`).
-fn text(
-    value: String,
-    max: usize,
-    multiline: bool,
-    field: &'static str,
-) -> Result<String, UsersError> {
+fn text(value: String, max: usize, multiline: bool, field: &'static str) -> Result<String> {
     let bad = value
         .chars()
         .any(|c| c.is_control() && !(multiline && c == '\n'));
     if bad || value.chars().count() > max {
-        return Err(UsersError::InvalidArgument { field });
+        return Err(Error::InvalidArgument { field });
     }
     Ok(value)
 }
 
 /// Checks a profile link: a short title and an absolute `http(s)` URL with a host and no
 /// credentials.
-fn link(l: Link) -> Result<Link, UsersError> {
+fn link(l: Link) -> Result<Link> {
     let title = text(l.title, MAX_LINK_TITLE, false, "links")?;
-    let bad = || UsersError::InvalidArgument { field: "links" };
+    let bad = || Error::InvalidArgument { field: "links" };
     if l.url.len() > MAX_LINK_URL {
         return Err(bad());
     }
@@ -339,7 +118,7 @@ fn link(l: Link) -> Result<Link, UsersError> {
 }
 
 /// A BCP 47 tag's shape: a 2–3 letter language, then 1–8 character subtags.
-fn language_tag(tag: String) -> Result<String, UsersError> {
+fn language_tag(tag: String) -> Result<String> {
     let mut parts = tag.split('-');
     let ok = tag.is_empty()
         || (tag.len() <= 35
@@ -352,12 +131,12 @@ fn language_tag(tag: String) -> Result<String, UsersError> {
     if ok {
         Ok(tag)
     } else {
-        Err(UsersError::InvalidArgument { field: "language" })
+        Err(Error::InvalidArgument { field: "language" })
     }
 }
 
 /// An IANA time zone name's shape (`Area/Location`, `UTC`, `Etc/GMT+5`).
-fn timezone(tz: String) -> Result<String, UsersError> {
+fn timezone(tz: String) -> Result<String> {
     let ok = tz.is_empty()
         || (tz.len() <= 64
             && tz.split('/').all(|p| {
@@ -370,7 +149,7 @@ fn timezone(tz: String) -> Result<String, UsersError> {
     if ok {
         Ok(tz)
     } else {
-        Err(UsersError::InvalidArgument { field: "timezone" })
+        Err(Error::InvalidArgument { field: "timezone" })
     }
 }
 
@@ -395,7 +174,7 @@ impl<S: Store> Users<S> {
     }
 
     /// Creates the profile of a new account (idempotent).
-    pub async fn create(&self, user_id: u64, username: &str) -> Result<Profile, UsersError> {
+    pub async fn create(&self, user_id: u64, username: &str) -> Result<Profile> {
         let profile = Profile {
             user_id,
             username: username.to_string(),
@@ -410,39 +189,35 @@ impl<S: Store> Users<S> {
             location: String::new(),
             created_at_ms: now_ms(),
         };
-        let bytes = serde_json::to_vec(&profile).map_err(|_| UsersError::Corrupt)?;
+        let bytes = encode("profile", &profile)?;
         if !self
             .store
             .insert_if_absent(&PROFILES, &key(user_id), &[], &bytes, None)
             .await?
         {
-            return load(&self.store, user_id)
+            return tables::users::profile(&self.store, user_id)
                 .await?
-                .ok_or(UsersError::NotFound);
+                .ok_or(Error::NotFound("user"));
         }
         Ok(profile)
     }
 
     /// The profile of `user_id` as `viewer` may see it.
-    pub async fn get(&self, viewer: u64, user_id: u64) -> Result<Profile, UsersError> {
-        if crate::graph::blocked_either_way(&self.store, viewer, user_id).await? {
-            return Err(UsersError::NotFound);
+    pub async fn get(&self, viewer: u64, user_id: u64) -> Result<Profile> {
+        if tables::graph::blocked_either_way(&self.store, viewer, user_id).await? {
+            return Err(Error::NotFound("user"));
         }
-        load(&self.store, user_id)
+        tables::users::profile(&self.store, user_id)
             .await?
             .filter(|p| !p.deleted)
-            .ok_or(UsersError::NotFound)
+            .ok_or(Error::NotFound("user"))
     }
 
     /// The profile of `username` as `viewer` may see it.
-    pub async fn get_by_username(
-        &self,
-        viewer: u64,
-        username: &str,
-    ) -> Result<Profile, UsersError> {
-        let id = id_by_username(&self.store, username)
+    pub async fn get_by_username(&self, viewer: u64, username: &str) -> Result<Profile> {
+        let id = tables::auth::user_by_username(&self.store, username)
             .await?
-            .ok_or(UsersError::NotFound)?;
+            .ok_or(Error::NotFound("user"))?;
         self.get(viewer, id).await
     }
 
@@ -453,13 +228,13 @@ impl<S: Store> Users<S> {
         viewer: u64,
         ids: &[u64],
         usernames: &[String],
-    ) -> Result<Vec<Profile>, UsersError> {
+    ) -> Result<Vec<Profile>> {
         if ids.len() + usernames.len() > MAX_LOOKUP {
-            return Err(UsersError::InvalidArgument { field: "user_ids" });
+            return Err(Error::InvalidArgument { field: "user_ids" });
         }
         let mut wanted = ids.to_vec();
         for name in usernames {
-            if let Some(id) = id_by_username(&self.store, name).await? {
+            if let Some(id) = tables::auth::user_by_username(&self.store, name).await? {
                 wanted.push(id);
             }
         }
@@ -470,7 +245,7 @@ impl<S: Store> Users<S> {
             }
             match self.get(viewer, id).await {
                 Ok(p) => out.push(p),
-                Err(UsersError::NotFound) => {}
+                Err(Error::NotFound("user")) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -479,8 +254,8 @@ impl<S: Store> Users<S> {
 
     /// Anonymises and hides the profile of a deleted account (its username stays
     /// reserved by the accounts service); its settings go.
-    pub async fn mark_deleted(&self, user_id: u64) -> Result<(), UsersError> {
-        let Some(mut profile) = load(&self.store, user_id).await? else {
+    pub async fn mark_deleted(&self, user_id: u64) -> Result<()> {
+        let Some(mut profile) = tables::users::profile(&self.store, user_id).await? else {
             return Ok(());
         };
         profile.deleted = true;
@@ -491,7 +266,7 @@ impl<S: Store> Users<S> {
         profile.links.clear();
         profile.pronouns.clear();
         profile.location.clear();
-        let bytes = serde_json::to_vec(&profile).map_err(|_| UsersError::Corrupt)?;
+        let bytes = encode("profile", &profile)?;
         self.store
             .put(&PROFILES, &key(user_id), &[], &bytes, None)
             .await?;
@@ -500,15 +275,15 @@ impl<S: Store> Users<S> {
     }
 
     /// Updates the caller's own profile; nothing changes unless every field is valid.
-    pub async fn update(&self, user_id: u64, update: ProfileUpdate) -> Result<Profile, UsersError> {
-        let mut profile = load(&self.store, user_id)
+    pub async fn update(&self, user_id: u64, update: ProfileUpdate) -> Result<Profile> {
+        let mut profile = tables::users::profile(&self.store, user_id)
             .await?
             .filter(|p| !p.deleted)
-            .ok_or(UsersError::NotFound)?;
+            .ok_or(Error::NotFound("user"))?;
         if let Some(name) = update.display_name {
             let name = text(name, MAX_DISPLAY_NAME, false, "display_name")?;
             if name.trim().is_empty() {
-                return Err(UsersError::InvalidArgument {
+                return Err(Error::InvalidArgument {
                     field: "display_name",
                 });
             }
@@ -528,7 +303,7 @@ impl<S: Store> Users<S> {
         }
         if let Some(links) = update.links {
             if links.len() > MAX_LINKS {
-                return Err(UsersError::InvalidArgument { field: "links" });
+                return Err(Error::InvalidArgument { field: "links" });
             }
             profile.links = links.into_iter().map(link).collect::<Result<_, _>>()?;
         }
@@ -538,7 +313,7 @@ impl<S: Store> Users<S> {
         if let Some(l) = update.location {
             profile.location = text(l, MAX_LOCATION, false, "location")?;
         }
-        let bytes = serde_json::to_vec(&profile).map_err(|_| UsersError::Corrupt)?;
+        let bytes = encode("profile", &profile)?;
         self.store
             .put(&PROFILES, &key(user_id), &[], &bytes, None)
             .await?;
@@ -546,26 +321,22 @@ impl<S: Store> Users<S> {
     }
 
     /// How many posts (and reposts) `user_id` has published.
-    pub async fn posts_count(&self, user_id: u64) -> Result<i64, UsersError> {
-        Ok(crate::posts::author_posts_count(&self.store, user_id).await?)
+    pub async fn posts_count(&self, user_id: u64) -> Result<i64> {
+        tables::posts::author_count(&self.store, user_id).await
     }
 
     /// The caller's own settings.
-    pub async fn settings(&self, user_id: u64) -> Result<Settings, UsersError> {
-        load_settings(&self.store, user_id).await
+    pub async fn settings(&self, user_id: u64) -> Result<Settings> {
+        tables::users::settings(&self.store, user_id).await
     }
 
     /// Updates the caller's own settings; nothing changes unless every field is valid.
-    pub async fn update_settings(
-        &self,
-        user_id: u64,
-        update: SettingsUpdate,
-    ) -> Result<Settings, UsersError> {
-        load(&self.store, user_id)
+    pub async fn update_settings(&self, user_id: u64, update: SettingsUpdate) -> Result<Settings> {
+        tables::users::profile(&self.store, user_id)
             .await?
             .filter(|p| !p.deleted)
-            .ok_or(UsersError::NotFound)?;
-        let mut s = load_settings(&self.store, user_id).await?;
+            .ok_or(Error::NotFound("user"))?;
+        let mut s = tables::users::settings(&self.store, user_id).await?;
         if let Some(v) = update.language {
             s.language = language_tag(v)?;
         }
@@ -583,7 +354,7 @@ impl<S: Store> Users<S> {
             .show_sensitive_media
             .unwrap_or(s.show_sensitive_media);
         s.email_notifications = update.email_notifications.unwrap_or(s.email_notifications);
-        let bytes = serde_json::to_vec(&s).map_err(|_| UsersError::Corrupt)?;
+        let bytes = encode("settings", &s)?;
         self.store
             .put(&SETTINGS, &key(user_id), &[], &bytes, None)
             .await?;

@@ -18,7 +18,7 @@ use quinn::{Connection, Endpoint, EndpointConfig, Incoming, RecvStream, SendStre
 use selfie_codec::{CodecError, Encoder, Frame, FrameDecoder, Limits, build};
 use selfie_protocol::control::{ControlOp, GoAway, GoAwayArgs, GoAwayReason, Welcome, WelcomeArgs};
 use selfie_protocol::{ErrorCode, Service, priority_of};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Config;
@@ -26,26 +26,19 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::metrics::{CodeLabels, Metrics, OutcomeLabels, RequestLabels, ShardLabel};
-use crate::service::{ErrorReply, Registry, RequestContext, ServiceFactory, ShardId, owner_shard};
 use crate::session::{self, Authenticator, SessionInfo};
 use crate::steering::ShardCidGenerator;
+use crate::{ErrorReply, ServiceFactory};
+use selfie_services::plane::{Mailbox, Plane, Registry, RequestContext, ShardId, serve_mailbox};
 
 mod connection;
 mod request;
 
 use connection::serve_connection;
 
-/// A request sent to its owner shard.
-pub struct Mail {
-    service: Service,
-    ctx: RequestContext,
-    frame: Frame,
-    reply: oneshot::Sender<Result<Bytes, ErrorReply>>,
-}
-
-/// The handle every shard has on all shards (`Send + Sync`, read-mostly): their
-/// mailboxes for [`Shards::invoke_on`], plus configuration, metrics and the drain signal.
-pub struct Shards {
+/// What every shard shares (`Send + Sync`, read-mostly): the configuration, metrics, the
+/// authenticator, the service plane (every shard's mailbox), and the drain signal.
+pub struct Shared {
     /// The configuration.
     pub config: Config,
     /// Metrics.
@@ -54,8 +47,10 @@ pub struct Shards {
     pub auth: Arc<dyn Authenticator>,
     /// Builds each shard's services.
     pub factory: ServiceFactory,
-    /// Every shard's mailbox, by shard index.
-    pub mailboxes: Vec<mpsc::Sender<Mail>>,
+    /// The node's service plane.
+    pub plane: Arc<Plane>,
+    /// The number of shards.
+    pub shards: usize,
     /// Last loop tick of each shard (Unix ms), for `/livez`.
     pub heartbeats: Vec<AtomicU64>,
     /// Shards serving (for `/readyz`).
@@ -67,41 +62,6 @@ pub struct Shards {
     pub drain: watch::Receiver<bool>,
 }
 
-impl Shards {
-    /// `invoke_on`: runs a request on `shard` through its bounded mailbox and returns its
-    /// answer. A full mailbox is answered with `Overloaded` rather than waiting.
-    pub async fn invoke_on(
-        &self,
-        shard: ShardId,
-        service: Service,
-        ctx: RequestContext,
-        frame: Frame,
-    ) -> Result<Bytes, ErrorReply> {
-        let mailbox = self
-            .mailboxes
-            .get(shard)
-            .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "no such shard"))?;
-        let (reply, rx) = oneshot::channel();
-        mailbox
-            .try_send(Mail {
-                service,
-                ctx,
-                frame,
-                reply,
-            })
-            .map_err(|_| {
-                let mut e = ErrorReply::new(ErrorCode::Overloaded, "owner shard is overloaded");
-                e.retry_after_ms = 50;
-                e
-            })?;
-        rx.await
-            .map_err(|_| ErrorReply::new(ErrorCode::Unavailable, "owner shard stopped"))?
-    }
-}
-
-/// Mailbox depth per shard.
-pub const MAILBOX: usize = 4096;
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -111,15 +71,14 @@ fn now_ms() -> u64 {
 /// Shard-local state.
 struct Shard {
     id: ShardId,
-    shared: Arc<Shards>,
-    registry: Registry,
+    shared: Arc<Shared>,
+    registry: Rc<Registry>,
     limits: Limits,
     encoder: RefCell<Encoder>,
     connections: Cell<usize>,
     next_connection: Cell<u64>,
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     handshake_window: Cell<(u64, u32)>,
-    mail_inflight: Cell<usize>,
     label: ShardLabel,
     hot: HotMetrics,
     /// Authenticated connections by login session, to close them when it is revoked.
@@ -162,7 +121,7 @@ impl Shard {
     }
 
     fn error_frame(&self, id: u64, e: &ErrorReply) -> Option<Bytes> {
-        self.encode(|b| build::error(b, id, e.code, &e.message, e.retry_after_ms))
+        self.encode(|b| build::error_on_field(b, id, e.code, &e.message, e.retry_after_ms, e.field))
     }
 
     fn count_protocol_error(&self, code: ErrorCode) {
@@ -182,8 +141,8 @@ pub fn run(
     id: ShardId,
     socket: std::net::UdpSocket,
     server_config: quinn::ServerConfig,
-    shared: Arc<Shards>,
-    mailbox: mpsc::Receiver<Mail>,
+    shared: Arc<Shared>,
+    mailbox: Mailbox,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -200,8 +159,8 @@ async fn serve(
     id: ShardId,
     socket: std::net::UdpSocket,
     server_config: quinn::ServerConfig,
-    shared: Arc<Shards>,
-    mut mailbox: mpsc::Receiver<Mail>,
+    shared: Arc<Shared>,
+    mailbox: Mailbox,
 ) -> std::io::Result<()> {
     let limits_cfg = &shared.config.limits;
     let limits = Limits {
@@ -210,7 +169,7 @@ async fn serve(
     };
     let shard = Rc::new(Shard {
         id,
-        registry: (shared.factory)(id),
+        registry: Rc::new((shared.factory)(id)),
         limits,
         encoder: RefCell::new(Encoder::new(limits)),
         connections: Cell::new(0),
@@ -220,7 +179,6 @@ async fn serve(
                 .allow_burst(per_second(limits_cfg.ip_request_burst)),
         ),
         handshake_window: Cell::new((0, 0)),
-        mail_inflight: Cell::new(0),
         sessions: RefCell::new(HashMap::new()),
         hot: HotMetrics::new(&shared.metrics, &ShardLabel { shard: id as u16 }),
         label: ShardLabel { shard: id as u16 },
@@ -236,23 +194,12 @@ async fn serve(
         Arc::new(quinn::TokioRuntime),
     )?;
 
-    // Requests forwarded here by other shards.
-    let mail_shard = shard.clone();
-    tokio::task::spawn_local(async move {
-        while let Some(mail) = mailbox.recv().await {
-            let shard = mail_shard.clone();
-            tokio::task::spawn_local(async move {
-                let result = match shard.registry.get(mail.service) {
-                    Some(svc) => svc.handle(mail.ctx, mail.frame).await,
-                    None => Err(ErrorReply::new(
-                        ErrorCode::Unavailable,
-                        "service not available",
-                    )),
-                };
-                let _ = mail.reply.send(result);
-            });
-        }
-    });
+    // Work posted here by other shards: forwarded requests, typed calls, deliveries.
+    tokio::task::spawn_local(serve_mailbox(
+        mailbox,
+        shard.registry.clone(),
+        shared.plane.clone(),
+    ));
 
     // Liveness: the loop ticks.
     let tick_shard = shard.clone();
@@ -329,7 +276,7 @@ async fn serve(
     let _ = tokio::time::timeout(deadline, async {
         while shard.connections.get() > 0
             || shared.connections.load(Ordering::SeqCst) > 0
-            || shard.mail_inflight.get() > 0
+            || shard.registry.jobs_inflight() > 0
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -404,6 +351,7 @@ fn admit(shard: &Rc<Shard>, incoming: Incoming) {
             shard
                 .connections
                 .set(shard.connections.get().saturating_sub(1));
+            shard.shared.connections.fetch_sub(1, Ordering::SeqCst);
         }
         .instrument(span),
     );

@@ -72,10 +72,8 @@ pub(super) async fn serve_request(
         return;
     };
     let label = service.name();
-    let refuse = |code: ErrorCode, message: &str, retry_after_ms: u32| ErrorReply {
-        code,
-        message: message.into(),
-        retry_after_ms,
+    let refuse = |code: ErrorCode, message: &'static str, retry_after_ms: u32| {
+        ErrorReply::new(code, message).retry_after(retry_after_ms)
     };
     // Admission: concurrency, per-connection and per-IP rates, session rights.
     let limits = &shard.shared.config.limits;
@@ -113,7 +111,7 @@ pub(super) async fn serve_request(
                 .encode(|b| build::pong(b, id, ping.nonce(), now_ms()))
                 .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
         } else if let Some(req) = control.and_then(|c| c.op_as_subscribe_request()) {
-            subscribe(shard, state, id, &req)
+            subscribe(shard, state, id, req.kind(), frame.clone()).await
         } else if let Some(req) = control.and_then(|c| c.op_as_unsubscribe_request()) {
             let task = state
                 .subscriptions
@@ -143,21 +141,17 @@ pub(super) async fn serve_request(
             Some(svc) => {
                 let owner = svc
                     .owner_key(state.session.principal.as_ref().map(|p| p.user_id), &env)
-                    .map(|k| owner_shard(k, shard.shared.mailboxes.len()));
-                let ctx = RequestContext {
-                    principal: state.session.principal.clone(),
-                    origin_shard: shard.id,
-                    shard: owner.unwrap_or(shard.id),
-                    connection: state.id,
-                    peer_ip: state.ip,
-                };
-                match owner {
+                    .map(|k| shard.shared.plane.shards().owner_of(k));
+                let ctx = context(shard, state, owner.unwrap_or(shard.id));
+                let answer = match owner {
                     Some(o) if o != shard.id => {
                         shard.hot.forwarded.inc();
-                        shard.shared.invoke_on(o, service, ctx, frame.clone()).await
+                        let plane = &shard.shared.plane;
+                        plane.shards().forward(o, service, ctx, frame.clone()).await
                     }
-                    _ => svc.handle(ctx, frame.clone()).await,
-                }
+                    _ => svc.handle(shard.registry.call(ctx, frame.clone())).await,
+                };
+                answer.map_err(|e| reply_to(&e))
             }
         }
     };
@@ -174,39 +168,57 @@ pub(super) async fn serve_request(
     }
 }
 
-/// Opens a subscription: the owning service produces push frames; a task writes them on
-/// a server-initiated unidirectional stream that starts with `PushStreamHeader`.
-fn subscribe(
+/// Who asked, for a service handling the request on `on`.
+fn context(shard: &Shard, state: &Conn, on: ShardId) -> RequestContext {
+    RequestContext {
+        principal: state.session.principal.clone(),
+        origin_shard: shard.id,
+        shard: on,
+        connection: state.id,
+        peer_ip: state.ip,
+    }
+}
+
+/// A service's error as the client sees it; server-side failures are logged here with
+/// their details, which the reply leaves out.
+fn reply_to(e: &selfie_services::Error) -> ErrorReply {
+    let reply = ErrorReply::from(e);
+    if reply.code.class() == selfie_protocol::ErrorClass::Server {
+        warn!(error = %e, code = %reply.code, "request failed");
+    }
+    reply
+}
+
+/// Opens a subscription: the service checks that the caller may follow the target and
+/// joins its topic on the delivery plane; a task writes the push stream (header, the
+/// service's first frames, then the topic's events). A subscriber that falls behind, or
+/// whose topic lost events, has its stream reset with `ResyncRequired`.
+async fn subscribe(
     shard: &Rc<Shard>,
     state: &Rc<Conn>,
     id: u64,
-    req: &selfie_protocol::control::SubscribeRequest<'_>,
+    kind: selfie_protocol::control::SubscriptionKind,
+    frame: Frame,
 ) -> Result<Bytes, ErrorReply> {
     use selfie_protocol::control::{
         PushStreamHeader, PushStreamHeaderArgs, SubscribeResponse, SubscribeResponseArgs,
     };
-    let kind = req.kind();
-    let service = crate::service::subscription_service(kind)
+    use selfie_services::plane::SubscriberEvent;
+    let service = selfie_services::plane::subscription_service(kind)
         .ok_or_else(|| ErrorReply::new(ErrorCode::InvalidArgument, "unknown subscription kind"))?;
     if !state.session.may_call(service) {
         return Err(ErrorReply::new(ErrorCode::Unauthenticated, "sign in first"));
     }
     if state.subscriptions.borrow().len() >= MAX_SUBSCRIPTIONS {
-        let mut e = ErrorReply::new(ErrorCode::TooManyStreams, "too many subscriptions");
-        e.retry_after_ms = 1000;
-        return Err(e);
+        return Err(
+            ErrorReply::new(ErrorCode::TooManyStreams, "too many subscriptions").retry_after(1000),
+        );
     }
     let svc = shard.registry.get(service).ok_or_else(|| {
         ErrorReply::new(ErrorCode::Unavailable, "service not available on this edge")
     })?;
-    let ctx = RequestContext {
-        principal: state.session.principal.clone(),
-        origin_shard: shard.id,
-        shard: shard.id,
-        connection: state.id,
-        peer_ip: state.ip,
-    };
-    let mut events = svc.subscribe(ctx, req)?;
+    let call = shard.registry.call(context(shard, state, shard.id), frame);
+    let sub = svc.subscribe(kind, call).await.map_err(|e| reply_to(&e))?;
     let sub_id = state.next_subscription.get();
     state.next_subscription.set(sub_id + 1);
     let header = shard
@@ -221,29 +233,37 @@ fn subscribe(
             build::control(b, 0, ControlOp::PushStreamHeader, h.as_union_value())
         })
         .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))?;
-    let priority = match service {
-        Service::Chat => selfie_protocol::Priority::Chat,
-        Service::Notifications => selfie_protocol::Priority::Notifications,
-        _ => selfie_protocol::Priority::Content,
-    }
-    .quic_priority();
+    let priority = selfie_protocol::priority_of_service(service).quic_priority();
     let conn = state.conn.clone();
     let weak = Rc::downgrade(state);
     let task = tokio::task::spawn_local(async move {
-        use futures::StreamExt;
+        let resync = VarInt::from_u32(u32::from(ErrorCode::ResyncRequired.0));
         let Ok(mut send) = conn.open_uni().await else {
             return;
         };
         let _ = send.set_priority(priority);
-        if send.write_all(&header).await.is_err() {
-            return;
-        }
-        while let Some(event) = events.next().await {
-            if send.write_all(&event).await.is_err() {
+        for bytes in std::iter::once(header).chain(sub.initial) {
+            if send.write_chunk(bytes).await.is_err() {
                 return;
             }
         }
-        let _ = send.finish();
+        loop {
+            match sub.events.next().await {
+                SubscriberEvent::Event(bytes) => {
+                    tokio::select! {
+                        written = send.write_chunk(bytes) => if written.is_err() { return },
+                        () = sub.events.overflowed() => {
+                            let _ = send.reset(resync);
+                            break;
+                        }
+                    }
+                }
+                SubscriberEvent::Resync => {
+                    let _ = send.reset(resync);
+                    break;
+                }
+            }
+        }
         if let Some(state) = weak.upgrade() {
             state.subscriptions.borrow_mut().remove(&sub_id);
         }
@@ -288,12 +308,9 @@ async fn respond_error(
     service: &'static str,
     started: Instant,
 ) {
-    // Floods produce many refusals: only server faults are worth a warning.
-    if reply.code.class() == selfie_protocol::ErrorClass::Server {
-        warn!(code = %reply.code, message = %reply.message, "request failed");
-    } else {
-        debug!(code = %reply.code, "request refused");
-    }
+    // Floods produce many refusals; server faults were logged with their details where
+    // they happened.
+    debug!(code = %reply.code, "request refused");
     if let Some(bytes) = shard.error_frame(id, reply)
         && send.write_chunk(bytes).await.is_ok()
     {

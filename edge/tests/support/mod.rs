@@ -2,28 +2,20 @@
 //! embedded store, and requests written with the protocol's object API.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use selfie_client::{Client, ClientConfig, ClientError, Trust};
-use selfie_edge::api::auth::AuthApi;
-use selfie_edge::api::posts::PostsApi;
-use selfie_edge::api::social::{GraphApi, UsersApi};
 use selfie_edge::auth::TokenAuthenticator;
-use selfie_edge::{Config, Edge, Registry};
+use selfie_edge::{Config, Edge, Plane};
 use selfie_protocol::auth::{self as pa, AuthOpT, AuthT};
 use selfie_protocol::graph::{GraphOpT, GraphT};
 use selfie_protocol::posts::{PostsOpT, PostsT};
 use selfie_protocol::users::{UsersOpT, UsersT};
 use selfie_protocol::{BodyT, EnvelopeT};
-use selfie_services::auth::accounts::Accounts;
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::{LoginThrottle, ThrottleConfig};
 use selfie_services::auth::tokens::AccessTokens;
-use selfie_services::graph::Graph;
-use selfie_services::posts::Posts;
-use selfie_services::users::Users;
 use selfie_storage::SystemClock;
 use selfie_storage::embedded::EmbeddedStore;
 
@@ -83,22 +75,32 @@ pub fn start() -> Node {
     start_with(&p, t, throttle)
 }
 
+/// Shards of a test node.
+pub const SHARDS: usize = 2;
+
+/// A plane for a test node.
+pub fn plane() -> Arc<Plane> {
+    Plane::new(SHARDS, selfie_services::plane::DeliveryConfig::default())
+}
+
 /// Starts an edge (2 shards) over `parts`, signing with `tokens` and throttling logins
 /// with `throttle` (shared by its shards).
 pub fn start_with(parts: &Parts, tokens: AccessTokens, throttle: LoginThrottle) -> Node {
-    start_in_fleet(parts, tokens, throttle, None)
+    start_in_fleet(parts, tokens, throttle, None, plane())
 }
 
-/// [`start_with`], taking the fleet's graph locks when given.
+/// [`start_with`] on `plane` (connected to a fleet's bus, or not), taking the fleet's graph
+/// locks when given.
 pub fn start_in_fleet(
     parts: &Parts,
     tokens: AccessTokens,
     throttle: LoginThrottle,
     graph_locks: Option<Arc<dyn selfie_services::graph::FleetLocks>>,
+    plane: Arc<Plane>,
 ) -> Node {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
-    config.server.shards = 2;
+    config.server.shards = SHARDS;
     config.server.pin_cores = false;
     config.server.data_dir = parts
         .dir
@@ -119,62 +121,21 @@ pub fn start_in_fleet(
     )
     .expect("hasher");
     let auth = Arc::new(TokenAuthenticator::new(tokens.clone()));
-    let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
-        let mut r = Registry::new();
-        let accounts = Accounts::new(
-            store.clone(),
-            tokens.clone(),
-            hasher.clone(),
-            Arc::new(SystemClock),
-            node,
-            shard as u16,
-            throttle.clone(),
-        )
-        .expect("accounts");
-        let accounts = match &mailer {
-            Some(m) => accounts.with_mailer(m.clone()),
-            None => accounts,
-        };
-        let users = Rc::new(Users::new(store.clone()));
-        let graph = Rc::new(match &graph_locks {
-            Some(locks) => Graph::new(store.clone()).with_fleet_locks(locks.clone()),
-            None => Graph::new(store.clone()),
-        });
-        let lists = Rc::new(
-            selfie_services::graph::lists::Lists::new(
-                store.clone(),
-                Arc::new(SystemClock),
-                node,
-                shard as u16,
-            )
-            .expect("lists"),
-        );
-        r.register(
-            selfie_protocol::Service::Users,
-            Rc::new(UsersApi::new(users.clone(), graph.clone())),
-        );
-        r.register(
-            selfie_protocol::Service::Graph,
-            Rc::new(GraphApi::new(graph.clone(), lists)),
-        );
-        let posts =
-            Posts::new(store.clone(), Arc::new(SystemClock), node, shard as u16).expect("posts");
-        r.register(
-            selfie_protocol::Service::Posts,
-            Rc::new(PostsApi::new(posts)),
-        );
-        r.register(
-            selfie_protocol::Service::Auth,
-            Rc::new(AuthApi::new(
-                accounts,
-                users,
-                graph,
-                Duration::from_secs(900),
-            )),
-        );
-        r
-    });
-    let edge = Edge::start(config, factory, auth).expect("edge");
+    let deps = selfie_services::Deps {
+        store,
+        clock: Arc::new(SystemClock),
+        node,
+        tokens,
+        hasher,
+        throttle,
+        mailer,
+        graph_locks,
+        access_ttl: Duration::from_secs(900),
+        plane: plane.clone(),
+    };
+    let factory: selfie_edge::ServiceFactory =
+        Arc::new(move |shard| selfie_services::registry(shard, &deps).expect("services"));
+    let edge = Edge::start(config, plane, factory, auth).expect("edge");
     Node {
         edge,
         _dir: parts.dir.clone(),

@@ -2403,6 +2403,14 @@ pub fn selfie_posts_post_counts(depth: u32) -> BoxedStrategy<crate::generated::s
         .boxed()
 }
 
+/// Arbitrary `selfie.posts.PostCountsEvent`.
+pub fn selfie_posts_post_counts_event(depth: u32) -> BoxedStrategy<crate::generated::selfie::posts::PostCountsEventT> {
+    let _ = depth;
+    ((any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_posts_post_counts(depth - 1).prop_map(Box::new)).boxed() }, any::<i32>(), any::<i32>(), any::<i32>(), any::<i32>(),),)
+        .prop_map(|((post_id, counts, reactions_delta, comments_delta, reposts_delta, quotes_delta,),)| crate::generated::selfie::posts::PostCountsEventT { post_id, counts, reactions_delta, comments_delta, reposts_delta, quotes_delta })
+        .boxed()
+}
+
 /// Arbitrary `selfie.posts.PostHistoryRequest`.
 pub fn selfie_posts_post_history_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::posts::PostHistoryRequestT> {
     let _ = depth;
@@ -2470,6 +2478,7 @@ pub fn selfie_posts_posts_op(depth: u32) -> BoxedStrategy<crate::generated::self
         selfie_posts_unreact_request(depth - 1).prop_map(|v| crate::generated::selfie::posts::PostsOpT::UnreactRequest(Box::new(v))).boxed(),
         selfie_posts_reactions_list_request(depth - 1).prop_map(|v| crate::generated::selfie::posts::PostsOpT::ReactionsListRequest(Box::new(v))).boxed(),
         selfie_posts_reactions_list_response(depth - 1).prop_map(|v| crate::generated::selfie::posts::PostsOpT::ReactionsListResponse(Box::new(v))).boxed(),
+        selfie_posts_post_counts_event(depth - 1).prop_map(|v| crate::generated::selfie::posts::PostsOpT::PostCountsEvent(Box::new(v))).boxed(),
     ]).boxed()
 }
 
@@ -2498,6 +2507,7 @@ pub fn selfie_posts_posts_op_variants(depth: u32) -> Vec<(&'static str, BoxedStr
         ("selfie.posts.UnreactRequest", selfie_posts_unreact_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::posts::PostsOpT::UnreactRequest(Box::new(v))).boxed()),
         ("selfie.posts.ReactionsListRequest", selfie_posts_reactions_list_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::posts::PostsOpT::ReactionsListRequest(Box::new(v))).boxed()),
         ("selfie.posts.ReactionsListResponse", selfie_posts_reactions_list_response(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::posts::PostsOpT::ReactionsListResponse(Box::new(v))).boxed()),
+        ("selfie.posts.PostCountsEvent", selfie_posts_post_counts_event(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::posts::PostsOpT::PostCountsEvent(Box::new(v))).boxed()),
     ]
 }
 
@@ -3129,6 +3139,7 @@ pub fn every_operation(depth: u32) -> Vec<(&'static str, BoxedStrategy<crate::ge
     all.push(("selfie.posts.UnreactRequest", (selfie_envelope(0), selfie_posts_unreact_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Posts(Box::new(crate::generated::selfie::posts::PostsT { op: crate::generated::selfie::posts::PostsOpT::UnreactRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.posts.ReactionsListRequest", (selfie_envelope(0), selfie_posts_reactions_list_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Posts(Box::new(crate::generated::selfie::posts::PostsT { op: crate::generated::selfie::posts::PostsOpT::ReactionsListRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.posts.ReactionsListResponse", (selfie_envelope(0), selfie_posts_reactions_list_response(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Posts(Box::new(crate::generated::selfie::posts::PostsT { op: crate::generated::selfie::posts::PostsOpT::ReactionsListResponse(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.posts.PostCountsEvent", (selfie_envelope(0), selfie_posts_post_counts_event(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Posts(Box::new(crate::generated::selfie::posts::PostsT { op: crate::generated::selfie::posts::PostsOpT::PostCountsEvent(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.feed.FeedPageRequest", (selfie_envelope(0), selfie_feed_feed_page_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Feed(Box::new(crate::generated::selfie::feed::FeedT { op: crate::generated::selfie::feed::FeedOpT::FeedPageRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.feed.FeedPage", (selfie_envelope(0), selfie_feed_feed_page(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Feed(Box::new(crate::generated::selfie::feed::FeedT { op: crate::generated::selfie::feed::FeedOpT::FeedPage(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.feed.FeedUpdate", (selfie_envelope(0), selfie_feed_feed_update(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Feed(Box::new(crate::generated::selfie::feed::FeedT { op: crate::generated::selfie::feed::FeedOpT::FeedUpdate(Box::new(v)) })); e }).boxed()));

@@ -620,6 +620,8 @@ pub mod selfie {
     pub use self::reaction_entry_generated::*;
     mod reactions_list_response_generated;
     pub use self::reactions_list_response_generated::*;
+    mod post_counts_event_generated;
+    pub use self::post_counts_event_generated::*;
     mod posts_generated;
     pub use self::posts_generated::*;
   } // posts

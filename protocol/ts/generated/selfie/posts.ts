@@ -16,6 +16,7 @@ export { GetPostRequest } from './posts/get-post-request.js';
 export { GetPostsRequest } from './posts/get-posts-request.js';
 export { Post } from './posts/post.js';
 export { PostCounts } from './posts/post-counts.js';
+export { PostCountsEvent } from './posts/post-counts-event.js';
 export { PostHistoryRequest } from './posts/post-history-request.js';
 export { PostHistoryResponse } from './posts/post-history-response.js';
 export { PostResponse } from './posts/post-response.js';

@@ -8,7 +8,7 @@ pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 pub const ENUM_MAX_ERROR_CODE: u16 = 505;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 43] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 44] = [
   ErrorCode::Unknown,
   ErrorCode::MalformedFrame,
   ErrorCode::FrameTooLarge,
@@ -31,6 +31,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 43] = [
   ErrorCode::Overloaded,
   ErrorCode::Draining,
   ErrorCode::HelloRequired,
+  ErrorCode::ResyncRequired,
   ErrorCode::Unauthenticated,
   ErrorCode::InvalidCredentials,
   ErrorCode::TokenExpired,
@@ -84,6 +85,9 @@ impl ErrorCode {
   pub const Overloaded: Self = Self(205);
   pub const Draining: Self = Self(206);
   pub const HelloRequired: Self = Self(207);
+  /// A push stream was reset: its subscriber fell behind or events were lost. Subscribe
+  /// again (from your cursor) to continue (1.2).
+  pub const ResyncRequired: Self = Self(208);
   pub const Unauthenticated: Self = Self(300);
   pub const InvalidCredentials: Self = Self(301);
   pub const TokenExpired: Self = Self(302);
@@ -131,6 +135,7 @@ impl ErrorCode {
     Self::Overloaded,
     Self::Draining,
     Self::HelloRequired,
+    Self::ResyncRequired,
     Self::Unauthenticated,
     Self::InvalidCredentials,
     Self::TokenExpired,
@@ -178,6 +183,7 @@ impl ErrorCode {
       Self::Overloaded => Some("Overloaded"),
       Self::Draining => Some("Draining"),
       Self::HelloRequired => Some("HelloRequired"),
+      Self::ResyncRequired => Some("ResyncRequired"),
       Self::Unauthenticated => Some("Unauthenticated"),
       Self::InvalidCredentials => Some("InvalidCredentials"),
       Self::TokenExpired => Some("TokenExpired"),

@@ -149,6 +149,11 @@ impl<'a> Posts<'a> {
             .expect("Invalid union table, expected `PostsOp::ReactionsListResponse`.")
             .unpack()
       )),
+      PostsOp::PostCountsEvent => PostsOpT::PostCountsEvent(alloc::boxed::Box::new(
+        self.op_as_post_counts_event()
+            .expect("Invalid union table, expected `PostsOp::PostCountsEvent`.")
+            .unpack()
+      )),
       _ => PostsOpT::NONE,
     };
     PostsT {
@@ -500,6 +505,21 @@ impl<'a> Posts<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_post_counts_event(&self) -> Option<PostCountsEvent<'a>> {
+    if self.op_type() == PostsOp::PostCountsEvent {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PostCountsEvent::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Posts<'_> {
@@ -532,6 +552,7 @@ impl ::flatbuffers::Verifiable for Posts<'_> {
           PostsOp::UnreactRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UnreactRequest>>("PostsOp::UnreactRequest", pos),
           PostsOp::ReactionsListRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReactionsListRequest>>("PostsOp::ReactionsListRequest", pos),
           PostsOp::ReactionsListResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReactionsListResponse>>("PostsOp::ReactionsListResponse", pos),
+          PostsOp::PostCountsEvent => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PostCountsEvent>>("PostsOp::PostCountsEvent", pos),
           _ => Ok(()),
         }
      })?
@@ -735,6 +756,13 @@ impl ::core::fmt::Debug for Posts<'_> {
         },
         PostsOp::ReactionsListResponse => {
           if let Some(x) = self.op_as_reactions_list_response() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PostsOp::PostCountsEvent => {
+          if let Some(x) = self.op_as_post_counts_event() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")

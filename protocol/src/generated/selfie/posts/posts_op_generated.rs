@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_POSTS_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_POSTS_OP: u8 = 22;
+pub const ENUM_MAX_POSTS_OP: u8 = 23;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_POSTS_OP: [PostsOp; 23] = [
+pub const ENUM_VALUES_POSTS_OP: [PostsOp; 24] = [
   PostsOp::NONE,
   PostsOp::CreatePostRequest,
   PostsOp::PostResponse,
@@ -32,6 +32,7 @@ pub const ENUM_VALUES_POSTS_OP: [PostsOp; 23] = [
   PostsOp::UnreactRequest,
   PostsOp::ReactionsListRequest,
   PostsOp::ReactionsListResponse,
+  PostsOp::PostCountsEvent,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -62,9 +63,10 @@ impl PostsOp {
   pub const UnreactRequest: Self = Self(20);
   pub const ReactionsListRequest: Self = Self(21);
   pub const ReactionsListResponse: Self = Self(22);
+  pub const PostCountsEvent: Self = Self(23);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 22;
+  pub const ENUM_MAX: u8 = 23;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::CreatePostRequest,
@@ -89,6 +91,7 @@ impl PostsOp {
     Self::UnreactRequest,
     Self::ReactionsListRequest,
     Self::ReactionsListResponse,
+    Self::PostCountsEvent,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -116,6 +119,7 @@ impl PostsOp {
       Self::UnreactRequest => Some("UnreactRequest"),
       Self::ReactionsListRequest => Some("ReactionsListRequest"),
       Self::ReactionsListResponse => Some("ReactionsListResponse"),
+      Self::PostCountsEvent => Some("PostCountsEvent"),
       _ => None,
     }
   }
@@ -199,6 +203,7 @@ pub enum PostsOpT {
   UnreactRequest(alloc::boxed::Box<UnreactRequestT>),
   ReactionsListRequest(alloc::boxed::Box<ReactionsListRequestT>),
   ReactionsListResponse(alloc::boxed::Box<ReactionsListResponseT>),
+  PostCountsEvent(alloc::boxed::Box<PostCountsEventT>),
 }
 impl Default for PostsOpT {
   fn default() -> Self {
@@ -231,6 +236,7 @@ impl PostsOpT {
       Self::UnreactRequest(_) => PostsOp::UnreactRequest,
       Self::ReactionsListRequest(_) => PostsOp::ReactionsListRequest,
       Self::ReactionsListResponse(_) => PostsOp::ReactionsListResponse,
+      Self::PostCountsEvent(_) => PostsOp::PostCountsEvent,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -258,6 +264,7 @@ impl PostsOpT {
       Self::UnreactRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::ReactionsListRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::ReactionsListResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::PostCountsEvent(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned CreatePostRequestT, setting the union to NONE.
@@ -721,5 +728,26 @@ impl PostsOpT {
   /// If the union variant matches, return a mutable reference to the ReactionsListResponseT.
   pub fn as_reactions_list_response_mut(&mut self) -> Option<&mut ReactionsListResponseT> {
     if let Self::ReactionsListResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned PostCountsEventT, setting the union to NONE.
+  pub fn take_post_counts_event(&mut self) -> Option<alloc::boxed::Box<PostCountsEventT>> {
+    if let Self::PostCountsEvent(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::PostCountsEvent(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the PostCountsEventT.
+  pub fn as_post_counts_event(&self) -> Option<&PostCountsEventT> {
+    if let Self::PostCountsEvent(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the PostCountsEventT.
+  pub fn as_post_counts_event_mut(&mut self) -> Option<&mut PostCountsEventT> {
+    if let Self::PostCountsEvent(v) = self { Some(v.as_mut()) } else { None }
   }
 }

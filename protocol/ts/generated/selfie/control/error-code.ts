@@ -30,6 +30,12 @@ export enum ErrorCode {
   Overloaded = 205,
   Draining = 206,
   HelloRequired = 207,
+
+  /**
+   * A push stream was reset: its subscriber fell behind or events were lost. Subscribe
+   * again (from your cursor) to continue (1.2).
+   */
+  ResyncRequired = 208,
   Unauthenticated = 300,
   InvalidCredentials = 301,
   TokenExpired = 302,

@@ -13,6 +13,7 @@ import { EditCommentRequest } from '../../selfie/posts/edit-comment-request.js';
 import { EditPostRequest } from '../../selfie/posts/edit-post-request.js';
 import { GetPostRequest } from '../../selfie/posts/get-post-request.js';
 import { GetPostsRequest } from '../../selfie/posts/get-posts-request.js';
+import { PostCountsEvent } from '../../selfie/posts/post-counts-event.js';
 import { PostHistoryRequest } from '../../selfie/posts/post-history-request.js';
 import { PostHistoryResponse } from '../../selfie/posts/post-history-response.js';
 import { PostResponse } from '../../selfie/posts/post-response.js';
@@ -49,13 +50,14 @@ export enum PostsOp {
   ReactRequest = 19,
   UnreactRequest = 20,
   ReactionsListRequest = 21,
-  ReactionsListResponse = 22
+  ReactionsListResponse = 22,
+  PostCountsEvent = 23
 }
 
 export function unionToPostsOp(
   type: PostsOp,
-  accessor: (obj:CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest) => CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest|null
-): CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest|null {
+  accessor: (obj:CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostCountsEvent|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest) => CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostCountsEvent|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest|null
+): CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostCountsEvent|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest|null {
   switch(PostsOp[type]) {
     case 'NONE': return null; 
     case 'CreatePostRequest': return accessor(new CreatePostRequest())! as CreatePostRequest;
@@ -80,15 +82,16 @@ export function unionToPostsOp(
     case 'UnreactRequest': return accessor(new UnreactRequest())! as UnreactRequest;
     case 'ReactionsListRequest': return accessor(new ReactionsListRequest())! as ReactionsListRequest;
     case 'ReactionsListResponse': return accessor(new ReactionsListResponse())! as ReactionsListResponse;
+    case 'PostCountsEvent': return accessor(new PostCountsEvent())! as PostCountsEvent;
     default: return null;
   }
 }
 
 export function unionListToPostsOp(
   type: PostsOp, 
-  accessor: (index: number, obj:CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest) => CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest|null, 
+  accessor: (index: number, obj:CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostCountsEvent|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest) => CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostCountsEvent|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest|null, 
   index: number
-): CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest|null {
+): CommentResponse|CommentsListRequest|CommentsListResponse|CreateCommentRequest|CreatePostRequest|DeleteCommentRequest|DeletePostRequest|EditCommentRequest|EditPostRequest|GetPostRequest|GetPostsRequest|PostCountsEvent|PostHistoryRequest|PostHistoryResponse|PostResponse|PostsResponse|ReactRequest|ReactionsListRequest|ReactionsListResponse|RepostRequest|UndoRepostRequest|UnreactRequest|UserPostsRequest|null {
   switch(PostsOp[type]) {
     case 'NONE': return null; 
     case 'CreatePostRequest': return accessor(index, new CreatePostRequest())! as CreatePostRequest;
@@ -113,6 +116,7 @@ export function unionListToPostsOp(
     case 'UnreactRequest': return accessor(index, new UnreactRequest())! as UnreactRequest;
     case 'ReactionsListRequest': return accessor(index, new ReactionsListRequest())! as ReactionsListRequest;
     case 'ReactionsListResponse': return accessor(index, new ReactionsListResponse())! as ReactionsListResponse;
+    case 'PostCountsEvent': return accessor(index, new PostCountsEvent())! as PostCountsEvent;
     default: return null;
   }
 }

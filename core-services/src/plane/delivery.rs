@@ -1,0 +1,976 @@
+//! The live delivery plane: one mechanism for every push (a conversation's messages, a
+//! home feed's new posts, notifications, presence, a post's counters).
+//!
+//! A [`Topic`] maps to the subscribers connected to this node. Each shard keeps its own
+//! subscribers; the topic's **owner shard** (`hash(topic) % shards`) sequences its events
+//! and knows which shards have subscribers (its *interest* set), so an event costs one
+//! mailbox job per interested shard, never one per subscriber and never one per shard.
+//!
+//! - **Order and gaps.** Events carry a per-topic sequence in their envelope `id`
+//!   (consecutive: 1, 2, 3, …). On one node the owner shard numbers them. On a fleet
+//!   (`storage.redis_url`) every publish goes through one Redis script that numbers it
+//!   and publishes it on the node-wide channel, so every node sees the same numbers in
+//!   the same order; each node holds one Redis subscription, not one per topic or per
+//!   connection. A shard that sees a number jump knows events were lost (a dropped Redis
+//!   connection, a full mailbox) and cuts its subscribers of that topic with a resync
+//!   signal rather than deliver a hole.
+//! - **Bounded.** A subscriber holds at most [`DeliveryConfig::subscriber_queue`] events.
+//!   One that falls behind (a client that stops reading, so QUIC flow control stops the
+//!   writer) is cut off with [`SubscriberEvent::Resync`]; the others keep receiving.
+//!   Nothing buffers without bound.
+//! - **Clean ends.** Dropping a [`Subscriber`] (unsubscribe, disconnect, drain) removes
+//!   it; a shard's last subscriber of a topic withdraws the shard's interest at the owner;
+//!   an owner whose topic has no interest left forgets it. The gauges go back to zero.
+//!
+//! What a client does after a resync is the service's business: resubscribe with its
+//! cursor (chat, feeds replay what was missed) or take a fresh snapshot (counters).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::{LocalBoxFuture, Shared};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use selfie_codec::{Builder, Encoder, Frame, Limits};
+use selfie_protocol::Envelope;
+use selfie_protocol::control::SubscriptionKind;
+use tokio::sync::mpsc;
+
+use super::ShardId;
+use super::shards::{Plane, Shards};
+use crate::{BoxFuture, Error, Result};
+
+/// The `id` a publisher gives an event; the owner shard replaces it with the topic's
+/// sequence ([`stamp_seq`]). Any value but 0 would do (a default 0 is not stored, so there
+/// would be nothing to replace).
+pub const PUSH_SEQ_PLACEHOLDER: u64 = u64::MAX;
+
+/// A copy of an event frame carrying sequence `seq` in its envelope `id`.
+pub fn stamp_seq(frame: &Frame, seq: u64) -> Option<Frame> {
+    frame.with_id(seq)
+}
+
+/// What a subscription follows: a kind (the protocol's `SubscriptionKind`) and an id
+/// (a conversation, a user, a post).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Topic {
+    /// What kind of thing.
+    pub kind: SubscriptionKind,
+    /// Which one.
+    pub id: u64,
+}
+
+impl Topic {
+    /// The topic of `kind` for `id`.
+    pub fn new(kind: SubscriptionKind, id: u64) -> Self {
+        Self { kind, id }
+    }
+
+    /// The key whose owner shard sequences this topic.
+    fn key(&self) -> u64 {
+        self.id ^ u64::from(self.kind.0).rotate_right(8)
+    }
+
+    /// 9 bytes: the kind, then the id (big-endian).
+    fn to_bytes(self) -> [u8; 9] {
+        let mut b = [0u8; 9];
+        b[0] = self.kind.0;
+        b[1..].copy_from_slice(&self.id.to_be_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        let kind = SubscriptionKind(*b.first()?);
+        let id = u64::from_be_bytes(b.get(1..9)?.try_into().ok()?);
+        Some(Self { kind, id })
+    }
+
+    /// A stable name, for the fleet's sequence keys and logs (`post:42`).
+    pub fn name(&self) -> String {
+        let kind = self.kind.variant_name().unwrap_or("unknown");
+        format!("{}:{}", kind.to_ascii_lowercase(), self.id)
+    }
+}
+
+/// The delivery plane's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// Events queued per subscriber before it is cut off with a resync signal.
+    pub subscriber_queue: usize,
+    /// How long a publisher waits for room in the owner shard's mailbox (or the bus
+    /// queue) before the event is dropped and the topic's subscribers resync.
+    pub publish_wait: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            subscriber_queue: 256,
+            publish_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// An event received from another node (or from this one, through the bus).
+#[derive(Debug, Clone)]
+pub struct BusEvent {
+    /// The topic.
+    pub topic: Topic,
+    /// Its fleet-wide sequence number.
+    pub seq: u64,
+    /// The event frame (its `id` still the placeholder).
+    pub frame: Bytes,
+}
+
+impl BusEvent {
+    /// The bus payload of an event: the topic, then the frame.
+    pub fn payload(topic: Topic, frame: &[u8]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(9 + frame.len());
+        p.extend_from_slice(&topic.to_bytes());
+        p.extend_from_slice(frame);
+        p
+    }
+
+    /// Reads a payload made by [`BusEvent::payload`] that arrived with `seq`.
+    pub fn parse(seq: u64, payload: Bytes) -> Option<Self> {
+        let topic = Topic::from_bytes(payload.get(..9)?)?;
+        Some(Self {
+            topic,
+            seq,
+            frame: payload.slice(9..),
+        })
+    }
+}
+
+/// The link between the nodes of a fleet: publishes an event to every node (this one
+/// included), numbered in its topic's fleet-wide sequence. Received events come back
+/// through [`Plane::on_bus_event`]; a lost subscription through [`Plane::on_bus_lost`].
+pub trait Bus: Send + Sync {
+    /// Publishes `frame` on `topic`; returns the number it was given.
+    fn publish(&self, topic: Topic, frame: Bytes) -> BoxFuture<'static, Result<u64>>;
+}
+
+/// Labels: why events or subscribers were dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `slow_subscriber`, `gap`, `lost` (a full mailbox), `bus` (Redis refused a
+    /// publish), `bus_lost` (the node's subscription dropped), `corrupt`.
+    pub reason: &'static str,
+}
+
+/// The delivery plane's metrics (node-wide).
+#[derive(Default)]
+pub struct DeliveryMetrics {
+    /// Topics with subscribers on this node (one per shard that has some).
+    pub topics: Gauge,
+    /// Subscribers on this node.
+    pub subscribers: Gauge,
+    /// Topics sequenced by this node's shards (with interest somewhere on the node).
+    pub owned_topics: Gauge,
+    /// Events published by this node's services.
+    pub published: Counter,
+    /// Events handed to subscribers (one per subscriber).
+    pub delivered: Counter,
+    /// Subscribers cut off with a resync signal, and events lost, by reason.
+    pub dropped: Family<ReasonLabel, Counter>,
+    /// Events sent to the other nodes through the bus.
+    pub bus_sent: Counter,
+    /// Events received from the bus.
+    pub bus_received: Counter,
+}
+
+impl DeliveryMetrics {
+    /// Registers the delivery metrics in `r`.
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "selfie_delivery_topics",
+            "Topics with subscribers on this node, counted per shard",
+            self.topics.clone(),
+        );
+        r.register(
+            "selfie_delivery_subscribers",
+            "Subscribers connected to this node",
+            self.subscribers.clone(),
+        );
+        r.register(
+            "selfie_delivery_owned_topics",
+            "Topics sequenced by this node's shards",
+            self.owned_topics.clone(),
+        );
+        r.register(
+            "selfie_delivery_published",
+            "Events published by this node's services",
+            self.published.clone(),
+        );
+        r.register(
+            "selfie_delivery_delivered",
+            "Events handed to subscribers",
+            self.delivered.clone(),
+        );
+        r.register(
+            "selfie_delivery_dropped",
+            "Subscribers cut off with a resync signal, and events lost, by reason",
+            self.dropped.clone(),
+        );
+        r.register(
+            "selfie_delivery_bus_sent",
+            "Events sent to the other nodes through Redis",
+            self.bus_sent.clone(),
+        );
+        r.register(
+            "selfie_delivery_bus_received",
+            "Events received from the other nodes through Redis",
+            self.bus_received.clone(),
+        );
+    }
+
+    fn drop_for(&self, reason: &'static str) {
+        self.dropped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// What a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriberEvent {
+    /// An event frame, stamped with its topic sequence.
+    Event(Bytes),
+    /// The subscriber fell behind or events were lost: it has been removed from the
+    /// topic and must resubscribe (from its cursor) to continue.
+    Resync,
+}
+
+#[derive(Default)]
+struct QueueState {
+    events: VecDeque<Bytes>,
+    /// No more events: what is queued goes out, then the resync signal.
+    cut: bool,
+    /// Cut because it fell behind: what was queued is gone (it is what made it too long).
+    overflowed: bool,
+    waker: Option<Waker>,
+}
+
+/// One subscriber's bounded queue (shard-local).
+#[derive(Default)]
+struct Queue {
+    state: RefCell<QueueState>,
+}
+
+impl Queue {
+    /// Queues `frame`; `false` when the subscriber is (now) cut off.
+    fn push(&self, frame: Bytes, capacity: usize) -> bool {
+        let mut q = self.state.borrow_mut();
+        if q.cut {
+            return false;
+        }
+        if q.events.len() >= capacity {
+            q.cut = true;
+            q.overflowed = true;
+            q.events.clear();
+        } else {
+            q.events.push_back(frame);
+        }
+        if let Some(w) = q.waker.take() {
+            w.wake();
+        }
+        !q.cut
+    }
+
+    /// No more events for this subscriber; the ones queued are still whole and go out.
+    fn cut(&self) {
+        let mut q = self.state.borrow_mut();
+        q.cut = true;
+        if let Some(w) = q.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A subscription to one topic on this shard. Dropping it unsubscribes.
+pub struct Subscriber {
+    queue: Rc<Queue>,
+    topic: Topic,
+    id: u64,
+    delivery: Rc<Delivery>,
+}
+
+impl Subscriber {
+    /// The topic.
+    pub fn topic(&self) -> Topic {
+        self.topic
+    }
+
+    /// The next event, or the resync signal (after which nothing more comes). Events
+    /// queued before a gap still come first; a subscriber cut off for falling behind gets
+    /// the signal at once.
+    pub async fn next(&self) -> SubscriberEvent {
+        std::future::poll_fn(|cx| {
+            let mut q = self.queue.state.borrow_mut();
+            if let Some(f) = q.events.pop_front() {
+                return Poll::Ready(SubscriberEvent::Event(f));
+            }
+            if q.cut {
+                return Poll::Ready(SubscriberEvent::Resync);
+            }
+            q.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Resolves when the subscriber is cut off for falling behind (for a writer blocked
+    /// on a client that stopped reading: it must give up now, not after the write).
+    pub async fn overflowed(&self) {
+        std::future::poll_fn(|cx| {
+            let mut q = self.queue.state.borrow_mut();
+            if q.overflowed {
+                return Poll::Ready(());
+            }
+            q.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Events waiting (tests, metrics).
+    pub fn queued(&self) -> usize {
+        self.queue.state.borrow().events.len()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.delivery.unsubscribe(self.topic, self.id);
+    }
+}
+
+/// Shards with subscribers of a topic (at most 256 shards, as connection ids allow).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ShardSet([u64; 4]);
+
+impl ShardSet {
+    fn insert(&mut self, s: ShardId) {
+        if let Some(w) = self.0.get_mut(s / 64) {
+            *w |= 1 << (s % 64);
+        }
+    }
+
+    fn remove(&mut self, s: ShardId) {
+        if let Some(w) = self.0.get_mut(s / 64) {
+            *w &= !(1 << (s % 64));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    fn iter(self) -> impl Iterator<Item = ShardId> {
+        (0..256).filter(move |s| self.0[s / 64] & (1 << (s % 64)) != 0)
+    }
+}
+
+/// A topic's subscribers on this shard.
+struct Local {
+    subscribers: HashMap<u64, Rc<Queue>>,
+    /// The last sequence delivered here (0: none yet).
+    last_seq: u64,
+    /// The owner's acknowledgement of this shard's interest.
+    ready: Shared<LocalBoxFuture<'static, bool>>,
+}
+
+/// A topic this shard sequences.
+#[derive(Default)]
+struct Owned {
+    /// Last number given (one node) or seen (fleet).
+    seq: u64,
+    interest: ShardSet,
+}
+
+/// The delivery plane of one shard.
+pub struct Delivery {
+    shard: ShardId,
+    plane: Arc<Plane>,
+    local: RefCell<HashMap<Topic, Local>>,
+    owned: RefCell<HashMap<Topic, Owned>>,
+    next_subscriber: Cell<u64>,
+    encoder: RefCell<Encoder>,
+    /// Events on their way to the bus, in order (fleet only; started on first use).
+    outbox: RefCell<Option<mpsc::Sender<(Topic, Bytes)>>>,
+    /// Resyncs posted to other shards and not yet accepted, so that a storm of lost
+    /// deliveries posts one each.
+    repairs: Rc<RefCell<HashSet<(ShardId, Topic)>>>,
+}
+
+impl Delivery {
+    /// The delivery plane of `shard` on `plane`.
+    pub fn new(shard: ShardId, plane: Arc<Plane>) -> Self {
+        Self {
+            shard,
+            plane,
+            local: RefCell::default(),
+            owned: RefCell::default(),
+            next_subscriber: Cell::new(1),
+            encoder: RefCell::new(Encoder::new(Limits::DEFAULT)),
+            outbox: RefCell::new(None),
+            repairs: Rc::default(),
+        }
+    }
+
+    fn metrics(&self) -> &DeliveryMetrics {
+        &self.plane.metrics.delivery
+    }
+
+    fn shards(&self) -> &Shards {
+        self.plane.shards()
+    }
+
+    fn owner(&self, topic: Topic) -> ShardId {
+        self.shards().owner_of(topic.key())
+    }
+
+    /// Encodes an event for publishing (its `id` is the placeholder the owner replaces).
+    pub fn encode_event(
+        &self,
+        f: impl FnOnce(&mut Builder, u64) -> flatbuffers::WIPOffset<Envelope<'static>>,
+    ) -> Result<Bytes> {
+        self.encoder
+            .borrow_mut()
+            .encode_bytes(|b| f(b, PUSH_SEQ_PLACEHOLDER))
+            .map_err(|_| Error::Corrupt("event (too large to encode)"))
+    }
+
+    /// Publishes an event on `topic` to every subscriber on every shard of this node and,
+    /// on a fleet, of every node. Returns once the event is on its way (it waits for room
+    /// in the owner's mailbox, at most [`DeliveryConfig::publish_wait`]; past that the
+    /// event is dropped and the topic's subscribers here resync).
+    pub async fn publish(self: &Rc<Self>, topic: Topic, frame: Bytes) -> Result<()> {
+        let Ok(frame) = Frame::verify(frame, &Limits::DEFAULT) else {
+            self.metrics().drop_for("corrupt");
+            return Err(Error::Corrupt("event"));
+        };
+        if frame.id() != PUSH_SEQ_PLACEHOLDER {
+            self.metrics().drop_for("corrupt");
+            return Err(Error::Corrupt("event (id is not the placeholder)"));
+        }
+        self.metrics().published.inc();
+        if self.plane.bus().is_some() {
+            let outbox = self.outbox();
+            let sent = tokio::time::timeout(
+                self.plane.delivery.publish_wait,
+                outbox.send((topic, frame.as_bytes().clone())),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                self.metrics().drop_for("lost");
+                self.repair(self.owner(topic), topic);
+                return Err(Error::Overloaded);
+            }
+            return Ok(());
+        }
+        let owner = self.owner(topic);
+        if owner == self.shard {
+            self.sequence(topic, None, frame);
+            return Ok(());
+        }
+        let job = Shards::job(move |d: Rc<Delivery>| async move { d.sequence(topic, None, frame) });
+        let posted = tokio::time::timeout(
+            self.plane.delivery.publish_wait,
+            self.shards().post_waiting(owner, "delivery", job),
+        )
+        .await;
+        if matches!(posted, Ok(Ok(()))) {
+            Ok(())
+        } else {
+            self.metrics().drop_for("lost");
+            self.repair(owner, topic);
+            Err(Error::Overloaded)
+        }
+    }
+
+    /// The ordered queue to the bus, and its task (started on first use).
+    fn outbox(self: &Rc<Self>) -> mpsc::Sender<(Topic, Bytes)> {
+        if let Some(tx) = self.outbox.borrow().as_ref() {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel::<(Topic, Bytes)>(4096);
+        *self.outbox.borrow_mut() = Some(tx.clone());
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            use futures::StreamExt;
+            let Some(bus) = me.plane.bus().cloned() else {
+                return;
+            };
+            // Commands leave in order on one multiplexed connection, so pipelining keeps
+            // this shard's events in publish order.
+            let sends = tokio_stream_from(rx)
+                .map(|(topic, frame)| {
+                    let bus = bus.clone();
+                    async move { (topic, bus.publish(topic, frame).await) }
+                })
+                .buffered(64);
+            futures::pin_mut!(sends);
+            while let Some((topic, sent)) = sends.next().await {
+                match sent {
+                    Ok(_) => {
+                        me.metrics().bus_sent.inc();
+                    }
+                    Err(e) => {
+                        // Lost for every node; here at least the subscribers resync.
+                        tracing::warn!(error = %e, topic = %topic.name(), "event not published to the fleet");
+                        me.metrics().drop_for("bus");
+                        me.repair(me.owner(topic), topic);
+                    }
+                }
+            }
+        });
+        tx
+    }
+
+    /// On the owner: numbers an event (one node) or takes the fleet's number, stamps it,
+    /// and hands it to every shard with subscribers.
+    fn sequence(&self, topic: Topic, fleet_seq: Option<u64>, frame: Frame) {
+        let (seq, interest) = {
+            let mut owned = self.owned.borrow_mut();
+            let Some(o) = owned.get_mut(&topic) else {
+                return; // no subscriber anywhere on this node
+            };
+            o.seq = fleet_seq.unwrap_or(o.seq + 1);
+            (o.seq, o.interest)
+        };
+        let Some(stamped) = stamp_seq(&frame, seq) else {
+            self.metrics().drop_for("corrupt");
+            return;
+        };
+        let bytes = stamped.as_bytes().clone();
+        for shard in interest.iter() {
+            if shard == self.shard {
+                self.deliver(topic, seq, bytes.clone());
+                continue;
+            }
+            let b = bytes.clone();
+            let posted =
+                self.shards()
+                    .submit_on(shard, "delivery", move |d: Rc<Delivery>| async move {
+                        d.deliver(topic, seq, b)
+                    });
+            if posted.is_err() {
+                self.metrics().drop_for("lost");
+                self.repair(shard, topic);
+            }
+        }
+    }
+
+    /// On a shard with subscribers: hands event `seq` of `topic` to each of them.
+    fn deliver(&self, topic: Topic, seq: u64, frame: Bytes) {
+        let capacity = self.plane.delivery.subscriber_queue;
+        let mut local = self.local.borrow_mut();
+        let Some(l) = local.get_mut(&topic) else {
+            drop(local);
+            // Nobody here any more (the withdrawal was lost): withdraw again.
+            self.withdraw(topic);
+            return;
+        };
+        if l.last_seq != 0 && seq != l.last_seq + 1 {
+            // Events in between never arrived: a hole must not be delivered as if whole.
+            drop(local);
+            self.cut_topic(topic, "gap");
+            return;
+        }
+        l.last_seq = seq;
+        let mut slow = Vec::new();
+        for (&id, q) in &l.subscribers {
+            if q.push(frame.clone(), capacity) {
+                self.metrics().delivered.inc();
+            } else {
+                slow.push(id);
+            }
+        }
+        for id in slow {
+            l.subscribers.remove(&id);
+            self.metrics().subscribers.dec();
+            self.metrics().drop_for("slow_subscriber");
+        }
+        if l.subscribers.is_empty() {
+            local.remove(&topic);
+            drop(local);
+            self.metrics().topics.dec();
+            self.withdraw(topic);
+        }
+    }
+
+    /// Cuts every subscriber of `topic` on this shard with a resync signal.
+    pub fn cut_topic(&self, topic: Topic, reason: &'static str) {
+        let Some(l) = self.local.borrow_mut().remove(&topic) else {
+            return;
+        };
+        self.metrics().topics.dec();
+        for q in l.subscribers.values() {
+            q.cut();
+            self.metrics().subscribers.dec();
+            self.metrics().drop_for(reason);
+        }
+        self.withdraw(topic);
+    }
+
+    /// Cuts every subscriber on this shard (the bus lost events).
+    pub fn cut_all(&self, reason: &'static str) {
+        let topics: Vec<Topic> = self.local.borrow().keys().copied().collect();
+        for t in topics {
+            self.cut_topic(t, reason);
+        }
+    }
+
+    /// Asks `shard` (waiting for room, off the request path) to resync `topic`'s
+    /// subscribers; once per pending (shard, topic).
+    fn repair(&self, shard: ShardId, topic: Topic) {
+        if !self.repairs.borrow_mut().insert((shard, topic)) {
+            return;
+        }
+        let (plane, repairs) = (self.plane.clone(), self.repairs.clone());
+        tokio::task::spawn_local(async move {
+            let job = Shards::job(move |d: Rc<Delivery>| async move {
+                if d.owner(topic) == d.shard {
+                    // The owner cuts the topic on every shard that follows it.
+                    let interest = d.owned.borrow().get(&topic).map(|o| o.interest);
+                    for s in interest.into_iter().flat_map(ShardSet::iter) {
+                        let _ = d.shards().submit_on(
+                            s,
+                            "delivery",
+                            move |d: Rc<Delivery>| async move { d.cut_topic(topic, "lost") },
+                        );
+                    }
+                }
+                d.cut_topic(topic, "lost");
+            });
+            let _ = plane.shards().post_waiting(shard, "delivery", job).await;
+            repairs.borrow_mut().remove(&(shard, topic));
+        });
+    }
+
+    /// Subscribes to `topic`: events published after this returns are delivered.
+    pub async fn subscribe(self: &Rc<Self>, topic: Topic) -> Result<Subscriber> {
+        let queue = Rc::new(Queue::default());
+        let id = self.next_subscriber.get();
+        self.next_subscriber.set(id + 1);
+        let ready = {
+            let mut local = self.local.borrow_mut();
+            let l = match local.entry(topic) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    self.metrics().topics.inc();
+                    v.insert(Local {
+                        subscribers: HashMap::new(),
+                        last_seq: 0,
+                        ready: self.declare_interest(topic),
+                    })
+                }
+            };
+            l.subscribers.insert(id, queue.clone());
+            l.ready.clone()
+        };
+        self.metrics().subscribers.inc();
+        let sub = Subscriber {
+            queue,
+            topic,
+            id,
+            delivery: self.clone(),
+        };
+        if ready.await {
+            Ok(sub)
+        } else {
+            Err(Error::Overloaded) // `sub` drops: unsubscribed
+        }
+    }
+
+    /// Tells the owner this shard has subscribers of `topic`; resolves once it knows.
+    fn declare_interest(&self, topic: Topic) -> Shared<LocalBoxFuture<'static, bool>> {
+        let (owner, me) = (self.owner(topic), self.shard);
+        if owner == me {
+            self.add_interest(topic, me);
+            return futures::future::ready(true).boxed_local().shared();
+        }
+        let plane = self.plane.clone();
+        async move {
+            plane
+                .shards()
+                .invoke_on(owner, move |d: Rc<Delivery>| async move {
+                    d.add_interest(topic, me)
+                })
+                .await
+                .is_ok()
+        }
+        .boxed_local()
+        .shared()
+    }
+
+    fn add_interest(&self, topic: Topic, shard: ShardId) {
+        let mut owned = self.owned.borrow_mut();
+        let o = owned.entry(topic).or_insert_with(|| {
+            self.metrics().owned_topics.inc();
+            Owned::default()
+        });
+        o.interest.insert(shard);
+    }
+
+    fn remove_interest(&self, topic: Topic, shard: ShardId) {
+        let mut owned = self.owned.borrow_mut();
+        if let Some(o) = owned.get_mut(&topic) {
+            o.interest.remove(shard);
+            if o.interest.is_empty() {
+                owned.remove(&topic);
+                self.metrics().owned_topics.dec();
+            }
+        }
+    }
+
+    /// Withdraws this shard's interest in `topic` at its owner.
+    fn withdraw(&self, topic: Topic) {
+        let (owner, me) = (self.owner(topic), self.shard);
+        if owner == me {
+            self.remove_interest(topic, me);
+        } else {
+            // If the owner's mailbox is full the withdrawal is lost; its next delivery
+            // here finds no subscriber and withdraws again.
+            let _ = self
+                .shards()
+                .submit_on(owner, "delivery", move |d: Rc<Delivery>| async move {
+                    d.remove_interest(topic, me)
+                });
+        }
+    }
+
+    fn unsubscribe(&self, topic: Topic, id: u64) {
+        let mut local = self.local.borrow_mut();
+        let Some(l) = local.get_mut(&topic) else {
+            return; // already cut
+        };
+        if l.subscribers.remove(&id).is_none() {
+            return;
+        }
+        self.metrics().subscribers.dec();
+        if l.subscribers.is_empty() {
+            local.remove(&topic);
+            drop(local);
+            self.metrics().topics.dec();
+            self.withdraw(topic);
+        }
+    }
+
+    /// Subscribers on this shard (tests).
+    pub fn subscriber_count(&self) -> usize {
+        self.local
+            .borrow()
+            .values()
+            .map(|l| l.subscribers.len())
+            .sum()
+    }
+}
+
+impl Plane {
+    /// An event from the bus: this node's owner shard of its topic numbers it in.
+    pub fn on_bus_event(self: &Arc<Self>, event: BusEvent) {
+        let metrics = &self.metrics.delivery;
+        metrics.bus_received.inc();
+        let Ok(frame) = Frame::verify(event.frame, &Limits::DEFAULT) else {
+            metrics.drop_for("corrupt");
+            return;
+        };
+        let (topic, seq) = (event.topic, event.seq);
+        let owner = self.shards().owner_of(topic.key());
+        let posted =
+            self.shards()
+                .submit_on(owner, "delivery", move |d: Rc<Delivery>| async move {
+                    d.sequence(topic, Some(seq), frame)
+                });
+        if posted.is_err() {
+            // The next event shows the gap; this resync covers a topic with no next.
+            metrics.drop_for("lost");
+            let plane = self.clone();
+            tokio::spawn(async move {
+                let job = Shards::job(move |d: Rc<Delivery>| async move {
+                    d.repair(d.shard, topic);
+                });
+                let _ = plane.shards().post_waiting(owner, "delivery", job).await;
+            });
+        }
+    }
+
+    /// The bus lost events (this node's subscription dropped and came back): every
+    /// subscriber on the node resyncs.
+    pub fn on_bus_lost(self: &Arc<Self>) {
+        for shard in 0..self.shards().count() {
+            let plane = self.clone();
+            tokio::spawn(async move {
+                let job = Shards::job(|d: Rc<Delivery>| async move { d.cut_all("bus_lost") });
+                let _ = plane.shards().post_waiting(shard, "delivery", job).await;
+            });
+        }
+    }
+}
+
+/// A `Stream` over an mpsc receiver.
+fn tokio_stream_from<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plane::{Registry, serve_mailbox};
+
+    fn event(delivery: &Delivery, n: u32) -> Bytes {
+        delivery
+            .encode_event(|b, id| {
+                use selfie_protocol::notifications as nt;
+                let ev = nt::NotificationEvent::create(
+                    b,
+                    &nt::NotificationEventArgs {
+                        unread_notifications: n,
+                        ..Default::default()
+                    },
+                );
+                let body = nt::Notifications::create(
+                    b,
+                    &nt::NotificationsArgs {
+                        op_type: nt::NotificationsOp::NotificationEvent,
+                        op: Some(ev.as_union_value()),
+                    },
+                );
+                crate::plane::envelope(
+                    b,
+                    id,
+                    selfie_protocol::Body::Notifications,
+                    body.as_union_value(),
+                )
+            })
+            .expect("encoded")
+    }
+
+    fn seq_of(e: &SubscriberEvent) -> u64 {
+        match e {
+            SubscriberEvent::Event(b) => Frame::verify(b.clone(), &Limits::DEFAULT)
+                .expect("valid")
+                .id(),
+            SubscriberEvent::Resync => 0,
+        }
+    }
+
+    /// One shard on the current thread.
+    async fn one_shard(config: DeliveryConfig) -> (Arc<Plane>, Rc<Delivery>) {
+        let plane = Plane::new(1, config);
+        let registry = Rc::new(Registry::new(0, &plane));
+        let delivery = registry.delivery().clone();
+        let mailbox = plane.shards().take_mailbox(0).expect("mailbox");
+        tokio::task::spawn_local(serve_mailbox(mailbox, registry, plane.clone()));
+        (plane, delivery)
+    }
+
+    #[tokio::test]
+    async fn subscribers_receive_events_in_sequence_and_leave_nothing_behind() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (plane, d) = one_shard(DeliveryConfig::default()).await;
+                let topic = Topic::new(SubscriptionKind::Post, 42);
+                // Nobody listens: the event goes nowhere, and nothing is kept for it.
+                d.publish(topic, event(&d, 0)).await.expect("published");
+                let a = d.subscribe(topic).await.expect("subscribed");
+                let b = d.subscribe(topic).await.expect("subscribed");
+                for n in 1..=3 {
+                    d.publish(topic, event(&d, n)).await.expect("published");
+                }
+                for s in [&a, &b] {
+                    let got = [s.next().await, s.next().await, s.next().await];
+                    assert_eq!(got.iter().map(seq_of).collect::<Vec<_>>(), vec![1, 2, 3]);
+                    assert_eq!(s.queued(), 0, "exactly once");
+                }
+                let m = &plane.metrics.delivery;
+                assert_eq!(
+                    (m.topics.get(), m.subscribers.get(), m.owned_topics.get()),
+                    (1, 2, 1)
+                );
+                drop(a);
+                drop(b);
+                assert_eq!(
+                    (m.topics.get(), m.subscribers.get(), m.owned_topics.get()),
+                    (0, 0, 0)
+                );
+                assert_eq!(m.delivered.get(), 6);
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_cut_off_and_the_others_keep_receiving() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let config = DeliveryConfig {
+                    subscriber_queue: 4,
+                    ..DeliveryConfig::default()
+                };
+                let (plane, d) = one_shard(config).await;
+                let topic = Topic::new(SubscriptionKind::Post, 7);
+                let slow = d.subscribe(topic).await.expect("subscribed");
+                let fast = d.subscribe(topic).await.expect("subscribed");
+                for n in 1..=10 {
+                    d.publish(topic, event(&d, n)).await.expect("published");
+                    assert_eq!(seq_of(&fast.next().await), u64::from(n));
+                }
+                assert_eq!(slow.next().await, SubscriberEvent::Resync);
+                let m = &plane.metrics.delivery;
+                assert_eq!(m.subscribers.get(), 1, "the slow one is gone");
+                let slow_drops = m
+                    .dropped
+                    .get_or_create(&ReasonLabel {
+                        reason: "slow_subscriber",
+                    })
+                    .get();
+                assert_eq!(slow_drops, 1);
+                drop(slow); // already cut: dropping it changes nothing
+                assert_eq!(m.subscribers.get(), 1);
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_jump_in_the_fleet_sequence_resyncs_the_topic_instead_of_delivering_a_hole() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (_plane, d) = one_shard(DeliveryConfig::default()).await;
+                let topic = Topic::new(SubscriptionKind::Conversation, 9);
+                let s = d.subscribe(topic).await.expect("subscribed");
+                let frame = |n| Frame::verify(event(&d, n), &Limits::DEFAULT).expect("valid");
+                d.sequence(topic, Some(41), frame(1));
+                d.sequence(topic, Some(42), frame(2));
+                d.sequence(topic, Some(44), frame(3)); // 43 was lost
+                assert_eq!(seq_of(&s.next().await), 41);
+                assert_eq!(seq_of(&s.next().await), 42);
+                assert_eq!(s.next().await, SubscriberEvent::Resync);
+            })
+            .await;
+    }
+
+    #[test]
+    fn topics_and_bus_payloads_round_trip() {
+        let t = Topic::new(SubscriptionKind::HomeFeed, u64::MAX - 3);
+        let ev = BusEvent::parse(5, BusEvent::payload(t, b"frame").into()).expect("parsed");
+        assert_eq!((ev.topic, ev.seq, ev.frame.as_ref()), (t, 5, &b"frame"[..]));
+        assert_eq!(t.name(), format!("homefeed:{}", u64::MAX - 3));
+        let mut set = ShardSet::default();
+        for s in [0, 63, 64, 255] {
+            set.insert(s);
+        }
+        set.remove(63);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 64, 255]);
+    }
+}

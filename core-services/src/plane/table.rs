@@ -1,0 +1,132 @@
+//! The service table: one declaration per service, from which the edge's dispatch and
+//! owner routing are derived (rustls' `enum_builder!` is the model: declare once, derive
+//! the rest).
+//!
+//! ```text
+//! service_table! {
+//!     impl[S: Store + 'static] PostsWire<S>;
+//!     body body_as_posts, ops PostsOp, answers PostsOpT in Posts(pp::PostsT),
+//!         subscribe subscribe_post;                   // optional
+//!     GetPostRequest => get;                          // runs on the receiving shard
+//!     ReactRequest => react, owner |t, _me| t.op_as_react_request()?.target_id();
+//! }
+//! ```
+//!
+//! A row names the operation, its handler (`async fn(Wire, Call) -> Result<Bytes>`), and
+//! optionally the key whose owner shard runs it: an expression over the service table
+//! `t` and the caller `_me: Option<u64>` (`?` works inside it). The macro also gives the
+//! wire type an `answer(call, op)` helper that wraps an answer (the object-API value of
+//! the service's union) in its service table and envelope. Operations without a row are
+//! answered `Unavailable`.
+
+macro_rules! service_table {
+    (
+        impl[$($gen:tt)*] $wire:ty;
+        body $body:ident, ops $Op:ident, answers $OpT:ident in $Variant:ident($TableT:path)
+            $(, subscribe $sub:path)?;
+        $( $variant:ident => $handler:path $(, owner |$t:ident, $me:ident| $owner:expr)? ; )*
+    ) => {
+        impl<$($gen)*> $crate::plane::Service for $wire {
+            #[allow(unused_variables)]
+            fn owner_key(
+                &self,
+                caller: Option<u64>,
+                env: &selfie_protocol::Envelope<'_>,
+            ) -> Option<u64> {
+                let table = env.$body()?;
+                match table.op_type() {
+                    $($(
+                        $Op::$variant => {
+                            let ($t, $me) = (table, caller);
+                            (|| -> Option<u64> { Some($owner) })()
+                        }
+                    )?)*
+                    _ => None,
+                }
+            }
+
+            fn handle(
+                &self,
+                call: $crate::plane::Call,
+            ) -> futures::future::LocalBoxFuture<'static, $crate::Result<bytes::Bytes>> {
+                match call.env().$body().map(|t| t.op_type()) {
+                    $( Some($Op::$variant) => Box::pin($handler(self.clone(), call)), )*
+                    _ => Box::pin(async { Err($crate::Error::Unavailable("this operation")) }),
+                }
+            }
+
+            $(
+                fn subscribe(
+                    &self,
+                    kind: selfie_protocol::control::SubscriptionKind,
+                    call: $crate::plane::Call,
+                ) -> futures::future::LocalBoxFuture<'static, $crate::Result<$crate::plane::Subscription>> {
+                    Box::pin($sub(self.clone(), kind, call))
+                }
+            )?
+        }
+
+        impl<$($gen)*> $wire {
+            /// Encodes `op` as the answer to `call`.
+            #[allow(dead_code)]
+            fn answer(call: &$crate::plane::Call, op: $OpT) -> $crate::Result<bytes::Bytes> {
+                let mut table = <$TableT>::default();
+                table.op = op;
+                call.answer(selfie_protocol::BodyT::$Variant(Box::new(table)))
+            }
+        }
+    };
+}
+
+/// Maps a domain enum to its wire enum and back, variant by variant (same names):
+/// `wire_enum!(audience, wire_audience: Audience <=> WireAudience, "audience" { Public, ... })`
+/// gives `audience(WireAudience) -> Result<Audience>` (an unknown value is
+/// `InvalidArgument` on the named field) and `wire_audience(Audience) -> WireAudience`.
+macro_rules! wire_enum {
+    ($from:ident, $to:ident: $Domain:ident <=> $Wire:ident, $field:literal { $($v:ident),* $(,)? }) => {
+        fn $from(w: $Wire) -> $crate::Result<$Domain> {
+            $( if w == $Wire::$v { return Ok($Domain::$v); } )*
+            Err($crate::Error::InvalidArgument { field: $field })
+        }
+
+        #[allow(dead_code)]
+        fn $to(d: $Domain) -> $Wire {
+            match d { $( $Domain::$v => $Wire::$v, )* }
+        }
+    };
+}
+
+pub(crate) use service_table;
+pub(crate) use wire_enum;
+
+/// Builds an object-API value from the fields given, the rest default. (flatc makes the
+/// object-API structs `#[non_exhaustive]`, so other crates cannot use struct literals.)
+/// `make!(pp::PostCountsT { reactions: 3, comments })` — `field` alone takes the variable
+/// of that name.
+macro_rules! make {
+    ($T:path { $($f:ident $(: $v:expr)?),* $(,)? }) => {{
+        type Made = $T;
+        let mut made = Made::default();
+        $( $crate::plane::make!(@set made, $f $(, $v)?); )*
+        made
+    }};
+    (@set $made:ident, $f:ident, $v:expr) => {
+        $made.$f = $v;
+    };
+    (@set $made:ident, $f:ident) => {
+        $made.$f = $f;
+    };
+}
+
+pub(crate) use make;
+
+/// Reads operation `op` of service table `body` in place, as a handler's request:
+/// `op!(call, body_as_posts.op_as_get_post_request)` (a table without it is
+/// `InvalidArgument`).
+macro_rules! op {
+    ($call:expr, $body:ident.$op:ident) => {
+        $call.op(|e| e.$body()?.$op())?
+    };
+}
+
+pub(crate) use op;

@@ -1,0 +1,89 @@
+//! One shard's services, built once on each shard thread: the single piece of wiring
+//! that `selfie serve` and the tests share. A new service is one file (its domain and its
+//! `wire.rs`) and one line here.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use selfie_protocol::Service;
+use selfie_storage::{Clock, Store};
+
+use crate::auth::AuthWire;
+use crate::auth::accounts::Accounts;
+use crate::auth::mail::Mailer;
+use crate::auth::password::PasswordHasher;
+use crate::auth::throttle::LoginThrottle;
+use crate::auth::tokens::AccessTokens;
+use crate::graph::lists::Lists;
+use crate::graph::{FleetLocks, Graph, GraphWire};
+use crate::plane::{Plane, Registry, ShardId};
+use crate::posts::{Posts, PostsWire};
+use crate::users::{Users, UsersWire};
+use crate::workflows::Services;
+use crate::{Error, Result};
+
+/// What every shard's services are built from (shared by the shards of a node).
+#[derive(Clone)]
+pub struct Deps<S> {
+    /// The store.
+    pub store: S,
+    /// The clock (injected in tests).
+    pub clock: Arc<dyn Clock>,
+    /// This node's number, unique among the live nodes sharing the store (ids embed it).
+    pub node: u16,
+    /// Access-token signing and verification.
+    pub tokens: AccessTokens,
+    /// The node's Argon2 pool.
+    pub hasher: PasswordHasher,
+    /// The node's login throttle (and the fleet's, when set).
+    pub throttle: LoginThrottle,
+    /// Sends password-reset mail, when configured.
+    pub mailer: Option<Arc<dyn Mailer>>,
+    /// Graph pair locks shared by a fleet, when configured.
+    pub graph_locks: Option<Arc<dyn FleetLocks>>,
+    /// Lifetime of access tokens (told to clients).
+    pub access_ttl: Duration,
+    /// The node's service plane.
+    pub plane: Arc<Plane>,
+}
+
+/// Builds `shard`'s services and registers their wire tables.
+pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> Result<Registry> {
+    let mut registry = Registry::new(shard, &deps.plane);
+    let id = u16::try_from(shard).map_err(|_| Error::InvalidArgument { field: "shard" })?;
+    let (store, clock, node) = (deps.store.clone(), deps.clock.clone(), deps.node);
+    let mut accounts = Accounts::new(
+        store.clone(),
+        deps.tokens.clone(),
+        deps.hasher.clone(),
+        clock.clone(),
+        node,
+        id,
+        deps.throttle.clone(),
+    )?;
+    if let Some(m) = &deps.mailer {
+        accounts = accounts.with_mailer(m.clone());
+    }
+    let mut graph = Graph::new(store.clone());
+    if let Some(locks) = &deps.graph_locks {
+        graph = graph.with_fleet_locks(locks.clone());
+    }
+    let posts = Posts::new(store.clone(), clock.clone(), node, id)?
+        .with_delivery(registry.delivery().clone());
+    let services = Rc::new(Services {
+        accounts: Rc::new(accounts),
+        users: Rc::new(Users::new(store.clone())),
+        graph: Rc::new(graph),
+        lists: Rc::new(Lists::new(store, clock, node, id)?),
+        posts: Rc::new(posts),
+    });
+    let s = &services;
+    let (graph, lists, ttl) = (s.graph.clone(), s.lists.clone(), deps.access_ttl);
+    registry.register(Service::Auth, Rc::new(AuthWire::new(s.clone(), ttl)));
+    registry.register(Service::Users, Rc::new(UsersWire(s.clone())));
+    registry.register(Service::Graph, Rc::new(GraphWire { graph, lists }));
+    registry.register(Service::Posts, Rc::new(PostsWire(s.posts.clone())));
+    registry.provide(services);
+    Ok(registry)
+}

@@ -1,0 +1,433 @@
+//! The floor every service stands on: table declarations, the records more than one
+//! service reads, their loaders and key helpers. Nothing here imports a service, so the
+//! services import each other's data through this module and never each other (posts
+//! read profiles and blocks; users read post counts; the graph reads profiles).
+//!
+//! Table names, columns and docs are the CQL schema (`crate::schema`): changing one
+//! here needs a migration.
+
+use bytes::Bytes;
+use selfie_storage::key::KeyBuilder;
+use selfie_storage::{Store, Table, TableKind};
+
+use crate::Error;
+
+/// Declares `Rows` tables: `NAME, "table", [partition columns], [clustering columns],
+/// "doc";`.
+macro_rules! rows {
+    ($($name:ident, $table:literal, [$($p:literal),*], [$($c:literal),*], $doc:literal;)*) => {$(
+        #[doc = $doc]
+        pub static $name: selfie_storage::Table = selfie_storage::Table {
+            name: $table,
+            kind: selfie_storage::TableKind::Rows,
+            partition: &[$($p),*],
+            clustering: &[$($c),*],
+            default_ttl: None,
+            doc: $doc,
+        };
+    )*};
+}
+
+/// Declares a `Counters` table: `NAME, "table", "partition column", "doc"` (clustered by
+/// the counter's name, `which`).
+macro_rules! counters {
+    ($name:ident, $table:literal, $p:literal, $doc:literal) => {
+        #[doc = $doc]
+        pub static $name: selfie_storage::Table = selfie_storage::Table {
+            name: $table,
+            kind: selfie_storage::TableKind::Counters,
+            partition: &[$p],
+            clustering: &["which"],
+            default_ttl: None,
+            doc: $doc,
+        };
+    };
+}
+
+/// The key of an id (user, post, list, session...).
+pub fn key(id: u64) -> Bytes {
+    KeyBuilder::new().u64(id).build()
+}
+
+/// The key of a name (a counter's `which`, a lower-case username or address).
+pub fn name_key(name: &str) -> Bytes {
+    KeyBuilder::new().str(name).build()
+}
+
+/// An id stored as 8 big-endian bytes.
+pub fn id_value(v: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(v).ok().map(u64::from_be_bytes)
+}
+
+/// Decodes a stored JSON record of `what`.
+pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, b: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(b).map_err(|_| Error::Corrupt(what))
+}
+
+/// Encodes a record for storage.
+pub fn encode<T: serde::Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(v).map_err(|_| Error::Corrupt(what))
+}
+
+/// Accounts: credentials, sessions, refresh tokens, password resets.
+pub mod auth {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Lifetime of a refresh token.
+    pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+    /// How long a password-reset code works.
+    pub const RESET_TTL: Duration = Duration::from_secs(30 * 60);
+
+    rows! {
+        USERNAMES, "auth_usernames", ["username_lower"], [], "username claims";
+        EMAILS, "auth_emails", ["email_lower"], [], "e-mail claims";
+        ACCOUNTS, "auth_accounts", ["user_id"], [], "accounts (credentials)";
+        SESSIONS, "auth_sessions", ["user_id"], ["session_id"], "login sessions (devices)";
+    }
+
+    /// SHA-256 of a refresh token → its session; expires with the token.
+    pub static REFRESH_TOKENS: Table = Table {
+        name: "auth_refresh_tokens",
+        kind: TableKind::Rows,
+        partition: &["token_sha256"],
+        clustering: &[],
+        default_ttl: Some(REFRESH_TTL),
+        doc: "refresh tokens",
+    };
+
+    /// Spent refresh tokens (claimed once on use).
+    pub static REFRESH_SPENT: Table = Table {
+        name: "auth_refresh_spent",
+        kind: TableKind::Rows,
+        partition: &["token_sha256"],
+        clustering: &[],
+        default_ttl: Some(REFRESH_TTL),
+        doc: "spent refresh tokens (reuse detection)",
+    };
+
+    /// user id → the pending password-reset codes' hashes (expire on their own).
+    pub static RESETS: Table = Table {
+        name: "auth_password_resets",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &[],
+        default_ttl: Some(RESET_TTL),
+        doc: "pending password-reset codes (SHA-256 of the two most recent), 30 minutes",
+    };
+
+    /// The tables of the first migration.
+    pub static TABLES: &[&Table] = &[
+        &USERNAMES,
+        &EMAILS,
+        &ACCOUNTS,
+        &SESSIONS,
+        &REFRESH_TOKENS,
+        &REFRESH_SPENT,
+    ];
+
+    /// The password-reset table (a later migration).
+    pub static RESET_TABLES: &[&Table] = &[&RESETS];
+
+    /// The id owning `username` (any case), if claimed.
+    pub async fn user_by_username<S: Store>(
+        store: &S,
+        username: &str,
+    ) -> Result<Option<u64>, Error> {
+        if username.is_empty() || username.len() > 64 {
+            return Ok(None);
+        }
+        let k = name_key(&username.to_ascii_lowercase());
+        Ok(store
+            .get(&USERNAMES, &k, &[])
+            .await?
+            .and_then(|v| id_value(&v)))
+    }
+}
+
+/// Profiles and settings.
+pub mod users {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    rows! {
+        PROFILES, "users_profiles", ["user_id"], [], "profiles";
+        SETTINGS, "users_settings", ["user_id"], [], "per-user settings";
+    }
+
+    /// The tables of the first migration.
+    pub static TABLES: &[&Table] = &[&PROFILES];
+
+    /// A link shown on a profile.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Link {
+        /// Label.
+        pub title: String,
+        /// An absolute `http`/`https` URL.
+        pub url: String,
+    }
+
+    /// A profile.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Profile {
+        /// The user.
+        pub user_id: u64,
+        /// Unique handle.
+        pub username: String,
+        /// Display name.
+        pub display_name: String,
+        /// Bio.
+        pub bio: String,
+        /// Private account: follows need approval; content and lists for followers only.
+        pub private: bool,
+        /// The account was deleted: the profile is anonymised and hidden, its content too.
+        #[serde(default)]
+        pub deleted: bool,
+        /// Avatar media id, 0 for none.
+        #[serde(default)]
+        pub avatar_media_id: u64,
+        /// Banner media id, 0 for none.
+        #[serde(default)]
+        pub banner_media_id: u64,
+        /// Links, in the owner's order.
+        #[serde(default)]
+        pub links: Vec<Link>,
+        /// Pronouns.
+        #[serde(default)]
+        pub pronouns: String,
+        /// Location.
+        #[serde(default)]
+        pub location: String,
+        /// When the profile was created (0 for profiles older than the field).
+        #[serde(default)]
+        pub created_at_ms: u64,
+    }
+
+    /// Who may do something to a user (message, mention, comment).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+    pub enum Permission {
+        /// Anyone not blocked.
+        #[default]
+        Everyone,
+        /// Users who follow the owner.
+        Followers,
+        /// Users the owner follows.
+        Following,
+        /// Nobody but the owner.
+        Nobody,
+    }
+
+    fn yes() -> bool {
+        true
+    }
+
+    /// A user's settings.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Settings {
+        /// Who may start a conversation.
+        #[serde(default)]
+        pub who_can_message: Permission,
+        /// Whose mentions reach the user (others are not linked or notified).
+        #[serde(default)]
+        pub who_can_mention: Permission,
+        /// Who may comment on the user's posts.
+        #[serde(default)]
+        pub who_can_comment: Permission,
+        /// Send read receipts.
+        #[serde(default = "yes")]
+        pub show_read_receipts: bool,
+        /// Show online/last-seen status.
+        #[serde(default = "yes")]
+        pub show_activity_status: bool,
+        /// Show media marked sensitive without a warning.
+        #[serde(default)]
+        pub show_sensitive_media: bool,
+        /// BCP 47 language tag, empty for the client's default.
+        #[serde(default)]
+        pub language: String,
+        /// IANA time zone name, empty for the client's default.
+        #[serde(default)]
+        pub timezone: String,
+        /// Send e-mail notifications.
+        #[serde(default = "yes")]
+        pub email_notifications: bool,
+    }
+
+    impl Default for Settings {
+        fn default() -> Self {
+            Self {
+                who_can_message: Permission::Everyone,
+                who_can_mention: Permission::Everyone,
+                who_can_comment: Permission::Everyone,
+                show_read_receipts: true,
+                show_activity_status: true,
+                show_sensitive_media: false,
+                language: String::new(),
+                timezone: String::new(),
+                email_notifications: true,
+            }
+        }
+    }
+
+    /// Reads a profile without any visibility check (for services that check themselves).
+    pub async fn profile<S: Store>(store: &S, user_id: u64) -> Result<Option<Profile>, Error> {
+        store
+            .get(&PROFILES, &key(user_id), &[])
+            .await?
+            .map(|b| decode("profile", &b))
+            .transpose()
+    }
+
+    /// A live (not deleted) profile, if any.
+    pub async fn live_profile<S: Store>(store: &S, user_id: u64) -> Result<Option<Profile>, Error> {
+        Ok(profile(store, user_id).await?.filter(|p| !p.deleted))
+    }
+
+    /// A user's settings (the defaults until they change any).
+    pub async fn settings<S: Store>(store: &S, user_id: u64) -> Result<Settings, Error> {
+        match store.get(&SETTINGS, &key(user_id), &[]).await? {
+            Some(b) => decode("settings", &b),
+            None => Ok(Settings::default()),
+        }
+    }
+
+    /// Whether `actor` passes `owner`'s `permission` (the owner always does). Blocks are
+    /// checked by the caller.
+    pub async fn permits<S: Store>(
+        store: &S,
+        owner: u64,
+        actor: u64,
+        permission: Permission,
+    ) -> Result<bool, Error> {
+        Ok(owner == actor
+            || match permission {
+                Permission::Everyone => true,
+                Permission::Followers => graph::follows(store, actor, owner).await?,
+                Permission::Following => graph::follows(store, owner, actor).await?,
+                Permission::Nobody => false,
+            })
+    }
+}
+
+/// The follow graph.
+pub mod graph {
+    use super::*;
+
+    rows! {
+        FOLLOWING, "graph_following", ["user_id"], ["followed_id"], "who a user follows";
+        FOLLOWERS, "graph_followers", ["user_id"], ["follower_id"], "who follows a user";
+        REQUESTS_IN, "graph_requests_in", ["user_id"], ["requester_id"], "follow requests received";
+        REQUESTS_OUT, "graph_requests_out", ["user_id"], ["target_id"], "follow requests sent";
+        BLOCKS, "graph_blocks", ["user_id"], ["blocked_id"], "who a user blocks";
+        BLOCKED_BY, "graph_blocked_by", ["user_id"], ["blocker_id"], "who blocks a user";
+        MUTES, "graph_mutes", ["user_id"], ["muted_id"], "who a user mutes";
+        CLOSE_FRIENDS, "graph_close_friends", ["user_id"], ["friend_id"], "a user's close friends";
+        CLOSE_FRIEND_OF, "graph_close_friend_of", ["user_id"], ["owner_id"], "whose close friend a user is";
+    }
+    counters!(
+        COUNTS,
+        "graph_counts",
+        "user_id",
+        "follower and following counts"
+    );
+
+    /// The tables of the first migration.
+    pub static TABLES: &[&Table] = &[
+        &FOLLOWING,
+        &FOLLOWERS,
+        &REQUESTS_IN,
+        &REQUESTS_OUT,
+        &BLOCKS,
+        &BLOCKED_BY,
+        &MUTES,
+        &COUNTS,
+    ];
+
+    /// The close-friends tables (a later migration).
+    pub static CLOSE_FRIENDS_TABLES: &[&Table] = &[&CLOSE_FRIENDS, &CLOSE_FRIEND_OF];
+
+    rows! {
+        LISTS, "graph_lists", ["list_id"], [], "user lists";
+        OWNER_LISTS, "graph_lists_by_owner", ["owner_id"], ["list_id"], "a user's lists";
+        MEMBERS, "graph_list_members", ["list_id"], ["member_id"], "members of a list";
+        MEMBER_OF, "graph_list_member_of", ["member_id"], ["list_id"], "the lists a user is on";
+    }
+    counters!(
+        LIST_COUNTS,
+        "graph_list_counts",
+        "id",
+        "list member counts and per-owner list counts"
+    );
+
+    /// The user-list tables (a later migration).
+    pub static LIST_TABLES: &[&Table] = &[&LISTS, &OWNER_LISTS, &MEMBERS, &MEMBER_OF, &LIST_COUNTS];
+
+    /// Whether `a` follows `b`.
+    pub async fn follows<S: Store>(store: &S, a: u64, b: u64) -> Result<bool, Error> {
+        Ok(store.get(&FOLLOWING, &key(a), &key(b)).await?.is_some())
+    }
+
+    /// Whether `owner` counts `viewer` among their close friends.
+    pub async fn is_close_friend<S: Store>(
+        store: &S,
+        owner: u64,
+        viewer: u64,
+    ) -> Result<bool, Error> {
+        Ok(store
+            .get(&CLOSE_FRIENDS, &key(owner), &key(viewer))
+            .await?
+            .is_some())
+    }
+
+    /// Whether `a` blocks `b` or `b` blocks `a`.
+    pub async fn blocked_either_way<S: Store>(store: &S, a: u64, b: u64) -> Result<bool, Error> {
+        Ok(a != b
+            && (store.get(&BLOCKS, &key(a), &key(b)).await?.is_some()
+                || store.get(&BLOCKS, &key(b), &key(a)).await?.is_some()))
+    }
+}
+
+/// Posts and their interactions.
+pub mod posts {
+    use super::*;
+
+    rows! {
+        POSTS, "posts", ["post_id"], [], "posts";
+        HISTORY, "posts_history", ["post_id"], ["edited_at_ms"], "earlier versions of edited posts";
+        USER_POSTS, "posts_by_user", ["author_id"], ["post_id"], "a user's posts, newest last";
+        COMMENTS, "posts_comments", ["post_id"], ["comment_id"], "comments and replies";
+        REACTIONS, "posts_reactions", ["post_id"], ["user_id"], "one reaction per user per post";
+        REPOSTS, "posts_reposts", ["post_id"], ["user_id"], "who reposted a post, and the repost's id";
+        COMMENT_POSTS, "posts_comment_posts", ["comment_id"], [], "the post of each live comment";
+        REACTION_KINDS, "posts_reaction_kinds", ["post_id"], ["emoji"], "the emoji used on a post";
+    }
+    counters!(COUNTS, "posts_counts", "post_id", "post counters");
+    counters!(
+        AUTHOR_COUNTS,
+        "posts_author_counts",
+        "author_id",
+        "per-author post counts"
+    );
+
+    /// The tables of the first migration.
+    pub static TABLES: &[&Table] = &[
+        &POSTS,
+        &HISTORY,
+        &USER_POSTS,
+        &COMMENTS,
+        &REACTIONS,
+        &COUNTS,
+    ];
+
+    /// The tables of reposts, comment lookups and per-emoji reaction kinds (migration 8).
+    pub static INTERACTION_TABLES: &[&Table] = &[&REPOSTS, &COMMENT_POSTS, &REACTION_KINDS];
+
+    /// How many posts (and reposts) `author` has.
+    pub async fn author_count<S: Store>(store: &S, author: u64) -> Result<i64, Error> {
+        Ok(store
+            .counter_get(&AUTHOR_COUNTS, &key(author), &name_key("posts"))
+            .await?)
+    }
+}

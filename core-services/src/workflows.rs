@@ -1,0 +1,98 @@
+//! Workflows that span services: registration (account, then profile), account deletion
+//! (every service removes what it holds for the user), and the profile view (profile,
+//! counts, relationship). They live here, beside the domain, so that the wire layer stays
+//! a decoder and every new service joins a workflow in one line.
+
+use std::rc::Rc;
+
+use selfie_storage::Store;
+
+use crate::Result;
+use crate::auth::accounts::{Accounts, IssuedTokens};
+use crate::graph::lists::Lists;
+use crate::graph::{Graph, Relationship};
+use crate::plane::Principal;
+use crate::posts::Posts;
+use crate::users::{Profile, Users};
+
+/// The domain services of one shard.
+pub struct Services<S> {
+    /// Accounts, sessions and credentials.
+    pub accounts: Rc<Accounts<S>>,
+    /// Profiles and settings.
+    pub users: Rc<Users<S>>,
+    /// The follow graph.
+    pub graph: Rc<Graph<S>>,
+    /// User lists.
+    pub lists: Rc<Lists<S>>,
+    /// Posts.
+    pub posts: Rc<Posts<S>>,
+}
+
+/// A profile as a viewer sees it: the profile, its counts and how the viewer relates.
+#[derive(Debug, Clone)]
+pub struct ProfileView {
+    /// The profile.
+    pub profile: Profile,
+    /// Followers.
+    pub followers: i64,
+    /// Following.
+    pub following: i64,
+    /// Posts and reposts.
+    pub posts: i64,
+    /// How the viewer relates to the user.
+    pub relationship: Relationship,
+}
+
+impl<S: Store> Services<S> {
+    /// Creates an account, signs it in on `device`, and creates its profile. The profile
+    /// step is idempotent, so a client that saw a storage failure can log in and go on.
+    pub async fn register(
+        &self,
+        username: &str,
+        email: &str,
+        password: String,
+        device: &str,
+    ) -> Result<IssuedTokens> {
+        let tokens = self
+            .accounts
+            .register(username, email, password, device)
+            .await?;
+        self.users.create(tokens.user_id, username).await?;
+        Ok(tokens)
+    }
+
+    /// Deletes the caller's account (password, and the second factor when enrolled).
+    ///
+    /// The owner's other devices are signed out first (nothing acts for the account while
+    /// it goes); then each service removes what it holds — the profile is anonymised and
+    /// hidden (its posts with it), graph edges and lists go — and the credentials go
+    /// last. Every step is idempotent and a failure leaves the account and this session
+    /// in place, so the owner can simply retry.
+    pub async fn delete_account(
+        &self,
+        caller: &Principal,
+        password: String,
+        code: Option<&str>,
+    ) -> Result<()> {
+        let user = caller.user_id;
+        self.accounts.confirm_deletion(user, password, code).await?;
+        self.accounts.revoke_others(user, caller.session_id).await?;
+        self.users.mark_deleted(user).await?;
+        self.graph.remove_user(user).await?;
+        self.accounts.erase(user).await
+    }
+
+    /// `profile` as `viewer` sees it.
+    pub async fn profile_view(&self, viewer: u64, profile: Profile) -> Result<ProfileView> {
+        let target = profile.user_id;
+        let (followers, following) = self.graph.counts(target).await?;
+        Ok(ProfileView {
+            followers,
+            following,
+            posts: self.users.posts_count(target).await?,
+            relationship: self.graph.relationship(viewer, target).await?,
+            profile,
+        })
+    }
+}
