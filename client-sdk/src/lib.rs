@@ -10,8 +10,11 @@
 //! Depends on `selfie-protocol`, `selfie-codec` and quinn only; never on server crates.
 //!
 //! Subscriptions ([`Client::subscribe`]) arrive as server-initiated unidirectional
-//! streams and are read as a [`Subscription`] (a `futures::Stream` of frames); presence
-//! and typing travel as datagrams ([`Client::send_datagram`], [`Client::recv_datagram`]).
+//! streams and are read as a [`Subscription`] (a `futures::Stream` of frames, each live
+//! event carrying its topic sequence in its `id`); [`Subscription::end`] says why one
+//! ended — [`SubscriptionEnd::Resync`] when the server cut a subscriber that fell behind
+//! or whose topic lost events. Presence and typing travel as datagrams
+//! ([`Client::send_datagram`], [`Client::recv_datagram`]).
 //! [`ReconnectingClient`] reconnects with backoff and jitter, honours `GoAway`, and
 //! replays only idempotent requests.
 //!
@@ -306,8 +309,26 @@ type Subscriptions = Arc<std::sync::Mutex<HashMap<u64, PushSlot>>>;
 /// stream reader takes the sender, `subscribe` the receiver; the entry goes when both
 /// are gone.
 struct PushSlot {
-    tx: Option<mpsc::Sender<Frame>>,
-    rx: Option<mpsc::Receiver<Frame>>,
+    tx: Option<mpsc::Sender<Push>>,
+    rx: Option<mpsc::Receiver<Push>>,
+}
+
+/// What a push stream reader hands its subscription.
+enum Push {
+    Event(Frame),
+    End(SubscriptionEnd),
+}
+
+/// Why a subscription's events ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionEnd {
+    /// The server finished the push stream (after an unsubscribe, or the service ended it).
+    Finished,
+    /// The subscription fell behind, or its topic lost events on the way: nothing more
+    /// comes. Subscribe again (from your cursor, or for a fresh snapshot) to continue.
+    Resync,
+    /// The stream or the connection failed, with the server's code when it gave one.
+    Failed(Option<ErrorCode>),
 }
 
 /// Events per subscription buffered in the client before the server is slowed down
@@ -331,10 +352,13 @@ fn with_slot<R>(subs: &Subscriptions, id: u64, f: impl FnOnce(&mut PushSlot) -> 
 }
 
 /// One subscription's events, in order. Ends when the server ends the push stream or
-/// the connection closes.
+/// the connection closes; [`Subscription::end`] then says why. Events of a live topic
+/// carry the topic's sequence in their envelope `id` (1, 2, 3, …; frames with `id` 0 are
+/// the service's snapshot or replay), so a jump shows that something was missed.
 pub struct Subscription {
     id: u64,
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Push>,
+    end: Option<SubscriptionEnd>,
 }
 
 impl Subscription {
@@ -345,7 +369,30 @@ impl Subscription {
 
     /// The next event, or `None` at the end.
     pub async fn next(&mut self) -> Option<Frame> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// Why the events ended (`None` while they flow).
+    pub fn end(&self) -> Option<&SubscriptionEnd> {
+        self.end.as_ref()
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        if self.end.is_some() {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Push::Event(f))) => Poll::Ready(Some(f)),
+            Poll::Ready(Some(Push::End(end))) => {
+                self.end = Some(end);
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.end = Some(SubscriptionEnd::Failed(None));
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -353,7 +400,7 @@ impl futures::Stream for Subscription {
     type Item = Frame;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
-        self.rx.poll_recv(cx)
+        self.poll_event(cx)
     }
 }
 
@@ -374,12 +421,31 @@ async fn read_push_stream(mut recv: RecvStream, limits: Limits, subs: Subscripti
     let Some(Some(tx)) = with_slot(&subs, id, |slot| slot.tx.take()) else {
         return;
     };
-    // Dropping `tx` at the end ends the subscriber's stream after the buffered events.
-    while let Ok(Some(frame)) = read_frame(&mut recv, &mut dec).await {
-        if tx.send(frame).await.is_err() {
-            break;
+    // The end comes after the buffered events.
+    let end = loop {
+        if let Ok(Some(frame)) = dec.next_frame() {
+            if tx.send(Push::Event(frame)).await.is_err() {
+                return;
+            }
+            continue;
         }
-    }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => dec.push(chunk.bytes),
+            Ok(None) => break SubscriptionEnd::Finished,
+            Err(quinn::ReadError::Reset(code)) => {
+                let code = u16::try_from(code.into_inner()).ok().map(ErrorCode);
+                break match code {
+                    Some(ErrorCode::ResyncRequired) => SubscriptionEnd::Resync,
+                    other => SubscriptionEnd::Failed(other),
+                };
+            }
+            Err(quinn::ReadError::ConnectionLost(e)) => {
+                break SubscriptionEnd::Failed(ClientError::Connection(e).close_code());
+            }
+            Err(_) => break SubscriptionEnd::Failed(None),
+        }
+    };
+    let _ = tx.send(Push::End(end)).await;
 }
 
 impl Client {
@@ -688,7 +754,7 @@ impl Client {
             .map(|r| r.subscription_id())
             .ok_or_else(|| ClientError::Protocol("expected SubscribeResponse".into()))?;
         match with_slot(&self.subscriptions, id, |slot| slot.rx.take()) {
-            Some(Some(rx)) => Ok(Subscription { id, rx }),
+            Some(Some(rx)) => Ok(Subscription { id, rx, end: None }),
             _ => Err(ClientError::Protocol(format!(
                 "subscription {id} opened twice"
             ))),

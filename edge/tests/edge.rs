@@ -35,6 +35,9 @@ impl Authenticator for TokenAuth {
     }
 }
 
+/// Slow requests (username "slow-marked") that ran to completion.
+static MARKED_DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Answers `GetProfileRequest` with `display_name = "shard-<n>"` of the shard that ran it.
 struct Probe {
     shard: usize,
@@ -56,7 +59,12 @@ impl Service for Probe {
         else {
             return Box::pin(async { Err(selfie_services::Error::Unavailable("this operation")) });
         };
-        let (id, user_id, slow) = (env.id(), req.user_id(), req.username() == Some("slow"));
+        let (id, user_id) = (env.id(), req.user_id());
+        let (slow, marked) = match req.username() {
+            Some("slow") => (true, false),
+            Some("slow-marked") => (true, true),
+            _ => (false, false),
+        };
         let name = format!("shard-{}", self.shard);
         let bytes = self.encoder.borrow_mut().encode_bytes(|b| {
             let name = b.create_string(&name);
@@ -100,7 +108,12 @@ impl Service for Probe {
         });
         Box::pin(async move {
             if slow {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                // Marked requests outlast everything else a drain waits for.
+                let ms = if marked { 2_500 } else { 300 };
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if marked {
+                MARKED_DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             bytes.map_err(|_| selfie_services::Error::Corrupt("answer"))
         })
@@ -415,6 +428,37 @@ async fn a_client_that_rebinds_its_socket_keeps_its_session_and_in_flight_reques
     }
 }
 
+/// A request forwarded to another shard's mailbox is finished before the edge exits,
+/// even when the connection that sent it is already gone.
+#[tokio::test]
+async fn drain_waits_for_forwarded_work_whose_client_has_left() {
+    let t = start(2, |_| {});
+    let client = Client::connect(client_config(&t, Some(5)))
+        .await
+        .expect("connect");
+    let mine = client.welcome().shard as usize;
+    let remote = (1..)
+        .find(|&u| owner_shard(u, 2) != mine)
+        .expect("a remote key");
+    let before = MARKED_DONE.load(std::sync::atomic::Ordering::SeqCst);
+    let request = get_profile(&client, remote, Some("slow-marked"));
+    // The request is on its way; the client leaves without waiting for the answer.
+    let _ = tokio::time::timeout(Duration::from_millis(100), request).await;
+    client.close();
+    let TestEdge { edge, _dir } = t;
+    tokio::task::spawn_blocking(move || {
+        edge.drain();
+        edge.join();
+    })
+    .await
+    .expect("edge stops");
+    assert_eq!(
+        MARKED_DONE.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1,
+        "the forwarded job ran to its end before the edge stopped"
+    );
+}
+
 #[tokio::test]
 async fn drain_sends_goaway_finishes_in_flight_requests_and_ends_cleanly() {
     let t = start(2, |_| {});
@@ -423,7 +467,22 @@ async fn drain_sends_goaway_finishes_in_flight_requests_and_ends_cleanly() {
         .expect("connect");
     assert_eq!(http_get(t.edge.ops_addr, "/readyz").await.0, 200);
     assert_eq!(http_get(t.edge.ops_addr, "/livez").await.0, 200);
-    let in_flight = get_profile(&client, 21, Some("slow"));
+    // Slow requests in flight during the drain: one run on the client's own shard, one
+    // forwarded to the other shard's mailbox.
+    let mine = client.welcome().shard as usize;
+    let local = (1..)
+        .find(|&u| owner_shard(u, 2) == mine)
+        .expect("a local key");
+    let remote = (1..)
+        .find(|&u| owner_shard(u, 2) != mine)
+        .expect("a remote key");
+    let in_flight = async {
+        let (a, b) = tokio::join!(
+            get_profile(&client, local, Some("slow")),
+            get_profile(&client, remote, Some("slow"))
+        );
+        a.and(b)
+    };
     let drain = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         t.edge.drain();
@@ -436,7 +495,13 @@ async fn drain_sends_goaway_finishes_in_flight_requests_and_ends_cleanly() {
         assert_eq!(http_get(t.edge.ops_addr, "/readyz").await.0, 503);
     };
     let (answer, ()) = tokio::join!(in_flight, drain);
-    answer.expect("the in-flight request finishes during drain");
+    answer.expect("the in-flight requests, forwarded one included, finish during drain");
+    let (_, metrics) = http_get(t.edge.ops_addr, "/metrics").await;
+    assert!(
+        metrics.contains("selfie_shard_calls_total{shard=\"0\",kind=\"forward\"} 1")
+            || metrics.contains("selfie_shard_calls_total{shard=\"1\",kind=\"forward\"} 1"),
+        "the remote request went through a mailbox: {metrics}"
+    );
     // New connections are refused while draining.
     assert!(Client::connect(client_config(&t, Some(6))).await.is_err());
     let TestEdge { edge, _dir } = t;

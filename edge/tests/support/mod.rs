@@ -19,9 +19,10 @@ use selfie_services::auth::tokens::AccessTokens;
 use selfie_storage::SystemClock;
 use selfie_storage::embedded::EmbeddedStore;
 
-/// A running edge and the directory of its store.
+/// A running edge, its service plane and the directory of its store.
 pub struct Node {
     pub edge: Edge,
+    pub plane: Arc<Plane>,
     _dir: Arc<tempfile::TempDir>,
 }
 
@@ -135,9 +136,10 @@ pub fn start_in_fleet(
     };
     let factory: selfie_edge::ServiceFactory =
         Arc::new(move |shard| selfie_services::registry(shard, &deps).expect("services"));
-    let edge = Edge::start(config, plane, factory, auth).expect("edge");
+    let edge = Edge::start(config, plane.clone(), factory, auth).expect("edge");
     Node {
         edge,
+        plane,
         _dir: parts.dir.clone(),
     }
 }
@@ -193,11 +195,12 @@ pub fn posts(op: PostsOpT) -> BodyT {
     BodyT::Posts(Box::new(t))
 }
 
-/// A signed-in user: id, password and a session.
+/// A signed-in user: id, password, access token and a session.
 pub struct User {
     pub id: u64,
     pub name: String,
     pub password: String,
+    pub token: String,
     pub client: Client,
 }
 
@@ -218,13 +221,30 @@ pub async fn sign_up(node: &Node, anon: &Client, name: &str) -> User {
         panic!("not a register response")
     };
     let t = r.tokens.expect("tokens");
-    let client = Client::connect(config(node, t.access_token))
+    let token = t.access_token.expect("access token");
+    let client = Client::connect(config(node, Some(token.clone())))
         .await
         .expect("welcome");
     User {
         id: t.user_id,
         name: name.to_string(),
         password,
+        token,
         client,
+    }
+}
+
+/// Publishes a public text post as `c`'s user; returns its id.
+pub async fn create_post(c: &Client, text: &str) -> u64 {
+    use selfie_protocol::posts::{CreatePostRequestT, PostsOpT};
+    let mut r = CreatePostRequestT::default();
+    r.text = Some(text.to_string());
+    r.audience = selfie_protocol::common::Audience::Public;
+    match call(c, posts(PostsOpT::CreatePostRequest(Box::new(r)))).await {
+        Ok(BodyT::Posts(p)) => match p.op {
+            PostsOpT::PostResponse(r) => r.post.expect("post").post_id,
+            other => panic!("not a post: {other:?}"),
+        },
+        other => panic!("not a posts answer: {other:?}"),
     }
 }

@@ -1,0 +1,395 @@
+//! The live delivery plane through real edges and real SDK clients: one publish reaches a
+//! thousand subscribers spread over two shards, in order and exactly once; a subscriber
+//! that stops reading is cut off with `ResyncRequired` while the others keep receiving;
+//! unsubscribing and disconnecting leave nothing behind.
+
+mod support;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{LocalBoxFuture, join_all};
+use selfie_client::{Client, Subscription, SubscriptionEnd};
+use selfie_codec::Frame;
+use selfie_edge::{Authenticator, Call, Config, Edge, Plane, Principal, Registry, Service};
+use selfie_protocol::control::SubscriptionKind;
+use selfie_protocol::posts::{PostsOpT, ReactRequestT, UnreactRequestT};
+use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, common};
+use selfie_services::plane::{Delivery, ReasonLabel, Subscription as Joined, Topic};
+use support::{call, config, posts, sign_up};
+
+/// The counters event a post's subscriber received: (sequence, reactions delta, the
+/// snapshot's reactions count when it is one).
+fn counts_event(f: &Frame) -> (u64, i32, Option<u64>) {
+    let env = f.envelope();
+    let e = env
+        .body_as_posts()
+        .and_then(|p| p.op_as_post_counts_event())
+        .expect("a PostCountsEvent");
+    (
+        env.id(),
+        e.reactions_delta(),
+        e.counts().map(|c| c.reactions()),
+    )
+}
+
+async fn next(s: &mut Subscription) -> Frame {
+    tokio::time::timeout(Duration::from_secs(20), s.next())
+        .await
+        .expect("in time")
+        .expect("an event")
+}
+
+/// Waits until `f` holds (the metrics settle after connections close).
+async fn settles(what: &str, f: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what} never settled");
+}
+
+async fn react(c: &Client, post_id: u64, emoji: &str) {
+    let mut r = ReactRequestT::default();
+    r.target_kind = common::ObjectKind::Post;
+    r.target_id = post_id;
+    r.emoji = Some(emoji.into());
+    call(c, posts(PostsOpT::ReactRequest(Box::new(r))))
+        .await
+        .expect("reacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscribers_over_two_shards_get_each_change_once_and_in_order() {
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let author = sign_up(&node, &anon, "author").await;
+    let fans: Vec<_> = join_all(["fan_a", "fan_b"].map(|n| sign_up(&node, &anon, n))).await;
+    let post_id = support::create_post(&author.client, "live counters").await;
+
+    // A thousand connections of one reader, each subscribed to the post.
+    let reader = sign_up(&node, &anon, "reader").await;
+    let endpoint = selfie_client::endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let subscribers = join_all((0..1000).map(|_| {
+        let (endpoint, config) = (endpoint.clone(), config(&node, Some(reader.token.clone())));
+        async move {
+            let c = Client::connect_on(&endpoint, config)
+                .await
+                .expect("connect");
+            let s = c
+                .subscribe(SubscriptionKind::Post, post_id, None)
+                .await
+                .expect("subscribed");
+            (c, s)
+        }
+    }))
+    .await;
+    let shards: std::collections::HashSet<u16> =
+        subscribers.iter().map(|(c, _)| c.welcome().shard).collect();
+    assert_eq!(shards.len(), 2, "subscribers on both shards");
+    let m = &node.plane.metrics.delivery;
+    assert_eq!(m.subscribers.get(), 1000);
+
+    // Three changes, published on whichever shard owns the post's interactions.
+    react(&fans[0].client, post_id, "🔥").await;
+    react(&fans[1].client, post_id, "🎉").await;
+    react(&author.client, post_id, "👍").await;
+    // A fourth: the frame after the third must be this one, so nothing came twice.
+    let mut u = UnreactRequestT::default();
+    u.target_kind = common::ObjectKind::Post;
+    u.target_id = post_id;
+    call(&author.client, posts(PostsOpT::UnreactRequest(Box::new(u))))
+        .await
+        .expect("unreacted");
+    let seen = join_all(subscribers.into_iter().map(|(c, mut s)| async move {
+        let snapshot = counts_event(&next(&mut s).await);
+        let mut events = Vec::new();
+        for _ in 0..4 {
+            events.push(counts_event(&next(&mut s).await));
+        }
+        (c, s, snapshot, events)
+    }))
+    .await;
+    for (_, _, snapshot, events) in &seen {
+        assert_eq!(snapshot.0, 0, "the snapshot is not part of the sequence");
+        assert_eq!(snapshot.2, Some(0), "no reaction when it was taken");
+        assert_eq!(
+            events,
+            &vec![(1, 1, None), (2, 1, None), (3, 1, None), (4, -1, None)],
+            "every change, in order, exactly once"
+        );
+    }
+    assert_eq!(m.delivered.get(), 4000);
+    // Disconnecting frees everything, down to the owner's record of the topic.
+    drop(seen);
+    settles("subscribers", || {
+        m.subscribers.get() == 0 && m.topics.get() == 0 && m.owned_topics.get() == 0
+    })
+    .await;
+}
+
+/// Tokens `user-N` sign in as user N.
+struct TokenAuth;
+
+impl Authenticator for TokenAuth {
+    fn authenticate(&self, token: &str) -> Result<Principal, ErrorCode> {
+        let id = token
+            .strip_prefix("user-")
+            .and_then(|n| n.parse().ok())
+            .ok_or(ErrorCode::TokenInvalid)?;
+        Ok(Principal {
+            user_id: id,
+            session_id: id,
+            roles: vec![],
+        })
+    }
+}
+
+/// A `Notifications` subscription to target T joins topic T (and nothing else): the
+/// tests publish on it themselves, through the plane, as a service would.
+struct Listener(Rc<Delivery>);
+
+impl Service for Listener {
+    fn owner_key(&self, _caller: Option<u64>, _env: &Envelope<'_>) -> Option<u64> {
+        None
+    }
+
+    fn handle(&self, _call: Call) -> LocalBoxFuture<'static, selfie_services::Result<Bytes>> {
+        Box::pin(async { Err(selfie_services::Error::Unavailable("push only")) })
+    }
+
+    fn subscribe(
+        &self,
+        kind: SubscriptionKind,
+        call: Call,
+    ) -> LocalBoxFuture<'static, selfie_services::Result<Joined>> {
+        let d = self.0.clone();
+        Box::pin(async move {
+            let target = call
+                .op(|e| e.body_as_control()?.op_as_subscribe_request())?
+                .target_id();
+            Ok(Joined {
+                initial: Vec::new(),
+                events: d.subscribe(Topic::new(kind, target)).await?,
+            })
+        })
+    }
+}
+
+struct Listening {
+    edge: Edge,
+    plane: Arc<Plane>,
+    _dir: tempfile::TempDir,
+}
+
+fn listening(subscriber_queue: usize) -> Listening {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.server.shards = 2;
+    config.server.pin_cores = false;
+    config.server.data_dir = dir.path().to_path_buf();
+    config.server.drain_deadline_ms = 1_000;
+    config.ops.listen = "127.0.0.1:0".parse().expect("addr");
+    config.delivery.subscriber_queue = subscriber_queue;
+    let plane = Plane::new(2, config.delivery.plane());
+    let shards = plane.clone();
+    let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
+        let mut r = Registry::new(shard, &shards);
+        let listener = Listener(r.delivery().clone());
+        r.register(selfie_protocol::Service::Notifications, Rc::new(listener));
+        r
+    });
+    let edge = Edge::start(config, plane.clone(), factory, Arc::new(TokenAuth)).expect("edge");
+    Listening {
+        edge,
+        plane,
+        _dir: dir,
+    }
+}
+
+fn client_config(t: &Listening, user: u64) -> selfie_client::ClientConfig {
+    let mut c = selfie_client::ClientConfig::new(
+        t.edge.addr,
+        selfie_client::Trust::pinned_hex(&t.edge.fingerprint).expect("pin"),
+    );
+    c.access_token = Some(format!("user-{user}"));
+    c
+}
+
+/// Publishes event `n` (with `pad` bytes of payload) on `topic` from shard 0.
+async fn publish(plane: &Plane, topic: Topic, n: u64, pad: usize) {
+    plane
+        .shards()
+        .invoke_on(0, move |d: Rc<Delivery>| async move {
+            let frame = d
+                .encode_event(|b, id| {
+                    use selfie_protocol::notifications as nt;
+                    let text = b.create_string(&"x".repeat(pad));
+                    let notification = nt::Notification::create(
+                        b,
+                        &nt::NotificationArgs {
+                            notification_id: n,
+                            text: Some(text),
+                            ..Default::default()
+                        },
+                    );
+                    let ev = nt::NotificationEvent::create(
+                        b,
+                        &nt::NotificationEventArgs {
+                            notification: Some(notification),
+                            ..Default::default()
+                        },
+                    );
+                    let body = nt::Notifications::create(
+                        b,
+                        &nt::NotificationsArgs {
+                            op_type: nt::NotificationsOp::NotificationEvent,
+                            op: Some(ev.as_union_value()),
+                        },
+                    );
+                    Envelope::create(
+                        b,
+                        &EnvelopeArgs {
+                            id,
+                            body_type: Body::Notifications,
+                            body: Some(body.as_union_value()),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .expect("encoded");
+            d.publish(topic, frame).await
+        })
+        .await
+        .expect("the shard answered")
+        .expect("published");
+}
+
+fn notification_id(f: &Frame) -> u64 {
+    f.envelope()
+        .body_as_notifications()
+        .and_then(|n| n.op_as_notification_event())
+        .and_then(|e| e.notification())
+        .map(|n| n.notification_id())
+        .expect("a notification event")
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_cut_off_and_the_others_keep_receiving() {
+    let t = listening(8);
+    let topic = Topic::new(SubscriptionKind::Notifications, 77);
+    let slow = Client::connect(client_config(&t, 1))
+        .await
+        .expect("connect");
+    let mut stalled = slow
+        .subscribe(SubscriptionKind::Notifications, 77, None)
+        .await
+        .expect("subscribed");
+    let fast = Client::connect(client_config(&t, 2))
+        .await
+        .expect("connect");
+    let mut reading = fast
+        .subscribe(SubscriptionKind::Notifications, 77, None)
+        .await
+        .expect("subscribed");
+    // 32 KiB events: the stalled client's buffers (its SDK queue, QUIC's stream window)
+    // fill after a few hundred; then the server's queue of 8 overflows.
+    let m = &t.plane.metrics.delivery;
+    let cut = || {
+        m.dropped
+            .get_or_create(&ReasonLabel {
+                reason: "slow_subscriber",
+            })
+            .get()
+    };
+    let mut n = 0;
+    while cut() == 0 {
+        n += 1;
+        assert!(n <= 2000, "the stalled subscriber was never cut off");
+        publish(&t.plane, topic, n, 32 * 1024).await;
+        let f = next(&mut reading).await;
+        assert_eq!((f.id(), notification_id(&f)), (n, n), "the reader keeps up");
+    }
+    for _ in 0..20 {
+        n += 1;
+        publish(&t.plane, topic, n, 32 * 1024).await;
+        let f = next(&mut reading).await;
+        assert_eq!(f.id(), n, "the reader keeps receiving after the cut");
+    }
+    assert_eq!(m.subscribers.get(), 1, "only the reader is left");
+    // The stalled client finds what it had buffered, in order, then the signal.
+    let mut last = 0;
+    while let Some(f) = tokio::time::timeout(Duration::from_secs(20), stalled.next())
+        .await
+        .expect("in time")
+    {
+        assert_eq!(f.id(), last + 1, "in order, no hole");
+        last = f.id();
+    }
+    assert_eq!(stalled.end(), Some(&SubscriptionEnd::Resync));
+    assert!(last > 0 && last < n, "{last} of {n}");
+}
+
+#[tokio::test]
+async fn unsubscribing_and_disconnecting_free_everything() {
+    let t = listening(64);
+    let m = &t.plane.metrics.delivery;
+    let c = Client::connect(client_config(&t, 3))
+        .await
+        .expect("connect");
+    let other = Client::connect(client_config(&t, 4))
+        .await
+        .expect("connect");
+    let mut subs = Vec::new();
+    for target in [1, 2, 3] {
+        subs.push(
+            c.subscribe(SubscriptionKind::Notifications, target, None)
+                .await
+                .expect("subscribed"),
+        );
+    }
+    let mut on_other = other
+        .subscribe(SubscriptionKind::Notifications, 1, None)
+        .await
+        .expect("subscribed");
+    assert_eq!(
+        (m.subscribers.get(), m.topics.get()),
+        (
+            4,
+            if c.welcome().shard == other.welcome().shard {
+                3
+            } else {
+                4
+            }
+        )
+    );
+    // Unsubscribing one leaves the others.
+    let first = subs.remove(0);
+    c.unsubscribe(first.id()).await.expect("unsubscribed");
+    settles("unsubscribe", || m.subscribers.get() == 3).await;
+    publish(
+        &t.plane,
+        Topic::new(SubscriptionKind::Notifications, 1),
+        1,
+        0,
+    )
+    .await;
+    assert_eq!(
+        next(&mut on_other).await.id(),
+        1,
+        "the other subscriber still receives"
+    );
+    // Closing the connections frees the rest, the owners' records too.
+    c.close();
+    other.close();
+    drop((subs, on_other));
+    settles("disconnect", || {
+        m.subscribers.get() == 0 && m.topics.get() == 0 && m.owned_topics.get() == 0
+    })
+    .await;
+}

@@ -1,0 +1,229 @@
+//! Two `selfie serve` processes make a fleet: one real CQL server (`SELFIE_CQL_NODES`,
+//! started by `scripts/test`), one real `redis-server`, one signing key. A change made
+//! on node A reaches a subscriber connected to node B through the delivery plane's one
+//! Redis subscription per node, numbered in the same fleet-wide sequence that A's own
+//! subscribers see; each process drains and exits 0 on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use selfie_client::{Client, ClientConfig, Subscription, Trust};
+use selfie_codec::Frame;
+use selfie_protocol::auth::{self as pa, AuthOpT};
+use selfie_protocol::control::SubscriptionKind;
+use selfie_protocol::posts::{PostsOpT, ReactRequestT};
+use selfie_protocol::{BodyT, common};
+use selfie_storage::redis::testing::RedisServer;
+use support::{auth, call, posts};
+
+/// A `selfie serve` child process.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    fingerprint: String,
+}
+
+impl Serve {
+    fn start(dir: &Path, node: u16, cql: &str, redis: &str, key: &Path) -> Serve {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfie"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SELFIE_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                "2",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env("SELFIE_OPS_LISTEN", "127.0.0.1:0")
+            .env("SELFIE_SERVER_PIN_CORES", "false")
+            .env("SELFIE_SERVER_NODE_NUMBER", node.to_string())
+            .env("SELFIE_SERVER_NODE_ID", format!("edge-{node}"))
+            .env("SELFIE_STORAGE_BACKEND", "cql")
+            .env("SELFIE_STORAGE_CQL_URL", cql)
+            .env("SELFIE_STORAGE_REDIS_URL", redis)
+            .env("SELFIE_AUTH_KEY_FILE", key)
+            .env("SELFIE_LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start selfie serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (mut addr, mut fingerprint) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.expect("stdout line");
+            if let Some(rest) = line.split("udp://").nth(1) {
+                addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+            if let Some(f) = line.strip_prefix("certificate sha-256: ") {
+                fingerprint = Some(f.trim().to_string());
+            }
+            if addr.is_some() && fingerprint.is_some() {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Serve {
+            child,
+            addr: addr.expect("the node printed its address"),
+            fingerprint: fingerprint.expect("the node printed its certificate"),
+        }
+    }
+
+    fn client(&self, token: Option<String>) -> ClientConfig {
+        let mut c = ClientConfig::new(
+            self.addr,
+            Trust::pinned_hex(&self.fingerprint).expect("pin"),
+        );
+        c.access_token = token;
+        c
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "SIGTERM sent");
+        self.child.wait().expect("exit status")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn register(anon: &Client, name: &str) -> String {
+    let mut r = pa::RegisterRequestT::default();
+    r.username = Some(name.into());
+    r.email = Some(format!("{name}@example.com"));
+    r.password = Some(format!("{name} correct horse battery"));
+    let BodyT::Auth(a) = call(anon, auth(AuthOpT::RegisterRequest(Box::new(r))))
+        .await
+        .expect("registered")
+    else {
+        panic!("not an auth answer")
+    };
+    let AuthOpT::RegisterResponse(r) = a.op else {
+        panic!("not a register response")
+    };
+    r.tokens.and_then(|t| t.access_token).expect("access token")
+}
+
+async fn next(s: &mut Subscription) -> Frame {
+    tokio::time::timeout(Duration::from_secs(30), s.next())
+        .await
+        .expect("in time")
+        .expect("an event")
+}
+
+/// (sequence, reactions delta) of a `PostCountsEvent`.
+fn change(f: &Frame) -> (u64, i32) {
+    let env = f.envelope();
+    let e = env
+        .body_as_posts()
+        .and_then(|p| p.op_as_post_counts_event())
+        .expect("a PostCountsEvent");
+    (env.id(), e.reactions_delta())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_node_reaches_subscribers_on_another_in_one_fleet_sequence() {
+    let nodes = std::env::var("SELFIE_CQL_NODES").expect(
+        "SELFIE_CQL_NODES is not set: run the tests with scripts/test (it starts a CQL server)",
+    );
+    let redis = RedisServer::start().expect("redis-server must be installed");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One signing key for the fleet.
+    let tokens =
+        selfie_services::auth::tokens::AccessTokens::generate("selfie", Duration::from_secs(900))
+            .expect("key");
+    let key = dir.path().join("token-key.hex");
+    let hex: String = tokens
+        .secret_key_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(&key, hex).expect("key file");
+    let cql = format!("cql://{nodes}/fleet_{:08x}", rand::random::<u32>());
+    // A migrates the keyspace first; then B joins.
+    let a = Serve::start(&dir.path().join("a"), 1, &cql, &redis.url, &key);
+    let b = Serve::start(&dir.path().join("b"), 2, &cql, &redis.url, &key);
+
+    let anon = Client::connect(a.client(None)).await.expect("session on A");
+    let author_token = register(&anon, "author").await;
+    let author = Client::connect(a.client(Some(author_token.clone())))
+        .await
+        .expect("author on A");
+    let post_id = support::create_post(&author, "seen everywhere").await;
+    let fans = [
+        register(&anon, "fan_a").await,
+        register(&anon, "fan_b").await,
+    ];
+
+    // One subscriber on each node.
+    let on_a = Client::connect(a.client(Some(author_token.clone())))
+        .await
+        .expect("A");
+    let on_b = Client::connect(b.client(Some(author_token)))
+        .await
+        .expect("the key verifies on B");
+    let mut sub_a = on_a
+        .subscribe(SubscriptionKind::Post, post_id, None)
+        .await
+        .expect("subscribed on A");
+    let mut sub_b = on_b
+        .subscribe(SubscriptionKind::Post, post_id, None)
+        .await
+        .expect("subscribed on B, reading the post from the shared store");
+    assert_eq!(next(&mut sub_a).await.id(), 0, "snapshot");
+    assert_eq!(next(&mut sub_b).await.id(), 0, "snapshot");
+
+    // Reactions made on A and on B.
+    for (i, token) in fans.iter().enumerate() {
+        let node = if i == 0 { &a } else { &b };
+        let fan = Client::connect(node.client(Some(token.clone())))
+            .await
+            .expect("fan");
+        let mut r = ReactRequestT::default();
+        r.target_kind = common::ObjectKind::Post;
+        r.target_id = post_id;
+        r.emoji = Some("🔥".into());
+        call(&fan, posts(PostsOpT::ReactRequest(Box::new(r))))
+            .await
+            .expect("reacted");
+    }
+    let seen_a = [
+        change(&next(&mut sub_a).await),
+        change(&next(&mut sub_a).await),
+    ];
+    let seen_b = [
+        change(&next(&mut sub_b).await),
+        change(&next(&mut sub_b).await),
+    ];
+    assert_eq!(
+        seen_a,
+        [(1, 1), (2, 1)],
+        "one fleet-wide sequence, in order"
+    );
+    assert_eq!(
+        seen_a, seen_b,
+        "both nodes deliver the same events, numbered alike"
+    );
+
+    drop((sub_a, sub_b, on_a, on_b, author, anon));
+    assert!(a.stop().success(), "A drains and exits 0");
+    assert!(b.stop().success(), "B drains and exits 0");
+}
