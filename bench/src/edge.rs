@@ -585,7 +585,9 @@ pub struct EchoArgs {
 }
 
 /// The raw quinn baseline server: one thread, the edge's TLS and transport settings,
-/// echoing each bidirectional stream.
+/// echoing each bidirectional stream — except the `fanout` scenario's two requests:
+/// `SUBSCRIBE` opens a push stream (uni) to the connection, `PUBLISH:<bytes>` writes the
+/// bytes once on every push stream.
 pub fn echo_server(args: EchoArgs) -> anyhow::Result<()> {
     let identity = selfie_edge::tls::load_identity(&Default::default(), Path::new(&args.data_dir))?;
     let mut server_config = selfie_edge::tls::quic_server_config(&identity)?;
@@ -608,15 +610,38 @@ pub fn echo_server(args: EchoArgs) -> anyhow::Result<()> {
         let endpoint = quinn::Endpoint::server(server_config, args.listen)?;
         println!("echo listening on udp://{}", endpoint.local_addr()?);
         println!("certificate sha-256: {}", identity.fingerprint());
+        let pushes: Rc<std::cell::RefCell<Vec<quinn::SendStream>>> = Rc::default();
         while let Some(incoming) = endpoint.accept().await {
+            let pushes = pushes.clone();
             tokio::task::spawn_local(async move {
                 let Ok(conn) = incoming.await else { return };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let (conn, pushes) = (conn.clone(), pushes.clone());
                     tokio::task::spawn_local(async move {
-                        if let Ok(data) = recv.read_to_end(64 * 1024).await {
+                        let Ok(data) = recv.read_to_end(64 * 1024).await else {
+                            return;
+                        };
+                        if data == crate::fanout::SUBSCRIBE {
+                            // A stream is announced with its first byte (as the edge's
+                            // push streams start with their header).
+                            if let Ok(mut push) = conn.open_uni().await
+                                && push.write_all(b"+").await.is_ok()
+                            {
+                                pushes.borrow_mut().push(push);
+                            }
+                        } else if let Some(event) = data.strip_prefix(crate::fanout::PUBLISH) {
+                            let event = Bytes::copy_from_slice(event);
+                            // One write per push stream; the streams are taken out while
+                            // written, so no borrow is held across an await.
+                            let mut streams = std::mem::take(&mut *pushes.borrow_mut());
+                            for s in &mut streams {
+                                let _ = s.write_chunk(event.clone()).await;
+                            }
+                            pushes.borrow_mut().extend(streams);
+                        } else {
                             let _ = send.write_all(&data).await;
-                            let _ = send.finish();
                         }
+                        let _ = send.finish();
                     });
                 }
             });

@@ -5,11 +5,14 @@
 //! - `storage`: timeline appends and 20-row page reads through `selfie-storage`
 //!   (embedded or CQL) and, for the embedded backend, the same operations on raw fjall;
 //! - `rpc`, `connect`, `idle`: the edge (a `selfie serve` child process) against a raw
-//!   quinn echo server with the same TLS and transport settings.
+//!   quinn echo server with the same TLS and transport settings;
+//! - `fanout`: one publish to N subscribers through the delivery plane vs the same
+//!   fan-out written by raw quinn.
 //!
 //! Results and command lines are recorded in `bench/RESULTS.md`.
 
 mod edge;
+mod fanout;
 mod report;
 mod social;
 mod storage;
@@ -35,6 +38,8 @@ enum Scenario {
     Idle(edge::IdleArgs),
     /// Accounts, follow graph, posts and reads through a real edge.
     Social(social::Args),
+    /// One publish to N subscribers, edge delivery plane vs raw quinn.
+    Fanout(fanout::Args),
     /// The raw quinn echo baseline server (started by the other scenarios).
     #[command(hide = true)]
     EchoServer(edge::EchoArgs),
@@ -47,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Connect(args) => edge::connect(args),
         Scenario::Idle(args) => edge::idle(args),
         Scenario::Social(args) => social::run(args),
+        Scenario::Fanout(args) => fanout::run(args),
         Scenario::EchoServer(args) => edge::echo_server(args),
     }
 }

@@ -72,9 +72,25 @@ fn load(cli: &Cli, extra: Vec<String>) -> anyhow::Result<Config> {
     )?)
 }
 
+/// Dependencies whose INFO lines are their own business (fjall's lsm-tree logs every
+/// table ingestion); they speak at WARN unless the filter names them.
+const QUIET: [&str; 3] = ["lsm_tree", "fjall", "scylla"];
+
+/// The log filter: `RUST_LOG` when set, else `log.level`; a plain level (no `target=`
+/// directive) keeps the chatty dependencies at WARN.
+fn log_filter(level: &str) -> String {
+    if level.contains('=') {
+        return level.to_string();
+    }
+    std::iter::once(level.to_string())
+        .chain(QUIET.iter().map(|t| format!("{t}=warn")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn init_logs(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(&config.log.level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));

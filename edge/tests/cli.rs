@@ -129,3 +129,51 @@ fn the_deployment_example_configuration_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `selfie serve` with no configuration at all: it starts, its first-start log is the
+/// edge's own (no dependency chatter: fjall's lsm-tree logged every table ingestion at
+/// INFO), and SIGTERM drains it to exit 0.
+#[test]
+fn serve_starts_on_defaults_with_a_readable_log_and_drains_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = selfie()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("SELFIE_OPS_LISTEN", "127.0.0.1:0")
+        .env("SELFIE_SERVER_PIN_CORES", "false")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start selfie serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut log = String::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).expect("read") > 0 {
+        log.push_str(&line);
+        if line.starts_with("certificate sha-256:") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(log.contains("udp://127.0.0.1:"), "{log}");
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(sent.is_ok_and(|s| s.success()));
+    out.read_to_string(&mut log).expect("rest of the log");
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("drained; bye"), "{log}");
+    for noisy in ["lsm_tree", "fjall"] {
+        assert!(!log.contains(noisy), "{noisy} chatter in the log:\n{log}");
+    }
+    let lines = log.lines().count();
+    assert!(lines < 20, "{lines} lines on a first start:\n{log}");
+}

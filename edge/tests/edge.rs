@@ -3,8 +3,9 @@
 //! The services here are test services registered through the service plane's seam:
 //! `Users.GetProfileRequest` answers with the shard that ran it, keyed by `user_id` so that
 //! owner routing is visible, and waits 300 ms when asked for username "slow" (to hold
-//! requests in flight); a `Notifications` subscription to target N publishes events
-//! 1..=N on the subscriber's topic through the delivery plane.
+//! requests in flight); `Notifications` subscriptions join a topic (`support::Listener`).
+
+mod support;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,27 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::{LocalBoxFuture, join_all};
 use selfie_client::{Client, ClientConfig, ClientError, Trust};
-use selfie_codec::{Encoder, Frame, Limits};
-use selfie_edge::{Authenticator, Call, Config, Edge, Plane, Principal, Registry, Service};
-use selfie_protocol::control::SubscriptionKind;
+use selfie_codec::{Encoder, Limits};
+use selfie_edge::{Call, Config, Edge, Plane, Registry, Service};
 use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, Version, common, users};
-use selfie_services::plane::{Delivery, Subscription, Topic, owner_shard};
-
-struct TokenAuth;
-
-impl Authenticator for TokenAuth {
-    fn authenticate(&self, token: &str) -> Result<Principal, ErrorCode> {
-        let id = token
-            .strip_prefix("user-")
-            .and_then(|n| n.parse().ok())
-            .ok_or(ErrorCode::TokenInvalid)?;
-        Ok(Principal {
-            user_id: id,
-            session_id: id,
-            roles: vec![],
-        })
-    }
-}
+use selfie_services::plane::owner_shard;
 
 /// Slow requests (username "slow-marked") that ran to completion.
 static MARKED_DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -120,92 +104,6 @@ impl Service for Probe {
     }
 }
 
-/// A `Notifications` subscription to target N joins the caller's notifications topic and
-/// publishes N events (`notification_id` 1..=N) on it through the delivery plane, one
-/// every 5 ms (target 0: one every 5 ms until unsubscribed).
-struct Notifier(Rc<Delivery>);
-
-fn notification_frame(d: &Delivery, n: u64) -> Bytes {
-    d.encode_event(|b, id| {
-        use selfie_protocol::notifications as nt;
-        let notification = nt::Notification::create(
-            b,
-            &nt::NotificationArgs {
-                notification_id: n,
-                ..Default::default()
-            },
-        );
-        let ev = nt::NotificationEvent::create(
-            b,
-            &nt::NotificationEventArgs {
-                notification: Some(notification),
-                unread_notifications: n as u32,
-                ..Default::default()
-            },
-        );
-        let body = nt::Notifications::create(
-            b,
-            &nt::NotificationsArgs {
-                op_type: nt::NotificationsOp::NotificationEvent,
-                op: Some(ev.as_union_value()),
-            },
-        );
-        Envelope::create(
-            b,
-            &EnvelopeArgs {
-                id,
-                body_type: Body::Notifications,
-                body: Some(body.as_union_value()),
-                ..Default::default()
-            },
-        )
-    })
-    .expect("small frame")
-}
-
-impl Service for Notifier {
-    fn owner_key(&self, _caller: Option<u64>, _env: &Envelope<'_>) -> Option<u64> {
-        None
-    }
-
-    fn handle(&self, _call: Call) -> LocalBoxFuture<'static, selfie_services::Result<Bytes>> {
-        Box::pin(async { Err(selfie_services::Error::Unavailable("push only")) })
-    }
-
-    fn subscribe(
-        &self,
-        kind: SubscriptionKind,
-        call: Call,
-    ) -> LocalBoxFuture<'static, selfie_services::Result<Subscription>> {
-        let d = self.0.clone();
-        Box::pin(async move {
-            let last = call
-                .op(|e| e.body_as_control()?.op_as_subscribe_request())?
-                .target_id();
-            // One topic per subscription here, so that tests can count exactly.
-            let topic = Topic::new(kind, rand::random::<u64>() >> 1);
-            let events = d.subscribe(topic).await?;
-            tokio::task::spawn_local(async move {
-                let mut n = 1;
-                while last == 0 || n <= last {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    if d.publish(topic, notification_frame(&d, n)).await.is_err() {
-                        return;
-                    }
-                    if d.subscriber_count() == 0 {
-                        return;
-                    }
-                    n += 1;
-                }
-            });
-            Ok(Subscription {
-                initial: Vec::new(),
-                events,
-            })
-        })
-    }
-}
-
 struct TestEdge {
     edge: Edge,
     _dir: tempfile::TempDir,
@@ -249,11 +147,12 @@ fn start_with_cert_of(
                 encoder: std::cell::RefCell::new(Encoder::new(Limits::DEFAULT)),
             }),
         );
-        let notifier = Notifier(r.delivery().clone());
-        r.register(selfie_protocol::Service::Notifications, Rc::new(notifier));
+        let listener = support::Listener(r.delivery().clone());
+        r.register(selfie_protocol::Service::Notifications, Rc::new(listener));
         r
     });
-    let edge = Edge::start(config, plane, factory, Arc::new(TokenAuth)).expect("edge starts");
+    let edge =
+        Edge::start(config, plane, factory, Arc::new(support::TokenAuth)).expect("edge starts");
     TestEdge { edge, _dir: dir }
 }
 
@@ -591,75 +490,6 @@ async fn hostile_clients_get_typed_errors_and_others_are_unaffected() {
     let (_, metrics) = http_get(t.edge.ops_addr, "/metrics").await;
     assert!(metrics.contains("code=\"MalformedFrame\""), "{metrics}");
     assert!(metrics.contains("code=\"RateLimited\""), "{metrics}");
-}
-
-fn notification_id(frame: &Frame) -> u64 {
-    frame
-        .envelope()
-        .body_as_notifications()
-        .and_then(|n| n.op_as_notification_event())
-        .and_then(|e| e.notification())
-        .map(|n| n.notification_id())
-        .expect("a notification event")
-}
-
-#[tokio::test]
-async fn subscriptions_deliver_pushes_in_order_on_their_own_stream_until_unsubscribed() {
-    use selfie_protocol::control::SubscriptionKind;
-    let t = start(2, |_| {});
-    let client = Client::connect(client_config(&t, Some(9)))
-        .await
-        .expect("connect");
-    let mut finite = client
-        .subscribe(SubscriptionKind::Notifications, 20, None)
-        .await
-        .expect("subscribed");
-    let mut endless = client
-        .subscribe(SubscriptionKind::Notifications, 0, None)
-        .await
-        .expect("subscribed");
-    assert_ne!(finite.id(), endless.id());
-    let mut got = Vec::new();
-    for _ in 0..20 {
-        let frame = tokio::time::timeout(Duration::from_secs(10), finite.next())
-            .await
-            .expect("in time")
-            .expect("an event");
-        got.push((notification_id(&frame), frame.id()));
-    }
-    assert_eq!(
-        got,
-        (1..=20).map(|n| (n, n)).collect::<Vec<_>>(),
-        "every event, in order, each carrying its topic sequence"
-    );
-    for want in 1..=3 {
-        let frame = endless.next().await.expect("events flow");
-        assert_eq!(notification_id(&frame), want);
-    }
-    client
-        .unsubscribe(endless.id())
-        .await
-        .expect("unsubscribed");
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        while endless.next().await.is_some() {}
-    })
-    .await;
-    assert!(ended.is_ok(), "the push stream ends after unsubscribe");
-    let err = client
-        .unsubscribe(endless.id())
-        .await
-        .expect_err("already gone");
-    assert_eq!(err.code(), Some(ErrorCode::NotFound));
-    // Anonymous sessions cannot subscribe to user data.
-    let anon = Client::connect(client_config(&t, None))
-        .await
-        .expect("connect");
-    let err = anon
-        .subscribe(SubscriptionKind::Notifications, 1, None)
-        .await
-        .err()
-        .expect("refused");
-    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
 }
 
 #[tokio::test]

@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use selfie_client::{Client, ClientConfig, Subscription, Trust};
 use selfie_codec::Frame;
-use selfie_protocol::auth::{self as pa, AuthOpT};
+use selfie_protocol::common;
 use selfie_protocol::control::SubscriptionKind;
 use selfie_protocol::posts::{PostsOpT, ReactRequestT};
-use selfie_protocol::{BodyT, common};
 use selfie_storage::redis::testing::RedisServer;
-use support::{auth, call, posts};
+use support::{call, posts};
 
 /// A `selfie serve` child process.
 struct Serve {
@@ -106,20 +105,10 @@ impl Drop for Serve {
 }
 
 async fn register(anon: &Client, name: &str) -> String {
-    let mut r = pa::RegisterRequestT::default();
-    r.username = Some(name.into());
-    r.email = Some(format!("{name}@example.com"));
-    r.password = Some(format!("{name} correct horse battery"));
-    let BodyT::Auth(a) = call(anon, auth(AuthOpT::RegisterRequest(Box::new(r))))
+    support::register(anon, name)
         .await
-        .expect("registered")
-    else {
-        panic!("not an auth answer")
-    };
-    let AuthOpT::RegisterResponse(r) = a.op else {
-        panic!("not a register response")
-    };
-    r.tokens.and_then(|t| t.access_token).expect("access token")
+        .access_token
+        .expect("access token")
 }
 
 async fn next(s: &mut Subscription) -> Frame {

@@ -5,10 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
 use selfie_client::{Client, ClientConfig, ClientError, Trust};
 use selfie_edge::auth::TokenAuthenticator;
-use selfie_edge::{Config, Edge, Plane};
+use selfie_edge::{Authenticator, Call, Config, Edge, Plane, Principal, Service};
+use selfie_protocol::ErrorCode;
 use selfie_protocol::auth::{self as pa, AuthOpT, AuthT};
+use selfie_protocol::control::SubscriptionKind;
 use selfie_protocol::graph::{GraphOpT, GraphT};
 use selfie_protocol::posts::{PostsOpT, PostsT};
 use selfie_protocol::users::{UsersOpT, UsersT};
@@ -16,6 +20,7 @@ use selfie_protocol::{BodyT, EnvelopeT};
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::{LoginThrottle, ThrottleConfig};
 use selfie_services::auth::tokens::AccessTokens;
+use selfie_services::plane::{Delivery, Subscription, Topic};
 use selfie_storage::SystemClock;
 use selfie_storage::embedded::EmbeddedStore;
 
@@ -207,20 +212,7 @@ pub struct User {
 /// Registers `name` through `anon` and opens a session with its access token.
 pub async fn sign_up(node: &Node, anon: &Client, name: &str) -> User {
     let password = format!("{name} correct horse battery");
-    let mut r = pa::RegisterRequestT::default();
-    r.username = Some(name.to_string());
-    r.email = Some(format!("{name}@example.com"));
-    r.password = Some(password.clone());
-    let BodyT::Auth(a) = call(anon, auth(AuthOpT::RegisterRequest(Box::new(r))))
-        .await
-        .expect("registered")
-    else {
-        panic!("not an auth answer")
-    };
-    let AuthOpT::RegisterResponse(r) = a.op else {
-        panic!("not a register response")
-    };
-    let t = r.tokens.expect("tokens");
+    let t = register(anon, name).await;
     let token = t.access_token.expect("access token");
     let client = Client::connect(config(node, Some(token.clone())))
         .await
@@ -247,4 +239,71 @@ pub async fn create_post(c: &Client, text: &str) -> u64 {
         },
         other => panic!("not a posts answer: {other:?}"),
     }
+}
+
+/// Tokens `user-N` sign in as user N (for edges without the accounts service).
+pub struct TokenAuth;
+
+impl Authenticator for TokenAuth {
+    fn authenticate(&self, token: &str) -> Result<Principal, ErrorCode> {
+        let id = token
+            .strip_prefix("user-")
+            .and_then(|n| n.parse().ok())
+            .ok_or(ErrorCode::TokenInvalid)?;
+        Ok(Principal {
+            user_id: id,
+            session_id: id,
+            roles: vec![],
+        })
+    }
+}
+
+/// A `Notifications` service whose subscription to target T joins topic
+/// (Notifications, T) and nothing else: tests publish on it themselves, through the
+/// plane, as a service would.
+pub struct Listener(pub std::rc::Rc<Delivery>);
+
+impl Service for Listener {
+    fn owner_key(&self, _caller: Option<u64>, _env: &selfie_protocol::Envelope<'_>) -> Option<u64> {
+        None
+    }
+
+    fn handle(&self, _call: Call) -> LocalBoxFuture<'static, selfie_services::Result<Bytes>> {
+        Box::pin(async { Err(selfie_services::Error::Unavailable("push only")) })
+    }
+
+    fn subscribe(
+        &self,
+        kind: SubscriptionKind,
+        call: Call,
+    ) -> LocalBoxFuture<'static, selfie_services::Result<Subscription>> {
+        let d = self.0.clone();
+        Box::pin(async move {
+            let target = call
+                .op(|e| e.body_as_control()?.op_as_subscribe_request())?
+                .target_id();
+            Ok(Subscription {
+                initial: Vec::new(),
+                events: d.subscribe(Topic::new(kind, target)).await?,
+            })
+        })
+    }
+}
+
+/// Registers `name` through `anon`; returns the new account's tokens.
+pub async fn register(anon: &Client, name: &str) -> pa::AuthTokensT {
+    let mut r = pa::RegisterRequestT::default();
+    r.username = Some(name.to_string());
+    r.email = Some(format!("{name}@example.com"));
+    r.password = Some(format!("{name} correct horse battery"));
+    let BodyT::Auth(a) = call(anon, auth(AuthOpT::RegisterRequest(Box::new(r))))
+        .await
+        .expect("registered")
+    else {
+        panic!("not an auth answer")
+    };
+    let AuthOpT::RegisterResponse(r) = a.op else {
+        panic!("not a register response")
+    };
+    *r.tokens.expect("tokens")
 }
