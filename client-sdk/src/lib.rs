@@ -423,15 +423,26 @@ async fn read_push_stream(mut recv: RecvStream, limits: Limits, subs: Subscripti
     };
     // The end comes after the buffered events.
     let end = loop {
-        if let Ok(Some(frame)) = dec.next_frame() {
-            if tx.send(Push::Event(frame)).await.is_err() {
-                return;
+        match dec.next_frame() {
+            Ok(Some(frame)) => {
+                if tx.send(Push::Event(frame)).await.is_err() {
+                    return;
+                }
+                continue;
             }
-            continue;
+            Ok(None) => {}
+            // A server that breaks framing gets no more of our memory.
+            Err(e) => {
+                let _ = recv.stop(quinn::VarInt::from_u32(u32::from(e.code().0)));
+                break SubscriptionEnd::Failed(Some(e.code()));
+            }
         }
         match recv.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => dec.push(chunk.bytes),
-            Ok(None) => break SubscriptionEnd::Finished,
+            Ok(None) => match dec.finish() {
+                Ok(()) => break SubscriptionEnd::Finished,
+                Err(e) => break SubscriptionEnd::Failed(Some(e.code())),
+            },
             Err(quinn::ReadError::Reset(code)) => {
                 let code = u16::try_from(code.into_inner()).ok().map(ErrorCode);
                 break match code {

@@ -81,8 +81,11 @@ impl Frame {
     /// of a scalar that is present in the buffer (what `flatc --gen-mutable` generates
     /// for C++). The delivery plane uses it to stamp a push with its topic sequence once
     /// per node, after the event was encoded once by its publisher. `None` when the frame
-    /// was built without an `id` (a default 0 is not stored, so there is nothing to patch).
-    pub fn with_id(&self, id: u64) -> Option<Frame> {
+    /// was built without an `id` (a default 0 is not stored, so there is nothing to patch),
+    /// or when the patched copy no longer verifies under `limits` (a crafted buffer whose
+    /// `id` bytes overlap other data): the copy is verified again, since `Frame`'s readers
+    /// rely on it.
+    pub fn with_id(&self, id: u64, limits: &Limits) -> Option<Frame> {
         let buf = self.bytes.get(PREFIX_LEN..)?;
         let u16_at = |at: usize| -> Option<usize> {
             Some(usize::from(u16::from_le_bytes(
@@ -104,9 +107,8 @@ impl Frame {
         let at = PREFIX_LEN + root + field;
         let mut out = bytes::BytesMut::from(&self.bytes[..]);
         out.get_mut(at..at + 8)?.copy_from_slice(&id.to_le_bytes());
-        Some(Frame {
-            bytes: out.freeze(),
-        })
+        let stamped = Frame::verify(out.freeze(), limits).ok()?;
+        (stamped.id() == id).then_some(stamped)
     }
 
     /// The envelope, read in place.

@@ -205,7 +205,7 @@ fn a_frame_restamped_with_an_id_keeps_every_other_field() {
                     return Ok(()); // over the frame limit: not a frame
                 };
                 let frame = Frame::verify(bytes, &Limits::DEFAULT).expect("valid");
-                let stamped = frame.with_id(seq).expect("id present");
+                let stamped = frame.with_id(seq, &Limits::DEFAULT).expect("id present");
                 let again =
                     Frame::verify(Bytes::copy_from_slice(stamped.as_bytes()), &Limits::DEFAULT)
                         .expect("still valid");
@@ -226,5 +226,8 @@ fn a_frame_without_an_id_cannot_be_restamped() {
         .encode_bytes(|b| selfie_codec::build::ack(b, 0))
         .expect("encoded");
     let frame = Frame::verify(bytes, &Limits::DEFAULT).expect("valid");
-    assert!(frame.with_id(7).is_none(), "a default id is not stored");
+    assert!(
+        frame.with_id(7, &Limits::DEFAULT).is_none(),
+        "a default id is not stored"
+    );
 }

@@ -89,6 +89,9 @@ pub enum Error {
     /// A stored record could not be decoded.
     #[error("corrupt {0} record")]
     Corrupt(&'static str),
+    /// A fault of this server (not of the request): what went wrong, for the log.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// Token minting failed.
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -124,6 +127,7 @@ impl Error {
             Error::Storage(_) => ErrorCode::StorageFailure,
             Error::Password(PasswordError::CorruptHash | PasswordError::Internal)
             | Error::Corrupt(_)
+            | Error::Internal(_)
             | Error::Token(_) => ErrorCode::Internal,
         }
     }
@@ -149,12 +153,25 @@ impl Error {
         }
     }
 
+    /// Whether this is a fault of the server (storage, a corrupt record, a bug) rather
+    /// than of the request or of load: these are logged, with their details.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(
+            self,
+            Error::Storage(_)
+                | Error::Corrupt(_)
+                | Error::Internal(_)
+                | Error::Token(_)
+                | Error::Password(PasswordError::CorruptHash | PasswordError::Internal)
+        )
+    }
+
     /// The message a client receives: the error itself, except for server-side
     /// failures, whose details stay in the server's log.
     pub fn wire_message(&self) -> Cow<'static, str> {
         match self {
             Error::Storage(_) => "storage unavailable".into(),
-            Error::Corrupt(_) | Error::Token(_) => "internal error".into(),
+            Error::Corrupt(_) | Error::Internal(_) | Error::Token(_) => "internal error".into(),
             Error::Password(PasswordError::CorruptHash | PasswordError::Internal) => {
                 "internal error".into()
             }

@@ -51,7 +51,7 @@ pub struct Deps<S> {
 /// Builds `shard`'s services and registers their wire tables.
 pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> Result<Registry> {
     let mut registry = Registry::new(shard, &deps.plane);
-    let id = u16::try_from(shard).map_err(|_| Error::InvalidArgument { field: "shard" })?;
+    let id = u16::try_from(shard).map_err(|_| Error::Internal("more shards than ids can name"))?;
     let (store, clock, node) = (deps.store.clone(), deps.clock.clone(), deps.node);
     let mut accounts = Accounts::new(
         store.clone(),
@@ -84,6 +84,8 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     registry.register(Service::Users, Rc::new(UsersWire(s.clone())));
     registry.register(Service::Graph, Rc::new(GraphWire { graph, lists }));
     registry.register(Service::Posts, Rc::new(PostsWire(s.posts.clone())));
+    // Reached from other shards: a post's counter events run on its owner shard.
+    registry.provide(s.posts.clone());
     registry.provide(services);
     Ok(registry)
 }

@@ -18,7 +18,7 @@ const FRIEND: u64 = 3;
 const STRANGER: u64 = 4;
 const VICTIM: u64 = 5; // blocked by the owner
 
-async fn lists_rules<S: Store + Clone>(store: S) {
+async fn lists_rules<S: Store + Clone + 'static>(store: S) {
     let users = Users::new(store.clone());
     for (id, name) in [
         (OWNER, "owner"),

@@ -43,7 +43,7 @@ struct World<S> {
     posts: Posts<S>,
 }
 
-async fn world<S: Store + Clone>(store: &S) -> World<S> {
+async fn world<S: Store + Clone + 'static>(store: &S) -> World<S> {
     let users = Users::new(store.clone());
     for (id, name) in [
         (OWNER, "owner"),
@@ -75,7 +75,7 @@ async fn world<S: Store + Clone>(store: &S) -> World<S> {
     }
 }
 
-async fn commenters<S: Store>(w: &World<S>, post_id: u64) -> Vec<u64> {
+async fn commenters<S: Store + 'static>(w: &World<S>, post_id: u64) -> Vec<u64> {
     let mut out = Vec::new();
     for viewer in [OWNER, FAN, FRIEND, STRANGER] {
         match w.posts.comment(viewer, post_id, 0, "hi").await {
@@ -87,7 +87,7 @@ async fn commenters<S: Store>(w: &World<S>, post_id: u64) -> Vec<u64> {
     out
 }
 
-async fn reply_policies_and_settings<S: Store + Clone>(store: S) {
+async fn reply_policies_and_settings<S: Store + Clone + 'static>(store: S) {
     let w = world(&store).await;
     // The post's reply policy.
     let mut expected = vec![
@@ -204,7 +204,7 @@ async fn reply_policies_and_settings<S: Store + Clone>(store: S) {
     assert_eq!(w.users.settings(OWNER).await.expect("settings"), s);
 }
 
-async fn profiles_and_lookup<S: Store + Clone>(store: S) {
+async fn profiles_and_lookup<S: Store + Clone + 'static>(store: S) {
     let w = world(&store).await;
     let links = vec![Link {
         title: "portfolio".into(),
@@ -291,7 +291,7 @@ async fn profiles_and_lookup<S: Store + Clone>(store: S) {
     ));
 }
 
-async fn graph_lists_and_relationships<S: Store + Clone>(store: S) {
+async fn graph_lists_and_relationships<S: Store + Clone + 'static>(store: S) {
     let w = world(&store).await;
     // Removing a follower keeps both counts exact.
     assert_eq!(w.graph.counts(OWNER).await.expect("counts"), (1, 1));
@@ -427,7 +427,7 @@ async fn graph_lists_and_relationships<S: Store + Clone>(store: S) {
     ));
 }
 
-async fn media_history_and_counts<S: Store + Clone>(store: S) {
+async fn media_history_and_counts<S: Store + Clone + 'static>(store: S) {
     let w = world(&store).await;
     let media = |ids: Vec<u64>| NewPost {
         media_ids: ids,
@@ -531,7 +531,7 @@ async fn media_history_and_counts<S: Store + Clone>(store: S) {
     ));
 }
 
-async fn interactions<S: Store + Clone>(store: S) {
+async fn interactions<S: Store + Clone + 'static>(store: S) {
     let w = world(&store).await;
     let post = w
         .posts

@@ -37,7 +37,7 @@ const BEN: u64 = 2;
 const CAT: u64 = 3;
 const DAN: u64 = 4;
 
-async fn people<S: Store + Clone>(store: &S) -> (Users<S>, Graph<S>) {
+async fn people<S: Store + Clone + 'static>(store: &S) -> (Users<S>, Graph<S>) {
     let users = Users::new(store.clone());
     for (id, name) in [(ANA, "ana"), (BEN, "ben"), (CAT, "cat"), (DAN, "dan")] {
         users.create(id, name).await.expect("profile");
@@ -45,7 +45,7 @@ async fn people<S: Store + Clone>(store: &S) -> (Users<S>, Graph<S>) {
     (users, Graph::new(store.clone()))
 }
 
-async fn follows_requests_blocks_and_privacy<S: Store + Clone>(store: S) {
+async fn follows_requests_blocks_and_privacy<S: Store + Clone + 'static>(store: S) {
     let (users, graph) = people(&store).await;
     // Public account: following at once; counts on both sides.
     assert_eq!(
@@ -186,7 +186,7 @@ async fn follows_requests_blocks_and_privacy<S: Store + Clone>(store: S) {
     ));
 }
 
-async fn counts_stay_exact_under_racing_follows<S: Store + Clone>(store: S) {
+async fn counts_stay_exact_under_racing_follows<S: Store + Clone + 'static>(store: S) {
     let (users, graph) = people(&store).await;
     for id in 10..40u64 {
         users
@@ -230,7 +230,7 @@ async fn counts_stay_exact_under_racing_follows<S: Store + Clone>(store: S) {
     }
 }
 
-async fn a_deleted_user_leaves_no_edges<S: Store + Clone>(store: S) {
+async fn a_deleted_user_leaves_no_edges<S: Store + Clone + 'static>(store: S) {
     let (users, graph) = people(&store).await;
     users
         .update(

@@ -164,7 +164,9 @@ pub fn quic_server_config(identity: &Identity) -> Result<quinn::ServerConfig, Tl
         .with_no_client_auth()
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
     tls.alpn_protocols = vec![selfie_protocol::ALPN.to_vec()];
-    // 0-RTT: the session layer only lets idempotent requests use early data.
+    // 0-RTT: clients may send `Hello` and idempotent requests as early data; the edge
+    // reads them only once the handshake has completed (a replayed flight never
+    // completes), so early data saves the client a round trip without being replayable.
     tls.max_early_data_size = u32::MAX;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;

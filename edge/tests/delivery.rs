@@ -19,19 +19,16 @@ use selfie_protocol::{Body, Envelope, EnvelopeArgs, ErrorCode, common};
 use selfie_services::plane::{Delivery, ReasonLabel, Topic};
 use support::{call, config, posts, sign_up};
 
-/// The counters event a post's subscriber received: (sequence, reactions delta, the
-/// snapshot's reactions count when it is one).
-fn counts_event(f: &Frame) -> (u64, i32, Option<u64>) {
+/// The counters event a post's subscriber received: (sequence, reactions delta, reactions
+/// after it, the sequence a snapshot includes).
+fn counts_event(f: &Frame) -> (u64, i32, u64, u64) {
     let env = f.envelope();
     let e = env
         .body_as_posts()
         .and_then(|p| p.op_as_post_counts_event())
         .expect("a PostCountsEvent");
-    (
-        env.id(),
-        e.reactions_delta(),
-        e.counts().map(|c| c.reactions()),
-    )
+    let reactions = e.counts().map(|c| c.reactions()).expect("counts");
+    (env.id(), e.reactions_delta(), reactions, e.as_of_seq())
 }
 
 async fn next(s: &mut Subscription) -> Frame {
@@ -122,12 +119,15 @@ async fn a_thousand_subscribers_over_two_shards_get_each_change_once_and_in_orde
     }))
     .await;
     for (_, _, snapshot, events) in &seen {
-        assert_eq!(snapshot.0, 0, "the snapshot is not part of the sequence");
-        assert_eq!(snapshot.2, Some(0), "no reaction when it was taken");
+        assert_eq!(
+            *snapshot,
+            (0, 0, 0, 0),
+            "a snapshot (id 0) of no reaction, before any event"
+        );
         assert_eq!(
             events,
-            &vec![(1, 1, None), (2, 1, None), (3, 1, None), (4, -1, None)],
-            "every change, in order, exactly once"
+            &vec![(1, 1, 1, 0), (2, 1, 2, 0), (3, 1, 3, 0), (4, -1, 2, 0)],
+            "every change, in order, exactly once, each with the counts after it"
         );
     }
     assert_eq!(m.delivered.get(), 4000);
@@ -261,7 +261,7 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_the_others_keep_receivin
     // fill after a few hundred; then the server's queue of 8 overflows.
     let m = &t.plane.metrics.delivery;
     let cut = || {
-        m.dropped
+        m.resyncs
             .get_or_create(&ReasonLabel {
                 reason: "slow_subscriber",
             })

@@ -227,12 +227,16 @@ impl EventBus {
         keep: Duration,
     ) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
-        Ok(PUBLISH_SEQUENCED_SCRIPT
-            .key(format!("{}seq:{sequence}", self.prefix))
-            .key(format!("{}bus:{topic}", self.prefix))
+        // EVAL with the script itself, every time: EVALSHA would retry a NOSCRIPT (after a
+        // Redis restart) behind later commands and number it after them.
+        Ok(redis::cmd("EVAL")
+            .arg(PUBLISH_SEQUENCED)
+            .arg(2)
+            .arg(format!("{}seq:{sequence}", self.prefix))
+            .arg(format!("{}bus:{topic}", self.prefix))
             .arg(payload)
             .arg(keep.as_millis().max(1) as u64)
-            .invoke_async(&mut conn)
+            .query_async(&mut conn)
             .await?)
     }
 
@@ -281,9 +285,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PUBLISH', KEYS[2], seq .. ':' .. ARGV[1])
 return seq
 ";
-
-static PUBLISH_SEQUENCED_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(PUBLISH_SEQUENCED));
 
 impl Subscription {
     /// Starts receiving `topic`. Returns once Redis has confirmed the subscription.

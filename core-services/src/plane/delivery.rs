@@ -2,9 +2,12 @@
 //! home feed's new posts, notifications, presence, a post's counters).
 //!
 //! A [`Topic`] maps to the subscribers connected to this node. Each shard keeps its own
-//! subscribers; the topic's **owner shard** (`hash(topic) % shards`) sequences its events
-//! and knows which shards have subscribers (its *interest* set), so an event costs one
-//! mailbox job per interested shard, never one per subscriber and never one per shard.
+//! subscribers; the topic's **owner shard** (the owner of the topic's id, so a post's
+//! topic lives where the post's interactions run) sequences its events and knows which
+//! shards have subscribers (its *interest* set): an event costs one job on the owner (none
+//! when the publisher is the owner) and one per interested shard, never one per
+//! subscriber. On a fleet, events of topics nobody on a node follows stop at the node's
+//! door (a node-wide interest set read by the bus inbox).
 //!
 //! - **Order and gaps.** Events carry a per-topic sequence in their envelope `id`
 //!   (consecutive: 1, 2, 3, …). On one node the owner shard numbers them. On a fleet
@@ -13,11 +16,15 @@
 //!   the same order; each node holds one Redis subscription, not one per topic or per
 //!   connection. A shard that sees a number jump knows events were lost (a dropped Redis
 //!   connection, a full mailbox) and cuts its subscribers of that topic with a resync
-//!   signal rather than deliver a hole.
+//!   signal rather than deliver a hole. An event lost *before* it got a number (its
+//!   owner's mailbox stayed full, Redis refused it) cannot show as a jump: its topic is
+//!   cut on every interested shard instead — and, on a fleet, on every node, by a resync
+//!   marker published once Redis takes it.
 //! - **Bounded.** A subscriber holds at most [`DeliveryConfig::subscriber_queue`] events.
 //!   One that falls behind (a client that stops reading, so QUIC flow control stops the
 //!   writer) is cut off with [`SubscriberEvent::Resync`]; the others keep receiving.
-//!   Nothing buffers without bound.
+//!   Repairs (resyncs and withdrawals that found a mailbox full) are deduplicated per
+//!   shard and topic, so an overload posts each at most once.
 //! - **Clean ends.** Dropping a [`Subscriber`] (unsubscribe, disconnect, drain) removes
 //!   it; a shard's last subscriber of a topic withdraws the shard's interest at the owner;
 //!   an owner whose topic has no interest left forgets it. The gauges go back to zero.
@@ -49,14 +56,9 @@ use super::shards::{Plane, Shards};
 use crate::{BoxFuture, Error, Result};
 
 /// The `id` a publisher gives an event; the owner shard replaces it with the topic's
-/// sequence ([`stamp_seq`]). Any value but 0 would do (a default 0 is not stored, so there
-/// would be nothing to replace).
+/// sequence (`Frame::with_id`). Any value but 0 would do (a default 0 is not stored, so
+/// there would be nothing to replace).
 pub const PUSH_SEQ_PLACEHOLDER: u64 = u64::MAX;
-
-/// A copy of an event frame carrying sequence `seq` in its envelope `id`.
-pub fn stamp_seq(frame: &Frame, seq: u64) -> Option<Frame> {
-    frame.with_id(seq)
-}
 
 /// What a subscription follows: a kind (the protocol's `SubscriptionKind`) and an id
 /// (a conversation, a user, a post).
@@ -74,9 +76,10 @@ impl Topic {
         Self { kind, id }
     }
 
-    /// The key whose owner shard sequences this topic.
+    /// The key whose owner shard sequences this topic: its id, so that a post's topic is
+    /// sequenced where the post's interactions run.
     fn key(&self) -> u64 {
-        self.id ^ u64::from(self.kind.0).rotate_right(8)
+        self.id
     }
 
     /// 9 bytes: the kind, then the id (big-endian).
@@ -158,11 +161,13 @@ pub trait Bus: Send + Sync {
     fn publish(&self, topic: Topic, frame: Bytes) -> BoxFuture<'static, Result<u64>>;
 }
 
-/// Labels: why events or subscribers were dropped.
+/// Labels: why a subscriber was cut off, or an event lost.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// `slow_subscriber`, `gap`, `lost` (a full mailbox), `bus` (Redis refused a
-    /// publish), `bus_lost` (the node's subscription dropped), `corrupt`.
+    /// Subscribers: `slow_subscriber`, `gap` (a number jumped), `lost` (an event of the
+    /// topic was lost before it got a number), `bus_lost` (the node's Redis subscription
+    /// dropped). Events: `overloaded` (a mailbox stayed full), `bus` (Redis refused it),
+    /// `corrupt`.
     pub reason: &'static str,
 }
 
@@ -179,8 +184,10 @@ pub struct DeliveryMetrics {
     pub published: Counter,
     /// Events handed to subscribers (one per subscriber).
     pub delivered: Counter,
-    /// Subscribers cut off with a resync signal, and events lost, by reason.
-    pub dropped: Family<ReasonLabel, Counter>,
+    /// Subscribers cut off with the resync signal, by reason.
+    pub resyncs: Family<ReasonLabel, Counter>,
+    /// Events lost, by reason.
+    pub lost: Family<ReasonLabel, Counter>,
     /// Events sent to the other nodes through the bus.
     pub bus_sent: Counter,
     /// Events received from the bus.
@@ -216,9 +223,14 @@ impl DeliveryMetrics {
             self.delivered.clone(),
         );
         r.register(
-            "selfie_delivery_dropped",
-            "Subscribers cut off with a resync signal, and events lost, by reason",
-            self.dropped.clone(),
+            "selfie_delivery_resyncs",
+            "Subscribers cut off with the resync signal, by reason",
+            self.resyncs.clone(),
+        );
+        r.register(
+            "selfie_delivery_lost",
+            "Events lost before delivery, by reason",
+            self.lost.clone(),
         );
         r.register(
             "selfie_delivery_bus_sent",
@@ -232,8 +244,12 @@ impl DeliveryMetrics {
         );
     }
 
-    fn drop_for(&self, reason: &'static str) {
-        self.dropped.get_or_create(&ReasonLabel { reason }).inc();
+    fn resync(&self, reason: &'static str) {
+        self.resyncs.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub(crate) fn lose(&self, reason: &'static str) {
+        self.lost.get_or_create(&ReasonLabel { reason }).inc();
     }
 }
 
@@ -404,9 +420,6 @@ pub struct Delivery {
     encoder: RefCell<Encoder>,
     /// Events on their way to the bus, in order (fleet only; started on first use).
     outbox: RefCell<Option<mpsc::Sender<(Topic, Bytes)>>>,
-    /// Resyncs posted to other shards and not yet accepted, so that a storm of lost
-    /// deliveries posts one each.
-    repairs: Rc<RefCell<HashSet<(ShardId, Topic)>>>,
 }
 
 impl Delivery {
@@ -420,7 +433,6 @@ impl Delivery {
             next_subscriber: Cell::new(1),
             encoder: RefCell::new(Encoder::new(Limits::DEFAULT)),
             outbox: RefCell::new(None),
-            repairs: Rc::default(),
         }
     }
 
@@ -432,7 +444,18 @@ impl Delivery {
         self.plane.shards()
     }
 
-    fn owner(&self, topic: Topic) -> ShardId {
+    /// This shard.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// The node's plane.
+    pub fn plane(&self) -> &Arc<Plane> {
+        &self.plane
+    }
+
+    /// The shard that sequences `topic`.
+    pub fn owner(&self, topic: Topic) -> ShardId {
         self.shards().owner_of(topic.key())
     }
 
@@ -444,38 +467,38 @@ impl Delivery {
         self.encoder
             .borrow_mut()
             .encode_bytes(|b| f(b, PUSH_SEQ_PLACEHOLDER))
-            .map_err(|_| Error::Corrupt("event (too large to encode)"))
+            .map_err(|_| Error::Internal("an event too large to encode"))
     }
 
     /// Publishes an event on `topic` to every subscriber on every shard of this node and,
-    /// on a fleet, of every node. Returns once the event is on its way (it waits for room
-    /// in the owner's mailbox, at most [`DeliveryConfig::publish_wait`]; past that the
-    /// event is dropped and the topic's subscribers here resync).
+    /// on a fleet, of every node. Returns once the event is on its way: on the owner shard
+    /// at once; elsewhere it waits for room in the owner's mailbox (or the bus queue), at
+    /// most [`DeliveryConfig::publish_wait`]. Past that the event is lost and the topic's
+    /// subscribers resync.
     pub async fn publish(self: &Rc<Self>, topic: Topic, frame: Bytes) -> Result<()> {
         let Ok(frame) = Frame::verify(frame, &Limits::DEFAULT) else {
-            self.metrics().drop_for("corrupt");
-            return Err(Error::Corrupt("event"));
+            self.metrics().lose("corrupt");
+            return Err(Error::Internal("an event that is not a valid frame"));
         };
         if frame.id() != PUSH_SEQ_PLACEHOLDER {
-            self.metrics().drop_for("corrupt");
-            return Err(Error::Corrupt("event (id is not the placeholder)"));
+            self.metrics().lose("corrupt");
+            return Err(Error::Internal("an event without the sequence placeholder"));
         }
         self.metrics().published.inc();
+        let owner = self.owner(topic);
         if self.plane.bus().is_some() {
-            let outbox = self.outbox();
-            let sent = tokio::time::timeout(
+            let queued = tokio::time::timeout(
                 self.plane.delivery.publish_wait,
-                outbox.send((topic, frame.as_bytes().clone())),
+                self.outbox().send((topic, frame.as_bytes().clone())),
             )
             .await;
-            if !matches!(sent, Ok(Ok(()))) {
-                self.metrics().drop_for("lost");
-                self.repair(self.owner(topic), topic);
+            if !matches!(queued, Ok(Ok(()))) {
+                self.metrics().lose("overloaded");
+                self.plane.lost(topic);
                 return Err(Error::Overloaded);
             }
             return Ok(());
         }
-        let owner = self.owner(topic);
         if owner == self.shard {
             self.sequence(topic, None, frame);
             return Ok(());
@@ -489,8 +512,8 @@ impl Delivery {
         if matches!(posted, Ok(Ok(()))) {
             Ok(())
         } else {
-            self.metrics().drop_for("lost");
-            self.repair(owner, topic);
+            self.metrics().lose("overloaded");
+            self.plane.lost(topic);
             Err(Error::Overloaded)
         }
     }
@@ -502,15 +525,16 @@ impl Delivery {
         }
         let (tx, rx) = mpsc::channel::<(Topic, Bytes)>(4096);
         *self.outbox.borrow_mut() = Some(tx.clone());
-        let me = self.clone();
+        let plane = self.plane.clone();
         tokio::task::spawn_local(async move {
             use futures::StreamExt;
-            let Some(bus) = me.plane.bus().cloned() else {
+            let Some(bus) = plane.bus().cloned() else {
                 return;
             };
-            // Commands leave in order on one multiplexed connection, so pipelining keeps
-            // this shard's events in publish order.
-            let sends = tokio_stream_from(rx)
+            // Commands leave in order on one multiplexed connection (and the script is
+            // sent whole, never retried behind a NOSCRIPT), so pipelining keeps this
+            // shard's events in publish order.
+            let sends = stream_of(rx)
                 .map(|(topic, frame)| {
                     let bus = bus.clone();
                     async move { (topic, bus.publish(topic, frame).await) }
@@ -518,15 +542,17 @@ impl Delivery {
                 .buffered(64);
             futures::pin_mut!(sends);
             while let Some((topic, sent)) = sends.next().await {
+                let metrics = &plane.metrics.delivery;
                 match sent {
                     Ok(_) => {
-                        me.metrics().bus_sent.inc();
+                        metrics.bus_sent.inc();
                     }
                     Err(e) => {
-                        // Lost for every node; here at least the subscribers resync.
+                        // Lost before it got a number: no node can see a gap, so every
+                        // node's subscribers of the topic must be told.
                         tracing::warn!(error = %e, topic = %topic.name(), "event not published to the fleet");
-                        me.metrics().drop_for("bus");
-                        me.repair(me.owner(topic), topic);
+                        metrics.lose("bus");
+                        plane.lost(topic);
                     }
                 }
             }
@@ -545,8 +571,8 @@ impl Delivery {
             o.seq = fleet_seq.unwrap_or(o.seq + 1);
             (o.seq, o.interest)
         };
-        let Some(stamped) = stamp_seq(&frame, seq) else {
-            self.metrics().drop_for("corrupt");
+        let Some(stamped) = frame.with_id(seq, &Limits::DEFAULT) else {
+            self.metrics().lose("corrupt");
             return;
         };
         let bytes = stamped.as_bytes().clone();
@@ -562,10 +588,17 @@ impl Delivery {
                         d.deliver(topic, seq, b)
                     });
             if posted.is_err() {
-                self.metrics().drop_for("lost");
-                self.repair(shard, topic);
+                // That shard's subscribers would see the jump only with the next event.
+                self.metrics().lose("overloaded");
+                self.plane.repair(shard, topic, Repair::Cut);
             }
         }
+    }
+
+    /// On the owner: the last sequence number of `topic` (0 when none yet). A snapshot
+    /// read here, between two numbers, covers exactly the events up to it.
+    pub fn current_seq(&self, topic: Topic) -> u64 {
+        self.owned.borrow().get(&topic).map_or(0, |o| o.seq)
     }
 
     /// On a shard with subscribers: hands event `seq` of `topic` to each of them.
@@ -596,7 +629,7 @@ impl Delivery {
         for id in slow {
             l.subscribers.remove(&id);
             self.metrics().subscribers.dec();
-            self.metrics().drop_for("slow_subscriber");
+            self.metrics().resync("slow_subscriber");
         }
         if l.subscribers.is_empty() {
             local.remove(&topic);
@@ -606,7 +639,7 @@ impl Delivery {
         }
     }
 
-    /// Cuts every subscriber of `topic` on this shard with a resync signal.
+    /// Cuts every subscriber of `topic` on this shard with the resync signal.
     pub fn cut_topic(&self, topic: Topic, reason: &'static str) {
         let Some(l) = self.local.borrow_mut().remove(&topic) else {
             return;
@@ -615,7 +648,7 @@ impl Delivery {
         for q in l.subscribers.values() {
             q.cut();
             self.metrics().subscribers.dec();
-            self.metrics().drop_for(reason);
+            self.metrics().resync(reason);
         }
         self.withdraw(topic);
     }
@@ -628,31 +661,16 @@ impl Delivery {
         }
     }
 
-    /// Asks `shard` (waiting for room, off the request path) to resync `topic`'s
-    /// subscribers; once per pending (shard, topic).
-    fn repair(&self, shard: ShardId, topic: Topic) {
-        if !self.repairs.borrow_mut().insert((shard, topic)) {
-            return;
+    /// On the owner: cuts `topic`'s subscribers on every shard that follows it.
+    fn cut_everywhere(&self, topic: Topic) {
+        let interest = self.owned.borrow().get(&topic).map(|o| o.interest);
+        for s in interest.into_iter().flat_map(ShardSet::iter) {
+            if s == self.shard {
+                self.cut_topic(topic, "lost");
+            } else {
+                self.plane.repair(s, topic, Repair::Cut);
+            }
         }
-        let (plane, repairs) = (self.plane.clone(), self.repairs.clone());
-        tokio::task::spawn_local(async move {
-            let job = Shards::job(move |d: Rc<Delivery>| async move {
-                if d.owner(topic) == d.shard {
-                    // The owner cuts the topic on every shard that follows it.
-                    let interest = d.owned.borrow().get(&topic).map(|o| o.interest);
-                    for s in interest.into_iter().flat_map(ShardSet::iter) {
-                        let _ = d.shards().submit_on(
-                            s,
-                            "delivery",
-                            move |d: Rc<Delivery>| async move { d.cut_topic(topic, "lost") },
-                        );
-                    }
-                }
-                d.cut_topic(topic, "lost");
-            });
-            let _ = plane.shards().post_waiting(shard, "delivery", job).await;
-            repairs.borrow_mut().remove(&(shard, topic));
-        });
     }
 
     /// Subscribes to `topic`: events published after this returns are delivered.
@@ -715,6 +733,7 @@ impl Delivery {
         let mut owned = self.owned.borrow_mut();
         let o = owned.entry(topic).or_insert_with(|| {
             self.metrics().owned_topics.inc();
+            self.plane.follow(topic, true);
             Owned::default()
         });
         o.interest.insert(shard);
@@ -727,23 +746,25 @@ impl Delivery {
             if o.interest.is_empty() {
                 owned.remove(&topic);
                 self.metrics().owned_topics.dec();
+                self.plane.follow(topic, false);
             }
         }
     }
 
-    /// Withdraws this shard's interest in `topic` at its owner.
+    /// Withdraws this shard's interest in `topic` at its owner (waiting for room when
+    /// the owner's mailbox is full, so the owner's record goes too).
     fn withdraw(&self, topic: Topic) {
         let (owner, me) = (self.owner(topic), self.shard);
         if owner == me {
             self.remove_interest(topic, me);
-        } else {
-            // If the owner's mailbox is full the withdrawal is lost; its next delivery
-            // here finds no subscriber and withdraws again.
-            let _ = self
-                .shards()
-                .submit_on(owner, "delivery", move |d: Rc<Delivery>| async move {
-                    d.remove_interest(topic, me)
-                });
+        } else if self
+            .shards()
+            .submit_on(owner, "delivery", move |d: Rc<Delivery>| async move {
+                d.remove_interest(topic, me)
+            })
+            .is_err()
+        {
+            self.plane.repair(owner, topic, Repair::Withdraw(me));
         }
     }
 
@@ -774,32 +795,44 @@ impl Delivery {
     }
 }
 
+/// Work a shard must not miss although its mailbox was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Repair {
+    /// Cut the topic's subscribers there (and, on the owner, everywhere it is followed).
+    Cut,
+    /// On the owner: forget that shard's interest.
+    Withdraw(ShardId),
+}
+
 impl Plane {
-    /// An event from the bus: this node's owner shard of its topic numbers it in.
+    /// An event from the bus: this node's owner shard of its topic numbers it in. Events
+    /// of topics nobody on this node follows stop here; an empty frame is a resync marker
+    /// (the event was lost before it got a number, on some node).
     pub fn on_bus_event(self: &Arc<Self>, event: BusEvent) {
         let metrics = &self.metrics.delivery;
         metrics.bus_received.inc();
+        let topic = event.topic;
+        if !self.follows(topic) {
+            return;
+        }
+        let owner = self.shards().owner_of(topic.key());
+        if event.frame.is_empty() {
+            self.repair(owner, topic, Repair::Cut);
+            return;
+        }
         let Ok(frame) = Frame::verify(event.frame, &Limits::DEFAULT) else {
-            metrics.drop_for("corrupt");
+            metrics.lose("corrupt");
             return;
         };
-        let (topic, seq) = (event.topic, event.seq);
-        let owner = self.shards().owner_of(topic.key());
+        let seq = event.seq;
         let posted =
             self.shards()
                 .submit_on(owner, "delivery", move |d: Rc<Delivery>| async move {
                     d.sequence(topic, Some(seq), frame)
                 });
         if posted.is_err() {
-            // The next event shows the gap; this resync covers a topic with no next.
-            metrics.drop_for("lost");
-            let plane = self.clone();
-            tokio::spawn(async move {
-                let job = Shards::job(move |d: Rc<Delivery>| async move {
-                    d.repair(d.shard, topic);
-                });
-                let _ = plane.shards().post_waiting(owner, "delivery", job).await;
-            });
+            metrics.lose("overloaded");
+            self.repair(owner, topic, Repair::Cut);
         }
     }
 
@@ -814,10 +847,89 @@ impl Plane {
             });
         }
     }
+
+    /// An event of `topic` was lost before it got a number: its subscribers on this node
+    /// resync, and on a fleet every other node's too (a marker, published once the bus
+    /// takes it).
+    pub fn lost(self: &Arc<Self>, topic: Topic) {
+        self.repair(self.shards().owner_of(topic.key()), topic, Repair::Cut);
+        if let Some(bus) = self.bus().cloned() {
+            let marked = self
+                .pending
+                .lock()
+                .map(|mut p| p.markers.insert(topic))
+                .unwrap_or(false);
+            if !marked {
+                return;
+            }
+            let plane = self.clone();
+            tokio::spawn(async move {
+                let mut wait = Duration::from_millis(100);
+                while bus.publish(topic, Bytes::new()).await.is_err() {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                if let Ok(mut p) = plane.pending.lock() {
+                    p.markers.remove(&topic);
+                }
+            });
+        }
+    }
+
+    /// Posts `what` for `topic` to `shard`, waiting for room in its mailbox (off the
+    /// request path), once per pending (shard, topic, what).
+    pub(crate) fn repair(self: &Arc<Self>, shard: ShardId, topic: Topic, what: Repair) {
+        let key = (shard, topic, what);
+        let fresh = self
+            .pending
+            .lock()
+            .map(|mut p| p.repairs.insert(key))
+            .unwrap_or(false);
+        if !fresh {
+            return;
+        }
+        let plane = self.clone();
+        tokio::spawn(async move {
+            let job = Shards::job(move |d: Rc<Delivery>| async move {
+                match what {
+                    Repair::Withdraw(from) => d.remove_interest(topic, from),
+                    Repair::Cut if d.owner(topic) == d.shard => d.cut_everywhere(topic),
+                    Repair::Cut => d.cut_topic(topic, "lost"),
+                }
+            });
+            let _ = plane.shards().post_waiting(shard, "delivery", job).await;
+            if let Ok(mut p) = plane.pending.lock() {
+                p.repairs.remove(&key);
+            }
+        });
+    }
+
+    /// Records whether some shard of this node follows `topic` (owners call it).
+    fn follow(&self, topic: Topic, yes: bool) {
+        if let Ok(mut t) = self.followed.write() {
+            if yes {
+                t.insert(topic);
+            } else {
+                t.remove(&topic);
+            }
+        }
+    }
+
+    /// Whether some shard of this node follows `topic`.
+    fn follows(&self, topic: Topic) -> bool {
+        self.followed.read().is_ok_and(|t| t.contains(&topic))
+    }
+}
+
+/// Repairs and resync markers waiting for room (see [`Plane::repair`]).
+#[derive(Default)]
+pub(crate) struct Pending {
+    repairs: HashSet<(ShardId, Topic, Repair)>,
+    markers: HashSet<Topic>,
 }
 
 /// A `Stream` over an mpsc receiver.
-fn tokio_stream_from<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+fn stream_of<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -929,7 +1041,7 @@ mod tests {
                 let m = &plane.metrics.delivery;
                 assert_eq!(m.subscribers.get(), 1, "the slow one is gone");
                 let slow_drops = m
-                    .dropped
+                    .resyncs
                     .get_or_create(&ReasonLabel {
                         reason: "slow_subscriber",
                     })

@@ -35,7 +35,7 @@ use selfie_storage::Cursor;
 
 pub use delivery::{
     Bus, BusEvent, Delivery, DeliveryConfig, DeliveryMetrics, PUSH_SEQ_PLACEHOLDER, ReasonLabel,
-    Subscriber, SubscriberEvent, Topic, stamp_seq,
+    Subscriber, SubscriberEvent, Topic,
 };
 pub use redis_bus::{RedisBus, run_inbox};
 pub use shards::{MAILBOX_DEPTH, Mailbox, Plane, PlaneMetrics, Shards, serve_mailbox};
@@ -146,7 +146,7 @@ impl Call {
         self.encoder
             .borrow_mut()
             .encode_bytes(|b| f(b, id))
-            .map_err(|_| Error::Corrupt("answer (too large to encode)"))
+            .map_err(|_| Error::Internal("an answer too large to encode"))
     }
 
     /// An `Ack`.

@@ -19,8 +19,8 @@ use crate::{BoxFuture, Result};
 const CHANNEL: &str = "delivery";
 /// How long a topic's sequence is kept after its last event. A topic silent for longer
 /// starts again at 1; a subscriber connected across that sees the number go back, which
-/// it treats like a gap (resync).
-const KEEP: Duration = Duration::from_secs(24 * 3600);
+/// its shard treats like a gap (resync).
+const KEEP: Duration = Duration::from_secs(3600);
 
 /// [`Bus`] over a Redis [`EventBus`].
 pub struct RedisBus {
@@ -72,16 +72,7 @@ pub async fn run_inbox(
                     while let Some(m) = messages.next().await {
                         match m.sequenced().and_then(|(seq, p)| BusEvent::parse(seq, p)) {
                             Some(event) => plane.on_bus_event(event),
-                            None => {
-                                plane
-                                    .metrics
-                                    .delivery
-                                    .dropped
-                                    .get_or_create(&super::delivery::ReasonLabel {
-                                        reason: "corrupt",
-                                    })
-                                    .inc();
-                            }
+                            None => plane.metrics.delivery.lose("corrupt"),
                         }
                     }
                     tracing::warn!("delivery: fleet subscription lost; resubscribing");

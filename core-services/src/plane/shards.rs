@@ -8,10 +8,12 @@
 //! - [`Shards::forward`] carries a verified client request to its owner shard;
 //! - [`Shards::submit_on`] posts work without waiting for it (the delivery plane's fan-out).
 //!
-//! A full mailbox is never waited on by the request path: the call fails at once with
-//! [`Error::Overloaded`] and `selfie_shard_overloaded_total` counts it. Each shard's loop
-//! ([`serve_mailbox`]) counts the jobs it runs, so that a draining edge waits for
-//! forwarded work before it stops.
+//! A full mailbox is not waited on by requests and typed calls: they fail at once with
+//! [`Error::Overloaded`] and `selfie_shard_overloaded_total` counts it (the delivery plane
+//! may wait a bounded time for room, see `Delivery::publish`). Each shard runs at most as
+//! many mailbox jobs at once as its mailbox holds, so the bound covers work in progress,
+//! not only work queued; its loop ([`serve_mailbox`]) counts the jobs it runs, so that a
+//! draining edge waits for forwarded work before it stops.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -37,6 +39,7 @@ pub type Job = Box<dyn FnOnce(Rc<Registry>) -> LocalBoxFuture<'static, ()> + Sen
 /// A shard's end of its mailbox (taken once, by the shard's thread).
 pub struct Mailbox {
     shard: ShardId,
+    depth: usize,
     rx: mpsc::Receiver<Job>,
 }
 
@@ -93,6 +96,7 @@ impl PlaneMetrics {
 
 /// Every shard's mailbox, by shard index. `Send + Sync`: any thread may post.
 pub struct Shards {
+    depth: usize,
     senders: Vec<mpsc::Sender<Job>>,
     receivers: Mutex<Vec<Option<mpsc::Receiver<Job>>>>,
     metrics: Arc<PlaneMetrics>,
@@ -107,6 +111,7 @@ impl Shards {
             })
             .unzip();
         Self {
+            depth: depth.max(1),
             senders,
             receivers: Mutex::new(receivers),
             metrics,
@@ -127,7 +132,11 @@ impl Shards {
     pub fn take_mailbox(&self, shard: ShardId) -> Option<Mailbox> {
         let mut r = self.receivers.lock().ok()?;
         let rx = r.get_mut(shard)?.take()?;
-        Some(Mailbox { shard, rx })
+        Some(Mailbox {
+            shard,
+            depth: self.depth,
+            rx,
+        })
     }
 
     /// Posts `job` to `shard` without waiting; a full mailbox is `Overloaded`.
@@ -135,7 +144,7 @@ impl Shards {
         let tx = self
             .senders
             .get(shard)
-            .ok_or(Error::Unavailable("that shard"))?;
+            .ok_or(Error::Internal("a job for a shard that does not exist"))?;
         let label = shard as u16;
         match tx.try_send(job) {
             Ok(()) => {
@@ -167,7 +176,7 @@ impl Shards {
         let tx = self
             .senders
             .get(shard)
-            .ok_or(Error::Unavailable("that shard"))?;
+            .ok_or(Error::Internal("a job for a shard that does not exist"))?;
         tx.send(job)
             .await
             .map_err(|_| Error::Unavailable("that shard"))?;
@@ -189,19 +198,14 @@ impl Shards {
         F: FnOnce(Rc<T>) -> Fut + Send + 'static,
         Fut: Future<Output = R> + 'static,
     {
-        let (tx, rx) = oneshot::channel::<Result<R>>();
-        let job: Job = Box::new(move |registry: Rc<Registry>| match registry.local::<T>() {
-            Some(t) => Box::pin(async move {
-                let _ = tx.send(Ok(f(t).await));
-            }),
-            None => {
-                let _ = tx.send(Err(Error::Unavailable("that service on the shard")));
-                Box::pin(async {})
-            }
+        let (tx, rx) = oneshot::channel::<R>();
+        let job = Self::job(move |t: Rc<T>| async move {
+            let _ = tx.send(f(t).await);
         });
         self.post(shard, "call", job)?;
+        // A dropped sender: the shard has no `T`, or stopped before answering.
         rx.await
-            .map_err(|_| Error::Unavailable("the shard stopped"))?
+            .map_err(|_| Error::Unavailable("that service on that shard"))
     }
 
     /// Runs `f` on `shard` with that shard's `T`, without waiting for it.
@@ -287,12 +291,14 @@ impl Shards {
         });
         self.post(shard, "forward", job)?;
         rx.await
-            .map_err(|_| Error::Unavailable("the owner shard stopped"))?
+            .map_err(|_| Error::Unavailable("the owner shard"))?
     }
 }
 
 /// Serves `mailbox` on the current shard's runtime (inside a `LocalSet`) until every
-/// sender is gone: each job runs as its own task; `inflight` counts the running ones.
+/// sender is gone. Each job runs as its own task, at most the mailbox's depth at once (a
+/// job waits in the mailbox, where it counts against the bound, until one ends); the
+/// registry counts the running ones for drain.
 pub async fn serve_mailbox(mut mailbox: Mailbox, registry: Rc<Registry>, plane: Arc<Plane>) {
     let gauge = plane
         .metrics
@@ -301,16 +307,43 @@ pub async fn serve_mailbox(mut mailbox: Mailbox, registry: Rc<Registry>, plane: 
             shard: mailbox.shard as u16,
         })
         .clone();
+    let running = Arc::new(tokio::sync::Semaphore::new(mailbox.depth));
     let inflight = registry.inflight.clone();
-    while let Some(job) = mailbox.rx.recv().await {
-        let (registry, inflight, gauge) = (registry.clone(), inflight.clone(), gauge.clone());
+    loop {
+        let Ok(permit) = running.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(job) = mailbox.rx.recv().await else {
+            return;
+        };
+        let running = Running::new(inflight.clone(), gauge.clone());
+        let registry = registry.clone();
+        tokio::task::spawn_local(async move {
+            // Released however the job ends (a panicking job included).
+            let _slot = (permit, running);
+            job(registry).await;
+        });
+    }
+}
+
+/// One running job, counted while it lives.
+struct Running {
+    inflight: Inflight,
+    gauge: Gauge,
+}
+
+impl Running {
+    fn new(inflight: Inflight, gauge: Gauge) -> Self {
         inflight.set(inflight.get() + 1);
         gauge.inc();
-        tokio::task::spawn_local(async move {
-            job(registry).await;
-            inflight.set(inflight.get() - 1);
-            gauge.dec();
-        });
+        Self { inflight, gauge }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.inflight.set(self.inflight.get().saturating_sub(1));
+        self.gauge.dec();
     }
 }
 
@@ -324,6 +357,11 @@ pub struct Plane {
     bus: OnceLock<Arc<dyn Bus>>,
     /// Metrics.
     pub metrics: Arc<PlaneMetrics>,
+    /// Topics some shard of this node follows (written by owners when a topic gains its
+    /// first or loses its last interested shard; read by the bus inbox).
+    pub(crate) followed: std::sync::RwLock<std::collections::HashSet<super::Topic>>,
+    /// Repairs and resync markers waiting for room, deduplicated.
+    pub(crate) pending: Mutex<super::delivery::Pending>,
 }
 
 /// Mailbox depth per shard.
@@ -343,6 +381,8 @@ impl Plane {
             delivery,
             bus: OnceLock::new(),
             metrics,
+            followed: Default::default(),
+            pending: Default::default(),
         })
     }
 

@@ -34,7 +34,7 @@ pub struct Comment {
     pub deleted: bool,
 }
 
-impl<S: Store> Posts<S> {
+impl<S: Store + 'static> Posts<S> {
     /// Whether `viewer` may comment on `post`, which they can read.
     async fn may_comment(&self, viewer: u64, post: &Post) -> Result<bool> {
         let author = post.author_id;

@@ -26,7 +26,7 @@ fn emoji_counter(emoji: &str) -> Bytes {
     name_key(&format!("r:{emoji}"))
 }
 
-impl<S: Store> Posts<S> {
+impl<S: Store + 'static> Posts<S> {
     /// Sets the viewer's reaction on a readable post (one per user; a new one replaces).
     pub async fn react(&self, viewer: u64, post_id: u64, emoji: &str) -> Result<()> {
         self.live(viewer, post_id).await?;

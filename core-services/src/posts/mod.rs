@@ -281,7 +281,7 @@ impl Count {
     }
 }
 
-impl<S: Store> Posts<S> {
+impl<S: Store + 'static> Posts<S> {
     /// Over `store`; `node`/`shard` make its ids unique.
     pub fn new(store: S, clock: Arc<dyn Clock>, node: u16, shard: u16) -> Result<Self> {
         let ids =
@@ -309,8 +309,8 @@ impl<S: Store> Posts<S> {
     }
 
     /// Moves one of a post's counters by `delta` and tells the post's subscribers. The
-    /// counter is durable first; the event is best effort (a lost one makes subscribers
-    /// resync, and the counter is always right on the next read).
+    /// counter is durable first; the event is best effort (a lost one makes the
+    /// subscribers resync, and the counter is always right on the next read).
     async fn bump(&self, post_id: u64, which: Count, delta: i32) -> Result<()> {
         self.store
             .counter_add(
@@ -325,15 +325,53 @@ impl<S: Store> Posts<S> {
         };
         let mut change = [0; 4];
         change[which as usize] = delta;
-        let topic = Topic::new(SubscriptionKind::Post, post_id);
-        let published = match wire::counts_event(delivery, post_id, None, change) {
-            Ok(frame) => delivery.publish(topic, frame).await,
-            Err(e) => Err(e),
+        // The counts are read and the event numbered on the topic's owner shard, under
+        // the post's counts lock: each event then carries counts at least as new as every
+        // event before it, and the last one the final counts.
+        let owner = delivery.owner(Self::topic(post_id));
+        let announced = if owner == delivery.shard() {
+            self.announce(post_id, change).await
+        } else {
+            let shards = delivery.plane().shards();
+            shards
+                .invoke_on(owner, move |posts: Rc<Posts<S>>| async move {
+                    posts.announce(post_id, change).await
+                })
+                .await
+                .and_then(|r| r)
         };
-        if let Err(e) = published {
-            tracing::debug!(error = %e, post_id, "counter change not published");
+        if let Err(e) = announced {
+            tracing::debug!(error = %e, post_id, "counter change not announced");
+            delivery.plane().lost(Self::topic(post_id));
         }
         Ok(())
+    }
+
+    /// The topic of a post's live counters.
+    fn topic(post_id: u64) -> Topic {
+        Topic::new(SubscriptionKind::Post, post_id)
+    }
+
+    /// The lock key serialising a post's counter reads with its events.
+    fn counts_lock(post_id: u64) -> (u64, u64) {
+        (post_id, u64::MAX)
+    }
+
+    /// On the topic's owner shard: reads the counts and publishes the change with them.
+    async fn announce(&self, post_id: u64, change: [i32; 4]) -> Result<()> {
+        let delivery = self.delivery()?;
+        let _counts = self.locks.lock(Self::counts_lock(post_id)).await;
+        let counts = self.counts(post_id).await?;
+        let frame = wire::counts_event(delivery, post_id, counts, change, None)?;
+        delivery.publish(Self::topic(post_id), frame).await
+    }
+
+    /// On the topic's owner shard: the counts and the last event they include.
+    async fn snapshot(&self, post_id: u64) -> Result<([i64; 4], u64)> {
+        let delivery = self.delivery()?;
+        let _counts = self.locks.lock(Self::counts_lock(post_id)).await;
+        let counts = self.counts(post_id).await?;
+        Ok((counts, delivery.current_seq(Self::topic(post_id))))
     }
 
     /// A post's counters: reactions, comments, reposts, quotes.

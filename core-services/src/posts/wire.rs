@@ -317,9 +317,13 @@ async fn repost<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Resu
     PostsWire::<S>::post(&call, post_t(post, None, Viewer::default()))
 }
 
-/// A post's live counters: who may read the post may follow them. The first frame is the
-/// snapshot (counts, `id` 0), taken after the subscription is live so that no change is
-/// missed; then one frame per change.
+/// A post's live counters: who may read the post may follow them (checked here, once:
+/// the events carry counts only; see `AUTHORIZATION.md`). The first frame is the
+/// snapshot, read on the topic's owner shard after the subscription is live, with the
+/// last event it includes (`as_of_seq`); then one frame per change, each with the counts
+/// after it. On one node the counts a client shows never go back; on a fleet, two changes
+/// made on two nodes at the same instant can leave the newest event one change behind
+/// until the next one.
 async fn subscribe<S: Store + Clone + 'static>(
     w: PostsWire<S>,
     kind: SubscriptionKind,
@@ -328,41 +332,58 @@ async fn subscribe<S: Store + Clone + 'static>(
     if kind != SubscriptionKind::Post {
         return Err(Error::Unavailable("this subscription"));
     }
-    let r = call.op(|e| e.body_as_control()?.op_as_subscribe_request())?;
-    let (me, post_id) = (call.user()?, r.target_id());
+    let me = call.user()?;
+    let post_id = op!(call, body_as_control.op_as_subscribe_request).target_id();
     w.0.get(me, post_id).await?;
-    let delivery = w.0.delivery()?;
+    let delivery = w.0.delivery()?.clone();
     let events = delivery.subscribe(Topic::new(kind, post_id)).await?;
-    let counts = w.0.counts(post_id).await?;
-    let snapshot = counts_event(delivery, post_id, Some(counts), [0; 4])?;
+    let owner = delivery.owner(Topic::new(kind, post_id));
+    let (counts, as_of) = if owner == delivery.shard() {
+        w.0.snapshot(post_id).await?
+    } else {
+        let shards = delivery.plane().shards();
+        shards
+            .invoke_on(owner, move |posts: Rc<Posts<S>>| async move {
+                posts.snapshot(post_id).await
+            })
+            .await??
+    };
+    let snapshot = counts_event(&delivery, post_id, counts, [0; 4], Some(as_of))?;
     Ok(Subscription {
         initial: vec![snapshot],
         events,
     })
 }
 
-/// A `PostCountsEvent` frame: a snapshot (`counts`, `id` 0) or a change to publish
-/// (`id` the placeholder that the topic's sequence replaces).
+/// A `PostCountsEvent` frame: a change to publish (`id` the placeholder that the topic's
+/// sequence replaces), or a snapshot that includes the events up to `snapshot_of`
+/// (`id` 0).
 pub(super) fn counts_event(
     delivery: &Delivery,
     post_id: u64,
-    counts: Option<[i64; 4]>,
+    counts: [i64; 4],
     [reactions_delta, comments_delta, reposts_delta, quotes_delta]: [i32; 4],
+    snapshot_of: Option<u64>,
 ) -> Result<Bytes> {
     delivery.encode_event(|b, placeholder| {
         let event = make!(pp::PostCountsEventT {
             post_id,
-            counts: counts.map(counts_t),
+            counts: Some(counts_t(counts)),
             reactions_delta,
             comments_delta,
             reposts_delta,
             quotes_delta,
+            as_of_seq: snapshot_of.unwrap_or(0),
         });
         let t = make!(pp::PostsT {
             op: PostsOpT::PostCountsEvent(Box::new(event)),
         })
         .pack(b);
-        let id = if counts.is_some() { 0 } else { placeholder };
+        let id = if snapshot_of.is_some() {
+            0
+        } else {
+            placeholder
+        };
         envelope(b, id, Body::Posts, t.as_union_value())
     })
 }

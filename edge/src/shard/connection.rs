@@ -17,6 +17,8 @@ pub(super) struct Conn {
     pub(super) protocol_errors: Cell<u32>,
     /// Open subscriptions: id -> the task writing its push stream.
     pub(super) subscriptions: RefCell<HashMap<u64, tokio::task::JoinHandle<()>>>,
+    /// Subscriptions being set up (their slot is taken before the service answers).
+    pub(super) joining: Cell<usize>,
     pub(super) next_subscription: Cell<u64>,
 }
 
@@ -237,6 +239,7 @@ pub(super) async fn serve_connection(
         inflight: Cell::new(0),
         protocol_errors: Cell::new(0),
         subscriptions: RefCell::new(HashMap::new()),
+        joining: Cell::new(0),
         next_subscription: Cell::new(1),
     });
     if let Some(p) = &state.session.principal {

@@ -179,14 +179,14 @@ fn context(shard: &Shard, state: &Conn, on: ShardId) -> RequestContext {
     }
 }
 
-/// A service's error as the client sees it; server-side failures are logged here with
-/// their details, which the reply leaves out.
+/// A service's error as the client sees it; faults of the server are logged here with
+/// their details, which the reply leaves out (refusals a client can cause at will, such as
+/// an operation this build does not offer, are not).
 fn reply_to(e: &selfie_services::Error) -> ErrorReply {
-    let reply = ErrorReply::from(e);
-    if reply.code.class() == selfie_protocol::ErrorClass::Server {
-        warn!(error = %e, code = %reply.code, "request failed");
+    if e.is_server_fault() {
+        warn!(error = %e, "request failed");
     }
-    reply
+    ErrorReply::from(e)
 }
 
 /// Opens a subscription: the service checks that the caller may follow the target and
@@ -209,7 +209,9 @@ async fn subscribe(
     if !state.session.may_call(service) {
         return Err(ErrorReply::new(ErrorCode::Unauthenticated, "sign in first"));
     }
-    if state.subscriptions.borrow().len() >= MAX_SUBSCRIPTIONS {
+    // The slot is reserved before the service is asked (which awaits), so a burst of
+    // subscribes cannot overshoot the limit.
+    if state.subscriptions.borrow().len() + state.joining.get() >= MAX_SUBSCRIPTIONS {
         return Err(
             ErrorReply::new(ErrorCode::TooManyStreams, "too many subscriptions").retry_after(1000),
         );
@@ -218,7 +220,10 @@ async fn subscribe(
         ErrorReply::new(ErrorCode::Unavailable, "service not available on this edge")
     })?;
     let call = shard.registry.call(context(shard, state, shard.id), frame);
-    let sub = svc.subscribe(kind, call).await.map_err(|e| reply_to(&e))?;
+    state.joining.set(state.joining.get() + 1);
+    let sub = svc.subscribe(kind, call).await;
+    state.joining.set(state.joining.get() - 1);
+    let sub = sub.map_err(|e| reply_to(&e))?;
     let sub_id = state.next_subscription.get();
     state.next_subscription.set(sub_id + 1);
     let header = shard
@@ -238,32 +243,36 @@ async fn subscribe(
     let weak = Rc::downgrade(state);
     let task = tokio::task::spawn_local(async move {
         let resync = VarInt::from_u32(u32::from(ErrorCode::ResyncRequired.0));
-        let Ok(mut send) = conn.open_uni().await else {
-            return;
-        };
-        let _ = send.set_priority(priority);
-        for bytes in std::iter::once(header).chain(sub.initial) {
-            if send.write_chunk(bytes).await.is_err() {
+        // However the stream ends (unsubscribe aborts the task instead), the slot goes.
+        let pushed = async {
+            let Ok(mut send) = conn.open_uni().await else {
                 return;
+            };
+            let _ = send.set_priority(priority);
+            for bytes in std::iter::once(header).chain(sub.initial) {
+                if send.write_chunk(bytes).await.is_err() {
+                    return;
+                }
             }
-        }
-        loop {
-            match sub.events.next().await {
-                SubscriberEvent::Event(bytes) => {
-                    tokio::select! {
-                        written = send.write_chunk(bytes) => if written.is_err() { return },
-                        () = sub.events.overflowed() => {
-                            let _ = send.reset(resync);
-                            break;
+            loop {
+                match sub.events.next().await {
+                    SubscriberEvent::Event(bytes) => {
+                        tokio::select! {
+                            written = send.write_chunk(bytes) => if written.is_err() { return },
+                            () = sub.events.overflowed() => {
+                                let _ = send.reset(resync);
+                                return;
+                            }
                         }
                     }
-                }
-                SubscriberEvent::Resync => {
-                    let _ = send.reset(resync);
-                    break;
+                    SubscriberEvent::Resync => {
+                        let _ = send.reset(resync);
+                        return;
+                    }
                 }
             }
-        }
+        };
+        pushed.await;
         if let Some(state) = weak.upgrade() {
             state.subscriptions.borrow_mut().remove(&sub_id);
         }

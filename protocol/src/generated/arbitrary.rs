@@ -2406,8 +2406,8 @@ pub fn selfie_posts_post_counts(depth: u32) -> BoxedStrategy<crate::generated::s
 /// Arbitrary `selfie.posts.PostCountsEvent`.
 pub fn selfie_posts_post_counts_event(depth: u32) -> BoxedStrategy<crate::generated::selfie::posts::PostCountsEventT> {
     let _ = depth;
-    ((any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_posts_post_counts(depth - 1).prop_map(Box::new)).boxed() }, any::<i32>(), any::<i32>(), any::<i32>(), any::<i32>(),),)
-        .prop_map(|((post_id, counts, reactions_delta, comments_delta, reposts_delta, quotes_delta,),)| crate::generated::selfie::posts::PostCountsEventT { post_id, counts, reactions_delta, comments_delta, reposts_delta, quotes_delta })
+    ((any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_posts_post_counts(depth - 1).prop_map(Box::new)).boxed() }, any::<i32>(), any::<i32>(), any::<i32>(), any::<i32>(), any::<u64>(),),)
+        .prop_map(|((post_id, counts, reactions_delta, comments_delta, reposts_delta, quotes_delta, as_of_seq,),)| crate::generated::selfie::posts::PostCountsEventT { post_id, counts, reactions_delta, comments_delta, reposts_delta, quotes_delta, as_of_seq })
         .boxed()
 }
 

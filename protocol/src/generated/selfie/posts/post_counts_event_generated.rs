@@ -5,9 +5,11 @@ use super::*;
 pub enum PostCountsEventOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Pushed to the subscribers of a post (`SubscriptionKind.Post`). The first frame of a
-/// subscription is a snapshot: `counts` set, envelope `id` 0. Every later frame says what
-/// changed since the one before, its envelope `id` the topic's sequence (1.2).
+/// Pushed to the subscribers of a post (`SubscriptionKind.Post`) (1.2). The first frame of
+/// a subscription is a snapshot (envelope `id` 0); every later frame is one change, its
+/// envelope `id` the topic's sequence. Every frame carries the counts as they stood after
+/// it: show `counts`, and ignore events whose sequence is at or below the snapshot's
+/// `as_of_seq` (the snapshot already includes them). The deltas say what changed.
 pub struct PostCountsEvent<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -27,6 +29,7 @@ impl<'a> PostCountsEvent<'a> {
   pub const VT_COMMENTS_DELTA: ::flatbuffers::VOffsetT = 10;
   pub const VT_REPOSTS_DELTA: ::flatbuffers::VOffsetT = 12;
   pub const VT_QUOTES_DELTA: ::flatbuffers::VOffsetT = 14;
+  pub const VT_AS_OF_SEQ: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -38,6 +41,7 @@ impl<'a> PostCountsEvent<'a> {
     args: &'args PostCountsEventArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PostCountsEvent<'bldr>> {
     let mut builder = PostCountsEventBuilder::new(_fbb);
+    builder.add_as_of_seq(args.as_of_seq);
     builder.add_post_id(args.post_id);
     builder.add_quotes_delta(args.quotes_delta);
     builder.add_reposts_delta(args.reposts_delta);
@@ -56,6 +60,7 @@ impl<'a> PostCountsEvent<'a> {
     let comments_delta = self.comments_delta();
     let reposts_delta = self.reposts_delta();
     let quotes_delta = self.quotes_delta();
+    let as_of_seq = self.as_of_seq();
     PostCountsEventT {
       post_id,
       counts,
@@ -63,6 +68,7 @@ impl<'a> PostCountsEvent<'a> {
       comments_delta,
       reposts_delta,
       quotes_delta,
+      as_of_seq,
     }
   }
 
@@ -73,7 +79,6 @@ impl<'a> PostCountsEvent<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(PostCountsEvent::VT_POST_ID, Some(0)).unwrap()}
   }
-  /// Absolute counts (snapshot frames only).
   #[inline]
   pub fn counts(&self) -> Option<PostCounts<'a>> {
     // Safety:
@@ -109,6 +114,14 @@ impl<'a> PostCountsEvent<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(PostCountsEvent::VT_QUOTES_DELTA, Some(0)).unwrap()}
   }
+  /// Snapshots only: the last sequence the counts include.
+  #[inline]
+  pub fn as_of_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PostCountsEvent::VT_AS_OF_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PostCountsEvent<'_> {
@@ -123,6 +136,7 @@ impl ::flatbuffers::Verifiable for PostCountsEvent<'_> {
      .visit_field::<i32>("comments_delta", Self::VT_COMMENTS_DELTA, false)?
      .visit_field::<i32>("reposts_delta", Self::VT_REPOSTS_DELTA, false)?
      .visit_field::<i32>("quotes_delta", Self::VT_QUOTES_DELTA, false)?
+     .visit_field::<u64>("as_of_seq", Self::VT_AS_OF_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -134,6 +148,7 @@ pub struct PostCountsEventArgs<'a> {
     pub comments_delta: i32,
     pub reposts_delta: i32,
     pub quotes_delta: i32,
+    pub as_of_seq: u64,
 }
 impl<'a> Default for PostCountsEventArgs<'a> {
   #[inline]
@@ -145,6 +160,7 @@ impl<'a> Default for PostCountsEventArgs<'a> {
       comments_delta: 0,
       reposts_delta: 0,
       quotes_delta: 0,
+      as_of_seq: 0,
     }
   }
 }
@@ -179,6 +195,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PostCountsEventBuilder<'a, 'b
     self.fbb_.push_slot::<i32>(PostCountsEvent::VT_QUOTES_DELTA, quotes_delta, 0);
   }
   #[inline]
+  pub fn add_as_of_seq(&mut self, as_of_seq: u64) {
+    self.fbb_.push_slot::<u64>(PostCountsEvent::VT_AS_OF_SEQ, as_of_seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PostCountsEventBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PostCountsEventBuilder {
@@ -202,6 +222,7 @@ impl ::core::fmt::Debug for PostCountsEvent<'_> {
       ds.field("comments_delta", &self.comments_delta());
       ds.field("reposts_delta", &self.reposts_delta());
       ds.field("quotes_delta", &self.quotes_delta());
+      ds.field("as_of_seq", &self.as_of_seq());
       ds.finish()
   }
 }
@@ -214,6 +235,7 @@ pub struct PostCountsEventT {
   pub comments_delta: i32,
   pub reposts_delta: i32,
   pub quotes_delta: i32,
+  pub as_of_seq: u64,
 }
 impl Default for PostCountsEventT {
   fn default() -> Self {
@@ -224,6 +246,7 @@ impl Default for PostCountsEventT {
       comments_delta: 0,
       reposts_delta: 0,
       quotes_delta: 0,
+      as_of_seq: 0,
     }
   }
 }
@@ -240,6 +263,7 @@ impl PostCountsEventT {
     let comments_delta = self.comments_delta;
     let reposts_delta = self.reposts_delta;
     let quotes_delta = self.quotes_delta;
+    let as_of_seq = self.as_of_seq;
     PostCountsEvent::create(_fbb, &PostCountsEventArgs{
       post_id,
       counts,
@@ -247,6 +271,7 @@ impl PostCountsEventT {
       comments_delta,
       reposts_delta,
       quotes_delta,
+      as_of_seq,
     })
   }
 }

@@ -8,9 +8,11 @@ import { PostCounts } from '../../selfie/posts/post-counts.js';
 
 
 /**
- * Pushed to the subscribers of a post (`SubscriptionKind.Post`). The first frame of a
- * subscription is a snapshot: `counts` set, envelope `id` 0. Every later frame says what
- * changed since the one before, its envelope `id` the topic's sequence (1.2).
+ * Pushed to the subscribers of a post (`SubscriptionKind.Post`) (1.2). The first frame of
+ * a subscription is a snapshot (envelope `id` 0); every later frame is one change, its
+ * envelope `id` the topic's sequence. Every frame carries the counts as they stood after
+ * it: show `counts`, and ignore events whose sequence is at or below the snapshot's
+ * `as_of_seq` (the snapshot already includes them). The deltas say what changed.
  */
 export class PostCountsEvent {
   bb: flatbuffers.ByteBuffer|null = null;
@@ -35,9 +37,6 @@ postId():bigint {
   return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
 }
 
-/**
- * Absolute counts (snapshot frames only).
- */
 counts(obj?:PostCounts):PostCounts|null {
   const offset = this.bb!.__offset(this.bb_pos, 6);
   return offset ? (obj || new PostCounts()).__init(this.bb!.__indirect(this.bb_pos + offset), this.bb!) : null;
@@ -63,8 +62,16 @@ quotesDelta():number {
   return offset ? this.bb!.readInt32(this.bb_pos + offset) : 0;
 }
 
+/**
+ * Snapshots only: the last sequence the counts include.
+ */
+asOfSeq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 16);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
 static startPostCountsEvent(builder:flatbuffers.Builder) {
-  builder.startObject(6);
+  builder.startObject(7);
 }
 
 static addPostId(builder:flatbuffers.Builder, postId:bigint) {
@@ -89,6 +96,10 @@ static addRepostsDelta(builder:flatbuffers.Builder, repostsDelta:number) {
 
 static addQuotesDelta(builder:flatbuffers.Builder, quotesDelta:number) {
   builder.addFieldInt32(5, quotesDelta, 0);
+}
+
+static addAsOfSeq(builder:flatbuffers.Builder, asOfSeq:bigint) {
+  builder.addFieldInt64(6, asOfSeq, BigInt('0'));
 }
 
 static endPostCountsEvent(builder:flatbuffers.Builder):flatbuffers.Offset {
