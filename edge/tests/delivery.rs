@@ -131,6 +131,24 @@ async fn a_thousand_subscribers_over_two_shards_get_each_change_once_and_in_orde
         );
     }
     assert_eq!(m.delivered.get(), 4000);
+
+    // A late subscriber's snapshot says which sequence it includes, so the next event
+    // it sees follows on from it with nothing missed and nothing counted twice.
+    let late = Client::connect_on(&endpoint, config(&node, Some(reader.token.clone())))
+        .await
+        .expect("connect");
+    let mut s = late
+        .subscribe(SubscriptionKind::Post, post_id, None)
+        .await
+        .expect("subscribed");
+    assert_eq!(
+        counts_event(&next(&mut s).await),
+        (0, 0, 2, 4),
+        "a snapshot of the two reactions left, as of the fourth change"
+    );
+    react(&reader.client, post_id, "🔥").await;
+    assert_eq!(counts_event(&next(&mut s).await), (5, 1, 3, 0));
+    drop((s, late));
     // Disconnecting frees everything, down to the owner's record of the topic.
     drop(seen);
     settles("subscribers", || {

@@ -1072,6 +1072,55 @@ mod tests {
             .await;
     }
 
+    #[tokio::test]
+    async fn bus_events_reach_followed_topics_only_and_an_empty_one_resyncs() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (plane, d) = one_shard(DeliveryConfig::default()).await;
+                let followed = Topic::new(SubscriptionKind::Post, 1);
+                let other = Topic::new(SubscriptionKind::Post, 2);
+                let s = d.subscribe(followed).await.expect("subscribed");
+                let bus = |topic, seq, frame: Bytes| {
+                    BusEvent::parse(seq, BusEvent::payload(topic, &frame).into()).expect("parsed")
+                };
+                // Nobody on this node follows `other`: its event is counted and dropped
+                // before it costs a shard anything.
+                plane.on_bus_event(bus(other, 7, event(&d, 1)));
+                plane.on_bus_event(bus(followed, 7, event(&d, 2)));
+                assert_eq!(seq_of(&s.next().await), 7, "numbered by the bus");
+                plane.on_bus_event(bus(followed, 8, Bytes::from_static(b"not a frame")));
+                // An empty frame is another node's marker for a lost event.
+                plane.on_bus_event(bus(followed, 9, Bytes::new()));
+                assert_eq!(s.next().await, SubscriberEvent::Resync);
+                let m = &plane.metrics.delivery;
+                assert_eq!(m.bus_received.get(), 4);
+                assert_eq!(m.delivered.get(), 1);
+                let corrupt = m.lost.get_or_create(&ReasonLabel { reason: "corrupt" });
+                assert_eq!(corrupt.get(), 1);
+                assert_eq!(m.subscribers.get(), 0, "the resynced subscriber is gone");
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_event_lost_before_it_was_numbered_resyncs_its_subscribers() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (plane, d) = one_shard(DeliveryConfig::default()).await;
+                let topic = Topic::new(SubscriptionKind::Conversation, 3);
+                let bystander = Topic::new(SubscriptionKind::Conversation, 4);
+                let s = d.subscribe(topic).await.expect("subscribed");
+                let b = d.subscribe(bystander).await.expect("subscribed");
+                plane.lost(topic);
+                assert_eq!(s.next().await, SubscriberEvent::Resync);
+                d.publish(bystander, event(&d, 1)).await.expect("published");
+                assert_eq!(seq_of(&b.next().await), 1, "other topics are untouched");
+            })
+            .await;
+    }
+
     #[test]
     fn topics_and_bus_payloads_round_trip() {
         let t = Topic::new(SubscriptionKind::HomeFeed, u64::MAX - 3);
