@@ -11,7 +11,7 @@ use selfie_protocol::common::UserSummaryT;
 use selfie_storage::Store;
 
 use super::accounts::{Accounts, IssuedTokens, REFRESH_TTL};
-use crate::plane::{Call, make, op, service_table, user_ref};
+use crate::plane::{Call, make, service_table, user_ref};
 use crate::workflows::Services;
 use crate::{Error, Result};
 
@@ -37,21 +37,21 @@ impl<S: Store + Clone + 'static> AuthWire<S> {
 service_table! {
     impl[S: Store + Clone + 'static] AuthWire<S>;
     body body_as_auth, ops AuthOp, answers AuthOpT in Auth(pa::AuthT);
-    RegisterRequest => register;
-    LoginRequest => login;
-    RefreshRequest => refresh;
-    LogoutRequest => logout;
-    SessionsListRequest => sessions;
-    SessionRevokeRequest => revoke;
-    SessionRevokeOthersRequest => revoke_others;
-    TotpEnrollRequest => totp_enrol;
-    TotpConfirmRequest => totp_confirm;
-    TotpDisableRequest => totp_disable;
-    RecoveryCodesRegenerateRequest => recovery_codes;
-    PasswordChangeRequest => change_password;
-    PasswordResetStartRequest => reset_start;
-    PasswordResetFinishRequest => reset_finish;
-    AccountDeleteRequest => delete_account;
+    RegisterRequest(op_as_register_request) => register;
+    LoginRequest(op_as_login_request) => login;
+    RefreshRequest(op_as_refresh_request) => refresh;
+    LogoutRequest(op_as_logout_request) => logout;
+    SessionsListRequest(op_as_sessions_list_request) => sessions;
+    SessionRevokeRequest(op_as_session_revoke_request) => revoke;
+    SessionRevokeOthersRequest(op_as_session_revoke_others_request) => revoke_others;
+    TotpEnrollRequest(op_as_totp_enroll_request) => totp_enrol;
+    TotpConfirmRequest(op_as_totp_confirm_request) => totp_confirm;
+    TotpDisableRequest(op_as_totp_disable_request) => totp_disable;
+    RecoveryCodesRegenerateRequest(op_as_recovery_codes_regenerate_request) => recovery_codes;
+    PasswordChangeRequest(op_as_password_change_request) => change_password;
+    PasswordResetStartRequest(op_as_password_reset_start_request) => reset_start;
+    PasswordResetFinishRequest(op_as_password_reset_finish_request) => reset_finish;
+    AccountDeleteRequest(op_as_account_delete_request) => delete_account;
 }
 
 /// A required string field.
@@ -81,189 +81,178 @@ impl<S: Store + Clone + 'static> AuthWire<S> {
             refresh_expires_at_ms: now + REFRESH_TTL.as_millis() as u64,
         })))
     }
-}
 
-async fn register<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_auth.op_as_register_request);
-    let username = required(r.username(), "username")?;
-    let t = w
-        .services
-        .register(
-            username,
-            required(r.email(), "email")?,
-            required(r.password(), "password")?.to_string(),
-            device(r.device()),
-        )
-        .await?;
-    let user = Some(Box::new(make!(UserSummaryT {
-        user_id: t.user_id,
-        username: Some(username.to_string()),
-    })));
-    let answer = make!(pa::RegisterResponseT {
-        user,
-        tokens: w.tokens(t),
-    });
-    AuthWire::<S>::answer(&call, AuthOpT::RegisterResponse(Box::new(answer)))
-}
+    async fn register(self, call: &Call, r: pa::RegisterRequest<'_>) -> Result<Bytes> {
+        let username = required(r.username(), "username")?;
+        let email = required(r.email(), "email")?;
+        let password = required(r.password(), "password")?.to_string();
+        let register = self
+            .services
+            .register(username, email, password, device(r.device()));
+        let t = register.await?;
+        let user = Some(Box::new(make!(UserSummaryT {
+            user_id: t.user_id,
+            username: Some(username.to_string()),
+        })));
+        let tokens = self.tokens(t);
+        let answer = make!(pa::RegisterResponseT { user, tokens });
+        Self::answer(call, AuthOpT::RegisterResponse(Box::new(answer)))
+    }
 
-async fn login<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_auth.op_as_login_request);
-    let t = w
-        .accounts
-        .login_with_second_factor(
-            required(r.identifier(), "identifier")?,
-            required(r.password(), "password")?.to_string(),
-            r.totp_code(),
-            r.recovery_code(),
-            device(r.device()),
-            call.ctx.peer_ip,
-        )
-        .await?;
-    let answer = make!(pa::LoginResponseT {
-        user: user_ref(t.user_id),
-        tokens: w.tokens(t),
-    });
-    AuthWire::<S>::answer(&call, AuthOpT::LoginResponse(Box::new(answer)))
-}
+    async fn login(self, call: &Call, r: pa::LoginRequest<'_>) -> Result<Bytes> {
+        let t = self
+            .accounts
+            .login_with_second_factor(
+                required(r.identifier(), "identifier")?,
+                required(r.password(), "password")?.to_string(),
+                r.totp_code(),
+                r.recovery_code(),
+                device(r.device()),
+                call.ctx.peer_ip,
+            )
+            .await?;
+        let answer = make!(pa::LoginResponseT {
+            user: user_ref(t.user_id),
+            tokens: self.tokens(t),
+        });
+        Self::answer(call, AuthOpT::LoginResponse(Box::new(answer)))
+    }
 
-async fn refresh<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_auth.op_as_refresh_request);
-    let t = w
-        .accounts
-        .refresh(required(r.refresh_token(), "refresh_token")?)
-        .await?;
-    let answer = make!(pa::RefreshResponseT {
-        tokens: w.tokens(t),
-    });
-    AuthWire::<S>::answer(&call, AuthOpT::RefreshResponse(Box::new(answer)))
-}
+    async fn refresh(self, call: &Call, r: pa::RefreshRequest<'_>) -> Result<Bytes> {
+        let token = required(r.refresh_token(), "refresh_token")?;
+        let tokens = self.tokens(self.accounts.refresh(token).await?);
+        let answer = make!(pa::RefreshResponseT { tokens });
+        Self::answer(call, AuthOpT::RefreshResponse(Box::new(answer)))
+    }
 
-async fn logout<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let p = call.principal()?;
-    w.accounts.revoke(p.user_id, p.session_id).await?;
-    call.ack()
-}
+    async fn logout(self, call: &Call, _: pa::LogoutRequest<'_>) -> Result<Bytes> {
+        let p = call.principal()?;
+        self.accounts.revoke(p.user_id, p.session_id).await?;
+        call.ack()
+    }
 
-async fn sessions<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let p = call.principal()?;
-    let sessions = w.accounts.sessions(p.user_id).await?;
-    let list = sessions.into_iter().filter(|s| !s.revoked);
-    let list = list.map(|s| {
-        make!(pa::SessionInfoT {
-            session_id: s.session_id,
-            current: s.session_id == p.session_id,
-            device_name: Some(s.device_name),
-            created_at_ms: s.created_at_ms,
-            last_seen_at_ms: s.last_seen_at_ms,
-        })
-    });
-    let answer = make!(pa::SessionsListResponseT {
-        sessions: Some(list.collect()),
-    });
-    AuthWire::<S>::answer(&call, AuthOpT::SessionsListResponse(Box::new(answer)))
-}
+    async fn sessions(self, call: &Call, _: pa::SessionsListRequest<'_>) -> Result<Bytes> {
+        let p = call.principal()?;
+        let sessions = self.accounts.sessions(p.user_id).await?;
+        let list = sessions.into_iter().filter(|s| !s.revoked);
+        let list = list.map(|s| {
+            make!(pa::SessionInfoT {
+                session_id: s.session_id,
+                current: s.session_id == p.session_id,
+                device_name: Some(s.device_name),
+                created_at_ms: s.created_at_ms,
+                last_seen_at_ms: s.last_seen_at_ms,
+            })
+        });
+        let answer = make!(pa::SessionsListResponseT {
+            sessions: Some(list.collect()),
+        });
+        Self::answer(call, AuthOpT::SessionsListResponse(Box::new(answer)))
+    }
 
-async fn revoke<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_auth.op_as_session_revoke_request);
-    // Only the caller's own sessions: another user's id is simply not found.
-    let me = call.user()?;
-    w.accounts.revoke(me, r.session_id()).await?;
-    call.ack()
-}
+    async fn revoke(self, call: &Call, r: pa::SessionRevokeRequest<'_>) -> Result<Bytes> {
+        // Only the caller's own sessions: another user's id is simply not found.
+        self.accounts.revoke(call.user()?, r.session_id()).await?;
+        call.ack()
+    }
 
-async fn revoke_others<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let p = call.principal()?;
-    w.accounts.revoke_others(p.user_id, p.session_id).await?;
-    call.ack()
-}
+    async fn revoke_others(
+        self,
+        call: &Call,
+        _: pa::SessionRevokeOthersRequest<'_>,
+    ) -> Result<Bytes> {
+        let p = call.principal()?;
+        self.accounts.revoke_others(p.user_id, p.session_id).await?;
+        call.ack()
+    }
 
-async fn totp_enrol<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_auth.op_as_totp_enroll_request);
-    let password = required(r.password(), "password")?.to_string();
-    let (uri, secret) = w.accounts.totp_enrol(me, password, "Selfie").await?;
-    let answer = make!(pa::TotpEnrollResponseT {
-        otpauth_uri: Some(uri),
-        secret_base32: Some(secret),
-    });
-    AuthWire::<S>::answer(&call, AuthOpT::TotpEnrollResponse(Box::new(answer)))
-}
+    async fn totp_enrol(self, call: &Call, r: pa::TotpEnrollRequest<'_>) -> Result<Bytes> {
+        let password = required(r.password(), "password")?.to_string();
+        let (uri, secret) = self
+            .accounts
+            .totp_enrol(call.user()?, password, "Selfie")
+            .await?;
+        let answer = make!(pa::TotpEnrollResponseT {
+            otpauth_uri: Some(uri),
+            secret_base32: Some(secret),
+        });
+        Self::answer(call, AuthOpT::TotpEnrollResponse(Box::new(answer)))
+    }
 
-async fn totp_confirm<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_auth.op_as_totp_confirm_request);
-    let codes = w
-        .accounts
-        .totp_confirm(me, required(r.code(), "code")?)
-        .await?;
-    let answer = make!(pa::TotpConfirmResponseT {
-        recovery_codes: Some(codes),
-    });
-    AuthWire::<S>::answer(&call, AuthOpT::TotpConfirmResponse(Box::new(answer)))
-}
+    async fn totp_confirm(self, call: &Call, r: pa::TotpConfirmRequest<'_>) -> Result<Bytes> {
+        let code = required(r.code(), "code")?;
+        let codes = self.accounts.totp_confirm(call.user()?, code).await?;
+        let answer = make!(pa::TotpConfirmResponseT {
+            recovery_codes: Some(codes),
+        });
+        Self::answer(call, AuthOpT::TotpConfirmResponse(Box::new(answer)))
+    }
 
-async fn totp_disable<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_auth.op_as_totp_disable_request);
-    let password = required(r.password(), "password")?.to_string();
-    w.accounts
-        .totp_disable(me, password, required(r.code(), "code")?)
-        .await?;
-    call.ack()
-}
+    async fn totp_disable(self, call: &Call, r: pa::TotpDisableRequest<'_>) -> Result<Bytes> {
+        let password = required(r.password(), "password")?.to_string();
+        let code = required(r.code(), "code")?;
+        self.accounts
+            .totp_disable(call.user()?, password, code)
+            .await?;
+        call.ack()
+    }
 
-async fn recovery_codes<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_auth.op_as_recovery_codes_regenerate_request);
-    let password = required(r.password(), "password")?.to_string();
-    let codes = w
-        .accounts
-        .regenerate_recovery_codes(me, password, required(r.code(), "code")?)
-        .await?;
-    let answer = make!(pa::RecoveryCodesResponseT {
-        recovery_codes: Some(codes),
-    });
-    AuthWire::<S>::answer(&call, AuthOpT::RecoveryCodesResponse(Box::new(answer)))
-}
+    async fn recovery_codes(
+        self,
+        call: &Call,
+        r: pa::RecoveryCodesRegenerateRequest<'_>,
+    ) -> Result<Bytes> {
+        let password = required(r.password(), "password")?.to_string();
+        let code = required(r.code(), "code")?;
+        let accounts = &self.accounts;
+        let codes = accounts
+            .regenerate_recovery_codes(call.user()?, password, code)
+            .await?;
+        let answer = make!(pa::RecoveryCodesResponseT {
+            recovery_codes: Some(codes),
+        });
+        Self::answer(call, AuthOpT::RecoveryCodesResponse(Box::new(answer)))
+    }
 
-async fn change_password<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_auth.op_as_password_change_request);
-    let p = call.principal()?;
-    let current = required(r.current_password(), "current_password")?.to_string();
-    let new = required(r.new_password(), "new_password")?.to_string();
-    w.accounts
-        .change_password(p.user_id, p.session_id, current, new, r.totp_code())
-        .await?;
-    call.ack()
-}
+    async fn change_password(self, call: &Call, r: pa::PasswordChangeRequest<'_>) -> Result<Bytes> {
+        let p = call.principal()?;
+        let current = required(r.current_password(), "current_password")?.to_string();
+        let new = required(r.new_password(), "new_password")?.to_string();
+        self.accounts
+            .change_password(p.user_id, p.session_id, current, new, r.totp_code())
+            .await?;
+        call.ack()
+    }
 
-async fn reset_start<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_auth.op_as_password_reset_start_request);
-    w.accounts
-        .password_reset_start(required(r.email(), "email")?, call.ctx.peer_ip)
-        .await?;
-    call.ack()
-}
+    async fn reset_start(self, call: &Call, r: pa::PasswordResetStartRequest<'_>) -> Result<Bytes> {
+        let email = required(r.email(), "email")?;
+        self.accounts
+            .password_reset_start(email, call.ctx.peer_ip)
+            .await?;
+        call.ack()
+    }
 
-async fn reset_finish<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_auth.op_as_password_reset_finish_request);
-    let new = required(r.new_password(), "new_password")?.to_string();
-    w.accounts
-        .password_reset_finish(
-            required(r.email(), "email")?,
-            required(r.code(), "code")?,
-            new,
-            call.ctx.peer_ip,
-        )
-        .await?;
-    call.ack()
-}
+    async fn reset_finish(
+        self,
+        call: &Call,
+        r: pa::PasswordResetFinishRequest<'_>,
+    ) -> Result<Bytes> {
+        let email = required(r.email(), "email")?;
+        let code = required(r.code(), "code")?;
+        let new = required(r.new_password(), "new_password")?.to_string();
+        let finish = self
+            .accounts
+            .password_reset_finish(email, code, new, call.ctx.peer_ip);
+        finish.await?;
+        call.ack()
+    }
 
-async fn delete_account<S: Store + Clone + 'static>(w: AuthWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_auth.op_as_account_delete_request);
-    let password = required(r.password(), "password")?.to_string();
-    w.services
-        .delete_account(call.principal()?, password, r.totp_code())
-        .await?;
-    call.ack()
+    async fn delete_account(self, call: &Call, r: pa::AccountDeleteRequest<'_>) -> Result<Bytes> {
+        let password = required(r.password(), "password")?.to_string();
+        let delete = self
+            .services
+            .delete_account(call.principal()?, password, r.totp_code());
+        delete.await?;
+        call.ack()
+    }
 }

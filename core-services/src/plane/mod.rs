@@ -39,7 +39,7 @@ pub use delivery::{
 };
 pub use redis_bus::{RedisBus, run_inbox};
 pub use shards::{MAILBOX_DEPTH, Mailbox, Plane, PlaneMetrics, Shards, serve_mailbox};
-pub(crate) use table::{make, op, service_table, wire_enum};
+pub(crate) use table::{make, service_table, wire_enum};
 
 use crate::{Error, Result};
 

@@ -7,24 +7,26 @@
 //!     impl[S: Store + 'static] PostsWire<S>;
 //!     body body_as_posts, ops PostsOp, answers PostsOpT in Posts(pp::PostsT),
 //!         subscribe subscribe_post;                   // optional
-//!     GetPostRequest => get;                          // runs on the receiving shard
-//!     ReactRequest => react, owner |t, _me| t.op_as_react_request()?.target_id();
+//!     GetPostRequest(op_as_get_post_request) => get;  // runs on the receiving shard
+//!     ReactRequest(op_as_react_request) => react, owner |r, _me| r.target_id();
 //! }
 //! ```
 //!
-//! A row names the operation, its handler (`async fn(Wire, Call) -> Result<Bytes>`), and
-//! optionally the key whose owner shard runs it: an expression over the service table
-//! `t` and the caller `_me: Option<u64>` (`?` works inside it). The macro also gives the
-//! wire type an `answer(call, op)` helper that wraps an answer (the object-API value of
-//! the service's union) in its service table and envelope. Operations without a row are
-//! answered `Unavailable`.
+//! A row names the operation, the accessor that reads its request in place, the handler
+//! (a method `async fn(self, &Call, Request<'_>) -> Result<Bytes>`), and optionally the
+//! key whose owner shard runs it: an expression over the request `r` and the caller
+//! `_me: Option<u64>` (`?` works inside it). The macro also gives the wire type an
+//! `answer(call, op)` helper that wraps an answer (the object-API value of the service's
+//! union) in its service table and envelope. Operations without a row are answered
+//! `Unavailable`.
 
 macro_rules! service_table {
     (
         impl[$($gen:tt)*] $wire:ty;
         body $body:ident, ops $Op:ident, answers $OpT:ident in $Variant:ident($TableT:path)
             $(, subscribe $sub:path)?;
-        $( $variant:ident => $handler:path $(, owner |$t:ident, $me:ident| $owner:expr)? ; )*
+        $( $variant:ident($acc:ident) => $handler:ident
+            $(, owner |$r:ident, $me:ident| $owner:expr)? ; )*
     ) => {
         impl<$($gen)*> $crate::plane::Service for $wire {
             #[allow(unused_variables)]
@@ -37,8 +39,8 @@ macro_rules! service_table {
                 match table.op_type() {
                     $($(
                         $Op::$variant => {
-                            let ($t, $me) = (table, caller);
-                            (|| -> Option<u64> { Some($owner) })()
+                            let ($r, $me) = (table.$acc()?, caller);
+                            Some($owner)
                         }
                     )?)*
                     _ => None,
@@ -49,8 +51,12 @@ macro_rules! service_table {
                 &self,
                 call: $crate::plane::Call,
             ) -> futures::future::LocalBoxFuture<'static, $crate::Result<bytes::Bytes>> {
+                let wire = self.clone();
                 match call.env().$body().map(|t| t.op_type()) {
-                    $( Some($Op::$variant) => Box::pin($handler(self.clone(), call)), )*
+                    $( Some($Op::$variant) => Box::pin(async move {
+                        let request = call.op(|e| e.$body()?.$acc())?;
+                        wire.$handler(&call, request).await
+                    }), )*
                     _ => Box::pin(async { Err($crate::Error::Unavailable("this operation")) }),
                 }
             }
@@ -119,14 +125,3 @@ macro_rules! make {
 }
 
 pub(crate) use make;
-
-/// Reads operation `op` of service table `body` in place, as a handler's request:
-/// `op!(call, body_as_posts.op_as_get_post_request)` (a table without it is
-/// `InvalidArgument`).
-macro_rules! op {
-    ($call:expr, $body:ident.$op:ident) => {
-        $call.op(|e| e.$body()?.$op())?
-    };
-}
-
-pub(crate) use op;

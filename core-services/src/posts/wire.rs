@@ -13,8 +13,8 @@ use selfie_storage::{Cursor, Store};
 
 use super::{Audience, Comment, NewPost, Post, PostEdit, Posts, ReplyPolicy};
 use crate::plane::{
-    Call, Delivery, Subscription, Topic, envelope, ids, make, op, page_request, page_t,
-    service_table, user_ref, wire_enum,
+    Call, Delivery, Subscription, Topic, envelope, ids, make, page_request, page_t, service_table,
+    user_ref, wire_enum,
 };
 use crate::{Error, Result};
 
@@ -26,22 +26,23 @@ service_table! {
     impl[S: Store + Clone + 'static] PostsWire<S>;
     body body_as_posts, ops PostsOp, answers PostsOpT in Posts(pp::PostsT),
         subscribe subscribe;
-    CreatePostRequest => create;
-    EditPostRequest => edit;
-    PostHistoryRequest => history;
-    DeletePostRequest => delete;
-    GetPostRequest => get;
-    GetPostsRequest => get_many;
-    UserPostsRequest => by_user;
-    CreateCommentRequest => comment;
-    CommentsListRequest => comments;
-    EditCommentRequest => edit_comment, owner |t, _me| t.op_as_edit_comment_request()?.comment_id();
-    DeleteCommentRequest => delete_comment, owner |t, _me| t.op_as_delete_comment_request()?.comment_id();
-    ReactRequest => react, owner |t, _me| t.op_as_react_request()?.target_id();
-    UnreactRequest => unreact, owner |t, _me| t.op_as_unreact_request()?.target_id();
-    ReactionsListRequest => reactions;
-    RepostRequest => repost, owner |t, _me| t.op_as_repost_request()?.post_id();
-    UndoRepostRequest => undo_repost, owner |t, _me| t.op_as_undo_repost_request()?.post_id();
+    CreatePostRequest(op_as_create_post_request) => create;
+    EditPostRequest(op_as_edit_post_request) => edit;
+    PostHistoryRequest(op_as_post_history_request) => history;
+    DeletePostRequest(op_as_delete_post_request) => delete;
+    GetPostRequest(op_as_get_post_request) => get;
+    GetPostsRequest(op_as_get_posts_request) => get_many;
+    UserPostsRequest(op_as_user_posts_request) => by_user;
+    CreateCommentRequest(op_as_create_comment_request) => comment;
+    CommentsListRequest(op_as_comments_list_request) => comments;
+    EditCommentRequest(op_as_edit_comment_request) => edit_comment, owner |r, _me| r.comment_id();
+    DeleteCommentRequest(op_as_delete_comment_request) => delete_comment,
+        owner |r, _me| r.comment_id();
+    ReactRequest(op_as_react_request) => react, owner |r, _me| r.target_id();
+    UnreactRequest(op_as_unreact_request) => unreact, owner |r, _me| r.target_id();
+    ReactionsListRequest(op_as_reactions_list_request) => reactions;
+    RepostRequest(op_as_repost_request) => repost, owner |r, _me| r.post_id();
+    UndoRepostRequest(op_as_undo_repost_request) => undo_repost, owner |r, _me| r.post_id();
 }
 
 use common::Audience as WireAudience;
@@ -118,6 +119,16 @@ fn comment_t(c: Comment) -> pp::CommentT {
     })
 }
 
+/// A change to the post or comment the request names, answered `Ack`.
+macro_rules! post_changes {
+    ($($name:ident($Request:ident).$id:ident => $method:ident;)*) => {$(
+        async fn $name(self, call: &Call, r: pp::$Request<'_>) -> Result<Bytes> {
+            self.0.$method(call.user()?, r.$id()).await?;
+            call.ack()
+        }
+    )*};
+}
+
 impl<S: Store + Clone + 'static> PostsWire<S> {
     fn post(call: &Call, post: pp::PostT) -> Result<Bytes> {
         let post = Some(Box::new(post));
@@ -136,185 +147,153 @@ impl<S: Store + Clone + 'static> PostsWire<S> {
         Self::answer(call, PostsOpT::PostsResponse(Box::new(page)))
     }
 
-    fn comment(call: &Call, c: Comment) -> Result<Bytes> {
+    fn one_comment(call: &Call, c: Comment) -> Result<Bytes> {
         let comment = Some(Box::new(comment_t(c)));
         Self::answer(
             call,
             PostsOpT::CommentResponse(Box::new(make!(pp::CommentResponseT { comment }))),
         )
     }
-}
 
-async fn create<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_posts.op_as_create_post_request);
-    let new = NewPost {
-        text: r.text().unwrap_or_default().to_string(),
-        media_ids: ids(r.media_ids(), super::MAX_MEDIA),
-        audience: audience(r.audience())?,
-        reply_policy: reply_policy(r.reply_policy())?,
-        quote_of: (r.quote_of() != 0).then_some(r.quote_of()),
-        sensitive: r.sensitive(),
-    };
-    let post = w.0.publish(me, new).await?;
-    PostsWire::<S>::post(&call, post_t(post, None, Viewer::default()))
-}
+    post_changes! {
+        delete(DeletePostRequest).post_id => delete;
+        delete_comment(DeleteCommentRequest).comment_id => delete_comment;
+        undo_repost(UndoRepostRequest).post_id => undo_repost;
+    }
 
-async fn edit<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_posts.op_as_edit_post_request);
-    let edit = PostEdit {
-        text: r.text().map(str::to_string),
-        media_ids: r.media_ids().map(|v| ids(Some(v), super::MAX_MEDIA)),
-        sensitive: r.sensitive(),
-    };
-    let post = w.0.edit_with(me, r.post_id(), edit).await?;
-    PostsWire::<S>::post(&call, post_t(post, None, Viewer::default()))
-}
+    async fn create(self, call: &Call, r: pp::CreatePostRequest<'_>) -> Result<Bytes> {
+        let new = NewPost {
+            text: r.text().unwrap_or_default().to_string(),
+            media_ids: ids(r.media_ids(), super::MAX_MEDIA),
+            audience: audience(r.audience())?,
+            reply_policy: reply_policy(r.reply_policy())?,
+            quote_of: (r.quote_of() != 0).then_some(r.quote_of()),
+            sensitive: r.sensitive(),
+        };
+        let post = self.0.publish(call.user()?, new).await?;
+        Self::post(call, post_t(post, None, Viewer::default()))
+    }
 
-async fn history<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_posts.op_as_post_history_request);
-    let versions = w.0.history(me, r.post_id()).await?;
-    let versions = versions.into_iter().map(|v| {
-        make!(pp::PostVersionT {
-            text: Some(v.text),
-            media_ids: Some(v.media_ids),
-            edited_at_ms: v.replaced_at_ms,
-        })
-    });
-    let versions = Some(versions.collect());
-    let history = make!(pp::PostHistoryResponseT { versions });
-    PostsWire::<S>::answer(&call, PostsOpT::PostHistoryResponse(Box::new(history)))
-}
+    async fn edit(self, call: &Call, r: pp::EditPostRequest<'_>) -> Result<Bytes> {
+        let edit = PostEdit {
+            text: r.text().map(str::to_string),
+            media_ids: r.media_ids().map(|v| ids(Some(v), super::MAX_MEDIA)),
+            sensitive: r.sensitive(),
+        };
+        let post = self.0.edit_with(call.user()?, r.post_id(), edit).await?;
+        Self::post(call, post_t(post, None, Viewer::default()))
+    }
 
-async fn get<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let id = op!(call, body_as_posts.op_as_get_post_request).post_id();
-    let post = w.0.get(me, id).await?;
-    let counts = w.0.counts(id).await?;
-    let viewer = Viewer {
-        reaction: w.0.viewer_reaction(me, id).await?,
-        reposted: w.0.viewer_reposted(me, id).await?,
-    };
-    PostsWire::<S>::post(&call, post_t(post, Some(counts), viewer))
-}
+    async fn history(self, call: &Call, r: pp::PostHistoryRequest<'_>) -> Result<Bytes> {
+        let versions = self.0.history(call.user()?, r.post_id()).await?;
+        let versions = versions.into_iter().map(|v| {
+            make!(pp::PostVersionT {
+                text: Some(v.text),
+                media_ids: Some(v.media_ids),
+                edited_at_ms: v.replaced_at_ms,
+            })
+        });
+        let versions = Some(versions.collect());
+        let history = make!(pp::PostHistoryResponseT { versions });
+        Self::answer(call, PostsOpT::PostHistoryResponse(Box::new(history)))
+    }
 
-async fn get_many<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let wanted = ids(
-        op!(call, body_as_posts.op_as_get_posts_request).post_ids(),
-        super::MAX_BATCH,
-    );
-    let list = w.0.get_many(me, &wanted).await?;
-    PostsWire::<S>::page(&call, list, None)
-}
+    async fn get(self, call: &Call, r: pp::GetPostRequest<'_>) -> Result<Bytes> {
+        let (me, id) = (call.user()?, r.post_id());
+        let post = self.0.get(me, id).await?;
+        let counts = self.0.counts(id).await?;
+        let viewer = Viewer {
+            reaction: self.0.viewer_reaction(me, id).await?,
+            reposted: self.0.viewer_reposted(me, id).await?,
+        };
+        Self::post(call, post_t(post, Some(counts), viewer))
+    }
 
-async fn by_user<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_posts.op_as_user_posts_request);
-    let (limit, cursor) = page_request(r.page());
-    let me = call.user()?;
-    let (list, next) = w.0.by_user(me, r.user_id(), limit, cursor).await?;
-    PostsWire::<S>::page(&call, list, next)
-}
+    async fn get_many(self, call: &Call, r: pp::GetPostsRequest<'_>) -> Result<Bytes> {
+        let wanted = ids(r.post_ids(), super::MAX_BATCH);
+        let list = self.0.get_many(call.user()?, &wanted).await?;
+        Self::page(call, list, None)
+    }
 
-async fn comment<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_posts.op_as_create_comment_request);
-    let text = r.text().unwrap_or_default();
-    let c = w.0.comment(me, r.post_id(), r.parent_id(), text).await?;
-    PostsWire::<S>::comment(&call, c)
-}
+    async fn by_user(self, call: &Call, r: pp::UserPostsRequest<'_>) -> Result<Bytes> {
+        let (limit, cursor) = page_request(r.page());
+        let me = call.user()?;
+        let (list, next) = self.0.by_user(me, r.user_id(), limit, cursor).await?;
+        Self::page(call, list, next)
+    }
 
-async fn comments<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_posts.op_as_comments_list_request);
-    let (limit, cursor) = page_request(r.page());
-    let me = call.user()?;
-    let (list, next) = w.0.comments(me, r.post_id(), limit, cursor).await?;
-    let page = make!(pp::CommentsListResponseT {
-        comments: Some(list.into_iter().map(comment_t).collect()),
-        page: page_t(next),
-    });
-    PostsWire::<S>::answer(&call, PostsOpT::CommentsListResponse(Box::new(page)))
-}
+    async fn comment(self, call: &Call, r: pp::CreateCommentRequest<'_>) -> Result<Bytes> {
+        let text = r.text().unwrap_or_default();
+        let me = call.user()?;
+        let c = self.0.comment(me, r.post_id(), r.parent_id(), text).await?;
+        Self::one_comment(call, c)
+    }
 
-async fn edit_comment<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_posts.op_as_edit_comment_request);
-    let text = r.text().unwrap_or_default();
-    let c = w.0.edit_comment(me, r.comment_id(), text).await?;
-    PostsWire::<S>::comment(&call, c)
-}
+    async fn comments(self, call: &Call, r: pp::CommentsListRequest<'_>) -> Result<Bytes> {
+        let (limit, cursor) = page_request(r.page());
+        let me = call.user()?;
+        let (list, next) = self.0.comments(me, r.post_id(), limit, cursor).await?;
+        let page = make!(pp::CommentsListResponseT {
+            comments: Some(list.into_iter().map(comment_t).collect()),
+            page: page_t(next),
+        });
+        Self::answer(call, PostsOpT::CommentsListResponse(Box::new(page)))
+    }
 
-/// A change to the post or comment the request names, answered `Ack`.
-macro_rules! post_changes {
-    ($($name:ident: $op:ident.$id:ident => $method:ident;)*) => {$(
-        async fn $name<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-            let id = op!(call, body_as_posts.$op).$id();
-            w.0.$method(call.user()?, id).await?;
-            call.ack()
-        }
-    )*};
-}
-
-post_changes! {
-    delete: op_as_delete_post_request.post_id => delete;
-    delete_comment: op_as_delete_comment_request.comment_id => delete_comment;
-    undo_repost: op_as_undo_repost_request.post_id => undo_repost;
-}
-
-async fn react<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_posts.op_as_react_request);
-    post_target(r.target_kind())?;
-    let emoji = r.emoji().unwrap_or_default();
-    w.0.react(me, r.target_id(), emoji).await?;
-    call.ack()
-}
-
-async fn unreact<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_posts.op_as_unreact_request);
-    post_target(r.target_kind())?;
-    w.0.unreact(me, r.target_id()).await?;
-    call.ack()
-}
-
-async fn reactions<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_posts.op_as_reactions_list_request);
-    post_target(r.target_kind())?;
-    let (limit, cursor) = page_request(r.page());
-    let only = r.emoji().filter(|e| !e.is_empty());
-    let (counts, entries, next) =
-        w.0.reactions(me, r.target_id(), only, limit, cursor)
+    async fn edit_comment(self, call: &Call, r: pp::EditCommentRequest<'_>) -> Result<Bytes> {
+        let text = r.text().unwrap_or_default();
+        let c = self
+            .0
+            .edit_comment(call.user()?, r.comment_id(), text)
             .await?;
-    let counts = counts.into_iter().map(|(emoji, n)| {
-        make!(common::ReactionCountT {
-            emoji: Some(emoji),
-            count: n.max(0) as u64,
-        })
-    });
-    let entries = entries.into_iter().map(|r| {
-        make!(pp::ReactionEntryT {
-            user: user_ref(r.user_id),
-            emoji: Some(r.emoji),
-            created_at_ms: 0,
-        })
-    });
-    let list = make!(pp::ReactionsListResponseT {
-        counts: Some(counts.collect()),
-        entries: Some(entries.collect()),
-        page: page_t(next),
-    });
-    PostsWire::<S>::answer(&call, PostsOpT::ReactionsListResponse(Box::new(list)))
-}
+        Self::one_comment(call, c)
+    }
 
-async fn repost<S: Store + Clone + 'static>(w: PostsWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let id = op!(call, body_as_posts.op_as_repost_request).post_id();
-    let post = w.0.repost(me, id).await?;
-    PostsWire::<S>::post(&call, post_t(post, None, Viewer::default()))
+    async fn react(self, call: &Call, r: pp::ReactRequest<'_>) -> Result<Bytes> {
+        post_target(r.target_kind())?;
+        let emoji = r.emoji().unwrap_or_default();
+        self.0.react(call.user()?, r.target_id(), emoji).await?;
+        call.ack()
+    }
+
+    async fn unreact(self, call: &Call, r: pp::UnreactRequest<'_>) -> Result<Bytes> {
+        post_target(r.target_kind())?;
+        self.0.unreact(call.user()?, r.target_id()).await?;
+        call.ack()
+    }
+
+    async fn reactions(self, call: &Call, r: pp::ReactionsListRequest<'_>) -> Result<Bytes> {
+        post_target(r.target_kind())?;
+        let (limit, cursor) = page_request(r.page());
+        let only = r.emoji().filter(|e| !e.is_empty());
+        let me = call.user()?;
+        let reactions = self.0.reactions(me, r.target_id(), only, limit, cursor);
+        let (counts, entries, next) = reactions.await?;
+        let counts = counts.into_iter().map(|(emoji, n)| {
+            make!(common::ReactionCountT {
+                emoji: Some(emoji),
+                count: n.max(0) as u64,
+            })
+        });
+        let entries = entries.into_iter().map(|r| {
+            make!(pp::ReactionEntryT {
+                user: user_ref(r.user_id),
+                emoji: Some(r.emoji),
+                created_at_ms: 0,
+            })
+        });
+        let list = make!(pp::ReactionsListResponseT {
+            counts: Some(counts.collect()),
+            entries: Some(entries.collect()),
+            page: page_t(next),
+        });
+        Self::answer(call, PostsOpT::ReactionsListResponse(Box::new(list)))
+    }
+
+    async fn repost(self, call: &Call, r: pp::RepostRequest<'_>) -> Result<Bytes> {
+        let post = self.0.repost(call.user()?, r.post_id()).await?;
+        Self::post(call, post_t(post, None, Viewer::default()))
+    }
 }
 
 /// A post's live counters: who may read the post may follow them (checked here, once:
@@ -333,7 +312,9 @@ async fn subscribe<S: Store + Clone + 'static>(
         return Err(Error::Unavailable("this subscription"));
     }
     let me = call.user()?;
-    let post_id = op!(call, body_as_control.op_as_subscribe_request).target_id();
+    let post_id = call
+        .op(|e| e.body_as_control()?.op_as_subscribe_request())?
+        .target_id();
     w.0.get(me, post_id).await?;
     let delivery = w.0.delivery()?.clone();
     let events = delivery.subscribe(Topic::new(kind, post_id)).await?;

@@ -12,7 +12,7 @@ use selfie_storage::Store;
 use super::{
     Link, MAX_LINKS, MAX_LOOKUP, Permission, Profile, ProfileUpdate, Settings, SettingsUpdate,
 };
-use crate::plane::{Call, ids, make, op, service_table, wire_enum};
+use crate::plane::{Call, ids, make, service_table, wire_enum};
 use crate::workflows::{ProfileView, Services};
 use crate::{Error, Result};
 
@@ -23,11 +23,11 @@ pub struct UsersWire<S>(pub Rc<Services<S>>);
 service_table! {
     impl[S: Store + Clone + 'static] UsersWire<S>;
     body body_as_users, ops UsersOp, answers UsersOpT in Users(pu::UsersT);
-    GetProfileRequest => get_profile;
-    UpdateProfileRequest => update_profile;
-    GetSettingsRequest => settings;
-    UpdateSettingsRequest => update_settings;
-    LookupUsersRequest => lookup;
+    GetProfileRequest(op_as_get_profile_request) => get_profile;
+    UpdateProfileRequest(op_as_update_profile_request) => update_profile;
+    GetSettingsRequest(op_as_get_settings_request) => settings;
+    UpdateSettingsRequest(op_as_update_settings_request) => update_settings;
+    LookupUsersRequest(op_as_lookup_users_request) => lookup;
 }
 
 use pu::Permission as WirePermission;
@@ -103,84 +103,76 @@ impl<S: Store + Clone + 'static> UsersWire<S> {
         });
         Self::answer(call, UsersOpT::SettingsResponse(Box::new(answer)))
     }
-}
 
-async fn get_profile<S: Store + Clone + 'static>(w: UsersWire<S>, call: Call) -> Result<Bytes> {
-    let r = op!(call, body_as_users.op_as_get_profile_request);
-    let me = call.user()?;
-    let profile = match r.username() {
-        Some(name) if r.user_id() == 0 => w.0.users.get_by_username(me, name).await?,
-        _ => w.0.users.get(me, r.user_id()).await?,
-    };
-    w.view(&call, profile).await
-}
+    async fn get_profile(self, call: &Call, r: pu::GetProfileRequest<'_>) -> Result<Bytes> {
+        let me = call.user()?;
+        let profile = match r.username() {
+            Some(name) if r.user_id() == 0 => self.0.users.get_by_username(me, name).await?,
+            _ => self.0.users.get(me, r.user_id()).await?,
+        };
+        self.view(call, profile).await
+    }
 
-async fn update_profile<S: Store + Clone + 'static>(w: UsersWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_users.op_as_update_profile_request);
-    let links = r.links().map(|v| {
-        v.iter()
-            .take(MAX_LINKS + 1)
-            .map(|l| Link {
-                title: l.title().unwrap_or_default().to_string(),
-                url: l.url().unwrap_or_default().to_string(),
-            })
-            .collect()
-    });
-    let update = ProfileUpdate {
-        display_name: r.display_name().map(str::to_string),
-        bio: r.bio().map(str::to_string),
-        private: r.private(),
-        avatar_media_id: r.avatar_media_id(),
-        banner_media_id: r.banner_media_id(),
-        links,
-        pronouns: r.pronouns().map(str::to_string),
-        location: r.location().map(str::to_string),
-    };
-    let profile = w.0.users.update(me, update).await?;
-    w.view(&call, profile).await
-}
+    async fn update_profile(self, call: &Call, r: pu::UpdateProfileRequest<'_>) -> Result<Bytes> {
+        let me = call.user()?;
+        let links = r.links().map(|v| {
+            v.iter()
+                .take(MAX_LINKS + 1)
+                .map(|l| Link {
+                    title: l.title().unwrap_or_default().to_string(),
+                    url: l.url().unwrap_or_default().to_string(),
+                })
+                .collect()
+        });
+        let update = ProfileUpdate {
+            display_name: r.display_name().map(str::to_string),
+            bio: r.bio().map(str::to_string),
+            private: r.private(),
+            avatar_media_id: r.avatar_media_id(),
+            banner_media_id: r.banner_media_id(),
+            links,
+            pronouns: r.pronouns().map(str::to_string),
+            location: r.location().map(str::to_string),
+        };
+        let profile = self.0.users.update(me, update).await?;
+        self.view(call, profile).await
+    }
 
-async fn settings<S: Store + Clone + 'static>(w: UsersWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let s = w.0.users.settings(me).await?;
-    UsersWire::<S>::answer_settings(&call, s)
-}
+    async fn settings(self, call: &Call, _: pu::GetSettingsRequest<'_>) -> Result<Bytes> {
+        let s = self.0.users.settings(call.user()?).await?;
+        Self::answer_settings(call, s)
+    }
 
-async fn update_settings<S: Store + Clone + 'static>(w: UsersWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_users.op_as_update_settings_request);
-    let perm = |p: Option<WirePermission>, field| {
-        p.map(|p| permission(p).map_err(|_| Error::InvalidArgument { field }))
-            .transpose()
-    };
-    let update = SettingsUpdate {
-        who_can_message: perm(r.who_can_message(), "who_can_message")?,
-        who_can_mention: perm(r.who_can_mention(), "who_can_mention")?,
-        who_can_comment: perm(r.who_can_comment(), "who_can_comment")?,
-        show_read_receipts: r.show_read_receipts(),
-        show_activity_status: r.show_activity_status(),
-        show_sensitive_media: r.show_sensitive_media(),
-        language: r.language().map(str::to_string),
-        timezone: r.timezone().map(str::to_string),
-        email_notifications: r.email_notifications(),
-    };
-    let s = w.0.users.update_settings(me, update).await?;
-    UsersWire::<S>::answer_settings(&call, s)
-}
+    async fn update_settings(self, call: &Call, r: pu::UpdateSettingsRequest<'_>) -> Result<Bytes> {
+        let me = call.user()?;
+        let perm = |p: Option<WirePermission>, field| {
+            p.map(|p| permission(p).map_err(|_| Error::InvalidArgument { field }))
+                .transpose()
+        };
+        let update = SettingsUpdate {
+            who_can_message: perm(r.who_can_message(), "who_can_message")?,
+            who_can_mention: perm(r.who_can_mention(), "who_can_mention")?,
+            who_can_comment: perm(r.who_can_comment(), "who_can_comment")?,
+            show_read_receipts: r.show_read_receipts(),
+            show_activity_status: r.show_activity_status(),
+            show_sensitive_media: r.show_sensitive_media(),
+            language: r.language().map(str::to_string),
+            timezone: r.timezone().map(str::to_string),
+            email_notifications: r.email_notifications(),
+        };
+        let s = self.0.users.update_settings(me, update).await?;
+        Self::answer_settings(call, s)
+    }
 
-async fn lookup<S: Store + Clone + 'static>(w: UsersWire<S>, call: Call) -> Result<Bytes> {
-    let me = call.user()?;
-    let r = op!(call, body_as_users.op_as_lookup_users_request);
-    let names: Vec<String> = r
-        .usernames()
-        .map(|v| v.iter().take(MAX_LOOKUP + 1).map(str::to_string).collect())
-        .unwrap_or_default();
-    let found =
-        w.0.users
-            .lookup(me, &ids(r.user_ids(), MAX_LOOKUP), &names)
-            .await?;
-    let users = Some(found.into_iter().map(|mut p| summary(&mut p)).collect());
-    let answer = make!(pu::LookupUsersResponseT { users });
-    UsersWire::<S>::answer(&call, UsersOpT::LookupUsersResponse(Box::new(answer)))
+    async fn lookup(self, call: &Call, r: pu::LookupUsersRequest<'_>) -> Result<Bytes> {
+        let names: Vec<String> = r
+            .usernames()
+            .map(|v| v.iter().take(MAX_LOOKUP + 1).map(str::to_string).collect())
+            .unwrap_or_default();
+        let wanted = ids(r.user_ids(), MAX_LOOKUP);
+        let found = self.0.users.lookup(call.user()?, &wanted, &names).await?;
+        let users = Some(found.into_iter().map(|mut p| summary(&mut p)).collect());
+        let answer = make!(pu::LookupUsersResponseT { users });
+        Self::answer(call, UsersOpT::LookupUsersResponse(Box::new(answer)))
+    }
 }
