@@ -30,6 +30,7 @@ static TIMELINE: Table = Table {
     partition: &["user_id"],
     clustering: &["entry_id"],
     default_ttl: None,
+    conditional: false,
     doc: "benchmark home timelines",
 };
 

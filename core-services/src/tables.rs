@@ -13,9 +13,12 @@ use selfie_storage::{Store, Table, TableKind};
 use crate::Error;
 
 /// Declares `Rows` tables: `NAME, "table", [partition columns], [clustering columns],
-/// "doc";`.
+/// "doc";` — `NAME (conditional), ...` for tables whose rows are claimed or swapped
+/// conditionally (every write to them is then conditional on CQL; see
+/// [`selfie_storage::Table::conditional`]).
 macro_rules! rows {
-    ($($name:ident, $table:literal, [$($p:literal),*], [$($c:literal),*], $doc:literal;)*) => {$(
+    ($($name:ident $(($flag:ident))?, $table:literal, [$($p:literal),*], [$($c:literal),*],
+        $doc:literal;)*) => {$(
         #[doc = $doc]
         pub static $name: selfie_storage::Table = selfie_storage::Table {
             name: $table,
@@ -23,9 +26,12 @@ macro_rules! rows {
             partition: &[$($p),*],
             clustering: &[$($c),*],
             default_ttl: None,
+            conditional: rows!(@conditional $($flag)?),
             doc: $doc,
         };
     )*};
+    (@conditional conditional) => { true };
+    (@conditional) => { false };
 }
 
 /// Declares a `Counters` table: `NAME, "table", "partition column", "doc"` (clustered by
@@ -39,6 +45,7 @@ macro_rules! counters {
             partition: &[$p],
             clustering: &["which"],
             default_ttl: None,
+            conditional: false,
             doc: $doc,
         };
     };
@@ -81,9 +88,9 @@ pub mod auth {
     pub const RESET_TTL: Duration = Duration::from_secs(30 * 60);
 
     rows! {
-        USERNAMES, "auth_usernames", ["username_lower"], [], "username claims";
-        EMAILS, "auth_emails", ["email_lower"], [], "e-mail claims";
-        ACCOUNTS, "auth_accounts", ["user_id"], [], "accounts (credentials)";
+        USERNAMES (conditional), "auth_usernames", ["username_lower"], [], "username claims";
+        EMAILS (conditional), "auth_emails", ["email_lower"], [], "e-mail claims";
+        ACCOUNTS (conditional), "auth_accounts", ["user_id"], [], "accounts (credentials)";
         SESSIONS, "auth_sessions", ["user_id"], ["session_id"], "login sessions (devices)";
     }
 
@@ -94,6 +101,7 @@ pub mod auth {
         partition: &["token_sha256"],
         clustering: &[],
         default_ttl: Some(REFRESH_TTL),
+        conditional: false,
         doc: "refresh tokens",
     };
 
@@ -104,6 +112,7 @@ pub mod auth {
         partition: &["token_sha256"],
         clustering: &[],
         default_ttl: Some(REFRESH_TTL),
+        conditional: true,
         doc: "spent refresh tokens (reuse detection)",
     };
 
@@ -114,6 +123,7 @@ pub mod auth {
         partition: &["user_id"],
         clustering: &[],
         default_ttl: Some(RESET_TTL),
+        conditional: true,
         doc: "pending password-reset codes (SHA-256 of the two most recent), 30 minutes",
     };
 
@@ -153,7 +163,7 @@ pub mod users {
     use super::*;
 
     rows! {
-        PROFILES, "users_profiles", ["user_id"], [], "profiles";
+        PROFILES (conditional), "users_profiles", ["user_id"], [], "profiles";
         SETTINGS, "users_settings", ["user_id"], [], "per-user settings";
     }
 
@@ -316,14 +326,14 @@ pub mod graph {
     use super::*;
 
     rows! {
-        FOLLOWING, "graph_following", ["user_id"], ["followed_id"], "who a user follows";
+        FOLLOWING (conditional), "graph_following", ["user_id"], ["followed_id"], "who a user follows";
         FOLLOWERS, "graph_followers", ["user_id"], ["follower_id"], "who follows a user";
-        REQUESTS_IN, "graph_requests_in", ["user_id"], ["requester_id"], "follow requests received";
-        REQUESTS_OUT, "graph_requests_out", ["user_id"], ["target_id"], "follow requests sent";
+        REQUESTS_IN (conditional), "graph_requests_in", ["user_id"], ["requester_id"], "follow requests received";
+        REQUESTS_OUT (conditional), "graph_requests_out", ["user_id"], ["target_id"], "follow requests sent";
         BLOCKS, "graph_blocks", ["user_id"], ["blocked_id"], "who a user blocks";
         BLOCKED_BY, "graph_blocked_by", ["user_id"], ["blocker_id"], "who blocks a user";
         MUTES, "graph_mutes", ["user_id"], ["muted_id"], "who a user mutes";
-        CLOSE_FRIENDS, "graph_close_friends", ["user_id"], ["friend_id"], "a user's close friends";
+        CLOSE_FRIENDS (conditional), "graph_close_friends", ["user_id"], ["friend_id"], "a user's close friends";
         CLOSE_FRIEND_OF, "graph_close_friend_of", ["user_id"], ["owner_id"], "whose close friend a user is";
     }
     counters!(
@@ -350,8 +360,8 @@ pub mod graph {
 
     rows! {
         LISTS, "graph_lists", ["list_id"], [], "user lists";
-        OWNER_LISTS, "graph_lists_by_owner", ["owner_id"], ["list_id"], "a user's lists";
-        MEMBERS, "graph_list_members", ["list_id"], ["member_id"], "members of a list";
+        OWNER_LISTS (conditional), "graph_lists_by_owner", ["owner_id"], ["list_id"], "a user's lists";
+        MEMBERS (conditional), "graph_list_members", ["list_id"], ["member_id"], "members of a list";
         MEMBER_OF, "graph_list_member_of", ["member_id"], ["list_id"], "the lists a user is on";
     }
     counters!(
@@ -396,11 +406,11 @@ pub mod posts {
     rows! {
         POSTS, "posts", ["post_id"], [], "posts";
         HISTORY, "posts_history", ["post_id"], ["edited_at_ms"], "earlier versions of edited posts";
-        USER_POSTS, "posts_by_user", ["author_id"], ["post_id"], "a user's posts, newest last";
+        USER_POSTS (conditional), "posts_by_user", ["author_id"], ["post_id"], "a user's posts, newest last";
         COMMENTS, "posts_comments", ["post_id"], ["comment_id"], "comments and replies";
-        REACTIONS, "posts_reactions", ["post_id"], ["user_id"], "one reaction per user per post";
-        REPOSTS, "posts_reposts", ["post_id"], ["user_id"], "who reposted a post, and the repost's id";
-        COMMENT_POSTS, "posts_comment_posts", ["comment_id"], [], "the post of each live comment";
+        REACTIONS (conditional), "posts_reactions", ["post_id"], ["user_id"], "one reaction per user per post";
+        REPOSTS (conditional), "posts_reposts", ["post_id"], ["user_id"], "who reposted a post, and the repost's id";
+        COMMENT_POSTS (conditional), "posts_comment_posts", ["comment_id"], [], "the post of each live comment";
         REACTION_KINDS, "posts_reaction_kinds", ["post_id"], ["emoji"], "the emoji used on a post";
     }
     counters!(COUNTS, "posts_counts", "post_id", "post counters");

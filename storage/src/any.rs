@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::cql::CqlStore;
 use crate::embedded::EmbeddedStore;
-use crate::{Mutation, Page, Scan, Store, StoreError, Table};
+use crate::{Commit, Mutation, Page, Scan, Store, StoreError, Table};
 
 /// Either backend.
 #[derive(Clone)]
@@ -93,6 +93,22 @@ impl Store for AnyStore {
         clustering: &[u8],
     ) -> Result<bool, StoreError> {
         delegate!(self, s => s.delete_if_present(table, partition, clustering))
+    }
+
+    async fn compare_and_set(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, s => s.compare_and_set(table, partition, clustering, expected, new, ttl))
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<bool, StoreError> {
+        delegate!(self, s => s.commit(commit))
     }
 
     async fn counter_add(

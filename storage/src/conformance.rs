@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 
 use crate::key::KeyBuilder;
-use crate::{Cursor, Mutation, Scan, Store, StoreError, Table, TableKind};
+use crate::{Cell, Commit, Condition, Cursor, Mutation, Scan, Store, StoreError, Table, TableKind};
 
 /// Plain rows.
 pub static ROWS: Table = Table {
@@ -22,7 +22,19 @@ pub static ROWS: Table = Table {
     partition: &["case", "partition"],
     clustering: &["id"],
     default_ttl: None,
+    conditional: false,
     doc: "rows for the conformance suite",
+};
+
+/// Rows claimed and swapped conditionally.
+pub static CLAIMS: Table = Table {
+    name: "conformance_claims",
+    kind: TableKind::Rows,
+    partition: &["case"],
+    clustering: &["id"],
+    default_ttl: None,
+    conditional: true,
+    doc: "conditional rows for the conformance suite",
 };
 
 /// Rows that expire after 2 s unless written with another TTL.
@@ -32,6 +44,7 @@ pub static EPHEMERAL: Table = Table {
     partition: &["case"],
     clustering: &["id"],
     default_ttl: Some(Duration::from_secs(2)),
+    conditional: false,
     doc: "rows with a default TTL",
 };
 
@@ -42,6 +55,7 @@ pub static COUNTERS: Table = Table {
     partition: &["case"],
     clustering: &["name"],
     default_ttl: None,
+    conditional: false,
     doc: "counters for the conformance suite",
 };
 
@@ -53,11 +67,12 @@ pub static CRASH: Table = Table {
     partition: &["batch"],
     clustering: &["row"],
     default_ttl: None,
+    conditional: false,
     doc: "crash-safety test rows",
 };
 
 /// Every table the suite uses.
-pub static TABLES: &[&Table] = &[&ROWS, &EPHEMERAL, &COUNTERS];
+pub static TABLES: &[&Table] = &[&ROWS, &CLAIMS, &EPHEMERAL, &COUNTERS];
 
 type Result<T = ()> = std::result::Result<T, StoreError>;
 
@@ -249,29 +264,29 @@ pub async fn pagination_and_bounds<S: Store>(store: &S) -> Result {
 pub async fn ttl_expiry<S: Store>(store: &S) -> Result {
     let p = partition();
     store
-        .put(&ROWS, &p, &ck(1), b"short", Some(Duration::from_secs(1)))
+        .put(&CLAIMS, &p, &ck(1), b"short", Some(Duration::from_secs(1)))
         .await?;
-    store.put(&ROWS, &p, &ck(2), b"forever", None).await?;
+    store.put(&CLAIMS, &p, &ck(2), b"forever", None).await?;
     store
         .put(&EPHEMERAL, &p, &ck(3), b"default ttl", None)
         .await?;
-    assert!(store.get(&ROWS, &p, &ck(1)).await?.is_some());
+    assert!(store.get(&CLAIMS, &p, &ck(1)).await?.is_some());
     assert!(store.get(&EPHEMERAL, &p, &ck(3)).await?.is_some());
     eventually("ttl row expires", Duration::from_secs(15), || async {
-        Ok(store.get(&ROWS, &p, &ck(1)).await?.is_none()
+        Ok(store.get(&CLAIMS, &p, &ck(1)).await?.is_none()
             && store.get(&EPHEMERAL, &p, &ck(3)).await?.is_none())
     })
     .await?;
-    let page = store.scan(&ROWS, &p, &Scan::all(10)).await?;
+    let page = store.scan(&CLAIMS, &p, &Scan::all(10)).await?;
     assert_eq!(page.rows.len(), 1, "expired rows are invisible to scans");
     assert_eq!(page.rows[0].clustering, ck(2));
     assert!(
         store
-            .insert_if_absent(&ROWS, &p, &ck(1), b"again", None)
+            .insert_if_absent(&CLAIMS, &p, &ck(1), b"again", None)
             .await?
     );
     assert_eq!(
-        store.get(&ROWS, &p, &ck(1)).await?.as_deref(),
+        store.get(&CLAIMS, &p, &ck(1)).await?.as_deref(),
         Some(&b"again"[..])
     );
     Ok(())
@@ -351,7 +366,7 @@ pub async fn concurrent_insert_if_absent<S: Store>(store: &S) -> Result {
         let p = p.clone();
         async move {
             let won = store
-                .insert_if_absent(&ROWS, &p, &key, &i.to_be_bytes(), None)
+                .insert_if_absent(&CLAIMS, &p, &key, &i.to_be_bytes(), None)
                 .await?;
             Ok::<_, StoreError>((i, won))
         }
@@ -366,14 +381,165 @@ pub async fn concurrent_insert_if_absent<S: Store>(store: &S) -> Result {
         .collect();
     assert_eq!(winners.len(), 1, "exactly one winner, got {winners:?}");
     assert_eq!(
-        store.get(&ROWS, &p, &key).await?.as_deref(),
+        store.get(&CLAIMS, &p, &key).await?.as_deref(),
         Some(&winners[0].to_be_bytes()[..])
     );
     assert!(
         !store
-            .insert_if_absent(&ROWS, &p, &key, b"late", None)
+            .insert_if_absent(&CLAIMS, &p, &key, b"late", None)
             .await?
     );
+    Ok(())
+}
+
+/// Conditional writes only on conditional tables, batches only on the others; on a
+/// conditional table plain puts and deletes still work (as conditional writes on CQL),
+/// and `compare_and_set` swaps or deletes only the value it was given.
+pub async fn conditional_tables<S: Store>(store: &S) -> Result {
+    let p = partition();
+    let refused = |r: Result<bool>| matches!(r, Err(StoreError::Conditional { .. }));
+    assert!(refused(
+        store.insert_if_absent(&ROWS, &p, &ck(1), b"x", None).await
+    ));
+    assert!(refused(store.delete_if_present(&ROWS, &p, &ck(1)).await));
+    assert!(refused(
+        store
+            .compare_and_set(&ROWS, &p, &ck(1), b"x", None, None)
+            .await
+    ));
+    let put = Mutation::Put {
+        clustering: ck(1),
+        value: Bytes::from_static(b"x"),
+        ttl: None,
+    };
+    assert!(matches!(
+        store.batch(&CLAIMS, &p, &[put]).await,
+        Err(StoreError::Conditional { .. })
+    ));
+    // Plain writes on a conditional table: create, overwrite, delete.
+    store.put(&CLAIMS, &p, &ck(1), b"v1", None).await?;
+    store.put(&CLAIMS, &p, &ck(1), b"v2", None).await?;
+    assert_eq!(
+        store.get(&CLAIMS, &p, &ck(1)).await?.as_deref(),
+        Some(&b"v2"[..])
+    );
+    assert!(
+        !store
+            .compare_and_set(&CLAIMS, &p, &ck(1), b"v1", Some(b"v3"), None)
+            .await?,
+        "a stale expected value changes nothing"
+    );
+    assert!(
+        store
+            .compare_and_set(&CLAIMS, &p, &ck(1), b"v2", Some(b"v3"), None)
+            .await?
+    );
+    assert!(
+        !store
+            .compare_and_set(&CLAIMS, &p, &ck(2), b"", Some(b"x"), None)
+            .await?,
+        "an absent row equals nothing"
+    );
+    assert!(
+        store
+            .compare_and_set(&CLAIMS, &p, &ck(1), b"v3", None, None)
+            .await?
+    );
+    assert_eq!(store.get(&CLAIMS, &p, &ck(1)).await?, None);
+    store.put(&CLAIMS, &p, &ck(1), b"again", None).await?;
+    store.delete(&CLAIMS, &p, &ck(1)).await?;
+    assert_eq!(store.get(&CLAIMS, &p, &ck(1)).await?, None);
+    Ok(())
+}
+
+/// A commit applies its condition and its writes over several tables together, or
+/// nothing when the condition does not hold; concurrent claims of one row move its
+/// counter exactly once.
+pub async fn commits<S: Store>(store: &S) -> Result {
+    let p = partition();
+    let claim = Cell::new(&CLAIMS, p.clone(), ck(1));
+    let index = Cell::new(&ROWS, p.clone(), ck(7));
+    let count = Cell::new(&COUNTERS, p.clone(), ck(0));
+    let follow = |value: &'static [u8]| {
+        Commit::new()
+            .when(Condition::Absent {
+                row: claim.clone(),
+                value: Bytes::from_static(value),
+                ttl: None,
+            })
+            .put(index.clone(), &b"indexed"[..], None)
+            .add(count.clone(), 1, Some((&CLAIMS, p.clone())))
+    };
+    assert!(store.commit(&follow(b"first")).await?);
+    assert!(
+        !store.commit(&follow(b"second")).await?,
+        "the row is claimed"
+    );
+    assert_eq!(
+        store.get(&CLAIMS, &p, &ck(1)).await?.as_deref(),
+        Some(&b"first"[..])
+    );
+    assert_eq!(
+        store.get(&ROWS, &p, &ck(7)).await?.as_deref(),
+        Some(&b"indexed"[..])
+    );
+    assert_eq!(store.counter_get(&COUNTERS, &p, &ck(0)).await?, 1);
+    // Swapping the claimed value; a stale one is refused.
+    let swap = |from: &'static [u8], to: &'static [u8]| {
+        Commit::new()
+            .when(Condition::Equals {
+                row: claim.clone(),
+                expected: Bytes::from_static(from),
+                new: Some(Bytes::from_static(to)),
+                ttl: None,
+            })
+            .add(count.clone(), 10, None)
+            .add(count.clone(), -10, None)
+    };
+    assert!(!store.commit(&swap(b"nope", b"x")).await?);
+    assert!(store.commit(&swap(b"first", b"swapped")).await?);
+    assert_eq!(store.counter_get(&COUNTERS, &p, &ck(0)).await?, 1);
+    // Releasing it undoes the rest.
+    let unfollow = Commit::new()
+        .when(Condition::Present { row: claim.clone() })
+        .delete(index.clone())
+        .add(count.clone(), -1, Some((&CLAIMS, p.clone())));
+    assert!(store.commit(&unfollow).await?);
+    assert!(!store.commit(&unfollow).await?, "already released");
+    assert_eq!(store.get(&ROWS, &p, &ck(7)).await?, None);
+    assert_eq!(store.counter_get(&COUNTERS, &p, &ck(0)).await?, 0);
+    // Without a condition every write applies.
+    let plain = Commit::new()
+        .put(Cell::new(&ROWS, p.clone(), ck(8)), &b"a"[..], None)
+        .add(count.clone(), 2, None);
+    assert!(store.commit(&plain).await?);
+    assert_eq!(store.counter_get(&COUNTERS, &p, &ck(0)).await?, 2);
+    // A commit that writes its condition's row again is refused before anything.
+    let twice = follow(b"x").put(claim.clone(), &b"y"[..], None);
+    assert!(matches!(
+        store.commit(&twice).await,
+        Err(StoreError::Conditional { .. })
+    ));
+    // Concurrent claims of one fresh row: one wins, the counter moves once.
+    let q = partition();
+    let results = join_all((0..16u64).map(|i| {
+        let q = q.clone();
+        async move {
+            let c = Commit::new()
+                .when(Condition::Absent {
+                    row: Cell::new(&CLAIMS, q.clone(), ck(1)),
+                    value: Bytes::copy_from_slice(&i.to_be_bytes()),
+                    ttl: None,
+                })
+                .add(Cell::new(&COUNTERS, q.clone(), ck(0)), 1, None);
+            store.commit(&c).await
+        }
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<bool>>>()?;
+    assert_eq!(results.iter().filter(|w| **w).count(), 1);
+    assert_eq!(store.counter_get(&COUNTERS, &q, &ck(0)).await?, 1);
     Ok(())
 }
 

@@ -19,8 +19,15 @@
 //! **Migrations.** [`migrate`] applies numbered [`Migration`]s once each and records them
 //! in `selfie_migrations`; `selfie migrate` runs it.
 //!
-//! Do not mix lightweight transactions and plain writes on the same rows: use
-//! `insert_if_absent` for claim rows (usernames, idempotency keys) only.
+//! **Conditional tables.** Lightweight transactions and plain writes must never mix on
+//! one row (Paxos ballots and coordinator timestamps are different clocks: a plain
+//! delete from a coordinator whose clock is behind is shadowed by an earlier conditional
+//! insert). So conditional writes are refused on tables not declared
+//! [`Table::conditional`], and on those that are, `put` and `delete` are lightweight
+//! transactions too (an update-if-exists / insert-if-not-exists pair, a delete-if-exists).
+//!
+//! **Commits.** A [`Commit`] of several rows is recorded in [`PENDING_COMMITS`] first and
+//! cleared when done; [`CqlStore::repair`] finishes the ones a failure cut short.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -35,8 +42,12 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row as CqlRow};
 
-use crate::store::{check_key, check_kind, check_value, effective_ttl};
-use crate::{Mutation, Page, Row, Scan, Store, StoreError, Table, TableKind};
+use crate::store::{
+    check_conditional, check_key, check_kind, check_no_batch, check_value, effective_ttl,
+};
+use crate::{
+    Cell, Commit, Condition, Mutation, Page, Row, Scan, Store, StoreError, Table, TableKind, Write,
+};
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +216,10 @@ pub async fn migrate(
         )
         .await
         .map_err(cql_err)?;
+    session
+        .query_unpaged(create_table_cql(ks, &PENDING_COMMITS), &[])
+        .await
+        .map_err(cql_err)?;
     session.await_schema_agreement().await.map_err(cql_err)?;
     let applied: Vec<i32> = session
         .query_unpaged(format!("SELECT version FROM {ks}.selfie_migrations"), &[])
@@ -283,6 +298,9 @@ struct RowStatements {
     insert: PreparedStatement,
     insert_if_absent: PreparedStatement,
     delete_if_present: PreparedStatement,
+    update_if_exists: PreparedStatement,
+    update_if_equals: PreparedStatement,
+    delete_if_equals: PreparedStatement,
     get: PreparedStatement,
     delete: PreparedStatement,
     scans: Vec<PreparedStatement>,
@@ -298,11 +316,42 @@ enum Statements {
     Counters(Box<CounterStatements>),
 }
 
+/// Commits cut short, until the repair pass has finished them: partition = a bucket
+/// (0..[`PENDING_BUCKETS`]), clustering = (written at, Unix ms; a random tie-breaker),
+/// value = the encoded commit. Created by [`migrate`] in every keyspace.
+pub static PENDING_COMMITS: Table = Table {
+    name: "selfie_pending_commits",
+    kind: TableKind::Rows,
+    partition: &["bucket"],
+    clustering: &["written_at_ms", "nonce"],
+    default_ttl: None,
+    conditional: false,
+    doc: "multi-row commits in flight, finished by the repair pass after a failure",
+};
+
+/// Buckets of [`PENDING_COMMITS`] (spread over nodes, scanned one by one).
+pub const PENDING_BUCKETS: u8 = 16;
+
 /// The CQL store. Cheap to clone.
 #[derive(Clone)]
 pub struct CqlStore {
     session: Arc<Session>,
     statements: Arc<HashMap<&'static str, Statements>>,
+    tables: Arc<HashMap<&'static str, &'static Table>>,
+}
+
+/// What a [`CqlStore::repair`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Commits finished (their rows filled in, their counters recounted).
+    pub commits: usize,
+    /// Counters set to the number of rows they count.
+    pub counters_fixed: usize,
+    /// Counter changes of cut-short commits that count nothing and so cannot be
+    /// recounted (they may be off by that change).
+    pub unrepairable: usize,
+    /// Pending entries that could not be read (dropped).
+    pub corrupt: usize,
 }
 
 impl CqlStore {
@@ -324,8 +373,13 @@ impl CqlStore {
             }
         };
         let mut statements = HashMap::new();
-        for t in tables {
+        let mut known = HashMap::new();
+        let pending: &'static Table = &PENDING_COMMITS;
+        for t in tables.iter().copied().chain([pending]) {
             t.validate()?;
+            if known.insert(t.name, t).is_some() {
+                continue;
+            }
             let name = format!("{ks}.{}", t.name);
             let s = match t.kind {
                 TableKind::Rows => {
@@ -360,6 +414,18 @@ impl CqlStore {
                             "DELETE FROM {name} WHERE p = ? AND c = ? IF EXISTS"
                         ))
                         .await?,
+                        update_if_exists: prepare(format!(
+                            "UPDATE {name} USING TTL ? SET v = ? WHERE p = ? AND c = ? IF EXISTS"
+                        ))
+                        .await?,
+                        update_if_equals: prepare(format!(
+                            "UPDATE {name} USING TTL ? SET v = ? WHERE p = ? AND c = ? IF v = ?"
+                        ))
+                        .await?,
+                        delete_if_equals: prepare(format!(
+                            "DELETE FROM {name} WHERE p = ? AND c = ? IF v = ?"
+                        ))
+                        .await?,
                         delete: prepare(format!("DELETE FROM {name} WHERE p = ? AND c = ?")).await?,
                         scans,
                     }))
@@ -375,6 +441,7 @@ impl CqlStore {
         Ok(Self {
             session,
             statements: Arc::new(statements),
+            tables: Arc::new(known),
         })
     }
 
@@ -453,6 +520,11 @@ impl Store for CqlStore {
         check_key(partition, clustering)?;
         check_value(value)?;
         let ttl = ttl_secs(table, ttl)?;
+        if table.conditional {
+            return self
+                .put_conditionally(s, partition, clustering, value, ttl)
+                .await;
+        }
         self.session
             .execute_unpaged(&s.insert, (partition, clustering, value, ttl))
             .await
@@ -484,6 +556,11 @@ impl Store for CqlStore {
     ) -> Result<(), StoreError> {
         let s = self.rows(table)?;
         check_key(partition, clustering)?;
+        if table.conditional {
+            self.query_rows(&s.delete_if_present, (partition, clustering))
+                .await?;
+            return Ok(());
+        }
         self.session
             .execute_unpaged(&s.delete, (partition, clustering))
             .await
@@ -543,6 +620,7 @@ impl Store for CqlStore {
         mutations: &[Mutation],
     ) -> Result<(), StoreError> {
         let s = self.rows(table)?;
+        check_no_batch(table)?;
         if mutations.is_empty() {
             return Ok(());
         }
@@ -593,6 +671,7 @@ impl Store for CqlStore {
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError> {
         let s = self.rows(table)?;
+        check_conditional(table)?;
         check_key(partition, clustering)?;
         check_value(value)?;
         let ttl = ttl_secs(table, ttl)?;
@@ -609,11 +688,69 @@ impl Store for CqlStore {
         clustering: &[u8],
     ) -> Result<bool, StoreError> {
         let s = self.rows(table)?;
+        check_conditional(table)?;
         check_key(partition, clustering)?;
         let result = self
             .query_rows(&s.delete_if_present, (partition, clustering))
             .await?;
         applied(&result)
+    }
+
+    async fn compare_and_set(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        let s = self.rows(table)?;
+        check_conditional(table)?;
+        check_key(partition, clustering)?;
+        check_value(expected)?;
+        let result = match new {
+            Some(v) => {
+                check_value(v)?;
+                let ttl = ttl_secs(table, ttl)?;
+                self.query_rows(
+                    &s.update_if_equals,
+                    (ttl, v, partition, clustering, expected),
+                )
+                .await?
+            }
+            None => {
+                self.query_rows(&s.delete_if_equals, (partition, clustering, expected))
+                    .await?
+            }
+        };
+        applied(&result)
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<bool, StoreError> {
+        commit.check()?;
+        // A commit of more than one step is recorded first, so that the repair pass can
+        // finish it if this node fails half-way.
+        let pending = if commit.writes.is_empty() {
+            None
+        } else {
+            Some(self.record_pending(commit).await?)
+        };
+        if let Some(condition) = &commit.condition
+            && !self.apply_condition(condition).await?
+        {
+            if let Some(key) = pending {
+                self.delete(&PENDING_COMMITS, &key.0, &key.1).await?;
+            }
+            return Ok(false);
+        }
+        for w in &commit.writes {
+            self.apply_write(w).await?;
+        }
+        if let Some(key) = pending {
+            self.delete(&PENDING_COMMITS, &key.0, &key.1).await?;
+        }
+        Ok(true)
     }
 
     async fn counter_add(
@@ -651,9 +788,464 @@ impl Store for CqlStore {
     }
 }
 
+impl CqlStore {
+    /// A `put` on a conditional table, as lightweight transactions only: update the row
+    /// if it exists, else insert it if it does not (again, if another writer raced).
+    async fn put_conditionally(
+        &self,
+        s: &RowStatements,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: i32,
+    ) -> Result<(), StoreError> {
+        for _ in 0..8 {
+            let updated = self
+                .query_rows(&s.update_if_exists, (ttl, value, partition, clustering))
+                .await?;
+            if applied(&updated)? {
+                return Ok(());
+            }
+            let inserted = self
+                .query_rows(&s.insert_if_absent, (partition, clustering, value, ttl))
+                .await?;
+            if applied(&inserted)? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Cql(
+            "conditional put kept racing with deletes".into(),
+        ))
+    }
+
+    async fn apply_condition(&self, c: &Condition) -> Result<bool, StoreError> {
+        let r = c.row();
+        match c {
+            Condition::Absent { value, ttl, .. } => {
+                self.insert_if_absent(r.table, &r.partition, &r.clustering, value, *ttl)
+                    .await
+            }
+            Condition::Present { .. } => {
+                self.delete_if_present(r.table, &r.partition, &r.clustering)
+                    .await
+            }
+            Condition::Equals {
+                expected, new, ttl, ..
+            } => {
+                self.compare_and_set(
+                    r.table,
+                    &r.partition,
+                    &r.clustering,
+                    expected,
+                    new.as_deref(),
+                    *ttl,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn apply_write(&self, w: &Write) -> Result<(), StoreError> {
+        match w {
+            Write::Put { row, value, ttl } => {
+                self.put(row.table, &row.partition, &row.clustering, value, *ttl)
+                    .await
+            }
+            Write::Delete { row } => {
+                self.delete(row.table, &row.partition, &row.clustering)
+                    .await
+            }
+            Write::Add { counter, delta, .. } => {
+                self.counter_add(
+                    counter.table,
+                    &counter.partition,
+                    &counter.clustering,
+                    *delta,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Records a commit about to run; returns its key in [`PENDING_COMMITS`].
+    async fn record_pending(&self, commit: &Commit) -> Result<(Bytes, Bytes), StoreError> {
+        let bucket = rand::random::<u8>() % PENDING_BUCKETS;
+        let p = crate::key::KeyBuilder::new().u64(u64::from(bucket)).build();
+        let c = crate::key::KeyBuilder::new()
+            .u64(unix_ms())
+            .u64(rand::random())
+            .build();
+        let value = pending::encode(commit);
+        self.put(&PENDING_COMMITS, &p, &c, &value, None).await?;
+        Ok((p, c))
+    }
+
+    /// Finishes the commits that were cut short (recorded more than `older_than` ago and
+    /// never cleared): when a commit's condition shows its effect, the rows it should
+    /// have written and did not are written (an existing row is never overwritten) and
+    /// the rows it should have removed are removed; every counter it changed that
+    /// counts rows is set to the number of those rows. Run by every node at start and
+    /// then periodically; concurrent passes are harmless.
+    pub async fn repair(&self, older_than: Duration) -> Result<Repaired, StoreError> {
+        let mut done = Repaired::default();
+        let cutoff = crate::key::KeyBuilder::new()
+            .u64(unix_ms().saturating_sub(older_than.as_millis() as u64))
+            .build();
+        for bucket in 0..PENDING_BUCKETS {
+            let p = crate::key::KeyBuilder::new().u64(u64::from(bucket)).build();
+            let mut scan = Scan::all(100);
+            scan.end = Bound::Excluded(cutoff.clone());
+            loop {
+                let page = Store::scan(self, &PENDING_COMMITS, &p, &scan).await?;
+                for row in &page.rows {
+                    match pending::decode(&row.value, &self.tables) {
+                        Some(commit) => self.finish(&commit, &mut done).await?,
+                        None => done.corrupt += 1,
+                    }
+                    self.delete(&PENDING_COMMITS, &p, &row.clustering).await?;
+                }
+                match page.cursor {
+                    Some(c) => scan.cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    async fn finish(&self, commit: &Commit, done: &mut Repaired) -> Result<(), StoreError> {
+        let row_is = |v: Option<Bytes>, want: Option<&Bytes>| v.as_ref() == want;
+        let took_effect = match &commit.condition {
+            None => true,
+            Some(c) => {
+                let r = c.row();
+                let now = self.get(r.table, &r.partition, &r.clustering).await?;
+                match c {
+                    Condition::Absent { value, .. } => row_is(now, Some(value)),
+                    Condition::Present { .. } => now.is_none(),
+                    Condition::Equals { new, .. } => row_is(now, new.as_ref()),
+                }
+            }
+        };
+        for w in &commit.writes {
+            match w {
+                Write::Put { row, value, ttl } if took_effect => {
+                    let now = self.get(row.table, &row.partition, &row.clustering).await?;
+                    if now.is_none() {
+                        self.put(row.table, &row.partition, &row.clustering, value, *ttl)
+                            .await?;
+                    }
+                }
+                // Only a commit whose condition still shows it: otherwise a later commit
+                // may have written the row again.
+                Write::Delete { row } if took_effect && commit.condition.is_some() => {
+                    self.delete(row.table, &row.partition, &row.clustering)
+                        .await?;
+                }
+                Write::Add {
+                    counter,
+                    counts: Some((table, partition)),
+                    ..
+                } if self.recount(counter, table, partition).await? => done.counters_fixed += 1,
+                Write::Add { counts: None, .. } => done.unrepairable += 1,
+                _ => {}
+            }
+        }
+        done.commits += 1;
+        Ok(())
+    }
+
+    /// Sets `counter` to the number of live rows of `partition` in `table`; `true` when
+    /// it was off. Counts again until two counts agree with the counter, so a change
+    /// made meanwhile is not lost.
+    async fn recount(
+        &self,
+        counter: &Cell,
+        table: &'static Table,
+        partition: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut fixed = false;
+        for _ in 0..5 {
+            let mut rows = 0i64;
+            let mut scan = Scan::all(crate::MAX_PAGE_ROWS);
+            loop {
+                let page = Store::scan(self, table, partition, &scan).await?;
+                rows += page.rows.len() as i64;
+                match page.cursor {
+                    Some(c) => scan.cursor = Some(c),
+                    None => break,
+                }
+            }
+            let now = self
+                .counter_get(counter.table, &counter.partition, &counter.clustering)
+                .await?;
+            if now == rows {
+                return Ok(fixed);
+            }
+            self.counter_add(
+                counter.table,
+                &counter.partition,
+                &counter.clustering,
+                rows - now,
+            )
+            .await?;
+            fixed = true;
+        }
+        Ok(fixed)
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The encoding of a pending commit: length-prefixed fields, tables by name.
+pub mod pending {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use crate::{Cell, Commit, Condition, Table, Write};
+
+    const VERSION: u8 = 1;
+
+    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+
+    fn cell(out: &mut Vec<u8>, c: &Cell) {
+        bytes(out, c.table.name.as_bytes());
+        bytes(out, &c.partition);
+        bytes(out, &c.clustering);
+    }
+
+    fn ttl(out: &mut Vec<u8>, t: Option<Duration>) {
+        let ms = t.map_or(u64::MAX, |d| {
+            d.as_millis().min(u128::from(u64::MAX - 1)) as u64
+        });
+        out.extend_from_slice(&ms.to_be_bytes());
+    }
+
+    /// Encodes `commit`.
+    pub fn encode(commit: &Commit) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        match &commit.condition {
+            None => out.push(0),
+            Some(Condition::Absent { row, value, ttl: t }) => {
+                out.push(1);
+                cell(&mut out, row);
+                bytes(&mut out, value);
+                ttl(&mut out, *t);
+            }
+            Some(Condition::Present { row }) => {
+                out.push(2);
+                cell(&mut out, row);
+            }
+            Some(Condition::Equals {
+                row,
+                expected,
+                new,
+                ttl: t,
+            }) => {
+                out.push(3);
+                cell(&mut out, row);
+                bytes(&mut out, expected);
+                match new {
+                    Some(n) => {
+                        out.push(1);
+                        bytes(&mut out, n);
+                    }
+                    None => out.push(0),
+                }
+                ttl(&mut out, *t);
+            }
+        }
+        out.extend_from_slice(&(commit.writes.len() as u32).to_be_bytes());
+        for w in &commit.writes {
+            match w {
+                Write::Put { row, value, ttl: t } => {
+                    out.push(1);
+                    cell(&mut out, row);
+                    bytes(&mut out, value);
+                    ttl(&mut out, *t);
+                }
+                Write::Delete { row } => {
+                    out.push(2);
+                    cell(&mut out, row);
+                }
+                Write::Add {
+                    counter,
+                    delta,
+                    counts,
+                } => {
+                    out.push(3);
+                    cell(&mut out, counter);
+                    out.extend_from_slice(&delta.to_be_bytes());
+                    match counts {
+                        Some((t, p)) => {
+                            out.push(1);
+                            bytes(&mut out, t.name.as_bytes());
+                            bytes(&mut out, p);
+                        }
+                        None => out.push(0),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    struct Reader<'a> {
+        rest: &'a [u8],
+        tables: &'a HashMap<&'static str, &'static Table>,
+    }
+
+    impl Reader<'_> {
+        fn take(&mut self, n: usize) -> Option<&[u8]> {
+            let (head, tail) = self.rest.split_at_checked(n)?;
+            self.rest = tail;
+            Some(head)
+        }
+        fn u8(&mut self) -> Option<u8> {
+            self.take(1).map(|b| b[0])
+        }
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+        }
+        fn u64(&mut self) -> Option<u64> {
+            Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+        }
+        fn bytes(&mut self) -> Option<Bytes> {
+            let n = self.u32()? as usize;
+            self.take(n).map(Bytes::copy_from_slice)
+        }
+        fn table(&mut self) -> Option<&'static Table> {
+            let name = self.bytes()?;
+            let name = std::str::from_utf8(&name).ok()?;
+            self.tables.get(name).copied()
+        }
+        fn cell(&mut self) -> Option<Cell> {
+            Some(Cell::new(self.table()?, self.bytes()?, self.bytes()?))
+        }
+        fn ttl(&mut self) -> Option<Option<Duration>> {
+            let ms = self.u64()?;
+            Some((ms != u64::MAX).then(|| Duration::from_millis(ms)))
+        }
+    }
+
+    /// Decodes a commit written by [`encode`], resolving tables by name in `tables`;
+    /// `None` when it is corrupt or names an unknown table.
+    pub fn decode(b: &[u8], tables: &HashMap<&'static str, &'static Table>) -> Option<Commit> {
+        let mut r = Reader { rest: b, tables };
+        if r.u8()? != VERSION {
+            return None;
+        }
+        let condition = match r.u8()? {
+            0 => None,
+            1 => Some(Condition::Absent {
+                row: r.cell()?,
+                value: r.bytes()?,
+                ttl: r.ttl()?,
+            }),
+            2 => Some(Condition::Present { row: r.cell()? }),
+            3 => {
+                let row = r.cell()?;
+                let expected = r.bytes()?;
+                let new = match r.u8()? {
+                    0 => None,
+                    _ => Some(r.bytes()?),
+                };
+                Some(Condition::Equals {
+                    row,
+                    expected,
+                    new,
+                    ttl: r.ttl()?,
+                })
+            }
+            _ => return None,
+        };
+        let n = r.u32()? as usize;
+        let mut writes = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            writes.push(match r.u8()? {
+                1 => Write::Put {
+                    row: r.cell()?,
+                    value: r.bytes()?,
+                    ttl: r.ttl()?,
+                },
+                2 => Write::Delete { row: r.cell()? },
+                3 => {
+                    let counter = r.cell()?;
+                    let delta = r.u64()? as i64;
+                    let counts = match r.u8()? {
+                        0 => None,
+                        _ => Some((r.table()?, r.bytes()?)),
+                    };
+                    Write::Add {
+                        counter,
+                        delta,
+                        counts,
+                    }
+                }
+                _ => return None,
+            });
+        }
+        r.rest.is_empty().then_some(Commit { condition, writes })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_commits_round_trip() {
+        static CLAIMS: Table = Table {
+            name: "claims",
+            kind: TableKind::Rows,
+            partition: &["p"],
+            clustering: &["c"],
+            default_ttl: None,
+            conditional: true,
+            doc: "",
+        };
+        static COUNTS: Table = Table {
+            name: "counts",
+            kind: TableKind::Counters,
+            partition: &["p"],
+            clustering: &["which"],
+            default_ttl: None,
+            conditional: false,
+            doc: "",
+        };
+        let tables: HashMap<&'static str, &'static Table> =
+            [("claims", &CLAIMS), ("counts", &COUNTS)].into();
+        let commit = Commit::new()
+            .when(Condition::Equals {
+                row: Cell::new(&CLAIMS, &b"a"[..], &b"b"[..]),
+                expected: Bytes::from_static(b"old"),
+                new: Some(Bytes::from_static(b"new")),
+                ttl: Some(Duration::from_secs(5)),
+            })
+            .put(Cell::new(&CLAIMS, &b"x"[..], &b""[..]), &b"v"[..], None)
+            .delete(Cell::new(&CLAIMS, &b"y"[..], &b"z"[..]))
+            .add(
+                Cell::new(&COUNTS, &b"x"[..], &b"n"[..]),
+                -3,
+                Some((&CLAIMS, Bytes::from_static(b"x"))),
+            );
+        let encoded = pending::encode(&commit);
+        assert_eq!(pending::decode(&encoded, &tables), Some(commit));
+        assert_eq!(
+            pending::decode(&encoded[..encoded.len() - 1], &tables),
+            None
+        );
+        assert_eq!(pending::decode(&encoded, &HashMap::new()), None);
+    }
 
     #[test]
     fn urls_parse_with_defaults_and_options() {

@@ -14,9 +14,15 @@
 //! `fsync`. A batch is one journal entry: after a crash it is either wholly there or
 //! wholly absent.
 //!
-//! **Linearizability.** The single writer applies conditional writes
-//! (`insert_if_absent`) and counter increments in queue order, reading state that includes
-//! every earlier write, so they are linearizable within the process.
+//! **Linearizability.** The single writer applies conditional writes and commits
+//! (`insert_if_absent`, `compare_and_set`, [`Commit`]s) and counter increments in queue
+//! order, reading state that includes every earlier write, so they are linearizable
+//! within the process. A commit (its condition, its rows in any tables, its counters) is
+//! one fjall batch: one journal entry, made durable by the group's one `fsync`.
+//!
+//! **Restart time.** The journal is capped at 64 MiB ([`MAX_JOURNALING`]) and memtables at
+//! 8 MiB per table: past the cap fjall flushes memtables to segments and drops old
+//! journals, so a restart replays at most that much whatever the data size.
 //!
 //! **TTL.** Expired rows are invisible to reads at once (checked against the injected
 //! [`Clock`]) and are purged in the background by a fjall compaction filter.
@@ -37,8 +43,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use lsm_tree::compaction::{CompactionFilter, Factory, ItemAccessor, Verdict};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{check_key, check_kind, check_value, effective_ttl};
-use crate::{Clock, Mutation, Page, Row, Scan, Store, StoreError, Table, TableKind};
+use crate::store::{check_key, check_kind, check_no_batch, check_value, effective_ttl};
+use crate::{
+    Cell, Clock, Commit, Condition, Mutation, Page, Row, Scan, Store, StoreError, Table, TableKind,
+    Write,
+};
 
 /// Most writes made durable by one `fsync`.
 pub const GROUP_MAX: usize = 512;
@@ -73,21 +82,40 @@ enum WriteOp {
         keyspace: Keyspace,
         items: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     },
-    InsertIfAbsent {
-        keyspace: Keyspace,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
-    DeleteIfPresent {
-        keyspace: Keyspace,
-        key: Vec<u8>,
-    },
+    /// A condition on one row, then writes: one atomic fjall batch.
+    Commit(Box<CommitOp>),
     CounterAdd {
         keyspace: Keyspace,
         key: Vec<u8>,
         delta: i64,
     },
 }
+
+/// A [`Commit`] with its keys and values encoded for fjall.
+#[derive(Default)]
+struct CommitOp {
+    condition: Option<(Keyspace, Vec<u8>, Check)>,
+    items: Vec<(Keyspace, Vec<u8>, Option<Vec<u8>>)>,
+    adds: Vec<(Keyspace, Vec<u8>, i64)>,
+}
+
+/// What the condition's row must be, and what it becomes.
+enum Check {
+    /// Absent; then this stored value.
+    Absent(Vec<u8>),
+    /// Present; then deleted.
+    Present,
+    /// Holding exactly this value; then the stored value, or deleted.
+    Equals(Vec<u8>, Option<Vec<u8>>),
+}
+
+/// The journal size at which fjall flushes memtables and drops old journals: it bounds
+/// what a restart must replay (fjall's default, 512 MiB, let a write-heavy node replay
+/// for seconds). 64 MiB is fjall's smallest.
+const MAX_JOURNALING: u64 = 64 * 1024 * 1024;
+/// Memtable size per table (fjall's default is 64 MiB): smaller memtables flush sooner,
+/// so old journals can go sooner too.
+const MAX_MEMTABLE: u64 = 8 * 1024 * 1024;
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir` with the given tables.
@@ -113,10 +141,12 @@ impl EmbeddedStore {
                     }) as Arc<dyn Factory>
                 })
             }))
+            .max_journaling_size(MAX_JOURNALING)
             .open()?;
         let mut map = HashMap::new();
         for t in tables {
-            map.insert(t.name, db.keyspace(t.name, KeyspaceCreateOptions::default)?);
+            let options = || KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE);
+            map.insert(t.name, db.keyspace(t.name, options)?);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_db = db.clone();
@@ -170,6 +200,55 @@ impl EmbeddedStore {
         }
         out.extend_from_slice(value);
         Ok(out)
+    }
+
+    fn cell(&self, cell: &Cell) -> Result<(Keyspace, Vec<u8>), StoreError> {
+        Ok((
+            self.keyspace(cell.table)?.clone(),
+            row_key(&cell.partition, &cell.clustering),
+        ))
+    }
+
+    /// Encodes a checked commit for the writer.
+    fn commit_op(&self, commit: &Commit) -> Result<CommitOp, StoreError> {
+        let mut op = CommitOp::default();
+        if let Some(c) = &commit.condition {
+            let (ks, key) = self.cell(c.row())?;
+            let table = c.row().table;
+            let check = match c {
+                Condition::Absent { value, ttl, .. } => {
+                    Check::Absent(self.encode_value(table, value, *ttl)?)
+                }
+                Condition::Present { .. } => Check::Present,
+                Condition::Equals {
+                    expected, new, ttl, ..
+                } => Check::Equals(
+                    expected.to_vec(),
+                    new.as_ref()
+                        .map(|n| self.encode_value(table, n, *ttl))
+                        .transpose()?,
+                ),
+            };
+            op.condition = Some((ks, key, check));
+        }
+        for w in &commit.writes {
+            match w {
+                Write::Put { row, value, ttl } => {
+                    let (ks, key) = self.cell(row)?;
+                    op.items
+                        .push((ks, key, Some(self.encode_value(row.table, value, *ttl)?)));
+                }
+                Write::Delete { row } => {
+                    let (ks, key) = self.cell(row)?;
+                    op.items.push((ks, key, None));
+                }
+                Write::Add { counter, delta, .. } => {
+                    let (ks, key) = self.cell(counter)?;
+                    op.adds.push((ks, key, *delta));
+                }
+            }
+        }
+        Ok(op)
     }
 
     /// Forces a major compaction of `table` (TTL purge included). Blocking; for tests and
@@ -283,31 +362,7 @@ fn apply(db: &Database, op: &WriteOp, now_ms: u64) -> Result<bool, StoreError> {
             batch.commit()?;
             Ok(true)
         }
-        WriteOp::InsertIfAbsent {
-            keyspace,
-            key,
-            value,
-        } => {
-            let live = match keyspace.get(key)? {
-                Some(v) => value_offset(&v, now_ms).is_some(),
-                None => false,
-            };
-            if live {
-                return Ok(false);
-            }
-            keyspace.insert(key.as_slice(), value.as_slice())?;
-            Ok(true)
-        }
-        WriteOp::DeleteIfPresent { keyspace, key } => {
-            let live = match keyspace.get(key)? {
-                Some(v) => value_offset(&v, now_ms).is_some(),
-                None => false,
-            };
-            if live {
-                keyspace.remove(key.as_slice())?;
-            }
-            Ok(live)
-        }
+        WriteOp::Commit(c) => apply_commit(db, c, now_ms),
         WriteOp::CounterAdd {
             keyspace,
             key,
@@ -325,6 +380,59 @@ fn apply(db: &Database, op: &WriteOp, now_ms: u64) -> Result<bool, StoreError> {
             Ok(true)
         }
     }
+}
+
+/// Checks a commit's condition against the current state and applies it and its writes
+/// as one batch (one journal entry). Runs on the writer thread, after every earlier
+/// write, so the check and the writes are atomic together.
+fn apply_commit(db: &Database, c: &CommitOp, now_ms: u64) -> Result<bool, StoreError> {
+    let mut batch = db.batch();
+    if let Some((ks, key, check)) = &c.condition {
+        let stored = ks.get(key)?;
+        let live = stored
+            .as_deref()
+            .and_then(|v| value_offset(v, now_ms).map(|at| &v[at..]));
+        let then = match (check, live) {
+            (Check::Absent(value), None) => Some(value),
+            (Check::Present, Some(_)) => None,
+            (Check::Equals(expected, new), Some(v)) if v == expected.as_slice() => new.as_ref(),
+            _ => return Ok(false),
+        };
+        match then {
+            Some(v) => batch.insert(ks, key.as_slice(), v.as_slice()),
+            None => batch.remove(ks, key.as_slice()),
+        }
+    }
+    for (ks, key, value) in &c.items {
+        match value {
+            Some(v) => batch.insert(ks, key.as_slice(), v.as_slice()),
+            None => batch.remove(ks, key.as_slice()),
+        }
+    }
+    // Each counter once, with every change the commit makes to it.
+    let mut counters: Vec<(&Keyspace, &[u8], i64)> = Vec::with_capacity(c.adds.len());
+    for (ks, key, delta) in &c.adds {
+        if let Some(e) = counters
+            .iter_mut()
+            .find(|e| e.0 == ks && e.1 == key.as_slice())
+        {
+            e.2 = e.2.wrapping_add(*delta);
+            continue;
+        }
+        let current = match ks.get(key)? {
+            Some(v) => decode_counter(&v).ok_or(StoreError::Corrupt {
+                table: "counter",
+                reason: "counter is not 8 bytes",
+            })?,
+            None => 0,
+        };
+        counters.push((ks, key, current.wrapping_add(*delta)));
+    }
+    for (ks, key, n) in counters {
+        batch.insert(ks, key, n.to_be_bytes().to_vec());
+    }
+    batch.commit()?;
+    Ok(true)
 }
 
 /// Offset of the value in a stored row, or `None` when it has expired (or is corrupt).
@@ -539,6 +647,7 @@ impl Store for EmbeddedStore {
         mutations: &[Mutation],
     ) -> Result<(), StoreError> {
         check_kind(table, TableKind::Rows)?;
+        check_no_batch(table)?;
         let mut items = Vec::with_capacity(mutations.len());
         for m in mutations {
             match m {
@@ -573,16 +682,14 @@ impl Store for EmbeddedStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError> {
-        check_kind(table, TableKind::Rows)?;
-        check_key(partition, clustering)?;
-        let value = self.encode_value(table, value, ttl)?;
-        let keyspace = self.keyspace(table)?.clone();
-        self.submit(WriteOp::InsertIfAbsent {
-            keyspace,
-            key: row_key(partition, clustering),
-            value,
-        })
-        .await
+        let row = Cell::new(
+            table,
+            Bytes::copy_from_slice(partition),
+            Bytes::copy_from_slice(clustering),
+        );
+        let value = Bytes::copy_from_slice(value);
+        self.commit(&Commit::new().when(Condition::Absent { row, value, ttl }))
+            .await
     }
 
     async fn delete_if_present(
@@ -591,14 +698,42 @@ impl Store for EmbeddedStore {
         partition: &[u8],
         clustering: &[u8],
     ) -> Result<bool, StoreError> {
-        check_kind(table, TableKind::Rows)?;
-        check_key(partition, clustering)?;
-        let keyspace = self.keyspace(table)?.clone();
-        self.submit(WriteOp::DeleteIfPresent {
-            keyspace,
-            key: row_key(partition, clustering),
-        })
-        .await
+        let row = Cell::new(
+            table,
+            Bytes::copy_from_slice(partition),
+            Bytes::copy_from_slice(clustering),
+        );
+        self.commit(&Commit::new().when(Condition::Present { row }))
+            .await
+    }
+
+    async fn compare_and_set(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        let row = Cell::new(
+            table,
+            Bytes::copy_from_slice(partition),
+            Bytes::copy_from_slice(clustering),
+        );
+        let condition = Condition::Equals {
+            row,
+            expected: Bytes::copy_from_slice(expected),
+            new: new.map(Bytes::copy_from_slice),
+            ttl,
+        };
+        self.commit(&Commit::new().when(condition)).await
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<bool, StoreError> {
+        commit.check()?;
+        let op = self.commit_op(commit)?;
+        self.submit(WriteOp::Commit(Box::new(op))).await
     }
 
     async fn counter_add(

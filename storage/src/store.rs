@@ -33,6 +33,13 @@ pub struct Table {
     pub clustering: &'static [&'static str],
     /// TTL applied to rows written without one; `None` means rows live until deleted.
     pub default_ttl: Option<Duration>,
+    /// Rows claimed or swapped conditionally (`insert_if_absent`, `delete_if_present`,
+    /// `compare_and_set`, a [`Commit`]'s condition) — only allowed on such tables. On
+    /// CQL every write to them is then a lightweight transaction, plain `put`s and
+    /// `delete`s included: Paxos timestamps and coordinator timestamps must never mix
+    /// on one row, or a coordinator with a slow clock writes a delete that an earlier
+    /// conditional insert shadows.
+    pub conditional: bool,
     /// What the table is for.
     pub doc: &'static str,
 }
@@ -81,6 +88,222 @@ pub enum Mutation {
         /// Clustering key.
         clustering: Bytes,
     },
+}
+
+/// A row's address: table, partition key, clustering key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    /// The table.
+    pub table: &'static Table,
+    /// Partition key.
+    pub partition: Bytes,
+    /// Clustering key.
+    pub clustering: Bytes,
+}
+
+impl Cell {
+    /// The row (or counter) at `partition`, `clustering` of `table`.
+    pub fn new(
+        table: &'static Table,
+        partition: impl Into<Bytes>,
+        clustering: impl Into<Bytes>,
+    ) -> Self {
+        Self {
+            table,
+            partition: partition.into(),
+            clustering: clustering.into(),
+        }
+    }
+}
+
+/// What must hold for a [`Commit`] to apply; it is also the commit's first write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// No live row at `row`: insert `value` there (a claim).
+    Absent {
+        /// The row claimed.
+        row: Cell,
+        /// Its value.
+        value: Bytes,
+        /// Time to live; `None` uses the table's default.
+        ttl: Option<Duration>,
+    },
+    /// A live row at `row`: delete it (a release).
+    Present {
+        /// The row released.
+        row: Cell,
+    },
+    /// A live row at `row` whose value is exactly `expected`: replace it with `new`, or
+    /// delete it when `new` is `None` (a versioned write).
+    Equals {
+        /// The row.
+        row: Cell,
+        /// The value it must hold.
+        expected: Bytes,
+        /// What it becomes.
+        new: Option<Bytes>,
+        /// Time to live of `new`; `None` uses the table's default.
+        ttl: Option<Duration>,
+    },
+}
+
+impl Condition {
+    /// The row the condition is on.
+    pub fn row(&self) -> &Cell {
+        match self {
+            Condition::Absent { row, .. }
+            | Condition::Present { row }
+            | Condition::Equals { row, .. } => row,
+        }
+    }
+}
+
+/// One write of a [`Commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Insert or overwrite a row.
+    Put {
+        /// The row.
+        row: Cell,
+        /// Its value.
+        value: Bytes,
+        /// Time to live; `None` uses the table's default.
+        ttl: Option<Duration>,
+    },
+    /// Delete a row (absent rows are fine).
+    Delete {
+        /// The row.
+        row: Cell,
+    },
+    /// Add `delta` to a counter.
+    Add {
+        /// The counter (in a `Counters` table).
+        counter: Cell,
+        /// The change.
+        delta: i64,
+        /// The partition whose live rows the counter counts, if it is such a count
+        /// (`table`, partition key): on CQL, a counter change lost to a failure is then
+        /// repaired by counting those rows again.
+        counts: Option<(&'static Table, Bytes)>,
+    },
+}
+
+/// Writes that belong together, over any tables: an optional condition, then the
+/// writes. On the embedded backend a commit is atomic and durable as one (one journal
+/// entry, one `fsync`): after a crash it is wholly there or wholly absent. On CQL the
+/// condition is a lightweight transaction and the writes follow in order; a commit cut
+/// short by a failure is finished by the repair pass (`CqlStore::repair`): its writes
+/// are applied again when its condition took effect, and its counters that count rows
+/// ([`Write::Add::counts`]) are recounted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Commit {
+    /// Checked first; when it does not hold nothing is written.
+    pub condition: Option<Condition>,
+    /// Applied when the condition holds (or there is none).
+    pub writes: Vec<Write>,
+}
+
+impl Commit {
+    /// A commit of `writes` with no condition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The same commit, applied only when `condition` holds.
+    pub fn when(mut self, condition: Condition) -> Self {
+        self.condition = Some(condition);
+        self
+    }
+
+    /// Adds a put.
+    pub fn put(mut self, row: Cell, value: impl Into<Bytes>, ttl: Option<Duration>) -> Self {
+        self.writes.push(Write::Put {
+            row,
+            value: value.into(),
+            ttl,
+        });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(mut self, row: Cell) -> Self {
+        self.writes.push(Write::Delete { row });
+        self
+    }
+
+    /// Adds a counter change; `counts` names the partition whose rows it counts.
+    pub fn add(
+        mut self,
+        counter: Cell,
+        delta: i64,
+        counts: Option<(&'static Table, Bytes)>,
+    ) -> Self {
+        self.writes.push(Write::Add {
+            counter,
+            delta,
+            counts,
+        });
+        self
+    }
+
+    /// Checks kinds, keys, values and TTLs before anything is written.
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
+        if let Some(c) = &self.condition {
+            let row = c.row();
+            check_conditional(row.table)?;
+            check_key(&row.partition, &row.clustering)?;
+            match c {
+                Condition::Absent { value, ttl, .. } => {
+                    check_value(value)?;
+                    effective_ttl(row.table, *ttl)?;
+                }
+                Condition::Equals {
+                    expected, new, ttl, ..
+                } => {
+                    check_value(expected)?;
+                    if let Some(n) = new {
+                        check_value(n)?;
+                        effective_ttl(row.table, *ttl)?;
+                    }
+                }
+                Condition::Present { .. } => {}
+            }
+        }
+        let on_condition = |row: &Cell| self.condition.as_ref().is_some_and(|c| c.row() == row);
+        for w in &self.writes {
+            if let Write::Put { row, .. } | Write::Delete { row } = w
+                && on_condition(row)
+            {
+                return Err(StoreError::Conditional {
+                    table: row.table.name,
+                    why: "row is written twice in one commit",
+                });
+            }
+            match w {
+                Write::Put { row, value, ttl } => {
+                    check_kind(row.table, TableKind::Rows)?;
+                    check_key(&row.partition, &row.clustering)?;
+                    check_value(value)?;
+                    effective_ttl(row.table, *ttl)?;
+                }
+                Write::Delete { row } => {
+                    check_kind(row.table, TableKind::Rows)?;
+                    check_key(&row.partition, &row.clustering)?;
+                }
+                Write::Add {
+                    counter, counts, ..
+                } => {
+                    check_kind(counter.table, TableKind::Counters)?;
+                    check_key(&counter.partition, &counter.clustering)?;
+                    if let Some((t, p)) = counts {
+                        check_kind(t, TableKind::Rows)?;
+                        check_key(p, &[])?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An opaque position in a partition: the clustering key of the last row returned.
@@ -257,6 +480,15 @@ pub enum StoreError {
     /// Filesystem error (data directory).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A conditional write on a table not declared [`Table::conditional`], or a batch
+    /// on one that is.
+    #[error("table {table} {why}")]
+    Conditional {
+        /// The table.
+        table: &'static str,
+        /// What was wrong.
+        why: &'static str,
+    },
 }
 
 impl StoreError {
@@ -273,6 +505,7 @@ impl StoreError {
             StoreError::Redis(_) => "redis",
             StoreError::Closed => "closed",
             StoreError::Io(_) => "io",
+            StoreError::Conditional { .. } => "conditional",
         }
     }
 }
@@ -344,6 +577,31 @@ pub(crate) fn check_kind(table: &Table, expected: TableKind) -> Result<(), Store
     }
 }
 
+/// Conditional writes need a conditional table.
+pub(crate) fn check_conditional(table: &Table) -> Result<(), StoreError> {
+    check_kind(table, TableKind::Rows)?;
+    if table.conditional {
+        Ok(())
+    } else {
+        Err(StoreError::Conditional {
+            table: table.name,
+            why: "is not declared conditional",
+        })
+    }
+}
+
+/// Batches are for plain tables: a conditional table's writes go through commits.
+pub(crate) fn check_no_batch(table: &Table) -> Result<(), StoreError> {
+    if table.conditional {
+        Err(StoreError::Conditional {
+            table: table.name,
+            why: "is conditional: use a commit, not a batch",
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// Wall-clock time in milliseconds since the Unix epoch, injectable for tests.
 pub trait Clock: Send + Sync + 'static {
     /// Now, in milliseconds since the Unix epoch.
@@ -369,8 +627,9 @@ impl Clock for SystemClock {
 /// - Every write is acknowledged only once durable (per the backend's policy).
 /// - A row whose TTL has passed is invisible to every read.
 /// - `batch` is atomic and isolated within its partition.
-/// - `insert_if_absent` and `delete_if_present` are linearizable: among concurrent
-///   callers exactly one wins.
+/// - `insert_if_absent`, `delete_if_present`, `compare_and_set` and a [`Commit`]'s
+///   condition are linearizable: among concurrent callers exactly one wins. They are
+///   allowed on [`Table::conditional`] tables only, and `batch` is not.
 pub trait Store {
     /// Inserts or overwrites a row. `ttl: None` uses the table's default.
     fn put(
@@ -433,6 +692,23 @@ pub trait Store {
         partition: &[u8],
         clustering: &[u8],
     ) -> impl Future<Output = Result<bool, StoreError>>;
+
+    /// Replaces the row's value with `new` (deletes the row when `new` is `None`) only
+    /// if a live row holds exactly `expected`; `true` when it did. A versioned write:
+    /// read, change, and write back only if nobody wrote in between.
+    fn compare_and_set(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<bool, StoreError>>;
+
+    /// Applies `commit` (see [`Commit`] for what each backend guarantees); `false` when
+    /// its condition did not hold and nothing was written.
+    fn commit(&self, commit: &Commit) -> impl Future<Output = Result<bool, StoreError>>;
 
     /// Adds `delta` (possibly negative) to a counter.
     fn counter_add(
@@ -505,6 +781,7 @@ mod tests {
             partition: &[],
             clustering: &[],
             default_ttl: None,
+            conditional: false,
             doc: "",
         };
         assert_eq!(effective_ttl(&t, None).ok(), Some(None));

@@ -59,6 +59,8 @@ conformance!(
     ttl_expiry,
     batch_atomicity,
     concurrent_insert_if_absent,
+    conditional_tables,
+    commits,
     counters,
     large_partition(10_000),
     typed_errors,
@@ -125,5 +127,148 @@ async fn migrations_apply_once_and_match_the_declarations() -> Result<(), StoreE
         want.sort();
         assert_eq!(cols, want, "schema of {}", table.name);
     }
+    Ok(())
+}
+
+/// A driver whose timestamps run `behind` the real clock: what a node (or coordinator)
+/// with a slow clock writes.
+struct SlowClock(std::time::Duration);
+
+impl scylla::policies::timestamp_generator::TimestampGenerator for SlowClock {
+    fn next_timestamp(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        now.saturating_sub(self.0).as_micros() as i64
+    }
+}
+
+#[tokio::test]
+async fn a_node_with_a_slow_clock_cannot_be_shadowed_on_a_conditional_table()
+-> Result<(), StoreError> {
+    use selfie_storage::Store;
+    use selfie_storage::conformance::CLAIMS;
+    let fast = open().await?;
+    let config = config();
+    let slow_session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&config.nodes)
+        .timestamp_generator(Arc::new(SlowClock(std::time::Duration::from_secs(30))))
+        .build()
+        .await
+        .map_err(|e| StoreError::Cql(e.to_string()))?;
+    let slow = CqlStore::new(Arc::new(slow_session), &config, TABLES).await?;
+    let p = rand::random::<u64>().to_be_bytes();
+    // A reset code claimed conditionally, then spent by the slow node: it must be gone
+    // (a plain delete would carry a timestamp older than the claim and be ignored).
+    assert!(
+        fast.insert_if_absent(&CLAIMS, &p, b"code", b"1", None)
+            .await?
+    );
+    slow.delete(&CLAIMS, &p, b"code").await?;
+    assert_eq!(
+        fast.get(&CLAIMS, &p, b"code").await?,
+        None,
+        "delete shadowed"
+    );
+    // A put from the slow node over a claimed row lands too.
+    assert!(
+        fast.insert_if_absent(&CLAIMS, &p, b"name", b"1", None)
+            .await?
+    );
+    slow.put(&CLAIMS, &p, b"name", b"2", None).await?;
+    assert_eq!(
+        fast.get(&CLAIMS, &p, b"name").await?.as_deref(),
+        Some(&b"2"[..]),
+        "put shadowed"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_repair_pass_finishes_a_commit_cut_short() -> Result<(), StoreError> {
+    use bytes::Bytes;
+    use selfie_storage::conformance::{CLAIMS, COUNTERS, ROWS};
+    use selfie_storage::{Cell, Commit, Condition, Store};
+    let store = open().await?;
+    let p = Bytes::copy_from_slice(&rand::random::<u64>().to_be_bytes());
+    let claim = Cell::new(&CLAIMS, p.clone(), &b"a"[..]);
+    let index = Cell::new(&ROWS, p.clone(), &b"a"[..]);
+    let count = Cell::new(&COUNTERS, p.clone(), &b"n"[..]);
+    let follow = Commit::new()
+        .when(Condition::Absent {
+            row: claim.clone(),
+            value: Bytes::from_static(b"1"),
+            ttl: None,
+        })
+        .put(index.clone(), &b"1"[..], None)
+        .add(count.clone(), 1, Some((&CLAIMS, p.clone())));
+    // What a node leaves when it dies right after the claim: the pending record and the
+    // claimed row, nothing else.
+    let pending = Cell::new(
+        &cql::PENDING_COMMITS,
+        selfie_storage::key::KeyBuilder::new().u64(3).build(),
+        selfie_storage::key::KeyBuilder::new()
+            .u64(1)
+            .u64(rand::random())
+            .build(),
+    );
+    store
+        .put(
+            pending.table,
+            &pending.partition,
+            &pending.clustering,
+            &cql::pending::encode(&follow),
+            None,
+        )
+        .await?;
+    assert!(
+        store
+            .insert_if_absent(&CLAIMS, &p, b"a", b"1", None)
+            .await?
+    );
+    // The counter was also off before (a lost change of an older commit).
+    store.counter_add(&COUNTERS, &p, b"n", 5).await?;
+    let repaired = store.repair(std::time::Duration::from_secs(60)).await?;
+    assert!(repaired.commits >= 1, "{repaired:?}");
+    assert_eq!(
+        store.get(&ROWS, &p, b"a").await?.as_deref(),
+        Some(&b"1"[..]),
+        "the missing row is written"
+    );
+    assert_eq!(
+        store.counter_get(&COUNTERS, &p, b"n").await?,
+        1,
+        "the counter counts the claimed rows"
+    );
+    assert_eq!(
+        store
+            .get(pending.table, &pending.partition, &pending.clustering)
+            .await?,
+        None,
+        "the pending record is cleared"
+    );
+    // A commit that never took effect (the row was never claimed) writes nothing.
+    let q = Bytes::copy_from_slice(&rand::random::<u64>().to_be_bytes());
+    let never = Commit::new()
+        .when(Condition::Absent {
+            row: Cell::new(&CLAIMS, q.clone(), &b"a"[..]),
+            value: Bytes::from_static(b"1"),
+            ttl: None,
+        })
+        .put(Cell::new(&ROWS, q.clone(), &b"a"[..]), &b"1"[..], None);
+    store
+        .put(
+            pending.table,
+            &pending.partition,
+            &selfie_storage::key::KeyBuilder::new()
+                .u64(2)
+                .u64(rand::random())
+                .build(),
+            &cql::pending::encode(&never),
+            None,
+        )
+        .await?;
+    store.repair(std::time::Duration::from_secs(60)).await?;
+    assert_eq!(store.get(&ROWS, &q, b"a").await?, None);
     Ok(())
 }

@@ -28,6 +28,8 @@ conformance!(
     ttl_expiry,
     batch_atomicity,
     concurrent_insert_if_absent,
+    conditional_tables,
+    commits,
     counters,
     large_partition(50_000),
     typed_errors,

@@ -23,6 +23,7 @@ static STORIES: Table = Table {
     partition: &["author"],
     clustering: &["story_id"],
     default_ttl: Some(Duration::from_secs(24 * 3600)),
+    conditional: false,
     doc: "stories expire after a day",
 };
 
