@@ -69,6 +69,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::auth::RESET_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 10,
+        name: "accounts: durable revocations, e-mail verification",
+        tables: crate::tables::auth::VERIFICATION_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

@@ -127,6 +127,52 @@ pub mod auth {
         doc: "pending password-reset codes (SHA-256 of the two most recent), 30 minutes",
     };
 
+    /// How long a revoked session's marker is kept: past the life of every refresh token
+    /// issued before the revocation.
+    pub const REVOKED_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
+
+    /// Revoked sessions: insert-only markers (a refresh checks them after claiming its
+    /// token, so no refresh can undo a revocation).
+    pub static REVOKED: Table = Table {
+        name: "auth_revoked_sessions",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["session_id"],
+        default_ttl: Some(REVOKED_TTL),
+        conditional: false,
+        doc: "revoked sessions (markers)",
+    };
+
+    /// Revocations by hour, so that a node starting up refuses the access tokens of
+    /// sessions revoked while it was down (kept a day: access tokens live minutes).
+    pub static REVOCATIONS: Table = Table {
+        name: "auth_revocations_by_time",
+        kind: TableKind::Rows,
+        partition: &["hour"],
+        clustering: &["revoked_at_ms", "session_id"],
+        default_ttl: Some(Duration::from_secs(24 * 3600)),
+        conditional: false,
+        doc: "recent revocations, by hour",
+    };
+
+    /// How long an e-mail verification code works.
+    pub const EMAIL_CODE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+    /// user id → the keyed hash of the pending e-mail verification code, and the address
+    /// it verifies.
+    pub static EMAIL_CODES: Table = Table {
+        name: "auth_email_codes",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &[],
+        default_ttl: Some(EMAIL_CODE_TTL),
+        conditional: true,
+        doc: "pending e-mail verification codes (keyed hash and address), 24 hours",
+    };
+
+    /// The durable-revocation and e-mail verification tables (a later migration).
+    pub static VERIFICATION_TABLES: &[&Table] = &[&REVOKED, &REVOCATIONS, &EMAIL_CODES];
+
     /// The tables of the first migration.
     pub static TABLES: &[&Table] = &[
         &USERNAMES,

@@ -3,6 +3,7 @@
 //! counts, relationship). They live here, beside the domain, so that the wire layer stays
 //! a decoder and every new service joins a workflow in one line.
 
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use selfie_storage::Store;
@@ -47,16 +48,18 @@ pub struct ProfileView {
 impl<S: Store> Services<S> {
     /// Creates an account, signs it in on `device`, and creates its profile. The profile
     /// step is idempotent, so a client that saw a storage failure can log in and go on.
+    /// The e-mail address is claimed only once its owner proves it (`verify_email`).
     pub async fn register(
         &self,
         username: &str,
         email: &str,
         password: String,
         device: &str,
+        ip: IpAddr,
     ) -> Result<IssuedTokens> {
         let tokens = self
             .accounts
-            .register(username, email, password, device)
+            .register(username, email, password, device, ip)
             .await?;
         self.users.create(tokens.user_id, username).await?;
         Ok(tokens)

@@ -15,8 +15,8 @@ use selfie_edge::{Config, Edge, config};
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::LoginThrottle;
 use selfie_services::plane::Plane;
-use selfie_storage::SystemClock;
 use selfie_storage::any::AnyStore;
+use selfie_storage::{Clock, SystemClock};
 
 #[derive(Parser)]
 #[command(name = "selfie", version, about = "Selfie edge server")]
@@ -189,6 +189,20 @@ fn main() -> anyhow::Result<()> {
             // the same key the accounts service signs with.
             let tokens = selfie_edge::auth::load_tokens(&config.auth, &config.server.data_dir)?;
             let auth = Arc::new(selfie_edge::auth::TokenAuthenticator::new(tokens.clone()));
+            // Sessions revoked while this node was down stay refused: reload the durable
+            // revocations young enough to still have live access tokens (plus clock skew).
+            let window = tokens.ttl() + Duration::from_secs(300);
+            let loaded = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(selfie_services::auth::accounts::load_recent_revocations(
+                    &store,
+                    tokens.revoked(),
+                    SystemClock.now_ms(),
+                    window,
+                ))
+                .context("reloading session revocations")?;
+            tracing::info!(loaded, "session revocations reloaded");
             let hasher = PasswordHasher::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
                 Duration::from_secs(2),

@@ -58,14 +58,19 @@ impl SmtpSink {
         self.out.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Waits for the `n`th message and returns the code it carries.
+    /// Waits for the `n`th reset message and returns the code it carries.
     async fn code(&self, n: usize) -> String {
+        self.code_after("Your code: ", n).await
+    }
+
+    /// Waits for the `n`th line starting with `prefix` and returns what follows.
+    async fn code_after(&self, prefix: &str, n: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = self.received();
             let codes: Vec<String> = text
                 .lines()
-                .filter_map(|l| l.trim().strip_prefix("Your code: "))
+                .filter_map(|l| l.trim().strip_prefix(prefix))
                 .map(str::to_string)
                 .collect();
             if codes.len() >= n {
@@ -126,6 +131,23 @@ async fn a_mailed_code_resets_the_password_once_and_signs_out_every_session() {
     let node = start_with(&parts, t, throttle);
     let anon = Client::connect(config(&node, None)).await.expect("session");
     let rita = sign_up(&node, &anon, "rita").await;
+    // Resets go to verified addresses only: the code mailed at sign-up verifies it.
+    let verify = smtp
+        .code_after("Your code to verify this address: ", 1)
+        .await;
+    let mut r = pa::EmailVerifyRequestT::default();
+    r.code = Some("AAAAAAAAAA".into());
+    let err = call(
+        &rita.client,
+        auth(AuthOpT::EmailVerifyRequest(Box::new(r.clone()))),
+    )
+    .await
+    .expect_err("wrong code");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidCredentials));
+    r.code = Some(verify.to_lowercase());
+    call(&rita.client, auth(AuthOpT::EmailVerifyRequest(Box::new(r))))
+        .await
+        .expect("address verified (codes are typed in any case)");
     // The same answer for an address with and without an account; one mail only.
     reset_start(&anon, "nobody@example.com")
         .await

@@ -1,35 +1,54 @@
 //! Accounts: registration, login, refresh-token rotation, logout and sessions, over the
 //! storage traits.
 //!
-//! - Usernames and e-mail addresses are claimed with `insert_if_absent`, so no race can
-//!   give one name two owners (on the CQL backend this is a lightweight transaction).
+//! - Usernames and verified e-mail addresses are claimed with `insert_if_absent`, so no
+//!   race can give one name two owners (on the CQL backend this is a lightweight
+//!   transaction). An address is claimed when its owner types the code mailed to it
+//!   (`verify_email`), not at registration: registering answers the same whether or not
+//!   the address is taken (its owner gets a warning instead of a code), so registration
+//!   tells no one which addresses have accounts.
+//! - Account records change only by compare-and-set on the whole record (`update`):
+//!   two logins cannot spend one TOTP step or one recovery code, and a login cannot
+//!   write back a password hash that a reset replaced meanwhile.
 //! - Login checks the password with Argon2id off the shard threads; an unknown account and
 //!   a wrong password cost the same time and give the same error.
 //! - A login creates a session (device) with a refresh-token *family*. Refreshing spends
 //!   the presented token (claimed once, again with `insert_if_absent`) and returns a new
 //!   one; presenting an already spent token means it was stolen or replayed, so the whole
 //!   session is revoked (its access tokens stop verifying at once).
-//! - Refresh tokens are 256-bit random strings; only their SHA-256 is stored.
+//! - Revocation is durable and monotonic: an insert-only marker per session, which a
+//!   refresh checks *after* claiming its token (so a refresh racing a logout cannot bring
+//!   the session back), and a by-time index from which a node starting up reloads the
+//!   revocations its access tokens must honour ([`load_recent_revocations`]). A login
+//!   re-reads the account after creating its session: if a reset, password change or
+//!   deletion finished meanwhile, the new session is revoked (their own sweep of the
+//!   sessions sees it otherwise).
+//! - Refresh tokens are 256-bit random strings; only their SHA-256 is stored. Reset,
+//!   verification and recovery codes are short, so they are stored as keyed hashes
+//!   (HMAC-SHA-256 under a key derived from the token signing key, with the user id):
+//!   a copy of the database alone does not let anyone test guesses offline.
+//! - Every credential check is throttled ([`LoginThrottle`]): per address, and per
+//!   account by user id — logins, password re-entry, second-factor codes, e-mail codes.
+//!   Registrations are throttled per address.
 //!
-//! - Logins are throttled per address and per account ([`LoginThrottle`]); accounts with
-//!   a confirmed TOTP second factor need a current code or a single-use recovery code.
-//!
-//! - Password change and account deletion re-authenticate (password, and the second
-//!   factor when enrolled: `second_factor`); password reset by e-mail lives in `reset`.
-//!   E-mail verification is not built yet (the protocol has no resend operation).
+//! Password change and account deletion re-authenticate (password, and the second
+//! factor when enrolled: `second_factor`); password reset by e-mail lives in `reset`.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
 use selfie_storage::id::IdGenerator;
-use selfie_storage::{Clock, Scan, Store};
+use selfie_storage::key::KeyBuilder;
+use selfie_storage::{Cell, Clock, Commit, Scan, Store};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use super::mail::Mailer;
+use super::mail::{Mail, Mailer};
 use super::password::PasswordHasher;
-use super::throttle::LoginThrottle;
-use super::tokens::AccessTokens;
+use super::throttle::{LoginThrottle, account_key, unknown_key};
+use super::tokens::{AccessTokens, RevokedSessions};
 use super::totp;
 use crate::tables::auth::*;
 pub use crate::tables::auth::{REFRESH_TTL, RESET_TTL};
@@ -41,6 +60,10 @@ pub(super) struct Account {
     pub(super) user_id: u64,
     pub(super) username: String,
     pub(super) email: String,
+    /// Whether `email` is verified (and so claimed). Accounts from before verification
+    /// existed claimed their address at registration.
+    #[serde(default = "verified")]
+    pub(super) email_verified: bool,
     pub(super) password_hash: String,
     pub(super) created_at_ms: u64,
     #[serde(default)]
@@ -51,13 +74,24 @@ pub(super) struct Account {
     pub(super) deleted: bool,
 }
 
+fn verified() -> bool {
+    true
+}
+
 /// TOTP state of an account: pending until the first code confirms it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct SecondFactor {
     pub(super) secret: Vec<u8>,
     pub(super) confirmed: bool,
     pub(super) last_step: Option<u64>,
+    /// Keyed hashes of the unused recovery codes.
     pub(super) recovery: Vec<[u8; 32]>,
+}
+
+/// An account record as read: its stored bytes (for compare-and-set) and its contents.
+pub(super) struct Versioned {
+    pub(super) bytes: Bytes,
+    pub(super) account: Account,
 }
 
 /// A login session (device).
@@ -71,7 +105,9 @@ pub struct Session {
     pub created_at_ms: u64,
     /// Last refresh.
     pub last_seen_at_ms: u64,
-    /// Revoked sessions stay listed until they expire, marked.
+    /// Revoked sessions stay listed until they expire, marked (from the revocation
+    /// markers: a stored `true` from older records is ignored).
+    #[serde(default, skip_serializing)]
     pub revoked: bool,
 }
 
@@ -103,6 +139,8 @@ pub struct Accounts<S> {
     pub(super) ids: std::cell::RefCell<IdGenerator>,
     pub(super) throttle: LoginThrottle,
     pub(super) mailer: Option<Arc<dyn Mailer>>,
+    /// Key of the keyed code hashes, derived from the token signing key.
+    code_key: [u8; 32],
 }
 
 pub(super) fn sha256(token: &str) -> Bytes {
@@ -126,6 +164,23 @@ pub(super) fn valid_email(e: &str) -> bool {
         })
 }
 
+/// A short code typed by a person (reset and verification codes): 10 characters of an
+/// unambiguous alphabet, uniformly drawn (~50 bits, hopeless to guess online under the
+/// throttle).
+pub(super) fn typed_code() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..10)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// The hour bucket of [`REVOCATIONS`].
+fn hour(ms: u64) -> Bytes {
+    key_u64(ms / 3_600_000)
+}
+
 impl<S: Store> Accounts<S> {
     /// The service for one shard (`node`, `shard` make its ids unique). `throttle` is
     /// the node's login throttle: one instance shared by every shard, so that an attacker
@@ -141,6 +196,10 @@ impl<S: Store> Accounts<S> {
     ) -> Result<Self> {
         let ids =
             IdGenerator::new(node, shard).map_err(|_| Error::InvalidArgument { field: "shard" })?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&tokens.secret_key_bytes())
+            .map_err(|_| Error::Internal("code hash key"))?;
+        mac.update(b"selfie/1 code hashes");
+        let code_key = mac.finalize().into_bytes().into();
         Ok(Self {
             store,
             tokens,
@@ -149,10 +208,12 @@ impl<S: Store> Accounts<S> {
             ids: std::cell::RefCell::new(ids),
             throttle,
             mailer: None,
+            code_key,
         })
     }
 
-    /// Sends password-reset codes through `mailer` (without one, resets are unavailable).
+    /// Sends password-reset and verification mail through `mailer` (without one, resets
+    /// are unavailable and addresses stay unverified).
     pub fn with_mailer(mut self, mailer: Arc<dyn Mailer>) -> Self {
         self.mailer = Some(mailer);
         self
@@ -162,13 +223,31 @@ impl<S: Store> Accounts<S> {
         self.ids.borrow_mut().next(self.clock.now_ms()).0
     }
 
-    /// Creates an account and signs it in on `device_name`.
+    /// The keyed hash of a short code for `purpose` and `user_id` (the code normalised
+    /// by the caller).
+    pub(super) fn code_hash(&self, purpose: &str, user_id: u64, code: &str) -> [u8; 32] {
+        // HMAC accepts keys of any length: `new_from_slice` cannot fail here.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.code_key) else {
+            return [0; 32];
+        };
+        mac.update(purpose.as_bytes());
+        mac.update(&[0]);
+        mac.update(&user_id.to_be_bytes());
+        mac.update(code.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Creates an account and signs it in on `device_name`, from address `ip`
+    /// (registrations are throttled per address: each costs an Argon2 hash). A code to
+    /// verify `email` is mailed to it; the answer is the same whether or not the address
+    /// belongs to another account (whose owner is told instead).
     pub async fn register(
         &self,
         username: &str,
         email: &str,
         password: String,
         device_name: &str,
+        ip: std::net::IpAddr,
     ) -> Result<IssuedTokens> {
         if !valid_username(username) {
             return Err(Error::InvalidArgument { field: "username" });
@@ -176,70 +255,165 @@ impl<S: Store> Accounts<S> {
         if !valid_email(email) {
             return Err(Error::InvalidArgument { field: "email" });
         }
+        self.throttle
+            .check_registration(ip, self.clock.now_ms())
+            .map_err(Error::Throttled)?;
+        if let Some(fleet) = self.throttle.fleet() {
+            fleet
+                .check_registration(ip)
+                .await
+                .map_err(Error::Throttled)?;
+        }
         let password_hash = self.hasher.hash(password).await?;
         let user_id = self.next_id();
         let id_bytes = user_id.to_be_bytes();
+        let name_key = key_str(&username.to_ascii_lowercase());
         if !self
             .store
-            .insert_if_absent(
-                &USERNAMES,
-                &key_str(&username.to_ascii_lowercase()),
-                &[],
-                &id_bytes,
-                None,
-            )
+            .insert_if_absent(&USERNAMES, &name_key, &[], &id_bytes, None)
             .await?
         {
             return Err(Error::Taken { field: "username" });
-        }
-        if !self
-            .store
-            .insert_if_absent(
-                &EMAILS,
-                &key_str(&email.to_ascii_lowercase()),
-                &[],
-                &id_bytes,
-                None,
-            )
-            .await?
-        {
-            // Give the username back.
-            self.store
-                .delete(&USERNAMES, &key_str(&username.to_ascii_lowercase()), &[])
-                .await?;
-            return Err(Error::Taken { field: "email" });
         }
         let account = Account {
             user_id,
             username: username.to_string(),
             email: email.to_string(),
+            email_verified: false,
             password_hash,
             created_at_ms: self.clock.now_ms(),
             second_factor: None,
             deleted: false,
         };
         let record = encode("account", &account)?;
-        self.store
-            .put(&ACCOUNTS, &key_u64(user_id), &[], &record, None)
-            .await?;
+        if !self
+            .store
+            .insert_if_absent(&ACCOUNTS, &key_u64(user_id), &[], &record, None)
+            .await?
+        {
+            return Err(Error::Internal("a fresh user id was already taken"));
+        }
+        self.start_email_verification(&account).await?;
         self.open_session(user_id, device_name).await
     }
 
-    pub(super) async fn account_by_identifier(&self, identifier: &str) -> Result<Option<Account>> {
+    /// Stores a fresh verification code for the account's address and mails it — or,
+    /// when another account holds that address, mails its owner a warning instead. The
+    /// same storage work either way; the mail goes out after the answer.
+    async fn start_email_verification(&self, account: &Account) -> Result<()> {
+        let code = typed_code();
+        let mut row = self.code_hash("email", account.user_id, &code).to_vec();
+        row.extend_from_slice(account.email.as_bytes());
+        self.store
+            .put(&EMAIL_CODES, &key_u64(account.user_id), &[], &row, None)
+            .await?;
+        let owner = self
+            .store
+            .get(&EMAILS, &key_str(&account.email.to_ascii_lowercase()), &[])
+            .await?
+            .and_then(|v| id_value(&v));
+        let Some(mailer) = self.mailer.clone() else {
+            return Ok(());
+        };
+        let mail = match owner {
+            Some(id) if id != account.user_id => Mail {
+                to: account.email.clone(),
+                subject: "Someone tried to sign up with your address".into(),
+                body: "Someone tried to create a Selfie account with this e-mail address, \
+                       which already has one. If it was you, sign in instead (or reset \
+                       your password). If not, you need not do anything: the address stays \
+                       yours.\n"
+                    .into(),
+            },
+            _ => Mail {
+                to: account.email.clone(),
+                subject: "Your Selfie verification code".into(),
+                body: format!(
+                    "Welcome to Selfie, @{}.\n\nYour code to verify this address: {code}\n\n\
+                     It works once, for 24 hours.\n",
+                    account.username
+                ),
+            },
+        };
+        tokio::spawn(async move {
+            if let Err(e) = mailer.send(mail).await {
+                tracing::warn!(error = %e, "verification mail not sent");
+            }
+        });
+        Ok(())
+    }
+
+    /// Verifies the caller's e-mail address with the code mailed to it: the address is
+    /// claimed for the account (logins and resets by address work from then on). Wrong
+    /// codes count as failed credential checks.
+    pub async fn verify_email(&self, user_id: u64, code: &str) -> Result<()> {
+        let key = account_key(user_id);
+        self.check_account(&key).await?;
+        let stored = self.store.get(&EMAIL_CODES, &key_u64(user_id), &[]).await?;
+        let presented = self.code_hash("email", user_id, &code.trim().to_ascii_uppercase());
+        let Some(row) = stored.filter(|r| {
+            r.get(..32)
+                .is_some_and(|h| bool::from(h.ct_eq(presented.as_slice())))
+        }) else {
+            self.note_attempt(&key, false).await;
+            return Err(Error::InvalidCredentials);
+        };
+        let email = String::from_utf8_lossy(&row[32..]).into_owned();
+        // Single use.
+        if !self
+            .store
+            .compare_and_set(&EMAIL_CODES, &key_u64(user_id), &[], &row, None, None)
+            .await?
+        {
+            return Err(Error::InvalidCredentials);
+        }
+        self.note_attempt(&key, true).await;
+        let claim = key_str(&email.to_ascii_lowercase());
+        if !self
+            .store
+            .insert_if_absent(&EMAILS, &claim, &[], &user_id.to_be_bytes(), None)
+            .await?
+        {
+            let owner = self.store.get(&EMAILS, &claim, &[]).await?;
+            if owner.as_deref().and_then(id_value) != Some(user_id) {
+                return Err(Error::Taken { field: "email" });
+            }
+        }
+        self.update(user_id, |a| {
+            a.email = email.clone();
+            a.email_verified = true;
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The account `identifier` (username, or verified e-mail address) names, with the
+    /// same storage work whether or not there is one.
+    pub(super) async fn account_by_identifier(
+        &self,
+        identifier: &str,
+    ) -> Result<Option<Versioned>> {
         let lower = identifier.to_ascii_lowercase();
         let table = if lower.contains('@') {
             &EMAILS
         } else {
             &USERNAMES
         };
-        let Some(id) = self.store.get(table, &key_str(&lower), &[]).await? else {
-            return Ok(None);
+        let id = self.store.get(table, &key_str(&lower), &[]).await?;
+        let id = match id {
+            Some(v) => id_value(&v).ok_or(Error::Corrupt("account"))?,
+            None => 0,
         };
-        let id = id_value(&id).ok_or(Error::Corrupt("account"))?;
-        let Some(record) = self.store.get(&ACCOUNTS, &key_u64(id), &[]).await? else {
-            return Ok(None);
-        };
-        decode("account", &record).map(Some)
+        // User 0 is nobody: reading it costs what reading an account costs.
+        let record = self.store.get(&ACCOUNTS, &key_u64(id), &[]).await?;
+        match record {
+            Some(bytes) if id != 0 => Ok(Some(Versioned {
+                account: decode("account", &bytes)?,
+                bytes,
+            })),
+            _ => Ok(None),
+        }
     }
 
     /// Signs in with a username or e-mail and a password, from address `ip` (throttled
@@ -268,54 +442,111 @@ impl<S: Store> Accounts<S> {
         device_name: &str,
         ip: std::net::IpAddr,
     ) -> Result<IssuedTokens> {
-        let key = identifier.to_ascii_lowercase();
         self.throttle
-            .check(&key, ip, self.clock.now_ms())
+            .check_address(ip, self.clock.now_ms())
+            .map_err(Error::Throttled)?;
+        let found = self
+            .account_by_identifier(identifier)
+            .await?
+            .filter(|v| !v.account.deleted);
+        let key = match &found {
+            Some(v) => account_key(v.account.user_id),
+            None => unknown_key(identifier),
+        };
+        self.throttle
+            .check_account(&key, self.clock.now_ms())
             .map_err(Error::Throttled)?;
         if let Some(fleet) = self.throttle.fleet() {
             fleet.check(&key, ip).await.map_err(Error::Throttled)?;
         }
-        let account = self
-            .account_by_identifier(identifier)
-            .await?
-            .filter(|a| !a.deleted);
-        let stored = account.as_ref().map(|a| a.password_hash.clone());
+        let stored = found.as_ref().map(|v| v.account.password_hash.clone());
         // Same Argon2 work whether or not the account exists.
-        let ok = self.hasher.verify(password, stored).await? && account.is_some();
-        let Some(mut account) = account.filter(|_| ok) else {
+        let ok = self.hasher.verify(password, stored).await? && found.is_some();
+        let Some(mut current) = found.filter(|_| ok) else {
             self.note_attempt(&key, false).await;
             return Err(Error::InvalidCredentials);
         };
-        if let Some(sf) = account.second_factor.as_mut().filter(|sf| sf.confirmed) {
-            let passed = match (totp_code, recovery_code) {
-                (Some(code), _) => {
-                    match totp::verify(&sf.secret, code, self.clock.now_ms() / 1000, sf.last_step) {
-                        Ok(step) => {
-                            sf.last_step = Some(step);
-                            true
-                        }
-                        Err(_) => false,
-                    }
-                }
-                (None, Some(code)) => totp::use_recovery_code(&mut sf.recovery, code).is_ok(),
-                (None, None) => {
-                    // Not a failed guess: the password was right.
-                    return Err(Error::SecondFactorRequired);
-                }
-            };
-            self.note_attempt(&key, passed).await;
-            if !passed {
-                return Err(Error::SecondFactorInvalid);
+        let password_hash = current.account.password_hash.clone();
+        let confirmed = |a: &Account| a.second_factor.as_ref().is_some_and(|sf| sf.confirmed);
+        if confirmed(&current.account) {
+            if totp_code.is_none() && recovery_code.is_none() {
+                // Not a failed guess: the password was right.
+                return Err(Error::SecondFactorRequired);
             }
-            // The used step / recovery code is spent for good.
-            self.save(&account).await?;
-        } else {
-            self.note_attempt(&key, true).await;
+            // Spend the step or the recovery code with a compare-and-set: of two logins
+            // with one code, one wins and the other sees it spent.
+            loop {
+                let mut account = current.account.clone();
+                let passed = match &mut account.second_factor {
+                    Some(sf) => {
+                        self.second_factor_passes(sf, account.user_id, totp_code, recovery_code)
+                    }
+                    None => false,
+                };
+                if !passed {
+                    self.note_attempt(&key, false).await;
+                    return Err(Error::SecondFactorInvalid);
+                }
+                if self.save_if_unchanged(&current.bytes, &account).await? {
+                    break;
+                }
+                current = self.load(account.user_id).await?;
+                if current.account.deleted || current.account.password_hash != password_hash {
+                    return Err(Error::InvalidCredentials);
+                }
+                if !confirmed(&current.account) {
+                    break;
+                }
+            }
         }
-        self.open_session(account.user_id, device_name).await
+        self.note_attempt(&key, true).await;
+        let user_id = current.account.user_id;
+        let tokens = self.open_session(user_id, device_name).await?;
+        // A reset, password change or deletion that finished while this login ran has
+        // already swept the sessions, perhaps before this one was written: re-read the
+        // account now that the session exists, and give way if it changed.
+        let now = self.load(user_id).await?.account;
+        if now.deleted || now.password_hash != password_hash {
+            self.revoke(user_id, tokens.session_id).await?;
+            return Err(Error::InvalidCredentials);
+        }
+        Ok(tokens)
     }
 
-    /// Records a login attempt's outcome with the node's throttle and the fleet's.
+    /// Checks a TOTP code (or else a recovery code) against `sf`, spending it in `sf`.
+    pub(super) fn second_factor_passes(
+        &self,
+        sf: &mut SecondFactor,
+        user_id: u64,
+        totp_code: Option<&str>,
+        recovery_code: Option<&str>,
+    ) -> bool {
+        if let Some(code) = totp_code {
+            let now = self.clock.now_ms() / 1000;
+            if let Ok(step) = totp::verify(&sf.secret, code, now, sf.last_step) {
+                sf.last_step = Some(step);
+                return true;
+            }
+        }
+        let Some(code) = recovery_code.or(totp_code) else {
+            return false;
+        };
+        let h = self.code_hash("recovery", user_id, &totp::normalize_recovery_code(code));
+        totp::spend_recovery_code(&mut sf.recovery, &h).is_ok()
+    }
+
+    /// The account's lockout, on this node and the fleet.
+    pub(super) async fn check_account(&self, key: &str) -> Result<()> {
+        self.throttle
+            .check_account(key, self.clock.now_ms())
+            .map_err(Error::Throttled)?;
+        if let Some(fleet) = self.throttle.fleet() {
+            fleet.check_account(key).await.map_err(Error::Throttled)?;
+        }
+        Ok(())
+    }
+
+    /// Records a credential check's outcome with the node's throttle and the fleet's.
     pub(super) async fn note_attempt(&self, key: &str, success: bool) {
         self.throttle.record(key, success, self.clock.now_ms());
         if let Some(fleet) = self.throttle.fleet() {
@@ -323,21 +554,45 @@ impl<S: Store> Accounts<S> {
         }
     }
 
-    pub(super) async fn load(&self, user_id: u64) -> Result<Account> {
-        let record = self
+    /// The account record and its stored bytes.
+    pub(super) async fn load(&self, user_id: u64) -> Result<Versioned> {
+        let bytes = self
             .store
             .get(&ACCOUNTS, &key_u64(user_id), &[])
             .await?
             .ok_or(Error::InvalidCredentials)?;
-        decode("account", &record)
+        Ok(Versioned {
+            account: decode("account", &bytes)?,
+            bytes,
+        })
     }
 
-    pub(super) async fn save(&self, account: &Account) -> Result<()> {
+    /// Writes `account` if the stored record is still `old`; `false` when it changed.
+    pub(super) async fn save_if_unchanged(&self, old: &Bytes, account: &Account) -> Result<bool> {
         let record = encode("account", account)?;
-        self.store
-            .put(&ACCOUNTS, &key_u64(account.user_id), &[], &record, None)
-            .await?;
-        Ok(())
+        let key = key_u64(account.user_id);
+        Ok(self
+            .store
+            .compare_and_set(&ACCOUNTS, &key, &[], old, Some(&record), None)
+            .await?)
+    }
+
+    /// Applies `change` to the current record and writes it with compare-and-set,
+    /// reading again and reapplying when another writer got in between.
+    pub(super) async fn update(
+        &self,
+        user_id: u64,
+        mut change: impl FnMut(&mut Account) -> Result<()>,
+    ) -> Result<Account> {
+        for _ in 0..16 {
+            let current = self.load(user_id).await?;
+            let mut account = current.account;
+            change(&mut account)?;
+            if self.save_if_unchanged(&current.bytes, &account).await? {
+                return Ok(account);
+            }
+        }
+        Err(Error::Busy)
     }
 
     /// Changes the password (current password, and second factor when enabled) and
@@ -351,9 +606,14 @@ impl<S: Store> Accounts<S> {
         code: Option<&str>,
     ) -> Result<usize> {
         PasswordHasher::check_policy(&new)?;
-        let mut account = self.reauthenticate_fully(user_id, current, code).await?;
-        account.password_hash = self.hasher.hash(new).await?;
-        self.save(&account).await?;
+        let mut checked = self.reauthenticate_fully(user_id, current, code).await?;
+        checked.account.password_hash = self.hasher.hash(new).await?;
+        if !self
+            .save_if_unchanged(&checked.bytes, &checked.account)
+            .await?
+        {
+            return Err(Error::Busy);
+        }
         self.revoke_others(user_id, session_id).await
     }
 
@@ -380,28 +640,42 @@ impl<S: Store> Accounts<S> {
         password: String,
         code: Option<&str>,
     ) -> Result<()> {
-        self.reauthenticate_fully(user_id, password, code)
-            .await
-            .map(|_| ())
+        let checked = self.reauthenticate_fully(user_id, password, code).await?;
+        // A spent step or recovery code is spent for good.
+        if !self
+            .save_if_unchanged(&checked.bytes, &checked.account)
+            .await?
+        {
+            return Err(Error::Busy);
+        }
+        Ok(())
     }
 
-    /// The last step of a deletion: every session is revoked, the e-mail, password and
-    /// second factor are erased; the username stays reserved.
+    /// The last step of a deletion: the address claim is released, the e-mail,
+    /// password and second factor are erased (the username stays reserved), then every
+    /// session is revoked — in that order, so that a login racing the deletion either
+    /// sees the erased account or has its session swept.
     pub async fn erase(&self, user_id: u64) -> Result<()> {
-        let mut account = self.load(user_id).await?;
-        for s in self.sessions(user_id).await? {
-            if !s.revoked {
-                self.revoke(user_id, s.session_id).await?;
-            }
+        let account = self.load(user_id).await?.account;
+        if account.email_verified && !account.email.is_empty() {
+            let claim = key_str(&account.email.to_ascii_lowercase());
+            let ours = user_id.to_be_bytes();
+            // Only the claim this account holds.
+            self.store
+                .compare_and_set(&EMAILS, &claim, &[], &ours, None, None)
+                .await?;
         }
-        self.store
-            .delete(&EMAILS, &key_str(&account.email.to_ascii_lowercase()), &[])
-            .await?;
-        account.deleted = true;
-        account.email = String::new();
-        account.password_hash = String::new();
-        account.second_factor = None;
-        self.save(&account).await
+        self.update(user_id, |a| {
+            a.deleted = true;
+            a.email = String::new();
+            a.email_verified = false;
+            a.password_hash = String::new();
+            a.second_factor = None;
+            Ok(())
+        })
+        .await?;
+        self.revoke_all(user_id).await?;
+        Ok(())
     }
 
     async fn open_session(&self, user_id: u64, device_name: &str) -> Result<IssuedTokens> {
@@ -460,8 +734,19 @@ impl<S: Store> Accounts<S> {
         }
     }
 
+    /// Whether the session has been revoked (its durable marker).
+    async fn is_revoked(&self, user_id: u64, session_id: u64) -> Result<bool> {
+        Ok(self
+            .store
+            .get(&REVOKED, &key_u64(user_id), &key_u64(session_id))
+            .await?
+            .is_some())
+    }
+
     /// Spends a refresh token and returns new tokens for the same session. A token that
-    /// was already spent revokes the session.
+    /// was already spent revokes the session. The revocation marker is read after the
+    /// token is claimed: a revocation that lands before the claim is seen, and one that
+    /// lands after it refuses the next refresh (and the access token at once).
     pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
         let hash = sha256(refresh_token);
         let record = self
@@ -469,14 +754,7 @@ impl<S: Store> Accounts<S> {
             .get(&REFRESH_TOKENS, &hash, &[])
             .await?
             .ok_or(Error::TokenInvalid)?;
-        let r: RefreshRecord = decode("account", &record)?;
-        let session = self
-            .session(r.user_id, r.session_id)
-            .await?
-            .ok_or(Error::TokenInvalid)?;
-        if session.revoked {
-            return Err(Error::SessionRevoked);
-        }
+        let r: RefreshRecord = decode("refresh token", &record)?;
         // Exactly one use: whoever claims the spent marker first may rotate.
         if !self
             .store
@@ -486,7 +764,13 @@ impl<S: Store> Accounts<S> {
             self.revoke(r.user_id, r.session_id).await?;
             return Err(Error::TokenReused);
         }
-        let mut session = session;
+        if self.is_revoked(r.user_id, r.session_id).await? {
+            return Err(Error::SessionRevoked);
+        }
+        let mut session = self
+            .session(r.user_id, r.session_id)
+            .await?
+            .ok_or(Error::TokenInvalid)?;
         session.last_seen_at_ms = self.clock.now_ms();
         let bytes = encode("session", &session)?;
         self.store
@@ -502,23 +786,25 @@ impl<S: Store> Accounts<S> {
     }
 
     /// Revokes one session of `user_id`: its refresh tokens stop working and its access
-    /// tokens stop verifying at once.
+    /// tokens stop verifying at once, on every node, for good.
     pub async fn revoke(&self, user_id: u64, session_id: u64) -> Result<()> {
-        let mut session = self
-            .session(user_id, session_id)
-            .await?
-            .ok_or(Error::NotFound("session"))?;
-        session.revoked = true;
-        let bytes = encode("session", &session)?;
-        self.store
+        if self.session(user_id, session_id).await?.is_none() {
+            return Err(Error::NotFound("session"));
+        }
+        let now = self.clock.now_ms();
+        let by_time = KeyBuilder::new().u64(now).u64(session_id).build();
+        let marker = Commit::new()
             .put(
-                &SESSIONS,
-                &key_u64(user_id),
-                &key_u64(session_id),
-                &bytes,
+                Cell::new(&REVOKED, key_u64(user_id), key_u64(session_id)),
+                Bytes::new(),
                 None,
             )
-            .await?;
+            .put(
+                Cell::new(&REVOCATIONS, hour(now), by_time),
+                Bytes::new(),
+                None,
+            );
+        self.store.commit(&marker).await?;
         self.tokens.revoked().revoke(session_id);
         Ok(())
     }
@@ -535,8 +821,26 @@ impl<S: Store> Accounts<S> {
         Ok(n)
     }
 
-    /// The sessions of `user_id`, oldest first.
+    /// Revokes every session of `user_id`.
+    pub(super) async fn revoke_all(&self, user_id: u64) -> Result<usize> {
+        self.revoke_others(user_id, 0).await
+    }
+
+    /// The sessions of `user_id`, oldest first, revoked ones marked.
     pub async fn sessions(&self, user_id: u64) -> Result<Vec<Session>> {
+        let mut revoked = std::collections::HashSet::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .scan(&REVOKED, &key_u64(user_id), &Scan::all(1000).after(cursor))
+                .await?;
+            revoked.extend(page.rows.into_iter().map(|r| r.clustering));
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
         let mut out = Vec::new();
         let mut cursor = None;
         loop {
@@ -545,7 +849,9 @@ impl<S: Store> Accounts<S> {
                 .scan(&SESSIONS, &key_u64(user_id), &Scan::all(200).after(cursor))
                 .await?;
             for row in &page.rows {
-                out.push(decode("session", &row.value)?);
+                let mut s: Session = decode("session", &row.value)?;
+                s.revoked = revoked.contains(&row.clustering);
+                out.push(s);
             }
             match page.cursor {
                 Some(c) => cursor = Some(c),
@@ -553,4 +859,38 @@ impl<S: Store> Accounts<S> {
             }
         }
     }
+}
+
+/// Reloads the revocations of the last `window` into `revoked` (a node starting up: its
+/// access tokens must stay refused although the node missed the announcements). Returns
+/// how many were loaded.
+pub async fn load_recent_revocations<S: Store>(
+    store: &S,
+    revoked: &RevokedSessions,
+    now_ms: u64,
+    window: std::time::Duration,
+) -> Result<usize> {
+    let from = now_ms.saturating_sub(window.as_millis() as u64);
+    let mut n = 0;
+    for h in from / 3_600_000..=now_ms / 3_600_000 {
+        let mut scan = Scan::all(1000);
+        scan.start = std::ops::Bound::Included(KeyBuilder::new().u64(from).build());
+        loop {
+            let page = store.scan(&REVOCATIONS, &key_u64(h), &scan).await?;
+            for row in &page.rows {
+                let session = row
+                    .clustering
+                    .get(8..16)
+                    .and_then(id_value)
+                    .ok_or(Error::Corrupt("revocation"))?;
+                revoked.revoke_from_fleet(session);
+                n += 1;
+            }
+            match page.cursor {
+                Some(c) => scan.cursor = Some(c),
+                None => break,
+            }
+        }
+    }
+    Ok(n)
 }

@@ -1,47 +1,77 @@
 //! Re-authentication and the TOTP second factor: enrolment (confirmed by a first code,
 //! which also hands out single-use recovery codes), disabling it, and regenerating the
 //! recovery codes. Sensitive changes re-check the password, and the second factor when
-//! one is enabled.
+//! one is enabled; every such check is throttled per account like a login (a stolen
+//! session cannot guess the password, nor, with it, the code), and every change is a
+//! compare-and-set of the account record.
 
 use selfie_storage::Store;
 
-use super::accounts::{Account, Accounts, SecondFactor};
+use super::accounts::{Accounts, SecondFactor, Versioned};
+use super::throttle::account_key;
 use super::totp;
 use crate::{Error, Result};
 
 impl<S: Store> Accounts<S> {
-    /// Re-authentication for sensitive changes.
-    pub(super) async fn reauthenticate(&self, user_id: u64, password: String) -> Result<Account> {
-        let account = self.load(user_id).await?;
-        if account.deleted
-            || !self
-                .hasher
-                .verify(password, Some(account.password_hash.clone()))
-                .await?
-        {
+    /// Checks the password (throttled per account). A failure is recorded; a success is
+    /// not yet: the caller records it once every factor has passed.
+    async fn check_password(&self, user_id: u64, password: String) -> Result<Versioned> {
+        let key = account_key(user_id);
+        self.check_account(&key).await?;
+        let current = self.load(user_id).await?;
+        let hash = current.account.password_hash.clone();
+        let ok = !current.account.deleted && self.hasher.verify(password, Some(hash)).await?;
+        if !ok {
+            self.note_attempt(&key, false).await;
             return Err(Error::InvalidCredentials);
         }
-        Ok(account)
+        Ok(current)
     }
 
-    /// Re-authentication with the second factor too, when the account has one.
+    /// Re-authentication with the password only.
+    pub(super) async fn reauthenticate(&self, user_id: u64, password: String) -> Result<Versioned> {
+        let checked = self.check_password(user_id, password).await?;
+        self.note_attempt(&account_key(user_id), true).await;
+        Ok(checked)
+    }
+
+    /// Re-authentication with the second factor too, when the account has one (a TOTP
+    /// code or a recovery code, spent in the returned record: the caller saves it with
+    /// compare-and-set, so it is spent once).
     pub(super) async fn reauthenticate_fully(
         &self,
         user_id: u64,
         password: String,
         code: Option<&str>,
-    ) -> Result<Account> {
-        let mut account = self.reauthenticate(user_id, password).await?;
-        if let Some(sf) = account.second_factor.as_mut().filter(|sf| sf.confirmed) {
+    ) -> Result<Versioned> {
+        let key = account_key(user_id);
+        let mut checked = self.check_password(user_id, password).await?;
+        if let Some(sf) = checked
+            .account
+            .second_factor
+            .as_mut()
+            .filter(|sf| sf.confirmed)
+        {
             let code = code.ok_or(Error::SecondFactorRequired)?;
-            let now = self.clock.now_ms() / 1000;
-            match totp::verify(&sf.secret, code, now, sf.last_step) {
-                Ok(step) => sf.last_step = Some(step),
-                Err(_) => totp::use_recovery_code(&mut sf.recovery, code)
-                    .map_err(|_| Error::SecondFactorInvalid)?,
+            if !self.second_factor_passes(sf, user_id, Some(code), None) {
+                self.note_attempt(&key, false).await;
+                return Err(Error::SecondFactorInvalid);
             }
         }
-        Ok(account)
+        self.note_attempt(&key, true).await;
+        Ok(checked)
+    }
+
+    /// Writes a re-authenticated record back; `Busy` if it changed meanwhile.
+    async fn save_checked(&self, checked: &Versioned) -> Result<()> {
+        if self
+            .save_if_unchanged(&checked.bytes, &checked.account)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::Busy)
+        }
     }
 
     /// Starts TOTP enrolment (after re-entering the password): returns the `otpauth://`
@@ -52,7 +82,8 @@ impl<S: Store> Accounts<S> {
         password: String,
         issuer: &str,
     ) -> Result<(String, String)> {
-        let mut account = self.reauthenticate(user_id, password).await?;
+        let mut checked = self.reauthenticate(user_id, password).await?;
+        let account = &mut checked.account;
         if account
             .second_factor
             .as_ref()
@@ -69,46 +100,62 @@ impl<S: Store> Accounts<S> {
             last_step: None,
             recovery: Vec::new(),
         });
-        self.save(&account).await?;
+        self.save_checked(&checked).await?;
         Ok((uri, b32))
     }
 
+    /// New recovery codes for `user_id`: the codes to show once, and their keyed hashes.
+    fn new_recovery_codes(&self, user_id: u64) -> (Vec<String>, Vec<[u8; 32]>) {
+        let codes = totp::recovery_codes();
+        let hashes = codes
+            .iter()
+            .map(|c| self.code_hash("recovery", user_id, &totp::normalize_recovery_code(c)))
+            .collect();
+        (codes, hashes)
+    }
+
     /// Confirms enrolment with a first code; returns the recovery codes (shown once).
+    /// Wrong codes count as failed credential checks.
     pub async fn totp_confirm(&self, user_id: u64, code: &str) -> Result<Vec<String>> {
-        let mut account = self.load(user_id).await?;
+        let key = account_key(user_id);
+        self.check_account(&key).await?;
+        let mut current = self.load(user_id).await?;
         let now = self.clock.now_ms() / 1000;
-        let sf = account
+        let sf = current
+            .account
             .second_factor
             .as_mut()
             .filter(|sf| !sf.confirmed)
             .ok_or(Error::SecondFactorState)?;
-        let step = totp::verify(&sf.secret, code, now, sf.last_step)
-            .map_err(|_| Error::SecondFactorInvalid)?;
-        let (codes, hashes) = totp::recovery_codes();
+        let Ok(step) = totp::verify(&sf.secret, code, now, sf.last_step) else {
+            self.note_attempt(&key, false).await;
+            return Err(Error::SecondFactorInvalid);
+        };
+        let (codes, hashes) = self.new_recovery_codes(user_id);
         sf.confirmed = true;
         sf.last_step = Some(step);
         sf.recovery = hashes;
-        self.save(&account).await?;
+        self.save_checked(&current).await?;
+        self.note_attempt(&key, true).await;
         Ok(codes)
     }
 
     /// Turns the second factor off: needs the password and a current code (or a
     /// recovery code).
     pub async fn totp_disable(&self, user_id: u64, password: String, code: &str) -> Result<()> {
-        let mut account = self.reauthenticate(user_id, password).await?;
-        let now = self.clock.now_ms() / 1000;
-        let sf = account
+        let mut checked = self
+            .reauthenticate_fully(user_id, password, Some(code))
+            .await?;
+        if !checked
+            .account
             .second_factor
-            .as_mut()
-            .filter(|sf| sf.confirmed)
-            .ok_or(Error::SecondFactorState)?;
-        let ok = totp::verify(&sf.secret, code, now, sf.last_step).is_ok()
-            || totp::use_recovery_code(&mut sf.recovery, code).is_ok();
-        if !ok {
-            return Err(Error::SecondFactorInvalid);
+            .as_ref()
+            .is_some_and(|sf| sf.confirmed)
+        {
+            return Err(Error::SecondFactorState);
         }
-        account.second_factor = None;
-        self.save(&account).await
+        checked.account.second_factor = None;
+        self.save_checked(&checked).await
     }
 
     /// Replaces every recovery code with a fresh set (shown once): needs the password and
@@ -119,17 +166,18 @@ impl<S: Store> Accounts<S> {
         password: String,
         code: &str,
     ) -> Result<Vec<String>> {
-        let mut account = self
+        let mut checked = self
             .reauthenticate_fully(user_id, password, Some(code))
             .await?;
-        let sf = account
+        let (codes, hashes) = self.new_recovery_codes(user_id);
+        let sf = checked
+            .account
             .second_factor
             .as_mut()
             .filter(|sf| sf.confirmed)
             .ok_or(Error::SecondFactorState)?;
-        let (codes, hashes) = totp::recovery_codes();
         sf.recovery = hashes;
-        self.save(&account).await?;
+        self.save_checked(&checked).await?;
         Ok(codes)
     }
 }

@@ -1,18 +1,25 @@
-//! Brute-force protection for logins, sans-IO (the caller passes the time).
+//! Brute-force protection for every credential check, sans-IO (the caller passes the
+//! time).
 //!
-//! - **Per address** (IPv4 address, or the /64 of an IPv6 address): a token bucket,
-//!   `ip_burst` attempts then `ip_per_minute` a minute. An attacker's address is slowed
-//!   to that rate whatever account it targets.
-//! - **Per account**: after `free_failures` consecutive failures the account locks for
-//!   1 s, doubling with every further failure up to `max_lockout`. A success resets it.
-//!   During a lockout every attempt is refused *without checking the password* (no
-//!   oracle, no Argon2 cost). The lockout ends on its own, so the real user can sign in
-//!   from another address once it has passed.
+//! - **Per address** (an IPv4 address — IPv4-mapped IPv6 addresses count as the IPv4
+//!   address they carry — or the /64 of an IPv6 address): a token bucket, `ip_burst`
+//!   attempts then `ip_per_minute` a minute. An attacker's address is slowed to that
+//!   rate whatever account it targets. Registrations have their own, slower bucket
+//!   (`register_burst`, then `register_per_hour`): each costs an Argon2 hash.
+//! - **Per account**, keyed by user id (so a username and an e-mail address of one
+//!   account share one count): after `free_failures` consecutive failures the account
+//!   locks for 1 s, doubling with every further failure up to `max_lockout`. A success
+//!   resets it. During a lockout every attempt is refused *without checking the
+//!   credential* (no oracle, no Argon2 cost). The lockout ends on its own, so the real
+//!   user can sign in from another address once it has passed. Logins, password
+//!   re-entry (password change, second-factor changes, deletion) and second-factor codes
+//!   all count here.
 //!
-//! State is per process, shared by the shards (logins are rare next to other requests);
-//! entries are dropped once idle, so memory stays bounded by recent attackers. On a
-//! fleet, [`RedisLoginThrottle`] applies the same limits across every node as a second
-//! layer ([`LoginThrottle::with_fleet`]).
+//! State is per process, shared by the shards; entries are dropped once idle, and each
+//! map holds at most `max_entries` (past that, the entries that matter least go first:
+//! full buckets, then the oldest), so memory stays bounded whatever an attacker sends.
+//! On a fleet, [`RedisLoginThrottle`] applies the same limits across every node as a
+//! second layer ([`LoginThrottle::with_fleet`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,6 +39,12 @@ pub struct ThrottleConfig {
     pub free_failures: u32,
     /// Longest lockout.
     pub max_lockout: Duration,
+    /// Registrations an address may make at once.
+    pub register_burst: u32,
+    /// Sustained registrations per address per hour.
+    pub register_per_hour: u32,
+    /// Most addresses (per bucket kind) and accounts remembered.
+    pub max_entries: usize,
 }
 
 impl Default for ThrottleConfig {
@@ -41,11 +54,14 @@ impl Default for ThrottleConfig {
             ip_per_minute: 10,
             free_failures: 5,
             max_lockout: Duration::from_secs(15 * 60),
+            register_burst: 5,
+            register_per_hour: 20,
+            max_entries: 100_000,
         }
     }
 }
 
-/// Why an attempt was refused before the password was checked.
+/// Why an attempt was refused before the credential was checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Throttled {
     /// The address is over its rate; retry after this long.
@@ -54,10 +70,75 @@ pub enum Throttled {
     Account(Duration),
 }
 
+/// The throttle key of an account: its user id.
+pub fn account_key(user_id: u64) -> String {
+    format!("user:{user_id}")
+}
+
+/// The throttle key of an identifier that names no account (so that guesses at unknown
+/// names are limited too, and look the same from outside).
+pub fn unknown_key(identifier: &str) -> String {
+    format!("unknown:{}", identifier.to_ascii_lowercase())
+}
+
+/// Token buckets per address.
+#[derive(Debug, Default)]
+struct Buckets {
+    /// Address key -> (tokens, last refill ms).
+    map: HashMap<u128, (f64, u64)>,
+}
+
+impl Buckets {
+    /// Spends a token of `ip`'s bucket (`burst` tokens, refilled at `per_ms`).
+    fn take(
+        &mut self,
+        ip: IpAddr,
+        burst: u32,
+        per_ms: f64,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<(), Throttled> {
+        let burst = f64::from(burst.max(1));
+        let key = address_key(ip);
+        if !self.map.contains_key(&key) && self.map.len() >= max {
+            self.make_room(burst, per_ms, now_ms, max);
+        }
+        let entry = self.map.entry(key).or_insert((burst, now_ms));
+        let tokens = (entry.0 + now_ms.saturating_sub(entry.1) as f64 * per_ms).min(burst);
+        entry.1 = now_ms;
+        if tokens < 1.0 {
+            entry.0 = tokens;
+            let wait = ((1.0 - tokens) / per_ms).ceil() as u64;
+            return Err(Throttled::Address(Duration::from_millis(wait.max(1))));
+        }
+        entry.0 = tokens - 1.0;
+        Ok(())
+    }
+
+    /// Drops full buckets (the same as none), then the least recently used half.
+    fn make_room(&mut self, burst: f64, per_ms: f64, now_ms: u64, max: usize) {
+        self.map.retain(|_, (tokens, last)| {
+            *tokens + now_ms.saturating_sub(*last) as f64 * per_ms < burst
+        });
+        if self.map.len() >= max {
+            let mut last: Vec<u64> = self.map.values().map(|(_, l)| *l).collect();
+            let cut = *last.select_nth_unstable(max / 2).1;
+            self.map.retain(|_, (_, l)| *l > cut);
+        }
+    }
+
+    fn sweep(&mut self, burst: u32, per_ms: f64, now_ms: u64) {
+        let burst = f64::from(burst.max(1));
+        self.map.retain(|_, (tokens, last)| {
+            *tokens + now_ms.saturating_sub(*last) as f64 * per_ms < burst
+        });
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Address key -> (tokens, last refill ms).
-    addresses: HashMap<u128, (f64, u64)>,
+    logins: Buckets,
+    registrations: Buckets,
     /// Account key -> (consecutive failures, locked until ms, last failure ms).
     accounts: HashMap<String, (u32, u64, u64)>,
     last_sweep_ms: u64,
@@ -83,22 +164,27 @@ impl std::fmt::Debug for LoginThrottle {
 
 pub use crate::BoxFuture;
 
-/// Login throttling shared by every node of a fleet, so that spreading guesses over
-/// nodes gains an attacker nothing. `account` is the lower-cased identifier.
+/// Throttling shared by every node of a fleet, so that spreading guesses over nodes
+/// gains an attacker nothing. `account` is an [`account_key`] or [`unknown_key`].
 pub trait FleetThrottle: Send + Sync {
     /// Refuses an attempt while the account is locked or the address is over its rate.
     fn check<'a>(&'a self, account: &'a str, ip: IpAddr) -> BoxFuture<'a, Result<(), Throttled>>;
-    /// Records the outcome of a password (or second-factor) check.
+    /// Refuses a credential check on a signed-in account while it is locked.
+    fn check_account<'a>(&'a self, account: &'a str) -> BoxFuture<'a, Result<(), Throttled>>;
+    /// Refuses a registration while the address is over its registration rate.
+    fn check_registration(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), Throttled>>;
+    /// Records the outcome of a credential check.
     fn record<'a>(&'a self, account: &'a str, success: bool) -> BoxFuture<'a, ()>;
 }
 
-/// [`FleetThrottle`] over Redis: the address limit as a GCRA limiter, the account
-/// lockouts as [`LoginLockouts`], both evaluated atomically in Redis. Accounts are keyed
-/// by a SHA-256 of the identifier (no e-mail addresses in Redis keys). If Redis cannot be
-/// reached the attempt goes on under the node's own limits (logged), rather than locking
-/// every user out.
+/// [`FleetThrottle`] over Redis: the address limits as GCRA limiters, the account
+/// lockouts as [`LoginLockouts`], each evaluated atomically in Redis. Accounts are keyed
+/// by a SHA-256 of the key (no identifiers in Redis keys). If Redis cannot be reached
+/// the attempt goes on under the node's own limits (logged), rather than locking every
+/// user out.
 pub struct RedisLoginThrottle {
     addresses: GlobalRateLimiter,
+    registrations: GlobalRateLimiter,
     lockouts: LoginLockouts,
 }
 
@@ -118,6 +204,14 @@ impl RedisLoginThrottle {
                 Duration::from_secs(60),
                 config.ip_burst,
             ),
+            registrations: GlobalRateLimiter::new(
+                conn.clone(),
+                prefix,
+                "register_ip",
+                config.register_per_hour.max(1),
+                Duration::from_secs(3600),
+                config.register_burst,
+            ),
             lockouts: LoginLockouts::new(conn, prefix, config.free_failures, config.max_lockout),
         }
     }
@@ -129,27 +223,40 @@ fn account_subject(account: &str) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+async fn fleet_rate(limiter: &GlobalRateLimiter, ip: IpAddr) -> Result<(), Throttled> {
+    match limiter.check(&format!("{:x}", address_key(ip))).await {
+        Ok(RateDecision::Limited { retry_after }) => Err(Throttled::Address(retry_after)),
+        Ok(RateDecision::Allowed) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "fleet rate limit unavailable");
+            Ok(())
+        }
+    }
+}
+
 impl FleetThrottle for RedisLoginThrottle {
     fn check<'a>(&'a self, account: &'a str, ip: IpAddr) -> BoxFuture<'a, Result<(), Throttled>> {
         Box::pin(async move {
+            self.check_account(account).await?;
+            fleet_rate(&self.addresses, ip).await
+        })
+    }
+
+    fn check_account<'a>(&'a self, account: &'a str) -> BoxFuture<'a, Result<(), Throttled>> {
+        Box::pin(async move {
             match self.lockouts.locked_for(&account_subject(account)).await {
-                Ok(Some(left)) => return Err(Throttled::Account(left)),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "fleet login lockouts unavailable"),
-            }
-            match self
-                .addresses
-                .check(&format!("{:x}", address_key(ip)))
-                .await
-            {
-                Ok(RateDecision::Limited { retry_after }) => Err(Throttled::Address(retry_after)),
-                Ok(RateDecision::Allowed) => Ok(()),
+                Ok(Some(left)) => Err(Throttled::Account(left)),
+                Ok(None) => Ok(()),
                 Err(e) => {
-                    tracing::warn!(error = %e, "fleet login rate limit unavailable");
+                    tracing::warn!(error = %e, "fleet login lockouts unavailable");
                     Ok(())
                 }
             }
         })
+    }
+
+    fn check_registration(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), Throttled>> {
+        Box::pin(fleet_rate(&self.registrations, ip))
     }
 
     fn record<'a>(&'a self, account: &'a str, success: bool) -> BoxFuture<'a, ()> {
@@ -167,10 +274,12 @@ impl FleetThrottle for RedisLoginThrottle {
     }
 }
 
+/// One bucket per IPv4 address, per IPv6 /64 (one subscriber usually holds a whole /64);
+/// an IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 client) is its
+/// IPv4 address.
 fn address_key(ip: IpAddr) -> u128 {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        // One subscriber usually holds a whole /64.
         IpAddr::V6(v6) => u128::from(v6) >> 64 << 64 | 1 << 32,
     }
 }
@@ -201,36 +310,65 @@ impl LoginThrottle {
         self.fleet.as_ref()
     }
 
-    /// Whether an attempt on `account` (the normalised identifier) from `ip` may proceed
-    /// at `now_ms`. Spends one address token when it may.
-    pub fn check(&self, account: &str, ip: IpAddr, now_ms: u64) -> Result<(), Throttled> {
-        let Ok(mut s) = self.state.lock() else {
-            // Poisoned: fail closed.
-            return Err(Throttled::Address(Duration::from_secs(1)));
-        };
+    fn state(&self, now_ms: u64) -> Result<std::sync::MutexGuard<'_, State>, Throttled> {
+        // Poisoned: fail closed.
+        let mut s = self
+            .state
+            .lock()
+            .map_err(|_| Throttled::Address(Duration::from_secs(1)))?;
         self.sweep(&mut s, now_ms);
-        if let Some(&(_, locked_until, _)) = s.accounts.get(account)
-            && locked_until > now_ms
-        {
-            return Err(Throttled::Account(Duration::from_millis(
-                locked_until - now_ms,
-            )));
+        Ok(s)
+    }
+
+    /// The cap on each map (at least 16, so that halving always leaves room).
+    fn max_entries(&self) -> usize {
+        self.config.max_entries.max(16)
+    }
+
+    fn login_rate(&self) -> f64 {
+        f64::from(self.config.ip_per_minute.max(1)) / 60_000.0
+    }
+
+    fn register_rate(&self) -> f64 {
+        f64::from(self.config.register_per_hour.max(1)) / 3_600_000.0
+    }
+
+    /// Whether `account` is locked at `now_ms`.
+    pub fn check_account(&self, account: &str, now_ms: u64) -> Result<(), Throttled> {
+        let s = self.state(now_ms)?;
+        match s.accounts.get(account) {
+            Some(&(_, until, _)) if until > now_ms => {
+                Err(Throttled::Account(Duration::from_millis(until - now_ms)))
+            }
+            _ => Ok(()),
         }
-        let per_ms = f64::from(self.config.ip_per_minute.max(1)) / 60_000.0;
-        let burst = f64::from(self.config.ip_burst.max(1));
-        let entry = s
-            .addresses
-            .entry(address_key(ip))
-            .or_insert((burst, now_ms));
-        let tokens = (entry.0 + (now_ms.saturating_sub(entry.1)) as f64 * per_ms).min(burst);
-        entry.1 = now_ms;
-        if tokens < 1.0 {
-            entry.0 = tokens;
-            let wait = ((1.0 - tokens) / per_ms).ceil() as u64;
-            return Err(Throttled::Address(Duration::from_millis(wait.max(1))));
-        }
-        entry.0 = tokens - 1.0;
-        Ok(())
+    }
+
+    /// Spends one of `ip`'s login tokens, if it has one.
+    pub fn check_address(&self, ip: IpAddr, now_ms: u64) -> Result<(), Throttled> {
+        let (burst, rate, max) = (self.config.ip_burst, self.login_rate(), self.max_entries());
+        self.state(now_ms)?
+            .logins
+            .take(ip, burst, rate, now_ms, max)
+    }
+
+    /// Whether an attempt on `account` from `ip` may proceed at `now_ms`: the account is
+    /// not locked and the address has a token (spent when it may).
+    pub fn check(&self, account: &str, ip: IpAddr, now_ms: u64) -> Result<(), Throttled> {
+        self.check_account(account, now_ms)?;
+        self.check_address(ip, now_ms)
+    }
+
+    /// Spends one of `ip`'s registration tokens, if it has one.
+    pub fn check_registration(&self, ip: IpAddr, now_ms: u64) -> Result<(), Throttled> {
+        let (burst, rate, max) = (
+            self.config.register_burst,
+            self.register_rate(),
+            self.max_entries(),
+        );
+        self.state(now_ms)?
+            .registrations
+            .take(ip, burst, rate, now_ms, max)
     }
 
     /// Records the outcome of a checked attempt.
@@ -239,6 +377,13 @@ impl LoginThrottle {
         if success {
             s.accounts.remove(account);
             return;
+        }
+        let max = self.max_entries();
+        if !s.accounts.contains_key(account) && s.accounts.len() >= max {
+            // Keep the lockouts that end last; the others matter least.
+            let mut ends: Vec<(u64, u64)> = s.accounts.values().map(|v| (v.1, v.2)).collect();
+            let cut = *ends.select_nth_unstable(max / 2).1;
+            s.accounts.retain(|_, v| (v.1, v.2) > cut);
         }
         let entry = s
             .accounts
@@ -253,6 +398,13 @@ impl LoginThrottle {
         }
     }
 
+    /// Entries held (addresses of both kinds, accounts): what memory the throttle uses.
+    pub fn entries(&self) -> usize {
+        self.state.lock().map_or(0, |s| {
+            s.logins.map.len() + s.registrations.map.len() + s.accounts.len()
+        })
+    }
+
     /// Drops idle entries (at most once a minute).
     fn sweep(&self, s: &mut State, now_ms: u64) {
         if now_ms.saturating_sub(s.last_sweep_ms) < 60_000 {
@@ -262,10 +414,10 @@ impl LoginThrottle {
         let idle = (self.config.max_lockout.as_millis() as u64).max(3_600_000);
         s.accounts
             .retain(|_, (_, until, last)| *until > now_ms || now_ms.saturating_sub(*last) < idle);
-        let refill_ms =
-            60_000 * u64::from(self.config.ip_burst) / u64::from(self.config.ip_per_minute.max(1));
-        s.addresses
-            .retain(|_, (_, last)| now_ms.saturating_sub(*last) < refill_ms);
+        let (login_rate, register_rate) = (self.login_rate(), self.register_rate());
+        s.logins.sweep(self.config.ip_burst, login_rate, now_ms);
+        s.registrations
+            .sweep(self.config.register_burst, register_rate, now_ms);
     }
 }
 
@@ -341,5 +493,55 @@ mod tests {
             t.check("ada", ip("203.0.113.9"), T0),
             Err(Throttled::Account(Duration::from_secs(900)))
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_their_ipv4_address() {
+        let t = LoginThrottle::new(ThrottleConfig {
+            ip_burst: 1,
+            ..ThrottleConfig::default()
+        });
+        assert!(t.check_address(ip("::ffff:198.51.100.7"), T0).is_ok());
+        // The same client seen as IPv4, and another IPv4 client seen as mapped.
+        assert!(t.check_address(ip("198.51.100.7"), T0).is_err());
+        assert!(t.check_address(ip("::ffff:203.0.113.1"), T0).is_ok());
+    }
+
+    #[test]
+    fn registrations_have_their_own_slower_bucket() {
+        let t = LoginThrottle::new(ThrottleConfig::default());
+        for _ in 0..5 {
+            assert!(t.check_registration(ip("198.51.100.7"), T0).is_ok());
+        }
+        assert!(matches!(
+            t.check_registration(ip("198.51.100.7"), T0),
+            Err(Throttled::Address(_))
+        ));
+        // Logins from that address are not affected; 20 an hour: one more after 3 min.
+        assert!(t.check_address(ip("198.51.100.7"), T0).is_ok());
+        assert!(
+            t.check_registration(ip("198.51.100.7"), T0 + 180_000)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_flood_of_addresses_and_accounts() {
+        let t = LoginThrottle::new(ThrottleConfig {
+            max_entries: 1_000,
+            ..ThrottleConfig::default()
+        });
+        for i in 0..20_000u32 {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = t.check_address(addr, T0 + u64::from(i));
+            t.record(&format!("junk{i}"), false, T0 + u64::from(i));
+        }
+        assert!(t.entries() <= 2_000, "{} entries", t.entries());
+        // The newest are kept: the last address is still spent.
+        let last = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + 19_999));
+        for _ in 0..19 {
+            let _ = t.check_address(last, T0 + 20_000);
+        }
+        assert!(t.check_address(last, T0 + 20_000).is_err());
     }
 }

@@ -5,7 +5,6 @@
 //! account, so that a code can be used once only (a replayed code within its window is
 //! refused) and tests need no clock. Codes are compared in constant time.
 
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use totp_rs::{Algorithm, Secret, TOTP};
 
@@ -90,42 +89,41 @@ pub fn verify(
     Ok(step)
 }
 
-/// New recovery codes: the codes to show the user once, and their SHA-256 hashes to store.
-/// Each code has 50 bits of entropy (10 base32 characters), shown as `xxxxx-xxxxx`.
-pub fn recovery_codes() -> (Vec<String>, Vec<[u8; 32]>) {
+/// New recovery codes to show the user once. Each has ~50 bits of entropy: 10 characters
+/// drawn uniformly from a 31-character alphabet, shown as `xxxxx-xxxxx`. The caller
+/// stores only keyed hashes of them ([`normalize_recovery_code`] first).
+pub fn recovery_codes() -> Vec<String> {
+    use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
-    let mut codes = Vec::with_capacity(RECOVERY_CODES);
-    let mut hashes = Vec::with_capacity(RECOVERY_CODES);
-    for _ in 0..RECOVERY_CODES {
-        let mut raw = [0u8; 10];
-        rand::fill(&mut raw);
-        let chars: String = raw
-            .iter()
-            .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-            .collect();
-        let code = format!("{}-{}", &chars[..5], &chars[5..]);
-        hashes.push(recovery_hash(&code));
-        codes.push(code);
-    }
-    (codes, hashes)
+    let mut rng = rand::rng();
+    (0..RECOVERY_CODES)
+        .map(|_| {
+            let chars: String = (0..10)
+                .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+                .collect();
+            format!("{}-{}", &chars[..5], &chars[5..])
+        })
+        .collect()
 }
 
-fn recovery_hash(code: &str) -> [u8; 32] {
-    let normalized: String = code
-        .trim()
+/// A recovery code as it is hashed: trimmed, lower case, without the dash.
+pub fn normalize_recovery_code(code: &str) -> String {
+    code.trim()
         .to_ascii_lowercase()
         .chars()
         .filter(|c| *c != '-')
-        .collect();
-    Sha256::digest(normalized.as_bytes()).into()
+        .collect()
 }
 
-/// Uses a recovery code: on a match it is removed from `hashes` (single use).
-pub fn use_recovery_code(hashes: &mut Vec<[u8; 32]>, code: &str) -> Result<(), TotpError> {
-    let h = recovery_hash(code);
+/// Spends the recovery code whose hash is `presented`: on a match it is removed from
+/// `hashes` (single use). Every stored hash is compared, in constant time.
+pub fn spend_recovery_code(
+    hashes: &mut Vec<[u8; 32]>,
+    presented: &[u8; 32],
+) -> Result<(), TotpError> {
     let mut found = None;
     for (i, stored) in hashes.iter().enumerate() {
-        if bool::from(stored.ct_eq(&h)) {
+        if bool::from(stored.ct_eq(presented)) {
             found = Some(i);
         }
     }
@@ -137,6 +135,7 @@ pub fn use_recovery_code(hashes: &mut Vec<[u8; 32]>, code: &str) -> Result<(), T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
     /// RFC 6238 Appendix B, SHA-1 rows (8 digits).
     #[test]
@@ -201,18 +200,32 @@ mod tests {
     }
 
     #[test]
-    fn recovery_codes_work_once_each() {
-        let (codes, mut hashes) = recovery_codes();
+    fn recovery_codes_work_once_each_and_are_uniform() {
+        let hash = |c: &str| -> [u8; 32] {
+            sha2::Sha256::digest(normalize_recovery_code(c).as_bytes()).into()
+        };
+        let codes = recovery_codes();
         assert_eq!(codes.len(), RECOVERY_CODES);
-        assert!(use_recovery_code(&mut hashes, &codes[3].to_uppercase()).is_ok());
+        let mut hashes: Vec<[u8; 32]> = codes.iter().map(|c| hash(c)).collect();
+        assert!(spend_recovery_code(&mut hashes, &hash(&codes[3].to_uppercase())).is_ok());
         assert_eq!(
-            use_recovery_code(&mut hashes, &codes[3]),
+            spend_recovery_code(&mut hashes, &hash(&codes[3])),
             Err(TotpError::Invalid)
         );
         assert_eq!(hashes.len(), RECOVERY_CODES - 1);
-        assert_eq!(
-            use_recovery_code(&mut hashes, "aaaaa-aaaaa"),
-            Err(TotpError::Invalid)
-        );
+        // Every character of the alphabet turns up as often as any other, within four
+        // standard deviations: random bytes `% 31` would give 8 characters 9/8 the
+        // share of the others.
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..4_000 {
+            for c in recovery_codes().concat().chars().filter(|c| *c != '-') {
+                *seen.entry(c).or_insert(0u32) += 1;
+            }
+        }
+        assert_eq!(seen.len(), 31, "every character is used");
+        let (min, max) = (seen.values().min().copied(), seen.values().max().copied());
+        let (min, max) = (min.unwrap_or(0), max.unwrap_or(0));
+        // 400,000 draws over 31 characters: 12,903 each on average, sd ≈ 112.
+        assert!(min > 12_450 && max < 13_350, "min {min}, max {max}");
     }
 }

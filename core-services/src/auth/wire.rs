@@ -1,6 +1,7 @@
 //! The `Auth` service on the wire. Registration, login, refresh and password reset are
 //! open to anonymous sessions; everything else needs a signed-in session and acts on its
-//! own user only. E-mail verification is not offered yet (answered `Unavailable`).
+//! own user only, and runs on the shard that owns that user (one shard orders a user's
+//! account writes; the conditional writes in `accounts` keep them exact across nodes).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -40,18 +41,20 @@ service_table! {
     RegisterRequest(op_as_register_request) => register;
     LoginRequest(op_as_login_request) => login;
     RefreshRequest(op_as_refresh_request) => refresh;
-    LogoutRequest(op_as_logout_request) => logout;
-    SessionsListRequest(op_as_sessions_list_request) => sessions;
-    SessionRevokeRequest(op_as_session_revoke_request) => revoke;
-    SessionRevokeOthersRequest(op_as_session_revoke_others_request) => revoke_others;
-    TotpEnrollRequest(op_as_totp_enroll_request) => totp_enrol;
-    TotpConfirmRequest(op_as_totp_confirm_request) => totp_confirm;
-    TotpDisableRequest(op_as_totp_disable_request) => totp_disable;
-    RecoveryCodesRegenerateRequest(op_as_recovery_codes_regenerate_request) => recovery_codes;
-    PasswordChangeRequest(op_as_password_change_request) => change_password;
+    LogoutRequest(op_as_logout_request) => logout, owner |_r, me| me?;
+    SessionsListRequest(op_as_sessions_list_request) => sessions, owner |_r, me| me?;
+    SessionRevokeRequest(op_as_session_revoke_request) => revoke, owner |_r, me| me?;
+    SessionRevokeOthersRequest(op_as_session_revoke_others_request) => revoke_others, owner |_r, me| me?;
+    TotpEnrollRequest(op_as_totp_enroll_request) => totp_enrol, owner |_r, me| me?;
+    TotpConfirmRequest(op_as_totp_confirm_request) => totp_confirm, owner |_r, me| me?;
+    TotpDisableRequest(op_as_totp_disable_request) => totp_disable, owner |_r, me| me?;
+    RecoveryCodesRegenerateRequest(op_as_recovery_codes_regenerate_request) => recovery_codes,
+        owner |_r, me| me?;
+    EmailVerifyRequest(op_as_email_verify_request) => verify_email, owner |_r, me| me?;
+    PasswordChangeRequest(op_as_password_change_request) => change_password, owner |_r, me| me?;
     PasswordResetStartRequest(op_as_password_reset_start_request) => reset_start;
     PasswordResetFinishRequest(op_as_password_reset_finish_request) => reset_finish;
-    AccountDeleteRequest(op_as_account_delete_request) => delete_account;
+    AccountDeleteRequest(op_as_account_delete_request) => delete_account, owner |_r, me| me?;
 }
 
 /// A required string field.
@@ -86,9 +89,13 @@ impl<S: Store + Clone + 'static> AuthWire<S> {
         let username = required(r.username(), "username")?;
         let email = required(r.email(), "email")?;
         let password = required(r.password(), "password")?.to_string();
-        let register = self
-            .services
-            .register(username, email, password, device(r.device()));
+        let register = self.services.register(
+            username,
+            email,
+            password,
+            device(r.device()),
+            call.ctx.peer_ip,
+        );
         let t = register.await?;
         let user = Some(Box::new(make!(UserSummaryT {
             user_id: t.user_id,
@@ -221,6 +228,12 @@ impl<S: Store + Clone + 'static> AuthWire<S> {
         self.accounts
             .change_password(p.user_id, p.session_id, current, new, r.totp_code())
             .await?;
+        call.ack()
+    }
+
+    async fn verify_email(self, call: &Call, r: pa::EmailVerifyRequest<'_>) -> Result<Bytes> {
+        let code = required(r.code(), "code")?;
+        self.accounts.verify_email(call.user()?, code).await?;
         call.ack()
     }
 

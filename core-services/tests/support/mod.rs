@@ -1,0 +1,273 @@
+//! Test helpers shared by the core-services suites: a store that can hold one
+//! operation at a gate (to drive races deterministically) and an outbox that keeps the
+//! mail the accounts service sends.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use selfie_services::BoxFuture;
+use selfie_services::auth::mail::{Mail, MailError, Mailer};
+use selfie_storage::{Commit, Mutation, Page, Scan, Store, StoreError, Table};
+use tokio::sync::oneshot;
+
+/// The kinds of store operation a [`Gate`] can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Put,
+    Get,
+    Delete,
+    Scan,
+    InsertIfAbsent,
+    DeleteIfPresent,
+    CompareAndSet,
+    Commit,
+}
+
+struct Armed {
+    op: Op,
+    table: &'static str,
+    reached: oneshot::Sender<()>,
+    release: oneshot::Receiver<()>,
+}
+
+/// Holds the next matching operation until released: `arm` says which, the returned
+/// [`Held`] says when it was reached and lets it go on.
+#[derive(Default, Clone)]
+pub struct Gate(Arc<Mutex<Option<Armed>>>);
+
+/// One armed gate: await [`Held::reached`], do what must happen meanwhile, then
+/// [`Held::release`].
+pub struct Held {
+    reached: Option<oneshot::Receiver<()>>,
+    release: Option<oneshot::Sender<()>>,
+}
+
+impl Held {
+    /// Waits until the held operation is reached (it has not run yet).
+    pub async fn reached(&mut self) {
+        if let Some(r) = self.reached.take() {
+            tokio::time::timeout(Duration::from_secs(30), r)
+                .await
+                .expect("the gated operation was reached in time")
+                .expect("gate dropped");
+        }
+    }
+
+    /// Lets the held operation run.
+    pub fn release(&mut self) {
+        if let Some(r) = self.release.take() {
+            let _ = r.send(());
+        }
+    }
+}
+
+impl Gate {
+    /// Holds the next `op` on `table` (by name) before it runs.
+    pub fn arm(&self, op: Op, table: &'static str) -> Held {
+        let (reached_tx, reached_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel();
+        *self.0.lock().expect("gate") = Some(Armed {
+            op,
+            table,
+            reached: reached_tx,
+            release: release_rx,
+        });
+        Held {
+            reached: Some(reached_rx),
+            release: Some(release_tx),
+        }
+    }
+
+    async fn pass(&self, op: Op, table: &str) {
+        let armed = {
+            let mut slot = self.0.lock().expect("gate");
+            match slot.as_ref() {
+                Some(a) if a.op == op && a.table == table => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some(a) = armed {
+            let _ = a.reached.send(());
+            let _ = a.release.await;
+        }
+    }
+}
+
+/// A store whose operations pass a [`Gate`] first.
+#[derive(Clone)]
+pub struct Gated<S> {
+    pub inner: S,
+    pub gate: Gate,
+}
+
+impl<S: Store> Store for Gated<S> {
+    async fn put(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.gate.pass(Op::Put, table.name).await;
+        self.inner
+            .put(table, partition, clustering, value, ttl)
+            .await
+    }
+
+    async fn get(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> Result<Option<Bytes>, StoreError> {
+        self.gate.pass(Op::Get, table.name).await;
+        self.inner.get(table, partition, clustering).await
+    }
+
+    async fn delete(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> Result<(), StoreError> {
+        self.gate.pass(Op::Delete, table.name).await;
+        self.inner.delete(table, partition, clustering).await
+    }
+
+    async fn scan(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        scan: &Scan,
+    ) -> Result<Page, StoreError> {
+        self.gate.pass(Op::Scan, table.name).await;
+        self.inner.scan(table, partition, scan).await
+    }
+
+    async fn batch(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        mutations: &[Mutation],
+    ) -> Result<(), StoreError> {
+        self.inner.batch(table, partition, mutations).await
+    }
+
+    async fn insert_if_absent(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        self.gate.pass(Op::InsertIfAbsent, table.name).await;
+        self.inner
+            .insert_if_absent(table, partition, clustering, value, ttl)
+            .await
+    }
+
+    async fn delete_if_present(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.gate.pass(Op::DeleteIfPresent, table.name).await;
+        self.inner
+            .delete_if_present(table, partition, clustering)
+            .await
+    }
+
+    async fn compare_and_set(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        self.gate.pass(Op::CompareAndSet, table.name).await;
+        self.inner
+            .compare_and_set(table, partition, clustering, expected, new, ttl)
+            .await
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<bool, StoreError> {
+        self.gate.pass(Op::Commit, "").await;
+        self.inner.commit(commit).await
+    }
+
+    async fn counter_add(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .counter_add(table, partition, clustering, delta)
+            .await
+    }
+
+    async fn counter_get(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+    ) -> Result<i64, StoreError> {
+        self.inner.counter_get(table, partition, clustering).await
+    }
+}
+
+/// Keeps every mail the service hands over (the SMTP seam; the edge suites use a real
+/// SMTP server).
+#[derive(Default)]
+pub struct Outbox(Mutex<Vec<Mail>>);
+
+impl Mailer for Outbox {
+    fn send(&self, mail: Mail) -> BoxFuture<'_, Result<(), MailError>> {
+        self.0.lock().expect("outbox").push(mail);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Outbox {
+    /// Takes the oldest mail to `to`, waiting a little for it (mail goes out after the
+    /// answer).
+    pub async fn take(&self, to: &str) -> Mail {
+        for _ in 0..500 {
+            {
+                let mut mails = self.0.lock().expect("outbox");
+                if let Some(i) = mails.iter().position(|m| m.to.eq_ignore_ascii_case(to)) {
+                    return mails.remove(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no mail to {to}");
+    }
+
+    /// Every mail not taken yet.
+    pub fn pending(&self) -> Vec<Mail> {
+        self.0.lock().expect("outbox").clone()
+    }
+}
+
+/// The 10-character code in a verification or reset mail.
+pub fn code_in(mail: &Mail) -> String {
+    mail.body
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|w| {
+            w.len() == 10
+                && w.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        })
+        .unwrap_or_else(|| panic!("no code in {:?}", mail.body))
+        .to_string()
+}
