@@ -100,6 +100,10 @@ impl ServerProcess {
             "SELFIE_LIMITS_RETRY_ABOVE_HANDSHAKES_PER_SECOND",
             "100000000",
         )
+        // Every bench client connects (and registers) from one address.
+        .env("SELFIE_LIMITS_MAX_CONNECTIONS_PER_ADDRESS", "100000000")
+        .env("SELFIE_AUTH_REGISTER_BURST", "100000000")
+        .env("SELFIE_AUTH_REGISTER_PER_HOUR", "100000000")
         .env("SELFIE_LIMITS_IDLE_TIMEOUT_MS", "120000");
         Self::spawn(cmd, dir)
     }
@@ -591,18 +595,11 @@ pub struct EchoArgs {
 pub fn echo_server(args: EchoArgs) -> anyhow::Result<()> {
     let identity = selfie_edge::tls::load_identity(&Default::default(), Path::new(&args.data_dir))?;
     let mut server_config = selfie_edge::tls::quic_server_config(&identity)?;
-    let mut transport = quinn::TransportConfig::default();
-    // The same stream allowance as the edge's default (memory depends on it).
-    let streams = selfie_edge::Config::default().limits.max_concurrent_streams;
-    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(selfie_edge::transport_streams(
-        streams,
-    )));
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(
-        120,
-    ))?));
-    transport.stream_receive_window(quinn::VarInt::from_u32(1 << 20));
-    transport.receive_window(quinn::VarInt::from_u32(8 << 20));
-    transport.send_window(8 << 20);
+    // The edge's transport settings, built by the edge's own function, with the idle
+    // timeout the bench gives the edge (`SELFIE_LIMITS_IDLE_TIMEOUT_MS` above).
+    let mut limits = selfie_edge::Config::default().limits;
+    limits.idle_timeout_ms = 120_000;
+    let transport = selfie_edge::transport_config(&limits)?;
     server_config.transport_config(Arc::new(transport));
     let rt = current_thread()?;
     let local = tokio::task::LocalSet::new();

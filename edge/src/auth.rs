@@ -30,12 +30,23 @@ impl TokenAuthenticator {
 
 impl Authenticator for TokenAuthenticator {
     fn authenticate(&self, token: &str) -> Result<Principal, ErrorCode> {
+        self.authenticate_until(token).map(|(p, _)| p)
+    }
+
+    fn is_revoked(&self, session_id: u64) -> bool {
+        self.tokens.revoked().contains(session_id)
+    }
+
+    fn authenticate_until(&self, token: &str) -> Result<(Principal, Option<u64>), ErrorCode> {
         match self.tokens.verify(token) {
-            Ok(c) => Ok(Principal {
-                user_id: c.user_id,
-                session_id: c.session_id,
-                roles: c.roles,
-            }),
+            Ok(c) => Ok((
+                Principal {
+                    user_id: c.user_id,
+                    session_id: c.session_id,
+                    roles: c.roles,
+                },
+                Some(c.expires_at_ms),
+            )),
             Err(TokenError::Expired) => Err(ErrorCode::TokenExpired),
             Err(TokenError::Revoked) => Err(ErrorCode::TokenRevoked),
             Err(TokenError::Invalid | TokenError::Issue) => Err(ErrorCode::TokenInvalid),

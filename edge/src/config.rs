@@ -100,6 +100,10 @@ pub struct AuthConfig {
     /// Hex file holding the 64-byte Ed25519 signing key, shared by the fleet. Absent: a
     /// key is generated in `<data_dir>/auth/` on first start (single node).
     pub key_file: Option<PathBuf>,
+    /// Registrations one address may make at once (each costs an Argon2 hash).
+    pub register_burst: u32,
+    /// Sustained registrations per address per hour.
+    pub register_per_hour: u32,
 }
 
 impl Default for AuthConfig {
@@ -108,6 +112,8 @@ impl Default for AuthConfig {
             issuer: "selfie".into(),
             access_token_ttl_s: 900,
             key_file: None,
+            register_burst: 5,
+            register_per_hour: 20,
         }
     }
 }
@@ -171,6 +177,12 @@ pub struct LimitsConfig {
     pub retry_above_handshakes_per_second: u32,
     /// Protocol errors a connection may cause before it is closed.
     pub max_protocol_errors: u32,
+    /// Time a request stream has to deliver its whole request frame, from when it was
+    /// opened (a client that sends half a frame and stalls holds nothing longer).
+    pub request_read_timeout_ms: u64,
+    /// Open connections one client address may hold on this node (IPv4-mapped IPv6
+    /// addresses count as their IPv4 address). Mind carrier-grade NATs when lowering it.
+    pub max_connections_per_address: usize,
 }
 
 /// Ops HTTP endpoints (`/metrics`, `/livez`, `/readyz`).
@@ -233,6 +245,8 @@ impl Default for LimitsConfig {
             ip_request_burst: 10_000,
             retry_above_handshakes_per_second: 2_000,
             max_protocol_errors: 8,
+            request_read_timeout_ms: 10_000,
+            max_connections_per_address: 1_000,
         }
     }
 }

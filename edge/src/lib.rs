@@ -49,9 +49,29 @@ pub use session::{AnonymousOnly, Authenticator, Principal};
 /// Builds a shard's registry; called once on each shard thread.
 pub type ServiceFactory = Arc<dyn Fn(ShardId) -> Registry + Send + Sync>;
 
-/// Streams QUIC lets a client open: the application limit plus a margin of 16.
-pub fn transport_streams(app_limit: u32) -> u32 {
-    app_limit.saturating_add(16)
+/// Requests QUIC lets a client open beyond the application's limit: with this margin
+/// the edge itself (not QUIC flow control) answers a client over the limit, with a typed
+/// `TooManyStreams`, while the memory QUIC reserves stays close to the limit.
+pub const STREAM_MARGIN: u32 = 8;
+
+/// The QUIC transport settings of an edge with `limits` — and of the raw-quinn baseline
+/// that `bench/` measures it against, which must be configured the same way.
+pub fn transport_config(limits: &config::LimitsConfig) -> anyhow::Result<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(
+        limits.max_concurrent_streams.saturating_add(STREAM_MARGIN),
+    ));
+    // Clients open no unidirectional streams (pushes are the server's).
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_millis(
+        limits.idle_timeout_ms,
+    ))?));
+    transport.datagram_receive_buffer_size(Some(64 * 1024));
+    // Windows sized deliberately (quinn's defaults assume 100 Mbit/s × 100 ms).
+    transport.stream_receive_window(quinn::VarInt::from_u32(1 << 20));
+    transport.receive_window(quinn::VarInt::from_u32(8 << 20));
+    transport.send_window(8 << 20);
+    Ok(transport)
 }
 
 /// A running edge.
@@ -92,22 +112,7 @@ impl Edge {
         let fingerprint = identity.fingerprint();
         let mut server_config = tls::quic_server_config(&identity)?;
         let limits = &config.limits;
-        let mut transport = quinn::TransportConfig::default();
-        // Twice the application limit, so that the edge (not QUIC flow control) answers
-        // a client over the limit with a typed TooManyStreams error.
-        transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(
-            limits.max_concurrent_streams.saturating_mul(2),
-        ));
-        transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-        transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_millis(
-            limits.idle_timeout_ms,
-        ))?));
-        transport.datagram_receive_buffer_size(Some(64 * 1024));
-        // Windows sized deliberately (quinn's defaults assume 100 Mbit/s × 100 ms).
-        transport.stream_receive_window(quinn::VarInt::from_u32(1 << 20));
-        transport.receive_window(quinn::VarInt::from_u32(8 << 20));
-        transport.send_window(8 << 20);
-        server_config.transport_config(Arc::new(transport));
+        server_config.transport_config(Arc::new(transport_config(limits)?));
         server_config.max_incoming(limits.max_connections_per_shard.max(1));
 
         let sockets = steering::bind_group(config.server.listen, shards)?;
@@ -135,6 +140,7 @@ impl Edge {
             heartbeats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             running: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            per_address: Default::default(),
             drain: drain_rx,
             config: config.clone(),
         });

@@ -211,7 +211,12 @@ fn main() -> anyhow::Result<()> {
             // One login throttle for the node, shared by its shards; with Redis, a second
             // layer shared by the fleet, which also spreads session revocations and the
             // delivery plane's events.
-            let mut throttle = LoginThrottle::default();
+            let mut throttle =
+                LoginThrottle::new(selfie_services::auth::throttle::ThrottleConfig {
+                    register_burst: config.auth.register_burst,
+                    register_per_hour: config.auth.register_per_hour,
+                    ..Default::default()
+                });
             let fleet = match config.storage.redis_url.as_deref() {
                 Some(url) => {
                     let fleet = selfie_edge::fleet::Fleet::start(

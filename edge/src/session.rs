@@ -12,9 +12,21 @@ pub trait Authenticator: Send + Sync + 'static {
     /// (`TokenInvalid`, `TokenExpired`, `TokenRevoked`).
     fn authenticate(&self, token: &str) -> Result<Principal, ErrorCode>;
 
+    /// [`Authenticator::authenticate`], with the moment (Unix milliseconds) the token
+    /// stops being valid, if it ever does: the edge closes the connection then.
+    fn authenticate_until(&self, token: &str) -> Result<(Principal, Option<u64>), ErrorCode> {
+        self.authenticate(token).map(|p| (p, None))
+    }
+
     /// Session ids revoked from now on; the edge closes their connections at once.
     fn revocations(&self) -> Option<tokio::sync::broadcast::Receiver<u64>> {
         None
+    }
+
+    /// Whether a login session has been revoked (the edge's periodic sweep asks, so a
+    /// shard that missed an announcement still closes the session's connections).
+    fn is_revoked(&self, _session_id: u64) -> bool {
+        false
     }
 }
 
@@ -36,6 +48,8 @@ pub struct SessionInfo {
     pub version: Version,
     /// The authenticated caller; `None` for an anonymous session.
     pub principal: Option<Principal>,
+    /// When the access token expires (Unix milliseconds), if it does.
+    pub expires_at_ms: Option<u64>,
 }
 
 impl SessionInfo {
@@ -73,14 +87,21 @@ pub fn on_hello(hello: &Hello<'_>, auth: &dyn Authenticator) -> Result<SessionIn
             selfie_protocol::PROTOCOL_VERSION
         ),
     })?;
-    let principal = match hello.access_token() {
-        None | Some("") => None,
-        Some(token) => Some(auth.authenticate(token).map_err(|code| Refusal {
-            code,
-            message: "access token refused".into(),
-        })?),
+    let (principal, expires_at_ms) = match hello.access_token() {
+        None | Some("") => (None, None),
+        Some(token) => {
+            let (p, until) = auth.authenticate_until(token).map_err(|code| Refusal {
+                code,
+                message: "access token refused".into(),
+            })?;
+            (Some(p), until)
+        }
     };
-    Ok(SessionInfo { version, principal })
+    Ok(SessionInfo {
+        version,
+        principal,
+        expires_at_ms,
+    })
 }
 
 #[cfg(test)]

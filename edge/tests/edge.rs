@@ -113,11 +113,29 @@ fn start(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestEdge {
     start_with_cert_of(None, shards, tweak)
 }
 
+/// Starts an edge whose sessions `auth` authenticates.
+fn start_with_auth(
+    shards: usize,
+    tweak: impl FnOnce(&mut Config),
+    auth: Arc<dyn selfie_edge::Authenticator>,
+) -> TestEdge {
+    start_node(None, shards, tweak, auth)
+}
+
 /// Starts an edge; with `peer`, it serves the same certificate (as the nodes of a fleet do).
 fn start_with_cert_of(
     peer: Option<&TestEdge>,
     shards: usize,
     tweak: impl FnOnce(&mut Config),
+) -> TestEdge {
+    start_node(peer, shards, tweak, Arc::new(support::TokenAuth))
+}
+
+fn start_node(
+    peer: Option<&TestEdge>,
+    shards: usize,
+    tweak: impl FnOnce(&mut Config),
+    auth: Arc<dyn selfie_edge::Authenticator>,
 ) -> TestEdge {
     let dir = tempfile::tempdir().expect("temp dir");
     if let Some(peer) = peer {
@@ -151,8 +169,7 @@ fn start_with_cert_of(
         r.register(selfie_protocol::Service::Notifications, Rc::new(listener));
         r
     });
-    let edge =
-        Edge::start(config, plane, factory, Arc::new(support::TokenAuth)).expect("edge starts");
+    let edge = Edge::start(config, plane, factory, auth).expect("edge starts");
     TestEdge { edge, _dir: dir }
 }
 
@@ -401,8 +418,13 @@ async fn drain_sends_goaway_finishes_in_flight_requests_and_ends_cleanly() {
             || metrics.contains("selfie_shard_calls_total{shard=\"1\",kind=\"forward\"} 1"),
         "the remote request went through a mailbox: {metrics}"
     );
-    // New connections are refused while draining.
+    // New connections are refused while draining, and counted.
     assert!(Client::connect(client_config(&t, Some(6))).await.is_err());
+    let (_, metrics) = http_get(t.edge.ops_addr, "/metrics").await;
+    assert!(
+        metrics.contains("outcome=\"refused_draining\""),
+        "{metrics}"
+    );
     let TestEdge { edge, _dir } = t;
     tokio::task::spawn_blocking(move || edge.join())
         .await
@@ -652,4 +674,292 @@ async fn a_returning_client_sends_hello_and_idempotent_requests_in_0rtt() {
             .and_then(|c| c.op_as_subscribe_response())
             .is_some()
     );
+}
+
+/// Defect: the node-wide connection count never went down, so once any client had
+/// connected, shutting down always waited the whole drain deadline. A server whose
+/// clients have all left stops without waiting for it (the deadline here is a minute;
+/// the bound asserted is half of it, far from any scheduling noise).
+#[tokio::test]
+async fn shutdown_after_every_client_left_does_not_wait_for_the_deadline() {
+    let t = start(2, |c| c.server.drain_deadline_ms = 60_000);
+    for user in 1..=4 {
+        let client = Client::connect(client_config(&t, Some(user)))
+            .await
+            .expect("connect");
+        get_profile(&client, user, None).await.expect("served");
+        client.close();
+    }
+    // The server sees every client leave.
+    let gone = async {
+        loop {
+            let (_, metrics) = http_get(t.edge.ops_addr, "/metrics").await;
+            let open: i64 = metrics
+                .lines()
+                .filter(|l| l.starts_with("selfie_edge_connections_active{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+                .sum();
+            if open == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), gone)
+        .await
+        .expect("every connection closed on the server");
+    let TestEdge { edge, _dir } = t;
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || {
+        edge.drain();
+        edge.join();
+    })
+    .await
+    .expect("edge stops");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "shutdown took {took:?}");
+}
+
+/// Sessions whose revocations are never announced (as if every announcement were missed)
+/// and whose tokens expire when told.
+#[derive(Default)]
+struct QuietAuth {
+    revoked: std::sync::Mutex<std::collections::HashSet<u64>>,
+    expires_at_ms: std::sync::Mutex<Option<u64>>,
+}
+
+impl selfie_edge::Authenticator for QuietAuth {
+    fn authenticate(&self, token: &str) -> Result<selfie_edge::Principal, ErrorCode> {
+        support::TokenAuth.authenticate(token)
+    }
+
+    fn authenticate_until(
+        &self,
+        token: &str,
+    ) -> Result<(selfie_edge::Principal, Option<u64>), ErrorCode> {
+        let until = *self.expires_at_ms.lock().expect("lock");
+        self.authenticate(token).map(|p| (p, until))
+    }
+
+    fn is_revoked(&self, session_id: u64) -> bool {
+        self.revoked.lock().expect("lock").contains(&session_id)
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+async fn close_code(client: &Client, within: Duration) -> Option<u64> {
+    match tokio::time::timeout(within, client.connection().closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => Some(c.error_code.into_inner()),
+        _ => None,
+    }
+}
+
+/// Defect: a shard that missed a revocation announcement kept the session's connections
+/// open, and a token's expiry was never checked again after `Hello`. Each shard now
+/// sweeps its sessions.
+#[tokio::test]
+async fn revoked_and_expired_sessions_are_closed_even_without_an_announcement() {
+    let auth = Arc::new(QuietAuth::default());
+    let t = start_with_auth(1, |_| {}, auth.clone());
+    let revoked = Client::connect(client_config(&t, Some(21)))
+        .await
+        .expect("connect");
+    revoked.ping().await.expect("served");
+    // `TokenAuth` makes "user-21" session 21.
+    auth.revoked.lock().expect("lock").insert(21);
+    assert_eq!(
+        close_code(&revoked, Duration::from_secs(15)).await,
+        Some(u64::from(ErrorCode::SessionRevoked.0)),
+        "closed by the sweep"
+    );
+
+    *auth.expires_at_ms.lock().expect("lock") = Some(unix_ms() + 1_500);
+    let expiring = Client::connect(client_config(&t, Some(22)))
+        .await
+        .expect("connect");
+    expiring.ping().await.expect("served while valid");
+    assert_eq!(
+        close_code(&expiring, Duration::from_secs(15)).await,
+        Some(u64::from(ErrorCode::TokenExpired.0)),
+        "closed once the token expired"
+    );
+}
+
+/// A decoded answer read from a raw stream: the `Error` code, if it is one.
+fn error_code_of(bytes: Vec<u8>) -> Option<ErrorCode> {
+    let mut dec = selfie_codec::FrameDecoder::new(Limits::DEFAULT);
+    dec.push(Bytes::from(bytes));
+    let frame = dec.next_frame().ok()??;
+    let env = frame.envelope();
+    env.body_as_control()?.op_as_error().map(|e| e.code())
+}
+
+/// Defects: a stream could hold half a request forever, the in-flight limit was checked
+/// only after a whole frame had been read, and one address could open any number of
+/// connections.
+#[tokio::test]
+async fn half_sent_requests_streams_over_the_limit_and_address_floods_are_bounded() {
+    let t = start(1, |c| {
+        c.limits.max_concurrent_streams = 2;
+        c.limits.request_read_timeout_ms = 300;
+        c.limits.max_connections_per_address = 3;
+    });
+    let client = Client::connect(client_config(&t, Some(31)))
+        .await
+        .expect("connect");
+    // Half a frame, then silence: answered `Timeout` at the deadline.
+    let (mut send, mut recv) = client.connection().open_bi().await.expect("stream");
+    send.write_all(&[64, 0, 0, 0, 1, 2])
+        .await
+        .expect("half a frame");
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(4096))
+        .await
+        .expect("answered before the test gives up")
+        .expect("an answer");
+    assert_eq!(error_code_of(answer), Some(ErrorCode::Timeout));
+    // Two slow requests in flight; a third stream is refused before it sends a byte.
+    let slow = async { join_all((0..2).map(|_| get_profile(&client, 31, Some("slow")))).await };
+    let third = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (mut send, mut recv) = client.connection().open_bi().await.expect("stream");
+        // Only a length prefix: the refusal cannot depend on reading the request.
+        send.write_all(&[64, 0, 0, 0]).await.expect("a prefix");
+        let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(4096))
+            .await
+            .expect("answered")
+            .expect("an answer");
+        error_code_of(answer)
+    };
+    let (slow, third) = tokio::join!(slow, third);
+    assert!(slow.iter().all(Result::is_ok), "{slow:?}");
+    assert_eq!(third, Some(ErrorCode::TooManyStreams));
+    // Three connections from one address, and no more.
+    let _second = Client::connect(client_config(&t, Some(32)))
+        .await
+        .expect("second");
+    let _third = Client::connect(client_config(&t, Some(33)))
+        .await
+        .expect("third");
+    assert!(
+        Client::connect(client_config(&t, Some(34))).await.is_err(),
+        "a fourth connection from the address is refused"
+    );
+    let (_, metrics) = http_get(t.edge.ops_addr, "/metrics").await;
+    assert!(metrics.contains("outcome=\"refused_address\""), "{metrics}");
+    client
+        .ping()
+        .await
+        .expect("the address's open connections are served");
+}
+
+/// Defects: control-stream `Ping`s bypassed the rate limiter and were not counted;
+/// a protocol violation on a request stream closed the connection before its `Error`
+/// frame left; a second `Hello` on a request stream neither closed the connection nor
+/// was counted.
+#[tokio::test]
+async fn control_pings_are_limited_and_violations_are_answered_before_the_close() {
+    let t = start(1, |c| {
+        c.limits.connection_requests_per_second = 5;
+        c.limits.connection_request_burst = 5;
+    });
+    let client = Client::connect(client_config(&t, Some(41)))
+        .await
+        .expect("connect");
+    for _ in 0..20 {
+        client.ping_control().await.expect("sent");
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    for _ in 0..20 {
+        let frame = client
+            .next_control_frame(Duration::from_secs(10))
+            .await
+            .expect("an answer per ping");
+        let control = frame.envelope().body_as_control().expect("control");
+        if control.op_as_pong().is_some() {
+            pongs += 1;
+        } else if control
+            .op_as_error()
+            .is_some_and(|e| e.code() == ErrorCode::RateLimited)
+        {
+            limited += 1;
+        }
+    }
+    assert_eq!(pongs + limited, 20);
+    assert!((5..=7).contains(&pongs), "{pongs} pongs past a burst of 5");
+    let (_, metrics) = http_get(t.edge.ops_addr, "/metrics").await;
+    assert!(
+        metrics.contains("service=\"control\",code=\"ok\"")
+            && metrics.contains("service=\"control\",code=\"RateLimited\""),
+        "{metrics}"
+    );
+
+    // Garbage on a request stream: the `Error` frame arrives, then the close.
+    let bad = Client::connect(client_config(&t, Some(42)))
+        .await
+        .expect("connect");
+    let err = bad
+        .request_bytes(b"\x05\x00\x00\x00hello")
+        .await
+        .expect_err("garbage");
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::MalformedFrame,
+                ..
+            }
+        ),
+        "the Error frame, not only the close: {err:?}"
+    );
+    assert_eq!(
+        close_code(&bad, Duration::from_secs(5)).await,
+        Some(u64::from(ErrorCode::MalformedFrame.0))
+    );
+
+    // `Hello` again, on a request stream.
+    let again = Client::connect(client_config(&t, Some(43)))
+        .await
+        .expect("connect");
+    let err = again
+        .request(|b, id| {
+            let v = selfie_protocol::PROTOCOL_VERSION.to_wire();
+            let hello = selfie_protocol::control::Hello::create(
+                b,
+                &selfie_protocol::control::HelloArgs {
+                    version: Some(&v),
+                    ..Default::default()
+                },
+            );
+            selfie_codec::build::control(
+                b,
+                id,
+                selfie_protocol::control::ControlOp::Hello,
+                hello.as_union_value(),
+            )
+        })
+        .await
+        .expect_err("unexpected");
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::UnexpectedMessage,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        close_code(&again, Duration::from_secs(5)).await,
+        Some(u64::from(ErrorCode::UnexpectedMessage.0))
+    );
+    let (_, metrics) = http_get(t.edge.ops_addr, "/metrics").await;
+    assert!(metrics.contains("code=\"UnexpectedMessage\""), "{metrics}");
 }

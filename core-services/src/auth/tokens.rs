@@ -30,6 +30,8 @@ pub struct AccessClaims {
     pub session_id: u64,
     /// Roles (`admin`, `moderator`, ...).
     pub roles: Vec<String>,
+    /// When the token stops verifying (Unix milliseconds).
+    pub expires_at_ms: u64,
 }
 
 /// Why a token was refused. Deliberately coarse: the caller learns what to do (refresh,
@@ -324,6 +326,15 @@ impl AccessTokens {
         };
         let user_id = number("sub")?;
         let session_id = number("sid")?;
+        // Validation above required a well-formed `exp`.
+        let expires_at_ms = claims
+            .get_claim("exp")
+            .and_then(|v| v.as_str())
+            .and_then(|s| {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+            .ok_or(TokenError::Invalid)?;
         let roles = claims
             .get_claim("roles")
             .and_then(|v| v.as_array())
@@ -340,6 +351,7 @@ impl AccessTokens {
             user_id,
             session_id,
             roles,
+            expires_at_ms,
         })
     }
 }
@@ -357,13 +369,21 @@ mod tests {
         let t = tokens();
         let token = t.issue(42, 7, &["moderator".into()]).expect("issued");
         assert!(token.starts_with("v4.public."));
+        let claims = t.verify(&token).expect("verifies");
         assert_eq!(
-            t.verify(&token),
-            Ok(AccessClaims {
-                user_id: 42,
-                session_id: 7,
-                roles: vec!["moderator".into()]
-            })
+            (claims.user_id, claims.session_id, claims.roles),
+            (42, 7, vec!["moderator".to_string()])
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let ttl = 900_000;
+        assert!(
+            (now + ttl - 5_000..=now + ttl + 1_000).contains(&claims.expires_at_ms),
+            "{} vs {}",
+            claims.expires_at_ms,
+            now + ttl
         );
     }
 

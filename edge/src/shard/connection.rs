@@ -192,9 +192,32 @@ pub(super) async fn serve_connection(
             outcome: "welcome",
         })
         .inc();
+    let state = Rc::new(Conn {
+        id: conn_id,
+        ip: conn.remote_address().ip().to_canonical(),
+        conn: conn.clone(),
+        limiter: RateLimiter::direct(
+            Quota::per_second(per_second(limits.connection_requests_per_second))
+                .allow_burst(per_second(limits.connection_request_burst)),
+        ),
+        session,
+        inflight: Cell::new(0),
+        protocol_errors: Cell::new(0),
+        subscriptions: RefCell::new(HashMap::new()),
+        joining: Cell::new(0),
+        next_subscription: Cell::new(1),
+    });
+    // Registered before `Welcome` is written: a revocation announced meanwhile finds the
+    // connection (one announced before `Hello` was checked refused the token there).
+    if let Some(p) = &state.session.principal {
+        let mut sessions = shard.sessions.borrow_mut();
+        let entry = sessions.entry(p.session_id).or_default();
+        entry.retain(|w| w.strong_count() > 0);
+        entry.push(Rc::downgrade(&state));
+    }
     let welcome = shard.encode(|b| {
         let node_id = b.create_string(&shard.shared.config.server.node_id);
-        let v = session.version.to_wire();
+        let v = state.session.version.to_wire();
         let lim = selfie_protocol::control::Limits::create(
             b,
             &selfie_protocol::control::LimitsArgs {
@@ -212,7 +235,7 @@ pub(super) async fn serve_connection(
             &WelcomeArgs {
                 version: Some(&v),
                 session_id: (shard.id as u64) << 48 | conn_id,
-                user_id: session.principal.as_ref().map_or(0, |p| p.user_id),
+                user_id: state.session.principal.as_ref().map_or(0, |p| p.user_id),
                 server_time_ms: now_ms(),
                 limits: Some(lim),
                 shard: shard.id as u16,
@@ -227,27 +250,6 @@ pub(super) async fn serve_connection(
         ctl_send.write_all(&bytes).await?;
     }
 
-    let state = Rc::new(Conn {
-        id: conn_id,
-        ip: conn.remote_address().ip(),
-        conn: conn.clone(),
-        limiter: RateLimiter::direct(
-            Quota::per_second(per_second(limits.connection_requests_per_second))
-                .allow_burst(per_second(limits.connection_request_burst)),
-        ),
-        session,
-        inflight: Cell::new(0),
-        protocol_errors: Cell::new(0),
-        subscriptions: RefCell::new(HashMap::new()),
-        joining: Cell::new(0),
-        next_subscription: Cell::new(1),
-    });
-    if let Some(p) = &state.session.principal {
-        let mut sessions = shard.sessions.borrow_mut();
-        let entry = sessions.entry(p.session_id).or_default();
-        entry.retain(|w| w.strong_count() > 0);
-        entry.push(Rc::downgrade(&state));
-    }
     // Datagrams and the control stream run in their own tasks, so that the accept loop
     // below polls only for new request streams and the drain signal.
     tokio::task::spawn_local(datagram_loop(shard.clone(), state.clone()));
@@ -325,8 +327,10 @@ async fn datagram_loop(shard: Rc<Shard>, state: Rc<Conn>) {
         let outcome = match selfie_codec::decode_datagram(bytes, &shard.limits) {
             Ok(_) => "ok",
             Err(e) => {
-                // Datagrams have no stream to answer on and are cheap to drop: a bad one
-                // is counted, and only repeated ones close the connection.
+                // Datagrams have no stream to answer on, and one of a type this build
+                // does not know (a newer client's) must not end the session: a bad one
+                // is dropped and counted, and only repeated ones close the connection
+                // (protocol/README.md, "Datagrams").
                 state.tolerated_violation(&shard, e.code());
                 e.label()
             }
@@ -374,21 +378,32 @@ async fn control_loop(
     }
 }
 
-/// Frames on the control stream after `Welcome`: `Ping` is answered; anything else is a
-/// protocol violation.
+/// Frames on the control stream after `Welcome`: `Ping` is answered (rate-limited and
+/// counted like any request); anything else is a protocol violation.
 async fn on_control(
     shard: &Rc<Shard>,
     state: &Rc<Conn>,
     send: &mut SendStream,
     frame: Frame,
 ) -> Result<(), ConnError> {
+    let started = Instant::now();
     let env = frame.envelope();
     match env.body_as_control().and_then(|c| c.op_as_ping()) {
         Some(ping) => {
-            if let Some(bytes) = shard.encode(|b| build::pong(b, env.id(), ping.nonce(), now_ms()))
-            {
+            let answer = match super::request::admit_rate(shard, state) {
+                Ok(()) => shard.encode(|b| build::pong(b, env.id(), ping.nonce(), now_ms())),
+                Err(reply) => {
+                    super::request::record(shard, "control", reply.code.label(), started);
+                    if let Some(bytes) = shard.error_frame(env.id(), &reply) {
+                        send.write_all(&bytes).await?;
+                    }
+                    return Ok(());
+                }
+            };
+            if let Some(bytes) = answer {
                 send.write_all(&bytes).await?;
             }
+            super::request::record(shard, "control", "ok", started);
         }
         None => {
             let e = ErrorReply::new(

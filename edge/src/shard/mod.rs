@@ -58,6 +58,8 @@ pub struct Shared {
     /// Open connections on all shards. Draining shards keep serving their mailboxes
     /// until it reaches zero, since any open connection may still forward to them.
     pub connections: AtomicUsize,
+    /// Open connections per client address, node-wide (`limits.max_connections_per_address`).
+    pub per_address: std::sync::Mutex<HashMap<IpAddr, usize>>,
     /// Drain signal.
     pub drain: watch::Receiver<bool>,
 }
@@ -204,6 +206,7 @@ async fn serve(
     // Liveness: the loop ticks.
     let tick_shard = shard.clone();
     tokio::task::spawn_local(async move {
+        let mut ticks = 0u64;
         let mut every = tokio::time::interval(Duration::from_millis(500));
         loop {
             every.tick().await;
@@ -211,11 +214,10 @@ async fn serve(
                 h.store(now_ms(), Ordering::Relaxed);
             }
             tick_shard.ip_limiter.retain_recent();
-            // Forget closed connections of sessions that were never revoked.
-            tick_shard.sessions.borrow_mut().retain(|_, conns| {
-                conns.retain(|w| w.strong_count() > 0);
-                !conns.is_empty()
-            });
+            ticks += 1;
+            if ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
+                sweep_sessions(&tick_shard);
+            }
         }
     });
 
@@ -243,8 +245,8 @@ async fn serve(
                             });
                         }
                     }
-                    // Missed announcements only delay closing: `Hello` checks the set.
-                    Err(RecvError::Lagged(_)) => continue,
+                    // Announcements were missed: look at every session now.
+                    Err(RecvError::Lagged(_)) => sweep_sessions(&rev_shard),
                     Err(RecvError::Closed) => break,
                 }
             }
@@ -267,8 +269,14 @@ async fn serve(
         }
     }
     // Drain: refuse new connections, let open ones finish (they watch the same signal).
-    endpoint.set_server_config(None);
     shared.running.fetch_sub(1, Ordering::SeqCst);
+    let refusing = endpoint.clone();
+    let refuse_shard = shard.clone();
+    let refuser = tokio::task::spawn_local(async move {
+        while let Some(incoming) = refusing.accept().await {
+            admit(&refuse_shard, incoming);
+        }
+    });
     let deadline =
         Duration::from_millis(shared.config.server.drain_deadline_ms) + Duration::from_secs(2);
     // Wait for this shard's connections, then for every shard's (they may still forward
@@ -282,6 +290,8 @@ async fn serve(
         }
     })
     .await;
+    refuser.abort();
+    endpoint.set_server_config(None);
     endpoint.close(
         VarInt::from_u32(u32::from(ErrorCode::Draining.0)),
         b"draining",
@@ -289,6 +299,87 @@ async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     info!(shard = id, "shard drained");
     Ok(())
+}
+
+/// Ticks (of 500 ms) between two sweeps of the open sessions.
+const SWEEP_EVERY_TICKS: u64 = 4;
+
+/// Closes this shard's connections whose login session was revoked (an announcement
+/// this shard missed) or whose access token has expired since `Hello`, and forgets
+/// closed ones.
+fn sweep_sessions(shard: &Rc<Shard>) {
+    let now = now_ms();
+    let auth = shard.shared.auth.clone();
+    let mut closing = Vec::new();
+    shard.sessions.borrow_mut().retain(|&session_id, conns| {
+        conns.retain(|w| w.strong_count() > 0);
+        if auth.is_revoked(session_id) {
+            closing.extend(conns.drain(..).map(|w| (w, ErrorCode::SessionRevoked)));
+        } else {
+            conns.retain(|w| {
+                let expired = w
+                    .upgrade()
+                    .and_then(|c| c.session.expires_at_ms)
+                    .is_some_and(|t| t <= now);
+                if expired {
+                    closing.push((w.clone(), ErrorCode::TokenExpired));
+                }
+                !expired
+            });
+        }
+        !conns.is_empty()
+    });
+    for (conn, code) in closing {
+        if let Some(conn) = conn.upgrade() {
+            let reason = if code == ErrorCode::SessionRevoked {
+                "session revoked"
+            } else {
+                "access token expired"
+            };
+            connection::close_for(shard, &conn.conn, code, reason);
+        }
+    }
+}
+
+/// One connection's place in [`Shared::per_address`], given back when dropped.
+struct AddressSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    /// Takes a slot for `ip` (canonical: IPv4-mapped IPv6 counts as IPv4), or `None`
+    /// when the address holds its limit already.
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let ip = ip.to_canonical();
+        let limit = shared.config.limits.max_connections_per_address;
+        let mut map = shared.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .per_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 fn count_connection(shard: &Shard, outcome: &'static str) {
@@ -316,6 +407,11 @@ fn admit(shard: &Rc<Shard>, incoming: Incoming) {
         incoming.refuse();
         return;
     }
+    let Some(address) = AddressSlot::take(&shard.shared, incoming.remote_address().ip()) else {
+        count_connection(shard, "refused_address");
+        incoming.refuse();
+        return;
+    };
     // Above the handshake-rate threshold, clients must prove their address first.
     let second = now_ms() / 1000;
     let (window, count) = shard.handshake_window.get();
@@ -347,6 +443,7 @@ fn admit(shard: &Rc<Shard>, incoming: Incoming) {
             if let Err(e) = serve_connection(&shard, conn_id, incoming).await {
                 debug!(error = %e, "connection ended");
             }
+            drop(address);
             active.dec();
             shard
                 .connections

@@ -22,6 +22,43 @@ impl Drop for InflightGuard {
     }
 }
 
+/// The per-connection and per-address request rates: `Err` with the refusal when either
+/// is exceeded. Every request, control-stream `Ping`s included, passes here.
+pub(super) fn admit_rate(shard: &Shard, state: &Conn) -> Result<(), ErrorReply> {
+    if let Err(not_until) = state.limiter.check() {
+        return Err(
+            ErrorReply::new(ErrorCode::RateLimited, "connection request rate exceeded")
+                .retry_after(retry_after_ms(&not_until)),
+        );
+    }
+    if let Err(not_until) = shard.ip_limiter.check_key(&state.ip) {
+        return Err(
+            ErrorReply::new(ErrorCode::RateLimited, "address request rate exceeded")
+                .retry_after(retry_after_ms(&not_until)),
+        );
+    }
+    Ok(())
+}
+
+/// Answers `reply` on the stream, then records the violation (which may close the
+/// connection): a closing violation first waits briefly for the answer to be delivered,
+/// since a close discards unsent stream data.
+async fn refuse_and_violate(
+    shard: &Shard,
+    state: &Conn,
+    send: &mut SendStream,
+    id: u64,
+    reply: &ErrorReply,
+    label: &'static str,
+    started: Instant,
+) {
+    respond_error(shard, send, id, reply, label, started).await;
+    if reply.code.closes_connection() {
+        let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+    }
+    state.violation(shard, reply.code);
+}
+
 pub(super) async fn serve_request(
     shard: &Rc<Shard>,
     state: &Rc<Conn>,
@@ -32,28 +69,39 @@ pub(super) async fn serve_request(
     shard.hot.streams.inc();
     state.inflight.set(state.inflight.get() + 1);
     let _guard = InflightGuard(state.clone());
+    let limits = &shard.shared.config.limits;
+    // Over the limit: refused before a byte is read (nothing buffered for it).
+    if state.inflight.get() > limits.max_concurrent_streams {
+        let _ = recv.stop(VarInt::from_u32(u32::from(ErrorCode::TooManyStreams.0)));
+        let reply = ErrorReply::new(ErrorCode::TooManyStreams, "too many requests in flight")
+            .retry_after(10);
+        respond_error(shard, &mut send, 0, &reply, "unknown", started).await;
+        return;
+    }
     let mut dec = FrameDecoder::new(shard.limits);
-    let frame = match read_frame(&mut recv, &mut dec).await {
+    let deadline = Duration::from_millis(limits.request_read_timeout_ms);
+    let read = match tokio::time::timeout(deadline, read_frame(&mut recv, &mut dec)).await {
+        Ok(read) => read,
+        Err(_) => {
+            // Half a request, then silence: whatever was buffered goes now.
+            let _ = recv.stop(VarInt::from_u32(u32::from(ErrorCode::Timeout.0)));
+            let reply = ErrorReply::new(ErrorCode::Timeout, "request not received in time");
+            respond_error(shard, &mut send, 0, &reply, "unknown", started).await;
+            return;
+        }
+    };
+    let frame = match read {
         Ok(Some(frame)) => frame,
         Ok(None) => {
             // An empty request stream.
-            respond_error(
-                shard,
-                &mut send,
-                0,
-                &ErrorReply::new(ErrorCode::TruncatedFrame, "empty request"),
-                "unknown",
-                started,
-            )
-            .await;
-            state.violation(shard, ErrorCode::TruncatedFrame);
+            let reply = ErrorReply::new(ErrorCode::TruncatedFrame, "empty request");
+            refuse_and_violate(shard, state, &mut send, 0, &reply, "unknown", started).await;
             return;
         }
         Err(ConnError::Codec(e)) => {
-            let reply = ErrorReply::new(e.code(), e.to_string());
-            respond_error(shard, &mut send, 0, &reply, "unknown", started).await;
             let _ = recv.stop(VarInt::from_u32(u32::from(e.code().0)));
-            state.violation(shard, e.code());
+            let reply = ErrorReply::new(e.code(), e.to_string());
+            refuse_and_violate(shard, state, &mut send, 0, &reply, "unknown", started).await;
             return;
         }
         Err(_) => return,
@@ -72,34 +120,14 @@ pub(super) async fn serve_request(
         return;
     };
     let label = service.name();
-    let refuse = |code: ErrorCode, message: &'static str, retry_after_ms: u32| {
-        ErrorReply::new(code, message).retry_after(retry_after_ms)
-    };
-    // Admission: concurrency, per-connection and per-IP rates, session rights.
-    let limits = &shard.shared.config.limits;
-    let verdict = if state.inflight.get() > limits.max_concurrent_streams {
-        Err(refuse(
-            ErrorCode::TooManyStreams,
-            "too many requests in flight",
-            10,
-        ))
-    } else if let Err(not_until) = state.limiter.check() {
-        Err(refuse(
-            ErrorCode::RateLimited,
-            "connection request rate exceeded",
-            retry_after_ms(&not_until),
-        ))
-    } else if let Err(not_until) = shard.ip_limiter.check_key(&state.ip) {
-        Err(refuse(
-            ErrorCode::RateLimited,
-            "address request rate exceeded",
-            retry_after_ms(&not_until),
-        ))
-    } else if !state.session.may_call(service) {
-        Err(refuse(ErrorCode::Unauthenticated, "sign in first", 0))
-    } else {
-        Ok(())
-    };
+    // Admission: per-connection and per-IP rates, session rights.
+    let verdict = admit_rate(shard, state).and_then(|()| {
+        if state.session.may_call(service) {
+            Ok(())
+        } else {
+            Err(ErrorReply::new(ErrorCode::Unauthenticated, "sign in first"))
+        }
+    });
     if let Err(reply) = verdict {
         respond_error(shard, &mut send, id, &reply, label, started).await;
         return;
@@ -127,10 +155,11 @@ pub(super) async fn serve_request(
                 None => Err(ErrorReply::new(ErrorCode::NotFound, "no such subscription")),
             }
         } else {
-            Err(ErrorReply::new(
-                ErrorCode::UnexpectedMessage,
-                "not a request",
-            ))
+            // `Hello` again, `Welcome`, a push header...: a protocol violation, which
+            // closes the connection once the answer is delivered.
+            let reply = ErrorReply::new(ErrorCode::UnexpectedMessage, "not a request");
+            refuse_and_violate(shard, state, &mut send, id, &reply, label, started).await;
+            return;
         }
     } else {
         match shard.registry.get(service) {
@@ -291,7 +320,8 @@ async fn subscribe(
         .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
 }
 
-fn record(shard: &Shard, service: &'static str, code: &'static str, started: Instant) {
+/// Counts a request (or control `Ping`) under `service` and its result `code`.
+pub(super) fn record(shard: &Shard, service: &'static str, code: &'static str, started: Instant) {
     let mut cache = shard.hot.requests.borrow_mut();
     let (count, latency) = cache.entry((service, code)).or_insert_with(|| {
         let labels = RequestLabels {

@@ -44,8 +44,9 @@ pub struct Parts {
     dir: Arc<tempfile::TempDir>,
 }
 
-/// A fresh store and signing key; the default address limits, with a short lockout cap
-/// so that a test can wait it out.
+/// A fresh store and signing key; the default login limits, with a short lockout cap
+/// so that a test can wait it out, and room for the many registrations a suite makes
+/// from 127.0.0.1 (the registration throttle is tested in core-services).
 pub fn parts() -> Parts {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = EmbeddedStore::open(
@@ -60,6 +61,8 @@ pub fn parts() -> Parts {
         secret_key: tokens.secret_key_bytes(),
         throttle: ThrottleConfig {
             max_lockout: Duration::from_secs(2),
+            register_burst: 10_000,
+            register_per_hour: 1_000_000,
             ..ThrottleConfig::default()
         },
         mailer: None,
@@ -113,6 +116,8 @@ pub fn start_in_fleet(
         .path()
         .join(format!("node-{:08x}", rand::random::<u32>()));
     config.server.drain_deadline_ms = 1_000;
+    // Every test client connects from 127.0.0.1 (the delivery test opens a thousand).
+    config.limits.max_connections_per_address = 4_096;
     config.ops.listen = "127.0.0.1:0".parse().expect("addr");
     let store = parts.store.clone();
     let mailer = parts.mailer.clone();
