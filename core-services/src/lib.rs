@@ -23,6 +23,7 @@
 pub mod auth;
 mod error;
 pub mod graph;
+pub mod lease;
 pub mod locks;
 pub mod plane;
 pub mod posts;

@@ -75,6 +75,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::auth::VERIFICATION_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 11,
+        name: "fleet: node number leases",
+        tables: crate::tables::fleet::TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

@@ -487,3 +487,23 @@ pub mod posts {
             .await?)
     }
 }
+
+/// Fleet membership (see `crate::lease`).
+pub mod fleet {
+    use selfie_storage::{Table, TableKind};
+
+    /// node number → the node holding it (node id and process instance), with a TTL
+    /// that the holder keeps renewing.
+    pub static NODE_NUMBERS: Table = Table {
+        name: "fleet_node_numbers",
+        kind: TableKind::Rows,
+        partition: &["node_number"],
+        clustering: &[],
+        default_ttl: None,
+        conditional: true,
+        doc: "node number leases: the live node holding each number",
+    };
+
+    /// The fleet tables (a later migration).
+    pub static TABLES: &[&Table] = &[&NODE_NUMBERS];
+}

@@ -130,9 +130,15 @@ pub struct ServerConfig {
     pub pin_cores: bool,
     /// This node's id in the fleet (logs, presence, `Welcome.node_id`).
     pub node_id: String,
-    /// This node's number in the fleet, 0..=255, unique per node: it is part of every id
-    /// the node generates (Snowflake layout), so two nodes sharing one would collide.
-    pub node_number: u16,
+    /// This node's number in the fleet, 0..=255: it is part of every id the node
+    /// generates (Snowflake layout), so no two live nodes may share one. The node holds
+    /// it by a lease in the storage backend (`selfie_services::lease`): a configured
+    /// number is claimed or the node refuses to start; unset, the first free one is
+    /// taken.
+    pub node_number: Option<u16>,
+    /// Seconds one renewal of the node-number lease lasts (renewed every third of it; a
+    /// killed node's number frees itself after this long).
+    pub node_lease_s: u64,
     /// Data directory (dev certificate, embedded storage).
     pub data_dir: PathBuf,
     /// Milliseconds that drain waits for in-flight requests before closing connections.
@@ -224,7 +230,8 @@ impl Default for ServerConfig {
             shards: 0,
             pin_cores: true,
             node_id: "edge-1".into(),
-            node_number: 0,
+            node_number: None,
+            node_lease_s: 30,
             data_dir: PathBuf::from(".selfie"),
             drain_deadline_ms: 10_000,
         }
@@ -433,7 +440,14 @@ impl Config {
                 "limits.max_frame_bytes must be within 1 KiB..16 MiB".into()
             ));
         }
-        if self.server.node_number > selfie_storage::id::MAX_NODE {
+        if !(3..=3600).contains(&self.server.node_lease_s) {
+            return Err(bad("server.node_lease_s must be within 3..=3600".into()));
+        }
+        if self
+            .server
+            .node_number
+            .is_some_and(|n| n > selfie_storage::id::MAX_NODE)
+        {
             return Err(bad(format!(
                 "server.node_number must be within 0..={}",
                 selfie_storage::id::MAX_NODE

@@ -189,6 +189,10 @@ fn main() -> anyhow::Result<()> {
             // the same key the accounts service signs with.
             let tokens = selfie_edge::auth::load_tokens(&config.auth, &config.server.data_dir)?;
             let auth = Arc::new(selfie_edge::auth::TokenAuthenticator::new(tokens.clone()));
+            // The node number, held by a lease in the backend for as long as this process
+            // runs (no two live nodes may mint ids with one number).
+            let mut lease = Lease::start(&store, &config)?;
+            println!("node number {}", lease.number);
             // Sessions revoked while this node was down stay refused: reload the durable
             // revocations young enough to still have live access tokens (plus clock skew).
             let window = tokens.ttl() + Duration::from_secs(300);
@@ -243,7 +247,7 @@ fn main() -> anyhow::Result<()> {
             let deps = selfie_services::Deps {
                 store,
                 clock: Arc::new(SystemClock),
-                node: config.server.node_number,
+                node: lease.number,
                 tokens,
                 hasher,
                 throttle,
@@ -267,22 +271,124 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(async {
+            let lost = rt.block_on(async {
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                anyhow::Ok(())
+                let lost = tokio::select! {
+                    _ = term.recv() => false,
+                    _ = tokio::signal::ctrl_c() => false,
+                    _ = lease.lost() => true,
+                };
+                anyhow::Ok(lost)
             })?;
+            if lost {
+                tracing::error!(
+                    number = lease.number,
+                    "lost the node-number lease; draining to stop minting ids"
+                );
+            }
             println!("draining");
             edge.drain();
             edge.join();
+            lease.release();
             drop(fleet);
             drop(storage_rt);
+            if lost {
+                anyhow::bail!("the node-number lease was lost (storage unreachable or taken over)");
+            }
             println!("drained; bye");
             Ok(())
+        }
+    }
+}
+
+/// This process's node-number lease: claimed at start, renewed on its own thread, given
+/// back after the drain.
+struct Lease {
+    number: u16,
+    lost: Option<tokio::sync::oneshot::Receiver<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lease {
+    fn start(store: &AnyStore, config: &Config) -> anyhow::Result<Lease> {
+        use selfie_services::lease::{LeaseError, NodeLease};
+        let ttl = Duration::from_secs(config.server.node_lease_s);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let lease = rt
+            .block_on(NodeLease::claim(
+                store.clone(),
+                config.server.node_number,
+                &config.server.node_id,
+                ttl,
+            ))
+            .context("claiming a node number")?;
+        let number = lease.number();
+        let (lost_tx, lost) = tokio::sync::oneshot::channel();
+        let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("selfie-lease".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let mut last_ok = tokio::time::Instant::now();
+                    let mut every = tokio::time::interval(ttl / 3);
+                    every.tick().await;
+                    loop {
+                        tokio::select! {
+                            _ = &mut stop_rx => break,
+                            _ = every.tick() => {}
+                        }
+                        match lease.renew().await {
+                            Ok(()) => last_ok = tokio::time::Instant::now(),
+                            Err(LeaseError::Lost(_)) => {
+                                let _ = lost_tx.send(());
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "node-number lease not renewed");
+                                // Stop before the lease can run out under us.
+                                if last_ok.elapsed() >= ttl * 2 / 3 {
+                                    let _ = lost_tx.send(());
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    if let Err(e) = lease.release().await {
+                        tracing::warn!(error = %e, "node-number lease not released");
+                    }
+                });
+            })?;
+        Ok(Lease {
+            number,
+            lost: Some(lost),
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Resolves when the lease is lost (never while it is held).
+    async fn lost(&mut self) {
+        let held = match self.lost.as_mut() {
+            Some(rx) => rx.await.is_err(),
+            None => true,
+        };
+        if held {
+            // The renewal thread stopped without reporting a loss (it was told to).
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Gives the number back and waits for the renewal thread.
+    fn release(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

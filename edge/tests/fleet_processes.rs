@@ -2,7 +2,8 @@
 //! started by `scripts/test`), one real `redis-server`, one signing key. A change made
 //! on node A reaches a subscriber connected to node B through the delivery plane's one
 //! Redis subscription per node, numbered in the same fleet-wide sequence that A's own
-//! subscribers see; each process drains and exits 0 on SIGTERM.
+//! subscribers see; each process drains and exits 0 on SIGTERM. Node numbers are leased
+//! in the shared backend: two live nodes never hold one.
 
 mod support;
 
@@ -25,16 +26,39 @@ struct Serve {
     child: Child,
     addr: SocketAddr,
     fingerprint: String,
+    /// The node number it leased.
+    number: u16,
 }
 
 impl Serve {
     fn start(dir: &Path, node: u16, cql: &str, redis: &str, key: &Path) -> Serve {
+        let s = Self::try_start(dir, Some(node), cql, redis, key).expect("the node starts");
+        assert_eq!(s.number, node, "the configured node number");
+        s
+    }
+
+    /// Starts a node (with `node` as its configured number, if any); `Err` with what it
+    /// printed when it exits instead.
+    fn try_start(
+        dir: &Path,
+        node: Option<u16>,
+        cql: &str,
+        redis: &str,
+        key: &Path,
+    ) -> Result<Serve, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfie"));
         for (k, _) in std::env::vars() {
             if k.starts_with("SELFIE_") {
                 cmd.env_remove(k);
             }
         }
+        if let Some(n) = node {
+            cmd.env("SELFIE_SERVER_NODE_NUMBER", n.to_string());
+        }
+        let id = node.map_or_else(
+            || format!("edge-{:04x}", rand::random::<u16>()),
+            |n| format!("edge-{n}"),
+        );
         let mut child = cmd
             .args([
                 "serve",
@@ -47,20 +71,24 @@ impl Serve {
             .arg(dir)
             .env("SELFIE_OPS_LISTEN", "127.0.0.1:0")
             .env("SELFIE_SERVER_PIN_CORES", "false")
-            .env("SELFIE_SERVER_NODE_NUMBER", node.to_string())
-            .env("SELFIE_SERVER_NODE_ID", format!("edge-{node}"))
+            .env("SELFIE_SERVER_NODE_ID", id)
+            .env("SELFIE_SERVER_NODE_LEASE_S", "3")
             .env("SELFIE_STORAGE_BACKEND", "cql")
             .env("SELFIE_STORAGE_CQL_URL", cql)
             .env("SELFIE_STORAGE_REDIS_URL", redis)
             .env("SELFIE_AUTH_KEY_FILE", key)
             .env("SELFIE_LOG_LEVEL", "warn")
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start selfie serve");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let (mut addr, mut fingerprint) = (None, None);
+        let (mut addr, mut fingerprint, mut number) = (None, None, None);
         for line in lines.by_ref() {
             let line = line.expect("stdout line");
+            if let Some(n) = line.strip_prefix("node number ") {
+                number = n.trim().parse().ok();
+            }
             if let Some(rest) = line.split("udp://").nth(1) {
                 addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
             }
@@ -71,12 +99,24 @@ impl Serve {
                 break;
             }
         }
+        let (Some(addr), Some(fingerprint), Some(number)) = (addr, fingerprint, number) else {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            let status = child.wait().expect("exit status");
+            return Err(format!("{status}: {err}"));
+        };
         std::thread::spawn(move || for _ in lines {});
-        Serve {
-            child,
-            addr: addr.expect("the node printed its address"),
-            fingerprint: fingerprint.expect("the node printed its certificate"),
+        if let Some(e) = child.stderr.take() {
+            std::thread::spawn(move || for _ in BufReader::new(e).lines() {});
         }
+        Ok(Serve {
+            child,
+            addr,
+            fingerprint,
+            number,
+        })
     }
 
     fn client(&self, token: Option<String>) -> ClientConfig {
@@ -215,4 +255,49 @@ async fn a_change_on_one_node_reaches_subscribers_on_another_in_one_fleet_sequen
     drop((sub_a, sub_b, on_a, on_b, author, anon));
     assert!(a.stop().success(), "A drains and exits 0");
     assert!(b.stop().success(), "B drains and exits 0");
+}
+
+/// Defect: every node defaulted to node number 0, so two nodes on one backend minted the
+/// same user, session and post ids. Numbers are now leased: nodes without one get
+/// distinct numbers, a number held by a live node is refused, and a drained node's
+/// number is free at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_nodes_never_share_a_node_number() {
+    let nodes = std::env::var("SELFIE_CQL_NODES").expect(
+        "SELFIE_CQL_NODES is not set: run the tests with scripts/test (it starts a CQL server)",
+    );
+    let redis = RedisServer::start().expect("redis-server must be installed");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("token-key.hex");
+    let hex: String =
+        selfie_services::auth::tokens::AccessTokens::generate("selfie", Duration::from_secs(900))
+            .expect("key")
+            .secret_key_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    std::fs::write(&key, hex).expect("key file");
+    let cql = format!("cql://{nodes}/lease_{:08x}", rand::random::<u32>());
+    let a = Serve::try_start(&dir.path().join("a"), None, &cql, &redis.url, &key).expect("A");
+    let b = Serve::try_start(&dir.path().join("b"), None, &cql, &redis.url, &key).expect("B");
+    assert_ne!(a.number, b.number, "two nodes, two numbers");
+    // A third node configured with A's number is refused while A lives.
+    let refused = Serve::try_start(
+        &dir.path().join("c"),
+        Some(a.number),
+        &cql,
+        &redis.url,
+        &key,
+    )
+    .err()
+    .expect("refused");
+    assert!(refused.contains("node number"), "{refused}");
+    // Once A has drained, its number is free at once.
+    let number = a.number;
+    assert!(a.stop().success());
+    let c = Serve::try_start(&dir.path().join("c"), Some(number), &cql, &redis.url, &key)
+        .expect("the drained node's number");
+    assert_eq!(c.number, number);
+    assert!(b.stop().success());
+    assert!(c.stop().success());
 }
