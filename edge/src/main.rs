@@ -177,6 +177,26 @@ fn main() -> anyhow::Result<()> {
                         selfie_services::schema::MIGRATIONS,
                         &tables,
                     ))?;
+                    // Commits cut short by a failure (on any node) are finished here: at
+                    // start, then every minute (rows filled in, counts recounted).
+                    let repairing = store.clone();
+                    rt.spawn(async move {
+                        let mut every = tokio::time::interval(Duration::from_secs(60));
+                        loop {
+                            every.tick().await;
+                            match repairing.repair(Duration::from_secs(30)).await {
+                                Ok(r) if r.commits > 0 || r.corrupt > 0 => tracing::info!(
+                                    commits = r.commits,
+                                    counters_fixed = r.counters_fixed,
+                                    unrepairable = r.unrepairable,
+                                    corrupt = r.corrupt,
+                                    "finished commits cut short"
+                                ),
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, "commit repair pass failed"),
+                            }
+                        }
+                    });
                     AnyStore::Cql(store)
                 }
                 _ => AnyStore::Embedded(selfie_storage::embedded::EmbeddedStore::open(

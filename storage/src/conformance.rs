@@ -71,6 +71,28 @@ pub static CRASH: Table = Table {
     doc: "crash-safety test rows",
 };
 
+/// Crash-safety test: rows claimed by commits (`tests/crash_safety.rs`).
+pub static CRASH_CLAIMS: Table = Table {
+    name: "crash_claims",
+    kind: TableKind::Rows,
+    partition: &["all"],
+    clustering: &["commit"],
+    default_ttl: None,
+    conditional: true,
+    doc: "crash-safety test claims",
+};
+
+/// Crash-safety test: the count of [`CRASH_CLAIMS`], moved by the same commits.
+pub static CRASH_COUNTS: Table = Table {
+    name: "crash_counts",
+    kind: TableKind::Counters,
+    partition: &["all"],
+    clustering: &["name"],
+    default_ttl: None,
+    conditional: false,
+    doc: "crash-safety test counters",
+};
+
 /// Every table the suite uses.
 pub static TABLES: &[&Table] = &[&ROWS, &CLAIMS, &EPHEMERAL, &COUNTERS];
 

@@ -28,7 +28,7 @@ pub use wire::GraphWire;
 
 use bytes::Bytes;
 use selfie_storage::key::KeyReader;
-use selfie_storage::{Cursor, Scan, Store, Table};
+use selfie_storage::{Cell, Commit, Condition, Cursor, Scan, Store, Table};
 
 use crate::locks::{KeyGuard, KeyedLocks};
 pub use crate::tables::graph::blocked_either_way;
@@ -235,31 +235,37 @@ impl<S: Store> Graph<S> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
             .to_be_bytes();
-        let changed = if add {
-            self.store
-                .insert_if_absent(&FOLLOWING, &k(from), &k(to), &now, None)
-                .await?
+        // The forward edge (the condition), the reverse index and both counts as one
+        // commit: all or nothing on the embedded store; on CQL the repair pass finishes
+        // a commit cut short and recounts the edges.
+        let forward = Cell::new(&FOLLOWING, k(from), k(to));
+        let reverse = Cell::new(&FOLLOWERS, k(to), k(from));
+        let delta = if add { 1 } else { -1 };
+        let commit = if add {
+            Commit::new()
+                .when(Condition::Absent {
+                    row: forward,
+                    value: Bytes::copy_from_slice(&now),
+                    ttl: None,
+                })
+                .put(reverse, Bytes::copy_from_slice(&now), None)
         } else {
-            self.store
-                .delete_if_present(&FOLLOWING, &k(from), &k(to))
-                .await?
+            Commit::new()
+                .when(Condition::Present { row: forward })
+                .delete(reverse)
         };
-        if changed {
-            let delta = if add { 1 } else { -1 };
-            if add {
-                self.store
-                    .put(&FOLLOWERS, &k(to), &k(from), &now, None)
-                    .await?;
-            } else {
-                self.store.delete(&FOLLOWERS, &k(to), &k(from)).await?;
-            }
-            self.store
-                .counter_add(&COUNTS, &k(from), &following_key(), delta)
-                .await?;
-            self.store
-                .counter_add(&COUNTS, &k(to), &followers_key(), delta)
-                .await?;
-        }
+        let commit = commit
+            .add(
+                Cell::new(&COUNTS, k(from), following_key()),
+                delta,
+                Some((&FOLLOWING, k(from))),
+            )
+            .add(
+                Cell::new(&COUNTS, k(to), followers_key()),
+                delta,
+                Some((&FOLLOWERS, k(to))),
+            );
+        let changed = self.store.commit(&commit).await?;
         Ok(changed)
     }
 

@@ -3,7 +3,8 @@
 //! deleted by its author or the post's author, leaving a tombstone that keeps its replies
 //! in place. Across a block a comment does not exist, except for the post's author.
 
-use selfie_storage::{Cursor, Scan, Store};
+use bytes::Bytes;
+use selfie_storage::{Cell, Commit, Condition, Cursor, Scan, Store};
 use serde::{Deserialize, Serialize};
 
 use super::{Count, MAX_COMMENT_CHARS, Post, Posts, ReplyPolicy};
@@ -90,14 +91,25 @@ impl<S: Store + 'static> Posts<S> {
             edited_at_ms: 0,
             deleted: false,
         };
-        let b = encode("comment", &c)?;
-        self.store
-            .put(&COMMENTS, &k(post_id), &k(c.comment_id), &b, None)
-            .await?;
-        self.store
-            .put(&COMMENT_POSTS, &k(c.comment_id), &[], &k(post_id), None)
-            .await?;
-        self.bump(post_id, Count::Comments, 1).await?;
+        // The comment, its index entry and the count: one commit (all or nothing on the
+        // embedded store). The count includes no tombstones, so CQL cannot recount it
+        // from the rows; a commit cut short there leaves it off by one.
+        let commit = Commit::new()
+            .when(Condition::Absent {
+                row: Cell::new(&COMMENT_POSTS, k(c.comment_id), Bytes::new()),
+                value: k(post_id),
+                ttl: None,
+            })
+            .put(
+                Cell::new(&COMMENTS, k(post_id), k(c.comment_id)),
+                encode("comment", &c)?,
+                None,
+            )
+            .add(Self::count_cell(post_id, Count::Comments), 1, None);
+        if !self.store.commit(&commit).await? {
+            return Err(Error::Internal("a fresh comment id was already taken"));
+        }
+        self.notify(post_id, Count::Comments, 1).await?;
         Ok(c)
     }
 
@@ -153,21 +165,23 @@ impl<S: Store + 'static> Posts<S> {
         if c.author_id != viewer && post.author_id != viewer {
             return Err(Error::Forbidden("only the author may do this"));
         }
-        // The index entry goes first and only once: the count drops exactly once.
-        if !self
-            .store
-            .delete_if_present(&COMMENT_POSTS, &k(comment_id), &[])
-            .await?
-        {
-            return Err(Error::NotFound("post"));
-        }
+        // The index entry goes only once, with the tombstone and the count.
         c.deleted = true;
         c.text.clear();
-        let b = encode("comment", &c)?;
-        self.store
-            .put(&COMMENTS, &k(post_id), &k(comment_id), &b, None)
-            .await?;
-        self.bump(post_id, Count::Comments, -1).await?;
+        let commit = Commit::new()
+            .when(Condition::Present {
+                row: Cell::new(&COMMENT_POSTS, k(comment_id), Bytes::new()),
+            })
+            .put(
+                Cell::new(&COMMENTS, k(post_id), k(comment_id)),
+                encode("comment", &c)?,
+                None,
+            )
+            .add(Self::count_cell(post_id, Count::Comments), -1, None);
+        if !self.store.commit(&commit).await? {
+            return Err(Error::NotFound("post"));
+        }
+        self.notify(post_id, Count::Comments, -1).await?;
         Ok(())
     }
 

@@ -5,10 +5,10 @@
 
 use bytes::Bytes;
 use selfie_storage::key::KeyReader;
-use selfie_storage::{Cursor, Scan, Store};
+use selfie_storage::{Cell, Commit, Condition, Cursor, Scan, Store};
 
 use super::{Audience, AuthorView, Count, MAX_REACTION_KINDS, Post, Posts, ReplyPolicy, counter};
-use crate::tables::posts::{AUTHOR_COUNTS, COUNTS, REACTION_KINDS, REACTIONS, REPOSTS, USER_POSTS};
+use crate::tables::posts::{COUNTS, REACTION_KINDS, REACTIONS, REPOSTS, USER_POSTS};
 use crate::tables::{self, id_value, key as k, name_key};
 use crate::{Error, Result};
 
@@ -45,16 +45,25 @@ impl<S: Store + 'static> Posts<S> {
         // A first reaction is claimed (the total moves exactly once, whichever node
         // wins); a later one replaces the emoji. If the reaction vanishes between the two
         // (an unreact on another node), claim again.
+        let row = Cell::new(&REACTIONS, k(post_id), k(viewer));
+        let emoji_cell = Cell::new(&COUNTS, k(post_id), emoji_counter(emoji));
         for _ in 0..4 {
-            if self
-                .store
-                .insert_if_absent(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
-                .await?
-            {
-                self.bump(post_id, Count::Reactions, 1).await?;
-                self.store
-                    .counter_add(&COUNTS, &k(post_id), &emoji_counter(emoji), 1)
-                    .await?;
+            // The reaction and its counters in one commit (the total recounted from the
+            // reactions if a failure cuts it short on CQL).
+            let first = Commit::new()
+                .when(Condition::Absent {
+                    row: row.clone(),
+                    value: Bytes::copy_from_slice(emoji.as_bytes()),
+                    ttl: None,
+                })
+                .add(
+                    Self::count_cell(post_id, Count::Reactions),
+                    1,
+                    Some((&REACTIONS, k(post_id))),
+                )
+                .add(emoji_cell.clone(), 1, None);
+            if self.store.commit(&first).await? {
+                self.notify(post_id, Count::Reactions, 1).await?;
                 return Ok(());
             }
             let Some(before) = self.store.get(&REACTIONS, &k(post_id), &k(viewer)).await? else {
@@ -63,24 +72,30 @@ impl<S: Store + 'static> Posts<S> {
             if before.as_ref() == emoji.as_bytes() {
                 return Ok(());
             }
-            self.store
-                .put(&REACTIONS, &k(post_id), &k(viewer), emoji.as_bytes(), None)
-                .await?;
-            self.store
-                .counter_add(&COUNTS, &k(post_id), &emoji_counter(emoji), 1)
-                .await?;
             let old = String::from_utf8_lossy(&before).into_owned();
-            self.drop_emoji(post_id, &old).await?;
-            return Ok(());
+            let replace = Commit::new()
+                .when(Condition::Equals {
+                    row: row.clone(),
+                    expected: before.clone(),
+                    new: Some(Bytes::copy_from_slice(emoji.as_bytes())),
+                    ttl: None,
+                })
+                .add(emoji_cell.clone(), 1, None)
+                .add(
+                    Cell::new(&COUNTS, k(post_id), emoji_counter(&old)),
+                    -1,
+                    None,
+                );
+            if self.store.commit(&replace).await? {
+                self.forget_unused_emoji(post_id, &old).await?;
+                return Ok(());
+            }
         }
         Err(Error::Busy)
     }
 
-    /// One reaction with `emoji` fewer; the kind goes when none is left.
-    async fn drop_emoji(&self, post_id: u64, emoji: &str) -> Result<()> {
-        self.store
-            .counter_add(&COUNTS, &k(post_id), &emoji_counter(emoji), -1)
-            .await?;
+    /// Forgets the kind `emoji` once no reaction uses it.
+    async fn forget_unused_emoji(&self, post_id: u64, emoji: &str) -> Result<()> {
         if self
             .store
             .counter_get(&COUNTS, &k(post_id), &emoji_counter(emoji))
@@ -100,14 +115,27 @@ impl<S: Store + 'static> Posts<S> {
         let Some(old) = self.store.get(&REACTIONS, &k(post_id), &k(viewer)).await? else {
             return Ok(());
         };
-        if self
-            .store
-            .delete_if_present(&REACTIONS, &k(post_id), &k(viewer))
-            .await?
-        {
-            let old = String::from_utf8_lossy(&old).into_owned();
-            self.drop_emoji(post_id, &old).await?;
-            self.bump(post_id, Count::Reactions, -1).await?;
+        let emoji = String::from_utf8_lossy(&old).into_owned();
+        let remove = Commit::new()
+            .when(Condition::Equals {
+                row: Cell::new(&REACTIONS, k(post_id), k(viewer)),
+                expected: old,
+                new: None,
+                ttl: None,
+            })
+            .add(
+                Self::count_cell(post_id, Count::Reactions),
+                -1,
+                Some((&REACTIONS, k(post_id))),
+            )
+            .add(
+                Cell::new(&COUNTS, k(post_id), emoji_counter(&emoji)),
+                -1,
+                None,
+            );
+        if self.store.commit(&remove).await? {
+            self.forget_unused_emoji(post_id, &emoji).await?;
+            self.notify(post_id, Count::Reactions, -1).await?;
         }
         Ok(())
     }
@@ -200,20 +228,6 @@ impl<S: Store + 'static> Posts<S> {
         }
         let _one = self.locks.lock((post_id, viewer)).await;
         let repost_id = self.next_id();
-        if !self
-            .store
-            .insert_if_absent(&REPOSTS, &k(post_id), &k(viewer), &k(repost_id), None)
-            .await?
-        {
-            // Reposting twice is one repost: the first is the answer.
-            let first = self
-                .store
-                .get(&REPOSTS, &k(post_id), &k(viewer))
-                .await?
-                .and_then(|v| id_value(&v))
-                .ok_or(Error::Corrupt("repost"))?;
-            return self.load(first).await?.ok_or(Error::Corrupt("repost"));
-        }
         let post = Post {
             post_id: repost_id,
             author_id: viewer,
@@ -231,14 +245,45 @@ impl<S: Store + 'static> Posts<S> {
             sensitive: false,
             edit_count: 0,
         };
-        self.save(&post).await?;
-        self.store
-            .put(&USER_POSTS, &k(viewer), &k(post.post_id), b"", None)
-            .await?;
-        self.store
-            .counter_add(&AUTHOR_COUNTS, &k(viewer), &counter("posts"), 1)
-            .await?;
-        self.bump(post_id, Count::Reposts, 1).await?;
+        // The claim, the repost's shell, its place in the viewer's posts and both
+        // counters: one commit (see `Posts::publish`).
+        let commit = Commit::new()
+            .when(Condition::Absent {
+                row: Cell::new(&REPOSTS, k(post_id), k(viewer)),
+                value: k(repost_id),
+                ttl: None,
+            })
+            .put(
+                Cell::new(&super::POSTS, k(repost_id), Bytes::new()),
+                crate::tables::encode("post", &post)?,
+                None,
+            )
+            .put(
+                Cell::new(&USER_POSTS, k(viewer), k(repost_id)),
+                Bytes::new(),
+                None,
+            )
+            .add(
+                Self::author_posts_cell(viewer),
+                1,
+                Some((&USER_POSTS, k(viewer))),
+            )
+            .add(
+                Self::count_cell(post_id, Count::Reposts),
+                1,
+                Some((&REPOSTS, k(post_id))),
+            );
+        if !self.store.commit(&commit).await? {
+            // Reposting twice is one repost: the first is the answer.
+            let first = self
+                .store
+                .get(&REPOSTS, &k(post_id), &k(viewer))
+                .await?
+                .and_then(|v| id_value(&v))
+                .ok_or(Error::Corrupt("repost"))?;
+            return self.load(first).await?.ok_or(Error::Corrupt("repost"));
+        }
+        self.notify(post_id, Count::Reposts, 1).await?;
         Ok(post)
     }
 
@@ -249,27 +294,35 @@ impl<S: Store + 'static> Posts<S> {
             return Ok(());
         };
         let repost_id = id_value(&v).ok_or(Error::Corrupt("repost"))?;
-        if !self
-            .store
-            .delete_if_present(&REPOSTS, &k(post_id), &k(viewer))
-            .await?
-        {
-            return Ok(());
-        }
+        let mut commit = Commit::new()
+            .when(Condition::Equals {
+                row: Cell::new(&REPOSTS, k(post_id), k(viewer)),
+                expected: v,
+                new: None,
+                ttl: None,
+            })
+            .delete(Cell::new(&USER_POSTS, k(viewer), k(repost_id)))
+            .add(
+                Self::author_posts_cell(viewer),
+                -1,
+                Some((&USER_POSTS, k(viewer))),
+            )
+            .add(
+                Self::count_cell(post_id, Count::Reposts),
+                -1,
+                Some((&REPOSTS, k(post_id))),
+            );
         if let Some(mut shell) = self.load(repost_id).await? {
             shell.deleted = true;
-            self.save(&shell).await?;
+            commit = commit.put(
+                Cell::new(&super::POSTS, k(repost_id), Bytes::new()),
+                crate::tables::encode("post", &shell)?,
+                None,
+            );
         }
-        if self
-            .store
-            .delete_if_present(&USER_POSTS, &k(viewer), &k(repost_id))
-            .await?
-        {
-            self.store
-                .counter_add(&AUTHOR_COUNTS, &k(viewer), &counter("posts"), -1)
-                .await?;
+        if self.store.commit(&commit).await? {
+            self.notify(post_id, Count::Reposts, -1).await?;
         }
-        self.bump(post_id, Count::Reposts, -1).await?;
         Ok(())
     }
 

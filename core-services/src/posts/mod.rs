@@ -26,7 +26,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use selfie_storage::id::IdGenerator;
 use selfie_storage::key::KeyReader;
-use selfie_storage::{Clock, Cursor, Scan, Store};
+use selfie_storage::{Cell, Clock, Commit, Condition, Cursor, Scan, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::locks::KeyedLocks;
@@ -308,18 +308,20 @@ impl<S: Store + 'static> Posts<S> {
             .ok_or(Error::Unavailable("live updates"))
     }
 
-    /// Moves one of a post's counters by `delta` and tells the post's subscribers. The
-    /// counter is durable first; the event is best effort (a lost one makes the
-    /// subscribers resync, and the counter is always right on the next read).
-    async fn bump(&self, post_id: u64, which: Count, delta: i32) -> Result<()> {
-        self.store
-            .counter_add(
-                &COUNTS,
-                &k(post_id),
-                &counter(which.name()),
-                i64::from(delta),
-            )
-            .await?;
+    /// The cell of one of a post's counters.
+    fn count_cell(post_id: u64, which: Count) -> Cell {
+        Cell::new(&COUNTS, k(post_id), counter(which.name()))
+    }
+
+    /// The cell of a user's posts-and-reposts counter, which counts `USER_POSTS` rows.
+    fn author_posts_cell(author: u64) -> Cell {
+        Cell::new(&AUTHOR_COUNTS, k(author), counter("posts"))
+    }
+
+    /// Tells a post's subscribers that one of its counters moved by `delta`. The counter
+    /// is durable first (written in the change's [`Commit`]); the event is best effort (a
+    /// lost one makes the subscribers resync, and the counter is right on the next read).
+    async fn notify(&self, post_id: u64, which: Count, delta: i32) -> Result<()> {
         let Some(delivery) = &self.delivery else {
             return Ok(());
         };
@@ -552,16 +554,33 @@ impl<S: Store + 'static> Posts<S> {
             sensitive: new.sensitive,
             edit_count: 0,
         };
-        self.save(&post).await?;
-        self.store
-            .put(&USER_POSTS, &k(author), &k(post.post_id), b"", None)
-            .await?;
-        self.store
-            .counter_add(&AUTHOR_COUNTS, &k(author), &counter("posts"), 1)
-            .await?;
-        let quote_of = post.quote_of;
-        if let Some(q) = quote_of {
-            self.bump(q, Count::Quotes, 1).await?;
+        // The post, its place in the author's listing and the counters, as one commit:
+        // all or nothing with one fsync on the embedded store; on CQL a commit cut short
+        // is finished by the repair pass, which recounts the author's posts.
+        let mut commit = Commit::new()
+            .when(Condition::Absent {
+                row: Cell::new(&USER_POSTS, k(author), k(post.post_id)),
+                value: Bytes::new(),
+                ttl: None,
+            })
+            .put(
+                Cell::new(&POSTS, k(post.post_id), Bytes::new()),
+                encode("post", &post)?,
+                None,
+            )
+            .add(
+                Self::author_posts_cell(author),
+                1,
+                Some((&USER_POSTS, k(author))),
+            );
+        if let Some(q) = post.quote_of {
+            commit = commit.add(Self::count_cell(q, Count::Quotes), 1, None);
+        }
+        if !self.store.commit(&commit).await? {
+            return Err(Error::Internal("a fresh post id was already taken"));
+        }
+        if let Some(q) = post.quote_of {
+            self.notify(q, Count::Quotes, 1).await?;
         }
         Ok(post)
     }
@@ -641,7 +660,25 @@ impl<S: Store + 'static> Posts<S> {
         post.hashtags.clear();
         post.mentions.clear();
         post.media_ids.clear();
-        self.save(&post).await?;
+        // Tombstone, listing and counter together (see `publish`).
+        let commit = Commit::new()
+            .when(Condition::Present {
+                row: Cell::new(&USER_POSTS, k(author), k(post_id)),
+            })
+            .put(
+                Cell::new(&POSTS, k(post_id), Bytes::new()),
+                encode("post", &post)?,
+                None,
+            )
+            .add(
+                Self::author_posts_cell(author),
+                -1,
+                Some((&USER_POSTS, k(author))),
+            );
+        if !self.store.commit(&commit).await? {
+            // Already out of the listing (a retry): the tombstone alone.
+            self.save(&post).await?;
+        }
         loop {
             let page = self
                 .store
@@ -655,15 +692,6 @@ impl<S: Store + 'static> Posts<S> {
                     .delete(&HISTORY, &k(post_id), &r.clustering)
                     .await?;
             }
-        }
-        if self
-            .store
-            .delete_if_present(&USER_POSTS, &k(author), &k(post_id))
-            .await?
-        {
-            self.store
-                .counter_add(&AUTHOR_COUNTS, &k(author), &counter("posts"), -1)
-                .await?;
         }
         Ok(())
     }

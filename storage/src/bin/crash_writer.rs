@@ -1,5 +1,6 @@
-//! Test helper for `tests/crash_safety.rs`: writes atomic batches to an embedded store as
-//! fast as it can and prints `ack <n>` after each acknowledgement, until it is killed.
+//! Test helper for `tests/crash_safety.rs`: writes atomic batches (`ack <n>`) and
+//! commits (`commit <n>`: a claim, four rows and a counter) to an embedded store as fast
+//! as it can, printing each after its acknowledgement, until it is killed.
 //!
 //! Usage: `selfie-storage-crash-writer DIR FIRST_BATCH`
 
@@ -7,10 +8,10 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use selfie_storage::conformance::CRASH;
+use selfie_storage::conformance::{CRASH, CRASH_CLAIMS, CRASH_COUNTS};
 use selfie_storage::embedded::EmbeddedStore;
 use selfie_storage::key::KeyBuilder;
-use selfie_storage::{Mutation, Store, SystemClock};
+use selfie_storage::{Cell, Commit, Condition, Mutation, Store, SystemClock};
 
 /// Rows per batch.
 const ROWS: u64 = 4;
@@ -24,7 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .ok_or("usage: crash_writer DIR FIRST_BATCH")?
         .parse()?;
-    let store = EmbeddedStore::open(&dir, &[&CRASH], Arc::new(SystemClock))?;
+    let store = EmbeddedStore::open(
+        &dir,
+        &[&CRASH, &CRASH_CLAIMS, &CRASH_COUNTS],
+        Arc::new(SystemClock),
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     rt.block_on(async {
         let writers = (0..WRITERS).map(|w| {
@@ -40,11 +45,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             ttl: None,
                         })
                         .collect();
-                    store.batch(&CRASH, &partition, &mutations).await?;
+                    // Odd writers commit: the claim, the rows and the count together.
+                    let what = if w % 2 == 0 {
+                        store.batch(&CRASH, &partition, &mutations).await?;
+                        "ack"
+                    } else {
+                        let mut commit = Commit::new()
+                            .when(Condition::Absent {
+                                row: Cell::new(&CRASH_CLAIMS, Bytes::new(), partition.clone()),
+                                value: Bytes::new(),
+                                ttl: None,
+                            })
+                            .add(
+                                Cell::new(
+                                    &CRASH_COUNTS,
+                                    Bytes::new(),
+                                    Bytes::from_static(b"claims"),
+                                ),
+                                1,
+                                Some((&CRASH_CLAIMS, Bytes::new())),
+                            );
+                        for m in mutations {
+                            if let Mutation::Put {
+                                clustering, value, ..
+                            } = m
+                            {
+                                commit = commit.put(
+                                    Cell::new(&CRASH, partition.clone(), clustering),
+                                    value,
+                                    None,
+                                );
+                            }
+                        }
+                        store.commit(&commit).await?;
+                        "commit"
+                    };
                     // Printed only after the acknowledgement: what the parent reads was
                     // acknowledged as durable.
                     let mut out = std::io::stdout().lock();
-                    writeln!(out, "ack {n}")?;
+                    writeln!(out, "{what} {n}")?;
                     out.flush()?;
                     n += WRITERS;
                 }
