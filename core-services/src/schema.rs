@@ -81,6 +81,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::fleet::TABLES,
         statements: &[],
     },
+    Migration {
+        version: 12,
+        name: "posts: idempotency keys of creates",
+        tables: crate::tables::posts::IDEMPOTENCY_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

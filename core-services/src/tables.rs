@@ -480,6 +480,23 @@ pub mod posts {
     /// The tables of reposts, comment lookups and per-emoji reaction kinds (migration 8).
     pub static INTERACTION_TABLES: &[&Table] = &[&REPOSTS, &COMMENT_POSTS, &REACTION_KINDS];
 
+    /// How long a create's idempotency key is remembered.
+    pub const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+    /// (user, kind of object, client key) → the id the first create with that key made.
+    pub static IDEMPOTENCY: Table = Table {
+        name: "posts_idempotency",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["kind", "key"],
+        default_ttl: Some(IDEMPOTENCY_TTL),
+        conditional: true,
+        doc: "idempotency keys of creates: the id the first one made, 24 hours",
+    };
+
+    /// The idempotency table (a later migration).
+    pub static IDEMPOTENCY_TABLES: &[&Table] = &[&IDEMPOTENCY];
+
     /// How many posts (and reposts) `author` has.
     pub async fn author_count<S: Store>(store: &S, author: u64) -> Result<i64, Error> {
         Ok(store

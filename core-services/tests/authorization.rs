@@ -286,3 +286,48 @@ async fn comments_replies_reactions_reposts_and_quotes_are_counted() {
         "the followers-only post is hidden"
     );
 }
+
+/// Defect: a deleted account's comments and reactions stayed listed with its user id.
+#[tokio::test]
+async fn a_deleted_accounts_comments_and_reactions_are_not_listed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        EmbeddedStore::open(dir.path(), &schema::tables(), Arc::new(SystemClock)).expect("store");
+    let users = Users::new(store.clone());
+    let posts = Posts::new(store.clone(), Arc::new(SystemClock), 1, 0).expect("posts");
+    for (id, name) in [
+        (AUTHOR, "author"),
+        (FOLLOWER, "leaver"),
+        (STRANGER, "stayer"),
+    ] {
+        users.create(id, name).await.expect("profile");
+    }
+    let post = posts
+        .create(AUTHOR, "hello", Audience::Public, None)
+        .await
+        .expect("post");
+    for who in [FOLLOWER, STRANGER] {
+        posts
+            .comment(who, post.post_id, 0, "nice")
+            .await
+            .expect("comment");
+        posts.react(who, post.post_id, "🔥").await.expect("react");
+    }
+    users.mark_deleted(FOLLOWER).await.expect("deleted");
+    let (comments, _) = posts
+        .comments(AUTHOR, post.post_id, 10, None)
+        .await
+        .expect("comments");
+    assert_eq!(
+        comments.iter().map(|c| c.author_id).collect::<Vec<_>>(),
+        vec![STRANGER]
+    );
+    let (_, reactions, _) = posts
+        .reactions(AUTHOR, post.post_id, None, 10, None)
+        .await
+        .expect("reactions");
+    assert_eq!(
+        reactions.iter().map(|r| r.user_id).collect::<Vec<_>>(),
+        vec![STRANGER]
+    );
+}

@@ -308,3 +308,63 @@ async fn exact_counts_on_the_embedded_store() {
 async fn exact_counts_on_cql() {
     counts_stay_exact_under_racing_follows(cql().await).await;
 }
+
+/// Defect: `idempotency_key` was ignored, so a retried create made a second post (the
+/// SDK retries with the key). Eight concurrent retries and a late one make one post and
+/// one comment; the count moves once.
+async fn retried_creates_return_the_first<S: Store + Clone + 'static>(store: S) {
+    use selfie_services::posts::{NewPost, Posts};
+    let _ = people(&store).await;
+    let posts = Posts::new(store.clone(), Arc::new(SystemClock), 1, 0).expect("posts");
+    let create = |key: &'static str| {
+        let posts = &posts;
+        async move {
+            let new = NewPost {
+                idempotency_key: Some(key.into()),
+                ..NewPost::text("once")
+            };
+            posts.publish(ANA, new).await
+        }
+    };
+    let first = futures::future::join_all((0..8).map(|_| create("k-1"))).await;
+    let ids: Vec<u64> = first
+        .iter()
+        .map(|r| r.as_ref().expect("created").post_id)
+        .collect();
+    assert!(ids.iter().all(|&id| id == ids[0]), "{ids:?}");
+    assert_eq!(create("k-1").await.expect("late retry").post_id, ids[0]);
+    assert_ne!(create("k-2").await.expect("another key").post_id, ids[0]);
+    assert_eq!(
+        selfie_services::tables::posts::author_count(&store, ANA)
+            .await
+            .expect("count"),
+        2
+    );
+    let post_id = ids[0];
+    let comments = futures::future::join_all(
+        (0..8).map(|_| posts.comment_once(BEN, post_id, 0, "hi", Some("c-1"))),
+    )
+    .await;
+    let cids: Vec<u64> = comments
+        .iter()
+        .map(|r| r.as_ref().expect("commented").comment_id)
+        .collect();
+    assert!(cids.iter().all(|&id| id == cids[0]), "{cids:?}");
+    assert_eq!(posts.count(post_id, "comments").await.expect("count"), 1);
+    let err = posts
+        .comment_once(BEN, post_id, 0, "hi", Some(&"x".repeat(200)))
+        .await
+        .expect_err("too long");
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn idempotent_creates_on_the_embedded_store() {
+    let (store, _dir) = embedded();
+    retried_creates_return_the_first(store).await;
+}
+
+#[tokio::test]
+async fn idempotent_creates_on_cql() {
+    retried_creates_return_the_first(cql().await).await;
+}

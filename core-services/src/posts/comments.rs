@@ -60,6 +60,29 @@ impl<S: Store + 'static> Posts<S> {
         parent_id: u64,
         text: &str,
     ) -> Result<Comment> {
+        self.comment_once(viewer, post_id, parent_id, text, None)
+            .await
+    }
+
+    /// [`Posts::comment`] with the client's idempotency key: a retry with the same key
+    /// returns the first comment instead of adding another.
+    pub async fn comment_once(
+        &self,
+        viewer: u64,
+        post_id: u64,
+        parent_id: u64,
+        text: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Comment> {
+        let remembered = match idempotency_key {
+            Some(key) => Some(super::idempotency_cell(viewer, "comment", key)?),
+            None => None,
+        };
+        if let Some(cell) = &remembered
+            && let Some(first) = self.first_created(cell).await?
+        {
+            return self.created_comment(post_id, first).await;
+        }
         let post = self.live(viewer, post_id).await?;
         if post.repost_of.is_some() {
             return Err(Error::InvalidArgument { field: "post_id" });
@@ -94,12 +117,22 @@ impl<S: Store + 'static> Posts<S> {
         // The comment, its index entry and the count: one commit (all or nothing on the
         // embedded store). The count includes no tombstones, so CQL cannot recount it
         // from the rows; a commit cut short there leaves it off by one.
-        let commit = Commit::new()
-            .when(Condition::Absent {
-                row: Cell::new(&COMMENT_POSTS, k(c.comment_id), Bytes::new()),
+        let indexed = Cell::new(&COMMENT_POSTS, k(c.comment_id), Bytes::new());
+        let commit = match &remembered {
+            Some(cell) => Commit::new()
+                .when(Condition::Absent {
+                    row: cell.clone(),
+                    value: k(c.comment_id),
+                    ttl: None,
+                })
+                .put(indexed, k(post_id), None),
+            None => Commit::new().when(Condition::Absent {
+                row: indexed,
                 value: k(post_id),
                 ttl: None,
-            })
+            }),
+        };
+        let commit = commit
             .put(
                 Cell::new(&COMMENTS, k(post_id), k(c.comment_id)),
                 encode("comment", &c)?,
@@ -107,13 +140,48 @@ impl<S: Store + 'static> Posts<S> {
             )
             .add(Self::count_cell(post_id, Count::Comments), 1, None);
         if !self.store.commit(&commit).await? {
-            return Err(Error::Internal("a fresh comment id was already taken"));
+            let Some(cell) = &remembered else {
+                return Err(Error::Internal("a fresh comment id was already taken"));
+            };
+            let first = self.first_created(cell).await?.ok_or(Error::Busy)?;
+            return self.created_comment(post_id, first).await;
         }
         self.notify(post_id, Count::Comments, 1).await?;
         Ok(c)
     }
 
-    /// A page of a readable post's comments, oldest first (hiding blocked authors).
+    /// The comment a create with the same idempotency key made (on CQL its rows follow
+    /// its claim, so wait for them a little).
+    async fn created_comment(&self, post_id: u64, comment_id: u64) -> Result<Comment> {
+        for _ in 0..20 {
+            let on = self
+                .store
+                .get(&COMMENT_POSTS, &k(comment_id), &[])
+                .await?
+                .and_then(|v| id_value(&v));
+            if let Some(on) = on {
+                if on != post_id {
+                    // The key was first used for a comment on another post.
+                    return Err(Error::InvalidArgument {
+                        field: "idempotency_key",
+                    });
+                }
+                if let Some(b) = self
+                    .store
+                    .get(&COMMENTS, &k(post_id), &k(comment_id))
+                    .await?
+                {
+                    return decode("comment", &b);
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Deleted since (or its commit never finished).
+        Err(Error::NotFound("comment"))
+    }
+
+    /// A page of a readable post's comments, oldest first, leaving out those of authors
+    /// across a block with the viewer and of deleted accounts.
     pub async fn comments(
         &self,
         viewer: u64,
@@ -129,7 +197,11 @@ impl<S: Store + 'static> Posts<S> {
         let mut out = Vec::new();
         for r in &page.rows {
             let c: Comment = decode("comment", &r.value)?;
-            if !tables::graph::blocked_either_way(&self.store, viewer, c.author_id).await? {
+            if !tables::graph::blocked_either_way(&self.store, viewer, c.author_id).await?
+                && tables::users::live_profile(&self.store, c.author_id)
+                    .await?
+                    .is_some()
+            {
                 out.push(c);
             }
         }

@@ -142,7 +142,7 @@ impl<S: Store + 'static> Posts<S> {
 
     /// The reactions on a post the viewer may read: counts per emoji (most used first, at
     /// most [`MAX_REACTION_KINDS`]) and a page of who reacted with what (optionally one
-    /// emoji only), leaving out users across a block with the viewer.
+    /// emoji only), leaving out users across a block with the viewer and deleted accounts.
     pub async fn reactions(
         &self,
         viewer: u64,
@@ -188,6 +188,9 @@ impl<S: Store + 'static> Posts<S> {
             let emoji = String::from_utf8_lossy(&r.value).into_owned();
             if only.is_some_and(|o| o != emoji)
                 || tables::graph::blocked_either_way(&self.store, viewer, user_id).await?
+                || tables::users::live_profile(&self.store, user_id)
+                    .await?
+                    .is_none()
             {
                 continue;
             }

@@ -82,6 +82,9 @@ pub struct NewPost {
     pub quote_of: Option<u64>,
     /// Marked sensitive by the author.
     pub sensitive: bool,
+    /// The client's key for this create: a retry with the same key (within
+    /// [`IDEMPOTENCY_TTL`]) returns the first post instead of making another.
+    pub idempotency_key: Option<String>,
 }
 
 impl NewPost {
@@ -94,8 +97,26 @@ impl NewPost {
             reply_policy: ReplyPolicy::Everyone,
             quote_of: None,
             sensitive: false,
+            idempotency_key: None,
         }
     }
+}
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// The row remembering `user`'s create of `kind` with `key`.
+fn idempotency_cell(user: u64, kind: &str, key: &str) -> Result<Cell> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(Error::InvalidArgument {
+            field: "idempotency_key",
+        });
+    }
+    let clustering = selfie_storage::key::KeyBuilder::new()
+        .str(kind)
+        .str(key)
+        .build();
+    Ok(Cell::new(&IDEMPOTENCY, k(user), clustering))
 }
 
 /// Changes to a post, for [`Posts::edit_with`]; `None` leaves a field as it is.
@@ -388,6 +409,27 @@ impl<S: Store + 'static> Posts<S> {
         Ok(out)
     }
 
+    /// The id a create remembered under `cell` made, if any.
+    pub(super) async fn first_created(&self, cell: &Cell) -> Result<Option<u64>> {
+        let v = self
+            .store
+            .get(cell.table, &cell.partition, &cell.clustering)
+            .await?;
+        Ok(v.as_deref().and_then(tables::id_value))
+    }
+
+    /// The post a concurrent create made (on CQL its rows follow its claim, so wait for
+    /// them a little).
+    async fn load_created(&self, post_id: u64) -> Result<Post> {
+        for _ in 0..20 {
+            if let Some(p) = self.load(post_id).await? {
+                return Ok(p);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(Error::Busy)
+    }
+
     fn next_id(&self) -> u64 {
         self.ids.borrow_mut().next(self.clock.now_ms()).0
     }
@@ -531,6 +573,15 @@ impl<S: Store + 'static> Posts<S> {
 
     /// Publishes a post (or a quote of `quote_of`, which the author must be able to read).
     pub async fn publish(&self, author: u64, new: NewPost) -> Result<Post> {
+        let remembered = match new.idempotency_key.as_deref() {
+            Some(key) => Some(idempotency_cell(author, "post", key)?),
+            None => None,
+        };
+        if let Some(cell) = &remembered
+            && let Some(first) = self.first_created(cell).await?
+        {
+            return self.load(first).await?.ok_or(Error::NotFound("post"));
+        }
         let media_ids = Self::check_media(&new.media_ids)?;
         Self::check_text(&new.text, !media_ids.is_empty())?;
         if let Some(q) = new.quote_of {
@@ -557,12 +608,24 @@ impl<S: Store + 'static> Posts<S> {
         // The post, its place in the author's listing and the counters, as one commit:
         // all or nothing with one fsync on the embedded store; on CQL a commit cut short
         // is finished by the repair pass, which recounts the author's posts.
-        let mut commit = Commit::new()
-            .when(Condition::Absent {
-                row: Cell::new(&USER_POSTS, k(author), k(post.post_id)),
+        // With an idempotency key, claiming the key is the commit's condition: of two
+        // concurrent retries, one creates and the other returns its post.
+        let listed = Cell::new(&USER_POSTS, k(author), k(post.post_id));
+        let mut commit = match &remembered {
+            Some(cell) => Commit::new()
+                .when(Condition::Absent {
+                    row: cell.clone(),
+                    value: k(post.post_id),
+                    ttl: None,
+                })
+                .put(listed, Bytes::new(), None),
+            None => Commit::new().when(Condition::Absent {
+                row: listed,
                 value: Bytes::new(),
                 ttl: None,
-            })
+            }),
+        };
+        commit = commit
             .put(
                 Cell::new(&POSTS, k(post.post_id), Bytes::new()),
                 encode("post", &post)?,
@@ -577,7 +640,12 @@ impl<S: Store + 'static> Posts<S> {
             commit = commit.add(Self::count_cell(q, Count::Quotes), 1, None);
         }
         if !self.store.commit(&commit).await? {
-            return Err(Error::Internal("a fresh post id was already taken"));
+            let Some(cell) = &remembered else {
+                return Err(Error::Internal("a fresh post id was already taken"));
+            };
+            // A concurrent retry with this key won.
+            let first = self.first_created(cell).await?.ok_or(Error::Busy)?;
+            return self.load_created(first).await;
         }
         if let Some(q) = post.quote_of {
             self.notify(q, Count::Quotes, 1).await?;

@@ -169,6 +169,7 @@ impl<S: Store + Clone + 'static> PostsWire<S> {
             reply_policy: reply_policy(r.reply_policy())?,
             quote_of: (r.quote_of() != 0).then_some(r.quote_of()),
             sensitive: r.sensitive(),
+            idempotency_key: r.idempotency_key().map(str::to_string),
         };
         let post = self.0.publish(call.user()?, new).await?;
         Self::post(call, post_t(post, None, Viewer::default()))
@@ -225,7 +226,11 @@ impl<S: Store + Clone + 'static> PostsWire<S> {
     async fn comment(self, call: &Call, r: pp::CreateCommentRequest<'_>) -> Result<Bytes> {
         let text = r.text().unwrap_or_default();
         let me = call.user()?;
-        let c = self.0.comment(me, r.post_id(), r.parent_id(), text).await?;
+        let key = r.idempotency_key();
+        let c = self
+            .0
+            .comment_once(me, r.post_id(), r.parent_id(), text, key);
+        let c = c.await?;
         Self::one_comment(call, c)
     }
 
