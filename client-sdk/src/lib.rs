@@ -13,8 +13,9 @@
 //! streams and are read as a [`Subscription`] (a `futures::Stream` of frames, each live
 //! event carrying its topic sequence in its `id`); [`Subscription::end`] says why one
 //! ended — [`SubscriptionEnd::Resync`] when the server cut a subscriber that fell behind
-//! or whose topic lost events. Presence and typing travel as datagrams
-//! ([`Client::send_datagram`], [`Client::recv_datagram`]).
+//! or whose topic lost events. Datagrams ([`Client::send_datagram`],
+//! [`Client::recv_datagram`]) are the channel presence and typing will use; today the
+//! edge verifies and counts them and sends none.
 //! [`ReconnectingClient`] reconnects with backoff and jitter, honours `GoAway`, and
 //! replays only idempotent requests.
 //!

@@ -38,7 +38,7 @@ pub struct Deps<S> {
     pub hasher: PasswordHasher,
     /// The node's login throttle (and the fleet's, when set).
     pub throttle: LoginThrottle,
-    /// Sends password-reset mail, when configured.
+    /// Sends verification and password-reset mail, when configured.
     pub mailer: Option<Arc<dyn Mailer>>,
     /// Graph pair locks shared by a fleet, when configured.
     pub graph_locks: Option<Arc<dyn FleetLocks>>,

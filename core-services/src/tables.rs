@@ -124,7 +124,7 @@ pub mod auth {
         clustering: &[],
         default_ttl: Some(RESET_TTL),
         conditional: true,
-        doc: "pending password-reset codes (SHA-256 of the two most recent), 30 minutes",
+        doc: "pending password-reset codes (keyed hashes of the two most recent), 30 minutes",
     };
 
     /// How long a revoked session's marker is kept: past the life of every refresh token

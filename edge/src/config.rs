@@ -32,7 +32,7 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Access tokens.
     pub auth: AuthConfig,
-    /// Outgoing mail (password-reset codes).
+    /// Outgoing mail (verification and password-reset codes).
     pub mail: MailConfig,
     /// The live delivery plane (subscriptions).
     pub delivery: DeliveryConfig,
@@ -74,7 +74,8 @@ impl DeliveryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MailConfig {
     /// `smtp://host:25` (plain, for a local relay), `smtp://user:pass@host:587?tls=required`
-    /// (STARTTLS) or `smtps://user:pass@host:465`. Absent: password resets are unavailable.
+    /// (STARTTLS) or `smtps://user:pass@host:465`. Absent: no verification or reset codes
+    /// go out, so addresses stay unverified and password resets are unavailable.
     pub smtp_url: Option<String>,
     /// The `From:` address.
     pub from: String,

@@ -19,7 +19,9 @@
 //!   per node (`selfie_services::plane::RedisBus`).
 //!
 //! The Redis connections and the bridge tasks run on their own small runtime; shard
-//! threads wait on Redis only inside a login and while a graph change holds its pair. If Redis is unreachable the node
+//! threads wait on Redis only inside credential checks (login, registration, password
+//! re-entry, second-factor and e-mail codes, resets) and while a graph change holds its
+//! pair. If Redis is unreachable the node
 //! keeps enforcing its own revocations and limits, logs, counts the failures in
 //! `selfie_fleet_errors_total` (with `selfie_fleet_revocations_{sent,received}_total`),
 //! and catches up when Redis returns.

@@ -5,8 +5,9 @@
 use selfie_protocol::{ErrorCode, Version, control::Hello, negotiate};
 pub use selfie_services::plane::Principal;
 
-/// Verifies access tokens at the edge, without a storage round trip. The accounts service
-/// provides the real one; [`AnonymousOnly`] serves until then.
+/// Verifies access tokens at the edge, without a storage round trip
+/// ([`crate::auth::TokenAuthenticator`] over the accounts service's tokens; [`AnonymousOnly`]
+/// for an edge without accounts).
 pub trait Authenticator: Send + Sync + 'static {
     /// The principal a token proves, or the error code to refuse it with
     /// (`TokenInvalid`, `TokenExpired`, `TokenRevoked`).

@@ -164,9 +164,13 @@ pub fn quic_server_config(identity: &Identity) -> Result<quinn::ServerConfig, Tl
         .with_no_client_auth()
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
     tls.alpn_protocols = vec![selfie_protocol::ALPN.to_vec()];
-    // 0-RTT: clients may send `Hello` and idempotent requests as early data; the edge
-    // reads them only once the handshake has completed (a replayed flight never
-    // completes), so early data saves the client a round trip without being replayable.
+    // 0-RTT: early data is accepted, but the edge acts on none of it before the TLS
+    // handshake has completed: a connection is served only once quinn's `Connecting`
+    // resolves, which on a server happens when the client's Finished has arrived
+    // (quinn-proto emits `Event::Connected` then), and a replayed first flight can never
+    // produce one. The edge does not check idempotency itself; clients send only
+    // idempotent requests early (`selfie_protocol::is_idempotent`) because early data
+    // is discarded when the server refuses it.
     tls.max_early_data_size = u32::MAX;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;

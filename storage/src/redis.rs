@@ -447,7 +447,7 @@ impl RevocationList {
 }
 
 /// Per-account login lockouts shared by every node: failures counted in Redis, and once
-/// more than `free_failures` have failed, a lockout that doubles with every further
+/// `free_failures` have failed, a lockout that doubles with every further
 /// failure (1 s, 2 s, 4 s ... up to `max_lockout`). A success clears the account. Evaluated
 /// atomically in Redis (Lua) with Redis's clock.
 #[derive(Clone)]

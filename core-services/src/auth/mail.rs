@@ -1,4 +1,5 @@
-//! Outgoing e-mail, as the accounts service needs it (password-reset codes). This crate
+//! Outgoing e-mail, as the accounts service needs it (e-mail verification codes, the
+//! warning to an address's owner, password-reset codes). This crate
 //! only defines the seam; the edge fills it with an SMTP client (no sockets here).
 
 /// Why a message was not handed over.
