@@ -13,7 +13,7 @@ use selfie_services::auth::accounts::{Accounts, load_recent_revocations};
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::{LoginThrottle, ThrottleConfig, Throttled};
 use selfie_services::auth::tokens::{AccessTokens, RevokedSessions, TokenError};
-use selfie_storage::SystemClock;
+use selfie_storage::{Store, SystemClock};
 use selfie_storage::embedded::EmbeddedStore;
 use support::{Gated, Op, Outbox, code_in};
 
@@ -921,4 +921,93 @@ async fn reset_codes_are_keyed_hashes() {
         .password_reset_finish("sam@example.com", &code, "new password!".into(), IP)
         .await
         .expect("the right key");
+}
+
+/// Review finding: sessions revoked before revocations had markers (a `revoked: true` in
+/// the session record) must stay revoked after the upgrade.
+#[tokio::test]
+async fn a_session_revoked_before_the_markers_existed_stays_revoked() {
+    let f = fixture();
+    let reg = f
+        .accounts
+        .register("tess", "tess@example.com", "long enough pw".into(), "x", IP)
+        .await
+        .expect("registered");
+    // The record as the previous version wrote it for a revoked session.
+    let old = serde_json::json!({
+        "session_id": reg.session_id,
+        "device_name": "x",
+        "created_at_ms": 1,
+        "last_seen_at_ms": 1,
+        "revoked": true,
+    });
+    let key = |id: u64| selfie_storage::key::KeyBuilder::new().u64(id).build();
+    f.store
+        .put(
+            &selfie_services::tables::auth::SESSIONS,
+            &key(reg.user_id),
+            &key(reg.session_id),
+            old.to_string().as_bytes(),
+            None,
+        )
+        .await
+        .expect("old record");
+    let err = f
+        .accounts
+        .refresh(&reg.refresh_token)
+        .await
+        .expect_err("still revoked");
+    assert!(matches!(err, Error::SessionRevoked), "{err}");
+    let sessions = f.accounts.sessions(reg.user_id).await.expect("sessions");
+    assert!(sessions.iter().all(|s| s.revoked), "{sessions:?}");
+}
+
+/// Review finding: a password-only re-authentication (TOTP enrolment) cleared the
+/// lockout of an account with a second factor, so a caller with the password could
+/// guess codes forever by enrolling between guesses.
+#[tokio::test]
+async fn a_password_alone_does_not_clear_the_lockout_of_an_account_with_a_second_factor() {
+    let f = fixture();
+    let reg = f
+        .accounts
+        .register("uma", "uma@example.com", "long enough pw".into(), "x", IP)
+        .await
+        .expect("registered");
+    let (_, secret) = f
+        .accounts
+        .totp_enrol(reg.user_id, "long enough pw".into(), "Selfie")
+        .await
+        .expect("enrol");
+    f.accounts
+        .totp_confirm(reg.user_id, &totp_now(&secret, 0))
+        .await
+        .expect("confirmed");
+    let free = ThrottleConfig::default().free_failures;
+    for _ in 0..free - 1 {
+        let err = f
+            .accounts
+            .totp_disable(reg.user_id, "long enough pw".into(), "000000x")
+            .await
+            .expect_err("wrong code");
+        assert!(matches!(err, Error::SecondFactorInvalid), "{err}");
+    }
+    // The password is right; the enrolment is refused (2FA is on) and clears nothing.
+    let err = f
+        .accounts
+        .totp_enrol(reg.user_id, "long enough pw".into(), "Selfie")
+        .await
+        .expect_err("already on");
+    assert!(matches!(err, Error::SecondFactorState), "{err}");
+    let err = f
+        .accounts
+        .totp_disable(reg.user_id, "long enough pw".into(), "000000x")
+        .await
+        .expect_err("wrong code");
+    assert!(matches!(err, Error::SecondFactorInvalid), "{err}");
+    let err = f
+        .accounts
+        .totp_disable(reg.user_id, "long enough pw".into(), &totp_now(&secret, 1))
+        .await
+        .expect_err("locked");
+    assert!(matches!(err, Error::Throttled(Throttled::Account(_))), "{err}");
 }

@@ -441,6 +441,13 @@ impl Config {
                 "limits.max_frame_bytes must be within 1 KiB..16 MiB".into()
             ));
         }
+        if self.limits.request_read_timeout_ms == 0 || self.limits.max_connections_per_address == 0
+        {
+            return Err(bad(
+                "limits.request_read_timeout_ms and limits.max_connections_per_address must be at least 1"
+                    .into(),
+            ));
+        }
         if !(3..=3600).contains(&self.server.node_lease_s) {
             return Err(bad("server.node_lease_s must be within 3..=3600".into()));
         }

@@ -184,7 +184,10 @@ fn main() -> anyhow::Result<()> {
                         let mut every = tokio::time::interval(Duration::from_secs(60));
                         loop {
                             every.tick().await;
-                            match repairing.repair(Duration::from_secs(30)).await {
+                            // Only commits older than any live writer could still be
+                            // finishing (driver timeouts × steps), so a slow commit is
+                            // never recounted under its own feet.
+                            match repairing.repair(Duration::from_secs(300)).await {
                                 Ok(r) if r.commits > 0 || r.corrupt > 0 => tracing::info!(
                                     commits = r.commits,
                                     counters_fixed = r.counters_fixed,
@@ -335,6 +338,7 @@ impl Lease {
     fn start(store: &AnyStore, config: &Config) -> anyhow::Result<Lease> {
         use selfie_services::lease::{LeaseError, NodeLease};
         let ttl = Duration::from_secs(config.server.node_lease_s);
+        let drain = Duration::from_millis(config.server.drain_deadline_ms) + Duration::from_secs(2);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -353,28 +357,36 @@ impl Lease {
             .name("selfie-lease".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    // The lease runs `ttl` from the *start* of the last renewal that
+                    // succeeded. The node must have drained before then, so it gives up
+                    // once `ttl - drain - margin` has passed without one (at least a
+                    // third of `ttl`).
+                    let give_up = ttl
+                        .saturating_sub(drain + Duration::from_secs(3))
+                        .max(ttl / 3);
                     let mut last_ok = tokio::time::Instant::now();
-                    let mut every = tokio::time::interval(ttl / 3);
+                    let mut every = tokio::time::interval(ttl / 6);
                     every.tick().await;
                     loop {
                         tokio::select! {
                             _ = &mut stop_rx => break,
                             _ = every.tick() => {}
                         }
-                        match lease.renew().await {
-                            Ok(()) => last_ok = tokio::time::Instant::now(),
-                            Err(LeaseError::Lost(_)) => {
+                        let sent = tokio::time::Instant::now();
+                        match tokio::time::timeout(ttl / 6, lease.renew()).await {
+                            Ok(Ok(())) => last_ok = sent,
+                            Ok(Err(LeaseError::Lost(_))) => {
                                 let _ = lost_tx.send(());
                                 return;
                             }
-                            Err(e) => {
+                            Ok(Err(e)) => {
                                 tracing::warn!(error = %e, "node-number lease not renewed");
-                                // Stop before the lease can run out under us.
-                                if last_ok.elapsed() >= ttl * 2 / 3 {
-                                    let _ = lost_tx.send(());
-                                    return;
-                                }
                             }
+                            Err(_) => tracing::warn!("node-number lease renewal timed out"),
+                        }
+                        if last_ok.elapsed() >= give_up {
+                            let _ = lost_tx.send(());
+                            return;
                         }
                     }
                     if let Err(e) = lease.release().await {
@@ -392,23 +404,34 @@ impl Lease {
 
     /// Resolves when the lease is lost (never while it is held).
     async fn lost(&mut self) {
-        let held = match self.lost.as_mut() {
-            Some(rx) => rx.await.is_err(),
-            None => true,
-        };
-        if held {
-            // The renewal thread stopped without reporting a loss (it was told to).
-            std::future::pending::<()>().await;
+        match self.lost.as_mut() {
+            // A loss reported, or the renewal thread gone without being told to stop
+            // (it panicked): either way nothing renews the lease any more.
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending::<()>().await,
         }
     }
 
     /// Gives the number back and waits for the renewal thread.
     fn release(mut self) {
+        self.stop_renewing();
+    }
+
+    fn stop_renewing(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Lease {
+    /// Every exit path (an error after the claim included) gives the number back.
+    fn drop(&mut self) {
+        self.stop_renewing();
     }
 }

@@ -72,7 +72,10 @@ impl Serve {
             .env("SELFIE_OPS_LISTEN", "127.0.0.1:0")
             .env("SELFIE_SERVER_PIN_CORES", "false")
             .env("SELFIE_SERVER_NODE_ID", id)
-            .env("SELFIE_SERVER_NODE_LEASE_S", "3")
+            // A short lease, so that a refused claim gives up soon; a short drain, so
+            // that the node can renew well within it.
+            .env("SELFIE_SERVER_NODE_LEASE_S", "10")
+            .env("SELFIE_SERVER_DRAIN_DEADLINE_MS", "1000")
             .env("SELFIE_STORAGE_BACKEND", "cql")
             .env("SELFIE_STORAGE_CQL_URL", cql)
             .env("SELFIE_STORAGE_REDIS_URL", redis)

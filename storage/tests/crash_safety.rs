@@ -104,7 +104,20 @@ async fn acknowledged_batches_survive_sigkill_and_no_partial_batch_is_visible() 
             missing.is_empty(),
             "round {round}: acknowledged batches lost: {missing:?}"
         );
-        // Every claim has its rows, and the count is exactly the claims.
+        // Every commit's rows have their claim (odd writers commit: `first + w + k·8`)...
+        for &n in &present {
+            if (n - first) % 2 == 1 {
+                let claimed = store
+                    .get(&CRASH_CLAIMS, &[], &KeyBuilder::new().u64(n).build())
+                    .await
+                    .expect("get claim");
+                assert!(
+                    claimed.is_some(),
+                    "round {round}: commit {n}'s rows without its claim"
+                );
+            }
+        }
+        // ...every claim has its rows, and the count is exactly the claims.
         let mut claims = 0i64;
         let mut scan = Scan::all(1000);
         loop {

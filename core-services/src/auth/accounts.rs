@@ -106,7 +106,8 @@ pub struct Session {
     /// Last refresh.
     pub last_seen_at_ms: u64,
     /// Revoked sessions stay listed until they expire, marked (from the revocation
-    /// markers: a stored `true` from older records is ignored).
+    /// markers, or a stored `true` from records written before the markers existed,
+    /// which a refresh turns into a marker).
     #[serde(default, skip_serializing)]
     pub revoked: bool,
 }
@@ -379,13 +380,24 @@ impl<S: Store> Accounts<S> {
                 return Err(Error::Taken { field: "email" });
             }
         }
-        self.update(user_id, |a| {
-            a.email = email.clone();
-            a.email_verified = true;
-            Ok(())
-        })
-        .await
-        .map(|_| ())
+        let verified = self
+            .update(user_id, |a| {
+                if a.deleted {
+                    return Err(Error::InvalidCredentials);
+                }
+                a.email = email.clone();
+                a.email_verified = true;
+                Ok(())
+            })
+            .await;
+        if verified.is_err() {
+            // Deleted meanwhile (or the record is gone): the address is not kept.
+            let ours = user_id.to_be_bytes();
+            self.store
+                .compare_and_set(&EMAILS, &claim, &[], &ours, None, None)
+                .await?;
+        }
+        verified.map(|_| ())
     }
 
     /// The account `identifier` (username, or verified e-mail address) names, with the
@@ -531,8 +543,11 @@ impl<S: Store> Accounts<S> {
         let Some(code) = recovery_code.or(totp_code) else {
             return false;
         };
-        let h = self.code_hash("recovery", user_id, &totp::normalize_recovery_code(code));
+        let normal = totp::normalize_recovery_code(code);
+        let h = self.code_hash("recovery", user_id, &normal);
+        // Codes handed out before they were keyed are stored as plain SHA-256.
         totp::spend_recovery_code(&mut sf.recovery, &h).is_ok()
+            || totp::spend_recovery_code(&mut sf.recovery, &Sha256::digest(&normal).into()).is_ok()
     }
 
     /// The account's lockout, on this node and the fleet.
@@ -771,6 +786,11 @@ impl<S: Store> Accounts<S> {
             .session(r.user_id, r.session_id)
             .await?
             .ok_or(Error::TokenInvalid)?;
+        if session.revoked {
+            // Revoked before revocations had markers: give it one, and refuse.
+            self.revoke(r.user_id, r.session_id).await?;
+            return Err(Error::SessionRevoked);
+        }
         session.last_seen_at_ms = self.clock.now_ms();
         let bytes = encode("session", &session)?;
         self.store
@@ -850,7 +870,7 @@ impl<S: Store> Accounts<S> {
                 .await?;
             for row in &page.rows {
                 let mut s: Session = decode("session", &row.value)?;
-                s.revoked = revoked.contains(&row.clustering);
+                s.revoked |= revoked.contains(&row.clustering);
                 out.push(s);
             }
             match page.cursor {

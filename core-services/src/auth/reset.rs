@@ -46,16 +46,37 @@ impl<S: Store> Accounts<S> {
         // answer's timing tells nothing either.
         let user_id = account.as_ref().map_or(0, |a| a.user_id);
         let code = typed_code();
-        let previous = self.store.get(&RESETS, &key_u64(user_id), &[]).await?;
+        let fresh = self.code_hash("reset", user_id, &code);
         // The new code and the one before it both work (a request by someone else cannot
-        // void a code the owner is about to type).
-        let mut hashes = self.code_hash("reset", user_id, &code).to_vec();
-        if let Some(p) = previous.as_deref().and_then(|p| p.get(..32)) {
-            hashes.extend_from_slice(p);
+        // void a code the owner is about to type). Written over exactly what was read, so
+        // a code spent meanwhile by a finished reset never comes back.
+        let mut stored = false;
+        for _ in 0..8 {
+            let previous = self.store.get(&RESETS, &key_u64(user_id), &[]).await?;
+            let mut hashes = fresh.to_vec();
+            if let Some(p) = previous.as_deref().and_then(|p| p.get(..32)) {
+                hashes.extend_from_slice(p);
+            }
+            let k = key_u64(user_id);
+            stored = match &previous {
+                None => {
+                    self.store
+                        .insert_if_absent(&RESETS, &k, &[], &hashes, None)
+                        .await?
+                }
+                Some(p) => {
+                    self.store
+                        .compare_and_set(&RESETS, &k, &[], p, Some(&hashes), None)
+                        .await?
+                }
+            };
+            if stored {
+                break;
+            }
         }
-        self.store
-            .put(&RESETS, &key_u64(user_id), &[], &hashes, None)
-            .await?;
+        if !stored {
+            return Err(Error::Busy);
+        }
         let Some(account) = account else {
             return Ok(());
         };

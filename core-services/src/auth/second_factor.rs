@@ -2,8 +2,9 @@
 //! which also hands out single-use recovery codes), disabling it, and regenerating the
 //! recovery codes. Sensitive changes re-check the password, and the second factor when
 //! one is enabled; every such check is throttled per account like a login (a stolen
-//! session cannot guess the password, nor, with it, the code), and every change is a
-//! compare-and-set of the account record.
+//! session cannot guess the password, nor, with it, the code: a lockout is cleared only
+//! when every factor the account has passed), and every change is a compare-and-set of
+//! the account record.
 
 use selfie_storage::Store;
 
@@ -28,10 +29,20 @@ impl<S: Store> Accounts<S> {
         Ok(current)
     }
 
-    /// Re-authentication with the password only.
+    /// Re-authentication with the password only. The success clears the account's
+    /// lockout only when the account has no confirmed second factor: otherwise the
+    /// password alone is not every factor, and clearing would let a caller who has the
+    /// password reset the count of guessed codes between guesses.
     pub(super) async fn reauthenticate(&self, user_id: u64, password: String) -> Result<Versioned> {
         let checked = self.check_password(user_id, password).await?;
-        self.note_attempt(&account_key(user_id), true).await;
+        let two_factors = checked
+            .account
+            .second_factor
+            .as_ref()
+            .is_some_and(|sf| sf.confirmed);
+        if !two_factors {
+            self.note_attempt(&account_key(user_id), true).await;
+        }
         Ok(checked)
     }
 

@@ -580,7 +580,7 @@ impl<S: Store + 'static> Posts<S> {
         if let Some(cell) = &remembered
             && let Some(first) = self.first_created(cell).await?
         {
-            return self.load(first).await?.ok_or(Error::NotFound("post"));
+            return self.load_created(first).await;
         }
         let media_ids = Self::check_media(&new.media_ids)?;
         Self::check_text(&new.text, !media_ids.is_empty())?;

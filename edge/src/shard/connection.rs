@@ -119,6 +119,17 @@ pub(super) async fn serve_connection(
             return Err(ConnError::HelloTimeout);
         }
     };
+    // The handshake proved the address: it may now hold one of its slots.
+    let Some(_address) = AddressSlot::take(&shard.shared, conn.remote_address().ip()) else {
+        count_connection(shard, "refused_address");
+        close_for(
+            shard,
+            &conn,
+            ErrorCode::TooManyConnections,
+            "too many connections from this address",
+        );
+        return Err(ConnError::Refused(ErrorCode::TooManyConnections));
+    };
     count_connection(shard, "accepted");
 
     // The control stream: Hello -> Welcome, within the handshake deadline.

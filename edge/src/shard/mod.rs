@@ -341,8 +341,10 @@ fn sweep_sessions(shard: &Rc<Shard>) {
     }
 }
 
-/// One connection's place in [`Shared::per_address`], given back when dropped.
-struct AddressSlot {
+/// One connection's place in [`Shared::per_address`], given back when dropped. Taken
+/// once the handshake has completed, so only addresses that answered count (spoofed
+/// Initials cannot fill another address's slots).
+pub(super) struct AddressSlot {
     shared: Arc<Shared>,
     ip: IpAddr,
 }
@@ -350,7 +352,7 @@ struct AddressSlot {
 impl AddressSlot {
     /// Takes a slot for `ip` (canonical: IPv4-mapped IPv6 counts as IPv4), or `None`
     /// when the address holds its limit already.
-    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+    pub(super) fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
         let ip = ip.to_canonical();
         let limit = shared.config.limits.max_connections_per_address;
         let mut map = shared.per_address.lock().unwrap_or_else(|p| p.into_inner());
@@ -407,11 +409,6 @@ fn admit(shard: &Rc<Shard>, incoming: Incoming) {
         incoming.refuse();
         return;
     }
-    let Some(address) = AddressSlot::take(&shard.shared, incoming.remote_address().ip()) else {
-        count_connection(shard, "refused_address");
-        incoming.refuse();
-        return;
-    };
     // Above the handshake-rate threshold, clients must prove their address first.
     let second = now_ms() / 1000;
     let (window, count) = shard.handshake_window.get();
@@ -443,7 +440,6 @@ fn admit(shard: &Rc<Shard>, incoming: Incoming) {
             if let Err(e) = serve_connection(&shard, conn_id, incoming).await {
                 debug!(error = %e, "connection ended");
             }
-            drop(address);
             active.dec();
             shard
                 .connections
