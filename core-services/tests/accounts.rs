@@ -13,8 +13,8 @@ use selfie_services::auth::accounts::{Accounts, load_recent_revocations};
 use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::{LoginThrottle, ThrottleConfig, Throttled};
 use selfie_services::auth::tokens::{AccessTokens, RevokedSessions, TokenError};
-use selfie_storage::{Store, SystemClock};
 use selfie_storage::embedded::EmbeddedStore;
+use selfie_storage::{Store, SystemClock};
 use support::{Gated, Op, Outbox, code_in};
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
@@ -1009,5 +1009,8 @@ async fn a_password_alone_does_not_clear_the_lockout_of_an_account_with_a_second
         .totp_disable(reg.user_id, "long enough pw".into(), &totp_now(&secret, 1))
         .await
         .expect_err("locked");
-    assert!(matches!(err, Error::Throttled(Throttled::Account(_))), "{err}");
+    assert!(
+        matches!(err, Error::Throttled(Throttled::Account(_))),
+        "{err}"
+    );
 }

@@ -141,8 +141,15 @@ struct State {
     registrations: Buckets,
     /// Account key -> (consecutive failures, locked until ms, last failure ms).
     accounts: HashMap<String, (u32, u64, u64)>,
+    /// Account key -> start times (ms) of checks under way: they count against the free
+    /// failures until recorded (or [`PENDING_MS`] old), so a burst of parallel guesses
+    /// cannot all pass before the first failure is recorded.
+    pending: HashMap<String, Vec<u64>>,
     last_sweep_ms: u64,
 }
+
+/// How long a check under way may hold its place (longer than an Argon2 check waits).
+const PENDING_MS: u64 = 10_000;
 
 /// The login throttle, shared by every shard of a node, with an optional fleet-wide
 /// layer ([`FleetThrottle`]) consulted after the node's own.
@@ -333,15 +340,36 @@ impl LoginThrottle {
         f64::from(self.config.register_per_hour.max(1)) / 3_600_000.0
     }
 
-    /// Whether `account` is locked at `now_ms`.
+    /// Whether an attempt on `account` may proceed at `now_ms`: it is not locked, and
+    /// its failures plus the checks under way leave room for one more before the lockout.
+    /// The attempt then counts as under way until [`LoginThrottle::record`].
     pub fn check_account(&self, account: &str, now_ms: u64) -> Result<(), Throttled> {
-        let s = self.state(now_ms)?;
-        match s.accounts.get(account) {
+        let mut s = self.state(now_ms)?;
+        let failures = match s.accounts.get(account) {
             Some(&(_, until, _)) if until > now_ms => {
-                Err(Throttled::Account(Duration::from_millis(until - now_ms)))
+                return Err(Throttled::Account(Duration::from_millis(until - now_ms)));
             }
-            _ => Ok(()),
+            Some(&(n, _, _)) => n,
+            None => 0,
+        };
+        let max = self.max_entries();
+        if !s.pending.contains_key(account) && s.pending.len() >= max {
+            s.pending
+                .retain(|_, v| v.iter().any(|&t| now_ms.saturating_sub(t) < PENDING_MS));
+            if s.pending.len() >= max {
+                return Err(Throttled::Account(Duration::from_secs(1)));
+            }
         }
+        let under_way = s.pending.entry(account.to_string()).or_default();
+        under_way.retain(|&t| now_ms.saturating_sub(t) < PENDING_MS);
+        // Before the lockout, the free failures left; past it, one attempt at a time.
+        let free = self.config.free_failures.max(1);
+        let room = free.saturating_sub(failures).max(1) as usize;
+        if under_way.len() >= room {
+            return Err(Throttled::Account(Duration::from_secs(1)));
+        }
+        under_way.push(now_ms);
+        Ok(())
     }
 
     /// Spends one of `ip`'s login tokens, if it has one.
@@ -374,6 +402,12 @@ impl LoginThrottle {
     /// Records the outcome of a checked attempt.
     pub fn record(&self, account: &str, success: bool, now_ms: u64) {
         let Ok(mut s) = self.state.lock() else { return };
+        if let Some(under_way) = s.pending.get_mut(account) {
+            under_way.pop();
+            if under_way.is_empty() {
+                s.pending.remove(account);
+            }
+        }
         if success {
             s.accounts.remove(account);
             return;
@@ -414,6 +448,8 @@ impl LoginThrottle {
         let idle = (self.config.max_lockout.as_millis() as u64).max(3_600_000);
         s.accounts
             .retain(|_, (_, until, last)| *until > now_ms || now_ms.saturating_sub(*last) < idle);
+        s.pending
+            .retain(|_, v| v.iter().any(|&t| now_ms.saturating_sub(t) < PENDING_MS));
         let (login_rate, register_rate) = (self.login_rate(), self.register_rate());
         s.logins.sweep(self.config.ip_burst, login_rate, now_ms);
         s.registrations
@@ -457,6 +493,30 @@ mod tests {
         assert!(t.check("a", ip("2001:db8:1:2::1"), T0).is_ok());
         assert!(t.check("a", ip("2001:db8:1:2::ffff"), T0).is_err());
         assert!(t.check("a", ip("2001:db8:1:3::1"), T0).is_ok());
+    }
+
+    /// Review finding: checks under way counted for nothing, so a burst of parallel
+    /// guesses all passed the check before the first failure was recorded.
+    #[test]
+    fn checks_under_way_count_against_the_free_failures() {
+        let t = LoginThrottle::default();
+        let free = ThrottleConfig::default().free_failures;
+        for _ in 0..free {
+            t.check_account("user:9", 1_000).expect("room left");
+        }
+        assert!(matches!(
+            t.check_account("user:9", 1_000),
+            Err(Throttled::Account(_))
+        ));
+        // One fails: a failure plus four under way still fill the five.
+        t.record("user:9", false, 1_001);
+        assert!(t.check_account("user:9", 1_002).is_err());
+        // One succeeds: the failures are forgotten and its place is free.
+        t.record("user:9", true, 1_003);
+        t.check_account("user:9", 1_004).expect("room again");
+        // Checks that never reported free their place after a while.
+        t.check_account("user:9", 1_004 + PENDING_MS)
+            .expect("expired places");
     }
 
     #[test]
