@@ -246,3 +246,27 @@ impl Drop for Edge {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect: the edge allowed twice its application limit of streams and the bench's
+    /// raw-quinn baseline another number; both now come from `transport_config`, which
+    /// allows the limit plus a small margin and no client-opened unidirectional streams.
+    #[test]
+    fn quic_allows_the_application_limit_plus_the_margin() {
+        let limits = config::LimitsConfig::default();
+        let t = format!("{:?}", transport_config(&limits).expect("config"));
+        let bidi = quinn::VarInt::from_u32(limits.max_concurrent_streams + STREAM_MARGIN);
+        assert!(
+            t.contains(&format!("max_concurrent_bidi_streams: {bidi:?}")),
+            "{t}"
+        );
+        let none = quinn::VarInt::from_u32(0);
+        assert!(
+            t.contains(&format!("max_concurrent_uni_streams: {none:?}")),
+            "{t}"
+        );
+    }
+}

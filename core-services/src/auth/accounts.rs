@@ -468,8 +468,11 @@ impl<S: Store> Accounts<S> {
         self.throttle
             .check_account(&key, self.clock.now_ms())
             .map_err(Error::Throttled)?;
-        if let Some(fleet) = self.throttle.fleet() {
-            fleet.check(&key, ip).await.map_err(Error::Throttled)?;
+        if let Some(fleet) = self.throttle.fleet()
+            && let Err(t) = fleet.check(&key, ip).await
+        {
+            self.throttle.abandon(&key);
+            return Err(Error::Throttled(t));
         }
         let stored = found.as_ref().map(|v| v.account.password_hash.clone());
         // Same Argon2 work whether or not the account exists.
@@ -483,6 +486,7 @@ impl<S: Store> Accounts<S> {
         if confirmed(&current.account) {
             if totp_code.is_none() && recovery_code.is_none() {
                 // Not a failed guess: the password was right.
+                self.throttle.abandon(&key);
                 return Err(Error::SecondFactorRequired);
             }
             // Spend the step or the recovery code with a compare-and-set: of two logins
@@ -555,8 +559,11 @@ impl<S: Store> Accounts<S> {
         self.throttle
             .check_account(key, self.clock.now_ms())
             .map_err(Error::Throttled)?;
-        if let Some(fleet) = self.throttle.fleet() {
-            fleet.check_account(key).await.map_err(Error::Throttled)?;
+        if let Some(fleet) = self.throttle.fleet()
+            && let Err(t) = fleet.check_account(key).await
+        {
+            self.throttle.abandon(key);
+            return Err(Error::Throttled(t));
         }
         Ok(())
     }

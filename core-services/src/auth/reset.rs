@@ -164,8 +164,11 @@ impl<S: Store> Accounts<S> {
         self.throttle
             .check(key, ip, self.clock.now_ms())
             .map_err(Error::Throttled)?;
-        if let Some(fleet) = self.throttle.fleet() {
-            fleet.check(key, ip).await.map_err(Error::Throttled)?;
+        if let Some(fleet) = self.throttle.fleet()
+            && let Err(t) = fleet.check(key, ip).await
+        {
+            self.throttle.abandon(key);
+            return Err(Error::Throttled(t));
         }
         Ok(())
     }

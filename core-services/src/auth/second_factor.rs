@@ -40,7 +40,9 @@ impl<S: Store> Accounts<S> {
             .second_factor
             .as_ref()
             .is_some_and(|sf| sf.confirmed);
-        if !two_factors {
+        if two_factors {
+            self.throttle.abandon(&account_key(user_id));
+        } else {
             self.note_attempt(&account_key(user_id), true).await;
         }
         Ok(checked)
@@ -63,7 +65,10 @@ impl<S: Store> Accounts<S> {
             .as_mut()
             .filter(|sf| sf.confirmed)
         {
-            let code = code.ok_or(Error::SecondFactorRequired)?;
+            let Some(code) = code else {
+                self.throttle.abandon(&key);
+                return Err(Error::SecondFactorRequired);
+            };
             if !self.second_factor_passes(sf, user_id, Some(code), None) {
                 self.note_attempt(&key, false).await;
                 return Err(Error::SecondFactorInvalid);

@@ -385,6 +385,19 @@ impl LoginThrottle {
     pub fn check(&self, account: &str, ip: IpAddr, now_ms: u64) -> Result<(), Throttled> {
         self.check_account(account, now_ms)?;
         self.check_address(ip, now_ms)
+            .inspect_err(|_| self.abandon(account))
+    }
+
+    /// Gives back the place of a check that ended without an outcome to record (refused
+    /// by the fleet, or a right password still waiting for its second factor).
+    pub fn abandon(&self, account: &str) {
+        let Ok(mut s) = self.state.lock() else { return };
+        if let Some(under_way) = s.pending.get_mut(account) {
+            under_way.pop();
+            if under_way.is_empty() {
+                s.pending.remove(account);
+            }
+        }
     }
 
     /// Spends one of `ip`'s registration tokens, if it has one.
