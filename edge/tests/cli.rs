@@ -115,8 +115,10 @@ fn migrate_without_a_cql_url_explains_what_is_missing() {
 
 #[test]
 fn the_deployment_example_configuration_is_valid() {
-    let example =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/selfie.example.toml");
+    let example = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../deploy/selfie.example.toml");
     let out = selfie()
         .args(["--config"])
         .arg(&example)
