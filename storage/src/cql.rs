@@ -882,7 +882,8 @@ impl CqlStore {
 
     /// Finishes the commits that were cut short (recorded more than `older_than` ago and
     /// never cleared): when a commit's condition shows its effect, the rows it should
-    /// have written and did not are written (an existing row is never overwritten) and
+    /// have written are written (a creating commit's only where missing; a releasing or
+    /// replacing one's also over an existing row, e.g. a tombstone) and
     /// the rows it should have removed are removed; every counter it changed that
     /// counts rows is set to the number of those rows. Run by every node at start and
     /// then periodically; concurrent passes are harmless.
@@ -927,11 +928,19 @@ impl CqlStore {
                 }
             }
         };
+        // A commit that creates (`Absent`) fills in only rows still missing: a later
+        // commit may have changed them since. One that releases or replaces (`Present`,
+        // `Equals`) writes what it ends with, a tombstone say, even over an existing row:
+        // its condition showing its effect means nothing has re-created what it ended.
+        let overwrite = matches!(
+            commit.condition,
+            Some(Condition::Present { .. } | Condition::Equals { .. })
+        );
         for w in &commit.writes {
             match w {
                 Write::Put { row, value, ttl } if took_effect => {
                     let now = self.get(row.table, &row.partition, &row.clustering).await?;
-                    if now.is_none() {
+                    if overwrite || now.is_none() {
                         self.put(row.table, &row.partition, &row.clustering, value, *ttl)
                             .await?;
                     }

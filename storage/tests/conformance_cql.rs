@@ -270,5 +270,37 @@ async fn the_repair_pass_finishes_a_commit_cut_short() -> Result<(), StoreError>
         .await?;
     store.repair(std::time::Duration::from_secs(60)).await?;
     assert_eq!(store.get(&ROWS, &q, b"a").await?, None);
+
+    // A release cut short after its condition (the claim is gone) and before its
+    // tombstone: the repair writes the tombstone over the live record.
+    let r = Bytes::copy_from_slice(&rand::random::<u64>().to_be_bytes());
+    store.put(&ROWS, &r, b"a", b"live", None).await?;
+    let release = Commit::new()
+        .when(Condition::Present {
+            row: Cell::new(&CLAIMS, r.clone(), &b"a"[..]),
+        })
+        .put(
+            Cell::new(&ROWS, r.clone(), &b"a"[..]),
+            &b"tombstone"[..],
+            None,
+        );
+    store
+        .put(
+            pending.table,
+            &pending.partition,
+            &selfie_storage::key::KeyBuilder::new()
+                .u64(3)
+                .u64(rand::random())
+                .build(),
+            &cql::pending::encode(&release),
+            None,
+        )
+        .await?;
+    store.repair(std::time::Duration::from_secs(60)).await?;
+    assert_eq!(
+        store.get(&ROWS, &r, b"a").await?.as_deref(),
+        Some(&b"tombstone"[..]),
+        "the release's tombstone is written over the live record"
+    );
     Ok(())
 }
