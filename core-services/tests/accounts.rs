@@ -1014,3 +1014,46 @@ async fn a_password_alone_does_not_clear_the_lockout_of_an_account_with_a_second
         "{err}"
     );
 }
+
+/// Review finding: a verification code could not be sent again (a lost mail left the
+/// account without e-mail login or reset for good).
+#[tokio::test]
+async fn a_verification_code_can_be_sent_again_and_only_the_newest_works() {
+    let f = fixture();
+    let reg = f
+        .accounts
+        .register("vera", "vera@example.com", "long enough pw".into(), "x", IP)
+        .await
+        .expect("registered");
+    let lost = code_in(&f.outbox.take("vera@example.com").await);
+    f.accounts
+        .resend_verification(reg.user_id, IP)
+        .await
+        .expect("sent again");
+    let fresh = code_in(&f.outbox.take("vera@example.com").await);
+    assert_ne!(lost, fresh);
+    assert!(f.accounts.verify_email(reg.user_id, &lost).await.is_err());
+    f.accounts
+        .verify_email(reg.user_id, &fresh)
+        .await
+        .expect("the newest code works");
+    let err = f
+        .accounts
+        .resend_verification(reg.user_id, IP)
+        .await
+        .expect_err("verified already");
+    assert!(matches!(err, Error::Forbidden(_)), "{err}");
+    // Mailing codes in bulk is throttled.
+    let other = f
+        .accounts
+        .register("walt", "walt@example.com", "long enough pw".into(), "x", IP)
+        .await
+        .expect("registered");
+    let mut throttled = false;
+    for _ in 0..ThrottleConfig::default().free_failures + 1 {
+        if let Err(Error::Throttled(_)) = f.accounts.resend_verification(other.user_id, IP).await {
+            throttled = true;
+        }
+    }
+    assert!(throttled, "resends are throttled");
+}

@@ -400,6 +400,35 @@ impl<S: Store> Accounts<S> {
         verified.map(|_| ())
     }
 
+    /// Mails a fresh verification code to the account's address (the earlier one stops
+    /// working): for a mail that was lost or a code that expired. Throttled per account
+    /// (five, then a lockout that doubles) and per address; `Forbidden` once verified.
+    pub async fn resend_verification(&self, user_id: u64, ip: std::net::IpAddr) -> Result<()> {
+        if self.mailer.is_none() {
+            return Err(Error::Unavailable("e-mail (no mail relay configured)"));
+        }
+        let key = format!("verify-resend:{user_id}");
+        self.throttle
+            .check(&key, ip, self.clock.now_ms())
+            .map_err(Error::Throttled)?;
+        if let Some(fleet) = self.throttle.fleet()
+            && let Err(t) = fleet.check(&key, ip).await
+        {
+            self.throttle.abandon(&key);
+            return Err(Error::Throttled(t));
+        }
+        // Every request counts towards the lockout: codes cannot be mailed in bulk.
+        self.note_attempt(&key, false).await;
+        let account = self.load(user_id).await?.account;
+        if account.deleted {
+            return Err(Error::InvalidCredentials);
+        }
+        if account.email_verified {
+            return Err(Error::Forbidden("the address is already verified"));
+        }
+        self.start_email_verification(&account).await
+    }
+
     /// The account `identifier` (username, or verified e-mail address) names, with the
     /// same storage work whether or not there is one.
     pub(super) async fn account_by_identifier(

@@ -51,6 +51,8 @@ service_table! {
     RecoveryCodesRegenerateRequest(op_as_recovery_codes_regenerate_request) => recovery_codes,
         owner |_r, me| me?;
     EmailVerifyRequest(op_as_email_verify_request) => verify_email, owner |_r, me| me?;
+    EmailVerifyResendRequest(op_as_email_verify_resend_request) => resend_verification,
+        owner |_r, me| me?;
     PasswordChangeRequest(op_as_password_change_request) => change_password, owner |_r, me| me?;
     PasswordResetStartRequest(op_as_password_reset_start_request) => reset_start;
     PasswordResetFinishRequest(op_as_password_reset_finish_request) => reset_finish;
@@ -234,6 +236,18 @@ impl<S: Store + Clone + 'static> AuthWire<S> {
     async fn verify_email(self, call: &Call, r: pa::EmailVerifyRequest<'_>) -> Result<Bytes> {
         let code = required(r.code(), "code")?;
         self.accounts.verify_email(call.user()?, code).await?;
+        call.ack()
+    }
+
+    async fn resend_verification(
+        self,
+        call: &Call,
+        _: pa::EmailVerifyResendRequest<'_>,
+    ) -> Result<Bytes> {
+        let resend = self
+            .accounts
+            .resend_verification(call.user()?, call.ctx.peer_ip);
+        resend.await?;
         call.ack()
     }
 

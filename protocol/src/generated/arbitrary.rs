@@ -481,6 +481,7 @@ pub fn selfie_auth_auth_op(depth: u32) -> BoxedStrategy<crate::generated::selfie
         selfie_auth_email_verify_request(depth - 1).prop_map(|v| crate::generated::selfie::auth::AuthOpT::EmailVerifyRequest(Box::new(v))).boxed(),
         selfie_auth_password_reset_start_request(depth - 1).prop_map(|v| crate::generated::selfie::auth::AuthOpT::PasswordResetStartRequest(Box::new(v))).boxed(),
         selfie_auth_password_reset_finish_request(depth - 1).prop_map(|v| crate::generated::selfie::auth::AuthOpT::PasswordResetFinishRequest(Box::new(v))).boxed(),
+        selfie_auth_email_verify_resend_request(depth - 1).prop_map(|v| crate::generated::selfie::auth::AuthOpT::EmailVerifyResendRequest(Box::new(v))).boxed(),
     ]).boxed()
 }
 
@@ -510,6 +511,7 @@ pub fn selfie_auth_auth_op_variants(depth: u32) -> Vec<(&'static str, BoxedStrat
         ("selfie.auth.EmailVerifyRequest", selfie_auth_email_verify_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::auth::AuthOpT::EmailVerifyRequest(Box::new(v))).boxed()),
         ("selfie.auth.PasswordResetStartRequest", selfie_auth_password_reset_start_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::auth::AuthOpT::PasswordResetStartRequest(Box::new(v))).boxed()),
         ("selfie.auth.PasswordResetFinishRequest", selfie_auth_password_reset_finish_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::auth::AuthOpT::PasswordResetFinishRequest(Box::new(v))).boxed()),
+        ("selfie.auth.EmailVerifyResendRequest", selfie_auth_email_verify_resend_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::auth::AuthOpT::EmailVerifyResendRequest(Box::new(v))).boxed()),
     ]
 }
 
@@ -535,6 +537,12 @@ pub fn selfie_auth_email_verify_request(depth: u32) -> BoxedStrategy<crate::gene
     ((option::of(text()),),)
         .prop_map(|((code,),)| crate::generated::selfie::auth::EmailVerifyRequestT { code })
         .boxed()
+}
+
+/// Arbitrary `selfie.auth.EmailVerifyResendRequest`.
+pub fn selfie_auth_email_verify_resend_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::auth::EmailVerifyResendRequestT> {
+    let _ = depth;
+    Just(crate::generated::selfie::auth::EmailVerifyResendRequestT::default()).boxed()
 }
 
 /// Arbitrary `selfie.auth.LoginRequest`.
@@ -3079,6 +3087,7 @@ pub fn every_operation(depth: u32) -> Vec<(&'static str, BoxedStrategy<crate::ge
     all.push(("selfie.auth.EmailVerifyRequest", (selfie_envelope(0), selfie_auth_email_verify_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Auth(Box::new(crate::generated::selfie::auth::AuthT { op: crate::generated::selfie::auth::AuthOpT::EmailVerifyRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.auth.PasswordResetStartRequest", (selfie_envelope(0), selfie_auth_password_reset_start_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Auth(Box::new(crate::generated::selfie::auth::AuthT { op: crate::generated::selfie::auth::AuthOpT::PasswordResetStartRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.auth.PasswordResetFinishRequest", (selfie_envelope(0), selfie_auth_password_reset_finish_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Auth(Box::new(crate::generated::selfie::auth::AuthT { op: crate::generated::selfie::auth::AuthOpT::PasswordResetFinishRequest(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.auth.EmailVerifyResendRequest", (selfie_envelope(0), selfie_auth_email_verify_resend_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Auth(Box::new(crate::generated::selfie::auth::AuthT { op: crate::generated::selfie::auth::AuthOpT::EmailVerifyResendRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.users.GetProfileRequest", (selfie_envelope(0), selfie_users_get_profile_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Users(Box::new(crate::generated::selfie::users::UsersT { op: crate::generated::selfie::users::UsersOpT::GetProfileRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.users.GetProfileResponse", (selfie_envelope(0), selfie_users_get_profile_response(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Users(Box::new(crate::generated::selfie::users::UsersT { op: crate::generated::selfie::users::UsersOpT::GetProfileResponse(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.users.UpdateProfileRequest", (selfie_envelope(0), selfie_users_update_profile_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Users(Box::new(crate::generated::selfie::users::UsersT { op: crate::generated::selfie::users::UsersOpT::UpdateProfileRequest(Box::new(v)) })); e }).boxed()));

@@ -147,6 +147,8 @@ pub mod selfie {
     pub use self::account_delete_request_generated::*;
     mod email_verify_request_generated;
     pub use self::email_verify_request_generated::*;
+    mod email_verify_resend_request_generated;
+    pub use self::email_verify_resend_request_generated::*;
     mod password_reset_start_request_generated;
     pub use self::password_reset_start_request_generated::*;
     mod password_reset_finish_request_generated;

@@ -8,6 +8,7 @@ export { AuthOp } from './auth/auth-op.js';
 export { AuthTokens } from './auth/auth-tokens.js';
 export { DeviceInfo } from './auth/device-info.js';
 export { EmailVerifyRequest } from './auth/email-verify-request.js';
+export { EmailVerifyResendRequest } from './auth/email-verify-resend-request.js';
 export { LoginRequest } from './auth/login-request.js';
 export { LoginResponse } from './auth/login-response.js';
 export { LogoutRequest } from './auth/logout-request.js';

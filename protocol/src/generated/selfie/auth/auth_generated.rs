@@ -154,6 +154,11 @@ impl<'a> Auth<'a> {
             .expect("Invalid union table, expected `AuthOp::PasswordResetFinishRequest`.")
             .unpack()
       )),
+      AuthOp::EmailVerifyResendRequest => AuthOpT::EmailVerifyResendRequest(alloc::boxed::Box::new(
+        self.op_as_email_verify_resend_request()
+            .expect("Invalid union table, expected `AuthOp::EmailVerifyResendRequest`.")
+            .unpack()
+      )),
       _ => AuthOpT::NONE,
     };
     AuthT {
@@ -520,6 +525,21 @@ impl<'a> Auth<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_email_verify_resend_request(&self) -> Option<EmailVerifyResendRequest<'a>> {
+    if self.op_type() == AuthOp::EmailVerifyResendRequest {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { EmailVerifyResendRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Auth<'_> {
@@ -553,6 +573,7 @@ impl ::flatbuffers::Verifiable for Auth<'_> {
           AuthOp::EmailVerifyRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<EmailVerifyRequest>>("AuthOp::EmailVerifyRequest", pos),
           AuthOp::PasswordResetStartRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PasswordResetStartRequest>>("AuthOp::PasswordResetStartRequest", pos),
           AuthOp::PasswordResetFinishRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PasswordResetFinishRequest>>("AuthOp::PasswordResetFinishRequest", pos),
+          AuthOp::EmailVerifyResendRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<EmailVerifyResendRequest>>("AuthOp::EmailVerifyResendRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -763,6 +784,13 @@ impl ::core::fmt::Debug for Auth<'_> {
         },
         AuthOp::PasswordResetFinishRequest => {
           if let Some(x) = self.op_as_password_reset_finish_request() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        AuthOp::EmailVerifyResendRequest => {
+          if let Some(x) = self.op_as_email_verify_resend_request() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_AUTH_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_AUTH_OP: u8 = 23;
+pub const ENUM_MAX_AUTH_OP: u8 = 24;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_AUTH_OP: [AuthOp; 24] = [
+pub const ENUM_VALUES_AUTH_OP: [AuthOp; 25] = [
   AuthOp::NONE,
   AuthOp::RegisterRequest,
   AuthOp::RegisterResponse,
@@ -33,6 +33,7 @@ pub const ENUM_VALUES_AUTH_OP: [AuthOp; 24] = [
   AuthOp::EmailVerifyRequest,
   AuthOp::PasswordResetStartRequest,
   AuthOp::PasswordResetFinishRequest,
+  AuthOp::EmailVerifyResendRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -64,9 +65,10 @@ impl AuthOp {
   pub const EmailVerifyRequest: Self = Self(21);
   pub const PasswordResetStartRequest: Self = Self(22);
   pub const PasswordResetFinishRequest: Self = Self(23);
+  pub const EmailVerifyResendRequest: Self = Self(24);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 23;
+  pub const ENUM_MAX: u8 = 24;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::RegisterRequest,
@@ -92,6 +94,7 @@ impl AuthOp {
     Self::EmailVerifyRequest,
     Self::PasswordResetStartRequest,
     Self::PasswordResetFinishRequest,
+    Self::EmailVerifyResendRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -120,6 +123,7 @@ impl AuthOp {
       Self::EmailVerifyRequest => Some("EmailVerifyRequest"),
       Self::PasswordResetStartRequest => Some("PasswordResetStartRequest"),
       Self::PasswordResetFinishRequest => Some("PasswordResetFinishRequest"),
+      Self::EmailVerifyResendRequest => Some("EmailVerifyResendRequest"),
       _ => None,
     }
   }
@@ -204,6 +208,7 @@ pub enum AuthOpT {
   EmailVerifyRequest(alloc::boxed::Box<EmailVerifyRequestT>),
   PasswordResetStartRequest(alloc::boxed::Box<PasswordResetStartRequestT>),
   PasswordResetFinishRequest(alloc::boxed::Box<PasswordResetFinishRequestT>),
+  EmailVerifyResendRequest(alloc::boxed::Box<EmailVerifyResendRequestT>),
 }
 impl Default for AuthOpT {
   fn default() -> Self {
@@ -237,6 +242,7 @@ impl AuthOpT {
       Self::EmailVerifyRequest(_) => AuthOp::EmailVerifyRequest,
       Self::PasswordResetStartRequest(_) => AuthOp::PasswordResetStartRequest,
       Self::PasswordResetFinishRequest(_) => AuthOp::PasswordResetFinishRequest,
+      Self::EmailVerifyResendRequest(_) => AuthOp::EmailVerifyResendRequest,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -265,6 +271,7 @@ impl AuthOpT {
       Self::EmailVerifyRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::PasswordResetStartRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::PasswordResetFinishRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::EmailVerifyResendRequest(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned RegisterRequestT, setting the union to NONE.
@@ -749,5 +756,26 @@ impl AuthOpT {
   /// If the union variant matches, return a mutable reference to the PasswordResetFinishRequestT.
   pub fn as_password_reset_finish_request_mut(&mut self) -> Option<&mut PasswordResetFinishRequestT> {
     if let Self::PasswordResetFinishRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned EmailVerifyResendRequestT, setting the union to NONE.
+  pub fn take_email_verify_resend_request(&mut self) -> Option<alloc::boxed::Box<EmailVerifyResendRequestT>> {
+    if let Self::EmailVerifyResendRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::EmailVerifyResendRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the EmailVerifyResendRequestT.
+  pub fn as_email_verify_resend_request(&self) -> Option<&EmailVerifyResendRequestT> {
+    if let Self::EmailVerifyResendRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the EmailVerifyResendRequestT.
+  pub fn as_email_verify_resend_request_mut(&mut self) -> Option<&mut EmailVerifyResendRequestT> {
+    if let Self::EmailVerifyResendRequest(v) = self { Some(v.as_mut()) } else { None }
   }
 }

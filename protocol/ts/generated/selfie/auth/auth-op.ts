@@ -4,6 +4,7 @@
 
 import { AccountDeleteRequest } from '../../selfie/auth/account-delete-request.js';
 import { EmailVerifyRequest } from '../../selfie/auth/email-verify-request.js';
+import { EmailVerifyResendRequest } from '../../selfie/auth/email-verify-resend-request.js';
 import { LoginRequest } from '../../selfie/auth/login-request.js';
 import { LoginResponse } from '../../selfie/auth/login-response.js';
 import { LogoutRequest } from '../../selfie/auth/logout-request.js';
@@ -51,13 +52,14 @@ export enum AuthOp {
   AccountDeleteRequest = 20,
   EmailVerifyRequest = 21,
   PasswordResetStartRequest = 22,
-  PasswordResetFinishRequest = 23
+  PasswordResetFinishRequest = 23,
+  EmailVerifyResendRequest = 24
 }
 
 export function unionToAuthOp(
   type: AuthOp,
-  accessor: (obj:AccountDeleteRequest|EmailVerifyRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse) => AccountDeleteRequest|EmailVerifyRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse|null
-): AccountDeleteRequest|EmailVerifyRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse|null {
+  accessor: (obj:AccountDeleteRequest|EmailVerifyRequest|EmailVerifyResendRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse) => AccountDeleteRequest|EmailVerifyRequest|EmailVerifyResendRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse|null
+): AccountDeleteRequest|EmailVerifyRequest|EmailVerifyResendRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse|null {
   switch(AuthOp[type]) {
     case 'NONE': return null; 
     case 'RegisterRequest': return accessor(new RegisterRequest())! as RegisterRequest;
@@ -83,15 +85,16 @@ export function unionToAuthOp(
     case 'EmailVerifyRequest': return accessor(new EmailVerifyRequest())! as EmailVerifyRequest;
     case 'PasswordResetStartRequest': return accessor(new PasswordResetStartRequest())! as PasswordResetStartRequest;
     case 'PasswordResetFinishRequest': return accessor(new PasswordResetFinishRequest())! as PasswordResetFinishRequest;
+    case 'EmailVerifyResendRequest': return accessor(new EmailVerifyResendRequest())! as EmailVerifyResendRequest;
     default: return null;
   }
 }
 
 export function unionListToAuthOp(
   type: AuthOp, 
-  accessor: (index: number, obj:AccountDeleteRequest|EmailVerifyRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse) => AccountDeleteRequest|EmailVerifyRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse|null, 
+  accessor: (index: number, obj:AccountDeleteRequest|EmailVerifyRequest|EmailVerifyResendRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse) => AccountDeleteRequest|EmailVerifyRequest|EmailVerifyResendRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse|null, 
   index: number
-): AccountDeleteRequest|EmailVerifyRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse|null {
+): AccountDeleteRequest|EmailVerifyRequest|EmailVerifyResendRequest|LoginRequest|LoginResponse|LogoutRequest|PasswordChangeRequest|PasswordResetFinishRequest|PasswordResetStartRequest|RecoveryCodesRegenerateRequest|RecoveryCodesResponse|RefreshRequest|RefreshResponse|RegisterRequest|RegisterResponse|SessionRevokeOthersRequest|SessionRevokeRequest|SessionsListRequest|SessionsListResponse|TotpConfirmRequest|TotpConfirmResponse|TotpDisableRequest|TotpEnrollRequest|TotpEnrollResponse|null {
   switch(AuthOp[type]) {
     case 'NONE': return null; 
     case 'RegisterRequest': return accessor(index, new RegisterRequest())! as RegisterRequest;
@@ -117,6 +120,7 @@ export function unionListToAuthOp(
     case 'EmailVerifyRequest': return accessor(index, new EmailVerifyRequest())! as EmailVerifyRequest;
     case 'PasswordResetStartRequest': return accessor(index, new PasswordResetStartRequest())! as PasswordResetStartRequest;
     case 'PasswordResetFinishRequest': return accessor(index, new PasswordResetFinishRequest())! as PasswordResetFinishRequest;
+    case 'EmailVerifyResendRequest': return accessor(index, new EmailVerifyResendRequest())! as EmailVerifyResendRequest;
     default: return null;
   }
 }
