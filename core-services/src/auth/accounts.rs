@@ -408,15 +408,7 @@ impl<S: Store> Accounts<S> {
             return Err(Error::Unavailable("e-mail (no mail relay configured)"));
         }
         let key = format!("verify-resend:{user_id}");
-        self.throttle
-            .check(&key, ip, self.clock.now_ms())
-            .map_err(Error::Throttled)?;
-        if let Some(fleet) = self.throttle.fleet()
-            && let Err(t) = fleet.check(&key, ip).await
-        {
-            self.throttle.abandon(&key);
-            return Err(Error::Throttled(t));
-        }
+        self.check_key(&key, ip).await?;
         // Every request counts towards the lockout: codes cannot be mailed in bulk.
         self.note_attempt(&key, false).await;
         let account = self.load(user_id).await?.account;
@@ -590,6 +582,21 @@ impl<S: Store> Accounts<S> {
             .map_err(Error::Throttled)?;
         if let Some(fleet) = self.throttle.fleet()
             && let Err(t) = fleet.check_account(key).await
+        {
+            self.throttle.abandon(key);
+            return Err(Error::Throttled(t));
+        }
+        Ok(())
+    }
+
+    /// The node's and the fleet's throttle for `key` (an account's, or a request kind's
+    /// such as reset starts) and address `ip`.
+    pub(super) async fn check_key(&self, key: &str, ip: std::net::IpAddr) -> Result<()> {
+        self.throttle
+            .check(key, ip, self.clock.now_ms())
+            .map_err(Error::Throttled)?;
+        if let Some(fleet) = self.throttle.fleet()
+            && let Err(t) = fleet.check(key, ip).await
         {
             self.throttle.abandon(key);
             return Err(Error::Throttled(t));

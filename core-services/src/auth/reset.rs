@@ -34,7 +34,7 @@ impl<S: Store> Accounts<S> {
         // Requests have their own throttle key: asking for codes never locks out the
         // owner's attempts to use one.
         let key = format!("reset-start:{}", email.to_ascii_lowercase());
-        self.reset_throttle(&key, ip).await?;
+        self.check_key(&key, ip).await?;
         // Every request counts towards the lockout, so codes cannot be requested in bulk.
         self.note_attempt(&key, false).await;
         let account = self
@@ -121,7 +121,7 @@ impl<S: Store> Accounts<S> {
             Some(a) => account_key(a.user_id),
             None => unknown_key(email),
         };
-        self.reset_throttle(&key, ip).await?;
+        self.check_key(&key, ip).await?;
         let stored = self.store.get(&RESETS, &key_u64(user_id), &[]).await?;
         let presented = self.code_hash("reset", user_id, &code.trim().to_ascii_uppercase());
         let matches = stored.as_deref().is_some_and(|s| {
@@ -156,20 +156,6 @@ impl<S: Store> Accounts<S> {
         .await?;
         self.revoke_all(account.user_id).await?;
         self.note_attempt(&key, true).await;
-        Ok(())
-    }
-
-    /// The node's and the fleet's throttle for a password-reset key.
-    async fn reset_throttle(&self, key: &str, ip: std::net::IpAddr) -> Result<()> {
-        self.throttle
-            .check(key, ip, self.clock.now_ms())
-            .map_err(Error::Throttled)?;
-        if let Some(fleet) = self.throttle.fleet()
-            && let Err(t) = fleet.check(key, ip).await
-        {
-            self.throttle.abandon(key);
-            return Err(Error::Throttled(t));
-        }
         Ok(())
     }
 }

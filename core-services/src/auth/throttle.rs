@@ -148,6 +148,18 @@ struct State {
     last_sweep_ms: u64,
 }
 
+impl State {
+    /// Frees the place of one of `account`'s checks under way.
+    fn finish_check(&mut self, account: &str) {
+        if let Some(under_way) = self.pending.get_mut(account) {
+            under_way.pop();
+            if under_way.is_empty() {
+                self.pending.remove(account);
+            }
+        }
+    }
+}
+
 /// How long a check under way may hold its place (longer than an Argon2 check waits).
 const PENDING_MS: u64 = 10_000;
 
@@ -391,12 +403,8 @@ impl LoginThrottle {
     /// Gives back the place of a check that ended without an outcome to record (refused
     /// by the fleet, or a right password still waiting for its second factor).
     pub fn abandon(&self, account: &str) {
-        let Ok(mut s) = self.state.lock() else { return };
-        if let Some(under_way) = s.pending.get_mut(account) {
-            under_way.pop();
-            if under_way.is_empty() {
-                s.pending.remove(account);
-            }
+        if let Ok(mut s) = self.state.lock() {
+            s.finish_check(account);
         }
     }
 
@@ -415,12 +423,7 @@ impl LoginThrottle {
     /// Records the outcome of a checked attempt.
     pub fn record(&self, account: &str, success: bool, now_ms: u64) {
         let Ok(mut s) = self.state.lock() else { return };
-        if let Some(under_way) = s.pending.get_mut(account) {
-            under_way.pop();
-            if under_way.is_empty() {
-                s.pending.remove(account);
-            }
-        }
+        s.finish_check(account);
         if success {
             s.accounts.remove(account);
             return;
