@@ -7,7 +7,11 @@
 //! [`ClientError::Server`] with its code. Control frames the server pushes later
 //! (`GoAway`) are surfaced by [`Client::next_control_frame`] and [`Client::goaway`].
 //!
-//! Depends on `selfie-protocol`, `selfie-codec` and quinn only; never on server crates.
+//! Depends on `selfie-protocol`, `selfie-codec`, quinn and fjall (the device's local
+//! chat store) only; never on server crates.
+//!
+//! Chat ([`chat`]): typed requests ([`Client::chat`]) and an offline-first
+//! [`chat::ChatStore`] (synced conversations, a durable outbox, gap-free resume).
 //!
 //! Subscriptions ([`Client::subscribe`]) arrive as server-initiated unidirectional
 //! streams and are read as a [`Subscription`] (a `futures::Stream` of frames, each live
@@ -24,6 +28,7 @@
 //! first flight must not change state. (The edge only acts on early data once the
 //! handshake has completed, which a replayed flight never does.)
 
+pub mod chat;
 mod reconnect;
 
 pub use reconnect::{Backoff, ReconnectingClient};

@@ -18,9 +18,12 @@
 //! and reset, deletion), [`users`] (profiles, settings, private accounts), [`graph`]
 //! (follows, requests, blocks, timed mutes, close friends, user lists, exact counts),
 //! [`posts`] (media ids, audiences, reply policies, history, comments, reactions, reposts,
-//! quotes, live counters). [`schema`] lists the tables `selfie migrate` creates.
+//! quotes, live counters), [`chat`] (direct and group conversations, message requests,
+//! exactly-once sends, edits, deletions, reactions, threads, forwarding, receipts, sync
+//! from a device cursor, live pushes). [`schema`] lists the tables `selfie migrate` creates.
 
 pub mod auth;
+pub mod chat;
 mod error;
 pub mod graph;
 pub mod lease;

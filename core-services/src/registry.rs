@@ -15,6 +15,7 @@ use crate::auth::mail::Mailer;
 use crate::auth::password::PasswordHasher;
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::AccessTokens;
+use crate::chat::{Chat, ChatWire};
 use crate::graph::lists::Lists;
 use crate::graph::{FleetLocks, Graph, GraphWire};
 use crate::plane::{Plane, Registry, ShardId};
@@ -46,6 +47,8 @@ pub struct Deps<S> {
     pub access_ttl: Duration,
     /// The node's service plane.
     pub plane: Arc<Plane>,
+    /// How far chat syncs replay.
+    pub chat: crate::chat::SyncLimits,
 }
 
 /// Builds `shard`'s services and registers their wire tables.
@@ -71,6 +74,11 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     }
     let posts = Posts::new(store.clone(), clock.clone(), node, id)?
         .with_delivery(registry.delivery().clone());
+    let chat = Rc::new(
+        Chat::new(store.clone(), clock.clone(), node, id)?
+            .with_delivery(registry.delivery().clone())
+            .with_limits(deps.chat),
+    );
     let services = Rc::new(Services {
         accounts: Rc::new(accounts),
         users: Rc::new(Users::new(store.clone())),
@@ -84,6 +92,7 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     registry.register(Service::Users, Rc::new(UsersWire(s.clone())));
     registry.register(Service::Graph, Rc::new(GraphWire { graph, lists }));
     registry.register(Service::Posts, Rc::new(PostsWire(s.posts.clone())));
+    registry.register(Service::Chat, Rc::new(ChatWire(chat)));
     // Reached from other shards: a post's counter events run on its owner shard.
     registry.provide(s.posts.clone());
     registry.provide(services);

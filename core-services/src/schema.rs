@@ -87,6 +87,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::posts::IDEMPOTENCY_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 13,
+        name: "chat: conversations, logs, members, per-user state, transaction ids, edits",
+        tables: crate::tables::chat::TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

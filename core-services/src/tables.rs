@@ -505,6 +505,45 @@ pub mod posts {
     }
 }
 
+/// Chat: conversations, their logs, members and per-user state (see `crate::chat`).
+pub mod chat {
+    use super::*;
+
+    /// Log entries per partition of [`LOG`] (a conversation's partitions stay bounded).
+    pub const LOG_BUCKET: u64 = 1024;
+
+    rows! {
+        CONVERSATIONS (conditional), "chat_conversations", ["conversation_id"], [], "conversations: kind, title, avatar, encryption";
+        HEADS (conditional), "chat_heads", ["conversation_id"], [], "each conversation's newest sequence number, last activity and recent sends (versioned)";
+        LOG, "chat_log", ["conversation_id", "bucket"], ["seq"], "each conversation's log: messages (in their current state) and events, 1,024 sequence numbers per partition";
+        MEMBERS (conditional), "chat_members", ["conversation_id"], ["user_id"], "members: role, state, joined, read and delivered positions";
+        USER_CONVERSATIONS (conditional), "chat_user_conversations", ["user_id"], ["conversation_id"], "a user's conversations and per-user state (mute, archive, pin, request)";
+        DIRECT (conditional), "chat_direct", ["pair"], [], "the one direct conversation of each pair of users";
+        TXNS, "chat_txns", ["sender_id"], ["conversation_id", "client_msg_id"], "client transaction ids of sends: the message each made";
+        EDITS, "chat_edits", ["conversation_id"], ["seq", "replaced_at_ms"], "earlier versions of edited messages";
+    }
+
+    /// The chat tables (a later migration).
+    pub static TABLES: &[&Table] = &[
+        &CONVERSATIONS,
+        &HEADS,
+        &LOG,
+        &MEMBERS,
+        &USER_CONVERSATIONS,
+        &DIRECT,
+        &TXNS,
+        &EDITS,
+    ];
+
+    /// The partition of `conversation`'s log holding `seq`.
+    pub fn log_partition(conversation: u64, seq: u64) -> Bytes {
+        KeyBuilder::new()
+            .u64(conversation)
+            .u64(seq / LOG_BUCKET)
+            .build()
+    }
+}
+
 /// Fleet membership (see `crate::lease`).
 pub mod fleet {
     use selfie_storage::{Table, TableKind};

@@ -36,6 +36,39 @@ pub struct Config {
     pub mail: MailConfig,
     /// The live delivery plane (subscriptions).
     pub delivery: DeliveryConfig,
+    /// Chat.
+    pub chat: ChatConfig,
+}
+
+/// Chat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    /// A device more than this many entries behind in a conversation is told to refetch
+    /// it (`SyncResponse.limited`) instead of being replayed the gap.
+    pub sync_window: u64,
+    /// Most events in one sync response.
+    pub sync_max_events: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        let d = selfie_services::chat::SyncLimits::default();
+        Self {
+            sync_window: d.window,
+            sync_max_events: d.max_events,
+        }
+    }
+}
+
+impl ChatConfig {
+    /// The chat service's sync limits.
+    pub fn limits(&self) -> selfie_services::chat::SyncLimits {
+        selfie_services::chat::SyncLimits {
+            window: self.sync_window.max(1),
+            max_events: self.sync_max_events.clamp(1, 10_000),
+        }
+    }
 }
 
 /// The live delivery plane.

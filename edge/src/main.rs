@@ -278,6 +278,7 @@ fn main() -> anyhow::Result<()> {
                 graph_locks: fleet.as_ref().map(|f| f.graph_locks()),
                 access_ttl: Duration::from_secs(config.auth.access_token_ttl_s),
                 plane: plane.clone(),
+                chat: config.chat.limits(),
             };
             let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
                 selfie_services::registry(shard, &deps).unwrap_or_else(|e| {

@@ -143,6 +143,7 @@ pub fn start_in_fleet(
         graph_locks,
         access_ttl: Duration::from_secs(900),
         plane: plane.clone(),
+        chat: Default::default(),
     };
     let factory: selfie_edge::ServiceFactory =
         Arc::new(move |shard| selfie_services::registry(shard, &deps).expect("services"));

@@ -734,16 +734,16 @@ pub fn selfie_chat_chat(depth: u32) -> BoxedStrategy<crate::generated::selfie::c
 /// Arbitrary `selfie.chat.ChatEvent`.
 pub fn selfie_chat_chat_event(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::ChatEventT> {
     let _ = depth;
-    ((select(crate::generated::selfie::chat::ChatEventKind::ENUM_VALUES), any::<u64>(), any::<u64>(), any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_chat_message(depth - 1).prop_map(Box::new)).boxed() }, any::<u64>(), option::of(text()), any::<u64>(),),)
-        .prop_map(|((kind, conversation_id, event_seq, actor_id, message, up_to_seq, emoji, at_ms,),)| crate::generated::selfie::chat::ChatEventT { kind, conversation_id, event_seq, actor_id, message, up_to_seq, emoji, at_ms })
+    ((select(crate::generated::selfie::chat::ChatEventKind::ENUM_VALUES), any::<u64>(), any::<u64>(), any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_chat_message(depth - 1).prop_map(Box::new)).boxed() }, any::<u64>(), option::of(text()), any::<u64>(),), (any::<u64>(), option::of(text()),),)
+        .prop_map(|((kind, conversation_id, event_seq, actor_id, message, up_to_seq, emoji, at_ms,), (user_id, text,),)| crate::generated::selfie::chat::ChatEventT { kind, conversation_id, event_seq, actor_id, message, up_to_seq, emoji, at_ms, user_id, text })
         .boxed()
 }
 
 /// Arbitrary `selfie.chat.ChatMember`.
 pub fn selfie_chat_chat_member(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::ChatMemberT> {
     let _ = depth;
-    ((if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_user_summary(depth - 1).prop_map(Box::new)).boxed() }, select(crate::generated::selfie::chat::MemberRole::ENUM_VALUES), any::<u64>(), any::<u64>(),),)
-        .prop_map(|((user, role, joined_at_ms, last_read_seq,),)| crate::generated::selfie::chat::ChatMemberT { user, role, joined_at_ms, last_read_seq })
+    ((if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_user_summary(depth - 1).prop_map(Box::new)).boxed() }, select(crate::generated::selfie::chat::MemberRole::ENUM_VALUES), any::<u64>(), any::<u64>(), any::<u64>(),),)
+        .prop_map(|((user, role, joined_at_ms, last_read_seq, last_delivered_seq,),)| crate::generated::selfie::chat::ChatMemberT { user, role, joined_at_ms, last_read_seq, last_delivered_seq })
         .boxed()
 }
 
@@ -779,6 +779,9 @@ pub fn selfie_chat_chat_op(depth: u32) -> BoxedStrategy<crate::generated::selfie
         selfie_chat_mls_key_packages_claim_response(depth - 1).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MlsKeyPackagesClaimResponse(Box::new(v))).boxed(),
         selfie_chat_mls_commit_request(depth - 1).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MlsCommitRequest(Box::new(v))).boxed(),
         selfie_chat_mls_welcome(depth - 1).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MlsWelcome(Box::new(v))).boxed(),
+        selfie_chat_message_request_answer_request(depth - 1).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MessageRequestAnswerRequest(Box::new(v))).boxed(),
+        selfie_chat_message_edits_request(depth - 1).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MessageEditsRequest(Box::new(v))).boxed(),
+        selfie_chat_message_edits_response(depth - 1).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MessageEditsResponse(Box::new(v))).boxed(),
     ]).boxed()
 }
 
@@ -812,14 +815,17 @@ pub fn selfie_chat_chat_op_variants(depth: u32) -> Vec<(&'static str, BoxedStrat
         ("selfie.chat.MlsKeyPackagesClaimResponse", selfie_chat_mls_key_packages_claim_response(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MlsKeyPackagesClaimResponse(Box::new(v))).boxed()),
         ("selfie.chat.MlsCommitRequest", selfie_chat_mls_commit_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MlsCommitRequest(Box::new(v))).boxed()),
         ("selfie.chat.MlsWelcome", selfie_chat_mls_welcome(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MlsWelcome(Box::new(v))).boxed()),
+        ("selfie.chat.MessageRequestAnswerRequest", selfie_chat_message_request_answer_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MessageRequestAnswerRequest(Box::new(v))).boxed()),
+        ("selfie.chat.MessageEditsRequest", selfie_chat_message_edits_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MessageEditsRequest(Box::new(v))).boxed()),
+        ("selfie.chat.MessageEditsResponse", selfie_chat_message_edits_response(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::chat::ChatOpT::MessageEditsResponse(Box::new(v))).boxed()),
     ]
 }
 
 /// Arbitrary `selfie.chat.Conversation`.
 pub fn selfie_chat_conversation(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::ConversationT> {
     let _ = depth;
-    ((any::<u64>(), select(crate::generated::selfie::chat::ConversationKind::ENUM_VALUES), option::of(text()), any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_chat_chat_member(depth - 1), 0..3)).boxed() }, any::<u32>(), any::<u64>(), any::<u64>(),), (any::<u64>(), any::<u32>(), any::<u64>(), any::<bool>(), option::of(vec(any::<u8>(), 0..6)), if depth == 0 { Just(None).boxed() } else { option::of(selfie_chat_message(depth - 1).prop_map(Box::new)).boxed() },),)
-        .prop_map(|((conversation_id, kind, title, avatar_media_id, members, members_count, created_at_ms, last_seq,), (last_read_seq, unread_count, muted_until_ms, encrypted, mls_group_id, last_message,),)| crate::generated::selfie::chat::ConversationT { conversation_id, kind, title, avatar_media_id, members, members_count, created_at_ms, last_seq, last_read_seq, unread_count, muted_until_ms, encrypted, mls_group_id, last_message })
+    ((any::<u64>(), select(crate::generated::selfie::chat::ConversationKind::ENUM_VALUES), option::of(text()), any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_chat_chat_member(depth - 1), 0..3)).boxed() }, any::<u32>(), any::<u64>(), any::<u64>(),), (any::<u64>(), any::<u32>(), any::<u64>(), any::<bool>(), option::of(vec(any::<u8>(), 0..6)), if depth == 0 { Just(None).boxed() } else { option::of(selfie_chat_message(depth - 1).prop_map(Box::new)).boxed() }, any::<bool>(), any::<bool>(),), (any::<bool>(),),)
+        .prop_map(|((conversation_id, kind, title, avatar_media_id, members, members_count, created_at_ms, last_seq,), (last_read_seq, unread_count, muted_until_ms, encrypted, mls_group_id, last_message, request, archived,), (pinned,),)| crate::generated::selfie::chat::ConversationT { conversation_id, kind, title, avatar_media_id, members, members_count, created_at_ms, last_seq, last_read_seq, unread_count, muted_until_ms, encrypted, mls_group_id, last_message, request, archived, pinned })
         .boxed()
 }
 
@@ -834,8 +840,8 @@ pub fn selfie_chat_conversation_response(depth: u32) -> BoxedStrategy<crate::gen
 /// Arbitrary `selfie.chat.ConversationsListRequest`.
 pub fn selfie_chat_conversations_list_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::ConversationsListRequestT> {
     let _ = depth;
-    ((if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_page_request(depth - 1).prop_map(Box::new)).boxed() },),)
-        .prop_map(|((page,),)| crate::generated::selfie::chat::ConversationsListRequestT { page })
+    ((if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_page_request(depth - 1).prop_map(Box::new)).boxed() }, select(crate::generated::selfie::chat::ConversationFolder::ENUM_VALUES),),)
+        .prop_map(|((page, folder,),)| crate::generated::selfie::chat::ConversationsListRequestT { page, folder })
         .boxed()
 }
 
@@ -906,8 +912,24 @@ pub fn selfie_chat_leave_conversation_request(depth: u32) -> BoxedStrategy<crate
 /// Arbitrary `selfie.chat.Message`.
 pub fn selfie_chat_message(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::MessageT> {
     let _ = depth;
-    ((any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), option::of(text()), select(crate::generated::selfie::chat::MessageKind::ENUM_VALUES), option::of(text()), if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_common_media_ref(depth - 1), 0..3)).boxed() },), (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>(), if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_common_reaction_count(depth - 1), 0..3)).boxed() }, if depth == 0 { Just(None).boxed() } else { option::of(selfie_chat_mls_message(depth - 1).prop_map(Box::new)).boxed() },),)
-        .prop_map(|((conversation_id, message_id, seq, sender_id, client_msg_id, kind, text, media,), (reply_to_seq, ref_id, created_at_ms, edited_at_ms, deleted, reactions, mls,),)| crate::generated::selfie::chat::MessageT { conversation_id, message_id, seq, sender_id, client_msg_id, kind, text, media, reply_to_seq, ref_id, created_at_ms, edited_at_ms, deleted, reactions, mls })
+    ((any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), option::of(text()), select(crate::generated::selfie::chat::MessageKind::ENUM_VALUES), option::of(text()), if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_common_media_ref(depth - 1), 0..3)).boxed() },), (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>(), if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_common_reaction_count(depth - 1), 0..3)).boxed() }, if depth == 0 { Just(None).boxed() } else { option::of(selfie_chat_mls_message(depth - 1).prop_map(Box::new)).boxed() }, any::<u64>(),), (any::<bool>(), any::<u32>(),),)
+        .prop_map(|((conversation_id, message_id, seq, sender_id, client_msg_id, kind, text, media,), (reply_to_seq, ref_id, created_at_ms, edited_at_ms, deleted, reactions, mls, thread_seq,), (forwarded, edit_count,),)| crate::generated::selfie::chat::MessageT { conversation_id, message_id, seq, sender_id, client_msg_id, kind, text, media, reply_to_seq, ref_id, created_at_ms, edited_at_ms, deleted, reactions, mls, thread_seq, forwarded, edit_count })
+        .boxed()
+}
+
+/// Arbitrary `selfie.chat.MessageEditsRequest`.
+pub fn selfie_chat_message_edits_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::MessageEditsRequestT> {
+    let _ = depth;
+    ((any::<u64>(), any::<u64>(),),)
+        .prop_map(|((conversation_id, seq,),)| crate::generated::selfie::chat::MessageEditsRequestT { conversation_id, seq })
+        .boxed()
+}
+
+/// Arbitrary `selfie.chat.MessageEditsResponse`.
+pub fn selfie_chat_message_edits_response(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::MessageEditsResponseT> {
+    let _ = depth;
+    ((if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_chat_message_version(depth - 1), 0..3)).boxed() },),)
+        .prop_map(|((versions,),)| crate::generated::selfie::chat::MessageEditsResponseT { versions })
         .boxed()
 }
 
@@ -916,6 +938,22 @@ pub fn selfie_chat_message_react_request(depth: u32) -> BoxedStrategy<crate::gen
     let _ = depth;
     ((any::<u64>(), any::<u64>(), option::of(text()), any::<bool>(),),)
         .prop_map(|((conversation_id, seq, emoji, remove,),)| crate::generated::selfie::chat::MessageReactRequestT { conversation_id, seq, emoji, remove })
+        .boxed()
+}
+
+/// Arbitrary `selfie.chat.MessageRequestAnswerRequest`.
+pub fn selfie_chat_message_request_answer_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::MessageRequestAnswerRequestT> {
+    let _ = depth;
+    ((any::<u64>(), any::<bool>(),),)
+        .prop_map(|((conversation_id, accept,),)| crate::generated::selfie::chat::MessageRequestAnswerRequestT { conversation_id, accept })
+        .boxed()
+}
+
+/// Arbitrary `selfie.chat.MessageVersion`.
+pub fn selfie_chat_message_version(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::MessageVersionT> {
+    let _ = depth;
+    ((option::of(text()), any::<u64>(),),)
+        .prop_map(|((text, replaced_at_ms,),)| crate::generated::selfie::chat::MessageVersionT { text, replaced_at_ms })
         .boxed()
 }
 
@@ -1002,8 +1040,8 @@ pub fn selfie_chat_remove_member_request(depth: u32) -> BoxedStrategy<crate::gen
 /// Arbitrary `selfie.chat.SendMessageRequest`.
 pub fn selfie_chat_send_message_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::SendMessageRequestT> {
     let _ = depth;
-    ((any::<u64>(), option::of(text()), select(crate::generated::selfie::chat::MessageKind::ENUM_VALUES), option::of(text()), option::of(vec(any::<u64>(), 0..6)), any::<u64>(), any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_chat_mls_message(depth - 1).prop_map(Box::new)).boxed() },),)
-        .prop_map(|((conversation_id, client_msg_id, kind, text, media_ids, reply_to_seq, ref_id, mls,),)| crate::generated::selfie::chat::SendMessageRequestT { conversation_id, client_msg_id, kind, text, media_ids, reply_to_seq, ref_id, mls })
+    ((any::<u64>(), option::of(text()), select(crate::generated::selfie::chat::MessageKind::ENUM_VALUES), option::of(text()), option::of(vec(any::<u64>(), 0..6)), any::<u64>(), any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_chat_mls_message(depth - 1).prop_map(Box::new)).boxed() },), (any::<u64>(), any::<u64>(), any::<u64>(),),)
+        .prop_map(|((conversation_id, client_msg_id, kind, text, media_ids, reply_to_seq, ref_id, mls,), (thread_seq, forward_conversation_id, forward_seq,),)| crate::generated::selfie::chat::SendMessageRequestT { conversation_id, client_msg_id, kind, text, media_ids, reply_to_seq, ref_id, mls, thread_seq, forward_conversation_id, forward_seq })
         .boxed()
 }
 
@@ -1026,24 +1064,24 @@ pub fn selfie_chat_set_member_role_request(depth: u32) -> BoxedStrategy<crate::g
 /// Arbitrary `selfie.chat.SyncRequest`.
 pub fn selfie_chat_sync_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::SyncRequestT> {
     let _ = depth;
-    ((option::of(vec(any::<u8>(), 0..6)), any::<u16>(),),)
-        .prop_map(|((since_cursor, limit,),)| crate::generated::selfie::chat::SyncRequestT { since_cursor, limit })
+    ((option::of(vec(any::<u8>(), 0..6)), any::<u16>(), any::<u64>(),),)
+        .prop_map(|((since_cursor, limit, conversation_id,),)| crate::generated::selfie::chat::SyncRequestT { since_cursor, limit, conversation_id })
         .boxed()
 }
 
 /// Arbitrary `selfie.chat.SyncResponse`.
 pub fn selfie_chat_sync_response(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::SyncResponseT> {
     let _ = depth;
-    ((if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_chat_chat_event(depth - 1), 0..3)).boxed() }, option::of(vec(any::<u8>(), 0..6)), any::<bool>(),),)
-        .prop_map(|((events, next_cursor, has_more,),)| crate::generated::selfie::chat::SyncResponseT { events, next_cursor, has_more })
+    ((if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_chat_chat_event(depth - 1), 0..3)).boxed() }, option::of(vec(any::<u8>(), 0..6)), any::<bool>(), option::of(vec(any::<u64>(), 0..6)),),)
+        .prop_map(|((events, next_cursor, has_more, limited,),)| crate::generated::selfie::chat::SyncResponseT { events, next_cursor, has_more, limited })
         .boxed()
 }
 
 /// Arbitrary `selfie.chat.UpdateConversationRequest`.
 pub fn selfie_chat_update_conversation_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::UpdateConversationRequestT> {
     let _ = depth;
-    ((any::<u64>(), option::of(text()), option::of(any::<u64>()), option::of(any::<u64>()),),)
-        .prop_map(|((conversation_id, title, avatar_media_id, muted_until_ms,),)| crate::generated::selfie::chat::UpdateConversationRequestT { conversation_id, title, avatar_media_id, muted_until_ms })
+    ((any::<u64>(), option::of(text()), option::of(any::<u64>()), option::of(any::<u64>()), option::of(any::<bool>()), option::of(any::<bool>()),),)
+        .prop_map(|((conversation_id, title, avatar_media_id, muted_until_ms, archived, pinned,),)| crate::generated::selfie::chat::UpdateConversationRequestT { conversation_id, title, avatar_media_id, muted_until_ms, archived, pinned })
         .boxed()
 }
 
@@ -3193,6 +3231,9 @@ pub fn every_operation(depth: u32) -> Vec<(&'static str, BoxedStrategy<crate::ge
     all.push(("selfie.chat.MlsKeyPackagesClaimResponse", (selfie_envelope(0), selfie_chat_mls_key_packages_claim_response(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Chat(Box::new(crate::generated::selfie::chat::ChatT { op: crate::generated::selfie::chat::ChatOpT::MlsKeyPackagesClaimResponse(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.chat.MlsCommitRequest", (selfie_envelope(0), selfie_chat_mls_commit_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Chat(Box::new(crate::generated::selfie::chat::ChatT { op: crate::generated::selfie::chat::ChatOpT::MlsCommitRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.chat.MlsWelcome", (selfie_envelope(0), selfie_chat_mls_welcome(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Chat(Box::new(crate::generated::selfie::chat::ChatT { op: crate::generated::selfie::chat::ChatOpT::MlsWelcome(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.chat.MessageRequestAnswerRequest", (selfie_envelope(0), selfie_chat_message_request_answer_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Chat(Box::new(crate::generated::selfie::chat::ChatT { op: crate::generated::selfie::chat::ChatOpT::MessageRequestAnswerRequest(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.chat.MessageEditsRequest", (selfie_envelope(0), selfie_chat_message_edits_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Chat(Box::new(crate::generated::selfie::chat::ChatT { op: crate::generated::selfie::chat::ChatOpT::MessageEditsRequest(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.chat.MessageEditsResponse", (selfie_envelope(0), selfie_chat_message_edits_response(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Chat(Box::new(crate::generated::selfie::chat::ChatT { op: crate::generated::selfie::chat::ChatOpT::MessageEditsResponse(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.media.UploadInitRequest", (selfie_envelope(0), selfie_media_upload_init_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Media(Box::new(crate::generated::selfie::media::MediaT { op: crate::generated::selfie::media::MediaOpT::UploadInitRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.media.UploadStatus", (selfie_envelope(0), selfie_media_upload_status(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Media(Box::new(crate::generated::selfie::media::MediaT { op: crate::generated::selfie::media::MediaOpT::UploadStatus(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.media.UploadResumeRequest", (selfie_envelope(0), selfie_media_upload_resume_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Media(Box::new(crate::generated::selfie::media::MediaT { op: crate::generated::selfie::media::MediaOpT::UploadResumeRequest(Box::new(v)) })); e }).boxed()));

@@ -166,6 +166,8 @@ pub mod selfie {
     pub use self::message_kind_generated::*;
     mod mls_content_type_generated;
     pub use self::mls_content_type_generated::*;
+    mod conversation_folder_generated;
+    pub use self::conversation_folder_generated::*;
     mod chat_event_kind_generated;
     pub use self::chat_event_kind_generated::*;
     mod chat_op_generated;
@@ -234,6 +236,14 @@ pub mod selfie {
     pub use self::mls_commit_request_generated::*;
     mod mls_welcome_generated;
     pub use self::mls_welcome_generated::*;
+    mod message_request_answer_request_generated;
+    pub use self::message_request_answer_request_generated::*;
+    mod message_edits_request_generated;
+    pub use self::message_edits_request_generated::*;
+    mod message_version_generated;
+    pub use self::message_version_generated::*;
+    mod message_edits_response_generated;
+    pub use self::message_edits_response_generated::*;
     mod chat_generated;
     pub use self::chat_generated::*;
   } // chat

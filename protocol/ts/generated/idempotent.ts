@@ -32,6 +32,7 @@ export const IDEMPOTENT: ReadonlySet<string> = new Set([
   'Chat.ConversationsListRequest',
   'Chat.HistoryRequest',
   'Chat.SyncRequest',
+  'Chat.MessageEditsRequest',
   'Media.UploadResumeRequest',
   'Media.GetMediaRequest',
   'Media.DownloadRequest',

@@ -27,6 +27,8 @@ impl<'a> ChatEvent<'a> {
   pub const VT_UP_TO_SEQ: ::flatbuffers::VOffsetT = 14;
   pub const VT_EMOJI: ::flatbuffers::VOffsetT = 16;
   pub const VT_AT_MS: ::flatbuffers::VOffsetT = 18;
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 20;
+  pub const VT_TEXT: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -38,11 +40,13 @@ impl<'a> ChatEvent<'a> {
     args: &'args ChatEventArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ChatEvent<'bldr>> {
     let mut builder = ChatEventBuilder::new(_fbb);
+    builder.add_user_id(args.user_id);
     builder.add_at_ms(args.at_ms);
     builder.add_up_to_seq(args.up_to_seq);
     builder.add_actor_id(args.actor_id);
     builder.add_event_seq(args.event_seq);
     builder.add_conversation_id(args.conversation_id);
+    if let Some(x) = args.text { builder.add_text(x); }
     if let Some(x) = args.emoji { builder.add_emoji(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_kind(args.kind);
@@ -62,6 +66,10 @@ impl<'a> ChatEvent<'a> {
       alloc::string::ToString::to_string(x)
     });
     let at_ms = self.at_ms();
+    let user_id = self.user_id();
+    let text = self.text().map(|x| {
+      alloc::string::ToString::to_string(x)
+    });
     ChatEventT {
       kind,
       conversation_id,
@@ -71,6 +79,8 @@ impl<'a> ChatEvent<'a> {
       up_to_seq,
       emoji,
       at_ms,
+      user_id,
+      text,
     }
   }
 
@@ -88,7 +98,8 @@ impl<'a> ChatEvent<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ChatEvent::VT_CONVERSATION_ID, Some(0)).unwrap()}
   }
-  /// Position of this event in the user's chat event log (for sync cursors).
+  /// The event's position in its conversation's log (dense per conversation: 1, 2,
+  /// 3, ...); 0 for receipts, which are members' state rather than log entries.
   #[inline]
   pub fn event_seq(&self) -> u64 {
     // Safety:
@@ -131,6 +142,22 @@ impl<'a> ChatEvent<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ChatEvent::VT_AT_MS, Some(0)).unwrap()}
   }
+  /// The member an event is about (joined, left, role changed) (1.4).
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ChatEvent::VT_USER_ID, Some(0)).unwrap()}
+  }
+  /// A new title or role (1.4).
+  #[inline]
+  pub fn text(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ChatEvent::VT_TEXT, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ChatEvent<'_> {
@@ -147,6 +174,8 @@ impl ::flatbuffers::Verifiable for ChatEvent<'_> {
      .visit_field::<u64>("up_to_seq", Self::VT_UP_TO_SEQ, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("emoji", Self::VT_EMOJI, false)?
      .visit_field::<u64>("at_ms", Self::VT_AT_MS, false)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("text", Self::VT_TEXT, false)?
      .finish();
     Ok(())
   }
@@ -160,6 +189,8 @@ pub struct ChatEventArgs<'a> {
     pub up_to_seq: u64,
     pub emoji: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub at_ms: u64,
+    pub user_id: u64,
+    pub text: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for ChatEventArgs<'a> {
   #[inline]
@@ -173,6 +204,8 @@ impl<'a> Default for ChatEventArgs<'a> {
       up_to_seq: 0,
       emoji: None,
       at_ms: 0,
+      user_id: 0,
+      text: None,
     }
   }
 }
@@ -215,6 +248,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChatEventBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(ChatEvent::VT_AT_MS, at_ms, 0);
   }
   #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(ChatEvent::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_text(&mut self, text: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ChatEvent::VT_TEXT, text);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChatEventBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ChatEventBuilder {
@@ -240,6 +281,8 @@ impl ::core::fmt::Debug for ChatEvent<'_> {
       ds.field("up_to_seq", &self.up_to_seq());
       ds.field("emoji", &self.emoji());
       ds.field("at_ms", &self.at_ms());
+      ds.field("user_id", &self.user_id());
+      ds.field("text", &self.text());
       ds.finish()
   }
 }
@@ -254,6 +297,8 @@ pub struct ChatEventT {
   pub up_to_seq: u64,
   pub emoji: Option<alloc::string::String>,
   pub at_ms: u64,
+  pub user_id: u64,
+  pub text: Option<alloc::string::String>,
 }
 impl Default for ChatEventT {
   fn default() -> Self {
@@ -266,6 +311,8 @@ impl Default for ChatEventT {
       up_to_seq: 0,
       emoji: None,
       at_ms: 0,
+      user_id: 0,
+      text: None,
     }
   }
 }
@@ -286,6 +333,10 @@ impl ChatEventT {
       _fbb.create_string(x)
     });
     let at_ms = self.at_ms;
+    let user_id = self.user_id;
+    let text = self.text.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
     ChatEvent::create(_fbb, &ChatEventArgs{
       kind,
       conversation_id,
@@ -295,6 +346,8 @@ impl ChatEventT {
       up_to_seq,
       emoji,
       at_ms,
+      user_id,
+      text,
     })
   }
 }

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_CHAT_EVENT_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_CHAT_EVENT_KIND: u8 = 10;
+pub const ENUM_MAX_CHAT_EVENT_KIND: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_CHAT_EVENT_KIND: [ChatEventKind; 11] = [
+pub const ENUM_VALUES_CHAT_EVENT_KIND: [ChatEventKind; 12] = [
   ChatEventKind::MessageCreated,
   ChatEventKind::MessageEdited,
   ChatEventKind::MessageDeleted,
@@ -20,6 +20,7 @@ pub const ENUM_VALUES_CHAT_EVENT_KIND: [ChatEventKind; 11] = [
   ChatEventKind::MemberLeft,
   ChatEventKind::ConversationUpdated,
   ChatEventKind::ConversationCreated,
+  ChatEventKind::MemberRoleChanged,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -38,9 +39,11 @@ impl ChatEventKind {
   pub const MemberLeft: Self = Self(8);
   pub const ConversationUpdated: Self = Self(9);
   pub const ConversationCreated: Self = Self(10);
+  /// `user_id`'s role changed to `text` (1.4).
+  pub const MemberRoleChanged: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::MessageCreated,
     Self::MessageEdited,
@@ -53,6 +56,7 @@ impl ChatEventKind {
     Self::MemberLeft,
     Self::ConversationUpdated,
     Self::ConversationCreated,
+    Self::MemberRoleChanged,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -68,6 +72,7 @@ impl ChatEventKind {
       Self::MemberLeft => Some("MemberLeft"),
       Self::ConversationUpdated => Some("ConversationUpdated"),
       Self::ConversationCreated => Some("ConversationCreated"),
+      Self::MemberRoleChanged => Some("MemberRoleChanged"),
       _ => None,
     }
   }

@@ -174,6 +174,21 @@ impl<'a> Chat<'a> {
             .expect("Invalid union table, expected `ChatOp::MlsWelcome`.")
             .unpack()
       )),
+      ChatOp::MessageRequestAnswerRequest => ChatOpT::MessageRequestAnswerRequest(alloc::boxed::Box::new(
+        self.op_as_message_request_answer_request()
+            .expect("Invalid union table, expected `ChatOp::MessageRequestAnswerRequest`.")
+            .unpack()
+      )),
+      ChatOp::MessageEditsRequest => ChatOpT::MessageEditsRequest(alloc::boxed::Box::new(
+        self.op_as_message_edits_request()
+            .expect("Invalid union table, expected `ChatOp::MessageEditsRequest`.")
+            .unpack()
+      )),
+      ChatOp::MessageEditsResponse => ChatOpT::MessageEditsResponse(alloc::boxed::Box::new(
+        self.op_as_message_edits_response()
+            .expect("Invalid union table, expected `ChatOp::MessageEditsResponse`.")
+            .unpack()
+      )),
       _ => ChatOpT::NONE,
     };
     ChatT {
@@ -600,6 +615,51 @@ impl<'a> Chat<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_message_request_answer_request(&self) -> Option<MessageRequestAnswerRequest<'a>> {
+    if self.op_type() == ChatOp::MessageRequestAnswerRequest {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MessageRequestAnswerRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_message_edits_request(&self) -> Option<MessageEditsRequest<'a>> {
+    if self.op_type() == ChatOp::MessageEditsRequest {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MessageEditsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_message_edits_response(&self) -> Option<MessageEditsResponse<'a>> {
+    if self.op_type() == ChatOp::MessageEditsResponse {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MessageEditsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Chat<'_> {
@@ -637,6 +697,9 @@ impl ::flatbuffers::Verifiable for Chat<'_> {
           ChatOp::MlsKeyPackagesClaimResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MlsKeyPackagesClaimResponse>>("ChatOp::MlsKeyPackagesClaimResponse", pos),
           ChatOp::MlsCommitRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MlsCommitRequest>>("ChatOp::MlsCommitRequest", pos),
           ChatOp::MlsWelcome => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MlsWelcome>>("ChatOp::MlsWelcome", pos),
+          ChatOp::MessageRequestAnswerRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MessageRequestAnswerRequest>>("ChatOp::MessageRequestAnswerRequest", pos),
+          ChatOp::MessageEditsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MessageEditsRequest>>("ChatOp::MessageEditsRequest", pos),
+          ChatOp::MessageEditsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MessageEditsResponse>>("ChatOp::MessageEditsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -875,6 +938,27 @@ impl ::core::fmt::Debug for Chat<'_> {
         },
         ChatOp::MlsWelcome => {
           if let Some(x) = self.op_as_mls_welcome() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ChatOp::MessageRequestAnswerRequest => {
+          if let Some(x) = self.op_as_message_request_answer_request() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ChatOp::MessageEditsRequest => {
+          if let Some(x) = self.op_as_message_edits_request() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ChatOp::MessageEditsResponse => {
+          if let Some(x) = self.op_as_message_edits_response() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -22,6 +22,7 @@ impl<'a> ChatMember<'a> {
   pub const VT_ROLE: ::flatbuffers::VOffsetT = 6;
   pub const VT_JOINED_AT_MS: ::flatbuffers::VOffsetT = 8;
   pub const VT_LAST_READ_SEQ: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LAST_DELIVERED_SEQ: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -33,6 +34,7 @@ impl<'a> ChatMember<'a> {
     args: &'args ChatMemberArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ChatMember<'bldr>> {
     let mut builder = ChatMemberBuilder::new(_fbb);
+    builder.add_last_delivered_seq(args.last_delivered_seq);
     builder.add_last_read_seq(args.last_read_seq);
     builder.add_joined_at_ms(args.joined_at_ms);
     if let Some(x) = args.user { builder.add_user(x); }
@@ -47,11 +49,13 @@ impl<'a> ChatMember<'a> {
     let role = self.role();
     let joined_at_ms = self.joined_at_ms();
     let last_read_seq = self.last_read_seq();
+    let last_delivered_seq = self.last_delivered_seq();
     ChatMemberT {
       user,
       role,
       joined_at_ms,
       last_read_seq,
+      last_delivered_seq,
     }
   }
 
@@ -83,6 +87,14 @@ impl<'a> ChatMember<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ChatMember::VT_LAST_READ_SEQ, Some(0)).unwrap()}
   }
+  /// Messages up to this sequence reached one of the member's devices (1.4).
+  #[inline]
+  pub fn last_delivered_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ChatMember::VT_LAST_DELIVERED_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ChatMember<'_> {
@@ -95,6 +107,7 @@ impl ::flatbuffers::Verifiable for ChatMember<'_> {
      .visit_field::<MemberRole>("role", Self::VT_ROLE, false)?
      .visit_field::<u64>("joined_at_ms", Self::VT_JOINED_AT_MS, false)?
      .visit_field::<u64>("last_read_seq", Self::VT_LAST_READ_SEQ, false)?
+     .visit_field::<u64>("last_delivered_seq", Self::VT_LAST_DELIVERED_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -104,6 +117,7 @@ pub struct ChatMemberArgs<'a> {
     pub role: MemberRole,
     pub joined_at_ms: u64,
     pub last_read_seq: u64,
+    pub last_delivered_seq: u64,
 }
 impl<'a> Default for ChatMemberArgs<'a> {
   #[inline]
@@ -113,6 +127,7 @@ impl<'a> Default for ChatMemberArgs<'a> {
       role: MemberRole::Member,
       joined_at_ms: 0,
       last_read_seq: 0,
+      last_delivered_seq: 0,
     }
   }
 }
@@ -139,6 +154,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChatMemberBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u64>(ChatMember::VT_LAST_READ_SEQ, last_read_seq, 0);
   }
   #[inline]
+  pub fn add_last_delivered_seq(&mut self, last_delivered_seq: u64) {
+    self.fbb_.push_slot::<u64>(ChatMember::VT_LAST_DELIVERED_SEQ, last_delivered_seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChatMemberBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ChatMemberBuilder {
@@ -160,6 +179,7 @@ impl ::core::fmt::Debug for ChatMember<'_> {
       ds.field("role", &self.role());
       ds.field("joined_at_ms", &self.joined_at_ms());
       ds.field("last_read_seq", &self.last_read_seq());
+      ds.field("last_delivered_seq", &self.last_delivered_seq());
       ds.finish()
   }
 }
@@ -170,6 +190,7 @@ pub struct ChatMemberT {
   pub role: MemberRole,
   pub joined_at_ms: u64,
   pub last_read_seq: u64,
+  pub last_delivered_seq: u64,
 }
 impl Default for ChatMemberT {
   fn default() -> Self {
@@ -178,6 +199,7 @@ impl Default for ChatMemberT {
       role: MemberRole::Member,
       joined_at_ms: 0,
       last_read_seq: 0,
+      last_delivered_seq: 0,
     }
   }
 }
@@ -192,11 +214,13 @@ impl ChatMemberT {
     let role = self.role;
     let joined_at_ms = self.joined_at_ms;
     let last_read_seq = self.last_read_seq;
+    let last_delivered_seq = self.last_delivered_seq;
     ChatMember::create(_fbb, &ChatMemberArgs{
       user,
       role,
       joined_at_ms,
       last_read_seq,
+      last_delivered_seq,
     })
   }
 }

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_CHAT_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_CHAT_OP: u8 = 27;
+pub const ENUM_MAX_CHAT_OP: u8 = 30;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_CHAT_OP: [ChatOp; 28] = [
+pub const ENUM_VALUES_CHAT_OP: [ChatOp; 31] = [
   ChatOp::NONE,
   ChatOp::CreateConversationRequest,
   ChatOp::ConversationResponse,
@@ -37,6 +37,9 @@ pub const ENUM_VALUES_CHAT_OP: [ChatOp; 28] = [
   ChatOp::MlsKeyPackagesClaimResponse,
   ChatOp::MlsCommitRequest,
   ChatOp::MlsWelcome,
+  ChatOp::MessageRequestAnswerRequest,
+  ChatOp::MessageEditsRequest,
+  ChatOp::MessageEditsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -72,9 +75,12 @@ impl ChatOp {
   pub const MlsKeyPackagesClaimResponse: Self = Self(25);
   pub const MlsCommitRequest: Self = Self(26);
   pub const MlsWelcome: Self = Self(27);
+  pub const MessageRequestAnswerRequest: Self = Self(28);
+  pub const MessageEditsRequest: Self = Self(29);
+  pub const MessageEditsResponse: Self = Self(30);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 27;
+  pub const ENUM_MAX: u8 = 30;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::CreateConversationRequest,
@@ -104,6 +110,9 @@ impl ChatOp {
     Self::MlsKeyPackagesClaimResponse,
     Self::MlsCommitRequest,
     Self::MlsWelcome,
+    Self::MessageRequestAnswerRequest,
+    Self::MessageEditsRequest,
+    Self::MessageEditsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -136,6 +145,9 @@ impl ChatOp {
       Self::MlsKeyPackagesClaimResponse => Some("MlsKeyPackagesClaimResponse"),
       Self::MlsCommitRequest => Some("MlsCommitRequest"),
       Self::MlsWelcome => Some("MlsWelcome"),
+      Self::MessageRequestAnswerRequest => Some("MessageRequestAnswerRequest"),
+      Self::MessageEditsRequest => Some("MessageEditsRequest"),
+      Self::MessageEditsResponse => Some("MessageEditsResponse"),
       _ => None,
     }
   }
@@ -224,6 +236,9 @@ pub enum ChatOpT {
   MlsKeyPackagesClaimResponse(alloc::boxed::Box<MlsKeyPackagesClaimResponseT>),
   MlsCommitRequest(alloc::boxed::Box<MlsCommitRequestT>),
   MlsWelcome(alloc::boxed::Box<MlsWelcomeT>),
+  MessageRequestAnswerRequest(alloc::boxed::Box<MessageRequestAnswerRequestT>),
+  MessageEditsRequest(alloc::boxed::Box<MessageEditsRequestT>),
+  MessageEditsResponse(alloc::boxed::Box<MessageEditsResponseT>),
 }
 impl Default for ChatOpT {
   fn default() -> Self {
@@ -261,6 +276,9 @@ impl ChatOpT {
       Self::MlsKeyPackagesClaimResponse(_) => ChatOp::MlsKeyPackagesClaimResponse,
       Self::MlsCommitRequest(_) => ChatOp::MlsCommitRequest,
       Self::MlsWelcome(_) => ChatOp::MlsWelcome,
+      Self::MessageRequestAnswerRequest(_) => ChatOp::MessageRequestAnswerRequest,
+      Self::MessageEditsRequest(_) => ChatOp::MessageEditsRequest,
+      Self::MessageEditsResponse(_) => ChatOp::MessageEditsResponse,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -293,6 +311,9 @@ impl ChatOpT {
       Self::MlsKeyPackagesClaimResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::MlsCommitRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::MlsWelcome(v) => Some(v.pack(fbb).as_union_value()),
+      Self::MessageRequestAnswerRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::MessageEditsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::MessageEditsResponse(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned CreateConversationRequestT, setting the union to NONE.
@@ -861,5 +882,68 @@ impl ChatOpT {
   /// If the union variant matches, return a mutable reference to the MlsWelcomeT.
   pub fn as_mls_welcome_mut(&mut self) -> Option<&mut MlsWelcomeT> {
     if let Self::MlsWelcome(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned MessageRequestAnswerRequestT, setting the union to NONE.
+  pub fn take_message_request_answer_request(&mut self) -> Option<alloc::boxed::Box<MessageRequestAnswerRequestT>> {
+    if let Self::MessageRequestAnswerRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::MessageRequestAnswerRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the MessageRequestAnswerRequestT.
+  pub fn as_message_request_answer_request(&self) -> Option<&MessageRequestAnswerRequestT> {
+    if let Self::MessageRequestAnswerRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the MessageRequestAnswerRequestT.
+  pub fn as_message_request_answer_request_mut(&mut self) -> Option<&mut MessageRequestAnswerRequestT> {
+    if let Self::MessageRequestAnswerRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned MessageEditsRequestT, setting the union to NONE.
+  pub fn take_message_edits_request(&mut self) -> Option<alloc::boxed::Box<MessageEditsRequestT>> {
+    if let Self::MessageEditsRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::MessageEditsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the MessageEditsRequestT.
+  pub fn as_message_edits_request(&self) -> Option<&MessageEditsRequestT> {
+    if let Self::MessageEditsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the MessageEditsRequestT.
+  pub fn as_message_edits_request_mut(&mut self) -> Option<&mut MessageEditsRequestT> {
+    if let Self::MessageEditsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned MessageEditsResponseT, setting the union to NONE.
+  pub fn take_message_edits_response(&mut self) -> Option<alloc::boxed::Box<MessageEditsResponseT>> {
+    if let Self::MessageEditsResponse(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::MessageEditsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the MessageEditsResponseT.
+  pub fn as_message_edits_response(&self) -> Option<&MessageEditsResponseT> {
+    if let Self::MessageEditsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the MessageEditsResponseT.
+  pub fn as_message_edits_response_mut(&mut self) -> Option<&mut MessageEditsResponseT> {
+    if let Self::MessageEditsResponse(v) = self { Some(v.as_mut()) } else { None }
   }
 }

@@ -32,6 +32,9 @@ impl<'a> Conversation<'a> {
   pub const VT_ENCRYPTED: ::flatbuffers::VOffsetT = 26;
   pub const VT_MLS_GROUP_ID: ::flatbuffers::VOffsetT = 28;
   pub const VT_LAST_MESSAGE: ::flatbuffers::VOffsetT = 30;
+  pub const VT_REQUEST: ::flatbuffers::VOffsetT = 32;
+  pub const VT_ARCHIVED: ::flatbuffers::VOffsetT = 34;
+  pub const VT_PINNED: ::flatbuffers::VOffsetT = 36;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -55,6 +58,9 @@ impl<'a> Conversation<'a> {
     builder.add_members_count(args.members_count);
     if let Some(x) = args.members { builder.add_members(x); }
     if let Some(x) = args.title { builder.add_title(x); }
+    builder.add_pinned(args.pinned);
+    builder.add_archived(args.archived);
+    builder.add_request(args.request);
     builder.add_encrypted(args.encrypted);
     builder.add_kind(args.kind);
     builder.finish()
@@ -83,6 +89,9 @@ impl<'a> Conversation<'a> {
     let last_message = self.last_message().map(|x| {
       alloc::boxed::Box::new(x.unpack())
     });
+    let request = self.request();
+    let archived = self.archived();
+    let pinned = self.pinned();
     ConversationT {
       conversation_id,
       kind,
@@ -98,6 +107,9 @@ impl<'a> Conversation<'a> {
       encrypted,
       mls_group_id,
       last_message,
+      request,
+      archived,
+      pinned,
     }
   }
 
@@ -201,6 +213,28 @@ impl<'a> Conversation<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Message>>(Conversation::VT_LAST_MESSAGE, None)}
   }
+  /// A message request waiting for this user's answer (1.4).
+  #[inline]
+  pub fn request(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Conversation::VT_REQUEST, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn archived(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Conversation::VT_ARCHIVED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn pinned(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Conversation::VT_PINNED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Conversation<'_> {
@@ -223,6 +257,9 @@ impl ::flatbuffers::Verifiable for Conversation<'_> {
      .visit_field::<bool>("encrypted", Self::VT_ENCRYPTED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("mls_group_id", Self::VT_MLS_GROUP_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Message>>("last_message", Self::VT_LAST_MESSAGE, false)?
+     .visit_field::<bool>("request", Self::VT_REQUEST, false)?
+     .visit_field::<bool>("archived", Self::VT_ARCHIVED, false)?
+     .visit_field::<bool>("pinned", Self::VT_PINNED, false)?
      .finish();
     Ok(())
   }
@@ -242,6 +279,9 @@ pub struct ConversationArgs<'a> {
     pub encrypted: bool,
     pub mls_group_id: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub last_message: Option<::flatbuffers::WIPOffset<Message<'a>>>,
+    pub request: bool,
+    pub archived: bool,
+    pub pinned: bool,
 }
 impl<'a> Default for ConversationArgs<'a> {
   #[inline]
@@ -261,6 +301,9 @@ impl<'a> Default for ConversationArgs<'a> {
       encrypted: false,
       mls_group_id: None,
       last_message: None,
+      request: false,
+      archived: false,
+      pinned: false,
     }
   }
 }
@@ -327,6 +370,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConversationBuilder<'a, 'b, A
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Message>>(Conversation::VT_LAST_MESSAGE, last_message);
   }
   #[inline]
+  pub fn add_request(&mut self, request: bool) {
+    self.fbb_.push_slot::<bool>(Conversation::VT_REQUEST, request, false);
+  }
+  #[inline]
+  pub fn add_archived(&mut self, archived: bool) {
+    self.fbb_.push_slot::<bool>(Conversation::VT_ARCHIVED, archived, false);
+  }
+  #[inline]
+  pub fn add_pinned(&mut self, pinned: bool) {
+    self.fbb_.push_slot::<bool>(Conversation::VT_PINNED, pinned, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConversationBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ConversationBuilder {
@@ -358,6 +413,9 @@ impl ::core::fmt::Debug for Conversation<'_> {
       ds.field("encrypted", &self.encrypted());
       ds.field("mls_group_id", &self.mls_group_id());
       ds.field("last_message", &self.last_message());
+      ds.field("request", &self.request());
+      ds.field("archived", &self.archived());
+      ds.field("pinned", &self.pinned());
       ds.finish()
   }
 }
@@ -378,6 +436,9 @@ pub struct ConversationT {
   pub encrypted: bool,
   pub mls_group_id: Option<alloc::vec::Vec<u8>>,
   pub last_message: Option<alloc::boxed::Box<MessageT>>,
+  pub request: bool,
+  pub archived: bool,
+  pub pinned: bool,
 }
 impl Default for ConversationT {
   fn default() -> Self {
@@ -396,6 +457,9 @@ impl Default for ConversationT {
       encrypted: false,
       mls_group_id: None,
       last_message: None,
+      request: false,
+      archived: false,
+      pinned: false,
     }
   }
 }
@@ -426,6 +490,9 @@ impl ConversationT {
     let last_message = self.last_message.as_ref().map(|x|{
       x.pack(_fbb)
     });
+    let request = self.request;
+    let archived = self.archived;
+    let pinned = self.pinned;
     Conversation::create(_fbb, &ConversationArgs{
       conversation_id,
       kind,
@@ -441,6 +508,9 @@ impl ConversationT {
       encrypted,
       mls_group_id,
       last_message,
+      request,
+      archived,
+      pinned,
     })
   }
 }

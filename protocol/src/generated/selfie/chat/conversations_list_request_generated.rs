@@ -19,6 +19,7 @@ impl<'a> ::flatbuffers::Follow<'a> for ConversationsListRequest<'a> {
 
 impl<'a> ConversationsListRequest<'a> {
   pub const VT_PAGE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FOLDER: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -31,6 +32,7 @@ impl<'a> ConversationsListRequest<'a> {
   ) -> ::flatbuffers::WIPOffset<ConversationsListRequest<'bldr>> {
     let mut builder = ConversationsListRequestBuilder::new(_fbb);
     if let Some(x) = args.page { builder.add_page(x); }
+    builder.add_folder(args.folder);
     builder.finish()
   }
 
@@ -38,8 +40,10 @@ impl<'a> ConversationsListRequest<'a> {
     let page = self.page().map(|x| {
       alloc::boxed::Box::new(x.unpack())
     });
+    let folder = self.folder();
     ConversationsListRequestT {
       page,
+      folder,
     }
   }
 
@@ -50,6 +54,14 @@ impl<'a> ConversationsListRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<super::common::PageRequest>>(ConversationsListRequest::VT_PAGE, None)}
   }
+  /// Which conversations: the inbox, message requests, or archived ones (1.4).
+  #[inline]
+  pub fn folder(&self) -> ConversationFolder {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ConversationFolder>(ConversationsListRequest::VT_FOLDER, Some(ConversationFolder::Inbox)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ConversationsListRequest<'_> {
@@ -59,18 +71,21 @@ impl ::flatbuffers::Verifiable for ConversationsListRequest<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<super::common::PageRequest>>("page", Self::VT_PAGE, false)?
+     .visit_field::<ConversationFolder>("folder", Self::VT_FOLDER, false)?
      .finish();
     Ok(())
   }
 }
 pub struct ConversationsListRequestArgs<'a> {
     pub page: Option<::flatbuffers::WIPOffset<super::common::PageRequest<'a>>>,
+    pub folder: ConversationFolder,
 }
 impl<'a> Default for ConversationsListRequestArgs<'a> {
   #[inline]
   fn default() -> Self {
     ConversationsListRequestArgs {
       page: None,
+      folder: ConversationFolder::Inbox,
     }
   }
 }
@@ -83,6 +98,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConversationsListRequestBuild
   #[inline]
   pub fn add_page(&mut self, page: ::flatbuffers::WIPOffset<super::common::PageRequest<'b >>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<super::common::PageRequest>>(ConversationsListRequest::VT_PAGE, page);
+  }
+  #[inline]
+  pub fn add_folder(&mut self, folder: ConversationFolder) {
+    self.fbb_.push_slot::<ConversationFolder>(ConversationsListRequest::VT_FOLDER, folder, ConversationFolder::Inbox);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConversationsListRequestBuilder<'a, 'b, A> {
@@ -103,6 +122,7 @@ impl ::core::fmt::Debug for ConversationsListRequest<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("ConversationsListRequest");
       ds.field("page", &self.page());
+      ds.field("folder", &self.folder());
       ds.finish()
   }
 }
@@ -110,11 +130,13 @@ impl ::core::fmt::Debug for ConversationsListRequest<'_> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConversationsListRequestT {
   pub page: Option<alloc::boxed::Box<super::common::PageRequestT>>,
+  pub folder: ConversationFolder,
 }
 impl Default for ConversationsListRequestT {
   fn default() -> Self {
     Self {
       page: None,
+      folder: ConversationFolder::Inbox,
     }
   }
 }
@@ -126,8 +148,10 @@ impl ConversationsListRequestT {
     let page = self.page.as_ref().map(|x|{
       x.pack(_fbb)
     });
+    let folder = self.folder;
     ConversationsListRequest::create(_fbb, &ConversationsListRequestArgs{
       page,
+      folder,
     })
   }
 }

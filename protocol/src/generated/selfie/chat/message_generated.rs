@@ -33,6 +33,9 @@ impl<'a> Message<'a> {
   pub const VT_DELETED: ::flatbuffers::VOffsetT = 28;
   pub const VT_REACTIONS: ::flatbuffers::VOffsetT = 30;
   pub const VT_MLS: ::flatbuffers::VOffsetT = 32;
+  pub const VT_THREAD_SEQ: ::flatbuffers::VOffsetT = 34;
+  pub const VT_FORWARDED: ::flatbuffers::VOffsetT = 36;
+  pub const VT_EDIT_COUNT: ::flatbuffers::VOffsetT = 38;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -44,6 +47,7 @@ impl<'a> Message<'a> {
     args: &'args MessageArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Message<'bldr>> {
     let mut builder = MessageBuilder::new(_fbb);
+    builder.add_thread_seq(args.thread_seq);
     builder.add_edited_at_ms(args.edited_at_ms);
     builder.add_created_at_ms(args.created_at_ms);
     builder.add_ref_id(args.ref_id);
@@ -52,11 +56,13 @@ impl<'a> Message<'a> {
     builder.add_seq(args.seq);
     builder.add_message_id(args.message_id);
     builder.add_conversation_id(args.conversation_id);
+    builder.add_edit_count(args.edit_count);
     if let Some(x) = args.mls { builder.add_mls(x); }
     if let Some(x) = args.reactions { builder.add_reactions(x); }
     if let Some(x) = args.media { builder.add_media(x); }
     if let Some(x) = args.text { builder.add_text(x); }
     if let Some(x) = args.client_msg_id { builder.add_client_msg_id(x); }
+    builder.add_forwarded(args.forwarded);
     builder.add_deleted(args.deleted);
     builder.add_kind(args.kind);
     builder.finish()
@@ -88,6 +94,9 @@ impl<'a> Message<'a> {
     let mls = self.mls().map(|x| {
       alloc::boxed::Box::new(x.unpack())
     });
+    let thread_seq = self.thread_seq();
+    let forwarded = self.forwarded();
+    let edit_count = self.edit_count();
     MessageT {
       conversation_id,
       message_id,
@@ -104,6 +113,9 @@ impl<'a> Message<'a> {
       deleted,
       reactions,
       mls,
+      thread_seq,
+      forwarded,
+      edit_count,
     }
   }
 
@@ -214,6 +226,29 @@ impl<'a> Message<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<MlsMessage>>(Message::VT_MLS, None)}
   }
+  /// The thread this message belongs to: its root message's `seq` (0 = the main line) (1.4).
+  #[inline]
+  pub fn thread_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Message::VT_THREAD_SEQ, Some(0)).unwrap()}
+  }
+  /// Forwarded from another conversation (1.4).
+  #[inline]
+  pub fn forwarded(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Message::VT_FORWARDED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn edit_count(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Message::VT_EDIT_COUNT, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Message<'_> {
@@ -237,6 +272,9 @@ impl ::flatbuffers::Verifiable for Message<'_> {
      .visit_field::<bool>("deleted", Self::VT_DELETED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<super::common::ReactionCount>>>>("reactions", Self::VT_REACTIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<MlsMessage>>("mls", Self::VT_MLS, false)?
+     .visit_field::<u64>("thread_seq", Self::VT_THREAD_SEQ, false)?
+     .visit_field::<bool>("forwarded", Self::VT_FORWARDED, false)?
+     .visit_field::<u32>("edit_count", Self::VT_EDIT_COUNT, false)?
      .finish();
     Ok(())
   }
@@ -257,6 +295,9 @@ pub struct MessageArgs<'a> {
     pub deleted: bool,
     pub reactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<super::common::ReactionCount<'a>>>>>,
     pub mls: Option<::flatbuffers::WIPOffset<MlsMessage<'a>>>,
+    pub thread_seq: u64,
+    pub forwarded: bool,
+    pub edit_count: u32,
 }
 impl<'a> Default for MessageArgs<'a> {
   #[inline]
@@ -277,6 +318,9 @@ impl<'a> Default for MessageArgs<'a> {
       deleted: false,
       reactions: None,
       mls: None,
+      thread_seq: 0,
+      forwarded: false,
+      edit_count: 0,
     }
   }
 }
@@ -347,6 +391,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MessageBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<MlsMessage>>(Message::VT_MLS, mls);
   }
   #[inline]
+  pub fn add_thread_seq(&mut self, thread_seq: u64) {
+    self.fbb_.push_slot::<u64>(Message::VT_THREAD_SEQ, thread_seq, 0);
+  }
+  #[inline]
+  pub fn add_forwarded(&mut self, forwarded: bool) {
+    self.fbb_.push_slot::<bool>(Message::VT_FORWARDED, forwarded, false);
+  }
+  #[inline]
+  pub fn add_edit_count(&mut self, edit_count: u32) {
+    self.fbb_.push_slot::<u32>(Message::VT_EDIT_COUNT, edit_count, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MessageBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MessageBuilder {
@@ -379,6 +435,9 @@ impl ::core::fmt::Debug for Message<'_> {
       ds.field("deleted", &self.deleted());
       ds.field("reactions", &self.reactions());
       ds.field("mls", &self.mls());
+      ds.field("thread_seq", &self.thread_seq());
+      ds.field("forwarded", &self.forwarded());
+      ds.field("edit_count", &self.edit_count());
       ds.finish()
   }
 }
@@ -400,6 +459,9 @@ pub struct MessageT {
   pub deleted: bool,
   pub reactions: Option<alloc::vec::Vec<super::common::ReactionCountT>>,
   pub mls: Option<alloc::boxed::Box<MlsMessageT>>,
+  pub thread_seq: u64,
+  pub forwarded: bool,
+  pub edit_count: u32,
 }
 impl Default for MessageT {
   fn default() -> Self {
@@ -419,6 +481,9 @@ impl Default for MessageT {
       deleted: false,
       reactions: None,
       mls: None,
+      thread_seq: 0,
+      forwarded: false,
+      edit_count: 0,
     }
   }
 }
@@ -452,6 +517,9 @@ impl MessageT {
     let mls = self.mls.as_ref().map(|x|{
       x.pack(_fbb)
     });
+    let thread_seq = self.thread_seq;
+    let forwarded = self.forwarded;
+    let edit_count = self.edit_count;
     Message::create(_fbb, &MessageArgs{
       conversation_id,
       message_id,
@@ -468,6 +536,9 @@ impl MessageT {
       deleted,
       reactions,
       mls,
+      thread_seq,
+      forwarded,
+      edit_count,
     })
   }
 }

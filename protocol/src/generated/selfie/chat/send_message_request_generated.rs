@@ -26,6 +26,9 @@ impl<'a> SendMessageRequest<'a> {
   pub const VT_REPLY_TO_SEQ: ::flatbuffers::VOffsetT = 14;
   pub const VT_REF_ID: ::flatbuffers::VOffsetT = 16;
   pub const VT_MLS: ::flatbuffers::VOffsetT = 18;
+  pub const VT_THREAD_SEQ: ::flatbuffers::VOffsetT = 20;
+  pub const VT_FORWARD_CONVERSATION_ID: ::flatbuffers::VOffsetT = 22;
+  pub const VT_FORWARD_SEQ: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -37,6 +40,9 @@ impl<'a> SendMessageRequest<'a> {
     args: &'args SendMessageRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<SendMessageRequest<'bldr>> {
     let mut builder = SendMessageRequestBuilder::new(_fbb);
+    builder.add_forward_seq(args.forward_seq);
+    builder.add_forward_conversation_id(args.forward_conversation_id);
+    builder.add_thread_seq(args.thread_seq);
     builder.add_ref_id(args.ref_id);
     builder.add_reply_to_seq(args.reply_to_seq);
     builder.add_conversation_id(args.conversation_id);
@@ -65,6 +71,9 @@ impl<'a> SendMessageRequest<'a> {
     let mls = self.mls().map(|x| {
       alloc::boxed::Box::new(x.unpack())
     });
+    let thread_seq = self.thread_seq();
+    let forward_conversation_id = self.forward_conversation_id();
+    let forward_seq = self.forward_seq();
     SendMessageRequestT {
       conversation_id,
       client_msg_id,
@@ -74,6 +83,9 @@ impl<'a> SendMessageRequest<'a> {
       reply_to_seq,
       ref_id,
       mls,
+      thread_seq,
+      forward_conversation_id,
+      forward_seq,
     }
   }
 
@@ -133,6 +145,30 @@ impl<'a> SendMessageRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<MlsMessage>>(SendMessageRequest::VT_MLS, None)}
   }
+  /// Reply in the thread of this message (1.4).
+  #[inline]
+  pub fn thread_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SendMessageRequest::VT_THREAD_SEQ, Some(0)).unwrap()}
+  }
+  /// Forward message `forward_seq` of `forward_conversation_id` (which the sender can
+  /// read); `text`, `media_ids` and `kind` are then taken from it (1.4).
+  #[inline]
+  pub fn forward_conversation_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SendMessageRequest::VT_FORWARD_CONVERSATION_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn forward_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SendMessageRequest::VT_FORWARD_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SendMessageRequest<'_> {
@@ -149,6 +185,9 @@ impl ::flatbuffers::Verifiable for SendMessageRequest<'_> {
      .visit_field::<u64>("reply_to_seq", Self::VT_REPLY_TO_SEQ, false)?
      .visit_field::<u64>("ref_id", Self::VT_REF_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<MlsMessage>>("mls", Self::VT_MLS, false)?
+     .visit_field::<u64>("thread_seq", Self::VT_THREAD_SEQ, false)?
+     .visit_field::<u64>("forward_conversation_id", Self::VT_FORWARD_CONVERSATION_ID, false)?
+     .visit_field::<u64>("forward_seq", Self::VT_FORWARD_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -162,6 +201,9 @@ pub struct SendMessageRequestArgs<'a> {
     pub reply_to_seq: u64,
     pub ref_id: u64,
     pub mls: Option<::flatbuffers::WIPOffset<MlsMessage<'a>>>,
+    pub thread_seq: u64,
+    pub forward_conversation_id: u64,
+    pub forward_seq: u64,
 }
 impl<'a> Default for SendMessageRequestArgs<'a> {
   #[inline]
@@ -175,6 +217,9 @@ impl<'a> Default for SendMessageRequestArgs<'a> {
       reply_to_seq: 0,
       ref_id: 0,
       mls: None,
+      thread_seq: 0,
+      forward_conversation_id: 0,
+      forward_seq: 0,
     }
   }
 }
@@ -217,6 +262,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SendMessageRequestBuilder<'a,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<MlsMessage>>(SendMessageRequest::VT_MLS, mls);
   }
   #[inline]
+  pub fn add_thread_seq(&mut self, thread_seq: u64) {
+    self.fbb_.push_slot::<u64>(SendMessageRequest::VT_THREAD_SEQ, thread_seq, 0);
+  }
+  #[inline]
+  pub fn add_forward_conversation_id(&mut self, forward_conversation_id: u64) {
+    self.fbb_.push_slot::<u64>(SendMessageRequest::VT_FORWARD_CONVERSATION_ID, forward_conversation_id, 0);
+  }
+  #[inline]
+  pub fn add_forward_seq(&mut self, forward_seq: u64) {
+    self.fbb_.push_slot::<u64>(SendMessageRequest::VT_FORWARD_SEQ, forward_seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SendMessageRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     SendMessageRequestBuilder {
@@ -242,6 +299,9 @@ impl ::core::fmt::Debug for SendMessageRequest<'_> {
       ds.field("reply_to_seq", &self.reply_to_seq());
       ds.field("ref_id", &self.ref_id());
       ds.field("mls", &self.mls());
+      ds.field("thread_seq", &self.thread_seq());
+      ds.field("forward_conversation_id", &self.forward_conversation_id());
+      ds.field("forward_seq", &self.forward_seq());
       ds.finish()
   }
 }
@@ -256,6 +316,9 @@ pub struct SendMessageRequestT {
   pub reply_to_seq: u64,
   pub ref_id: u64,
   pub mls: Option<alloc::boxed::Box<MlsMessageT>>,
+  pub thread_seq: u64,
+  pub forward_conversation_id: u64,
+  pub forward_seq: u64,
 }
 impl Default for SendMessageRequestT {
   fn default() -> Self {
@@ -268,6 +331,9 @@ impl Default for SendMessageRequestT {
       reply_to_seq: 0,
       ref_id: 0,
       mls: None,
+      thread_seq: 0,
+      forward_conversation_id: 0,
+      forward_seq: 0,
     }
   }
 }
@@ -292,6 +358,9 @@ impl SendMessageRequestT {
     let mls = self.mls.as_ref().map(|x|{
       x.pack(_fbb)
     });
+    let thread_seq = self.thread_seq;
+    let forward_conversation_id = self.forward_conversation_id;
+    let forward_seq = self.forward_seq;
     SendMessageRequest::create(_fbb, &SendMessageRequestArgs{
       conversation_id,
       client_msg_id,
@@ -301,6 +370,9 @@ impl SendMessageRequestT {
       reply_to_seq,
       ref_id,
       mls,
+      thread_seq,
+      forward_conversation_id,
+      forward_seq,
     })
   }
 }

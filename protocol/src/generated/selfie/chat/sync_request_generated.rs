@@ -21,6 +21,7 @@ impl<'a> ::flatbuffers::Follow<'a> for SyncRequest<'a> {
 impl<'a> SyncRequest<'a> {
   pub const VT_SINCE_CURSOR: ::flatbuffers::VOffsetT = 4;
   pub const VT_LIMIT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CONVERSATION_ID: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -32,6 +33,7 @@ impl<'a> SyncRequest<'a> {
     args: &'args SyncRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<SyncRequest<'bldr>> {
     let mut builder = SyncRequestBuilder::new(_fbb);
+    builder.add_conversation_id(args.conversation_id);
     if let Some(x) = args.since_cursor { builder.add_since_cursor(x); }
     builder.add_limit(args.limit);
     builder.finish()
@@ -42,9 +44,11 @@ impl<'a> SyncRequest<'a> {
       x.into_iter().collect()
     });
     let limit = self.limit();
+    let conversation_id = self.conversation_id();
     SyncRequestT {
       since_cursor,
       limit,
+      conversation_id,
     }
   }
 
@@ -62,6 +66,14 @@ impl<'a> SyncRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u16>(SyncRequest::VT_LIMIT, Some(0)).unwrap()}
   }
+  /// Only this conversation (0 = every conversation of the user) (1.4).
+  #[inline]
+  pub fn conversation_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SyncRequest::VT_CONVERSATION_ID, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SyncRequest<'_> {
@@ -72,6 +84,7 @@ impl ::flatbuffers::Verifiable for SyncRequest<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("since_cursor", Self::VT_SINCE_CURSOR, false)?
      .visit_field::<u16>("limit", Self::VT_LIMIT, false)?
+     .visit_field::<u64>("conversation_id", Self::VT_CONVERSATION_ID, false)?
      .finish();
     Ok(())
   }
@@ -79,6 +92,7 @@ impl ::flatbuffers::Verifiable for SyncRequest<'_> {
 pub struct SyncRequestArgs<'a> {
     pub since_cursor: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub limit: u16,
+    pub conversation_id: u64,
 }
 impl<'a> Default for SyncRequestArgs<'a> {
   #[inline]
@@ -86,6 +100,7 @@ impl<'a> Default for SyncRequestArgs<'a> {
     SyncRequestArgs {
       since_cursor: None,
       limit: 0,
+      conversation_id: 0,
     }
   }
 }
@@ -102,6 +117,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SyncRequestBuilder<'a, 'b, A>
   #[inline]
   pub fn add_limit(&mut self, limit: u16) {
     self.fbb_.push_slot::<u16>(SyncRequest::VT_LIMIT, limit, 0);
+  }
+  #[inline]
+  pub fn add_conversation_id(&mut self, conversation_id: u64) {
+    self.fbb_.push_slot::<u64>(SyncRequest::VT_CONVERSATION_ID, conversation_id, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SyncRequestBuilder<'a, 'b, A> {
@@ -123,6 +142,7 @@ impl ::core::fmt::Debug for SyncRequest<'_> {
     let mut ds = f.debug_struct("SyncRequest");
       ds.field("since_cursor", &self.since_cursor());
       ds.field("limit", &self.limit());
+      ds.field("conversation_id", &self.conversation_id());
       ds.finish()
   }
 }
@@ -131,12 +151,14 @@ impl ::core::fmt::Debug for SyncRequest<'_> {
 pub struct SyncRequestT {
   pub since_cursor: Option<alloc::vec::Vec<u8>>,
   pub limit: u16,
+  pub conversation_id: u64,
 }
 impl Default for SyncRequestT {
   fn default() -> Self {
     Self {
       since_cursor: None,
       limit: 0,
+      conversation_id: 0,
     }
   }
 }
@@ -149,9 +171,11 @@ impl SyncRequestT {
       _fbb.create_vector(x)
     });
     let limit = self.limit;
+    let conversation_id = self.conversation_id;
     SyncRequest::create(_fbb, &SyncRequestArgs{
       since_cursor,
       limit,
+      conversation_id,
     })
   }
 }

@@ -21,6 +21,7 @@ impl<'a> SyncResponse<'a> {
   pub const VT_EVENTS: ::flatbuffers::VOffsetT = 4;
   pub const VT_NEXT_CURSOR: ::flatbuffers::VOffsetT = 6;
   pub const VT_HAS_MORE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LIMITED: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -32,6 +33,7 @@ impl<'a> SyncResponse<'a> {
     args: &'args SyncResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<SyncResponse<'bldr>> {
     let mut builder = SyncResponseBuilder::new(_fbb);
+    if let Some(x) = args.limited { builder.add_limited(x); }
     if let Some(x) = args.next_cursor { builder.add_next_cursor(x); }
     if let Some(x) = args.events { builder.add_events(x); }
     builder.add_has_more(args.has_more);
@@ -46,10 +48,14 @@ impl<'a> SyncResponse<'a> {
       x.into_iter().collect()
     });
     let has_more = self.has_more();
+    let limited = self.limited().map(|x| {
+      x.into_iter().collect()
+    });
     SyncResponseT {
       events,
       next_cursor,
       has_more,
+      limited,
     }
   }
 
@@ -74,6 +80,15 @@ impl<'a> SyncResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(SyncResponse::VT_HAS_MORE, Some(false)).unwrap()}
   }
+  /// Conversations whose gap since the cursor is larger than the server replays: the
+  /// cursor moved to their newest event; refetch them with `HistoryRequest` (1.4).
+  #[inline]
+  pub fn limited(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(SyncResponse::VT_LIMITED, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SyncResponse<'_> {
@@ -85,6 +100,7 @@ impl ::flatbuffers::Verifiable for SyncResponse<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ChatEvent>>>>("events", Self::VT_EVENTS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("next_cursor", Self::VT_NEXT_CURSOR, false)?
      .visit_field::<bool>("has_more", Self::VT_HAS_MORE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("limited", Self::VT_LIMITED, false)?
      .finish();
     Ok(())
   }
@@ -93,6 +109,7 @@ pub struct SyncResponseArgs<'a> {
     pub events: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ChatEvent<'a>>>>>,
     pub next_cursor: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub has_more: bool,
+    pub limited: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
 }
 impl<'a> Default for SyncResponseArgs<'a> {
   #[inline]
@@ -101,6 +118,7 @@ impl<'a> Default for SyncResponseArgs<'a> {
       events: None,
       next_cursor: None,
       has_more: false,
+      limited: None,
     }
   }
 }
@@ -123,6 +141,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SyncResponseBuilder<'a, 'b, A
     self.fbb_.push_slot::<bool>(SyncResponse::VT_HAS_MORE, has_more, false);
   }
   #[inline]
+  pub fn add_limited(&mut self, limited: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SyncResponse::VT_LIMITED, limited);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SyncResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     SyncResponseBuilder {
@@ -143,6 +165,7 @@ impl ::core::fmt::Debug for SyncResponse<'_> {
       ds.field("events", &self.events());
       ds.field("next_cursor", &self.next_cursor());
       ds.field("has_more", &self.has_more());
+      ds.field("limited", &self.limited());
       ds.finish()
   }
 }
@@ -152,6 +175,7 @@ pub struct SyncResponseT {
   pub events: Option<alloc::vec::Vec<ChatEventT>>,
   pub next_cursor: Option<alloc::vec::Vec<u8>>,
   pub has_more: bool,
+  pub limited: Option<alloc::vec::Vec<u64>>,
 }
 impl Default for SyncResponseT {
   fn default() -> Self {
@@ -159,6 +183,7 @@ impl Default for SyncResponseT {
       events: None,
       next_cursor: None,
       has_more: false,
+      limited: None,
     }
   }
 }
@@ -174,10 +199,14 @@ impl SyncResponseT {
       _fbb.create_vector(x)
     });
     let has_more = self.has_more;
+    let limited = self.limited.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
     SyncResponse::create(_fbb, &SyncResponseArgs{
       events,
       next_cursor,
       has_more,
+      limited,
     })
   }
 }

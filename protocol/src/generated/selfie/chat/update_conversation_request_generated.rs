@@ -22,6 +22,8 @@ impl<'a> UpdateConversationRequest<'a> {
   pub const VT_TITLE: ::flatbuffers::VOffsetT = 6;
   pub const VT_AVATAR_MEDIA_ID: ::flatbuffers::VOffsetT = 8;
   pub const VT_MUTED_UNTIL_MS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ARCHIVED: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PINNED: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -37,6 +39,8 @@ impl<'a> UpdateConversationRequest<'a> {
     if let Some(x) = args.avatar_media_id { builder.add_avatar_media_id(x); }
     builder.add_conversation_id(args.conversation_id);
     if let Some(x) = args.title { builder.add_title(x); }
+    if let Some(x) = args.pinned { builder.add_pinned(x); }
+    if let Some(x) = args.archived { builder.add_archived(x); }
     builder.finish()
   }
 
@@ -47,11 +51,15 @@ impl<'a> UpdateConversationRequest<'a> {
     });
     let avatar_media_id = self.avatar_media_id();
     let muted_until_ms = self.muted_until_ms();
+    let archived = self.archived();
+    let pinned = self.pinned();
     UpdateConversationRequestT {
       conversation_id,
       title,
       avatar_media_id,
       muted_until_ms,
+      archived,
+      pinned,
     }
   }
 
@@ -83,6 +91,20 @@ impl<'a> UpdateConversationRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(UpdateConversationRequest::VT_MUTED_UNTIL_MS, None)}
   }
+  #[inline]
+  pub fn archived(&self) -> Option<bool> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(UpdateConversationRequest::VT_ARCHIVED, None)}
+  }
+  #[inline]
+  pub fn pinned(&self) -> Option<bool> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(UpdateConversationRequest::VT_PINNED, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for UpdateConversationRequest<'_> {
@@ -95,6 +117,8 @@ impl ::flatbuffers::Verifiable for UpdateConversationRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("title", Self::VT_TITLE, false)?
      .visit_field::<u64>("avatar_media_id", Self::VT_AVATAR_MEDIA_ID, false)?
      .visit_field::<u64>("muted_until_ms", Self::VT_MUTED_UNTIL_MS, false)?
+     .visit_field::<bool>("archived", Self::VT_ARCHIVED, false)?
+     .visit_field::<bool>("pinned", Self::VT_PINNED, false)?
      .finish();
     Ok(())
   }
@@ -104,6 +128,8 @@ pub struct UpdateConversationRequestArgs<'a> {
     pub title: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub avatar_media_id: Option<u64>,
     pub muted_until_ms: Option<u64>,
+    pub archived: Option<bool>,
+    pub pinned: Option<bool>,
 }
 impl<'a> Default for UpdateConversationRequestArgs<'a> {
   #[inline]
@@ -113,6 +139,8 @@ impl<'a> Default for UpdateConversationRequestArgs<'a> {
       title: None,
       avatar_media_id: None,
       muted_until_ms: None,
+      archived: None,
+      pinned: None,
     }
   }
 }
@@ -139,6 +167,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UpdateConversationRequestBuil
     self.fbb_.push_slot_always::<u64>(UpdateConversationRequest::VT_MUTED_UNTIL_MS, muted_until_ms);
   }
   #[inline]
+  pub fn add_archived(&mut self, archived: bool) {
+    self.fbb_.push_slot_always::<bool>(UpdateConversationRequest::VT_ARCHIVED, archived);
+  }
+  #[inline]
+  pub fn add_pinned(&mut self, pinned: bool) {
+    self.fbb_.push_slot_always::<bool>(UpdateConversationRequest::VT_PINNED, pinned);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UpdateConversationRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     UpdateConversationRequestBuilder {
@@ -160,6 +196,8 @@ impl ::core::fmt::Debug for UpdateConversationRequest<'_> {
       ds.field("title", &self.title());
       ds.field("avatar_media_id", &self.avatar_media_id());
       ds.field("muted_until_ms", &self.muted_until_ms());
+      ds.field("archived", &self.archived());
+      ds.field("pinned", &self.pinned());
       ds.finish()
   }
 }
@@ -170,6 +208,8 @@ pub struct UpdateConversationRequestT {
   pub title: Option<alloc::string::String>,
   pub avatar_media_id: Option<u64>,
   pub muted_until_ms: Option<u64>,
+  pub archived: Option<bool>,
+  pub pinned: Option<bool>,
 }
 impl Default for UpdateConversationRequestT {
   fn default() -> Self {
@@ -178,6 +218,8 @@ impl Default for UpdateConversationRequestT {
       title: None,
       avatar_media_id: None,
       muted_until_ms: None,
+      archived: None,
+      pinned: None,
     }
   }
 }
@@ -192,11 +234,15 @@ impl UpdateConversationRequestT {
     });
     let avatar_media_id = self.avatar_media_id;
     let muted_until_ms = self.muted_until_ms;
+    let archived = self.archived;
+    let pinned = self.pinned;
     UpdateConversationRequest::create(_fbb, &UpdateConversationRequestArgs{
       conversation_id,
       title,
       avatar_media_id,
       muted_until_ms,
+      archived,
+      pinned,
     })
   }
 }

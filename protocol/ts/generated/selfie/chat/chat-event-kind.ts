@@ -13,5 +13,10 @@ export enum ChatEventKind {
   MemberJoined = 7,
   MemberLeft = 8,
   ConversationUpdated = 9,
-  ConversationCreated = 10
+  ConversationCreated = 10,
+
+  /**
+   * `user_id`'s role changed to `text` (1.4).
+   */
+  MemberRoleChanged = 11
 }

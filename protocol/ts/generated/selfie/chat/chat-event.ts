@@ -40,7 +40,8 @@ conversationId():bigint {
 }
 
 /**
- * Position of this event in the user's chat event log (for sync cursors).
+ * The event's position in its conversation's log (dense per conversation: 1, 2,
+ * 3, ...); 0 for receipts, which are members' state rather than log entries.
  */
 eventSeq():bigint {
   const offset = this.bb!.__offset(this.bb_pos, 8);
@@ -74,8 +75,26 @@ atMs():bigint {
   return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
 }
 
+/**
+ * The member an event is about (joined, left, role changed) (1.4).
+ */
+userId():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 20);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
+/**
+ * A new title or role (1.4).
+ */
+text():string|null
+text(optionalEncoding:flatbuffers.Encoding):string|Uint8Array|null
+text(optionalEncoding?:any):string|Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
+}
+
 static startChatEvent(builder:flatbuffers.Builder) {
-  builder.startObject(8);
+  builder.startObject(10);
 }
 
 static addKind(builder:flatbuffers.Builder, kind:ChatEventKind) {
@@ -108,6 +127,14 @@ static addEmoji(builder:flatbuffers.Builder, emojiOffset:flatbuffers.Offset) {
 
 static addAtMs(builder:flatbuffers.Builder, atMs:bigint) {
   builder.addFieldInt64(7, atMs, BigInt('0'));
+}
+
+static addUserId(builder:flatbuffers.Builder, userId:bigint) {
+  builder.addFieldInt64(8, userId, BigInt('0'));
+}
+
+static addText(builder:flatbuffers.Builder, textOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(9, textOffset, 0);
 }
 
 static endChatEvent(builder:flatbuffers.Builder):flatbuffers.Offset {

@@ -46,8 +46,16 @@ lastReadSeq():bigint {
   return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
 }
 
+/**
+ * Messages up to this sequence reached one of the member's devices (1.4).
+ */
+lastDeliveredSeq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 12);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
 static startChatMember(builder:flatbuffers.Builder) {
-  builder.startObject(4);
+  builder.startObject(5);
 }
 
 static addUser(builder:flatbuffers.Builder, userOffset:flatbuffers.Offset) {
@@ -66,17 +74,22 @@ static addLastReadSeq(builder:flatbuffers.Builder, lastReadSeq:bigint) {
   builder.addFieldInt64(3, lastReadSeq, BigInt('0'));
 }
 
+static addLastDeliveredSeq(builder:flatbuffers.Builder, lastDeliveredSeq:bigint) {
+  builder.addFieldInt64(4, lastDeliveredSeq, BigInt('0'));
+}
+
 static endChatMember(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createChatMember(builder:flatbuffers.Builder, userOffset:flatbuffers.Offset, role:MemberRole, joinedAtMs:bigint, lastReadSeq:bigint):flatbuffers.Offset {
+static createChatMember(builder:flatbuffers.Builder, userOffset:flatbuffers.Offset, role:MemberRole, joinedAtMs:bigint, lastReadSeq:bigint, lastDeliveredSeq:bigint):flatbuffers.Offset {
   ChatMember.startChatMember(builder);
   ChatMember.addUser(builder, userOffset);
   ChatMember.addRole(builder, role);
   ChatMember.addJoinedAtMs(builder, joinedAtMs);
   ChatMember.addLastReadSeq(builder, lastReadSeq);
+  ChatMember.addLastDeliveredSeq(builder, lastDeliveredSeq);
   return ChatMember.endChatMember(builder);
 }
 }

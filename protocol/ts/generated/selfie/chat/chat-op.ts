@@ -14,7 +14,10 @@ import { EditMessageRequest } from '../../selfie/chat/edit-message-request.js';
 import { GetConversationRequest } from '../../selfie/chat/get-conversation-request.js';
 import { HistoryRequest } from '../../selfie/chat/history-request.js';
 import { LeaveConversationRequest } from '../../selfie/chat/leave-conversation-request.js';
+import { MessageEditsRequest } from '../../selfie/chat/message-edits-request.js';
+import { MessageEditsResponse } from '../../selfie/chat/message-edits-response.js';
 import { MessageReactRequest } from '../../selfie/chat/message-react-request.js';
+import { MessageRequestAnswerRequest } from '../../selfie/chat/message-request-answer-request.js';
 import { MessagesPage } from '../../selfie/chat/messages-page.js';
 import { MlsCommitRequest } from '../../selfie/chat/mls-commit-request.js';
 import { MlsKeyPackagesClaimRequest } from '../../selfie/chat/mls-key-packages-claim-request.js';
@@ -59,13 +62,16 @@ export enum ChatOp {
   MlsKeyPackagesClaimRequest = 24,
   MlsKeyPackagesClaimResponse = 25,
   MlsCommitRequest = 26,
-  MlsWelcome = 27
+  MlsWelcome = 27,
+  MessageRequestAnswerRequest = 28,
+  MessageEditsRequest = 29,
+  MessageEditsResponse = 30
 }
 
 export function unionToChatOp(
   type: ChatOp,
-  accessor: (obj:AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageReactRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest) => AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageReactRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest|null
-): AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageReactRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest|null {
+  accessor: (obj:AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageEditsRequest|MessageEditsResponse|MessageReactRequest|MessageRequestAnswerRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest) => AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageEditsRequest|MessageEditsResponse|MessageReactRequest|MessageRequestAnswerRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest|null
+): AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageEditsRequest|MessageEditsResponse|MessageReactRequest|MessageRequestAnswerRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest|null {
   switch(ChatOp[type]) {
     case 'NONE': return null; 
     case 'CreateConversationRequest': return accessor(new CreateConversationRequest())! as CreateConversationRequest;
@@ -95,15 +101,18 @@ export function unionToChatOp(
     case 'MlsKeyPackagesClaimResponse': return accessor(new MlsKeyPackagesClaimResponse())! as MlsKeyPackagesClaimResponse;
     case 'MlsCommitRequest': return accessor(new MlsCommitRequest())! as MlsCommitRequest;
     case 'MlsWelcome': return accessor(new MlsWelcome())! as MlsWelcome;
+    case 'MessageRequestAnswerRequest': return accessor(new MessageRequestAnswerRequest())! as MessageRequestAnswerRequest;
+    case 'MessageEditsRequest': return accessor(new MessageEditsRequest())! as MessageEditsRequest;
+    case 'MessageEditsResponse': return accessor(new MessageEditsResponse())! as MessageEditsResponse;
     default: return null;
   }
 }
 
 export function unionListToChatOp(
   type: ChatOp, 
-  accessor: (index: number, obj:AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageReactRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest) => AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageReactRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest|null, 
+  accessor: (index: number, obj:AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageEditsRequest|MessageEditsResponse|MessageReactRequest|MessageRequestAnswerRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest) => AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageEditsRequest|MessageEditsResponse|MessageReactRequest|MessageRequestAnswerRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest|null, 
   index: number
-): AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageReactRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest|null {
+): AddMembersRequest|ChatEvent|ConversationResponse|ConversationsListRequest|ConversationsListResponse|CreateConversationRequest|DeleteMessageRequest|DeliveryReceiptRequest|EditMessageRequest|GetConversationRequest|HistoryRequest|LeaveConversationRequest|MessageEditsRequest|MessageEditsResponse|MessageReactRequest|MessageRequestAnswerRequest|MessagesPage|MlsCommitRequest|MlsKeyPackagesClaimRequest|MlsKeyPackagesClaimResponse|MlsKeyPackagesUploadRequest|MlsWelcome|ReadReceiptRequest|RemoveMemberRequest|SendMessageRequest|SendMessageResponse|SetMemberRoleRequest|SyncRequest|SyncResponse|UpdateConversationRequest|null {
   switch(ChatOp[type]) {
     case 'NONE': return null; 
     case 'CreateConversationRequest': return accessor(index, new CreateConversationRequest())! as CreateConversationRequest;
@@ -133,6 +142,9 @@ export function unionListToChatOp(
     case 'MlsKeyPackagesClaimResponse': return accessor(index, new MlsKeyPackagesClaimResponse())! as MlsKeyPackagesClaimResponse;
     case 'MlsCommitRequest': return accessor(index, new MlsCommitRequest())! as MlsCommitRequest;
     case 'MlsWelcome': return accessor(index, new MlsWelcome())! as MlsWelcome;
+    case 'MessageRequestAnswerRequest': return accessor(index, new MessageRequestAnswerRequest())! as MessageRequestAnswerRequest;
+    case 'MessageEditsRequest': return accessor(index, new MessageEditsRequest())! as MessageEditsRequest;
+    case 'MessageEditsResponse': return accessor(index, new MessageEditsResponse())! as MessageEditsResponse;
     default: return null;
   }
 }

@@ -120,8 +120,26 @@ lastMessage(obj?:Message):Message|null {
   return offset ? (obj || new Message()).__init(this.bb!.__indirect(this.bb_pos + offset), this.bb!) : null;
 }
 
+/**
+ * A message request waiting for this user's answer (1.4).
+ */
+request():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 32);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
+archived():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 34);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
+pinned():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 36);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
 static startConversation(builder:flatbuffers.Builder) {
-  builder.startObject(14);
+  builder.startObject(17);
 }
 
 static addConversationId(builder:flatbuffers.Builder, conversationId:bigint) {
@@ -202,6 +220,18 @@ static startMlsGroupIdVector(builder:flatbuffers.Builder, numElems:number) {
 
 static addLastMessage(builder:flatbuffers.Builder, lastMessageOffset:flatbuffers.Offset) {
   builder.addFieldOffset(13, lastMessageOffset, 0);
+}
+
+static addRequest(builder:flatbuffers.Builder, request:boolean) {
+  builder.addFieldInt8(14, +request, +false);
+}
+
+static addArchived(builder:flatbuffers.Builder, archived:boolean) {
+  builder.addFieldInt8(15, +archived, +false);
+}
+
+static addPinned(builder:flatbuffers.Builder, pinned:boolean) {
+  builder.addFieldInt8(16, +pinned, +false);
 }
 
 static endConversation(builder:flatbuffers.Builder):flatbuffers.Offset {

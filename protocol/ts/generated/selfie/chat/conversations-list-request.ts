@@ -4,6 +4,7 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { ConversationFolder } from '../../selfie/chat/conversation-folder.js';
 import { PageRequest } from '../../selfie/common/page-request.js';
 
 
@@ -30,12 +31,24 @@ page(obj?:PageRequest):PageRequest|null {
   return offset ? (obj || new PageRequest()).__init(this.bb!.__indirect(this.bb_pos + offset), this.bb!) : null;
 }
 
+/**
+ * Which conversations: the inbox, message requests, or archived ones (1.4).
+ */
+folder():ConversationFolder {
+  const offset = this.bb!.__offset(this.bb_pos, 6);
+  return offset ? this.bb!.readUint8(this.bb_pos + offset) : ConversationFolder.Inbox;
+}
+
 static startConversationsListRequest(builder:flatbuffers.Builder) {
-  builder.startObject(1);
+  builder.startObject(2);
 }
 
 static addPage(builder:flatbuffers.Builder, pageOffset:flatbuffers.Offset) {
   builder.addFieldOffset(0, pageOffset, 0);
+}
+
+static addFolder(builder:flatbuffers.Builder, folder:ConversationFolder) {
+  builder.addFieldInt8(1, folder, ConversationFolder.Inbox);
 }
 
 static endConversationsListRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
@@ -43,9 +56,10 @@ static endConversationsListRequest(builder:flatbuffers.Builder):flatbuffers.Offs
   return offset;
 }
 
-static createConversationsListRequest(builder:flatbuffers.Builder, pageOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createConversationsListRequest(builder:flatbuffers.Builder, pageOffset:flatbuffers.Offset, folder:ConversationFolder):flatbuffers.Offset {
   ConversationsListRequest.startConversationsListRequest(builder);
   ConversationsListRequest.addPage(builder, pageOffset);
+  ConversationsListRequest.addFolder(builder, folder);
   return ConversationsListRequest.endConversationsListRequest(builder);
 }
 }

@@ -123,8 +123,29 @@ mls(obj?:MlsMessage):MlsMessage|null {
   return offset ? (obj || new MlsMessage()).__init(this.bb!.__indirect(this.bb_pos + offset), this.bb!) : null;
 }
 
+/**
+ * The thread this message belongs to: its root message's `seq` (0 = the main line) (1.4).
+ */
+threadSeq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 34);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
+/**
+ * Forwarded from another conversation (1.4).
+ */
+forwarded():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 36);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
+editCount():number {
+  const offset = this.bb!.__offset(this.bb_pos, 38);
+  return offset ? this.bb!.readUint32(this.bb_pos + offset) : 0;
+}
+
 static startMessage(builder:flatbuffers.Builder) {
-  builder.startObject(15);
+  builder.startObject(18);
 }
 
 static addConversationId(builder:flatbuffers.Builder, conversationId:bigint) {
@@ -209,6 +230,18 @@ static startReactionsVector(builder:flatbuffers.Builder, numElems:number) {
 
 static addMls(builder:flatbuffers.Builder, mlsOffset:flatbuffers.Offset) {
   builder.addFieldOffset(14, mlsOffset, 0);
+}
+
+static addThreadSeq(builder:flatbuffers.Builder, threadSeq:bigint) {
+  builder.addFieldInt64(15, threadSeq, BigInt('0'));
+}
+
+static addForwarded(builder:flatbuffers.Builder, forwarded:boolean) {
+  builder.addFieldInt8(16, +forwarded, +false);
+}
+
+static addEditCount(builder:flatbuffers.Builder, editCount:number) {
+  builder.addFieldInt32(17, editCount, 0);
 }
 
 static endMessage(builder:flatbuffers.Builder):flatbuffers.Offset {

@@ -75,8 +75,30 @@ mls(obj?:MlsMessage):MlsMessage|null {
   return offset ? (obj || new MlsMessage()).__init(this.bb!.__indirect(this.bb_pos + offset), this.bb!) : null;
 }
 
+/**
+ * Reply in the thread of this message (1.4).
+ */
+threadSeq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 20);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
+/**
+ * Forward message `forward_seq` of `forward_conversation_id` (which the sender can
+ * read); `text`, `media_ids` and `kind` are then taken from it (1.4).
+ */
+forwardConversationId():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
+forwardSeq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 24);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
 static startSendMessageRequest(builder:flatbuffers.Builder) {
-  builder.startObject(8);
+  builder.startObject(11);
 }
 
 static addConversationId(builder:flatbuffers.Builder, conversationId:bigint) {
@@ -121,6 +143,18 @@ static addRefId(builder:flatbuffers.Builder, refId:bigint) {
 
 static addMls(builder:flatbuffers.Builder, mlsOffset:flatbuffers.Offset) {
   builder.addFieldOffset(7, mlsOffset, 0);
+}
+
+static addThreadSeq(builder:flatbuffers.Builder, threadSeq:bigint) {
+  builder.addFieldInt64(8, threadSeq, BigInt('0'));
+}
+
+static addForwardConversationId(builder:flatbuffers.Builder, forwardConversationId:bigint) {
+  builder.addFieldInt64(9, forwardConversationId, BigInt('0'));
+}
+
+static addForwardSeq(builder:flatbuffers.Builder, forwardSeq:bigint) {
+  builder.addFieldInt64(10, forwardSeq, BigInt('0'));
 }
 
 static endSendMessageRequest(builder:flatbuffers.Builder):flatbuffers.Offset {

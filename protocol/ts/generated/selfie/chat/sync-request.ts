@@ -45,8 +45,16 @@ limit():number {
   return offset ? this.bb!.readUint16(this.bb_pos + offset) : 0;
 }
 
+/**
+ * Only this conversation (0 = every conversation of the user) (1.4).
+ */
+conversationId():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 8);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
 static startSyncRequest(builder:flatbuffers.Builder) {
-  builder.startObject(2);
+  builder.startObject(3);
 }
 
 static addSinceCursor(builder:flatbuffers.Builder, sinceCursorOffset:flatbuffers.Offset) {
@@ -69,15 +77,20 @@ static addLimit(builder:flatbuffers.Builder, limit:number) {
   builder.addFieldInt16(1, limit, 0);
 }
 
+static addConversationId(builder:flatbuffers.Builder, conversationId:bigint) {
+  builder.addFieldInt64(2, conversationId, BigInt('0'));
+}
+
 static endSyncRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createSyncRequest(builder:flatbuffers.Builder, sinceCursorOffset:flatbuffers.Offset, limit:number):flatbuffers.Offset {
+static createSyncRequest(builder:flatbuffers.Builder, sinceCursorOffset:flatbuffers.Offset, limit:number, conversationId:bigint):flatbuffers.Offset {
   SyncRequest.startSyncRequest(builder);
   SyncRequest.addSinceCursor(builder, sinceCursorOffset);
   SyncRequest.addLimit(builder, limit);
+  SyncRequest.addConversationId(builder, conversationId);
   return SyncRequest.endSyncRequest(builder);
 }
 }

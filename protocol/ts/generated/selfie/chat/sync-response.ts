@@ -55,8 +55,22 @@ hasMore():boolean {
   return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
 }
 
+/**
+ * Conversations whose gap since the cursor is larger than the server replays: the
+ * cursor moved to their newest event; refetch them with `HistoryRequest` (1.4).
+ */
+limited(index: number):bigint|null {
+  const offset = this.bb!.__offset(this.bb_pos, 10);
+  return offset ? this.bb!.readUint64(this.bb!.__vector(this.bb_pos + offset) + index * 8) : BigInt(0);
+}
+
+limitedLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 10);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
 static startSyncResponse(builder:flatbuffers.Builder) {
-  builder.startObject(3);
+  builder.startObject(4);
 }
 
 static addEvents(builder:flatbuffers.Builder, eventsOffset:flatbuffers.Offset) {
@@ -95,16 +109,33 @@ static addHasMore(builder:flatbuffers.Builder, hasMore:boolean) {
   builder.addFieldInt8(2, +hasMore, +false);
 }
 
+static addLimited(builder:flatbuffers.Builder, limitedOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(3, limitedOffset, 0);
+}
+
+static createLimitedVector(builder:flatbuffers.Builder, data:bigint[]):flatbuffers.Offset {
+  builder.startVector(8, data.length, 8);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt64(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startLimitedVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(8, numElems, 8);
+}
+
 static endSyncResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createSyncResponse(builder:flatbuffers.Builder, eventsOffset:flatbuffers.Offset, nextCursorOffset:flatbuffers.Offset, hasMore:boolean):flatbuffers.Offset {
+static createSyncResponse(builder:flatbuffers.Builder, eventsOffset:flatbuffers.Offset, nextCursorOffset:flatbuffers.Offset, hasMore:boolean, limitedOffset:flatbuffers.Offset):flatbuffers.Offset {
   SyncResponse.startSyncResponse(builder);
   SyncResponse.addEvents(builder, eventsOffset);
   SyncResponse.addNextCursor(builder, nextCursorOffset);
   SyncResponse.addHasMore(builder, hasMore);
+  SyncResponse.addLimited(builder, limitedOffset);
   return SyncResponse.endSyncResponse(builder);
 }
 }

@@ -44,8 +44,18 @@ mutedUntilMs():bigint|null {
   return offset ? this.bb!.readUint64(this.bb_pos + offset) : null;
 }
 
+archived():boolean|null {
+  const offset = this.bb!.__offset(this.bb_pos, 12);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : null;
+}
+
+pinned():boolean|null {
+  const offset = this.bb!.__offset(this.bb_pos, 14);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : null;
+}
+
 static startUpdateConversationRequest(builder:flatbuffers.Builder) {
-  builder.startObject(4);
+  builder.startObject(6);
 }
 
 static addConversationId(builder:flatbuffers.Builder, conversationId:bigint) {
@@ -64,12 +74,20 @@ static addMutedUntilMs(builder:flatbuffers.Builder, mutedUntilMs:bigint) {
   builder.addFieldInt64(3, mutedUntilMs, null);
 }
 
+static addArchived(builder:flatbuffers.Builder, archived:boolean) {
+  builder.addFieldInt8(4, +archived, null);
+}
+
+static addPinned(builder:flatbuffers.Builder, pinned:boolean) {
+  builder.addFieldInt8(5, +pinned, null);
+}
+
 static endUpdateConversationRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createUpdateConversationRequest(builder:flatbuffers.Builder, conversationId:bigint, titleOffset:flatbuffers.Offset, avatarMediaId:bigint|null, mutedUntilMs:bigint|null):flatbuffers.Offset {
+static createUpdateConversationRequest(builder:flatbuffers.Builder, conversationId:bigint, titleOffset:flatbuffers.Offset, avatarMediaId:bigint|null, mutedUntilMs:bigint|null, archived:boolean|null, pinned:boolean|null):flatbuffers.Offset {
   UpdateConversationRequest.startUpdateConversationRequest(builder);
   UpdateConversationRequest.addConversationId(builder, conversationId);
   UpdateConversationRequest.addTitle(builder, titleOffset);
@@ -77,6 +95,10 @@ static createUpdateConversationRequest(builder:flatbuffers.Builder, conversation
     UpdateConversationRequest.addAvatarMediaId(builder, avatarMediaId);
   if (mutedUntilMs !== null)
     UpdateConversationRequest.addMutedUntilMs(builder, mutedUntilMs);
+  if (archived !== null)
+    UpdateConversationRequest.addArchived(builder, archived);
+  if (pinned !== null)
+    UpdateConversationRequest.addPinned(builder, pinned);
   return UpdateConversationRequest.endUpdateConversationRequest(builder);
 }
 }

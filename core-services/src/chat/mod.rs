@@ -1,0 +1,2248 @@
+//! Chat: direct and group conversations, messages, receipts and sync.
+//!
+//! **The log.** Every change to a conversation — a message, an edit, a deletion, a
+//! reaction, a member joining or leaving, a rename — takes the conversation's next
+//! sequence number (1, 2, 3, … with no holes) and is one entry of its log
+//! (`chat_log`, partitioned by conversation and by [`LOG_BUCKET`] numbers, so partitions
+//! stay bounded as Discord's buckets do). A message's entry holds its current state (an
+//! edit rewrites it and adds an edit entry). Numbers are taken by a versioned write of the
+//! conversation's head (`chat_heads`): on one node the conversation's owner shard takes
+//! them one at a time; across the nodes of a fleet the head's compare-and-set lets one
+//! writer win each number, so numbers are strictly increasing and dense fleet-wide.
+//!
+//! **Exactly once.** A send carries the client's transaction id. The first send with an
+//! id stores the message and the id (`chat_txns`, kept for good) in one commit; a retry —
+//! after a lost answer, a reconnect, a restart of the edge, on any node — finds it and is
+//! answered with the original message, `duplicate: true`, storing and delivering nothing.
+//! The head also remembers the last [`RECENT_TXNS`] sends, so a retry racing its original
+//! on another node is recognised even before the original's transaction row lands.
+//!
+//! **Delivery and sync.** Each change is pushed, after it is stored, on every active
+//! member's `AllConversations` topic of the delivery plane (each member's events in log
+//! order on a node). A device keeps one cursor (per conversation, the last number it
+//! has); [`Chat::sync`] returns what follows it, in order, and says which conversations
+//! have a gap larger than [`SyncLimits::window`] (`limited`): the client refetches those
+//! with history. Clients drop what they already have (a number at or below their cursor)
+//! and fill a jump in numbers with a sync, so pushes and syncs can overlap freely.
+//!
+//! **Who sees what.** A member sees the log from the moment they joined; a removed member
+//! sees nothing more. Messages between two users with a block either way are refused in
+//! a direct conversation and hidden from each other in groups. A direct conversation
+//! started by someone the recipient does not follow is a message request (when the
+//! recipient's `who_can_message` admits the sender at all): it waits in the requests
+//! folder, read receipts are not sent while it waits, and a declined request refuses
+//! further messages. Read positions of a member who turned read receipts off are shown to
+//! nobody, and such a member sees nobody's.
+//!
+//! Not here yet: MLS key packages and commit ordering (encrypted conversations carry
+//! opaque MLS messages, but the key-package and commit operations are refused), deleting
+//! a message for oneself only, and checking that attachment media ids exist (the media
+//! service does not exist yet; ids are stored as given, as posts do).
+
+mod wire;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use selfie_protocol::control::SubscriptionKind;
+use selfie_storage::id::IdGenerator;
+use selfie_storage::key::{KeyBuilder, KeyReader};
+use selfie_storage::{Cell, Clock, Commit, Condition, Scan, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::locks::KeyedLocks;
+use crate::plane::{Delivery, Topic, pair_key};
+use crate::tables::chat::*;
+use crate::tables::{self, decode, encode, key as k};
+use crate::{Error, Result};
+
+pub use wire::ChatWire;
+
+/// Longest message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+/// Most attachments on one message.
+pub const MAX_ATTACHMENTS: usize = 10;
+/// Most members of a group.
+pub const MAX_MEMBERS: usize = 256;
+/// Longest client transaction id, in bytes.
+pub const MAX_TXN_ID: usize = 64;
+/// Longest conversation title, in characters.
+pub const MAX_TITLE_CHARS: usize = 100;
+/// Longest MLS message carried, in bytes.
+pub const MAX_MLS_BYTES: usize = 64 * 1024;
+/// Sends the head remembers (see the module docs).
+pub const RECENT_TXNS: usize = 32;
+/// Conversations of one user that lists and syncs consider (the most recently active
+/// first once sorted).
+pub const MAX_USER_CONVERSATIONS: usize = 1000;
+/// Most distinct emoji on one message.
+pub const MAX_REACTION_KINDS: usize = 20;
+/// Unread counts stop here (shown as "99+").
+pub const UNREAD_CAP: u32 = 100;
+/// Versioned head writes tried before a change gives up with `Busy`.
+const APPEND_TRIES: u32 = 32;
+/// Log entries one history page examines at most (a page of reactions and edits only
+/// ends early with `has_more`).
+const HISTORY_SCAN: usize = 2000;
+
+/// How far [`Chat::sync`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncLimits {
+    /// A conversation more than this many entries behind is `limited` instead of
+    /// replayed.
+    pub window: u64,
+    /// Most events in one sync response.
+    pub max_events: usize,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        Self {
+            window: 10_000,
+            max_events: 1000,
+        }
+    }
+}
+
+/// Direct (two people) or group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// Two users; at most one per pair.
+    Direct,
+    /// Up to [`MAX_MEMBERS`] users with roles.
+    Group,
+}
+
+/// A member's role in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    /// Sends and reads.
+    Member,
+    /// Also adds and removes members, renames.
+    Admin,
+    /// Also sets roles; one per group.
+    Owner,
+}
+
+/// Where a member stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    /// In the conversation.
+    Active,
+    /// A message request waiting for this member's answer.
+    Request,
+    /// This member declined the request: the other side may not send.
+    Declined,
+}
+
+/// A conversation's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationRec {
+    /// Direct or group.
+    pub kind: Kind,
+    /// Group title.
+    #[serde(default)]
+    pub title: String,
+    /// Group avatar (a media id).
+    #[serde(default)]
+    pub avatar_media_id: u64,
+    /// Creation time.
+    pub created_at_ms: u64,
+    /// Who created it.
+    pub creator: u64,
+    /// MLS end-to-end encrypted: messages are opaque MLS ciphertext only.
+    #[serde(default)]
+    pub encrypted: bool,
+    /// The MLS group id, for encrypted conversations.
+    #[serde(default)]
+    pub mls_group_id: Vec<u8>,
+}
+
+/// The head of a conversation's log (versioned: every change swaps it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The newest sequence number.
+    pub last_seq: u64,
+    /// The newest message's number.
+    #[serde(default)]
+    pub last_message_seq: u64,
+    /// When the newest entry was written.
+    #[serde(default)]
+    pub last_activity_ms: u64,
+    /// Members (active, requested or declined).
+    #[serde(default)]
+    pub members: u32,
+    /// The last sends: (transaction hash, number), oldest first.
+    #[serde(default)]
+    pub recent: Vec<(u64, u64)>,
+}
+
+/// One member's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRec {
+    /// Role (groups).
+    pub role: Role,
+    /// Active, request or declined.
+    pub state: MemberState,
+    /// When they joined.
+    pub joined_at_ms: u64,
+    /// They see the log after this number.
+    pub joined_seq: u64,
+    /// Read up to this number.
+    #[serde(default)]
+    pub last_read_seq: u64,
+    /// One of their devices has everything up to this number.
+    #[serde(default)]
+    pub last_delivered_seq: u64,
+}
+
+/// A user's own state of a conversation (in their list).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserConv {
+    /// Muted until then.
+    #[serde(default)]
+    pub muted_until_ms: u64,
+    /// In the archive.
+    #[serde(default)]
+    pub archived: bool,
+    /// Pinned to the top.
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+/// What kind of message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageKind {
+    /// Text (and attachments).
+    Text,
+    /// Attachments first.
+    Media,
+    /// A member joined, left...
+    System,
+    /// MLS ciphertext (encrypted conversations only).
+    Mls,
+    /// A reply to a story (`ref_id`).
+    StoryReply,
+    /// A shared post (`ref_id`).
+    PostShare,
+}
+
+/// An MLS message carried opaquely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mls {
+    /// The group epoch it was made in.
+    pub epoch: u64,
+    /// Application, proposal, commit or welcome (the protocol's numbers).
+    pub content_type: u8,
+    /// The MLS bytes.
+    pub data: Vec<u8>,
+}
+
+/// A message in its current state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Its id (unique; ordered per shard).
+    pub message_id: u64,
+    /// Its number in the conversation's log.
+    #[serde(default)]
+    pub seq: u64,
+    /// Who sent it.
+    pub sender_id: u64,
+    /// The sender's transaction id.
+    pub client_msg_id: String,
+    /// Kind.
+    pub kind: MessageKind,
+    /// Text.
+    #[serde(default)]
+    pub text: String,
+    /// Attachments (media ids).
+    #[serde(default)]
+    pub media_ids: Vec<u64>,
+    /// The message this one replies to (quotes).
+    #[serde(default)]
+    pub reply_to_seq: u64,
+    /// A shared post or replied story.
+    #[serde(default)]
+    pub ref_id: u64,
+    /// The thread it belongs to (its root's number), 0 for the main line.
+    #[serde(default)]
+    pub thread_seq: u64,
+    /// Forwarded from another conversation.
+    #[serde(default)]
+    pub forwarded: bool,
+    /// Sent at.
+    pub created_at_ms: u64,
+    /// Last edited at (0: never).
+    #[serde(default)]
+    pub edited_at_ms: u64,
+    /// Times edited.
+    #[serde(default)]
+    pub edit_count: u32,
+    /// Deleted for everyone: a tombstone without content.
+    #[serde(default)]
+    pub deleted: bool,
+    /// (user, emoji): one reaction per member.
+    #[serde(default)]
+    pub reactions: Vec<(u64, String)>,
+    /// The MLS message, in encrypted conversations.
+    #[serde(default)]
+    pub mls: Option<Mls>,
+}
+
+impl Message {
+    /// (emoji, count), most used first.
+    pub fn reaction_counts(&self) -> Vec<(String, u64)> {
+        let mut counts: Vec<(String, u64)> = Vec::new();
+        for (_, e) in &self.reactions {
+            match counts.iter_mut().find(|(x, _)| x == e) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((e.clone(), 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counts
+    }
+}
+
+/// What happened, for an entry that is not a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The conversation was made (its first entry).
+    Created,
+    /// A message was edited (`target_seq`, the new `text`).
+    Edited,
+    /// A message was deleted for everyone (`target_seq`).
+    Deleted,
+    /// A reaction (`target_seq`, `emoji`).
+    Reacted,
+    /// A reaction taken back (`target_seq`).
+    Unreacted,
+    /// `user` joined (added, or accepted a request).
+    Joined,
+    /// `user` left or was removed.
+    Left,
+    /// Title or avatar changed (`text` the title).
+    Updated,
+    /// `user`'s role changed (`text` the role).
+    RoleChanged,
+}
+
+/// An entry of the log that is not a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// Who did it.
+    pub actor: u64,
+    /// The message it is about.
+    #[serde(default)]
+    pub target_seq: u64,
+    /// The member it is about.
+    #[serde(default)]
+    pub user: u64,
+    /// The emoji.
+    #[serde(default)]
+    pub emoji: String,
+    /// New text or title.
+    #[serde(default)]
+    pub text: String,
+    /// When.
+    pub at_ms: u64,
+}
+
+/// One entry of a conversation's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    /// A message (in its current state).
+    Message(Message),
+    /// Anything else.
+    Event(Event),
+}
+
+/// A log entry as a reader sees it: its number and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogItem {
+    /// The conversation.
+    pub conversation_id: u64,
+    /// Its number.
+    pub seq: u64,
+    /// The entry.
+    pub entry: Entry,
+}
+
+/// A receipt pushed to the other members (not a log entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    /// Read up to a number.
+    Read,
+    /// Delivered to a device up to a number.
+    Delivered,
+}
+
+/// A new message, for [`Chat::send`].
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The client's transaction id.
+    pub client_msg_id: String,
+    /// Kind.
+    pub kind: MessageKind,
+    /// Text.
+    pub text: String,
+    /// Attachments.
+    pub media_ids: Vec<u64>,
+    /// Replied message.
+    pub reply_to_seq: u64,
+    /// Shared post or story.
+    pub ref_id: u64,
+    /// Thread root.
+    pub thread_seq: u64,
+    /// Forward this message instead: (conversation, number).
+    pub forward: Option<(u64, u64)>,
+    /// MLS payload.
+    pub mls: Option<Mls>,
+}
+
+/// What a send did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The message's id.
+    pub message_id: u64,
+    /// Its number.
+    pub seq: u64,
+    /// When it was first stored.
+    pub created_at_ms: u64,
+    /// A retry of an earlier send: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A conversation as one member sees it.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// Its id.
+    pub conversation_id: u64,
+    /// Settings.
+    pub rec: ConversationRec,
+    /// Head.
+    pub head: Head,
+    /// Members (user, row), read positions hidden where privacy asks.
+    pub members: Vec<(u64, MemberRec)>,
+    /// The viewer's row.
+    pub me: MemberRec,
+    /// The viewer's own state.
+    pub mine: UserConv,
+    /// Messages from others after the viewer's read position (capped).
+    pub unread: u32,
+    /// The newest message the viewer may see.
+    pub last_message: Option<Message>,
+}
+
+/// Which of a user's conversations a list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folder {
+    /// Active and not archived.
+    Inbox,
+    /// Message requests waiting for an answer.
+    Requests,
+    /// Archived.
+    Archived,
+}
+
+/// Changes to a conversation, for [`Chat::update`]; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    /// New title (groups; admins).
+    pub title: Option<String>,
+    /// New avatar (groups; admins).
+    pub avatar_media_id: Option<u64>,
+    /// Mute until (the caller's own).
+    pub muted_until_ms: Option<u64>,
+    /// Archive (the caller's own).
+    pub archived: Option<bool>,
+    /// Pin (the caller's own).
+    pub pinned: Option<bool>,
+}
+
+/// What a sync returns.
+#[derive(Debug, Clone, Default)]
+pub struct Synced {
+    /// Entries, in order within each conversation.
+    pub items: Vec<LogItem>,
+    /// The cursor after them.
+    pub cursor: SyncCursor,
+    /// More to fetch with the new cursor.
+    pub has_more: bool,
+    /// Conversations the client must refetch (gap too large, or no longer a member).
+    pub limited: Vec<u64>,
+}
+
+/// A device's position: per conversation, the last number it has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncCursor(pub HashMap<u64, u64>);
+
+impl SyncCursor {
+    const VERSION: u8 = 1;
+
+    /// The opaque bytes a client keeps.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut pairs: Vec<_> = self.0.iter().map(|(c, s)| (*c, *s)).collect();
+        pairs.sort_unstable();
+        let mut b = Vec::with_capacity(1 + 16 * pairs.len());
+        b.push(Self::VERSION);
+        for (c, s) in pairs {
+            b.extend_from_slice(&c.to_be_bytes());
+            b.extend_from_slice(&s.to_be_bytes());
+        }
+        b
+    }
+
+    /// Reads bytes made by [`SyncCursor::to_bytes`] (empty: the beginning).
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let bad = Error::InvalidArgument {
+            field: "since_cursor",
+        };
+        let Some((&version, rest)) = b.split_first() else {
+            return Ok(Self::default());
+        };
+        if version != Self::VERSION
+            || !rest.len().is_multiple_of(16)
+            || rest.len() / 16 > MAX_USER_CONVERSATIONS
+        {
+            return Err(bad);
+        }
+        let map = rest
+            .chunks_exact(16)
+            .map(|c| {
+                let (a, s) = c.split_at(8);
+                let n = |x: &[u8]| <[u8; 8]>::try_from(x).map(u64::from_be_bytes);
+                Ok((n(a).map_err(|_| bad_arg())?, n(s).map_err(|_| bad_arg())?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self(map))
+    }
+}
+
+fn bad_arg() -> Error {
+    Error::InvalidArgument {
+        field: "since_cursor",
+    }
+}
+
+/// A 64-bit hash of (sender, transaction id), for the head's recent sends.
+fn txn_hash(sender: u64, client_msg_id: &str) -> u64 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(sender.to_be_bytes());
+    h.update(client_msg_id.as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
+}
+
+fn seq_key(seq: u64) -> Bytes {
+    k(seq)
+}
+
+fn txn_clustering(conversation: u64, client_msg_id: &str) -> Bytes {
+    KeyBuilder::new()
+        .u64(conversation)
+        .str(client_msg_id)
+        .build()
+}
+
+/// A transaction row: the message a send made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TxnRec {
+    seq: u64,
+    message_id: u64,
+    created_at_ms: u64,
+}
+
+/// What [`Chat::append_once`] did.
+enum Appended {
+    /// Stored with these numbers; the new head.
+    Done(Vec<u64>, Head),
+    /// The send was already stored.
+    Exists,
+}
+
+/// An earlier version of an edited message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Its text.
+    pub text: String,
+    /// When it was replaced.
+    pub replaced_at_ms: u64,
+}
+
+fn chars_within(s: &str, max: usize) -> bool {
+    s.chars().nth(max).is_none()
+}
+
+/// The chat service of one shard.
+pub struct Chat<S> {
+    store: S,
+    clock: Arc<dyn Clock>,
+    ids: RefCell<IdGenerator>,
+    /// One change at a time per conversation on this shard (the edge routes every
+    /// change of a conversation to its owner shard).
+    locks: KeyedLocks,
+    delivery: Option<Rc<Delivery>>,
+    limits: SyncLimits,
+}
+
+impl<S: Store + 'static> Chat<S> {
+    /// Over `store`; `node`/`shard` make its ids unique.
+    pub fn new(store: S, clock: Arc<dyn Clock>, node: u16, shard: u16) -> Result<Self> {
+        let ids =
+            IdGenerator::new(node, shard).map_err(|_| Error::InvalidArgument { field: "shard" })?;
+        Ok(Self {
+            store,
+            clock,
+            ids: RefCell::new(ids),
+            locks: KeyedLocks::default(),
+            delivery: None,
+            limits: SyncLimits::default(),
+        })
+    }
+
+    /// Pushes changes to members through `delivery`.
+    pub fn with_delivery(mut self, delivery: Rc<Delivery>) -> Self {
+        self.delivery = Some(delivery);
+        self
+    }
+
+    /// Syncs within `limits`.
+    pub fn with_limits(mut self, limits: SyncLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The delivery plane (`Unavailable` without one).
+    pub fn delivery(&self) -> Result<&Rc<Delivery>> {
+        self.delivery
+            .as_ref()
+            .ok_or(Error::Unavailable("live updates"))
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn next_id(&self) -> u64 {
+        let now = self.now();
+        self.ids.borrow_mut().next(now).0
+    }
+
+    // ---- reading rows ----
+
+    async fn conversation(&self, id: u64) -> Result<Option<ConversationRec>> {
+        match self.store.get(&CONVERSATIONS, &k(id), &[]).await? {
+            Some(v) => Ok(Some(decode("conversation", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn head_raw(&self, id: u64) -> Result<(Bytes, Head)> {
+        let v = self
+            .store
+            .get(&HEADS, &k(id), &[])
+            .await?
+            .ok_or(Error::NotFound("conversation"))?;
+        let head = decode("conversation head", &v)?;
+        Ok((v, head))
+    }
+
+    /// The conversation's head.
+    pub async fn head(&self, id: u64) -> Result<Head> {
+        Ok(self.head_raw(id).await?.1)
+    }
+
+    async fn member(&self, id: u64, user: u64) -> Result<Option<MemberRec>> {
+        match self.store.get(&MEMBERS, &k(id), &k(user)).await? {
+            Some(v) => Ok(Some(decode("chat member", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn members(&self, id: u64) -> Result<Vec<(u64, MemberRec)>> {
+        let mut out = Vec::new();
+        let mut scan = Scan::all(MAX_MEMBERS + 1);
+        loop {
+            let page = self.store.scan(&MEMBERS, &k(id), &scan).await?;
+            for row in &page.rows {
+                let user = KeyReader::new(&row.clustering)
+                    .u64()
+                    .ok_or(Error::Corrupt("chat member"))?;
+                out.push((user, decode("chat member", &row.value)?));
+            }
+            match page.cursor {
+                Some(c) if out.len() <= MAX_MEMBERS => scan = scan.after(Some(c)),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn user_conv(&self, user: u64, id: u64) -> Result<Option<UserConv>> {
+        match self
+            .store
+            .get(&USER_CONVERSATIONS, &k(user), &k(id))
+            .await?
+        {
+            Some(v) => Ok(Some(decode("chat user state", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn entry(&self, id: u64, seq: u64) -> Result<Option<Entry>> {
+        let v = self
+            .store
+            .get(&LOG, &log_partition(id, seq), &seq_key(seq))
+            .await?;
+        v.map(|v| decode("chat log entry", &v)).transpose()
+    }
+
+    /// `user`'s membership of `id`, or `NotFound` (whether it exists is not revealed).
+    async fn membership(&self, id: u64, user: u64) -> Result<(ConversationRec, MemberRec)> {
+        let not_found = Error::NotFound("conversation");
+        let member = self.member(id, user).await?.ok_or(not_found)?;
+        let rec = self
+            .conversation(id)
+            .await?
+            .ok_or(Error::NotFound("conversation"))?;
+        Ok((rec, member))
+    }
+
+    /// Entries of `id` with numbers in `(after, up_to]`, at most `limit`, in order.
+    async fn entries_forward(
+        &self,
+        id: u64,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Entry)>> {
+        let mut out = Vec::new();
+        let mut from = after;
+        while from < up_to && out.len() < limit {
+            // The partition holding the next number, `from + 1`.
+            let bucket_end = ((from + 1) / LOG_BUCKET + 1) * LOG_BUCKET - 1;
+            let end = bucket_end.min(up_to);
+            let scan = Scan {
+                start: Bound::Excluded(seq_key(from)),
+                end: Bound::Included(seq_key(end)),
+                reverse: false,
+                limit: (limit - out.len()).min(selfie_storage::MAX_PAGE_ROWS),
+                cursor: None,
+            };
+            let page = self
+                .store
+                .scan(&LOG, &log_partition(id, from + 1), &scan)
+                .await?;
+            let mut last = None;
+            for row in &page.rows {
+                let seq = tables::id_value(&row.clustering).ok_or(Error::Corrupt("chat log"))?;
+                out.push((seq, decode("chat log entry", &row.value)?));
+                last = Some(seq);
+            }
+            from = match (page.cursor.is_some(), last) {
+                (true, Some(l)) => l,
+                _ => end,
+            };
+        }
+        Ok(out)
+    }
+
+    /// Entries of `id` below `before` and above `floor`, newest first, at most `limit`.
+    async fn entries_backward(
+        &self,
+        id: u64,
+        before: u64,
+        floor: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Entry)>> {
+        let mut out = Vec::new();
+        let mut below = before;
+        while below > floor + 1 && out.len() < limit {
+            let top = below - 1;
+            let bucket_start = (top / LOG_BUCKET) * LOG_BUCKET;
+            let start = bucket_start.max(floor + 1);
+            let scan = Scan {
+                start: Bound::Included(seq_key(start)),
+                end: Bound::Included(seq_key(top)),
+                reverse: true,
+                limit: (limit - out.len()).min(selfie_storage::MAX_PAGE_ROWS),
+                cursor: None,
+            };
+            let page = self
+                .store
+                .scan(&LOG, &log_partition(id, top), &scan)
+                .await?;
+            let mut last = None;
+            for row in &page.rows {
+                let seq = tables::id_value(&row.clustering).ok_or(Error::Corrupt("chat log"))?;
+                out.push((seq, decode("chat log entry", &row.value)?));
+                last = Some(seq);
+            }
+            below = match (page.cursor.is_some(), last) {
+                (true, Some(l)) => l,
+                _ => start,
+            };
+        }
+        Ok(out)
+    }
+
+    // ---- visibility ----
+
+    /// Whether `viewer` may see what `author` wrote (no block either way).
+    async fn sees(&self, memo: &mut HashMap<u64, bool>, viewer: u64, author: u64) -> Result<bool> {
+        if viewer == author {
+            return Ok(true);
+        }
+        if let Some(&v) = memo.get(&author) {
+            return Ok(v);
+        }
+        let v = !tables::graph::blocked_either_way(&self.store, viewer, author).await?;
+        memo.insert(author, v);
+        Ok(v)
+    }
+
+    /// What `viewer` sees of an entry: messages of blocked users are left out; events
+    /// about a blocked user's message too.
+    async fn visible(
+        &self,
+        memo: &mut HashMap<u64, bool>,
+        viewer: u64,
+        entry: &Entry,
+    ) -> Result<bool> {
+        match entry {
+            Entry::Message(m) => self.sees(memo, viewer, m.sender_id).await,
+            Entry::Event(e) => self.sees(memo, viewer, e.actor).await,
+        }
+    }
+
+    // ---- writing the log ----
+
+    /// Appends entries to `id`'s log in one commit that also swaps the head; `extra` are
+    /// further writes of the same commit. Retries when another node took the number.
+    /// Returns the numbers given and the new head.
+    async fn append(
+        &self,
+        id: u64,
+        entries: Vec<Entry>,
+        change: impl Fn(&mut Head, &[u64]),
+        extra: impl Fn(&[u64]) -> Result<Vec<(Cell, Bytes)>>,
+    ) -> Result<(Vec<u64>, Head)> {
+        match self.append_once(id, entries, None, change, extra).await? {
+            Appended::Done(seqs, head) => Ok((seqs, head)),
+            Appended::Exists => Err(Error::Busy),
+        }
+    }
+
+    /// [`Chat::append`] for a send: stops with [`Appended::Exists`] when the head it
+    /// reads already remembers the send `txn` (a retry on another node won the race).
+    async fn append_once(
+        &self,
+        id: u64,
+        entries: Vec<Entry>,
+        txn: Option<u64>,
+        change: impl Fn(&mut Head, &[u64]),
+        extra: impl Fn(&[u64]) -> Result<Vec<(Cell, Bytes)>>,
+    ) -> Result<Appended> {
+        for attempt in 0..APPEND_TRIES {
+            if attempt > 0 {
+                // Each lost race means another writer took the number; back off a little
+                // (growing, jittered) so that a crowd of writers spreads out.
+                let wait = rand::random::<u64>() % (2 * attempt as u64 + 1);
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            }
+            let (raw, mut head) = self.head_raw(id).await?;
+            if let Some(hash) = txn
+                && head.recent.iter().any(|(h, _)| *h == hash)
+            {
+                return Ok(Appended::Exists);
+            }
+            let seqs: Vec<u64> = (1..=entries.len() as u64)
+                .map(|i| head.last_seq + i)
+                .collect();
+            if let Some(&last) = seqs.last() {
+                head.last_seq = last;
+            }
+            head.last_activity_ms = self.now();
+            change(&mut head, &seqs);
+            let mut commit = Commit::new().when(Condition::Equals {
+                row: Cell::new(&HEADS, k(id), Bytes::new()),
+                expected: raw,
+                new: Some(encode("conversation head", &head)?.into()),
+                ttl: None,
+            });
+            for (seq, entry) in seqs.iter().zip(&entries) {
+                let mut entry = entry.clone();
+                if let Entry::Message(m) = &mut entry {
+                    m.seq = *seq;
+                }
+                let row = Cell::new(&LOG, log_partition(id, *seq), seq_key(*seq));
+                commit = commit.put(row, encode("chat log entry", &entry)?, None);
+            }
+            for (cell, value) in extra(&seqs)? {
+                commit = commit.put(cell, value, None);
+            }
+            if self.store.commit(&commit).await? {
+                return Ok(Appended::Done(seqs, head));
+            }
+        }
+        Err(Error::Busy)
+    }
+
+    /// Pushes `item` to the active members who may see it.
+    async fn push(&self, id: u64, item: &LogItem) -> Result<()> {
+        let Some(delivery) = &self.delivery else {
+            return Ok(());
+        };
+        let frame = wire::event_frame(delivery, item)?;
+        let members = self.members(id).await?;
+        let mut memo = HashMap::new();
+        let author = match &item.entry {
+            Entry::Message(m) => m.sender_id,
+            Entry::Event(e) => e.actor,
+        };
+        let mut targets: Vec<u64> = Vec::new();
+        for (user, m) in &members {
+            // A removed member learns of their own removal.
+            let leaving = matches!(&item.entry, Entry::Event(e)
+                if e.kind == EventKind::Left && e.user == *user);
+            if (m.state == MemberState::Declined || item.seq <= m.joined_seq) && !leaving {
+                continue;
+            }
+            if !self.sees(&mut memo, *user, author).await? {
+                continue;
+            }
+            targets.push(*user);
+        }
+        if let Entry::Event(e) = &item.entry
+            && e.kind == EventKind::Left
+            && !targets.contains(&e.user)
+        {
+            targets.push(e.user);
+        }
+        self.push_to(delivery, &targets, frame).await;
+        Ok(())
+    }
+
+    async fn push_to(&self, delivery: &Rc<Delivery>, users: &[u64], frame: Bytes) {
+        let sends = users.iter().map(|u| {
+            let topic = Topic::new(SubscriptionKind::AllConversations, *u);
+            delivery.publish(topic, frame.clone())
+        });
+        // A lost push is repaired by the subscriber's resync (the plane cuts the topic);
+        // the change itself is stored.
+        for r in futures::future::join_all(sends).await {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "chat push lost");
+            }
+        }
+    }
+
+    // ---- conversations ----
+
+    /// Starts (or returns) the direct conversation of `me` and `other`.
+    pub async fn direct(&self, me: u64, other: u64) -> Result<u64> {
+        if me == other {
+            return Err(Error::SelfTarget);
+        }
+        let cell = Cell::new(&DIRECT, k(pair_key(me, other)), Bytes::new());
+        let existing = self
+            .store
+            .get(cell.table, &cell.partition, &cell.clustering)
+            .await?;
+        if let Some(v) = existing {
+            let id = tables::id_value(&v).ok_or(Error::Corrupt("direct conversation"))?;
+            // Starting it again from the side that declined takes the request back.
+            let _g = self.locks.lock((id, 0)).await;
+            if let Some(m) = self.member(id, me).await?
+                && m.state != MemberState::Active
+            {
+                self.set_member(id, me, |r| r.state = MemberState::Active)
+                    .await?;
+            }
+            return Ok(id);
+        }
+        if tables::graph::blocked_either_way(&self.store, me, other).await? {
+            return Err(Error::Blocked);
+        }
+        let state = self.arrival(me, other).await?;
+        let id = self.next_id();
+        let now = self.now();
+        let rec = ConversationRec {
+            kind: Kind::Direct,
+            title: String::new(),
+            avatar_media_id: 0,
+            created_at_ms: now,
+            creator: me,
+            encrypted: false,
+            mls_group_id: Vec::new(),
+        };
+        let members = [(me, MemberState::Active), (other, state)];
+        let commit = self.creation(id, &rec, &members, Role::Member, me, now)?;
+        let commit = commit.when(Condition::Absent {
+            row: cell,
+            value: k(id),
+            ttl: None,
+        });
+        if !self.store.commit(&commit).await? {
+            // Another request made it first.
+            return Box::pin(self.direct(me, other)).await;
+        }
+        self.push(id, &created_item(id, me, now)).await?;
+        Ok(id)
+    }
+
+    /// How `other` receives a conversation from `me`: active when they follow `me`, a
+    /// request when their `who_can_message` admits `me`, refused otherwise.
+    async fn arrival(&self, me: u64, other: u64) -> Result<MemberState> {
+        if tables::users::live_profile(&self.store, other)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound("user"));
+        }
+        let settings = tables::users::settings(&self.store, other).await?;
+        if !tables::users::permits(&self.store, other, me, settings.who_can_message).await? {
+            return Err(Error::Forbidden(
+                "this user does not accept messages from you",
+            ));
+        }
+        Ok(if tables::graph::follows(&self.store, other, me).await? {
+            MemberState::Active
+        } else {
+            MemberState::Request
+        })
+    }
+
+    /// The writes that make a conversation (record, head, members, the members' lists,
+    /// the creation entry).
+    fn creation(
+        &self,
+        id: u64,
+        rec: &ConversationRec,
+        members: &[(u64, MemberState)],
+        role_of_others: Role,
+        creator: u64,
+        now: u64,
+    ) -> Result<Commit> {
+        let head = Head {
+            last_seq: 1,
+            last_message_seq: 0,
+            last_activity_ms: now,
+            members: members.len() as u32,
+            recent: Vec::new(),
+        };
+        let created = Entry::Event(Event {
+            kind: EventKind::Created,
+            actor: creator,
+            target_seq: 0,
+            user: 0,
+            emoji: String::new(),
+            text: rec.title.clone(),
+            at_ms: now,
+        });
+        let mut c = Commit::new()
+            .put(
+                Cell::new(&CONVERSATIONS, k(id), Bytes::new()),
+                encode("conversation", rec)?,
+                None,
+            )
+            .put(
+                Cell::new(&HEADS, k(id), Bytes::new()),
+                encode("conversation head", &head)?,
+                None,
+            )
+            .put(
+                Cell::new(&LOG, log_partition(id, 1), seq_key(1)),
+                encode("chat log entry", &created)?,
+                None,
+            );
+        for (user, state) in members {
+            let role = if *user == creator && rec.kind == Kind::Group {
+                Role::Owner
+            } else {
+                role_of_others
+            };
+            let m = MemberRec {
+                role,
+                state: *state,
+                joined_at_ms: now,
+                joined_seq: 0,
+                last_read_seq: if *user == creator { 1 } else { 0 },
+                last_delivered_seq: 0,
+            };
+            c = c
+                .put(
+                    Cell::new(&MEMBERS, k(id), k(*user)),
+                    encode("chat member", &m)?,
+                    None,
+                )
+                .put(
+                    Cell::new(&USER_CONVERSATIONS, k(*user), k(id)),
+                    encode("chat user state", &UserConv::default())?,
+                    None,
+                );
+        }
+        Ok(c)
+    }
+
+    /// Makes a group of `me` and `members` (each admitting `me` by their
+    /// `who_can_message`; those who do not follow `me` get it as a request). A retry with
+    /// the same `idempotency_key` returns the first group.
+    pub async fn group(
+        &self,
+        me: u64,
+        members: &[u64],
+        title: &str,
+        encrypted: bool,
+        mls_group_id: Vec<u8>,
+        idempotency_key: Option<&str>,
+    ) -> Result<u64> {
+        if !chars_within(title, MAX_TITLE_CHARS) {
+            return Err(Error::InvalidArgument { field: "title" });
+        }
+        let mut others: Vec<u64> = members.iter().copied().filter(|u| *u != me).collect();
+        others.sort_unstable();
+        others.dedup();
+        if others.len() + 1 > MAX_MEMBERS {
+            return Err(Error::InvalidArgument {
+                field: "member_ids",
+            });
+        }
+        if mls_group_id.len() > 256 || (encrypted && mls_group_id.is_empty()) {
+            return Err(Error::InvalidArgument {
+                field: "mls_group_id",
+            });
+        }
+        let key_cell = match idempotency_key.filter(|k| !k.is_empty()) {
+            Some(key) => {
+                if key.len() > MAX_TXN_ID {
+                    return Err(Error::InvalidArgument {
+                        field: "idempotency_key",
+                    });
+                }
+                let clustering = KeyBuilder::new().str("conversation").str(key).build();
+                let cell = Cell::new(&tables::posts::IDEMPOTENCY, k(me), clustering);
+                if let Some(v) = self
+                    .store
+                    .get(cell.table, &cell.partition, &cell.clustering)
+                    .await?
+                {
+                    return tables::id_value(&v).ok_or(Error::Corrupt("idempotency key"));
+                }
+                Some(cell)
+            }
+            None => None,
+        };
+        let mut list = vec![(me, MemberState::Active)];
+        for &other in &others {
+            if tables::graph::blocked_either_way(&self.store, me, other).await? {
+                return Err(Error::Blocked);
+            }
+            list.push((other, self.arrival(me, other).await?));
+        }
+        let id = self.next_id();
+        let now = self.now();
+        let rec = ConversationRec {
+            kind: Kind::Group,
+            title: title.to_string(),
+            avatar_media_id: 0,
+            created_at_ms: now,
+            creator: me,
+            encrypted,
+            mls_group_id,
+        };
+        let mut commit = self.creation(id, &rec, &list, Role::Member, me, now)?;
+        if let Some(cell) = key_cell.clone() {
+            commit = commit.when(Condition::Absent {
+                row: cell,
+                value: k(id),
+                ttl: None,
+            });
+        }
+        if !self.store.commit(&commit).await? {
+            let cell = key_cell.ok_or(Error::Busy)?;
+            let v = self
+                .store
+                .get(cell.table, &cell.partition, &cell.clustering)
+                .await?
+                .ok_or(Error::Busy)?;
+            return tables::id_value(&v).ok_or(Error::Corrupt("idempotency key"));
+        }
+        self.push(id, &created_item(id, me, now)).await?;
+        Ok(id)
+    }
+
+    /// Changes one member row with a versioned write (retried on a race).
+    async fn set_member(
+        &self,
+        id: u64,
+        user: u64,
+        f: impl Fn(&mut MemberRec),
+    ) -> Result<MemberRec> {
+        for _ in 0..8 {
+            let raw = self
+                .store
+                .get(&MEMBERS, &k(id), &k(user))
+                .await?
+                .ok_or(Error::NotFound("conversation"))?;
+            let mut m: MemberRec = decode("chat member", &raw)?;
+            f(&mut m);
+            let new = encode("chat member", &m)?;
+            if new == raw[..] {
+                return Ok(m);
+            }
+            if self
+                .store
+                .compare_and_set(&MEMBERS, &k(id), &k(user), &raw, Some(&new), None)
+                .await?
+            {
+                return Ok(m);
+            }
+        }
+        Err(Error::Busy)
+    }
+
+    /// The conversation as `me` sees it.
+    pub async fn view(&self, me: u64, id: u64) -> Result<View> {
+        let (rec, mine_member) = self.membership(id, me).await?;
+        let head = self.head(id).await?;
+        let mine = self.user_conv(me, id).await?.unwrap_or_default();
+        let mut members = self.members(id).await?;
+        // Read positions: hidden for members who turned receipts off, and from a viewer
+        // who did; a request's recipient shows none until they answer.
+        let my_settings = tables::users::settings(&self.store, me).await?;
+        for (user, m) in &mut members {
+            if *user == me {
+                continue;
+            }
+            let theirs = tables::users::settings(&self.store, *user).await?;
+            if !theirs.show_read_receipts
+                || !my_settings.show_read_receipts
+                || m.state != MemberState::Active
+            {
+                m.last_read_seq = 0;
+            }
+        }
+        let mut memo = HashMap::new();
+        let mut last_message = None;
+        let floor = mine_member.joined_seq;
+        if head.last_message_seq > floor {
+            let recent = self
+                .entries_backward(id, head.last_message_seq + 1, floor, 50)
+                .await?;
+            for (seq, e) in recent {
+                if let Entry::Message(mut m) = e
+                    && self.sees(&mut memo, me, m.sender_id).await?
+                {
+                    m.seq = seq;
+                    last_message = Some(m);
+                    break;
+                }
+            }
+        }
+        let from = mine_member.last_read_seq.max(floor);
+        let mut unread = 0u32;
+        if head.last_message_seq > from {
+            let after = self
+                .entries_forward(id, from, head.last_message_seq, 4 * UNREAD_CAP as usize)
+                .await?;
+            for (_, e) in after {
+                if let Entry::Message(m) = e
+                    && m.sender_id != me
+                    && !m.deleted
+                    && self.sees(&mut memo, me, m.sender_id).await?
+                {
+                    unread += 1;
+                    if unread >= UNREAD_CAP {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(View {
+            conversation_id: id,
+            rec,
+            head,
+            members,
+            me: mine_member,
+            mine,
+            unread,
+            last_message,
+        })
+    }
+
+    /// `me`'s conversations of `folder`, most recently active first (pinned ones first
+    /// in the inbox): `limit` after the position `after` (last activity, id) of the
+    /// previous page.
+    pub async fn list(
+        &self,
+        me: u64,
+        folder: Folder,
+        limit: usize,
+        after: Option<(u64, u64)>,
+    ) -> Result<(Vec<View>, Option<(u64, u64)>)> {
+        let mut entries = Vec::new();
+        for (id, mine) in self.user_conversations(me).await? {
+            let Some(member) = self.member(id, me).await? else {
+                continue;
+            };
+            let shown = match folder {
+                Folder::Requests => member.state == MemberState::Request,
+                Folder::Archived => member.state == MemberState::Active && mine.archived,
+                Folder::Inbox => member.state == MemberState::Active && !mine.archived,
+            };
+            if !shown {
+                continue;
+            }
+            let head = self.head(id).await?;
+            let pinned = folder == Folder::Inbox && mine.pinned;
+            entries.push((pinned, head.last_activity_ms, id));
+        }
+        // Pinned first, then newest activity, then id (stable across pages).
+        entries.sort_by(|a, b| b.cmp(a));
+        let start = match after {
+            None => 0,
+            Some((at, id)) => entries
+                .iter()
+                .position(|(_, a, i)| (*a, *i) < (at, id) && !(*a == at && *i == id))
+                .unwrap_or(entries.len()),
+        };
+        let page: Vec<_> = entries.iter().skip(start).take(limit).collect();
+        let mut views = Vec::with_capacity(page.len());
+        for (_, _, id) in &page {
+            views.push(self.view(me, *id).await?);
+        }
+        let next = (start + page.len() < entries.len())
+            .then(|| page.last().map(|(_, a, i)| (*a, *i)))
+            .flatten();
+        Ok((views, next))
+    }
+
+    async fn user_conversations(&self, me: u64) -> Result<Vec<(u64, UserConv)>> {
+        let mut out = Vec::new();
+        let mut scan = Scan::all(selfie_storage::MAX_PAGE_ROWS);
+        loop {
+            let page = self.store.scan(&USER_CONVERSATIONS, &k(me), &scan).await?;
+            for row in &page.rows {
+                let id = tables::id_value(&row.clustering).ok_or(Error::Corrupt("chat list"))?;
+                out.push((id, decode("chat user state", &row.value)?));
+            }
+            match page.cursor {
+                Some(c) if out.len() < MAX_USER_CONVERSATIONS => scan = scan.after(Some(c)),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Renames, sets the avatar (group admins), mutes, archives or pins (the caller's own).
+    pub async fn update(&self, me: u64, id: u64, u: Update) -> Result<()> {
+        let _g = self.locks.lock((id, 0)).await;
+        let (rec, member) = self.membership(id, me).await?;
+        if u.title.is_some() || u.avatar_media_id.is_some() {
+            if rec.kind != Kind::Group {
+                return Err(Error::InvalidArgument { field: "title" });
+            }
+            if member.role < Role::Admin || member.state != MemberState::Active {
+                return Err(Error::Forbidden("only admins may change the group"));
+            }
+            let mut rec = rec.clone();
+            if let Some(t) = &u.title {
+                if !chars_within(t, MAX_TITLE_CHARS) {
+                    return Err(Error::InvalidArgument { field: "title" });
+                }
+                rec.title = t.clone();
+            }
+            if let Some(a) = u.avatar_media_id {
+                rec.avatar_media_id = a;
+            }
+            let event = self.event(EventKind::Updated, me, 0, 0, "", &rec.title);
+            let value: Bytes = encode("conversation", &rec)?.into();
+            let (seqs, _) = self
+                .append(
+                    id,
+                    vec![event.clone()],
+                    |_, _| {},
+                    |_| {
+                        Ok(vec![(
+                            Cell::new(&CONVERSATIONS, k(id), Bytes::new()),
+                            value.clone(),
+                        )])
+                    },
+                )
+                .await?;
+            self.push_entry(id, seqs, event).await?;
+        }
+        if u.muted_until_ms.is_some() || u.archived.is_some() || u.pinned.is_some() {
+            let mut mine = self.user_conv(me, id).await?.unwrap_or_default();
+            if let Some(m) = u.muted_until_ms {
+                mine.muted_until_ms = m;
+            }
+            if let Some(a) = u.archived {
+                mine.archived = a;
+            }
+            if let Some(p) = u.pinned {
+                mine.pinned = p;
+            }
+            self.store
+                .put(
+                    &USER_CONVERSATIONS,
+                    &k(me),
+                    &k(id),
+                    &encode("chat user state", &mine)?,
+                    None,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn event(
+        &self,
+        kind: EventKind,
+        actor: u64,
+        target_seq: u64,
+        user: u64,
+        emoji: &str,
+        text: &str,
+    ) -> Entry {
+        Entry::Event(Event {
+            kind,
+            actor,
+            target_seq,
+            user,
+            emoji: emoji.to_string(),
+            text: text.to_string(),
+            at_ms: self.now(),
+        })
+    }
+
+    async fn push_entry(&self, id: u64, seqs: Vec<u64>, entry: Entry) -> Result<()> {
+        let seq = seqs.first().copied().unwrap_or(0);
+        let mut entry = entry;
+        if let Entry::Message(m) = &mut entry {
+            m.seq = seq;
+        }
+        self.push(
+            id,
+            &LogItem {
+                conversation_id: id,
+                seq,
+                entry,
+            },
+        )
+        .await
+    }
+
+    /// Adds `users` to a group (admins; each must admit `me` by `who_can_message`).
+    pub async fn add_members(&self, me: u64, id: u64, users: &[u64]) -> Result<()> {
+        let _g = self.locks.lock((id, 0)).await;
+        let (rec, member) = self.membership(id, me).await?;
+        if rec.kind != Kind::Group {
+            return Err(Error::InvalidArgument {
+                field: "conversation_id",
+            });
+        }
+        if member.role < Role::Admin || member.state != MemberState::Active {
+            return Err(Error::Forbidden("only admins may add members"));
+        }
+        if users.len() > MAX_MEMBERS {
+            return Err(Error::InvalidArgument { field: "user_ids" });
+        }
+        for &user in users {
+            if user == me || self.member(id, user).await?.is_some() {
+                continue;
+            }
+            if tables::graph::blocked_either_way(&self.store, me, user).await? {
+                return Err(Error::Blocked);
+            }
+            let state = self.arrival(me, user).await?;
+            let head = self.head(id).await?;
+            if head.members as usize >= MAX_MEMBERS {
+                return Err(Error::Forbidden("the group is full"));
+            }
+            let event = self.event(EventKind::Joined, me, 0, user, "", "");
+            let now = self.now();
+            let (seqs, _) = self
+                .append(
+                    id,
+                    vec![event.clone()],
+                    |h, _| h.members += 1,
+                    |seqs| {
+                        let joined_seq = seqs[0] - 1;
+                        let m = MemberRec {
+                            role: Role::Member,
+                            state,
+                            joined_at_ms: now,
+                            joined_seq,
+                            last_read_seq: joined_seq,
+                            last_delivered_seq: joined_seq,
+                        };
+                        Ok(vec![
+                            (
+                                Cell::new(&MEMBERS, k(id), k(user)),
+                                encode("chat member", &m)?.into(),
+                            ),
+                            (
+                                Cell::new(&USER_CONVERSATIONS, k(user), k(id)),
+                                encode("chat user state", &UserConv::default())?.into(),
+                            ),
+                        ])
+                    },
+                )
+                .await?;
+            self.push_entry(id, seqs, event).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes `user` (admins remove members; the owner anyone; anyone themselves).
+    pub async fn remove_member(&self, me: u64, id: u64, user: u64) -> Result<()> {
+        let _g = self.locks.lock((id, 0)).await;
+        let (rec, member) = self.membership(id, me).await?;
+        if rec.kind != Kind::Group {
+            return Err(Error::InvalidArgument {
+                field: "conversation_id",
+            });
+        }
+        let target = self
+            .member(id, user)
+            .await?
+            .ok_or(Error::NotFound("member"))?;
+        if user != me {
+            let allowed = member.state == MemberState::Active
+                && (member.role == Role::Owner
+                    || (member.role == Role::Admin && target.role == Role::Member));
+            if !allowed {
+                return Err(Error::Forbidden("you may not remove this member"));
+            }
+        }
+        // An owner who leaves hands the group to the longest-standing admin (or member).
+        let mut successor = None;
+        if target.role == Role::Owner {
+            let mut rest: Vec<_> = self
+                .members(id)
+                .await?
+                .into_iter()
+                .filter(|(u, m)| *u != user && m.state == MemberState::Active)
+                .collect();
+            rest.sort_by_key(|(u, m)| (std::cmp::Reverse(m.role), m.joined_seq, *u));
+            successor = rest.into_iter().next();
+        }
+        let mut entries = vec![self.event(EventKind::Left, me, 0, user, "", "")];
+        if let Some((s, _)) = &successor {
+            entries.push(self.event(EventKind::RoleChanged, me, 0, *s, "", "owner"));
+        }
+        let successor_row = match &successor {
+            Some((s, m)) => {
+                let mut m = m.clone();
+                m.role = Role::Owner;
+                Some((*s, encode("chat member", &m)?))
+            }
+            None => None,
+        };
+        let (seqs, _) = self
+            .append(
+                id,
+                entries.clone(),
+                |h, _| h.members = h.members.saturating_sub(1),
+                |_| {
+                    Ok(successor_row
+                        .iter()
+                        .map(|(s, v)| (Cell::new(&MEMBERS, k(id), k(*s)), v.clone().into()))
+                        .collect())
+                },
+            )
+            .await?;
+        // Then the rows go (a delete is not a write a commit's put can carry).
+        self.push_entry(id, vec![seqs[0]], entries[0].clone())
+            .await?;
+        let release = Commit::new()
+            .when(Condition::Present {
+                row: Cell::new(&MEMBERS, k(id), k(user)),
+            })
+            .delete(Cell::new(&USER_CONVERSATIONS, k(user), k(id)));
+        self.store.commit(&release).await?;
+        if let (Some(&seq), Some(entry)) = (seqs.get(1), entries.get(1)) {
+            self.push_entry(id, vec![seq], entry.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets `user`'s role (the owner; making someone owner makes the caller an admin).
+    pub async fn set_role(&self, me: u64, id: u64, user: u64, role: Role) -> Result<()> {
+        let _g = self.locks.lock((id, 0)).await;
+        let (rec, member) = self.membership(id, me).await?;
+        if rec.kind != Kind::Group || user == me {
+            return Err(Error::InvalidArgument { field: "user_id" });
+        }
+        if member.role != Role::Owner {
+            return Err(Error::Forbidden("only the owner may set roles"));
+        }
+        let mut target = self
+            .member(id, user)
+            .await?
+            .ok_or(Error::NotFound("member"))?;
+        if target.state != MemberState::Active {
+            return Err(Error::Forbidden("this member has not joined yet"));
+        }
+        target.role = role;
+        let mut rows = vec![(
+            Cell::new(&MEMBERS, k(id), k(user)),
+            Bytes::from(encode("chat member", &target)?),
+        )];
+        if role == Role::Owner {
+            let mut mine = member.clone();
+            mine.role = Role::Admin;
+            rows.push((
+                Cell::new(&MEMBERS, k(id), k(me)),
+                encode("chat member", &mine)?.into(),
+            ));
+        }
+        let name = match role {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        };
+        let event = self.event(EventKind::RoleChanged, me, 0, user, "", name);
+        let (seqs, _) = self
+            .append(id, vec![event.clone()], |_, _| {}, |_| Ok(rows.clone()))
+            .await?;
+        self.push_entry(id, seqs, event).await
+    }
+
+    /// Accepts or declines a message request.
+    pub async fn answer_request(&self, me: u64, id: u64, accept: bool) -> Result<()> {
+        let _g = self.locks.lock((id, 0)).await;
+        let (_, member) = self.membership(id, me).await?;
+        if member.state != MemberState::Request {
+            return Err(Error::Forbidden("no message request to answer"));
+        }
+        let state = if accept {
+            MemberState::Active
+        } else {
+            MemberState::Declined
+        };
+        self.set_member(id, me, |m| m.state = state).await?;
+        Ok(())
+    }
+
+    // ---- messages ----
+
+    /// Sends a message (exactly once per transaction id; see the module docs).
+    pub async fn send(&self, me: u64, id: u64, new: NewMessage) -> Result<Sent> {
+        if new.client_msg_id.is_empty() || new.client_msg_id.len() > MAX_TXN_ID {
+            return Err(Error::InvalidArgument {
+                field: "client_msg_id",
+            });
+        }
+        let txn_cell = Cell::new(&TXNS, k(me), txn_clustering(id, &new.client_msg_id));
+        // A retry is answered before anything else is checked: the send was accepted.
+        if let Some(sent) = self.txn(&txn_cell).await? {
+            return Ok(sent);
+        }
+        let mut new = new;
+        if let Some((from, seq)) = new.forward {
+            let original = self.readable_message(me, from, seq).await?;
+            if original.kind == MessageKind::Mls || original.deleted {
+                return Err(Error::InvalidArgument {
+                    field: "forward_seq",
+                });
+            }
+            new.kind = original.kind;
+            new.text = original.text;
+            new.media_ids = original.media_ids;
+            new.ref_id = original.ref_id;
+        }
+        let _g = self.locks.lock((id, 0)).await;
+        if let Some(sent) = self.txn(&txn_cell).await? {
+            return Ok(sent);
+        }
+        let (rec, member) = self.membership(id, me).await?;
+        self.check_content(&rec, &new)?;
+        // Answering a request by replying accepts it.
+        if member.state == MemberState::Request {
+            self.set_member(id, me, |m| m.state = MemberState::Active)
+                .await?;
+        } else if member.state == MemberState::Declined {
+            return Err(Error::NotFound("conversation"));
+        }
+        if rec.kind == Kind::Direct {
+            let members = self.members(id).await?;
+            for (user, m) in &members {
+                if *user == me {
+                    continue;
+                }
+                if tables::graph::blocked_either_way(&self.store, me, *user).await? {
+                    return Err(Error::Blocked);
+                }
+                if m.state == MemberState::Declined {
+                    return Err(Error::Forbidden("your message request was declined"));
+                }
+            }
+        }
+        let head = self.head(id).await?;
+        for seq in [new.reply_to_seq, new.thread_seq] {
+            if seq != 0 && (seq <= member.joined_seq || seq > head.last_seq) {
+                return Err(Error::InvalidArgument {
+                    field: "reply_to_seq",
+                });
+            }
+        }
+        let now = self.now();
+        let message = Message {
+            message_id: self.next_id(),
+            seq: 0,
+            sender_id: me,
+            client_msg_id: new.client_msg_id.clone(),
+            kind: new.kind,
+            text: new.text,
+            media_ids: new.media_ids,
+            reply_to_seq: new.reply_to_seq,
+            ref_id: new.ref_id,
+            thread_seq: new.thread_seq,
+            forwarded: new.forward.is_some(),
+            created_at_ms: now,
+            edited_at_ms: 0,
+            edit_count: 0,
+            deleted: false,
+            reactions: Vec::new(),
+            mls: new.mls,
+        };
+        let hash = txn_hash(me, &message.client_msg_id);
+        let (message_id, created_at_ms) = (message.message_id, now);
+        let result = self
+            .append_once(
+                id,
+                vec![Entry::Message(message.clone())],
+                Some(hash),
+                |h, seqs| {
+                    h.last_message_seq = seqs[0];
+                    h.recent.push((hash, seqs[0]));
+                    let extra = h.recent.len().saturating_sub(RECENT_TXNS);
+                    h.recent.drain(..extra);
+                },
+                |seqs| {
+                    let txn = TxnRec {
+                        seq: seqs[0],
+                        message_id,
+                        created_at_ms,
+                    };
+                    Ok(vec![(txn_cell.clone(), encode("chat txn", &txn)?.into())])
+                },
+            )
+            .await;
+        let seqs = match result? {
+            Appended::Done(seqs, _) => seqs,
+            // A retry of this very send on another node took a number first. On CQL its
+            // entry may not be readable yet: the client retries and gets it then.
+            Appended::Exists => {
+                for _ in 0..40 {
+                    if let Some(sent) = self.txn(&txn_cell).await? {
+                        return Ok(sent);
+                    }
+                    if let Some(sent) = self.recent_send(id, me, &message.client_msg_id).await? {
+                        return Ok(sent);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                return Err(Error::Busy);
+            }
+        };
+        let seq = seqs[0];
+        // The sender has read their own message.
+        self.set_member(id, me, |m| {
+            m.last_read_seq = m.last_read_seq.max(seq);
+            m.last_delivered_seq = m.last_delivered_seq.max(seq);
+        })
+        .await?;
+        self.push_entry(id, seqs, Entry::Message(message)).await?;
+        Ok(Sent {
+            message_id,
+            seq,
+            created_at_ms,
+            duplicate: false,
+        })
+    }
+
+    async fn txn(&self, cell: &Cell) -> Result<Option<Sent>> {
+        let Some(v) = self
+            .store
+            .get(cell.table, &cell.partition, &cell.clustering)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let t: TxnRec = decode("chat txn", &v)?;
+        Ok(Some(Sent {
+            message_id: t.message_id,
+            seq: t.seq,
+            created_at_ms: t.created_at_ms,
+            duplicate: true,
+        }))
+    }
+
+    /// The send of `client_msg_id` by `me`, if the head remembers it.
+    async fn recent_send(&self, id: u64, me: u64, client_msg_id: &str) -> Result<Option<Sent>> {
+        let hash = txn_hash(me, client_msg_id);
+        let head = self.head(id).await?;
+        for &(h, seq) in head.recent.iter().rev() {
+            if h != hash {
+                continue;
+            }
+            if let Some(Entry::Message(m)) = self.entry(id, seq).await?
+                && m.sender_id == me
+                && m.client_msg_id == client_msg_id
+            {
+                return Ok(Some(Sent {
+                    message_id: m.message_id,
+                    seq,
+                    created_at_ms: m.created_at_ms,
+                    duplicate: true,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn check_content(&self, rec: &ConversationRec, new: &NewMessage) -> Result<()> {
+        if rec.encrypted {
+            // The server carries MLS ciphertext only: no plaintext field may be set.
+            let mls_ok = new.kind == MessageKind::Mls
+                && new.mls.as_ref().is_some_and(|m| !m.data.is_empty())
+                && new.text.is_empty()
+                && new.media_ids.is_empty()
+                && new.ref_id == 0
+                && new.forward.is_none();
+            return if mls_ok {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument { field: "mls" })
+            };
+        }
+        match new.kind {
+            MessageKind::Mls | MessageKind::System => {
+                return Err(Error::InvalidArgument { field: "kind" });
+            }
+            MessageKind::StoryReply | MessageKind::PostShare if new.ref_id == 0 => {
+                return Err(Error::InvalidArgument { field: "ref_id" });
+            }
+            _ => {}
+        }
+        if new.mls.is_some() {
+            return Err(Error::InvalidArgument { field: "mls" });
+        }
+        if !chars_within(&new.text, MAX_MESSAGE_CHARS) {
+            return Err(Error::InvalidArgument { field: "text" });
+        }
+        if new.media_ids.len() > MAX_ATTACHMENTS {
+            return Err(Error::InvalidArgument { field: "media_ids" });
+        }
+        if new.text.trim().is_empty() && new.media_ids.is_empty() && new.ref_id == 0 {
+            return Err(Error::InvalidArgument { field: "text" });
+        }
+        Ok(())
+    }
+
+    /// Message `seq` of `id`, when `me` is an active member who may see it.
+    pub async fn readable_message(&self, me: u64, id: u64, seq: u64) -> Result<Message> {
+        let (_, member) = self.membership(id, me).await?;
+        if member.state == MemberState::Declined || seq <= member.joined_seq {
+            return Err(Error::NotFound("message"));
+        }
+        match self.entry(id, seq).await? {
+            Some(Entry::Message(mut m))
+                if self.sees(&mut HashMap::new(), me, m.sender_id).await? =>
+            {
+                m.seq = seq;
+                Ok(m)
+            }
+            _ => Err(Error::NotFound("message")),
+        }
+    }
+
+    /// Changes message `seq` with `f` and appends `event`, in one commit.
+    async fn change_message(
+        &self,
+        me: u64,
+        id: u64,
+        seq: u64,
+        event: Entry,
+        f: impl Fn(&mut Message, &MemberRec) -> Result<Option<Version>>,
+    ) -> Result<()> {
+        let _g = self.locks.lock((id, 0)).await;
+        let (_, member) = self.membership(id, me).await?;
+        if member.state != MemberState::Active {
+            return Err(Error::Forbidden("answer the message request first"));
+        }
+        let mut message = self.readable_message(me, id, seq).await?;
+        let version = f(&mut message, &member)?;
+        let row = Cell::new(&LOG, log_partition(id, seq), seq_key(seq));
+        let value: Bytes = encode("chat log entry", &Entry::Message(message))?.into();
+        let version_row = match version {
+            Some(v) => Some((
+                Cell::new(
+                    &EDITS,
+                    k(id),
+                    KeyBuilder::new().u64(seq).u64(v.replaced_at_ms).build(),
+                ),
+                Bytes::from(encode("message version", &v)?),
+            )),
+            None => None,
+        };
+        let (seqs, _) = self
+            .append(
+                id,
+                vec![event.clone()],
+                |_, _| {},
+                |_| {
+                    let mut rows = vec![(row.clone(), value.clone())];
+                    rows.extend(version_row.clone());
+                    Ok(rows)
+                },
+            )
+            .await?;
+        self.push_entry(id, seqs, event).await
+    }
+
+    /// Edits `me`'s message `seq` (plain conversations; the old text is kept).
+    pub async fn edit(&self, me: u64, id: u64, seq: u64, text: &str) -> Result<()> {
+        if !chars_within(text, MAX_MESSAGE_CHARS) || text.trim().is_empty() {
+            return Err(Error::InvalidArgument { field: "text" });
+        }
+        let now = self.now();
+        let event = self.event(EventKind::Edited, me, seq, 0, "", text);
+        self.change_message(me, id, seq, event, |m, _| {
+            if m.sender_id != me || m.deleted {
+                return Err(Error::Forbidden("only the sender may edit a message"));
+            }
+            if m.kind == MessageKind::Mls {
+                return Err(Error::InvalidArgument { field: "mls" });
+            }
+            let old = Version {
+                text: std::mem::replace(&mut m.text, text.to_string()),
+                replaced_at_ms: now,
+            };
+            m.edited_at_ms = now;
+            m.edit_count += 1;
+            Ok(Some(old))
+        })
+        .await
+    }
+
+    /// The earlier versions of message `seq`, oldest first.
+    pub async fn versions(&self, me: u64, id: u64, seq: u64) -> Result<Vec<Version>> {
+        let m = self.readable_message(me, id, seq).await?;
+        if m.deleted {
+            return Ok(Vec::new());
+        }
+        let scan = Scan {
+            start: Bound::Included(KeyBuilder::new().u64(seq).build()),
+            end: Bound::Excluded(KeyBuilder::new().u64(seq + 1).build()),
+            reverse: false,
+            limit: selfie_storage::MAX_PAGE_ROWS,
+            cursor: None,
+        };
+        let page = self.store.scan(&EDITS, &k(id), &scan).await?;
+        page.rows
+            .iter()
+            .map(|r| decode("message version", &r.value))
+            .collect()
+    }
+
+    /// Deletes message `seq` for everyone (its sender, or a group admin): a tombstone.
+    pub async fn delete(&self, me: u64, id: u64, seq: u64) -> Result<()> {
+        let event = self.event(EventKind::Deleted, me, seq, 0, "", "");
+        self.change_message(me, id, seq, event, |m, member| {
+            if m.deleted {
+                return Err(Error::NotFound("message"));
+            }
+            if m.sender_id != me && member.role < Role::Admin {
+                return Err(Error::Forbidden("only the sender or an admin may delete"));
+            }
+            m.deleted = true;
+            m.text.clear();
+            m.media_ids.clear();
+            m.mls = None;
+            m.reactions.clear();
+            Ok(None)
+        })
+        .await?;
+        // Earlier versions go with it.
+        let scan = Scan {
+            start: Bound::Included(KeyBuilder::new().u64(seq).build()),
+            end: Bound::Excluded(KeyBuilder::new().u64(seq + 1).build()),
+            reverse: false,
+            limit: selfie_storage::MAX_PAGE_ROWS,
+            cursor: None,
+        };
+        let page = self.store.scan(&EDITS, &k(id), &scan).await?;
+        for r in page.rows {
+            self.store.delete(&EDITS, &k(id), &r.clustering).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets (or with `None` takes back) `me`'s reaction to message `seq`.
+    pub async fn react(&self, me: u64, id: u64, seq: u64, emoji: Option<&str>) -> Result<()> {
+        if let Some(e) = emoji
+            && (e.is_empty() || e.len() > 32)
+        {
+            return Err(Error::InvalidArgument { field: "emoji" });
+        }
+        let event = match emoji {
+            Some(e) => self.event(EventKind::Reacted, me, seq, 0, e, ""),
+            None => self.event(EventKind::Unreacted, me, seq, 0, "", ""),
+        };
+        self.change_message(me, id, seq, event, |m, _| {
+            if m.deleted {
+                return Err(Error::NotFound("message"));
+            }
+            let had = m.reactions.iter().any(|(u, _)| *u == me);
+            m.reactions.retain(|(u, _)| *u != me);
+            match emoji {
+                Some(e) => {
+                    let kinds: HashSet<&str> =
+                        m.reactions.iter().map(|(_, x)| x.as_str()).collect();
+                    if !kinds.contains(e) && kinds.len() >= MAX_REACTION_KINDS {
+                        return Err(Error::InvalidArgument { field: "emoji" });
+                    }
+                    m.reactions.push((me, e.to_string()));
+                }
+                None if !had => return Err(Error::NotFound("reaction")),
+                None => {}
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Moves `me`'s read (or delivered) position up to `up_to` and tells the others
+    /// (read positions only when both sides show read receipts).
+    pub async fn receipt(&self, me: u64, id: u64, kind: Receipt, up_to: u64) -> Result<()> {
+        let (_, member) = self.membership(id, me).await?;
+        let head = self.head(id).await?;
+        let up_to = up_to.min(head.last_seq);
+        let before = match kind {
+            Receipt::Read => member.last_read_seq,
+            Receipt::Delivered => member.last_delivered_seq,
+        };
+        if up_to <= before {
+            return Ok(());
+        }
+        self.set_member(id, me, |m| {
+            if kind == Receipt::Read {
+                m.last_read_seq = m.last_read_seq.max(up_to);
+            }
+            m.last_delivered_seq = m.last_delivered_seq.max(up_to);
+        })
+        .await?;
+        if member.state != MemberState::Active {
+            return Ok(());
+        }
+        let Some(delivery) = &self.delivery else {
+            return Ok(());
+        };
+        let mine = tables::users::settings(&self.store, me).await?;
+        let mut targets = Vec::new();
+        for (user, m) in self.members(id).await? {
+            if user == me || m.state != MemberState::Active {
+                continue;
+            }
+            if kind == Receipt::Read {
+                let theirs = tables::users::settings(&self.store, user).await?;
+                if !mine.show_read_receipts || !theirs.show_read_receipts {
+                    continue;
+                }
+            }
+            targets.push(user);
+        }
+        let frame = wire::receipt_frame(delivery, id, me, kind, up_to, self.now())?;
+        self.push_to(delivery, &targets, frame).await;
+        Ok(())
+    }
+
+    /// Messages of `id` before `before` (0: the newest), newest first, at most `limit`;
+    /// `true` when older ones remain.
+    pub async fn history(
+        &self,
+        me: u64,
+        id: u64,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool)> {
+        let (_, member) = self.membership(id, me).await?;
+        if member.state == MemberState::Declined {
+            return Err(Error::NotFound("conversation"));
+        }
+        let head = self.head(id).await?;
+        let mut below = if before == 0 {
+            head.last_seq + 1
+        } else {
+            before.min(head.last_seq + 1)
+        };
+        let floor = member.joined_seq;
+        let mut out = Vec::new();
+        let mut memo = HashMap::new();
+        let mut examined = 0;
+        while out.len() < limit && below > floor + 1 && examined < HISTORY_SCAN {
+            let batch = self
+                .entries_backward(id, below, floor, selfie_storage::MAX_PAGE_ROWS)
+                .await?;
+            let Some(&(lowest, _)) = batch.last() else {
+                below = floor + 1;
+                break;
+            };
+            examined += batch.len();
+            // Where the next page starts: below the last message taken when the page
+            // fills, else below everything this batch covered.
+            let mut next = lowest;
+            for (seq, e) in batch {
+                if let Entry::Message(mut m) = e
+                    && self.sees(&mut memo, me, m.sender_id).await?
+                {
+                    m.seq = seq;
+                    out.push(m);
+                    if out.len() == limit {
+                        next = seq;
+                        break;
+                    }
+                }
+            }
+            below = next;
+        }
+        Ok((out, below > floor + 1))
+    }
+
+    /// What `me`'s device is missing since `cursor` (one conversation, or all).
+    pub async fn sync(
+        &self,
+        me: u64,
+        cursor: &SyncCursor,
+        only: Option<u64>,
+        limit: usize,
+    ) -> Result<Synced> {
+        let limit = limit.clamp(1, self.limits.max_events);
+        let mut out = Synced {
+            cursor: cursor.clone(),
+            ..Default::default()
+        };
+        let conversations: Vec<u64> = match only {
+            Some(id) => vec![id],
+            None => self
+                .user_conversations(me)
+                .await?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
+        };
+        let mut memo = HashMap::new();
+        if only.is_none() {
+            // Conversations the device knows but `me` no longer belongs to.
+            let current: HashSet<u64> = conversations.iter().copied().collect();
+            let gone: Vec<u64> = cursor
+                .0
+                .keys()
+                .filter(|c| !current.contains(c))
+                .copied()
+                .collect();
+            for c in gone {
+                out.cursor.0.remove(&c);
+                out.limited.push(c);
+            }
+        }
+        for id in conversations {
+            let member = match self.member(id, me).await? {
+                Some(m) if m.state != MemberState::Declined => m,
+                _ => {
+                    if only.is_some() {
+                        return Err(Error::NotFound("conversation"));
+                    }
+                    continue;
+                }
+            };
+            let head = self.head(id).await?;
+            let from = cursor
+                .0
+                .get(&id)
+                .copied()
+                .unwrap_or(0)
+                .max(member.joined_seq);
+            if head.last_seq <= from {
+                out.cursor.0.insert(id, from.max(head.last_seq));
+                continue;
+            }
+            if head.last_seq - from > self.limits.window {
+                out.cursor.0.insert(id, head.last_seq);
+                out.limited.push(id);
+                continue;
+            }
+            if out.items.len() >= limit {
+                out.has_more = true;
+                out.cursor.0.insert(id, from);
+                continue;
+            }
+            let room = limit - out.items.len();
+            let entries = self.entries_forward(id, from, head.last_seq, room).await?;
+            let mut reached = from;
+            for (seq, entry) in entries {
+                reached = seq;
+                if self.visible(&mut memo, me, &entry).await? {
+                    let mut entry = entry;
+                    if let Entry::Message(m) = &mut entry {
+                        m.seq = seq;
+                    }
+                    out.items.push(LogItem {
+                        conversation_id: id,
+                        seq,
+                        entry,
+                    });
+                }
+            }
+            if reached < head.last_seq {
+                out.has_more = true;
+            }
+            out.cursor.0.insert(id, reached);
+        }
+        Ok(out)
+    }
+}
+
+fn created_item(id: u64, creator: u64, now: u64) -> LogItem {
+    LogItem {
+        conversation_id: id,
+        seq: 1,
+        entry: Entry::Event(Event {
+            kind: EventKind::Created,
+            actor: creator,
+            target_seq: 0,
+            user: 0,
+            emoji: String::new(),
+            text: String::new(),
+            at_ms: now,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_survives_its_bytes_and_bad_bytes_are_refused() {
+        let c = SyncCursor([(7u64, 42u64), (3, 1)].into_iter().collect());
+        assert_eq!(SyncCursor::from_bytes(&c.to_bytes()).ok(), Some(c));
+        assert_eq!(
+            SyncCursor::from_bytes(&[]).ok(),
+            Some(SyncCursor::default())
+        );
+        assert!(SyncCursor::from_bytes(&[1, 2, 3]).is_err());
+        assert!(SyncCursor::from_bytes(&[9; 17]).is_err());
+    }
+}

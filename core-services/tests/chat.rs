@@ -1,0 +1,714 @@
+//! Chat on both storage backends (the embedded store, and the real CQL server named by
+//! `SELFIE_CQL_NODES`, started by `scripts/test`): the same test bodies on each. Two
+//! `Chat` instances over one store stand for two nodes of a fleet (distinct node numbers,
+//! no shared locks), so the races between nodes run for real.
+
+use std::sync::Arc;
+
+use selfie_services::Error;
+use selfie_services::chat::{
+    Chat, Entry, EventKind, Folder, MessageKind, Mls, NewMessage, Receipt, Role, SyncCursor,
+    SyncLimits, Update,
+};
+use selfie_services::graph::Graph;
+use selfie_services::schema;
+use selfie_services::tables::chat as t;
+use selfie_services::tables::users::Permission;
+use selfie_services::users::{SettingsUpdate, Users};
+use selfie_storage::cql::{CqlConfig, CqlStore};
+use selfie_storage::embedded::EmbeddedStore;
+use selfie_storage::{Scan, Store, SystemClock};
+
+fn embedded() -> (EmbeddedStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        EmbeddedStore::open(dir.path(), &schema::tables(), Arc::new(SystemClock)).expect("store");
+    (store, dir)
+}
+
+async fn cql() -> CqlStore {
+    let nodes = std::env::var("SELFIE_CQL_NODES").expect(
+        "SELFIE_CQL_NODES is not set: run the tests with scripts/test (it starts a CQL server)",
+    );
+    let config = CqlConfig::from_url(&format!("cql://{nodes}/chat_{:08x}", rand::random::<u32>()))
+        .expect("url");
+    CqlStore::open(&config, schema::MIGRATIONS, &schema::tables())
+        .await
+        .expect("store")
+}
+
+const ANA: u64 = 1;
+const BEN: u64 = 2;
+const CAT: u64 = 3;
+const DAN: u64 = 4;
+
+struct World<S> {
+    store: S,
+    users: Users<S>,
+    graph: Graph<S>,
+    /// "Node" 1 and "node" 2.
+    a: Chat<S>,
+    b: Chat<S>,
+}
+
+async fn world<S: Store + Clone + 'static>(store: S) -> World<S> {
+    let users = Users::new(store.clone());
+    for (id, name) in [(ANA, "ana"), (BEN, "ben"), (CAT, "cat"), (DAN, "dan")] {
+        users.create(id, name).await.expect("profile");
+    }
+    let chat = |node| {
+        Chat::new(store.clone(), Arc::new(SystemClock), node, 0)
+            .expect("chat")
+            .with_limits(SyncLimits {
+                window: 10_000,
+                max_events: 1_000,
+            })
+    };
+    World {
+        graph: Graph::new(store.clone()),
+        users,
+        a: chat(1),
+        b: chat(2),
+        store,
+    }
+}
+
+fn text(txn: &str, body: &str) -> NewMessage {
+    NewMessage {
+        client_msg_id: txn.into(),
+        kind: MessageKind::Text,
+        text: body.into(),
+        media_ids: Vec::new(),
+        reply_to_seq: 0,
+        ref_id: 0,
+        thread_seq: 0,
+        forward: None,
+        mls: None,
+    }
+}
+
+/// Everyone follows everyone: conversations start active.
+async fn friends<S: Store + Clone + 'static>(w: &World<S>) {
+    for a in [ANA, BEN, CAT, DAN] {
+        for b in [ANA, BEN, CAT, DAN] {
+            if a != b {
+                w.graph.follow(a, b).await.expect("follow");
+            }
+        }
+    }
+}
+
+async fn requests_blocks_and_permissions<S: Store + Clone + 'static>(store: S) {
+    let w = world(store).await;
+    // Ben does not follow Ana: her first message is a request in his requests folder.
+    let id = w.a.direct(ANA, BEN).await.expect("direct");
+    assert_eq!(w.b.direct(ANA, BEN).await.expect("same pair"), id);
+    assert!(matches!(w.a.direct(ANA, ANA).await, Err(Error::SelfTarget)));
+    w.a.send(ANA, id, text("t1", "hi ben")).await.expect("sent");
+    let (inbox, _) = w.a.list(BEN, Folder::Inbox, 20, None).await.expect("inbox");
+    assert!(inbox.is_empty());
+    let (requests, _) =
+        w.a.list(BEN, Folder::Requests, 20, None)
+            .await
+            .expect("requests");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].unread, 1);
+    // He declines: Ana may not send any more, and the request is gone from his lists.
+    w.a.answer_request(BEN, id, false).await.expect("declined");
+    assert!(matches!(
+        w.a.send(ANA, id, text("t2", "hello?")).await,
+        Err(Error::Forbidden(_))
+    ));
+    let (requests, _) =
+        w.a.list(BEN, Folder::Requests, 20, None)
+            .await
+            .expect("requests");
+    assert!(requests.is_empty());
+    // Starting the conversation himself takes it back.
+    assert_eq!(w.a.direct(BEN, ANA).await.expect("again"), id);
+    w.a.send(ANA, id, text("t3", "hello again"))
+        .await
+        .expect("sent");
+
+    // Cat takes messages from nobody; Dan from people he follows only.
+    let nobody = SettingsUpdate {
+        who_can_message: Some(Permission::Nobody),
+        ..Default::default()
+    };
+    w.users
+        .update_settings(CAT, nobody)
+        .await
+        .expect("settings");
+    assert!(matches!(
+        w.a.direct(ANA, CAT).await,
+        Err(Error::Forbidden(_))
+    ));
+    let following = SettingsUpdate {
+        who_can_message: Some(Permission::Following),
+        ..Default::default()
+    };
+    w.users
+        .update_settings(DAN, following)
+        .await
+        .expect("settings");
+    assert!(matches!(
+        w.a.direct(ANA, DAN).await,
+        Err(Error::Forbidden(_))
+    ));
+    w.graph.follow(DAN, ANA).await.expect("follow");
+    let with_dan = w.a.direct(ANA, DAN).await.expect("allowed now");
+    // Dan follows Ana, so no request: straight to his inbox.
+    let (inbox, _) = w.a.list(DAN, Folder::Inbox, 20, None).await.expect("inbox");
+    assert_eq!(inbox.len(), 1);
+
+    // A block stops the conversation both ways, and nobody can start one.
+    w.graph.block(DAN, ANA).await.expect("block");
+    assert!(matches!(
+        w.a.send(ANA, with_dan, text("t4", "?")).await,
+        Err(Error::Blocked)
+    ));
+    assert!(matches!(
+        w.a.send(DAN, with_dan, text("t5", "!")).await,
+        Err(Error::Blocked)
+    ));
+    // Strangers see nothing of a conversation.
+    assert!(matches!(
+        w.a.history(CAT, id, 0, 10).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        w.a.send(CAT, id, text("t6", "let me in")).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+async fn groups_roles_and_blocked_members<S: Store + Clone + 'static>(store: S) {
+    let w = world(store).await;
+    friends(&w).await;
+    let id =
+        w.a.group(ANA, &[BEN, CAT], "trip", false, Vec::new(), Some("g-1"))
+            .await
+            .expect("group");
+    // The creation key makes a retried create return the same group.
+    let again =
+        w.b.group(ANA, &[BEN, CAT], "trip", false, Vec::new(), Some("g-1"));
+    assert_eq!(again.await.expect("retry"), id);
+    // Members cannot add; admins can; the owner sets roles.
+    assert!(matches!(
+        w.a.add_members(BEN, id, &[DAN]).await,
+        Err(Error::Forbidden(_))
+    ));
+    w.a.set_role(ANA, id, BEN, Role::Admin)
+        .await
+        .expect("admin");
+    assert!(matches!(
+        w.a.set_role(BEN, id, CAT, Role::Admin).await,
+        Err(Error::Forbidden(_))
+    ));
+    w.a.send(ANA, id, text("before-dan", "before dan"))
+        .await
+        .expect("sent");
+    w.a.add_members(BEN, id, &[DAN]).await.expect("added");
+    // Dan sees the log from his joining on: not what was said before.
+    let (seen, _) = w.a.history(DAN, id, 0, 50).await.expect("history");
+    assert!(seen.is_empty(), "{seen:?}");
+    // An admin may not remove another admin; the owner may.
+    assert!(matches!(
+        w.a.remove_member(BEN, id, ANA).await,
+        Err(Error::Forbidden(_))
+    ));
+    w.a.update(
+        BEN,
+        id,
+        Update {
+            title: Some("summer trip".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("renamed");
+    assert!(matches!(
+        w.a.update(
+            CAT,
+            id,
+            Update {
+                title: Some("mine".into()),
+                ..Default::default()
+            }
+        )
+        .await,
+        Err(Error::Forbidden(_))
+    ));
+    // A block hides each side's messages from the other inside the group.
+    w.graph.block(CAT, DAN).await.expect("block");
+    w.a.send(DAN, id, text("from-dan", "hi all"))
+        .await
+        .expect("sent");
+    w.a.send(CAT, id, text("from-cat", "hey"))
+        .await
+        .expect("sent");
+    let texts = |v: Vec<selfie_services::chat::Message>| -> Vec<String> {
+        v.into_iter().map(|m| m.text).collect()
+    };
+    let (cat_sees, _) = w.a.history(CAT, id, 0, 50).await.expect("history");
+    assert!(!texts(cat_sees).contains(&"hi all".to_string()));
+    let (dan_sees, _) = w.a.history(DAN, id, 0, 50).await.expect("history");
+    assert_eq!(texts(dan_sees), vec!["hi all".to_string()]);
+    let (ana_sees, _) = w.a.history(ANA, id, 0, 50).await.expect("history");
+    assert_eq!(
+        texts(ana_sees),
+        vec!["hey".to_string(), "hi all".into(), "before dan".into()]
+    );
+    // The owner leaves: the longest-standing admin owns the group.
+    w.a.remove_member(ANA, id, ANA).await.expect("left");
+    assert!(matches!(
+        w.a.history(ANA, id, 0, 10).await,
+        Err(Error::NotFound(_))
+    ));
+    let view = w.a.view(BEN, id).await.expect("view");
+    let ben = view.members.iter().find(|(u, _)| *u == BEN).expect("ben");
+    assert_eq!(ben.1.role, Role::Owner);
+    assert_eq!(view.rec.title, "summer trip");
+    assert_eq!(view.members.len(), 3);
+}
+
+async fn messages_edits_reactions_and_receipts<S: Store + Clone + 'static>(store: S) {
+    let w = world(store).await;
+    friends(&w).await;
+    let id = w.a.direct(ANA, BEN).await.expect("direct");
+    let first = w.a.send(ANA, id, text("m1", "hello")).await.expect("sent");
+    assert!(!first.duplicate);
+    // A retry on the other node, with the same transaction id: the same message.
+    let retry = w.b.send(ANA, id, text("m1", "hello")).await.expect("retry");
+    assert_eq!((retry.seq, retry.message_id), (first.seq, first.message_id));
+    assert!(retry.duplicate);
+    let mut reply = text("m2", "hi ana");
+    reply.reply_to_seq = first.seq;
+    let second = w.a.send(BEN, id, reply).await.expect("reply");
+    assert_eq!(second.seq, first.seq + 1);
+    let mut bad = text("m3", "to nothing");
+    bad.reply_to_seq = 999;
+    assert!(matches!(
+        w.a.send(BEN, id, bad).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        w.a.send(BEN, id, text("", "no id")).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    let mut plain_mls = text("m4", "");
+    plain_mls.kind = MessageKind::Mls;
+    assert!(matches!(
+        w.a.send(BEN, id, plain_mls).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    // Edits keep their history; only the sender edits.
+    w.a.edit(ANA, id, first.seq, "hello there")
+        .await
+        .expect("edit");
+    assert!(matches!(
+        w.a.edit(BEN, id, first.seq, "hijack").await,
+        Err(Error::Forbidden(_))
+    ));
+    let versions = w.a.versions(BEN, id, first.seq).await.expect("versions");
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0].text, "hello");
+    // Reactions: one per member, replaced, taken back.
+    w.a.react(BEN, id, first.seq, Some("👍"))
+        .await
+        .expect("react");
+    w.a.react(BEN, id, first.seq, Some("❤️"))
+        .await
+        .expect("replace");
+    w.a.react(ANA, id, first.seq, Some("❤️"))
+        .await
+        .expect("react");
+    let m =
+        w.a.readable_message(ANA, id, first.seq)
+            .await
+            .expect("message");
+    assert_eq!(m.reaction_counts(), vec![("❤️".to_string(), 2)]);
+    assert_eq!(m.text, "hello there");
+    assert_eq!(m.edit_count, 1);
+    w.a.react(ANA, id, first.seq, None).await.expect("unreact");
+    assert!(matches!(
+        w.a.react(ANA, id, first.seq, None).await,
+        Err(Error::NotFound(_))
+    ));
+    // Forwarding into a group copies the content and marks it.
+    let group =
+        w.a.group(BEN, &[CAT], "", false, Vec::new(), None)
+            .await
+            .expect("group");
+    let mut fwd = text("f1", "");
+    fwd.forward = Some((id, first.seq));
+    let forwarded = w.a.send(BEN, group, fwd).await.expect("forward");
+    let copy =
+        w.a.readable_message(CAT, group, forwarded.seq)
+            .await
+            .expect("copy");
+    assert!(copy.forwarded);
+    assert_eq!(copy.text, "hello there");
+    // Cat cannot forward from a conversation she is not in.
+    let mut steal = text("f2", "");
+    steal.forward = Some((id, first.seq));
+    assert!(matches!(
+        w.a.send(CAT, group, steal).await,
+        Err(Error::NotFound(_))
+    ));
+    // Delete for everyone: a tombstone, history gone.
+    assert!(matches!(
+        w.a.delete(BEN, id, first.seq).await,
+        Err(Error::Forbidden(_))
+    ));
+    w.a.delete(ANA, id, first.seq).await.expect("delete");
+    let gone =
+        w.a.readable_message(BEN, id, first.seq)
+            .await
+            .expect("tombstone");
+    assert!(gone.deleted && gone.text.is_empty() && gone.reactions.is_empty());
+    assert!(
+        w.a.versions(BEN, id, first.seq)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    // Receipts: unread counts follow the read position; a member who hides receipts
+    // shows no read position (and sees none).
+    let view = w.a.view(ANA, id).await.expect("view");
+    assert_eq!(view.unread, 1, "ben's reply");
+    w.a.receipt(ANA, id, Receipt::Read, second.seq)
+        .await
+        .expect("read");
+    let view = w.a.view(ANA, id).await.expect("view");
+    assert_eq!(view.unread, 0);
+    let from_ben = w.a.view(BEN, id).await.expect("view");
+    let ana = from_ben
+        .members
+        .iter()
+        .find(|(u, _)| *u == ANA)
+        .expect("ana");
+    assert_eq!(ana.1.last_read_seq, second.seq);
+    let hide = SettingsUpdate {
+        show_read_receipts: Some(false),
+        ..Default::default()
+    };
+    w.users.update_settings(ANA, hide).await.expect("settings");
+    let from_ben = w.a.view(BEN, id).await.expect("view");
+    let ana = from_ben
+        .members
+        .iter()
+        .find(|(u, _)| *u == ANA)
+        .expect("ana");
+    assert_eq!(ana.1.last_read_seq, 0);
+    assert_eq!(
+        ana.1.last_delivered_seq, second.seq,
+        "delivery is not hidden"
+    );
+}
+
+async fn racing_nodes_keep_one_dense_order_and_one_copy<S: Store + Clone + 'static>(store: S) {
+    let w = world(store).await;
+    friends(&w).await;
+    let id =
+        w.a.group(ANA, &[BEN, CAT], "race", false, Vec::new(), None)
+            .await
+            .expect("group");
+    // Three senders on two "nodes" at once, each message retried on the other node at
+    // the same moment.
+    let n = 20;
+    async fn send<S: Store + 'static>(
+        chat: &Chat<S>,
+        id: u64,
+        user: u64,
+        i: usize,
+    ) -> Result<selfie_services::chat::Sent, Error> {
+        let txn = format!("{user}-{i}");
+        chat.send(user, id, text(&txn, &txn)).await
+    }
+    let mut all = Vec::new();
+    for i in 0..n {
+        let round = futures::future::join_all(vec![
+            send(&w.a, id, ANA, i),
+            send(&w.b, id, ANA, i),
+            send(&w.b, id, BEN, i),
+            send(&w.a, id, BEN, i),
+            send(&w.a, id, CAT, i),
+            send(&w.b, id, CAT, i),
+        ])
+        .await;
+        all.extend(round.into_iter().map(|r| r.expect("sent")));
+    }
+    // Each pair of attempts made one message: same number, one of them a duplicate.
+    for pair in all.chunks(2) {
+        assert_eq!(pair[0].seq, pair[1].seq, "{pair:?}");
+        assert_eq!(pair[0].message_id, pair[1].message_id);
+        assert!(pair[0].duplicate != pair[1].duplicate, "{pair:?}");
+    }
+    // The log is dense and holds each message once, in the order the numbers say.
+    let synced =
+        w.a.sync(ANA, &SyncCursor::default(), Some(id), 1000)
+            .await
+            .expect("sync");
+    let seqs: Vec<u64> = synced.items.iter().map(|i| i.seq).collect();
+    let expected: Vec<u64> = (1..=1 + 3 * n as u64).collect();
+    assert_eq!(seqs, expected);
+    let mut txns: Vec<String> = synced
+        .items
+        .iter()
+        .filter_map(|i| match &i.entry {
+            Entry::Message(m) => Some(m.client_msg_id.clone()),
+            Entry::Event(_) => None,
+        })
+        .collect();
+    let count = txns.len();
+    txns.sort();
+    txns.dedup();
+    assert_eq!(txns.len(), count);
+    assert_eq!(count, 3 * n);
+}
+
+async fn sync_resumes_exactly_and_history_pages_across_partitions<S: Store + Clone + 'static>(
+    store: S,
+    messages: u64,
+) {
+    let w = world(store).await;
+    friends(&w).await;
+    let id = w.a.direct(ANA, BEN).await.expect("direct");
+    let other = w.a.direct(ANA, CAT).await.expect("direct");
+    w.a.send(ANA, id, text("first", "first"))
+        .await
+        .expect("sent");
+    // Ben's device is up to date here.
+    let synced =
+        w.a.sync(BEN, &SyncCursor::default(), None, 1000)
+            .await
+            .expect("sync");
+    assert!(!synced.has_more);
+    let cursor = synced.cursor;
+    for i in 0..messages {
+        w.a.send(ANA, id, text(&format!("m{i}"), &format!("{i}")))
+            .await
+            .expect("sent");
+    }
+    w.a.send(ANA, other, text("c", "not for ben"))
+        .await
+        .expect("sent");
+    // Ben resumes: exactly the messages he missed, in order, over as many pages as it
+    // takes, and nothing of a conversation he is not in.
+    let mut cursor = cursor;
+    let mut got = Vec::new();
+    loop {
+        let page = w.b.sync(BEN, &cursor, None, 500).await.expect("sync");
+        assert!(page.limited.is_empty());
+        for item in &page.items {
+            assert_eq!(item.conversation_id, id);
+            if let Entry::Message(m) = &item.entry {
+                got.push(m.text.clone());
+            }
+        }
+        cursor = page.cursor;
+        if !page.has_more {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..messages).map(|i| i.to_string()).collect();
+    assert!(
+        got == expected,
+        "got {} messages, from {:?} to {:?}",
+        got.len(),
+        got.first(),
+        got.last()
+    );
+    // Nothing more to get.
+    let again = w.a.sync(BEN, &cursor, None, 500).await.expect("sync");
+    assert!(again.items.is_empty() && !again.has_more);
+    // History pages backwards across the log's partitions without gaps or repeats.
+    let mut before = 0;
+    let mut back = Vec::new();
+    loop {
+        let (page, more) = w.a.history(BEN, id, before, 100).await.expect("history");
+        back.extend(page.iter().map(|m| m.text.clone()));
+        if !more {
+            break;
+        }
+        before = page.last().expect("a message").seq;
+    }
+    back.reverse();
+    let mut all = vec!["first".to_string()];
+    all.extend(expected);
+    assert!(
+        back == all,
+        "paged {} messages back, from {:?} to {:?}",
+        back.len(),
+        back.first(),
+        back.last()
+    );
+}
+
+async fn limited_when_the_gap_is_too_large<S: Store + Clone + 'static>(store: S) {
+    let users = Users::new(store.clone());
+    for (id, name) in [(ANA, "ana"), (BEN, "ben")] {
+        users.create(id, name).await.expect("profile");
+    }
+    let graph = Graph::new(store.clone());
+    graph.follow(BEN, ANA).await.expect("follow");
+    let chat = Chat::new(store.clone(), Arc::new(SystemClock), 1, 0)
+        .expect("chat")
+        .with_limits(SyncLimits {
+            window: 5,
+            max_events: 100,
+        });
+    let id = chat.direct(ANA, BEN).await.expect("direct");
+    let start = chat
+        .sync(BEN, &SyncCursor::default(), None, 100)
+        .await
+        .expect("sync")
+        .cursor;
+    for i in 0..10 {
+        chat.send(ANA, id, text(&format!("{i}"), "x"))
+            .await
+            .expect("sent");
+    }
+    let synced = chat.sync(BEN, &start, None, 100).await.expect("sync");
+    assert_eq!(synced.limited, vec![id]);
+    assert!(synced.items.is_empty());
+    assert_eq!(synced.cursor.0.get(&id), Some(&11));
+    // A conversation the device knew and its user left is limited too (refetch: gone).
+    let group = chat
+        .group(BEN, &[], "solo", false, Vec::new(), None)
+        .await
+        .expect("group");
+    let known = chat
+        .sync(BEN, &synced.cursor, None, 100)
+        .await
+        .expect("sync");
+    assert!(known.cursor.0.contains_key(&group));
+    chat.remove_member(BEN, group, BEN).await.expect("left");
+    let after = chat
+        .sync(BEN, &known.cursor, None, 100)
+        .await
+        .expect("sync");
+    assert_eq!(after.limited, vec![group]);
+    assert!(!after.cursor.0.contains_key(&group));
+}
+
+async fn encrypted_groups_hold_no_plaintext<S: Store + Clone + 'static>(store: S) {
+    let w = world(store.clone()).await;
+    friends(&w).await;
+    let id =
+        w.a.group(ANA, &[BEN], "", true, b"group-1".to_vec(), None)
+            .await
+            .expect("group");
+    assert!(matches!(
+        w.a.send(ANA, id, text("p", "plaintext!")).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    let secret = b"opaque ciphertext".to_vec();
+    let mut m = text("e1", "");
+    m.kind = MessageKind::Mls;
+    m.mls = Some(Mls {
+        epoch: 1,
+        content_type: 0,
+        data: secret.clone(),
+    });
+    let sent = w.a.send(ANA, id, m).await.expect("sent");
+    let got = w.a.readable_message(BEN, id, sent.seq).await.expect("read");
+    assert_eq!(got.mls.expect("mls").data, secret);
+    assert!(matches!(
+        w.a.edit(ANA, id, sent.seq, "plaintext edit").await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    // The stored log holds the ciphertext and no text.
+    let page = w
+        .store
+        .scan(&t::LOG, &t::log_partition(id, sent.seq), &Scan::all(100))
+        .await
+        .expect("scan");
+    let mut found = false;
+    for row in page.rows {
+        let entry: Entry = serde_json::from_slice(&row.value).expect("entry");
+        if let Entry::Message(m) = entry {
+            assert!(m.text.is_empty() && m.media_ids.is_empty());
+            found = true;
+        }
+        let raw = String::from_utf8_lossy(&row.value).to_string();
+        assert!(!raw.contains("plaintext"), "{raw}");
+    }
+    assert!(found);
+    let _ = EventKind::Created;
+}
+
+#[tokio::test]
+async fn requests_blocks_and_permissions_on_embedded() {
+    let (s, _d) = embedded();
+    requests_blocks_and_permissions(s).await;
+}
+
+#[tokio::test]
+async fn requests_blocks_and_permissions_on_cql() {
+    requests_blocks_and_permissions(cql().await).await;
+}
+
+#[tokio::test]
+async fn groups_on_embedded() {
+    let (s, _d) = embedded();
+    groups_roles_and_blocked_members(s).await;
+}
+
+#[tokio::test]
+async fn groups_on_cql() {
+    groups_roles_and_blocked_members(cql().await).await;
+}
+
+#[tokio::test]
+async fn messages_on_embedded() {
+    let (s, _d) = embedded();
+    messages_edits_reactions_and_receipts(s).await;
+}
+
+#[tokio::test]
+async fn messages_on_cql() {
+    messages_edits_reactions_and_receipts(cql().await).await;
+}
+
+#[tokio::test]
+async fn racing_nodes_on_embedded() {
+    let (s, _d) = embedded();
+    racing_nodes_keep_one_dense_order_and_one_copy(s).await;
+}
+
+#[tokio::test]
+async fn racing_nodes_on_cql() {
+    racing_nodes_keep_one_dense_order_and_one_copy(cql().await).await;
+}
+
+#[tokio::test]
+async fn sync_and_history_on_embedded() {
+    let (s, _d) = embedded();
+    // More than two log partitions hold.
+    sync_resumes_exactly_and_history_pages_across_partitions(s, 2_100).await;
+}
+
+#[tokio::test]
+async fn sync_and_history_on_cql() {
+    let s = cql().await;
+    sync_resumes_exactly_and_history_pages_across_partitions(s, 1_100).await;
+}
+
+#[tokio::test]
+async fn limited_sync_on_embedded() {
+    let (s, _d) = embedded();
+    limited_when_the_gap_is_too_large(s).await;
+}
+
+#[tokio::test]
+async fn encrypted_on_embedded() {
+    let (s, _d) = embedded();
+    encrypted_groups_hold_no_plaintext(s).await;
+}
+
+#[tokio::test]
+async fn encrypted_on_cql() {
+    encrypted_groups_hold_no_plaintext(cql().await).await;
+}
