@@ -1,0 +1,470 @@
+//! Chat through real edges and real SDK clients: live delivery with receipts across
+//! shards, ordering under concurrent senders, exactly-once sends across a lost answer and
+//! an edge restart, a device away for over a thousand messages resuming exactly, a client
+//! moved by `GoAway` to a second edge, blocks, and the durable outbox.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use selfie_client::chat::{Applied, ChatStore, push_event, text_message};
+use selfie_client::{Client, Subscription};
+use selfie_protocol::ErrorCode;
+use selfie_protocol::chat::{ChatEventKind, ChatEventT};
+use selfie_protocol::graph::{BlockRequestT, FollowRequestT, GraphOpT};
+use support::{User, call, config, graph, sign_up};
+
+async fn follow(u: &User, target: u64) {
+    let mut r = FollowRequestT::default();
+    r.target_id = target;
+    call(&u.client, graph(GraphOpT::FollowRequest(Box::new(r))))
+        .await
+        .expect("followed");
+}
+
+async fn friends(a: &User, b: &User) {
+    follow(a, b.id).await;
+    follow(b, a.id).await;
+}
+
+/// The next chat event pushed to `s`.
+async fn next_event(s: &mut Subscription) -> ChatEventT {
+    let frame = tokio::time::timeout(Duration::from_secs(20), s.next())
+        .await
+        .expect("in time")
+        .expect("an event");
+    push_event(&frame).expect("a chat event")
+}
+
+/// Events until one of `kind` arrives.
+async fn until(s: &mut Subscription, kind: ChatEventKind) -> ChatEventT {
+    loop {
+        let e = next_event(s).await;
+        if e.kind == kind {
+            return e;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_and_receipts_arrive_live_across_shards() {
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    friends(&ana, &ben).await;
+    let mut ana_live = ana.client.chat().subscribe().await.expect("subscribed");
+    let mut ben_live = ben.client.chat().subscribe().await.expect("subscribed");
+    let c = ana.client.chat().direct(ben.id).await.expect("direct");
+    let id = c.conversation_id;
+    assert!(!c.request, "ben follows ana: no request");
+    let created = next_event(&mut ben_live).await;
+    assert_eq!(
+        (created.kind, created.event_seq),
+        (ChatEventKind::ConversationCreated, 1)
+    );
+    let sent = ana
+        .client
+        .chat()
+        .send(id, "t-1", "hi ben")
+        .await
+        .expect("sent");
+    let got = until(&mut ben_live, ChatEventKind::MessageCreated).await;
+    let m = got.message.expect("message");
+    assert_eq!((got.event_seq, m.seq), (sent.seq, sent.seq));
+    assert_eq!(m.text.as_deref(), Some("hi ben"));
+    assert_eq!(m.sender_id, ana.id);
+    // Ben's device acknowledges, then reads: Ana sees "delivered", then "read".
+    ben.client
+        .chat()
+        .delivered(id, sent.seq)
+        .await
+        .expect("ack");
+    let d = until(&mut ana_live, ChatEventKind::DeliveredUpTo).await;
+    assert_eq!(
+        (d.actor_id, d.up_to_seq, d.event_seq),
+        (ben.id, sent.seq, 0)
+    );
+    ben.client.chat().read(id, sent.seq).await.expect("read");
+    let r = until(&mut ana_live, ChatEventKind::ReadUpTo).await;
+    assert_eq!((r.actor_id, r.up_to_seq), (ben.id, sent.seq));
+    // The conversation as Ana sees it now.
+    let view = ana.client.chat().get(id).await.expect("view");
+    let ben_row = view
+        .members
+        .iter()
+        .flatten()
+        .find(|m| m.user.as_ref().map(|u| u.user_id) == Some(ben.id))
+        .expect("ben")
+        .clone();
+    assert_eq!(ben_row.last_read_seq, sent.seq);
+    assert_eq!(ben_row.last_delivered_seq, sent.seq);
+    // An edit and a reaction are log entries too, pushed in order.
+    ana.client
+        .chat()
+        .edit(id, sent.seq, "hi ben!")
+        .await
+        .expect("edit");
+    ben.client
+        .chat()
+        .react(id, sent.seq, Some("👋"))
+        .await
+        .expect("react");
+    let e = until(&mut ben_live, ChatEventKind::MessageEdited).await;
+    let x = until(&mut ben_live, ChatEventKind::ReactionAdded).await;
+    assert_eq!(x.event_seq, e.event_seq + 1);
+    // A stranger can do nothing with the conversation.
+    let cat = sign_up(&node, &anon, "cat").await;
+    let refused = cat.client.chat().send(id, "x", "let me in").await;
+    assert_eq!(
+        refused.err().and_then(|e| e.code()),
+        Some(ErrorCode::NotFound)
+    );
+    let refused = cat.client.chat().history(id, 0, 10).await;
+    assert_eq!(
+        refused.err().and_then(|e| e.code()),
+        Some(ErrorCode::NotFound)
+    );
+    // Only your own conversations can be followed.
+    let other = cat
+        .client
+        .subscribe(
+            selfie_protocol::control::SubscriptionKind::AllConversations,
+            ana.id,
+            None,
+        )
+        .await;
+    assert_eq!(
+        other.err().and_then(|e| e.code()),
+        Some(ErrorCode::Forbidden)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_are_seen_by_everyone_in_one_dense_order() {
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    for (a, b) in [(&ana, &ben), (&ana, &cat), (&ben, &cat)] {
+        friends(a, b).await;
+    }
+    let users = [&ana, &ben, &cat];
+    let mut subs = Vec::new();
+    for u in users {
+        subs.push(u.client.chat().subscribe().await.expect("subscribed"));
+    }
+    let group = ana
+        .client
+        .chat()
+        .group(&[ben.id, cat.id], "busy", "busy-1")
+        .await
+        .expect("group");
+    let id = group.conversation_id;
+    let per_sender = 40;
+    let sends = users.iter().map(|u| async move {
+        for i in 0..per_sender {
+            let txn = format!("{}-{i}", u.id);
+            u.client.chat().send(id, &txn, &txn).await.expect("sent");
+        }
+    });
+    futures::future::join_all(sends).await;
+    let total = 1 + 3 * per_sender as u64;
+    // Every member receives every entry once, numbered 1..=total in order, each
+    // sender's messages in the order they were sent.
+    for sub in &mut subs {
+        let mut seqs = Vec::new();
+        let mut last_of: HashMap<u64, usize> = HashMap::new();
+        while seqs.len() < total as usize {
+            let e = next_event(sub).await;
+            if e.event_seq == 0 {
+                continue;
+            }
+            seqs.push(e.event_seq);
+            if let Some(m) = e.message {
+                let text = m.text.unwrap_or_default();
+                let i: usize = text
+                    .split('-')
+                    .nth(1)
+                    .and_then(|n| n.parse().ok())
+                    .expect("i");
+                if let Some(prev) = last_of.insert(m.sender_id, i) {
+                    assert_eq!(i, prev + 1, "sender order");
+                }
+            }
+        }
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_is_stored_once_even_across_an_edge_restart() {
+    let parts = support::parts();
+    let tokens = support::tokens(&parts);
+    let throttle = selfie_services::auth::throttle::LoginThrottle::new(parts.throttle);
+    let first = support::start_with(&parts, tokens.clone(), throttle.clone());
+    let anon = Client::connect(config(&first, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&first, &anon, "ana").await;
+    let ben = sign_up(&first, &anon, "ben").await;
+    friends(&ana, &ben).await;
+    let id = ana
+        .client
+        .chat()
+        .direct(ben.id)
+        .await
+        .expect("direct")
+        .conversation_id;
+    let sent = ana
+        .client
+        .chat()
+        .send(id, "once", "only once")
+        .await
+        .expect("sent");
+    // The answer was "lost": the same send again on the same connection.
+    let again = ana
+        .client
+        .chat()
+        .send(id, "once", "only once")
+        .await
+        .expect("retry");
+    assert_eq!((again.seq, again.message_id), (sent.seq, sent.message_id));
+    assert!(again.duplicate && !sent.duplicate);
+    // The edge restarts (the store stays); the client reconnects and retries.
+    drop((anon, ana.client, ben.client));
+    first.edge.drain();
+    drop(first);
+    let second = support::start_with(&parts, tokens, throttle);
+    let ana2 = Client::connect(config(&second, Some(ana.token.clone())))
+        .await
+        .expect("reconnected");
+    let third = ana2
+        .chat()
+        .send(id, "once", "only once")
+        .await
+        .expect("retry");
+    assert_eq!((third.seq, third.message_id), (sent.seq, sent.message_id));
+    assert!(third.duplicate);
+    let page = ana2.chat().history(id, 0, 50).await.expect("history");
+    let texts: Vec<_> = page
+        .messages
+        .iter()
+        .flatten()
+        .filter_map(|m| m.text.clone())
+        .collect();
+    assert_eq!(texts, vec!["only once".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_away_for_a_thousand_messages_resumes_exactly_and_the_outbox_survives() {
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    friends(&ana, &ben).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let store = ChatStore::open(dir.path()).expect("store");
+    let id = ana
+        .client
+        .chat()
+        .direct(ben.id)
+        .await
+        .expect("direct")
+        .conversation_id;
+    ana.client
+        .chat()
+        .send(id, "hello", "hello")
+        .await
+        .expect("sent");
+    // Ben's device is up to date, then goes away.
+    let report = store.sync(&ben.client).await.expect("sync");
+    assert_eq!(report.new, 2, "creation and hello");
+    drop(ben.client);
+    let away = 1_050;
+    for i in 0..away {
+        ana.client
+            .chat()
+            .send(id, &format!("m{i}"), &i.to_string())
+            .await
+            .expect("sent");
+    }
+    // While offline Ben writes two messages: queued on disk only.
+    for (txn, text) in [("o1", "written offline"), ("o2", "and another")] {
+        store.queue(&text_message(id, txn, text)).expect("queued");
+    }
+    // The app restarts: the store is opened again from disk.
+    drop(store);
+    let store = ChatStore::open(dir.path()).expect("reopened");
+    assert_eq!(store.outbox().expect("outbox").len(), 2);
+    // Back online: subscribe first, then sync from the cursor.
+    let ben_client = Client::connect(config(&node, Some(ben.token.clone())))
+        .await
+        .expect("back");
+    let mut live = ben_client.chat().subscribe().await.expect("subscribed");
+    let report = store.sync(&ben_client).await.expect("sync");
+    assert_eq!(report.new, away, "exactly what was missed");
+    assert_eq!(report.duplicates, 0);
+    let texts: Vec<String> = store
+        .messages(id)
+        .expect("messages")
+        .into_iter()
+        .filter_map(|m| m.text)
+        .collect();
+    let mut expected = vec!["hello".to_string()];
+    expected.extend((0..away).map(|i| i.to_string()));
+    assert!(texts == expected, "{} messages held", texts.len());
+    // The outbox goes out once, in order, and leaves the disk.
+    let results = store.flush(&ben_client).await.expect("flushed");
+    let seqs: Vec<u64> = results
+        .into_iter()
+        .map(|r| r.expect("accepted").seq)
+        .collect();
+    assert_eq!(seqs.len(), 2);
+    assert!(seqs[1] == seqs[0] + 1);
+    assert!(store.outbox().expect("outbox").is_empty());
+    // Flushing again after a crash that lost the removal: answered as duplicates.
+    store
+        .queue(&text_message(id, "o1", "written offline"))
+        .expect("queued");
+    let again = store.flush(&ben_client).await.expect("flushed");
+    let dup = again.into_iter().next().expect("one").expect("answered");
+    assert!(dup.duplicate && dup.seq == seqs[0]);
+    // Live pushes (own sends included) then apply without gaps or repeats.
+    let mut applied = 0;
+    while applied < 2 {
+        let frame = tokio::time::timeout(Duration::from_secs(20), live.next())
+            .await
+            .expect("in time")
+            .expect("push");
+        match store
+            .apply_push(&ben_client, &frame)
+            .await
+            .expect("applied")
+        {
+            Applied::New => applied += 1,
+            Applied::Duplicate | Applied::State => {}
+            Applied::Gap { .. } => panic!("a gap the store should have filled"),
+        }
+    }
+    assert_eq!(store.position(id).expect("position"), seqs[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moved_by_goaway_resumes_on_another_edge_without_loss() {
+    let parts = support::parts();
+    let tokens = support::tokens(&parts);
+    let throttle = selfie_services::auth::throttle::LoginThrottle::new(parts.throttle);
+    let a = support::start_with(&parts, tokens.clone(), throttle.clone());
+    let b = support::start_with(&parts, tokens, throttle);
+    let anon = Client::connect(config(&a, None)).await.expect("session");
+    let ana = sign_up(&a, &anon, "ana").await;
+    let ben = sign_up(&a, &anon, "ben").await;
+    friends(&ana, &ben).await;
+    let ana_b = Client::connect(config(&b, Some(ana.token.clone())))
+        .await
+        .expect("ana on b");
+    let id = ana_b
+        .chat()
+        .direct(ben.id)
+        .await
+        .expect("direct")
+        .conversation_id;
+    let dir = tempfile::tempdir().expect("dir");
+    let store = ChatStore::open(dir.path()).expect("store");
+    store.sync(&ben.client).await.expect("sync");
+    // Node a drains: Ben is told to go.
+    a.edge.drain();
+    ben.client
+        .goaway(Duration::from_secs(5))
+        .await
+        .expect("GoAway");
+    // Meanwhile Ana keeps writing through node b.
+    for i in 0..30 {
+        ana_b
+            .chat()
+            .send(id, &format!("g{i}"), &i.to_string())
+            .await
+            .expect("sent");
+    }
+    // Ben reconnects to node b and resumes from his cursor.
+    let ben_b = Client::connect(config(&b, Some(ben.token.clone())))
+        .await
+        .expect("ben on b");
+    let report = store.sync(&ben_b).await.expect("sync");
+    assert_eq!(report.new, 30);
+    let texts: Vec<String> = store
+        .messages(id)
+        .expect("messages")
+        .into_iter()
+        .filter_map(|m| m.text)
+        .collect();
+    assert_eq!(texts, (0..30).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_users_messages_are_refused_and_requests_wait() {
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    // Ben does not follow Ana: her conversation is a request for him.
+    let id = ana
+        .client
+        .chat()
+        .direct(ben.id)
+        .await
+        .expect("direct")
+        .conversation_id;
+    ana.client
+        .chat()
+        .send(id, "r1", "hi stranger")
+        .await
+        .expect("sent");
+    let requests = ben
+        .client
+        .chat()
+        .list(
+            selfie_protocol::chat::ConversationFolder::Requests,
+            20,
+            None,
+        )
+        .await
+        .expect("requests");
+    let list = requests.conversations.unwrap_or_default();
+    assert_eq!(list.len(), 1);
+    assert!(list[0].request);
+    assert_eq!(list[0].unread_count, 1);
+    ben.client
+        .chat()
+        .answer_request(id, true)
+        .await
+        .expect("accepted");
+    // A block refuses the conversation both ways.
+    let mut r = BlockRequestT::default();
+    r.target_id = ana.id;
+    call(&ben.client, graph(GraphOpT::BlockRequest(Box::new(r))))
+        .await
+        .expect("blocked");
+    for (u, txn) in [(&ana, "b1"), (&ben, "b2")] {
+        let refused = u.client.chat().send(id, txn, "?").await;
+        assert_eq!(
+            refused.err().and_then(|e| e.code()),
+            Some(ErrorCode::Blocked)
+        );
+    }
+    // Bad input is a typed refusal.
+    let long = "x".repeat(5_000);
+    let refused = ana.client.chat().send(id, "long", &long).await;
+    assert_eq!(
+        refused.err().and_then(|e| e.code()),
+        Some(ErrorCode::InvalidArgument)
+    );
+    let refused = ana.client.chat().sync(&[7, 7, 7], 0, 10).await;
+    assert_eq!(
+        refused.err().and_then(|e| e.code()),
+        Some(ErrorCode::InvalidArgument)
+    );
+}
