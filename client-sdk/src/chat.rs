@@ -259,6 +259,63 @@ impl ChatApi<'_> {
         }
     }
 
+    /// Says that this user started (or stopped) typing in `conversation_id`: a
+    /// datagram, latest wins (the server fills in who and when).
+    pub fn typing(&self, conversation_id: u64, typing: bool) -> Result<(), ClientError> {
+        use selfie_protocol::datagram as dg;
+        self.0.send_datagram(|b| {
+            let t = dg::Typing::create(
+                b,
+                &dg::TypingArgs {
+                    conversation_id,
+                    typing,
+                    ..Default::default()
+                },
+            );
+            dg::Datagram::create(
+                b,
+                &dg::DatagramArgs {
+                    seq: 0,
+                    body_type: dg::DatagramBody::Typing,
+                    body: Some(t.as_union_value()),
+                },
+            )
+        })
+    }
+
+    /// Says this user's presence (repeat it while in the foreground: a status older than
+    /// 90 seconds reads as offline).
+    pub fn presence(
+        &self,
+        status: selfie_protocol::datagram::PresenceStatus,
+    ) -> Result<(), ClientError> {
+        use selfie_protocol::datagram as dg;
+        self.0.send_datagram(|b| {
+            let p = dg::Presence::create(
+                b,
+                &dg::PresenceArgs {
+                    status,
+                    ..Default::default()
+                },
+            );
+            dg::Datagram::create(
+                b,
+                &dg::DatagramArgs {
+                    seq: 0,
+                    body_type: dg::DatagramBody::Presence,
+                    body: Some(p.as_union_value()),
+                },
+            )
+        })
+    }
+
+    /// Typing and presence signals for this user, which then arrive as datagrams
+    /// ([`Client::recv_datagram`], read with [`signal`]); the subscription itself carries
+    /// nothing.
+    pub async fn subscribe_signals(&self) -> Result<Subscription, ClientError> {
+        self.0.subscribe(SubscriptionKind::Presence, 0, None).await
+    }
+
     /// Every change of every conversation of this user, live.
     pub async fn subscribe(&self) -> Result<Subscription, ClientError> {
         self.0
@@ -279,6 +336,53 @@ pub fn text_message(
     r.kind = pc::MessageKind::Text;
     r.text = Some(text.to_string());
     r
+}
+
+/// A typing or presence signal received as a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// `user` started (`typing`) or stopped typing in `conversation_id`.
+    Typing {
+        /// The conversation.
+        conversation_id: u64,
+        /// Who.
+        user: u64,
+        /// Started or stopped.
+        typing: bool,
+        /// The sender's order: keep the newest.
+        seq: u64,
+    },
+    /// `user`'s presence.
+    Presence {
+        /// Who.
+        user: u64,
+        /// The status.
+        status: selfie_protocol::datagram::PresenceStatus,
+        /// When they were last active.
+        last_active_ms: u64,
+        /// The order: keep the newest.
+        seq: u64,
+    },
+}
+
+/// The signal a datagram carries, if it is one.
+pub fn signal(d: &selfie_codec::DatagramFrame) -> Option<Signal> {
+    let d = d.datagram();
+    let seq = d.seq();
+    if let Some(t) = d.body_as_typing() {
+        return Some(Signal::Typing {
+            conversation_id: t.conversation_id(),
+            user: t.user_id(),
+            typing: t.typing(),
+            seq,
+        });
+    }
+    d.body_as_presence().map(|p| Signal::Presence {
+        user: p.user_id(),
+        status: p.status(),
+        last_active_ms: p.last_active_ms(),
+        seq,
+    })
 }
 
 /// The chat event a push frame carries, if it is one.

@@ -92,7 +92,9 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     registry.register(Service::Users, Rc::new(UsersWire(s.clone())));
     registry.register(Service::Graph, Rc::new(GraphWire { graph, lists }));
     registry.register(Service::Posts, Rc::new(PostsWire(s.posts.clone())));
-    registry.register(Service::Chat, Rc::new(ChatWire(chat)));
+    let chat = Rc::new(ChatWire(chat));
+    registry.register(Service::Chat, chat.clone());
+    registry.set_datagrams(chat);
     // Reached from other shards: a post's counter events run on its owner shard.
     registry.provide(s.posts.clone());
     registry.provide(services);

@@ -93,6 +93,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::chat::TABLES,
         statements: &[],
     },
+    Migration {
+        version: 14,
+        name: "chat: presence",
+        tables: crate::tables::chat::PRESENCE_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

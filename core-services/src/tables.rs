@@ -523,6 +523,21 @@ pub mod chat {
         EDITS, "chat_edits", ["conversation_id"], ["seq", "replaced_at_ms"], "earlier versions of edited messages";
     }
 
+    /// user id → the user's last presence (status, last activity); written at most
+    /// every [`crate::chat::PRESENCE_WRITE_EVERY`] per user unless the status changes.
+    pub static PRESENCE: Table = Table {
+        name: "chat_presence",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &[],
+        default_ttl: None,
+        conditional: false,
+        doc: "users' last presence: status and last activity",
+    };
+
+    /// The presence table (a later migration).
+    pub static PRESENCE_TABLES: &[&Table] = &[&PRESENCE];
+
     /// The chat tables (a later migration).
     pub static TABLES: &[&Table] = &[
         &CONVERSATIONS,

@@ -96,6 +96,9 @@ pub struct Metrics {
     pub sent_bytes_total: Family<ShardLabel, Counter>,
     /// Datagrams received.
     pub datagrams_total: Family<OutcomeLabels, Counter>,
+    /// Typing and presence datagrams sent to subscribers (`sent`, or `dropped`: too
+    /// large for the path, or the connection refused it).
+    pub datagrams_sent_total: Family<OutcomeLabels, Counter>,
     registry: Registry,
 }
 
@@ -118,6 +121,7 @@ impl Metrics {
             received_bytes_total: Family::default(),
             sent_bytes_total: Family::default(),
             datagrams_total: Family::default(),
+            datagrams_sent_total: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -180,6 +184,11 @@ impl Metrics {
             "selfie_edge_datagrams",
             "Datagrams received by outcome",
             m.datagrams_total.clone(),
+        );
+        r.register(
+            "selfie_edge_datagrams_sent",
+            "Typing and presence datagrams sent to subscribers, by outcome",
+            m.datagrams_sent_total.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

@@ -468,3 +468,114 @@ async fn blocked_users_messages_are_refused_and_requests_wait() {
         Some(ErrorCode::InvalidArgument)
     );
 }
+
+/// The next typing or presence signal `c` receives.
+async fn next_signal(c: &Client) -> selfie_client::chat::Signal {
+    let d = tokio::time::timeout(Duration::from_secs(20), c.recv_datagram())
+        .await
+        .expect("in time")
+        .expect("a datagram");
+    selfie_client::chat::signal(&d).expect("a signal")
+}
+
+async fn show_activity(u: &User, show: bool) {
+    use selfie_protocol::users::{UpdateSettingsRequestT, UsersOpT};
+    let mut r = UpdateSettingsRequestT::default();
+    r.show_activity_status = Some(show);
+    call(
+        &u.client,
+        support::users(UsersOpT::UpdateSettingsRequest(Box::new(r))),
+    )
+    .await
+    .expect("settings");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_presence_arrive_as_datagrams_and_respect_privacy() {
+    use selfie_client::chat::Signal;
+    use selfie_protocol::datagram::PresenceStatus;
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    friends(&ana, &ben).await;
+    let id = ana
+        .client
+        .chat()
+        .direct(ben.id)
+        .await
+        .expect("direct")
+        .conversation_id;
+    let _signals = ben
+        .client
+        .chat()
+        .subscribe_signals()
+        .await
+        .expect("subscribed");
+    // A stranger's typing in the conversation goes nowhere; Ana's reaches Ben, named by
+    // the server (whatever the datagram claimed).
+    cat.client.chat().typing(id, true).expect("sent");
+    ana.client.chat().typing(id, true).expect("sent");
+    match next_signal(&ben.client).await {
+        Signal::Typing {
+            conversation_id,
+            user,
+            typing,
+            ..
+        } => assert_eq!((conversation_id, user, typing), (id, ana.id, true)),
+        other => panic!("not typing: {other:?}"),
+    }
+    // Presence: Ana comes online; Ben, her direct partner, hears it and reads it.
+    ana.client
+        .chat()
+        .presence(PresenceStatus::Online)
+        .expect("sent");
+    let (status, at) = loop {
+        if let Signal::Presence {
+            user,
+            status,
+            last_active_ms,
+            ..
+        } = next_signal(&ben.client).await
+        {
+            assert_eq!(user, ana.id);
+            break (status, last_active_ms);
+        }
+    };
+    assert_eq!(status, PresenceStatus::Online);
+    assert!(at > 0);
+    let member = |c: &selfie_protocol::chat::ConversationT, u: u64| {
+        c.members
+            .iter()
+            .flatten()
+            .find(|m| m.user.as_ref().map(|x| x.user_id) == Some(u))
+            .expect("member")
+            .clone()
+    };
+    let view = ben.client.chat().get(id).await.expect("view");
+    assert_eq!(member(&view, ana.id).presence, PresenceStatus::Online);
+    // Ana hides her activity: nobody reads it any more.
+    show_activity(&ana, false).await;
+    let view = ben.client.chat().get(id).await.expect("view");
+    let hidden = member(&view, ana.id);
+    assert_eq!(
+        (hidden.presence, hidden.last_active_ms),
+        (PresenceStatus::Offline, 0)
+    );
+    // And a user who hides theirs sees nobody's.
+    show_activity(&ana, true).await;
+    show_activity(&ben, false).await;
+    let view = ben.client.chat().get(id).await.expect("view");
+    assert_eq!(member(&view, ana.id).last_active_ms, 0);
+    // The refused stranger and the delivered signals are counted.
+    let start = std::time::Instant::now();
+    loop {
+        let m = node.edge.metrics().encode();
+        if m.contains("outcome=\"refused\"") && m.contains("selfie_edge_datagrams_sent_total") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

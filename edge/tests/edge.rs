@@ -548,7 +548,7 @@ async fn datagrams_are_verified_and_bad_ones_are_counted() {
     let start = std::time::Instant::now();
     loop {
         let (_, m) = http_get(t.edge.ops_addr, "/metrics").await;
-        if m.contains("selfie_edge_datagrams_total{shard=\"0\",outcome=\"ok\"} 1")
+        if m.contains("selfie_edge_datagrams_total{shard=\"0\",outcome=\"unhandled\"} 1")
             && m.contains("outcome=\"malformed\"")
         {
             break;

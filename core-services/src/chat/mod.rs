@@ -39,6 +39,7 @@
 //! a message for oneself only, and checking that attachment media ids exist (the media
 //! service does not exist yet; ids are stored as given, as posts do).
 
+mod ephemeral;
 mod wire;
 
 use std::cell::RefCell;
@@ -60,6 +61,9 @@ use crate::tables::chat::*;
 use crate::tables::{self, decode, encode, key as k};
 use crate::{Error, Result};
 
+pub use ephemeral::{
+    PRESENCE_STALE_MS, PRESENCE_WRITE_EVERY, Presence, TYPING_REPEAT, status as presence_status,
+};
 pub use wire::ChatWire;
 
 /// Longest message, in characters.
@@ -438,6 +442,8 @@ pub struct View {
     pub unread: u32,
     /// The newest message the viewer may see.
     pub last_message: Option<Message>,
+    /// Other members' presence, where both sides show activity status.
+    pub presence: HashMap<u64, Presence>,
 }
 
 /// Which of a user's conversations a list shows.
@@ -591,6 +597,7 @@ pub struct Chat<S> {
     locks: KeyedLocks,
     delivery: Option<Rc<Delivery>>,
     limits: SyncLimits,
+    memo: RefCell<ephemeral::Memo>,
 }
 
 impl<S: Store + 'static> Chat<S> {
@@ -605,6 +612,7 @@ impl<S: Store + 'static> Chat<S> {
             locks: KeyedLocks::default(),
             delivery: None,
             limits: SyncLimits::default(),
+            memo: RefCell::default(),
         })
     }
 
@@ -1266,7 +1274,17 @@ impl<S: Store + 'static> Chat<S> {
                 }
             }
         }
+        let mut presence = HashMap::new();
+        for (user, m) in &members {
+            if *user != me
+                && m.state == MemberState::Active
+                && let Some(p) = self.presence_for(me, *user).await?
+            {
+                presence.insert(*user, p);
+            }
+        }
         Ok(View {
+            presence,
             conversation_id: id,
             rec,
             head,

@@ -175,6 +175,45 @@ pub(super) fn event_frame(delivery: &Delivery, item: &LogItem) -> Result<Bytes> 
     push_frame(delivery, event_t(item))
 }
 
+/// The frame of a typing signal (a datagram on its way).
+pub(super) fn typing_frame(
+    delivery: &Delivery,
+    conversation_id: u64,
+    user: u64,
+    typing: bool,
+    at_ms: u64,
+) -> Result<Bytes> {
+    push_frame(
+        delivery,
+        make!(pc::ChatEventT {
+            kind: pc::ChatEventKind::Typing,
+            conversation_id,
+            actor_id: user,
+            typing,
+            at_ms,
+        }),
+    )
+}
+
+/// The frame of a presence change (a datagram on its way).
+pub(super) fn presence_frame(
+    delivery: &Delivery,
+    user: u64,
+    status: u8,
+    last_active_ms: u64,
+) -> Result<Bytes> {
+    push_frame(
+        delivery,
+        make!(pc::ChatEventT {
+            kind: pc::ChatEventKind::Presence,
+            actor_id: user,
+            presence: selfie_protocol::datagram::PresenceStatus(status),
+            last_active_ms,
+            at_ms: last_active_ms,
+        }),
+    )
+}
+
 /// The push frame of a receipt (not a log entry: `event_seq` 0).
 pub(super) fn receipt_frame(
     delivery: &Delivery,
@@ -203,12 +242,15 @@ pub(super) fn receipt_frame(
 fn conversation_t(v: View) -> pc::ConversationT {
     let id = v.conversation_id;
     let members = v.members.iter().map(|(user, m)| {
+        let p = v.presence.get(user);
         make!(pc::ChatMemberT {
             user: user_ref(*user),
             role: wire_role(m.role),
             joined_at_ms: m.joined_at_ms,
             last_read_seq: m.last_read_seq,
             last_delivered_seq: m.last_delivered_seq,
+            presence: selfie_protocol::datagram::PresenceStatus(p.map_or(0, |p| p.status)),
+            last_active_ms: p.map_or(0, |p| p.last_active_ms),
         })
     });
     make!(pc::ConversationT {
@@ -474,14 +516,15 @@ impl<S: Store + Clone + 'static> ChatWire<S> {
 }
 
 /// Every change of every conversation of the caller, live (`AllConversations`, target 0
-/// or the caller). Nothing is replayed here: a client subscribes, then syncs from its
+/// or the caller); or the typing and presence signals sent to the caller (`Presence`,
+/// which the edge delivers as datagrams). Nothing is replayed here: a client subscribes, then syncs from its
 /// cursor, and drops what it already has (see the module docs of `crate::chat`).
 async fn subscribe<S: Store + Clone + 'static>(
     w: ChatWire<S>,
     kind: SubscriptionKind,
     call: Call,
 ) -> Result<Subscription> {
-    if kind != SubscriptionKind::AllConversations {
+    if kind != SubscriptionKind::AllConversations && kind != SubscriptionKind::Presence {
         return Err(Error::Unavailable("this subscription"));
     }
     let me = call.user()?;
@@ -497,4 +540,33 @@ async fn subscribe<S: Store + Clone + 'static>(
         initial: Vec::new(),
         events,
     })
+}
+
+impl<S: Store + Clone + 'static> crate::plane::Datagrams for ChatWire<S> {
+    fn datagram(
+        &self,
+        user: u64,
+        datagram: selfie_codec::DatagramFrame,
+    ) -> futures::future::LocalBoxFuture<'static, Result<()>> {
+        use selfie_protocol::datagram::DatagramBody;
+        let chat = self.0.clone();
+        Box::pin(async move {
+            let d = datagram.datagram();
+            match d.body_type() {
+                DatagramBody::Typing => {
+                    let t = d
+                        .body_as_typing()
+                        .ok_or(Error::InvalidArgument { field: "body" })?;
+                    chat.typing(user, t.conversation_id(), t.typing()).await
+                }
+                DatagramBody::Presence => {
+                    let p = d
+                        .body_as_presence()
+                        .ok_or(Error::InvalidArgument { field: "body" })?;
+                    chat.presence(user, p.status().0).await
+                }
+                _ => Err(Error::InvalidArgument { field: "body" }),
+            }
+        })
+    }
 }

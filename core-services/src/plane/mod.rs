@@ -244,15 +244,29 @@ pub trait Service {
     }
 }
 
+/// Where a shard hands the datagrams its signed-in sessions send (typing, presence),
+/// verified. Datagrams are never answered: a refusal is the `Err` the edge counts.
+pub trait Datagrams {
+    /// Handles `datagram` from `user`.
+    fn datagram(
+        &self,
+        user: u64,
+        datagram: selfie_codec::DatagramFrame,
+    ) -> LocalBoxFuture<'static, Result<()>>;
+}
+
 /// The service that serves a subscription kind.
 pub fn subscription_service(kind: SubscriptionKind) -> Option<selfie_protocol::Service> {
     use selfie_protocol::Service;
     Some(match kind {
-        SubscriptionKind::Conversation | SubscriptionKind::AllConversations => Service::Chat,
+        // Presence carries typing and presence changes, which chat owns for now.
+        SubscriptionKind::Conversation
+        | SubscriptionKind::AllConversations
+        | SubscriptionKind::Presence => Service::Chat,
         SubscriptionKind::HomeFeed => Service::Feed,
         SubscriptionKind::StoryTray => Service::Stories,
         SubscriptionKind::Notifications => Service::Notifications,
-        SubscriptionKind::Presence | SubscriptionKind::User => Service::Users,
+        SubscriptionKind::User => Service::Users,
         SubscriptionKind::Post => Service::Posts,
         _ => return None,
     })
@@ -267,6 +281,7 @@ pub struct Registry {
     encoder: Rc<RefCell<Encoder>>,
     delivery: Rc<Delivery>,
     inflight: shards::Inflight,
+    datagrams: Option<Rc<dyn Datagrams>>,
 }
 
 impl Registry {
@@ -280,6 +295,7 @@ impl Registry {
             encoder: Rc::new(RefCell::new(Encoder::new(Limits::DEFAULT))),
             delivery: delivery.clone(),
             inflight: Default::default(),
+            datagrams: None,
         };
         r.provide(delivery);
         r
@@ -318,6 +334,16 @@ impl Registry {
             .iter()
             .find(|(t, _)| *t == id)
             .and_then(|(_, v)| v.clone().downcast::<T>().ok())
+    }
+
+    /// Sends the sessions' datagrams to `handler`.
+    pub fn set_datagrams(&mut self, handler: Rc<dyn Datagrams>) {
+        self.datagrams = Some(handler);
+    }
+
+    /// Where datagrams go, if anywhere.
+    pub fn datagrams(&self) -> Option<&Rc<dyn Datagrams>> {
+        self.datagrams.as_ref()
     }
 
     /// The shard's reusable encoder.

@@ -13,6 +13,8 @@ pub(super) struct Conn {
     pub(super) ip: IpAddr,
     pub(super) session: SessionInfo,
     pub(super) limiter: DefaultDirectRateLimiter,
+    /// Datagrams handed to the services (typing, presence) from this connection.
+    pub(super) datagram_limiter: DefaultDirectRateLimiter,
     pub(super) inflight: Cell<u32>,
     pub(super) protocol_errors: Cell<u32>,
     /// Open subscriptions: id -> the task writing its push stream.
@@ -21,6 +23,12 @@ pub(super) struct Conn {
     pub(super) joining: Cell<usize>,
     pub(super) next_subscription: Cell<u64>,
 }
+
+/// Datagrams per second one connection may hand to the services (typing and presence
+/// are latest-wins: a client needs a few a second at most).
+const DATAGRAMS_PER_SECOND: u32 = 10;
+/// Datagrams one connection may hand over at once.
+const DATAGRAM_BURST: u32 = 20;
 
 /// Subscriptions one connection may hold at once.
 pub(super) const MAX_SUBSCRIPTIONS: usize = 64;
@@ -211,6 +219,10 @@ pub(super) async fn serve_connection(
             Quota::per_second(per_second(limits.connection_requests_per_second))
                 .allow_burst(per_second(limits.connection_request_burst)),
         ),
+        datagram_limiter: RateLimiter::direct(
+            Quota::per_second(per_second(DATAGRAMS_PER_SECOND))
+                .allow_burst(per_second(DATAGRAM_BURST)),
+        ),
         session,
         inflight: Cell::new(0),
         protocol_errors: Cell::new(0),
@@ -336,7 +348,21 @@ pub(super) async fn serve_connection(
 async fn datagram_loop(shard: Rc<Shard>, state: Rc<Conn>) {
     while let Ok(bytes) = state.conn.read_datagram().await {
         let outcome = match selfie_codec::decode_datagram(bytes, &shard.limits) {
-            Ok(_) => "ok",
+            Ok(frame) => {
+                let user = state.session.principal.as_ref().map(|p| p.user_id);
+                match (user, shard.registry.datagrams()) {
+                    (None, _) => "anonymous",
+                    (Some(_), None) => "unhandled",
+                    (Some(_), Some(_)) if state.datagram_limiter.check().is_err() => "rate_limited",
+                    (Some(user), Some(handler)) => match handler.datagram(user, frame).await {
+                        Ok(()) => "ok",
+                        Err(e) => {
+                            debug!(error = %e, "datagram refused");
+                            "refused"
+                        }
+                    },
+                }
+            }
             Err(e) => {
                 // Datagrams have no stream to answer on, and one of a type this build
                 // does not know (a newer client's) must not end the session: a bad one

@@ -268,6 +268,11 @@ async fn subscribe(
         })
         .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))?;
     let priority = selfie_protocol::priority_of_service(service).quic_priority();
+    // Typing and presence go out as datagrams, not on the push stream.
+    let mut datagrams = (kind == selfie_protocol::control::SubscriptionKind::Presence)
+        .then(|| selfie_codec::Encoder::new(shard.limits));
+    let datagram_metrics = shard.shared.metrics.datagrams_sent_total.clone();
+    let shard_label = shard.id as u16;
     let conn = state.conn.clone();
     let weak = Rc::downgrade(state);
     let task = tokio::task::spawn_local(async move {
@@ -285,6 +290,19 @@ async fn subscribe(
             }
             loop {
                 match sub.events.next().await {
+                    SubscriberEvent::Event(bytes) if datagrams.is_some() => {
+                        let sent = datagrams
+                            .as_mut()
+                            .and_then(|enc| signal_datagram(enc, bytes))
+                            .is_some_and(|d| conn.send_datagram(d).is_ok());
+                        let outcome = if sent { "sent" } else { "dropped" };
+                        datagram_metrics
+                            .get_or_create(&crate::metrics::OutcomeLabels {
+                                shard: shard_label,
+                                outcome,
+                            })
+                            .inc();
+                    }
                     SubscriberEvent::Event(bytes) => {
                         tokio::select! {
                             written = send.write_chunk(bytes) => if written.is_err() { return },
@@ -318,6 +336,58 @@ async fn subscribe(
             build::control(b, id, ControlOp::SubscribeResponse, r.as_union_value())
         })
         .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
+}
+
+/// A typing or presence event of the delivery plane as the datagram a client receives:
+/// the topic's sequence becomes the datagram's `seq` (receivers keep the newest).
+fn signal_datagram(enc: &mut selfie_codec::Encoder, bytes: Bytes) -> Option<Bytes> {
+    use selfie_protocol::chat::ChatEventKind;
+    use selfie_protocol::datagram::{
+        Datagram, DatagramArgs, DatagramBody, Presence, PresenceArgs, Typing, TypingArgs,
+    };
+    let frame = Frame::verify(bytes, &selfie_codec::Limits::DEFAULT).ok()?;
+    let env = frame.envelope();
+    let e = env.body_as_chat()?.op_as_chat_event()?;
+    let seq = env.id();
+    let data = enc
+        .encode_datagram(|b| {
+            let (body_type, body) = match e.kind() {
+                ChatEventKind::Typing => {
+                    let t = Typing::create(
+                        b,
+                        &TypingArgs {
+                            conversation_id: e.conversation_id(),
+                            user_id: e.actor_id(),
+                            typing: e.typing(),
+                            at_ms: e.at_ms(),
+                        },
+                    );
+                    (DatagramBody::Typing, t.as_union_value())
+                }
+                _ => {
+                    let p = Presence::create(
+                        b,
+                        &PresenceArgs {
+                            user_id: e.actor_id(),
+                            status: e.presence(),
+                            last_active_ms: e.last_active_ms(),
+                            platform: Default::default(),
+                        },
+                    );
+                    (DatagramBody::Presence, p.as_union_value())
+                }
+            };
+            Datagram::create(
+                b,
+                &DatagramArgs {
+                    seq,
+                    body_type,
+                    body: Some(body),
+                },
+            )
+        })
+        .ok()?;
+    Some(Bytes::copy_from_slice(data))
 }
 
 /// Counts a request (or control `Ping`) under `service` and its result `code`.

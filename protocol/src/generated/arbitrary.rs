@@ -734,16 +734,16 @@ pub fn selfie_chat_chat(depth: u32) -> BoxedStrategy<crate::generated::selfie::c
 /// Arbitrary `selfie.chat.ChatEvent`.
 pub fn selfie_chat_chat_event(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::ChatEventT> {
     let _ = depth;
-    ((select(crate::generated::selfie::chat::ChatEventKind::ENUM_VALUES), any::<u64>(), any::<u64>(), any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_chat_message(depth - 1).prop_map(Box::new)).boxed() }, any::<u64>(), option::of(text()), any::<u64>(),), (any::<u64>(), option::of(text()),),)
-        .prop_map(|((kind, conversation_id, event_seq, actor_id, message, up_to_seq, emoji, at_ms,), (user_id, text,),)| crate::generated::selfie::chat::ChatEventT { kind, conversation_id, event_seq, actor_id, message, up_to_seq, emoji, at_ms, user_id, text })
+    ((select(crate::generated::selfie::chat::ChatEventKind::ENUM_VALUES), any::<u64>(), any::<u64>(), any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_chat_message(depth - 1).prop_map(Box::new)).boxed() }, any::<u64>(), option::of(text()), any::<u64>(),), (any::<u64>(), option::of(text()), any::<bool>(), select(crate::generated::selfie::datagram::PresenceStatus::ENUM_VALUES), any::<u64>(),),)
+        .prop_map(|((kind, conversation_id, event_seq, actor_id, message, up_to_seq, emoji, at_ms,), (user_id, text, typing, presence, last_active_ms,),)| crate::generated::selfie::chat::ChatEventT { kind, conversation_id, event_seq, actor_id, message, up_to_seq, emoji, at_ms, user_id, text, typing, presence, last_active_ms })
         .boxed()
 }
 
 /// Arbitrary `selfie.chat.ChatMember`.
 pub fn selfie_chat_chat_member(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::ChatMemberT> {
     let _ = depth;
-    ((if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_user_summary(depth - 1).prop_map(Box::new)).boxed() }, select(crate::generated::selfie::chat::MemberRole::ENUM_VALUES), any::<u64>(), any::<u64>(), any::<u64>(),),)
-        .prop_map(|((user, role, joined_at_ms, last_read_seq, last_delivered_seq,),)| crate::generated::selfie::chat::ChatMemberT { user, role, joined_at_ms, last_read_seq, last_delivered_seq })
+    ((if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_user_summary(depth - 1).prop_map(Box::new)).boxed() }, select(crate::generated::selfie::chat::MemberRole::ENUM_VALUES), any::<u64>(), any::<u64>(), any::<u64>(), select(crate::generated::selfie::datagram::PresenceStatus::ENUM_VALUES), any::<u64>(),),)
+        .prop_map(|((user, role, joined_at_ms, last_read_seq, last_delivered_seq, presence, last_active_ms,),)| crate::generated::selfie::chat::ChatMemberT { user, role, joined_at_ms, last_read_seq, last_delivered_seq, presence, last_active_ms })
         .boxed()
 }
 

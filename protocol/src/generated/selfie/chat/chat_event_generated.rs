@@ -29,6 +29,9 @@ impl<'a> ChatEvent<'a> {
   pub const VT_AT_MS: ::flatbuffers::VOffsetT = 18;
   pub const VT_USER_ID: ::flatbuffers::VOffsetT = 20;
   pub const VT_TEXT: ::flatbuffers::VOffsetT = 22;
+  pub const VT_TYPING: ::flatbuffers::VOffsetT = 24;
+  pub const VT_PRESENCE: ::flatbuffers::VOffsetT = 26;
+  pub const VT_LAST_ACTIVE_MS: ::flatbuffers::VOffsetT = 28;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -40,6 +43,7 @@ impl<'a> ChatEvent<'a> {
     args: &'args ChatEventArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ChatEvent<'bldr>> {
     let mut builder = ChatEventBuilder::new(_fbb);
+    builder.add_last_active_ms(args.last_active_ms);
     builder.add_user_id(args.user_id);
     builder.add_at_ms(args.at_ms);
     builder.add_up_to_seq(args.up_to_seq);
@@ -49,6 +53,8 @@ impl<'a> ChatEvent<'a> {
     if let Some(x) = args.text { builder.add_text(x); }
     if let Some(x) = args.emoji { builder.add_emoji(x); }
     if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_presence(args.presence);
+    builder.add_typing(args.typing);
     builder.add_kind(args.kind);
     builder.finish()
   }
@@ -70,6 +76,9 @@ impl<'a> ChatEvent<'a> {
     let text = self.text().map(|x| {
       alloc::string::ToString::to_string(x)
     });
+    let typing = self.typing();
+    let presence = self.presence();
+    let last_active_ms = self.last_active_ms();
     ChatEventT {
       kind,
       conversation_id,
@@ -81,6 +90,9 @@ impl<'a> ChatEvent<'a> {
       at_ms,
       user_id,
       text,
+      typing,
+      presence,
+      last_active_ms,
     }
   }
 
@@ -158,6 +170,29 @@ impl<'a> ChatEvent<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ChatEvent::VT_TEXT, None)}
   }
+  /// Typing events: started (true) or stopped (1.4).
+  #[inline]
+  pub fn typing(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ChatEvent::VT_TYPING, Some(false)).unwrap()}
+  }
+  /// Presence events: the status and when the user was last active (1.4).
+  #[inline]
+  pub fn presence(&self) -> super::datagram::PresenceStatus {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<super::datagram::PresenceStatus>(ChatEvent::VT_PRESENCE, Some(super::datagram::PresenceStatus::Offline)).unwrap()}
+  }
+  #[inline]
+  pub fn last_active_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ChatEvent::VT_LAST_ACTIVE_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ChatEvent<'_> {
@@ -176,6 +211,9 @@ impl ::flatbuffers::Verifiable for ChatEvent<'_> {
      .visit_field::<u64>("at_ms", Self::VT_AT_MS, false)?
      .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("text", Self::VT_TEXT, false)?
+     .visit_field::<bool>("typing", Self::VT_TYPING, false)?
+     .visit_field::<super::datagram::PresenceStatus>("presence", Self::VT_PRESENCE, false)?
+     .visit_field::<u64>("last_active_ms", Self::VT_LAST_ACTIVE_MS, false)?
      .finish();
     Ok(())
   }
@@ -191,6 +229,9 @@ pub struct ChatEventArgs<'a> {
     pub at_ms: u64,
     pub user_id: u64,
     pub text: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub typing: bool,
+    pub presence: super::datagram::PresenceStatus,
+    pub last_active_ms: u64,
 }
 impl<'a> Default for ChatEventArgs<'a> {
   #[inline]
@@ -206,6 +247,9 @@ impl<'a> Default for ChatEventArgs<'a> {
       at_ms: 0,
       user_id: 0,
       text: None,
+      typing: false,
+      presence: super::datagram::PresenceStatus::Offline,
+      last_active_ms: 0,
     }
   }
 }
@@ -256,6 +300,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChatEventBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ChatEvent::VT_TEXT, text);
   }
   #[inline]
+  pub fn add_typing(&mut self, typing: bool) {
+    self.fbb_.push_slot::<bool>(ChatEvent::VT_TYPING, typing, false);
+  }
+  #[inline]
+  pub fn add_presence(&mut self, presence: super::datagram::PresenceStatus) {
+    self.fbb_.push_slot::<super::datagram::PresenceStatus>(ChatEvent::VT_PRESENCE, presence, super::datagram::PresenceStatus::Offline);
+  }
+  #[inline]
+  pub fn add_last_active_ms(&mut self, last_active_ms: u64) {
+    self.fbb_.push_slot::<u64>(ChatEvent::VT_LAST_ACTIVE_MS, last_active_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChatEventBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ChatEventBuilder {
@@ -283,6 +339,9 @@ impl ::core::fmt::Debug for ChatEvent<'_> {
       ds.field("at_ms", &self.at_ms());
       ds.field("user_id", &self.user_id());
       ds.field("text", &self.text());
+      ds.field("typing", &self.typing());
+      ds.field("presence", &self.presence());
+      ds.field("last_active_ms", &self.last_active_ms());
       ds.finish()
   }
 }
@@ -299,6 +358,9 @@ pub struct ChatEventT {
   pub at_ms: u64,
   pub user_id: u64,
   pub text: Option<alloc::string::String>,
+  pub typing: bool,
+  pub presence: super::datagram::PresenceStatus,
+  pub last_active_ms: u64,
 }
 impl Default for ChatEventT {
   fn default() -> Self {
@@ -313,6 +375,9 @@ impl Default for ChatEventT {
       at_ms: 0,
       user_id: 0,
       text: None,
+      typing: false,
+      presence: super::datagram::PresenceStatus::Offline,
+      last_active_ms: 0,
     }
   }
 }
@@ -337,6 +402,9 @@ impl ChatEventT {
     let text = self.text.as_ref().map(|x|{
       _fbb.create_string(x)
     });
+    let typing = self.typing;
+    let presence = self.presence;
+    let last_active_ms = self.last_active_ms;
     ChatEvent::create(_fbb, &ChatEventArgs{
       kind,
       conversation_id,
@@ -348,6 +416,9 @@ impl ChatEventT {
       at_ms,
       user_id,
       text,
+      typing,
+      presence,
+      last_active_ms,
     })
   }
 }

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_CHAT_EVENT_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_CHAT_EVENT_KIND: u8 = 11;
+pub const ENUM_MAX_CHAT_EVENT_KIND: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_CHAT_EVENT_KIND: [ChatEventKind; 12] = [
+pub const ENUM_VALUES_CHAT_EVENT_KIND: [ChatEventKind; 14] = [
   ChatEventKind::MessageCreated,
   ChatEventKind::MessageEdited,
   ChatEventKind::MessageDeleted,
@@ -21,6 +21,8 @@ pub const ENUM_VALUES_CHAT_EVENT_KIND: [ChatEventKind; 12] = [
   ChatEventKind::ConversationUpdated,
   ChatEventKind::ConversationCreated,
   ChatEventKind::MemberRoleChanged,
+  ChatEventKind::Typing,
+  ChatEventKind::Presence,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -41,9 +43,13 @@ impl ChatEventKind {
   pub const ConversationCreated: Self = Self(10);
   /// `user_id`'s role changed to `text` (1.4).
   pub const MemberRoleChanged: Self = Self(11);
+  /// `actor_id` started or stopped typing (`typing`); sent as a `Typing` datagram (1.4).
+  pub const Typing: Self = Self(12);
+  /// `actor_id`'s presence changed; sent as a `Presence` datagram (1.4).
+  pub const Presence: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::MessageCreated,
     Self::MessageEdited,
@@ -57,6 +63,8 @@ impl ChatEventKind {
     Self::ConversationUpdated,
     Self::ConversationCreated,
     Self::MemberRoleChanged,
+    Self::Typing,
+    Self::Presence,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -73,6 +81,8 @@ impl ChatEventKind {
       Self::ConversationUpdated => Some("ConversationUpdated"),
       Self::ConversationCreated => Some("ConversationCreated"),
       Self::MemberRoleChanged => Some("MemberRoleChanged"),
+      Self::Typing => Some("Typing"),
+      Self::Presence => Some("Presence"),
       _ => None,
     }
   }

@@ -23,6 +23,8 @@ impl<'a> ChatMember<'a> {
   pub const VT_JOINED_AT_MS: ::flatbuffers::VOffsetT = 8;
   pub const VT_LAST_READ_SEQ: ::flatbuffers::VOffsetT = 10;
   pub const VT_LAST_DELIVERED_SEQ: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PRESENCE: ::flatbuffers::VOffsetT = 14;
+  pub const VT_LAST_ACTIVE_MS: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -34,10 +36,12 @@ impl<'a> ChatMember<'a> {
     args: &'args ChatMemberArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ChatMember<'bldr>> {
     let mut builder = ChatMemberBuilder::new(_fbb);
+    builder.add_last_active_ms(args.last_active_ms);
     builder.add_last_delivered_seq(args.last_delivered_seq);
     builder.add_last_read_seq(args.last_read_seq);
     builder.add_joined_at_ms(args.joined_at_ms);
     if let Some(x) = args.user { builder.add_user(x); }
+    builder.add_presence(args.presence);
     builder.add_role(args.role);
     builder.finish()
   }
@@ -50,12 +54,16 @@ impl<'a> ChatMember<'a> {
     let joined_at_ms = self.joined_at_ms();
     let last_read_seq = self.last_read_seq();
     let last_delivered_seq = self.last_delivered_seq();
+    let presence = self.presence();
+    let last_active_ms = self.last_active_ms();
     ChatMemberT {
       user,
       role,
       joined_at_ms,
       last_read_seq,
       last_delivered_seq,
+      presence,
+      last_active_ms,
     }
   }
 
@@ -95,6 +103,21 @@ impl<'a> ChatMember<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ChatMember::VT_LAST_DELIVERED_SEQ, Some(0)).unwrap()}
   }
+  /// Presence and last activity, when both sides show activity status (1.4).
+  #[inline]
+  pub fn presence(&self) -> super::datagram::PresenceStatus {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<super::datagram::PresenceStatus>(ChatMember::VT_PRESENCE, Some(super::datagram::PresenceStatus::Offline)).unwrap()}
+  }
+  #[inline]
+  pub fn last_active_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ChatMember::VT_LAST_ACTIVE_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ChatMember<'_> {
@@ -108,6 +131,8 @@ impl ::flatbuffers::Verifiable for ChatMember<'_> {
      .visit_field::<u64>("joined_at_ms", Self::VT_JOINED_AT_MS, false)?
      .visit_field::<u64>("last_read_seq", Self::VT_LAST_READ_SEQ, false)?
      .visit_field::<u64>("last_delivered_seq", Self::VT_LAST_DELIVERED_SEQ, false)?
+     .visit_field::<super::datagram::PresenceStatus>("presence", Self::VT_PRESENCE, false)?
+     .visit_field::<u64>("last_active_ms", Self::VT_LAST_ACTIVE_MS, false)?
      .finish();
     Ok(())
   }
@@ -118,6 +143,8 @@ pub struct ChatMemberArgs<'a> {
     pub joined_at_ms: u64,
     pub last_read_seq: u64,
     pub last_delivered_seq: u64,
+    pub presence: super::datagram::PresenceStatus,
+    pub last_active_ms: u64,
 }
 impl<'a> Default for ChatMemberArgs<'a> {
   #[inline]
@@ -128,6 +155,8 @@ impl<'a> Default for ChatMemberArgs<'a> {
       joined_at_ms: 0,
       last_read_seq: 0,
       last_delivered_seq: 0,
+      presence: super::datagram::PresenceStatus::Offline,
+      last_active_ms: 0,
     }
   }
 }
@@ -158,6 +187,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChatMemberBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u64>(ChatMember::VT_LAST_DELIVERED_SEQ, last_delivered_seq, 0);
   }
   #[inline]
+  pub fn add_presence(&mut self, presence: super::datagram::PresenceStatus) {
+    self.fbb_.push_slot::<super::datagram::PresenceStatus>(ChatMember::VT_PRESENCE, presence, super::datagram::PresenceStatus::Offline);
+  }
+  #[inline]
+  pub fn add_last_active_ms(&mut self, last_active_ms: u64) {
+    self.fbb_.push_slot::<u64>(ChatMember::VT_LAST_ACTIVE_MS, last_active_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChatMemberBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ChatMemberBuilder {
@@ -180,6 +217,8 @@ impl ::core::fmt::Debug for ChatMember<'_> {
       ds.field("joined_at_ms", &self.joined_at_ms());
       ds.field("last_read_seq", &self.last_read_seq());
       ds.field("last_delivered_seq", &self.last_delivered_seq());
+      ds.field("presence", &self.presence());
+      ds.field("last_active_ms", &self.last_active_ms());
       ds.finish()
   }
 }
@@ -191,6 +230,8 @@ pub struct ChatMemberT {
   pub joined_at_ms: u64,
   pub last_read_seq: u64,
   pub last_delivered_seq: u64,
+  pub presence: super::datagram::PresenceStatus,
+  pub last_active_ms: u64,
 }
 impl Default for ChatMemberT {
   fn default() -> Self {
@@ -200,6 +241,8 @@ impl Default for ChatMemberT {
       joined_at_ms: 0,
       last_read_seq: 0,
       last_delivered_seq: 0,
+      presence: super::datagram::PresenceStatus::Offline,
+      last_active_ms: 0,
     }
   }
 }
@@ -215,12 +258,16 @@ impl ChatMemberT {
     let joined_at_ms = self.joined_at_ms;
     let last_read_seq = self.last_read_seq;
     let last_delivered_seq = self.last_delivered_seq;
+    let presence = self.presence;
+    let last_active_ms = self.last_active_ms;
     ChatMember::create(_fbb, &ChatMemberArgs{
       user,
       role,
       joined_at_ms,
       last_read_seq,
       last_delivered_seq,
+      presence,
+      last_active_ms,
     })
   }
 }

@@ -18,5 +18,15 @@ export enum ChatEventKind {
   /**
    * `user_id`'s role changed to `text` (1.4).
    */
-  MemberRoleChanged = 11
+  MemberRoleChanged = 11,
+
+  /**
+   * `actor_id` started or stopped typing (`typing`); sent as a `Typing` datagram (1.4).
+   */
+  Typing = 12,
+
+  /**
+   * `actor_id`'s presence changed; sent as a `Presence` datagram (1.4).
+   */
+  Presence = 13
 }

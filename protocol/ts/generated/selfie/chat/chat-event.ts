@@ -6,6 +6,7 @@ import * as flatbuffers from 'flatbuffers';
 
 import { ChatEventKind } from '../../selfie/chat/chat-event-kind.js';
 import { Message } from '../../selfie/chat/message.js';
+import { PresenceStatus } from '../../selfie/datagram/presence-status.js';
 
 
 /**
@@ -93,8 +94,29 @@ text(optionalEncoding?:any):string|Uint8Array|null {
   return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
 }
 
+/**
+ * Typing events: started (true) or stopped (1.4).
+ */
+typing():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 24);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
+/**
+ * Presence events: the status and when the user was last active (1.4).
+ */
+presence():PresenceStatus {
+  const offset = this.bb!.__offset(this.bb_pos, 26);
+  return offset ? this.bb!.readUint8(this.bb_pos + offset) : PresenceStatus.Offline;
+}
+
+lastActiveMs():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 28);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
 static startChatEvent(builder:flatbuffers.Builder) {
-  builder.startObject(10);
+  builder.startObject(13);
 }
 
 static addKind(builder:flatbuffers.Builder, kind:ChatEventKind) {
@@ -135,6 +157,18 @@ static addUserId(builder:flatbuffers.Builder, userId:bigint) {
 
 static addText(builder:flatbuffers.Builder, textOffset:flatbuffers.Offset) {
   builder.addFieldOffset(9, textOffset, 0);
+}
+
+static addTyping(builder:flatbuffers.Builder, typing:boolean) {
+  builder.addFieldInt8(10, +typing, +false);
+}
+
+static addPresence(builder:flatbuffers.Builder, presence:PresenceStatus) {
+  builder.addFieldInt8(11, presence, PresenceStatus.Offline);
+}
+
+static addLastActiveMs(builder:flatbuffers.Builder, lastActiveMs:bigint) {
+  builder.addFieldInt64(12, lastActiveMs, BigInt('0'));
 }
 
 static endChatEvent(builder:flatbuffers.Builder):flatbuffers.Offset {

@@ -6,6 +6,7 @@ import * as flatbuffers from 'flatbuffers';
 
 import { MemberRole } from '../../selfie/chat/member-role.js';
 import { UserSummary } from '../../selfie/common/user-summary.js';
+import { PresenceStatus } from '../../selfie/datagram/presence-status.js';
 
 
 export class ChatMember {
@@ -54,8 +55,21 @@ lastDeliveredSeq():bigint {
   return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
 }
 
+/**
+ * Presence and last activity, when both sides show activity status (1.4).
+ */
+presence():PresenceStatus {
+  const offset = this.bb!.__offset(this.bb_pos, 14);
+  return offset ? this.bb!.readUint8(this.bb_pos + offset) : PresenceStatus.Offline;
+}
+
+lastActiveMs():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 16);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
 static startChatMember(builder:flatbuffers.Builder) {
-  builder.startObject(5);
+  builder.startObject(7);
 }
 
 static addUser(builder:flatbuffers.Builder, userOffset:flatbuffers.Offset) {
@@ -78,18 +92,28 @@ static addLastDeliveredSeq(builder:flatbuffers.Builder, lastDeliveredSeq:bigint)
   builder.addFieldInt64(4, lastDeliveredSeq, BigInt('0'));
 }
 
+static addPresence(builder:flatbuffers.Builder, presence:PresenceStatus) {
+  builder.addFieldInt8(5, presence, PresenceStatus.Offline);
+}
+
+static addLastActiveMs(builder:flatbuffers.Builder, lastActiveMs:bigint) {
+  builder.addFieldInt64(6, lastActiveMs, BigInt('0'));
+}
+
 static endChatMember(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createChatMember(builder:flatbuffers.Builder, userOffset:flatbuffers.Offset, role:MemberRole, joinedAtMs:bigint, lastReadSeq:bigint, lastDeliveredSeq:bigint):flatbuffers.Offset {
+static createChatMember(builder:flatbuffers.Builder, userOffset:flatbuffers.Offset, role:MemberRole, joinedAtMs:bigint, lastReadSeq:bigint, lastDeliveredSeq:bigint, presence:PresenceStatus, lastActiveMs:bigint):flatbuffers.Offset {
   ChatMember.startChatMember(builder);
   ChatMember.addUser(builder, userOffset);
   ChatMember.addRole(builder, role);
   ChatMember.addJoinedAtMs(builder, joinedAtMs);
   ChatMember.addLastReadSeq(builder, lastReadSeq);
   ChatMember.addLastDeliveredSeq(builder, lastDeliveredSeq);
+  ChatMember.addPresence(builder, presence);
+  ChatMember.addLastActiveMs(builder, lastActiveMs);
   return ChatMember.endChatMember(builder);
 }
 }
