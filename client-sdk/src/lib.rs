@@ -29,6 +29,7 @@
 //! handshake has completed, which a replayed flight never does.)
 
 pub mod chat;
+pub mod mls;
 mod reconnect;
 
 pub use reconnect::{Backoff, ReconnectingClient};

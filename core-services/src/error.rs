@@ -74,6 +74,10 @@ pub enum Error {
     /// Password policy or hashing capacity.
     #[error(transparent)]
     Password(#[from] PasswordError),
+    /// The request was made against a state that has moved on (an MLS commit or message
+    /// for an epoch that is not the group's current one): catch up, then retry.
+    #[error("{0}")]
+    Stale(&'static str),
     /// Concurrent changes (or another node holding a lock) kept interfering: retry.
     #[error("busy; try again")]
     Busy,
@@ -107,7 +111,7 @@ impl Error {
             Error::InvalidArgument { .. } | Error::SelfTarget => ErrorCode::InvalidArgument,
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::Forbidden(_) => ErrorCode::Forbidden,
-            Error::Taken { .. } => ErrorCode::Conflict,
+            Error::Taken { .. } | Error::Stale(_) => ErrorCode::Conflict,
             Error::Blocked => ErrorCode::Blocked,
             Error::Unauthenticated => ErrorCode::Unauthenticated,
             Error::InvalidCredentials => ErrorCode::InvalidCredentials,

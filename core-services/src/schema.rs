@@ -99,6 +99,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::chat::PRESENCE_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 15,
+        name: "chat: MLS key packages",
+        tables: crate::tables::chat::MLS_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

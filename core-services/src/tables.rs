@@ -535,6 +535,21 @@ pub mod chat {
         doc: "users' last presence: status and last activity",
     };
 
+    /// (user, device, package hash) → an MLS key package, consumed when claimed (a
+    /// user's last one stays, as RFC 9420's last-resort package).
+    pub static KEY_PACKAGES: Table = Table {
+        name: "chat_mls_key_packages",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["device_id", "package_sha256"],
+        default_ttl: None,
+        conditional: true,
+        doc: "MLS key packages waiting to be claimed",
+    };
+
+    /// The MLS table (a later migration).
+    pub static MLS_TABLES: &[&Table] = &[&KEY_PACKAGES];
+
     /// The presence table (a later migration).
     pub static PRESENCE_TABLES: &[&Table] = &[&PRESENCE];
 

@@ -611,6 +611,7 @@ async fn encrypted_groups_hold_no_plaintext<S: Store + Clone + 'static>(store: S
         epoch: 1,
         content_type: 0,
         data: secret.clone(),
+        recipients: Vec::new(),
     });
     let sent = w.a.send(ANA, id, m).await.expect("sent");
     let got = w.a.readable_message(BEN, id, sent.seq).await.expect("read");
@@ -637,6 +638,92 @@ async fn encrypted_groups_hold_no_plaintext<S: Store + Clone + 'static>(store: S
     }
     assert!(found);
     let _ = EventKind::Created;
+}
+
+async fn key_packages_and_commit_order<S: Store + Clone + 'static>(store: S) {
+    let w = world(store).await;
+    friends(&w).await;
+    // Ben's device uploads three packages; two claims racing on two nodes get two
+    // different ones; the last one stays as the last resort.
+    let packages: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 40]).collect();
+    w.a.upload_key_packages(BEN, "phone", &packages)
+        .await
+        .expect("uploaded");
+    let (x, y) = futures::join!(
+        w.a.claim_key_packages(ANA, &[BEN]),
+        w.b.claim_key_packages(CAT, &[BEN])
+    );
+    let (x, y) = (x.expect("claim"), y.expect("claim"));
+    assert_ne!(x[0].key_package, y[0].key_package);
+    let last = w.a.claim_key_packages(DAN, &[BEN]).await.expect("claim");
+    let again = w.a.claim_key_packages(DAN, &[BEN]).await.expect("claim");
+    assert_eq!(
+        last[0].key_package, again[0].key_package,
+        "the last resort stays"
+    );
+    assert!(matches!(
+        w.a.upload_key_packages(BEN, "", &packages).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    w.graph.block(BEN, DAN).await.expect("block");
+    assert!(matches!(
+        w.a.claim_key_packages(DAN, &[BEN]).await,
+        Err(Error::Blocked)
+    ));
+    // Commits: one per epoch, whichever node takes it; messages in the current epoch.
+    let id =
+        w.a.group(ANA, &[BEN, CAT], "", true, b"g".to_vec(), None)
+            .await
+            .expect("group");
+    let (p, q) = futures::join!(
+        w.a.mls_commit(BEN, id, 0, b"commit-b".to_vec(), Vec::new(), Vec::new()),
+        w.b.mls_commit(CAT, id, 0, b"commit-c".to_vec(), Vec::new(), Vec::new())
+    );
+    assert!(p.is_ok() != q.is_ok(), "one commit per epoch: {p:?} {q:?}");
+    assert!(matches!(p.err().or(q.err()), Some(Error::Stale(_))));
+    assert_eq!(w.a.head(id).await.expect("head").mls_epoch, 1);
+    let mut stale = text("s1", "");
+    stale.kind = MessageKind::Mls;
+    stale.mls = Some(Mls {
+        epoch: 0,
+        content_type: 0,
+        data: vec![1, 2, 3],
+        recipients: Vec::new(),
+    });
+    assert!(matches!(
+        w.a.send(ANA, id, stale).await,
+        Err(Error::Stale(_))
+    ));
+    // A Welcome reaches only its recipients.
+    w.a.mls_commit(ANA, id, 1, b"add".to_vec(), b"welcome".to_vec(), vec![CAT])
+        .await
+        .expect("commit");
+    let chat = &w.a;
+    let welcomes = |user| async move {
+        let synced = chat.sync(user, &SyncCursor::default(), Some(id), 100).await;
+        synced
+            .expect("sync")
+            .items
+            .into_iter()
+            .filter(|i| {
+                matches!(&i.entry, Entry::Message(m)
+                if m.mls.as_ref().is_some_and(|x| x.content_type == 3))
+            })
+            .count()
+    };
+    assert_eq!(welcomes(CAT).await, 1);
+    assert_eq!(welcomes(BEN).await, 0);
+}
+
+#[tokio::test]
+async fn mls_delivery_on_embedded() {
+    let (s, _d) = embedded();
+    key_packages_and_commit_order(s).await;
+}
+
+#[tokio::test]
+async fn mls_delivery_on_cql() {
+    key_packages_and_commit_order(cql().await).await;
 }
 
 #[tokio::test]

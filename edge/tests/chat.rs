@@ -579,3 +579,250 @@ async fn typing_and_presence_arrive_as_datagrams_and_respect_privacy() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The MLS entries of `id` that `u` sees, after `after`: (seq, content type, epoch, data).
+async fn mls_entries(u: &Client, id: u64, after: u64) -> Vec<(u64, u8, u64, Vec<u8>)> {
+    let cursor = {
+        let mut c = vec![1u8];
+        c.extend_from_slice(&id.to_be_bytes());
+        c.extend_from_slice(&after.to_be_bytes());
+        c
+    };
+    let page = u.chat().sync(&cursor, id, 500).await.expect("sync");
+    page.events
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| {
+            let m = e.message?;
+            let mls = m.mls?;
+            Some((
+                e.event_seq,
+                mls.content_type.0,
+                mls.epoch,
+                mls.data.unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
+/// `device` catches up on the log of `id` after `after`: joins from a Welcome addressed
+/// to it, applies commits, decrypts messages. Returns the plaintexts and the last seq.
+fn catch_up(
+    device: &mut selfie_client::mls::MlsDevice,
+    group: &[u8],
+    entries: &[(u64, u8, u64, Vec<u8>)],
+) -> Vec<String> {
+    use selfie_client::mls::Received;
+    let mut texts = Vec::new();
+    for (_, content, epoch, data) in entries {
+        match *content {
+            3 if device.epoch(group).is_none() => {
+                device.join(data).expect("joined");
+            }
+            3 => {}
+            _ if device.epoch(group).is_none() => {} // before this device joined
+            _ => match device.receive(group, *epoch, data).expect("processed") {
+                Received::Message(p) => texts.push(String::from_utf8(p).expect("utf-8")),
+                Received::Commit | Received::Earlier | Received::Removed => {}
+            },
+        }
+    }
+    texts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_group_survives_a_removal_and_the_server_holds_no_plaintext() {
+    use selfie_client::mls::MlsDevice;
+    use selfie_storage::{Scan, Store};
+    let parts = support::parts();
+    let tokens = support::tokens(&parts);
+    let throttle = selfie_services::auth::throttle::LoginThrottle::new(parts.throttle);
+    let node = support::start_with(&parts, tokens, throttle);
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    for (a, b) in [(&ana, &ben), (&ana, &cat), (&ben, &cat)] {
+        friends(a, b).await;
+    }
+    // Each device publishes key packages.
+    let mut devices: Vec<MlsDevice> = [&ana, &ben, &cat]
+        .iter()
+        .map(|u| MlsDevice::new(u.id).expect("device"))
+        .collect();
+    for (u, d) in [&ana, &ben, &cat].iter().zip(&devices) {
+        let packages = d.key_packages(3).expect("packages");
+        u.client
+            .chat()
+            .upload_key_packages("phone", packages)
+            .await
+            .expect("uploaded");
+    }
+    // Ana makes the encrypted conversation and the MLS group, adding Ben and Cat.
+    let group = b"selfie-test-group".to_vec();
+    let c = ana
+        .client
+        .chat()
+        .encrypted_group(&[ben.id, cat.id], &group, "enc-1")
+        .await
+        .expect("conversation");
+    let id = c.conversation_id;
+    assert!(c.encrypted);
+    let claimed = ana
+        .client
+        .chat()
+        .claim_key_packages(&[ben.id, cat.id])
+        .await
+        .expect("claimed");
+    assert_eq!(claimed.len(), 2);
+    let packages: Vec<Vec<u8>> = claimed
+        .into_iter()
+        .map(|p| p.key_package.unwrap_or_default())
+        .collect();
+    let (ana_d, rest) = devices.split_at_mut(1);
+    let ana_d = &mut ana_d[0];
+    ana_d.create_group(&group).expect("group");
+    let add = ana_d.add(&group, &packages).expect("add");
+    ana.client
+        .chat()
+        .mls_commit(id, &add, &[ben.id, cat.id])
+        .await
+        .expect("accepted");
+    ana_d.confirm(&group).expect("merged");
+    // Plaintext is refused in an encrypted conversation.
+    let refused = ana.client.chat().send(id, "plain", "in the clear").await;
+    assert_eq!(
+        refused.err().and_then(|e| e.code()),
+        Some(ErrorCode::InvalidArgument)
+    );
+    let (epoch, secret) = ana_d.encrypt(&group, b"hello both").expect("encrypted");
+    ana.client
+        .chat()
+        .send_mls(id, "e-1", epoch, secret)
+        .await
+        .expect("sent");
+    let (ben_d, cat_d) = rest.split_at_mut(1);
+    let (ben_d, cat_d) = (&mut ben_d[0], &mut cat_d[0]);
+    let ben_log = mls_entries(&ben.client, id, 0).await;
+    assert_eq!(
+        catch_up(ben_d, &group, &ben_log),
+        vec!["hello both".to_string()]
+    );
+    let cat_log = mls_entries(&cat.client, id, 0).await;
+    assert_eq!(
+        catch_up(cat_d, &group, &cat_log),
+        vec!["hello both".to_string()]
+    );
+    let mut ben_at = ben_log.last().map_or(0, |e| e.0);
+    let cat_at = cat_log.last().map_or(0, |e| e.0);
+    // Ben and Cat race a commit for the same epoch: one is accepted, one refused.
+    let (b_up, c_up) = (
+        ben_d.update(&group).expect("update"),
+        cat_d.update(&group).expect("update"),
+    );
+    assert_eq!(b_up.epoch, c_up.epoch);
+    let (ben_chat, cat_chat) = (ben.client.chat(), cat.client.chat());
+    let (b_res, c_res) = tokio::join!(
+        ben_chat.mls_commit(id, &b_up, &[]),
+        cat_chat.mls_commit(id, &c_up, &[]),
+    );
+    assert!(b_res.is_ok() != c_res.is_ok(), "exactly one commit wins");
+    let loser_code = b_res
+        .as_ref()
+        .err()
+        .or(c_res.as_ref().err())
+        .and_then(|e| e.code());
+    assert_eq!(loser_code, Some(ErrorCode::Conflict));
+    if b_res.is_ok() {
+        ben_d.confirm(&group).expect("merged");
+        cat_d.discard(&group).expect("dropped");
+    } else {
+        cat_d.confirm(&group).expect("merged");
+        ben_d.discard(&group).expect("dropped");
+    }
+    // Everyone applies the winner from the log and stays in one epoch.
+    let a_new = mls_entries(&ana.client, id, 0).await;
+    catch_up(
+        ana_d,
+        &group,
+        &a_new[a_new
+            .iter()
+            .position(|e| e.0 > cat_at.max(ben_at))
+            .unwrap_or(a_new.len())..],
+    );
+    let b_new = mls_entries(&ben.client, id, ben_at).await;
+    catch_up(ben_d, &group, &b_new);
+    ben_at = b_new.last().map_or(ben_at, |e| e.0);
+    let c_new = mls_entries(&cat.client, id, cat_at).await;
+    catch_up(cat_d, &group, &c_new);
+    let epoch_now = ana_d.epoch(&group);
+    assert_eq!(ben_d.epoch(&group), epoch_now);
+    assert_eq!(cat_d.epoch(&group), epoch_now);
+    // Ana removes Cat: the commit first, then the server membership.
+    let remove = ana_d.remove(&group, &[cat.id]).expect("remove");
+    ana.client
+        .chat()
+        .mls_commit(id, &remove, &[])
+        .await
+        .expect("accepted");
+    ana_d.confirm(&group).expect("merged");
+    let c_last = mls_entries(&cat.client, id, c_new.last().map_or(cat_at, |e| e.0)).await;
+    catch_up(cat_d, &group, &c_last);
+    assert_eq!(
+        cat_d.epoch(&group),
+        None,
+        "cat's device knows it was removed"
+    );
+    let mut r = selfie_protocol::chat::RemoveMemberRequestT::default();
+    r.conversation_id = id;
+    r.user_id = cat.id;
+    call(
+        &ana.client,
+        support::chat(selfie_protocol::chat::ChatOpT::RemoveMemberRequest(
+            Box::new(r),
+        )),
+    )
+    .await
+    .expect("removed");
+    let (epoch, secret) = ana_d.encrypt(&group, b"after cat").expect("encrypted");
+    let stolen = secret.clone();
+    ana.client
+        .chat()
+        .send_mls(id, "e-2", epoch, secret)
+        .await
+        .expect("sent");
+    let b_last = mls_entries(&ben.client, id, ben_at).await;
+    let texts = catch_up(ben_d, &group, &b_last);
+    assert_eq!(texts, vec!["after cat".to_string()]);
+    // Cat can neither fetch it nor decrypt it.
+    let refused = cat.client.chat().history(id, 0, 10).await;
+    assert_eq!(
+        refused.err().and_then(|e| e.code()),
+        Some(ErrorCode::NotFound)
+    );
+    assert!(cat_d.receive(&group, epoch, &stolen).is_err());
+    // What the server stored: ciphertext only.
+    let store = parts.store.clone();
+    let mut seen = 0;
+    for bucket_seq in [0u64] {
+        let page = store
+            .scan(
+                &selfie_services::tables::chat::LOG,
+                &selfie_services::tables::chat::log_partition(id, bucket_seq),
+                &Scan::all(1000),
+            )
+            .await
+            .expect("scan");
+        for row in page.rows {
+            seen += 1;
+            let raw = row.value.to_vec();
+            for plain in [&b"hello both"[..], b"after cat"] {
+                assert!(
+                    !raw.windows(plain.len()).any(|w| w == plain),
+                    "plaintext stored"
+                );
+            }
+        }
+    }
+    assert!(seen >= 6);
+}

@@ -40,6 +40,7 @@
 //! service does not exist yet; ids are stored as given, as posts do).
 
 mod ephemeral;
+mod mls;
 mod wire;
 
 use std::cell::RefCell;
@@ -64,6 +65,7 @@ use crate::{Error, Result};
 pub use ephemeral::{
     PRESENCE_STALE_MS, PRESENCE_WRITE_EVERY, Presence, TYPING_REPEAT, status as presence_status,
 };
+pub use mls::{KeyPackage, MAX_KEY_PACKAGE_BYTES};
 pub use wire::ChatWire;
 
 /// Longest message, in characters.
@@ -183,6 +185,9 @@ pub struct Head {
     /// The last sends: (transaction hash, number), oldest first.
     #[serde(default)]
     pub recent: Vec<(u64, u64)>,
+    /// Encrypted conversations: the MLS epoch the group is in (commits move it on).
+    #[serde(default)]
+    pub mls_epoch: u64,
 }
 
 /// One member's row.
@@ -244,6 +249,32 @@ pub struct Mls {
     pub content_type: u8,
     /// The MLS bytes.
     pub data: Vec<u8>,
+    /// A Welcome's recipients: only they (and its sender) see it.
+    #[serde(default)]
+    pub recipients: Vec<u64>,
+}
+
+/// MLS content types, as the protocol numbers them.
+pub mod mls_content {
+    /// An application message.
+    pub const APPLICATION: u8 = 0;
+    /// A commit.
+    pub const COMMIT: u8 = 2;
+    /// A welcome.
+    pub const WELCOME: u8 = 3;
+}
+
+impl Message {
+    /// Whether `viewer` may see this message at all (an MLS Welcome is for its
+    /// recipients and its sender only).
+    pub fn addressed_to(&self, viewer: u64) -> bool {
+        match &self.mls {
+            Some(m) if m.content_type == mls_content::WELCOME => {
+                viewer == self.sender_id || m.recipients.contains(&viewer)
+            }
+            _ => true,
+        }
+    }
 }
 
 /// A message in its current state.
@@ -825,7 +856,9 @@ impl<S: Store + 'static> Chat<S> {
         entry: &Entry,
     ) -> Result<bool> {
         match entry {
-            Entry::Message(m) => self.sees(memo, viewer, m.sender_id).await,
+            Entry::Message(m) => {
+                Ok(m.addressed_to(viewer) && self.sees(memo, viewer, m.sender_id).await?)
+            }
             Entry::Event(e) => self.sees(memo, viewer, e.actor).await,
         }
     }
@@ -842,7 +875,10 @@ impl<S: Store + 'static> Chat<S> {
         change: impl Fn(&mut Head, &[u64]),
         extra: impl Fn(&[u64]) -> Result<Vec<(Cell, Bytes)>>,
     ) -> Result<(Vec<u64>, Head)> {
-        match self.append_once(id, entries, None, change, extra).await? {
+        match self
+            .append_once(id, entries, None, &|_| Ok(()), change, extra)
+            .await?
+        {
             Appended::Done(seqs, head) => Ok((seqs, head)),
             Appended::Exists => Err(Error::Busy),
         }
@@ -855,6 +891,7 @@ impl<S: Store + 'static> Chat<S> {
         id: u64,
         entries: Vec<Entry>,
         txn: Option<u64>,
+        check: &dyn Fn(&Head) -> Result<()>,
         change: impl Fn(&mut Head, &[u64]),
         extra: impl Fn(&[u64]) -> Result<Vec<(Cell, Bytes)>>,
     ) -> Result<Appended> {
@@ -871,6 +908,7 @@ impl<S: Store + 'static> Chat<S> {
             {
                 return Ok(Appended::Exists);
             }
+            check(&head)?;
             let seqs: Vec<u64> = (1..=entries.len() as u64)
                 .map(|i| head.last_seq + i)
                 .collect();
@@ -924,6 +962,11 @@ impl<S: Store + 'static> Chat<S> {
                 continue;
             }
             if !self.sees(&mut memo, *user, author).await? {
+                continue;
+            }
+            if let Entry::Message(m) = &item.entry
+                && !m.addressed_to(*user)
+            {
                 continue;
             }
             targets.push(*user);
@@ -1045,6 +1088,7 @@ impl<S: Store + 'static> Chat<S> {
             last_activity_ms: now,
             members: members.len() as u32,
             recent: Vec::new(),
+            mls_epoch: 0,
         };
         let created = Entry::Event(Event {
             kind: EventKind::Created,
@@ -1735,11 +1779,18 @@ impl<S: Store + 'static> Chat<S> {
         };
         let hash = txn_hash(me, &message.client_msg_id);
         let (message_id, created_at_ms) = (message.message_id, now);
+        let epoch = message.mls.as_ref().map(|m| m.epoch);
         let result = self
             .append_once(
                 id,
                 vec![Entry::Message(message.clone())],
                 Some(hash),
+                &|h: &Head| match epoch {
+                    Some(e) if e != h.mls_epoch => Err(Error::Stale(
+                        "the group is in another epoch: process its commits first",
+                    )),
+                    _ => Ok(()),
+                },
                 |h, seqs| {
                     h.last_message_seq = seqs[0];
                     h.recent.push((hash, seqs[0]));
@@ -1833,7 +1884,11 @@ impl<S: Store + 'static> Chat<S> {
         if rec.encrypted {
             // The server carries MLS ciphertext only: no plaintext field may be set.
             let mls_ok = new.kind == MessageKind::Mls
-                && new.mls.as_ref().is_some_and(|m| !m.data.is_empty())
+                && new.mls.as_ref().is_some_and(|m| {
+                    !m.data.is_empty()
+                        && m.content_type == mls_content::APPLICATION
+                        && m.recipients.is_empty()
+                })
                 && new.text.is_empty()
                 && new.media_ids.is_empty()
                 && new.ref_id == 0
@@ -1876,7 +1931,8 @@ impl<S: Store + 'static> Chat<S> {
         }
         match self.entry(id, seq).await? {
             Some(Entry::Message(mut m))
-                if self.sees(&mut HashMap::new(), me, m.sender_id).await? =>
+                if m.addressed_to(me)
+                    && self.sees(&mut HashMap::new(), me, m.sender_id).await? =>
             {
                 m.seq = seq;
                 Ok(m)
@@ -2123,6 +2179,7 @@ impl<S: Store + 'static> Chat<S> {
             let mut next = lowest;
             for (seq, e) in batch {
                 if let Entry::Message(mut m) = e
+                    && m.addressed_to(me)
                     && self.sees(&mut memo, me, m.sender_id).await?
                 {
                     m.seq = seq;

@@ -56,6 +56,9 @@ service_table! {
     MessageRequestAnswerRequest(op_as_message_request_answer_request) => answer_request,
         owner |r, _me| r.conversation_id();
     MessageEditsRequest(op_as_message_edits_request) => versions;
+    MlsKeyPackagesUploadRequest(op_as_mls_key_packages_upload_request) => upload_key_packages;
+    MlsKeyPackagesClaimRequest(op_as_mls_key_packages_claim_request) => claim_key_packages;
+    MlsCommitRequest(op_as_mls_commit_request) => mls_commit, owner |r, _me| r.conversation_id();
 }
 
 wire_enum!(message_kind, wire_message_kind: MessageKind <=> WireKind, "kind"
@@ -425,6 +428,7 @@ impl<S: Store + Clone + 'static> ChatWire<S> {
             epoch: m.epoch(),
             content_type: m.content_type().0,
             data: m.data().map(|d| d.bytes().to_vec()).unwrap_or_default(),
+            recipients: Vec::new(),
         });
         if mls
             .as_ref()
@@ -495,6 +499,75 @@ impl<S: Store + Clone + 'static> ChatWire<S> {
             limited: Some(synced.limited),
         });
         Self::answer(call, ChatOpT::SyncResponse(Box::new(answer)))
+    }
+
+    async fn upload_key_packages(
+        self,
+        call: &Call,
+        r: pc::MlsKeyPackagesUploadRequest<'_>,
+    ) -> Result<Bytes> {
+        let packages: Vec<Vec<u8>> = r
+            .packages()
+            .map(|v| {
+                v.iter()
+                    .take(101)
+                    .map(|p| {
+                        p.key_package()
+                            .map(|b| b.bytes().to_vec())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let device = r.device_id().unwrap_or_default();
+        self.0
+            .upload_key_packages(call.user()?, device, &packages)
+            .await?;
+        call.ack()
+    }
+
+    async fn claim_key_packages(
+        self,
+        call: &Call,
+        r: pc::MlsKeyPackagesClaimRequest<'_>,
+    ) -> Result<Bytes> {
+        let users = ids(r.user_ids(), 50);
+        let claimed = self.0.claim_key_packages(call.user()?, &users).await?;
+        let packages = claimed.into_iter().map(|p| {
+            make!(pc::MlsKeyPackageT {
+                user_id: p.user_id,
+                device_id: Some(p.device_id),
+                key_package: Some(p.key_package),
+            })
+        });
+        let answer = make!(pc::MlsKeyPackagesClaimResponseT {
+            packages: Some(packages.collect()),
+        });
+        Self::answer(call, ChatOpT::MlsKeyPackagesClaimResponse(Box::new(answer)))
+    }
+
+    async fn mls_commit(self, call: &Call, r: pc::MlsCommitRequest<'_>) -> Result<Bytes> {
+        let bytes = |v: Option<flatbuffers::Vector<'_, u8>>| {
+            v.map(|v| v.bytes().to_vec()).unwrap_or_default()
+        };
+        let sent = self
+            .0
+            .mls_commit(
+                call.user()?,
+                r.conversation_id(),
+                r.epoch(),
+                bytes(r.commit()),
+                bytes(r.welcome()),
+                ids(r.welcome_recipients(), super::MAX_MEMBERS),
+            )
+            .await?;
+        let answer = make!(pc::SendMessageResponseT {
+            message_id: sent.message_id,
+            seq: sent.seq,
+            created_at_ms: sent.created_at_ms,
+            duplicate: false,
+        });
+        Self::answer(call, ChatOpT::SendMessageResponse(Box::new(answer)))
     }
 
     async fn versions(self, call: &Call, r: pc::MessageEditsRequest<'_>) -> Result<Bytes> {

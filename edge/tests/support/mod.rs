@@ -199,6 +199,13 @@ pub fn graph(op: GraphOpT) -> BodyT {
     BodyT::Graph(Box::new(t))
 }
 
+/// A chat operation.
+pub fn chat(op: selfie_protocol::chat::ChatOpT) -> BodyT {
+    let mut t = selfie_protocol::chat::ChatT::default();
+    t.op = op;
+    BodyT::Chat(Box::new(t))
+}
+
 /// A posts operation.
 pub fn posts(op: PostsOpT) -> BodyT {
     let mut t = PostsT::default();

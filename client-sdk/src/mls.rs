@@ -1,0 +1,425 @@
+//! End-to-end encryption of chat with MLS (RFC 9420, `openmls`): the device does all the
+//! cryptography; the server only stores key packages, orders commits and relays opaque
+//! messages (see the server's `chat::mls` module).
+//!
+//! An [`MlsDevice`] holds one device's signature key, its key packages' private parts
+//! and its groups (ciphersuite `MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519`, ratchet
+//! tree carried in Welcomes). A member's MLS identity is their user id (8 bytes,
+//! big-endian), so members are added and removed by user id.
+//!
+//! The flow of a change: make it ([`MlsDevice::add`], [`MlsDevice::remove`],
+//! [`MlsDevice::update`]) — a pending commit made in the group's current epoch; send it
+//! ([`ChatApi::mls_commit`]); when the server accepts it, [`MlsDevice::confirm`]; when it
+//! refuses it (`Conflict`: another commit took the epoch), [`MlsDevice::discard`], then
+//! [`MlsDevice::receive`] the winner from the log and try again. Every member receives
+//! commits and application messages in the conversation's log order.
+//!
+//! The groups live in memory (openmls' memory storage): a device that restarts joins
+//! again with a fresh key package. Durable MLS state is not here yet.
+
+use std::collections::HashMap;
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use selfie_protocol::chat::{self as pc, ChatOpT};
+
+use crate::ClientError;
+use crate::chat::ChatApi;
+
+/// The ciphersuite every group uses.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+fn mls_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol(format!("mls: {e}"))
+}
+
+/// A change waiting for the server's acceptance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The epoch it was made in (what the server checks).
+    pub epoch: u64,
+    /// The commit.
+    pub commit: Vec<u8>,
+    /// The Welcome for added members (empty when none were added).
+    pub welcome: Vec<u8>,
+}
+
+/// What [`MlsDevice::receive`] made of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// An application message's plaintext.
+    Message(Vec<u8>),
+    /// A commit, applied: the group is in a new epoch.
+    Commit,
+    /// A commit that removed this device: the group is gone.
+    Removed,
+    /// From an epoch before this device joined (or its own commit, already applied).
+    Earlier,
+}
+
+/// One device's MLS state (see the module docs).
+pub struct MlsDevice {
+    provider: OpenMlsRustCrypto,
+    signer: SignatureKeyPair,
+    credential: CredentialWithKey,
+    groups: HashMap<Vec<u8>, MlsGroup>,
+}
+
+impl MlsDevice {
+    /// A device of user `user_id`, with a fresh signature key.
+    pub fn new(user_id: u64) -> Result<Self, ClientError> {
+        let provider = OpenMlsRustCrypto::default();
+        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(mls_err)?;
+        signer.store(provider.storage()).map_err(mls_err)?;
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(user_id.to_be_bytes().to_vec()).into(),
+            signature_key: signer.to_public_vec().into(),
+        };
+        Ok(Self {
+            provider,
+            signer,
+            credential,
+            groups: HashMap::new(),
+        })
+    }
+
+    /// `n` fresh key packages (their private parts stay on the device).
+    pub fn key_packages(&self, n: usize) -> Result<Vec<Vec<u8>>, ClientError> {
+        (0..n)
+            .map(|_| {
+                let bundle = KeyPackage::builder()
+                    .build(
+                        CIPHERSUITE,
+                        &self.provider,
+                        &self.signer,
+                        self.credential.clone(),
+                    )
+                    .map_err(mls_err)?;
+                bundle
+                    .key_package()
+                    .tls_serialize_detached()
+                    .map_err(mls_err)
+            })
+            .collect()
+    }
+
+    /// Starts group `id` with this device alone, in epoch 0.
+    pub fn create_group(&mut self, id: &[u8]) -> Result<(), ClientError> {
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(CIPHERSUITE)
+            .use_ratchet_tree_extension(true)
+            .build();
+        let group = MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &config,
+            GroupId::from_slice(id),
+            self.credential.clone(),
+        )
+        .map_err(mls_err)?;
+        self.groups.insert(id.to_vec(), group);
+        Ok(())
+    }
+
+    /// The group's epoch (`None`: not a member).
+    pub fn epoch(&self, id: &[u8]) -> Option<u64> {
+        self.groups.get(id).map(|g| g.epoch().as_u64())
+    }
+
+    /// The user ids of the group's members.
+    pub fn members(&self, id: &[u8]) -> Vec<u64> {
+        self.groups
+            .get(id)
+            .map(|g| {
+                g.members()
+                    .filter_map(|m| {
+                        <[u8; 8]>::try_from(m.credential.serialized_content())
+                            .ok()
+                            .map(u64::from_be_bytes)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Adds the owners of `key_packages` (claimed from the server).
+    pub fn add(&mut self, id: &[u8], key_packages: &[Vec<u8>]) -> Result<Pending, ClientError> {
+        let packages = key_packages
+            .iter()
+            .map(|b| {
+                KeyPackageIn::tls_deserialize_exact(b.as_slice())
+                    .map_err(mls_err)?
+                    .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                    .map_err(mls_err)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self
+            .groups
+            .get_mut(id)
+            .ok_or_else(|| mls_err("no such group on this device"))?;
+        let epoch = group.epoch().as_u64();
+        let (commit, welcome, _) = group
+            .add_members(provider, signer, &packages)
+            .map_err(mls_err)?;
+        Ok(Pending {
+            epoch,
+            commit: commit.to_bytes().map_err(mls_err)?,
+            welcome: welcome.to_bytes().map_err(mls_err)?,
+        })
+    }
+
+    /// Removes `users` from the group.
+    pub fn remove(&mut self, id: &[u8], users: &[u64]) -> Result<Pending, ClientError> {
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self
+            .groups
+            .get_mut(id)
+            .ok_or_else(|| mls_err("no such group on this device"))?;
+        let leaves: Vec<LeafNodeIndex> = group
+            .members()
+            .filter(|m| {
+                users
+                    .iter()
+                    .any(|u| m.credential.serialized_content() == u.to_be_bytes())
+            })
+            .map(|m| m.index)
+            .collect();
+        let epoch = group.epoch().as_u64();
+        let (commit, _, _) = group
+            .remove_members(provider, signer, &leaves)
+            .map_err(mls_err)?;
+        Ok(Pending {
+            epoch,
+            commit: commit.to_bytes().map_err(mls_err)?,
+            welcome: Vec::new(),
+        })
+    }
+
+    /// Rotates this device's keys in the group (a self-update commit).
+    pub fn update(&mut self, id: &[u8]) -> Result<Pending, ClientError> {
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self
+            .groups
+            .get_mut(id)
+            .ok_or_else(|| mls_err("no such group on this device"))?;
+        let epoch = group.epoch().as_u64();
+        let bundle = group
+            .self_update(
+                provider,
+                signer,
+                openmls::treesync::LeafNodeParameters::default(),
+            )
+            .map_err(mls_err)?;
+        let (commit, _, _) = bundle.into_contents();
+        Ok(Pending {
+            epoch,
+            commit: commit.to_bytes().map_err(mls_err)?,
+            welcome: Vec::new(),
+        })
+    }
+
+    /// The server accepted this device's pending commit: apply it.
+    pub fn confirm(&mut self, id: &[u8]) -> Result<(), ClientError> {
+        let provider = &self.provider;
+        let group = self
+            .groups
+            .get_mut(id)
+            .ok_or_else(|| mls_err("no such group on this device"))?;
+        group.merge_pending_commit(provider).map_err(mls_err)
+    }
+
+    /// The server refused this device's pending commit: drop it.
+    pub fn discard(&mut self, id: &[u8]) -> Result<(), ClientError> {
+        let provider = &self.provider;
+        let group = self
+            .groups
+            .get_mut(id)
+            .ok_or_else(|| mls_err("no such group on this device"))?;
+        group
+            .clear_pending_commit(provider.storage())
+            .map_err(mls_err)
+    }
+
+    /// Joins from a Welcome; returns the group id.
+    pub fn join(&mut self, welcome: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let message = MlsMessageIn::tls_deserialize_exact(welcome).map_err(mls_err)?;
+        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+            return Err(mls_err("not a Welcome"));
+        };
+        let config = MlsGroupJoinConfig::builder()
+            .use_ratchet_tree_extension(true)
+            .build();
+        let group = StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None)
+            .map_err(mls_err)?
+            .into_group(&self.provider)
+            .map_err(mls_err)?;
+        let id = group.group_id().as_slice().to_vec();
+        self.groups.insert(id.clone(), group);
+        Ok(id)
+    }
+
+    /// Encrypts `plaintext` for the group: (the epoch, the MLS message).
+    pub fn encrypt(&mut self, id: &[u8], plaintext: &[u8]) -> Result<(u64, Vec<u8>), ClientError> {
+        let (provider, signer) = (&self.provider, &self.signer);
+        let group = self
+            .groups
+            .get_mut(id)
+            .ok_or_else(|| mls_err("no such group on this device"))?;
+        let epoch = group.epoch().as_u64();
+        let message = group
+            .create_message(provider, signer, plaintext)
+            .map_err(mls_err)?;
+        Ok((epoch, message.to_bytes().map_err(mls_err)?))
+    }
+
+    /// Processes a commit or application message of the group made in `epoch`.
+    pub fn receive(
+        &mut self,
+        id: &[u8],
+        epoch: u64,
+        bytes: &[u8],
+    ) -> Result<Received, ClientError> {
+        let provider = &self.provider;
+        let group = match self.groups.get_mut(id) {
+            Some(g) => g,
+            None => return Err(mls_err("no such group on this device")),
+        };
+        if epoch < group.epoch().as_u64() {
+            return Ok(Received::Earlier);
+        }
+        let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(mls_err)?;
+        let message = message.try_into_protocol_message().map_err(mls_err)?;
+        let processed = group.process_message(provider, message).map_err(mls_err)?;
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(m) => Ok(Received::Message(m.into_bytes())),
+            ProcessedMessageContent::StagedCommitMessage(commit) => {
+                let removed = commit.self_removed();
+                group
+                    .merge_staged_commit(provider, *commit)
+                    .map_err(mls_err)?;
+                if removed {
+                    self.groups.remove(id);
+                    return Ok(Received::Removed);
+                }
+                Ok(Received::Commit)
+            }
+            _ => Ok(Received::Earlier),
+        }
+    }
+}
+
+impl ChatApi<'_> {
+    /// Uploads key packages of this user's device `device_id`.
+    pub async fn upload_key_packages(
+        &self,
+        device_id: &str,
+        packages: Vec<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let mut r = pc::MlsKeyPackagesUploadRequestT::default();
+        r.device_id = Some(device_id.to_string());
+        r.packages = Some(
+            packages
+                .into_iter()
+                .map(|p| {
+                    let mut k = pc::MlsKeyPackageT::default();
+                    k.device_id = Some(device_id.to_string());
+                    k.key_package = Some(p);
+                    k
+                })
+                .collect(),
+        );
+        self.call(ChatOpT::MlsKeyPackagesUploadRequest(Box::new(r)))
+            .await
+            .map(|_| ())
+    }
+
+    /// Claims one key package of each of `users` (each handed out once).
+    pub async fn claim_key_packages(
+        &self,
+        users: &[u64],
+    ) -> Result<Vec<pc::MlsKeyPackageT>, ClientError> {
+        let mut r = pc::MlsKeyPackagesClaimRequestT::default();
+        r.user_ids = Some(users.to_vec());
+        match self
+            .call(ChatOpT::MlsKeyPackagesClaimRequest(Box::new(r)))
+            .await?
+        {
+            ChatOpT::MlsKeyPackagesClaimResponse(c) => Ok(c.packages.unwrap_or_default()),
+            _ => Err(ClientError::Protocol(
+                "expected MlsKeyPackagesClaimResponse".into(),
+            )),
+        }
+    }
+
+    /// Makes an encrypted group with `members` for MLS group `group_id`.
+    pub async fn encrypted_group(
+        &self,
+        members: &[u64],
+        group_id: &[u8],
+        key: &str,
+    ) -> Result<pc::ConversationT, ClientError> {
+        let mut r = pc::CreateConversationRequestT::default();
+        r.kind = pc::ConversationKind::Group;
+        r.member_ids = Some(members.to_vec());
+        r.encrypted = true;
+        r.mls_group_id = Some(group_id.to_vec());
+        r.idempotency_key = Some(key.to_string());
+        match self
+            .call(ChatOpT::CreateConversationRequest(Box::new(r)))
+            .await?
+        {
+            ChatOpT::ConversationResponse(c) => c
+                .conversation
+                .map(|c| *c)
+                .ok_or_else(|| ClientError::Protocol("expected a conversation".into())),
+            _ => Err(ClientError::Protocol(
+                "expected ConversationResponse".into(),
+            )),
+        }
+    }
+
+    /// Sends a commit (and its Welcome for `recipients`); `Conflict` when another commit
+    /// took the epoch.
+    pub async fn mls_commit(
+        &self,
+        conversation_id: u64,
+        pending: &Pending,
+        recipients: &[u64],
+    ) -> Result<pc::SendMessageResponseT, ClientError> {
+        let mut r = pc::MlsCommitRequestT::default();
+        r.conversation_id = conversation_id;
+        r.epoch = pending.epoch;
+        r.commit = Some(pending.commit.clone());
+        if !pending.welcome.is_empty() {
+            r.welcome = Some(pending.welcome.clone());
+            r.welcome_recipients = Some(recipients.to_vec());
+        }
+        match self.call(ChatOpT::MlsCommitRequest(Box::new(r))).await? {
+            ChatOpT::SendMessageResponse(s) => Ok(*s),
+            _ => Err(ClientError::Protocol("expected SendMessageResponse".into())),
+        }
+    }
+
+    /// Sends an encrypted application message made in `epoch`.
+    pub async fn send_mls(
+        &self,
+        conversation_id: u64,
+        client_msg_id: &str,
+        epoch: u64,
+        ciphertext: Vec<u8>,
+    ) -> Result<pc::SendMessageResponseT, ClientError> {
+        let mut r = pc::SendMessageRequestT::default();
+        r.conversation_id = conversation_id;
+        r.client_msg_id = Some(client_msg_id.to_string());
+        r.kind = pc::MessageKind::Mls;
+        let mut m = pc::MlsMessageT::default();
+        m.epoch = epoch;
+        m.content_type = pc::MlsContentType::Application;
+        m.data = Some(ciphertext);
+        r.mls = Some(Box::new(m));
+        self.send_request(r).await
+    }
+}

@@ -1,0 +1,247 @@
+//! The MLS (RFC 9420) delivery service of encrypted conversations. The server never
+//! decrypts anything: clients do the MLS work (the SDK with `openmls`), and this module
+//!
+//! - keeps **key packages**: a device uploads some; a claim hands each out once (a
+//!   conditional delete: two claimers never get the same one), except a user's last,
+//!   which stays as the last-resort package (RFC 9420, section 16.8);
+//! - **orders commits** per group: a commit names the epoch it was made in and is
+//!   accepted only while the group is in that epoch, which then moves on by one. Of two
+//!   commits racing for an epoch exactly one is accepted; the other is refused with
+//!   `Conflict` (its author processes the winner and tries again), so members never
+//!   fork. Application messages must be in the current epoch too;
+//! - **fans out** commits (log entries every member receives, in order) and Welcomes
+//!   (log entries only their recipients see).
+//!
+//! Membership on the server (who receives the conversation's entries) is changed with
+//! the ordinary member operations, next to the MLS commit that changes the group: add
+//! before committing an Add (so the newcomer receives the Welcome), remove after
+//! committing a Remove (so the removed member receives the commit that ends them).
+
+use bytes::Bytes;
+use selfie_storage::key::{KeyBuilder, KeyReader};
+use selfie_storage::{Scan, Store};
+
+use super::{Chat, Entry, Head, MemberState, Message, MessageKind, Mls, Sent, mls_content};
+use crate::tables::chat::KEY_PACKAGES;
+use crate::tables::{self, key as k};
+use crate::{Error, Result};
+
+/// Largest key package accepted.
+pub const MAX_KEY_PACKAGE_BYTES: usize = 8 * 1024;
+/// Most key packages in one upload.
+const MAX_UPLOAD: usize = 100;
+/// Most key packages one user keeps on the server.
+const MAX_STORED: usize = 500;
+/// Most users in one claim.
+const MAX_CLAIM: usize = 50;
+/// Longest device id.
+const MAX_DEVICE_ID: usize = 64;
+
+/// A key package handed out by a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPackage {
+    /// Whose.
+    pub user_id: u64,
+    /// Which of their devices.
+    pub device_id: String,
+    /// The TLS-serialized key package.
+    pub key_package: Vec<u8>,
+}
+
+fn package_key(device: &str, package: &[u8]) -> Bytes {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(package);
+    KeyBuilder::new().str(device).bytes(&digest[..16]).build()
+}
+
+impl<S: Store + 'static> Chat<S> {
+    /// Stores `packages` of `me`'s device `device`.
+    pub async fn upload_key_packages(
+        &self,
+        me: u64,
+        device: &str,
+        packages: &[Vec<u8>],
+    ) -> Result<()> {
+        if device.is_empty() || device.len() > MAX_DEVICE_ID {
+            return Err(Error::InvalidArgument { field: "device_id" });
+        }
+        if packages.is_empty()
+            || packages.len() > MAX_UPLOAD
+            || packages
+                .iter()
+                .any(|p| p.is_empty() || p.len() > MAX_KEY_PACKAGE_BYTES)
+        {
+            return Err(Error::InvalidArgument { field: "packages" });
+        }
+        let stored = self
+            .store
+            .scan(&KEY_PACKAGES, &k(me), &Scan::all(MAX_STORED + 1))
+            .await?;
+        if stored.rows.len() + packages.len() > MAX_STORED {
+            return Err(Error::Forbidden("too many key packages stored"));
+        }
+        for p in packages {
+            // Conditional table: an identical package uploaded twice is stored once.
+            self.store
+                .insert_if_absent(&KEY_PACKAGES, &k(me), &package_key(device, p), p, None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One key package of each of `users` (who must accept messages from `me`).
+    pub async fn claim_key_packages(&self, me: u64, users: &[u64]) -> Result<Vec<KeyPackage>> {
+        if users.is_empty() || users.len() > MAX_CLAIM {
+            return Err(Error::InvalidArgument { field: "user_ids" });
+        }
+        let mut out = Vec::with_capacity(users.len());
+        for &user in users {
+            if user != me {
+                if tables::graph::blocked_either_way(&self.store, me, user).await? {
+                    return Err(Error::Blocked);
+                }
+                let settings = tables::users::settings(&self.store, user).await?;
+                if !tables::users::permits(&self.store, user, me, settings.who_can_message).await? {
+                    return Err(Error::Forbidden(
+                        "this user does not accept messages from you",
+                    ));
+                }
+            }
+            if let Some(p) = self.claim_one(user).await? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn claim_one(&self, user: u64) -> Result<Option<KeyPackage>> {
+        for _ in 0..8 {
+            let page = self
+                .store
+                .scan(&KEY_PACKAGES, &k(user), &Scan::all(2))
+                .await?;
+            let Some(first) = page.rows.first() else {
+                return Ok(None);
+            };
+            let device = KeyReader::new(&first.clustering)
+                .str()
+                .ok_or(Error::Corrupt("key package"))?;
+            let package = KeyPackage {
+                user_id: user,
+                device_id: device,
+                key_package: first.value.to_vec(),
+            };
+            if page.rows.len() == 1 {
+                return Ok(Some(package)); // the last resort stays
+            }
+            if self
+                .store
+                .delete_if_present(&KEY_PACKAGES, &k(user), &first.clustering)
+                .await?
+            {
+                return Ok(Some(package));
+            }
+        }
+        Err(Error::Busy)
+    }
+
+    /// Accepts an MLS commit made in `epoch` (and its Welcome for `recipients`, members
+    /// already) when the group is still in that epoch.
+    pub async fn mls_commit(
+        &self,
+        me: u64,
+        id: u64,
+        epoch: u64,
+        commit: Vec<u8>,
+        welcome: Vec<u8>,
+        recipients: Vec<u64>,
+    ) -> Result<Sent> {
+        if commit.is_empty() || commit.len() > super::MAX_MLS_BYTES {
+            return Err(Error::InvalidArgument { field: "commit" });
+        }
+        if welcome.len() > super::MAX_MLS_BYTES || welcome.is_empty() != recipients.is_empty() {
+            return Err(Error::InvalidArgument { field: "welcome" });
+        }
+        let _g = self.locks.lock((id, 0)).await;
+        let (rec, member) = self.membership(id, me).await?;
+        if !rec.encrypted {
+            return Err(Error::InvalidArgument {
+                field: "conversation_id",
+            });
+        }
+        if member.state != MemberState::Active {
+            return Err(Error::Forbidden("answer the message request first"));
+        }
+        for &r in &recipients {
+            if self.member(id, r).await?.is_none() {
+                return Err(Error::InvalidArgument {
+                    field: "welcome_recipients",
+                });
+            }
+        }
+        let now = self.now();
+        let message = |content_type, data, recipients| {
+            Entry::Message(Message {
+                message_id: self.next_id(),
+                seq: 0,
+                sender_id: me,
+                client_msg_id: String::new(),
+                kind: MessageKind::Mls,
+                text: String::new(),
+                media_ids: Vec::new(),
+                reply_to_seq: 0,
+                ref_id: 0,
+                thread_seq: 0,
+                forwarded: false,
+                created_at_ms: now,
+                edited_at_ms: 0,
+                edit_count: 0,
+                deleted: false,
+                reactions: Vec::new(),
+                mls: Some(Mls {
+                    epoch,
+                    content_type,
+                    data,
+                    recipients,
+                }),
+            })
+        };
+        let mut entries = vec![message(mls_content::COMMIT, commit, Vec::new())];
+        if !welcome.is_empty() {
+            entries.push(message(mls_content::WELCOME, welcome, recipients));
+        }
+        let first_id = match &entries[0] {
+            Entry::Message(m) => m.message_id,
+            Entry::Event(_) => 0,
+        };
+        let check = |h: &Head| {
+            if h.mls_epoch == epoch {
+                Ok(())
+            } else {
+                Err(Error::Stale("another commit took this epoch"))
+            }
+        };
+        let appended = self
+            .append_once(
+                id,
+                entries.clone(),
+                None,
+                &check,
+                |h, _| h.mls_epoch = epoch + 1,
+                |_| Ok(Vec::new()),
+            )
+            .await?;
+        let super::Appended::Done(seqs, _) = appended else {
+            return Err(Error::Busy);
+        };
+        for (seq, entry) in seqs.iter().zip(entries) {
+            self.push_entry(id, vec![*seq], entry).await?;
+        }
+        Ok(Sent {
+            message_id: first_id,
+            seq: seqs[0],
+            created_at_ms: now,
+            duplicate: false,
+        })
+    }
+}
