@@ -7,10 +7,13 @@
 //! - `rpc`, `connect`, `idle`: the edge (a `selfie serve` child process) against a raw
 //!   quinn echo server with the same TLS and transport settings;
 //! - `fanout`: one publish to N subscribers through the delivery plane vs the same
-//!   fan-out written by raw quinn.
+//!   fan-out written by raw quinn;
+//! - `chat`: messages sender → edge → durable store → recipient push, sustained and to a
+//!   group, next to the raw quinn echo round trip.
 //!
 //! Results and command lines are recorded in `bench/RESULTS.md`.
 
+mod chat;
 mod edge;
 mod fanout;
 mod report;
@@ -40,6 +43,8 @@ enum Scenario {
     Social(social::Args),
     /// One publish to N subscribers, edge delivery plane vs raw quinn.
     Fanout(fanout::Args),
+    /// Chat messages through the edge vs the raw quinn echo round trip.
+    Chat(chat::Args),
     /// The raw quinn echo baseline server (started by the other scenarios).
     #[command(hide = true)]
     EchoServer(edge::EchoArgs),
@@ -53,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Idle(args) => edge::idle(args),
         Scenario::Social(args) => social::run(args),
         Scenario::Fanout(args) => fanout::run(args),
+        Scenario::Chat(args) => chat::run(args),
         Scenario::EchoServer(args) => edge::echo_server(args),
     }
 }

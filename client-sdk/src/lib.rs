@@ -7,19 +7,20 @@
 //! [`ClientError::Server`] with its code. Control frames the server pushes later
 //! (`GoAway`) are surfaced by [`Client::next_control_frame`] and [`Client::goaway`].
 //!
-//! Depends on `selfie-protocol`, `selfie-codec`, quinn and fjall (the device's local
-//! chat store) only; never on server crates.
+//! Depends on `selfie-protocol`, `selfie-codec`, quinn, fjall (the device's local chat
+//! store) and openmls (MLS) only; never on server crates.
 //!
 //! Chat ([`chat`]): typed requests ([`Client::chat`]) and an offline-first
-//! [`chat::ChatStore`] (synced conversations, a durable outbox, gap-free resume).
+//! [`chat::ChatStore`] (synced conversations, a durable outbox, gap-free resume);
+//! end-to-end encrypted groups with MLS ([`mls::MlsDevice`], openmls).
 //!
 //! Subscriptions ([`Client::subscribe`]) arrive as server-initiated unidirectional
 //! streams and are read as a [`Subscription`] (a `futures::Stream` of frames, each live
 //! event carrying its topic sequence in its `id`); [`Subscription::end`] says why one
 //! ended — [`SubscriptionEnd::Resync`] when the server cut a subscriber that fell behind
 //! or whose topic lost events. Datagrams ([`Client::send_datagram`],
-//! [`Client::recv_datagram`]) are the channel presence and typing will use; today the
-//! edge verifies and counts them and sends none.
+//! [`Client::recv_datagram`]) carry typing and presence ([`chat::ChatApi::typing`],
+//! [`chat::signal`]).
 //! [`ReconnectingClient`] reconnects with backoff and jitter, honours `GoAway`, and
 //! replays only idempotent requests.
 //!

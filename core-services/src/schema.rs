@@ -105,6 +105,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::chat::MLS_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 16,
+        name: "chat: read and delivered positions apart from membership",
+        tables: crate::tables::chat::RECEIPT_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

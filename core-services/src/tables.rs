@@ -547,6 +547,21 @@ pub mod chat {
         doc: "MLS key packages waiting to be claimed",
     };
 
+    /// (conversation, member) → the member's read and delivered positions: apart from
+    /// the membership rows, which change rarely and are scanned on every push.
+    pub static RECEIPTS: Table = Table {
+        name: "chat_receipts",
+        kind: TableKind::Rows,
+        partition: &["conversation_id"],
+        clustering: &["user_id"],
+        default_ttl: None,
+        conditional: true,
+        doc: "members' read and delivered positions",
+    };
+
+    /// The receipts table (a later migration).
+    pub static RECEIPT_TABLES: &[&Table] = &[&RECEIPTS];
+
     /// The MLS table (a later migration).
     pub static MLS_TABLES: &[&Table] = &[&KEY_PACKAGES];
 

@@ -608,7 +608,7 @@ async fn encrypted_groups_hold_no_plaintext<S: Store + Clone + 'static>(store: S
     let mut m = text("e1", "");
     m.kind = MessageKind::Mls;
     m.mls = Some(Mls {
-        epoch: 1,
+        epoch: 0,
         content_type: 0,
         data: secret.clone(),
         recipients: Vec::new(),

@@ -826,3 +826,59 @@ async fn an_encrypted_group_survives_a_removal_and_the_server_holds_no_plaintext
     }
     assert!(seen >= 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_inside_a_group_stops_pushes_between_those_two_only() {
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    for (a, b) in [(&ana, &ben), (&ana, &cat), (&ben, &cat)] {
+        friends(a, b).await;
+    }
+    let id = ana
+        .client
+        .chat()
+        .group(&[ben.id, cat.id], "three", "three-1")
+        .await
+        .expect("group")
+        .conversation_id;
+    let mut r = BlockRequestT::default();
+    r.target_id = ben.id;
+    call(&cat.client, graph(GraphOpT::BlockRequest(Box::new(r))))
+        .await
+        .expect("blocked");
+    let mut ana_live = ana.client.chat().subscribe().await.expect("subscribed");
+    let mut cat_live = cat.client.chat().subscribe().await.expect("subscribed");
+    ben.client
+        .chat()
+        .send(id, "b", "from ben")
+        .await
+        .expect("sent");
+    ana.client
+        .chat()
+        .send(id, "a", "from ana")
+        .await
+        .expect("sent");
+    // Ana (no block) receives both; Cat receives Ana's and never Ben's.
+    let first = until(&mut ana_live, ChatEventKind::MessageCreated).await;
+    assert_eq!(
+        first.message.and_then(|m| m.text).as_deref(),
+        Some("from ben")
+    );
+    let seen = until(&mut cat_live, ChatEventKind::MessageCreated).await;
+    assert_eq!(
+        seen.message.and_then(|m| m.text).as_deref(),
+        Some("from ana")
+    );
+    // Nor in her history.
+    let page = cat.client.chat().history(id, 0, 10).await.expect("history");
+    let texts: Vec<_> = page
+        .messages
+        .iter()
+        .flatten()
+        .filter_map(|m| m.text.clone())
+        .collect();
+    assert_eq!(texts, vec!["from ana".to_string()]);
+}

@@ -83,7 +83,8 @@ fn migrate_creates_the_schema_once_then_is_a_no_op() {
     };
     let first = run();
     assert!(
-        first.contains("applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]"),
+        first
+            .contains("applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]"),
         "{first}"
     );
     let second = run();

@@ -597,6 +597,17 @@ struct TxnRec {
     created_at_ms: u64,
 }
 
+/// A member's read and delivered positions (`chat_receipts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Positions {
+    read: u64,
+    delivered: u64,
+}
+
+/// Whether two users may see each other (no block either way), by pair, within one
+/// operation.
+type Memo = HashMap<(u64, u64), bool>;
+
 /// What [`Chat::append_once`] did.
 enum Appended {
     /// Stored with these numbers; the new head.
@@ -835,26 +846,23 @@ impl<S: Store + 'static> Chat<S> {
     // ---- visibility ----
 
     /// Whether `viewer` may see what `author` wrote (no block either way).
-    async fn sees(&self, memo: &mut HashMap<u64, bool>, viewer: u64, author: u64) -> Result<bool> {
+    async fn sees(&self, memo: &mut Memo, viewer: u64, author: u64) -> Result<bool> {
         if viewer == author {
             return Ok(true);
         }
-        if let Some(&v) = memo.get(&author) {
+        // A block is symmetric: one entry per pair, whichever side asks.
+        let pair = (viewer.min(author), viewer.max(author));
+        if let Some(&v) = memo.get(&pair) {
             return Ok(v);
         }
         let v = !tables::graph::blocked_either_way(&self.store, viewer, author).await?;
-        memo.insert(author, v);
+        memo.insert(pair, v);
         Ok(v)
     }
 
     /// What `viewer` sees of an entry: messages of blocked users are left out; events
     /// about a blocked user's message too.
-    async fn visible(
-        &self,
-        memo: &mut HashMap<u64, bool>,
-        viewer: u64,
-        entry: &Entry,
-    ) -> Result<bool> {
+    async fn visible(&self, memo: &mut Memo, viewer: u64, entry: &Entry) -> Result<bool> {
         match entry {
             Entry::Message(m) => {
                 Ok(m.addressed_to(viewer) && self.sees(memo, viewer, m.sender_id).await?)
@@ -943,25 +951,39 @@ impl<S: Store + 'static> Chat<S> {
 
     /// Pushes `item` to the active members who may see it.
     async fn push(&self, id: u64, item: &LogItem) -> Result<()> {
+        if self.delivery.is_none() {
+            return Ok(());
+        }
+        let members = self.members(id).await?;
+        self.push_to_members(item, &members, &mut HashMap::new())
+            .await
+    }
+
+    /// [`Chat::push`] to `members` as read by the caller, with what it already knows of
+    /// blocks.
+    async fn push_to_members(
+        &self,
+        item: &LogItem,
+        members: &[(u64, MemberRec)],
+        memo: &mut Memo,
+    ) -> Result<()> {
         let Some(delivery) = &self.delivery else {
             return Ok(());
         };
         let frame = wire::event_frame(delivery, item)?;
-        let members = self.members(id).await?;
-        let mut memo = HashMap::new();
         let author = match &item.entry {
             Entry::Message(m) => m.sender_id,
             Entry::Event(e) => e.actor,
         };
         let mut targets: Vec<u64> = Vec::new();
-        for (user, m) in &members {
+        for (user, m) in members {
             // A removed member learns of their own removal.
             let leaving = matches!(&item.entry, Entry::Event(e)
                 if e.kind == EventKind::Left && e.user == *user);
             if (m.state == MemberState::Declined || item.seq <= m.joined_seq) && !leaving {
                 continue;
             }
-            if !self.sees(&mut memo, *user, author).await? {
+            if !self.sees(memo, *user, author).await? {
                 continue;
             }
             if let Entry::Message(m) = &item.entry
@@ -1261,12 +1283,91 @@ impl<S: Store + 'static> Chat<S> {
         Err(Error::Busy)
     }
 
+    /// `user`'s (read, delivered) positions in `id`.
+    async fn positions(&self, id: u64, user: u64, member: &MemberRec) -> Result<(u64, u64)> {
+        let floor = member.joined_seq;
+        Ok(match self.store.get(&RECEIPTS, &k(id), &k(user)).await? {
+            Some(v) => {
+                let p: Positions = decode("chat receipt", &v)?;
+                (p.read.max(floor), p.delivered.max(floor))
+            }
+            None => (
+                member.last_read_seq.max(floor),
+                member.last_delivered_seq.max(floor),
+            ),
+        })
+    }
+
+    /// Moves `user`'s position of `kind` (a read moves delivery too) up to `up_to`,
+    /// never back (a versioned write, retried on a race).
+    async fn move_positions(&self, id: u64, user: u64, kind: Receipt, up_to: u64) -> Result<()> {
+        for _ in 0..APPEND_TRIES {
+            let raw = self.store.get(&RECEIPTS, &k(id), &k(user)).await?;
+            let mut p: Positions = match &raw {
+                Some(v) => decode("chat receipt", v)?,
+                None => Positions::default(),
+            };
+            if kind == Receipt::Read {
+                p.read = p.read.max(up_to);
+            }
+            p.delivered = p.delivered.max(up_to);
+            let new = encode("chat receipt", &p)?;
+            let done = match &raw {
+                Some(old) if old[..] == new[..] => true,
+                Some(old) => {
+                    self.store
+                        .compare_and_set(&RECEIPTS, &k(id), &k(user), old, Some(&new), None)
+                        .await?
+                }
+                None => {
+                    self.store
+                        .insert_if_absent(&RECEIPTS, &k(id), &k(user), &new, None)
+                        .await?
+                }
+            };
+            if done {
+                return Ok(());
+            }
+        }
+        Err(Error::Busy)
+    }
+
+    /// Every member's positions, laid over their rows.
+    async fn with_positions(&self, id: u64, members: &mut [(u64, MemberRec)]) -> Result<()> {
+        let page = self
+            .store
+            .scan(&RECEIPTS, &k(id), &Scan::all(MAX_MEMBERS + 1))
+            .await?;
+        let mut by_user = HashMap::with_capacity(page.rows.len());
+        for row in &page.rows {
+            let user = tables::id_value(&row.clustering).ok_or(Error::Corrupt("chat receipt"))?;
+            let p: Positions = decode("chat receipt", &row.value)?;
+            by_user.insert(user, p);
+        }
+        for (user, m) in members.iter_mut() {
+            let floor = m.joined_seq;
+            if let Some(p) = by_user.get(user) {
+                m.last_read_seq = p.read;
+                m.last_delivered_seq = p.delivered;
+            }
+            m.last_read_seq = m.last_read_seq.max(floor);
+            m.last_delivered_seq = m.last_delivered_seq.max(floor);
+        }
+        Ok(())
+    }
+
     /// The conversation as `me` sees it.
     pub async fn view(&self, me: u64, id: u64) -> Result<View> {
-        let (rec, mine_member) = self.membership(id, me).await?;
+        let (rec, _) = self.membership(id, me).await?;
         let head = self.head(id).await?;
         let mine = self.user_conv(me, id).await?.unwrap_or_default();
         let mut members = self.members(id).await?;
+        self.with_positions(id, &mut members).await?;
+        let mine_member = members
+            .iter()
+            .find(|(u, _)| *u == me)
+            .map(|(_, m)| m.clone())
+            .ok_or(Error::NotFound("conversation"))?;
         // Read positions: hidden for members who turned receipts off, and from a viewer
         // who did; a request's recipient shows none until they answer.
         let my_settings = tables::users::settings(&self.store, me).await?;
@@ -1735,13 +1836,15 @@ impl<S: Store + 'static> Chat<S> {
         } else if member.state == MemberState::Declined {
             return Err(Error::NotFound("conversation"));
         }
+        // Read once: checked here, and pushed to after the commit.
+        let members = self.members(id).await?;
+        let mut memo = Memo::new();
         if rec.kind == Kind::Direct {
-            let members = self.members(id).await?;
             for (user, m) in &members {
                 if *user == me {
                     continue;
                 }
-                if tables::graph::blocked_either_way(&self.store, me, *user).await? {
+                if !self.sees(&mut memo, *user, me).await? {
                     return Err(Error::Blocked);
                 }
                 if m.state == MemberState::Declined {
@@ -1749,12 +1852,14 @@ impl<S: Store + 'static> Chat<S> {
                 }
             }
         }
-        let head = self.head(id).await?;
-        for seq in [new.reply_to_seq, new.thread_seq] {
-            if seq != 0 && (seq <= member.joined_seq || seq > head.last_seq) {
-                return Err(Error::InvalidArgument {
-                    field: "reply_to_seq",
-                });
+        if new.reply_to_seq != 0 || new.thread_seq != 0 {
+            let head = self.head(id).await?;
+            for seq in [new.reply_to_seq, new.thread_seq] {
+                if seq != 0 && (seq <= member.joined_seq || seq > head.last_seq) {
+                    return Err(Error::InvalidArgument {
+                        field: "reply_to_seq",
+                    });
+                }
             }
         }
         let now = self.now();
@@ -1825,13 +1930,14 @@ impl<S: Store + 'static> Chat<S> {
             }
         };
         let seq = seqs[0];
-        // The sender has read their own message.
-        self.set_member(id, me, |m| {
-            m.last_read_seq = m.last_read_seq.max(seq);
-            m.last_delivered_seq = m.last_delivered_seq.max(seq);
-        })
-        .await?;
-        self.push_entry(id, seqs, Entry::Message(message)).await?;
+        let mut message = message;
+        message.seq = seq;
+        let item = LogItem {
+            conversation_id: id,
+            seq,
+            entry: Entry::Message(message),
+        };
+        self.push_to_members(&item, &members, &mut memo).await?;
         Ok(Sent {
             message_id,
             seq,
@@ -2103,20 +2209,15 @@ impl<S: Store + 'static> Chat<S> {
         let (_, member) = self.membership(id, me).await?;
         let head = self.head(id).await?;
         let up_to = up_to.min(head.last_seq);
+        let (read, delivered) = self.positions(id, me, &member).await?;
         let before = match kind {
-            Receipt::Read => member.last_read_seq,
-            Receipt::Delivered => member.last_delivered_seq,
+            Receipt::Read => read,
+            Receipt::Delivered => delivered,
         };
         if up_to <= before {
             return Ok(());
         }
-        self.set_member(id, me, |m| {
-            if kind == Receipt::Read {
-                m.last_read_seq = m.last_read_seq.max(up_to);
-            }
-            m.last_delivered_seq = m.last_delivered_seq.max(up_to);
-        })
-        .await?;
+        self.move_positions(id, me, kind, up_to).await?;
         if member.state != MemberState::Active {
             return Ok(());
         }
