@@ -34,10 +34,9 @@
 //! further messages. Read positions of a member who turned read receipts off are shown to
 //! nobody, and such a member sees nobody's.
 //!
-//! Not here yet: MLS key packages and commit ordering (encrypted conversations carry
-//! opaque MLS messages, but the key-package and commit operations are refused), deleting
-//! a message for oneself only, and checking that attachment media ids exist (the media
-//! service does not exist yet; ids are stored as given, as posts do).
+//! Not here yet: deleting a message for oneself only, checking that attachment media ids
+//! exist (the media service does not exist yet; ids are stored as given, as posts do),
+//! and durable MLS state on devices.
 
 mod ephemeral;
 mod mls;
@@ -1358,7 +1357,10 @@ impl<S: Store + 'static> Chat<S> {
 
     /// The conversation as `me` sees it.
     pub async fn view(&self, me: u64, id: u64) -> Result<View> {
-        let (rec, _) = self.membership(id, me).await?;
+        let (rec, caller) = self.membership(id, me).await?;
+        if caller.state == MemberState::Declined {
+            return Err(Error::NotFound("conversation"));
+        }
         let head = self.head(id).await?;
         let mine = self.user_conv(me, id).await?.unwrap_or_default();
         let mut members = self.members(id).await?;
