@@ -485,6 +485,9 @@ pub struct ChatStore {
     log: Keyspace,
     /// local order → a `SendMessageRequest`.
     outbox: Keyspace,
+    /// Held while a send takes its place: two sends queued at once (from two tasks)
+    /// get two places, never one overwriting the other.
+    queue_lock: std::sync::Mutex<()>,
 }
 
 impl ChatStore {
@@ -499,6 +502,7 @@ impl ChatStore {
             positions: ks("chat_positions")?,
             log: ks("chat_log")?,
             outbox: ks("chat_outbox")?,
+            queue_lock: std::sync::Mutex::new(()),
             db,
         })
     }
@@ -731,6 +735,10 @@ impl ChatStore {
 
     /// Writes a send to the outbox (durable before it returns); returns its place.
     pub fn queue(&self, request: &pc::SendMessageRequestT) -> Result<u64, ClientError> {
+        let _place = self
+            .queue_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let last = self
             .outbox
             .last_key_value()
@@ -758,8 +766,10 @@ impl ChatStore {
     }
 
     /// Sends the outbox in order; each send leaves it once answered (a refusal, such as
-    /// a block, leaves it too and is returned). Stops at the first transport failure,
-    /// keeping the rest for the next flush.
+    /// a block, leaves it too and is returned: an MLS message refused with `Conflict`
+    /// was made in an epoch the group has left, and the app encrypts it again in the
+    /// current one). Stops at the first transport failure or retryable answer, keeping
+    /// the rest for the next flush.
     pub async fn flush(
         &self,
         client: &Client,
@@ -778,5 +788,43 @@ impl ChatStore {
             results.push(result);
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends queued from several threads at once each get their own place: none is
+    /// overwritten (the outbox is what survives an app restart).
+    #[test]
+    fn concurrent_queues_lose_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = std::sync::Arc::new(ChatStore::open(dir.path()).expect("store"));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25u64 {
+                        let mut r = pc::SendMessageRequestT::default();
+                        r.conversation_id = 7;
+                        r.client_msg_id = Some(format!("{t}-{i}"));
+                        store.queue(&r).expect("queued");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        let queued = store.outbox().expect("outbox");
+        assert_eq!(queued.len(), 100);
+        let mut ids: Vec<String> = queued
+            .into_iter()
+            .filter_map(|(_, r)| r.client_msg_id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 100);
     }
 }

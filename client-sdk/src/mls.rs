@@ -144,15 +144,29 @@ impl MlsDevice {
             .unwrap_or_default()
     }
 
-    /// Adds the owners of `key_packages` (claimed from the server).
-    pub fn add(&mut self, id: &[u8], key_packages: &[Vec<u8>]) -> Result<Pending, ClientError> {
+    /// Adds the owners of `key_packages`: (the user the server says it belongs to, the
+    /// package), as claimed. Each package must be valid and its credential must name
+    /// that very user: a server (or a user) handing out someone else's package under
+    /// another name is refused, never added.
+    pub fn add(
+        &mut self,
+        id: &[u8],
+        key_packages: &[(u64, Vec<u8>)],
+    ) -> Result<Pending, ClientError> {
         let packages = key_packages
             .iter()
-            .map(|b| {
-                KeyPackageIn::tls_deserialize_exact(b.as_slice())
+            .map(|(user, b)| {
+                let package = KeyPackageIn::tls_deserialize_exact(b.as_slice())
                     .map_err(mls_err)?
                     .validate(self.provider.crypto(), ProtocolVersion::Mls10)
-                    .map_err(mls_err)
+                    .map_err(mls_err)?;
+                let identity = package.leaf_node().credential().serialized_content();
+                if identity != user.to_be_bytes() {
+                    return Err(mls_err(format!(
+                        "a key package claimed for user {user} names someone else"
+                    )));
+                }
+                Ok(package)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let (provider, signer) = (&self.provider, &self.signer);

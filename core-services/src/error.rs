@@ -71,6 +71,9 @@ pub enum Error {
     /// Too many attempts from this address, or the account is locked for a while.
     #[error("too many attempts; try again later")]
     Throttled(Throttled),
+    /// The caller made too many requests of this kind: retry after this long.
+    #[error("too many requests; try again later")]
+    RateLimited(std::time::Duration),
     /// Password policy or hashing capacity.
     #[error(transparent)]
     Password(#[from] PasswordError),
@@ -121,7 +124,9 @@ impl Error {
             Error::TokenInvalid => ErrorCode::TokenInvalid,
             Error::TokenReused => ErrorCode::TokenRevoked,
             Error::SessionRevoked => ErrorCode::SessionRevoked,
-            Error::Throttled(Throttled::Address(_)) => ErrorCode::RateLimited,
+            Error::Throttled(Throttled::Address(_)) | Error::RateLimited(_) => {
+                ErrorCode::RateLimited
+            }
             Error::Throttled(Throttled::Account(_)) => ErrorCode::AccountLocked,
             Error::Password(PasswordError::TooShort | PasswordError::TooLong) => {
                 ErrorCode::InvalidArgument
@@ -139,9 +144,8 @@ impl Error {
     /// When a retry may succeed, in milliseconds (0: no hint).
     pub fn retry_after_ms(&self) -> u32 {
         match self {
-            Error::Throttled(Throttled::Address(w) | Throttled::Account(w)) => {
-                w.as_millis().clamp(1, u128::from(u32::MAX)) as u32
-            }
+            Error::Throttled(Throttled::Address(w) | Throttled::Account(w))
+            | Error::RateLimited(w) => w.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
             Error::Password(PasswordError::Overloaded) => 500,
             Error::Overloaded | Error::Busy => 50,
             _ => 0,

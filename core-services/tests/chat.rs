@@ -527,12 +527,11 @@ async fn sync_resumes_exactly_and_history_pages_across_partitions<S: Store + Clo
     let mut before = 0;
     let mut back = Vec::new();
     loop {
-        let (page, more) = w.a.history(BEN, id, before, 100).await.expect("history");
+        let (page, next) = w.a.history(BEN, id, before, 100).await.expect("history");
         back.extend(page.iter().map(|m| m.text.clone()));
-        if !more {
-            break;
-        }
-        before = page.last().expect("a message").seq;
+        let Some(next) = next else { break };
+        assert!(next <= page.last().map_or(u64::MAX, |m| m.seq));
+        before = next;
     }
     back.reverse();
     let mut all = vec!["first".to_string()];
@@ -713,6 +712,42 @@ async fn key_packages_and_commit_order<S: Store + Clone + 'static>(store: S) {
     };
     assert_eq!(welcomes(CAT).await, 1);
     assert_eq!(welcomes(BEN).await, 0);
+    // Commits and Welcomes carry the key schedule: nobody deletes or reacts to them,
+    // not even the admin who sent them; a plaintext reaction has no place here either.
+    let head = w.a.head(id).await.expect("head");
+    let commit_seq = head.last_seq - 1;
+    assert!(matches!(
+        w.a.delete(ANA, id, commit_seq).await,
+        Err(Error::Forbidden(_))
+    ));
+    assert!(matches!(
+        w.a.react(ANA, id, head.last_seq, Some("👍")).await,
+        Err(Error::Forbidden(_))
+    ));
+    assert_eq!(w.a.head(id).await.expect("head").last_seq, head.last_seq);
+    // Claims: one package per device, each user once however often named, and a
+    // device's last package stays as its last resort.
+    w.a.upload_key_packages(CAT, "phone", &[vec![7; 40], vec![8; 40]])
+        .await
+        .expect("uploaded");
+    w.a.upload_key_packages(CAT, "laptop", &[vec![9; 40]])
+        .await
+        .expect("uploaded");
+    let claimed =
+        w.a.claim_key_packages(ANA, &[CAT, CAT, CAT])
+            .await
+            .expect("claim");
+    let mut devices: Vec<&str> = claimed.iter().map(|p| p.device_id.as_str()).collect();
+    devices.sort_unstable();
+    assert_eq!(devices, ["laptop", "phone"]);
+    let again = w.a.claim_key_packages(ANA, &[CAT]).await.expect("claim");
+    assert_eq!(again.len(), 2, "each device keeps its last resort");
+    assert!(
+        again
+            .iter()
+            .all(|p| claimed.iter().all(|c| c.key_package != p.key_package)
+                || p.device_id == "laptop")
+    );
 }
 
 #[tokio::test]
@@ -798,4 +833,294 @@ async fn encrypted_on_embedded() {
 #[tokio::test]
 async fn encrypted_on_cql() {
     encrypted_groups_hold_no_plaintext(cql().await).await;
+}
+
+/// The attacks and races a review found: privacy of presence and receipts across
+/// requests and blocks, removal in one commit, history past a run of reactions, edit
+/// versions, list pages with pins, declined requests leaving the list.
+async fn privacy_and_consistency<S: Store + Clone + 'static>(store: S) {
+    use selfie_services::chat::presence_status as status;
+    let w = world(store).await;
+    // Ana and Cat are friends; Ben follows nobody, so Ana's message to him is a request.
+    for (a, b) in [
+        (ANA, CAT),
+        (CAT, ANA),
+        (ANA, DAN),
+        (DAN, ANA),
+        (CAT, DAN),
+        (DAN, CAT),
+    ] {
+        w.graph.follow(a, b).await.expect("follow");
+    }
+    let request = w.a.direct(ANA, BEN).await.expect("direct");
+    let first =
+        w.a.send(ANA, request, text("r1", "hi ben"))
+            .await
+            .expect("sent");
+    // Presence never crosses a pending request, in either direction.
+    let friendly = w.a.direct(ANA, CAT).await.expect("direct");
+    assert_eq!(
+        w.a.presence_audience(ANA).await.expect("audience"),
+        vec![CAT]
+    );
+    assert!(
+        w.a.presence_audience(BEN)
+            .await
+            .expect("audience")
+            .is_empty()
+    );
+    // Ben's device got the request: Ana must not learn that, nor see his presence.
+    w.a.receipt(BEN, request, Receipt::Delivered, first.seq)
+        .await
+        .expect("receipt");
+    let _ = w.a.presence(BEN, status::ONLINE).await; // no delivery plane here
+    let view = w.a.view(ANA, request).await.expect("view");
+    let ben = view.members.iter().find(|(u, _)| *u == BEN).expect("ben");
+    assert_eq!((ben.1.last_read_seq, ben.1.last_delivered_seq), (0, 0));
+    assert!(view.presence.is_empty(), "{:?}", view.presence);
+    // A block hides presence both ways, in the audience and on every read.
+    let _ = w.a.presence(CAT, status::ONLINE).await;
+    assert!(w.a.presence_for(ANA, CAT).await.expect("read").is_some());
+    w.graph.block(CAT, ANA).await.expect("block");
+    assert!(w.a.presence_for(ANA, CAT).await.expect("read").is_none());
+    assert!(w.a.presence_for(CAT, ANA).await.expect("read").is_none());
+    assert!(
+        w.a.presence_audience(ANA)
+            .await
+            .expect("audience")
+            .is_empty()
+    );
+    assert!(
+        w.a.view(ANA, friendly)
+            .await
+            .expect("view")
+            .presence
+            .is_empty()
+    );
+    w.graph.unblock(CAT, ANA).await.expect("unblock");
+    for (a, b) in [(ANA, CAT), (CAT, ANA)] {
+        w.graph.follow(a, b).await.expect("follow");
+    }
+    // Going invisible does not say "active now".
+    let _ = w.a.presence(DAN, status::ONLINE).await;
+    let before =
+        w.a.presence_for(ANA, DAN)
+            .await
+            .expect("read")
+            .expect("shown");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let _ = w.a.presence(DAN, status::INVISIBLE).await;
+    let after =
+        w.a.presence_for(ANA, DAN)
+            .await
+            .expect("read")
+            .expect("shown");
+    assert_eq!(after.status, status::OFFLINE);
+    assert_eq!(after.last_active_ms, before.last_active_ms);
+    // Alternating statuses cannot buy a write and a fan-out each: they are rate limited.
+    let mut limited = false;
+    for i in 0..(selfie_services::chat::PRESENCE_CHANGES + 2) {
+        let s = if i % 2 == 0 { status::ONLINE } else { 2 };
+        if let Err(Error::RateLimited(wait)) = w.b.presence(DAN, s).await {
+            assert!(wait > std::time::Duration::ZERO);
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "presence changes were not limited");
+
+    // Removal: the leaver's membership, list entry and positions go with the entry.
+    let group =
+        w.a.group(ANA, &[CAT, DAN], "g", false, Vec::new(), None)
+            .await
+            .expect("group");
+    let hi = w.a.send(CAT, group, text("g1", "hi")).await.expect("sent");
+    w.a.receipt(DAN, group, Receipt::Read, hi.seq)
+        .await
+        .expect("read");
+    w.a.remove_member(ANA, group, DAN).await.expect("removed");
+    for (table, partition, clustering) in [
+        (&t::MEMBERS, group, DAN),
+        (&t::USER_CONVERSATIONS, DAN, group),
+        (&t::RECEIPTS, group, DAN),
+    ] {
+        let row = w
+            .store
+            .get(
+                table,
+                &selfie_services::tables::key(partition),
+                &selfie_services::tables::key(clustering),
+            )
+            .await
+            .expect("get");
+        assert!(row.is_none(), "{} row left behind", table.name);
+    }
+    assert!(matches!(
+        w.a.view(DAN, group).await,
+        Err(Error::NotFound(_))
+    ));
+    let synced =
+        w.a.sync(
+            DAN,
+            &SyncCursor([(group, hi.seq)].into_iter().collect()),
+            None,
+            10,
+        )
+        .await
+        .expect("sync");
+    assert_eq!(synced.limited, vec![group]);
+
+    // History pages past a run of non-message entries instead of stalling on them.
+    let old =
+        w.a.send(ANA, group, text("old", "old news"))
+            .await
+            .expect("sent");
+    let target =
+        w.a.send(CAT, group, text("t", "react to me"))
+            .await
+            .expect("sent");
+    for i in 0..2050 {
+        let emoji = if i % 2 == 0 { "👍" } else { "🎉" };
+        w.a.react(ANA, group, target.seq, Some(emoji))
+            .await
+            .expect("react");
+    }
+    // The same reaction again is no change and no entry.
+    let head = w.a.head(group).await.expect("head");
+    w.a.react(ANA, group, target.seq, Some("🎉"))
+        .await
+        .expect("react");
+    assert_eq!(w.a.head(group).await.expect("head").last_seq, head.last_seq);
+    let mut before = 0;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let (page, next) = w.a.history(CAT, group, before, 1).await.expect("history");
+        seen.extend(page.into_iter().map(|m| m.seq));
+        match next {
+            Some(n) => {
+                assert!(before == 0 || n < before, "history did not move: {n}");
+                before = n;
+            }
+            None => break,
+        }
+    }
+    assert!(
+        seen.contains(&old.seq) && seen.contains(&hi.seq),
+        "{seen:?}"
+    );
+
+    // Edits in one millisecond keep every version; a message has at most MAX_EDITS.
+    for i in 0..5 {
+        w.a.edit(CAT, group, hi.seq, &format!("edit {i}"))
+            .await
+            .expect("edit");
+    }
+    let versions = w.a.versions(ANA, group, hi.seq).await.expect("versions");
+    let texts: Vec<&str> = versions.iter().map(|v| v.text.as_str()).collect();
+    assert_eq!(texts, ["hi", "edit 0", "edit 1", "edit 2", "edit 3"]);
+
+    // List pages with pinned conversations: every conversation once, pinned first.
+    for with in [BEN, CAT, DAN] {
+        w.b.direct(ANA, with).await.ok();
+    }
+    let extra =
+        w.a.group(ANA, &[CAT], "two", false, Vec::new(), None)
+            .await
+            .expect("group");
+    let pin = Update {
+        pinned: Some(true),
+        ..Default::default()
+    };
+    w.a.update(ANA, extra, pin.clone()).await.expect("pin");
+    w.a.update(ANA, friendly, pin).await.expect("pin");
+    let (all, _) = w.a.list(ANA, Folder::Inbox, 100, None).await.expect("list");
+    let all: Vec<u64> = all.iter().map(|v| v.conversation_id).collect();
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = w.a.list(ANA, Folder::Inbox, 1, after).await.expect("list");
+        paged.extend(page.iter().map(|v| v.conversation_id));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+        assert!(paged.len() <= all.len(), "{paged:?} vs {all:?}");
+    }
+    assert_eq!(paged, all);
+    let mut pinned_first: Vec<u64> = all[..2].to_vec();
+    pinned_first.sort_unstable();
+    let mut expected = vec![extra, friendly];
+    expected.sort_unstable();
+    assert_eq!(pinned_first, expected);
+
+    // A declined request leaves the decliner's list and syncs; starting it again from
+    // that side brings it back.
+    w.a.answer_request(BEN, request, false)
+        .await
+        .expect("declined");
+    let (requests, _) =
+        w.a.list(BEN, Folder::Requests, 20, None)
+            .await
+            .expect("list");
+    assert!(requests.is_empty());
+    let synced =
+        w.a.sync(BEN, &SyncCursor::default(), None, 100)
+            .await
+            .expect("sync");
+    assert!(synced.items.iter().all(|i| i.conversation_id != request));
+    assert_eq!(w.a.direct(BEN, ANA).await.expect("again"), request);
+    let (inbox, _) = w.a.list(BEN, Folder::Inbox, 20, None).await.expect("list");
+    assert!(inbox.iter().any(|v| v.conversation_id == request));
+}
+
+#[tokio::test]
+async fn privacy_and_consistency_on_embedded() {
+    let (s, _d) = embedded();
+    privacy_and_consistency(s).await;
+}
+
+#[tokio::test]
+async fn privacy_and_consistency_on_cql() {
+    privacy_and_consistency(cql().await).await;
+}
+
+/// Starting conversations and claiming key packages are rate limited per user.
+#[tokio::test]
+async fn expensive_paths_are_rate_limited() {
+    let (s, _d) = embedded();
+    let w = world(s).await;
+    friends(&w).await;
+    let mut refused = None;
+    for i in 0..100 {
+        match w
+            .a
+            .group(ANA, &[BEN], &format!("g{i}"), false, Vec::new(), None)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (made, e) = refused.expect("group creation was never limited");
+    assert!(matches!(e, Error::RateLimited(_)), "{e:?}");
+    assert!(made >= 10, "limited too early: {made}");
+    // Another user is not affected.
+    w.a.group(BEN, &[ANA], "bens", false, Vec::new(), None)
+        .await
+        .expect("ben's own bucket");
+    w.a.upload_key_packages(BEN, "phone", &[vec![1; 40]])
+        .await
+        .expect("uploaded");
+    let mut limited = false;
+    for _ in 0..100 {
+        if let Err(e) = w.a.claim_key_packages(CAT, &[BEN]).await {
+            assert!(matches!(e, Error::RateLimited(_)), "{e:?}");
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "key package claims were never limited");
 }

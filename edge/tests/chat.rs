@@ -675,13 +675,20 @@ async fn an_encrypted_group_survives_a_removal_and_the_server_holds_no_plaintext
         .await
         .expect("claimed");
     assert_eq!(claimed.len(), 2);
-    let packages: Vec<Vec<u8>> = claimed
+    let packages: Vec<(u64, Vec<u8>)> = claimed
         .into_iter()
-        .map(|p| p.key_package.unwrap_or_default())
+        .map(|p| (p.user_id, p.key_package.unwrap_or_default()))
         .collect();
     let (ana_d, rest) = devices.split_at_mut(1);
     let ana_d = &mut ana_d[0];
     ana_d.create_group(&group).expect("group");
+    // A package passed off as another user's is refused before anything is committed.
+    let forged = vec![(packages[1].0, packages[0].1.clone())];
+    let refused = ana_d.add(&group, &forged);
+    assert!(
+        refused.is_err(),
+        "a package under another user's name was added"
+    );
     let add = ana_d.add(&group, &packages).expect("add");
     ana.client
         .chat()

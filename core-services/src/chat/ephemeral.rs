@@ -9,9 +9,12 @@
 //! - **Typing** reaches the conversation's other active members who have no block with
 //!   the typist; a repeat of the same state within [`TYPING_REPEAT`] is dropped.
 //! - **Presence** is stored as the user's last status and activity (written at most
-//!   every [`PRESENCE_WRITE_EVERY`] unless the status changes) and reaches the people the
-//!   user has direct conversations with. `Invisible` is stored and shown as `Offline`.
-//!   A status older than [`PRESENCE_STALE`] reads as `Offline`: devices repeat theirs
+//!   every [`PRESENCE_WRITE_EVERY`] unless the status changes, and at most
+//!   [`PRESENCE_CHANGES`] changes per [`PRESENCE_WINDOW`]) and reaches the partners of
+//!   the user's direct conversations where both sides are active members (never a
+//!   pending or declined request, never across a block). `Invisible` is stored and shown
+//!   as `Offline` and keeps the last activity it had.
+//!   A status older than [`PRESENCE_STALE_MS`] reads as `Offline`: devices repeat theirs
 //!   while in the foreground.
 //! - **Privacy**: a user who turned `show_activity_status` off sends no presence to
 //!   anyone and shows none; such a user sees nobody's either (checked on every read).
@@ -36,6 +39,11 @@ pub const TYPING_REPEAT: Duration = Duration::from_secs(2);
 pub const PRESENCE_WRITE_EVERY: Duration = Duration::from_secs(30);
 /// An `Online` (or `Away`, `Busy`) status older than this reads as `Offline`.
 pub const PRESENCE_STALE_MS: u64 = 90_000;
+/// Presence changes (a write and a fan-out each) one user may make per
+/// [`PRESENCE_WINDOW`] on a shard; more are refused with `RateLimited`.
+pub const PRESENCE_CHANGES: u32 = 10;
+/// The window of [`PRESENCE_CHANGES`].
+pub const PRESENCE_WINDOW: Duration = Duration::from_secs(60);
 /// Direct conversations whose partners a presence change reaches, at most.
 const PRESENCE_FANOUT: usize = 500;
 /// Entries the shard-local memos hold before they are cleared.
@@ -66,7 +74,17 @@ pub struct Presence {
 #[derive(Default)]
 pub(super) struct Memo {
     typing: HashMap<(u64, u64), (bool, Instant)>,
-    presence: HashMap<u64, (u8, Instant)>,
+    presence: HashMap<u64, PresenceMemo>,
+}
+
+/// What a shard remembers of a user's last presence write.
+struct PresenceMemo {
+    status: u8,
+    written: Instant,
+    /// When the current rate window started.
+    window_start: Instant,
+    /// Status changes in the current window.
+    changes: u32,
 }
 
 impl<S: Store + 'static> Chat<S> {
@@ -125,18 +143,54 @@ impl<S: Store + 'static> Chat<S> {
                 memo.presence.clear();
             }
             let now = Instant::now();
-            if let Some((was, at)) = memo.presence.get(&me)
-                && *was == shown
-                && now.duration_since(*at) < PRESENCE_WRITE_EVERY
-            {
-                return Ok(());
+            if let Some(p) = memo.presence.get_mut(&me) {
+                let since = now.duration_since(p.written);
+                if p.status == shown && since < PRESENCE_WRITE_EVERY {
+                    return Ok(());
+                }
+                // A change costs a write and a fan-out: at most PRESENCE_CHANGES per
+                // window, whatever the status alternates between (keep-alives of the same
+                // status are already spaced by PRESENCE_WRITE_EVERY).
+                if p.status != shown {
+                    let in_window = now.duration_since(p.window_start);
+                    if in_window >= PRESENCE_WINDOW {
+                        p.window_start = now;
+                        p.changes = 0;
+                    }
+                    if p.changes >= PRESENCE_CHANGES {
+                        return Err(Error::RateLimited(
+                            PRESENCE_WINDOW.saturating_sub(in_window),
+                        ));
+                    }
+                    p.changes += 1;
+                }
+                p.status = shown;
+                p.written = now;
+            } else {
+                memo.presence.insert(
+                    me,
+                    PresenceMemo {
+                        status: shown,
+                        written: now,
+                        window_start: now,
+                        changes: 0,
+                    },
+                );
             }
-            memo.presence.insert(me, (shown, now));
         }
         let now = self.now();
+        // Invisible keeps the last activity it had: hiding must not say "active now".
+        let last_active_ms = if status == status::INVISIBLE {
+            match self.store.get(&PRESENCE, &k(me), &[]).await? {
+                Some(v) => decode::<Presence>("presence", &v)?.last_active_ms,
+                None => 0,
+            }
+        } else {
+            now
+        };
         let row = Presence {
             status: shown,
-            last_active_ms: now,
+            last_active_ms,
         };
         self.store
             .put(&PRESENCE, &k(me), &[], &encode("presence", &row)?, None)
@@ -145,6 +199,17 @@ impl<S: Store + 'static> Chat<S> {
         if !settings.show_activity_status {
             return Ok(());
         }
+        let targets = self.presence_audience(me).await?;
+        let delivery = self.delivery()?.clone();
+        let frame = super::wire::presence_frame(&delivery, me, shown, last_active_ms)?;
+        self.signal(&delivery, &targets, frame).await;
+        Ok(())
+    }
+
+    /// Who receives `me`'s presence: the partners of `me`'s direct conversations where
+    /// both sides are active members (not a pending or declined request), who show
+    /// activity status themselves and have no block with `me`.
+    pub async fn presence_audience(&self, me: u64) -> Result<Vec<u64>> {
         let mut targets = Vec::new();
         for (id, _) in self.user_conversations(me).await?.into_iter() {
             if targets.len() >= PRESENCE_FANOUT {
@@ -156,29 +221,40 @@ impl<S: Store + 'static> Chat<S> {
             if rec.kind != super::Kind::Direct {
                 continue;
             }
-            for (user, m) in self.members(id).await? {
-                if user != me
-                    && m.state == MemberState::Active
-                    && tables::users::settings(&self.store, user)
-                        .await?
-                        .show_activity_status
-                    && !tables::graph::blocked_either_way(&self.store, me, user).await?
-                {
-                    targets.push(user);
+            let members = self.members(id).await?;
+            let active = |u: u64| {
+                members
+                    .iter()
+                    .any(|(m, r)| *m == u && r.state == MemberState::Active)
+            };
+            if !active(me) {
+                continue;
+            }
+            for (user, _) in &members {
+                if *user != me && active(*user) && self.shares_presence(me, *user).await? {
+                    targets.push(*user);
                 }
             }
         }
-        let delivery = self.delivery()?.clone();
-        let frame = super::wire::presence_frame(&delivery, me, shown, now)?;
-        self.signal(&delivery, &targets, frame).await;
-        Ok(())
+        Ok(targets)
     }
 
-    /// `user`'s presence as `viewer` may see it (`None` when either side hides it).
+    /// Whether `a` and `b` may see each other's presence at all: both show activity
+    /// status and there is no block either way.
+    async fn shares_presence(&self, a: u64, b: u64) -> Result<bool> {
+        Ok(tables::users::settings(&self.store, a)
+            .await?
+            .show_activity_status
+            && tables::users::settings(&self.store, b)
+                .await?
+                .show_activity_status
+            && !tables::graph::blocked_either_way(&self.store, a, b).await?)
+    }
+
+    /// `user`'s presence as `viewer` may see it (`None` when either side hides it or a
+    /// block stands between them). Callers show it only to fellow active members.
     pub async fn presence_for(&self, viewer: u64, user: u64) -> Result<Option<Presence>> {
-        let mine = tables::users::settings(&self.store, viewer).await?;
-        let theirs = tables::users::settings(&self.store, user).await?;
-        if !mine.show_activity_status || !theirs.show_activity_status {
+        if viewer != user && !self.shares_presence(viewer, user).await? {
             return Ok(None);
         }
         let Some(v) = self.store.get(&PRESENCE, &k(user), &[]).await? else {

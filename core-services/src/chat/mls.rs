@@ -1,9 +1,10 @@
 //! The MLS (RFC 9420) delivery service of encrypted conversations. The server never
 //! decrypts anything: clients do the MLS work (the SDK with `openmls`), and this module
 //!
-//! - keeps **key packages**: a device uploads some; a claim hands each out once (a
-//!   conditional delete: two claimers never get the same one), except a user's last,
-//!   which stays as the last-resort package (RFC 9420, section 16.8);
+//! - keeps **key packages**: a device uploads some; a claim hands out one per device of
+//!   each user named (each once: a conditional delete, so two claimers never get the
+//!   same one), except a device's last, which stays as its last-resort package
+//!   (RFC 9420, section 16.8). Claims are rate limited per claimer;
 //! - **orders commits** per group: a commit names the epoch it was made in and is
 //!   accepted only while the group is in that epoch, which then moves on by one. Of two
 //!   commits racing for an epoch exactly one is accepted; the other is refused with
@@ -34,6 +35,10 @@ const MAX_UPLOAD: usize = 100;
 const MAX_STORED: usize = 500;
 /// Most users in one claim.
 const MAX_CLAIM: usize = 50;
+/// Key package bytes one claim hands out at most (its answer fits one frame).
+const CLAIM_BYTES: usize = 160 * 1024;
+/// Devices of one user a claim hands packages out for, at most.
+const MAX_DEVICES: usize = 16;
 /// Longest device id.
 const MAX_DEVICE_ID: usize = 64;
 
@@ -89,13 +94,20 @@ impl<S: Store + 'static> Chat<S> {
         Ok(())
     }
 
-    /// One key package of each of `users` (who must accept messages from `me`).
+    /// One key package of each device of each of `users` (who must accept messages
+    /// from `me`), as many as fit one answer (160 KiB): users left out are claimed again.
     pub async fn claim_key_packages(&self, me: u64, users: &[u64]) -> Result<Vec<KeyPackage>> {
         if users.is_empty() || users.len() > MAX_CLAIM {
             return Err(Error::InvalidArgument { field: "user_ids" });
         }
+        self.rates.check(me, super::Costly::Claim)?;
+        // Each user once: a repeated id would hand out (and use up) another package.
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
         let mut out = Vec::with_capacity(users.len());
-        for &user in users {
+        let mut budget = CLAIM_BYTES;
+        for user in users {
             if user != me {
                 if tables::graph::blocked_either_way(&self.store, me, user).await? {
                     return Err(Error::Blocked);
@@ -107,42 +119,61 @@ impl<S: Store + 'static> Chat<S> {
                     ));
                 }
             }
-            if let Some(p) = self.claim_one(user).await? {
-                out.push(p);
-            }
+            out.extend(self.claim_devices(user, &mut budget).await?);
         }
         Ok(out)
     }
 
-    async fn claim_one(&self, user: u64) -> Result<Option<KeyPackage>> {
-        for _ in 0..8 {
-            let page = self
-                .store
-                .scan(&KEY_PACKAGES, &k(user), &Scan::all(2))
-                .await?;
-            let Some(first) = page.rows.first() else {
-                return Ok(None);
-            };
-            let device = KeyReader::new(&first.clustering)
+    /// One key package of each of `user`'s devices: a device's first package is handed
+    /// out and deleted (a conditional delete, so two claimers never get the same one),
+    /// except a device's last, which stays as its last resort.
+    /// Stops (handing out nothing more) when the next package would exceed `budget`
+    /// bytes: the answer must fit one frame, and the caller claims the rest again.
+    async fn claim_devices(&self, user: u64, budget: &mut usize) -> Result<Vec<KeyPackage>> {
+        let stored = self
+            .store
+            .scan(&KEY_PACKAGES, &k(user), &Scan::all(MAX_STORED + 1))
+            .await?;
+        // Rows are ordered by (device, digest): each device's rows are together.
+        let mut devices: Vec<(String, Vec<&selfie_storage::Row>)> = Vec::new();
+        for row in &stored.rows {
+            let device = KeyReader::new(&row.clustering)
                 .str()
                 .ok_or(Error::Corrupt("key package"))?;
-            let package = KeyPackage {
-                user_id: user,
-                device_id: device,
-                key_package: first.value.to_vec(),
-            };
-            if page.rows.len() == 1 {
-                return Ok(Some(package)); // the last resort stays
-            }
-            if self
-                .store
-                .delete_if_present(&KEY_PACKAGES, &k(user), &first.clustering)
-                .await?
-            {
-                return Ok(Some(package));
+            match devices.last_mut() {
+                Some((d, rows)) if *d == device => rows.push(row),
+                _ => devices.push((device, vec![row])),
             }
         }
-        Err(Error::Busy)
+        let mut out = Vec::new();
+        for (device, rows) in devices.into_iter().take(MAX_DEVICES) {
+            for (i, row) in rows.iter().enumerate() {
+                if row.value.len() > *budget {
+                    return Ok(out);
+                }
+                let package = KeyPackage {
+                    user_id: user,
+                    device_id: device.clone(),
+                    key_package: row.value.to_vec(),
+                };
+                if i + 1 == rows.len() {
+                    *budget -= row.value.len();
+                    out.push(package); // the last resort stays
+                    break;
+                }
+                // Lost to another claimer: try the device's next one.
+                if self
+                    .store
+                    .delete_if_present(&KEY_PACKAGES, &k(user), &row.clustering)
+                    .await?
+                {
+                    *budget -= row.value.len();
+                    out.push(package);
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Accepts an MLS commit made in `epoch` (and its Welcome for `recipients`, members

@@ -39,6 +39,7 @@
 //! and durable MLS state on devices.
 
 mod ephemeral;
+mod limits;
 mod mls;
 mod wire;
 
@@ -52,7 +53,7 @@ use bytes::Bytes;
 use selfie_protocol::control::SubscriptionKind;
 use selfie_storage::id::IdGenerator;
 use selfie_storage::key::{KeyBuilder, KeyReader};
-use selfie_storage::{Cell, Clock, Commit, Condition, Scan, Store};
+use selfie_storage::{Cell, Clock, Commit, Condition, Scan, Store, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::locks::KeyedLocks;
@@ -62,8 +63,10 @@ use crate::tables::{self, decode, encode, key as k};
 use crate::{Error, Result};
 
 pub use ephemeral::{
-    PRESENCE_STALE_MS, PRESENCE_WRITE_EVERY, Presence, TYPING_REPEAT, status as presence_status,
+    PRESENCE_CHANGES, PRESENCE_STALE_MS, PRESENCE_WINDOW, PRESENCE_WRITE_EVERY, Presence,
+    TYPING_REPEAT, status as presence_status,
 };
+pub use limits::Costly;
 pub use mls::{KeyPackage, MAX_KEY_PACKAGE_BYTES};
 pub use wire::ChatWire;
 
@@ -84,6 +87,10 @@ pub const RECENT_TXNS: usize = 32;
 /// Conversations of one user that lists and syncs consider (the most recently active
 /// first once sorted).
 pub const MAX_USER_CONVERSATIONS: usize = 1000;
+/// Conversations a device cursor may name: more than a sync considers, so that a device
+/// that heard of new conversations between syncs is not refused (a sync drops the ones
+/// it no longer covers, answering them as `limited`).
+pub const MAX_CURSOR_CONVERSATIONS: usize = 4 * MAX_USER_CONVERSATIONS;
 /// Most distinct emoji on one message.
 pub const MAX_REACTION_KINDS: usize = 20;
 /// Unread counts stop here (shown as "99+").
@@ -545,7 +552,7 @@ impl SyncCursor {
         };
         if version != Self::VERSION
             || !rest.len().is_multiple_of(16)
-            || rest.len() / 16 > MAX_USER_CONVERSATIONS
+            || rest.len() / 16 > MAX_CURSOR_CONVERSATIONS
         {
             return Err(bad);
         }
@@ -615,6 +622,17 @@ enum Appended {
     Exists,
 }
 
+/// What a change to a message did.
+enum Change {
+    /// Nothing (the same reaction again): no entry is appended.
+    Unchanged,
+    /// Changed; an edit keeps the old text as version number `.0`.
+    Changed(Option<(u64, Version)>),
+}
+
+/// Most edits of one message (its versions are kept).
+pub const MAX_EDITS: u32 = 100;
+
 /// An earlier version of an edited message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
@@ -622,6 +640,15 @@ pub struct Version {
     pub text: String,
     /// When it was replaced.
     pub replaced_at_ms: u64,
+}
+
+/// A put of a commit (the table's default time to live).
+fn put(row: Cell, value: impl Into<Bytes>) -> Write {
+    Write::Put {
+        row,
+        value: value.into(),
+        ttl: None,
+    }
 }
 
 fn chars_within(s: &str, max: usize) -> bool {
@@ -639,6 +666,7 @@ pub struct Chat<S> {
     delivery: Option<Rc<Delivery>>,
     limits: SyncLimits,
     memo: RefCell<ephemeral::Memo>,
+    rates: limits::Limits,
 }
 
 impl<S: Store + 'static> Chat<S> {
@@ -654,6 +682,7 @@ impl<S: Store + 'static> Chat<S> {
             delivery: None,
             limits: SyncLimits::default(),
             memo: RefCell::default(),
+            rates: limits::Limits::default(),
         })
     }
 
@@ -880,7 +909,7 @@ impl<S: Store + 'static> Chat<S> {
         id: u64,
         entries: Vec<Entry>,
         change: impl Fn(&mut Head, &[u64]),
-        extra: impl Fn(&[u64]) -> Result<Vec<(Cell, Bytes)>>,
+        extra: impl Fn(&[u64]) -> Result<Vec<Write>>,
     ) -> Result<(Vec<u64>, Head)> {
         match self
             .append_once(id, entries, None, &|_| Ok(()), change, extra)
@@ -900,7 +929,7 @@ impl<S: Store + 'static> Chat<S> {
         txn: Option<u64>,
         check: &dyn Fn(&Head) -> Result<()>,
         change: impl Fn(&mut Head, &[u64]),
-        extra: impl Fn(&[u64]) -> Result<Vec<(Cell, Bytes)>>,
+        extra: impl Fn(&[u64]) -> Result<Vec<Write>>,
     ) -> Result<Appended> {
         for attempt in 0..APPEND_TRIES {
             if attempt > 0 {
@@ -938,9 +967,7 @@ impl<S: Store + 'static> Chat<S> {
                 let row = Cell::new(&LOG, log_partition(id, *seq), seq_key(*seq));
                 commit = commit.put(row, encode("chat log entry", &entry)?, None);
             }
-            for (cell, value) in extra(&seqs)? {
-                commit = commit.put(cell, value, None);
-            }
+            commit.writes.extend(extra(&seqs)?);
             if self.store.commit(&commit).await? {
                 return Ok(Appended::Done(seqs, head));
             }
@@ -1037,12 +1064,24 @@ impl<S: Store + 'static> Chat<S> {
             {
                 self.set_member(id, me, |r| r.state = MemberState::Active)
                     .await?;
+                if self.user_conv(me, id).await?.is_none() {
+                    self.store
+                        .put(
+                            &USER_CONVERSATIONS,
+                            &k(me),
+                            &k(id),
+                            &encode("chat user state", &UserConv::default())?,
+                            None,
+                        )
+                        .await?;
+                }
             }
             return Ok(id);
         }
         if tables::graph::blocked_either_way(&self.store, me, other).await? {
             return Err(Error::Blocked);
         }
+        self.rates.check(me, Costly::Create)?;
         let state = self.arrival(me, other).await?;
         let id = self.next_id();
         let now = self.now();
@@ -1213,6 +1252,7 @@ impl<S: Store + 'static> Chat<S> {
             }
             None => None,
         };
+        self.rates.check(me, Costly::Create)?;
         let mut list = vec![(me, MemberState::Active)];
         for &other in &others {
             if tables::graph::blocked_either_way(&self.store, me, other).await? {
@@ -1372,20 +1412,23 @@ impl<S: Store + 'static> Chat<S> {
             .ok_or(Error::NotFound("conversation"))?;
         // Read positions: hidden for members who turned receipts off, and from a viewer
         // who did; a request's recipient shows none until they answer.
+        // Delivery positions: hidden while a request waits (its sender must not learn
+        // that it arrived), and across a block either way.
         let my_settings = tables::users::settings(&self.store, me).await?;
+        let mut memo = HashMap::new();
         for (user, m) in &mut members {
             if *user == me {
                 continue;
             }
             let theirs = tables::users::settings(&self.store, *user).await?;
-            if !theirs.show_read_receipts
-                || !my_settings.show_read_receipts
-                || m.state != MemberState::Active
-            {
+            let apart = m.state != MemberState::Active || !self.sees(&mut memo, me, *user).await?;
+            if !theirs.show_read_receipts || !my_settings.show_read_receipts || apart {
                 m.last_read_seq = 0;
             }
+            if apart {
+                m.last_delivered_seq = 0;
+            }
         }
-        let mut memo = HashMap::new();
         let mut last_message = None;
         let floor = mine_member.joined_seq;
         if head.last_message_seq > floor {
@@ -1424,6 +1467,7 @@ impl<S: Store + 'static> Chat<S> {
         let mut presence = HashMap::new();
         for (user, m) in &members {
             if *user != me
+                && mine_member.state == MemberState::Active
                 && m.state == MemberState::Active
                 && let Some(p) = self.presence_for(me, *user).await?
             {
@@ -1444,7 +1488,7 @@ impl<S: Store + 'static> Chat<S> {
     }
 
     /// `me`'s conversations of `folder`, most recently active first (pinned ones first
-    /// in the inbox): `limit` after the position `after` (last activity, id) of the
+    /// in the inbox): `limit` after the position `after` (an opaque rank, id) of the
     /// previous page.
     pub async fn list(
         &self,
@@ -1453,6 +1497,7 @@ impl<S: Store + 'static> Chat<S> {
         limit: usize,
         after: Option<(u64, u64)>,
     ) -> Result<(Vec<View>, Option<(u64, u64)>)> {
+        self.rates.check(me, Costly::List)?;
         let mut entries = Vec::new();
         for (id, mine) in self.user_conversations(me).await? {
             let Some(member) = self.member(id, me).await? else {
@@ -1468,31 +1513,36 @@ impl<S: Store + 'static> Chat<S> {
             }
             let head = self.head(id).await?;
             let pinned = folder == Folder::Inbox && mine.pinned;
-            entries.push((pinned, head.last_activity_ms, id));
+            // Pinned first: the rank's top bit (activity times are far below 2^63), so
+            // the page position (rank, id) orders pinned and unpinned alike.
+            let rank = (u64::from(pinned) << 63) | (head.last_activity_ms & (u64::MAX >> 1));
+            entries.push((rank, id));
         }
         // Pinned first, then newest activity, then id (stable across pages).
         entries.sort_by(|a, b| b.cmp(a));
         let start = match after {
             None => 0,
-            Some((at, id)) => entries
+            Some(position) => entries
                 .iter()
-                .position(|(_, a, i)| (*a, *i) < (at, id) && !(*a == at && *i == id))
+                .position(|e| *e < position)
                 .unwrap_or(entries.len()),
         };
         let page: Vec<_> = entries.iter().skip(start).take(limit).collect();
         let mut views = Vec::with_capacity(page.len());
-        for (_, _, id) in &page {
+        for (_, id) in &page {
             views.push(self.view(me, *id).await?);
         }
         let next = (start + page.len() < entries.len())
-            .then(|| page.last().map(|(_, a, i)| (*a, *i)))
+            .then(|| page.last().map(|e| **e))
             .flatten();
         Ok((views, next))
     }
 
+    /// `me`'s conversations, the most recently made first, at most
+    /// [`MAX_USER_CONVERSATIONS`] (ids grow with time: the oldest fall off).
     async fn user_conversations(&self, me: u64) -> Result<Vec<(u64, UserConv)>> {
         let mut out = Vec::new();
-        let mut scan = Scan::all(selfie_storage::MAX_PAGE_ROWS);
+        let mut scan = Scan::all(selfie_storage::MAX_PAGE_ROWS).reversed();
         loop {
             let page = self.store.scan(&USER_CONVERSATIONS, &k(me), &scan).await?;
             for row in &page.rows {
@@ -1535,7 +1585,7 @@ impl<S: Store + 'static> Chat<S> {
                     vec![event.clone()],
                     |_, _| {},
                     |_| {
-                        Ok(vec![(
+                        Ok(vec![put(
                             Cell::new(&CONVERSATIONS, k(id), Bytes::new()),
                             value.clone(),
                         )])
@@ -1650,13 +1700,13 @@ impl<S: Store + 'static> Chat<S> {
                             last_delivered_seq: joined_seq,
                         };
                         Ok(vec![
-                            (
+                            put(
                                 Cell::new(&MEMBERS, k(id), k(user)),
-                                encode("chat member", &m)?.into(),
+                                encode("chat member", &m)?,
                             ),
-                            (
+                            put(
                                 Cell::new(&USER_CONVERSATIONS, k(user), k(id)),
-                                encode("chat user state", &UserConv::default())?.into(),
+                                encode("chat user state", &UserConv::default())?,
                             ),
                         ])
                     },
@@ -1708,34 +1758,48 @@ impl<S: Store + 'static> Chat<S> {
             Some((s, m)) => {
                 let mut m = m.clone();
                 m.role = Role::Owner;
-                Some((*s, encode("chat member", &m)?))
+                Some(put(
+                    Cell::new(&MEMBERS, k(id), k(*s)),
+                    encode("chat member", &m)?,
+                ))
             }
             None => None,
         };
+        // One commit: the entries, the successor's role, and the leaver's rows (membership,
+        // list entry, positions), so no reader sees the member gone from the log but still
+        // in the member list, or the reverse.
+        let mut rows: Vec<Write> = successor_row.into_iter().collect();
+        for row in [
+            Cell::new(&MEMBERS, k(id), k(user)),
+            Cell::new(&USER_CONVERSATIONS, k(user), k(id)),
+            Cell::new(&RECEIPTS, k(id), k(user)),
+        ] {
+            rows.push(Write::Delete { row });
+        }
         let (seqs, _) = self
             .append(
                 id,
                 entries.clone(),
                 |h, _| h.members = h.members.saturating_sub(1),
-                |_| {
-                    Ok(successor_row
-                        .iter()
-                        .map(|(s, v)| (Cell::new(&MEMBERS, k(id), k(*s)), v.clone().into()))
-                        .collect())
-                },
+                |_| Ok(rows.clone()),
             )
             .await?;
-        // Then the rows go (a delete is not a write a commit's put can carry).
-        self.push_entry(id, vec![seqs[0]], entries[0].clone())
-            .await?;
-        let release = Commit::new()
-            .when(Condition::Present {
-                row: Cell::new(&MEMBERS, k(id), k(user)),
-            })
-            .delete(Cell::new(&USER_CONVERSATIONS, k(user), k(id)));
-        self.store.commit(&release).await?;
-        if let (Some(&seq), Some(entry)) = (seqs.get(1), entries.get(1)) {
-            self.push_entry(id, vec![seq], entry.clone()).await?;
+        // The leaver is no longer a member: only their own removal reaches them.
+        let mut members = self.members(id).await?;
+        let mut memo = Memo::new();
+        for (i, (seq, entry)) in seqs.iter().zip(entries).enumerate() {
+            let item = LogItem {
+                conversation_id: id,
+                seq: *seq,
+                entry,
+            };
+            if i == 0 {
+                members.push((user, target.clone()));
+                self.push_to_members(&item, &members, &mut memo).await?;
+                members.pop();
+            } else {
+                self.push_to_members(&item, &members, &mut memo).await?;
+            }
         }
         Ok(())
     }
@@ -1758,16 +1822,16 @@ impl<S: Store + 'static> Chat<S> {
             return Err(Error::Forbidden("this member has not joined yet"));
         }
         target.role = role;
-        let mut rows = vec![(
+        let mut rows = vec![put(
             Cell::new(&MEMBERS, k(id), k(user)),
-            Bytes::from(encode("chat member", &target)?),
+            encode("chat member", &target)?,
         )];
         if role == Role::Owner {
             let mut mine = member.clone();
             mine.role = Role::Admin;
-            rows.push((
+            rows.push(put(
                 Cell::new(&MEMBERS, k(id), k(me)),
-                encode("chat member", &mine)?.into(),
+                encode("chat member", &mine)?,
             ));
         }
         let name = match role {
@@ -1795,6 +1859,13 @@ impl<S: Store + 'static> Chat<S> {
             MemberState::Declined
         };
         self.set_member(id, me, |m| m.state = state).await?;
+        if !accept {
+            // A declined request leaves the decliner's list (and their syncs): a flood of
+            // requests does not crowd out their conversations once declined.
+            self.store
+                .delete(&USER_CONVERSATIONS, &k(me), &k(id))
+                .await?;
+        }
         Ok(())
     }
 
@@ -1910,7 +1981,7 @@ impl<S: Store + 'static> Chat<S> {
                         message_id,
                         created_at_ms,
                     };
-                    Ok(vec![(txn_cell.clone(), encode("chat txn", &txn)?.into())])
+                    Ok(vec![put(txn_cell.clone(), encode("chat txn", &txn)?)])
                 },
             )
             .await;
@@ -2056,25 +2127,32 @@ impl<S: Store + 'static> Chat<S> {
         id: u64,
         seq: u64,
         event: Entry,
-        f: impl Fn(&mut Message, &MemberRec) -> Result<Option<Version>>,
+        f: impl Fn(&mut Message, &MemberRec, &ConversationRec) -> Result<Change>,
     ) -> Result<()> {
         let _g = self.locks.lock((id, 0)).await;
-        let (_, member) = self.membership(id, me).await?;
+        let (rec, member) = self.membership(id, me).await?;
         if member.state != MemberState::Active {
             return Err(Error::Forbidden("answer the message request first"));
         }
         let mut message = self.readable_message(me, id, seq).await?;
-        let version = f(&mut message, &member)?;
+        // Commits and Welcomes carry the group's key schedule: nobody may change them.
+        if message
+            .mls
+            .as_ref()
+            .is_some_and(|m| m.content_type != mls_content::APPLICATION)
+        {
+            return Err(Error::Forbidden("MLS handshake messages cannot be changed"));
+        }
+        let version = match f(&mut message, &member, &rec)? {
+            Change::Unchanged => return Ok(()),
+            Change::Changed(v) => v,
+        };
         let row = Cell::new(&LOG, log_partition(id, seq), seq_key(seq));
         let value: Bytes = encode("chat log entry", &Entry::Message(message))?.into();
         let version_row = match version {
-            Some(v) => Some((
-                Cell::new(
-                    &EDITS,
-                    k(id),
-                    KeyBuilder::new().u64(seq).u64(v.replaced_at_ms).build(),
-                ),
-                Bytes::from(encode("message version", &v)?),
+            Some((n, v)) => Some(put(
+                Cell::new(&EDITS, k(id), KeyBuilder::new().u64(seq).u64(n).build()),
+                encode("message version", &v)?,
             )),
             None => None,
         };
@@ -2084,7 +2162,7 @@ impl<S: Store + 'static> Chat<S> {
                 vec![event.clone()],
                 |_, _| {},
                 |_| {
-                    let mut rows = vec![(row.clone(), value.clone())];
+                    let mut rows = vec![put(row.clone(), value.clone())];
                     rows.extend(version_row.clone());
                     Ok(rows)
                 },
@@ -2100,12 +2178,15 @@ impl<S: Store + 'static> Chat<S> {
         }
         let now = self.now();
         let event = self.event(EventKind::Edited, me, seq, 0, "", text);
-        self.change_message(me, id, seq, event, |m, _| {
+        self.change_message(me, id, seq, event, |m, _, _| {
             if m.sender_id != me || m.deleted {
                 return Err(Error::Forbidden("only the sender may edit a message"));
             }
             if m.kind == MessageKind::Mls {
                 return Err(Error::InvalidArgument { field: "mls" });
+            }
+            if m.edit_count >= MAX_EDITS {
+                return Err(Error::Forbidden("this message was edited too many times"));
             }
             let old = Version {
                 text: std::mem::replace(&mut m.text, text.to_string()),
@@ -2113,7 +2194,8 @@ impl<S: Store + 'static> Chat<S> {
             };
             m.edited_at_ms = now;
             m.edit_count += 1;
-            Ok(Some(old))
+            // Versions are keyed by their number: two edits in one millisecond stay two.
+            Ok(Change::Changed(Some((u64::from(m.edit_count), old))))
         })
         .await
     }
@@ -2141,7 +2223,7 @@ impl<S: Store + 'static> Chat<S> {
     /// Deletes message `seq` for everyone (its sender, or a group admin): a tombstone.
     pub async fn delete(&self, me: u64, id: u64, seq: u64) -> Result<()> {
         let event = self.event(EventKind::Deleted, me, seq, 0, "", "");
-        self.change_message(me, id, seq, event, |m, member| {
+        self.change_message(me, id, seq, event, |m, member, _| {
             if m.deleted {
                 return Err(Error::NotFound("message"));
             }
@@ -2153,7 +2235,7 @@ impl<S: Store + 'static> Chat<S> {
             m.media_ids.clear();
             m.mls = None;
             m.reactions.clear();
-            Ok(None)
+            Ok(Change::Changed(None))
         })
         .await?;
         // Earlier versions go with it.
@@ -2182,11 +2264,22 @@ impl<S: Store + 'static> Chat<S> {
             Some(e) => self.event(EventKind::Reacted, me, seq, 0, e, ""),
             None => self.event(EventKind::Unreacted, me, seq, 0, "", ""),
         };
-        self.change_message(me, id, seq, event, |m, _| {
+        self.change_message(me, id, seq, event, |m, _, rec| {
+            if rec.encrypted {
+                // A plaintext emoji would sit next to the ciphertext: reactions in an
+                // encrypted conversation are MLS application messages of their own.
+                return Err(Error::InvalidArgument {
+                    field: "conversation_id",
+                });
+            }
             if m.deleted {
                 return Err(Error::NotFound("message"));
             }
-            let had = m.reactions.iter().any(|(u, _)| *u == me);
+            let mine = m.reactions.iter().find(|(u, _)| *u == me);
+            if emoji.is_some() && mine.map(|(_, e)| e.as_str()) == emoji {
+                return Ok(Change::Unchanged);
+            }
+            let had = mine.is_some();
             m.reactions.retain(|(u, _)| *u != me);
             match emoji {
                 Some(e) => {
@@ -2200,7 +2293,7 @@ impl<S: Store + 'static> Chat<S> {
                 None if !had => return Err(Error::NotFound("reaction")),
                 None => {}
             }
-            Ok(None)
+            Ok(Change::Changed(None))
         })
         .await
     }
@@ -2228,8 +2321,12 @@ impl<S: Store + 'static> Chat<S> {
         };
         let mine = tables::users::settings(&self.store, me).await?;
         let mut targets = Vec::new();
+        let mut memo = Memo::new();
         for (user, m) in self.members(id).await? {
             if user == me || m.state != MemberState::Active {
+                continue;
+            }
+            if !self.sees(&mut memo, user, me).await? {
                 continue;
             }
             if kind == Receipt::Read {
@@ -2246,14 +2343,16 @@ impl<S: Store + 'static> Chat<S> {
     }
 
     /// Messages of `id` before `before` (0: the newest), newest first, at most `limit`;
-    /// `true` when older ones remain.
+    /// when older entries remain, the `before` of the next page (which may lie below
+    /// the last message: a page examines at most a bounded number of entries, so a run
+    /// of reactions and edits ends a page early without stalling the next).
     pub async fn history(
         &self,
         me: u64,
         id: u64,
         before: u64,
         limit: usize,
-    ) -> Result<(Vec<Message>, bool)> {
+    ) -> Result<(Vec<Message>, Option<u64>)> {
         let (_, member) = self.membership(id, me).await?;
         if member.state == MemberState::Declined {
             return Err(Error::NotFound("conversation"));
@@ -2295,7 +2394,7 @@ impl<S: Store + 'static> Chat<S> {
             }
             below = next;
         }
-        Ok((out, below > floor + 1))
+        Ok((out, (below > floor + 1).then_some(below)))
     }
 
     /// What `me`'s device is missing since `cursor` (one conversation, or all).

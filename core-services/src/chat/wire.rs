@@ -471,14 +471,15 @@ impl<S: Store + Clone + 'static> ChatWire<S> {
     async fn history(self, call: &Call, r: pc::HistoryRequest<'_>) -> Result<Bytes> {
         let limit = usize::from(r.limit()).clamp(1, HISTORY_MAX);
         let id = r.conversation_id();
-        let (messages, has_more) = self
+        let (messages, next) = self
             .0
             .history(call.user()?, id, r.before_seq(), limit)
             .await?;
         let page = make!(pc::MessagesPageT {
             conversation_id: id,
             messages: Some(messages.into_iter().map(|m| message_t(id, m)).collect()),
-            has_more,
+            has_more: next.is_some(),
+            next_before_seq: next.unwrap_or(0),
         });
         Self::answer(call, ChatOpT::MessagesPage(Box::new(page)))
     }

@@ -960,8 +960,8 @@ pub fn selfie_chat_message_version(depth: u32) -> BoxedStrategy<crate::generated
 /// Arbitrary `selfie.chat.MessagesPage`.
 pub fn selfie_chat_messages_page(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::MessagesPageT> {
     let _ = depth;
-    ((any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_chat_message(depth - 1), 0..3)).boxed() }, any::<bool>(),),)
-        .prop_map(|((conversation_id, messages, has_more,),)| crate::generated::selfie::chat::MessagesPageT { conversation_id, messages, has_more })
+    ((any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_chat_message(depth - 1), 0..3)).boxed() }, any::<bool>(), any::<u64>(),),)
+        .prop_map(|((conversation_id, messages, has_more, next_before_seq,),)| crate::generated::selfie::chat::MessagesPageT { conversation_id, messages, has_more, next_before_seq })
         .boxed()
 }
 

@@ -21,6 +21,7 @@ impl<'a> MessagesPage<'a> {
   pub const VT_CONVERSATION_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGES: ::flatbuffers::VOffsetT = 6;
   pub const VT_HAS_MORE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_NEXT_BEFORE_SEQ: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -32,6 +33,7 @@ impl<'a> MessagesPage<'a> {
     args: &'args MessagesPageArgs<'args>
   ) -> ::flatbuffers::WIPOffset<MessagesPage<'bldr>> {
     let mut builder = MessagesPageBuilder::new(_fbb);
+    builder.add_next_before_seq(args.next_before_seq);
     builder.add_conversation_id(args.conversation_id);
     if let Some(x) = args.messages { builder.add_messages(x); }
     builder.add_has_more(args.has_more);
@@ -44,10 +46,12 @@ impl<'a> MessagesPage<'a> {
       x.iter().map(|t| t.unpack()).collect()
     });
     let has_more = self.has_more();
+    let next_before_seq = self.next_before_seq();
     MessagesPageT {
       conversation_id,
       messages,
       has_more,
+      next_before_seq,
     }
   }
 
@@ -72,6 +76,16 @@ impl<'a> MessagesPage<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(MessagesPage::VT_HAS_MORE, Some(false)).unwrap()}
   }
+  /// With `has_more`: the `before_seq` of the next page (1.5). A page may end below its
+  /// last message, past entries that are not messages; clients of 1.4 use the lowest
+  /// message's `seq`.
+  #[inline]
+  pub fn next_before_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MessagesPage::VT_NEXT_BEFORE_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for MessagesPage<'_> {
@@ -83,6 +97,7 @@ impl ::flatbuffers::Verifiable for MessagesPage<'_> {
      .visit_field::<u64>("conversation_id", Self::VT_CONVERSATION_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Message>>>>("messages", Self::VT_MESSAGES, false)?
      .visit_field::<bool>("has_more", Self::VT_HAS_MORE, false)?
+     .visit_field::<u64>("next_before_seq", Self::VT_NEXT_BEFORE_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -91,6 +106,7 @@ pub struct MessagesPageArgs<'a> {
     pub conversation_id: u64,
     pub messages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Message<'a>>>>>,
     pub has_more: bool,
+    pub next_before_seq: u64,
 }
 impl<'a> Default for MessagesPageArgs<'a> {
   #[inline]
@@ -99,6 +115,7 @@ impl<'a> Default for MessagesPageArgs<'a> {
       conversation_id: 0,
       messages: None,
       has_more: false,
+      next_before_seq: 0,
     }
   }
 }
@@ -121,6 +138,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MessagesPageBuilder<'a, 'b, A
     self.fbb_.push_slot::<bool>(MessagesPage::VT_HAS_MORE, has_more, false);
   }
   #[inline]
+  pub fn add_next_before_seq(&mut self, next_before_seq: u64) {
+    self.fbb_.push_slot::<u64>(MessagesPage::VT_NEXT_BEFORE_SEQ, next_before_seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MessagesPageBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MessagesPageBuilder {
@@ -141,6 +162,7 @@ impl ::core::fmt::Debug for MessagesPage<'_> {
       ds.field("conversation_id", &self.conversation_id());
       ds.field("messages", &self.messages());
       ds.field("has_more", &self.has_more());
+      ds.field("next_before_seq", &self.next_before_seq());
       ds.finish()
   }
 }
@@ -150,6 +172,7 @@ pub struct MessagesPageT {
   pub conversation_id: u64,
   pub messages: Option<alloc::vec::Vec<MessageT>>,
   pub has_more: bool,
+  pub next_before_seq: u64,
 }
 impl Default for MessagesPageT {
   fn default() -> Self {
@@ -157,6 +180,7 @@ impl Default for MessagesPageT {
       conversation_id: 0,
       messages: None,
       has_more: false,
+      next_before_seq: 0,
     }
   }
 }
@@ -170,10 +194,12 @@ impl MessagesPageT {
       let w: alloc::vec::Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
     });
     let has_more = self.has_more;
+    let next_before_seq = self.next_before_seq;
     MessagesPage::create(_fbb, &MessagesPageArgs{
       conversation_id,
       messages,
       has_more,
+      next_before_seq,
     })
   }
 }

@@ -45,8 +45,18 @@ hasMore():boolean {
   return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
 }
 
+/**
+ * With `has_more`: the `before_seq` of the next page (1.5). A page may end below its
+ * last message, past entries that are not messages; clients of 1.4 use the lowest
+ * message's `seq`.
+ */
+nextBeforeSeq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 10);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
 static startMessagesPage(builder:flatbuffers.Builder) {
-  builder.startObject(3);
+  builder.startObject(4);
 }
 
 static addConversationId(builder:flatbuffers.Builder, conversationId:bigint) {
@@ -73,16 +83,21 @@ static addHasMore(builder:flatbuffers.Builder, hasMore:boolean) {
   builder.addFieldInt8(2, +hasMore, +false);
 }
 
+static addNextBeforeSeq(builder:flatbuffers.Builder, nextBeforeSeq:bigint) {
+  builder.addFieldInt64(3, nextBeforeSeq, BigInt('0'));
+}
+
 static endMessagesPage(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createMessagesPage(builder:flatbuffers.Builder, conversationId:bigint, messagesOffset:flatbuffers.Offset, hasMore:boolean):flatbuffers.Offset {
+static createMessagesPage(builder:flatbuffers.Builder, conversationId:bigint, messagesOffset:flatbuffers.Offset, hasMore:boolean, nextBeforeSeq:bigint):flatbuffers.Offset {
   MessagesPage.startMessagesPage(builder);
   MessagesPage.addConversationId(builder, conversationId);
   MessagesPage.addMessages(builder, messagesOffset);
   MessagesPage.addHasMore(builder, hasMore);
+  MessagesPage.addNextBeforeSeq(builder, nextBeforeSeq);
   return MessagesPage.endMessagesPage(builder);
 }
 }
