@@ -1,7 +1,8 @@
 //! Chat through real edges and real SDK clients: live delivery with receipts across
 //! shards, ordering under concurrent senders, exactly-once sends across a lost answer and
 //! an edge restart, a device away for over a thousand messages resuming exactly, a client
-//! moved by `GoAway` to a second edge, blocks, and the durable outbox.
+//! moved by `GoAway` to a second edge of a fleet (one store, real Redis), blocks, and
+//! the durable outbox.
 
 mod support;
 
@@ -352,18 +353,23 @@ async fn a_device_away_for_a_thousand_messages_resumes_exactly_and_the_outbox_su
     assert_eq!(store.position(id).expect("position"), seqs[1]);
 }
 
+/// Two edges of one fleet (one store, one signing key, one real `redis-server`): a
+/// message sent on one node reaches a subscriber on the other live; when that node drains,
+/// its client moves to the other node and resumes without loss or repeats, and live
+/// pushes continue there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_moved_by_goaway_resumes_on_another_edge_without_loss() {
+    let redis = selfie_storage::redis::testing::RedisServer::start()
+        .expect("redis-server must be installed");
     let parts = support::parts();
-    let tokens = support::tokens(&parts);
-    let throttle = selfie_services::auth::throttle::LoginThrottle::new(parts.throttle);
-    let a = support::start_with(&parts, tokens.clone(), throttle.clone());
-    let b = support::start_with(&parts, tokens, throttle);
-    let anon = Client::connect(config(&a, None)).await.expect("session");
-    let ana = sign_up(&a, &anon, "ana").await;
-    let ben = sign_up(&a, &anon, "ben").await;
+    let a = support::fleet_node(&parts, &redis.url);
+    let b = support::fleet_node(&parts, &redis.url);
+    let (a, b) = (&a.node, &b.node);
+    let anon = Client::connect(config(a, None)).await.expect("session");
+    let ana = sign_up(a, &anon, "ana").await;
+    let ben = sign_up(a, &anon, "ben").await;
     friends(&ana, &ben).await;
-    let ana_b = Client::connect(config(&b, Some(ana.token.clone())))
+    let ana_b = Client::connect(config(b, Some(ana.token.clone())))
         .await
         .expect("ana on b");
     let id = ana_b
@@ -374,6 +380,15 @@ async fn a_client_moved_by_goaway_resumes_on_another_edge_without_loss() {
         .conversation_id;
     let dir = tempfile::tempdir().expect("dir");
     let store = ChatStore::open(dir.path()).expect("store");
+    store.sync(&ben.client).await.expect("sync");
+    // Live across nodes: Ana writes on b, Ben hears it on a through the fleet's bus.
+    let mut live = ben.client.chat().subscribe().await.expect("subscribed");
+    ana_b.chat().send(id, "x0", "across").await.expect("sent");
+    let pushed = until(&mut live, ChatEventKind::MessageCreated).await;
+    assert_eq!(
+        pushed.message.and_then(|m| m.text).as_deref(),
+        Some("across")
+    );
     store.sync(&ben.client).await.expect("sync");
     // Node a drains: Ben is told to go.
     a.edge.drain();
@@ -389,19 +404,37 @@ async fn a_client_moved_by_goaway_resumes_on_another_edge_without_loss() {
             .await
             .expect("sent");
     }
-    // Ben reconnects to node b and resumes from his cursor.
-    let ben_b = Client::connect(config(&b, Some(ben.token.clone())))
+    // Ben reconnects to node b and resumes from his cursor: exactly the 30 he missed.
+    let ben_b = Client::connect(config(b, Some(ben.token.clone())))
         .await
         .expect("ben on b");
+    let mut live_b = ben_b.chat().subscribe().await.expect("subscribed");
     let report = store.sync(&ben_b).await.expect("sync");
-    assert_eq!(report.new, 30);
+    assert_eq!((report.new, report.duplicates), (30, 0));
     let texts: Vec<String> = store
         .messages(id)
         .expect("messages")
         .into_iter()
         .filter_map(|m| m.text)
         .collect();
-    assert_eq!(texts, (0..30).map(|i| i.to_string()).collect::<Vec<_>>());
+    let mut expected = vec!["across".to_string()];
+    expected.extend((0..30).map(|i| i.to_string()));
+    assert_eq!(texts, expected);
+    // And live delivery goes on on the new node, straight after the resumed entries.
+    ana_b.chat().send(id, "after", "after").await.expect("sent");
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), live_b.next())
+            .await
+            .expect("in time")
+            .expect("push");
+        match store.apply_push(&ben_b, &frame).await.expect("applied") {
+            Applied::New => break,
+            Applied::Duplicate | Applied::State => {}
+            Applied::Gap { .. } => panic!("a gap the store should have filled"),
+        }
+    }
+    let last = store.messages(id).expect("messages").pop().expect("one");
+    assert_eq!(last.text.as_deref(), Some("after"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,35 +7,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use selfie_client::{Client, ClientError};
-use selfie_edge::fleet::Fleet;
 use selfie_protocol::auth::{self as pa, AuthOpT};
 use selfie_protocol::{BodyT, ErrorCode};
-use selfie_services::auth::throttle::LoginThrottle;
 use selfie_storage::redis::testing::RedisServer;
-use support::{Node, Parts, auth, call, config, graph, sign_up, start_in_fleet, tokens, users};
-
-/// A node of the fleet: its edge and its Redis bridge.
-struct FleetNode {
-    node: Node,
-    _fleet: Fleet,
-}
+use support::{FleetNode, Node, Parts, auth, call, config, graph, sign_up, users};
 
 fn node(parts: &Parts, redis: &RedisServer) -> FleetNode {
-    let tokens = tokens(parts);
-    let plane = support::plane();
-    let fleet = Fleet::start(
-        &redis.url,
-        "test:",
-        tokens.revoked().clone(),
-        parts.throttle,
-        plane.clone(),
-    )
-    .expect("fleet");
-    let throttle = LoginThrottle::new(parts.throttle).with_fleet(fleet.login_throttle());
-    FleetNode {
-        node: start_in_fleet(parts, tokens, throttle, Some(fleet.graph_locks()), plane),
-        _fleet: fleet,
-    }
+    support::fleet_node(parts, &redis.url)
 }
 
 async fn login(c: &Client, name: &str, password: &str) -> Result<String, ClientError> {

@@ -98,6 +98,32 @@ pub fn start_with(parts: &Parts, tokens: AccessTokens, throttle: LoginThrottle) 
     start_in_fleet(parts, tokens, throttle, None, plane())
 }
 
+/// A node of a fleet: its edge and its Redis bridge (revocations, login throttle, graph
+/// locks and the delivery plane's bus).
+pub struct FleetNode {
+    pub node: Node,
+    pub fleet: selfie_edge::fleet::Fleet,
+}
+
+/// Starts a node over `parts` that joins the fleet on the Redis server at `redis_url`.
+pub fn fleet_node(parts: &Parts, redis_url: &str) -> FleetNode {
+    let tokens = tokens(parts);
+    let plane = plane();
+    let fleet = selfie_edge::fleet::Fleet::start(
+        redis_url,
+        "test:",
+        tokens.revoked().clone(),
+        parts.throttle,
+        plane.clone(),
+    )
+    .expect("fleet");
+    let throttle = LoginThrottle::new(parts.throttle).with_fleet(fleet.login_throttle());
+    FleetNode {
+        node: start_in_fleet(parts, tokens, throttle, Some(fleet.graph_locks()), plane),
+        fleet,
+    }
+}
+
 /// [`start_with`] on `plane` (connected to a fleet's bus, or not), taking the fleet's graph
 /// locks when given.
 pub fn start_in_fleet(
