@@ -14,10 +14,17 @@
 //! [`MlsDevice::receive`] the winner from the log and try again. Every member receives
 //! commits and application messages in the conversation's log order.
 //!
-//! The groups live in memory (openmls' memory storage): a device that restarts joins
-//! again with a fresh key package. Durable MLS state is not here yet.
+//! **Durable state.** [`MlsDevice::open`] keeps the device's MLS state on disk (fjall,
+//! written and `fsync`ed before every operation that changed it returns): the signature
+//! key, the private parts of its key packages, its groups with their ratchets and any
+//! pending commit. A device that restarts carries on in its groups — and never reuses a
+//! ratchet generation, which would reuse a nonce. [`MlsDevice::new`] keeps it all in
+//! memory (tests, short-lived tools).
 
 use std::collections::HashMap;
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -65,29 +72,157 @@ pub struct MlsDevice {
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
     groups: HashMap<Vec<u8>, MlsGroup>,
+    disk: Option<Disk>,
+}
+
+/// Where a durable device keeps its state.
+struct Disk {
+    db: Database,
+    /// openmls' storage, key for key.
+    state: Keyspace,
+    /// Group ids of the groups the device is in.
+    groups: Keyspace,
+    /// `user` (8 bytes), `signer` (the signature public key).
+    meta: Keyspace,
+}
+
+fn disk_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol(format!("mls state on disk: {e}"))
+}
+
+fn credential_of(user_id: u64, signer: &SignatureKeyPair) -> CredentialWithKey {
+    CredentialWithKey {
+        credential: BasicCredential::new(user_id.to_be_bytes().to_vec()).into(),
+        signature_key: signer.to_public_vec().into(),
+    }
 }
 
 impl MlsDevice {
-    /// A device of user `user_id`, with a fresh signature key.
+    /// A device of user `user_id`, with a fresh signature key, in memory only.
     pub fn new(user_id: u64) -> Result<Self, ClientError> {
         let provider = OpenMlsRustCrypto::default();
         let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(mls_err)?;
         signer.store(provider.storage()).map_err(mls_err)?;
-        let credential = CredentialWithKey {
-            credential: BasicCredential::new(user_id.to_be_bytes().to_vec()).into(),
-            signature_key: signer.to_public_vec().into(),
-        };
         Ok(Self {
             provider,
+            credential: credential_of(user_id, &signer),
             signer,
-            credential,
             groups: HashMap::new(),
+            disk: None,
         })
+    }
+
+    /// The device of user `user_id` whose state is kept under `dir`: as it was left
+    /// (its signature key, key packages and groups), or a fresh one the first time.
+    /// A directory made for another user is refused.
+    pub fn open(dir: impl AsRef<Path>, user_id: u64) -> Result<Self, ClientError> {
+        let db = Database::builder(dir.as_ref()).open().map_err(disk_err)?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(disk_err)
+        };
+        let disk = Disk {
+            state: ks("mls_state")?,
+            groups: ks("mls_groups")?,
+            meta: ks("mls_meta")?,
+            db,
+        };
+        let provider = OpenMlsRustCrypto::default();
+        let stored_user = disk.meta.get("user").map_err(disk_err)?;
+        let public = disk.meta.get("signer").map_err(disk_err)?;
+        let (signer, groups) = match (stored_user, public) {
+            (Some(user), Some(public)) => {
+                if user[..] != user_id.to_be_bytes() {
+                    return Err(disk_err("this directory holds another user's device"));
+                }
+                {
+                    let mut values = provider
+                        .storage()
+                        .values
+                        .write()
+                        .map_err(|_| disk_err("storage lock"))?;
+                    for kv in disk.state.iter() {
+                        let (k, v) = kv.into_inner().map_err(disk_err)?;
+                        values.insert(k.to_vec(), v.to_vec());
+                    }
+                }
+                let signer = SignatureKeyPair::read(
+                    provider.storage(),
+                    &public,
+                    CIPHERSUITE.signature_algorithm(),
+                )
+                .ok_or_else(|| disk_err("the signature key is missing"))?;
+                let mut groups = HashMap::new();
+                for kv in disk.groups.iter() {
+                    let id = kv.key().map_err(disk_err)?.to_vec();
+                    let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(&id))
+                        .map_err(disk_err)?
+                        .ok_or_else(|| disk_err("a group's state is missing"))?;
+                    groups.insert(id, group);
+                }
+                (signer, groups)
+            }
+            _ => {
+                let signer =
+                    SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).map_err(mls_err)?;
+                signer.store(provider.storage()).map_err(mls_err)?;
+                (signer, HashMap::new())
+            }
+        };
+        disk.meta
+            .insert("user", user_id.to_be_bytes())
+            .map_err(disk_err)?;
+        disk.meta
+            .insert("signer", signer.public())
+            .map_err(disk_err)?;
+        let device = Self {
+            provider,
+            credential: credential_of(user_id, &signer),
+            signer,
+            groups,
+            disk: Some(disk),
+        };
+        device.save()?;
+        Ok(device)
+    }
+
+    /// Writes the state to disk (a durable device), `fsync`ed, before returning.
+    fn save(&self) -> Result<(), ClientError> {
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        let values = self
+            .provider
+            .storage()
+            .values
+            .read()
+            .map_err(|_| disk_err("storage lock"))?;
+        let mut batch = disk.db.batch();
+        for kv in disk.state.iter() {
+            let k = kv.key().map_err(disk_err)?;
+            if !values.contains_key(&k[..]) {
+                batch.remove(&disk.state, k);
+            }
+        }
+        for (k, v) in values.iter() {
+            batch.insert(&disk.state, k.as_slice(), v.as_slice());
+        }
+        for kv in disk.groups.iter() {
+            let k = kv.key().map_err(disk_err)?;
+            if !self.groups.contains_key(&k[..]) {
+                batch.remove(&disk.groups, k);
+            }
+        }
+        for id in self.groups.keys() {
+            batch.insert(&disk.groups, id.as_slice(), []);
+        }
+        batch.commit().map_err(disk_err)?;
+        disk.db.persist(PersistMode::SyncAll).map_err(disk_err)
     }
 
     /// `n` fresh key packages (their private parts stay on the device).
     pub fn key_packages(&self, n: usize) -> Result<Vec<Vec<u8>>, ClientError> {
-        (0..n)
+        let packages = (0..n)
             .map(|_| {
                 let bundle = KeyPackage::builder()
                     .build(
@@ -102,7 +237,9 @@ impl MlsDevice {
                     .tls_serialize_detached()
                     .map_err(mls_err)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        self.save()?; // their private parts, needed to join from a Welcome
+        Ok(packages)
     }
 
     /// Starts group `id` with this device alone, in epoch 0.
@@ -120,7 +257,7 @@ impl MlsDevice {
         )
         .map_err(mls_err)?;
         self.groups.insert(id.to_vec(), group);
-        Ok(())
+        self.save()
     }
 
     /// The group's epoch (`None`: not a member).
@@ -178,11 +315,13 @@ impl MlsDevice {
         let (commit, welcome, _) = group
             .add_members(provider, signer, &packages)
             .map_err(mls_err)?;
-        Ok(Pending {
+        let pending = Pending {
             epoch,
             commit: commit.to_bytes().map_err(mls_err)?,
             welcome: welcome.to_bytes().map_err(mls_err)?,
-        })
+        };
+        self.save()?;
+        Ok(pending)
     }
 
     /// Removes `users` from the group.
@@ -205,11 +344,13 @@ impl MlsDevice {
         let (commit, _, _) = group
             .remove_members(provider, signer, &leaves)
             .map_err(mls_err)?;
-        Ok(Pending {
+        let pending = Pending {
             epoch,
             commit: commit.to_bytes().map_err(mls_err)?,
             welcome: Vec::new(),
-        })
+        };
+        self.save()?;
+        Ok(pending)
     }
 
     /// Rotates this device's keys in the group (a self-update commit).
@@ -228,11 +369,13 @@ impl MlsDevice {
             )
             .map_err(mls_err)?;
         let (commit, _, _) = bundle.into_contents();
-        Ok(Pending {
+        let pending = Pending {
             epoch,
             commit: commit.to_bytes().map_err(mls_err)?,
             welcome: Vec::new(),
-        })
+        };
+        self.save()?;
+        Ok(pending)
     }
 
     /// The server accepted this device's pending commit: apply it.
@@ -242,7 +385,8 @@ impl MlsDevice {
             .groups
             .get_mut(id)
             .ok_or_else(|| mls_err("no such group on this device"))?;
-        group.merge_pending_commit(provider).map_err(mls_err)
+        group.merge_pending_commit(provider).map_err(mls_err)?;
+        self.save()
     }
 
     /// The server refused this device's pending commit: drop it.
@@ -254,7 +398,8 @@ impl MlsDevice {
             .ok_or_else(|| mls_err("no such group on this device"))?;
         group
             .clear_pending_commit(provider.storage())
-            .map_err(mls_err)
+            .map_err(mls_err)?;
+        self.save()
     }
 
     /// Joins from a Welcome; returns the group id.
@@ -272,6 +417,7 @@ impl MlsDevice {
             .map_err(mls_err)?;
         let id = group.group_id().as_slice().to_vec();
         self.groups.insert(id.clone(), group);
+        self.save()?;
         Ok(id)
     }
 
@@ -286,7 +432,11 @@ impl MlsDevice {
         let message = group
             .create_message(provider, signer, plaintext)
             .map_err(mls_err)?;
-        Ok((epoch, message.to_bytes().map_err(mls_err)?))
+        let bytes = message.to_bytes().map_err(mls_err)?;
+        // The ratchet moved on: on disk before the ciphertext leaves the device, so a
+        // restart never encrypts with the same generation (and nonce) again.
+        self.save()?;
+        Ok((epoch, bytes))
     }
 
     /// Processes a commit or application message of the group made in `epoch`.
@@ -296,6 +446,12 @@ impl MlsDevice {
         epoch: u64,
         bytes: &[u8],
     ) -> Result<Received, ClientError> {
+        let received = self.process(id, epoch, bytes);
+        self.save()?;
+        received
+    }
+
+    fn process(&mut self, id: &[u8], epoch: u64, bytes: &[u8]) -> Result<Received, ClientError> {
         let provider = &self.provider;
         let group = match self.groups.get_mut(id) {
             Some(g) => g,
@@ -435,5 +591,63 @@ impl ChatApi<'_> {
         m.data = Some(ciphertext);
         r.mls = Some(Box::new(m));
         self.send_request(r).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both devices restart between every step: key packages made before a restart
+    /// still open the Welcome, and the groups carry on in both directions afterwards.
+    #[test]
+    fn a_durable_device_carries_on_after_a_restart() {
+        let (ana_dir, ben_dir) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let ana = || MlsDevice::open(ana_dir.path(), 1).expect("ana");
+        let ben = || MlsDevice::open(ben_dir.path(), 2).expect("ben");
+        let group = b"durable".to_vec();
+        let package = ben().key_packages(1).expect("package").remove(0);
+        let mut a = ana();
+        a.create_group(&group).expect("group");
+        drop(a);
+        let mut a = ana();
+        let pending = a.add(&group, &[(2, package)]).expect("add");
+        drop(a);
+        // The pending commit survives the restart too.
+        let mut a = ana();
+        a.confirm(&group).expect("confirm");
+        assert_eq!(a.epoch(&group), Some(1));
+        let (epoch, first) = a.encrypt(&group, b"one").expect("encrypt");
+        drop(a);
+        let mut b = ben();
+        assert_eq!(b.join(&pending.welcome).expect("join"), group);
+        drop(b);
+        let mut b = ben();
+        assert_eq!(
+            b.receive(&group, epoch, &first).expect("received"),
+            Received::Message(b"one".to_vec())
+        );
+        drop(b);
+        let mut a = ana();
+        let (epoch, second) = a.encrypt(&group, b"two").expect("encrypt");
+        assert_ne!(first, second);
+        let mut b = ben();
+        assert_eq!(
+            b.receive(&group, epoch, &second).expect("received"),
+            Received::Message(b"two".to_vec())
+        );
+        let (epoch, reply) = b.encrypt(&group, b"three").expect("encrypt");
+        drop(a);
+        let mut a = ana();
+        assert_eq!(
+            a.receive(&group, epoch, &reply).expect("received"),
+            Received::Message(b"three".to_vec())
+        );
+        assert_eq!(a.members(&group), vec![1, 2]);
+        // A directory is one user's device.
+        assert!(MlsDevice::open(ana_dir.path(), 9).is_err());
     }
 }

@@ -34,9 +34,9 @@
 //! further messages. Read positions of a member who turned read receipts off are shown to
 //! nobody, and such a member sees nobody's.
 //!
-//! Not here yet: deleting a message for oneself only, checking that attachment media ids
-//! exist (the media service does not exist yet; ids are stored as given, as posts do),
-//! and durable MLS state on devices.
+//! Not here yet: deleting a message for oneself only, and checking that attachment media
+//! ids exist (the media service does not exist yet; ids are stored as given, as posts
+//! do).
 
 mod ephemeral;
 mod limits;
