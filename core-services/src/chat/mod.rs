@@ -667,7 +667,18 @@ pub struct Chat<S> {
     limits: SyncLimits,
     memo: RefCell<ephemeral::Memo>,
     rates: limits::Limits,
+    shapes: RefCell<HashMap<u64, Shape>>,
 }
+
+/// What never changes about a conversation (see [`Chat::shape`]).
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    kind: Kind,
+    encrypted: bool,
+}
+
+/// Conversations whose shape a shard remembers before it starts over.
+const SHAPES_MAX: usize = 65_536;
 
 impl<S: Store + 'static> Chat<S> {
     /// Over `store`; `node`/`shard` make its ids unique.
@@ -683,6 +694,7 @@ impl<S: Store + 'static> Chat<S> {
             limits: SyncLimits::default(),
             memo: RefCell::default(),
             rates: limits::Limits::default(),
+            shapes: RefCell::default(),
         })
     }
 
@@ -715,6 +727,29 @@ impl<S: Store + 'static> Chat<S> {
     }
 
     // ---- reading rows ----
+
+    /// The parts of a conversation's record that never change (kind, encryption), from
+    /// a bounded shard-local memo: safe on a fleet, where only the title and avatar of
+    /// a record are ever rewritten.
+    async fn shape(&self, id: u64) -> Result<Shape> {
+        if let Some(s) = self.shapes.borrow().get(&id) {
+            return Ok(*s);
+        }
+        let rec = self
+            .conversation(id)
+            .await?
+            .ok_or(Error::NotFound("conversation"))?;
+        let shape = Shape {
+            kind: rec.kind,
+            encrypted: rec.encrypted,
+        };
+        let mut shapes = self.shapes.borrow_mut();
+        if shapes.len() >= SHAPES_MAX {
+            shapes.clear();
+        }
+        shapes.insert(id, shape);
+        Ok(shape)
+    }
 
     async fn conversation(&self, id: u64) -> Result<Option<ConversationRec>> {
         match self.store.get(&CONVERSATIONS, &k(id), &[]).await? {
@@ -1879,12 +1914,13 @@ impl<S: Store + 'static> Chat<S> {
             });
         }
         let txn_cell = Cell::new(&TXNS, k(me), txn_clustering(id, &new.client_msg_id));
-        // A retry is answered before anything else is checked: the send was accepted.
-        if let Some(sent) = self.txn(&txn_cell).await? {
-            return Ok(sent);
-        }
         let mut new = new;
         if let Some((from, seq)) = new.forward {
+            // A retry is answered before anything else is checked: the send was
+            // accepted, even if the original has been deleted since.
+            if let Some(sent) = self.txn(&txn_cell).await? {
+                return Ok(sent);
+            }
             let original = self.readable_message(me, from, seq).await?;
             if original.kind == MessageKind::Mls || original.deleted {
                 return Err(Error::InvalidArgument {
@@ -1900,19 +1936,29 @@ impl<S: Store + 'static> Chat<S> {
         if let Some(sent) = self.txn(&txn_cell).await? {
             return Ok(sent);
         }
-        let (rec, member) = self.membership(id, me).await?;
-        self.check_content(&rec, &new)?;
+        // The members, read once: the sender's membership and the checks here, the
+        // push after the commit.
+        let mut members = self.members(id).await?;
+        let member = members
+            .iter()
+            .find(|(u, _)| *u == me)
+            .map(|(_, m)| m.clone())
+            .ok_or(Error::NotFound("conversation"))?;
+        let shape = self.shape(id).await?;
+        self.check_content(shape.encrypted, &new)?;
         // Answering a request by replying accepts it.
         if member.state == MemberState::Request {
-            self.set_member(id, me, |m| m.state = MemberState::Active)
+            let now_active = self
+                .set_member(id, me, |m| m.state = MemberState::Active)
                 .await?;
+            if let Some((_, m)) = members.iter_mut().find(|(u, _)| *u == me) {
+                *m = now_active;
+            }
         } else if member.state == MemberState::Declined {
             return Err(Error::NotFound("conversation"));
         }
-        // Read once: checked here, and pushed to after the commit.
-        let members = self.members(id).await?;
         let mut memo = Memo::new();
-        if rec.kind == Kind::Direct {
+        if shape.kind == Kind::Direct {
             for (user, m) in &members {
                 if *user == me {
                     continue;
@@ -2059,8 +2105,8 @@ impl<S: Store + 'static> Chat<S> {
         Ok(None)
     }
 
-    fn check_content(&self, rec: &ConversationRec, new: &NewMessage) -> Result<()> {
-        if rec.encrypted {
+    fn check_content(&self, encrypted: bool, new: &NewMessage) -> Result<()> {
+        if encrypted {
             // The server carries MLS ciphertext only: no plaintext field may be set.
             let mls_ok = new.kind == MessageKind::Mls
                 && new.mls.as_ref().is_some_and(|m| {
