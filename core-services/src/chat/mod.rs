@@ -836,35 +836,8 @@ impl<S: Store + 'static> Chat<S> {
         up_to: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Entry)>> {
-        let mut out = Vec::new();
-        let mut from = after;
-        while from < up_to && out.len() < limit {
-            // The partition holding the next number, `from + 1`.
-            let bucket_end = ((from + 1) / LOG_BUCKET + 1) * LOG_BUCKET - 1;
-            let end = bucket_end.min(up_to);
-            let scan = Scan {
-                start: Bound::Excluded(seq_key(from)),
-                end: Bound::Included(seq_key(end)),
-                reverse: false,
-                limit: (limit - out.len()).min(selfie_storage::MAX_PAGE_ROWS),
-                cursor: None,
-            };
-            let page = self
-                .store
-                .scan(&LOG, &log_partition(id, from + 1), &scan)
-                .await?;
-            let mut last = None;
-            for row in &page.rows {
-                let seq = tables::id_value(&row.clustering).ok_or(Error::Corrupt("chat log"))?;
-                out.push((seq, decode("chat log entry", &row.value)?));
-                last = Some(seq);
-            }
-            from = match (page.cursor.is_some(), last) {
-                (true, Some(l)) => l,
-                _ => end,
-            };
-        }
-        Ok(out)
+        self.entries(id, after.saturating_add(1), up_to, false, limit)
+            .await
     }
 
     /// Entries of `id` below `before` and above `floor`, newest first, at most `limit`.
@@ -875,22 +848,38 @@ impl<S: Store + 'static> Chat<S> {
         floor: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Entry)>> {
+        if before <= floor.saturating_add(1) {
+            return Ok(Vec::new());
+        }
+        self.entries(id, floor + 1, before - 1, true, limit).await
+    }
+
+    /// Entries of `id` with numbers in `[lo, hi]`, at most `limit`, in order (newest
+    /// first when `reverse`), partition by partition.
+    async fn entries(
+        &self,
+        id: u64,
+        mut lo: u64,
+        mut hi: u64,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(u64, Entry)>> {
         let mut out = Vec::new();
-        let mut below = before;
-        while below > floor + 1 && out.len() < limit {
-            let top = below - 1;
-            let bucket_start = (top / LOG_BUCKET) * LOG_BUCKET;
-            let start = bucket_start.max(floor + 1);
+        while lo <= hi && out.len() < limit {
+            // The partition holding the next number to read.
+            let next = if reverse { hi } else { lo };
+            let bucket_lo = next / LOG_BUCKET * LOG_BUCKET;
+            let (start, end) = (lo.max(bucket_lo), hi.min(bucket_lo + (LOG_BUCKET - 1)));
             let scan = Scan {
                 start: Bound::Included(seq_key(start)),
-                end: Bound::Included(seq_key(top)),
-                reverse: true,
+                end: Bound::Included(seq_key(end)),
+                reverse,
                 limit: (limit - out.len()).min(selfie_storage::MAX_PAGE_ROWS),
                 cursor: None,
             };
             let page = self
                 .store
-                .scan(&LOG, &log_partition(id, top), &scan)
+                .scan(&LOG, &log_partition(id, next), &scan)
                 .await?;
             let mut last = None;
             for row in &page.rows {
@@ -898,10 +887,18 @@ impl<S: Store + 'static> Chat<S> {
                 out.push((seq, decode("chat log entry", &row.value)?));
                 last = Some(seq);
             }
-            below = match (page.cursor.is_some(), last) {
-                (true, Some(l)) => l,
-                _ => start,
-            };
+            // Within the partition after the last row read, or past the partition.
+            match (page.cursor.is_some(), last, reverse) {
+                (true, Some(l), false) => lo = l + 1,
+                (true, Some(l), true) => hi = l.saturating_sub(1),
+                (_, _, false) if end == hi => break,
+                (_, _, false) => lo = end + 1,
+                (_, _, true) if start == 0 => break,
+                (_, _, true) => hi = start - 1,
+            }
+            if reverse && hi < lo {
+                break;
+            }
         }
         Ok(out)
     }
