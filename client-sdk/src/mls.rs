@@ -12,7 +12,21 @@
 //! ([`ChatApi::mls_commit`]); when the server accepts it, [`MlsDevice::confirm`]; when it
 //! refuses it (`Conflict`: another commit took the epoch), [`MlsDevice::discard`], then
 //! [`MlsDevice::receive`] the winner from the log and try again. Every member receives
-//! commits and application messages in the conversation's log order.
+//! commits and application messages in the conversation's log order. A device that
+//! lost the server's answer (a crash, a dropped connection) finds its own commit in the
+//! log: [`MlsDevice::receive`] applies the pending commit it kept.
+//!
+//! **Framing.** Application messages are always `PrivateMessage`s. Commits and
+//! proposals travel as `PublicMessage`s (signed, with a membership tag, not encrypted):
+//! that is what lets a device recognise its own commit from the log (RFC 9420 gives an
+//! author no way to decrypt its own `PrivateMessage`), and it shows the server nothing
+//! it does not already know from membership (who joins, leaves or rotates keys, and
+//! their public keys); Welcomes stay encrypted to their recipients.
+//!
+//! **Key packages.** [`MlsDevice::key_packages`] makes ordinary ones (each opens one
+//! Welcome, then its private part is deleted); [`MlsDevice::last_resort_package`] makes
+//! the device's last-resort one (RFC 9420, 16.8), which the server hands out only when
+//! the device has no other and which opens any number of Welcomes.
 //!
 //! **Durable state.** [`MlsDevice::open`] keeps the device's MLS state on disk (fjall,
 //! written and `fsync`ed before every operation that changed it returns): the signature
@@ -34,6 +48,10 @@ use selfie_protocol::chat::{self as pc, ChatOpT};
 
 use crate::ClientError;
 use crate::chat::ChatApi;
+
+/// Handshake messages as `PublicMessage`s, application messages always encrypted (see
+/// the module docs); either framing accepted.
+const HANDSHAKES_IN_THE_CLEAR: WireFormatPolicy = MIXED_PLAINTEXT_WIRE_FORMAT_POLICY;
 
 /// The ciphersuite every group uses.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -220,11 +238,35 @@ impl MlsDevice {
         disk.db.persist(PersistMode::SyncAll).map_err(disk_err)
     }
 
-    /// `n` fresh key packages (their private parts stay on the device).
+    /// `n` fresh key packages (their private parts stay on the device until one is
+    /// used to join).
     pub fn key_packages(&self, n: usize) -> Result<Vec<Vec<u8>>, ClientError> {
+        self.make_packages(n, false)
+    }
+
+    /// A last-resort key package (RFC 9420, 16.8): the server hands it out only when
+    /// this device has no other left, and its private part stays after a join, so it
+    /// can open every Welcome made with it. Upload one per device, and a new one now
+    /// and then (it weakens forward secrecy while in use).
+    pub fn last_resort_package(&self) -> Result<Vec<u8>, ClientError> {
+        let mut one = self.make_packages(1, true)?;
+        one.pop().ok_or_else(|| mls_err("no package made"))
+    }
+
+    fn make_packages(&self, n: usize, last_resort: bool) -> Result<Vec<Vec<u8>>, ClientError> {
         let packages = (0..n)
             .map(|_| {
-                let bundle = KeyPackage::builder()
+                let mut builder = KeyPackage::builder();
+                if last_resort {
+                    // The leaf must say it understands the extension it carries.
+                    let capabilities = Capabilities::builder()
+                        .extensions(vec![ExtensionType::LastResort])
+                        .build();
+                    builder = builder
+                        .mark_as_last_resort()
+                        .leaf_node_capabilities(capabilities);
+                }
+                let bundle = builder
                     .build(
                         CIPHERSUITE,
                         &self.provider,
@@ -247,6 +289,7 @@ impl MlsDevice {
         let config = MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
             .use_ratchet_tree_extension(true)
+            .wire_format_policy(HANDSHAKES_IN_THE_CLEAR)
             .build();
         let group = MlsGroup::new_with_group_id(
             &self.provider,
@@ -410,6 +453,7 @@ impl MlsDevice {
         };
         let config = MlsGroupJoinConfig::builder()
             .use_ratchet_tree_extension(true)
+            .wire_format_policy(HANDSHAKES_IN_THE_CLEAR)
             .build();
         let group = StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None)
             .map_err(mls_err)?
@@ -476,29 +520,40 @@ impl MlsDevice {
                 }
                 Ok(Received::Commit)
             }
+            // This device's own commit, accepted by the server while its answer was
+            // lost (a crash or a dropped connection before `confirm`): apply it now.
+            ProcessedMessageContent::OwnPendingCommit => {
+                group.merge_pending_commit(provider).map_err(mls_err)?;
+                Ok(Received::Commit)
+            }
             _ => Ok(Received::Earlier),
         }
     }
 }
 
 impl ChatApi<'_> {
-    /// Uploads key packages of this user's device `device_id`.
+    /// Uploads key packages of this user's device `device_id`, and its last-resort
+    /// package ([`MlsDevice::last_resort_package`]; it replaces the one the server had).
     pub async fn upload_key_packages(
         &self,
         device_id: &str,
         packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
         let mut r = pc::MlsKeyPackagesUploadRequestT::default();
         r.device_id = Some(device_id.to_string());
+        let entry = |p: Vec<u8>, last_resort: bool| {
+            let mut k = pc::MlsKeyPackageT::default();
+            k.device_id = Some(device_id.to_string());
+            k.key_package = Some(p);
+            k.last_resort = last_resort;
+            k
+        };
         r.packages = Some(
             packages
                 .into_iter()
-                .map(|p| {
-                    let mut k = pc::MlsKeyPackageT::default();
-                    k.device_id = Some(device_id.to_string());
-                    k.key_package = Some(p);
-                    k
-                })
+                .map(|p| entry(p, false))
+                .chain(last_resort.map(|p| entry(p, true)))
                 .collect(),
         );
         self.call(ChatOpT::MlsKeyPackagesUploadRequest(Box::new(r)))
@@ -598,6 +653,31 @@ impl ChatApi<'_> {
 mod tests {
     use super::*;
 
+    /// A last-resort package opens every Welcome made with it (its private part stays),
+    /// where an ordinary one opens one.
+    #[test]
+    fn a_last_resort_package_opens_many_welcomes() {
+        let mut cat = MlsDevice::new(3).expect("cat");
+        let last = cat.last_resort_package().expect("package");
+        let ordinary = cat.key_packages(1).expect("package").remove(0);
+        let mut welcomes = Vec::new();
+        for (i, package) in [&last, &last, &ordinary, &ordinary].into_iter().enumerate() {
+            let mut owner = MlsDevice::new(1).expect("ana");
+            let group = format!("group-{i}").into_bytes();
+            owner.create_group(&group).expect("group");
+            let pending = owner.add(&group, &[(3, package.clone())]).expect("add");
+            owner.confirm(&group).expect("confirm");
+            welcomes.push(pending.welcome);
+        }
+        assert!(cat.join(&welcomes[0]).is_ok());
+        assert!(cat.join(&welcomes[1]).is_ok(), "the last resort is kept");
+        assert!(cat.join(&welcomes[2]).is_ok());
+        assert!(
+            cat.join(&welcomes[3]).is_err(),
+            "an ordinary package is used up"
+        );
+    }
+
     /// Both devices restart between every step: key packages made before a restart
     /// still open the Welcome, and the groups carry on in both directions afterwards.
     #[test]
@@ -647,6 +727,27 @@ mod tests {
             Received::Message(b"three".to_vec())
         );
         assert_eq!(a.members(&group), vec![1, 2]);
+        // Ana's commit is accepted but her device stops before `confirm`: after the
+        // restart her own commit, read from the log, applies the pending one.
+        let update = a.update(&group).expect("update");
+        drop(a);
+        let mut a = ana();
+        assert_eq!(
+            a.receive(&group, update.epoch, &update.commit)
+                .expect("own commit"),
+            Received::Commit
+        );
+        assert_eq!(
+            b.receive(&group, update.epoch, &update.commit)
+                .expect("commit"),
+            Received::Commit
+        );
+        let (epoch, after) = a.encrypt(&group, b"four").expect("encrypt");
+        assert_eq!(epoch, 2);
+        assert_eq!(
+            b.receive(&group, epoch, &after).expect("received"),
+            Received::Message(b"four".to_vec())
+        );
         // A directory is one user's device.
         assert!(MlsDevice::open(ana_dir.path(), 9).is_err());
     }

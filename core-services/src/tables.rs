@@ -559,6 +559,22 @@ pub mod chat {
         doc: "members' read and delivered positions",
     };
 
+    /// (user, conversation) → a message request waiting for `user`'s answer: apart from
+    /// [`USER_CONVERSATIONS`], so that a flood of requests never pushes a user's own
+    /// conversations out of the lists and syncs that consider the newest of them.
+    pub static USER_REQUESTS: Table = Table {
+        name: "chat_user_requests",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["conversation_id"],
+        default_ttl: None,
+        conditional: true,
+        doc: "message requests waiting for each user's answer",
+    };
+
+    /// The requests table (a later migration).
+    pub static REQUEST_TABLES: &[&Table] = &[&USER_REQUESTS];
+
     /// The receipts table (a later migration).
     pub static RECEIPT_TABLES: &[&Table] = &[&RECEIPTS];
 

@@ -645,7 +645,7 @@ async fn key_packages_and_commit_order<S: Store + Clone + 'static>(store: S) {
     // Ben's device uploads three packages; two claims racing on two nodes get two
     // different ones; the last one stays as the last resort.
     let packages: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 40]).collect();
-    w.a.upload_key_packages(BEN, "phone", &packages)
+    w.a.upload_key_packages(BEN, "phone", &packages, None)
         .await
         .expect("uploaded");
     let (x, y) = futures::join!(
@@ -661,14 +661,64 @@ async fn key_packages_and_commit_order<S: Store + Clone + 'static>(store: S) {
         "the last resort stays"
     );
     assert!(matches!(
-        w.a.upload_key_packages(BEN, "", &packages).await,
+        w.a.upload_key_packages(BEN, "", &packages, None).await,
         Err(Error::InvalidArgument { .. })
     ));
+    // A device's marked last-resort package comes out only once its others are gone,
+    // is never used up, and a new one replaces it.
+    let (first, second) = (vec![21u8; 40], vec![22u8; 40]);
+    w.a.upload_key_packages(BEN, "tablet", &[vec![20; 40]], Some(&first))
+        .await
+        .expect("uploaded");
+    let tablet = |got: Vec<selfie_services::chat::KeyPackage>| {
+        got.into_iter()
+            .find(|p| p.device_id == "tablet")
+            .map(|p| p.key_package)
+    };
+    let got = w.a.claim_key_packages(DAN, &[BEN]).await.expect("claim");
+    assert_eq!(tablet(got), Some(vec![20; 40]), "the ordinary one first");
+    for _ in 0..2 {
+        let got = w.a.claim_key_packages(DAN, &[BEN]).await.expect("claim");
+        assert_eq!(
+            tablet(got),
+            Some(first.clone()),
+            "then the last resort, kept"
+        );
+    }
+    w.a.upload_key_packages(BEN, "tablet", &[], Some(&second))
+        .await
+        .expect("replaced");
+    let got = w.a.claim_key_packages(DAN, &[BEN]).await.expect("claim");
+    assert_eq!(tablet(got), Some(second.clone()), "the new one replaced it");
+    // A claim refused for one user hands out nothing for the others.
+    w.a.upload_key_packages(ANA, "phone", &[vec![30; 40], vec![31; 40]], None)
+        .await
+        .expect("uploaded");
+    let count = |user: u64| {
+        let store = w.store.clone();
+        async move {
+            store
+                .scan(
+                    &t::KEY_PACKAGES,
+                    &selfie_services::tables::key(user),
+                    &Scan::all(100),
+                )
+                .await
+                .expect("scan")
+                .rows
+                .len()
+        }
+    };
     w.graph.block(BEN, DAN).await.expect("block");
     assert!(matches!(
         w.a.claim_key_packages(DAN, &[BEN]).await,
         Err(Error::Blocked)
     ));
+    assert!(matches!(
+        w.a.claim_key_packages(DAN, &[ANA, BEN]).await,
+        Err(Error::Blocked)
+    ));
+    assert_eq!(count(ANA).await, 2, "a refused claim used up a package");
     // Commits: one per epoch, whichever node takes it; messages in the current epoch.
     let id =
         w.a.group(ANA, &[BEN, CAT], "", true, b"g".to_vec(), None)
@@ -727,10 +777,10 @@ async fn key_packages_and_commit_order<S: Store + Clone + 'static>(store: S) {
     assert_eq!(w.a.head(id).await.expect("head").last_seq, head.last_seq);
     // Claims: one package per device, each user once however often named, and a
     // device's last package stays as its last resort.
-    w.a.upload_key_packages(CAT, "phone", &[vec![7; 40], vec![8; 40]])
+    w.a.upload_key_packages(CAT, "phone", &[vec![7; 40], vec![8; 40]], None)
         .await
         .expect("uploaded");
-    w.a.upload_key_packages(CAT, "laptop", &[vec![9; 40]])
+    w.a.upload_key_packages(CAT, "laptop", &[vec![9; 40]], None)
         .await
         .expect("uploaded");
     let claimed =
@@ -938,7 +988,26 @@ async fn privacy_and_consistency<S: Store + Clone + 'static>(store: S) {
     w.a.receipt(DAN, group, Receipt::Read, hi.seq)
         .await
         .expect("read");
-    w.a.remove_member(ANA, group, DAN).await.expect("removed");
+    // Presence is between direct partners: Cat's shows in Ana's direct conversation
+    // with her, never in a group.
+    let _ = w.b.presence(CAT, status::ONLINE).await;
+    let shown = |v: selfie_services::chat::View| v.presence.contains_key(&CAT);
+    assert!(shown(w.a.view(ANA, friendly).await.expect("view")));
+    assert!(!shown(w.a.view(ANA, group).await.expect("view")));
+    // Two nodes remove Dan at once: one removal, one decrement of the member count.
+    let members = w.a.head(group).await.expect("head").members;
+    let (x, y) = futures::join!(
+        w.a.remove_member(ANA, group, DAN),
+        w.b.remove_member(ANA, group, DAN)
+    );
+    assert!(
+        matches!(
+            (&x, &y),
+            (Ok(()), Err(Error::NotFound(_))) | (Err(Error::NotFound(_)), Ok(()))
+        ),
+        "{x:?} {y:?}"
+    );
+    assert_eq!(w.a.head(group).await.expect("head").members, members - 1);
     for (table, partition, clustering) in [
         (&t::MEMBERS, group, DAN),
         (&t::USER_CONVERSATIONS, DAN, group),
@@ -1071,6 +1140,35 @@ async fn privacy_and_consistency<S: Store + Clone + 'static>(store: S) {
     assert_eq!(w.a.direct(BEN, ANA).await.expect("again"), request);
     let (inbox, _) = w.a.list(BEN, Folder::Inbox, 20, None).await.expect("list");
     assert!(inbox.iter().any(|v| v.conversation_id == request));
+
+    // Two of Dan's devices answer one request at once, on two nodes: one answer wins,
+    // and his lists agree with it (listed when accepted, in neither list when declined).
+    w.graph.unfollow(DAN, CAT).await.expect("unfollow");
+    let asked =
+        w.a.group(CAT, &[DAN], "ask", false, Vec::new(), None)
+            .await
+            .expect("group");
+    let (x, y) = futures::join!(
+        w.a.answer_request(DAN, asked, true),
+        w.b.answer_request(DAN, asked, false)
+    );
+    assert!(x.is_ok() != y.is_ok(), "{x:?} {y:?}");
+    let row = |table: &'static selfie_storage::Table| {
+        let store = w.store.clone();
+        async move {
+            store
+                .get(
+                    table,
+                    &selfie_services::tables::key(DAN),
+                    &selfie_services::tables::key(asked),
+                )
+                .await
+                .expect("get")
+                .is_some()
+        }
+    };
+    assert!(!row(&t::USER_REQUESTS).await);
+    assert_eq!(row(&t::USER_CONVERSATIONS).await, x.is_ok());
 }
 
 #[tokio::test]
@@ -1111,7 +1209,7 @@ async fn expensive_paths_are_rate_limited() {
     w.a.group(BEN, &[ANA], "bens", false, Vec::new(), None)
         .await
         .expect("ben's own bucket");
-    w.a.upload_key_packages(BEN, "phone", &[vec![1; 40]])
+    w.a.upload_key_packages(BEN, "phone", &[vec![1; 40]], None)
         .await
         .expect("uploaded");
     let mut limited = false;
@@ -1123,4 +1221,86 @@ async fn expensive_paths_are_rate_limited() {
         }
     }
     assert!(limited, "key package claims were never limited");
+}
+
+/// A flood of message requests (from a thousand throwaway accounts) pushes none of a
+/// user's conversations out of his inbox or his syncs; a conversation older than the
+/// newest thousand still syncs while its cursor names it; one he left is answered gone.
+#[tokio::test]
+async fn floods_crowd_out_no_conversation() {
+    use selfie_services::chat::{MAX_USER_CONVERSATIONS, MAX_USER_REQUESTS};
+    let (s, _d) = embedded();
+    let w = world(s).await;
+    friends(&w).await;
+    let ours = w.a.direct(ANA, BEN).await.expect("direct");
+    w.a.send(ANA, ours, text("o1", "hi")).await.expect("sent");
+    let left =
+        w.a.group(ANA, &[BEN], "left", false, Vec::new(), None)
+            .await
+            .expect("group");
+    let cursor =
+        w.a.sync(BEN, &SyncCursor::default(), None, 1000)
+            .await
+            .expect("sync")
+            .cursor;
+    w.a.remove_member(BEN, left, BEN).await.expect("left");
+    let flooders = 10_000..10_000 + (MAX_USER_CONVERSATIONS as u64 + 20);
+    for u in flooders.clone() {
+        w.users.create(u, &format!("f{u}")).await.expect("profile");
+        w.a.direct(u, BEN).await.expect("request");
+    }
+    let (inbox, _) = w.a.list(BEN, Folder::Inbox, 20, None).await.expect("inbox");
+    assert!(inbox.iter().any(|v| v.conversation_id == ours));
+    let (requests, next) =
+        w.a.list(BEN, Folder::Requests, 20, None)
+            .await
+            .expect("requests");
+    assert_eq!(requests.len(), 20);
+    assert!(next.is_some());
+    // The requests folder shows the newest MAX_USER_REQUESTS.
+    let (mut shown, mut after) = (0, None);
+    loop {
+        let (page, next) =
+            w.a.list(BEN, Folder::Requests, 100, after)
+                .await
+                .expect("requests");
+        shown += page.len();
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(shown, MAX_USER_REQUESTS);
+    w.a.send(ANA, ours, text("o2", "still here"))
+        .await
+        .expect("sent");
+    let synced = w.a.sync(BEN, &cursor, None, 1000).await.expect("sync");
+    assert!(
+        synced
+            .items
+            .iter()
+            .any(|i| i.conversation_id == ours && i.seq > cursor.0[&ours]),
+        "the flood hid a real conversation's news"
+    );
+    assert_eq!(synced.limited, vec![left], "only the one he left is gone");
+    assert!(!synced.cursor.0.contains_key(&left));
+    // Ben now has more active conversations than a sync considers by itself: the old
+    // one still syncs because his cursor names it.
+    for u in flooders.clone().take(MAX_USER_CONVERSATIONS + 5) {
+        w.a.answer_request(BEN, w.a.direct(u, BEN).await.expect("id"), true)
+            .await
+            .expect("accepted");
+    }
+    let cursor = synced.cursor;
+    w.a.send(ANA, ours, text("o3", "old but here"))
+        .await
+        .expect("sent");
+    let synced = w.a.sync(BEN, &cursor, None, 1000).await.expect("sync");
+    assert!(
+        synced
+            .items
+            .iter()
+            .any(|i| i.conversation_id == ours && i.seq > cursor.0[&ours])
+    );
+    assert!(synced.limited.is_empty(), "{:?}", synced.limited);
 }

@@ -685,9 +685,10 @@ async fn an_encrypted_group_survives_a_removal_and_the_server_holds_no_plaintext
         .collect();
     for (u, d) in [&ana, &ben, &cat].iter().zip(&devices) {
         let packages = d.key_packages(3).expect("packages");
+        let last_resort = d.last_resort_package().expect("last resort");
         u.client
             .chat()
-            .upload_key_packages("phone", packages)
+            .upload_key_packages("phone", packages, Some(last_resort))
             .await
             .expect("uploaded");
     }

@@ -182,7 +182,14 @@ impl<S: Store + 'static> Chat<S> {
         // Invisible keeps the last activity it had: hiding must not say "active now".
         let last_active_ms = if status == status::INVISIBLE {
             match self.store.get(&PRESENCE, &k(me), &[]).await? {
-                Some(v) => decode::<Presence>("presence", &v)?.last_active_ms,
+                // Hidden already: a repeat says nothing new (no write, no fan-out).
+                Some(v) => {
+                    let stored: Presence = decode("presence", &v)?;
+                    if stored.status == status::OFFLINE {
+                        return Ok(());
+                    }
+                    stored.last_active_ms
+                }
                 None => 0,
             }
         } else {

@@ -20,6 +20,10 @@ pub enum Costly {
     Create,
     /// Claiming key packages (each one handed out is gone for its owner).
     Claim,
+    /// Syncing (every conversation the user has, and every one the cursor names).
+    Sync,
+    /// Viewing one conversation (every member's settings and positions).
+    View,
 }
 
 impl Costly {
@@ -29,6 +33,9 @@ impl Costly {
             Costly::List => (30, 120),
             Costly::Create => (20, 20),
             Costly::Claim => (20, 30),
+            // A device syncs on every reconnect and to fill a gap in pushes.
+            Costly::Sync => (60, 300),
+            Costly::View => (60, 300),
         }
     }
 }
@@ -41,6 +48,8 @@ pub(super) struct Limits {
     list: DefaultKeyedRateLimiter<u64>,
     create: DefaultKeyedRateLimiter<u64>,
     claim: DefaultKeyedRateLimiter<u64>,
+    sync: DefaultKeyedRateLimiter<u64>,
+    view: DefaultKeyedRateLimiter<u64>,
     calls: Cell<u32>,
 }
 
@@ -56,6 +65,8 @@ impl Default for Limits {
             list: limiter(Costly::List),
             create: limiter(Costly::Create),
             claim: limiter(Costly::Claim),
+            sync: limiter(Costly::Sync),
+            view: limiter(Costly::View),
             calls: Cell::new(0),
         }
     }
@@ -68,12 +79,20 @@ impl Limits {
             Costly::List => &self.list,
             Costly::Create => &self.create,
             Costly::Claim => &self.claim,
+            Costly::Sync => &self.sync,
+            Costly::View => &self.view,
         };
         let calls = self.calls.get().wrapping_add(1);
         self.calls.set(calls);
         if calls.is_multiple_of(SWEEP_EVERY) {
             // Full buckets are the same as none: memory stays bounded by active users.
-            for l in [&self.list, &self.create, &self.claim] {
+            for l in [
+                &self.list,
+                &self.create,
+                &self.claim,
+                &self.sync,
+                &self.view,
+            ] {
                 l.retain_recent();
                 l.shrink_to_fit();
             }

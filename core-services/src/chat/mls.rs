@@ -1,10 +1,14 @@
 //! The MLS (RFC 9420) delivery service of encrypted conversations. The server never
 //! decrypts anything: clients do the MLS work (the SDK with `openmls`), and this module
 //!
-//! - keeps **key packages**: a device uploads some; a claim hands out one per device of
-//!   each user named (each once: a conditional delete, so two claimers never get the
-//!   same one), except a device's last, which stays as its last-resort package
-//!   (RFC 9420, section 16.8). Claims are rate limited per claimer;
+//! - keeps **key packages**: a device uploads some, and one last-resort package
+//!   (RFC 9420, section 16.8: built with the `last_resort` extension, so the device
+//!   keeps its private key after use); a claim hands out one per device of each user
+//!   named (each once: a conditional delete, so two claimers never get the same one),
+//!   the last-resort package only when the device has no other left, and never deletes
+//!   it (a device that uploaded none has its last ordinary package kept the same way).
+//!   Claims are rate limited per claimer and checked for every user before any package
+//!   is handed out;
 //! - **orders commits** per group: a commit names the epoch it was made in and is
 //!   accepted only while the group is in that epoch, which then moves on by one. Of two
 //!   commits racing for an epoch exactly one is accepted; the other is refused with
@@ -39,8 +43,14 @@ const MAX_CLAIM: usize = 50;
 const CLAIM_BYTES: usize = 160 * 1024;
 /// Devices of one user a claim hands packages out for, at most.
 const MAX_DEVICES: usize = 16;
+/// Bytes counted per handed-out package besides its own and its device id's (the
+/// answer's table, vector slot and user id).
+const ENTRY_OVERHEAD: usize = 48;
 /// Longest device id.
 const MAX_DEVICE_ID: usize = 64;
+// One user's packages always fit a claim's answer: nobody is left out for good.
+const _: () =
+    assert!(MAX_DEVICES * (MAX_KEY_PACKAGE_BYTES + MAX_DEVICE_ID + ENTRY_OVERHEAD) <= CLAIM_BYTES);
 
 /// A key package handed out by a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,28 +63,42 @@ pub struct KeyPackage {
     pub key_package: Vec<u8>,
 }
 
-fn package_key(device: &str, package: &[u8]) -> Bytes {
+/// A package's row: (device, last resort?, digest), so that a device's rows are
+/// together and its last-resort package comes after all its others.
+fn package_key(device: &str, package: &[u8], last_resort: bool) -> Bytes {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(package);
-    KeyBuilder::new().str(device).bytes(&digest[..16]).build()
+    KeyBuilder::new()
+        .str(device)
+        .u64(u64::from(last_resort))
+        .bytes(&digest[..16])
+        .build()
+}
+
+/// Whether a package row is a last-resort package.
+fn is_last_resort(clustering: &[u8]) -> bool {
+    let mut r = KeyReader::new(clustering);
+    r.str().is_some() && r.u64() == Some(1)
 }
 
 impl<S: Store + 'static> Chat<S> {
-    /// Stores `packages` of `me`'s device `device`.
+    /// Stores `packages` of `me`'s device `device`, and `last_resort` as its
+    /// last-resort package (replacing the one it had).
     pub async fn upload_key_packages(
         &self,
         me: u64,
         device: &str,
         packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
     ) -> Result<()> {
         if device.is_empty() || device.len() > MAX_DEVICE_ID {
             return Err(Error::InvalidArgument { field: "device_id" });
         }
-        if packages.is_empty()
+        let bad = |p: &[u8]| p.is_empty() || p.len() > MAX_KEY_PACKAGE_BYTES;
+        if (packages.is_empty() && last_resort.is_none())
             || packages.len() > MAX_UPLOAD
-            || packages
-                .iter()
-                .any(|p| p.is_empty() || p.len() > MAX_KEY_PACKAGE_BYTES)
+            || packages.iter().any(|p| bad(p))
+            || last_resort.is_some_and(bad)
         {
             return Err(Error::InvalidArgument { field: "packages" });
         }
@@ -82,20 +106,39 @@ impl<S: Store + 'static> Chat<S> {
             .store
             .scan(&KEY_PACKAGES, &k(me), &Scan::all(MAX_STORED + 1))
             .await?;
-        if stored.rows.len() + packages.len() > MAX_STORED {
+        if stored.rows.len() + packages.len() + usize::from(last_resort.is_some()) > MAX_STORED {
             return Err(Error::Forbidden("too many key packages stored"));
         }
         for p in packages {
             // Conditional table: an identical package uploaded twice is stored once.
+            let key = package_key(device, p, false);
             self.store
-                .insert_if_absent(&KEY_PACKAGES, &k(me), &package_key(device, p), p, None)
+                .insert_if_absent(&KEY_PACKAGES, &k(me), &key, p, None)
                 .await?;
+        }
+        if let Some(p) = last_resort {
+            // The new one first, then the device's earlier ones go: the device always
+            // has one.
+            let key = package_key(device, p, true);
+            self.store
+                .insert_if_absent(&KEY_PACKAGES, &k(me), &key, p, None)
+                .await?;
+            for row in &stored.rows {
+                let same_device = KeyReader::new(&row.clustering).str().as_deref() == Some(device);
+                if same_device && is_last_resort(&row.clustering) && row.clustering != key {
+                    self.store
+                        .delete(&KEY_PACKAGES, &k(me), &row.clustering)
+                        .await?;
+                }
+            }
         }
         Ok(())
     }
 
     /// One key package of each device of each of `users` (who must accept messages
-    /// from `me`), as many as fit one answer (160 KiB): users left out are claimed again.
+    /// from `me`), for as many whole users as fit one answer (160 KiB): users left out
+    /// are claimed again. Every user is checked before any package is handed out, so a
+    /// refused claim uses up nothing.
     pub async fn claim_key_packages(&self, me: u64, users: &[u64]) -> Result<Vec<KeyPackage>> {
         if users.is_empty() || users.len() > MAX_CLAIM {
             return Err(Error::InvalidArgument { field: "user_ids" });
@@ -105,21 +148,27 @@ impl<S: Store + 'static> Chat<S> {
         let mut users = users.to_vec();
         users.sort_unstable();
         users.dedup();
+        for &user in &users {
+            if user == me {
+                continue;
+            }
+            if tables::graph::blocked_either_way(&self.store, me, user).await? {
+                return Err(Error::Blocked);
+            }
+            let settings = tables::users::settings(&self.store, user).await?;
+            if !tables::users::permits(&self.store, user, me, settings.who_can_message).await? {
+                return Err(Error::Forbidden(
+                    "this user does not accept messages from you",
+                ));
+            }
+        }
         let mut out = Vec::with_capacity(users.len());
         let mut budget = CLAIM_BYTES;
         for user in users {
-            if user != me {
-                if tables::graph::blocked_either_way(&self.store, me, user).await? {
-                    return Err(Error::Blocked);
-                }
-                let settings = tables::users::settings(&self.store, user).await?;
-                if !tables::users::permits(&self.store, user, me, settings.who_can_message).await? {
-                    return Err(Error::Forbidden(
-                        "this user does not accept messages from you",
-                    ));
-                }
+            match self.claim_devices(user, &mut budget).await? {
+                Some(packages) => out.extend(packages),
+                None => break,
             }
-            out.extend(self.claim_devices(user, &mut budget).await?);
         }
         Ok(out)
     }
@@ -127,9 +176,13 @@ impl<S: Store + 'static> Chat<S> {
     /// One key package of each of `user`'s devices: a device's first package is handed
     /// out and deleted (a conditional delete, so two claimers never get the same one),
     /// except a device's last, which stays as its last resort.
-    /// Stops (handing out nothing more) when the next package would exceed `budget`
-    /// bytes: the answer must fit one frame, and the caller claims the rest again.
-    async fn claim_devices(&self, user: u64, budget: &mut usize) -> Result<Vec<KeyPackage>> {
+    /// `None` (handing out nothing) when the user's packages might exceed what is left of
+    /// `budget`: the answer must fit one frame, and the caller claims the user again.
+    async fn claim_devices(
+        &self,
+        user: u64,
+        budget: &mut usize,
+    ) -> Result<Option<Vec<KeyPackage>>> {
         let stored = self
             .store
             .scan(&KEY_PACKAGES, &k(user), &Scan::all(MAX_STORED + 1))
@@ -145,35 +198,42 @@ impl<S: Store + 'static> Chat<S> {
                 _ => devices.push((device, vec![row])),
             }
         }
+        devices.truncate(MAX_DEVICES);
+        // The most this user's answer can take (whichever package of a device is handed
+        // out), with each entry's framing.
+        let cost = |device: &str, row: &selfie_storage::Row| {
+            row.value.len() + device.len() + ENTRY_OVERHEAD
+        };
+        let most: usize = devices
+            .iter()
+            .map(|(d, rows)| rows.iter().map(|r| cost(d, r)).max().unwrap_or(0))
+            .sum();
+        if most > *budget {
+            return Ok(None);
+        }
         let mut out = Vec::new();
-        for (device, rows) in devices.into_iter().take(MAX_DEVICES) {
+        for (device, rows) in devices {
             for (i, row) in rows.iter().enumerate() {
-                if row.value.len() > *budget {
-                    return Ok(out);
-                }
                 let package = KeyPackage {
                     user_id: user,
                     device_id: device.clone(),
                     key_package: row.value.to_vec(),
                 };
-                if i + 1 == rows.len() {
-                    *budget -= row.value.len();
-                    out.push(package); // the last resort stays
-                    break;
-                }
-                // Lost to another claimer: try the device's next one.
-                if self
-                    .store
-                    .delete_if_present(&KEY_PACKAGES, &k(user), &row.clustering)
-                    .await?
+                // The last resort stays; any other is handed out once (lost to another
+                // claimer: the device's next one).
+                if i + 1 == rows.len()
+                    || self
+                        .store
+                        .delete_if_present(&KEY_PACKAGES, &k(user), &row.clustering)
+                        .await?
                 {
-                    *budget -= row.value.len();
+                    *budget -= cost(&device, row);
                     out.push(package);
                     break;
                 }
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Accepts an MLS commit made in `epoch` (and its Welcome for `recipients`, members

@@ -30,8 +30,10 @@
 //! a direct conversation and hidden from each other in groups. A direct conversation
 //! started by someone the recipient does not follow is a message request (when the
 //! recipient's `who_can_message` admits the sender at all): it waits in the requests
-//! folder, read receipts are not sent while it waits, and a declined request refuses
-//! further messages. Read positions of a member who turned read receipts off are shown to
+//! folder (`chat_user_requests`, apart from the user's conversations, so that a flood of
+//! requests crowds none of them out of lists and syncs), read receipts are not sent
+//! while it waits, and a declined request refuses further messages. An answer moves the
+//! membership and the list entries in one commit conditioned on the membership row. Read positions of a member who turned read receipts off are shown to
 //! nobody, and such a member sees nobody's.
 //!
 //! Not here yet: deleting a message for oneself only, and checking that attachment media
@@ -87,6 +89,10 @@ pub const RECENT_TXNS: usize = 32;
 /// Conversations of one user that lists and syncs consider (the most recently active
 /// first once sorted).
 pub const MAX_USER_CONVERSATIONS: usize = 1000;
+/// Message requests a user's requests folder shows (the newest).
+pub const MAX_USER_REQUESTS: usize = 500;
+/// Message requests a sync considers (the newest), besides the user's conversations.
+pub const SYNC_REQUESTS: usize = 100;
 /// Conversations a device cursor may name: more than a sync considers, so that a device
 /// that heard of new conversations between syncs is not refused (a sync drops the ones
 /// it no longer covers, answering them as `limited`).
@@ -642,6 +648,32 @@ pub struct Version {
     pub replaced_at_ms: u64,
 }
 
+/// Where `user`'s entry for conversation `id` lives while their membership is `state`:
+/// their requests while a request waits, their conversations otherwise.
+fn list_row(user: u64, id: u64, state: MemberState) -> Cell {
+    let table = if state == MemberState::Request {
+        &USER_REQUESTS
+    } else {
+        &USER_CONVERSATIONS
+    };
+    Cell::new(table, k(user), k(id))
+}
+
+/// A new list entry's value (no per-user state yet).
+fn list_value() -> Result<Bytes> {
+    Ok(encode("chat user state", &UserConv::default())?.into())
+}
+
+/// Waits a little before attempt `attempt` of a versioned write (none before the first):
+/// each lost race means another writer came first, and a growing, jittered wait spreads
+/// a crowd of writers out.
+async fn backoff(attempt: u32) {
+    if attempt > 0 {
+        let wait = rand::random::<u64>() % (2 * u64::from(attempt) + 1);
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    }
+}
+
 /// A put of a commit (the table's default time to live).
 fn put(row: Cell, value: impl Into<Bytes>) -> Write {
     Write::Put {
@@ -964,47 +996,59 @@ impl<S: Store + 'static> Chat<S> {
         extra: impl Fn(&[u64]) -> Result<Vec<Write>>,
     ) -> Result<Appended> {
         for attempt in 0..APPEND_TRIES {
-            if attempt > 0 {
-                // Each lost race means another writer took the number; back off a little
-                // (growing, jittered) so that a crowd of writers spreads out.
-                let wait = rand::random::<u64>() % (2 * attempt as u64 + 1);
-                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-            }
-            let (raw, mut head) = self.head_raw(id).await?;
+            backoff(attempt).await;
+            let (raw, head) = self.head_raw(id).await?;
             if let Some(hash) = txn
                 && head.recent.iter().any(|(h, _)| *h == hash)
             {
                 return Ok(Appended::Exists);
             }
             check(&head)?;
-            let seqs: Vec<u64> = (1..=entries.len() as u64)
-                .map(|i| head.last_seq + i)
-                .collect();
-            if let Some(&last) = seqs.last() {
-                head.last_seq = last;
-            }
-            head.last_activity_ms = self.now();
-            change(&mut head, &seqs);
-            let mut commit = Commit::new().when(Condition::Equals {
-                row: Cell::new(&HEADS, k(id), Bytes::new()),
-                expected: raw,
-                new: Some(encode("conversation head", &head)?.into()),
-                ttl: None,
-            });
-            for (seq, entry) in seqs.iter().zip(&entries) {
-                let mut entry = entry.clone();
-                if let Entry::Message(m) = &mut entry {
-                    m.seq = *seq;
-                }
-                let row = Cell::new(&LOG, log_partition(id, *seq), seq_key(*seq));
-                commit = commit.put(row, encode("chat log entry", &entry)?, None);
-            }
-            commit.writes.extend(extra(&seqs)?);
-            if self.store.commit(&commit).await? {
+            if let Some((seqs, head)) = self
+                .try_append(id, raw, head, &entries, &change, &extra)
+                .await?
+            {
                 return Ok(Appended::Done(seqs, head));
             }
         }
         Err(Error::Busy)
+    }
+
+    /// One attempt of an append over the head `raw` (decoded: `head`) as read: `None`
+    /// when another writer changed the head first.
+    async fn try_append(
+        &self,
+        id: u64,
+        raw: Bytes,
+        mut head: Head,
+        entries: &[Entry],
+        change: &dyn Fn(&mut Head, &[u64]),
+        extra: &dyn Fn(&[u64]) -> Result<Vec<Write>>,
+    ) -> Result<Option<(Vec<u64>, Head)>> {
+        let seqs: Vec<u64> = (1..=entries.len() as u64)
+            .map(|i| head.last_seq + i)
+            .collect();
+        if let Some(&last) = seqs.last() {
+            head.last_seq = last;
+        }
+        head.last_activity_ms = self.now();
+        change(&mut head, &seqs);
+        let mut commit = Commit::new().when(Condition::Equals {
+            row: Cell::new(&HEADS, k(id), Bytes::new()),
+            expected: raw,
+            new: Some(encode("conversation head", &head)?.into()),
+            ttl: None,
+        });
+        for (seq, entry) in seqs.iter().zip(entries) {
+            let mut entry = entry.clone();
+            if let Entry::Message(m) = &mut entry {
+                m.seq = *seq;
+            }
+            let row = Cell::new(&LOG, log_partition(id, *seq), seq_key(*seq));
+            commit = commit.put(row, encode("chat log entry", &entry)?, None);
+        }
+        commit.writes.extend(extra(&seqs)?);
+        Ok(self.store.commit(&commit).await?.then_some((seqs, head)))
     }
 
     /// Pushes `item` to the active members who may see it.
@@ -1094,18 +1138,22 @@ impl<S: Store + 'static> Chat<S> {
             if let Some(m) = self.member(id, me).await?
                 && m.state != MemberState::Active
             {
-                self.set_member(id, me, |r| r.state = MemberState::Active)
-                    .await?;
+                // The state and the list entry move together (one commit on the
+                // membership row); a user state kept from before stays.
+                let mut rows = vec![Write::Delete {
+                    row: Cell::new(&USER_REQUESTS, k(me), k(id)),
+                }];
                 if self.user_conv(me, id).await?.is_none() {
-                    self.store
-                        .put(
-                            &USER_CONVERSATIONS,
-                            &k(me),
-                            &k(id),
-                            &encode("chat user state", &UserConv::default())?,
-                            None,
-                        )
-                        .await?;
+                    rows.push(put(list_row(me, id, MemberState::Active), list_value()?));
+                }
+                match self
+                    .change_state(id, me, m.state, MemberState::Active, rows)
+                    .await
+                {
+                    // Another device of `me` answered first: it is active either way
+                    // or will say so on the next call.
+                    Ok(()) | Err(Error::Forbidden(_)) => {}
+                    Err(e) => return Err(e),
                 }
             }
             return Ok(id);
@@ -1227,11 +1275,7 @@ impl<S: Store + 'static> Chat<S> {
                     encode("chat member", &m)?,
                     None,
                 )
-                .put(
-                    Cell::new(&USER_CONVERSATIONS, k(*user), k(id)),
-                    encode("chat user state", &UserConv::default())?,
-                    None,
-                );
+                .put(list_row(*user, id, *state), list_value()?, None);
         }
         Ok(c)
     }
@@ -1324,36 +1368,6 @@ impl<S: Store + 'static> Chat<S> {
         Ok(id)
     }
 
-    /// Changes one member row with a versioned write (retried on a race).
-    async fn set_member(
-        &self,
-        id: u64,
-        user: u64,
-        f: impl Fn(&mut MemberRec),
-    ) -> Result<MemberRec> {
-        for _ in 0..8 {
-            let raw = self
-                .store
-                .get(&MEMBERS, &k(id), &k(user))
-                .await?
-                .ok_or(Error::NotFound("conversation"))?;
-            let mut m: MemberRec = decode("chat member", &raw)?;
-            f(&mut m);
-            let new = encode("chat member", &m)?;
-            if new == raw[..] {
-                return Ok(m);
-            }
-            if self
-                .store
-                .compare_and_set(&MEMBERS, &k(id), &k(user), &raw, Some(&new), None)
-                .await?
-            {
-                return Ok(m);
-            }
-        }
-        Err(Error::Busy)
-    }
-
     /// `user`'s (read, delivered) positions in `id`.
     async fn positions(&self, id: u64, user: u64, member: &MemberRec) -> Result<(u64, u64)> {
         let floor = member.joined_seq;
@@ -1427,8 +1441,15 @@ impl<S: Store + 'static> Chat<S> {
         Ok(())
     }
 
-    /// The conversation as `me` sees it.
+    /// The conversation as `me` sees it (rate limited per user: a view reads every
+    /// member's settings).
     pub async fn view(&self, me: u64, id: u64) -> Result<View> {
+        self.rates.check(me, Costly::View)?;
+        self.view_unlimited(me, id).await
+    }
+
+    /// [`Chat::view`] without spending a token (for a list page, already paid for).
+    async fn view_unlimited(&self, me: u64, id: u64) -> Result<View> {
         let (rec, caller) = self.membership(id, me).await?;
         if caller.state == MemberState::Declined {
             return Err(Error::NotFound("conversation"));
@@ -1496,9 +1517,12 @@ impl<S: Store + 'static> Chat<S> {
                 }
             }
         }
+        // Presence is shared between the two sides of a direct conversation only (see
+        // `ephemeral`): a group does not reveal its members' activity to each other.
         let mut presence = HashMap::new();
         for (user, m) in &members {
             if *user != me
+                && rec.kind == Kind::Direct
                 && mine_member.state == MemberState::Active
                 && m.state == MemberState::Active
                 && let Some(p) = self.presence_for(me, *user).await?
@@ -1531,7 +1555,16 @@ impl<S: Store + 'static> Chat<S> {
     ) -> Result<(Vec<View>, Option<(u64, u64)>)> {
         self.rates.check(me, Costly::List)?;
         let mut entries = Vec::new();
-        for (id, mine) in self.user_conversations(me).await? {
+        let candidates = match folder {
+            Folder::Requests => self
+                .user_requests(me, MAX_USER_REQUESTS)
+                .await?
+                .into_iter()
+                .map(|id| (id, UserConv::default()))
+                .collect(),
+            Folder::Inbox | Folder::Archived => self.user_conversations(me).await?,
+        };
+        for (id, mine) in candidates {
             let Some(member) = self.member(id, me).await? else {
                 continue;
             };
@@ -1562,7 +1595,7 @@ impl<S: Store + 'static> Chat<S> {
         let page: Vec<_> = entries.iter().skip(start).take(limit).collect();
         let mut views = Vec::with_capacity(page.len());
         for (_, id) in &page {
-            views.push(self.view(me, *id).await?);
+            views.push(self.view_unlimited(me, *id).await?);
         }
         let next = (start + page.len() < entries.len())
             .then(|| page.last().map(|e| **e))
@@ -1571,18 +1604,36 @@ impl<S: Store + 'static> Chat<S> {
     }
 
     /// `me`'s conversations, the most recently made first, at most
-    /// [`MAX_USER_CONVERSATIONS`] (ids grow with time: the oldest fall off).
+    /// [`MAX_USER_CONVERSATIONS`] (ids grow with time: the oldest fall off). Message
+    /// requests waiting for `me` are not among them (see [`Chat::user_requests`]).
     async fn user_conversations(&self, me: u64) -> Result<Vec<(u64, UserConv)>> {
+        self.newest_rows(&USER_CONVERSATIONS, me, MAX_USER_CONVERSATIONS)
+            .await
+    }
+
+    /// The message requests waiting for `me`, the newest first, at most `max`.
+    async fn user_requests(&self, me: u64, max: usize) -> Result<Vec<u64>> {
+        let rows = self.newest_rows(&USER_REQUESTS, me, max).await?;
+        Ok(rows.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// The newest `max` rows of `me`'s partition of a per-user conversation table.
+    async fn newest_rows(
+        &self,
+        table: &'static selfie_storage::Table,
+        me: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, UserConv)>> {
         let mut out = Vec::new();
-        let mut scan = Scan::all(selfie_storage::MAX_PAGE_ROWS).reversed();
+        let mut scan = Scan::all(selfie_storage::MAX_PAGE_ROWS.min(max.max(1))).reversed();
         loop {
-            let page = self.store.scan(&USER_CONVERSATIONS, &k(me), &scan).await?;
-            for row in &page.rows {
+            let page = self.store.scan(table, &k(me), &scan).await?;
+            for row in page.rows.iter().take(max - out.len()) {
                 let id = tables::id_value(&row.clustering).ok_or(Error::Corrupt("chat list"))?;
                 out.push((id, decode("chat user state", &row.value)?));
             }
             match page.cursor {
-                Some(c) if out.len() < MAX_USER_CONVERSATIONS => scan = scan.after(Some(c)),
+                Some(c) if out.len() < max => scan = scan.after(Some(c)),
                 _ => return Ok(out),
             }
         }
@@ -1627,6 +1678,10 @@ impl<S: Store + 'static> Chat<S> {
             self.push_entry(id, seqs, event).await?;
         }
         if u.muted_until_ms.is_some() || u.archived.is_some() || u.pinned.is_some() {
+            // A request is answered first; a declined one is not in the list at all.
+            if member.state != MemberState::Active {
+                return Err(Error::Forbidden("answer the message request first"));
+            }
             let mut mine = self.user_conv(me, id).await?.unwrap_or_default();
             if let Some(m) = u.muted_until_ms {
                 mine.muted_until_ms = m;
@@ -1736,10 +1791,7 @@ impl<S: Store + 'static> Chat<S> {
                                 Cell::new(&MEMBERS, k(id), k(user)),
                                 encode("chat member", &m)?,
                             ),
-                            put(
-                                Cell::new(&USER_CONVERSATIONS, k(user), k(id)),
-                                encode("chat user state", &UserConv::default())?,
-                            ),
+                            put(list_row(user, id, state), list_value()?),
                         ])
                     },
                 )
@@ -1752,130 +1804,158 @@ impl<S: Store + 'static> Chat<S> {
     /// Removes `user` (admins remove members; the owner anyone; anyone themselves).
     pub async fn remove_member(&self, me: u64, id: u64, user: u64) -> Result<()> {
         let _g = self.locks.lock((id, 0)).await;
-        let (rec, member) = self.membership(id, me).await?;
+        let (rec, _) = self.membership(id, me).await?;
         if rec.kind != Kind::Group {
             return Err(Error::InvalidArgument {
                 field: "conversation_id",
             });
         }
-        let target = self
-            .member(id, user)
-            .await?
-            .ok_or(Error::NotFound("member"))?;
-        if user != me {
-            let allowed = member.state == MemberState::Active
-                && (member.role == Role::Owner
-                    || (member.role == Role::Admin && target.role == Role::Member));
-            if !allowed {
-                return Err(Error::Forbidden("you may not remove this member"));
+        // Each attempt decides on the members as they are after the head it read: a
+        // lost race (another node removed or promoted someone) re-reads them, so a
+        // removal is never applied twice and never writes back a stale member row.
+        for attempt in 0..APPEND_TRIES {
+            backoff(attempt).await;
+            let (raw, head) = self.head_raw(id).await?;
+            let mut members = self.members(id).await?;
+            let find = |u: u64| {
+                members
+                    .iter()
+                    .find(|(m, _)| *m == u)
+                    .map(|(_, r)| r.clone())
+            };
+            let member = find(me).ok_or(Error::NotFound("conversation"))?;
+            let target = find(user).ok_or(Error::NotFound("member"))?;
+            if user != me {
+                let allowed = member.state == MemberState::Active
+                    && (member.role == Role::Owner
+                        || (member.role == Role::Admin && target.role == Role::Member));
+                if !allowed {
+                    return Err(Error::Forbidden("you may not remove this member"));
+                }
             }
-        }
-        // An owner who leaves hands the group to the longest-standing admin (or member).
-        let mut successor = None;
-        if target.role == Role::Owner {
-            let mut rest: Vec<_> = self
-                .members(id)
-                .await?
-                .into_iter()
-                .filter(|(u, m)| *u != user && m.state == MemberState::Active)
-                .collect();
-            rest.sort_by_key(|(u, m)| (std::cmp::Reverse(m.role), m.joined_seq, *u));
-            successor = rest.into_iter().next();
-        }
-        let mut entries = vec![self.event(EventKind::Left, me, 0, user, "", "")];
-        if let Some((s, _)) = &successor {
-            entries.push(self.event(EventKind::RoleChanged, me, 0, *s, "", "owner"));
-        }
-        let successor_row = match &successor {
-            Some((s, m)) => {
+            // An owner who leaves hands the group to the longest-standing admin (or
+            // member).
+            let mut successor = None;
+            if target.role == Role::Owner {
+                let mut rest: Vec<_> = members
+                    .iter()
+                    .filter(|(u, m)| *u != user && m.state == MemberState::Active)
+                    .cloned()
+                    .collect();
+                rest.sort_by_key(|(u, m)| (std::cmp::Reverse(m.role), m.joined_seq, *u));
+                successor = rest.into_iter().next();
+            }
+            let mut entries = vec![self.event(EventKind::Left, me, 0, user, "", "")];
+            // One commit: the entries, the successor's role, and the leaver's rows
+            // (membership, list entries, positions), so no reader sees the member gone
+            // from the log but still in the member list, or the reverse.
+            let mut rows = Vec::new();
+            if let Some((s, m)) = &successor {
+                entries.push(self.event(EventKind::RoleChanged, me, 0, *s, "", "owner"));
                 let mut m = m.clone();
                 m.role = Role::Owner;
-                Some(put(
+                rows.push(put(
                     Cell::new(&MEMBERS, k(id), k(*s)),
                     encode("chat member", &m)?,
-                ))
+                ));
             }
-            None => None,
-        };
-        // One commit: the entries, the successor's role, and the leaver's rows (membership,
-        // list entry, positions), so no reader sees the member gone from the log but still
-        // in the member list, or the reverse.
-        let mut rows: Vec<Write> = successor_row.into_iter().collect();
-        for row in [
-            Cell::new(&MEMBERS, k(id), k(user)),
-            Cell::new(&USER_CONVERSATIONS, k(user), k(id)),
-            Cell::new(&RECEIPTS, k(id), k(user)),
-        ] {
-            rows.push(Write::Delete { row });
-        }
-        let (seqs, _) = self
-            .append(
-                id,
-                entries.clone(),
-                |h, _| h.members = h.members.saturating_sub(1),
-                |_| Ok(rows.clone()),
-            )
-            .await?;
-        // The leaver is no longer a member: only their own removal reaches them.
-        let mut members = self.members(id).await?;
-        let mut memo = Memo::new();
-        for (i, (seq, entry)) in seqs.iter().zip(entries).enumerate() {
-            let item = LogItem {
-                conversation_id: id,
-                seq: *seq,
-                entry,
+            for row in [
+                Cell::new(&MEMBERS, k(id), k(user)),
+                Cell::new(&USER_CONVERSATIONS, k(user), k(id)),
+                Cell::new(&USER_REQUESTS, k(user), k(id)),
+                Cell::new(&RECEIPTS, k(id), k(user)),
+            ] {
+                rows.push(Write::Delete { row });
+            }
+            let change = |h: &mut Head, _: &[u64]| h.members = h.members.saturating_sub(1);
+            let Some((seqs, _)) = self
+                .try_append(id, raw, head, &entries, &change, &|_| Ok(rows.clone()))
+                .await?
+            else {
+                continue;
             };
-            if i == 0 {
-                members.push((user, target.clone()));
-                self.push_to_members(&item, &members, &mut memo).await?;
-                members.pop();
-            } else {
-                self.push_to_members(&item, &members, &mut memo).await?;
+            // The leaver is no longer a member: only their own removal reaches them.
+            members.retain(|(u, _)| *u != user);
+            if let Some((s, _)) = &successor
+                && let Some((_, r)) = members.iter_mut().find(|(u, _)| u == s)
+            {
+                r.role = Role::Owner;
             }
+            let mut memo = Memo::new();
+            for (i, (seq, entry)) in seqs.iter().zip(entries).enumerate() {
+                let item = LogItem {
+                    conversation_id: id,
+                    seq: *seq,
+                    entry,
+                };
+                if i == 0 {
+                    members.push((user, target.clone()));
+                    self.push_to_members(&item, &members, &mut memo).await?;
+                    members.pop();
+                } else {
+                    self.push_to_members(&item, &members, &mut memo).await?;
+                }
+            }
+            return Ok(());
         }
-        Ok(())
+        Err(Error::Busy)
     }
 
     /// Sets `user`'s role (the owner; making someone owner makes the caller an admin).
     pub async fn set_role(&self, me: u64, id: u64, user: u64, role: Role) -> Result<()> {
         let _g = self.locks.lock((id, 0)).await;
-        let (rec, member) = self.membership(id, me).await?;
+        let (rec, _) = self.membership(id, me).await?;
         if rec.kind != Kind::Group || user == me {
             return Err(Error::InvalidArgument { field: "user_id" });
-        }
-        if member.role != Role::Owner {
-            return Err(Error::Forbidden("only the owner may set roles"));
-        }
-        let mut target = self
-            .member(id, user)
-            .await?
-            .ok_or(Error::NotFound("member"))?;
-        if target.state != MemberState::Active {
-            return Err(Error::Forbidden("this member has not joined yet"));
-        }
-        target.role = role;
-        let mut rows = vec![put(
-            Cell::new(&MEMBERS, k(id), k(user)),
-            encode("chat member", &target)?,
-        )];
-        if role == Role::Owner {
-            let mut mine = member.clone();
-            mine.role = Role::Admin;
-            rows.push(put(
-                Cell::new(&MEMBERS, k(id), k(me)),
-                encode("chat member", &mine)?,
-            ));
         }
         let name = match role {
             Role::Owner => "owner",
             Role::Admin => "admin",
             Role::Member => "member",
         };
-        let event = self.event(EventKind::RoleChanged, me, 0, user, "", name);
-        let (seqs, _) = self
-            .append(id, vec![event.clone()], |_, _| {}, |_| Ok(rows.clone()))
-            .await?;
-        self.push_entry(id, seqs, event).await
+        // As in `remove_member`, each attempt decides on the rows as they are after the
+        // head it read.
+        for attempt in 0..APPEND_TRIES {
+            backoff(attempt).await;
+            let (raw, head) = self.head_raw(id).await?;
+            let members = self.members(id).await?;
+            let find = |u: u64| {
+                members
+                    .iter()
+                    .find(|(m, _)| *m == u)
+                    .map(|(_, r)| r.clone())
+            };
+            let member = find(me).ok_or(Error::NotFound("conversation"))?;
+            if member.role != Role::Owner {
+                return Err(Error::Forbidden("only the owner may set roles"));
+            }
+            let mut target = find(user).ok_or(Error::NotFound("member"))?;
+            if target.state != MemberState::Active {
+                return Err(Error::Forbidden("this member has not joined yet"));
+            }
+            target.role = role;
+            let mut rows = vec![put(
+                Cell::new(&MEMBERS, k(id), k(user)),
+                encode("chat member", &target)?,
+            )];
+            if role == Role::Owner {
+                let mut mine = member.clone();
+                mine.role = Role::Admin;
+                rows.push(put(
+                    Cell::new(&MEMBERS, k(id), k(me)),
+                    encode("chat member", &mine)?,
+                ));
+            }
+            let event = self.event(EventKind::RoleChanged, me, 0, user, "", name);
+            let entries = [event.clone()];
+            if let Some((seqs, _)) = self
+                .try_append(id, raw, head, &entries, &|_, _| {}, &|_| Ok(rows.clone()))
+                .await?
+            {
+                return self.push_entry(id, seqs, event).await;
+            }
+        }
+        Err(Error::Busy)
     }
 
     /// Accepts or declines a message request.
@@ -1890,15 +1970,57 @@ impl<S: Store + 'static> Chat<S> {
         } else {
             MemberState::Declined
         };
-        self.set_member(id, me, |m| m.state = state).await?;
-        if !accept {
-            // A declined request leaves the decliner's list (and their syncs): a flood of
-            // requests does not crowd out their conversations once declined.
-            self.store
-                .delete(&USER_CONVERSATIONS, &k(me), &k(id))
-                .await?;
+        // The request leaves the requests folder; an accepted one joins the list, a
+        // declined one leaves every list (and the decliner's syncs).
+        let mut rows = vec![Write::Delete {
+            row: Cell::new(&USER_REQUESTS, k(me), k(id)),
+        }];
+        if accept {
+            rows.push(put(list_row(me, id, state), list_value()?));
+        } else {
+            rows.push(Write::Delete {
+                row: Cell::new(&USER_CONVERSATIONS, k(me), k(id)),
+            });
         }
-        Ok(())
+        self.change_state(id, me, MemberState::Request, state, rows)
+            .await
+    }
+
+    /// Moves `user`'s membership of `id` from `from` to `to` together with `rows`, in
+    /// one commit conditioned on the membership row, so that the state and the user's
+    /// list entries change together or not at all. `Forbidden` when the state is no
+    /// longer `from` (another answer came first).
+    async fn change_state(
+        &self,
+        id: u64,
+        user: u64,
+        from: MemberState,
+        to: MemberState,
+        rows: Vec<Write>,
+    ) -> Result<()> {
+        for _ in 0..APPEND_TRIES {
+            let raw = self
+                .store
+                .get(&MEMBERS, &k(id), &k(user))
+                .await?
+                .ok_or(Error::NotFound("conversation"))?;
+            let mut m: MemberRec = decode("chat member", &raw)?;
+            if m.state != from {
+                return Err(Error::Forbidden("no message request to answer"));
+            }
+            m.state = to;
+            let mut commit = Commit::new().when(Condition::Equals {
+                row: Cell::new(&MEMBERS, k(id), k(user)),
+                expected: raw,
+                new: Some(encode("chat member", &m)?.into()),
+                ttl: None,
+            });
+            commit.writes.extend(rows.iter().cloned());
+            if self.store.commit(&commit).await? {
+                return Ok(());
+            }
+        }
+        Err(Error::Busy)
     }
 
     // ---- messages ----
@@ -1945,11 +2067,28 @@ impl<S: Store + 'static> Chat<S> {
         self.check_content(shape.encrypted, &new)?;
         // Answering a request by replying accepts it.
         if member.state == MemberState::Request {
-            let now_active = self
-                .set_member(id, me, |m| m.state = MemberState::Active)
-                .await?;
+            let rows = vec![
+                Write::Delete {
+                    row: Cell::new(&USER_REQUESTS, k(me), k(id)),
+                },
+                put(list_row(me, id, MemberState::Active), list_value()?),
+            ];
+            match self
+                .change_state(id, me, MemberState::Request, MemberState::Active, rows)
+                .await
+            {
+                Ok(()) => {}
+                // Another device answered first: on only if it accepted.
+                Err(Error::Forbidden(_)) => {
+                    let now = self.member(id, me).await?.map(|m| m.state);
+                    if now != Some(MemberState::Active) {
+                        return Err(Error::NotFound("conversation"));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
             if let Some((_, m)) = members.iter_mut().find(|(u, _)| *u == me) {
-                *m = now_active;
+                m.state = MemberState::Active;
             }
         } else if member.state == MemberState::Declined {
             return Err(Error::NotFound("conversation"));
@@ -2448,41 +2587,49 @@ impl<S: Store + 'static> Chat<S> {
         only: Option<u64>,
         limit: usize,
     ) -> Result<Synced> {
+        self.rates.check(me, Costly::Sync)?;
         let limit = limit.clamp(1, self.limits.max_events);
         let mut out = Synced {
             cursor: cursor.clone(),
             ..Default::default()
         };
-        let conversations: Vec<u64> = match only {
+        let mut conversations: Vec<u64> = match only {
             Some(id) => vec![id],
-            None => self
-                .user_conversations(me)
-                .await?
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect(),
+            None => {
+                let mut ids: Vec<u64> = self
+                    .user_conversations(me)
+                    .await?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+                ids.extend(self.user_requests(me, SYNC_REQUESTS).await?);
+                ids
+            }
         };
-        let mut memo = HashMap::new();
         if only.is_none() {
-            // Conversations the device knows but `me` no longer belongs to.
+            // Conversations the device knows beyond the newest considered above: synced
+            // still while `me` is a member (an old conversation, a request crowded out
+            // by newer ones), answered as gone (`limited`, out of the cursor) only when
+            // `me` really no longer belongs to it.
             let current: HashSet<u64> = conversations.iter().copied().collect();
-            let gone: Vec<u64> = cursor
+            let known: Vec<u64> = cursor
                 .0
                 .keys()
                 .filter(|c| !current.contains(c))
                 .copied()
                 .collect();
-            for c in gone {
-                out.cursor.0.remove(&c);
-                out.limited.push(c);
-            }
+            conversations.extend(known);
         }
+        let mut memo = HashMap::new();
         for id in conversations {
             let member = match self.member(id, me).await? {
                 Some(m) if m.state != MemberState::Declined => m,
                 _ => {
                     if only.is_some() {
                         return Err(Error::NotFound("conversation"));
+                    }
+                    if out.cursor.0.remove(&id).is_some() {
+                        out.limited.push(id);
                     }
                     continue;
                 }

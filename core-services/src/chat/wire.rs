@@ -377,7 +377,8 @@ impl<S: Store + Clone + 'static> ChatWire<S> {
             }
             _ => return Err(Error::InvalidArgument { field: "kind" }),
         };
-        let view = self.0.view(me, id).await?;
+        // The start already paid for this view.
+        let view = self.0.view_unlimited(me, id).await?;
         Self::conversation(call, view)
     }
 
@@ -507,22 +508,25 @@ impl<S: Store + Clone + 'static> ChatWire<S> {
         call: &Call,
         r: pc::MlsKeyPackagesUploadRequest<'_>,
     ) -> Result<Bytes> {
-        let packages: Vec<Vec<u8>> = r
-            .packages()
-            .map(|v| {
-                v.iter()
-                    .take(101)
-                    .map(|p| {
-                        p.key_package()
-                            .map(|b| b.bytes().to_vec())
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut packages = Vec::new();
+        let mut last_resort = None;
+        // One more than allowed is enough to refuse an oversize upload.
+        for p in r.packages().iter().flatten().take(102) {
+            let bytes = p
+                .key_package()
+                .map(|b| b.bytes().to_vec())
+                .unwrap_or_default();
+            if !p.last_resort() {
+                packages.push(bytes);
+            } else if last_resort.replace(bytes).is_some() {
+                return Err(Error::InvalidArgument {
+                    field: "last_resort",
+                });
+            }
+        }
         let device = r.device_id().unwrap_or_default();
         self.0
-            .upload_key_packages(call.user()?, device, &packages)
+            .upload_key_packages(call.user()?, device, &packages, last_resort.as_deref())
             .await?;
         call.ack()
     }

@@ -976,8 +976,8 @@ pub fn selfie_chat_mls_commit_request(depth: u32) -> BoxedStrategy<crate::genera
 /// Arbitrary `selfie.chat.MlsKeyPackage`.
 pub fn selfie_chat_mls_key_package(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::MlsKeyPackageT> {
     let _ = depth;
-    ((any::<u64>(), option::of(text()), option::of(vec(any::<u8>(), 0..6)),),)
-        .prop_map(|((user_id, device_id, key_package,),)| crate::generated::selfie::chat::MlsKeyPackageT { user_id, device_id, key_package })
+    ((any::<u64>(), option::of(text()), option::of(vec(any::<u8>(), 0..6)), any::<bool>(),),)
+        .prop_map(|((user_id, device_id, key_package, last_resort,),)| crate::generated::selfie::chat::MlsKeyPackageT { user_id, device_id, key_package, last_resort })
         .boxed()
 }
 

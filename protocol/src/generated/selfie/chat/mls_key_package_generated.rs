@@ -21,6 +21,7 @@ impl<'a> MlsKeyPackage<'a> {
   pub const VT_USER_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_DEVICE_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_KEY_PACKAGE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LAST_RESORT: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -35,6 +36,7 @@ impl<'a> MlsKeyPackage<'a> {
     builder.add_user_id(args.user_id);
     if let Some(x) = args.key_package { builder.add_key_package(x); }
     if let Some(x) = args.device_id { builder.add_device_id(x); }
+    builder.add_last_resort(args.last_resort);
     builder.finish()
   }
 
@@ -46,10 +48,12 @@ impl<'a> MlsKeyPackage<'a> {
     let key_package = self.key_package().map(|x| {
       x.into_iter().collect()
     });
+    let last_resort = self.last_resort();
     MlsKeyPackageT {
       user_id,
       device_id,
       key_package,
+      last_resort,
     }
   }
 
@@ -74,6 +78,17 @@ impl<'a> MlsKeyPackage<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(MlsKeyPackage::VT_KEY_PACKAGE, None)}
   }
+  /// In an upload: this is the device's last-resort package (RFC 9420, 16.8; built with
+  /// the `last_resort` extension, its private key kept after use). The server hands it
+  /// out when the device has no other left and never deletes it; a new one replaces
+  /// the device's previous one. At most one per upload (1.6).
+  #[inline]
+  pub fn last_resort(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(MlsKeyPackage::VT_LAST_RESORT, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for MlsKeyPackage<'_> {
@@ -85,6 +100,7 @@ impl ::flatbuffers::Verifiable for MlsKeyPackage<'_> {
      .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("device_id", Self::VT_DEVICE_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key_package", Self::VT_KEY_PACKAGE, false)?
+     .visit_field::<bool>("last_resort", Self::VT_LAST_RESORT, false)?
      .finish();
     Ok(())
   }
@@ -93,6 +109,7 @@ pub struct MlsKeyPackageArgs<'a> {
     pub user_id: u64,
     pub device_id: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub key_package: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub last_resort: bool,
 }
 impl<'a> Default for MlsKeyPackageArgs<'a> {
   #[inline]
@@ -101,6 +118,7 @@ impl<'a> Default for MlsKeyPackageArgs<'a> {
       user_id: 0,
       device_id: None,
       key_package: None,
+      last_resort: false,
     }
   }
 }
@@ -123,6 +141,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MlsKeyPackageBuilder<'a, 'b, 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MlsKeyPackage::VT_KEY_PACKAGE, key_package);
   }
   #[inline]
+  pub fn add_last_resort(&mut self, last_resort: bool) {
+    self.fbb_.push_slot::<bool>(MlsKeyPackage::VT_LAST_RESORT, last_resort, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MlsKeyPackageBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MlsKeyPackageBuilder {
@@ -143,6 +165,7 @@ impl ::core::fmt::Debug for MlsKeyPackage<'_> {
       ds.field("user_id", &self.user_id());
       ds.field("device_id", &self.device_id());
       ds.field("key_package", &self.key_package());
+      ds.field("last_resort", &self.last_resort());
       ds.finish()
   }
 }
@@ -152,6 +175,7 @@ pub struct MlsKeyPackageT {
   pub user_id: u64,
   pub device_id: Option<alloc::string::String>,
   pub key_package: Option<alloc::vec::Vec<u8>>,
+  pub last_resort: bool,
 }
 impl Default for MlsKeyPackageT {
   fn default() -> Self {
@@ -159,6 +183,7 @@ impl Default for MlsKeyPackageT {
       user_id: 0,
       device_id: None,
       key_package: None,
+      last_resort: false,
     }
   }
 }
@@ -174,10 +199,12 @@ impl MlsKeyPackageT {
     let key_package = self.key_package.as_ref().map(|x|{
       _fbb.create_vector(x)
     });
+    let last_resort = self.last_resort;
     MlsKeyPackage::create(_fbb, &MlsKeyPackageArgs{
       user_id,
       device_id,
       key_package,
+      last_resort,
     })
   }
 }

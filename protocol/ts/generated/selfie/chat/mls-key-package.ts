@@ -49,8 +49,19 @@ keyPackageArray():Uint8Array|null {
   return offset ? new Uint8Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
 }
 
+/**
+ * In an upload: this is the device's last-resort package (RFC 9420, 16.8; built with
+ * the `last_resort` extension, its private key kept after use). The server hands it
+ * out when the device has no other left and never deletes it; a new one replaces
+ * the device's previous one. At most one per upload (1.6).
+ */
+lastResort():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 10);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
 static startMlsKeyPackage(builder:flatbuffers.Builder) {
-  builder.startObject(3);
+  builder.startObject(4);
 }
 
 static addUserId(builder:flatbuffers.Builder, userId:bigint) {
@@ -77,16 +88,21 @@ static startKeyPackageVector(builder:flatbuffers.Builder, numElems:number) {
   builder.startVector(1, numElems, 1);
 }
 
+static addLastResort(builder:flatbuffers.Builder, lastResort:boolean) {
+  builder.addFieldInt8(3, +lastResort, +false);
+}
+
 static endMlsKeyPackage(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createMlsKeyPackage(builder:flatbuffers.Builder, userId:bigint, deviceIdOffset:flatbuffers.Offset, keyPackageOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createMlsKeyPackage(builder:flatbuffers.Builder, userId:bigint, deviceIdOffset:flatbuffers.Offset, keyPackageOffset:flatbuffers.Offset, lastResort:boolean):flatbuffers.Offset {
   MlsKeyPackage.startMlsKeyPackage(builder);
   MlsKeyPackage.addUserId(builder, userId);
   MlsKeyPackage.addDeviceId(builder, deviceIdOffset);
   MlsKeyPackage.addKeyPackage(builder, keyPackageOffset);
+  MlsKeyPackage.addLastResort(builder, lastResort);
   return MlsKeyPackage.endMlsKeyPackage(builder);
 }
 }
