@@ -38,9 +38,14 @@ pub struct Args {
     /// Messages each sender sends.
     #[arg(long, default_value_t = 400)]
     messages: usize,
-    /// Sends each sender keeps in flight.
+    /// Sends each sender keeps in flight (closed loop, when `--rate` is 0).
     #[arg(long, default_value_t = 4)]
     window: usize,
+    /// Messages per second offered by all senders together, each sender on its own
+    /// schedule whatever the answers (open loop: the latency at that load, not at
+    /// saturation); 0 for the closed loop of `--window`. The baseline is paced the same.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Members of the group (0: skip the group phase).
     #[arg(long, default_value_t = 100)]
     group: usize,
@@ -62,6 +67,64 @@ struct Clock {
 }
 
 type Shared = Rc<RefCell<Clock>>;
+
+/// Open-loop sends one sender keeps in flight at most.
+const MAX_IN_FLIGHT: usize = 100;
+
+/// Makes sender `p`'s `args.messages` calls of `one(i)`: `args.window` in flight (closed
+/// loop), or, with `args.rate`, each when its turn comes on a fixed schedule from
+/// `start` (open loop; senders staggered across one interval), however many are then in
+/// flight.
+async fn drive<F, Fut>(args: &Args, p: usize, start: Instant, one: F) -> anyhow::Result<()>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use futures::StreamExt;
+    if args.rate == 0 {
+        let next = std::cell::Cell::new(0usize);
+        let lanes = (0..args.window).map(|_| async {
+            loop {
+                let i = next.get();
+                if i >= args.messages {
+                    return anyhow::Ok(());
+                }
+                next.set(i + 1);
+                one(i).await?;
+            }
+        });
+        for r in futures::future::join_all(lanes).await {
+            r?;
+        }
+        return Ok(());
+    }
+    let interval = Duration::from_secs_f64(args.pairs as f64 / args.rate as f64);
+    let offset = interval.mul_f64(p as f64 / args.pairs as f64);
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    for i in 0..args.messages {
+        let due = start + offset + interval.mul_f64(i as f64);
+        let sleep = tokio::time::sleep_until(due.into());
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                Some(r) = in_flight.next(), if !in_flight.is_empty() => r?,
+            }
+        }
+        // The edge allows 128 requests in flight per connection: past this the load is
+        // more than it serves, and the achieved rate falls below the offered one.
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            if let Some(r) = in_flight.next().await {
+                r?;
+            }
+        }
+        in_flight.push(one(i));
+    }
+    while let Some(r) = in_flight.next().await {
+        r?;
+    }
+    Ok(())
+}
 
 fn envelope(id: u64, body: BodyT) -> EnvelopeT {
     let mut e = EnvelopeT::default();
@@ -201,31 +264,18 @@ async fn edge_run(
     let start = Instant::now();
     let senders = conversations.iter().enumerate().map(|(p, id)| {
         let (client, clock, id) = (&clients[2 * p], clock.clone(), *id);
-        async move {
-            let next = std::cell::Cell::new(0usize);
-            let lanes = (0..args.window).map(|_| {
-                let (clock, next) = (clock.clone(), &next);
-                async move {
-                    loop {
-                        let i = next.get();
-                        if i >= args.messages {
-                            return anyhow::Ok(());
-                        }
-                        next.set(i + 1);
-                        let txn = format!("{p}-{i}");
-                        clock.borrow_mut().sent.insert(txn.clone(), Instant::now());
-                        client
-                            .chat()
-                            .send(id, &txn, "a chat message of ordinary length")
-                            .await?;
-                    }
-                }
-            });
-            for r in futures::future::join_all(lanes).await {
-                r?;
+        drive(args, p, start, move |i| {
+            let clock = clock.clone();
+            async move {
+                let txn = format!("{p}-{i}");
+                clock.borrow_mut().sent.insert(txn.clone(), Instant::now());
+                client
+                    .chat()
+                    .send(id, &txn, "a chat message of ordinary length")
+                    .await?;
+                anyhow::Ok(())
             }
-            anyhow::Ok(())
-        }
+        })
     });
     for r in futures::future::join_all(senders).await {
         r?;
@@ -335,30 +385,20 @@ async fn raw_run(server: &ServerProcess, args: &Args) -> anyhow::Result<Sustaine
     let lat = Rc::new(RefCell::new(Latencies::new()));
     let cpu0 = server.cpu();
     let start = Instant::now();
-    let senders = conns.iter().map(|c| {
+    let senders = conns.iter().enumerate().map(|(p, c)| {
         let (frame, lat) = (&frame, lat.clone());
-        async move {
-            let next = std::cell::Cell::new(0usize);
-            let lanes = (0..args.window).map(|_| {
-                let (lat, next) = (lat.clone(), &next);
-                async move {
-                    while next.get() < args.messages {
-                        next.set(next.get() + 1);
-                        let t0 = Instant::now();
-                        let (mut send, mut recv) = c.open_bi().await?;
-                        send.write_all(frame).await?;
-                        send.finish()?;
-                        recv.read_to_end(64 * 1024).await?;
-                        lat.borrow_mut().record(t0.elapsed());
-                    }
-                    anyhow::Ok(())
-                }
-            });
-            for r in futures::future::join_all(lanes).await {
-                r?;
+        drive(args, p, start, move |_| {
+            let lat = lat.clone();
+            async move {
+                let t0 = Instant::now();
+                let (mut send, mut recv) = c.open_bi().await?;
+                send.write_all(frame).await?;
+                send.finish()?;
+                recv.read_to_end(64 * 1024).await?;
+                lat.borrow_mut().record(t0.elapsed());
+                anyhow::Ok(())
             }
-            anyhow::Ok(())
-        }
+        })
     });
     for r in futures::future::join_all(senders).await {
         r?;
@@ -379,16 +419,55 @@ async fn raw_run(server: &ServerProcess, args: &Args) -> anyhow::Result<Sustaine
     })
 }
 
+/// The disk's own floor for a durable message: a record-sized append and `fsync` of a
+/// file in the same file system as the edge's data, one at a time, at the scenario's
+/// rate (or 1,000/s in the closed loop), `samples` of them.
+fn fsync_run(args: &Args, samples: usize) -> anyhow::Result<Line> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("journal"))?;
+    let rate = if args.rate == 0 { 1000 } else { args.rate };
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let record = [7u8; 300];
+    let mut lat = Latencies::new();
+    let start = Instant::now();
+    for i in 0..samples {
+        let due = start + interval.mul_f64(i as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let t0 = Instant::now();
+        file.write_all(&record)?;
+        file.sync_all()?;
+        lat.record(t0.elapsed());
+    }
+    Ok(Line {
+        name: "disk append + fsync (floor)".into(),
+        ops: samples as u64,
+        elapsed: start.elapsed(),
+        lat,
+    })
+}
+
 /// Runs the scenario and prints the report.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
+    let load = if args.rate == 0 {
+        format!("{} in flight per sender", args.window)
+    } else {
+        format!("{} messages/s offered (open loop)", args.rate)
+    };
     println!(
-        "chat: {} conversations × {} messages, {} in flight per sender; group of {} × {} messages; {} edge shard(s)",
-        args.pairs, args.messages, args.window, args.group, args.group_rounds, args.shards
+        "chat: {} conversations × {} messages, {load}; group of {} × {} messages; {} edge shard(s)",
+        args.pairs, args.messages, args.group, args.group_rounds, args.shards
     );
+    let disk = fsync_run(&args, (args.pairs * args.messages).min(5000))?;
     let echo = ServerProcess::echo()?;
     let base = local.block_on(&rt, raw_run(&echo, &args))?;
     drop(echo);
@@ -396,6 +475,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (ours, group) = local.block_on(&rt, edge_run(&edge, &args))?;
     drop(edge);
     let per = |s: &Sustained| s.cpu.as_secs_f64() * 1e6 / s.line.ops.max(1) as f64;
+    println!("{}", disk.text());
     println!("{}  server CPU {:.1} µs/msg", base.line.text(), per(&base));
     println!("{}  server CPU {:.1} µs/msg", ours.line.text(), per(&ours));
     println!(
