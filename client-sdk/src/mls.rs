@@ -86,6 +86,7 @@ pub enum Received {
 
 /// One device's MLS state (see the module docs).
 pub struct MlsDevice {
+    user_id: u64,
     provider: OpenMlsRustCrypto,
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
@@ -123,6 +124,7 @@ impl MlsDevice {
         signer.store(provider.storage()).map_err(mls_err)?;
         Ok(Self {
             provider,
+            user_id,
             credential: credential_of(user_id, &signer),
             signer,
             groups: HashMap::new(),
@@ -187,14 +189,9 @@ impl MlsDevice {
                 (signer, HashMap::new())
             }
         };
-        disk.meta
-            .insert("user", user_id.to_be_bytes())
-            .map_err(disk_err)?;
-        disk.meta
-            .insert("signer", signer.public())
-            .map_err(disk_err)?;
         let device = Self {
             provider,
+            user_id,
             credential: credential_of(user_id, &signer),
             signer,
             groups,
@@ -216,6 +213,10 @@ impl MlsDevice {
             .read()
             .map_err(|_| disk_err("storage lock"))?;
         let mut batch = disk.db.batch();
+        // Whose device this is, in the same batch as its keys: a crash never leaves keys
+        // without an owner, or an owner without keys.
+        batch.insert(&disk.meta, "user", self.user_id.to_be_bytes());
+        batch.insert(&disk.meta, "signer", self.signer.public());
         for kv in disk.state.iter() {
             let k = kv.key().map_err(disk_err)?;
             if !values.contains_key(&k[..]) {

@@ -619,6 +619,20 @@ async fn encrypted_groups_hold_no_plaintext<S: Store + Clone + 'static>(store: S
         w.a.edit(ANA, id, sent.seq, "plaintext edit").await,
         Err(Error::InvalidArgument { .. })
     ));
+    // A reaction would be plaintext next to the ciphertext: refused on an application
+    // message too (reactions travel inside MLS messages).
+    let reacted = w.a.react(BEN, id, sent.seq, Some("👍")).await;
+    assert!(
+        reacted.is_err(),
+        "a plaintext reaction was stored: {reacted:?}"
+    );
+    assert!(
+        w.a.readable_message(ANA, id, sent.seq)
+            .await
+            .expect("read")
+            .reactions
+            .is_empty()
+    );
     // The stored log holds the ciphertext and no text.
     let page = w
         .store
@@ -1221,6 +1235,55 @@ async fn expensive_paths_are_rate_limited() {
         }
     }
     assert!(limited, "key package claims were never limited");
+    // Lists and syncs: each its own bucket per user.
+    macro_rules! calls_before_limit {
+        ($call:expr) => {{
+            let mut allowed = None;
+            for i in 0..1000 {
+                if matches!($call.await, Err(Error::RateLimited(_))) {
+                    allowed = Some(i);
+                    break;
+                }
+            }
+            allowed
+        }};
+    }
+    let lists = calls_before_limit!(w.a.list(DAN, Folder::Inbox, 10, None));
+    assert!(matches!(lists, Some(n) if n >= 10), "lists: {lists:?}");
+    let syncs = calls_before_limit!(w.a.sync(DAN, &SyncCursor::default(), None, 10));
+    assert!(matches!(syncs, Some(n) if n >= 10), "syncs: {syncs:?}");
+    // Dan's lists and syncs used up nothing of Cat's.
+    w.a.list(CAT, Folder::Inbox, 10, None)
+        .await
+        .expect("cat's list");
+    w.a.sync(CAT, &SyncCursor::default(), None, 10)
+        .await
+        .expect("cat's sync");
+}
+
+/// A message keeps at most MAX_EDITS edits, every version readable.
+#[tokio::test]
+async fn edits_are_bounded() {
+    use selfie_services::chat::MAX_EDITS;
+    let (s, _d) = embedded();
+    let w = world(s).await;
+    friends(&w).await;
+    let id = w.a.direct(ANA, BEN).await.expect("direct");
+    let sent = w.a.send(ANA, id, text("m", "v0")).await.expect("sent");
+    for i in 1..=MAX_EDITS {
+        w.a.edit(ANA, id, sent.seq, &format!("v{i}"))
+            .await
+            .expect("edit");
+    }
+    assert!(
+        w.a.edit(ANA, id, sent.seq, "one too many").await.is_err(),
+        "more than MAX_EDITS edits"
+    );
+    let versions = w.a.versions(BEN, id, sent.seq).await.expect("versions");
+    assert_eq!(versions.len(), MAX_EDITS as usize);
+    assert_eq!(versions[0].text, "v0");
+    let now = w.a.readable_message(BEN, id, sent.seq).await.expect("read");
+    assert_eq!(now.text, format!("v{MAX_EDITS}"));
 }
 
 /// A flood of message requests (from a thousand throwaway accounts) pushes none of a

@@ -139,10 +139,16 @@ impl<S: Store + 'static> Chat<S> {
         };
         {
             let mut memo = self.memo.borrow_mut();
-            if memo.presence.len() >= MEMO_MAX {
-                memo.presence.clear();
-            }
             let now = Instant::now();
+            if memo.presence.len() >= MEMO_MAX {
+                // Forget only users whose rate window is over: clearing everyone would
+                // hand a user flapping their status a fresh window.
+                memo.presence
+                    .retain(|_, p| now.duration_since(p.window_start) < PRESENCE_WINDOW);
+                if memo.presence.len() >= MEMO_MAX {
+                    memo.presence.clear();
+                }
+            }
             if let Some(p) = memo.presence.get_mut(&me) {
                 let since = now.duration_since(p.written);
                 if p.status == shown && since < PRESENCE_WRITE_EVERY {
