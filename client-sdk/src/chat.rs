@@ -425,6 +425,10 @@ pub struct SyncReport {
     pub refetched: Vec<u64>,
 }
 
+/// Conversations a sync cursor names at most (the server's
+/// `chat::MAX_CURSOR_CONVERSATIONS`): older ones the device holds are kept, not synced.
+pub const MAX_CURSOR: usize = 4000;
+
 const CURSOR_VERSION: u8 = 1;
 
 fn key2(a: u64, b: u64) -> [u8; 16] {
@@ -520,11 +524,13 @@ impl ChatStore {
         Ok(v.and_then(|v| u64_at(&v, 0)).unwrap_or(0))
     }
 
-    /// The device's sync cursor (every conversation's position, in the server's cursor
-    /// format: a version byte, then (conversation, number) pairs, big-endian).
+    /// The device's sync cursor (the positions of its newest [`MAX_CURSOR`]
+    /// conversations, in the server's cursor format: a version byte, then
+    /// (conversation, number) pairs, big-endian).
     pub fn cursor(&self) -> Result<Vec<u8>, ClientError> {
         let mut out = vec![CURSOR_VERSION];
-        for kv in self.positions.iter() {
+        // Conversation ids grow with time: the newest come last.
+        for kv in self.positions.iter().rev().take(MAX_CURSOR) {
             let (k, v) = kv.into_inner().map_err(store_err)?;
             out.extend_from_slice(&k);
             out.extend_from_slice(&v);

@@ -9,19 +9,24 @@
 //!
 //! The flow of a change: make it ([`MlsDevice::add`], [`MlsDevice::remove`],
 //! [`MlsDevice::update`]) — a pending commit made in the group's current epoch; send it
-//! ([`ChatApi::mls_commit`]); when the server accepts it, [`MlsDevice::confirm`]; when it
-//! refuses it (`Conflict`: another commit took the epoch), [`MlsDevice::discard`], then
-//! [`MlsDevice::receive`] the winner from the log and try again. Every member receives
-//! commits and application messages in the conversation's log order. A device that
-//! lost the server's answer (a crash, a dropped connection) finds its own commit in the
-//! log: [`MlsDevice::receive`] applies the pending commit it kept.
+//! ([`ChatApi::mls_commit`]; resending the same commit after a lost answer is answered
+//! with the first acceptance); when the server accepts it, [`MlsDevice::confirm`]; when
+//! it refuses it (`Conflict`: another commit took the epoch), first
+//! [`MlsDevice::receive`] the log's new entries — the device's own commit may be among
+//! them (accepted while the answer was lost), and receiving it applies the pending
+//! commit — and [`MlsDevice::discard`] only if the group is still in the epoch the
+//! commit was made in; then try again. Every member receives commits and application
+//! messages in the conversation's log order. A device that crashed before `confirm`
+//! finds its own commit in the log the same way.
 //!
 //! **Framing.** Application messages are always `PrivateMessage`s. Commits and
 //! proposals travel as `PublicMessage`s (signed, with a membership tag, not encrypted):
 //! that is what lets a device recognise its own commit from the log (RFC 9420 gives an
-//! author no way to decrypt its own `PrivateMessage`), and it shows the server nothing
-//! it does not already know from membership (who joins, leaves or rotates keys, and
-//! their public keys); Welcomes stay encrypted to their recipients.
+//! author no way to decrypt its own `PrivateMessage`). The server then sees what a
+//! handshake carries besides membership, which it knows anyway: the sender's leaf
+//! index, the proposals (including group-context extensions), the update path's public
+//! keys and the authenticated data, never a message's content or a key's private part.
+//! Welcomes stay encrypted to their recipients.
 //!
 //! **Key packages.** [`MlsDevice::key_packages`] makes ordinary ones (each opens one
 //! Welcome, then its private part is deleted); [`MlsDevice::last_resort_package`] makes
@@ -52,6 +57,14 @@ use crate::chat::ChatApi;
 /// Handshake messages as `PublicMessage`s, application messages always encrypted (see
 /// the module docs); either framing accepted.
 const HANDSHAKES_IN_THE_CLEAR: WireFormatPolicy = MIXED_PLAINTEXT_WIRE_FORMAT_POLICY;
+
+/// How this device takes part in a group it joined (or reloads).
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(HANDSHAKES_IN_THE_CLEAR)
+        .build()
+}
 
 /// The ciphersuite every group uses.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -175,9 +188,14 @@ impl MlsDevice {
                 let mut groups = HashMap::new();
                 for kv in disk.groups.iter() {
                     let id = kv.key().map_err(disk_err)?.to_vec();
-                    let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(&id))
+                    let mut group = MlsGroup::load(provider.storage(), &GroupId::from_slice(&id))
                         .map_err(disk_err)?
                         .ok_or_else(|| disk_err("a group's state is missing"))?;
+                    // Groups stored by an older build keep the framing it chose: every
+                    // member must frame commits alike (see the module docs).
+                    group
+                        .set_configuration(provider.storage(), &join_config())
+                        .map_err(disk_err)?;
                     groups.insert(id, group);
                 }
                 (signer, groups)
@@ -452,10 +470,7 @@ impl MlsDevice {
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
             return Err(mls_err("not a Welcome"));
         };
-        let config = MlsGroupJoinConfig::builder()
-            .use_ratchet_tree_extension(true)
-            .wire_format_policy(HANDSHAKES_IN_THE_CLEAR)
-            .build();
+        let config = join_config();
         let group = StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None)
             .map_err(mls_err)?
             .into_group(&self.provider)
@@ -608,7 +623,8 @@ impl ChatApi<'_> {
     }
 
     /// Sends a commit (and its Welcome for `recipients`); `Conflict` when another commit
-    /// took the epoch.
+    /// took the epoch (see the module docs for what to do then). Sending the same commit
+    /// again is answered with its first acceptance (`duplicate: true`).
     pub async fn mls_commit(
         &self,
         conversation_id: u64,

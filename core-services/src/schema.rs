@@ -112,8 +112,9 @@ pub static MIGRATIONS: &[Migration] = &[
         statements: &[],
     },
     Migration {
-        // No deployment holds chat data from before it (it landed before any release):
-        // requests made earlier stay in `chat_user_conversations` and still answer.
+        // No deployment holds chat data from before it (it landed before any release).
+        // A request made before it would stay in `chat_user_conversations`: answerable,
+        // but listed in no folder.
         version: 17,
         name: "chat: message requests apart from users' conversations",
         tables: crate::tables::chat::REQUEST_TABLES,

@@ -517,7 +517,7 @@ pub mod chat {
         HEADS (conditional), "chat_heads", ["conversation_id"], [], "each conversation's newest sequence number, last activity and recent sends (versioned)";
         LOG, "chat_log", ["conversation_id", "bucket"], ["seq"], "each conversation's log: messages (in their current state) and events, 1,024 sequence numbers per partition";
         MEMBERS (conditional), "chat_members", ["conversation_id"], ["user_id"], "members: role, state, joined, read and delivered positions";
-        USER_CONVERSATIONS (conditional), "chat_user_conversations", ["user_id"], ["conversation_id"], "a user's conversations and per-user state (mute, archive, pin, request)";
+        USER_CONVERSATIONS (conditional), "chat_user_conversations", ["user_id"], ["conversation_id"], "a user's conversations (not waiting requests: chat_user_requests) and per-user state (mute, archive, pin)";
         DIRECT (conditional), "chat_direct", ["pair"], [], "the one direct conversation of each pair of users";
         TXNS, "chat_txns", ["sender_id"], ["conversation_id", "client_msg_id"], "client transaction ids of sends: the message each made";
         EDITS, "chat_edits", ["conversation_id"], ["seq", "replaced_at_ms"], "earlier versions of edited messages";
@@ -535,8 +535,9 @@ pub mod chat {
         doc: "users' last presence: status and last activity",
     };
 
-    /// (user, device, package hash) → an MLS key package, consumed when claimed (a
-    /// user's last one stays, as RFC 9420's last-resort package).
+    /// (user; device, last resort?, package hash) → an MLS key package, consumed when
+    /// claimed, except a device's last-resort package (marked, or else its last), which
+    /// stays (RFC 9420, 16.8).
     pub static KEY_PACKAGES: Table = Table {
         name: "chat_mls_key_packages",
         kind: TableKind::Rows,

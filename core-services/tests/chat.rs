@@ -704,6 +704,21 @@ async fn key_packages_and_commit_order<S: Store + Clone + 'static>(store: S) {
         .expect("replaced");
     let got = w.a.claim_key_packages(DAN, &[BEN]).await.expect("claim");
     assert_eq!(tablet(got), Some(second.clone()), "the new one replaced it");
+    let rows = w
+        .store
+        .scan(
+            &t::KEY_PACKAGES,
+            &selfie_services::tables::key(BEN),
+            &Scan::all(100),
+        )
+        .await
+        .expect("scan")
+        .rows;
+    let tablet_rows = rows
+        .iter()
+        .filter(|r| r.value[..] == first[..] || r.value[..] == second[..])
+        .count();
+    assert_eq!(tablet_rows, 1, "the old last resort is gone");
     // A claim refused for one user hands out nothing for the others.
     w.a.upload_key_packages(ANA, "phone", &[vec![30; 40], vec![31; 40]], None)
         .await
@@ -743,6 +758,24 @@ async fn key_packages_and_commit_order<S: Store + Clone + 'static>(store: S) {
         w.b.mls_commit(CAT, id, 0, b"commit-c".to_vec(), Vec::new(), Vec::new())
     );
     assert!(p.is_ok() != q.is_ok(), "one commit per epoch: {p:?} {q:?}");
+    // The winner resends its commit (its answer was lost): the first acceptance again,
+    // not a refusal for the epoch it moved on, and nothing new in the log.
+    let (winner, bytes, first) = match &p {
+        Ok(sent) => (BEN, b"commit-b".to_vec(), sent.clone()),
+        Err(_) => (
+            CAT,
+            b"commit-c".to_vec(),
+            q.as_ref().expect("one won").clone(),
+        ),
+    };
+    let head = w.a.head(id).await.expect("head");
+    let again =
+        w.b.mls_commit(winner, id, 0, bytes, Vec::new(), Vec::new())
+            .await
+            .expect("resent");
+    assert!(again.duplicate);
+    assert_eq!((again.seq, again.message_id), (first.seq, first.message_id));
+    assert_eq!(w.a.head(id).await.expect("head").last_seq, head.last_seq);
     assert!(matches!(p.err().or(q.err()), Some(Error::Stale(_))));
     assert_eq!(w.a.head(id).await.expect("head").mls_epoch, 1);
     let mut stale = text("s1", "");
@@ -902,7 +935,10 @@ async fn encrypted_on_cql() {
 /// The attacks and races a review found: privacy of presence and receipts across
 /// requests and blocks, removal in one commit, history past a run of reactions, edit
 /// versions, list pages with pins, declined requests leaving the list.
-async fn privacy_and_consistency<S: Store + Clone + 'static>(store: S) {
+/// `exact_races`: the store applies a commit's writes with its condition (embedded); on
+/// CQL they land just after it, so two nodes racing one change can both apply it (a
+/// known limit, SECURITY.md).
+async fn privacy_and_consistency<S: Store + Clone + 'static>(store: S, exact_races: bool) {
     use selfie_services::chat::presence_status as status;
     let w = world(store).await;
     // Ana and Cat are friends; Ben follows nobody, so Ana's message to him is a request.
@@ -1014,14 +1050,18 @@ async fn privacy_and_consistency<S: Store + Clone + 'static>(store: S) {
         w.a.remove_member(ANA, group, DAN),
         w.b.remove_member(ANA, group, DAN)
     );
-    assert!(
-        matches!(
-            (&x, &y),
-            (Ok(()), Err(Error::NotFound(_))) | (Err(Error::NotFound(_)), Ok(()))
-        ),
-        "{x:?} {y:?}"
-    );
-    assert_eq!(w.a.head(group).await.expect("head").members, members - 1);
+    if exact_races {
+        assert!(
+            matches!(
+                (&x, &y),
+                (Ok(()), Err(Error::NotFound(_))) | (Err(Error::NotFound(_)), Ok(()))
+            ),
+            "{x:?} {y:?}"
+        );
+        assert_eq!(w.a.head(group).await.expect("head").members, members - 1);
+    } else {
+        assert!(x.is_ok() || y.is_ok(), "{x:?} {y:?}");
+    }
     for (table, partition, clustering) in [
         (&t::MEMBERS, group, DAN),
         (&t::USER_CONVERSATIONS, DAN, group),
@@ -1188,12 +1228,12 @@ async fn privacy_and_consistency<S: Store + Clone + 'static>(store: S) {
 #[tokio::test]
 async fn privacy_and_consistency_on_embedded() {
     let (s, _d) = embedded();
-    privacy_and_consistency(s).await;
+    privacy_and_consistency(s, true).await;
 }
 
 #[tokio::test]
 async fn privacy_and_consistency_on_cql() {
-    privacy_and_consistency(cql().await).await;
+    privacy_and_consistency(cql().await, false).await;
 }
 
 /// Starting conversations and claiming key packages are rate limited per user.
@@ -1347,6 +1387,18 @@ async fn floods_crowd_out_no_conversation() {
     );
     assert_eq!(synced.limited, vec![left], "only the one he left is gone");
     assert!(!synced.cursor.0.contains_key(&left));
+    // A device that heard of every request (pushes reach requests too) cannot be made
+    // to carry them all: requests beyond the newest a sync lists leave its cursor.
+    let mut everything = synced.cursor.clone();
+    for u in flooders.clone() {
+        everything
+            .0
+            .insert(w.a.direct(u, BEN).await.expect("id"), 1);
+    }
+    let trimmed = w.a.sync(BEN, &everything, None, 1000).await.expect("sync");
+    assert!(trimmed.cursor.0.len() <= selfie_services::chat::SYNC_REQUESTS + 10);
+    assert!(trimmed.cursor.0.contains_key(&ours));
+    assert!(trimmed.limited.len() >= flooders.clone().count() - 100);
     // Ben now has more active conversations than a sync considers by itself: the old
     // one still syncs because his cursor names it.
     for u in flooders.clone().take(MAX_USER_CONVERSATIONS + 5) {

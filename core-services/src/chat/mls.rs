@@ -219,9 +219,10 @@ impl<S: Store + 'static> Chat<S> {
                     device_id: device.clone(),
                     key_package: row.value.to_vec(),
                 };
-                // The last resort stays; any other is handed out once (lost to another
-                // claimer: the device's next one).
-                if i + 1 == rows.len()
+                // A last-resort package (marked, or the device's last) stays; any other
+                // is handed out once (lost to another claimer: the device's next one).
+                if is_last_resort(&row.clustering)
+                    || i + 1 == rows.len()
                     || self
                         .store
                         .delete_if_present(&KEY_PACKAGES, &k(user), &row.clustering)
@@ -253,6 +254,15 @@ impl<S: Store + 'static> Chat<S> {
         if welcome.len() > super::MAX_MLS_BYTES || welcome.is_empty() != recipients.is_empty() {
             return Err(Error::InvalidArgument { field: "welcome" });
         }
+        // The same commit sent again (its answer was lost) is recognised among the
+        // head's recent sends and answered as the first time, before the epoch check
+        // would refuse it.
+        let hash = {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(&commit);
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            super::txn_hash(me, &format!("mls-commit:{hex}"))
+        };
         let _g = self.locks.lock((id, 0)).await;
         let (rec, member) = self.membership(id, me).await?;
         if !rec.encrypted {
@@ -316,14 +326,37 @@ impl<S: Store + 'static> Chat<S> {
             .append_once(
                 id,
                 entries.clone(),
-                None,
+                Some(hash),
                 &check,
-                |h, _| h.mls_epoch = epoch + 1,
+                |h, seqs| {
+                    h.mls_epoch = epoch + 1;
+                    h.recent.push((hash, seqs[0]));
+                    let extra = h.recent.len().saturating_sub(super::RECENT_TXNS);
+                    h.recent.drain(..extra);
+                },
                 |_| Ok(Vec::new()),
             )
             .await?;
-        let super::Appended::Done(seqs, _) = appended else {
-            return Err(Error::Busy);
+        let seqs = match appended {
+            super::Appended::Done(seqs, _) => seqs,
+            super::Appended::Exists => {
+                let head = self.head(id).await?;
+                let seq = head
+                    .recent
+                    .iter()
+                    .find(|(h, _)| *h == hash)
+                    .map(|(_, s)| *s)
+                    .ok_or(Error::Busy)?;
+                return match self.entry(id, seq).await? {
+                    Some(Entry::Message(m)) => Ok(Sent {
+                        message_id: m.message_id,
+                        seq,
+                        created_at_ms: m.created_at_ms,
+                        duplicate: true,
+                    }),
+                    _ => Err(Error::Busy),
+                };
+            }
         };
         for (seq, entry) in seqs.iter().zip(entries) {
             self.push_entry(id, vec![*seq], entry).await?;

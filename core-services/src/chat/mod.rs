@@ -21,8 +21,9 @@
 //! member's `AllConversations` topic of the delivery plane (each member's events in log
 //! order on a node). A device keeps one cursor (per conversation, the last number it
 //! has); [`Chat::sync`] returns what follows it, in order, and says which conversations
-//! have a gap larger than [`SyncLimits::window`] (`limited`): the client refetches those
-//! with history. Clients drop what they already have (a number at or below their cursor)
+//! have a gap larger than [`SyncLimits::window`] (`limited`, still in the answer's
+//! cursor: the client refetches those with history) or are gone for this device
+//! (`limited` and out of the cursor: the user left, or a request only the cursor named). Clients drop what they already have (a number at or below their cursor)
 //! and fill a jump in numbers with a sync, so pushes and syncs can overlap freely.
 //!
 //! **Who sees what.** A member sees the log from the moment they joined; a removed member
@@ -33,7 +34,8 @@
 //! folder (`chat_user_requests`, apart from the user's conversations, so that a flood of
 //! requests crowds none of them out of lists and syncs), read receipts are not sent
 //! while it waits, and a declined request refuses further messages. An answer moves the
-//! membership and the list entries in one commit conditioned on the membership row. Read positions of a member who turned read receipts off are shown to
+//! membership and the list entries in one commit conditioned on the membership row.
+//! Read positions of a member who turned read receipts off are shown to
 //! nobody, and such a member sees nobody's.
 //!
 //! Not here yet: deleting a message for oneself only, and checking that attachment media
@@ -93,9 +95,9 @@ pub const MAX_USER_CONVERSATIONS: usize = 1000;
 pub const MAX_USER_REQUESTS: usize = 500;
 /// Message requests a sync considers (the newest), besides the user's conversations.
 pub const SYNC_REQUESTS: usize = 100;
-/// Conversations a device cursor may name: more than a sync considers, so that a device
-/// that heard of new conversations between syncs is not refused (a sync drops the ones
-/// it no longer covers, answering them as `limited`).
+/// Conversations a device cursor may name (the SDK sends its newest this many): more
+/// than a sync lists by itself, so that a device keeps syncing older conversations it
+/// knows; a sync's answer never names more.
 pub const MAX_CURSOR_CONVERSATIONS: usize = 4 * MAX_USER_CONVERSATIONS;
 /// Most distinct emoji on one message.
 pub const MAX_REACTION_KINDS: usize = 20;
@@ -1150,9 +1152,14 @@ impl<S: Store + 'static> Chat<S> {
                     .change_state(id, me, m.state, MemberState::Active, rows)
                     .await
                 {
-                    // Another device of `me` answered first: it is active either way
-                    // or will say so on the next call.
-                    Ok(()) | Err(Error::Forbidden(_)) => {}
+                    Ok(()) => {}
+                    // Another device of `me` changed it first: on only if now active.
+                    Err(Error::Forbidden(_)) => {
+                        let now = self.member(id, me).await?.map(|m| m.state);
+                        if now != Some(MemberState::Active) {
+                            return Err(Error::NotFound("conversation"));
+                        }
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -1998,7 +2005,8 @@ impl<S: Store + 'static> Chat<S> {
         to: MemberState,
         rows: Vec<Write>,
     ) -> Result<()> {
-        for _ in 0..APPEND_TRIES {
+        for attempt in 0..APPEND_TRIES {
+            backoff(attempt).await;
             let raw = self
                 .store
                 .get(&MEMBERS, &k(id), &k(user))
@@ -2065,32 +2073,7 @@ impl<S: Store + 'static> Chat<S> {
             .ok_or(Error::NotFound("conversation"))?;
         let shape = self.shape(id).await?;
         self.check_content(shape.encrypted, &new)?;
-        // Answering a request by replying accepts it.
-        if member.state == MemberState::Request {
-            let rows = vec![
-                Write::Delete {
-                    row: Cell::new(&USER_REQUESTS, k(me), k(id)),
-                },
-                put(list_row(me, id, MemberState::Active), list_value()?),
-            ];
-            match self
-                .change_state(id, me, MemberState::Request, MemberState::Active, rows)
-                .await
-            {
-                Ok(()) => {}
-                // Another device answered first: on only if it accepted.
-                Err(Error::Forbidden(_)) => {
-                    let now = self.member(id, me).await?.map(|m| m.state);
-                    if now != Some(MemberState::Active) {
-                        return Err(Error::NotFound("conversation"));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-            if let Some((_, m)) = members.iter_mut().find(|(u, _)| *u == me) {
-                m.state = MemberState::Active;
-            }
-        } else if member.state == MemberState::Declined {
+        if member.state == MemberState::Declined {
             return Err(Error::NotFound("conversation"));
         }
         let mut memo = Memo::new();
@@ -2115,6 +2098,32 @@ impl<S: Store + 'static> Chat<S> {
                         field: "reply_to_seq",
                     });
                 }
+            }
+        }
+        // Answering a request by replying accepts it: once the reply passed its checks.
+        if member.state == MemberState::Request {
+            let rows = vec![
+                Write::Delete {
+                    row: Cell::new(&USER_REQUESTS, k(me), k(id)),
+                },
+                put(list_row(me, id, MemberState::Active), list_value()?),
+            ];
+            match self
+                .change_state(id, me, MemberState::Request, MemberState::Active, rows)
+                .await
+            {
+                Ok(()) => {}
+                // Another device answered first: on only if it accepted.
+                Err(Error::Forbidden(_)) => {
+                    let now = self.member(id, me).await?.map(|m| m.state);
+                    if now != Some(MemberState::Active) {
+                        return Err(Error::NotFound("conversation"));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            if let Some((_, m)) = members.iter_mut().find(|(u, _)| *u == me) {
+                m.state = MemberState::Active;
             }
         }
         let now = self.now();
@@ -2603,27 +2612,45 @@ impl<S: Store + 'static> Chat<S> {
                     .map(|(id, _)| id)
                     .collect();
                 ids.extend(self.user_requests(me, SYNC_REQUESTS).await?);
+                let mut seen = HashSet::with_capacity(ids.len());
+                ids.retain(|id| seen.insert(*id));
                 ids
             }
         };
+        // Conversations the device knows beyond the newest considered above (an old
+        // conversation, one made after a sync): synced still while `me` is an active
+        // member, newest first, as many as keep the cursor within
+        // MAX_CURSOR_CONVERSATIONS (the rest are left out of the answer's cursor, not
+        // `limited`: the device keeps what it has of them). A request named only by the cursor leaves it (`limited`:
+        // the requests folder still shows it), so a flood of requests cannot grow a
+        // device's cursor; one `me` no longer belongs to is answered gone the same way.
+        let listed = conversations.len();
         if only.is_none() {
-            // Conversations the device knows beyond the newest considered above: synced
-            // still while `me` is a member (an old conversation, a request crowded out
-            // by newer ones), answered as gone (`limited`, out of the cursor) only when
-            // `me` really no longer belongs to it.
             let current: HashSet<u64> = conversations.iter().copied().collect();
-            let known: Vec<u64> = cursor
+            let mut known: Vec<u64> = cursor
                 .0
                 .keys()
                 .filter(|c| !current.contains(c))
                 .copied()
                 .collect();
+            known.sort_unstable_by(|a, b| b.cmp(a));
+            let room = MAX_CURSOR_CONVERSATIONS.saturating_sub(listed);
+            for id in known.iter().skip(room) {
+                out.cursor.0.remove(id);
+            }
+            known.truncate(room);
             conversations.extend(known);
         }
         let mut memo = HashMap::new();
-        for id in conversations {
+        for (i, id) in conversations.into_iter().enumerate() {
+            let cursor_only = i >= listed;
             let member = match self.member(id, me).await? {
-                Some(m) if m.state != MemberState::Declined => m,
+                Some(m)
+                    if m.state == MemberState::Active
+                        || (m.state == MemberState::Request && !cursor_only) =>
+                {
+                    m
+                }
                 _ => {
                     if only.is_some() {
                         return Err(Error::NotFound("conversation"));

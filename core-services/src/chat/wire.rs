@@ -377,8 +377,8 @@ impl<S: Store + Clone + 'static> ChatWire<S> {
             }
             _ => return Err(Error::InvalidArgument { field: "kind" }),
         };
-        // The start already paid for this view.
-        let view = self.0.view_unlimited(me, id).await?;
+        // Charged as any view: starting an existing conversation again costs no Create.
+        let view = self.0.view(me, id).await?;
         Self::conversation(call, view)
     }
 
