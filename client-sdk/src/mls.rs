@@ -577,18 +577,22 @@ impl ChatApi<'_> {
             .map(|_| ())
     }
 
-    /// Claims one key package of each of `users` (each handed out once).
+    /// Claims one key package of each device of each of `users` (each handed out once):
+    /// the packages, and the users the answer had no room for (claim them again).
     pub async fn claim_key_packages(
         &self,
         users: &[u64],
-    ) -> Result<Vec<pc::MlsKeyPackageT>, ClientError> {
+    ) -> Result<(Vec<pc::MlsKeyPackageT>, Vec<u64>), ClientError> {
         let mut r = pc::MlsKeyPackagesClaimRequestT::default();
         r.user_ids = Some(users.to_vec());
         match self
             .call(ChatOpT::MlsKeyPackagesClaimRequest(Box::new(r)))
             .await?
         {
-            ChatOpT::MlsKeyPackagesClaimResponse(c) => Ok(c.packages.unwrap_or_default()),
+            ChatOpT::MlsKeyPackagesClaimResponse(c) => Ok((
+                c.packages.unwrap_or_default(),
+                c.left_out.unwrap_or_default(),
+            )),
             _ => Err(ClientError::Protocol(
                 "expected MlsKeyPackagesClaimResponse".into(),
             )),

@@ -1301,6 +1301,53 @@ async fn expensive_paths_are_rate_limited() {
         .expect("cat's sync");
 }
 
+/// A claim hands out whole users within one answer and names those left out, whose
+/// packages stay untouched.
+#[tokio::test]
+async fn claims_stop_at_whole_users() {
+    use selfie_services::chat::MAX_KEY_PACKAGE_BYTES;
+    let (s, _d) = embedded();
+    let w = world(s).await;
+    friends(&w).await;
+    for user in [BEN, CAT] {
+        for device in 0..16u8 {
+            let packages: Vec<Vec<u8>> = (0..2u8)
+                .map(|i| vec![device ^ (i << 5) ^ (user as u8); MAX_KEY_PACKAGE_BYTES])
+                .collect();
+            w.a.upload_key_packages(user, &format!("d{device}"), &packages, None)
+                .await
+                .expect("uploaded");
+        }
+    }
+    let (packages, left_out) =
+        w.a.claim_key_packages_within(DAN, &[CAT, BEN])
+            .await
+            .expect("claim");
+    assert_eq!(packages.len(), 16);
+    assert!(
+        packages.iter().all(|p| p.user_id == BEN),
+        "users in id order"
+    );
+    assert_eq!(left_out, vec![CAT]);
+    let cat_rows = w
+        .store
+        .scan(
+            &t::KEY_PACKAGES,
+            &selfie_services::tables::key(CAT),
+            &Scan::all(100),
+        )
+        .await
+        .expect("scan")
+        .rows
+        .len();
+    assert_eq!(cat_rows, 32, "a user left out lost a package");
+    let (again, left_out) =
+        w.a.claim_key_packages_within(DAN, &left_out)
+            .await
+            .expect("claim");
+    assert_eq!((again.len(), left_out.len()), (16, 0));
+}
+
 /// A message keeps at most MAX_EDITS edits, every version readable.
 #[tokio::test]
 async fn edits_are_bounded() {

@@ -702,13 +702,14 @@ async fn an_encrypted_group_survives_a_removal_and_the_server_holds_no_plaintext
         .expect("conversation");
     let id = c.conversation_id;
     assert!(c.encrypted);
-    let claimed = ana
+    let (claimed, left_out) = ana
         .client
         .chat()
         .claim_key_packages(&[ben.id, cat.id])
         .await
         .expect("claimed");
     assert_eq!(claimed.len(), 2);
+    assert!(left_out.is_empty());
     let packages: Vec<(u64, Vec<u8>)> = claimed
         .into_iter()
         .map(|p| (p.user_id, p.key_package.unwrap_or_default()))

@@ -82,9 +82,12 @@ fn migrate_creates_the_schema_once_then_is_a_no_op() {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let first = run();
+    let every: Vec<u32> = selfie_services::schema::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
     assert!(
-        first
-            .contains("applied migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]"),
+        first.contains(&format!("applied migrations {every:?}")),
         "{first}"
     );
     let second = run();

@@ -135,11 +135,20 @@ impl<S: Store + 'static> Chat<S> {
         Ok(())
     }
 
-    /// One key package of each device of each of `users` (who must accept messages
-    /// from `me`), for as many whole users as fit one answer (160 KiB): users left out
-    /// are claimed again. Every user is checked before any package is handed out, so a
-    /// refused claim uses up nothing.
+    /// [`Chat::claim_key_packages_within`]'s packages only (tests, tools).
     pub async fn claim_key_packages(&self, me: u64, users: &[u64]) -> Result<Vec<KeyPackage>> {
+        Ok(self.claim_key_packages_within(me, users).await?.0)
+    }
+
+    /// One key package of each device of each of `users` (who must accept messages
+    /// from `me`), for as many whole users as fit one answer (160 KiB), and the users
+    /// left out (claim them again). Every user is checked before any package is handed
+    /// out, so a refused claim uses up nothing.
+    pub async fn claim_key_packages_within(
+        &self,
+        me: u64,
+        users: &[u64],
+    ) -> Result<(Vec<KeyPackage>, Vec<u64>)> {
         if users.is_empty() || users.len() > MAX_CLAIM {
             return Err(Error::InvalidArgument { field: "user_ids" });
         }
@@ -164,13 +173,13 @@ impl<S: Store + 'static> Chat<S> {
         }
         let mut out = Vec::with_capacity(users.len());
         let mut budget = CLAIM_BYTES;
-        for user in users {
+        for (i, &user) in users.iter().enumerate() {
             match self.claim_devices(user, &mut budget).await? {
                 Some(packages) => out.extend(packages),
-                None => break,
+                None => return Ok((out, users[i..].to_vec())),
             }
         }
-        Ok(out)
+        Ok((out, Vec::new()))
     }
 
     /// One key package of each of `user`'s devices: a device's first package is handed

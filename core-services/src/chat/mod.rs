@@ -1772,8 +1772,9 @@ impl<S: Store + 'static> Chat<S> {
                 return Err(Error::Blocked);
             }
             let state = self.arrival(me, user).await?;
-            let head = self.head(id).await?;
-            if head.members as usize >= MAX_MEMBERS {
+            // Counted from the member rows, not the head's counter: on CQL two nodes
+            // racing one removal can both decrement it.
+            if self.members(id).await?.len() >= MAX_MEMBERS {
                 return Err(Error::Forbidden("the group is full"));
             }
             let event = self.event(EventKind::Joined, me, 0, user, "", "");

@@ -537,7 +537,10 @@ impl<S: Store + Clone + 'static> ChatWire<S> {
         r: pc::MlsKeyPackagesClaimRequest<'_>,
     ) -> Result<Bytes> {
         let users = ids(r.user_ids(), 50);
-        let claimed = self.0.claim_key_packages(call.user()?, &users).await?;
+        let (claimed, left_out) = self
+            .0
+            .claim_key_packages_within(call.user()?, &users)
+            .await?;
         let packages = claimed.into_iter().map(|p| {
             make!(pc::MlsKeyPackageT {
                 user_id: p.user_id,
@@ -547,6 +550,7 @@ impl<S: Store + Clone + 'static> ChatWire<S> {
         });
         let answer = make!(pc::MlsKeyPackagesClaimResponseT {
             packages: Some(packages.collect()),
+            left_out: Some(left_out),
         });
         Self::answer(call, ChatOpT::MlsKeyPackagesClaimResponse(Box::new(answer)))
     }

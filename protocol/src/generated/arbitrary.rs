@@ -992,8 +992,8 @@ pub fn selfie_chat_mls_key_packages_claim_request(depth: u32) -> BoxedStrategy<c
 /// Arbitrary `selfie.chat.MlsKeyPackagesClaimResponse`.
 pub fn selfie_chat_mls_key_packages_claim_response(depth: u32) -> BoxedStrategy<crate::generated::selfie::chat::MlsKeyPackagesClaimResponseT> {
     let _ = depth;
-    ((if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_chat_mls_key_package(depth - 1), 0..3)).boxed() },),)
-        .prop_map(|((packages,),)| crate::generated::selfie::chat::MlsKeyPackagesClaimResponseT { packages })
+    ((if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_chat_mls_key_package(depth - 1), 0..3)).boxed() }, option::of(vec(any::<u64>(), 0..6)),),)
+        .prop_map(|((packages, left_out,),)| crate::generated::selfie::chat::MlsKeyPackagesClaimResponseT { packages, left_out })
         .boxed()
 }
 

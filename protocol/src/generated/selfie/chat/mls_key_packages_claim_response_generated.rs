@@ -19,6 +19,7 @@ impl<'a> ::flatbuffers::Follow<'a> for MlsKeyPackagesClaimResponse<'a> {
 
 impl<'a> MlsKeyPackagesClaimResponse<'a> {
   pub const VT_PACKAGES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LEFT_OUT: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -30,6 +31,7 @@ impl<'a> MlsKeyPackagesClaimResponse<'a> {
     args: &'args MlsKeyPackagesClaimResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<MlsKeyPackagesClaimResponse<'bldr>> {
     let mut builder = MlsKeyPackagesClaimResponseBuilder::new(_fbb);
+    if let Some(x) = args.left_out { builder.add_left_out(x); }
     if let Some(x) = args.packages { builder.add_packages(x); }
     builder.finish()
   }
@@ -38,8 +40,12 @@ impl<'a> MlsKeyPackagesClaimResponse<'a> {
     let packages = self.packages().map(|x| {
       x.iter().map(|t| t.unpack()).collect()
     });
+    let left_out = self.left_out().map(|x| {
+      x.into_iter().collect()
+    });
     MlsKeyPackagesClaimResponseT {
       packages,
+      left_out,
     }
   }
 
@@ -50,6 +56,15 @@ impl<'a> MlsKeyPackagesClaimResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<MlsKeyPackage>>>>(MlsKeyPackagesClaimResponse::VT_PACKAGES, None)}
   }
+  /// Users named in the request whose packages did not fit this answer: claim them
+  /// again (1.6). A user named and in neither list has no package.
+  #[inline]
+  pub fn left_out(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(MlsKeyPackagesClaimResponse::VT_LEFT_OUT, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for MlsKeyPackagesClaimResponse<'_> {
@@ -59,18 +74,21 @@ impl ::flatbuffers::Verifiable for MlsKeyPackagesClaimResponse<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<MlsKeyPackage>>>>("packages", Self::VT_PACKAGES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("left_out", Self::VT_LEFT_OUT, false)?
      .finish();
     Ok(())
   }
 }
 pub struct MlsKeyPackagesClaimResponseArgs<'a> {
     pub packages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<MlsKeyPackage<'a>>>>>,
+    pub left_out: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
 }
 impl<'a> Default for MlsKeyPackagesClaimResponseArgs<'a> {
   #[inline]
   fn default() -> Self {
     MlsKeyPackagesClaimResponseArgs {
       packages: None,
+      left_out: None,
     }
   }
 }
@@ -83,6 +101,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MlsKeyPackagesClaimResponseBu
   #[inline]
   pub fn add_packages(&mut self, packages: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<MlsKeyPackage<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MlsKeyPackagesClaimResponse::VT_PACKAGES, packages);
+  }
+  #[inline]
+  pub fn add_left_out(&mut self, left_out: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MlsKeyPackagesClaimResponse::VT_LEFT_OUT, left_out);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MlsKeyPackagesClaimResponseBuilder<'a, 'b, A> {
@@ -103,6 +125,7 @@ impl ::core::fmt::Debug for MlsKeyPackagesClaimResponse<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("MlsKeyPackagesClaimResponse");
       ds.field("packages", &self.packages());
+      ds.field("left_out", &self.left_out());
       ds.finish()
   }
 }
@@ -110,11 +133,13 @@ impl ::core::fmt::Debug for MlsKeyPackagesClaimResponse<'_> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MlsKeyPackagesClaimResponseT {
   pub packages: Option<alloc::vec::Vec<MlsKeyPackageT>>,
+  pub left_out: Option<alloc::vec::Vec<u64>>,
 }
 impl Default for MlsKeyPackagesClaimResponseT {
   fn default() -> Self {
     Self {
       packages: None,
+      left_out: None,
     }
   }
 }
@@ -126,8 +151,12 @@ impl MlsKeyPackagesClaimResponseT {
     let packages = self.packages.as_ref().map(|x|{
       let w: alloc::vec::Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
     });
+    let left_out = self.left_out.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
     MlsKeyPackagesClaimResponse::create(_fbb, &MlsKeyPackagesClaimResponseArgs{
       packages,
+      left_out,
     })
   }
 }

@@ -35,8 +35,22 @@ packagesLength():number {
   return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
 }
 
+/**
+ * Users named in the request whose packages did not fit this answer: claim them
+ * again (1.6). A user named and in neither list has no package.
+ */
+leftOut(index: number):bigint|null {
+  const offset = this.bb!.__offset(this.bb_pos, 6);
+  return offset ? this.bb!.readUint64(this.bb!.__vector(this.bb_pos + offset) + index * 8) : BigInt(0);
+}
+
+leftOutLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 6);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
 static startMlsKeyPackagesClaimResponse(builder:flatbuffers.Builder) {
-  builder.startObject(1);
+  builder.startObject(2);
 }
 
 static addPackages(builder:flatbuffers.Builder, packagesOffset:flatbuffers.Offset) {
@@ -55,14 +69,31 @@ static startPackagesVector(builder:flatbuffers.Builder, numElems:number) {
   builder.startVector(4, numElems, 4);
 }
 
+static addLeftOut(builder:flatbuffers.Builder, leftOutOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(1, leftOutOffset, 0);
+}
+
+static createLeftOutVector(builder:flatbuffers.Builder, data:bigint[]):flatbuffers.Offset {
+  builder.startVector(8, data.length, 8);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt64(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startLeftOutVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(8, numElems, 8);
+}
+
 static endMlsKeyPackagesClaimResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createMlsKeyPackagesClaimResponse(builder:flatbuffers.Builder, packagesOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createMlsKeyPackagesClaimResponse(builder:flatbuffers.Builder, packagesOffset:flatbuffers.Offset, leftOutOffset:flatbuffers.Offset):flatbuffers.Offset {
   MlsKeyPackagesClaimResponse.startMlsKeyPackagesClaimResponse(builder);
   MlsKeyPackagesClaimResponse.addPackages(builder, packagesOffset);
+  MlsKeyPackagesClaimResponse.addLeftOut(builder, leftOutOffset);
   return MlsKeyPackagesClaimResponse.endMlsKeyPackagesClaimResponse(builder);
 }
 }
