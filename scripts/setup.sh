@@ -48,9 +48,14 @@ selfie_setup() {
   command -v python3 >/dev/null || { selfie_setup_log "python3 not found"; return 1; }
 
   # pip installs console scripts here; make them reachable now and for the tests.
-  local scripts venv="$HOME/.cache/selfie/venv"
+  local scripts user_scripts venv="$HOME/.cache/selfie/venv"
   scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
   case ":$PATH:" in *":$scripts:"*) ;; *) export PATH="$scripts:$PATH" ;; esac
+  # A wheel installed with `pip install --user` puts its scripts under the user base.
+  user_scripts="$(python3 -m site --user-base 2>/dev/null)/bin"
+  if [ -d "$user_scripts" ]; then
+    case ":$PATH:" in *":$user_scripts:"*) ;; *) export PATH="$PATH:$user_scripts" ;; esac
+  fi
   if [ -x "$venv/bin/python3" ]; then
     case ":$PATH:" in *":$venv/bin:"*) ;; *) export PATH="$venv/bin:$PATH" ;; esac
   fi

@@ -87,6 +87,19 @@ fn text(txn: &str, body: &str) -> NewMessage {
     }
 }
 
+/// `user`'s stored key package rows.
+async fn package_rows<S: Store>(store: &S, user: u64) -> Vec<selfie_storage::Row> {
+    store
+        .scan(
+            &t::KEY_PACKAGES,
+            &selfie_services::tables::key(user),
+            &Scan::all(100),
+        )
+        .await
+        .expect("scan")
+        .rows
+}
+
 /// Everyone follows everyone: conversations start active.
 async fn friends<S: Store + Clone + 'static>(w: &World<S>) {
     for a in [ANA, BEN, CAT, DAN] {
@@ -704,16 +717,7 @@ async fn key_packages_and_commit_order<S: Store + Clone + 'static>(store: S) {
         .expect("replaced");
     let got = w.a.claim_key_packages(DAN, &[BEN]).await.expect("claim");
     assert_eq!(tablet(got), Some(second.clone()), "the new one replaced it");
-    let rows = w
-        .store
-        .scan(
-            &t::KEY_PACKAGES,
-            &selfie_services::tables::key(BEN),
-            &Scan::all(100),
-        )
-        .await
-        .expect("scan")
-        .rows;
+    let rows = package_rows(&w.store, BEN).await;
     let tablet_rows = rows
         .iter()
         .filter(|r| r.value[..] == first[..] || r.value[..] == second[..])
@@ -725,18 +729,7 @@ async fn key_packages_and_commit_order<S: Store + Clone + 'static>(store: S) {
         .expect("uploaded");
     let count = |user: u64| {
         let store = w.store.clone();
-        async move {
-            store
-                .scan(
-                    &t::KEY_PACKAGES,
-                    &selfie_services::tables::key(user),
-                    &Scan::all(100),
-                )
-                .await
-                .expect("scan")
-                .rows
-                .len()
-        }
+        async move { package_rows(&store, user).await.len() }
     };
     w.graph.block(BEN, DAN).await.expect("block");
     assert!(matches!(
@@ -1329,17 +1322,7 @@ async fn claims_stop_at_whole_users() {
         "users in id order"
     );
     assert_eq!(left_out, vec![CAT]);
-    let cat_rows = w
-        .store
-        .scan(
-            &t::KEY_PACKAGES,
-            &selfie_services::tables::key(CAT),
-            &Scan::all(100),
-        )
-        .await
-        .expect("scan")
-        .rows
-        .len();
+    let cat_rows = package_rows(&w.store, CAT).await.len();
     assert_eq!(cat_rows, 32, "a user left out lost a package");
     let (again, left_out) =
         w.a.claim_key_packages_within(DAN, &left_out)

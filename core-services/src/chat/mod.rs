@@ -1140,28 +1140,7 @@ impl<S: Store + 'static> Chat<S> {
             if let Some(m) = self.member(id, me).await?
                 && m.state != MemberState::Active
             {
-                // The state and the list entry move together (one commit on the
-                // membership row); a user state kept from before stays.
-                let mut rows = vec![Write::Delete {
-                    row: Cell::new(&USER_REQUESTS, k(me), k(id)),
-                }];
-                if self.user_conv(me, id).await?.is_none() {
-                    rows.push(put(list_row(me, id, MemberState::Active), list_value()?));
-                }
-                match self
-                    .change_state(id, me, m.state, MemberState::Active, rows)
-                    .await
-                {
-                    Ok(()) => {}
-                    // Another device of `me` changed it first: on only if now active.
-                    Err(Error::Forbidden(_)) => {
-                        let now = self.member(id, me).await?.map(|m| m.state);
-                        if now != Some(MemberState::Active) {
-                            return Err(Error::NotFound("conversation"));
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
+                self.activate(id, me, m.state).await?;
             }
             return Ok(id);
         }
@@ -1994,6 +1973,35 @@ impl<S: Store + 'static> Chat<S> {
             .await
     }
 
+    /// Makes `me` an active member of `id` (from `from`: a request, or a declined one
+    /// started again): the request leaves the requests folder and the conversation
+    /// joins `me`'s list (keeping a list state from before), with the membership in one
+    /// commit. When another device of `me` changed the state first, fine if it is now
+    /// active, `NotFound` otherwise (it declined).
+    async fn activate(&self, id: u64, me: u64, from: MemberState) -> Result<()> {
+        let mut rows = vec![Write::Delete {
+            row: Cell::new(&USER_REQUESTS, k(me), k(id)),
+        }];
+        if self.user_conv(me, id).await?.is_none() {
+            rows.push(put(list_row(me, id, MemberState::Active), list_value()?));
+        }
+        match self
+            .change_state(id, me, from, MemberState::Active, rows)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Error::Forbidden(_)) => {
+                let now = self.member(id, me).await?.map(|m| m.state);
+                if now == Some(MemberState::Active) {
+                    Ok(())
+                } else {
+                    Err(Error::NotFound("conversation"))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Moves `user`'s membership of `id` from `from` to `to` together with `rows`, in
     /// one commit conditioned on the membership row, so that the state and the user's
     /// list entries change together or not at all. `Forbidden` when the state is no
@@ -2103,26 +2111,7 @@ impl<S: Store + 'static> Chat<S> {
         }
         // Answering a request by replying accepts it: once the reply passed its checks.
         if member.state == MemberState::Request {
-            let rows = vec![
-                Write::Delete {
-                    row: Cell::new(&USER_REQUESTS, k(me), k(id)),
-                },
-                put(list_row(me, id, MemberState::Active), list_value()?),
-            ];
-            match self
-                .change_state(id, me, MemberState::Request, MemberState::Active, rows)
-                .await
-            {
-                Ok(()) => {}
-                // Another device answered first: on only if it accepted.
-                Err(Error::Forbidden(_)) => {
-                    let now = self.member(id, me).await?.map(|m| m.state);
-                    if now != Some(MemberState::Active) {
-                        return Err(Error::NotFound("conversation"));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+            self.activate(id, me, MemberState::Request).await?;
             if let Some((_, m)) = members.iter_mut().find(|(u, _)| *u == me) {
                 m.state = MemberState::Active;
             }
