@@ -661,6 +661,14 @@ fn list_row(user: u64, id: u64, state: MemberState) -> Cell {
     Cell::new(table, k(user), k(id))
 }
 
+/// `user`'s row among `members`.
+fn member_of(members: &[(u64, MemberRec)], user: u64) -> Option<MemberRec> {
+    members
+        .iter()
+        .find(|(m, _)| *m == user)
+        .map(|(_, r)| r.clone())
+}
+
 /// A new list entry's value (no per-user state yet).
 fn list_value() -> Result<Bytes> {
     Ok(encode("chat user state", &UserConv::default())?.into())
@@ -1804,14 +1812,8 @@ impl<S: Store + 'static> Chat<S> {
             backoff(attempt).await;
             let (raw, head) = self.head_raw(id).await?;
             let mut members = self.members(id).await?;
-            let find = |u: u64| {
-                members
-                    .iter()
-                    .find(|(m, _)| *m == u)
-                    .map(|(_, r)| r.clone())
-            };
-            let member = find(me).ok_or(Error::NotFound("conversation"))?;
-            let target = find(user).ok_or(Error::NotFound("member"))?;
+            let member = member_of(&members, me).ok_or(Error::NotFound("conversation"))?;
+            let target = member_of(&members, user).ok_or(Error::NotFound("member"))?;
             if user != me {
                 let allowed = member.state == MemberState::Active
                     && (member.role == Role::Owner
@@ -1906,17 +1908,11 @@ impl<S: Store + 'static> Chat<S> {
             backoff(attempt).await;
             let (raw, head) = self.head_raw(id).await?;
             let members = self.members(id).await?;
-            let find = |u: u64| {
-                members
-                    .iter()
-                    .find(|(m, _)| *m == u)
-                    .map(|(_, r)| r.clone())
-            };
-            let member = find(me).ok_or(Error::NotFound("conversation"))?;
+            let member = member_of(&members, me).ok_or(Error::NotFound("conversation"))?;
             if member.role != Role::Owner {
                 return Err(Error::Forbidden("only the owner may set roles"));
             }
-            let mut target = find(user).ok_or(Error::NotFound("member"))?;
+            let mut target = member_of(&members, user).ok_or(Error::NotFound("member"))?;
             if target.state != MemberState::Active {
                 return Err(Error::Forbidden("this member has not joined yet"));
             }
