@@ -202,7 +202,16 @@ pub struct Head {
     /// Encrypted conversations: the MLS epoch the group is in (commits move it on).
     #[serde(default)]
     pub mls_epoch: u64,
+    /// The last users removed (at most [`RECENT_LEFT`]; adding a user again takes them
+    /// off). The head is the one row every change swaps, so a removal or role change
+    /// that lost a race learns of a removal here even where the member rows it reads
+    /// still hold the old member (on CQL a commit's writes land after its condition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<u64>,
 }
+
+/// Removed users a head remembers (see [`Head::left`]).
+pub const RECENT_LEFT: usize = 16;
 
 /// One member's row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1223,6 +1232,7 @@ impl<S: Store + 'static> Chat<S> {
             members: members.len() as u32,
             recent: Vec::new(),
             mls_epoch: 0,
+            left: Vec::new(),
         };
         let created = Entry::Event(Event {
             kind: EventKind::Created,
@@ -1770,7 +1780,10 @@ impl<S: Store + 'static> Chat<S> {
                 .append(
                     id,
                     vec![event.clone()],
-                    |h, _| h.members += 1,
+                    |h, _| {
+                        h.members += 1;
+                        h.left.retain(|u| *u != user);
+                    },
                     |seqs| {
                         let joined_seq = seqs[0] - 1;
                         let m = MemberRec {
@@ -1813,6 +1826,9 @@ impl<S: Store + 'static> Chat<S> {
             let (raw, head) = self.head_raw(id).await?;
             let mut members = self.members(id).await?;
             let member = member_of(&members, me).ok_or(Error::NotFound("conversation"))?;
+            if head.left.contains(&user) || head.left.contains(&me) {
+                return Err(Error::NotFound("member"));
+            }
             let target = member_of(&members, user).ok_or(Error::NotFound("member"))?;
             if user != me {
                 let allowed = member.state == MemberState::Active
@@ -1856,7 +1872,12 @@ impl<S: Store + 'static> Chat<S> {
             ] {
                 rows.push(Write::Delete { row });
             }
-            let change = |h: &mut Head, _: &[u64]| h.members = h.members.saturating_sub(1);
+            let change = |h: &mut Head, _: &[u64]| {
+                h.members = h.members.saturating_sub(1);
+                h.left.push(user);
+                let extra = h.left.len().saturating_sub(RECENT_LEFT);
+                h.left.drain(..extra);
+            };
             let Some((seqs, _)) = self
                 .try_append(id, raw, head, &entries, &change, &|_| Ok(rows.clone()))
                 .await?
@@ -1909,6 +1930,9 @@ impl<S: Store + 'static> Chat<S> {
             let (raw, head) = self.head_raw(id).await?;
             let members = self.members(id).await?;
             let member = member_of(&members, me).ok_or(Error::NotFound("conversation"))?;
+            if head.left.contains(&user) || head.left.contains(&me) {
+                return Err(Error::NotFound("member"));
+            }
             if member.role != Role::Owner {
                 return Err(Error::Forbidden("only the owner may set roles"));
             }
