@@ -30,6 +30,7 @@
 //! handshake has completed, which a replayed flight never does.)
 
 pub mod chat;
+pub mod feed;
 pub mod mls;
 mod reconnect;
 

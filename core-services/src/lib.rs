@@ -20,11 +20,13 @@
 //! [`posts`] (media ids, audiences, reply policies, history, comments, reactions, reposts,
 //! quotes, live counters), [`chat`] (direct and group conversations, message requests,
 //! exactly-once sends, edits, deletions, reactions, threads, forwarding, receipts, sync
-//! from a device cursor, live pushes). [`schema`] lists the tables `selfie migrate` creates.
+//! from a device cursor, live pushes), [`feed`] (home timelines by fan-out on write with a hybrid read path
+//! for large accounts, per-user feeds, "not interested", live "new posts" pushes). [`schema`] lists the tables `selfie migrate` creates.
 
 pub mod auth;
 pub mod chat;
 mod error;
+pub mod feed;
 pub mod graph;
 pub mod lease;
 pub mod locks;

@@ -16,6 +16,7 @@ use crate::auth::password::PasswordHasher;
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::AccessTokens;
 use crate::chat::{Chat, ChatWire};
+use crate::feed::{Feed, FeedConfig, FeedWire};
 use crate::graph::lists::Lists;
 use crate::graph::{FleetLocks, Graph, GraphWire};
 use crate::plane::{Plane, Registry, ShardId};
@@ -49,6 +50,8 @@ pub struct Deps<S> {
     pub plane: Arc<Plane>,
     /// How far chat syncs replay.
     pub chat: crate::chat::SyncLimits,
+    /// Fan-out and live feed settings.
+    pub feed: FeedConfig,
 }
 
 /// Builds `shard`'s services and registers their wire tables.
@@ -72,8 +75,17 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     if let Some(locks) = &deps.graph_locks {
         graph = graph.with_fleet_locks(locks.clone());
     }
-    let posts = Posts::new(store.clone(), clock.clone(), node, id)?
-        .with_delivery(registry.delivery().clone());
+    let (hook, jobs) = crate::feed::fanout_queue(node, id);
+    let posts = Rc::new(
+        Posts::new(store.clone(), clock.clone(), node, id)?
+            .with_delivery(registry.delivery().clone())
+            .with_fanout(hook),
+    );
+    let feed = Rc::new(
+        Feed::new(store.clone(), posts.clone(), clock.clone(), jobs, deps.feed)
+            .with_delivery(registry.delivery().clone()),
+    );
+    feed.start();
     let chat = Rc::new(
         Chat::new(store.clone(), clock.clone(), node, id)?
             .with_delivery(registry.delivery().clone())
@@ -84,7 +96,7 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
         users: Rc::new(Users::new(store.clone())),
         graph: Rc::new(graph),
         lists: Rc::new(Lists::new(store, clock, node, id)?),
-        posts: Rc::new(posts),
+        posts,
     });
     let s = &services;
     let (graph, lists, ttl) = (s.graph.clone(), s.lists.clone(), deps.access_ttl);
@@ -95,6 +107,9 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     let chat = Rc::new(ChatWire(chat));
     registry.register(Service::Chat, chat.clone());
     registry.set_datagrams(chat);
+    registry.register(Service::Feed, Rc::new(FeedWire(feed.clone())));
+    // Reached from other shards: fan-out batches run on the readers' owner shards.
+    registry.provide(feed);
     // Reached from other shards: a post's counter events run on its owner shard.
     registry.provide(s.posts.clone());
     registry.provide(services);

@@ -120,6 +120,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::chat::REQUEST_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 18,
+        name: "feed: home timelines, large authors, pending fan-outs, not interested",
+        tables: crate::tables::feed::TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

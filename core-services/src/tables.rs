@@ -606,6 +606,86 @@ pub mod chat {
     }
 }
 
+/// Feeds: home timelines, the authors merged at read time, pending fan-outs and what
+/// readers hid (see `crate::feed`).
+pub mod feed {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// How long a home timeline entry lives (the timeline is also trimmed by length).
+    pub const HOME_TTL: Duration = Duration::from_secs(60 * 24 * 3600);
+    /// How long an author stays on the large-authors list after their last post without
+    /// fan-out: long enough that every such post is merged while it can still be read.
+    pub const LARGE_TTL: Duration = HOME_TTL;
+    /// How long a "not interested" lasts.
+    pub const HIDDEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+    /// (reader; entry post id) → the entry's author and, for a repost, the original post.
+    pub static HOME: Table = Table {
+        name: "feed_home",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["post_id"],
+        default_ttl: Some(HOME_TTL),
+        conditional: false,
+        doc: "home timelines: the posts fanned out to each reader, newest last, bounded",
+    };
+
+    /// (all; author) → the time of the author's last post that was not fanned out.
+    pub static LARGE_AUTHORS: Table = Table {
+        name: "feed_large_authors",
+        kind: TableKind::Rows,
+        partition: &["bucket"],
+        clustering: &["author_id"],
+        default_ttl: Some(LARGE_TTL),
+        conditional: false,
+        doc: "authors whose posts are merged into timelines at read time instead of fanned out",
+    };
+
+    /// (worker: node and shard; post id) → the post's author: fan-outs not finished yet,
+    /// written with the post and resumed by the worker after a restart.
+    pub static FANOUT_JOBS: Table = Table {
+        name: "feed_fanout_jobs",
+        kind: TableKind::Rows,
+        partition: &["worker"],
+        clustering: &["post_id"],
+        default_ttl: None,
+        conditional: false,
+        doc: "pending fan-outs of new posts, per node and shard",
+    };
+
+    /// (reader; kind, id) → nothing: posts and authors the reader is not interested in.
+    pub static HIDDEN: Table = Table {
+        name: "feed_not_interested",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["kind", "id"],
+        default_ttl: Some(HIDDEN_TTL),
+        conditional: false,
+        doc: "posts and authors a reader marked not interested, 90 days",
+    };
+
+    /// The feed tables (a later migration).
+    pub static TABLES: &[&Table] = &[&HOME, &LARGE_AUTHORS, &FANOUT_JOBS, &HIDDEN];
+
+    /// The partition of a fan-out worker (one per node number and shard).
+    pub fn worker(node: u16, shard: u16) -> Bytes {
+        KeyBuilder::new()
+            .u64(u64::from(node))
+            .u64(u64::from(shard))
+            .build()
+    }
+
+    /// The row of a pending fan-out of `post_id` by `author`, for a worker.
+    pub fn job(worker: &Bytes, post_id: u64, author: u64) -> (selfie_storage::Cell, Bytes) {
+        (
+            selfie_storage::Cell::new(&FANOUT_JOBS, worker.clone(), key(post_id)),
+            Bytes::copy_from_slice(&author.to_be_bytes()),
+        )
+    }
+}
+
 /// Fleet membership (see `crate::lease`).
 pub mod fleet {
     use selfie_storage::{Table, TableKind};

@@ -38,6 +38,44 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Chat.
     pub chat: ChatConfig,
+    /// Feeds.
+    pub feed: FeedConfig,
+}
+
+/// Feeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// Authors with more followers than this are not fanned out: their posts are merged
+    /// into readers' home feeds at read time.
+    pub fanout_threshold: u64,
+    /// At most one "new posts" push per reader per this many milliseconds.
+    pub push_interval_ms: u64,
+    /// Entries kept per home timeline.
+    pub home_max: usize,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        let d = selfie_services::feed::FeedConfig::default();
+        Self {
+            fanout_threshold: d.fanout_threshold,
+            push_interval_ms: d.push_interval.as_millis() as u64,
+            home_max: d.home_max,
+        }
+    }
+}
+
+impl FeedConfig {
+    /// The feed service's settings.
+    pub fn settings(&self) -> selfie_services::feed::FeedConfig {
+        selfie_services::feed::FeedConfig {
+            fanout_threshold: self.fanout_threshold,
+            push_interval: std::time::Duration::from_millis(self.push_interval_ms),
+            home_max: self.home_max.clamp(1, 100_000),
+            ..Default::default()
+        }
+    }
 }
 
 /// Chat.

@@ -279,6 +279,7 @@ fn main() -> anyhow::Result<()> {
                 access_ttl: Duration::from_secs(config.auth.access_token_ttl_s),
                 plane: plane.clone(),
                 chat: config.chat.limits(),
+                feed: config.feed.settings(),
             };
             let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
                 selfie_services::registry(shard, &deps).unwrap_or_else(|e| {

@@ -276,6 +276,7 @@ impl<S: Store + 'static> Posts<S> {
                 1,
                 Some((&REPOSTS, k(post_id))),
             );
+        let commit = self.with_job(commit, &post);
         if !self.store.commit(&commit).await? {
             // Reposting twice is one repost: the first is the answer.
             let first = self
@@ -286,6 +287,7 @@ impl<S: Store + 'static> Posts<S> {
                 .ok_or(Error::Corrupt("repost"))?;
             return self.load(first).await?.ok_or(Error::Corrupt("repost"));
         }
+        self.fan_out(&post);
         self.notify(post_id, Count::Reposts, 1).await?;
         Ok(post)
     }

@@ -36,6 +36,7 @@ pub use comments::Comment;
 pub use interactions::Reaction;
 use selfie_protocol::control::SubscriptionKind;
 pub use wire::PostsWire;
+pub(crate) use wire::{Viewer, post_t};
 
 use crate::tables::{self, decode, encode, key as k, name_key};
 use crate::{Error, Result};
@@ -273,6 +274,30 @@ pub struct Posts<S> {
     locks: KeyedLocks,
     /// Where counter changes are published, for the post's subscribers.
     delivery: Option<Rc<Delivery>>,
+    /// Where new posts and reposts are handed for fan-out, when feeds run.
+    fanout: Option<FanoutHook>,
+}
+
+/// How posts hand new posts to the feed's fan-out: a job row written in the post's own
+/// commit (so a fan-out is never lost to a crash between the two), and a wake-up for the
+/// worker that owns the job partition.
+#[derive(Clone)]
+pub struct FanoutHook {
+    /// The worker's job partition (`tables::feed::worker`).
+    pub worker: Bytes,
+    /// Tells the worker that `(post id, author)` waits.
+    pub wake: Rc<dyn Fn(u64, u64)>,
+}
+
+/// What a viewer may see of one author's posts (read once, applied to many posts).
+#[derive(Debug, Clone, Copy)]
+pub struct Access(AuthorView);
+
+impl Access {
+    /// Whether `viewer` may read `post` (by this author): the single read rule.
+    pub fn allows(self, viewer: u64, post: &Post) -> bool {
+        self.0.allows(viewer, post)
+    }
 }
 
 /// A post's counters, in the order of `PostCounts`.
@@ -313,7 +338,43 @@ impl<S: Store + 'static> Posts<S> {
             ids: std::cell::RefCell::new(ids),
             locks: Default::default(),
             delivery: None,
+            fanout: None,
         })
+    }
+
+    /// Hands every new post and repost to a feed's fan-out through `hook`.
+    pub fn with_fanout(mut self, hook: FanoutHook) -> Self {
+        self.fanout = Some(hook);
+        self
+    }
+
+    /// Adds the fan-out job of `post` to its commit, when feeds run.
+    fn with_job(&self, commit: Commit, post: &Post) -> Commit {
+        match &self.fanout {
+            Some(h) => {
+                let (cell, value) = tables::feed::job(&h.worker, post.post_id, post.author_id);
+                commit.put(cell, value, None)
+            }
+            None => commit,
+        }
+    }
+
+    /// Wakes the fan-out worker for a committed post.
+    fn fan_out(&self, post: &Post) {
+        if let Some(h) = &self.fanout {
+            (h.wake)(post.post_id, post.author_id);
+        }
+    }
+
+    /// What `viewer` may see of `author`'s posts.
+    pub async fn access(&self, viewer: u64, author: u64) -> Result<Access> {
+        Ok(Access(self.author_view(viewer, author).await?))
+    }
+
+    /// A stored post (or its tombstone), unchecked: for services that apply
+    /// [`Access::allows`] themselves.
+    pub async fn stored(&self, post_id: u64) -> Result<Option<Post>> {
+        self.load(post_id).await
     }
 
     /// Publishes counter changes to the post's subscribers through `delivery`.
@@ -639,6 +700,7 @@ impl<S: Store + 'static> Posts<S> {
         if let Some(q) = post.quote_of {
             commit = commit.add(Self::count_cell(q, Count::Quotes), 1, None);
         }
+        let commit = self.with_job(commit, &post);
         if !self.store.commit(&commit).await? {
             let Some(cell) = &remembered else {
                 return Err(Error::Internal("a fresh post id was already taken"));
@@ -647,6 +709,7 @@ impl<S: Store + 'static> Posts<S> {
             let first = self.first_created(cell).await?.ok_or(Error::Busy)?;
             return self.load_created(first).await;
         }
+        self.fan_out(&post);
         if let Some(q) = post.quote_of {
             self.notify(q, Count::Quotes, 1).await?;
         }

@@ -60,15 +60,15 @@ fn post_target(kind: common::ObjectKind) -> Result<()> {
         .ok_or(Error::InvalidArgument { field })
 }
 
-/// What the viewer did to a post (shown on single reads).
+/// What the viewer did to a post (shown on single reads and in feeds).
 #[derive(Default)]
-struct Viewer {
-    reaction: Option<String>,
-    reposted: bool,
+pub(crate) struct Viewer {
+    pub(crate) reaction: Option<String>,
+    pub(crate) reposted: bool,
 }
 
 /// A post on the wire (moved, not copied).
-fn post_t(p: Post, counts: Option<[i64; 4]>, viewer: Viewer) -> pp::PostT {
+pub(crate) fn post_t(p: Post, counts: Option<[i64; 4]>, viewer: Viewer) -> pp::PostT {
     let media = p
         .media_ids
         .iter()

@@ -41,6 +41,8 @@ pub struct Parts {
     pub throttle: ThrottleConfig,
     /// Sends password-reset mail, when set.
     pub mailer: Option<Arc<dyn selfie_services::auth::mail::Mailer>>,
+    /// Feed settings of the nodes.
+    pub feed: selfie_services::feed::FeedConfig,
     dir: Arc<tempfile::TempDir>,
 }
 
@@ -66,6 +68,7 @@ pub fn parts() -> Parts {
             ..ThrottleConfig::default()
         },
         mailer: None,
+        feed: Default::default(),
         dir: Arc::new(dir),
     }
 }
@@ -170,6 +173,7 @@ pub fn start_in_fleet(
         access_ttl: Duration::from_secs(900),
         plane: plane.clone(),
         chat: Default::default(),
+        feed: parts.feed,
     };
     let factory: selfie_edge::ServiceFactory =
         Arc::new(move |shard| selfie_services::registry(shard, &deps).expect("services"));

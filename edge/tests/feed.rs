@@ -1,0 +1,170 @@
+//! Home feeds through real edges and real SDK clients: a post reaches followers'
+//! timelines and their live `HomeFeed` subscriptions across shards, pushes are coalesced
+//! per reader, a resumed subscription says what arrived while away, and on a fleet (one
+//! store, real Redis) a post made on one node is pushed to a reader on another.
+
+mod support;
+
+use std::time::Duration;
+
+use selfie_client::feed::push_update;
+use selfie_client::{Client, Subscription};
+use selfie_protocol::feed::{FeedReason, FeedUpdateT};
+use selfie_protocol::graph::{FollowRequestT, GraphOpT};
+use support::{User, call, config, create_post, graph, sign_up};
+
+async fn follow(u: &User, target: u64) {
+    let mut r = FollowRequestT::default();
+    r.target_id = target;
+    call(&u.client, graph(GraphOpT::FollowRequest(Box::new(r))))
+        .await
+        .expect("followed");
+}
+
+/// The next feed update pushed to `s`.
+async fn next_update(s: &mut Subscription) -> FeedUpdateT {
+    let frame = tokio::time::timeout(Duration::from_secs(20), s.next())
+        .await
+        .expect("in time")
+        .expect("an update");
+    push_update(&frame).expect("a feed update")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_reach_followers_feeds_live_and_coalesced() {
+    let mut parts = support::parts();
+    parts.feed.push_interval = Duration::from_secs(3);
+    let node = support::start_with(
+        &parts,
+        support::tokens(&parts),
+        selfie_services::auth::throttle::LoginThrottle::new(parts.throttle),
+    );
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    // Followers enough that both shards own some of them.
+    let mut readers = Vec::new();
+    for i in 0..4 {
+        let u = sign_up(&node, &anon, &format!("reader{i}")).await;
+        follow(&u, ana.id).await;
+        readers.push(u);
+    }
+    let mut live = Vec::new();
+    for r in &readers {
+        live.push(r.client.feed().subscribe(None).await.expect("subscribed"));
+    }
+    let first = create_post(&ana.client, "hello followers").await;
+    for s in &mut live {
+        let u = next_update(s).await;
+        assert_eq!((u.new_items, u.latest_post_id), (1, first));
+    }
+    // Five more within the interval: one more push per reader, carrying all five.
+    let mut last = 0;
+    for i in 0..5 {
+        last = create_post(&ana.client, &format!("more {i}")).await;
+    }
+    for s in &mut live {
+        let mut total = 0;
+        let mut pushes = 0;
+        while total < 5 {
+            let u = next_update(s).await;
+            total += u.new_items;
+            pushes += 1;
+            if total == 5 {
+                assert_eq!(u.latest_post_id, last);
+            }
+        }
+        assert_eq!(total, 5);
+        assert!(pushes < 5, "the updates were coalesced ({pushes} pushes)");
+    }
+    // The page has all six, newest first, with their counts.
+    let page = readers[0].client.feed().home(10, None).await.expect("page");
+    let items = page.items.expect("items");
+    assert_eq!(items.len(), 6);
+    let top = items[0].post.as_ref().expect("post");
+    assert_eq!(top.post_id, last);
+    assert_eq!(items[0].reason, FeedReason::Followed);
+    assert!(top.counts.is_some());
+    assert_eq!(
+        items
+            .last()
+            .and_then(|i| i.post.as_ref())
+            .map(|p| p.post_id),
+        Some(first)
+    );
+    // A reader who was away resumes from the newest item they had: the server first says
+    // how many arrived since.
+    let newer = page.newer_cursor.expect("newer cursor");
+    let away = &readers[1];
+    let mut before = away.client.feed().home(3, None).await.expect("page");
+    let cursor = before.newer_cursor.take().expect("newer cursor");
+    assert_eq!(cursor, newer, "both readers' newest item is the same");
+    for i in 0..2 {
+        create_post(&ana.client, &format!("while away {i}")).await;
+    }
+    // The fan-out is asynchronous: wait until both are in the timeline.
+    let mut fresh = Vec::new();
+    for _ in 0..100 {
+        fresh = away
+            .client
+            .feed()
+            .home(10, Some(cursor.clone()))
+            .await
+            .expect("newer page")
+            .items
+            .unwrap_or_default();
+        if fresh.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fresh.len(), 2);
+    let mut resumed = away
+        .client
+        .feed()
+        .subscribe(Some(&cursor))
+        .await
+        .expect("resumed");
+    let u = next_update(&mut resumed).await;
+    assert_eq!(u.new_items, 2);
+    // Someone else's home feed cannot be followed.
+    let refused = away
+        .client
+        .subscribe(
+            selfie_protocol::control::SubscriptionKind::HomeFeed,
+            ana.id,
+            None,
+        )
+        .await;
+    assert!(refused.is_err());
+}
+
+/// Two edges of one fleet (one store, one signing key, one real `redis-server`): a post
+/// made on one node is pushed to a follower subscribed on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_one_node_is_pushed_to_a_reader_on_another() {
+    let redis = selfie_storage::redis::testing::RedisServer::start()
+        .expect("redis-server must be installed");
+    let parts = support::parts();
+    let a = support::fleet_node(&parts, &redis.url);
+    let b = support::fleet_node(&parts, &redis.url);
+    let anon_a = Client::connect(config(&a.node, None))
+        .await
+        .expect("session");
+    let anon_b = Client::connect(config(&b.node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&a.node, &anon_a, "ana").await;
+    let ben = sign_up(&b.node, &anon_b, "ben").await;
+    follow(&ben, ana.id).await;
+    let mut live = ben.client.feed().subscribe(None).await.expect("subscribed");
+    let id = create_post(&ana.client, "from node a").await;
+    let u = next_update(&mut live).await;
+    assert_eq!((u.new_items, u.latest_post_id), (1, id));
+    let page = ben.client.feed().home(10, None).await.expect("page");
+    let items = page.items.expect("items");
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        items[0].post.as_ref().and_then(|p| p.text.as_deref()),
+        Some("from node a")
+    );
+}
