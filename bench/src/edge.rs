@@ -77,6 +77,11 @@ impl ServerProcess {
 
     /// `selfie serve` with `shards` shards and limits raised for load testing.
     pub fn edge(shards: usize) -> anyhow::Result<Self> {
+        Self::edge_with(shards, &[])
+    }
+
+    /// [`ServerProcess::edge`] with extra `SELFIE_*` settings.
+    pub fn edge_with(shards: usize, settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let exe = sibling_exe("selfie")?;
         let mut cmd = Command::new(exe);
@@ -105,6 +110,9 @@ impl ServerProcess {
         .env("SELFIE_AUTH_REGISTER_BURST", "100000000")
         .env("SELFIE_AUTH_REGISTER_PER_HOUR", "100000000")
         .env("SELFIE_LIMITS_IDLE_TIMEOUT_MS", "120000");
+        for (k, v) in settings {
+            cmd.env(k, v);
+        }
         Self::spawn(cmd, dir)
     }
 

@@ -118,20 +118,20 @@ fn record(report: &mut Report, t0: Instant, arrivals: &Arrivals) {
     a.clear();
 }
 
-fn envelope(id: u64, body: BodyT) -> EnvelopeT {
+pub(crate) fn envelope(id: u64, body: BodyT) -> EnvelopeT {
     let mut e = EnvelopeT::default();
     e.id = id;
     e.body = body;
     e
 }
 
-fn posts(op: PostsOpT) -> BodyT {
+pub(crate) fn posts(op: PostsOpT) -> BodyT {
     let mut t = PostsT::default();
     t.op = op;
     BodyT::Posts(Box::new(t))
 }
 
-async fn register(anon: &Client, name: &str) -> anyhow::Result<String> {
+pub(crate) async fn register(anon: &Client, name: &str) -> anyhow::Result<String> {
     let mut r = RegisterRequestT::default();
     r.username = Some(name.into());
     r.email = Some(format!("{name}@example.com"));
@@ -330,6 +330,22 @@ async fn raw_run(server: &ServerProcess, args: &Args) -> anyhow::Result<Report> 
     }
     report.cpu = server.cpu().saturating_sub(cpu0);
     Ok(report)
+}
+
+/// Raw quinn writing one event to `subscribers` connections, `rounds` times: the median
+/// trigger-to-last-delivery and the per-delivery p99 (µs), for other scenarios' baselines.
+pub(crate) async fn raw_baseline(
+    server: &ServerProcess,
+    subscribers: usize,
+    rounds: usize,
+) -> anyhow::Result<(Duration, u64)> {
+    let args = Args {
+        subscribers,
+        rounds,
+        shards: 1,
+    };
+    let r = raw_run(server, &args).await?;
+    Ok((r.median(|x| x.last), r.lat.p(0.99)))
 }
 
 /// Runs the scenario and prints the report.

@@ -9,13 +9,17 @@
 //! - `fanout`: one publish to N subscribers through the delivery plane vs the same
 //!   fan-out written by raw quinn;
 //! - `chat`: messages sender → edge → durable store → recipient push, sustained and to a
-//!   group, next to the raw quinn echo round trip.
+//!   group, next to the raw quinn echo round trip;
+//! - `post-fanout`: a post to N connected followers (timeline writes and live pushes)
+//!   next to raw quinn writing one event to N connections; `feed-read`: home-feed pages
+//!   over a seeded store next to the raw reads a page needs.
 //!
 //! Results and command lines are recorded in `bench/RESULTS.md`.
 
 mod chat;
 mod edge;
 mod fanout;
+mod feed;
 mod report;
 mod social;
 mod storage;
@@ -45,6 +49,10 @@ enum Scenario {
     Fanout(fanout::Args),
     /// Chat messages through the edge vs the raw quinn echo round trip.
     Chat(chat::Args),
+    /// A post to N connected followers: fan-out to timelines and live pushes.
+    PostFanout(feed::FanoutArgs),
+    /// Home-feed page reads over a seeded store, vs the raw reads a page needs.
+    FeedRead(feed::ReadArgs),
     /// The raw quinn echo baseline server (started by the other scenarios).
     #[command(hide = true)]
     EchoServer(edge::EchoArgs),
@@ -59,6 +67,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::Social(args) => social::run(args),
         Scenario::Fanout(args) => fanout::run(args),
         Scenario::Chat(args) => chat::run(args),
+        Scenario::PostFanout(args) => feed::post_fanout(args),
+        Scenario::FeedRead(args) => feed::feed_read(args),
         Scenario::EchoServer(args) => edge::echo_server(args),
     }
 }

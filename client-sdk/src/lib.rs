@@ -33,6 +33,7 @@ pub mod chat;
 pub mod feed;
 pub mod mls;
 mod reconnect;
+pub mod stories;
 
 pub use reconnect::{Backoff, ReconnectingClient};
 

@@ -21,7 +21,8 @@
 //! quotes, live counters), [`chat`] (direct and group conversations, message requests,
 //! exactly-once sends, edits, deletions, reactions, threads, forwarding, receipts, sync
 //! from a device cursor, live pushes), [`feed`] (home timelines by fan-out on write with a hybrid read path
-//! for large accounts, per-user feeds, "not interested", live "new posts" pushes). [`schema`] lists the tables `selfie migrate` creates.
+//! for large accounts, per-user feeds, "not interested", live "new posts" pushes), [`stories`] (24-hour stories, trays by fan-out,
+//! viewers, reactions, replies as chat messages, highlights). [`schema`] lists the tables `selfie migrate` creates.
 
 pub mod auth;
 pub mod chat;
@@ -34,6 +35,7 @@ pub mod plane;
 pub mod posts;
 mod registry;
 pub mod schema;
+pub mod stories;
 pub mod tables;
 pub mod users;
 pub mod workflows;

@@ -21,6 +21,7 @@ use crate::graph::lists::Lists;
 use crate::graph::{FleetLocks, Graph, GraphWire};
 use crate::plane::{Plane, Registry, ShardId};
 use crate::posts::{Posts, PostsWire};
+use crate::stories::{Stories, StoriesWire};
 use crate::users::{Users, UsersWire};
 use crate::workflows::Services;
 use crate::{Error, Result};
@@ -79,7 +80,7 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     let posts = Rc::new(
         Posts::new(store.clone(), clock.clone(), node, id)?
             .with_delivery(registry.delivery().clone())
-            .with_fanout(hook),
+            .with_fanout(hook.clone()),
     );
     let feed = Rc::new(
         Feed::new(store.clone(), posts.clone(), clock.clone(), jobs, deps.feed)
@@ -104,10 +105,25 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     registry.register(Service::Users, Rc::new(UsersWire(s.clone())));
     registry.register(Service::Graph, Rc::new(GraphWire { graph, lists }));
     registry.register(Service::Posts, Rc::new(PostsWire(s.posts.clone())));
+    let chat_service = chat.clone();
     let chat = Rc::new(ChatWire(chat));
     registry.register(Service::Chat, chat.clone());
     registry.set_datagrams(chat);
     registry.register(Service::Feed, Rc::new(FeedWire(feed.clone())));
+    let stories = Stories::new(
+        deps.store.clone(),
+        deps.clock.clone(),
+        node,
+        id,
+        s.posts.clone(),
+        feed.clone(),
+    )?
+    .with_fanout(hook)
+    .with_chat(chat_service.clone())
+    .with_delivery(registry.delivery().clone());
+    registry.register(Service::Stories, Rc::new(StoriesWire(Rc::new(stories))));
+    // Reached from other shards: story replies are sent on the conversation's owner.
+    registry.provide(chat_service);
     // Reached from other shards: fan-out batches run on the readers' owner shards.
     registry.provide(feed);
     // Reached from other shards: a post's counter events run on its owner shard.

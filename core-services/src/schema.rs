@@ -126,6 +126,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::feed::TABLES,
         statements: &[],
     },
+    Migration {
+        version: 19,
+        name: "stories: stories, by author, viewers, trays, highlights, affinity",
+        tables: crate::tables::stories::TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

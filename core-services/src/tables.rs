@@ -76,6 +76,19 @@ pub fn encode<T: serde::Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>,
     serde_json::to_vec(v).map_err(|_| Error::Corrupt(what))
 }
 
+/// Who may see a post or a story (the posts service owns the rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Audience {
+    /// Anyone not blocked (for a public author).
+    Public,
+    /// The author's followers.
+    Followers,
+    /// Only the users mentioned in it.
+    MentionedOnly,
+    /// The author's close friends.
+    CloseFriends,
+}
+
 /// Accounts: credentials, sessions, refresh tokens, password resets.
 pub mod auth {
     use std::time::Duration;
@@ -677,12 +690,116 @@ pub mod feed {
             .build()
     }
 
-    /// The row of a pending fan-out of `post_id` by `author`, for a worker.
-    pub fn job(worker: &Bytes, post_id: u64, author: u64) -> (selfie_storage::Cell, Bytes) {
-        (
-            selfie_storage::Cell::new(&FANOUT_JOBS, worker.clone(), key(post_id)),
-            Bytes::copy_from_slice(&author.to_be_bytes()),
-        )
+    /// What a fan-out job delivers.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum JobKind {
+        /// A post or repost, to home timelines.
+        Post,
+        /// A story, to story trays.
+        Story,
+    }
+
+    /// A pending fan-out: a post or story and its author.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Job {
+        /// The post or story.
+        pub id: u64,
+        /// Its author.
+        pub author: u64,
+        /// Which.
+        pub kind: JobKind,
+    }
+
+    impl Job {
+        /// The job's row for `worker`: value = author, then a kind byte for stories.
+        pub fn row(&self, worker: &Bytes) -> (selfie_storage::Cell, Bytes) {
+            let mut v = self.author.to_be_bytes().to_vec();
+            if self.kind == JobKind::Story {
+                v.push(1);
+            }
+            (
+                selfie_storage::Cell::new(&FANOUT_JOBS, worker.clone(), key(self.id)),
+                Bytes::from(v),
+            )
+        }
+
+        /// A job read back from its row.
+        pub fn parse(clustering: &[u8], value: &[u8]) -> Option<Self> {
+            let id = selfie_storage::key::KeyReader::new(clustering).u64()?;
+            let author = id_value(value.get(..8)?)?;
+            let kind = match value.get(8) {
+                None => JobKind::Post,
+                Some(1) => JobKind::Story,
+                Some(_) => return None,
+            };
+            Some(Self { id, author, kind })
+        }
+    }
+}
+
+/// Stories: 24-hour posts, their viewers, trays and highlights (see `crate::stories`).
+pub mod stories {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// The default (and longest) life of a story.
+    pub const STORY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+    rows! {
+        STORIES, "stories", ["story_id"], [], "stories, each with a TTL of its life";
+        BY_AUTHOR, "stories_by_author", ["author_id"], ["story_id"], "each author's live stories, with their TTL";
+        SEEN, "stories_seen", ["story_id"], ["viewer_id"], "who saw each story, when, and their reaction; expires with the story";
+        TRAY, "stories_tray", ["user_id"], ["author_id"], "each reader's tray: followed authors with live stories, fanned out, expiring with the newest";
+        HIGHLIGHTS, "stories_highlights", ["author_id"], ["story_id"], "stories authors keep past their expiry";
+    }
+    counters!(
+        AFFINITY,
+        "stories_affinity",
+        "user_id",
+        "how often a reader viewed, reacted and replied to each author's stories"
+    );
+
+    /// The stories tables (a later migration).
+    pub static TABLES: &[&Table] = &[&STORIES, &BY_AUTHOR, &SEEN, &TRAY, &HIGHLIGHTS, &AFFINITY];
+
+    /// A story.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Story {
+        /// Id (time-ordered).
+        pub story_id: u64,
+        /// Author.
+        pub author_id: u64,
+        /// The photo or video.
+        pub media_id: u64,
+        /// Caption.
+        pub caption: String,
+        /// A link (https), or empty.
+        pub link_url: String,
+        /// Who may see it: public, followers or close friends.
+        pub audience: Audience,
+        /// Mentioned users.
+        pub mentions: Vec<u64>,
+        /// Creation time.
+        pub created_at_ms: u64,
+        /// When it vanishes (unless highlighted).
+        pub expires_at_ms: u64,
+    }
+
+    /// A stored story (live or not: the caller checks its expiry).
+    pub async fn load<S: Store>(store: &S, story_id: u64) -> Result<Option<Story>, Error> {
+        store
+            .get(&STORIES, &key(story_id), &[])
+            .await?
+            .map(|b| decode("story", &b))
+            .transpose()
+    }
+
+    /// A tray row's value: the newest story and when it expires.
+    pub fn tray_value(story_id: u64, expires_at_ms: u64) -> Bytes {
+        let mut v = story_id.to_be_bytes().to_vec();
+        v.extend_from_slice(&expires_at_ms.to_be_bytes());
+        Bytes::from(v)
     }
 }
 

@@ -21,6 +21,15 @@ async fn follow(u: &User, target: u64) {
         .expect("followed");
 }
 
+/// The next story update pushed to `s`.
+async fn next_story(s: &mut Subscription) -> selfie_protocol::stories::StoryUpdateT {
+    let frame = tokio::time::timeout(Duration::from_secs(20), s.next())
+        .await
+        .expect("in time")
+        .expect("an update");
+    selfie_client::stories::push_update(&frame).expect("a story update")
+}
+
 /// The next feed update pushed to `s`.
 async fn next_update(s: &mut Subscription) -> FeedUpdateT {
     let frame = tokio::time::timeout(Duration::from_secs(20), s.next())
@@ -166,5 +175,102 @@ async fn a_post_on_one_node_is_pushed_to_a_reader_on_another() {
     assert_eq!(
         items[0].post.as_ref().and_then(|p| p.text.as_deref()),
         Some("from node a")
+    );
+}
+
+/// A story reaches the trays of followers on both shards live; the author sees views
+/// and reactions live; a reply arrives in the author's chat as a `StoryReply` message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stories_reach_trays_live_and_replies_arrive_in_chat() {
+    use selfie_client::chat::push_event;
+    use selfie_protocol::chat::{ChatEventKind, MessageKind};
+    use selfie_protocol::common::Audience;
+    use selfie_protocol::stories::StoryEventKind;
+
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let mut readers = Vec::new();
+    for i in 0..4 {
+        let u = sign_up(&node, &anon, &format!("viewer{i}")).await;
+        follow(&u, ana.id).await;
+        readers.push(u);
+    }
+    // Ana follows the first reader back: the reply is not a message request.
+    follow(&ana, readers[0].id).await;
+    let mut trays = Vec::new();
+    for r in &readers {
+        trays.push(r.client.stories().subscribe().await.expect("subscribed"));
+    }
+    let mut own = ana.client.stories().subscribe().await.expect("subscribed");
+    let mut ana_chat = ana.client.chat().subscribe().await.expect("subscribed");
+    let story = ana
+        .client
+        .stories()
+        .create(7, "morning", Audience::Followers, Some("s-1"))
+        .await
+        .expect("story");
+    for t in &mut trays {
+        let u = next_story(t).await;
+        assert_eq!(
+            (u.kind, u.author_id, u.story_id),
+            (StoryEventKind::Created, ana.id, story.story_id)
+        );
+    }
+    let viewer = &readers[0];
+    let tray = viewer.client.stories().tray(20, None).await.expect("tray");
+    let entries = tray.entries.expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert!(!entries[0].all_seen);
+    viewer
+        .client
+        .stories()
+        .seen(&[story.story_id])
+        .await
+        .expect("seen");
+    let u = next_story(&mut own).await;
+    assert_eq!(u.kind, StoryEventKind::Viewed);
+    assert_eq!(u.actor.as_ref().map(|a| a.user_id), Some(viewer.id));
+    viewer
+        .client
+        .stories()
+        .react(story.story_id, "😍")
+        .await
+        .expect("reacted");
+    assert_eq!(next_story(&mut own).await.kind, StoryEventKind::Reacted);
+    let viewers = ana
+        .client
+        .stories()
+        .viewers(story.story_id, 10, None)
+        .await
+        .expect("viewers");
+    assert_eq!(viewers.total_count, 1);
+    viewer
+        .client
+        .stories()
+        .reply(story.story_id, "gorgeous", "r-1")
+        .await
+        .expect("replied");
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), ana_chat.next())
+            .await
+            .expect("in time")
+            .expect("an event");
+        let e = push_event(&frame).expect("a chat event");
+        if e.kind == ChatEventKind::MessageCreated {
+            let m = e.message.expect("message");
+            assert_eq!(m.kind, MessageKind::StoryReply);
+            assert_eq!(m.text.as_deref(), Some("gorgeous"));
+            break;
+        }
+    }
+    // Only the author lists viewers; nobody follows someone else's tray.
+    assert!(
+        viewer
+            .client
+            .stories()
+            .viewers(story.story_id, 10, None)
+            .await
+            .is_err()
     );
 }

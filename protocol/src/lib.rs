@@ -106,7 +106,7 @@ pub const ALPN: &[u8] = b"selfie/1";
 
 /// The protocol version this build speaks. Minor versions only append fields and
 /// operations; a new major version is incompatible.
-pub const PROTOCOL_VERSION: Version = Version::new(1, 6);
+pub const PROTOCOL_VERSION: Version = Version::new(1, 7);
 
 /// The oldest version this build still accepts.
 pub const MIN_SUPPORTED_VERSION: Version = Version::new(1, 0);

@@ -62,7 +62,7 @@ use selfie_storage::{Clock, Cursor, Scan, Store, Table};
 
 use crate::plane::{Delivery, Topic};
 use crate::posts::{Access, Post, Posts};
-use crate::tables::feed::{FANOUT_JOBS, HIDDEN, HOME, LARGE_AUTHORS};
+use crate::tables::feed::{FANOUT_JOBS, HIDDEN, HOME, Job, JobKind, LARGE_AUTHORS};
 use crate::tables::{self, id_value, key as k};
 use crate::{Error, Result};
 pub use wire::FeedWire;
@@ -176,6 +176,25 @@ pub struct FeedPage {
     pub newer: Option<PageAt>,
 }
 
+/// What a fan-out writes for each reader.
+#[derive(Debug, Clone, Copy)]
+enum Payload {
+    /// A home-timeline entry.
+    Post { post_id: u64 },
+    /// A tray entry.
+    Story { story_id: u64, expires_at_ms: u64 },
+}
+
+impl Payload {
+    /// The kind of the readers' topic (whose owner shard writes their rows).
+    fn topic_kind(self) -> SubscriptionKind {
+        match self {
+            Payload::Post { .. } => SubscriptionKind::HomeFeed,
+            Payload::Story { .. } => SubscriptionKind::StoryTray,
+        }
+    }
+}
+
 /// A timeline entry before its checks.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -220,7 +239,7 @@ pub struct Feed<S> {
     delivery: Option<Rc<Delivery>>,
     /// This shard's job partition.
     worker: Bytes,
-    jobs: RefCell<Option<tokio::sync::mpsc::UnboundedReceiver<(u64, u64)>>>,
+    jobs: RefCell<Option<tokio::sync::mpsc::UnboundedReceiver<Job>>>,
     large: RefCell<Option<(Instant, Rc<Vec<u64>>)>>,
     pushes: Rc<RefCell<HashMap<u64, PushSlot>>>,
     limits: limits::Limits,
@@ -290,7 +309,7 @@ fn home_value(author: u64) -> Bytes {
 /// The jobs side of a shard's fan-out queue (see [`fanout_queue`]).
 pub struct FanoutJobs {
     worker: Bytes,
-    rx: tokio::sync::mpsc::UnboundedReceiver<(u64, u64)>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
 }
 
 /// Shard `shard` of node `node`'s fan-out queue: the hook its posts service writes jobs
@@ -300,10 +319,10 @@ pub fn fanout_queue(node: u16, shard: u16) -> (crate::posts::FanoutHook, FanoutJ
     let worker = tables::feed::worker(node, shard);
     let hook = crate::posts::FanoutHook {
         worker: worker.clone(),
-        wake: Rc::new(move |post, author| {
+        wake: Rc::new(move |job| {
             // Only fails once the worker is gone (the shard is stopping): the job row
             // stays for the next start.
-            let _ = wake.send((post, author));
+            let _ = wake.send(job);
         }),
     };
     (hook, FanoutJobs { worker, rx })
@@ -350,8 +369,8 @@ impl<S: Store + Clone + 'static> Feed<S> {
             if let Err(e) = feed.fan_out_pending().await {
                 tracing::warn!(error = %e, "pending fan-outs not resumed");
             }
-            while let Some((post_id, author)) = jobs.recv().await {
-                feed.run_job(post_id, author).await;
+            while let Some(job) = jobs.recv().await {
+                feed.run_job(job).await;
             }
         });
     }
@@ -367,12 +386,10 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 .scan(&FANOUT_JOBS, &self.worker, &Scan::all(100).after(cursor))
                 .await?;
             for r in &page.rows {
-                let (Some(post_id), Some(author)) =
-                    (KeyReader::new(&r.clustering).u64(), id_value(&r.value))
-                else {
+                let Some(job) = Job::parse(&r.clustering, &r.value) else {
                     continue;
                 };
-                self.run_job(post_id, author).await;
+                self.run_job(job).await;
                 done += 1;
             }
             match page.cursor {
@@ -384,21 +401,26 @@ impl<S: Store + Clone + 'static> Feed<S> {
 
     /// One fan-out, retried a few times; a job that keeps failing stays for the next
     /// start.
-    async fn run_job(&self, post_id: u64, author: u64) {
+    async fn run_job(&self, job: Job) {
         for attempt in 0..JOB_ATTEMPTS {
-            let span = tracing::debug_span!("fan_out", post_id, author, attempt);
-            let result = tracing::Instrument::instrument(self.fan_out(post_id, author), span).await;
-            match result {
+            let span = tracing::debug_span!("fan_out", id = job.id, author = job.author, attempt);
+            let work = async {
+                match job.kind {
+                    JobKind::Post => self.fan_out(job.id, job.author).await,
+                    JobKind::Story => self.fan_out_story(job.id, job.author).await,
+                }
+            };
+            match tracing::Instrument::instrument(work, span).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, post_id, attempt, "fan-out failed");
+                    tracing::warn!(error = %e, id = job.id, attempt, "fan-out failed");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
             }
         }
     }
 
-    /// Fans `post_id` out to its audience, then forgets the job.
+    /// Fans `post_id` out to its audience's home timelines, then forgets the job.
     async fn fan_out(&self, post_id: u64, author: u64) -> Result<()> {
         let post = match self.posts.stored(post_id).await? {
             Some(p) if !p.deleted && p.author_id == author => p,
@@ -406,7 +428,37 @@ impl<S: Store + Clone + 'static> Feed<S> {
             _ => return self.forget_job(post_id).await,
         };
         // The author's own timeline always has it.
-        self.send_batch(vec![author], post_id, author).await?;
+        let payload = Payload::Post { post_id };
+        self.send_batch(vec![author], payload, author).await?;
+        self.fan_out_to(payload, author, post.audience, &post.mentions)
+            .await?;
+        self.forget_job(post_id).await
+    }
+
+    /// Fans a story out to its audience's trays, then forgets the job.
+    async fn fan_out_story(&self, story_id: u64, author: u64) -> Result<()> {
+        let story = match tables::stories::load(&self.store, story_id).await? {
+            Some(s) if s.author_id == author && s.expires_at_ms > self.clock.now_ms() => s,
+            _ => return self.forget_job(story_id).await,
+        };
+        let payload = Payload::Story {
+            story_id,
+            expires_at_ms: story.expires_at_ms,
+        };
+        self.fan_out_to(payload, author, story.audience, &story.mentions)
+            .await?;
+        self.forget_job(story_id).await
+    }
+
+    /// Sends `payload` to every reader of `author`'s `audience` page by page, unless the
+    /// author is large (then they join the large-authors list, merged at read time).
+    async fn fan_out_to(
+        &self,
+        payload: Payload,
+        author: u64,
+        audience: crate::posts::Audience,
+        mentions: &[u64],
+    ) -> Result<()> {
         let followers = self
             .store
             .counter_get(
@@ -415,8 +467,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 &tables::name_key("followers"),
             )
             .await?;
-        let large = u64::try_from(followers).unwrap_or(0) > self.config.fanout_threshold;
-        if large {
+        if u64::try_from(followers).unwrap_or(0) > self.config.fanout_threshold {
             self.store
                 .put(
                     &LARGE_AUTHORS,
@@ -427,21 +478,20 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 )
                 .await?;
             self.large.replace(None);
-            return self.forget_job(post_id).await;
+            return Ok(());
         }
         use crate::posts::Audience;
-        let (list, needs_follow): (&'static Table, bool) = match post.audience {
+        let (list, needs_follow): (&'static Table, bool) = match audience {
             Audience::Public | Audience::Followers => (&tables::graph::FOLLOWERS, false),
             Audience::CloseFriends => (&tables::graph::CLOSE_FRIENDS, true),
             Audience::MentionedOnly => {
                 let mut readers = Vec::new();
-                for &m in &post.mentions {
+                for &m in mentions {
                     if tables::graph::follows(&self.store, m, author).await? {
                         readers.push(m);
                     }
                 }
-                self.send_batch(readers, post_id, author).await?;
-                return self.forget_job(post_id).await;
+                return self.send_batch(readers, payload, author).await;
             }
         };
         let mut cursor = None;
@@ -463,13 +513,12 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 }
                 readers.push(reader);
             }
-            self.send_batch(readers, post_id, author).await?;
+            self.send_batch(readers, payload, author).await?;
             match page.cursor {
                 Some(c) => cursor = Some(c),
-                None => break,
+                None => return Ok(()),
             }
         }
-        self.forget_job(post_id).await
     }
 
     async fn forget_job(&self, post_id: u64) -> Result<()> {
@@ -481,28 +530,89 @@ impl<S: Store + Clone + 'static> Feed<S> {
 
     /// Hands `readers` to their owner shards, one typed call per shard, and waits for
     /// all of them (the fan-out's back-pressure).
-    async fn send_batch(&self, readers: Vec<u64>, post_id: u64, author: u64) -> Result<()> {
+    async fn send_batch(&self, readers: Vec<u64>, payload: Payload, author: u64) -> Result<()> {
         if readers.is_empty() {
             return Ok(());
         }
         let Some(delivery) = &self.delivery else {
-            return self.deliver(&readers, post_id, author).await;
+            return self.deliver_payload(&readers, payload, author).await;
         };
         let shards = delivery.plane().shards();
+        let topic = payload.topic_kind();
         let mut by_shard: HashMap<usize, Vec<u64>> = HashMap::new();
         for r in readers {
             by_shard
-                .entry(delivery.owner(Topic::new(SubscriptionKind::HomeFeed, r)))
+                .entry(delivery.owner(Topic::new(topic, r)))
                 .or_default()
                 .push(r);
         }
         let calls = by_shard.into_iter().map(|(shard, readers)| {
             shards.invoke_on(shard, move |feed: Rc<Feed<S>>| async move {
-                feed.deliver(&readers, post_id, author).await
+                feed.deliver_payload(&readers, payload, author).await
             })
         });
         for answer in futures::future::join_all(calls).await {
             answer??;
+        }
+        Ok(())
+    }
+
+    async fn deliver_payload(&self, readers: &[u64], payload: Payload, author: u64) -> Result<()> {
+        match payload {
+            Payload::Post { post_id } => self.deliver(readers, post_id, author).await,
+            Payload::Story {
+                story_id,
+                expires_at_ms,
+            } => {
+                self.deliver_story(readers, story_id, author, expires_at_ms)
+                    .await
+            }
+        }
+    }
+
+    /// On the readers' owner shard: puts `author` (newest story `story_id`) in each
+    /// reader's tray until the story expires, and tells the connected ones.
+    pub async fn deliver_story(
+        &self,
+        readers: &[u64],
+        story_id: u64,
+        author: u64,
+        expires_at_ms: u64,
+    ) -> Result<()> {
+        let left = expires_at_ms.saturating_sub(self.clock.now_ms());
+        if left == 0 {
+            return Ok(());
+        }
+        let ttl = Some(Duration::from_millis(left));
+        let value = tables::stories::tray_value(story_id, expires_at_ms);
+        let writes = futures::stream::iter(readers.iter().map(|&reader| {
+            let value = value.clone();
+            async move {
+                self.store
+                    .put(&tables::stories::TRAY, &k(reader), &k(author), &value, ttl)
+                    .await
+            }
+        }))
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+        for w in writes {
+            w?;
+        }
+        if let Some(delivery) = &self.delivery {
+            for &reader in readers {
+                let delivery = delivery.clone();
+                tokio::task::spawn_local(async move {
+                    let topic = Topic::new(SubscriptionKind::StoryTray, reader);
+                    let published = match wire::story_event(&delivery, author, story_id) {
+                        Ok(frame) => delivery.publish(topic, frame).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = published {
+                        tracing::debug!(error = %e, reader, "story update not published");
+                    }
+                });
+            }
         }
         Ok(())
     }
@@ -661,7 +771,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
     }
 
     /// The large authors `reader` follows, at most [`MAX_MERGED_AUTHORS`].
-    async fn large_followed(&self, reader: u64) -> Result<Vec<u64>> {
+    pub(crate) async fn large_followed(&self, reader: u64) -> Result<Vec<u64>> {
         let large = self.large_authors().await?;
         let checks = large.iter().filter(|&&a| a != reader).map(|&a| async move {
             tables::graph::follows(&self.store, reader, a)

@@ -45,6 +45,23 @@ pub(super) fn update_event(delivery: &Delivery, new_items: u32, latest: u64) -> 
     })
 }
 
+/// A `StoryUpdate { Created }` event for a reader's tray.
+pub(super) fn story_event(delivery: &Delivery, author: u64, story_id: u64) -> Result<Bytes> {
+    use selfie_protocol::stories as ps;
+    delivery.encode_event(|b, placeholder| {
+        let update = make!(ps::StoryUpdateT {
+            kind: ps::StoryEventKind::Created,
+            author_id: author,
+            story_id,
+        });
+        let t = make!(ps::StoriesT {
+            op: ps::StoriesOpT::StoryUpdate(Box::new(update)),
+        })
+        .pack(b);
+        envelope(b, placeholder, Body::Stories, t.as_union_value())
+    })
+}
+
 /// The `FeedUpdate` a resumed subscription is sent first (not part of the sequence).
 fn initial_update(call: &Call, new_items: u32, latest: u64) -> Result<Bytes> {
     call.encode(|b, _| {

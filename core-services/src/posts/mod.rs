@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::locks::KeyedLocks;
 use crate::plane::{Delivery, Topic};
+pub use crate::tables::Audience;
 use crate::tables::posts::*;
 pub use comments::Comment;
 pub use interactions::Reaction;
@@ -107,7 +108,7 @@ impl NewPost {
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// The row remembering `user`'s create of `kind` with `key`.
-fn idempotency_cell(user: u64, kind: &str, key: &str) -> Result<Cell> {
+pub(crate) fn idempotency_cell(user: u64, kind: &str, key: &str) -> Result<Cell> {
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
         return Err(Error::InvalidArgument {
             field: "idempotency_key",
@@ -129,19 +130,6 @@ pub struct PostEdit {
     pub media_ids: Option<Vec<u64>>,
     /// New sensitive flag.
     pub sensitive: Option<bool>,
-}
-
-/// Who may see a post.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Audience {
-    /// Anyone not blocked (for a public author).
-    Public,
-    /// The author's followers.
-    Followers,
-    /// Only the users mentioned in it.
-    MentionedOnly,
-    /// The author's close friends.
-    CloseFriends,
 }
 
 /// A post.
@@ -215,15 +203,22 @@ impl AuthorView {
     /// private author only followers; otherwise by the post's audience.
     fn allows(self, viewer: u64, post: &Post) -> bool {
         match self {
+            AuthorView::Other { .. } if post.deleted => false,
+            _ => self.admits(viewer, post.audience, &post.mentions),
+        }
+    }
+
+    /// The same rule for any audience (stories share it).
+    fn admits(self, viewer: u64, audience: Audience, mentions: &[u64]) -> bool {
+        match self {
             AuthorView::Own => true,
             AuthorView::Hidden => false,
-            AuthorView::Other { .. } if post.deleted => false,
             AuthorView::Other {
                 private,
                 follows,
                 close_friend,
-            } => match post.audience {
-                Audience::MentionedOnly => post.mentions.contains(&viewer),
+            } => match audience {
+                Audience::MentionedOnly => mentions.contains(&viewer),
                 Audience::CloseFriends => close_friend,
                 Audience::Followers => follows,
                 Audience::Public => !private || follows,
@@ -285,8 +280,8 @@ pub struct Posts<S> {
 pub struct FanoutHook {
     /// The worker's job partition (`tables::feed::worker`).
     pub worker: Bytes,
-    /// Tells the worker that `(post id, author)` waits.
-    pub wake: Rc<dyn Fn(u64, u64)>,
+    /// Tells the worker that a job waits.
+    pub wake: Rc<dyn Fn(tables::feed::Job)>,
 }
 
 /// What a viewer may see of one author's posts (read once, applied to many posts).
@@ -297,6 +292,16 @@ impl Access {
     /// Whether `viewer` may read `post` (by this author): the single read rule.
     pub fn allows(self, viewer: u64, post: &Post) -> bool {
         self.0.allows(viewer, post)
+    }
+
+    /// Whether `viewer` may see something of this author's for `audience` (a story).
+    pub fn admits(self, viewer: u64, audience: Audience, mentions: &[u64]) -> bool {
+        self.0.admits(viewer, audience, mentions)
+    }
+
+    /// Whether a block (either way) or a deleted author hides everything.
+    pub fn hidden(self) -> bool {
+        matches!(self.0, AuthorView::Hidden)
     }
 }
 
@@ -352,7 +357,7 @@ impl<S: Store + 'static> Posts<S> {
     fn with_job(&self, commit: Commit, post: &Post) -> Commit {
         match &self.fanout {
             Some(h) => {
-                let (cell, value) = tables::feed::job(&h.worker, post.post_id, post.author_id);
+                let (cell, value) = Self::job(post).row(&h.worker);
                 commit.put(cell, value, None)
             }
             None => commit,
@@ -362,7 +367,15 @@ impl<S: Store + 'static> Posts<S> {
     /// Wakes the fan-out worker for a committed post.
     fn fan_out(&self, post: &Post) {
         if let Some(h) = &self.fanout {
-            (h.wake)(post.post_id, post.author_id);
+            (h.wake)(Self::job(post));
+        }
+    }
+
+    fn job(post: &Post) -> tables::feed::Job {
+        tables::feed::Job {
+            id: post.post_id,
+            author: post.author_id,
+            kind: tables::feed::JobKind::Post,
         }
     }
 

@@ -2795,6 +2795,38 @@ pub fn selfie_stories_delete_story_request(depth: u32) -> BoxedStrategy<crate::g
         .boxed()
 }
 
+/// Arbitrary `selfie.stories.HighlightStoryRequest`.
+pub fn selfie_stories_highlight_story_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::stories::HighlightStoryRequestT> {
+    let _ = depth;
+    ((any::<u64>(),),)
+        .prop_map(|((story_id,),)| crate::generated::selfie::stories::HighlightStoryRequestT { story_id })
+        .boxed()
+}
+
+/// Arbitrary `selfie.stories.HighlightsRequest`.
+pub fn selfie_stories_highlights_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::stories::HighlightsRequestT> {
+    let _ = depth;
+    ((any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_page_request(depth - 1).prop_map(Box::new)).boxed() },),)
+        .prop_map(|((user_id, page,),)| crate::generated::selfie::stories::HighlightsRequestT { user_id, page })
+        .boxed()
+}
+
+/// Arbitrary `selfie.stories.HighlightsResponse`.
+pub fn selfie_stories_highlights_response(depth: u32) -> BoxedStrategy<crate::generated::selfie::stories::HighlightsResponseT> {
+    let _ = depth;
+    ((if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_stories_story(depth - 1), 0..3)).boxed() }, if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_page_info(depth - 1).prop_map(Box::new)).boxed() },),)
+        .prop_map(|((stories, page,),)| crate::generated::selfie::stories::HighlightsResponseT { stories, page })
+        .boxed()
+}
+
+/// Arbitrary `selfie.stories.RemoveHighlightRequest`.
+pub fn selfie_stories_remove_highlight_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::stories::RemoveHighlightRequestT> {
+    let _ = depth;
+    ((any::<u64>(),),)
+        .prop_map(|((story_id,),)| crate::generated::selfie::stories::RemoveHighlightRequestT { story_id })
+        .boxed()
+}
+
 /// Arbitrary `selfie.stories.Stories`.
 pub fn selfie_stories_stories(depth: u32) -> BoxedStrategy<crate::generated::selfie::stories::StoriesT> {
     let _ = depth;
@@ -2821,6 +2853,10 @@ pub fn selfie_stories_stories_op(depth: u32) -> BoxedStrategy<crate::generated::
         selfie_stories_story_react_request(depth - 1).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::StoryReactRequest(Box::new(v))).boxed(),
         selfie_stories_story_reply_request(depth - 1).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::StoryReplyRequest(Box::new(v))).boxed(),
         selfie_stories_story_update(depth - 1).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::StoryUpdate(Box::new(v))).boxed(),
+        selfie_stories_highlight_story_request(depth - 1).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::HighlightStoryRequest(Box::new(v))).boxed(),
+        selfie_stories_remove_highlight_request(depth - 1).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::RemoveHighlightRequest(Box::new(v))).boxed(),
+        selfie_stories_highlights_request(depth - 1).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::HighlightsRequest(Box::new(v))).boxed(),
+        selfie_stories_highlights_response(depth - 1).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::HighlightsResponse(Box::new(v))).boxed(),
     ]).boxed()
 }
 
@@ -2840,14 +2876,18 @@ pub fn selfie_stories_stories_op_variants(depth: u32) -> Vec<(&'static str, Boxe
         ("selfie.stories.StoryReactRequest", selfie_stories_story_react_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::StoryReactRequest(Box::new(v))).boxed()),
         ("selfie.stories.StoryReplyRequest", selfie_stories_story_reply_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::StoryReplyRequest(Box::new(v))).boxed()),
         ("selfie.stories.StoryUpdate", selfie_stories_story_update(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::StoryUpdate(Box::new(v))).boxed()),
+        ("selfie.stories.HighlightStoryRequest", selfie_stories_highlight_story_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::HighlightStoryRequest(Box::new(v))).boxed()),
+        ("selfie.stories.RemoveHighlightRequest", selfie_stories_remove_highlight_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::RemoveHighlightRequest(Box::new(v))).boxed()),
+        ("selfie.stories.HighlightsRequest", selfie_stories_highlights_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::HighlightsRequest(Box::new(v))).boxed()),
+        ("selfie.stories.HighlightsResponse", selfie_stories_highlights_response(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::stories::StoriesOpT::HighlightsResponse(Box::new(v))).boxed()),
     ]
 }
 
 /// Arbitrary `selfie.stories.Story`.
 pub fn selfie_stories_story(depth: u32) -> BoxedStrategy<crate::generated::selfie::stories::StoryT> {
     let _ = depth;
-    ((any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_user_summary(depth - 1).prop_map(Box::new)).boxed() }, if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_media_ref(depth - 1).prop_map(Box::new)).boxed() }, option::of(text()), option::of(text()), select(crate::generated::selfie::common::Audience::ENUM_VALUES), any::<u64>(), any::<u64>(),), (any::<bool>(), any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_common_reaction_count(depth - 1), 0..3)).boxed() }, option::of(vec(any::<u64>(), 0..6)),),)
-        .prop_map(|((story_id, author, media, caption, link_url, audience, created_at_ms, expires_at_ms,), (seen, viewers_count, reactions, mentions,),)| crate::generated::selfie::stories::StoryT { story_id, author, media, caption, link_url, audience, created_at_ms, expires_at_ms, seen, viewers_count, reactions, mentions })
+    ((any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_user_summary(depth - 1).prop_map(Box::new)).boxed() }, if depth == 0 { Just(None).boxed() } else { option::of(selfie_common_media_ref(depth - 1).prop_map(Box::new)).boxed() }, option::of(text()), option::of(text()), select(crate::generated::selfie::common::Audience::ENUM_VALUES), any::<u64>(), any::<u64>(),), (any::<bool>(), any::<u64>(), if depth == 0 { Just(None).boxed() } else { option::of(vec(selfie_common_reaction_count(depth - 1), 0..3)).boxed() }, option::of(vec(any::<u64>(), 0..6)), any::<bool>(), option::of(text()),),)
+        .prop_map(|((story_id, author, media, caption, link_url, audience, created_at_ms, expires_at_ms,), (seen, viewers_count, reactions, mentions, highlighted, viewer_reaction,),)| crate::generated::selfie::stories::StoryT { story_id, author, media, caption, link_url, audience, created_at_ms, expires_at_ms, seen, viewers_count, reactions, mentions, highlighted, viewer_reaction })
         .boxed()
 }
 
@@ -2862,8 +2902,8 @@ pub fn selfie_stories_story_react_request(depth: u32) -> BoxedStrategy<crate::ge
 /// Arbitrary `selfie.stories.StoryReplyRequest`.
 pub fn selfie_stories_story_reply_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::stories::StoryReplyRequestT> {
     let _ = depth;
-    ((any::<u64>(), option::of(text()),),)
-        .prop_map(|((story_id, text,),)| crate::generated::selfie::stories::StoryReplyRequestT { story_id, text })
+    ((any::<u64>(), option::of(text()), option::of(text()),),)
+        .prop_map(|((story_id, text, client_msg_id,),)| crate::generated::selfie::stories::StoryReplyRequestT { story_id, text, client_msg_id })
         .boxed()
 }
 
@@ -3204,6 +3244,10 @@ pub fn every_operation(depth: u32) -> Vec<(&'static str, BoxedStrategy<crate::ge
     all.push(("selfie.stories.StoryReactRequest", (selfie_envelope(0), selfie_stories_story_react_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Stories(Box::new(crate::generated::selfie::stories::StoriesT { op: crate::generated::selfie::stories::StoriesOpT::StoryReactRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.stories.StoryReplyRequest", (selfie_envelope(0), selfie_stories_story_reply_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Stories(Box::new(crate::generated::selfie::stories::StoriesT { op: crate::generated::selfie::stories::StoriesOpT::StoryReplyRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.stories.StoryUpdate", (selfie_envelope(0), selfie_stories_story_update(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Stories(Box::new(crate::generated::selfie::stories::StoriesT { op: crate::generated::selfie::stories::StoriesOpT::StoryUpdate(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.stories.HighlightStoryRequest", (selfie_envelope(0), selfie_stories_highlight_story_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Stories(Box::new(crate::generated::selfie::stories::StoriesT { op: crate::generated::selfie::stories::StoriesOpT::HighlightStoryRequest(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.stories.RemoveHighlightRequest", (selfie_envelope(0), selfie_stories_remove_highlight_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Stories(Box::new(crate::generated::selfie::stories::StoriesT { op: crate::generated::selfie::stories::StoriesOpT::RemoveHighlightRequest(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.stories.HighlightsRequest", (selfie_envelope(0), selfie_stories_highlights_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Stories(Box::new(crate::generated::selfie::stories::StoriesT { op: crate::generated::selfie::stories::StoriesOpT::HighlightsRequest(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.stories.HighlightsResponse", (selfie_envelope(0), selfie_stories_highlights_response(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Stories(Box::new(crate::generated::selfie::stories::StoriesT { op: crate::generated::selfie::stories::StoriesOpT::HighlightsResponse(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.chat.CreateConversationRequest", (selfie_envelope(0), selfie_chat_create_conversation_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Chat(Box::new(crate::generated::selfie::chat::ChatT { op: crate::generated::selfie::chat::ChatOpT::CreateConversationRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.chat.ConversationResponse", (selfie_envelope(0), selfie_chat_conversation_response(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Chat(Box::new(crate::generated::selfie::chat::ChatT { op: crate::generated::selfie::chat::ChatOpT::ConversationResponse(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.chat.GetConversationRequest", (selfie_envelope(0), selfie_chat_get_conversation_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Chat(Box::new(crate::generated::selfie::chat::ChatT { op: crate::generated::selfie::chat::ChatOpT::GetConversationRequest(Box::new(v)) })); e }).boxed()));

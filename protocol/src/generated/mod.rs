@@ -713,6 +713,14 @@ pub mod selfie {
     pub use self::story_react_request_generated::*;
     mod story_reply_request_generated;
     pub use self::story_reply_request_generated::*;
+    mod highlight_story_request_generated;
+    pub use self::highlight_story_request_generated::*;
+    mod remove_highlight_request_generated;
+    pub use self::remove_highlight_request_generated::*;
+    mod highlights_request_generated;
+    pub use self::highlights_request_generated::*;
+    mod highlights_response_generated;
+    pub use self::highlights_response_generated::*;
     mod story_update_generated;
     pub use self::story_update_generated::*;
     mod stories_generated;

@@ -28,6 +28,7 @@ export const IDEMPOTENT: ReadonlySet<string> = new Set([
   'Stories.StoryTrayRequest',
   'Stories.UserStoriesRequest',
   'Stories.StoryViewersRequest',
+  'Stories.HighlightsRequest',
   'Chat.GetConversationRequest',
   'Chat.ConversationsListRequest',
   'Chat.HistoryRequest',

@@ -4,6 +4,10 @@
 
 export { CreateStoryRequest } from './stories/create-story-request.js';
 export { DeleteStoryRequest } from './stories/delete-story-request.js';
+export { HighlightStoryRequest } from './stories/highlight-story-request.js';
+export { HighlightsRequest } from './stories/highlights-request.js';
+export { HighlightsResponse } from './stories/highlights-response.js';
+export { RemoveHighlightRequest } from './stories/remove-highlight-request.js';
 export { Stories } from './stories/stories.js';
 export { StoriesOp } from './stories/stories-op.js';
 export { Story } from './stories/story.js';

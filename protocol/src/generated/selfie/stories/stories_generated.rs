@@ -104,6 +104,26 @@ impl<'a> Stories<'a> {
             .expect("Invalid union table, expected `StoriesOp::StoryUpdate`.")
             .unpack()
       )),
+      StoriesOp::HighlightStoryRequest => StoriesOpT::HighlightStoryRequest(alloc::boxed::Box::new(
+        self.op_as_highlight_story_request()
+            .expect("Invalid union table, expected `StoriesOp::HighlightStoryRequest`.")
+            .unpack()
+      )),
+      StoriesOp::RemoveHighlightRequest => StoriesOpT::RemoveHighlightRequest(alloc::boxed::Box::new(
+        self.op_as_remove_highlight_request()
+            .expect("Invalid union table, expected `StoriesOp::RemoveHighlightRequest`.")
+            .unpack()
+      )),
+      StoriesOp::HighlightsRequest => StoriesOpT::HighlightsRequest(alloc::boxed::Box::new(
+        self.op_as_highlights_request()
+            .expect("Invalid union table, expected `StoriesOp::HighlightsRequest`.")
+            .unpack()
+      )),
+      StoriesOp::HighlightsResponse => StoriesOpT::HighlightsResponse(alloc::boxed::Box::new(
+        self.op_as_highlights_response()
+            .expect("Invalid union table, expected `StoriesOp::HighlightsResponse`.")
+            .unpack()
+      )),
       _ => StoriesOpT::NONE,
     };
     StoriesT {
@@ -320,6 +340,66 @@ impl<'a> Stories<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_highlight_story_request(&self) -> Option<HighlightStoryRequest<'a>> {
+    if self.op_type() == StoriesOp::HighlightStoryRequest {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { HighlightStoryRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_remove_highlight_request(&self) -> Option<RemoveHighlightRequest<'a>> {
+    if self.op_type() == StoriesOp::RemoveHighlightRequest {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RemoveHighlightRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_highlights_request(&self) -> Option<HighlightsRequest<'a>> {
+    if self.op_type() == StoriesOp::HighlightsRequest {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { HighlightsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_highlights_response(&self) -> Option<HighlightsResponse<'a>> {
+    if self.op_type() == StoriesOp::HighlightsResponse {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { HighlightsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Stories<'_> {
@@ -343,6 +423,10 @@ impl ::flatbuffers::Verifiable for Stories<'_> {
           StoriesOp::StoryReactRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StoryReactRequest>>("StoriesOp::StoryReactRequest", pos),
           StoriesOp::StoryReplyRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StoryReplyRequest>>("StoriesOp::StoryReplyRequest", pos),
           StoriesOp::StoryUpdate => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StoryUpdate>>("StoriesOp::StoryUpdate", pos),
+          StoriesOp::HighlightStoryRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HighlightStoryRequest>>("StoriesOp::HighlightStoryRequest", pos),
+          StoriesOp::RemoveHighlightRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RemoveHighlightRequest>>("StoriesOp::RemoveHighlightRequest", pos),
+          StoriesOp::HighlightsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HighlightsRequest>>("StoriesOp::HighlightsRequest", pos),
+          StoriesOp::HighlightsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HighlightsResponse>>("StoriesOp::HighlightsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -483,6 +567,34 @@ impl ::core::fmt::Debug for Stories<'_> {
         },
         StoriesOp::StoryUpdate => {
           if let Some(x) = self.op_as_story_update() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        StoriesOp::HighlightStoryRequest => {
+          if let Some(x) = self.op_as_highlight_story_request() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        StoriesOp::RemoveHighlightRequest => {
+          if let Some(x) = self.op_as_remove_highlight_request() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        StoriesOp::HighlightsRequest => {
+          if let Some(x) = self.op_as_highlights_request() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        StoriesOp::HighlightsResponse => {
+          if let Some(x) = self.op_as_highlights_response() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_STORIES_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_STORIES_OP: u8 = 13;
+pub const ENUM_MAX_STORIES_OP: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_STORIES_OP: [StoriesOp; 14] = [
+pub const ENUM_VALUES_STORIES_OP: [StoriesOp; 18] = [
   StoriesOp::NONE,
   StoriesOp::CreateStoryRequest,
   StoriesOp::StoryResponse,
@@ -23,6 +23,10 @@ pub const ENUM_VALUES_STORIES_OP: [StoriesOp; 14] = [
   StoriesOp::StoryReactRequest,
   StoriesOp::StoryReplyRequest,
   StoriesOp::StoryUpdate,
+  StoriesOp::HighlightStoryRequest,
+  StoriesOp::RemoveHighlightRequest,
+  StoriesOp::HighlightsRequest,
+  StoriesOp::HighlightsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -44,9 +48,13 @@ impl StoriesOp {
   pub const StoryReactRequest: Self = Self(11);
   pub const StoryReplyRequest: Self = Self(12);
   pub const StoryUpdate: Self = Self(13);
+  pub const HighlightStoryRequest: Self = Self(14);
+  pub const RemoveHighlightRequest: Self = Self(15);
+  pub const HighlightsRequest: Self = Self(16);
+  pub const HighlightsResponse: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::CreateStoryRequest,
@@ -62,6 +70,10 @@ impl StoriesOp {
     Self::StoryReactRequest,
     Self::StoryReplyRequest,
     Self::StoryUpdate,
+    Self::HighlightStoryRequest,
+    Self::RemoveHighlightRequest,
+    Self::HighlightsRequest,
+    Self::HighlightsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -80,6 +92,10 @@ impl StoriesOp {
       Self::StoryReactRequest => Some("StoryReactRequest"),
       Self::StoryReplyRequest => Some("StoryReplyRequest"),
       Self::StoryUpdate => Some("StoryUpdate"),
+      Self::HighlightStoryRequest => Some("HighlightStoryRequest"),
+      Self::RemoveHighlightRequest => Some("RemoveHighlightRequest"),
+      Self::HighlightsRequest => Some("HighlightsRequest"),
+      Self::HighlightsResponse => Some("HighlightsResponse"),
       _ => None,
     }
   }
@@ -154,6 +170,10 @@ pub enum StoriesOpT {
   StoryReactRequest(alloc::boxed::Box<StoryReactRequestT>),
   StoryReplyRequest(alloc::boxed::Box<StoryReplyRequestT>),
   StoryUpdate(alloc::boxed::Box<StoryUpdateT>),
+  HighlightStoryRequest(alloc::boxed::Box<HighlightStoryRequestT>),
+  RemoveHighlightRequest(alloc::boxed::Box<RemoveHighlightRequestT>),
+  HighlightsRequest(alloc::boxed::Box<HighlightsRequestT>),
+  HighlightsResponse(alloc::boxed::Box<HighlightsResponseT>),
 }
 impl Default for StoriesOpT {
   fn default() -> Self {
@@ -177,6 +197,10 @@ impl StoriesOpT {
       Self::StoryReactRequest(_) => StoriesOp::StoryReactRequest,
       Self::StoryReplyRequest(_) => StoriesOp::StoryReplyRequest,
       Self::StoryUpdate(_) => StoriesOp::StoryUpdate,
+      Self::HighlightStoryRequest(_) => StoriesOp::HighlightStoryRequest,
+      Self::RemoveHighlightRequest(_) => StoriesOp::RemoveHighlightRequest,
+      Self::HighlightsRequest(_) => StoriesOp::HighlightsRequest,
+      Self::HighlightsResponse(_) => StoriesOp::HighlightsResponse,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -195,6 +219,10 @@ impl StoriesOpT {
       Self::StoryReactRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::StoryReplyRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::StoryUpdate(v) => Some(v.pack(fbb).as_union_value()),
+      Self::HighlightStoryRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::RemoveHighlightRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::HighlightsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::HighlightsResponse(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned CreateStoryRequestT, setting the union to NONE.
@@ -469,5 +497,89 @@ impl StoriesOpT {
   /// If the union variant matches, return a mutable reference to the StoryUpdateT.
   pub fn as_story_update_mut(&mut self) -> Option<&mut StoryUpdateT> {
     if let Self::StoryUpdate(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned HighlightStoryRequestT, setting the union to NONE.
+  pub fn take_highlight_story_request(&mut self) -> Option<alloc::boxed::Box<HighlightStoryRequestT>> {
+    if let Self::HighlightStoryRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::HighlightStoryRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the HighlightStoryRequestT.
+  pub fn as_highlight_story_request(&self) -> Option<&HighlightStoryRequestT> {
+    if let Self::HighlightStoryRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the HighlightStoryRequestT.
+  pub fn as_highlight_story_request_mut(&mut self) -> Option<&mut HighlightStoryRequestT> {
+    if let Self::HighlightStoryRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned RemoveHighlightRequestT, setting the union to NONE.
+  pub fn take_remove_highlight_request(&mut self) -> Option<alloc::boxed::Box<RemoveHighlightRequestT>> {
+    if let Self::RemoveHighlightRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::RemoveHighlightRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the RemoveHighlightRequestT.
+  pub fn as_remove_highlight_request(&self) -> Option<&RemoveHighlightRequestT> {
+    if let Self::RemoveHighlightRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the RemoveHighlightRequestT.
+  pub fn as_remove_highlight_request_mut(&mut self) -> Option<&mut RemoveHighlightRequestT> {
+    if let Self::RemoveHighlightRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned HighlightsRequestT, setting the union to NONE.
+  pub fn take_highlights_request(&mut self) -> Option<alloc::boxed::Box<HighlightsRequestT>> {
+    if let Self::HighlightsRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::HighlightsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the HighlightsRequestT.
+  pub fn as_highlights_request(&self) -> Option<&HighlightsRequestT> {
+    if let Self::HighlightsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the HighlightsRequestT.
+  pub fn as_highlights_request_mut(&mut self) -> Option<&mut HighlightsRequestT> {
+    if let Self::HighlightsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned HighlightsResponseT, setting the union to NONE.
+  pub fn take_highlights_response(&mut self) -> Option<alloc::boxed::Box<HighlightsResponseT>> {
+    if let Self::HighlightsResponse(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::HighlightsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the HighlightsResponseT.
+  pub fn as_highlights_response(&self) -> Option<&HighlightsResponseT> {
+    if let Self::HighlightsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the HighlightsResponseT.
+  pub fn as_highlights_response_mut(&mut self) -> Option<&mut HighlightsResponseT> {
+    if let Self::HighlightsResponse(v) = self { Some(v.as_mut()) } else { None }
   }
 }

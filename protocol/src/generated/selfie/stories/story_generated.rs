@@ -30,6 +30,8 @@ impl<'a> Story<'a> {
   pub const VT_VIEWERS_COUNT: ::flatbuffers::VOffsetT = 22;
   pub const VT_REACTIONS: ::flatbuffers::VOffsetT = 24;
   pub const VT_MENTIONS: ::flatbuffers::VOffsetT = 26;
+  pub const VT_HIGHLIGHTED: ::flatbuffers::VOffsetT = 28;
+  pub const VT_VIEWER_REACTION: ::flatbuffers::VOffsetT = 30;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -45,12 +47,14 @@ impl<'a> Story<'a> {
     builder.add_expires_at_ms(args.expires_at_ms);
     builder.add_created_at_ms(args.created_at_ms);
     builder.add_story_id(args.story_id);
+    if let Some(x) = args.viewer_reaction { builder.add_viewer_reaction(x); }
     if let Some(x) = args.mentions { builder.add_mentions(x); }
     if let Some(x) = args.reactions { builder.add_reactions(x); }
     if let Some(x) = args.link_url { builder.add_link_url(x); }
     if let Some(x) = args.caption { builder.add_caption(x); }
     if let Some(x) = args.media { builder.add_media(x); }
     if let Some(x) = args.author { builder.add_author(x); }
+    builder.add_highlighted(args.highlighted);
     builder.add_seen(args.seen);
     builder.add_audience(args.audience);
     builder.finish()
@@ -81,6 +85,10 @@ impl<'a> Story<'a> {
     let mentions = self.mentions().map(|x| {
       x.into_iter().collect()
     });
+    let highlighted = self.highlighted();
+    let viewer_reaction = self.viewer_reaction().map(|x| {
+      alloc::string::ToString::to_string(x)
+    });
     StoryT {
       story_id,
       author,
@@ -94,6 +102,8 @@ impl<'a> Story<'a> {
       viewers_count,
       reactions,
       mentions,
+      highlighted,
+      viewer_reaction,
     }
   }
 
@@ -181,6 +191,22 @@ impl<'a> Story<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(Story::VT_MENTIONS, None)}
   }
+  /// Kept in the author's highlights past its expiry (1.7).
+  #[inline]
+  pub fn highlighted(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Story::VT_HIGHLIGHTED, Some(false)).unwrap()}
+  }
+  /// The viewer's own reaction, if any (1.7).
+  #[inline]
+  pub fn viewer_reaction(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Story::VT_VIEWER_REACTION, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Story<'_> {
@@ -201,6 +227,8 @@ impl ::flatbuffers::Verifiable for Story<'_> {
      .visit_field::<u64>("viewers_count", Self::VT_VIEWERS_COUNT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<super::common::ReactionCount>>>>("reactions", Self::VT_REACTIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("mentions", Self::VT_MENTIONS, false)?
+     .visit_field::<bool>("highlighted", Self::VT_HIGHLIGHTED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("viewer_reaction", Self::VT_VIEWER_REACTION, false)?
      .finish();
     Ok(())
   }
@@ -218,6 +246,8 @@ pub struct StoryArgs<'a> {
     pub viewers_count: u64,
     pub reactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<super::common::ReactionCount<'a>>>>>,
     pub mentions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub highlighted: bool,
+    pub viewer_reaction: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for StoryArgs<'a> {
   #[inline]
@@ -235,6 +265,8 @@ impl<'a> Default for StoryArgs<'a> {
       viewers_count: 0,
       reactions: None,
       mentions: None,
+      highlighted: false,
+      viewer_reaction: None,
     }
   }
 }
@@ -293,6 +325,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StoryBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Story::VT_MENTIONS, mentions);
   }
   #[inline]
+  pub fn add_highlighted(&mut self, highlighted: bool) {
+    self.fbb_.push_slot::<bool>(Story::VT_HIGHLIGHTED, highlighted, false);
+  }
+  #[inline]
+  pub fn add_viewer_reaction(&mut self, viewer_reaction: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Story::VT_VIEWER_REACTION, viewer_reaction);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StoryBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StoryBuilder {
@@ -322,6 +362,8 @@ impl ::core::fmt::Debug for Story<'_> {
       ds.field("viewers_count", &self.viewers_count());
       ds.field("reactions", &self.reactions());
       ds.field("mentions", &self.mentions());
+      ds.field("highlighted", &self.highlighted());
+      ds.field("viewer_reaction", &self.viewer_reaction());
       ds.finish()
   }
 }
@@ -340,6 +382,8 @@ pub struct StoryT {
   pub viewers_count: u64,
   pub reactions: Option<alloc::vec::Vec<super::common::ReactionCountT>>,
   pub mentions: Option<alloc::vec::Vec<u64>>,
+  pub highlighted: bool,
+  pub viewer_reaction: Option<alloc::string::String>,
 }
 impl Default for StoryT {
   fn default() -> Self {
@@ -356,6 +400,8 @@ impl Default for StoryT {
       viewers_count: 0,
       reactions: None,
       mentions: None,
+      highlighted: false,
+      viewer_reaction: None,
     }
   }
 }
@@ -388,6 +434,10 @@ impl StoryT {
     let mentions = self.mentions.as_ref().map(|x|{
       _fbb.create_vector(x)
     });
+    let highlighted = self.highlighted;
+    let viewer_reaction = self.viewer_reaction.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
     Story::create(_fbb, &StoryArgs{
       story_id,
       author,
@@ -401,6 +451,8 @@ impl StoryT {
       viewers_count,
       reactions,
       mentions,
+      highlighted,
+      viewer_reaction,
     })
   }
 }

@@ -21,6 +21,7 @@ impl<'a> ::flatbuffers::Follow<'a> for StoryReplyRequest<'a> {
 impl<'a> StoryReplyRequest<'a> {
   pub const VT_STORY_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_TEXT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -33,6 +34,7 @@ impl<'a> StoryReplyRequest<'a> {
   ) -> ::flatbuffers::WIPOffset<StoryReplyRequest<'bldr>> {
     let mut builder = StoryReplyRequestBuilder::new(_fbb);
     builder.add_story_id(args.story_id);
+    if let Some(x) = args.client_msg_id { builder.add_client_msg_id(x); }
     if let Some(x) = args.text { builder.add_text(x); }
     builder.finish()
   }
@@ -42,9 +44,13 @@ impl<'a> StoryReplyRequest<'a> {
     let text = self.text().map(|x| {
       alloc::string::ToString::to_string(x)
     });
+    let client_msg_id = self.client_msg_id().map(|x| {
+      alloc::string::ToString::to_string(x)
+    });
     StoryReplyRequestT {
       story_id,
       text,
+      client_msg_id,
     }
   }
 
@@ -62,6 +68,14 @@ impl<'a> StoryReplyRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StoryReplyRequest::VT_TEXT, None)}
   }
+  /// The chat transaction id of the reply: a retried reply is sent once (1.7).
+  #[inline]
+  pub fn client_msg_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StoryReplyRequest::VT_CLIENT_MSG_ID, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StoryReplyRequest<'_> {
@@ -72,6 +86,7 @@ impl ::flatbuffers::Verifiable for StoryReplyRequest<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("story_id", Self::VT_STORY_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("text", Self::VT_TEXT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
      .finish();
     Ok(())
   }
@@ -79,6 +94,7 @@ impl ::flatbuffers::Verifiable for StoryReplyRequest<'_> {
 pub struct StoryReplyRequestArgs<'a> {
     pub story_id: u64,
     pub text: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub client_msg_id: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for StoryReplyRequestArgs<'a> {
   #[inline]
@@ -86,6 +102,7 @@ impl<'a> Default for StoryReplyRequestArgs<'a> {
     StoryReplyRequestArgs {
       story_id: 0,
       text: None,
+      client_msg_id: None,
     }
   }
 }
@@ -102,6 +119,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StoryReplyRequestBuilder<'a, 
   #[inline]
   pub fn add_text(&mut self, text: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StoryReplyRequest::VT_TEXT, text);
+  }
+  #[inline]
+  pub fn add_client_msg_id(&mut self, client_msg_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StoryReplyRequest::VT_CLIENT_MSG_ID, client_msg_id);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StoryReplyRequestBuilder<'a, 'b, A> {
@@ -123,6 +144,7 @@ impl ::core::fmt::Debug for StoryReplyRequest<'_> {
     let mut ds = f.debug_struct("StoryReplyRequest");
       ds.field("story_id", &self.story_id());
       ds.field("text", &self.text());
+      ds.field("client_msg_id", &self.client_msg_id());
       ds.finish()
   }
 }
@@ -131,12 +153,14 @@ impl ::core::fmt::Debug for StoryReplyRequest<'_> {
 pub struct StoryReplyRequestT {
   pub story_id: u64,
   pub text: Option<alloc::string::String>,
+  pub client_msg_id: Option<alloc::string::String>,
 }
 impl Default for StoryReplyRequestT {
   fn default() -> Self {
     Self {
       story_id: 0,
       text: None,
+      client_msg_id: None,
     }
   }
 }
@@ -149,9 +173,13 @@ impl StoryReplyRequestT {
     let text = self.text.as_ref().map(|x|{
       _fbb.create_string(x)
     });
+    let client_msg_id = self.client_msg_id.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
     StoryReplyRequest::create(_fbb, &StoryReplyRequestArgs{
       story_id,
       text,
+      client_msg_id,
     })
   }
 }

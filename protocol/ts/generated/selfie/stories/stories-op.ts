@@ -4,6 +4,10 @@
 
 import { CreateStoryRequest } from '../../selfie/stories/create-story-request.js';
 import { DeleteStoryRequest } from '../../selfie/stories/delete-story-request.js';
+import { HighlightStoryRequest } from '../../selfie/stories/highlight-story-request.js';
+import { HighlightsRequest } from '../../selfie/stories/highlights-request.js';
+import { HighlightsResponse } from '../../selfie/stories/highlights-response.js';
+import { RemoveHighlightRequest } from '../../selfie/stories/remove-highlight-request.js';
 import { StoryReactRequest } from '../../selfie/stories/story-react-request.js';
 import { StoryReplyRequest } from '../../selfie/stories/story-reply-request.js';
 import { StoryResponse } from '../../selfie/stories/story-response.js';
@@ -31,13 +35,17 @@ export enum StoriesOp {
   StoryViewersResponse = 10,
   StoryReactRequest = 11,
   StoryReplyRequest = 12,
-  StoryUpdate = 13
+  StoryUpdate = 13,
+  HighlightStoryRequest = 14,
+  RemoveHighlightRequest = 15,
+  HighlightsRequest = 16,
+  HighlightsResponse = 17
 }
 
 export function unionToStoriesOp(
   type: StoriesOp,
-  accessor: (obj:CreateStoryRequest|DeleteStoryRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse) => CreateStoryRequest|DeleteStoryRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse|null
-): CreateStoryRequest|DeleteStoryRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse|null {
+  accessor: (obj:CreateStoryRequest|DeleteStoryRequest|HighlightStoryRequest|HighlightsRequest|HighlightsResponse|RemoveHighlightRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse) => CreateStoryRequest|DeleteStoryRequest|HighlightStoryRequest|HighlightsRequest|HighlightsResponse|RemoveHighlightRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse|null
+): CreateStoryRequest|DeleteStoryRequest|HighlightStoryRequest|HighlightsRequest|HighlightsResponse|RemoveHighlightRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse|null {
   switch(StoriesOp[type]) {
     case 'NONE': return null; 
     case 'CreateStoryRequest': return accessor(new CreateStoryRequest())! as CreateStoryRequest;
@@ -53,15 +61,19 @@ export function unionToStoriesOp(
     case 'StoryReactRequest': return accessor(new StoryReactRequest())! as StoryReactRequest;
     case 'StoryReplyRequest': return accessor(new StoryReplyRequest())! as StoryReplyRequest;
     case 'StoryUpdate': return accessor(new StoryUpdate())! as StoryUpdate;
+    case 'HighlightStoryRequest': return accessor(new HighlightStoryRequest())! as HighlightStoryRequest;
+    case 'RemoveHighlightRequest': return accessor(new RemoveHighlightRequest())! as RemoveHighlightRequest;
+    case 'HighlightsRequest': return accessor(new HighlightsRequest())! as HighlightsRequest;
+    case 'HighlightsResponse': return accessor(new HighlightsResponse())! as HighlightsResponse;
     default: return null;
   }
 }
 
 export function unionListToStoriesOp(
   type: StoriesOp, 
-  accessor: (index: number, obj:CreateStoryRequest|DeleteStoryRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse) => CreateStoryRequest|DeleteStoryRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse|null, 
+  accessor: (index: number, obj:CreateStoryRequest|DeleteStoryRequest|HighlightStoryRequest|HighlightsRequest|HighlightsResponse|RemoveHighlightRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse) => CreateStoryRequest|DeleteStoryRequest|HighlightStoryRequest|HighlightsRequest|HighlightsResponse|RemoveHighlightRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse|null, 
   index: number
-): CreateStoryRequest|DeleteStoryRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse|null {
+): CreateStoryRequest|DeleteStoryRequest|HighlightStoryRequest|HighlightsRequest|HighlightsResponse|RemoveHighlightRequest|StoryReactRequest|StoryReplyRequest|StoryResponse|StorySeenRequest|StoryTray|StoryTrayRequest|StoryUpdate|StoryViewersRequest|StoryViewersResponse|UserStoriesRequest|UserStoriesResponse|null {
   switch(StoriesOp[type]) {
     case 'NONE': return null; 
     case 'CreateStoryRequest': return accessor(index, new CreateStoryRequest())! as CreateStoryRequest;
@@ -77,6 +89,10 @@ export function unionListToStoriesOp(
     case 'StoryReactRequest': return accessor(index, new StoryReactRequest())! as StoryReactRequest;
     case 'StoryReplyRequest': return accessor(index, new StoryReplyRequest())! as StoryReplyRequest;
     case 'StoryUpdate': return accessor(index, new StoryUpdate())! as StoryUpdate;
+    case 'HighlightStoryRequest': return accessor(index, new HighlightStoryRequest())! as HighlightStoryRequest;
+    case 'RemoveHighlightRequest': return accessor(index, new RemoveHighlightRequest())! as RemoveHighlightRequest;
+    case 'HighlightsRequest': return accessor(index, new HighlightsRequest())! as HighlightsRequest;
+    case 'HighlightsResponse': return accessor(index, new HighlightsResponse())! as HighlightsResponse;
     default: return null;
   }
 }

@@ -37,8 +37,18 @@ text(optionalEncoding?:any):string|Uint8Array|null {
   return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
 }
 
+/**
+ * The chat transaction id of the reply: a retried reply is sent once (1.7).
+ */
+clientMsgId():string|null
+clientMsgId(optionalEncoding:flatbuffers.Encoding):string|Uint8Array|null
+clientMsgId(optionalEncoding?:any):string|Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 8);
+  return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
+}
+
 static startStoryReplyRequest(builder:flatbuffers.Builder) {
-  builder.startObject(2);
+  builder.startObject(3);
 }
 
 static addStoryId(builder:flatbuffers.Builder, storyId:bigint) {
@@ -49,15 +59,20 @@ static addText(builder:flatbuffers.Builder, textOffset:flatbuffers.Offset) {
   builder.addFieldOffset(1, textOffset, 0);
 }
 
+static addClientMsgId(builder:flatbuffers.Builder, clientMsgIdOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(2, clientMsgIdOffset, 0);
+}
+
 static endStoryReplyRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createStoryReplyRequest(builder:flatbuffers.Builder, storyId:bigint, textOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createStoryReplyRequest(builder:flatbuffers.Builder, storyId:bigint, textOffset:flatbuffers.Offset, clientMsgIdOffset:flatbuffers.Offset):flatbuffers.Offset {
   StoryReplyRequest.startStoryReplyRequest(builder);
   StoryReplyRequest.addStoryId(builder, storyId);
   StoryReplyRequest.addText(builder, textOffset);
+  StoryReplyRequest.addClientMsgId(builder, clientMsgIdOffset);
   return StoryReplyRequest.endStoryReplyRequest(builder);
 }
 }

@@ -102,8 +102,26 @@ mentionsLength():number {
   return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
 }
 
+/**
+ * Kept in the author's highlights past its expiry (1.7).
+ */
+highlighted():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 28);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
+/**
+ * The viewer's own reaction, if any (1.7).
+ */
+viewerReaction():string|null
+viewerReaction(optionalEncoding:flatbuffers.Encoding):string|Uint8Array|null
+viewerReaction(optionalEncoding?:any):string|Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 30);
+  return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
+}
+
 static startStory(builder:flatbuffers.Builder) {
-  builder.startObject(12);
+  builder.startObject(14);
 }
 
 static addStoryId(builder:flatbuffers.Builder, storyId:bigint) {
@@ -176,6 +194,14 @@ static createMentionsVector(builder:flatbuffers.Builder, data:bigint[]):flatbuff
 
 static startMentionsVector(builder:flatbuffers.Builder, numElems:number) {
   builder.startVector(8, numElems, 8);
+}
+
+static addHighlighted(builder:flatbuffers.Builder, highlighted:boolean) {
+  builder.addFieldInt8(12, +highlighted, +false);
+}
+
+static addViewerReaction(builder:flatbuffers.Builder, viewerReactionOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(13, viewerReactionOffset, 0);
 }
 
 static endStory(builder:flatbuffers.Builder):flatbuffers.Offset {
