@@ -32,6 +32,7 @@
 pub mod chat;
 pub mod feed;
 pub mod mls;
+pub mod notifications;
 mod reconnect;
 pub mod stories;
 

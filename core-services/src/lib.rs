@@ -22,7 +22,9 @@
 //! exactly-once sends, edits, deletions, reactions, threads, forwarding, receipts, sync
 //! from a device cursor, live pushes), [`feed`] (home timelines by fan-out on write with a hybrid read path
 //! for large accounts, per-user feeds, "not interested", live "new posts" pushes), [`stories`] (24-hour stories, trays by fan-out,
-//! viewers, reactions, replies as chat messages, highlights). [`schema`] lists the tables `selfie migrate` creates.
+//! viewers, reactions, replies as chat messages, highlights), [`notifications`] (aggregated
+//! in-app notifications with read state, preferences, live pushes, a device-push seam).
+//! [`schema`] lists the tables `selfie migrate` creates.
 
 pub mod auth;
 pub mod chat;
@@ -31,6 +33,7 @@ pub mod feed;
 pub mod graph;
 pub mod lease;
 pub mod locks;
+pub mod notifications;
 pub mod plane;
 pub mod posts;
 mod registry;

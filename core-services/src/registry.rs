@@ -19,6 +19,7 @@ use crate::chat::{Chat, ChatWire};
 use crate::feed::{Feed, FeedConfig, FeedWire};
 use crate::graph::lists::Lists;
 use crate::graph::{FleetLocks, Graph, GraphWire};
+use crate::notifications::{Note, Notifications, NotificationsWire, Notifier};
 use crate::plane::{Plane, Registry, ShardId};
 use crate::posts::{Posts, PostsWire};
 use crate::stories::{Stories, StoriesWire};
@@ -72,7 +73,24 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     if let Some(m) = &deps.mailer {
         accounts = accounts.with_mailer(m.clone());
     }
-    let mut graph = Graph::new(store.clone());
+    // Notifications are recorded on the recipient's owner shard, whoever raises them.
+    let notifier = {
+        let plane = deps.plane.clone();
+        Notifier::new(move |note: Note| {
+            let shards = plane.shards();
+            let owner = shards.owner_of(note.recipient);
+            let posted =
+                shards.submit_on(owner, "notify", move |n: Rc<Notifications<S>>| async move {
+                    if let Err(e) = n.record(note).await {
+                        tracing::warn!(error = %e, kind = ?note.kind, "notification not recorded");
+                    }
+                });
+            if let Err(e) = posted {
+                tracing::warn!(error = %e, kind = ?note.kind, "notification dropped");
+            }
+        })
+    };
+    let mut graph = Graph::new(store.clone()).with_notifier(notifier.clone());
     if let Some(locks) = &deps.graph_locks {
         graph = graph.with_fleet_locks(locks.clone());
     }
@@ -80,7 +98,8 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     let posts = Rc::new(
         Posts::new(store.clone(), clock.clone(), node, id)?
             .with_delivery(registry.delivery().clone())
-            .with_fanout(hook.clone()),
+            .with_fanout(hook.clone())
+            .with_notifier(notifier.clone()),
     );
     let feed = Rc::new(
         Feed::new(store.clone(), posts.clone(), clock.clone(), jobs, deps.feed)
@@ -119,9 +138,20 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
         feed.clone(),
     )?
     .with_fanout(hook)
+    .with_notifier(notifier)
     .with_chat(chat_service.clone())
     .with_delivery(registry.delivery().clone());
     registry.register(Service::Stories, Rc::new(StoriesWire(Rc::new(stories))));
+    let notifications = Rc::new(
+        Notifications::new(deps.store.clone(), deps.clock.clone(), node, id)?
+            .with_delivery(registry.delivery().clone()),
+    );
+    registry.register(
+        Service::Notifications,
+        Rc::new(NotificationsWire(notifications.clone())),
+    );
+    // Reached from other shards: notifications are recorded on the recipient's owner.
+    registry.provide(notifications);
     // Reached from other shards: story replies are sent on the conversation's owner.
     registry.provide(chat_service);
     // Reached from other shards: fan-out batches run on the readers' owner shards.

@@ -132,6 +132,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::stories::TABLES,
         statements: &[],
     },
+    Migration {
+        version: 20,
+        name: "notifications: inboxes, groups, read state and preferences, push tokens",
+        tables: crate::tables::notifications::TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

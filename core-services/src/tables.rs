@@ -803,6 +803,154 @@ pub mod stories {
     }
 }
 
+/// In-app notifications: inboxes, aggregation groups, read positions, preferences,
+/// push tokens (see `crate::notifications`), and the [`Notifier`] other services raise
+/// notifications through.
+pub mod notifications {
+    use std::rc::Rc;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// How long a notification is kept.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+
+    /// (user; notification id) → a notification (one row per group, moved to the top
+    /// with a new id when the group grows).
+    pub static INBOX: Table = Table {
+        name: "notifications_inbox",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["notification_id"],
+        default_ttl: Some(TTL),
+        conditional: false,
+        doc: "each user's notifications, newest last, 90 days",
+    };
+
+    /// (user; group key) → the group's current notification (versioned).
+    pub static GROUPS: Table = Table {
+        name: "notifications_groups",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["group_key"],
+        default_ttl: Some(TTL),
+        conditional: true,
+        doc: "aggregation groups: the current notification of each (kind, target)",
+    };
+
+    /// (user; group key, actor) → nothing: who is already counted in a group.
+    pub static GROUP_ACTORS: Table = Table {
+        name: "notifications_group_actors",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["group_key", "actor_id"],
+        default_ttl: Some(TTL),
+        conditional: true,
+        doc: "the actors counted in each aggregation group",
+    };
+
+    rows! {
+        STATE (conditional), "notifications_state", ["user_id"], [], "each user's read position and preferences (versioned)";
+        PUSH_TOKENS, "notifications_push_tokens", ["user_id"], ["platform", "token"], "device push tokens (APNs, FCM, Web Push) for the device-push seam";
+    }
+
+    /// The notifications tables (a later migration).
+    pub static TABLES: &[&Table] = &[&INBOX, &GROUPS, &GROUP_ACTORS, &STATE, &PUSH_TOKENS];
+
+    /// What happened.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum Kind {
+        /// Someone followed the recipient.
+        Follow,
+        /// Someone asked to follow the (private) recipient.
+        FollowRequest,
+        /// The recipient's follow request was approved.
+        FollowAccepted,
+        /// A reaction to the recipient's post.
+        Reaction,
+        /// A comment on the recipient's post.
+        Comment,
+        /// A reply to the recipient's comment.
+        Reply,
+        /// The recipient was mentioned in a post.
+        Mention,
+        /// The recipient's post was reposted.
+        Repost,
+        /// The recipient's post was quoted.
+        Quote,
+        /// A reaction to the recipient's story.
+        StoryReaction,
+        /// The recipient was mentioned in a story.
+        StoryMention,
+    }
+
+    impl Kind {
+        /// Every kind, in the wire enum's order.
+        pub const ALL: [Kind; 11] = [
+            Kind::Follow,
+            Kind::FollowRequest,
+            Kind::FollowAccepted,
+            Kind::Reaction,
+            Kind::Comment,
+            Kind::Reply,
+            Kind::Mention,
+            Kind::Repost,
+            Kind::Quote,
+            Kind::StoryReaction,
+            Kind::StoryMention,
+        ];
+    }
+
+    /// What a notification is about.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum Target {
+        /// The recipient themselves (follows).
+        Account,
+        /// A post.
+        Post(u64),
+        /// A comment.
+        Comment(u64),
+        /// A story.
+        Story(u64),
+    }
+
+    /// One thing to tell a user.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Note {
+        /// Who is told.
+        pub recipient: u64,
+        /// Who did it.
+        pub actor: u64,
+        /// What.
+        pub kind: Kind,
+        /// About what.
+        pub target: Target,
+    }
+
+    /// How services raise notifications without knowing the notifications service: a
+    /// handle the registry wires (none in tests that do not need one). Raising is
+    /// fire-and-forget: it never fails the action that caused it.
+    #[derive(Clone, Default)]
+    pub struct Notifier(Option<Rc<dyn Fn(Note)>>);
+
+    impl Notifier {
+        /// A notifier that hands notes to `f`.
+        pub fn new(f: impl Fn(Note) + 'static) -> Self {
+            Self(Some(Rc::new(f)))
+        }
+
+        /// Raises `note` (nothing when the actor is the recipient).
+        pub fn send(&self, note: Note) {
+            if let Some(f) = &self.0
+                && note.actor != note.recipient
+            {
+                f(note);
+            }
+        }
+    }
+}
+
 /// Fleet membership (see `crate::lease`).
 pub mod fleet {
     use selfie_storage::{Table, TableKind};

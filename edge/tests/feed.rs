@@ -21,6 +21,17 @@ async fn follow(u: &User, target: u64) {
         .expect("followed");
 }
 
+/// The next notification event pushed to `s`.
+async fn next_notification(
+    s: &mut Subscription,
+) -> selfie_protocol::notifications::NotificationEventT {
+    let frame = tokio::time::timeout(Duration::from_secs(20), s.next())
+        .await
+        .expect("in time")
+        .expect("an event");
+    selfie_client::notifications::push_event(&frame).expect("a notification event")
+}
+
 /// The next story update pushed to `s`.
 async fn next_story(s: &mut Subscription) -> selfie_protocol::stories::StoryUpdateT {
     let frame = tokio::time::timeout(Duration::from_secs(20), s.next())
@@ -273,4 +284,83 @@ async fn stories_reach_trays_live_and_replies_arrive_in_chat() {
             .await
             .is_err()
     );
+}
+
+/// Notifications through real edges: a follow, a mention and reactions by users on other
+/// shards reach the recipient live, aggregated, with the unread count; mark-read clears
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_arrive_live_and_aggregate() {
+    use selfie_protocol::notifications::NotificationKind;
+    use selfie_protocol::posts::{PostsOpT, ReactRequestT};
+
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let mut fans = Vec::new();
+    for i in 0..3 {
+        fans.push(sign_up(&node, &anon, &format!("fan{i}")).await);
+    }
+    let mut live = ana
+        .client
+        .notifications()
+        .subscribe()
+        .await
+        .expect("subscribed");
+    follow(&fans[0], ana.id).await;
+    let e = next_notification(&mut live).await;
+    let n = e.notification.expect("notification");
+    assert_eq!(n.kind, NotificationKind::Follow);
+    assert_eq!(n.actor.map(|a| a.user_id), Some(fans[0].id));
+    assert_eq!(e.unread_notifications, 1);
+    create_post(&fans[1].client, "look @ana").await;
+    let e = next_notification(&mut live).await;
+    assert_eq!(
+        e.notification.map(|n| n.kind),
+        Some(NotificationKind::Mention)
+    );
+    let post = create_post(&ana.client, "react to this").await;
+    for f in &fans {
+        let mut r = ReactRequestT::default();
+        r.target_kind = selfie_protocol::common::ObjectKind::Post;
+        r.target_id = post;
+        r.emoji = Some("🔥".into());
+        call(
+            &f.client,
+            support::posts(PostsOpT::ReactRequest(Box::new(r))),
+        )
+        .await
+        .expect("reacted");
+    }
+    let mut last = None;
+    for _ in 0..3 {
+        last = next_notification(&mut live).await.notification;
+    }
+    let last = last.expect("notification");
+    assert_eq!(
+        (last.kind, last.actors_count, last.target_id),
+        (NotificationKind::Reaction, 3, post)
+    );
+    let page = ana
+        .client
+        .notifications()
+        .list(false, 20, None)
+        .await
+        .expect("page");
+    assert_eq!(page.unread_count, 3);
+    let items = page.notifications.expect("items");
+    assert_eq!(items.len(), 3, "follow, mention, reactions");
+    ana.client
+        .notifications()
+        .mark_read(items[0].notification_id, &[])
+        .await
+        .expect("read");
+    let page = ana
+        .client
+        .notifications()
+        .list(true, 20, None)
+        .await
+        .expect("page");
+    assert_eq!(page.unread_count, 0);
+    assert!(page.notifications.unwrap_or_default().is_empty());
 }

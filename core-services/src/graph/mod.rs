@@ -33,6 +33,7 @@ use selfie_storage::{Cell, Commit, Condition, Cursor, Scan, Store, Table};
 use crate::locks::{KeyGuard, KeyedLocks};
 pub use crate::tables::graph::blocked_either_way;
 use crate::tables::graph::*;
+use crate::tables::notifications::{Kind, Note, Notifier, Target};
 use crate::tables::{key as k, name_key, users::live_profile};
 use crate::{Error, Result};
 
@@ -179,6 +180,8 @@ pub struct Graph<S> {
     pairs: KeyedLocks,
     /// The fleet's locks, when nodes share the store.
     fleet: Option<std::sync::Arc<dyn FleetLocks>>,
+    /// Where follows, requests and approvals are told.
+    notifier: Notifier,
 }
 
 /// Holds a pair's lock; forgets the lock when no one else waits for it.
@@ -205,7 +208,23 @@ impl<S: Store> Graph<S> {
             store,
             pairs: Default::default(),
             fleet: None,
+            notifier: Default::default(),
         }
+    }
+
+    /// Raises follow, request and approval notifications through `notifier`.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    fn tell(&self, recipient: u64, actor: u64, kind: Kind) {
+        self.notifier.send(Note {
+            recipient,
+            actor,
+            kind,
+            target: Target::Account,
+        });
     }
 
     /// Also serialises pair changes with the other nodes of a fleet.
@@ -302,10 +321,13 @@ impl<S: Store> Graph<S> {
                 self.store
                     .put(&REQUESTS_IN, &k(target), &k(viewer), b"", None)
                     .await?;
+                self.tell(target, viewer, Kind::FollowRequest);
             }
             return Ok(FollowState::Requested);
         }
-        self.counted_edge(viewer, target, true).await?;
+        if self.counted_edge(viewer, target, true).await? {
+            self.tell(target, viewer, Kind::Follow);
+        }
         Ok(FollowState::Following)
     }
 
@@ -336,7 +358,9 @@ impl<S: Store> Graph<S> {
         if live_profile(&self.store, requester).await?.is_none() {
             return Err(Error::NotFound("user"));
         }
-        self.counted_edge(requester, me, true).await?;
+        if self.counted_edge(requester, me, true).await? {
+            self.tell(requester, me, Kind::FollowAccepted);
+        }
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use selfie_storage::{Cell, Commit, Condition, Cursor, Scan, Store};
 use serde::{Deserialize, Serialize};
 
 use super::{Count, MAX_COMMENT_CHARS, Post, Posts, ReplyPolicy};
+use crate::tables::notifications::{Kind, Target};
 use crate::tables::posts::{COMMENT_POSTS, COMMENTS};
 use crate::tables::{self, decode, encode, id_value, key as k};
 use crate::{Error, Result};
@@ -93,6 +94,7 @@ impl<S: Store + 'static> Posts<S> {
         if text.trim().is_empty() || text.chars().count() > MAX_COMMENT_CHARS {
             return Err(Error::InvalidArgument { field: "text" });
         }
+        let mut parent_author = None;
         if parent_id != 0 {
             let parent = self
                 .store
@@ -103,6 +105,7 @@ impl<S: Store + 'static> Posts<S> {
             if parent.parent_id != 0 || parent.deleted {
                 return Err(Error::InvalidArgument { field: "parent_id" });
             }
+            parent_author = Some(parent.author_id);
         }
         let c = Comment {
             comment_id: self.next_id(),
@@ -145,6 +148,12 @@ impl<S: Store + 'static> Posts<S> {
             };
             let first = self.first_created(cell).await?.ok_or(Error::Busy)?;
             return self.created_comment(post_id, first).await;
+        }
+        self.tell(post.author_id, viewer, Kind::Comment, Target::Post(post_id));
+        if let Some(a) = parent_author
+            && a != post.author_id
+        {
+            self.tell(a, viewer, Kind::Reply, Target::Comment(parent_id));
         }
         self.notify(post_id, Count::Comments, 1).await?;
         Ok(c)

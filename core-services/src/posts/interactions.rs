@@ -8,6 +8,7 @@ use selfie_storage::key::KeyReader;
 use selfie_storage::{Cell, Commit, Condition, Cursor, Scan, Store};
 
 use super::{Audience, AuthorView, Count, MAX_REACTION_KINDS, Post, Posts, ReplyPolicy, counter};
+use crate::tables::notifications::{Kind, Target};
 use crate::tables::posts::{COUNTS, REACTION_KINDS, REACTIONS, REPOSTS, USER_POSTS};
 use crate::tables::{self, id_value, key as k, name_key};
 use crate::{Error, Result};
@@ -29,7 +30,7 @@ fn emoji_counter(emoji: &str) -> Bytes {
 impl<S: Store + 'static> Posts<S> {
     /// Sets the viewer's reaction on a readable post (one per user; a new one replaces).
     pub async fn react(&self, viewer: u64, post_id: u64, emoji: &str) -> Result<()> {
-        self.live(viewer, post_id).await?;
+        let post = self.live(viewer, post_id).await?;
         // An emoji: short, no control characters or spaces, and not plain ASCII text.
         if emoji.is_empty()
             || emoji.chars().count() > 8
@@ -63,6 +64,12 @@ impl<S: Store + 'static> Posts<S> {
                 )
                 .add(emoji_cell.clone(), 1, None);
             if self.store.commit(&first).await? {
+                self.tell(
+                    post.author_id,
+                    viewer,
+                    Kind::Reaction,
+                    Target::Post(post_id),
+                );
                 self.notify(post_id, Count::Reactions, 1).await?;
                 return Ok(());
             }
@@ -288,6 +295,12 @@ impl<S: Store + 'static> Posts<S> {
             return self.load(first).await?.ok_or(Error::Corrupt("repost"));
         }
         self.fan_out(&post);
+        self.tell(
+            original.author_id,
+            viewer,
+            Kind::Repost,
+            Target::Post(post_id),
+        );
         self.notify(post_id, Count::Reposts, 1).await?;
         Ok(post)
     }

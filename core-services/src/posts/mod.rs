@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::locks::KeyedLocks;
 use crate::plane::{Delivery, Topic};
 pub use crate::tables::Audience;
+use crate::tables::notifications::{Kind, Note, Notifier, Target};
 use crate::tables::posts::*;
 pub use comments::Comment;
 pub use interactions::Reaction;
@@ -271,6 +272,8 @@ pub struct Posts<S> {
     delivery: Option<Rc<Delivery>>,
     /// Where new posts and reposts are handed for fan-out, when feeds run.
     fanout: Option<FanoutHook>,
+    /// Where reactions, comments, replies, mentions, reposts and quotes are told.
+    notifier: Notifier,
 }
 
 /// How posts hand new posts to the feed's fan-out: a job row written in the post's own
@@ -344,7 +347,24 @@ impl<S: Store + 'static> Posts<S> {
             locks: Default::default(),
             delivery: None,
             fanout: None,
+            notifier: Default::default(),
         })
+    }
+
+    /// Raises notifications through `notifier`.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    /// Tells `recipient` that `actor` did `kind` to `target`.
+    fn tell(&self, recipient: u64, actor: u64, kind: Kind, target: Target) {
+        self.notifier.send(Note {
+            recipient,
+            actor,
+            kind,
+            target,
+        });
     }
 
     /// Hands every new post and repost to a feed's fan-out through `hook`.
@@ -658,9 +678,10 @@ impl<S: Store + 'static> Posts<S> {
         }
         let media_ids = Self::check_media(&new.media_ids)?;
         Self::check_text(&new.text, !media_ids.is_empty())?;
-        if let Some(q) = new.quote_of {
-            self.live(author, q).await?;
-        }
+        let quoted = match new.quote_of {
+            Some(q) => Some(self.live(author, q).await?.author_id),
+            None => None,
+        };
         let (hashtags, names) = parse_tags(&new.text);
         let post = Post {
             post_id: self.next_id(),
@@ -723,7 +744,13 @@ impl<S: Store + 'static> Posts<S> {
             return self.load_created(first).await;
         }
         self.fan_out(&post);
+        for &m in &post.mentions {
+            self.tell(m, author, Kind::Mention, Target::Post(post.post_id));
+        }
         if let Some(q) = post.quote_of {
+            if let Some(quoted_author) = quoted {
+                self.tell(quoted_author, author, Kind::Quote, Target::Post(q));
+            }
             self.notify(q, Count::Quotes, 1).await?;
         }
         Ok(post)

@@ -44,6 +44,7 @@ use crate::chat::{Chat, MessageKind, NewMessage};
 use crate::feed::Feed;
 use crate::plane::{Delivery, Topic};
 use crate::posts::{Access, Audience, FanoutHook, Posts};
+use crate::tables::notifications::{Kind, Note, Notifier, Target};
 use crate::tables::stories::{
     AFFINITY, BY_AUTHOR, HIGHLIGHTS, SEEN, STORIES, STORY_TTL, Story, TRAY,
 };
@@ -152,6 +153,7 @@ pub struct Stories<S> {
     chat: Option<Rc<Chat<S>>>,
     fanout: Option<FanoutHook>,
     delivery: Option<Rc<Delivery>>,
+    notifier: Notifier,
     limits: limits::Limits,
 }
 
@@ -245,6 +247,7 @@ impl<S: Store + Clone + 'static> Stories<S> {
             chat: None,
             fanout: None,
             delivery: None,
+            notifier: Default::default(),
             limits: Default::default(),
         })
     }
@@ -252,6 +255,12 @@ impl<S: Store + Clone + 'static> Stories<S> {
     /// Fans new stories out to trays through `hook` (the feed's worker).
     pub fn with_fanout(mut self, hook: FanoutHook) -> Self {
         self.fanout = Some(hook);
+        self
+    }
+
+    /// Raises story reactions and mentions through `notifier`.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = notifier;
         self
     }
 
@@ -396,6 +405,14 @@ impl<S: Store + Clone + 'static> Stories<S> {
         }
         if let Some(h) = &self.fanout {
             (h.wake)(job);
+        }
+        for &m in &story.mentions {
+            self.notifier.send(Note {
+                recipient: m,
+                actor: author,
+                kind: Kind::StoryMention,
+                target: Target::Story(story.story_id),
+            });
         }
         Ok(story)
     }
@@ -751,7 +768,14 @@ impl<S: Store + Clone + 'static> Stories<S> {
         if story.author_id == viewer {
             return Err(Error::SelfTarget);
         }
-        self.record_view(viewer, &story, Some(emoji)).await
+        self.record_view(viewer, &story, Some(emoji)).await?;
+        self.notifier.send(Note {
+            recipient: story.author_id,
+            actor: viewer,
+            kind: Kind::StoryReaction,
+            target: Target::Story(story_id),
+        });
+        Ok(())
     }
 
     /// `viewer` replies to a story: a chat message (`StoryReply`) to the author in their
