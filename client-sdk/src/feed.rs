@@ -78,6 +78,16 @@ impl FeedApi<'_> {
         self.page(FeedKind::Following, 0, limit, cursor).await
     }
 
+    /// One page of the ranked "For you" feed (no cursor: a fresh ranking of what this
+    /// user has not been served yet; a `next_cursor`: the next page of that ranking).
+    pub async fn for_you(
+        &self,
+        limit: u16,
+        cursor: Option<Vec<u8>>,
+    ) -> Result<pf::FeedPageT, ClientError> {
+        self.page(FeedKind::ForYou, 0, limit, cursor).await
+    }
+
     /// One page of `user_id`'s posts and reposts.
     pub async fn user(
         &self,

@@ -138,6 +138,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::notifications::TABLES,
         statements: &[],
     },
+    Migration {
+        version: 21,
+        name: "feed: For you snapshots, seen posts; posts: reader-author affinity",
+        tables: crate::tables::feed::RANK_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

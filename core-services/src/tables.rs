@@ -474,6 +474,12 @@ pub mod posts {
     }
     counters!(COUNTS, "posts_counts", "post_id", "post counters");
     counters!(
+        AFFINITY,
+        "posts_affinity",
+        "user_id",
+        "how often a user reacted to, commented on, replied to, reposted or quoted each author"
+    );
+    counters!(
         AUTHOR_COUNTS,
         "posts_author_counts",
         "author_id",
@@ -681,6 +687,31 @@ pub mod feed {
 
     /// The feed tables (a later migration).
     pub static TABLES: &[&Table] = &[&HOME, &LARGE_AUTHORS, &FANOUT_JOBS, &HIDDEN];
+
+    /// (reader; snapshot) → a ranked "For you" list, served page by page for an hour.
+    pub static FOR_YOU: Table = Table {
+        name: "feed_for_you",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["snapshot_id"],
+        default_ttl: Some(Duration::from_secs(3600)),
+        conditional: false,
+        doc: "ranked For you snapshots, one hour",
+    };
+
+    /// (reader; post) → nothing: posts served on a "For you" page, kept out of refreshes.
+    pub static SEEN: Table = Table {
+        name: "feed_seen",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["post_id"],
+        default_ttl: Some(Duration::from_secs(3 * 24 * 3600)),
+        conditional: false,
+        doc: "posts served to each reader's For you feed, three days",
+    };
+
+    /// The ranking tables (a later migration).
+    pub static RANK_TABLES: &[&Table] = &[&FOR_YOU, &SEEN, &crate::tables::posts::AFFINITY];
 
     /// The partition of a fan-out worker (one per node number and shard).
     pub fn worker(node: u16, shard: u16) -> Bytes {

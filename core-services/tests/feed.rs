@@ -418,6 +418,70 @@ async fn fan_outs_survive_restarts_and_timelines_stay_bounded<S: Store + Clone +
     assert_eq!(texts, ["p 19", "p 18", "p 17", "p 16", "p 15"]);
 }
 
+/// "For you": affinity and engagement lift older posts, no more than two in a row from
+/// one author, pages of a ranking never shift, a refresh leaves out what was served.
+async fn for_you_ranks_diversifies_and_pages_stably<S: Store + Clone + 'static>(store: S) {
+    let w = world(store, FeedConfig::default()).await;
+    for a in [ANA, BEN, CAT] {
+        w.graph.follow(DAN, a).await.expect("follow");
+    }
+    let cat = w.post(CAT, "cat, older", Audience::Public).await;
+    w.posts.react(DAN, cat, "🔥").await.expect("react");
+    w.post(BEN, "ben", Audience::Public).await;
+    for i in 0..4 {
+        w.post(ANA, &format!("ana {i}"), Audience::Public).await;
+    }
+    let first = w.feed.for_you(DAN, None, 3).await.expect("page");
+    let texts = |p: &selfie_services::feed::RankedPage| -> Vec<String> {
+        p.items.iter().map(|i| i.item.post.text.clone()).collect()
+    };
+    let page1 = texts(&first);
+    assert_eq!(page1[0], "cat, older", "affinity and engagement first");
+    assert!(first.items[0].score > first.items[1].score);
+    // New posts meanwhile do not shift the ranking being paged.
+    w.post(ANA, "ana later", Audience::Public).await;
+    let mut all = page1.clone();
+    let mut at = first.next;
+    while let Some(cursor) = at {
+        let page = w.feed.for_you(DAN, Some(cursor), 3).await.expect("page");
+        all.extend(texts(&page));
+        at = page.next;
+    }
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert!(!all.contains(&"ana later".to_string()));
+    let mut dedup = all.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), all.len(), "no duplicates");
+    // Never three of Ana's in a row while others wait.
+    let authors: Vec<bool> = all.iter().map(|t| t.starts_with("ana")).collect();
+    assert!(!authors.windows(3).any(|w| w.iter().all(|&a| a)), "{all:?}");
+    // A refresh ranks only what was not served yet.
+    let fresh = w.feed.for_you(DAN, None, 10).await.expect("page");
+    assert_eq!(texts(&fresh), vec!["ana later".to_string()]);
+    // A cursor that is not one, or a snapshot that is gone, is refused.
+    assert!(selfie_services::feed::RankedAt::parse(&[2, 1]).is_err());
+    let gone = selfie_services::feed::RankedAt {
+        snapshot: 12345,
+        offset: 0,
+    };
+    assert!(matches!(
+        w.feed.for_you(DAN, Some(gone), 3).await,
+        Err(Error::Stale(_))
+    ));
+}
+
+#[tokio::test]
+async fn for_you_ranks_diversifies_and_pages_stably_embedded() {
+    let (s, _d) = embedded();
+    for_you_ranks_diversifies_and_pages_stably(s).await;
+}
+
+#[tokio::test]
+async fn for_you_ranks_diversifies_and_pages_stably_cql() {
+    for_you_ranks_diversifies_and_pages_stably(cql().await).await;
+}
+
 #[tokio::test]
 async fn privacy_and_propagation_embedded() {
     let (s, _d) = embedded();

@@ -53,6 +53,10 @@ pub struct FeedConfig {
     pub push_interval_ms: u64,
     /// Entries kept per home timeline.
     pub home_max: usize,
+    /// "For you": most items in a row from one author.
+    pub max_consecutive: usize,
+    /// "For you": the age, in seconds, at which a post's recency score halves.
+    pub half_life_s: u64,
 }
 
 impl Default for FeedConfig {
@@ -62,6 +66,8 @@ impl Default for FeedConfig {
             fanout_threshold: d.fanout_threshold,
             push_interval_ms: d.push_interval.as_millis() as u64,
             home_max: d.home_max,
+            max_consecutive: d.max_consecutive,
+            half_life_s: d.half_life.as_secs(),
         }
     }
 }
@@ -73,6 +79,8 @@ impl FeedConfig {
             fanout_threshold: self.fanout_threshold,
             push_interval: std::time::Duration::from_millis(self.push_interval_ms),
             home_max: self.home_max.clamp(1, 100_000),
+            max_consecutive: self.max_consecutive.max(1),
+            half_life: std::time::Duration::from_secs(self.half_life_s.max(60)),
             ..Default::default()
         }
     }

@@ -111,6 +111,36 @@ async fn posts_reach_followers_feeds_live_and_coalesced() {
             .map(|p| p.post_id),
         Some(first)
     );
+    // The ranked feed has the same six, each scored, one ranking paged without repeats.
+    let ranked = readers[2]
+        .client
+        .feed()
+        .for_you(4, None)
+        .await
+        .expect("for you");
+    let first: Vec<u64> = ranked
+        .items
+        .iter()
+        .flatten()
+        .map(|i| i.post.as_ref().map_or(0, |p| p.post_id))
+        .collect();
+    assert_eq!(first.len(), 4);
+    assert!(ranked.items.iter().flatten().all(|i| i.score > 0.0));
+    let cursor = ranked.page.and_then(|p| p.next_cursor).expect("more");
+    let rest = readers[2]
+        .client
+        .feed()
+        .for_you(4, Some(cursor))
+        .await
+        .expect("next page");
+    let rest: Vec<u64> = rest
+        .items
+        .iter()
+        .flatten()
+        .map(|i| i.post.as_ref().map_or(0, |p| p.post_id))
+        .collect();
+    assert_eq!(rest.len(), 2);
+    assert!(rest.iter().all(|id| !first.contains(id)));
     // A reader who was away resumes from the newest item they had: the server first says
     // how many arrived since.
     let newer = page.newer_cursor.expect("newer cursor");

@@ -40,12 +40,16 @@
 //! the interval. Large authors' posts are not pushed (there is no per-follower write to
 //! hang them on); readers see them on their next page.
 //!
-//! Not built yet: the ranked "For you" feed, hashtag and list feeds (answered
-//! `Unavailable`), stories and notifications.
+//! **For you** ([`rank`]): the same candidates, scored by a documented formula behind
+//! the [`Scorer`] trait, diversified, seen-filtered, and paged from a snapshot.
+//!
+//! Stories share the fan-out (their jobs write `stories_tray` rows; see
+//! [`crate::stories`]). Not built yet: hashtag and list feeds (answered `Unavailable`).
 //!
 //! Feeds stand on posts (one way): they read posts through `Posts`, so the read rule
 //! stays in one place. Posts know nothing of feeds beyond the hook the registry wires.
 
+mod rank;
 mod wire;
 
 use std::cell::RefCell;
@@ -65,6 +69,7 @@ use crate::posts::{Access, Post, Posts};
 use crate::tables::feed::{FANOUT_JOBS, HIDDEN, HOME, Job, JobKind, LARGE_AUTHORS};
 use crate::tables::{self, id_value, key as k};
 use crate::{Error, Result};
+pub use rank::{Candidate, Formula, RankedAt, RankedItem, RankedPage, Scorer, diversify};
 pub use wire::FeedWire;
 
 /// Most large authors merged into one reader's page.
@@ -93,6 +98,10 @@ pub struct FeedConfig {
     pub home_max: usize,
     /// How long a shard reuses its copy of the large-authors list.
     pub large_refresh: Duration,
+    /// "For you": most items in a row from one author.
+    pub max_consecutive: usize,
+    /// "For you": the age at which a post's recency halves.
+    pub half_life: Duration,
 }
 
 impl Default for FeedConfig {
@@ -102,6 +111,8 @@ impl Default for FeedConfig {
             push_interval: Duration::from_secs(1),
             home_max: 800,
             large_refresh: Duration::from_secs(2),
+            max_consecutive: 2,
+            half_life: Formula::default().half_life,
         }
     }
 }
@@ -243,6 +254,7 @@ pub struct Feed<S> {
     large: RefCell<Option<(Instant, Rc<Vec<u64>>)>>,
     pushes: Rc<RefCell<HashMap<u64, PushSlot>>>,
     limits: limits::Limits,
+    scorer: Rc<dyn Scorer>,
 }
 
 mod limits {
@@ -349,7 +361,17 @@ impl<S: Store + Clone + 'static> Feed<S> {
             large: RefCell::new(None),
             pushes: Default::default(),
             limits: Default::default(),
+            scorer: Rc::new(Formula {
+                half_life: config.half_life,
+                ..Formula::default()
+            }),
         }
+    }
+
+    /// Ranks "For you" with `scorer` instead of the formula (a learned model).
+    pub fn with_scorer(mut self, scorer: Rc<dyn Scorer>) -> Self {
+        self.scorer = scorer;
+        self
     }
 
     /// Pushes "new posts" to readers through `delivery`, and fans out across its shards.

@@ -1,5 +1,5 @@
-//! The `Feed` service on the wire: home ("Following"; "Home" is the same chronological
-//! feed until ranking lands) and per-user pages, "not interested", and the `HomeFeed`
+//! The `Feed` service on the wire: home ("Following" and "Home", chronological), the
+//! ranked "For you" feed, per-user pages, "not interested", and the `HomeFeed`
 //! subscription. Page reads and marks run on the reader's owner shard, where the
 //! reader's rate limits live.
 
@@ -12,7 +12,7 @@ use selfie_protocol::feed::{self as pf, FeedKind, FeedOp, FeedOpT};
 use selfie_protocol::posts as pp;
 use selfie_storage::Store;
 
-use super::{Feed, FeedPage, PageAt};
+use super::{Feed, PageAt, RankedAt};
 use crate::plane::{Call, Delivery, Subscription, Topic, envelope, make, service_table, user_ref};
 use crate::posts::{Viewer, post_t};
 use crate::{Error, Result};
@@ -83,33 +83,67 @@ impl<S: Store + Clone + 'static> FeedWire<S> {
         let me = call.user()?;
         self.0.spend(me, false)?;
         let (limit, _) = crate::plane::page_request(r.page());
-        let at = match r.page().and_then(|p| p.cursor()) {
-            Some(c) if !c.is_empty() => Some(PageAt::parse(c.bytes())?),
-            _ => None,
-        };
-        let page = match r.kind() {
-            FeedKind::Home | FeedKind::Following => self.0.home(me, at, limit).await?,
+        let cursor = r
+            .page()
+            .and_then(|p| p.cursor())
+            .map(|c| c.bytes())
+            .filter(|c| !c.is_empty());
+        let at = || cursor.map(PageAt::parse).transpose();
+        let answer = match r.kind() {
+            FeedKind::Home | FeedKind::Following => {
+                let page = self.0.home(me, at()?, limit).await?;
+                self.page_t(
+                    me,
+                    page.items.into_iter().map(|i| (i, 0.0)),
+                    page.next,
+                    page.newer,
+                )
+                .await?
+            }
             FeedKind::User => {
                 let author = r.target_id();
                 if author == 0 {
                     return Err(Error::InvalidArgument { field: "target_id" });
                 }
-                self.0.user(me, author, at, limit).await?
+                let page = self.0.user(me, author, at()?, limit).await?;
+                self.page_t(
+                    me,
+                    page.items.into_iter().map(|i| (i, 0.0)),
+                    page.next,
+                    page.newer,
+                )
+                .await?
             }
-            FeedKind::ForYou | FeedKind::Hashtag | FeedKind::List => {
+            FeedKind::ForYou => {
+                let at = cursor.map(RankedAt::parse).transpose()?;
+                let page = self.0.for_you(me, at, limit).await?;
+                let items = page.items.into_iter().map(|r| (r.item, r.score));
+                let mut answer = self.page_t(me, items, None, None).await?;
+                answer.page = Some(Box::new(make!(selfie_protocol::common::PageInfoT {
+                    has_more: page.next.is_some(),
+                    next_cursor: page.next.map(RankedAt::to_bytes),
+                })));
+                answer
+            }
+            FeedKind::Hashtag | FeedKind::List => {
                 return Err(Error::Unavailable("this feed"));
             }
             _ => return Err(Error::InvalidArgument { field: "kind" }),
         };
-        let answer = self.page_t(me, page).await?;
         Self::answer(call, FeedOpT::FeedPage(Box::new(answer)))
     }
 
     /// A page on the wire, with each post's counts and what the reader did to it.
-    async fn page_t(&self, me: u64, page: FeedPage) -> Result<pf::FeedPageT> {
+    async fn page_t(
+        &self,
+        me: u64,
+        items: impl Iterator<Item = (super::Item, f64)>,
+        next: Option<PageAt>,
+        newer: Option<PageAt>,
+    ) -> Result<pf::FeedPageT> {
         let posts = self.0.posts();
-        let mut items = Vec::with_capacity(page.items.len());
-        for item in page.items {
+        let mut out = Vec::new();
+        for (item, score) in items {
             let id = item.post.post_id;
             let counts = posts.counts(id).await?;
             let viewer = Viewer {
@@ -122,20 +156,21 @@ impl<S: Store + Clone + 'static> FeedWire<S> {
                 pf::FeedReason::Followed
             };
             let post: pp::PostT = post_t(item.post, Some(counts), viewer);
-            items.push(make!(pf::FeedItemT {
+            out.push(make!(pf::FeedItemT {
                 post: Some(Box::new(post)),
                 reason,
                 reposted_by: item.reposted_by.and_then(user_ref),
+                score: score as f32,
             }));
         }
         let page_info = make!(selfie_protocol::common::PageInfoT {
-            has_more: page.next.is_some(),
-            next_cursor: page.next.map(PageAt::to_bytes),
+            has_more: next.is_some(),
+            next_cursor: next.map(PageAt::to_bytes),
         });
         Ok(make!(pf::FeedPageT {
-            items: Some(items),
+            items: Some(out),
             page: Some(Box::new(page_info)),
-            newer_cursor: page.newer.map(PageAt::to_bytes),
+            newer_cursor: newer.map(PageAt::to_bytes),
         }))
     }
 

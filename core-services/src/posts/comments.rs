@@ -149,11 +149,13 @@ impl<S: Store + 'static> Posts<S> {
             let first = self.first_created(cell).await?.ok_or(Error::Busy)?;
             return self.created_comment(post_id, first).await;
         }
-        self.tell(post.author_id, viewer, Kind::Comment, Target::Post(post_id));
+        self.engaged(post.author_id, viewer, Kind::Comment, Target::Post(post_id))
+            .await?;
         if let Some(a) = parent_author
             && a != post.author_id
         {
-            self.tell(a, viewer, Kind::Reply, Target::Comment(parent_id));
+            self.engaged(a, viewer, Kind::Reply, Target::Comment(parent_id))
+                .await?;
         }
         self.notify(post_id, Count::Comments, 1).await?;
         Ok(c)

@@ -64,12 +64,13 @@ impl<S: Store + 'static> Posts<S> {
                 )
                 .add(emoji_cell.clone(), 1, None);
             if self.store.commit(&first).await? {
-                self.tell(
+                self.engaged(
                     post.author_id,
                     viewer,
                     Kind::Reaction,
                     Target::Post(post_id),
-                );
+                )
+                .await?;
                 self.notify(post_id, Count::Reactions, 1).await?;
                 return Ok(());
             }
@@ -295,12 +296,13 @@ impl<S: Store + 'static> Posts<S> {
             return self.load(first).await?.ok_or(Error::Corrupt("repost"));
         }
         self.fan_out(&post);
-        self.tell(
+        self.engaged(
             original.author_id,
             viewer,
             Kind::Repost,
             Target::Post(post_id),
-        );
+        )
+        .await?;
         self.notify(post_id, Count::Reposts, 1).await?;
         Ok(post)
     }

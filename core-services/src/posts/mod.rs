@@ -367,6 +367,18 @@ impl<S: Store + 'static> Posts<S> {
         });
     }
 
+    /// `actor` engaged with `author`'s post or comment: counted for ranking (the "For
+    /// you" feed's affinity) and told to the author.
+    async fn engaged(&self, author: u64, actor: u64, kind: Kind, target: Target) -> Result<()> {
+        if author != actor {
+            self.store
+                .counter_add(&AFFINITY, &k(actor), &k(author), 1)
+                .await?;
+        }
+        self.tell(author, actor, kind, target);
+        Ok(())
+    }
+
     /// Hands every new post and repost to a feed's fan-out through `hook`.
     pub fn with_fanout(mut self, hook: FanoutHook) -> Self {
         self.fanout = Some(hook);
@@ -749,7 +761,8 @@ impl<S: Store + 'static> Posts<S> {
         }
         if let Some(q) = post.quote_of {
             if let Some(quoted_author) = quoted {
-                self.tell(quoted_author, author, Kind::Quote, Target::Post(q));
+                self.engaged(quoted_author, author, Kind::Quote, Target::Post(q))
+                    .await?;
             }
             self.notify(q, Count::Quotes, 1).await?;
         }
