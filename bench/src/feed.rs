@@ -428,6 +428,46 @@ async fn feed_read_run(args: &ReadArgs, dir: &std::path::Path) -> anyhow::Result
             lat,
         });
     }
+    // The write path alone: one post fanned out to every user's timeline by the feed's
+    // worker (paged reads of the followers, batched durable timeline writes), no pushes.
+    let star = args.users + 1;
+    users.create(star, "star").await?;
+    futures::stream::iter((1..=args.users).map(|u| {
+        let graph = &graph;
+        async move { graph.follow(u, star).await }
+    }))
+    .buffer_unordered(args.concurrency)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let (hook, jobs) = fanout_queue(2, 0);
+    let star_posts =
+        Rc::new(Posts::new(store.clone(), Arc::new(SystemClock), 2, 0)?.with_fanout(hook));
+    let worker = Feed::new(
+        store.clone(),
+        star_posts.clone(),
+        Arc::new(SystemClock),
+        jobs,
+        FeedConfig::default(),
+    );
+    let mut lat = Latencies::new();
+    let t = Instant::now();
+    let rounds = 5;
+    for i in 0..rounds {
+        star_posts
+            .create(star, &format!("to everyone {i}"), Audience::Public, None)
+            .await?;
+        let t0 = Instant::now();
+        worker.fan_out_pending().await?;
+        lat.record(t0.elapsed());
+    }
+    lines.push(Line {
+        name: format!("fan-out of a post to {} timelines", args.users),
+        ops: rounds,
+        elapsed: t.elapsed(),
+        lat,
+    });
     Ok(lines)
 }
 
@@ -452,6 +492,220 @@ pub fn feed_read(args: ReadArgs) -> anyhow::Result<()> {
             "ratio (home page 1 ÷ raw floor): p50 {:.2}x, p99 {:.2}x",
             first.lat.p(0.5) as f64 / raw.lat.p(0.5).max(1) as f64,
             first.lat.p(0.99) as f64 / raw.lat.p(0.99).max(1) as f64,
+        );
+    }
+    if let Some(fan) = lines.last() {
+        println!(
+            "fan-out write rate: {:.0} timeline writes/s (median of {} posts to {} followers)",
+            args.users as f64 / (fan.lat.p(0.5) as f64 / 1e6).max(1e-9),
+            fan.ops,
+            args.users
+        );
+    }
+    Ok(())
+}
+
+/// Arguments of the `stories-tray` scenario.
+#[derive(clap::Args, Clone)]
+pub struct TrayArgs {
+    /// Users.
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+    /// Accounts each user follows (random).
+    #[arg(long, default_value_t = 50)]
+    follows: usize,
+    /// Users with live stories.
+    #[arg(long, default_value_t = 2_000)]
+    storytellers: u64,
+    /// Stories each of them posts.
+    #[arg(long, default_value_t = 2)]
+    stories_each: usize,
+    /// Tray reads measured (random readers).
+    #[arg(long, default_value_t = 20_000)]
+    reads: u64,
+    /// Writes in flight while seeding.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+}
+
+async fn stories_tray_run(args: &TrayArgs, dir: &std::path::Path) -> anyhow::Result<Vec<Line>> {
+    use selfie_services::stories::{NewStory, Stories};
+    let store = EmbeddedStore::open(
+        dir,
+        &selfie_services::schema::tables(),
+        Arc::new(SystemClock),
+    )?;
+    let users = Users::new(store.clone());
+    let graph = Graph::new(store.clone());
+    let (hook, jobs) = fanout_queue(1, 0);
+    let posts =
+        Rc::new(Posts::new(store.clone(), Arc::new(SystemClock), 1, 0)?.with_fanout(hook.clone()));
+    let feed = Rc::new(Feed::new(
+        store.clone(),
+        posts.clone(),
+        Arc::new(SystemClock),
+        jobs,
+        FeedConfig::default(),
+    ));
+    let stories = Stories::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        1,
+        0,
+        posts,
+        feed.clone(),
+    )?
+    .with_fanout(hook);
+    let t = Instant::now();
+    futures::stream::iter((1..=args.users).map(|u| {
+        let users = &users;
+        async move { users.create(u, &format!("user{u}")).await }
+    }))
+    .buffer_unordered(args.concurrency)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let mut rng = rand::rng();
+    let mut edges = Vec::new();
+    for u in 1..=args.users {
+        let mut chosen: Vec<u64> = Vec::new();
+        while chosen.len() < args.follows.min(args.users as usize - 1) {
+            let a = rng.random_range(1..=args.users);
+            if a != u && !chosen.contains(&a) {
+                chosen.push(a);
+                edges.push((u, a));
+            }
+        }
+    }
+    futures::stream::iter(edges.into_iter().map(|(u, a)| {
+        let graph = &graph;
+        async move { graph.follow(u, a).await }
+    }))
+    .buffer_unordered(args.concurrency)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let creates = (1..=args.storytellers.min(args.users))
+        .flat_map(|u| (0..args.stories_each).map(move |_| u))
+        .map(|u| {
+            let stories = &stories;
+            async move {
+                stories
+                    .create(
+                        u,
+                        NewStory {
+                            media_id: u,
+                            caption: "bench".into(),
+                            link_url: String::new(),
+                            audience: Audience::Followers,
+                            duration: None,
+                            mentions: Vec::new(),
+                            idempotency_key: None,
+                        },
+                    )
+                    .await
+            }
+        });
+    futures::stream::iter(creates)
+        .buffer_unordered(args.concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let fanned = feed.fan_out_pending().await?;
+    eprintln!(
+        "{} users following {} each, {} stories fanned out to trays in {:.1} s",
+        args.users,
+        args.follows,
+        fanned,
+        t.elapsed().as_secs_f64()
+    );
+    let readers: Vec<u64> = (0..args.reads)
+        .map(|_| rng.random_range(1..=args.users))
+        .collect();
+    let mut lines = Vec::new();
+    // Raw floor: the tray partition, each author's live stories, each story read.
+    let mut lat = Latencies::new();
+    let t = Instant::now();
+    for &r in &readers {
+        let t0 = Instant::now();
+        let tray = store
+            .scan(
+                &selfie_services::tables::stories::TRAY,
+                &selfie_services::tables::key(r),
+                &Scan::all(1000),
+            )
+            .await?;
+        for row in &tray.rows {
+            let live = store
+                .scan(
+                    &selfie_services::tables::stories::BY_AUTHOR,
+                    &row.clustering,
+                    &Scan::all(100),
+                )
+                .await?;
+            for s in &live.rows {
+                store
+                    .get(
+                        &selfie_services::tables::stories::STORIES,
+                        &s.clustering,
+                        &[],
+                    )
+                    .await?;
+            }
+        }
+        lat.record(t0.elapsed());
+    }
+    lines.push(Line {
+        name: "raw: tray scan + stories reads".into(),
+        ops: args.reads,
+        elapsed: t.elapsed(),
+        lat,
+    });
+    let mut lat = Latencies::new();
+    let t = Instant::now();
+    let mut entries = 0usize;
+    for &r in &readers {
+        let t0 = Instant::now();
+        let (page, _) = stories.tray(r, 0, 20).await?;
+        entries += page.len();
+        lat.record(t0.elapsed());
+    }
+    lines.push(Line {
+        name: "stories tray (first 20 authors)".into(),
+        ops: args.reads,
+        elapsed: t.elapsed(),
+        lat,
+    });
+    eprintln!(
+        "{:.1} authors per tray on average",
+        entries as f64 / args.reads.max(1) as f64
+    );
+    Ok(lines)
+}
+
+/// Runs `stories-tray` and prints the report.
+pub fn stories_tray(args: TrayArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    println!(
+        "stories-tray: {} users following {} each, {} × {} stories, {} tray reads",
+        args.users, args.follows, args.storytellers, args.stories_each, args.reads
+    );
+    let tmp = tempfile::tempdir()?;
+    let lines = local.block_on(&rt, stories_tray_run(&args, tmp.path()))?;
+    for l in &lines {
+        println!("{}", l.text());
+    }
+    if let [raw, tray] = lines.as_slice() {
+        println!(
+            "ratio (tray ÷ raw floor): p50 {:.2}x, p99 {:.2}x",
+            tray.lat.p(0.5) as f64 / raw.lat.p(0.5).max(1) as f64,
+            tray.lat.p(0.99) as f64 / raw.lat.p(0.99).max(1) as f64,
         );
     }
     Ok(())

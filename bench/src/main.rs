@@ -12,7 +12,8 @@
 //!   group, next to the raw quinn echo round trip;
 //! - `post-fanout`: a post to N connected followers (timeline writes and live pushes)
 //!   next to raw quinn writing one event to N connections; `feed-read`: home-feed pages
-//!   over a seeded store next to the raw reads a page needs.
+//!   over a seeded store next to the raw reads a page needs; `stories-tray`: tray reads
+//!   likewise.
 //!
 //! Results and command lines are recorded in `bench/RESULTS.md`.
 
@@ -53,6 +54,8 @@ enum Scenario {
     PostFanout(feed::FanoutArgs),
     /// Home-feed page reads over a seeded store, vs the raw reads a page needs.
     FeedRead(feed::ReadArgs),
+    /// Story tray reads over a seeded store, vs the raw reads a tray needs.
+    StoriesTray(feed::TrayArgs),
     /// The raw quinn echo baseline server (started by the other scenarios).
     #[command(hide = true)]
     EchoServer(edge::EchoArgs),
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Chat(args) => chat::run(args),
         Scenario::PostFanout(args) => feed::post_fanout(args),
         Scenario::FeedRead(args) => feed::feed_read(args),
+        Scenario::StoriesTray(args) => feed::stories_tray(args),
         Scenario::EchoServer(args) => edge::echo_server(args),
     }
 }

@@ -144,6 +144,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::feed::RANK_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 22,
+        name: "notifications: read flags apart from the inbox rows",
+        tables: crate::tables::notifications::READ_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

@@ -640,7 +640,7 @@ pub mod feed {
     /// How long a "not interested" lasts.
     pub const HIDDEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
-    /// (reader; entry post id) → the entry's author and, for a repost, the original post.
+    /// (reader; entry post id) → the entry's author (for a repost, the reposter).
     pub static HOME: Table = Table {
         name: "feed_home",
         kind: TableKind::Rows,
@@ -888,6 +888,21 @@ pub mod notifications {
 
     /// The notifications tables (a later migration).
     pub static TABLES: &[&Table] = &[&INBOX, &GROUPS, &GROUP_ACTORS, &STATE, &PUSH_TOKENS];
+
+    /// (user; notification id) → nothing: notifications marked read one by one (apart
+    /// from the inbox rows, which a growing group deletes and rewrites).
+    pub static READ: Table = Table {
+        name: "notifications_read",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["notification_id"],
+        default_ttl: Some(TTL),
+        conditional: false,
+        doc: "notifications marked read by id, 90 days",
+    };
+
+    /// The read-flags table (a later migration).
+    pub static READ_TABLES: &[&Table] = &[&READ];
 
     /// What happened.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

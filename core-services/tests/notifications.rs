@@ -259,6 +259,16 @@ async fn aggregation_and_rules<S: Store + Clone + 'static>(store: S) {
         w.inbox(DAN).await[0],
         (Kind::FollowAccepted, Target::Account, vec![EVE], 1, false)
     );
+    // A read position in the future does not mark later notifications read.
+    w.a.mark_read(BEN, u64::MAX, &[]).await.expect("read");
+    assert_eq!(w.a.unread(BEN).await.expect("unread"), 0);
+    w.graph.follow(DAN, BEN).await.expect("follow");
+    w.deliver().await;
+    assert_eq!(w.a.unread(BEN).await.expect("unread"), 1);
+    assert_eq!(
+        w.inbox(BEN).await[0],
+        (Kind::Follow, Target::Account, vec![DAN], 1, false)
+    );
 }
 
 /// Actors raising one group at once on two nodes each count once, and the group keeps

@@ -222,6 +222,12 @@ async fn privacy_tray_and_viewers<S: Store + Clone + 'static>(store: S, clock: A
     // A block hides everything both ways; a mute keeps an author out of the tray.
     w.graph.block(ANA, DAN).await.expect("blocked");
     assert_eq!(w.tray(DAN).await, vec![(CAT, vec![c0, c1], false)]);
+    let (viewers, _, _) = w.stories.viewers(ANA, a1, 10, None).await.expect("viewers");
+    assert_eq!(
+        viewers.iter().map(|v| v.user_id).collect::<Vec<_>>(),
+        vec![CAT],
+        "a blocked viewer is not listed"
+    );
     assert!(w.stories.of_user(DAN, ANA).await.expect("none").is_empty());
     w.graph.mute(CAT, BEN, None).await.expect("muted");
     assert!(!w.tray(CAT).await.iter().any(|(a, _, _)| *a == BEN));

@@ -386,8 +386,10 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 9] = [
-    "server", "tls", "limits", "ops", "log", "storage", "auth", "mail", "delivery",
+/// Every section of [`Config`] (`SELFIE_<SECTION>_<KEY>` is read for these; a test
+/// checks the list against the struct).
+const SECTIONS: [&str; 11] = [
+    "server", "tls", "limits", "ops", "log", "storage", "auth", "mail", "delivery", "chat", "feed",
 ];
 
 fn scalar(raw: &str) -> Value {
@@ -652,6 +654,26 @@ mod tests {
         assert!(load(None, env(&[]), &["nosuch.key=1".into()]).is_err());
         // Not configuration: ignored.
         assert!(load(None, env(&[("SELFIE_CQL_NODES", "127.0.0.1:9042")]), &[]).is_ok());
+        // Every section can be set from the environment.
+        let sections = toml::Value::try_from(Config::default()).expect("serializes");
+        let names: Vec<&String> = sections.as_table().expect("a table").keys().collect();
+        assert_eq!(names.len(), SECTIONS.len(), "{names:?}");
+        for name in names {
+            assert!(
+                SECTIONS.contains(&name.as_str()),
+                "{name} is not in SECTIONS"
+            );
+        }
+        let c = load(
+            None,
+            env(&[
+                ("SELFIE_FEED_PUSH_INTERVAL_MS", "50"),
+                ("SELFIE_CHAT_SYNC_WINDOW", "7"),
+            ]),
+            &[],
+        )
+        .expect("feed and chat from the environment");
+        assert_eq!((c.feed.push_interval_ms, c.chat.sync_window), (50, 7));
     }
 
     #[test]

@@ -349,6 +349,17 @@ async fn notifications_arrive_live_and_aggregate() {
         e.notification.map(|n| n.kind),
         Some(NotificationKind::Mention)
     );
+    // Mentioned in a followers-only post of someone she does not follow: she may not
+    // read it, so she is not told (the count of notifications below says so).
+    let mut hidden = selfie_protocol::posts::CreatePostRequestT::default();
+    hidden.text = Some("psst @ana".into());
+    hidden.audience = selfie_protocol::common::Audience::Followers;
+    call(
+        &fans[2].client,
+        support::posts(PostsOpT::CreatePostRequest(Box::new(hidden))),
+    )
+    .await
+    .expect("posted");
     let post = create_post(&ana.client, "react to this").await;
     for f in &fans {
         let mut r = ReactRequestT::default();

@@ -18,7 +18,9 @@
 //! they follow with their timeline (as Twitter's timeline service does). A reader's merge
 //! considers at most [`MAX_MERGED_AUTHORS`] large authors, the most recently active ones
 //! — the cap bounds read cost for readers who follow very many large accounts; posts of
-//! the others are still in their profile feeds. An author stays on the list for
+//! the others are still in their profile feeds. A shard keeps the [`MAX_LARGE_AUTHORS`]
+//! most recently active large authors (of at most 20,000 listed); a fleet with more
+//! large accounts than that needs a per-reader index, which does not exist yet. An author stays on the list for
 //! [`crate::tables::feed::LARGE_TTL`] after their last unfanned post, so crossing the
 //! threshold either way hides nothing. The reader cannot tell the two paths apart.
 //!
@@ -76,16 +78,25 @@ pub use wire::FeedWire;
 pub const MAX_MERGED_AUTHORS: usize = 100;
 /// Most large authors a shard considers (the most recently active).
 pub const MAX_LARGE_AUTHORS: usize = 5_000;
+/// Up to this many large authors, a reader's are found by point reads; past it, by a
+/// scan of whom the reader follows.
+const SHORT_LARGE_LIST: usize = 64;
+/// Most rows of a reader's follows scanned to find the large authors among them.
+pub const MAX_FOLLOWING_SCANNED: usize = 10_000;
 /// Readers per page of a fan-out.
 pub const FANOUT_PAGE: usize = 1_000;
 /// Timeline writes in flight at once on one shard, per fan-out batch.
 const WRITES_IN_FLIGHT: usize = 128;
+/// Rows deleted per batch when trimming.
+const TRIM_BATCH: usize = 500;
 /// One timeline write in this many trims the timeline to its length.
 const TRIM_ONE_IN: u32 = 64;
 /// Entries examined per item asked for, at most, in one page.
 pub const SCAN_BUDGET: usize = 10;
-/// Attempts at one fan-out before it is left for the next start.
+/// Attempts at one fan-out in a row.
 const JOB_ATTEMPTS: u32 = 3;
+/// How long a fan-out that kept failing waits before its next round of attempts.
+const JOB_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Feed settings.
 #[derive(Debug, Clone, Copy)]
@@ -251,6 +262,8 @@ pub struct Feed<S> {
     /// This shard's job partition.
     worker: Bytes,
     jobs: RefCell<Option<tokio::sync::mpsc::UnboundedReceiver<Job>>>,
+    /// Puts a job that kept failing back on the queue, later.
+    retry: tokio::sync::mpsc::UnboundedSender<Job>,
     large: RefCell<Option<(Instant, Rc<Vec<u64>>)>>,
     pushes: Rc<RefCell<HashMap<u64, PushSlot>>>,
     limits: limits::Limits,
@@ -322,6 +335,7 @@ fn home_value(author: u64) -> Bytes {
 pub struct FanoutJobs {
     worker: Bytes,
     rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
+    tx: tokio::sync::mpsc::UnboundedSender<Job>,
 }
 
 /// Shard `shard` of node `node`'s fan-out queue: the hook its posts service writes jobs
@@ -329,6 +343,7 @@ pub struct FanoutJobs {
 pub fn fanout_queue(node: u16, shard: u16) -> (crate::posts::FanoutHook, FanoutJobs) {
     let (wake, rx) = tokio::sync::mpsc::unbounded_channel();
     let worker = tables::feed::worker(node, shard);
+    let tx = wake.clone();
     let hook = crate::posts::FanoutHook {
         worker: worker.clone(),
         wake: Rc::new(move |job| {
@@ -337,7 +352,7 @@ pub fn fanout_queue(node: u16, shard: u16) -> (crate::posts::FanoutHook, FanoutJ
             let _ = wake.send(job);
         }),
     };
-    (hook, FanoutJobs { worker, rx })
+    (hook, FanoutJobs { worker, rx, tx })
 }
 
 impl<S: Store + Clone + 'static> Feed<S> {
@@ -358,6 +373,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
             delivery: None,
             worker: jobs.worker,
             jobs: RefCell::new(Some(jobs.rx)),
+            retry: jobs.tx,
             large: RefCell::new(None),
             pushes: Default::default(),
             limits: Default::default(),
@@ -440,6 +456,13 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 }
             }
         }
+        // Still failing (storage down?): the job row stays, and the job goes back on the
+        // queue a while later, behind the others.
+        let retry = self.retry.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(JOB_RETRY_AFTER).await;
+            let _ = retry.send(job);
+        });
     }
 
     /// Fans `post_id` out to its audience's home timelines, then forgets the job.
@@ -610,6 +633,20 @@ impl<S: Store + Clone + 'static> Feed<S> {
         let writes = futures::stream::iter(readers.iter().map(|&reader| {
             let value = value.clone();
             async move {
+                // A row for a story that lives longer stays (a late or resumed job of an
+                // older story must not shorten the author's place in the tray).
+                let current = self
+                    .store
+                    .get(&tables::stories::TRAY, &k(reader), &k(author))
+                    .await?;
+                if current
+                    .as_deref()
+                    .and_then(|v| v.get(8..16))
+                    .and_then(id_value)
+                    .is_some_and(|at| at >= expires_at_ms)
+                {
+                    return Ok(());
+                }
                 self.store
                     .put(&tables::stories::TRAY, &k(reader), &k(author), &value, ttl)
                     .await
@@ -658,20 +695,25 @@ impl<S: Store + Clone + 'static> Feed<S> {
             w?;
         }
         for &reader in readers {
-            if rand::random::<u32>().is_multiple_of(TRIM_ONE_IN) {
-                self.trim(reader).await?;
-            }
             self.push(reader, post_id);
+        }
+        let trims = readers
+            .iter()
+            .filter(|_| rand::random::<u32>().is_multiple_of(TRIM_ONE_IN))
+            .map(|&reader| self.trim(reader));
+        for t in futures::future::join_all(trims).await {
+            t?;
         }
         Ok(())
     }
 
-    /// Cuts `reader`'s timeline to its newest [`FeedConfig::home_max`] entries.
+    /// Cuts `reader`'s timeline to its newest [`FeedConfig::home_max`] entries (the
+    /// older ones go in batches: one durable write each).
     pub async fn trim(&self, reader: u64) -> Result<usize> {
         let keep = self.config.home_max.max(1);
         let mut cursor = None;
         let mut seen = 0usize;
-        let mut removed = 0;
+        let mut old = Vec::new();
         loop {
             let page = self
                 .store
@@ -680,15 +722,20 @@ impl<S: Store + Clone + 'static> Feed<S> {
             for r in &page.rows {
                 seen += 1;
                 if seen > keep {
-                    self.store.delete(&HOME, &k(reader), &r.clustering).await?;
-                    removed += 1;
+                    old.push(selfie_storage::Mutation::Delete {
+                        clustering: r.clustering.clone(),
+                    });
                 }
             }
             match page.cursor {
                 Some(c) => cursor = Some(c),
-                None => return Ok(removed),
+                None => break,
             }
         }
+        for chunk in old.chunks(TRIM_BATCH) {
+            self.store.batch(&HOME, &k(reader), chunk).await?;
+        }
+        Ok(old.len())
     }
 
     /// Tells `reader` of a new entry: now, or folded into one push after the interval.
@@ -792,23 +839,58 @@ impl<S: Store + Clone + 'static> Feed<S> {
         Ok(list)
     }
 
-    /// The large authors `reader` follows, at most [`MAX_MERGED_AUTHORS`].
+    /// The large authors `reader` follows, at most [`MAX_MERGED_AUTHORS`]: by point reads
+    /// when the large-authors list is short, else by one scan of whom the reader follows
+    /// (at most [`MAX_FOLLOWING_SCANNED`] rows), whichever costs less.
     pub(crate) async fn large_followed(&self, reader: u64) -> Result<Vec<u64>> {
         let large = self.large_authors().await?;
-        let checks = large.iter().filter(|&&a| a != reader).map(|&a| async move {
-            tables::graph::follows(&self.store, reader, a)
-                .await
-                .map(|f| f.then_some(a))
-        });
+        if large.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
-        for f in futures::future::join_all(checks).await {
-            if let Some(a) = f? {
-                out.push(a);
-                if out.len() == MAX_MERGED_AUTHORS {
-                    break;
+        if large.len() <= SHORT_LARGE_LIST {
+            let checks = large.iter().filter(|&&a| a != reader).map(|&a| async move {
+                tables::graph::follows(&self.store, reader, a)
+                    .await
+                    .map(|f| f.then_some(a))
+            });
+            for f in futures::future::join_all(checks).await {
+                if let Some(a) = f? {
+                    out.push(a);
                 }
             }
+        } else {
+            let wanted: HashSet<u64> = large.iter().copied().collect();
+            let mut cursor = None;
+            let mut scanned = 0;
+            loop {
+                let page = self
+                    .store
+                    .scan(
+                        &tables::graph::FOLLOWING,
+                        &k(reader),
+                        &Scan::all(1000).after(cursor),
+                    )
+                    .await?;
+                scanned += page.rows.len();
+                for r in &page.rows {
+                    if let Some(a) = KeyReader::new(&r.clustering).u64()
+                        && wanted.contains(&a)
+                    {
+                        out.push(a);
+                    }
+                }
+                match page.cursor {
+                    Some(c) if scanned < MAX_FOLLOWING_SCANNED => cursor = Some(c),
+                    _ => break,
+                }
+            }
+            // The most recently active first, as the list is ordered.
+            let rank: HashMap<u64, usize> =
+                large.iter().enumerate().map(|(i, &a)| (a, i)).collect();
+            out.sort_by_key(|a| rank.get(a).copied().unwrap_or(usize::MAX));
         }
+        out.truncate(MAX_MERGED_AUTHORS);
         Ok(out)
     }
 
@@ -1079,11 +1161,12 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 direction: Direction::Older,
                 entry_id,
             });
-        let newer = items.first().map(|i| PageAt {
-            direction: Direction::Newer,
-            entry_id: i.entry_id,
-        });
-        Ok(FeedPage { items, next, newer })
+        // A profile is paged older only (`Newer` cursors are for the home feed).
+        Ok(FeedPage {
+            items,
+            next,
+            newer: None,
+        })
     }
 
     /// `reader` is not interested in `post_id` and/or `author_id` (0: neither): they

@@ -243,7 +243,11 @@ impl<S: Store + Clone + 'static> Feed<S> {
         let now = self.clock.now_ms();
         let mut candidates = Vec::new();
         let mut at: Option<PageAt> = None;
-        while candidates.len() < MAX_CANDIDATES {
+        // A bounded number of home pages, however many entries the rules leave out.
+        for _ in 0..MAX_CANDIDATES.div_ceil(crate::plane::PAGE_MAX) {
+            if candidates.len() >= MAX_CANDIDATES {
+                break;
+            }
             let page = self.home(reader, at, crate::plane::PAGE_MAX).await?;
             for item in page.items {
                 let seen = self

@@ -15,10 +15,14 @@
 //!   Mentions and approvals are never grouped. The group row is versioned
 //!   (compare-and-set), so concurrent actors on different nodes each count once.
 //! - **Rules.** Nothing is recorded across a block either way, from a muted account, or
-//!   of a kind the recipient turned off; blocks and mutes made later hide earlier
-//!   notifications when they are read, and notifications about deleted posts vanish.
-//! - **Read state.** A read position (every notification up to an id) and per-row read
-//!   flags; the unread count counts up to [`MAX_UNREAD_COUNTED`] (clients show "99+").
+//!   of a kind the recipient turned off; mentions reach only users who may read what
+//!   mentions them. Blocks and mutes made later hide the actors a notification shows
+//!   (its count keeps the others it does not name); a notification with no actor left,
+//!   or about a deleted post or comment or an expired story, is not shown or counted.
+//! - **Read state.** A read position (every notification up to an id, never past the
+//!   newest) and read flags by id (`notifications_read`, apart from the inbox rows a
+//!   growing group rewrites); the unread count counts what the list would show, up to
+//!   [`MAX_UNREAD_COUNTED`] (clients show "99+").
 //! - **Live.** A new or grown notification is pushed on the recipient's `Notifications`
 //!   topic with the unread count. Device push (APNs, FCM, Web Push) is a seam: tokens are
 //!   stored, and a [`DevicePush`] given to the service is told of each notification for
@@ -27,6 +31,7 @@
 mod wire;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -38,7 +43,7 @@ use selfie_storage::{Clock, Cursor, Scan, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::plane::{Delivery, Topic};
-use crate::tables::notifications::{GROUP_ACTORS, GROUPS, INBOX, PUSH_TOKENS, STATE};
+use crate::tables::notifications::{GROUP_ACTORS, GROUPS, INBOX, PUSH_TOKENS, READ, STATE};
 pub use crate::tables::notifications::{Kind, Note, Notifier, Target};
 use crate::tables::{self, decode, encode, key as k};
 use crate::{Error, Result};
@@ -340,9 +345,14 @@ impl<S: Store + Clone + 'static> Notifications<S> {
             // The group's notification, if the recipient has not read it yet.
             let unread = match &group {
                 Some(g) if g.notification_id > self.state(note.recipient).await?.1.read_up_to => {
+                    let read = self
+                        .store
+                        .get(&READ, &user, &k(g.notification_id))
+                        .await?
+                        .is_some();
                     self.load(note.recipient, g.notification_id)
                         .await?
-                        .filter(|n| !n.read)
+                        .filter(|_| !read)
                         .map(|_| g)
                 }
                 _ => None,
@@ -462,27 +472,67 @@ impl<S: Store + Clone + 'static> Notifications<S> {
         }
     }
 
-    /// `user`'s unread notifications, counted up to [`MAX_UNREAD_COUNTED`].
+    /// `user`'s unread notifications as the list shows them, counted up to
+    /// [`MAX_UNREAD_COUNTED`].
     pub async fn unread(&self, user: u64) -> Result<u32> {
         let (_, state) = self.state(user).await?;
         let page = self
             .store
             .scan(&INBOX, &k(user), &Scan::all(MAX_UNREAD_COUNTED).reversed())
             .await?;
+        let mut hears = HashMap::new();
         let mut n = 0;
         for r in &page.rows {
-            let Some(id) = KeyReader::new(&r.clustering).u64() else {
-                continue;
-            };
-            if id <= state.read_up_to {
+            let note: Notification = decode("notification", &r.value)?;
+            if note.notification_id <= state.read_up_to {
                 break;
             }
-            let note: Notification = decode("notification", &r.value)?;
-            if !note.read {
+            if let Some(shown) = self.shown(user, note, &state, &mut hears).await?
+                && !shown.read
+            {
                 n += 1;
             }
         }
         Ok(n)
+    }
+
+    /// A stored notification as `user` may see it now: read or not, with the actors
+    /// they no longer hear from (a later block or mute) left out — the count keeps the
+    /// actors not shown — and nothing when none is left or the target is gone.
+    async fn shown(
+        &self,
+        user: u64,
+        mut n: Notification,
+        state: &State,
+        hears: &mut HashMap<u64, bool>,
+    ) -> Result<Option<Notification>> {
+        n.read = n.notification_id <= state.read_up_to
+            || self
+                .store
+                .get(&READ, &k(user), &k(n.notification_id))
+                .await?
+                .is_some();
+        let mut visible = Vec::with_capacity(n.actors.len());
+        for &a in &n.actors {
+            let ok = match hears.get(&a) {
+                Some(&ok) => ok,
+                None => {
+                    let ok = self.hears_from(user, a).await?;
+                    hears.insert(a, ok);
+                    ok
+                }
+            };
+            if ok {
+                visible.push(a);
+            }
+        }
+        let hidden = (n.actors.len() - visible.len()) as u32;
+        if visible.is_empty() || !self.target_exists(n.target).await? {
+            return Ok(None);
+        }
+        n.actors = visible;
+        n.actors_count = n.actors_count.saturating_sub(hidden).max(1);
+        Ok(Some(n))
     }
 
     /// A page of `user`'s notifications, newest first, as the rules allow them now.
@@ -495,7 +545,7 @@ impl<S: Store + Clone + 'static> Notifications<S> {
     ) -> Result<NotificationsPage> {
         let (_, state) = self.state(user).await?;
         let mut out = Vec::with_capacity(limit);
-        let mut hears: std::collections::HashMap<u64, bool> = Default::default();
+        let mut hears = HashMap::new();
         let mut cursor = cursor;
         let mut next = None;
         // At most a few pages of rows for one page of answers; past that the page is
@@ -511,29 +561,11 @@ impl<S: Store + Clone + 'static> Notifications<S> {
                 .await?;
             for r in &page.rows {
                 let looked = Cursor(r.clustering.clone());
-                let mut n: Notification = decode("notification", &r.value)?;
-                n.read = n.read || n.notification_id <= state.read_up_to;
-                if !(unread_only && n.read) {
-                    let mut visible = Vec::with_capacity(n.actors.len());
-                    for &a in &n.actors {
-                        let ok = match hears.get(&a) {
-                            Some(&ok) => ok,
-                            None => {
-                                let ok = self.hears_from(user, a).await?;
-                                hears.insert(a, ok);
-                                ok
-                            }
-                        };
-                        if ok {
-                            visible.push(a);
-                        }
-                    }
-                    let hidden = (n.actors.len() - visible.len()) as u32;
-                    if !visible.is_empty() && self.target_exists(n.target).await? {
-                        n.actors = visible;
-                        n.actors_count = n.actors_count.saturating_sub(hidden).max(1);
-                        out.push(n);
-                    }
+                let n: Notification = decode("notification", &r.value)?;
+                if let Some(n) = self.shown(user, n, &state, &mut hears).await?
+                    && !(unread_only && n.read)
+                {
+                    out.push(n);
                 }
                 cursor = Some(looked);
                 if out.len() == limit {
@@ -570,27 +602,44 @@ impl<S: Store + Clone + 'static> Notifications<S> {
                     None => false,
                 })
             }
-            _ => Ok(true),
+            Target::Story(id) => Ok(tables::stories::load(&self.store, id)
+                .await?
+                .is_some_and(|s| s.expires_at_ms > self.clock.now_ms())),
+            Target::Comment(id) => Ok(self
+                .store
+                .get(&tables::posts::COMMENT_POSTS, &k(id), &[])
+                .await?
+                .is_some()),
+            Target::Account => Ok(true),
         }
     }
 
-    /// Marks read every notification up to `up_to_id` (0: none) and those in `ids`.
+    /// Marks read every notification up to `up_to_id` (0: none; at most the newest the
+    /// user has) and those in `ids`.
     pub async fn mark_read(&self, user: u64, up_to_id: u64, ids: &[u64]) -> Result<u32> {
         if ids.len() > MAX_MARK_IDS {
             return Err(Error::InvalidArgument { field: "ids" });
         }
         if up_to_id != 0 {
-            self.update_state(user, |s| s.read_up_to = s.read_up_to.max(up_to_id))
+            // Never past the newest notification: a position in the future would mark
+            // notifications read before they exist.
+            let newest = self
+                .store
+                .scan(&INBOX, &k(user), &Scan::all(1).reversed())
+                .await?
+                .rows
+                .first()
+                .and_then(|r| KeyReader::new(&r.clustering).u64())
+                .unwrap_or(0);
+            let up_to = up_to_id.min(newest);
+            self.update_state(user, |s| s.read_up_to = s.read_up_to.max(up_to))
                 .await?;
         }
         for &id in ids {
-            if let Some(mut n) = self.load(user, id).await?
-                && !n.read
-            {
-                n.read = true;
-                self.store
-                    .put(&INBOX, &k(user), &k(id), &encode("notification", &n)?, None)
-                    .await?;
+            // A flag apart from the row: a group growing meanwhile replaces the row, and
+            // the flag of the old one is harmless.
+            if self.load(user, id).await?.is_some() {
+                self.store.put(&READ, &k(user), &k(id), b"", None).await?;
             }
         }
         self.unread(user).await

@@ -757,7 +757,10 @@ impl<S: Store + 'static> Posts<S> {
         }
         self.fan_out(&post);
         for &m in &post.mentions {
-            self.tell(m, author, Kind::Mention, Target::Post(post.post_id));
+            // Only those who may read it learn of it.
+            if self.can_read(m, &post).await? {
+                self.tell(m, author, Kind::Mention, Target::Post(post.post_id));
+            }
         }
         if let Some(q) = post.quote_of {
             if let Some(quoted_author) = quoted {

@@ -2,10 +2,11 @@
 //! stories the reader has not seen, viewers, reactions, replies by chat, highlights.
 //!
 //! - **Life.** A story lives [`STORY_TTL`] (or less, when asked) and its rows carry that
-//!   TTL in storage: the story, its place among the author's stories, its viewers, and
-//!   the tray rows it put there all vanish with it. Reads also compare the expiry with
+//!   TTL in storage: the story, its place among the author's stories and its viewers
+//!   vanish with it. Reads also compare the expiry with
 //!   the clock, so an expired story is gone everywhere at once, whatever the storage's
-//!   purge schedule (and with an injected clock in tests). A highlighted story is copied
+//!   purge schedule (and with an injected clock in tests). A tray row lives as long as
+//!   the author's longest-lived story that reached it. A highlighted story is copied
 //!   to the author's highlights, which do not expire; its viewer list still does.
 //! - **Who sees what.** The posts service's read rule ([`crate::posts::Access`]) decides,
 //!   with the story's audience: public (for a private author: approved followers),
@@ -18,8 +19,9 @@
 //!   the reader viewed, reacted to and replied to that author's stories), then by the
 //!   newest story. Muted authors stay out. A new story pushes a `StoryUpdate` to each
 //!   connected reader's `StoryTray` subscription.
-//! - **Viewers.** Marking seen records the first view (and counts towards affinity); the
-//!   author pages through viewers with their reactions and the exact count.
+//! - **Viewers.** Marking seen records the first view; the first view, each reaction and
+//!   each reply count towards affinity. The author pages through viewers (viewer-id
+//!   order, blocks either way left out) with their reactions and the count.
 //! - **Replies** become chat messages to the author (`StoryReply`, referencing the story)
 //!   through the chat service, with its rules (message requests, blocks, "who may
 //!   message me") and its exactly-once transaction ids.
@@ -61,11 +63,11 @@ pub const MAX_MENTIONS: usize = 20;
 /// Most live stories per author (a day's worth).
 pub const MAX_LIVE_STORIES: usize = 100;
 /// Most authors in one reader's tray.
-pub const MAX_TRAY_AUTHORS: usize = 1_000;
+pub const MAX_TRAY_AUTHORS: usize = 300;
 /// Most stories marked seen in one request.
 pub const MAX_SEEN_BATCH: usize = 100;
-/// Most viewers counted exactly for one story.
-pub const MAX_COUNTED_VIEWERS: usize = 1_000_000;
+/// Most viewers counted exactly for one story (the count is given with the first page).
+pub const MAX_COUNTED_VIEWERS: usize = 100_000;
 
 /// A new story, for [`Stories::create`].
 #[derive(Debug, Clone)]
@@ -407,6 +409,11 @@ impl<S: Store + Clone + 'static> Stories<S> {
             (h.wake)(job);
         }
         for &m in &story.mentions {
+            // Only those who may see it learn of it.
+            let access = self.posts.access(m, author).await?;
+            if !access.admits(m, story.audience, &story.mentions) {
+                continue;
+            }
             self.notifier.send(Note {
                 recipient: m,
                 actor: author,
@@ -632,6 +639,7 @@ impl<S: Store + Clone + 'static> Stories<S> {
         if story_ids.len() > MAX_SEEN_BATCH {
             return Err(Error::InvalidArgument { field: "story_ids" });
         }
+        self.limits.check(viewer, Path::Read)?;
         for &id in story_ids {
             let story = match self.visible(viewer, id).await {
                 Ok((s, _)) => s,
@@ -669,7 +677,7 @@ impl<S: Store + Clone + 'static> Stories<S> {
                 Some(Duration::from_millis(left)),
             )
             .await?;
-        if before.is_none() {
+        if before.is_none() || reaction.is_some() {
             self.store
                 .counter_add(&AFFINITY, &k(viewer), &k(story.author_id), 1)
                 .await?;
@@ -703,7 +711,9 @@ impl<S: Store + Clone + 'static> Stories<S> {
         }
     }
 
-    /// The viewers of the author's own live story, newest first, and how many there are.
+    /// The viewers of the author's own live story (in viewer-id order; those across a
+    /// block either way left out), and, with the first page, how many there are (up to
+    /// [`MAX_COUNTED_VIEWERS`]; 0 on later pages).
     pub async fn viewers(
         &self,
         author: u64,
@@ -717,6 +727,7 @@ impl<S: Store + Clone + 'static> Stories<S> {
             .await?
             .filter(|s| s.author_id == author)
             .ok_or(Error::NotFound("story"))?;
+        let first = cursor.is_none();
         let page = self
             .store
             .scan(&SEEN, &k(story.story_id), &Scan::all(limit).after(cursor))
@@ -725,6 +736,7 @@ impl<S: Store + Clone + 'static> Stories<S> {
         for r in &page.rows {
             if let (Some(user_id), Some((seen_at_ms, reaction))) =
                 (KeyReader::new(&r.clustering).u64(), parse_seen(&r.value))
+                && !tables::graph::blocked_either_way(&self.store, author, user_id).await?
             {
                 viewers.push(Viewer {
                     user_id,
@@ -733,7 +745,11 @@ impl<S: Store + Clone + 'static> Stories<S> {
                 });
             }
         }
-        let total = self.count_viewers(story_id).await?;
+        let total = if first {
+            self.count_viewers(story_id).await?
+        } else {
+            0
+        };
         Ok((viewers, page.cursor, total))
     }
 
@@ -844,6 +860,16 @@ impl<S: Store + Clone + 'static> Stories<S> {
                 None,
             )
             .await?;
+        // Deleted meanwhile: the delete wins.
+        if tables::stories::load(&self.store, story_id)
+            .await?
+            .is_none()
+        {
+            self.store
+                .delete(&HIGHLIGHTS, &k(author), &k(story_id))
+                .await?;
+            return Err(Error::NotFound("story"));
+        }
         Ok(())
     }
 
