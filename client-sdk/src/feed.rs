@@ -88,6 +88,36 @@ impl FeedApi<'_> {
         self.page(FeedKind::ForYou, 0, limit, cursor).await
     }
 
+    /// One page of the posts tagged `#tag` this user may read (last 30 days).
+    pub async fn hashtag(
+        &self,
+        tag: &str,
+        limit: u16,
+        cursor: Option<Vec<u8>>,
+    ) -> Result<pf::FeedPageT, ClientError> {
+        let mut page = common::PageRequestT::default();
+        page.limit = limit;
+        page.cursor = cursor;
+        let mut r = pf::FeedPageRequestT::default();
+        r.kind = FeedKind::Hashtag;
+        r.hashtag = Some(tag.to_string());
+        r.page = Some(Box::new(page));
+        match self.call(FeedOpT::FeedPageRequest(Box::new(r))).await? {
+            FeedOpT::FeedPage(p) => Ok(*p),
+            _ => Err(unexpected("FeedPage")),
+        }
+    }
+
+    /// One page of the posts of a user list's members.
+    pub async fn list(
+        &self,
+        list_id: u64,
+        limit: u16,
+        cursor: Option<Vec<u8>>,
+    ) -> Result<pf::FeedPageT, ClientError> {
+        self.page(FeedKind::List, list_id, limit, cursor).await
+    }
+
     /// One page of `user_id`'s posts and reposts.
     pub async fn user(
         &self,

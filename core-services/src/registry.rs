@@ -101,9 +101,11 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
             .with_fanout(hook.clone())
             .with_notifier(notifier.clone()),
     );
+    let lists = Rc::new(Lists::new(store.clone(), clock.clone(), node, id)?);
     let feed = Rc::new(
         Feed::new(store.clone(), posts.clone(), clock.clone(), jobs, deps.feed)
-            .with_delivery(registry.delivery().clone()),
+            .with_delivery(registry.delivery().clone())
+            .with_lists(lists.clone()),
     );
     feed.start();
     let chat = Rc::new(
@@ -115,7 +117,7 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
         accounts: Rc::new(accounts),
         users: Rc::new(Users::new(store.clone())),
         graph: Rc::new(graph),
-        lists: Rc::new(Lists::new(store, clock, node, id)?),
+        lists,
         posts,
     });
     let s = &services;

@@ -150,6 +150,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::notifications::READ_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 23,
+        name: "posts: hashtag index",
+        tables: crate::tables::posts::HASHTAG_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

@@ -496,6 +496,23 @@ pub mod posts {
         &COUNTS,
     ];
 
+    /// How long a post stays in its hashtags' feeds.
+    pub const HASHTAG_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+    /// (hashtag; post id) → the author: the posts of each hashtag, newest last, 30 days.
+    pub static BY_HASHTAG: Table = Table {
+        name: "posts_by_hashtag",
+        kind: TableKind::Rows,
+        partition: &["hashtag"],
+        clustering: &["post_id"],
+        default_ttl: Some(HASHTAG_TTL),
+        conditional: false,
+        doc: "posts by hashtag (lower case), newest last, 30 days",
+    };
+
+    /// The hashtag index (a later migration).
+    pub static HASHTAG_TABLES: &[&Table] = &[&BY_HASHTAG];
+
     /// The tables of reposts, comment lookups and per-emoji reaction kinds (migration 8).
     pub static INTERACTION_TABLES: &[&Table] = &[&REPOSTS, &COMMENT_POSTS, &REACTION_KINDS];
 

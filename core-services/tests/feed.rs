@@ -60,13 +60,18 @@ fn node<S: Store + Clone + 'static>(
             .expect("posts")
             .with_fanout(hook),
     );
+    let lists = Rc::new(
+        selfie_services::graph::lists::Lists::new(store.clone(), Arc::new(SystemClock), node, 0)
+            .expect("lists"),
+    );
     let feed = Feed::new(
         store.clone(),
         posts.clone(),
         Arc::new(SystemClock),
         jobs,
         config,
-    );
+    )
+    .with_lists(lists);
     (posts, feed)
 }
 
@@ -480,6 +485,86 @@ async fn for_you_ranks_diversifies_and_pages_stably_embedded() {
 #[tokio::test]
 async fn for_you_ranks_diversifies_and_pages_stably_cql() {
     for_you_ranks_diversifies_and_pages_stably(cql().await).await;
+}
+
+/// Hashtag and list feeds show anyone's posts the reader may read, with the same checks.
+async fn hashtag_and_list_feeds<S: Store + Clone + 'static>(store: S) {
+    let w = world(store.clone(), FeedConfig::default()).await;
+    w.users
+        .update(
+            BEN,
+            ProfileUpdate {
+                private: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("private");
+    w.graph.follow(DAN, BEN).await.expect("request");
+    w.graph.approve(BEN, DAN).await.expect("approved");
+    let ana_tagged = w.post(ANA, "golden #Sunset", Audience::Public).await;
+    w.post(BEN, "#sunset from a private account", Audience::Public)
+        .await;
+    w.post(ANA, "no tag here", Audience::Public).await;
+    let tagged = |reader| {
+        let feed = &w.feed;
+        async move {
+            feed.hashtag(reader, "#SUNSET", None, 20)
+                .await
+                .expect("page")
+                .items
+                .into_iter()
+                .map(|i| i.post.text)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Cat follows nobody: the public post only. Dan (Ben's approved follower): both.
+    assert_eq!(tagged(CAT).await, vec!["golden #Sunset".to_string()]);
+    assert_eq!(tagged(DAN).await.len(), 2);
+    // An edit that drops the tag takes the post out; a block hides the author.
+    w.posts
+        .edit(ANA, ana_tagged, "golden hour")
+        .await
+        .expect("edited");
+    assert!(tagged(CAT).await.is_empty());
+    w.graph.block(BEN, DAN).await.expect("blocked");
+    assert!(tagged(DAN).await.is_empty());
+    assert!(matches!(
+        w.feed.hashtag(CAT, "not a tag!", None, 20).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    // A list of Ana and Ben: Cat sees Ana's posts, not the private account's.
+    let lists = selfie_services::graph::lists::Lists::new(store, Arc::new(SystemClock), 9, 0)
+        .expect("lists");
+    let list = lists.create(CAT, "friends", "", false).await.expect("list");
+    lists
+        .add_members(CAT, list.list_id, &[ANA, BEN])
+        .await
+        .expect("members");
+    let page = w
+        .feed
+        .list(CAT, list.list_id, None, 20)
+        .await
+        .expect("page");
+    let authors: Vec<u64> = page.items.iter().map(|i| i.post.author_id).collect();
+    assert_eq!(authors, vec![ANA, ANA]);
+    // Someone else's private list is not found.
+    let private = lists.create(CAT, "secret", "", true).await.expect("list");
+    assert!(matches!(
+        w.feed.list(DAN, private.list_id, None, 20).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn hashtag_and_list_feeds_embedded() {
+    let (s, _d) = embedded();
+    hashtag_and_list_feeds(s).await;
+}
+
+#[tokio::test]
+async fn hashtag_and_list_feeds_cql() {
+    hashtag_and_list_feeds(cql().await).await;
 }
 
 #[tokio::test]

@@ -46,7 +46,10 @@
 //! the [`Scorer`] trait, diversified, seen-filtered, and paged from a snapshot.
 //!
 //! Stories share the fan-out (their jobs write `stories_tray` rows; see
-//! [`crate::stories`]). Not built yet: hashtag and list feeds (answered `Unavailable`).
+//! [`crate::stories`]). **Hashtag feeds** read an index the posts service writes with
+//! each post (`posts_by_hashtag`, 30 days); **list feeds** merge the posts of a user
+//! list's first [`MAX_LIST_MEMBERS_MERGED`] members; both show anyone's posts the reader
+//! may read (not only followed accounts), with the same checks.
 //!
 //! Feeds stand on posts (one way): they read posts through `Posts`, so the read rule
 //! stays in one place. Posts know nothing of feeds beyond the hook the registry wires.
@@ -74,6 +77,8 @@ use crate::{Error, Result};
 pub use rank::{Candidate, Formula, RankedAt, RankedItem, RankedPage, Scorer, diversify};
 pub use wire::FeedWire;
 
+/// Most members of a user list merged into its feed.
+pub const MAX_LIST_MEMBERS_MERGED: usize = 100;
 /// Most large authors merged into one reader's page.
 pub const MAX_MERGED_AUTHORS: usize = 100;
 /// Most large authors a shard considers (the most recently active).
@@ -217,6 +222,15 @@ impl Payload {
     }
 }
 
+/// Which authors a feed may show, besides the read rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Only accounts the reader follows (and the reader): home feeds.
+    Followed,
+    /// Anyone whose post the reader may read: hashtag and list feeds.
+    Readable,
+}
+
 /// A timeline entry before its checks.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -268,6 +282,7 @@ pub struct Feed<S> {
     pushes: Rc<RefCell<HashMap<u64, PushSlot>>>,
     limits: limits::Limits,
     scorer: Rc<dyn Scorer>,
+    lists: Option<Rc<crate::graph::lists::Lists<S>>>,
 }
 
 mod limits {
@@ -381,7 +396,14 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 half_life: config.half_life,
                 ..Formula::default()
             }),
+            lists: None,
         }
+    }
+
+    /// Serves list feeds from the members of `lists`.
+    pub fn with_lists(mut self, lists: Rc<crate::graph::lists::Lists<S>>) -> Self {
+        self.lists = Some(lists);
+        self
     }
 
     /// Ranks "For you" with `scorer` instead of the formula (a learned model).
@@ -917,13 +939,15 @@ impl<S: Store + Clone + 'static> Feed<S> {
             .is_some())
     }
 
-    /// The item an entry shows `reader`, if any: every rule re-checked now.
+    /// The item an entry shows `reader`, if any: every rule re-checked now (the author
+    /// followed, too, unless `rule` is [`Rule::Readable`]).
     async fn check(
         &self,
         reader: u64,
         entry: Entry,
         authors: &mut HashMap<u64, AuthorState>,
         shown: &mut HashSet<u64>,
+        rule: Rule,
     ) -> Result<Option<Item>> {
         let state = match authors.get(&entry.author) {
             Some(s) => *s,
@@ -933,7 +957,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 s
             }
         };
-        if !state.follows || state.muted || state.hidden {
+        if (rule == Rule::Followed && !state.follows) || state.muted || state.hidden {
             return Ok(None);
         }
         let Some(post) = self.posts.stored(entry.id).await? else {
@@ -1013,7 +1037,6 @@ impl<S: Store + Clone + 'static> Feed<S> {
     /// re-checked. `limit` is 1..=100.
     pub async fn home(&self, reader: u64, at: Option<PageAt>, limit: usize) -> Result<FeedPage> {
         let limit = limit.clamp(1, crate::plane::PAGE_MAX);
-        let direction = at.map_or(Direction::Older, |a| a.direction);
         let start = at.map(|a| Cursor(k(a.entry_id)));
         let mut sources = vec![Source {
             table: &HOME,
@@ -1033,7 +1056,27 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 done: false,
             });
         }
-        let chunk = limit + limit / 2 + 1;
+        self.merged(reader, sources, at, limit, Rule::Followed)
+            .await
+    }
+
+    /// A page merged from `sources` (k-way, by entry id, in the page's direction), every
+    /// entry checked under `rule`.
+    async fn merged(
+        &self,
+        reader: u64,
+        mut sources: Vec<Source>,
+        at: Option<PageAt>,
+        limit: usize,
+        rule: Rule,
+    ) -> Result<FeedPage> {
+        let direction = at.map_or(Direction::Older, |a| a.direction);
+        // Many sources (a list's members) each read a little at a time.
+        let chunk = if sources.len() > 4 {
+            (limit / 2).max(4)
+        } else {
+            limit + limit / 2 + 1
+        };
         let budget = limit * SCAN_BUDGET;
         let mut authors = HashMap::new();
         let mut shown = HashSet::new();
@@ -1073,7 +1116,10 @@ impl<S: Store + Clone + 'static> Feed<S> {
             if !entries.insert(entry.id) {
                 continue;
             }
-            if let Some(item) = self.check(reader, entry, &mut authors, &mut shown).await? {
+            if let Some(item) = self
+                .check(reader, entry, &mut authors, &mut shown, rule)
+                .await?
+            {
                 items.push(item);
             }
         }
@@ -1106,6 +1152,77 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 entry_id,
             }),
         })
+    }
+
+    /// A page of the posts tagged `#tag` (the last [`tables::posts::HASHTAG_TTL`]) that
+    /// `reader` may read, newest first (older pages only).
+    pub async fn hashtag(
+        &self,
+        reader: u64,
+        tag: &str,
+        at: Option<PageAt>,
+        limit: usize,
+    ) -> Result<FeedPage> {
+        let tag = crate::posts::normalize_hashtag(tag)
+            .ok_or(Error::InvalidArgument { field: "hashtag" })?;
+        if at.is_some_and(|a| a.direction == Direction::Newer) {
+            return Err(Error::InvalidArgument { field: "cursor" });
+        }
+        let limit = limit.clamp(1, crate::plane::PAGE_MAX);
+        let source = Source {
+            table: &tables::posts::BY_HASHTAG,
+            partition: tables::name_key(&tag),
+            author: None,
+            buffered: VecDeque::new(),
+            cursor: at.map(|a| Cursor(k(a.entry_id))),
+            done: false,
+        };
+        let mut page = self
+            .merged(reader, vec![source], at, limit, Rule::Readable)
+            .await?;
+        // An edit can drop a tag: the index keeps the row, the post says.
+        page.items.retain(|i| i.post.hashtags.contains(&tag));
+        page.newer = None;
+        Ok(page)
+    }
+
+    /// A page of the posts and reposts of the members of the user list `list_id` (the
+    /// reader's own, or a public one), merged newest first from at most
+    /// [`MAX_LIST_MEMBERS_MERGED`] members, each post by the read rule.
+    pub async fn list(
+        &self,
+        reader: u64,
+        list_id: u64,
+        at: Option<PageAt>,
+        limit: usize,
+    ) -> Result<FeedPage> {
+        if at.is_some_and(|a| a.direction == Direction::Newer) {
+            return Err(Error::InvalidArgument { field: "cursor" });
+        }
+        let lists = self.lists.as_ref().ok_or(Error::Unavailable("lists"))?;
+        // The list's visibility and its members' blocks are the lists service's rule.
+        let members = lists
+            .members(reader, list_id, MAX_LIST_MEMBERS_MERGED, None)
+            .await?
+            .ids;
+        let limit = limit.clamp(1, crate::plane::PAGE_MAX);
+        let start = at.map(|a| Cursor(k(a.entry_id)));
+        let sources = members
+            .into_iter()
+            .map(|m| Source {
+                table: &tables::posts::USER_POSTS,
+                partition: k(m),
+                author: Some(m),
+                buffered: VecDeque::new(),
+                cursor: start.clone(),
+                done: false,
+            })
+            .collect();
+        let mut page = self
+            .merged(reader, sources, at, limit, Rule::Readable)
+            .await?;
+        page.newer = None;
+        Ok(page)
     }
 
     /// A page of `author`'s posts and reposts as `reader` may see them.

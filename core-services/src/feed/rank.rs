@@ -213,7 +213,16 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 id: r.entry_id,
                 author: r.author,
             };
-            if let Some(item) = self.check(reader, entry, &mut authors, &mut shown).await? {
+            if let Some(item) = self
+                .check(
+                    reader,
+                    entry,
+                    &mut authors,
+                    &mut shown,
+                    super::Rule::Followed,
+                )
+                .await?
+            {
                 items.push(RankedItem {
                     item,
                     score: r.score,

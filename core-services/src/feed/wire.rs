@@ -1,5 +1,5 @@
 //! The `Feed` service on the wire: home ("Following" and "Home", chronological), the
-//! ranked "For you" feed, per-user pages, "not interested", and the `HomeFeed`
+//! ranked "For you" feed, per-user, hashtag and list pages, "not interested", and the `HomeFeed`
 //! subscription. Page reads and marks run on the reader's owner shard, where the
 //! reader's rate limits live.
 
@@ -125,8 +125,26 @@ impl<S: Store + Clone + 'static> FeedWire<S> {
                 })));
                 answer
             }
-            FeedKind::Hashtag | FeedKind::List => {
-                return Err(Error::Unavailable("this feed"));
+            FeedKind::Hashtag => {
+                let tag = r.hashtag().unwrap_or_default();
+                let page = self.0.hashtag(me, tag, at()?, limit).await?;
+                self.page_t(
+                    me,
+                    page.items.into_iter().map(|i| (i, 0.0)),
+                    page.next,
+                    None,
+                )
+                .await?
+            }
+            FeedKind::List => {
+                let page = self.0.list(me, r.target_id(), at()?, limit).await?;
+                self.page_t(
+                    me,
+                    page.items.into_iter().map(|i| (i, 0.0)),
+                    page.next,
+                    None,
+                )
+                .await?
             }
             _ => return Err(Error::InvalidArgument { field: "kind" }),
         };

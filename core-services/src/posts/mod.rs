@@ -105,6 +105,21 @@ impl NewPost {
     }
 }
 
+/// Hashtags of one post indexed for hashtag feeds (the first ones).
+pub const MAX_INDEXED_HASHTAGS: usize = 10;
+/// Longest hashtag, in characters.
+pub const MAX_HASHTAG_CHARS: usize = 100;
+
+/// A hashtag as the index keys it (lower case, no `#`), or `None` when `tag` is not one.
+pub fn normalize_hashtag(tag: &str) -> Option<String> {
+    let t = tag.strip_prefix('#').unwrap_or(tag).to_lowercase();
+    let ok = !t.is_empty()
+        && t.chars().count() <= MAX_HASHTAG_CHARS
+        && t.chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
+    ok.then_some(t)
+}
+
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
@@ -409,6 +424,13 @@ impl<S: Store + 'static> Posts<S> {
             author: post.author_id,
             kind: tables::feed::JobKind::Post,
         }
+    }
+
+    /// The hashtags of a post that its hashtag feeds list.
+    fn indexed(tags: &[String]) -> impl Iterator<Item = &String> {
+        tags.iter()
+            .filter(|t| t.chars().count() <= MAX_HASHTAG_CHARS)
+            .take(MAX_INDEXED_HASHTAGS)
     }
 
     /// What `viewer` may see of `author`'s posts.
@@ -746,7 +768,14 @@ impl<S: Store + 'static> Posts<S> {
         if let Some(q) = post.quote_of {
             commit = commit.add(Self::count_cell(q, Count::Quotes), 1, None);
         }
-        let commit = self.with_job(commit, &post);
+        let mut commit = self.with_job(commit, &post);
+        for tag in Self::indexed(&post.hashtags) {
+            commit = commit.put(
+                Cell::new(&BY_HASHTAG, tables::name_key(tag), k(post.post_id)),
+                k(author),
+                None,
+            );
+        }
         if !self.store.commit(&commit).await? {
             let Some(cell) = &remembered else {
                 return Err(Error::Internal("a fresh post id was already taken"));
@@ -808,6 +837,21 @@ impl<S: Store + 'static> Posts<S> {
         let (hashtags, names) = parse_tags(&text);
         post.mentions = self.resolve_mentions(author, &names).await?;
         post.text = text;
+        // Tags the edit adds join their feeds (a dropped tag's row stays; hashtag feeds
+        // check the post's current tags).
+        for tag in Self::indexed(&hashtags) {
+            if !post.hashtags.contains(tag) {
+                self.store
+                    .put(
+                        &BY_HASHTAG,
+                        &tables::name_key(tag),
+                        &k(post_id),
+                        &k(author),
+                        None,
+                    )
+                    .await?;
+            }
+        }
         post.hashtags = hashtags;
         post.media_ids = media_ids;
         post.sensitive = edit.sensitive.unwrap_or(post.sensitive);
