@@ -587,6 +587,10 @@ async fn stories_tray_run(args: &TrayArgs, dir: &std::path::Path) -> anyhow::Res
     .await
     .into_iter()
     .collect::<Result<Vec<_>, _>>()?;
+    // Each storyteller's photo (a placeholder record: this measures trays, not media).
+    for u in 1..=args.storytellers.min(args.users) {
+        selfie_services::tables::media::seed(&store, u, u).await?;
+    }
     let creates = (1..=args.storytellers.min(args.users))
         .flat_map(|u| (0..args.stories_each).map(move |_| u))
         .map(|u| {

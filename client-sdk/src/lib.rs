@@ -31,6 +31,7 @@
 
 pub mod chat;
 pub mod feed;
+pub mod media;
 pub mod mls;
 pub mod notifications;
 mod reconnect;

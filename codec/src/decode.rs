@@ -236,6 +236,18 @@ impl FrameDecoder {
         self.buffered
     }
 
+    /// Takes the bytes received past the last frame returned (raw bytes that follow a
+    /// header frame, such as a media chunk's), in order, leaving the decoder empty.
+    pub fn take_rest(&mut self) -> Vec<Bytes> {
+        let mut rest = Vec::with_capacity(1 + self.tail.len());
+        if !self.head.is_empty() {
+            rest.push(std::mem::take(&mut self.head));
+        }
+        rest.extend(self.tail.drain(..));
+        self.buffered = 0;
+        rest
+    }
+
     /// The next complete, verified frame; `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, CodecError> {
         if self.failed {

@@ -102,6 +102,18 @@ pub enum Error {
     /// Token minting failed.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// A payload (an upload, a chunk) larger than allowed.
+    #[error("{0} too large")]
+    TooLarge(&'static str),
+    /// Bytes that do not hash to the SHA-256 given.
+    #[error("{0} does not match its sha-256")]
+    ChecksumMismatch(&'static str),
+    /// Media bytes of a type not accepted, not the kind declared, or hostile.
+    #[error("media refused: {0}")]
+    UnsupportedMedia(#[from] crate::media::process::Refusal),
+    /// The caller's media quota would be exceeded.
+    #[error("media quota exceeded")]
+    QuotaExceeded,
 }
 
 /// Services' results.
@@ -138,6 +150,10 @@ impl Error {
             | Error::Corrupt(_)
             | Error::Internal(_)
             | Error::Token(_) => ErrorCode::Internal,
+            Error::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            Error::ChecksumMismatch(_) => ErrorCode::ChecksumMismatch,
+            Error::UnsupportedMedia(_) => ErrorCode::UnsupportedMediaType,
+            Error::QuotaExceeded => ErrorCode::QuotaExceeded,
         }
     }
 

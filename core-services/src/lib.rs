@@ -23,7 +23,9 @@
 //! from a device cursor, live pushes), [`feed`] (home timelines by fan-out on write with a hybrid read path
 //! for large accounts, per-user feeds, "not interested", live "new posts" pushes), [`stories`] (24-hour stories, trays by fan-out,
 //! viewers, reactions, replies as chat messages, highlights), [`notifications`] (aggregated
-//! in-app notifications with read state, preferences, live pushes, a device-push seam).
+//! in-app notifications with read state, preferences, live pushes, a device-push seam),
+//! [`media`] (resumable chunked uploads checked by SHA-256, type sniffing, quotas, image
+//! renditions, ranged downloads for permitted viewers, content-addressed blobs).
 //! [`schema`] lists the tables `selfie migrate` creates.
 
 pub mod auth;
@@ -33,9 +35,11 @@ pub mod feed;
 pub mod graph;
 pub mod lease;
 pub mod locks;
+pub mod media;
 pub mod notifications;
 pub mod plane;
 pub mod posts;
+pub mod rate;
 mod registry;
 pub mod schema;
 pub mod stories;

@@ -19,6 +19,7 @@ use crate::chat::{Chat, ChatWire};
 use crate::feed::{Feed, FeedConfig, FeedWire};
 use crate::graph::lists::Lists;
 use crate::graph::{FleetLocks, Graph, GraphWire};
+use crate::media::{Media, MediaWire};
 use crate::notifications::{Note, Notifications, NotificationsWire, Notifier};
 use crate::plane::{Plane, Registry, ShardId};
 use crate::posts::{Posts, PostsWire};
@@ -54,6 +55,8 @@ pub struct Deps<S> {
     pub chat: crate::chat::SyncLimits,
     /// Fan-out and live feed settings.
     pub feed: FeedConfig,
+    /// The node's media (blob store, staging, limits); `None` leaves media unavailable.
+    pub media: Option<Arc<crate::media::MediaNode>>,
 }
 
 /// Builds `shard`'s services and registers their wire tables.
@@ -94,13 +97,32 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     if let Some(locks) = &deps.graph_locks {
         graph = graph.with_fleet_locks(locks.clone());
     }
+    // Media that posts and stories stop using is released on this node's shard 0.
+    let release: crate::tables::media::Release = {
+        let plane = deps.plane.clone();
+        Rc::new(move |ids: Vec<u64>| {
+            let posted =
+                plane
+                    .shards()
+                    .submit_on(0, "media-release", move |m: Rc<Media<S>>| async move {
+                        if let Err(e) = m.release(&ids).await {
+                            tracing::warn!(error = %e, "media not released");
+                        }
+                    });
+            if let Err(e) = posted {
+                tracing::warn!(error = %e, "media release dropped");
+            }
+        })
+    };
     let (hook, jobs) = crate::feed::fanout_queue(node, id);
-    let posts = Rc::new(
-        Posts::new(store.clone(), clock.clone(), node, id)?
-            .with_delivery(registry.delivery().clone())
-            .with_fanout(hook.clone())
-            .with_notifier(notifier.clone()),
-    );
+    let mut posts = Posts::new(store.clone(), clock.clone(), node, id)?
+        .with_delivery(registry.delivery().clone())
+        .with_fanout(hook.clone())
+        .with_notifier(notifier.clone());
+    if deps.media.is_some() {
+        posts = posts.with_media_release(release.clone());
+    }
+    let posts = Rc::new(posts);
     let lists = Rc::new(Lists::new(store.clone(), clock.clone(), node, id)?);
     let feed = Rc::new(
         Feed::new(store.clone(), posts.clone(), clock.clone(), jobs, deps.feed)
@@ -143,6 +165,10 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     .with_notifier(notifier)
     .with_chat(chat_service.clone())
     .with_delivery(registry.delivery().clone());
+    let stories = match &deps.media {
+        Some(_) => stories.with_media_release(release),
+        None => stories,
+    };
     registry.register(Service::Stories, Rc::new(StoriesWire(Rc::new(stories))));
     let notifications = Rc::new(
         Notifications::new(deps.store.clone(), deps.clock.clone(), node, id)?
@@ -152,6 +178,24 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
         Service::Notifications,
         Rc::new(NotificationsWire(notifications.clone())),
     );
+    if let Some(node) = &deps.media {
+        let media = Rc::new(
+            Media::new(
+                deps.store.clone(),
+                deps.clock.clone(),
+                deps.node,
+                id,
+                node.clone(),
+                s.posts.clone(),
+            )?
+            .with_delivery(registry.delivery().clone()),
+        );
+        media.start();
+        let wire = Rc::new(MediaWire(media.clone()));
+        registry.register(Service::Media, wire.clone());
+        registry.set_raw_streams(wire);
+        registry.provide(media);
+    }
     // Reached from other shards: notifications are recorded on the recipient's owner.
     registry.provide(notifications);
     // Reached from other shards: story replies are sent on the conversation's owner.

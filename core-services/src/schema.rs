@@ -156,6 +156,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::posts::HASHTAG_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 24,
+        name: "media: objects, uploads, chunks, open uploads, refs, jobs, blobs, usage",
+        tables: crate::tables::media::TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

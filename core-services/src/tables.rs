@@ -843,6 +843,19 @@ pub mod stories {
             .transpose()
     }
 
+    /// `author`'s highlight `story_id` (kept past its expiry), if kept.
+    pub async fn highlight<S: Store>(
+        store: &S,
+        author: u64,
+        story_id: u64,
+    ) -> Result<Option<Story>, Error> {
+        store
+            .get(&HIGHLIGHTS, &key(author), &key(story_id))
+            .await?
+            .map(|b| decode("story", &b))
+            .transpose()
+    }
+
     /// A tray row's value: the newest story and when it expires.
     pub fn tray_value(story_id: u64, expires_at_ms: u64) -> Bytes {
         let mut v = story_id.to_be_bytes().to_vec();
@@ -1032,4 +1045,256 @@ pub mod fleet {
 
     /// The fleet tables (a later migration).
     pub static TABLES: &[&Table] = &[&NODE_NUMBERS];
+}
+
+/// Media: objects, uploads in progress, what references each object, the processing
+/// queue, content-addressed blob references and per-user usage (see `crate::media`).
+/// Other services check and attach media through [`media::attach`] and release it with
+/// [`media::detach`].
+pub mod media {
+    use selfie_storage::Cell;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// How long an unfinished upload (and its staged bytes) is kept.
+    pub const UPLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+    rows! {
+        MEDIA, "media", ["media_id"], [], "media objects: owner, type, size, digest, state, renditions";
+        UPLOADS, "media_uploads", ["upload_id"], [], "uploads in progress, expiring with the upload";
+        CHUNKS, "media_upload_chunks", ["upload_id"], ["chunk"], "the durably received chunks of each upload and their SHA-256";
+        OPEN, "media_uploads_open", ["owner_id"], ["upload_id"], "each user's unfinished uploads and their declared sizes (quota)";
+        REFS, "media_refs", ["media_id"], ["ref_kind", "ref_id"], "what uses each media object (posts, stories, profiles)";
+        JOBS, "media_jobs", ["node"], ["media_id"], "media waiting to be processed on each node";
+        BLOBS, "media_blobs", ["sha256"], ["media_id"], "the media objects whose original is each content-addressed blob";
+    }
+    counters!(
+        USAGE,
+        "media_usage",
+        "owner_id",
+        "bytes of media each user holds"
+    );
+
+    /// The media tables (a later migration).
+    pub static TABLES: &[&Table] = &[
+        &MEDIA, &UPLOADS, &CHUNKS, &OPEN, &REFS, &JOBS, &BLOBS, &USAGE,
+    ];
+
+    /// Where a media object is processed and stored.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum State {
+        /// Bytes still arriving.
+        Uploading,
+        /// Received and checked; renditions being made.
+        Processing,
+        /// Usable.
+        Ready,
+        /// Processing failed (a server fault, e.g. a transcoder crash).
+        Failed,
+        /// The bytes were refused (wrong type, a bomb, undecodable).
+        Rejected,
+    }
+
+    /// What a media object is.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Kind {
+        /// A photo (JPEG, PNG, WebP).
+        Image,
+        /// A video (MP4, QuickTime, WebM).
+        Video,
+        /// An animated GIF.
+        Gif,
+    }
+
+    /// A derived file of a media object (a resized image, a poster frame, a playlist).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Rendition {
+        /// "small", "medium", "large", "poster", "hls", ...
+        pub name: String,
+        /// Its type.
+        pub mime: String,
+        /// Pixels.
+        pub width: u32,
+        /// Pixels.
+        pub height: u32,
+        /// Bytes.
+        pub size: u64,
+        /// Its key in the blob store.
+        pub key: String,
+    }
+
+    /// A media object.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Media {
+        /// Id (time-ordered).
+        pub media_id: u64,
+        /// Who uploaded it.
+        pub owner_id: u64,
+        /// What it is.
+        pub kind: Kind,
+        /// The type sniffed from its bytes (never the client's claim).
+        pub mime: String,
+        /// Bytes of the original.
+        pub size: u64,
+        /// SHA-256 of the original, hex: its key in the blob store.
+        pub sha256: String,
+        /// Pixels (after orientation).
+        pub width: u32,
+        /// Pixels (after orientation).
+        pub height: u32,
+        /// Length of a video.
+        pub duration_ms: u32,
+        /// Placeholder for images.
+        pub blurhash: String,
+        /// Description for screen readers.
+        pub alt_text: String,
+        /// Processing state.
+        pub state: State,
+        /// Why it failed or was refused, for its owner.
+        pub reason: String,
+        /// Derived files.
+        pub renditions: Vec<Rendition>,
+        /// Upload time.
+        pub created_at_ms: u64,
+    }
+
+    impl Media {
+        /// The blob key of the original.
+        pub fn original_key(&self) -> String {
+            original_key(&self.sha256)
+        }
+    }
+
+    /// The blob key of an original with this digest (hex).
+    pub fn original_key(sha256_hex: &str) -> String {
+        format!("sha256/{sha256_hex}")
+    }
+
+    /// What a media object is used by.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Use {
+        /// A post's media.
+        Post(u64),
+        /// A story.
+        Story(u64),
+        /// A profile's avatar or banner (the user).
+        Profile(u64),
+    }
+
+    impl Use {
+        fn cell(self, media_id: u64) -> Cell {
+            let (kind, id) = match self {
+                Use::Post(id) => (1u8, id),
+                Use::Story(id) => (2, id),
+                Use::Profile(id) => (3, id),
+            };
+            Cell::new(
+                &REFS,
+                key(media_id),
+                KeyBuilder::new().u64(u64::from(kind)).u64(id).build(),
+            )
+        }
+
+        /// Decodes a `REFS` clustering key.
+        pub fn from_clustering(c: &[u8]) -> Option<Use> {
+            let kind = id_value(c.get(..8)?)?;
+            let id = id_value(c.get(8..16)?)?;
+            Some(match kind {
+                1 => Use::Post(id),
+                2 => Use::Story(id),
+                3 => Use::Profile(id),
+                _ => return None,
+            })
+        }
+    }
+
+    /// A stored media object.
+    pub async fn load<S: Store>(store: &S, media_id: u64) -> Result<Option<Media>, Error> {
+        store
+            .get(&MEDIA, &key(media_id), &[])
+            .await?
+            .map(|b| decode("media", &b))
+            .transpose()
+    }
+
+    /// Writes a ready image record of `owner`'s with id `media_id` and no bytes: a
+    /// placeholder for benchmarks and tests of what uses media (posts, stories,
+    /// profiles), never reached by clients (uploads go through `crate::media`).
+    pub async fn seed<S: Store>(store: &S, owner: u64, media_id: u64) -> Result<(), Error> {
+        let m = Media {
+            media_id,
+            owner_id: owner,
+            kind: Kind::Image,
+            mime: "image/jpeg".into(),
+            size: 0,
+            sha256: "00".repeat(32),
+            width: 1,
+            height: 1,
+            duration_ms: 0,
+            blurhash: String::new(),
+            alt_text: String::new(),
+            state: State::Ready,
+            reason: String::new(),
+            renditions: Vec::new(),
+            created_at_ms: 0,
+        };
+        store
+            .put(&MEDIA, &key(media_id), &[], &encode("media", &m)?, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Checks that every id in `ids` is a ready media object of `owner` of one of the
+    /// `kinds`: what posts, stories and profiles accept. Unknown ids, another user's media
+    /// and media not yet processed are all `InvalidArgument` on `field` (whose media it
+    /// is, is not revealed).
+    pub async fn check<S: Store>(
+        store: &S,
+        owner: u64,
+        ids: &[u64],
+        kinds: &[Kind],
+        field: &'static str,
+    ) -> Result<Vec<Media>, Error> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match load(store, id).await? {
+                Some(m)
+                    if m.owner_id == owner
+                        && m.state == State::Ready
+                        && kinds.contains(&m.kind) =>
+                {
+                    out.push(m)
+                }
+                _ => return Err(Error::InvalidArgument { field }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that `user` uses `ids` (already [`check`]ed): the objects stay while
+    /// something uses them, and viewers of `user` may download them.
+    pub async fn attach<S: Store>(store: &S, ids: &[u64], user: Use) -> Result<(), Error> {
+        for &id in ids {
+            let c = user.cell(id);
+            store
+                .put(&REFS, &c.partition, &c.clustering, &[], None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Where services hand media they stopped using, for the media service to delete what
+    /// nothing uses any more (fire and forget: an object missed stays with its owner).
+    pub type Release = std::rc::Rc<dyn Fn(Vec<u64>)>;
+
+    /// Records that `user` no longer uses `ids`. The media service collects objects that
+    /// nothing uses once their grace period is over.
+    pub async fn detach<S: Store>(store: &S, ids: &[u64], user: Use) -> Result<(), Error> {
+        for &id in ids {
+            let c = user.cell(id);
+            store.delete(&REFS, &c.partition, &c.clustering).await?;
+        }
+        Ok(())
+    }
 }

@@ -2,6 +2,8 @@
 //! the same test bodies on the embedded store and on the real CQL server
 //! (`SELFIE_CQL_NODES`, started by `scripts/test`).
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -206,6 +208,25 @@ async fn reply_policies_and_settings<S: Store + Clone + 'static>(store: S) {
 
 async fn profiles_and_lookup<S: Store + Clone + 'static>(store: S) {
     let w = world(&store).await;
+    for (id, owner) in [(77, OWNER), (78, OWNER), (79, STRANGER)] {
+        support::ready_media(&store, owner, id).await;
+    }
+    // Only the owner's own ready images: someone else's, or none at all, are refused.
+    for bad in [79, 80] {
+        let update = ProfileUpdate {
+            avatar_media_id: Some(bad),
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                w.users.update(OWNER, update).await,
+                Err(Error::InvalidArgument {
+                    field: "avatar_media_id"
+                })
+            ),
+            "{bad}"
+        );
+    }
     let links = vec![Link {
         title: "portfolio".into(),
         url: "https://example.com/me".into(),
@@ -429,6 +450,10 @@ async fn graph_lists_and_relationships<S: Store + Clone + 'static>(store: S) {
 
 async fn media_history_and_counts<S: Store + Clone + 'static>(store: S) {
     let w = world(&store).await;
+    for id in [11, 12, 13] {
+        support::ready_media(&store, OWNER, id).await;
+    }
+    support::ready_media(&store, STRANGER, 14).await;
     let media = |ids: Vec<u64>| NewPost {
         media_ids: ids,
         ..NewPost::text("")
@@ -440,11 +465,14 @@ async fn media_history_and_counts<S: Store + Clone + 'static>(store: S) {
         .await
         .expect("post");
     assert_eq!(p.media_ids, vec![11, 12]);
+    // Empty, zero, repeated, too many, unknown, or another user's media is refused.
     for bad in [
         vec![],
         vec![0],
-        vec![5, 5],
+        vec![11, 11],
         (1..=MAX_MEDIA as u64 + 1).collect(),
+        vec![11, 99],
+        vec![14],
     ] {
         assert!(
             matches!(

@@ -3,6 +3,8 @@
 //! the tray's order, viewers and reactions, replies as chat messages sent once, expiry
 //! everywhere and highlights past it — 24 hours pass without sleeping.
 
+mod support;
+
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +82,7 @@ async fn world<S: Store + Clone + 'static>(store: S, clock: Arc<ManualClock>) ->
         (EVE, "eve"),
     ] {
         users.create(id, name).await.expect("profile");
+        support::ready_media(&store, id, MEDIA + id).await;
     }
     let (hook, jobs) = fanout_queue(1, 0);
     let posts = Rc::new(
@@ -109,9 +112,12 @@ async fn world<S: Store + Clone + 'static>(store: S, clock: Arc<ManualClock>) ->
     }
 }
 
-fn story(audience: Audience) -> NewStory {
+/// Each user's ready image is `MEDIA + user`.
+const MEDIA: u64 = 7_000;
+
+fn story(author: u64, audience: Audience) -> NewStory {
     NewStory {
-        media_id: 77,
+        media_id: MEDIA + author,
         caption: "sunset".into(),
         link_url: String::new(),
         audience,
@@ -125,7 +131,7 @@ impl<S: Store + Clone + 'static> World<S> {
     async fn post(&self, author: u64, audience: Audience) -> u64 {
         let s = self
             .stories
-            .create(author, story(audience))
+            .create(author, story(author, audience))
             .await
             .expect("story");
         self.feed.fan_out_pending().await.expect("fanned out");
@@ -234,7 +240,7 @@ async fn privacy_tray_and_viewers<S: Store + Clone + 'static>(store: S, clock: A
     // A retried create with the same key is one story.
     let keyed = NewStory {
         idempotency_key: Some("k-1".into()),
-        ..story(Audience::Followers)
+        ..story(EVE, Audience::Followers)
     };
     let first = w.stories.create(EVE, keyed.clone()).await.expect("story");
     let again = w.stories.create(EVE, keyed).await.expect("story");
@@ -242,14 +248,16 @@ async fn privacy_tray_and_viewers<S: Store + Clone + 'static>(store: S, clock: A
     // Bad input is refused with the field at fault.
     let bad_link = NewStory {
         link_url: "javascript:alert(1)".into(),
-        ..story(Audience::Followers)
+        ..story(EVE, Audience::Followers)
     };
     assert!(matches!(
         w.stories.create(EVE, bad_link).await,
         Err(Error::InvalidArgument { field: "link_url" })
     ));
     assert!(matches!(
-        w.stories.create(EVE, story(Audience::MentionedOnly)).await,
+        w.stories
+            .create(EVE, story(EVE, Audience::MentionedOnly))
+            .await,
         Err(Error::InvalidArgument { field: "audience" })
     ));
 }
@@ -270,7 +278,7 @@ async fn expiry_highlights_and_replies<S: Store + Clone + 'static>(
             ANA,
             NewStory {
                 duration: Some(Duration::from_secs(3600)),
-                ..story(Audience::Followers)
+                ..story(ANA, Audience::Followers)
             },
         )
         .await

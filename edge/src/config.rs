@@ -40,6 +40,8 @@ pub struct Config {
     pub chat: ChatConfig,
     /// Feeds.
     pub feed: FeedConfig,
+    /// Media: upload limits, quota, chunk size, processing workers.
+    pub media: selfie_services::media::MediaConfig,
 }
 
 /// Feeds.
@@ -388,8 +390,9 @@ pub enum ConfigError {
 
 /// Every section of [`Config`] (`SELFIE_<SECTION>_<KEY>` is read for these; a test
 /// checks the list against the struct).
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "server", "tls", "limits", "ops", "log", "storage", "auth", "mail", "delivery", "chat", "feed",
+    "media",
 ];
 
 fn scalar(raw: &str) -> Value {

@@ -280,6 +280,10 @@ fn main() -> anyhow::Result<()> {
                 plane: plane.clone(),
                 chat: config.chat.limits(),
                 feed: config.feed.settings(),
+                media: Some(selfie_services::media::MediaNode::local(
+                    &config.server.data_dir.join("media"),
+                    config.media,
+                )?),
             };
             let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
                 selfie_services::registry(shard, &deps).unwrap_or_else(|e| {

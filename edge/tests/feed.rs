@@ -245,10 +245,11 @@ async fn stories_reach_trays_live_and_replies_arrive_in_chat() {
     }
     let mut own = ana.client.stories().subscribe().await.expect("subscribed");
     let mut ana_chat = ana.client.chat().subscribe().await.expect("subscribed");
+    let photo = support::photo(&ana.client).await;
     let story = ana
         .client
         .stories()
-        .create(7, "morning", Audience::Followers, Some("s-1"))
+        .create(photo, "morning", Audience::Followers, Some("s-1"))
         .await
         .expect("story");
     for t in &mut trays {

@@ -57,7 +57,8 @@ async fn profiles_and_settings_over_the_protocol() {
     // Ana fills in her profile.
     let mut r = pu::UpdateProfileRequestT::default();
     r.bio = Some("film photographer\nLisbon".into());
-    r.avatar_media_id = Some(4242);
+    let avatar = support::photo(&ana.client).await;
+    r.avatar_media_id = Some(avatar);
     r.pronouns = Some("she/her".into());
     r.location = Some("Lisbon".into());
     let mut link = pu::ProfileLinkT::default();
@@ -95,7 +96,7 @@ async fn profiles_and_settings_over_the_protocol() {
     };
     let p = p.profile.expect("profile");
     let user = p.user.as_ref().expect("summary");
-    assert_eq!((user.user_id, user.avatar_media_id), (ana.id, 4242));
+    assert_eq!((user.user_id, user.avatar_media_id), (ana.id, avatar));
     assert_eq!(p.bio.as_deref(), Some("film photographer\nLisbon"));
     assert_eq!(p.pronouns.as_deref(), Some("she/her"));
     assert_eq!(p.links.as_ref().map(Vec::len), Some(1));
@@ -245,7 +246,11 @@ async fn lists_mutes_media_and_reply_policies_over_the_protocol() {
     .await
     .expect("settings");
     let mut p = pp::CreatePostRequestT::default();
-    p.media_ids = Some(vec![901, 902]);
+    let photos = vec![
+        support::photo(&ana.client).await,
+        support::photo(&ana.client).await,
+    ];
+    p.media_ids = Some(photos.clone());
     p.audience = common::Audience::Public;
     p.reply_policy = pp::ReplyPolicy::Everyone;
     let post = post_answer(
@@ -259,7 +264,7 @@ async fn lists_mutes_media_and_reply_policies_over_the_protocol() {
         .iter()
         .map(|m| m.media_id)
         .collect();
-    assert_eq!(media, vec![901, 902]);
+    assert_eq!(media, photos);
     let mut p = pp::CreatePostRequestT::default();
     p.text = Some("too much".into());
     p.media_ids = Some((1..=11).collect());

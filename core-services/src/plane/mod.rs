@@ -255,6 +255,29 @@ pub trait Datagrams {
     ) -> LocalBoxFuture<'static, Result<()>>;
 }
 
+/// Raw bytes that follow a header frame on a request stream (a media chunk).
+pub type ByteStream = futures::stream::LocalBoxStream<'static, std::io::Result<Bytes>>;
+
+/// A download: the header frame, then the raw bytes it announces.
+pub struct RawDownload {
+    /// The `DownloadHeader` frame (answering the request).
+    pub header: Bytes,
+    /// The bytes, in order.
+    pub body: ByteStream,
+}
+
+/// Where a shard hands the requests whose bytes travel raw beside the frames: a media
+/// chunk (a header frame, then its bytes on the same stream) and a download (a header
+/// frame, then the bytes, on the answer). They run on the shard that received them.
+pub trait RawStreams {
+    /// Handles an upload chunk: `call` carries the header frame, `body` the bytes after
+    /// it; the answer is a whole frame.
+    fn upload(&self, call: Call, body: ByteStream) -> LocalBoxFuture<'static, Result<Bytes>>;
+
+    /// Handles a download request.
+    fn download(&self, call: Call) -> LocalBoxFuture<'static, Result<RawDownload>>;
+}
+
 /// The service that serves a subscription kind.
 pub fn subscription_service(kind: SubscriptionKind) -> Option<selfie_protocol::Service> {
     use selfie_protocol::Service;
@@ -268,6 +291,7 @@ pub fn subscription_service(kind: SubscriptionKind) -> Option<selfie_protocol::S
         SubscriptionKind::Notifications => Service::Notifications,
         SubscriptionKind::User => Service::Users,
         SubscriptionKind::Post => Service::Posts,
+        SubscriptionKind::Media => Service::Media,
         _ => return None,
     })
 }
@@ -282,6 +306,7 @@ pub struct Registry {
     delivery: Rc<Delivery>,
     inflight: shards::Inflight,
     datagrams: Option<Rc<dyn Datagrams>>,
+    raw: Option<Rc<dyn RawStreams>>,
 }
 
 impl Registry {
@@ -296,6 +321,7 @@ impl Registry {
             delivery: delivery.clone(),
             inflight: Default::default(),
             datagrams: None,
+            raw: None,
         };
         r.provide(delivery);
         r
@@ -344,6 +370,16 @@ impl Registry {
     /// Where datagrams go, if anywhere.
     pub fn datagrams(&self) -> Option<&Rc<dyn Datagrams>> {
         self.datagrams.as_ref()
+    }
+
+    /// Sends media chunks and downloads to `handler`.
+    pub fn set_raw_streams(&mut self, handler: Rc<dyn RawStreams>) {
+        self.raw = Some(handler);
+    }
+
+    /// Where media chunks and downloads go, if anywhere.
+    pub fn raw_streams(&self) -> Option<&Rc<dyn RawStreams>> {
+        self.raw.as_ref()
     }
 
     /// The shard's reusable encoder.

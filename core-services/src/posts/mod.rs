@@ -13,8 +13,9 @@
 //! author's `who_can_comment` setting; a mention only links (and later notifies) a user
 //! whose `who_can_mention` setting admits the author.
 //!
-//! Media ids are stored as given (at most [`MAX_MEDIA`]): the media service that owns
-//! uploads does not exist yet, so ownership of the referenced objects is not checked here.
+//! Media (at most [`MAX_MEDIA`] objects) must be ready objects of the author's
+//! (`tables::media::check`); a post records its use of them, which lets its readers
+//! download them, and a deleted post releases them.
 
 mod comments;
 mod interactions;
@@ -289,6 +290,8 @@ pub struct Posts<S> {
     fanout: Option<FanoutHook>,
     /// Where reactions, comments, replies, mentions, reposts and quotes are told.
     notifier: Notifier,
+    /// Where the media of deleted posts is released, when media runs.
+    media_release: Option<tables::media::Release>,
 }
 
 /// How posts hand new posts to the feed's fan-out: a job row written in the post's own
@@ -363,12 +366,19 @@ impl<S: Store + 'static> Posts<S> {
             delivery: None,
             fanout: None,
             notifier: Default::default(),
+            media_release: None,
         })
     }
 
     /// Raises notifications through `notifier`.
     pub fn with_notifier(mut self, notifier: Notifier) -> Self {
         self.notifier = notifier;
+        self
+    }
+
+    /// Releases the media of deleted posts through `release`.
+    pub fn with_media_release(mut self, release: tables::media::Release) -> Self {
+        self.media_release = Some(release);
         self
     }
 
@@ -712,6 +722,7 @@ impl<S: Store + 'static> Posts<S> {
         }
         let media_ids = Self::check_media(&new.media_ids)?;
         Self::check_text(&new.text, !media_ids.is_empty())?;
+        self.own_media(author, &media_ids).await?;
         let quoted = match new.quote_of {
             Some(q) => Some(self.live(author, q).await?.author_id),
             None => None,
@@ -768,6 +779,14 @@ impl<S: Store + 'static> Posts<S> {
         if let Some(q) = post.quote_of {
             commit = commit.add(Self::count_cell(q, Count::Quotes), 1, None);
         }
+        // The media's uses first: a use by a post that never commits grants nothing
+        // (viewers are checked against the post).
+        tables::media::attach(
+            &self.store,
+            &post.media_ids,
+            tables::media::Use::Post(post.post_id),
+        )
+        .await?;
         let mut commit = self.with_job(commit, &post);
         for tag in Self::indexed(&post.hashtags) {
             commit = commit.put(
@@ -822,6 +841,14 @@ impl<S: Store + 'static> Posts<S> {
         };
         let text = edit.text.unwrap_or_else(|| post.text.clone());
         Self::check_text(&text, !media_ids.is_empty())?;
+        // New media must be the author's; replaced media stays in use by the history.
+        let added: Vec<u64> = media_ids
+            .iter()
+            .copied()
+            .filter(|m| !post.media_ids.contains(m))
+            .collect();
+        self.own_media(author, &added).await?;
+        tables::media::attach(&self.store, &added, tables::media::Use::Post(post_id)).await?;
         let now = self.clock.now_ms();
         let old = encode(
             "post version",
@@ -886,11 +913,11 @@ impl<S: Store + 'static> Posts<S> {
         {
             return self.undo_repost(author, original).await;
         }
+        let mut media = std::mem::take(&mut post.media_ids);
         post.deleted = true;
         post.text.clear();
         post.hashtags.clear();
         post.mentions.clear();
-        post.media_ids.clear();
         // Tombstone, listing and counter together (see `publish`).
         let commit = Commit::new()
             .when(Condition::Present {
@@ -919,11 +946,36 @@ impl<S: Store + 'static> Posts<S> {
                 break;
             }
             for r in page.rows {
+                if let Ok(v) = decode::<Version>("post version", &r.value) {
+                    for m in v.media_ids {
+                        if !media.contains(&m) {
+                            media.push(m);
+                        }
+                    }
+                }
                 self.store
                     .delete(&HISTORY, &k(post_id), &r.clustering)
                     .await?;
             }
         }
+        // The post's media is released: objects nothing else uses are deleted.
+        tables::media::detach(&self.store, &media, tables::media::Use::Post(post_id)).await?;
+        if !media.is_empty()
+            && let Some(release) = &self.media_release
+        {
+            release(media);
+        }
+        Ok(())
+    }
+
+    /// Checks that `ids` are ready media objects of `author`.
+    async fn own_media(&self, author: u64, ids: &[u64]) -> Result<()> {
+        use tables::media::Kind;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let kinds = [Kind::Image, Kind::Gif, Kind::Video];
+        tables::media::check(&self.store, author, ids, &kinds, "media_ids").await?;
         Ok(())
     }
 

@@ -26,8 +26,9 @@
 //!   through the chat service, with its rules (message requests, blocks, "who may
 //!   message me") and its exactly-once transaction ids.
 //!
-//! Media ids are stored as given, as for posts: the media service that owns uploads does
-//! not exist yet.
+//! A story's media must be a ready object of its author's; the story records its use (its
+//! viewers may download it while it lives or is highlighted) and a deleted story releases
+//! it. An expired story's use stays recorded (it grants nothing once the story is gone).
 
 mod wire;
 
@@ -157,6 +158,7 @@ pub struct Stories<S> {
     delivery: Option<Rc<Delivery>>,
     notifier: Notifier,
     limits: limits::Limits,
+    media_release: Option<tables::media::Release>,
 }
 
 mod limits {
@@ -249,6 +251,7 @@ impl<S: Store + Clone + 'static> Stories<S> {
             chat: None,
             fanout: None,
             delivery: None,
+            media_release: None,
             notifier: Default::default(),
             limits: Default::default(),
         })
@@ -269,6 +272,12 @@ impl<S: Store + Clone + 'static> Stories<S> {
     /// Sends replies as chat messages through `chat`.
     pub fn with_chat(mut self, chat: Rc<Chat<S>>) -> Self {
         self.chat = Some(chat);
+        self
+    }
+
+    /// Releases the media of deleted stories through `release`.
+    pub fn with_media_release(mut self, release: tables::media::Release) -> Self {
+        self.media_release = Some(release);
         self
     }
 
@@ -319,8 +328,10 @@ impl<S: Store + Clone + 'static> Stories<S> {
             return self.live(first).await?.ok_or(Error::NotFound("story"));
         }
         self.limits.check(author, Path::Create)?;
-        if new.media_id == 0 {
-            return Err(Error::InvalidArgument { field: "media_id" });
+        {
+            use tables::media::Kind;
+            let kinds = [Kind::Image, Kind::Gif, Kind::Video];
+            tables::media::check(&self.store, author, &[new.media_id], &kinds, "media_id").await?;
         }
         if new.caption.chars().count() > MAX_CAPTION_CHARS {
             return Err(Error::InvalidArgument { field: "caption" });
@@ -371,6 +382,8 @@ impl<S: Store + Clone + 'static> Stories<S> {
             created_at_ms: now,
             expires_at_ms: now + life.as_millis() as u64,
         };
+        let used = tables::media::Use::Story(story.story_id);
+        tables::media::attach(&self.store, &[story.media_id], used).await?;
         // The story, its place among the author's, and its fan-out job in one commit
         // (claiming the idempotency key when there is one).
         let listed = Cell::new(&BY_AUTHOR, k(author), k(story.story_id));
@@ -454,11 +467,11 @@ impl<S: Store + Clone + 'static> Stories<S> {
     pub async fn delete(&self, author: u64, story_id: u64) -> Result<()> {
         let story = tables::stories::load(&self.store, story_id).await?;
         let highlighted = self.highlighted(author, story_id).await?;
-        match story {
-            Some(s) if s.author_id != author => return Err(Error::NotFound("story")),
-            None if highlighted.is_none() => return Err(Error::NotFound("story")),
-            _ => {}
-        }
+        let media = match (&story, &highlighted) {
+            (Some(s), _) if s.author_id != author => return Err(Error::NotFound("story")),
+            (None, None) => return Err(Error::NotFound("story")),
+            (Some(s), _) | (None, Some(s)) => s.media_id,
+        };
         self.store.delete(&STORIES, &k(story_id), &[]).await?;
         self.store
             .delete(&BY_AUTHOR, &k(author), &k(story_id))
@@ -466,6 +479,10 @@ impl<S: Store + Clone + 'static> Stories<S> {
         self.store
             .delete(&HIGHLIGHTS, &k(author), &k(story_id))
             .await?;
+        tables::media::detach(&self.store, &[media], tables::media::Use::Story(story_id)).await?;
+        if let Some(release) = &self.media_release {
+            release(vec![media]);
+        }
         Ok(())
     }
 

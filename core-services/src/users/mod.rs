@@ -11,8 +11,9 @@
 //! Settings are the owner's alone; other services consult them through
 //! [`crate::tables::users::permits`].
 //!
-//! Media ids (avatar, banner) are stored as given: the media service, which owns uploads,
-//! does not exist yet, so ownership of the referenced object is not checked here.
+//! An avatar or banner must be a ready image of the user's own (0 clears it); the profile
+//! records its use, so anyone not blocked may download it. A replaced picture's use is
+//! dropped (the object stays with its owner, who may delete it).
 
 mod wire;
 
@@ -295,6 +296,7 @@ impl<S: Store> Users<S> {
         if let Some(private) = update.private {
             profile.private = private;
         }
+        let (old_avatar, old_banner) = (profile.avatar_media_id, profile.banner_media_id);
         if let Some(id) = update.avatar_media_id {
             profile.avatar_media_id = id;
         }
@@ -313,10 +315,31 @@ impl<S: Store> Users<S> {
         if let Some(l) = update.location {
             profile.location = text(l, MAX_LOCATION, false, "location")?;
         }
+        use tables::media::{Kind, Use};
+        let pictures = [
+            (old_avatar, profile.avatar_media_id, "avatar_media_id"),
+            (old_banner, profile.banner_media_id, "banner_media_id"),
+        ];
+        for (old, new, field) in pictures {
+            if new != old && new != 0 {
+                tables::media::check(&self.store, user_id, &[new], &[Kind::Image], field).await?;
+            }
+        }
+        for (old, new, _) in pictures {
+            if new != old && new != 0 {
+                tables::media::attach(&self.store, &[new], Use::Profile(user_id)).await?;
+            }
+        }
         let bytes = encode("profile", &profile)?;
         self.store
             .put(&PROFILES, &key(user_id), &[], &bytes, None)
             .await?;
+        let kept = [profile.avatar_media_id, profile.banner_media_id];
+        for (old, _, _) in pictures {
+            if old != 0 && !kept.contains(&old) {
+                tables::media::detach(&self.store, &[old], Use::Profile(user_id)).await?;
+            }
+        }
         Ok(profile)
     }
 

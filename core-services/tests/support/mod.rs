@@ -271,3 +271,11 @@ pub fn code_in(mail: &Mail) -> String {
         .unwrap_or_else(|| panic!("no code in {:?}", mail.body))
         .to_string()
 }
+
+/// A ready image of `owner`'s with id `media_id` (a placeholder without bytes): for
+/// suites that test what uses media, not uploads (the edge's media suite does those).
+pub async fn ready_media<S: Store>(store: &S, owner: u64, media_id: u64) {
+    selfie_services::tables::media::seed(store, owner, media_id)
+        .await
+        .expect("media");
+}

@@ -132,6 +132,22 @@ pub(super) async fn serve_request(
         respond_error(shard, &mut send, id, &reply, label, started).await;
         return;
     }
+    if service == Service::Media {
+        use selfie_protocol::media::MediaOp;
+        let op = env.body_as_media().map(|m| m.op_type());
+        if let Some(op @ (MediaOp::UploadChunkHeader | MediaOp::DownloadRequest)) = op {
+            let upload = op == MediaOp::UploadChunkHeader;
+            let raw = Raw {
+                send,
+                recv,
+                dec,
+                frame,
+                started,
+            };
+            serve_raw(shard, state, raw, upload).await;
+            return;
+        }
+    }
     let result = if service == Service::Control {
         let control = env.body_as_control();
         if let Some(ping) = control.and_then(|c| c.op_as_ping()) {
@@ -194,6 +210,100 @@ pub(super) async fn serve_request(
             record(shard, label, "ok", started);
         }
         Err(reply) => respond_error(shard, &mut send, id, &reply, label, started).await,
+    }
+}
+
+/// A request whose bytes travel raw beside its frames: its streams, the decoder (holding
+/// whatever arrived after the header frame) and the header frame.
+struct Raw {
+    send: SendStream,
+    recv: RecvStream,
+    dec: FrameDecoder,
+    frame: Frame,
+    started: Instant,
+}
+
+/// Serves a media chunk (the header frame, then its bytes up to the end of the request
+/// stream) or a download (the `DownloadHeader` frame, then the bytes) on this shard.
+async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) {
+    use futures::StreamExt;
+    let Raw {
+        mut send,
+        recv,
+        mut dec,
+        frame,
+        started,
+    } = raw;
+    let (id, label) = (frame.id(), Service::Media.name());
+    let Some(handler) = shard.registry.raw_streams().cloned() else {
+        let reply = ErrorReply::new(ErrorCode::Unavailable, "media not available on this edge");
+        respond_error(shard, &mut send, id, &reply, label, started).await;
+        return;
+    };
+    let call = shard.registry.call(context(shard, state, shard.id), frame);
+    if upload {
+        // What the decoder read past the header, then the rest of the stream.
+        let rest = futures::stream::iter(dec.take_rest().into_iter().map(Ok));
+        let more = futures::stream::unfold(Some(recv), |recv| async move {
+            let mut recv = recv?;
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => Some((Ok(chunk.bytes), Some(recv))),
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e)), None)),
+            }
+        });
+        let received = shard.hot.received.clone();
+        let body = rest
+            .chain(more)
+            .inspect(move |piece| {
+                if let Ok(b) = piece {
+                    received.inc_by(b.len() as u64);
+                }
+            })
+            .boxed_local();
+        match handler.upload(call, body).await {
+            Ok(bytes) => {
+                if send.write_chunk(bytes.clone()).await.is_ok() {
+                    let _ = send.finish();
+                }
+                shard.hot.sent.inc_by(bytes.len() as u64);
+                record(shard, label, "ok", started);
+            }
+            Err(e) => respond_error(shard, &mut send, id, &reply_to(&e), label, started).await,
+        }
+        return;
+    }
+    drop(recv);
+    match handler.download(call).await {
+        Ok(download) => {
+            let mut sent = download.header.len() as u64;
+            if send.write_chunk(download.header).await.is_err() {
+                return;
+            }
+            let mut body = download.body;
+            while let Some(piece) = body.next().await {
+                match piece {
+                    Ok(bytes) => {
+                        sent += bytes.len() as u64;
+                        if send.write_chunk(bytes).await.is_err() {
+                            shard.hot.sent.inc_by(sent);
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "download failed");
+                        let _ = send.reset(VarInt::from_u32(u32::from(ErrorCode::Internal.0)));
+                        shard.hot.sent.inc_by(sent);
+                        record(shard, label, ErrorCode::Internal.label(), started);
+                        return;
+                    }
+                }
+            }
+            let _ = send.finish();
+            shard.hot.sent.inc_by(sent);
+            record(shard, label, "ok", started);
+        }
+        Err(e) => respond_error(shard, &mut send, id, &reply_to(&e), label, started).await,
     }
 }
 

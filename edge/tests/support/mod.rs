@@ -43,6 +43,8 @@ pub struct Parts {
     pub mailer: Option<Arc<dyn selfie_services::auth::mail::Mailer>>,
     /// Feed settings of the nodes.
     pub feed: selfie_services::feed::FeedConfig,
+    /// Media limits of the nodes.
+    pub media: selfie_services::media::MediaConfig,
     dir: Arc<tempfile::TempDir>,
 }
 
@@ -69,6 +71,7 @@ pub fn parts() -> Parts {
         },
         mailer: None,
         feed: Default::default(),
+        media: Default::default(),
         dir: Arc::new(dir),
     }
 }
@@ -174,6 +177,13 @@ pub fn start_in_fleet(
         plane: plane.clone(),
         chat: Default::default(),
         feed: parts.feed,
+        media: Some(
+            selfie_services::media::MediaNode::local(
+                &config.server.data_dir.join("media"),
+                parts.media,
+            )
+            .expect("media"),
+        ),
     };
     let factory: selfie_edge::ServiceFactory =
         Arc::new(move |shard| selfie_services::registry(shard, &deps).expect("services"));
@@ -349,4 +359,35 @@ pub async fn register(anon: &Client, name: &str) -> pa::AuthTokensT {
         panic!("not a register response")
     };
     *r.tokens.expect("tokens")
+}
+
+/// A PNG of `width` x `height` (a gradient, so renditions have something to show).
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 120])
+    });
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("png");
+    out
+}
+
+/// Uploads a small photo as `client`'s user and waits until it is ready: its media id.
+pub async fn photo(client: &Client) -> u64 {
+    let media = client.media();
+    let info = media
+        .upload(
+            selfie_protocol::common::MediaKind::Image,
+            png(64, 48).into(),
+            &selfie_client::media::UploadOptions::default(),
+        )
+        .await
+        .expect("uploaded");
+    let ready = media
+        .wait_ready(info.media_id, Duration::from_secs(30))
+        .await
+        .expect("processed");
+    assert_eq!(ready.state, selfie_protocol::media::MediaState::Ready);
+    ready.media_id
 }

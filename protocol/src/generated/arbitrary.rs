@@ -1880,8 +1880,8 @@ pub fn selfie_media_upload_abort_request(depth: u32) -> BoxedStrategy<crate::gen
 /// Arbitrary `selfie.media.UploadChunkHeader`.
 pub fn selfie_media_upload_chunk_header(depth: u32) -> BoxedStrategy<crate::generated::selfie::media::UploadChunkHeaderT> {
     let _ = depth;
-    ((any::<u64>(), any::<u64>(), any::<u32>(),),)
-        .prop_map(|((upload_id, offset, length,),)| crate::generated::selfie::media::UploadChunkHeaderT { upload_id, offset, length })
+    ((any::<u64>(), any::<u64>(), any::<u32>(), option::of(vec(any::<u8>(), 0..6)),),)
+        .prop_map(|((upload_id, offset, length, sha256,),)| crate::generated::selfie::media::UploadChunkHeaderT { upload_id, offset, length, sha256 })
         .boxed()
 }
 

@@ -8,7 +8,7 @@ pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 pub const ENUM_MAX_ERROR_CODE: u16 = 505;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 44] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 47] = [
   ErrorCode::Unknown,
   ErrorCode::MalformedFrame,
   ErrorCode::FrameTooLarge,
@@ -49,6 +49,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 44] = [
   ErrorCode::PreconditionFailed,
   ErrorCode::PayloadTooLarge,
   ErrorCode::Blocked,
+  ErrorCode::ChecksumMismatch,
+  ErrorCode::UnsupportedMediaType,
+  ErrorCode::QuotaExceeded,
   ErrorCode::Internal,
   ErrorCode::Unavailable,
   ErrorCode::Timeout,
@@ -105,6 +108,12 @@ impl ErrorCode {
   pub const PreconditionFailed: Self = Self(412);
   pub const PayloadTooLarge: Self = Self(413);
   pub const Blocked: Self = Self(414);
+  /// A media chunk or object whose bytes do not hash to the SHA-256 given (1.8).
+  pub const ChecksumMismatch: Self = Self(415);
+  /// Media whose bytes are not of an accepted type, or not the kind declared (1.8).
+  pub const UnsupportedMediaType: Self = Self(416);
+  /// The caller's storage quota would be exceeded (1.8).
+  pub const QuotaExceeded: Self = Self(417);
   pub const Internal: Self = Self(500);
   pub const Unavailable: Self = Self(503);
   pub const Timeout: Self = Self(504);
@@ -153,6 +162,9 @@ impl ErrorCode {
     Self::PreconditionFailed,
     Self::PayloadTooLarge,
     Self::Blocked,
+    Self::ChecksumMismatch,
+    Self::UnsupportedMediaType,
+    Self::QuotaExceeded,
     Self::Internal,
     Self::Unavailable,
     Self::Timeout,
@@ -201,6 +213,9 @@ impl ErrorCode {
       Self::PreconditionFailed => Some("PreconditionFailed"),
       Self::PayloadTooLarge => Some("PayloadTooLarge"),
       Self::Blocked => Some("Blocked"),
+      Self::ChecksumMismatch => Some("ChecksumMismatch"),
+      Self::UnsupportedMediaType => Some("UnsupportedMediaType"),
+      Self::QuotaExceeded => Some("QuotaExceeded"),
       Self::Internal => Some("Internal"),
       Self::Unavailable => Some("Unavailable"),
       Self::Timeout => Some("Timeout"),

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_SUBSCRIPTION_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_SUBSCRIPTION_KIND: u8 = 8;
+pub const ENUM_MAX_SUBSCRIPTION_KIND: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_SUBSCRIPTION_KIND: [SubscriptionKind; 9] = [
+pub const ENUM_VALUES_SUBSCRIPTION_KIND: [SubscriptionKind; 10] = [
   SubscriptionKind::Unknown,
   SubscriptionKind::Conversation,
   SubscriptionKind::AllConversations,
@@ -18,6 +18,7 @@ pub const ENUM_VALUES_SUBSCRIPTION_KIND: [SubscriptionKind; 9] = [
   SubscriptionKind::Presence,
   SubscriptionKind::Post,
   SubscriptionKind::User,
+  SubscriptionKind::Media,
 ];
 
 /// What a subscription follows.
@@ -35,9 +36,12 @@ impl SubscriptionKind {
   pub const Presence: Self = Self(6);
   pub const Post: Self = Self(7);
   pub const User: Self = Self(8);
+  /// The caller's media: `MediaInfoResponse` as each upload's processing state changes
+  /// (1.8; `target_id` 0).
+  pub const Media: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unknown,
     Self::Conversation,
@@ -48,6 +52,7 @@ impl SubscriptionKind {
     Self::Presence,
     Self::Post,
     Self::User,
+    Self::Media,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -61,6 +66,7 @@ impl SubscriptionKind {
       Self::Presence => Some("Presence"),
       Self::Post => Some("Post"),
       Self::User => Some("User"),
+      Self::Media => Some("Media"),
       _ => None,
     }
   }

@@ -22,6 +22,7 @@ impl<'a> UploadChunkHeader<'a> {
   pub const VT_UPLOAD_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
   pub const VT_LENGTH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SHA256: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -30,11 +31,12 @@ impl<'a> UploadChunkHeader<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args UploadChunkHeaderArgs
+    args: &'args UploadChunkHeaderArgs<'args>
   ) -> ::flatbuffers::WIPOffset<UploadChunkHeader<'bldr>> {
     let mut builder = UploadChunkHeaderBuilder::new(_fbb);
     builder.add_offset(args.offset);
     builder.add_upload_id(args.upload_id);
+    if let Some(x) = args.sha256 { builder.add_sha256(x); }
     builder.add_length(args.length);
     builder.finish()
   }
@@ -43,10 +45,14 @@ impl<'a> UploadChunkHeader<'a> {
     let upload_id = self.upload_id();
     let offset = self.offset();
     let length = self.length();
+    let sha256 = self.sha256().map(|x| {
+      x.into_iter().collect()
+    });
     UploadChunkHeaderT {
       upload_id,
       offset,
       length,
+      sha256,
     }
   }
 
@@ -57,6 +63,7 @@ impl<'a> UploadChunkHeader<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(UploadChunkHeader::VT_UPLOAD_ID, Some(0)).unwrap()}
   }
+  /// A multiple of the upload's `chunk_size`.
   #[inline]
   pub fn offset(&self) -> u64 {
     // Safety:
@@ -64,12 +71,21 @@ impl<'a> UploadChunkHeader<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(UploadChunkHeader::VT_OFFSET, Some(0)).unwrap()}
   }
+  /// `chunk_size`, or what is left for the last chunk.
   #[inline]
   pub fn length(&self) -> u32 {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(UploadChunkHeader::VT_LENGTH, Some(0)).unwrap()}
+  }
+  /// SHA-256 of the chunk's bytes: a chunk that does not match is refused (1.8).
+  #[inline]
+  pub fn sha256(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(UploadChunkHeader::VT_SHA256, None)}
   }
 }
 
@@ -82,22 +98,25 @@ impl ::flatbuffers::Verifiable for UploadChunkHeader<'_> {
      .visit_field::<u64>("upload_id", Self::VT_UPLOAD_ID, false)?
      .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
      .visit_field::<u32>("length", Self::VT_LENGTH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("sha256", Self::VT_SHA256, false)?
      .finish();
     Ok(())
   }
 }
-pub struct UploadChunkHeaderArgs {
+pub struct UploadChunkHeaderArgs<'a> {
     pub upload_id: u64,
     pub offset: u64,
     pub length: u32,
+    pub sha256: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
-impl<'a> Default for UploadChunkHeaderArgs {
+impl<'a> Default for UploadChunkHeaderArgs<'a> {
   #[inline]
   fn default() -> Self {
     UploadChunkHeaderArgs {
       upload_id: 0,
       offset: 0,
       length: 0,
+      sha256: None,
     }
   }
 }
@@ -120,6 +139,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UploadChunkHeaderBuilder<'a, 
     self.fbb_.push_slot::<u32>(UploadChunkHeader::VT_LENGTH, length, 0);
   }
   #[inline]
+  pub fn add_sha256(&mut self, sha256: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UploadChunkHeader::VT_SHA256, sha256);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UploadChunkHeaderBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     UploadChunkHeaderBuilder {
@@ -140,6 +163,7 @@ impl ::core::fmt::Debug for UploadChunkHeader<'_> {
       ds.field("upload_id", &self.upload_id());
       ds.field("offset", &self.offset());
       ds.field("length", &self.length());
+      ds.field("sha256", &self.sha256());
       ds.finish()
   }
 }
@@ -149,6 +173,7 @@ pub struct UploadChunkHeaderT {
   pub upload_id: u64,
   pub offset: u64,
   pub length: u32,
+  pub sha256: Option<alloc::vec::Vec<u8>>,
 }
 impl Default for UploadChunkHeaderT {
   fn default() -> Self {
@@ -156,6 +181,7 @@ impl Default for UploadChunkHeaderT {
       upload_id: 0,
       offset: 0,
       length: 0,
+      sha256: None,
     }
   }
 }
@@ -167,10 +193,14 @@ impl UploadChunkHeaderT {
     let upload_id = self.upload_id;
     let offset = self.offset;
     let length = self.length;
+    let sha256 = self.sha256.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
     UploadChunkHeader::create(_fbb, &UploadChunkHeaderArgs{
       upload_id,
       offset,
       length,
+      sha256,
     })
   }
 }

@@ -53,6 +53,21 @@ export enum ErrorCode {
   PreconditionFailed = 412,
   PayloadTooLarge = 413,
   Blocked = 414,
+
+  /**
+   * A media chunk or object whose bytes do not hash to the SHA-256 given (1.8).
+   */
+  ChecksumMismatch = 415,
+
+  /**
+   * Media whose bytes are not of an accepted type, or not the kind declared (1.8).
+   */
+  UnsupportedMediaType = 416,
+
+  /**
+   * The caller's storage quota would be exceeded (1.8).
+   */
+  QuotaExceeded = 417,
   Internal = 500,
   Unavailable = 503,
   Timeout = 504,

@@ -14,5 +14,11 @@ export enum SubscriptionKind {
   Notifications = 5,
   Presence = 6,
   Post = 7,
-  User = 8
+  User = 8,
+
+  /**
+   * The caller's media: `MediaInfoResponse` as each upload's processing state changes
+   * (1.8; `target_id` 0).
+   */
+  Media = 9
 }

@@ -30,18 +30,42 @@ uploadId():bigint {
   return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
 }
 
+/**
+ * A multiple of the upload's `chunk_size`.
+ */
 offset():bigint {
   const offset = this.bb!.__offset(this.bb_pos, 6);
   return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
 }
 
+/**
+ * `chunk_size`, or what is left for the last chunk.
+ */
 length():number {
   const offset = this.bb!.__offset(this.bb_pos, 8);
   return offset ? this.bb!.readUint32(this.bb_pos + offset) : 0;
 }
 
+/**
+ * SHA-256 of the chunk's bytes: a chunk that does not match is refused (1.8).
+ */
+sha256(index: number):number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 10);
+  return offset ? this.bb!.readUint8(this.bb!.__vector(this.bb_pos + offset) + index) : 0;
+}
+
+sha256Length():number {
+  const offset = this.bb!.__offset(this.bb_pos, 10);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+sha256Array():Uint8Array|null {
+  const offset = this.bb!.__offset(this.bb_pos, 10);
+  return offset ? new Uint8Array(this.bb!.bytes().buffer, this.bb!.bytes().byteOffset + this.bb!.__vector(this.bb_pos + offset), this.bb!.__vector_len(this.bb_pos + offset)) : null;
+}
+
 static startUploadChunkHeader(builder:flatbuffers.Builder) {
-  builder.startObject(3);
+  builder.startObject(4);
 }
 
 static addUploadId(builder:flatbuffers.Builder, uploadId:bigint) {
@@ -56,16 +80,33 @@ static addLength(builder:flatbuffers.Builder, length:number) {
   builder.addFieldInt32(2, length, 0);
 }
 
+static addSha256(builder:flatbuffers.Builder, sha256Offset:flatbuffers.Offset) {
+  builder.addFieldOffset(3, sha256Offset, 0);
+}
+
+static createSha256Vector(builder:flatbuffers.Builder, data:number[]|Uint8Array):flatbuffers.Offset {
+  builder.startVector(1, data.length, 1);
+  for (let i = data.length - 1; i >= 0; i--) {
+    builder.addInt8(data[i]!);
+  }
+  return builder.endVector();
+}
+
+static startSha256Vector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(1, numElems, 1);
+}
+
 static endUploadChunkHeader(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createUploadChunkHeader(builder:flatbuffers.Builder, uploadId:bigint, offset:bigint, length:number):flatbuffers.Offset {
+static createUploadChunkHeader(builder:flatbuffers.Builder, uploadId:bigint, offset:bigint, length:number, sha256Offset:flatbuffers.Offset):flatbuffers.Offset {
   UploadChunkHeader.startUploadChunkHeader(builder);
   UploadChunkHeader.addUploadId(builder, uploadId);
   UploadChunkHeader.addOffset(builder, offset);
   UploadChunkHeader.addLength(builder, length);
+  UploadChunkHeader.addSha256(builder, sha256Offset);
   return UploadChunkHeader.endUploadChunkHeader(builder);
 }
 }

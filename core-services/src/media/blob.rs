@@ -1,0 +1,319 @@
+//! Where media bytes live: the blob store (finished objects and their renditions, by key)
+//! and the staging area (uploads in progress, one file per upload, written at offsets).
+//!
+//! The embedded default keeps blobs as files under the data directory: a blob is written
+//! to a temporary file, fsynced, renamed into place and its directory fsynced, so an
+//! acknowledged blob survives a crash; originals are keyed by their SHA-256 and so stored
+//! once however many users upload them. File I/O runs on tokio's blocking pool, never on
+//! a shard thread.
+//!
+//! Not here yet: the io_uring path (the portable `std::fs` path is the only one; the
+//! store reports which it runs in [`BlobStore::backend`]) and the S3-compatible store for
+//! fleets. Staged uploads are local to the node that received them, so on a fleet an
+//! upload resumes on the same node only.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::{BoxFuture, Error, Result};
+
+/// A store of immutable blobs by key (`sha256/<hex>`, `r/<media id>/<rendition>`).
+pub trait BlobStore: Send + Sync {
+    /// Which implementation runs (reported at start and in metrics).
+    fn backend(&self) -> &'static str;
+
+    /// Moves the local file `from` into the store as `key`, durably. If `key` exists
+    /// already (the same content), `from` is removed instead.
+    fn put_file(&self, key: String, from: PathBuf) -> BoxFuture<'_, Result<()>>;
+
+    /// Stores `bytes` as `key`, durably.
+    fn put(&self, key: String, bytes: Bytes) -> BoxFuture<'_, Result<()>>;
+
+    /// Up to `len` bytes of `key` from `start` (fewer at the end).
+    fn read(&self, key: String, start: u64, len: usize) -> BoxFuture<'_, Result<Bytes>>;
+
+    /// The size of `key`, `None` when absent.
+    fn size(&self, key: String) -> BoxFuture<'_, Result<Option<u64>>>;
+
+    /// Removes `key` (absent is fine).
+    fn delete(&self, key: String) -> BoxFuture<'_, Result<()>>;
+}
+
+fn io(e: std::io::Error) -> Error {
+    tracing::warn!(error = %e, "media file i/o failed");
+    Error::Internal("media storage i/o failed")
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::Internal("media i/o task failed"))?
+        .map_err(io)
+}
+
+/// Checks a blob key: lower-case letters, digits, `/`, `-`, `_`, `.` only, no `..`, no
+/// leading `/` (keys are made by the server; this keeps a bug from escaping the root).
+fn checked(key: &str) -> Result<&str> {
+    let ok = !key.is_empty()
+        && key.len() <= 200
+        && !key.starts_with('/')
+        && !key.contains("..")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/-_.".contains(&b));
+    if ok {
+        Ok(key)
+    } else {
+        Err(Error::Internal("invalid blob key"))
+    }
+}
+
+/// fsyncs a directory (so a rename or a new file in it is durable).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Blobs as files under a root directory (the embedded default).
+pub struct LocalBlobs {
+    root: PathBuf,
+}
+
+impl LocalBlobs {
+    /// A store under `root` (created if missing).
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(root.join("tmp")).map_err(io)?;
+        Ok(Self { root })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        Ok(self.root.join("blobs").join(checked(key)?))
+    }
+
+    fn temp(&self) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{:016x}", rand::random::<u64>()))
+    }
+}
+
+/// Renames `tmp` to `dest` (its parent created) and fsyncs the directories touched.
+fn install(tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    if !parent.exists() {
+        std::fs::create_dir_all(parent)?;
+        if let Some(grand) = parent.parent() {
+            sync_dir(grand)?;
+        }
+    }
+    std::fs::rename(tmp, dest)?;
+    sync_dir(parent)
+}
+
+impl BlobStore for LocalBlobs {
+    fn backend(&self) -> &'static str {
+        "local-std"
+    }
+
+    fn put_file(&self, key: String, from: PathBuf) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let dest = self.path(&key)?;
+            blocking(move || {
+                if dest.exists() {
+                    return std::fs::remove_file(&from);
+                }
+                std::fs::File::open(&from)?.sync_all()?;
+                install(&from, &dest)
+            })
+            .await
+        })
+    }
+
+    fn put(&self, key: String, bytes: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let dest = self.path(&key)?;
+            let tmp = self.temp();
+            blocking(move || {
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                install(&tmp, &dest)
+            })
+            .await
+        })
+    }
+
+    fn read(&self, key: String, start: u64, len: usize) -> BoxFuture<'_, Result<Bytes>> {
+        Box::pin(async move {
+            let path = self.path(&key)?;
+            blocking(move || {
+                let mut f = std::fs::File::open(path)?;
+                f.seek(SeekFrom::Start(start))?;
+                let mut buf = Vec::with_capacity(len);
+                f.take(len as u64).read_to_end(&mut buf)?;
+                Ok(Bytes::from(buf))
+            })
+            .await
+        })
+    }
+
+    fn size(&self, key: String) -> BoxFuture<'_, Result<Option<u64>>> {
+        Box::pin(async move {
+            let path = self.path(&key)?;
+            blocking(move || match std::fs::metadata(path) {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await
+        })
+    }
+
+    fn delete(&self, key: String) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let path = self.path(&key)?;
+            blocking(move || match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            })
+            .await
+        })
+    }
+}
+
+/// Uploads in progress: one sparse file per upload, chunks written at their offsets.
+pub struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    /// Staging under `dir` (created if missing).
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        Ok(Self { dir })
+    }
+
+    /// The file of `upload_id`.
+    pub fn path(&self, upload_id: u64) -> PathBuf {
+        self.dir.join(format!("{upload_id:016x}"))
+    }
+
+    /// Writes `bytes` at `offset` of the upload's file and makes them durable (the file's
+    /// data, and the directory entry when the file is new).
+    pub async fn write_at(&self, upload_id: u64, offset: u64, bytes: Vec<u8>) -> Result<()> {
+        let (path, dir) = (self.path(upload_id), self.dir.clone());
+        blocking(move || {
+            let created = !path.exists();
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            f.write_all_at(&bytes, offset)?;
+            f.sync_data()?;
+            if created {
+                sync_dir(&dir)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// SHA-256 of the upload's first `len` bytes, and its first up to 64 KiB (to sniff
+    /// its type); `None` when the file is shorter.
+    pub async fn digest(&self, upload_id: u64, len: u64) -> Result<Option<([u8; 32], Vec<u8>)>> {
+        let path = self.path(upload_id);
+        blocking(move || {
+            let mut f = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if f.metadata()?.len() < len {
+                return Ok(None);
+            }
+            let mut hasher = Sha256::new();
+            let mut head = Vec::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = len;
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = f.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                if head.len() < 64 * 1024 {
+                    let k = n.min(64 * 1024 - head.len());
+                    head.extend_from_slice(&buf[..k]);
+                }
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            Ok(Some((hasher.finalize().into(), head)))
+        })
+        .await
+    }
+
+    /// Reads the whole staged upload (for processing images, whose size is bounded).
+    pub async fn read_all(&self, upload_id: u64) -> Result<Vec<u8>> {
+        let path = self.path(upload_id);
+        blocking(move || std::fs::read(path)).await
+    }
+
+    /// Removes the upload's file (absent is fine).
+    pub async fn remove(&self, upload_id: u64) -> Result<()> {
+        let path = self.path(upload_id);
+        blocking(move || match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    /// Removes staged files last written before `before` (abandoned uploads, whose rows
+    /// have expired); returns how many went.
+    pub async fn sweep(&self, before: std::time::SystemTime) -> Result<usize> {
+        let dir = self.dir.clone();
+        blocking(move || {
+            let mut removed = 0;
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let old = entry.metadata()?.modified()? < before;
+                if old && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../../b",
+            "A",
+            "x y",
+            "sha256/..",
+            "a\\b",
+        ] {
+            assert!(checked(bad).is_err(), "{bad}");
+        }
+        assert!(checked("sha256/00ff").is_ok());
+        assert!(checked("r/123/large.jpg").is_ok());
+    }
+}

@@ -1,0 +1,1119 @@
+//! Media: resumable uploads, checks of what the bytes really are, processing into
+//! renditions, ranged downloads for the viewers who may see them, and the release of
+//! objects nothing uses.
+//!
+//! **Uploads** (as tus does): `init` declares the kind, size and SHA-256 and reserves
+//! quota; the bytes then arrive in fixed-size chunks, in any order and in parallel, each
+//! checked against its own SHA-256 and made durable (fsync) before its row is written, so
+//! `resume` reports the longest durable prefix after any interruption; `complete` hashes
+//! the whole object, sniffs its real type from the bytes (the client's claim is never
+//! trusted), refuses hostile images before decoding a pixel, and stores the original
+//! content-addressed (deduplicated). Abandoned uploads expire with their rows (24 h) and
+//! their staged files are swept.
+//!
+//! **Processing** runs off the shard threads, on the blocking pool, a few at a time per
+//! node, from a durable queue (`media_jobs`, one partition per node, replayed at start):
+//! images become upright JPEG renditions without metadata and a BlurHash. The owner's
+//! `Media` subscription receives each state change.
+//!
+//! **Who may see what**: an object's owner always; anyone else only through what uses it
+//! (`media_refs`): a post or story the viewer may read, or a profile the viewer is not
+//! blocked from. Others never get the original, only renditions. Posts, stories and
+//! profiles accept only ids of ready objects of their author ([`crate::tables::media`]).
+//!
+//! Not here yet: video (uploads of kind `Video` are refused as unavailable until the
+//! `ffmpeg` ladder lands), the S3-compatible store, HTTPS delivery with signed URLs and
+//! the edge cache, the io_uring file path, chat attachments, and collecting media on
+//! account deletion or of objects uploaded but never used.
+
+pub mod blob;
+pub mod process;
+mod wire;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use selfie_protocol::control::SubscriptionKind;
+use selfie_storage::id::IdGenerator;
+use selfie_storage::key::KeyBuilder;
+use selfie_storage::{Clock, Scan, Store};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use self::blob::{BlobStore, LocalBlobs, Staging};
+pub use self::wire::MediaWire;
+use crate::locks::KeyedLocks;
+use crate::plane::{ByteStream, Delivery, Topic};
+use crate::posts::Posts;
+use crate::tables::media::{self as t, Kind, Media as Object, Rendition, State, Use};
+use crate::tables::{decode, encode, id_value, key};
+use crate::{Error, Result};
+
+/// Limits of the media service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest image upload, bytes.
+    pub max_image_bytes: u64,
+    /// Largest GIF upload, bytes.
+    pub max_gif_bytes: u64,
+    /// Largest video upload, bytes.
+    pub max_video_bytes: u64,
+    /// Bytes of media one user may hold (uploads in progress count at their size).
+    pub quota_bytes: u64,
+    /// Bytes per upload chunk.
+    pub chunk_bytes: u32,
+    /// Unfinished uploads one user may have at once.
+    pub max_open_uploads: usize,
+    /// Media processed at once on a node.
+    pub workers: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_image_bytes: 30 << 20,
+            max_gif_bytes: 15 << 20,
+            max_video_bytes: 1 << 30,
+            quota_bytes: 10 << 30,
+            chunk_bytes: 2 << 20,
+            max_open_uploads: 8,
+            workers: 2,
+        }
+    }
+}
+
+/// Chunk buffers in memory at once on a node (each at most `chunk_bytes`).
+const CHUNK_BUFFERS: usize = 64;
+/// Most renditions and refs looked at per request.
+const MAX_REFS_CHECKED: usize = 50;
+/// Bytes per piece of a download read from the blob store.
+const DOWNLOAD_PIECE: usize = 256 * 1024;
+/// How long a chunk's bytes may take to arrive.
+const CHUNK_DEADLINE: Duration = Duration::from_secs(120);
+/// Most characters of alt text.
+pub const MAX_ALT_CHARS: usize = 1_500;
+
+/// Read-write locks by key, shared by a node's shards.
+#[derive(Default)]
+struct NodeLocks(Mutex<HashMap<u64, Arc<tokio::sync::RwLock<()>>>>);
+
+impl NodeLocks {
+    fn get(&self, k: u64) -> Arc<tokio::sync::RwLock<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        map.entry(k).or_default().clone()
+    }
+}
+
+/// What a node's shards share: the blob store, the staging area, the limits, the locks
+/// that order chunks against completion and blob releases, and the processing pool.
+pub struct MediaNode {
+    blobs: Arc<dyn BlobStore>,
+    staging: Staging,
+    config: MediaConfig,
+    uploads: NodeLocks,
+    digests: NodeLocks,
+    buffers: tokio::sync::Semaphore,
+    workers: tokio::sync::Semaphore,
+}
+
+impl MediaNode {
+    /// Media on `blobs`, with uploads staged under `staging`.
+    pub fn new(blobs: Arc<dyn BlobStore>, staging: Staging, config: MediaConfig) -> Arc<Self> {
+        Arc::new(Self {
+            blobs,
+            staging,
+            config,
+            uploads: NodeLocks::default(),
+            digests: NodeLocks::default(),
+            buffers: tokio::sync::Semaphore::new(CHUNK_BUFFERS),
+            workers: tokio::sync::Semaphore::new(config.workers.max(1)),
+        })
+    }
+
+    /// The embedded default: blobs and staging under `dir` (`<data>/media`).
+    pub fn local(dir: &std::path::Path, config: MediaConfig) -> Result<Arc<Self>> {
+        let blobs = Arc::new(LocalBlobs::open(dir.to_path_buf())?);
+        let staging = Staging::open(dir.join("staging"))?;
+        Ok(Self::new(blobs, staging, config))
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.blobs
+    }
+
+    /// The limits.
+    pub fn config(&self) -> MediaConfig {
+        self.config
+    }
+}
+
+/// An upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Upload {
+    upload_id: u64,
+    media_id: u64,
+    owner_id: u64,
+    kind: Kind,
+    size: u64,
+    sha256: [u8; 32],
+    chunk_bytes: u32,
+    alt_text: String,
+    /// The node whose staging holds the bytes.
+    node: u16,
+    created_at_ms: u64,
+    expires_at_ms: u64,
+    /// Set once completed: a repeated `complete` answers with the object.
+    completed: bool,
+}
+
+impl Upload {
+    fn ttl(&self, now: u64) -> Duration {
+        Duration::from_millis(self.expires_at_ms.saturating_sub(now).max(1_000))
+    }
+}
+
+/// Where an upload stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadStatus {
+    /// The upload.
+    pub upload_id: u64,
+    /// The object it will become.
+    pub media_id: u64,
+    /// Bytes durably received from the start (the next chunk to send starts here).
+    pub offset: u64,
+    /// Declared size.
+    pub size: u64,
+    /// Bytes per chunk.
+    pub chunk_bytes: u32,
+    /// When the upload is forgotten.
+    pub expires_at_ms: u64,
+}
+
+/// An upload as declared by its client.
+#[derive(Debug, Clone)]
+pub struct NewUpload {
+    /// What it claims to be.
+    pub kind: Kind,
+    /// Total bytes.
+    pub size: u64,
+    /// SHA-256 of the whole object.
+    pub sha256: Vec<u8>,
+    /// Alt text.
+    pub alt_text: String,
+}
+
+/// One chunk's header.
+#[derive(Debug, Clone)]
+pub struct ChunkHeader {
+    /// The upload.
+    pub upload_id: u64,
+    /// Where it starts (a multiple of the chunk size).
+    pub offset: u64,
+    /// Its length.
+    pub length: u32,
+    /// Its SHA-256.
+    pub sha256: Vec<u8>,
+}
+
+/// What a download sends.
+pub struct Download {
+    /// The object.
+    pub media_id: u64,
+    /// The rendition sent.
+    pub rendition: String,
+    /// Its type.
+    pub mime: String,
+    /// Its whole size.
+    pub total: u64,
+    /// First byte sent.
+    pub start: u64,
+    /// Bytes sent.
+    pub length: u64,
+    /// Stable for these bytes.
+    pub etag: String,
+    /// The bytes.
+    pub body: ByteStream,
+}
+
+/// The media service of one shard.
+pub struct Media<S> {
+    store: S,
+    clock: Arc<dyn Clock>,
+    ids: RefCell<IdGenerator>,
+    node_number: u16,
+    shard: u16,
+    node: Arc<MediaNode>,
+    posts: Rc<Posts<S>>,
+    delivery: Option<Rc<Delivery>>,
+    locks: KeyedLocks,
+    limits: crate::rate::PerUser,
+}
+
+fn sha(v: &[u8], field: &'static str) -> Result<[u8; 32]> {
+    <[u8; 32]>::try_from(v).map_err(|_| Error::InvalidArgument { field })
+}
+
+impl<S: Store + Clone + 'static> Media<S> {
+    /// The media service of shard `shard` of node `node_number`.
+    pub fn new(
+        store: S,
+        clock: Arc<dyn Clock>,
+        node_number: u16,
+        shard: u16,
+        node: Arc<MediaNode>,
+        posts: Rc<Posts<S>>,
+    ) -> Result<Self> {
+        let ids = IdGenerator::new(node_number, shard)
+            .map_err(|_| Error::InvalidArgument { field: "shard" })?;
+        Ok(Self {
+            store,
+            clock,
+            ids: RefCell::new(ids),
+            node_number,
+            shard,
+            node,
+            posts,
+            delivery: None,
+            locks: KeyedLocks::default(),
+            // Uploads are expensive (disk, CPU): 60 a minute, 20 at once.
+            limits: crate::rate::PerUser::new(60, 20),
+        })
+    }
+
+    /// Pushes state changes to owners through `delivery`.
+    pub fn with_delivery(mut self, delivery: Rc<Delivery>) -> Self {
+        self.delivery = Some(delivery);
+        self
+    }
+
+    /// The delivery plane, for subscriptions.
+    pub fn delivery(&self) -> Result<&Rc<Delivery>> {
+        self.delivery
+            .as_ref()
+            .ok_or(Error::Unavailable("live media events"))
+    }
+
+    fn next_id(&self) -> u64 {
+        self.ids.borrow_mut().next(self.clock.now_ms()).0
+    }
+
+    /// Starts the node's background work on its first shard: the processing of media left
+    /// in the queue by a restart, and the hourly sweep of abandoned staged uploads.
+    pub fn start(self: &Rc<Self>) {
+        if self.shard != 0 {
+            return;
+        }
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = me.replay_jobs().await {
+                tracing::warn!(error = %e, "media jobs not replayed");
+            }
+            loop {
+                let cutoff = std::time::SystemTime::now() - t::UPLOAD_TTL;
+                match me.node.staging.sweep(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "abandoned uploads swept"),
+                    Err(e) => tracing::warn!(error = %e, "staging sweep failed"),
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+    }
+
+    async fn replay_jobs(self: &Rc<Self>) -> Result<()> {
+        let part = KeyBuilder::new().u64(u64::from(self.node_number)).build();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .scan(&t::JOBS, &part, &Scan::all(500).after(cursor))
+                .await?;
+            for row in &page.rows {
+                if let Some(id) = id_value(&row.clustering) {
+                    self.spawn_processing(id);
+                }
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn max_bytes(&self, kind: Kind) -> u64 {
+        let c = &self.node.config;
+        match kind {
+            Kind::Image => c.max_image_bytes,
+            Kind::Gif => c.max_gif_bytes,
+            Kind::Video => c.max_video_bytes,
+        }
+    }
+
+    async fn load_upload(&self, owner: u64, upload_id: u64) -> Result<Upload> {
+        let upload: Upload = match self.store.get(&t::UPLOADS, &key(upload_id), &[]).await? {
+            Some(b) => decode("upload", &b)?,
+            None => return Err(Error::NotFound("upload")),
+        };
+        if upload.owner_id != owner {
+            return Err(Error::NotFound("upload"));
+        }
+        if upload.node != self.node_number {
+            return Err(Error::Unavailable("this upload on this node"));
+        }
+        Ok(upload)
+    }
+
+    /// Bytes of media `owner` holds, and the sizes of their unfinished uploads.
+    async fn usage(&self, owner: u64) -> Result<(u64, Vec<u64>)> {
+        let held = self
+            .store
+            .counter_get(&t::USAGE, &key(owner), &crate::tables::name_key("bytes"))
+            .await?;
+        let open = self
+            .store
+            .scan(
+                &t::OPEN,
+                &key(owner),
+                &Scan::all(self.node.config.max_open_uploads + 1),
+            )
+            .await?;
+        let sizes = open
+            .rows
+            .iter()
+            .filter_map(|r| id_value(&r.value))
+            .collect();
+        Ok((u64::try_from(held).unwrap_or(0), sizes))
+    }
+
+    /// Starts an upload: checks the declared size against the kind's limit and the
+    /// owner's quota (uploads in progress count), and reserves it.
+    pub async fn init(&self, owner: u64, new: NewUpload) -> Result<UploadStatus> {
+        self.limits.check(owner)?;
+        if new.size == 0 {
+            return Err(Error::InvalidArgument {
+                field: "size_bytes",
+            });
+        }
+        if new.size > self.max_bytes(new.kind) {
+            return Err(Error::TooLarge("upload"));
+        }
+        let digest = sha(&new.sha256, "sha256")?;
+        if new.alt_text.chars().count() > MAX_ALT_CHARS {
+            return Err(Error::InvalidArgument { field: "alt_text" });
+        }
+        // One reservation at a time per owner on this node (the edge runs an owner's
+        // inits on one shard), so two inits cannot both fit in the last free bytes.
+        let _guard = self.locks.lock((owner, 0)).await;
+        let (held, open) = self.usage(owner).await?;
+        if open.len() >= self.node.config.max_open_uploads {
+            return Err(Error::QuotaExceeded);
+        }
+        let pending: u64 = open.iter().sum();
+        if held.saturating_add(pending).saturating_add(new.size) > self.node.config.quota_bytes {
+            return Err(Error::QuotaExceeded);
+        }
+        let now = self.clock.now_ms();
+        let chunk_bytes = u64::from(self.node.config.chunk_bytes).min(new.size).max(1) as u32;
+        let upload = Upload {
+            upload_id: self.next_id(),
+            media_id: self.next_id(),
+            owner_id: owner,
+            kind: new.kind,
+            size: new.size,
+            sha256: digest,
+            chunk_bytes,
+            alt_text: new.alt_text,
+            node: self.node_number,
+            created_at_ms: now,
+            expires_at_ms: now + t::UPLOAD_TTL.as_millis() as u64,
+            completed: false,
+        };
+        let ttl = Some(t::UPLOAD_TTL);
+        self.store
+            .put(
+                &t::OPEN,
+                &key(owner),
+                &key(upload.upload_id),
+                &new.size.to_be_bytes(),
+                ttl,
+            )
+            .await?;
+        self.store
+            .put(
+                &t::UPLOADS,
+                &key(upload.upload_id),
+                &[],
+                &encode("upload", &upload)?,
+                ttl,
+            )
+            .await?;
+        Ok(self.status(&upload, 0))
+    }
+
+    fn status(&self, u: &Upload, offset: u64) -> UploadStatus {
+        UploadStatus {
+            upload_id: u.upload_id,
+            media_id: u.media_id,
+            offset,
+            size: u.size,
+            chunk_bytes: u.chunk_bytes,
+            expires_at_ms: u.expires_at_ms,
+        }
+    }
+
+    /// The longest prefix of `u` whose chunks are all durable.
+    async fn durable_prefix(&self, u: &Upload) -> Result<u64> {
+        let mut next = 0u64;
+        let mut cursor = None;
+        'pages: loop {
+            let page = self
+                .store
+                .scan(
+                    &t::CHUNKS,
+                    &key(u.upload_id),
+                    &Scan::all(1000).after(cursor),
+                )
+                .await?;
+            for row in &page.rows {
+                match id_value(&row.clustering) {
+                    Some(i) if i == next => next += 1,
+                    _ => break 'pages,
+                }
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok((next * u64::from(u.chunk_bytes)).min(u.size))
+    }
+
+    /// Where an upload stands (after a reconnect: resume from `offset`).
+    pub async fn resume(&self, owner: u64, upload_id: u64) -> Result<UploadStatus> {
+        let upload = self.load_upload(owner, upload_id).await?;
+        let offset = if upload.completed {
+            upload.size
+        } else {
+            self.durable_prefix(&upload).await?
+        };
+        Ok(self.status(&upload, offset))
+    }
+
+    /// Receives one chunk: `body` must carry exactly `header.length` bytes hashing to
+    /// `header.sha256`. The chunk is durable (fsync) before it is recorded and answered.
+    pub async fn chunk(
+        &self,
+        owner: u64,
+        header: ChunkHeader,
+        mut body: ByteStream,
+    ) -> Result<UploadStatus> {
+        let upload = self.load_upload(owner, header.upload_id).await?;
+        let digest = sha(&header.sha256, "sha256")?;
+        let chunk = u64::from(upload.chunk_bytes);
+        let index = header.offset / chunk;
+        let expected = upload.size.saturating_sub(header.offset).min(chunk);
+        if !header.offset.is_multiple_of(chunk) || header.offset >= upload.size {
+            return Err(Error::InvalidArgument { field: "offset" });
+        }
+        if u64::from(header.length) != expected {
+            return Err(Error::InvalidArgument { field: "length" });
+        }
+        if upload.completed {
+            return Err(Error::Stale("upload already completed"));
+        }
+        let _buffer = self
+            .node
+            .buffers
+            .acquire()
+            .await
+            .map_err(|_| Error::Overloaded)?;
+        let mut bytes = Vec::with_capacity(expected as usize);
+        let read = async {
+            while let Some(piece) = body.next().await {
+                let piece = piece.map_err(|_| Error::InvalidArgument { field: "chunk" })?;
+                if (bytes.len() + piece.len()) as u64 > expected {
+                    return Err(Error::TooLarge("chunk"));
+                }
+                bytes.extend_from_slice(&piece);
+            }
+            Ok(())
+        };
+        tokio::time::timeout(CHUNK_DEADLINE, read)
+            .await
+            .map_err(|_| Error::InvalidArgument { field: "chunk" })??;
+        if bytes.len() as u64 != expected {
+            return Err(Error::InvalidArgument { field: "chunk" });
+        }
+        if <[u8; 32]>::from(Sha256::digest(&bytes)) != digest {
+            return Err(Error::ChecksumMismatch("chunk"));
+        }
+        // Chunks write while completion waits (it hashes the file).
+        let lock = self.node.uploads.get(upload.upload_id);
+        let _shared = lock.read().await;
+        let now = self.clock.now_ms();
+        self.node
+            .staging
+            .write_at(upload.upload_id, header.offset, bytes)
+            .await?;
+        self.store
+            .put(
+                &t::CHUNKS,
+                &key(upload.upload_id),
+                &key(index),
+                &digest,
+                Some(upload.ttl(now)),
+            )
+            .await?;
+        let offset = self.durable_prefix(&upload).await?;
+        Ok(self.status(&upload, offset))
+    }
+
+    /// Finishes an upload: every chunk durable, the whole object's SHA-256 as declared
+    /// (and as `sha256`, when given), its real type accepted for the declared kind, an
+    /// image's header within the limits. The original is stored (once per content) and
+    /// queued for processing; the answer is the object, `Processing`.
+    pub async fn complete(
+        self: &Rc<Self>,
+        owner: u64,
+        upload_id: u64,
+        sha256: &[u8],
+    ) -> Result<Object> {
+        let mut upload = self.load_upload(owner, upload_id).await?;
+        if !sha256.is_empty() && sha(sha256, "sha256")? != upload.sha256 {
+            return Err(Error::ChecksumMismatch("upload"));
+        }
+        if upload.completed {
+            return t::load(&self.store, upload.media_id)
+                .await?
+                .ok_or(Error::NotFound("media"));
+        }
+        let lock = self.node.uploads.get(upload_id);
+        let _exclusive = lock.write().await;
+        if self.durable_prefix(&upload).await? < upload.size {
+            return Err(Error::InvalidArgument {
+                field: "incomplete upload",
+            });
+        }
+        let staging = &self.node.staging;
+        let (digest, head) =
+            staging
+                .digest(upload_id, upload.size)
+                .await?
+                .ok_or(Error::InvalidArgument {
+                    field: "incomplete upload",
+                })?;
+        if digest != upload.sha256 {
+            return Err(Error::ChecksumMismatch("upload"));
+        }
+        let checked = self.check_bytes(&upload, &head).await;
+        let (mime, kind, (width, height)) = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                // Refused bytes are not kept: the upload ends here.
+                self.forget_upload(&upload).await?;
+                return Err(e);
+            }
+        };
+        let hex = hex::encode(digest);
+        let media = Object {
+            media_id: upload.media_id,
+            owner_id: owner,
+            kind,
+            mime: mime.to_string(),
+            size: upload.size,
+            sha256: hex.clone(),
+            width,
+            height,
+            duration_ms: 0,
+            blurhash: String::new(),
+            alt_text: upload.alt_text.clone(),
+            state: State::Processing,
+            reason: String::new(),
+            renditions: Vec::new(),
+            created_at_ms: self.clock.now_ms(),
+        };
+        // The blob's reference first, then the blob: a concurrent release of the same
+        // content (under the same digest lock) sees the reference and keeps the file.
+        {
+            let dlock = self.node.digests.get(digest_key(&digest));
+            let _g = dlock.write().await;
+            self.store
+                .put(
+                    &t::BLOBS,
+                    &crate::tables::name_key(&hex),
+                    &key(media.media_id),
+                    &[],
+                    None,
+                )
+                .await?;
+            self.node
+                .blobs
+                .put_file(t::original_key(&hex), staging.path(upload_id))
+                .await?;
+        }
+        self.store
+            .put(
+                &t::JOBS,
+                &KeyBuilder::new().u64(u64::from(self.node_number)).build(),
+                &key(media.media_id),
+                &[],
+                None,
+            )
+            .await?;
+        self.save(&media).await?;
+        self.store
+            .counter_add(
+                &t::USAGE,
+                &key(owner),
+                &crate::tables::name_key("bytes"),
+                i64::try_from(upload.size).unwrap_or(i64::MAX),
+            )
+            .await?;
+        upload.completed = true;
+        let now = self.clock.now_ms();
+        self.store
+            .put(
+                &t::UPLOADS,
+                &key(upload_id),
+                &[],
+                &encode("upload", &upload)?,
+                Some(upload.ttl(now)),
+            )
+            .await?;
+        self.store
+            .delete(&t::OPEN, &key(owner), &key(upload_id))
+            .await?;
+        self.spawn_processing(media.media_id);
+        Ok(media)
+    }
+
+    /// The real type of the upload whose first bytes are `head`, and an image's
+    /// dimensions from its header.
+    async fn check_bytes(
+        &self,
+        upload: &Upload,
+        head: &[u8],
+    ) -> Result<(&'static str, Kind, (u32, u32))> {
+        let (mime, kind) = process::sniff(head, upload.kind)?;
+        if kind == Kind::Video {
+            return Err(Error::Unavailable("video uploads"));
+        }
+        let bytes = self.node.staging.read_all(upload.upload_id).await?;
+        let mime_owned = mime;
+        let dims = tokio::task::spawn_blocking(move || process::precheck_image(&bytes, mime_owned))
+            .await
+            .map_err(|_| Error::Internal("media check task failed"))??;
+        Ok((mime, kind, dims))
+    }
+
+    /// Drops an upload: its rows and staged bytes.
+    async fn forget_upload(&self, upload: &Upload) -> Result<()> {
+        self.store
+            .delete(&t::OPEN, &key(upload.owner_id), &key(upload.upload_id))
+            .await?;
+        self.store
+            .delete(&t::UPLOADS, &key(upload.upload_id), &[])
+            .await?;
+        self.node.staging.remove(upload.upload_id).await
+    }
+
+    /// Abandons an upload (its reservation is released).
+    pub async fn abort(&self, owner: u64, upload_id: u64) -> Result<()> {
+        let upload = self.load_upload(owner, upload_id).await?;
+        if upload.completed {
+            return Err(Error::Stale("upload already completed"));
+        }
+        let lock = self.node.uploads.get(upload_id);
+        let _exclusive = lock.write().await;
+        self.forget_upload(&upload).await
+    }
+
+    async fn save(&self, media: &Object) -> Result<()> {
+        self.store
+            .put(
+                &t::MEDIA,
+                &key(media.media_id),
+                &[],
+                &encode("media", media)?,
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn spawn_processing(self: &Rc<Self>, media_id: u64)
+    where
+        S: 'static,
+    {
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = me.process(media_id).await {
+                tracing::warn!(media_id, error = %e, "media processing failed");
+            }
+        });
+    }
+
+    /// Processes a queued object: renditions and placeholder, then `Ready` (or
+    /// `Rejected` with the reason); the job row goes last, so a crash replays it.
+    async fn process(&self, media_id: u64) -> Result<()> {
+        let job = (
+            KeyBuilder::new().u64(u64::from(self.node_number)).build(),
+            key(media_id),
+        );
+        let Some(mut media) = t::load(&self.store, media_id).await? else {
+            self.store.delete(&t::JOBS, &job.0, &job.1).await?;
+            return Ok(());
+        };
+        if media.state == State::Processing {
+            let _permit = self
+                .node
+                .workers
+                .acquire()
+                .await
+                .map_err(|_| Error::Overloaded)?;
+            let size = usize::try_from(media.size).map_err(|_| Error::TooLarge("media"))?;
+            let original = self.node.blobs.read(media.original_key(), 0, size).await?;
+            let done = tokio::task::spawn_blocking(move || process::process_image(&original))
+                .await
+                .map_err(|_| Error::Internal("media processing task failed"))?;
+            match done {
+                Ok(p) => {
+                    let mut renditions = Vec::new();
+                    for r in p.renditions {
+                        let rkey = format!("r/{media_id}/{}.jpg", r.name);
+                        let size = r.bytes.len() as u64;
+                        self.node
+                            .blobs
+                            .put(rkey.clone(), Bytes::from(r.bytes))
+                            .await?;
+                        renditions.push(Rendition {
+                            name: r.name.to_string(),
+                            mime: "image/jpeg".into(),
+                            width: r.width,
+                            height: r.height,
+                            size,
+                            key: rkey,
+                        });
+                    }
+                    media.width = p.width;
+                    media.height = p.height;
+                    media.blurhash = p.blurhash;
+                    media.renditions = renditions;
+                    media.state = State::Ready;
+                }
+                Err(refusal) => {
+                    media.state = State::Rejected;
+                    media.reason = refusal.to_string();
+                }
+            }
+            self.save(&media).await?;
+            self.notify(&media).await;
+        }
+        self.store.delete(&t::JOBS, &job.0, &job.1).await?;
+        Ok(())
+    }
+
+    /// Tells the owner's `Media` subscribers about `media`.
+    async fn notify(&self, media: &Object) {
+        let Some(delivery) = &self.delivery else {
+            return;
+        };
+        let sent = match wire::info_event(delivery, media) {
+            Ok(frame) => {
+                delivery
+                    .publish(Topic::new(SubscriptionKind::Media, media.owner_id), frame)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "media event not published");
+        }
+    }
+
+    /// Whether `viewer` may see `media`: its owner, or through a post, story or profile
+    /// that uses it and that the viewer may read.
+    pub async fn may_view(&self, viewer: u64, media: &Object) -> Result<bool> {
+        if viewer == media.owner_id {
+            return Ok(true);
+        }
+        if media.state != State::Ready {
+            return Ok(false);
+        }
+        let refs = self
+            .store
+            .scan(&t::REFS, &key(media.media_id), &Scan::all(MAX_REFS_CHECKED))
+            .await?;
+        for row in &refs.rows {
+            let seen = match Use::from_clustering(&row.clustering) {
+                Some(Use::Post(id)) => match self.posts.stored(id).await? {
+                    Some(post) => !post.deleted && self.posts.can_read(viewer, &post).await?,
+                    None => false,
+                },
+                Some(Use::Story(id)) => {
+                    // Stories use their author's media only: the owner is the author.
+                    let now = self.clock.now_ms();
+                    let live = crate::tables::stories::load(&self.store, id)
+                        .await?
+                        .filter(|s| s.expires_at_ms > now);
+                    let story = match live {
+                        Some(s) => Some(s),
+                        None => {
+                            crate::tables::stories::highlight(&self.store, media.owner_id, id)
+                                .await?
+                        }
+                    };
+                    match story {
+                        Some(s) => self.posts.access(viewer, s.author_id).await?.admits(
+                            viewer,
+                            s.audience,
+                            &s.mentions,
+                        ),
+                        None => false,
+                    }
+                }
+                Some(Use::Profile(user)) => !self.posts.access(viewer, user).await?.hidden(),
+                None => false,
+            };
+            if seen {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// An object as `viewer` may see it (`NotFound` otherwise, without saying whether it
+    /// exists).
+    pub async fn get(&self, viewer: u64, media_id: u64) -> Result<Object> {
+        let mut media = t::load(&self.store, media_id)
+            .await?
+            .ok_or(Error::NotFound("media"))?;
+        if !self.may_view(viewer, &media).await? {
+            return Err(Error::NotFound("media"));
+        }
+        if viewer != media.owner_id {
+            media.sha256.clear();
+            media.reason.clear();
+        }
+        Ok(media)
+    }
+
+    /// Changes an object's alt text.
+    pub async fn set_alt_text(&self, owner: u64, media_id: u64, alt: &str) -> Result<Object> {
+        if alt.chars().count() > MAX_ALT_CHARS {
+            return Err(Error::InvalidArgument { field: "alt_text" });
+        }
+        let mut media = self.owned(owner, media_id).await?;
+        media.alt_text = alt.to_string();
+        self.save(&media).await?;
+        Ok(media)
+    }
+
+    async fn owned(&self, owner: u64, media_id: u64) -> Result<Object> {
+        match t::load(&self.store, media_id).await? {
+            Some(m) if m.owner_id == owner => Ok(m),
+            _ => Err(Error::NotFound("media")),
+        }
+    }
+
+    /// Deletes an object of the caller's that nothing uses (`Conflict` while a post,
+    /// story or profile does).
+    pub async fn delete(&self, owner: u64, media_id: u64) -> Result<()> {
+        let media = self.owned(owner, media_id).await?;
+        let refs = self
+            .store
+            .scan(&t::REFS, &key(media_id), &Scan::all(1))
+            .await?;
+        if !refs.rows.is_empty() {
+            return Err(Error::Stale("media in use"));
+        }
+        self.collect(&media).await
+    }
+
+    /// Releases objects that their users stopped using: each one nothing uses any more
+    /// is deleted.
+    pub async fn release(&self, ids: &[u64]) -> Result<()> {
+        for &id in ids {
+            let refs = self.store.scan(&t::REFS, &key(id), &Scan::all(1)).await?;
+            if !refs.rows.is_empty() {
+                continue;
+            }
+            if let Some(media) = t::load(&self.store, id).await? {
+                self.collect(&media).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes an object: its renditions, its reference to the original (the original
+    /// too when no other object shares it), its record and its bytes in the quota.
+    async fn collect(&self, media: &Object) -> Result<()> {
+        for r in &media.renditions {
+            self.node.blobs.delete(r.key.clone()).await?;
+        }
+        let hex = &media.sha256;
+        if let Ok(bytes) = hex::decode(hex)
+            && let Ok(digest) = <[u8; 32]>::try_from(bytes.as_slice())
+        {
+            let dlock = self.node.digests.get(digest_key(&digest));
+            let _g = dlock.write().await;
+            let part = crate::tables::name_key(hex);
+            self.store
+                .delete(&t::BLOBS, &part, &key(media.media_id))
+                .await?;
+            let others = self.store.scan(&t::BLOBS, &part, &Scan::all(1)).await?;
+            if others.rows.is_empty() {
+                self.node.blobs.delete(t::original_key(hex)).await?;
+            }
+        }
+        self.store
+            .delete(&t::MEDIA, &key(media.media_id), &[])
+            .await?;
+        self.store
+            .counter_add(
+                &t::USAGE,
+                &key(media.owner_id),
+                &crate::tables::name_key("bytes"),
+                -i64::try_from(media.size).unwrap_or(i64::MAX),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A ranged download of `rendition` of an object (`""`: the original for its owner,
+    /// `large` for others; only the owner gets the original). `end` 0 means to the end.
+    pub async fn download(
+        &self,
+        viewer: u64,
+        media_id: u64,
+        rendition: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Download> {
+        let media = self.get(viewer, media_id).await?;
+        let owner = viewer == media.owner_id;
+        let name = match rendition {
+            "" if owner => "original",
+            "" => "large",
+            n => n,
+        };
+        let (key, mime, total, etag) = if name == "original" {
+            if !owner {
+                return Err(Error::NotFound("rendition"));
+            }
+            let hex = t::load(&self.store, media_id)
+                .await?
+                .map(|m| m.sha256)
+                .unwrap_or_default();
+            (t::original_key(&hex), media.mime.clone(), media.size, hex)
+        } else {
+            let r = media
+                .renditions
+                .iter()
+                .find(|r| r.name == name)
+                .ok_or(Error::NotFound("rendition"))?;
+            let etag = format!("{media_id:x}-{}-{}", r.name, r.size);
+            (r.key.clone(), r.mime.clone(), r.size, etag)
+        };
+        let end = if end == 0 { total } else { end };
+        if start > end || end > total || (start == end && total != 0) {
+            return Err(Error::InvalidArgument { field: "range" });
+        }
+        let blobs = self.node.blobs.clone();
+        let body = futures::stream::unfold(start, move |at| {
+            let (blobs, key) = (blobs.clone(), key.clone());
+            async move {
+                if at >= end {
+                    return None;
+                }
+                let want = (end - at).min(DOWNLOAD_PIECE as u64) as usize;
+                match blobs.read(key, at, want).await {
+                    Ok(b) if b.is_empty() => Some((
+                        Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                        end,
+                    )),
+                    Ok(b) => {
+                        let next = at + b.len() as u64;
+                        Some((Ok(b), next))
+                    }
+                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), end)),
+                }
+            }
+        })
+        .boxed_local();
+        Ok(Download {
+            media_id,
+            rendition: name.to_string(),
+            mime,
+            total,
+            start,
+            length: end - start,
+            etag,
+            body,
+        })
+    }
+
+    /// Uploads `bytes` in one go (init, chunks, complete) as `owner`: for tests, tools
+    /// and seeding; clients use the chunked protocol.
+    pub async fn upload_bytes(
+        self: &Rc<Self>,
+        owner: u64,
+        kind: Kind,
+        bytes: &[u8],
+    ) -> Result<(UploadStatus, Object)> {
+        let status = self
+            .init(
+                owner,
+                NewUpload {
+                    kind,
+                    size: bytes.len() as u64,
+                    sha256: Sha256::digest(bytes).to_vec(),
+                    alt_text: String::new(),
+                },
+            )
+            .await?;
+        for (i, piece) in bytes.chunks(status.chunk_bytes as usize).enumerate() {
+            let header = ChunkHeader {
+                upload_id: status.upload_id,
+                offset: i as u64 * u64::from(status.chunk_bytes),
+                length: piece.len() as u32,
+                sha256: Sha256::digest(piece).to_vec(),
+            };
+            let body = futures::stream::iter([Ok(Bytes::copy_from_slice(piece))]).boxed_local();
+            self.chunk(owner, header, body).await?;
+        }
+        let media = self.complete(owner, status.upload_id, &[]).await?;
+        Ok((status, media))
+    }
+
+    /// Waits (at most `within`) until `media_id` leaves `Processing`; for tests and tools.
+    pub async fn settled(&self, media_id: u64, within: Duration) -> Result<Object> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let media = t::load(&self.store, media_id)
+                .await?
+                .ok_or(Error::NotFound("media"))?;
+            if media.state != State::Processing || tokio::time::Instant::now() >= deadline {
+                return Ok(media);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A lock key for a digest.
+fn digest_key(d: &[u8; 32]) -> u64 {
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(k)
+}

@@ -1,0 +1,591 @@
+//! Media through real edges and real SDK clients: chunked uploads that resume after a
+//! killed connection with the same SHA-256, parallel chunks, chat answered during a large
+//! upload, typed refusals of corrupted chunks, exceeded quotas and hostile or mislabelled
+//! files, renditions that are upright and carry no EXIF, ranged downloads, and media
+//! served only to the viewers of what uses it.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use selfie_client::media::{UploadOptions, push_info};
+use selfie_client::{Client, ClientError};
+use selfie_protocol::BodyT;
+use selfie_protocol::ErrorCode;
+use selfie_protocol::common::{Audience, MediaKind};
+use selfie_protocol::graph::{FollowRequestT, GraphOpT};
+use selfie_protocol::media::MediaState;
+use selfie_protocol::posts::{CreatePostRequestT, DeletePostRequestT, PostsOpT};
+use sha2::{Digest, Sha256};
+use support::{Node, call, graph, posts, sign_up};
+
+const CHUNK: u32 = 256 * 1024;
+
+/// A node with small chunks (so small files have several) and a 100 MiB quota.
+fn node() -> Node {
+    let mut p = support::parts();
+    p.media.chunk_bytes = CHUNK;
+    p.media.max_image_bytes = 64 << 20;
+    p.media.quota_bytes = 100 << 20;
+    let t = support::tokens(&p);
+    let throttle = selfie_services::auth::throttle::LoginThrottle::new(p.throttle);
+    support::start_with(&p, t, throttle)
+}
+
+/// A PNG of noise (does not compress): about `3 * side²` bytes.
+fn noise_png(side: u32) -> Vec<u8> {
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let [a, b, c, ..] = seed.to_le_bytes();
+        image::Rgb([a, b, c])
+    });
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("png");
+    out
+}
+
+fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 9) as u8, 200])
+    });
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(
+            &mut std::io::Cursor::new(&mut out),
+            image::ImageFormat::Jpeg,
+        )
+        .expect("jpeg");
+    out
+}
+
+/// `jpeg` with an EXIF segment: orientation 6 (rotate 90°) and a GPS latitude.
+fn jpeg_with_exif(width: u32, height: u32) -> Vec<u8> {
+    let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
+    tiff.extend_from_slice(&2u16.to_be_bytes());
+    // Orientation (SHORT) = 6.
+    tiff.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0]);
+    // GPS IFD pointer (LONG) = 38.
+    tiff.extend_from_slice(&[0x88, 0x25, 0, 4, 0, 0, 0, 1, 0, 0, 0, 38]);
+    tiff.extend_from_slice(&[0, 0, 0, 0]);
+    // GPS IFD: GPSLatitudeRef (ASCII, 2) = "N".
+    tiff.extend_from_slice(&1u16.to_be_bytes());
+    tiff.extend_from_slice(&[0, 1, 0, 2, 0, 0, 0, 2, b'N', 0, 0, 0]);
+    tiff.extend_from_slice(&[0, 0, 0, 0]);
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let base = jpeg(width, height);
+    let mut out = base[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&base[2..]);
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+}
+
+/// A decompression bomb's header: a tiny PNG claiming 50,000 × 50,000 pixels.
+fn png_bomb() -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = 50_000u32.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&50_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    // A zlib stream of a few zero bytes (what a bomb's long runs compress to).
+    png_chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x63, 0x60, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01],
+    );
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn code(e: &ClientError) -> Option<ErrorCode> {
+    e.code()
+}
+
+async fn upload(c: &Client, kind: MediaKind, bytes: &[u8]) -> Result<u64, ClientError> {
+    let info = c
+        .media()
+        .upload(
+            kind,
+            Bytes::copy_from_slice(bytes),
+            &UploadOptions::default(),
+        )
+        .await?;
+    Ok(info.media_id)
+}
+
+async fn ready(c: &Client, media_id: u64) -> selfie_protocol::media::MediaInfoT {
+    let m = c
+        .media()
+        .wait_ready(media_id, Duration::from_secs(60))
+        .await
+        .expect("processed");
+    assert_eq!(m.state, MediaState::Ready, "{m:?}");
+    m
+}
+
+#[tokio::test]
+async fn an_upload_resumes_after_a_killed_connection_with_the_same_digest() {
+    let node = node();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let photo = noise_png(640);
+    assert!(photo.len() > 4 * CHUNK as usize, "{}", photo.len());
+    let sha: [u8; 32] = Sha256::digest(&photo).into();
+    let status = ana
+        .client
+        .media()
+        .init(MediaKind::Image, photo.len() as u64, sha, "noise")
+        .await
+        .expect("init");
+    assert_eq!((status.offset, status.chunk_size), (0, CHUNK));
+    // Three chunks arrive, then the connection dies in the middle of the fourth.
+    let chunk = CHUNK as usize;
+    for i in 0..3 {
+        let piece = Bytes::copy_from_slice(&photo[i * chunk..(i + 1) * chunk]);
+        let s = ana
+            .client
+            .media()
+            .send_chunk(status.upload_id, (i * chunk) as u64, piece)
+            .await
+            .expect("chunk");
+        assert_eq!(s.offset, ((i + 1) * chunk) as u64);
+    }
+    let fourth = Bytes::copy_from_slice(&photo[3 * chunk..4 * chunk]);
+    let media = ana.client.media();
+    let cut = tokio::time::timeout(
+        Duration::from_millis(1),
+        media.send_chunk(status.upload_id, (3 * chunk) as u64, fourth),
+    );
+    let _ = cut.await;
+    ana.client.close();
+    // A new session asks where the upload stands and sends the rest, in parallel.
+    let again = Client::connect(support::config(&node, Some(ana.token.clone())))
+        .await
+        .expect("reconnected");
+    let resumed = again
+        .media()
+        .resume(status.upload_id)
+        .await
+        .expect("resume");
+    assert!(
+        resumed.offset == 3 * CHUNK as u64 || resumed.offset == 4 * CHUNK as u64,
+        "{}",
+        resumed.offset
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let progress = {
+        let seen = seen.clone();
+        std::sync::Arc::new(move |done: u64, total: u64| {
+            seen.lock().expect("progress").push((done, total));
+        })
+    };
+    let options = UploadOptions {
+        parallel: 4,
+        progress: Some(progress),
+        ..UploadOptions::default()
+    };
+    let info = again
+        .media()
+        .upload_resume(status.upload_id, Bytes::from(photo.clone()), &options)
+        .await
+        .expect("completed");
+    assert_eq!(info.media_id, status.media_id);
+    assert_eq!(info.sha256.as_deref(), Some(&sha[..]));
+    assert_eq!(info.mime_type.as_deref(), Some("image/png"));
+    let total = photo.len() as u64;
+    assert!(
+        seen.lock()
+            .expect("progress")
+            .iter()
+            .all(|&(d, t)| d <= t && t == total)
+    );
+    // Completing again answers with the same object.
+    let twice = again
+        .media()
+        .complete(status.upload_id, sha)
+        .await
+        .expect("idempotent");
+    assert_eq!(twice.media_id, info.media_id);
+    let m = ready(&again, info.media_id).await;
+    assert_eq!((m.width, m.height), (640, 640));
+    assert!(!m.blurhash.unwrap_or_default().is_empty());
+    // The original downloads byte for byte; a range is that slice.
+    let (h, original) = again
+        .media()
+        .download(info.media_id, "original", 0, 0)
+        .await
+        .expect("download");
+    assert_eq!(<[u8; 32]>::from(Sha256::digest(&original)), sha);
+    assert_eq!((h.total_size, h.length), (total, total));
+    let (h, slice) = again
+        .media()
+        .download(info.media_id, "original", 1000, 70_000)
+        .await
+        .expect("range");
+    assert_eq!((h.range_start, h.length), (1000, 69_000));
+    assert_eq!(&slice[..], &photo[1000..70_000]);
+    let bad = again
+        .media()
+        .download(info.media_id, "original", 10, total + 1)
+        .await
+        .expect_err("past the end");
+    assert_eq!(code(&bad), Some(ErrorCode::InvalidArgument));
+    // The large rendition is a JPEG no larger than the original.
+    let (h, large) = again
+        .media()
+        .download(info.media_id, "large", 0, 0)
+        .await
+        .expect("rendition");
+    assert_eq!(h.mime_type.as_deref(), Some("image/jpeg"));
+    let img = image::load_from_memory(&large).expect("decodes");
+    assert_eq!((img.width(), img.height()), (640, 640));
+}
+
+#[tokio::test]
+async fn a_chat_request_is_answered_during_a_large_upload() {
+    let node = node();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    // 48 MiB of noise (refused at the end: it is no image), 8 chunks in flight.
+    let mut big = vec![0u8; 48 << 20];
+    let mut seed = 7u64;
+    for b in big.iter_mut() {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        *b = (seed >> 56) as u8;
+    }
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let first_tx = std::sync::Mutex::new(Some(first_tx));
+    let options = UploadOptions {
+        parallel: 8,
+        progress: Some(std::sync::Arc::new(move |_, _| {
+            if let Some(tx) = first_tx.lock().expect("tx").take() {
+                let _ = tx.send(());
+            }
+        })),
+        ..UploadOptions::default()
+    };
+    let media = ana.client.media();
+    let upload = media.upload(MediaKind::Image, Bytes::from(big), &options);
+    tokio::pin!(upload);
+    // Once the first chunk is in, a chat request goes out on the same connection.
+    tokio::select! {
+        _ = &mut upload => panic!("the upload ended before its first chunk was reported"),
+        r = first_rx => r.expect("progress"),
+    }
+    let chat_api = ana.client.chat();
+    let chat = chat_api.list(selfie_protocol::chat::ConversationFolder::Inbox, 10, None);
+    tokio::pin!(chat);
+    tokio::select! {
+        biased;
+        answer = &mut chat => { answer.expect("chat answered"); }
+        _ = &mut upload => panic!("the chat request waited for the upload"),
+    }
+    let refused = upload.await.expect_err("noise is not an image");
+    assert_eq!(code(&refused), Some(ErrorCode::UnsupportedMediaType));
+}
+
+#[tokio::test]
+async fn corrupt_chunks_quotas_and_hostile_files_get_typed_errors() {
+    let node = node();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let media = ana.client.media();
+    let photo = noise_png(300);
+    let sha: [u8; 32] = Sha256::digest(&photo).into();
+    let s = media
+        .init(MediaKind::Image, photo.len() as u64, sha, "")
+        .await
+        .expect("init");
+    let first = Bytes::copy_from_slice(&photo[..CHUNK as usize]);
+    // A chunk whose bytes do not match its digest is refused and not recorded.
+    let mut flipped = first.to_vec();
+    flipped[100] ^= 1;
+    let e = media
+        .send_chunk_with(
+            s.upload_id,
+            0,
+            Bytes::from(flipped),
+            Sha256::digest(&first).to_vec(),
+        )
+        .await
+        .expect_err("corrupt");
+    assert_eq!(code(&e), Some(ErrorCode::ChecksumMismatch));
+    assert_eq!(media.resume(s.upload_id).await.expect("resume").offset, 0);
+    // A chunk off the grid or of the wrong length is refused.
+    let e = media
+        .send_chunk(s.upload_id, 7, first.slice(..1000))
+        .await
+        .expect_err("misaligned");
+    assert_eq!(code(&e), Some(ErrorCode::InvalidArgument));
+    // Completing before every chunk is in is refused; an abort forgets the upload.
+    let e = media
+        .complete(s.upload_id, sha)
+        .await
+        .expect_err("incomplete");
+    assert_eq!(code(&e), Some(ErrorCode::InvalidArgument));
+    media.abort(s.upload_id).await.expect("aborted");
+    let e = media.resume(s.upload_id).await.expect_err("gone");
+    assert_eq!(code(&e), Some(ErrorCode::NotFound));
+    // Bytes that are not what was declared: the whole object's digest is checked.
+    let other: [u8; 32] = Sha256::digest(b"something else").into();
+    let s = media
+        .init(MediaKind::Image, photo.len() as u64, other, "")
+        .await
+        .expect("init");
+    let e = media
+        .upload_resume(
+            s.upload_id,
+            Bytes::from(photo.clone()),
+            &UploadOptions::default(),
+        )
+        .await
+        .expect_err("wrong digest");
+    assert_eq!(code(&e), Some(ErrorCode::ChecksumMismatch));
+    // Another user cannot touch the upload.
+    let ben = sign_up(&node, &anon, "ben").await;
+    let e = ben
+        .client
+        .media()
+        .resume(s.upload_id)
+        .await
+        .expect_err("not his");
+    assert_eq!(code(&e), Some(ErrorCode::NotFound));
+    // The quota counts uploads in progress at their declared size.
+    let e = media
+        .init(MediaKind::Image, 65 << 20, sha, "")
+        .await
+        .expect_err("over the kind's limit");
+    assert_eq!(code(&e), Some(ErrorCode::PayloadTooLarge));
+    let big = media
+        .init(MediaKind::Image, 60 << 20, sha, "")
+        .await
+        .expect("within the quota");
+    let e = media
+        .init(MediaKind::Image, 60 << 20, sha, "")
+        .await
+        .expect_err("over the quota");
+    assert_eq!(code(&e), Some(ErrorCode::QuotaExceeded));
+    media.abort(big.upload_id).await.expect("aborted");
+    // Hostile or mislabelled files: a PNG declared as a video, a decompression bomb, a
+    // truncated JPEG, bytes of no known type.
+    let e = upload(&ana.client, MediaKind::Video, &photo)
+        .await
+        .expect_err("png as video");
+    assert_eq!(code(&e), Some(ErrorCode::UnsupportedMediaType));
+    let e = upload(&ana.client, MediaKind::Image, &png_bomb())
+        .await
+        .expect_err("bomb");
+    assert_eq!(code(&e), Some(ErrorCode::UnsupportedMediaType));
+    let whole = jpeg(64, 64);
+    let e = upload(&ana.client, MediaKind::Image, &whole[..whole.len() / 2])
+        .await
+        .expect_err("truncated");
+    assert_eq!(code(&e), Some(ErrorCode::UnsupportedMediaType));
+    let e = upload(&ana.client, MediaKind::Image, b"#!/bin/sh\nrm -rf /\n")
+        .await
+        .expect_err("a script");
+    assert_eq!(code(&e), Some(ErrorCode::UnsupportedMediaType));
+    // None of it is held against the quota: a 60 MiB upload fits again.
+    let again = media
+        .init(MediaKind::Image, 60 << 20, sha, "")
+        .await
+        .expect("quota released");
+    media.abort(again.upload_id).await.expect("aborted");
+}
+
+#[tokio::test]
+async fn renditions_are_upright_and_carry_no_exif() {
+    let node = node();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let mut pushes = ana.client.media().subscribe().await.expect("subscribed");
+    let photo = jpeg_with_exif(40, 20);
+    let id = upload(&ana.client, MediaKind::Image, &photo)
+        .await
+        .expect("uploaded");
+    // The owner hears of the processing.
+    let frame = tokio::time::timeout(Duration::from_secs(60), pushes.next())
+        .await
+        .expect("in time")
+        .expect("a push");
+    let pushed = push_info(&frame).expect("media info");
+    assert_eq!((pushed.media_id, pushed.state), (id, MediaState::Ready));
+    let m = ready(&ana.client, id).await;
+    // Orientation 6 turns the 40 × 20 picture upright: 20 × 40.
+    assert_eq!((m.width, m.height), (20, 40));
+    let names: Vec<String> = m
+        .renditions
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["original", "small", "medium", "large"]);
+    let (_, original) = ana
+        .client
+        .media()
+        .download(id, "original", 0, 0)
+        .await
+        .expect("original");
+    assert!(
+        original.windows(4).any(|w| w == b"Exif"),
+        "the owner's original is untouched"
+    );
+    for name in ["small", "medium", "large"] {
+        let (_, r) = ana
+            .client
+            .media()
+            .download(id, name, 0, 0)
+            .await
+            .expect("rendition");
+        assert!(!r.windows(4).any(|w| w == b"Exif"), "{name} carries EXIF");
+        let img = image::load_from_memory(&r).expect("decodes");
+        assert_eq!((img.width(), img.height()), (20, 40), "{name}");
+    }
+}
+
+async fn follow(c: &Client, target: u64) {
+    let mut r = FollowRequestT::default();
+    r.target_id = target;
+    call(c, graph(GraphOpT::FollowRequest(Box::new(r))))
+        .await
+        .expect("followed");
+}
+
+async fn post_with(c: &Client, media: Vec<u64>, audience: Audience) -> Result<u64, ClientError> {
+    let mut r = CreatePostRequestT::default();
+    r.media_ids = Some(media);
+    r.audience = audience;
+    match call(c, posts(PostsOpT::CreatePostRequest(Box::new(r)))).await? {
+        BodyT::Posts(p) => match p.op {
+            PostsOpT::PostResponse(r) => Ok(r.post.expect("post").post_id),
+            other => panic!("not a post: {other:?}"),
+        },
+        other => panic!("not a posts answer: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn media_is_served_only_to_the_readers_of_what_uses_it() {
+    let node = node();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    follow(&ben.client, ana.id).await;
+    let photo = support::photo(&ana.client).await;
+    // Before any post uses it, only Ana sees it.
+    let e = ben.client.media().get(photo).await.expect_err("unused");
+    assert_eq!(code(&e), Some(ErrorCode::NotFound));
+    // Nobody else may post Ana's photo; no post takes an id that is not a ready object.
+    let e = post_with(&cat.client, vec![photo], Audience::Public)
+        .await
+        .expect_err("not hers");
+    assert_eq!(code(&e), Some(ErrorCode::InvalidArgument));
+    let e = post_with(&ana.client, vec![photo + 1], Audience::Public)
+        .await
+        .expect_err("no such object");
+    assert_eq!(code(&e), Some(ErrorCode::InvalidArgument));
+    let post = post_with(&ana.client, vec![photo], Audience::Followers)
+        .await
+        .expect("posted");
+    // A follower gets the renditions, never the original; a stranger gets nothing.
+    let seen = ben.client.media().get(photo).await.expect("follower");
+    let names: Vec<String> = seen
+        .renditions
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| r.name)
+        .collect();
+    assert!(!names.iter().any(|n| n == "original"), "{names:?}");
+    assert!(seen.sha256.unwrap_or_default().is_empty());
+    let (h, _) = ben
+        .client
+        .media()
+        .download(photo, "", 0, 0)
+        .await
+        .expect("large");
+    assert_eq!(h.rendition.as_deref(), Some("large"));
+    let e = ben
+        .client
+        .media()
+        .download(photo, "original", 0, 0)
+        .await
+        .expect_err("original");
+    assert_eq!(code(&e), Some(ErrorCode::NotFound));
+    for e in [
+        cat.client.media().get(photo).await.expect_err("stranger"),
+        cat.client
+            .media()
+            .download(photo, "large", 0, 0)
+            .await
+            .expect_err("stranger"),
+    ] {
+        assert_eq!(code(&e), Some(ErrorCode::NotFound));
+    }
+    // In use, it cannot be deleted; once its post is deleted it is released.
+    let e = ana.client.media().delete(photo).await.expect_err("in use");
+    assert_eq!(code(&e), Some(ErrorCode::Conflict));
+    let mut d = DeletePostRequestT::default();
+    d.post_id = post;
+    call(&ana.client, posts(PostsOpT::DeletePostRequest(Box::new(d))))
+        .await
+        .expect("deleted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match ana.client.media().get(photo).await {
+            Err(e) if code(&e) == Some(ErrorCode::NotFound) => break,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("not released: {other:?}"),
+        }
+    }
+    let e = ben
+        .client
+        .media()
+        .download(photo, "large", 0, 0)
+        .await
+        .expect_err("gone");
+    assert_eq!(code(&e), Some(ErrorCode::NotFound));
+}
