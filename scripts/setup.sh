@@ -74,6 +74,8 @@ selfie_setup() {
   local need=()
   command -v redis-server >/dev/null || need+=(redis-server)
   command -v mvn >/dev/null || need+=(maven)
+  # Media: video probing and transcoding (HLS renditions, posters) run real ffmpeg.
+  { command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; } || need+=(ffmpeg)
   ls /usr/lib/jvm 2>/dev/null | grep -qE 'java-(11|17)' || need+=(openjdk-17-jre-headless)
   if [ ${#need[@]} -gt 0 ]; then
     selfie_setup_apt "${need[@]}" || return 1

@@ -589,3 +589,154 @@ async fn media_is_served_only_to_the_readers_of_what_uses_it() {
         .expect_err("gone");
     assert_eq!(code(&e), Some(ErrorCode::NotFound));
 }
+
+/// A `seconds`-long H.264/AAC QuickTime movie of ffmpeg's test pattern, `width` ×
+/// `height`, carrying a GPS location in its metadata (as a phone writes it).
+fn clip(dir: &std::path::Path, seconds: u32, width: u32, height: u32) -> Vec<u8> {
+    let path = dir.join("clip.mp4");
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!(
+            "testsrc=duration={seconds}:size={width}x{height}:rate=25"
+        ))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=duration={seconds}"))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-c:a", "aac", "-metadata", "location=+48.8584+002.2945/"])
+        .args(["-f", "mov"])
+        .arg(&path)
+        .output()
+        .expect("ffmpeg runs (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(&path).expect("clip")
+}
+
+fn ffprobe(path: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_streams",
+            "-show_format",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[tokio::test]
+async fn a_video_becomes_an_hls_ladder_and_a_poster_without_its_location() {
+    let node = node();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let video = clip(dir.path(), 3, 640, 480);
+    let id = upload(&ana.client, MediaKind::Video, &video)
+        .await
+        .expect("uploaded");
+    let m = ready(&ana.client, id).await;
+    assert_eq!((m.width, m.height), (640, 480));
+    assert!(
+        (2_900..=3_200).contains(&m.duration_ms),
+        "{}",
+        m.duration_ms
+    );
+    assert!(
+        !m.blurhash.unwrap_or_default().is_empty(),
+        "a placeholder from the poster"
+    );
+    let renditions = m.renditions.unwrap_or_default();
+    let names: Vec<String> = renditions.iter().filter_map(|r| r.name.clone()).collect();
+    assert!(names.iter().any(|n| n == "hls/master.m3u8"), "{names:?}");
+    assert!(names.iter().any(|n| n == "hls/360p.m3u8"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("hls/720p")),
+        "no rung above the source: {names:?}"
+    );
+    // Everything downloads into one directory, where the ladder plays from the master.
+    let hls = dir.path().join("hls");
+    std::fs::create_dir(&hls).expect("dir");
+    for name in names.iter().filter(|n| n.starts_with("hls/")) {
+        let (_, bytes) = ana
+            .client
+            .media()
+            .download(id, name, 0, 0)
+            .await
+            .expect("rendition");
+        std::fs::write(dir.path().join(name), &bytes).expect("written");
+    }
+    let master = std::fs::read_to_string(hls.join("master.m3u8")).expect("master");
+    assert!(master.contains("RESOLUTION=480x360\n360p.m3u8"), "{master}");
+    let played = ffprobe(&hls.join("360p.m3u8"));
+    let streams = played["streams"].as_array().expect("streams");
+    let video_stream = streams
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .expect("a video stream");
+    assert_eq!(video_stream["codec_name"], "h264");
+    assert_eq!(video_stream["height"], 360);
+    assert!(
+        streams.iter().any(|s| s["codec_type"] == "audio"),
+        "audio kept"
+    );
+    let seconds: f64 = played["format"]["duration"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("duration");
+    assert!((2.5..3.5).contains(&seconds), "{seconds}");
+    // The location the phone wrote is in the owner's original only.
+    let (_, original) = ana
+        .client
+        .media()
+        .download(id, "original", 0, 0)
+        .await
+        .expect("original");
+    assert_eq!(original.as_ref(), video.as_slice());
+    assert!(original.windows(8).any(|w| w == b"+48.8584"));
+    let first_segment = names
+        .iter()
+        .find(|n| n.starts_with("hls/360p_") && n.ends_with(".ts"))
+        .expect("a segment");
+    let segment = std::fs::read(dir.path().join(first_segment)).expect("segment");
+    assert!(
+        !segment.windows(8).any(|w| w == b"+48.8584"),
+        "no location in a segment"
+    );
+    // The poster is a JPEG of the source's size.
+    let (_, poster) = ana
+        .client
+        .media()
+        .download(id, "poster", 0, 0)
+        .await
+        .expect("poster");
+    let img = image::load_from_memory(&poster).expect("a decodable poster");
+    assert_eq!((img.width(), img.height()), (640, 480));
+    // A file that sniffs as a movie but does not decode (cut before its index) is refused
+    // when the upload completes, after ffprobe reads it.
+    let cut = &video[..video.len() / 2];
+    let refused = upload(&ana.client, MediaKind::Video, cut)
+        .await
+        .expect_err("half a movie is not a video");
+    assert_eq!(code(&refused), Some(ErrorCode::UnsupportedMediaType));
+}

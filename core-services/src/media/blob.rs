@@ -41,6 +41,26 @@ pub trait BlobStore: Send + Sync {
 
     /// Removes `key` (absent is fine).
     fn delete(&self, key: String) -> BoxFuture<'_, Result<()>>;
+
+    /// Copies the `size` bytes of `key` into the local file `to` (for tools that need a
+    /// file, such as the transcoder), piece by piece.
+    fn copy_to_file(&self, key: String, size: u64, to: PathBuf) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut file = tokio::fs::File::create(&to).await.map_err(io)?;
+            let mut at = 0u64;
+            while at < size {
+                let piece = self.read(key.clone(), at, 8 << 20).await?;
+                if piece.is_empty() {
+                    return Err(Error::Internal("blob shorter than recorded"));
+                }
+                tokio::io::AsyncWriteExt::write_all(&mut file, &piece)
+                    .await
+                    .map_err(io)?;
+                at += piece.len() as u64;
+            }
+            tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(io)
+        })
+    }
 }
 
 fn io(e: std::io::Error) -> Error {
@@ -203,6 +223,11 @@ impl Staging {
     /// The file of `upload_id`.
     pub fn path(&self, upload_id: u64) -> PathBuf {
         self.dir.join(format!("{upload_id:016x}"))
+    }
+
+    /// A scratch directory for processing `media_id` (the caller creates and removes it).
+    pub fn work_dir(&self, media_id: u64) -> PathBuf {
+        self.dir.join(format!("{media_id:016x}.work"))
     }
 
     /// Writes `bytes` at `offset` of the upload's file and makes them durable (the file's

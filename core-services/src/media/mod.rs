@@ -13,21 +13,26 @@
 //!
 //! **Processing** runs off the shard threads, on the blocking pool, a few at a time per
 //! node, from a durable queue (`media_jobs`, one partition per node, replayed at start):
-//! images become upright JPEG renditions without metadata and a BlurHash. The owner's
-//! `Media` subscription receives each state change.
+//! images become upright JPEG renditions without metadata and a BlurHash; videos
+//! (probed by `ffprobe` when the upload completes: at most 10 minutes and 4096 pixels a
+//! side) become an HLS ladder (`hls/master.m3u8`, 360p and 720p rungs never above the
+//! source, 4-second segments) and a poster frame with its BlurHash, transcoded by
+//! `ffmpeg` child processes under an address-space limit and a time limit, every output
+//! without metadata ([`video`]). The owner's `Media` subscription receives each state
+//! change.
 //!
 //! **Who may see what**: an object's owner always; anyone else only through what uses it
 //! (`media_refs`): a post or story the viewer may read, or a profile the viewer is not
 //! blocked from. Others never get the original, only renditions. Posts, stories and
 //! profiles accept only ids of ready objects of their author ([`crate::tables::media`]).
 //!
-//! Not here yet: video (uploads of kind `Video` are refused as unavailable until the
-//! `ffmpeg` ladder lands), the S3-compatible store, HTTPS delivery with signed URLs and
+//! Not here yet: the S3-compatible store, HTTPS delivery with signed URLs and
 //! the edge cache, the io_uring file path, chat attachments, and collecting media on
 //! account deletion or of objects uploaded but never used.
 
 pub mod blob;
 pub mod process;
+pub mod video;
 mod wire;
 
 use std::cell::RefCell;
@@ -615,8 +620,7 @@ impl<S: Store + Clone + 'static> Media<S> {
         if digest != upload.sha256 {
             return Err(Error::ChecksumMismatch("upload"));
         }
-        let checked = self.check_bytes(&upload, &head).await;
-        let (mime, kind, (width, height)) = match checked {
+        let checked = match self.check_bytes(&upload, &head).await {
             Ok(v) => v,
             Err(e) => {
                 // Refused bytes are not kept: the upload ends here.
@@ -628,13 +632,13 @@ impl<S: Store + Clone + 'static> Media<S> {
         let media = Object {
             media_id: upload.media_id,
             owner_id: owner,
-            kind,
-            mime: mime.to_string(),
+            kind: checked.kind,
+            mime: checked.mime.to_string(),
             size: upload.size,
             sha256: hex.clone(),
-            width,
-            height,
-            duration_ms: 0,
+            width: checked.width,
+            height: checked.height,
+            duration_ms: checked.duration_ms,
             blurhash: String::new(),
             alt_text: upload.alt_text.clone(),
             state: State::Processing,
@@ -697,23 +701,32 @@ impl<S: Store + Clone + 'static> Media<S> {
         Ok(media)
     }
 
-    /// The real type of the upload whose first bytes are `head`, and an image's
-    /// dimensions from its header.
-    async fn check_bytes(
-        &self,
-        upload: &Upload,
-        head: &[u8],
-    ) -> Result<(&'static str, Kind, (u32, u32))> {
+    /// The real type of the upload whose first bytes are `head`, and its size in pixels
+    /// and length: an image's from its header, a video's from `ffprobe`.
+    async fn check_bytes(&self, upload: &Upload, head: &[u8]) -> Result<Checked> {
         let (mime, kind) = process::sniff(head, upload.kind)?;
         if kind == Kind::Video {
-            return Err(Error::Unavailable("video uploads"));
+            let p = video::probe(&self.node.staging.path(upload.upload_id), mime).await?;
+            return Ok(Checked {
+                mime,
+                kind,
+                width: p.width,
+                height: p.height,
+                duration_ms: u32::try_from(p.duration.as_millis()).unwrap_or(u32::MAX),
+            });
         }
         let bytes = self.node.staging.read_all(upload.upload_id).await?;
-        let mime_owned = mime;
-        let dims = tokio::task::spawn_blocking(move || process::precheck_image(&bytes, mime_owned))
-            .await
-            .map_err(|_| Error::Internal("media check task failed"))??;
-        Ok((mime, kind, dims))
+        let (width, height) =
+            tokio::task::spawn_blocking(move || process::precheck_image(&bytes, mime))
+                .await
+                .map_err(|_| Error::Internal("media check task failed"))??;
+        Ok(Checked {
+            mime,
+            kind,
+            width,
+            height,
+            duration_ms: 0,
+        })
     }
 
     /// Drops an upload: its rows and staged bytes.
@@ -781,37 +794,28 @@ impl<S: Store + Clone + 'static> Media<S> {
                 .acquire()
                 .await
                 .map_err(|_| Error::Overloaded)?;
-            let size = usize::try_from(media.size).map_err(|_| Error::TooLarge("media"))?;
-            let original = self.node.blobs.read(media.original_key(), 0, size).await?;
-            let done = tokio::task::spawn_blocking(move || process::process_image(&original))
-                .await
-                .map_err(|_| Error::Internal("media processing task failed"))?;
+            let done = match media.kind {
+                Kind::Video => self.process_video(&media).await,
+                Kind::Image | Kind::Gif => self.process_image(&media).await,
+            };
             match done {
-                Ok(p) => {
-                    let mut renditions = Vec::new();
-                    for r in p.renditions {
-                        let rkey = format!("r/{media_id}/{}.jpg", r.name);
-                        let size = r.bytes.len() as u64;
-                        self.node
-                            .blobs
-                            .put(rkey.clone(), Bytes::from(r.bytes))
-                            .await?;
-                        renditions.push(Rendition {
-                            name: r.name.to_string(),
-                            mime: "image/jpeg".into(),
-                            width: r.width,
-                            height: r.height,
-                            size,
-                            key: rkey,
-                        });
+                // A tool that failed to start or ran over: the object failed (storage
+                // errors leave the job for the next start instead).
+                Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => {
+                    tracing::warn!(media_id, error = %e, "media processing failed");
+                    media.state = State::Failed;
+                    media.reason = e.to_string();
+                }
+                Err(e) => return Err(e),
+                Ok(Ok(made)) => {
+                    media.renditions = made.renditions;
+                    media.blurhash = made.blurhash;
+                    if let Some((w, h)) = made.upright {
+                        (media.width, media.height) = (w, h);
                     }
-                    media.width = p.width;
-                    media.height = p.height;
-                    media.blurhash = p.blurhash;
-                    media.renditions = renditions;
                     media.state = State::Ready;
                 }
-                Err(refusal) => {
+                Ok(Err(refusal)) => {
                     media.state = State::Rejected;
                     media.reason = refusal.to_string();
                 }
@@ -821,6 +825,106 @@ impl<S: Store + Clone + 'static> Media<S> {
         }
         self.store.delete(&t::JOBS, &job.0, &job.1).await?;
         Ok(())
+    }
+
+    /// An image's renditions and placeholder (or why it was refused); its upright size is
+    /// written into `media`.
+    async fn process_image(
+        &self,
+        media: &Object,
+    ) -> Result<std::result::Result<Made, process::Refusal>> {
+        let size = usize::try_from(media.size).map_err(|_| Error::TooLarge("media"))?;
+        let original = self.node.blobs.read(media.original_key(), 0, size).await?;
+        let done = tokio::task::spawn_blocking(move || process::process_image(&original))
+            .await
+            .map_err(|_| Error::Internal("media processing task failed"))?;
+        let p = match done {
+            Ok(p) => p,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let mut renditions = Vec::new();
+        for r in p.renditions {
+            let key = format!("r/{}/{}.jpg", media.media_id, r.name);
+            let size = r.bytes.len() as u64;
+            self.node
+                .blobs
+                .put(key.clone(), Bytes::from(r.bytes))
+                .await?;
+            renditions.push(Rendition {
+                name: r.name.to_string(),
+                mime: "image/jpeg".into(),
+                width: r.width,
+                height: r.height,
+                size,
+                key,
+            });
+        }
+        Ok(Ok(Made {
+            renditions,
+            blurhash: p.blurhash,
+            upright: Some((p.width, p.height)),
+        }))
+    }
+
+    /// A video's HLS ladder and poster (or why it was refused), transcoded in a work
+    /// directory that goes afterwards.
+    async fn process_video(
+        &self,
+        media: &Object,
+    ) -> Result<std::result::Result<Made, process::Refusal>> {
+        let work = self.node.staging.work_dir(media.media_id);
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        tokio::fs::create_dir_all(&work)
+            .await
+            .map_err(|_| Error::Internal("media work directory not created"))?;
+        let result = self.transcode_in(media, &work).await;
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        match result {
+            Err(Error::UnsupportedMedia(refusal)) => Ok(Err(refusal)),
+            other => other.map(Ok),
+        }
+    }
+
+    async fn transcode_in(&self, media: &Object, work: &std::path::Path) -> Result<Made> {
+        let input = work.join("original");
+        self.node
+            .blobs
+            .copy_to_file(media.original_key(), media.size, input.clone())
+            .await?;
+        let probe = video::probe(&input, &media.mime).await?;
+        let outputs = video::transcode(&input, &media.mime, probe, work).await?;
+        let mut renditions = Vec::new();
+        let mut blurhash = String::new();
+        for o in outputs {
+            let key = format!("r/{}/{}", media.media_id, o.name);
+            if o.name == "poster" {
+                let path = o.path.clone();
+                blurhash = tokio::task::spawn_blocking(move || {
+                    image::open(path).map(|img| process::blurhash_of(&img))
+                })
+                .await
+                .map_err(|_| Error::Internal("media processing task failed"))?
+                .unwrap_or_default();
+            }
+            let bytes = tokio::fs::read(&o.path)
+                .await
+                .map_err(|_| Error::Internal("transcoder output unreadable"))?;
+            let size = bytes.len() as u64;
+            self.node.blobs.put(key.clone(), Bytes::from(bytes)).await?;
+            renditions.push(Rendition {
+                name: o.name,
+                mime: o.mime.into(),
+                width: o.width,
+                height: o.height,
+                size,
+                key,
+            });
+        }
+        Ok(Made {
+            renditions,
+            blurhash,
+            upright: None,
+        })
     }
 
     /// Tells the owner's `Media` subscribers about `media`.
@@ -1109,6 +1213,23 @@ impl<S: Store + Clone + 'static> Media<S> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// What processing made.
+struct Made {
+    renditions: Vec<Rendition>,
+    blurhash: String,
+    /// An image's size once turned upright.
+    upright: Option<(u32, u32)>,
+}
+
+/// What the checks at completion found.
+struct Checked {
+    mime: &'static str,
+    kind: Kind,
+    width: u32,
+    height: u32,
+    duration_ms: u32,
 }
 
 /// A lock key for a digest.

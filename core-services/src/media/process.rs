@@ -49,6 +49,9 @@ pub enum Refusal {
     /// The bytes end before the image does.
     #[error("truncated image")]
     Truncated,
+    /// A video longer than allowed.
+    #[error("video too long")]
+    TooLong,
     /// The decoder could not read it.
     #[error("undecodable image")]
     Undecodable,
@@ -122,6 +125,12 @@ pub struct ProcessedImage {
     pub renditions: Vec<Rendered>,
 }
 
+/// The BlurHash placeholder of `img` (4 × 3 components, from a 32-pixel thumbnail).
+pub fn blurhash_of(img: &DynamicImage) -> String {
+    let thumb = img.thumbnail(32, 32).to_rgba8();
+    blurhash::encode(4, 3, thumb.width(), thumb.height(), thumb.as_raw()).unwrap_or_default()
+}
+
 /// Decodes `bytes` under the limits, applies the EXIF orientation and makes the
 /// renditions and the placeholder. CPU-heavy: call it on a blocking thread.
 pub fn process_image(bytes: &[u8]) -> Result<ProcessedImage, Refusal> {
@@ -171,13 +180,10 @@ pub fn process_image(bytes: &[u8]) -> Result<ProcessedImage, Refusal> {
             height: rgb.height(),
         });
     }
-    let thumb = img.thumbnail(32, 32).to_rgba8();
-    let blurhash =
-        blurhash::encode(4, 3, thumb.width(), thumb.height(), thumb.as_raw()).unwrap_or_default();
     Ok(ProcessedImage {
         width,
         height,
-        blurhash,
+        blurhash: blurhash_of(&img),
         renditions,
     })
 }
