@@ -596,6 +596,50 @@ pub struct EchoArgs {
     data_dir: PathBuf,
 }
 
+/// The media scenario's baseline streams: `SINK` reads the bytes (and, when durable,
+/// writes them at their offset in `sink` and fsyncs) and answers their count; `SRCE`
+/// writes the asked number of bytes from memory.
+async fn bulk(
+    sink: &Arc<std::fs::File>,
+    head: Vec<u8>,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let durable = head[4] == 1;
+    let n = u64::from_be_bytes(head[5..crate::media::HEADER].try_into()?);
+    if head.starts_with(crate::media::SOURCE) {
+        let piece = Bytes::from(vec![0x5a; 256 * 1024]);
+        let mut left = n;
+        while left > 0 {
+            let len = left.min(piece.len() as u64) as usize;
+            send.write_chunk(piece.slice(..len)).await?;
+            left -= len as u64;
+        }
+        send.finish()?;
+        return Ok(());
+    }
+    let mut data = head[crate::media::HEADER..].to_vec();
+    let mut count = data.len() as u64;
+    while let Some(c) = recv.read_chunk(1 << 20, true).await? {
+        count += c.bytes.len() as u64;
+        if durable {
+            data.extend_from_slice(&c.bytes);
+        }
+    }
+    if durable {
+        let sink = sink.clone();
+        tokio::task::spawn_blocking(move || {
+            sink.write_all_at(&data, n)?;
+            sink.sync_data()
+        })
+        .await??;
+    }
+    send.write_all(&count.to_be_bytes()).await?;
+    send.finish()?;
+    Ok(())
+}
+
 /// The raw quinn baseline server: one thread, the edge's TLS and transport settings,
 /// echoing each bidirectional stream — except the `fanout` scenario's two requests:
 /// `SUBSCRIBE` opens a push stream (uni) to the connection, `PUBLISH:<bytes>` writes the
@@ -616,16 +660,37 @@ pub fn echo_server(args: EchoArgs) -> anyhow::Result<()> {
         println!("echo listening on udp://{}", endpoint.local_addr()?);
         println!("certificate sha-256: {}", identity.fingerprint());
         let pushes: Rc<std::cell::RefCell<Vec<quinn::SendStream>>> = Rc::default();
+        let sink = Arc::new(std::fs::File::create(args.data_dir.join("sink.bin"))?);
         while let Some(incoming) = endpoint.accept().await {
-            let pushes = pushes.clone();
+            let (pushes, sink) = (pushes.clone(), sink.clone());
             tokio::task::spawn_local(async move {
                 let Ok(conn) = incoming.await else { return };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let (conn, pushes) = (conn.clone(), pushes.clone());
+                    let sink = sink.clone();
                     tokio::task::spawn_local(async move {
-                        let Ok(data) = recv.read_to_end(64 * 1024).await else {
+                        // The media scenario's streams are told apart by their header.
+                        let (mut data, mut ended) = (Vec::new(), false);
+                        while data.len() < crate::media::HEADER && !ended {
+                            match recv.read_chunk(64 * 1024, true).await {
+                                Ok(Some(c)) => data.extend_from_slice(&c.bytes),
+                                Ok(None) => ended = true,
+                                Err(_) => return,
+                            }
+                        }
+                        if data.len() >= crate::media::HEADER
+                            && (data.starts_with(crate::media::SINK)
+                                || data.starts_with(crate::media::SOURCE))
+                        {
+                            let _ = bulk(&sink, data, &mut send, &mut recv).await;
                             return;
-                        };
+                        }
+                        if !ended {
+                            let Ok(rest) = recv.read_to_end(64 * 1024).await else {
+                                return;
+                            };
+                            data.extend_from_slice(&rest);
+                        }
                         if data == crate::fanout::SUBSCRIBE {
                             // A stream is announced with its first byte (as the edge's
                             // push streams start with their header).

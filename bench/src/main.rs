@@ -13,7 +13,9 @@
 //! - `post-fanout`: a post to N connected followers (timeline writes and live pushes)
 //!   next to raw quinn writing one event to N connections; `feed-read`: home-feed pages
 //!   over a seeded store next to the raw reads a page needs; `stories-tray`: tray reads
-//!   likewise.
+//!   likewise;
+//! - `media`: chunked uploads (SHA-256 checked, fsynced) and downloads through the edge
+//!   next to raw quinn bulk streams to memory and to a file with fsync.
 //!
 //! Results and command lines are recorded in `bench/RESULTS.md`.
 
@@ -21,6 +23,7 @@ mod chat;
 mod edge;
 mod fanout;
 mod feed;
+mod media;
 mod report;
 mod social;
 mod storage;
@@ -56,6 +59,8 @@ enum Scenario {
     FeedRead(feed::ReadArgs),
     /// Story tray reads over a seeded store, vs the raw reads a tray needs.
     StoriesTray(feed::TrayArgs),
+    /// Chunked uploads and downloads through the edge vs raw quinn bulk streams.
+    Media(media::Args),
     /// The raw quinn echo baseline server (started by the other scenarios).
     #[command(hide = true)]
     EchoServer(edge::EchoArgs),
@@ -73,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::PostFanout(args) => feed::post_fanout(args),
         Scenario::FeedRead(args) => feed::feed_read(args),
         Scenario::StoriesTray(args) => feed::stories_tray(args),
+        Scenario::Media(args) => media::run(args),
         Scenario::EchoServer(args) => edge::echo_server(args),
     }
 }

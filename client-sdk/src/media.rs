@@ -168,7 +168,7 @@ impl MediaApi<'_> {
             .encode(media_frame(MediaOpT::UploadChunkHeader(Box::new(h))))?;
         let (mut send, mut recv) = self.0.conn.open_bi().await?;
         let _ = send.set_priority(selfie_protocol::priority_of(Body::Media).quic_priority());
-        send.write_chunks(&mut [header, bytes])
+        send.write_all_chunks(&mut [header, bytes])
             .await
             .map_err(stream_err)?;
         send.finish().map_err(stream_err)?;

@@ -740,3 +740,27 @@ async fn a_video_becomes_an_hls_ladder_and_a_poster_without_its_location() {
         .expect_err("half a movie is not a video");
     assert_eq!(code(&refused), Some(ErrorCode::UnsupportedMediaType));
 }
+
+#[tokio::test]
+async fn default_sized_chunks_larger_than_the_stream_window_arrive_whole() {
+    let p = support::parts();
+    let t = support::tokens(&p);
+    let throttle = selfie_services::auth::throttle::LoginThrottle::new(p.throttle);
+    let node = support::start_with(&p, t, throttle);
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let photo = noise_png(1400);
+    assert!(photo.len() > 4 << 20, "more than two default chunks");
+    let id = upload(&ana.client, MediaKind::Image, &photo)
+        .await
+        .expect("uploaded");
+    let (_, original) = ana
+        .client
+        .media()
+        .download(id, "original", 0, 0)
+        .await
+        .expect("original");
+    assert_eq!(original.as_ref(), photo.as_slice());
+}
