@@ -1110,7 +1110,7 @@ pub mod media {
     /// A derived file of a media object (a resized image, a poster frame, a playlist).
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Rendition {
-        /// "small", "medium", "large", "poster", "hls", ...
+        /// "small", "medium", "large", "poster", "hls/master.m3u8", "hls/360p_000.ts", ...
         pub name: String,
         /// Its type.
         pub mime: String,
@@ -1273,13 +1273,27 @@ pub mod media {
     }
 
     /// Records that `user` uses `ids` (already [`check`]ed): the objects stay while
-    /// something uses them, and viewers of `user` may download them.
-    pub async fn attach<S: Store>(store: &S, ids: &[u64], user: Use) -> Result<(), Error> {
+    /// something uses them, and viewers of `user` may download them. Each object is
+    /// looked up again once its use is recorded: one deleted since the check (its record
+    /// goes before its deleter looks at its uses) is `InvalidArgument` on `field`, and
+    /// the uses recorded here are taken back.
+    pub async fn attach<S: Store>(
+        store: &S,
+        ids: &[u64],
+        user: Use,
+        field: &'static str,
+    ) -> Result<(), Error> {
         for &id in ids {
             let c = user.cell(id);
             store
                 .put(&REFS, &c.partition, &c.clustering, &[], None)
                 .await?;
+        }
+        for &id in ids {
+            if load(store, id).await?.is_none() {
+                detach(store, ids, user).await?;
+                return Err(Error::InvalidArgument { field });
+            }
         }
         Ok(())
     }
@@ -1288,8 +1302,8 @@ pub mod media {
     /// nothing uses any more (fire and forget: an object missed stays with its owner).
     pub type Release = std::rc::Rc<dyn Fn(Vec<u64>)>;
 
-    /// Records that `user` no longer uses `ids`. The media service collects objects that
-    /// nothing uses once their grace period is over.
+    /// Records that `user` no longer uses `ids`; the media service deletes the objects
+    /// nothing uses any more when they are released to it ([`Release`]).
     pub async fn detach<S: Store>(store: &S, ids: &[u64], user: Use) -> Result<(), Error> {
         for &id in ids {
             let c = user.cell(id);

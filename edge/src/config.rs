@@ -557,6 +557,7 @@ impl Config {
                 "delivery.subscriber_queue must be within 1..=65536 and delivery.publish_wait_ms at most 60000".into(),
             ));
         }
+        self.media.validate().map_err(bad)?;
         if self.limits.max_concurrent_streams == 0 || self.server.node_id.is_empty() {
             return Err(bad(
                 "limits.max_concurrent_streams and server.node_id must be set".into(),

@@ -8,8 +8,15 @@
 //! `resume` reports the longest durable prefix after any interruption; `complete` hashes
 //! the whole object, sniffs its real type from the bytes (the client's claim is never
 //! trusted), refuses hostile images before decoding a pixel, and stores the original
-//! content-addressed (deduplicated). Abandoned uploads expire with their rows (24 h) and
-//! their staged files are swept.
+//! content-addressed (deduplicated). Abandoned uploads expire with their rows (24 h);
+//! staged files older than that are swept hourly. A node lends chunk buffers and
+//! completion checks without queueing (`Overloaded` when taken; one user holds at most
+//! 8 buffers).
+//!
+//! **Races**: the writers of one object's record (processing, alt text, removal) take
+//! a node-wide lock and write the record as it is then; a removal drops the record
+//! before it looks at the object's uses again, and [`t::attach`] looks the object up
+//! after recording a use, so a use and a delete never both win.
 //!
 //! **Processing** runs off the shard threads, on the blocking pool, a few at a time per
 //! node, from a durable queue (`media_jobs`, one partition per node, replayed at start):
@@ -79,6 +86,26 @@ pub struct MediaConfig {
     pub workers: usize,
 }
 
+impl MediaConfig {
+    /// Checks the limits against what the service can run with.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&self.chunk_bytes) {
+            return Err(format!(
+                "media.chunk_bytes must be within {MIN_CHUNK_BYTES}..={MAX_CHUNK_BYTES}"
+            ));
+        }
+        if !(1..=64).contains(&self.workers) || self.max_open_uploads == 0 {
+            return Err(
+                "media.workers must be within 1..=64 and media.max_open_uploads at least 1".into(),
+            );
+        }
+        if self.max_image_bytes == 0 || self.max_gif_bytes == 0 || self.max_video_bytes == 0 {
+            return Err("media.max_*_bytes must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for MediaConfig {
     fn default() -> Self {
         Self {
@@ -95,6 +122,19 @@ impl Default for MediaConfig {
 
 /// Chunk buffers in memory at once on a node (each at most `chunk_bytes`).
 const CHUNK_BUFFERS: usize = 64;
+/// Chunk buffers one user may hold at once on a node (parallel chunks of their uploads).
+const CHUNK_BUFFERS_PER_USER: usize = 8;
+/// Smallest and largest configurable chunk.
+const MIN_CHUNK_BYTES: u32 = 64 * 1024;
+const MAX_CHUNK_BYTES: u32 = 16 << 20;
+/// Checks of completed uploads (a whole image read, or an `ffprobe`) at once on a node.
+const CHECKS: usize = 4;
+/// How long a chunk's body may stall between two pieces.
+const PIECE_IDLE: Duration = Duration::from_secs(15);
+/// How long after its id was made a post or story that uses media may still be being
+/// written (its use is recorded before its commit): until then a use whose owner is not
+/// found yet still counts.
+const ATTACH_GRACE_MS: u64 = 10 * 60 * 1000;
 /// Most renditions and refs looked at per request.
 const MAX_REFS_CHECKED: usize = 50;
 /// Bytes per piece of a download read from the blob store.
@@ -126,8 +166,55 @@ pub struct MediaNode {
     config: MediaConfig,
     uploads: NodeLocks,
     digests: NodeLocks,
+    /// Orders the writers of one object's record (processing, alt text, deletion).
+    objects: NodeLocks,
     buffers: tokio::sync::Semaphore,
+    /// Chunk buffers held by each user.
+    buffers_held: Mutex<HashMap<u64, usize>>,
+    checks: tokio::sync::Semaphore,
     workers: tokio::sync::Semaphore,
+}
+
+/// A user's share of the chunk buffers, given back on drop.
+struct BufferShare<'a> {
+    node: &'a MediaNode,
+    owner: u64,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for BufferShare<'_> {
+    fn drop(&mut self) {
+        let mut held = self
+            .node
+            .buffers_held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.owner);
+            }
+        }
+    }
+}
+
+impl MediaNode {
+    /// A chunk buffer for `owner`: `Overloaded` at once (never a wait the client cannot
+    /// see) when the node's are all taken or `owner` holds their share.
+    fn buffer(&self, owner: u64) -> Result<BufferShare<'_>> {
+        let mut held = self.buffers_held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(owner).or_insert(0);
+        if *n >= CHUNK_BUFFERS_PER_USER {
+            return Err(Error::Overloaded);
+        }
+        let permit = self.buffers.try_acquire().map_err(|_| Error::Overloaded)?;
+        *n += 1;
+        Ok(BufferShare {
+            node: self,
+            owner,
+            _permit: permit,
+        })
+    }
 }
 
 impl MediaNode {
@@ -139,7 +226,10 @@ impl MediaNode {
             config,
             uploads: NodeLocks::default(),
             digests: NodeLocks::default(),
+            objects: NodeLocks::default(),
             buffers: tokio::sync::Semaphore::new(CHUNK_BUFFERS),
+            buffers_held: Mutex::default(),
+            checks: tokio::sync::Semaphore::new(CHECKS),
             workers: tokio::sync::Semaphore::new(config.workers.max(1)),
         })
     }
@@ -536,15 +626,15 @@ impl<S: Store + Clone + 'static> Media<S> {
         if upload.completed {
             return Err(Error::Stale("upload already completed"));
         }
-        let _buffer = self
-            .node
-            .buffers
-            .acquire()
-            .await
-            .map_err(|_| Error::Overloaded)?;
+        let _buffer = self.node.buffer(owner)?;
         let mut bytes = Vec::with_capacity(expected as usize);
         let read = async {
-            while let Some(piece) = body.next().await {
+            loop {
+                let piece = match tokio::time::timeout(PIECE_IDLE, body.next()).await {
+                    Ok(Some(piece)) => piece,
+                    Ok(None) => break,
+                    Err(_) => return Err(Error::InvalidArgument { field: "chunk" }),
+                };
                 let piece = piece.map_err(|_| Error::InvalidArgument { field: "chunk" })?;
                 if (bytes.len() + piece.len()) as u64 > expected {
                     return Err(Error::TooLarge("chunk"));
@@ -562,9 +652,13 @@ impl<S: Store + Clone + 'static> Media<S> {
         if <[u8; 32]>::from(Sha256::digest(&bytes)) != digest {
             return Err(Error::ChecksumMismatch("chunk"));
         }
-        // Chunks write while completion waits (it hashes the file).
+        // Chunks write while completion waits (it hashes the file); one that comes after
+        // completion (or an abort) writes nothing.
         let lock = self.node.uploads.get(upload.upload_id);
         let _shared = lock.read().await;
+        if self.load_upload(owner, upload.upload_id).await?.completed {
+            return Err(Error::Stale("upload already completed"));
+        }
         let now = self.clock.now_ms();
         self.node
             .staging
@@ -593,17 +687,21 @@ impl<S: Store + Clone + 'static> Media<S> {
         upload_id: u64,
         sha256: &[u8],
     ) -> Result<Object> {
-        let mut upload = self.load_upload(owner, upload_id).await?;
+        // Each completion hashes the whole file: rate limited like inits.
+        self.limits.check(owner)?;
+        let upload = self.load_upload(owner, upload_id).await?;
         if !sha256.is_empty() && sha(sha256, "sha256")? != upload.sha256 {
             return Err(Error::ChecksumMismatch("upload"));
         }
+        let lock = self.node.uploads.get(upload_id);
+        let _exclusive = lock.write().await;
+        // Read again under the lock: a completion that ran meanwhile answers for both.
+        let mut upload = self.load_upload(owner, upload_id).await?;
         if upload.completed {
             return t::load(&self.store, upload.media_id)
                 .await?
                 .ok_or(Error::NotFound("media"));
         }
-        let lock = self.node.uploads.get(upload_id);
-        let _exclusive = lock.write().await;
         if self.durable_prefix(&upload).await? < upload.size {
             return Err(Error::InvalidArgument {
                 field: "incomplete upload",
@@ -618,15 +716,20 @@ impl<S: Store + Clone + 'static> Media<S> {
                     field: "incomplete upload",
                 })?;
         if digest != upload.sha256 {
+            // Every chunk matched its own digest, so the bytes cannot change any more:
+            // the upload ends here.
+            self.forget_upload(&upload).await?;
             return Err(Error::ChecksumMismatch("upload"));
         }
         let checked = match self.check_bytes(&upload, &head).await {
             Ok(v) => v,
-            Err(e) => {
+            Err(e @ Error::UnsupportedMedia(_)) => {
                 // Refused bytes are not kept: the upload ends here.
                 self.forget_upload(&upload).await?;
                 return Err(e);
             }
+            // Busy or a fault of ours: the upload stays, for another completion.
+            Err(e) => return Err(e),
         };
         let hex = hex::encode(digest);
         let media = Object {
@@ -705,6 +808,12 @@ impl<S: Store + Clone + 'static> Media<S> {
     /// and length: an image's from its header, a video's from `ffprobe`.
     async fn check_bytes(&self, upload: &Upload, head: &[u8]) -> Result<Checked> {
         let (mime, kind) = process::sniff(head, upload.kind)?;
+        // A few at a time per node; the client retries the completion after `Overloaded`.
+        let _check = self
+            .node
+            .checks
+            .try_acquire()
+            .map_err(|_| Error::Overloaded)?;
         if kind == Kind::Video {
             let p = video::probe(&self.node.staging.path(upload.upload_id), mime).await?;
             return Ok(Checked {
@@ -742,12 +851,12 @@ impl<S: Store + Clone + 'static> Media<S> {
 
     /// Abandons an upload (its reservation is released).
     pub async fn abort(&self, owner: u64, upload_id: u64) -> Result<()> {
+        let lock = self.node.uploads.get(upload_id);
+        let _exclusive = lock.write().await;
         let upload = self.load_upload(owner, upload_id).await?;
         if upload.completed {
             return Err(Error::Stale("upload already completed"));
         }
-        let lock = self.node.uploads.get(upload_id);
-        let _exclusive = lock.write().await;
         self.forget_upload(&upload).await
     }
 
@@ -777,52 +886,71 @@ impl<S: Store + Clone + 'static> Media<S> {
     }
 
     /// Processes a queued object: renditions and placeholder, then `Ready` (or
-    /// `Rejected` with the reason); the job row goes last, so a crash replays it.
+    /// `Rejected` with the reason); the job row goes last, so a crash replays it. The
+    /// result is written under the object's lock into its record as it is then: an
+    /// object deleted meanwhile stays deleted (what was made for it goes), an alt text
+    /// changed meanwhile stays changed.
     async fn process(&self, media_id: u64) -> Result<()> {
         let job = (
             KeyBuilder::new().u64(u64::from(self.node_number)).build(),
             key(media_id),
         );
-        let Some(mut media) = t::load(&self.store, media_id).await? else {
-            self.store.delete(&t::JOBS, &job.0, &job.1).await?;
-            return Ok(());
+        let media = match t::load(&self.store, media_id).await? {
+            Some(m) if m.state == State::Processing => m,
+            _ => {
+                self.store.delete(&t::JOBS, &job.0, &job.1).await?;
+                return Ok(());
+            }
         };
-        if media.state == State::Processing {
+        let done = {
             let _permit = self
                 .node
                 .workers
                 .acquire()
                 .await
                 .map_err(|_| Error::Overloaded)?;
-            let done = match media.kind {
+            match media.kind {
                 Kind::Video => self.process_video(&media).await,
                 Kind::Image | Kind::Gif => self.process_image(&media).await,
-            };
-            match done {
-                // A tool that failed to start or ran over: the object failed (storage
-                // errors leave the job for the next start instead).
-                Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => {
-                    tracing::warn!(media_id, error = %e, "media processing failed");
-                    media.state = State::Failed;
-                    media.reason = e.to_string();
-                }
-                Err(e) => return Err(e),
-                Ok(Ok(made)) => {
-                    media.renditions = made.renditions;
-                    media.blurhash = made.blurhash;
-                    if let Some((w, h)) = made.upright {
-                        (media.width, media.height) = (w, h);
-                    }
-                    media.state = State::Ready;
-                }
-                Ok(Err(refusal)) => {
-                    media.state = State::Rejected;
-                    media.reason = refusal.to_string();
+            }
+        };
+        let lock = self.node.objects.get(media_id);
+        let _exclusive = lock.write().await;
+        let current = t::load(&self.store, media_id).await?;
+        let Some(mut media) = current.filter(|m| m.state == State::Processing) else {
+            // Deleted while it was processed: nothing made for it is kept.
+            if let Ok(Ok(made)) = &done {
+                for r in &made.renditions {
+                    self.node.blobs.delete(r.key.clone()).await?;
                 }
             }
-            self.save(&media).await?;
-            self.notify(&media).await;
+            self.store.delete(&t::JOBS, &job.0, &job.1).await?;
+            return Ok(());
+        };
+        match done {
+            // A tool that failed to start or ran over: the object failed (storage
+            // errors leave the job for the next start instead).
+            Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => {
+                tracing::warn!(media_id, error = %e, "media processing failed");
+                media.state = State::Failed;
+                media.reason = e.to_string();
+            }
+            Err(e) => return Err(e),
+            Ok(Ok(made)) => {
+                media.renditions = made.renditions;
+                media.blurhash = made.blurhash;
+                if let Some((w, h)) = made.upright {
+                    (media.width, media.height) = (w, h);
+                }
+                media.state = State::Ready;
+            }
+            Ok(Err(refusal)) => {
+                media.state = State::Rejected;
+                media.reason = refusal.to_string();
+            }
         }
+        self.save(&media).await?;
+        self.notify(&media).await;
         self.store.delete(&t::JOBS, &job.0, &job.1).await?;
         Ok(())
     }
@@ -1017,6 +1145,8 @@ impl<S: Store + Clone + 'static> Media<S> {
         if alt.chars().count() > MAX_ALT_CHARS {
             return Err(Error::InvalidArgument { field: "alt_text" });
         }
+        let lock = self.node.objects.get(media_id);
+        let _exclusive = lock.write().await;
         let mut media = self.owned(owner, media_id).await?;
         media.alt_text = alt.to_string();
         self.save(&media).await?;
@@ -1030,37 +1160,116 @@ impl<S: Store + Clone + 'static> Media<S> {
         }
     }
 
-    /// Deletes an object of the caller's that nothing uses (`Conflict` while a post,
-    /// story or profile does).
+    /// Deletes an object of the caller's that nothing uses (`Stale` while a post, story
+    /// or profile does).
     pub async fn delete(&self, owner: u64, media_id: u64) -> Result<()> {
-        let media = self.owned(owner, media_id).await?;
-        let refs = self
-            .store
-            .scan(&t::REFS, &key(media_id), &Scan::all(1))
-            .await?;
-        if !refs.rows.is_empty() {
-            return Err(Error::Stale("media in use"));
+        match self.remove(media_id, Some(owner)).await? {
+            Removal::Removed => Ok(()),
+            Removal::Missing => Err(Error::NotFound("media")),
+            Removal::InUse => Err(Error::Stale("media in use")),
         }
-        self.collect(&media).await
     }
 
     /// Releases objects that their users stopped using: each one nothing uses any more
     /// is deleted.
     pub async fn release(&self, ids: &[u64]) -> Result<()> {
         for &id in ids {
-            let refs = self.store.scan(&t::REFS, &key(id), &Scan::all(1)).await?;
-            if !refs.rows.is_empty() {
-                continue;
-            }
-            if let Some(media) = t::load(&self.store, id).await? {
-                self.collect(&media).await?;
-            }
+            self.remove(id, None).await?;
         }
         Ok(())
     }
 
-    /// Deletes an object: its renditions, its reference to the original (the original
-    /// too when no other object shares it), its record and its bytes in the quota.
+    /// Removes an object (of `owner`'s, when given) unless something uses it. Under the
+    /// object's lock, so two removals never both count it out of the quota; the record
+    /// goes before the uses are looked at a second time, so a use recorded meanwhile
+    /// either sees no record (and is refused, [`t::attach`]) or is seen here (and the
+    /// record is put back).
+    async fn remove(&self, media_id: u64, owner: Option<u64>) -> Result<Removal> {
+        let lock = self.node.objects.get(media_id);
+        let _exclusive = lock.write().await;
+        let media = match t::load(&self.store, media_id).await? {
+            Some(m) if owner.is_none_or(|o| o == m.owner_id) => m,
+            _ => return Ok(Removal::Missing),
+        };
+        if self.in_use(&media).await? {
+            return Ok(Removal::InUse);
+        }
+        self.store.delete(&t::MEDIA, &key(media_id), &[]).await?;
+        if self.in_use(&media).await? {
+            self.save(&media).await?;
+            return Ok(Removal::InUse);
+        }
+        self.collect(&media).await?;
+        Ok(Removal::Removed)
+    }
+
+    /// Whether anything still uses `media`. Uses that ended without being recorded as
+    /// ended (a story that expired out of the highlights, a post whose commit failed
+    /// after its use was recorded) are dropped on the way.
+    async fn in_use(&self, media: &Object) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let young = |id: u64| {
+            selfie_storage::id::Id(id)
+                .unix_ms()
+                .saturating_add(ATTACH_GRACE_MS)
+                > now
+        };
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .scan(
+                    &t::REFS,
+                    &key(media.media_id),
+                    &Scan::all(200).after(cursor),
+                )
+                .await?;
+            for row in &page.rows {
+                let live = match Use::from_clustering(&row.clustering) {
+                    Some(Use::Post(id)) => match self.posts.stored(id).await? {
+                        Some(post) => !post.deleted,
+                        None => young(id),
+                    },
+                    Some(Use::Story(id)) => {
+                        match crate::tables::stories::load(&self.store, id).await? {
+                            Some(s) if s.expires_at_ms > now => true,
+                            Some(_) => {
+                                crate::tables::stories::highlight(&self.store, media.owner_id, id)
+                                    .await?
+                                    .is_some()
+                            }
+                            None => {
+                                young(id)
+                                    || crate::tables::stories::highlight(
+                                        &self.store,
+                                        media.owner_id,
+                                        id,
+                                    )
+                                    .await?
+                                    .is_some()
+                            }
+                        }
+                    }
+                    // Profiles record the end of each use (a new avatar, a cleared one).
+                    Some(Use::Profile(_)) | None => true,
+                };
+                if live {
+                    return Ok(true);
+                }
+                self.store
+                    .delete(&t::REFS, &key(media.media_id), &row.clustering)
+                    .await?;
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(false),
+            }
+        }
+    }
+
+    /// Deletes what an object held, its record already gone: its renditions, its
+    /// reference to the original (the original too when no other object shares it) and
+    /// its bytes in the quota.
     async fn collect(&self, media: &Object) -> Result<()> {
         for r in &media.renditions {
             self.node.blobs.delete(r.key.clone()).await?;
@@ -1080,9 +1289,6 @@ impl<S: Store + Clone + 'static> Media<S> {
                 self.node.blobs.delete(t::original_key(hex)).await?;
             }
         }
-        self.store
-            .delete(&t::MEDIA, &key(media.media_id), &[])
-            .await?;
         self.store
             .counter_add(
                 &t::USAGE,
@@ -1213,6 +1419,13 @@ impl<S: Store + Clone + 'static> Media<S> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// What [`Media::remove`] did.
+enum Removal {
+    Removed,
+    Missing,
+    InUse,
 }
 
 /// What processing made.

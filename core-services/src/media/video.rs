@@ -2,8 +2,9 @@
 //! video, or one too long or too large, is refused), then transcoded by `ffmpeg` into an
 //! HLS ladder (360p, 720p; never above the source) and a JPEG poster frame.
 //!
-//! Both run as child processes, never in the server: each under `prlimit` (address space
-//! capped) and a wall-clock limit, killed when it runs over; metadata (a phone's GPS
+//! Both run as child processes, never in the server: each under `nice` and `prlimit`
+//! (address space capped), with two encoder threads, and a wall-clock limit, killed when
+//! it runs over; metadata (a phone's GPS
 //! location atom included) is dropped from every output. The input is read with the
 //! demuxer of its sniffed type only (`-f`), never one ffmpeg guesses (a playlist or a
 //! concat list could name other files), and with the `file` protocol only.
@@ -24,6 +25,8 @@ pub const MAX_SIDE: u32 = 4096;
 pub const LADDER: &[(&str, u32, u32)] = &[("360p", 360, 800), ("720p", 720, 2_800)];
 /// Address space a transcoder may use.
 const MAX_CHILD_BYTES: u64 = 3 << 30;
+/// Threads of one encoder.
+const ENCODER_THREADS: u32 = 2;
 /// Seconds of HLS segments.
 const SEGMENT_SECONDS: u32 = 4;
 
@@ -53,9 +56,12 @@ fn input_options(c: &mut Command, mime: &str) -> Result<()> {
     Ok(())
 }
 
+/// `program` at a low CPU priority (the shards' threads come first) under the address
+/// space limit.
 fn limited(program: &str) -> Command {
-    let mut c = Command::new("prlimit");
-    c.arg(format!("--as={MAX_CHILD_BYTES}"))
+    let mut c = Command::new("nice");
+    c.args(["-n", "10", "prlimit"])
+        .arg(format!("--as={MAX_CHILD_BYTES}"))
         .arg("--")
         .arg(program)
         .stdin(std::process::Stdio::null())
@@ -112,7 +118,8 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
     if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
         return Err(Refusal::TooManyPixels { width, height }.into());
     }
-    let duration = Duration::from_secs_f64(seconds);
+    let duration =
+        Duration::try_from_secs_f64(seconds).map_err(|_| Error::from(Refusal::TooLong))?;
     if duration > MAX_DURATION {
         return Err(Refusal::TooLong.into());
     }
@@ -168,6 +175,8 @@ pub async fn transcode(input: &Path, mime: &str, probe: Probe, dir: &Path) -> Re
             .args([
                 "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
             ])
+            // Two encoder threads per rung: a node's few workers never take every core.
+            .args(["-threads", &ENCODER_THREADS.to_string()])
             .args([
                 "-b:v",
                 &format!("{kbps}k"),

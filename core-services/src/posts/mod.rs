@@ -785,6 +785,7 @@ impl<S: Store + 'static> Posts<S> {
             &self.store,
             &post.media_ids,
             tables::media::Use::Post(post.post_id),
+            "media_ids",
         )
         .await?;
         let mut commit = self.with_job(commit, &post);
@@ -848,7 +849,13 @@ impl<S: Store + 'static> Posts<S> {
             .filter(|m| !post.media_ids.contains(m))
             .collect();
         self.own_media(author, &added).await?;
-        tables::media::attach(&self.store, &added, tables::media::Use::Post(post_id)).await?;
+        tables::media::attach(
+            &self.store,
+            &added,
+            tables::media::Use::Post(post_id),
+            "media_ids",
+        )
+        .await?;
         let now = self.clock.now_ms();
         let old = encode(
             "post version",

@@ -383,7 +383,7 @@ impl<S: Store + Clone + 'static> Stories<S> {
             expires_at_ms: now + life.as_millis() as u64,
         };
         let used = tables::media::Use::Story(story.story_id);
-        tables::media::attach(&self.store, &[story.media_id], used).await?;
+        tables::media::attach(&self.store, &[story.media_id], used, "media_id").await?;
         // The story, its place among the author's, and its fan-out job in one commit
         // (claiming the idempotency key when there is one).
         let listed = Cell::new(&BY_AUTHOR, k(author), k(story.story_id));

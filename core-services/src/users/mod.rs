@@ -325,9 +325,9 @@ impl<S: Store> Users<S> {
                 tables::media::check(&self.store, user_id, &[new], &[Kind::Image], field).await?;
             }
         }
-        for (old, new, _) in pictures {
+        for (old, new, field) in pictures {
             if new != old && new != 0 {
-                tables::media::attach(&self.store, &[new], Use::Profile(user_id)).await?;
+                tables::media::attach(&self.store, &[new], Use::Profile(user_id), field).await?;
             }
         }
         let bytes = encode("profile", &profile)?;
