@@ -203,12 +203,15 @@ impl MediaNode {
     /// see) when the node's are all taken or `owner` holds their share.
     fn buffer(&self, owner: u64) -> Result<BufferShare<'_>> {
         let mut held = self.buffers_held.lock().unwrap_or_else(|p| p.into_inner());
-        let n = held.entry(owner).or_insert(0);
-        if *n >= CHUNK_BUFFERS_PER_USER {
+        if held
+            .get(&owner)
+            .is_some_and(|&n| n >= CHUNK_BUFFERS_PER_USER)
+        {
             return Err(Error::Overloaded);
         }
+        // Only a user who gets a buffer gets an entry (refusals leave nothing behind).
         let permit = self.buffers.try_acquire().map_err(|_| Error::Overloaded)?;
-        *n += 1;
+        *held.entry(owner).or_insert(0) += 1;
         Ok(BufferShare {
             node: self,
             owner,
