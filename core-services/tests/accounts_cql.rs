@@ -31,7 +31,8 @@ async fn accounts() -> (Accounts<CqlStore>, AccessTokens, Arc<Outbox>, CqlStore)
     let config = CqlConfig::from_url(&format!("cql://{nodes}/{ks}")).expect("url");
     let store = CqlStore::open(&config, schema::MIGRATIONS, &schema::tables())
         .await
-        .expect("migrated store");
+        .expect("migrated store")
+        .drop_keyspace_when_dropped(&config);
     let tokens = AccessTokens::generate("selfie-test", Duration::from_secs(900)).expect("key");
     let hasher = PasswordHasher::with_params(
         Params::new(64, 1, 1, None).expect("params"),

@@ -249,6 +249,7 @@ async fn lists_on_cql() {
     .expect("url");
     let store = CqlStore::open(&config, schema::MIGRATIONS, &schema::tables())
         .await
-        .expect("store");
+        .expect("store")
+        .drop_keyspace_when_dropped(&config);
     lists_rules(store).await;
 }

@@ -34,6 +34,7 @@ async fn cql() -> CqlStore {
     CqlStore::open(&config, schema::MIGRATIONS, &schema::tables())
         .await
         .expect("store")
+        .drop_keyspace_when_dropped(&config)
 }
 
 const ANA: u64 = 1;

@@ -338,6 +338,52 @@ pub struct CqlStore {
     session: Arc<Session>,
     statements: Arc<HashMap<&'static str, Statements>>,
     tables: Arc<HashMap<&'static str, &'static Table>>,
+    /// Set by [`CqlStore::drop_keyspace_when_dropped`]: shared by every clone.
+    reaper: Option<Arc<KeyspaceReaper>>,
+}
+
+/// Drops a keyspace when dropped itself (the last clone of a test store).
+struct KeyspaceReaper {
+    nodes: Vec<String>,
+    keyspace: String,
+}
+
+impl Drop for KeyspaceReaper {
+    fn drop(&mut self) {
+        // The store's own session runs on the runtime that is dropping it (possibly a
+        // current-thread one, blocked here): a fresh session on a thread of its own.
+        let nodes = std::mem::take(&mut self.nodes);
+        let ks = std::mem::take(&mut self.keyspace);
+        let worker = std::thread::spawn(move || -> Result<(), String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let drop = async {
+                    let session = SessionBuilder::new()
+                        .known_nodes(&nodes)
+                        .connection_timeout(Duration::from_secs(10))
+                        .build()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    session
+                        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(())
+                };
+                tokio::time::timeout(Duration::from_secs(120), drop)
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+            })
+        });
+        match worker.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "dropping a test keyspace failed"),
+            Err(_) => tracing::warn!("dropping a test keyspace panicked"),
+        }
+    }
 }
 
 /// What a [`CqlStore::repair`] pass did.
@@ -442,7 +488,23 @@ impl CqlStore {
             session,
             statements: Arc::new(statements),
             tables: Arc::new(known),
+            reaper: None,
         })
+    }
+
+    /// Drops `config`'s keyspace, with all its data, when the last clone of this store
+    /// is dropped (blocking that drop until the server answers, at most two minutes).
+    ///
+    /// For tests, which open a fresh keyspace each: every table holds server memory
+    /// (about a megabyte of heap) until its keyspace is dropped, and a suite's worth of
+    /// keyspaces left behind runs a test server out of heap. Never for production stores.
+    #[must_use]
+    pub fn drop_keyspace_when_dropped(mut self, config: &CqlConfig) -> Self {
+        self.reaper = Some(Arc::new(KeyspaceReaper {
+            nodes: config.nodes.clone(),
+            keyspace: config.keyspace.clone(),
+        }));
+        self
     }
 
     /// Connects, migrates `migrations`, and prepares statements for `tables`.
