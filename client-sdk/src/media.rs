@@ -265,7 +265,25 @@ impl MediaApi<'_> {
             }
         }
         drop(sent);
-        self.complete(upload_id, sha).await
+        // A node checks a few completions at once, one or two per user: a completion
+        // refused as `Overloaded` (several uploads finishing together) is tried again,
+        // backing off, for up to half a minute.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self.complete(upload_id, sha).await {
+                Err(ClientError::Server {
+                    code: selfie_protocol::ErrorCode::Overloaded,
+                    retry_after_ms,
+                    ..
+                }) if tokio::time::Instant::now() + wait < deadline => {
+                    let hint = Duration::from_millis(u64::from(retry_after_ms));
+                    tokio::time::sleep(wait.max(hint)).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                done => return done,
+            }
+        }
     }
 
     /// An object (as this user may see it).

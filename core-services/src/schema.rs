@@ -162,6 +162,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::media::TABLES,
         statements: &[],
     },
+    Migration {
+        version: 25,
+        name: "media: removals in progress on each node",
+        tables: crate::tables::media::REMOVAL_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

@@ -1061,13 +1061,14 @@ pub mod media {
     pub const UPLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
     rows! {
-        MEDIA, "media", ["media_id"], [], "media objects: owner, type, size, digest, state, renditions";
+        MEDIA(conditional), "media", ["media_id"], [], "media objects: owner, type, size, digest, state, renditions (versioned writes order removals across nodes)";
         UPLOADS, "media_uploads", ["upload_id"], [], "uploads in progress, expiring with the upload";
         CHUNKS, "media_upload_chunks", ["upload_id"], ["chunk"], "the durably received chunks of each upload and their SHA-256";
         OPEN, "media_uploads_open", ["owner_id"], ["upload_id"], "each user's unfinished uploads and their declared sizes (quota)";
         REFS, "media_refs", ["media_id"], ["ref_kind", "ref_id"], "what uses each media object (posts, stories, profiles)";
         JOBS, "media_jobs", ["node"], ["media_id"], "media waiting to be processed on each node";
         BLOBS, "media_blobs", ["sha256"], ["media_id"], "the media objects whose original is each content-addressed blob";
+        REMOVALS, "media_removals", ["node"], ["media_id"], "media being removed on each node (finished at its start when cut short)";
     }
     counters!(
         USAGE,
@@ -1080,6 +1081,9 @@ pub mod media {
     pub static TABLES: &[&Table] = &[
         &MEDIA, &UPLOADS, &CHUNKS, &OPEN, &REFS, &JOBS, &BLOBS, &USAGE,
     ];
+
+    /// Media removals in progress (a later migration).
+    pub static REMOVAL_TABLES: &[&Table] = &[&REMOVALS];
 
     /// Where a media object is processed and stored.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1094,6 +1098,10 @@ pub mod media {
         Failed,
         /// The bytes were refused (wrong type, a bomb, undecodable).
         Rejected,
+        /// Being deleted: what it held is going, and it is gone for everyone but its
+        /// remover ([`load`] answers `None`). Left behind by a removal cut short, it is
+        /// finished by the next removal (the owner's, or its node's restart).
+        Deleting,
     }
 
     /// What a media object is.
@@ -1209,13 +1217,27 @@ pub mod media {
         }
     }
 
-    /// A stored media object.
+    /// A stored media object (`None` for one being deleted).
     pub async fn load<S: Store>(store: &S, media_id: u64) -> Result<Option<Media>, Error> {
-        store
-            .get(&MEDIA, &key(media_id), &[])
+        Ok(load_raw(store, media_id)
             .await?
-            .map(|b| decode("media", &b))
-            .transpose()
+            .map(|(_, m)| m)
+            .filter(|m| m.state != State::Deleting))
+    }
+
+    /// A stored media record as it is, tombstones ([`State::Deleting`]) included, with
+    /// its encoded bytes (for versioned writes).
+    pub async fn load_raw<S: Store>(
+        store: &S,
+        media_id: u64,
+    ) -> Result<Option<(bytes::Bytes, Media)>, Error> {
+        match store.get(&MEDIA, &key(media_id), &[]).await? {
+            Some(b) => {
+                let m = decode("media", &b)?;
+                Ok(Some((b, m)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Writes a ready image record of `owner`'s with id `media_id` and no bytes: a
@@ -1274,24 +1296,36 @@ pub mod media {
 
     /// Records that `user` uses `ids` (already [`check`]ed): the objects stay while
     /// something uses them, and viewers of `user` may download them. Each object is
-    /// looked up again once its use is recorded: one deleted since the check (its record
-    /// goes before its deleter looks at its uses) is `InvalidArgument` on `field`, and
-    /// the uses recorded here are taken back.
+    /// looked up again once its use is recorded: one deleted since the check (its
+    /// deleter marks it [`State::Deleting`] before it looks at its uses a second time)
+    /// is `InvalidArgument` on `field`, and the uses this call added are taken back
+    /// (uses recorded before it, e.g. by the post being edited, stay).
     pub async fn attach<S: Store>(
         store: &S,
         ids: &[u64],
         user: Use,
         field: &'static str,
     ) -> Result<(), Error> {
+        let mut added = Vec::with_capacity(ids.len());
         for &id in ids {
             let c = user.cell(id);
+            if store
+                .get(&REFS, &c.partition, &c.clustering)
+                .await?
+                .is_none()
+            {
+                added.push(id);
+            }
             store
                 .put(&REFS, &c.partition, &c.clustering, &[], None)
                 .await?;
         }
         for &id in ids {
-            if load(store, id).await?.is_none() {
-                detach(store, ids, user).await?;
+            let ready = load(store, id)
+                .await?
+                .is_some_and(|m| m.state == State::Ready);
+            if !ready {
+                detach(store, &added, user).await?;
                 return Err(Error::InvalidArgument { field });
             }
         }

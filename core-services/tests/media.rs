@@ -1,20 +1,26 @@
-//! The media service's races and abuse, driven deterministically through a gated store:
-//! a delete while the object is processed (nothing comes back), two removals at once
-//! (the quota counts the object out once), uses that ended without being recorded (an
-//! expired story, a post whose commit never came) no longer pin an object, a use
-//! recorded after a delete is refused, and one user cannot hold every chunk buffer (the
-//! next is refused at once, `Overloaded`, while other users' chunks go through).
+//! The media service's races and abuse, driven deterministically through a gated store
+//! and a gated blob store: a delete while the object is processed (nothing comes back),
+//! two removals at once on one node or on two (the quota counts the object out once), a
+//! use recorded while a delete looks (the object is put back), a removal cut short by a
+//! storage fault (finished by the next one, or at the node's start), uses that ended
+//! without being recorded (an expired story, a post whose commit never came) no longer
+//! pin an object, a use recorded after a delete is refused without taking back earlier
+//! uses, and one user cannot hold every chunk buffer or more than two completion checks
+//! (the next is refused at once, `Overloaded`, while other users' go through).
 
 mod support;
 
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use selfie_services::media::{ChunkHeader, Media, MediaConfig, MediaNode, NewUpload};
+use selfie_services::BoxFuture;
+use selfie_services::media::{
+    BlobStore, ChunkHeader, LocalBlobs, Media, MediaConfig, MediaNode, NewUpload, Staging,
+};
 use selfie_services::posts::{Audience, NewPost, Posts};
 use selfie_services::stories::{NewStory, Stories};
 use selfie_services::tables::media::{self as t, Kind, State, Use};
@@ -24,19 +30,77 @@ use selfie_storage::embedded::EmbeddedStore;
 use selfie_storage::id::IdGenerator;
 use selfie_storage::{Clock, Store};
 use sha2::{Digest, Sha256};
-use support::{Gate, Gated, Op};
+use support::{Gate, Gated, ManualClock, Op};
+use tokio::sync::oneshot;
 
-struct ManualClock(AtomicU64);
+/// A held put: the key prefix it waits for, "reached", "released".
+type Armed = (&'static str, oneshot::Sender<()>, oneshot::Receiver<()>);
 
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+/// The local blob store, whose next put of a key with a given prefix can be held.
+struct GatedBlobs {
+    inner: LocalBlobs,
+    armed: Mutex<Option<Armed>>,
+}
+
+impl GatedBlobs {
+    /// Holds the next put of a key starting with `prefix`: the first receiver fires when
+    /// it is reached, the sender lets it go on.
+    fn hold_put(&self, prefix: &'static str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached_tx, reached_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel();
+        *self.armed.lock().expect("armed") = Some((prefix, reached_tx, release_rx));
+        (reached_rx, release_tx)
+    }
+
+    async fn pass(&self, key: &str) {
+        let armed = {
+            let mut slot = self.armed.lock().expect("armed");
+            match slot.as_ref() {
+                Some((prefix, _, _)) if key.starts_with(prefix) => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, reached, release)) = armed {
+            let _ = reached.send(());
+            let _ = release.await;
+        }
     }
 }
 
-impl ManualClock {
-    fn advance(&self, d: Duration) {
-        self.0.fetch_add(d.as_millis() as u64, Ordering::SeqCst);
+impl BlobStore for GatedBlobs {
+    fn backend(&self) -> &'static str {
+        "gated"
+    }
+
+    fn put_file(&self, key: String, from: PathBuf) -> BoxFuture<'_, selfie_services::Result<()>> {
+        Box::pin(async move {
+            self.pass(&key).await;
+            self.inner.put_file(key, from).await
+        })
+    }
+
+    fn put(&self, key: String, bytes: Bytes) -> BoxFuture<'_, selfie_services::Result<()>> {
+        Box::pin(async move {
+            self.pass(&key).await;
+            self.inner.put(key, bytes).await
+        })
+    }
+
+    fn read(
+        &self,
+        key: String,
+        start: u64,
+        len: usize,
+    ) -> BoxFuture<'_, selfie_services::Result<Bytes>> {
+        self.inner.read(key, start, len)
+    }
+
+    fn size(&self, key: String) -> BoxFuture<'_, selfie_services::Result<Option<u64>>> {
+        self.inner.size(key)
+    }
+
+    fn delete(&self, key: String) -> BoxFuture<'_, selfie_services::Result<()>> {
+        self.inner.delete(key)
     }
 }
 
@@ -53,11 +117,13 @@ struct World {
     posts: Rc<Posts<S>>,
     stories: Stories<S>,
     media: Rc<Media<S>>,
+    blobs: Arc<GatedBlobs>,
+    config: MediaConfig,
     dir: tempfile::TempDir,
 }
 
 async fn world() -> World {
-    let clock = Arc::new(ManualClock(AtomicU64::new(1_800_000_000_000)));
+    let clock = ManualClock::new();
     let dir = tempfile::tempdir().expect("temp dir");
     let inner = EmbeddedStore::open(dir.path().join("db"), &schema::tables(), clock.clone())
         .expect("store");
@@ -89,7 +155,15 @@ async fn world() -> World {
         chunk_bytes: CHUNK,
         ..MediaConfig::default()
     };
-    let node = MediaNode::local(&dir.path().join("media"), config).expect("media node");
+    let blobs = Arc::new(GatedBlobs {
+        inner: LocalBlobs::open(dir.path().join("media")).expect("blobs"),
+        armed: Mutex::new(None),
+    });
+    let node = MediaNode::new(
+        blobs.clone(),
+        Staging::open(dir.path().join("media").join("staging")).expect("staging"),
+        config,
+    );
     let media = Rc::new(
         Media::new(store.clone(), clock.clone(), 1, 0, node, posts.clone()).expect("media"),
     );
@@ -100,6 +174,8 @@ async fn world() -> World {
         posts,
         stories,
         media,
+        blobs,
+        config,
         dir,
     }
 }
@@ -143,6 +219,41 @@ impl World {
         walk(&self.dir.path().join("media").join("blobs"))
     }
 
+    /// The media service of another node of the fleet (node number `number`): the same
+    /// store and blob store, its own locks and limits.
+    fn other_node(&self, number: u16) -> Rc<Media<S>> {
+        let node = MediaNode::new(
+            self.blobs.clone(),
+            Staging::open(self.dir.path().join("media").join("staging")).expect("staging"),
+            self.config,
+        );
+        Rc::new(
+            Media::new(
+                self.store.clone(),
+                self.clock.clone(),
+                number,
+                0,
+                node,
+                self.posts.clone(),
+            )
+            .expect("media"),
+        )
+    }
+
+    /// Rows left in `media_removals` (removals cut short), on every node.
+    async fn removals(&self, node: u64) -> usize {
+        self.store
+            .scan(
+                &t::REMOVALS,
+                &tables::key(node),
+                &selfie_storage::Scan::all(100),
+            )
+            .await
+            .expect("removals")
+            .rows
+            .len()
+    }
+
     /// A ready image of `owner`'s.
     async fn ready(&self, owner: u64) -> u64 {
         let (_, m) = self
@@ -173,24 +284,37 @@ fn local<F: std::future::Future<Output = ()>>(f: F) {
 fn a_delete_while_processing_stays_deleted_and_leaves_no_files() {
     local(async {
         let w = world().await;
-        // Processing's only write of the record is its result: hold it there.
+        // Processing is held as it stores its first rendition (the original read, the
+        // renditions made, the object's lock not yet taken); the owner deletes it then.
+        let (reached, release) = w.blobs.hold_put("r/");
         let (_, m) = w
             .media
             .upload_bytes(ANA, Kind::Image, &jpeg())
             .await
             .expect("upload");
-        let mut held = w.gate.arm(Op::Put, "media");
-        held.reached().await;
-        let media = w.media.clone();
+        tokio::time::timeout(Duration::from_secs(30), reached)
+            .await
+            .expect("processing reached its renditions")
+            .expect("gate");
         let id = m.media_id;
-        let delete = tokio::task::spawn_local(async move { media.delete(ANA, id).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        held.release();
-        delete.await.expect("task").expect("deleted");
-        // Let processing finish whatever it still does.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.media.delete(ANA, id).await.expect("deleted");
+        assert!(t::load(&w.store, id).await.expect("load").is_none());
+        release.send(()).expect("processing waits");
+        // Processing finishes: it finds the object gone and takes back what it made.
+        let jobs = tables::key(1);
+        for _ in 0..300 {
+            let left = w
+                .store
+                .scan(&t::JOBS, &jobs, &selfie_storage::Scan::all(10))
+                .await
+                .expect("jobs");
+            if left.rows.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(
-            t::load(&w.store, id).await.expect("load").is_none(),
+            t::load_raw(&w.store, id).await.expect("load").is_none(),
             "the record came back after its delete"
         );
         assert_eq!(w.usage(ANA).await, 0);
@@ -207,9 +331,9 @@ fn two_removals_at_once_count_the_object_out_of_the_quota_once() {
         let id = w.ready(ANA).await;
         let size = jpeg().len() as i64;
         assert_eq!(w.usage(ANA).await, size);
-        // The owner's delete is held as it removes the record; a release (a post deleted
-        // meanwhile) of the same object runs alongside.
-        let mut held = w.gate.arm(Op::Delete, "media");
+        // The owner's delete is held as it marks the record; a release (a post deleted
+        // meanwhile) of the same object runs alongside on this node.
+        let mut held = w.gate.arm(Op::CompareAndSet, "media");
         let media = w.media.clone();
         let delete = tokio::task::spawn_local(async move { media.delete(ANA, id).await });
         held.reached().await;
@@ -221,6 +345,102 @@ fn two_removals_at_once_count_the_object_out_of_the_quota_once() {
         release.await.expect("task").expect("released");
         assert_eq!(w.usage(ANA).await, 0, "the object was counted out twice");
         assert_eq!(w.blob_files(), 0);
+    });
+}
+
+#[test]
+fn two_nodes_removing_one_object_count_it_out_once() {
+    local(async {
+        let w = world().await;
+        let id = w.ready(ANA).await;
+        let other = w.other_node(2);
+        // This node's delete is held just before it marks the record; the other node
+        // (its own locks) removes the object meanwhile, from start to end.
+        let mut held = w.gate.arm(Op::CompareAndSet, "media");
+        let media = w.media.clone();
+        let delete = tokio::task::spawn_local(async move { media.delete(ANA, id).await });
+        held.reached().await;
+        other.release(&[id]).await.expect("released elsewhere");
+        assert_eq!(w.usage(ANA).await, 0);
+        held.release();
+        let late = delete.await.expect("task");
+        assert!(matches!(late, Err(Error::NotFound(_))), "{late:?}");
+        assert_eq!(w.usage(ANA).await, 0, "the object was counted out twice");
+        assert_eq!(w.blob_files(), 0);
+        assert_eq!(w.removals(1).await + w.removals(2).await, 0);
+    });
+}
+
+#[test]
+fn a_use_recorded_while_a_delete_looks_puts_the_object_back() {
+    local(async {
+        let w = world().await;
+        let id = w.ready(ANA).await;
+        let size = jpeg().len() as i64;
+        let files = w.blob_files();
+        // The delete has found no use and is about to mark the record; a post records
+        // its use then (and sees the object still ready).
+        let mut held = w.gate.arm(Op::CompareAndSet, "media");
+        let media = w.media.clone();
+        let delete = tokio::task::spawn_local(async move { media.delete(ANA, id).await });
+        held.reached().await;
+        let mut ids = IdGenerator::new(1, 3).expect("ids");
+        let post = ids.next(w.clock.now_ms()).0;
+        t::attach(&w.store, &[id], Use::Post(post), "media_ids")
+            .await
+            .expect("the use is recorded");
+        held.release();
+        let r = delete.await.expect("task");
+        assert!(matches!(r, Err(Error::Stale(_))), "{r:?}");
+        let back = t::load(&w.store, id)
+            .await
+            .expect("load")
+            .expect("put back");
+        assert_eq!(back.state, State::Ready);
+        assert_eq!(w.usage(ANA).await, size);
+        assert_eq!(w.blob_files(), files, "files of an object in use went");
+        assert_eq!(w.removals(1).await, 0);
+    });
+}
+
+#[test]
+fn a_removal_cut_short_is_finished_by_the_next_and_at_start() {
+    local(async {
+        let w = world().await;
+        let size = jpeg().len() as i64;
+        for restart in [false, true] {
+            let id = w.ready(ANA).await;
+            // A storage fault as the delete drops the reference to the original.
+            w.gate.fail(Op::Delete, "media_blobs");
+            let r = w.media.delete(ANA, id).await;
+            assert!(matches!(r, Err(Error::Storage(_))), "{r:?}");
+            // Gone for readers, still counted, and noted for the node.
+            assert!(t::load(&w.store, id).await.expect("load").is_none());
+            assert!(
+                w.media.get(ANA, id).await.is_err(),
+                "a half-removed object is still served"
+            );
+            assert_eq!(w.usage(ANA).await, size);
+            assert_eq!(w.removals(1).await, 1);
+            if restart {
+                // The node starts again: its removals are finished first.
+                let again = w.other_node(1);
+                again.start();
+                for _ in 0..300 {
+                    if w.removals(1).await == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            } else {
+                // The owner tries again.
+                w.media.delete(ANA, id).await.expect("finished");
+            }
+            assert!(t::load_raw(&w.store, id).await.expect("load").is_none());
+            assert_eq!(w.usage(ANA).await, 0);
+            assert_eq!(w.blob_files(), 0);
+            assert_eq!(w.removals(1).await, 0);
+        }
     });
 }
 
@@ -330,6 +550,98 @@ fn a_use_recorded_after_a_delete_is_refused_and_taken_back() {
             assert!(refs.rows.is_empty(), "a refused use was kept on {m}");
         }
         w.media.delete(ANA, other).await.expect("nothing uses it");
+    });
+}
+
+#[test]
+fn a_refused_use_keeps_the_uses_recorded_before_it() {
+    local(async {
+        let w = world().await;
+        let kept = w.ready(ANA).await;
+        let gone = w.ready(ANA).await;
+        let mut ids = IdGenerator::new(1, 3).expect("ids");
+        let post = ids.next(w.clock.now_ms()).0;
+        t::attach(&w.store, &[kept], Use::Post(post), "media_ids")
+            .await
+            .expect("attached");
+        w.media.delete(ANA, gone).await.expect("deleted");
+        // An edit of the post keeps its first object and adds one deleted meanwhile.
+        let r = t::attach(&w.store, &[kept, gone], Use::Post(post), "media_ids").await;
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+        let refs = w
+            .store
+            .scan(&t::REFS, &tables::key(kept), &selfie_storage::Scan::all(10))
+            .await
+            .expect("refs");
+        assert_eq!(refs.rows.len(), 1, "the post's earlier use was taken back");
+        let r = w.media.delete(ANA, kept).await;
+        assert!(matches!(r, Err(Error::Stale(_))), "{r:?}");
+    });
+}
+
+#[test]
+fn one_user_holds_two_completion_checks_at_most() {
+    local(async {
+        let w = world().await;
+        let image = jpeg();
+        let upload = |owner: u64| {
+            let media = w.media.clone();
+            let image = image.clone();
+            async move {
+                let u = media
+                    .init(
+                        owner,
+                        NewUpload {
+                            kind: Kind::Image,
+                            size: image.len() as u64,
+                            sha256: Sha256::digest(&image).to_vec(),
+                            alt_text: String::new(),
+                        },
+                    )
+                    .await
+                    .expect("init");
+                media
+                    .chunk(
+                        owner,
+                        ChunkHeader {
+                            upload_id: u.upload_id,
+                            offset: 0,
+                            length: image.len() as u32,
+                            sha256: Sha256::digest(&image).to_vec(),
+                        },
+                        futures::stream::iter([Ok(Bytes::from(image))]).boxed_local(),
+                    )
+                    .await
+                    .expect("chunk");
+                u.upload_id
+            }
+        };
+        let ana: Vec<u64> = futures::future::join_all((0..3).map(|_| upload(ANA))).await;
+        let bens = upload(BEN).await;
+        // Two of Ana's completions are held inside their checks (as they list the
+        // chunks); her third is refused at once, Ben's goes through.
+        let mut holding = Vec::new();
+        for &id in &ana[..2] {
+            let mut held = w.gate.arm(Op::Scan, "media_upload_chunks");
+            let media = w.media.clone();
+            let task = tokio::task::spawn_local(async move { media.complete(ANA, id, &[]).await });
+            held.reached().await;
+            holding.push((held, task));
+        }
+        let r = w.media.complete(ANA, ana[2], &[]).await;
+        assert!(matches!(r, Err(Error::Overloaded)), "{r:?}");
+        w.media
+            .complete(BEN, bens, &[])
+            .await
+            .expect("another user's check goes through");
+        for (mut held, task) in holding {
+            held.release();
+            task.await.expect("task").expect("completed");
+        }
+        w.media
+            .complete(ANA, ana[2], &[])
+            .await
+            .expect("the checks came back");
     });
 }
 

@@ -5,7 +5,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use selfie_services::Error;
@@ -18,7 +17,8 @@ use selfie_services::users::{
 use selfie_storage::cql::{CqlConfig, CqlStore};
 use selfie_storage::embedded::EmbeddedStore;
 use selfie_storage::key::KeyBuilder;
-use selfie_storage::{Clock, Store, SystemClock};
+use selfie_storage::{Store, SystemClock};
+use support::ManualClock;
 
 async fn cql() -> CqlStore {
     let nodes = std::env::var("SELFIE_CQL_NODES").expect(
@@ -797,18 +797,10 @@ async fn media_on_cql() {
     media_history_and_counts(cql().await).await;
 }
 
-struct ManualClock(AtomicU64);
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 #[tokio::test]
 async fn a_timed_mute_ends_by_itself() {
     let dir = tempfile::tempdir().expect("dir");
-    let clock = Arc::new(ManualClock(AtomicU64::new(1_800_000_000_000)));
+    let clock = ManualClock::new();
     let store = EmbeddedStore::open(dir.path(), &schema::tables(), clock.clone()).expect("store");
     let w = world(&store).await;
     w.graph
@@ -827,9 +819,9 @@ async fn a_timed_mute_ends_by_itself() {
         }
     };
     assert!(muting(STRANGER).await && muting(FAN).await);
-    clock.0.fetch_add(3_599_000, Ordering::SeqCst);
+    clock.advance(Duration::from_millis(3_599_000));
     assert!(muting(STRANGER).await);
-    clock.0.fetch_add(2_000, Ordering::SeqCst);
+    clock.advance(Duration::from_millis(2_000));
     assert!(!muting(STRANGER).await, "the hour is over");
     assert!(muting(FAN).await, "an indefinite mute stays");
     assert_eq!(

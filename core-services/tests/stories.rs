@@ -7,7 +7,6 @@ mod support;
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use selfie_services::Error;
@@ -18,26 +17,13 @@ use selfie_services::posts::{Audience, Posts};
 use selfie_services::schema;
 use selfie_services::stories::{NewStory, Stories};
 use selfie_services::users::{ProfileUpdate, Users};
+use selfie_storage::Store;
 use selfie_storage::cql::{CqlConfig, CqlStore};
 use selfie_storage::embedded::EmbeddedStore;
-use selfie_storage::{Clock, Store};
-
-struct ManualClock(AtomicU64);
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl ManualClock {
-    fn advance(&self, d: Duration) {
-        self.0.fetch_add(d.as_millis() as u64, Ordering::SeqCst);
-    }
-}
+use support::ManualClock;
 
 fn clock() -> Arc<ManualClock> {
-    Arc::new(ManualClock(AtomicU64::new(1_800_000_000_000)))
+    ManualClock::new()
 }
 
 fn embedded(clock: Arc<ManualClock>) -> (EmbeddedStore, tempfile::TempDir) {

@@ -11,12 +11,15 @@
 //! content-addressed (deduplicated). Abandoned uploads expire with their rows (24 h);
 //! staged files older than that are swept hourly. A node lends chunk buffers and
 //! completion checks without queueing (`Overloaded` when taken; one user holds at most
-//! 8 buffers).
+//! 8 buffers and 2 checks; the SDK retries a completion refused so).
 //!
 //! **Races**: the writers of one object's record (processing, alt text, removal) take
-//! a node-wide lock and write the record as it is then; a removal drops the record
-//! before it looks at the object's uses again, and [`t::attach`] looks the object up
-//! after recording a use, so a use and a delete never both win.
+//! a node-wide lock and write with versioned writes (compare-and-set) over the record
+//! as they read it, so writers on different nodes never overwrite each other. A removal
+//! first swaps the record for a tombstone (`Deleting`) and then looks at the object's
+//! uses again, and [`t::attach`] looks the object up after recording a use, so a use and
+//! a delete never both win; only the removal that deletes the tombstone counts the bytes
+//! out of the quota. A removal cut short is finished by the next one or at start.
 //!
 //! **Processing** runs off the shard threads, on the blocking pool, a few at a time per
 //! node, from a durable queue (`media_jobs`, one partition per node, replayed at start):
@@ -33,9 +36,9 @@
 //! blocked from. Others never get the original, only renditions. Posts, stories and
 //! profiles accept only ids of ready objects of their author ([`crate::tables::media`]).
 //!
-//! Not here yet: the S3-compatible store, HTTPS delivery with signed URLs and
-//! the edge cache, the io_uring file path, chat attachments, and collecting media on
-//! account deletion or of objects uploaded but never used.
+//! Not here yet: the S3-compatible store, HTTPS delivery with signed URLs and the edge
+//! cache, the io_uring file path, chat attachments, and collecting media on account
+//! deletion or of objects uploaded but never used.
 
 pub mod blob;
 pub mod process;
@@ -127,8 +130,13 @@ const CHUNK_BUFFERS_PER_USER: usize = 8;
 /// Smallest and largest configurable chunk.
 const MIN_CHUNK_BYTES: u32 = 64 * 1024;
 const MAX_CHUNK_BYTES: u32 = 16 << 20;
-/// Checks of completed uploads (a whole image read, or an `ffprobe`) at once on a node.
+/// Checks of completed uploads (a whole-file digest, then a whole image read or an
+/// `ffprobe`) at once on a node, and of one user's.
 const CHECKS: usize = 4;
+const CHECKS_PER_USER: usize = 2;
+/// Times a writer of an object's record (a removal, processing, an alt text) reads it
+/// again after a versioned write found it written meanwhile (on another node).
+const REMOVE_ATTEMPTS: usize = 4;
 /// How long a chunk's body may stall between two pieces.
 const PIECE_IDLE: Duration = Duration::from_secs(15);
 /// How long after its id was made a post or story that uses media may still be being
@@ -158,37 +166,24 @@ impl NodeLocks {
     }
 }
 
-/// What a node's shards share: the blob store, the staging area, the limits, the locks
-/// that order chunks against completion and blob releases, and the processing pool.
-pub struct MediaNode {
-    blobs: Arc<dyn BlobStore>,
-    staging: Staging,
-    config: MediaConfig,
-    uploads: NodeLocks,
-    digests: NodeLocks,
-    /// Orders the writers of one object's record (processing, alt text, deletion).
-    objects: NodeLocks,
-    buffers: tokio::sync::Semaphore,
-    /// Chunk buffers held by each user.
-    buffers_held: Mutex<HashMap<u64, usize>>,
-    checks: tokio::sync::Semaphore,
-    workers: tokio::sync::Semaphore,
+/// A pool of permits lent without queueing, of which one user holds at most a share.
+struct Shares {
+    permits: tokio::sync::Semaphore,
+    /// Permits held by each user (only users holding some have an entry).
+    held: Mutex<HashMap<u64, usize>>,
+    per_user: usize,
 }
 
-/// A user's share of the chunk buffers, given back on drop.
-struct BufferShare<'a> {
-    node: &'a MediaNode,
+/// One permit of a [`Shares`] pool held by a user, given back on drop.
+struct Share<'a> {
+    pool: &'a Shares,
     owner: u64,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
-impl Drop for BufferShare<'_> {
+impl Drop for Share<'_> {
     fn drop(&mut self) {
-        let mut held = self
-            .node
-            .buffers_held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut held = self.pool.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = held.get_mut(&self.owner) {
             *n -= 1;
             if *n == 0 {
@@ -198,26 +193,49 @@ impl Drop for BufferShare<'_> {
     }
 }
 
-impl MediaNode {
-    /// A chunk buffer for `owner`: `Overloaded` at once (never a wait the client cannot
-    /// see) when the node's are all taken or `owner` holds their share.
-    fn buffer(&self, owner: u64) -> Result<BufferShare<'_>> {
-        let mut held = self.buffers_held.lock().unwrap_or_else(|p| p.into_inner());
-        if held
-            .get(&owner)
-            .is_some_and(|&n| n >= CHUNK_BUFFERS_PER_USER)
-        {
+impl Shares {
+    fn new(permits: usize, per_user: usize) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(permits),
+            held: Mutex::default(),
+            per_user,
+        }
+    }
+
+    /// A permit for `owner`: `Overloaded` at once (never a wait the client cannot see)
+    /// when all are taken or `owner` holds their share.
+    fn take(&self, owner: u64) -> Result<Share<'_>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.get(&owner).is_some_and(|&n| n >= self.per_user) {
             return Err(Error::Overloaded);
         }
-        // Only a user who gets a buffer gets an entry (refusals leave nothing behind).
-        let permit = self.buffers.try_acquire().map_err(|_| Error::Overloaded)?;
+        // Only a user who gets a permit gets an entry (refusals leave nothing behind).
+        let permit = self.permits.try_acquire().map_err(|_| Error::Overloaded)?;
         *held.entry(owner).or_insert(0) += 1;
-        Ok(BufferShare {
-            node: self,
+        Ok(Share {
+            pool: self,
             owner,
             _permit: permit,
         })
     }
+}
+
+/// What a node's shards share: the blob store, the staging area, the limits, the locks
+/// that order chunks against completion and blob releases, and the processing pool.
+pub struct MediaNode {
+    blobs: Arc<dyn BlobStore>,
+    staging: Staging,
+    config: MediaConfig,
+    uploads: NodeLocks,
+    digests: NodeLocks,
+    /// Orders the writers of one object's record on this node (processing, alt text,
+    /// removal); across nodes they are ordered by versioned writes.
+    objects: NodeLocks,
+    /// Chunk buffers.
+    buffers: Shares,
+    /// Completion checks (whole-file digest, type and header checks, `ffprobe`).
+    checks: Shares,
+    workers: tokio::sync::Semaphore,
 }
 
 impl MediaNode {
@@ -230,9 +248,8 @@ impl MediaNode {
             uploads: NodeLocks::default(),
             digests: NodeLocks::default(),
             objects: NodeLocks::default(),
-            buffers: tokio::sync::Semaphore::new(CHUNK_BUFFERS),
-            buffers_held: Mutex::default(),
-            checks: tokio::sync::Semaphore::new(CHECKS),
+            buffers: Shares::new(CHUNK_BUFFERS, CHUNK_BUFFERS_PER_USER),
+            checks: Shares::new(CHECKS, CHECKS_PER_USER),
             workers: tokio::sync::Semaphore::new(config.workers.max(1)),
         })
     }
@@ -415,6 +432,9 @@ impl<S: Store + Clone + 'static> Media<S> {
         tokio::task::spawn_local(async move {
             if let Err(e) = me.replay_jobs().await {
                 tracing::warn!(error = %e, "media jobs not replayed");
+            }
+            if let Err(e) = me.replay_removals().await {
+                tracing::warn!(error = %e, "media removals not finished");
             }
             loop {
                 let cutoff = std::time::SystemTime::now() - t::UPLOAD_TTL;
@@ -629,7 +649,7 @@ impl<S: Store + Clone + 'static> Media<S> {
         if upload.completed {
             return Err(Error::Stale("upload already completed"));
         }
-        let _buffer = self.node.buffer(owner)?;
+        let _buffer = self.node.buffers.take(owner)?;
         let mut bytes = Vec::with_capacity(expected as usize);
         let read = async {
             loop {
@@ -705,6 +725,9 @@ impl<S: Store + Clone + 'static> Media<S> {
                 .await?
                 .ok_or(Error::NotFound("media"));
         }
+        // The whole file is read from here on: a few checks per node, one per user; the
+        // client retries the completion after `Overloaded`.
+        let _check = self.node.checks.take(owner)?;
         if self.durable_prefix(&upload).await? < upload.size {
             return Err(Error::InvalidArgument {
                 field: "incomplete upload",
@@ -719,8 +742,9 @@ impl<S: Store + Clone + 'static> Media<S> {
                     field: "incomplete upload",
                 })?;
         if digest != upload.sha256 {
-            // Every chunk matched its own digest, so the bytes cannot change any more:
-            // the upload ends here.
+            // Every chunk matched the digest its sender declared for it, so these are the
+            // bytes the client sent: its whole-object digest or its chunks are wrong, and
+            // resending chunks would only repeat the check. The upload ends here.
             self.forget_upload(&upload).await?;
             return Err(Error::ChecksumMismatch("upload"));
         }
@@ -811,12 +835,6 @@ impl<S: Store + Clone + 'static> Media<S> {
     /// and length: an image's from its header, a video's from `ffprobe`.
     async fn check_bytes(&self, upload: &Upload, head: &[u8]) -> Result<Checked> {
         let (mime, kind) = process::sniff(head, upload.kind)?;
-        // A few at a time per node; the client retries the completion after `Overloaded`.
-        let _check = self
-            .node
-            .checks
-            .try_acquire()
-            .map_err(|_| Error::Overloaded)?;
         if kind == Kind::Video {
             let p = video::probe(&self.node.staging.path(upload.upload_id), mime).await?;
             return Ok(Checked {
@@ -861,6 +879,22 @@ impl<S: Store + Clone + 'static> Media<S> {
             return Err(Error::Stale("upload already completed"));
         }
         self.forget_upload(&upload).await
+    }
+
+    /// Writes `media` over its record if that still holds `raw`; `false` when it does
+    /// not (written meanwhile, or gone).
+    async fn replace(&self, raw: &[u8], media: &Object) -> Result<bool> {
+        Ok(self
+            .store
+            .compare_and_set(
+                &t::MEDIA,
+                &key(media.media_id),
+                &[],
+                raw,
+                Some(&encode("media", media)?),
+                None,
+            )
+            .await?)
     }
 
     async fn save(&self, media: &Object) -> Result<()> {
@@ -917,45 +951,57 @@ impl<S: Store + Clone + 'static> Media<S> {
                 Kind::Image | Kind::Gif => self.process_image(&media).await,
             }
         };
+        // A tool that failed to start or ran over fails the object; storage errors leave
+        // the job for the next start.
+        let done = match done {
+            Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => Err(e),
+            Err(e) => return Err(e),
+            Ok(made) => Ok(made),
+        };
         let lock = self.node.objects.get(media_id);
         let _exclusive = lock.write().await;
-        let current = t::load(&self.store, media_id).await?;
-        let Some(mut media) = current.filter(|m| m.state == State::Processing) else {
-            // Deleted while it was processed: nothing made for it is kept.
-            if let Ok(Ok(made)) = &done {
-                for r in &made.renditions {
-                    self.node.blobs.delete(r.key.clone()).await?;
+        for _ in 0..REMOVE_ATTEMPTS {
+            let current = t::load_raw(&self.store, media_id).await?;
+            let Some((raw, mut media)) = current.filter(|(_, m)| m.state == State::Processing)
+            else {
+                // Deleted (or being deleted) while it was processed: nothing made for it
+                // is kept.
+                if let Ok(Ok(made)) = &done {
+                    for r in &made.renditions {
+                        self.node.blobs.delete(r.key.clone()).await?;
+                    }
+                }
+                self.store.delete(&t::JOBS, &job.0, &job.1).await?;
+                return Ok(());
+            };
+            match &done {
+                Err(e) => {
+                    tracing::warn!(media_id, error = %e, "media processing failed");
+                    media.state = State::Failed;
+                    media.reason = e.to_string();
+                }
+                Ok(Ok(made)) => {
+                    media.renditions = made.renditions.clone();
+                    media.blurhash = made.blurhash.clone();
+                    if let Some((w, h)) = made.upright {
+                        (media.width, media.height) = (w, h);
+                    }
+                    media.state = State::Ready;
+                }
+                Ok(Err(refusal)) => {
+                    media.state = State::Rejected;
+                    media.reason = refusal.to_string();
                 }
             }
-            self.store.delete(&t::JOBS, &job.0, &job.1).await?;
-            return Ok(());
-        };
-        match done {
-            // A tool that failed to start or ran over: the object failed (storage
-            // errors leave the job for the next start instead).
-            Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => {
-                tracing::warn!(media_id, error = %e, "media processing failed");
-                media.state = State::Failed;
-                media.reason = e.to_string();
-            }
-            Err(e) => return Err(e),
-            Ok(Ok(made)) => {
-                media.renditions = made.renditions;
-                media.blurhash = made.blurhash;
-                if let Some((w, h)) = made.upright {
-                    (media.width, media.height) = (w, h);
-                }
-                media.state = State::Ready;
-            }
-            Ok(Err(refusal)) => {
-                media.state = State::Rejected;
-                media.reason = refusal.to_string();
+            // Written over the record as read, or read again (an alt text changed on
+            // another node, a removal begun there).
+            if self.replace(&raw, &media).await? {
+                self.notify(&media).await;
+                self.store.delete(&t::JOBS, &job.0, &job.1).await?;
+                return Ok(());
             }
         }
-        self.save(&media).await?;
-        self.notify(&media).await;
-        self.store.delete(&t::JOBS, &job.0, &job.1).await?;
-        Ok(())
+        Err(Error::Stale("media changed while being processed"))
     }
 
     /// An image's renditions and placeholder (or why it was refused); its upright size is
@@ -1150,17 +1196,19 @@ impl<S: Store + Clone + 'static> Media<S> {
         }
         let lock = self.node.objects.get(media_id);
         let _exclusive = lock.write().await;
-        let mut media = self.owned(owner, media_id).await?;
-        media.alt_text = alt.to_string();
-        self.save(&media).await?;
-        Ok(media)
-    }
-
-    async fn owned(&self, owner: u64, media_id: u64) -> Result<Object> {
-        match t::load(&self.store, media_id).await? {
-            Some(m) if m.owner_id == owner => Ok(m),
-            _ => Err(Error::NotFound("media")),
+        for _ in 0..REMOVE_ATTEMPTS {
+            let found = t::load_raw(&self.store, media_id)
+                .await?
+                .filter(|(_, m)| m.owner_id == owner && m.state != State::Deleting);
+            let Some((raw, mut media)) = found else {
+                return Err(Error::NotFound("media"));
+            };
+            media.alt_text = alt.to_string();
+            if self.replace(&raw, &media).await? {
+                return Ok(media);
+            }
         }
+        Err(Error::Stale("media changed meanwhile"))
     }
 
     /// Deletes an object of the caller's that nothing uses (`Stale` while a post, story
@@ -1182,28 +1230,132 @@ impl<S: Store + Clone + 'static> Media<S> {
         Ok(())
     }
 
-    /// Removes an object (of `owner`'s, when given) unless something uses it. Under the
-    /// object's lock, so two removals never both count it out of the quota; the record
-    /// goes before the uses are looked at a second time, so a use recorded meanwhile
-    /// either sees no record (and is refused, [`t::attach`]) or is seen here (and the
-    /// record is put back).
+    /// Removes an object (of `owner`'s, when given) unless something uses it.
+    ///
+    /// Removals of one object are ordered by its lock on a node and by versioned writes
+    /// across nodes. The record is first swapped for a tombstone ([`State::Deleting`],
+    /// gone for readers and for [`t::attach`]); the uses are then looked at a second
+    /// time, so a use recorded meanwhile is either seen here (and the record is put back)
+    /// or sees the tombstone (and is refused). The files go next and the record last:
+    /// only the removal that deletes it counts the bytes out of the quota. A removal cut
+    /// short leaves the tombstone and a `media_removals` row; the next removal of the
+    /// object, or the node's next start, finishes it.
     async fn remove(&self, media_id: u64, owner: Option<u64>) -> Result<Removal> {
         let lock = self.node.objects.get(media_id);
         let _exclusive = lock.write().await;
-        let media = match t::load(&self.store, media_id).await? {
-            Some(m) if owner.is_none_or(|o| o == m.owner_id) => m,
-            _ => return Ok(Removal::Missing),
-        };
-        if self.in_use(&media).await? {
-            return Ok(Removal::InUse);
+        let node = KeyBuilder::new().u64(u64::from(self.node_number)).build();
+        let id = key(media_id);
+        let mut marked = false;
+        for _ in 0..REMOVE_ATTEMPTS {
+            let found = t::load_raw(&self.store, media_id)
+                .await?
+                .filter(|(_, m)| owner.is_none_or(|o| o == m.owner_id));
+            let Some((raw, media)) = found else {
+                if marked {
+                    self.store.delete(&t::REMOVALS, &node, &id).await?;
+                }
+                return Ok(Removal::Missing);
+            };
+            let (tombstone, before) = if media.state == State::Deleting {
+                (raw, None)
+            } else {
+                if self.in_use(&media).await? {
+                    if marked {
+                        self.store.delete(&t::REMOVALS, &node, &id).await?;
+                    }
+                    return Ok(Removal::InUse);
+                }
+                let mut dead = media.clone();
+                dead.state = State::Deleting;
+                let dead = Bytes::from(encode("media", &dead)?);
+                self.store.put(&t::REMOVALS, &node, &id, &[], None).await?;
+                marked = true;
+                if !self
+                    .store
+                    .compare_and_set(&t::MEDIA, &id, &[], &raw, Some(&dead), None)
+                    .await?
+                {
+                    // Written meanwhile (on another node): look again.
+                    continue;
+                }
+                (dead, Some(raw))
+            };
+            let used = match self.in_use(&media).await {
+                Ok(used) => used,
+                Err(e) => {
+                    // Best effort: the object as it was (else the tombstone stays, and
+                    // the next removal or start looks at its uses again).
+                    if let Some(before) = &before {
+                        let _ = self
+                            .store
+                            .compare_and_set(&t::MEDIA, &id, &[], &tombstone, Some(before), None)
+                            .await;
+                    }
+                    return Err(e);
+                }
+            };
+            if used {
+                // Put back as it was; a tombstone left behind comes back as the ready
+                // object its use needs (only ready objects are ever attached).
+                let back = match before {
+                    Some(b) => b,
+                    None => {
+                        let mut m = media.clone();
+                        m.state = State::Ready;
+                        Bytes::from(encode("media", &m)?)
+                    }
+                };
+                self.store
+                    .compare_and_set(&t::MEDIA, &id, &[], &tombstone, Some(&back), None)
+                    .await?;
+                self.store.delete(&t::REMOVALS, &node, &id).await?;
+                return Ok(Removal::InUse);
+            }
+            self.collect(&media).await?;
+            let won = self
+                .store
+                .compare_and_set(&t::MEDIA, &id, &[], &tombstone, None, None)
+                .await?;
+            if won {
+                self.store
+                    .counter_add(
+                        &t::USAGE,
+                        &key(media.owner_id),
+                        &crate::tables::name_key("bytes"),
+                        -i64::try_from(media.size).unwrap_or(i64::MAX),
+                    )
+                    .await?;
+            }
+            self.store.delete(&t::REMOVALS, &node, &id).await?;
+            return Ok(if won {
+                Removal::Removed
+            } else {
+                Removal::Missing
+            });
         }
-        self.store.delete(&t::MEDIA, &key(media_id), &[]).await?;
-        if self.in_use(&media).await? {
-            self.save(&media).await?;
-            return Ok(Removal::InUse);
+        Err(Error::Stale("media changed while being removed"))
+    }
+
+    /// Finishes the removals that this node's last run left half done.
+    async fn replay_removals(&self) -> Result<()> {
+        let node = KeyBuilder::new().u64(u64::from(self.node_number)).build();
+        loop {
+            let page = self
+                .store
+                .scan(&t::REMOVALS, &node, &Scan::all(500))
+                .await?;
+            if page.rows.is_empty() {
+                return Ok(());
+            }
+            for row in &page.rows {
+                if let Some(id) = id_value(&row.clustering) {
+                    self.remove(id, None).await?;
+                }
+                self.store
+                    .delete(&t::REMOVALS, &node, &row.clustering)
+                    .await?;
+            }
         }
-        self.collect(&media).await?;
-        Ok(Removal::Removed)
     }
 
     /// Whether anything still uses `media`. Uses that ended without being recorded as
@@ -1270,9 +1422,9 @@ impl<S: Store + Clone + 'static> Media<S> {
         }
     }
 
-    /// Deletes what an object held, its record already gone: its renditions, its
-    /// reference to the original (the original too when no other object shares it) and
-    /// its bytes in the quota.
+    /// Deletes the files of an object being removed (each step can be run again): its
+    /// renditions and its reference to the original, and the original too when no other
+    /// object shares it.
     async fn collect(&self, media: &Object) -> Result<()> {
         for r in &media.renditions {
             self.node.blobs.delete(r.key.clone()).await?;
@@ -1292,14 +1444,6 @@ impl<S: Store + Clone + 'static> Media<S> {
                 self.node.blobs.delete(t::original_key(hex)).await?;
             }
         }
-        self.store
-            .counter_add(
-                &t::USAGE,
-                &key(media.owner_id),
-                &crate::tables::name_key("bytes"),
-                -i64::try_from(media.size).unwrap_or(i64::MAX),
-            )
-            .await?;
         Ok(())
     }
 

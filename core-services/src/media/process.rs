@@ -55,6 +55,9 @@ pub enum Refusal {
     /// The decoder could not read it.
     #[error("undecodable image")]
     Undecodable,
+    /// Reading it took longer than allowed (a file built to be slow to parse).
+    #[error("too slow to read")]
+    TooSlow,
 }
 
 /// The accepted type of `head` (the first bytes of an object) for an upload declared as

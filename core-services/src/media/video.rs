@@ -81,6 +81,9 @@ async fn run(mut c: Command, within: Duration) -> Result<std::process::Output> {
     }
 }
 
+/// How long `ffprobe` may take over one file.
+const PROBE_TIME: Duration = Duration::from_secs(30);
+
 /// Probes `path` (sniffed as `mime`): a video stream's size and the container's
 /// duration, within the limits.
 pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
@@ -97,7 +100,12 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
         "json",
     ])
     .arg(path);
-    let out = run(c, Duration::from_secs(30)).await?;
+    // A file that takes longer than this to read is refused (and its upload ended), so
+    // that it cannot hold a check again and again.
+    let out = match run(c, PROBE_TIME).await {
+        Err(Error::Internal(_)) => return Err(Refusal::TooSlow.into()),
+        out => out?,
+    };
     if !out.status.success() {
         return Err(Refusal::Undecodable.into());
     }

@@ -62,6 +62,8 @@ fn wire_state(s: State) -> pm::MediaState {
         State::Ready => pm::MediaState::Ready,
         State::Failed => pm::MediaState::Failed,
         State::Rejected => pm::MediaState::Rejected,
+        // Never sent: tombstones are gone for every reader (`tables::media::load`).
+        State::Deleting => pm::MediaState::Failed,
     }
 }
 

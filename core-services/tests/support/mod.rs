@@ -26,11 +26,20 @@ pub enum Op {
     Commit,
 }
 
+enum Action {
+    /// Hold the operation until released.
+    Hold {
+        reached: oneshot::Sender<()>,
+        release: oneshot::Receiver<()>,
+    },
+    /// Fail it (an I/O error), without running it.
+    Fail,
+}
+
 struct Armed {
     op: Op,
     table: &'static str,
-    reached: oneshot::Sender<()>,
-    release: oneshot::Receiver<()>,
+    action: Action,
 }
 
 /// Holds the next matching operation until released: `arm` says which, the returned
@@ -72,8 +81,10 @@ impl Gate {
         *self.0.lock().expect("gate") = Some(Armed {
             op,
             table,
-            reached: reached_tx,
-            release: release_rx,
+            action: Action::Hold {
+                reached: reached_tx,
+                release: release_rx,
+            },
         });
         Held {
             reached: Some(reached_rx),
@@ -81,7 +92,16 @@ impl Gate {
         }
     }
 
-    async fn pass(&self, op: Op, table: &str) {
+    /// Fails the next `op` on `table` with an I/O error (a storage fault), unrun.
+    pub fn fail(&self, op: Op, table: &'static str) {
+        *self.0.lock().expect("gate") = Some(Armed {
+            op,
+            table,
+            action: Action::Fail,
+        });
+    }
+
+    async fn pass(&self, op: Op, table: &str) -> Result<(), StoreError> {
         let armed = {
             let mut slot = self.0.lock().expect("gate");
             match slot.as_ref() {
@@ -89,10 +109,39 @@ impl Gate {
                 _ => None,
             }
         };
-        if let Some(a) = armed {
-            let _ = a.reached.send(());
-            let _ = a.release.await;
+        match armed.map(|a| a.action) {
+            Some(Action::Hold { reached, release }) => {
+                let _ = reached.send(());
+                let _ = release.await;
+                Ok(())
+            }
+            Some(Action::Fail) => Err(StoreError::Io(std::io::Error::other(
+                "injected by the test gate",
+            ))),
+            None => Ok(()),
         }
+    }
+}
+
+/// A clock the test moves by hand.
+pub struct ManualClock(pub std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock at a fixed instant in 2027.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self(std::sync::atomic::AtomicU64::new(1_800_000_000_000)))
+    }
+
+    /// Moves the clock on by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.0
+            .fetch_add(d.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl selfie_storage::Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -112,7 +161,7 @@ impl<S: Store> Store for Gated<S> {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        self.gate.pass(Op::Put, table.name).await;
+        self.gate.pass(Op::Put, table.name).await?;
         self.inner
             .put(table, partition, clustering, value, ttl)
             .await
@@ -124,7 +173,7 @@ impl<S: Store> Store for Gated<S> {
         partition: &[u8],
         clustering: &[u8],
     ) -> Result<Option<Bytes>, StoreError> {
-        self.gate.pass(Op::Get, table.name).await;
+        self.gate.pass(Op::Get, table.name).await?;
         self.inner.get(table, partition, clustering).await
     }
 
@@ -134,7 +183,7 @@ impl<S: Store> Store for Gated<S> {
         partition: &[u8],
         clustering: &[u8],
     ) -> Result<(), StoreError> {
-        self.gate.pass(Op::Delete, table.name).await;
+        self.gate.pass(Op::Delete, table.name).await?;
         self.inner.delete(table, partition, clustering).await
     }
 
@@ -144,7 +193,7 @@ impl<S: Store> Store for Gated<S> {
         partition: &[u8],
         scan: &Scan,
     ) -> Result<Page, StoreError> {
-        self.gate.pass(Op::Scan, table.name).await;
+        self.gate.pass(Op::Scan, table.name).await?;
         self.inner.scan(table, partition, scan).await
     }
 
@@ -165,7 +214,7 @@ impl<S: Store> Store for Gated<S> {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError> {
-        self.gate.pass(Op::InsertIfAbsent, table.name).await;
+        self.gate.pass(Op::InsertIfAbsent, table.name).await?;
         self.inner
             .insert_if_absent(table, partition, clustering, value, ttl)
             .await
@@ -177,7 +226,7 @@ impl<S: Store> Store for Gated<S> {
         partition: &[u8],
         clustering: &[u8],
     ) -> Result<bool, StoreError> {
-        self.gate.pass(Op::DeleteIfPresent, table.name).await;
+        self.gate.pass(Op::DeleteIfPresent, table.name).await?;
         self.inner
             .delete_if_present(table, partition, clustering)
             .await
@@ -192,14 +241,14 @@ impl<S: Store> Store for Gated<S> {
         new: Option<&[u8]>,
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError> {
-        self.gate.pass(Op::CompareAndSet, table.name).await;
+        self.gate.pass(Op::CompareAndSet, table.name).await?;
         self.inner
             .compare_and_set(table, partition, clustering, expected, new, ttl)
             .await
     }
 
     async fn commit(&self, commit: &Commit) -> Result<bool, StoreError> {
-        self.gate.pass(Op::Commit, "").await;
+        self.gate.pass(Op::Commit, "").await?;
         self.inner.commit(commit).await
     }
 
