@@ -83,4 +83,12 @@ selfie_setup() {
 
   # The real CQL server's jars (cached; a no-op once fetched).
   "$here/storage/cql-server/fetch.sh" >/dev/null || return 1
+
+  # The real S3-compatible server (SeaweedFS, built from the Go module proxy once and
+  # cached under ~/.cache/selfie/s3-server).
+  if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+    export PATH="$PATH:/usr/local/go/bin"
+  fi
+  command -v go >/dev/null || selfie_setup_apt golang-go || return 1
+  "$here/storage/s3-server/fetch.sh" >/dev/null || return 1
 }

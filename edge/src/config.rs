@@ -303,6 +303,12 @@ pub struct StorageConfig {
     /// Redis URL for fleets: session revocations and login throttling shared by every
     /// node (`selfie_edge::fleet`); presence and fan-out build on it.
     pub redis_url: Option<String>,
+    /// Media blobs in an S3-compatible object store, for fleets
+    /// (`s3://KEY:SECRET@host:port/bucket?region=us-east-1&tls=true`); unset, they are
+    /// files under `<data_dir>/media`.
+    pub media_url: Option<String>,
+    /// Bytes of each node's local cache in front of `media_url`.
+    pub media_cache_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -363,6 +369,8 @@ impl Default for StorageConfig {
             backend: "embedded".into(),
             cql_url: None,
             redis_url: None,
+            media_url: None,
+            media_cache_bytes: 4 << 30,
         }
     }
 }
@@ -558,6 +566,10 @@ impl Config {
             ));
         }
         self.media.validate().map_err(bad)?;
+        if let Some(url) = &self.storage.media_url {
+            selfie_services::media::s3::parse_url(url)
+                .map_err(|_| bad("storage.media_url must be s3://KEY:SECRET@host[:port]/bucket[?region=..&tls=..]".into()))?;
+        }
         if self.limits.max_concurrent_streams == 0 || self.server.node_id.is_empty() {
             return Err(bad(
                 "limits.max_concurrent_streams and server.node_id must be set".into(),
@@ -580,6 +592,7 @@ impl Config {
         let mut c = self.clone();
         c.storage.cql_url = c.storage.cql_url.as_deref().map(redact_url);
         c.storage.redis_url = c.storage.redis_url.as_deref().map(redact_url);
+        c.storage.media_url = c.storage.media_url.as_deref().map(redact_url);
         c.mail.smtp_url = c.mail.smtp_url.as_deref().map(redact_url);
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }

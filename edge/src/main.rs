@@ -267,6 +267,11 @@ fn main() -> anyhow::Result<()> {
                     )?)),
                     None => None,
                 };
+            if config.storage.backend == "cql" && config.storage.media_url.is_none() {
+                tracing::warn!(
+                    "media blobs are local files on this node: other nodes of a fleet cannot serve them (set storage.media_url)"
+                );
+            }
             let deps = selfie_services::Deps {
                 store,
                 clock: Arc::new(SystemClock),
@@ -280,8 +285,10 @@ fn main() -> anyhow::Result<()> {
                 plane: plane.clone(),
                 chat: config.chat.limits(),
                 feed: config.feed.settings(),
-                media: Some(selfie_services::media::MediaNode::local(
+                media: Some(selfie_services::media::MediaNode::open(
                     &config.server.data_dir.join("media"),
+                    config.storage.media_url.as_deref(),
+                    config.storage.media_cache_bytes,
                     config.media,
                 )?),
             };

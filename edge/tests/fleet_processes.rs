@@ -2,8 +2,9 @@
 //! started by `scripts/test`), one real `redis-server`, one signing key. A change made
 //! on node A reaches a subscriber connected to node B through the delivery plane's one
 //! Redis subscription per node, numbered in the same fleet-wide sequence that A's own
-//! subscribers see; each process drains and exits 0 on SIGTERM. Node numbers are leased
-//! in the shared backend: two live nodes never hold one.
+//! subscribers see; each process drains and exits 0 on SIGTERM. Media blobs live in the
+//! real S3 server (`SELFIE_S3_URL`): a photo uploaded on A downloads from B. Node numbers
+//! are leased in the shared backend: two live nodes never hold one.
 
 mod support;
 
@@ -13,12 +14,16 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use bytes::Bytes;
+use selfie_client::media::UploadOptions;
 use selfie_client::{Client, ClientConfig, Subscription, Trust};
 use selfie_codec::Frame;
 use selfie_protocol::common;
 use selfie_protocol::control::SubscriptionKind;
+use selfie_protocol::media::MediaState;
 use selfie_protocol::posts::{PostsOpT, ReactRequestT};
 use selfie_storage::redis::testing::RedisServer;
+use sha2::{Digest, Sha256};
 use support::{call, posts};
 
 /// A `selfie serve` child process.
@@ -46,6 +51,8 @@ impl Serve {
         redis: &str,
         key: &Path,
     ) -> Result<Serve, String> {
+        // Media blobs in the shared S3 bucket (started by `scripts/test`).
+        let media_url = std::env::var("SELFIE_S3_URL").ok();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfie"));
         for (k, _) in std::env::vars() {
             if k.starts_with("SELFIE_") {
@@ -54,6 +61,9 @@ impl Serve {
         }
         if let Some(n) = node {
             cmd.env("SELFIE_SERVER_NODE_NUMBER", n.to_string());
+        }
+        if let Some(url) = media_url {
+            cmd.env("SELFIE_STORAGE_MEDIA_URL", url);
         }
         let id = node.map_or_else(
             || format!("edge-{:04x}", rand::random::<u16>()),
@@ -255,9 +265,65 @@ async fn a_change_on_one_node_reaches_subscribers_on_another_in_one_fleet_sequen
         "both nodes deliver the same events, numbered alike"
     );
 
+    // Media uploaded on A (its blobs in the shared S3 bucket) downloads from B, original
+    // and renditions byte for byte.
+    let photo = jpeg();
+    let info = on_a
+        .media()
+        .upload(
+            common::MediaKind::Image,
+            Bytes::from(photo.clone()),
+            &UploadOptions::default(),
+        )
+        .await
+        .expect("uploaded on A");
+    let ready = on_b
+        .media()
+        .wait_ready(info.media_id, Duration::from_secs(60))
+        .await
+        .expect("processed on A, seen from B");
+    assert_eq!(ready.state, MediaState::Ready);
+    let (_, original) = on_b
+        .media()
+        .download(info.media_id, "", 0, 0)
+        .await
+        .expect("the original from B");
+    assert_eq!(
+        Sha256::digest(&original),
+        Sha256::digest(&photo),
+        "the same bytes"
+    );
+    let (_, from_a) = on_a
+        .media()
+        .download(info.media_id, "small", 0, 0)
+        .await
+        .expect("a rendition from A");
+    let (_, from_b) = on_b
+        .media()
+        .download(info.media_id, "small", 0, 0)
+        .await
+        .expect("the rendition from B");
+    assert!(!from_b.is_empty());
+    assert_eq!(from_a, from_b, "one rendition for the whole fleet");
+
     drop((sub_a, sub_b, on_a, on_b, author, anon));
     assert!(a.stop().success(), "A drains and exits 0");
     assert!(b.stop().success(), "B drains and exits 0");
+}
+
+/// A small photo.
+fn jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(320, 200, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
+    });
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(
+            &mut std::io::Cursor::new(&mut out),
+            image::ImageFormat::Jpeg,
+        )
+        .expect("jpeg");
+    out
 }
 
 /// Defect: every node defaulted to node number 0, so two nodes on one backend minted the

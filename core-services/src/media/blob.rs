@@ -79,7 +79,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Checks a blob key: lower-case letters, digits, `/`, `-`, `_`, `.` only, no `..`, no
 /// leading `/` (keys are made by the server; this keeps a bug from escaping the root).
-fn checked(key: &str) -> Result<&str> {
+pub(super) fn checked(key: &str) -> Result<&str> {
     let ok = !key.is_empty()
         && key.len() <= 200
         && !key.starts_with('/')

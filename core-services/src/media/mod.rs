@@ -36,12 +36,19 @@
 //! blocked from. Others never get the original, only renditions. Posts, stories and
 //! profiles accept only ids of ready objects of their author ([`crate::tables::media`]).
 //!
-//! Not here yet: the S3-compatible store, HTTPS delivery with signed URLs and the edge
-//! cache, the io_uring file path, chat attachments, and collecting media on account
-//! deletion or of objects uploaded but never used.
+//! **Blob stores**: files under the data directory (the embedded default, [`blob`]), or
+//! any S3-compatible object store for fleets ([`s3`]) behind each node's bounded local
+//! cache, which fetches a blob once for many concurrent misses ([`cache`]). One
+//! conformance suite (`core-services/tests/blobs.rs`) runs on both.
+//!
+//! Not here yet: HTTPS delivery with signed URLs, the io_uring file path, chat
+//! attachments, and collecting media on account deletion or of objects uploaded but
+//! never used.
 
 pub mod blob;
+pub mod cache;
 pub mod process;
+pub mod s3;
 pub mod video;
 mod wire;
 
@@ -61,6 +68,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use self::blob::{BlobStore, LocalBlobs, Staging};
+pub use self::cache::{CacheStats, CachedBlobs};
+pub use self::s3::S3Blobs;
 pub use self::wire::MediaWire;
 use crate::locks::KeyedLocks;
 use crate::plane::{ByteStream, Delivery, Topic};
@@ -252,6 +261,24 @@ impl MediaNode {
             checks: Shares::new(CHECKS, CHECKS_PER_USER),
             workers: tokio::sync::Semaphore::new(config.workers.max(1)),
         })
+    }
+
+    /// Blobs in the S3-compatible store at `url` (see [`s3`]) behind a local cache of
+    /// `cache_bytes` under `dir/cache`, or under `dir` when `url` is `None`; uploads are
+    /// staged under `dir/staging` either way.
+    pub fn open(
+        dir: &std::path::Path,
+        url: Option<&str>,
+        cache_bytes: u64,
+        config: MediaConfig,
+    ) -> Result<Arc<Self>> {
+        let Some(url) = url else {
+            return Self::local(dir, config);
+        };
+        let origin: Arc<dyn BlobStore> = Arc::new(S3Blobs::open(url)?);
+        let blobs = Arc::new(CachedBlobs::open(origin, dir.join("cache"), cache_bytes)?);
+        let staging = Staging::open(dir.join("staging"))?;
+        Ok(Self::new(blobs, staging, config))
     }
 
     /// The embedded default: blobs and staging under `dir` (`<data>/media`).
