@@ -97,7 +97,8 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
     if let Some(locks) = &deps.graph_locks {
         graph = graph.with_fleet_locks(locks.clone());
     }
-    // Media that posts and stories stop using is released on this node's shard 0.
+    // Media that posts, stories and chat messages stop using is released on this node's
+    // shard 0.
     let release: crate::tables::media::Release = {
         let plane = deps.plane.clone();
         Rc::new(move |ids: Vec<u64>| {
@@ -130,11 +131,13 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
             .with_lists(lists.clone()),
     );
     feed.start();
-    let chat = Rc::new(
-        Chat::new(store.clone(), clock.clone(), node, id)?
-            .with_delivery(registry.delivery().clone())
-            .with_limits(deps.chat),
-    );
+    let mut chat = Chat::new(store.clone(), clock.clone(), node, id)?
+        .with_delivery(registry.delivery().clone())
+        .with_limits(deps.chat);
+    if deps.media.is_some() {
+        chat = chat.with_media_release(release.clone());
+    }
+    let chat = Rc::new(chat);
     let services = Rc::new(Services {
         accounts: Rc::new(accounts),
         users: Rc::new(Users::new(store.clone())),

@@ -168,6 +168,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::media::REMOVAL_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 26,
+        name: "media: objects to collect if never used, claims on deleting originals",
+        tables: crate::tables::media::UNUSED_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

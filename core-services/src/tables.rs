@@ -1069,6 +1069,8 @@ pub mod media {
         JOBS, "media_jobs", ["node"], ["media_id"], "media waiting to be processed on each node";
         BLOBS, "media_blobs", ["sha256"], ["media_id"], "the media objects whose original is each content-addressed blob";
         REMOVALS, "media_removals", ["node"], ["media_id"], "media being removed on each node (finished at its start when cut short)";
+        UNUSED, "media_unused", ["node"], ["media_id"], "media completed on each node, looked at a day later: removed if nothing uses it";
+        BLOB_CLAIMS(conditional), "media_blob_claims", ["sha256"], [], "a removal deleting the original of a digest (short-lived): uploads of the same bytes wait";
     }
     counters!(
         USAGE,
@@ -1085,6 +1087,10 @@ pub mod media {
     /// Media removals in progress (a later migration).
     pub static REMOVAL_TABLES: &[&Table] = &[&REMOVALS];
 
+    /// Media never used, to collect, and claims on deleting originals (a later
+    /// migration).
+    pub static UNUSED_TABLES: &[&Table] = &[&UNUSED, &BLOB_CLAIMS];
+
     /// Where a media object is processed and stored.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
     pub enum State {
@@ -1098,10 +1104,21 @@ pub mod media {
         Failed,
         /// The bytes were refused (wrong type, a bomb, undecodable).
         Rejected,
-        /// Being deleted: what it held is going, and it is gone for everyone but its
-        /// remover ([`load`] answers `None`). Left behind by a removal cut short, it is
-        /// finished by the next removal (the owner's, or its node's restart).
+        /// Being deleted, its uses being looked at a last time: gone for everyone but
+        /// its remover ([`load`] answers `None`), and put back if a use is found. Left
+        /// behind by a removal cut short, it is finished by the next removal (the
+        /// owner's, or its node's restart).
         Deleting,
+        /// Being deleted, nothing using it: its files are going. Never put back; any
+        /// removal that finds it finishes it.
+        Collecting,
+    }
+
+    impl State {
+        /// Whether the object is being deleted (a tombstone, gone for readers).
+        pub fn deleting(self) -> bool {
+            matches!(self, State::Deleting | State::Collecting)
+        }
     }
 
     /// What a media object is.
@@ -1188,20 +1205,22 @@ pub mod media {
         Story(u64),
         /// A profile's avatar or banner (the user).
         Profile(u64),
+        /// A chat message's attachment: (conversation, message id). Its row holds the
+        /// message's number once the message is stored ([`settle`]).
+        Chat(u64, u64),
     }
 
     impl Use {
         fn cell(self, media_id: u64) -> Cell {
-            let (kind, id) = match self {
-                Use::Post(id) => (1u8, id),
-                Use::Story(id) => (2, id),
-                Use::Profile(id) => (3, id),
+            let c = match self {
+                Use::Post(id) => KeyBuilder::new().u64(1).u64(id),
+                Use::Story(id) => KeyBuilder::new().u64(2).u64(id),
+                Use::Profile(id) => KeyBuilder::new().u64(3).u64(id),
+                Use::Chat(conversation, message) => {
+                    KeyBuilder::new().u64(4).u64(conversation).u64(message)
+                }
             };
-            Cell::new(
-                &REFS,
-                key(media_id),
-                KeyBuilder::new().u64(u64::from(kind)).u64(id).build(),
-            )
+            Cell::new(&REFS, key(media_id), c.build())
         }
 
         /// Decodes a `REFS` clustering key.
@@ -1212,6 +1231,7 @@ pub mod media {
                 1 => Use::Post(id),
                 2 => Use::Story(id),
                 3 => Use::Profile(id),
+                4 => Use::Chat(id, id_value(c.get(16..24)?)?),
                 _ => return None,
             })
         }
@@ -1222,10 +1242,10 @@ pub mod media {
         Ok(load_raw(store, media_id)
             .await?
             .map(|(_, m)| m)
-            .filter(|m| m.state != State::Deleting))
+            .filter(|m| !m.state.deleting()))
     }
 
-    /// A stored media record as it is, tombstones ([`State::Deleting`]) included, with
+    /// A stored media record as it is, tombstones ([`State::deleting`]) included, with
     /// its encoded bytes (for versioned writes).
     pub async fn load_raw<S: Store>(
         store: &S,
@@ -1292,6 +1312,39 @@ pub mod media {
             }
         }
         Ok(out)
+    }
+
+    /// Checks that every id in `ids` is a ready media object, whoever's it is: what a
+    /// forwarded chat message carries (the forwarder may read the message it forwards).
+    pub async fn check_ready<S: Store>(
+        store: &S,
+        ids: &[u64],
+        field: &'static str,
+    ) -> Result<(), Error> {
+        for &id in ids {
+            match load(store, id).await? {
+                Some(m) if m.state == State::Ready => {}
+                _ => return Err(Error::InvalidArgument { field }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes on the uses of a chat message (recorded by [`attach`] before the message
+    /// was stored) the number the message got.
+    pub async fn settle<S: Store>(
+        store: &S,
+        ids: &[u64],
+        user: Use,
+        seq: u64,
+    ) -> Result<(), Error> {
+        for &id in ids {
+            let c = user.cell(id);
+            store
+                .put(&REFS, &c.partition, &c.clustering, &key(seq), None)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Records that `user` uses `ids` (already [`check`]ed): the objects stay while

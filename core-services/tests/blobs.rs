@@ -207,7 +207,7 @@ async fn wrong_credentials_are_refused_by_the_server() {
     let r = store
         .put(format!("r/{}/x", prefix()), Bytes::from_static(b"x"))
         .await;
-    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+    assert!(matches!(r, Err(Error::Storage(_))), "{r:?}");
 }
 
 /// An origin that counts the requests reaching it.
@@ -344,4 +344,77 @@ async fn the_cache_stays_within_its_capacity() {
         .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
         .count();
     assert!(files <= 8, "{files} files cached");
+}
+
+/// An origin whose reads never answer (a stalled store, or a slow one under a client
+/// that goes away).
+struct Stalled(Arc<dyn BlobStore>);
+
+impl BlobStore for Stalled {
+    fn backend(&self) -> &'static str {
+        "stalled"
+    }
+    fn put_file(&self, key: String, from: std::path::PathBuf) -> BoxFuture<'_, Result<()>> {
+        self.0.put_file(key, from)
+    }
+    fn put(&self, key: String, bytes: Bytes) -> BoxFuture<'_, Result<()>> {
+        self.0.put(key, bytes)
+    }
+    fn read(&self, _: String, _: u64, _: usize) -> BoxFuture<'_, Result<Bytes>> {
+        Box::pin(futures::future::pending())
+    }
+    fn size(&self, key: String) -> BoxFuture<'_, Result<Option<u64>>> {
+        self.0.size(key)
+    }
+    fn delete(&self, key: String) -> BoxFuture<'_, Result<()>> {
+        self.0.delete(key)
+    }
+}
+
+#[tokio::test]
+async fn a_fill_given_up_leaves_no_file_and_no_bytes_counted() {
+    let dir = tempfile::tempdir().expect("dir");
+    let origin_dir = tempfile::tempdir().expect("dir");
+    let origin: Arc<dyn BlobStore> =
+        Arc::new(LocalBlobs::open(origin_dir.path().to_path_buf()).expect("origin"));
+    let cache = Arc::new(
+        CachedBlobs::open(
+            Arc::new(Stalled(origin)),
+            dir.path().join("cache"),
+            64 << 20,
+        )
+        .expect("cache"),
+    );
+    let key = format!("r/{}/clip", prefix());
+    cache
+        .put(key.clone(), Bytes::from(random_bytes(1 << 20)))
+        .await
+        .expect("put");
+    let tmp = dir.path().join("cache").join("tmp");
+    let in_tmp = || std::fs::read_dir(&tmp).expect("tmp").count();
+    // A download starts a fill and its client goes away while the origin is slow.
+    let reading = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.read(key, 0, 1000).await })
+    };
+    for _ in 0..100 {
+        if in_tmp() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(in_tmp(), 1, "the fill began");
+    assert_eq!(
+        cache.cached_bytes(),
+        1 << 20,
+        "its bytes are counted while it runs"
+    );
+    reading.abort();
+    assert!(reading.await.is_err_and(|e| e.is_cancelled()));
+    assert_eq!(in_tmp(), 0, "the partial file was left behind");
+    assert_eq!(
+        cache.cached_bytes(),
+        0,
+        "the bytes of a fill given up stay counted"
+    );
 }

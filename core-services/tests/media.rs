@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use selfie_services::BoxFuture;
+use selfie_services::chat::{Chat, MessageKind, NewMessage};
 use selfie_services::media::{
     BlobStore, ChunkHeader, LocalBlobs, Media, MediaConfig, MediaNode, NewUpload, Staging,
 };
@@ -28,13 +29,26 @@ use selfie_services::users::Users;
 use selfie_services::{Error, schema, tables};
 use selfie_storage::embedded::EmbeddedStore;
 use selfie_storage::id::IdGenerator;
+use selfie_storage::key::KeyBuilder;
 use selfie_storage::{Clock, Store};
 use sha2::{Digest, Sha256};
 use support::{Gate, Gated, ManualClock, Op};
 use tokio::sync::oneshot;
 
-/// A held put: the key prefix it waits for, "reached", "released".
-type Armed = (&'static str, oneshot::Sender<()>, oneshot::Receiver<()>);
+/// What a [`GatedBlobs`] can hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlobOp {
+    Put,
+    Delete,
+}
+
+/// A held operation: which, the key prefix it waits for, "reached", "released".
+type Armed = (
+    BlobOp,
+    &'static str,
+    oneshot::Sender<()>,
+    oneshot::Receiver<()>,
+);
 
 /// The local blob store, whose next put of a key with a given prefix can be held.
 struct GatedBlobs {
@@ -43,24 +57,32 @@ struct GatedBlobs {
 }
 
 impl GatedBlobs {
-    /// Holds the next put of a key starting with `prefix`: the first receiver fires when
-    /// it is reached, the sender lets it go on.
-    fn hold_put(&self, prefix: &'static str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+    /// Holds the next `op` on a key starting with `prefix`: the receiver fires when it
+    /// is reached, the sender lets it go on.
+    fn hold(
+        &self,
+        op: BlobOp,
+        prefix: &'static str,
+    ) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
         let (reached_tx, reached_rx) = oneshot::channel();
         let (release_tx, release_rx) = oneshot::channel();
-        *self.armed.lock().expect("armed") = Some((prefix, reached_tx, release_rx));
+        *self.armed.lock().expect("armed") = Some((op, prefix, reached_tx, release_rx));
         (reached_rx, release_tx)
     }
 
-    async fn pass(&self, key: &str) {
+    fn hold_put(&self, prefix: &'static str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        self.hold(BlobOp::Put, prefix)
+    }
+
+    async fn pass(&self, op: BlobOp, key: &str) {
         let armed = {
             let mut slot = self.armed.lock().expect("armed");
             match slot.as_ref() {
-                Some((prefix, _, _)) if key.starts_with(prefix) => slot.take(),
+                Some((o, prefix, _, _)) if *o == op && key.starts_with(prefix) => slot.take(),
                 _ => None,
             }
         };
-        if let Some((_, reached, release)) = armed {
+        if let Some((_, _, reached, release)) = armed {
             let _ = reached.send(());
             let _ = release.await;
         }
@@ -74,14 +96,14 @@ impl BlobStore for GatedBlobs {
 
     fn put_file(&self, key: String, from: PathBuf) -> BoxFuture<'_, selfie_services::Result<()>> {
         Box::pin(async move {
-            self.pass(&key).await;
+            self.pass(BlobOp::Put, &key).await;
             self.inner.put_file(key, from).await
         })
     }
 
     fn put(&self, key: String, bytes: Bytes) -> BoxFuture<'_, selfie_services::Result<()>> {
         Box::pin(async move {
-            self.pass(&key).await;
+            self.pass(BlobOp::Put, &key).await;
             self.inner.put(key, bytes).await
         })
     }
@@ -100,12 +122,16 @@ impl BlobStore for GatedBlobs {
     }
 
     fn delete(&self, key: String) -> BoxFuture<'_, selfie_services::Result<()>> {
-        self.inner.delete(key)
+        Box::pin(async move {
+            self.pass(BlobOp::Delete, &key).await;
+            self.inner.delete(key).await
+        })
     }
 }
 
 const ANA: u64 = 1;
 const BEN: u64 = 2;
+const CAT: u64 = 3;
 const CHUNK: u32 = 64 * 1024;
 
 type S = Gated<EmbeddedStore>;
@@ -117,6 +143,7 @@ struct World {
     posts: Rc<Posts<S>>,
     stories: Stories<S>,
     media: Rc<Media<S>>,
+    chat: Chat<S>,
     blobs: Arc<GatedBlobs>,
     config: MediaConfig,
     dir: tempfile::TempDir,
@@ -135,6 +162,7 @@ async fn world() -> World {
     let users = Users::new(store.clone());
     users.create(ANA, "ana").await.expect("profile");
     users.create(BEN, "ben").await.expect("profile");
+    users.create(CAT, "cat").await.expect("profile");
     let (hook, jobs) = selfie_services::feed::fanout_queue(1, 0);
     let posts = Rc::new(
         Posts::new(store.clone(), clock.clone(), 1, 0)
@@ -167,7 +195,17 @@ async fn world() -> World {
     let media = Rc::new(
         Media::new(store.clone(), clock.clone(), 1, 0, node, posts.clone()).expect("media"),
     );
+    let releasing = media.clone();
+    let chat = Chat::new(store.clone(), clock.clone(), 1, 0)
+        .expect("chat")
+        .with_media_release(Rc::new(move |ids: Vec<u64>| {
+            let media = releasing.clone();
+            tokio::task::spawn_local(async move {
+                media.release(&ids).await.expect("released");
+            });
+        }));
     World {
+        chat,
         store,
         gate,
         clock,
@@ -354,12 +392,23 @@ fn two_nodes_removing_one_object_count_it_out_once() {
         let w = world().await;
         let id = w.ready(ANA).await;
         let other = w.other_node(2);
-        // This node's delete is held just before it marks the record; the other node
-        // (its own locks) removes the object meanwhile, from start to end.
-        let mut held = w.gate.arm(Op::CompareAndSet, "media");
+        // This node's delete passes its tombstone and marks the object for collection,
+        // then is held just before it deletes the record (its files already gone); the
+        // other node (its own locks) removes the object meanwhile, from start to end.
         let media = w.media.clone();
+        let mut held = w.gate.arm(Op::CompareAndSet, "media");
         let delete = tokio::task::spawn_local(async move { media.delete(ANA, id).await });
+        for _ in 0..2 {
+            held.reached().await;
+            held.release();
+            held = w.gate.arm(Op::CompareAndSet, "media");
+        }
         held.reached().await;
+        let raw = t::load_raw(&w.store, id)
+            .await
+            .expect("load")
+            .expect("record");
+        assert_eq!(raw.1.state, State::Collecting);
         other.release(&[id]).await.expect("released elsewhere");
         assert_eq!(w.usage(ANA).await, 0);
         held.release();
@@ -368,6 +417,87 @@ fn two_nodes_removing_one_object_count_it_out_once() {
         assert_eq!(w.usage(ANA).await, 0, "the object was counted out twice");
         assert_eq!(w.blob_files(), 0);
         assert_eq!(w.removals(1).await + w.removals(2).await, 0);
+    });
+}
+
+#[test]
+fn a_removal_that_puts_an_object_back_stops_the_other_from_collecting_it() {
+    local(async {
+        let w = world().await;
+        let id = w.ready(ANA).await;
+        let size = jpeg().len() as i64;
+        let files = w.blob_files();
+        let other = w.other_node(2);
+        // This node's delete has marked the object Deleting and found no use; it is held
+        // before it moves on to collecting. A use is recorded then (a post committing),
+        // and the other node's removal sees the tombstone and that use: it puts the
+        // object back. This node must then not delete the files of a live object.
+        let media = w.media.clone();
+        let mut held = w.gate.arm(Op::CompareAndSet, "media");
+        let delete = tokio::task::spawn_local(async move { media.delete(ANA, id).await });
+        held.reached().await;
+        held.release();
+        held = w.gate.arm(Op::CompareAndSet, "media");
+        held.reached().await;
+        let mut ids = IdGenerator::new(1, 3).expect("ids");
+        let post = ids.next(w.clock.now_ms()).0;
+        let use_row = KeyBuilder::new().u64(1).u64(post).build();
+        w.store
+            .put(&t::REFS, &tables::key(id), &use_row, &[], None)
+            .await
+            .expect("a use recorded");
+        other.release(&[id]).await.expect("released elsewhere");
+        held.release();
+        let r = delete.await.expect("task");
+        assert!(matches!(r, Err(Error::Stale(_))), "{r:?}");
+        let back = t::load(&w.store, id)
+            .await
+            .expect("load")
+            .expect("put back");
+        assert_eq!(back.state, State::Ready);
+        assert_eq!(w.blob_files(), files, "the files of a live object went");
+        assert_eq!(w.usage(ANA).await, size);
+    });
+}
+
+#[test]
+fn an_upload_on_another_node_keeps_the_original_a_removal_is_deleting() {
+    local(async {
+        let w = world().await;
+        let id = w.ready(ANA).await;
+        let other = w.other_node(2);
+        // This node removes the object, the last one of its bytes: it is held just as it
+        // deletes the original. The same bytes are uploaded on the other node then.
+        let (reached, release) = w.blobs.hold(BlobOp::Delete, "sha256/");
+        let media = w.media.clone();
+        let delete = tokio::task::spawn_local(async move { media.delete(ANA, id).await });
+        tokio::time::timeout(Duration::from_secs(30), reached)
+            .await
+            .expect("the removal reached the original")
+            .expect("gate");
+        let uploading = other.clone();
+        let upload = tokio::task::spawn_local(async move {
+            uploading.upload_bytes(BEN, Kind::Image, &jpeg()).await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !upload.is_finished(),
+            "the upload waits for the removal of its original"
+        );
+        release.send(()).expect("removal waits");
+        delete.await.expect("task").expect("deleted");
+        let (_, m) = upload.await.expect("task").expect("uploaded");
+        let m = other
+            .settled(m.media_id, Duration::from_secs(30))
+            .await
+            .expect("settled");
+        assert_eq!(m.state, State::Ready, "{}", m.reason);
+        let original = w
+            .blobs
+            .size(t::original_key(&m.sha256))
+            .await
+            .expect("size");
+        assert_eq!(original, Some(jpeg().len() as u64), "the original is there");
     });
 }
 
@@ -550,6 +680,140 @@ fn a_use_recorded_after_a_delete_is_refused_and_taken_back() {
             assert!(refs.rows.is_empty(), "a refused use was kept on {m}");
         }
         w.media.delete(ANA, other).await.expect("nothing uses it");
+    });
+}
+
+#[test]
+fn objects_never_used_are_collected_a_day_later() {
+    local(async {
+        let w = world().await;
+        let size = jpeg().len() as i64;
+        let posted = w.ready(ANA).await;
+        let forgotten = w.ready(ANA).await;
+        w.posts
+            .publish(
+                ANA,
+                NewPost {
+                    media_ids: vec![posted],
+                    ..NewPost::text("kept")
+                },
+            )
+            .await
+            .expect("post");
+        assert_eq!(
+            w.media.collect_unused().await.expect("sweep"),
+            0,
+            "too soon"
+        );
+        w.clock.advance(Duration::from_secs(20 * 3600));
+        let recent = w.ready(ANA).await;
+        w.clock.advance(Duration::from_secs(5 * 3600));
+        assert_eq!(w.media.collect_unused().await.expect("sweep"), 1);
+        assert!(t::load(&w.store, forgotten).await.expect("load").is_none());
+        assert!(t::load(&w.store, posted).await.expect("load").is_some());
+        assert!(
+            t::load(&w.store, recent).await.expect("load").is_some(),
+            "uploaded five hours ago"
+        );
+        assert_eq!(w.usage(ANA).await, 2 * size);
+        // Swept once: the posted object is no longer looked at, the recent one is later.
+        assert_eq!(w.media.collect_unused().await.expect("sweep"), 0);
+        w.clock.advance(Duration::from_secs(20 * 3600));
+        assert_eq!(w.media.collect_unused().await.expect("sweep"), 1);
+        assert!(t::load(&w.store, recent).await.expect("load").is_none());
+        assert!(t::load(&w.store, posted).await.expect("load").is_some());
+        assert_eq!(w.usage(ANA).await, size);
+    });
+}
+
+fn message(txn: &str, media_ids: Vec<u64>) -> NewMessage {
+    NewMessage {
+        client_msg_id: txn.into(),
+        kind: MessageKind::Text,
+        text: "look".into(),
+        media_ids,
+        reply_to_seq: 0,
+        ref_id: 0,
+        thread_seq: 0,
+        forward: None,
+        mls: None,
+    }
+}
+
+#[test]
+fn chat_attachments_are_seen_by_members_and_released_with_their_messages() {
+    local(async {
+        let w = world().await;
+        let photo = w.ready(ANA).await;
+        let bens = w.ready(BEN).await;
+        let ana_ben = w.chat.direct(ANA, BEN).await.expect("conversation");
+        // Only the sender's own ready media.
+        let r = w.chat.send(ANA, ana_ben, message("t0", vec![bens])).await;
+        assert!(
+            matches!(r, Err(Error::InvalidArgument { field: "media_ids" })),
+            "{r:?}"
+        );
+        let sent = w
+            .chat
+            .send(ANA, ana_ben, message("t1", vec![photo]))
+            .await
+            .expect("sent");
+        // Its members may see and download it, nobody else.
+        w.media.get(BEN, photo).await.expect("a member sees it");
+        let d = w.media.download(BEN, photo, "", 0, 0).await;
+        assert!(d.is_ok(), "a member downloads it");
+        let r = w.media.get(CAT, photo).await;
+        assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}");
+        let r = w.media.delete(ANA, photo).await;
+        assert!(
+            matches!(r, Err(Error::Stale(_))),
+            "a message uses it: {r:?}"
+        );
+        // Ben forwards it to Cat: Cat sees it through the forward.
+        let ben_cat = w.chat.direct(BEN, CAT).await.expect("conversation");
+        let mut fwd = message("t2", Vec::new());
+        fwd.forward = Some((ana_ben, sent.seq));
+        let forwarded = w.chat.send(BEN, ben_cat, fwd).await.expect("forwarded");
+        w.media
+            .get(CAT, photo)
+            .await
+            .expect("Cat sees the forward's");
+        // Deleted for everyone: the original message no longer pins it, the forward does.
+        w.chat
+            .delete(ANA, ana_ben, sent.seq)
+            .await
+            .expect("deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(t::load(&w.store, photo).await.expect("load").is_some());
+        let refs = w
+            .store
+            .scan(
+                &t::REFS,
+                &tables::key(photo),
+                &selfie_storage::Scan::all(10),
+            )
+            .await
+            .expect("refs");
+        assert_eq!(refs.rows.len(), 1, "only the forward uses it now");
+        w.media
+            .get(CAT, photo)
+            .await
+            .expect("still through the forward");
+        w.chat
+            .delete(BEN, ben_cat, forwarded.seq)
+            .await
+            .expect("deleted");
+        for _ in 0..100 {
+            if t::load(&w.store, photo).await.expect("load").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            t::load(&w.store, photo).await.expect("load").is_none(),
+            "released with its last message"
+        );
+        assert_eq!(w.usage(ANA).await, 0);
     });
 }
 

@@ -566,6 +566,12 @@ impl Config {
             ));
         }
         self.media.validate().map_err(bad)?;
+        if self.storage.media_cache_bytes < selfie_services::media::cache::MIN_CAPACITY {
+            return Err(bad(format!(
+                "storage.media_cache_bytes must be at least {}",
+                selfie_services::media::cache::MIN_CAPACITY
+            )));
+        }
         if let Some(url) = &self.storage.media_url {
             selfie_services::media::s3::parse_url(url)
                 .map_err(|_| bad("storage.media_url must be s3://KEY:SECRET@host[:port]/bucket[?region=..&tls=..]".into()))?;

@@ -2,8 +2,9 @@
 # Start a single-process SeaweedFS (master, volume, filer and S3 gateway) on 127.0.0.1
 # for tests, with one identity (signed requests only) and one bucket.
 # Usage: start.sh DATA_DIR PORT BUCKET ACCESS_KEY SECRET_KEY
-#   S3 listens on PORT; master, volume and filer on PORT+1..PORT+3 (and their gRPC
-#   ports 10000 above each). Prints the server's PID once the bucket answers.
+#   S3 listens on PORT; master, volume and filer on PORT+1..PORT+3; each one's gRPC
+#   port is 10000 above it (nothing else listens: no Iceberg catalog, no metrics).
+#   Prints the server's PID once the bucket answers.
 # Stop it with: stop.sh DATA_DIR   (the PID is also in DATA_DIR/weed.pid)
 # Environment: SELFIE_S3_START_TIMEOUT seconds to wait (default 120).
 set -euo pipefail
@@ -16,7 +17,7 @@ dir=$(cd "$1" && pwd)
 port=$2 bucket=$3 access=$4 secret=$5
 [[ $port =~ ^[0-9]+$ ]] || s3_die "PORT must be a number"
 [[ $bucket =~ ^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$ ]] || s3_die "bad bucket name: $bucket"
-for p in "$port" $((port + 1)) $((port + 2)) $((port + 3)) $((port + 10001)) $((port + 10002)) $((port + 10003)); do
+for p in "$port" $((port + 1)) $((port + 2)) $((port + 3)) $((port + 10000)) $((port + 10001)) $((port + 10002)) $((port + 10003)); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     s3_die "port $p on 127.0.0.1 is already in use; pick another PORT"
   fi
@@ -32,7 +33,8 @@ JSON
 t0=$SECONDS
 nohup "$weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -master.port=$((port + 1)) -master.volumeSizeLimitMB=64 -volume.port=$((port + 2)) -volume.max=64 \
-  -filer -filer.port=$((port + 3)) -s3 -s3.port="$port" -s3.config="$dir/s3.json" \
+  -filer -filer.port=$((port + 3)) -s3 -s3.port="$port" -s3.port.grpc=$((port + 10000)) \
+  -s3.port.iceberg=0 -s3.config="$dir/s3.json" \
   >"$dir/weed.log" 2>&1 &
 pid=$!
 echo "$pid" >"$dir/weed.pid"

@@ -38,9 +38,12 @@
 //! Read positions of a member who turned read receipts off are shown to
 //! nobody, and such a member sees nobody's.
 //!
-//! Not here yet: deleting a message for oneself only, and checking that attachment media
-//! ids exist (the media service does not exist yet; ids are stored as given, as posts
-//! do).
+//! Attachments are ready media objects of the sender's (a forward carries the
+//! original's, which its forwarder may read); each is recorded as used by its message
+//! (`tables::media`), so the conversation's members may download it, and a message
+//! deleted for everyone releases it.
+//!
+//! Not here yet: deleting a message for oneself only.
 
 mod ephemeral;
 mod limits;
@@ -719,6 +722,8 @@ pub struct Chat<S> {
     memo: RefCell<ephemeral::Memo>,
     rates: limits::Limits,
     shapes: RefCell<HashMap<u64, Shape>>,
+    /// Where the attachments of deleted messages are released, when media runs.
+    media_release: Option<tables::media::Release>,
 }
 
 /// What never changes about a conversation (see [`Chat::shape`]).
@@ -746,7 +751,14 @@ impl<S: Store + 'static> Chat<S> {
             memo: RefCell::default(),
             rates: limits::Limits::default(),
             shapes: RefCell::default(),
+            media_release: None,
         })
+    }
+
+    /// Releases the attachments of messages deleted for everyone through `release`.
+    pub fn with_media_release(mut self, release: tables::media::Release) -> Self {
+        self.media_release = Some(release);
+        self
     }
 
     /// Pushes changes to members through `delivery`.
@@ -2129,6 +2141,25 @@ impl<S: Store + 'static> Chat<S> {
                 }
             }
         }
+        // Attachments: the sender's own ready media; a forward's are the original's.
+        if !new.media_ids.is_empty() {
+            if new.forward.is_some() {
+                tables::media::check_ready(&self.store, &new.media_ids, "media_ids").await?;
+            } else {
+                tables::media::check(
+                    &self.store,
+                    me,
+                    &new.media_ids,
+                    &[
+                        tables::media::Kind::Image,
+                        tables::media::Kind::Video,
+                        tables::media::Kind::Gif,
+                    ],
+                    "media_ids",
+                )
+                .await?;
+            }
+        }
         // Answering a request by replying accepts it: once the reply passed its checks.
         if member.state == MemberState::Request {
             self.activate(id, me, MemberState::Request).await?;
@@ -2158,6 +2189,13 @@ impl<S: Store + 'static> Chat<S> {
         };
         let hash = txn_hash(me, &message.client_msg_id);
         let (message_id, created_at_ms) = (message.message_id, now);
+        // The uses go first (a use of an object deleted meanwhile is refused), and get
+        // the message's number once it has one.
+        let attached = tables::media::Use::Chat(id, message_id);
+        let media_ids = message.media_ids.clone();
+        if !media_ids.is_empty() {
+            tables::media::attach(&self.store, &media_ids, attached, "media_ids").await?;
+        }
         let epoch = message.mls.as_ref().map(|m| m.epoch);
         let result = self
             .append_once(
@@ -2204,6 +2242,9 @@ impl<S: Store + 'static> Chat<S> {
             }
         };
         let seq = seqs[0];
+        if !media_ids.is_empty() {
+            tables::media::settle(&self.store, &media_ids, attached, seq).await?;
+        }
         let mut message = message;
         message.seq = seq;
         let item = LogItem {
@@ -2424,6 +2465,7 @@ impl<S: Store + 'static> Chat<S> {
     /// Deletes message `seq` for everyone (its sender, or a group admin): a tombstone.
     pub async fn delete(&self, me: u64, id: u64, seq: u64) -> Result<()> {
         let event = self.event(EventKind::Deleted, me, seq, 0, "", "");
+        let attachments = RefCell::new((0u64, Vec::new()));
         self.change_message(me, id, seq, event, |m, member, _| {
             if m.deleted {
                 return Err(Error::NotFound("message"));
@@ -2433,7 +2475,7 @@ impl<S: Store + 'static> Chat<S> {
             }
             m.deleted = true;
             m.text.clear();
-            m.media_ids.clear();
+            *attachments.borrow_mut() = (m.message_id, std::mem::take(&mut m.media_ids));
             m.mls = None;
             m.reactions.clear();
             Ok(Change::Changed(None))
@@ -2450,6 +2492,15 @@ impl<S: Store + 'static> Chat<S> {
         let page = self.store.scan(&EDITS, &k(id), &scan).await?;
         for r in page.rows {
             self.store.delete(&EDITS, &k(id), &r.clustering).await?;
+        }
+        // Its attachments are no longer used by it: objects nothing else uses go.
+        let (message_id, media) = attachments.into_inner();
+        if !media.is_empty() {
+            let used = tables::media::Use::Chat(id, message_id);
+            tables::media::detach(&self.store, &media, used).await?;
+            if let Some(release) = &self.media_release {
+                release(media);
+            }
         }
         Ok(())
     }
@@ -2732,6 +2783,44 @@ fn created_item(id: u64, creator: u64, now: u64) -> LogItem {
             at_ms: now,
         }),
     }
+}
+
+/// Whether the attachment use of message `message_id`, number `seq`, of conversation
+/// `conversation` is live (the message is stored and not deleted), and, for a
+/// `viewer`, whether they may see it (a member who joined before it and did not
+/// decline the conversation). For the media service, which does not import chat.
+pub(crate) async fn attachment_visible<S: Store>(
+    store: &S,
+    conversation: u64,
+    message_id: u64,
+    seq: u64,
+    viewer: Option<u64>,
+) -> Result<bool> {
+    let entry = store
+        .get(&LOG, &log_partition(conversation, seq), &seq_key(seq))
+        .await?;
+    let live = match entry {
+        Some(v) => matches!(
+            decode::<Entry>("chat log entry", &v)?,
+            Entry::Message(m) if !m.deleted && m.message_id == message_id
+        ),
+        None => false,
+    };
+    let Some(viewer) = viewer else {
+        return Ok(live);
+    };
+    if !live {
+        return Ok(false);
+    }
+    Ok(
+        match store.get(&MEMBERS, &k(conversation), &k(viewer)).await? {
+            Some(v) => {
+                let m: MemberRec = decode("chat member", &v)?;
+                m.state != MemberState::Declined && m.joined_seq < seq
+            }
+            None => false,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -26,6 +26,10 @@ use crate::{BoxFuture, Error, Result};
 
 /// Bytes fetched from the origin per request while filling the cache.
 const FILL_PIECE: usize = 8 << 20;
+/// Blobs fetched from the origin at once (other misses wait their turn).
+const FETCHES: usize = 8;
+/// The smallest capacity a cache may be given.
+pub const MIN_CAPACITY: u64 = 1 << 20;
 
 /// Hits, misses and origin fetches of a [`CachedBlobs`] (for metrics and tests).
 #[derive(Debug, Default)]
@@ -60,7 +64,29 @@ pub struct CachedBlobs {
     capacity: u64,
     index: Mutex<Index>,
     fills: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Origin fetches at once.
+    fetching: tokio::sync::Semaphore,
     stats: Arc<CacheStats>,
+}
+
+/// A fill in progress: its partial file and its counted bytes, both given back on drop
+/// unless it finished.
+struct Filling<'a> {
+    cache: &'a CachedBlobs,
+    tmp: PathBuf,
+    size: u64,
+    done: bool,
+}
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let _ = std::fs::remove_file(&self.tmp);
+        let mut index = self.cache.index.lock().unwrap_or_else(|p| p.into_inner());
+        index.bytes -= self.size;
+    }
 }
 
 fn io(e: std::io::Error) -> Error {
@@ -71,6 +97,11 @@ fn io(e: std::io::Error) -> Error {
 impl CachedBlobs {
     /// `origin` with a cache of at most `capacity` bytes under `dir` (emptied first).
     pub fn open(origin: Arc<dyn BlobStore>, dir: PathBuf, capacity: u64) -> Result<Self> {
+        if capacity < MIN_CAPACITY {
+            return Err(Error::InvalidArgument {
+                field: "media cache bytes",
+            });
+        }
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
             _ => {}
@@ -82,6 +113,7 @@ impl CachedBlobs {
             capacity,
             index: Mutex::default(),
             fills: Mutex::default(),
+            fetching: tokio::sync::Semaphore::new(FETCHES),
             stats: Arc::default(),
         })
     }
@@ -136,44 +168,15 @@ impl CachedBlobs {
         Ok(Some(Bytes::from(buf)))
     }
 
-    /// Fetches `key` (of `size` bytes) whole into the cache.
-    async fn fill(&self, key: &str, size: u64) -> Result<()> {
-        let tmp = self
-            .dir
-            .join("tmp")
-            .join(format!("{:016x}", rand::random::<u64>()));
-        let fetched = async {
-            let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
-            let mut at = 0u64;
-            while at < size {
-                let piece = self.origin.read(key.to_string(), at, FILL_PIECE).await?;
-                if piece.is_empty() {
-                    return Err(Error::Internal("blob shorter than its size"));
-                }
-                out.write_all(&piece).await.map_err(io)?;
-                at += piece.len() as u64;
-            }
-            out.flush().await.map_err(io)?;
-            tokio::fs::rename(&tmp, self.file(key)?).await.map_err(io)
-        }
-        .await;
-        if let Err(e) = fetched {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-        self.stats.fills.fetch_add(1, Ordering::Relaxed);
-        let evict = {
+    /// Counts `size` more bytes (a fill about to start) and evicts the least recently
+    /// read blobs (never `key`) until the cache is within its capacity again. Evicted
+    /// files are moved aside under the index lock, so a refill of the same key that
+    /// lands right after is never the file deleted.
+    async fn reserve(&self, key: &str, size: u64) -> Result<()> {
+        let mut aside = Vec::new();
+        {
             let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-            index.tick += 1;
-            let tick = index.tick;
-            if index
-                .entries
-                .insert(key.to_string(), Entry { size, used: tick })
-                .is_none()
-            {
-                index.bytes += size;
-            }
-            let mut evict = Vec::new();
+            index.bytes += size;
             while index.bytes > self.capacity {
                 let Some(oldest) = index
                     .entries
@@ -187,13 +190,67 @@ impl CachedBlobs {
                 if let Some(e) = index.entries.remove(&oldest) {
                     index.bytes -= e.size;
                 }
-                evict.push(oldest);
+                let to = self.temp();
+                if std::fs::rename(self.file(&oldest)?, &to).is_ok() {
+                    aside.push(to);
+                }
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             }
-            evict
+        }
+        for f in aside {
+            let _ = tokio::fs::remove_file(f).await;
+        }
+        Ok(())
+    }
+
+    fn temp(&self) -> PathBuf {
+        self.dir
+            .join("tmp")
+            .join(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    /// Fetches `key` (of `size` bytes) whole into the cache. Its bytes are counted
+    /// before the fetch (fills running at once never take the cache past its capacity)
+    /// and given back, with the partial file, if the fetch fails or is dropped.
+    async fn fill(&self, key: &str, size: u64) -> Result<()> {
+        let _fetching = self
+            .fetching
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("media cache closed"))?;
+        self.reserve(key, size).await?;
+        let mut filling = Filling {
+            cache: self,
+            tmp: self.temp(),
+            size,
+            done: false,
         };
-        for k in evict {
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            let _ = tokio::fs::remove_file(self.file(&k)?).await;
+        let mut out = tokio::fs::File::create(&filling.tmp).await.map_err(io)?;
+        let mut at = 0u64;
+        while at < size {
+            let piece = self.origin.read(key.to_string(), at, FILL_PIECE).await?;
+            if piece.is_empty() {
+                return Err(Error::Internal("blob shorter than its size"));
+            }
+            out.write_all(&piece).await.map_err(io)?;
+            at += piece.len() as u64;
+        }
+        out.flush().await.map_err(io)?;
+        drop(out);
+        tokio::fs::rename(&filling.tmp, self.file(key)?)
+            .await
+            .map_err(io)?;
+        filling.done = true;
+        self.stats.fills.fetch_add(1, Ordering::Relaxed);
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        index.tick += 1;
+        let tick = index.tick;
+        if let Some(old) = index
+            .entries
+            .insert(key.to_string(), Entry { size, used: tick })
+        {
+            // Cannot happen under the key's fill lock; counted once all the same.
+            index.bytes -= old.size;
         }
         Ok(())
     }

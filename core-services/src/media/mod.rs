@@ -32,8 +32,8 @@
 //! change.
 //!
 //! **Who may see what**: an object's owner always; anyone else only through what uses it
-//! (`media_refs`): a post or story the viewer may read, or a profile the viewer is not
-//! blocked from. Others never get the original, only renditions. Posts, stories and
+//! (`media_refs`): a post or story the viewer may read, a chat message the viewer may
+//! read (a member who joined before it), or a profile the viewer is not blocked from. Others never get the original, only renditions. Posts, stories and
 //! profiles accept only ids of ready objects of their author ([`crate::tables::media`]).
 //!
 //! **Blob stores**: files under the data directory (the embedded default, [`blob`]), or
@@ -41,9 +41,12 @@
 //! cache, which fetches a blob once for many concurrent misses ([`cache`]). One
 //! conformance suite (`core-services/tests/blobs.rs`) runs on both.
 //!
-//! Not here yet: HTTPS delivery with signed URLs, the io_uring file path, chat
-//! attachments, and collecting media on account deletion or of objects uploaded but
-//! never used.
+//! **Collection**: an object that nothing uses any more is removed when its last use
+//! is released (a post or story deleted), and one that nothing uses a day after its
+//! upload (uploaded, never posted) by its node's hourly sweep (`media_unused`).
+//!
+//! Not here yet: HTTPS delivery with signed URLs, the io_uring file path, and
+//! collecting media on account deletion.
 
 pub mod blob;
 pub mod cache;
@@ -148,6 +151,14 @@ const CHECKS_PER_USER: usize = 2;
 const REMOVE_ATTEMPTS: usize = 4;
 /// How long a chunk's body may stall between two pieces.
 const PIECE_IDLE: Duration = Duration::from_secs(15);
+/// How long a claim on deleting an original lives (a node that dies holding one).
+const CLAIM_TTL: Duration = Duration::from_secs(60);
+/// Times processing is tried on a node run before its job waits for the next start.
+const PROCESS_ATTEMPTS: u32 = 5;
+/// How long an object may stay unused after its upload before it is collected.
+pub const UNUSED_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How often a node collects objects that were never used.
+const UNUSED_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// How long after its id was made a post or story that uses media may still be being
 /// written (its use is recorded before its commit): until then a use whose owner is not
 /// found yet still counts.
@@ -470,7 +481,12 @@ impl<S: Store + Clone + 'static> Media<S> {
                     Ok(n) => tracing::info!(removed = n, "abandoned uploads swept"),
                     Err(e) => tracing::warn!(error = %e, "staging sweep failed"),
                 }
-                tokio::time::sleep(Duration::from_secs(3600)).await;
+                match me.collect_unused().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "media never used collected"),
+                    Err(e) => tracing::warn!(error = %e, "unused media sweep failed"),
+                }
+                tokio::time::sleep(UNUSED_SWEEP_EVERY).await;
             }
         });
     }
@@ -737,8 +753,6 @@ impl<S: Store + Clone + 'static> Media<S> {
         upload_id: u64,
         sha256: &[u8],
     ) -> Result<Object> {
-        // Each completion hashes the whole file: rate limited like inits.
-        self.limits.check(owner)?;
         let upload = self.load_upload(owner, upload_id).await?;
         if !sha256.is_empty() && sha(sha256, "sha256")? != upload.sha256 {
             return Err(Error::ChecksumMismatch("upload"));
@@ -752,9 +766,11 @@ impl<S: Store + Clone + 'static> Media<S> {
                 .await?
                 .ok_or(Error::NotFound("media"));
         }
-        // The whole file is read from here on: a few checks per node, one per user; the
-        // client retries the completion after `Overloaded`.
+        // The whole file is read from here on: a few checks per node, two per user (the
+        // client retries the completion after `Overloaded`), each one rate limited like
+        // inits (a refused one costs no token).
         let _check = self.node.checks.take(owner)?;
+        self.limits.check(owner)?;
         if self.durable_prefix(&upload).await? < upload.size {
             return Err(Error::InvalidArgument {
                 field: "incomplete upload",
@@ -808,28 +824,25 @@ impl<S: Store + Clone + 'static> Media<S> {
         {
             let dlock = self.node.digests.get(digest_key(&digest));
             let _g = dlock.write().await;
+            let part = crate::tables::name_key(&hex);
             self.store
-                .put(
-                    &t::BLOBS,
-                    &crate::tables::name_key(&hex),
-                    &key(media.media_id),
-                    &[],
-                    None,
-                )
+                .put(&t::BLOBS, &part, &key(media.media_id), &[], None)
                 .await?;
+            // A removal on another node may be deleting this same original (see
+            // `collect`): stored only once it is done.
+            self.no_blob_claim(&part).await?;
             self.node
                 .blobs
                 .put_file(t::original_key(&hex), staging.path(upload_id))
                 .await?;
         }
+        let node = KeyBuilder::new().u64(u64::from(self.node_number)).build();
         self.store
-            .put(
-                &t::JOBS,
-                &KeyBuilder::new().u64(u64::from(self.node_number)).build(),
-                &key(media.media_id),
-                &[],
-                None,
-            )
+            .put(&t::JOBS, &node, &key(media.media_id), &[], None)
+            .await?;
+        // Looked at again a day later: collected then if nothing uses it.
+        self.store
+            .put(&t::UNUSED, &node, &key(media.media_id), &[], None)
             .await?;
         self.save(&media).await?;
         self.store
@@ -943,8 +956,20 @@ impl<S: Store + Clone + 'static> Media<S> {
     {
         let me = self.clone();
         tokio::task::spawn_local(async move {
-            if let Err(e) = me.process(media_id).await {
-                tracing::warn!(media_id, error = %e, "media processing failed");
+            // A storage failure (the database or the object store away) leaves the job
+            // queued: tried again a few times, backing off, then at the next start.
+            let mut wait = Duration::from_secs(2);
+            for attempt in 1..=PROCESS_ATTEMPTS {
+                match me.process(media_id).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(media_id, attempt, error = %e, "media processing failed");
+                    }
+                }
+                if attempt < PROCESS_ATTEMPTS {
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
             }
         });
     }
@@ -1191,6 +1216,20 @@ impl<S: Store + Clone + 'static> Media<S> {
                     }
                 }
                 Some(Use::Profile(user)) => !self.posts.access(viewer, user).await?.hidden(),
+                // A member of the conversation who may read the message.
+                Some(Use::Chat(conversation, message)) => match id_value(&row.value) {
+                    Some(seq) => {
+                        crate::chat::attachment_visible(
+                            &self.store,
+                            conversation,
+                            message,
+                            seq,
+                            Some(viewer),
+                        )
+                        .await?
+                    }
+                    None => false,
+                },
                 None => false,
             };
             if seen {
@@ -1226,7 +1265,7 @@ impl<S: Store + Clone + 'static> Media<S> {
         for _ in 0..REMOVE_ATTEMPTS {
             let found = t::load_raw(&self.store, media_id)
                 .await?
-                .filter(|(_, m)| m.owner_id == owner && m.state != State::Deleting);
+                .filter(|(_, m)| m.owner_id == owner && !m.state.deleting());
             let Some((raw, mut media)) = found else {
                 return Err(Error::NotFound("media"));
             };
@@ -1263,10 +1302,11 @@ impl<S: Store + Clone + 'static> Media<S> {
     /// across nodes. The record is first swapped for a tombstone ([`State::Deleting`],
     /// gone for readers and for [`t::attach`]); the uses are then looked at a second
     /// time, so a use recorded meanwhile is either seen here (and the record is put back)
-    /// or sees the tombstone (and is refused). The files go next and the record last:
-    /// only the removal that deletes it counts the bytes out of the quota. A removal cut
-    /// short leaves the tombstone and a `media_removals` row; the next removal of the
-    /// object, or the node's next start, finishes it.
+    /// or sees the tombstone (and is refused). With no use, the tombstone becomes
+    /// [`State::Collecting`], which is never put back; the files go next and the record
+    /// last: only the removal that deletes it counts the bytes out of the quota. A
+    /// removal cut short leaves the tombstone and a `media_removals` row; the next
+    /// removal of the object, or the node's next start, finishes it.
     async fn remove(&self, media_id: u64, owner: Option<u64>) -> Result<Removal> {
         let lock = self.node.objects.get(media_id);
         let _exclusive = lock.write().await;
@@ -1283,65 +1323,97 @@ impl<S: Store + Clone + 'static> Media<S> {
                 }
                 return Ok(Removal::Missing);
             };
-            let (tombstone, before) = if media.state == State::Deleting {
-                (raw, None)
+            let collecting = if media.state == State::Collecting {
+                // Files going (another removal's, or one cut short): finish it.
+                raw
             } else {
-                if self.in_use(&media).await? {
-                    if marked {
-                        self.store.delete(&t::REMOVALS, &node, &id).await?;
+                let (tombstone, before) = if media.state == State::Deleting {
+                    (raw, None)
+                } else {
+                    if self.in_use(&media).await? {
+                        if marked {
+                            self.store.delete(&t::REMOVALS, &node, &id).await?;
+                        }
+                        return Ok(Removal::InUse);
                     }
-                    return Ok(Removal::InUse);
-                }
-                let mut dead = media.clone();
-                dead.state = State::Deleting;
-                let dead = Bytes::from(encode("media", &dead)?);
-                self.store.put(&t::REMOVALS, &node, &id, &[], None).await?;
-                marked = true;
-                if !self
-                    .store
-                    .compare_and_set(&t::MEDIA, &id, &[], &raw, Some(&dead), None)
-                    .await?
-                {
-                    // Written meanwhile (on another node): look again.
-                    continue;
-                }
-                (dead, Some(raw))
-            };
-            let used = match self.in_use(&media).await {
-                Ok(used) => used,
-                Err(e) => {
-                    // Best effort: the object as it was (else the tombstone stays, and
-                    // the next removal or start looks at its uses again).
-                    if let Some(before) = &before {
-                        let _ = self
-                            .store
-                            .compare_and_set(&t::MEDIA, &id, &[], &tombstone, Some(before), None)
-                            .await;
+                    let mut dead = media.clone();
+                    dead.state = State::Deleting;
+                    let dead = Bytes::from(encode("media", &dead)?);
+                    self.store.put(&t::REMOVALS, &node, &id, &[], None).await?;
+                    marked = true;
+                    if !self
+                        .store
+                        .compare_and_set(&t::MEDIA, &id, &[], &raw, Some(&dead), None)
+                        .await?
+                    {
+                        // Written meanwhile (on another node): look again.
+                        continue;
                     }
-                    return Err(e);
-                }
-            };
-            if used {
-                // Put back as it was; a tombstone left behind comes back as the ready
-                // object its use needs (only ready objects are ever attached).
-                let back = match before {
-                    Some(b) => b,
-                    None => {
-                        let mut m = media.clone();
-                        m.state = State::Ready;
-                        Bytes::from(encode("media", &m)?)
+                    (dead, Some(raw))
+                };
+                let used = match self.in_use(&media).await {
+                    Ok(used) => used,
+                    Err(e) => {
+                        // Best effort: the object as it was (else the tombstone stays,
+                        // and the next removal or start looks at its uses again).
+                        if let Some(before) = &before {
+                            let back = self
+                                .store
+                                .compare_and_set(
+                                    &t::MEDIA,
+                                    &id,
+                                    &[],
+                                    &tombstone,
+                                    Some(before),
+                                    None,
+                                )
+                                .await;
+                            if back.is_ok_and(|put| put) {
+                                let _ = self.store.delete(&t::REMOVALS, &node, &id).await;
+                            }
+                        }
+                        return Err(e);
                     }
                 };
-                self.store
-                    .compare_and_set(&t::MEDIA, &id, &[], &tombstone, Some(&back), None)
-                    .await?;
-                self.store.delete(&t::REMOVALS, &node, &id).await?;
-                return Ok(Removal::InUse);
-            }
+                if used {
+                    // Put back as it was; a tombstone left behind comes back as the
+                    // ready object its use needs (only ready objects are ever attached).
+                    let back = match before {
+                        Some(b) => b,
+                        None => {
+                            let mut m = media.clone();
+                            m.state = State::Ready;
+                            Bytes::from(encode("media", &m)?)
+                        }
+                    };
+                    if !self
+                        .store
+                        .compare_and_set(&t::MEDIA, &id, &[], &tombstone, Some(&back), None)
+                        .await?
+                    {
+                        // Another removal found no use and collects it: the use seen
+                        // here came after the tombstone and is being refused.
+                        continue;
+                    }
+                    self.store.delete(&t::REMOVALS, &node, &id).await?;
+                    return Ok(Removal::InUse);
+                }
+                let mut last = media.clone();
+                last.state = State::Collecting;
+                let last = Bytes::from(encode("media", &last)?);
+                if !self
+                    .store
+                    .compare_and_set(&t::MEDIA, &id, &[], &tombstone, Some(&last), None)
+                    .await?
+                {
+                    continue;
+                }
+                last
+            };
             self.collect(&media).await?;
             let won = self
                 .store
-                .compare_and_set(&t::MEDIA, &id, &[], &tombstone, None, None)
+                .compare_and_set(&t::MEDIA, &id, &[], &collecting, None, None)
                 .await?;
             if won {
                 self.store
@@ -1360,27 +1432,77 @@ impl<S: Store + Clone + 'static> Media<S> {
                 Removal::Missing
             });
         }
+        if marked {
+            self.store.delete(&t::REMOVALS, &node, &id).await?;
+        }
         Err(Error::Stale("media changed while being removed"))
     }
 
-    /// Finishes the removals that this node's last run left half done.
+    /// Removes the objects completed on this node more than [`UNUSED_TTL`] ago that
+    /// nothing uses (uploaded and never posted, or whose uses all ended); returns how
+    /// many went. Objects in use are let go of (a later release collects them).
+    pub async fn collect_unused(&self) -> Result<usize> {
+        let node = KeyBuilder::new().u64(u64::from(self.node_number)).build();
+        let now = self.clock.now_ms();
+        let due = |id: u64| {
+            selfie_storage::id::Id(id)
+                .unix_ms()
+                .saturating_add(UNUSED_TTL.as_millis() as u64)
+                <= now
+        };
+        let mut removed = 0;
+        loop {
+            // Ids are time-ordered: the partition's head holds the oldest.
+            let page = self.store.scan(&t::UNUSED, &node, &Scan::all(200)).await?;
+            let mut any = false;
+            for row in &page.rows {
+                let Some(id) = id_value(&row.clustering) else {
+                    self.store
+                        .delete(&t::UNUSED, &node, &row.clustering)
+                        .await?;
+                    continue;
+                };
+                if !due(id) {
+                    return Ok(removed);
+                }
+                any = true;
+                if self.remove(id, None).await? == Removal::Removed {
+                    removed += 1;
+                }
+                self.store
+                    .delete(&t::UNUSED, &node, &row.clustering)
+                    .await?;
+            }
+            if !any {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Finishes the removals that this node's last run left half done (one that fails
+    /// again stays for the next start; the others go on).
     async fn replay_removals(&self) -> Result<()> {
         let node = KeyBuilder::new().u64(u64::from(self.node_number)).build();
+        let mut cursor = None;
         loop {
             let page = self
                 .store
-                .scan(&t::REMOVALS, &node, &Scan::all(500))
+                .scan(&t::REMOVALS, &node, &Scan::all(500).after(cursor))
                 .await?;
-            if page.rows.is_empty() {
-                return Ok(());
-            }
             for row in &page.rows {
-                if let Some(id) = id_value(&row.clustering) {
-                    self.remove(id, None).await?;
+                if let Some(id) = id_value(&row.clustering)
+                    && let Err(e) = self.remove(id, None).await
+                {
+                    tracing::warn!(media_id = id, error = %e, "media removal not finished");
+                    continue;
                 }
                 self.store
                     .delete(&t::REMOVALS, &node, &row.clustering)
                     .await?;
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(()),
             }
         }
     }
@@ -1432,6 +1554,21 @@ impl<S: Store + Clone + 'static> Media<S> {
                             }
                         }
                     }
+                    // Until its message is stored (its number noted), a chat use is
+                    // live while the message may still be being sent.
+                    Some(Use::Chat(conversation, message)) => match id_value(&row.value) {
+                        Some(seq) => {
+                            crate::chat::attachment_visible(
+                                &self.store,
+                                conversation,
+                                message,
+                                seq,
+                                None,
+                            )
+                            .await?
+                        }
+                        None => young(message),
+                    },
                     // Profiles record the end of each use (a new avatar, a cleared one).
                     Some(Use::Profile(_)) | None => true,
                 };
@@ -1467,9 +1604,44 @@ impl<S: Store + Clone + 'static> Media<S> {
                 .delete(&t::BLOBS, &part, &key(media.media_id))
                 .await?;
             let others = self.store.scan(&t::BLOBS, &part, &Scan::all(1)).await?;
-            if others.rows.is_empty() {
-                self.node.blobs.delete(t::original_key(hex)).await?;
+            // The last reference gone: the original goes under a claim on its digest
+            // (fleet-wide), looking at the references once more while holding it. An
+            // upload of the same bytes on another node records its reference and then
+            // waits for any claim before it stores the original, so either its
+            // reference is seen here or its original is stored after this delete.
+            // (Another removal holding the claim deletes the original itself.)
+            if others.rows.is_empty()
+                && self
+                    .store
+                    .insert_if_absent(&t::BLOB_CLAIMS, &part, &[], &[], Some(CLAIM_TTL))
+                    .await?
+            {
+                let deleted = async {
+                    let others = self.store.scan(&t::BLOBS, &part, &Scan::all(1)).await?;
+                    if others.rows.is_empty() {
+                        self.node.blobs.delete(t::original_key(hex)).await?;
+                    }
+                    Ok::<_, Error>(())
+                }
+                .await;
+                self.store
+                    .delete_if_present(&t::BLOB_CLAIMS, &part, &[])
+                    .await?;
+                deleted?;
             }
+        }
+        Ok(())
+    }
+
+    /// Waits while a removal elsewhere holds a claim on deleting the original of
+    /// `part` (a digest), at most the claim's lifetime.
+    async fn no_blob_claim(&self, part: &[u8]) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + CLAIM_TTL;
+        while self.store.get(&t::BLOB_CLAIMS, part, &[]).await?.is_some() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Overloaded);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
     }
@@ -1596,6 +1768,7 @@ impl<S: Store + Clone + 'static> Media<S> {
 }
 
 /// What [`Media::remove`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Removal {
     Removed,
     Missing,

@@ -104,16 +104,26 @@ pub fn parse_url(url: &str) -> Result<(S3Location, String, String)> {
     ))
 }
 
+/// A URL's user or password as written (`%XX` decoded; `+` is a plus, as in
+/// AWS secrets).
 fn percent(s: &str) -> Result<String> {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .ok_or(bad("bad credentials"))
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|v| v.into_owned())
+        .map_err(|_| bad("credentials must be UTF-8"))
 }
 
+/// A failed request: an absent key is `NotFound`; anything else (the network, the
+/// server, a refused signature) is a storage failure, which callers retry later (a
+/// processing job stays queued) rather than a fault of the object.
 fn s3_err(e: object_store::Error) -> Error {
+    if let object_store::Error::NotFound { .. } = e {
+        return Error::NotFound("blob");
+    }
     tracing::warn!(error = %e, "media object store request failed");
-    Error::Unavailable("media object store")
+    Error::Storage(selfie_storage::StoreError::Io(std::io::Error::other(
+        "media object store request failed",
+    )))
 }
 
 impl S3Blobs {
@@ -170,7 +180,10 @@ impl S3Blobs {
                 .map_err(s3_err)?;
             return Ok(());
         }
-        let mut upload = self.store.put_multipart(path).await.map_err(s3_err)?;
+        let upload = self.store.put_multipart(path).await.map_err(s3_err)?;
+        // Aborted unless completed, also when this future is dropped (a node shutting
+        // down): no orphaned parts are left in the bucket.
+        let mut upload = AbortOnDrop(Some(upload));
         let sent = async {
             loop {
                 let mut part = Vec::with_capacity(PART_BYTES);
@@ -183,18 +196,45 @@ impl S3Blobs {
                     break;
                 }
                 upload
+                    .part()?
                     .put_part(PutPayload::from(part))
                     .await
                     .map_err(s3_err)?;
             }
-            upload.complete().await.map_err(s3_err)?;
+            upload.part()?.complete().await.map_err(s3_err)?;
+            upload.0 = None;
             Ok::<_, Error>(())
         }
         .await;
-        if sent.is_err() {
-            let _ = upload.abort().await;
+        if sent.is_err()
+            && let Some(mut u) = upload.0.take()
+        {
+            let _ = u.abort().await;
         }
         sent
+    }
+}
+
+/// A multipart upload that is aborted (in the background) if dropped unfinished.
+struct AbortOnDrop(Option<Box<dyn object_store::MultipartUpload>>);
+
+impl AbortOnDrop {
+    fn part(&mut self) -> Result<&mut Box<dyn object_store::MultipartUpload>> {
+        self.0
+            .as_mut()
+            .ok_or(Error::Internal("multipart upload already finished"))
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut u) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = u.abort().await;
+            });
+        }
     }
 }
 
@@ -273,12 +313,12 @@ mod tests {
     #[test]
     fn urls_parse_with_credentials_apart() {
         let (at, key, secret) =
-            parse_url("s3://AKID:se%2Fcret@127.0.0.1:8333/media-test?region=eu-west-1&tls=false")
+            parse_url("s3://AKID:s%2Fc+r%26t@127.0.0.1:8333/media-test?region=eu-west-1&tls=false")
                 .expect("url");
         assert_eq!(at.endpoint, "http://127.0.0.1:8333");
         assert_eq!(at.bucket, "media-test");
         assert_eq!(at.region, "eu-west-1");
-        assert_eq!((key.as_str(), secret.as_str()), ("AKID", "se/cret"));
+        assert_eq!((key.as_str(), secret.as_str()), ("AKID", "s/c+r&t"));
         let (at, _, _) = parse_url("s3://k:s@s3.example.com/bucket").expect("url");
         assert_eq!(at.endpoint, "https://s3.example.com");
         assert_eq!(at.region, "us-east-1");

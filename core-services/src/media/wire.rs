@@ -63,7 +63,7 @@ fn wire_state(s: State) -> pm::MediaState {
         State::Failed => pm::MediaState::Failed,
         State::Rejected => pm::MediaState::Rejected,
         // Never sent: tombstones are gone for every reader (`tables::media::load`).
-        State::Deleting => pm::MediaState::Failed,
+        State::Deleting | State::Collecting => pm::MediaState::Failed,
     }
 }
 
