@@ -15,6 +15,9 @@
 //! - **Download**: that object's `original` downloaded `--downloads` times by its owner
 //!   (a `DownloadHeader`, then the bytes read from the blob store in pieces), next to
 //!   raw quinn streams of the same size written from memory by the echo server.
+//! - **S3** (`--s3-url`): the same phases against an edge whose blobs live in an
+//!   S3-compatible store behind its local cache (`storage.media_url`), in the same run:
+//!   `complete` then stores the original in S3, the first download fills the cache.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -57,6 +60,11 @@ pub struct Args {
     /// Downloads of the completed object.
     #[arg(long, default_value_t = 10)]
     downloads: usize,
+    /// Also run the edge with its blobs in this S3-compatible store behind its local
+    /// cache (`storage.media_url`, e.g. `s3://KEY:SECRET@127.0.0.1:8333/bucket?tls=false`),
+    /// next to the local files, in the same run.
+    #[arg(long)]
+    s3_url: Option<String>,
 }
 
 /// What one phase moved: bytes, time, and per-request latencies.
@@ -304,6 +312,8 @@ async fn register(anon: &Client) -> anyhow::Result<String> {
 struct EdgeRun {
     upload: Moved,
     complete: Duration,
+    /// The first download (with S3: the node's cache fetching the object).
+    first_download: Duration,
     download: Moved,
     size: u64,
 }
@@ -313,6 +323,7 @@ async fn edge(
     args: &Args,
     object: &Bytes,
     png: Bytes,
+    blobs: &str,
 ) -> anyhow::Result<EdgeRun> {
     let endpoint = selfie_client::endpoint("127.0.0.1:0".parse()?)?;
     let base = ClientConfig::new(server.addr, server.trust()?).prepared()?;
@@ -327,7 +338,7 @@ async fn edge(
     let lat = edge_uploads(&client, args, object).await?;
     let (elapsed, cpu) = (t.elapsed(), server.cpu().saturating_sub(cpu0));
     let upload = moved(
-        "edge upload (sha-256, fsync)",
+        &format!("edge upload (sha-256, fsync){blobs}"),
         lat,
         chunks_per_object * args.rounds as u64,
         (object.len() * args.rounds) as u64,
@@ -359,6 +370,10 @@ async fn edge(
     if ready.state != MediaState::Ready {
         bail!("the object was not processed: {:?}", ready.state);
     }
+    let t = Instant::now();
+    let (_, bytes) = media.download(info.media_id, "original", 0, 0).await?;
+    anyhow::ensure!(bytes.len() == png.len(), "a short download");
+    let first_download = t.elapsed();
     let mut lat = Latencies::new();
     let (cpu0, t) = (server.cpu(), Instant::now());
     for _ in 0..args.downloads {
@@ -369,7 +384,7 @@ async fn edge(
     }
     let (elapsed, cpu) = (t.elapsed(), server.cpu().saturating_sub(cpu0));
     let download = moved(
-        "edge download (original)",
+        &format!("edge download (original){blobs}"),
         lat,
         args.downloads as u64,
         png.len() as u64 * args.downloads as u64,
@@ -379,6 +394,7 @@ async fn edge(
     Ok(EdgeRun {
         upload,
         complete,
+        first_download,
         download,
         size: png.len() as u64,
     })
@@ -407,8 +423,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ];
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = ServerProcess::edge_with(1, &settings)?;
-    let ours = local.block_on(&rt, edge(&server, &args, &object, png))?;
+    let ours = local.block_on(&rt, edge(&server, &args, &object, png.clone(), ""))?;
     drop(server);
+    let s3 = match &args.s3_url {
+        Some(url) => {
+            let mut with_s3 = settings.clone();
+            with_s3.push(("SELFIE_STORAGE_MEDIA_URL", url.as_str()));
+            let server = ServerProcess::edge_with(1, &with_s3)?;
+            let run = local.block_on(&rt, edge(&server, &args, &object, png, ", S3 + cache"))?;
+            drop(server);
+            Some(run)
+        }
+        None => None,
+    };
     let echo = ServerProcess::echo()?;
     let [memory, durable, source] =
         local.block_on(&rt, baseline(&echo, &args, &object, ours.size))?;
@@ -419,10 +446,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("{}", source.text());
     println!("{}", ours.download.text());
     println!(
-        "complete of a {:.1} MiB image (whole SHA-256, sniff, header checks, store): {} ms",
+        "complete of a {:.1} MiB image (whole SHA-256, sniff, header checks, store): {} ms; first download {} ms",
         ours.size as f64 / (1 << 20) as f64,
-        ours.complete.as_millis()
+        ours.complete.as_millis(),
+        ours.first_download.as_millis()
     );
+    if let Some(s3) = &s3 {
+        println!("{}", s3.upload.text());
+        println!("{}", s3.download.text());
+        println!(
+            "S3 + cache: complete {} ms (the original stored in S3, multipart), first download {} ms (the cache fetching it), then from the cache; download ÷ local files {:.2}x",
+            s3.complete.as_millis(),
+            s3.first_download.as_millis(),
+            s3.download.mib_per_s() / ours.download.mib_per_s().max(f64::EPSILON)
+        );
+    }
     println!(
         "ratios: upload edge ÷ raw quinn + fsync {:.2}x (÷ memory {:.2}x), chunk p50 {:.2}x, p99 {:.2}x; download edge ÷ raw quinn {:.2}x, p50 {:.2}x",
         ours.upload.mib_per_s() / durable.mib_per_s().max(f64::EPSILON),
