@@ -1314,37 +1314,42 @@ pub mod media {
         Ok(out)
     }
 
-    /// Checks that every id in `ids` is a ready media object, whoever's it is: what a
-    /// forwarded chat message carries (the forwarder may read the message it forwards).
-    pub async fn check_ready<S: Store>(
+    /// Checks that every id in `ids` is a ready media object that `by` uses: what a
+    /// forwarded chat message carries (the original message's attachments, which the
+    /// forwarder may read; never ids the original merely names).
+    pub async fn check_used_by<S: Store>(
         store: &S,
         ids: &[u64],
+        by: Use,
         field: &'static str,
     ) -> Result<(), Error> {
         for &id in ids {
-            match load(store, id).await? {
-                Some(m) if m.state == State::Ready => {}
-                _ => return Err(Error::InvalidArgument { field }),
+            let c = by.cell(id);
+            let used = store
+                .get(&REFS, &c.partition, &c.clustering)
+                .await?
+                .is_some();
+            let ready = load(store, id)
+                .await?
+                .is_some_and(|m| m.state == State::Ready);
+            if !(used && ready) {
+                return Err(Error::InvalidArgument { field });
             }
         }
         Ok(())
     }
 
-    /// Notes on the uses of a chat message (recorded by [`attach`] before the message
-    /// was stored) the number the message got.
-    pub async fn settle<S: Store>(
-        store: &S,
-        ids: &[u64],
-        user: Use,
-        seq: u64,
-    ) -> Result<(), Error> {
-        for &id in ids {
-            let c = user.cell(id);
-            store
-                .put(&REFS, &c.partition, &c.clustering, &key(seq), None)
-                .await?;
-        }
-        Ok(())
+    /// The writes that note on the uses of a chat message (recorded by [`attach`]
+    /// before the message was stored) the number it got: part of the message's own
+    /// commit, so a stored message always has them.
+    pub fn settled(ids: &[u64], user: Use, seq: u64) -> Vec<selfie_storage::Write> {
+        ids.iter()
+            .map(|&id| selfie_storage::Write::Put {
+                row: user.cell(id),
+                value: key(seq),
+                ttl: None,
+            })
+            .collect()
     }
 
     /// Records that `user` uses `ids` (already [`check`]ed): the objects stay while

@@ -799,12 +799,41 @@ fn chat_attachments_are_seen_by_members_and_released_with_their_messages() {
             .get(CAT, photo)
             .await
             .expect("still through the forward");
+        // Blocked, the forward's sender's attachments are hidden as its messages are.
+        let graph = selfie_services::graph::Graph::new(w.store.clone());
+        graph.block(CAT, BEN).await.expect("blocked");
+        let r = w.media.get(CAT, photo).await;
+        assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}");
+        // A declined message request shows nothing either.
+        let second = w.ready(ANA).await;
+        let ana_cat = w.chat.direct(ANA, CAT).await.expect("conversation");
+        let sent = w
+            .chat
+            .send(ANA, ana_cat, message("t3", vec![second]))
+            .await
+            .expect("sent");
+        w.media
+            .get(CAT, second)
+            .await
+            .expect("a request's recipient sees it");
+        w.chat
+            .answer_request(CAT, ana_cat, false)
+            .await
+            .expect("declined");
+        let r = w.media.get(CAT, second).await;
+        assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}");
+        w.chat
+            .delete(ANA, ana_cat, sent.seq)
+            .await
+            .expect("deleted");
         w.chat
             .delete(BEN, ben_cat, forwarded.seq)
             .await
             .expect("deleted");
         for _ in 0..100 {
-            if t::load(&w.store, photo).await.expect("load").is_none() {
+            if t::load(&w.store, photo).await.expect("load").is_none()
+                && t::load(&w.store, second).await.expect("load").is_none()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -813,7 +842,53 @@ fn chat_attachments_are_seen_by_members_and_released_with_their_messages() {
             t::load(&w.store, photo).await.expect("load").is_none(),
             "released with its last message"
         );
+        assert!(t::load(&w.store, second).await.expect("load").is_none());
         assert_eq!(w.usage(ANA).await, 0);
+    });
+}
+
+/// A message stored before attachments were checked names any ids: forwarding it
+/// must not make them someone's attachment.
+#[test]
+fn a_forward_carries_only_what_its_original_used() {
+    local(async {
+        let w = world().await;
+        let bens = w.ready(BEN).await;
+        let ana_ben = w.chat.direct(ANA, BEN).await.expect("conversation");
+        let sent = w
+            .chat
+            .send(ANA, ana_ben, message("t1", Vec::new()))
+            .await
+            .expect("sent");
+        // The stored message is made to name Ben's photo, as an old one could.
+        let partition = tables::chat::log_partition(ana_ben, sent.seq);
+        let row = tables::key(sent.seq);
+        let raw = w
+            .store
+            .get(&tables::chat::LOG, &partition, &row)
+            .await
+            .expect("get")
+            .expect("entry");
+        let mut entry: selfie_services::chat::Entry =
+            tables::decode("chat log entry", &raw).expect("decode");
+        if let selfie_services::chat::Entry::Message(m) = &mut entry {
+            m.media_ids = vec![bens];
+        }
+        let bytes = tables::encode("chat log entry", &entry).expect("encode");
+        w.store
+            .put(&tables::chat::LOG, &partition, &row, &bytes, None)
+            .await
+            .expect("put");
+        let ana_cat = w.chat.direct(ANA, CAT).await.expect("conversation");
+        let mut fwd = message("t2", Vec::new());
+        fwd.forward = Some((ana_ben, sent.seq));
+        let r = w.chat.send(ANA, ana_cat, fwd).await;
+        assert!(
+            matches!(r, Err(Error::InvalidArgument { field: "media_ids" })),
+            "{r:?}"
+        );
+        let r = w.media.get(CAT, bens).await;
+        assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}");
     });
 }
 

@@ -2083,6 +2083,8 @@ impl<S: Store + 'static> Chat<S> {
         }
         let txn_cell = Cell::new(&TXNS, k(me), txn_clustering(id, &new.client_msg_id));
         let mut new = new;
+        // A forward's attachments are those its original used.
+        let mut forwarded_from = None;
         if let Some((from, seq)) = new.forward {
             // A retry is answered before anything else is checked: the send was
             // accepted, even if the original has been deleted since.
@@ -2097,6 +2099,7 @@ impl<S: Store + 'static> Chat<S> {
             }
             new.kind = original.kind;
             new.text = original.text;
+            forwarded_from = Some(tables::media::Use::Chat(from, original.message_id));
             new.media_ids = original.media_ids;
             new.ref_id = original.ref_id;
         }
@@ -2143,8 +2146,9 @@ impl<S: Store + 'static> Chat<S> {
         }
         // Attachments: the sender's own ready media; a forward's are the original's.
         if !new.media_ids.is_empty() {
-            if new.forward.is_some() {
-                tables::media::check_ready(&self.store, &new.media_ids, "media_ids").await?;
+            if let Some(original) = forwarded_from {
+                tables::media::check_used_by(&self.store, &new.media_ids, original, "media_ids")
+                    .await?;
             } else {
                 tables::media::check(
                     &self.store,
@@ -2220,7 +2224,9 @@ impl<S: Store + 'static> Chat<S> {
                         message_id,
                         created_at_ms,
                     };
-                    Ok(vec![put(txn_cell.clone(), encode("chat txn", &txn)?)])
+                    let mut writes = vec![put(txn_cell.clone(), encode("chat txn", &txn)?)];
+                    writes.extend(tables::media::settled(&media_ids, attached, seqs[0]));
+                    Ok(writes)
                 },
             )
             .await;
@@ -2242,9 +2248,6 @@ impl<S: Store + 'static> Chat<S> {
             }
         };
         let seq = seqs[0];
-        if !media_ids.is_empty() {
-            tables::media::settle(&self.store, &media_ids, attached, seq).await?;
-        }
         let mut message = message;
         message.seq = seq;
         let item = LogItem {
@@ -2785,6 +2788,14 @@ fn created_item(id: u64, creator: u64, now: u64) -> LogItem {
     }
 }
 
+/// Whether `user` is in conversation `conversation` (any state).
+pub(crate) async fn is_member<S: Store>(store: &S, conversation: u64, user: u64) -> Result<bool> {
+    Ok(store
+        .get(&MEMBERS, &k(conversation), &k(user))
+        .await?
+        .is_some())
+}
+
 /// Whether the attachment use of message `message_id`, number `seq`, of conversation
 /// `conversation` is live (the message is stored and not deleted), and, for a
 /// `viewer`, whether they may see it (a member who joined before it and did not
@@ -2799,28 +2810,30 @@ pub(crate) async fn attachment_visible<S: Store>(
     let entry = store
         .get(&LOG, &log_partition(conversation, seq), &seq_key(seq))
         .await?;
-    let live = match entry {
-        Some(v) => matches!(
-            decode::<Entry>("chat log entry", &v)?,
-            Entry::Message(m) if !m.deleted && m.message_id == message_id
-        ),
-        None => false,
+    let message = match entry {
+        Some(v) => match decode::<Entry>("chat log entry", &v)? {
+            Entry::Message(m) if !m.deleted && m.message_id == message_id => m,
+            _ => return Ok(false),
+        },
+        None => return Ok(false),
     };
     let Some(viewer) = viewer else {
-        return Ok(live);
+        return Ok(true);
     };
-    if !live {
+    // As the log shows it: to members who joined before it and did not decline, who
+    // are among its recipients and do not block its sender (nor are blocked).
+    let member = match store.get(&MEMBERS, &k(conversation), &k(viewer)).await? {
+        Some(v) => decode::<MemberRec>("chat member", &v)?,
+        None => return Ok(false),
+    };
+    if member.state == MemberState::Declined || member.joined_seq >= seq {
         return Ok(false);
     }
-    Ok(
-        match store.get(&MEMBERS, &k(conversation), &k(viewer)).await? {
-            Some(v) => {
-                let m: MemberRec = decode("chat member", &v)?;
-                m.state != MemberState::Declined && m.joined_seq < seq
-            }
-            None => false,
-        },
-    )
+    if !message.addressed_to(viewer) {
+        return Ok(false);
+    }
+    Ok(viewer == message.sender_id
+        || !tables::graph::blocked_either_way(store, viewer, message.sender_id).await?)
 }
 
 #[cfg(test)]

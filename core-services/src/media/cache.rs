@@ -169,10 +169,11 @@ impl CachedBlobs {
     }
 
     /// Counts `size` more bytes (a fill about to start) and evicts the least recently
-    /// read blobs (never `key`) until the cache is within its capacity again. Evicted
-    /// files are moved aside under the index lock, so a refill of the same key that
-    /// lands right after is never the file deleted.
-    async fn reserve(&self, key: &str, size: u64) -> Result<()> {
+    /// read blobs (never `key`) until the cache is within its capacity again; the
+    /// returned guard gives the bytes back unless the fill finishes. Evicted files are
+    /// moved aside under the index lock, so a refill of the same key that lands right
+    /// after is never the file deleted. Synchronous: nothing can cancel it halfway.
+    fn reserve(&self, key: &str, size: u64) -> Filling<'_> {
         let mut aside = Vec::new();
         {
             let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
@@ -191,16 +192,23 @@ impl CachedBlobs {
                     index.bytes -= e.size;
                 }
                 let to = self.temp();
-                if std::fs::rename(self.file(&oldest)?, &to).is_ok() {
+                if let Ok(file) = self.file(&oldest)
+                    && std::fs::rename(file, &to).is_ok()
+                {
                     aside.push(to);
                 }
                 self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
         for f in aside {
-            let _ = tokio::fs::remove_file(f).await;
+            let _ = std::fs::remove_file(f);
         }
-        Ok(())
+        Filling {
+            cache: self,
+            tmp: self.temp(),
+            size,
+            done: false,
+        }
     }
 
     fn temp(&self) -> PathBuf {
@@ -218,13 +226,7 @@ impl CachedBlobs {
             .acquire()
             .await
             .map_err(|_| Error::Internal("media cache closed"))?;
-        self.reserve(key, size).await?;
-        let mut filling = Filling {
-            cache: self,
-            tmp: self.temp(),
-            size,
-            done: false,
-        };
+        let mut filling = self.reserve(key, size);
         let mut out = tokio::fs::File::create(&filling.tmp).await.map_err(io)?;
         let mut at = 0u64;
         while at < size {

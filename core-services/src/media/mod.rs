@@ -163,8 +163,10 @@ const UNUSED_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// written (its use is recorded before its commit): until then a use whose owner is not
 /// found yet still counts.
 const ATTACH_GRACE_MS: u64 = 10 * 60 * 1000;
-/// Most renditions and refs looked at per request.
+/// Uses looked at per page when deciding whether a viewer may see an object.
 const MAX_REFS_CHECKED: usize = 50;
+/// Pages of uses looked at at most (a much forwarded photo has many).
+const MAX_REF_PAGES: usize = 20;
 /// Bytes per piece of a download read from the blob store.
 const DOWNLOAD_PIECE: usize = 256 * 1024;
 /// How long a chunk's bytes may take to arrive.
@@ -1183,57 +1185,78 @@ impl<S: Store + Clone + 'static> Media<S> {
         if media.state != State::Ready {
             return Ok(false);
         }
-        let refs = self
-            .store
-            .scan(&t::REFS, &key(media.media_id), &Scan::all(MAX_REFS_CHECKED))
-            .await?;
-        for row in &refs.rows {
-            let seen = match Use::from_clustering(&row.clustering) {
-                Some(Use::Post(id)) => match self.posts.stored(id).await? {
-                    Some(post) => !post.deleted && self.posts.can_read(viewer, &post).await?,
-                    None => false,
-                },
-                Some(Use::Story(id)) => {
-                    // Stories use their author's media only: the owner is the author.
-                    let now = self.clock.now_ms();
-                    let live = crate::tables::stories::load(&self.store, id)
-                        .await?
-                        .filter(|s| s.expires_at_ms > now);
-                    let story = match live {
-                        Some(s) => Some(s),
-                        None => {
-                            crate::tables::stories::highlight(&self.store, media.owner_id, id)
-                                .await?
-                        }
-                    };
-                    match story {
-                        Some(s) => self.posts.access(viewer, s.author_id).await?.admits(
-                            viewer,
-                            s.audience,
-                            &s.mentions,
-                        ),
+        // Conversations the viewer is found not to be a member of are not asked again.
+        let mut unseen = std::collections::HashSet::new();
+        let mut cursor = None;
+        for _ in 0..MAX_REF_PAGES {
+            let refs = self
+                .store
+                .scan(
+                    &t::REFS,
+                    &key(media.media_id),
+                    &Scan::all(MAX_REFS_CHECKED).after(cursor),
+                )
+                .await?;
+            for row in &refs.rows {
+                let seen = match Use::from_clustering(&row.clustering) {
+                    Some(Use::Post(id)) => match self.posts.stored(id).await? {
+                        Some(post) => !post.deleted && self.posts.can_read(viewer, &post).await?,
                         None => false,
+                    },
+                    Some(Use::Story(id)) => {
+                        // Stories use their author's media only: the owner is the author.
+                        let now = self.clock.now_ms();
+                        let live = crate::tables::stories::load(&self.store, id)
+                            .await?
+                            .filter(|s| s.expires_at_ms > now);
+                        let story = match live {
+                            Some(s) => Some(s),
+                            None => {
+                                crate::tables::stories::highlight(&self.store, media.owner_id, id)
+                                    .await?
+                            }
+                        };
+                        match story {
+                            Some(s) => self.posts.access(viewer, s.author_id).await?.admits(
+                                viewer,
+                                s.audience,
+                                &s.mentions,
+                            ),
+                            None => false,
+                        }
                     }
-                }
-                Some(Use::Profile(user)) => !self.posts.access(viewer, user).await?.hidden(),
-                // A member of the conversation who may read the message.
-                Some(Use::Chat(conversation, message)) => match id_value(&row.value) {
-                    Some(seq) => {
-                        crate::chat::attachment_visible(
-                            &self.store,
-                            conversation,
-                            message,
-                            seq,
-                            Some(viewer),
-                        )
-                        .await?
-                    }
+                    Some(Use::Profile(user)) => !self.posts.access(viewer, user).await?.hidden(),
+                    // A member of the conversation who may read the message.
+                    Some(Use::Chat(conversation, message)) => match id_value(&row.value) {
+                        Some(_) if unseen.contains(&conversation) => false,
+                        Some(_)
+                            if !crate::chat::is_member(&self.store, conversation, viewer)
+                                .await? =>
+                        {
+                            unseen.insert(conversation);
+                            false
+                        }
+                        Some(seq) => {
+                            crate::chat::attachment_visible(
+                                &self.store,
+                                conversation,
+                                message,
+                                seq,
+                                Some(viewer),
+                            )
+                            .await?
+                        }
+                        None => false,
+                    },
                     None => false,
-                },
-                None => false,
-            };
-            if seen {
-                return Ok(true);
+                };
+                if seen {
+                    return Ok(true);
+                }
+            }
+            match refs.cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
             }
         }
         Ok(false)
@@ -1444,17 +1467,14 @@ impl<S: Store + Clone + 'static> Media<S> {
     pub async fn collect_unused(&self) -> Result<usize> {
         let node = KeyBuilder::new().u64(u64::from(self.node_number)).build();
         let now = self.clock.now_ms();
-        let due = |id: u64| {
-            selfie_storage::id::Id(id)
-                .unix_ms()
-                .saturating_add(UNUSED_TTL.as_millis() as u64)
-                <= now
-        };
+        let ttl = UNUSED_TTL.as_millis() as u64;
         let mut removed = 0;
+        let mut cursor = None;
         loop {
-            // Ids are time-ordered: the partition's head holds the oldest.
-            let page = self.store.scan(&t::UNUSED, &node, &Scan::all(200)).await?;
-            let mut any = false;
+            let page = self
+                .store
+                .scan(&t::UNUSED, &node, &Scan::all(200).after(cursor))
+                .await?;
             for row in &page.rows {
                 let Some(id) = id_value(&row.clustering) else {
                     self.store
@@ -1462,19 +1482,34 @@ impl<S: Store + Clone + 'static> Media<S> {
                         .await?;
                     continue;
                 };
-                if !due(id) {
+                // Rows are in id order (the upload's start); an object completes after
+                // it starts, so none past this one is due yet.
+                if selfie_storage::id::Id(id).unix_ms().saturating_add(ttl) > now {
                     return Ok(removed);
                 }
-                any = true;
-                if self.remove(id, None).await? == Removal::Removed {
-                    removed += 1;
+                // A day from its completion (an upload may take a day to finish).
+                let completed = t::load_raw(&self.store, id)
+                    .await?
+                    .map(|(_, m)| m.created_at_ms);
+                if completed.is_some_and(|at| at.saturating_add(ttl) > now) {
+                    continue;
+                }
+                match self.remove(id, None).await {
+                    Ok(Removal::Removed) => removed += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        // Looked at again by the next sweep; the others go on.
+                        tracing::warn!(media_id = id, error = %e, "unused media not removed");
+                        continue;
+                    }
                 }
                 self.store
                     .delete(&t::UNUSED, &node, &row.clustering)
                     .await?;
             }
-            if !any {
-                return Ok(removed);
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(removed),
             }
         }
     }
@@ -1610,10 +1645,11 @@ impl<S: Store + Clone + 'static> Media<S> {
             // waits for any claim before it stores the original, so either its
             // reference is seen here or its original is stored after this delete.
             // (Another removal holding the claim deletes the original itself.)
+            let claim = rand::random::<u64>().to_be_bytes();
             if others.rows.is_empty()
                 && self
                     .store
-                    .insert_if_absent(&t::BLOB_CLAIMS, &part, &[], &[], Some(CLAIM_TTL))
+                    .insert_if_absent(&t::BLOB_CLAIMS, &part, &[], &claim, Some(CLAIM_TTL))
                     .await?
             {
                 let deleted = async {
@@ -1624,8 +1660,9 @@ impl<S: Store + Clone + 'static> Media<S> {
                     Ok::<_, Error>(())
                 }
                 .await;
+                // Only this claim (one that outlived its TTL may be another's now).
                 self.store
-                    .delete_if_present(&t::BLOB_CLAIMS, &part, &[])
+                    .compare_and_set(&t::BLOB_CLAIMS, &part, &[], &claim, None, None)
                     .await?;
                 deleted?;
             }
