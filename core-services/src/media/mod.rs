@@ -17,9 +17,12 @@
 //! a node-wide lock and write with versioned writes (compare-and-set) over the record
 //! as they read it, so writers on different nodes never overwrite each other. A removal
 //! first swaps the record for a tombstone (`Deleting`) and then looks at the object's
-//! uses again, and [`t::attach`] looks the object up after recording a use, so a use and
-//! a delete never both win; only the removal that deletes the tombstone counts the bytes
-//! out of the quota. A removal cut short is finished by the next one or at start.
+//! uses again (a use found puts it back), and [`t::attach`] looks the object up after
+//! recording a use, so a use and a delete never both win; with no use the tombstone
+//! becomes `Collecting` (never put back) before the files go, and only the removal that
+//! deletes it counts the bytes out of the quota. The last reference to an original is
+//! deleted under a fleet-wide claim on its digest that uploads of the same bytes wait
+//! for. A removal cut short is finished by the next one or at start.
 //!
 //! **Processing** runs off the shard threads, on the blocking pool, a few at a time per
 //! node, from a durable queue (`media_jobs`, one partition per node, replayed at start):
