@@ -293,6 +293,20 @@ impl MediaApi<'_> {
         info(self.call(MediaOpT::GetMediaRequest(Box::new(r))).await?)
     }
 
+    /// A signed HTTPS URL to `rendition` of an object (`""`: the original for its owner,
+    /// `large` for others; `hls/master.m3u8` for a video's ladder), for a browser, a
+    /// player or a CDN, and when it expires (Unix ms). It works for anyone holding it
+    /// until then, so keep it to the user it was minted for.
+    pub async fn url(&self, media_id: u64, rendition: &str) -> Result<(String, u64), ClientError> {
+        let mut r = pm::MediaUrlRequestT::default();
+        r.media_id = media_id;
+        r.rendition = Some(rendition.to_string());
+        match self.call(MediaOpT::MediaUrlRequest(Box::new(r))).await? {
+            MediaOpT::MediaUrlResponse(u) => Ok((u.url.unwrap_or_default(), u.expires_at_ms)),
+            _ => Err(unexpected("MediaUrlResponse")),
+        }
+    }
+
     /// Waits until an object leaves `Processing` (polling; the `Media` subscription pushes
     /// the same states), at most `within`.
     pub async fn wait_ready(

@@ -42,6 +42,50 @@ pub struct Config {
     pub feed: FeedConfig,
     /// Media: upload limits, quota, chunk size, processing workers.
     pub media: selfie_services::media::MediaConfig,
+    /// HTTPS on TCP: signed media URLs for browsers and CDNs.
+    pub web: WebConfig,
+}
+
+/// HTTPS on TCP (`[web]`): each shard accepts on its own reuseport listener and serves
+/// signed media URLs (`GET`/`HEAD /media/...`) with `Range`, `ETag` and `Cache-Control`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// TCP address of the HTTPS listener (the QUIC port's number on TCP is the usual
+    /// choice). Absent: no HTTPS, and media URLs are refused as unavailable.
+    pub listen: Option<SocketAddr>,
+    /// The origin minted URLs name (`https://media.example.com`, no path), e.g. a CDN
+    /// in front of the fleet. Absent: `https://<listen address>`.
+    pub public_url: Option<String>,
+    /// How long a minted media URL works, seconds (60..=604800).
+    pub media_url_ttl_s: u64,
+    /// Open HTTPS connections per shard; more are closed at once.
+    pub max_connections_per_shard: usize,
+    /// Time allowed for a TLS handshake and for a request's headers (also the idle
+    /// time of a kept-alive connection), ms.
+    pub header_timeout_ms: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            public_url: None,
+            media_url_ttl_s: 3600,
+            max_connections_per_shard: 10_000,
+            header_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl WebConfig {
+    /// The origin of minted URLs, given the address the listener bound.
+    pub fn origin(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("https://{bound}"),
+        }
+    }
 }
 
 /// Feeds.
@@ -398,9 +442,9 @@ pub enum ConfigError {
 
 /// Every section of [`Config`] (`SELFIE_<SECTION>_<KEY>` is read for these; a test
 /// checks the list against the struct).
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "server", "tls", "limits", "ops", "log", "storage", "auth", "mail", "delivery", "chat", "feed",
-    "media",
+    "media", "web",
 ];
 
 fn scalar(raw: &str) -> Value {
@@ -575,6 +619,30 @@ impl Config {
         if let Some(url) = &self.storage.media_url {
             selfie_services::media::s3::parse_url(url)
                 .map_err(|_| bad("storage.media_url must be s3://KEY:SECRET@host[:port]/bucket[?region=..&tls=..]".into()))?;
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.web.media_url_ttl_s)
+            || self.web.max_connections_per_shard == 0
+            || self.web.header_timeout_ms == 0
+        {
+            return Err(bad(
+                "web.media_url_ttl_s must be within 60..=604800, web.max_connections_per_shard and web.header_timeout_ms at least 1"
+                    .into(),
+            ));
+        }
+        if let Some(u) = &self.web.public_url {
+            let parsed = url::Url::parse(u).ok();
+            let origin_only = parsed.as_ref().is_some_and(|p| {
+                matches!(p.scheme(), "https" | "http")
+                    && p.host().is_some()
+                    && p.path() == "/"
+                    && p.query().is_none()
+                    && p.username().is_empty()
+            });
+            if !origin_only {
+                return Err(bad(format!(
+                    "web.public_url must be an origin like https://media.example.com, not {u:?}"
+                )));
+            }
         }
         if self.limits.max_concurrent_streams == 0 || self.server.node_id.is_empty() {
             return Err(bad(

@@ -80,6 +80,8 @@ pub struct Edge {
     pub addr: SocketAddr,
     /// The ops HTTP address.
     pub ops_addr: SocketAddr,
+    /// The HTTPS address (`[web]`), when enabled.
+    pub web_addr: Option<SocketAddr>,
     /// SHA-256 of the server certificate (hex), for clients that pin it.
     pub fingerprint: String,
     /// The number of shards.
@@ -121,6 +123,19 @@ impl Edge {
             .map(std::net::UdpSocket::local_addr)
             .transpose()?
             .ok_or_else(|| anyhow::anyhow!("no shard socket"))?;
+        // HTTPS on TCP (`[web]`): one reuseport listener per shard.
+        let (web_listeners, web_addr) = match config.web.listen {
+            Some(listen) => {
+                let listeners = bind_tcp_group(listen, shards)?;
+                let bound = listeners
+                    .first()
+                    .map(std::net::TcpListener::local_addr)
+                    .transpose()?;
+                (listeners.into_iter().map(Some).collect(), bound)
+            }
+            None => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
+        };
+        let web_tls = tls::https_server_config(&identity)?;
         let (drain_tx, drain_rx) = watch::channel(false);
         let mut mailboxes = Vec::with_capacity(shards);
         for id in 0..shards {
@@ -150,9 +165,11 @@ impl Edge {
             Vec::new()
         };
         let mut threads = Vec::with_capacity(shards);
-        for (id, (socket, rx)) in sockets.into_iter().zip(mailboxes).enumerate() {
+        let per_shard = sockets.into_iter().zip(mailboxes).zip(web_listeners);
+        for (id, ((socket, rx), web)) in per_shard.enumerate() {
             let shared = shared.clone();
             let server_config = server_config.clone();
+            let web = web.map(|l| (l, web_tls.clone()));
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             threads.push(
                 std::thread::Builder::new()
@@ -161,7 +178,7 @@ impl Edge {
                         if let Some(core) = core {
                             core_affinity::set_for_current(core);
                         }
-                        if let Err(e) = shard::run(id, socket, server_config, shared, rx) {
+                        if let Err(e) = shard::run(id, socket, server_config, web, shared, rx) {
                             error!(shard = id, error = %e, "shard failed");
                         }
                     })?,
@@ -194,10 +211,11 @@ impl Edge {
                         .await;
                 });
             })?;
-        info!(%addr, %ops_addr, shards, fingerprint = %fingerprint, "edge started");
+        info!(%addr, %ops_addr, ?web_addr, shards, fingerprint = %fingerprint, "edge started");
         Ok(Edge {
             addr,
             ops_addr,
+            web_addr,
             fingerprint,
             shards,
             shared,
@@ -206,6 +224,24 @@ impl Edge {
             ops_shutdown: Some(ops_shutdown),
             ops_thread: Some(ops_thread),
         })
+    }
+
+    /// Lets `media` mint signed URLs that this edge's HTTPS listener serves, keyed from
+    /// `secret` (the fleet's token signing key, so that every node verifies them).
+    /// Returns the URLs' origin, or `None` when the edge has no `[web]` listener.
+    pub fn serve_media_urls(
+        &self,
+        media: &selfie_services::media::MediaNode,
+        secret: &[u8],
+    ) -> Option<String> {
+        let web = &self.shared.config.web;
+        let origin = web.origin(self.web_addr?);
+        media.serve_urls(selfie_services::media::urls::UrlSigner::new(
+            secret,
+            &origin,
+            Duration::from_secs(web.media_url_ttl_s),
+        ));
+        Some(origin)
     }
 
     /// The metrics registry (tests, embedding).
@@ -245,6 +281,32 @@ impl Drop for Edge {
             self.stop_threads();
         }
     }
+}
+
+/// `count` TCP listeners sharing `addr` with `SO_REUSEPORT` (the kernel spreads new
+/// connections over them); port 0 binds the first to a free port and the rest to it.
+fn bind_tcp_group(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let bound = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("bound socket has no inet address"))?;
+        addr.set_port(bound.port());
+        listeners.push(std::net::TcpListener::from(socket));
+    }
+    Ok(listeners)
 }
 
 #[cfg(test)]

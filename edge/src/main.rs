@@ -272,6 +272,15 @@ fn main() -> anyhow::Result<()> {
                     "media blobs are local files on this node: other nodes of a fleet cannot serve them (set storage.media_url)"
                 );
             }
+            let media = selfie_services::media::MediaNode::open(
+                &config.server.data_dir.join("media"),
+                config.storage.media_url.as_deref(),
+                config.storage.media_cache_bytes,
+                config.media,
+            )?;
+            // Media URLs are signed under a key derived from the fleet's token key, so
+            // any node verifies what another minted.
+            let url_secret = tokens.secret_key_bytes();
             let deps = selfie_services::Deps {
                 store,
                 clock: Arc::new(SystemClock),
@@ -285,12 +294,7 @@ fn main() -> anyhow::Result<()> {
                 plane: plane.clone(),
                 chat: config.chat.limits(),
                 feed: config.feed.settings(),
-                media: Some(selfie_services::media::MediaNode::open(
-                    &config.server.data_dir.join("media"),
-                    config.storage.media_url.as_deref(),
-                    config.storage.media_cache_bytes,
-                    config.media,
-                )?),
+                media: Some(media.clone()),
             };
             let factory: selfie_edge::ServiceFactory = Arc::new(move |shard| {
                 selfie_services::registry(shard, &deps).unwrap_or_else(|e| {
@@ -303,6 +307,12 @@ fn main() -> anyhow::Result<()> {
                 "selfie edge listening on udp://{} ({} shards), ops on http://{}",
                 edge.addr, edge.shards, edge.ops_addr
             );
+            if let (Some(bound), Some(origin)) =
+                (edge.web_addr, edge.serve_media_urls(&media, &url_secret))
+            {
+                println!("https on tcp://{bound}, media URLs under {origin}");
+            }
+            drop(url_secret);
             println!("certificate sha-256: {}", edge.fingerprint);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

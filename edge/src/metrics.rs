@@ -48,6 +48,15 @@ pub struct CodeLabels {
     pub code: &'static str,
 }
 
+/// Labels: shard and HTTP status (the few the HTTPS listener answers with).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// Shard index.
+    pub shard: u16,
+    /// HTTP status code.
+    pub status: u16,
+}
+
 /// The fleet bridge's counters (`crate::fleet`), one set per process.
 #[derive(Debug, Default)]
 pub struct FleetCounters {
@@ -99,6 +108,14 @@ pub struct Metrics {
     /// Typing and presence datagrams sent to subscribers (`sent`, or `dropped`: too
     /// large for the path, or the connection refused it).
     pub datagrams_sent_total: Family<OutcomeLabels, Counter>,
+    /// HTTPS connections by outcome (`accepted`, `refused_limit`, `tls_failed`).
+    pub web_connections_total: Family<OutcomeLabels, Counter>,
+    /// HTTPS requests by status.
+    pub web_requests_total: Family<StatusLabels, Counter>,
+    /// HTTPS request latency, from the request's headers read to the answer's headers.
+    pub web_request_duration_seconds: Family<StatusLabels, Histogram>,
+    /// Body bytes sent over HTTPS.
+    pub web_sent_bytes_total: Family<ShardLabel, Counter>,
     registry: Registry,
 }
 
@@ -122,6 +139,12 @@ impl Metrics {
             sent_bytes_total: Family::default(),
             datagrams_total: Family::default(),
             datagrams_sent_total: Family::default(),
+            web_connections_total: Family::default(),
+            web_requests_total: Family::default(),
+            web_request_duration_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_025, 2.0, 18))
+            }),
+            web_sent_bytes_total: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -189,6 +212,26 @@ impl Metrics {
             "selfie_edge_datagrams_sent",
             "Typing and presence datagrams sent to subscribers, by outcome",
             m.datagrams_sent_total.clone(),
+        );
+        r.register(
+            "selfie_edge_web_connections",
+            "HTTPS connections by outcome",
+            m.web_connections_total.clone(),
+        );
+        r.register(
+            "selfie_edge_web_requests",
+            "HTTPS requests by status",
+            m.web_requests_total.clone(),
+        );
+        r.register(
+            "selfie_edge_web_request_duration_seconds",
+            "HTTPS request latency to the answer's headers",
+            m.web_request_duration_seconds.clone(),
+        );
+        r.register(
+            "selfie_edge_web_sent_bytes",
+            "Body bytes sent over HTTPS",
+            m.web_sent_bytes_total.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

@@ -177,6 +177,17 @@ pub fn quic_server_config(identity: &Identity) -> Result<quinn::ServerConfig, Tl
     Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
 }
 
+/// The TLS configuration of the HTTPS listener (`[web]`): TLS 1.3 and 1.2, HTTP/1.1.
+pub fn https_server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +200,7 @@ mod tests {
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint().len(), 64);
         quic_server_config(&a).expect("usable by quinn");
+        https_server_config(&a).expect("usable over TCP");
         let mode = std::fs::metadata(dir.path().join("tls/dev-key.pem"))
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
             .expect("key exists");

@@ -622,7 +622,7 @@ fn clip(dir: &std::path::Path, seconds: u32, width: u32, height: u32) -> Vec<u8>
     std::fs::read(&path).expect("clip")
 }
 
-fn ffprobe(path: &std::path::Path) -> serde_json::Value {
+fn ffprobe(path: impl AsRef<std::ffi::OsStr>) -> serde_json::Value {
     let out = std::process::Command::new("ffprobe")
         .args([
             "-v",
@@ -688,7 +688,7 @@ async fn a_video_becomes_an_hls_ladder_and_a_poster_without_its_location() {
     }
     let master = std::fs::read_to_string(hls.join("master.m3u8")).expect("master");
     assert!(master.contains("RESOLUTION=480x360\n360p.m3u8"), "{master}");
-    let played = ffprobe(&hls.join("360p.m3u8"));
+    let played = ffprobe(hls.join("360p.m3u8"));
     let streams = played["streams"].as_array().expect("streams");
     let video_stream = streams
         .iter()
@@ -705,6 +705,21 @@ async fn a_video_becomes_an_hls_ladder_and_a_poster_without_its_location() {
         .and_then(|s| s.parse().ok())
         .expect("duration");
     assert!((2.5..3.5).contains(&seconds), "{seconds}");
+    // A player streams the ladder from its signed HTTPS URL: the master playlist names
+    // its rungs, and they their segments, relatively, under the same signed directory.
+    let (url, _) = ana
+        .client
+        .media()
+        .url(id, "hls/master.m3u8")
+        .await
+        .expect("minted");
+    let streamed = ffprobe(&url);
+    let streamed_video = streamed["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["codec_type"] == "video"))
+        .expect("a video stream over HTTPS");
+    assert_eq!(streamed_video["codec_name"], "h264");
+    assert_eq!(streamed_video["height"], 360);
     // The location the phone wrote is in the owner's original only.
     let (_, original) = ana
         .client
@@ -763,4 +778,216 @@ async fn default_sized_chunks_larger_than_the_stream_window_arrive_whole() {
         .await
         .expect("original");
     assert_eq!(original.as_ref(), photo.as_slice());
+}
+
+/// An HTTPS client as a browser is (the test node's certificate is self-signed).
+fn https() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("https client")
+}
+
+#[tokio::test]
+async fn signed_https_urls_serve_ranges_to_their_viewer_and_refuse_the_rest() {
+    let mut p = support::parts();
+    p.media.chunk_bytes = CHUNK;
+    let t = support::tokens(&p);
+    let throttle = selfie_services::auth::throttle::LoginThrottle::new(p.throttle);
+    let node = support::start_with(&p, t, throttle);
+    let origin = format!("https://{}", node.edge.web_addr.expect("[web] listener"));
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    follow(&ben.client, ana.id).await;
+    let photo = support::photo(&ana.client).await;
+    let post = post_with(&ana.client, vec![photo], Audience::Followers)
+        .await
+        .expect("posted");
+    let web = https();
+
+    // A follower's URL serves the large rendition, the same bytes as over QUIC.
+    let (url, expires) = ben.client.media().url(photo, "").await.expect("minted");
+    assert!(
+        url.starts_with(&format!("{origin}/media/{photo}/{}/", ben.id)),
+        "{url}"
+    );
+    assert!(url.ends_with("/large"), "{url}");
+    assert!(expires > 0);
+    let (_, quic) = ben
+        .client
+        .media()
+        .download(photo, "large", 0, 0)
+        .await
+        .expect("over QUIC");
+    let r = web.get(&url).send().await.expect("GET");
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["content-type"], "image/jpeg");
+    assert_eq!(h["accept-ranges"], "bytes");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let cache = h["cache-control"].to_str().expect("ascii");
+    assert!(cache.starts_with("public, max-age="), "{cache}");
+    let etag = h["etag"].to_str().expect("ascii").to_string();
+    assert_eq!(r.bytes().await.expect("body"), quic);
+
+    // Ranges: a slice, a suffix, and one past the end.
+    let total = quic.len();
+    let r = web
+        .get(&url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .expect("ranged");
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 10-19/{total}").as_str()
+    );
+    assert_eq!(r.bytes().await.expect("body"), quic.slice(10..20));
+    let r = web
+        .get(&url)
+        .header("range", "bytes=-7")
+        .send()
+        .await
+        .expect("suffix");
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.expect("body"), quic.slice(total - 7..));
+    let r = web
+        .get(&url)
+        .header("range", format!("bytes={total}-"))
+        .send()
+        .await
+        .expect("past the end");
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{total}").as_str()
+    );
+    // A cached copy is still good; a Range for other bytes than `If-Range` names is
+    // answered whole.
+    let r = web
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("conditional");
+    assert_eq!(r.status(), 304);
+    let r = web
+        .get(&url)
+        .header("range", "bytes=0-0")
+        .header("if-range", "\"something-else\"")
+        .send()
+        .await
+        .expect("if-range");
+    assert_eq!(r.status(), 200);
+    let r = web.head(&url).send().await.expect("HEAD");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], total.to_string().as_str());
+
+    // Only the owner gets a URL to the original; a stranger gets none at all.
+    let e = ben
+        .client
+        .media()
+        .url(photo, "original")
+        .await
+        .expect_err("not his");
+    assert_eq!(code(&e), Some(ErrorCode::NotFound));
+    let e = cat
+        .client
+        .media()
+        .url(photo, "")
+        .await
+        .expect_err("stranger");
+    assert_eq!(code(&e), Some(ErrorCode::NotFound));
+    let (own, _) = ana
+        .client
+        .media()
+        .url(photo, "original")
+        .await
+        .expect("owner");
+    let original = web
+        .get(&own)
+        .send()
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(original.as_ref(), support::png(64, 48).as_slice());
+
+    // Attacks: Ben's URL renamed to Ana's (for her original), or to the original
+    // under his own signature; a later expiry; another key; an expired URL.
+    let ana_path = format!("/media/{photo}/{}/", ana.id);
+    let ben_path = format!("/media/{photo}/{}/", ben.id);
+    let forged = [
+        url.replacen(&ben_path, &ana_path, 1)
+            .replacen("/large", "/original", 1),
+        url.replacen(
+            &format!("/{}/", expires / 1000),
+            &format!("/{}/", expires / 1000 + 3600),
+            1,
+        ),
+    ];
+    for f in &forged {
+        assert_ne!(f, &url);
+        assert_eq!(web.get(f).send().await.expect("GET").status(), 403, "{f}");
+    }
+    let not_his = url.replacen("/large", "/original", 1);
+    assert_eq!(web.get(&not_his).send().await.expect("GET").status(), 404);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let ttl = Duration::from_secs(3600);
+    let signer = selfie_services::media::urls::UrlSigner::new(&p.secret_key, &origin, ttl);
+    let (expired, _) = signer.mint(photo, ben.id, "large", now_ms - 3 * 3600 * 1000);
+    assert_eq!(web.get(&expired).send().await.expect("GET").status(), 403);
+    let (fresh, _) = signer.mint(photo, ben.id, "large", now_ms);
+    assert_eq!(web.get(&fresh).send().await.expect("GET").status(), 200);
+    let stranger = selfie_services::media::urls::UrlSigner::new(b"another fleet", &origin, ttl);
+    let (other, _) = stranger.mint(photo, ben.id, "large", now_ms);
+    assert_eq!(web.get(&other).send().await.expect("GET").status(), 403);
+    // A URL minted for Cat (who may not see the photo) by someone with the key is
+    // refused when served: the viewer's right is checked again.
+    let (cats, _) = signer.mint(photo, cat.id, "large", now_ms);
+    assert_eq!(web.get(&cats).send().await.expect("GET").status(), 404);
+    // Other methods and paths.
+    let r = web.post(&url).send().await.expect("POST");
+    assert_eq!(r.status(), 405);
+    let r = web
+        .get(format!("{origin}/etc/passwd"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 404);
+
+    // Once the post is deleted and the photo released, the unexpired URL stops working.
+    let mut d = DeletePostRequestT::default();
+    d.post_id = post;
+    call(&ana.client, posts(PostsOpT::DeletePostRequest(Box::new(d))))
+        .await
+        .expect("deleted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = web.get(&url).send().await.expect("GET").status();
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(tokio::time::Instant::now() < deadline, "still served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every answer was counted by status.
+    let metrics = node.edge.metrics().encode();
+    for status in ["200", "206", "304", "403", "404", "405", "416"] {
+        assert!(
+            metrics.contains(&format!("status=\"{status}\"")),
+            "{status} not counted"
+        );
+    }
+    assert!(metrics.contains("selfie_edge_web_sent_bytes_total"));
 }

@@ -106,7 +106,7 @@ pub const ALPN: &[u8] = b"selfie/1";
 
 /// The protocol version this build speaks. Minor versions only append fields and
 /// operations; a new major version is incompatible.
-pub const PROTOCOL_VERSION: Version = Version::new(1, 8);
+pub const PROTOCOL_VERSION: Version = Version::new(1, 9);
 
 /// The oldest version this build still accepts.
 pub const MIN_SUPPORTED_VERSION: Version = Version::new(1, 0);
@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn newer_minor_client_gets_the_server_version() {
-        assert_eq!(negotiate(v(1, 8), Some(v(1, 0))), Ok(PROTOCOL_VERSION));
+        assert_eq!(negotiate(v(1, 9), Some(v(1, 0))), Ok(PROTOCOL_VERSION));
     }
 
     #[test]

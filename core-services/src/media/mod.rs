@@ -48,13 +48,18 @@
 //! is released (a post or story deleted), and one that nothing uses a day after its
 //! upload (uploaded, never posted) by its node's hourly sweep (`media_unused`).
 //!
-//! Not here yet: HTTPS delivery with signed URLs, the io_uring file path, and
-//! collecting media on account deletion.
+//! **HTTPS delivery**: a viewer who may see an object asks for a signed, expiring URL
+//! to one of its renditions ([`urls`]); the edge's HTTPS listener serves it with
+//! `Range`, `ETag` and `Cache-Control`, checking the signature first and the viewer's
+//! right again on every request ([`Media::signed`]).
+//!
+//! Not here yet: the io_uring file path, and collecting media on account deletion.
 
 pub mod blob;
 pub mod cache;
 pub mod process;
 pub mod s3;
+pub mod urls;
 pub mod video;
 mod wire;
 
@@ -261,6 +266,8 @@ pub struct MediaNode {
     /// Completion checks (whole-file digest, type and header checks, `ffprobe`).
     checks: Shares,
     workers: tokio::sync::Semaphore,
+    /// Signs HTTPS URLs, when the node serves them.
+    urls: std::sync::OnceLock<urls::UrlSigner>,
 }
 
 impl MediaNode {
@@ -276,6 +283,7 @@ impl MediaNode {
             buffers: Shares::new(CHUNK_BUFFERS, CHUNK_BUFFERS_PER_USER),
             checks: Shares::new(CHECKS, CHECKS_PER_USER),
             workers: tokio::sync::Semaphore::new(config.workers.max(1)),
+            urls: std::sync::OnceLock::new(),
         })
     }
 
@@ -312,6 +320,12 @@ impl MediaNode {
     /// The limits.
     pub fn config(&self) -> MediaConfig {
         self.config
+    }
+
+    /// Serves signed HTTPS URLs minted and checked by `signer` (set once, at start,
+    /// when the node has a `[web]` listener; later calls are ignored).
+    pub fn serve_urls(&self, signer: urls::UrlSigner) {
+        let _ = self.urls.set(signer);
     }
 }
 
@@ -401,6 +415,67 @@ pub struct Download {
     pub etag: String,
     /// The bytes.
     pub body: ByteStream,
+}
+
+/// One stored blob of an object: a rendition or the original.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The object.
+    pub media_id: u64,
+    /// The rendition ("original", "large", "hls/master.m3u8", ...).
+    pub name: String,
+    key: String,
+    /// Its type.
+    pub mime: String,
+    /// Its size.
+    pub total: u64,
+    /// Stable for these bytes (renditions and originals never change).
+    pub etag: String,
+}
+
+impl Target {
+    /// Its bytes from `start` to `end` (exclusive), read in pieces.
+    fn body(&self, blobs: &Arc<dyn BlobStore>, start: u64, end: u64) -> ByteStream {
+        let (blobs, key) = (blobs.clone(), self.key.clone());
+        futures::stream::unfold(start, move |at| {
+            let (blobs, key) = (blobs.clone(), key.clone());
+            async move {
+                if at >= end {
+                    return None;
+                }
+                let want = (end - at).min(DOWNLOAD_PIECE as u64) as usize;
+                match blobs.read(key, at, want).await {
+                    Ok(b) if b.is_empty() => Some((
+                        Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                        end,
+                    )),
+                    Ok(b) => {
+                        let next = at + b.len() as u64;
+                        Some((Ok(b), next))
+                    }
+                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), end)),
+                }
+            }
+        })
+        .boxed_local()
+    }
+}
+
+/// What a signed URL serves: one blob, readable by range, until the URL expires.
+pub struct Signed {
+    /// The blob.
+    pub target: Target,
+    blobs: Arc<dyn BlobStore>,
+    /// When the URL stops working (Unix ms): caches must not keep it longer.
+    pub expires_ms: u64,
+}
+
+impl Signed {
+    /// Its bytes from `start` to `end` (exclusive; within `target.total`).
+    pub fn body(&self, start: u64, end: u64) -> ByteStream {
+        self.target
+            .body(&self.blobs, start, end.min(self.target.total))
+    }
 }
 
 /// The media service of one shard.
@@ -1686,6 +1761,47 @@ impl<S: Store + Clone + 'static> Media<S> {
         Ok(())
     }
 
+    /// Which stored blob `rendition` of `media` is for `viewer` (`""`: the original for
+    /// its owner, `large` for others; only the owner gets the original).
+    async fn target(&self, media: &Object, viewer: u64, rendition: &str) -> Result<Target> {
+        let owner = viewer == media.owner_id;
+        let name = match rendition {
+            "" if owner => "original",
+            "" => "large",
+            n => n,
+        };
+        if name == "original" {
+            if !owner {
+                return Err(Error::NotFound("rendition"));
+            }
+            let hex = t::load(&self.store, media.media_id)
+                .await?
+                .map(|m| m.sha256)
+                .unwrap_or_default();
+            return Ok(Target {
+                media_id: media.media_id,
+                name: name.to_string(),
+                key: t::original_key(&hex),
+                mime: media.mime.clone(),
+                total: media.size,
+                etag: hex,
+            });
+        }
+        let r = media
+            .renditions
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or(Error::NotFound("rendition"))?;
+        Ok(Target {
+            media_id: media.media_id,
+            name: r.name.clone(),
+            key: r.key.clone(),
+            mime: r.mime.clone(),
+            total: r.size,
+            etag: format!("{:x}-{}-{}", media.media_id, r.name, r.size),
+        })
+    }
+
     /// A ranged download of `rendition` of an object (`""`: the original for its owner,
     /// `large` for others; only the owner gets the original). `end` 0 means to the end.
     pub async fn download(
@@ -1697,65 +1813,67 @@ impl<S: Store + Clone + 'static> Media<S> {
         end: u64,
     ) -> Result<Download> {
         let media = self.get(viewer, media_id).await?;
-        let owner = viewer == media.owner_id;
-        let name = match rendition {
-            "" if owner => "original",
-            "" => "large",
-            n => n,
-        };
-        let (key, mime, total, etag) = if name == "original" {
-            if !owner {
-                return Err(Error::NotFound("rendition"));
-            }
-            let hex = t::load(&self.store, media_id)
-                .await?
-                .map(|m| m.sha256)
-                .unwrap_or_default();
-            (t::original_key(&hex), media.mime.clone(), media.size, hex)
-        } else {
-            let r = media
-                .renditions
-                .iter()
-                .find(|r| r.name == name)
-                .ok_or(Error::NotFound("rendition"))?;
-            let etag = format!("{media_id:x}-{}-{}", r.name, r.size);
-            (r.key.clone(), r.mime.clone(), r.size, etag)
-        };
+        let target = self.target(&media, viewer, rendition).await?;
+        let total = target.total;
         let end = if end == 0 { total } else { end };
         if start > end || end > total || (start == end && total != 0) {
             return Err(Error::InvalidArgument { field: "range" });
         }
-        let blobs = self.node.blobs.clone();
-        let body = futures::stream::unfold(start, move |at| {
-            let (blobs, key) = (blobs.clone(), key.clone());
-            async move {
-                if at >= end {
-                    return None;
-                }
-                let want = (end - at).min(DOWNLOAD_PIECE as u64) as usize;
-                match blobs.read(key, at, want).await {
-                    Ok(b) if b.is_empty() => Some((
-                        Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
-                        end,
-                    )),
-                    Ok(b) => {
-                        let next = at + b.len() as u64;
-                        Some((Ok(b), next))
-                    }
-                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), end)),
-                }
-            }
-        })
-        .boxed_local();
+        let body = target.body(&self.node.blobs, start, end);
         Ok(Download {
             media_id,
-            rendition: name.to_string(),
-            mime,
+            rendition: target.name,
+            mime: target.mime,
             total,
             start,
             length: end - start,
-            etag,
+            etag: target.etag,
             body,
+        })
+    }
+
+    /// A signed HTTPS URL to `rendition` of an object for `viewer` (who must be allowed
+    /// to see it), and when it expires (Unix ms); see [`urls`]. `Unavailable` when this
+    /// node serves no HTTPS.
+    pub async fn url(&self, viewer: u64, media_id: u64, rendition: &str) -> Result<(String, u64)> {
+        let signer = self
+            .node
+            .urls
+            .get()
+            .ok_or(Error::Unavailable("media URLs (no [web] listener)"))?;
+        let media = self.get(viewer, media_id).await?;
+        if media.state != State::Ready {
+            return Err(Error::NotFound("rendition"));
+        }
+        let target = self.target(&media, viewer, rendition).await?;
+        Ok(signer.mint(media_id, viewer, &target.name, self.clock.now_ms()))
+    }
+
+    /// What the signed URL path `path` (`/media/...`) serves now: the signature and
+    /// expiry are checked first (no storage read for a forged or expired URL), then the
+    /// object must still exist and the URL's viewer still be allowed to see it.
+    pub async fn signed(&self, path: &str) -> Result<Signed> {
+        let signer = self
+            .node
+            .urls
+            .get()
+            .ok_or(Error::Unavailable("media URLs"))?;
+        let grant = signer
+            .verify(path, self.clock.now_ms())
+            .map_err(|e| match e {
+                urls::UrlError::Malformed => Error::NotFound("media URL"),
+                urls::UrlError::BadSignature => Error::Forbidden("bad signature"),
+                urls::UrlError::Expired => Error::Forbidden("expired URL"),
+            })?;
+        let media = self.get(grant.viewer, grant.media_id).await?;
+        if media.state != State::Ready {
+            return Err(Error::NotFound("rendition"));
+        }
+        let target = self.target(&media, grant.viewer, &grant.rendition).await?;
+        Ok(Signed {
+            target,
+            blobs: self.node.blobs.clone(),
+            expires_ms: grant.expires_ms,
         })
     }
 

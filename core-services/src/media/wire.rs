@@ -36,6 +36,7 @@ service_table! {
     GetMediaRequest(op_as_get_media_request) => get;
     DeleteMediaRequest(op_as_delete_media_request) => delete, owner |_r, me| me?;
     SetAltTextRequest(op_as_set_alt_text_request) => alt_text, owner |_r, me| me?;
+    MediaUrlRequest(op_as_media_url_request) => url;
 }
 
 fn kind(k: common::MediaKind) -> Result<Kind> {
@@ -180,6 +181,18 @@ impl<S: Store + Clone + 'static> MediaWire<S> {
         Self::info(call, &media, media.owner_id == me)
     }
 
+    async fn url(self, call: &Call, r: pm::MediaUrlRequest<'_>) -> Result<Bytes> {
+        let rendition = r.rendition().unwrap_or_default();
+        let (url, expires_at_ms) = self.0.url(call.user()?, r.media_id(), rendition).await?;
+        Self::answer(
+            call,
+            MediaOpT::MediaUrlResponse(Box::new(make!(pm::MediaUrlResponseT {
+                url: Some(url),
+                expires_at_ms,
+            }))),
+        )
+    }
+
     async fn delete(self, call: &Call, r: pm::DeleteMediaRequest<'_>) -> Result<Bytes> {
         self.0.delete(call.user()?, r.media_id()).await?;
         call.ack()
@@ -238,6 +251,11 @@ impl<S: Store + Clone + 'static> RawStreams for MediaWire<S> {
                 body: d.body,
             })
         })
+    }
+
+    fn signed(&self, path: String) -> LocalBoxFuture<'static, Result<super::Signed>> {
+        let media = self.0.clone();
+        Box::pin(async move { media.signed(&path).await })
     }
 }
 

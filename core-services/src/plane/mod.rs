@@ -276,6 +276,10 @@ pub trait RawStreams {
 
     /// Handles a download request.
     fn download(&self, call: Call) -> LocalBoxFuture<'static, Result<RawDownload>>;
+
+    /// Opens what a signed HTTPS URL path (`/media/...`) names, for the edge's HTTPS
+    /// listener: checked as [`crate::media::Media::signed`] checks it.
+    fn signed(&self, path: String) -> LocalBoxFuture<'static, Result<crate::media::Signed>>;
 }
 
 /// The service that serves a subscription kind.

@@ -33,6 +33,7 @@ use selfie_services::plane::{Mailbox, Plane, Registry, RequestContext, ShardId, 
 
 mod connection;
 mod request;
+mod web;
 
 use connection::serve_connection;
 
@@ -138,11 +139,15 @@ impl Shard {
     }
 }
 
+/// This shard's HTTPS listener (`[web]`) and its TLS configuration.
+pub type WebListener = (std::net::TcpListener, Arc<rustls::ServerConfig>);
+
 /// Runs shard `id` on the current thread until it has drained.
 pub fn run(
     id: ShardId,
     socket: std::net::UdpSocket,
     server_config: quinn::ServerConfig,
+    web: Option<WebListener>,
     shared: Arc<Shared>,
     mailbox: Mailbox,
 ) -> std::io::Result<()> {
@@ -150,7 +155,7 @@ pub fn run(
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, serve(id, socket, server_config, shared, mailbox))
+    local.block_on(&rt, serve(id, socket, server_config, web, shared, mailbox))
 }
 
 fn per_second(n: u32) -> NonZeroU32 {
@@ -161,6 +166,7 @@ async fn serve(
     id: ShardId,
     socket: std::net::UdpSocket,
     server_config: quinn::ServerConfig,
+    web: Option<WebListener>,
     shared: Arc<Shared>,
     mailbox: Mailbox,
 ) -> std::io::Result<()> {
@@ -252,6 +258,9 @@ async fn serve(
             }
         });
     }
+    // HTTPS (`[web]`): signed media URLs, on this thread like everything else.
+    let web_task = web
+        .map(|(listener, tls)| tokio::task::spawn_local(web::serve(shard.clone(), listener, tls)));
     shared.running.fetch_add(1, Ordering::SeqCst);
     info!(shard = id, addr = %endpoint.local_addr()?, "shard serving");
     let mut drain = shared.drain.clone();
@@ -291,6 +300,9 @@ async fn serve(
     })
     .await;
     refuser.abort();
+    if let Some(t) = web_task {
+        t.abort();
+    }
     endpoint.set_server_config(None);
     endpoint.close(
         VarInt::from_u32(u32::from(ErrorCode::Draining.0)),

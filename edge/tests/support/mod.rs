@@ -151,6 +151,8 @@ pub fn start_in_fleet(
     // Every test client connects from 127.0.0.1 (the delivery test opens a thousand).
     config.limits.max_connections_per_address = 4_096;
     config.ops.listen = "127.0.0.1:0".parse().expect("addr");
+    // HTTPS for signed media URLs.
+    config.web.listen = Some("127.0.0.1:0".parse().expect("addr"));
     let store = parts.store.clone();
     let mailer = parts.mailer.clone();
     // Distinct node numbers keep ids unique across the nodes of one store.
@@ -164,6 +166,11 @@ pub fn start_in_fleet(
     )
     .expect("hasher");
     let auth = Arc::new(TokenAuthenticator::new(tokens.clone()));
+    let media = selfie_services::media::MediaNode::local(
+        &config.server.data_dir.join("media"),
+        parts.media,
+    )
+    .expect("media");
     let deps = selfie_services::Deps {
         store,
         clock: Arc::new(SystemClock),
@@ -177,17 +184,13 @@ pub fn start_in_fleet(
         plane: plane.clone(),
         chat: Default::default(),
         feed: parts.feed,
-        media: Some(
-            selfie_services::media::MediaNode::local(
-                &config.server.data_dir.join("media"),
-                parts.media,
-            )
-            .expect("media"),
-        ),
+        media: Some(media.clone()),
     };
     let factory: selfie_edge::ServiceFactory =
         Arc::new(move |shard| selfie_services::registry(shard, &deps).expect("services"));
     let edge = Edge::start(config, plane.clone(), factory, auth).expect("edge");
+    edge.serve_media_urls(&media, &parts.secret_key)
+        .expect("an HTTPS listener");
     Node {
         edge,
         plane,

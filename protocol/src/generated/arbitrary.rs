@@ -1832,6 +1832,8 @@ pub fn selfie_media_media_op(depth: u32) -> BoxedStrategy<crate::generated::self
         selfie_media_download_header(depth - 1).prop_map(|v| crate::generated::selfie::media::MediaOpT::DownloadHeader(Box::new(v))).boxed(),
         selfie_media_delete_media_request(depth - 1).prop_map(|v| crate::generated::selfie::media::MediaOpT::DeleteMediaRequest(Box::new(v))).boxed(),
         selfie_media_set_alt_text_request(depth - 1).prop_map(|v| crate::generated::selfie::media::MediaOpT::SetAltTextRequest(Box::new(v))).boxed(),
+        selfie_media_media_url_request(depth - 1).prop_map(|v| crate::generated::selfie::media::MediaOpT::MediaUrlRequest(Box::new(v))).boxed(),
+        selfie_media_media_url_response(depth - 1).prop_map(|v| crate::generated::selfie::media::MediaOpT::MediaUrlResponse(Box::new(v))).boxed(),
     ]).boxed()
 }
 
@@ -1850,7 +1852,25 @@ pub fn selfie_media_media_op_variants(depth: u32) -> Vec<(&'static str, BoxedStr
         ("selfie.media.DownloadHeader", selfie_media_download_header(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::media::MediaOpT::DownloadHeader(Box::new(v))).boxed()),
         ("selfie.media.DeleteMediaRequest", selfie_media_delete_media_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::media::MediaOpT::DeleteMediaRequest(Box::new(v))).boxed()),
         ("selfie.media.SetAltTextRequest", selfie_media_set_alt_text_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::media::MediaOpT::SetAltTextRequest(Box::new(v))).boxed()),
+        ("selfie.media.MediaUrlRequest", selfie_media_media_url_request(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::media::MediaOpT::MediaUrlRequest(Box::new(v))).boxed()),
+        ("selfie.media.MediaUrlResponse", selfie_media_media_url_response(depth.saturating_sub(1)).prop_map(|v| crate::generated::selfie::media::MediaOpT::MediaUrlResponse(Box::new(v))).boxed()),
     ]
+}
+
+/// Arbitrary `selfie.media.MediaUrlRequest`.
+pub fn selfie_media_media_url_request(depth: u32) -> BoxedStrategy<crate::generated::selfie::media::MediaUrlRequestT> {
+    let _ = depth;
+    ((any::<u64>(), option::of(text()),),)
+        .prop_map(|((media_id, rendition,),)| crate::generated::selfie::media::MediaUrlRequestT { media_id, rendition })
+        .boxed()
+}
+
+/// Arbitrary `selfie.media.MediaUrlResponse`.
+pub fn selfie_media_media_url_response(depth: u32) -> BoxedStrategy<crate::generated::selfie::media::MediaUrlResponseT> {
+    let _ = depth;
+    ((option::of(text()), any::<u64>(),),)
+        .prop_map(|((url, expires_at_ms,),)| crate::generated::selfie::media::MediaUrlResponseT { url, expires_at_ms })
+        .boxed()
 }
 
 /// Arbitrary `selfie.media.Rendition`.
@@ -3290,6 +3310,8 @@ pub fn every_operation(depth: u32) -> Vec<(&'static str, BoxedStrategy<crate::ge
     all.push(("selfie.media.DownloadHeader", (selfie_envelope(0), selfie_media_download_header(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Media(Box::new(crate::generated::selfie::media::MediaT { op: crate::generated::selfie::media::MediaOpT::DownloadHeader(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.media.DeleteMediaRequest", (selfie_envelope(0), selfie_media_delete_media_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Media(Box::new(crate::generated::selfie::media::MediaT { op: crate::generated::selfie::media::MediaOpT::DeleteMediaRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.media.SetAltTextRequest", (selfie_envelope(0), selfie_media_set_alt_text_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Media(Box::new(crate::generated::selfie::media::MediaT { op: crate::generated::selfie::media::MediaOpT::SetAltTextRequest(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.media.MediaUrlRequest", (selfie_envelope(0), selfie_media_media_url_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Media(Box::new(crate::generated::selfie::media::MediaT { op: crate::generated::selfie::media::MediaOpT::MediaUrlRequest(Box::new(v)) })); e }).boxed()));
+    all.push(("selfie.media.MediaUrlResponse", (selfie_envelope(0), selfie_media_media_url_response(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Media(Box::new(crate::generated::selfie::media::MediaT { op: crate::generated::selfie::media::MediaOpT::MediaUrlResponse(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.notifications.NotificationsListRequest", (selfie_envelope(0), selfie_notifications_notifications_list_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Notifications(Box::new(crate::generated::selfie::notifications::NotificationsT { op: crate::generated::selfie::notifications::NotificationsOpT::NotificationsListRequest(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.notifications.NotificationsPage", (selfie_envelope(0), selfie_notifications_notifications_page(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Notifications(Box::new(crate::generated::selfie::notifications::NotificationsT { op: crate::generated::selfie::notifications::NotificationsOpT::NotificationsPage(Box::new(v)) })); e }).boxed()));
     all.push(("selfie.notifications.MarkReadRequest", (selfie_envelope(0), selfie_notifications_mark_read_request(depth)).prop_map(|(mut e, v)| { e.body = crate::generated::selfie::BodyT::Notifications(Box::new(crate::generated::selfie::notifications::NotificationsT { op: crate::generated::selfie::notifications::NotificationsOpT::MarkReadRequest(Box::new(v)) })); e }).boxed()));

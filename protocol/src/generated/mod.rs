@@ -460,6 +460,10 @@ pub mod selfie {
     pub use self::delete_media_request_generated::*;
     mod set_alt_text_request_generated;
     pub use self::set_alt_text_request_generated::*;
+    mod media_url_request_generated;
+    pub use self::media_url_request_generated::*;
+    mod media_url_response_generated;
+    pub use self::media_url_response_generated::*;
     mod media_generated;
     pub use self::media_generated::*;
   } // media

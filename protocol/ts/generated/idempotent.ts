@@ -37,6 +37,7 @@ export const IDEMPOTENT: ReadonlySet<string> = new Set([
   'Media.UploadResumeRequest',
   'Media.GetMediaRequest',
   'Media.DownloadRequest',
+  'Media.MediaUrlRequest',
   'Notifications.NotificationsListRequest',
   'Notifications.PreferencesRequest',
   'Search.SearchRequest',

@@ -11,6 +11,8 @@ export { MediaInfo } from './media/media-info.js';
 export { MediaInfoResponse } from './media/media-info-response.js';
 export { MediaOp } from './media/media-op.js';
 export { MediaState } from './media/media-state.js';
+export { MediaUrlRequest } from './media/media-url-request.js';
+export { MediaUrlResponse } from './media/media-url-response.js';
 export { Rendition } from './media/rendition.js';
 export { SetAltTextRequest } from './media/set-alt-text-request.js';
 export { UploadAbortRequest } from './media/upload-abort-request.js';

@@ -99,6 +99,16 @@ impl<'a> Media<'a> {
             .expect("Invalid union table, expected `MediaOp::SetAltTextRequest`.")
             .unpack()
       )),
+      MediaOp::MediaUrlRequest => MediaOpT::MediaUrlRequest(alloc::boxed::Box::new(
+        self.op_as_media_url_request()
+            .expect("Invalid union table, expected `MediaOp::MediaUrlRequest`.")
+            .unpack()
+      )),
+      MediaOp::MediaUrlResponse => MediaOpT::MediaUrlResponse(alloc::boxed::Box::new(
+        self.op_as_media_url_response()
+            .expect("Invalid union table, expected `MediaOp::MediaUrlResponse`.")
+            .unpack()
+      )),
       _ => MediaOpT::NONE,
     };
     MediaT {
@@ -300,6 +310,36 @@ impl<'a> Media<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_media_url_request(&self) -> Option<MediaUrlRequest<'a>> {
+    if self.op_type() == MediaOp::MediaUrlRequest {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MediaUrlRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_media_url_response(&self) -> Option<MediaUrlResponse<'a>> {
+    if self.op_type() == MediaOp::MediaUrlResponse {
+      self.op().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MediaUrlResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Media<'_> {
@@ -322,6 +362,8 @@ impl ::flatbuffers::Verifiable for Media<'_> {
           MediaOp::DownloadHeader => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DownloadHeader>>("MediaOp::DownloadHeader", pos),
           MediaOp::DeleteMediaRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteMediaRequest>>("MediaOp::DeleteMediaRequest", pos),
           MediaOp::SetAltTextRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SetAltTextRequest>>("MediaOp::SetAltTextRequest", pos),
+          MediaOp::MediaUrlRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MediaUrlRequest>>("MediaOp::MediaUrlRequest", pos),
+          MediaOp::MediaUrlResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MediaUrlResponse>>("MediaOp::MediaUrlResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -455,6 +497,20 @@ impl ::core::fmt::Debug for Media<'_> {
         },
         MediaOp::SetAltTextRequest => {
           if let Some(x) = self.op_as_set_alt_text_request() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        MediaOp::MediaUrlRequest => {
+          if let Some(x) = self.op_as_media_url_request() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        MediaOp::MediaUrlResponse => {
+          if let Some(x) = self.op_as_media_url_response() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")

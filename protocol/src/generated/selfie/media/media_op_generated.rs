@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_MEDIA_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_MEDIA_OP: u8 = 12;
+pub const ENUM_MAX_MEDIA_OP: u8 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_MEDIA_OP: [MediaOp; 13] = [
+pub const ENUM_VALUES_MEDIA_OP: [MediaOp; 15] = [
   MediaOp::NONE,
   MediaOp::UploadInitRequest,
   MediaOp::UploadStatus,
@@ -22,6 +22,8 @@ pub const ENUM_VALUES_MEDIA_OP: [MediaOp; 13] = [
   MediaOp::DownloadHeader,
   MediaOp::DeleteMediaRequest,
   MediaOp::SetAltTextRequest,
+  MediaOp::MediaUrlRequest,
+  MediaOp::MediaUrlResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -42,9 +44,11 @@ impl MediaOp {
   pub const DownloadHeader: Self = Self(10);
   pub const DeleteMediaRequest: Self = Self(11);
   pub const SetAltTextRequest: Self = Self(12);
+  pub const MediaUrlRequest: Self = Self(13);
+  pub const MediaUrlResponse: Self = Self(14);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::UploadInitRequest,
@@ -59,6 +63,8 @@ impl MediaOp {
     Self::DownloadHeader,
     Self::DeleteMediaRequest,
     Self::SetAltTextRequest,
+    Self::MediaUrlRequest,
+    Self::MediaUrlResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -76,6 +82,8 @@ impl MediaOp {
       Self::DownloadHeader => Some("DownloadHeader"),
       Self::DeleteMediaRequest => Some("DeleteMediaRequest"),
       Self::SetAltTextRequest => Some("SetAltTextRequest"),
+      Self::MediaUrlRequest => Some("MediaUrlRequest"),
+      Self::MediaUrlResponse => Some("MediaUrlResponse"),
       _ => None,
     }
   }
@@ -149,6 +157,8 @@ pub enum MediaOpT {
   DownloadHeader(alloc::boxed::Box<DownloadHeaderT>),
   DeleteMediaRequest(alloc::boxed::Box<DeleteMediaRequestT>),
   SetAltTextRequest(alloc::boxed::Box<SetAltTextRequestT>),
+  MediaUrlRequest(alloc::boxed::Box<MediaUrlRequestT>),
+  MediaUrlResponse(alloc::boxed::Box<MediaUrlResponseT>),
 }
 impl Default for MediaOpT {
   fn default() -> Self {
@@ -171,6 +181,8 @@ impl MediaOpT {
       Self::DownloadHeader(_) => MediaOp::DownloadHeader,
       Self::DeleteMediaRequest(_) => MediaOp::DeleteMediaRequest,
       Self::SetAltTextRequest(_) => MediaOp::SetAltTextRequest,
+      Self::MediaUrlRequest(_) => MediaOp::MediaUrlRequest,
+      Self::MediaUrlResponse(_) => MediaOp::MediaUrlResponse,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -188,6 +200,8 @@ impl MediaOpT {
       Self::DownloadHeader(v) => Some(v.pack(fbb).as_union_value()),
       Self::DeleteMediaRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::SetAltTextRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::MediaUrlRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::MediaUrlResponse(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned UploadInitRequestT, setting the union to NONE.
@@ -441,5 +455,47 @@ impl MediaOpT {
   /// If the union variant matches, return a mutable reference to the SetAltTextRequestT.
   pub fn as_set_alt_text_request_mut(&mut self) -> Option<&mut SetAltTextRequestT> {
     if let Self::SetAltTextRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned MediaUrlRequestT, setting the union to NONE.
+  pub fn take_media_url_request(&mut self) -> Option<alloc::boxed::Box<MediaUrlRequestT>> {
+    if let Self::MediaUrlRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::MediaUrlRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the MediaUrlRequestT.
+  pub fn as_media_url_request(&self) -> Option<&MediaUrlRequestT> {
+    if let Self::MediaUrlRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the MediaUrlRequestT.
+  pub fn as_media_url_request_mut(&mut self) -> Option<&mut MediaUrlRequestT> {
+    if let Self::MediaUrlRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned MediaUrlResponseT, setting the union to NONE.
+  pub fn take_media_url_response(&mut self) -> Option<alloc::boxed::Box<MediaUrlResponseT>> {
+    if let Self::MediaUrlResponse(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::MediaUrlResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the MediaUrlResponseT.
+  pub fn as_media_url_response(&self) -> Option<&MediaUrlResponseT> {
+    if let Self::MediaUrlResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the MediaUrlResponseT.
+  pub fn as_media_url_response_mut(&mut self) -> Option<&mut MediaUrlResponseT> {
+    if let Self::MediaUrlResponse(v) = self { Some(v.as_mut()) } else { None }
   }
 }

@@ -7,6 +7,8 @@ import { DownloadHeader } from '../../selfie/media/download-header.js';
 import { DownloadRequest } from '../../selfie/media/download-request.js';
 import { GetMediaRequest } from '../../selfie/media/get-media-request.js';
 import { MediaInfoResponse } from '../../selfie/media/media-info-response.js';
+import { MediaUrlRequest } from '../../selfie/media/media-url-request.js';
+import { MediaUrlResponse } from '../../selfie/media/media-url-response.js';
 import { SetAltTextRequest } from '../../selfie/media/set-alt-text-request.js';
 import { UploadAbortRequest } from '../../selfie/media/upload-abort-request.js';
 import { UploadChunkHeader } from '../../selfie/media/upload-chunk-header.js';
@@ -29,13 +31,15 @@ export enum MediaOp {
   DownloadRequest = 9,
   DownloadHeader = 10,
   DeleteMediaRequest = 11,
-  SetAltTextRequest = 12
+  SetAltTextRequest = 12,
+  MediaUrlRequest = 13,
+  MediaUrlResponse = 14
 }
 
 export function unionToMediaOp(
   type: MediaOp,
-  accessor: (obj:DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus) => DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus|null
-): DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus|null {
+  accessor: (obj:DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|MediaUrlRequest|MediaUrlResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus) => DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|MediaUrlRequest|MediaUrlResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus|null
+): DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|MediaUrlRequest|MediaUrlResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus|null {
   switch(MediaOp[type]) {
     case 'NONE': return null; 
     case 'UploadInitRequest': return accessor(new UploadInitRequest())! as UploadInitRequest;
@@ -50,15 +54,17 @@ export function unionToMediaOp(
     case 'DownloadHeader': return accessor(new DownloadHeader())! as DownloadHeader;
     case 'DeleteMediaRequest': return accessor(new DeleteMediaRequest())! as DeleteMediaRequest;
     case 'SetAltTextRequest': return accessor(new SetAltTextRequest())! as SetAltTextRequest;
+    case 'MediaUrlRequest': return accessor(new MediaUrlRequest())! as MediaUrlRequest;
+    case 'MediaUrlResponse': return accessor(new MediaUrlResponse())! as MediaUrlResponse;
     default: return null;
   }
 }
 
 export function unionListToMediaOp(
   type: MediaOp, 
-  accessor: (index: number, obj:DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus) => DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus|null, 
+  accessor: (index: number, obj:DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|MediaUrlRequest|MediaUrlResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus) => DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|MediaUrlRequest|MediaUrlResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus|null, 
   index: number
-): DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus|null {
+): DeleteMediaRequest|DownloadHeader|DownloadRequest|GetMediaRequest|MediaInfoResponse|MediaUrlRequest|MediaUrlResponse|SetAltTextRequest|UploadAbortRequest|UploadChunkHeader|UploadCompleteRequest|UploadInitRequest|UploadResumeRequest|UploadStatus|null {
   switch(MediaOp[type]) {
     case 'NONE': return null; 
     case 'UploadInitRequest': return accessor(index, new UploadInitRequest())! as UploadInitRequest;
@@ -73,6 +79,8 @@ export function unionListToMediaOp(
     case 'DownloadHeader': return accessor(index, new DownloadHeader())! as DownloadHeader;
     case 'DeleteMediaRequest': return accessor(index, new DeleteMediaRequest())! as DeleteMediaRequest;
     case 'SetAltTextRequest': return accessor(index, new SetAltTextRequest())! as SetAltTextRequest;
+    case 'MediaUrlRequest': return accessor(index, new MediaUrlRequest())! as MediaUrlRequest;
+    case 'MediaUrlResponse': return accessor(index, new MediaUrlResponse())! as MediaUrlResponse;
     default: return null;
   }
 }

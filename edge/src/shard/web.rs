@@ -1,0 +1,476 @@
+//! HTTPS on TCP (`[web]`), served on every shard like QUIC: each shard accepts on its
+//! own `SO_REUSEPORT` listener and serves its connections on its own thread (HTTP/1.1
+//! over rustls, by hyper). It serves signed media URLs (`GET`/`HEAD /media/...`) for
+//! browsers and CDNs: the media service checks the signature, the expiry and the
+//! viewer's right ([`selfie_services::media::Media::signed`]); this module speaks HTTP:
+//! single byte ranges (`206`, `416`), `ETag` with `If-None-Match` and `If-Range`,
+//! `Cache-Control` bounded by the URL's expiry, and headers that keep browsers from
+//! running anything it serves.
+//!
+//! Protection: at most `web.max_connections_per_shard` connections, TLS and headers
+//! within `web.header_timeout_ms` (slow clients are cut), headers at most 16 KiB, the
+//! per-address request rate shared with QUIC, counted in `selfie_edge_web_*`. On drain
+//! the listener stops accepting and open connections finish their current answer.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use selfie_protocol::ErrorCode;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{Shard, now_ms};
+use crate::metrics::{OutcomeLabels, StatusLabels};
+
+/// Largest request head (request line and headers).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Longest time a cache may keep an answer, whatever the URL's expiry.
+const MAX_CACHE_SECONDS: u64 = 24 * 3600;
+
+/// An answer's body: nothing, a short text, or blob bytes read on this shard (not
+/// `Send`: it never leaves the shard's thread).
+enum Body {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(selfie_services::plane::ByteStream),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream(s) => s
+                .poll_next_unpin(cx)
+                .map(|piece| piece.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Empty | Body::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty | Body::Full(None) => SizeHint::with_exact(0),
+            Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Body::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Accepts and serves HTTPS connections on `listener` until the edge drains.
+pub(super) async fn serve(
+    shard: Rc<Shard>,
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return warn!(shard = shard.id, error = %e, "HTTPS listener unusable"),
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let open = Rc::new(Cell::new(0usize));
+    let mut drain = shard.shared.drain.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            changed = drain.changed() => {
+                if changed.is_err() || *drain.borrow() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                debug!(error = %e, "HTTPS accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let limits = &shard.shared.config.web;
+        if open.get() >= limits.max_connections_per_shard {
+            count_connection(&shard, "refused_limit");
+            drop(tcp);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        open.set(open.get() + 1);
+        let guard = OpenGuard(open.clone());
+        let (shard, acceptor) = (shard.clone(), acceptor.clone());
+        let span = info_span!("https", shard = shard.id, peer = %peer);
+        tokio::task::spawn_local(
+            async move {
+                let _guard = guard;
+                serve_connection(shard, acceptor, tcp, peer.ip()).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Gives back a connection's place when its task ends.
+struct OpenGuard(Rc<Cell<usize>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+fn count_connection(shard: &Shard, outcome: &'static str) {
+    shard
+        .shared
+        .metrics
+        .web_connections_total
+        .get_or_create(&OutcomeLabels {
+            shard: shard.id as u16,
+            outcome,
+        })
+        .inc();
+}
+
+async fn serve_connection(
+    shard: Rc<Shard>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    ip: IpAddr,
+) {
+    let timeout = Duration::from_millis(shard.shared.config.web.header_timeout_ms);
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        _ => return count_connection(&shard, "tls_failed"),
+    };
+    count_connection(&shard, "accepted");
+    let service_shard = shard.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shard = service_shard.clone();
+        async move { Ok::<_, Infallible>(answer(&shard, ip, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let mut drain = shard.shared.drain.clone();
+    let draining = async {
+        loop {
+            if *drain.borrow() || drain.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(error = %e, "HTTPS connection ended");
+            }
+        }
+        () = draining => {
+            // Finish the answer in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Answers one request, counting it.
+async fn answer(shard: &Rc<Shard>, ip: IpAddr, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let response = route(shard, ip, &req).await;
+    let labels = StatusLabels {
+        shard: shard.id as u16,
+        status: response.status().as_u16(),
+    };
+    let m = &shard.shared.metrics;
+    m.web_requests_total.get_or_create(&labels).inc();
+    m.web_request_duration_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn route(shard: &Rc<Shard>, ip: IpAddr, req: &Request<Incoming>) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    if req.method() != Method::GET && !head {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let path = req.uri().path();
+    if !path.starts_with(selfie_services::media::urls::PREFIX) {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
+    // The address's request rate is the one QUIC requests share.
+    if shard.ip_limiter.check_key(&ip.to_canonical()).is_err() {
+        let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "slow down\n");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    let Some(media) = shard.registry.raw_streams().cloned() else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "media unavailable\n");
+    };
+    let signed = match media.signed(path.to_string()).await {
+        Ok(s) => s,
+        Err(e) => {
+            if e.is_server_fault() {
+                warn!(error = %e, "signed media request failed");
+            }
+            return error_response(&e);
+        }
+    };
+    let t = &signed.target;
+    let etag = format!("\"{}\"", t.etag);
+    let remaining_s = signed.expires_ms.saturating_sub(now_ms()) / 1000;
+    let cache = format!(
+        "public, max-age={}, immutable",
+        remaining_s.min(MAX_CACHE_SECONDS)
+    );
+    let mut builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, cache)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; sandbox",
+        )
+        .header("cross-origin-resource-policy", "cross-origin")
+        .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+        .header(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            "content-range, content-length, etag",
+        );
+    let headers = req.headers();
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| etag_matches(v, &etag))
+    {
+        return builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(empty())
+            .unwrap_or_else(|_| internal());
+    }
+    builder = builder.header(header::CONTENT_TYPE, t.mime.as_str());
+    let total = t.total;
+    // A `Range` counts only when `If-Range` (if any) names these bytes.
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| {
+            headers
+                .get(header::IF_RANGE)
+                .is_none_or(|v| v.to_str().is_ok_and(|v| v.trim() == etag))
+        })
+        .map_or(Ranged::Whole, |v| parse_range(v, total));
+    let (status, start, end) = match range {
+        Ranged::Whole => (StatusCode::OK, 0, total),
+        Ranged::Part(start, end) => {
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{total}", end - 1),
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end)
+        }
+        Ranged::Unsatisfiable => {
+            return builder
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{total}"))
+                .body(empty())
+                .unwrap_or_else(|_| internal());
+        }
+    };
+    builder = builder
+        .status(status)
+        .header(header::CONTENT_LENGTH, end - start);
+    if head || start == end {
+        return builder.body(empty()).unwrap_or_else(|_| internal());
+    }
+    let sent = shard
+        .shared
+        .metrics
+        .web_sent_bytes_total
+        .get_or_create(&shard.label)
+        .clone();
+    let body = signed
+        .body(start, end)
+        .inspect(move |piece| {
+            if let Ok(b) = piece {
+                sent.inc_by(b.len() as u64);
+            }
+        })
+        .boxed_local();
+    builder
+        .body(Body::Stream(body))
+        .unwrap_or_else(|_| internal())
+}
+
+/// Whether an `If-None-Match` value names `etag` (weak comparison, as RFC 9110 asks).
+fn etag_matches(header: &str, etag: &str) -> bool {
+    let etag = etag.trim_start_matches("W/");
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|v| v == "*" || v.trim_start_matches("W/") == etag)
+}
+
+/// What a `Range` header asks for, for a representation of `total` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Ranged {
+    /// No usable range: the whole representation (also for several ranges, which a
+    /// server may answer whole).
+    Whole,
+    /// Bytes `start..end`.
+    Part(u64, u64),
+    /// A range that starts past the end.
+    Unsatisfiable,
+}
+
+fn parse_range(value: &str, total: u64) -> Ranged {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ranged::Whole;
+    };
+    if spec.contains(',') {
+        return Ranged::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Ranged::Whole;
+    };
+    let number = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        // `bytes=-N`: the last N bytes.
+        return match number(last) {
+            Some(0) => Ranged::Unsatisfiable,
+            Some(_) if total == 0 => Ranged::Unsatisfiable,
+            Some(n) => Ranged::Part(total.saturating_sub(n), total),
+            None => Ranged::Whole,
+        };
+    }
+    let Some(start) = number(first) else {
+        return Ranged::Whole;
+    };
+    let end = if last.is_empty() {
+        total
+    } else {
+        match number(last) {
+            Some(l) if l >= start => l.saturating_add(1).min(total),
+            _ => return Ranged::Whole,
+        }
+    };
+    if start >= total {
+        Ranged::Unsatisfiable
+    } else {
+        Ranged::Part(start, end)
+    }
+}
+
+fn empty() -> Body {
+    Body::Empty
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(Body::Full(Some(Bytes::from_static(text.as_bytes()))))
+        .unwrap_or_else(|_| internal())
+}
+
+fn internal() -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
+/// The HTTP answer to a refusal of the media service.
+fn error_response(e: &selfie_services::Error) -> Response<Body> {
+    let (status, text) = match e.code() {
+        ErrorCode::Forbidden => (StatusCode::FORBIDDEN, "forbidden\n"),
+        ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not found\n"),
+        ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "slow down\n"),
+        ErrorCode::InvalidArgument => (StatusCode::BAD_REQUEST, "bad request\n"),
+        ErrorCode::Unavailable | ErrorCode::Overloaded => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    };
+    let mut r = plain(status, text);
+    let retry = e.retry_after_ms();
+    if retry > 0
+        && let Ok(v) = HeaderValue::from_str(&retry.div_ceil(1000).to_string())
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        use Ranged::*;
+        let t = 1000;
+        assert_eq!(parse_range("bytes=0-499", t), Part(0, 500));
+        assert_eq!(parse_range("bytes=500-", t), Part(500, 1000));
+        assert_eq!(parse_range("bytes=-100", t), Part(900, 1000));
+        assert_eq!(parse_range("bytes=-5000", t), Part(0, 1000));
+        assert_eq!(parse_range("bytes=900-5000", t), Part(900, 1000));
+        assert_eq!(parse_range("bytes=999-999", t), Part(999, 1000));
+        assert_eq!(parse_range("bytes=1000-", t), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", t), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
+        // Unusable ranges are ignored: the whole representation.
+        for v in [
+            "bytes=5-1",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=+1-2",
+            "bytes=-",
+            "bytes=99999999999999999999999-",
+        ] {
+            assert_eq!(parse_range(v, t), Whole, "{v}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        assert!(etag_matches("\"a\"", "\"a\""));
+        assert!(etag_matches("W/\"a\"", "\"a\""));
+        assert!(etag_matches("\"b\", \"a\"", "\"a\""));
+        assert!(etag_matches("*", "\"a\""));
+        assert!(!etag_matches("\"b\"", "\"a\""));
+    }
+}
