@@ -54,8 +54,9 @@ pub struct WebConfig {
     /// TCP address of the HTTPS listener (the QUIC port's number on TCP is the usual
     /// choice). Absent: no HTTPS, and media URLs are refused as unavailable.
     pub listen: Option<SocketAddr>,
-    /// The origin minted URLs name (`https://media.example.com`, no path), e.g. a CDN
-    /// in front of the fleet. Absent: `https://<listen address>`.
+    /// The https origin minted URLs name (`https://media.example.com`, no path), e.g. a
+    /// CDN in front of the fleet. Absent: `https://<listen address>` (then `listen` must
+    /// name one address, not 0.0.0.0).
     pub public_url: Option<String>,
     /// How long a minted media URL works, seconds (60..=604800).
     pub media_url_ttl_s: u64,
@@ -632,17 +633,24 @@ impl Config {
         if let Some(u) = &self.web.public_url {
             let parsed = url::Url::parse(u).ok();
             let origin_only = parsed.as_ref().is_some_and(|p| {
-                matches!(p.scheme(), "https" | "http")
+                p.scheme() == "https"
                     && p.host().is_some()
                     && p.path() == "/"
                     && p.query().is_none()
+                    && p.fragment().is_none()
                     && p.username().is_empty()
+                    && p.password().is_none()
             });
             if !origin_only {
                 return Err(bad(format!(
-                    "web.public_url must be an origin like https://media.example.com, not {u:?}"
+                    "web.public_url must be an https origin like https://media.example.com, not {u:?}"
                 )));
             }
+        } else if self.web.listen.is_some_and(|a| a.ip().is_unspecified()) {
+            return Err(bad(
+                "web.listen on every address (0.0.0.0 or ::) needs web.public_url, the origin clients reach"
+                    .into(),
+            ));
         }
         if self.limits.max_concurrent_streams == 0 || self.server.node_id.is_empty() {
             return Err(bad(
@@ -773,6 +781,37 @@ mod tests {
         assert!(load(None, env(&[]), &["storage.backend=cql".into()]).is_err());
         assert!(load(None, env(&[]), &["log.format=xml".into()]).is_err());
         assert!(load(None, env(&[]), &["tls.cert=/x.pem".into()]).is_err());
+    }
+
+    #[test]
+    fn media_urls_need_an_https_origin_clients_can_reach() {
+        let web = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            load(None, env(&[]), &sets)
+        };
+        assert!(web(&["web.listen=\"127.0.0.1:4460\""]).is_ok());
+        // Every address: the URLs need the origin clients use.
+        assert!(web(&["web.listen=\"0.0.0.0:4460\""]).is_err());
+        assert!(
+            web(&[
+                "web.listen=\"0.0.0.0:4460\"",
+                "web.public_url=\"https://media.example.com\""
+            ])
+            .is_ok()
+        );
+        for bad in [
+            "http://media.example.com",
+            "https://media.example.com/path",
+            "https://user:pass@media.example.com",
+            "https://media.example.com/#x",
+            "https://media.example.com/?a=b",
+            "media.example.com",
+        ] {
+            let set = format!("web.public_url=\"{bad}\"");
+            assert!(web(&[set.as_str()]).is_err(), "{bad}");
+        }
+        assert!(web(&["web.media_url_ttl_s=10"]).is_err());
+        assert!(web(&["web.max_connections_per_shard=0"]).is_err());
     }
 
     #[test]

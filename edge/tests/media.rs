@@ -829,8 +829,20 @@ async fn signed_https_urls_serve_ranges_to_their_viewer_and_refuse_the_rest() {
     assert_eq!(h["content-type"], "image/jpeg");
     assert_eq!(h["accept-ranges"], "bytes");
     assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["content-security-policy"], "default-src 'none'; sandbox");
+    // Caches may keep it as long as the URL lives, no longer.
     let cache = h["cache-control"].to_str().expect("ascii");
-    assert!(cache.starts_with("public, max-age="), "{cache}");
+    let max_age: u64 = cache
+        .strip_prefix("public, max-age=")
+        .and_then(|c| c.strip_suffix(", immutable"))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{cache}"));
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(max_age <= expires / 1000 - now_s + 1, "{max_age}");
+    assert!(max_age >= 3000, "{max_age}");
     let etag = h["etag"].to_str().expect("ascii").to_string();
     assert_eq!(r.bytes().await.expect("body"), quic);
 
@@ -867,6 +879,7 @@ async fn signed_https_urls_serve_ranges_to_their_viewer_and_refuse_the_rest() {
         r.headers()["content-range"],
         format!("bytes */{total}").as_str()
     );
+    assert_eq!(r.headers()["cache-control"], "no-store");
     // A cached copy is still good; a Range for other bytes than `If-Range` names is
     // answered whole.
     let r = web
@@ -876,6 +889,8 @@ async fn signed_https_urls_serve_ranges_to_their_viewer_and_refuse_the_rest() {
         .await
         .expect("conditional");
     assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    assert!(r.headers().contains_key("cache-control"));
     let r = web
         .get(&url)
         .header("range", "bytes=0-0")
@@ -884,6 +899,15 @@ async fn signed_https_urls_serve_ranges_to_their_viewer_and_refuse_the_rest() {
         .await
         .expect("if-range");
     assert_eq!(r.status(), 200);
+    let r = web
+        .get(&url)
+        .header("range", "bytes=0-0")
+        .header("if-range", &etag)
+        .send()
+        .await
+        .expect("if-range");
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.expect("body"), quic.slice(0..1));
     let r = web.head(&url).send().await.expect("HEAD");
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], total.to_string().as_str());
@@ -937,23 +961,22 @@ async fn signed_https_urls_serve_ranges_to_their_viewer_and_refuse_the_rest() {
         assert_eq!(web.get(f).send().await.expect("GET").status(), 403, "{f}");
     }
     let not_his = url.replacen("/large", "/original", 1);
+    assert_eq!(web.get(&not_his).send().await.expect("GET").status(), 403);
+    let (not_his, _) = signer_for_test(&p, &origin).mint(photo, ben.id, "original", now_ms());
     assert_eq!(web.get(&not_his).send().await.expect("GET").status(), 404);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
+    let now = now_ms();
     let ttl = Duration::from_secs(3600);
-    let signer = selfie_services::media::urls::UrlSigner::new(&p.secret_key, &origin, ttl);
-    let (expired, _) = signer.mint(photo, ben.id, "large", now_ms - 3 * 3600 * 1000);
+    let signer = signer_for_test(&p, &origin);
+    let (expired, _) = signer.mint(photo, ben.id, "large", now - 3 * 3600 * 1000);
     assert_eq!(web.get(&expired).send().await.expect("GET").status(), 403);
-    let (fresh, _) = signer.mint(photo, ben.id, "large", now_ms);
+    let (fresh, _) = signer.mint(photo, ben.id, "large", now);
     assert_eq!(web.get(&fresh).send().await.expect("GET").status(), 200);
     let stranger = selfie_services::media::urls::UrlSigner::new(b"another fleet", &origin, ttl);
-    let (other, _) = stranger.mint(photo, ben.id, "large", now_ms);
+    let (other, _) = stranger.mint(photo, ben.id, "large", now);
     assert_eq!(web.get(&other).send().await.expect("GET").status(), 403);
     // A URL minted for Cat (who may not see the photo) by someone with the key is
     // refused when served: the viewer's right is checked again.
-    let (cats, _) = signer.mint(photo, cat.id, "large", now_ms);
+    let (cats, _) = signer.mint(photo, cat.id, "large", now);
     assert_eq!(web.get(&cats).send().await.expect("GET").status(), 404);
     // Other methods and paths.
     let r = web.post(&url).send().await.expect("POST");
@@ -989,5 +1012,22 @@ async fn signed_https_urls_serve_ranges_to_their_viewer_and_refuse_the_rest() {
             "{status} not counted"
         );
     }
-    assert!(metrics.contains("selfie_edge_web_sent_bytes_total"));
+    let sent: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("selfie_edge_web_sent_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(sent >= 3 * total as u64, "{sent}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// A signer with the test fleet's key (as any node of the fleet has).
+fn signer_for_test(p: &support::Parts, origin: &str) -> selfie_services::media::urls::UrlSigner {
+    selfie_services::media::urls::UrlSigner::new(&p.secret_key, origin, Duration::from_secs(3600))
 }

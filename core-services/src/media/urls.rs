@@ -7,12 +7,14 @@
 //! https://media.example/media/<media_id>/<viewer>/<expires_s>/<signature>/<rendition>
 //! ```
 //!
-//! The signature is HMAC-SHA-256, truncated to 128 bits, over the object, the viewer and
-//! the expiry, under a key derived from the fleet's token signing key (so every node of a
-//! fleet verifies what any node minted). It signs the URL's directory, not the rendition:
-//! an HLS playlist names its segments relatively (`360p_000.ts`), and they resolve under
-//! the same signed directory. What the directory grants is what the viewer may fetch
-//! over QUIC: every rendition, and the original only when the viewer owns the object.
+//! The signature is HMAC-SHA-256, truncated to 128 bits, over the object, the viewer, the
+//! expiry and the URL's **scope**, under a key derived from the fleet's token signing key
+//! (so every node of a fleet verifies what any node minted). The scope is the rendition
+//! itself (`large`, `poster`, `original`), except for an HLS ladder, whose scope is its
+//! directory `hls/`: a playlist names its rungs and segments relatively (`360p.m3u8`,
+//! `360p_000.ts`), and they resolve under the same signed directory. So a URL to one
+//! rendition never opens another (an owner's shared `large` URL never becomes the
+//! original with its metadata), and a ladder's URL opens the ladder's files only.
 //!
 //! A URL is a capability until it expires (anyone holding it may use it, as with any
 //! CDN's signed URLs), so it is minted per viewer, short-lived, and checked again when
@@ -68,6 +70,19 @@ pub struct Grant {
     pub rendition: String,
 }
 
+/// What a URL to `rendition` may open: the rendition itself, or for an HLS ladder's file
+/// the ladder's directory.
+pub fn scope(rendition: &str) -> &str {
+    if rendition.starts_with(HLS_DIR) {
+        HLS_DIR
+    } else {
+        rendition
+    }
+}
+
+/// The directory of a video's HLS ladder.
+const HLS_DIR: &str = "hls/";
+
 /// Mints and verifies media URLs.
 #[derive(Clone)]
 pub struct UrlSigner {
@@ -112,11 +127,12 @@ impl UrlSigner {
         self.ttl_ms
     }
 
-    fn mac(&self, media_id: u64, viewer: u64, expires_s: u64) -> HmacSha256 {
+    fn mac(&self, media_id: u64, viewer: u64, expires_s: u64, rendition: &str) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
         mac.update(&media_id.to_be_bytes());
         mac.update(&viewer.to_be_bytes());
         mac.update(&expires_s.to_be_bytes());
+        mac.update(scope(rendition).as_bytes());
         mac
     }
 
@@ -126,7 +142,7 @@ impl UrlSigner {
     pub fn mint(&self, media_id: u64, viewer: u64, rendition: &str, now_ms: u64) -> (String, u64) {
         let expires_s = now_ms.saturating_add(self.ttl_ms).div_ceil(60_000) * 60;
         let sig = self
-            .mac(media_id, viewer, expires_s)
+            .mac(media_id, viewer, expires_s, rendition)
             .finalize()
             .into_bytes();
         let sig = hex::encode(&sig[..SIGNATURE_BYTES]);
@@ -165,11 +181,16 @@ impl UrlSigner {
         {
             return Err(UrlError::Malformed);
         }
-        let sig = hex::decode(sig).map_err(|_| UrlError::Malformed)?;
-        if sig.len() != SIGNATURE_BYTES {
+        // Lower-case hex only: one URL per grant.
+        if sig.len() != 2 * SIGNATURE_BYTES
+            || !sig
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(UrlError::Malformed);
         }
-        self.mac(media_id, viewer, expires_s)
+        let sig = hex::decode(sig).map_err(|_| UrlError::Malformed)?;
+        self.mac(media_id, viewer, expires_s, rendition)
             .verify_truncated_left(&sig)
             .map_err(|_| UrlError::BadSignature)?;
         let expires_ms = expires_s.saturating_mul(1000);
@@ -236,6 +257,30 @@ mod tests {
             s.verify(&segment, now).map(|g| g.rendition),
             Ok("hls/360p_000.ts".into())
         );
+        // The ladder's directory only: not the poster, not the original.
+        for other in ["poster", "original", "large"] {
+            let p = path(&url).replace("hls/master.m3u8", other);
+            assert_eq!(s.verify(&p, now), Err(UrlError::BadSignature), "{other}");
+        }
+    }
+
+    /// Attack: an owner shares a URL to a rendition (no metadata); rewriting it to the
+    /// original (with its GPS location) or another rendition is refused.
+    #[test]
+    fn a_url_opens_only_its_rendition() {
+        let s = signer();
+        let now = 1_700_000_000_000;
+        let (url, _) = s.mint(42, 7, "large", now);
+        for other in ["original", "small", "hls/master.m3u8"] {
+            let p = path(&url).replace("/large", &format!("/{other}"));
+            assert_eq!(s.verify(&p, now), Err(UrlError::BadSignature), "{other}");
+        }
+        // The signature in upper case is the same bytes, but not the one URL of the grant.
+        let mut parts: Vec<String> = path(&url).split('/').map(str::to_string).collect();
+        parts[5] = parts[5].to_uppercase();
+        let upper = parts.join("/");
+        assert_ne!(upper, path(&url));
+        assert_eq!(s.verify(&upper, now), Err(UrlError::Malformed));
     }
 
     /// Attack: changing any signed part of the URL (another object, another viewer, a

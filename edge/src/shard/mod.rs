@@ -86,6 +86,8 @@ struct Shard {
     hot: HotMetrics,
     /// Authenticated connections by login session, to close them when it is revoked.
     sessions: RefCell<HashMap<u64, Vec<std::rc::Weak<connection::Conn>>>>,
+    /// Open HTTPS connections (`[web]`).
+    web_open: Cell<usize>,
 }
 
 /// Metric handles resolved once per shard, so that the request path does no family
@@ -188,6 +190,7 @@ async fn serve(
         ),
         handshake_window: Cell::new((0, 0)),
         sessions: RefCell::new(HashMap::new()),
+        web_open: Cell::new(0),
         hot: HotMetrics::new(&shared.metrics, &ShardLabel { shard: id as u16 }),
         label: ShardLabel { shard: id as u16 },
         shared: shared.clone(),
@@ -294,6 +297,7 @@ async fn serve(
         while shard.connections.get() > 0
             || shared.connections.load(Ordering::SeqCst) > 0
             || shard.registry.jobs_inflight() > 0
+            || shard.web_open.get() > 0
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

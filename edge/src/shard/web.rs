@@ -7,10 +7,14 @@
 //! `Cache-Control` bounded by the URL's expiry, and headers that keep browsers from
 //! running anything it serves.
 //!
-//! Protection: at most `web.max_connections_per_shard` connections, TLS and headers
-//! within `web.header_timeout_ms` (slow clients are cut), headers at most 16 KiB, the
-//! per-address request rate shared with QUIC, counted in `selfie_edge_web_*`. On drain
-//! the listener stops accepting and open connections finish their current answer.
+//! Protection: at most `web.max_connections_per_shard` connections, and per client
+//! address the QUIC connection cap (`limits.max_connections_per_address`, one count for
+//! both) and request rate (which TLS handshakes spend too); TLS and each request's
+//! headers within `web.header_timeout_ms`, and an answer whose reader takes nothing for
+//! that long is cut (slow readers cannot pin connections); heads at most 16 KiB; all
+//! counted in `selfie_edge_web_*`. On drain the listener stops accepting, open
+//! connections finish their current answer, and the shard waits for them up to the
+//! drain deadline.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -28,7 +32,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use selfie_protocol::ErrorCode;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::{Shard, now_ms};
+use super::{AddressSlot, Shard, now_ms};
 use crate::metrics::{OutcomeLabels, StatusLabels};
 
 /// Largest request head (request line and headers).
@@ -86,7 +90,6 @@ pub(super) async fn serve(
         Err(e) => return warn!(shard = shard.id, error = %e, "HTTPS listener unusable"),
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let open = Rc::new(Cell::new(0usize));
     let mut drain = shard.shared.drain.clone();
     loop {
         let accepted = tokio::select! {
@@ -108,20 +111,29 @@ pub(super) async fn serve(
             }
         };
         let limits = &shard.shared.config.web;
-        if open.get() >= limits.max_connections_per_shard {
+        if shard.web_open.get() >= limits.max_connections_per_shard {
             count_connection(&shard, "refused_limit");
-            drop(tcp);
             continue;
         }
+        // A TLS handshake costs a request of the address's rate.
+        let ip = peer.ip().to_canonical();
+        if shard.ip_limiter.check_key(&ip).is_err() {
+            count_connection(&shard, "refused_rate");
+            continue;
+        }
+        let Some(slot) = AddressSlot::take(&shard.shared, ip) else {
+            count_connection(&shard, "refused_address");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        open.set(open.get() + 1);
-        let guard = OpenGuard(open.clone());
+        shard.web_open.set(shard.web_open.get() + 1);
+        let guard = OpenGuard(shard.clone());
         let (shard, acceptor) = (shard.clone(), acceptor.clone());
         let span = info_span!("https", shard = shard.id, peer = %peer);
         tokio::task::spawn_local(
             async move {
-                let _guard = guard;
-                serve_connection(shard, acceptor, tcp, peer.ip()).await;
+                let _guard = (guard, slot);
+                serve_connection(shard, acceptor, tcp, ip).await;
             }
             .instrument(span),
         );
@@ -129,12 +141,20 @@ pub(super) async fn serve(
 }
 
 /// Gives back a connection's place when its task ends.
-struct OpenGuard(Rc<Cell<usize>>);
+struct OpenGuard(Rc<Shard>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        self.0.web_open.set(self.0.web_open.get().saturating_sub(1));
     }
+}
+
+/// When the connection's current answer last made progress, and whether one is being
+/// written: a reader that takes nothing for the header timeout is cut.
+#[derive(Default)]
+struct Progress {
+    sending: Cell<usize>,
+    last: Cell<Option<Instant>>,
 }
 
 fn count_connection(shard: &Shard, outcome: &'static str) {
@@ -161,10 +181,13 @@ async fn serve_connection(
         _ => return count_connection(&shard, "tls_failed"),
     };
     count_connection(&shard, "accepted");
+    let progress = Rc::new(Progress::default());
     let service_shard = shard.clone();
+    let service_progress = progress.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shard = service_shard.clone();
-        async move { Ok::<_, Infallible>(answer(&shard, ip, req).await) }
+        let progress = service_progress.clone();
+        async move { Ok::<_, Infallible>(answer(&shard, ip, req, progress).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -186,18 +209,54 @@ async fn serve_connection(
                 debug!(error = %e, "HTTPS connection ended");
             }
         }
+        () = stalled(&progress, timeout) => {
+            count_connection(&shard, "cut_stalled");
+        }
         () = draining => {
-            // Finish the answer in flight, then close.
+            // Finish the answer in flight, then close (the shard waits up to its drain
+            // deadline; a stalled reader is cut as ever).
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn => {}
+                () = stalled(&progress, timeout) => count_connection(&shard, "cut_stalled"),
+            }
+        }
+    }
+}
+
+/// Resolves when an answer is being written and its reader has taken nothing for
+/// `timeout`.
+async fn stalled(progress: &Progress, timeout: Duration) {
+    let mut every = tokio::time::interval(timeout / 4);
+    loop {
+        every.tick().await;
+        let stuck = progress.sending.get() > 0
+            && progress.last.get().is_some_and(|t| t.elapsed() >= timeout);
+        if stuck {
+            return;
         }
     }
 }
 
 /// Answers one request, counting it.
-async fn answer(shard: &Rc<Shard>, ip: IpAddr, req: Request<Incoming>) -> Response<Body> {
+async fn answer(
+    shard: &Rc<Shard>,
+    ip: IpAddr,
+    req: Request<Incoming>,
+    progress: Rc<Progress>,
+) -> Response<Body> {
     let started = Instant::now();
-    let response = route(shard, ip, &req).await;
+    let mut response = route(shard, ip, &req, progress).await;
+    let status = response.status();
+    if !matches!(
+        status,
+        StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED
+    ) {
+        // Refusals and errors are never cached (a 416 or a 403 is about this request).
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     let labels = StatusLabels {
         shard: shard.id as u16,
         status: response.status().as_u16(),
@@ -210,7 +269,12 @@ async fn answer(shard: &Rc<Shard>, ip: IpAddr, req: Request<Incoming>) -> Respon
     response
 }
 
-async fn route(shard: &Rc<Shard>, ip: IpAddr, req: &Request<Incoming>) -> Response<Body> {
+async fn route(
+    shard: &Rc<Shard>,
+    ip: IpAddr,
+    req: &Request<Incoming>,
+    progress: Rc<Progress>,
+) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
@@ -244,8 +308,15 @@ async fn route(shard: &Rc<Shard>, ip: IpAddr, req: &Request<Incoming>) -> Respon
     let t = &signed.target;
     let etag = format!("\"{}\"", t.etag);
     let remaining_s = signed.expires_ms.saturating_sub(now_ms()) / 1000;
+    // Shared caches (a CDN) may keep renditions until the URL expires; an original,
+    // which keeps the uploader's metadata, only the owner's own browser.
+    let audience = if t.name == "original" {
+        "private"
+    } else {
+        "public"
+    };
     let cache = format!(
-        "public, max-age={}, immutable",
+        "{audience}, max-age={}, immutable",
         remaining_s.min(MAX_CACHE_SECONDS)
     );
     let mut builder = Response::builder()
@@ -315,11 +386,33 @@ async fn route(shard: &Rc<Shard>, ip: IpAddr, req: &Request<Incoming>) -> Respon
         .web_sent_bytes_total
         .get_or_create(&shard.label)
         .clone();
-    let body = signed
-        .body(start, end)
+    // The first piece is read before the headers go: a blob that cannot be read is an
+    // error status, not a 200 cut short.
+    let mut body = signed.body(start, end);
+    let first = match body.next().await {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            warn!(error = %e, media = t.media_id, rendition = %t.name, "media blob unreadable");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "unavailable\n");
+        }
+        None => {
+            warn!(media = t.media_id, rendition = %t.name, "media blob shorter than recorded");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "unavailable\n");
+        }
+    };
+    progress.sending.set(progress.sending.get() + 1);
+    progress.last.set(Some(Instant::now()));
+    let done = SendingGuard(progress.clone());
+    let body = futures::stream::once(async move { Ok(first) })
+        .chain(body)
         .inspect(move |piece| {
-            if let Ok(b) = piece {
-                sent.inc_by(b.len() as u64);
+            let _ = &done;
+            match piece {
+                Ok(b) => {
+                    sent.inc_by(b.len() as u64);
+                    progress.last.set(Some(Instant::now()));
+                }
+                Err(e) => warn!(error = %e, "media blob read failed mid-answer"),
             }
         })
         .boxed_local();
@@ -328,13 +421,24 @@ async fn route(shard: &Rc<Shard>, ip: IpAddr, req: &Request<Incoming>) -> Respon
         .unwrap_or_else(|_| internal())
 }
 
+/// Marks an answer's body as no longer being written when it is dropped (finished,
+/// failed or cut).
+struct SendingGuard(Rc<Progress>);
+
+impl Drop for SendingGuard {
+    fn drop(&mut self) {
+        self.0.sending.set(self.0.sending.get().saturating_sub(1));
+    }
+}
+
 /// Whether an `If-None-Match` value names `etag` (weak comparison, as RFC 9110 asks).
 fn etag_matches(header: &str, etag: &str) -> bool {
-    let etag = etag.trim_start_matches("W/");
+    let weak = |v: &str| v.strip_prefix("W/").unwrap_or(v).to_string();
+    let etag = weak(etag);
     header
         .split(',')
         .map(str::trim)
-        .any(|v| v == "*" || v.trim_start_matches("W/") == etag)
+        .any(|v| v == "*" || weak(v) == etag)
 }
 
 /// What a `Range` header asks for, for a representation of `total` bytes.
@@ -350,7 +454,13 @@ enum Ranged {
 }
 
 fn parse_range(value: &str, total: u64) -> Ranged {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+    // The unit is case-insensitive (RFC 9110 §14.1).
+    let value = value.trim();
+    let Some(spec) = value
+        .get(..6)
+        .filter(|u| u.eq_ignore_ascii_case("bytes="))
+        .and_then(|_| value.get(6..))
+    else {
         return Ranged::Whole;
     };
     if spec.contains(',') {
@@ -376,6 +486,10 @@ fn parse_range(value: &str, total: u64) -> Ranged {
         };
     }
     let Some(start) = number(first) else {
+        // A first position too large for any file starts past the end.
+        if first.bytes().all(|b| b.is_ascii_digit()) {
+            return Ranged::Unsatisfiable;
+        }
         return Ranged::Whole;
     };
     let end = if last.is_empty() {
@@ -451,6 +565,11 @@ mod tests {
         assert_eq!(parse_range("bytes=1000-", t), Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", t), Unsatisfiable);
         assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
+        assert_eq!(parse_range("Bytes=0-1", t), Part(0, 2));
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999-", t),
+            Unsatisfiable
+        );
         // Unusable ranges are ignored: the whole representation.
         for v in [
             "bytes=5-1",
@@ -459,7 +578,8 @@ mod tests {
             "bytes=a-b",
             "bytes=+1-2",
             "bytes=-",
-            "bytes=99999999999999999999999-",
+            "bytes=",
+            "bytés=0-1",
         ] {
             assert_eq!(parse_range(v, t), Whole, "{v}");
         }
@@ -472,5 +592,6 @@ mod tests {
         assert!(etag_matches("\"b\", \"a\"", "\"a\""));
         assert!(etag_matches("*", "\"a\""));
         assert!(!etag_matches("\"b\"", "\"a\""));
+        assert!(!etag_matches("W/W/\"a\"", "\"a\""));
     }
 }

@@ -47,8 +47,8 @@ impl<'a> MediaUrlResponse<'a> {
     }
   }
 
-  /// Absolute `https://` URL. For an HLS playlist the URL's directory is signed as a
-  /// whole, so the playlist's relative segment names resolve under it.
+  /// Absolute `https://` URL to that rendition only; for an HLS playlist (`hls/...`) to
+  /// the ladder's files, so the playlists' relative names resolve under it.
   #[inline]
   pub fn url(&self) -> Option<&'a str> {
     // Safety:

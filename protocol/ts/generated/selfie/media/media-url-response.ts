@@ -23,8 +23,8 @@ static getSizePrefixedRootAsMediaUrlResponse(bb:flatbuffers.ByteBuffer, obj?:Med
 }
 
 /**
- * Absolute `https://` URL. For an HLS playlist the URL's directory is signed as a
- * whole, so the playlist's relative segment names resolve under it.
+ * Absolute `https://` URL to that rendition only; for an HLS playlist (`hls/...`) to
+ * the ladder's files, so the playlists' relative names resolve under it.
  */
 url():string|null
 url(optionalEncoding:flatbuffers.Encoding):string|Uint8Array|null
