@@ -15,10 +15,13 @@
 //!   over a seeded store next to the raw reads a page needs; `stories-tray`: tray reads
 //!   likewise;
 //! - `media`: chunked uploads (SHA-256 checked, fsynced) and downloads through the edge
-//!   next to raw quinn bulk streams to memory and to a file with fsync.
+//!   next to raw quinn bulk streams to memory and to a file with fsync;
+//! - `blobs`: the embedded blob store's file I/O (staged chunk writes with fdatasync,
+//!   durable blob puts, ranged reads), io_uring next to `std::fs`.
 //!
 //! Results and command lines are recorded in `bench/RESULTS.md`.
 
+mod blobs;
 mod chat;
 mod edge;
 mod fanout;
@@ -61,6 +64,8 @@ enum Scenario {
     StoriesTray(feed::TrayArgs),
     /// Chunked uploads and downloads through the edge vs raw quinn bulk streams.
     Media(media::Args),
+    /// The embedded blob store's file I/O: io_uring vs std::fs.
+    Blobs(blobs::Args),
     /// The raw quinn echo baseline server (started by the other scenarios).
     #[command(hide = true)]
     EchoServer(edge::EchoArgs),
@@ -79,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::FeedRead(args) => feed::feed_read(args),
         Scenario::StoriesTray(args) => feed::stories_tray(args),
         Scenario::Media(args) => media::run(args),
+        Scenario::Blobs(args) => blobs::run(args),
         Scenario::EchoServer(args) => edge::echo_server(args),
     }
 }

@@ -4,13 +4,11 @@
 //! The embedded default keeps blobs as files under the data directory: a blob is written
 //! to a temporary file, fsynced, renamed into place and its directory fsynced, so an
 //! acknowledged blob survives a crash; originals are keyed by their SHA-256 and so stored
-//! once however many users upload them. File I/O runs on tokio's blocking pool, never on
-//! a shard thread.
-//!
-//! Not here yet: the io_uring path (the portable `std::fs` path is the only one; the
-//! store reports which it runs in [`BlobStore::backend`]) and the S3-compatible store for
-//! fleets. Staged uploads are local to the node that received them, so on a fleet an
-//! upload resumes on the same node only.
+//! once however many users upload them. File I/O never runs on a shard thread: it goes
+//! through `std::fs` on tokio's blocking pool, or through the node's io_uring thread
+//! ([`super::uring`], `media.blob_io`); the store reports which in
+//! [`BlobStore::backend`] (`local-std` or `local-io_uring`). Staged uploads are local to
+//! the node that received them, so on a fleet an upload resumes on the same node only.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -19,6 +17,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use super::uring::{Io, Uring};
 use crate::{BoxFuture, Error, Result};
 
 /// A store of immutable blobs by key (`sha256/<hex>`, `r/<media id>/<rendition>`).
@@ -102,14 +101,20 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Blobs as files under a root directory (the embedded default).
 pub struct LocalBlobs {
     root: PathBuf,
+    io: Io,
 }
 
 impl LocalBlobs {
-    /// A store under `root` (created if missing).
+    /// A store under `root` (created if missing) on `std::fs`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_with(root, Io::Std)
+    }
+
+    /// A store under `root` (created if missing) doing its file I/O with `io`.
+    pub fn open_with(root: impl Into<PathBuf>, io_path: Io) -> Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(root.join("tmp")).map_err(io)?;
-        Ok(Self { root })
+        Ok(Self { root, io: io_path })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
@@ -136,14 +141,64 @@ fn install(tmp: &Path, dest: &Path) -> std::io::Result<()> {
     sync_dir(parent)
 }
 
+/// [`install`] through the ring: the parent directory is created (rarely) on the
+/// blocking pool; the rename and the directory's fsync go through the ring.
+async fn install_uring(ring: &Uring, tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    let parent = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let dir = match ring.open(&parent, dir_flags, 0).await {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let created = parent.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&created)?;
+                match created.parent() {
+                    Some(grand) => sync_dir(grand),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .map_err(|_| std::io::Error::other("blocking task failed"))??;
+            ring.open(&parent, dir_flags, 0).await?
+        }
+        Err(e) => return Err(e),
+    };
+    ring.rename(tmp, dest).await?;
+    ring.sync(&dir, false).await
+}
+
+/// Whether `path` exists, asked through the ring.
+async fn exists_uring(ring: &Uring, path: &Path) -> std::io::Result<bool> {
+    match ring.open(path, libc::O_PATH, 0).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 impl BlobStore for LocalBlobs {
     fn backend(&self) -> &'static str {
-        "local-std"
+        match self.io {
+            Io::Std => "local-std",
+            Io::Uring(_) => "local-io_uring",
+        }
     }
 
     fn put_file(&self, key: String, from: PathBuf) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let dest = self.path(&key)?;
+            if let Io::Uring(ring) = &self.io {
+                let done: std::io::Result<()> = async {
+                    if exists_uring(ring, &dest).await? {
+                        return ring.unlink(&from).await;
+                    }
+                    let f = ring.open(&from, libc::O_RDONLY, 0).await?;
+                    ring.sync(&f, false).await?;
+                    install_uring(ring, &from, &dest).await
+                }
+                .await;
+                return done.map_err(io);
+            }
             blocking(move || {
                 if dest.exists() {
                     return std::fs::remove_file(&from);
@@ -159,6 +214,16 @@ impl BlobStore for LocalBlobs {
         Box::pin(async move {
             let dest = self.path(&key)?;
             let tmp = self.temp();
+            if let Io::Uring(ring) = &self.io {
+                let done: std::io::Result<()> = async {
+                    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+                    ring.write_file(&tmp, flags, 0o644, 0, bytes, Some(false))
+                        .await?;
+                    install_uring(ring, &tmp, &dest).await
+                }
+                .await;
+                return done.map_err(io);
+            }
             blocking(move || {
                 let mut f = std::fs::File::create(&tmp)?;
                 f.write_all(&bytes)?;
@@ -172,6 +237,10 @@ impl BlobStore for LocalBlobs {
     fn read(&self, key: String, start: u64, len: usize) -> BoxFuture<'_, Result<Bytes>> {
         Box::pin(async move {
             let path = self.path(&key)?;
+            if let Io::Uring(ring) = &self.io {
+                let done = ring.read_file(&path, start, len).await;
+                return done.map(Bytes::from).map_err(io);
+            }
             blocking(move || {
                 let mut f = std::fs::File::open(path)?;
                 f.seek(SeekFrom::Start(start))?;
@@ -198,6 +267,12 @@ impl BlobStore for LocalBlobs {
     fn delete(&self, key: String) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let path = self.path(&key)?;
+            if let Io::Uring(ring) = &self.io {
+                return match ring.unlink(&path).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+                    _ => Ok(()),
+                };
+            }
             blocking(move || match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
@@ -210,14 +285,20 @@ impl BlobStore for LocalBlobs {
 /// Uploads in progress: one sparse file per upload, chunks written at their offsets.
 pub struct Staging {
     dir: PathBuf,
+    io: Io,
 }
 
 impl Staging {
-    /// Staging under `dir` (created if missing).
+    /// Staging under `dir` (created if missing) on `std::fs`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_with(dir, Io::Std)
+    }
+
+    /// Staging under `dir` (created if missing), writing chunks with `io`.
+    pub fn open_with(dir: impl Into<PathBuf>, io_path: Io) -> Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io)?;
-        Ok(Self { dir })
+        Ok(Self { dir, io: io_path })
     }
 
     /// The file of `upload_id`.
@@ -234,6 +315,38 @@ impl Staging {
     /// data, and the directory entry when the file is new).
     pub async fn write_at(&self, upload_id: u64, offset: u64, bytes: Vec<u8>) -> Result<()> {
         let (path, dir) = (self.path(upload_id), self.dir.clone());
+        if let Io::Uring(ring) = &self.io {
+            let done: std::io::Result<()> = async {
+                // Created here (not by a concurrent chunk) when the exclusive create wins.
+                let data = Bytes::from(bytes);
+                let write = |flags: i32| {
+                    ring.write_file(&path, flags, 0o644, offset, data.clone(), Some(true))
+                };
+                let created = match write(libc::O_WRONLY).await {
+                    Ok(()) => false,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        match write(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL).await {
+                            Ok(()) => true,
+                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                                write(libc::O_WRONLY).await?;
+                                false
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                };
+                if created {
+                    let d = ring
+                        .open(&dir, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                        .await?;
+                    ring.sync(&d, false).await?;
+                }
+                Ok(())
+            }
+            .await;
+            return done.map_err(io);
+        }
         blocking(move || {
             let created = !path.exists();
             let f = std::fs::OpenOptions::new()
