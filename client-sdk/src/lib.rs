@@ -262,8 +262,13 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// The quinn client configuration for `trust`.
-pub fn quic_client_config(trust: &Trust) -> Result<quinn::ClientConfig, ClientError> {
+/// A TLS 1.3 client configuration that trusts what `trust` says, offering `alpn`: the
+/// QUIC connection's, or an HTTPS client's for the edge's signed media URLs (pinned
+/// development certificates included).
+pub fn tls_client_config(
+    trust: &Trust,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -280,7 +285,13 @@ pub fn quic_client_config(trust: &Trust) -> Result<quinn::ClientConfig, ClientEr
             .with_root_certificates(roots.clone())
             .with_no_client_auth(),
     };
-    tls.alpn_protocols = vec![selfie_protocol::ALPN.to_vec()];
+    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(tls)
+}
+
+/// The quinn client configuration for `trust`.
+pub fn quic_client_config(trust: &Trust) -> Result<quinn::ClientConfig, ClientError> {
+    let mut tls = tls_client_config(trust, &[selfie_protocol::ALPN])?;
     tls.enable_early_data = true;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| ClientError::Config(e.to_string()))?;

@@ -1031,3 +1031,84 @@ fn now_ms() -> u64 {
 fn signer_for_test(p: &support::Parts, origin: &str) -> selfie_services::media::urls::UrlSigner {
     selfie_services::media::urls::UrlSigner::new(&p.secret_key, origin, Duration::from_secs(3600))
 }
+
+/// Attack: a client asks for a large answer and reads nothing (slowloris on the way
+/// out). Its connection is cut once its reader has stalled for the header timeout,
+/// instead of holding a connection and the answer's buffers for as long as it likes.
+#[tokio::test]
+async fn an_https_reader_that_stalls_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut p = support::parts();
+    p.web.header_timeout_ms = 1_000;
+    let t = support::tokens(&p);
+    let throttle = selfie_services::auth::throttle::LoginThrottle::new(p.throttle);
+    let node = support::start_with(&p, t, throttle);
+    let web_addr = node.edge.web_addr.expect("[web] listener");
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    // A noise PNG of about 6.4 MiB: more than the kernel's largest send buffer (4 MiB)
+    // and a tiny receive window together take.
+    let original = noise_png(1500);
+    let id = upload(&ana.client, MediaKind::Image, &original)
+        .await
+        .expect("uploaded");
+    ready(&ana.client, id).await;
+    let (url, _) = ana
+        .client
+        .media()
+        .url(id, "original")
+        .await
+        .expect("minted");
+    let path = url
+        .strip_prefix(&format!("https://{web_addr}"))
+        .expect("under the origin")
+        .to_string();
+
+    // A TCP socket with a tiny receive buffer, then TLS pinned to the node's certificate.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.connect(&web_addr.into()).expect("connected");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let tcp = tokio::net::TcpStream::from_std(socket.into()).expect("tokio");
+    let trust = selfie_client::Trust::pinned_hex(&node.edge.fingerprint).expect("pin");
+    let tls = selfie_client::tls_client_config(&trust, &[b"http/1.1"]).expect("tls");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut conn = connector.connect(name, tcp).await.expect("handshake");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.expect("sent");
+    let mut head = [0u8; 512];
+    let n = conn.read(&mut head).await.expect("answer begins");
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    // Read nothing for three header timeouts: the server gives up on this reader.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = n;
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was not cut");
+    assert!(
+        got < original.len(),
+        "{got} of {} bytes arrived",
+        original.len()
+    );
+    let metrics = node.edge.metrics().encode();
+    assert!(
+        metrics.contains("outcome=\"cut_stalled\""),
+        "the cut is counted"
+    );
+}

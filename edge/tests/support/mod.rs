@@ -45,6 +45,8 @@ pub struct Parts {
     pub feed: selfie_services::feed::FeedConfig,
     /// Media limits of the nodes.
     pub media: selfie_services::media::MediaConfig,
+    /// HTTPS (`[web]`) of the nodes: on a free loopback port.
+    pub web: selfie_edge::config::WebConfig,
     dir: Arc<tempfile::TempDir>,
 }
 
@@ -72,6 +74,10 @@ pub fn parts() -> Parts {
         mailer: None,
         feed: Default::default(),
         media: Default::default(),
+        web: selfie_edge::config::WebConfig {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            ..Default::default()
+        },
         dir: Arc::new(dir),
     }
 }
@@ -152,7 +158,7 @@ pub fn start_in_fleet(
     config.limits.max_connections_per_address = 4_096;
     config.ops.listen = "127.0.0.1:0".parse().expect("addr");
     // HTTPS for signed media URLs.
-    config.web.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    config.web = parts.web.clone();
     let store = parts.store.clone();
     let mailer = parts.mailer.clone();
     // Distinct node numbers keep ids unique across the nodes of one store.
