@@ -116,7 +116,86 @@ pub struct Metrics {
     pub web_request_duration_seconds: Family<StatusLabels, Histogram>,
     /// Body bytes sent over HTTPS.
     pub web_sent_bytes_total: Family<ShardLabel, Counter>,
-    registry: Registry,
+    /// Collectors may be added after start (the node's media); scrapes lock it briefly.
+    registry: std::sync::Mutex<Registry>,
+}
+
+/// The node's media metrics, read at each scrape: the blob store in use, and the local
+/// cache's hits, misses, fills, evictions and bytes (fleets on an object store).
+struct MediaCollector(Arc<selfie_services::media::MediaNode>);
+
+impl std::fmt::Debug for MediaCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MediaCollector")
+    }
+}
+
+/// Labels: the media blob store and file I/O in use.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MediaStoreLabels {
+    store: &'static str,
+    file_io: &'static str,
+}
+
+impl prometheus_client::collector::Collector for MediaCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use std::sync::atomic::Ordering::Relaxed;
+        let info = ConstGauge::new(1i64);
+        let labels = MediaStoreLabels {
+            store: self.0.blobs().backend(),
+            file_io: self.0.file_io(),
+        };
+        let mut m = encoder.encode_descriptor(
+            "selfie_media_store_info",
+            "The media blob store and file I/O in use",
+            None,
+            info.metric_type(),
+        )?;
+        info.encode(m.encode_family(&labels)?)?;
+        let Some(cache) = self.0.cache() else {
+            return Ok(());
+        };
+        let stats = cache.stats();
+        for (name, help, value) in [
+            (
+                "selfie_media_cache_hits",
+                "Blob reads served from the node's cache",
+                stats.hits.load(Relaxed),
+            ),
+            (
+                "selfie_media_cache_misses",
+                "Blob reads that found nothing cached",
+                stats.misses.load(Relaxed),
+            ),
+            (
+                "selfie_media_cache_fills",
+                "Whole blobs fetched from the object store into the cache",
+                stats.fills.load(Relaxed),
+            ),
+            (
+                "selfie_media_cache_evictions",
+                "Blobs evicted from the cache to stay within its capacity",
+                stats.evictions.load(Relaxed),
+            ),
+        ] {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let bytes = ConstGauge::new(i64::try_from(cache.cached_bytes()).unwrap_or(i64::MAX));
+        bytes.encode(encoder.encode_descriptor(
+            "selfie_media_cache_bytes",
+            "Bytes held in the node's media cache",
+            None,
+            bytes.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
 impl Metrics {
@@ -145,7 +224,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.000_025, 2.0, 18))
             }),
             web_sent_bytes_total: Family::default(),
-            registry: Registry::default(),
+            registry: std::sync::Mutex::new(Registry::default()),
         };
         let r = &mut registry;
         r.register(
@@ -257,13 +336,25 @@ impl Metrics {
             "Redis operations of the fleet bridge that failed",
             FLEET.errors.clone(),
         );
-        Arc::new(Self { registry, ..m })
+        Arc::new(Self {
+            registry: std::sync::Mutex::new(registry),
+            ..m
+        })
+    }
+
+    /// Exports the node's media metrics (`selfie_media_*`).
+    pub fn observe_media(&self, media: Arc<selfie_services::media::MediaNode>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register_collector(Box::new(MediaCollector(media)));
     }
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
             out.clear();
         }
         out

@@ -33,6 +33,9 @@ struct Serve {
     fingerprint: String,
     /// The node number it leased.
     number: u16,
+    /// Its HTTPS (signed media URLs) and ops addresses.
+    web: Option<SocketAddr>,
+    ops: Option<SocketAddr>,
 }
 
 impl Serve {
@@ -80,6 +83,7 @@ impl Serve {
             ])
             .arg(dir)
             .env("SELFIE_OPS_LISTEN", "127.0.0.1:0")
+            .env("SELFIE_WEB_LISTEN", "127.0.0.1:0")
             .env("SELFIE_SERVER_PIN_CORES", "false")
             .env("SELFIE_SERVER_NODE_ID", id)
             // A short lease, so that a refused claim gives up soon; a short drain, so
@@ -97,6 +101,7 @@ impl Serve {
             .expect("start selfie serve");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let (mut addr, mut fingerprint, mut number) = (None, None, None);
+        let (mut web, mut ops) = (None, None);
         for line in lines.by_ref() {
             let line = line.expect("stdout line");
             if let Some(n) = line.strip_prefix("node number ") {
@@ -104,6 +109,12 @@ impl Serve {
             }
             if let Some(rest) = line.split("udp://").nth(1) {
                 addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+            if let Some(rest) = line.split("ops on http://").nth(1) {
+                ops = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+            if let Some(rest) = line.strip_prefix("https on tcp://") {
+                web = rest.split(',').next().and_then(|a| a.parse().ok());
             }
             if let Some(f) = line.strip_prefix("certificate sha-256: ") {
                 fingerprint = Some(f.trim().to_string());
@@ -129,6 +140,8 @@ impl Serve {
             addr,
             fingerprint,
             number,
+            web,
+            ops,
         })
     }
 
@@ -305,6 +318,48 @@ async fn a_change_on_one_node_reaches_subscribers_on_another_in_one_fleet_sequen
         .expect("the rendition from B");
     assert!(!from_b.is_empty());
     assert_eq!(from_a, from_b, "one rendition for the whole fleet");
+    // A URL minted on A is served by B: every node of the fleet verifies the signature.
+    let (url, _) = on_a
+        .media()
+        .url(info.media_id, "small")
+        .await
+        .expect("minted on A");
+    let a_origin = format!("https://{}", a.web.expect("A's HTTPS"));
+    assert!(url.starts_with(&a_origin), "{url}");
+    let via_b = url.replacen(
+        &a_origin,
+        &format!("https://{}", b.web.expect("B's HTTPS")),
+        1,
+    );
+    let web = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("https client");
+    let r = web.get(&via_b).send().await.expect("GET on B");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.expect("body"), from_b);
+    // B's cache in front of S3 is observable: it fetched what it served.
+    let metrics = web
+        .get(format!("http://{}/metrics", b.ops.expect("B's ops")))
+        .send()
+        .await
+        .expect("scraped")
+        .text()
+        .await
+        .expect("text");
+    let fills: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("selfie_media_cache_fills_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no cache fills metric in {metrics}"));
+    assert!(fills >= 1, "{fills}");
+    assert!(
+        metrics.contains("selfie_media_store_info{store="),
+        "the store in use is reported"
+    );
 
     drop((sub_a, sub_b, on_a, on_b, author, anon));
     assert!(a.stop().success(), "A drains and exits 0");

@@ -1018,6 +1018,10 @@ async fn signed_https_urls_serve_ranges_to_their_viewer_and_refuse_the_rest() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert!(sent >= 3 * total as u64, "{sent}");
+    assert!(
+        metrics.contains("selfie_media_store_info{store=\"local-std\",file_io=\"std\"} 1"),
+        "the blob store in use is reported"
+    );
 }
 
 fn now_ms() -> u64 {

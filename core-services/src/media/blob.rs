@@ -301,6 +301,11 @@ impl Staging {
         Ok(Self { dir, io: io_path })
     }
 
+    /// Its file I/O: `std` or `io_uring`.
+    pub fn io_name(&self) -> &'static str {
+        self.io.name()
+    }
+
     /// The file of `upload_id`.
     pub fn path(&self, upload_id: u64) -> PathBuf {
         self.dir.join(format!("{upload_id:016x}"))

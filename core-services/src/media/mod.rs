@@ -279,11 +279,22 @@ pub struct MediaNode {
     workers: tokio::sync::Semaphore,
     /// Signs HTTPS URLs, when the node serves them.
     urls: std::sync::OnceLock<urls::UrlSigner>,
+    /// The local cache in front of an object store (fleets), for its metrics.
+    cache: Option<Arc<CachedBlobs>>,
 }
 
 impl MediaNode {
     /// Media on `blobs`, with uploads staged under `staging`.
     pub fn new(blobs: Arc<dyn BlobStore>, staging: Staging, config: MediaConfig) -> Arc<Self> {
+        Self::build(blobs, staging, config, None)
+    }
+
+    fn build(
+        blobs: Arc<dyn BlobStore>,
+        staging: Staging,
+        config: MediaConfig,
+        cache: Option<Arc<CachedBlobs>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             blobs,
             staging,
@@ -295,6 +306,7 @@ impl MediaNode {
             checks: Shares::new(CHECKS, CHECKS_PER_USER),
             workers: tokio::sync::Semaphore::new(config.workers.max(1)),
             urls: std::sync::OnceLock::new(),
+            cache,
         })
     }
 
@@ -311,9 +323,10 @@ impl MediaNode {
             return Self::local(dir, config);
         };
         let origin: Arc<dyn BlobStore> = Arc::new(S3Blobs::open(url)?);
-        let blobs = Arc::new(CachedBlobs::open(origin, dir.join("cache"), cache_bytes)?);
+        let cache = Arc::new(CachedBlobs::open(origin, dir.join("cache"), cache_bytes)?);
         let staging = Staging::open_with(dir.join("staging"), Self::io(config)?)?;
-        Ok(Self::new(blobs, staging, config))
+        let blobs: Arc<dyn BlobStore> = cache.clone();
+        Ok(Self::build(blobs, staging, config, Some(cache)))
     }
 
     /// The embedded default: blobs and staging under `dir` (`<data>/media`).
@@ -342,6 +355,17 @@ impl MediaNode {
     /// The limits.
     pub fn config(&self) -> MediaConfig {
         self.config
+    }
+
+    /// The local cache in front of the object store, when blobs live in one.
+    pub fn cache(&self) -> Option<&Arc<CachedBlobs>> {
+        self.cache.as_ref()
+    }
+
+    /// The file I/O of the staging area (and of the local blob store): `std` or
+    /// `io_uring`.
+    pub fn file_io(&self) -> &'static str {
+        self.staging.io_name()
     }
 
     /// Serves signed HTTPS URLs minted and checked by `signer` (set once, at start,

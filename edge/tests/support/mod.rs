@@ -197,6 +197,7 @@ pub fn start_in_fleet(
     let edge = Edge::start(config, plane.clone(), factory, auth).expect("edge");
     edge.serve_media_urls(&media, &parts.secret_key)
         .expect("an HTTPS listener");
+    edge.metrics().observe_media(media);
     Node {
         edge,
         plane,
