@@ -34,6 +34,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// Certificate SHA-256 (hex).
     pub fingerprint: String,
+    /// HTTPS address (`[web]`), when the server has one.
+    pub web: Option<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -46,11 +48,14 @@ impl ServerProcess {
             .context("start server process")?;
         let stdout = child.stdout.take().context("server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let (mut addr, mut fingerprint) = (None, None);
+        let (mut addr, mut fingerprint, mut web) = (None, None, None);
         for line in lines.by_ref() {
             let line = line?;
             if let Some(rest) = line.split("udp://").nth(1) {
                 addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+            if let Some(rest) = line.strip_prefix("https on tcp://") {
+                web = rest.split(',').next().and_then(|a| a.parse().ok());
             }
             if let Some(f) = line.strip_prefix("certificate sha-256: ") {
                 fingerprint = Some(f.trim().to_string());
@@ -66,6 +71,7 @@ impl ServerProcess {
                 child,
                 addr,
                 fingerprint,
+                web,
                 _dir: dir,
             }),
             _ => {

@@ -57,9 +57,13 @@ pub struct Args {
     /// Bytes per chunk (the edge's `media.chunk_bytes`).
     #[arg(long, default_value_t = 2 << 20)]
     chunk_bytes: u32,
-    /// Downloads of the completed object.
+    /// Downloads of the completed object (over QUIC, then over HTTPS by signed URL).
     #[arg(long, default_value_t = 10)]
     downloads: usize,
+    /// Size of the image completed, processed and downloaded, MiB (a noise PNG; the
+    /// uploads above are `--mib`).
+    #[arg(long, default_value_t = 32)]
+    image_mib: usize,
     /// Also run the edge with its blobs in this S3-compatible store behind its local
     /// cache (`storage.media_url`, e.g. `s3://KEY:SECRET@127.0.0.1:8333/bucket?tls=false`),
     /// next to the local files, in the same run.
@@ -315,7 +319,62 @@ struct EdgeRun {
     /// The first download (with S3: the node's cache fetching the object).
     first_download: Duration,
     download: Moved,
+    /// The same downloads over HTTPS by a signed URL (HTTP/1.1, one connection).
+    https: Option<Moved>,
     size: u64,
+}
+
+/// `downloads` GETs of a signed URL to the original, on one kept-alive HTTPS connection
+/// pinned to the edge's certificate.
+async fn https_downloads(
+    server: &ServerProcess,
+    media: &selfie_client::media::MediaApi<'_>,
+    media_id: u64,
+    size: usize,
+    downloads: usize,
+    blobs: &str,
+) -> anyhow::Result<Option<Moved>> {
+    if server.web.is_none() {
+        return Ok(None);
+    }
+    let (url, _) = media.url(media_id, "original").await?;
+    let tls = selfie_client::tls_client_config(&server.trust()?, &[b"http/1.1"])?;
+    let web = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .http1_only()
+        .build()?;
+    // Warm the connection (TLS handshake) first.
+    let first = web
+        .get(&url)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    anyhow::ensure!(first.len() == size, "a short HTTPS download");
+    let mut lat = Latencies::new();
+    let (cpu0, t) = (server.cpu(), Instant::now());
+    for _ in 0..downloads {
+        let t = Instant::now();
+        let body = web
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        anyhow::ensure!(body.len() == size, "a short HTTPS download");
+        lat.record(t.elapsed());
+    }
+    let (elapsed, cpu) = (t.elapsed(), server.cpu().saturating_sub(cpu0));
+    Ok(Some(moved(
+        &format!("edge HTTPS download (original){blobs}"),
+        lat,
+        downloads as u64,
+        (size * downloads) as u64,
+        elapsed,
+        cpu,
+    )))
 }
 
 async fn edge(
@@ -391,11 +450,21 @@ async fn edge(
         elapsed,
         cpu,
     );
+    let https = https_downloads(
+        server,
+        &media,
+        info.media_id,
+        png.len(),
+        args.downloads,
+        blobs,
+    )
+    .await?;
     Ok(EdgeRun {
         upload,
         complete,
         first_download,
         download,
+        https,
         size: png.len() as u64,
     })
 }
@@ -415,8 +484,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.downloads
     );
     let object = Bytes::from(noise(args.mib << 20, 0x2545_F491_4F6C_DD1D));
-    let png = Bytes::from(noise_png(args.mib)?);
+    let png = Bytes::from(noise_png(args.image_mib)?);
     let settings = [
+        ("SELFIE_WEB_LISTEN", "127.0.0.1:0".to_string()),
         ("SELFIE_MEDIA_CHUNK_BYTES", args.chunk_bytes.to_string()),
         ("SELFIE_MEDIA_MAX_IMAGE_BYTES", (1u64 << 32).to_string()),
         ("SELFIE_MEDIA_QUOTA_BYTES", (1u64 << 40).to_string()),
@@ -445,6 +515,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("{}", ours.upload.text());
     println!("{}", source.text());
     println!("{}", ours.download.text());
+    if let Some(https) = &ours.https {
+        println!("{}", https.text());
+        println!(
+            "HTTPS download ÷ QUIC download {:.2}x (÷ raw quinn {:.2}x), p50 {:.2}x",
+            https.mib_per_s() / ours.download.mib_per_s().max(f64::EPSILON),
+            https.mib_per_s() / source.mib_per_s().max(f64::EPSILON),
+            https.line.lat.p(0.5) as f64 / ours.download.line.lat.p(0.5).max(1) as f64,
+        );
+    }
     println!(
         "complete of a {:.1} MiB image (whole SHA-256, sniff, header checks, store): {} ms; first download {} ms",
         ours.size as f64 / (1 << 20) as f64,
