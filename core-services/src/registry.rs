@@ -144,6 +144,7 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
         graph: Rc::new(graph),
         lists,
         posts,
+        media: std::cell::OnceCell::new(),
     });
     let s = &services;
     let (graph, lists, ttl) = (s.graph.clone(), s.lists.clone(), deps.access_ttl);
@@ -194,6 +195,7 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
             .with_delivery(registry.delivery().clone()),
         );
         media.start();
+        let _ = s.media.set(media.clone());
         let wire = Rc::new(MediaWire(media.clone()));
         registry.register(Service::Media, wire.clone());
         registry.set_raw_streams(wire);

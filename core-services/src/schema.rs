@@ -174,6 +174,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::media::UNUSED_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 27,
+        name: "media: each user's objects",
+        tables: crate::tables::media::OWNED_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

@@ -1071,6 +1071,7 @@ pub mod media {
         REMOVALS, "media_removals", ["node"], ["media_id"], "media being removed on each node (finished at its start when cut short)";
         UNUSED, "media_unused", ["node"], ["media_id"], "media completed on each node, looked at a day later: removed if nothing uses it";
         BLOB_CLAIMS(conditional), "media_blob_claims", ["sha256"], [], "a removal deleting the original of a digest (short-lived): uploads of the same bytes wait";
+        OWNED, "media_owned", ["owner_id"], ["media_id"], "each user's media objects (erased with the account)";
     }
     counters!(
         USAGE,
@@ -1090,6 +1091,9 @@ pub mod media {
     /// Media never used, to collect, and claims on deleting originals (a later
     /// migration).
     pub static UNUSED_TABLES: &[&Table] = &[&UNUSED, &BLOB_CLAIMS];
+
+    /// Each user's objects (a later migration).
+    pub static OWNED_TABLES: &[&Table] = &[&OWNED];
 
     /// Where a media object is processed and stored.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

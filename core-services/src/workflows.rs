@@ -28,6 +28,8 @@ pub struct Services<S> {
     pub lists: Rc<Lists<S>>,
     /// Posts.
     pub posts: Rc<Posts<S>>,
+    /// This shard's media service, when the node serves media (set once it is built).
+    pub media: std::cell::OnceCell<Rc<crate::media::Media<S>>>,
 }
 
 /// A profile as a viewer sees it: the profile, its counts and how the viewer relates.
@@ -45,7 +47,7 @@ pub struct ProfileView {
     pub relationship: Relationship,
 }
 
-impl<S: Store> Services<S> {
+impl<S: Store + Clone + 'static> Services<S> {
     /// Creates an account, signs it in on `device`, and creates its profile. The profile
     /// step is idempotent, so a client that saw a storage failure can log in and go on.
     /// The e-mail address is claimed only once its owner proves it (`verify_email`).
@@ -69,8 +71,8 @@ impl<S: Store> Services<S> {
     ///
     /// The owner's other devices are signed out first (nothing acts for the account while
     /// it goes); then each service removes what it holds — the profile is anonymised and
-    /// hidden (its posts with it), graph edges and lists go — and the credentials go
-    /// last. Every step is idempotent and a failure leaves the account and this session
+    /// hidden (its posts with it), graph edges and lists go, every media object and
+    /// unfinished upload is erased — and the credentials go last. Every step is idempotent and a failure leaves the account and this session
     /// in place, so the owner can simply retry.
     pub async fn delete_account(
         &self,
@@ -83,6 +85,10 @@ impl<S: Store> Services<S> {
         self.accounts.revoke_others(user, caller.session_id).await?;
         self.users.mark_deleted(user).await?;
         self.graph.remove_user(user).await?;
+        if let Some(media) = self.media.get() {
+            let erased = media.erase_owner(user).await?;
+            tracing::info!(user, erased, "account media erased");
+        }
         self.accounts.erase(user).await
     }
 

@@ -1068,3 +1068,74 @@ fn one_user_cannot_hold_every_chunk_buffer() {
             .expect("ana's buffers came back");
     });
 }
+
+/// Deleting an account erases its media: objects whatever uses them (a post here),
+/// unused ones, unfinished uploads, their files and their quota; others' media stays,
+/// and a use recorded afterwards (a forward of an old message) is refused.
+#[test]
+fn erasing_an_account_removes_all_its_media_whatever_uses_it() {
+    local(async {
+        let w = world().await;
+        let posted = w.ready(ANA).await;
+        let unused = w.ready(ANA).await;
+        let bens = w.ready(BEN).await;
+        w.posts
+            .publish(
+                ANA,
+                NewPost {
+                    media_ids: vec![posted],
+                    ..NewPost::text("look")
+                },
+            )
+            .await
+            .expect("post");
+        let bytes = jpeg();
+        let open = w
+            .media
+            .init(
+                ANA,
+                NewUpload {
+                    kind: Kind::Image,
+                    size: bytes.len() as u64,
+                    sha256: Sha256::digest(&bytes).to_vec(),
+                    alt_text: String::new(),
+                },
+            )
+            .await
+            .expect("an unfinished upload");
+        let files_before = w.blob_files();
+        assert_eq!(w.media.erase_owner(ANA).await.expect("erased"), 2);
+        for id in [posted, unused] {
+            assert!(matches!(
+                w.media.get(ANA, id).await,
+                Err(Error::NotFound(_))
+            ));
+        }
+        assert!(matches!(
+            w.media.resume(ANA, open.upload_id).await,
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(w.usage(ANA).await, 0, "nothing counted against the quota");
+        for table in [&t::OWNED, &t::OPEN] {
+            let rows = w
+                .store
+                .scan(table, &tables::key(ANA), &selfie_storage::Scan::all(10))
+                .await
+                .expect("scan");
+            assert!(rows.rows.is_empty(), "{} rows left", table.name);
+        }
+        assert!(w.blob_files() < files_before, "the files went");
+        // Ben's photo is untouched.
+        assert_eq!(
+            w.media.get(BEN, bens).await.expect("his").state,
+            State::Ready
+        );
+        // Again: nothing left to do.
+        assert_eq!(w.media.erase_owner(ANA).await.expect("erased"), 0);
+        // A use recorded afterwards is refused.
+        let mut ids = IdGenerator::new(1, 3).expect("ids");
+        let post = ids.next(w.clock.now_ms()).0;
+        let r = t::attach(&w.store, &[posted], Use::Post(post), "media_ids").await;
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    });
+}

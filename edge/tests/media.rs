@@ -1116,3 +1116,42 @@ async fn an_https_reader_that_stalls_is_cut() {
         "the cut is counted"
     );
 }
+
+/// Deleting an account erases its media for everyone: a follower who could fetch the
+/// photo of a public post (over QUIC and by a signed URL) gets nothing afterwards.
+#[tokio::test]
+async fn a_deleted_accounts_media_is_gone_for_everyone() {
+    use selfie_protocol::auth::{AccountDeleteRequestT, AuthOpT};
+    let node = node();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    follow(&ben.client, ana.id).await;
+    let photo = support::photo(&ana.client).await;
+    post_with(&ana.client, vec![photo], Audience::Public)
+        .await
+        .expect("posted");
+    let (url, _) = ben.client.media().url(photo, "").await.expect("minted");
+    let web = https();
+    assert_eq!(web.get(&url).send().await.expect("GET").status(), 200);
+    let mut r = AccountDeleteRequestT::default();
+    r.password = Some(ana.password.clone());
+    call(
+        &ana.client,
+        support::auth(AuthOpT::AccountDeleteRequest(Box::new(r))),
+    )
+    .await
+    .expect("account deleted");
+    let e = ben.client.media().get(photo).await.expect_err("erased");
+    assert_eq!(code(&e), Some(ErrorCode::NotFound));
+    let e = ben
+        .client
+        .media()
+        .download(photo, "large", 0, 0)
+        .await
+        .expect_err("erased");
+    assert_eq!(code(&e), Some(ErrorCode::NotFound));
+    assert_eq!(web.get(&url).send().await.expect("GET").status(), 404);
+}

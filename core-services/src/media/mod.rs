@@ -58,7 +58,8 @@
 //! the choice is logged at start). `std` is the default because it measured faster on
 //! page-cached reads and durable puts (`selfie-bench blobs`).
 //!
-//! Not here yet: collecting media on account deletion.
+//! **Account deletion** erases the account's media ([`Media::erase_owner`], through
+//! `media_owned`): unfinished uploads go, and every object is removed whatever uses it.
 
 pub mod blob;
 pub mod cache;
@@ -970,6 +971,10 @@ impl<S: Store + Clone + 'static> Media<S> {
         self.store
             .put(&t::UNUSED, &node, &key(media.media_id), &[], None)
             .await?;
+        // Indexed by owner before it exists, so that erasing the account finds it.
+        self.store
+            .put(&t::OWNED, &key(owner), &key(media.media_id), &[], None)
+            .await?;
         self.save(&media).await?;
         self.store
             .counter_add(
@@ -1427,10 +1432,56 @@ impl<S: Store + Clone + 'static> Media<S> {
     /// Deletes an object of the caller's that nothing uses (`Stale` while a post, story
     /// or profile does).
     pub async fn delete(&self, owner: u64, media_id: u64) -> Result<()> {
-        match self.remove(media_id, Some(owner)).await? {
+        match self.remove(media_id, Some(owner), false).await? {
             Removal::Removed => Ok(()),
             Removal::Missing => Err(Error::NotFound("media")),
             Removal::InUse => Err(Error::Stale("media in use")),
+        }
+    }
+
+    /// Erases everything `owner` holds (their account is being deleted): unfinished
+    /// uploads are abandoned and every object is removed, whatever uses it (posts,
+    /// stories, profiles, chat messages then show it as gone). Idempotent: a call cut
+    /// short is finished by the next. Returns how many objects went.
+    pub async fn erase_owner(&self, owner: u64) -> Result<usize> {
+        let part = key(owner);
+        loop {
+            let open = self.store.scan(&t::OPEN, &part, &Scan::all(200)).await?;
+            if open.rows.is_empty() {
+                break;
+            }
+            for row in &open.rows {
+                let Some(upload_id) = id_value(&row.clustering) else {
+                    self.store.delete(&t::OPEN, &part, &row.clustering).await?;
+                    continue;
+                };
+                let lock = self.node.uploads.get(upload_id);
+                let _exclusive = lock.write().await;
+                match self.load_upload(owner, upload_id).await {
+                    Ok(upload) if !upload.completed => self.forget_upload(&upload).await?,
+                    _ => self.store.delete(&t::OPEN, &part, &row.clustering).await?,
+                }
+            }
+        }
+        let mut removed = 0;
+        loop {
+            let page = self.store.scan(&t::OWNED, &part, &Scan::all(200)).await?;
+            if page.rows.is_empty() {
+                return Ok(removed);
+            }
+            for row in &page.rows {
+                let Some(media_id) = id_value(&row.clustering) else {
+                    self.store.delete(&t::OWNED, &part, &row.clustering).await?;
+                    continue;
+                };
+                match self.remove(media_id, Some(owner), true).await? {
+                    Removal::Removed => removed += 1,
+                    // Gone already (or never completed): only the index row is left.
+                    Removal::Missing | Removal::InUse => {
+                        self.store.delete(&t::OWNED, &part, &row.clustering).await?;
+                    }
+                }
+            }
         }
     }
 
@@ -1438,7 +1489,7 @@ impl<S: Store + Clone + 'static> Media<S> {
     /// is deleted.
     pub async fn release(&self, ids: &[u64]) -> Result<()> {
         for &id in ids {
-            self.remove(id, None).await?;
+            self.remove(id, None, false).await?;
         }
         Ok(())
     }
@@ -1453,8 +1504,10 @@ impl<S: Store + Clone + 'static> Media<S> {
     /// [`State::Collecting`], which is never put back; the files go next and the record
     /// last: only the removal that deletes it counts the bytes out of the quota. A
     /// removal cut short leaves the tombstone and a `media_removals` row; the next
-    /// removal of the object, or the node's next start, finishes it.
-    async fn remove(&self, media_id: u64, owner: Option<u64>) -> Result<Removal> {
+    /// removal of the object, or the node's next start, finishes it. `force` removes it
+    /// whatever uses it (its owner's account is being erased); the tombstone still
+    /// refuses uses recorded meanwhile.
+    async fn remove(&self, media_id: u64, owner: Option<u64>, force: bool) -> Result<Removal> {
         let lock = self.node.objects.get(media_id);
         let _exclusive = lock.write().await;
         let node = KeyBuilder::new().u64(u64::from(self.node_number)).build();
@@ -1477,7 +1530,7 @@ impl<S: Store + Clone + 'static> Media<S> {
                 let (tombstone, before) = if media.state == State::Deleting {
                     (raw, None)
                 } else {
-                    if self.in_use(&media).await? {
+                    if !force && self.in_use(&media).await? {
                         if marked {
                             self.store.delete(&t::REMOVALS, &node, &id).await?;
                         }
@@ -1498,7 +1551,11 @@ impl<S: Store + Clone + 'static> Media<S> {
                     }
                     (dead, Some(raw))
                 };
-                let used = match self.in_use(&media).await {
+                let used = match if force {
+                    Ok(false)
+                } else {
+                    self.in_use(&media).await
+                } {
                     Ok(used) => used,
                     Err(e) => {
                         // Best effort: the object as it was (else the tombstone stays,
@@ -1571,6 +1628,9 @@ impl<S: Store + Clone + 'static> Media<S> {
                         -i64::try_from(media.size).unwrap_or(i64::MAX),
                     )
                     .await?;
+                self.store
+                    .delete(&t::OWNED, &key(media.owner_id), &id)
+                    .await?;
             }
             self.store.delete(&t::REMOVALS, &node, &id).await?;
             return Ok(if won {
@@ -1618,7 +1678,7 @@ impl<S: Store + Clone + 'static> Media<S> {
                 if completed.is_some_and(|at| at.saturating_add(ttl) > now) {
                     continue;
                 }
-                match self.remove(id, None).await {
+                match self.remove(id, None, false).await {
                     Ok(Removal::Removed) => removed += 1,
                     Ok(_) => {}
                     Err(e) => {
@@ -1650,7 +1710,7 @@ impl<S: Store + Clone + 'static> Media<S> {
                 .await?;
             for row in &page.rows {
                 if let Some(id) = id_value(&row.clustering)
-                    && let Err(e) = self.remove(id, None).await
+                    && let Err(e) = self.remove(id, None, false).await
                 {
                     tracing::warn!(media_id = id, error = %e, "media removal not finished");
                     continue;
