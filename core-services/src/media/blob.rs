@@ -421,16 +421,39 @@ impl Staging {
     }
 
     /// Removes staged files last written before `before` (abandoned uploads, whose rows
-    /// have expired); returns how many went.
+    /// have expired) and processing work directories left by a crash; returns how many
+    /// went. An entry that cannot be read or removed is skipped (logged), not the end
+    /// of the sweep.
     pub async fn sweep(&self, before: std::time::SystemTime) -> Result<usize> {
         let dir = self.dir.clone();
         blocking(move || {
             let mut removed = 0;
             for entry in std::fs::read_dir(dir)? {
-                let entry = entry?;
-                let old = entry.metadata()?.modified()? < before;
-                if old && std::fs::remove_file(entry.path()).is_ok() {
+                let old = entry.and_then(|e| {
+                    let meta = e.metadata()?;
+                    Ok((e.path(), meta.is_dir(), meta.modified()? < before))
+                });
+                let (path, is_dir, old) = match old {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "staged entry unreadable; skipped");
+                        continue;
+                    }
+                };
+                if !old {
+                    continue;
+                }
+                let gone = if is_dir {
+                    // Only processing work directories live here as directories.
+                    path.extension().is_some_and(|x| x == "work")
+                        && std::fs::remove_dir_all(&path).is_ok()
+                } else {
+                    std::fs::remove_file(&path).is_ok()
+                };
+                if gone {
                     removed += 1;
+                } else {
+                    tracing::warn!(path = %path.display(), "stale staged entry not removed");
                 }
             }
             Ok(removed)
@@ -458,5 +481,35 @@ mod tests {
         }
         assert!(checked("sha256/00ff").is_ok());
         assert!(checked("r/123/large.jpg").is_ok());
+    }
+
+    /// Defect: the sweep stopped at the first entry it could not remove (a directory),
+    /// and work directories left by a crash were never removed.
+    #[tokio::test]
+    async fn the_sweep_removes_old_files_and_work_directories_past_anything_else() {
+        let dir = tempfile::tempdir().expect("dir");
+        let staging = Staging::open(dir.path()).expect("staging");
+        std::fs::create_dir(dir.path().join("stray")).expect("a stray directory");
+        std::fs::write(dir.path().join("stray").join("f"), b"x").expect("file");
+        staging
+            .write_at(1, 0, b"abc".to_vec())
+            .await
+            .expect("staged");
+        let work = staging.work_dir(9);
+        std::fs::create_dir(&work).expect("work dir");
+        std::fs::write(work.join("segment.ts"), b"x").expect("file");
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        assert_eq!(staging.sweep(later).await.expect("swept"), 2);
+        assert!(!staging.path(1).exists() && !work.exists());
+        assert!(
+            dir.path().join("stray").exists(),
+            "only work directories go"
+        );
+        let earlier = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        staging
+            .write_at(2, 0, b"abc".to_vec())
+            .await
+            .expect("staged");
+        assert_eq!(staging.sweep(earlier).await.expect("swept"), 0);
     }
 }

@@ -1266,11 +1266,19 @@ impl<S: Store + Clone + 'static> Media<S> {
                 .map_err(|_| Error::Internal("media processing task failed"))?
                 .unwrap_or_default();
             }
-            let bytes = tokio::fs::read(&o.path)
-                .await
-                .map_err(|_| Error::Internal("transcoder output unreadable"))?;
-            let size = bytes.len() as u64;
-            self.node.blobs.put(key.clone(), Bytes::from(bytes)).await?;
+            // Moved into the store from its file (segments and rungs are never read
+            // whole into memory); the size is the stored blob's (a retried job finds
+            // the blob of its first run in place).
+            self.node
+                .blobs
+                .put_file(key.clone(), o.path.clone())
+                .await?;
+            let size = self
+                .node
+                .blobs
+                .size(key.clone())
+                .await?
+                .ok_or(Error::Internal("transcoder output not stored"))?;
             renditions.push(Rendition {
                 name: o.name,
                 mime: o.mime.into(),
