@@ -62,9 +62,15 @@ pub trait BlobStore: Send + Sync {
     }
 }
 
+/// A file I/O failure: a missing file is `NotFound` (permanent, as the object store
+/// says it); anything else (a full or failing disk) is a storage failure, which callers
+/// retry (processing backs off and tries again, then at the next start).
 fn io(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        return Error::NotFound("blob");
+    }
     tracing::warn!(error = %e, "media file i/o failed");
-    Error::Internal("media storage i/o failed")
+    Error::Storage(selfie_storage::StoreError::Io(e))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -481,6 +487,16 @@ mod tests {
         }
         assert!(checked("sha256/00ff").is_ok());
         assert!(checked("r/123/large.jpg").is_ok());
+    }
+
+    /// Defect: a full or failing disk failed an object for good (an internal error);
+    /// it is a storage failure now, which processing tries again.
+    #[test]
+    fn disk_failures_are_storage_failures_and_missing_files_not_found() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(matches!(io(full), Error::Storage(_)));
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(matches!(io(missing), Error::NotFound(_)));
     }
 
     /// Defect: the sweep stopped at the first entry it could not remove (a directory),

@@ -1134,10 +1134,11 @@ impl<S: Store + Clone + 'static> Media<S> {
                 Kind::Image | Kind::Gif => self.process_image(&media).await,
             }
         };
-        // A tool that failed to start or ran over fails the object; storage errors leave
-        // the job for the next start.
+        // A tool that failed to start or ran over, or an original that is gone, fails the
+        // object; storage errors (the database, the object store or the disk away) leave
+        // the job to be tried again.
         let done = match done {
-            Err(e @ (Error::Internal(_) | Error::Unavailable(_))) => Err(e),
+            Err(e @ (Error::Internal(_) | Error::Unavailable(_) | Error::NotFound(_))) => Err(e),
             Err(e) => return Err(e),
             Ok(made) => Ok(made),
         };
