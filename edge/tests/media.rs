@@ -1155,3 +1155,82 @@ async fn a_deleted_accounts_media_is_gone_for_everyone() {
     assert_eq!(code(&e), Some(ErrorCode::NotFound));
     assert_eq!(web.get(&url).send().await.expect("GET").status(), 404);
 }
+
+/// A GIF of `frames` frames, `width` × `height`.
+fn gif(frames: u32, width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut enc = image::codecs::gif::GifEncoder::new(&mut out);
+        enc.set_repeat(image::codecs::gif::Repeat::Infinite)
+            .expect("repeat");
+        let frames = (0..frames).map(|i| {
+            let img = image::RgbaImage::from_fn(width, height, |x, _| {
+                image::Rgba([(x * 4 + i * 60) as u8, (i * 80) as u8, 200, 255])
+            });
+            image::Frame::from_parts(img, 0, 0, image::Delay::from_numer_denom_ms(100, 1))
+        });
+        enc.encode_frames(frames).expect("gif");
+    }
+    out
+}
+
+/// An animated GIF also becomes a silent H.264 MP4 that players loop (and its first
+/// frame the still renditions); a single-frame GIF does not.
+#[tokio::test]
+async fn an_animated_gif_becomes_an_mp4_and_a_still_one_does_not() {
+    let node = node();
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let animated = upload(&ana.client, MediaKind::Gif, &gif(6, 41, 30))
+        .await
+        .expect("uploaded");
+    let m = ready(&ana.client, animated).await;
+    let renditions = m.renditions.unwrap_or_default();
+    let mp4 = renditions
+        .iter()
+        .find(|r| r.name.as_deref() == Some("mp4"))
+        .expect("an mp4 rendition");
+    assert_eq!(mp4.mime_type.as_deref(), Some("video/mp4"));
+    assert_eq!((mp4.width, mp4.height), (40, 30), "even sides");
+    assert!(
+        renditions
+            .iter()
+            .any(|r| r.name.as_deref() == Some("small"))
+    );
+    let (_, bytes) = ana
+        .client
+        .media()
+        .download(animated, "mp4", 0, 0)
+        .await
+        .expect("downloaded");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("a.mp4");
+    std::fs::write(&path, &bytes).expect("written");
+    let probed = ffprobe(&path);
+    let streams = probed["streams"].as_array().expect("streams");
+    assert_eq!(streams.len(), 1, "video only: {streams:?}");
+    assert_eq!(streams[0]["codec_name"], "h264");
+    let seconds: f64 = probed["format"]["duration"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("duration");
+    assert!(
+        (0.4..0.8).contains(&seconds),
+        "six frames of 100 ms: {seconds}"
+    );
+
+    let still = upload(&ana.client, MediaKind::Gif, &gif(1, 40, 30))
+        .await
+        .expect("uploaded");
+    let m = ready(&ana.client, still).await;
+    let names: Vec<String> = m
+        .renditions
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| r.name)
+        .collect();
+    assert!(!names.iter().any(|n| n == "mp4"), "{names:?}");
+    assert!(names.iter().any(|n| n == "small"), "{names:?}");
+}

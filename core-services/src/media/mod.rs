@@ -26,7 +26,8 @@
 //!
 //! **Processing** runs off the shard threads, on the blocking pool, a few at a time per
 //! node, from a durable queue (`media_jobs`, one partition per node, replayed at start):
-//! images become upright JPEG renditions without metadata and a BlurHash; videos
+//! images become upright JPEG renditions without metadata and a BlurHash (an animated
+//! GIF also a silent H.264 `mp4` players loop); videos
 //! (probed by `ffprobe` when the upload completes: at most 10 minutes and 4096 pixels a
 //! side) become an HLS ladder (`hls/master.m3u8`, 360p and 720p rungs never above the
 //! source, 4-second segments) and a poster frame with its BlurHash, transcoded by
@@ -1196,10 +1197,14 @@ impl<S: Store + Clone + 'static> Media<S> {
     ) -> Result<std::result::Result<Made, process::Refusal>> {
         let size = usize::try_from(media.size).map_err(|_| Error::TooLarge("media"))?;
         let original = self.node.blobs.read(media.original_key(), 0, size).await?;
-        let done = tokio::task::spawn_blocking(move || process::process_image(&original))
-            .await
-            .map_err(|_| Error::Internal("media processing task failed"))?;
-        let p = match done {
+        let gif = media.kind == Kind::Gif;
+        let kept = original.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            process::process_image(&kept).map(|p| (p, gif && process::is_animated_gif(&kept)))
+        })
+        .await
+        .map_err(|_| Error::Internal("media processing task failed"))?;
+        let (p, animated) = match done {
             Ok(p) => p,
             Err(refusal) => return Ok(Err(refusal)),
         };
@@ -1219,6 +1224,49 @@ impl<S: Store + Clone + 'static> Media<S> {
                 size,
                 key,
             });
+        }
+        if animated {
+            // The animation as a video players loop; its first frame's renditions above
+            // stay the placeholder and the still.
+            let work = self.node.staging.work_dir(media.media_id);
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            tokio::fs::create_dir_all(&work)
+                .await
+                .map_err(|_| Error::Internal("media work directory not created"))?;
+            let made = async {
+                let input = work.join("original.gif");
+                tokio::fs::write(&input, &original)
+                    .await
+                    .map_err(|_| Error::Internal("media work file not written"))?;
+                let mp4 = video::gif_to_mp4(&input, &work).await?;
+                let key = format!("r/{}/{}", media.media_id, mp4.name);
+                self.node.blobs.put_file(key.clone(), mp4.path).await?;
+                let size = self
+                    .node
+                    .blobs
+                    .size(key.clone())
+                    .await?
+                    .ok_or(Error::Internal("animation not stored"))?;
+                Ok::<_, Error>(Rendition {
+                    name: mp4.name,
+                    mime: mp4.mime.into(),
+                    width: mp4.width,
+                    height: mp4.height,
+                    size,
+                    key,
+                })
+            }
+            .await;
+            let _ = tokio::fs::remove_dir_all(&work).await;
+            match made {
+                Ok(r) => renditions.push(r),
+                // A GIF whose frames decode but that ffmpeg cannot convert keeps its still
+                // renditions; storage failures are tried again.
+                Err(Error::UnsupportedMedia(refusal)) => {
+                    tracing::warn!(media = media.media_id, %refusal, "GIF animation not converted");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(Ok(Made {
             renditions,

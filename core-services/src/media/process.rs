@@ -191,6 +191,14 @@ pub fn process_image(bytes: &[u8]) -> Result<ProcessedImage, Refusal> {
     })
 }
 
+/// Whether `bytes` (a GIF) holds more than one frame: only the first two are decoded.
+pub fn is_animated_gif(bytes: &[u8]) -> bool {
+    use image::AnimationDecoder;
+    image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes))
+        .map(|d| d.into_frames().take(2).filter(Result::is_ok).count() == 2)
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

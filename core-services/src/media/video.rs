@@ -1,6 +1,7 @@
 //! Videos: probed by `ffprobe` when an upload completes (a file that is not a decodable
 //! video, or one too long or too large, is refused), then transcoded by `ffmpeg` into an
-//! HLS ladder (360p, 720p; never above the source) and a JPEG poster frame.
+//! HLS ladder (360p, 720p; never above the source) and a JPEG poster frame. Animated
+//! GIFs also become a silent H.264 MP4 ([`gif_to_mp4`]).
 //!
 //! Both run as child processes, never in the server: each under `nice` and `prlimit`
 //! (address space capped), with two encoder threads, and a wall-clock limit, killed when
@@ -135,6 +136,45 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
         width,
         height,
         duration,
+    })
+}
+
+/// How long converting one animated GIF may take.
+const GIF_TIME: Duration = Duration::from_secs(120);
+/// Longest animation converted (a GIF's frames beyond it are cut).
+const GIF_MAX_SECONDS: u32 = 60;
+
+/// An animated GIF as a silent H.264 MP4 (`mp4`): what players loop for a GIF, at a
+/// fraction of its bytes, without metadata, at its size (rounded down to even sides, as
+/// H.264 wants), at most a minute long. Read with the GIF demuxer only.
+pub async fn gif_to_mp4(input: &Path, dir: &Path) -> Result<Output> {
+    let out_path = dir.join("animation.mp4");
+    let mut c = limited("ffmpeg");
+    c.args(["-nostdin", "-v", "error", "-y"])
+        .args(["-protocol_whitelist", "file", "-f", "gif", "-i"])
+        .arg(input)
+        .args(["-map", "0:v:0", "-map_metadata", "-1", "-an"])
+        .args(["-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2"])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-crf", "23"])
+        .args(["-pix_fmt", "yuv420p", "-movflags", "+faststart"])
+        .args(["-threads", &ENCODER_THREADS.to_string()])
+        .args(["-t", &GIF_MAX_SECONDS.to_string()])
+        .arg(&out_path);
+    let out = run(c, GIF_TIME).await?;
+    if !out.status.success() {
+        tracing::warn!(
+            stderr = %String::from_utf8_lossy(&out.stderr).chars().take(500).collect::<String>(),
+            "ffmpeg failed on a GIF"
+        );
+        return Err(Refusal::Undecodable.into());
+    }
+    let probe = probe(&out_path, "video/mp4").await?;
+    Ok(Output {
+        name: "mp4".into(),
+        mime: "video/mp4",
+        width: probe.width,
+        height: probe.height,
+        path: out_path,
     })
 }
 
