@@ -1125,6 +1125,16 @@ fn erasing_an_account_removes_all_its_media_whatever_uses_it() {
             assert!(rows.rows.is_empty(), "{} rows left", table.name);
         }
         assert!(w.blob_files() < files_before, "the files went");
+        let refs = w
+            .store
+            .scan(
+                &t::REFS,
+                &tables::key(posted),
+                &selfie_storage::Scan::all(10),
+            )
+            .await
+            .expect("refs");
+        assert!(refs.rows.is_empty(), "the post's use went with it");
         // Ben's photo is untouched.
         assert_eq!(
             w.media.get(BEN, bens).await.expect("his").state,
@@ -1137,5 +1147,70 @@ fn erasing_an_account_removes_all_its_media_whatever_uses_it() {
         let post = ids.next(w.clock.now_ms()).0;
         let r = t::attach(&w.store, &[posted], Use::Post(post), "media_ids").await;
         assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    });
+}
+
+/// Sends all of `bytes` as chunks of `upload_id` (not completed).
+async fn staged(media: &Media<S>, owner: u64, upload_id: u64, bytes: &[u8]) {
+    for (i, piece) in bytes.chunks(CHUNK as usize).enumerate() {
+        let header = ChunkHeader {
+            upload_id,
+            offset: i as u64 * u64::from(CHUNK),
+            length: piece.len() as u32,
+            sha256: Sha256::digest(piece).to_vec(),
+        };
+        let body = futures::stream::iter([Ok(Bytes::copy_from_slice(piece))]).boxed_local();
+        media.chunk(owner, header, body).await.expect("chunk");
+    }
+}
+
+/// Races with an erasure: an upload staged on another node cannot be completed after
+/// it, an upload completing once the account is marked deleted removes its own object,
+/// and a deleted account starts no upload.
+#[test]
+fn uploads_racing_an_account_erasure_leave_nothing_behind() {
+    local(async {
+        let w = world().await;
+        let bytes = jpeg();
+        let new = || NewUpload {
+            kind: Kind::Image,
+            size: bytes.len() as u64,
+            sha256: Sha256::digest(&bytes).to_vec(),
+            alt_text: String::new(),
+        };
+        // Staged on node 2; erased from node 1.
+        let other = w.other_node(2);
+        let there = other.init(ANA, new()).await.expect("init on node 2");
+        staged(&other, ANA, there.upload_id, &bytes).await;
+        // Staged here, to be completed after the owner is marked deleted.
+        let here = w.media.init(ANA, new()).await.expect("init");
+        staged(&w.media, ANA, here.upload_id, &bytes).await;
+        Users::new(w.store.clone())
+            .mark_deleted(ANA)
+            .await
+            .expect("marked deleted");
+        let late = w
+            .media
+            .complete(ANA, here.upload_id, &Sha256::digest(&bytes))
+            .await;
+        assert!(matches!(late, Err(Error::NotFound("user"))), "{late:?}");
+        assert!(matches!(
+            w.media.init(ANA, new()).await,
+            Err(Error::NotFound("user"))
+        ));
+        assert_eq!(w.media.erase_owner(ANA).await.expect("erased"), 0);
+        let r = other
+            .complete(ANA, there.upload_id, &Sha256::digest(&bytes))
+            .await;
+        assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}");
+        assert_eq!(w.usage(ANA).await, 0);
+        for table in [&t::OWNED, &t::OPEN] {
+            let rows = w
+                .store
+                .scan(table, &tables::key(ANA), &selfie_storage::Scan::all(10))
+                .await
+                .expect("scan");
+            assert!(rows.rows.is_empty(), "{} rows left", table.name);
+        }
     });
 }

@@ -317,6 +317,21 @@ impl Staging {
         self.dir.join(format!("{upload_id:016x}"))
     }
 
+    /// Creates the (empty) file of `upload_id` and makes its directory entry durable,
+    /// so that chunks written to it later never sit in a file a crash could lose.
+    pub async fn create(&self, upload_id: u64) -> Result<()> {
+        let (path, dir) = (self.path(upload_id), self.dir.clone());
+        blocking(move || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            sync_dir(&dir)
+        })
+        .await
+    }
+
     /// A scratch directory for processing `media_id` (the caller creates and removes it).
     pub fn work_dir(&self, media_id: u64) -> PathBuf {
         self.dir.join(format!("{media_id:016x}.work"))

@@ -60,7 +60,9 @@
 //! page-cached reads and durable puts (`selfie-bench blobs`).
 //!
 //! **Account deletion** erases the account's media ([`Media::erase_owner`], through
-//! `media_owned`): unfinished uploads go, and every object is removed whatever uses it.
+//! `media_owned`): unfinished uploads go, and every object is removed whatever uses it;
+//! uploads racing it remove themselves. Objects completed before `media_owned` existed
+//! are not found (no backfill).
 
 pub mod blob;
 pub mod cache;
@@ -194,6 +196,8 @@ const DOWNLOAD_PIECE: usize = 256 * 1024;
 const CHUNK_DEADLINE: Duration = Duration::from_secs(120);
 /// Most characters of alt text.
 pub const MAX_ALT_CHARS: usize = 1_500;
+/// Pages of 200 rows an account's erasure goes through at most in one call.
+const ERASE_PAGES: usize = 10_000;
 
 /// Read-write locks by key, shared by a node's shards.
 #[derive(Default)]
@@ -648,6 +652,13 @@ impl<S: Store + Clone + 'static> Media<S> {
         }
     }
 
+    /// Whether `owner`'s account is deleted (or being deleted).
+    async fn owner_gone(&self, owner: u64) -> Result<bool> {
+        Ok(crate::tables::users::profile(&self.store, owner)
+            .await?
+            .is_some_and(|p| p.deleted))
+    }
+
     async fn load_upload(&self, owner: u64, upload_id: u64) -> Result<Upload> {
         let upload: Upload = match self.store.get(&t::UPLOADS, &key(upload_id), &[]).await? {
             Some(b) => decode("upload", &b)?,
@@ -688,6 +699,10 @@ impl<S: Store + Clone + 'static> Media<S> {
     /// owner's quota (uploads in progress count), and reserves it.
     pub async fn init(&self, owner: u64, new: NewUpload) -> Result<UploadStatus> {
         self.limits.check(owner)?;
+        // An account being deleted starts nothing new (its erasure may be under way).
+        if self.owner_gone(owner).await? {
+            return Err(Error::NotFound("user"));
+        }
         if new.size == 0 {
             return Err(Error::InvalidArgument {
                 field: "size_bytes",
@@ -728,6 +743,9 @@ impl<S: Store + Clone + 'static> Media<S> {
             completed: false,
         };
         let ttl = Some(t::UPLOAD_TTL);
+        // The staged file exists (and its directory entry is durable) before any chunk:
+        // a chunk acknowledged never sits in a file a crash could lose.
+        self.node.staging.create(upload.upload_id).await?;
         self.store
             .put(
                 &t::OPEN,
@@ -999,6 +1017,12 @@ impl<S: Store + Clone + 'static> Media<S> {
         self.store
             .delete(&t::OPEN, &key(owner), &key(upload_id))
             .await?;
+        // An account erased while this completed (its erasure may have looked before
+        // this object existed): the object goes now rather than outlive the account.
+        if self.owner_gone(owner).await? {
+            self.remove(media.media_id, Some(owner), true).await?;
+            return Err(Error::NotFound("user"));
+        }
         self.spawn_processing(media.media_id);
         Ok(media)
     }
@@ -1502,7 +1526,8 @@ impl<S: Store + Clone + 'static> Media<S> {
     /// short is finished by the next. Returns how many objects went.
     pub async fn erase_owner(&self, owner: u64) -> Result<usize> {
         let part = key(owner);
-        loop {
+        // Each pass deletes the rows it reads (or fails): a bound keeps a bug from spinning.
+        for _ in 0..ERASE_PAGES {
             let open = self.store.scan(&t::OPEN, &part, &Scan::all(200)).await?;
             if open.rows.is_empty() {
                 break;
@@ -1516,12 +1541,21 @@ impl<S: Store + Clone + 'static> Media<S> {
                 let _exclusive = lock.write().await;
                 match self.load_upload(owner, upload_id).await {
                     Ok(upload) if !upload.completed => self.forget_upload(&upload).await?,
-                    _ => self.store.delete(&t::OPEN, &part, &row.clustering).await?,
+                    Ok(_) | Err(Error::NotFound(_)) => {
+                        self.store.delete(&t::OPEN, &part, &row.clustering).await?;
+                    }
+                    // Staged on another node: its record goes, so nothing can complete it
+                    // (that node's sweep removes the file).
+                    Err(Error::Unavailable(_)) => {
+                        self.store.delete(&t::UPLOADS, &key(upload_id), &[]).await?;
+                        self.store.delete(&t::OPEN, &part, &row.clustering).await?;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
         let mut removed = 0;
-        loop {
+        for _ in 0..ERASE_PAGES {
             let page = self.store.scan(&t::OWNED, &part, &Scan::all(200)).await?;
             if page.rows.is_empty() {
                 return Ok(removed);
@@ -1533,13 +1567,15 @@ impl<S: Store + Clone + 'static> Media<S> {
                 };
                 match self.remove(media_id, Some(owner), true).await? {
                     Removal::Removed => removed += 1,
-                    // Gone already (or never completed): only the index row is left.
+                    // Gone already (or never completed: an upload completing now sees
+                    // the deleted owner and removes its object itself).
                     Removal::Missing | Removal::InUse => {
                         self.store.delete(&t::OWNED, &part, &row.clustering).await?;
                     }
                 }
             }
         }
+        Err(Error::Stale("media still being erased"))
     }
 
     /// Releases objects that their users stopped using: each one nothing uses any more
@@ -1688,6 +1724,10 @@ impl<S: Store + Clone + 'static> Media<S> {
                 self.store
                     .delete(&t::OWNED, &key(media.owner_id), &id)
                     .await?;
+                if force {
+                    // The uses that did not keep it go with it.
+                    self.drop_refs(media_id).await?;
+                }
             }
             self.store.delete(&t::REMOVALS, &node, &id).await?;
             return Ok(if won {
@@ -1781,6 +1821,25 @@ impl<S: Store + Clone + 'static> Media<S> {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Deletes every use row of an object removed by force.
+    async fn drop_refs(&self, media_id: u64) -> Result<()> {
+        for _ in 0..ERASE_PAGES {
+            let page = self
+                .store
+                .scan(&t::REFS, &key(media_id), &Scan::all(200))
+                .await?;
+            if page.rows.is_empty() {
+                return Ok(());
+            }
+            for row in &page.rows {
+                self.store
+                    .delete(&t::REFS, &key(media_id), &row.clustering)
+                    .await?;
+            }
+        }
+        Err(Error::Stale("media uses still being dropped"))
     }
 
     /// Whether anything still uses `media`. Uses that ended without being recorded as

@@ -1,6 +1,7 @@
 //! io_uring file I/O for the embedded blob store and the staging area: one I/O thread
 //! per node owns a ring and runs the data path's system calls there — opens, positioned
-//! reads and writes, `fsync`/`fdatasync`, renames and unlinks — many in flight at once,
+//! reads and writes, `fsync`/`fdatasync`, renames and unlinks of blob puts, blob reads
+//! and staged chunk writes — many in flight at once,
 //! so uploads' chunk writes and downloads' reads never block a shard thread and never
 //! take a thread of the blocking pool each.
 //!
@@ -20,8 +21,11 @@
 //! copy in parallel) with a lower p99. So `std` stays the default; O_DIRECT writes and a
 //! ring per shard are what would make io_uring pay.
 //!
-//! Not here: `stat` and directory creation stay on the blocking pool (rare, metadata
-//! only), and so does hashing a staged upload (CPU-bound).
+//! Not here: `stat`, directory creation, sweeps and whole-file reads of staged uploads
+//! stay on the blocking pool (rare, metadata only), and so does hashing a staged upload
+//! (CPU-bound). If the ring fails for good, its thread answers every request with an
+//! error (leaking the memory of those in flight rather than freeing what the kernel
+//! may still use) and media file I/O fails until the node restarts with `std`.
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -250,10 +254,12 @@ impl Uring {
                 offset: at,
                 buf,
             };
-            let piece = match self.call(op).await? {
+            let mut piece = match self.call(op).await? {
                 Done::Read(b) => b,
                 _ => return Err(std::io::Error::other("io_uring: unexpected answer")),
             };
+            // The buffer's capacity may exceed what was asked for.
+            piece.truncate(want);
             if piece.is_empty() {
                 break;
             }
@@ -519,7 +525,11 @@ fn finish(op: Op, result: i32) -> std::io::Result<Done> {
 
 /// The I/O thread: submits requests as they come, reaps completions, answers them.
 fn run(mut ring: IoUring, rx: mpsc::Receiver<Request>, wake: Arc<OwnedFd>) {
-    let mut slots: Vec<Option<Request>> = Vec::new();
+    // Requests the kernel may still be reading or writing. Never dropped while any is in
+    // flight: if this thread unwinds or gives up, they leak rather than free memory the
+    // kernel could still write into.
+    let mut slots: std::mem::ManuallyDrop<Vec<Option<Request>>> =
+        std::mem::ManuallyDrop::new(Vec::new());
     let mut free: Vec<usize> = Vec::new();
     let mut backlog: VecDeque<Request> = VecDeque::new();
     let mut in_flight = 0usize;
@@ -550,6 +560,10 @@ fn run(mut ring: IoUring, rx: mpsc::Receiver<Request>, wake: Arc<OwnedFd>) {
             let Some(mut req) = backlog.pop_front() else {
                 break;
             };
+            if req.reply.is_closed() {
+                // Its caller is gone: never submitted, nothing to do.
+                continue;
+            }
             let slot = free.pop().unwrap_or_else(|| {
                 slots.push(None);
                 slots.len() - 1
@@ -567,24 +581,38 @@ fn run(mut ring: IoUring, rx: mpsc::Receiver<Request>, wake: Arc<OwnedFd>) {
             in_flight += 1;
         }
         if closed && in_flight == 0 && backlog.is_empty() {
+            // Nothing is in flight: the requests' memory may go.
+            // SAFETY: `slots` is not used again.
+            unsafe { std::mem::ManuallyDrop::drop(&mut slots) };
             return;
         }
         if let Err(e) = ring.submit_and_wait(1) {
-            if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) {
-                continue;
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // Transient (completions to reap first, or memory short): reap what
+                // completed below, and back off a little when nothing did.
+                Some(libc::EBUSY | libc::EAGAIN | libc::ENOMEM) => {
+                    if ring.completion().is_empty() {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+                _ => {
+                    tracing::error!(error = %e, "io_uring submit failed; failing its requests");
+                    for req in slots.iter_mut().filter_map(Option::take) {
+                        // The kernel may still use an in-flight request's memory: its
+                        // buffers leak, only the answer goes.
+                        let Request { op, reply } = req;
+                        std::mem::forget(op);
+                        let _ = reply.send(Err(std::io::Error::other("io_uring failed")));
+                    }
+                    for req in backlog.drain(..) {
+                        let _ = req
+                            .reply
+                            .send(Err(std::io::Error::other("io_uring failed")));
+                    }
+                    return;
+                }
             }
-            tracing::error!(error = %e, "io_uring submit failed; failing what is in flight");
-            for req in slots.iter_mut().filter_map(Option::take) {
-                let _ = req
-                    .reply
-                    .send(Err(std::io::Error::other("io_uring failed")));
-            }
-            for req in backlog.drain(..) {
-                let _ = req
-                    .reply
-                    .send(Err(std::io::Error::other("io_uring failed")));
-            }
-            return;
         }
         let done: Vec<(u64, i32)> = ring
             .completion()
