@@ -455,3 +455,58 @@ async fn a_fill_given_up_leaves_no_file_and_no_bytes_counted() {
         "the bytes of a fill given up stay counted"
     );
 }
+
+/// Defect: every ranged read of a blob too large to cache took the key's fill lock
+/// (one reader at a time) and asked the origin its size again. Now the size is asked
+/// once; reads go to the origin side by side; a put forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blobs_too_large_to_cache_are_read_from_the_origin_without_asking_their_size_again() {
+    let dir = tempfile::tempdir().expect("dir");
+    let origin_dir = tempfile::tempdir().expect("dir");
+    let origin = Arc::new(Counting {
+        inner: Arc::new(LocalBlobs::open(origin_dir.path().to_path_buf()).expect("origin")),
+        reads: AtomicUsize::new(0),
+        sizes: AtomicUsize::new(0),
+    });
+    // 1 MiB of cache: blobs over 128 KiB are not cached.
+    let cache = Arc::new(
+        CachedBlobs::open(origin.clone(), dir.path().join("cache"), 1 << 20).expect("cache"),
+    );
+    let key = "r/1/hls/720p_000.ts".to_string();
+    let bytes = random_bytes(512 * 1024);
+    cache
+        .put(key.clone(), Bytes::from(bytes.clone()))
+        .await
+        .expect("put");
+    let readers: Vec<_> = (0..32)
+        .map(|i| {
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::spawn(async move { cache.read(key, i * 1000, 1000).await })
+        })
+        .collect();
+    for (i, r) in futures::future::join_all(readers)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let got = r.expect("task").expect("read");
+        assert_eq!(got.as_ref(), &bytes[i * 1000..i * 1000 + 1000]);
+    }
+    let sizes = origin.sizes.load(Ordering::SeqCst);
+    assert_eq!(sizes, 1, "its size is asked once for 32 reads");
+    assert_eq!(origin.reads.load(Ordering::SeqCst), 32, "read through");
+    // Replaced by a small blob under the same key: cached again.
+    let small = random_bytes(1000);
+    cache
+        .put(key.clone(), Bytes::from(small.clone()))
+        .await
+        .expect("put");
+    assert_eq!(cache.read(key.clone(), 0, 1000).await.expect("read"), small);
+    let reads = origin.reads.load(Ordering::SeqCst);
+    assert_eq!(cache.read(key, 0, 1000).await.expect("read"), small);
+    assert_eq!(
+        origin.reads.load(Ordering::SeqCst),
+        reads,
+        "served from the cache"
+    );
+}

@@ -67,7 +67,13 @@ pub struct CachedBlobs {
     /// Origin fetches at once.
     fetching: tokio::sync::Semaphore,
     stats: Arc<CacheStats>,
+    /// Blobs found too large to cache (over a eighth of the capacity): read straight
+    /// from the origin, without the fill lock or another size request.
+    large: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Keys remembered as too large to cache (forgotten all at once beyond it).
+const LARGE_KEYS: usize = 4096;
 
 /// A fill in progress: its partial file and its counted bytes, both given back on drop
 /// unless it finished.
@@ -115,6 +121,7 @@ impl CachedBlobs {
             fills: Mutex::default(),
             fetching: tokio::sync::Semaphore::new(FETCHES),
             stats: Arc::default(),
+            large: Mutex::default(),
         })
     }
 
@@ -257,9 +264,28 @@ impl CachedBlobs {
         Ok(())
     }
 
+    fn is_large(&self, key: &str) -> bool {
+        self.large
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    fn remember_large(&self, key: &str) {
+        let mut large = self.large.lock().unwrap_or_else(|p| p.into_inner());
+        if large.len() >= LARGE_KEYS {
+            large.clear();
+        }
+        large.insert(key.to_string());
+    }
+
     /// Drops the cached copy of `key` (under its fill lock: before it is written or
     /// deleted at the origin).
     async fn evict(&self, key: &str) -> Result<()> {
+        self.large
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
         let file = self.file(key)?;
         {
             let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
@@ -304,6 +330,10 @@ impl BlobStore for CachedBlobs {
                 return Ok(b);
             }
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            // Too large to cache: ranged reads go to the origin side by side.
+            if self.is_large(&key) {
+                return self.origin.read(key, start, len).await;
+            }
             let lock = self.fill_lock(&key);
             {
                 let _filling = lock.lock().await;
@@ -311,15 +341,20 @@ impl BlobStore for CachedBlobs {
                 if let Some(b) = self.read_cached(&key, start, len).await? {
                     return Ok(b);
                 }
-                let size = self
-                    .origin
-                    .size(key.clone())
-                    .await?
-                    .ok_or(Error::NotFound("blob"))?;
-                if size <= self.capacity / 8 {
-                    self.fill(&key, size).await?;
-                    if let Some(b) = self.read_cached(&key, start, len).await? {
-                        return Ok(b);
+                // Found too large while this read waited: no second size request.
+                if !self.is_large(&key) {
+                    let size = self
+                        .origin
+                        .size(key.clone())
+                        .await?
+                        .ok_or(Error::NotFound("blob"))?;
+                    if size <= self.capacity / 8 {
+                        self.fill(&key, size).await?;
+                        if let Some(b) = self.read_cached(&key, start, len).await? {
+                            return Ok(b);
+                        }
+                    } else {
+                        self.remember_large(&key);
                     }
                 }
             }
