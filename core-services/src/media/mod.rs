@@ -192,6 +192,8 @@ const MAX_REFS_CHECKED: usize = 50;
 const MAX_REF_PAGES: usize = 20;
 /// Bytes per piece of a download read from the blob store.
 const DOWNLOAD_PIECE: usize = 256 * 1024;
+/// Pieces of one download read ahead of the one being sent.
+const READ_AHEAD: usize = 2;
 /// How long a chunk's bytes may take to arrive.
 const CHUNK_DEADLINE: Duration = Duration::from_secs(120);
 /// Most characters of alt text.
@@ -486,30 +488,27 @@ pub struct Target {
 }
 
 impl Target {
-    /// Its bytes from `start` to `end` (exclusive), read in pieces.
+    /// Its bytes from `start` to `end` (exclusive), read in pieces: the next piece is
+    /// read while the one before it is being sent ([`READ_AHEAD`] at a time).
     fn body(&self, blobs: &Arc<dyn BlobStore>, start: u64, end: u64) -> ByteStream {
         let (blobs, key) = (blobs.clone(), self.key.clone());
-        futures::stream::unfold(start, move |at| {
-            let (blobs, key) = (blobs.clone(), key.clone());
-            async move {
-                if at >= end {
-                    return None;
-                }
-                let want = (end - at).min(DOWNLOAD_PIECE as u64) as usize;
-                match blobs.read(key, at, want).await {
-                    Ok(b) if b.is_empty() => Some((
-                        Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
-                        end,
-                    )),
-                    Ok(b) => {
-                        let next = at + b.len() as u64;
-                        Some((Ok(b), next))
+        let pieces = (start..end)
+            .step_by(DOWNLOAD_PIECE)
+            .map(move |at| (at, (end - at).min(DOWNLOAD_PIECE as u64) as usize));
+        futures::stream::iter(pieces)
+            .map(move |(at, want)| {
+                let (blobs, key) = (blobs.clone(), key.clone());
+                async move {
+                    match blobs.read(key, at, want).await {
+                        Ok(b) if b.len() == want => Ok(b),
+                        // Shorter than its record says.
+                        Ok(_) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                        Err(e) => Err(std::io::Error::other(e.to_string())),
                     }
-                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), end)),
                 }
-            }
-        })
-        .boxed_local()
+            })
+            .buffered(READ_AHEAD)
+            .boxed_local()
     }
 }
 
