@@ -226,14 +226,16 @@ impl Edge {
         })
     }
 
-    /// Lets `media` mint signed URLs that this edge's HTTPS listener serves, keyed from
-    /// `secret` (the fleet's token signing key, so that every node verifies them).
-    /// Returns the URLs' origin, or `None` when the edge has no `[web]` listener.
-    pub fn serve_media_urls(
+    /// Attaches the node's media: its metrics are exported (`selfie_media_*`), and it
+    /// mints signed URLs that this edge's HTTPS listener serves, keyed from `secret`
+    /// (the fleet's token signing key, so that every node verifies them). Returns the
+    /// URLs' origin, or `None` when the edge has no `[web]` listener.
+    pub fn serve_media(
         &self,
-        media: &selfie_services::media::MediaNode,
+        media: &Arc<selfie_services::media::MediaNode>,
         secret: &[u8],
     ) -> Option<String> {
+        self.shared.metrics.observe_media(media.clone());
         let web = &self.shared.config.web;
         let origin = web.origin(self.web_addr?);
         media.serve_urls(selfie_services::media::urls::UrlSigner::new(

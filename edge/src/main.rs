@@ -307,9 +307,8 @@ fn main() -> anyhow::Result<()> {
                 "selfie edge listening on udp://{} ({} shards), ops on http://{}",
                 edge.addr, edge.shards, edge.ops_addr
             );
-            edge.metrics().observe_media(media.clone());
             if let (Some(bound), Some(origin)) =
-                (edge.web_addr, edge.serve_media_urls(&media, &url_secret))
+                (edge.web_addr, edge.serve_media(&media, &url_secret))
             {
                 println!("https on tcp://{bound}, media URLs under {origin}");
             }

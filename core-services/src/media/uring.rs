@@ -105,16 +105,6 @@ enum Op {
         flags: i32,
         mode: u32,
     },
-    Read {
-        fd: Arc<OwnedFd>,
-        offset: u64,
-        buf: Vec<u8>,
-    },
-    Write {
-        fd: Arc<OwnedFd>,
-        offset: u64,
-        buf: Bytes,
-    },
     Sync {
         fd: Arc<OwnedFd>,
         data_only: bool,
@@ -151,7 +141,6 @@ enum Op {
 enum Done {
     Fd(OwnedFd),
     Read(Vec<u8>),
-    Count(usize),
     Unit,
 }
 
@@ -237,67 +226,6 @@ impl Uring {
         }
     }
 
-    /// Up to `len` bytes from `offset` (fewer only at the end of the file).
-    pub async fn read_at(
-        &self,
-        fd: &Arc<OwnedFd>,
-        offset: u64,
-        len: usize,
-    ) -> std::io::Result<Vec<u8>> {
-        let mut out: Vec<u8> = Vec::new();
-        while out.len() < len {
-            let want = len - out.len();
-            let buf = Vec::with_capacity(want);
-            let at = offset + out.len() as u64;
-            let op = Op::Read {
-                fd: fd.clone(),
-                offset: at,
-                buf,
-            };
-            let mut piece = match self.call(op).await? {
-                Done::Read(b) => b,
-                _ => return Err(std::io::Error::other("io_uring: unexpected answer")),
-            };
-            // The buffer's capacity may exceed what was asked for.
-            piece.truncate(want);
-            if piece.is_empty() {
-                break;
-            }
-            if out.is_empty() && piece.len() == len {
-                return Ok(piece);
-            }
-            out.extend_from_slice(&piece);
-        }
-        Ok(out)
-    }
-
-    /// Writes all of `buf` at `offset` (short writes are continued).
-    pub async fn write_all_at(
-        &self,
-        fd: &Arc<OwnedFd>,
-        offset: u64,
-        mut buf: Bytes,
-    ) -> std::io::Result<()> {
-        let mut at = offset;
-        while !buf.is_empty() {
-            let op = Op::Write {
-                fd: fd.clone(),
-                offset: at,
-                buf: buf.clone(),
-            };
-            let n = match self.call(op).await? {
-                Done::Count(n) => n,
-                _ => return Err(std::io::Error::other("io_uring: unexpected answer")),
-            };
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            let _ = buf.split_to(n.min(buf.len()));
-            at += n as u64;
-        }
-        Ok(())
-    }
-
     /// `fsync` (or `fdatasync` when `data_only`).
     pub async fn sync(&self, fd: &Arc<OwnedFd>, data_only: bool) -> std::io::Result<()> {
         let fd = fd.clone();
@@ -380,18 +308,6 @@ fn entry(op: &mut Op) -> io_uring::squeue::Entry {
             .flags(*flags)
             .mode(*mode)
             .build(),
-        Op::Read { fd, offset, buf } => {
-            let len = u32::try_from(buf.capacity()).unwrap_or(u32::MAX);
-            opcode::Read::new(types::Fd(fd.as_raw_fd()), buf.as_mut_ptr(), len)
-                .offset(*offset)
-                .build()
-        }
-        Op::Write { fd, offset, buf } => {
-            let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-            opcode::Write::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), len)
-                .offset(*offset)
-                .build()
-        }
         Op::Sync { fd, data_only } => {
             let mut e = opcode::Fsync::new(types::Fd(fd.as_raw_fd()));
             if *data_only {
@@ -509,13 +425,6 @@ fn finish(op: Op, result: i32) -> std::io::Result<Done> {
     Ok(match op {
         // SAFETY: a non-negative result of an open is a new descriptor we now own.
         Op::Open { .. } => Done::Fd(unsafe { OwnedFd::from_raw_fd(result) }),
-        Op::Read { mut buf, .. } => {
-            let n = (result as usize).min(buf.capacity());
-            // SAFETY: the kernel wrote `n` bytes into the buffer's spare capacity.
-            unsafe { buf.set_len(n) };
-            Done::Read(buf)
-        }
-        Op::Write { .. } => Done::Count(result as usize),
         Op::Sync { .. } | Op::Rename { .. } | Op::Unlink { .. } => Done::Unit,
         Op::ReadFile { .. } | Op::WriteFile { .. } => {
             return Err(std::io::Error::other("io_uring: multi-step request"));
@@ -681,40 +590,55 @@ mod tests {
         let ring = Uring::start().expect("io_uring on this kernel");
         let dir = tempfile::tempdir().expect("dir");
         let a = dir.path().join("a");
-        let fd = ring
-            .open(&a, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)
-            .await
-            .expect("created");
         let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
-        ring.write_all_at(&fd, 0, Bytes::from(data.clone()))
+        let create = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+        ring.write_file(&a, create, 0o644, 0, Bytes::from(data.clone()), Some(false))
             .await
-            .expect("written");
-        ring.sync(&fd, false).await.expect("synced");
+            .expect("written and synced");
         let b = dir.path().join("b");
         ring.rename(&a, &b).await.expect("renamed");
         assert!(!a.exists());
-        let fd = ring.open(&b, libc::O_RDONLY, 0).await.expect("opened");
-        let all = ring.read_at(&fd, 0, 4 << 20).await.expect("read");
+        let d = ring
+            .open(dir.path(), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .await
+            .expect("directory");
+        ring.sync(&d, false).await.expect("directory synced");
+        let all = ring.read_file(&b, 0, 4 << 20).await.expect("read");
         assert_eq!(all, data, "short at the end only");
-        let mid = ring.read_at(&fd, 1000, 10).await.expect("read");
+        let mid = ring.read_file(&b, 1000, 10).await.expect("read");
         assert_eq!(mid, &data[1000..1010]);
-        let past = ring.read_at(&fd, 5 << 20, 10).await.expect("read");
+        let past = ring.read_file(&b, 5 << 20, 10).await.expect("read");
         assert!(past.is_empty());
+        // A write at an offset into an existing file, data only synced.
+        ring.write_file(
+            &b,
+            libc::O_WRONLY,
+            0,
+            10,
+            Bytes::from_static(b"xyz"),
+            Some(true),
+        )
+        .await
+        .expect("written");
+        assert_eq!(
+            ring.read_file(&b, 9, 5).await.expect("read"),
+            [data[9], b'x', b'y', b'z', data[13]]
+        );
         // Many at once, from several tasks.
         let reads = (0..300u64).map(|i| {
-            let (ring, fd) = (ring.clone(), fd.clone());
-            async move { ring.read_at(&fd, i * 1000, 100).await }
+            let (ring, b) = (ring.clone(), b.clone());
+            async move { ring.read_file(&b, 100_000 + i * 1000, 100).await }
         });
         for (i, r) in futures::future::join_all(reads)
             .await
             .into_iter()
             .enumerate()
         {
-            let i = i * 1000;
+            let i = 100_000 + i * 1000;
             assert_eq!(r.expect("read"), &data[i..i + 100]);
         }
         ring.unlink(&b).await.expect("unlinked");
-        let e = ring.open(&b, libc::O_RDONLY, 0).await.expect_err("gone");
+        let e = ring.read_file(&b, 0, 1).await.expect_err("gone");
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -107,10 +107,9 @@ impl UrlSigner {
     /// A signer for URLs under `base` (`https://host[:port]`, no path) that live `ttl`,
     /// keyed from `secret` (the fleet's token signing key).
     pub fn new(secret: &[u8], base: &str, ttl: std::time::Duration) -> Self {
-        let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| {
-            // HMAC takes keys of any length; this arm is never taken.
-            HmacSha256::new_from_slice(&[0; 32]).unwrap_or_else(|_| unreachable!())
-        });
+        // HMAC takes keys of any length: this never fails.
+        let mut mac = HmacSha256::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
         mac.update(b"selfie media urls v1");
         let key: [u8; 32] = mac.finalize().into_bytes().into();
         Self {
@@ -128,7 +127,8 @@ impl UrlSigner {
     }
 
     fn mac(&self, media_id: u64, viewer: u64, expires_s: u64, rendition: &str) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
+        let mut mac = HmacSha256::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
         mac.update(&media_id.to_be_bytes());
         mac.update(&viewer.to_be_bytes());
         mac.update(&expires_s.to_be_bytes());

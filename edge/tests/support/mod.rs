@@ -195,9 +195,8 @@ pub fn start_in_fleet(
     let factory: selfie_edge::ServiceFactory =
         Arc::new(move |shard| selfie_services::registry(shard, &deps).expect("services"));
     let edge = Edge::start(config, plane.clone(), factory, auth).expect("edge");
-    edge.serve_media_urls(&media, &parts.secret_key)
+    edge.serve_media(&media, &parts.secret_key)
         .expect("an HTTPS listener");
-    edge.metrics().observe_media(media);
     Node {
         edge,
         plane,
