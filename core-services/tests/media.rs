@@ -192,6 +192,11 @@ async fn world() -> World {
         Staging::open(dir.path().join("media").join("staging")).expect("staging"),
         config,
     );
+    node.serve_urls(selfie_services::media::urls::UrlSigner::new(
+        URL_KEY,
+        "https://media.test",
+        Duration::from_secs(3600),
+    ));
     let media = Rc::new(
         Media::new(store.clone(), clock.clone(), 1, 0, node, posts.clone()).expect("media"),
     );
@@ -1212,5 +1217,54 @@ fn uploads_racing_an_account_erasure_leave_nothing_behind() {
                 .expect("scan");
             assert!(rows.rows.is_empty(), "{} rows left", table.name);
         }
+    });
+}
+
+/// The key the test node signs media URLs with.
+const URL_KEY: &[u8] = b"test fleet key";
+
+/// Signed URLs: the viewer's right is remembered for ten seconds (an HLS playback's
+/// segments ask once), so a right lost takes effect after that; an expired URL is
+/// refused whatever is remembered.
+#[test]
+fn a_signed_url_stops_working_when_its_viewer_loses_the_right() {
+    local(async {
+        let w = world().await;
+        let id = w.ready(ANA).await;
+        let post = w
+            .posts
+            .publish(
+                ANA,
+                NewPost {
+                    media_ids: vec![id],
+                    ..NewPost::text("look")
+                },
+            )
+            .await
+            .expect("post");
+        let (url, expires) = w.media.url(BEN, id, "").await.expect("minted for Ben");
+        let path = url.strip_prefix("https://media.test").expect("origin");
+        let served = w.media.signed(path).await.expect("served");
+        assert_eq!(served.target.name, "large");
+        // The post goes (its media is not released in this world): Ben's right is gone,
+        // remembered for ten seconds more, then refused.
+        w.posts.delete(ANA, post.post_id).await.expect("deleted");
+        assert!(w.media.signed(path).await.is_ok(), "remembered");
+        w.clock.advance(Duration::from_secs(11));
+        assert!(matches!(
+            w.media.signed(path).await,
+            Err(Error::NotFound(_))
+        ));
+        // The owner's URL works until it expires, not after.
+        let (own, own_expires) = w.media.url(ANA, id, "original").await.expect("owner");
+        let own = own.strip_prefix("https://media.test").expect("origin");
+        assert!(w.media.signed(own).await.is_ok());
+        w.clock.advance(Duration::from_millis(
+            own_expires.max(expires) - w.clock.now_ms(),
+        ));
+        assert!(matches!(
+            w.media.signed(own).await,
+            Err(Error::Forbidden("expired URL"))
+        ));
     });
 }

@@ -51,8 +51,9 @@
 //!
 //! **HTTPS delivery**: a viewer who may see an object asks for a signed, expiring URL
 //! to one of its renditions ([`urls`]); the edge's HTTPS listener serves it with
-//! `Range`, `ETag` and `Cache-Control`, checking the signature first and the viewer's
-//! right again on every request ([`Media::signed`]).
+//! `Range`, `ETag` and `Cache-Control`, checking the signature first, then that the
+//! object still exists (every request) and that the viewer may still see it (at most
+//! every 10 s per viewer and object, so an HLS playback asks once) ([`Media::signed`]).
 //!
 //! **File I/O** of the embedded store and the staging area runs on `std::fs` on the
 //! blocking pool, or through a node-wide io_uring thread ([`uring`], `media.blob_io`;
@@ -190,6 +191,12 @@ const ATTACH_GRACE_MS: u64 = 10 * 60 * 1000;
 const MAX_REFS_CHECKED: usize = 50;
 /// Pages of uses looked at at most (a much forwarded photo has many).
 const MAX_REF_PAGES: usize = 20;
+/// How long a viewer found allowed to see an object is not asked again when signed URLs
+/// of it are served (a right lost meanwhile takes effect after it; a deleted object at
+/// once).
+const URL_VIEW_MEMO_MS: u64 = 10_000;
+/// Viewers remembered per shard for signed URLs.
+const URL_VIEW_MEMO: usize = 4096;
 /// Bytes per piece of a download read from the blob store.
 const DOWNLOAD_PIECE: usize = 256 * 1024;
 /// Pieces of one download read ahead of the one being sent.
@@ -541,6 +548,9 @@ pub struct Media<S> {
     delivery: Option<Rc<Delivery>>,
     locks: KeyedLocks,
     limits: crate::rate::PerUser,
+    /// Viewers found allowed to see an object when a signed URL was served, until when
+    /// (Unix ms): the segments of one HLS playback ask once, not once each.
+    url_views: RefCell<HashMap<(u64, u64), u64>>,
 }
 
 fn sha(v: &[u8], field: &'static str) -> Result<[u8; 32]> {
@@ -571,6 +581,7 @@ impl<S: Store + Clone + 'static> Media<S> {
             locks: KeyedLocks::default(),
             // Uploads are expensive (disk, CPU): 60 a minute, 20 at once.
             limits: crate::rate::PerUser::new(60, 20),
+            url_views: RefCell::new(HashMap::new()),
         })
     }
 
@@ -2053,6 +2064,40 @@ impl<S: Store + Clone + 'static> Media<S> {
         })
     }
 
+    /// An object as [`Media::get`] gives it to `viewer`, with the viewer's right
+    /// remembered for [`URL_VIEW_MEMO_MS`] (signed URLs: an HLS playback fetches many
+    /// segments). The object itself is read every time: a deleted one is gone at once.
+    async fn url_viewable(&self, viewer: u64, media_id: u64) -> Result<Object> {
+        let mut media = t::load(&self.store, media_id)
+            .await?
+            .ok_or(Error::NotFound("media"))?;
+        if viewer == media.owner_id {
+            return Ok(media);
+        }
+        let now = self.clock.now_ms();
+        let known = self
+            .url_views
+            .borrow()
+            .get(&(media_id, viewer))
+            .is_some_and(|&until| until > now);
+        if !known {
+            if !self.may_view(viewer, &media).await? {
+                return Err(Error::NotFound("media"));
+            }
+            let mut views = self.url_views.borrow_mut();
+            if views.len() >= URL_VIEW_MEMO {
+                views.retain(|_, &mut until| until > now);
+                if views.len() >= URL_VIEW_MEMO {
+                    views.clear();
+                }
+            }
+            views.insert((media_id, viewer), now + URL_VIEW_MEMO_MS);
+        }
+        media.sha256.clear();
+        media.reason.clear();
+        Ok(media)
+    }
+
     /// A signed HTTPS URL to `rendition` of an object for `viewer` (who must be allowed
     /// to see it), and when it expires (Unix ms); see [`urls`]. `Unavailable` when this
     /// node serves no HTTPS.
@@ -2086,7 +2131,7 @@ impl<S: Store + Clone + 'static> Media<S> {
                 urls::UrlError::BadSignature => Error::Forbidden("bad signature"),
                 urls::UrlError::Expired => Error::Forbidden("expired URL"),
             })?;
-        let media = self.get(grant.viewer, grant.media_id).await?;
+        let media = self.url_viewable(grant.viewer, grant.media_id).await?;
         if media.state != State::Ready {
             return Err(Error::NotFound("rendition"));
         }
