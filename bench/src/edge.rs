@@ -652,7 +652,7 @@ async fn bulk(
 /// bytes once on every push stream.
 pub fn echo_server(args: EchoArgs) -> anyhow::Result<()> {
     let identity = selfie_edge::tls::load_identity(&Default::default(), Path::new(&args.data_dir))?;
-    let mut server_config = selfie_edge::tls::quic_server_config(&identity)?;
+    let mut server_config = selfie_edge::tls::quic_server_config(&identity, false)?;
     // The edge's transport settings, built by the edge's own function, with the idle
     // timeout the bench gives the edge (`SELFIE_LIMITS_IDLE_TIMEOUT_MS` above).
     let mut limits = selfie_edge::Config::default().limits;

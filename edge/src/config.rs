@@ -65,6 +65,11 @@ pub struct WebConfig {
     /// Time allowed for a TLS handshake and for a request's headers (also the idle
     /// time of a kept-alive connection), ms.
     pub header_timeout_ms: u64,
+    /// WebTransport for browsers on the QUIC port (ALPN `h3`), beside native clients.
+    pub webtransport: bool,
+    /// Browser origins (`https://app.example.com`) allowed to open WebTransport
+    /// sessions, besides this edge's own web origin; `"*"` allows any.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -75,6 +80,8 @@ impl Default for WebConfig {
             media_url_ttl_s: 3600,
             max_connections_per_shard: 10_000,
             header_timeout_ms: 10_000,
+            webtransport: true,
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -61,8 +61,9 @@ pub fn transport_config(limits: &config::LimitsConfig) -> anyhow::Result<quinn::
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(
         limits.max_concurrent_streams.saturating_add(STREAM_MARGIN),
     ));
-    // Clients open no unidirectional streams (pushes are the server's).
-    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    // Native clients open no unidirectional streams (pushes are the server's); browsers
+    // open three for HTTP/3 (control and the two QPACK streams).
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(3));
     transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_millis(
         limits.idle_timeout_ms,
     ))?));
@@ -112,7 +113,7 @@ impl Edge {
         );
         let identity = tls::load_identity(&config.tls, &config.server.data_dir)?;
         let fingerprint = identity.fingerprint();
-        let mut server_config = tls::quic_server_config(&identity)?;
+        let mut server_config = tls::quic_server_config(&identity, config.web.webtransport)?;
         let limits = &config.limits;
         server_config.transport_config(Arc::new(transport_config(limits)?));
         server_config.max_incoming(limits.max_connections_per_shard.max(1));
@@ -157,6 +158,10 @@ impl Edge {
             connections: AtomicUsize::new(0),
             per_address: Default::default(),
             drain: drain_rx,
+            origins: shard::Origins::new(
+                &config.web.allowed_origins,
+                web_addr.map(|a| config.web.origin(a)),
+            ),
             config: config.clone(),
         });
         let cores = if config.server.pin_cores {

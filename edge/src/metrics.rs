@@ -87,6 +87,9 @@ pub struct Metrics {
     pub connections_total: Family<OutcomeLabels, Counter>,
     /// Completed `Hello`s by outcome (`welcome` or a refusal code).
     pub sessions_total: Family<OutcomeLabels, Counter>,
+    /// WebTransport `CONNECT`s by outcome (`accepted`, `bad_origin`, `not_found`,
+    /// `bad_request`, `closed`, `timeout`).
+    pub webtransport_sessions_total: Family<OutcomeLabels, Counter>,
     /// Request streams opened by clients.
     pub streams_total: Family<ShardLabel, Counter>,
     /// Requests by service and result.
@@ -206,6 +209,7 @@ impl Metrics {
             connections_active: Family::default(),
             connections_total: Family::default(),
             sessions_total: Family::default(),
+            webtransport_sessions_total: Family::default(),
             streams_total: Family::default(),
             requests_total: Family::default(),
             request_duration_seconds: Family::new_with_constructor(|| {
@@ -241,6 +245,11 @@ impl Metrics {
             "selfie_edge_sessions",
             "Hello outcomes",
             m.sessions_total.clone(),
+        );
+        r.register(
+            "selfie_edge_webtransport_sessions",
+            "WebTransport CONNECT outcomes",
+            m.webtransport_sessions_total.clone(),
         );
         r.register(
             "selfie_edge_streams",

@@ -156,14 +156,21 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)
 }
 
-/// The QUIC server configuration for `selfie/1` (TLS 1.3 only, as QUIC requires).
-pub fn quic_server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsError> {
+/// The QUIC server configuration for `selfie/1`, and `h3` (WebTransport) when
+/// `webtransport` (TLS 1.3 only, as QUIC requires).
+pub fn quic_server_config(
+    identity: &Identity,
+    webtransport: bool,
+) -> Result<quinn::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
     tls.alpn_protocols = vec![selfie_protocol::ALPN.to_vec()];
+    if webtransport {
+        tls.alpn_protocols.push(crate::shard::H3_ALPN.to_vec());
+    }
     // 0-RTT: early data is accepted, but the edge acts on none of it before the TLS
     // handshake has completed: a connection is served only once quinn's `Connecting`
     // resolves, which on a server happens when the client's Finished has arrived
@@ -199,7 +206,7 @@ mod tests {
         let b = load_identity(&TlsConfig::default(), dir.path()).expect("reused");
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint().len(), 64);
-        quic_server_config(&a).expect("usable by quinn");
+        quic_server_config(&a, true).expect("usable by quinn");
         https_server_config(&a).expect("usable over TCP");
         let mode = std::fs::metadata(dir.path().join("tls/dev-key.pem"))
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)

@@ -2,6 +2,7 @@
 //! `Ping`, `GoAway`), datagrams, the loop that accepts request streams, and drain.
 
 use super::request::serve_request;
+use super::webtransport;
 use super::*;
 
 /// State of one established session.
@@ -22,6 +23,8 @@ pub(super) struct Conn {
     /// Subscriptions being set up (their slot is taken before the service answers).
     pub(super) joining: Cell<usize>,
     pub(super) next_subscription: Cell<u64>,
+    /// The WebTransport session, for a browser's connection (`h3`).
+    pub(super) wt: Option<webtransport::WtSession>,
 }
 
 /// Datagrams per second one connection may hand to the services (typing and presence
@@ -140,9 +143,64 @@ pub(super) async fn serve_connection(
     };
     count_connection(shard, "accepted");
 
+    // A browser's connection first becomes a WebTransport session (within the same
+    // deadline); a native one may open no unidirectional streams.
+    let wt = if webtransport::alpn(&conn).as_deref() == Some(webtransport::H3_ALPN) {
+        let count = |outcome| {
+            shard
+                .shared
+                .metrics
+                .webtransport_sessions_total
+                .get_or_create(&OutcomeLabels {
+                    shard: shard.id as u16,
+                    outcome,
+                })
+                .inc();
+        };
+        let decided = Cell::new(false);
+        let accepted = tokio::time::timeout_at(
+            handshake_deadline.into(),
+            webtransport::accept(&conn, &shard.shared.origins, |outcome| {
+                decided.set(true);
+                count(outcome);
+            }),
+        )
+        .await
+        .unwrap_or(Err(webtransport::Refused { label: "timeout" }));
+        if let Err(refused) = &accepted
+            && !decided.get()
+        {
+            // Refused before a request was read (timeout, malformed, closed).
+            count(refused.label);
+        }
+        match accepted {
+            Ok(wt) => Some(wt),
+            Err(refused) => {
+                if refused.label == "timeout" {
+                    close_for(
+                        shard,
+                        &conn,
+                        ErrorCode::HandshakeTimeout,
+                        "no CONNECT in time",
+                    );
+                }
+                return Err(ConnError::Refused(ErrorCode::HelloRequired));
+            }
+        }
+    } else {
+        tokio::task::spawn_local(webtransport::refuse_uni_streams(conn.clone()));
+        None
+    };
+
     // The control stream: Hello -> Welcome, within the handshake deadline.
     let hello = async {
         let (send, mut recv) = conn.accept_bi().await?;
+        if let Some(wt) = &wt
+            && let Err(code) = wt.read_stream_header(&mut recv).await
+        {
+            let _ = recv.stop(VarInt::from_u32(code));
+            return Err(ConnError::Refused(ErrorCode::HelloRequired));
+        }
         let mut dec = FrameDecoder::new(shard.limits);
         let frame = read_frame(&mut recv, &mut dec).await?;
         Ok::<_, ConnError>((send, recv, dec, frame))
@@ -229,6 +287,7 @@ pub(super) async fn serve_connection(
         subscriptions: RefCell::new(HashMap::new()),
         joining: Cell::new(0),
         next_subscription: Cell::new(1),
+        wt,
     });
     // Registered before `Welcome` is written: a revocation announced meanwhile finds the
     // connection (one announced before `Hello` was checked refused the token there).
@@ -347,6 +406,24 @@ pub(super) async fn serve_connection(
 /// in here with the chat issue).
 async fn datagram_loop(shard: Rc<Shard>, state: Rc<Conn>) {
     while let Ok(bytes) = state.conn.read_datagram().await {
+        let bytes = match &state.wt {
+            None => Some(bytes),
+            Some(wt) => wt.datagram_payload(bytes),
+        };
+        let Some(bytes) = bytes else {
+            // Not this session's (another session id, or no valid prefix).
+            state.tolerated_violation(&shard, ErrorCode::MalformedFrame);
+            shard
+                .shared
+                .metrics
+                .datagrams_total
+                .get_or_create(&OutcomeLabels {
+                    shard: shard.id as u16,
+                    outcome: "malformed",
+                })
+                .inc();
+            continue;
+        };
         let outcome = match selfie_codec::decode_datagram(bytes, &shard.limits) {
             Ok(frame) => {
                 let user = state.session.principal.as_ref().map(|p| p.user_id);

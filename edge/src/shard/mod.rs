@@ -34,6 +34,9 @@ use selfie_services::plane::{Mailbox, Plane, Registry, RequestContext, ShardId, 
 mod connection;
 mod request;
 mod web;
+mod webtransport;
+
+pub use webtransport::{H3_ALPN, Origins};
 
 use connection::serve_connection;
 
@@ -63,6 +66,8 @@ pub struct Shared {
     pub per_address: std::sync::Mutex<HashMap<IpAddr, usize>>,
     /// Drain signal.
     pub drain: watch::Receiver<bool>,
+    /// Browser origins that may open WebTransport sessions.
+    pub origins: Origins,
 }
 
 fn now_ms() -> u64 {

@@ -80,7 +80,19 @@ pub(super) async fn serve_request(
     }
     let mut dec = FrameDecoder::new(shard.limits);
     let deadline = Duration::from_millis(limits.request_read_timeout_ms);
-    let read = match tokio::time::timeout(deadline, read_frame(&mut recv, &mut dec)).await {
+    let read = async {
+        // A WebTransport stream names its session before its first frame.
+        if let Some(wt) = &state.wt
+            && let Err(code) = wt.read_stream_header(&mut recv).await
+        {
+            let _ = recv.stop(VarInt::from_u32(code));
+            return Err(ConnError::Codec(CodecError::Malformed {
+                reason: "not a stream of this WebTransport session",
+            }));
+        }
+        read_frame(&mut recv, &mut dec).await
+    };
+    let read = match tokio::time::timeout(deadline, read).await {
         Ok(read) => read,
         Err(_) => {
             // Half a request, then silence: whatever was buffered goes now.
@@ -384,12 +396,17 @@ async fn subscribe(
     let datagram_metrics = shard.shared.metrics.datagrams_sent_total.clone();
     let shard_label = shard.id as u16;
     let conn = state.conn.clone();
+    let wt = state.wt.as_ref().map(|wt| wt.prefixes());
     let weak = Rc::downgrade(state);
     let task = tokio::task::spawn_local(async move {
         let resync = VarInt::from_u32(u32::from(ErrorCode::ResyncRequired.0));
         // However the stream ends (unsubscribe aborts the task instead), the slot goes.
         let pushed = async {
-            let Ok(mut send) = conn.open_uni().await else {
+            let opened = match &wt {
+                None => conn.open_uni().await.ok(),
+                Some(wt) => wt.open_uni(&conn).await,
+            };
+            let Some(mut send) = opened else {
                 return;
             };
             let _ = send.set_priority(priority);
@@ -404,6 +421,10 @@ async fn subscribe(
                         let sent = datagrams
                             .as_mut()
                             .and_then(|enc| signal_datagram(enc, bytes))
+                            .map(|d| match &wt {
+                                None => d,
+                                Some(wt) => wt.datagram(&d),
+                            })
                             .is_some_and(|d| conn.send_datagram(d).is_ok());
                         let outcome = if sent { "sent" } else { "dropped" };
                         datagram_metrics

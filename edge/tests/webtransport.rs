@@ -1,0 +1,428 @@
+//! WebTransport on the edge's own QUIC port, driven by an independent implementation
+//! (`wtransport`'s client, as a browser would): a browser session and a native client
+//! see each other's chat messages and typing live; a disallowed origin is refused with
+//! 403; hostile input on WebTransport streams gets the native protocol's typed errors and
+//! metrics; a stream or datagram that names another session is refused.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use selfie_client::Client;
+use selfie_client::chat::{Signal, push_event, text_message};
+use selfie_codec::{Encoder, Frame, FrameDecoder, Limits};
+use selfie_protocol::chat::{ChatEventKind, ChatOpT, ChatT};
+use selfie_protocol::common::ProtocolVersionT;
+use selfie_protocol::control::{
+    ControlOpT, ControlT, HelloT, SubscribeRequestT, SubscriptionKind, WelcomeT,
+};
+use selfie_protocol::datagram as dg;
+use selfie_protocol::graph::{FollowRequestT, GraphOpT};
+use selfie_protocol::{BodyT, EnvelopeT, ErrorCode, PROTOCOL_VERSION};
+use support::{config, graph, register, sign_up};
+use wtransport::{ClientConfig as WtConfig, Endpoint};
+
+/// A browser-like session: the WebTransport connection and its open control stream.
+struct Browser {
+    conn: wtransport::Connection,
+    welcome: WelcomeT,
+    control: tokio::sync::Mutex<(wtransport::SendStream, wtransport::RecvStream, FrameDecoder)>,
+    next_id: std::cell::Cell<u64>,
+}
+
+fn envelope(id: u64, body: BodyT) -> Bytes {
+    let mut e = EnvelopeT::default();
+    e.id = id;
+    e.body = body;
+    let mut enc = Encoder::new(Limits::DEFAULT);
+    Bytes::copy_from_slice(enc.encode_object(&e).expect("encodes"))
+}
+
+fn control(op: ControlOpT) -> BodyT {
+    let mut c = ControlT::default();
+    c.op = op;
+    BodyT::Control(Box::new(c))
+}
+
+/// Reads frames from a WebTransport stream until one is complete.
+async fn next_frame(recv: &mut wtransport::RecvStream, dec: &mut FrameDecoder) -> Option<Frame> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(f) = dec.next_frame().expect("valid frames") {
+            return Some(f);
+        }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => dec.push(Bytes::copy_from_slice(&buf[..n])),
+            _ => return None,
+        }
+    }
+}
+
+fn error_code(f: &Frame) -> Option<ErrorCode> {
+    f.envelope()
+        .body_as_control()
+        .and_then(|c| c.op_as_error())
+        .map(|e| e.code())
+}
+
+/// Connects over WebTransport (pinning the edge's certificate, as a page does with
+/// `serverCertificateHashes`), sending `origin` like a browser, then `Hello`.
+async fn browser(
+    node: &support::Node,
+    token: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Browser, String> {
+    let fp = &node.edge.fingerprint;
+    let mut hash = [0u8; 32];
+    for (i, b) in hash.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&fp[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    let cfg = WtConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+        .build();
+    let endpoint = Endpoint::client(cfg).map_err(|e| e.to_string())?;
+    let url = format!("https://127.0.0.1:{}/", node.edge.addr.port());
+    let mut options = wtransport::endpoint::ConnectOptions::builder(url);
+    if let Some(o) = origin {
+        options = options.add_header("origin", o);
+    }
+    let conn = endpoint
+        .connect(options.build())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let v = ProtocolVersionT {
+        major: PROTOCOL_VERSION.major,
+        minor: PROTOCOL_VERSION.minor,
+    };
+    let mut hello = HelloT::default();
+    hello.version = Some(v.clone());
+    hello.min_version = Some(v);
+    hello.access_token = token.map(str::to_string);
+    send.write_all(&envelope(0, control(ControlOpT::Hello(Box::new(hello)))))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut dec = FrameDecoder::new(Limits::DEFAULT);
+    let frame = next_frame(&mut recv, &mut dec).await.ok_or("no Welcome")?;
+    match frame.envelope().unpack().body {
+        BodyT::Control(c) => match c.op {
+            ControlOpT::Welcome(w) => Ok(Browser {
+                conn,
+                welcome: *w,
+                control: tokio::sync::Mutex::new((send, recv, dec)),
+                next_id: std::cell::Cell::new(1),
+            }),
+            other => Err(format!("not Welcome: {other:?}")),
+        },
+        other => Err(format!("not control: {other:?}")),
+    }
+}
+
+impl Browser {
+    /// A `Ping` on the control stream; the answer's error code, if any.
+    async fn ping(&self) -> Result<(), Option<ErrorCode>> {
+        let mut guard = self.control.lock().await;
+        let (send, recv, dec) = &mut *guard;
+        let mut ping = selfie_protocol::control::PingT::default();
+        ping.nonce = 7;
+        send.write_all(&envelope(0, control(ControlOpT::Ping(Box::new(ping)))))
+            .await
+            .map_err(|_| None)?;
+        let f = tokio::time::timeout(Duration::from_secs(10), next_frame(recv, dec))
+            .await
+            .map_err(|_| None)?
+            .ok_or(None)?;
+        match error_code(&f) {
+            None => Ok(()),
+            Some(code) => Err(Some(code)),
+        }
+    }
+
+    /// Sends raw bytes as one request stream and returns the answer's first frame.
+    async fn request_bytes(&self, bytes: &[u8]) -> Option<Frame> {
+        let (mut send, mut recv) = self.conn.open_bi().await.ok()?.await.ok()?;
+        send.write_all(bytes).await.ok()?;
+        send.finish().await.ok()?;
+        next_frame(&mut recv, &mut FrameDecoder::new(Limits::DEFAULT)).await
+    }
+
+    async fn call(&self, body: BodyT) -> BodyT {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let frame = self
+            .request_bytes(&envelope(id, body))
+            .await
+            .expect("an answer");
+        assert_eq!(error_code(&frame), None, "refused");
+        frame.envelope().unpack().body
+    }
+
+    /// Subscribes and returns the push stream (its header read).
+    async fn subscribe(&self, kind: SubscriptionKind) -> (wtransport::RecvStream, FrameDecoder) {
+        let mut r = SubscribeRequestT::default();
+        r.kind = kind;
+        self.call(control(ControlOpT::SubscribeRequest(Box::new(r))))
+            .await;
+        let mut recv = tokio::time::timeout(Duration::from_secs(10), self.conn.accept_uni())
+            .await
+            .expect("a push stream in time")
+            .expect("a push stream");
+        let mut dec = FrameDecoder::new(Limits::DEFAULT);
+        let header = next_frame(&mut recv, &mut dec).await.expect("header");
+        assert!(
+            header
+                .envelope()
+                .body_as_control()
+                .and_then(|c| c.op_as_push_stream_header())
+                .is_some()
+        );
+        (recv, dec)
+    }
+}
+
+fn chat(op: ChatOpT) -> BodyT {
+    let mut c = ChatT::default();
+    c.op = op;
+    BodyT::Chat(Box::new(c))
+}
+
+async fn metrics(node: &support::Node) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(node.edge.ops_addr)
+        .await
+        .expect("ops port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_and_a_native_client_see_each_others_events() {
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben_tokens = register(&anon, "ben").await;
+    let ben_id = ben_tokens.user_id;
+    let ben = browser(&node, ben_tokens.access_token.as_deref(), None)
+        .await
+        .expect("a WebTransport session");
+    assert_eq!(
+        ben.welcome.user_id, ben_id,
+        "the token signed the session in"
+    );
+
+    // Friends: Ana follows natively, Ben over WebTransport.
+    let mut f = FollowRequestT::default();
+    f.target_id = ben_id;
+    support::call(&ana.client, graph(GraphOpT::FollowRequest(Box::new(f))))
+        .await
+        .expect("followed");
+    let mut f = FollowRequestT::default();
+    f.target_id = ana.id;
+    ben.call(graph(GraphOpT::FollowRequest(Box::new(f)))).await;
+
+    // Both live: Ben's events come on a WebTransport push stream.
+    let mut ana_live = ana.client.chat().subscribe().await.expect("subscribed");
+    let (mut ben_live, mut ben_dec) = ben.subscribe(SubscriptionKind::AllConversations).await;
+    let _ana_signals = ana
+        .client
+        .chat()
+        .subscribe_signals()
+        .await
+        .expect("signals");
+    let _ben_signals = ben.subscribe(SubscriptionKind::Presence).await;
+
+    let id = ana
+        .client
+        .chat()
+        .direct(ben_id)
+        .await
+        .expect("direct")
+        .conversation_id;
+    ana.client
+        .chat()
+        .send(id, "a-1", "hi ben")
+        .await
+        .expect("sent");
+    let got = loop {
+        let frame = tokio::time::timeout(
+            Duration::from_secs(20),
+            next_frame(&mut ben_live, &mut ben_dec),
+        )
+        .await
+        .expect("in time")
+        .expect("an event");
+        let e = push_event(&frame).expect("a chat event");
+        if e.kind == ChatEventKind::MessageCreated {
+            break e;
+        }
+    };
+    let m = got.message.expect("message");
+    assert_eq!((m.text.as_deref(), m.sender_id), (Some("hi ben"), ana.id));
+
+    // Ben answers over WebTransport; Ana's native subscription has it.
+    ben.call(chat(ChatOpT::SendMessageRequest(Box::new(text_message(
+        id, "b-1", "hi ana",
+    )))))
+    .await;
+    let got = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), ana_live.next())
+            .await
+            .expect("in time")
+            .expect("an event");
+        let e = push_event(&frame).expect("a chat event");
+        if e.kind == ChatEventKind::MessageCreated
+            && e.message.as_ref().is_some_and(|m| m.sender_id == ben_id)
+        {
+            break e;
+        }
+    };
+    assert_eq!(got.message.and_then(|m| m.text).as_deref(), Some("hi ana"));
+
+    // Typing both ways, as datagrams: the browser's carry the session's prefix.
+    let mut enc = Encoder::new(Limits::DEFAULT);
+    let mut t = dg::TypingT::default();
+    t.conversation_id = id;
+    t.typing = true;
+    let mut d = dg::DatagramT::default();
+    d.body = dg::DatagramBodyT::Typing(Box::new(t));
+    let typing = enc.encode_datagram_object(&d).expect("encodes").to_vec();
+    ben.conn.send_datagram(typing).expect("sent");
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let d = ana.client.recv_datagram().await.expect("a datagram");
+            if let Some(Signal::Typing { user, .. }) = selfie_client::chat::signal(&d) {
+                return user;
+            }
+        }
+    })
+    .await
+    .expect("Ana hears Ben typing");
+    assert_eq!(heard, ben_id);
+    ana.client.chat().typing(id, true).expect("sent");
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let d = ben.conn.receive_datagram().await.expect("a datagram");
+            let d = selfie_codec::decode_datagram(
+                Bytes::copy_from_slice(d.payload().as_ref()),
+                &Limits::DEFAULT,
+            )
+            .expect("a valid datagram after the session prefix");
+            if let Some(Signal::Typing { user, .. }) = selfie_client::chat::signal(&d) {
+                return user;
+            }
+        }
+    })
+    .await
+    .expect("Ben hears Ana typing");
+    assert_eq!(heard, ana.id);
+
+    let m = metrics(&node).await;
+    assert!(
+        m.contains("selfie_edge_webtransport_sessions_total{shard="),
+        "{m}"
+    );
+    assert!(m.contains("outcome=\"accepted\""), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_are_checked_and_hostile_webtransport_input_gets_typed_errors() {
+    let mut parts = support::parts();
+    parts.web.allowed_origins = vec!["https://app.selfie.test".into()];
+    let tokens = support::tokens(&parts);
+    let throttle = selfie_services::auth::throttle::LoginThrottle::new(parts.throttle);
+    let node = support::start_with(&parts, tokens, throttle);
+
+    // A page from another site is refused before any session exists.
+    let err = browser(&node, None, Some("https://evil.example"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.contains("rejected"), "{err}");
+    assert!(metrics(&node).await.contains("outcome=\"bad_origin\""));
+    // Listed origins, the edge's own web origin and non-browser clients are served.
+    browser(&node, None, Some("https://app.selfie.test"))
+        .await
+        .expect("allowed origin");
+    let own = format!("https://{}", node.edge.web_addr.expect("web listener"));
+    browser(&node, None, Some(&own)).await.expect("own origin");
+    let good = browser(&node, None, None).await.expect("no origin");
+
+    // Garbage and oversize frames: the same typed errors as on a native stream.
+    let bad = browser(&node, None, None).await.expect("session");
+    let answer = bad
+        .request_bytes(b"\x05\x00\x00\x00hello")
+        .await
+        .expect("an answer");
+    assert_eq!(error_code(&answer), Some(ErrorCode::MalformedFrame));
+    let bad = browser(&node, None, None).await.expect("session");
+    let mut big = (1u32 << 20).to_le_bytes().to_vec();
+    big.extend_from_slice(&[0u8; 64]);
+    let answer = bad.request_bytes(&big).await.expect("an answer");
+    assert_eq!(error_code(&answer), Some(ErrorCode::FrameTooLarge));
+
+    // A WebTransport session may not open push streams of its own: stopped.
+    match good.conn.open_uni().await.expect("opening").await {
+        // Stopped as soon as its header arrived.
+        Err(e) => assert!(
+            matches!(e, wtransport::error::StreamOpeningError::Refused),
+            "{e:?}"
+        ),
+        Ok(mut own_uni) => {
+            let _ = own_uni.write_all(b"not a push").await;
+            let stopped = tokio::time::timeout(Duration::from_secs(10), own_uni.stopped())
+                .await
+                .expect("stopped in time");
+            assert!(
+                matches!(stopped, wtransport::error::StreamWriteError::Stopped(_)),
+                "{stopped:?}"
+            );
+        }
+    }
+
+    // A stream naming another session is a protocol violation, answered like one.
+    let bad = browser(&node, None, None).await.expect("session");
+    let (mut send, mut recv) = bad
+        .conn
+        .quic_connection()
+        .open_bi()
+        .await
+        .expect("raw stream");
+    // WEBTRANSPORT_STREAM (0x41 as a 2-byte varint), session 4 (not this one's, 0).
+    send.write_all(&[0x40, 0x41, 0x04, 1, 2, 3])
+        .await
+        .expect("written");
+    let _ = send.finish();
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(4096))
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    let mut dec = FrameDecoder::new(Limits::DEFAULT);
+    dec.push(Bytes::from(answer));
+    let answer = dec.next_frame().expect("valid").expect("a frame");
+    assert_eq!(error_code(&answer), Some(ErrorCode::MalformedFrame));
+
+    // A datagram of another session and one with garbage after the prefix are dropped
+    // and counted; the session goes on.
+    let quic = good.conn.quic_connection();
+    quic.send_datagram(Bytes::from_static(&[0x01, 0xff, 0xff]))
+        .expect("sent");
+    good.conn.send_datagram(vec![0x3f; 8]).expect("sent");
+    good.ping().await.expect("the session goes on");
+
+    let m = metrics(&node).await;
+    assert!(m.contains("outcome=\"bad_origin\""), "{m}");
+    assert!(m.contains("code=\"MalformedFrame\""), "{m}");
+    assert!(m.contains("code=\"FrameTooLarge\""), "{m}");
+    assert!(m.contains("outcome=\"malformed\""), "{m}");
+}
