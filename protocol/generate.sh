@@ -24,6 +24,6 @@ mkdir -p "$rust_out" "$ts_out"
 cd "$here/schema"
 # One module tree (mod.rs) for every namespace, with the object API (owned `...T` types).
 flatc --rust --gen-all --rust-module-root-file --gen-object-api -o "$rust_out" envelope.fbs
-flatc --ts --gen-all -o "$ts_out" envelope.fbs
+flatc --ts --gen-all --gen-object-api -o "$ts_out" envelope.fbs
 python3 "$here/scripts/gen_arbitrary.py" "$here/schema" > "$rust_out/arbitrary.rs"
 python3 "$here/scripts/gen_facts.py" "$here/schema" "$rust_out/idempotent.rs" "$ts_out/idempotent.ts"

@@ -6,6 +6,7 @@
 # - aiosmtpd 1.4.6 (PyPI: the SMTP server of the password-reset tests)
 # - redis-server (Debian), Java 11/17 and Maven (Debian), and the CQL server's jars
 #   (Apache Cassandra from Maven Central, cached under ~/.cache/selfie/cql-server)
+# - nodejs, npm and chromium (Debian) for the web SDK and its browser tests
 #
 # System packages need root (or sudo); without either, it says what to install and
 # stops.
@@ -77,6 +78,11 @@ selfie_setup() {
   # Media: video probing and transcoding (HLS renditions, posters) run real ffmpeg.
   { command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; } || need+=(ffmpeg)
   ls /usr/lib/jvm 2>/dev/null | grep -qE 'java-(11|17)' || need+=(openjdk-17-jre-headless)
+  # The web SDK: node + npm build and unit-test it; the browser tests drive Debian's
+  # Chromium with playwright-core (never a downloaded browser).
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
+  command -v chromium >/dev/null || need+=(chromium)
   if [ ${#need[@]} -gt 0 ]; then
     selfie_setup_apt "${need[@]}" || return 1
   fi

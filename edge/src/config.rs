@@ -70,6 +70,8 @@ pub struct WebConfig {
     /// Browser origins (`https://app.example.com`) allowed to open WebTransport
     /// sessions, besides this edge's own web origin; `"*"` allows any.
     pub allowed_origins: Vec<String>,
+    /// The built web client (`client-sdk/web/dist`) to serve at `/`; absent: none.
+    pub client_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for WebConfig {
@@ -82,6 +84,7 @@ impl Default for WebConfig {
             header_timeout_ms: 10_000,
             webtransport: true,
             allowed_origins: Vec::new(),
+            client_dir: None,
         }
     }
 }

@@ -420,6 +420,17 @@ async fn origins_are_checked_and_hostile_webtransport_input_gets_typed_errors() 
     good.conn.send_datagram(vec![0x3f; 8]).expect("sent");
     good.ping().await.expect("the session goes on");
 
+    // A native session may open no unidirectional streams (the transport allows three
+    // for HTTP/3): each is stopped at once.
+    let native = Client::connect(config(&node, None)).await.expect("native");
+    let mut uni = native.connection().open_uni().await.expect("uni");
+    let _ = uni.write_all(b"not a push").await;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), uni.stopped())
+        .await
+        .expect("stopped in time");
+    assert!(matches!(stopped, Ok(Some(_))), "{stopped:?}");
+    native.ping().await.expect("the session goes on");
+
     let m = metrics(&node).await;
     assert!(m.contains("outcome=\"bad_origin\""), "{m}");
     assert!(m.contains("code=\"MalformedFrame\""), "{m}");

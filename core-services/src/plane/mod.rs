@@ -207,8 +207,11 @@ pub fn page_request(page: Option<common::PageRequest<'_>>) -> (usize, Option<Cur
     let limit = page
         .map_or(20, |p| usize::from(p.limit()))
         .clamp(1, PAGE_MAX);
+    // An empty cursor is no cursor (object-API clients, such as the TypeScript one,
+    // always write the vector).
     let cursor = page
         .and_then(|p| p.cursor())
+        .filter(|c| !c.is_empty())
         .map(|c| Cursor(Bytes::copy_from_slice(c.bytes())));
     (limit, cursor)
 }

@@ -68,6 +68,8 @@ pub struct Shared {
     pub drain: watch::Receiver<bool>,
     /// Browser origins that may open WebTransport sessions.
     pub origins: Origins,
+    /// The web client served by the HTTPS listener, when `web.client_dir` is set.
+    pub webapp: Option<crate::webapp::WebApp>,
 }
 
 fn now_ms() -> u64 {

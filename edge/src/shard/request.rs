@@ -399,7 +399,10 @@ async fn subscribe(
     let wt = state.wt.as_ref().map(|wt| wt.prefixes());
     let weak = Rc::downgrade(state);
     let task = tokio::task::spawn_local(async move {
-        let resync = VarInt::from_u32(u32::from(ErrorCode::ResyncRequired.0));
+        let resync = u32::from(ErrorCode::ResyncRequired.0);
+        let resync = wt
+            .as_ref()
+            .map_or(VarInt::from_u32(resync), |wt| wt.stream_error(resync));
         // However the stream ends (unsubscribe aborts the task instead), the slot goes.
         let pushed = async {
             let opened = match &wt {

@@ -283,15 +283,18 @@ async fn route(
         return r;
     }
     let path = req.uri().path();
-    if !path.starts_with(selfie_services::media::urls::PREFIX) {
-        return plain(StatusCode::NOT_FOUND, "not found\n");
-    }
     // The address's request rate is the one QUIC requests share.
     if shard.ip_limiter.check_key(&ip.to_canonical()).is_err() {
         let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "slow down\n");
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
+    }
+    if !path.starts_with(selfie_services::media::urls::PREFIX) {
+        return match shard.shared.webapp.as_ref().and_then(|app| app.get(path)) {
+            Some(asset) => app_file(req, asset, head),
+            None => plain(StatusCode::NOT_FOUND, "not found\n"),
+        };
     }
     let Some(media) = shard.registry.raw_streams().cloned() else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "media unavailable\n");
@@ -505,6 +508,42 @@ fn parse_range(value: &str, total: u64) -> Ranged {
     } else {
         Ranged::Part(start, end)
     }
+}
+
+/// A file of the web client: revalidated by `ETag` (`no-cache`), never framed, and with
+/// a policy that runs only its own scripts and lets it reach the edge (WebTransport,
+/// WebSocket) and signed media URLs.
+fn app_file(req: &Request<Incoming>, asset: &crate::webapp::Asset, head: bool) -> Response<Body> {
+    let not_modified = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| etag_matches(v, &asset.etag));
+    let (status, body) = if not_modified {
+        (StatusCode::NOT_MODIFIED, empty())
+    } else if head {
+        (StatusCode::OK, empty())
+    } else {
+        (StatusCode::OK, Body::Full(Some(asset.bytes.clone())))
+    };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, asset.content_type)
+        .header(header::CONTENT_LENGTH, asset.bytes.len())
+        .header(header::ETAG, asset.etag.as_str())
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::X_FRAME_OPTIONS, "DENY")
+        .header(header::REFERRER_POLICY, "no-referrer")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self'; style-src 'self'; \
+             img-src 'self' https: data: blob:; media-src 'self' https: blob:; \
+             connect-src 'self' https: wss:; object-src 'none'; base-uri 'none'; \
+             frame-ancestors 'none'",
+        )
+        .body(body)
+        .unwrap_or_else(|_| internal())
 }
 
 fn empty() -> Body {

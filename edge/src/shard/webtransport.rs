@@ -163,6 +163,14 @@ impl Prefixes {
         Some(send)
     }
 
+    /// The HTTP/3 code that carries the application error `code` when a stream of this
+    /// session is reset or stopped: WebTransport maps its 32-bit codes into a reserved
+    /// range (`0x52e4a40fa8db + n + n / 0x1e`), so that a browser reports
+    /// `streamErrorCode = n`.
+    pub(super) fn stream_error(&self, code: u32) -> quinn::VarInt {
+        stream_error(code)
+    }
+
     /// A datagram of this session carrying `payload`.
     pub(super) fn datagram(&self, payload: &[u8]) -> Bytes {
         let mut out = BytesMut::with_capacity(self.datagram.len() + payload.len());
@@ -170,6 +178,12 @@ impl Prefixes {
         out.extend_from_slice(payload);
         out.freeze()
     }
+}
+
+/// WebTransport's mapping of an application error code onto HTTP/3 error codes.
+fn stream_error(code: u32) -> quinn::VarInt {
+    let n = u64::from(code);
+    quinn::VarInt::from_u64(0x52e4_a40f_a8db + n + n / 0x1e).unwrap_or(quinn::VarInt::MAX)
 }
 
 /// Stop code for an HTTP/3 error.
@@ -384,6 +398,15 @@ pub(super) fn alpn(conn: &Connection) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn application_codes_map_into_webtransport_s_range() {
+        // The draft's examples: 0 is the first code, and every 0x1e-th is skipped
+        // (reserved greasing values).
+        assert_eq!(stream_error(0).into_inner(), 0x52e4_a40f_a8db);
+        assert_eq!(stream_error(0x1d).into_inner(), 0x52e4_a40f_a8db + 0x1d);
+        assert_eq!(stream_error(0x1e).into_inner(), 0x52e4_a40f_a8db + 0x1f);
+    }
 
     #[test]
     fn origins_are_checked_exactly_and_any_allows_all() {

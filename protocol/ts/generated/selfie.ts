@@ -3,7 +3,7 @@
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
 export { Body } from './selfie/body.js';
-export { Envelope } from './selfie/envelope.js';
+export { Envelope, EnvelopeT } from './selfie/envelope.js';
 export * as admin from './selfie/admin.js';
 export * as ads from './selfie/ads.js';
 export * as analytics from './selfie/analytics.js';

@@ -3,20 +3,20 @@
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
 export { AccountStatus } from './admin/account-status.js';
-export { Admin } from './admin/admin.js';
+export { Admin, AdminT } from './admin/admin.js';
 export { AdminOp } from './admin/admin-op.js';
-export { AdminUserView } from './admin/admin-user-view.js';
-export { AuditEntry } from './admin/audit-entry.js';
-export { AuditLogRequest } from './admin/audit-log-request.js';
-export { AuditLogResponse } from './admin/audit-log-response.js';
-export { DrainNodeRequest } from './admin/drain-node-request.js';
-export { FeatureFlag } from './admin/feature-flag.js';
-export { FeatureFlagsRequest } from './admin/feature-flags-request.js';
-export { FeatureFlagsResponse } from './admin/feature-flags-response.js';
-export { SetFeatureFlagRequest } from './admin/set-feature-flag-request.js';
-export { SetRolesRequest } from './admin/set-roles-request.js';
-export { SetUserStatusRequest } from './admin/set-user-status-request.js';
-export { StatsRequest } from './admin/stats-request.js';
-export { StatsResponse } from './admin/stats-response.js';
-export { UserLookupRequest } from './admin/user-lookup-request.js';
-export { UserLookupResponse } from './admin/user-lookup-response.js';
+export { AdminUserView, AdminUserViewT } from './admin/admin-user-view.js';
+export { AuditEntry, AuditEntryT } from './admin/audit-entry.js';
+export { AuditLogRequest, AuditLogRequestT } from './admin/audit-log-request.js';
+export { AuditLogResponse, AuditLogResponseT } from './admin/audit-log-response.js';
+export { DrainNodeRequest, DrainNodeRequestT } from './admin/drain-node-request.js';
+export { FeatureFlag, FeatureFlagT } from './admin/feature-flag.js';
+export { FeatureFlagsRequest, FeatureFlagsRequestT } from './admin/feature-flags-request.js';
+export { FeatureFlagsResponse, FeatureFlagsResponseT } from './admin/feature-flags-response.js';
+export { SetFeatureFlagRequest, SetFeatureFlagRequestT } from './admin/set-feature-flag-request.js';
+export { SetRolesRequest, SetRolesRequestT } from './admin/set-roles-request.js';
+export { SetUserStatusRequest, SetUserStatusRequestT } from './admin/set-user-status-request.js';
+export { StatsRequest, StatsRequestT } from './admin/stats-request.js';
+export { StatsResponse, StatsResponseT } from './admin/stats-response.js';
+export { UserLookupRequest, UserLookupRequestT } from './admin/user-lookup-request.js';
+export { UserLookupResponse, UserLookupResponseT } from './admin/user-lookup-response.js';

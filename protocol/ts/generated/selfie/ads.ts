@@ -2,18 +2,18 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { AdCreative } from './ads/ad-creative.js';
+export { AdCreative, AdCreativeT } from './ads/ad-creative.js';
 export { AdEventKind } from './ads/ad-event-kind.js';
-export { AdEventRequest } from './ads/ad-event-request.js';
-export { Ads } from './ads/ads.js';
+export { AdEventRequest, AdEventRequestT } from './ads/ad-event-request.js';
+export { Ads, AdsT } from './ads/ads.js';
 export { AdsOp } from './ads/ads-op.js';
-export { Campaign } from './ads/campaign.js';
-export { CampaignCreateRequest } from './ads/campaign-create-request.js';
-export { CampaignResponse } from './ads/campaign-response.js';
-export { CampaignStatsRequest } from './ads/campaign-stats-request.js';
-export { CampaignStatsResponse } from './ads/campaign-stats-response.js';
+export { Campaign, CampaignT } from './ads/campaign.js';
+export { CampaignCreateRequest, CampaignCreateRequestT } from './ads/campaign-create-request.js';
+export { CampaignResponse, CampaignResponseT } from './ads/campaign-response.js';
+export { CampaignStatsRequest, CampaignStatsRequestT } from './ads/campaign-stats-request.js';
+export { CampaignStatsResponse, CampaignStatsResponseT } from './ads/campaign-stats-response.js';
 export { CampaignStatus } from './ads/campaign-status.js';
-export { CampaignUpdateRequest } from './ads/campaign-update-request.js';
-export { CampaignsListRequest } from './ads/campaigns-list-request.js';
-export { CampaignsListResponse } from './ads/campaigns-list-response.js';
-export { Targeting } from './ads/targeting.js';
+export { CampaignUpdateRequest, CampaignUpdateRequestT } from './ads/campaign-update-request.js';
+export { CampaignsListRequest, CampaignsListRequestT } from './ads/campaigns-list-request.js';
+export { CampaignsListResponse, CampaignsListResponseT } from './ads/campaigns-list-response.js';
+export { Targeting, TargetingT } from './ads/targeting.js';

@@ -2,12 +2,12 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { Analytics } from './analytics/analytics.js';
+export { Analytics, AnalyticsT } from './analytics/analytics.js';
 export { AnalyticsOp } from './analytics/analytics-op.js';
-export { Event } from './analytics/event.js';
-export { EventBatchRequest } from './analytics/event-batch-request.js';
-export { EventBatchResponse } from './analytics/event-batch-response.js';
-export { InsightsRequest } from './analytics/insights-request.js';
-export { InsightsResponse } from './analytics/insights-response.js';
+export { Event, EventT } from './analytics/event.js';
+export { EventBatchRequest, EventBatchRequestT } from './analytics/event-batch-request.js';
+export { EventBatchResponse, EventBatchResponseT } from './analytics/event-batch-response.js';
+export { InsightsRequest, InsightsRequestT } from './analytics/insights-request.js';
+export { InsightsResponse, InsightsResponseT } from './analytics/insights-response.js';
 export { InsightsTarget } from './analytics/insights-target.js';
-export { Series } from './analytics/series.js';
+export { Series, SeriesT } from './analytics/series.js';

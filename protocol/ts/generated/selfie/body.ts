@@ -2,23 +2,23 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { Admin } from '../selfie/admin/admin.js';
-import { Ads } from '../selfie/ads/ads.js';
-import { Analytics } from '../selfie/analytics/analytics.js';
-import { Auth } from '../selfie/auth/auth.js';
-import { Chat } from '../selfie/chat/chat.js';
-import { Control } from '../selfie/control/control.js';
-import { Feed } from '../selfie/feed/feed.js';
-import { Graph } from '../selfie/graph/graph.js';
-import { Media } from '../selfie/media/media.js';
-import { Moderation } from '../selfie/moderation/moderation.js';
-import { Notifications } from '../selfie/notifications/notifications.js';
-import { Payments } from '../selfie/payments/payments.js';
-import { Posts } from '../selfie/posts/posts.js';
-import { Recommend } from '../selfie/recommend/recommend.js';
-import { Search } from '../selfie/search/search.js';
-import { Stories } from '../selfie/stories/stories.js';
-import { Users } from '../selfie/users/users.js';
+import { Admin, AdminT } from '../selfie/admin/admin.js';
+import { Ads, AdsT } from '../selfie/ads/ads.js';
+import { Analytics, AnalyticsT } from '../selfie/analytics/analytics.js';
+import { Auth, AuthT } from '../selfie/auth/auth.js';
+import { Chat, ChatT } from '../selfie/chat/chat.js';
+import { Control, ControlT } from '../selfie/control/control.js';
+import { Feed, FeedT } from '../selfie/feed/feed.js';
+import { Graph, GraphT } from '../selfie/graph/graph.js';
+import { Media, MediaT } from '../selfie/media/media.js';
+import { Moderation, ModerationT } from '../selfie/moderation/moderation.js';
+import { Notifications, NotificationsT } from '../selfie/notifications/notifications.js';
+import { Payments, PaymentsT } from '../selfie/payments/payments.js';
+import { Posts, PostsT } from '../selfie/posts/posts.js';
+import { Recommend, RecommendT } from '../selfie/recommend/recommend.js';
+import { Search, SearchT } from '../selfie/search/search.js';
+import { Stories, StoriesT } from '../selfie/stories/stories.js';
+import { Users, UsersT } from '../selfie/users/users.js';
 
 
 export enum Body {

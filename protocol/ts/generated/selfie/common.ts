@@ -3,16 +3,16 @@
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
 export { Audience } from './common/audience.js';
-export { KeyValue } from './common/key-value.js';
+export { KeyValue, KeyValueT } from './common/key-value.js';
 export { MediaKind } from './common/media-kind.js';
-export { MediaRef } from './common/media-ref.js';
-export { Metric } from './common/metric.js';
-export { Money } from './common/money.js';
+export { MediaRef, MediaRefT } from './common/media-ref.js';
+export { Metric, MetricT } from './common/metric.js';
+export { Money, MoneyT } from './common/money.js';
 export { ObjectKind } from './common/object-kind.js';
-export { PageInfo } from './common/page-info.js';
-export { PageRequest } from './common/page-request.js';
+export { PageInfo, PageInfoT } from './common/page-info.js';
+export { PageRequest, PageRequestT } from './common/page-request.js';
 export { Platform } from './common/platform.js';
-export { ProtocolVersion } from './common/protocol-version.js';
-export { ReactionCount } from './common/reaction-count.js';
-export { TraceId } from './common/trace-id.js';
-export { UserSummary } from './common/user-summary.js';
+export { ProtocolVersion, ProtocolVersionT } from './common/protocol-version.js';
+export { ReactionCount, ReactionCountT } from './common/reaction-count.js';
+export { TraceId, TraceIdT } from './common/trace-id.js';
+export { UserSummary, UserSummaryT } from './common/user-summary.js';

@@ -2,21 +2,21 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { Ack } from './control/ack.js';
-export { ClientInfo } from './control/client-info.js';
-export { Control } from './control/control.js';
+export { Ack, AckT } from './control/ack.js';
+export { ClientInfo, ClientInfoT } from './control/client-info.js';
+export { Control, ControlT } from './control/control.js';
 export { ControlOp } from './control/control-op.js';
-export { Error } from './control/error.js';
+export { Error, ErrorT } from './control/error.js';
 export { ErrorCode } from './control/error-code.js';
-export { GoAway } from './control/go-away.js';
+export { GoAway, GoAwayT } from './control/go-away.js';
 export { GoAwayReason } from './control/go-away-reason.js';
-export { Hello } from './control/hello.js';
-export { Limits } from './control/limits.js';
-export { Ping } from './control/ping.js';
-export { Pong } from './control/pong.js';
-export { PushStreamHeader } from './control/push-stream-header.js';
-export { SubscribeRequest } from './control/subscribe-request.js';
-export { SubscribeResponse } from './control/subscribe-response.js';
+export { Hello, HelloT } from './control/hello.js';
+export { Limits, LimitsT } from './control/limits.js';
+export { Ping, PingT } from './control/ping.js';
+export { Pong, PongT } from './control/pong.js';
+export { PushStreamHeader, PushStreamHeaderT } from './control/push-stream-header.js';
+export { SubscribeRequest, SubscribeRequestT } from './control/subscribe-request.js';
+export { SubscribeResponse, SubscribeResponseT } from './control/subscribe-response.js';
 export { SubscriptionKind } from './control/subscription-kind.js';
-export { UnsubscribeRequest } from './control/unsubscribe-request.js';
-export { Welcome } from './control/welcome.js';
+export { UnsubscribeRequest, UnsubscribeRequestT } from './control/unsubscribe-request.js';
+export { Welcome, WelcomeT } from './control/welcome.js';

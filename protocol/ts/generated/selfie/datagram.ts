@@ -2,8 +2,8 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { Datagram } from './datagram/datagram.js';
+export { Datagram, DatagramT } from './datagram/datagram.js';
 export { DatagramBody } from './datagram/datagram-body.js';
-export { Presence } from './datagram/presence.js';
+export { Presence, PresenceT } from './datagram/presence.js';
 export { PresenceStatus } from './datagram/presence-status.js';
-export { Typing } from './datagram/typing.js';
+export { Typing, TypingT } from './datagram/typing.js';

@@ -5,10 +5,27 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { Body, unionToBody, unionListToBody } from '../selfie/body.js';
-import { TraceId } from '../selfie/common/trace-id.js';
+import { Admin, AdminT } from '../selfie/admin/admin.js';
+import { Ads, AdsT } from '../selfie/ads/ads.js';
+import { Analytics, AnalyticsT } from '../selfie/analytics/analytics.js';
+import { Auth, AuthT } from '../selfie/auth/auth.js';
+import { Chat, ChatT } from '../selfie/chat/chat.js';
+import { TraceId, TraceIdT } from '../selfie/common/trace-id.js';
+import { Control, ControlT } from '../selfie/control/control.js';
+import { Feed, FeedT } from '../selfie/feed/feed.js';
+import { Graph, GraphT } from '../selfie/graph/graph.js';
+import { Media, MediaT } from '../selfie/media/media.js';
+import { Moderation, ModerationT } from '../selfie/moderation/moderation.js';
+import { Notifications, NotificationsT } from '../selfie/notifications/notifications.js';
+import { Payments, PaymentsT } from '../selfie/payments/payments.js';
+import { Posts, PostsT } from '../selfie/posts/posts.js';
+import { Recommend, RecommendT } from '../selfie/recommend/recommend.js';
+import { Search, SearchT } from '../selfie/search/search.js';
+import { Stories, StoriesT } from '../selfie/stories/stories.js';
+import { Users, UsersT } from '../selfie/users/users.js';
 
 
-export class Envelope {
+export class Envelope implements flatbuffers.IUnpackableObject<EnvelopeT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Envelope {
@@ -98,4 +115,55 @@ static finishSizePrefixedEnvelopeBuffer(builder:flatbuffers.Builder, offset:flat
   builder.finish(offset, 'SLF1', true);
 }
 
+
+unpack(): EnvelopeT {
+  return new EnvelopeT(
+    this.id(),
+    this.bodyType(),
+    (() => {
+      const temp = unionToBody(this.bodyType(), this.body.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })(),
+    this.deadlineMs(),
+    (this.traceId() !== null ? this.traceId()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: EnvelopeT): void {
+  _o.id = this.id();
+  _o.bodyType = this.bodyType();
+  _o.body = (() => {
+      const temp = unionToBody(this.bodyType(), this.body.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+  _o.deadlineMs = this.deadlineMs();
+  _o.traceId = (this.traceId() !== null ? this.traceId()!.unpack() : null);
+}
+}
+
+export class EnvelopeT implements flatbuffers.IGeneratedObject {
+constructor(
+  public id: bigint = BigInt('0'),
+  public bodyType: Body = Body.NONE,
+  public body: AdminT|AdsT|AnalyticsT|AuthT|ChatT|ControlT|FeedT|GraphT|MediaT|ModerationT|NotificationsT|PaymentsT|PostsT|RecommendT|SearchT|StoriesT|UsersT|null = null,
+  public deadlineMs: number = 0,
+  public traceId: TraceIdT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const body = builder.createObjectOffset(this.body);
+
+  Envelope.startEnvelope(builder);
+  Envelope.addId(builder, this.id);
+  Envelope.addBodyType(builder, this.bodyType);
+  Envelope.addBody(builder, body);
+  Envelope.addDeadlineMs(builder, this.deadlineMs);
+  Envelope.addTraceId(builder, (this.traceId !== null ? this.traceId!.pack(builder) : 0));
+
+  return Envelope.endEnvelope(builder);
+}
 }

@@ -2,12 +2,12 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { Feed } from './feed/feed.js';
-export { FeedItem } from './feed/feed-item.js';
+export { Feed, FeedT } from './feed/feed.js';
+export { FeedItem, FeedItemT } from './feed/feed-item.js';
 export { FeedKind } from './feed/feed-kind.js';
 export { FeedOp } from './feed/feed-op.js';
-export { FeedPage } from './feed/feed-page.js';
-export { FeedPageRequest } from './feed/feed-page-request.js';
+export { FeedPage, FeedPageT } from './feed/feed-page.js';
+export { FeedPageRequest, FeedPageRequestT } from './feed/feed-page-request.js';
 export { FeedReason } from './feed/feed-reason.js';
-export { FeedUpdate } from './feed/feed-update.js';
-export { NotInterestedRequest } from './feed/not-interested-request.js';
+export { FeedUpdate, FeedUpdateT } from './feed/feed-update.js';
+export { NotInterestedRequest, NotInterestedRequestT } from './feed/not-interested-request.js';

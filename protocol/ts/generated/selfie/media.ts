@@ -2,22 +2,22 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { DeleteMediaRequest } from './media/delete-media-request.js';
-export { DownloadHeader } from './media/download-header.js';
-export { DownloadRequest } from './media/download-request.js';
-export { GetMediaRequest } from './media/get-media-request.js';
-export { Media } from './media/media.js';
-export { MediaInfo } from './media/media-info.js';
-export { MediaInfoResponse } from './media/media-info-response.js';
+export { DeleteMediaRequest, DeleteMediaRequestT } from './media/delete-media-request.js';
+export { DownloadHeader, DownloadHeaderT } from './media/download-header.js';
+export { DownloadRequest, DownloadRequestT } from './media/download-request.js';
+export { GetMediaRequest, GetMediaRequestT } from './media/get-media-request.js';
+export { Media, MediaT } from './media/media.js';
+export { MediaInfo, MediaInfoT } from './media/media-info.js';
+export { MediaInfoResponse, MediaInfoResponseT } from './media/media-info-response.js';
 export { MediaOp } from './media/media-op.js';
 export { MediaState } from './media/media-state.js';
-export { MediaUrlRequest } from './media/media-url-request.js';
-export { MediaUrlResponse } from './media/media-url-response.js';
-export { Rendition } from './media/rendition.js';
-export { SetAltTextRequest } from './media/set-alt-text-request.js';
-export { UploadAbortRequest } from './media/upload-abort-request.js';
-export { UploadChunkHeader } from './media/upload-chunk-header.js';
-export { UploadCompleteRequest } from './media/upload-complete-request.js';
-export { UploadInitRequest } from './media/upload-init-request.js';
-export { UploadResumeRequest } from './media/upload-resume-request.js';
-export { UploadStatus } from './media/upload-status.js';
+export { MediaUrlRequest, MediaUrlRequestT } from './media/media-url-request.js';
+export { MediaUrlResponse, MediaUrlResponseT } from './media/media-url-response.js';
+export { Rendition, RenditionT } from './media/rendition.js';
+export { SetAltTextRequest, SetAltTextRequestT } from './media/set-alt-text-request.js';
+export { UploadAbortRequest, UploadAbortRequestT } from './media/upload-abort-request.js';
+export { UploadChunkHeader, UploadChunkHeaderT } from './media/upload-chunk-header.js';
+export { UploadCompleteRequest, UploadCompleteRequestT } from './media/upload-complete-request.js';
+export { UploadInitRequest, UploadInitRequestT } from './media/upload-init-request.js';
+export { UploadResumeRequest, UploadResumeRequestT } from './media/upload-resume-request.js';
+export { UploadStatus, UploadStatusT } from './media/upload-status.js';

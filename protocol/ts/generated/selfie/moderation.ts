@@ -3,18 +3,18 @@
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
 export { ActionKind } from './moderation/action-kind.js';
-export { ActionRequest } from './moderation/action-request.js';
-export { ActionResponse } from './moderation/action-response.js';
-export { AppealRequest } from './moderation/appeal-request.js';
-export { Label } from './moderation/label.js';
-export { LabelsRequest } from './moderation/labels-request.js';
-export { LabelsResponse } from './moderation/labels-response.js';
-export { Moderation } from './moderation/moderation.js';
+export { ActionRequest, ActionRequestT } from './moderation/action-request.js';
+export { ActionResponse, ActionResponseT } from './moderation/action-response.js';
+export { AppealRequest, AppealRequestT } from './moderation/appeal-request.js';
+export { Label, LabelT } from './moderation/label.js';
+export { LabelsRequest, LabelsRequestT } from './moderation/labels-request.js';
+export { LabelsResponse, LabelsResponseT } from './moderation/labels-response.js';
+export { Moderation, ModerationT } from './moderation/moderation.js';
 export { ModerationOp } from './moderation/moderation-op.js';
-export { QueueRequest } from './moderation/queue-request.js';
-export { QueueResponse } from './moderation/queue-response.js';
-export { Report } from './moderation/report.js';
+export { QueueRequest, QueueRequestT } from './moderation/queue-request.js';
+export { QueueResponse, QueueResponseT } from './moderation/queue-response.js';
+export { Report, ReportT } from './moderation/report.js';
 export { ReportReason } from './moderation/report-reason.js';
-export { ReportRequest } from './moderation/report-request.js';
-export { ReportResponse } from './moderation/report-response.js';
+export { ReportRequest, ReportRequestT } from './moderation/report-request.js';
+export { ReportResponse, ReportResponseT } from './moderation/report-response.js';
 export { ReportStatus } from './moderation/report-status.js';

@@ -2,18 +2,18 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { MarkReadRequest } from './notifications/mark-read-request.js';
-export { Notification } from './notifications/notification.js';
-export { NotificationEvent } from './notifications/notification-event.js';
+export { MarkReadRequest, MarkReadRequestT } from './notifications/mark-read-request.js';
+export { Notification, NotificationT } from './notifications/notification.js';
+export { NotificationEvent, NotificationEventT } from './notifications/notification-event.js';
 export { NotificationKind } from './notifications/notification-kind.js';
-export { NotificationPreference } from './notifications/notification-preference.js';
-export { Notifications } from './notifications/notifications.js';
-export { NotificationsListRequest } from './notifications/notifications-list-request.js';
+export { NotificationPreference, NotificationPreferenceT } from './notifications/notification-preference.js';
+export { Notifications, NotificationsT } from './notifications/notifications.js';
+export { NotificationsListRequest, NotificationsListRequestT } from './notifications/notifications-list-request.js';
 export { NotificationsOp } from './notifications/notifications-op.js';
-export { NotificationsPage } from './notifications/notifications-page.js';
-export { PreferencesRequest } from './notifications/preferences-request.js';
-export { PreferencesResponse } from './notifications/preferences-response.js';
-export { PreferencesUpdateRequest } from './notifications/preferences-update-request.js';
+export { NotificationsPage, NotificationsPageT } from './notifications/notifications-page.js';
+export { PreferencesRequest, PreferencesRequestT } from './notifications/preferences-request.js';
+export { PreferencesResponse, PreferencesResponseT } from './notifications/preferences-response.js';
+export { PreferencesUpdateRequest, PreferencesUpdateRequestT } from './notifications/preferences-update-request.js';
 export { PushPlatform } from './notifications/push-platform.js';
-export { PushTokenRegisterRequest } from './notifications/push-token-register-request.js';
-export { PushTokenUnregisterRequest } from './notifications/push-token-unregister-request.js';
+export { PushTokenRegisterRequest, PushTokenRegisterRequestT } from './notifications/push-token-register-request.js';
+export { PushTokenUnregisterRequest, PushTokenUnregisterRequestT } from './notifications/push-token-unregister-request.js';

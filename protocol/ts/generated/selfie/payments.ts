@@ -2,22 +2,22 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { ConfirmIntentRequest } from './payments/confirm-intent-request.js';
-export { CreateIntentRequest } from './payments/create-intent-request.js';
-export { CreatorSubscribeRequest } from './payments/creator-subscribe-request.js';
-export { CreatorUnsubscribeRequest } from './payments/creator-unsubscribe-request.js';
-export { GetIntentRequest } from './payments/get-intent-request.js';
-export { IntentResponse } from './payments/intent-response.js';
-export { PaymentIntent } from './payments/payment-intent.js';
+export { ConfirmIntentRequest, ConfirmIntentRequestT } from './payments/confirm-intent-request.js';
+export { CreateIntentRequest, CreateIntentRequestT } from './payments/create-intent-request.js';
+export { CreatorSubscribeRequest, CreatorSubscribeRequestT } from './payments/creator-subscribe-request.js';
+export { CreatorUnsubscribeRequest, CreatorUnsubscribeRequestT } from './payments/creator-unsubscribe-request.js';
+export { GetIntentRequest, GetIntentRequestT } from './payments/get-intent-request.js';
+export { IntentResponse, IntentResponseT } from './payments/intent-response.js';
+export { PaymentIntent, PaymentIntentT } from './payments/payment-intent.js';
 export { PaymentKind } from './payments/payment-kind.js';
 export { PaymentStatus } from './payments/payment-status.js';
-export { Payments } from './payments/payments.js';
+export { Payments, PaymentsT } from './payments/payments.js';
 export { PaymentsOp } from './payments/payments-op.js';
-export { PayoutRequest } from './payments/payout-request.js';
-export { SubscriptionTier } from './payments/subscription-tier.js';
-export { TiersRequest } from './payments/tiers-request.js';
-export { TiersResponse } from './payments/tiers-response.js';
-export { TransactionsRequest } from './payments/transactions-request.js';
-export { TransactionsResponse } from './payments/transactions-response.js';
-export { WalletRequest } from './payments/wallet-request.js';
-export { WalletResponse } from './payments/wallet-response.js';
+export { PayoutRequest, PayoutRequestT } from './payments/payout-request.js';
+export { SubscriptionTier, SubscriptionTierT } from './payments/subscription-tier.js';
+export { TiersRequest, TiersRequestT } from './payments/tiers-request.js';
+export { TiersResponse, TiersResponseT } from './payments/tiers-response.js';
+export { TransactionsRequest, TransactionsRequestT } from './payments/transactions-request.js';
+export { TransactionsResponse, TransactionsResponseT } from './payments/transactions-response.js';
+export { WalletRequest, WalletRequestT } from './payments/wallet-request.js';
+export { WalletResponse, WalletResponseT } from './payments/wallet-response.js';

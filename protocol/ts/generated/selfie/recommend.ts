@@ -2,10 +2,10 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { DismissSuggestionRequest } from './recommend/dismiss-suggestion-request.js';
-export { Recommend } from './recommend/recommend.js';
+export { DismissSuggestionRequest, DismissSuggestionRequestT } from './recommend/dismiss-suggestion-request.js';
+export { Recommend, RecommendT } from './recommend/recommend.js';
 export { RecommendOp } from './recommend/recommend-op.js';
-export { SuggestedUser } from './recommend/suggested-user.js';
-export { SuggestedUsersRequest } from './recommend/suggested-users-request.js';
-export { SuggestedUsersResponse } from './recommend/suggested-users-response.js';
+export { SuggestedUser, SuggestedUserT } from './recommend/suggested-user.js';
+export { SuggestedUsersRequest, SuggestedUsersRequestT } from './recommend/suggested-users-request.js';
+export { SuggestedUsersResponse, SuggestedUsersResponseT } from './recommend/suggested-users-response.js';
 export { SuggestionReason } from './recommend/suggestion-reason.js';

@@ -2,13 +2,13 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { HashtagResult } from './search/hashtag-result.js';
-export { Search } from './search/search.js';
+export { HashtagResult, HashtagResultT } from './search/hashtag-result.js';
+export { Search, SearchT } from './search/search.js';
 export { SearchOp } from './search/search-op.js';
-export { SearchRequest } from './search/search-request.js';
-export { SearchResponse } from './search/search-response.js';
+export { SearchRequest, SearchRequestT } from './search/search-request.js';
+export { SearchResponse, SearchResponseT } from './search/search-response.js';
 export { SearchScope } from './search/search-scope.js';
-export { TrendingRequest } from './search/trending-request.js';
-export { TrendingResponse } from './search/trending-response.js';
-export { TypeaheadRequest } from './search/typeahead-request.js';
-export { TypeaheadResponse } from './search/typeahead-response.js';
+export { TrendingRequest, TrendingRequestT } from './search/trending-request.js';
+export { TrendingResponse, TrendingResponseT } from './search/trending-response.js';
+export { TypeaheadRequest, TypeaheadRequestT } from './search/typeahead-request.js';
+export { TypeaheadResponse, TypeaheadResponseT } from './search/typeahead-response.js';

@@ -2,26 +2,26 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { CreateStoryRequest } from './stories/create-story-request.js';
-export { DeleteStoryRequest } from './stories/delete-story-request.js';
-export { HighlightStoryRequest } from './stories/highlight-story-request.js';
-export { HighlightsRequest } from './stories/highlights-request.js';
-export { HighlightsResponse } from './stories/highlights-response.js';
-export { RemoveHighlightRequest } from './stories/remove-highlight-request.js';
-export { Stories } from './stories/stories.js';
+export { CreateStoryRequest, CreateStoryRequestT } from './stories/create-story-request.js';
+export { DeleteStoryRequest, DeleteStoryRequestT } from './stories/delete-story-request.js';
+export { HighlightStoryRequest, HighlightStoryRequestT } from './stories/highlight-story-request.js';
+export { HighlightsRequest, HighlightsRequestT } from './stories/highlights-request.js';
+export { HighlightsResponse, HighlightsResponseT } from './stories/highlights-response.js';
+export { RemoveHighlightRequest, RemoveHighlightRequestT } from './stories/remove-highlight-request.js';
+export { Stories, StoriesT } from './stories/stories.js';
 export { StoriesOp } from './stories/stories-op.js';
-export { Story } from './stories/story.js';
+export { Story, StoryT } from './stories/story.js';
 export { StoryEventKind } from './stories/story-event-kind.js';
-export { StoryReactRequest } from './stories/story-react-request.js';
-export { StoryReplyRequest } from './stories/story-reply-request.js';
-export { StoryResponse } from './stories/story-response.js';
-export { StorySeenRequest } from './stories/story-seen-request.js';
-export { StoryTray } from './stories/story-tray.js';
-export { StoryTrayEntry } from './stories/story-tray-entry.js';
-export { StoryTrayRequest } from './stories/story-tray-request.js';
-export { StoryUpdate } from './stories/story-update.js';
-export { StoryViewer } from './stories/story-viewer.js';
-export { StoryViewersRequest } from './stories/story-viewers-request.js';
-export { StoryViewersResponse } from './stories/story-viewers-response.js';
-export { UserStoriesRequest } from './stories/user-stories-request.js';
-export { UserStoriesResponse } from './stories/user-stories-response.js';
+export { StoryReactRequest, StoryReactRequestT } from './stories/story-react-request.js';
+export { StoryReplyRequest, StoryReplyRequestT } from './stories/story-reply-request.js';
+export { StoryResponse, StoryResponseT } from './stories/story-response.js';
+export { StorySeenRequest, StorySeenRequestT } from './stories/story-seen-request.js';
+export { StoryTray, StoryTrayT } from './stories/story-tray.js';
+export { StoryTrayEntry, StoryTrayEntryT } from './stories/story-tray-entry.js';
+export { StoryTrayRequest, StoryTrayRequestT } from './stories/story-tray-request.js';
+export { StoryUpdate, StoryUpdateT } from './stories/story-update.js';
+export { StoryViewer, StoryViewerT } from './stories/story-viewer.js';
+export { StoryViewersRequest, StoryViewersRequestT } from './stories/story-viewers-request.js';
+export { StoryViewersResponse, StoryViewersResponseT } from './stories/story-viewers-response.js';
+export { UserStoriesRequest, UserStoriesRequestT } from './stories/user-stories-request.js';
+export { UserStoriesResponse, UserStoriesResponseT } from './stories/user-stories-response.js';

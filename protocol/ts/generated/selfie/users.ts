@@ -2,18 +2,18 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-export { GetProfileRequest } from './users/get-profile-request.js';
-export { GetProfileResponse } from './users/get-profile-response.js';
-export { GetSettingsRequest } from './users/get-settings-request.js';
-export { LookupUsersRequest } from './users/lookup-users-request.js';
-export { LookupUsersResponse } from './users/lookup-users-response.js';
+export { GetProfileRequest, GetProfileRequestT } from './users/get-profile-request.js';
+export { GetProfileResponse, GetProfileResponseT } from './users/get-profile-response.js';
+export { GetSettingsRequest, GetSettingsRequestT } from './users/get-settings-request.js';
+export { LookupUsersRequest, LookupUsersRequestT } from './users/lookup-users-request.js';
+export { LookupUsersResponse, LookupUsersResponseT } from './users/lookup-users-response.js';
 export { Permission } from './users/permission.js';
-export { Profile } from './users/profile.js';
-export { ProfileLink } from './users/profile-link.js';
-export { Relationship } from './users/relationship.js';
-export { Settings } from './users/settings.js';
-export { SettingsResponse } from './users/settings-response.js';
-export { UpdateProfileRequest } from './users/update-profile-request.js';
-export { UpdateSettingsRequest } from './users/update-settings-request.js';
-export { Users } from './users/users.js';
+export { Profile, ProfileT } from './users/profile.js';
+export { ProfileLink, ProfileLinkT } from './users/profile-link.js';
+export { Relationship, RelationshipT } from './users/relationship.js';
+export { Settings, SettingsT } from './users/settings.js';
+export { SettingsResponse, SettingsResponseT } from './users/settings-response.js';
+export { UpdateProfileRequest, UpdateProfileRequestT } from './users/update-profile-request.js';
+export { UpdateSettingsRequest, UpdateSettingsRequestT } from './users/update-settings-request.js';
+export { Users, UsersT } from './users/users.js';
 export { UsersOp } from './users/users-op.js';

@@ -2,18 +2,18 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { AuditLogRequest } from '../../selfie/admin/audit-log-request.js';
-import { AuditLogResponse } from '../../selfie/admin/audit-log-response.js';
-import { DrainNodeRequest } from '../../selfie/admin/drain-node-request.js';
-import { FeatureFlagsRequest } from '../../selfie/admin/feature-flags-request.js';
-import { FeatureFlagsResponse } from '../../selfie/admin/feature-flags-response.js';
-import { SetFeatureFlagRequest } from '../../selfie/admin/set-feature-flag-request.js';
-import { SetRolesRequest } from '../../selfie/admin/set-roles-request.js';
-import { SetUserStatusRequest } from '../../selfie/admin/set-user-status-request.js';
-import { StatsRequest } from '../../selfie/admin/stats-request.js';
-import { StatsResponse } from '../../selfie/admin/stats-response.js';
-import { UserLookupRequest } from '../../selfie/admin/user-lookup-request.js';
-import { UserLookupResponse } from '../../selfie/admin/user-lookup-response.js';
+import { AuditLogRequest, AuditLogRequestT } from '../../selfie/admin/audit-log-request.js';
+import { AuditLogResponse, AuditLogResponseT } from '../../selfie/admin/audit-log-response.js';
+import { DrainNodeRequest, DrainNodeRequestT } from '../../selfie/admin/drain-node-request.js';
+import { FeatureFlagsRequest, FeatureFlagsRequestT } from '../../selfie/admin/feature-flags-request.js';
+import { FeatureFlagsResponse, FeatureFlagsResponseT } from '../../selfie/admin/feature-flags-response.js';
+import { SetFeatureFlagRequest, SetFeatureFlagRequestT } from '../../selfie/admin/set-feature-flag-request.js';
+import { SetRolesRequest, SetRolesRequestT } from '../../selfie/admin/set-roles-request.js';
+import { SetUserStatusRequest, SetUserStatusRequestT } from '../../selfie/admin/set-user-status-request.js';
+import { StatsRequest, StatsRequestT } from '../../selfie/admin/stats-request.js';
+import { StatsResponse, StatsResponseT } from '../../selfie/admin/stats-response.js';
+import { UserLookupRequest, UserLookupRequestT } from '../../selfie/admin/user-lookup-request.js';
+import { UserLookupResponse, UserLookupResponseT } from '../../selfie/admin/user-lookup-response.js';
 
 
 export enum AdminOp {

@@ -5,10 +5,10 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { AccountStatus } from '../../selfie/admin/account-status.js';
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 
 
-export class AdminUserView {
+export class AdminUserView implements flatbuffers.IUnpackableObject<AdminUserViewT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):AdminUserView {
@@ -149,5 +149,65 @@ static createAdminUserView(builder:flatbuffers.Builder, userOffset:flatbuffers.O
   AdminUserView.addReportsAgainst(builder, reportsAgainst);
   AdminUserView.addTwoFactorEnabled(builder, twoFactorEnabled);
   return AdminUserView.endAdminUserView(builder);
+}
+
+unpack(): AdminUserViewT {
+  return new AdminUserViewT(
+    (this.user() !== null ? this.user()!.unpack() : null),
+    this.email(),
+    this.status(),
+    this.bb!.createScalarList<string>(this.roles.bind(this), this.rolesLength()),
+    this.createdAtMs(),
+    this.lastLoginAtMs(),
+    this.sessionsCount(),
+    this.reportsAgainst(),
+    this.twoFactorEnabled()
+  );
+}
+
+
+unpackTo(_o: AdminUserViewT): void {
+  _o.user = (this.user() !== null ? this.user()!.unpack() : null);
+  _o.email = this.email();
+  _o.status = this.status();
+  _o.roles = this.bb!.createScalarList<string>(this.roles.bind(this), this.rolesLength());
+  _o.createdAtMs = this.createdAtMs();
+  _o.lastLoginAtMs = this.lastLoginAtMs();
+  _o.sessionsCount = this.sessionsCount();
+  _o.reportsAgainst = this.reportsAgainst();
+  _o.twoFactorEnabled = this.twoFactorEnabled();
+}
+}
+
+export class AdminUserViewT implements flatbuffers.IGeneratedObject {
+constructor(
+  public user: UserSummaryT|null = null,
+  public email: string|Uint8Array|null = null,
+  public status: AccountStatus = AccountStatus.Active,
+  public roles: (string)[] = [],
+  public createdAtMs: bigint = BigInt('0'),
+  public lastLoginAtMs: bigint = BigInt('0'),
+  public sessionsCount: number = 0,
+  public reportsAgainst: number = 0,
+  public twoFactorEnabled: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const user = (this.user !== null ? this.user!.pack(builder) : 0);
+  const email = (this.email !== null ? builder.createString(this.email!) : 0);
+  const roles = AdminUserView.createRolesVector(builder, builder.createObjectOffsetList(this.roles));
+
+  return AdminUserView.createAdminUserView(builder,
+    user,
+    email,
+    this.status,
+    roles,
+    this.createdAtMs,
+    this.lastLoginAtMs,
+    this.sessionsCount,
+    this.reportsAgainst,
+    this.twoFactorEnabled
+  );
 }
 }

@@ -5,9 +5,21 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { AdminOp, unionToAdminOp, unionListToAdminOp } from '../../selfie/admin/admin-op.js';
+import { AuditLogRequest, AuditLogRequestT } from '../../selfie/admin/audit-log-request.js';
+import { AuditLogResponse, AuditLogResponseT } from '../../selfie/admin/audit-log-response.js';
+import { DrainNodeRequest, DrainNodeRequestT } from '../../selfie/admin/drain-node-request.js';
+import { FeatureFlagsRequest, FeatureFlagsRequestT } from '../../selfie/admin/feature-flags-request.js';
+import { FeatureFlagsResponse, FeatureFlagsResponseT } from '../../selfie/admin/feature-flags-response.js';
+import { SetFeatureFlagRequest, SetFeatureFlagRequestT } from '../../selfie/admin/set-feature-flag-request.js';
+import { SetRolesRequest, SetRolesRequestT } from '../../selfie/admin/set-roles-request.js';
+import { SetUserStatusRequest, SetUserStatusRequestT } from '../../selfie/admin/set-user-status-request.js';
+import { StatsRequest, StatsRequestT } from '../../selfie/admin/stats-request.js';
+import { StatsResponse, StatsResponseT } from '../../selfie/admin/stats-response.js';
+import { UserLookupRequest, UserLookupRequestT } from '../../selfie/admin/user-lookup-request.js';
+import { UserLookupResponse, UserLookupResponseT } from '../../selfie/admin/user-lookup-response.js';
 
 
-export class Admin {
+export class Admin implements flatbuffers.IUnpackableObject<AdminT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Admin {
@@ -57,5 +69,43 @@ static createAdmin(builder:flatbuffers.Builder, opType:AdminOp, opOffset:flatbuf
   Admin.addOpType(builder, opType);
   Admin.addOp(builder, opOffset);
   return Admin.endAdmin(builder);
+}
+
+unpack(): AdminT {
+  return new AdminT(
+    this.opType(),
+    (() => {
+      const temp = unionToAdminOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: AdminT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToAdminOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class AdminT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: AdminOp = AdminOp.NONE,
+  public op: AuditLogRequestT|AuditLogResponseT|DrainNodeRequestT|FeatureFlagsRequestT|FeatureFlagsResponseT|SetFeatureFlagRequestT|SetRolesRequestT|SetUserStatusRequestT|StatsRequestT|StatsResponseT|UserLookupRequestT|UserLookupResponseT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Admin.createAdmin(builder,
+    this.opType,
+    op
+  );
 }
 }

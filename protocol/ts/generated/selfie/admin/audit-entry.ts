@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { ObjectKind } from '../../selfie/common/object-kind.js';
 
 
-export class AuditEntry {
+export class AuditEntry implements flatbuffers.IUnpackableObject<AuditEntryT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):AuditEntry {
@@ -111,5 +111,56 @@ static createAuditEntry(builder:flatbuffers.Builder, entryId:bigint, actorId:big
   AuditEntry.addAtMs(builder, atMs);
   AuditEntry.addDetail(builder, detailOffset);
   return AuditEntry.endAuditEntry(builder);
+}
+
+unpack(): AuditEntryT {
+  return new AuditEntryT(
+    this.entryId(),
+    this.actorId(),
+    this.action(),
+    this.targetKind(),
+    this.targetId(),
+    this.atMs(),
+    this.detail()
+  );
+}
+
+
+unpackTo(_o: AuditEntryT): void {
+  _o.entryId = this.entryId();
+  _o.actorId = this.actorId();
+  _o.action = this.action();
+  _o.targetKind = this.targetKind();
+  _o.targetId = this.targetId();
+  _o.atMs = this.atMs();
+  _o.detail = this.detail();
+}
+}
+
+export class AuditEntryT implements flatbuffers.IGeneratedObject {
+constructor(
+  public entryId: bigint = BigInt('0'),
+  public actorId: bigint = BigInt('0'),
+  public action: string|Uint8Array|null = null,
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetId: bigint = BigInt('0'),
+  public atMs: bigint = BigInt('0'),
+  public detail: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const action = (this.action !== null ? builder.createString(this.action!) : 0);
+  const detail = (this.detail !== null ? builder.createString(this.detail!) : 0);
+
+  return AuditEntry.createAuditEntry(builder,
+    this.entryId,
+    this.actorId,
+    action,
+    this.targetKind,
+    this.targetId,
+    this.atMs,
+    detail
+  );
 }
 }

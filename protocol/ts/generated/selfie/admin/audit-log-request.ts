@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class AuditLogRequest {
+export class AuditLogRequest implements flatbuffers.IUnpackableObject<AuditLogRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):AuditLogRequest {
@@ -47,5 +47,31 @@ static createAuditLogRequest(builder:flatbuffers.Builder, pageOffset:flatbuffers
   AuditLogRequest.startAuditLogRequest(builder);
   AuditLogRequest.addPage(builder, pageOffset);
   return AuditLogRequest.endAuditLogRequest(builder);
+}
+
+unpack(): AuditLogRequestT {
+  return new AuditLogRequestT(
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: AuditLogRequestT): void {
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class AuditLogRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  return AuditLogRequest.createAuditLogRequest(builder,
+    page
+  );
 }
 }

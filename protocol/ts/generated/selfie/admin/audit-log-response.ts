@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { AuditEntry } from '../../selfie/admin/audit-entry.js';
-import { PageInfo } from '../../selfie/common/page-info.js';
+import { AuditEntry, AuditEntryT } from '../../selfie/admin/audit-entry.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
 
 
-export class AuditLogResponse {
+export class AuditLogResponse implements flatbuffers.IUnpackableObject<AuditLogResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):AuditLogResponse {
@@ -70,4 +70,36 @@ static endAuditLogResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): AuditLogResponseT {
+  return new AuditLogResponseT(
+    this.bb!.createObjList<AuditEntry, AuditEntryT>(this.entries.bind(this), this.entriesLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: AuditLogResponseT): void {
+  _o.entries = this.bb!.createObjList<AuditEntry, AuditEntryT>(this.entries.bind(this), this.entriesLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class AuditLogResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public entries: (AuditEntryT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const entries = AuditLogResponse.createEntriesVector(builder, builder.createObjectOffsetList(this.entries));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  AuditLogResponse.startAuditLogResponse(builder);
+  AuditLogResponse.addEntries(builder, entries);
+  AuditLogResponse.addPage(builder, page);
+
+  return AuditLogResponse.endAuditLogResponse(builder);
+}
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class DrainNodeRequest {
+
+
+export class DrainNodeRequest implements flatbuffers.IUnpackableObject<DrainNodeRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DrainNodeRequest {
@@ -56,5 +58,35 @@ static createDrainNodeRequest(builder:flatbuffers.Builder, nodeIdOffset:flatbuff
   DrainNodeRequest.addNodeId(builder, nodeIdOffset);
   DrainNodeRequest.addDeadlineMs(builder, deadlineMs);
   return DrainNodeRequest.endDrainNodeRequest(builder);
+}
+
+unpack(): DrainNodeRequestT {
+  return new DrainNodeRequestT(
+    this.nodeId(),
+    this.deadlineMs()
+  );
+}
+
+
+unpackTo(_o: DrainNodeRequestT): void {
+  _o.nodeId = this.nodeId();
+  _o.deadlineMs = this.deadlineMs();
+}
+}
+
+export class DrainNodeRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public nodeId: string|Uint8Array|null = null,
+  public deadlineMs: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const nodeId = (this.nodeId !== null ? builder.createString(this.nodeId!) : 0);
+
+  return DrainNodeRequest.createDrainNodeRequest(builder,
+    nodeId,
+    this.deadlineMs
+  );
 }
 }

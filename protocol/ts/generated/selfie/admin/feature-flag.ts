@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class FeatureFlag {
+
+
+export class FeatureFlag implements flatbuffers.IUnpackableObject<FeatureFlagT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FeatureFlag {
@@ -66,5 +68,39 @@ static createFeatureFlag(builder:flatbuffers.Builder, nameOffset:flatbuffers.Off
   FeatureFlag.addEnabled(builder, enabled);
   FeatureFlag.addRolloutPercent(builder, rolloutPercent);
   return FeatureFlag.endFeatureFlag(builder);
+}
+
+unpack(): FeatureFlagT {
+  return new FeatureFlagT(
+    this.name(),
+    this.enabled(),
+    this.rolloutPercent()
+  );
+}
+
+
+unpackTo(_o: FeatureFlagT): void {
+  _o.name = this.name();
+  _o.enabled = this.enabled();
+  _o.rolloutPercent = this.rolloutPercent();
+}
+}
+
+export class FeatureFlagT implements flatbuffers.IGeneratedObject {
+constructor(
+  public name: string|Uint8Array|null = null,
+  public enabled: boolean = false,
+  public rolloutPercent: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+
+  return FeatureFlag.createFeatureFlag(builder,
+    name,
+    this.enabled,
+    this.rolloutPercent
+  );
 }
 }

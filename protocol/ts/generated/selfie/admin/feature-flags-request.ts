@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class FeatureFlagsRequest {
+
+
+export class FeatureFlagsRequest implements flatbuffers.IUnpackableObject<FeatureFlagsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FeatureFlagsRequest {
@@ -34,5 +36,21 @@ static endFeatureFlagsRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
 static createFeatureFlagsRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   FeatureFlagsRequest.startFeatureFlagsRequest(builder);
   return FeatureFlagsRequest.endFeatureFlagsRequest(builder);
+}
+
+unpack(): FeatureFlagsRequestT {
+  return new FeatureFlagsRequestT();
+}
+
+
+unpackTo(_o: FeatureFlagsRequestT): void {}
+}
+
+export class FeatureFlagsRequestT implements flatbuffers.IGeneratedObject {
+constructor(){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return FeatureFlagsRequest.createFeatureFlagsRequest(builder);
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { FeatureFlag } from '../../selfie/admin/feature-flag.js';
+import { FeatureFlag, FeatureFlagT } from '../../selfie/admin/feature-flag.js';
 
 
-export class FeatureFlagsResponse {
+export class FeatureFlagsResponse implements flatbuffers.IUnpackableObject<FeatureFlagsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FeatureFlagsResponse {
@@ -64,5 +64,31 @@ static createFeatureFlagsResponse(builder:flatbuffers.Builder, flagsOffset:flatb
   FeatureFlagsResponse.startFeatureFlagsResponse(builder);
   FeatureFlagsResponse.addFlags(builder, flagsOffset);
   return FeatureFlagsResponse.endFeatureFlagsResponse(builder);
+}
+
+unpack(): FeatureFlagsResponseT {
+  return new FeatureFlagsResponseT(
+    this.bb!.createObjList<FeatureFlag, FeatureFlagT>(this.flags.bind(this), this.flagsLength())
+  );
+}
+
+
+unpackTo(_o: FeatureFlagsResponseT): void {
+  _o.flags = this.bb!.createObjList<FeatureFlag, FeatureFlagT>(this.flags.bind(this), this.flagsLength());
+}
+}
+
+export class FeatureFlagsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public flags: (FeatureFlagT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const flags = FeatureFlagsResponse.createFlagsVector(builder, builder.createObjectOffsetList(this.flags));
+
+  return FeatureFlagsResponse.createFeatureFlagsResponse(builder,
+    flags
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { FeatureFlag } from '../../selfie/admin/feature-flag.js';
+import { FeatureFlag, FeatureFlagT } from '../../selfie/admin/feature-flag.js';
 
 
-export class SetFeatureFlagRequest {
+export class SetFeatureFlagRequest implements flatbuffers.IUnpackableObject<SetFeatureFlagRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SetFeatureFlagRequest {
@@ -47,5 +47,31 @@ static createSetFeatureFlagRequest(builder:flatbuffers.Builder, flagOffset:flatb
   SetFeatureFlagRequest.startSetFeatureFlagRequest(builder);
   SetFeatureFlagRequest.addFlag(builder, flagOffset);
   return SetFeatureFlagRequest.endSetFeatureFlagRequest(builder);
+}
+
+unpack(): SetFeatureFlagRequestT {
+  return new SetFeatureFlagRequestT(
+    (this.flag() !== null ? this.flag()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: SetFeatureFlagRequestT): void {
+  _o.flag = (this.flag() !== null ? this.flag()!.unpack() : null);
+}
+}
+
+export class SetFeatureFlagRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public flag: FeatureFlagT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const flag = (this.flag !== null ? this.flag!.pack(builder) : 0);
+
+  return SetFeatureFlagRequest.createSetFeatureFlagRequest(builder,
+    flag
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class SetRolesRequest {
+
+
+export class SetRolesRequest implements flatbuffers.IUnpackableObject<SetRolesRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SetRolesRequest {
@@ -73,5 +75,35 @@ static createSetRolesRequest(builder:flatbuffers.Builder, userId:bigint, rolesOf
   SetRolesRequest.addUserId(builder, userId);
   SetRolesRequest.addRoles(builder, rolesOffset);
   return SetRolesRequest.endSetRolesRequest(builder);
+}
+
+unpack(): SetRolesRequestT {
+  return new SetRolesRequestT(
+    this.userId(),
+    this.bb!.createScalarList<string>(this.roles.bind(this), this.rolesLength())
+  );
+}
+
+
+unpackTo(_o: SetRolesRequestT): void {
+  _o.userId = this.userId();
+  _o.roles = this.bb!.createScalarList<string>(this.roles.bind(this), this.rolesLength());
+}
+}
+
+export class SetRolesRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public roles: (string)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const roles = SetRolesRequest.createRolesVector(builder, builder.createObjectOffsetList(this.roles));
+
+  return SetRolesRequest.createSetRolesRequest(builder,
+    this.userId,
+    roles
+  );
 }
 }

@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { AccountStatus } from '../../selfie/admin/account-status.js';
 
 
-export class SetUserStatusRequest {
+export class SetUserStatusRequest implements flatbuffers.IUnpackableObject<SetUserStatusRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SetUserStatusRequest {
@@ -79,5 +79,43 @@ static createSetUserStatusRequest(builder:flatbuffers.Builder, userId:bigint, st
   SetUserStatusRequest.addReason(builder, reasonOffset);
   SetUserStatusRequest.addUntilMs(builder, untilMs);
   return SetUserStatusRequest.endSetUserStatusRequest(builder);
+}
+
+unpack(): SetUserStatusRequestT {
+  return new SetUserStatusRequestT(
+    this.userId(),
+    this.status(),
+    this.reason(),
+    this.untilMs()
+  );
+}
+
+
+unpackTo(_o: SetUserStatusRequestT): void {
+  _o.userId = this.userId();
+  _o.status = this.status();
+  _o.reason = this.reason();
+  _o.untilMs = this.untilMs();
+}
+}
+
+export class SetUserStatusRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public status: AccountStatus = AccountStatus.Active,
+  public reason: string|Uint8Array|null = null,
+  public untilMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const reason = (this.reason !== null ? builder.createString(this.reason!) : 0);
+
+  return SetUserStatusRequest.createSetUserStatusRequest(builder,
+    this.userId,
+    this.status,
+    reason,
+    this.untilMs
+  );
 }
 }

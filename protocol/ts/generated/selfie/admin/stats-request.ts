@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class StatsRequest {
+
+
+export class StatsRequest implements flatbuffers.IUnpackableObject<StatsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StatsRequest {
@@ -63,5 +65,31 @@ static createStatsRequest(builder:flatbuffers.Builder, namesOffset:flatbuffers.O
   StatsRequest.startStatsRequest(builder);
   StatsRequest.addNames(builder, namesOffset);
   return StatsRequest.endStatsRequest(builder);
+}
+
+unpack(): StatsRequestT {
+  return new StatsRequestT(
+    this.bb!.createScalarList<string>(this.names.bind(this), this.namesLength())
+  );
+}
+
+
+unpackTo(_o: StatsRequestT): void {
+  _o.names = this.bb!.createScalarList<string>(this.names.bind(this), this.namesLength());
+}
+}
+
+export class StatsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public names: (string)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const names = StatsRequest.createNamesVector(builder, builder.createObjectOffsetList(this.names));
+
+  return StatsRequest.createStatsRequest(builder,
+    names
+  );
 }
 }

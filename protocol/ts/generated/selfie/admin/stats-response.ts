@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Metric } from '../../selfie/common/metric.js';
+import { Metric, MetricT } from '../../selfie/common/metric.js';
 
 
-export class StatsResponse {
+export class StatsResponse implements flatbuffers.IUnpackableObject<StatsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StatsResponse {
@@ -74,5 +74,35 @@ static createStatsResponse(builder:flatbuffers.Builder, metricsOffset:flatbuffer
   StatsResponse.addMetrics(builder, metricsOffset);
   StatsResponse.addAtMs(builder, atMs);
   return StatsResponse.endStatsResponse(builder);
+}
+
+unpack(): StatsResponseT {
+  return new StatsResponseT(
+    this.bb!.createObjList<Metric, MetricT>(this.metrics.bind(this), this.metricsLength()),
+    this.atMs()
+  );
+}
+
+
+unpackTo(_o: StatsResponseT): void {
+  _o.metrics = this.bb!.createObjList<Metric, MetricT>(this.metrics.bind(this), this.metricsLength());
+  _o.atMs = this.atMs();
+}
+}
+
+export class StatsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public metrics: (MetricT)[] = [],
+  public atMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const metrics = StatsResponse.createMetricsVector(builder, builder.createObjectOffsetList(this.metrics));
+
+  return StatsResponse.createStatsResponse(builder,
+    metrics,
+    this.atMs
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UserLookupRequest {
+
+
+export class UserLookupRequest implements flatbuffers.IUnpackableObject<UserLookupRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UserLookupRequest {
@@ -68,5 +70,40 @@ static createUserLookupRequest(builder:flatbuffers.Builder, userId:bigint, usern
   UserLookupRequest.addUsername(builder, usernameOffset);
   UserLookupRequest.addEmail(builder, emailOffset);
   return UserLookupRequest.endUserLookupRequest(builder);
+}
+
+unpack(): UserLookupRequestT {
+  return new UserLookupRequestT(
+    this.userId(),
+    this.username(),
+    this.email()
+  );
+}
+
+
+unpackTo(_o: UserLookupRequestT): void {
+  _o.userId = this.userId();
+  _o.username = this.username();
+  _o.email = this.email();
+}
+}
+
+export class UserLookupRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public username: string|Uint8Array|null = null,
+  public email: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const username = (this.username !== null ? builder.createString(this.username!) : 0);
+  const email = (this.email !== null ? builder.createString(this.email!) : 0);
+
+  return UserLookupRequest.createUserLookupRequest(builder,
+    this.userId,
+    username,
+    email
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { AdminUserView } from '../../selfie/admin/admin-user-view.js';
+import { AdminUserView, AdminUserViewT } from '../../selfie/admin/admin-user-view.js';
 
 
-export class UserLookupResponse {
+export class UserLookupResponse implements flatbuffers.IUnpackableObject<UserLookupResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UserLookupResponse {
@@ -47,5 +47,31 @@ static createUserLookupResponse(builder:flatbuffers.Builder, userOffset:flatbuff
   UserLookupResponse.startUserLookupResponse(builder);
   UserLookupResponse.addUser(builder, userOffset);
   return UserLookupResponse.endUserLookupResponse(builder);
+}
+
+unpack(): UserLookupResponseT {
+  return new UserLookupResponseT(
+    (this.user() !== null ? this.user()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: UserLookupResponseT): void {
+  _o.user = (this.user() !== null ? this.user()!.unpack() : null);
+}
+}
+
+export class UserLookupResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public user: AdminUserViewT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const user = (this.user !== null ? this.user!.pack(builder) : 0);
+
+  return UserLookupResponse.createUserLookupResponse(builder,
+    user
+  );
 }
 }

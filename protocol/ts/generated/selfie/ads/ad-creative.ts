@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { MediaRef } from '../../selfie/common/media-ref.js';
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { MediaRef, MediaRefT } from '../../selfie/common/media-ref.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 
 
-export class AdCreative {
+export class AdCreative implements flatbuffers.IUnpackableObject<AdCreativeT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):AdCreative {
@@ -166,4 +166,69 @@ static endAdCreative(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): AdCreativeT {
+  return new AdCreativeT(
+    this.adId(),
+    this.campaignId(),
+    (this.advertiser() !== null ? this.advertiser()!.unpack() : null),
+    this.headline(),
+    this.body(),
+    this.bb!.createObjList<MediaRef, MediaRefT>(this.media.bind(this), this.mediaLength()),
+    this.callToAction(),
+    this.destinationUrl(),
+    this.bb!.createScalarList<number>(this.trackingToken.bind(this), this.trackingTokenLength())
+  );
+}
+
+
+unpackTo(_o: AdCreativeT): void {
+  _o.adId = this.adId();
+  _o.campaignId = this.campaignId();
+  _o.advertiser = (this.advertiser() !== null ? this.advertiser()!.unpack() : null);
+  _o.headline = this.headline();
+  _o.body = this.body();
+  _o.media = this.bb!.createObjList<MediaRef, MediaRefT>(this.media.bind(this), this.mediaLength());
+  _o.callToAction = this.callToAction();
+  _o.destinationUrl = this.destinationUrl();
+  _o.trackingToken = this.bb!.createScalarList<number>(this.trackingToken.bind(this), this.trackingTokenLength());
+}
+}
+
+export class AdCreativeT implements flatbuffers.IGeneratedObject {
+constructor(
+  public adId: bigint = BigInt('0'),
+  public campaignId: bigint = BigInt('0'),
+  public advertiser: UserSummaryT|null = null,
+  public headline: string|Uint8Array|null = null,
+  public body: string|Uint8Array|null = null,
+  public media: (MediaRefT)[] = [],
+  public callToAction: string|Uint8Array|null = null,
+  public destinationUrl: string|Uint8Array|null = null,
+  public trackingToken: (number)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const advertiser = (this.advertiser !== null ? this.advertiser!.pack(builder) : 0);
+  const headline = (this.headline !== null ? builder.createString(this.headline!) : 0);
+  const body = (this.body !== null ? builder.createString(this.body!) : 0);
+  const media = AdCreative.createMediaVector(builder, builder.createObjectOffsetList(this.media));
+  const callToAction = (this.callToAction !== null ? builder.createString(this.callToAction!) : 0);
+  const destinationUrl = (this.destinationUrl !== null ? builder.createString(this.destinationUrl!) : 0);
+  const trackingToken = AdCreative.createTrackingTokenVector(builder, this.trackingToken);
+
+  AdCreative.startAdCreative(builder);
+  AdCreative.addAdId(builder, this.adId);
+  AdCreative.addCampaignId(builder, this.campaignId);
+  AdCreative.addAdvertiser(builder, advertiser);
+  AdCreative.addHeadline(builder, headline);
+  AdCreative.addBody(builder, body);
+  AdCreative.addMedia(builder, media);
+  AdCreative.addCallToAction(builder, callToAction);
+  AdCreative.addDestinationUrl(builder, destinationUrl);
+  AdCreative.addTrackingToken(builder, trackingToken);
+
+  return AdCreative.endAdCreative(builder);
+}
 }

@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { AdEventKind } from '../../selfie/ads/ad-event-kind.js';
 
 
-export class AdEventRequest {
+export class AdEventRequest implements flatbuffers.IUnpackableObject<AdEventRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):AdEventRequest {
@@ -99,5 +99,43 @@ static createAdEventRequest(builder:flatbuffers.Builder, adId:bigint, kind:AdEve
   AdEventRequest.addTrackingToken(builder, trackingTokenOffset);
   AdEventRequest.addAtMs(builder, atMs);
   return AdEventRequest.endAdEventRequest(builder);
+}
+
+unpack(): AdEventRequestT {
+  return new AdEventRequestT(
+    this.adId(),
+    this.kind(),
+    this.bb!.createScalarList<number>(this.trackingToken.bind(this), this.trackingTokenLength()),
+    this.atMs()
+  );
+}
+
+
+unpackTo(_o: AdEventRequestT): void {
+  _o.adId = this.adId();
+  _o.kind = this.kind();
+  _o.trackingToken = this.bb!.createScalarList<number>(this.trackingToken.bind(this), this.trackingTokenLength());
+  _o.atMs = this.atMs();
+}
+}
+
+export class AdEventRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public adId: bigint = BigInt('0'),
+  public kind: AdEventKind = AdEventKind.Impression,
+  public trackingToken: (number)[] = [],
+  public atMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const trackingToken = AdEventRequest.createTrackingTokenVector(builder, this.trackingToken);
+
+  return AdEventRequest.createAdEventRequest(builder,
+    this.adId,
+    this.kind,
+    trackingToken,
+    this.atMs
+  );
 }
 }

@@ -2,14 +2,14 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { AdEventRequest } from '../../selfie/ads/ad-event-request.js';
-import { CampaignCreateRequest } from '../../selfie/ads/campaign-create-request.js';
-import { CampaignResponse } from '../../selfie/ads/campaign-response.js';
-import { CampaignStatsRequest } from '../../selfie/ads/campaign-stats-request.js';
-import { CampaignStatsResponse } from '../../selfie/ads/campaign-stats-response.js';
-import { CampaignUpdateRequest } from '../../selfie/ads/campaign-update-request.js';
-import { CampaignsListRequest } from '../../selfie/ads/campaigns-list-request.js';
-import { CampaignsListResponse } from '../../selfie/ads/campaigns-list-response.js';
+import { AdEventRequest, AdEventRequestT } from '../../selfie/ads/ad-event-request.js';
+import { CampaignCreateRequest, CampaignCreateRequestT } from '../../selfie/ads/campaign-create-request.js';
+import { CampaignResponse, CampaignResponseT } from '../../selfie/ads/campaign-response.js';
+import { CampaignStatsRequest, CampaignStatsRequestT } from '../../selfie/ads/campaign-stats-request.js';
+import { CampaignStatsResponse, CampaignStatsResponseT } from '../../selfie/ads/campaign-stats-response.js';
+import { CampaignUpdateRequest, CampaignUpdateRequestT } from '../../selfie/ads/campaign-update-request.js';
+import { CampaignsListRequest, CampaignsListRequestT } from '../../selfie/ads/campaigns-list-request.js';
+import { CampaignsListResponse, CampaignsListResponseT } from '../../selfie/ads/campaigns-list-response.js';
 
 
 export enum AdsOp {

@@ -4,10 +4,18 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { AdEventRequest, AdEventRequestT } from '../../selfie/ads/ad-event-request.js';
 import { AdsOp, unionToAdsOp, unionListToAdsOp } from '../../selfie/ads/ads-op.js';
+import { CampaignCreateRequest, CampaignCreateRequestT } from '../../selfie/ads/campaign-create-request.js';
+import { CampaignResponse, CampaignResponseT } from '../../selfie/ads/campaign-response.js';
+import { CampaignStatsRequest, CampaignStatsRequestT } from '../../selfie/ads/campaign-stats-request.js';
+import { CampaignStatsResponse, CampaignStatsResponseT } from '../../selfie/ads/campaign-stats-response.js';
+import { CampaignUpdateRequest, CampaignUpdateRequestT } from '../../selfie/ads/campaign-update-request.js';
+import { CampaignsListRequest, CampaignsListRequestT } from '../../selfie/ads/campaigns-list-request.js';
+import { CampaignsListResponse, CampaignsListResponseT } from '../../selfie/ads/campaigns-list-response.js';
 
 
-export class Ads {
+export class Ads implements flatbuffers.IUnpackableObject<AdsT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Ads {
@@ -57,5 +65,43 @@ static createAds(builder:flatbuffers.Builder, opType:AdsOp, opOffset:flatbuffers
   Ads.addOpType(builder, opType);
   Ads.addOp(builder, opOffset);
   return Ads.endAds(builder);
+}
+
+unpack(): AdsT {
+  return new AdsT(
+    this.opType(),
+    (() => {
+      const temp = unionToAdsOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: AdsT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToAdsOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class AdsT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: AdsOp = AdsOp.NONE,
+  public op: AdEventRequestT|CampaignCreateRequestT|CampaignResponseT|CampaignStatsRequestT|CampaignStatsResponseT|CampaignUpdateRequestT|CampaignsListRequestT|CampaignsListResponseT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Ads.createAds(builder,
+    this.opType,
+    op
+  );
 }
 }

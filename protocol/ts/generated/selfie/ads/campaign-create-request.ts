@@ -4,12 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { AdCreative } from '../../selfie/ads/ad-creative.js';
-import { Targeting } from '../../selfie/ads/targeting.js';
-import { Money } from '../../selfie/common/money.js';
+import { AdCreative, AdCreativeT } from '../../selfie/ads/ad-creative.js';
+import { Targeting, TargetingT } from '../../selfie/ads/targeting.js';
+import { Money, MoneyT } from '../../selfie/common/money.js';
 
 
-export class CampaignCreateRequest {
+export class CampaignCreateRequest implements flatbuffers.IUnpackableObject<CampaignCreateRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CampaignCreateRequest {
@@ -118,4 +118,59 @@ static endCampaignCreateRequest(builder:flatbuffers.Builder):flatbuffers.Offset 
   return offset;
 }
 
+
+unpack(): CampaignCreateRequestT {
+  return new CampaignCreateRequestT(
+    this.name(),
+    (this.budget() !== null ? this.budget()!.unpack() : null),
+    (this.dailyBudget() !== null ? this.dailyBudget()!.unpack() : null),
+    this.startMs(),
+    this.endMs(),
+    (this.targeting() !== null ? this.targeting()!.unpack() : null),
+    this.bb!.createObjList<AdCreative, AdCreativeT>(this.creatives.bind(this), this.creativesLength())
+  );
+}
+
+
+unpackTo(_o: CampaignCreateRequestT): void {
+  _o.name = this.name();
+  _o.budget = (this.budget() !== null ? this.budget()!.unpack() : null);
+  _o.dailyBudget = (this.dailyBudget() !== null ? this.dailyBudget()!.unpack() : null);
+  _o.startMs = this.startMs();
+  _o.endMs = this.endMs();
+  _o.targeting = (this.targeting() !== null ? this.targeting()!.unpack() : null);
+  _o.creatives = this.bb!.createObjList<AdCreative, AdCreativeT>(this.creatives.bind(this), this.creativesLength());
+}
+}
+
+export class CampaignCreateRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public name: string|Uint8Array|null = null,
+  public budget: MoneyT|null = null,
+  public dailyBudget: MoneyT|null = null,
+  public startMs: bigint = BigInt('0'),
+  public endMs: bigint = BigInt('0'),
+  public targeting: TargetingT|null = null,
+  public creatives: (AdCreativeT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+  const budget = (this.budget !== null ? this.budget!.pack(builder) : 0);
+  const dailyBudget = (this.dailyBudget !== null ? this.dailyBudget!.pack(builder) : 0);
+  const targeting = (this.targeting !== null ? this.targeting!.pack(builder) : 0);
+  const creatives = CampaignCreateRequest.createCreativesVector(builder, builder.createObjectOffsetList(this.creatives));
+
+  CampaignCreateRequest.startCampaignCreateRequest(builder);
+  CampaignCreateRequest.addName(builder, name);
+  CampaignCreateRequest.addBudget(builder, budget);
+  CampaignCreateRequest.addDailyBudget(builder, dailyBudget);
+  CampaignCreateRequest.addStartMs(builder, this.startMs);
+  CampaignCreateRequest.addEndMs(builder, this.endMs);
+  CampaignCreateRequest.addTargeting(builder, targeting);
+  CampaignCreateRequest.addCreatives(builder, creatives);
+
+  return CampaignCreateRequest.endCampaignCreateRequest(builder);
+}
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Campaign } from '../../selfie/ads/campaign.js';
+import { Campaign, CampaignT } from '../../selfie/ads/campaign.js';
 
 
-export class CampaignResponse {
+export class CampaignResponse implements flatbuffers.IUnpackableObject<CampaignResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CampaignResponse {
@@ -47,5 +47,31 @@ static createCampaignResponse(builder:flatbuffers.Builder, campaignOffset:flatbu
   CampaignResponse.startCampaignResponse(builder);
   CampaignResponse.addCampaign(builder, campaignOffset);
   return CampaignResponse.endCampaignResponse(builder);
+}
+
+unpack(): CampaignResponseT {
+  return new CampaignResponseT(
+    (this.campaign() !== null ? this.campaign()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: CampaignResponseT): void {
+  _o.campaign = (this.campaign() !== null ? this.campaign()!.unpack() : null);
+}
+}
+
+export class CampaignResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public campaign: CampaignT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const campaign = (this.campaign !== null ? this.campaign!.pack(builder) : 0);
+
+  return CampaignResponse.createCampaignResponse(builder,
+    campaign
+  );
 }
 }

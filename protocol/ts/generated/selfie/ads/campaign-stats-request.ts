@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class CampaignStatsRequest {
+
+
+export class CampaignStatsRequest implements flatbuffers.IUnpackableObject<CampaignStatsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CampaignStatsRequest {
@@ -64,5 +66,37 @@ static createCampaignStatsRequest(builder:flatbuffers.Builder, campaignId:bigint
   CampaignStatsRequest.addFromMs(builder, fromMs);
   CampaignStatsRequest.addToMs(builder, toMs);
   return CampaignStatsRequest.endCampaignStatsRequest(builder);
+}
+
+unpack(): CampaignStatsRequestT {
+  return new CampaignStatsRequestT(
+    this.campaignId(),
+    this.fromMs(),
+    this.toMs()
+  );
+}
+
+
+unpackTo(_o: CampaignStatsRequestT): void {
+  _o.campaignId = this.campaignId();
+  _o.fromMs = this.fromMs();
+  _o.toMs = this.toMs();
+}
+}
+
+export class CampaignStatsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public campaignId: bigint = BigInt('0'),
+  public fromMs: bigint = BigInt('0'),
+  public toMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return CampaignStatsRequest.createCampaignStatsRequest(builder,
+    this.campaignId,
+    this.fromMs,
+    this.toMs
+  );
 }
 }

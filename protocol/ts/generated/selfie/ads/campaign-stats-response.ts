@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Money } from '../../selfie/common/money.js';
+import { Money, MoneyT } from '../../selfie/common/money.js';
 
 
-export class CampaignStatsResponse {
+export class CampaignStatsResponse implements flatbuffers.IUnpackableObject<CampaignStatsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CampaignStatsResponse {
@@ -70,4 +70,43 @@ static endCampaignStatsResponse(builder:flatbuffers.Builder):flatbuffers.Offset 
   return offset;
 }
 
+
+unpack(): CampaignStatsResponseT {
+  return new CampaignStatsResponseT(
+    this.impressions(),
+    this.clicks(),
+    (this.spend() !== null ? this.spend()!.unpack() : null),
+    this.reach()
+  );
+}
+
+
+unpackTo(_o: CampaignStatsResponseT): void {
+  _o.impressions = this.impressions();
+  _o.clicks = this.clicks();
+  _o.spend = (this.spend() !== null ? this.spend()!.unpack() : null);
+  _o.reach = this.reach();
+}
+}
+
+export class CampaignStatsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public impressions: bigint = BigInt('0'),
+  public clicks: bigint = BigInt('0'),
+  public spend: MoneyT|null = null,
+  public reach: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const spend = (this.spend !== null ? this.spend!.pack(builder) : 0);
+
+  CampaignStatsResponse.startCampaignStatsResponse(builder);
+  CampaignStatsResponse.addImpressions(builder, this.impressions);
+  CampaignStatsResponse.addClicks(builder, this.clicks);
+  CampaignStatsResponse.addSpend(builder, spend);
+  CampaignStatsResponse.addReach(builder, this.reach);
+
+  return CampaignStatsResponse.endCampaignStatsResponse(builder);
+}
 }

@@ -5,10 +5,10 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { CampaignStatus } from '../../selfie/ads/campaign-status.js';
-import { Money } from '../../selfie/common/money.js';
+import { Money, MoneyT } from '../../selfie/common/money.js';
 
 
-export class CampaignUpdateRequest {
+export class CampaignUpdateRequest implements flatbuffers.IUnpackableObject<CampaignUpdateRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CampaignUpdateRequest {
@@ -80,4 +80,50 @@ static endCampaignUpdateRequest(builder:flatbuffers.Builder):flatbuffers.Offset 
   return offset;
 }
 
+
+unpack(): CampaignUpdateRequestT {
+  return new CampaignUpdateRequestT(
+    this.campaignId(),
+    this.status(),
+    (this.budget() !== null ? this.budget()!.unpack() : null),
+    (this.dailyBudget() !== null ? this.dailyBudget()!.unpack() : null),
+    this.endMs()
+  );
+}
+
+
+unpackTo(_o: CampaignUpdateRequestT): void {
+  _o.campaignId = this.campaignId();
+  _o.status = this.status();
+  _o.budget = (this.budget() !== null ? this.budget()!.unpack() : null);
+  _o.dailyBudget = (this.dailyBudget() !== null ? this.dailyBudget()!.unpack() : null);
+  _o.endMs = this.endMs();
+}
+}
+
+export class CampaignUpdateRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public campaignId: bigint = BigInt('0'),
+  public status: CampaignStatus|null = null,
+  public budget: MoneyT|null = null,
+  public dailyBudget: MoneyT|null = null,
+  public endMs: bigint|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const budget = (this.budget !== null ? this.budget!.pack(builder) : 0);
+  const dailyBudget = (this.dailyBudget !== null ? this.dailyBudget!.pack(builder) : 0);
+
+  CampaignUpdateRequest.startCampaignUpdateRequest(builder);
+  CampaignUpdateRequest.addCampaignId(builder, this.campaignId);
+  if (this.status !== null)
+    CampaignUpdateRequest.addStatus(builder, this.status);
+  CampaignUpdateRequest.addBudget(builder, budget);
+  CampaignUpdateRequest.addDailyBudget(builder, dailyBudget);
+  if (this.endMs !== null)
+    CampaignUpdateRequest.addEndMs(builder, this.endMs);
+
+  return CampaignUpdateRequest.endCampaignUpdateRequest(builder);
+}
 }

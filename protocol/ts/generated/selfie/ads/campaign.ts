@@ -4,13 +4,13 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { AdCreative } from '../../selfie/ads/ad-creative.js';
+import { AdCreative, AdCreativeT } from '../../selfie/ads/ad-creative.js';
 import { CampaignStatus } from '../../selfie/ads/campaign-status.js';
-import { Targeting } from '../../selfie/ads/targeting.js';
-import { Money } from '../../selfie/common/money.js';
+import { Targeting, TargetingT } from '../../selfie/ads/targeting.js';
+import { Money, MoneyT } from '../../selfie/common/money.js';
 
 
-export class Campaign {
+export class Campaign implements flatbuffers.IUnpackableObject<CampaignT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Campaign {
@@ -146,4 +146,71 @@ static endCampaign(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): CampaignT {
+  return new CampaignT(
+    this.campaignId(),
+    this.ownerId(),
+    this.name(),
+    this.status(),
+    (this.budget() !== null ? this.budget()!.unpack() : null),
+    (this.dailyBudget() !== null ? this.dailyBudget()!.unpack() : null),
+    this.startMs(),
+    this.endMs(),
+    (this.targeting() !== null ? this.targeting()!.unpack() : null),
+    this.bb!.createObjList<AdCreative, AdCreativeT>(this.creatives.bind(this), this.creativesLength())
+  );
+}
+
+
+unpackTo(_o: CampaignT): void {
+  _o.campaignId = this.campaignId();
+  _o.ownerId = this.ownerId();
+  _o.name = this.name();
+  _o.status = this.status();
+  _o.budget = (this.budget() !== null ? this.budget()!.unpack() : null);
+  _o.dailyBudget = (this.dailyBudget() !== null ? this.dailyBudget()!.unpack() : null);
+  _o.startMs = this.startMs();
+  _o.endMs = this.endMs();
+  _o.targeting = (this.targeting() !== null ? this.targeting()!.unpack() : null);
+  _o.creatives = this.bb!.createObjList<AdCreative, AdCreativeT>(this.creatives.bind(this), this.creativesLength());
+}
+}
+
+export class CampaignT implements flatbuffers.IGeneratedObject {
+constructor(
+  public campaignId: bigint = BigInt('0'),
+  public ownerId: bigint = BigInt('0'),
+  public name: string|Uint8Array|null = null,
+  public status: CampaignStatus = CampaignStatus.Draft,
+  public budget: MoneyT|null = null,
+  public dailyBudget: MoneyT|null = null,
+  public startMs: bigint = BigInt('0'),
+  public endMs: bigint = BigInt('0'),
+  public targeting: TargetingT|null = null,
+  public creatives: (AdCreativeT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+  const budget = (this.budget !== null ? this.budget!.pack(builder) : 0);
+  const dailyBudget = (this.dailyBudget !== null ? this.dailyBudget!.pack(builder) : 0);
+  const targeting = (this.targeting !== null ? this.targeting!.pack(builder) : 0);
+  const creatives = Campaign.createCreativesVector(builder, builder.createObjectOffsetList(this.creatives));
+
+  Campaign.startCampaign(builder);
+  Campaign.addCampaignId(builder, this.campaignId);
+  Campaign.addOwnerId(builder, this.ownerId);
+  Campaign.addName(builder, name);
+  Campaign.addStatus(builder, this.status);
+  Campaign.addBudget(builder, budget);
+  Campaign.addDailyBudget(builder, dailyBudget);
+  Campaign.addStartMs(builder, this.startMs);
+  Campaign.addEndMs(builder, this.endMs);
+  Campaign.addTargeting(builder, targeting);
+  Campaign.addCreatives(builder, creatives);
+
+  return Campaign.endCampaign(builder);
+}
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class CampaignsListRequest {
+export class CampaignsListRequest implements flatbuffers.IUnpackableObject<CampaignsListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CampaignsListRequest {
@@ -47,5 +47,31 @@ static createCampaignsListRequest(builder:flatbuffers.Builder, pageOffset:flatbu
   CampaignsListRequest.startCampaignsListRequest(builder);
   CampaignsListRequest.addPage(builder, pageOffset);
   return CampaignsListRequest.endCampaignsListRequest(builder);
+}
+
+unpack(): CampaignsListRequestT {
+  return new CampaignsListRequestT(
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: CampaignsListRequestT): void {
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class CampaignsListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  return CampaignsListRequest.createCampaignsListRequest(builder,
+    page
+  );
 }
 }

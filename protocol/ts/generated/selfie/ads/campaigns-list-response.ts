@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Campaign } from '../../selfie/ads/campaign.js';
-import { PageInfo } from '../../selfie/common/page-info.js';
+import { Campaign, CampaignT } from '../../selfie/ads/campaign.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
 
 
-export class CampaignsListResponse {
+export class CampaignsListResponse implements flatbuffers.IUnpackableObject<CampaignsListResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CampaignsListResponse {
@@ -70,4 +70,36 @@ static endCampaignsListResponse(builder:flatbuffers.Builder):flatbuffers.Offset 
   return offset;
 }
 
+
+unpack(): CampaignsListResponseT {
+  return new CampaignsListResponseT(
+    this.bb!.createObjList<Campaign, CampaignT>(this.campaigns.bind(this), this.campaignsLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: CampaignsListResponseT): void {
+  _o.campaigns = this.bb!.createObjList<Campaign, CampaignT>(this.campaigns.bind(this), this.campaignsLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class CampaignsListResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public campaigns: (CampaignT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const campaigns = CampaignsListResponse.createCampaignsVector(builder, builder.createObjectOffsetList(this.campaigns));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  CampaignsListResponse.startCampaignsListResponse(builder);
+  CampaignsListResponse.addCampaigns(builder, campaigns);
+  CampaignsListResponse.addPage(builder, page);
+
+  return CampaignsListResponse.endCampaignsListResponse(builder);
+}
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class Targeting {
+
+
+export class Targeting implements flatbuffers.IUnpackableObject<TargetingT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Targeting {
@@ -141,5 +143,49 @@ static createTargeting(builder:flatbuffers.Builder, countriesOffset:flatbuffers.
   Targeting.addAgeMin(builder, ageMin);
   Targeting.addAgeMax(builder, ageMax);
   return Targeting.endTargeting(builder);
+}
+
+unpack(): TargetingT {
+  return new TargetingT(
+    this.bb!.createScalarList<string>(this.countries.bind(this), this.countriesLength()),
+    this.bb!.createScalarList<string>(this.languages.bind(this), this.languagesLength()),
+    this.bb!.createScalarList<string>(this.interests.bind(this), this.interestsLength()),
+    this.ageMin(),
+    this.ageMax()
+  );
+}
+
+
+unpackTo(_o: TargetingT): void {
+  _o.countries = this.bb!.createScalarList<string>(this.countries.bind(this), this.countriesLength());
+  _o.languages = this.bb!.createScalarList<string>(this.languages.bind(this), this.languagesLength());
+  _o.interests = this.bb!.createScalarList<string>(this.interests.bind(this), this.interestsLength());
+  _o.ageMin = this.ageMin();
+  _o.ageMax = this.ageMax();
+}
+}
+
+export class TargetingT implements flatbuffers.IGeneratedObject {
+constructor(
+  public countries: (string)[] = [],
+  public languages: (string)[] = [],
+  public interests: (string)[] = [],
+  public ageMin: number = 0,
+  public ageMax: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const countries = Targeting.createCountriesVector(builder, builder.createObjectOffsetList(this.countries));
+  const languages = Targeting.createLanguagesVector(builder, builder.createObjectOffsetList(this.languages));
+  const interests = Targeting.createInterestsVector(builder, builder.createObjectOffsetList(this.interests));
+
+  return Targeting.createTargeting(builder,
+    countries,
+    languages,
+    interests,
+    this.ageMin,
+    this.ageMax
+  );
 }
 }

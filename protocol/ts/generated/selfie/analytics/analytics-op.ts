@@ -2,10 +2,10 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { EventBatchRequest } from '../../selfie/analytics/event-batch-request.js';
-import { EventBatchResponse } from '../../selfie/analytics/event-batch-response.js';
-import { InsightsRequest } from '../../selfie/analytics/insights-request.js';
-import { InsightsResponse } from '../../selfie/analytics/insights-response.js';
+import { EventBatchRequest, EventBatchRequestT } from '../../selfie/analytics/event-batch-request.js';
+import { EventBatchResponse, EventBatchResponseT } from '../../selfie/analytics/event-batch-response.js';
+import { InsightsRequest, InsightsRequestT } from '../../selfie/analytics/insights-request.js';
+import { InsightsResponse, InsightsResponseT } from '../../selfie/analytics/insights-response.js';
 
 
 export enum AnalyticsOp {

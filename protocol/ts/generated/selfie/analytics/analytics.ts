@@ -5,9 +5,13 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { AnalyticsOp, unionToAnalyticsOp, unionListToAnalyticsOp } from '../../selfie/analytics/analytics-op.js';
+import { EventBatchRequest, EventBatchRequestT } from '../../selfie/analytics/event-batch-request.js';
+import { EventBatchResponse, EventBatchResponseT } from '../../selfie/analytics/event-batch-response.js';
+import { InsightsRequest, InsightsRequestT } from '../../selfie/analytics/insights-request.js';
+import { InsightsResponse, InsightsResponseT } from '../../selfie/analytics/insights-response.js';
 
 
-export class Analytics {
+export class Analytics implements flatbuffers.IUnpackableObject<AnalyticsT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Analytics {
@@ -57,5 +61,43 @@ static createAnalytics(builder:flatbuffers.Builder, opType:AnalyticsOp, opOffset
   Analytics.addOpType(builder, opType);
   Analytics.addOp(builder, opOffset);
   return Analytics.endAnalytics(builder);
+}
+
+unpack(): AnalyticsT {
+  return new AnalyticsT(
+    this.opType(),
+    (() => {
+      const temp = unionToAnalyticsOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: AnalyticsT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToAnalyticsOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class AnalyticsT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: AnalyticsOp = AnalyticsOp.NONE,
+  public op: EventBatchRequestT|EventBatchResponseT|InsightsRequestT|InsightsResponseT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Analytics.createAnalytics(builder,
+    this.opType,
+    op
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Event } from '../../selfie/analytics/event.js';
+import { Event, EventT } from '../../selfie/analytics/event.js';
 
 
-export class EventBatchRequest {
+export class EventBatchRequest implements flatbuffers.IUnpackableObject<EventBatchRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):EventBatchRequest {
@@ -74,5 +74,35 @@ static createEventBatchRequest(builder:flatbuffers.Builder, batchId:bigint, even
   EventBatchRequest.addBatchId(builder, batchId);
   EventBatchRequest.addEvents(builder, eventsOffset);
   return EventBatchRequest.endEventBatchRequest(builder);
+}
+
+unpack(): EventBatchRequestT {
+  return new EventBatchRequestT(
+    this.batchId(),
+    this.bb!.createObjList<Event, EventT>(this.events.bind(this), this.eventsLength())
+  );
+}
+
+
+unpackTo(_o: EventBatchRequestT): void {
+  _o.batchId = this.batchId();
+  _o.events = this.bb!.createObjList<Event, EventT>(this.events.bind(this), this.eventsLength());
+}
+}
+
+export class EventBatchRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public batchId: bigint = BigInt('0'),
+  public events: (EventT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const events = EventBatchRequest.createEventsVector(builder, builder.createObjectOffsetList(this.events));
+
+  return EventBatchRequest.createEventBatchRequest(builder,
+    this.batchId,
+    events
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class EventBatchResponse {
+
+
+export class EventBatchResponse implements flatbuffers.IUnpackableObject<EventBatchResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):EventBatchResponse {
@@ -54,5 +56,33 @@ static createEventBatchResponse(builder:flatbuffers.Builder, accepted:number, re
   EventBatchResponse.addAccepted(builder, accepted);
   EventBatchResponse.addRejected(builder, rejected);
   return EventBatchResponse.endEventBatchResponse(builder);
+}
+
+unpack(): EventBatchResponseT {
+  return new EventBatchResponseT(
+    this.accepted(),
+    this.rejected()
+  );
+}
+
+
+unpackTo(_o: EventBatchResponseT): void {
+  _o.accepted = this.accepted();
+  _o.rejected = this.rejected();
+}
+}
+
+export class EventBatchResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public accepted: number = 0,
+  public rejected: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return EventBatchResponse.createEventBatchResponse(builder,
+    this.accepted,
+    this.rejected
+  );
 }
 }

@@ -4,12 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { KeyValue } from '../../selfie/common/key-value.js';
-import { Metric } from '../../selfie/common/metric.js';
+import { KeyValue, KeyValueT } from '../../selfie/common/key-value.js';
+import { Metric, MetricT } from '../../selfie/common/metric.js';
 import { ObjectKind } from '../../selfie/common/object-kind.js';
 
 
-export class Event {
+export class Event implements flatbuffers.IUnpackableObject<EventT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Event {
@@ -148,5 +148,57 @@ static createEvent(builder:flatbuffers.Builder, nameOffset:flatbuffers.Offset, a
   Event.addProperties(builder, propertiesOffset);
   Event.addMeasures(builder, measuresOffset);
   return Event.endEvent(builder);
+}
+
+unpack(): EventT {
+  return new EventT(
+    this.name(),
+    this.atMs(),
+    this.seq(),
+    this.targetKind(),
+    this.targetId(),
+    this.bb!.createObjList<KeyValue, KeyValueT>(this.properties.bind(this), this.propertiesLength()),
+    this.bb!.createObjList<Metric, MetricT>(this.measures.bind(this), this.measuresLength())
+  );
+}
+
+
+unpackTo(_o: EventT): void {
+  _o.name = this.name();
+  _o.atMs = this.atMs();
+  _o.seq = this.seq();
+  _o.targetKind = this.targetKind();
+  _o.targetId = this.targetId();
+  _o.properties = this.bb!.createObjList<KeyValue, KeyValueT>(this.properties.bind(this), this.propertiesLength());
+  _o.measures = this.bb!.createObjList<Metric, MetricT>(this.measures.bind(this), this.measuresLength());
+}
+}
+
+export class EventT implements flatbuffers.IGeneratedObject {
+constructor(
+  public name: string|Uint8Array|null = null,
+  public atMs: bigint = BigInt('0'),
+  public seq: bigint = BigInt('0'),
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetId: bigint = BigInt('0'),
+  public properties: (KeyValueT)[] = [],
+  public measures: (MetricT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+  const properties = Event.createPropertiesVector(builder, builder.createObjectOffsetList(this.properties));
+  const measures = Event.createMeasuresVector(builder, builder.createObjectOffsetList(this.measures));
+
+  return Event.createEvent(builder,
+    name,
+    this.atMs,
+    this.seq,
+    this.targetKind,
+    this.targetId,
+    properties,
+    measures
+  );
 }
 }

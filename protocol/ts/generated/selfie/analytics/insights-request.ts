@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { InsightsTarget } from '../../selfie/analytics/insights-target.js';
 
 
-export class InsightsRequest {
+export class InsightsRequest implements flatbuffers.IUnpackableObject<InsightsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):InsightsRequest {
@@ -90,5 +90,45 @@ static createInsightsRequest(builder:flatbuffers.Builder, target:InsightsTarget,
   InsightsRequest.addToMs(builder, toMs);
   InsightsRequest.addBucketMs(builder, bucketMs);
   return InsightsRequest.endInsightsRequest(builder);
+}
+
+unpack(): InsightsRequestT {
+  return new InsightsRequestT(
+    this.target(),
+    this.targetId(),
+    this.fromMs(),
+    this.toMs(),
+    this.bucketMs()
+  );
+}
+
+
+unpackTo(_o: InsightsRequestT): void {
+  _o.target = this.target();
+  _o.targetId = this.targetId();
+  _o.fromMs = this.fromMs();
+  _o.toMs = this.toMs();
+  _o.bucketMs = this.bucketMs();
+}
+}
+
+export class InsightsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public target: InsightsTarget = InsightsTarget.Account,
+  public targetId: bigint = BigInt('0'),
+  public fromMs: bigint = BigInt('0'),
+  public toMs: bigint = BigInt('0'),
+  public bucketMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return InsightsRequest.createInsightsRequest(builder,
+    this.target,
+    this.targetId,
+    this.fromMs,
+    this.toMs,
+    this.bucketMs
+  );
 }
 }

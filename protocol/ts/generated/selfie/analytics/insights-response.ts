@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Series } from '../../selfie/analytics/series.js';
-import { Metric } from '../../selfie/common/metric.js';
+import { Series, SeriesT } from '../../selfie/analytics/series.js';
+import { Metric, MetricT } from '../../selfie/common/metric.js';
 
 
-export class InsightsResponse {
+export class InsightsResponse implements flatbuffers.IUnpackableObject<InsightsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):InsightsResponse {
@@ -92,5 +92,36 @@ static createInsightsResponse(builder:flatbuffers.Builder, totalsOffset:flatbuff
   InsightsResponse.addTotals(builder, totalsOffset);
   InsightsResponse.addSeries(builder, seriesOffset);
   return InsightsResponse.endInsightsResponse(builder);
+}
+
+unpack(): InsightsResponseT {
+  return new InsightsResponseT(
+    this.bb!.createObjList<Metric, MetricT>(this.totals.bind(this), this.totalsLength()),
+    this.bb!.createObjList<Series, SeriesT>(this.series.bind(this), this.seriesLength())
+  );
+}
+
+
+unpackTo(_o: InsightsResponseT): void {
+  _o.totals = this.bb!.createObjList<Metric, MetricT>(this.totals.bind(this), this.totalsLength());
+  _o.series = this.bb!.createObjList<Series, SeriesT>(this.series.bind(this), this.seriesLength());
+}
+}
+
+export class InsightsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public totals: (MetricT)[] = [],
+  public series: (SeriesT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const totals = InsightsResponse.createTotalsVector(builder, builder.createObjectOffsetList(this.totals));
+  const series = InsightsResponse.createSeriesVector(builder, builder.createObjectOffsetList(this.series));
+
+  return InsightsResponse.createInsightsResponse(builder,
+    totals,
+    series
+  );
 }
 }

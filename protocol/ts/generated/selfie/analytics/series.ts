@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class Series {
+
+
+export class Series implements flatbuffers.IUnpackableObject<SeriesT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Series {
@@ -103,5 +105,44 @@ static createSeries(builder:flatbuffers.Builder, nameOffset:flatbuffers.Offset, 
   Series.addBucketMs(builder, bucketMs);
   Series.addValues(builder, valuesOffset);
   return Series.endSeries(builder);
+}
+
+unpack(): SeriesT {
+  return new SeriesT(
+    this.name(),
+    this.startMs(),
+    this.bucketMs(),
+    this.bb!.createScalarList<number>(this.values.bind(this), this.valuesLength())
+  );
+}
+
+
+unpackTo(_o: SeriesT): void {
+  _o.name = this.name();
+  _o.startMs = this.startMs();
+  _o.bucketMs = this.bucketMs();
+  _o.values = this.bb!.createScalarList<number>(this.values.bind(this), this.valuesLength());
+}
+}
+
+export class SeriesT implements flatbuffers.IGeneratedObject {
+constructor(
+  public name: string|Uint8Array|null = null,
+  public startMs: bigint = BigInt('0'),
+  public bucketMs: bigint = BigInt('0'),
+  public values: (number)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+  const values = Series.createValuesVector(builder, this.values);
+
+  return Series.createSeries(builder,
+    name,
+    this.startMs,
+    this.bucketMs,
+    values
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class AccountDeleteRequest {
+
+
+export class AccountDeleteRequest implements flatbuffers.IUnpackableObject<AccountDeleteRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):AccountDeleteRequest {
@@ -58,5 +60,36 @@ static createAccountDeleteRequest(builder:flatbuffers.Builder, passwordOffset:fl
   AccountDeleteRequest.addPassword(builder, passwordOffset);
   AccountDeleteRequest.addTotpCode(builder, totpCodeOffset);
   return AccountDeleteRequest.endAccountDeleteRequest(builder);
+}
+
+unpack(): AccountDeleteRequestT {
+  return new AccountDeleteRequestT(
+    this.password(),
+    this.totpCode()
+  );
+}
+
+
+unpackTo(_o: AccountDeleteRequestT): void {
+  _o.password = this.password();
+  _o.totpCode = this.totpCode();
+}
+}
+
+export class AccountDeleteRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public password: string|Uint8Array|null = null,
+  public totpCode: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const password = (this.password !== null ? builder.createString(this.password!) : 0);
+  const totpCode = (this.totpCode !== null ? builder.createString(this.totpCode!) : 0);
+
+  return AccountDeleteRequest.createAccountDeleteRequest(builder,
+    password,
+    totpCode
+  );
 }
 }

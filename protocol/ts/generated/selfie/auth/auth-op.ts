@@ -2,30 +2,30 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { AccountDeleteRequest } from '../../selfie/auth/account-delete-request.js';
-import { EmailVerifyRequest } from '../../selfie/auth/email-verify-request.js';
-import { EmailVerifyResendRequest } from '../../selfie/auth/email-verify-resend-request.js';
-import { LoginRequest } from '../../selfie/auth/login-request.js';
-import { LoginResponse } from '../../selfie/auth/login-response.js';
-import { LogoutRequest } from '../../selfie/auth/logout-request.js';
-import { PasswordChangeRequest } from '../../selfie/auth/password-change-request.js';
-import { PasswordResetFinishRequest } from '../../selfie/auth/password-reset-finish-request.js';
-import { PasswordResetStartRequest } from '../../selfie/auth/password-reset-start-request.js';
-import { RecoveryCodesRegenerateRequest } from '../../selfie/auth/recovery-codes-regenerate-request.js';
-import { RecoveryCodesResponse } from '../../selfie/auth/recovery-codes-response.js';
-import { RefreshRequest } from '../../selfie/auth/refresh-request.js';
-import { RefreshResponse } from '../../selfie/auth/refresh-response.js';
-import { RegisterRequest } from '../../selfie/auth/register-request.js';
-import { RegisterResponse } from '../../selfie/auth/register-response.js';
-import { SessionRevokeOthersRequest } from '../../selfie/auth/session-revoke-others-request.js';
-import { SessionRevokeRequest } from '../../selfie/auth/session-revoke-request.js';
-import { SessionsListRequest } from '../../selfie/auth/sessions-list-request.js';
-import { SessionsListResponse } from '../../selfie/auth/sessions-list-response.js';
-import { TotpConfirmRequest } from '../../selfie/auth/totp-confirm-request.js';
-import { TotpConfirmResponse } from '../../selfie/auth/totp-confirm-response.js';
-import { TotpDisableRequest } from '../../selfie/auth/totp-disable-request.js';
-import { TotpEnrollRequest } from '../../selfie/auth/totp-enroll-request.js';
-import { TotpEnrollResponse } from '../../selfie/auth/totp-enroll-response.js';
+import { AccountDeleteRequest, AccountDeleteRequestT } from '../../selfie/auth/account-delete-request.js';
+import { EmailVerifyRequest, EmailVerifyRequestT } from '../../selfie/auth/email-verify-request.js';
+import { EmailVerifyResendRequest, EmailVerifyResendRequestT } from '../../selfie/auth/email-verify-resend-request.js';
+import { LoginRequest, LoginRequestT } from '../../selfie/auth/login-request.js';
+import { LoginResponse, LoginResponseT } from '../../selfie/auth/login-response.js';
+import { LogoutRequest, LogoutRequestT } from '../../selfie/auth/logout-request.js';
+import { PasswordChangeRequest, PasswordChangeRequestT } from '../../selfie/auth/password-change-request.js';
+import { PasswordResetFinishRequest, PasswordResetFinishRequestT } from '../../selfie/auth/password-reset-finish-request.js';
+import { PasswordResetStartRequest, PasswordResetStartRequestT } from '../../selfie/auth/password-reset-start-request.js';
+import { RecoveryCodesRegenerateRequest, RecoveryCodesRegenerateRequestT } from '../../selfie/auth/recovery-codes-regenerate-request.js';
+import { RecoveryCodesResponse, RecoveryCodesResponseT } from '../../selfie/auth/recovery-codes-response.js';
+import { RefreshRequest, RefreshRequestT } from '../../selfie/auth/refresh-request.js';
+import { RefreshResponse, RefreshResponseT } from '../../selfie/auth/refresh-response.js';
+import { RegisterRequest, RegisterRequestT } from '../../selfie/auth/register-request.js';
+import { RegisterResponse, RegisterResponseT } from '../../selfie/auth/register-response.js';
+import { SessionRevokeOthersRequest, SessionRevokeOthersRequestT } from '../../selfie/auth/session-revoke-others-request.js';
+import { SessionRevokeRequest, SessionRevokeRequestT } from '../../selfie/auth/session-revoke-request.js';
+import { SessionsListRequest, SessionsListRequestT } from '../../selfie/auth/sessions-list-request.js';
+import { SessionsListResponse, SessionsListResponseT } from '../../selfie/auth/sessions-list-response.js';
+import { TotpConfirmRequest, TotpConfirmRequestT } from '../../selfie/auth/totp-confirm-request.js';
+import { TotpConfirmResponse, TotpConfirmResponseT } from '../../selfie/auth/totp-confirm-response.js';
+import { TotpDisableRequest, TotpDisableRequestT } from '../../selfie/auth/totp-disable-request.js';
+import { TotpEnrollRequest, TotpEnrollRequestT } from '../../selfie/auth/totp-enroll-request.js';
+import { TotpEnrollResponse, TotpEnrollResponseT } from '../../selfie/auth/totp-enroll-response.js';
 
 
 export enum AuthOp {

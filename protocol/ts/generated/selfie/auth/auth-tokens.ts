@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Tokens issued at login, registration and refresh.
  */
-export class AuthTokens {
+export class AuthTokens implements flatbuffers.IUnpackableObject<AuthTokensT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):AuthTokens {
@@ -101,5 +103,52 @@ static createAuthTokens(builder:flatbuffers.Builder, userId:bigint, sessionId:bi
   AuthTokens.addRefreshToken(builder, refreshTokenOffset);
   AuthTokens.addRefreshExpiresAtMs(builder, refreshExpiresAtMs);
   return AuthTokens.endAuthTokens(builder);
+}
+
+unpack(): AuthTokensT {
+  return new AuthTokensT(
+    this.userId(),
+    this.sessionId(),
+    this.accessToken(),
+    this.accessExpiresAtMs(),
+    this.refreshToken(),
+    this.refreshExpiresAtMs()
+  );
+}
+
+
+unpackTo(_o: AuthTokensT): void {
+  _o.userId = this.userId();
+  _o.sessionId = this.sessionId();
+  _o.accessToken = this.accessToken();
+  _o.accessExpiresAtMs = this.accessExpiresAtMs();
+  _o.refreshToken = this.refreshToken();
+  _o.refreshExpiresAtMs = this.refreshExpiresAtMs();
+}
+}
+
+export class AuthTokensT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public sessionId: bigint = BigInt('0'),
+  public accessToken: string|Uint8Array|null = null,
+  public accessExpiresAtMs: bigint = BigInt('0'),
+  public refreshToken: string|Uint8Array|null = null,
+  public refreshExpiresAtMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const accessToken = (this.accessToken !== null ? builder.createString(this.accessToken!) : 0);
+  const refreshToken = (this.refreshToken !== null ? builder.createString(this.refreshToken!) : 0);
+
+  return AuthTokens.createAuthTokens(builder,
+    this.userId,
+    this.sessionId,
+    accessToken,
+    this.accessExpiresAtMs,
+    refreshToken,
+    this.refreshExpiresAtMs
+  );
 }
 }

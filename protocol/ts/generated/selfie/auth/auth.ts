@@ -4,10 +4,34 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { AccountDeleteRequest, AccountDeleteRequestT } from '../../selfie/auth/account-delete-request.js';
 import { AuthOp, unionToAuthOp, unionListToAuthOp } from '../../selfie/auth/auth-op.js';
+import { EmailVerifyRequest, EmailVerifyRequestT } from '../../selfie/auth/email-verify-request.js';
+import { EmailVerifyResendRequest, EmailVerifyResendRequestT } from '../../selfie/auth/email-verify-resend-request.js';
+import { LoginRequest, LoginRequestT } from '../../selfie/auth/login-request.js';
+import { LoginResponse, LoginResponseT } from '../../selfie/auth/login-response.js';
+import { LogoutRequest, LogoutRequestT } from '../../selfie/auth/logout-request.js';
+import { PasswordChangeRequest, PasswordChangeRequestT } from '../../selfie/auth/password-change-request.js';
+import { PasswordResetFinishRequest, PasswordResetFinishRequestT } from '../../selfie/auth/password-reset-finish-request.js';
+import { PasswordResetStartRequest, PasswordResetStartRequestT } from '../../selfie/auth/password-reset-start-request.js';
+import { RecoveryCodesRegenerateRequest, RecoveryCodesRegenerateRequestT } from '../../selfie/auth/recovery-codes-regenerate-request.js';
+import { RecoveryCodesResponse, RecoveryCodesResponseT } from '../../selfie/auth/recovery-codes-response.js';
+import { RefreshRequest, RefreshRequestT } from '../../selfie/auth/refresh-request.js';
+import { RefreshResponse, RefreshResponseT } from '../../selfie/auth/refresh-response.js';
+import { RegisterRequest, RegisterRequestT } from '../../selfie/auth/register-request.js';
+import { RegisterResponse, RegisterResponseT } from '../../selfie/auth/register-response.js';
+import { SessionRevokeOthersRequest, SessionRevokeOthersRequestT } from '../../selfie/auth/session-revoke-others-request.js';
+import { SessionRevokeRequest, SessionRevokeRequestT } from '../../selfie/auth/session-revoke-request.js';
+import { SessionsListRequest, SessionsListRequestT } from '../../selfie/auth/sessions-list-request.js';
+import { SessionsListResponse, SessionsListResponseT } from '../../selfie/auth/sessions-list-response.js';
+import { TotpConfirmRequest, TotpConfirmRequestT } from '../../selfie/auth/totp-confirm-request.js';
+import { TotpConfirmResponse, TotpConfirmResponseT } from '../../selfie/auth/totp-confirm-response.js';
+import { TotpDisableRequest, TotpDisableRequestT } from '../../selfie/auth/totp-disable-request.js';
+import { TotpEnrollRequest, TotpEnrollRequestT } from '../../selfie/auth/totp-enroll-request.js';
+import { TotpEnrollResponse, TotpEnrollResponseT } from '../../selfie/auth/totp-enroll-response.js';
 
 
-export class Auth {
+export class Auth implements flatbuffers.IUnpackableObject<AuthT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Auth {
@@ -57,5 +81,43 @@ static createAuth(builder:flatbuffers.Builder, opType:AuthOp, opOffset:flatbuffe
   Auth.addOpType(builder, opType);
   Auth.addOp(builder, opOffset);
   return Auth.endAuth(builder);
+}
+
+unpack(): AuthT {
+  return new AuthT(
+    this.opType(),
+    (() => {
+      const temp = unionToAuthOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: AuthT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToAuthOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class AuthT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: AuthOp = AuthOp.NONE,
+  public op: AccountDeleteRequestT|EmailVerifyRequestT|EmailVerifyResendRequestT|LoginRequestT|LoginResponseT|LogoutRequestT|PasswordChangeRequestT|PasswordResetFinishRequestT|PasswordResetStartRequestT|RecoveryCodesRegenerateRequestT|RecoveryCodesResponseT|RefreshRequestT|RefreshResponseT|RegisterRequestT|RegisterResponseT|SessionRevokeOthersRequestT|SessionRevokeRequestT|SessionsListRequestT|SessionsListResponseT|TotpConfirmRequestT|TotpConfirmResponseT|TotpDisableRequestT|TotpEnrollRequestT|TotpEnrollResponseT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Auth.createAuth(builder,
+    this.opType,
+    op
+  );
 }
 }

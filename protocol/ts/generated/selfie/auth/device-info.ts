@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { Platform } from '../../selfie/common/platform.js';
 
 
-export class DeviceInfo {
+export class DeviceInfo implements flatbuffers.IUnpackableObject<DeviceInfoT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DeviceInfo {
@@ -71,5 +71,40 @@ static createDeviceInfo(builder:flatbuffers.Builder, nameOffset:flatbuffers.Offs
   DeviceInfo.addPlatform(builder, platform);
   DeviceInfo.addDeviceId(builder, deviceIdOffset);
   return DeviceInfo.endDeviceInfo(builder);
+}
+
+unpack(): DeviceInfoT {
+  return new DeviceInfoT(
+    this.name(),
+    this.platform(),
+    this.deviceId()
+  );
+}
+
+
+unpackTo(_o: DeviceInfoT): void {
+  _o.name = this.name();
+  _o.platform = this.platform();
+  _o.deviceId = this.deviceId();
+}
+}
+
+export class DeviceInfoT implements flatbuffers.IGeneratedObject {
+constructor(
+  public name: string|Uint8Array|null = null,
+  public platform: Platform = Platform.Unknown,
+  public deviceId: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+  const deviceId = (this.deviceId !== null ? builder.createString(this.deviceId!) : 0);
+
+  return DeviceInfo.createDeviceInfo(builder,
+    name,
+    this.platform,
+    deviceId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class EmailVerifyRequest {
+
+
+export class EmailVerifyRequest implements flatbuffers.IUnpackableObject<EmailVerifyRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):EmailVerifyRequest {
@@ -46,5 +48,31 @@ static createEmailVerifyRequest(builder:flatbuffers.Builder, codeOffset:flatbuff
   EmailVerifyRequest.startEmailVerifyRequest(builder);
   EmailVerifyRequest.addCode(builder, codeOffset);
   return EmailVerifyRequest.endEmailVerifyRequest(builder);
+}
+
+unpack(): EmailVerifyRequestT {
+  return new EmailVerifyRequestT(
+    this.code()
+  );
+}
+
+
+unpackTo(_o: EmailVerifyRequestT): void {
+  _o.code = this.code();
+}
+}
+
+export class EmailVerifyRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public code: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const code = (this.code !== null ? builder.createString(this.code!) : 0);
+
+  return EmailVerifyRequest.createEmailVerifyRequest(builder,
+    code
+  );
 }
 }

@@ -4,11 +4,13 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Mails a fresh verification code to the caller's address, not yet verified (the
  * earlier code stops working). Throttled per account and per address. Since 1.3.
  */
-export class EmailVerifyResendRequest {
+export class EmailVerifyResendRequest implements flatbuffers.IUnpackableObject<EmailVerifyResendRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):EmailVerifyResendRequest {
@@ -38,5 +40,21 @@ static endEmailVerifyResendRequest(builder:flatbuffers.Builder):flatbuffers.Offs
 static createEmailVerifyResendRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   EmailVerifyResendRequest.startEmailVerifyResendRequest(builder);
   return EmailVerifyResendRequest.endEmailVerifyResendRequest(builder);
+}
+
+unpack(): EmailVerifyResendRequestT {
+  return new EmailVerifyResendRequestT();
+}
+
+
+unpackTo(_o: EmailVerifyResendRequestT): void {}
+}
+
+export class EmailVerifyResendRequestT implements flatbuffers.IGeneratedObject {
+constructor(){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return EmailVerifyResendRequest.createEmailVerifyResendRequest(builder);
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { DeviceInfo } from '../../selfie/auth/device-info.js';
+import { DeviceInfo, DeviceInfoT } from '../../selfie/auth/device-info.js';
 
 
-export class LoginRequest {
+export class LoginRequest implements flatbuffers.IUnpackableObject<LoginRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):LoginRequest {
@@ -96,4 +96,51 @@ static endLoginRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): LoginRequestT {
+  return new LoginRequestT(
+    this.identifier(),
+    this.password(),
+    this.totpCode(),
+    this.recoveryCode(),
+    (this.device() !== null ? this.device()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: LoginRequestT): void {
+  _o.identifier = this.identifier();
+  _o.password = this.password();
+  _o.totpCode = this.totpCode();
+  _o.recoveryCode = this.recoveryCode();
+  _o.device = (this.device() !== null ? this.device()!.unpack() : null);
+}
+}
+
+export class LoginRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public identifier: string|Uint8Array|null = null,
+  public password: string|Uint8Array|null = null,
+  public totpCode: string|Uint8Array|null = null,
+  public recoveryCode: string|Uint8Array|null = null,
+  public device: DeviceInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const identifier = (this.identifier !== null ? builder.createString(this.identifier!) : 0);
+  const password = (this.password !== null ? builder.createString(this.password!) : 0);
+  const totpCode = (this.totpCode !== null ? builder.createString(this.totpCode!) : 0);
+  const recoveryCode = (this.recoveryCode !== null ? builder.createString(this.recoveryCode!) : 0);
+  const device = (this.device !== null ? this.device!.pack(builder) : 0);
+
+  LoginRequest.startLoginRequest(builder);
+  LoginRequest.addIdentifier(builder, identifier);
+  LoginRequest.addPassword(builder, password);
+  LoginRequest.addTotpCode(builder, totpCode);
+  LoginRequest.addRecoveryCode(builder, recoveryCode);
+  LoginRequest.addDevice(builder, device);
+
+  return LoginRequest.endLoginRequest(builder);
+}
 }

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { AuthTokens } from '../../selfie/auth/auth-tokens.js';
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { AuthTokens, AuthTokensT } from '../../selfie/auth/auth-tokens.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 
 
-export class LoginResponse {
+export class LoginResponse implements flatbuffers.IUnpackableObject<LoginResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):LoginResponse {
@@ -53,4 +53,36 @@ static endLoginResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): LoginResponseT {
+  return new LoginResponseT(
+    (this.tokens() !== null ? this.tokens()!.unpack() : null),
+    (this.user() !== null ? this.user()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: LoginResponseT): void {
+  _o.tokens = (this.tokens() !== null ? this.tokens()!.unpack() : null);
+  _o.user = (this.user() !== null ? this.user()!.unpack() : null);
+}
+}
+
+export class LoginResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public tokens: AuthTokensT|null = null,
+  public user: UserSummaryT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const tokens = (this.tokens !== null ? this.tokens!.pack(builder) : 0);
+  const user = (this.user !== null ? this.user!.pack(builder) : 0);
+
+  LoginResponse.startLoginResponse(builder);
+  LoginResponse.addTokens(builder, tokens);
+  LoginResponse.addUser(builder, user);
+
+  return LoginResponse.endLoginResponse(builder);
+}
 }

@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Ends the calling session.
  */
-export class LogoutRequest {
+export class LogoutRequest implements flatbuffers.IUnpackableObject<LogoutRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):LogoutRequest {
@@ -37,5 +39,21 @@ static endLogoutRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
 static createLogoutRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   LogoutRequest.startLogoutRequest(builder);
   return LogoutRequest.endLogoutRequest(builder);
+}
+
+unpack(): LogoutRequestT {
+  return new LogoutRequestT();
+}
+
+
+unpackTo(_o: LogoutRequestT): void {}
+}
+
+export class LogoutRequestT implements flatbuffers.IGeneratedObject {
+constructor(){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return LogoutRequest.createLogoutRequest(builder);
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class PasswordChangeRequest {
+
+
+export class PasswordChangeRequest implements flatbuffers.IUnpackableObject<PasswordChangeRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PasswordChangeRequest {
@@ -70,5 +72,41 @@ static createPasswordChangeRequest(builder:flatbuffers.Builder, currentPasswordO
   PasswordChangeRequest.addNewPassword(builder, newPasswordOffset);
   PasswordChangeRequest.addTotpCode(builder, totpCodeOffset);
   return PasswordChangeRequest.endPasswordChangeRequest(builder);
+}
+
+unpack(): PasswordChangeRequestT {
+  return new PasswordChangeRequestT(
+    this.currentPassword(),
+    this.newPassword(),
+    this.totpCode()
+  );
+}
+
+
+unpackTo(_o: PasswordChangeRequestT): void {
+  _o.currentPassword = this.currentPassword();
+  _o.newPassword = this.newPassword();
+  _o.totpCode = this.totpCode();
+}
+}
+
+export class PasswordChangeRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public currentPassword: string|Uint8Array|null = null,
+  public newPassword: string|Uint8Array|null = null,
+  public totpCode: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const currentPassword = (this.currentPassword !== null ? builder.createString(this.currentPassword!) : 0);
+  const newPassword = (this.newPassword !== null ? builder.createString(this.newPassword!) : 0);
+  const totpCode = (this.totpCode !== null ? builder.createString(this.totpCode!) : 0);
+
+  return PasswordChangeRequest.createPasswordChangeRequest(builder,
+    currentPassword,
+    newPassword,
+    totpCode
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class PasswordResetFinishRequest {
+
+
+export class PasswordResetFinishRequest implements flatbuffers.IUnpackableObject<PasswordResetFinishRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PasswordResetFinishRequest {
@@ -70,5 +72,41 @@ static createPasswordResetFinishRequest(builder:flatbuffers.Builder, emailOffset
   PasswordResetFinishRequest.addCode(builder, codeOffset);
   PasswordResetFinishRequest.addNewPassword(builder, newPasswordOffset);
   return PasswordResetFinishRequest.endPasswordResetFinishRequest(builder);
+}
+
+unpack(): PasswordResetFinishRequestT {
+  return new PasswordResetFinishRequestT(
+    this.email(),
+    this.code(),
+    this.newPassword()
+  );
+}
+
+
+unpackTo(_o: PasswordResetFinishRequestT): void {
+  _o.email = this.email();
+  _o.code = this.code();
+  _o.newPassword = this.newPassword();
+}
+}
+
+export class PasswordResetFinishRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public email: string|Uint8Array|null = null,
+  public code: string|Uint8Array|null = null,
+  public newPassword: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const email = (this.email !== null ? builder.createString(this.email!) : 0);
+  const code = (this.code !== null ? builder.createString(this.code!) : 0);
+  const newPassword = (this.newPassword !== null ? builder.createString(this.newPassword!) : 0);
+
+  return PasswordResetFinishRequest.createPasswordResetFinishRequest(builder,
+    email,
+    code,
+    newPassword
+  );
 }
 }

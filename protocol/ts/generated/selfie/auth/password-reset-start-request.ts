@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class PasswordResetStartRequest {
+
+
+export class PasswordResetStartRequest implements flatbuffers.IUnpackableObject<PasswordResetStartRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PasswordResetStartRequest {
@@ -46,5 +48,31 @@ static createPasswordResetStartRequest(builder:flatbuffers.Builder, emailOffset:
   PasswordResetStartRequest.startPasswordResetStartRequest(builder);
   PasswordResetStartRequest.addEmail(builder, emailOffset);
   return PasswordResetStartRequest.endPasswordResetStartRequest(builder);
+}
+
+unpack(): PasswordResetStartRequestT {
+  return new PasswordResetStartRequestT(
+    this.email()
+  );
+}
+
+
+unpackTo(_o: PasswordResetStartRequestT): void {
+  _o.email = this.email();
+}
+}
+
+export class PasswordResetStartRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public email: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const email = (this.email !== null ? builder.createString(this.email!) : 0);
+
+  return PasswordResetStartRequest.createPasswordResetStartRequest(builder,
+    email
+  );
 }
 }

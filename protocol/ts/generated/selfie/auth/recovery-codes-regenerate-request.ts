@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class RecoveryCodesRegenerateRequest {
+
+
+export class RecoveryCodesRegenerateRequest implements flatbuffers.IUnpackableObject<RecoveryCodesRegenerateRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RecoveryCodesRegenerateRequest {
@@ -58,5 +60,36 @@ static createRecoveryCodesRegenerateRequest(builder:flatbuffers.Builder, passwor
   RecoveryCodesRegenerateRequest.addPassword(builder, passwordOffset);
   RecoveryCodesRegenerateRequest.addCode(builder, codeOffset);
   return RecoveryCodesRegenerateRequest.endRecoveryCodesRegenerateRequest(builder);
+}
+
+unpack(): RecoveryCodesRegenerateRequestT {
+  return new RecoveryCodesRegenerateRequestT(
+    this.password(),
+    this.code()
+  );
+}
+
+
+unpackTo(_o: RecoveryCodesRegenerateRequestT): void {
+  _o.password = this.password();
+  _o.code = this.code();
+}
+}
+
+export class RecoveryCodesRegenerateRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public password: string|Uint8Array|null = null,
+  public code: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const password = (this.password !== null ? builder.createString(this.password!) : 0);
+  const code = (this.code !== null ? builder.createString(this.code!) : 0);
+
+  return RecoveryCodesRegenerateRequest.createRecoveryCodesRegenerateRequest(builder,
+    password,
+    code
+  );
 }
 }

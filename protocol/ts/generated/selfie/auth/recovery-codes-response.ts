@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class RecoveryCodesResponse {
+
+
+export class RecoveryCodesResponse implements flatbuffers.IUnpackableObject<RecoveryCodesResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RecoveryCodesResponse {
@@ -63,5 +65,31 @@ static createRecoveryCodesResponse(builder:flatbuffers.Builder, recoveryCodesOff
   RecoveryCodesResponse.startRecoveryCodesResponse(builder);
   RecoveryCodesResponse.addRecoveryCodes(builder, recoveryCodesOffset);
   return RecoveryCodesResponse.endRecoveryCodesResponse(builder);
+}
+
+unpack(): RecoveryCodesResponseT {
+  return new RecoveryCodesResponseT(
+    this.bb!.createScalarList<string>(this.recoveryCodes.bind(this), this.recoveryCodesLength())
+  );
+}
+
+
+unpackTo(_o: RecoveryCodesResponseT): void {
+  _o.recoveryCodes = this.bb!.createScalarList<string>(this.recoveryCodes.bind(this), this.recoveryCodesLength());
+}
+}
+
+export class RecoveryCodesResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public recoveryCodes: (string)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const recoveryCodes = RecoveryCodesResponse.createRecoveryCodesVector(builder, builder.createObjectOffsetList(this.recoveryCodes));
+
+  return RecoveryCodesResponse.createRecoveryCodesResponse(builder,
+    recoveryCodes
+  );
 }
 }

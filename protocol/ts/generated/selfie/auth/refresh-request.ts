@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class RefreshRequest {
+
+
+export class RefreshRequest implements flatbuffers.IUnpackableObject<RefreshRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RefreshRequest {
@@ -46,5 +48,31 @@ static createRefreshRequest(builder:flatbuffers.Builder, refreshTokenOffset:flat
   RefreshRequest.startRefreshRequest(builder);
   RefreshRequest.addRefreshToken(builder, refreshTokenOffset);
   return RefreshRequest.endRefreshRequest(builder);
+}
+
+unpack(): RefreshRequestT {
+  return new RefreshRequestT(
+    this.refreshToken()
+  );
+}
+
+
+unpackTo(_o: RefreshRequestT): void {
+  _o.refreshToken = this.refreshToken();
+}
+}
+
+export class RefreshRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public refreshToken: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const refreshToken = (this.refreshToken !== null ? builder.createString(this.refreshToken!) : 0);
+
+  return RefreshRequest.createRefreshRequest(builder,
+    refreshToken
+  );
 }
 }

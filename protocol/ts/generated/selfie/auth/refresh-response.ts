@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { AuthTokens } from '../../selfie/auth/auth-tokens.js';
+import { AuthTokens, AuthTokensT } from '../../selfie/auth/auth-tokens.js';
 
 
-export class RefreshResponse {
+export class RefreshResponse implements flatbuffers.IUnpackableObject<RefreshResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RefreshResponse {
@@ -47,5 +47,31 @@ static createRefreshResponse(builder:flatbuffers.Builder, tokensOffset:flatbuffe
   RefreshResponse.startRefreshResponse(builder);
   RefreshResponse.addTokens(builder, tokensOffset);
   return RefreshResponse.endRefreshResponse(builder);
+}
+
+unpack(): RefreshResponseT {
+  return new RefreshResponseT(
+    (this.tokens() !== null ? this.tokens()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: RefreshResponseT): void {
+  _o.tokens = (this.tokens() !== null ? this.tokens()!.unpack() : null);
+}
+}
+
+export class RefreshResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public tokens: AuthTokensT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const tokens = (this.tokens !== null ? this.tokens!.pack(builder) : 0);
+
+  return RefreshResponse.createRefreshResponse(builder,
+    tokens
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { DeviceInfo } from '../../selfie/auth/device-info.js';
+import { DeviceInfo, DeviceInfoT } from '../../selfie/auth/device-info.js';
 
 
-export class RegisterRequest {
+export class RegisterRequest implements flatbuffers.IUnpackableObject<RegisterRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RegisterRequest {
@@ -98,4 +98,56 @@ static endRegisterRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): RegisterRequestT {
+  return new RegisterRequestT(
+    this.username(),
+    this.email(),
+    this.password(),
+    (this.device() !== null ? this.device()!.unpack() : null),
+    this.inviteCode(),
+    this.locale()
+  );
+}
+
+
+unpackTo(_o: RegisterRequestT): void {
+  _o.username = this.username();
+  _o.email = this.email();
+  _o.password = this.password();
+  _o.device = (this.device() !== null ? this.device()!.unpack() : null);
+  _o.inviteCode = this.inviteCode();
+  _o.locale = this.locale();
+}
+}
+
+export class RegisterRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public username: string|Uint8Array|null = null,
+  public email: string|Uint8Array|null = null,
+  public password: string|Uint8Array|null = null,
+  public device: DeviceInfoT|null = null,
+  public inviteCode: string|Uint8Array|null = null,
+  public locale: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const username = (this.username !== null ? builder.createString(this.username!) : 0);
+  const email = (this.email !== null ? builder.createString(this.email!) : 0);
+  const password = (this.password !== null ? builder.createString(this.password!) : 0);
+  const device = (this.device !== null ? this.device!.pack(builder) : 0);
+  const inviteCode = (this.inviteCode !== null ? builder.createString(this.inviteCode!) : 0);
+  const locale = (this.locale !== null ? builder.createString(this.locale!) : 0);
+
+  RegisterRequest.startRegisterRequest(builder);
+  RegisterRequest.addUsername(builder, username);
+  RegisterRequest.addEmail(builder, email);
+  RegisterRequest.addPassword(builder, password);
+  RegisterRequest.addDevice(builder, device);
+  RegisterRequest.addInviteCode(builder, inviteCode);
+  RegisterRequest.addLocale(builder, locale);
+
+  return RegisterRequest.endRegisterRequest(builder);
+}
 }

@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { Platform } from '../../selfie/common/platform.js';
 
 
-export class SessionInfo {
+export class SessionInfo implements flatbuffers.IUnpackableObject<SessionInfoT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SessionInfo {
@@ -114,5 +114,56 @@ static createSessionInfo(builder:flatbuffers.Builder, sessionId:bigint, deviceNa
   SessionInfo.addLocationHint(builder, locationHintOffset);
   SessionInfo.addCurrent(builder, current);
   return SessionInfo.endSessionInfo(builder);
+}
+
+unpack(): SessionInfoT {
+  return new SessionInfoT(
+    this.sessionId(),
+    this.deviceName(),
+    this.platform(),
+    this.createdAtMs(),
+    this.lastSeenAtMs(),
+    this.locationHint(),
+    this.current()
+  );
+}
+
+
+unpackTo(_o: SessionInfoT): void {
+  _o.sessionId = this.sessionId();
+  _o.deviceName = this.deviceName();
+  _o.platform = this.platform();
+  _o.createdAtMs = this.createdAtMs();
+  _o.lastSeenAtMs = this.lastSeenAtMs();
+  _o.locationHint = this.locationHint();
+  _o.current = this.current();
+}
+}
+
+export class SessionInfoT implements flatbuffers.IGeneratedObject {
+constructor(
+  public sessionId: bigint = BigInt('0'),
+  public deviceName: string|Uint8Array|null = null,
+  public platform: Platform = Platform.Unknown,
+  public createdAtMs: bigint = BigInt('0'),
+  public lastSeenAtMs: bigint = BigInt('0'),
+  public locationHint: string|Uint8Array|null = null,
+  public current: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const deviceName = (this.deviceName !== null ? builder.createString(this.deviceName!) : 0);
+  const locationHint = (this.locationHint !== null ? builder.createString(this.locationHint!) : 0);
+
+  return SessionInfo.createSessionInfo(builder,
+    this.sessionId,
+    deviceName,
+    this.platform,
+    this.createdAtMs,
+    this.lastSeenAtMs,
+    locationHint,
+    this.current
+  );
 }
 }

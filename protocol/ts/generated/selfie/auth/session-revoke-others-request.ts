@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class SessionRevokeOthersRequest {
+
+
+export class SessionRevokeOthersRequest implements flatbuffers.IUnpackableObject<SessionRevokeOthersRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SessionRevokeOthersRequest {
@@ -34,5 +36,21 @@ static endSessionRevokeOthersRequest(builder:flatbuffers.Builder):flatbuffers.Of
 static createSessionRevokeOthersRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   SessionRevokeOthersRequest.startSessionRevokeOthersRequest(builder);
   return SessionRevokeOthersRequest.endSessionRevokeOthersRequest(builder);
+}
+
+unpack(): SessionRevokeOthersRequestT {
+  return new SessionRevokeOthersRequestT();
+}
+
+
+unpackTo(_o: SessionRevokeOthersRequestT): void {}
+}
+
+export class SessionRevokeOthersRequestT implements flatbuffers.IGeneratedObject {
+constructor(){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return SessionRevokeOthersRequest.createSessionRevokeOthersRequest(builder);
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class SessionRevokeRequest {
+
+
+export class SessionRevokeRequest implements flatbuffers.IUnpackableObject<SessionRevokeRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SessionRevokeRequest {
@@ -44,5 +46,29 @@ static createSessionRevokeRequest(builder:flatbuffers.Builder, sessionId:bigint)
   SessionRevokeRequest.startSessionRevokeRequest(builder);
   SessionRevokeRequest.addSessionId(builder, sessionId);
   return SessionRevokeRequest.endSessionRevokeRequest(builder);
+}
+
+unpack(): SessionRevokeRequestT {
+  return new SessionRevokeRequestT(
+    this.sessionId()
+  );
+}
+
+
+unpackTo(_o: SessionRevokeRequestT): void {
+  _o.sessionId = this.sessionId();
+}
+}
+
+export class SessionRevokeRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public sessionId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return SessionRevokeRequest.createSessionRevokeRequest(builder,
+    this.sessionId
+  );
 }
 }

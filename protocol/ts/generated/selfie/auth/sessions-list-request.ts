@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class SessionsListRequest {
+
+
+export class SessionsListRequest implements flatbuffers.IUnpackableObject<SessionsListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SessionsListRequest {
@@ -34,5 +36,21 @@ static endSessionsListRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
 static createSessionsListRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   SessionsListRequest.startSessionsListRequest(builder);
   return SessionsListRequest.endSessionsListRequest(builder);
+}
+
+unpack(): SessionsListRequestT {
+  return new SessionsListRequestT();
+}
+
+
+unpackTo(_o: SessionsListRequestT): void {}
+}
+
+export class SessionsListRequestT implements flatbuffers.IGeneratedObject {
+constructor(){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return SessionsListRequest.createSessionsListRequest(builder);
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { SessionInfo } from '../../selfie/auth/session-info.js';
+import { SessionInfo, SessionInfoT } from '../../selfie/auth/session-info.js';
 
 
-export class SessionsListResponse {
+export class SessionsListResponse implements flatbuffers.IUnpackableObject<SessionsListResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SessionsListResponse {
@@ -64,5 +64,31 @@ static createSessionsListResponse(builder:flatbuffers.Builder, sessionsOffset:fl
   SessionsListResponse.startSessionsListResponse(builder);
   SessionsListResponse.addSessions(builder, sessionsOffset);
   return SessionsListResponse.endSessionsListResponse(builder);
+}
+
+unpack(): SessionsListResponseT {
+  return new SessionsListResponseT(
+    this.bb!.createObjList<SessionInfo, SessionInfoT>(this.sessions.bind(this), this.sessionsLength())
+  );
+}
+
+
+unpackTo(_o: SessionsListResponseT): void {
+  _o.sessions = this.bb!.createObjList<SessionInfo, SessionInfoT>(this.sessions.bind(this), this.sessionsLength());
+}
+}
+
+export class SessionsListResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public sessions: (SessionInfoT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const sessions = SessionsListResponse.createSessionsVector(builder, builder.createObjectOffsetList(this.sessions));
+
+  return SessionsListResponse.createSessionsListResponse(builder,
+    sessions
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class TotpConfirmRequest {
+
+
+export class TotpConfirmRequest implements flatbuffers.IUnpackableObject<TotpConfirmRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TotpConfirmRequest {
@@ -46,5 +48,31 @@ static createTotpConfirmRequest(builder:flatbuffers.Builder, codeOffset:flatbuff
   TotpConfirmRequest.startTotpConfirmRequest(builder);
   TotpConfirmRequest.addCode(builder, codeOffset);
   return TotpConfirmRequest.endTotpConfirmRequest(builder);
+}
+
+unpack(): TotpConfirmRequestT {
+  return new TotpConfirmRequestT(
+    this.code()
+  );
+}
+
+
+unpackTo(_o: TotpConfirmRequestT): void {
+  _o.code = this.code();
+}
+}
+
+export class TotpConfirmRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public code: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const code = (this.code !== null ? builder.createString(this.code!) : 0);
+
+  return TotpConfirmRequest.createTotpConfirmRequest(builder,
+    code
+  );
 }
 }

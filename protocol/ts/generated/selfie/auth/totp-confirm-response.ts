@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class TotpConfirmResponse {
+
+
+export class TotpConfirmResponse implements flatbuffers.IUnpackableObject<TotpConfirmResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TotpConfirmResponse {
@@ -66,5 +68,31 @@ static createTotpConfirmResponse(builder:flatbuffers.Builder, recoveryCodesOffse
   TotpConfirmResponse.startTotpConfirmResponse(builder);
   TotpConfirmResponse.addRecoveryCodes(builder, recoveryCodesOffset);
   return TotpConfirmResponse.endTotpConfirmResponse(builder);
+}
+
+unpack(): TotpConfirmResponseT {
+  return new TotpConfirmResponseT(
+    this.bb!.createScalarList<string>(this.recoveryCodes.bind(this), this.recoveryCodesLength())
+  );
+}
+
+
+unpackTo(_o: TotpConfirmResponseT): void {
+  _o.recoveryCodes = this.bb!.createScalarList<string>(this.recoveryCodes.bind(this), this.recoveryCodesLength());
+}
+}
+
+export class TotpConfirmResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public recoveryCodes: (string)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const recoveryCodes = TotpConfirmResponse.createRecoveryCodesVector(builder, builder.createObjectOffsetList(this.recoveryCodes));
+
+  return TotpConfirmResponse.createTotpConfirmResponse(builder,
+    recoveryCodes
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class TotpDisableRequest {
+
+
+export class TotpDisableRequest implements flatbuffers.IUnpackableObject<TotpDisableRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TotpDisableRequest {
@@ -58,5 +60,36 @@ static createTotpDisableRequest(builder:flatbuffers.Builder, passwordOffset:flat
   TotpDisableRequest.addPassword(builder, passwordOffset);
   TotpDisableRequest.addCode(builder, codeOffset);
   return TotpDisableRequest.endTotpDisableRequest(builder);
+}
+
+unpack(): TotpDisableRequestT {
+  return new TotpDisableRequestT(
+    this.password(),
+    this.code()
+  );
+}
+
+
+unpackTo(_o: TotpDisableRequestT): void {
+  _o.password = this.password();
+  _o.code = this.code();
+}
+}
+
+export class TotpDisableRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public password: string|Uint8Array|null = null,
+  public code: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const password = (this.password !== null ? builder.createString(this.password!) : 0);
+  const code = (this.code !== null ? builder.createString(this.code!) : 0);
+
+  return TotpDisableRequest.createTotpDisableRequest(builder,
+    password,
+    code
+  );
 }
 }

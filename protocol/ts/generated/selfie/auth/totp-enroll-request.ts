@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class TotpEnrollRequest {
+
+
+export class TotpEnrollRequest implements flatbuffers.IUnpackableObject<TotpEnrollRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TotpEnrollRequest {
@@ -46,5 +48,31 @@ static createTotpEnrollRequest(builder:flatbuffers.Builder, passwordOffset:flatb
   TotpEnrollRequest.startTotpEnrollRequest(builder);
   TotpEnrollRequest.addPassword(builder, passwordOffset);
   return TotpEnrollRequest.endTotpEnrollRequest(builder);
+}
+
+unpack(): TotpEnrollRequestT {
+  return new TotpEnrollRequestT(
+    this.password()
+  );
+}
+
+
+unpackTo(_o: TotpEnrollRequestT): void {
+  _o.password = this.password();
+}
+}
+
+export class TotpEnrollRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public password: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const password = (this.password !== null ? builder.createString(this.password!) : 0);
+
+  return TotpEnrollRequest.createTotpEnrollRequest(builder,
+    password
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class TotpEnrollResponse {
+
+
+export class TotpEnrollResponse implements flatbuffers.IUnpackableObject<TotpEnrollResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TotpEnrollResponse {
@@ -61,5 +63,36 @@ static createTotpEnrollResponse(builder:flatbuffers.Builder, otpauthUriOffset:fl
   TotpEnrollResponse.addOtpauthUri(builder, otpauthUriOffset);
   TotpEnrollResponse.addSecretBase32(builder, secretBase32Offset);
   return TotpEnrollResponse.endTotpEnrollResponse(builder);
+}
+
+unpack(): TotpEnrollResponseT {
+  return new TotpEnrollResponseT(
+    this.otpauthUri(),
+    this.secretBase32()
+  );
+}
+
+
+unpackTo(_o: TotpEnrollResponseT): void {
+  _o.otpauthUri = this.otpauthUri();
+  _o.secretBase32 = this.secretBase32();
+}
+}
+
+export class TotpEnrollResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public otpauthUri: string|Uint8Array|null = null,
+  public secretBase32: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const otpauthUri = (this.otpauthUri !== null ? builder.createString(this.otpauthUri!) : 0);
+  const secretBase32 = (this.secretBase32 !== null ? builder.createString(this.secretBase32!) : 0);
+
+  return TotpEnrollResponse.createTotpEnrollResponse(builder,
+    otpauthUri,
+    secretBase32
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class AddMembersRequest {
+
+
+export class AddMembersRequest implements flatbuffers.IUnpackableObject<AddMembersRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):AddMembersRequest {
@@ -71,5 +73,35 @@ static createAddMembersRequest(builder:flatbuffers.Builder, conversationId:bigin
   AddMembersRequest.addConversationId(builder, conversationId);
   AddMembersRequest.addUserIds(builder, userIdsOffset);
   return AddMembersRequest.endAddMembersRequest(builder);
+}
+
+unpack(): AddMembersRequestT {
+  return new AddMembersRequestT(
+    this.conversationId(),
+    this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength())
+  );
+}
+
+
+unpackTo(_o: AddMembersRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.userIds = this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength());
+}
+}
+
+export class AddMembersRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public userIds: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const userIds = AddMembersRequest.createUserIdsVector(builder, this.userIds);
+
+  return AddMembersRequest.createAddMembersRequest(builder,
+    this.conversationId,
+    userIds
+  );
 }
 }

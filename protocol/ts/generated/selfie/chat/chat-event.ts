@@ -5,14 +5,14 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { ChatEventKind } from '../../selfie/chat/chat-event-kind.js';
-import { Message } from '../../selfie/chat/message.js';
+import { Message, MessageT } from '../../selfie/chat/message.js';
 import { PresenceStatus } from '../../selfie/datagram/presence-status.js';
 
 
 /**
  * Push (and sync) event on a conversation.
  */
-export class ChatEvent {
+export class ChatEvent implements flatbuffers.IUnpackableObject<ChatEventT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ChatEvent {
@@ -176,4 +176,81 @@ static endChatEvent(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): ChatEventT {
+  return new ChatEventT(
+    this.kind(),
+    this.conversationId(),
+    this.eventSeq(),
+    this.actorId(),
+    (this.message() !== null ? this.message()!.unpack() : null),
+    this.upToSeq(),
+    this.emoji(),
+    this.atMs(),
+    this.userId(),
+    this.text(),
+    this.typing(),
+    this.presence(),
+    this.lastActiveMs()
+  );
+}
+
+
+unpackTo(_o: ChatEventT): void {
+  _o.kind = this.kind();
+  _o.conversationId = this.conversationId();
+  _o.eventSeq = this.eventSeq();
+  _o.actorId = this.actorId();
+  _o.message = (this.message() !== null ? this.message()!.unpack() : null);
+  _o.upToSeq = this.upToSeq();
+  _o.emoji = this.emoji();
+  _o.atMs = this.atMs();
+  _o.userId = this.userId();
+  _o.text = this.text();
+  _o.typing = this.typing();
+  _o.presence = this.presence();
+  _o.lastActiveMs = this.lastActiveMs();
+}
+}
+
+export class ChatEventT implements flatbuffers.IGeneratedObject {
+constructor(
+  public kind: ChatEventKind = ChatEventKind.MessageCreated,
+  public conversationId: bigint = BigInt('0'),
+  public eventSeq: bigint = BigInt('0'),
+  public actorId: bigint = BigInt('0'),
+  public message: MessageT|null = null,
+  public upToSeq: bigint = BigInt('0'),
+  public emoji: string|Uint8Array|null = null,
+  public atMs: bigint = BigInt('0'),
+  public userId: bigint = BigInt('0'),
+  public text: string|Uint8Array|null = null,
+  public typing: boolean = false,
+  public presence: PresenceStatus = PresenceStatus.Offline,
+  public lastActiveMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const message = (this.message !== null ? this.message!.pack(builder) : 0);
+  const emoji = (this.emoji !== null ? builder.createString(this.emoji!) : 0);
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+
+  ChatEvent.startChatEvent(builder);
+  ChatEvent.addKind(builder, this.kind);
+  ChatEvent.addConversationId(builder, this.conversationId);
+  ChatEvent.addEventSeq(builder, this.eventSeq);
+  ChatEvent.addActorId(builder, this.actorId);
+  ChatEvent.addMessage(builder, message);
+  ChatEvent.addUpToSeq(builder, this.upToSeq);
+  ChatEvent.addEmoji(builder, emoji);
+  ChatEvent.addAtMs(builder, this.atMs);
+  ChatEvent.addUserId(builder, this.userId);
+  ChatEvent.addText(builder, text);
+  ChatEvent.addTyping(builder, this.typing);
+  ChatEvent.addPresence(builder, this.presence);
+  ChatEvent.addLastActiveMs(builder, this.lastActiveMs);
+
+  return ChatEvent.endChatEvent(builder);
+}
 }

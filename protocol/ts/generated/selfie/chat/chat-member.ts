@@ -5,11 +5,11 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { MemberRole } from '../../selfie/chat/member-role.js';
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 import { PresenceStatus } from '../../selfie/datagram/presence-status.js';
 
 
-export class ChatMember {
+export class ChatMember implements flatbuffers.IUnpackableObject<ChatMemberT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ChatMember {
@@ -115,5 +115,55 @@ static createChatMember(builder:flatbuffers.Builder, userOffset:flatbuffers.Offs
   ChatMember.addPresence(builder, presence);
   ChatMember.addLastActiveMs(builder, lastActiveMs);
   return ChatMember.endChatMember(builder);
+}
+
+unpack(): ChatMemberT {
+  return new ChatMemberT(
+    (this.user() !== null ? this.user()!.unpack() : null),
+    this.role(),
+    this.joinedAtMs(),
+    this.lastReadSeq(),
+    this.lastDeliveredSeq(),
+    this.presence(),
+    this.lastActiveMs()
+  );
+}
+
+
+unpackTo(_o: ChatMemberT): void {
+  _o.user = (this.user() !== null ? this.user()!.unpack() : null);
+  _o.role = this.role();
+  _o.joinedAtMs = this.joinedAtMs();
+  _o.lastReadSeq = this.lastReadSeq();
+  _o.lastDeliveredSeq = this.lastDeliveredSeq();
+  _o.presence = this.presence();
+  _o.lastActiveMs = this.lastActiveMs();
+}
+}
+
+export class ChatMemberT implements flatbuffers.IGeneratedObject {
+constructor(
+  public user: UserSummaryT|null = null,
+  public role: MemberRole = MemberRole.Member,
+  public joinedAtMs: bigint = BigInt('0'),
+  public lastReadSeq: bigint = BigInt('0'),
+  public lastDeliveredSeq: bigint = BigInt('0'),
+  public presence: PresenceStatus = PresenceStatus.Offline,
+  public lastActiveMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const user = (this.user !== null ? this.user!.pack(builder) : 0);
+
+  return ChatMember.createChatMember(builder,
+    user,
+    this.role,
+    this.joinedAtMs,
+    this.lastReadSeq,
+    this.lastDeliveredSeq,
+    this.presence,
+    this.lastActiveMs
+  );
 }
 }

@@ -2,36 +2,36 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { AddMembersRequest } from '../../selfie/chat/add-members-request.js';
-import { ChatEvent } from '../../selfie/chat/chat-event.js';
-import { ConversationResponse } from '../../selfie/chat/conversation-response.js';
-import { ConversationsListRequest } from '../../selfie/chat/conversations-list-request.js';
-import { ConversationsListResponse } from '../../selfie/chat/conversations-list-response.js';
-import { CreateConversationRequest } from '../../selfie/chat/create-conversation-request.js';
-import { DeleteMessageRequest } from '../../selfie/chat/delete-message-request.js';
-import { DeliveryReceiptRequest } from '../../selfie/chat/delivery-receipt-request.js';
-import { EditMessageRequest } from '../../selfie/chat/edit-message-request.js';
-import { GetConversationRequest } from '../../selfie/chat/get-conversation-request.js';
-import { HistoryRequest } from '../../selfie/chat/history-request.js';
-import { LeaveConversationRequest } from '../../selfie/chat/leave-conversation-request.js';
-import { MessageEditsRequest } from '../../selfie/chat/message-edits-request.js';
-import { MessageEditsResponse } from '../../selfie/chat/message-edits-response.js';
-import { MessageReactRequest } from '../../selfie/chat/message-react-request.js';
-import { MessageRequestAnswerRequest } from '../../selfie/chat/message-request-answer-request.js';
-import { MessagesPage } from '../../selfie/chat/messages-page.js';
-import { MlsCommitRequest } from '../../selfie/chat/mls-commit-request.js';
-import { MlsKeyPackagesClaimRequest } from '../../selfie/chat/mls-key-packages-claim-request.js';
-import { MlsKeyPackagesClaimResponse } from '../../selfie/chat/mls-key-packages-claim-response.js';
-import { MlsKeyPackagesUploadRequest } from '../../selfie/chat/mls-key-packages-upload-request.js';
-import { MlsWelcome } from '../../selfie/chat/mls-welcome.js';
-import { ReadReceiptRequest } from '../../selfie/chat/read-receipt-request.js';
-import { RemoveMemberRequest } from '../../selfie/chat/remove-member-request.js';
-import { SendMessageRequest } from '../../selfie/chat/send-message-request.js';
-import { SendMessageResponse } from '../../selfie/chat/send-message-response.js';
-import { SetMemberRoleRequest } from '../../selfie/chat/set-member-role-request.js';
-import { SyncRequest } from '../../selfie/chat/sync-request.js';
-import { SyncResponse } from '../../selfie/chat/sync-response.js';
-import { UpdateConversationRequest } from '../../selfie/chat/update-conversation-request.js';
+import { AddMembersRequest, AddMembersRequestT } from '../../selfie/chat/add-members-request.js';
+import { ChatEvent, ChatEventT } from '../../selfie/chat/chat-event.js';
+import { ConversationResponse, ConversationResponseT } from '../../selfie/chat/conversation-response.js';
+import { ConversationsListRequest, ConversationsListRequestT } from '../../selfie/chat/conversations-list-request.js';
+import { ConversationsListResponse, ConversationsListResponseT } from '../../selfie/chat/conversations-list-response.js';
+import { CreateConversationRequest, CreateConversationRequestT } from '../../selfie/chat/create-conversation-request.js';
+import { DeleteMessageRequest, DeleteMessageRequestT } from '../../selfie/chat/delete-message-request.js';
+import { DeliveryReceiptRequest, DeliveryReceiptRequestT } from '../../selfie/chat/delivery-receipt-request.js';
+import { EditMessageRequest, EditMessageRequestT } from '../../selfie/chat/edit-message-request.js';
+import { GetConversationRequest, GetConversationRequestT } from '../../selfie/chat/get-conversation-request.js';
+import { HistoryRequest, HistoryRequestT } from '../../selfie/chat/history-request.js';
+import { LeaveConversationRequest, LeaveConversationRequestT } from '../../selfie/chat/leave-conversation-request.js';
+import { MessageEditsRequest, MessageEditsRequestT } from '../../selfie/chat/message-edits-request.js';
+import { MessageEditsResponse, MessageEditsResponseT } from '../../selfie/chat/message-edits-response.js';
+import { MessageReactRequest, MessageReactRequestT } from '../../selfie/chat/message-react-request.js';
+import { MessageRequestAnswerRequest, MessageRequestAnswerRequestT } from '../../selfie/chat/message-request-answer-request.js';
+import { MessagesPage, MessagesPageT } from '../../selfie/chat/messages-page.js';
+import { MlsCommitRequest, MlsCommitRequestT } from '../../selfie/chat/mls-commit-request.js';
+import { MlsKeyPackagesClaimRequest, MlsKeyPackagesClaimRequestT } from '../../selfie/chat/mls-key-packages-claim-request.js';
+import { MlsKeyPackagesClaimResponse, MlsKeyPackagesClaimResponseT } from '../../selfie/chat/mls-key-packages-claim-response.js';
+import { MlsKeyPackagesUploadRequest, MlsKeyPackagesUploadRequestT } from '../../selfie/chat/mls-key-packages-upload-request.js';
+import { MlsWelcome, MlsWelcomeT } from '../../selfie/chat/mls-welcome.js';
+import { ReadReceiptRequest, ReadReceiptRequestT } from '../../selfie/chat/read-receipt-request.js';
+import { RemoveMemberRequest, RemoveMemberRequestT } from '../../selfie/chat/remove-member-request.js';
+import { SendMessageRequest, SendMessageRequestT } from '../../selfie/chat/send-message-request.js';
+import { SendMessageResponse, SendMessageResponseT } from '../../selfie/chat/send-message-response.js';
+import { SetMemberRoleRequest, SetMemberRoleRequestT } from '../../selfie/chat/set-member-role-request.js';
+import { SyncRequest, SyncRequestT } from '../../selfie/chat/sync-request.js';
+import { SyncResponse, SyncResponseT } from '../../selfie/chat/sync-response.js';
+import { UpdateConversationRequest, UpdateConversationRequestT } from '../../selfie/chat/update-conversation-request.js';
 
 
 export enum ChatOp {

@@ -4,10 +4,40 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { AddMembersRequest, AddMembersRequestT } from '../../selfie/chat/add-members-request.js';
+import { ChatEvent, ChatEventT } from '../../selfie/chat/chat-event.js';
 import { ChatOp, unionToChatOp, unionListToChatOp } from '../../selfie/chat/chat-op.js';
+import { ConversationResponse, ConversationResponseT } from '../../selfie/chat/conversation-response.js';
+import { ConversationsListRequest, ConversationsListRequestT } from '../../selfie/chat/conversations-list-request.js';
+import { ConversationsListResponse, ConversationsListResponseT } from '../../selfie/chat/conversations-list-response.js';
+import { CreateConversationRequest, CreateConversationRequestT } from '../../selfie/chat/create-conversation-request.js';
+import { DeleteMessageRequest, DeleteMessageRequestT } from '../../selfie/chat/delete-message-request.js';
+import { DeliveryReceiptRequest, DeliveryReceiptRequestT } from '../../selfie/chat/delivery-receipt-request.js';
+import { EditMessageRequest, EditMessageRequestT } from '../../selfie/chat/edit-message-request.js';
+import { GetConversationRequest, GetConversationRequestT } from '../../selfie/chat/get-conversation-request.js';
+import { HistoryRequest, HistoryRequestT } from '../../selfie/chat/history-request.js';
+import { LeaveConversationRequest, LeaveConversationRequestT } from '../../selfie/chat/leave-conversation-request.js';
+import { MessageEditsRequest, MessageEditsRequestT } from '../../selfie/chat/message-edits-request.js';
+import { MessageEditsResponse, MessageEditsResponseT } from '../../selfie/chat/message-edits-response.js';
+import { MessageReactRequest, MessageReactRequestT } from '../../selfie/chat/message-react-request.js';
+import { MessageRequestAnswerRequest, MessageRequestAnswerRequestT } from '../../selfie/chat/message-request-answer-request.js';
+import { MessagesPage, MessagesPageT } from '../../selfie/chat/messages-page.js';
+import { MlsCommitRequest, MlsCommitRequestT } from '../../selfie/chat/mls-commit-request.js';
+import { MlsKeyPackagesClaimRequest, MlsKeyPackagesClaimRequestT } from '../../selfie/chat/mls-key-packages-claim-request.js';
+import { MlsKeyPackagesClaimResponse, MlsKeyPackagesClaimResponseT } from '../../selfie/chat/mls-key-packages-claim-response.js';
+import { MlsKeyPackagesUploadRequest, MlsKeyPackagesUploadRequestT } from '../../selfie/chat/mls-key-packages-upload-request.js';
+import { MlsWelcome, MlsWelcomeT } from '../../selfie/chat/mls-welcome.js';
+import { ReadReceiptRequest, ReadReceiptRequestT } from '../../selfie/chat/read-receipt-request.js';
+import { RemoveMemberRequest, RemoveMemberRequestT } from '../../selfie/chat/remove-member-request.js';
+import { SendMessageRequest, SendMessageRequestT } from '../../selfie/chat/send-message-request.js';
+import { SendMessageResponse, SendMessageResponseT } from '../../selfie/chat/send-message-response.js';
+import { SetMemberRoleRequest, SetMemberRoleRequestT } from '../../selfie/chat/set-member-role-request.js';
+import { SyncRequest, SyncRequestT } from '../../selfie/chat/sync-request.js';
+import { SyncResponse, SyncResponseT } from '../../selfie/chat/sync-response.js';
+import { UpdateConversationRequest, UpdateConversationRequestT } from '../../selfie/chat/update-conversation-request.js';
 
 
-export class Chat {
+export class Chat implements flatbuffers.IUnpackableObject<ChatT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Chat {
@@ -57,5 +87,43 @@ static createChat(builder:flatbuffers.Builder, opType:ChatOp, opOffset:flatbuffe
   Chat.addOpType(builder, opType);
   Chat.addOp(builder, opOffset);
   return Chat.endChat(builder);
+}
+
+unpack(): ChatT {
+  return new ChatT(
+    this.opType(),
+    (() => {
+      const temp = unionToChatOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: ChatT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToChatOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class ChatT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: ChatOp = ChatOp.NONE,
+  public op: AddMembersRequestT|ChatEventT|ConversationResponseT|ConversationsListRequestT|ConversationsListResponseT|CreateConversationRequestT|DeleteMessageRequestT|DeliveryReceiptRequestT|EditMessageRequestT|GetConversationRequestT|HistoryRequestT|LeaveConversationRequestT|MessageEditsRequestT|MessageEditsResponseT|MessageReactRequestT|MessageRequestAnswerRequestT|MessagesPageT|MlsCommitRequestT|MlsKeyPackagesClaimRequestT|MlsKeyPackagesClaimResponseT|MlsKeyPackagesUploadRequestT|MlsWelcomeT|ReadReceiptRequestT|RemoveMemberRequestT|SendMessageRequestT|SendMessageResponseT|SetMemberRoleRequestT|SyncRequestT|SyncResponseT|UpdateConversationRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Chat.createChat(builder,
+    this.opType,
+    op
+  );
 }
 }

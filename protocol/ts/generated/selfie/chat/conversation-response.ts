@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Conversation } from '../../selfie/chat/conversation.js';
+import { Conversation, ConversationT } from '../../selfie/chat/conversation.js';
 
 
-export class ConversationResponse {
+export class ConversationResponse implements flatbuffers.IUnpackableObject<ConversationResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ConversationResponse {
@@ -47,5 +47,31 @@ static createConversationResponse(builder:flatbuffers.Builder, conversationOffse
   ConversationResponse.startConversationResponse(builder);
   ConversationResponse.addConversation(builder, conversationOffset);
   return ConversationResponse.endConversationResponse(builder);
+}
+
+unpack(): ConversationResponseT {
+  return new ConversationResponseT(
+    (this.conversation() !== null ? this.conversation()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: ConversationResponseT): void {
+  _o.conversation = (this.conversation() !== null ? this.conversation()!.unpack() : null);
+}
+}
+
+export class ConversationResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversation: ConversationT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const conversation = (this.conversation !== null ? this.conversation!.pack(builder) : 0);
+
+  return ConversationResponse.createConversationResponse(builder,
+    conversation
+  );
 }
 }

@@ -4,12 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { ChatMember } from '../../selfie/chat/chat-member.js';
+import { ChatMember, ChatMemberT } from '../../selfie/chat/chat-member.js';
 import { ConversationKind } from '../../selfie/chat/conversation-kind.js';
-import { Message } from '../../selfie/chat/message.js';
+import { Message, MessageT } from '../../selfie/chat/message.js';
 
 
-export class Conversation {
+export class Conversation implements flatbuffers.IUnpackableObject<ConversationT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Conversation {
@@ -239,4 +239,98 @@ static endConversation(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): ConversationT {
+  return new ConversationT(
+    this.conversationId(),
+    this.kind(),
+    this.title(),
+    this.avatarMediaId(),
+    this.bb!.createObjList<ChatMember, ChatMemberT>(this.members.bind(this), this.membersLength()),
+    this.membersCount(),
+    this.createdAtMs(),
+    this.lastSeq(),
+    this.lastReadSeq(),
+    this.unreadCount(),
+    this.mutedUntilMs(),
+    this.encrypted(),
+    this.bb!.createScalarList<number>(this.mlsGroupId.bind(this), this.mlsGroupIdLength()),
+    (this.lastMessage() !== null ? this.lastMessage()!.unpack() : null),
+    this.request(),
+    this.archived(),
+    this.pinned()
+  );
+}
+
+
+unpackTo(_o: ConversationT): void {
+  _o.conversationId = this.conversationId();
+  _o.kind = this.kind();
+  _o.title = this.title();
+  _o.avatarMediaId = this.avatarMediaId();
+  _o.members = this.bb!.createObjList<ChatMember, ChatMemberT>(this.members.bind(this), this.membersLength());
+  _o.membersCount = this.membersCount();
+  _o.createdAtMs = this.createdAtMs();
+  _o.lastSeq = this.lastSeq();
+  _o.lastReadSeq = this.lastReadSeq();
+  _o.unreadCount = this.unreadCount();
+  _o.mutedUntilMs = this.mutedUntilMs();
+  _o.encrypted = this.encrypted();
+  _o.mlsGroupId = this.bb!.createScalarList<number>(this.mlsGroupId.bind(this), this.mlsGroupIdLength());
+  _o.lastMessage = (this.lastMessage() !== null ? this.lastMessage()!.unpack() : null);
+  _o.request = this.request();
+  _o.archived = this.archived();
+  _o.pinned = this.pinned();
+}
+}
+
+export class ConversationT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public kind: ConversationKind = ConversationKind.Direct,
+  public title: string|Uint8Array|null = null,
+  public avatarMediaId: bigint = BigInt('0'),
+  public members: (ChatMemberT)[] = [],
+  public membersCount: number = 0,
+  public createdAtMs: bigint = BigInt('0'),
+  public lastSeq: bigint = BigInt('0'),
+  public lastReadSeq: bigint = BigInt('0'),
+  public unreadCount: number = 0,
+  public mutedUntilMs: bigint = BigInt('0'),
+  public encrypted: boolean = false,
+  public mlsGroupId: (number)[] = [],
+  public lastMessage: MessageT|null = null,
+  public request: boolean = false,
+  public archived: boolean = false,
+  public pinned: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const title = (this.title !== null ? builder.createString(this.title!) : 0);
+  const members = Conversation.createMembersVector(builder, builder.createObjectOffsetList(this.members));
+  const mlsGroupId = Conversation.createMlsGroupIdVector(builder, this.mlsGroupId);
+  const lastMessage = (this.lastMessage !== null ? this.lastMessage!.pack(builder) : 0);
+
+  Conversation.startConversation(builder);
+  Conversation.addConversationId(builder, this.conversationId);
+  Conversation.addKind(builder, this.kind);
+  Conversation.addTitle(builder, title);
+  Conversation.addAvatarMediaId(builder, this.avatarMediaId);
+  Conversation.addMembers(builder, members);
+  Conversation.addMembersCount(builder, this.membersCount);
+  Conversation.addCreatedAtMs(builder, this.createdAtMs);
+  Conversation.addLastSeq(builder, this.lastSeq);
+  Conversation.addLastReadSeq(builder, this.lastReadSeq);
+  Conversation.addUnreadCount(builder, this.unreadCount);
+  Conversation.addMutedUntilMs(builder, this.mutedUntilMs);
+  Conversation.addEncrypted(builder, this.encrypted);
+  Conversation.addMlsGroupId(builder, mlsGroupId);
+  Conversation.addLastMessage(builder, lastMessage);
+  Conversation.addRequest(builder, this.request);
+  Conversation.addArchived(builder, this.archived);
+  Conversation.addPinned(builder, this.pinned);
+
+  return Conversation.endConversation(builder);
+}
 }

@@ -5,10 +5,10 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { ConversationFolder } from '../../selfie/chat/conversation-folder.js';
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class ConversationsListRequest {
+export class ConversationsListRequest implements flatbuffers.IUnpackableObject<ConversationsListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ConversationsListRequest {
@@ -61,5 +61,35 @@ static createConversationsListRequest(builder:flatbuffers.Builder, pageOffset:fl
   ConversationsListRequest.addPage(builder, pageOffset);
   ConversationsListRequest.addFolder(builder, folder);
   return ConversationsListRequest.endConversationsListRequest(builder);
+}
+
+unpack(): ConversationsListRequestT {
+  return new ConversationsListRequestT(
+    (this.page() !== null ? this.page()!.unpack() : null),
+    this.folder()
+  );
+}
+
+
+unpackTo(_o: ConversationsListRequestT): void {
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+  _o.folder = this.folder();
+}
+}
+
+export class ConversationsListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public page: PageRequestT|null = null,
+  public folder: ConversationFolder = ConversationFolder.Inbox
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  return ConversationsListRequest.createConversationsListRequest(builder,
+    page,
+    this.folder
+  );
 }
 }

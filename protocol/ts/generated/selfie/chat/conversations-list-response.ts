@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Conversation } from '../../selfie/chat/conversation.js';
-import { PageInfo } from '../../selfie/common/page-info.js';
+import { Conversation, ConversationT } from '../../selfie/chat/conversation.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
 
 
-export class ConversationsListResponse {
+export class ConversationsListResponse implements flatbuffers.IUnpackableObject<ConversationsListResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ConversationsListResponse {
@@ -70,4 +70,36 @@ static endConversationsListResponse(builder:flatbuffers.Builder):flatbuffers.Off
   return offset;
 }
 
+
+unpack(): ConversationsListResponseT {
+  return new ConversationsListResponseT(
+    this.bb!.createObjList<Conversation, ConversationT>(this.conversations.bind(this), this.conversationsLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: ConversationsListResponseT): void {
+  _o.conversations = this.bb!.createObjList<Conversation, ConversationT>(this.conversations.bind(this), this.conversationsLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class ConversationsListResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversations: (ConversationT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const conversations = ConversationsListResponse.createConversationsVector(builder, builder.createObjectOffsetList(this.conversations));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  ConversationsListResponse.startConversationsListResponse(builder);
+  ConversationsListResponse.addConversations(builder, conversations);
+  ConversationsListResponse.addPage(builder, page);
+
+  return ConversationsListResponse.endConversationsListResponse(builder);
+}
 }

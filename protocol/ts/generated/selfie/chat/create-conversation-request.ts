@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { ConversationKind } from '../../selfie/chat/conversation-kind.js';
 
 
-export class CreateConversationRequest {
+export class CreateConversationRequest implements flatbuffers.IUnpackableObject<CreateConversationRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CreateConversationRequest {
@@ -140,5 +140,54 @@ static createCreateConversationRequest(builder:flatbuffers.Builder, kind:Convers
   CreateConversationRequest.addMlsGroupId(builder, mlsGroupIdOffset);
   CreateConversationRequest.addIdempotencyKey(builder, idempotencyKeyOffset);
   return CreateConversationRequest.endCreateConversationRequest(builder);
+}
+
+unpack(): CreateConversationRequestT {
+  return new CreateConversationRequestT(
+    this.kind(),
+    this.bb!.createScalarList<bigint>(this.memberIds.bind(this), this.memberIdsLength()),
+    this.title(),
+    this.encrypted(),
+    this.bb!.createScalarList<number>(this.mlsGroupId.bind(this), this.mlsGroupIdLength()),
+    this.idempotencyKey()
+  );
+}
+
+
+unpackTo(_o: CreateConversationRequestT): void {
+  _o.kind = this.kind();
+  _o.memberIds = this.bb!.createScalarList<bigint>(this.memberIds.bind(this), this.memberIdsLength());
+  _o.title = this.title();
+  _o.encrypted = this.encrypted();
+  _o.mlsGroupId = this.bb!.createScalarList<number>(this.mlsGroupId.bind(this), this.mlsGroupIdLength());
+  _o.idempotencyKey = this.idempotencyKey();
+}
+}
+
+export class CreateConversationRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public kind: ConversationKind = ConversationKind.Direct,
+  public memberIds: (bigint)[] = [],
+  public title: string|Uint8Array|null = null,
+  public encrypted: boolean = false,
+  public mlsGroupId: (number)[] = [],
+  public idempotencyKey: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const memberIds = CreateConversationRequest.createMemberIdsVector(builder, this.memberIds);
+  const title = (this.title !== null ? builder.createString(this.title!) : 0);
+  const mlsGroupId = CreateConversationRequest.createMlsGroupIdVector(builder, this.mlsGroupId);
+  const idempotencyKey = (this.idempotencyKey !== null ? builder.createString(this.idempotencyKey!) : 0);
+
+  return CreateConversationRequest.createCreateConversationRequest(builder,
+    this.kind,
+    memberIds,
+    title,
+    this.encrypted,
+    mlsGroupId,
+    idempotencyKey
+  );
 }
 }

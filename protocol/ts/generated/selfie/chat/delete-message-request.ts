@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class DeleteMessageRequest {
+
+
+export class DeleteMessageRequest implements flatbuffers.IUnpackableObject<DeleteMessageRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DeleteMessageRequest {
@@ -64,5 +66,37 @@ static createDeleteMessageRequest(builder:flatbuffers.Builder, conversationId:bi
   DeleteMessageRequest.addSeq(builder, seq);
   DeleteMessageRequest.addForEveryone(builder, forEveryone);
   return DeleteMessageRequest.endDeleteMessageRequest(builder);
+}
+
+unpack(): DeleteMessageRequestT {
+  return new DeleteMessageRequestT(
+    this.conversationId(),
+    this.seq(),
+    this.forEveryone()
+  );
+}
+
+
+unpackTo(_o: DeleteMessageRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.seq = this.seq();
+  _o.forEveryone = this.forEveryone();
+}
+}
+
+export class DeleteMessageRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public seq: bigint = BigInt('0'),
+  public forEveryone: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return DeleteMessageRequest.createDeleteMessageRequest(builder,
+    this.conversationId,
+    this.seq,
+    this.forEveryone
+  );
 }
 }

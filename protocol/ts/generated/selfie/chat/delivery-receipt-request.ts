@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class DeliveryReceiptRequest {
+
+
+export class DeliveryReceiptRequest implements flatbuffers.IUnpackableObject<DeliveryReceiptRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DeliveryReceiptRequest {
@@ -54,5 +56,33 @@ static createDeliveryReceiptRequest(builder:flatbuffers.Builder, conversationId:
   DeliveryReceiptRequest.addConversationId(builder, conversationId);
   DeliveryReceiptRequest.addUpToSeq(builder, upToSeq);
   return DeliveryReceiptRequest.endDeliveryReceiptRequest(builder);
+}
+
+unpack(): DeliveryReceiptRequestT {
+  return new DeliveryReceiptRequestT(
+    this.conversationId(),
+    this.upToSeq()
+  );
+}
+
+
+unpackTo(_o: DeliveryReceiptRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.upToSeq = this.upToSeq();
+}
+}
+
+export class DeliveryReceiptRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public upToSeq: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return DeliveryReceiptRequest.createDeliveryReceiptRequest(builder,
+    this.conversationId,
+    this.upToSeq
+  );
 }
 }

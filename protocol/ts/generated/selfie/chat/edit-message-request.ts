@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { MlsMessage } from '../../selfie/chat/mls-message.js';
+import { MlsMessage, MlsMessageT } from '../../selfie/chat/mls-message.js';
 
 
-export class EditMessageRequest {
+export class EditMessageRequest implements flatbuffers.IUnpackableObject<EditMessageRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):EditMessageRequest {
@@ -72,4 +72,44 @@ static endEditMessageRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): EditMessageRequestT {
+  return new EditMessageRequestT(
+    this.conversationId(),
+    this.seq(),
+    this.text(),
+    (this.mls() !== null ? this.mls()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: EditMessageRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.seq = this.seq();
+  _o.text = this.text();
+  _o.mls = (this.mls() !== null ? this.mls()!.unpack() : null);
+}
+}
+
+export class EditMessageRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public seq: bigint = BigInt('0'),
+  public text: string|Uint8Array|null = null,
+  public mls: MlsMessageT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+  const mls = (this.mls !== null ? this.mls!.pack(builder) : 0);
+
+  EditMessageRequest.startEditMessageRequest(builder);
+  EditMessageRequest.addConversationId(builder, this.conversationId);
+  EditMessageRequest.addSeq(builder, this.seq);
+  EditMessageRequest.addText(builder, text);
+  EditMessageRequest.addMls(builder, mls);
+
+  return EditMessageRequest.endEditMessageRequest(builder);
+}
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class GetConversationRequest {
+
+
+export class GetConversationRequest implements flatbuffers.IUnpackableObject<GetConversationRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):GetConversationRequest {
@@ -44,5 +46,29 @@ static createGetConversationRequest(builder:flatbuffers.Builder, conversationId:
   GetConversationRequest.startGetConversationRequest(builder);
   GetConversationRequest.addConversationId(builder, conversationId);
   return GetConversationRequest.endGetConversationRequest(builder);
+}
+
+unpack(): GetConversationRequestT {
+  return new GetConversationRequestT(
+    this.conversationId()
+  );
+}
+
+
+unpackTo(_o: GetConversationRequestT): void {
+  _o.conversationId = this.conversationId();
+}
+}
+
+export class GetConversationRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return GetConversationRequest.createGetConversationRequest(builder,
+    this.conversationId
+  );
 }
 }

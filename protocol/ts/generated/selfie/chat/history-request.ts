@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class HistoryRequest {
+
+
+export class HistoryRequest implements flatbuffers.IUnpackableObject<HistoryRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):HistoryRequest {
@@ -67,5 +69,37 @@ static createHistoryRequest(builder:flatbuffers.Builder, conversationId:bigint, 
   HistoryRequest.addBeforeSeq(builder, beforeSeq);
   HistoryRequest.addLimit(builder, limit);
   return HistoryRequest.endHistoryRequest(builder);
+}
+
+unpack(): HistoryRequestT {
+  return new HistoryRequestT(
+    this.conversationId(),
+    this.beforeSeq(),
+    this.limit()
+  );
+}
+
+
+unpackTo(_o: HistoryRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.beforeSeq = this.beforeSeq();
+  _o.limit = this.limit();
+}
+}
+
+export class HistoryRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public beforeSeq: bigint = BigInt('0'),
+  public limit: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return HistoryRequest.createHistoryRequest(builder,
+    this.conversationId,
+    this.beforeSeq,
+    this.limit
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class LeaveConversationRequest {
+
+
+export class LeaveConversationRequest implements flatbuffers.IUnpackableObject<LeaveConversationRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):LeaveConversationRequest {
@@ -44,5 +46,29 @@ static createLeaveConversationRequest(builder:flatbuffers.Builder, conversationI
   LeaveConversationRequest.startLeaveConversationRequest(builder);
   LeaveConversationRequest.addConversationId(builder, conversationId);
   return LeaveConversationRequest.endLeaveConversationRequest(builder);
+}
+
+unpack(): LeaveConversationRequestT {
+  return new LeaveConversationRequestT(
+    this.conversationId()
+  );
+}
+
+
+unpackTo(_o: LeaveConversationRequestT): void {
+  _o.conversationId = this.conversationId();
+}
+}
+
+export class LeaveConversationRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return LeaveConversationRequest.createLeaveConversationRequest(builder,
+    this.conversationId
+  );
 }
 }

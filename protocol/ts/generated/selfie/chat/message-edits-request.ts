@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * The earlier versions of an edited message (1.4).
  */
-export class MessageEditsRequest {
+export class MessageEditsRequest implements flatbuffers.IUnpackableObject<MessageEditsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MessageEditsRequest {
@@ -57,5 +59,33 @@ static createMessageEditsRequest(builder:flatbuffers.Builder, conversationId:big
   MessageEditsRequest.addConversationId(builder, conversationId);
   MessageEditsRequest.addSeq(builder, seq);
   return MessageEditsRequest.endMessageEditsRequest(builder);
+}
+
+unpack(): MessageEditsRequestT {
+  return new MessageEditsRequestT(
+    this.conversationId(),
+    this.seq()
+  );
+}
+
+
+unpackTo(_o: MessageEditsRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.seq = this.seq();
+}
+}
+
+export class MessageEditsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public seq: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return MessageEditsRequest.createMessageEditsRequest(builder,
+    this.conversationId,
+    this.seq
+  );
 }
 }

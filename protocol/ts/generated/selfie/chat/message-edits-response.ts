@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { MessageVersion } from '../../selfie/chat/message-version.js';
+import { MessageVersion, MessageVersionT } from '../../selfie/chat/message-version.js';
 
 
-export class MessageEditsResponse {
+export class MessageEditsResponse implements flatbuffers.IUnpackableObject<MessageEditsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MessageEditsResponse {
@@ -64,5 +64,31 @@ static createMessageEditsResponse(builder:flatbuffers.Builder, versionsOffset:fl
   MessageEditsResponse.startMessageEditsResponse(builder);
   MessageEditsResponse.addVersions(builder, versionsOffset);
   return MessageEditsResponse.endMessageEditsResponse(builder);
+}
+
+unpack(): MessageEditsResponseT {
+  return new MessageEditsResponseT(
+    this.bb!.createObjList<MessageVersion, MessageVersionT>(this.versions.bind(this), this.versionsLength())
+  );
+}
+
+
+unpackTo(_o: MessageEditsResponseT): void {
+  _o.versions = this.bb!.createObjList<MessageVersion, MessageVersionT>(this.versions.bind(this), this.versionsLength());
+}
+}
+
+export class MessageEditsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public versions: (MessageVersionT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const versions = MessageEditsResponse.createVersionsVector(builder, builder.createObjectOffsetList(this.versions));
+
+  return MessageEditsResponse.createMessageEditsResponse(builder,
+    versions
+  );
 }
 }

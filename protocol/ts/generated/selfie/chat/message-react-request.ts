@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class MessageReactRequest {
+
+
+export class MessageReactRequest implements flatbuffers.IUnpackableObject<MessageReactRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MessageReactRequest {
@@ -76,5 +78,43 @@ static createMessageReactRequest(builder:flatbuffers.Builder, conversationId:big
   MessageReactRequest.addEmoji(builder, emojiOffset);
   MessageReactRequest.addRemove(builder, remove);
   return MessageReactRequest.endMessageReactRequest(builder);
+}
+
+unpack(): MessageReactRequestT {
+  return new MessageReactRequestT(
+    this.conversationId(),
+    this.seq(),
+    this.emoji(),
+    this.remove()
+  );
+}
+
+
+unpackTo(_o: MessageReactRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.seq = this.seq();
+  _o.emoji = this.emoji();
+  _o.remove = this.remove();
+}
+}
+
+export class MessageReactRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public seq: bigint = BigInt('0'),
+  public emoji: string|Uint8Array|null = null,
+  public remove: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const emoji = (this.emoji !== null ? builder.createString(this.emoji!) : 0);
+
+  return MessageReactRequest.createMessageReactRequest(builder,
+    this.conversationId,
+    this.seq,
+    emoji,
+    this.remove
+  );
 }
 }

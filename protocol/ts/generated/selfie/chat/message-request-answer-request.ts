@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Accept or decline a message request (1.4).
  */
-export class MessageRequestAnswerRequest {
+export class MessageRequestAnswerRequest implements flatbuffers.IUnpackableObject<MessageRequestAnswerRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MessageRequestAnswerRequest {
@@ -57,5 +59,33 @@ static createMessageRequestAnswerRequest(builder:flatbuffers.Builder, conversati
   MessageRequestAnswerRequest.addConversationId(builder, conversationId);
   MessageRequestAnswerRequest.addAccept(builder, accept);
   return MessageRequestAnswerRequest.endMessageRequestAnswerRequest(builder);
+}
+
+unpack(): MessageRequestAnswerRequestT {
+  return new MessageRequestAnswerRequestT(
+    this.conversationId(),
+    this.accept()
+  );
+}
+
+
+unpackTo(_o: MessageRequestAnswerRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.accept = this.accept();
+}
+}
+
+export class MessageRequestAnswerRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public accept: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return MessageRequestAnswerRequest.createMessageRequestAnswerRequest(builder,
+    this.conversationId,
+    this.accept
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class MessageVersion {
+
+
+export class MessageVersion implements flatbuffers.IUnpackableObject<MessageVersionT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MessageVersion {
@@ -59,5 +61,35 @@ static createMessageVersion(builder:flatbuffers.Builder, textOffset:flatbuffers.
   MessageVersion.addText(builder, textOffset);
   MessageVersion.addReplacedAtMs(builder, replacedAtMs);
   return MessageVersion.endMessageVersion(builder);
+}
+
+unpack(): MessageVersionT {
+  return new MessageVersionT(
+    this.text(),
+    this.replacedAtMs()
+  );
+}
+
+
+unpackTo(_o: MessageVersionT): void {
+  _o.text = this.text();
+  _o.replacedAtMs = this.replacedAtMs();
+}
+}
+
+export class MessageVersionT implements flatbuffers.IGeneratedObject {
+constructor(
+  public text: string|Uint8Array|null = null,
+  public replacedAtMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+
+  return MessageVersion.createMessageVersion(builder,
+    text,
+    this.replacedAtMs
+  );
 }
 }

@@ -5,12 +5,12 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { MessageKind } from '../../selfie/chat/message-kind.js';
-import { MlsMessage } from '../../selfie/chat/mls-message.js';
-import { MediaRef } from '../../selfie/common/media-ref.js';
-import { ReactionCount } from '../../selfie/common/reaction-count.js';
+import { MlsMessage, MlsMessageT } from '../../selfie/chat/mls-message.js';
+import { MediaRef, MediaRefT } from '../../selfie/common/media-ref.js';
+import { ReactionCount, ReactionCountT } from '../../selfie/common/reaction-count.js';
 
 
-export class Message {
+export class Message implements flatbuffers.IUnpackableObject<MessageT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Message {
@@ -249,4 +249,103 @@ static endMessage(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): MessageT {
+  return new MessageT(
+    this.conversationId(),
+    this.messageId(),
+    this.seq(),
+    this.senderId(),
+    this.clientMsgId(),
+    this.kind(),
+    this.text(),
+    this.bb!.createObjList<MediaRef, MediaRefT>(this.media.bind(this), this.mediaLength()),
+    this.replyToSeq(),
+    this.refId(),
+    this.createdAtMs(),
+    this.editedAtMs(),
+    this.deleted(),
+    this.bb!.createObjList<ReactionCount, ReactionCountT>(this.reactions.bind(this), this.reactionsLength()),
+    (this.mls() !== null ? this.mls()!.unpack() : null),
+    this.threadSeq(),
+    this.forwarded(),
+    this.editCount()
+  );
+}
+
+
+unpackTo(_o: MessageT): void {
+  _o.conversationId = this.conversationId();
+  _o.messageId = this.messageId();
+  _o.seq = this.seq();
+  _o.senderId = this.senderId();
+  _o.clientMsgId = this.clientMsgId();
+  _o.kind = this.kind();
+  _o.text = this.text();
+  _o.media = this.bb!.createObjList<MediaRef, MediaRefT>(this.media.bind(this), this.mediaLength());
+  _o.replyToSeq = this.replyToSeq();
+  _o.refId = this.refId();
+  _o.createdAtMs = this.createdAtMs();
+  _o.editedAtMs = this.editedAtMs();
+  _o.deleted = this.deleted();
+  _o.reactions = this.bb!.createObjList<ReactionCount, ReactionCountT>(this.reactions.bind(this), this.reactionsLength());
+  _o.mls = (this.mls() !== null ? this.mls()!.unpack() : null);
+  _o.threadSeq = this.threadSeq();
+  _o.forwarded = this.forwarded();
+  _o.editCount = this.editCount();
+}
+}
+
+export class MessageT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public messageId: bigint = BigInt('0'),
+  public seq: bigint = BigInt('0'),
+  public senderId: bigint = BigInt('0'),
+  public clientMsgId: string|Uint8Array|null = null,
+  public kind: MessageKind = MessageKind.Text,
+  public text: string|Uint8Array|null = null,
+  public media: (MediaRefT)[] = [],
+  public replyToSeq: bigint = BigInt('0'),
+  public refId: bigint = BigInt('0'),
+  public createdAtMs: bigint = BigInt('0'),
+  public editedAtMs: bigint = BigInt('0'),
+  public deleted: boolean = false,
+  public reactions: (ReactionCountT)[] = [],
+  public mls: MlsMessageT|null = null,
+  public threadSeq: bigint = BigInt('0'),
+  public forwarded: boolean = false,
+  public editCount: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const clientMsgId = (this.clientMsgId !== null ? builder.createString(this.clientMsgId!) : 0);
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+  const media = Message.createMediaVector(builder, builder.createObjectOffsetList(this.media));
+  const reactions = Message.createReactionsVector(builder, builder.createObjectOffsetList(this.reactions));
+  const mls = (this.mls !== null ? this.mls!.pack(builder) : 0);
+
+  Message.startMessage(builder);
+  Message.addConversationId(builder, this.conversationId);
+  Message.addMessageId(builder, this.messageId);
+  Message.addSeq(builder, this.seq);
+  Message.addSenderId(builder, this.senderId);
+  Message.addClientMsgId(builder, clientMsgId);
+  Message.addKind(builder, this.kind);
+  Message.addText(builder, text);
+  Message.addMedia(builder, media);
+  Message.addReplyToSeq(builder, this.replyToSeq);
+  Message.addRefId(builder, this.refId);
+  Message.addCreatedAtMs(builder, this.createdAtMs);
+  Message.addEditedAtMs(builder, this.editedAtMs);
+  Message.addDeleted(builder, this.deleted);
+  Message.addReactions(builder, reactions);
+  Message.addMls(builder, mls);
+  Message.addThreadSeq(builder, this.threadSeq);
+  Message.addForwarded(builder, this.forwarded);
+  Message.addEditCount(builder, this.editCount);
+
+  return Message.endMessage(builder);
+}
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Message } from '../../selfie/chat/message.js';
+import { Message, MessageT } from '../../selfie/chat/message.js';
 
 
-export class MessagesPage {
+export class MessagesPage implements flatbuffers.IUnpackableObject<MessagesPageT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MessagesPage {
@@ -99,5 +99,43 @@ static createMessagesPage(builder:flatbuffers.Builder, conversationId:bigint, me
   MessagesPage.addHasMore(builder, hasMore);
   MessagesPage.addNextBeforeSeq(builder, nextBeforeSeq);
   return MessagesPage.endMessagesPage(builder);
+}
+
+unpack(): MessagesPageT {
+  return new MessagesPageT(
+    this.conversationId(),
+    this.bb!.createObjList<Message, MessageT>(this.messages.bind(this), this.messagesLength()),
+    this.hasMore(),
+    this.nextBeforeSeq()
+  );
+}
+
+
+unpackTo(_o: MessagesPageT): void {
+  _o.conversationId = this.conversationId();
+  _o.messages = this.bb!.createObjList<Message, MessageT>(this.messages.bind(this), this.messagesLength());
+  _o.hasMore = this.hasMore();
+  _o.nextBeforeSeq = this.nextBeforeSeq();
+}
+}
+
+export class MessagesPageT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public messages: (MessageT)[] = [],
+  public hasMore: boolean = false,
+  public nextBeforeSeq: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const messages = MessagesPage.createMessagesVector(builder, builder.createObjectOffsetList(this.messages));
+
+  return MessagesPage.createMessagesPage(builder,
+    this.conversationId,
+    messages,
+    this.hasMore,
+    this.nextBeforeSeq
+  );
 }
 }

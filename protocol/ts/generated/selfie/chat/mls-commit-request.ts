@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class MlsCommitRequest {
+
+
+export class MlsCommitRequest implements flatbuffers.IUnpackableObject<MlsCommitRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MlsCommitRequest {
@@ -148,5 +150,49 @@ static createMlsCommitRequest(builder:flatbuffers.Builder, conversationId:bigint
   MlsCommitRequest.addWelcome(builder, welcomeOffset);
   MlsCommitRequest.addWelcomeRecipients(builder, welcomeRecipientsOffset);
   return MlsCommitRequest.endMlsCommitRequest(builder);
+}
+
+unpack(): MlsCommitRequestT {
+  return new MlsCommitRequestT(
+    this.conversationId(),
+    this.epoch(),
+    this.bb!.createScalarList<number>(this.commit.bind(this), this.commitLength()),
+    this.bb!.createScalarList<number>(this.welcome.bind(this), this.welcomeLength()),
+    this.bb!.createScalarList<bigint>(this.welcomeRecipients.bind(this), this.welcomeRecipientsLength())
+  );
+}
+
+
+unpackTo(_o: MlsCommitRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.epoch = this.epoch();
+  _o.commit = this.bb!.createScalarList<number>(this.commit.bind(this), this.commitLength());
+  _o.welcome = this.bb!.createScalarList<number>(this.welcome.bind(this), this.welcomeLength());
+  _o.welcomeRecipients = this.bb!.createScalarList<bigint>(this.welcomeRecipients.bind(this), this.welcomeRecipientsLength());
+}
+}
+
+export class MlsCommitRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public epoch: bigint = BigInt('0'),
+  public commit: (number)[] = [],
+  public welcome: (number)[] = [],
+  public welcomeRecipients: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const commit = MlsCommitRequest.createCommitVector(builder, this.commit);
+  const welcome = MlsCommitRequest.createWelcomeVector(builder, this.welcome);
+  const welcomeRecipients = MlsCommitRequest.createWelcomeRecipientsVector(builder, this.welcomeRecipients);
+
+  return MlsCommitRequest.createMlsCommitRequest(builder,
+    this.conversationId,
+    this.epoch,
+    commit,
+    welcome,
+    welcomeRecipients
+  );
 }
 }

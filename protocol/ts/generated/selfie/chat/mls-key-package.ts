@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class MlsKeyPackage {
+
+
+export class MlsKeyPackage implements flatbuffers.IUnpackableObject<MlsKeyPackageT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MlsKeyPackage {
@@ -104,5 +106,44 @@ static createMlsKeyPackage(builder:flatbuffers.Builder, userId:bigint, deviceIdO
   MlsKeyPackage.addKeyPackage(builder, keyPackageOffset);
   MlsKeyPackage.addLastResort(builder, lastResort);
   return MlsKeyPackage.endMlsKeyPackage(builder);
+}
+
+unpack(): MlsKeyPackageT {
+  return new MlsKeyPackageT(
+    this.userId(),
+    this.deviceId(),
+    this.bb!.createScalarList<number>(this.keyPackage.bind(this), this.keyPackageLength()),
+    this.lastResort()
+  );
+}
+
+
+unpackTo(_o: MlsKeyPackageT): void {
+  _o.userId = this.userId();
+  _o.deviceId = this.deviceId();
+  _o.keyPackage = this.bb!.createScalarList<number>(this.keyPackage.bind(this), this.keyPackageLength());
+  _o.lastResort = this.lastResort();
+}
+}
+
+export class MlsKeyPackageT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public deviceId: string|Uint8Array|null = null,
+  public keyPackage: (number)[] = [],
+  public lastResort: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const deviceId = (this.deviceId !== null ? builder.createString(this.deviceId!) : 0);
+  const keyPackage = MlsKeyPackage.createKeyPackageVector(builder, this.keyPackage);
+
+  return MlsKeyPackage.createMlsKeyPackage(builder,
+    this.userId,
+    deviceId,
+    keyPackage,
+    this.lastResort
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class MlsKeyPackagesClaimRequest {
+
+
+export class MlsKeyPackagesClaimRequest implements flatbuffers.IUnpackableObject<MlsKeyPackagesClaimRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MlsKeyPackagesClaimRequest {
@@ -61,5 +63,31 @@ static createMlsKeyPackagesClaimRequest(builder:flatbuffers.Builder, userIdsOffs
   MlsKeyPackagesClaimRequest.startMlsKeyPackagesClaimRequest(builder);
   MlsKeyPackagesClaimRequest.addUserIds(builder, userIdsOffset);
   return MlsKeyPackagesClaimRequest.endMlsKeyPackagesClaimRequest(builder);
+}
+
+unpack(): MlsKeyPackagesClaimRequestT {
+  return new MlsKeyPackagesClaimRequestT(
+    this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength())
+  );
+}
+
+
+unpackTo(_o: MlsKeyPackagesClaimRequestT): void {
+  _o.userIds = this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength());
+}
+}
+
+export class MlsKeyPackagesClaimRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userIds: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const userIds = MlsKeyPackagesClaimRequest.createUserIdsVector(builder, this.userIds);
+
+  return MlsKeyPackagesClaimRequest.createMlsKeyPackagesClaimRequest(builder,
+    userIds
+  );
 }
 }

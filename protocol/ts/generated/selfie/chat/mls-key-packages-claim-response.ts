@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { MlsKeyPackage } from '../../selfie/chat/mls-key-package.js';
+import { MlsKeyPackage, MlsKeyPackageT } from '../../selfie/chat/mls-key-package.js';
 
 
-export class MlsKeyPackagesClaimResponse {
+export class MlsKeyPackagesClaimResponse implements flatbuffers.IUnpackableObject<MlsKeyPackagesClaimResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MlsKeyPackagesClaimResponse {
@@ -95,5 +95,36 @@ static createMlsKeyPackagesClaimResponse(builder:flatbuffers.Builder, packagesOf
   MlsKeyPackagesClaimResponse.addPackages(builder, packagesOffset);
   MlsKeyPackagesClaimResponse.addLeftOut(builder, leftOutOffset);
   return MlsKeyPackagesClaimResponse.endMlsKeyPackagesClaimResponse(builder);
+}
+
+unpack(): MlsKeyPackagesClaimResponseT {
+  return new MlsKeyPackagesClaimResponseT(
+    this.bb!.createObjList<MlsKeyPackage, MlsKeyPackageT>(this.packages.bind(this), this.packagesLength()),
+    this.bb!.createScalarList<bigint>(this.leftOut.bind(this), this.leftOutLength())
+  );
+}
+
+
+unpackTo(_o: MlsKeyPackagesClaimResponseT): void {
+  _o.packages = this.bb!.createObjList<MlsKeyPackage, MlsKeyPackageT>(this.packages.bind(this), this.packagesLength());
+  _o.leftOut = this.bb!.createScalarList<bigint>(this.leftOut.bind(this), this.leftOutLength());
+}
+}
+
+export class MlsKeyPackagesClaimResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public packages: (MlsKeyPackageT)[] = [],
+  public leftOut: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const packages = MlsKeyPackagesClaimResponse.createPackagesVector(builder, builder.createObjectOffsetList(this.packages));
+  const leftOut = MlsKeyPackagesClaimResponse.createLeftOutVector(builder, this.leftOut);
+
+  return MlsKeyPackagesClaimResponse.createMlsKeyPackagesClaimResponse(builder,
+    packages,
+    leftOut
+  );
 }
 }

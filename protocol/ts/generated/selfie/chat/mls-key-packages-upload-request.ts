@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { MlsKeyPackage } from '../../selfie/chat/mls-key-package.js';
+import { MlsKeyPackage, MlsKeyPackageT } from '../../selfie/chat/mls-key-package.js';
 
 
-export class MlsKeyPackagesUploadRequest {
+export class MlsKeyPackagesUploadRequest implements flatbuffers.IUnpackableObject<MlsKeyPackagesUploadRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MlsKeyPackagesUploadRequest {
@@ -76,5 +76,36 @@ static createMlsKeyPackagesUploadRequest(builder:flatbuffers.Builder, deviceIdOf
   MlsKeyPackagesUploadRequest.addDeviceId(builder, deviceIdOffset);
   MlsKeyPackagesUploadRequest.addPackages(builder, packagesOffset);
   return MlsKeyPackagesUploadRequest.endMlsKeyPackagesUploadRequest(builder);
+}
+
+unpack(): MlsKeyPackagesUploadRequestT {
+  return new MlsKeyPackagesUploadRequestT(
+    this.deviceId(),
+    this.bb!.createObjList<MlsKeyPackage, MlsKeyPackageT>(this.packages.bind(this), this.packagesLength())
+  );
+}
+
+
+unpackTo(_o: MlsKeyPackagesUploadRequestT): void {
+  _o.deviceId = this.deviceId();
+  _o.packages = this.bb!.createObjList<MlsKeyPackage, MlsKeyPackageT>(this.packages.bind(this), this.packagesLength());
+}
+}
+
+export class MlsKeyPackagesUploadRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public deviceId: string|Uint8Array|null = null,
+  public packages: (MlsKeyPackageT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const deviceId = (this.deviceId !== null ? builder.createString(this.deviceId!) : 0);
+  const packages = MlsKeyPackagesUploadRequest.createPackagesVector(builder, builder.createObjectOffsetList(this.packages));
+
+  return MlsKeyPackagesUploadRequest.createMlsKeyPackagesUploadRequest(builder,
+    deviceId,
+    packages
+  );
 }
 }

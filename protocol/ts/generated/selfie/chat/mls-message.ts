@@ -10,7 +10,7 @@ import { MlsContentType } from '../../selfie/chat/mls-content-type.js';
 /**
  * An MLS (RFC 9420) message carried opaquely: the server never decrypts it.
  */
-export class MlsMessage {
+export class MlsMessage implements flatbuffers.IUnpackableObject<MlsMessageT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MlsMessage {
@@ -92,5 +92,39 @@ static createMlsMessage(builder:flatbuffers.Builder, epoch:bigint, contentType:M
   MlsMessage.addContentType(builder, contentType);
   MlsMessage.addData(builder, dataOffset);
   return MlsMessage.endMlsMessage(builder);
+}
+
+unpack(): MlsMessageT {
+  return new MlsMessageT(
+    this.epoch(),
+    this.contentType(),
+    this.bb!.createScalarList<number>(this.data.bind(this), this.dataLength())
+  );
+}
+
+
+unpackTo(_o: MlsMessageT): void {
+  _o.epoch = this.epoch();
+  _o.contentType = this.contentType();
+  _o.data = this.bb!.createScalarList<number>(this.data.bind(this), this.dataLength());
+}
+}
+
+export class MlsMessageT implements flatbuffers.IGeneratedObject {
+constructor(
+  public epoch: bigint = BigInt('0'),
+  public contentType: MlsContentType = MlsContentType.Application,
+  public data: (number)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const data = MlsMessage.createDataVector(builder, this.data);
+
+  return MlsMessage.createMlsMessage(builder,
+    this.epoch,
+    this.contentType,
+    data
+  );
 }
 }

@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Push: an MLS Welcome addressed to this device.
  */
-export class MlsWelcome {
+export class MlsWelcome implements flatbuffers.IUnpackableObject<MlsWelcomeT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MlsWelcome {
@@ -89,5 +91,39 @@ static createMlsWelcome(builder:flatbuffers.Builder, conversationId:bigint, epoc
   MlsWelcome.addEpoch(builder, epoch);
   MlsWelcome.addWelcome(builder, welcomeOffset);
   return MlsWelcome.endMlsWelcome(builder);
+}
+
+unpack(): MlsWelcomeT {
+  return new MlsWelcomeT(
+    this.conversationId(),
+    this.epoch(),
+    this.bb!.createScalarList<number>(this.welcome.bind(this), this.welcomeLength())
+  );
+}
+
+
+unpackTo(_o: MlsWelcomeT): void {
+  _o.conversationId = this.conversationId();
+  _o.epoch = this.epoch();
+  _o.welcome = this.bb!.createScalarList<number>(this.welcome.bind(this), this.welcomeLength());
+}
+}
+
+export class MlsWelcomeT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public epoch: bigint = BigInt('0'),
+  public welcome: (number)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const welcome = MlsWelcome.createWelcomeVector(builder, this.welcome);
+
+  return MlsWelcome.createMlsWelcome(builder,
+    this.conversationId,
+    this.epoch,
+    welcome
+  );
 }
 }

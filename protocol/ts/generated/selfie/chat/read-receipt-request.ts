@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class ReadReceiptRequest {
+
+
+export class ReadReceiptRequest implements flatbuffers.IUnpackableObject<ReadReceiptRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ReadReceiptRequest {
@@ -54,5 +56,33 @@ static createReadReceiptRequest(builder:flatbuffers.Builder, conversationId:bigi
   ReadReceiptRequest.addConversationId(builder, conversationId);
   ReadReceiptRequest.addUpToSeq(builder, upToSeq);
   return ReadReceiptRequest.endReadReceiptRequest(builder);
+}
+
+unpack(): ReadReceiptRequestT {
+  return new ReadReceiptRequestT(
+    this.conversationId(),
+    this.upToSeq()
+  );
+}
+
+
+unpackTo(_o: ReadReceiptRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.upToSeq = this.upToSeq();
+}
+}
+
+export class ReadReceiptRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public upToSeq: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return ReadReceiptRequest.createReadReceiptRequest(builder,
+    this.conversationId,
+    this.upToSeq
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class RemoveMemberRequest {
+
+
+export class RemoveMemberRequest implements flatbuffers.IUnpackableObject<RemoveMemberRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RemoveMemberRequest {
@@ -54,5 +56,33 @@ static createRemoveMemberRequest(builder:flatbuffers.Builder, conversationId:big
   RemoveMemberRequest.addConversationId(builder, conversationId);
   RemoveMemberRequest.addUserId(builder, userId);
   return RemoveMemberRequest.endRemoveMemberRequest(builder);
+}
+
+unpack(): RemoveMemberRequestT {
+  return new RemoveMemberRequestT(
+    this.conversationId(),
+    this.userId()
+  );
+}
+
+
+unpackTo(_o: RemoveMemberRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.userId = this.userId();
+}
+}
+
+export class RemoveMemberRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public userId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return RemoveMemberRequest.createRemoveMemberRequest(builder,
+    this.conversationId,
+    this.userId
+  );
 }
 }

@@ -5,10 +5,10 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { MessageKind } from '../../selfie/chat/message-kind.js';
-import { MlsMessage } from '../../selfie/chat/mls-message.js';
+import { MlsMessage, MlsMessageT } from '../../selfie/chat/mls-message.js';
 
 
-export class SendMessageRequest {
+export class SendMessageRequest implements flatbuffers.IUnpackableObject<SendMessageRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SendMessageRequest {
@@ -162,4 +162,74 @@ static endSendMessageRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): SendMessageRequestT {
+  return new SendMessageRequestT(
+    this.conversationId(),
+    this.clientMsgId(),
+    this.kind(),
+    this.text(),
+    this.bb!.createScalarList<bigint>(this.mediaIds.bind(this), this.mediaIdsLength()),
+    this.replyToSeq(),
+    this.refId(),
+    (this.mls() !== null ? this.mls()!.unpack() : null),
+    this.threadSeq(),
+    this.forwardConversationId(),
+    this.forwardSeq()
+  );
+}
+
+
+unpackTo(_o: SendMessageRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.clientMsgId = this.clientMsgId();
+  _o.kind = this.kind();
+  _o.text = this.text();
+  _o.mediaIds = this.bb!.createScalarList<bigint>(this.mediaIds.bind(this), this.mediaIdsLength());
+  _o.replyToSeq = this.replyToSeq();
+  _o.refId = this.refId();
+  _o.mls = (this.mls() !== null ? this.mls()!.unpack() : null);
+  _o.threadSeq = this.threadSeq();
+  _o.forwardConversationId = this.forwardConversationId();
+  _o.forwardSeq = this.forwardSeq();
+}
+}
+
+export class SendMessageRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public clientMsgId: string|Uint8Array|null = null,
+  public kind: MessageKind = MessageKind.Text,
+  public text: string|Uint8Array|null = null,
+  public mediaIds: (bigint)[] = [],
+  public replyToSeq: bigint = BigInt('0'),
+  public refId: bigint = BigInt('0'),
+  public mls: MlsMessageT|null = null,
+  public threadSeq: bigint = BigInt('0'),
+  public forwardConversationId: bigint = BigInt('0'),
+  public forwardSeq: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const clientMsgId = (this.clientMsgId !== null ? builder.createString(this.clientMsgId!) : 0);
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+  const mediaIds = SendMessageRequest.createMediaIdsVector(builder, this.mediaIds);
+  const mls = (this.mls !== null ? this.mls!.pack(builder) : 0);
+
+  SendMessageRequest.startSendMessageRequest(builder);
+  SendMessageRequest.addConversationId(builder, this.conversationId);
+  SendMessageRequest.addClientMsgId(builder, clientMsgId);
+  SendMessageRequest.addKind(builder, this.kind);
+  SendMessageRequest.addText(builder, text);
+  SendMessageRequest.addMediaIds(builder, mediaIds);
+  SendMessageRequest.addReplyToSeq(builder, this.replyToSeq);
+  SendMessageRequest.addRefId(builder, this.refId);
+  SendMessageRequest.addMls(builder, mls);
+  SendMessageRequest.addThreadSeq(builder, this.threadSeq);
+  SendMessageRequest.addForwardConversationId(builder, this.forwardConversationId);
+  SendMessageRequest.addForwardSeq(builder, this.forwardSeq);
+
+  return SendMessageRequest.endSendMessageRequest(builder);
+}
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class SendMessageResponse {
+
+
+export class SendMessageResponse implements flatbuffers.IUnpackableObject<SendMessageResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SendMessageResponse {
@@ -77,5 +79,41 @@ static createSendMessageResponse(builder:flatbuffers.Builder, messageId:bigint, 
   SendMessageResponse.addCreatedAtMs(builder, createdAtMs);
   SendMessageResponse.addDuplicate(builder, duplicate);
   return SendMessageResponse.endSendMessageResponse(builder);
+}
+
+unpack(): SendMessageResponseT {
+  return new SendMessageResponseT(
+    this.messageId(),
+    this.seq(),
+    this.createdAtMs(),
+    this.duplicate()
+  );
+}
+
+
+unpackTo(_o: SendMessageResponseT): void {
+  _o.messageId = this.messageId();
+  _o.seq = this.seq();
+  _o.createdAtMs = this.createdAtMs();
+  _o.duplicate = this.duplicate();
+}
+}
+
+export class SendMessageResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public messageId: bigint = BigInt('0'),
+  public seq: bigint = BigInt('0'),
+  public createdAtMs: bigint = BigInt('0'),
+  public duplicate: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return SendMessageResponse.createSendMessageResponse(builder,
+    this.messageId,
+    this.seq,
+    this.createdAtMs,
+    this.duplicate
+  );
 }
 }

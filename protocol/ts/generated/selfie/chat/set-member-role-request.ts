@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { MemberRole } from '../../selfie/chat/member-role.js';
 
 
-export class SetMemberRoleRequest {
+export class SetMemberRoleRequest implements flatbuffers.IUnpackableObject<SetMemberRoleRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SetMemberRoleRequest {
@@ -67,5 +67,37 @@ static createSetMemberRoleRequest(builder:flatbuffers.Builder, conversationId:bi
   SetMemberRoleRequest.addUserId(builder, userId);
   SetMemberRoleRequest.addRole(builder, role);
   return SetMemberRoleRequest.endSetMemberRoleRequest(builder);
+}
+
+unpack(): SetMemberRoleRequestT {
+  return new SetMemberRoleRequestT(
+    this.conversationId(),
+    this.userId(),
+    this.role()
+  );
+}
+
+
+unpackTo(_o: SetMemberRoleRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.userId = this.userId();
+  _o.role = this.role();
+}
+}
+
+export class SetMemberRoleRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public userId: bigint = BigInt('0'),
+  public role: MemberRole = MemberRole.Member
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return SetMemberRoleRequest.createSetMemberRoleRequest(builder,
+    this.conversationId,
+    this.userId,
+    this.role
+  );
 }
 }

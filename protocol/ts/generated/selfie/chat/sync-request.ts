@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Catch up on every conversation since a cursor (after offline or reconnect).
  */
-export class SyncRequest {
+export class SyncRequest implements flatbuffers.IUnpackableObject<SyncRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SyncRequest {
@@ -92,5 +94,39 @@ static createSyncRequest(builder:flatbuffers.Builder, sinceCursorOffset:flatbuff
   SyncRequest.addLimit(builder, limit);
   SyncRequest.addConversationId(builder, conversationId);
   return SyncRequest.endSyncRequest(builder);
+}
+
+unpack(): SyncRequestT {
+  return new SyncRequestT(
+    this.bb!.createScalarList<number>(this.sinceCursor.bind(this), this.sinceCursorLength()),
+    this.limit(),
+    this.conversationId()
+  );
+}
+
+
+unpackTo(_o: SyncRequestT): void {
+  _o.sinceCursor = this.bb!.createScalarList<number>(this.sinceCursor.bind(this), this.sinceCursorLength());
+  _o.limit = this.limit();
+  _o.conversationId = this.conversationId();
+}
+}
+
+export class SyncRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public sinceCursor: (number)[] = [],
+  public limit: number = 0,
+  public conversationId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const sinceCursor = SyncRequest.createSinceCursorVector(builder, this.sinceCursor);
+
+  return SyncRequest.createSyncRequest(builder,
+    sinceCursor,
+    this.limit,
+    this.conversationId
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { ChatEvent } from '../../selfie/chat/chat-event.js';
+import { ChatEvent, ChatEventT } from '../../selfie/chat/chat-event.js';
 
 
-export class SyncResponse {
+export class SyncResponse implements flatbuffers.IUnpackableObject<SyncResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SyncResponse {
@@ -137,5 +137,45 @@ static createSyncResponse(builder:flatbuffers.Builder, eventsOffset:flatbuffers.
   SyncResponse.addHasMore(builder, hasMore);
   SyncResponse.addLimited(builder, limitedOffset);
   return SyncResponse.endSyncResponse(builder);
+}
+
+unpack(): SyncResponseT {
+  return new SyncResponseT(
+    this.bb!.createObjList<ChatEvent, ChatEventT>(this.events.bind(this), this.eventsLength()),
+    this.bb!.createScalarList<number>(this.nextCursor.bind(this), this.nextCursorLength()),
+    this.hasMore(),
+    this.bb!.createScalarList<bigint>(this.limited.bind(this), this.limitedLength())
+  );
+}
+
+
+unpackTo(_o: SyncResponseT): void {
+  _o.events = this.bb!.createObjList<ChatEvent, ChatEventT>(this.events.bind(this), this.eventsLength());
+  _o.nextCursor = this.bb!.createScalarList<number>(this.nextCursor.bind(this), this.nextCursorLength());
+  _o.hasMore = this.hasMore();
+  _o.limited = this.bb!.createScalarList<bigint>(this.limited.bind(this), this.limitedLength());
+}
+}
+
+export class SyncResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public events: (ChatEventT)[] = [],
+  public nextCursor: (number)[] = [],
+  public hasMore: boolean = false,
+  public limited: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const events = SyncResponse.createEventsVector(builder, builder.createObjectOffsetList(this.events));
+  const nextCursor = SyncResponse.createNextCursorVector(builder, this.nextCursor);
+  const limited = SyncResponse.createLimitedVector(builder, this.limited);
+
+  return SyncResponse.createSyncResponse(builder,
+    events,
+    nextCursor,
+    this.hasMore,
+    limited
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UpdateConversationRequest {
+
+
+export class UpdateConversationRequest implements flatbuffers.IUnpackableObject<UpdateConversationRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UpdateConversationRequest {
@@ -100,5 +102,51 @@ static createUpdateConversationRequest(builder:flatbuffers.Builder, conversation
   if (pinned !== null)
     UpdateConversationRequest.addPinned(builder, pinned);
   return UpdateConversationRequest.endUpdateConversationRequest(builder);
+}
+
+unpack(): UpdateConversationRequestT {
+  return new UpdateConversationRequestT(
+    this.conversationId(),
+    this.title(),
+    this.avatarMediaId(),
+    this.mutedUntilMs(),
+    this.archived(),
+    this.pinned()
+  );
+}
+
+
+unpackTo(_o: UpdateConversationRequestT): void {
+  _o.conversationId = this.conversationId();
+  _o.title = this.title();
+  _o.avatarMediaId = this.avatarMediaId();
+  _o.mutedUntilMs = this.mutedUntilMs();
+  _o.archived = this.archived();
+  _o.pinned = this.pinned();
+}
+}
+
+export class UpdateConversationRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public title: string|Uint8Array|null = null,
+  public avatarMediaId: bigint|null = null,
+  public mutedUntilMs: bigint|null = null,
+  public archived: boolean|null = null,
+  public pinned: boolean|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const title = (this.title !== null ? builder.createString(this.title!) : 0);
+
+  return UpdateConversationRequest.createUpdateConversationRequest(builder,
+    this.conversationId,
+    title,
+    this.avatarMediaId,
+    this.mutedUntilMs,
+    this.archived,
+    this.pinned
+  );
 }
 }

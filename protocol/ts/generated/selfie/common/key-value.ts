@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * A free-form key/value pair (analytics properties, metadata).
  */
-export class KeyValue {
+export class KeyValue implements flatbuffers.IUnpackableObject<KeyValueT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):KeyValue {
@@ -61,5 +63,36 @@ static createKeyValue(builder:flatbuffers.Builder, keyOffset:flatbuffers.Offset,
   KeyValue.addKey(builder, keyOffset);
   KeyValue.addValue(builder, valueOffset);
   return KeyValue.endKeyValue(builder);
+}
+
+unpack(): KeyValueT {
+  return new KeyValueT(
+    this.key(),
+    this.value()
+  );
+}
+
+
+unpackTo(_o: KeyValueT): void {
+  _o.key = this.key();
+  _o.value = this.value();
+}
+}
+
+export class KeyValueT implements flatbuffers.IGeneratedObject {
+constructor(
+  public key: string|Uint8Array|null = null,
+  public value: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const key = (this.key !== null ? builder.createString(this.key!) : 0);
+  const value = (this.value !== null ? builder.createString(this.value!) : 0);
+
+  return KeyValue.createKeyValue(builder,
+    key,
+    value
+  );
 }
 }

@@ -10,7 +10,7 @@ import { MediaKind } from '../../selfie/common/media-kind.js';
 /**
  * A reference to an uploaded media object, as embedded in posts, stories and messages.
  */
-export class MediaRef {
+export class MediaRef implements flatbuffers.IUnpackableObject<MediaRefT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MediaRef {
@@ -126,5 +126,61 @@ static createMediaRef(builder:flatbuffers.Builder, mediaId:bigint, kind:MediaKin
   MediaRef.addBlurhash(builder, blurhashOffset);
   MediaRef.addAltText(builder, altTextOffset);
   return MediaRef.endMediaRef(builder);
+}
+
+unpack(): MediaRefT {
+  return new MediaRefT(
+    this.mediaId(),
+    this.kind(),
+    this.mimeType(),
+    this.width(),
+    this.height(),
+    this.durationMs(),
+    this.blurhash(),
+    this.altText()
+  );
+}
+
+
+unpackTo(_o: MediaRefT): void {
+  _o.mediaId = this.mediaId();
+  _o.kind = this.kind();
+  _o.mimeType = this.mimeType();
+  _o.width = this.width();
+  _o.height = this.height();
+  _o.durationMs = this.durationMs();
+  _o.blurhash = this.blurhash();
+  _o.altText = this.altText();
+}
+}
+
+export class MediaRefT implements flatbuffers.IGeneratedObject {
+constructor(
+  public mediaId: bigint = BigInt('0'),
+  public kind: MediaKind = MediaKind.Unknown,
+  public mimeType: string|Uint8Array|null = null,
+  public width: number = 0,
+  public height: number = 0,
+  public durationMs: number = 0,
+  public blurhash: string|Uint8Array|null = null,
+  public altText: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const mimeType = (this.mimeType !== null ? builder.createString(this.mimeType!) : 0);
+  const blurhash = (this.blurhash !== null ? builder.createString(this.blurhash!) : 0);
+  const altText = (this.altText !== null ? builder.createString(this.altText!) : 0);
+
+  return MediaRef.createMediaRef(builder,
+    this.mediaId,
+    this.kind,
+    mimeType,
+    this.width,
+    this.height,
+    this.durationMs,
+    blurhash,
+    altText
+  );
 }
 }

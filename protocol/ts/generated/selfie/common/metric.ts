@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * A named numeric value (statistics, analytics measures).
  */
-export class Metric {
+export class Metric implements flatbuffers.IUnpackableObject<MetricT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Metric {
@@ -59,5 +61,35 @@ static createMetric(builder:flatbuffers.Builder, nameOffset:flatbuffers.Offset, 
   Metric.addName(builder, nameOffset);
   Metric.addValue(builder, value);
   return Metric.endMetric(builder);
+}
+
+unpack(): MetricT {
+  return new MetricT(
+    this.name(),
+    this.value()
+  );
+}
+
+
+unpackTo(_o: MetricT): void {
+  _o.name = this.name();
+  _o.value = this.value();
+}
+}
+
+export class MetricT implements flatbuffers.IGeneratedObject {
+constructor(
+  public name: string|Uint8Array|null = null,
+  public value: number = 0.0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+
+  return Metric.createMetric(builder,
+    name,
+    this.value
+  );
 }
 }

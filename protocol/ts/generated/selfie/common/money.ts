@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Money in minor units (cents) of an ISO 4217 currency.
  */
-export class Money {
+export class Money implements flatbuffers.IUnpackableObject<MoneyT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Money {
@@ -59,5 +61,35 @@ static createMoney(builder:flatbuffers.Builder, amountMinor:bigint, currencyOffs
   Money.addAmountMinor(builder, amountMinor);
   Money.addCurrency(builder, currencyOffset);
   return Money.endMoney(builder);
+}
+
+unpack(): MoneyT {
+  return new MoneyT(
+    this.amountMinor(),
+    this.currency()
+  );
+}
+
+
+unpackTo(_o: MoneyT): void {
+  _o.amountMinor = this.amountMinor();
+  _o.currency = this.currency();
+}
+}
+
+export class MoneyT implements flatbuffers.IGeneratedObject {
+constructor(
+  public amountMinor: bigint = BigInt('0'),
+  public currency: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const currency = (this.currency !== null ? builder.createString(this.currency!) : 0);
+
+  return Money.createMoney(builder,
+    this.amountMinor,
+    currency
+  );
 }
 }

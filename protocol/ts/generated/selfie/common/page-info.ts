@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Cursor-based page reply. An absent `next_cursor` means the end was reached.
  */
-export class PageInfo {
+export class PageInfo implements flatbuffers.IUnpackableObject<PageInfoT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PageInfo {
@@ -79,5 +81,35 @@ static createPageInfo(builder:flatbuffers.Builder, nextCursorOffset:flatbuffers.
   PageInfo.addNextCursor(builder, nextCursorOffset);
   PageInfo.addHasMore(builder, hasMore);
   return PageInfo.endPageInfo(builder);
+}
+
+unpack(): PageInfoT {
+  return new PageInfoT(
+    this.bb!.createScalarList<number>(this.nextCursor.bind(this), this.nextCursorLength()),
+    this.hasMore()
+  );
+}
+
+
+unpackTo(_o: PageInfoT): void {
+  _o.nextCursor = this.bb!.createScalarList<number>(this.nextCursor.bind(this), this.nextCursorLength());
+  _o.hasMore = this.hasMore();
+}
+}
+
+export class PageInfoT implements flatbuffers.IGeneratedObject {
+constructor(
+  public nextCursor: (number)[] = [],
+  public hasMore: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const nextCursor = PageInfo.createNextCursorVector(builder, this.nextCursor);
+
+  return PageInfo.createPageInfo(builder,
+    nextCursor,
+    this.hasMore
+  );
 }
 }

@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Cursor-based page request. `cursor` is opaque, produced by the server.
  */
-export class PageRequest {
+export class PageRequest implements flatbuffers.IUnpackableObject<PageRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PageRequest {
@@ -79,5 +81,35 @@ static createPageRequest(builder:flatbuffers.Builder, cursorOffset:flatbuffers.O
   PageRequest.addCursor(builder, cursorOffset);
   PageRequest.addLimit(builder, limit);
   return PageRequest.endPageRequest(builder);
+}
+
+unpack(): PageRequestT {
+  return new PageRequestT(
+    this.bb!.createScalarList<number>(this.cursor.bind(this), this.cursorLength()),
+    this.limit()
+  );
+}
+
+
+unpackTo(_o: PageRequestT): void {
+  _o.cursor = this.bb!.createScalarList<number>(this.cursor.bind(this), this.cursorLength());
+  _o.limit = this.limit();
+}
+}
+
+export class PageRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public cursor: (number)[] = [],
+  public limit: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const cursor = PageRequest.createCursorVector(builder, this.cursor);
+
+  return PageRequest.createPageRequest(builder,
+    cursor,
+    this.limit
+  );
 }
 }

@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Protocol version. Major changes are incompatible; minor ones only append.
  */
-export class ProtocolVersion {
+export class ProtocolVersion implements flatbuffers.IUnpackableObject<ProtocolVersionT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ProtocolVersion {
@@ -35,4 +37,32 @@ static createProtocolVersion(builder:flatbuffers.Builder, major: number, minor: 
   return builder.offset();
 }
 
+
+unpack(): ProtocolVersionT {
+  return new ProtocolVersionT(
+    this.major(),
+    this.minor()
+  );
+}
+
+
+unpackTo(_o: ProtocolVersionT): void {
+  _o.major = this.major();
+  _o.minor = this.minor();
+}
+}
+
+export class ProtocolVersionT implements flatbuffers.IGeneratedObject {
+constructor(
+  public major: number = 0,
+  public minor: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return ProtocolVersion.createProtocolVersion(builder,
+    this.major,
+    this.minor
+  );
+}
 }

@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * A count of one reaction emoji on an object.
  */
-export class ReactionCount {
+export class ReactionCount implements flatbuffers.IUnpackableObject<ReactionCountT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ReactionCount {
@@ -59,5 +61,35 @@ static createReactionCount(builder:flatbuffers.Builder, emojiOffset:flatbuffers.
   ReactionCount.addEmoji(builder, emojiOffset);
   ReactionCount.addCount(builder, count);
   return ReactionCount.endReactionCount(builder);
+}
+
+unpack(): ReactionCountT {
+  return new ReactionCountT(
+    this.emoji(),
+    this.count()
+  );
+}
+
+
+unpackTo(_o: ReactionCountT): void {
+  _o.emoji = this.emoji();
+  _o.count = this.count();
+}
+}
+
+export class ReactionCountT implements flatbuffers.IGeneratedObject {
+constructor(
+  public emoji: string|Uint8Array|null = null,
+  public count: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const emoji = (this.emoji !== null ? builder.createString(this.emoji!) : 0);
+
+  return ReactionCount.createReactionCount(builder,
+    emoji,
+    this.count
+  );
 }
 }

@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * A W3C trace-context id (128 bits) carried for distributed tracing.
  */
-export class TraceId {
+export class TraceId implements flatbuffers.IUnpackableObject<TraceIdT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TraceId {
@@ -35,4 +37,32 @@ static createTraceId(builder:flatbuffers.Builder, hi: bigint, lo: bigint):flatbu
   return builder.offset();
 }
 
+
+unpack(): TraceIdT {
+  return new TraceIdT(
+    this.hi(),
+    this.lo()
+  );
+}
+
+
+unpackTo(_o: TraceIdT): void {
+  _o.hi = this.hi();
+  _o.lo = this.lo();
+}
+}
+
+export class TraceIdT implements flatbuffers.IGeneratedObject {
+constructor(
+  public hi: bigint = BigInt('0'),
+  public lo: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return TraceId.createTraceId(builder,
+    this.hi,
+    this.lo
+  );
+}
 }

@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * The smallest public view of a user, embedded wherever an author or actor appears.
  */
-export class UserSummary {
+export class UserSummary implements flatbuffers.IUnpackableObject<UserSummaryT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UserSummary {
@@ -111,5 +113,56 @@ static createUserSummary(builder:flatbuffers.Builder, userId:bigint, usernameOff
   UserSummary.addPrivate(builder, private_);
   UserSummary.addDeleted(builder, deleted);
   return UserSummary.endUserSummary(builder);
+}
+
+unpack(): UserSummaryT {
+  return new UserSummaryT(
+    this.userId(),
+    this.username(),
+    this.displayName(),
+    this.avatarMediaId(),
+    this.verified(),
+    this.private_(),
+    this.deleted()
+  );
+}
+
+
+unpackTo(_o: UserSummaryT): void {
+  _o.userId = this.userId();
+  _o.username = this.username();
+  _o.displayName = this.displayName();
+  _o.avatarMediaId = this.avatarMediaId();
+  _o.verified = this.verified();
+  _o.private_ = this.private_();
+  _o.deleted = this.deleted();
+}
+}
+
+export class UserSummaryT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public username: string|Uint8Array|null = null,
+  public displayName: string|Uint8Array|null = null,
+  public avatarMediaId: bigint = BigInt('0'),
+  public verified: boolean = false,
+  public private_: boolean = false,
+  public deleted: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const username = (this.username !== null ? builder.createString(this.username!) : 0);
+  const displayName = (this.displayName !== null ? builder.createString(this.displayName!) : 0);
+
+  return UserSummary.createUserSummary(builder,
+    this.userId,
+    username,
+    displayName,
+    this.avatarMediaId,
+    this.verified,
+    this.private_,
+    this.deleted
+  );
 }
 }

@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Generic success for requests that return nothing.
  */
-export class Ack {
+export class Ack implements flatbuffers.IUnpackableObject<AckT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Ack {
@@ -37,5 +39,21 @@ static endAck(builder:flatbuffers.Builder):flatbuffers.Offset {
 static createAck(builder:flatbuffers.Builder):flatbuffers.Offset {
   Ack.startAck(builder);
   return Ack.endAck(builder);
+}
+
+unpack(): AckT {
+  return new AckT();
+}
+
+
+unpackTo(_o: AckT): void {}
+}
+
+export class AckT implements flatbuffers.IGeneratedObject {
+constructor(){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return Ack.createAck(builder);
 }
 }

@@ -10,7 +10,7 @@ import { Platform } from '../../selfie/common/platform.js';
 /**
  * Client application and device description.
  */
-export class ClientInfo {
+export class ClientInfo implements flatbuffers.IUnpackableObject<ClientInfoT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ClientInfo {
@@ -125,5 +125,60 @@ static createClientInfo(builder:flatbuffers.Builder, appNameOffset:flatbuffers.O
   ClientInfo.addDeviceId(builder, deviceIdOffset);
   ClientInfo.addLocale(builder, localeOffset);
   return ClientInfo.endClientInfo(builder);
+}
+
+unpack(): ClientInfoT {
+  return new ClientInfoT(
+    this.appName(),
+    this.appVersion(),
+    this.platform(),
+    this.osVersion(),
+    this.deviceModel(),
+    this.deviceId(),
+    this.locale()
+  );
+}
+
+
+unpackTo(_o: ClientInfoT): void {
+  _o.appName = this.appName();
+  _o.appVersion = this.appVersion();
+  _o.platform = this.platform();
+  _o.osVersion = this.osVersion();
+  _o.deviceModel = this.deviceModel();
+  _o.deviceId = this.deviceId();
+  _o.locale = this.locale();
+}
+}
+
+export class ClientInfoT implements flatbuffers.IGeneratedObject {
+constructor(
+  public appName: string|Uint8Array|null = null,
+  public appVersion: string|Uint8Array|null = null,
+  public platform: Platform = Platform.Unknown,
+  public osVersion: string|Uint8Array|null = null,
+  public deviceModel: string|Uint8Array|null = null,
+  public deviceId: string|Uint8Array|null = null,
+  public locale: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const appName = (this.appName !== null ? builder.createString(this.appName!) : 0);
+  const appVersion = (this.appVersion !== null ? builder.createString(this.appVersion!) : 0);
+  const osVersion = (this.osVersion !== null ? builder.createString(this.osVersion!) : 0);
+  const deviceModel = (this.deviceModel !== null ? builder.createString(this.deviceModel!) : 0);
+  const deviceId = (this.deviceId !== null ? builder.createString(this.deviceId!) : 0);
+  const locale = (this.locale !== null ? builder.createString(this.locale!) : 0);
+
+  return ClientInfo.createClientInfo(builder,
+    appName,
+    appVersion,
+    this.platform,
+    osVersion,
+    deviceModel,
+    deviceId,
+    locale
+  );
 }
 }

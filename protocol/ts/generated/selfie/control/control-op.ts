@@ -2,17 +2,17 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { Ack } from '../../selfie/control/ack.js';
-import { Error } from '../../selfie/control/error.js';
-import { GoAway } from '../../selfie/control/go-away.js';
-import { Hello } from '../../selfie/control/hello.js';
-import { Ping } from '../../selfie/control/ping.js';
-import { Pong } from '../../selfie/control/pong.js';
-import { PushStreamHeader } from '../../selfie/control/push-stream-header.js';
-import { SubscribeRequest } from '../../selfie/control/subscribe-request.js';
-import { SubscribeResponse } from '../../selfie/control/subscribe-response.js';
-import { UnsubscribeRequest } from '../../selfie/control/unsubscribe-request.js';
-import { Welcome } from '../../selfie/control/welcome.js';
+import { Ack, AckT } from '../../selfie/control/ack.js';
+import { Error, ErrorT } from '../../selfie/control/error.js';
+import { GoAway, GoAwayT } from '../../selfie/control/go-away.js';
+import { Hello, HelloT } from '../../selfie/control/hello.js';
+import { Ping, PingT } from '../../selfie/control/ping.js';
+import { Pong, PongT } from '../../selfie/control/pong.js';
+import { PushStreamHeader, PushStreamHeaderT } from '../../selfie/control/push-stream-header.js';
+import { SubscribeRequest, SubscribeRequestT } from '../../selfie/control/subscribe-request.js';
+import { SubscribeResponse, SubscribeResponseT } from '../../selfie/control/subscribe-response.js';
+import { UnsubscribeRequest, UnsubscribeRequestT } from '../../selfie/control/unsubscribe-request.js';
+import { Welcome, WelcomeT } from '../../selfie/control/welcome.js';
 
 
 export enum ControlOp {

@@ -4,10 +4,21 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { Ack, AckT } from '../../selfie/control/ack.js';
 import { ControlOp, unionToControlOp, unionListToControlOp } from '../../selfie/control/control-op.js';
+import { Error, ErrorT } from '../../selfie/control/error.js';
+import { GoAway, GoAwayT } from '../../selfie/control/go-away.js';
+import { Hello, HelloT } from '../../selfie/control/hello.js';
+import { Ping, PingT } from '../../selfie/control/ping.js';
+import { Pong, PongT } from '../../selfie/control/pong.js';
+import { PushStreamHeader, PushStreamHeaderT } from '../../selfie/control/push-stream-header.js';
+import { SubscribeRequest, SubscribeRequestT } from '../../selfie/control/subscribe-request.js';
+import { SubscribeResponse, SubscribeResponseT } from '../../selfie/control/subscribe-response.js';
+import { UnsubscribeRequest, UnsubscribeRequestT } from '../../selfie/control/unsubscribe-request.js';
+import { Welcome, WelcomeT } from '../../selfie/control/welcome.js';
 
 
-export class Control {
+export class Control implements flatbuffers.IUnpackableObject<ControlT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Control {
@@ -57,5 +68,43 @@ static createControl(builder:flatbuffers.Builder, opType:ControlOp, opOffset:fla
   Control.addOpType(builder, opType);
   Control.addOp(builder, opOffset);
   return Control.endControl(builder);
+}
+
+unpack(): ControlT {
+  return new ControlT(
+    this.opType(),
+    (() => {
+      const temp = unionToControlOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: ControlT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToControlOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class ControlT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: ControlOp = ControlOp.NONE,
+  public op: AckT|ErrorT|GoAwayT|HelloT|PingT|PongT|PushStreamHeaderT|SubscribeRequestT|SubscribeResponseT|UnsubscribeRequestT|WelcomeT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Control.createControl(builder,
+    this.opType,
+    op
+  );
 }
 }

@@ -10,7 +10,7 @@ import { ErrorCode } from '../../selfie/control/error-code.js';
 /**
  * A typed error, sent as the response to a failed request or before a close.
  */
-export class Error {
+export class Error implements flatbuffers.IUnpackableObject<ErrorT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Error {
@@ -87,5 +87,44 @@ static createError(builder:flatbuffers.Builder, code:ErrorCode, messageOffset:fl
   Error.addRetryAfterMs(builder, retryAfterMs);
   Error.addField(builder, fieldOffset);
   return Error.endError(builder);
+}
+
+unpack(): ErrorT {
+  return new ErrorT(
+    this.code(),
+    this.message(),
+    this.retryAfterMs(),
+    this.field()
+  );
+}
+
+
+unpackTo(_o: ErrorT): void {
+  _o.code = this.code();
+  _o.message = this.message();
+  _o.retryAfterMs = this.retryAfterMs();
+  _o.field = this.field();
+}
+}
+
+export class ErrorT implements flatbuffers.IGeneratedObject {
+constructor(
+  public code: ErrorCode = ErrorCode.Unknown,
+  public message: string|Uint8Array|null = null,
+  public retryAfterMs: number = 0,
+  public field: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const message = (this.message !== null ? builder.createString(this.message!) : 0);
+  const field = (this.field !== null ? builder.createString(this.field!) : 0);
+
+  return Error.createError(builder,
+    this.code,
+    message,
+    this.retryAfterMs,
+    field
+  );
 }
 }

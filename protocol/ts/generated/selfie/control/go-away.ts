@@ -10,7 +10,7 @@ import { GoAwayReason } from '../../selfie/control/go-away-reason.js';
 /**
  * The server is closing this connection; reconnect (elsewhere) and resume.
  */
-export class GoAway {
+export class GoAway implements flatbuffers.IUnpackableObject<GoAwayT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):GoAway {
@@ -132,5 +132,53 @@ static createGoAway(builder:flatbuffers.Builder, reason:GoAwayReason, messageOff
   GoAway.addResumeToken(builder, resumeTokenOffset);
   GoAway.addDeadlineMs(builder, deadlineMs);
   return GoAway.endGoAway(builder);
+}
+
+unpack(): GoAwayT {
+  return new GoAwayT(
+    this.reason(),
+    this.message(),
+    this.reconnectAfterMs(),
+    this.reconnectHost(),
+    this.bb!.createScalarList<number>(this.resumeToken.bind(this), this.resumeTokenLength()),
+    this.deadlineMs()
+  );
+}
+
+
+unpackTo(_o: GoAwayT): void {
+  _o.reason = this.reason();
+  _o.message = this.message();
+  _o.reconnectAfterMs = this.reconnectAfterMs();
+  _o.reconnectHost = this.reconnectHost();
+  _o.resumeToken = this.bb!.createScalarList<number>(this.resumeToken.bind(this), this.resumeTokenLength());
+  _o.deadlineMs = this.deadlineMs();
+}
+}
+
+export class GoAwayT implements flatbuffers.IGeneratedObject {
+constructor(
+  public reason: GoAwayReason = GoAwayReason.Unknown,
+  public message: string|Uint8Array|null = null,
+  public reconnectAfterMs: number = 0,
+  public reconnectHost: string|Uint8Array|null = null,
+  public resumeToken: (number)[] = [],
+  public deadlineMs: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const message = (this.message !== null ? builder.createString(this.message!) : 0);
+  const reconnectHost = (this.reconnectHost !== null ? builder.createString(this.reconnectHost!) : 0);
+  const resumeToken = GoAway.createResumeTokenVector(builder, this.resumeToken);
+
+  return GoAway.createGoAway(builder,
+    this.reason,
+    message,
+    this.reconnectAfterMs,
+    reconnectHost,
+    resumeToken,
+    this.deadlineMs
+  );
 }
 }

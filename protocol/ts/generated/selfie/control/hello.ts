@@ -4,14 +4,14 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { ProtocolVersion } from '../../selfie/common/protocol-version.js';
-import { ClientInfo } from '../../selfie/control/client-info.js';
+import { ProtocolVersion, ProtocolVersionT } from '../../selfie/common/protocol-version.js';
+import { ClientInfo, ClientInfoT } from '../../selfie/control/client-info.js';
 
 
 /**
  * First frame on the control stream.
  */
-export class Hello {
+export class Hello implements flatbuffers.IUnpackableObject<HelloT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Hello {
@@ -147,4 +147,54 @@ static endHello(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): HelloT {
+  return new HelloT(
+    (this.version() !== null ? this.version()!.unpack() : null),
+    (this.minVersion() !== null ? this.minVersion()!.unpack() : null),
+    (this.client() !== null ? this.client()!.unpack() : null),
+    this.accessToken(),
+    this.bb!.createScalarList<number>(this.resumeToken.bind(this), this.resumeTokenLength()),
+    this.bb!.createScalarList<string>(this.features.bind(this), this.featuresLength())
+  );
+}
+
+
+unpackTo(_o: HelloT): void {
+  _o.version = (this.version() !== null ? this.version()!.unpack() : null);
+  _o.minVersion = (this.minVersion() !== null ? this.minVersion()!.unpack() : null);
+  _o.client = (this.client() !== null ? this.client()!.unpack() : null);
+  _o.accessToken = this.accessToken();
+  _o.resumeToken = this.bb!.createScalarList<number>(this.resumeToken.bind(this), this.resumeTokenLength());
+  _o.features = this.bb!.createScalarList<string>(this.features.bind(this), this.featuresLength());
+}
+}
+
+export class HelloT implements flatbuffers.IGeneratedObject {
+constructor(
+  public version: ProtocolVersionT|null = null,
+  public minVersion: ProtocolVersionT|null = null,
+  public client: ClientInfoT|null = null,
+  public accessToken: string|Uint8Array|null = null,
+  public resumeToken: (number)[] = [],
+  public features: (string)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const client = (this.client !== null ? this.client!.pack(builder) : 0);
+  const accessToken = (this.accessToken !== null ? builder.createString(this.accessToken!) : 0);
+  const resumeToken = Hello.createResumeTokenVector(builder, this.resumeToken);
+  const features = Hello.createFeaturesVector(builder, builder.createObjectOffsetList(this.features));
+
+  Hello.startHello(builder);
+  Hello.addVersion(builder, (this.version !== null ? this.version!.pack(builder) : 0));
+  Hello.addMinVersion(builder, (this.minVersion !== null ? this.minVersion!.pack(builder) : 0));
+  Hello.addClient(builder, client);
+  Hello.addAccessToken(builder, accessToken);
+  Hello.addResumeToken(builder, resumeToken);
+  Hello.addFeatures(builder, features);
+
+  return Hello.endHello(builder);
+}
 }

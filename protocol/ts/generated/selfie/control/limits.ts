@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Limits the server enforces on this session.
  */
-export class Limits {
+export class Limits implements flatbuffers.IUnpackableObject<LimitsT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Limits {
@@ -107,5 +109,53 @@ static createLimits(builder:flatbuffers.Builder, maxFrameBytes:number, maxConcur
   Limits.addIdleTimeoutMs(builder, idleTimeoutMs);
   Limits.addMaxUploadBytes(builder, maxUploadBytes);
   return Limits.endLimits(builder);
+}
+
+unpack(): LimitsT {
+  return new LimitsT(
+    this.maxFrameBytes(),
+    this.maxConcurrentStreams(),
+    this.maxDatagramBytes(),
+    this.requestsPerSecond(),
+    this.requestBurst(),
+    this.idleTimeoutMs(),
+    this.maxUploadBytes()
+  );
+}
+
+
+unpackTo(_o: LimitsT): void {
+  _o.maxFrameBytes = this.maxFrameBytes();
+  _o.maxConcurrentStreams = this.maxConcurrentStreams();
+  _o.maxDatagramBytes = this.maxDatagramBytes();
+  _o.requestsPerSecond = this.requestsPerSecond();
+  _o.requestBurst = this.requestBurst();
+  _o.idleTimeoutMs = this.idleTimeoutMs();
+  _o.maxUploadBytes = this.maxUploadBytes();
+}
+}
+
+export class LimitsT implements flatbuffers.IGeneratedObject {
+constructor(
+  public maxFrameBytes: number = 0,
+  public maxConcurrentStreams: number = 0,
+  public maxDatagramBytes: number = 0,
+  public requestsPerSecond: number = 0,
+  public requestBurst: number = 0,
+  public idleTimeoutMs: number = 0,
+  public maxUploadBytes: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return Limits.createLimits(builder,
+    this.maxFrameBytes,
+    this.maxConcurrentStreams,
+    this.maxDatagramBytes,
+    this.requestsPerSecond,
+    this.requestBurst,
+    this.idleTimeoutMs,
+    this.maxUploadBytes
+  );
 }
 }

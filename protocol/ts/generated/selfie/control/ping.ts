@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class Ping {
+
+
+export class Ping implements flatbuffers.IUnpackableObject<PingT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Ping {
@@ -54,5 +56,33 @@ static createPing(builder:flatbuffers.Builder, nonce:bigint, sentAtMs:bigint):fl
   Ping.addNonce(builder, nonce);
   Ping.addSentAtMs(builder, sentAtMs);
   return Ping.endPing(builder);
+}
+
+unpack(): PingT {
+  return new PingT(
+    this.nonce(),
+    this.sentAtMs()
+  );
+}
+
+
+unpackTo(_o: PingT): void {
+  _o.nonce = this.nonce();
+  _o.sentAtMs = this.sentAtMs();
+}
+}
+
+export class PingT implements flatbuffers.IGeneratedObject {
+constructor(
+  public nonce: bigint = BigInt('0'),
+  public sentAtMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return Ping.createPing(builder,
+    this.nonce,
+    this.sentAtMs
+  );
 }
 }

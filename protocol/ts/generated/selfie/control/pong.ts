@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class Pong {
+
+
+export class Pong implements flatbuffers.IUnpackableObject<PongT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Pong {
@@ -54,5 +56,33 @@ static createPong(builder:flatbuffers.Builder, nonce:bigint, serverTimeMs:bigint
   Pong.addNonce(builder, nonce);
   Pong.addServerTimeMs(builder, serverTimeMs);
   return Pong.endPong(builder);
+}
+
+unpack(): PongT {
+  return new PongT(
+    this.nonce(),
+    this.serverTimeMs()
+  );
+}
+
+
+unpackTo(_o: PongT): void {
+  _o.nonce = this.nonce();
+  _o.serverTimeMs = this.serverTimeMs();
+}
+}
+
+export class PongT implements flatbuffers.IGeneratedObject {
+constructor(
+  public nonce: bigint = BigInt('0'),
+  public serverTimeMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return Pong.createPong(builder,
+    this.nonce,
+    this.serverTimeMs
+  );
 }
 }

@@ -10,7 +10,7 @@ import { SubscriptionKind } from '../../selfie/control/subscription-kind.js';
 /**
  * First frame of every server-initiated unidirectional push stream.
  */
-export class PushStreamHeader {
+export class PushStreamHeader implements flatbuffers.IUnpackableObject<PushStreamHeaderT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PushStreamHeader {
@@ -60,5 +60,33 @@ static createPushStreamHeader(builder:flatbuffers.Builder, subscriptionId:bigint
   PushStreamHeader.addSubscriptionId(builder, subscriptionId);
   PushStreamHeader.addKind(builder, kind);
   return PushStreamHeader.endPushStreamHeader(builder);
+}
+
+unpack(): PushStreamHeaderT {
+  return new PushStreamHeaderT(
+    this.subscriptionId(),
+    this.kind()
+  );
+}
+
+
+unpackTo(_o: PushStreamHeaderT): void {
+  _o.subscriptionId = this.subscriptionId();
+  _o.kind = this.kind();
+}
+}
+
+export class PushStreamHeaderT implements flatbuffers.IGeneratedObject {
+constructor(
+  public subscriptionId: bigint = BigInt('0'),
+  public kind: SubscriptionKind = SubscriptionKind.Unknown
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return PushStreamHeader.createPushStreamHeader(builder,
+    this.subscriptionId,
+    this.kind
+  );
 }
 }

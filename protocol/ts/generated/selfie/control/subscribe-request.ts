@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { SubscriptionKind } from '../../selfie/control/subscription-kind.js';
 
 
-export class SubscribeRequest {
+export class SubscribeRequest implements flatbuffers.IUnpackableObject<SubscribeRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SubscribeRequest {
@@ -92,5 +92,39 @@ static createSubscribeRequest(builder:flatbuffers.Builder, kind:SubscriptionKind
   SubscribeRequest.addTargetId(builder, targetId);
   SubscribeRequest.addSinceCursor(builder, sinceCursorOffset);
   return SubscribeRequest.endSubscribeRequest(builder);
+}
+
+unpack(): SubscribeRequestT {
+  return new SubscribeRequestT(
+    this.kind(),
+    this.targetId(),
+    this.bb!.createScalarList<number>(this.sinceCursor.bind(this), this.sinceCursorLength())
+  );
+}
+
+
+unpackTo(_o: SubscribeRequestT): void {
+  _o.kind = this.kind();
+  _o.targetId = this.targetId();
+  _o.sinceCursor = this.bb!.createScalarList<number>(this.sinceCursor.bind(this), this.sinceCursorLength());
+}
+}
+
+export class SubscribeRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public kind: SubscriptionKind = SubscriptionKind.Unknown,
+  public targetId: bigint = BigInt('0'),
+  public sinceCursor: (number)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const sinceCursor = SubscribeRequest.createSinceCursorVector(builder, this.sinceCursor);
+
+  return SubscribeRequest.createSubscribeRequest(builder,
+    this.kind,
+    this.targetId,
+    sinceCursor
+  );
 }
 }

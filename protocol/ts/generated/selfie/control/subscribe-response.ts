@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class SubscribeResponse {
+
+
+export class SubscribeResponse implements flatbuffers.IUnpackableObject<SubscribeResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SubscribeResponse {
@@ -44,5 +46,29 @@ static createSubscribeResponse(builder:flatbuffers.Builder, subscriptionId:bigin
   SubscribeResponse.startSubscribeResponse(builder);
   SubscribeResponse.addSubscriptionId(builder, subscriptionId);
   return SubscribeResponse.endSubscribeResponse(builder);
+}
+
+unpack(): SubscribeResponseT {
+  return new SubscribeResponseT(
+    this.subscriptionId()
+  );
+}
+
+
+unpackTo(_o: SubscribeResponseT): void {
+  _o.subscriptionId = this.subscriptionId();
+}
+}
+
+export class SubscribeResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public subscriptionId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return SubscribeResponse.createSubscribeResponse(builder,
+    this.subscriptionId
+  );
 }
 }

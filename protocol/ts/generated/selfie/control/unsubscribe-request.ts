@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UnsubscribeRequest {
+
+
+export class UnsubscribeRequest implements flatbuffers.IUnpackableObject<UnsubscribeRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UnsubscribeRequest {
@@ -44,5 +46,29 @@ static createUnsubscribeRequest(builder:flatbuffers.Builder, subscriptionId:bigi
   UnsubscribeRequest.startUnsubscribeRequest(builder);
   UnsubscribeRequest.addSubscriptionId(builder, subscriptionId);
   return UnsubscribeRequest.endUnsubscribeRequest(builder);
+}
+
+unpack(): UnsubscribeRequestT {
+  return new UnsubscribeRequestT(
+    this.subscriptionId()
+  );
+}
+
+
+unpackTo(_o: UnsubscribeRequestT): void {
+  _o.subscriptionId = this.subscriptionId();
+}
+}
+
+export class UnsubscribeRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public subscriptionId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return UnsubscribeRequest.createUnsubscribeRequest(builder,
+    this.subscriptionId
+  );
 }
 }

@@ -4,14 +4,14 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { ProtocolVersion } from '../../selfie/common/protocol-version.js';
-import { Limits } from '../../selfie/control/limits.js';
+import { ProtocolVersion, ProtocolVersionT } from '../../selfie/common/protocol-version.js';
+import { Limits, LimitsT } from '../../selfie/control/limits.js';
 
 
 /**
  * Server's answer to `Hello`.
  */
-export class Welcome {
+export class Welcome implements flatbuffers.IUnpackableObject<WelcomeT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Welcome {
@@ -186,4 +186,74 @@ static endWelcome(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): WelcomeT {
+  return new WelcomeT(
+    (this.version() !== null ? this.version()!.unpack() : null),
+    this.sessionId(),
+    this.userId(),
+    this.serverTimeMs(),
+    (this.limits() !== null ? this.limits()!.unpack() : null),
+    this.shard(),
+    this.nodeId(),
+    this.bb!.createScalarList<number>(this.resumeToken.bind(this), this.resumeTokenLength()),
+    this.heartbeatIntervalMs(),
+    this.resumed(),
+    this.bb!.createScalarList<string>(this.features.bind(this), this.featuresLength())
+  );
+}
+
+
+unpackTo(_o: WelcomeT): void {
+  _o.version = (this.version() !== null ? this.version()!.unpack() : null);
+  _o.sessionId = this.sessionId();
+  _o.userId = this.userId();
+  _o.serverTimeMs = this.serverTimeMs();
+  _o.limits = (this.limits() !== null ? this.limits()!.unpack() : null);
+  _o.shard = this.shard();
+  _o.nodeId = this.nodeId();
+  _o.resumeToken = this.bb!.createScalarList<number>(this.resumeToken.bind(this), this.resumeTokenLength());
+  _o.heartbeatIntervalMs = this.heartbeatIntervalMs();
+  _o.resumed = this.resumed();
+  _o.features = this.bb!.createScalarList<string>(this.features.bind(this), this.featuresLength());
+}
+}
+
+export class WelcomeT implements flatbuffers.IGeneratedObject {
+constructor(
+  public version: ProtocolVersionT|null = null,
+  public sessionId: bigint = BigInt('0'),
+  public userId: bigint = BigInt('0'),
+  public serverTimeMs: bigint = BigInt('0'),
+  public limits: LimitsT|null = null,
+  public shard: number = 0,
+  public nodeId: string|Uint8Array|null = null,
+  public resumeToken: (number)[] = [],
+  public heartbeatIntervalMs: number = 0,
+  public resumed: boolean = false,
+  public features: (string)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const limits = (this.limits !== null ? this.limits!.pack(builder) : 0);
+  const nodeId = (this.nodeId !== null ? builder.createString(this.nodeId!) : 0);
+  const resumeToken = Welcome.createResumeTokenVector(builder, this.resumeToken);
+  const features = Welcome.createFeaturesVector(builder, builder.createObjectOffsetList(this.features));
+
+  Welcome.startWelcome(builder);
+  Welcome.addVersion(builder, (this.version !== null ? this.version!.pack(builder) : 0));
+  Welcome.addSessionId(builder, this.sessionId);
+  Welcome.addUserId(builder, this.userId);
+  Welcome.addServerTimeMs(builder, this.serverTimeMs);
+  Welcome.addLimits(builder, limits);
+  Welcome.addShard(builder, this.shard);
+  Welcome.addNodeId(builder, nodeId);
+  Welcome.addResumeToken(builder, resumeToken);
+  Welcome.addHeartbeatIntervalMs(builder, this.heartbeatIntervalMs);
+  Welcome.addResumed(builder, this.resumed);
+  Welcome.addFeatures(builder, features);
+
+  return Welcome.endWelcome(builder);
+}
 }

@@ -2,8 +2,8 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { Presence } from '../../selfie/datagram/presence.js';
-import { Typing } from '../../selfie/datagram/typing.js';
+import { Presence, PresenceT } from '../../selfie/datagram/presence.js';
+import { Typing, TypingT } from '../../selfie/datagram/typing.js';
 
 
 export enum DatagramBody {

@@ -5,9 +5,11 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { DatagramBody, unionToDatagramBody, unionListToDatagramBody } from '../../selfie/datagram/datagram-body.js';
+import { Presence, PresenceT } from '../../selfie/datagram/presence.js';
+import { Typing, TypingT } from '../../selfie/datagram/typing.js';
 
 
-export class Datagram {
+export class Datagram implements flatbuffers.IUnpackableObject<DatagramT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Datagram {
@@ -70,5 +72,47 @@ static createDatagram(builder:flatbuffers.Builder, seq:bigint, bodyType:Datagram
   Datagram.addBodyType(builder, bodyType);
   Datagram.addBody(builder, bodyOffset);
   return Datagram.endDatagram(builder);
+}
+
+unpack(): DatagramT {
+  return new DatagramT(
+    this.seq(),
+    this.bodyType(),
+    (() => {
+      const temp = unionToDatagramBody(this.bodyType(), this.body.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: DatagramT): void {
+  _o.seq = this.seq();
+  _o.bodyType = this.bodyType();
+  _o.body = (() => {
+      const temp = unionToDatagramBody(this.bodyType(), this.body.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class DatagramT implements flatbuffers.IGeneratedObject {
+constructor(
+  public seq: bigint = BigInt('0'),
+  public bodyType: DatagramBody = DatagramBody.NONE,
+  public body: PresenceT|TypingT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const body = builder.createObjectOffset(this.body);
+
+  return Datagram.createDatagram(builder,
+    this.seq,
+    this.bodyType,
+    body
+  );
 }
 }

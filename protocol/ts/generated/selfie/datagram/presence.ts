@@ -8,7 +8,7 @@ import { Platform } from '../../selfie/common/platform.js';
 import { PresenceStatus } from '../../selfie/datagram/presence-status.js';
 
 
-export class Presence {
+export class Presence implements flatbuffers.IUnpackableObject<PresenceT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Presence {
@@ -78,5 +78,41 @@ static createPresence(builder:flatbuffers.Builder, userId:bigint, status:Presenc
   Presence.addLastActiveMs(builder, lastActiveMs);
   Presence.addPlatform(builder, platform);
   return Presence.endPresence(builder);
+}
+
+unpack(): PresenceT {
+  return new PresenceT(
+    this.userId(),
+    this.status(),
+    this.lastActiveMs(),
+    this.platform()
+  );
+}
+
+
+unpackTo(_o: PresenceT): void {
+  _o.userId = this.userId();
+  _o.status = this.status();
+  _o.lastActiveMs = this.lastActiveMs();
+  _o.platform = this.platform();
+}
+}
+
+export class PresenceT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public status: PresenceStatus = PresenceStatus.Offline,
+  public lastActiveMs: bigint = BigInt('0'),
+  public platform: Platform = Platform.Unknown
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return Presence.createPresence(builder,
+    this.userId,
+    this.status,
+    this.lastActiveMs,
+    this.platform
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class Typing {
+
+
+export class Typing implements flatbuffers.IUnpackableObject<TypingT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Typing {
@@ -77,5 +79,41 @@ static createTyping(builder:flatbuffers.Builder, conversationId:bigint, userId:b
   Typing.addTyping(builder, typing);
   Typing.addAtMs(builder, atMs);
   return Typing.endTyping(builder);
+}
+
+unpack(): TypingT {
+  return new TypingT(
+    this.conversationId(),
+    this.userId(),
+    this.typing(),
+    this.atMs()
+  );
+}
+
+
+unpackTo(_o: TypingT): void {
+  _o.conversationId = this.conversationId();
+  _o.userId = this.userId();
+  _o.typing = this.typing();
+  _o.atMs = this.atMs();
+}
+}
+
+export class TypingT implements flatbuffers.IGeneratedObject {
+constructor(
+  public conversationId: bigint = BigInt('0'),
+  public userId: bigint = BigInt('0'),
+  public typing: boolean = false,
+  public atMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return Typing.createTyping(builder,
+    this.conversationId,
+    this.userId,
+    this.typing,
+    this.atMs
+  );
 }
 }

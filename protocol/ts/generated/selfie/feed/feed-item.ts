@@ -4,13 +4,13 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { AdCreative } from '../../selfie/ads/ad-creative.js';
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { AdCreative, AdCreativeT } from '../../selfie/ads/ad-creative.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 import { FeedReason } from '../../selfie/feed/feed-reason.js';
-import { Post } from '../../selfie/posts/post.js';
+import { Post, PostT } from '../../selfie/posts/post.js';
 
 
-export class FeedItem {
+export class FeedItem implements flatbuffers.IUnpackableObject<FeedItemT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FeedItem {
@@ -85,4 +85,49 @@ static endFeedItem(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): FeedItemT {
+  return new FeedItemT(
+    (this.post() !== null ? this.post()!.unpack() : null),
+    this.reason(),
+    (this.repostedBy() !== null ? this.repostedBy()!.unpack() : null),
+    this.score(),
+    (this.ad() !== null ? this.ad()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: FeedItemT): void {
+  _o.post = (this.post() !== null ? this.post()!.unpack() : null);
+  _o.reason = this.reason();
+  _o.repostedBy = (this.repostedBy() !== null ? this.repostedBy()!.unpack() : null);
+  _o.score = this.score();
+  _o.ad = (this.ad() !== null ? this.ad()!.unpack() : null);
+}
+}
+
+export class FeedItemT implements flatbuffers.IGeneratedObject {
+constructor(
+  public post: PostT|null = null,
+  public reason: FeedReason = FeedReason.Followed,
+  public repostedBy: UserSummaryT|null = null,
+  public score: number = 0.0,
+  public ad: AdCreativeT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const post = (this.post !== null ? this.post!.pack(builder) : 0);
+  const repostedBy = (this.repostedBy !== null ? this.repostedBy!.pack(builder) : 0);
+  const ad = (this.ad !== null ? this.ad!.pack(builder) : 0);
+
+  FeedItem.startFeedItem(builder);
+  FeedItem.addPost(builder, post);
+  FeedItem.addReason(builder, this.reason);
+  FeedItem.addRepostedBy(builder, repostedBy);
+  FeedItem.addScore(builder, this.score);
+  FeedItem.addAd(builder, ad);
+
+  return FeedItem.endFeedItem(builder);
+}
 }

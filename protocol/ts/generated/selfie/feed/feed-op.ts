@@ -2,10 +2,10 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { FeedPage } from '../../selfie/feed/feed-page.js';
-import { FeedPageRequest } from '../../selfie/feed/feed-page-request.js';
-import { FeedUpdate } from '../../selfie/feed/feed-update.js';
-import { NotInterestedRequest } from '../../selfie/feed/not-interested-request.js';
+import { FeedPage, FeedPageT } from '../../selfie/feed/feed-page.js';
+import { FeedPageRequest, FeedPageRequestT } from '../../selfie/feed/feed-page-request.js';
+import { FeedUpdate, FeedUpdateT } from '../../selfie/feed/feed-update.js';
+import { NotInterestedRequest, NotInterestedRequestT } from '../../selfie/feed/not-interested-request.js';
 
 
 export enum FeedOp {

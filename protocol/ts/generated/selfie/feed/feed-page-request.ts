@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 import { FeedKind } from '../../selfie/feed/feed-kind.js';
 
 
-export class FeedPageRequest {
+export class FeedPageRequest implements flatbuffers.IUnpackableObject<FeedPageRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FeedPageRequest {
@@ -76,4 +76,44 @@ static endFeedPageRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): FeedPageRequestT {
+  return new FeedPageRequestT(
+    this.kind(),
+    this.targetId(),
+    this.hashtag(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: FeedPageRequestT): void {
+  _o.kind = this.kind();
+  _o.targetId = this.targetId();
+  _o.hashtag = this.hashtag();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class FeedPageRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public kind: FeedKind = FeedKind.Home,
+  public targetId: bigint = BigInt('0'),
+  public hashtag: string|Uint8Array|null = null,
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const hashtag = (this.hashtag !== null ? builder.createString(this.hashtag!) : 0);
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  FeedPageRequest.startFeedPageRequest(builder);
+  FeedPageRequest.addKind(builder, this.kind);
+  FeedPageRequest.addTargetId(builder, this.targetId);
+  FeedPageRequest.addHashtag(builder, hashtag);
+  FeedPageRequest.addPage(builder, page);
+
+  return FeedPageRequest.endFeedPageRequest(builder);
+}
 }

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { FeedItem } from '../../selfie/feed/feed-item.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { FeedItem, FeedItemT } from '../../selfie/feed/feed-item.js';
 
 
-export class FeedPage {
+export class FeedPage implements flatbuffers.IUnpackableObject<FeedPageT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FeedPage {
@@ -104,4 +104,41 @@ static endFeedPage(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): FeedPageT {
+  return new FeedPageT(
+    this.bb!.createObjList<FeedItem, FeedItemT>(this.items.bind(this), this.itemsLength()),
+    (this.page() !== null ? this.page()!.unpack() : null),
+    this.bb!.createScalarList<number>(this.newerCursor.bind(this), this.newerCursorLength())
+  );
+}
+
+
+unpackTo(_o: FeedPageT): void {
+  _o.items = this.bb!.createObjList<FeedItem, FeedItemT>(this.items.bind(this), this.itemsLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+  _o.newerCursor = this.bb!.createScalarList<number>(this.newerCursor.bind(this), this.newerCursorLength());
+}
+}
+
+export class FeedPageT implements flatbuffers.IGeneratedObject {
+constructor(
+  public items: (FeedItemT)[] = [],
+  public page: PageInfoT|null = null,
+  public newerCursor: (number)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const items = FeedPage.createItemsVector(builder, builder.createObjectOffsetList(this.items));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+  const newerCursor = FeedPage.createNewerCursorVector(builder, this.newerCursor);
+
+  FeedPage.startFeedPage(builder);
+  FeedPage.addItems(builder, items);
+  FeedPage.addPage(builder, page);
+  FeedPage.addNewerCursor(builder, newerCursor);
+
+  return FeedPage.endFeedPage(builder);
+}
 }

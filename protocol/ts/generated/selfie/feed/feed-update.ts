@@ -10,7 +10,7 @@ import { FeedKind } from '../../selfie/feed/feed-kind.js';
 /**
  * Push: new items are available on a feed.
  */
-export class FeedUpdate {
+export class FeedUpdate implements flatbuffers.IUnpackableObject<FeedUpdateT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FeedUpdate {
@@ -70,5 +70,37 @@ static createFeedUpdate(builder:flatbuffers.Builder, kind:FeedKind, newItems:num
   FeedUpdate.addNewItems(builder, newItems);
   FeedUpdate.addLatestPostId(builder, latestPostId);
   return FeedUpdate.endFeedUpdate(builder);
+}
+
+unpack(): FeedUpdateT {
+  return new FeedUpdateT(
+    this.kind(),
+    this.newItems(),
+    this.latestPostId()
+  );
+}
+
+
+unpackTo(_o: FeedUpdateT): void {
+  _o.kind = this.kind();
+  _o.newItems = this.newItems();
+  _o.latestPostId = this.latestPostId();
+}
+}
+
+export class FeedUpdateT implements flatbuffers.IGeneratedObject {
+constructor(
+  public kind: FeedKind = FeedKind.Home,
+  public newItems: number = 0,
+  public latestPostId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return FeedUpdate.createFeedUpdate(builder,
+    this.kind,
+    this.newItems,
+    this.latestPostId
+  );
 }
 }

@@ -5,9 +5,13 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { FeedOp, unionToFeedOp, unionListToFeedOp } from '../../selfie/feed/feed-op.js';
+import { FeedPage, FeedPageT } from '../../selfie/feed/feed-page.js';
+import { FeedPageRequest, FeedPageRequestT } from '../../selfie/feed/feed-page-request.js';
+import { FeedUpdate, FeedUpdateT } from '../../selfie/feed/feed-update.js';
+import { NotInterestedRequest, NotInterestedRequestT } from '../../selfie/feed/not-interested-request.js';
 
 
-export class Feed {
+export class Feed implements flatbuffers.IUnpackableObject<FeedT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Feed {
@@ -57,5 +61,43 @@ static createFeed(builder:flatbuffers.Builder, opType:FeedOp, opOffset:flatbuffe
   Feed.addOpType(builder, opType);
   Feed.addOp(builder, opOffset);
   return Feed.endFeed(builder);
+}
+
+unpack(): FeedT {
+  return new FeedT(
+    this.opType(),
+    (() => {
+      const temp = unionToFeedOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: FeedT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToFeedOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class FeedT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: FeedOp = FeedOp.NONE,
+  public op: FeedPageRequestT|FeedPageT|FeedUpdateT|NotInterestedRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Feed.createFeed(builder,
+    this.opType,
+    op
+  );
 }
 }

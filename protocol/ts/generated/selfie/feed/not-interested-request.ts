@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class NotInterestedRequest {
+
+
+export class NotInterestedRequest implements flatbuffers.IUnpackableObject<NotInterestedRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):NotInterestedRequest {
@@ -54,5 +56,33 @@ static createNotInterestedRequest(builder:flatbuffers.Builder, postId:bigint, au
   NotInterestedRequest.addPostId(builder, postId);
   NotInterestedRequest.addAuthorId(builder, authorId);
   return NotInterestedRequest.endNotInterestedRequest(builder);
+}
+
+unpack(): NotInterestedRequestT {
+  return new NotInterestedRequestT(
+    this.postId(),
+    this.authorId()
+  );
+}
+
+
+unpackTo(_o: NotInterestedRequestT): void {
+  _o.postId = this.postId();
+  _o.authorId = this.authorId();
+}
+}
+
+export class NotInterestedRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0'),
+  public authorId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return NotInterestedRequest.createNotInterestedRequest(builder,
+    this.postId,
+    this.authorId
+  );
 }
 }

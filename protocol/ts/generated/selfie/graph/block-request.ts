@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class BlockRequest {
+
+
+export class BlockRequest implements flatbuffers.IUnpackableObject<BlockRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):BlockRequest {
@@ -44,5 +46,29 @@ static createBlockRequest(builder:flatbuffers.Builder, targetId:bigint):flatbuff
   BlockRequest.startBlockRequest(builder);
   BlockRequest.addTargetId(builder, targetId);
   return BlockRequest.endBlockRequest(builder);
+}
+
+unpack(): BlockRequestT {
+  return new BlockRequestT(
+    this.targetId()
+  );
+}
+
+
+unpackTo(_o: BlockRequestT): void {
+  _o.targetId = this.targetId();
+}
+}
+
+export class BlockRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return BlockRequest.createBlockRequest(builder,
+    this.targetId
+  );
 }
 }

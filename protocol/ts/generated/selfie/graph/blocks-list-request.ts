@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class BlocksListRequest {
+export class BlocksListRequest implements flatbuffers.IUnpackableObject<BlocksListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):BlocksListRequest {
@@ -47,5 +47,31 @@ static createBlocksListRequest(builder:flatbuffers.Builder, pageOffset:flatbuffe
   BlocksListRequest.startBlocksListRequest(builder);
   BlocksListRequest.addPage(builder, pageOffset);
   return BlocksListRequest.endBlocksListRequest(builder);
+}
+
+unpack(): BlocksListRequestT {
+  return new BlocksListRequestT(
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: BlocksListRequestT): void {
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class BlocksListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  return BlocksListRequest.createBlocksListRequest(builder,
+    page
+  );
 }
 }

@@ -4,13 +4,13 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
 /**
  * The caller's close friends (since 1.1).
  */
-export class CloseFriendsListRequest {
+export class CloseFriendsListRequest implements flatbuffers.IUnpackableObject<CloseFriendsListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CloseFriendsListRequest {
@@ -50,5 +50,31 @@ static createCloseFriendsListRequest(builder:flatbuffers.Builder, pageOffset:fla
   CloseFriendsListRequest.startCloseFriendsListRequest(builder);
   CloseFriendsListRequest.addPage(builder, pageOffset);
   return CloseFriendsListRequest.endCloseFriendsListRequest(builder);
+}
+
+unpack(): CloseFriendsListRequestT {
+  return new CloseFriendsListRequestT(
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: CloseFriendsListRequestT): void {
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class CloseFriendsListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  return CloseFriendsListRequest.createCloseFriendsListRequest(builder,
+    page
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class CloseFriendsUpdateRequest {
+
+
+export class CloseFriendsUpdateRequest implements flatbuffers.IUnpackableObject<CloseFriendsUpdateRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CloseFriendsUpdateRequest {
@@ -88,5 +90,36 @@ static createCloseFriendsUpdateRequest(builder:flatbuffers.Builder, addOffset:fl
   CloseFriendsUpdateRequest.addAdd(builder, addOffset);
   CloseFriendsUpdateRequest.addRemove(builder, removeOffset);
   return CloseFriendsUpdateRequest.endCloseFriendsUpdateRequest(builder);
+}
+
+unpack(): CloseFriendsUpdateRequestT {
+  return new CloseFriendsUpdateRequestT(
+    this.bb!.createScalarList<bigint>(this.add.bind(this), this.addLength()),
+    this.bb!.createScalarList<bigint>(this.remove.bind(this), this.removeLength())
+  );
+}
+
+
+unpackTo(_o: CloseFriendsUpdateRequestT): void {
+  _o.add = this.bb!.createScalarList<bigint>(this.add.bind(this), this.addLength());
+  _o.remove = this.bb!.createScalarList<bigint>(this.remove.bind(this), this.removeLength());
+}
+}
+
+export class CloseFriendsUpdateRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public add: (bigint)[] = [],
+  public remove: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const add = CloseFriendsUpdateRequest.createAddVector(builder, this.add);
+  const remove = CloseFriendsUpdateRequest.createRemoveVector(builder, this.remove);
+
+  return CloseFriendsUpdateRequest.createCloseFriendsUpdateRequest(builder,
+    add,
+    remove
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class FollowRequestApproveRequest {
+
+
+export class FollowRequestApproveRequest implements flatbuffers.IUnpackableObject<FollowRequestApproveRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FollowRequestApproveRequest {
@@ -44,5 +46,29 @@ static createFollowRequestApproveRequest(builder:flatbuffers.Builder, requesterI
   FollowRequestApproveRequest.startFollowRequestApproveRequest(builder);
   FollowRequestApproveRequest.addRequesterId(builder, requesterId);
   return FollowRequestApproveRequest.endFollowRequestApproveRequest(builder);
+}
+
+unpack(): FollowRequestApproveRequestT {
+  return new FollowRequestApproveRequestT(
+    this.requesterId()
+  );
+}
+
+
+unpackTo(_o: FollowRequestApproveRequestT): void {
+  _o.requesterId = this.requesterId();
+}
+}
+
+export class FollowRequestApproveRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public requesterId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return FollowRequestApproveRequest.createFollowRequestApproveRequest(builder,
+    this.requesterId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class FollowRequestCancelRequest {
+
+
+export class FollowRequestCancelRequest implements flatbuffers.IUnpackableObject<FollowRequestCancelRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FollowRequestCancelRequest {
@@ -44,5 +46,29 @@ static createFollowRequestCancelRequest(builder:flatbuffers.Builder, targetId:bi
   FollowRequestCancelRequest.startFollowRequestCancelRequest(builder);
   FollowRequestCancelRequest.addTargetId(builder, targetId);
   return FollowRequestCancelRequest.endFollowRequestCancelRequest(builder);
+}
+
+unpack(): FollowRequestCancelRequestT {
+  return new FollowRequestCancelRequestT(
+    this.targetId()
+  );
+}
+
+
+unpackTo(_o: FollowRequestCancelRequestT): void {
+  _o.targetId = this.targetId();
+}
+}
+
+export class FollowRequestCancelRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return FollowRequestCancelRequest.createFollowRequestCancelRequest(builder,
+    this.targetId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class FollowRequestDenyRequest {
+
+
+export class FollowRequestDenyRequest implements flatbuffers.IUnpackableObject<FollowRequestDenyRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FollowRequestDenyRequest {
@@ -44,5 +46,29 @@ static createFollowRequestDenyRequest(builder:flatbuffers.Builder, requesterId:b
   FollowRequestDenyRequest.startFollowRequestDenyRequest(builder);
   FollowRequestDenyRequest.addRequesterId(builder, requesterId);
   return FollowRequestDenyRequest.endFollowRequestDenyRequest(builder);
+}
+
+unpack(): FollowRequestDenyRequestT {
+  return new FollowRequestDenyRequestT(
+    this.requesterId()
+  );
+}
+
+
+unpackTo(_o: FollowRequestDenyRequestT): void {
+  _o.requesterId = this.requesterId();
+}
+}
+
+export class FollowRequestDenyRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public requesterId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return FollowRequestDenyRequest.createFollowRequestDenyRequest(builder,
+    this.requesterId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class FollowRequest {
+
+
+export class FollowRequest implements flatbuffers.IUnpackableObject<FollowRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FollowRequest {
@@ -44,5 +46,29 @@ static createFollowRequest(builder:flatbuffers.Builder, targetId:bigint):flatbuf
   FollowRequest.startFollowRequest(builder);
   FollowRequest.addTargetId(builder, targetId);
   return FollowRequest.endFollowRequest(builder);
+}
+
+unpack(): FollowRequestT {
+  return new FollowRequestT(
+    this.targetId()
+  );
+}
+
+
+unpackTo(_o: FollowRequestT): void {
+  _o.targetId = this.targetId();
+}
+}
+
+export class FollowRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return FollowRequest.createFollowRequest(builder,
+    this.targetId
+  );
 }
 }

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 import { Direction } from '../../selfie/graph/direction.js';
 
 
-export class FollowRequestsListRequest {
+export class FollowRequestsListRequest implements flatbuffers.IUnpackableObject<FollowRequestsListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FollowRequestsListRequest {
@@ -53,4 +53,35 @@ static endFollowRequestsListRequest(builder:flatbuffers.Builder):flatbuffers.Off
   return offset;
 }
 
+
+unpack(): FollowRequestsListRequestT {
+  return new FollowRequestsListRequestT(
+    this.direction(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: FollowRequestsListRequestT): void {
+  _o.direction = this.direction();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class FollowRequestsListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public direction: Direction = Direction.Incoming,
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  FollowRequestsListRequest.startFollowRequestsListRequest(builder);
+  FollowRequestsListRequest.addDirection(builder, this.direction);
+  FollowRequestsListRequest.addPage(builder, page);
+
+  return FollowRequestsListRequest.endFollowRequestsListRequest(builder);
+}
 }

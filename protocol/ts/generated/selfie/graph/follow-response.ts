@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { FollowState } from '../../selfie/graph/follow-state.js';
 
 
-export class FollowResponse {
+export class FollowResponse implements flatbuffers.IUnpackableObject<FollowResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FollowResponse {
@@ -47,5 +47,29 @@ static createFollowResponse(builder:flatbuffers.Builder, state:FollowState):flat
   FollowResponse.startFollowResponse(builder);
   FollowResponse.addState(builder, state);
   return FollowResponse.endFollowResponse(builder);
+}
+
+unpack(): FollowResponseT {
+  return new FollowResponseT(
+    this.state()
+  );
+}
+
+
+unpackTo(_o: FollowResponseT): void {
+  _o.state = this.state();
+}
+}
+
+export class FollowResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public state: FollowState = FollowState.None
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return FollowResponse.createFollowResponse(builder,
+    this.state
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class FollowersListRequest {
+export class FollowersListRequest implements flatbuffers.IUnpackableObject<FollowersListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FollowersListRequest {
@@ -52,4 +52,35 @@ static endFollowersListRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): FollowersListRequestT {
+  return new FollowersListRequestT(
+    this.userId(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: FollowersListRequestT): void {
+  _o.userId = this.userId();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class FollowersListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  FollowersListRequest.startFollowersListRequest(builder);
+  FollowersListRequest.addUserId(builder, this.userId);
+  FollowersListRequest.addPage(builder, page);
+
+  return FollowersListRequest.endFollowersListRequest(builder);
+}
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class FollowingListRequest {
+export class FollowingListRequest implements flatbuffers.IUnpackableObject<FollowingListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):FollowingListRequest {
@@ -52,4 +52,35 @@ static endFollowingListRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): FollowingListRequestT {
+  return new FollowingListRequestT(
+    this.userId(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: FollowingListRequestT): void {
+  _o.userId = this.userId();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class FollowingListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  FollowingListRequest.startFollowingListRequest(builder);
+  FollowingListRequest.addUserId(builder, this.userId);
+  FollowingListRequest.addPage(builder, page);
+
+  return FollowingListRequest.endFollowingListRequest(builder);
+}
 }

@@ -2,36 +2,36 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { BlockRequest } from '../../selfie/graph/block-request.js';
-import { BlocksListRequest } from '../../selfie/graph/blocks-list-request.js';
-import { CloseFriendsListRequest } from '../../selfie/graph/close-friends-list-request.js';
-import { CloseFriendsUpdateRequest } from '../../selfie/graph/close-friends-update-request.js';
-import { FollowRequest } from '../../selfie/graph/follow-request.js';
-import { FollowRequestApproveRequest } from '../../selfie/graph/follow-request-approve-request.js';
-import { FollowRequestCancelRequest } from '../../selfie/graph/follow-request-cancel-request.js';
-import { FollowRequestDenyRequest } from '../../selfie/graph/follow-request-deny-request.js';
-import { FollowRequestsListRequest } from '../../selfie/graph/follow-requests-list-request.js';
-import { FollowResponse } from '../../selfie/graph/follow-response.js';
-import { FollowersListRequest } from '../../selfie/graph/followers-list-request.js';
-import { FollowingListRequest } from '../../selfie/graph/following-list-request.js';
-import { ListCreateRequest } from '../../selfie/graph/list-create-request.js';
-import { ListDeleteRequest } from '../../selfie/graph/list-delete-request.js';
-import { ListMembersAddRequest } from '../../selfie/graph/list-members-add-request.js';
-import { ListMembersRemoveRequest } from '../../selfie/graph/list-members-remove-request.js';
-import { ListMembersRequest } from '../../selfie/graph/list-members-request.js';
-import { ListResponse } from '../../selfie/graph/list-response.js';
-import { ListUpdateRequest } from '../../selfie/graph/list-update-request.js';
-import { ListsGetRequest } from '../../selfie/graph/lists-get-request.js';
-import { ListsResponse } from '../../selfie/graph/lists-response.js';
-import { MuteRequest } from '../../selfie/graph/mute-request.js';
-import { MutesListRequest } from '../../selfie/graph/mutes-list-request.js';
-import { RelationshipsRequest } from '../../selfie/graph/relationships-request.js';
-import { RelationshipsResponse } from '../../selfie/graph/relationships-response.js';
-import { RemoveFollowerRequest } from '../../selfie/graph/remove-follower-request.js';
-import { UnblockRequest } from '../../selfie/graph/unblock-request.js';
-import { UnfollowRequest } from '../../selfie/graph/unfollow-request.js';
-import { UnmuteRequest } from '../../selfie/graph/unmute-request.js';
-import { UserListResponse } from '../../selfie/graph/user-list-response.js';
+import { BlockRequest, BlockRequestT } from '../../selfie/graph/block-request.js';
+import { BlocksListRequest, BlocksListRequestT } from '../../selfie/graph/blocks-list-request.js';
+import { CloseFriendsListRequest, CloseFriendsListRequestT } from '../../selfie/graph/close-friends-list-request.js';
+import { CloseFriendsUpdateRequest, CloseFriendsUpdateRequestT } from '../../selfie/graph/close-friends-update-request.js';
+import { FollowRequest, FollowRequestT } from '../../selfie/graph/follow-request.js';
+import { FollowRequestApproveRequest, FollowRequestApproveRequestT } from '../../selfie/graph/follow-request-approve-request.js';
+import { FollowRequestCancelRequest, FollowRequestCancelRequestT } from '../../selfie/graph/follow-request-cancel-request.js';
+import { FollowRequestDenyRequest, FollowRequestDenyRequestT } from '../../selfie/graph/follow-request-deny-request.js';
+import { FollowRequestsListRequest, FollowRequestsListRequestT } from '../../selfie/graph/follow-requests-list-request.js';
+import { FollowResponse, FollowResponseT } from '../../selfie/graph/follow-response.js';
+import { FollowersListRequest, FollowersListRequestT } from '../../selfie/graph/followers-list-request.js';
+import { FollowingListRequest, FollowingListRequestT } from '../../selfie/graph/following-list-request.js';
+import { ListCreateRequest, ListCreateRequestT } from '../../selfie/graph/list-create-request.js';
+import { ListDeleteRequest, ListDeleteRequestT } from '../../selfie/graph/list-delete-request.js';
+import { ListMembersAddRequest, ListMembersAddRequestT } from '../../selfie/graph/list-members-add-request.js';
+import { ListMembersRemoveRequest, ListMembersRemoveRequestT } from '../../selfie/graph/list-members-remove-request.js';
+import { ListMembersRequest, ListMembersRequestT } from '../../selfie/graph/list-members-request.js';
+import { ListResponse, ListResponseT } from '../../selfie/graph/list-response.js';
+import { ListUpdateRequest, ListUpdateRequestT } from '../../selfie/graph/list-update-request.js';
+import { ListsGetRequest, ListsGetRequestT } from '../../selfie/graph/lists-get-request.js';
+import { ListsResponse, ListsResponseT } from '../../selfie/graph/lists-response.js';
+import { MuteRequest, MuteRequestT } from '../../selfie/graph/mute-request.js';
+import { MutesListRequest, MutesListRequestT } from '../../selfie/graph/mutes-list-request.js';
+import { RelationshipsRequest, RelationshipsRequestT } from '../../selfie/graph/relationships-request.js';
+import { RelationshipsResponse, RelationshipsResponseT } from '../../selfie/graph/relationships-response.js';
+import { RemoveFollowerRequest, RemoveFollowerRequestT } from '../../selfie/graph/remove-follower-request.js';
+import { UnblockRequest, UnblockRequestT } from '../../selfie/graph/unblock-request.js';
+import { UnfollowRequest, UnfollowRequestT } from '../../selfie/graph/unfollow-request.js';
+import { UnmuteRequest, UnmuteRequestT } from '../../selfie/graph/unmute-request.js';
+import { UserListResponse, UserListResponseT } from '../../selfie/graph/user-list-response.js';
 
 
 export enum GraphOp {

@@ -4,10 +4,40 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { BlockRequest, BlockRequestT } from '../../selfie/graph/block-request.js';
+import { BlocksListRequest, BlocksListRequestT } from '../../selfie/graph/blocks-list-request.js';
+import { CloseFriendsListRequest, CloseFriendsListRequestT } from '../../selfie/graph/close-friends-list-request.js';
+import { CloseFriendsUpdateRequest, CloseFriendsUpdateRequestT } from '../../selfie/graph/close-friends-update-request.js';
+import { FollowRequest, FollowRequestT } from '../../selfie/graph/follow-request.js';
+import { FollowRequestApproveRequest, FollowRequestApproveRequestT } from '../../selfie/graph/follow-request-approve-request.js';
+import { FollowRequestCancelRequest, FollowRequestCancelRequestT } from '../../selfie/graph/follow-request-cancel-request.js';
+import { FollowRequestDenyRequest, FollowRequestDenyRequestT } from '../../selfie/graph/follow-request-deny-request.js';
+import { FollowRequestsListRequest, FollowRequestsListRequestT } from '../../selfie/graph/follow-requests-list-request.js';
+import { FollowResponse, FollowResponseT } from '../../selfie/graph/follow-response.js';
+import { FollowersListRequest, FollowersListRequestT } from '../../selfie/graph/followers-list-request.js';
+import { FollowingListRequest, FollowingListRequestT } from '../../selfie/graph/following-list-request.js';
 import { GraphOp, unionToGraphOp, unionListToGraphOp } from '../../selfie/graph/graph-op.js';
+import { ListCreateRequest, ListCreateRequestT } from '../../selfie/graph/list-create-request.js';
+import { ListDeleteRequest, ListDeleteRequestT } from '../../selfie/graph/list-delete-request.js';
+import { ListMembersAddRequest, ListMembersAddRequestT } from '../../selfie/graph/list-members-add-request.js';
+import { ListMembersRemoveRequest, ListMembersRemoveRequestT } from '../../selfie/graph/list-members-remove-request.js';
+import { ListMembersRequest, ListMembersRequestT } from '../../selfie/graph/list-members-request.js';
+import { ListResponse, ListResponseT } from '../../selfie/graph/list-response.js';
+import { ListUpdateRequest, ListUpdateRequestT } from '../../selfie/graph/list-update-request.js';
+import { ListsGetRequest, ListsGetRequestT } from '../../selfie/graph/lists-get-request.js';
+import { ListsResponse, ListsResponseT } from '../../selfie/graph/lists-response.js';
+import { MuteRequest, MuteRequestT } from '../../selfie/graph/mute-request.js';
+import { MutesListRequest, MutesListRequestT } from '../../selfie/graph/mutes-list-request.js';
+import { RelationshipsRequest, RelationshipsRequestT } from '../../selfie/graph/relationships-request.js';
+import { RelationshipsResponse, RelationshipsResponseT } from '../../selfie/graph/relationships-response.js';
+import { RemoveFollowerRequest, RemoveFollowerRequestT } from '../../selfie/graph/remove-follower-request.js';
+import { UnblockRequest, UnblockRequestT } from '../../selfie/graph/unblock-request.js';
+import { UnfollowRequest, UnfollowRequestT } from '../../selfie/graph/unfollow-request.js';
+import { UnmuteRequest, UnmuteRequestT } from '../../selfie/graph/unmute-request.js';
+import { UserListResponse, UserListResponseT } from '../../selfie/graph/user-list-response.js';
 
 
-export class Graph {
+export class Graph implements flatbuffers.IUnpackableObject<GraphT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Graph {
@@ -57,5 +87,43 @@ static createGraph(builder:flatbuffers.Builder, opType:GraphOp, opOffset:flatbuf
   Graph.addOpType(builder, opType);
   Graph.addOp(builder, opOffset);
   return Graph.endGraph(builder);
+}
+
+unpack(): GraphT {
+  return new GraphT(
+    this.opType(),
+    (() => {
+      const temp = unionToGraphOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: GraphT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToGraphOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class GraphT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: GraphOp = GraphOp.NONE,
+  public op: BlockRequestT|BlocksListRequestT|CloseFriendsListRequestT|CloseFriendsUpdateRequestT|FollowRequestApproveRequestT|FollowRequestCancelRequestT|FollowRequestDenyRequestT|FollowRequestT|FollowRequestsListRequestT|FollowResponseT|FollowersListRequestT|FollowingListRequestT|ListCreateRequestT|ListDeleteRequestT|ListMembersAddRequestT|ListMembersRemoveRequestT|ListMembersRequestT|ListResponseT|ListUpdateRequestT|ListsGetRequestT|ListsResponseT|MuteRequestT|MutesListRequestT|RelationshipsRequestT|RelationshipsResponseT|RemoveFollowerRequestT|UnblockRequestT|UnfollowRequestT|UnmuteRequestT|UserListResponseT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Graph.createGraph(builder,
+    this.opType,
+    op
+  );
 }
 }

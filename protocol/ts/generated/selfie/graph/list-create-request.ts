@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class ListCreateRequest {
+
+
+export class ListCreateRequest implements flatbuffers.IUnpackableObject<ListCreateRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ListCreateRequest {
@@ -68,5 +70,40 @@ static createListCreateRequest(builder:flatbuffers.Builder, nameOffset:flatbuffe
   ListCreateRequest.addDescription(builder, descriptionOffset);
   ListCreateRequest.addPrivate(builder, private_);
   return ListCreateRequest.endListCreateRequest(builder);
+}
+
+unpack(): ListCreateRequestT {
+  return new ListCreateRequestT(
+    this.name(),
+    this.description(),
+    this.private_()
+  );
+}
+
+
+unpackTo(_o: ListCreateRequestT): void {
+  _o.name = this.name();
+  _o.description = this.description();
+  _o.private_ = this.private_();
+}
+}
+
+export class ListCreateRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public name: string|Uint8Array|null = null,
+  public description: string|Uint8Array|null = null,
+  public private_: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+  const description = (this.description !== null ? builder.createString(this.description!) : 0);
+
+  return ListCreateRequest.createListCreateRequest(builder,
+    name,
+    description,
+    this.private_
+  );
 }
 }

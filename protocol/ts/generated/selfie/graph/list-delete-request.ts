@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class ListDeleteRequest {
+
+
+export class ListDeleteRequest implements flatbuffers.IUnpackableObject<ListDeleteRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ListDeleteRequest {
@@ -44,5 +46,29 @@ static createListDeleteRequest(builder:flatbuffers.Builder, listId:bigint):flatb
   ListDeleteRequest.startListDeleteRequest(builder);
   ListDeleteRequest.addListId(builder, listId);
   return ListDeleteRequest.endListDeleteRequest(builder);
+}
+
+unpack(): ListDeleteRequestT {
+  return new ListDeleteRequestT(
+    this.listId()
+  );
+}
+
+
+unpackTo(_o: ListDeleteRequestT): void {
+  _o.listId = this.listId();
+}
+}
+
+export class ListDeleteRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public listId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return ListDeleteRequest.createListDeleteRequest(builder,
+    this.listId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class ListMembersAddRequest {
+
+
+export class ListMembersAddRequest implements flatbuffers.IUnpackableObject<ListMembersAddRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ListMembersAddRequest {
@@ -71,5 +73,35 @@ static createListMembersAddRequest(builder:flatbuffers.Builder, listId:bigint, u
   ListMembersAddRequest.addListId(builder, listId);
   ListMembersAddRequest.addUserIds(builder, userIdsOffset);
   return ListMembersAddRequest.endListMembersAddRequest(builder);
+}
+
+unpack(): ListMembersAddRequestT {
+  return new ListMembersAddRequestT(
+    this.listId(),
+    this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength())
+  );
+}
+
+
+unpackTo(_o: ListMembersAddRequestT): void {
+  _o.listId = this.listId();
+  _o.userIds = this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength());
+}
+}
+
+export class ListMembersAddRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public listId: bigint = BigInt('0'),
+  public userIds: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const userIds = ListMembersAddRequest.createUserIdsVector(builder, this.userIds);
+
+  return ListMembersAddRequest.createListMembersAddRequest(builder,
+    this.listId,
+    userIds
+  );
 }
 }

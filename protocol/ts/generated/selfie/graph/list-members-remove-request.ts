@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class ListMembersRemoveRequest {
+
+
+export class ListMembersRemoveRequest implements flatbuffers.IUnpackableObject<ListMembersRemoveRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ListMembersRemoveRequest {
@@ -71,5 +73,35 @@ static createListMembersRemoveRequest(builder:flatbuffers.Builder, listId:bigint
   ListMembersRemoveRequest.addListId(builder, listId);
   ListMembersRemoveRequest.addUserIds(builder, userIdsOffset);
   return ListMembersRemoveRequest.endListMembersRemoveRequest(builder);
+}
+
+unpack(): ListMembersRemoveRequestT {
+  return new ListMembersRemoveRequestT(
+    this.listId(),
+    this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength())
+  );
+}
+
+
+unpackTo(_o: ListMembersRemoveRequestT): void {
+  _o.listId = this.listId();
+  _o.userIds = this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength());
+}
+}
+
+export class ListMembersRemoveRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public listId: bigint = BigInt('0'),
+  public userIds: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const userIds = ListMembersRemoveRequest.createUserIdsVector(builder, this.userIds);
+
+  return ListMembersRemoveRequest.createListMembersRemoveRequest(builder,
+    this.listId,
+    userIds
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class ListMembersRequest {
+export class ListMembersRequest implements flatbuffers.IUnpackableObject<ListMembersRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ListMembersRequest {
@@ -52,4 +52,35 @@ static endListMembersRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): ListMembersRequestT {
+  return new ListMembersRequestT(
+    this.listId(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: ListMembersRequestT): void {
+  _o.listId = this.listId();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class ListMembersRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public listId: bigint = BigInt('0'),
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  ListMembersRequest.startListMembersRequest(builder);
+  ListMembersRequest.addListId(builder, this.listId);
+  ListMembersRequest.addPage(builder, page);
+
+  return ListMembersRequest.endListMembersRequest(builder);
+}
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { UserList } from '../../selfie/graph/user-list.js';
+import { UserList, UserListT } from '../../selfie/graph/user-list.js';
 
 
-export class ListResponse {
+export class ListResponse implements flatbuffers.IUnpackableObject<ListResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ListResponse {
@@ -47,5 +47,31 @@ static createListResponse(builder:flatbuffers.Builder, listOffset:flatbuffers.Of
   ListResponse.startListResponse(builder);
   ListResponse.addList(builder, listOffset);
   return ListResponse.endListResponse(builder);
+}
+
+unpack(): ListResponseT {
+  return new ListResponseT(
+    (this.list() !== null ? this.list()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: ListResponseT): void {
+  _o.list = (this.list() !== null ? this.list()!.unpack() : null);
+}
+}
+
+export class ListResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public list: UserListT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const list = (this.list !== null ? this.list!.pack(builder) : 0);
+
+  return ListResponse.createListResponse(builder,
+    list
+  );
 }
 }

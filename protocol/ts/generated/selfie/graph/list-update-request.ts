@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class ListUpdateRequest {
+
+
+export class ListUpdateRequest implements flatbuffers.IUnpackableObject<ListUpdateRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ListUpdateRequest {
@@ -79,5 +81,44 @@ static createListUpdateRequest(builder:flatbuffers.Builder, listId:bigint, nameO
   if (private_ !== null)
     ListUpdateRequest.addPrivate(builder, private_);
   return ListUpdateRequest.endListUpdateRequest(builder);
+}
+
+unpack(): ListUpdateRequestT {
+  return new ListUpdateRequestT(
+    this.listId(),
+    this.name(),
+    this.description(),
+    this.private_()
+  );
+}
+
+
+unpackTo(_o: ListUpdateRequestT): void {
+  _o.listId = this.listId();
+  _o.name = this.name();
+  _o.description = this.description();
+  _o.private_ = this.private_();
+}
+}
+
+export class ListUpdateRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public listId: bigint = BigInt('0'),
+  public name: string|Uint8Array|null = null,
+  public description: string|Uint8Array|null = null,
+  public private_: boolean|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+  const description = (this.description !== null ? builder.createString(this.description!) : 0);
+
+  return ListUpdateRequest.createListUpdateRequest(builder,
+    this.listId,
+    name,
+    description,
+    this.private_
+  );
 }
 }

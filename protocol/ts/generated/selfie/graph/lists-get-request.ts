@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class ListsGetRequest {
+export class ListsGetRequest implements flatbuffers.IUnpackableObject<ListsGetRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ListsGetRequest {
@@ -52,4 +52,35 @@ static endListsGetRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): ListsGetRequestT {
+  return new ListsGetRequestT(
+    this.ownerId(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: ListsGetRequestT): void {
+  _o.ownerId = this.ownerId();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class ListsGetRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public ownerId: bigint = BigInt('0'),
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  ListsGetRequest.startListsGetRequest(builder);
+  ListsGetRequest.addOwnerId(builder, this.ownerId);
+  ListsGetRequest.addPage(builder, page);
+
+  return ListsGetRequest.endListsGetRequest(builder);
+}
 }

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { UserList } from '../../selfie/graph/user-list.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { UserList, UserListT } from '../../selfie/graph/user-list.js';
 
 
-export class ListsResponse {
+export class ListsResponse implements flatbuffers.IUnpackableObject<ListsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ListsResponse {
@@ -70,4 +70,36 @@ static endListsResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): ListsResponseT {
+  return new ListsResponseT(
+    this.bb!.createObjList<UserList, UserListT>(this.lists.bind(this), this.listsLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: ListsResponseT): void {
+  _o.lists = this.bb!.createObjList<UserList, UserListT>(this.lists.bind(this), this.listsLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class ListsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public lists: (UserListT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const lists = ListsResponse.createListsVector(builder, builder.createObjectOffsetList(this.lists));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  ListsResponse.startListsResponse(builder);
+  ListsResponse.addLists(builder, lists);
+  ListsResponse.addPage(builder, page);
+
+  return ListsResponse.endListsResponse(builder);
+}
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class MuteRequest {
+
+
+export class MuteRequest implements flatbuffers.IUnpackableObject<MuteRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MuteRequest {
@@ -67,5 +69,37 @@ static createMuteRequest(builder:flatbuffers.Builder, targetId:bigint, durationM
   MuteRequest.addDurationMs(builder, durationMs);
   MuteRequest.addMuteRepostsOnly(builder, muteRepostsOnly);
   return MuteRequest.endMuteRequest(builder);
+}
+
+unpack(): MuteRequestT {
+  return new MuteRequestT(
+    this.targetId(),
+    this.durationMs(),
+    this.muteRepostsOnly()
+  );
+}
+
+
+unpackTo(_o: MuteRequestT): void {
+  _o.targetId = this.targetId();
+  _o.durationMs = this.durationMs();
+  _o.muteRepostsOnly = this.muteRepostsOnly();
+}
+}
+
+export class MuteRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetId: bigint = BigInt('0'),
+  public durationMs: bigint = BigInt('0'),
+  public muteRepostsOnly: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return MuteRequest.createMuteRequest(builder,
+    this.targetId,
+    this.durationMs,
+    this.muteRepostsOnly
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class MutesListRequest {
+export class MutesListRequest implements flatbuffers.IUnpackableObject<MutesListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MutesListRequest {
@@ -47,5 +47,31 @@ static createMutesListRequest(builder:flatbuffers.Builder, pageOffset:flatbuffer
   MutesListRequest.startMutesListRequest(builder);
   MutesListRequest.addPage(builder, pageOffset);
   return MutesListRequest.endMutesListRequest(builder);
+}
+
+unpack(): MutesListRequestT {
+  return new MutesListRequestT(
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: MutesListRequestT): void {
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class MutesListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  return MutesListRequest.createMutesListRequest(builder,
+    page
+  );
 }
 }

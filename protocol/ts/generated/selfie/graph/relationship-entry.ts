@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class RelationshipEntry {
+
+
+export class RelationshipEntry implements flatbuffers.IUnpackableObject<RelationshipEntryT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RelationshipEntry {
@@ -104,5 +106,53 @@ static createRelationshipEntry(builder:flatbuffers.Builder, userId:bigint, follo
   RelationshipEntry.addBlockedBy(builder, blockedBy);
   RelationshipEntry.addMuting(builder, muting);
   return RelationshipEntry.endRelationshipEntry(builder);
+}
+
+unpack(): RelationshipEntryT {
+  return new RelationshipEntryT(
+    this.userId(),
+    this.following(),
+    this.followedBy(),
+    this.followRequested(),
+    this.blocking(),
+    this.blockedBy(),
+    this.muting()
+  );
+}
+
+
+unpackTo(_o: RelationshipEntryT): void {
+  _o.userId = this.userId();
+  _o.following = this.following();
+  _o.followedBy = this.followedBy();
+  _o.followRequested = this.followRequested();
+  _o.blocking = this.blocking();
+  _o.blockedBy = this.blockedBy();
+  _o.muting = this.muting();
+}
+}
+
+export class RelationshipEntryT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public following: boolean = false,
+  public followedBy: boolean = false,
+  public followRequested: boolean = false,
+  public blocking: boolean = false,
+  public blockedBy: boolean = false,
+  public muting: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return RelationshipEntry.createRelationshipEntry(builder,
+    this.userId,
+    this.following,
+    this.followedBy,
+    this.followRequested,
+    this.blocking,
+    this.blockedBy,
+    this.muting
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class RelationshipsRequest {
+
+
+export class RelationshipsRequest implements flatbuffers.IUnpackableObject<RelationshipsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RelationshipsRequest {
@@ -61,5 +63,31 @@ static createRelationshipsRequest(builder:flatbuffers.Builder, userIdsOffset:fla
   RelationshipsRequest.startRelationshipsRequest(builder);
   RelationshipsRequest.addUserIds(builder, userIdsOffset);
   return RelationshipsRequest.endRelationshipsRequest(builder);
+}
+
+unpack(): RelationshipsRequestT {
+  return new RelationshipsRequestT(
+    this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength())
+  );
+}
+
+
+unpackTo(_o: RelationshipsRequestT): void {
+  _o.userIds = this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength());
+}
+}
+
+export class RelationshipsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userIds: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const userIds = RelationshipsRequest.createUserIdsVector(builder, this.userIds);
+
+  return RelationshipsRequest.createRelationshipsRequest(builder,
+    userIds
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { RelationshipEntry } from '../../selfie/graph/relationship-entry.js';
+import { RelationshipEntry, RelationshipEntryT } from '../../selfie/graph/relationship-entry.js';
 
 
-export class RelationshipsResponse {
+export class RelationshipsResponse implements flatbuffers.IUnpackableObject<RelationshipsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RelationshipsResponse {
@@ -64,5 +64,31 @@ static createRelationshipsResponse(builder:flatbuffers.Builder, entriesOffset:fl
   RelationshipsResponse.startRelationshipsResponse(builder);
   RelationshipsResponse.addEntries(builder, entriesOffset);
   return RelationshipsResponse.endRelationshipsResponse(builder);
+}
+
+unpack(): RelationshipsResponseT {
+  return new RelationshipsResponseT(
+    this.bb!.createObjList<RelationshipEntry, RelationshipEntryT>(this.entries.bind(this), this.entriesLength())
+  );
+}
+
+
+unpackTo(_o: RelationshipsResponseT): void {
+  _o.entries = this.bb!.createObjList<RelationshipEntry, RelationshipEntryT>(this.entries.bind(this), this.entriesLength());
+}
+}
+
+export class RelationshipsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public entries: (RelationshipEntryT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const entries = RelationshipsResponse.createEntriesVector(builder, builder.createObjectOffsetList(this.entries));
+
+  return RelationshipsResponse.createRelationshipsResponse(builder,
+    entries
+  );
 }
 }

@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Removes someone who follows the caller.
  */
-export class RemoveFollowerRequest {
+export class RemoveFollowerRequest implements flatbuffers.IUnpackableObject<RemoveFollowerRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RemoveFollowerRequest {
@@ -47,5 +49,29 @@ static createRemoveFollowerRequest(builder:flatbuffers.Builder, followerId:bigin
   RemoveFollowerRequest.startRemoveFollowerRequest(builder);
   RemoveFollowerRequest.addFollowerId(builder, followerId);
   return RemoveFollowerRequest.endRemoveFollowerRequest(builder);
+}
+
+unpack(): RemoveFollowerRequestT {
+  return new RemoveFollowerRequestT(
+    this.followerId()
+  );
+}
+
+
+unpackTo(_o: RemoveFollowerRequestT): void {
+  _o.followerId = this.followerId();
+}
+}
+
+export class RemoveFollowerRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public followerId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return RemoveFollowerRequest.createRemoveFollowerRequest(builder,
+    this.followerId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UnblockRequest {
+
+
+export class UnblockRequest implements flatbuffers.IUnpackableObject<UnblockRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UnblockRequest {
@@ -44,5 +46,29 @@ static createUnblockRequest(builder:flatbuffers.Builder, targetId:bigint):flatbu
   UnblockRequest.startUnblockRequest(builder);
   UnblockRequest.addTargetId(builder, targetId);
   return UnblockRequest.endUnblockRequest(builder);
+}
+
+unpack(): UnblockRequestT {
+  return new UnblockRequestT(
+    this.targetId()
+  );
+}
+
+
+unpackTo(_o: UnblockRequestT): void {
+  _o.targetId = this.targetId();
+}
+}
+
+export class UnblockRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return UnblockRequest.createUnblockRequest(builder,
+    this.targetId
+  );
 }
 }

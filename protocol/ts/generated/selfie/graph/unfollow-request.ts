@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UnfollowRequest {
+
+
+export class UnfollowRequest implements flatbuffers.IUnpackableObject<UnfollowRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UnfollowRequest {
@@ -44,5 +46,29 @@ static createUnfollowRequest(builder:flatbuffers.Builder, targetId:bigint):flatb
   UnfollowRequest.startUnfollowRequest(builder);
   UnfollowRequest.addTargetId(builder, targetId);
   return UnfollowRequest.endUnfollowRequest(builder);
+}
+
+unpack(): UnfollowRequestT {
+  return new UnfollowRequestT(
+    this.targetId()
+  );
+}
+
+
+unpackTo(_o: UnfollowRequestT): void {
+  _o.targetId = this.targetId();
+}
+}
+
+export class UnfollowRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return UnfollowRequest.createUnfollowRequest(builder,
+    this.targetId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UnmuteRequest {
+
+
+export class UnmuteRequest implements flatbuffers.IUnpackableObject<UnmuteRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UnmuteRequest {
@@ -44,5 +46,29 @@ static createUnmuteRequest(builder:flatbuffers.Builder, targetId:bigint):flatbuf
   UnmuteRequest.startUnmuteRequest(builder);
   UnmuteRequest.addTargetId(builder, targetId);
   return UnmuteRequest.endUnmuteRequest(builder);
+}
+
+unpack(): UnmuteRequestT {
+  return new UnmuteRequestT(
+    this.targetId()
+  );
+}
+
+
+unpackTo(_o: UnmuteRequestT): void {
+  _o.targetId = this.targetId();
+}
+}
+
+export class UnmuteRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return UnmuteRequest.createUnmuteRequest(builder,
+    this.targetId
+  );
 }
 }

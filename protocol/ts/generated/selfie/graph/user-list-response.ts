@@ -4,14 +4,14 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 
 
 /**
  * A page of users: followers, following, requests, blocks, mutes, list members.
  */
-export class UserListResponse {
+export class UserListResponse implements flatbuffers.IUnpackableObject<UserListResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UserListResponse {
@@ -82,4 +82,40 @@ static endUserListResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): UserListResponseT {
+  return new UserListResponseT(
+    this.bb!.createObjList<UserSummary, UserSummaryT>(this.users.bind(this), this.usersLength()),
+    (this.page() !== null ? this.page()!.unpack() : null),
+    this.totalCount()
+  );
+}
+
+
+unpackTo(_o: UserListResponseT): void {
+  _o.users = this.bb!.createObjList<UserSummary, UserSummaryT>(this.users.bind(this), this.usersLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+  _o.totalCount = this.totalCount();
+}
+}
+
+export class UserListResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public users: (UserSummaryT)[] = [],
+  public page: PageInfoT|null = null,
+  public totalCount: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const users = UserListResponse.createUsersVector(builder, builder.createObjectOffsetList(this.users));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  UserListResponse.startUserListResponse(builder);
+  UserListResponse.addUsers(builder, users);
+  UserListResponse.addPage(builder, page);
+  UserListResponse.addTotalCount(builder, this.totalCount);
+
+  return UserListResponse.endUserListResponse(builder);
+}
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UserList {
+
+
+export class UserList implements flatbuffers.IUnpackableObject<UserListT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UserList {
@@ -108,5 +110,56 @@ static createUserList(builder:flatbuffers.Builder, listId:bigint, ownerId:bigint
   UserList.addMembersCount(builder, membersCount);
   UserList.addCreatedAtMs(builder, createdAtMs);
   return UserList.endUserList(builder);
+}
+
+unpack(): UserListT {
+  return new UserListT(
+    this.listId(),
+    this.ownerId(),
+    this.name(),
+    this.description(),
+    this.private_(),
+    this.membersCount(),
+    this.createdAtMs()
+  );
+}
+
+
+unpackTo(_o: UserListT): void {
+  _o.listId = this.listId();
+  _o.ownerId = this.ownerId();
+  _o.name = this.name();
+  _o.description = this.description();
+  _o.private_ = this.private_();
+  _o.membersCount = this.membersCount();
+  _o.createdAtMs = this.createdAtMs();
+}
+}
+
+export class UserListT implements flatbuffers.IGeneratedObject {
+constructor(
+  public listId: bigint = BigInt('0'),
+  public ownerId: bigint = BigInt('0'),
+  public name: string|Uint8Array|null = null,
+  public description: string|Uint8Array|null = null,
+  public private_: boolean = false,
+  public membersCount: bigint = BigInt('0'),
+  public createdAtMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+  const description = (this.description !== null ? builder.createString(this.description!) : 0);
+
+  return UserList.createUserList(builder,
+    this.listId,
+    this.ownerId,
+    name,
+    description,
+    this.private_,
+    this.membersCount,
+    this.createdAtMs
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class DeleteMediaRequest {
+
+
+export class DeleteMediaRequest implements flatbuffers.IUnpackableObject<DeleteMediaRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DeleteMediaRequest {
@@ -44,5 +46,29 @@ static createDeleteMediaRequest(builder:flatbuffers.Builder, mediaId:bigint):fla
   DeleteMediaRequest.startDeleteMediaRequest(builder);
   DeleteMediaRequest.addMediaId(builder, mediaId);
   return DeleteMediaRequest.endDeleteMediaRequest(builder);
+}
+
+unpack(): DeleteMediaRequestT {
+  return new DeleteMediaRequestT(
+    this.mediaId()
+  );
+}
+
+
+unpackTo(_o: DeleteMediaRequestT): void {
+  _o.mediaId = this.mediaId();
+}
+}
+
+export class DeleteMediaRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public mediaId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return DeleteMediaRequest.createDeleteMediaRequest(builder,
+    this.mediaId
+  );
 }
 }

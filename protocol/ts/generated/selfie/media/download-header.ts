@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Precedes `length` raw bytes on the same stream.
  */
-export class DownloadHeader {
+export class DownloadHeader implements flatbuffers.IUnpackableObject<DownloadHeaderT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DownloadHeader {
@@ -113,5 +115,57 @@ static createDownloadHeader(builder:flatbuffers.Builder, mediaId:bigint, renditi
   DownloadHeader.addLength(builder, length);
   DownloadHeader.addEtag(builder, etagOffset);
   return DownloadHeader.endDownloadHeader(builder);
+}
+
+unpack(): DownloadHeaderT {
+  return new DownloadHeaderT(
+    this.mediaId(),
+    this.rendition(),
+    this.mimeType(),
+    this.totalSize(),
+    this.rangeStart(),
+    this.length(),
+    this.etag()
+  );
+}
+
+
+unpackTo(_o: DownloadHeaderT): void {
+  _o.mediaId = this.mediaId();
+  _o.rendition = this.rendition();
+  _o.mimeType = this.mimeType();
+  _o.totalSize = this.totalSize();
+  _o.rangeStart = this.rangeStart();
+  _o.length = this.length();
+  _o.etag = this.etag();
+}
+}
+
+export class DownloadHeaderT implements flatbuffers.IGeneratedObject {
+constructor(
+  public mediaId: bigint = BigInt('0'),
+  public rendition: string|Uint8Array|null = null,
+  public mimeType: string|Uint8Array|null = null,
+  public totalSize: bigint = BigInt('0'),
+  public rangeStart: bigint = BigInt('0'),
+  public length: bigint = BigInt('0'),
+  public etag: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const rendition = (this.rendition !== null ? builder.createString(this.rendition!) : 0);
+  const mimeType = (this.mimeType !== null ? builder.createString(this.mimeType!) : 0);
+  const etag = (this.etag !== null ? builder.createString(this.etag!) : 0);
+
+  return DownloadHeader.createDownloadHeader(builder,
+    this.mediaId,
+    rendition,
+    mimeType,
+    this.totalSize,
+    this.rangeStart,
+    this.length,
+    etag
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class DownloadRequest {
+
+
+export class DownloadRequest implements flatbuffers.IUnpackableObject<DownloadRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DownloadRequest {
@@ -79,5 +81,43 @@ static createDownloadRequest(builder:flatbuffers.Builder, mediaId:bigint, rendit
   DownloadRequest.addRangeStart(builder, rangeStart);
   DownloadRequest.addRangeEnd(builder, rangeEnd);
   return DownloadRequest.endDownloadRequest(builder);
+}
+
+unpack(): DownloadRequestT {
+  return new DownloadRequestT(
+    this.mediaId(),
+    this.rendition(),
+    this.rangeStart(),
+    this.rangeEnd()
+  );
+}
+
+
+unpackTo(_o: DownloadRequestT): void {
+  _o.mediaId = this.mediaId();
+  _o.rendition = this.rendition();
+  _o.rangeStart = this.rangeStart();
+  _o.rangeEnd = this.rangeEnd();
+}
+}
+
+export class DownloadRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public mediaId: bigint = BigInt('0'),
+  public rendition: string|Uint8Array|null = null,
+  public rangeStart: bigint = BigInt('0'),
+  public rangeEnd: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const rendition = (this.rendition !== null ? builder.createString(this.rendition!) : 0);
+
+  return DownloadRequest.createDownloadRequest(builder,
+    this.mediaId,
+    rendition,
+    this.rangeStart,
+    this.rangeEnd
+  );
 }
 }

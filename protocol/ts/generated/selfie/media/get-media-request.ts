@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class GetMediaRequest {
+
+
+export class GetMediaRequest implements flatbuffers.IUnpackableObject<GetMediaRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):GetMediaRequest {
@@ -44,5 +46,29 @@ static createGetMediaRequest(builder:flatbuffers.Builder, mediaId:bigint):flatbu
   GetMediaRequest.startGetMediaRequest(builder);
   GetMediaRequest.addMediaId(builder, mediaId);
   return GetMediaRequest.endGetMediaRequest(builder);
+}
+
+unpack(): GetMediaRequestT {
+  return new GetMediaRequestT(
+    this.mediaId()
+  );
+}
+
+
+unpackTo(_o: GetMediaRequestT): void {
+  _o.mediaId = this.mediaId();
+}
+}
+
+export class GetMediaRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public mediaId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return GetMediaRequest.createGetMediaRequest(builder,
+    this.mediaId
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { MediaInfo } from '../../selfie/media/media-info.js';
+import { MediaInfo, MediaInfoT } from '../../selfie/media/media-info.js';
 
 
-export class MediaInfoResponse {
+export class MediaInfoResponse implements flatbuffers.IUnpackableObject<MediaInfoResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MediaInfoResponse {
@@ -47,5 +47,31 @@ static createMediaInfoResponse(builder:flatbuffers.Builder, mediaOffset:flatbuff
   MediaInfoResponse.startMediaInfoResponse(builder);
   MediaInfoResponse.addMedia(builder, mediaOffset);
   return MediaInfoResponse.endMediaInfoResponse(builder);
+}
+
+unpack(): MediaInfoResponseT {
+  return new MediaInfoResponseT(
+    (this.media() !== null ? this.media()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: MediaInfoResponseT): void {
+  _o.media = (this.media() !== null ? this.media()!.unpack() : null);
+}
+}
+
+export class MediaInfoResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public media: MediaInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const media = (this.media !== null ? this.media!.pack(builder) : 0);
+
+  return MediaInfoResponse.createMediaInfoResponse(builder,
+    media
+  );
 }
 }

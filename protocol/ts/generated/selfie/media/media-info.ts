@@ -6,10 +6,10 @@ import * as flatbuffers from 'flatbuffers';
 
 import { MediaKind } from '../../selfie/common/media-kind.js';
 import { MediaState } from '../../selfie/media/media-state.js';
-import { Rendition } from '../../selfie/media/rendition.js';
+import { Rendition, RenditionT } from '../../selfie/media/rendition.js';
 
 
-export class MediaInfo {
+export class MediaInfo implements flatbuffers.IUnpackableObject<MediaInfoT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MediaInfo {
@@ -224,5 +224,87 @@ static createMediaInfo(builder:flatbuffers.Builder, mediaId:bigint, ownerId:bigi
   MediaInfo.addRenditions(builder, renditionsOffset);
   MediaInfo.addCreatedAtMs(builder, createdAtMs);
   return MediaInfo.endMediaInfo(builder);
+}
+
+unpack(): MediaInfoT {
+  return new MediaInfoT(
+    this.mediaId(),
+    this.ownerId(),
+    this.kind(),
+    this.mimeType(),
+    this.sizeBytes(),
+    this.bb!.createScalarList<number>(this.sha256.bind(this), this.sha256Length()),
+    this.width(),
+    this.height(),
+    this.durationMs(),
+    this.blurhash(),
+    this.altText(),
+    this.state(),
+    this.bb!.createObjList<Rendition, RenditionT>(this.renditions.bind(this), this.renditionsLength()),
+    this.createdAtMs()
+  );
+}
+
+
+unpackTo(_o: MediaInfoT): void {
+  _o.mediaId = this.mediaId();
+  _o.ownerId = this.ownerId();
+  _o.kind = this.kind();
+  _o.mimeType = this.mimeType();
+  _o.sizeBytes = this.sizeBytes();
+  _o.sha256 = this.bb!.createScalarList<number>(this.sha256.bind(this), this.sha256Length());
+  _o.width = this.width();
+  _o.height = this.height();
+  _o.durationMs = this.durationMs();
+  _o.blurhash = this.blurhash();
+  _o.altText = this.altText();
+  _o.state = this.state();
+  _o.renditions = this.bb!.createObjList<Rendition, RenditionT>(this.renditions.bind(this), this.renditionsLength());
+  _o.createdAtMs = this.createdAtMs();
+}
+}
+
+export class MediaInfoT implements flatbuffers.IGeneratedObject {
+constructor(
+  public mediaId: bigint = BigInt('0'),
+  public ownerId: bigint = BigInt('0'),
+  public kind: MediaKind = MediaKind.Unknown,
+  public mimeType: string|Uint8Array|null = null,
+  public sizeBytes: bigint = BigInt('0'),
+  public sha256: (number)[] = [],
+  public width: number = 0,
+  public height: number = 0,
+  public durationMs: number = 0,
+  public blurhash: string|Uint8Array|null = null,
+  public altText: string|Uint8Array|null = null,
+  public state: MediaState = MediaState.Uploading,
+  public renditions: (RenditionT)[] = [],
+  public createdAtMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const mimeType = (this.mimeType !== null ? builder.createString(this.mimeType!) : 0);
+  const sha256 = MediaInfo.createSha256Vector(builder, this.sha256);
+  const blurhash = (this.blurhash !== null ? builder.createString(this.blurhash!) : 0);
+  const altText = (this.altText !== null ? builder.createString(this.altText!) : 0);
+  const renditions = MediaInfo.createRenditionsVector(builder, builder.createObjectOffsetList(this.renditions));
+
+  return MediaInfo.createMediaInfo(builder,
+    this.mediaId,
+    this.ownerId,
+    this.kind,
+    mimeType,
+    this.sizeBytes,
+    sha256,
+    this.width,
+    this.height,
+    this.durationMs,
+    blurhash,
+    altText,
+    this.state,
+    renditions,
+    this.createdAtMs
+  );
 }
 }

@@ -2,20 +2,20 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { DeleteMediaRequest } from '../../selfie/media/delete-media-request.js';
-import { DownloadHeader } from '../../selfie/media/download-header.js';
-import { DownloadRequest } from '../../selfie/media/download-request.js';
-import { GetMediaRequest } from '../../selfie/media/get-media-request.js';
-import { MediaInfoResponse } from '../../selfie/media/media-info-response.js';
-import { MediaUrlRequest } from '../../selfie/media/media-url-request.js';
-import { MediaUrlResponse } from '../../selfie/media/media-url-response.js';
-import { SetAltTextRequest } from '../../selfie/media/set-alt-text-request.js';
-import { UploadAbortRequest } from '../../selfie/media/upload-abort-request.js';
-import { UploadChunkHeader } from '../../selfie/media/upload-chunk-header.js';
-import { UploadCompleteRequest } from '../../selfie/media/upload-complete-request.js';
-import { UploadInitRequest } from '../../selfie/media/upload-init-request.js';
-import { UploadResumeRequest } from '../../selfie/media/upload-resume-request.js';
-import { UploadStatus } from '../../selfie/media/upload-status.js';
+import { DeleteMediaRequest, DeleteMediaRequestT } from '../../selfie/media/delete-media-request.js';
+import { DownloadHeader, DownloadHeaderT } from '../../selfie/media/download-header.js';
+import { DownloadRequest, DownloadRequestT } from '../../selfie/media/download-request.js';
+import { GetMediaRequest, GetMediaRequestT } from '../../selfie/media/get-media-request.js';
+import { MediaInfoResponse, MediaInfoResponseT } from '../../selfie/media/media-info-response.js';
+import { MediaUrlRequest, MediaUrlRequestT } from '../../selfie/media/media-url-request.js';
+import { MediaUrlResponse, MediaUrlResponseT } from '../../selfie/media/media-url-response.js';
+import { SetAltTextRequest, SetAltTextRequestT } from '../../selfie/media/set-alt-text-request.js';
+import { UploadAbortRequest, UploadAbortRequestT } from '../../selfie/media/upload-abort-request.js';
+import { UploadChunkHeader, UploadChunkHeaderT } from '../../selfie/media/upload-chunk-header.js';
+import { UploadCompleteRequest, UploadCompleteRequestT } from '../../selfie/media/upload-complete-request.js';
+import { UploadInitRequest, UploadInitRequestT } from '../../selfie/media/upload-init-request.js';
+import { UploadResumeRequest, UploadResumeRequestT } from '../../selfie/media/upload-resume-request.js';
+import { UploadStatus, UploadStatusT } from '../../selfie/media/upload-status.js';
 
 
 export enum MediaOp {

@@ -4,12 +4,14 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Asks for a signed, expiring HTTPS URL to one rendition of an object, for browsers
  * and CDNs (1.9). Minted for the caller only if the caller may view the object; the URL
  * is a capability until `expires_at_ms` (it names the viewer and is signed by the node).
  */
-export class MediaUrlRequest {
+export class MediaUrlRequest implements flatbuffers.IUnpackableObject<MediaUrlRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MediaUrlRequest {
@@ -64,5 +66,35 @@ static createMediaUrlRequest(builder:flatbuffers.Builder, mediaId:bigint, rendit
   MediaUrlRequest.addMediaId(builder, mediaId);
   MediaUrlRequest.addRendition(builder, renditionOffset);
   return MediaUrlRequest.endMediaUrlRequest(builder);
+}
+
+unpack(): MediaUrlRequestT {
+  return new MediaUrlRequestT(
+    this.mediaId(),
+    this.rendition()
+  );
+}
+
+
+unpackTo(_o: MediaUrlRequestT): void {
+  _o.mediaId = this.mediaId();
+  _o.rendition = this.rendition();
+}
+}
+
+export class MediaUrlRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public mediaId: bigint = BigInt('0'),
+  public rendition: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const rendition = (this.rendition !== null ? builder.createString(this.rendition!) : 0);
+
+  return MediaUrlRequest.createMediaUrlRequest(builder,
+    this.mediaId,
+    rendition
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class MediaUrlResponse {
+
+
+export class MediaUrlResponse implements flatbuffers.IUnpackableObject<MediaUrlResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MediaUrlResponse {
@@ -60,5 +62,35 @@ static createMediaUrlResponse(builder:flatbuffers.Builder, urlOffset:flatbuffers
   MediaUrlResponse.addUrl(builder, urlOffset);
   MediaUrlResponse.addExpiresAtMs(builder, expiresAtMs);
   return MediaUrlResponse.endMediaUrlResponse(builder);
+}
+
+unpack(): MediaUrlResponseT {
+  return new MediaUrlResponseT(
+    this.url(),
+    this.expiresAtMs()
+  );
+}
+
+
+unpackTo(_o: MediaUrlResponseT): void {
+  _o.url = this.url();
+  _o.expiresAtMs = this.expiresAtMs();
+}
+}
+
+export class MediaUrlResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public url: string|Uint8Array|null = null,
+  public expiresAtMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const url = (this.url !== null ? builder.createString(this.url!) : 0);
+
+  return MediaUrlResponse.createMediaUrlResponse(builder,
+    url,
+    this.expiresAtMs
+  );
 }
 }

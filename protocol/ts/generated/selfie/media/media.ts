@@ -4,10 +4,24 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { DeleteMediaRequest, DeleteMediaRequestT } from '../../selfie/media/delete-media-request.js';
+import { DownloadHeader, DownloadHeaderT } from '../../selfie/media/download-header.js';
+import { DownloadRequest, DownloadRequestT } from '../../selfie/media/download-request.js';
+import { GetMediaRequest, GetMediaRequestT } from '../../selfie/media/get-media-request.js';
+import { MediaInfoResponse, MediaInfoResponseT } from '../../selfie/media/media-info-response.js';
 import { MediaOp, unionToMediaOp, unionListToMediaOp } from '../../selfie/media/media-op.js';
+import { MediaUrlRequest, MediaUrlRequestT } from '../../selfie/media/media-url-request.js';
+import { MediaUrlResponse, MediaUrlResponseT } from '../../selfie/media/media-url-response.js';
+import { SetAltTextRequest, SetAltTextRequestT } from '../../selfie/media/set-alt-text-request.js';
+import { UploadAbortRequest, UploadAbortRequestT } from '../../selfie/media/upload-abort-request.js';
+import { UploadChunkHeader, UploadChunkHeaderT } from '../../selfie/media/upload-chunk-header.js';
+import { UploadCompleteRequest, UploadCompleteRequestT } from '../../selfie/media/upload-complete-request.js';
+import { UploadInitRequest, UploadInitRequestT } from '../../selfie/media/upload-init-request.js';
+import { UploadResumeRequest, UploadResumeRequestT } from '../../selfie/media/upload-resume-request.js';
+import { UploadStatus, UploadStatusT } from '../../selfie/media/upload-status.js';
 
 
-export class Media {
+export class Media implements flatbuffers.IUnpackableObject<MediaT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Media {
@@ -57,5 +71,43 @@ static createMedia(builder:flatbuffers.Builder, opType:MediaOp, opOffset:flatbuf
   Media.addOpType(builder, opType);
   Media.addOp(builder, opOffset);
   return Media.endMedia(builder);
+}
+
+unpack(): MediaT {
+  return new MediaT(
+    this.opType(),
+    (() => {
+      const temp = unionToMediaOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: MediaT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToMediaOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class MediaT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: MediaOp = MediaOp.NONE,
+  public op: DeleteMediaRequestT|DownloadHeaderT|DownloadRequestT|GetMediaRequestT|MediaInfoResponseT|MediaUrlRequestT|MediaUrlResponseT|SetAltTextRequestT|UploadAbortRequestT|UploadChunkHeaderT|UploadCompleteRequestT|UploadInitRequestT|UploadResumeRequestT|UploadStatusT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Media.createMedia(builder,
+    this.opType,
+    op
+  );
 }
 }

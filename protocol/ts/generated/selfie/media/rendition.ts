@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class Rendition {
+
+
+export class Rendition implements flatbuffers.IUnpackableObject<RenditionT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Rendition {
@@ -101,5 +103,52 @@ static createRendition(builder:flatbuffers.Builder, nameOffset:flatbuffers.Offse
   Rendition.addSizeBytes(builder, sizeBytes);
   Rendition.addBitrate(builder, bitrate);
   return Rendition.endRendition(builder);
+}
+
+unpack(): RenditionT {
+  return new RenditionT(
+    this.name(),
+    this.mimeType(),
+    this.width(),
+    this.height(),
+    this.sizeBytes(),
+    this.bitrate()
+  );
+}
+
+
+unpackTo(_o: RenditionT): void {
+  _o.name = this.name();
+  _o.mimeType = this.mimeType();
+  _o.width = this.width();
+  _o.height = this.height();
+  _o.sizeBytes = this.sizeBytes();
+  _o.bitrate = this.bitrate();
+}
+}
+
+export class RenditionT implements flatbuffers.IGeneratedObject {
+constructor(
+  public name: string|Uint8Array|null = null,
+  public mimeType: string|Uint8Array|null = null,
+  public width: number = 0,
+  public height: number = 0,
+  public sizeBytes: bigint = BigInt('0'),
+  public bitrate: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+  const mimeType = (this.mimeType !== null ? builder.createString(this.mimeType!) : 0);
+
+  return Rendition.createRendition(builder,
+    name,
+    mimeType,
+    this.width,
+    this.height,
+    this.sizeBytes,
+    this.bitrate
+  );
 }
 }

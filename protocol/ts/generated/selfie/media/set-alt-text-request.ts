@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class SetAltTextRequest {
+
+
+export class SetAltTextRequest implements flatbuffers.IUnpackableObject<SetAltTextRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SetAltTextRequest {
@@ -56,5 +58,35 @@ static createSetAltTextRequest(builder:flatbuffers.Builder, mediaId:bigint, altT
   SetAltTextRequest.addMediaId(builder, mediaId);
   SetAltTextRequest.addAltText(builder, altTextOffset);
   return SetAltTextRequest.endSetAltTextRequest(builder);
+}
+
+unpack(): SetAltTextRequestT {
+  return new SetAltTextRequestT(
+    this.mediaId(),
+    this.altText()
+  );
+}
+
+
+unpackTo(_o: SetAltTextRequestT): void {
+  _o.mediaId = this.mediaId();
+  _o.altText = this.altText();
+}
+}
+
+export class SetAltTextRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public mediaId: bigint = BigInt('0'),
+  public altText: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const altText = (this.altText !== null ? builder.createString(this.altText!) : 0);
+
+  return SetAltTextRequest.createSetAltTextRequest(builder,
+    this.mediaId,
+    altText
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UploadAbortRequest {
+
+
+export class UploadAbortRequest implements flatbuffers.IUnpackableObject<UploadAbortRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UploadAbortRequest {
@@ -44,5 +46,29 @@ static createUploadAbortRequest(builder:flatbuffers.Builder, uploadId:bigint):fl
   UploadAbortRequest.startUploadAbortRequest(builder);
   UploadAbortRequest.addUploadId(builder, uploadId);
   return UploadAbortRequest.endUploadAbortRequest(builder);
+}
+
+unpack(): UploadAbortRequestT {
+  return new UploadAbortRequestT(
+    this.uploadId()
+  );
+}
+
+
+unpackTo(_o: UploadAbortRequestT): void {
+  _o.uploadId = this.uploadId();
+}
+}
+
+export class UploadAbortRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public uploadId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return UploadAbortRequest.createUploadAbortRequest(builder,
+    this.uploadId
+  );
 }
 }

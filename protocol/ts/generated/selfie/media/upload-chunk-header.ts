@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Precedes `length` raw bytes on the same stream.
  */
-export class UploadChunkHeader {
+export class UploadChunkHeader implements flatbuffers.IUnpackableObject<UploadChunkHeaderT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UploadChunkHeader {
@@ -108,5 +110,43 @@ static createUploadChunkHeader(builder:flatbuffers.Builder, uploadId:bigint, off
   UploadChunkHeader.addLength(builder, length);
   UploadChunkHeader.addSha256(builder, sha256Offset);
   return UploadChunkHeader.endUploadChunkHeader(builder);
+}
+
+unpack(): UploadChunkHeaderT {
+  return new UploadChunkHeaderT(
+    this.uploadId(),
+    this.offset(),
+    this.length(),
+    this.bb!.createScalarList<number>(this.sha256.bind(this), this.sha256Length())
+  );
+}
+
+
+unpackTo(_o: UploadChunkHeaderT): void {
+  _o.uploadId = this.uploadId();
+  _o.offset = this.offset();
+  _o.length = this.length();
+  _o.sha256 = this.bb!.createScalarList<number>(this.sha256.bind(this), this.sha256Length());
+}
+}
+
+export class UploadChunkHeaderT implements flatbuffers.IGeneratedObject {
+constructor(
+  public uploadId: bigint = BigInt('0'),
+  public offset: bigint = BigInt('0'),
+  public length: number = 0,
+  public sha256: (number)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const sha256 = UploadChunkHeader.createSha256Vector(builder, this.sha256);
+
+  return UploadChunkHeader.createUploadChunkHeader(builder,
+    this.uploadId,
+    this.offset,
+    this.length,
+    sha256
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UploadCompleteRequest {
+
+
+export class UploadCompleteRequest implements flatbuffers.IUnpackableObject<UploadCompleteRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UploadCompleteRequest {
@@ -76,5 +78,35 @@ static createUploadCompleteRequest(builder:flatbuffers.Builder, uploadId:bigint,
   UploadCompleteRequest.addUploadId(builder, uploadId);
   UploadCompleteRequest.addSha256(builder, sha256Offset);
   return UploadCompleteRequest.endUploadCompleteRequest(builder);
+}
+
+unpack(): UploadCompleteRequestT {
+  return new UploadCompleteRequestT(
+    this.uploadId(),
+    this.bb!.createScalarList<number>(this.sha256.bind(this), this.sha256Length())
+  );
+}
+
+
+unpackTo(_o: UploadCompleteRequestT): void {
+  _o.uploadId = this.uploadId();
+  _o.sha256 = this.bb!.createScalarList<number>(this.sha256.bind(this), this.sha256Length());
+}
+}
+
+export class UploadCompleteRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public uploadId: bigint = BigInt('0'),
+  public sha256: (number)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const sha256 = UploadCompleteRequest.createSha256Vector(builder, this.sha256);
+
+  return UploadCompleteRequest.createUploadCompleteRequest(builder,
+    this.uploadId,
+    sha256
+  );
 }
 }

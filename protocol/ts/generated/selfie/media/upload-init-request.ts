@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { MediaKind } from '../../selfie/common/media-kind.js';
 
 
-export class UploadInitRequest {
+export class UploadInitRequest implements flatbuffers.IUnpackableObject<UploadInitRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UploadInitRequest {
@@ -125,5 +125,54 @@ static createUploadInitRequest(builder:flatbuffers.Builder, kind:MediaKind, mime
   UploadInitRequest.addFilename(builder, filenameOffset);
   UploadInitRequest.addAltText(builder, altTextOffset);
   return UploadInitRequest.endUploadInitRequest(builder);
+}
+
+unpack(): UploadInitRequestT {
+  return new UploadInitRequestT(
+    this.kind(),
+    this.mimeType(),
+    this.sizeBytes(),
+    this.bb!.createScalarList<number>(this.sha256.bind(this), this.sha256Length()),
+    this.filename(),
+    this.altText()
+  );
+}
+
+
+unpackTo(_o: UploadInitRequestT): void {
+  _o.kind = this.kind();
+  _o.mimeType = this.mimeType();
+  _o.sizeBytes = this.sizeBytes();
+  _o.sha256 = this.bb!.createScalarList<number>(this.sha256.bind(this), this.sha256Length());
+  _o.filename = this.filename();
+  _o.altText = this.altText();
+}
+}
+
+export class UploadInitRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public kind: MediaKind = MediaKind.Unknown,
+  public mimeType: string|Uint8Array|null = null,
+  public sizeBytes: bigint = BigInt('0'),
+  public sha256: (number)[] = [],
+  public filename: string|Uint8Array|null = null,
+  public altText: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const mimeType = (this.mimeType !== null ? builder.createString(this.mimeType!) : 0);
+  const sha256 = UploadInitRequest.createSha256Vector(builder, this.sha256);
+  const filename = (this.filename !== null ? builder.createString(this.filename!) : 0);
+  const altText = (this.altText !== null ? builder.createString(this.altText!) : 0);
+
+  return UploadInitRequest.createUploadInitRequest(builder,
+    this.kind,
+    mimeType,
+    this.sizeBytes,
+    sha256,
+    filename,
+    altText
+  );
 }
 }

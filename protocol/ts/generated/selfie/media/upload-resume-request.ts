@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UploadResumeRequest {
+
+
+export class UploadResumeRequest implements flatbuffers.IUnpackableObject<UploadResumeRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UploadResumeRequest {
@@ -44,5 +46,29 @@ static createUploadResumeRequest(builder:flatbuffers.Builder, uploadId:bigint):f
   UploadResumeRequest.startUploadResumeRequest(builder);
   UploadResumeRequest.addUploadId(builder, uploadId);
   return UploadResumeRequest.endUploadResumeRequest(builder);
+}
+
+unpack(): UploadResumeRequestT {
+  return new UploadResumeRequestT(
+    this.uploadId()
+  );
+}
+
+
+unpackTo(_o: UploadResumeRequestT): void {
+  _o.uploadId = this.uploadId();
+}
+}
+
+export class UploadResumeRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public uploadId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return UploadResumeRequest.createUploadResumeRequest(builder,
+    this.uploadId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UploadStatus {
+
+
+export class UploadStatus implements flatbuffers.IUnpackableObject<UploadStatusT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UploadStatus {
@@ -97,5 +99,49 @@ static createUploadStatus(builder:flatbuffers.Builder, uploadId:bigint, mediaId:
   UploadStatus.addChunkSize(builder, chunkSize);
   UploadStatus.addExpiresAtMs(builder, expiresAtMs);
   return UploadStatus.endUploadStatus(builder);
+}
+
+unpack(): UploadStatusT {
+  return new UploadStatusT(
+    this.uploadId(),
+    this.mediaId(),
+    this.offset(),
+    this.sizeBytes(),
+    this.chunkSize(),
+    this.expiresAtMs()
+  );
+}
+
+
+unpackTo(_o: UploadStatusT): void {
+  _o.uploadId = this.uploadId();
+  _o.mediaId = this.mediaId();
+  _o.offset = this.offset();
+  _o.sizeBytes = this.sizeBytes();
+  _o.chunkSize = this.chunkSize();
+  _o.expiresAtMs = this.expiresAtMs();
+}
+}
+
+export class UploadStatusT implements flatbuffers.IGeneratedObject {
+constructor(
+  public uploadId: bigint = BigInt('0'),
+  public mediaId: bigint = BigInt('0'),
+  public offset: bigint = BigInt('0'),
+  public sizeBytes: bigint = BigInt('0'),
+  public chunkSize: number = 0,
+  public expiresAtMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return UploadStatus.createUploadStatus(builder,
+    this.uploadId,
+    this.mediaId,
+    this.offset,
+    this.sizeBytes,
+    this.chunkSize,
+    this.expiresAtMs
+  );
 }
 }

@@ -8,7 +8,7 @@ import { ObjectKind } from '../../selfie/common/object-kind.js';
 import { ActionKind } from '../../selfie/moderation/action-kind.js';
 
 
-export class ActionRequest {
+export class ActionRequest implements flatbuffers.IUnpackableObject<ActionRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ActionRequest {
@@ -112,5 +112,56 @@ static createActionRequest(builder:flatbuffers.Builder, reportId:bigint, targetK
   ActionRequest.addDurationMs(builder, durationMs);
   ActionRequest.addNote(builder, noteOffset);
   return ActionRequest.endActionRequest(builder);
+}
+
+unpack(): ActionRequestT {
+  return new ActionRequestT(
+    this.reportId(),
+    this.targetKind(),
+    this.targetId(),
+    this.action(),
+    this.label(),
+    this.durationMs(),
+    this.note()
+  );
+}
+
+
+unpackTo(_o: ActionRequestT): void {
+  _o.reportId = this.reportId();
+  _o.targetKind = this.targetKind();
+  _o.targetId = this.targetId();
+  _o.action = this.action();
+  _o.label = this.label();
+  _o.durationMs = this.durationMs();
+  _o.note = this.note();
+}
+}
+
+export class ActionRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public reportId: bigint = BigInt('0'),
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetId: bigint = BigInt('0'),
+  public action: ActionKind = ActionKind.None,
+  public label: string|Uint8Array|null = null,
+  public durationMs: bigint = BigInt('0'),
+  public note: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const label = (this.label !== null ? builder.createString(this.label!) : 0);
+  const note = (this.note !== null ? builder.createString(this.note!) : 0);
+
+  return ActionRequest.createActionRequest(builder,
+    this.reportId,
+    this.targetKind,
+    this.targetId,
+    this.action,
+    label,
+    this.durationMs,
+    note
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class ActionResponse {
+
+
+export class ActionResponse implements flatbuffers.IUnpackableObject<ActionResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ActionResponse {
@@ -44,5 +46,29 @@ static createActionResponse(builder:flatbuffers.Builder, actionId:bigint):flatbu
   ActionResponse.startActionResponse(builder);
   ActionResponse.addActionId(builder, actionId);
   return ActionResponse.endActionResponse(builder);
+}
+
+unpack(): ActionResponseT {
+  return new ActionResponseT(
+    this.actionId()
+  );
+}
+
+
+unpackTo(_o: ActionResponseT): void {
+  _o.actionId = this.actionId();
+}
+}
+
+export class ActionResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public actionId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return ActionResponse.createActionResponse(builder,
+    this.actionId
+  );
 }
 }

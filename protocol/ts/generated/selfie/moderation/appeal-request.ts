@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class AppealRequest {
+
+
+export class AppealRequest implements flatbuffers.IUnpackableObject<AppealRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):AppealRequest {
@@ -56,5 +58,35 @@ static createAppealRequest(builder:flatbuffers.Builder, actionId:bigint, textOff
   AppealRequest.addActionId(builder, actionId);
   AppealRequest.addText(builder, textOffset);
   return AppealRequest.endAppealRequest(builder);
+}
+
+unpack(): AppealRequestT {
+  return new AppealRequestT(
+    this.actionId(),
+    this.text()
+  );
+}
+
+
+unpackTo(_o: AppealRequestT): void {
+  _o.actionId = this.actionId();
+  _o.text = this.text();
+}
+}
+
+export class AppealRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public actionId: bigint = BigInt('0'),
+  public text: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+
+  return AppealRequest.createAppealRequest(builder,
+    this.actionId,
+    text
+  );
 }
 }

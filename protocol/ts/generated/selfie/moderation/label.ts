@@ -10,7 +10,7 @@ import { ObjectKind } from '../../selfie/common/object-kind.js';
 /**
  * A label attached to content or an account ("nsfw", "spam", "graphic-violence").
  */
-export class Label {
+export class Label implements flatbuffers.IUnpackableObject<LabelT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Label {
@@ -117,5 +117,56 @@ static createLabel(builder:flatbuffers.Builder, targetKind:ObjectKind, targetId:
   Label.addExpiresAtMs(builder, expiresAtMs);
   Label.addNegated(builder, negated);
   return Label.endLabel(builder);
+}
+
+unpack(): LabelT {
+  return new LabelT(
+    this.targetKind(),
+    this.targetId(),
+    this.value(),
+    this.source(),
+    this.createdAtMs(),
+    this.expiresAtMs(),
+    this.negated()
+  );
+}
+
+
+unpackTo(_o: LabelT): void {
+  _o.targetKind = this.targetKind();
+  _o.targetId = this.targetId();
+  _o.value = this.value();
+  _o.source = this.source();
+  _o.createdAtMs = this.createdAtMs();
+  _o.expiresAtMs = this.expiresAtMs();
+  _o.negated = this.negated();
+}
+}
+
+export class LabelT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetId: bigint = BigInt('0'),
+  public value: string|Uint8Array|null = null,
+  public source: string|Uint8Array|null = null,
+  public createdAtMs: bigint = BigInt('0'),
+  public expiresAtMs: bigint = BigInt('0'),
+  public negated: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const value = (this.value !== null ? builder.createString(this.value!) : 0);
+  const source = (this.source !== null ? builder.createString(this.source!) : 0);
+
+  return Label.createLabel(builder,
+    this.targetKind,
+    this.targetId,
+    value,
+    source,
+    this.createdAtMs,
+    this.expiresAtMs,
+    this.negated
+  );
 }
 }

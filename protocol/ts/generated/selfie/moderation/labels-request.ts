@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { ObjectKind } from '../../selfie/common/object-kind.js';
 
 
-export class LabelsRequest {
+export class LabelsRequest implements flatbuffers.IUnpackableObject<LabelsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):LabelsRequest {
@@ -74,5 +74,35 @@ static createLabelsRequest(builder:flatbuffers.Builder, targetKind:ObjectKind, t
   LabelsRequest.addTargetKind(builder, targetKind);
   LabelsRequest.addTargetIds(builder, targetIdsOffset);
   return LabelsRequest.endLabelsRequest(builder);
+}
+
+unpack(): LabelsRequestT {
+  return new LabelsRequestT(
+    this.targetKind(),
+    this.bb!.createScalarList<bigint>(this.targetIds.bind(this), this.targetIdsLength())
+  );
+}
+
+
+unpackTo(_o: LabelsRequestT): void {
+  _o.targetKind = this.targetKind();
+  _o.targetIds = this.bb!.createScalarList<bigint>(this.targetIds.bind(this), this.targetIdsLength());
+}
+}
+
+export class LabelsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetIds: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const targetIds = LabelsRequest.createTargetIdsVector(builder, this.targetIds);
+
+  return LabelsRequest.createLabelsRequest(builder,
+    this.targetKind,
+    targetIds
+  );
 }
 }

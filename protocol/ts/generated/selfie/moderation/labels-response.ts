@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Label } from '../../selfie/moderation/label.js';
+import { Label, LabelT } from '../../selfie/moderation/label.js';
 
 
-export class LabelsResponse {
+export class LabelsResponse implements flatbuffers.IUnpackableObject<LabelsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):LabelsResponse {
@@ -64,5 +64,31 @@ static createLabelsResponse(builder:flatbuffers.Builder, labelsOffset:flatbuffer
   LabelsResponse.startLabelsResponse(builder);
   LabelsResponse.addLabels(builder, labelsOffset);
   return LabelsResponse.endLabelsResponse(builder);
+}
+
+unpack(): LabelsResponseT {
+  return new LabelsResponseT(
+    this.bb!.createObjList<Label, LabelT>(this.labels.bind(this), this.labelsLength())
+  );
+}
+
+
+unpackTo(_o: LabelsResponseT): void {
+  _o.labels = this.bb!.createObjList<Label, LabelT>(this.labels.bind(this), this.labelsLength());
+}
+}
+
+export class LabelsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public labels: (LabelT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const labels = LabelsResponse.createLabelsVector(builder, builder.createObjectOffsetList(this.labels));
+
+  return LabelsResponse.createLabelsResponse(builder,
+    labels
+  );
 }
 }

@@ -2,15 +2,15 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { ActionRequest } from '../../selfie/moderation/action-request.js';
-import { ActionResponse } from '../../selfie/moderation/action-response.js';
-import { AppealRequest } from '../../selfie/moderation/appeal-request.js';
-import { LabelsRequest } from '../../selfie/moderation/labels-request.js';
-import { LabelsResponse } from '../../selfie/moderation/labels-response.js';
-import { QueueRequest } from '../../selfie/moderation/queue-request.js';
-import { QueueResponse } from '../../selfie/moderation/queue-response.js';
-import { ReportRequest } from '../../selfie/moderation/report-request.js';
-import { ReportResponse } from '../../selfie/moderation/report-response.js';
+import { ActionRequest, ActionRequestT } from '../../selfie/moderation/action-request.js';
+import { ActionResponse, ActionResponseT } from '../../selfie/moderation/action-response.js';
+import { AppealRequest, AppealRequestT } from '../../selfie/moderation/appeal-request.js';
+import { LabelsRequest, LabelsRequestT } from '../../selfie/moderation/labels-request.js';
+import { LabelsResponse, LabelsResponseT } from '../../selfie/moderation/labels-response.js';
+import { QueueRequest, QueueRequestT } from '../../selfie/moderation/queue-request.js';
+import { QueueResponse, QueueResponseT } from '../../selfie/moderation/queue-response.js';
+import { ReportRequest, ReportRequestT } from '../../selfie/moderation/report-request.js';
+import { ReportResponse, ReportResponseT } from '../../selfie/moderation/report-response.js';
 
 
 export enum ModerationOp {

@@ -4,10 +4,19 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { ActionRequest, ActionRequestT } from '../../selfie/moderation/action-request.js';
+import { ActionResponse, ActionResponseT } from '../../selfie/moderation/action-response.js';
+import { AppealRequest, AppealRequestT } from '../../selfie/moderation/appeal-request.js';
+import { LabelsRequest, LabelsRequestT } from '../../selfie/moderation/labels-request.js';
+import { LabelsResponse, LabelsResponseT } from '../../selfie/moderation/labels-response.js';
 import { ModerationOp, unionToModerationOp, unionListToModerationOp } from '../../selfie/moderation/moderation-op.js';
+import { QueueRequest, QueueRequestT } from '../../selfie/moderation/queue-request.js';
+import { QueueResponse, QueueResponseT } from '../../selfie/moderation/queue-response.js';
+import { ReportRequest, ReportRequestT } from '../../selfie/moderation/report-request.js';
+import { ReportResponse, ReportResponseT } from '../../selfie/moderation/report-response.js';
 
 
-export class Moderation {
+export class Moderation implements flatbuffers.IUnpackableObject<ModerationT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Moderation {
@@ -57,5 +66,43 @@ static createModeration(builder:flatbuffers.Builder, opType:ModerationOp, opOffs
   Moderation.addOpType(builder, opType);
   Moderation.addOp(builder, opOffset);
   return Moderation.endModeration(builder);
+}
+
+unpack(): ModerationT {
+  return new ModerationT(
+    this.opType(),
+    (() => {
+      const temp = unionToModerationOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: ModerationT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToModerationOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class ModerationT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: ModerationOp = ModerationOp.NONE,
+  public op: ActionRequestT|ActionResponseT|AppealRequestT|LabelsRequestT|LabelsResponseT|QueueRequestT|QueueResponseT|ReportRequestT|ReportResponseT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Moderation.createModeration(builder,
+    this.opType,
+    op
+  );
 }
 }

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 import { ReportStatus } from '../../selfie/moderation/report-status.js';
 
 
-export class QueueRequest {
+export class QueueRequest implements flatbuffers.IUnpackableObject<QueueRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):QueueRequest {
@@ -53,4 +53,35 @@ static endQueueRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): QueueRequestT {
+  return new QueueRequestT(
+    this.status(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: QueueRequestT): void {
+  _o.status = this.status();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class QueueRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public status: ReportStatus = ReportStatus.Open,
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  QueueRequest.startQueueRequest(builder);
+  QueueRequest.addStatus(builder, this.status);
+  QueueRequest.addPage(builder, page);
+
+  return QueueRequest.endQueueRequest(builder);
+}
 }

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { Report } from '../../selfie/moderation/report.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { Report, ReportT } from '../../selfie/moderation/report.js';
 
 
-export class QueueResponse {
+export class QueueResponse implements flatbuffers.IUnpackableObject<QueueResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):QueueResponse {
@@ -70,4 +70,36 @@ static endQueueResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): QueueResponseT {
+  return new QueueResponseT(
+    this.bb!.createObjList<Report, ReportT>(this.reports.bind(this), this.reportsLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: QueueResponseT): void {
+  _o.reports = this.bb!.createObjList<Report, ReportT>(this.reports.bind(this), this.reportsLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class QueueResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public reports: (ReportT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const reports = QueueResponse.createReportsVector(builder, builder.createObjectOffsetList(this.reports));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  QueueResponse.startQueueResponse(builder);
+  QueueResponse.addReports(builder, reports);
+  QueueResponse.addPage(builder, page);
+
+  return QueueResponse.endQueueResponse(builder);
+}
 }

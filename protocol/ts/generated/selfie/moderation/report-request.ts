@@ -8,7 +8,7 @@ import { ObjectKind } from '../../selfie/common/object-kind.js';
 import { ReportReason } from '../../selfie/moderation/report-reason.js';
 
 
-export class ReportRequest {
+export class ReportRequest implements flatbuffers.IUnpackableObject<ReportRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ReportRequest {
@@ -110,5 +110,48 @@ static createReportRequest(builder:flatbuffers.Builder, targetKind:ObjectKind, t
   ReportRequest.addDetails(builder, detailsOffset);
   ReportRequest.addMessageSeqs(builder, messageSeqsOffset);
   return ReportRequest.endReportRequest(builder);
+}
+
+unpack(): ReportRequestT {
+  return new ReportRequestT(
+    this.targetKind(),
+    this.targetId(),
+    this.reason(),
+    this.details(),
+    this.bb!.createScalarList<bigint>(this.messageSeqs.bind(this), this.messageSeqsLength())
+  );
+}
+
+
+unpackTo(_o: ReportRequestT): void {
+  _o.targetKind = this.targetKind();
+  _o.targetId = this.targetId();
+  _o.reason = this.reason();
+  _o.details = this.details();
+  _o.messageSeqs = this.bb!.createScalarList<bigint>(this.messageSeqs.bind(this), this.messageSeqsLength());
+}
+}
+
+export class ReportRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetId: bigint = BigInt('0'),
+  public reason: ReportReason = ReportReason.Other,
+  public details: string|Uint8Array|null = null,
+  public messageSeqs: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const details = (this.details !== null ? builder.createString(this.details!) : 0);
+  const messageSeqs = ReportRequest.createMessageSeqsVector(builder, this.messageSeqs);
+
+  return ReportRequest.createReportRequest(builder,
+    this.targetKind,
+    this.targetId,
+    this.reason,
+    details,
+    messageSeqs
+  );
 }
 }

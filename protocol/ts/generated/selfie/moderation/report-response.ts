@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class ReportResponse {
+
+
+export class ReportResponse implements flatbuffers.IUnpackableObject<ReportResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ReportResponse {
@@ -44,5 +46,29 @@ static createReportResponse(builder:flatbuffers.Builder, reportId:bigint):flatbu
   ReportResponse.startReportResponse(builder);
   ReportResponse.addReportId(builder, reportId);
   return ReportResponse.endReportResponse(builder);
+}
+
+unpack(): ReportResponseT {
+  return new ReportResponseT(
+    this.reportId()
+  );
+}
+
+
+unpackTo(_o: ReportResponseT): void {
+  _o.reportId = this.reportId();
+}
+}
+
+export class ReportResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public reportId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return ReportResponse.createReportResponse(builder,
+    this.reportId
+  );
 }
 }

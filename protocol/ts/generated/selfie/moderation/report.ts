@@ -9,7 +9,7 @@ import { ReportReason } from '../../selfie/moderation/report-reason.js';
 import { ReportStatus } from '../../selfie/moderation/report-status.js';
 
 
-export class Report {
+export class Report implements flatbuffers.IUnpackableObject<ReportT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Report {
@@ -131,5 +131,63 @@ static createReport(builder:flatbuffers.Builder, reportId:bigint, reporterId:big
   Report.addCreatedAtMs(builder, createdAtMs);
   Report.addReportsOnTarget(builder, reportsOnTarget);
   return Report.endReport(builder);
+}
+
+unpack(): ReportT {
+  return new ReportT(
+    this.reportId(),
+    this.reporterId(),
+    this.targetKind(),
+    this.targetId(),
+    this.reason(),
+    this.details(),
+    this.status(),
+    this.createdAtMs(),
+    this.reportsOnTarget()
+  );
+}
+
+
+unpackTo(_o: ReportT): void {
+  _o.reportId = this.reportId();
+  _o.reporterId = this.reporterId();
+  _o.targetKind = this.targetKind();
+  _o.targetId = this.targetId();
+  _o.reason = this.reason();
+  _o.details = this.details();
+  _o.status = this.status();
+  _o.createdAtMs = this.createdAtMs();
+  _o.reportsOnTarget = this.reportsOnTarget();
+}
+}
+
+export class ReportT implements flatbuffers.IGeneratedObject {
+constructor(
+  public reportId: bigint = BigInt('0'),
+  public reporterId: bigint = BigInt('0'),
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetId: bigint = BigInt('0'),
+  public reason: ReportReason = ReportReason.Other,
+  public details: string|Uint8Array|null = null,
+  public status: ReportStatus = ReportStatus.Open,
+  public createdAtMs: bigint = BigInt('0'),
+  public reportsOnTarget: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const details = (this.details !== null ? builder.createString(this.details!) : 0);
+
+  return Report.createReport(builder,
+    this.reportId,
+    this.reporterId,
+    this.targetKind,
+    this.targetId,
+    this.reason,
+    details,
+    this.status,
+    this.createdAtMs,
+    this.reportsOnTarget
+  );
 }
 }

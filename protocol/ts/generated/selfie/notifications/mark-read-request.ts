@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class MarkReadRequest {
+
+
+export class MarkReadRequest implements flatbuffers.IUnpackableObject<MarkReadRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):MarkReadRequest {
@@ -74,5 +76,35 @@ static createMarkReadRequest(builder:flatbuffers.Builder, upToId:bigint, idsOffs
   MarkReadRequest.addUpToId(builder, upToId);
   MarkReadRequest.addIds(builder, idsOffset);
   return MarkReadRequest.endMarkReadRequest(builder);
+}
+
+unpack(): MarkReadRequestT {
+  return new MarkReadRequestT(
+    this.upToId(),
+    this.bb!.createScalarList<bigint>(this.ids.bind(this), this.idsLength())
+  );
+}
+
+
+unpackTo(_o: MarkReadRequestT): void {
+  _o.upToId = this.upToId();
+  _o.ids = this.bb!.createScalarList<bigint>(this.ids.bind(this), this.idsLength());
+}
+}
+
+export class MarkReadRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public upToId: bigint = BigInt('0'),
+  public ids: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const ids = MarkReadRequest.createIdsVector(builder, this.ids);
+
+  return MarkReadRequest.createMarkReadRequest(builder,
+    this.upToId,
+    ids
+  );
 }
 }

@@ -4,13 +4,13 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Notification } from '../../selfie/notifications/notification.js';
+import { Notification, NotificationT } from '../../selfie/notifications/notification.js';
 
 
 /**
  * Push: a new notification, with the unread counters.
  */
-export class NotificationEvent {
+export class NotificationEvent implements flatbuffers.IUnpackableObject<NotificationEventT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):NotificationEvent {
@@ -70,5 +70,39 @@ static createNotificationEvent(builder:flatbuffers.Builder, notificationOffset:f
   NotificationEvent.addUnreadNotifications(builder, unreadNotifications);
   NotificationEvent.addUnreadConversations(builder, unreadConversations);
   return NotificationEvent.endNotificationEvent(builder);
+}
+
+unpack(): NotificationEventT {
+  return new NotificationEventT(
+    (this.notification() !== null ? this.notification()!.unpack() : null),
+    this.unreadNotifications(),
+    this.unreadConversations()
+  );
+}
+
+
+unpackTo(_o: NotificationEventT): void {
+  _o.notification = (this.notification() !== null ? this.notification()!.unpack() : null);
+  _o.unreadNotifications = this.unreadNotifications();
+  _o.unreadConversations = this.unreadConversations();
+}
+}
+
+export class NotificationEventT implements flatbuffers.IGeneratedObject {
+constructor(
+  public notification: NotificationT|null = null,
+  public unreadNotifications: number = 0,
+  public unreadConversations: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const notification = (this.notification !== null ? this.notification!.pack(builder) : 0);
+
+  return NotificationEvent.createNotificationEvent(builder,
+    notification,
+    this.unreadNotifications,
+    this.unreadConversations
+  );
 }
 }

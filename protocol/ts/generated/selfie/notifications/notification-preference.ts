@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { NotificationKind } from '../../selfie/notifications/notification-kind.js';
 
 
-export class NotificationPreference {
+export class NotificationPreference implements flatbuffers.IUnpackableObject<NotificationPreferenceT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):NotificationPreference {
@@ -77,5 +77,41 @@ static createNotificationPreference(builder:flatbuffers.Builder, kind:Notificati
   NotificationPreference.addPushEnabled(builder, pushEnabled);
   NotificationPreference.addEmailEnabled(builder, emailEnabled);
   return NotificationPreference.endNotificationPreference(builder);
+}
+
+unpack(): NotificationPreferenceT {
+  return new NotificationPreferenceT(
+    this.kind(),
+    this.inAppEnabled(),
+    this.pushEnabled(),
+    this.emailEnabled()
+  );
+}
+
+
+unpackTo(_o: NotificationPreferenceT): void {
+  _o.kind = this.kind();
+  _o.inAppEnabled = this.inAppEnabled();
+  _o.pushEnabled = this.pushEnabled();
+  _o.emailEnabled = this.emailEnabled();
+}
+}
+
+export class NotificationPreferenceT implements flatbuffers.IGeneratedObject {
+constructor(
+  public kind: NotificationKind = NotificationKind.System,
+  public inAppEnabled: boolean = true,
+  public pushEnabled: boolean = true,
+  public emailEnabled: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return NotificationPreference.createNotificationPreference(builder,
+    this.kind,
+    this.inAppEnabled,
+    this.pushEnabled,
+    this.emailEnabled
+  );
 }
 }

@@ -5,11 +5,11 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { ObjectKind } from '../../selfie/common/object-kind.js';
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 import { NotificationKind } from '../../selfie/notifications/notification-kind.js';
 
 
-export class Notification {
+export class Notification implements flatbuffers.IUnpackableObject<NotificationT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Notification {
@@ -122,4 +122,64 @@ static endNotification(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): NotificationT {
+  return new NotificationT(
+    this.notificationId(),
+    this.kind(),
+    (this.actor() !== null ? this.actor()!.unpack() : null),
+    this.actorsCount(),
+    this.targetKind(),
+    this.targetId(),
+    this.text(),
+    this.createdAtMs(),
+    this.read()
+  );
+}
+
+
+unpackTo(_o: NotificationT): void {
+  _o.notificationId = this.notificationId();
+  _o.kind = this.kind();
+  _o.actor = (this.actor() !== null ? this.actor()!.unpack() : null);
+  _o.actorsCount = this.actorsCount();
+  _o.targetKind = this.targetKind();
+  _o.targetId = this.targetId();
+  _o.text = this.text();
+  _o.createdAtMs = this.createdAtMs();
+  _o.read = this.read();
+}
+}
+
+export class NotificationT implements flatbuffers.IGeneratedObject {
+constructor(
+  public notificationId: bigint = BigInt('0'),
+  public kind: NotificationKind = NotificationKind.System,
+  public actor: UserSummaryT|null = null,
+  public actorsCount: number = 0,
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetId: bigint = BigInt('0'),
+  public text: string|Uint8Array|null = null,
+  public createdAtMs: bigint = BigInt('0'),
+  public read: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const actor = (this.actor !== null ? this.actor!.pack(builder) : 0);
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+
+  Notification.startNotification(builder);
+  Notification.addNotificationId(builder, this.notificationId);
+  Notification.addKind(builder, this.kind);
+  Notification.addActor(builder, actor);
+  Notification.addActorsCount(builder, this.actorsCount);
+  Notification.addTargetKind(builder, this.targetKind);
+  Notification.addTargetId(builder, this.targetId);
+  Notification.addText(builder, text);
+  Notification.addCreatedAtMs(builder, this.createdAtMs);
+  Notification.addRead(builder, this.read);
+
+  return Notification.endNotification(builder);
+}
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class NotificationsListRequest {
+export class NotificationsListRequest implements flatbuffers.IUnpackableObject<NotificationsListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):NotificationsListRequest {
@@ -52,4 +52,35 @@ static endNotificationsListRequest(builder:flatbuffers.Builder):flatbuffers.Offs
   return offset;
 }
 
+
+unpack(): NotificationsListRequestT {
+  return new NotificationsListRequestT(
+    this.unreadOnly(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: NotificationsListRequestT): void {
+  _o.unreadOnly = this.unreadOnly();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class NotificationsListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public unreadOnly: boolean = false,
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  NotificationsListRequest.startNotificationsListRequest(builder);
+  NotificationsListRequest.addUnreadOnly(builder, this.unreadOnly);
+  NotificationsListRequest.addPage(builder, page);
+
+  return NotificationsListRequest.endNotificationsListRequest(builder);
+}
 }

@@ -2,15 +2,15 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { MarkReadRequest } from '../../selfie/notifications/mark-read-request.js';
-import { NotificationEvent } from '../../selfie/notifications/notification-event.js';
-import { NotificationsListRequest } from '../../selfie/notifications/notifications-list-request.js';
-import { NotificationsPage } from '../../selfie/notifications/notifications-page.js';
-import { PreferencesRequest } from '../../selfie/notifications/preferences-request.js';
-import { PreferencesResponse } from '../../selfie/notifications/preferences-response.js';
-import { PreferencesUpdateRequest } from '../../selfie/notifications/preferences-update-request.js';
-import { PushTokenRegisterRequest } from '../../selfie/notifications/push-token-register-request.js';
-import { PushTokenUnregisterRequest } from '../../selfie/notifications/push-token-unregister-request.js';
+import { MarkReadRequest, MarkReadRequestT } from '../../selfie/notifications/mark-read-request.js';
+import { NotificationEvent, NotificationEventT } from '../../selfie/notifications/notification-event.js';
+import { NotificationsListRequest, NotificationsListRequestT } from '../../selfie/notifications/notifications-list-request.js';
+import { NotificationsPage, NotificationsPageT } from '../../selfie/notifications/notifications-page.js';
+import { PreferencesRequest, PreferencesRequestT } from '../../selfie/notifications/preferences-request.js';
+import { PreferencesResponse, PreferencesResponseT } from '../../selfie/notifications/preferences-response.js';
+import { PreferencesUpdateRequest, PreferencesUpdateRequestT } from '../../selfie/notifications/preferences-update-request.js';
+import { PushTokenRegisterRequest, PushTokenRegisterRequestT } from '../../selfie/notifications/push-token-register-request.js';
+import { PushTokenUnregisterRequest, PushTokenUnregisterRequestT } from '../../selfie/notifications/push-token-unregister-request.js';
 
 
 export enum NotificationsOp {

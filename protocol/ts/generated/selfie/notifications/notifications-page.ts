@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { Notification } from '../../selfie/notifications/notification.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { Notification, NotificationT } from '../../selfie/notifications/notification.js';
 
 
-export class NotificationsPage {
+export class NotificationsPage implements flatbuffers.IUnpackableObject<NotificationsPageT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):NotificationsPage {
@@ -79,4 +79,40 @@ static endNotificationsPage(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): NotificationsPageT {
+  return new NotificationsPageT(
+    this.bb!.createObjList<Notification, NotificationT>(this.notifications.bind(this), this.notificationsLength()),
+    (this.page() !== null ? this.page()!.unpack() : null),
+    this.unreadCount()
+  );
+}
+
+
+unpackTo(_o: NotificationsPageT): void {
+  _o.notifications = this.bb!.createObjList<Notification, NotificationT>(this.notifications.bind(this), this.notificationsLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+  _o.unreadCount = this.unreadCount();
+}
+}
+
+export class NotificationsPageT implements flatbuffers.IGeneratedObject {
+constructor(
+  public notifications: (NotificationT)[] = [],
+  public page: PageInfoT|null = null,
+  public unreadCount: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const notifications = NotificationsPage.createNotificationsVector(builder, builder.createObjectOffsetList(this.notifications));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  NotificationsPage.startNotificationsPage(builder);
+  NotificationsPage.addNotifications(builder, notifications);
+  NotificationsPage.addPage(builder, page);
+  NotificationsPage.addUnreadCount(builder, this.unreadCount);
+
+  return NotificationsPage.endNotificationsPage(builder);
+}
 }

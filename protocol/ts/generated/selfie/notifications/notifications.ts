@@ -4,10 +4,19 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { MarkReadRequest, MarkReadRequestT } from '../../selfie/notifications/mark-read-request.js';
+import { NotificationEvent, NotificationEventT } from '../../selfie/notifications/notification-event.js';
+import { NotificationsListRequest, NotificationsListRequestT } from '../../selfie/notifications/notifications-list-request.js';
 import { NotificationsOp, unionToNotificationsOp, unionListToNotificationsOp } from '../../selfie/notifications/notifications-op.js';
+import { NotificationsPage, NotificationsPageT } from '../../selfie/notifications/notifications-page.js';
+import { PreferencesRequest, PreferencesRequestT } from '../../selfie/notifications/preferences-request.js';
+import { PreferencesResponse, PreferencesResponseT } from '../../selfie/notifications/preferences-response.js';
+import { PreferencesUpdateRequest, PreferencesUpdateRequestT } from '../../selfie/notifications/preferences-update-request.js';
+import { PushTokenRegisterRequest, PushTokenRegisterRequestT } from '../../selfie/notifications/push-token-register-request.js';
+import { PushTokenUnregisterRequest, PushTokenUnregisterRequestT } from '../../selfie/notifications/push-token-unregister-request.js';
 
 
-export class Notifications {
+export class Notifications implements flatbuffers.IUnpackableObject<NotificationsT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Notifications {
@@ -57,5 +66,43 @@ static createNotifications(builder:flatbuffers.Builder, opType:NotificationsOp, 
   Notifications.addOpType(builder, opType);
   Notifications.addOp(builder, opOffset);
   return Notifications.endNotifications(builder);
+}
+
+unpack(): NotificationsT {
+  return new NotificationsT(
+    this.opType(),
+    (() => {
+      const temp = unionToNotificationsOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: NotificationsT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToNotificationsOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class NotificationsT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: NotificationsOp = NotificationsOp.NONE,
+  public op: MarkReadRequestT|NotificationEventT|NotificationsListRequestT|NotificationsPageT|PreferencesRequestT|PreferencesResponseT|PreferencesUpdateRequestT|PushTokenRegisterRequestT|PushTokenUnregisterRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Notifications.createNotifications(builder,
+    this.opType,
+    op
+  );
 }
 }

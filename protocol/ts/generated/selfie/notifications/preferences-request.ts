@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class PreferencesRequest {
+
+
+export class PreferencesRequest implements flatbuffers.IUnpackableObject<PreferencesRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PreferencesRequest {
@@ -34,5 +36,21 @@ static endPreferencesRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
 static createPreferencesRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   PreferencesRequest.startPreferencesRequest(builder);
   return PreferencesRequest.endPreferencesRequest(builder);
+}
+
+unpack(): PreferencesRequestT {
+  return new PreferencesRequestT();
+}
+
+
+unpackTo(_o: PreferencesRequestT): void {}
+}
+
+export class PreferencesRequestT implements flatbuffers.IGeneratedObject {
+constructor(){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return PreferencesRequest.createPreferencesRequest(builder);
 }
 }

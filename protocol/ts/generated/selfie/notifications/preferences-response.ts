@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { NotificationPreference } from '../../selfie/notifications/notification-preference.js';
+import { NotificationPreference, NotificationPreferenceT } from '../../selfie/notifications/notification-preference.js';
 
 
-export class PreferencesResponse {
+export class PreferencesResponse implements flatbuffers.IUnpackableObject<PreferencesResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PreferencesResponse {
@@ -64,5 +64,31 @@ static createPreferencesResponse(builder:flatbuffers.Builder, preferencesOffset:
   PreferencesResponse.startPreferencesResponse(builder);
   PreferencesResponse.addPreferences(builder, preferencesOffset);
   return PreferencesResponse.endPreferencesResponse(builder);
+}
+
+unpack(): PreferencesResponseT {
+  return new PreferencesResponseT(
+    this.bb!.createObjList<NotificationPreference, NotificationPreferenceT>(this.preferences.bind(this), this.preferencesLength())
+  );
+}
+
+
+unpackTo(_o: PreferencesResponseT): void {
+  _o.preferences = this.bb!.createObjList<NotificationPreference, NotificationPreferenceT>(this.preferences.bind(this), this.preferencesLength());
+}
+}
+
+export class PreferencesResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public preferences: (NotificationPreferenceT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const preferences = PreferencesResponse.createPreferencesVector(builder, builder.createObjectOffsetList(this.preferences));
+
+  return PreferencesResponse.createPreferencesResponse(builder,
+    preferences
+  );
 }
 }

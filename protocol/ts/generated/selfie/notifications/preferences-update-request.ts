@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { NotificationPreference } from '../../selfie/notifications/notification-preference.js';
+import { NotificationPreference, NotificationPreferenceT } from '../../selfie/notifications/notification-preference.js';
 
 
-export class PreferencesUpdateRequest {
+export class PreferencesUpdateRequest implements flatbuffers.IUnpackableObject<PreferencesUpdateRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PreferencesUpdateRequest {
@@ -64,5 +64,31 @@ static createPreferencesUpdateRequest(builder:flatbuffers.Builder, preferencesOf
   PreferencesUpdateRequest.startPreferencesUpdateRequest(builder);
   PreferencesUpdateRequest.addPreferences(builder, preferencesOffset);
   return PreferencesUpdateRequest.endPreferencesUpdateRequest(builder);
+}
+
+unpack(): PreferencesUpdateRequestT {
+  return new PreferencesUpdateRequestT(
+    this.bb!.createObjList<NotificationPreference, NotificationPreferenceT>(this.preferences.bind(this), this.preferencesLength())
+  );
+}
+
+
+unpackTo(_o: PreferencesUpdateRequestT): void {
+  _o.preferences = this.bb!.createObjList<NotificationPreference, NotificationPreferenceT>(this.preferences.bind(this), this.preferencesLength());
+}
+}
+
+export class PreferencesUpdateRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public preferences: (NotificationPreferenceT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const preferences = PreferencesUpdateRequest.createPreferencesVector(builder, builder.createObjectOffsetList(this.preferences));
+
+  return PreferencesUpdateRequest.createPreferencesUpdateRequest(builder,
+    preferences
+  );
 }
 }

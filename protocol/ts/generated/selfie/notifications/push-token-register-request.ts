@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { PushPlatform } from '../../selfie/notifications/push-platform.js';
 
 
-export class PushTokenRegisterRequest {
+export class PushTokenRegisterRequest implements flatbuffers.IUnpackableObject<PushTokenRegisterRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PushTokenRegisterRequest {
@@ -138,5 +138,50 @@ static createPushTokenRegisterRequest(builder:flatbuffers.Builder, platform:Push
   PushTokenRegisterRequest.addWebPushP256dh(builder, webPushP256dhOffset);
   PushTokenRegisterRequest.addWebPushAuth(builder, webPushAuthOffset);
   return PushTokenRegisterRequest.endPushTokenRegisterRequest(builder);
+}
+
+unpack(): PushTokenRegisterRequestT {
+  return new PushTokenRegisterRequestT(
+    this.platform(),
+    this.token(),
+    this.deviceId(),
+    this.bb!.createScalarList<number>(this.webPushP256dh.bind(this), this.webPushP256dhLength()),
+    this.bb!.createScalarList<number>(this.webPushAuth.bind(this), this.webPushAuthLength())
+  );
+}
+
+
+unpackTo(_o: PushTokenRegisterRequestT): void {
+  _o.platform = this.platform();
+  _o.token = this.token();
+  _o.deviceId = this.deviceId();
+  _o.webPushP256dh = this.bb!.createScalarList<number>(this.webPushP256dh.bind(this), this.webPushP256dhLength());
+  _o.webPushAuth = this.bb!.createScalarList<number>(this.webPushAuth.bind(this), this.webPushAuthLength());
+}
+}
+
+export class PushTokenRegisterRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public platform: PushPlatform = PushPlatform.Apns,
+  public token: string|Uint8Array|null = null,
+  public deviceId: string|Uint8Array|null = null,
+  public webPushP256dh: (number)[] = [],
+  public webPushAuth: (number)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const token = (this.token !== null ? builder.createString(this.token!) : 0);
+  const deviceId = (this.deviceId !== null ? builder.createString(this.deviceId!) : 0);
+  const webPushP256dh = PushTokenRegisterRequest.createWebPushP256dhVector(builder, this.webPushP256dh);
+  const webPushAuth = PushTokenRegisterRequest.createWebPushAuthVector(builder, this.webPushAuth);
+
+  return PushTokenRegisterRequest.createPushTokenRegisterRequest(builder,
+    this.platform,
+    token,
+    deviceId,
+    webPushP256dh,
+    webPushAuth
+  );
 }
 }

@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { PushPlatform } from '../../selfie/notifications/push-platform.js';
 
 
-export class PushTokenUnregisterRequest {
+export class PushTokenUnregisterRequest implements flatbuffers.IUnpackableObject<PushTokenUnregisterRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PushTokenUnregisterRequest {
@@ -59,5 +59,35 @@ static createPushTokenUnregisterRequest(builder:flatbuffers.Builder, platform:Pu
   PushTokenUnregisterRequest.addPlatform(builder, platform);
   PushTokenUnregisterRequest.addToken(builder, tokenOffset);
   return PushTokenUnregisterRequest.endPushTokenUnregisterRequest(builder);
+}
+
+unpack(): PushTokenUnregisterRequestT {
+  return new PushTokenUnregisterRequestT(
+    this.platform(),
+    this.token()
+  );
+}
+
+
+unpackTo(_o: PushTokenUnregisterRequestT): void {
+  _o.platform = this.platform();
+  _o.token = this.token();
+}
+}
+
+export class PushTokenUnregisterRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public platform: PushPlatform = PushPlatform.Apns,
+  public token: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const token = (this.token !== null ? builder.createString(this.token!) : 0);
+
+  return PushTokenUnregisterRequest.createPushTokenUnregisterRequest(builder,
+    this.platform,
+    token
+  );
 }
 }

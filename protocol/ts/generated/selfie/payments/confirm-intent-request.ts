@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class ConfirmIntentRequest {
+
+
+export class ConfirmIntentRequest implements flatbuffers.IUnpackableObject<ConfirmIntentRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ConfirmIntentRequest {
@@ -56,5 +58,35 @@ static createConfirmIntentRequest(builder:flatbuffers.Builder, intentId:bigint, 
   ConfirmIntentRequest.addIntentId(builder, intentId);
   ConfirmIntentRequest.addProviderToken(builder, providerTokenOffset);
   return ConfirmIntentRequest.endConfirmIntentRequest(builder);
+}
+
+unpack(): ConfirmIntentRequestT {
+  return new ConfirmIntentRequestT(
+    this.intentId(),
+    this.providerToken()
+  );
+}
+
+
+unpackTo(_o: ConfirmIntentRequestT): void {
+  _o.intentId = this.intentId();
+  _o.providerToken = this.providerToken();
+}
+}
+
+export class ConfirmIntentRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public intentId: bigint = BigInt('0'),
+  public providerToken: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const providerToken = (this.providerToken !== null ? builder.createString(this.providerToken!) : 0);
+
+  return ConfirmIntentRequest.createConfirmIntentRequest(builder,
+    this.intentId,
+    providerToken
+  );
 }
 }

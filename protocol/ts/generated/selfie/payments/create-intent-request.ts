@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Money } from '../../selfie/common/money.js';
+import { Money, MoneyT } from '../../selfie/common/money.js';
 import { PaymentKind } from '../../selfie/payments/payment-kind.js';
 
 
-export class CreateIntentRequest {
+export class CreateIntentRequest implements flatbuffers.IUnpackableObject<CreateIntentRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CreateIntentRequest {
@@ -84,4 +84,49 @@ static endCreateIntentRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): CreateIntentRequestT {
+  return new CreateIntentRequestT(
+    this.kind(),
+    (this.amount() !== null ? this.amount()!.unpack() : null),
+    this.recipientId(),
+    this.productId(),
+    this.idempotencyKey()
+  );
+}
+
+
+unpackTo(_o: CreateIntentRequestT): void {
+  _o.kind = this.kind();
+  _o.amount = (this.amount() !== null ? this.amount()!.unpack() : null);
+  _o.recipientId = this.recipientId();
+  _o.productId = this.productId();
+  _o.idempotencyKey = this.idempotencyKey();
+}
+}
+
+export class CreateIntentRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public kind: PaymentKind = PaymentKind.Tip,
+  public amount: MoneyT|null = null,
+  public recipientId: bigint = BigInt('0'),
+  public productId: string|Uint8Array|null = null,
+  public idempotencyKey: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const amount = (this.amount !== null ? this.amount!.pack(builder) : 0);
+  const productId = (this.productId !== null ? builder.createString(this.productId!) : 0);
+  const idempotencyKey = (this.idempotencyKey !== null ? builder.createString(this.idempotencyKey!) : 0);
+
+  CreateIntentRequest.startCreateIntentRequest(builder);
+  CreateIntentRequest.addKind(builder, this.kind);
+  CreateIntentRequest.addAmount(builder, amount);
+  CreateIntentRequest.addRecipientId(builder, this.recipientId);
+  CreateIntentRequest.addProductId(builder, productId);
+  CreateIntentRequest.addIdempotencyKey(builder, idempotencyKey);
+
+  return CreateIntentRequest.endCreateIntentRequest(builder);
+}
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class CreatorSubscribeRequest {
+
+
+export class CreatorSubscribeRequest implements flatbuffers.IUnpackableObject<CreatorSubscribeRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CreatorSubscribeRequest {
@@ -66,5 +68,39 @@ static createCreatorSubscribeRequest(builder:flatbuffers.Builder, creatorId:bigi
   CreatorSubscribeRequest.addTierId(builder, tierId);
   CreatorSubscribeRequest.addIdempotencyKey(builder, idempotencyKeyOffset);
   return CreatorSubscribeRequest.endCreatorSubscribeRequest(builder);
+}
+
+unpack(): CreatorSubscribeRequestT {
+  return new CreatorSubscribeRequestT(
+    this.creatorId(),
+    this.tierId(),
+    this.idempotencyKey()
+  );
+}
+
+
+unpackTo(_o: CreatorSubscribeRequestT): void {
+  _o.creatorId = this.creatorId();
+  _o.tierId = this.tierId();
+  _o.idempotencyKey = this.idempotencyKey();
+}
+}
+
+export class CreatorSubscribeRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public creatorId: bigint = BigInt('0'),
+  public tierId: bigint = BigInt('0'),
+  public idempotencyKey: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const idempotencyKey = (this.idempotencyKey !== null ? builder.createString(this.idempotencyKey!) : 0);
+
+  return CreatorSubscribeRequest.createCreatorSubscribeRequest(builder,
+    this.creatorId,
+    this.tierId,
+    idempotencyKey
+  );
 }
 }

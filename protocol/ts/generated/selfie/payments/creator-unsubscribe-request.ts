@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class CreatorUnsubscribeRequest {
+
+
+export class CreatorUnsubscribeRequest implements flatbuffers.IUnpackableObject<CreatorUnsubscribeRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CreatorUnsubscribeRequest {
@@ -44,5 +46,29 @@ static createCreatorUnsubscribeRequest(builder:flatbuffers.Builder, creatorId:bi
   CreatorUnsubscribeRequest.startCreatorUnsubscribeRequest(builder);
   CreatorUnsubscribeRequest.addCreatorId(builder, creatorId);
   return CreatorUnsubscribeRequest.endCreatorUnsubscribeRequest(builder);
+}
+
+unpack(): CreatorUnsubscribeRequestT {
+  return new CreatorUnsubscribeRequestT(
+    this.creatorId()
+  );
+}
+
+
+unpackTo(_o: CreatorUnsubscribeRequestT): void {
+  _o.creatorId = this.creatorId();
+}
+}
+
+export class CreatorUnsubscribeRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public creatorId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return CreatorUnsubscribeRequest.createCreatorUnsubscribeRequest(builder,
+    this.creatorId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class GetIntentRequest {
+
+
+export class GetIntentRequest implements flatbuffers.IUnpackableObject<GetIntentRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):GetIntentRequest {
@@ -44,5 +46,29 @@ static createGetIntentRequest(builder:flatbuffers.Builder, intentId:bigint):flat
   GetIntentRequest.startGetIntentRequest(builder);
   GetIntentRequest.addIntentId(builder, intentId);
   return GetIntentRequest.endGetIntentRequest(builder);
+}
+
+unpack(): GetIntentRequestT {
+  return new GetIntentRequestT(
+    this.intentId()
+  );
+}
+
+
+unpackTo(_o: GetIntentRequestT): void {
+  _o.intentId = this.intentId();
+}
+}
+
+export class GetIntentRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public intentId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return GetIntentRequest.createGetIntentRequest(builder,
+    this.intentId
+  );
 }
 }

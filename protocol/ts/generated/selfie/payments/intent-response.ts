@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PaymentIntent } from '../../selfie/payments/payment-intent.js';
+import { PaymentIntent, PaymentIntentT } from '../../selfie/payments/payment-intent.js';
 
 
-export class IntentResponse {
+export class IntentResponse implements flatbuffers.IUnpackableObject<IntentResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):IntentResponse {
@@ -47,5 +47,31 @@ static createIntentResponse(builder:flatbuffers.Builder, intentOffset:flatbuffer
   IntentResponse.startIntentResponse(builder);
   IntentResponse.addIntent(builder, intentOffset);
   return IntentResponse.endIntentResponse(builder);
+}
+
+unpack(): IntentResponseT {
+  return new IntentResponseT(
+    (this.intent() !== null ? this.intent()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: IntentResponseT): void {
+  _o.intent = (this.intent() !== null ? this.intent()!.unpack() : null);
+}
+}
+
+export class IntentResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public intent: PaymentIntentT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const intent = (this.intent !== null ? this.intent!.pack(builder) : 0);
+
+  return IntentResponse.createIntentResponse(builder,
+    intent
+  );
 }
 }

@@ -4,12 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Money } from '../../selfie/common/money.js';
+import { Money, MoneyT } from '../../selfie/common/money.js';
 import { PaymentKind } from '../../selfie/payments/payment-kind.js';
 import { PaymentStatus } from '../../selfie/payments/payment-status.js';
 
 
-export class PaymentIntent {
+export class PaymentIntent implements flatbuffers.IUnpackableObject<PaymentIntentT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PaymentIntent {
@@ -113,4 +113,60 @@ static endPaymentIntent(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): PaymentIntentT {
+  return new PaymentIntentT(
+    this.intentId(),
+    this.kind(),
+    this.status(),
+    (this.amount() !== null ? this.amount()!.unpack() : null),
+    this.payerId(),
+    this.recipientId(),
+    this.clientSecret(),
+    this.createdAtMs()
+  );
+}
+
+
+unpackTo(_o: PaymentIntentT): void {
+  _o.intentId = this.intentId();
+  _o.kind = this.kind();
+  _o.status = this.status();
+  _o.amount = (this.amount() !== null ? this.amount()!.unpack() : null);
+  _o.payerId = this.payerId();
+  _o.recipientId = this.recipientId();
+  _o.clientSecret = this.clientSecret();
+  _o.createdAtMs = this.createdAtMs();
+}
+}
+
+export class PaymentIntentT implements flatbuffers.IGeneratedObject {
+constructor(
+  public intentId: bigint = BigInt('0'),
+  public kind: PaymentKind = PaymentKind.Tip,
+  public status: PaymentStatus = PaymentStatus.Pending,
+  public amount: MoneyT|null = null,
+  public payerId: bigint = BigInt('0'),
+  public recipientId: bigint = BigInt('0'),
+  public clientSecret: string|Uint8Array|null = null,
+  public createdAtMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const amount = (this.amount !== null ? this.amount!.pack(builder) : 0);
+  const clientSecret = (this.clientSecret !== null ? builder.createString(this.clientSecret!) : 0);
+
+  PaymentIntent.startPaymentIntent(builder);
+  PaymentIntent.addIntentId(builder, this.intentId);
+  PaymentIntent.addKind(builder, this.kind);
+  PaymentIntent.addStatus(builder, this.status);
+  PaymentIntent.addAmount(builder, amount);
+  PaymentIntent.addPayerId(builder, this.payerId);
+  PaymentIntent.addRecipientId(builder, this.recipientId);
+  PaymentIntent.addClientSecret(builder, clientSecret);
+  PaymentIntent.addCreatedAtMs(builder, this.createdAtMs);
+
+  return PaymentIntent.endPaymentIntent(builder);
+}
 }

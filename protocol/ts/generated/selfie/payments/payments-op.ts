@@ -2,19 +2,19 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { ConfirmIntentRequest } from '../../selfie/payments/confirm-intent-request.js';
-import { CreateIntentRequest } from '../../selfie/payments/create-intent-request.js';
-import { CreatorSubscribeRequest } from '../../selfie/payments/creator-subscribe-request.js';
-import { CreatorUnsubscribeRequest } from '../../selfie/payments/creator-unsubscribe-request.js';
-import { GetIntentRequest } from '../../selfie/payments/get-intent-request.js';
-import { IntentResponse } from '../../selfie/payments/intent-response.js';
-import { PayoutRequest } from '../../selfie/payments/payout-request.js';
-import { TiersRequest } from '../../selfie/payments/tiers-request.js';
-import { TiersResponse } from '../../selfie/payments/tiers-response.js';
-import { TransactionsRequest } from '../../selfie/payments/transactions-request.js';
-import { TransactionsResponse } from '../../selfie/payments/transactions-response.js';
-import { WalletRequest } from '../../selfie/payments/wallet-request.js';
-import { WalletResponse } from '../../selfie/payments/wallet-response.js';
+import { ConfirmIntentRequest, ConfirmIntentRequestT } from '../../selfie/payments/confirm-intent-request.js';
+import { CreateIntentRequest, CreateIntentRequestT } from '../../selfie/payments/create-intent-request.js';
+import { CreatorSubscribeRequest, CreatorSubscribeRequestT } from '../../selfie/payments/creator-subscribe-request.js';
+import { CreatorUnsubscribeRequest, CreatorUnsubscribeRequestT } from '../../selfie/payments/creator-unsubscribe-request.js';
+import { GetIntentRequest, GetIntentRequestT } from '../../selfie/payments/get-intent-request.js';
+import { IntentResponse, IntentResponseT } from '../../selfie/payments/intent-response.js';
+import { PayoutRequest, PayoutRequestT } from '../../selfie/payments/payout-request.js';
+import { TiersRequest, TiersRequestT } from '../../selfie/payments/tiers-request.js';
+import { TiersResponse, TiersResponseT } from '../../selfie/payments/tiers-response.js';
+import { TransactionsRequest, TransactionsRequestT } from '../../selfie/payments/transactions-request.js';
+import { TransactionsResponse, TransactionsResponseT } from '../../selfie/payments/transactions-response.js';
+import { WalletRequest, WalletRequestT } from '../../selfie/payments/wallet-request.js';
+import { WalletResponse, WalletResponseT } from '../../selfie/payments/wallet-response.js';
 
 
 export enum PaymentsOp {

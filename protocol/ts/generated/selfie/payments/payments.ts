@@ -4,10 +4,23 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { ConfirmIntentRequest, ConfirmIntentRequestT } from '../../selfie/payments/confirm-intent-request.js';
+import { CreateIntentRequest, CreateIntentRequestT } from '../../selfie/payments/create-intent-request.js';
+import { CreatorSubscribeRequest, CreatorSubscribeRequestT } from '../../selfie/payments/creator-subscribe-request.js';
+import { CreatorUnsubscribeRequest, CreatorUnsubscribeRequestT } from '../../selfie/payments/creator-unsubscribe-request.js';
+import { GetIntentRequest, GetIntentRequestT } from '../../selfie/payments/get-intent-request.js';
+import { IntentResponse, IntentResponseT } from '../../selfie/payments/intent-response.js';
 import { PaymentsOp, unionToPaymentsOp, unionListToPaymentsOp } from '../../selfie/payments/payments-op.js';
+import { PayoutRequest, PayoutRequestT } from '../../selfie/payments/payout-request.js';
+import { TiersRequest, TiersRequestT } from '../../selfie/payments/tiers-request.js';
+import { TiersResponse, TiersResponseT } from '../../selfie/payments/tiers-response.js';
+import { TransactionsRequest, TransactionsRequestT } from '../../selfie/payments/transactions-request.js';
+import { TransactionsResponse, TransactionsResponseT } from '../../selfie/payments/transactions-response.js';
+import { WalletRequest, WalletRequestT } from '../../selfie/payments/wallet-request.js';
+import { WalletResponse, WalletResponseT } from '../../selfie/payments/wallet-response.js';
 
 
-export class Payments {
+export class Payments implements flatbuffers.IUnpackableObject<PaymentsT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Payments {
@@ -57,5 +70,43 @@ static createPayments(builder:flatbuffers.Builder, opType:PaymentsOp, opOffset:f
   Payments.addOpType(builder, opType);
   Payments.addOp(builder, opOffset);
   return Payments.endPayments(builder);
+}
+
+unpack(): PaymentsT {
+  return new PaymentsT(
+    this.opType(),
+    (() => {
+      const temp = unionToPaymentsOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: PaymentsT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToPaymentsOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class PaymentsT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: PaymentsOp = PaymentsOp.NONE,
+  public op: ConfirmIntentRequestT|CreateIntentRequestT|CreatorSubscribeRequestT|CreatorUnsubscribeRequestT|GetIntentRequestT|IntentResponseT|PayoutRequestT|TiersRequestT|TiersResponseT|TransactionsRequestT|TransactionsResponseT|WalletRequestT|WalletResponseT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Payments.createPayments(builder,
+    this.opType,
+    op
+  );
 }
 }

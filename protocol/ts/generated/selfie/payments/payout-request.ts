@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Money } from '../../selfie/common/money.js';
+import { Money, MoneyT } from '../../selfie/common/money.js';
 
 
-export class PayoutRequest {
+export class PayoutRequest implements flatbuffers.IUnpackableObject<PayoutRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PayoutRequest {
@@ -71,5 +71,41 @@ static createPayoutRequest(builder:flatbuffers.Builder, amountOffset:flatbuffers
   PayoutRequest.addDestinationId(builder, destinationIdOffset);
   PayoutRequest.addIdempotencyKey(builder, idempotencyKeyOffset);
   return PayoutRequest.endPayoutRequest(builder);
+}
+
+unpack(): PayoutRequestT {
+  return new PayoutRequestT(
+    (this.amount() !== null ? this.amount()!.unpack() : null),
+    this.destinationId(),
+    this.idempotencyKey()
+  );
+}
+
+
+unpackTo(_o: PayoutRequestT): void {
+  _o.amount = (this.amount() !== null ? this.amount()!.unpack() : null);
+  _o.destinationId = this.destinationId();
+  _o.idempotencyKey = this.idempotencyKey();
+}
+}
+
+export class PayoutRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public amount: MoneyT|null = null,
+  public destinationId: string|Uint8Array|null = null,
+  public idempotencyKey: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const amount = (this.amount !== null ? this.amount!.pack(builder) : 0);
+  const destinationId = (this.destinationId !== null ? builder.createString(this.destinationId!) : 0);
+  const idempotencyKey = (this.idempotencyKey !== null ? builder.createString(this.idempotencyKey!) : 0);
+
+  return PayoutRequest.createPayoutRequest(builder,
+    amount,
+    destinationId,
+    idempotencyKey
+  );
 }
 }

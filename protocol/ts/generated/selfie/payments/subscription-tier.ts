@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Money } from '../../selfie/common/money.js';
+import { Money, MoneyT } from '../../selfie/common/money.js';
 
 
-export class SubscriptionTier {
+export class SubscriptionTier implements flatbuffers.IUnpackableObject<SubscriptionTierT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SubscriptionTier {
@@ -109,4 +109,53 @@ static endSubscriptionTier(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): SubscriptionTierT {
+  return new SubscriptionTierT(
+    this.tierId(),
+    this.creatorId(),
+    this.name(),
+    (this.price() !== null ? this.price()!.unpack() : null),
+    this.periodDays(),
+    this.bb!.createScalarList<string>(this.benefits.bind(this), this.benefitsLength())
+  );
+}
+
+
+unpackTo(_o: SubscriptionTierT): void {
+  _o.tierId = this.tierId();
+  _o.creatorId = this.creatorId();
+  _o.name = this.name();
+  _o.price = (this.price() !== null ? this.price()!.unpack() : null);
+  _o.periodDays = this.periodDays();
+  _o.benefits = this.bb!.createScalarList<string>(this.benefits.bind(this), this.benefitsLength());
+}
+}
+
+export class SubscriptionTierT implements flatbuffers.IGeneratedObject {
+constructor(
+  public tierId: bigint = BigInt('0'),
+  public creatorId: bigint = BigInt('0'),
+  public name: string|Uint8Array|null = null,
+  public price: MoneyT|null = null,
+  public periodDays: number = 0,
+  public benefits: (string)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const name = (this.name !== null ? builder.createString(this.name!) : 0);
+  const price = (this.price !== null ? this.price!.pack(builder) : 0);
+  const benefits = SubscriptionTier.createBenefitsVector(builder, builder.createObjectOffsetList(this.benefits));
+
+  SubscriptionTier.startSubscriptionTier(builder);
+  SubscriptionTier.addTierId(builder, this.tierId);
+  SubscriptionTier.addCreatorId(builder, this.creatorId);
+  SubscriptionTier.addName(builder, name);
+  SubscriptionTier.addPrice(builder, price);
+  SubscriptionTier.addPeriodDays(builder, this.periodDays);
+  SubscriptionTier.addBenefits(builder, benefits);
+
+  return SubscriptionTier.endSubscriptionTier(builder);
+}
 }

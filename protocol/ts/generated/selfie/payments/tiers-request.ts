@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class TiersRequest {
+
+
+export class TiersRequest implements flatbuffers.IUnpackableObject<TiersRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TiersRequest {
@@ -44,5 +46,29 @@ static createTiersRequest(builder:flatbuffers.Builder, creatorId:bigint):flatbuf
   TiersRequest.startTiersRequest(builder);
   TiersRequest.addCreatorId(builder, creatorId);
   return TiersRequest.endTiersRequest(builder);
+}
+
+unpack(): TiersRequestT {
+  return new TiersRequestT(
+    this.creatorId()
+  );
+}
+
+
+unpackTo(_o: TiersRequestT): void {
+  _o.creatorId = this.creatorId();
+}
+}
+
+export class TiersRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public creatorId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return TiersRequest.createTiersRequest(builder,
+    this.creatorId
+  );
 }
 }

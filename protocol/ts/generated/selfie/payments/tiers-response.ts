@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { SubscriptionTier } from '../../selfie/payments/subscription-tier.js';
+import { SubscriptionTier, SubscriptionTierT } from '../../selfie/payments/subscription-tier.js';
 
 
-export class TiersResponse {
+export class TiersResponse implements flatbuffers.IUnpackableObject<TiersResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TiersResponse {
@@ -64,5 +64,31 @@ static createTiersResponse(builder:flatbuffers.Builder, tiersOffset:flatbuffers.
   TiersResponse.startTiersResponse(builder);
   TiersResponse.addTiers(builder, tiersOffset);
   return TiersResponse.endTiersResponse(builder);
+}
+
+unpack(): TiersResponseT {
+  return new TiersResponseT(
+    this.bb!.createObjList<SubscriptionTier, SubscriptionTierT>(this.tiers.bind(this), this.tiersLength())
+  );
+}
+
+
+unpackTo(_o: TiersResponseT): void {
+  _o.tiers = this.bb!.createObjList<SubscriptionTier, SubscriptionTierT>(this.tiers.bind(this), this.tiersLength());
+}
+}
+
+export class TiersResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public tiers: (SubscriptionTierT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const tiers = TiersResponse.createTiersVector(builder, builder.createObjectOffsetList(this.tiers));
+
+  return TiersResponse.createTiersResponse(builder,
+    tiers
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class TransactionsRequest {
+export class TransactionsRequest implements flatbuffers.IUnpackableObject<TransactionsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TransactionsRequest {
@@ -47,5 +47,31 @@ static createTransactionsRequest(builder:flatbuffers.Builder, pageOffset:flatbuf
   TransactionsRequest.startTransactionsRequest(builder);
   TransactionsRequest.addPage(builder, pageOffset);
   return TransactionsRequest.endTransactionsRequest(builder);
+}
+
+unpack(): TransactionsRequestT {
+  return new TransactionsRequestT(
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: TransactionsRequestT): void {
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class TransactionsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  return TransactionsRequest.createTransactionsRequest(builder,
+    page
+  );
 }
 }

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { PaymentIntent } from '../../selfie/payments/payment-intent.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { PaymentIntent, PaymentIntentT } from '../../selfie/payments/payment-intent.js';
 
 
-export class TransactionsResponse {
+export class TransactionsResponse implements flatbuffers.IUnpackableObject<TransactionsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TransactionsResponse {
@@ -70,4 +70,36 @@ static endTransactionsResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): TransactionsResponseT {
+  return new TransactionsResponseT(
+    this.bb!.createObjList<PaymentIntent, PaymentIntentT>(this.transactions.bind(this), this.transactionsLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: TransactionsResponseT): void {
+  _o.transactions = this.bb!.createObjList<PaymentIntent, PaymentIntentT>(this.transactions.bind(this), this.transactionsLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class TransactionsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public transactions: (PaymentIntentT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const transactions = TransactionsResponse.createTransactionsVector(builder, builder.createObjectOffsetList(this.transactions));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  TransactionsResponse.startTransactionsResponse(builder);
+  TransactionsResponse.addTransactions(builder, transactions);
+  TransactionsResponse.addPage(builder, page);
+
+  return TransactionsResponse.endTransactionsResponse(builder);
+}
 }

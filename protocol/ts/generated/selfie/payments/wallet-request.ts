@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class WalletRequest {
+
+
+export class WalletRequest implements flatbuffers.IUnpackableObject<WalletRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):WalletRequest {
@@ -34,5 +36,21 @@ static endWalletRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
 static createWalletRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   WalletRequest.startWalletRequest(builder);
   return WalletRequest.endWalletRequest(builder);
+}
+
+unpack(): WalletRequestT {
+  return new WalletRequestT();
+}
+
+
+unpackTo(_o: WalletRequestT): void {}
+}
+
+export class WalletRequestT implements flatbuffers.IGeneratedObject {
+constructor(){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return WalletRequest.createWalletRequest(builder);
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Money } from '../../selfie/common/money.js';
+import { Money, MoneyT } from '../../selfie/common/money.js';
 
 
-export class WalletResponse {
+export class WalletResponse implements flatbuffers.IUnpackableObject<WalletResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):WalletResponse {
@@ -91,5 +91,36 @@ static createWalletResponse(builder:flatbuffers.Builder, availableOffset:flatbuf
   WalletResponse.addAvailable(builder, availableOffset);
   WalletResponse.addPending(builder, pendingOffset);
   return WalletResponse.endWalletResponse(builder);
+}
+
+unpack(): WalletResponseT {
+  return new WalletResponseT(
+    this.bb!.createObjList<Money, MoneyT>(this.available.bind(this), this.availableLength()),
+    this.bb!.createObjList<Money, MoneyT>(this.pending.bind(this), this.pendingLength())
+  );
+}
+
+
+unpackTo(_o: WalletResponseT): void {
+  _o.available = this.bb!.createObjList<Money, MoneyT>(this.available.bind(this), this.availableLength());
+  _o.pending = this.bb!.createObjList<Money, MoneyT>(this.pending.bind(this), this.pendingLength());
+}
+}
+
+export class WalletResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public available: (MoneyT)[] = [],
+  public pending: (MoneyT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const available = WalletResponse.createAvailableVector(builder, builder.createObjectOffsetList(this.available));
+  const pending = WalletResponse.createPendingVector(builder, builder.createObjectOffsetList(this.pending));
+
+  return WalletResponse.createWalletResponse(builder,
+    available,
+    pending
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Comment } from '../../selfie/posts/comment.js';
+import { Comment, CommentT } from '../../selfie/posts/comment.js';
 
 
-export class CommentResponse {
+export class CommentResponse implements flatbuffers.IUnpackableObject<CommentResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CommentResponse {
@@ -47,5 +47,31 @@ static createCommentResponse(builder:flatbuffers.Builder, commentOffset:flatbuff
   CommentResponse.startCommentResponse(builder);
   CommentResponse.addComment(builder, commentOffset);
   return CommentResponse.endCommentResponse(builder);
+}
+
+unpack(): CommentResponseT {
+  return new CommentResponseT(
+    (this.comment() !== null ? this.comment()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: CommentResponseT): void {
+  _o.comment = (this.comment() !== null ? this.comment()!.unpack() : null);
+}
+}
+
+export class CommentResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public comment: CommentT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const comment = (this.comment !== null ? this.comment!.pack(builder) : 0);
+
+  return CommentResponse.createCommentResponse(builder,
+    comment
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 
 
-export class Comment {
+export class Comment implements flatbuffers.IUnpackableObject<CommentT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Comment {
@@ -166,4 +166,78 @@ static endComment(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): CommentT {
+  return new CommentT(
+    this.commentId(),
+    this.postId(),
+    this.parentId(),
+    (this.author() !== null ? this.author()!.unpack() : null),
+    this.text(),
+    this.bb!.createScalarList<bigint>(this.mentions.bind(this), this.mentionsLength()),
+    this.createdAtMs(),
+    this.editedAtMs(),
+    this.reactionsCount(),
+    this.repliesCount(),
+    this.viewerReaction(),
+    this.deleted()
+  );
+}
+
+
+unpackTo(_o: CommentT): void {
+  _o.commentId = this.commentId();
+  _o.postId = this.postId();
+  _o.parentId = this.parentId();
+  _o.author = (this.author() !== null ? this.author()!.unpack() : null);
+  _o.text = this.text();
+  _o.mentions = this.bb!.createScalarList<bigint>(this.mentions.bind(this), this.mentionsLength());
+  _o.createdAtMs = this.createdAtMs();
+  _o.editedAtMs = this.editedAtMs();
+  _o.reactionsCount = this.reactionsCount();
+  _o.repliesCount = this.repliesCount();
+  _o.viewerReaction = this.viewerReaction();
+  _o.deleted = this.deleted();
+}
+}
+
+export class CommentT implements flatbuffers.IGeneratedObject {
+constructor(
+  public commentId: bigint = BigInt('0'),
+  public postId: bigint = BigInt('0'),
+  public parentId: bigint = BigInt('0'),
+  public author: UserSummaryT|null = null,
+  public text: string|Uint8Array|null = null,
+  public mentions: (bigint)[] = [],
+  public createdAtMs: bigint = BigInt('0'),
+  public editedAtMs: bigint = BigInt('0'),
+  public reactionsCount: bigint = BigInt('0'),
+  public repliesCount: bigint = BigInt('0'),
+  public viewerReaction: string|Uint8Array|null = null,
+  public deleted: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const author = (this.author !== null ? this.author!.pack(builder) : 0);
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+  const mentions = Comment.createMentionsVector(builder, this.mentions);
+  const viewerReaction = (this.viewerReaction !== null ? builder.createString(this.viewerReaction!) : 0);
+
+  Comment.startComment(builder);
+  Comment.addCommentId(builder, this.commentId);
+  Comment.addPostId(builder, this.postId);
+  Comment.addParentId(builder, this.parentId);
+  Comment.addAuthor(builder, author);
+  Comment.addText(builder, text);
+  Comment.addMentions(builder, mentions);
+  Comment.addCreatedAtMs(builder, this.createdAtMs);
+  Comment.addEditedAtMs(builder, this.editedAtMs);
+  Comment.addReactionsCount(builder, this.reactionsCount);
+  Comment.addRepliesCount(builder, this.repliesCount);
+  Comment.addViewerReaction(builder, viewerReaction);
+  Comment.addDeleted(builder, this.deleted);
+
+  return Comment.endComment(builder);
+}
 }

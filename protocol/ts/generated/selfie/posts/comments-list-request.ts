@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class CommentsListRequest {
+export class CommentsListRequest implements flatbuffers.IUnpackableObject<CommentsListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CommentsListRequest {
@@ -61,4 +61,39 @@ static endCommentsListRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): CommentsListRequestT {
+  return new CommentsListRequestT(
+    this.postId(),
+    this.parentId(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: CommentsListRequestT): void {
+  _o.postId = this.postId();
+  _o.parentId = this.parentId();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class CommentsListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0'),
+  public parentId: bigint = BigInt('0'),
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  CommentsListRequest.startCommentsListRequest(builder);
+  CommentsListRequest.addPostId(builder, this.postId);
+  CommentsListRequest.addParentId(builder, this.parentId);
+  CommentsListRequest.addPage(builder, page);
+
+  return CommentsListRequest.endCommentsListRequest(builder);
+}
 }

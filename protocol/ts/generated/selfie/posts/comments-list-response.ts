@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { Comment } from '../../selfie/posts/comment.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { Comment, CommentT } from '../../selfie/posts/comment.js';
 
 
-export class CommentsListResponse {
+export class CommentsListResponse implements flatbuffers.IUnpackableObject<CommentsListResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CommentsListResponse {
@@ -70,4 +70,36 @@ static endCommentsListResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): CommentsListResponseT {
+  return new CommentsListResponseT(
+    this.bb!.createObjList<Comment, CommentT>(this.comments.bind(this), this.commentsLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: CommentsListResponseT): void {
+  _o.comments = this.bb!.createObjList<Comment, CommentT>(this.comments.bind(this), this.commentsLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class CommentsListResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public comments: (CommentT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const comments = CommentsListResponse.createCommentsVector(builder, builder.createObjectOffsetList(this.comments));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  CommentsListResponse.startCommentsListResponse(builder);
+  CommentsListResponse.addComments(builder, comments);
+  CommentsListResponse.addPage(builder, page);
+
+  return CommentsListResponse.endCommentsListResponse(builder);
+}
 }

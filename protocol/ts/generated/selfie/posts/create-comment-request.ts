@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class CreateCommentRequest {
+
+
+export class CreateCommentRequest implements flatbuffers.IUnpackableObject<CreateCommentRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CreateCommentRequest {
@@ -78,5 +80,44 @@ static createCreateCommentRequest(builder:flatbuffers.Builder, postId:bigint, pa
   CreateCommentRequest.addText(builder, textOffset);
   CreateCommentRequest.addIdempotencyKey(builder, idempotencyKeyOffset);
   return CreateCommentRequest.endCreateCommentRequest(builder);
+}
+
+unpack(): CreateCommentRequestT {
+  return new CreateCommentRequestT(
+    this.postId(),
+    this.parentId(),
+    this.text(),
+    this.idempotencyKey()
+  );
+}
+
+
+unpackTo(_o: CreateCommentRequestT): void {
+  _o.postId = this.postId();
+  _o.parentId = this.parentId();
+  _o.text = this.text();
+  _o.idempotencyKey = this.idempotencyKey();
+}
+}
+
+export class CreateCommentRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0'),
+  public parentId: bigint = BigInt('0'),
+  public text: string|Uint8Array|null = null,
+  public idempotencyKey: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+  const idempotencyKey = (this.idempotencyKey !== null ? builder.createString(this.idempotencyKey!) : 0);
+
+  return CreateCommentRequest.createCreateCommentRequest(builder,
+    this.postId,
+    this.parentId,
+    text,
+    idempotencyKey
+  );
 }
 }

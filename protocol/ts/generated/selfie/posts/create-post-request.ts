@@ -8,7 +8,7 @@ import { Audience } from '../../selfie/common/audience.js';
 import { ReplyPolicy } from '../../selfie/posts/reply-policy.js';
 
 
-export class CreatePostRequest {
+export class CreatePostRequest implements flatbuffers.IUnpackableObject<CreatePostRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CreatePostRequest {
@@ -144,5 +144,62 @@ static createCreatePostRequest(builder:flatbuffers.Builder, textOffset:flatbuffe
   CreatePostRequest.addSensitive(builder, sensitive);
   CreatePostRequest.addIdempotencyKey(builder, idempotencyKeyOffset);
   return CreatePostRequest.endCreatePostRequest(builder);
+}
+
+unpack(): CreatePostRequestT {
+  return new CreatePostRequestT(
+    this.text(),
+    this.bb!.createScalarList<bigint>(this.mediaIds.bind(this), this.mediaIdsLength()),
+    this.audience(),
+    this.replyPolicy(),
+    this.quoteOf(),
+    this.language(),
+    this.sensitive(),
+    this.idempotencyKey()
+  );
+}
+
+
+unpackTo(_o: CreatePostRequestT): void {
+  _o.text = this.text();
+  _o.mediaIds = this.bb!.createScalarList<bigint>(this.mediaIds.bind(this), this.mediaIdsLength());
+  _o.audience = this.audience();
+  _o.replyPolicy = this.replyPolicy();
+  _o.quoteOf = this.quoteOf();
+  _o.language = this.language();
+  _o.sensitive = this.sensitive();
+  _o.idempotencyKey = this.idempotencyKey();
+}
+}
+
+export class CreatePostRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public text: string|Uint8Array|null = null,
+  public mediaIds: (bigint)[] = [],
+  public audience: Audience = Audience.Public,
+  public replyPolicy: ReplyPolicy = ReplyPolicy.Everyone,
+  public quoteOf: bigint = BigInt('0'),
+  public language: string|Uint8Array|null = null,
+  public sensitive: boolean = false,
+  public idempotencyKey: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+  const mediaIds = CreatePostRequest.createMediaIdsVector(builder, this.mediaIds);
+  const language = (this.language !== null ? builder.createString(this.language!) : 0);
+  const idempotencyKey = (this.idempotencyKey !== null ? builder.createString(this.idempotencyKey!) : 0);
+
+  return CreatePostRequest.createCreatePostRequest(builder,
+    text,
+    mediaIds,
+    this.audience,
+    this.replyPolicy,
+    this.quoteOf,
+    language,
+    this.sensitive,
+    idempotencyKey
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class DeleteCommentRequest {
+
+
+export class DeleteCommentRequest implements flatbuffers.IUnpackableObject<DeleteCommentRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DeleteCommentRequest {
@@ -44,5 +46,29 @@ static createDeleteCommentRequest(builder:flatbuffers.Builder, commentId:bigint)
   DeleteCommentRequest.startDeleteCommentRequest(builder);
   DeleteCommentRequest.addCommentId(builder, commentId);
   return DeleteCommentRequest.endDeleteCommentRequest(builder);
+}
+
+unpack(): DeleteCommentRequestT {
+  return new DeleteCommentRequestT(
+    this.commentId()
+  );
+}
+
+
+unpackTo(_o: DeleteCommentRequestT): void {
+  _o.commentId = this.commentId();
+}
+}
+
+export class DeleteCommentRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public commentId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return DeleteCommentRequest.createDeleteCommentRequest(builder,
+    this.commentId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class DeletePostRequest {
+
+
+export class DeletePostRequest implements flatbuffers.IUnpackableObject<DeletePostRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DeletePostRequest {
@@ -44,5 +46,29 @@ static createDeletePostRequest(builder:flatbuffers.Builder, postId:bigint):flatb
   DeletePostRequest.startDeletePostRequest(builder);
   DeletePostRequest.addPostId(builder, postId);
   return DeletePostRequest.endDeletePostRequest(builder);
+}
+
+unpack(): DeletePostRequestT {
+  return new DeletePostRequestT(
+    this.postId()
+  );
+}
+
+
+unpackTo(_o: DeletePostRequestT): void {
+  _o.postId = this.postId();
+}
+}
+
+export class DeletePostRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return DeletePostRequest.createDeletePostRequest(builder,
+    this.postId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class EditCommentRequest {
+
+
+export class EditCommentRequest implements flatbuffers.IUnpackableObject<EditCommentRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):EditCommentRequest {
@@ -56,5 +58,35 @@ static createEditCommentRequest(builder:flatbuffers.Builder, commentId:bigint, t
   EditCommentRequest.addCommentId(builder, commentId);
   EditCommentRequest.addText(builder, textOffset);
   return EditCommentRequest.endEditCommentRequest(builder);
+}
+
+unpack(): EditCommentRequestT {
+  return new EditCommentRequestT(
+    this.commentId(),
+    this.text()
+  );
+}
+
+
+unpackTo(_o: EditCommentRequestT): void {
+  _o.commentId = this.commentId();
+  _o.text = this.text();
+}
+}
+
+export class EditCommentRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public commentId: bigint = BigInt('0'),
+  public text: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+
+  return EditCommentRequest.createEditCommentRequest(builder,
+    this.commentId,
+    text
+  );
 }
 }

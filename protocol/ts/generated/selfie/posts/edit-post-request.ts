@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class EditPostRequest {
+
+
+export class EditPostRequest implements flatbuffers.IUnpackableObject<EditPostRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):EditPostRequest {
@@ -94,5 +96,44 @@ static createEditPostRequest(builder:flatbuffers.Builder, postId:bigint, textOff
   if (sensitive !== null)
     EditPostRequest.addSensitive(builder, sensitive);
   return EditPostRequest.endEditPostRequest(builder);
+}
+
+unpack(): EditPostRequestT {
+  return new EditPostRequestT(
+    this.postId(),
+    this.text(),
+    this.bb!.createScalarList<bigint>(this.mediaIds.bind(this), this.mediaIdsLength()),
+    this.sensitive()
+  );
+}
+
+
+unpackTo(_o: EditPostRequestT): void {
+  _o.postId = this.postId();
+  _o.text = this.text();
+  _o.mediaIds = this.bb!.createScalarList<bigint>(this.mediaIds.bind(this), this.mediaIdsLength());
+  _o.sensitive = this.sensitive();
+}
+}
+
+export class EditPostRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0'),
+  public text: string|Uint8Array|null = null,
+  public mediaIds: (bigint)[] = [],
+  public sensitive: boolean|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+  const mediaIds = EditPostRequest.createMediaIdsVector(builder, this.mediaIds);
+
+  return EditPostRequest.createEditPostRequest(builder,
+    this.postId,
+    text,
+    mediaIds,
+    this.sensitive
+  );
 }
 }

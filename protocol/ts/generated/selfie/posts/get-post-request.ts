@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class GetPostRequest {
+
+
+export class GetPostRequest implements flatbuffers.IUnpackableObject<GetPostRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):GetPostRequest {
@@ -44,5 +46,29 @@ static createGetPostRequest(builder:flatbuffers.Builder, postId:bigint):flatbuff
   GetPostRequest.startGetPostRequest(builder);
   GetPostRequest.addPostId(builder, postId);
   return GetPostRequest.endGetPostRequest(builder);
+}
+
+unpack(): GetPostRequestT {
+  return new GetPostRequestT(
+    this.postId()
+  );
+}
+
+
+unpackTo(_o: GetPostRequestT): void {
+  _o.postId = this.postId();
+}
+}
+
+export class GetPostRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return GetPostRequest.createGetPostRequest(builder,
+    this.postId
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class GetPostsRequest {
+
+
+export class GetPostsRequest implements flatbuffers.IUnpackableObject<GetPostsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):GetPostsRequest {
@@ -61,5 +63,31 @@ static createGetPostsRequest(builder:flatbuffers.Builder, postIdsOffset:flatbuff
   GetPostsRequest.startGetPostsRequest(builder);
   GetPostsRequest.addPostIds(builder, postIdsOffset);
   return GetPostsRequest.endGetPostsRequest(builder);
+}
+
+unpack(): GetPostsRequestT {
+  return new GetPostsRequestT(
+    this.bb!.createScalarList<bigint>(this.postIds.bind(this), this.postIdsLength())
+  );
+}
+
+
+unpackTo(_o: GetPostsRequestT): void {
+  _o.postIds = this.bb!.createScalarList<bigint>(this.postIds.bind(this), this.postIdsLength());
+}
+}
+
+export class GetPostsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postIds: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const postIds = GetPostsRequest.createPostIdsVector(builder, this.postIds);
+
+  return GetPostsRequest.createGetPostsRequest(builder,
+    postIds
+  );
 }
 }

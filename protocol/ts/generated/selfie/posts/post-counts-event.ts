@@ -4,7 +4,7 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PostCounts } from '../../selfie/posts/post-counts.js';
+import { PostCounts, PostCountsT } from '../../selfie/posts/post-counts.js';
 
 
 /**
@@ -14,7 +14,7 @@ import { PostCounts } from '../../selfie/posts/post-counts.js';
  * it: show `counts`, and ignore events whose sequence is at or below the snapshot's
  * `as_of_seq` (the snapshot already includes them). The deltas say what changed.
  */
-export class PostCountsEvent {
+export class PostCountsEvent implements flatbuffers.IUnpackableObject<PostCountsEventT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PostCountsEvent {
@@ -107,4 +107,55 @@ static endPostCountsEvent(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): PostCountsEventT {
+  return new PostCountsEventT(
+    this.postId(),
+    (this.counts() !== null ? this.counts()!.unpack() : null),
+    this.reactionsDelta(),
+    this.commentsDelta(),
+    this.repostsDelta(),
+    this.quotesDelta(),
+    this.asOfSeq()
+  );
+}
+
+
+unpackTo(_o: PostCountsEventT): void {
+  _o.postId = this.postId();
+  _o.counts = (this.counts() !== null ? this.counts()!.unpack() : null);
+  _o.reactionsDelta = this.reactionsDelta();
+  _o.commentsDelta = this.commentsDelta();
+  _o.repostsDelta = this.repostsDelta();
+  _o.quotesDelta = this.quotesDelta();
+  _o.asOfSeq = this.asOfSeq();
+}
+}
+
+export class PostCountsEventT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0'),
+  public counts: PostCountsT|null = null,
+  public reactionsDelta: number = 0,
+  public commentsDelta: number = 0,
+  public repostsDelta: number = 0,
+  public quotesDelta: number = 0,
+  public asOfSeq: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const counts = (this.counts !== null ? this.counts!.pack(builder) : 0);
+
+  PostCountsEvent.startPostCountsEvent(builder);
+  PostCountsEvent.addPostId(builder, this.postId);
+  PostCountsEvent.addCounts(builder, counts);
+  PostCountsEvent.addReactionsDelta(builder, this.reactionsDelta);
+  PostCountsEvent.addCommentsDelta(builder, this.commentsDelta);
+  PostCountsEvent.addRepostsDelta(builder, this.repostsDelta);
+  PostCountsEvent.addQuotesDelta(builder, this.quotesDelta);
+  PostCountsEvent.addAsOfSeq(builder, this.asOfSeq);
+
+  return PostCountsEvent.endPostCountsEvent(builder);
+}
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class PostCounts {
+
+
+export class PostCounts implements flatbuffers.IUnpackableObject<PostCountsT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PostCounts {
@@ -84,5 +86,45 @@ static createPostCounts(builder:flatbuffers.Builder, reactions:bigint, comments:
   PostCounts.addQuotes(builder, quotes);
   PostCounts.addViews(builder, views);
   return PostCounts.endPostCounts(builder);
+}
+
+unpack(): PostCountsT {
+  return new PostCountsT(
+    this.reactions(),
+    this.comments(),
+    this.reposts(),
+    this.quotes(),
+    this.views()
+  );
+}
+
+
+unpackTo(_o: PostCountsT): void {
+  _o.reactions = this.reactions();
+  _o.comments = this.comments();
+  _o.reposts = this.reposts();
+  _o.quotes = this.quotes();
+  _o.views = this.views();
+}
+}
+
+export class PostCountsT implements flatbuffers.IGeneratedObject {
+constructor(
+  public reactions: bigint = BigInt('0'),
+  public comments: bigint = BigInt('0'),
+  public reposts: bigint = BigInt('0'),
+  public quotes: bigint = BigInt('0'),
+  public views: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return PostCounts.createPostCounts(builder,
+    this.reactions,
+    this.comments,
+    this.reposts,
+    this.quotes,
+    this.views
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class PostHistoryRequest {
+
+
+export class PostHistoryRequest implements flatbuffers.IUnpackableObject<PostHistoryRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PostHistoryRequest {
@@ -44,5 +46,29 @@ static createPostHistoryRequest(builder:flatbuffers.Builder, postId:bigint):flat
   PostHistoryRequest.startPostHistoryRequest(builder);
   PostHistoryRequest.addPostId(builder, postId);
   return PostHistoryRequest.endPostHistoryRequest(builder);
+}
+
+unpack(): PostHistoryRequestT {
+  return new PostHistoryRequestT(
+    this.postId()
+  );
+}
+
+
+unpackTo(_o: PostHistoryRequestT): void {
+  _o.postId = this.postId();
+}
+}
+
+export class PostHistoryRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return PostHistoryRequest.createPostHistoryRequest(builder,
+    this.postId
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PostVersion } from '../../selfie/posts/post-version.js';
+import { PostVersion, PostVersionT } from '../../selfie/posts/post-version.js';
 
 
-export class PostHistoryResponse {
+export class PostHistoryResponse implements flatbuffers.IUnpackableObject<PostHistoryResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PostHistoryResponse {
@@ -64,5 +64,31 @@ static createPostHistoryResponse(builder:flatbuffers.Builder, versionsOffset:fla
   PostHistoryResponse.startPostHistoryResponse(builder);
   PostHistoryResponse.addVersions(builder, versionsOffset);
   return PostHistoryResponse.endPostHistoryResponse(builder);
+}
+
+unpack(): PostHistoryResponseT {
+  return new PostHistoryResponseT(
+    this.bb!.createObjList<PostVersion, PostVersionT>(this.versions.bind(this), this.versionsLength())
+  );
+}
+
+
+unpackTo(_o: PostHistoryResponseT): void {
+  _o.versions = this.bb!.createObjList<PostVersion, PostVersionT>(this.versions.bind(this), this.versionsLength());
+}
+}
+
+export class PostHistoryResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public versions: (PostVersionT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const versions = PostHistoryResponse.createVersionsVector(builder, builder.createObjectOffsetList(this.versions));
+
+  return PostHistoryResponse.createPostHistoryResponse(builder,
+    versions
+  );
 }
 }

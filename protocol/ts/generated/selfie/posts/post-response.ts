@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Post } from '../../selfie/posts/post.js';
+import { Post, PostT } from '../../selfie/posts/post.js';
 
 
-export class PostResponse {
+export class PostResponse implements flatbuffers.IUnpackableObject<PostResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PostResponse {
@@ -47,5 +47,31 @@ static createPostResponse(builder:flatbuffers.Builder, postOffset:flatbuffers.Of
   PostResponse.startPostResponse(builder);
   PostResponse.addPost(builder, postOffset);
   return PostResponse.endPostResponse(builder);
+}
+
+unpack(): PostResponseT {
+  return new PostResponseT(
+    (this.post() !== null ? this.post()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: PostResponseT): void {
+  _o.post = (this.post() !== null ? this.post()!.unpack() : null);
+}
+}
+
+export class PostResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public post: PostT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const post = (this.post !== null ? this.post!.pack(builder) : 0);
+
+  return PostResponse.createPostResponse(builder,
+    post
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class PostVersion {
+
+
+export class PostVersion implements flatbuffers.IUnpackableObject<PostVersionT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PostVersion {
@@ -83,5 +85,40 @@ static createPostVersion(builder:flatbuffers.Builder, textOffset:flatbuffers.Off
   PostVersion.addMediaIds(builder, mediaIdsOffset);
   PostVersion.addEditedAtMs(builder, editedAtMs);
   return PostVersion.endPostVersion(builder);
+}
+
+unpack(): PostVersionT {
+  return new PostVersionT(
+    this.text(),
+    this.bb!.createScalarList<bigint>(this.mediaIds.bind(this), this.mediaIdsLength()),
+    this.editedAtMs()
+  );
+}
+
+
+unpackTo(_o: PostVersionT): void {
+  _o.text = this.text();
+  _o.mediaIds = this.bb!.createScalarList<bigint>(this.mediaIds.bind(this), this.mediaIdsLength());
+  _o.editedAtMs = this.editedAtMs();
+}
+}
+
+export class PostVersionT implements flatbuffers.IGeneratedObject {
+constructor(
+  public text: string|Uint8Array|null = null,
+  public mediaIds: (bigint)[] = [],
+  public editedAtMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+  const mediaIds = PostVersion.createMediaIdsVector(builder, this.mediaIds);
+
+  return PostVersion.createPostVersion(builder,
+    text,
+    mediaIds,
+    this.editedAtMs
+  );
 }
 }

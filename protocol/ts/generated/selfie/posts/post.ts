@@ -5,14 +5,14 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { Audience } from '../../selfie/common/audience.js';
-import { MediaRef } from '../../selfie/common/media-ref.js';
-import { ReactionCount } from '../../selfie/common/reaction-count.js';
-import { UserSummary } from '../../selfie/common/user-summary.js';
-import { PostCounts } from '../../selfie/posts/post-counts.js';
+import { MediaRef, MediaRefT } from '../../selfie/common/media-ref.js';
+import { ReactionCount, ReactionCountT } from '../../selfie/common/reaction-count.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
+import { PostCounts, PostCountsT } from '../../selfie/posts/post-counts.js';
 import { ReplyPolicy } from '../../selfie/posts/reply-policy.js';
 
 
-export class Post {
+export class Post implements flatbuffers.IUnpackableObject<PostT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Post {
@@ -329,4 +329,121 @@ static endPost(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): PostT {
+  return new PostT(
+    this.postId(),
+    (this.author() !== null ? this.author()!.unpack() : null),
+    this.text(),
+    this.bb!.createObjList<MediaRef, MediaRefT>(this.media.bind(this), this.mediaLength()),
+    this.bb!.createScalarList<string>(this.hashtags.bind(this), this.hashtagsLength()),
+    this.bb!.createScalarList<bigint>(this.mentions.bind(this), this.mentionsLength()),
+    this.audience(),
+    this.replyPolicy(),
+    this.createdAtMs(),
+    this.editedAtMs(),
+    this.editCount(),
+    this.quoteOf(),
+    (this.quoted() !== null ? this.quoted()!.unpack() : null),
+    (this.counts() !== null ? this.counts()!.unpack() : null),
+    this.bb!.createObjList<ReactionCount, ReactionCountT>(this.reactions.bind(this), this.reactionsLength()),
+    this.viewerReaction(),
+    this.viewerReposted(),
+    this.language(),
+    this.sensitive(),
+    this.bb!.createScalarList<string>(this.labels.bind(this), this.labelsLength()),
+    this.deleted()
+  );
+}
+
+
+unpackTo(_o: PostT): void {
+  _o.postId = this.postId();
+  _o.author = (this.author() !== null ? this.author()!.unpack() : null);
+  _o.text = this.text();
+  _o.media = this.bb!.createObjList<MediaRef, MediaRefT>(this.media.bind(this), this.mediaLength());
+  _o.hashtags = this.bb!.createScalarList<string>(this.hashtags.bind(this), this.hashtagsLength());
+  _o.mentions = this.bb!.createScalarList<bigint>(this.mentions.bind(this), this.mentionsLength());
+  _o.audience = this.audience();
+  _o.replyPolicy = this.replyPolicy();
+  _o.createdAtMs = this.createdAtMs();
+  _o.editedAtMs = this.editedAtMs();
+  _o.editCount = this.editCount();
+  _o.quoteOf = this.quoteOf();
+  _o.quoted = (this.quoted() !== null ? this.quoted()!.unpack() : null);
+  _o.counts = (this.counts() !== null ? this.counts()!.unpack() : null);
+  _o.reactions = this.bb!.createObjList<ReactionCount, ReactionCountT>(this.reactions.bind(this), this.reactionsLength());
+  _o.viewerReaction = this.viewerReaction();
+  _o.viewerReposted = this.viewerReposted();
+  _o.language = this.language();
+  _o.sensitive = this.sensitive();
+  _o.labels = this.bb!.createScalarList<string>(this.labels.bind(this), this.labelsLength());
+  _o.deleted = this.deleted();
+}
+}
+
+export class PostT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0'),
+  public author: UserSummaryT|null = null,
+  public text: string|Uint8Array|null = null,
+  public media: (MediaRefT)[] = [],
+  public hashtags: (string)[] = [],
+  public mentions: (bigint)[] = [],
+  public audience: Audience = Audience.Public,
+  public replyPolicy: ReplyPolicy = ReplyPolicy.Everyone,
+  public createdAtMs: bigint = BigInt('0'),
+  public editedAtMs: bigint = BigInt('0'),
+  public editCount: number = 0,
+  public quoteOf: bigint = BigInt('0'),
+  public quoted: PostT|null = null,
+  public counts: PostCountsT|null = null,
+  public reactions: (ReactionCountT)[] = [],
+  public viewerReaction: string|Uint8Array|null = null,
+  public viewerReposted: boolean = false,
+  public language: string|Uint8Array|null = null,
+  public sensitive: boolean = false,
+  public labels: (string)[] = [],
+  public deleted: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const author = (this.author !== null ? this.author!.pack(builder) : 0);
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+  const media = Post.createMediaVector(builder, builder.createObjectOffsetList(this.media));
+  const hashtags = Post.createHashtagsVector(builder, builder.createObjectOffsetList(this.hashtags));
+  const mentions = Post.createMentionsVector(builder, this.mentions);
+  const quoted = (this.quoted !== null ? this.quoted!.pack(builder) : 0);
+  const counts = (this.counts !== null ? this.counts!.pack(builder) : 0);
+  const reactions = Post.createReactionsVector(builder, builder.createObjectOffsetList(this.reactions));
+  const viewerReaction = (this.viewerReaction !== null ? builder.createString(this.viewerReaction!) : 0);
+  const language = (this.language !== null ? builder.createString(this.language!) : 0);
+  const labels = Post.createLabelsVector(builder, builder.createObjectOffsetList(this.labels));
+
+  Post.startPost(builder);
+  Post.addPostId(builder, this.postId);
+  Post.addAuthor(builder, author);
+  Post.addText(builder, text);
+  Post.addMedia(builder, media);
+  Post.addHashtags(builder, hashtags);
+  Post.addMentions(builder, mentions);
+  Post.addAudience(builder, this.audience);
+  Post.addReplyPolicy(builder, this.replyPolicy);
+  Post.addCreatedAtMs(builder, this.createdAtMs);
+  Post.addEditedAtMs(builder, this.editedAtMs);
+  Post.addEditCount(builder, this.editCount);
+  Post.addQuoteOf(builder, this.quoteOf);
+  Post.addQuoted(builder, quoted);
+  Post.addCounts(builder, counts);
+  Post.addReactions(builder, reactions);
+  Post.addViewerReaction(builder, viewerReaction);
+  Post.addViewerReposted(builder, this.viewerReposted);
+  Post.addLanguage(builder, language);
+  Post.addSensitive(builder, this.sensitive);
+  Post.addLabels(builder, labels);
+  Post.addDeleted(builder, this.deleted);
+
+  return Post.endPost(builder);
+}
 }

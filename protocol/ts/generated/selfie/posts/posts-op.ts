@@ -2,29 +2,29 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { CommentResponse } from '../../selfie/posts/comment-response.js';
-import { CommentsListRequest } from '../../selfie/posts/comments-list-request.js';
-import { CommentsListResponse } from '../../selfie/posts/comments-list-response.js';
-import { CreateCommentRequest } from '../../selfie/posts/create-comment-request.js';
-import { CreatePostRequest } from '../../selfie/posts/create-post-request.js';
-import { DeleteCommentRequest } from '../../selfie/posts/delete-comment-request.js';
-import { DeletePostRequest } from '../../selfie/posts/delete-post-request.js';
-import { EditCommentRequest } from '../../selfie/posts/edit-comment-request.js';
-import { EditPostRequest } from '../../selfie/posts/edit-post-request.js';
-import { GetPostRequest } from '../../selfie/posts/get-post-request.js';
-import { GetPostsRequest } from '../../selfie/posts/get-posts-request.js';
-import { PostCountsEvent } from '../../selfie/posts/post-counts-event.js';
-import { PostHistoryRequest } from '../../selfie/posts/post-history-request.js';
-import { PostHistoryResponse } from '../../selfie/posts/post-history-response.js';
-import { PostResponse } from '../../selfie/posts/post-response.js';
-import { PostsResponse } from '../../selfie/posts/posts-response.js';
-import { ReactRequest } from '../../selfie/posts/react-request.js';
-import { ReactionsListRequest } from '../../selfie/posts/reactions-list-request.js';
-import { ReactionsListResponse } from '../../selfie/posts/reactions-list-response.js';
-import { RepostRequest } from '../../selfie/posts/repost-request.js';
-import { UndoRepostRequest } from '../../selfie/posts/undo-repost-request.js';
-import { UnreactRequest } from '../../selfie/posts/unreact-request.js';
-import { UserPostsRequest } from '../../selfie/posts/user-posts-request.js';
+import { CommentResponse, CommentResponseT } from '../../selfie/posts/comment-response.js';
+import { CommentsListRequest, CommentsListRequestT } from '../../selfie/posts/comments-list-request.js';
+import { CommentsListResponse, CommentsListResponseT } from '../../selfie/posts/comments-list-response.js';
+import { CreateCommentRequest, CreateCommentRequestT } from '../../selfie/posts/create-comment-request.js';
+import { CreatePostRequest, CreatePostRequestT } from '../../selfie/posts/create-post-request.js';
+import { DeleteCommentRequest, DeleteCommentRequestT } from '../../selfie/posts/delete-comment-request.js';
+import { DeletePostRequest, DeletePostRequestT } from '../../selfie/posts/delete-post-request.js';
+import { EditCommentRequest, EditCommentRequestT } from '../../selfie/posts/edit-comment-request.js';
+import { EditPostRequest, EditPostRequestT } from '../../selfie/posts/edit-post-request.js';
+import { GetPostRequest, GetPostRequestT } from '../../selfie/posts/get-post-request.js';
+import { GetPostsRequest, GetPostsRequestT } from '../../selfie/posts/get-posts-request.js';
+import { PostCountsEvent, PostCountsEventT } from '../../selfie/posts/post-counts-event.js';
+import { PostHistoryRequest, PostHistoryRequestT } from '../../selfie/posts/post-history-request.js';
+import { PostHistoryResponse, PostHistoryResponseT } from '../../selfie/posts/post-history-response.js';
+import { PostResponse, PostResponseT } from '../../selfie/posts/post-response.js';
+import { PostsResponse, PostsResponseT } from '../../selfie/posts/posts-response.js';
+import { ReactRequest, ReactRequestT } from '../../selfie/posts/react-request.js';
+import { ReactionsListRequest, ReactionsListRequestT } from '../../selfie/posts/reactions-list-request.js';
+import { ReactionsListResponse, ReactionsListResponseT } from '../../selfie/posts/reactions-list-response.js';
+import { RepostRequest, RepostRequestT } from '../../selfie/posts/repost-request.js';
+import { UndoRepostRequest, UndoRepostRequestT } from '../../selfie/posts/undo-repost-request.js';
+import { UnreactRequest, UnreactRequestT } from '../../selfie/posts/unreact-request.js';
+import { UserPostsRequest, UserPostsRequestT } from '../../selfie/posts/user-posts-request.js';
 
 
 export enum PostsOp {

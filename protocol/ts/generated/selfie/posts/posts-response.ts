@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { Post } from '../../selfie/posts/post.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { Post, PostT } from '../../selfie/posts/post.js';
 
 
-export class PostsResponse {
+export class PostsResponse implements flatbuffers.IUnpackableObject<PostsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):PostsResponse {
@@ -70,4 +70,36 @@ static endPostsResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): PostsResponseT {
+  return new PostsResponseT(
+    this.bb!.createObjList<Post, PostT>(this.posts.bind(this), this.postsLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: PostsResponseT): void {
+  _o.posts = this.bb!.createObjList<Post, PostT>(this.posts.bind(this), this.postsLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class PostsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public posts: (PostT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const posts = PostsResponse.createPostsVector(builder, builder.createObjectOffsetList(this.posts));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  PostsResponse.startPostsResponse(builder);
+  PostsResponse.addPosts(builder, posts);
+  PostsResponse.addPage(builder, page);
+
+  return PostsResponse.endPostsResponse(builder);
+}
 }

@@ -4,10 +4,33 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { CommentResponse, CommentResponseT } from '../../selfie/posts/comment-response.js';
+import { CommentsListRequest, CommentsListRequestT } from '../../selfie/posts/comments-list-request.js';
+import { CommentsListResponse, CommentsListResponseT } from '../../selfie/posts/comments-list-response.js';
+import { CreateCommentRequest, CreateCommentRequestT } from '../../selfie/posts/create-comment-request.js';
+import { CreatePostRequest, CreatePostRequestT } from '../../selfie/posts/create-post-request.js';
+import { DeleteCommentRequest, DeleteCommentRequestT } from '../../selfie/posts/delete-comment-request.js';
+import { DeletePostRequest, DeletePostRequestT } from '../../selfie/posts/delete-post-request.js';
+import { EditCommentRequest, EditCommentRequestT } from '../../selfie/posts/edit-comment-request.js';
+import { EditPostRequest, EditPostRequestT } from '../../selfie/posts/edit-post-request.js';
+import { GetPostRequest, GetPostRequestT } from '../../selfie/posts/get-post-request.js';
+import { GetPostsRequest, GetPostsRequestT } from '../../selfie/posts/get-posts-request.js';
+import { PostCountsEvent, PostCountsEventT } from '../../selfie/posts/post-counts-event.js';
+import { PostHistoryRequest, PostHistoryRequestT } from '../../selfie/posts/post-history-request.js';
+import { PostHistoryResponse, PostHistoryResponseT } from '../../selfie/posts/post-history-response.js';
+import { PostResponse, PostResponseT } from '../../selfie/posts/post-response.js';
 import { PostsOp, unionToPostsOp, unionListToPostsOp } from '../../selfie/posts/posts-op.js';
+import { PostsResponse, PostsResponseT } from '../../selfie/posts/posts-response.js';
+import { ReactRequest, ReactRequestT } from '../../selfie/posts/react-request.js';
+import { ReactionsListRequest, ReactionsListRequestT } from '../../selfie/posts/reactions-list-request.js';
+import { ReactionsListResponse, ReactionsListResponseT } from '../../selfie/posts/reactions-list-response.js';
+import { RepostRequest, RepostRequestT } from '../../selfie/posts/repost-request.js';
+import { UndoRepostRequest, UndoRepostRequestT } from '../../selfie/posts/undo-repost-request.js';
+import { UnreactRequest, UnreactRequestT } from '../../selfie/posts/unreact-request.js';
+import { UserPostsRequest, UserPostsRequestT } from '../../selfie/posts/user-posts-request.js';
 
 
-export class Posts {
+export class Posts implements flatbuffers.IUnpackableObject<PostsT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Posts {
@@ -57,5 +80,43 @@ static createPosts(builder:flatbuffers.Builder, opType:PostsOp, opOffset:flatbuf
   Posts.addOpType(builder, opType);
   Posts.addOp(builder, opOffset);
   return Posts.endPosts(builder);
+}
+
+unpack(): PostsT {
+  return new PostsT(
+    this.opType(),
+    (() => {
+      const temp = unionToPostsOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: PostsT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToPostsOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class PostsT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: PostsOp = PostsOp.NONE,
+  public op: CommentResponseT|CommentsListRequestT|CommentsListResponseT|CreateCommentRequestT|CreatePostRequestT|DeleteCommentRequestT|DeletePostRequestT|EditCommentRequestT|EditPostRequestT|GetPostRequestT|GetPostsRequestT|PostCountsEventT|PostHistoryRequestT|PostHistoryResponseT|PostResponseT|PostsResponseT|ReactRequestT|ReactionsListRequestT|ReactionsListResponseT|RepostRequestT|UndoRepostRequestT|UnreactRequestT|UserPostsRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Posts.createPosts(builder,
+    this.opType,
+    op
+  );
 }
 }

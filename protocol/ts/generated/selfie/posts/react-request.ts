@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { ObjectKind } from '../../selfie/common/object-kind.js';
 
 
-export class ReactRequest {
+export class ReactRequest implements flatbuffers.IUnpackableObject<ReactRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ReactRequest {
@@ -69,5 +69,39 @@ static createReactRequest(builder:flatbuffers.Builder, targetKind:ObjectKind, ta
   ReactRequest.addTargetId(builder, targetId);
   ReactRequest.addEmoji(builder, emojiOffset);
   return ReactRequest.endReactRequest(builder);
+}
+
+unpack(): ReactRequestT {
+  return new ReactRequestT(
+    this.targetKind(),
+    this.targetId(),
+    this.emoji()
+  );
+}
+
+
+unpackTo(_o: ReactRequestT): void {
+  _o.targetKind = this.targetKind();
+  _o.targetId = this.targetId();
+  _o.emoji = this.emoji();
+}
+}
+
+export class ReactRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetId: bigint = BigInt('0'),
+  public emoji: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const emoji = (this.emoji !== null ? builder.createString(this.emoji!) : 0);
+
+  return ReactRequest.createReactRequest(builder,
+    this.targetKind,
+    this.targetId,
+    emoji
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 
 
-export class ReactionEntry {
+export class ReactionEntry implements flatbuffers.IUnpackableObject<ReactionEntryT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ReactionEntry {
@@ -69,5 +69,40 @@ static createReactionEntry(builder:flatbuffers.Builder, userOffset:flatbuffers.O
   ReactionEntry.addEmoji(builder, emojiOffset);
   ReactionEntry.addCreatedAtMs(builder, createdAtMs);
   return ReactionEntry.endReactionEntry(builder);
+}
+
+unpack(): ReactionEntryT {
+  return new ReactionEntryT(
+    (this.user() !== null ? this.user()!.unpack() : null),
+    this.emoji(),
+    this.createdAtMs()
+  );
+}
+
+
+unpackTo(_o: ReactionEntryT): void {
+  _o.user = (this.user() !== null ? this.user()!.unpack() : null);
+  _o.emoji = this.emoji();
+  _o.createdAtMs = this.createdAtMs();
+}
+}
+
+export class ReactionEntryT implements flatbuffers.IGeneratedObject {
+constructor(
+  public user: UserSummaryT|null = null,
+  public emoji: string|Uint8Array|null = null,
+  public createdAtMs: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const user = (this.user !== null ? this.user!.pack(builder) : 0);
+  const emoji = (this.emoji !== null ? builder.createString(this.emoji!) : 0);
+
+  return ReactionEntry.createReactionEntry(builder,
+    user,
+    emoji,
+    this.createdAtMs
+  );
 }
 }

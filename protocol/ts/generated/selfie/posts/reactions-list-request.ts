@@ -5,10 +5,10 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { ObjectKind } from '../../selfie/common/object-kind.js';
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class ReactionsListRequest {
+export class ReactionsListRequest implements flatbuffers.IUnpackableObject<ReactionsListRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ReactionsListRequest {
@@ -76,4 +76,44 @@ static endReactionsListRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): ReactionsListRequestT {
+  return new ReactionsListRequestT(
+    this.targetKind(),
+    this.targetId(),
+    this.emoji(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: ReactionsListRequestT): void {
+  _o.targetKind = this.targetKind();
+  _o.targetId = this.targetId();
+  _o.emoji = this.emoji();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class ReactionsListRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetId: bigint = BigInt('0'),
+  public emoji: string|Uint8Array|null = null,
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const emoji = (this.emoji !== null ? builder.createString(this.emoji!) : 0);
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  ReactionsListRequest.startReactionsListRequest(builder);
+  ReactionsListRequest.addTargetKind(builder, this.targetKind);
+  ReactionsListRequest.addTargetId(builder, this.targetId);
+  ReactionsListRequest.addEmoji(builder, emoji);
+  ReactionsListRequest.addPage(builder, page);
+
+  return ReactionsListRequest.endReactionsListRequest(builder);
+}
 }

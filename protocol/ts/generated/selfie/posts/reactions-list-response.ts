@@ -4,12 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { ReactionCount } from '../../selfie/common/reaction-count.js';
-import { ReactionEntry } from '../../selfie/posts/reaction-entry.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { ReactionCount, ReactionCountT } from '../../selfie/common/reaction-count.js';
+import { ReactionEntry, ReactionEntryT } from '../../selfie/posts/reaction-entry.js';
 
 
-export class ReactionsListResponse {
+export class ReactionsListResponse implements flatbuffers.IUnpackableObject<ReactionsListResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ReactionsListResponse {
@@ -97,4 +97,41 @@ static endReactionsListResponse(builder:flatbuffers.Builder):flatbuffers.Offset 
   return offset;
 }
 
+
+unpack(): ReactionsListResponseT {
+  return new ReactionsListResponseT(
+    this.bb!.createObjList<ReactionCount, ReactionCountT>(this.counts.bind(this), this.countsLength()),
+    this.bb!.createObjList<ReactionEntry, ReactionEntryT>(this.entries.bind(this), this.entriesLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: ReactionsListResponseT): void {
+  _o.counts = this.bb!.createObjList<ReactionCount, ReactionCountT>(this.counts.bind(this), this.countsLength());
+  _o.entries = this.bb!.createObjList<ReactionEntry, ReactionEntryT>(this.entries.bind(this), this.entriesLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class ReactionsListResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public counts: (ReactionCountT)[] = [],
+  public entries: (ReactionEntryT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const counts = ReactionsListResponse.createCountsVector(builder, builder.createObjectOffsetList(this.counts));
+  const entries = ReactionsListResponse.createEntriesVector(builder, builder.createObjectOffsetList(this.entries));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  ReactionsListResponse.startReactionsListResponse(builder);
+  ReactionsListResponse.addCounts(builder, counts);
+  ReactionsListResponse.addEntries(builder, entries);
+  ReactionsListResponse.addPage(builder, page);
+
+  return ReactionsListResponse.endReactionsListResponse(builder);
+}
 }

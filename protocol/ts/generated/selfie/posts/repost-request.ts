@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class RepostRequest {
+
+
+export class RepostRequest implements flatbuffers.IUnpackableObject<RepostRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RepostRequest {
@@ -44,5 +46,29 @@ static createRepostRequest(builder:flatbuffers.Builder, postId:bigint):flatbuffe
   RepostRequest.startRepostRequest(builder);
   RepostRequest.addPostId(builder, postId);
   return RepostRequest.endRepostRequest(builder);
+}
+
+unpack(): RepostRequestT {
+  return new RepostRequestT(
+    this.postId()
+  );
+}
+
+
+unpackTo(_o: RepostRequestT): void {
+  _o.postId = this.postId();
+}
+}
+
+export class RepostRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return RepostRequest.createRepostRequest(builder,
+    this.postId
+  );
 }
 }

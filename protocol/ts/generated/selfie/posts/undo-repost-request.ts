@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UndoRepostRequest {
+
+
+export class UndoRepostRequest implements flatbuffers.IUnpackableObject<UndoRepostRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UndoRepostRequest {
@@ -44,5 +46,29 @@ static createUndoRepostRequest(builder:flatbuffers.Builder, postId:bigint):flatb
   UndoRepostRequest.startUndoRepostRequest(builder);
   UndoRepostRequest.addPostId(builder, postId);
   return UndoRepostRequest.endUndoRepostRequest(builder);
+}
+
+unpack(): UndoRepostRequestT {
+  return new UndoRepostRequestT(
+    this.postId()
+  );
+}
+
+
+unpackTo(_o: UndoRepostRequestT): void {
+  _o.postId = this.postId();
+}
+}
+
+export class UndoRepostRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public postId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return UndoRepostRequest.createUndoRepostRequest(builder,
+    this.postId
+  );
 }
 }

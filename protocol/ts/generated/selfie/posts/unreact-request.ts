@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { ObjectKind } from '../../selfie/common/object-kind.js';
 
 
-export class UnreactRequest {
+export class UnreactRequest implements flatbuffers.IUnpackableObject<UnreactRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UnreactRequest {
@@ -57,5 +57,33 @@ static createUnreactRequest(builder:flatbuffers.Builder, targetKind:ObjectKind, 
   UnreactRequest.addTargetKind(builder, targetKind);
   UnreactRequest.addTargetId(builder, targetId);
   return UnreactRequest.endUnreactRequest(builder);
+}
+
+unpack(): UnreactRequestT {
+  return new UnreactRequestT(
+    this.targetKind(),
+    this.targetId()
+  );
+}
+
+
+unpackTo(_o: UnreactRequestT): void {
+  _o.targetKind = this.targetKind();
+  _o.targetId = this.targetId();
+}
+}
+
+export class UnreactRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public targetKind: ObjectKind = ObjectKind.Unknown,
+  public targetId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return UnreactRequest.createUnreactRequest(builder,
+    this.targetKind,
+    this.targetId
+  );
 }
 }

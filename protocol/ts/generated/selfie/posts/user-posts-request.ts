@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class UserPostsRequest {
+export class UserPostsRequest implements flatbuffers.IUnpackableObject<UserPostsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UserPostsRequest {
@@ -61,4 +61,39 @@ static endUserPostsRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): UserPostsRequestT {
+  return new UserPostsRequestT(
+    this.userId(),
+    this.includeReplies(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: UserPostsRequestT): void {
+  _o.userId = this.userId();
+  _o.includeReplies = this.includeReplies();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class UserPostsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public includeReplies: boolean = false,
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  UserPostsRequest.startUserPostsRequest(builder);
+  UserPostsRequest.addUserId(builder, this.userId);
+  UserPostsRequest.addIncludeReplies(builder, this.includeReplies);
+  UserPostsRequest.addPage(builder, page);
+
+  return UserPostsRequest.endUserPostsRequest(builder);
+}
 }

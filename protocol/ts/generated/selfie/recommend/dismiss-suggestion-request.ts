@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class DismissSuggestionRequest {
+
+
+export class DismissSuggestionRequest implements flatbuffers.IUnpackableObject<DismissSuggestionRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DismissSuggestionRequest {
@@ -44,5 +46,29 @@ static createDismissSuggestionRequest(builder:flatbuffers.Builder, userId:bigint
   DismissSuggestionRequest.startDismissSuggestionRequest(builder);
   DismissSuggestionRequest.addUserId(builder, userId);
   return DismissSuggestionRequest.endDismissSuggestionRequest(builder);
+}
+
+unpack(): DismissSuggestionRequestT {
+  return new DismissSuggestionRequestT(
+    this.userId()
+  );
+}
+
+
+unpackTo(_o: DismissSuggestionRequestT): void {
+  _o.userId = this.userId();
+}
+}
+
+export class DismissSuggestionRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return DismissSuggestionRequest.createDismissSuggestionRequest(builder,
+    this.userId
+  );
 }
 }

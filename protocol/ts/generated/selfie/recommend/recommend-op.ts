@@ -2,9 +2,9 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { DismissSuggestionRequest } from '../../selfie/recommend/dismiss-suggestion-request.js';
-import { SuggestedUsersRequest } from '../../selfie/recommend/suggested-users-request.js';
-import { SuggestedUsersResponse } from '../../selfie/recommend/suggested-users-response.js';
+import { DismissSuggestionRequest, DismissSuggestionRequestT } from '../../selfie/recommend/dismiss-suggestion-request.js';
+import { SuggestedUsersRequest, SuggestedUsersRequestT } from '../../selfie/recommend/suggested-users-request.js';
+import { SuggestedUsersResponse, SuggestedUsersResponseT } from '../../selfie/recommend/suggested-users-response.js';
 
 
 export enum RecommendOp {

@@ -4,10 +4,13 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { DismissSuggestionRequest, DismissSuggestionRequestT } from '../../selfie/recommend/dismiss-suggestion-request.js';
 import { RecommendOp, unionToRecommendOp, unionListToRecommendOp } from '../../selfie/recommend/recommend-op.js';
+import { SuggestedUsersRequest, SuggestedUsersRequestT } from '../../selfie/recommend/suggested-users-request.js';
+import { SuggestedUsersResponse, SuggestedUsersResponseT } from '../../selfie/recommend/suggested-users-response.js';
 
 
-export class Recommend {
+export class Recommend implements flatbuffers.IUnpackableObject<RecommendT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Recommend {
@@ -57,5 +60,43 @@ static createRecommend(builder:flatbuffers.Builder, opType:RecommendOp, opOffset
   Recommend.addOpType(builder, opType);
   Recommend.addOp(builder, opOffset);
   return Recommend.endRecommend(builder);
+}
+
+unpack(): RecommendT {
+  return new RecommendT(
+    this.opType(),
+    (() => {
+      const temp = unionToRecommendOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: RecommendT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToRecommendOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class RecommendT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: RecommendOp = RecommendOp.NONE,
+  public op: DismissSuggestionRequestT|SuggestedUsersRequestT|SuggestedUsersResponseT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Recommend.createRecommend(builder,
+    this.opType,
+    op
+  );
 }
 }

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 import { SuggestionReason } from '../../selfie/recommend/suggestion-reason.js';
 
 
-export class SuggestedUser {
+export class SuggestedUser implements flatbuffers.IUnpackableObject<SuggestedUserT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SuggestedUser {
@@ -98,5 +98,44 @@ static createSuggestedUser(builder:flatbuffers.Builder, userOffset:flatbuffers.O
   SuggestedUser.addVia(builder, viaOffset);
   SuggestedUser.addScore(builder, score);
   return SuggestedUser.endSuggestedUser(builder);
+}
+
+unpack(): SuggestedUserT {
+  return new SuggestedUserT(
+    (this.user() !== null ? this.user()!.unpack() : null),
+    this.reason(),
+    this.bb!.createObjList<UserSummary, UserSummaryT>(this.via.bind(this), this.viaLength()),
+    this.score()
+  );
+}
+
+
+unpackTo(_o: SuggestedUserT): void {
+  _o.user = (this.user() !== null ? this.user()!.unpack() : null);
+  _o.reason = this.reason();
+  _o.via = this.bb!.createObjList<UserSummary, UserSummaryT>(this.via.bind(this), this.viaLength());
+  _o.score = this.score();
+}
+}
+
+export class SuggestedUserT implements flatbuffers.IGeneratedObject {
+constructor(
+  public user: UserSummaryT|null = null,
+  public reason: SuggestionReason = SuggestionReason.Popular,
+  public via: (UserSummaryT)[] = [],
+  public score: number = 0.0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const user = (this.user !== null ? this.user!.pack(builder) : 0);
+  const via = SuggestedUser.createViaVector(builder, builder.createObjectOffsetList(this.via));
+
+  return SuggestedUser.createSuggestedUser(builder,
+    user,
+    this.reason,
+    via,
+    this.score
+  );
 }
 }

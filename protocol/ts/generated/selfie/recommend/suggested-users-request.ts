@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class SuggestedUsersRequest {
+export class SuggestedUsersRequest implements flatbuffers.IUnpackableObject<SuggestedUsersRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SuggestedUsersRequest {
@@ -47,5 +47,31 @@ static createSuggestedUsersRequest(builder:flatbuffers.Builder, pageOffset:flatb
   SuggestedUsersRequest.startSuggestedUsersRequest(builder);
   SuggestedUsersRequest.addPage(builder, pageOffset);
   return SuggestedUsersRequest.endSuggestedUsersRequest(builder);
+}
+
+unpack(): SuggestedUsersRequestT {
+  return new SuggestedUsersRequestT(
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: SuggestedUsersRequestT): void {
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class SuggestedUsersRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  return SuggestedUsersRequest.createSuggestedUsersRequest(builder,
+    page
+  );
 }
 }

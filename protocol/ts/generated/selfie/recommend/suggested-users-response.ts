@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { SuggestedUser } from '../../selfie/recommend/suggested-user.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { SuggestedUser, SuggestedUserT } from '../../selfie/recommend/suggested-user.js';
 
 
-export class SuggestedUsersResponse {
+export class SuggestedUsersResponse implements flatbuffers.IUnpackableObject<SuggestedUsersResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SuggestedUsersResponse {
@@ -70,4 +70,36 @@ static endSuggestedUsersResponse(builder:flatbuffers.Builder):flatbuffers.Offset
   return offset;
 }
 
+
+unpack(): SuggestedUsersResponseT {
+  return new SuggestedUsersResponseT(
+    this.bb!.createObjList<SuggestedUser, SuggestedUserT>(this.users.bind(this), this.usersLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: SuggestedUsersResponseT): void {
+  _o.users = this.bb!.createObjList<SuggestedUser, SuggestedUserT>(this.users.bind(this), this.usersLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class SuggestedUsersResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public users: (SuggestedUserT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const users = SuggestedUsersResponse.createUsersVector(builder, builder.createObjectOffsetList(this.users));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  SuggestedUsersResponse.startSuggestedUsersResponse(builder);
+  SuggestedUsersResponse.addUsers(builder, users);
+  SuggestedUsersResponse.addPage(builder, page);
+
+  return SuggestedUsersResponse.endSuggestedUsersResponse(builder);
+}
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class HashtagResult {
+
+
+export class HashtagResult implements flatbuffers.IUnpackableObject<HashtagResultT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):HashtagResult {
@@ -56,5 +58,35 @@ static createHashtagResult(builder:flatbuffers.Builder, tagOffset:flatbuffers.Of
   HashtagResult.addTag(builder, tagOffset);
   HashtagResult.addPostsCount(builder, postsCount);
   return HashtagResult.endHashtagResult(builder);
+}
+
+unpack(): HashtagResultT {
+  return new HashtagResultT(
+    this.tag(),
+    this.postsCount()
+  );
+}
+
+
+unpackTo(_o: HashtagResultT): void {
+  _o.tag = this.tag();
+  _o.postsCount = this.postsCount();
+}
+}
+
+export class HashtagResultT implements flatbuffers.IGeneratedObject {
+constructor(
+  public tag: string|Uint8Array|null = null,
+  public postsCount: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const tag = (this.tag !== null ? builder.createString(this.tag!) : 0);
+
+  return HashtagResult.createHashtagResult(builder,
+    tag,
+    this.postsCount
+  );
 }
 }

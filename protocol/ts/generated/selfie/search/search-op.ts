@@ -2,12 +2,12 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { SearchRequest } from '../../selfie/search/search-request.js';
-import { SearchResponse } from '../../selfie/search/search-response.js';
-import { TrendingRequest } from '../../selfie/search/trending-request.js';
-import { TrendingResponse } from '../../selfie/search/trending-response.js';
-import { TypeaheadRequest } from '../../selfie/search/typeahead-request.js';
-import { TypeaheadResponse } from '../../selfie/search/typeahead-response.js';
+import { SearchRequest, SearchRequestT } from '../../selfie/search/search-request.js';
+import { SearchResponse, SearchResponseT } from '../../selfie/search/search-response.js';
+import { TrendingRequest, TrendingRequestT } from '../../selfie/search/trending-request.js';
+import { TrendingResponse, TrendingResponseT } from '../../selfie/search/trending-response.js';
+import { TypeaheadRequest, TypeaheadRequestT } from '../../selfie/search/typeahead-request.js';
+import { TypeaheadResponse, TypeaheadResponseT } from '../../selfie/search/typeahead-response.js';
 
 
 export enum SearchOp {

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 import { SearchScope } from '../../selfie/search/search-scope.js';
 
 
-export class SearchRequest {
+export class SearchRequest implements flatbuffers.IUnpackableObject<SearchRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SearchRequest {
@@ -64,4 +64,40 @@ static endSearchRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): SearchRequestT {
+  return new SearchRequestT(
+    this.query(),
+    this.scope(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: SearchRequestT): void {
+  _o.query = this.query();
+  _o.scope = this.scope();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class SearchRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public query: string|Uint8Array|null = null,
+  public scope: SearchScope = SearchScope.Top,
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const query = (this.query !== null ? builder.createString(this.query!) : 0);
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  SearchRequest.startSearchRequest(builder);
+  SearchRequest.addQuery(builder, query);
+  SearchRequest.addScope(builder, this.scope);
+  SearchRequest.addPage(builder, page);
+
+  return SearchRequest.endSearchRequest(builder);
+}
 }

@@ -4,13 +4,13 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { UserSummary } from '../../selfie/common/user-summary.js';
-import { Post } from '../../selfie/posts/post.js';
-import { HashtagResult } from '../../selfie/search/hashtag-result.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
+import { Post, PostT } from '../../selfie/posts/post.js';
+import { HashtagResult, HashtagResultT } from '../../selfie/search/hashtag-result.js';
 
 
-export class SearchResponse {
+export class SearchResponse implements flatbuffers.IUnpackableObject<SearchResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SearchResponse {
@@ -124,4 +124,46 @@ static endSearchResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): SearchResponseT {
+  return new SearchResponseT(
+    this.bb!.createObjList<UserSummary, UserSummaryT>(this.users.bind(this), this.usersLength()),
+    this.bb!.createObjList<Post, PostT>(this.posts.bind(this), this.postsLength()),
+    this.bb!.createObjList<HashtagResult, HashtagResultT>(this.hashtags.bind(this), this.hashtagsLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: SearchResponseT): void {
+  _o.users = this.bb!.createObjList<UserSummary, UserSummaryT>(this.users.bind(this), this.usersLength());
+  _o.posts = this.bb!.createObjList<Post, PostT>(this.posts.bind(this), this.postsLength());
+  _o.hashtags = this.bb!.createObjList<HashtagResult, HashtagResultT>(this.hashtags.bind(this), this.hashtagsLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class SearchResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public users: (UserSummaryT)[] = [],
+  public posts: (PostT)[] = [],
+  public hashtags: (HashtagResultT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const users = SearchResponse.createUsersVector(builder, builder.createObjectOffsetList(this.users));
+  const posts = SearchResponse.createPostsVector(builder, builder.createObjectOffsetList(this.posts));
+  const hashtags = SearchResponse.createHashtagsVector(builder, builder.createObjectOffsetList(this.hashtags));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  SearchResponse.startSearchResponse(builder);
+  SearchResponse.addUsers(builder, users);
+  SearchResponse.addPosts(builder, posts);
+  SearchResponse.addHashtags(builder, hashtags);
+  SearchResponse.addPage(builder, page);
+
+  return SearchResponse.endSearchResponse(builder);
+}
 }

@@ -5,9 +5,15 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { SearchOp, unionToSearchOp, unionListToSearchOp } from '../../selfie/search/search-op.js';
+import { SearchRequest, SearchRequestT } from '../../selfie/search/search-request.js';
+import { SearchResponse, SearchResponseT } from '../../selfie/search/search-response.js';
+import { TrendingRequest, TrendingRequestT } from '../../selfie/search/trending-request.js';
+import { TrendingResponse, TrendingResponseT } from '../../selfie/search/trending-response.js';
+import { TypeaheadRequest, TypeaheadRequestT } from '../../selfie/search/typeahead-request.js';
+import { TypeaheadResponse, TypeaheadResponseT } from '../../selfie/search/typeahead-response.js';
 
 
-export class Search {
+export class Search implements flatbuffers.IUnpackableObject<SearchT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Search {
@@ -57,5 +63,43 @@ static createSearch(builder:flatbuffers.Builder, opType:SearchOp, opOffset:flatb
   Search.addOpType(builder, opType);
   Search.addOp(builder, opOffset);
   return Search.endSearch(builder);
+}
+
+unpack(): SearchT {
+  return new SearchT(
+    this.opType(),
+    (() => {
+      const temp = unionToSearchOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: SearchT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToSearchOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class SearchT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: SearchOp = SearchOp.NONE,
+  public op: SearchRequestT|SearchResponseT|TrendingRequestT|TrendingResponseT|TypeaheadRequestT|TypeaheadResponseT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Search.createSearch(builder,
+    this.opType,
+    op
+  );
 }
 }

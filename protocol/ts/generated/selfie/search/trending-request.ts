@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class TrendingRequest {
+
+
+export class TrendingRequest implements flatbuffers.IUnpackableObject<TrendingRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TrendingRequest {
@@ -56,5 +58,35 @@ static createTrendingRequest(builder:flatbuffers.Builder, limit:number, regionOf
   TrendingRequest.addLimit(builder, limit);
   TrendingRequest.addRegion(builder, regionOffset);
   return TrendingRequest.endTrendingRequest(builder);
+}
+
+unpack(): TrendingRequestT {
+  return new TrendingRequestT(
+    this.limit(),
+    this.region()
+  );
+}
+
+
+unpackTo(_o: TrendingRequestT): void {
+  _o.limit = this.limit();
+  _o.region = this.region();
+}
+}
+
+export class TrendingRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public limit: number = 0,
+  public region: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const region = (this.region !== null ? builder.createString(this.region!) : 0);
+
+  return TrendingRequest.createTrendingRequest(builder,
+    this.limit,
+    region
+  );
 }
 }

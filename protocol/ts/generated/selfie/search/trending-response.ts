@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { HashtagResult } from '../../selfie/search/hashtag-result.js';
+import { HashtagResult, HashtagResultT } from '../../selfie/search/hashtag-result.js';
 
 
-export class TrendingResponse {
+export class TrendingResponse implements flatbuffers.IUnpackableObject<TrendingResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TrendingResponse {
@@ -64,5 +64,31 @@ static createTrendingResponse(builder:flatbuffers.Builder, hashtagsOffset:flatbu
   TrendingResponse.startTrendingResponse(builder);
   TrendingResponse.addHashtags(builder, hashtagsOffset);
   return TrendingResponse.endTrendingResponse(builder);
+}
+
+unpack(): TrendingResponseT {
+  return new TrendingResponseT(
+    this.bb!.createObjList<HashtagResult, HashtagResultT>(this.hashtags.bind(this), this.hashtagsLength())
+  );
+}
+
+
+unpackTo(_o: TrendingResponseT): void {
+  _o.hashtags = this.bb!.createObjList<HashtagResult, HashtagResultT>(this.hashtags.bind(this), this.hashtagsLength());
+}
+}
+
+export class TrendingResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public hashtags: (HashtagResultT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const hashtags = TrendingResponse.createHashtagsVector(builder, builder.createObjectOffsetList(this.hashtags));
+
+  return TrendingResponse.createTrendingResponse(builder,
+    hashtags
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class TypeaheadRequest {
+
+
+export class TypeaheadRequest implements flatbuffers.IUnpackableObject<TypeaheadRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TypeaheadRequest {
@@ -56,5 +58,35 @@ static createTypeaheadRequest(builder:flatbuffers.Builder, prefixOffset:flatbuff
   TypeaheadRequest.addPrefix(builder, prefixOffset);
   TypeaheadRequest.addLimit(builder, limit);
   return TypeaheadRequest.endTypeaheadRequest(builder);
+}
+
+unpack(): TypeaheadRequestT {
+  return new TypeaheadRequestT(
+    this.prefix(),
+    this.limit()
+  );
+}
+
+
+unpackTo(_o: TypeaheadRequestT): void {
+  _o.prefix = this.prefix();
+  _o.limit = this.limit();
+}
+}
+
+export class TypeaheadRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public prefix: string|Uint8Array|null = null,
+  public limit: number = 0
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const prefix = (this.prefix !== null ? builder.createString(this.prefix!) : 0);
+
+  return TypeaheadRequest.createTypeaheadRequest(builder,
+    prefix,
+    this.limit
+  );
 }
 }

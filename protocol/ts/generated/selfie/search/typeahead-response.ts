@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { UserSummary } from '../../selfie/common/user-summary.js';
-import { HashtagResult } from '../../selfie/search/hashtag-result.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
+import { HashtagResult, HashtagResultT } from '../../selfie/search/hashtag-result.js';
 
 
-export class TypeaheadResponse {
+export class TypeaheadResponse implements flatbuffers.IUnpackableObject<TypeaheadResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):TypeaheadResponse {
@@ -92,5 +92,36 @@ static createTypeaheadResponse(builder:flatbuffers.Builder, usersOffset:flatbuff
   TypeaheadResponse.addUsers(builder, usersOffset);
   TypeaheadResponse.addHashtags(builder, hashtagsOffset);
   return TypeaheadResponse.endTypeaheadResponse(builder);
+}
+
+unpack(): TypeaheadResponseT {
+  return new TypeaheadResponseT(
+    this.bb!.createObjList<UserSummary, UserSummaryT>(this.users.bind(this), this.usersLength()),
+    this.bb!.createObjList<HashtagResult, HashtagResultT>(this.hashtags.bind(this), this.hashtagsLength())
+  );
+}
+
+
+unpackTo(_o: TypeaheadResponseT): void {
+  _o.users = this.bb!.createObjList<UserSummary, UserSummaryT>(this.users.bind(this), this.usersLength());
+  _o.hashtags = this.bb!.createObjList<HashtagResult, HashtagResultT>(this.hashtags.bind(this), this.hashtagsLength());
+}
+}
+
+export class TypeaheadResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public users: (UserSummaryT)[] = [],
+  public hashtags: (HashtagResultT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const users = TypeaheadResponse.createUsersVector(builder, builder.createObjectOffsetList(this.users));
+  const hashtags = TypeaheadResponse.createHashtagsVector(builder, builder.createObjectOffsetList(this.hashtags));
+
+  return TypeaheadResponse.createTypeaheadResponse(builder,
+    users,
+    hashtags
+  );
 }
 }

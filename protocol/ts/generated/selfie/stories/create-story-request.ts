@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { Audience } from '../../selfie/common/audience.js';
 
 
-export class CreateStoryRequest {
+export class CreateStoryRequest implements flatbuffers.IUnpackableObject<CreateStoryRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):CreateStoryRequest {
@@ -133,5 +133,58 @@ static createCreateStoryRequest(builder:flatbuffers.Builder, mediaId:bigint, cap
   CreateStoryRequest.addMentions(builder, mentionsOffset);
   CreateStoryRequest.addIdempotencyKey(builder, idempotencyKeyOffset);
   return CreateStoryRequest.endCreateStoryRequest(builder);
+}
+
+unpack(): CreateStoryRequestT {
+  return new CreateStoryRequestT(
+    this.mediaId(),
+    this.caption(),
+    this.linkUrl(),
+    this.audience(),
+    this.durationMs(),
+    this.bb!.createScalarList<bigint>(this.mentions.bind(this), this.mentionsLength()),
+    this.idempotencyKey()
+  );
+}
+
+
+unpackTo(_o: CreateStoryRequestT): void {
+  _o.mediaId = this.mediaId();
+  _o.caption = this.caption();
+  _o.linkUrl = this.linkUrl();
+  _o.audience = this.audience();
+  _o.durationMs = this.durationMs();
+  _o.mentions = this.bb!.createScalarList<bigint>(this.mentions.bind(this), this.mentionsLength());
+  _o.idempotencyKey = this.idempotencyKey();
+}
+}
+
+export class CreateStoryRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public mediaId: bigint = BigInt('0'),
+  public caption: string|Uint8Array|null = null,
+  public linkUrl: string|Uint8Array|null = null,
+  public audience: Audience = Audience.Public,
+  public durationMs: bigint = BigInt('0'),
+  public mentions: (bigint)[] = [],
+  public idempotencyKey: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const caption = (this.caption !== null ? builder.createString(this.caption!) : 0);
+  const linkUrl = (this.linkUrl !== null ? builder.createString(this.linkUrl!) : 0);
+  const mentions = CreateStoryRequest.createMentionsVector(builder, this.mentions);
+  const idempotencyKey = (this.idempotencyKey !== null ? builder.createString(this.idempotencyKey!) : 0);
+
+  return CreateStoryRequest.createCreateStoryRequest(builder,
+    this.mediaId,
+    caption,
+    linkUrl,
+    this.audience,
+    this.durationMs,
+    mentions,
+    idempotencyKey
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class DeleteStoryRequest {
+
+
+export class DeleteStoryRequest implements flatbuffers.IUnpackableObject<DeleteStoryRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):DeleteStoryRequest {
@@ -44,5 +46,29 @@ static createDeleteStoryRequest(builder:flatbuffers.Builder, storyId:bigint):fla
   DeleteStoryRequest.startDeleteStoryRequest(builder);
   DeleteStoryRequest.addStoryId(builder, storyId);
   return DeleteStoryRequest.endDeleteStoryRequest(builder);
+}
+
+unpack(): DeleteStoryRequestT {
+  return new DeleteStoryRequestT(
+    this.storyId()
+  );
+}
+
+
+unpackTo(_o: DeleteStoryRequestT): void {
+  _o.storyId = this.storyId();
+}
+}
+
+export class DeleteStoryRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public storyId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return DeleteStoryRequest.createDeleteStoryRequest(builder,
+    this.storyId
+  );
 }
 }

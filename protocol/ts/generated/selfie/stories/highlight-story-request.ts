@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Keeps one of the author's stories in their highlights, past its expiry (1.7).
  */
-export class HighlightStoryRequest {
+export class HighlightStoryRequest implements flatbuffers.IUnpackableObject<HighlightStoryRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):HighlightStoryRequest {
@@ -47,5 +49,29 @@ static createHighlightStoryRequest(builder:flatbuffers.Builder, storyId:bigint):
   HighlightStoryRequest.startHighlightStoryRequest(builder);
   HighlightStoryRequest.addStoryId(builder, storyId);
   return HighlightStoryRequest.endHighlightStoryRequest(builder);
+}
+
+unpack(): HighlightStoryRequestT {
+  return new HighlightStoryRequestT(
+    this.storyId()
+  );
+}
+
+
+unpackTo(_o: HighlightStoryRequestT): void {
+  _o.storyId = this.storyId();
+}
+}
+
+export class HighlightStoryRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public storyId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return HighlightStoryRequest.createHighlightStoryRequest(builder,
+    this.storyId
+  );
 }
 }

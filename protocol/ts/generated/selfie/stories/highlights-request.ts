@@ -4,13 +4,13 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
 /**
  * A user's highlights, newest first (1.7).
  */
-export class HighlightsRequest {
+export class HighlightsRequest implements flatbuffers.IUnpackableObject<HighlightsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):HighlightsRequest {
@@ -55,4 +55,35 @@ static endHighlightsRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): HighlightsRequestT {
+  return new HighlightsRequestT(
+    this.userId(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: HighlightsRequestT): void {
+  _o.userId = this.userId();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class HighlightsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  HighlightsRequest.startHighlightsRequest(builder);
+  HighlightsRequest.addUserId(builder, this.userId);
+  HighlightsRequest.addPage(builder, page);
+
+  return HighlightsRequest.endHighlightsRequest(builder);
+}
 }

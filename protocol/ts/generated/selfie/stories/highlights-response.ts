@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { Story } from '../../selfie/stories/story.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { Story, StoryT } from '../../selfie/stories/story.js';
 
 
-export class HighlightsResponse {
+export class HighlightsResponse implements flatbuffers.IUnpackableObject<HighlightsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):HighlightsResponse {
@@ -70,4 +70,36 @@ static endHighlightsResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): HighlightsResponseT {
+  return new HighlightsResponseT(
+    this.bb!.createObjList<Story, StoryT>(this.stories.bind(this), this.storiesLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: HighlightsResponseT): void {
+  _o.stories = this.bb!.createObjList<Story, StoryT>(this.stories.bind(this), this.storiesLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class HighlightsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public stories: (StoryT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const stories = HighlightsResponse.createStoriesVector(builder, builder.createObjectOffsetList(this.stories));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  HighlightsResponse.startHighlightsResponse(builder);
+  HighlightsResponse.addStories(builder, stories);
+  HighlightsResponse.addPage(builder, page);
+
+  return HighlightsResponse.endHighlightsResponse(builder);
+}
 }

@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * Takes a story out of the author's highlights (1.7).
  */
-export class RemoveHighlightRequest {
+export class RemoveHighlightRequest implements flatbuffers.IUnpackableObject<RemoveHighlightRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):RemoveHighlightRequest {
@@ -47,5 +49,29 @@ static createRemoveHighlightRequest(builder:flatbuffers.Builder, storyId:bigint)
   RemoveHighlightRequest.startRemoveHighlightRequest(builder);
   RemoveHighlightRequest.addStoryId(builder, storyId);
   return RemoveHighlightRequest.endRemoveHighlightRequest(builder);
+}
+
+unpack(): RemoveHighlightRequestT {
+  return new RemoveHighlightRequestT(
+    this.storyId()
+  );
+}
+
+
+unpackTo(_o: RemoveHighlightRequestT): void {
+  _o.storyId = this.storyId();
+}
+}
+
+export class RemoveHighlightRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public storyId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return RemoveHighlightRequest.createRemoveHighlightRequest(builder,
+    this.storyId
+  );
 }
 }

@@ -2,23 +2,23 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { CreateStoryRequest } from '../../selfie/stories/create-story-request.js';
-import { DeleteStoryRequest } from '../../selfie/stories/delete-story-request.js';
-import { HighlightStoryRequest } from '../../selfie/stories/highlight-story-request.js';
-import { HighlightsRequest } from '../../selfie/stories/highlights-request.js';
-import { HighlightsResponse } from '../../selfie/stories/highlights-response.js';
-import { RemoveHighlightRequest } from '../../selfie/stories/remove-highlight-request.js';
-import { StoryReactRequest } from '../../selfie/stories/story-react-request.js';
-import { StoryReplyRequest } from '../../selfie/stories/story-reply-request.js';
-import { StoryResponse } from '../../selfie/stories/story-response.js';
-import { StorySeenRequest } from '../../selfie/stories/story-seen-request.js';
-import { StoryTray } from '../../selfie/stories/story-tray.js';
-import { StoryTrayRequest } from '../../selfie/stories/story-tray-request.js';
-import { StoryUpdate } from '../../selfie/stories/story-update.js';
-import { StoryViewersRequest } from '../../selfie/stories/story-viewers-request.js';
-import { StoryViewersResponse } from '../../selfie/stories/story-viewers-response.js';
-import { UserStoriesRequest } from '../../selfie/stories/user-stories-request.js';
-import { UserStoriesResponse } from '../../selfie/stories/user-stories-response.js';
+import { CreateStoryRequest, CreateStoryRequestT } from '../../selfie/stories/create-story-request.js';
+import { DeleteStoryRequest, DeleteStoryRequestT } from '../../selfie/stories/delete-story-request.js';
+import { HighlightStoryRequest, HighlightStoryRequestT } from '../../selfie/stories/highlight-story-request.js';
+import { HighlightsRequest, HighlightsRequestT } from '../../selfie/stories/highlights-request.js';
+import { HighlightsResponse, HighlightsResponseT } from '../../selfie/stories/highlights-response.js';
+import { RemoveHighlightRequest, RemoveHighlightRequestT } from '../../selfie/stories/remove-highlight-request.js';
+import { StoryReactRequest, StoryReactRequestT } from '../../selfie/stories/story-react-request.js';
+import { StoryReplyRequest, StoryReplyRequestT } from '../../selfie/stories/story-reply-request.js';
+import { StoryResponse, StoryResponseT } from '../../selfie/stories/story-response.js';
+import { StorySeenRequest, StorySeenRequestT } from '../../selfie/stories/story-seen-request.js';
+import { StoryTray, StoryTrayT } from '../../selfie/stories/story-tray.js';
+import { StoryTrayRequest, StoryTrayRequestT } from '../../selfie/stories/story-tray-request.js';
+import { StoryUpdate, StoryUpdateT } from '../../selfie/stories/story-update.js';
+import { StoryViewersRequest, StoryViewersRequestT } from '../../selfie/stories/story-viewers-request.js';
+import { StoryViewersResponse, StoryViewersResponseT } from '../../selfie/stories/story-viewers-response.js';
+import { UserStoriesRequest, UserStoriesRequestT } from '../../selfie/stories/user-stories-request.js';
+import { UserStoriesResponse, UserStoriesResponseT } from '../../selfie/stories/user-stories-response.js';
 
 
 export enum StoriesOp {

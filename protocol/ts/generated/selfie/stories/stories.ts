@@ -4,10 +4,27 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { CreateStoryRequest, CreateStoryRequestT } from '../../selfie/stories/create-story-request.js';
+import { DeleteStoryRequest, DeleteStoryRequestT } from '../../selfie/stories/delete-story-request.js';
+import { HighlightStoryRequest, HighlightStoryRequestT } from '../../selfie/stories/highlight-story-request.js';
+import { HighlightsRequest, HighlightsRequestT } from '../../selfie/stories/highlights-request.js';
+import { HighlightsResponse, HighlightsResponseT } from '../../selfie/stories/highlights-response.js';
+import { RemoveHighlightRequest, RemoveHighlightRequestT } from '../../selfie/stories/remove-highlight-request.js';
 import { StoriesOp, unionToStoriesOp, unionListToStoriesOp } from '../../selfie/stories/stories-op.js';
+import { StoryReactRequest, StoryReactRequestT } from '../../selfie/stories/story-react-request.js';
+import { StoryReplyRequest, StoryReplyRequestT } from '../../selfie/stories/story-reply-request.js';
+import { StoryResponse, StoryResponseT } from '../../selfie/stories/story-response.js';
+import { StorySeenRequest, StorySeenRequestT } from '../../selfie/stories/story-seen-request.js';
+import { StoryTray, StoryTrayT } from '../../selfie/stories/story-tray.js';
+import { StoryTrayRequest, StoryTrayRequestT } from '../../selfie/stories/story-tray-request.js';
+import { StoryUpdate, StoryUpdateT } from '../../selfie/stories/story-update.js';
+import { StoryViewersRequest, StoryViewersRequestT } from '../../selfie/stories/story-viewers-request.js';
+import { StoryViewersResponse, StoryViewersResponseT } from '../../selfie/stories/story-viewers-response.js';
+import { UserStoriesRequest, UserStoriesRequestT } from '../../selfie/stories/user-stories-request.js';
+import { UserStoriesResponse, UserStoriesResponseT } from '../../selfie/stories/user-stories-response.js';
 
 
-export class Stories {
+export class Stories implements flatbuffers.IUnpackableObject<StoriesT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Stories {
@@ -57,5 +74,43 @@ static createStories(builder:flatbuffers.Builder, opType:StoriesOp, opOffset:fla
   Stories.addOpType(builder, opType);
   Stories.addOp(builder, opOffset);
   return Stories.endStories(builder);
+}
+
+unpack(): StoriesT {
+  return new StoriesT(
+    this.opType(),
+    (() => {
+      const temp = unionToStoriesOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: StoriesT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToStoriesOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class StoriesT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: StoriesOp = StoriesOp.NONE,
+  public op: CreateStoryRequestT|DeleteStoryRequestT|HighlightStoryRequestT|HighlightsRequestT|HighlightsResponseT|RemoveHighlightRequestT|StoryReactRequestT|StoryReplyRequestT|StoryResponseT|StorySeenRequestT|StoryTrayRequestT|StoryTrayT|StoryUpdateT|StoryViewersRequestT|StoryViewersResponseT|UserStoriesRequestT|UserStoriesResponseT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Stories.createStories(builder,
+    this.opType,
+    op
+  );
 }
 }

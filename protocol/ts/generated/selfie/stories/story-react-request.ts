@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class StoryReactRequest {
+
+
+export class StoryReactRequest implements flatbuffers.IUnpackableObject<StoryReactRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StoryReactRequest {
@@ -56,5 +58,35 @@ static createStoryReactRequest(builder:flatbuffers.Builder, storyId:bigint, emoj
   StoryReactRequest.addStoryId(builder, storyId);
   StoryReactRequest.addEmoji(builder, emojiOffset);
   return StoryReactRequest.endStoryReactRequest(builder);
+}
+
+unpack(): StoryReactRequestT {
+  return new StoryReactRequestT(
+    this.storyId(),
+    this.emoji()
+  );
+}
+
+
+unpackTo(_o: StoryReactRequestT): void {
+  _o.storyId = this.storyId();
+  _o.emoji = this.emoji();
+}
+}
+
+export class StoryReactRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public storyId: bigint = BigInt('0'),
+  public emoji: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const emoji = (this.emoji !== null ? builder.createString(this.emoji!) : 0);
+
+  return StoryReactRequest.createStoryReactRequest(builder,
+    this.storyId,
+    emoji
+  );
 }
 }

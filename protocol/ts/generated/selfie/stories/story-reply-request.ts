@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * A reply goes to the author as a chat message referencing the story.
  */
-export class StoryReplyRequest {
+export class StoryReplyRequest implements flatbuffers.IUnpackableObject<StoryReplyRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StoryReplyRequest {
@@ -74,5 +76,40 @@ static createStoryReplyRequest(builder:flatbuffers.Builder, storyId:bigint, text
   StoryReplyRequest.addText(builder, textOffset);
   StoryReplyRequest.addClientMsgId(builder, clientMsgIdOffset);
   return StoryReplyRequest.endStoryReplyRequest(builder);
+}
+
+unpack(): StoryReplyRequestT {
+  return new StoryReplyRequestT(
+    this.storyId(),
+    this.text(),
+    this.clientMsgId()
+  );
+}
+
+
+unpackTo(_o: StoryReplyRequestT): void {
+  _o.storyId = this.storyId();
+  _o.text = this.text();
+  _o.clientMsgId = this.clientMsgId();
+}
+}
+
+export class StoryReplyRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public storyId: bigint = BigInt('0'),
+  public text: string|Uint8Array|null = null,
+  public clientMsgId: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const text = (this.text !== null ? builder.createString(this.text!) : 0);
+  const clientMsgId = (this.clientMsgId !== null ? builder.createString(this.clientMsgId!) : 0);
+
+  return StoryReplyRequest.createStoryReplyRequest(builder,
+    this.storyId,
+    text,
+    clientMsgId
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Story } from '../../selfie/stories/story.js';
+import { Story, StoryT } from '../../selfie/stories/story.js';
 
 
-export class StoryResponse {
+export class StoryResponse implements flatbuffers.IUnpackableObject<StoryResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StoryResponse {
@@ -47,5 +47,31 @@ static createStoryResponse(builder:flatbuffers.Builder, storyOffset:flatbuffers.
   StoryResponse.startStoryResponse(builder);
   StoryResponse.addStory(builder, storyOffset);
   return StoryResponse.endStoryResponse(builder);
+}
+
+unpack(): StoryResponseT {
+  return new StoryResponseT(
+    (this.story() !== null ? this.story()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: StoryResponseT): void {
+  _o.story = (this.story() !== null ? this.story()!.unpack() : null);
+}
+}
+
+export class StoryResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public story: StoryT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const story = (this.story !== null ? this.story!.pack(builder) : 0);
+
+  return StoryResponse.createStoryResponse(builder,
+    story
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class StorySeenRequest {
+
+
+export class StorySeenRequest implements flatbuffers.IUnpackableObject<StorySeenRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StorySeenRequest {
@@ -61,5 +63,31 @@ static createStorySeenRequest(builder:flatbuffers.Builder, storyIdsOffset:flatbu
   StorySeenRequest.startStorySeenRequest(builder);
   StorySeenRequest.addStoryIds(builder, storyIdsOffset);
   return StorySeenRequest.endStorySeenRequest(builder);
+}
+
+unpack(): StorySeenRequestT {
+  return new StorySeenRequestT(
+    this.bb!.createScalarList<bigint>(this.storyIds.bind(this), this.storyIdsLength())
+  );
+}
+
+
+unpackTo(_o: StorySeenRequestT): void {
+  _o.storyIds = this.bb!.createScalarList<bigint>(this.storyIds.bind(this), this.storyIdsLength());
+}
+}
+
+export class StorySeenRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public storyIds: (bigint)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const storyIds = StorySeenRequest.createStoryIdsVector(builder, this.storyIds);
+
+  return StorySeenRequest.createStorySeenRequest(builder,
+    storyIds
+  );
 }
 }

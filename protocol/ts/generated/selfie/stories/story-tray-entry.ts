@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { UserSummary } from '../../selfie/common/user-summary.js';
-import { Story } from '../../selfie/stories/story.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
+import { Story, StoryT } from '../../selfie/stories/story.js';
 
 
-export class StoryTrayEntry {
+export class StoryTrayEntry implements flatbuffers.IUnpackableObject<StoryTrayEntryT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StoryTrayEntry {
@@ -105,5 +105,48 @@ static createStoryTrayEntry(builder:flatbuffers.Builder, authorOffset:flatbuffer
   StoryTrayEntry.addLatestAtMs(builder, latestAtMs);
   StoryTrayEntry.addCloseFriends(builder, closeFriends);
   return StoryTrayEntry.endStoryTrayEntry(builder);
+}
+
+unpack(): StoryTrayEntryT {
+  return new StoryTrayEntryT(
+    (this.author() !== null ? this.author()!.unpack() : null),
+    this.bb!.createObjList<Story, StoryT>(this.stories.bind(this), this.storiesLength()),
+    this.allSeen(),
+    this.latestAtMs(),
+    this.closeFriends()
+  );
+}
+
+
+unpackTo(_o: StoryTrayEntryT): void {
+  _o.author = (this.author() !== null ? this.author()!.unpack() : null);
+  _o.stories = this.bb!.createObjList<Story, StoryT>(this.stories.bind(this), this.storiesLength());
+  _o.allSeen = this.allSeen();
+  _o.latestAtMs = this.latestAtMs();
+  _o.closeFriends = this.closeFriends();
+}
+}
+
+export class StoryTrayEntryT implements flatbuffers.IGeneratedObject {
+constructor(
+  public author: UserSummaryT|null = null,
+  public stories: (StoryT)[] = [],
+  public allSeen: boolean = false,
+  public latestAtMs: bigint = BigInt('0'),
+  public closeFriends: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const author = (this.author !== null ? this.author!.pack(builder) : 0);
+  const stories = StoryTrayEntry.createStoriesVector(builder, builder.createObjectOffsetList(this.stories));
+
+  return StoryTrayEntry.createStoryTrayEntry(builder,
+    author,
+    stories,
+    this.allSeen,
+    this.latestAtMs,
+    this.closeFriends
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class StoryTrayRequest {
+export class StoryTrayRequest implements flatbuffers.IUnpackableObject<StoryTrayRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StoryTrayRequest {
@@ -47,5 +47,31 @@ static createStoryTrayRequest(builder:flatbuffers.Builder, pageOffset:flatbuffer
   StoryTrayRequest.startStoryTrayRequest(builder);
   StoryTrayRequest.addPage(builder, pageOffset);
   return StoryTrayRequest.endStoryTrayRequest(builder);
+}
+
+unpack(): StoryTrayRequestT {
+  return new StoryTrayRequestT(
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: StoryTrayRequestT): void {
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class StoryTrayRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  return StoryTrayRequest.createStoryTrayRequest(builder,
+    page
+  );
 }
 }

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { StoryTrayEntry } from '../../selfie/stories/story-tray-entry.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { StoryTrayEntry, StoryTrayEntryT } from '../../selfie/stories/story-tray-entry.js';
 
 
-export class StoryTray {
+export class StoryTray implements flatbuffers.IUnpackableObject<StoryTrayT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StoryTray {
@@ -70,4 +70,36 @@ static endStoryTray(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): StoryTrayT {
+  return new StoryTrayT(
+    this.bb!.createObjList<StoryTrayEntry, StoryTrayEntryT>(this.entries.bind(this), this.entriesLength()),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: StoryTrayT): void {
+  _o.entries = this.bb!.createObjList<StoryTrayEntry, StoryTrayEntryT>(this.entries.bind(this), this.entriesLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class StoryTrayT implements flatbuffers.IGeneratedObject {
+constructor(
+  public entries: (StoryTrayEntryT)[] = [],
+  public page: PageInfoT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const entries = StoryTray.createEntriesVector(builder, builder.createObjectOffsetList(this.entries));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  StoryTray.startStoryTray(builder);
+  StoryTray.addEntries(builder, entries);
+  StoryTray.addPage(builder, page);
+
+  return StoryTray.endStoryTray(builder);
+}
 }

@@ -4,14 +4,14 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 import { StoryEventKind } from '../../selfie/stories/story-event-kind.js';
 
 
 /**
  * Push: a story tray or an author's story changed.
  */
-export class StoryUpdate {
+export class StoryUpdate implements flatbuffers.IUnpackableObject<StoryUpdateT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StoryUpdate {
@@ -74,4 +74,43 @@ static endStoryUpdate(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): StoryUpdateT {
+  return new StoryUpdateT(
+    this.kind(),
+    this.authorId(),
+    this.storyId(),
+    (this.actor() !== null ? this.actor()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: StoryUpdateT): void {
+  _o.kind = this.kind();
+  _o.authorId = this.authorId();
+  _o.storyId = this.storyId();
+  _o.actor = (this.actor() !== null ? this.actor()!.unpack() : null);
+}
+}
+
+export class StoryUpdateT implements flatbuffers.IGeneratedObject {
+constructor(
+  public kind: StoryEventKind = StoryEventKind.Created,
+  public authorId: bigint = BigInt('0'),
+  public storyId: bigint = BigInt('0'),
+  public actor: UserSummaryT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const actor = (this.actor !== null ? this.actor!.pack(builder) : 0);
+
+  StoryUpdate.startStoryUpdate(builder);
+  StoryUpdate.addKind(builder, this.kind);
+  StoryUpdate.addAuthorId(builder, this.authorId);
+  StoryUpdate.addStoryId(builder, this.storyId);
+  StoryUpdate.addActor(builder, actor);
+
+  return StoryUpdate.endStoryUpdate(builder);
+}
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 
 
-export class StoryViewer {
+export class StoryViewer implements flatbuffers.IUnpackableObject<StoryViewerT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StoryViewer {
@@ -69,5 +69,40 @@ static createStoryViewer(builder:flatbuffers.Builder, userOffset:flatbuffers.Off
   StoryViewer.addSeenAtMs(builder, seenAtMs);
   StoryViewer.addReaction(builder, reactionOffset);
   return StoryViewer.endStoryViewer(builder);
+}
+
+unpack(): StoryViewerT {
+  return new StoryViewerT(
+    (this.user() !== null ? this.user()!.unpack() : null),
+    this.seenAtMs(),
+    this.reaction()
+  );
+}
+
+
+unpackTo(_o: StoryViewerT): void {
+  _o.user = (this.user() !== null ? this.user()!.unpack() : null);
+  _o.seenAtMs = this.seenAtMs();
+  _o.reaction = this.reaction();
+}
+}
+
+export class StoryViewerT implements flatbuffers.IGeneratedObject {
+constructor(
+  public user: UserSummaryT|null = null,
+  public seenAtMs: bigint = BigInt('0'),
+  public reaction: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const user = (this.user !== null ? this.user!.pack(builder) : 0);
+  const reaction = (this.reaction !== null ? builder.createString(this.reaction!) : 0);
+
+  return StoryViewer.createStoryViewer(builder,
+    user,
+    this.seenAtMs,
+    reaction
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageRequest } from '../../selfie/common/page-request.js';
+import { PageRequest, PageRequestT } from '../../selfie/common/page-request.js';
 
 
-export class StoryViewersRequest {
+export class StoryViewersRequest implements flatbuffers.IUnpackableObject<StoryViewersRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StoryViewersRequest {
@@ -52,4 +52,35 @@ static endStoryViewersRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): StoryViewersRequestT {
+  return new StoryViewersRequestT(
+    this.storyId(),
+    (this.page() !== null ? this.page()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: StoryViewersRequestT): void {
+  _o.storyId = this.storyId();
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+}
+}
+
+export class StoryViewersRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public storyId: bigint = BigInt('0'),
+  public page: PageRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  StoryViewersRequest.startStoryViewersRequest(builder);
+  StoryViewersRequest.addStoryId(builder, this.storyId);
+  StoryViewersRequest.addPage(builder, page);
+
+  return StoryViewersRequest.endStoryViewersRequest(builder);
+}
 }

@@ -4,11 +4,11 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { PageInfo } from '../../selfie/common/page-info.js';
-import { StoryViewer } from '../../selfie/stories/story-viewer.js';
+import { PageInfo, PageInfoT } from '../../selfie/common/page-info.js';
+import { StoryViewer, StoryViewerT } from '../../selfie/stories/story-viewer.js';
 
 
-export class StoryViewersResponse {
+export class StoryViewersResponse implements flatbuffers.IUnpackableObject<StoryViewersResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):StoryViewersResponse {
@@ -79,4 +79,40 @@ static endStoryViewersResponse(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): StoryViewersResponseT {
+  return new StoryViewersResponseT(
+    this.bb!.createObjList<StoryViewer, StoryViewerT>(this.viewers.bind(this), this.viewersLength()),
+    (this.page() !== null ? this.page()!.unpack() : null),
+    this.totalCount()
+  );
+}
+
+
+unpackTo(_o: StoryViewersResponseT): void {
+  _o.viewers = this.bb!.createObjList<StoryViewer, StoryViewerT>(this.viewers.bind(this), this.viewersLength());
+  _o.page = (this.page() !== null ? this.page()!.unpack() : null);
+  _o.totalCount = this.totalCount();
+}
+}
+
+export class StoryViewersResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public viewers: (StoryViewerT)[] = [],
+  public page: PageInfoT|null = null,
+  public totalCount: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const viewers = StoryViewersResponse.createViewersVector(builder, builder.createObjectOffsetList(this.viewers));
+  const page = (this.page !== null ? this.page!.pack(builder) : 0);
+
+  StoryViewersResponse.startStoryViewersResponse(builder);
+  StoryViewersResponse.addViewers(builder, viewers);
+  StoryViewersResponse.addPage(builder, page);
+  StoryViewersResponse.addTotalCount(builder, this.totalCount);
+
+  return StoryViewersResponse.endStoryViewersResponse(builder);
+}
 }

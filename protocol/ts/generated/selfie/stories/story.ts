@@ -5,12 +5,12 @@
 import * as flatbuffers from 'flatbuffers';
 
 import { Audience } from '../../selfie/common/audience.js';
-import { MediaRef } from '../../selfie/common/media-ref.js';
-import { ReactionCount } from '../../selfie/common/reaction-count.js';
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { MediaRef, MediaRefT } from '../../selfie/common/media-ref.js';
+import { ReactionCount, ReactionCountT } from '../../selfie/common/reaction-count.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 
 
-export class Story {
+export class Story implements flatbuffers.IUnpackableObject<StoryT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Story {
@@ -209,4 +209,89 @@ static endStory(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): StoryT {
+  return new StoryT(
+    this.storyId(),
+    (this.author() !== null ? this.author()!.unpack() : null),
+    (this.media() !== null ? this.media()!.unpack() : null),
+    this.caption(),
+    this.linkUrl(),
+    this.audience(),
+    this.createdAtMs(),
+    this.expiresAtMs(),
+    this.seen(),
+    this.viewersCount(),
+    this.bb!.createObjList<ReactionCount, ReactionCountT>(this.reactions.bind(this), this.reactionsLength()),
+    this.bb!.createScalarList<bigint>(this.mentions.bind(this), this.mentionsLength()),
+    this.highlighted(),
+    this.viewerReaction()
+  );
+}
+
+
+unpackTo(_o: StoryT): void {
+  _o.storyId = this.storyId();
+  _o.author = (this.author() !== null ? this.author()!.unpack() : null);
+  _o.media = (this.media() !== null ? this.media()!.unpack() : null);
+  _o.caption = this.caption();
+  _o.linkUrl = this.linkUrl();
+  _o.audience = this.audience();
+  _o.createdAtMs = this.createdAtMs();
+  _o.expiresAtMs = this.expiresAtMs();
+  _o.seen = this.seen();
+  _o.viewersCount = this.viewersCount();
+  _o.reactions = this.bb!.createObjList<ReactionCount, ReactionCountT>(this.reactions.bind(this), this.reactionsLength());
+  _o.mentions = this.bb!.createScalarList<bigint>(this.mentions.bind(this), this.mentionsLength());
+  _o.highlighted = this.highlighted();
+  _o.viewerReaction = this.viewerReaction();
+}
+}
+
+export class StoryT implements flatbuffers.IGeneratedObject {
+constructor(
+  public storyId: bigint = BigInt('0'),
+  public author: UserSummaryT|null = null,
+  public media: MediaRefT|null = null,
+  public caption: string|Uint8Array|null = null,
+  public linkUrl: string|Uint8Array|null = null,
+  public audience: Audience = Audience.Public,
+  public createdAtMs: bigint = BigInt('0'),
+  public expiresAtMs: bigint = BigInt('0'),
+  public seen: boolean = false,
+  public viewersCount: bigint = BigInt('0'),
+  public reactions: (ReactionCountT)[] = [],
+  public mentions: (bigint)[] = [],
+  public highlighted: boolean = false,
+  public viewerReaction: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const author = (this.author !== null ? this.author!.pack(builder) : 0);
+  const media = (this.media !== null ? this.media!.pack(builder) : 0);
+  const caption = (this.caption !== null ? builder.createString(this.caption!) : 0);
+  const linkUrl = (this.linkUrl !== null ? builder.createString(this.linkUrl!) : 0);
+  const reactions = Story.createReactionsVector(builder, builder.createObjectOffsetList(this.reactions));
+  const mentions = Story.createMentionsVector(builder, this.mentions);
+  const viewerReaction = (this.viewerReaction !== null ? builder.createString(this.viewerReaction!) : 0);
+
+  Story.startStory(builder);
+  Story.addStoryId(builder, this.storyId);
+  Story.addAuthor(builder, author);
+  Story.addMedia(builder, media);
+  Story.addCaption(builder, caption);
+  Story.addLinkUrl(builder, linkUrl);
+  Story.addAudience(builder, this.audience);
+  Story.addCreatedAtMs(builder, this.createdAtMs);
+  Story.addExpiresAtMs(builder, this.expiresAtMs);
+  Story.addSeen(builder, this.seen);
+  Story.addViewersCount(builder, this.viewersCount);
+  Story.addReactions(builder, reactions);
+  Story.addMentions(builder, mentions);
+  Story.addHighlighted(builder, this.highlighted);
+  Story.addViewerReaction(builder, viewerReaction);
+
+  return Story.endStory(builder);
+}
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class UserStoriesRequest {
+
+
+export class UserStoriesRequest implements flatbuffers.IUnpackableObject<UserStoriesRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UserStoriesRequest {
@@ -44,5 +46,29 @@ static createUserStoriesRequest(builder:flatbuffers.Builder, userId:bigint):flat
   UserStoriesRequest.startUserStoriesRequest(builder);
   UserStoriesRequest.addUserId(builder, userId);
   return UserStoriesRequest.endUserStoriesRequest(builder);
+}
+
+unpack(): UserStoriesRequestT {
+  return new UserStoriesRequestT(
+    this.userId()
+  );
+}
+
+
+unpackTo(_o: UserStoriesRequestT): void {
+  _o.userId = this.userId();
+}
+}
+
+export class UserStoriesRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0')
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return UserStoriesRequest.createUserStoriesRequest(builder,
+    this.userId
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Story } from '../../selfie/stories/story.js';
+import { Story, StoryT } from '../../selfie/stories/story.js';
 
 
-export class UserStoriesResponse {
+export class UserStoriesResponse implements flatbuffers.IUnpackableObject<UserStoriesResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UserStoriesResponse {
@@ -64,5 +64,31 @@ static createUserStoriesResponse(builder:flatbuffers.Builder, storiesOffset:flat
   UserStoriesResponse.startUserStoriesResponse(builder);
   UserStoriesResponse.addStories(builder, storiesOffset);
   return UserStoriesResponse.endUserStoriesResponse(builder);
+}
+
+unpack(): UserStoriesResponseT {
+  return new UserStoriesResponseT(
+    this.bb!.createObjList<Story, StoryT>(this.stories.bind(this), this.storiesLength())
+  );
+}
+
+
+unpackTo(_o: UserStoriesResponseT): void {
+  _o.stories = this.bb!.createObjList<Story, StoryT>(this.stories.bind(this), this.storiesLength());
+}
+}
+
+export class UserStoriesResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public stories: (StoryT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const stories = UserStoriesResponse.createStoriesVector(builder, builder.createObjectOffsetList(this.stories));
+
+  return UserStoriesResponse.createUserStoriesResponse(builder,
+    stories
+  );
 }
 }

@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class GetProfileRequest {
+
+
+export class GetProfileRequest implements flatbuffers.IUnpackableObject<GetProfileRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):GetProfileRequest {
@@ -59,5 +61,35 @@ static createGetProfileRequest(builder:flatbuffers.Builder, userId:bigint, usern
   GetProfileRequest.addUserId(builder, userId);
   GetProfileRequest.addUsername(builder, usernameOffset);
   return GetProfileRequest.endGetProfileRequest(builder);
+}
+
+unpack(): GetProfileRequestT {
+  return new GetProfileRequestT(
+    this.userId(),
+    this.username()
+  );
+}
+
+
+unpackTo(_o: GetProfileRequestT): void {
+  _o.userId = this.userId();
+  _o.username = this.username();
+}
+}
+
+export class GetProfileRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userId: bigint = BigInt('0'),
+  public username: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const username = (this.username !== null ? builder.createString(this.username!) : 0);
+
+  return GetProfileRequest.createGetProfileRequest(builder,
+    this.userId,
+    username
+  );
 }
 }

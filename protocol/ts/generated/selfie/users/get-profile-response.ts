@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Profile } from '../../selfie/users/profile.js';
+import { Profile, ProfileT } from '../../selfie/users/profile.js';
 
 
-export class GetProfileResponse {
+export class GetProfileResponse implements flatbuffers.IUnpackableObject<GetProfileResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):GetProfileResponse {
@@ -47,5 +47,31 @@ static createGetProfileResponse(builder:flatbuffers.Builder, profileOffset:flatb
   GetProfileResponse.startGetProfileResponse(builder);
   GetProfileResponse.addProfile(builder, profileOffset);
   return GetProfileResponse.endGetProfileResponse(builder);
+}
+
+unpack(): GetProfileResponseT {
+  return new GetProfileResponseT(
+    (this.profile() !== null ? this.profile()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: GetProfileResponseT): void {
+  _o.profile = (this.profile() !== null ? this.profile()!.unpack() : null);
+}
+}
+
+export class GetProfileResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public profile: ProfileT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const profile = (this.profile !== null ? this.profile!.pack(builder) : 0);
+
+  return GetProfileResponse.createGetProfileResponse(builder,
+    profile
+  );
 }
 }

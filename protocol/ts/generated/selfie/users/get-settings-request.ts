@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class GetSettingsRequest {
+
+
+export class GetSettingsRequest implements flatbuffers.IUnpackableObject<GetSettingsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):GetSettingsRequest {
@@ -34,5 +36,21 @@ static endGetSettingsRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
 static createGetSettingsRequest(builder:flatbuffers.Builder):flatbuffers.Offset {
   GetSettingsRequest.startGetSettingsRequest(builder);
   return GetSettingsRequest.endGetSettingsRequest(builder);
+}
+
+unpack(): GetSettingsRequestT {
+  return new GetSettingsRequestT();
+}
+
+
+unpackTo(_o: GetSettingsRequestT): void {}
+}
+
+export class GetSettingsRequestT implements flatbuffers.IGeneratedObject {
+constructor(){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return GetSettingsRequest.createGetSettingsRequest(builder);
 }
 }

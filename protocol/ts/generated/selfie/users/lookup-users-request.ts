@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class LookupUsersRequest {
+
+
+export class LookupUsersRequest implements flatbuffers.IUnpackableObject<LookupUsersRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):LookupUsersRequest {
@@ -90,5 +92,36 @@ static createLookupUsersRequest(builder:flatbuffers.Builder, userIdsOffset:flatb
   LookupUsersRequest.addUserIds(builder, userIdsOffset);
   LookupUsersRequest.addUsernames(builder, usernamesOffset);
   return LookupUsersRequest.endLookupUsersRequest(builder);
+}
+
+unpack(): LookupUsersRequestT {
+  return new LookupUsersRequestT(
+    this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength()),
+    this.bb!.createScalarList<string>(this.usernames.bind(this), this.usernamesLength())
+  );
+}
+
+
+unpackTo(_o: LookupUsersRequestT): void {
+  _o.userIds = this.bb!.createScalarList<bigint>(this.userIds.bind(this), this.userIdsLength());
+  _o.usernames = this.bb!.createScalarList<string>(this.usernames.bind(this), this.usernamesLength());
+}
+}
+
+export class LookupUsersRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public userIds: (bigint)[] = [],
+  public usernames: (string)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const userIds = LookupUsersRequest.createUserIdsVector(builder, this.userIds);
+  const usernames = LookupUsersRequest.createUsernamesVector(builder, builder.createObjectOffsetList(this.usernames));
+
+  return LookupUsersRequest.createLookupUsersRequest(builder,
+    userIds,
+    usernames
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { UserSummary } from '../../selfie/common/user-summary.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
 
 
-export class LookupUsersResponse {
+export class LookupUsersResponse implements flatbuffers.IUnpackableObject<LookupUsersResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):LookupUsersResponse {
@@ -64,5 +64,31 @@ static createLookupUsersResponse(builder:flatbuffers.Builder, usersOffset:flatbu
   LookupUsersResponse.startLookupUsersResponse(builder);
   LookupUsersResponse.addUsers(builder, usersOffset);
   return LookupUsersResponse.endLookupUsersResponse(builder);
+}
+
+unpack(): LookupUsersResponseT {
+  return new LookupUsersResponseT(
+    this.bb!.createObjList<UserSummary, UserSummaryT>(this.users.bind(this), this.usersLength())
+  );
+}
+
+
+unpackTo(_o: LookupUsersResponseT): void {
+  _o.users = this.bb!.createObjList<UserSummary, UserSummaryT>(this.users.bind(this), this.usersLength());
+}
+}
+
+export class LookupUsersResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public users: (UserSummaryT)[] = []
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const users = LookupUsersResponse.createUsersVector(builder, builder.createObjectOffsetList(this.users));
+
+  return LookupUsersResponse.createLookupUsersResponse(builder,
+    users
+  );
 }
 }

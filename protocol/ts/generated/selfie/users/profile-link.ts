@@ -4,7 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-export class ProfileLink {
+
+
+export class ProfileLink implements flatbuffers.IUnpackableObject<ProfileLinkT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):ProfileLink {
@@ -58,5 +60,36 @@ static createProfileLink(builder:flatbuffers.Builder, titleOffset:flatbuffers.Of
   ProfileLink.addTitle(builder, titleOffset);
   ProfileLink.addUrl(builder, urlOffset);
   return ProfileLink.endProfileLink(builder);
+}
+
+unpack(): ProfileLinkT {
+  return new ProfileLinkT(
+    this.title(),
+    this.url()
+  );
+}
+
+
+unpackTo(_o: ProfileLinkT): void {
+  _o.title = this.title();
+  _o.url = this.url();
+}
+}
+
+export class ProfileLinkT implements flatbuffers.IGeneratedObject {
+constructor(
+  public title: string|Uint8Array|null = null,
+  public url: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const title = (this.title !== null ? builder.createString(this.title!) : 0);
+  const url = (this.url !== null ? builder.createString(this.url!) : 0);
+
+  return ProfileLink.createProfileLink(builder,
+    title,
+    url
+  );
 }
 }

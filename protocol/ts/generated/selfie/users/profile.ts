@@ -4,12 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { UserSummary } from '../../selfie/common/user-summary.js';
-import { ProfileLink } from '../../selfie/users/profile-link.js';
-import { Relationship } from '../../selfie/users/relationship.js';
+import { UserSummary, UserSummaryT } from '../../selfie/common/user-summary.js';
+import { ProfileLink, ProfileLinkT } from '../../selfie/users/profile-link.js';
+import { Relationship, RelationshipT } from '../../selfie/users/relationship.js';
 
 
-export class Profile {
+export class Profile implements flatbuffers.IUnpackableObject<ProfileT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Profile {
@@ -158,4 +158,76 @@ static endProfile(builder:flatbuffers.Builder):flatbuffers.Offset {
   return offset;
 }
 
+
+unpack(): ProfileT {
+  return new ProfileT(
+    (this.user() !== null ? this.user()!.unpack() : null),
+    this.bio(),
+    this.bannerMediaId(),
+    this.bb!.createObjList<ProfileLink, ProfileLinkT>(this.links.bind(this), this.linksLength()),
+    this.createdAtMs(),
+    this.followersCount(),
+    this.followingCount(),
+    this.postsCount(),
+    (this.relationship() !== null ? this.relationship()!.unpack() : null),
+    this.pronouns(),
+    this.location()
+  );
+}
+
+
+unpackTo(_o: ProfileT): void {
+  _o.user = (this.user() !== null ? this.user()!.unpack() : null);
+  _o.bio = this.bio();
+  _o.bannerMediaId = this.bannerMediaId();
+  _o.links = this.bb!.createObjList<ProfileLink, ProfileLinkT>(this.links.bind(this), this.linksLength());
+  _o.createdAtMs = this.createdAtMs();
+  _o.followersCount = this.followersCount();
+  _o.followingCount = this.followingCount();
+  _o.postsCount = this.postsCount();
+  _o.relationship = (this.relationship() !== null ? this.relationship()!.unpack() : null);
+  _o.pronouns = this.pronouns();
+  _o.location = this.location();
+}
+}
+
+export class ProfileT implements flatbuffers.IGeneratedObject {
+constructor(
+  public user: UserSummaryT|null = null,
+  public bio: string|Uint8Array|null = null,
+  public bannerMediaId: bigint = BigInt('0'),
+  public links: (ProfileLinkT)[] = [],
+  public createdAtMs: bigint = BigInt('0'),
+  public followersCount: bigint = BigInt('0'),
+  public followingCount: bigint = BigInt('0'),
+  public postsCount: bigint = BigInt('0'),
+  public relationship: RelationshipT|null = null,
+  public pronouns: string|Uint8Array|null = null,
+  public location: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const user = (this.user !== null ? this.user!.pack(builder) : 0);
+  const bio = (this.bio !== null ? builder.createString(this.bio!) : 0);
+  const links = Profile.createLinksVector(builder, builder.createObjectOffsetList(this.links));
+  const relationship = (this.relationship !== null ? this.relationship!.pack(builder) : 0);
+  const pronouns = (this.pronouns !== null ? builder.createString(this.pronouns!) : 0);
+  const location = (this.location !== null ? builder.createString(this.location!) : 0);
+
+  Profile.startProfile(builder);
+  Profile.addUser(builder, user);
+  Profile.addBio(builder, bio);
+  Profile.addBannerMediaId(builder, this.bannerMediaId);
+  Profile.addLinks(builder, links);
+  Profile.addCreatedAtMs(builder, this.createdAtMs);
+  Profile.addFollowersCount(builder, this.followersCount);
+  Profile.addFollowingCount(builder, this.followingCount);
+  Profile.addPostsCount(builder, this.postsCount);
+  Profile.addRelationship(builder, relationship);
+  Profile.addPronouns(builder, pronouns);
+  Profile.addLocation(builder, location);
+
+  return Profile.endProfile(builder);
+}
 }

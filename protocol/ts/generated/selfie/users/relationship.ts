@@ -4,10 +4,12 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+
+
 /**
  * How the viewer relates to a profile's owner.
  */
-export class Relationship {
+export class Relationship implements flatbuffers.IUnpackableObject<RelationshipT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Relationship {
@@ -117,5 +119,57 @@ static createRelationship(builder:flatbuffers.Builder, following:boolean, follow
   Relationship.addMuting(builder, muting);
   Relationship.addCloseFriend(builder, closeFriend);
   return Relationship.endRelationship(builder);
+}
+
+unpack(): RelationshipT {
+  return new RelationshipT(
+    this.following(),
+    this.followedBy(),
+    this.followRequested(),
+    this.followRequestReceived(),
+    this.blocking(),
+    this.blockedBy(),
+    this.muting(),
+    this.closeFriend()
+  );
+}
+
+
+unpackTo(_o: RelationshipT): void {
+  _o.following = this.following();
+  _o.followedBy = this.followedBy();
+  _o.followRequested = this.followRequested();
+  _o.followRequestReceived = this.followRequestReceived();
+  _o.blocking = this.blocking();
+  _o.blockedBy = this.blockedBy();
+  _o.muting = this.muting();
+  _o.closeFriend = this.closeFriend();
+}
+}
+
+export class RelationshipT implements flatbuffers.IGeneratedObject {
+constructor(
+  public following: boolean = false,
+  public followedBy: boolean = false,
+  public followRequested: boolean = false,
+  public followRequestReceived: boolean = false,
+  public blocking: boolean = false,
+  public blockedBy: boolean = false,
+  public muting: boolean = false,
+  public closeFriend: boolean = false
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  return Relationship.createRelationship(builder,
+    this.following,
+    this.followedBy,
+    this.followRequested,
+    this.followRequestReceived,
+    this.blocking,
+    this.blockedBy,
+    this.muting,
+    this.closeFriend
+  );
 }
 }

@@ -4,10 +4,10 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { Settings } from '../../selfie/users/settings.js';
+import { Settings, SettingsT } from '../../selfie/users/settings.js';
 
 
-export class SettingsResponse {
+export class SettingsResponse implements flatbuffers.IUnpackableObject<SettingsResponseT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):SettingsResponse {
@@ -47,5 +47,31 @@ static createSettingsResponse(builder:flatbuffers.Builder, settingsOffset:flatbu
   SettingsResponse.startSettingsResponse(builder);
   SettingsResponse.addSettings(builder, settingsOffset);
   return SettingsResponse.endSettingsResponse(builder);
+}
+
+unpack(): SettingsResponseT {
+  return new SettingsResponseT(
+    (this.settings() !== null ? this.settings()!.unpack() : null)
+  );
+}
+
+
+unpackTo(_o: SettingsResponseT): void {
+  _o.settings = (this.settings() !== null ? this.settings()!.unpack() : null);
+}
+}
+
+export class SettingsResponseT implements flatbuffers.IGeneratedObject {
+constructor(
+  public settings: SettingsT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const settings = (this.settings !== null ? this.settings!.pack(builder) : 0);
+
+  return SettingsResponse.createSettingsResponse(builder,
+    settings
+  );
 }
 }

@@ -7,7 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { Permission } from '../../selfie/users/permission.js';
 
 
-export class Settings {
+export class Settings implements flatbuffers.IUnpackableObject<SettingsT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Settings {
@@ -131,5 +131,64 @@ static createSettings(builder:flatbuffers.Builder, whoCanMessage:Permission, who
   Settings.addTimezone(builder, timezoneOffset);
   Settings.addEmailNotifications(builder, emailNotifications);
   return Settings.endSettings(builder);
+}
+
+unpack(): SettingsT {
+  return new SettingsT(
+    this.whoCanMessage(),
+    this.whoCanMention(),
+    this.whoCanComment(),
+    this.showReadReceipts(),
+    this.showActivityStatus(),
+    this.showSensitiveMedia(),
+    this.language(),
+    this.timezone(),
+    this.emailNotifications()
+  );
+}
+
+
+unpackTo(_o: SettingsT): void {
+  _o.whoCanMessage = this.whoCanMessage();
+  _o.whoCanMention = this.whoCanMention();
+  _o.whoCanComment = this.whoCanComment();
+  _o.showReadReceipts = this.showReadReceipts();
+  _o.showActivityStatus = this.showActivityStatus();
+  _o.showSensitiveMedia = this.showSensitiveMedia();
+  _o.language = this.language();
+  _o.timezone = this.timezone();
+  _o.emailNotifications = this.emailNotifications();
+}
+}
+
+export class SettingsT implements flatbuffers.IGeneratedObject {
+constructor(
+  public whoCanMessage: Permission = Permission.Everyone,
+  public whoCanMention: Permission = Permission.Everyone,
+  public whoCanComment: Permission = Permission.Everyone,
+  public showReadReceipts: boolean = true,
+  public showActivityStatus: boolean = true,
+  public showSensitiveMedia: boolean = false,
+  public language: string|Uint8Array|null = null,
+  public timezone: string|Uint8Array|null = null,
+  public emailNotifications: boolean = true
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const language = (this.language !== null ? builder.createString(this.language!) : 0);
+  const timezone = (this.timezone !== null ? builder.createString(this.timezone!) : 0);
+
+  return Settings.createSettings(builder,
+    this.whoCanMessage,
+    this.whoCanMention,
+    this.whoCanComment,
+    this.showReadReceipts,
+    this.showActivityStatus,
+    this.showSensitiveMedia,
+    language,
+    timezone,
+    this.emailNotifications
+  );
 }
 }

@@ -4,13 +4,13 @@
 
 import * as flatbuffers from 'flatbuffers';
 
-import { ProfileLink } from '../../selfie/users/profile-link.js';
+import { ProfileLink, ProfileLinkT } from '../../selfie/users/profile-link.js';
 
 
 /**
  * Absent fields are left unchanged.
  */
-export class UpdateProfileRequest {
+export class UpdateProfileRequest implements flatbuffers.IUnpackableObject<UpdateProfileRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UpdateProfileRequest {
@@ -148,5 +148,63 @@ static createUpdateProfileRequest(builder:flatbuffers.Builder, displayNameOffset
   UpdateProfileRequest.addPronouns(builder, pronounsOffset);
   UpdateProfileRequest.addLocation(builder, locationOffset);
   return UpdateProfileRequest.endUpdateProfileRequest(builder);
+}
+
+unpack(): UpdateProfileRequestT {
+  return new UpdateProfileRequestT(
+    this.displayName(),
+    this.bio(),
+    this.avatarMediaId(),
+    this.bannerMediaId(),
+    this.bb!.createObjList<ProfileLink, ProfileLinkT>(this.links.bind(this), this.linksLength()),
+    this.private_(),
+    this.pronouns(),
+    this.location()
+  );
+}
+
+
+unpackTo(_o: UpdateProfileRequestT): void {
+  _o.displayName = this.displayName();
+  _o.bio = this.bio();
+  _o.avatarMediaId = this.avatarMediaId();
+  _o.bannerMediaId = this.bannerMediaId();
+  _o.links = this.bb!.createObjList<ProfileLink, ProfileLinkT>(this.links.bind(this), this.linksLength());
+  _o.private_ = this.private_();
+  _o.pronouns = this.pronouns();
+  _o.location = this.location();
+}
+}
+
+export class UpdateProfileRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public displayName: string|Uint8Array|null = null,
+  public bio: string|Uint8Array|null = null,
+  public avatarMediaId: bigint|null = null,
+  public bannerMediaId: bigint|null = null,
+  public links: (ProfileLinkT)[] = [],
+  public private_: boolean|null = null,
+  public pronouns: string|Uint8Array|null = null,
+  public location: string|Uint8Array|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const displayName = (this.displayName !== null ? builder.createString(this.displayName!) : 0);
+  const bio = (this.bio !== null ? builder.createString(this.bio!) : 0);
+  const links = UpdateProfileRequest.createLinksVector(builder, builder.createObjectOffsetList(this.links));
+  const pronouns = (this.pronouns !== null ? builder.createString(this.pronouns!) : 0);
+  const location = (this.location !== null ? builder.createString(this.location!) : 0);
+
+  return UpdateProfileRequest.createUpdateProfileRequest(builder,
+    displayName,
+    bio,
+    this.avatarMediaId,
+    this.bannerMediaId,
+    links,
+    this.private_,
+    pronouns,
+    location
+  );
 }
 }

@@ -10,7 +10,7 @@ import { Permission } from '../../selfie/users/permission.js';
 /**
  * Absent fields are left unchanged.
  */
-export class UpdateSettingsRequest {
+export class UpdateSettingsRequest implements flatbuffers.IUnpackableObject<UpdateSettingsRequestT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):UpdateSettingsRequest {
@@ -141,5 +141,64 @@ static createUpdateSettingsRequest(builder:flatbuffers.Builder, whoCanMessage:Pe
   if (emailNotifications !== null)
     UpdateSettingsRequest.addEmailNotifications(builder, emailNotifications);
   return UpdateSettingsRequest.endUpdateSettingsRequest(builder);
+}
+
+unpack(): UpdateSettingsRequestT {
+  return new UpdateSettingsRequestT(
+    this.whoCanMessage(),
+    this.whoCanMention(),
+    this.whoCanComment(),
+    this.showReadReceipts(),
+    this.showActivityStatus(),
+    this.showSensitiveMedia(),
+    this.language(),
+    this.timezone(),
+    this.emailNotifications()
+  );
+}
+
+
+unpackTo(_o: UpdateSettingsRequestT): void {
+  _o.whoCanMessage = this.whoCanMessage();
+  _o.whoCanMention = this.whoCanMention();
+  _o.whoCanComment = this.whoCanComment();
+  _o.showReadReceipts = this.showReadReceipts();
+  _o.showActivityStatus = this.showActivityStatus();
+  _o.showSensitiveMedia = this.showSensitiveMedia();
+  _o.language = this.language();
+  _o.timezone = this.timezone();
+  _o.emailNotifications = this.emailNotifications();
+}
+}
+
+export class UpdateSettingsRequestT implements flatbuffers.IGeneratedObject {
+constructor(
+  public whoCanMessage: Permission|null = null,
+  public whoCanMention: Permission|null = null,
+  public whoCanComment: Permission|null = null,
+  public showReadReceipts: boolean|null = null,
+  public showActivityStatus: boolean|null = null,
+  public showSensitiveMedia: boolean|null = null,
+  public language: string|Uint8Array|null = null,
+  public timezone: string|Uint8Array|null = null,
+  public emailNotifications: boolean|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const language = (this.language !== null ? builder.createString(this.language!) : 0);
+  const timezone = (this.timezone !== null ? builder.createString(this.timezone!) : 0);
+
+  return UpdateSettingsRequest.createUpdateSettingsRequest(builder,
+    this.whoCanMessage,
+    this.whoCanMention,
+    this.whoCanComment,
+    this.showReadReceipts,
+    this.showActivityStatus,
+    this.showSensitiveMedia,
+    language,
+    timezone,
+    this.emailNotifications
+  );
 }
 }

@@ -2,14 +2,14 @@
 
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
-import { GetProfileRequest } from '../../selfie/users/get-profile-request.js';
-import { GetProfileResponse } from '../../selfie/users/get-profile-response.js';
-import { GetSettingsRequest } from '../../selfie/users/get-settings-request.js';
-import { LookupUsersRequest } from '../../selfie/users/lookup-users-request.js';
-import { LookupUsersResponse } from '../../selfie/users/lookup-users-response.js';
-import { SettingsResponse } from '../../selfie/users/settings-response.js';
-import { UpdateProfileRequest } from '../../selfie/users/update-profile-request.js';
-import { UpdateSettingsRequest } from '../../selfie/users/update-settings-request.js';
+import { GetProfileRequest, GetProfileRequestT } from '../../selfie/users/get-profile-request.js';
+import { GetProfileResponse, GetProfileResponseT } from '../../selfie/users/get-profile-response.js';
+import { GetSettingsRequest, GetSettingsRequestT } from '../../selfie/users/get-settings-request.js';
+import { LookupUsersRequest, LookupUsersRequestT } from '../../selfie/users/lookup-users-request.js';
+import { LookupUsersResponse, LookupUsersResponseT } from '../../selfie/users/lookup-users-response.js';
+import { SettingsResponse, SettingsResponseT } from '../../selfie/users/settings-response.js';
+import { UpdateProfileRequest, UpdateProfileRequestT } from '../../selfie/users/update-profile-request.js';
+import { UpdateSettingsRequest, UpdateSettingsRequestT } from '../../selfie/users/update-settings-request.js';
 
 
 export enum UsersOp {

@@ -4,10 +4,18 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { GetProfileRequest, GetProfileRequestT } from '../../selfie/users/get-profile-request.js';
+import { GetProfileResponse, GetProfileResponseT } from '../../selfie/users/get-profile-response.js';
+import { GetSettingsRequest, GetSettingsRequestT } from '../../selfie/users/get-settings-request.js';
+import { LookupUsersRequest, LookupUsersRequestT } from '../../selfie/users/lookup-users-request.js';
+import { LookupUsersResponse, LookupUsersResponseT } from '../../selfie/users/lookup-users-response.js';
+import { SettingsResponse, SettingsResponseT } from '../../selfie/users/settings-response.js';
+import { UpdateProfileRequest, UpdateProfileRequestT } from '../../selfie/users/update-profile-request.js';
+import { UpdateSettingsRequest, UpdateSettingsRequestT } from '../../selfie/users/update-settings-request.js';
 import { UsersOp, unionToUsersOp, unionListToUsersOp } from '../../selfie/users/users-op.js';
 
 
-export class Users {
+export class Users implements flatbuffers.IUnpackableObject<UsersT> {
   bb: flatbuffers.ByteBuffer|null = null;
   bb_pos = 0;
   __init(i:number, bb:flatbuffers.ByteBuffer):Users {
@@ -57,5 +65,43 @@ static createUsers(builder:flatbuffers.Builder, opType:UsersOp, opOffset:flatbuf
   Users.addOpType(builder, opType);
   Users.addOp(builder, opOffset);
   return Users.endUsers(builder);
+}
+
+unpack(): UsersT {
+  return new UsersT(
+    this.opType(),
+    (() => {
+      const temp = unionToUsersOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })()
+  );
+}
+
+
+unpackTo(_o: UsersT): void {
+  _o.opType = this.opType();
+  _o.op = (() => {
+      const temp = unionToUsersOp(this.opType(), this.op.bind(this));
+      if(temp === null) { return null; }
+      return temp.unpack()
+  })();
+}
+}
+
+export class UsersT implements flatbuffers.IGeneratedObject {
+constructor(
+  public opType: UsersOp = UsersOp.NONE,
+  public op: GetProfileRequestT|GetProfileResponseT|GetSettingsRequestT|LookupUsersRequestT|LookupUsersResponseT|SettingsResponseT|UpdateProfileRequestT|UpdateSettingsRequestT|null = null
+){}
+
+
+pack(builder:flatbuffers.Builder): flatbuffers.Offset {
+  const op = builder.createObjectOffset(this.op);
+
+  return Users.createUsers(builder,
+    this.opType,
+    op
+  );
 }
 }

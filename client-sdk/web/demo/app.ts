@@ -1,0 +1,371 @@
+/**
+ * The web client: register, log in (with 2FA), follow, post, the home feed, profiles,
+ * notifications and the stories tray, live over one WebTransport session (or the
+ * WebSocket fallback). Plain DOM, no framework: every user-supplied string goes through
+ * `textContent`, never HTML.
+ */
+import { Client, ErrorCode, Selfie, SelfieError, type Subscription, proto } from '../src/index.js';
+
+interface ClientJson {
+  quicPort: number;
+  certificateHash: string | null;
+}
+
+interface Tokens {
+  userId: string;
+  username: string;
+  accessToken: string;
+  refreshToken: string;
+}
+
+const app = document.getElementById('app') as HTMLElement;
+const status = document.getElementById('status') as HTMLElement;
+let live: Subscription[] = [];
+let session: Selfie | null = null;
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string> = {},
+  ...children: Array<Node | string>
+): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    e.setAttribute(k, v);
+  }
+  for (const c of children) {
+    e.append(typeof c === 'string' ? document.createTextNode(c) : c);
+  }
+  return e;
+}
+
+function str(s: string | Uint8Array | null | undefined): string {
+  if (s === null || s === undefined) {
+    return '';
+  }
+  return typeof s === 'string' ? s : new TextDecoder().decode(s);
+}
+
+function message(e: unknown): string {
+  if (e instanceof SelfieError) {
+    return e.message;
+  }
+  return String(e);
+}
+
+async function config(): Promise<ClientJson> {
+  const r = await fetch('/client.json', { cache: 'no-store' });
+  return (await r.json()) as ClientJson;
+}
+
+/** Opens a session: WebTransport unless the page says otherwise (`?transport=`). */
+async function connect(accessToken: string | null): Promise<Selfie> {
+  const c = await config();
+  const url = `https://${location.hostname}:${c.quicPort}/`;
+  const params = new URLSearchParams(location.search);
+  const only = params.get('transport');
+  const client = await Client.connect({
+    url,
+    certificateHashes: c.certificateHash === null ? [] : [c.certificateHash],
+    accessToken,
+    app: { name: 'selfie-web-demo', version: '0.1.0' },
+    transports: only === 'websocket' ? ['websocket'] : only === 'webtransport' ? ['webtransport'] : undefined,
+  });
+  status.textContent = `${accessToken === null ? 'signed out' : 'signed in'} · ${client.transportKind}`;
+  status.dataset['transport'] = client.transportKind;
+  void client.closed.then((info) => {
+    status.textContent = `disconnected (${info.code}) — reload to reconnect`;
+  });
+  return new Selfie(client);
+}
+
+function saveTokens(t: proto.auth.AuthTokensT | null, username: string): Tokens {
+  if (t === null) {
+    throw new Error('no tokens in the answer');
+  }
+  const tokens: Tokens = {
+    userId: t.userId.toString(),
+    username,
+    accessToken: str(t.accessToken),
+    refreshToken: str(t.refreshToken),
+  };
+  sessionStorage.setItem('selfie.tokens', JSON.stringify(tokens));
+  return tokens;
+}
+
+function authScreen(anon: Selfie): void {
+  app.className = 'single';
+  app.replaceChildren();
+  const regError = el('p', { class: 'error', 'data-testid': 'register-error' });
+  const register = el(
+    'form',
+    { 'data-testid': 'register' },
+    el('input', { name: 'username', placeholder: 'username', autocomplete: 'username', required: '' }),
+    el('input', { name: 'email', type: 'email', placeholder: 'email', required: '' }),
+    el('input', { name: 'password', type: 'password', placeholder: 'password (8+ characters)', autocomplete: 'new-password', required: '' }),
+    el('button', { type: 'submit' }, 'Create account'),
+    regError,
+  );
+  register.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const f = new FormData(register);
+    const username = String(f.get('username'));
+    anon.auth
+      .register({ username, email: String(f.get('email')), password: String(f.get('password')) })
+      .then((r) => signedIn(saveTokens(r.tokens, username)))
+      .catch((e: unknown) => (regError.textContent = message(e)));
+  });
+  const loginError = el('p', { class: 'error', 'data-testid': 'login-error' });
+  const login = el(
+    'form',
+    { 'data-testid': 'login' },
+    el('input', { name: 'identifier', placeholder: 'username or email', autocomplete: 'username', required: '' }),
+    el('input', { name: 'password', type: 'password', placeholder: 'password', autocomplete: 'current-password', required: '' }),
+    el('input', { name: 'totp', placeholder: 'authenticator code (if 2FA is on)', inputmode: 'numeric', autocomplete: 'one-time-code' }),
+    el('button', { type: 'submit' }, 'Log in'),
+    loginError,
+  );
+  login.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const f = new FormData(login);
+    const identifier = String(f.get('identifier'));
+    const totp = String(f.get('totp') ?? '').trim();
+    anon.auth
+      .login({ identifier, password: String(f.get('password')), totpCode: totp === '' ? undefined : totp })
+      .then((r) => signedIn(saveTokens(r.tokens, str(r.user?.username) || identifier)))
+      .catch((e: unknown) => {
+        loginError.textContent =
+          e instanceof SelfieError && e.code === ErrorCode.SecondFactorRequired
+            ? 'This account has two-factor authentication: enter the code from your app.'
+            : message(e);
+      });
+  });
+  app.append(
+    el('section', {}, el('h2', {}, 'Create an account'), register),
+    el('section', {}, el('h2', {}, 'Log in'), login),
+  );
+}
+
+function postItem(p: proto.posts.PostT, names: Map<bigint, string>, open: (userId: bigint) => void): HTMLLIElement {
+  const id = p.author?.userId ?? 0n;
+  const name = str(p.author?.username) || names.get(id) || id.toString();
+  const who = el('button', { class: 'link author', type: 'button' }, `@${name}`);
+  who.addEventListener('click', () => open(p.author?.userId ?? 0n));
+  const when = new Date(Number(p.createdAtMs)).toLocaleString();
+  return el('li', { 'data-testid': 'post' }, who, ' ', el('span', { class: 'muted' }, when), el('p', {}, str(p.text)));
+}
+
+async function signedIn(tokens: Tokens): Promise<void> {
+  session?.client.close();
+  for (const s of live) {
+    void s.close().catch(() => {});
+  }
+  live = [];
+  let s: Selfie;
+  try {
+    s = await connect(tokens.accessToken);
+  } catch (e) {
+    sessionStorage.removeItem('selfie.tokens');
+    status.textContent = `could not sign in: ${message(e)}`;
+    return start();
+  }
+  session = s;
+  app.className = '';
+  app.replaceChildren();
+
+  const feedList = el('ul', { 'data-testid': 'feed' });
+  const notesList = el('ul', { 'data-testid': 'notifications' });
+  const tray = el('div', { class: 'tray', 'data-testid': 'stories' });
+  const profile = el('section', { 'data-testid': 'profile', hidden: '' });
+  const error = el('p', { class: 'error', 'data-testid': 'error' });
+
+  const openProfile = (userId: bigint): void => {
+    s.users
+      .profile({ userId })
+      .then((r) => showProfile(r.profile))
+      .catch((e: unknown) => (error.textContent = message(e)));
+  };
+  const showProfile = (p: proto.users.ProfileT | null): void => {
+    if (p === null) {
+      return;
+    }
+    profile.hidden = false;
+    profile.replaceChildren(
+      el('h2', {}, `@${str(p.user?.username)}`),
+      el('p', {}, str(p.bio)),
+      el(
+        'p',
+        { class: 'muted', 'data-testid': 'profile-counts' },
+        `${p.postsCount} posts · ${p.followersCount} followers · ${p.followingCount} following`,
+      ),
+    );
+  };
+  const loadFeed = async (): Promise<void> => {
+    const page = await s.feed.page({ limit: 30 });
+    // Feed items name their authors by id: one lookup for the page's usernames.
+    const ids = [...new Set(page.items.map((i) => i.post?.author?.userId ?? 0n).filter((id) => id !== 0n))];
+    const names = new Map<bigint, string>();
+    if (ids.length > 0) {
+      for (const u of (await s.users.lookup({ userIds: ids })).users) {
+        names.set(u.userId, str(u.username));
+      }
+    }
+    feedList.replaceChildren(
+      ...page.items.flatMap((i) => (i.post === null ? [] : [postItem(i.post, names, openProfile)])),
+    );
+    if (page.items.length === 0) {
+      feedList.append(el('li', { class: 'muted' }, 'Nothing yet: follow someone or post.'));
+    }
+  };
+  const loadNotifications = async (): Promise<void> => {
+    const page = await s.notifications.list({ limit: 20 });
+    notesList.replaceChildren(
+      ...page.notifications.map((n) =>
+        el(
+          'li',
+          { 'data-testid': 'notification' },
+          el('span', { class: 'author' }, `@${str(n.actor?.username)}`),
+          ` ${proto.notifications.NotificationKind[n.kind] ?? 'activity'}`.toLowerCase(),
+          n.actorsCount > 1 ? ` and ${n.actorsCount - 1} others` : '',
+        ),
+      ),
+    );
+  };
+  const loadTray = async (): Promise<void> => {
+    const t = await s.stories.tray();
+    tray.replaceChildren(...t.entries.map((e) => el('span', {}, `@${str(e.author?.username)}`)));
+    if (t.entries.length === 0) {
+      tray.append(el('span', { class: 'muted' }, 'No stories'));
+    }
+  };
+
+  const compose = el(
+    'form',
+    { 'data-testid': 'compose' },
+    el('textarea', { name: 'text', rows: '3', placeholder: "What's happening?", required: '', maxlength: '2000' }),
+    el('button', { type: 'submit' }, 'Post'),
+  );
+  compose.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const text = String(new FormData(compose).get('text'));
+    s.posts
+      .create({ text })
+      .then(() => {
+        compose.reset();
+        return loadFeed();
+      })
+      .catch((e: unknown) => (error.textContent = message(e)));
+  });
+  const follow = el(
+    'form',
+    { 'data-testid': 'follow' },
+    el('input', { name: 'username', placeholder: 'username to follow', required: '' }),
+    el('button', { type: 'submit' }, 'Follow'),
+  );
+  follow.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const username = String(new FormData(follow).get('username')).replace(/^@/, '');
+    s.users
+      .profile({ username })
+      .then(async (r) => {
+        const id = r.profile?.user?.userId ?? 0n;
+        const f = await s.graph.follow(id);
+        follow.reset();
+        error.textContent = '';
+        showProfile((await s.users.profile({ userId: id })).profile);
+        return f;
+      })
+      .catch((e: unknown) => (error.textContent = message(e)));
+  });
+  const twoFactor = el('div', { 'data-testid': 'two-factor' });
+  const enable = el('button', { type: 'button' }, 'Turn on two-factor authentication');
+  enable.addEventListener('click', () => {
+    const password = prompt('Your password') ?? '';
+    s.auth
+      .totpEnroll(password)
+      .then((r) => {
+        const code = el('input', { placeholder: 'code from your app', inputmode: 'numeric' });
+        const confirm = el('button', { type: 'button' }, 'Confirm');
+        confirm.addEventListener('click', () => {
+          s.auth
+            .totpConfirm(code.value.trim())
+            .then((c) =>
+              twoFactor.replaceChildren(
+                el('p', {}, 'Two-factor authentication is on. Recovery codes (keep them safe):'),
+                el('pre', {}, c.recoveryCodes.join('\n')),
+              ),
+            )
+            .catch((e: unknown) => (error.textContent = message(e)));
+        });
+        twoFactor.replaceChildren(
+          el('p', {}, 'Add this secret to your authenticator app:'),
+          el('code', { 'data-testid': 'totp-secret' }, str(r.secretBase32)),
+          code,
+          confirm,
+        );
+      })
+      .catch((e: unknown) => (error.textContent = message(e)));
+  });
+  twoFactor.append(enable);
+  const me = el('button', { class: 'link', type: 'button' }, `@${tokens.username}`);
+  me.addEventListener('click', () => openProfile(BigInt(tokens.userId)));
+  const logout = el('button', { class: 'link', type: 'button' }, 'Log out');
+  logout.addEventListener('click', () => {
+    void s.auth.logout().catch(() => {});
+    sessionStorage.removeItem('selfie.tokens');
+    s.client.close();
+    void start();
+  });
+
+  app.append(
+    el(
+      'div',
+      {},
+      el('section', {}, el('h2', {}, 'Post'), compose, error),
+      el('section', {}, el('h2', {}, 'Home'), feedList),
+    ),
+    el(
+      'div',
+      {},
+      el('section', {}, el('h2', {}, 'You'), me, ' · ', logout, twoFactor),
+      el('section', {}, el('h2', {}, 'Follow'), follow),
+      profile,
+      el('section', {}, el('h2', {}, 'Stories'), tray),
+      el('section', {}, el('h2', {}, 'Notifications'), notesList),
+    ),
+  );
+  await Promise.all([loadFeed(), loadNotifications(), loadTray()]).catch(
+    (e: unknown) => (error.textContent = message(e)),
+  );
+
+  // Live: each event of a topic reloads what it changed.
+  const follow_live = async (kind: proto.control.SubscriptionKind, reload: () => Promise<void>): Promise<void> => {
+    try {
+      const sub = await s.subscribe(kind);
+      live.push(sub);
+      for await (const _event of sub) {
+        await reload();
+      }
+    } catch (e) {
+      error.textContent = `live updates stopped: ${message(e)}`;
+    }
+  };
+  void follow_live(proto.control.SubscriptionKind.HomeFeed, loadFeed);
+  void follow_live(proto.control.SubscriptionKind.Notifications, loadNotifications);
+  void follow_live(proto.control.SubscriptionKind.StoryTray, loadTray);
+  app.dataset['ready'] = 'true';
+}
+
+async function start(): Promise<void> {
+  app.dataset['ready'] = 'false';
+  const saved = sessionStorage.getItem('selfie.tokens');
+  if (saved !== null) {
+    return signedIn(JSON.parse(saved) as Tokens);
+  }
+  try {
+    authScreen(await connect(null));
+  } catch (e) {
+    status.textContent = `cannot reach the edge: ${message(e)}`;
+  }
+}
+
+void start();

@@ -1,0 +1,498 @@
+/**
+ * The session: `Hello` → `Welcome` on the first stream (the control stream, which then
+ * carries `Ping`/`Pong` and the server's `GoAway`), one stream per request, push streams
+ * routed to their subscription by the `PushStreamHeader` each starts with, datagrams.
+ * The same protocol as the native Rust client (`selfie-client`), over a browser
+ * transport.
+ */
+import { ErrorCode } from '../../../protocol/ts/generated/selfie/control/error-code.js';
+import { DatagramT } from '../../../protocol/ts/generated/selfie/datagram.js';
+import {
+  FrameError,
+  DEFAULT_MAX_FRAME_BYTES,
+  decodeDatagram,
+  encodeDatagram,
+  encodeEnvelope,
+  readFrames,
+} from './frame.js';
+import { Body, EnvelopeT, common, control } from './proto.js';
+import {
+  type CloseInfo,
+  type Transport,
+  type TransportKind,
+  hasWebTransport,
+  openWebTransport,
+} from './transport.js';
+
+export { ErrorCode };
+
+/** A refusal or failure the server answered with (`control.Error`), or a local one. */
+export class SelfieError extends Error {
+  override readonly name = 'SelfieError';
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    /** When the server says to retry (rate limits, overload), in ms; 0 otherwise. */
+    readonly retryAfterMs = 0,
+    /** The request field it is about, when the server names one. */
+    readonly field: string | null = null,
+  ) {
+    super(`${ErrorCode[code] ?? code}: ${message}`);
+  }
+}
+
+/** How to reach the edge and who is asking. */
+export interface ConnectOptions {
+  /** The edge's WebTransport URL: `https://host:port/` (the QUIC port). */
+  readonly url: string;
+  /** SHA-256 (hex) of a development certificate to pin; empty with a CA certificate. */
+  readonly certificateHashes?: readonly string[];
+  /** Signs the session in (`auth` tokens); anonymous sessions may only use `auth`. */
+  readonly accessToken?: string | null;
+  readonly app?: { readonly name: string; readonly version: string };
+  readonly deviceId?: string;
+  /** Transports to try, in order (default: WebTransport, then the WebSocket fallback). */
+  readonly transports?: readonly TransportKind[];
+  /** Opens the WebSocket fallback (supplied by `websocket.ts` when present). */
+  readonly openWebSocket?: () => Promise<Transport>;
+  /** Budget for connecting and for `Welcome`, ms (default 10 s). */
+  readonly timeoutMs?: number;
+  /** Budget for one request's answer, ms (default 30 s). */
+  readonly requestTimeoutMs?: number;
+}
+
+/** The protocol version this SDK speaks (the generated code's). */
+export const PROTOCOL_VERSION = { major: 1, minor: 9 } as const;
+
+/** A bounded async queue: pushes wake one waiting reader; `end` finishes iteration. */
+class Queue<T> {
+  private items: T[] = [];
+  private waiters: Array<{ resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void }> = [];
+  private done = false;
+  private failure: unknown = null;
+
+  push(item: T): void {
+    const w = this.waiters.shift();
+    if (w !== undefined) {
+      w.resolve({ value: item, done: false });
+    } else if (!this.done) {
+      this.items.push(item);
+    }
+  }
+
+  end(failure: unknown = null): void {
+    if (this.done) {
+      return;
+    }
+    this.done = true;
+    this.failure = failure;
+    for (const w of this.waiters.splice(0)) {
+      if (failure !== null) {
+        w.reject(failure);
+      } else {
+        w.resolve({ value: undefined, done: true });
+      }
+    }
+  }
+
+  next(): Promise<IteratorResult<T>> {
+    const item = this.items.shift();
+    if (item !== undefined) {
+      return Promise.resolve({ value: item, done: false });
+    }
+    if (this.done) {
+      return this.failure !== null
+        ? Promise.reject(this.failure)
+        : Promise.resolve({ value: undefined, done: true });
+    }
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+}
+
+/** A live subscription: the events of its push stream, as an async iterator. */
+export class Subscription implements AsyncIterableIterator<EnvelopeT> {
+  /** @internal */
+  readonly queue = new Queue<EnvelopeT>();
+
+  /** @internal */
+  constructor(
+    readonly id: bigint,
+    readonly kind: control.SubscriptionKind,
+    private readonly client: Client,
+  ) {}
+
+  next(): Promise<IteratorResult<EnvelopeT>> {
+    return this.queue.next();
+  }
+
+  async return(): Promise<IteratorResult<EnvelopeT>> {
+    await this.close();
+    return { value: undefined, done: true };
+  }
+
+  [Symbol.asyncIterator](): AsyncIterableIterator<EnvelopeT> {
+    return this;
+  }
+
+  /** Ends the subscription on the server and here. */
+  async close(): Promise<void> {
+    this.queue.end();
+    await this.client.unsubscribe(this.id);
+  }
+}
+
+function errorOf(env: EnvelopeT): control.ErrorT | null {
+  if (env.bodyType !== Body.Control || !(env.body instanceof control.ControlT)) {
+    return null;
+  }
+  const c = env.body;
+  return c.opType === control.ControlOp.Error && c.op instanceof control.ErrorT ? c.op : null;
+}
+
+function text(s: string | Uint8Array | null): string {
+  if (s === null) {
+    return '';
+  }
+  return typeof s === 'string' ? s : new TextDecoder().decode(s);
+}
+
+function controlBody(opType: control.ControlOp, op: control.ControlT['op']): control.ControlT {
+  return new control.ControlT(opType, op);
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new SelfieError(ErrorCode.Timeout, `${what} timed out`)), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+/** A session with the edge. */
+export class Client {
+  private nextId = 1n;
+  private readonly subscriptions = new Map<bigint, Subscription>();
+  /** Push streams whose `SubscribeResponse` has not been read yet. */
+  private readonly early = new Map<bigint, Queue<EnvelopeT>>();
+  private readonly pings = new Map<bigint, (ok: boolean) => void>();
+  private readonly datagramQueue = new Queue<DatagramT>();
+  private goAwayResolve: (g: control.GoAwayT) => void = () => {};
+  /** Resolves when the server asks this client to move (`GoAway`: drain, rebalance). */
+  readonly goAway: Promise<control.GoAwayT>;
+  /** Resolves when the connection ends. */
+  readonly closed: Promise<CloseInfo>;
+  private readonly maxFrameBytes: number;
+
+  private constructor(
+    private readonly transport: Transport,
+    private readonly controlWriter: WritableStreamDefaultWriter<Uint8Array>,
+    controlFrames: AsyncGenerator<EnvelopeT, void, undefined>,
+    /** The server's `Welcome`: session, user, limits. */
+    readonly welcome: control.WelcomeT,
+    private readonly requestTimeoutMs: number,
+  ) {
+    this.goAway = new Promise((resolve) => (this.goAwayResolve = resolve));
+    this.closed = transport.closed;
+    this.maxFrameBytes = welcome.limits?.maxFrameBytes || DEFAULT_MAX_FRAME_BYTES;
+    void this.controlLoop(controlFrames);
+    void this.pushLoop();
+    void this.datagramLoop();
+    void transport.closed.then(() => this.endAll());
+  }
+
+  /** Which transport this session is on. */
+  get transportKind(): TransportKind {
+    return this.transport.kind;
+  }
+
+  /** The signed-in user (0n for an anonymous session). */
+  get userId(): bigint {
+    return this.welcome.userId;
+  }
+
+  /**
+   * Connects: WebTransport first, then the WebSocket fallback when WebTransport is
+   * missing or fails (UDP blocked), then `Hello` → `Welcome`.
+   */
+  static async connect(options: ConnectOptions): Promise<Client> {
+    const order = options.transports ?? ['webtransport', 'websocket'];
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    const failures: string[] = [];
+    for (const kind of order) {
+      let transport: Transport;
+      try {
+        if (kind === 'webtransport') {
+          if (!hasWebTransport()) {
+            failures.push('webtransport: not available in this browser');
+            continue;
+          }
+          transport = await openWebTransport(options.url, options.certificateHashes ?? [], timeoutMs);
+        } else {
+          if (options.openWebSocket === undefined) {
+            failures.push('websocket: no fallback configured');
+            continue;
+          }
+          transport = await options.openWebSocket();
+        }
+      } catch (e) {
+        failures.push(`${kind}: ${String(e)}`);
+        continue;
+      }
+      // The server's refusal of `Hello` is final (bad token, old version): no fallback.
+      return await Client.handshake(transport, options, timeoutMs);
+    }
+    throw new SelfieError(ErrorCode.Unavailable, `no transport reached the edge (${failures.join('; ')})`);
+  }
+
+  private static async handshake(transport: Transport, options: ConnectOptions, timeoutMs: number): Promise<Client> {
+    try {
+      const stream = await transport.openStream();
+      const writer = stream.writable.getWriter();
+      const v = new common.ProtocolVersionT(PROTOCOL_VERSION.major, PROTOCOL_VERSION.minor);
+      const info = new control.ClientInfoT(
+        options.app?.name ?? 'selfie-web',
+        options.app?.version ?? '0.1.0',
+        common.Platform.Web,
+        null,
+        null,
+        options.deviceId ?? null,
+      );
+      const hello = new control.HelloT(v, v, info, options.accessToken ?? null);
+      await writer.write(
+        encodeEnvelope(new EnvelopeT(0n, Body.Control, controlBody(control.ControlOp.Hello, hello))),
+      );
+      const frames = readFrames(stream.readable, DEFAULT_MAX_FRAME_BYTES);
+      const first = await withTimeout(frames.next(), timeoutMs, 'Welcome');
+      if (first.done === true) {
+        const info = await transport.closed;
+        throw new SelfieError(info.code as ErrorCode, `the edge closed the session: ${info.reason}`);
+      }
+      const env = first.value;
+      const refusal = errorOf(env);
+      if (refusal !== null) {
+        throw new SelfieError(refusal.code, text(refusal.message), refusal.retryAfterMs);
+      }
+      const c = env.body;
+      if (!(c instanceof control.ControlT) || !(c.op instanceof control.WelcomeT)) {
+        throw new SelfieError(ErrorCode.UnexpectedMessage, 'expected Welcome');
+      }
+      return new Client(transport, writer, frames, c.op, options.requestTimeoutMs ?? 30_000);
+    } catch (e) {
+      transport.close(0, 'handshake failed');
+      throw e;
+    }
+  }
+
+  /** Sends one request and returns the answer's envelope; a `control.Error` throws. */
+  async request(bodyType: Body, body: EnvelopeT['body']): Promise<EnvelopeT> {
+    const id = this.nextId++;
+    const answer = (async () => {
+      const stream = await this.transport.openStream();
+      const writer = stream.writable.getWriter();
+      await writer.write(encodeEnvelope(new EnvelopeT(id, bodyType, body)));
+      // The server may stop reading once it has the whole request (STOP_SENDING): the
+      // answer, not the close, says how the request went.
+      writer.close().catch(() => {});
+      const frames = readFrames(stream.readable, this.maxFrameBytes);
+      const first = await frames.next();
+      void frames.return(undefined);
+      if (first.done === true) {
+        throw new SelfieError(ErrorCode.Unavailable, 'the stream ended without an answer');
+      }
+      return first.value;
+    })();
+    const env = await withTimeout(answer, this.requestTimeoutMs, 'request');
+    const e = errorOf(env);
+    if (e !== null) {
+      throw new SelfieError(e.code, text(e.message), e.retryAfterMs, e.field === null ? null : text(e.field));
+    }
+    return env;
+  }
+
+  /**
+   * Subscribes to a live topic (`control.SubscriptionKind`): the events of its push
+   * stream. `sinceCursor` resumes where a previous subscription stopped.
+   */
+  async subscribe(
+    kind: control.SubscriptionKind,
+    targetId = 0n,
+    sinceCursor: readonly number[] = [],
+  ): Promise<Subscription> {
+    const req = new control.SubscribeRequestT(kind, targetId, [...sinceCursor]);
+    const env = await this.request(Body.Control, controlBody(control.ControlOp.SubscribeRequest, req));
+    const c = env.body;
+    if (!(c instanceof control.ControlT) || !(c.op instanceof control.SubscribeResponseT)) {
+      throw new SelfieError(ErrorCode.UnexpectedMessage, 'expected SubscribeResponse');
+    }
+    const id = c.op.subscriptionId;
+    const sub = new Subscription(id, kind, this);
+    this.subscriptions.set(id, sub);
+    // Events that arrived before the answer was read.
+    const early = this.early.get(id);
+    if (early !== undefined) {
+      this.early.delete(id);
+      void (async () => {
+        for (;;) {
+          const r = await early.next().catch((e: unknown) => {
+            sub.queue.end(e);
+            return { done: true as const, value: undefined };
+          });
+          if (r.done === true) {
+            sub.queue.end();
+            return;
+          }
+          sub.queue.push(r.value);
+        }
+      })();
+    }
+    return sub;
+  }
+
+  /** @internal Ends a subscription on the server. */
+  async unsubscribe(id: bigint): Promise<void> {
+    if (!this.subscriptions.delete(id)) {
+      return;
+    }
+    const req = new control.UnsubscribeRequestT(id);
+    await this.request(Body.Control, controlBody(control.ControlOp.UnsubscribeRequest, req)).catch(() => {});
+  }
+
+  /** A `Ping` on the control stream; resolves with the round trip in ms. */
+  async ping(): Promise<number> {
+    const id = this.nextId++;
+    const started = performance.now();
+    const answered = new Promise<boolean>((resolve) => this.pings.set(id, resolve));
+    const ping = new control.PingT(id, BigInt(Date.now()));
+    await this.controlWriter.write(
+      encodeEnvelope(new EnvelopeT(id, Body.Control, controlBody(control.ControlOp.Ping, ping))),
+    );
+    const ok = await withTimeout(answered, this.requestTimeoutMs, 'ping').finally(() => this.pings.delete(id));
+    if (!ok) {
+      throw new SelfieError(ErrorCode.RateLimited, 'ping refused');
+    }
+    return performance.now() - started;
+  }
+
+  /** Sends a datagram (typing, presence): best effort, latest wins. */
+  async sendDatagram(d: DatagramT): Promise<void> {
+    await this.transport.sendDatagram(encodeDatagram(d));
+  }
+
+  /** The datagrams the server sends (typing and presence of a `Presence` subscription). */
+  datagrams(): AsyncIterableIterator<DatagramT> {
+    const q = this.datagramQueue;
+    return {
+      next: () => q.next(),
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+  }
+
+  /** Closes the session. */
+  close(): void {
+    this.transport.close(0, 'client closed');
+    this.endAll();
+  }
+
+  private endAll(failure: unknown = null): void {
+    for (const s of this.subscriptions.values()) {
+      s.queue.end(failure);
+    }
+    this.subscriptions.clear();
+    for (const q of this.early.values()) {
+      q.end(failure);
+    }
+    this.early.clear();
+    this.datagramQueue.end();
+    for (const resolve of this.pings.values()) {
+      resolve(false);
+    }
+  }
+
+  private async controlLoop(frames: AsyncGenerator<EnvelopeT, void, undefined>): Promise<void> {
+    try {
+      for await (const env of frames) {
+        const c = env.body;
+        if (!(c instanceof control.ControlT)) {
+          continue;
+        }
+        if (c.op instanceof control.PongT) {
+          this.pings.get(env.id)?.(true);
+        } else if (c.op instanceof control.ErrorT) {
+          this.pings.get(env.id)?.(false);
+        } else if (c.op instanceof control.GoAwayT) {
+          this.goAwayResolve(c.op);
+        }
+      }
+    } catch {
+      // The connection ended or framed badly: `closed` says how.
+    }
+  }
+
+  private async pushLoop(): Promise<void> {
+    const reader = this.transport.pushStreams.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) {
+          return;
+        }
+        void this.readPushStream(value);
+      }
+    } catch {
+      // Closed.
+    }
+  }
+
+  private async readPushStream(stream: ReadableStream<Uint8Array>): Promise<void> {
+    const frames = readFrames(stream, this.maxFrameBytes);
+    let queue: Queue<EnvelopeT> | null = null;
+    try {
+      const head = await frames.next();
+      const c = head.done === true ? null : head.value.body;
+      if (!(c instanceof control.ControlT) || !(c.op instanceof control.PushStreamHeaderT)) {
+        return;
+      }
+      const id = c.op.subscriptionId;
+      const sub = this.subscriptions.get(id);
+      if (sub !== undefined) {
+        queue = sub.queue;
+      } else {
+        queue = new Queue<EnvelopeT>();
+        this.early.set(id, queue);
+      }
+      for await (const env of frames) {
+        queue.push(env);
+      }
+      queue.end();
+    } catch (e) {
+      // A reset stream: the server says why (`ResyncRequired` for a subscriber that
+      // fell behind: subscribe again from its cursor).
+      const code = typeof e === 'object' && e !== null && 'streamErrorCode' in e ? Number((e as { streamErrorCode: unknown }).streamErrorCode) : 0;
+      const failure =
+        e instanceof FrameError
+          ? new SelfieError(ErrorCode.MalformedFrame, e.message)
+          : new SelfieError(code === 0 ? ErrorCode.Unavailable : (code as ErrorCode), 'push stream ended');
+      queue?.end(failure);
+    }
+  }
+
+  private async datagramLoop(): Promise<void> {
+    const reader = this.transport.datagrams.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) {
+          return;
+        }
+        const d = decodeDatagram(value);
+        if (d !== null) {
+          this.datagramQueue.push(d);
+        }
+      }
+    } catch {
+      // Closed.
+    }
+  }
+}

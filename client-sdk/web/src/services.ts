@@ -1,0 +1,264 @@
+/**
+ * Typed requests, one namespace per service the edge serves. Each method builds the
+ * generated request object, sends it, and returns the typed answer (or throws the
+ * server's `SelfieError`). Anything not wrapped here is one `Client.request` away with
+ * the generated types.
+ */
+import { Body, EnvelopeT, auth, chat, common, control, feed, graph, notifications, posts, stories, users } from './proto.js';
+import { type Client, ErrorCode, SelfieError } from './client.js';
+
+type Ctor<T> = abstract new (...args: never[]) => T;
+
+/** Sends `body` and returns the answer's op when it is a `T`. */
+async function answer<T>(client: Client, bodyType: Body, body: EnvelopeT['body'], want: Ctor<T>): Promise<T> {
+  const env = await client.request(bodyType, body);
+  const b = env.body as { op?: unknown } | null;
+  if (b === null || !(b.op instanceof want)) {
+    throw new SelfieError(ErrorCode.UnexpectedMessage, `expected ${want.name}`);
+  }
+  return b.op;
+}
+
+/** Sends `body` for an answer without content (`control.Ack`). */
+async function ack(client: Client, bodyType: Body, body: EnvelopeT['body']): Promise<void> {
+  await client.request(bodyType, body);
+}
+
+function page(cursor: readonly number[] | null, limit: number): common.PageRequestT {
+  return new common.PageRequestT(cursor === null ? [] : [...cursor], limit);
+}
+
+function webDevice(name: string): auth.DeviceInfoT {
+  return new auth.DeviceInfoT(name, common.Platform.Web, null);
+}
+
+/** Accounts: registration, login (with a second factor), tokens, sessions, 2FA. */
+export class AuthApi {
+  constructor(private readonly c: Client) {}
+
+  private call<T>(opType: auth.AuthOp, op: auth.AuthT['op'], want: Ctor<T>): Promise<T> {
+    return answer(this.c, Body.Auth, new auth.AuthT(opType, op), want);
+  }
+
+  register(r: { username: string; email: string; password: string; device?: string }): Promise<auth.RegisterResponseT> {
+    const req = new auth.RegisterRequestT(r.username, r.email, r.password, webDevice(r.device ?? 'browser'));
+    return this.call(auth.AuthOp.RegisterRequest, req, auth.RegisterResponseT);
+  }
+
+  /** Logs in; with 2FA on, pass `totpCode` (or a `recoveryCode`), else `TotpRequired`. */
+  login(r: {
+    identifier: string;
+    password: string;
+    totpCode?: string;
+    recoveryCode?: string;
+    device?: string;
+  }): Promise<auth.LoginResponseT> {
+    const req = new auth.LoginRequestT(
+      r.identifier,
+      r.password,
+      r.totpCode ?? null,
+      r.recoveryCode ?? null,
+      webDevice(r.device ?? 'browser'),
+    );
+    return this.call(auth.AuthOp.LoginRequest, req, auth.LoginResponseT);
+  }
+
+  refresh(refreshToken: string): Promise<auth.RefreshResponseT> {
+    return this.call(auth.AuthOp.RefreshRequest, new auth.RefreshRequestT(refreshToken), auth.RefreshResponseT);
+  }
+
+  logout(): Promise<void> {
+    return ack(this.c, Body.Auth, new auth.AuthT(auth.AuthOp.LogoutRequest, new auth.LogoutRequestT()));
+  }
+
+  /** Starts TOTP enrolment: the secret and an `otpauth://` URI for an authenticator app. */
+  totpEnroll(password: string): Promise<auth.TotpEnrollResponseT> {
+    return this.call(auth.AuthOp.TotpEnrollRequest, new auth.TotpEnrollRequestT(password), auth.TotpEnrollResponseT);
+  }
+
+  /** Confirms TOTP with a first code; returns the one-time recovery codes. */
+  totpConfirm(code: string): Promise<auth.TotpConfirmResponseT> {
+    return this.call(auth.AuthOp.TotpConfirmRequest, new auth.TotpConfirmRequestT(code), auth.TotpConfirmResponseT);
+  }
+
+  sessions(): Promise<auth.SessionsListResponseT> {
+    return this.call(auth.AuthOp.SessionsListRequest, new auth.SessionsListRequestT(), auth.SessionsListResponseT);
+  }
+}
+
+/** Profiles. */
+export class UsersApi {
+  constructor(private readonly c: Client) {}
+
+  /** A profile by id or by username. */
+  profile(who: { userId: bigint } | { username: string }): Promise<users.GetProfileResponseT> {
+    const req =
+      'userId' in who ? new users.GetProfileRequestT(who.userId, null) : new users.GetProfileRequestT(0n, who.username);
+    return answer(this.c, Body.Users, new users.UsersT(users.UsersOp.GetProfileRequest, req), users.GetProfileResponseT);
+  }
+
+  /** Summaries (username, display name, avatar) of many users at once. */
+  lookup(r: { userIds?: readonly bigint[]; usernames?: readonly string[] }): Promise<users.LookupUsersResponseT> {
+    const req = new users.LookupUsersRequestT([...(r.userIds ?? [])], [...(r.usernames ?? [])]);
+    return answer(this.c, Body.Users, new users.UsersT(users.UsersOp.LookupUsersRequest, req), users.LookupUsersResponseT);
+  }
+}
+
+/** The follow graph. */
+export class GraphApi {
+  constructor(private readonly c: Client) {}
+
+  /** Follows (or asks to follow a private account: see the returned state). */
+  follow(userId: bigint): Promise<graph.FollowResponseT> {
+    const req = new graph.FollowRequestT(userId);
+    return answer(this.c, Body.Graph, new graph.GraphT(graph.GraphOp.FollowRequest, req), graph.FollowResponseT);
+  }
+
+  unfollow(userId: bigint): Promise<void> {
+    const req = new graph.UnfollowRequestT(userId);
+    return ack(this.c, Body.Graph, new graph.GraphT(graph.GraphOp.UnfollowRequest, req));
+  }
+
+  /** Relationships with each of `userIds` (following, followed by, blocked, ...). */
+  relationships(userIds: readonly bigint[]): Promise<graph.RelationshipsResponseT> {
+    const req = new graph.RelationshipsRequestT([...userIds]);
+    return answer(
+      this.c,
+      Body.Graph,
+      new graph.GraphT(graph.GraphOp.RelationshipsRequest, req),
+      graph.RelationshipsResponseT,
+    );
+  }
+}
+
+/** Posts. */
+export class PostsApi {
+  constructor(private readonly c: Client) {}
+
+  /** Publishes a post; a retry with the same `idempotencyKey` returns the first one. */
+  async create(r: {
+    text: string;
+    audience?: common.Audience;
+    mediaIds?: readonly bigint[];
+    idempotencyKey?: string;
+  }): Promise<posts.PostT> {
+    const req = new posts.CreatePostRequestT(
+      r.text,
+      [...(r.mediaIds ?? [])],
+      r.audience ?? common.Audience.Public,
+      posts.ReplyPolicy.Everyone,
+      0n,
+      null,
+      false,
+      r.idempotencyKey ?? (globalThis.crypto?.randomUUID?.() ?? null),
+    );
+    const res = await answer(this.c, Body.Posts, new posts.PostsT(posts.PostsOp.CreatePostRequest, req), posts.PostResponseT);
+    if (res.post === null) {
+      throw new SelfieError(ErrorCode.UnexpectedMessage, 'no post in the answer');
+    }
+    return res.post;
+  }
+
+  get(postId: bigint): Promise<posts.PostResponseT> {
+    const req = new posts.GetPostRequestT(postId);
+    return answer(this.c, Body.Posts, new posts.PostsT(posts.PostsOp.GetPostRequest, req), posts.PostResponseT);
+  }
+}
+
+/** Timelines. */
+export class FeedApi {
+  constructor(private readonly c: Client) {}
+
+  /** One page of a feed (home by default), newest first; pass the last page's cursor. */
+  page(r: { kind?: feed.FeedKind; targetId?: bigint; cursor?: readonly number[] | null; limit?: number } = {}): Promise<feed.FeedPageT> {
+    const req = new feed.FeedPageRequestT(
+      r.kind ?? feed.FeedKind.Home,
+      r.targetId ?? 0n,
+      null,
+      page(r.cursor ?? null, r.limit ?? 20),
+    );
+    return answer(this.c, Body.Feed, new feed.FeedT(feed.FeedOp.FeedPageRequest, req), feed.FeedPageT);
+  }
+}
+
+/** In-app notifications. */
+export class NotificationsApi {
+  constructor(private readonly c: Client) {}
+
+  list(r: { unreadOnly?: boolean; cursor?: readonly number[] | null; limit?: number } = {}): Promise<notifications.NotificationsPageT> {
+    const req = new notifications.NotificationsListRequestT(r.unreadOnly ?? false, page(r.cursor ?? null, r.limit ?? 20));
+    return answer(
+      this.c,
+      Body.Notifications,
+      new notifications.NotificationsT(notifications.NotificationsOp.NotificationsListRequest, req),
+      notifications.NotificationsPageT,
+    );
+  }
+}
+
+/** Stories. */
+export class StoriesApi {
+  constructor(private readonly c: Client) {}
+
+  /** The tray: followed accounts with live stories, unseen first. */
+  tray(): Promise<stories.StoryTrayT> {
+    const req = new stories.StoryTrayRequestT(page(null, 50));
+    return answer(this.c, Body.Stories, new stories.StoriesT(stories.StoriesOp.StoryTrayRequest, req), stories.StoryTrayT);
+  }
+}
+
+/** Chat. */
+export class ChatApi {
+  constructor(private readonly c: Client) {}
+
+  /** The direct conversation with `userId` (created on first use). */
+  direct(userId: bigint): Promise<chat.ConversationResponseT> {
+    const req = new chat.CreateConversationRequestT(chat.ConversationKind.Direct, [userId]);
+    return answer(
+      this.c,
+      Body.Chat,
+      new chat.ChatT(chat.ChatOp.CreateConversationRequest, req),
+      chat.ConversationResponseT,
+    );
+  }
+
+  /** Sends a text; `clientMsgId` makes a retry exactly-once. */
+  send(conversationId: bigint, clientMsgId: string, text: string): Promise<chat.SendMessageResponseT> {
+    const req = new chat.SendMessageRequestT(conversationId, clientMsgId, chat.MessageKind.Text, text);
+    return answer(this.c, Body.Chat, new chat.ChatT(chat.ChatOp.SendMessageRequest, req), chat.SendMessageResponseT);
+  }
+
+  /** Messages before `beforeSeq` (0: the newest). */
+  history(conversationId: bigint, beforeSeq = 0n, limit = 50): Promise<chat.MessagesPageT> {
+    const req = new chat.HistoryRequestT(conversationId, beforeSeq, limit);
+    return answer(this.c, Body.Chat, new chat.ChatT(chat.ChatOp.HistoryRequest, req), chat.MessagesPageT);
+  }
+}
+
+/** Every service's typed requests over one session. */
+export class Selfie {
+  readonly auth: AuthApi;
+  readonly users: UsersApi;
+  readonly graph: GraphApi;
+  readonly posts: PostsApi;
+  readonly feed: FeedApi;
+  readonly notifications: NotificationsApi;
+  readonly stories: StoriesApi;
+  readonly chat: ChatApi;
+
+  constructor(readonly client: Client) {
+    this.auth = new AuthApi(client);
+    this.users = new UsersApi(client);
+    this.graph = new GraphApi(client);
+    this.posts = new PostsApi(client);
+    this.feed = new FeedApi(client);
+    this.notifications = new NotificationsApi(client);
+    this.stories = new StoriesApi(client);
+    this.chat = new ChatApi(client);
+  }
+
+  /** Live events of a topic. */
+  subscribe(kind: control.SubscriptionKind, targetId = 0n) {
+    return this.client.subscribe(kind, targetId);
+  }
+}
