@@ -90,6 +90,9 @@ pub struct Metrics {
     /// WebTransport `CONNECT`s by outcome (`accepted`, `bad_origin`, `not_found`,
     /// `bad_request`, `closed`, `timeout`).
     pub webtransport_sessions_total: Family<OutcomeLabels, Counter>,
+    /// WebSocket fallback upgrades by outcome (`accepted`, `bad_origin`,
+    /// `bad_request`, `refused_limit`, `refused_address`).
+    pub websocket_sessions_total: Family<OutcomeLabels, Counter>,
     /// Request streams opened by clients.
     pub streams_total: Family<ShardLabel, Counter>,
     /// Requests by service and result.
@@ -210,6 +213,7 @@ impl Metrics {
             connections_total: Family::default(),
             sessions_total: Family::default(),
             webtransport_sessions_total: Family::default(),
+            websocket_sessions_total: Family::default(),
             streams_total: Family::default(),
             requests_total: Family::default(),
             request_duration_seconds: Family::new_with_constructor(|| {
@@ -250,6 +254,11 @@ impl Metrics {
             "selfie_edge_webtransport_sessions",
             "WebTransport CONNECT outcomes",
             m.webtransport_sessions_total.clone(),
+        );
+        r.register(
+            "selfie_edge_websocket_sessions",
+            "WebSocket fallback upgrade outcomes",
+            m.websocket_sessions_total.clone(),
         );
         r.register(
             "selfie_edge_streams",

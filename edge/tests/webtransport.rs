@@ -437,3 +437,282 @@ async fn origins_are_checked_and_hostile_webtransport_input_gets_typed_errors() 
     assert!(m.contains("code=\"FrameTooLarge\""), "{m}");
     assert!(m.contains("outcome=\"malformed\""), "{m}");
 }
+
+// ---- The WebSocket fallback (`GET /ws` on the `[web]` port) ----
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Opens the fallback over TLS (pinning the edge's certificate), sending `origin`.
+async fn websocket(node: &support::Node, origin: Option<&str>) -> Result<Ws, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let web = node.edge.web_addr.expect("web listener");
+    let trust = selfie_client::Trust::pinned_hex(&node.edge.fingerprint).expect("pin");
+    let tls = selfie_client::tls_client_config(&trust, &[b"http/1.1"]).expect("tls");
+    let tcp = tokio::net::TcpStream::connect(web)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut request = format!("wss://{web}/ws")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    if let Some(o) = origin {
+        request
+            .headers_mut()
+            .insert("origin", o.parse().expect("header"));
+    }
+    let (ws, _) = tokio_tungstenite::client_async(request, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+/// One fallback message: kind, stream id (a 1- or 2-byte varint), payload.
+fn ws_message(kind: u8, id: u16, payload: &[u8]) -> tokio_tungstenite::tungstenite::Message {
+    let mut m = vec![kind];
+    match id {
+        0..=63 => m.push(id as u8),
+        _ => m.extend_from_slice(&(0x4000 | id).to_be_bytes()),
+    }
+    m.extend_from_slice(payload);
+    tokio_tungstenite::tungstenite::Message::Binary(m.into())
+}
+
+/// A fallback message's kind, stream id and payload.
+fn ws_split(b: &Bytes) -> (u8, u16, Bytes) {
+    if b[1] < 64 {
+        (b[0], u16::from(b[1]), b.slice(2..))
+    } else {
+        (
+            b[0],
+            u16::from_be_bytes([b[1], b[2]]) & 0x3fff,
+            b.slice(3..),
+        )
+    }
+}
+
+/// Reads messages until stream `id` has a whole frame; other streams' messages are
+/// handed to `other` (kind, id, payload).
+async fn ws_frame(ws: &mut Ws, id: u8, other: &mut Vec<(u8, u8, Vec<u8>)>) -> Option<Frame> {
+    use futures::StreamExt;
+    let mut dec = FrameDecoder::new(Limits::DEFAULT);
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("in time")?
+            .ok()?;
+        let tokio_tungstenite::tungstenite::Message::Binary(b) = msg else {
+            return None;
+        };
+        // Other streams, and STOP/RESET (the edge stops a request stream it refused).
+        let (kind, sid, payload) = ws_split(&b);
+        if sid != u16::from(id) || kind > 1 {
+            other.push((kind, sid as u8, payload.to_vec()));
+            continue;
+        }
+        dec.push(payload);
+        if let Some(f) = dec.next_frame().expect("valid frame") {
+            return Some(f);
+        }
+    }
+}
+
+/// The next fallback message: kind, stream id, payload.
+async fn ws_next(ws: &mut Ws) -> Option<(u8, u16, Vec<u8>)> {
+    use futures::StreamExt;
+    let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("in time")?
+        .ok()?;
+    match msg {
+        tokio_tungstenite::tungstenite::Message::Binary(b) => {
+            let (kind, sid, payload) = ws_split(&b);
+            Some((kind, sid, payload.to_vec()))
+        }
+        _ => None,
+    }
+}
+
+async fn ws_hello(ws: &mut Ws, token: Option<&str>) -> WelcomeT {
+    use futures::SinkExt;
+    let v = ProtocolVersionT {
+        major: PROTOCOL_VERSION.major,
+        minor: PROTOCOL_VERSION.minor,
+    };
+    let mut hello = HelloT::default();
+    hello.version = Some(v.clone());
+    hello.min_version = Some(v);
+    hello.access_token = token.map(str::to_string);
+    let frame = envelope(0, control(ControlOpT::Hello(Box::new(hello))));
+    ws.send(ws_message(0, 0, &frame)).await.expect("sent");
+    let f = ws_frame(ws, 0, &mut Vec::new()).await.expect("Welcome");
+    match f.envelope().unpack().body {
+        BodyT::Control(c) => match c.op {
+            ControlOpT::Welcome(w) => *w,
+            other => panic!("not Welcome: {other:?}"),
+        },
+        other => panic!("not control: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_fallback_carries_the_same_session() {
+    use futures::SinkExt;
+    let node = support::start();
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben_tokens = register(&anon, "ben").await;
+    let ben_id = ben_tokens.user_id;
+    let mut ben = websocket(&node, None).await.expect("upgraded");
+    let welcome = ws_hello(&mut ben, ben_tokens.access_token.as_deref()).await;
+    assert_eq!(welcome.user_id, ben_id);
+
+    // Ben follows Ana and subscribes to his conversations, each a stream of its own.
+    let mut f = FollowRequestT::default();
+    f.target_id = ana.id;
+    ben.send(ws_message(
+        1,
+        4,
+        &envelope(1, graph(GraphOpT::FollowRequest(Box::new(f)))),
+    ))
+    .await
+    .expect("sent");
+    let answer = ws_frame(&mut ben, 4, &mut Vec::new())
+        .await
+        .expect("answer");
+    assert_eq!(error_code(&answer), None);
+    let mut f = FollowRequestT::default();
+    f.target_id = ben_id;
+    support::call(&ana.client, graph(GraphOpT::FollowRequest(Box::new(f))))
+        .await
+        .expect("followed");
+    let mut r = SubscribeRequestT::default();
+    r.kind = SubscriptionKind::AllConversations;
+    let sub = envelope(2, control(ControlOpT::SubscribeRequest(Box::new(r))));
+    ben.send(ws_message(1, 8, &sub)).await.expect("sent");
+    let mut pushed = Vec::new();
+    let answer = ws_frame(&mut ben, 8, &mut pushed).await.expect("answer");
+    assert_eq!(error_code(&answer), None);
+
+    // Ana writes natively; Ben's push stream (id 3, the server's first) has it.
+    let id = ana
+        .client
+        .chat()
+        .direct(ben_id)
+        .await
+        .expect("direct")
+        .conversation_id;
+    ana.client
+        .chat()
+        .send(id, "a-1", "hi ben")
+        .await
+        .expect("sent");
+    let mut dec = FrameDecoder::new(Limits::DEFAULT);
+    // Besides push stream 3's bytes: the FINs that end the answers of streams 4 and 8.
+    for (kind, sid, payload) in pushed.drain(..) {
+        if sid == 3 {
+            dec.push(Bytes::from(payload));
+        } else {
+            assert_eq!((kind, payload.len()), (1, 0), "only a FIN on stream {sid}");
+        }
+    }
+    let got = loop {
+        if let Some(f) = dec.next_frame().expect("valid")
+            && let Some(e) = push_event(&f)
+            && e.kind == ChatEventKind::MessageCreated
+        {
+            break e;
+        }
+        let (kind, sid, payload) = ws_next(&mut ben).await.expect("a message");
+        if sid == 3 {
+            assert_eq!(kind, 0, "push stream data");
+            dec.push(Bytes::from(payload));
+        } else {
+            assert_eq!((kind, payload.len()), (1, 0), "only a FIN on stream {sid}");
+        }
+    };
+    assert_eq!(got.message.and_then(|m| m.text).as_deref(), Some("hi ben"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_websocket_input_gets_the_native_typed_errors() {
+    use futures::{SinkExt, StreamExt};
+    let mut parts = support::parts();
+    parts.web.allowed_origins = vec!["https://app.selfie.test".into()];
+    let tokens = support::tokens(&parts);
+    let throttle = selfie_services::auth::throttle::LoginThrottle::new(parts.throttle);
+    let node = support::start_with(&parts, tokens, throttle);
+
+    // Another site's page is refused before the upgrade; a listed one is served.
+    match websocket(&node, Some("https://evil.example")).await {
+        Ok(_) => panic!("another site's page was let in"),
+        Err(err) => assert!(err.contains("403"), "{err}"),
+    }
+    let mut ws = websocket(&node, Some("https://app.selfie.test"))
+        .await
+        .expect("allowed");
+    ws_hello(&mut ws, None).await;
+
+    // Garbage on a request stream: the native MalformedFrame answer.
+    ws.send(ws_message(1, 4, b"\x05\x00\x00\x00hello"))
+        .await
+        .expect("sent");
+    let answer = ws_frame(&mut ws, 4, &mut Vec::new())
+        .await
+        .expect("an answer");
+    assert_eq!(error_code(&answer), Some(ErrorCode::MalformedFrame));
+
+    // Streams beyond the limit, each holding half a frame: refused as TooManyStreams
+    // (a RESET, or the session's answer), never buffered without bound.
+    let mut ws = websocket(&node, None).await.expect("session");
+    ws_hello(&mut ws, None).await;
+    for i in 1..=140u16 {
+        ws.send(ws_message(0, i * 4, &[64, 0, 0, 0, 1]))
+            .await
+            .expect("sent");
+    }
+    let too_many = u32::from(ErrorCode::TooManyStreams.0).to_be_bytes();
+    let refused = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (kind, _, payload) = ws_next(&mut ws).await.expect("a message");
+            let mut dec = FrameDecoder::new(Limits::DEFAULT);
+            dec.push(Bytes::from(payload.clone()));
+            let typed = dec
+                .next_frame()
+                .ok()
+                .flatten()
+                .is_some_and(|f| error_code(&f) == Some(ErrorCode::TooManyStreams));
+            if (kind == 2 && payload == too_many) || typed {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "no TooManyStreams refusal");
+
+    // A message over the size limit ends the connection.
+    let mut ws = websocket(&node, None).await.expect("session");
+    ws_hello(&mut ws, None).await;
+    let _ = ws.send(ws_message(0, 4, &vec![0u8; 2 << 20])).await;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                None
+                | Some(Err(_))
+                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was not closed");
+
+    let m = metrics(&node).await;
+    assert!(m.contains("selfie_edge_websocket_sessions_total"), "{m}");
+    assert!(m.contains("outcome=\"bad_origin\""), "{m}");
+    assert!(m.contains("code=\"MalformedFrame\""), "{m}");
+}

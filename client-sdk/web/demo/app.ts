@@ -68,6 +68,7 @@ async function connect(accessToken: string | null): Promise<Selfie> {
     certificateHashes: c.certificateHash === null ? [] : [c.certificateHash],
     accessToken,
     app: { name: 'selfie-web-demo', version: '0.1.0' },
+    websocketUrl: `wss://${location.host}/ws`,
     transports: only === 'websocket' ? ['websocket'] : only === 'webtransport' ? ['webtransport'] : undefined,
   });
   status.textContent = `${accessToken === null ? 'signed out' : 'signed in'} · ${client.transportKind}`;

@@ -23,6 +23,7 @@ import {
   hasWebTransport,
   openWebTransport,
 } from './transport.js';
+import { openWebSocket } from './websocket.js';
 
 export { ErrorCode };
 
@@ -53,8 +54,8 @@ export interface ConnectOptions {
   readonly deviceId?: string;
   /** Transports to try, in order (default: WebTransport, then the WebSocket fallback). */
   readonly transports?: readonly TransportKind[];
-  /** Opens the WebSocket fallback (supplied by `websocket.ts` when present). */
-  readonly openWebSocket?: () => Promise<Transport>;
+  /** The WebSocket fallback's URL (`wss://host:port/ws`, the edge's `[web]` port). */
+  readonly websocketUrl?: string;
   /** Budget for connecting and for `Welcome`, ms (default 10 s). */
   readonly timeoutMs?: number;
   /** Budget for one request's answer, ms (default 30 s). */
@@ -228,11 +229,11 @@ export class Client {
           }
           transport = await openWebTransport(options.url, options.certificateHashes ?? [], timeoutMs);
         } else {
-          if (options.openWebSocket === undefined) {
-            failures.push('websocket: no fallback configured');
+          if (options.websocketUrl === undefined) {
+            failures.push('websocket: no websocketUrl');
             continue;
           }
-          transport = await options.openWebSocket();
+          transport = await openWebSocket(options.websocketUrl, timeoutMs);
         }
       } catch (e) {
         failures.push(`${kind}: ${String(e)}`);

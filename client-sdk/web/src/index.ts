@@ -8,3 +8,4 @@ export { Client, ErrorCode, PROTOCOL_VERSION, SelfieError, Subscription, type Co
 export { FrameError, FrameReader, decodeDatagram, encodeDatagram, encodeEnvelope, readFrames } from './frame.js';
 export { AuthApi, ChatApi, FeedApi, GraphApi, NotificationsApi, PostsApi, Selfie, StoriesApi, UsersApi } from './services.js';
 export { certificateHash, hasWebTransport, openWebTransport, type CloseInfo, type DuplexStream, type Transport, type TransportKind } from './transport.js';
+export { WebSocketStreamError, openWebSocket } from './websocket.js';

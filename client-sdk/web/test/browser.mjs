@@ -2,7 +2,9 @@
 // playwright-core, against a real `selfie serve` serving the built web client on its
 // `[web]` HTTPS port. Two users in two browser contexts register, one follows the
 // other, a post arrives live in the follower's feed; one turns on 2FA and logs back in
-// with a code. Screenshots of each main screen are kept in $SELFIE_ARTIFACTS.
+// with a code. Then the same with WebTransport removed from the browser: the client
+// falls back to the WebSocket transport. Screenshots of each main screen are kept in
+// $SELFIE_ARTIFACTS.
 //
 //   SELFIE_BIN=target/debug/selfie node test/browser.mjs
 import { spawn } from 'node:child_process';
@@ -79,19 +81,93 @@ async function startEdge() {
   throw new Error(`selfie serve did not become ready:\n${log}`);
 }
 
-async function register(page, base, name, shot) {
+async function register(page, base, name) {
   await page.goto(`${base}/`);
   const form = page.getByTestId('register');
   await form.waitFor();
-  if (shot) {
-    await page.screenshot({ path: join(artifacts, 'auth.png'), fullPage: true });
-  }
   await form.locator('[name=username]').fill(name);
   await form.locator('[name=email]').fill(`${name}@example.com`);
   await form.locator('[name=password]').fill(`${name} correct horse battery`);
   await form.locator('button').click();
   await page.getByTestId('compose').waitFor({ timeout: 20_000 });
   await page.locator('main[data-ready=true]').waitFor({ timeout: 20_000 });
+}
+
+/**
+ * Two users in two contexts: register, follow, a post arrives live, notifications.
+ * `websocket`: the browser has no WebTransport (as older Safari): the client falls back
+ * to the WebSocket transport on its own.
+ */
+async function scenario(browser, base, mode, failures) {
+  const options = { ignoreHTTPSErrors: true };
+  const ctxA = await browser.newContext(options);
+  const ctxB = await browser.newContext(options);
+  if (mode === 'websocket') {
+    for (const ctx of [ctxA, ctxB]) {
+      await ctx.addInitScript(() => {
+        delete globalThis.WebTransport;
+      });
+    }
+  }
+  const a = await ctxA.newPage();
+  const b = await ctxB.newPage();
+  for (const p of [a, b]) {
+    p.on('pageerror', (e) => failures.push(`${mode}: page error: ${e.message}`));
+  }
+  const shot = (page, name) => page.screenshot({ path: join(artifacts, `${mode}-${name}.png`), fullPage: true });
+  const suffix = Date.now().toString(36).slice(-5);
+  const ana = `ana${suffix}`;
+  const ben = `ben${suffix}`;
+  await register(a, base, ana);
+  await shot(a, 'auth');
+  await register(b, base, ben);
+  for (const p of [a, b]) {
+    const transport = await p.getByTestId('status').getAttribute('data-transport');
+    if (transport !== mode) {
+      failures.push(`${mode}: the client is on ${transport}`);
+    }
+  }
+
+  // Ben follows Ana; her profile shows it.
+  const follow = b.getByTestId('follow');
+  await follow.locator('[name=username]').fill(ana);
+  await follow.locator('button').click();
+  await b.getByTestId('profile-counts').filter({ hasText: '1 followers' }).waitFor({ timeout: 20_000 });
+  await shot(b, 'profile');
+
+  // Ana posts; it arrives in Ben's feed live (no reload), and Ana hears of the follow.
+  const text = `hello from ${ana} over ${mode}`;
+  await a.getByTestId('compose').locator('textarea').fill(text);
+  await a.getByTestId('compose').locator('button').click();
+  await b.getByTestId('feed').getByText(text).waitFor({ timeout: 20_000 });
+  await a.getByTestId('notification').first().waitFor({ timeout: 20_000 });
+  await shot(b, 'feed');
+  await shot(a, 'notifications');
+  return { a, ana, text };
+}
+
+/** Ana turns on 2FA, logs out, and logs back in with a code. */
+async function twoFactor({ a, ana, text }) {
+  a.on('dialog', (d) => void d.accept(`${ana} correct horse battery`));
+  await a.getByTestId('two-factor').locator('button').click();
+  const secret = (await a.getByTestId('totp-secret').textContent({ timeout: 20_000 })).trim();
+  await a.getByTestId('two-factor').locator('input').fill(totp(secret));
+  await a.getByTestId('two-factor').getByText('Confirm').click();
+  await a.getByTestId('two-factor').getByText('Recovery codes', { exact: false }).waitFor({ timeout: 20_000 });
+  await a.getByText('Log out').click();
+  const login = a.getByTestId('login');
+  await login.waitFor();
+  await login.locator('[name=identifier]').fill(ana);
+  await login.locator('[name=password]').fill(`${ana} correct horse battery`);
+  await login.locator('button').click();
+  await a.getByTestId('login-error').filter({ hasText: 'two-factor' }).waitFor({ timeout: 20_000 });
+  // A code is good once (replays are refused): the next time step's, which the server
+  // accepts as clock skew.
+  await login.locator('[name=totp]').fill(totp(secret, Date.now() + 30_000));
+  await login.locator('button').click();
+  await a.getByTestId('compose').waitFor({ timeout: 20_000 });
+  await a.getByTestId('feed').getByText(text).waitFor({ timeout: 20_000 });
+  await a.screenshot({ path: join(artifacts, 'webtransport-home.png'), fullPage: true });
 }
 
 async function run() {
@@ -103,63 +179,12 @@ async function run() {
   });
   const failures = [];
   try {
-    const base = `https://127.0.0.1:${edge.web}`;
     // The development certificate: the page over HTTPS needs the click-through a
     // newcomer does once; WebTransport pins the certificate's hash from /client.json.
-    const ctxA = await browser.newContext({ ignoreHTTPSErrors: true });
-    const ctxB = await browser.newContext({ ignoreHTTPSErrors: true });
-    const a = await ctxA.newPage();
-    const b = await ctxB.newPage();
-    for (const p of [a, b]) {
-      p.on('pageerror', (e) => failures.push(`page error: ${e.message}`));
-    }
-    const suffix = Date.now().toString(36).slice(-5);
-    const ana = `ana${suffix}`;
-    const ben = `ben${suffix}`;
-    await register(a, base, ana, true);
-    await register(b, base, ben, false);
-    const transport = await b.getByTestId('status').getAttribute('data-transport');
-    if (transport !== 'webtransport') {
-      failures.push(`expected WebTransport, the client is on ${transport}`);
-    }
-
-    // Ben follows Ana; her profile shows it.
-    const follow = b.getByTestId('follow');
-    await follow.locator('[name=username]').fill(ana);
-    await follow.locator('button').click();
-    await b.getByTestId('profile-counts').filter({ hasText: '1 followers' }).waitFor({ timeout: 20_000 });
-    await b.screenshot({ path: join(artifacts, 'profile.png'), fullPage: true });
-
-    // Ana posts; it arrives in Ben's feed live (no reload), and Ana hears of the follow.
-    const text = `hello from ${ana} over WebTransport`;
-    await a.getByTestId('compose').locator('textarea').fill(text);
-    await a.getByTestId('compose').locator('button').click();
-    await b.getByTestId('feed').getByText(text).waitFor({ timeout: 20_000 });
-    await a.getByTestId('notification').first().waitFor({ timeout: 20_000 });
-    await b.screenshot({ path: join(artifacts, 'feed.png'), fullPage: true });
-    await a.screenshot({ path: join(artifacts, 'notifications.png'), fullPage: true });
-
-    // Ana turns on 2FA, logs out, and logs back in with a code.
-    a.on('dialog', (d) => void d.accept(`${ana} correct horse battery`));
-    await a.getByTestId('two-factor').locator('button').click();
-    const secret = await a.getByTestId('totp-secret').textContent({ timeout: 20_000 });
-    await a.getByTestId('two-factor').locator('input').fill(totp(secret.trim()));
-    await a.getByTestId('two-factor').getByText('Confirm').click();
-    await a.getByTestId('two-factor').getByText('Recovery codes', { exact: false }).waitFor({ timeout: 20_000 });
-    await a.getByText('Log out').click();
-    const login = a.getByTestId('login');
-    await login.waitFor();
-    await login.locator('[name=identifier]').fill(ana);
-    await login.locator('[name=password]').fill(`${ana} correct horse battery`);
-    await login.locator('button').click();
-    await a.getByTestId('login-error').filter({ hasText: 'two-factor' }).waitFor({ timeout: 20_000 });
-    // A code is good once (replays are refused): the next time step's, which the server
-    // accepts as clock skew.
-    await login.locator('[name=totp]').fill(totp(secret.trim(), Date.now() + 30_000));
-    await login.locator('button').click();
-    await a.getByTestId('compose').waitFor({ timeout: 20_000 });
-    await a.getByTestId('feed').getByText(text).waitFor({ timeout: 20_000 });
-    await a.screenshot({ path: join(artifacts, 'home.png'), fullPage: true });
+    const base = `https://127.0.0.1:${edge.web}`;
+    const first = await scenario(browser, base, 'webtransport', failures);
+    await twoFactor(first);
+    await scenario(browser, base, 'websocket', failures);
   } catch (e) {
     failures.push(String(e?.stack ?? e));
     for (const [i, ctx] of browser.contexts().entries()) {
@@ -178,7 +203,7 @@ async function run() {
     console.error(`--- selfie serve log ---\n${edge.log().slice(-4000)}`);
     process.exit(1);
   }
-  console.log(`browser tests passed; screenshots in ${artifacts}`);
+  console.log(`browser tests passed (WebTransport, then the WebSocket fallback); screenshots in ${artifacts}`);
 }
 
 await run();

@@ -1,14 +1,16 @@
 //! One connection: the QUIC handshake, the control stream (`Hello` → `Welcome`, then
 //! `Ping`, `GoAway`), datagrams, the loop that accepts request streams, and drain.
 
+use super::link::{Link, LinkError, RecvHalf, SendHalf};
 use super::request::serve_request;
 use super::webtransport;
+use super::ws::StreamError;
 use super::*;
 
 /// State of one established session.
 pub(super) struct Conn {
     pub(super) id: u64,
-    pub(super) conn: Connection,
+    pub(super) conn: Link,
     /// The client's address when it connected: the per-IP rate-limit key (reading the
     /// live address takes the connection's lock on every request).
     pub(super) ip: IpAddr,
@@ -67,7 +69,7 @@ impl Conn {
     }
 }
 
-pub(super) fn close_for(shard: &Shard, conn: &Connection, code: ErrorCode, reason: &str) {
+pub(super) fn close_for(shard: &Shard, conn: &Link, code: ErrorCode, reason: &str) {
     shard
         .shared
         .metrics
@@ -77,7 +79,7 @@ pub(super) fn close_for(shard: &Shard, conn: &Connection, code: ErrorCode, reaso
             code: code.label(),
         })
         .inc();
-    conn.close(VarInt::from_u32(u32::from(code.0)), reason.as_bytes());
+    conn.close(u32::from(code.0), reason.as_bytes());
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,9 +89,7 @@ pub(super) enum ConnError {
     #[error("timed out waiting for Hello")]
     HelloTimeout,
     #[error("stream: {0}")]
-    Read(#[from] quinn::ReadError),
-    #[error("stream: {0}")]
-    Write(#[from] quinn::WriteError),
+    Stream(#[from] LinkError),
     #[error("frame: {0}")]
     Codec(#[from] CodecError),
     #[error("refused: {0:?}")]
@@ -98,15 +98,15 @@ pub(super) enum ConnError {
 
 /// Reads bytes into `dec` until a frame is complete; `Ok(None)` at a clean end of stream.
 pub(super) async fn read_frame(
-    recv: &mut RecvStream,
+    recv: &mut RecvHalf,
     dec: &mut FrameDecoder,
 ) -> Result<Option<Frame>, ConnError> {
     loop {
         if let Some(frame) = dec.next_frame()? {
             return Ok(Some(frame));
         }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(chunk) => dec.push(chunk.bytes),
+        match recv.read_chunk(64 * 1024).await? {
+            Some(chunk) => dec.push(chunk),
             None => {
                 dec.finish()?;
                 return Ok(None);
@@ -135,7 +135,7 @@ pub(super) async fn serve_connection(
         count_connection(shard, "refused_address");
         close_for(
             shard,
-            &conn,
+            &Link::Quic(conn),
             ErrorCode::TooManyConnections,
             "too many connections from this address",
         );
@@ -179,7 +179,7 @@ pub(super) async fn serve_connection(
                 if refused.label == "timeout" {
                     close_for(
                         shard,
-                        &conn,
+                        &Link::Quic(conn),
                         ErrorCode::HandshakeTimeout,
                         "no CONNECT in time",
                     );
@@ -191,14 +191,33 @@ pub(super) async fn serve_connection(
         tokio::task::spawn_local(webtransport::refuse_uni_streams(conn.clone()));
         None
     };
+    let ip = conn.remote_address().ip().to_canonical();
+    run_session(shard, conn_id, Link::Quic(conn), wt, ip, handshake_deadline).await
+}
+
+/// A session on an established connection, whatever its transport: `Hello` →
+/// `Welcome` within the handshake deadline, then requests, the control stream and
+/// datagrams until the client leaves or the edge drains.
+pub(super) async fn run_session(
+    shard: &Rc<Shard>,
+    conn_id: u64,
+    conn: Link,
+    wt: Option<webtransport::WtSession>,
+    ip: IpAddr,
+    handshake_deadline: Instant,
+) -> Result<(), ConnError> {
+    let limits = &shard.shared.config.limits;
 
     // The control stream: Hello -> Welcome, within the handshake deadline.
     let hello = async {
-        let (send, mut recv) = conn.accept_bi().await?;
+        let (send, mut recv) = conn
+            .accept_bi()
+            .await
+            .ok_or(ConnError::Stream(LinkError::Ws(StreamError::Closed)))?;
         if let Some(wt) = &wt
             && let Err(code) = wt.read_stream_header(&mut recv).await
         {
-            let _ = recv.stop(VarInt::from_u32(code));
+            recv.stop(code);
             return Err(ConnError::Refused(ErrorCode::HelloRequired));
         }
         let mut dec = FrameDecoder::new(shard.limits);
@@ -224,7 +243,7 @@ pub(super) async fn serve_connection(
                 return Err(ConnError::HelloTimeout);
             }
         };
-    let _ = ctl_send.set_priority(selfie_protocol::Priority::Control.quic_priority());
+    ctl_send.set_priority(selfie_protocol::Priority::Control.quic_priority());
     let session_result = match frame
         .as_ref()
         .and_then(|f| f.envelope().body_as_control())
@@ -252,10 +271,10 @@ pub(super) async fn serve_connection(
             let e = ErrorReply::new(refusal.code, refusal.message);
             if let Some(bytes) = shard.error_frame(hello_id, &e) {
                 let _ = ctl_send.write_all(&bytes).await;
-                let _ = ctl_send.finish();
+                ctl_send.finish().await;
             }
             // Give the error frame a moment to leave before the close.
-            let _ = tokio::time::timeout(Duration::from_millis(200), ctl_send.stopped()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), ctl_send.stopped()).await;
             close_for(shard, &conn, refusal.code, "hello refused");
             return Err(ConnError::Refused(refusal.code));
         }
@@ -271,7 +290,7 @@ pub(super) async fn serve_connection(
         .inc();
     let state = Rc::new(Conn {
         id: conn_id,
-        ip: conn.remote_address().ip().to_canonical(),
+        ip,
         conn: conn.clone(),
         limiter: RateLimiter::direct(
             Quota::per_second(per_second(limits.connection_requests_per_second))
@@ -353,9 +372,8 @@ pub(super) async fn serve_connection(
             biased;
             () = &mut drained => break,
             stream = conn.accept_bi() => {
-                let (send, recv) = match stream {
-                    Ok(s) => s,
-                    Err(_) => return Ok(()),
+                let Some((send, recv)) = stream else {
+                    return Ok(());
                 };
                 let (shard, state) = (shard.clone(), state.clone());
                 // A debug-level span: free unless debug logging is on for this module.
@@ -395,17 +413,14 @@ pub(super) async fn serve_connection(
     // client, which closes (or moves away) on its own when it has it.
     let grace = Instant::now() + Duration::from_millis(1000);
     let _ = tokio::time::timeout_at(grace.min(drain_deadline).into(), conn.closed()).await;
-    conn.close(
-        VarInt::from_u32(u32::from(ErrorCode::Draining.0)),
-        b"draining",
-    );
+    conn.close(u32::from(ErrorCode::Draining.0), b"draining");
     Ok(())
 }
 
 /// Datagrams of one connection: verified and counted (presence and typing handlers plug
 /// in here with the chat issue).
 async fn datagram_loop(shard: Rc<Shard>, state: Rc<Conn>) {
-    while let Ok(bytes) = state.conn.read_datagram().await {
+    while let Some(bytes) = state.conn.read_datagram().await {
         let bytes = match &state.wt {
             None => Some(bytes),
             Some(wt) => wt.datagram_payload(bytes),
@@ -465,8 +480,8 @@ async fn datagram_loop(shard: Rc<Shard>, state: Rc<Conn>) {
 async fn control_loop(
     shard: Rc<Shard>,
     state: Rc<Conn>,
-    send: Rc<tokio::sync::Mutex<SendStream>>,
-    mut recv: RecvStream,
+    send: Rc<tokio::sync::Mutex<SendHalf>>,
+    mut recv: RecvHalf,
     mut dec: FrameDecoder,
 ) {
     loop {
@@ -478,9 +493,7 @@ async fn control_loop(
                 }
             }
             Ok(None) => {
-                state
-                    .conn
-                    .close(VarInt::from_u32(0), b"control stream closed");
+                state.conn.close(0, b"control stream closed");
                 return;
             }
             Err(ConnError::Codec(e)) => {
@@ -497,7 +510,7 @@ async fn control_loop(
 async fn on_control(
     shard: &Rc<Shard>,
     state: &Rc<Conn>,
-    send: &mut SendStream,
+    send: &mut SendHalf,
     frame: Frame,
 ) -> Result<(), ConnError> {
     let started = Instant::now();

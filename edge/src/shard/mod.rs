@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use quinn::{Connection, Endpoint, EndpointConfig, Incoming, RecvStream, SendStream, VarInt};
+use quinn::{Endpoint, EndpointConfig, Incoming, VarInt};
 use selfie_codec::{CodecError, Encoder, Frame, FrameDecoder, Limits, build};
 use selfie_protocol::control::{ControlOp, GoAway, GoAwayArgs, GoAwayReason, Welcome, WelcomeArgs};
 use selfie_protocol::{ErrorCode, Service, priority_of};
@@ -32,9 +32,11 @@ use crate::{ErrorReply, ServiceFactory};
 use selfie_services::plane::{Mailbox, Plane, Registry, RequestContext, ShardId, serve_mailbox};
 
 mod connection;
+mod link;
 mod request;
 mod web;
 mod webtransport;
+mod ws;
 
 pub use webtransport::{H3_ALPN, Origins};
 
@@ -417,6 +419,38 @@ fn count_connection(shard: &Shard, outcome: &'static str) {
             outcome,
         })
         .inc();
+}
+
+/// Runs a WebSocket session ([`web`]'s upgrade) as a connection of this shard: counted
+/// like a QUIC one (limits, the open-connections gauge, drain waits for it).
+async fn serve_session(
+    shard: &Rc<Shard>,
+    link: link::Link,
+    ip: IpAddr,
+    handshake_deadline: Instant,
+) {
+    shard.connections.set(shard.connections.get() + 1);
+    shard.shared.connections.fetch_add(1, Ordering::SeqCst);
+    let conn_id = shard.next_connection.get();
+    shard.next_connection.set(conn_id + 1);
+    let active = shard
+        .shared
+        .metrics
+        .connections_active
+        .get_or_create(&shard.label)
+        .clone();
+    active.inc();
+    let kind = link.kind();
+    if let Err(e) =
+        connection::run_session(shard, conn_id, link, None, ip, handshake_deadline).await
+    {
+        debug!(error = %e, kind, "session ended");
+    }
+    active.dec();
+    shard
+        .connections
+        .set(shard.connections.get().saturating_sub(1));
+    shard.shared.connections.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Admission control for a new connection attempt.

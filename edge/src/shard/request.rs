@@ -2,6 +2,7 @@
 //! the owner shard's service, subscriptions, metrics.
 
 use super::connection::{Conn, ConnError, MAX_SUBSCRIPTIONS, read_frame};
+use super::link::{RecvHalf, SendHalf};
 use super::*;
 
 /// Milliseconds until a rate limiter would allow the next request (at least 1).
@@ -46,7 +47,7 @@ pub(super) fn admit_rate(shard: &Shard, state: &Conn) -> Result<(), ErrorReply> 
 async fn refuse_and_violate(
     shard: &Shard,
     state: &Conn,
-    send: &mut SendStream,
+    send: &mut SendHalf,
     id: u64,
     reply: &ErrorReply,
     label: &'static str,
@@ -54,7 +55,7 @@ async fn refuse_and_violate(
 ) {
     respond_error(shard, send, id, reply, label, started).await;
     if reply.code.closes_connection() {
-        let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
     state.violation(shard, reply.code);
 }
@@ -62,8 +63,8 @@ async fn refuse_and_violate(
 pub(super) async fn serve_request(
     shard: &Rc<Shard>,
     state: &Rc<Conn>,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
 ) {
     let started = Instant::now();
     shard.hot.streams.inc();
@@ -72,7 +73,7 @@ pub(super) async fn serve_request(
     let limits = &shard.shared.config.limits;
     // Over the limit: refused before a byte is read (nothing buffered for it).
     if state.inflight.get() > limits.max_concurrent_streams {
-        let _ = recv.stop(VarInt::from_u32(u32::from(ErrorCode::TooManyStreams.0)));
+        recv.stop(u32::from(ErrorCode::TooManyStreams.0));
         let reply = ErrorReply::new(ErrorCode::TooManyStreams, "too many requests in flight")
             .retry_after(10);
         respond_error(shard, &mut send, 0, &reply, "unknown", started).await;
@@ -85,7 +86,7 @@ pub(super) async fn serve_request(
         if let Some(wt) = &state.wt
             && let Err(code) = wt.read_stream_header(&mut recv).await
         {
-            let _ = recv.stop(VarInt::from_u32(code));
+            recv.stop(code);
             return Err(ConnError::Codec(CodecError::Malformed {
                 reason: "not a stream of this WebTransport session",
             }));
@@ -96,7 +97,7 @@ pub(super) async fn serve_request(
         Ok(read) => read,
         Err(_) => {
             // Half a request, then silence: whatever was buffered goes now.
-            let _ = recv.stop(VarInt::from_u32(u32::from(ErrorCode::Timeout.0)));
+            recv.stop(u32::from(ErrorCode::Timeout.0));
             let reply = ErrorReply::new(ErrorCode::Timeout, "request not received in time");
             respond_error(shard, &mut send, 0, &reply, "unknown", started).await;
             return;
@@ -111,7 +112,7 @@ pub(super) async fn serve_request(
             return;
         }
         Err(ConnError::Codec(e)) => {
-            let _ = recv.stop(VarInt::from_u32(u32::from(e.code().0)));
+            recv.stop(u32::from(e.code().0));
             let reply = ErrorReply::new(e.code(), e.to_string());
             refuse_and_violate(shard, state, &mut send, 0, &reply, "unknown", started).await;
             return;
@@ -125,7 +126,7 @@ pub(super) async fn serve_request(
     // Streams start at priority 0 (Content): skip the call (it takes the connection lock).
     let priority = priority_of(body).quic_priority();
     if priority != 0 {
-        let _ = send.set_priority(priority);
+        send.set_priority(priority);
     }
     let Some(service) = Service::of(body) else {
         // Unreachable: the codec refuses unknown services.
@@ -216,7 +217,7 @@ pub(super) async fn serve_request(
         Ok(bytes) => {
             // `write_chunk` hands quinn the `Bytes` itself: no copy into its buffer.
             if send.write_chunk(bytes.clone()).await.is_ok() {
-                let _ = send.finish();
+                send.finish().await;
             }
             shard.hot.sent.inc_by(bytes.len() as u64);
             record(shard, label, "ok", started);
@@ -228,8 +229,8 @@ pub(super) async fn serve_request(
 /// A request whose bytes travel raw beside its frames: its streams, the decoder (holding
 /// whatever arrived after the header frame) and the header frame.
 struct Raw {
-    send: SendStream,
-    recv: RecvStream,
+    send: SendHalf,
+    recv: RecvHalf,
     dec: FrameDecoder,
     frame: Frame,
     started: Instant,
@@ -258,8 +259,8 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
         let rest = futures::stream::iter(dec.take_rest().into_iter().map(Ok));
         let more = futures::stream::unfold(Some(recv), |recv| async move {
             let mut recv = recv?;
-            match recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => Some((Ok(chunk.bytes), Some(recv))),
+            match recv.read_chunk(64 * 1024).await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(recv))),
                 Ok(None) => None,
                 Err(e) => Some((Err(std::io::Error::other(e)), None)),
             }
@@ -276,7 +277,7 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
         match handler.upload(call, body).await {
             Ok(bytes) => {
                 if send.write_chunk(bytes.clone()).await.is_ok() {
-                    let _ = send.finish();
+                    send.finish().await;
                 }
                 shard.hot.sent.inc_by(bytes.len() as u64);
                 record(shard, label, "ok", started);
@@ -304,14 +305,15 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
                     }
                     Err(e) => {
                         warn!(error = %e, "download failed");
-                        let _ = send.reset(VarInt::from_u32(u32::from(ErrorCode::Internal.0)));
+                        send.reset(VarInt::from_u32(u32::from(ErrorCode::Internal.0)))
+                            .await;
                         shard.hot.sent.inc_by(sent);
                         record(shard, label, ErrorCode::Internal.label(), started);
                         return;
                     }
                 }
             }
-            let _ = send.finish();
+            send.finish().await;
             shard.hot.sent.inc_by(sent);
             record(shard, label, "ok", started);
         }
@@ -406,13 +408,13 @@ async fn subscribe(
         // However the stream ends (unsubscribe aborts the task instead), the slot goes.
         let pushed = async {
             let opened = match &wt {
-                None => conn.open_uni().await.ok(),
+                None => conn.open_uni().await,
                 Some(wt) => wt.open_uni(&conn).await,
             };
             let Some(mut send) = opened else {
                 return;
             };
-            let _ = send.set_priority(priority);
+            send.set_priority(priority);
             for bytes in std::iter::once(header).chain(sub.initial) {
                 if send.write_chunk(bytes).await.is_err() {
                     return;
@@ -428,7 +430,7 @@ async fn subscribe(
                                 None => d,
                                 Some(wt) => wt.datagram(&d),
                             })
-                            .is_some_and(|d| conn.send_datagram(d).is_ok());
+                            .is_some_and(|d| conn.send_datagram(d));
                         let outcome = if sent { "sent" } else { "dropped" };
                         datagram_metrics
                             .get_or_create(&crate::metrics::OutcomeLabels {
@@ -441,13 +443,13 @@ async fn subscribe(
                         tokio::select! {
                             written = send.write_chunk(bytes) => if written.is_err() { return },
                             () = sub.events.overflowed() => {
-                                let _ = send.reset(resync);
+                                send.reset(resync).await;
                                 return;
                             }
                         }
                     }
                     SubscriberEvent::Resync => {
-                        let _ = send.reset(resync);
+                        send.reset(resync).await;
                         return;
                     }
                 }
@@ -545,7 +547,7 @@ pub(super) fn record(shard: &Shard, service: &'static str, code: &'static str, s
 
 async fn respond_error(
     shard: &Shard,
-    send: &mut SendStream,
+    send: &mut SendHalf,
     id: u64,
     reply: &ErrorReply,
     service: &'static str,
@@ -557,7 +559,7 @@ async fn respond_error(
     if let Some(bytes) = shard.error_frame(id, reply)
         && send.write_chunk(bytes).await.is_ok()
     {
-        let _ = send.finish();
+        send.finish().await;
     }
     record(shard, service, reply.code.label(), started);
 }

@@ -35,6 +35,9 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::{AddressSlot, Shard, now_ms};
 use crate::metrics::{OutcomeLabels, StatusLabels};
 
+/// Where the WebSocket fallback is upgraded ([`super::ws`]).
+pub const WEBSOCKET_PATH: &str = "/ws";
+
 /// Largest request head (request line and headers).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Longest time a cache may keep an answer, whatever the URL's expiry.
@@ -193,7 +196,8 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
         .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(tls), service);
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let mut drain = shard.shared.drain.clone();
     let draining = async {
@@ -224,6 +228,82 @@ async fn serve_connection(
     }
 }
 
+/// `GET /ws`: the WebSocket fallback. Checked like a WebTransport `CONNECT` (allowed
+/// origins, drain, the shard's connection limit), answered `101`, then the upgraded
+/// socket carries one session, counted as a connection like a QUIC one.
+fn websocket(shard: &Rc<Shard>, ip: IpAddr, req: Request<Incoming>) -> Response<Body> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    let count = |outcome: &'static str| {
+        shard
+            .shared
+            .metrics
+            .websocket_sessions_total
+            .get_or_create(&OutcomeLabels {
+                shard: shard.id as u16,
+                outcome,
+            })
+            .inc();
+    };
+    let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let upgrade = header(header::UPGRADE).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = header(header::SEC_WEBSOCKET_KEY).map(str::to_owned);
+    let version = header(header::SEC_WEBSOCKET_VERSION) == Some("13");
+    let (Some(key), true, true, &Method::GET) = (key, upgrade, version, req.method()) else {
+        count("bad_request");
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade (version 13) only\n",
+        );
+    };
+    if !shard.shared.origins.allows(header(header::ORIGIN)) {
+        count("bad_origin");
+        return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    let limits = &shard.shared.config.limits;
+    if *shard.shared.drain.borrow() || shard.connections.get() >= limits.max_connections_per_shard {
+        count("refused_limit");
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "try another edge\n");
+    }
+    let Some(slot) = AddressSlot::take(&shard.shared, ip) else {
+        count("refused_address");
+        return plain(StatusCode::TOO_MANY_REQUESTS, "too many connections\n");
+    };
+    count("accepted");
+    let accept = derive_accept_key(key.as_bytes());
+    let max_message = limits.max_frame_bytes + 64 * 1024;
+    let max_streams = (limits.max_concurrent_streams + crate::STREAM_MARGIN) as usize;
+    let handshake_deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
+    let session_shard = shard.clone();
+    tokio::task::spawn_local(
+        async move {
+            let shard = session_shard;
+            let _slot = slot;
+            let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                return;
+            };
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .max_message_size(Some(max_message))
+                .max_frame_size(Some(max_message));
+            let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                Some(config),
+            )
+            .await;
+            let link = super::ws::WsLink::start(socket, max_streams);
+            super::serve_session(&shard, super::link::Link::Ws(link), ip, handshake_deadline).await;
+        }
+        .instrument(info_span!("websocket", shard = shard.id, peer = %ip)),
+    );
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(empty())
+        .unwrap_or_else(|_| internal())
+}
+
 /// Resolves when an answer is being written and its reader has taken nothing for
 /// `timeout`.
 async fn stalled(progress: &Progress, timeout: Duration) {
@@ -246,7 +326,11 @@ async fn answer(
     progress: Rc<Progress>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let mut response = route(shard, ip, &req, progress).await;
+    let mut response = if req.uri().path() == WEBSOCKET_PATH {
+        websocket(shard, ip, req)
+    } else {
+        route(shard, ip, &req, progress).await
+    };
     let status = response.status();
     if !matches!(
         status,

@@ -19,6 +19,8 @@
 
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
+
+use super::link::{Link, RecvHalf, SendHalf};
 use wtransport_proto::bytes::{BytesWriter, EndOfBuffer};
 use wtransport_proto::frame::Frame as H3Frame;
 use wtransport_proto::headers::Headers;
@@ -118,7 +120,10 @@ pub(super) struct WtSession {
 impl WtSession {
     /// Reads and checks the header of a client bidirectional stream: `Err` with the
     /// HTTP/3 code to stop it with.
-    pub(super) async fn read_stream_header(&self, recv: &mut RecvStream) -> Result<(), u32> {
+    pub(super) async fn read_stream_header(&self, recv: &mut RecvHalf) -> Result<(), u32> {
+        let RecvHalf::Quic(recv) = recv else {
+            return Err(H3_STREAM_CREATION_ERROR);
+        };
         match read_varint(recv).await {
             Some(FRAME_WEBTRANSPORT_STREAM) => {}
             Some(_) => return Err(H3_FRAME_UNEXPECTED),
@@ -157,8 +162,8 @@ pub(super) struct Prefixes {
 
 impl Prefixes {
     /// Opens a push stream of this session, its header written.
-    pub(super) async fn open_uni(&self, conn: &Connection) -> Option<SendStream> {
-        let mut send = conn.open_uni().await.ok()?;
+    pub(super) async fn open_uni(&self, conn: &Link) -> Option<SendHalf> {
+        let mut send = conn.open_uni().await?;
         send.write_chunk(self.uni.clone()).await.ok()?;
         Some(send)
     }
