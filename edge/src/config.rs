@@ -70,7 +70,8 @@ pub struct WebConfig {
     /// Browser origins (`https://app.example.com`) allowed to open WebTransport
     /// sessions, besides this edge's own web origin; `"*"` allows any.
     pub allowed_origins: Vec<String>,
-    /// The built web client (`client-sdk/web/dist`) to serve at `/`; absent: none.
+    /// The built web client (`client-sdk/web/dist/app`, from `npm run build`) to serve
+    /// at `/`; absent: none.
     pub client_dir: Option<std::path::PathBuf>,
 }
 

@@ -171,7 +171,10 @@ impl Edge {
             },
             origins: shard::Origins::new(
                 &config.web.allowed_origins,
-                web_addr.map(|a| config.web.origin(a)),
+                web_addr
+                    .map(|a| format!("https://{a}"))
+                    .into_iter()
+                    .chain(config.web.public_url.clone()),
             ),
             config: config.clone(),
         });

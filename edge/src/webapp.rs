@@ -1,4 +1,4 @@
-//! The web client's files (`web.client_dir`, the built `client-sdk/web/dist`), served by
+//! The web client's files (`web.client_dir`, the built `client-sdk/web/dist/app`), served by
 //! the HTTPS listener (`[web]`) so that a newcomer opens one URL: read once at start into
 //! memory (a few hundred KiB; no file system access per request, no path traversal),
 //! with `ETag`s, and `/client.json`, which tells the page where the edge's QUIC port is
@@ -46,7 +46,6 @@ fn content_type(name: &str) -> Option<&'static str> {
         "svg" => "image/svg+xml",
         "png" => "image/png",
         "ico" => "image/x-icon",
-        "map" => "application/json",
         "txt" => "text/plain; charset=utf-8",
         _ => return None,
     })

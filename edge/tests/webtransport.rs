@@ -716,3 +716,25 @@ async fn hostile_websocket_input_gets_the_native_typed_errors() {
     assert!(m.contains("outcome=\"bad_origin\""), "{m}");
     assert!(m.contains("code=\"MalformedFrame\""), "{m}");
 }
+
+/// Defect: tasks watching a connection's other streams kept it open after its session
+/// ended early (here a client that resets its first stream), past its address slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_ends_early_closes_its_connection() {
+    let node = support::start();
+    let trust = selfie_client::Trust::pinned_hex(&node.edge.fingerprint).expect("pin");
+    let tls = selfie_client::tls_client_config(&trust, &[selfie_protocol::ALPN]).expect("tls");
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint
+        .connect(node.edge.addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&[1]).await.expect("a byte");
+    send.reset(quinn::VarInt::from_u32(7)).expect("reset");
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    assert!(closed.is_ok(), "the edge kept the connection open");
+}

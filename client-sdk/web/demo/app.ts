@@ -15,7 +15,6 @@ interface Tokens {
   userId: string;
   username: string;
   accessToken: string;
-  refreshToken: string;
 }
 
 const app = document.getElementById('app') as HTMLElement;
@@ -87,7 +86,6 @@ function saveTokens(t: proto.auth.AuthTokensT | null, username: string): Tokens 
     userId: t.userId.toString(),
     username,
     accessToken: str(t.accessToken),
-    refreshToken: str(t.refreshToken),
   };
   sessionStorage.setItem('selfie.tokens', JSON.stringify(tokens));
   return tokens;
@@ -279,10 +277,10 @@ async function signedIn(tokens: Tokens): Promise<void> {
   });
   const twoFactor = el('div', { 'data-testid': 'two-factor' });
   const enable = el('button', { type: 'button' }, 'Turn on two-factor authentication');
+  const password = el('input', { type: 'password', placeholder: 'your password', autocomplete: 'current-password' });
   enable.addEventListener('click', () => {
-    const password = prompt('Your password') ?? '';
     s.auth
-      .totpEnroll(password)
+      .totpEnroll(password.value)
       .then((r) => {
         const code = el('input', { placeholder: 'code from your app', inputmode: 'numeric' });
         const confirm = el('button', { type: 'button' }, 'Confirm');
@@ -306,15 +304,20 @@ async function signedIn(tokens: Tokens): Promise<void> {
       })
       .catch((e: unknown) => (error.textContent = message(e)));
   });
-  twoFactor.append(enable);
+  twoFactor.append(password, enable);
   const me = el('button', { class: 'link', type: 'button' }, `@${tokens.username}`);
   me.addEventListener('click', () => openProfile(BigInt(tokens.userId)));
   const logout = el('button', { class: 'link', type: 'button' }, 'Log out');
   logout.addEventListener('click', () => {
-    void s.auth.logout().catch(() => {});
-    sessionStorage.removeItem('selfie.tokens');
-    s.client.close();
-    void start();
+    // Revoke the session on the server before the connection goes.
+    void s.auth
+      .logout()
+      .catch(() => {})
+      .finally(() => {
+        sessionStorage.removeItem('selfie.tokens');
+        s.client.close();
+        void start();
+      });
   });
 
   app.append(

@@ -65,20 +65,50 @@ export interface ConnectOptions {
 /** The protocol version this SDK speaks (the generated code's). */
 export const PROTOCOL_VERSION = { major: 1, minor: 9 } as const;
 
-/** A bounded async queue: pushes wake one waiting reader; `end` finishes iteration. */
+/** Events a subscription holds unread before it ends with `ResyncRequired`. */
+const MAX_UNREAD_EVENTS = 1024;
+/** Datagrams held unread; older ones are dropped (typing and presence: latest wins). */
+const MAX_UNREAD_DATAGRAMS = 64;
+/** Push streams held for subscriptions whose answer has not been read yet. */
+const MAX_EARLY_STREAMS = 64;
+
+/**
+ * A bounded async queue: pushes wake one waiting reader; `end` finishes iteration. Past
+ * `limit` unread items it either drops the oldest or ends with `overflow`.
+ */
 class Queue<T> {
   private items: T[] = [];
   private waiters: Array<{ resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void }> = [];
   private done = false;
   private failure: unknown = null;
 
+  constructor(
+    private readonly limit: number,
+    private readonly overflow: (() => unknown) | null = null,
+  ) {}
+
+  /** Whether it has ended (a full queue with `overflow` ends). */
+  get ended(): boolean {
+    return this.done;
+  }
+
   push(item: T): void {
     const w = this.waiters.shift();
     if (w !== undefined) {
       w.resolve({ value: item, done: false });
-    } else if (!this.done) {
-      this.items.push(item);
+      return;
     }
+    if (this.done) {
+      return;
+    }
+    if (this.items.length >= this.limit) {
+      if (this.overflow !== null) {
+        this.end(this.overflow());
+        return;
+      }
+      this.items.shift();
+    }
+    this.items.push(item);
   }
 
   end(failure: unknown = null): void {
@@ -113,7 +143,7 @@ class Queue<T> {
 /** A live subscription: the events of its push stream, as an async iterator. */
 export class Subscription implements AsyncIterableIterator<EnvelopeT> {
   /** @internal */
-  readonly queue = new Queue<EnvelopeT>();
+  readonly queue = eventQueue();
 
   /** @internal */
   constructor(
@@ -140,6 +170,14 @@ export class Subscription implements AsyncIterableIterator<EnvelopeT> {
     this.queue.end();
     await this.client.unsubscribe(this.id);
   }
+}
+
+/** A subscription's events: a reader that falls too far behind must resubscribe. */
+function eventQueue(): Queue<EnvelopeT> {
+  return new Queue<EnvelopeT>(
+    MAX_UNREAD_EVENTS,
+    () => new SelfieError(ErrorCode.ResyncRequired, 'the subscriber fell behind: subscribe again from its cursor'),
+  );
 }
 
 function errorOf(env: EnvelopeT): control.ErrorT | null {
@@ -176,7 +214,7 @@ export class Client {
   /** Push streams whose `SubscribeResponse` has not been read yet. */
   private readonly early = new Map<bigint, Queue<EnvelopeT>>();
   private readonly pings = new Map<bigint, (ok: boolean) => void>();
-  private readonly datagramQueue = new Queue<DatagramT>();
+  private readonly datagramQueue = new Queue<DatagramT>(MAX_UNREAD_DATAGRAMS);
   private goAwayResolve: (g: control.GoAwayT) => void = () => {};
   /** Resolves when the server asks this client to move (`GoAway`: drain, rebalance). */
   readonly goAway: Promise<control.GoAwayT>;
@@ -459,12 +497,18 @@ export class Client {
       const sub = this.subscriptions.get(id);
       if (sub !== undefined) {
         queue = sub.queue;
-      } else {
-        queue = new Queue<EnvelopeT>();
+      } else if (this.early.size < MAX_EARLY_STREAMS && !this.early.has(id)) {
+        queue = eventQueue();
         this.early.set(id, queue);
+      } else {
+        return;
       }
       for await (const env of frames) {
         queue.push(env);
+        if (queue.ended) {
+          // Overflowed: stop reading (the server's stream is left to its flow control).
+          break;
+        }
       }
       queue.end();
     } catch (e) {

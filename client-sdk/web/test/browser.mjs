@@ -148,10 +148,10 @@ async function scenario(browser, base, mode, failures) {
 
 /** Ana turns on 2FA, logs out, and logs back in with a code. */
 async function twoFactor({ a, ana, text }) {
-  a.on('dialog', (d) => void d.accept(`${ana} correct horse battery`));
+  await a.getByTestId('two-factor').locator('input[type=password]').fill(`${ana} correct horse battery`);
   await a.getByTestId('two-factor').locator('button').click();
   const secret = (await a.getByTestId('totp-secret').textContent({ timeout: 20_000 })).trim();
-  await a.getByTestId('two-factor').locator('input').fill(totp(secret));
+  await a.getByTestId('two-factor').locator('input[inputmode=numeric]').fill(totp(secret));
   await a.getByTestId('two-factor').getByText('Confirm').click();
   await a.getByTestId('two-factor').getByText('Recovery codes', { exact: false }).waitFor({ timeout: 20_000 });
   await a.getByText('Log out').click();

@@ -47,6 +47,17 @@ impl Drop for Conn {
 }
 
 impl Conn {
+    /// The stream error code that carries `code` to this client: the number itself, or
+    /// for a WebTransport session its mapping into HTTP/3's range (so that a browser
+    /// reads `streamErrorCode = code`).
+    pub(super) fn code(&self, code: ErrorCode) -> VarInt {
+        let n = u32::from(code.0);
+        match &self.wt {
+            Some(wt) => wt.prefixes().stream_error(n),
+            None => VarInt::from_u32(n),
+        }
+    }
+
     /// Records a violation that does not close the connection by itself (only past the
     /// limit of protocol errors).
     pub(super) fn tolerated_violation(&self, shard: &Shard, code: ErrorCode) {
@@ -80,6 +91,17 @@ pub(super) fn close_for(shard: &Shard, conn: &Link, code: ErrorCode, reason: &st
         })
         .inc();
     conn.close(u32::from(code.0), reason.as_bytes());
+}
+
+/// Closes a connection when the task serving it ends, however it ends: the tasks that
+/// watch its other streams (HTTP/3 control, the `CONNECT` stream, refused
+/// unidirectional streams) hold it too, and must not keep it open past its session.
+struct CloseOnDrop(Link);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(0, b"session ended");
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +152,7 @@ pub(super) async fn serve_connection(
             return Err(ConnError::HelloTimeout);
         }
     };
+    let _closer = CloseOnDrop(Link::Quic(conn.clone()));
     // The handshake proved the address: it may now hold one of its slots.
     let Some(_address) = AddressSlot::take(&shard.shared, conn.remote_address().ip()) else {
         count_connection(shard, "refused_address");
@@ -206,6 +229,7 @@ pub(super) async fn run_session(
     ip: IpAddr,
     handshake_deadline: Instant,
 ) -> Result<(), ConnError> {
+    let _closer = CloseOnDrop(conn.clone());
     let limits = &shard.shared.config.limits;
 
     // The control stream: Hello -> Welcome, within the handshake deadline.
@@ -217,7 +241,7 @@ pub(super) async fn run_session(
         if let Some(wt) = &wt
             && let Err(code) = wt.read_stream_header(&mut recv).await
         {
-            recv.stop(code);
+            recv.stop(VarInt::from_u32(code));
             return Err(ConnError::Refused(ErrorCode::HelloRequired));
         }
         let mut dec = FrameDecoder::new(shard.limits);

@@ -181,13 +181,14 @@ impl RecvHalf {
         }
     }
 
-    /// Asks the client to stop sending, with an `ErrorCode` (or HTTP/3 code).
-    pub(super) fn stop(&mut self, code: u32) {
+    /// Asks the client to stop sending, with a code from [`super::connection::Conn::code`]
+    /// (or an HTTP/3 code).
+    pub(super) fn stop(&mut self, code: VarInt) {
         match self {
             RecvHalf::Quic(r) => {
-                let _ = r.stop(VarInt::from_u32(code));
+                let _ = r.stop(code);
             }
-            RecvHalf::Ws(r) => r.stop(code),
+            RecvHalf::Ws(r) => r.stop(u32::try_from(code.into_inner()).unwrap_or(u32::MAX)),
         }
     }
 }

@@ -73,7 +73,7 @@ pub(super) async fn serve_request(
     let limits = &shard.shared.config.limits;
     // Over the limit: refused before a byte is read (nothing buffered for it).
     if state.inflight.get() > limits.max_concurrent_streams {
-        recv.stop(u32::from(ErrorCode::TooManyStreams.0));
+        recv.stop(state.code(ErrorCode::TooManyStreams));
         let reply = ErrorReply::new(ErrorCode::TooManyStreams, "too many requests in flight")
             .retry_after(10);
         respond_error(shard, &mut send, 0, &reply, "unknown", started).await;
@@ -86,7 +86,7 @@ pub(super) async fn serve_request(
         if let Some(wt) = &state.wt
             && let Err(code) = wt.read_stream_header(&mut recv).await
         {
-            recv.stop(code);
+            recv.stop(VarInt::from_u32(code));
             return Err(ConnError::Codec(CodecError::Malformed {
                 reason: "not a stream of this WebTransport session",
             }));
@@ -97,7 +97,7 @@ pub(super) async fn serve_request(
         Ok(read) => read,
         Err(_) => {
             // Half a request, then silence: whatever was buffered goes now.
-            recv.stop(u32::from(ErrorCode::Timeout.0));
+            recv.stop(state.code(ErrorCode::Timeout));
             let reply = ErrorReply::new(ErrorCode::Timeout, "request not received in time");
             respond_error(shard, &mut send, 0, &reply, "unknown", started).await;
             return;
@@ -112,7 +112,7 @@ pub(super) async fn serve_request(
             return;
         }
         Err(ConnError::Codec(e)) => {
-            recv.stop(u32::from(e.code().0));
+            recv.stop(state.code(e.code()));
             let reply = ErrorReply::new(e.code(), e.to_string());
             refuse_and_violate(shard, state, &mut send, 0, &reply, "unknown", started).await;
             return;
@@ -305,8 +305,7 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
                     }
                     Err(e) => {
                         warn!(error = %e, "download failed");
-                        send.reset(VarInt::from_u32(u32::from(ErrorCode::Internal.0)))
-                            .await;
+                        send.reset(state.code(ErrorCode::Internal)).await;
                         shard.hot.sent.inc_by(sent);
                         record(shard, label, ErrorCode::Internal.label(), started);
                         return;

@@ -624,7 +624,7 @@ fn app_file(req: &Request<Incoming>, asset: &crate::webapp::Asset, head: bool) -
             "default-src 'self'; script-src 'self'; style-src 'self'; \
              img-src 'self' https: data: blob:; media-src 'self' https: blob:; \
              connect-src 'self' https: wss:; object-src 'none'; base-uri 'none'; \
-             frame-ancestors 'none'",
+             form-action 'none'; frame-ancestors 'none'",
         )
         .body(body)
         .unwrap_or_else(|_| internal())

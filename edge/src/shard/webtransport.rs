@@ -82,14 +82,16 @@ pub struct Origins {
 }
 
 impl Origins {
-    /// `allowed` as configured (`"*"` allows any) plus the edge's own web origin.
-    pub fn new(allowed: &[String], own: Option<String>) -> Self {
+    /// `allowed` as configured (`"*"` allows any) plus the edge's own web origins (the
+    /// HTTPS listener's address, and `web.public_url`).
+    pub fn new(allowed: &[String], own: impl IntoIterator<Item = String>) -> Self {
         let any = allowed.iter().any(|o| o == "*");
         let allowed = allowed
             .iter()
             .filter(|o| *o != "*")
+            .cloned()
+            .chain(own)
             .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
-            .chain(own.map(|o| o.to_ascii_lowercase()))
             .collect();
         Self { any, allowed }
     }
@@ -314,7 +316,7 @@ pub(super) async fn accept(
 }
 
 /// Reads and discards up to [`MAX_IDLE_STREAM_BYTES`] of a stream that carries nothing
-/// the edge acts on; `true` when it ended cleanly, `false` past the limit or on error.
+/// the edge acts on: `Ok` when it ended cleanly, else the HTTP/3 code to close with.
 async fn drain_stream(recv: &mut RecvStream) -> Result<(), u32> {
     let mut seen = 0u64;
     loop {
