@@ -17,6 +17,9 @@
 //! refused (404): the edge serves no plain HTTP/3. A session ends when the client ends its
 //! `CONNECT` stream (or closes the connection).
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
 
@@ -26,7 +29,7 @@ use wtransport_proto::frame::Frame as H3Frame;
 use wtransport_proto::headers::Headers;
 use wtransport_proto::ids::{QStreamId, SessionId, StatusCode, StreamId};
 use wtransport_proto::session::{SessionRequest, SessionResponse};
-use wtransport_proto::settings::Settings;
+use wtransport_proto::settings::{SettingId, Settings};
 use wtransport_proto::stream_header::StreamHeader;
 use wtransport_proto::varint::VarInt as H3VarInt;
 
@@ -48,6 +51,7 @@ const H3_STREAM_CREATION_ERROR: u32 = 0x103;
 const H3_CLOSED_CRITICAL_STREAM: u32 = 0x104;
 const H3_FRAME_UNEXPECTED: u32 = 0x105;
 const H3_EXCESSIVE_LOAD: u32 = 0x107;
+const H3_SETTINGS_ERROR: u32 = 0x109;
 const H3_MISSING_SETTINGS: u32 = 0x10a;
 const H3_MESSAGE_ERROR: u32 = 0x10e;
 /// `WEBTRANSPORT_BUFFERED_STREAM_REJECTED`: a stream of another (or no) session.
@@ -66,7 +70,8 @@ const MAX_IDLE_STREAM_BYTES: u64 = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[error("webtransport refused: {label}")]
 pub struct Refused {
-    /// A bounded metric label: `bad_request`, `bad_origin`, `not_found`, `closed`.
+    /// A bounded metric label: `bad_request`, `bad_settings`, `bad_origin`,
+    /// `not_found`, `closed`, `timeout`.
     pub label: &'static str,
 }
 
@@ -267,7 +272,8 @@ pub(super) async fn accept(
         .write_all_chunks(&mut [head, frame])
         .await
         .map_err(|_| refused("closed"))?;
-    tokio::task::spawn_local(peer_uni_streams(conn.clone()));
+    let (settings_tx, settings_rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_local(peer_uni_streams(conn.clone(), settings_tx));
 
     // The CONNECT request: the client's first bidirectional stream.
     let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| refused("closed"))?;
@@ -277,6 +283,20 @@ pub(super) async fn accept(
         .map_err(refused)?;
     let headers = Headers::with_frame(&H3Frame::new_headers(payload.into()))
         .map_err(|_| refused("bad_request"))?;
+    // The request is not acted on before the client's SETTINGS say it speaks HTTP/3
+    // datagrams (the drafts' precondition for WebTransport).
+    let settings = settings_rx.await.map_err(|_| refused("bad_settings"))?;
+    if settings
+        .get(SettingId::H3Datagram)
+        .map(H3VarInt::into_inner)
+        != Some(1)
+    {
+        conn.close(
+            h3_code(H3_SETTINGS_ERROR),
+            b"SETTINGS_H3_DATAGRAM=1 required",
+        );
+        return Err(refused("bad_settings"));
+    }
     let (status, outcome) = match SessionRequest::try_from(headers) {
         Err(_) => (StatusCode::NOT_FOUND, Err("not_found")),
         Ok(request) if !origins.allows(request.origin()) => {
@@ -345,23 +365,31 @@ async fn watch_connect_stream(conn: Connection, mut recv: RecvStream) {
 }
 
 /// The client's unidirectional streams (at most three at once, the transport's limit):
-/// its control stream (SETTINGS first; its end is a connection error), its QPACK streams
-/// (nothing to say with a table of 0), and none of WebTransport (the protocol has no
-/// client push streams).
-async fn peer_uni_streams(conn: Connection) {
+/// one control stream (SETTINGS first, handed to `settings`; its end is a connection
+/// error), QPACK streams (nothing to say with a table of 0; their end is an error too),
+/// and none of WebTransport (the protocol has no client push streams). A second
+/// control stream is an error.
+async fn peer_uni_streams(conn: Connection, settings: tokio::sync::oneshot::Sender<Settings>) {
+    let settings = Rc::new(Cell::new(Some(settings)));
     while let Ok(mut recv) = conn.accept_uni().await {
         let conn = conn.clone();
+        let settings = settings.clone();
         tokio::task::spawn_local(async move {
             match read_varint(&mut recv).await {
                 Some(STREAM_CONTROL) => {
-                    let settings = read_h3_frame(&mut recv, FRAME_SETTINGS)
+                    let Some(tx) = settings.take() else {
+                        conn.close(h3_code(H3_STREAM_CREATION_ERROR), b"second control stream");
+                        return;
+                    };
+                    let parsed = read_h3_frame(&mut recv, FRAME_SETTINGS)
                         .await
                         .ok()
                         .and_then(|p| Settings::with_frame(&H3Frame::new_settings(p.into())).ok());
-                    if settings.is_none() {
+                    let Some(parsed) = parsed else {
                         conn.close(h3_code(H3_MISSING_SETTINGS), b"SETTINGS expected");
                         return;
-                    }
+                    };
+                    let _ = tx.send(parsed);
                     let code = match drain_stream(&mut recv).await {
                         Ok(()) => H3_CLOSED_CRITICAL_STREAM,
                         Err(code) => code,
@@ -369,9 +397,11 @@ async fn peer_uni_streams(conn: Connection) {
                     conn.close(h3_code(code), b"control stream ended");
                 }
                 Some(STREAM_QPACK_ENCODER | STREAM_QPACK_DECODER) => {
-                    if let Err(H3_EXCESSIVE_LOAD) = drain_stream(&mut recv).await {
-                        conn.close(h3_code(H3_EXCESSIVE_LOAD), b"qpack stream");
-                    }
+                    let code = match drain_stream(&mut recv).await {
+                        Ok(()) => H3_CLOSED_CRITICAL_STREAM,
+                        Err(code) => code,
+                    };
+                    conn.close(h3_code(code), b"qpack stream ended");
                 }
                 Some(STREAM_WEBTRANSPORT_UNI) => {
                     let _ = recv.stop(h3_code(H3_STREAM_CREATION_ERROR));
