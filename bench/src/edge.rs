@@ -189,19 +189,23 @@ fn proc_cpu(pid: u32) -> Option<Duration> {
 pub struct RpcArgs {
     /// Connections.
     #[arg(long, default_value_t = 16)]
-    connections: usize,
+    pub(crate) connections: usize,
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 16)]
-    in_flight: usize,
+    pub(crate) in_flight: usize,
     /// Seconds per measured run.
     #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    pub(crate) seconds: u64,
     /// Edge shards (the baseline echo server is one thread).
     #[arg(long, default_value_t = 1)]
     shards: usize,
     /// Also run the edge with two shards and report 2 ÷ 1 shard throughput.
     #[arg(long)]
     scaling: bool,
+    /// Also run the same pings over WebTransport and the WebSocket fallback (browsers'
+    /// transports), on the same edge process as the native run.
+    #[arg(long)]
+    browser: bool,
     /// Also print JSON.
     #[arg(long)]
     json: bool,
@@ -310,7 +314,9 @@ async fn echo_rpc(server: &ServerProcess, args: &RpcArgs) -> anyhow::Result<(Lin
 }
 
 /// Sums the operation counts and merges the latencies of load tasks.
-fn merge(results: Vec<anyhow::Result<(u64, Latencies)>>) -> anyhow::Result<(u64, Latencies)> {
+pub(crate) fn merge(
+    results: Vec<anyhow::Result<(u64, Latencies)>>,
+) -> anyhow::Result<(u64, Latencies)> {
     let mut lat = Latencies::new();
     let mut ops = 0;
     for r in results {
@@ -344,13 +350,22 @@ pub fn rpc(args: RpcArgs) -> anyhow::Result<()> {
     let echo = ServerProcess::echo()?;
     let (base, base_cpu) = rt.block_on(echo_rpc(&echo, &args))?;
     drop(echo);
-    let edge = ServerProcess::edge(args.shards)?;
+    let edge = if args.browser {
+        ServerProcess::edge_with(args.shards, &[("SELFIE_WEB_LISTEN", "127.0.0.1:0")])?
+    } else {
+        ServerProcess::edge(args.shards)?
+    };
     let label = format!(
         "edge ping ({} shard{})",
         args.shards,
         if args.shards == 1 { "" } else { "s" }
     );
     let (ours, our_cpu) = rt.block_on(edge_rpc(&edge, &args, &label))?;
+    let mut browser = Vec::new();
+    if args.browser {
+        browser.push(rt.block_on(crate::browser::webtransport_rpc(&edge, &args))?);
+        browser.push(rt.block_on(crate::browser::websocket_rpc(&edge, &args))?);
+    }
     drop(edge);
     let mut lines = vec![(base, base_cpu), (ours, our_cpu)];
     if args.scaling {
@@ -382,6 +397,23 @@ pub fn rpc(args: RpcArgs) -> anyhow::Result<()> {
         o.lat.p(0.99) as f64 / b.lat.p(0.99).max(1) as f64,
         cpu_per_op(*oc, o.ops) / cpu_per_op(*bc, b.ops).max(f64::EPSILON),
     );
+    for (l, cpu) in &browser {
+        println!(
+            "{}  server CPU {:.2} µs/req",
+            l.text(),
+            cpu_per_op(*cpu, l.ops)
+        );
+        println!(
+            "ratios ({} ÷ native edge): throughput {:.2}x, p50 {:.2}x, p99 {:.2}x, server CPU per request {:.2}x; throughput ÷ raw quinn {:.2}x",
+            l.name,
+            l.rate() / o.rate(),
+            l.lat.p(0.5) as f64 / o.lat.p(0.5).max(1) as f64,
+            l.lat.p(0.99) as f64 / o.lat.p(0.99).max(1) as f64,
+            cpu_per_op(*cpu, l.ops) / cpu_per_op(*oc, o.ops).max(f64::EPSILON),
+            l.rate() / b.rate(),
+        );
+    }
+    lines.extend(browser);
     if args.scaling {
         let one = lines.iter().find(|(l, _)| l.name.contains("(1 shard)"));
         let two = lines.iter().find(|(l, _)| l.name.contains("(2 shards)"));

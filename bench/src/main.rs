@@ -22,6 +22,7 @@
 //! Results and command lines are recorded in `bench/RESULTS.md`.
 
 mod blobs;
+mod browser;
 mod chat;
 mod edge;
 mod fanout;

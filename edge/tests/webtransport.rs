@@ -365,6 +365,20 @@ async fn origins_are_checked_and_hostile_webtransport_input_gets_typed_errors() 
         .await
         .expect("an answer");
     assert_eq!(error_code(&answer), Some(ErrorCode::MalformedFrame));
+    // The session ends with the code, as a browser reads it (CLOSE_WEBTRANSPORT_SESSION).
+    // (wtransport reports the capsule's close to pending operations; `closed()` gives
+    // the QUIC close it then makes itself.)
+    let why = match tokio::time::timeout(Duration::from_secs(10), bad.conn.accept_uni())
+        .await
+        .expect("closed in time")
+    {
+        Ok(_) => panic!("a push stream on a closed session"),
+        Err(closed) => format!("{closed:?}"),
+    };
+    assert!(
+        why.contains("ApplicationClose") && why.contains("100"),
+        "{why}"
+    );
     let bad = browser(&node, None, None).await.expect("session");
     let mut big = (1u32 << 20).to_le_bytes().to_vec();
     big.extend_from_slice(&[0u8; 64]);

@@ -4,7 +4,7 @@
  * WebSocket fallback). Plain DOM, no framework: every user-supplied string goes through
  * `textContent`, never HTML.
  */
-import { Client, ErrorCode, Selfie, SelfieError, type Subscription, proto } from '../src/index.js';
+import { Client, ErrorCode, Selfie, SelfieError, type Subscription, connectWithBackoff, proto } from '../src/index.js';
 
 interface ClientJson {
   quicPort: number;
@@ -62,19 +62,16 @@ async function connect(accessToken: string | null): Promise<Selfie> {
   const url = `https://${location.hostname}:${c.quicPort}/`;
   const params = new URLSearchParams(location.search);
   const only = params.get('transport');
-  const client = await Client.connect({
+  const client = await connectWithBackoff(() => Client.connect({
     url,
     certificateHashes: c.certificateHash === null ? [] : [c.certificateHash],
     accessToken,
     app: { name: 'selfie-web-demo', version: '0.1.0' },
     websocketUrl: `wss://${location.host}/ws`,
     transports: only === 'websocket' ? ['websocket'] : only === 'webtransport' ? ['webtransport'] : undefined,
-  });
+  }), { attempts: 6 });
   status.textContent = `${accessToken === null ? 'signed out' : 'signed in'} · ${client.transportKind}`;
   status.dataset['transport'] = client.transportKind;
-  void client.closed.then((info) => {
-    status.textContent = `disconnected (${info.code}) — reload to reconnect`;
-  });
   return new Selfie(client);
 }
 
@@ -168,6 +165,17 @@ async function signedIn(tokens: Tokens): Promise<void> {
     return start();
   }
   session = s;
+  // Moved by the edge (drain) or cut off: come back, with backoff, to a fresh screen.
+  const reconnect = (delayMs: number): void => {
+    if (session !== s) {
+      return; // Logged out or already replaced.
+    }
+    session = null;
+    status.textContent = 'reconnecting…';
+    setTimeout(() => void signedIn(tokens), delayMs);
+  };
+  void s.client.goAway.then((g) => reconnect(g.reconnectAfterMs));
+  void s.client.closed.then(() => reconnect(0));
   app.className = '';
   app.replaceChildren();
 
@@ -315,6 +323,7 @@ async function signedIn(tokens: Tokens): Promise<void> {
       .catch(() => {})
       .finally(() => {
         sessionStorage.removeItem('selfie.tokens');
+        session = null;
         s.client.close();
         void start();
       });

@@ -62,6 +62,68 @@ export interface ConnectOptions {
   readonly requestTimeoutMs?: number;
 }
 
+/** How `connectWithBackoff` retries. */
+export interface Backoff {
+  /** Attempts in all (default 8). */
+  readonly attempts?: number;
+  /** First delay, ms (default 250); it doubles each time, up to `maxMs`. */
+  readonly baseMs?: number;
+  /** Longest delay, ms (default 15 s). */
+  readonly maxMs?: number;
+  /** Waits `ms` (injectable for tests; default `setTimeout`). */
+  readonly sleep?: (ms: number) => Promise<void>;
+  /** A uniform random number in [0, 1) (injectable for tests; default `Math.random`). */
+  readonly random?: () => number;
+}
+
+/** Whether a failure to connect may succeed later: the network, an overloaded or
+ * draining edge. A refused `Hello` (bad token, unsupported version) is final. */
+export function isRetryable(e: unknown): boolean {
+  if (!(e instanceof SelfieError)) {
+    return true;
+  }
+  return [
+    ErrorCode.Unavailable,
+    ErrorCode.Timeout,
+    ErrorCode.Overloaded,
+    ErrorCode.Draining,
+    ErrorCode.RateLimited,
+    ErrorCode.TooManyConnections,
+    ErrorCode.HandshakeTimeout,
+  ].includes(e.code);
+}
+
+/**
+ * Connects with retries: exponential backoff with full jitter (a fleet's clients do not
+ * return in step after an outage), honouring a server's `retryAfterMs`; gives up at once
+ * on a refusal that retrying cannot fix.
+ */
+export async function connectWithBackoff<C>(
+  connect: () => Promise<C>,
+  backoff: Backoff = {},
+): Promise<C> {
+  const attempts = backoff.attempts ?? 8;
+  const base = backoff.baseMs ?? 250;
+  const max = backoff.maxMs ?? 15_000;
+  const sleep = backoff.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const random = backoff.random ?? Math.random;
+  let last: unknown = null;
+  for (let i = 0; i < attempts; i++) {
+    try {
+      return await connect();
+    } catch (e) {
+      last = e;
+      if (!isRetryable(e) || i === attempts - 1) {
+        break;
+      }
+      const ceiling = Math.min(max, base * 2 ** i);
+      const told = e instanceof SelfieError ? e.retryAfterMs : 0;
+      await sleep(Math.max(told, Math.floor(random() * ceiling)));
+    }
+  }
+  throw last;
+}
+
 /** The protocol version this SDK speaks (the generated code's). */
 export const PROTOCOL_VERSION = { major: 1, minor: 9 } as const;
 

@@ -4,7 +4,17 @@
  * iterate subscriptions with `for await`.
  */
 export * as proto from './proto.js';
-export { Client, ErrorCode, PROTOCOL_VERSION, SelfieError, Subscription, type ConnectOptions } from './client.js';
+export {
+  Client,
+  ErrorCode,
+  PROTOCOL_VERSION,
+  SelfieError,
+  Subscription,
+  connectWithBackoff,
+  isRetryable,
+  type Backoff,
+  type ConnectOptions,
+} from './client.js';
 export { FrameError, FrameReader, decodeDatagram, encodeDatagram, encodeEnvelope, readFrames } from './frame.js';
 export { AuthApi, ChatApi, FeedApi, GraphApi, NotificationsApi, PostsApi, Selfie, StoriesApi, UsersApi } from './services.js';
 export { certificateHash, hasWebTransport, openWebTransport, type CloseInfo, type DuplexStream, type Transport, type TransportKind } from './transport.js';

@@ -47,6 +47,21 @@ impl Drop for Conn {
 }
 
 impl Conn {
+    /// Closes the connection with `code`, counted: for a browser's WebTransport session
+    /// with a `CLOSE_WEBTRANSPORT_SESSION` capsule first (its page reads the code).
+    pub(super) fn close(&self, shard: &Shard, code: ErrorCode, reason: &str) {
+        count_close(shard, code);
+        self.end(u32::from(code.0), reason.as_bytes());
+    }
+
+    /// Closes the connection (not counted): see [`Conn::close`].
+    pub(super) fn end(&self, code: u32, reason: &[u8]) {
+        match &self.wt {
+            Some(wt) => wt.close(&self.conn, code, reason),
+            None => self.conn.close(code, reason),
+        }
+    }
+
     /// The stream error code that carries `code` to this client: the number itself, or
     /// for a WebTransport session its mapping into HTTP/3's range (so that a browser
     /// reads `streamErrorCode = code`).
@@ -65,7 +80,7 @@ impl Conn {
         let n = self.protocol_errors.get() + 1;
         self.protocol_errors.set(n);
         if n > shard.shared.config.limits.max_protocol_errors {
-            close_for(shard, &self.conn, code, "too many protocol errors");
+            self.close(shard, code, "too many protocol errors");
         }
     }
 
@@ -75,12 +90,17 @@ impl Conn {
         let n = self.protocol_errors.get() + 1;
         self.protocol_errors.set(n);
         if n > shard.shared.config.limits.max_protocol_errors || code.closes_connection() {
-            close_for(shard, &self.conn, code, "protocol violation");
+            self.close(shard, code, "protocol violation");
         }
     }
 }
 
 pub(super) fn close_for(shard: &Shard, conn: &Link, code: ErrorCode, reason: &str) {
+    count_close(shard, code);
+    conn.close(u32::from(code.0), reason.as_bytes());
+}
+
+fn count_close(shard: &Shard, code: ErrorCode) {
     shard
         .shared
         .metrics
@@ -90,7 +110,6 @@ pub(super) fn close_for(shard: &Shard, conn: &Link, code: ErrorCode, reason: &st
             code: code.label(),
         })
         .inc();
-    conn.close(u32::from(code.0), reason.as_bytes());
 }
 
 /// Closes a connection when the task serving it ends, however it ends: the tasks that
@@ -437,7 +456,7 @@ pub(super) async fn run_session(
     // client, which closes (or moves away) on its own when it has it.
     let grace = Instant::now() + Duration::from_millis(1000);
     let _ = tokio::time::timeout_at(grace.min(drain_deadline).into(), conn.closed()).await;
-    conn.close(u32::from(ErrorCode::Draining.0), b"draining");
+    state.end(u32::from(ErrorCode::Draining.0), b"draining");
     Ok(())
 }
 
@@ -517,7 +536,7 @@ async fn control_loop(
                 }
             }
             Ok(None) => {
-                state.conn.close(0, b"control stream closed");
+                state.end(0, b"control stream closed");
                 return;
             }
             Err(ConnError::Codec(e)) => {

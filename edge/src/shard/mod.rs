@@ -254,12 +254,7 @@ async fn serve(
                             let shard = rev_shard.clone();
                             tokio::task::spawn_local(async move {
                                 tokio::time::sleep(Duration::from_millis(100)).await;
-                                connection::close_for(
-                                    &shard,
-                                    &conn.conn,
-                                    ErrorCode::SessionRevoked,
-                                    "session revoked",
-                                );
+                                conn.close(&shard, ErrorCode::SessionRevoked, "session revoked");
                             });
                         }
                     }
@@ -361,7 +356,7 @@ fn sweep_sessions(shard: &Rc<Shard>) {
             } else {
                 "access token expired"
             };
-            connection::close_for(shard, &conn.conn, code, reason);
+            conn.close(shard, code, reason);
         }
     }
 }

@@ -45,6 +45,8 @@ const STREAM_WEBTRANSPORT_UNI: u64 = 0x54;
 const FRAME_HEADERS: u64 = 0x01;
 const FRAME_SETTINGS: u64 = 0x04;
 const FRAME_WEBTRANSPORT_STREAM: u64 = 0x41;
+/// `CLOSE_WEBTRANSPORT_SESSION` (a capsule, RFC 9297).
+const CAPSULE_CLOSE_WEBTRANSPORT_SESSION: u32 = 0x2843;
 /// HTTP/3 error codes (RFC 9114 §8.1).
 const H3_NO_ERROR: u32 = 0x100;
 const H3_STREAM_CREATION_ERROR: u32 = 0x103;
@@ -120,8 +122,9 @@ pub(super) struct WtSession {
     /// The edge's HTTP/3 control stream: it must stay open as long as the connection
     /// (closing it is a connection error for the peer).
     _control: SendStream,
-    /// The `CONNECT` stream's send half: open while the session lives.
-    _connect: SendStream,
+    /// The `CONNECT` stream's send half: open while the session lives; its
+    /// `CLOSE_WEBTRANSPORT_SESSION` capsule tells a browser why the session ended.
+    connect: std::cell::RefCell<Option<SendStream>>,
 }
 
 impl WtSession {
@@ -141,6 +144,36 @@ impl WtSession {
             Some(_) => Err(WT_BUFFERED_STREAM_REJECTED),
             None => Err(H3_MESSAGE_ERROR),
         }
+    }
+
+    /// Ends the session with an application `code` (an `ErrorCode`): a
+    /// `CLOSE_WEBTRANSPORT_SESSION` capsule on the `CONNECT` stream (so that the page's
+    /// `WebTransport.closed` has the code and reason), then, once the browser has it or
+    /// after half a second, the connection's close.
+    pub(super) fn close(&self, conn: &Link, code: u32, reason: &[u8]) {
+        let Some(mut send) = self.connect.borrow_mut().take() else {
+            return conn.close(code, reason);
+        };
+        let reason = &reason[..reason.len().min(1024)];
+        let mut capsule = Vec::with_capacity(16 + reason.len());
+        let inner = 4 + reason.len() as u64;
+        let mut body = Vec::with_capacity(inner as usize + 16);
+        let _ = body.put_varint(H3VarInt::from_u32(CAPSULE_CLOSE_WEBTRANSPORT_SESSION));
+        let _ = H3VarInt::try_from_u64(inner).map(|v| body.put_varint(v));
+        body.extend_from_slice(&code.to_be_bytes());
+        body.extend_from_slice(reason);
+        // Capsules travel in HTTP/3 DATA frames on the request stream.
+        if H3Frame::new_data(body.into()).write(&mut capsule).is_err() {
+            return conn.close(code, reason);
+        }
+        let (conn, reason) = (conn.clone(), reason.to_vec());
+        tokio::task::spawn_local(async move {
+            let _ = send.write_all(&capsule).await;
+            let _ = send.finish();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(500), send.stopped()).await;
+            conn.close(code, &reason);
+        });
     }
 
     /// What the session's push streams and datagrams start with.
@@ -331,7 +364,7 @@ pub(super) async fn accept(
             datagram: datagram_prefix,
         },
         _control: control,
-        _connect: send,
+        connect: std::cell::RefCell::new(Some(send)),
     })
 }
 
