@@ -147,7 +147,9 @@ pub async fn webtransport_rpc(
         Box::pin(async move {
             let (mut send, mut recv) = c.0.open_bi().await?.await?;
             send.write_all(&ping).await?;
-            send.finish().await?;
+            // The edge may stop the stream once it has the frame (STOP_SENDING 0): the
+            // answer, not the finish, says how the request went (as in the web SDK).
+            let _ = send.finish().await;
             let mut dec = FrameDecoder::new(Limits::DEFAULT);
             let mut buf = vec![0u8; 4096];
             loop {
