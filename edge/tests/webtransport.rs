@@ -385,6 +385,39 @@ async fn origins_are_checked_and_hostile_webtransport_input_gets_typed_errors() 
     let answer = bad.request_bytes(&big).await.expect("an answer");
     assert_eq!(error_code(&answer), Some(ErrorCode::FrameTooLarge));
 
+    // More requests in flight than the limit (128), each holding half a frame: the
+    // extra ones are refused TooManyStreams, as on a native connection.
+    let busy = browser(&node, None, None).await.expect("session");
+    let mut held = Vec::new();
+    for _ in 0..132 {
+        let (mut send, recv) = busy
+            .conn
+            .open_bi()
+            .await
+            .expect("opening")
+            .await
+            .expect("opened");
+        send.write_all(&[64, 0, 0, 0, 1])
+            .await
+            .expect("half a frame");
+        held.push((send, recv));
+    }
+    let mut refused = 0;
+    for (_, recv) in held.iter_mut().skip(120) {
+        let mut dec = FrameDecoder::new(Limits::DEFAULT);
+        if let Ok(Some(f)) =
+            tokio::time::timeout(Duration::from_secs(2), next_frame(recv, &mut dec)).await
+            && error_code(&f) == Some(ErrorCode::TooManyStreams)
+        {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 1,
+        "no TooManyStreams among the streams over the limit"
+    );
+    drop(held);
+
     // A WebTransport session may not open push streams of its own: stopped.
     match good.conn.open_uni().await.expect("opening").await {
         // Stopped as soon as its header arrived.
@@ -449,6 +482,7 @@ async fn origins_are_checked_and_hostile_webtransport_input_gets_typed_errors() 
     assert!(m.contains("outcome=\"bad_origin\""), "{m}");
     assert!(m.contains("code=\"MalformedFrame\""), "{m}");
     assert!(m.contains("code=\"FrameTooLarge\""), "{m}");
+    assert!(m.contains("code=\"TooManyStreams\""), "{m}");
     assert!(m.contains("outcome=\"malformed\""), "{m}");
 }
 
