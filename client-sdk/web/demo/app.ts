@@ -283,6 +283,48 @@ async function signedIn(tokens: Tokens): Promise<void> {
       })
       .catch((e: unknown) => (error.textContent = message(e)));
   });
+  // Direct messages: send to a username; every conversation's new messages, live.
+  const messages = el('ul', { 'data-testid': 'messages' });
+  const names = new Map<bigint, string>([[BigInt(tokens.userId), tokens.username]]);
+  const chatForm = el(
+    'form',
+    { 'data-testid': 'chat' },
+    el('input', { name: 'to', placeholder: 'send to (username)', required: '' }),
+    el('input', { name: 'text', placeholder: 'message', required: '', maxlength: '4000' }),
+    el('button', { type: 'submit' }, 'Send'),
+  );
+  chatForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const f = new FormData(chatForm);
+    const to = String(f.get('to')).replace(/^@/, '');
+    const text = String(f.get('text'));
+    s.users
+      .profile({ username: to })
+      .then(async (r) => {
+        const id = r.profile?.user?.userId ?? 0n;
+        names.set(id, to);
+        const c = await s.chat.direct(id);
+        const conversation = c.conversation?.conversationId ?? 0n;
+        await s.chat.send(conversation, globalThis.crypto.randomUUID(), text);
+        (chatForm.elements.namedItem('text') as HTMLInputElement).value = '';
+      })
+      .catch((e: unknown) => (error.textContent = message(e)));
+  });
+  const showMessage = async (m: proto.chat.MessageT): Promise<void> => {
+    if (!names.has(m.senderId)) {
+      for (const u of (await s.users.lookup({ userIds: [m.senderId] })).users) {
+        names.set(u.userId, str(u.username));
+      }
+    }
+    messages.append(
+      el(
+        'li',
+        { 'data-testid': 'message' },
+        el('span', { class: 'author' }, `@${names.get(m.senderId) ?? m.senderId.toString()}`),
+        ` ${str(m.text)}`,
+      ),
+    );
+  };
   const twoFactor = el('div', { 'data-testid': 'two-factor' });
   const enable = el('button', { type: 'button' }, 'Turn on two-factor authentication');
   const password = el('input', { type: 'password', placeholder: 'your password', autocomplete: 'current-password' });
@@ -342,6 +384,7 @@ async function signedIn(tokens: Tokens): Promise<void> {
       el('section', {}, el('h2', {}, 'You'), me, ' · ', logout, twoFactor),
       el('section', {}, el('h2', {}, 'Follow'), follow),
       profile,
+      el('section', {}, el('h2', {}, 'Messages'), chatForm, messages),
       el('section', {}, el('h2', {}, 'Stories'), tray),
       el('section', {}, el('h2', {}, 'Notifications'), notesList),
     ),
@@ -365,6 +408,24 @@ async function signedIn(tokens: Tokens): Promise<void> {
   void follow_live(proto.control.SubscriptionKind.HomeFeed, loadFeed);
   void follow_live(proto.control.SubscriptionKind.Notifications, loadNotifications);
   void follow_live(proto.control.SubscriptionKind.StoryTray, loadTray);
+  void (async () => {
+    try {
+      const sub = await s.subscribe(proto.control.SubscriptionKind.AllConversations);
+      live.push(sub);
+      for await (const env of sub) {
+        const op = env.body instanceof proto.chat.ChatT ? env.body.op : null;
+        if (
+          op instanceof proto.chat.ChatEventT &&
+          op.kind === proto.chat.ChatEventKind.MessageCreated &&
+          op.message !== null
+        ) {
+          await showMessage(op.message);
+        }
+      }
+    } catch (e) {
+      error.textContent = `live messages stopped: ${message(e)}`;
+    }
+  })();
   app.dataset['ready'] = 'true';
 }
 

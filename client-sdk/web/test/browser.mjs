@@ -1,7 +1,8 @@
 // Browser tests: Debian's Chromium (never a downloaded browser), driven by
 // playwright-core, against a real `selfie serve` serving the built web client on its
 // `[web]` HTTPS port. Two users in two browser contexts register, one follows the
-// other, a post arrives live in the follower's feed; one turns on 2FA and logs back in
+// other, a post arrives live in the follower's feed, a direct message arrives live; one
+// turns on 2FA and logs back in
 // with a code. Then the same with WebTransport removed from the browser: the client
 // falls back to the WebSocket transport. Screenshots of each main screen are kept in
 // $SELFIE_ARTIFACTS.
@@ -143,6 +144,15 @@ async function scenario(browser, base, mode, failures) {
   await a.getByTestId('notification').first().waitFor({ timeout: 20_000 });
   await shot(b, 'feed');
   await shot(a, 'notifications');
+
+  // Ana writes to Ben (who follows her); it arrives live in his messages.
+  const dm = `psst ${ben}, ${mode} here`;
+  const chat = a.getByTestId('chat');
+  await chat.locator('[name=to]').fill(ben);
+  await chat.locator('[name=text]').fill(dm);
+  await chat.locator('button').click();
+  await b.getByTestId('messages').getByText(dm).waitFor({ timeout: 20_000 });
+  await shot(b, 'messages');
   return { a, ana, text };
 }
 
