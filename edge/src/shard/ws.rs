@@ -20,7 +20,8 @@
 //! WebSocket close code `4000 + ErrorCode` (1000 when clean).
 //!
 //! Limits: at most `limits.max_concurrent_streams` plus the QUIC margin of client
-//! streams at once (more are answered `RESET TooManyStreams`); at most
+//! streams at once, counted until the session is done answering each (more are
+//! answered `RESET TooManyStreams`, and a stream id must grow); at most
 //! [`INBOUND_BUDGET`] bytes received and not yet read by the session (past it the
 //! reader stops reading the socket: TCP pushes back); messages at most
 //! `max_frame_bytes` + 64 KiB; datagrams past a small queue are dropped. Streams have no
@@ -122,6 +123,9 @@ struct Mux {
     stopped: RefCell<HashMap<u64, Option<u32>>>,
     stop_signal: Notify,
     next_uni: Cell<u64>,
+    /// Client streams open: created by their first message, done when the session drops
+    /// its answering half (a `FIN` alone does not free the slot, as in QUIC).
+    client_open: Cell<usize>,
     closed: Cell<bool>,
     closed_signal: Notify,
     /// Tells the writer to close the socket (a stored permit: never missed).
@@ -162,6 +166,7 @@ impl WsLink {
             stopped: RefCell::new(HashMap::new()),
             stop_signal: Notify::new(),
             next_uni: Cell::new(3),
+            client_open: Cell::new(0),
             closed: Cell::new(false),
             closed_signal: Notify::new(),
             shutdown: Notify::new(),
@@ -212,13 +217,14 @@ impl WsLink {
                             Some(tx) => Some(tx),
                             None if last_client_stream.is_none_or(|last| id > last) => {
                                 last_client_stream = Some(id);
-                                if mux.inbound.borrow().len() >= max_streams {
+                                if mux.client_open.get() >= max_streams {
                                     let _ =
                                         mux.out.send(message(RESET, id, &too_many_streams())).await;
                                     continue;
                                 }
                                 let (tx, rx) = mpsc::unbounded_channel();
                                 mux.inbound.borrow_mut().insert(id, tx.clone());
+                                mux.client_open.set(mux.client_open.get() + 1);
                                 let send = WsSend::new(id, &mux);
                                 let recv = WsRecv {
                                     id,
@@ -426,6 +432,12 @@ impl WsSend {
 impl Drop for WsSend {
     fn drop(&mut self) {
         self.mux.stopped.borrow_mut().remove(&self.id);
+        if self.id % 4 == 0 {
+            // A client stream's answer is done: its slot is free.
+            self.mux
+                .client_open
+                .set(self.mux.client_open.get().saturating_sub(1));
+        }
     }
 }
 
