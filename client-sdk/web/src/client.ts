@@ -283,6 +283,7 @@ export class Client {
   /** Resolves when the connection ends. */
   readonly closed: Promise<CloseInfo>;
   private readonly maxFrameBytes: number;
+  private heartbeat: ReturnType<typeof setInterval> | undefined;
 
   private constructor(
     private readonly transport: Transport,
@@ -298,6 +299,12 @@ export class Client {
     void this.controlLoop(controlFrames);
     void this.pushLoop();
     void this.datagramLoop();
+    // Heartbeats at the interval the edge asks for: an idle session stays open (QUIC
+    // and the WebSocket fallback both close a silent peer at the idle timeout).
+    const every = welcome.heartbeatIntervalMs;
+    if (every > 0) {
+      this.heartbeat = setInterval(() => void this.ping().catch(() => {}), every);
+    }
     void transport.closed.then(() => this.endAll());
   }
 
@@ -497,6 +504,7 @@ export class Client {
   }
 
   private endAll(failure: unknown = null): void {
+    clearInterval(this.heartbeat);
     for (const s of this.subscriptions.values()) {
       s.queue.end(failure);
     }

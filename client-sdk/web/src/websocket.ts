@@ -73,7 +73,10 @@ export async function openWebSocket(url: string, timeoutMs = 10_000): Promise<Tr
   const ws = new WebSocket(url);
   ws.binaryType = 'arraybuffer';
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('WebSocket timed out')), timeoutMs);
+    const timer = setTimeout(() => {
+      ws.close();
+      reject(new Error('WebSocket timed out'));
+    }, timeoutMs);
     ws.addEventListener('open', () => {
       clearTimeout(timer);
       resolve();
@@ -210,7 +213,7 @@ export async function openWebSocket(url: string, timeoutMs = 10_000): Promise<Tr
       case RESET: {
         const r = readers.get(id);
         readers.delete(id);
-        r?.error(new WebSocketStreamError(new DataView(payload.buffer, payload.byteOffset).getUint32(0, false)));
+        r?.error(new WebSocketStreamError(payload.length >= 4 ? new DataView(payload.buffer, payload.byteOffset).getUint32(0, false) : 0));
         return;
       }
       case STOP: {

@@ -27,6 +27,8 @@ pub(super) struct Conn {
     pub(super) next_subscription: Cell<u64>,
     /// The WebTransport session, for a browser's connection (`h3`).
     pub(super) wt: Option<webtransport::WtSession>,
+    /// Set once a close with a WebTransport capsule is under way.
+    pub(super) closing: Rc<Cell<bool>>,
 }
 
 /// Datagrams per second one connection may hand to the services (typing and presence
@@ -57,7 +59,10 @@ impl Conn {
     /// Closes the connection (not counted): see [`Conn::close`].
     pub(super) fn end(&self, code: u32, reason: &[u8]) {
         match &self.wt {
-            Some(wt) => wt.close(&self.conn, code, reason),
+            Some(wt) => {
+                self.closing.set(true);
+                wt.close(&self.conn, code, reason);
+            }
             None => self.conn.close(code, reason),
         }
     }
@@ -115,11 +120,15 @@ fn count_close(shard: &Shard, code: ErrorCode) {
 /// Closes a connection when the task serving it ends, however it ends: the tasks that
 /// watch its other streams (HTTP/3 control, the `CONNECT` stream, refused
 /// unidirectional streams) hold it too, and must not keep it open past its session.
-struct CloseOnDrop(Link);
+/// When a close with a WebTransport capsule is under way (`closing`), that close ends
+/// the connection itself, moments later: the capsule must not be cut off.
+struct CloseOnDrop(Link, Rc<Cell<bool>>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.close(0, b"session ended");
+        if !self.1.get() {
+            self.0.close(0, b"session ended");
+        }
     }
 }
 
@@ -171,7 +180,8 @@ pub(super) async fn serve_connection(
             return Err(ConnError::HelloTimeout);
         }
     };
-    let _closer = CloseOnDrop(Link::Quic(conn.clone()));
+    let closing = Rc::new(Cell::new(false));
+    let _closer = CloseOnDrop(Link::Quic(conn.clone()), closing.clone());
     // The handshake proved the address: it may now hold one of its slots.
     let Some(_address) = AddressSlot::take(&shard.shared, conn.remote_address().ip()) else {
         count_connection(shard, "refused_address");
@@ -234,7 +244,16 @@ pub(super) async fn serve_connection(
         None
     };
     let ip = conn.remote_address().ip().to_canonical();
-    run_session(shard, conn_id, Link::Quic(conn), wt, ip, handshake_deadline).await
+    run_session(
+        shard,
+        conn_id,
+        Link::Quic(conn),
+        wt,
+        ip,
+        handshake_deadline,
+        closing,
+    )
+    .await
 }
 
 /// A session on an established connection, whatever its transport: `Hello` →
@@ -247,8 +266,9 @@ pub(super) async fn run_session(
     wt: Option<webtransport::WtSession>,
     ip: IpAddr,
     handshake_deadline: Instant,
+    closing: Rc<Cell<bool>>,
 ) -> Result<(), ConnError> {
-    let _closer = CloseOnDrop(conn.clone());
+    let _closer = CloseOnDrop(conn.clone(), closing.clone());
     let limits = &shard.shared.config.limits;
 
     // The control stream: Hello -> Welcome, within the handshake deadline.
@@ -350,6 +370,7 @@ pub(super) async fn run_session(
         joining: Cell::new(0),
         next_subscription: Cell::new(1),
         wt,
+        closing,
     });
     // Registered before `Welcome` is written: a revocation announced meanwhile finds the
     // connection (one announced before `Hello` was checked refused the token there).

@@ -436,8 +436,16 @@ async fn serve_session(
         .clone();
     active.inc();
     let kind = link.kind();
-    if let Err(e) =
-        connection::run_session(shard, conn_id, link, None, ip, handshake_deadline).await
+    if let Err(e) = connection::run_session(
+        shard,
+        conn_id,
+        link,
+        None,
+        ip,
+        handshake_deadline,
+        Rc::default(),
+    )
+    .await
     {
         debug!(error = %e, kind, "session ended");
     }

@@ -273,6 +273,7 @@ fn websocket(shard: &Rc<Shard>, ip: IpAddr, req: Request<Incoming>) -> Response<
     let max_message = limits.max_frame_bytes + 64 * 1024;
     let max_streams = (limits.max_concurrent_streams + crate::STREAM_MARGIN) as usize;
     let handshake_deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
     let session_shard = shard.clone();
     tokio::task::spawn_local(
         async move {
@@ -290,7 +291,7 @@ fn websocket(shard: &Rc<Shard>, ip: IpAddr, req: Request<Incoming>) -> Response<
                 Some(config),
             )
             .await;
-            let link = super::ws::WsLink::start(socket, max_streams);
+            let link = super::ws::WsLink::start(socket, max_streams, max_message, idle);
             super::serve_session(&shard, super::link::Link::Ws(link), ip, handshake_deadline).await;
         }
         .instrument(info_span!("websocket", shard = shard.id, peer = %ip)),

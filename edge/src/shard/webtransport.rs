@@ -152,7 +152,7 @@ impl WtSession {
     /// after half a second, the connection's close.
     pub(super) fn close(&self, conn: &Link, code: u32, reason: &[u8]) {
         let Some(mut send) = self.connect.borrow_mut().take() else {
-            return conn.close(code, reason);
+            return; // A close is already under way (it ends the connection itself).
         };
         let reason = &reason[..reason.len().min(1024)];
         let mut capsule = Vec::with_capacity(16 + reason.len());
@@ -168,10 +168,14 @@ impl WtSession {
         }
         let (conn, reason) = (conn.clone(), reason.to_vec());
         tokio::task::spawn_local(async move {
-            let _ = send.write_all(&capsule).await;
-            let _ = send.finish();
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_millis(500), send.stopped()).await;
+            // Half a second in all: a client that takes nothing cannot hold the close.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+                if send.write_all(&capsule).await.is_ok() {
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                }
+            })
+            .await;
             conn.close(code, &reason);
         });
     }

@@ -39,10 +39,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// Bytes received on a connection's streams and not yet read by the session.
+/// Bytes received on a connection's streams and not yet read by the session (at least
+/// twice the largest message).
 pub const INBOUND_BUDGET: usize = 4 << 20;
-/// Messages queued for the socket before writers wait.
+/// Bytes queued for the socket before writers wait.
+const OUTBOUND_BUDGET: usize = 1 << 20;
+/// Messages queued for the socket.
 const OUTBOUND_QUEUE: usize = 256;
+/// Time a closing socket gets to flush what was queued (its close frame included).
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Datagrams received and not yet read; more are dropped (latest-wins signals).
 const DATAGRAM_QUEUE: usize = 64;
 
@@ -115,7 +120,7 @@ fn code_of(payload: &[u8]) -> u32 {
 
 /// Shared by a connection's streams and its two tasks.
 struct Mux {
-    out: mpsc::Sender<Message>,
+    out: mpsc::Sender<(Message, Option<OwnedSemaphorePermit>)>,
     /// Client streams being read: id -> the channel to their reader.
     inbound: RefCell<HashMap<u64, mpsc::UnboundedSender<Inbound>>>,
     /// Streams this side writes, open: id -> the code the peer stopped it with, if it
@@ -127,19 +132,60 @@ struct Mux {
     /// its answering half (a `FIN` alone does not free the slot, as in QUIC).
     client_open: Cell<usize>,
     closed: Cell<bool>,
-    closed_signal: Notify,
-    /// Tells the writer to close the socket (a stored permit: never missed).
-    shutdown: Notify,
+    /// `true` once the connection is closing: the writer and the reader stop (the socket
+    /// goes with them), streams fail, accepts end. A watch: never a missed wakeup.
+    closing: tokio::sync::watch::Sender<bool>,
+    /// Bytes queued for the socket and not yet written.
+    outbound: Arc<Semaphore>,
 }
 
 impl Mux {
     fn close_all(&self) {
         self.closed.set(true);
         self.inbound.borrow_mut().clear();
-        self.closed_signal.notify_waiters();
+        self.closing.send_replace(true);
         self.stop_signal.notify_waiters();
-        self.shutdown.notify_one();
     }
+
+    /// Resolves once the connection is closing.
+    async fn until_closed(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Queues `msg`, first taking its bytes from the outbound budget (waits while the
+    /// socket is behind); `Err` once the connection is closing.
+    async fn send(&self, msg: Message) -> Result<(), StreamError> {
+        let n = outbound_cost(&msg);
+        let permit = tokio::select! {
+            p = self.outbound.clone().acquire_many_owned(n) => p.map_err(|_| StreamError::Closed)?,
+            () = self.until_closed() => return Err(StreamError::Closed),
+        };
+        if self.closed.get() {
+            return Err(StreamError::Closed);
+        }
+        self.out
+            .send((msg, Some(permit)))
+            .await
+            .map_err(|_| StreamError::Closed)
+    }
+
+    /// Queues `msg` if it fits now (datagrams, stops, closes: never waits).
+    fn try_send(&self, msg: Message) -> bool {
+        match self
+            .outbound
+            .clone()
+            .try_acquire_many_owned(outbound_cost(&msg))
+        {
+            Ok(p) => self.out.try_send((msg, Some(p))).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// A message's share of the outbound budget (a larger one takes all of it).
+fn outbound_cost(msg: &Message) -> u32 {
+    u32::try_from(msg.len().clamp(1, OUTBOUND_BUDGET)).unwrap_or(1)
 }
 
 /// One WebSocket connection, as the session sees it.
@@ -151,13 +197,19 @@ pub struct WsLink {
 }
 
 impl WsLink {
-    /// Starts the reader and writer tasks of `socket` (on this shard's thread).
-    pub fn start<S>(socket: tokio_tungstenite::WebSocketStream<S>, max_streams: usize) -> WsLink
+    /// Starts the reader and writer tasks of `socket` (on this shard's thread). A peer
+    /// silent for `idle` (no message, not even a ping) is cut, as QUIC's idle timeout.
+    pub fn start<S>(
+        socket: tokio_tungstenite::WebSocketStream<S>,
+        max_streams: usize,
+        max_message: usize,
+        idle: std::time::Duration,
+    ) -> WsLink
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
     {
         let (mut sink, mut source) = socket.split();
-        let (out, mut out_rx) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
+        let (out, mut out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let (datagram_tx, datagram_rx) = mpsc::channel(DATAGRAM_QUEUE);
         let mux = Rc::new(Mux {
@@ -168,35 +220,56 @@ impl WsLink {
             next_uni: Cell::new(3),
             client_open: Cell::new(0),
             closed: Cell::new(false),
-            closed_signal: Notify::new(),
-            shutdown: Notify::new(),
+            closing: tokio::sync::watch::channel(false).0,
+            outbound: Arc::new(Semaphore::new(OUTBOUND_BUDGET)),
         });
-        // Writer: everything queued, in order; a Close, or the reader's end (a client
-        // that broke the framing or the limits), ends it and the socket.
+        // Writer: everything queued, in order. On close it flushes what was queued (the
+        // close frame included) for at most CLOSE_GRACE, then drops its half of the
+        // socket; a write the peer does not take is abandoned at the close too.
         let writer_mux = mux.clone();
         tokio::task::spawn_local(async move {
+            let mux = writer_mux;
             loop {
-                let msg = tokio::select! {
+                let next = tokio::select! {
                     biased;
-                    () = writer_mux.shutdown.notified() => break,
-                    msg = out_rx.recv() => msg,
+                    () = mux.until_closed() => break,
+                    m = out_rx.recv() => m,
                 };
-                let Some(msg) = msg else { break };
+                let Some((msg, _permit)) = next else { break };
                 let close = matches!(msg, Message::Close(_));
-                if sink.send(msg).await.is_err() || close {
+                let sent = tokio::select! {
+                    r = sink.send(msg) => r.is_ok(),
+                    () = mux.until_closed() => false,
+                };
+                if !sent || close {
                     break;
                 }
             }
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.close()).await;
-            writer_mux.close_all();
+            mux.close_all();
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                while let Ok((msg, _permit)) = out_rx.try_recv() {
+                    let close = matches!(msg, Message::Close(_));
+                    if sink.send(msg).await.is_err() || close {
+                        break;
+                    }
+                }
+                let _ = sink.close().await;
+            })
+            .await;
         });
-        // Reader: routes each message to its stream.
+        // Reader: routes each message to its stream; stops (dropping its half of the
+        // socket) when the connection closes, however it closes.
         let reader_mux = mux.clone();
-        let budget = Arc::new(Semaphore::new(INBOUND_BUDGET));
+        let budget = Arc::new(Semaphore::new(INBOUND_BUDGET.max(2 * max_message)));
         tokio::task::spawn_local(async move {
             let mux = reader_mux;
             let mut last_client_stream: Option<u64> = None;
-            while let Some(Ok(msg)) = source.next().await {
+            loop {
+                let next = tokio::select! {
+                    () = mux.until_closed() => break,
+                    m = tokio::time::timeout(idle, source.next()) => m,
+                };
+                let Ok(Some(Ok(msg))) = next else { break };
                 let bytes = match msg {
                     Message::Binary(b) => b,
                     Message::Close(_) => break,
@@ -218,8 +291,10 @@ impl WsLink {
                             None if last_client_stream.is_none_or(|last| id > last) => {
                                 last_client_stream = Some(id);
                                 if mux.client_open.get() >= max_streams {
-                                    let _ =
-                                        mux.out.send(message(RESET, id, &too_many_streams())).await;
+                                    let refusal = message(RESET, id, &too_many_streams());
+                                    if mux.send(refusal).await.is_err() {
+                                        break;
+                                    }
                                     continue;
                                 }
                                 let (tx, rx) = mpsc::unbounded_channel();
@@ -245,9 +320,11 @@ impl WsLink {
                                 let Ok(n) = u32::try_from(payload.len()) else {
                                     break;
                                 };
-                                let Ok(permit) = budget.clone().acquire_many_owned(n).await else {
-                                    break;
+                                let permit = tokio::select! {
+                                    p = budget.clone().acquire_many_owned(n) => p,
+                                    () = mux.until_closed() => break,
                                 };
+                                let Ok(permit) = permit else { break };
                                 let _ = tx.send(Inbound::Data(payload, permit));
                             }
                             if kind == FIN {
@@ -287,10 +364,9 @@ impl WsLink {
         if self.mux.closed.get() {
             return None;
         }
-        let mut rx = self.incoming.lock().await;
         tokio::select! {
-            s = rx.recv() => s,
-            () = self.mux.closed_signal.notified() => None,
+            s = async { self.incoming.lock().await.recv().await } => s,
+            () = self.mux.until_closed() => None,
         }
     }
 
@@ -306,41 +382,43 @@ impl WsLink {
 
     /// Queues a datagram; `false` when the queue is full or the connection gone.
     pub fn send_datagram(&self, d: &[u8]) -> bool {
-        !self.mux.closed.get() && self.mux.out.try_send(message(DATAGRAM, 0, d)).is_ok()
+        !self.mux.closed.get() && self.mux.try_send(message(DATAGRAM, 0, d))
     }
 
     /// The next datagram; `None` once the connection is gone.
     pub async fn read_datagram(&self) -> Option<Bytes> {
-        let mut rx = self.datagrams.lock().await;
+        if self.mux.closed.get() {
+            return None;
+        }
         tokio::select! {
-            d = rx.recv() => d,
-            () = self.mux.closed_signal.notified() => None,
+            d = async { self.datagrams.lock().await.recv().await } => d,
+            () = self.mux.until_closed() => None,
         }
     }
 
-    /// Closes with `code` (an `ErrorCode`; 0 is clean) and a short reason.
+    /// Closes with `code` (an `ErrorCode`; 0 is clean) and a short reason: at once for
+    /// the session (streams fail, accepts end); the socket gets its close frame if it
+    /// takes it within a second.
     pub fn close(&self, code: u32, reason: &[u8]) {
+        if self.mux.closed.get() {
+            return;
+        }
         let code = if code == 0 {
             CloseCode::Normal
         } else {
             CloseCode::from(4000u16.saturating_add(u16::try_from(code).unwrap_or(999)))
         };
         let reason = String::from_utf8_lossy(&reason[..reason.len().min(120)]).into_owned();
-        let _ = self.mux.out.try_send(Message::Close(Some(CloseFrame {
+        let _ = self.mux.try_send(Message::Close(Some(CloseFrame {
             code,
             reason: reason.into(),
         })));
-        if self.mux.out.capacity() == 0 {
-            // The queue is full (a client not reading): stop without the close frame.
-            self.mux.close_all();
-        }
+        self.mux.close_all();
     }
 
     /// Resolves once the connection is gone.
     pub async fn closed(&self) {
-        while !self.mux.closed.get() {
-            self.mux.closed_signal.notified().await;
-        }
+        self.mux.until_closed().await;
     }
 }
 
@@ -381,11 +459,7 @@ impl WsSend {
         if self.done {
             return Err(StreamError::Closed);
         }
-        self.mux
-            .out
-            .send(message(DATA, self.id, bytes))
-            .await
-            .map_err(|_| StreamError::Closed)
+        self.mux.send(message(DATA, self.id, bytes)).await
     }
 
     /// Ends the stream.
@@ -394,11 +468,7 @@ impl WsSend {
         if std::mem::replace(&mut self.done, true) {
             return Ok(());
         }
-        self.mux
-            .out
-            .send(message(FIN, self.id, &[]))
-            .await
-            .map_err(|_| StreamError::Closed)
+        self.mux.send(message(FIN, self.id, &[])).await
     }
 
     /// Abandons the stream with `code`.
@@ -406,7 +476,6 @@ impl WsSend {
         if !std::mem::replace(&mut self.done, true) {
             let _ = self
                 .mux
-                .out
                 .send(message(RESET, self.id, &code.to_be_bytes()))
                 .await;
         }
@@ -431,8 +500,13 @@ impl WsSend {
 
 impl Drop for WsSend {
     fn drop(&mut self) {
+        // As a dropped quinn stream: what was written is finished (a push stream whose
+        // task was aborted by an unsubscribe ends for the client too).
+        if !self.done && !self.mux.closed.get() {
+            let _ = self.mux.try_send(message(FIN, self.id, &[]));
+        }
         self.mux.stopped.borrow_mut().remove(&self.id);
-        if self.id % 4 == 0 {
+        if self.id.is_multiple_of(4) {
             // A client stream's answer is done: its slot is free.
             self.mux
                 .client_open
@@ -474,7 +548,6 @@ impl WsRecv {
         self.rx.close();
         let _ = self
             .mux
-            .out
             .try_send(message(STOP, self.id, &code.to_be_bytes()));
     }
 }
