@@ -23,9 +23,12 @@
 //! streams at once, counted until the session is done answering each (more are
 //! answered `RESET TooManyStreams`, and a stream id must grow); at most
 //! [`INBOUND_BUDGET`] bytes received and not yet read by the session (past it the
-//! reader stops reading the socket: TCP pushes back); messages at most
-//! `max_frame_bytes` + 64 KiB; datagrams past a small queue are dropped. Streams have no
-//! priorities here: TCP has one queue.
+//! reader stops reading the socket: TCP pushes back) and 1 MiB queued for the socket
+//! (past it writers wait); messages at most `max_frame_bytes` + 64 KiB; datagrams past a
+//! small queue are dropped; a peer silent for `limits.idle_timeout_ms` is cut (clients
+//! send heartbeats at the interval `Welcome` gives). A close ends the session at once;
+//! the socket gets a second to take its close frame. Streams have no priorities here:
+//! TCP has one queue.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
