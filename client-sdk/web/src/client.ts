@@ -396,11 +396,16 @@ export class Client {
     const id = this.nextId++;
     const answer = (async () => {
       const stream = await this.transport.openStream();
-      const writer = stream.writable.getWriter();
-      await writer.write(encodeEnvelope(new EnvelopeT(id, bodyType, body)));
-      // The server may stop reading once it has the whole request (STOP_SENDING): the
-      // answer, not the close, says how the request went.
-      writer.close().catch(() => {});
+      const bytes = encodeEnvelope(new EnvelopeT(id, bodyType, body));
+      if (stream.sendLast !== undefined) {
+        stream.sendLast(bytes);
+      } else {
+        const writer = stream.writable.getWriter();
+        await writer.write(bytes);
+        // The server may stop reading once it has the whole request (STOP_SENDING):
+        // the answer, not the close, says how the request went.
+        writer.close().catch(() => {});
+      }
       const frames = readFrames(stream.readable, this.maxFrameBytes);
       const first = await frames.next();
       void frames.return(undefined);

@@ -12,6 +12,9 @@ export type TransportKind = 'webtransport' | 'websocket';
 export interface DuplexStream {
   readonly readable: ReadableStream<Uint8Array>;
   readonly writable: WritableStream<Uint8Array>;
+  /** Sends `bytes` and ends the sending side in one go, where the transport can (one
+   * WebSocket message instead of two); otherwise use `writable`. */
+  readonly sendLast?: (bytes: Uint8Array) => void;
 }
 
 /** How a transport ended. */

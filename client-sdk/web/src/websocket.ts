@@ -233,7 +233,11 @@ export async function openWebSocket(url: string, timeoutMs = 10_000): Promise<Tr
     async openStream(): Promise<DuplexStream> {
       const id = nextBidi;
       nextBidi += 4;
-      return { readable: readable(id), writable: writable(id) };
+      return {
+        readable: readable(id),
+        writable: writable(id),
+        sendLast: (bytes: Uint8Array) => send(frame(FIN, id, bytes)),
+      };
     },
     pushStreams,
     async sendDatagram(bytes) {

@@ -115,6 +115,19 @@ impl SendHalf {
         }
     }
 
+    /// Sends `bytes` and ends the stream: the whole answer to a request (one message
+    /// over the WebSocket fallback instead of two).
+    pub(super) async fn write_last(&mut self, bytes: Bytes) -> Result<(), LinkError> {
+        match self {
+            SendHalf::Quic(s) => {
+                s.write_chunk(bytes).await?;
+                let _ = s.finish();
+                Ok(())
+            }
+            SendHalf::Ws(s) => Ok(s.write_last(&bytes).await?),
+        }
+    }
+
     /// Ends the stream after what was written.
     pub(super) async fn finish(&mut self) {
         match self {

@@ -216,9 +216,7 @@ pub(super) async fn serve_request(
     match result {
         Ok(bytes) => {
             // `write_chunk` hands quinn the `Bytes` itself: no copy into its buffer.
-            if send.write_chunk(bytes.clone()).await.is_ok() {
-                send.finish().await;
-            }
+            let _ = send.write_last(bytes.clone()).await;
             shard.hot.sent.inc_by(bytes.len() as u64);
             record(shard, label, "ok", started);
         }
@@ -276,9 +274,7 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
             .boxed_local();
         match handler.upload(call, body).await {
             Ok(bytes) => {
-                if send.write_chunk(bytes.clone()).await.is_ok() {
-                    send.finish().await;
-                }
+                let _ = send.write_last(bytes.clone()).await;
                 shard.hot.sent.inc_by(bytes.len() as u64);
                 record(shard, label, "ok", started);
             }
@@ -555,10 +551,8 @@ async fn respond_error(
     // Floods produce many refusals; server faults were logged with their details where
     // they happened.
     debug!(code = %reply.code, "request refused");
-    if let Some(bytes) = shard.error_frame(id, reply)
-        && send.write_chunk(bytes).await.is_ok()
-    {
-        send.finish().await;
+    if let Some(bytes) = shard.error_frame(id, reply) {
+        let _ = send.write_last(bytes).await;
     }
     record(shard, service, reply.code.label(), started);
 }

@@ -465,6 +465,15 @@ impl WsSend {
         self.mux.send(message(DATA, self.id, bytes)).await
     }
 
+    /// Sends `bytes` and ends the stream, in one `FIN` message.
+    pub async fn write_last(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
+        self.check()?;
+        if std::mem::replace(&mut self.done, true) {
+            return Err(StreamError::Closed);
+        }
+        self.mux.send(message(FIN, self.id, bytes)).await
+    }
+
     /// Ends the stream.
     pub async fn finish(&mut self) -> Result<(), StreamError> {
         self.check()?;
