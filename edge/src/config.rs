@@ -47,7 +47,9 @@ pub struct Config {
 }
 
 /// HTTPS on TCP (`[web]`): each shard accepts on its own reuseport listener and serves
-/// signed media URLs (`GET`/`HEAD /media/...`) with `Range`, `ETag` and `Cache-Control`.
+/// signed media URLs (`GET`/`HEAD /media/...`) with `Range`, `ETag` and `Cache-Control`,
+/// the web client (`client_dir`) and the WebSocket fallback (`/ws`); browsers' origins
+/// and WebTransport on the QUIC port are configured here too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {

@@ -5,7 +5,10 @@
 //! viewer's right ([`selfie_services::media::Media::signed`]); this module speaks HTTP:
 //! single byte ranges (`206`, `416`), `ETag` with `If-None-Match` and `If-Range`,
 //! `Cache-Control` bounded by the URL's expiry, and headers that keep browsers from
-//! running anything it serves.
+//! running anything it serves. It also serves the built web client (`web.client_dir`,
+//! [`crate::webapp`], with a CSP that runs only its own scripts) and upgrades `GET /ws`
+//! to the WebSocket fallback ([`super::ws`]), whose session is then a connection of the
+//! shard like a QUIC one.
 //!
 //! Protection: at most `web.max_connections_per_shard` connections, and per client
 //! address the QUIC connection cap (`limits.max_connections_per_address`, one count for
