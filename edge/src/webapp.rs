@@ -6,7 +6,7 @@
 //! `serverCertificateHashes`.
 //!
 //! It must not serve anything outside that directory, nor anything but regular files of
-//! the types listed in [`content_type`].
+//! the types listed in `content_type`.
 
 use std::collections::HashMap;
 use std::path::Path;
