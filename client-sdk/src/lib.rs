@@ -29,11 +29,13 @@
 //! first flight must not change state. (The edge only acts on early data once the
 //! handshake has completed, which a replayed flight never does.)
 
+pub mod accounts;
 pub mod chat;
 pub mod feed;
 pub mod media;
 pub mod mls;
 pub mod notifications;
+pub mod offline;
 mod reconnect;
 pub mod stories;
 
@@ -688,6 +690,24 @@ impl Client {
     ) -> Result<Frame, ClientError> {
         let (_, bytes) = self.encode(f)?;
         self.request_bytes(&bytes).await
+    }
+
+    /// Sends any operation (the protocol's `Body` union, object API) and returns the
+    /// answer's body: the table-driven way to reach every service, which the typed
+    /// per-service APIs ([`Client::accounts`], [`Client::feed`], ...) build on.
+    pub async fn call(
+        &self,
+        body: selfie_protocol::BodyT,
+    ) -> Result<selfie_protocol::BodyT, ClientError> {
+        let frame = self
+            .request(|b, id| {
+                let mut e = selfie_protocol::EnvelopeT::default();
+                e.id = id;
+                e.body = body;
+                e.pack(b)
+            })
+            .await?;
+        Ok(frame.envelope().unpack().body)
     }
 
     /// Sends raw bytes as a request stream and reads one response frame (tests and

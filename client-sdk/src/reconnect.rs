@@ -64,7 +64,8 @@ fn retryable(e: &ClientError) -> bool {
 
 /// A client over a changing connection.
 pub struct ReconnectingClient {
-    config: ClientConfig,
+    /// The configuration new connections use (the access token changes on login).
+    config: std::sync::Mutex<ClientConfig>,
     servers: Vec<SocketAddr>,
     endpoint: Endpoint,
     current: Mutex<Option<Arc<Client>>>,
@@ -94,7 +95,7 @@ impl ReconnectingClient {
         .map_err(|e: std::net::AddrParseError| ClientError::Config(e.to_string()))?;
         let this = Self {
             encoder: std::sync::Mutex::new(Encoder::new(config.limits)),
-            config,
+            config: std::sync::Mutex::new(config),
             servers,
             endpoint: crate::endpoint(bind)?,
             current: Mutex::new(None),
@@ -103,13 +104,77 @@ impl ReconnectingClient {
             reconnects: AtomicU64::new(0),
         };
         this.client().await?;
-        this.reconnects.store(0, Ordering::Relaxed);
         Ok(this)
+    }
+
+    fn config_now(&self) -> ClientConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Opens sessions with `token` from now on (after a login, a refresh or a logout):
+    /// the current connection is closed, and the next request opens one with it.
+    pub async fn set_access_token(&self, token: Option<String>) {
+        self.config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .access_token = token;
+        self.disconnect().await;
+    }
+
+    /// Closes the current connection (an app going to the background); the next
+    /// request opens a new one.
+    pub async fn disconnect(&self) {
+        if let Some(c) = self.current.lock().await.take() {
+            c.close();
+        }
+    }
+
+    /// The connection in use, if one is open (none after [`Self::disconnect`]).
+    pub async fn current(&self) -> Option<Arc<Client>> {
+        self.current.lock().await.clone()
+    }
+
+    /// Moves every connection of this client to a new local socket, as when the device
+    /// changes network: QUIC migrates the session (RFC 9000 §9).
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> Result<(), ClientError> {
+        self.endpoint
+            .rebind(socket)
+            .map_err(|e| ClientError::Stream(e.to_string()))
+    }
+
+    /// The local address's IP and port (for choosing a socket to rebind to).
+    pub fn local_ip(&self) -> Option<std::net::IpAddr> {
+        self.endpoint.local_addr().ok().map(|a| a.ip())
+    }
+
+    /// The local port in use.
+    pub fn local_port(&self) -> Option<u16> {
+        self.endpoint.local_addr().ok().map(|a| a.port())
+    }
+
+    /// Sends any operation (see [`Client::call`]) with [`Self::request`]'s retry rule.
+    pub async fn call(
+        &self,
+        body: selfie_protocol::BodyT,
+    ) -> Result<selfie_protocol::BodyT, ClientError> {
+        let frame = self
+            .request(|b, id| {
+                let mut e = selfie_protocol::EnvelopeT::default();
+                e.id = id;
+                e.body = body;
+                e.pack(b)
+            })
+            .await?;
+        Ok(frame.envelope().unpack().body)
     }
 
     /// Connections made after the first one.
     pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
+        // Counts every connection made; the first is not a reconnect.
+        self.reconnects.load(Ordering::Relaxed).saturating_sub(1)
     }
 
     /// The address of the server in use.
@@ -158,14 +223,12 @@ impl ReconnectingClient {
                         [self.next_server.fetch_add(1, Ordering::Relaxed) % self.servers.len()]
                 }
             };
-            let mut config = self.config.clone();
+            let mut config = self.config_now();
             config.server = server;
             match Client::connect_on(&self.endpoint, config).await {
                 Ok(c) => {
                     let c = Arc::new(c);
-                    if current.is_some() {
-                        self.reconnects.fetch_add(1, Ordering::Relaxed);
-                    }
+                    self.reconnects.fetch_add(1, Ordering::Relaxed);
                     *current = Some(c.clone());
                     // Next time, start from the server that worked.
                     if let Some(i) = self.servers.iter().position(|s| *s == server) {
@@ -192,7 +255,8 @@ impl ReconnectingClient {
                 .map_err(|_| ClientError::Protocol("encoder poisoned".into()))?;
             enc.encode_bytes(|b| f(b, 1))?
         };
-        let idempotent = selfie_codec::Frame::verify(bytes.clone(), &self.config.limits)
+        let limits = self.config_now().limits;
+        let idempotent = selfie_codec::Frame::verify(bytes.clone(), &limits)
             .map(|f| selfie_protocol::is_idempotent(&f.envelope()))
             .unwrap_or(false);
         let mut attempt = 0;
