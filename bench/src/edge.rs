@@ -174,7 +174,7 @@ fn sibling_exe(name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn proc_cpu(pid: u32) -> Option<Duration> {
+pub(crate) fn proc_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = stat.rsplit_once(')')?.1;
@@ -327,11 +327,11 @@ pub(crate) fn merge(
     Ok((ops, lat))
 }
 
-fn cpu_per_op(cpu: Duration, ops: u64) -> f64 {
+pub(crate) fn cpu_per_op(cpu: Duration, ops: u64) -> f64 {
     cpu.as_secs_f64() * 1e6 / ops.max(1) as f64
 }
 
-fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)

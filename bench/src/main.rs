@@ -29,6 +29,7 @@ mod fanout;
 mod feed;
 mod media;
 mod report;
+mod sdk;
 mod social;
 mod storage;
 
@@ -53,6 +54,8 @@ enum Scenario {
     Idle(edge::IdleArgs),
     /// Accounts, follow graph, posts and reads through a real edge.
     Social(social::Args),
+    /// The client SDK's overhead per request: raw frames vs typed SDK vs mobile SDK.
+    Sdk(sdk::Args),
     /// One publish to N subscribers, edge delivery plane vs raw quinn.
     Fanout(fanout::Args),
     /// Chat messages through the edge vs the raw quinn echo round trip.
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Connect(args) => edge::connect(args),
         Scenario::Idle(args) => edge::idle(args),
         Scenario::Social(args) => social::run(args),
+        Scenario::Sdk(args) => sdk::run(args),
         Scenario::Fanout(args) => fanout::run(args),
         Scenario::Chat(args) => chat::run(args),
         Scenario::PostFanout(args) => feed::post_fanout(args),

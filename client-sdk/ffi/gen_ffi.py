@@ -285,7 +285,7 @@ class Gen:
                    f"        match self.call_body(p::BodyT::{m['name']}(Box::new(t))).await? {{",
                    f"            p::BodyT::{m['name']}(t) => Ok({op_name}::from_t(t.op)),",
                    "            p::BodyT::Control(_) => Ok(None),",
-                   f"            _ => Err(SelfieError::Protocol {{ message: \"expected a {m['name']} answer\".into() }}),",
+                   f"            _ => Err(SelfieError::Protocol {{ reason: \"expected a {m['name']} answer\".into() }}),",
                    "        }", "    }", "")
         self.w("}", "")
 

@@ -12262,7 +12262,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Auth(Box::new(t))).await? {
             p::BodyT::Auth(t) => Ok(AuthOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Auth answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Auth answer".into() }),
         }
     }
 
@@ -12274,7 +12274,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Users(Box::new(t))).await? {
             p::BodyT::Users(t) => Ok(UsersOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Users answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Users answer".into() }),
         }
     }
 
@@ -12286,7 +12286,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Graph(Box::new(t))).await? {
             p::BodyT::Graph(t) => Ok(GraphOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Graph answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Graph answer".into() }),
         }
     }
 
@@ -12298,7 +12298,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Posts(Box::new(t))).await? {
             p::BodyT::Posts(t) => Ok(PostsOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Posts answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Posts answer".into() }),
         }
     }
 
@@ -12310,7 +12310,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Feed(Box::new(t))).await? {
             p::BodyT::Feed(t) => Ok(FeedOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Feed answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Feed answer".into() }),
         }
     }
 
@@ -12322,7 +12322,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Stories(Box::new(t))).await? {
             p::BodyT::Stories(t) => Ok(StoriesOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Stories answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Stories answer".into() }),
         }
     }
 
@@ -12334,7 +12334,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Chat(Box::new(t))).await? {
             p::BodyT::Chat(t) => Ok(ChatOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Chat answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Chat answer".into() }),
         }
     }
 
@@ -12346,7 +12346,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Media(Box::new(t))).await? {
             p::BodyT::Media(t) => Ok(MediaOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Media answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Media answer".into() }),
         }
     }
 
@@ -12358,7 +12358,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Notifications(Box::new(t))).await? {
             p::BodyT::Notifications(t) => Ok(NotificationsOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Notifications answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Notifications answer".into() }),
         }
     }
 
@@ -12370,7 +12370,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Search(Box::new(t))).await? {
             p::BodyT::Search(t) => Ok(SearchOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Search answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Search answer".into() }),
         }
     }
 
@@ -12382,7 +12382,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Recommend(Box::new(t))).await? {
             p::BodyT::Recommend(t) => Ok(RecommendOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Recommend answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Recommend answer".into() }),
         }
     }
 
@@ -12394,7 +12394,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Moderation(Box::new(t))).await? {
             p::BodyT::Moderation(t) => Ok(ModerationOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Moderation answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Moderation answer".into() }),
         }
     }
 
@@ -12406,7 +12406,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Admin(Box::new(t))).await? {
             p::BodyT::Admin(t) => Ok(AdminOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Admin answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Admin answer".into() }),
         }
     }
 
@@ -12418,7 +12418,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Payments(Box::new(t))).await? {
             p::BodyT::Payments(t) => Ok(PaymentsOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Payments answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Payments answer".into() }),
         }
     }
 
@@ -12430,7 +12430,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Ads(Box::new(t))).await? {
             p::BodyT::Ads(t) => Ok(AdsOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Ads answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Ads answer".into() }),
         }
     }
 
@@ -12442,7 +12442,7 @@ impl SelfieClient {
         match self.call_body(p::BodyT::Analytics(Box::new(t))).await? {
             p::BodyT::Analytics(t) => Ok(AnalyticsOp::from_t(t.op)),
             p::BodyT::Control(_) => Ok(None),
-            _ => Err(SelfieError::Protocol { message: "expected a Analytics answer".into() }),
+            _ => Err(SelfieError::Protocol { reason: "expected a Analytics answer".into() }),
         }
     }
 

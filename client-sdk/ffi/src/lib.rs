@@ -35,20 +35,20 @@ uniffi::setup_scaffolding!();
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum SelfieError {
     /// The server answered with an error.
-    #[error("server error {code:?}: {message}")]
+    #[error("server error {code:?}: {reason}")]
     Server {
         /// The protocol's error code.
         code: ErrorCode,
-        /// Its message (for logs; show users something based on the code).
-        message: String,
+        /// What the server said (for logs: show users something based on the code).
+        reason: String,
         /// When to try again, for rate limits and overload (0: no hint).
         retry_after_ms: u32,
     },
     /// No connection could be made, or it was lost (retry later; writes can be queued).
-    #[error("connection: {message}")]
+    #[error("connection: {reason}")]
     Connection {
         /// What happened.
-        message: String,
+        reason: String,
         /// The code the server closed the connection with, if it did.
         code: Option<ErrorCode>,
     },
@@ -56,22 +56,22 @@ pub enum SelfieError {
     #[error("timed out")]
     Timeout,
     /// The server broke the protocol, or answered something unexpected.
-    #[error("protocol: {message}")]
+    #[error("protocol: {reason}")]
     Protocol {
         /// What was wrong.
-        message: String,
+        reason: String,
     },
     /// The configuration is unusable.
-    #[error("configuration: {message}")]
+    #[error("configuration: {reason}")]
     Config {
         /// What is wrong with it.
-        message: String,
+        reason: String,
     },
     /// The device's offline store failed.
-    #[error("local store: {message}")]
+    #[error("local store: {reason}")]
     Store {
         /// What failed.
-        message: String,
+        reason: String,
     },
     /// The call needs a signed-in account.
     #[error("not signed in")]
@@ -87,22 +87,22 @@ impl From<ClientError> for SelfieError {
                 retry_after_ms,
             } => SelfieError::Server {
                 code: code.into(),
-                message,
+                reason: message,
                 retry_after_ms,
             },
             ClientError::Timeout => SelfieError::Timeout,
-            ClientError::Config(message) => SelfieError::Config { message },
-            ClientError::Protocol(message) if message.starts_with("local store") => {
-                SelfieError::Store { message }
+            ClientError::Config(reason) => SelfieError::Config { reason },
+            ClientError::Protocol(reason) if reason.starts_with("local store") => {
+                SelfieError::Store { reason }
             }
-            ClientError::Protocol(message) => SelfieError::Protocol { message },
+            ClientError::Protocol(reason) => SelfieError::Protocol { reason },
             ClientError::Codec(e) => SelfieError::Protocol {
-                message: e.to_string(),
+                reason: e.to_string(),
             },
             e @ (ClientError::Connection(_) | ClientError::Connect(_) | ClientError::Stream(_)) => {
                 SelfieError::Connection {
                     code: e.close_code().map(Into::into),
-                    message: e.to_string(),
+                    reason: e.to_string(),
                 }
             }
         }
@@ -163,7 +163,7 @@ fn trust(config: &SelfieConfig) -> Result<Trust, SelfieError> {
     }
     let Some(pem) = &config.ca_certificates_pem else {
         return Err(SelfieError::Config {
-            message: "set certificate_sha256 or ca_certificates_pem".into(),
+            reason: "set certificate_sha256 or ca_certificates_pem".into(),
         });
     };
     use rustls::pki_types::CertificateDer;
@@ -171,15 +171,15 @@ fn trust(config: &SelfieConfig) -> Result<Trust, SelfieError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         let cert = cert.map_err(|e| SelfieError::Config {
-            message: format!("ca_certificates_pem: {e}"),
+            reason: format!("ca_certificates_pem: {e}"),
         })?;
         roots.add(cert).map_err(|e| SelfieError::Config {
-            message: format!("ca_certificates_pem: {e}"),
+            reason: format!("ca_certificates_pem: {e}"),
         })?;
     }
     if roots.is_empty() {
         return Err(SelfieError::Config {
-            message: "ca_certificates_pem holds no certificate".into(),
+            reason: "ca_certificates_pem holds no certificate".into(),
         });
     }
     Ok(Trust::Roots(Arc::new(roots)))
@@ -215,7 +215,7 @@ pub struct LiveEvent {
 /// Why a live stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum LiveEnd {
-    /// The server finished it (after `close`, or the service ended it).
+    /// The server finished it (after `cancel`, or the service ended it).
     Finished,
     /// It fell behind or its topic lost events: subscribe again from your cursor.
     Resync,
@@ -263,8 +263,9 @@ impl LiveStream {
         })
     }
 
-    /// Ends the subscription on the server; `next` then returns `None`.
-    pub async fn close(&self) -> Result<(), SelfieError> {
+    /// Ends the subscription on the server; `next` then returns `None`. (Not `close`:
+    /// Kotlin's `AutoCloseable.close` frees the object.)
+    pub async fn cancel(&self) -> Result<(), SelfieError> {
         Ok(self.client.unsubscribe(self.id).await?)
     }
 }
@@ -273,13 +274,13 @@ fn resolve(servers: &[String]) -> Result<Vec<SocketAddr>, SelfieError> {
     let mut out = Vec::new();
     for s in servers {
         let addrs = s.to_socket_addrs().map_err(|e| SelfieError::Config {
-            message: format!("server {s}: {e}"),
+            reason: format!("server {s}: {e}"),
         })?;
         out.extend(addrs);
     }
     if out.is_empty() {
         return Err(SelfieError::Config {
-            message: "no servers".into(),
+            reason: "no servers".into(),
         });
     }
     Ok(out)
@@ -313,14 +314,14 @@ impl SelfieClient {
 
     fn need_store(&self) -> Result<&OfflineStore, SelfieError> {
         self.store.as_ref().ok_or_else(|| SelfieError::Config {
-            message: "no data_dir: the offline store is off".into(),
+            reason: "no data_dir: the offline store is off".into(),
         })
     }
 }
 
 fn answer<T>(what: &str, got: Option<T>) -> Result<T, SelfieError> {
     got.ok_or_else(|| SelfieError::Protocol {
-        message: format!("expected {what}"),
+        reason: format!("expected {what}"),
     })
 }
 
@@ -560,11 +561,7 @@ impl SelfieClient {
             kind: FeedKind::Following,
             target_id: 0,
             hashtag: None,
-            page: Some(PageRequest {
-                cursor,
-                limit,
-                ..PageRequest::from(p::common::PageRequestT::default())
-            }),
+            page: Some(PageRequest { cursor, limit }),
         };
         match self.feed(FeedOp::FeedPageRequest { value: request }).await {
             Ok(Some(FeedOp::FeedPage { value })) => {
@@ -684,14 +681,15 @@ impl SelfieClient {
     }
 
     /// The device changed network (Wi-Fi to cellular): move the connection to a new
-    /// local socket. QUIC migrates the session; requests in flight continue.
-    pub fn network_changed(&self) -> Result<(), SelfieError> {
+    /// local socket. QUIC migrates the session; requests in flight continue. (Async:
+    /// the new socket joins the SDK's runtime.)
+    pub async fn network_changed(&self) -> Result<(), SelfieError> {
         let bind = match self.conn.local_ip() {
             Some(std::net::IpAddr::V6(_)) => "[::]:0",
             _ => "0.0.0.0:0",
         };
         let socket = std::net::UdpSocket::bind(bind).map_err(|e| SelfieError::Connection {
-            message: format!("new socket: {e}"),
+            reason: format!("new socket: {e}"),
             code: None,
         })?;
         Ok(self.conn.rebind(socket)?)
@@ -702,8 +700,9 @@ impl SelfieClient {
         self.conn.local_port()
     }
 
-    /// Closes the connection; the client can be used again (it reconnects).
-    pub async fn close(&self) {
+    /// Closes the connection; the client can be used again (it reconnects). (Not
+    /// `close`: Kotlin's `AutoCloseable.close` frees the object.)
+    pub async fn disconnect(&self) {
         self.conn.disconnect().await;
     }
 }

@@ -694,9 +694,10 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 public protocol LiveStreamProtocol: AnyObject, Sendable {
     
     /**
-     * Ends the subscription on the server; `next` then returns `None`.
+     * Ends the subscription on the server; `next` then returns `None`. (Not `close`:
+     * Kotlin's `AutoCloseable.close` frees the object.)
      */
-    func close() async throws 
+    func cancel() async throws 
     
     /**
      * Why the stream ended (`None` while it flows).
@@ -773,13 +774,14 @@ open class LiveStream: LiveStreamProtocol, @unchecked Sendable {
 
     
     /**
-     * Ends the subscription on the server; `next` then returns `None`.
+     * Ends the subscription on the server; `next` then returns `None`. (Not `close`:
+     * Kotlin's `AutoCloseable.close` frees the object.)
      */
-open func close()async throws   {
+open func cancel()async throws   {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
-                uniffi_selfie_ffi_fn_method_livestream_close(
+                uniffi_selfie_ffi_fn_method_livestream_cancel(
                         self.uniffiCloneHandle()
                 )
             },
@@ -926,15 +928,16 @@ public protocol SelfieClientProtocol: AnyObject, Sendable {
     func call(body: Body) async throws  -> Body?
     
     /**
-     * Closes the connection; the client can be used again (it reconnects).
-     */
-    func close() async 
-    
-    /**
      * Publishes a post. Give it an `idempotency_key` to make a retry safe, or
      * [`Self::queue`] it to send it once the device is online.
      */
     func createPost(request: CreatePostRequest) async throws  -> Post
+    
+    /**
+     * Closes the connection; the client can be used again (it reconnects). (Not
+     * `close`: Kotlin's `AutoCloseable.close` frees the object.)
+     */
+    func disconnect() async 
     
     /**
      * Sends the outbox in order; returns how many left it (answered or refused for
@@ -977,9 +980,10 @@ public protocol SelfieClientProtocol: AnyObject, Sendable {
     
     /**
      * The device changed network (Wi-Fi to cellular): move the connection to a new
-     * local socket. QUIC migrates the session; requests in flight continue.
+     * local socket. QUIC migrates the session; requests in flight continue. (Async:
+     * the new socket joins the SDK's runtime.)
      */
-    func networkChanged() throws 
+    func networkChanged() async throws 
     
     /**
      * The operations waiting in the outbox.
@@ -1259,26 +1263,6 @@ open func call(body: Body)async throws  -> Body?  {
 }
     
     /**
-     * Closes the connection; the client can be used again (it reconnects).
-     */
-open func close()async   {
-    return
-        try!  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_selfie_ffi_fn_method_selfieclient_close(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_selfie_ffi_rust_future_poll_void,
-            completeFunc: ffi_selfie_ffi_rust_future_complete_void,
-            freeFunc: ffi_selfie_ffi_rust_future_free_void,
-            liftFunc: { $0 },
-            errorHandler: nil
-            
-        )
-}
-    
-    /**
      * Publishes a post. Give it an `idempotency_key` to make a retry safe, or
      * [`Self::queue`] it to send it once the device is online.
      */
@@ -1295,6 +1279,27 @@ open func createPost(request: CreatePostRequest)async throws  -> Post  {
             freeFunc: ffi_selfie_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypePost_lift,
             errorHandler: FfiConverterTypeSelfieError_lift
+        )
+}
+    
+    /**
+     * Closes the connection; the client can be used again (it reconnects). (Not
+     * `close`: Kotlin's `AutoCloseable.close` frees the object.)
+     */
+open func disconnect()async   {
+    return
+        try!  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_selfie_ffi_fn_method_selfieclient_disconnect(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_selfie_ffi_rust_future_poll_void,
+            completeFunc: ffi_selfie_ffi_rust_future_complete_void,
+            freeFunc: ffi_selfie_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: nil
+            
         )
 }
     
@@ -1431,14 +1436,23 @@ open func logout()async throws   {
     
     /**
      * The device changed network (Wi-Fi to cellular): move the connection to a new
-     * local socket. QUIC migrates the session; requests in flight continue.
+     * local socket. QUIC migrates the session; requests in flight continue. (Async:
+     * the new socket joins the SDK's runtime.)
      */
-open func networkChanged()throws   {try rustCallWithError(FfiConverterTypeSelfieError_lift) {
-        uniffiCallStatus in
-    uniffi_selfie_ffi_fn_method_selfieclient_network_changed(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-}
+open func networkChanged()async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_selfie_ffi_fn_method_selfieclient_network_changed(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_selfie_ffi_rust_future_poll_void,
+            completeFunc: ffi_selfie_ffi_rust_future_complete_void,
+            freeFunc: ffi_selfie_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeSelfieError_lift
+        )
 }
     
     /**
@@ -24513,7 +24527,7 @@ public func FfiConverterTypeInsightsTarget_lower(_ value: InsightsTarget) -> Rus
 public enum LiveEnd: Equatable, Hashable {
     
     /**
-     * The server finished it (after `close`, or the service ended it).
+     * The server finished it (after `cancel`, or the service ended it).
      */
     case finished
     /**
@@ -27550,8 +27564,8 @@ enum SelfieError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
          * The protocol's error code.
          */code: ErrorCode, 
         /**
-         * Its message (for logs; show users something based on the code).
-         */message: String, 
+         * What the server said (for logs: show users something based on the code).
+         */reason: String, 
         /**
          * When to try again, for rate limits and overload (0: no hint).
          */retryAfterMs: UInt32
@@ -27562,7 +27576,7 @@ enum SelfieError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     case Connection(
         /**
          * What happened.
-         */message: String, 
+         */reason: String, 
         /**
          * The code the server closed the connection with, if it did.
          */code: ErrorCode?
@@ -27577,7 +27591,7 @@ enum SelfieError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     case Protocol(
         /**
          * What was wrong.
-         */message: String
+         */reason: String
     )
     /**
      * The configuration is unusable.
@@ -27585,7 +27599,7 @@ enum SelfieError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     case Config(
         /**
          * What is wrong with it.
-         */message: String
+         */reason: String
     )
     /**
      * The device's offline store failed.
@@ -27593,7 +27607,7 @@ enum SelfieError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     case Store(
         /**
          * What failed.
-         */message: String
+         */reason: String
     )
     /**
      * The call needs a signed-in account.
@@ -27630,22 +27644,22 @@ public struct FfiConverterTypeSelfieError: FfiConverterRustBuffer {
         
         case 1: return .Server(
             code: try FfiConverterTypeErrorCode.read(from: &buf), 
-            message: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf), 
             retryAfterMs: try FfiConverterUInt32.read(from: &buf)
             )
         case 2: return .Connection(
-            message: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf), 
             code: try FfiConverterOptionTypeErrorCode.read(from: &buf)
             )
         case 3: return .Timeout
         case 4: return .Protocol(
-            message: try FfiConverterString.read(from: &buf)
+            reason: try FfiConverterString.read(from: &buf)
             )
         case 5: return .Config(
-            message: try FfiConverterString.read(from: &buf)
+            reason: try FfiConverterString.read(from: &buf)
             )
         case 6: return .Store(
-            message: try FfiConverterString.read(from: &buf)
+            reason: try FfiConverterString.read(from: &buf)
             )
         case 7: return .NotSignedIn
 
@@ -27660,16 +27674,16 @@ public struct FfiConverterTypeSelfieError: FfiConverterRustBuffer {
 
         
         
-        case let .Server(code,message,retryAfterMs):
+        case let .Server(code,reason,retryAfterMs):
             writeInt(&buf, Int32(1))
             FfiConverterTypeErrorCode.write(code, into: &buf)
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
             FfiConverterUInt32.write(retryAfterMs, into: &buf)
             
         
-        case let .Connection(message,code):
+        case let .Connection(reason,code):
             writeInt(&buf, Int32(2))
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
             FfiConverterOptionTypeErrorCode.write(code, into: &buf)
             
         
@@ -27677,19 +27691,19 @@ public struct FfiConverterTypeSelfieError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(3))
         
         
-        case let .Protocol(message):
+        case let .Protocol(reason):
             writeInt(&buf, Int32(4))
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Config(message):
+        case let .Config(reason):
             writeInt(&buf, Int32(5))
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Store(message):
+        case let .Store(reason):
             writeInt(&buf, Int32(6))
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
             
         
         case .NotSignedIn:
@@ -31982,7 +31996,7 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_livestream_close() != 64638) {
+    if (uniffi_selfie_ffi_checksum_method_livestream_cancel() != 51010) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_livestream_end() != 46229) {
@@ -32003,10 +32017,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_selfie_ffi_checksum_method_selfieclient_call() != 7018) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_selfieclient_close() != 26206) {
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_create_post() != 26726) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_selfieclient_create_post() != 26726) {
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_disconnect() != 41186) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_selfieclient_flush_outbox() != 62195) {
@@ -32030,7 +32044,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_selfie_ffi_checksum_method_selfieclient_logout() != 23001) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_selfieclient_network_changed() != 11549) {
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_network_changed() != 53912) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_selfieclient_outbox_len() != 59051) {

@@ -285,9 +285,9 @@ uint64_t uniffi_selfie_ffi_fn_clone_livestream(uint64_t handle, RustCallStatus *
 void uniffi_selfie_ffi_fn_free_livestream(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_LIVESTREAM_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_LIVESTREAM_CLOSE
-uint64_t uniffi_selfie_ffi_fn_method_livestream_close(uint64_t ptr
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_LIVESTREAM_CANCEL
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_LIVESTREAM_CANCEL
+uint64_t uniffi_selfie_ffi_fn_method_livestream_cancel(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_LIVESTREAM_END
@@ -335,14 +335,14 @@ RustBuffer uniffi_selfie_ffi_fn_method_selfieclient_cached_profile(uint64_t ptr,
 uint64_t uniffi_selfie_ffi_fn_method_selfieclient_call(uint64_t ptr, RustBuffer body
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_CLOSE
-uint64_t uniffi_selfie_ffi_fn_method_selfieclient_close(uint64_t ptr
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_CREATE_POST
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_CREATE_POST
 uint64_t uniffi_selfie_ffi_fn_method_selfieclient_create_post(uint64_t ptr, RustBuffer request
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_DISCONNECT
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_DISCONNECT
+uint64_t uniffi_selfie_ffi_fn_method_selfieclient_disconnect(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_FLUSH_OUTBOX
@@ -382,7 +382,7 @@ uint64_t uniffi_selfie_ffi_fn_method_selfieclient_logout(uint64_t ptr
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_NETWORK_CHANGED
-void uniffi_selfie_ffi_fn_method_selfieclient_network_changed(uint64_t ptr, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_selfie_ffi_fn_method_selfieclient_network_changed(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_OUTBOX_LEN
@@ -805,9 +805,9 @@ void ffi_selfie_ffi_rust_future_free_void(uint64_t handle
 void ffi_selfie_ffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_LIVESTREAM_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_LIVESTREAM_CLOSE
-uint16_t uniffi_selfie_ffi_checksum_method_livestream_close(void
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_LIVESTREAM_CANCEL
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_LIVESTREAM_CANCEL
+uint16_t uniffi_selfie_ffi_checksum_method_livestream_cancel(void
     
 );
 #endif
@@ -847,15 +847,15 @@ uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_call(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_CLOSE
-uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_close(void
-    
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_CREATE_POST
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_CREATE_POST
 uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_create_post(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_DISCONNECT
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_DISCONNECT
+uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_disconnect(void
     
 );
 #endif

@@ -716,7 +716,7 @@ internal object IntegrityCheckingUniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
-    external fun uniffi_selfie_ffi_checksum_method_livestream_close(
+    external fun uniffi_selfie_ffi_checksum_method_livestream_cancel(
     ): Int
     external fun uniffi_selfie_ffi_checksum_method_livestream_end(
     ): Int
@@ -730,9 +730,9 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_call(
     ): Int
-    external fun uniffi_selfie_ffi_checksum_method_selfieclient_close(
-    ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_create_post(
+    ): Int
+    external fun uniffi_selfie_ffi_checksum_method_selfieclient_disconnect(
     ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_flush_outbox(
     ): Int
@@ -835,7 +835,7 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_selfie_ffi_fn_free_livestream(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_selfie_ffi_fn_method_livestream_close(`ptr`: Long,
+    external fun uniffi_selfie_ffi_fn_method_livestream_cancel(`ptr`: Long,
     ): Long
     external fun uniffi_selfie_ffi_fn_method_livestream_end(`ptr`: Long,
     ): Long
@@ -855,9 +855,9 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_selfie_ffi_fn_method_selfieclient_call(`ptr`: Long,`body`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_selfie_ffi_fn_method_selfieclient_close(`ptr`: Long,
-    ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_create_post(`ptr`: Long,`request`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_selfie_ffi_fn_method_selfieclient_disconnect(`ptr`: Long,
     ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_flush_outbox(`ptr`: Long,
     ): Long
@@ -873,8 +873,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_logout(`ptr`: Long,
     ): Long
-    external fun uniffi_selfie_ffi_fn_method_selfieclient_network_changed(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): Unit
+    external fun uniffi_selfie_ffi_fn_method_selfieclient_network_changed(`ptr`: Long,
+    ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_outbox_len(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_profile(`ptr`: Long,`userId`: Long,
@@ -1058,7 +1058,7 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
-    if ((lib.uniffi_selfie_ffi_checksum_method_livestream_close() and 0xFFFF) != 64638) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_livestream_cancel() and 0xFFFF) != 51010) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_livestream_end() and 0xFFFF) != 46229) {
@@ -1079,10 +1079,10 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_call() and 0xFFFF) != 7018) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_close() and 0xFFFF) != 26206) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_create_post() and 0xFFFF) != 26726) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_create_post() and 0xFFFF) != 26726) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_disconnect() and 0xFFFF) != 41186) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_flush_outbox() and 0xFFFF) != 62195) {
@@ -1106,7 +1106,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_logout() and 0xFFFF) != 23001) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_network_changed() and 0xFFFF) != 11549) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_network_changed() and 0xFFFF) != 53912) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_outbox_len() and 0xFFFF) != 59051) {
@@ -1821,9 +1821,10 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 public interface LiveStreamInterface {
     
     /**
-     * Ends the subscription on the server; `next` then returns `None`.
+     * Ends the subscription on the server; `next` then returns `None`. (Not `close`:
+     * Kotlin's `AutoCloseable.close` frees the object.)
      */
-    suspend fun `close`()
+    suspend fun `cancel`()
     
     /**
      * Why the stream ended (`None` while it flows).
@@ -1951,14 +1952,15 @@ open class LiveStream: Disposable, AutoCloseable, LiveStreamInterface
 
     
     /**
-     * Ends the subscription on the server; `next` then returns `None`.
+     * Ends the subscription on the server; `next` then returns `None`. (Not `close`:
+     * Kotlin's `AutoCloseable.close` frees the object.)
      */
     @Throws(SelfieException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `close`() {
+    override suspend fun `cancel`() {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_selfie_ffi_fn_method_livestream_close(
+            UniffiLib.uniffi_selfie_ffi_fn_method_livestream_cancel(
                 uniffiHandle,
                 
             )
@@ -2203,15 +2205,16 @@ public interface SelfieClientInterface {
     suspend fun `call`(`body`: Body): Body?
     
     /**
-     * Closes the connection; the client can be used again (it reconnects).
-     */
-    suspend fun `close`()
-    
-    /**
      * Publishes a post. Give it an `idempotency_key` to make a retry safe, or
      * [`Self::queue`] it to send it once the device is online.
      */
     suspend fun `createPost`(`request`: CreatePostRequest): Post
+    
+    /**
+     * Closes the connection; the client can be used again (it reconnects). (Not
+     * `close`: Kotlin's `AutoCloseable.close` frees the object.)
+     */
+    suspend fun `disconnect`()
     
     /**
      * Sends the outbox in order; returns how many left it (answered or refused for
@@ -2254,9 +2257,10 @@ public interface SelfieClientInterface {
     
     /**
      * The device changed network (Wi-Fi to cellular): move the connection to a new
-     * local socket. QUIC migrates the session; requests in flight continue.
+     * local socket. QUIC migrates the session; requests in flight continue. (Async:
+     * the new socket joins the SDK's runtime.)
      */
-    fun `networkChanged`()
+    suspend fun `networkChanged`()
     
     /**
      * The operations waiting in the outbox.
@@ -2584,30 +2588,6 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
 
     
     /**
-     * Closes the connection; the client can be used again (it reconnects).
-     */
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `close`() {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_selfie_ffi_fn_method_selfieclient_close(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_poll_void(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_complete_void(future, continuation) },
-        { future -> UniffiLib.ffi_selfie_ffi_rust_future_free_void(future) },
-        // lift function
-        { },
-        
-        // Error FFI converter
-        UniffiNullRustCallStatusErrorHandler,
-    )
-    }
-
-    
-    /**
      * Publishes a post. Give it an `idempotency_key` to make a retry safe, or
      * [`Self::queue`] it to send it once the device is online.
      */
@@ -2629,6 +2609,31 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
         { FfiConverterTypePost.lift(it) },
         // Error FFI converter
         SelfieException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Closes the connection; the client can be used again (it reconnects). (Not
+     * `close`: Kotlin's `AutoCloseable.close` frees the object.)
+     */
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `disconnect`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_selfie_ffi_fn_method_selfieclient_disconnect(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_selfie_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        UniffiNullRustCallStatusErrorHandler,
     )
     }
 
@@ -2805,19 +2810,29 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
     
     /**
      * The device changed network (Wi-Fi to cellular): move the connection to a new
-     * local socket. QUIC migrates the session; requests in flight continue.
+     * local socket. QUIC migrates the session; requests in flight continue. (Async:
+     * the new socket joins the SDK's runtime.)
      */
-    @Throws(SelfieException::class)override fun `networkChanged`()
-        = 
-    callWithHandle {
-    uniffiRustCallWithError(SelfieException) { _status ->
-    UniffiLib.uniffi_selfie_ffi_fn_method_selfieclient_network_changed(
-        it,
-        _status)
-}
+    @Throws(SelfieException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `networkChanged`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_selfie_ffi_fn_method_selfieclient_network_changed(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_selfie_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        SelfieException.ErrorHandler,
+    )
     }
-    
-    
 
     
     /**
@@ -22068,7 +22083,7 @@ public object FfiConverterTypeInsightsTarget: FfiConverterRustBuffer<InsightsTar
 enum class LiveEnd {
     
     /**
-     * The server finished it (after `close`, or the service ended it).
+     * The server finished it (after `cancel`, or the service ended it).
      */
     FINISHED,
     /**
@@ -24962,9 +24977,9 @@ sealed class SelfieException: kotlin.Exception() {
         val `code`: ErrorCode, 
         
         /**
-         * Its message (for logs; show users something based on the code).
+         * What the server said (for logs: show users something based on the code).
          */
-        val `message`: kotlin.String, 
+        val `reason`: kotlin.String, 
         
         /**
          * When to try again, for rate limits and overload (0: no hint).
@@ -24972,7 +24987,7 @@ sealed class SelfieException: kotlin.Exception() {
         val `retryAfterMs`: kotlin.UInt
         ) : SelfieException() {
         override val message
-            get() = "code=${ `code` }, message=${ `message` }, retryAfterMs=${ `retryAfterMs` }"
+            get() = "code=${ `code` }, reason=${ `reason` }, retryAfterMs=${ `retryAfterMs` }"
     }
     
     /**
@@ -24983,7 +24998,7 @@ sealed class SelfieException: kotlin.Exception() {
         /**
          * What happened.
          */
-        val `message`: kotlin.String, 
+        val `reason`: kotlin.String, 
         
         /**
          * The code the server closed the connection with, if it did.
@@ -24991,7 +25006,7 @@ sealed class SelfieException: kotlin.Exception() {
         val `code`: ErrorCode?
         ) : SelfieException() {
         override val message
-            get() = "message=${ `message` }, code=${ `code` }"
+            get() = "reason=${ `reason` }, code=${ `code` }"
     }
     
     /**
@@ -25011,10 +25026,10 @@ sealed class SelfieException: kotlin.Exception() {
         /**
          * What was wrong.
          */
-        val `message`: kotlin.String
+        val `reason`: kotlin.String
         ) : SelfieException() {
         override val message
-            get() = "message=${ `message` }"
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -25025,10 +25040,10 @@ sealed class SelfieException: kotlin.Exception() {
         /**
          * What is wrong with it.
          */
-        val `message`: kotlin.String
+        val `reason`: kotlin.String
         ) : SelfieException() {
         override val message
-            get() = "message=${ `message` }"
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -25039,10 +25054,10 @@ sealed class SelfieException: kotlin.Exception() {
         /**
          * What failed.
          */
-        val `message`: kotlin.String
+        val `reason`: kotlin.String
         ) : SelfieException() {
         override val message
-            get() = "message=${ `message` }"
+            get() = "reason=${ `reason` }"
     }
     
     /**
@@ -25103,13 +25118,13 @@ public object FfiConverterTypeSelfieError : FfiConverterRustBuffer<SelfieExcepti
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
                 + FfiConverterTypeErrorCode.allocationSize(value.`code`)
-                + FfiConverterString.allocationSize(value.`message`)
+                + FfiConverterString.allocationSize(value.`reason`)
                 + FfiConverterUInt.allocationSize(value.`retryAfterMs`)
             )
             is SelfieException.Connection -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
-                + FfiConverterString.allocationSize(value.`message`)
+                + FfiConverterString.allocationSize(value.`reason`)
                 + FfiConverterOptionalTypeErrorCode.allocationSize(value.`code`)
             )
             is SelfieException.Timeout -> (
@@ -25119,17 +25134,17 @@ public object FfiConverterTypeSelfieError : FfiConverterRustBuffer<SelfieExcepti
             is SelfieException.Protocol -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
-                + FfiConverterString.allocationSize(value.`message`)
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SelfieException.Config -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
-                + FfiConverterString.allocationSize(value.`message`)
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SelfieException.Store -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
-                + FfiConverterString.allocationSize(value.`message`)
+                + FfiConverterString.allocationSize(value.`reason`)
             )
             is SelfieException.NotSignedIn -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
@@ -25143,13 +25158,13 @@ public object FfiConverterTypeSelfieError : FfiConverterRustBuffer<SelfieExcepti
             is SelfieException.Server -> {
                 buf.putInt(1)
                 FfiConverterTypeErrorCode.write(value.`code`, buf)
-                FfiConverterString.write(value.`message`, buf)
+                FfiConverterString.write(value.`reason`, buf)
                 FfiConverterUInt.write(value.`retryAfterMs`, buf)
                 Unit
             }
             is SelfieException.Connection -> {
                 buf.putInt(2)
-                FfiConverterString.write(value.`message`, buf)
+                FfiConverterString.write(value.`reason`, buf)
                 FfiConverterOptionalTypeErrorCode.write(value.`code`, buf)
                 Unit
             }
@@ -25159,17 +25174,17 @@ public object FfiConverterTypeSelfieError : FfiConverterRustBuffer<SelfieExcepti
             }
             is SelfieException.Protocol -> {
                 buf.putInt(4)
-                FfiConverterString.write(value.`message`, buf)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SelfieException.Config -> {
                 buf.putInt(5)
-                FfiConverterString.write(value.`message`, buf)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SelfieException.Store -> {
                 buf.putInt(6)
-                FfiConverterString.write(value.`message`, buf)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is SelfieException.NotSignedIn -> {
