@@ -519,19 +519,32 @@ impl Client {
     ) -> Result<(Client, Frame), ClientError> {
         let mut encoder = Encoder::new(config.limits);
         let request = encoder.encode_bytes(|b| f(b, 1))?;
+        let (client, answer) = Self::connect_with_request_bytes(endpoint, config, request).await?;
+        Ok((client, answer?))
+    }
+
+    /// [`Client::connect_with_request`] with the request already encoded; the
+    /// connection is returned even when the request's answer is an error.
+    pub async fn connect_with_request_bytes(
+        endpoint: &Endpoint,
+        config: ClientConfig,
+        request: Bytes,
+    ) -> Result<(Client, Result<Frame, ClientError>), ClientError> {
         let (client, early) = Self::connect_inner(endpoint, config, Some(request.clone())).await?;
-        let response = match early {
+        let answer = match early {
             Some(mut recv) => {
                 let mut dec = FrameDecoder::new(client.limits);
-                let frame = read_frame(&mut recv, &mut dec).await?.ok_or_else(|| {
-                    ClientError::Protocol("stream ended without a response".into())
-                })?;
-                server_error(&frame)?;
-                frame
+                match read_frame(&mut recv, &mut dec).await {
+                    Ok(Some(frame)) => server_error(&frame).map(|()| frame),
+                    Ok(None) => Err(ClientError::Protocol(
+                        "stream ended without a response".into(),
+                    )),
+                    Err(e) => Err(e),
+                }
             }
-            None => client.request_bytes(&request).await?,
+            None => client.request_bytes(&request).await,
         };
-        Ok((client, response))
+        Ok((client, answer))
     }
 
     /// Whether this connection was resumed with 0-RTT early data accepted by the server.

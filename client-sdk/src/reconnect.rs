@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use flatbuffers::WIPOffset;
 use quinn::Endpoint;
 use selfie_codec::{Builder, Encoder, Frame};
@@ -72,6 +73,7 @@ pub struct ReconnectingClient {
     next_server: AtomicUsize,
     backoff: Backoff,
     reconnects: AtomicU64,
+    zero_rtt: AtomicU64,
     encoder: std::sync::Mutex<Encoder>,
 }
 
@@ -102,6 +104,7 @@ impl ReconnectingClient {
             next_server: AtomicUsize::new(0),
             backoff,
             reconnects: AtomicU64::new(0),
+            zero_rtt: AtomicU64::new(0),
         };
         this.client().await?;
         Ok(this)
@@ -189,13 +192,24 @@ impl ReconnectingClient {
     /// A usable connection: the current one unless it is closed or has received
     /// `GoAway`, else a new one (after the server's requested delay, with backoff).
     pub async fn client(&self) -> Result<Arc<Client>, ClientError> {
+        Ok(self.client_for(None).await?.0)
+    }
+
+    /// [`Self::client`], and when a new connection is needed and `early` is given (an
+    /// idempotent request), the request travels with `Hello` in 0-RTT early data where
+    /// the server's session ticket allows: a returning client's read costs one round
+    /// trip. The request's answer comes back with the connection in that case.
+    async fn client_for(
+        &self,
+        early: Option<&Bytes>,
+    ) -> Result<(Arc<Client>, Option<Result<Frame, ClientError>>), ClientError> {
         let mut current = self.current.lock().await;
         let mut wait = Duration::ZERO;
         let mut hint = None;
         if let Some(c) = current.as_ref() {
             let goaway = c.goaway_now();
             if c.connection().close_reason().is_none() && goaway.is_none() {
-                return Ok(c.clone());
+                return Ok((c.clone(), None));
             }
             if let Some(g) = goaway {
                 wait = Duration::from_millis(u64::from(g.reconnect_after_ms));
@@ -225,21 +239,39 @@ impl ReconnectingClient {
             };
             let mut config = self.config_now();
             config.server = server;
-            match Client::connect_on(&self.endpoint, config).await {
-                Ok(c) => {
+            let connected = match early {
+                Some(request) => {
+                    Client::connect_with_request_bytes(&self.endpoint, config, request.clone())
+                        .await
+                        .map(|(c, answer)| (c, Some(answer)))
+                }
+                None => Client::connect_on(&self.endpoint, config)
+                    .await
+                    .map(|c| (c, None)),
+            };
+            match connected {
+                Ok((c, answer)) => {
                     let c = Arc::new(c);
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
+                    if c.used_0rtt() {
+                        self.zero_rtt.fetch_add(1, Ordering::Relaxed);
+                    }
                     *current = Some(c.clone());
                     // Next time, start from the server that worked.
                     if let Some(i) = self.servers.iter().position(|s| *s == server) {
                         self.next_server.store(i, Ordering::Relaxed);
                     }
-                    return Ok(c);
+                    return Ok((c, answer));
                 }
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// Connections resumed with 0-RTT early data accepted by the server.
+    pub fn zero_rtt_resumes(&self) -> u64 {
+        self.zero_rtt.load(Ordering::Relaxed)
     }
 
     /// Sends a request; on a lost or draining connection an idempotent request is sent
@@ -261,8 +293,12 @@ impl ReconnectingClient {
             .unwrap_or(false);
         let mut attempt = 0;
         loop {
-            let client = self.client().await?;
-            match client.request_bytes(&bytes).await {
+            let (client, early) = self.client_for(idempotent.then_some(&bytes)).await?;
+            let answer = match early {
+                Some(answer) => answer,
+                None => client.request_bytes(&bytes).await,
+            };
+            match answer {
                 Err(e) if idempotent && retryable(&e) && attempt < self.backoff.attempts => {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "retrying an idempotent request on a new connection");

@@ -339,4 +339,38 @@ async fn a_reconnecting_client_signs_in_after_login_and_keeps_its_session_across
         1,
         "one reconnect: the login; none for the rebind"
     );
+
+    // The app goes to the background and back: the first read reconnects and travels
+    // with `Hello` in 0-RTT early data (the session ticket of the earlier connection).
+    rc.disconnect().await;
+    assert!(rc.current().await.is_none());
+    let resumed = rc.zero_rtt_resumes();
+    let mut get = selfie_protocol::users::GetProfileRequestT::default();
+    get.user_id = tokens.user_id;
+    let mut u = selfie_protocol::users::UsersT::default();
+    u.op = selfie_protocol::users::UsersOpT::GetProfileRequest(Box::new(get));
+    let BodyT::Users(u) = rc.call(BodyT::Users(Box::new(u))).await.expect("profile") else {
+        panic!("not a users answer")
+    };
+    assert!(matches!(
+        u.op,
+        selfie_protocol::users::UsersOpT::GetProfileResponse(_)
+    ));
+    assert_eq!(rc.reconnects(), 2);
+    assert_eq!(
+        rc.zero_rtt_resumes(),
+        resumed + 1,
+        "resumed with early data"
+    );
+    assert!(rc.current().await.expect("connected").used_0rtt());
+    // A write after another disconnect: `Hello` may go early, the write itself waits
+    // for the handshake (a replayed flight must not post twice), and it is answered.
+    rc.disconnect().await;
+    let BodyT::Posts(_) = rc
+        .call(post_body("after the handshake"))
+        .await
+        .expect("posted")
+    else {
+        panic!("not a posts answer")
+    };
 }
