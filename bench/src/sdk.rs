@@ -206,7 +206,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             mobile: SelfieClient::connect(
                 SelfieConfig {
                     servers: vec![server.addr.to_string()],
-                    server_name: "localhost".into(),
+                    server_name: None,
                     certificate_sha256: Some(server.fingerprint.clone()),
                     ca_certificates_pem: None,
                     device_id: "bench".into(),
@@ -214,6 +214,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     app_version: env!("CARGO_PKG_VERSION").into(),
                     data_dir: None,
                     keep_connected_in_background: false,
+                    connect_timeout_ms: 10_000,
                 },
                 Arc::new(Tokens(Mutex::new(Some(signed.tokens.clone().into())))),
             )

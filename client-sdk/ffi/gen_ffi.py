@@ -24,6 +24,20 @@ SCALARS = {
     "double": "f64",
 }
 
+# Fields that hold credentials: records with one get a `Debug` that prints
+# `<redacted>` for them (tokens, passwords, second-factor codes and secrets).
+SECRETS = {"access_token", "refresh_token", "password", "current_password",
+           "new_password", "totp_code", "recovery_code", "recovery_codes",
+           "secret_base32", "otpauth_uri", "code", "token", "client_secret",
+           "provider_token", "web_push_auth", "web_push_p256dh"}
+
+# The largest value of each enum's underlying type: what `Unrecognized` is sent as
+# (outside every schema's range, so the server refuses it rather than reading it as
+# the first value, which could widen e.g. an audience).
+ENUM_MAX = {"byte": "i8::MAX", "ubyte": "u8::MAX", "short": "i16::MAX",
+            "ushort": "u16::MAX", "int": "i32::MAX", "uint": "u32::MAX",
+            "long": "i64::MAX", "ulong": "u64::MAX"}
+
 # Names that would shadow a platform type in Kotlin or Swift.
 RENAME = {"Error": "ErrorFrame"}
 
@@ -131,7 +145,7 @@ class Gen:
     def w(self, *lines):
         self.out.extend(lines)
 
-    def field_info(self, owner, f, shallow=False):
+    def field_info(self, owner, f):
         """(ffi type, attr, from_t expr, into_t expr) for field f of table owner."""
         n, ty, ns = f["name"], f["type"], owner["ns"]
         src, dst = f"t.{n}", f"v.{n}"
@@ -191,13 +205,25 @@ class Gen:
         self.w(*docs(d["doc"], 0))
         if shallow:
             self.w(f"/// `{d['name']}` one level deep: without its fields of its own type.")
-        self.w("#[derive(Debug, Clone, PartialEq, uniffi::Record)]", f"pub struct {name} {{")
+        secret = [f["name"] for f, _ in fields if f["name"] in SECRETS]
+        derive = "Clone, PartialEq, uniffi::Record" if secret else "Debug, Clone, PartialEq, uniffi::Record"
+        self.w(f"#[derive({derive})]", f"pub struct {name} {{")
         for f, (ty, attr, _, _) in fields:
             self.w(*docs(f["doc"], 4))
             if attr:
                 self.w(f"    {attr}")
             self.w(f"    pub {f['name']}: {ty},")
         self.w("}", "")
+        if secret:
+            self.w(f"impl std::fmt::Debug for {name} {{",
+                   "    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {",
+                   f"        f.debug_struct(\"{name}\")")
+            for fd, _ in fields:
+                if fd["name"] in SECRETS:
+                    self.w(f"            .field(\"{fd['name']}\", &\"<redacted>\")")
+                else:
+                    self.w(f"            .field(\"{fd['name']}\", &self.{fd['name']})")
+            self.w("            .finish()", "    }", "}", "")
         self.w(f"impl From<{tpath}> for {name} {{",
                f"    fn from({'t' if fields else '_t'}: {tpath}) -> Self {{",
                "        Self {")
@@ -226,8 +252,8 @@ class Gen:
         for m in d["items"]:
             self.w(*docs(m["doc"], 4))
             self.w(f"    {m['name']},")
-        self.w("    /// A value this SDK does not know (sent by a newer server); sent back as the",
-               "    /// schema's first value.",
+        self.w("    /// A value this SDK does not know (sent by a newer server); sent back as a",
+               "    /// value outside every schema's range, which the server refuses.",
                "    Unrecognized,", "}", "")
         self.w(f"impl From<{tpath}> for {name} {{", f"    fn from(t: {tpath}) -> Self {{",
                "        match t {")
@@ -238,7 +264,7 @@ class Gen:
                "        match v {")
         for m in d["items"]:
             self.w(f"            {name}::{m['name']} => Self::{m['name']},")
-        self.w(f"            {name}::Unrecognized => Self::{d['items'][0]['name']},",
+        self.w(f"            {name}::Unrecognized => Self({ENUM_MAX[d['base']]}),",
                "        }", "    }", "}", "")
 
     def union(self, fq, d):

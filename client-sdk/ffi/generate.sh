@@ -27,7 +27,10 @@ if [ $# -ge 1 ] && ! cmp -s "$gen_rs" "$here/src/generated.rs"; then
   echo "generate.sh: src/generated.rs is stale" >&2
 fi
 (cd "$root" && cargo build -q -p selfie-ffi --lib && cargo build -q -p selfie-ffi --features bindgen --bin uniffi-bindgen)
-lib="$target/debug/libselfie_ffi.so"
+case "$(uname -s)" in
+  Darwin) lib="$target/debug/libselfie_ffi.dylib" ;;
+  *) lib="$target/debug/libselfie_ffi.so" ;;
+esac
 rm -rf "$kotlin" "$swift"
 mkdir -p "$kotlin" "$swift"
 "$target/debug/uniffi-bindgen" generate --library "$lib" --language kotlin --no-format --out-dir "$kotlin"

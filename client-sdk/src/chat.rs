@@ -489,9 +489,14 @@ pub struct ChatStore {
     log: Keyspace,
     /// local order → a `SendMessageRequest`.
     outbox: Keyspace,
+    /// `next_place` → the next outbox place (never reused: a flush working from an
+    /// older snapshot can never remove a newer send).
+    meta: Keyspace,
     /// Held while a send takes its place: two sends queued at once (from two tasks)
     /// get two places, never one overwriting the other.
     queue_lock: std::sync::Mutex<()>,
+    /// One flush at a time.
+    flush_lock: tokio::sync::Mutex<()>,
 }
 
 impl ChatStore {
@@ -506,7 +511,9 @@ impl ChatStore {
             positions: ks("chat_positions")?,
             log: ks("chat_log")?,
             outbox: ks("chat_outbox")?,
+            meta: ks("chat_outbox_meta")?,
             queue_lock: std::sync::Mutex::new(()),
+            flush_lock: tokio::sync::Mutex::new(()),
             db,
         })
     }
@@ -752,9 +759,18 @@ impl ChatStore {
             .transpose()?
             .and_then(|k| u64_at(&k, 0))
             .unwrap_or(0);
-        let place = last + 1;
+        let next = self
+            .meta
+            .get(b"next_place")
+            .map_err(store_err)?
+            .and_then(|v| u64_at(&v, 0))
+            .unwrap_or(1);
+        let place = next.max(last + 1);
         self.outbox
             .insert(place.to_be_bytes(), packed!(request))
+            .map_err(store_err)?;
+        self.meta
+            .insert(b"next_place", (place + 1).to_be_bytes())
             .map_err(store_err)?;
         self.persist()?;
         Ok(place)
@@ -780,6 +796,7 @@ impl ChatStore {
         &self,
         client: &Client,
     ) -> Result<Vec<Result<pc::SendMessageResponseT, ClientError>>, ClientError> {
+        let _one = self.flush_lock.lock().await;
         let mut results = Vec::new();
         for (place, request) in self.outbox()? {
             let result = client.chat().send_request(request).await;

@@ -18,9 +18,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use selfie_protocol::BodyT;
 use selfie_protocol::feed::{self as pf, FeedKind};
 use selfie_protocol::users as pu;
-use selfie_protocol::{BodyT, ErrorCode};
 use sha2::{Digest, Sha256};
 
 use crate::{Client, ClientError};
@@ -54,7 +54,12 @@ pub struct OfflineStore {
     pages: Keyspace,
     /// place → an envelope holding the queued operation.
     outbox: Keyspace,
+    /// `next_place` → the next place to hand out (never reused, so a flush working
+    /// from an older snapshot can never remove a newer write).
+    meta: Keyspace,
     queue_lock: std::sync::Mutex<()>,
+    /// One flush at a time: two at once would send the same write twice.
+    flush_lock: tokio::sync::Mutex<()>,
     keys: AtomicU64,
 }
 
@@ -79,7 +84,9 @@ impl OfflineStore {
             profiles: ks("profiles")?,
             pages: ks("feed_pages")?,
             outbox: ks("outbox")?,
+            meta: ks("outbox_meta")?,
             queue_lock: std::sync::Mutex::new(()),
+            flush_lock: tokio::sync::Mutex::new(()),
             keys: AtomicU64::new(0),
             db,
         })
@@ -188,12 +195,22 @@ impl OfflineStore {
     }
 
     /// Writes an operation to the outbox (durable before it returns) and returns its
-    /// place. Posts, comments and stories without an idempotency key get one here.
+    /// place. Operations that create something (posts, comments, stories,
+    /// conversations, payments) get an idempotency key here when they have none; a chat
+    /// send needs its `client_msg_id`. Account operations (credentials) and control
+    /// frames are refused: the outbox is on disk and never holds secrets.
     pub fn queue(&self, mut body: BodyT) -> Result<u64, ClientError> {
         let _place = self
             .queue_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = self
+            .meta
+            .get(NEXT_PLACE)
+            .map_err(store_err)?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map_or(1, u64::from_be_bytes);
+        // Also past anything already queued (a store written before `next_place`).
         let last = self
             .outbox
             .last_key_value()
@@ -201,32 +218,50 @@ impl OfflineStore {
             .transpose()?
             .and_then(|k| <[u8; 8]>::try_from(&k[..]).ok())
             .map_or(0, u64::from_be_bytes);
-        let place = last + 1;
+        let place = next.max(last + 1);
         let key = self.idempotency_key(place);
-        use selfie_protocol::posts::PostsOpT;
-        use selfie_protocol::stories::StoriesOpT;
-        match &mut body {
-            BodyT::Posts(p) => match &mut p.op {
-                PostsOpT::CreatePostRequest(r) => {
-                    r.idempotency_key.get_or_insert(key);
-                }
-                PostsOpT::CreateCommentRequest(r) => {
-                    r.idempotency_key.get_or_insert(key);
-                }
-                _ => {}
-            },
-            BodyT::Stories(s) => {
-                if let StoriesOpT::CreateStoryRequest(r) = &mut s.op {
-                    r.idempotency_key.get_or_insert(key);
-                }
-            }
-            _ => {}
-        }
+        give_key(&mut body, key)?;
         self.outbox
             .insert(place.to_be_bytes(), packed_envelope(body))
             .map_err(store_err)?;
+        self.meta
+            .insert(NEXT_PLACE, (place + 1).to_be_bytes())
+            .map_err(store_err)?;
         self.persist()?;
         Ok(place)
+    }
+
+    /// Removes one queued write without sending it (the app gave up on it).
+    pub fn remove(&self, place: u64) -> Result<bool, ClientError> {
+        let _place = self
+            .queue_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let had = self
+            .outbox
+            .contains_key(place.to_be_bytes())
+            .map_err(store_err)?;
+        self.outbox.remove(place.to_be_bytes()).map_err(store_err)?;
+        self.persist()?;
+        Ok(had)
+    }
+
+    /// Forgets everything: caches and queued writes (the account signed out for good).
+    pub fn clear(&self) -> Result<(), ClientError> {
+        let _place = self
+            .queue_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ks in [&self.profiles, &self.pages, &self.outbox] {
+            let keys: Vec<_> = ks
+                .iter()
+                .map(|kv| kv.key().map_err(store_err))
+                .collect::<Result<_, _>>()?;
+            for k in keys {
+                ks.remove(k).map_err(store_err)?;
+            }
+        }
+        self.persist()
     }
 
     /// The writes waiting, in order.
@@ -245,6 +280,7 @@ impl OfflineStore {
     /// transport failure or retryable answer, keeping it and the rest for the next
     /// flush.
     pub async fn flush(&self, client: &Client) -> Result<Vec<Flushed>, ClientError> {
+        let _one = self.flush_lock.lock().await;
         let mut done = Vec::new();
         for (place, body) in self.outbox()? {
             let answer = client.call(body).await;
@@ -264,24 +300,67 @@ impl OfflineStore {
     }
 }
 
-/// Whether the server refused a write for good (a bad field, a block, a deleted
-/// target): sending it again would get the same answer. The network, overload, rate
-/// limits, expired tokens and storage failures are not.
-fn refused_for_good(e: &ClientError) -> bool {
-    use ErrorCode as C;
+const NEXT_PLACE: &[u8] = b"next_place";
+
+/// Gives a write that creates something its idempotency key (when it has none), checks
+/// a chat send has its `client_msg_id`, and refuses what must not be queued.
+fn give_key(body: &mut BodyT, key: String) -> Result<(), ClientError> {
+    use selfie_protocol::chat::ChatOpT;
+    use selfie_protocol::payments::PaymentsOpT;
+    use selfie_protocol::posts::PostsOpT;
+    use selfie_protocol::stories::StoriesOpT;
+    let refuse = |what: &str| Err(ClientError::Config(format!("{what} cannot be queued")));
+    macro_rules! keyed {
+        ($r:expr) => {{
+            $r.idempotency_key.get_or_insert(key);
+        }};
+    }
+    match body {
+        BodyT::Auth(_) => return refuse("an account operation (credentials)"),
+        BodyT::Control(_) | BodyT::NONE => return refuse("a control operation"),
+        BodyT::Posts(p) => match &mut p.op {
+            PostsOpT::CreatePostRequest(r) => keyed!(r),
+            PostsOpT::CreateCommentRequest(r) => keyed!(r),
+            _ => {}
+        },
+        BodyT::Stories(s) => {
+            if let StoriesOpT::CreateStoryRequest(r) = &mut s.op {
+                keyed!(r);
+            }
+        }
+        BodyT::Chat(c) => match &mut c.op {
+            ChatOpT::CreateConversationRequest(r) => keyed!(r),
+            ChatOpT::SendMessageRequest(r)
+                if r.client_msg_id.as_deref().is_none_or(str::is_empty) =>
+            {
+                return refuse("a chat send without a client_msg_id");
+            }
+            _ => {}
+        },
+        BodyT::Payments(p) => match &mut p.op {
+            PaymentsOpT::CreateIntentRequest(r) => keyed!(r),
+            PaymentsOpT::CreatorSubscribeRequest(r) => keyed!(r),
+            PaymentsOpT::PayoutRequest(r) => keyed!(r),
+            _ => {}
+        },
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether the server refused a write for good: the request itself was wrong (4xx: an
+/// argument, a permission, a missing target, a conflict), or it cannot even be encoded.
+/// Sending it again would get the same answer, so it leaves the outbox with its
+/// refusal. Everything else — the network, limits, overload, the server failing, an
+/// expired or revoked session (sign in again, then flush), a code newer than this
+/// SDK — keeps it for the next flush.
+pub fn refused_for_good(e: &ClientError) -> bool {
+    use selfie_protocol::ErrorClass;
     match e {
-        ClientError::Server { code, .. } => !matches!(
-            *code,
-            C::RateLimited
-                | C::Overloaded
-                | C::Draining
-                | C::Unavailable
-                | C::Timeout
-                | C::StorageFailure
-                | C::Internal
-                | C::TokenExpired
-                | C::Unauthenticated
-        ),
+        ClientError::Server { code, .. } => {
+            matches!(code.class(), ErrorClass::Request) && !code.is_retryable()
+        }
+        ClientError::Codec(_) => true,
         _ => false,
     }
 }
@@ -337,6 +416,80 @@ mod tests {
         assert_eq!(places, vec![1, 2, 3, 4, 5]);
         let again: Vec<String> = queued.iter().filter_map(|(_, b)| key_of(b)).collect();
         assert_eq!(again, keys, "keys are kept, so a resend is recognised");
+    }
+
+    /// A place is never handed out twice, even after the outbox emptied: a flush that
+    /// read an older snapshot cannot remove a newer write by its place.
+    #[test]
+    fn places_are_never_reused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = OfflineStore::open(dir.path()).expect("store");
+        assert_eq!(store.queue(post("a")).expect("queued"), 1);
+        assert_eq!(store.queue(post("b")).expect("queued"), 2);
+        assert!(store.remove(1).expect("removed"));
+        assert!(store.remove(2).expect("removed"));
+        assert!(!store.remove(2).expect("already gone"));
+        assert_eq!(store.queue(post("c")).expect("queued"), 3);
+        drop(store);
+        let store = OfflineStore::open(dir.path()).expect("reopened");
+        assert_eq!(store.queue(post("d")).expect("queued"), 4);
+    }
+
+    /// Credentials never reach the disk; a chat send without its idempotency id, or a
+    /// control frame, cannot be queued; a new conversation gets a key.
+    #[test]
+    fn what_must_not_be_queued_is_refused_and_creations_get_keys() {
+        use selfie_protocol::auth::{AuthOpT, AuthT, LoginRequestT};
+        use selfie_protocol::chat::{ChatOpT, ChatT};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = OfflineStore::open(dir.path()).expect("store");
+        let mut login = LoginRequestT::default();
+        login.password = Some("hunter2".into());
+        let mut auth = AuthT::default();
+        auth.op = AuthOpT::LoginRequest(Box::new(login));
+        assert!(store.queue(BodyT::Auth(Box::new(auth))).is_err());
+        let mut chat = ChatT::default();
+        chat.op = ChatOpT::SendMessageRequest(Box::default());
+        assert!(store.queue(BodyT::Chat(Box::new(chat))).is_err());
+        assert!(store.queue(BodyT::NONE).is_err());
+        let mut chat = ChatT::default();
+        chat.op = ChatOpT::CreateConversationRequest(Box::default());
+        store.queue(BodyT::Chat(Box::new(chat))).expect("queued");
+        let queued = store.outbox().expect("outbox");
+        assert_eq!(queued.len(), 1, "nothing refused reached the disk");
+        let BodyT::Chat(c) = &queued[0].1 else {
+            panic!("not chat")
+        };
+        let ChatOpT::CreateConversationRequest(r) = &c.op else {
+            panic!("not a new conversation")
+        };
+        assert!(r.idempotency_key.as_deref().is_some_and(|k| k.len() == 32));
+    }
+
+    /// Only a wrong request leaves the outbox; anything that may pass later stays.
+    #[test]
+    fn only_wrong_requests_are_refused_for_good() {
+        use selfie_protocol::ErrorCode as C;
+        let server = |code| ClientError::Server {
+            code,
+            message: String::new(),
+            retry_after_ms: 0,
+        };
+        for code in [C::NotFound, C::Forbidden, C::InvalidArgument] {
+            assert!(refused_for_good(&server(code)), "{code:?}");
+        }
+        for code in [
+            C::RateLimited,
+            C::Unavailable,
+            C::TokenExpired,
+            C::SessionRevoked,
+            C::TooManyStreams,
+            C::Internal,
+            C(9999),
+        ] {
+            assert!(!refused_for_good(&server(code)), "{code:?}");
+        }
+        assert!(!refused_for_good(&ClientError::Timeout));
     }
 
     /// Writes queued from several threads at once each get their own place.

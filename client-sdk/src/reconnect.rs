@@ -51,6 +51,17 @@ impl Backoff {
     }
 }
 
+/// The longest a `GoAway`'s `reconnect_after_ms` is honoured.
+const MAX_GOAWAY_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether the server refused the session itself (its token, or the protocol version):
+/// trying again with the same `Hello` cannot help.
+fn refused_session(e: &ClientError) -> bool {
+    e.code().is_some_and(|c| {
+        matches!(c.class(), selfie_protocol::ErrorClass::Auth) || c == ErrorCode::UnsupportedVersion
+    })
+}
+
 /// Whether a failed request may be sent again on a new connection.
 fn retryable(e: &ClientError) -> bool {
     match e {
@@ -84,6 +95,18 @@ impl ReconnectingClient {
         servers: Vec<SocketAddr>,
         backoff: Backoff,
     ) -> Result<Self, ClientError> {
+        let this = Self::new(config, servers, backoff)?;
+        this.client().await?;
+        Ok(this)
+    }
+
+    /// A client that connects on first use (an app started offline works from its
+    /// local store until then).
+    pub fn new(
+        config: ClientConfig,
+        servers: Vec<SocketAddr>,
+        backoff: Backoff,
+    ) -> Result<Self, ClientError> {
         if servers.is_empty() {
             return Err(ClientError::Config("no servers".into()));
         }
@@ -95,7 +118,7 @@ impl ReconnectingClient {
         }
         .parse()
         .map_err(|e: std::net::AddrParseError| ClientError::Config(e.to_string()))?;
-        let this = Self {
+        Ok(Self {
             encoder: std::sync::Mutex::new(Encoder::new(config.limits)),
             config: std::sync::Mutex::new(config),
             servers,
@@ -105,9 +128,7 @@ impl ReconnectingClient {
             backoff,
             reconnects: AtomicU64::new(0),
             zero_rtt: AtomicU64::new(0),
-        };
-        this.client().await?;
-        Ok(this)
+        })
     }
 
     fn config_now(&self) -> ClientConfig {
@@ -212,7 +233,7 @@ impl ReconnectingClient {
                 return Ok((c.clone(), None));
             }
             if let Some(g) = goaway {
-                wait = Duration::from_millis(u64::from(g.reconnect_after_ms));
+                wait = Duration::from_millis(u64::from(g.reconnect_after_ms)).min(MAX_GOAWAY_WAIT);
                 hint = g
                     .reconnect_host
                     .as_deref()
@@ -263,6 +284,7 @@ impl ReconnectingClient {
                     }
                     return Ok((c, answer));
                 }
+                Err(e) if refused_session(&e) => return Err(e),
                 Err(e) => last = e,
             }
         }
@@ -287,6 +309,32 @@ impl ReconnectingClient {
                 .map_err(|_| ClientError::Protocol("encoder poisoned".into()))?;
             enc.encode_bytes(|b| f(b, 1))?
         };
+        self.send(bytes).await
+    }
+
+    /// Encodes a request the way [`Self::request`] sends it (for callers that may send
+    /// the same bytes again, see [`Self::send`]).
+    pub fn encode(
+        &self,
+        f: impl FnOnce(&mut Builder, u64) -> WIPOffset<Envelope<'static>>,
+    ) -> Result<Bytes, ClientError> {
+        let mut enc = self
+            .encoder
+            .lock()
+            .map_err(|_| ClientError::Protocol("encoder poisoned".into()))?;
+        Ok(enc.encode_bytes(|b| f(b, 1))?)
+    }
+
+    /// Whether encoded request bytes are an idempotent operation (safe to send again).
+    pub fn is_idempotent(&self, bytes: &Bytes) -> bool {
+        let limits = self.config_now().limits;
+        selfie_codec::Frame::verify(bytes.clone(), &limits)
+            .map(|f| selfie_protocol::is_idempotent(&f.envelope()))
+            .unwrap_or(false)
+    }
+
+    /// Sends an encoded request (from [`Self::encode`]) with [`Self::request`]'s rules.
+    pub async fn send(&self, bytes: Bytes) -> Result<Frame, ClientError> {
         let limits = self.config_now().limits;
         let idempotent = selfie_codec::Frame::verify(bytes.clone(), &limits)
             .map(|f| selfie_protocol::is_idempotent(&f.envelope()))
@@ -300,6 +348,18 @@ impl ReconnectingClient {
             };
             match answer {
                 Err(e) if idempotent && retryable(&e) && attempt < self.backoff.attempts => {
+                    // Not at once: the server may be overloaded, or asked for a pause.
+                    let hint = match &e {
+                        ClientError::Server { retry_after_ms, .. } => {
+                            Duration::from_millis(u64::from(*retry_after_ms))
+                        }
+                        _ => Duration::ZERO,
+                    };
+                    tokio::time::sleep(
+                        hint.max(self.backoff.delay(attempt, rand_unit()))
+                            .min(self.backoff.max),
+                    )
+                    .await;
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "retrying an idempotent request on a new connection");
                 }

@@ -125,8 +125,8 @@ pub enum AccountStatus {
     Banned,
     Deleted,
     Locked,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -151,7 +151,7 @@ impl From<AccountStatus> for p::admin::AccountStatus {
             AccountStatus::Banned => Self::Banned,
             AccountStatus::Deleted => Self::Deleted,
             AccountStatus::Locked => Self::Locked,
-            AccountStatus::Unrecognized => Self::Active,
+            AccountStatus::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -737,8 +737,8 @@ pub enum AdEventKind {
     Click,
     Hide,
     Report,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -761,7 +761,7 @@ impl From<AdEventKind> for p::ads::AdEventKind {
             AdEventKind::Click => Self::Click,
             AdEventKind::Hide => Self::Hide,
             AdEventKind::Report => Self::Report,
-            AdEventKind::Unrecognized => Self::Impression,
+            AdEventKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -1071,8 +1071,8 @@ pub enum CampaignStatus {
     Paused,
     Ended,
     Rejected,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -1099,7 +1099,7 @@ impl From<CampaignStatus> for p::ads::CampaignStatus {
             CampaignStatus::Paused => Self::Paused,
             CampaignStatus::Ended => Self::Ended,
             CampaignStatus::Rejected => Self::Rejected,
-            CampaignStatus::Unrecognized => Self::Draft,
+            CampaignStatus::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -1461,8 +1461,8 @@ pub enum InsightsTarget {
     Account,
     Post,
     Story,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -1483,7 +1483,7 @@ impl From<InsightsTarget> for p::analytics::InsightsTarget {
             InsightsTarget::Account => Self::Account,
             InsightsTarget::Post => Self::Post,
             InsightsTarget::Story => Self::Story,
-            InsightsTarget::Unrecognized => Self::Account,
+            InsightsTarget::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -1523,12 +1523,21 @@ impl From<Series> for p::analytics::SeriesT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct AccountDeleteRequest {
     #[uniffi(default)]
     pub password: Option<String>,
     #[uniffi(default)]
     pub totp_code: Option<String>,
+}
+
+impl std::fmt::Debug for AccountDeleteRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountDeleteRequest")
+            .field("password", &"<redacted>")
+            .field("totp_code", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::AccountDeleteRequestT> for AccountDeleteRequest {
@@ -1668,7 +1677,7 @@ impl AuthOp {
 }
 
 /// Tokens issued at login, registration and refresh.
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct AuthTokens {
     #[uniffi(default)]
     pub user_id: u64,
@@ -1682,6 +1691,19 @@ pub struct AuthTokens {
     pub refresh_token: Option<String>,
     #[uniffi(default)]
     pub refresh_expires_at_ms: u64,
+}
+
+impl std::fmt::Debug for AuthTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthTokens")
+            .field("user_id", &self.user_id)
+            .field("session_id", &self.session_id)
+            .field("access_token", &"<redacted>")
+            .field("access_expires_at_ms", &self.access_expires_at_ms)
+            .field("refresh_token", &"<redacted>")
+            .field("refresh_expires_at_ms", &self.refresh_expires_at_ms)
+            .finish()
+    }
 }
 
 impl From<p::auth::AuthTokensT> for AuthTokens {
@@ -1741,10 +1763,18 @@ impl From<DeviceInfo> for p::auth::DeviceInfoT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct EmailVerifyRequest {
     #[uniffi(default)]
     pub code: Option<String>,
+}
+
+impl std::fmt::Debug for EmailVerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailVerifyRequest")
+            .field("code", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::EmailVerifyRequestT> for EmailVerifyRequest {
@@ -1785,7 +1815,7 @@ impl From<EmailVerifyResendRequest> for p::auth::EmailVerifyResendRequestT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct LoginRequest {
     /// Username or e-mail address.
     #[uniffi(default)]
@@ -1800,6 +1830,18 @@ pub struct LoginRequest {
     pub recovery_code: Option<String>,
     #[uniffi(default)]
     pub device: Option<DeviceInfo>,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("identifier", &self.identifier)
+            .field("password", &"<redacted>")
+            .field("totp_code", &"<redacted>")
+            .field("recovery_code", &"<redacted>")
+            .field("device", &self.device)
+            .finish()
+    }
 }
 
 impl From<p::auth::LoginRequestT> for LoginRequest {
@@ -1874,7 +1916,7 @@ impl From<LogoutRequest> for p::auth::LogoutRequestT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct PasswordChangeRequest {
     #[uniffi(default)]
     pub current_password: Option<String>,
@@ -1882,6 +1924,16 @@ pub struct PasswordChangeRequest {
     pub new_password: Option<String>,
     #[uniffi(default)]
     pub totp_code: Option<String>,
+}
+
+impl std::fmt::Debug for PasswordChangeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChangeRequest")
+            .field("current_password", &"<redacted>")
+            .field("new_password", &"<redacted>")
+            .field("totp_code", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::PasswordChangeRequestT> for PasswordChangeRequest {
@@ -1905,7 +1957,7 @@ impl From<PasswordChangeRequest> for p::auth::PasswordChangeRequestT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct PasswordResetFinishRequest {
     #[uniffi(default)]
     pub email: Option<String>,
@@ -1913,6 +1965,16 @@ pub struct PasswordResetFinishRequest {
     pub code: Option<String>,
     #[uniffi(default)]
     pub new_password: Option<String>,
+}
+
+impl std::fmt::Debug for PasswordResetFinishRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordResetFinishRequest")
+            .field("email", &self.email)
+            .field("code", &"<redacted>")
+            .field("new_password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::PasswordResetFinishRequestT> for PasswordResetFinishRequest {
@@ -1959,12 +2021,21 @@ impl From<PasswordResetStartRequest> for p::auth::PasswordResetStartRequestT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct RecoveryCodesRegenerateRequest {
     #[uniffi(default)]
     pub password: Option<String>,
     #[uniffi(default)]
     pub code: Option<String>,
+}
+
+impl std::fmt::Debug for RecoveryCodesRegenerateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryCodesRegenerateRequest")
+            .field("password", &"<redacted>")
+            .field("code", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::RecoveryCodesRegenerateRequestT> for RecoveryCodesRegenerateRequest {
@@ -1986,10 +2057,18 @@ impl From<RecoveryCodesRegenerateRequest> for p::auth::RecoveryCodesRegenerateRe
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct RecoveryCodesResponse {
     #[uniffi(default)]
     pub recovery_codes: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for RecoveryCodesResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryCodesResponse")
+            .field("recovery_codes", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::RecoveryCodesResponseT> for RecoveryCodesResponse {
@@ -2009,10 +2088,18 @@ impl From<RecoveryCodesResponse> for p::auth::RecoveryCodesResponseT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct RefreshRequest {
     #[uniffi(default)]
     pub refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshRequest")
+            .field("refresh_token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::RefreshRequestT> for RefreshRequest {
@@ -2055,7 +2142,7 @@ impl From<RefreshResponse> for p::auth::RefreshResponseT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct RegisterRequest {
     #[uniffi(default)]
     pub username: Option<String>,
@@ -2069,6 +2156,19 @@ pub struct RegisterRequest {
     pub invite_code: Option<String>,
     #[uniffi(default)]
     pub locale: Option<String>,
+}
+
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("username", &self.username)
+            .field("email", &self.email)
+            .field("password", &"<redacted>")
+            .field("device", &self.device)
+            .field("invite_code", &self.invite_code)
+            .field("locale", &self.locale)
+            .finish()
+    }
 }
 
 impl From<p::auth::RegisterRequestT> for RegisterRequest {
@@ -2256,10 +2356,18 @@ impl From<SessionsListResponse> for p::auth::SessionsListResponseT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct TotpConfirmRequest {
     #[uniffi(default)]
     pub code: Option<String>,
+}
+
+impl std::fmt::Debug for TotpConfirmRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpConfirmRequest")
+            .field("code", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::TotpConfirmRequestT> for TotpConfirmRequest {
@@ -2279,11 +2387,19 @@ impl From<TotpConfirmRequest> for p::auth::TotpConfirmRequestT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct TotpConfirmResponse {
     /// Single-use recovery codes, shown once.
     #[uniffi(default)]
     pub recovery_codes: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for TotpConfirmResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpConfirmResponse")
+            .field("recovery_codes", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::TotpConfirmResponseT> for TotpConfirmResponse {
@@ -2303,12 +2419,21 @@ impl From<TotpConfirmResponse> for p::auth::TotpConfirmResponseT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct TotpDisableRequest {
     #[uniffi(default)]
     pub password: Option<String>,
     #[uniffi(default)]
     pub code: Option<String>,
+}
+
+impl std::fmt::Debug for TotpDisableRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpDisableRequest")
+            .field("password", &"<redacted>")
+            .field("code", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::TotpDisableRequestT> for TotpDisableRequest {
@@ -2330,10 +2455,18 @@ impl From<TotpDisableRequest> for p::auth::TotpDisableRequestT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct TotpEnrollRequest {
     #[uniffi(default)]
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for TotpEnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpEnrollRequest")
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::TotpEnrollRequestT> for TotpEnrollRequest {
@@ -2353,13 +2486,22 @@ impl From<TotpEnrollRequest> for p::auth::TotpEnrollRequestT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct TotpEnrollResponse {
     /// `otpauth://totp/...` URI for authenticator apps.
     #[uniffi(default)]
     pub otpauth_uri: Option<String>,
     #[uniffi(default)]
     pub secret_base32: Option<String>,
+}
+
+impl std::fmt::Debug for TotpEnrollResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpEnrollResponse")
+            .field("otpauth_uri", &"<redacted>")
+            .field("secret_base32", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::auth::TotpEnrollResponseT> for TotpEnrollResponse {
@@ -2526,8 +2668,8 @@ pub enum ChatEventKind {
     Typing,
     /// `actor_id`'s presence changed; sent as a `Presence` datagram (1.4).
     Presence,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -2570,7 +2712,7 @@ impl From<ChatEventKind> for p::chat::ChatEventKind {
             ChatEventKind::MemberRoleChanged => Self::MemberRoleChanged,
             ChatEventKind::Typing => Self::Typing,
             ChatEventKind::Presence => Self::Presence,
-            ChatEventKind::Unrecognized => Self::MessageCreated,
+            ChatEventKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -2829,8 +2971,8 @@ pub enum ConversationFolder {
     Inbox,
     Requests,
     Archived,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -2851,7 +2993,7 @@ impl From<ConversationFolder> for p::chat::ConversationFolder {
             ConversationFolder::Inbox => Self::Inbox,
             ConversationFolder::Requests => Self::Requests,
             ConversationFolder::Archived => Self::Archived,
-            ConversationFolder::Unrecognized => Self::Inbox,
+            ConversationFolder::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -2861,8 +3003,8 @@ pub enum ConversationKind {
     Direct,
     Group,
     Channel,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -2883,7 +3025,7 @@ impl From<ConversationKind> for p::chat::ConversationKind {
             ConversationKind::Direct => Self::Direct,
             ConversationKind::Group => Self::Group,
             ConversationKind::Channel => Self::Channel,
-            ConversationKind::Unrecognized => Self::Direct,
+            ConversationKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -3183,8 +3325,8 @@ pub enum MemberRole {
     Member,
     Admin,
     Owner,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -3205,7 +3347,7 @@ impl From<MemberRole> for p::chat::MemberRole {
             MemberRole::Member => Self::Member,
             MemberRole::Admin => Self::Admin,
             MemberRole::Owner => Self::Owner,
-            MemberRole::Unrecognized => Self::Member,
+            MemberRole::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -3363,8 +3505,8 @@ pub enum MessageKind {
     Mls,
     StoryReply,
     PostShare,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -3391,7 +3533,7 @@ impl From<MessageKind> for p::chat::MessageKind {
             MessageKind::Mls => Self::Mls,
             MessageKind::StoryReply => Self::StoryReply,
             MessageKind::PostShare => Self::PostShare,
-            MessageKind::Unrecognized => Self::Text,
+            MessageKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -3571,8 +3713,8 @@ pub enum MlsContentType {
     Proposal,
     Commit,
     Welcome,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -3595,7 +3737,7 @@ impl From<MlsContentType> for p::chat::MlsContentType {
             MlsContentType::Proposal => Self::Proposal,
             MlsContentType::Commit => Self::Commit,
             MlsContentType::Welcome => Self::Welcome,
-            MlsContentType::Unrecognized => Self::Application,
+            MlsContentType::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -4087,8 +4229,8 @@ pub enum Audience {
     MentionedOnly,
     CloseFriends,
     Private,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -4113,7 +4255,7 @@ impl From<Audience> for p::common::Audience {
             Audience::MentionedOnly => Self::MentionedOnly,
             Audience::CloseFriends => Self::CloseFriends,
             Audience::Private => Self::Private,
-            Audience::Unrecognized => Self::Public,
+            Audience::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -4155,8 +4297,8 @@ pub enum MediaKind {
     Audio,
     Gif,
     File,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -4183,7 +4325,7 @@ impl From<MediaKind> for p::common::MediaKind {
             MediaKind::Audio => Self::Audio,
             MediaKind::Gif => Self::Gif,
             MediaKind::File => Self::File,
-            MediaKind::Unrecognized => Self::Unknown,
+            MediaKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -4308,8 +4450,8 @@ pub enum ObjectKind {
     Conversation,
     Ad,
     List,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -4344,7 +4486,7 @@ impl From<ObjectKind> for p::common::ObjectKind {
             ObjectKind::Conversation => Self::Conversation,
             ObjectKind::Ad => Self::Ad,
             ObjectKind::List => Self::List,
-            ObjectKind::Unrecognized => Self::Unknown,
+            ObjectKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -4415,8 +4557,8 @@ pub enum Platform {
     Desktop,
     Server,
     Bench,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -4445,7 +4587,7 @@ impl From<Platform> for p::common::Platform {
             Platform::Desktop => Self::Desktop,
             Platform::Server => Self::Server,
             Platform::Bench => Self::Bench,
-            Platform::Unrecognized => Self::Unknown,
+            Platform::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -4727,7 +4869,7 @@ impl ControlOp {
 }
 
 /// A typed error, sent as the response to a failed request or before a close.
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct ErrorFrame {
     pub code: ErrorCode,
     #[uniffi(default)]
@@ -4737,6 +4879,17 @@ pub struct ErrorFrame {
     /// The request field at fault, when there is one.
     #[uniffi(default)]
     pub field: Option<String>,
+}
+
+impl std::fmt::Debug for ErrorFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ErrorFrame")
+            .field("code", &"<redacted>")
+            .field("message", &self.message)
+            .field("retry_after_ms", &self.retry_after_ms)
+            .field("field", &self.field)
+            .finish()
+    }
 }
 
 impl From<p::control::ErrorT> for ErrorFrame {
@@ -4819,8 +4972,8 @@ pub enum ErrorCode {
     Unavailable,
     Timeout,
     StorageFailure,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -4929,7 +5082,7 @@ impl From<ErrorCode> for p::control::ErrorCode {
             ErrorCode::Unavailable => Self::Unavailable,
             ErrorCode::Timeout => Self::Timeout,
             ErrorCode::StorageFailure => Self::StorageFailure,
-            ErrorCode::Unrecognized => Self::Unknown,
+            ErrorCode::Unrecognized => Self(u16::MAX),
         }
     }
 }
@@ -4989,8 +5142,8 @@ pub enum GoAwayReason {
     SessionRevoked,
     Maintenance,
     ProtocolViolation,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -5021,13 +5174,13 @@ impl From<GoAwayReason> for p::control::GoAwayReason {
             GoAwayReason::SessionRevoked => Self::SessionRevoked,
             GoAwayReason::Maintenance => Self::Maintenance,
             GoAwayReason::ProtocolViolation => Self::ProtocolViolation,
-            GoAwayReason::Unrecognized => Self::Unknown,
+            GoAwayReason::Unrecognized => Self(u8::MAX),
         }
     }
 }
 
 /// First frame on the control stream.
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct Hello {
     #[uniffi(default)]
     pub version: Option<ProtocolVersion>,
@@ -5045,6 +5198,19 @@ pub struct Hello {
     /// Optional capabilities the client understands (e.g. "mls", "datagrams").
     #[uniffi(default)]
     pub features: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("version", &self.version)
+            .field("min_version", &self.min_version)
+            .field("client", &self.client)
+            .field("access_token", &"<redacted>")
+            .field("resume_token", &self.resume_token)
+            .field("features", &self.features)
+            .finish()
+    }
 }
 
 impl From<p::control::HelloT> for Hello {
@@ -5272,8 +5438,8 @@ pub enum SubscriptionKind {
     /// The caller's media: `MediaInfoResponse` as each upload's processing state changes
     /// (1.8; `target_id` 0).
     Media,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -5308,7 +5474,7 @@ impl From<SubscriptionKind> for p::control::SubscriptionKind {
             SubscriptionKind::Post => Self::Post,
             SubscriptionKind::User => Self::User,
             SubscriptionKind::Media => Self::Media,
-            SubscriptionKind::Unrecognized => Self::Unknown,
+            SubscriptionKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -5498,8 +5664,8 @@ pub enum PresenceStatus {
     Away,
     Busy,
     Invisible,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -5524,7 +5690,7 @@ impl From<PresenceStatus> for p::datagram::PresenceStatus {
             PresenceStatus::Away => Self::Away,
             PresenceStatus::Busy => Self::Busy,
             PresenceStatus::Invisible => Self::Invisible,
-            PresenceStatus::Unrecognized => Self::Offline,
+            PresenceStatus::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -5635,8 +5801,8 @@ pub enum FeedKind {
     User,
     Hashtag,
     List,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -5663,7 +5829,7 @@ impl From<FeedKind> for p::feed::FeedKind {
             FeedKind::User => Self::User,
             FeedKind::Hashtag => Self::Hashtag,
             FeedKind::List => Self::List,
-            FeedKind::Unrecognized => Self::Home,
+            FeedKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -5776,8 +5942,8 @@ pub enum FeedReason {
     Recommended,
     Sponsored,
     Mentioned,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -5802,7 +5968,7 @@ impl From<FeedReason> for p::feed::FeedReason {
             FeedReason::Recommended => Self::Recommended,
             FeedReason::Sponsored => Self::Sponsored,
             FeedReason::Mentioned => Self::Mentioned,
-            FeedReason::Unrecognized => Self::Followed,
+            FeedReason::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -5966,8 +6132,8 @@ impl From<CloseFriendsUpdateRequest> for p::graph::CloseFriendsUpdateRequestT {
 pub enum Direction {
     Incoming,
     Outgoing,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -5986,7 +6152,7 @@ impl From<Direction> for p::graph::Direction {
         match v {
             Direction::Incoming => Self::Incoming,
             Direction::Outgoing => Self::Outgoing,
-            Direction::Unrecognized => Self::Incoming,
+            Direction::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -6136,8 +6302,8 @@ pub enum FollowState {
     None,
     Following,
     Requested,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -6158,7 +6324,7 @@ impl From<FollowState> for p::graph::FollowState {
             FollowState::None => Self::None,
             FollowState::Following => Self::Following,
             FollowState::Requested => Self::Requested,
-            FollowState::Unrecognized => Self::None,
+            FollowState::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -7239,8 +7405,8 @@ pub enum MediaState {
     Ready,
     Failed,
     Rejected,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -7265,7 +7431,7 @@ impl From<MediaState> for p::media::MediaState {
             MediaState::Ready => Self::Ready,
             MediaState::Failed => Self::Failed,
             MediaState::Rejected => Self::Rejected,
-            MediaState::Unrecognized => Self::Uploading,
+            MediaState::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -7609,8 +7775,8 @@ pub enum ActionKind {
     SuspendUser,
     BanUser,
     RestoreContent,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -7641,7 +7807,7 @@ impl From<ActionKind> for p::moderation::ActionKind {
             ActionKind::SuspendUser => Self::SuspendUser,
             ActionKind::BanUser => Self::BanUser,
             ActionKind::RestoreContent => Self::RestoreContent,
-            ActionKind::Unrecognized => Self::None,
+            ActionKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -8029,8 +8195,8 @@ pub enum ReportReason {
     IntellectualProperty,
     ChildSafety,
     IllegalGoods,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -8069,7 +8235,7 @@ impl From<ReportReason> for p::moderation::ReportReason {
             ReportReason::IntellectualProperty => Self::IntellectualProperty,
             ReportReason::ChildSafety => Self::ChildSafety,
             ReportReason::IllegalGoods => Self::IllegalGoods,
-            ReportReason::Unrecognized => Self::Other,
+            ReportReason::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -8141,8 +8307,8 @@ pub enum ReportStatus {
     InReview,
     Actioned,
     Dismissed,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -8165,7 +8331,7 @@ impl From<ReportStatus> for p::moderation::ReportStatus {
             ReportStatus::InReview => Self::InReview,
             ReportStatus::Actioned => Self::Actioned,
             ReportStatus::Dismissed => Self::Dismissed,
-            ReportStatus::Unrecognized => Self::Open,
+            ReportStatus::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -8301,8 +8467,8 @@ pub enum NotificationKind {
     StoryMention,
     Security,
     Payment,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -8347,7 +8513,7 @@ impl From<NotificationKind> for p::notifications::NotificationKind {
             NotificationKind::StoryMention => Self::StoryMention,
             NotificationKind::Security => Self::Security,
             NotificationKind::Payment => Self::Payment,
-            NotificationKind::Unrecognized => Self::System,
+            NotificationKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -8586,8 +8752,8 @@ pub enum PushPlatform {
     Apns,
     Fcm,
     WebPush,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -8608,12 +8774,12 @@ impl From<PushPlatform> for p::notifications::PushPlatform {
             PushPlatform::Apns => Self::Apns,
             PushPlatform::Fcm => Self::Fcm,
             PushPlatform::WebPush => Self::WebPush,
-            PushPlatform::Unrecognized => Self::Apns,
+            PushPlatform::Unrecognized => Self(u8::MAX),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct PushTokenRegisterRequest {
     pub platform: PushPlatform,
     #[uniffi(default)]
@@ -8625,6 +8791,18 @@ pub struct PushTokenRegisterRequest {
     pub web_push_p256dh: Option<Vec<u8>>,
     #[uniffi(default)]
     pub web_push_auth: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PushTokenRegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushTokenRegisterRequest")
+            .field("platform", &self.platform)
+            .field("token", &"<redacted>")
+            .field("device_id", &self.device_id)
+            .field("web_push_p256dh", &"<redacted>")
+            .field("web_push_auth", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::notifications::PushTokenRegisterRequestT> for PushTokenRegisterRequest {
@@ -8652,11 +8830,20 @@ impl From<PushTokenRegisterRequest> for p::notifications::PushTokenRegisterReque
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct PushTokenUnregisterRequest {
     pub platform: PushPlatform,
     #[uniffi(default)]
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for PushTokenUnregisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushTokenUnregisterRequest")
+            .field("platform", &self.platform)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::notifications::PushTokenUnregisterRequestT> for PushTokenUnregisterRequest {
@@ -8678,12 +8865,21 @@ impl From<PushTokenUnregisterRequest> for p::notifications::PushTokenUnregisterR
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct ConfirmIntentRequest {
     #[uniffi(default)]
     pub intent_id: u64,
     #[uniffi(default)]
     pub provider_token: Option<String>,
+}
+
+impl std::fmt::Debug for ConfirmIntentRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfirmIntentRequest")
+            .field("intent_id", &self.intent_id)
+            .field("provider_token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<p::payments::ConfirmIntentRequestT> for ConfirmIntentRequest {
@@ -8843,7 +9039,7 @@ impl From<IntentResponse> for p::payments::IntentResponseT {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+#[derive(Clone, PartialEq, uniffi::Record)]
 pub struct PaymentIntent {
     #[uniffi(default)]
     pub intent_id: u64,
@@ -8860,6 +9056,21 @@ pub struct PaymentIntent {
     pub client_secret: Option<String>,
     #[uniffi(default)]
     pub created_at_ms: u64,
+}
+
+impl std::fmt::Debug for PaymentIntent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentIntent")
+            .field("intent_id", &self.intent_id)
+            .field("kind", &self.kind)
+            .field("status", &self.status)
+            .field("amount", &self.amount)
+            .field("payer_id", &self.payer_id)
+            .field("recipient_id", &self.recipient_id)
+            .field("client_secret", &"<redacted>")
+            .field("created_at_ms", &self.created_at_ms)
+            .finish()
+    }
 }
 
 impl From<p::payments::PaymentIntentT> for PaymentIntent {
@@ -8901,8 +9112,8 @@ pub enum PaymentKind {
     Payout,
     Refund,
     AdSpend,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -8929,7 +9140,7 @@ impl From<PaymentKind> for p::payments::PaymentKind {
             PaymentKind::Payout => Self::Payout,
             PaymentKind::Refund => Self::Refund,
             PaymentKind::AdSpend => Self::AdSpend,
-            PaymentKind::Unrecognized => Self::Tip,
+            PaymentKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -8942,8 +9153,8 @@ pub enum PaymentStatus {
     Failed,
     Refunded,
     Canceled,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -8970,7 +9181,7 @@ impl From<PaymentStatus> for p::payments::PaymentStatus {
             PaymentStatus::Failed => Self::Failed,
             PaymentStatus::Refunded => Self::Refunded,
             PaymentStatus::Canceled => Self::Canceled,
-            PaymentStatus::Unrecognized => Self::Pending,
+            PaymentStatus::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -10232,8 +10443,8 @@ pub enum ReplyPolicy {
     Followers,
     Mentioned,
     Nobody,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -10256,7 +10467,7 @@ impl From<ReplyPolicy> for p::posts::ReplyPolicy {
             ReplyPolicy::Followers => Self::Followers,
             ReplyPolicy::Mentioned => Self::Mentioned,
             ReplyPolicy::Nobody => Self::Nobody,
-            ReplyPolicy::Unrecognized => Self::Everyone,
+            ReplyPolicy::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -10532,8 +10743,8 @@ pub enum SuggestionReason {
     FollowedByFollowing,
     SimilarInterests,
     Contacts,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -10556,7 +10767,7 @@ impl From<SuggestionReason> for p::recommend::SuggestionReason {
             SuggestionReason::FollowedByFollowing => Self::FollowedByFollowing,
             SuggestionReason::SimilarInterests => Self::SimilarInterests,
             SuggestionReason::Contacts => Self::Contacts,
-            SuggestionReason::Unrecognized => Self::Popular,
+            SuggestionReason::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -10722,8 +10933,8 @@ pub enum SearchScope {
     Users,
     Posts,
     Hashtags,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -10746,7 +10957,7 @@ impl From<SearchScope> for p::search::SearchScope {
             SearchScope::Users => Self::Users,
             SearchScope::Posts => Self::Posts,
             SearchScope::Hashtags => Self::Hashtags,
-            SearchScope::Unrecognized => Self::Top,
+            SearchScope::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -11207,8 +11418,8 @@ pub enum StoryEventKind {
     Expired,
     Viewed,
     Reacted,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -11233,7 +11444,7 @@ impl From<StoryEventKind> for p::stories::StoryEventKind {
             StoryEventKind::Expired => Self::Expired,
             StoryEventKind::Viewed => Self::Viewed,
             StoryEventKind::Reacted => Self::Reacted,
-            StoryEventKind::Unrecognized => Self::Created,
+            StoryEventKind::Unrecognized => Self(u8::MAX),
         }
     }
 }
@@ -11729,8 +11940,8 @@ pub enum Permission {
     Followers,
     Following,
     Nobody,
-    /// A value this SDK does not know (sent by a newer server); sent back as the
-    /// schema's first value.
+    /// A value this SDK does not know (sent by a newer server); sent back as a
+    /// value outside every schema's range, which the server refuses.
     Unrecognized,
 }
 
@@ -11753,7 +11964,7 @@ impl From<Permission> for p::users::Permission {
             Permission::Followers => Self::Followers,
             Permission::Following => Self::Following,
             Permission::Nobody => Self::Nobody,
-            Permission::Unrecognized => Self::Everyone,
+            Permission::Unrecognized => Self(u8::MAX),
         }
     }
 }

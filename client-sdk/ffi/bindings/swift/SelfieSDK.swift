@@ -702,7 +702,7 @@ public protocol LiveStreamProtocol: AnyObject, Sendable {
     /**
      * Why the stream ended (`None` while it flows).
      */
-    func end() async  -> LiveEnd?
+    func end()  -> LiveEnd?
     
     /**
      * The next event, or `None` when the stream has ended.
@@ -796,21 +796,13 @@ open func cancel()async throws   {
     /**
      * Why the stream ended (`None` while it flows).
      */
-open func end()async  -> LiveEnd?  {
-    return
-        try!  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_selfie_ffi_fn_method_livestream_end(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_selfie_ffi_rust_future_poll_rust_buffer,
-            completeFunc: ffi_selfie_ffi_rust_future_complete_rust_buffer,
-            freeFunc: ffi_selfie_ffi_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterOptionTypeLiveEnd.lift,
-            errorHandler: nil
-            
-        )
+open func end() -> LiveEnd?  {
+    return try!  FfiConverterOptionTypeLiveEnd.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_selfie_ffi_fn_method_livestream_end(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
 }
     
     /**
@@ -906,8 +898,10 @@ public func FfiConverterTypeLiveStream_lower(_ value: LiveStream) -> UInt64 {
 
 /**
  * One device's client: a session that reconnects by itself (backoff with jitter,
- * `GoAway` honoured, idempotent reads retried), its account's tokens, and its offline
- * store. Share one per app.
+ * `GoAway` honoured, idempotent reads retried, 0-RTT for a returning client's read),
+ * the signed-in account's tokens, and its offline stores. Share one per app. It can be
+ * made without a network: calls then fail with `Connection` until one is back, while
+ * the stores (cache, outbox) work.
  */
 public protocol SelfieClientProtocol: AnyObject, Sendable {
     
@@ -923,7 +917,9 @@ public protocol SelfieClientProtocol: AnyObject, Sendable {
     
     /**
      * Sends any operation (the protocol's `Body`) and returns the answer (`None` for
-     * an acknowledgement): every service, as the schemas define it.
+     * an acknowledgement): every service, as the schemas define it. Account changes
+     * made this way (a login through `auth`) do not sign the device in: use
+     * `register`, `login`, `refresh` and `logout` for those.
      */
     func call(body: Body) async throws  -> Body?
     
@@ -940,10 +936,11 @@ public protocol SelfieClientProtocol: AnyObject, Sendable {
     func disconnect() async 
     
     /**
-     * Sends the outbox in order; returns how many left it (answered or refused for
-     * good). Stops at the first failure worth retrying, keeping the rest.
+     * Sends the outbox in order (then the chat outbox); each write leaves it once
+     * answered or refused for good (a wrong request: its code is in the result).
+     * Stops at the first failure worth retrying, keeping it and the rest.
      */
-    func flushOutbox() async throws  -> UInt64
+    func flushOutbox() async throws  -> [FlushResult]
     
     /**
      * Follows `user_id` (`Requested` for a private account).
@@ -974,9 +971,15 @@ public protocol SelfieClientProtocol: AnyObject, Sendable {
     func login(identifier: String, password: String, totpCode: String?) async throws  -> UserSummary
     
     /**
-     * Ends this device's session and forgets its tokens.
+     * Ends this device's session and forgets its tokens (the account's local store
+     * stays on the device, closed, until it signs in again).
      */
     func logout() async throws 
+    
+    /**
+     * A conversation's messages as the device holds them (offline), oldest first.
+     */
+    func messages(conversationId: UInt64) throws  -> [Message]
     
     /**
      * The device changed network (Wi-Fi to cellular): move the connection to a new
@@ -986,7 +989,12 @@ public protocol SelfieClientProtocol: AnyObject, Sendable {
     func networkChanged() async throws 
     
     /**
-     * The operations waiting in the outbox.
+     * The operations waiting in the outbox, in order, with their places.
+     */
+    func outbox() throws  -> [QueuedWrite]
+    
+    /**
+     * How many writes wait (chat messages included).
      */
     func outboxLen() throws  -> UInt64
     
@@ -997,15 +1005,25 @@ public protocol SelfieClientProtocol: AnyObject, Sendable {
     func profile(userId: UInt64) async throws  -> Profile
     
     /**
-     * Writes an operation to the durable outbox (it survives an app restart) and
-     * returns its place. Posts, comments and stories get an idempotency key, so each
-     * is created once however often it is sent.
+     * Writes an operation to the signed-in account's durable outbox (it survives an
+     * app restart) and returns its place. Creations (posts, comments, stories,
+     * conversations, payments) get an idempotency key, so each happens once however
+     * often it is sent; account operations are refused (credentials never go to disk).
      */
     func queue(body: Body) throws  -> UInt64
     
     /**
-     * Exchanges the saved refresh token for new tokens (done by itself when a call
-     * meets an expired access token). A refused refresh token signs the device out.
+     * Writes a chat message to the account's chat outbox (durable; sent in order,
+     * once: `client_msg_id` makes a resend a duplicate the server recognises) and
+     * returns its place. `flush_outbox` (or coming to the foreground) sends it.
+     */
+    func queueMessage(conversationId: UInt64, clientMsgId: String, text: String) throws  -> UInt64
+    
+    /**
+     * Exchanges the refresh token for new tokens (done by itself when a call meets an
+     * expired session). Only a refresh token the server refuses for good (expired,
+     * revoked, reused) signs the device out (`NotSignedIn`); a network failure or an
+     * overloaded server keeps it signed in, to try again later.
      */
     func refresh() async throws 
     
@@ -1020,9 +1038,14 @@ public protocol SelfieClientProtocol: AnyObject, Sendable {
     func registerPushToken(platform: PushPlatform, token: String) async throws 
     
     /**
+     * Removes a queued write without sending it (e.g. one the app gave up on).
+     */
+    func removeQueued(place: UInt64) throws  -> Bool
+    
+    /**
      * The app moved to the foreground (`true`) or the background (`false`). In the
      * background the connection is closed unless `keep_connected_in_background`;
-     * back in the foreground it is opened again and the outbox sent.
+     * back in the foreground it is opened again, the outbox sent and chat synced.
      */
     func setForeground(foreground: Bool) async throws 
     
@@ -1032,6 +1055,13 @@ public protocol SelfieClientProtocol: AnyObject, Sendable {
      * after `cursor` when given.
      */
     func subscribe(kind: SubscriptionKind, targetId: UInt64, cursor: Data?) async throws  -> LiveStream
+    
+    /**
+     * Catches up on every conversation from the device's cursor (gap-free: a
+     * conversation the server can no longer fill is refetched); returns how many new
+     * entries were stored.
+     */
+    func syncChat() async throws  -> UInt64
     
     /**
      * Stops following `user_id`.
@@ -1142,8 +1172,10 @@ public protocol SelfieClientProtocol: AnyObject, Sendable {
 }
 /**
  * One device's client: a session that reconnects by itself (backoff with jitter,
- * `GoAway` honoured, idempotent reads retried), its account's tokens, and its offline
- * store. Share one per app.
+ * `GoAway` honoured, idempotent reads retried, 0-RTT for a returning client's read),
+ * the signed-in account's tokens, and its offline stores. Share one per app. It can be
+ * made without a network: calls then fail with `Connection` until one is back, while
+ * the stores (cache, outbox) work.
  */
 open class SelfieClient: SelfieClientProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -1197,8 +1229,10 @@ open class SelfieClient: SelfieClientProtocol, @unchecked Sendable {
 
     
     /**
-     * Connects to the first reachable edge, signed in with the tokens the app's
-     * [`TokenStore`] holds (anonymous when it holds none).
+     * Makes the device's client, signed in with the tokens the app's [`TokenStore`]
+     * holds (anonymous when it holds none), and connects when it can: without a
+     * network it still returns, working from the offline store until one is back. An
+     * expired token is refreshed; a refused one signs the device out.
      */
 public static func connect(config: SelfieConfig, tokens: TokenStore)async throws  -> SelfieClient  {
     return
@@ -1244,7 +1278,9 @@ open func cachedProfile(userId: UInt64)throws  -> Profile?  {
     
     /**
      * Sends any operation (the protocol's `Body`) and returns the answer (`None` for
-     * an acknowledgement): every service, as the schemas define it.
+     * an acknowledgement): every service, as the schemas define it. Account changes
+     * made this way (a login through `auth`) do not sign the device in: use
+     * `register`, `login`, `refresh` and `logout` for those.
      */
 open func call(body: Body)async throws  -> Body?  {
     return
@@ -1304,10 +1340,11 @@ open func disconnect()async   {
 }
     
     /**
-     * Sends the outbox in order; returns how many left it (answered or refused for
-     * good). Stops at the first failure worth retrying, keeping the rest.
+     * Sends the outbox in order (then the chat outbox); each write leaves it once
+     * answered or refused for good (a wrong request: its code is in the result).
+     * Stops at the first failure worth retrying, keeping it and the rest.
      */
-open func flushOutbox()async throws  -> UInt64  {
+open func flushOutbox()async throws  -> [FlushResult]  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
@@ -1315,10 +1352,10 @@ open func flushOutbox()async throws  -> UInt64  {
                         self.uniffiCloneHandle()
                 )
             },
-            pollFunc: ffi_selfie_ffi_rust_future_poll_u64,
-            completeFunc: ffi_selfie_ffi_rust_future_complete_u64,
-            freeFunc: ffi_selfie_ffi_rust_future_free_u64,
-            liftFunc: FfiConverterUInt64.lift,
+            pollFunc: ffi_selfie_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_selfie_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_selfie_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeFlushResult.lift,
             errorHandler: FfiConverterTypeSelfieError_lift
         )
 }
@@ -1416,7 +1453,8 @@ open func login(identifier: String, password: String, totpCode: String?)async th
 }
     
     /**
-     * Ends this device's session and forgets its tokens.
+     * Ends this device's session and forgets its tokens (the account's local store
+     * stays on the device, closed, until it signs in again).
      */
 open func logout()async throws   {
     return
@@ -1432,6 +1470,19 @@ open func logout()async throws   {
             liftFunc: { $0 },
             errorHandler: FfiConverterTypeSelfieError_lift
         )
+}
+    
+    /**
+     * A conversation's messages as the device holds them (offline), oldest first.
+     */
+open func messages(conversationId: UInt64)throws  -> [Message]  {
+    return try  FfiConverterSequenceTypeMessage.lift(try rustCallWithError(FfiConverterTypeSelfieError_lift) {
+        uniffiCallStatus in
+    uniffi_selfie_ffi_fn_method_selfieclient_messages(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt64.lower(conversationId),uniffiCallStatus
+    )
+})
 }
     
     /**
@@ -1456,7 +1507,19 @@ open func networkChanged()async throws   {
 }
     
     /**
-     * The operations waiting in the outbox.
+     * The operations waiting in the outbox, in order, with their places.
+     */
+open func outbox()throws  -> [QueuedWrite]  {
+    return try  FfiConverterSequenceTypeQueuedWrite.lift(try rustCallWithError(FfiConverterTypeSelfieError_lift) {
+        uniffiCallStatus in
+    uniffi_selfie_ffi_fn_method_selfieclient_outbox(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * How many writes wait (chat messages included).
      */
 open func outboxLen()throws  -> UInt64  {
     return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeSelfieError_lift) {
@@ -1488,9 +1551,10 @@ open func profile(userId: UInt64)async throws  -> Profile  {
 }
     
     /**
-     * Writes an operation to the durable outbox (it survives an app restart) and
-     * returns its place. Posts, comments and stories get an idempotency key, so each
-     * is created once however often it is sent.
+     * Writes an operation to the signed-in account's durable outbox (it survives an
+     * app restart) and returns its place. Creations (posts, comments, stories,
+     * conversations, payments) get an idempotency key, so each happens once however
+     * often it is sent; account operations are refused (credentials never go to disk).
      */
 open func queue(body: Body)throws  -> UInt64  {
     return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeSelfieError_lift) {
@@ -1503,8 +1567,27 @@ open func queue(body: Body)throws  -> UInt64  {
 }
     
     /**
-     * Exchanges the saved refresh token for new tokens (done by itself when a call
-     * meets an expired access token). A refused refresh token signs the device out.
+     * Writes a chat message to the account's chat outbox (durable; sent in order,
+     * once: `client_msg_id` makes a resend a duplicate the server recognises) and
+     * returns its place. `flush_outbox` (or coming to the foreground) sends it.
+     */
+open func queueMessage(conversationId: UInt64, clientMsgId: String, text: String)throws  -> UInt64  {
+    return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeSelfieError_lift) {
+        uniffiCallStatus in
+    uniffi_selfie_ffi_fn_method_selfieclient_queue_message(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt64.lower(conversationId),
+        FfiConverterString.lower(clientMsgId),
+        FfiConverterString.lower(text),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Exchanges the refresh token for new tokens (done by itself when a call meets an
+     * expired session). Only a refresh token the server refuses for good (expired,
+     * revoked, reused) signs the device out (`NotSignedIn`); a network failure or an
+     * overloaded server keeps it signed in, to try again later.
      */
 open func refresh()async throws   {
     return
@@ -1561,9 +1644,22 @@ open func registerPushToken(platform: PushPlatform, token: String)async throws  
 }
     
     /**
+     * Removes a queued write without sending it (e.g. one the app gave up on).
+     */
+open func removeQueued(place: UInt64)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeSelfieError_lift) {
+        uniffiCallStatus in
+    uniffi_selfie_ffi_fn_method_selfieclient_remove_queued(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt64.lower(place),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * The app moved to the foreground (`true`) or the background (`false`). In the
      * background the connection is closed unless `keep_connected_in_background`;
-     * back in the foreground it is opened again and the outbox sent.
+     * back in the foreground it is opened again, the outbox sent and chat synced.
      */
 open func setForeground(foreground: Bool)async throws   {
     return
@@ -1598,6 +1694,27 @@ open func subscribe(kind: SubscriptionKind, targetId: UInt64, cursor: Data?)asyn
             completeFunc: ffi_selfie_ffi_rust_future_complete_u64,
             freeFunc: ffi_selfie_ffi_rust_future_free_u64,
             liftFunc: FfiConverterTypeLiveStream_lift,
+            errorHandler: FfiConverterTypeSelfieError_lift
+        )
+}
+    
+    /**
+     * Catches up on every conversation from the device's cursor (gap-free: a
+     * conversation the server can no longer fill is refetched); returns how many new
+     * entries were stored.
+     */
+open func syncChat()async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_selfie_ffi_fn_method_selfieclient_sync_chat(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_selfie_ffi_rust_future_poll_u64,
+            completeFunc: ffi_selfie_ffi_rust_future_complete_u64,
+            freeFunc: ffi_selfie_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
             errorHandler: FfiConverterTypeSelfieError_lift
         )
 }
@@ -2005,8 +2122,10 @@ public func FfiConverterTypeSelfieClient_lower(_ value: SelfieClient) -> UInt64 
 
 /**
  * Where the app keeps the account's tokens: the Keychain on iOS, the Keystore (or
- * EncryptedSharedPreferences) on Android. The SDK reads them when it connects and
- * hands over new ones after a registration, a login or a refresh.
+ * EncryptedSharedPreferences) on Android. The SDK reads them once when it connects and
+ * hands over new ones after a registration, a login or a refresh (it keeps them in
+ * memory in between, so a store that saves asynchronously is fine). Implementations
+ * must not throw: an exception becomes an `InternalException` in the calling method.
  */
 public protocol TokenStore: AnyObject, Sendable {
     
@@ -2028,8 +2147,10 @@ public protocol TokenStore: AnyObject, Sendable {
 }
 /**
  * Where the app keeps the account's tokens: the Keychain on iOS, the Keystore (or
- * EncryptedSharedPreferences) on Android. The SDK reads them when it connects and
- * hands over new ones after a registration, a login or a refresh.
+ * EncryptedSharedPreferences) on Android. The SDK reads them once when it connects and
+ * hands over new ones after a registration, a login or a refresh (it keeps them in
+ * memory in between, so a store that saves asynchronously is fine). Implementations
+ * must not throw: an exception becomes an `InternalException` in the calling method.
  */
 open class TokenStoreImpl: TokenStore, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -7254,6 +7375,87 @@ public func FfiConverterTypeFeedUpdate_lift(_ buf: RustBuffer) throws -> FeedUpd
 #endif
 public func FfiConverterTypeFeedUpdate_lower(_ value: FeedUpdate) -> RustBuffer {
     return FfiConverterTypeFeedUpdate.lower(value)
+}
+
+
+/**
+ * What one queued write became when the outbox was sent.
+ */
+public struct FlushResult: Equatable, Hashable {
+    /**
+     * Its place in the outbox (0 for a chat message).
+     */
+    public var place: UInt64
+    /**
+     * Whether it was a chat message.
+     */
+    public var chat: Bool
+    /**
+     * The server's refusal (a wrong request, dropped from the outbox), or `None`:
+     * done.
+     */
+    public var refused: ErrorCode?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Its place in the outbox (0 for a chat message).
+         */place: UInt64, 
+        /**
+         * Whether it was a chat message.
+         */chat: Bool, 
+        /**
+         * The server's refusal (a wrong request, dropped from the outbox), or `None`:
+         * done.
+         */refused: ErrorCode?) {
+        self.place = place
+        self.chat = chat
+        self.refused = refused
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FlushResult: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFlushResult: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FlushResult {
+        return
+            try FlushResult(
+                place: FfiConverterUInt64.read(from: &buf), 
+                chat: FfiConverterBool.read(from: &buf), 
+                refused: FfiConverterOptionTypeErrorCode.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FlushResult, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.place, into: &buf)
+        FfiConverterBool.write(value.chat, into: &buf)
+        FfiConverterOptionTypeErrorCode.write(value.refused, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlushResult_lift(_ buf: RustBuffer) throws -> FlushResult {
+    return try FfiConverterTypeFlushResult.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlushResult_lower(_ value: FlushResult) -> RustBuffer {
+    return FfiConverterTypeFlushResult.lower(value)
 }
 
 
@@ -14122,6 +14324,75 @@ public func FfiConverterTypeQueueResponse_lower(_ value: QueueResponse) -> RustB
 }
 
 
+/**
+ * A write waiting in the outbox.
+ */
+public struct QueuedWrite: Equatable, Hashable {
+    /**
+     * Its place (for `remove_queued`).
+     */
+    public var place: UInt64
+    /**
+     * The operation.
+     */
+    public var body: Body?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Its place (for `remove_queued`).
+         */place: UInt64, 
+        /**
+         * The operation.
+         */body: Body?) {
+        self.place = place
+        self.body = body
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension QueuedWrite: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeQueuedWrite: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> QueuedWrite {
+        return
+            try QueuedWrite(
+                place: FfiConverterUInt64.read(from: &buf), 
+                body: FfiConverterOptionTypeBody.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: QueuedWrite, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.place, into: &buf)
+        FfiConverterOptionTypeBody.write(value.body, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQueuedWrite_lift(_ buf: RustBuffer) throws -> QueuedWrite {
+    return try FfiConverterTypeQueuedWrite.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQueuedWrite_lower(_ value: QueuedWrite) -> RustBuffer {
+    return FfiConverterTypeQueuedWrite.lower(value)
+}
+
+
 public struct ReactRequest: Equatable, Hashable {
     public var targetKind: ObjectKind
     public var targetId: UInt64
@@ -15778,12 +16049,13 @@ public struct SelfieConfig: Equatable, Hashable {
      */
     public var servers: [String]
     /**
-     * TLS server name.
+     * TLS server name; `None`: the host of the first server (`localhost` for an IP
+     * address).
      */
-    public var serverName: String
+    public var serverName: String?
     /**
      * Trust exactly this certificate (SHA-256 of its DER, hex), e.g. a development
-     * edge's, printed by `selfie serve`.
+     * edge's, printed by `selfie serve`. Takes precedence over the roots.
      */
     public var certificateSha256: String?
     /**
@@ -15791,20 +16063,20 @@ public struct SelfieConfig: Equatable, Hashable {
      */
     public var caCertificatesPem: String?
     /**
-     * A stable per-install id.
+     * A stable per-install id (sent in `Hello` and with push tokens).
      */
     public var deviceId: String
     /**
-     * The app's name and version, sent in `Hello`.
+     * The app's name, sent in `Hello`.
      */
     public var appName: String
     /**
-     * The app's version.
+     * The app's version, sent in `Hello`.
      */
     public var appVersion: String
     /**
-     * A directory for the offline store (profiles, feed pages, the outbox); `None`
-     * keeps nothing across restarts and disables the outbox.
+     * A directory for the offline stores (profiles, feed pages, the outbox, chat), one
+     * per account under `users/<id>/`; `None` keeps nothing and disables the outbox.
      */
     public var dataDir: String?
     /**
@@ -15812,6 +16084,11 @@ public struct SelfieConfig: Equatable, Hashable {
      * call); otherwise `set_foreground(false)` closes it.
      */
     public var keepConnectedInBackground: Bool
+    /**
+     * How long `connect` waits for the network before starting offline, and each
+     * connection attempt's handshake limit, in milliseconds.
+     */
+    public var connectTimeoutMs: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -15821,32 +16098,37 @@ public struct SelfieConfig: Equatable, Hashable {
          * override).
          */servers: [String], 
         /**
-         * TLS server name.
-         */serverName: String = "localhost", 
+         * TLS server name; `None`: the host of the first server (`localhost` for an IP
+         * address).
+         */serverName: String? = nil, 
         /**
          * Trust exactly this certificate (SHA-256 of its DER, hex), e.g. a development
-         * edge's, printed by `selfie serve`.
+         * edge's, printed by `selfie serve`. Takes precedence over the roots.
          */certificateSha256: String? = nil, 
         /**
          * Or trust certificates chaining to these roots (PEM).
          */caCertificatesPem: String? = nil, 
         /**
-         * A stable per-install id.
-         */deviceId: String = "", 
+         * A stable per-install id (sent in `Hello` and with push tokens).
+         */deviceId: String, 
         /**
-         * The app's name and version, sent in `Hello`.
+         * The app's name, sent in `Hello`.
          */appName: String = "selfie-mobile", 
         /**
-         * The app's version.
+         * The app's version, sent in `Hello`.
          */appVersion: String = "0", 
         /**
-         * A directory for the offline store (profiles, feed pages, the outbox); `None`
-         * keeps nothing across restarts and disables the outbox.
+         * A directory for the offline stores (profiles, feed pages, the outbox, chat), one
+         * per account under `users/<id>/`; `None` keeps nothing and disables the outbox.
          */dataDir: String? = nil, 
         /**
          * Keep the connection open while the app is in the background (e.g. during a
          * call); otherwise `set_foreground(false)` closes it.
-         */keepConnectedInBackground: Bool = false) {
+         */keepConnectedInBackground: Bool = false, 
+        /**
+         * How long `connect` waits for the network before starting offline, and each
+         * connection attempt's handshake limit, in milliseconds.
+         */connectTimeoutMs: UInt64 = UInt64(10000)) {
         self.servers = servers
         self.serverName = serverName
         self.certificateSha256 = certificateSha256
@@ -15856,6 +16138,7 @@ public struct SelfieConfig: Equatable, Hashable {
         self.appVersion = appVersion
         self.dataDir = dataDir
         self.keepConnectedInBackground = keepConnectedInBackground
+        self.connectTimeoutMs = connectTimeoutMs
     }
 
     
@@ -15875,20 +16158,21 @@ public struct FfiConverterTypeSelfieConfig: FfiConverterRustBuffer {
         return
             try SelfieConfig(
                 servers: FfiConverterSequenceString.read(from: &buf), 
-                serverName: FfiConverterString.read(from: &buf), 
+                serverName: FfiConverterOptionString.read(from: &buf), 
                 certificateSha256: FfiConverterOptionString.read(from: &buf), 
                 caCertificatesPem: FfiConverterOptionString.read(from: &buf), 
                 deviceId: FfiConverterString.read(from: &buf), 
                 appName: FfiConverterString.read(from: &buf), 
                 appVersion: FfiConverterString.read(from: &buf), 
                 dataDir: FfiConverterOptionString.read(from: &buf), 
-                keepConnectedInBackground: FfiConverterBool.read(from: &buf)
+                keepConnectedInBackground: FfiConverterBool.read(from: &buf), 
+                connectTimeoutMs: FfiConverterUInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: SelfieConfig, into buf: inout [UInt8]) {
         FfiConverterSequenceString.write(value.servers, into: &buf)
-        FfiConverterString.write(value.serverName, into: &buf)
+        FfiConverterOptionString.write(value.serverName, into: &buf)
         FfiConverterOptionString.write(value.certificateSha256, into: &buf)
         FfiConverterOptionString.write(value.caCertificatesPem, into: &buf)
         FfiConverterString.write(value.deviceId, into: &buf)
@@ -15896,6 +16180,7 @@ public struct FfiConverterTypeSelfieConfig: FfiConverterRustBuffer {
         FfiConverterString.write(value.appVersion, into: &buf)
         FfiConverterOptionString.write(value.dataDir, into: &buf)
         FfiConverterBool.write(value.keepConnectedInBackground, into: &buf)
+        FfiConverterUInt64.write(value.connectTimeoutMs, into: &buf)
     }
 }
 
@@ -20757,8 +21042,8 @@ public enum AccountStatus: Equatable, Hashable {
     case deleted
     case locked
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -20858,8 +21143,8 @@ public enum ActionKind: Equatable, Hashable {
     case banUser
     case restoreContent
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -20973,8 +21258,8 @@ public enum AdEventKind: Equatable, Hashable {
     case hide
     case report
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -21464,8 +21749,8 @@ public enum Audience: Equatable, Hashable {
     case closeFriends
     case `private`
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -22077,8 +22362,8 @@ public enum CampaignStatus: Equatable, Hashable {
     case ended
     case rejected
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -22199,8 +22484,8 @@ public enum ChatEventKind: Equatable, Hashable {
      */
     case presence
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -22866,8 +23151,8 @@ public enum ConversationFolder: Equatable, Hashable {
     case requests
     case archived
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -22950,8 +23235,8 @@ public enum ConversationKind: Equatable, Hashable {
     case group
     case channel
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -23105,8 +23390,8 @@ public enum Direction: Equatable, Hashable {
     case incoming
     case outgoing
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -23245,8 +23530,8 @@ public enum ErrorCode: Equatable, Hashable {
     case timeout
     case storageFailure
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -23596,8 +23881,8 @@ public enum FeedKind: Equatable, Hashable {
     case hashtag
     case list
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -23792,8 +24077,8 @@ public enum FeedReason: Equatable, Hashable {
     case sponsored
     case mentioned
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -23888,8 +24173,8 @@ public enum FollowState: Equatable, Hashable {
     case following
     case requested
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -23977,8 +24262,8 @@ public enum GoAwayReason: Equatable, Hashable {
     case maintenance
     case protocolViolation
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -24443,8 +24728,8 @@ public enum InsightsTarget: Equatable, Hashable {
     case post
     case story
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -24618,8 +24903,8 @@ public enum MediaKind: Equatable, Hashable {
     case gif
     case file
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -24914,8 +25199,8 @@ public enum MediaState: Equatable, Hashable {
     case failed
     case rejected
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -25010,8 +25295,8 @@ public enum MemberRole: Equatable, Hashable {
     case admin
     case owner
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -25097,8 +25382,8 @@ public enum MessageKind: Equatable, Hashable {
     case storyReply
     case postShare
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -25200,8 +25485,8 @@ public enum MlsContentType: Equatable, Hashable {
     case commit
     case welcome
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -25444,8 +25729,8 @@ public enum NotificationKind: Equatable, Hashable {
     case security
     case payment
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -25752,8 +26037,8 @@ public enum ObjectKind: Equatable, Hashable {
     case ad
     case list
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -25881,8 +26166,8 @@ public enum PaymentKind: Equatable, Hashable {
     case refund
     case adSpend
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -25986,8 +26271,8 @@ public enum PaymentStatus: Equatable, Hashable {
     case refunded
     case canceled
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -26271,8 +26556,8 @@ public enum Permission: Equatable, Hashable {
     case following
     case nobody
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -26368,8 +26653,8 @@ public enum Platform: Equatable, Hashable {
     case server
     case bench
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -26760,8 +27045,8 @@ public enum PresenceStatus: Equatable, Hashable {
     case busy
     case invisible
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -26856,8 +27141,8 @@ public enum PushPlatform: Equatable, Hashable {
     case fcm
     case webPush
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -27023,8 +27308,8 @@ public enum ReplyPolicy: Equatable, Hashable {
     case mentioned
     case nobody
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -27122,8 +27407,8 @@ public enum ReportReason: Equatable, Hashable {
     case childSafety
     case illegalGoods
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -27261,8 +27546,8 @@ public enum ReportStatus: Equatable, Hashable {
     case actioned
     case dismissed
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -27464,8 +27749,8 @@ public enum SearchScope: Equatable, Hashable {
     case posts
     case hashtags
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -27960,8 +28245,8 @@ public enum StoryEventKind: Equatable, Hashable {
     case viewed
     case reacted
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -28070,8 +28355,8 @@ public enum SubscriptionKind: Equatable, Hashable {
      */
     case media
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -28197,8 +28482,8 @@ public enum SuggestionReason: Equatable, Hashable {
     case similarInterests
     case contacts
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     case unrecognized
 
@@ -31211,6 +31496,31 @@ fileprivate struct FfiConverterSequenceTypeFeedItem: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeFlushResult: FfiConverterRustBuffer {
+    typealias SwiftType = [FlushResult]
+
+    public static func write(_ value: [FlushResult], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeFlushResult.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [FlushResult] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [FlushResult]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeFlushResult.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeHashtagResult: FfiConverterRustBuffer {
     typealias SwiftType = [HashtagResult]
 
@@ -31578,6 +31888,31 @@ fileprivate struct FfiConverterSequenceTypeProfileLink: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeProfileLink.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeQueuedWrite: FfiConverterRustBuffer {
+    typealias SwiftType = [QueuedWrite]
+
+    public static func write(_ value: [QueuedWrite], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeQueuedWrite.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [QueuedWrite] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [QueuedWrite]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeQueuedWrite.read(from: &buf))
         }
         return seq
     }
@@ -31999,7 +32334,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_selfie_ffi_checksum_method_livestream_cancel() != 51010) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_livestream_end() != 46229) {
+    if (uniffi_selfie_ffi_checksum_method_livestream_end() != 2642) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_livestream_next() != 8713) {
@@ -32014,7 +32349,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_selfie_ffi_checksum_method_selfieclient_cached_profile() != 25623) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_selfieclient_call() != 7018) {
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_call() != 59832) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_selfieclient_create_post() != 26726) {
@@ -32023,7 +32358,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_selfie_ffi_checksum_method_selfieclient_disconnect() != 41186) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_selfieclient_flush_outbox() != 62195) {
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_flush_outbox() != 19827) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_selfieclient_follow() != 59553) {
@@ -32041,22 +32376,31 @@ private let initializationResult: InitializationResult = {
     if (uniffi_selfie_ffi_checksum_method_selfieclient_login() != 25244) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_selfieclient_logout() != 23001) {
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_logout() != 60092) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_messages() != 23888) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_selfieclient_network_changed() != 53912) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_selfieclient_outbox_len() != 59051) {
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_outbox() != 1085) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_outbox_len() != 30418) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_selfieclient_profile() != 26507) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_selfieclient_queue() != 46676) {
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_queue() != 36095) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_selfieclient_refresh() != 7699) {
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_queue_message() != 26919) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_refresh() != 53852) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_selfieclient_register() != 56727) {
@@ -32065,10 +32409,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_selfie_ffi_checksum_method_selfieclient_register_push_token() != 64064) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_method_selfieclient_set_foreground() != 4527) {
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_remove_queued() != 42058) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_set_foreground() != 11653) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_selfieclient_subscribe() != 56375) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_selfie_ffi_checksum_method_selfieclient_sync_chat() != 52494) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_selfie_ffi_checksum_method_selfieclient_unfollow() != 22265) {
@@ -32134,7 +32484,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_selfie_ffi_checksum_method_tokenstore_clear() != 1454) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_selfie_ffi_checksum_constructor_selfieclient_connect() != 34788) {
+    if (uniffi_selfie_ffi_checksum_constructor_selfieclient_connect() != 61393) {
         return InitializationResult.apiChecksumMismatch
     }
 

@@ -292,7 +292,7 @@ uint64_t uniffi_selfie_ffi_fn_method_livestream_cancel(uint64_t ptr
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_LIVESTREAM_END
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_LIVESTREAM_END
-uint64_t uniffi_selfie_ffi_fn_method_livestream_end(uint64_t ptr
+RustBuffer uniffi_selfie_ffi_fn_method_livestream_end(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_LIVESTREAM_NEXT
@@ -380,9 +380,19 @@ uint64_t uniffi_selfie_ffi_fn_method_selfieclient_login(uint64_t ptr, RustBuffer
 uint64_t uniffi_selfie_ffi_fn_method_selfieclient_logout(uint64_t ptr
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_MESSAGES
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_MESSAGES
+RustBuffer uniffi_selfie_ffi_fn_method_selfieclient_messages(uint64_t ptr, uint64_t conversation_id, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_NETWORK_CHANGED
 uint64_t uniffi_selfie_ffi_fn_method_selfieclient_network_changed(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_OUTBOX
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_OUTBOX
+RustBuffer uniffi_selfie_ffi_fn_method_selfieclient_outbox(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_OUTBOX_LEN
@@ -400,6 +410,11 @@ uint64_t uniffi_selfie_ffi_fn_method_selfieclient_profile(uint64_t ptr, uint64_t
 uint64_t uniffi_selfie_ffi_fn_method_selfieclient_queue(uint64_t ptr, RustBuffer body, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_QUEUE_MESSAGE
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_QUEUE_MESSAGE
+uint64_t uniffi_selfie_ffi_fn_method_selfieclient_queue_message(uint64_t ptr, uint64_t conversation_id, RustBuffer client_msg_id, RustBuffer text, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_REFRESH
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_REFRESH
 uint64_t uniffi_selfie_ffi_fn_method_selfieclient_refresh(uint64_t ptr
@@ -415,6 +430,11 @@ uint64_t uniffi_selfie_ffi_fn_method_selfieclient_register(uint64_t ptr, RustBuf
 uint64_t uniffi_selfie_ffi_fn_method_selfieclient_register_push_token(uint64_t ptr, RustBuffer platform, RustBuffer token
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_REMOVE_QUEUED
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_REMOVE_QUEUED
+int8_t uniffi_selfie_ffi_fn_method_selfieclient_remove_queued(uint64_t ptr, uint64_t place, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_SET_FOREGROUND
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_SET_FOREGROUND
 uint64_t uniffi_selfie_ffi_fn_method_selfieclient_set_foreground(uint64_t ptr, int8_t foreground
@@ -423,6 +443,11 @@ uint64_t uniffi_selfie_ffi_fn_method_selfieclient_set_foreground(uint64_t ptr, i
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_SUBSCRIBE
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_SUBSCRIBE
 uint64_t uniffi_selfie_ffi_fn_method_selfieclient_subscribe(uint64_t ptr, RustBuffer kind, uint64_t target_id, RustBuffer cursor
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_SYNC_CHAT
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_SYNC_CHAT
+uint64_t uniffi_selfie_ffi_fn_method_selfieclient_sync_chat(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_FN_METHOD_SELFIECLIENT_UNFOLLOW
@@ -901,9 +926,21 @@ uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_logout(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_MESSAGES
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_MESSAGES
+uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_messages(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_NETWORK_CHANGED
 uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_network_changed(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_OUTBOX
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_OUTBOX
+uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_outbox(void
     
 );
 #endif
@@ -925,6 +962,12 @@ uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_queue(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_QUEUE_MESSAGE
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_QUEUE_MESSAGE
+uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_queue_message(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_REFRESH
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_REFRESH
 uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_refresh(void
@@ -943,6 +986,12 @@ uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_register_push_token(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_REMOVE_QUEUED
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_REMOVE_QUEUED
+uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_remove_queued(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_SET_FOREGROUND
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_SET_FOREGROUND
 uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_set_foreground(void
@@ -952,6 +1001,12 @@ uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_set_foreground(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_SUBSCRIBE
 #define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_SUBSCRIBE
 uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_subscribe(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_SYNC_CHAT
+#define UNIFFI_FFIDEF_UNIFFI_SELFIE_FFI_CHECKSUM_METHOD_SELFIECLIENT_SYNC_CHAT
+uint16_t uniffi_selfie_ffi_checksum_method_selfieclient_sync_chat(void
     
 );
 #endif

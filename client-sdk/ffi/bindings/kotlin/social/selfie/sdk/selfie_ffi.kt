@@ -748,7 +748,11 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_logout(
     ): Int
+    external fun uniffi_selfie_ffi_checksum_method_selfieclient_messages(
+    ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_network_changed(
+    ): Int
+    external fun uniffi_selfie_ffi_checksum_method_selfieclient_outbox(
     ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_outbox_len(
     ): Int
@@ -756,15 +760,21 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_queue(
     ): Int
+    external fun uniffi_selfie_ffi_checksum_method_selfieclient_queue_message(
+    ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_refresh(
     ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_register(
     ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_register_push_token(
     ): Int
+    external fun uniffi_selfie_ffi_checksum_method_selfieclient_remove_queued(
+    ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_set_foreground(
     ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_subscribe(
+    ): Int
+    external fun uniffi_selfie_ffi_checksum_method_selfieclient_sync_chat(
     ): Int
     external fun uniffi_selfie_ffi_checksum_method_selfieclient_unfollow(
     ): Int
@@ -837,8 +847,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_selfie_ffi_fn_method_livestream_cancel(`ptr`: Long,
     ): Long
-    external fun uniffi_selfie_ffi_fn_method_livestream_end(`ptr`: Long,
-    ): Long
+    external fun uniffi_selfie_ffi_fn_method_livestream_end(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_selfie_ffi_fn_method_livestream_next(`ptr`: Long,
     ): Long
     external fun uniffi_selfie_ffi_fn_method_livestream_next_within(`ptr`: Long,`timeoutMs`: Long,
@@ -873,13 +883,19 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_logout(`ptr`: Long,
     ): Long
+    external fun uniffi_selfie_ffi_fn_method_selfieclient_messages(`ptr`: Long,`conversationId`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_selfie_ffi_fn_method_selfieclient_network_changed(`ptr`: Long,
     ): Long
+    external fun uniffi_selfie_ffi_fn_method_selfieclient_outbox(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_selfie_ffi_fn_method_selfieclient_outbox_len(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_profile(`ptr`: Long,`userId`: Long,
     ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_queue(`ptr`: Long,`body`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_selfie_ffi_fn_method_selfieclient_queue_message(`ptr`: Long,`conversationId`: Long,`clientMsgId`: RustBuffer.ByValue,`text`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_refresh(`ptr`: Long,
     ): Long
@@ -887,9 +903,13 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_register_push_token(`ptr`: Long,`platform`: RustBuffer.ByValue,`token`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_selfie_ffi_fn_method_selfieclient_remove_queued(`ptr`: Long,`place`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
     external fun uniffi_selfie_ffi_fn_method_selfieclient_set_foreground(`ptr`: Long,`foreground`: Byte,
     ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_subscribe(`ptr`: Long,`kind`: RustBuffer.ByValue,`targetId`: Long,`cursor`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_selfie_ffi_fn_method_selfieclient_sync_chat(`ptr`: Long,
     ): Long
     external fun uniffi_selfie_ffi_fn_method_selfieclient_unfollow(`ptr`: Long,`userId`: Long,
     ): Long
@@ -1061,7 +1081,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_selfie_ffi_checksum_method_livestream_cancel() and 0xFFFF) != 51010) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_livestream_end() and 0xFFFF) != 46229) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_livestream_end() and 0xFFFF) != 2642) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_livestream_next() and 0xFFFF) != 8713) {
@@ -1076,7 +1096,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_cached_profile() and 0xFFFF) != 25623) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_call() and 0xFFFF) != 7018) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_call() and 0xFFFF) != 59832) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_create_post() and 0xFFFF) != 26726) {
@@ -1085,7 +1105,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_disconnect() and 0xFFFF) != 41186) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_flush_outbox() and 0xFFFF) != 62195) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_flush_outbox() and 0xFFFF) != 19827) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_follow() and 0xFFFF) != 59553) {
@@ -1103,22 +1123,31 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_login() and 0xFFFF) != 25244) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_logout() and 0xFFFF) != 23001) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_logout() and 0xFFFF) != 60092) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_messages() and 0xFFFF) != 23888) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_network_changed() and 0xFFFF) != 53912) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_outbox_len() and 0xFFFF) != 59051) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_outbox() and 0xFFFF) != 1085) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_outbox_len() and 0xFFFF) != 30418) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_profile() and 0xFFFF) != 26507) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_queue() and 0xFFFF) != 46676) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_queue() and 0xFFFF) != 36095) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_refresh() and 0xFFFF) != 7699) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_queue_message() and 0xFFFF) != 26919) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_refresh() and 0xFFFF) != 53852) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_register() and 0xFFFF) != 56727) {
@@ -1127,10 +1156,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_register_push_token() and 0xFFFF) != 64064) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_set_foreground() and 0xFFFF) != 4527) {
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_remove_queued() and 0xFFFF) != 42058) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_set_foreground() and 0xFFFF) != 11653) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_subscribe() and 0xFFFF) != 56375) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_sync_chat() and 0xFFFF) != 52494) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_selfie_ffi_checksum_method_selfieclient_unfollow() and 0xFFFF) != 22265) {
@@ -1196,7 +1231,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_selfie_ffi_checksum_method_tokenstore_clear() and 0xFFFF) != 1454) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_selfie_ffi_checksum_constructor_selfieclient_connect() and 0xFFFF) != 34788) {
+    if ((lib.uniffi_selfie_ffi_checksum_constructor_selfieclient_connect() and 0xFFFF) != 61393) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -1829,7 +1864,7 @@ public interface LiveStreamInterface {
     /**
      * Why the stream ended (`None` while it flows).
      */
-    suspend fun `end`(): LiveEnd?
+    fun `end`(): LiveEnd?
     
     /**
      * The next event, or `None` when the stream has ended.
@@ -1979,25 +2014,18 @@ open class LiveStream: Disposable, AutoCloseable, LiveStreamInterface
     
     /**
      * Why the stream ended (`None` while it flows).
-     */
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `end`() : LiveEnd? {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_selfie_ffi_fn_method_livestream_end(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_complete_rust_buffer(future, continuation) },
-        { future -> UniffiLib.ffi_selfie_ffi_rust_future_free_rust_buffer(future) },
-        // lift function
-        { FfiConverterOptionalTypeLiveEnd.lift(it) },
-        // Error FFI converter
-        UniffiNullRustCallStatusErrorHandler,
+     */override fun `end`(): LiveEnd? {
+            return FfiConverterOptionalTypeLiveEnd.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_selfie_ffi_fn_method_livestream_end(
+        it,
+        _status)
+}
+    }
     )
     }
+    
 
     
     /**
@@ -2183,8 +2211,10 @@ public object FfiConverterTypeLiveStream: FfiConverter<LiveStream, Long> {
 
 /**
  * One device's client: a session that reconnects by itself (backoff with jitter,
- * `GoAway` honoured, idempotent reads retried), its account's tokens, and its offline
- * store. Share one per app.
+ * `GoAway` honoured, idempotent reads retried, 0-RTT for a returning client's read),
+ * the signed-in account's tokens, and its offline stores. Share one per app. It can be
+ * made without a network: calls then fail with `Connection` until one is back, while
+ * the stores (cache, outbox) work.
  */
 public interface SelfieClientInterface {
     
@@ -2200,7 +2230,9 @@ public interface SelfieClientInterface {
     
     /**
      * Sends any operation (the protocol's `Body`) and returns the answer (`None` for
-     * an acknowledgement): every service, as the schemas define it.
+     * an acknowledgement): every service, as the schemas define it. Account changes
+     * made this way (a login through `auth`) do not sign the device in: use
+     * `register`, `login`, `refresh` and `logout` for those.
      */
     suspend fun `call`(`body`: Body): Body?
     
@@ -2217,10 +2249,11 @@ public interface SelfieClientInterface {
     suspend fun `disconnect`()
     
     /**
-     * Sends the outbox in order; returns how many left it (answered or refused for
-     * good). Stops at the first failure worth retrying, keeping the rest.
+     * Sends the outbox in order (then the chat outbox); each write leaves it once
+     * answered or refused for good (a wrong request: its code is in the result).
+     * Stops at the first failure worth retrying, keeping it and the rest.
      */
-    suspend fun `flushOutbox`(): kotlin.ULong
+    suspend fun `flushOutbox`(): List<FlushResult>
     
     /**
      * Follows `user_id` (`Requested` for a private account).
@@ -2251,9 +2284,15 @@ public interface SelfieClientInterface {
     suspend fun `login`(`identifier`: kotlin.String, `password`: kotlin.String, `totpCode`: kotlin.String?): UserSummary
     
     /**
-     * Ends this device's session and forgets its tokens.
+     * Ends this device's session and forgets its tokens (the account's local store
+     * stays on the device, closed, until it signs in again).
      */
     suspend fun `logout`()
+    
+    /**
+     * A conversation's messages as the device holds them (offline), oldest first.
+     */
+    fun `messages`(`conversationId`: kotlin.ULong): List<Message>
     
     /**
      * The device changed network (Wi-Fi to cellular): move the connection to a new
@@ -2263,7 +2302,12 @@ public interface SelfieClientInterface {
     suspend fun `networkChanged`()
     
     /**
-     * The operations waiting in the outbox.
+     * The operations waiting in the outbox, in order, with their places.
+     */
+    fun `outbox`(): List<QueuedWrite>
+    
+    /**
+     * How many writes wait (chat messages included).
      */
     fun `outboxLen`(): kotlin.ULong
     
@@ -2274,15 +2318,25 @@ public interface SelfieClientInterface {
     suspend fun `profile`(`userId`: kotlin.ULong): Profile
     
     /**
-     * Writes an operation to the durable outbox (it survives an app restart) and
-     * returns its place. Posts, comments and stories get an idempotency key, so each
-     * is created once however often it is sent.
+     * Writes an operation to the signed-in account's durable outbox (it survives an
+     * app restart) and returns its place. Creations (posts, comments, stories,
+     * conversations, payments) get an idempotency key, so each happens once however
+     * often it is sent; account operations are refused (credentials never go to disk).
      */
     fun `queue`(`body`: Body): kotlin.ULong
     
     /**
-     * Exchanges the saved refresh token for new tokens (done by itself when a call
-     * meets an expired access token). A refused refresh token signs the device out.
+     * Writes a chat message to the account's chat outbox (durable; sent in order,
+     * once: `client_msg_id` makes a resend a duplicate the server recognises) and
+     * returns its place. `flush_outbox` (or coming to the foreground) sends it.
+     */
+    fun `queueMessage`(`conversationId`: kotlin.ULong, `clientMsgId`: kotlin.String, `text`: kotlin.String): kotlin.ULong
+    
+    /**
+     * Exchanges the refresh token for new tokens (done by itself when a call meets an
+     * expired session). Only a refresh token the server refuses for good (expired,
+     * revoked, reused) signs the device out (`NotSignedIn`); a network failure or an
+     * overloaded server keeps it signed in, to try again later.
      */
     suspend fun `refresh`()
     
@@ -2297,9 +2351,14 @@ public interface SelfieClientInterface {
     suspend fun `registerPushToken`(`platform`: PushPlatform, `token`: kotlin.String)
     
     /**
+     * Removes a queued write without sending it (e.g. one the app gave up on).
+     */
+    fun `removeQueued`(`place`: kotlin.ULong): kotlin.Boolean
+    
+    /**
      * The app moved to the foreground (`true`) or the background (`false`). In the
      * background the connection is closed unless `keep_connected_in_background`;
-     * back in the foreground it is opened again and the outbox sent.
+     * back in the foreground it is opened again, the outbox sent and chat synced.
      */
     suspend fun `setForeground`(`foreground`: kotlin.Boolean)
     
@@ -2309,6 +2368,13 @@ public interface SelfieClientInterface {
      * after `cursor` when given.
      */
     suspend fun `subscribe`(`kind`: SubscriptionKind, `targetId`: kotlin.ULong, `cursor`: kotlin.ByteArray?): LiveStream
+    
+    /**
+     * Catches up on every conversation from the device's cursor (gap-free: a
+     * conversation the server can no longer fill is refetched); returns how many new
+     * entries were stored.
+     */
+    suspend fun `syncChat`(): kotlin.ULong
     
     /**
      * Stops following `user_id`.
@@ -2421,8 +2487,10 @@ public interface SelfieClientInterface {
 
 /**
  * One device's client: a session that reconnects by itself (backoff with jitter,
- * `GoAway` honoured, idempotent reads retried), its account's tokens, and its offline
- * store. Share one per app.
+ * `GoAway` honoured, idempotent reads retried, 0-RTT for a returning client's read),
+ * the signed-in account's tokens, and its offline stores. Share one per app. It can be
+ * made without a network: calls then fail with `Connection` until one is back, while
+ * the stores (cache, outbox) work.
  */
 open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
 {
@@ -2563,7 +2631,9 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
     
     /**
      * Sends any operation (the protocol's `Body`) and returns the answer (`None` for
-     * an acknowledgement): every service, as the schemas define it.
+     * an acknowledgement): every service, as the schemas define it. Account changes
+     * made this way (a login through `auth`) do not sign the device in: use
+     * `register`, `login`, `refresh` and `logout` for those.
      */
     @Throws(SelfieException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -2639,12 +2709,13 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
 
     
     /**
-     * Sends the outbox in order; returns how many left it (answered or refused for
-     * good). Stops at the first failure worth retrying, keeping the rest.
+     * Sends the outbox in order (then the chat outbox); each write leaves it once
+     * answered or refused for good (a wrong request: its code is in the result).
+     * Stops at the first failure worth retrying, keeping it and the rest.
      */
     @Throws(SelfieException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `flushOutbox`() : kotlin.ULong {
+    override suspend fun `flushOutbox`() : List<FlushResult> {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
             UniffiLib.uniffi_selfie_ffi_fn_method_selfieclient_flush_outbox(
@@ -2652,11 +2723,11 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
                 
             )
         },
-        { future, callback, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_poll_u64(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_complete_u64(future, continuation) },
-        { future -> UniffiLib.ffi_selfie_ffi_rust_future_free_u64(future) },
+        { future, callback, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_selfie_ffi_rust_future_free_rust_buffer(future) },
         // lift function
-        { FfiConverterULong.lift(it) },
+        { FfiConverterSequenceTypeFlushResult.lift(it) },
         // Error FFI converter
         SelfieException.ErrorHandler,
     )
@@ -2784,7 +2855,8 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
 
     
     /**
-     * Ends this device's session and forgets its tokens.
+     * Ends this device's session and forgets its tokens (the account's local store
+     * stays on the device, closed, until it signs in again).
      */
     @Throws(SelfieException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -2806,6 +2878,24 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
         SelfieException.ErrorHandler,
     )
     }
+
+    
+    /**
+     * A conversation's messages as the device holds them (offline), oldest first.
+     */
+    @Throws(SelfieException::class)override fun `messages`(`conversationId`: kotlin.ULong): List<Message> {
+            return FfiConverterSequenceTypeMessage.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SelfieException) { _status ->
+    UniffiLib.uniffi_selfie_ffi_fn_method_selfieclient_messages(
+        it,
+        
+        FfiConverterULong.lower(`conversationId`),_status)
+}
+    }
+    )
+    }
+    
 
     
     /**
@@ -2836,7 +2926,24 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
 
     
     /**
-     * The operations waiting in the outbox.
+     * The operations waiting in the outbox, in order, with their places.
+     */
+    @Throws(SelfieException::class)override fun `outbox`(): List<QueuedWrite> {
+            return FfiConverterSequenceTypeQueuedWrite.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SelfieException) { _status ->
+    UniffiLib.uniffi_selfie_ffi_fn_method_selfieclient_outbox(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * How many writes wait (chat messages included).
      */
     @Throws(SelfieException::class)override fun `outboxLen`(): kotlin.ULong {
             return FfiConverterULong.lift(
@@ -2879,9 +2986,10 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
 
     
     /**
-     * Writes an operation to the durable outbox (it survives an app restart) and
-     * returns its place. Posts, comments and stories get an idempotency key, so each
-     * is created once however often it is sent.
+     * Writes an operation to the signed-in account's durable outbox (it survives an
+     * app restart) and returns its place. Creations (posts, comments, stories,
+     * conversations, payments) get an idempotency key, so each happens once however
+     * often it is sent; account operations are refused (credentials never go to disk).
      */
     @Throws(SelfieException::class)override fun `queue`(`body`: Body): kotlin.ULong {
             return FfiConverterULong.lift(
@@ -2899,8 +3007,32 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
 
     
     /**
-     * Exchanges the saved refresh token for new tokens (done by itself when a call
-     * meets an expired access token). A refused refresh token signs the device out.
+     * Writes a chat message to the account's chat outbox (durable; sent in order,
+     * once: `client_msg_id` makes a resend a duplicate the server recognises) and
+     * returns its place. `flush_outbox` (or coming to the foreground) sends it.
+     */
+    @Throws(SelfieException::class)override fun `queueMessage`(`conversationId`: kotlin.ULong, `clientMsgId`: kotlin.String, `text`: kotlin.String): kotlin.ULong {
+            return FfiConverterULong.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SelfieException) { _status ->
+    UniffiLib.uniffi_selfie_ffi_fn_method_selfieclient_queue_message(
+        it,
+        
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterString.lower(`clientMsgId`),
+        FfiConverterString.lower(`text`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Exchanges the refresh token for new tokens (done by itself when a call meets an
+     * expired session). Only a refresh token the server refuses for good (expired,
+     * revoked, reused) signs the device out (`NotSignedIn`); a network failure or an
+     * overloaded server keeps it signed in, to try again later.
      */
     @Throws(SelfieException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -2979,9 +3111,27 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
 
     
     /**
+     * Removes a queued write without sending it (e.g. one the app gave up on).
+     */
+    @Throws(SelfieException::class)override fun `removeQueued`(`place`: kotlin.ULong): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SelfieException) { _status ->
+    UniffiLib.uniffi_selfie_ffi_fn_method_selfieclient_remove_queued(
+        it,
+        
+        FfiConverterULong.lower(`place`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * The app moved to the foreground (`true`) or the background (`false`). In the
      * background the connection is closed unless `keep_connected_in_background`;
-     * back in the foreground it is opened again and the outbox sent.
+     * back in the foreground it is opened again, the outbox sent and chat synced.
      */
     @Throws(SelfieException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -3029,6 +3179,32 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
         { future -> UniffiLib.ffi_selfie_ffi_rust_future_free_u64(future) },
         // lift function
         { FfiConverterTypeLiveStream.lift(it) },
+        // Error FFI converter
+        SelfieException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Catches up on every conversation from the device's cursor (gap-free: a
+     * conversation the server can no longer fill is refetched); returns how many new
+     * entries were stored.
+     */
+    @Throws(SelfieException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `syncChat`() : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_selfie_ffi_fn_method_selfieclient_sync_chat(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_selfie_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_selfie_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
         // Error FFI converter
         SelfieException.ErrorHandler,
     )
@@ -3501,8 +3677,10 @@ open class SelfieClient: Disposable, AutoCloseable, SelfieClientInterface
     companion object {
         
     /**
-     * Connects to the first reachable edge, signed in with the tokens the app's
-     * [`TokenStore`] holds (anonymous when it holds none).
+     * Makes the device's client, signed in with the tokens the app's [`TokenStore`]
+     * holds (anonymous when it holds none), and connects when it can: without a
+     * network it still returns, working from the offline store until one is back. An
+     * expired token is refreshed; a refused one signs the device out.
      */
     @Throws(SelfieException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -3648,8 +3826,10 @@ public object FfiConverterTypeSelfieClient: FfiConverter<SelfieClient, Long> {
 
 /**
  * Where the app keeps the account's tokens: the Keychain on iOS, the Keystore (or
- * EncryptedSharedPreferences) on Android. The SDK reads them when it connects and
- * hands over new ones after a registration, a login or a refresh.
+ * EncryptedSharedPreferences) on Android. The SDK reads them once when it connects and
+ * hands over new ones after a registration, a login or a refresh (it keeps them in
+ * memory in between, so a store that saves asynchronously is fine). Implementations
+ * must not throw: an exception becomes an `InternalException` in the calling method.
  */
 public interface TokenStore {
     
@@ -3673,8 +3853,10 @@ public interface TokenStore {
 
 /**
  * Where the app keeps the account's tokens: the Keychain on iOS, the Keystore (or
- * EncryptedSharedPreferences) on Android. The SDK reads them when it connects and
- * hands over new ones after a registration, a login or a refresh.
+ * EncryptedSharedPreferences) on Android. The SDK reads them once when it connects and
+ * hands over new ones after a registration, a login or a refresh (it keeps them in
+ * memory in between, so a store that saves asynchronously is fine). Implementations
+ * must not throw: an exception becomes an `InternalException` in the calling method.
  */
 open class TokenStoreImpl: Disposable, AutoCloseable, TokenStore
 {
@@ -7668,6 +7850,62 @@ public object FfiConverterTypeFeedUpdate: FfiConverterRustBuffer<FeedUpdate> {
             FfiConverterTypeFeedKind.write(value.`kind`, buf)
             FfiConverterUInt.write(value.`newItems`, buf)
             FfiConverterULong.write(value.`latestPostId`, buf)
+    }
+}
+
+
+
+/**
+ * What one queued write became when the outbox was sent.
+ */
+data class FlushResult (
+    /**
+     * Its place in the outbox (0 for a chat message).
+     */
+    var `place`: kotlin.ULong
+    , 
+    /**
+     * Whether it was a chat message.
+     */
+    var `chat`: kotlin.Boolean
+    , 
+    /**
+     * The server's refusal (a wrong request, dropped from the outbox), or `None`:
+     * done.
+     */
+    var `refused`: ErrorCode?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFlushResult: FfiConverterRustBuffer<FlushResult> {
+    override fun read(buf: ByteBuffer): FlushResult {
+        return FlushResult(
+            FfiConverterULong.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalTypeErrorCode.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: FlushResult) = (
+            FfiConverterULong.allocationSize(value.`place`) +
+            FfiConverterBoolean.allocationSize(value.`chat`) +
+            FfiConverterOptionalTypeErrorCode.allocationSize(value.`refused`)
+    )
+
+    override fun write(value: FlushResult, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`place`, buf)
+            FfiConverterBoolean.write(value.`chat`, buf)
+            FfiConverterOptionalTypeErrorCode.write(value.`refused`, buf)
     }
 }
 
@@ -12731,6 +12969,53 @@ public object FfiConverterTypeQueueResponse: FfiConverterRustBuffer<QueueRespons
 
 
 
+/**
+ * A write waiting in the outbox.
+ */
+data class QueuedWrite (
+    /**
+     * Its place (for `remove_queued`).
+     */
+    var `place`: kotlin.ULong
+    , 
+    /**
+     * The operation.
+     */
+    var `body`: Body?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeQueuedWrite: FfiConverterRustBuffer<QueuedWrite> {
+    override fun read(buf: ByteBuffer): QueuedWrite {
+        return QueuedWrite(
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalTypeBody.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: QueuedWrite) = (
+            FfiConverterULong.allocationSize(value.`place`) +
+            FfiConverterOptionalTypeBody.allocationSize(value.`body`)
+    )
+
+    override fun write(value: QueuedWrite, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`place`, buf)
+            FfiConverterOptionalTypeBody.write(value.`body`, buf)
+    }
+}
+
+
+
 data class ReactRequest (
     var `targetKind`: ObjectKind
     , 
@@ -13957,13 +14242,14 @@ data class SelfieConfig (
     var `servers`: List<kotlin.String>
     , 
     /**
-     * TLS server name.
+     * TLS server name; `None`: the host of the first server (`localhost` for an IP
+     * address).
      */
-    var `serverName`: kotlin.String = "localhost" 
+    var `serverName`: kotlin.String? = null 
     , 
     /**
      * Trust exactly this certificate (SHA-256 of its DER, hex), e.g. a development
-     * edge's, printed by `selfie serve`.
+     * edge's, printed by `selfie serve`. Takes precedence over the roots.
      */
     var `certificateSha256`: kotlin.String? = null 
     , 
@@ -13973,23 +14259,23 @@ data class SelfieConfig (
     var `caCertificatesPem`: kotlin.String? = null 
     , 
     /**
-     * A stable per-install id.
+     * A stable per-install id (sent in `Hello` and with push tokens).
      */
-    var `deviceId`: kotlin.String = "" 
+    var `deviceId`: kotlin.String
     , 
     /**
-     * The app's name and version, sent in `Hello`.
+     * The app's name, sent in `Hello`.
      */
     var `appName`: kotlin.String = "selfie-mobile" 
     , 
     /**
-     * The app's version.
+     * The app's version, sent in `Hello`.
      */
     var `appVersion`: kotlin.String = "0" 
     , 
     /**
-     * A directory for the offline store (profiles, feed pages, the outbox); `None`
-     * keeps nothing across restarts and disables the outbox.
+     * A directory for the offline stores (profiles, feed pages, the outbox, chat), one
+     * per account under `users/<id>/`; `None` keeps nothing and disables the outbox.
      */
     var `dataDir`: kotlin.String? = null 
     , 
@@ -13998,6 +14284,12 @@ data class SelfieConfig (
      * call); otherwise `set_foreground(false)` closes it.
      */
     var `keepConnectedInBackground`: kotlin.Boolean = false 
+    , 
+    /**
+     * How long `connect` waits for the network before starting offline, and each
+     * connection attempt's handshake limit, in milliseconds.
+     */
+    var `connectTimeoutMs`: kotlin.ULong = 10000uL 
     
 ){
     
@@ -14015,7 +14307,7 @@ public object FfiConverterTypeSelfieConfig: FfiConverterRustBuffer<SelfieConfig>
     override fun read(buf: ByteBuffer): SelfieConfig {
         return SelfieConfig(
             FfiConverterSequenceString.read(buf),
-            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
             FfiConverterOptionalString.read(buf),
             FfiConverterOptionalString.read(buf),
             FfiConverterString.read(buf),
@@ -14023,24 +14315,26 @@ public object FfiConverterTypeSelfieConfig: FfiConverterRustBuffer<SelfieConfig>
             FfiConverterString.read(buf),
             FfiConverterOptionalString.read(buf),
             FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
         )
     }
 
     override fun allocationSize(value: SelfieConfig) = (
             FfiConverterSequenceString.allocationSize(value.`servers`) +
-            FfiConverterString.allocationSize(value.`serverName`) +
+            FfiConverterOptionalString.allocationSize(value.`serverName`) +
             FfiConverterOptionalString.allocationSize(value.`certificateSha256`) +
             FfiConverterOptionalString.allocationSize(value.`caCertificatesPem`) +
             FfiConverterString.allocationSize(value.`deviceId`) +
             FfiConverterString.allocationSize(value.`appName`) +
             FfiConverterString.allocationSize(value.`appVersion`) +
             FfiConverterOptionalString.allocationSize(value.`dataDir`) +
-            FfiConverterBoolean.allocationSize(value.`keepConnectedInBackground`)
+            FfiConverterBoolean.allocationSize(value.`keepConnectedInBackground`) +
+            FfiConverterULong.allocationSize(value.`connectTimeoutMs`)
     )
 
     override fun write(value: SelfieConfig, buf: ByteBuffer) {
             FfiConverterSequenceString.write(value.`servers`, buf)
-            FfiConverterString.write(value.`serverName`, buf)
+            FfiConverterOptionalString.write(value.`serverName`, buf)
             FfiConverterOptionalString.write(value.`certificateSha256`, buf)
             FfiConverterOptionalString.write(value.`caCertificatesPem`, buf)
             FfiConverterString.write(value.`deviceId`, buf)
@@ -14048,6 +14342,7 @@ public object FfiConverterTypeSelfieConfig: FfiConverterRustBuffer<SelfieConfig>
             FfiConverterString.write(value.`appVersion`, buf)
             FfiConverterOptionalString.write(value.`dataDir`, buf)
             FfiConverterBoolean.write(value.`keepConnectedInBackground`, buf)
+            FfiConverterULong.write(value.`connectTimeoutMs`, buf)
     }
 }
 
@@ -17617,8 +17912,8 @@ enum class AccountStatus {
     DELETED,
     LOCKED,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -17662,8 +17957,8 @@ enum class ActionKind {
     BAN_USER,
     RESTORE_CONTENT,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -17703,8 +17998,8 @@ enum class AdEventKind {
     HIDE,
     REPORT,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -18429,8 +18724,8 @@ enum class Audience {
     CLOSE_FRIENDS,
     PRIVATE,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -19526,8 +19821,8 @@ enum class CampaignStatus {
     ENDED,
     REJECTED,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -19586,8 +19881,8 @@ enum class ChatEventKind {
      */
     PRESENCE,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -20683,8 +20978,8 @@ enum class ConversationFolder {
     REQUESTS,
     ARCHIVED,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -20723,8 +21018,8 @@ enum class ConversationKind {
     GROUP,
     CHANNEL,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -20845,8 +21140,8 @@ enum class Direction {
     INCOMING,
     OUTGOING,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -20947,8 +21242,8 @@ enum class ErrorCode {
     TIMEOUT,
     STORAGE_FAILURE,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -20990,8 +21285,8 @@ enum class FeedKind {
     HASHTAG,
     LIST,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -21163,8 +21458,8 @@ enum class FeedReason {
     SPONSORED,
     MENTIONED,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -21203,8 +21498,8 @@ enum class FollowState {
     FOLLOWING,
     REQUESTED,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -21248,8 +21543,8 @@ enum class GoAwayReason {
     MAINTENANCE,
     PROTOCOL_VIOLATION,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -22043,8 +22338,8 @@ enum class InsightsTarget {
     POST,
     STORY,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -22136,8 +22431,8 @@ enum class MediaKind {
     GIF,
     FILE,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -22549,8 +22844,8 @@ enum class MediaState {
     FAILED,
     REJECTED,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -22589,8 +22884,8 @@ enum class MemberRole {
     ADMIN,
     OWNER,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -22632,8 +22927,8 @@ enum class MessageKind {
     STORY_REPLY,
     POST_SHARE,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -22673,8 +22968,8 @@ enum class MlsContentType {
     COMMIT,
     WELCOME,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -22976,8 +23271,8 @@ enum class NotificationKind {
     SECURITY,
     PAYMENT,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -23277,8 +23572,8 @@ enum class ObjectKind {
     AD,
     LIST,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -23320,8 +23615,8 @@ enum class PaymentKind {
     REFUND,
     AD_SPEND,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -23363,8 +23658,8 @@ enum class PaymentStatus {
     REFUNDED,
     CANCELED,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -23751,8 +24046,8 @@ enum class Permission {
     FOLLOWING,
     NOBODY,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -23798,8 +24093,8 @@ enum class Platform {
     SERVER,
     BENCH,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -24427,8 +24722,8 @@ enum class PresenceStatus {
     BUSY,
     INVISIBLE,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -24467,8 +24762,8 @@ enum class PushPlatform {
     FCM,
     WEB_PUSH,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -24615,8 +24910,8 @@ enum class ReplyPolicy {
     MENTIONED,
     NOBODY,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -24664,8 +24959,8 @@ enum class ReportReason {
     CHILD_SAFETY,
     ILLEGAL_GOODS,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -24705,8 +25000,8 @@ enum class ReportStatus {
     ACTIONED,
     DISMISSED,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -24925,8 +25220,8 @@ enum class SearchScope {
     POSTS,
     HASHTAGS,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -25650,8 +25945,8 @@ enum class StoryEventKind {
     VIEWED,
     REACTED,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -25704,8 +25999,8 @@ enum class SubscriptionKind {
      */
     MEDIA,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -25745,8 +26040,8 @@ enum class SuggestionReason {
     SIMILAR_INTERESTS,
     CONTACTS,
     /**
-     * A value this SDK does not know (sent by a newer server); sent back as the
-     * schema's first value.
+     * A value this SDK does not know (sent by a newer server); sent back as a
+     * value outside every schema's range, which the server refuses.
      */
     UNRECOGNIZED;
 
@@ -29669,6 +29964,34 @@ public object FfiConverterSequenceTypeFeedItem: FfiConverterRustBuffer<List<Feed
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeFlushResult: FfiConverterRustBuffer<List<FlushResult>> {
+    override fun read(buf: ByteBuffer): List<FlushResult> {
+        val len = buf.getInt()
+        return List<FlushResult>(len) {
+            FfiConverterTypeFlushResult.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<FlushResult>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeFlushResult.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<FlushResult>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeFlushResult.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeHashtagResult: FfiConverterRustBuffer<List<HashtagResult>> {
     override fun read(buf: ByteBuffer): List<HashtagResult> {
         val len = buf.getInt()
@@ -30079,6 +30402,34 @@ public object FfiConverterSequenceTypeProfileLink: FfiConverterRustBuffer<List<P
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeProfileLink.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeQueuedWrite: FfiConverterRustBuffer<List<QueuedWrite>> {
+    override fun read(buf: ByteBuffer): List<QueuedWrite> {
+        val len = buf.getInt()
+        return List<QueuedWrite>(len) {
+            FfiConverterTypeQueuedWrite.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<QueuedWrite>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeQueuedWrite.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<QueuedWrite>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeQueuedWrite.write(it, buf)
         }
     }
 }

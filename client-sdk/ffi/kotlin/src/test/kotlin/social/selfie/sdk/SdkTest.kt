@@ -50,6 +50,9 @@ class SdkTest {
             "--set", "server.listen=\"127.0.0.1:$quic\"",
             "--set", "server.shards=2",
             "--set", "ops.listen=\"127.0.0.1:${freeTcpPort()}\"",
+            // Room for the registrations this suite makes from one address.
+            "--set", "auth.register_burst=1000",
+            "--set", "auth.register_per_hour=100000",
         ).redirectErrorStream(true).start()
         val ready = java.util.concurrent.CountDownLatch(1)
         Thread {
@@ -164,13 +167,52 @@ class SdkTest {
         assertEquals(user.userId, second.userId(), "signed in from the saved tokens")
         assertEquals(user.username, second.cachedProfile(user.userId)?.user?.username)
         assertEquals(3UL, second.outboxLen())
-        assertEquals(3UL, second.flushOutbox())
-        assertEquals(0UL, second.flushOutbox(), "nothing is sent twice")
+        val sent = second.flushOutbox()
+        assertEquals(3, sent.size)
+        assertTrue(sent.all { it.refused == null }, "all accepted: $sent")
+        assertTrue(second.flushOutbox().isEmpty(), "nothing is sent twice")
         val posts = second.posts(PostsOp.UserPostsRequest(UserPostsRequest(userId = user.userId)))
         val texts = (posts as PostsOp.PostsResponse).value.posts.orEmpty().mapNotNull { it.text }.sorted()
         assertEquals(listOf("offline 0", "offline 1", "offline 2"), texts)
         second.disconnect()
         second.close()
+    }
+
+    @Test
+    fun `chat messages queued offline arrive once and the other device syncs them`() = runBlocking {
+        val camDir = Files.createTempDirectory("selfie-cam-").toFile()
+        val danDir = Files.createTempDirectory("selfie-dan-").toFile()
+        val cam = SelfieClient.connect(config(camDir), MemoryTokens())
+        val dan = SelfieClient.connect(config(danDir), MemoryTokens())
+        val camName = name("cam")
+        val danName = name("dan")
+        val camUser = cam.register(camName, "$camName@example.com", "$camName correct horse battery")
+        val danUser = dan.register(danName, "$danName@example.com", "$danName correct horse battery")
+        cam.follow(danUser.userId)
+        dan.follow(camUser.userId)
+        val created = cam.chat(
+            ChatOp.CreateConversationRequest(
+                CreateConversationRequest(kind = ConversationKind.DIRECT, memberIds = listOf(danUser.userId)),
+            ),
+        )
+        val conversation = (created as ChatOp.ConversationResponse).value.conversation
+            ?: fail("no conversation")
+        val id = conversation.conversationId
+        cam.queueMessage(id, "m-1", "hello $danName")
+        cam.queueMessage(id, "m-2", "second")
+        assertEquals(2UL, cam.outboxLen())
+        val sent = cam.flushOutbox()
+        assertEquals(2, sent.size)
+        assertTrue(sent.all { it.chat && it.refused == null }, "both delivered: $sent")
+        assertTrue(cam.flushOutbox().isEmpty(), "each message is sent once")
+        assertTrue(dan.syncChat() >= 2UL)
+        val texts = dan.messages(id).mapNotNull { it.text }
+        assertEquals(listOf("hello $danName", "second"), texts)
+        assertEquals(0UL, dan.syncChat(), "nothing new on a second sync")
+        // The sender's device holds its own messages too once it syncs.
+        cam.syncChat()
+        assertEquals(listOf("m-1", "m-2"), cam.messages(id).mapNotNull { it.clientMsgId })
+        listOf(cam, dan).forEach { it.disconnect(); it.close() }
     }
 
     @Test
