@@ -78,7 +78,10 @@ fn retryable(e: &ClientError) -> bool {
 pub struct ReconnectingClient {
     /// The configuration new connections use (the access token changes on login).
     config: std::sync::Mutex<ClientConfig>,
-    servers: Vec<SocketAddr>,
+    /// The servers' addresses: given, or resolved from `names` when first needed (an
+    /// app may start without a network, before DNS answers).
+    servers: std::sync::Mutex<Vec<SocketAddr>>,
+    names: Vec<String>,
     endpoint: Endpoint,
     current: Mutex<Option<Arc<Client>>>,
     next_server: AtomicUsize,
@@ -121,7 +124,8 @@ impl ReconnectingClient {
         Ok(Self {
             encoder: std::sync::Mutex::new(Encoder::new(config.limits)),
             config: std::sync::Mutex::new(config),
-            servers,
+            servers: std::sync::Mutex::new(servers),
+            names: Vec::new(),
             endpoint: crate::endpoint(bind)?,
             current: Mutex::new(None),
             next_server: AtomicUsize::new(0),
@@ -129,6 +133,61 @@ impl ReconnectingClient {
             reconnects: AtomicU64::new(0),
             zero_rtt: AtomicU64::new(0),
         })
+    }
+
+    /// A client for servers named `host:port`, resolved when a connection is first
+    /// needed (and again while none resolves); connects on first use.
+    pub fn with_names(
+        config: ClientConfig,
+        names: Vec<String>,
+        backoff: Backoff,
+    ) -> Result<Self, ClientError> {
+        if names.is_empty() {
+            return Err(ClientError::Config("no servers".into()));
+        }
+        let mut this = Self::new(
+            config,
+            vec![
+                "0.0.0.0:0"
+                    .parse()
+                    .map_err(|e: std::net::AddrParseError| ClientError::Config(e.to_string()))?,
+            ],
+            backoff,
+        )?;
+        this.servers = std::sync::Mutex::new(Vec::new());
+        this.names = names;
+        Ok(this)
+    }
+
+    /// The servers' addresses (resolving their names first if need be).
+    pub async fn servers(&self) -> Result<Vec<SocketAddr>, ClientError> {
+        let known = self.servers_now();
+        if !known.is_empty() {
+            return Ok(known);
+        }
+        let mut found = Vec::new();
+        let mut last = None;
+        for name in &self.names {
+            match tokio::net::lookup_host(name.as_str()).await {
+                Ok(addrs) => found.extend(addrs),
+                Err(e) => last = Some(e),
+            }
+        }
+        if found.is_empty() {
+            return Err(ClientError::Stream(format!(
+                "resolving {}: {}",
+                self.names.join(", "),
+                last.map_or_else(|| "no addresses".to_string(), |e| e.to_string())
+            )));
+        }
+        if let Ok(mut s) = self.servers.lock() {
+            s.clone_from(&found);
+        }
+        Ok(found)
+    }
+
+    fn servers_now(&self) -> Vec<SocketAddr> {
+        self.servers.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     fn config_now(&self) -> ClientConfig {
@@ -241,11 +300,12 @@ impl ReconnectingClient {
             }
             // Leave the draining server: start from the next one.
             let from = c.connection().remote_address();
-            if let Some(i) = self.servers.iter().position(|s| *s == from) {
+            if let Some(i) = self.servers_now().iter().position(|s| *s == from) {
                 self.next_server.store(i + 1, Ordering::Relaxed);
             }
         }
         tokio::time::sleep(wait).await;
+        let servers = self.servers().await?;
         let mut last = ClientError::Timeout;
         for attempt in 0..self.backoff.attempts {
             if attempt > 0 {
@@ -253,10 +313,7 @@ impl ReconnectingClient {
             }
             let server = match hint.take() {
                 Some(h) => h,
-                None => {
-                    self.servers
-                        [self.next_server.fetch_add(1, Ordering::Relaxed) % self.servers.len()]
-                }
+                None => servers[self.next_server.fetch_add(1, Ordering::Relaxed) % servers.len()],
             };
             let mut config = self.config_now();
             config.server = server;
@@ -279,7 +336,7 @@ impl ReconnectingClient {
                     }
                     *current = Some(c.clone());
                     // Next time, start from the server that worked.
-                    if let Some(i) = self.servers.iter().position(|s| *s == server) {
+                    if let Some(i) = servers.iter().position(|s| *s == server) {
                         self.next_server.store(i, Ordering::Relaxed);
                     }
                     return Ok((c, answer));

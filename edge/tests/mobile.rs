@@ -181,6 +181,16 @@ async fn an_offline_start_works_from_the_store_and_sends_later() {
     assert_eq!(client.outbox_len().expect("outbox"), 1);
     drop(client);
 
+    // A server name that does not resolve (no DNS yet): the start does not wait on it.
+    let mut unnamed = config(&node, Some(dir.path()));
+    unnamed.servers = vec!["selfie-edge.invalid:4460".into()];
+    unnamed.connect_timeout_ms = 300;
+    let named = SelfieClient::connect(unnamed, store.clone())
+        .await
+        .expect("started offline without DNS");
+    assert_eq!(named.outbox_len().expect("outbox"), 1);
+    drop(named);
+
     let back = SelfieClient::connect(config(&node, Some(dir.path())), store)
         .await
         .expect("online again");
@@ -250,4 +260,61 @@ async fn each_account_has_its_own_outbox_and_cache() {
     let sent = client.flush_outbox().await.expect("flushed");
     assert_eq!(sent.len(), 1);
     assert!(sent[0].refused.is_none());
+}
+
+/// A session revoked from another device is closed by the edge: the next call fails,
+/// the device is signed out (the app's store cleared), and it can sign in again on the
+/// same client.
+#[tokio::test]
+async fn a_session_revoked_elsewhere_signs_the_device_out() {
+    let node = support::start();
+    let store = Arc::new(Tokens::default());
+    let phone = SelfieClient::connect(config(&node, None), store.clone())
+        .await
+        .expect("connected");
+    let me = phone
+        .register(
+            "fay".into(),
+            "fay@example.com".into(),
+            "fay correct horse battery".into(),
+        )
+        .await
+        .expect("registered");
+    let session = store.load().expect("tokens").session_id;
+    // The laptop signs in and revokes the phone's session.
+    let anon = selfie_client::Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let laptop = anon
+        .accounts()
+        .login("fay", "fay correct horse battery", None)
+        .await
+        .expect("laptop");
+    let laptop = selfie_client::Client::connect(support::config(&node, laptop.tokens.access_token))
+        .await
+        .expect("laptop session");
+    laptop
+        .accounts()
+        .revoke_session(session)
+        .await
+        .expect("revoked");
+    let mut refused = None;
+    for _ in 0..50 {
+        match phone.profile(me.user_id).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(refused.is_some(), "the revoked session kept working");
+    assert_eq!(phone.user_id(), None, "signed out");
+    assert!(store.load().is_none(), "the app's store was cleared");
+    let again = phone
+        .login("fay".into(), "fay correct horse battery".into(), None)
+        .await
+        .expect("signed in again on the same client");
+    assert_eq!(again.user_id, me.user_id);
+    assert!(phone.profile(me.user_id).await.is_ok());
 }

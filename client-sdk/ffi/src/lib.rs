@@ -29,7 +29,7 @@
 //! never log `AuthTokens` or requests that carry passwords there (the Rust `Debug` of
 //! those records prints `<redacted>`).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -239,21 +239,35 @@ struct AccountStores {
 /// the stores (cache, outbox) work.
 #[derive(uniffi::Object)]
 pub struct SelfieClient {
+    inner: Arc<Inner>,
+    device_id: String,
+    keep_in_background: bool,
+    foreground: AtomicBool,
+}
+
+/// The session and the account's state, shared with the refresh tasks (a refresh runs
+/// to the end and keeps its tokens even when the call that started it is cancelled:
+/// the server has already spent the old refresh token).
+struct Inner {
     conn: ReconnectingClient,
     /// Prepared, without a token: refreshes run on their own connection made from it.
     base: ClientConfig,
     token_store: Arc<dyn TokenStore>,
     /// The tokens in use (the app's store is written, not read back).
     tokens: Mutex<Option<AuthTokens>>,
-    /// Bumped at every change of tokens: a caller that saw an expired token refreshes
-    /// only if nobody has since.
+    /// Bumped after every change of tokens: a caller that saw an expired token
+    /// refreshes only if nobody has since, and a refresh applies its tokens only if
+    /// nobody signed in or out meanwhile.
     generation: AtomicU64,
     data_dir: Option<PathBuf>,
     stores: Mutex<Option<Arc<AccountStores>>>,
-    device_id: String,
-    keep_in_background: bool,
-    foreground: AtomicBool,
+    /// The account whose stores should be open (retried when opening failed, e.g. an
+    /// old handle still held by a flush).
+    wanted_user: AtomicU64,
+    /// One refresh at a time.
     refreshing: tokio::sync::Mutex<()>,
+    /// One change of tokens at a time (memory, the app's store, the session agree).
+    changing: tokio::sync::Mutex<()>,
 }
 
 /// One event of a live stream.
@@ -332,20 +346,22 @@ impl LiveStream {
     }
 }
 
-fn resolve(servers: &[String]) -> Result<Vec<SocketAddr>, SelfieError> {
+/// The servers' addresses, if they resolve within `within` (an app may start before
+/// DNS answers; the client then resolves them when it first connects).
+async fn resolve(servers: &[String], within: Duration) -> Option<Vec<SocketAddr>> {
     let mut out = Vec::new();
     for s in servers {
-        let addrs = s.to_socket_addrs().map_err(|e| SelfieError::Config {
-            reason: format!("server {s}: {e}"),
-        })?;
-        out.extend(addrs);
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            out.push(addr);
+            continue;
+        }
+        if let Ok(Ok(addrs)) =
+            tokio::time::timeout(within, tokio::net::lookup_host(s.as_str())).await
+        {
+            out.extend(addrs);
+        }
     }
-    if out.is_empty() {
-        return Err(SelfieError::Config {
-            reason: "no servers".into(),
-        });
-    }
-    Ok(out)
+    (!out.is_empty()).then_some(out)
 }
 
 /// Whether the server refuses these tokens for good (sign the device out).
@@ -380,7 +396,20 @@ fn no_store() -> SelfieError {
     }
 }
 
-impl SelfieClient {
+/// Whether a refused session means the account must sign in again (not a refresh).
+fn session_refused(e: &ClientError) -> bool {
+    use selfie_protocol::ErrorCode as C;
+    matches!(
+        e.code(),
+        Some(C::TokenInvalid | C::TokenRevoked | C::SessionRevoked)
+    )
+}
+
+impl Inner {
+    fn has_tokens(&self) -> bool {
+        self.tokens.lock().ok().is_some_and(|t| t.is_some())
+    }
+
     fn has_refresh_token(&self) -> bool {
         self.tokens
             .lock()
@@ -394,11 +423,15 @@ impl SelfieClient {
         matches!(e.code(), Some(C::TokenExpired | C::Unauthenticated)) && self.has_refresh_token()
     }
 
-    /// Sends one operation; an expired session is refreshed once and the operation sent
+    /// Sends one operation. An expired session is refreshed once and the operation sent
     /// again if that is safe: the server answered it with an error (so it did not run),
-    /// or it is idempotent. A write whose connection was closed under it is returned
-    /// as the error (send it again with its idempotency key, or queue it).
-    pub(crate) async fn call_body(&self, body: p::BodyT) -> Result<p::BodyT, SelfieError> {
+    /// it is idempotent, or it is an account operation (which the refused session never
+    /// carried). A session refused for good signs the device out; an account operation
+    /// (a login) then goes out on an anonymous session. A write whose connection was
+    /// closed under it is returned as the error (send it again with its idempotency
+    /// key, or queue it).
+    async fn call_body(self: &Arc<Self>, body: p::BodyT) -> Result<p::BodyT, SelfieError> {
+        let account_op = matches!(body, p::BodyT::Auth(_));
         let bytes = self.conn.encode(|b, id| {
             let mut e = p::EnvelopeT::default();
             e.id = id;
@@ -409,8 +442,21 @@ impl SelfieClient {
         let frame = match self.conn.send(bytes.clone()).await {
             Err(e) if self.needs_refresh(&e) => {
                 let answered = matches!(e, ClientError::Server { .. });
-                self.refresh_from(generation).await?;
-                if !(answered || self.conn.is_idempotent(&bytes)) {
+                match self.refresh_from(generation).await {
+                    Ok(()) => {}
+                    // Signed out: a login or registration goes on, anonymously.
+                    Err(SelfieError::NotSignedIn) if account_op => {}
+                    Err(other) => return Err(other),
+                }
+                if !(answered || account_op || self.conn.is_idempotent(&bytes)) {
+                    return Err(e.into());
+                }
+                self.conn.send(bytes).await?
+            }
+            Err(e) if session_refused(&e) && self.has_tokens() => {
+                tracing::info!(code = ?e.code(), "session refused: signed out");
+                self.set_tokens(None, Some(generation)).await;
+                if !account_op {
                     return Err(e.into());
                 }
                 self.conn.send(bytes).await?
@@ -420,36 +466,62 @@ impl SelfieClient {
         Ok(frame.envelope().unpack().body)
     }
 
-    /// A usable connection, refreshing an expired session first.
-    async fn session(&self) -> Result<Arc<Client>, SelfieError> {
+    /// A usable connection: an expired session is refreshed first, one refused for
+    /// good signs the device out (and an anonymous session is opened).
+    async fn session(self: &Arc<Self>) -> Result<Arc<Client>, SelfieError> {
         let generation = self.generation.load(Ordering::Acquire);
         match self.conn.client().await {
             Err(e) if self.needs_refresh(&e) => {
-                self.refresh_from(generation).await?;
+                match self.refresh_from(generation).await {
+                    Ok(()) | Err(SelfieError::NotSignedIn) => {}
+                    Err(other) => return Err(other),
+                }
+                Ok(self.conn.client().await?)
+            }
+            Err(e) if session_refused(&e) && self.has_tokens() => {
+                tracing::info!(code = ?e.code(), "session refused: signed out");
+                self.set_tokens(None, Some(generation)).await;
                 Ok(self.conn.client().await?)
             }
             other => Ok(other?),
         }
     }
 
-    /// Refreshes unless someone has changed the tokens since `generation` was read.
-    async fn refresh_from(&self, generation: u64) -> Result<(), SelfieError> {
+    /// Refreshes unless someone has changed the tokens since `generation` was read. The
+    /// exchange runs as a task of its own: dropping the caller does not lose the new
+    /// tokens.
+    async fn refresh_from(self: &Arc<Self>, generation: u64) -> Result<(), SelfieError> {
         let _one = self.refreshing.lock().await;
         if self.generation.load(Ordering::Acquire) != generation {
             return Ok(());
         }
+        let inner = self.clone();
+        tokio::spawn(async move { inner.exchange(generation).await })
+            .await
+            .map_err(|e| SelfieError::Protocol {
+                reason: format!("refresh task: {e}"),
+            })?
+    }
+
+    async fn exchange(self: Arc<Self>, generation: u64) -> Result<(), SelfieError> {
         let refresh_token = self
             .tokens
             .lock()
             .ok()
             .and_then(|t| t.as_ref().and_then(|t| t.refresh_token.clone()))
             .ok_or(SelfieError::NotSignedIn)?;
-        // On a connection of its own, without the expired token: the shared one keeps
-        // serving whatever it still can until the new token replaces it.
+        // On a connection of its own, without the expired token.
         let mut config = self.base.clone();
-        if let Some(server) = self.conn.server().await {
-            config.server = server;
-        }
+        config.server = match self.conn.server().await {
+            Some(server) => server,
+            None => self
+                .conn
+                .servers()
+                .await?
+                .first()
+                .copied()
+                .unwrap_or(config.server),
+        };
         let refreshed = async {
             let c = Client::connect(config).await?;
             let tokens = c.accounts().refresh(&refresh_token).await;
@@ -459,12 +531,14 @@ impl SelfieClient {
         .await;
         match refreshed {
             Ok(tokens) => {
-                self.set_tokens(Some(tokens.into())).await;
+                if !self.set_tokens(Some(tokens.into()), Some(generation)).await {
+                    tracing::info!("refreshed tokens dropped: the account changed meanwhile");
+                }
                 Ok(())
             }
             Err(e) if matches!(e, ClientError::Server { .. }) && refused_for_good(e.code()) => {
                 tracing::info!(code = ?e.code(), "refresh token refused: signed out");
-                self.set_tokens(None).await;
+                self.set_tokens(None, Some(generation)).await;
                 Err(SelfieError::NotSignedIn)
             }
             Err(e) => Err(e.into()),
@@ -472,8 +546,13 @@ impl SelfieClient {
     }
 
     /// Takes new tokens (or none: signed out): memory, the app's store, the account's
-    /// stores, and the session.
-    async fn set_tokens(&self, tokens: Option<AuthTokens>) {
+    /// stores, then the session, then the generation. With `expected`, only if the
+    /// tokens are still those of that generation; returns whether they were taken.
+    async fn set_tokens(&self, tokens: Option<AuthTokens>, expected: Option<u64>) -> bool {
+        let _one = self.changing.lock().await;
+        if expected.is_some_and(|g| g != self.generation.load(Ordering::Acquire)) {
+            return false;
+        }
         let access = tokens.as_ref().and_then(|t| t.access_token.clone());
         let user = tokens.as_ref().map_or(0, |t| t.user_id);
         match &tokens {
@@ -484,12 +563,14 @@ impl SelfieClient {
             *held = tokens;
         }
         self.open_stores(user);
-        self.generation.fetch_add(1, Ordering::AcqRel);
         self.conn.set_access_token(access).await;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        true
     }
 
     /// Opens `user`'s stores (closing another account's); none for 0.
     fn open_stores(&self, user: u64) {
+        self.wanted_user.store(user, Ordering::Release);
         let Ok(mut stores) = self.stores.lock() else {
             return;
         };
@@ -511,11 +592,19 @@ impl SelfieClient {
                     chat,
                 }));
             }
-            Err(e) => tracing::warn!(error = %e, "offline store unavailable"),
+            Err(e) => tracing::warn!(error = %e, "offline store unavailable (retried on use)"),
         }
     }
 
     fn stores(&self) -> Result<Arc<AccountStores>, SelfieError> {
+        let held = self.stores.lock().ok().and_then(|s| s.clone());
+        if let Some(s) = held {
+            return Ok(s);
+        }
+        let wanted = self.wanted_user.load(Ordering::Acquire);
+        if wanted != 0 {
+            self.open_stores(wanted);
+        }
         self.stores
             .lock()
             .ok()
@@ -528,8 +617,16 @@ impl SelfieClient {
         tokens: Option<Box<p::auth::AuthTokensT>>,
     ) -> Result<(), SelfieError> {
         let tokens = answer("tokens", tokens)?;
-        self.set_tokens(Some((*tokens).into())).await;
+        self.set_tokens(Some((*tokens).into()), None).await;
         Ok(())
+    }
+}
+
+impl SelfieClient {
+    /// Sends one operation (see `Inner::call_body`); the generated service methods use
+    /// it.
+    pub(crate) async fn call_body(&self, body: p::BodyT) -> Result<p::BodyT, SelfieError> {
+        self.inner.call_body(body).await
     }
 }
 
@@ -544,55 +641,88 @@ impl SelfieClient {
         config: SelfieConfig,
         tokens: Arc<dyn TokenStore>,
     ) -> Result<Arc<Self>, SelfieError> {
-        let servers = resolve(&config.servers)?;
-        let mut base = ClientConfig::new(servers[0], trust(&config)?);
+        let names = config.servers.clone();
+        if names.is_empty() {
+            return Err(SelfieError::Config {
+                reason: "no servers".into(),
+            });
+        }
+        // Without a network the names may not resolve yet: the client resolves them
+        // when it first connects.
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        let resolved = resolve(&names, connect_timeout).await;
+        let placeholder: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let mut base = ClientConfig::new(
+            resolved
+                .as_ref()
+                .and_then(|r| r.first().copied())
+                .unwrap_or(placeholder),
+            trust(&config)?,
+        );
         base.server_name = server_name(&config);
         base.device_id = config.device_id.clone();
         base.app = (config.app_name.clone(), config.app_version.clone());
-        let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
         base.connect_timeout = connect_timeout;
         let base = base.prepared()?;
         let saved = tokens.load();
         let mut first = base.clone();
         first.access_token = saved.as_ref().and_then(|t| t.access_token.clone());
-        let this = Arc::new(Self {
-            conn: ReconnectingClient::new(first, servers, Backoff::default())?,
+        let conn = match resolved {
+            Some(servers) => ReconnectingClient::new(first, servers, Backoff::default())?,
+            None => ReconnectingClient::with_names(first, names, Backoff::default())?,
+        };
+        let inner = Arc::new(Inner {
+            conn,
             base,
             token_store: tokens,
             tokens: Mutex::new(saved.clone()),
             generation: AtomicU64::new(0),
             data_dir: config.data_dir.map(PathBuf::from),
             stores: Mutex::new(None),
+            wanted_user: AtomicU64::new(0),
+            refreshing: tokio::sync::Mutex::new(()),
+            changing: tokio::sync::Mutex::new(()),
+        });
+        inner.open_stores(saved.as_ref().map_or(0, |t| t.user_id));
+        // One try at the network, bounded: an app starts at once, online or not. (A
+        // refresh started here finishes in its own task even if this gives up.)
+        let tries = u32::try_from(config.servers.len())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let first = tokio::time::timeout(connect_timeout.saturating_mul(tries), inner.session())
+            .await
+            .unwrap_or(Err(SelfieError::Timeout));
+        match first {
+            Ok(_) | Err(SelfieError::NotSignedIn) => {}
+            Err(SelfieError::Config { reason }) => return Err(SelfieError::Config { reason }),
+            Err(e)
+                if matches!(
+                    &e,
+                    SelfieError::Connection {
+                        code: Some(ErrorCode::UnsupportedVersion),
+                        ..
+                    } | SelfieError::Server {
+                        code: ErrorCode::UnsupportedVersion,
+                        ..
+                    }
+                ) =>
+            {
+                return Err(e);
+            }
+            Err(e) => tracing::info!(error = %e, "starting offline"),
+        }
+        Ok(Arc::new(Self {
+            inner,
             device_id: config.device_id,
             keep_in_background: config.keep_connected_in_background,
             foreground: AtomicBool::new(true),
-            refreshing: tokio::sync::Mutex::new(()),
-        });
-        this.open_stores(saved.as_ref().map_or(0, |t| t.user_id));
-        let first = tokio::time::timeout(connect_timeout, this.session())
-            .await
-            .unwrap_or(Err(SelfieError::Timeout));
-        if let Err(e) = first {
-            let code = match &e {
-                SelfieError::Server { code, .. } => Some(*code),
-                SelfieError::Connection { code, .. } => *code,
-                _ => None,
-            };
-            if code.is_some_and(|c| refused_for_good(Some(c.into()))) {
-                // The saved session is refused for good (revoked, invalid): signed out.
-                this.set_tokens(None).await;
-            } else if offline(&e) {
-                tracing::info!(error = %e, "starting offline");
-            } else if !matches!(e, SelfieError::NotSignedIn) {
-                return Err(e);
-            }
-        }
-        Ok(this)
+        }))
     }
 
     /// The signed-in account's id (`None` when anonymous).
     pub fn user_id(&self) -> Option<u64> {
-        self.tokens
+        self.inner
+            .tokens
             .lock()
             .ok()
             .and_then(|t| t.as_ref().map(|t| t.user_id))
@@ -627,7 +757,7 @@ impl SelfieClient {
         let p::auth::AuthOpT::RegisterResponse(r) = a.op else {
             return answer("RegisterResponse", None);
         };
-        self.signed_in(r.tokens).await?;
+        self.inner.signed_in(r.tokens).await?;
         Ok(answer("user", r.user)?.as_ref().clone().into())
     }
 
@@ -651,7 +781,7 @@ impl SelfieClient {
         let p::auth::AuthOpT::LoginResponse(r) = a.op else {
             return answer("LoginResponse", None);
         };
-        self.signed_in(r.tokens).await?;
+        self.inner.signed_in(r.tokens).await?;
         Ok(answer("user", r.user)?.as_ref().clone().into())
     }
 
@@ -660,7 +790,8 @@ impl SelfieClient {
     /// revoked, reused) signs the device out (`NotSignedIn`); a network failure or an
     /// overloaded server keeps it signed in, to try again later.
     pub async fn refresh(&self) -> Result<(), SelfieError> {
-        self.refresh_from(self.generation.load(Ordering::Acquire))
+        self.inner
+            .refresh_from(self.inner.generation.load(Ordering::Acquire))
             .await
     }
 
@@ -673,7 +804,7 @@ impl SelfieClient {
         let mut t = p::auth::AuthT::default();
         t.op = p::auth::AuthOpT::LogoutRequest(Box::default());
         let sent = self.call_body(p::BodyT::Auth(Box::new(t))).await;
-        self.set_tokens(None).await;
+        self.inner.set_tokens(None, None).await;
         sent.map(|_| ())
     }
 
@@ -688,7 +819,7 @@ impl SelfieClient {
             Ok(p::BodyT::Users(u)) => match u.op {
                 p::users::UsersOpT::GetProfileResponse(r) => {
                     let profile = *answer("profile", r.profile)?;
-                    if let Ok(stores) = self.stores() {
+                    if let Ok(stores) = self.inner.stores() {
                         stores.offline.put_profile(&profile)?;
                     }
                     Ok(profile.into())
@@ -696,7 +827,7 @@ impl SelfieClient {
                 _ => answer("GetProfileResponse", None),
             },
             Ok(_) => answer("a Users answer", None),
-            Err(e) if offline(&e) => match self.stores() {
+            Err(e) if offline(&e) => match self.inner.stores() {
                 Ok(stores) => stores.offline.profile(user_id)?.map(Into::into).ok_or(e),
                 Err(_) => Err(e),
             },
@@ -706,7 +837,12 @@ impl SelfieClient {
 
     /// The profile last seen of `user_id`, from the offline store only.
     pub fn cached_profile(&self, user_id: u64) -> Result<Option<Profile>, SelfieError> {
-        Ok(self.stores()?.offline.profile(user_id)?.map(Into::into))
+        Ok(self
+            .inner
+            .stores()?
+            .offline
+            .profile(user_id)?
+            .map(Into::into))
     }
 
     /// Follows `user_id` (`Requested` for a private account).
@@ -760,7 +896,7 @@ impl SelfieClient {
         };
         match self.feed(FeedOp::FeedPageRequest { value: request }).await {
             Ok(Some(FeedOp::FeedPage { value })) => {
-                if newest && let Ok(stores) = self.stores() {
+                if newest && let Ok(stores) = self.inner.stores() {
                     stores.offline.put_feed_page(
                         p::feed::FeedKind::Following,
                         0,
@@ -770,7 +906,7 @@ impl SelfieClient {
                 Ok(value)
             }
             Ok(_) => answer("FeedPage", None),
-            Err(e) if newest && offline(&e) => match self.stores() {
+            Err(e) if newest && offline(&e) => match self.inner.stores() {
                 Ok(stores) => stores
                     .offline
                     .feed_page(p::feed::FeedKind::Following, 0)?
@@ -785,6 +921,7 @@ impl SelfieClient {
     /// The newest home feed page seen, from the offline store only.
     pub fn cached_home_feed(&self) -> Result<Option<FeedPage>, SelfieError> {
         Ok(self
+            .inner
             .stores()?
             .offline
             .feed_page(p::feed::FeedKind::Following, 0)?
@@ -800,7 +937,7 @@ impl SelfieClient {
         target_id: u64,
         cursor: Option<Vec<u8>>,
     ) -> Result<Arc<LiveStream>, SelfieError> {
-        let client = self.session().await?;
+        let client = self.inner.session().await?;
         let sub = client
             .subscribe(kind.into(), target_id, cursor.as_deref())
             .await?;
@@ -817,12 +954,17 @@ impl SelfieClient {
     /// conversations, payments) get an idempotency key, so each happens once however
     /// often it is sent; account operations are refused (credentials never go to disk).
     pub fn queue(&self, body: Body) -> Result<u64, SelfieError> {
-        Ok(self.stores()?.offline.queue(Body::into_t(Some(body)))?)
+        Ok(self
+            .inner
+            .stores()?
+            .offline
+            .queue(Body::into_t(Some(body)))?)
     }
 
     /// The operations waiting in the outbox, in order, with their places.
     pub fn outbox(&self) -> Result<Vec<QueuedWrite>, SelfieError> {
         Ok(self
+            .inner
             .stores()?
             .offline
             .outbox()?
@@ -836,12 +978,12 @@ impl SelfieClient {
 
     /// Removes a queued write without sending it (e.g. one the app gave up on).
     pub fn remove_queued(&self, place: u64) -> Result<bool, SelfieError> {
-        Ok(self.stores()?.offline.remove(place)?)
+        Ok(self.inner.stores()?.offline.remove(place)?)
     }
 
     /// How many writes wait (chat messages included).
     pub fn outbox_len(&self) -> Result<u64, SelfieError> {
-        let stores = self.stores()?;
+        let stores = self.inner.stores()?;
         Ok((stores.offline.outbox()?.len() + stores.chat.outbox()?.len()) as u64)
     }
 
@@ -849,8 +991,8 @@ impl SelfieClient {
     /// answered or refused for good (a wrong request: its code is in the result).
     /// Stops at the first failure worth retrying, keeping it and the rest.
     pub async fn flush_outbox(&self) -> Result<Vec<FlushResult>, SelfieError> {
-        let stores = self.stores()?;
-        let client = self.session().await?;
+        let stores = self.inner.stores()?;
+        let client = self.inner.session().await?;
         let mut out: Vec<FlushResult> = stores
             .offline
             .flush(&client)
@@ -894,6 +1036,7 @@ impl SelfieClient {
             });
         }
         Ok(self
+            .inner
             .stores()?
             .chat
             .queue(&selfie_client::chat::text_message(
@@ -907,14 +1050,15 @@ impl SelfieClient {
     /// conversation the server can no longer fill is refetched); returns how many new
     /// entries were stored.
     pub async fn sync_chat(&self) -> Result<u64, SelfieError> {
-        let stores = self.stores()?;
-        let client = self.session().await?;
+        let stores = self.inner.stores()?;
+        let client = self.inner.session().await?;
         Ok(stores.chat.sync(&client).await?.new as u64)
     }
 
     /// A conversation's messages as the device holds them (offline), oldest first.
     pub fn messages(&self, conversation_id: u64) -> Result<Vec<Message>, SelfieError> {
         Ok(self
+            .inner
             .stores()?
             .chat
             .messages(conversation_id)?
@@ -949,12 +1093,12 @@ impl SelfieClient {
         self.foreground.store(foreground, Ordering::Relaxed);
         if !foreground {
             if !self.keep_in_background {
-                self.conn.disconnect().await;
+                self.inner.conn.disconnect().await;
             }
             return Ok(());
         }
-        self.session().await?;
-        if self.stores().is_ok() {
+        self.inner.session().await?;
+        if self.inner.stores().is_ok() {
             self.flush_outbox().await?;
             self.sync_chat().await?;
         }
@@ -963,7 +1107,7 @@ impl SelfieClient {
 
     /// Whether a connection is open now.
     pub async fn is_connected(&self) -> bool {
-        match self.conn.current().await {
+        match self.inner.conn.current().await {
             Some(c) => c.connection().close_reason().is_none(),
             None => false,
         }
@@ -973,7 +1117,7 @@ impl SelfieClient {
     /// local socket. QUIC migrates the session; requests in flight continue. (Async:
     /// the new socket joins the SDK's runtime.)
     pub async fn network_changed(&self) -> Result<(), SelfieError> {
-        let bind = match self.conn.local_ip() {
+        let bind = match self.inner.conn.local_ip() {
             Some(std::net::IpAddr::V6(_)) => "[::]:0",
             _ => "0.0.0.0:0",
         };
@@ -981,18 +1125,18 @@ impl SelfieClient {
             reason: format!("new socket: {e}"),
             code: None,
         })?;
-        Ok(self.conn.rebind(socket)?)
+        Ok(self.inner.conn.rebind(socket)?)
     }
 
     /// The local port the connection uses now (changes after `network_changed`).
     pub fn local_port(&self) -> Option<u16> {
-        self.conn.local_port()
+        self.inner.conn.local_port()
     }
 
     /// Closes the connection; the client can be used again (it reconnects). (Not
     /// `close`: Kotlin's `AutoCloseable.close` frees the object.)
     pub async fn disconnect(&self) {
-        self.conn.disconnect().await;
+        self.inner.conn.disconnect().await;
     }
 }
 
