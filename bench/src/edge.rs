@@ -198,17 +198,17 @@ pub struct RpcArgs {
     pub(crate) seconds: u64,
     /// Edge shards (the baseline echo server is one thread).
     #[arg(long, default_value_t = 1)]
-    shards: usize,
+    pub(crate) shards: usize,
     /// Also run the edge with two shards and report 2 ÷ 1 shard throughput.
     #[arg(long)]
-    scaling: bool,
+    pub(crate) scaling: bool,
     /// Also run the same pings over WebTransport and the WebSocket fallback (browsers'
     /// transports), on the same edge process as the native run.
     #[arg(long)]
-    browser: bool,
+    pub(crate) browser: bool,
     /// Also print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 fn ping_frame() -> Bytes {
@@ -217,7 +217,7 @@ fn ping_frame() -> Bytes {
         .unwrap_or_default()
 }
 
-async fn edge_rpc(
+pub(crate) async fn edge_rpc(
     server: &ServerProcess,
     args: &RpcArgs,
     name: &str,
@@ -262,7 +262,10 @@ async fn edge_rpc(
     ))
 }
 
-async fn echo_rpc(server: &ServerProcess, args: &RpcArgs) -> anyhow::Result<(Line, Duration)> {
+pub(crate) async fn echo_rpc(
+    server: &ServerProcess,
+    args: &RpcArgs,
+) -> anyhow::Result<(Line, Duration)> {
     let endpoint = selfie_client::endpoint("127.0.0.1:0".parse()?)?;
     let config = selfie_client::quic_client_config(&server.trust()?)?;
     let mut conns = Vec::new();
@@ -436,19 +439,19 @@ pub fn rpc(args: RpcArgs) -> anyhow::Result<()> {
 pub struct ConnectArgs {
     /// Connection attempts in flight.
     #[arg(long, default_value_t = 32)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Seconds per run.
     #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    pub(crate) seconds: u64,
     /// Edge shards.
     #[arg(long, default_value_t = 1)]
-    shards: usize,
+    pub(crate) shards: usize,
     /// Also print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
-async fn connect_loop(
+pub(crate) async fn connect_loop(
     server: &ServerProcess,
     args: &ConnectArgs,
     edge: bool,

@@ -28,6 +28,7 @@ mod edge;
 mod fanout;
 mod feed;
 mod media;
+mod publish;
 mod report;
 mod sdk;
 mod social;
@@ -54,6 +55,8 @@ enum Scenario {
     Idle(edge::IdleArgs),
     /// Accounts, follow graph, posts and reads through a real edge.
     Social(social::Args),
+    /// Edge vs baseline over several runs, written as JSON and SVG plots.
+    Report(publish::Args),
     /// The client SDK's overhead per request: raw frames vs typed SDK vs mobile SDK.
     Sdk(sdk::Args),
     /// One publish to N subscribers, edge delivery plane vs raw quinn.
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Idle(args) => edge::idle(args),
         Scenario::Social(args) => social::run(args),
         Scenario::Sdk(args) => sdk::run(args),
+        Scenario::Report(args) => publish::run(args),
         Scenario::Fanout(args) => fanout::run(args),
         Scenario::Chat(args) => chat::run(args),
         Scenario::PostFanout(args) => feed::post_fanout(args),
