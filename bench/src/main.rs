@@ -34,6 +34,11 @@ mod sdk;
 mod social;
 mod storage;
 
+/// The same allocator as the `selfie` binary (mimalloc), so that the raw quinn
+/// baseline (the `echo-server` subcommand) is measured with it too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
