@@ -4,6 +4,13 @@
 //! request transparently only when the request is idempotent (a read: replaying it
 //! cannot change state). Everything else is returned to the caller, who retries with
 //! the operation's idempotency key.
+//!
+//! A reconnect made for an idempotent request sends it with `Hello` in TLS 1.3 0-RTT
+//! early data when the server's session ticket allows (one round trip for a returning
+//! client's read). A session the server refuses (its token, its version) is not retried.
+//! The client can start without a connection (`new`, `with_names`: names resolved on
+//! first use), take a new access token (`set_access_token`), close its connection
+//! (`disconnect`) and move it to a new socket (`rebind`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
