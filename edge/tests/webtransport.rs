@@ -148,8 +148,11 @@ impl Browser {
     /// Sends raw bytes as one request stream and returns the answer's first frame.
     async fn request_bytes(&self, bytes: &[u8]) -> Option<Frame> {
         let (mut send, mut recv) = self.conn.open_bi().await.ok()?.await.ok()?;
-        send.write_all(bytes).await.ok()?;
-        send.finish().await.ok()?;
+        // The edge may refuse a request from its first bytes (an oversize length) and
+        // stop reading the rest: the write then fails with `stopped`, and the answer is
+        // still there to read.
+        let _ = send.write_all(bytes).await;
+        let _ = send.finish().await;
         next_frame(&mut recv, &mut FrameDecoder::new(Limits::DEFAULT)).await
     }
 
