@@ -712,14 +712,7 @@ impl Client {
         &self,
         body: selfie_protocol::BodyT,
     ) -> Result<selfie_protocol::BodyT, ClientError> {
-        let frame = self
-            .request(|b, id| {
-                let mut e = selfie_protocol::EnvelopeT::default();
-                e.id = id;
-                e.body = body;
-                e.pack(b)
-            })
-            .await?;
+        let frame = self.request(envelope(body)).await?;
         Ok(frame.envelope().unpack().body)
     }
 
@@ -881,6 +874,19 @@ impl Client {
     /// Closes the connection.
     pub fn close(&self) {
         self.conn.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+}
+
+/// Builds a request envelope (the given request id) around `body`, for
+/// [`Client::request`] and its kin.
+pub fn envelope(
+    body: selfie_protocol::BodyT,
+) -> impl FnOnce(&mut Builder, u64) -> WIPOffset<Envelope<'static>> {
+    move |b, id| {
+        let mut e = selfie_protocol::EnvelopeT::default();
+        e.id = id;
+        e.body = body;
+        e.pack(b)
     }
 }
 

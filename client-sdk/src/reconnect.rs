@@ -250,14 +250,7 @@ impl ReconnectingClient {
         &self,
         body: selfie_protocol::BodyT,
     ) -> Result<selfie_protocol::BodyT, ClientError> {
-        let frame = self
-            .request(|b, id| {
-                let mut e = selfie_protocol::EnvelopeT::default();
-                e.id = id;
-                e.body = body;
-                e.pack(b)
-            })
-            .await?;
+        let frame = self.request(crate::envelope(body)).await?;
         Ok(frame.envelope().unpack().body)
     }
 

@@ -390,26 +390,6 @@ async fn secrets_never_appear_in_logs() {
     }
 }
 
-fn totp_code(secret_b32: &str, offset_steps: i64) -> String {
-    let secret = totp_rs::Secret::Encoded(secret_b32.to_string())
-        .to_bytes()
-        .expect("base32");
-    let t = totp_rs::TOTP::new_unchecked(
-        totp_rs::Algorithm::SHA1,
-        6,
-        0,
-        30,
-        secret,
-        None,
-        String::new(),
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
-    t.generate((now + offset_steps * 30) as u64)
-}
-
 #[tokio::test]
 async fn two_factor_enrolment_and_login_over_the_protocol() {
     let node = start();
@@ -436,7 +416,7 @@ async fn two_factor_enrolment_and_login_over_the_protocol() {
         .and_then(|r| r.secret_base32())
         .expect("secret")
         .to_string();
-    let code = totp_code(&secret, 0);
+    let code = support::totp_code(&secret, 0);
     let confirm = judy
         .request(|b, id| {
             let c = b.create_string(&code);
@@ -459,7 +439,7 @@ async fn two_factor_enrolment_and_login_over_the_protocol() {
         .err()
         .expect("needs a code");
     assert_eq!(err.code(), Some(ErrorCode::SecondFactorRequired));
-    let next = totp_code(&secret, 1);
+    let next = support::totp_code(&secret, 1);
     let ok = anon
         .request(|b, id| {
             let (i, p, t) = (

@@ -11,26 +11,6 @@ use selfie_protocol::posts::{CreatePostRequestT, PostsOpT, PostsT};
 use selfie_protocol::{BodyT, ErrorCode, common};
 use support::start;
 
-fn totp_code(secret_b32: &str, offset_steps: u64) -> String {
-    let secret = totp_rs::Secret::Encoded(secret_b32.to_string())
-        .to_bytes()
-        .expect("base32");
-    let t = totp_rs::TOTP::new_unchecked(
-        totp_rs::Algorithm::SHA1,
-        6,
-        0,
-        30,
-        secret,
-        None,
-        String::new(),
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    t.generate(now + offset_steps * 30)
-}
-
 fn public_post(text: &str) -> CreatePostRequestT {
     let mut r = CreatePostRequestT::default();
     r.text = Some(text.into());
@@ -151,7 +131,7 @@ async fn the_typed_api_covers_accounts_profiles_the_graph_posts_and_the_feed() {
     let secret = enrol.secret_base32.expect("secret");
     let recovery = ana
         .accounts()
-        .totp_confirm(&totp_code(&secret, 0))
+        .totp_confirm(&support::totp_code(&secret, 0))
         .await
         .expect("confirmed");
     assert!(!recovery.is_empty());
@@ -169,7 +149,7 @@ async fn the_typed_api_covers_accounts_profiles_the_graph_posts_and_the_feed() {
         .login(
             "ana",
             "ana correct horse battery",
-            Some(&totp_code(&secret, 1)),
+            Some(&support::totp_code(&secret, 1)),
         )
         .await
         .expect("signed in with the second factor");

@@ -432,12 +432,7 @@ impl Inner {
     /// key, or queue it).
     async fn call_body(self: &Arc<Self>, body: p::BodyT) -> Result<p::BodyT, SelfieError> {
         let account_op = matches!(body, p::BodyT::Auth(_));
-        let bytes = self.conn.encode(|b, id| {
-            let mut e = p::EnvelopeT::default();
-            e.id = id;
-            e.body = body;
-            e.pack(b)
-        })?;
+        let bytes = self.conn.encode(selfie_client::envelope(body))?;
         let generation = self.generation.load(Ordering::Acquire);
         let frame = match self.conn.send(bytes.clone()).await {
             Err(e) if self.needs_refresh(&e) => {

@@ -400,3 +400,24 @@ pub async fn photo(client: &Client) -> u64 {
     assert_eq!(ready.state, selfie_protocol::media::MediaState::Ready);
     ready.media_id
 }
+
+/// The TOTP code of `secret_b32` (base32) now, or `offset_steps` 30-second steps away.
+pub fn totp_code(secret_b32: &str, offset_steps: i64) -> String {
+    let secret = totp_rs::Secret::Encoded(secret_b32.to_string())
+        .to_bytes()
+        .expect("base32");
+    let t = totp_rs::TOTP::new_unchecked(
+        totp_rs::Algorithm::SHA1,
+        6,
+        0,
+        30,
+        secret,
+        None,
+        String::new(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    t.generate((now + offset_steps * 30) as u64)
+}
