@@ -80,6 +80,15 @@ impl Encoder {
         self.encode(f).map(Bytes::copy_from_slice)
     }
 
+    /// Like [`Encoder::encode_bytes`], with small frames carved out of `arena`'s shared
+    /// block instead of an allocation each (see [`FrameArena`]).
+    pub fn encode_in<F>(&mut self, arena: &mut FrameArena, f: F) -> Result<Bytes, CodecError>
+    where
+        F: FnOnce(&mut Builder) -> WIPOffset<Envelope<'static>>,
+    {
+        self.encode(f).map(|data| arena.copy(data))
+    }
+
     /// Encodes an owned envelope (object API). Convenient for tests and cold paths; hot
     /// paths build in place with [`Encoder::encode`].
     pub fn encode_object(&mut self, env: &EnvelopeT) -> Result<&[u8], CodecError> {
@@ -224,5 +233,50 @@ pub mod build {
             },
         );
         control(b, id, ControlOp::Pong, pong.as_union_value())
+    }
+}
+
+/// Owned copies of small frames without an allocation per frame: frames are copied into
+/// one shared block and handed out as [`Bytes`] views of it. Once every view of the block
+/// is dropped (its frames were sent and acknowledged), the block is reused in place; while
+/// some view is still held, the next block is a new allocation. A frame held for long
+/// therefore keeps at most one block alive, which bounds what the arena retains: frames
+/// over [`FrameArena::MAX_SMALL`] bytes are always copied into their own allocation.
+pub struct FrameArena {
+    buf: BytesMut,
+    block: usize,
+}
+
+impl FrameArena {
+    /// The largest frame carved out of a block.
+    pub const MAX_SMALL: usize = 1024;
+
+    /// An arena of `block`-byte blocks (at least `MAX_SMALL`); nothing is allocated
+    /// before the first frame.
+    pub fn new(block: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            block: block.max(Self::MAX_SMALL),
+        }
+    }
+
+    /// `data` as an owned [`Bytes`].
+    pub fn copy(&mut self, data: &[u8]) -> Bytes {
+        if data.len() > Self::MAX_SMALL {
+            return Bytes::copy_from_slice(data);
+        }
+        if self.buf.capacity() < data.len() {
+            // Reclaims the whole block when no view of it is left; otherwise a new one.
+            self.buf.reserve(self.block);
+        }
+        self.buf.extend_from_slice(data);
+        self.buf.split().freeze()
+    }
+}
+
+impl Default for FrameArena {
+    /// 16 KiB blocks.
+    fn default() -> Self {
+        Self::new(16 * 1024)
     }
 }

@@ -135,3 +135,50 @@ fn decoding_whole_frames_allocates_nothing_per_frame() {
     });
     assert_eq!(count, 0, "allocations while decoding 200 frames");
 }
+
+#[test]
+fn an_arena_copies_small_frames_without_an_allocation_each() {
+    use selfie_codec::FrameArena;
+    let mut enc = Encoder::new(Limits::DEFAULT);
+    let mut arena = FrameArena::new(16 * 1024);
+    // Warm-up: the builder grows, the arena takes its first block.
+    for id in 0..3 {
+        drop(enc.encode_in(&mut arena, |b| common::samples::chat_message(b, id)));
+    }
+    // Frames sent and dropped one after another (a request's answer is released once
+    // the peer acknowledged it): the block is reclaimed in place.
+    let (frames, count, _) = measure(|| {
+        let mut total = 0;
+        for id in 0..2_000 {
+            let f = enc
+                .encode_in(&mut arena, |b| common::samples::chat_message(b, id))
+                .expect("fits");
+            total += f.len();
+        }
+        total
+    });
+    assert!(frames > 2_000 * 64, "frames were written");
+    assert_eq!(count, 0, "allocations while copying 2,000 small frames");
+
+    // A frame held for long does not stop the arena: the next block is a new one, and
+    // the frames keep their bytes.
+    let held = enc
+        .encode_in(&mut arena, |b| common::samples::chat_message(b, 7))
+        .expect("fits");
+    let copy = held.to_vec();
+    let (_, count, _) = measure(|| {
+        for id in 0..2_000 {
+            drop(enc.encode_in(&mut arena, |b| common::samples::chat_message(b, id)));
+        }
+    });
+    assert!(count <= 4, "{count} allocations with one frame held");
+    assert_eq!(held.as_ref(), copy.as_slice());
+    let verified = selfie_codec::Frame::verify(held, &Limits::DEFAULT).expect("intact");
+    assert_eq!(verified.id(), 7);
+
+    // Large frames get their own allocation (never pinning a block).
+    let big = vec![7u8; FrameArena::MAX_SMALL + 1];
+    let (b, count, largest) = measure(|| arena.copy(&big));
+    assert_eq!(b.as_ref(), big.as_slice());
+    assert_eq!((count, largest), (1, big.len()));
+}

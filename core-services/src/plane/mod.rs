@@ -28,7 +28,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use flatbuffers::{UnionWIPOffset, WIPOffset};
 use futures::future::LocalBoxFuture;
-use selfie_codec::{Builder, Encoder, Frame, Limits};
+use selfie_codec::{Builder, Encoder, Frame, FrameArena, Limits};
 use selfie_protocol::control::SubscriptionKind;
 use selfie_protocol::{Body, Envelope, EnvelopeArgs, common};
 use selfie_storage::Cursor;
@@ -98,15 +98,23 @@ pub struct Call {
     pub ctx: RequestContext,
     frame: Frame,
     encoder: Rc<RefCell<Encoder>>,
+    arena: Rc<RefCell<FrameArena>>,
 }
 
 impl Call {
-    /// A call on a shard whose reusable encoder is `encoder`.
-    pub fn new(ctx: RequestContext, frame: Frame, encoder: Rc<RefCell<Encoder>>) -> Self {
+    /// A call on a shard whose reusable encoder is `encoder`, its answers copied into
+    /// `arena` (answers are sent and released: no allocation each).
+    pub fn new(
+        ctx: RequestContext,
+        frame: Frame,
+        encoder: Rc<RefCell<Encoder>>,
+        arena: Rc<RefCell<FrameArena>>,
+    ) -> Self {
         Self {
             ctx,
             frame,
             encoder,
+            arena,
         }
     }
 
@@ -143,9 +151,10 @@ impl Call {
         f: impl FnOnce(&mut Builder, u64) -> WIPOffset<Envelope<'static>>,
     ) -> Result<Bytes> {
         let id = self.id();
+        let mut arena = self.arena.borrow_mut();
         self.encoder
             .borrow_mut()
-            .encode_bytes(|b| f(b, id))
+            .encode_in(&mut arena, |b| f(b, id))
             .map_err(|_| Error::Internal("an answer too large to encode"))
     }
 
@@ -310,6 +319,7 @@ pub struct Registry {
     services: Vec<(selfie_protocol::Service, Rc<dyn Service>)>,
     locals: Vec<(TypeId, Rc<dyn Any>)>,
     encoder: Rc<RefCell<Encoder>>,
+    arena: Rc<RefCell<FrameArena>>,
     delivery: Rc<Delivery>,
     inflight: shards::Inflight,
     datagrams: Option<Rc<dyn Datagrams>>,
@@ -325,6 +335,7 @@ impl Registry {
             services: Vec::new(),
             locals: Vec::new(),
             encoder: Rc::new(RefCell::new(Encoder::new(Limits::DEFAULT))),
+            arena: Rc::default(),
             delivery: delivery.clone(),
             inflight: Default::default(),
             datagrams: None,
@@ -406,7 +417,7 @@ impl Registry {
 
     /// A call handled on this shard.
     pub fn call(&self, ctx: RequestContext, frame: Frame) -> Call {
-        Call::new(ctx, frame, self.encoder.clone())
+        Call::new(ctx, frame, self.encoder.clone(), self.arena.clone())
     }
 }
 

@@ -442,6 +442,9 @@ pub(super) async fn run_session(
                 let (shard, state) = (shard.clone(), state.clone());
                 // A debug-level span: free unless debug logging is on for this module.
                 let span = tracing::debug_span!("request", stream = %send.id());
+                // Under tokio's boxing threshold (2 KiB in debug builds, 16 KiB in
+                // release), so the task is the request's one allocation; rare paths are
+                // boxed inside `serve_request` to keep it so.
                 tokio::task::spawn_local(
                     async move { serve_request(&shard, &state, send, recv).await }.instrument(span),
                 );

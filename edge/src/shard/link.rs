@@ -194,6 +194,18 @@ impl RecvHalf {
         }
     }
 
+    /// Takes the end of the stream when it has already arrived (a request is one frame
+    /// and then the end, usually in the same packet), without waiting for it: a QUIC
+    /// stream dropped before its end was read makes quinn send the client a
+    /// `STOP_SENDING`, a frame (and its retransmission state) per request for nothing.
+    /// Anything else that is there is left unread; dropping the stream then stops it.
+    pub(super) fn take_end(&mut self) {
+        use futures::FutureExt;
+        if let RecvHalf::Quic(r) = self {
+            let _ = r.read_chunk(1, true).now_or_never();
+        }
+    }
+
     /// Asks the client to stop sending, with a code from [`super::connection::Conn::code`]
     /// (or an HTTP/3 code).
     pub(super) fn stop(&mut self, code: VarInt) {

@@ -87,6 +87,9 @@ struct Shard {
     registry: Rc<Registry>,
     limits: Limits,
     encoder: RefCell<Encoder>,
+    /// Where the shard's own small frames (pongs, acks, refusals) are copied: no
+    /// allocation per frame in steady state.
+    arena: RefCell<selfie_codec::FrameArena>,
     connections: Cell<usize>,
     next_connection: Cell<u64>,
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -131,7 +134,8 @@ impl Shard {
             &mut selfie_codec::Builder,
         ) -> flatbuffers::WIPOffset<selfie_protocol::Envelope<'static>>,
     ) -> Option<Bytes> {
-        self.encoder.borrow_mut().encode_bytes(f).ok()
+        let mut arena = self.arena.borrow_mut();
+        self.encoder.borrow_mut().encode_in(&mut arena, f).ok()
     }
 
     fn error_frame(&self, id: u64, e: &ErrorReply) -> Option<Bytes> {
@@ -191,6 +195,7 @@ async fn serve(
         registry: Rc::new((shared.factory)(id)),
         limits,
         encoder: RefCell::new(Encoder::new(limits)),
+        arena: RefCell::default(),
         connections: Cell::new(0),
         next_connection: Cell::new(1),
         ip_limiter: RateLimiter::keyed(

@@ -157,10 +157,12 @@ pub(super) async fn serve_request(
                 frame,
                 started,
             };
-            serve_raw(shard, state, raw, upload).await;
+            // Boxed: a rare path, kept out of every request's task (see `serve_request`).
+            Box::pin(serve_raw(shard, state, raw, upload)).await;
             return;
         }
     }
+    recv.take_end();
     let result = if service == Service::Control {
         let control = env.body_as_control();
         if let Some(ping) = control.and_then(|c| c.op_as_ping()) {
@@ -168,7 +170,7 @@ pub(super) async fn serve_request(
                 .encode(|b| build::pong(b, id, ping.nonce(), now_ms()))
                 .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
         } else if let Some(req) = control.and_then(|c| c.op_as_subscribe_request()) {
-            subscribe(shard, state, id, req.kind(), frame.clone()).await
+            Box::pin(subscribe(shard, state, id, req.kind(), frame.clone())).await
         } else if let Some(req) = control.and_then(|c| c.op_as_unsubscribe_request()) {
             let task = state
                 .subscriptions
@@ -215,9 +217,11 @@ pub(super) async fn serve_request(
     };
     match result {
         Ok(bytes) => {
-            // `write_chunk` hands quinn the `Bytes` itself: no copy into its buffer.
-            let _ = send.write_last(bytes.clone()).await;
-            shard.hot.sent.inc_by(bytes.len() as u64);
+            // `write_chunk` hands quinn the `Bytes` itself: no copy into its buffer (and
+            // no clone, which would allocate for a `Bytes` made from a `Vec`).
+            let len = bytes.len() as u64;
+            let _ = send.write_last(bytes).await;
+            shard.hot.sent.inc_by(len);
             record(shard, label, "ok", started);
         }
         Err(reply) => respond_error(shard, &mut send, id, &reply, label, started).await,
@@ -274,8 +278,9 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
             .boxed_local();
         match handler.upload(call, body).await {
             Ok(bytes) => {
-                let _ = send.write_last(bytes.clone()).await;
-                shard.hot.sent.inc_by(bytes.len() as u64);
+                let len = bytes.len() as u64;
+                let _ = send.write_last(bytes).await;
+                shard.hot.sent.inc_by(len);
                 record(shard, label, "ok", started);
             }
             Err(e) => respond_error(shard, &mut send, id, &reply_to(&e), label, started).await,
