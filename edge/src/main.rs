@@ -107,6 +107,16 @@ fn init_logs(config: &Config) {
     }
 }
 
+/// Prints a line of `selfie serve`'s status to stdout, ignoring a closed stdout: a
+/// supervisor that stopped reading must not turn the `SIGTERM` drain into a panic
+/// (`println!` panics on a broken pipe, and did, skipping the drain).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
@@ -221,7 +231,7 @@ fn main() -> anyhow::Result<()> {
             // The node number, held by a lease in the backend for as long as this process
             // runs (no two live nodes may mint ids with one number).
             let mut lease = Lease::start(&store, &config)?;
-            println!("node number {}", lease.number);
+            say!("node number {}", lease.number);
             // Sessions revoked while this node was down stay refused: reload the durable
             // revocations young enough to still have live access tokens (plus clock skew).
             let window = tokens.ttl() + Duration::from_secs(300);
@@ -309,17 +319,19 @@ fn main() -> anyhow::Result<()> {
                 })
             });
             let edge = Edge::start(config, plane, factory, auth)?;
-            println!(
+            say!(
                 "selfie edge listening on udp://{} ({} shards), ops on http://{}",
-                edge.addr, edge.shards, edge.ops_addr
+                edge.addr,
+                edge.shards,
+                edge.ops_addr
             );
             if let (Some(bound), Some(origin)) =
                 (edge.web_addr, edge.serve_media(&media, &url_secret))
             {
-                println!("https on tcp://{bound}, media URLs under {origin}");
+                say!("https on tcp://{bound}, media URLs under {origin}");
             }
             drop(url_secret);
-            println!("certificate sha-256: {}", edge.fingerprint);
+            say!("certificate sha-256: {}", edge.fingerprint);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -339,7 +351,7 @@ fn main() -> anyhow::Result<()> {
                     "lost the node-number lease; draining to stop minting ids"
                 );
             }
-            println!("draining");
+            say!("draining");
             edge.drain();
             edge.join();
             lease.release();
@@ -348,7 +360,7 @@ fn main() -> anyhow::Result<()> {
             if lost {
                 anyhow::bail!("the node-number lease was lost (storage unreachable or taken over)");
             }
-            println!("drained; bye");
+            say!("drained; bye");
             Ok(())
         }
     }

@@ -183,3 +183,41 @@ fn serve_starts_on_defaults_with_a_readable_log_and_drains_on_sigterm() {
     let lines = log.lines().count();
     assert!(lines < 20, "{lines} lines on a first start:\n{log}");
 }
+
+/// Defect: with its stdout closed (a supervisor that stopped reading), `selfie serve`
+/// panicked printing "draining" on SIGTERM (`println!` panics on a broken pipe) instead
+/// of draining. It now drains and exits 0 whatever became of stdout.
+#[test]
+fn sigterm_drains_even_when_stdout_is_closed() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = selfie()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("SELFIE_OPS_LISTEN", "127.0.0.1:0")
+        .env("SELFIE_SERVER_PIN_CORES", "false")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start selfie serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while out.read_line(&mut line).expect("read") > 0 && !line.starts_with("certificate") {
+        line.clear();
+    }
+    // The reader goes away: the next line the edge prints meets a broken pipe.
+    drop(out);
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(sent.is_ok_and(|s| s.success()));
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
