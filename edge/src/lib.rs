@@ -55,12 +55,25 @@ pub type ServiceFactory = Arc<dyn Fn(ShardId) -> Registry + Send + Sync>;
 /// `TooManyStreams`, while the memory QUIC reserves stays close to the limit.
 pub const STREAM_MARGIN: u32 = 8;
 
+/// Requests a new connection may have open at once before it shows it is busy. quinn
+/// keeps a stream-map entry per *allowed* stream on every connection (measured with
+/// heaptrack: ~10.5 KiB of a connection's ~40 KiB at 136 allowed streams, ~2.6 KiB at
+/// 32), so connections start with this allowance and are raised to the full one
+/// ([`full_stream_allowance`]) once half of it is in use (`shard::request`).
+pub const INITIAL_STREAMS: u32 = 32;
+
+/// The bidirectional streams QUIC allows a busy connection: the application's limit
+/// plus [`STREAM_MARGIN`].
+pub fn full_stream_allowance(limits: &config::LimitsConfig) -> u32 {
+    limits.max_concurrent_streams.saturating_add(STREAM_MARGIN)
+}
+
 /// The QUIC transport settings of an edge with `limits` — and of the raw-quinn baseline
 /// that `bench/` measures it against, which must be configured the same way.
 pub fn transport_config(limits: &config::LimitsConfig) -> anyhow::Result<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(
-        limits.max_concurrent_streams.saturating_add(STREAM_MARGIN),
+        full_stream_allowance(limits).min(INITIAL_STREAMS),
     ));
     // Native clients open no unidirectional streams (pushes are the server's); browsers
     // open three for HTTP/3 (control and the two QPACK streams).
@@ -336,14 +349,18 @@ mod tests {
 
     /// Defect: the edge allowed twice its application limit of streams and the bench's
     /// raw-quinn baseline another number; both now come from `transport_config`, which
-    /// allows the limit plus a small margin, and three client-opened unidirectional
-    /// streams (HTTP/3's control and QPACK streams for WebTransport; a native client's
-    /// are stopped at once).
+    /// allows a new connection `INITIAL_STREAMS` (raised to the limit plus a small margin
+    /// when it is busy), and three client-opened unidirectional streams (HTTP/3's control
+    /// and QPACK streams for WebTransport; a native client's are stopped at once).
     #[test]
-    fn quic_allows_the_application_limit_plus_the_margin() {
+    fn quic_allows_the_initial_allowance_then_the_limit_plus_the_margin() {
         let limits = config::LimitsConfig::default();
+        assert_eq!(
+            full_stream_allowance(&limits),
+            limits.max_concurrent_streams + STREAM_MARGIN
+        );
         let t = format!("{:?}", transport_config(&limits).expect("config"));
-        let bidi = quinn::VarInt::from_u32(limits.max_concurrent_streams + STREAM_MARGIN);
+        let bidi = quinn::VarInt::from_u32(INITIAL_STREAMS);
         assert!(
             t.contains(&format!("max_concurrent_bidi_streams: {bidi:?}")),
             "{t}"

@@ -22,6 +22,10 @@ use selfie_services::plane::owner_shard;
 /// Slow requests (username "slow-marked") that ran to completion.
 static MARKED_DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Requests (username "slow-counted") in the service now, and the most at once.
+static COUNTED_NOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static COUNTED_MAX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Answers `GetProfileRequest` with `display_name = "shard-<n>"` of the shard that ran it.
 struct Probe {
     shard: usize,
@@ -49,6 +53,7 @@ impl Service for Probe {
             Some("slow-marked") => (true, true),
             _ => (false, false),
         };
+        let counted = req.username() == Some("slow-counted");
         let name = format!("shard-{}", self.shard);
         let bytes = self.encoder.borrow_mut().encode_bytes(|b| {
             let name = b.create_string(&name);
@@ -91,6 +96,13 @@ impl Service for Probe {
             )
         });
         Box::pin(async move {
+            if counted {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = COUNTED_NOW.fetch_add(1, SeqCst) + 1;
+                COUNTED_MAX.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                COUNTED_NOW.fetch_sub(1, SeqCst);
+            }
             if slow {
                 // Marked requests outlast everything else a drain waits for.
                 let ms = if marked { 2_500 } else { 300 };
@@ -515,6 +527,27 @@ async fn hostile_clients_get_typed_errors_and_others_are_unaffected() {
     let (_, metrics) = http_get(t.edge.ops_addr, "/metrics").await;
     assert!(metrics.contains("code=\"MalformedFrame\""), "{metrics}");
     assert!(metrics.contains("code=\"RateLimited\""), "{metrics}");
+}
+
+/// A new connection is allowed `INITIAL_STREAMS` streams (quinn keeps state per allowed
+/// stream on every connection, idle or not); once it is busy the edge raises the
+/// allowance to its limit, so requests beyond the initial allowance run at once instead
+/// of waiting for earlier ones to finish.
+#[tokio::test]
+async fn a_busy_connection_is_allowed_more_streams_than_a_new_one() {
+    let t = start(1, |_| {});
+    let client = Client::connect(client_config(&t, Some(5)))
+        .await
+        .expect("connect");
+    let n = selfie_edge::INITIAL_STREAMS as usize * 3;
+    assert!(n < Config::default().limits.max_concurrent_streams as usize);
+    let results = join_all((0..n).map(|_| get_profile(&client, 1, Some("slow-counted")))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let most = COUNTED_MAX.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most > selfie_edge::INITIAL_STREAMS as usize,
+        "at most {most} of {n} requests were in the service at once"
+    );
 }
 
 #[tokio::test]

@@ -29,6 +29,25 @@ pub(super) struct Conn {
     pub(super) wt: Option<webtransport::WtSession>,
     /// Set once a close with a WebTransport capsule is under way.
     pub(super) closing: Rc<Cell<bool>>,
+    /// Whether QUIC allows this connection its full stream allowance yet (it starts
+    /// with [`crate::INITIAL_STREAMS`]).
+    pub(super) streams_raised: Cell<bool>,
+}
+
+impl Conn {
+    /// Called with each new request: once half of the initial stream allowance is in
+    /// use, QUIC is told to allow the full one (a `MAX_STREAMS` frame). Idle
+    /// connections keep the small allowance, and with it quinn's smaller stream maps.
+    pub(super) fn note_busy(&self, limits: &crate::config::LimitsConfig) {
+        if !self.streams_raised.get() && self.inflight.get() >= crate::INITIAL_STREAMS / 2 {
+            self.streams_raised.set(true);
+            if let Link::Quic(c) = &self.conn {
+                c.set_max_concurrent_bi_streams(VarInt::from_u32(crate::full_stream_allowance(
+                    limits,
+                )));
+            }
+        }
+    }
 }
 
 /// Datagrams per second one connection may hand to the services (typing and presence
@@ -173,7 +192,15 @@ pub(super) async fn serve_connection(
     let limits = &shard.shared.config.limits;
     let handshake_deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
     let connecting = incoming.accept()?;
-    let conn = match tokio::time::timeout_at(handshake_deadline.into(), connecting).await {
+    // The handshake's futures are boxed (here and below): they are done with once the
+    // session runs, and unboxed they would size the connection's task, which lives as
+    // long as the connection does, for their largest state.
+    let conn = match Box::pin(tokio::time::timeout_at(
+        handshake_deadline.into(),
+        connecting,
+    ))
+    .await
+    {
         Ok(c) => c?,
         Err(_) => {
             count_connection(shard, "handshake_timeout");
@@ -210,13 +237,13 @@ pub(super) async fn serve_connection(
                 .inc();
         };
         let decided = Cell::new(false);
-        let accepted = tokio::time::timeout_at(
+        let accepted = Box::pin(tokio::time::timeout_at(
             handshake_deadline.into(),
             webtransport::accept(&conn, &shard.shared.origins, |outcome| {
                 decided.set(true);
                 count(outcome);
             }),
-        )
+        ))
         .await
         .unwrap_or(Err(webtransport::Refused { label: "timeout" }));
         if let Err(refused) = &accepted
@@ -288,7 +315,7 @@ pub(super) async fn run_session(
         Ok::<_, ConnError>((send, recv, dec, frame))
     };
     let (mut ctl_send, ctl_recv, ctl_dec, frame) =
-        match tokio::time::timeout_at(handshake_deadline.into(), hello).await {
+        match Box::pin(tokio::time::timeout_at(handshake_deadline.into(), hello)).await {
             Ok(Ok(v)) => v,
             Ok(Err(ConnError::Codec(e))) => {
                 shard.count_protocol_error(e.code());
@@ -332,12 +359,15 @@ pub(super) async fn run_session(
                 })
                 .inc();
             let e = ErrorReply::new(refusal.code, refusal.message);
-            if let Some(bytes) = shard.error_frame(hello_id, &e) {
-                let _ = ctl_send.write_all(&bytes).await;
-                ctl_send.finish().await;
-            }
-            // Give the error frame a moment to leave before the close.
-            let _ = tokio::time::timeout(Duration::from_secs(1), ctl_send.stopped()).await;
+            Box::pin(async {
+                if let Some(bytes) = shard.error_frame(hello_id, &e) {
+                    let _ = ctl_send.write_all(&bytes).await;
+                    ctl_send.finish().await;
+                }
+                // Give the error frame a moment to leave before the close.
+                let _ = tokio::time::timeout(Duration::from_secs(1), ctl_send.stopped()).await;
+            })
+            .await;
             close_for(shard, &conn, refusal.code, "hello refused");
             return Err(ConnError::Refused(refusal.code));
         }
@@ -371,6 +401,7 @@ pub(super) async fn run_session(
         next_subscription: Cell::new(1),
         wt,
         closing,
+        streams_raised: Cell::new(false),
     });
     // Registered before `Welcome` is written: a revocation announced meanwhile finds the
     // connection (one announced before `Hello` was checked refused the token there).
@@ -412,7 +443,7 @@ pub(super) async fn run_session(
         build::control(b, hello_id, ControlOp::Welcome, w.as_union_value())
     });
     if let Some(bytes) = welcome {
-        ctl_send.write_all(&bytes).await?;
+        Box::pin(ctl_send.write_all(&bytes)).await?;
     }
 
     // Datagrams and the control stream run in their own tasks, so that the accept loop
@@ -451,35 +482,39 @@ pub(super) async fn run_session(
             }
         }
     }
-    // Drain: tell the client where to go, finish in-flight requests, then close.
-    let deadline_ms = shard.shared.config.server.drain_deadline_ms;
-    if let Some(bytes) = shard.encode(|b| {
-        let message = b.create_string("server is draining; reconnect");
-        let g = GoAway::create(
-            b,
-            &GoAwayArgs {
-                reason: GoAwayReason::Draining,
-                message: Some(message),
-                reconnect_after_ms: 100 + rand::random_range(0..900),
-                deadline_ms: deadline_ms as u32,
-                ..Default::default()
-            },
-        );
-        build::control(b, 0, ControlOp::GoAway, g.as_union_value())
-    }) {
-        let _ = ctl_send.lock().await.write_all(&bytes).await;
-    }
-    let drain_deadline = Instant::now() + Duration::from_millis(deadline_ms);
-    let _ = tokio::time::timeout_at(drain_deadline.into(), async {
-        while state.inflight.get() > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    // Drain: tell the client where to go, finish in-flight requests, then close (boxed,
+    // like the handshake: only a draining connection needs its state).
+    Box::pin(async {
+        let deadline_ms = shard.shared.config.server.drain_deadline_ms;
+        if let Some(bytes) = shard.encode(|b| {
+            let message = b.create_string("server is draining; reconnect");
+            let g = GoAway::create(
+                b,
+                &GoAwayArgs {
+                    reason: GoAwayReason::Draining,
+                    message: Some(message),
+                    reconnect_after_ms: 100 + rand::random_range(0..900),
+                    deadline_ms: deadline_ms as u32,
+                    ..Default::default()
+                },
+            );
+            build::control(b, 0, ControlOp::GoAway, g.as_union_value())
+        }) {
+            let _ = ctl_send.lock().await.write_all(&bytes).await;
         }
+        let drain_deadline = Instant::now() + Duration::from_millis(deadline_ms);
+        let _ = tokio::time::timeout_at(drain_deadline.into(), async {
+            while state.inflight.get() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        // Closing discards unsent stream data: give the GoAway a grace period to reach the
+        // client, which closes (or moves away) on its own when it has it.
+        let grace = Instant::now() + Duration::from_millis(1000);
+        let _ = tokio::time::timeout_at(grace.min(drain_deadline).into(), conn.closed()).await;
     })
     .await;
-    // Closing discards unsent stream data: give the GoAway a grace period to reach the
-    // client, which closes (or moves away) on its own when it has it.
-    let grace = Instant::now() + Duration::from_millis(1000);
-    let _ = tokio::time::timeout_at(grace.min(drain_deadline).into(), conn.closed()).await;
     state.end(u32::from(ErrorCode::Draining.0), b"draining");
     Ok(())
 }

@@ -71,6 +71,7 @@ pub(super) async fn serve_request(
     state.inflight.set(state.inflight.get() + 1);
     let _guard = InflightGuard(state.clone());
     let limits = &shard.shared.config.limits;
+    state.note_busy(limits);
     // Over the limit: refused before a byte is read (nothing buffered for it).
     if state.inflight.get() > limits.max_concurrent_streams {
         recv.stop(state.code(ErrorCode::TooManyStreams));
