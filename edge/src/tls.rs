@@ -156,6 +156,11 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)
 }
 
+/// Sessions a node keeps for clients to resume (with 0-RTT), oldest evicted first: a
+/// few hundred bytes each (an encoded session of ~150 bytes, its id, the map's
+/// overhead), so some tens of MiB when full.
+pub const RESUMABLE_SESSIONS: usize = 131_072;
+
 /// The QUIC server configuration for `selfie/1`, and `h3` (WebTransport) when
 /// `webtransport` (TLS 1.3 only, as QUIC requires).
 pub fn quic_server_config(
@@ -179,6 +184,14 @@ pub fn quic_server_config(
     // idempotent requests early (`selfie_protocol::is_idempotent`) because early data
     // is discarded when the server refuses it.
     tls.max_early_data_size = u32::MAX;
+    // Resumable sessions: rustls's default keeps the 256 most recent per process, which
+    // a busy edge cycles through in well under a second, sending returning clients
+    // back to full handshakes without 0-RTT. Stateless tickets would hold any number,
+    // but rustls accepts early data only from single-use (stateful) sessions, its
+    // replay protection; so the cache is large instead, and each handshake issues one
+    // ticket (a client gets a fresh one with every connection).
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(RESUMABLE_SESSIONS);
+    tls.send_tls13_tickets = 1;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))

@@ -717,6 +717,44 @@ async fn a_returning_client_sends_hello_and_idempotent_requests_in_0rtt() {
 /// service plane, before this test; it keeps it fixed. A server whose clients have all
 /// left stops without waiting for the deadline (a minute here; the bound asserted is
 /// half of it, far from any scheduling noise).
+/// Defect: the edge kept resumable sessions in rustls's default cache of the 256 most
+/// recent ones, so a client returning after a few hundred others had connected got a
+/// full handshake and no 0-RTT. Tickets are now stateless.
+#[tokio::test]
+async fn a_client_returning_after_hundreds_of_others_still_resumes_in_0rtt() {
+    let t = start(1, |c| c.limits.max_connections_per_address = 4_096);
+    let endpoint = selfie_client::endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let config = client_config(&t, Some(3)).prepared().expect("config");
+    let first = Client::connect_on(&endpoint, config.clone())
+        .await
+        .expect("connect");
+    first.ping().await.expect("ping");
+    first.close();
+    // Three hundred other clients (each its own session cache) connect meanwhile.
+    for batch in 0..30 {
+        let others = (0..10).map(|i| {
+            let endpoint = endpoint.clone();
+            let config = client_config(&t, Some(100 + batch * 10 + i))
+                .prepared()
+                .expect("config");
+            async move {
+                let c = Client::connect_on(&endpoint, config).await.expect("other");
+                c.close();
+            }
+        });
+        join_all(others).await;
+    }
+    let (second, _) = Client::connect_with_request(&endpoint, config, |b, id| {
+        selfie_codec::build::ping(b, id, 0)
+    })
+    .await
+    .expect("resumed");
+    assert!(
+        second.used_0rtt(),
+        "the returning client resumed with early data"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_after_every_client_left_does_not_wait_for_the_deadline() {
     let t = start(2, |c| c.server.drain_deadline_ms = 60_000);
