@@ -239,9 +239,13 @@ pub mod build {
 /// Owned copies of small frames without an allocation per frame: frames are copied into
 /// one shared block and handed out as [`Bytes`] views of it. Once every view of the block
 /// is dropped (its frames were sent and acknowledged), the block is reused in place; while
-/// some view is still held, the next block is a new allocation. A frame held for long
-/// therefore keeps at most one block alive, which bounds what the arena retains: frames
-/// over [`FrameArena::MAX_SMALL`] bytes are always copied into their own allocation.
+/// some view is still held, the next block is a new allocation.
+///
+/// What it retains: each frame still held keeps its whole block alive, so N frames held
+/// for long (answers a client does not read) can keep N blocks. Callers bound how many
+/// frames are held and for how long (the edge abandons an answer not taken in time), and
+/// blocks are small; frames over [`FrameArena::MAX_SMALL`] bytes are always copied into
+/// their own allocation.
 pub struct FrameArena {
     buf: BytesMut,
     block: usize,
@@ -275,8 +279,8 @@ impl FrameArena {
 }
 
 impl Default for FrameArena {
-    /// 16 KiB blocks.
+    /// 4 KiB blocks (dozens of pongs, acks or small answers each).
     fn default() -> Self {
-        Self::new(16 * 1024)
+        Self::new(4 * 1024)
     }
 }

@@ -57,9 +57,10 @@ pub const STREAM_MARGIN: u32 = 8;
 
 /// Requests a new connection may have open at once before it shows it is busy. quinn
 /// keeps a stream-map entry per *allowed* stream on every connection (measured with
-/// heaptrack: ~10.5 KiB of a connection's ~40 KiB at 136 allowed streams, ~2.6 KiB at
-/// 32), so connections start with this allowance and are raised to the full one
-/// ([`full_stream_allowance`]) once half of it is in use (`shard::request`).
+/// heaptrack: ~10.5 KiB of a connection's ~40 KiB heap at 136 allowed streams; the maps
+/// grow with the entries, so about a quarter of that at 32), so connections start with
+/// this allowance and are raised to the full one ([`full_stream_allowance`]) once 16
+/// requests are in flight on them or 16 started within a second (`Conn::note_busy`).
 pub const INITIAL_STREAMS: u32 = 32;
 
 /// The bidirectional streams QUIC allows a busy connection: the application's limit

@@ -331,20 +331,27 @@ fn main() -> anyhow::Result<()> {
                 say!("https on tcp://{bound}, media URLs under {origin}");
             }
             drop(url_secret);
-            say!("certificate sha-256: {}", edge.fingerprint);
+            // The signal handlers exist before the last status line: a supervisor that
+            // sends SIGTERM as soon as it reads it gets a drain, not the default action.
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let (mut term, mut int) = {
+                use tokio::signal::unix::{SignalKind, signal};
+                let _runtime = rt.enter();
+                (
+                    signal(SignalKind::terminate())?,
+                    signal(SignalKind::interrupt())?,
+                )
+            };
+            say!("certificate sha-256: {}", edge.fingerprint);
             let lost = rt.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                let lost = tokio::select! {
+                tokio::select! {
                     _ = term.recv() => false,
-                    _ = tokio::signal::ctrl_c() => false,
-                    _ = lease.lost() => true,
-                };
-                anyhow::Ok(lost)
-            })?;
+                    _ = int.recv() => false,
+                    () = lease.lost() => true,
+                }
+            });
             if lost {
                 tracing::error!(
                     number = lease.number,

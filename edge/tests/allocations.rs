@@ -167,8 +167,10 @@ fn echo(dir: &std::path::Path) -> (std::net::SocketAddr, String) {
     (rx.recv().expect("echo address"), fingerprint)
 }
 
-/// Server allocations per request over `REQUESTS` requests made by `one`, after a warm-up
-/// round of the same size.
+/// Server allocations per request made by `one`: the fewest over three rounds of
+/// `REQUESTS`, after two warm-up rounds. Timing adds allocations (an ACK sent alone when
+/// the machine is busy, a timer's tick), never removes them: the fewest is the steady
+/// state.
 async fn per_request<F, Fut>(one: F) -> f64
 where
     F: Fn() -> Fut,
@@ -185,10 +187,14 @@ where
     };
     round().await;
     round().await;
-    let before = COUNT.load(Ordering::Relaxed);
-    round().await;
-    let after = COUNT.load(Ordering::Relaxed);
-    (after - before) as f64 / REQUESTS as f64
+    let mut fewest = f64::MAX;
+    for _ in 0..3 {
+        let before = COUNT.load(Ordering::Relaxed);
+        round().await;
+        let after = COUNT.load(Ordering::Relaxed);
+        fewest = fewest.min((after - before) as f64 / REQUESTS as f64);
+    }
+    fewest
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -550,6 +550,30 @@ async fn a_busy_connection_is_allowed_more_streams_than_a_new_one() {
     );
 }
 
+/// Quick requests free their streams only when the client acknowledges the answers, so
+/// a client on a long round trip can be held by the initial allowance without many
+/// requests ever being in flight at the edge: a burst of requests also raises it.
+#[tokio::test]
+async fn a_burst_of_quick_requests_raises_the_stream_allowance_too() {
+    let t = start(1, |_| {});
+    let client = Client::connect(client_config(&t, Some(6)))
+        .await
+        .expect("connect");
+    // One at a time: never more than one in flight.
+    for _ in 0..selfie_edge::INITIAL_STREAMS {
+        client.ping().await.expect("pong");
+    }
+    // Streams opened and left open: past the initial allowance only if it was raised.
+    let mut open = Vec::new();
+    for i in 0..selfie_edge::INITIAL_STREAMS * 2 {
+        let stream = tokio::time::timeout(Duration::from_secs(10), client.connection().open_bi())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} was not allowed"))
+            .expect("open");
+        open.push(stream);
+    }
+}
+
 #[tokio::test]
 async fn datagrams_are_verified_and_bad_ones_are_counted() {
     let t = start(1, |_| {});

@@ -32,14 +32,34 @@ pub(super) struct Conn {
     /// Whether QUIC allows this connection its full stream allowance yet (it starts
     /// with [`crate::INITIAL_STREAMS`]).
     pub(super) streams_raised: Cell<bool>,
+    /// Requests started since the instant: the burst [`Conn::note_busy`] watches.
+    pub(super) burst: Cell<(Instant, u32)>,
 }
 
+/// The window in which [`Conn::note_busy`] counts a burst of requests.
+const BURST_WINDOW: Duration = Duration::from_secs(1);
+
 impl Conn {
-    /// Called with each new request: once half of the initial stream allowance is in
-    /// use, QUIC is told to allow the full one (a `MAX_STREAMS` frame). Idle
-    /// connections keep the small allowance, and with it quinn's smaller stream maps.
-    pub(super) fn note_busy(&self, limits: &crate::config::LimitsConfig) {
-        if !self.streams_raised.get() && self.inflight.get() >= crate::INITIAL_STREAMS / 2 {
+    /// Called with each new request (started at `now`): a connection that has half of
+    /// its initial stream allowance in flight, or that started that many requests
+    /// within a second (quick requests on a long round trip free their streams only
+    /// when the client acknowledges the answers, so a client can be held by the
+    /// allowance without the edge ever seeing many in flight), is told by QUIC that it
+    /// may open the full allowance (a `MAX_STREAMS` frame). Idle connections keep the
+    /// small allowance, and with it quinn's smaller stream maps.
+    pub(super) fn note_busy(&self, limits: &crate::config::LimitsConfig, now: Instant) {
+        if self.streams_raised.get() {
+            return;
+        }
+        let (since, n) = self.burst.get();
+        let (since, n) = if now.saturating_duration_since(since) > BURST_WINDOW {
+            (now, 1)
+        } else {
+            (since, n + 1)
+        };
+        self.burst.set((since, n));
+        let half = crate::INITIAL_STREAMS / 2;
+        if self.inflight.get() >= half || n >= half {
             self.streams_raised.set(true);
             if let Link::Quic(c) = &self.conn {
                 c.set_max_concurrent_bi_streams(VarInt::from_u32(crate::full_stream_allowance(
@@ -402,6 +422,7 @@ pub(super) async fn run_session(
         wt,
         closing,
         streams_raised: Cell::new(false),
+        burst: Cell::new((Instant::now(), 0)),
     });
     // Registered before `Welcome` is written: a revocation announced meanwhile finds the
     // connection (one announced before `Hello` was checked refused the token there).
@@ -475,7 +496,8 @@ pub(super) async fn run_session(
                 let span = tracing::debug_span!("request", stream = %send.id());
                 // Under tokio's boxing threshold (2 KiB in debug builds, 16 KiB in
                 // release), so the task is the request's one allocation; rare paths are
-                // boxed inside `serve_request` to keep it so.
+                // boxed inside `serve_request` to keep it so (2,040 bytes in a debug
+                // build: `tests/allocations.rs` fails when it grows past).
                 tokio::task::spawn_local(
                     async move { serve_request(&shard, &state, send, recv).await }.instrument(span),
                 );

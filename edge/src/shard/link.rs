@@ -128,6 +128,37 @@ impl SendHalf {
         }
     }
 
+    /// [`SendHalf::write_last`], abandoned (the stream reset with `code`) when the client
+    /// has not taken it within `deadline`: an answer a client never reads (a zero receive
+    /// window) would otherwise hold its task, its stream and its bytes for as long as the
+    /// connection lives. No timer is armed when the write completes at once, as answers
+    /// to a reading client do.
+    pub(super) async fn write_last_within(
+        &mut self,
+        bytes: Bytes,
+        deadline: std::time::Duration,
+        code: VarInt,
+    ) -> Handed {
+        let written = {
+            let mut write = std::pin::pin!(self.write_last(bytes));
+            match futures::poll!(&mut write) {
+                std::task::Poll::Ready(r) => Some(r),
+                // Boxed: the timer's state stays out of every request's task.
+                std::task::Poll::Pending => {
+                    Box::pin(tokio::time::timeout(deadline, write)).await.ok()
+                }
+            }
+        };
+        match written {
+            Some(Ok(())) => Handed::Over,
+            Some(Err(_)) => Handed::Failed,
+            None => {
+                Box::pin(self.reset(code)).await;
+                Handed::Abandoned
+            }
+        }
+    }
+
     /// Ends the stream after what was written.
     pub(super) async fn finish(&mut self) {
         match self {
@@ -179,6 +210,17 @@ impl SendHalf {
     }
 }
 
+/// What became of an answer given to [`SendHalf::write_last_within`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handed {
+    /// Handed to the transport whole, and the stream ended.
+    Over,
+    /// The stream was gone (reset, stopped, the connection closed).
+    Failed,
+    /// Not taken within the deadline: the stream was reset.
+    Abandoned,
+}
+
 /// The receiving half of a client stream.
 pub(super) enum RecvHalf {
     Quic(RecvStream),
@@ -198,7 +240,8 @@ impl RecvHalf {
     /// and then the end, usually in the same packet), without waiting for it: a QUIC
     /// stream dropped before its end was read makes quinn send the client a
     /// `STOP_SENDING`, a frame (and its retransmission state) per request for nothing.
-    /// Anything else that is there is left unread; dropping the stream then stops it.
+    /// When bytes follow the frame instead, at most one is read and discarded, and
+    /// dropping the stream then stops it as before.
     pub(super) fn take_end(&mut self) {
         use futures::FutureExt;
         if let RecvHalf::Quic(r) = self {

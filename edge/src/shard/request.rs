@@ -53,7 +53,7 @@ async fn refuse_and_violate(
     label: &'static str,
     started: Instant,
 ) {
-    respond_error(shard, send, id, reply, label, started).await;
+    respond_error(shard, state, send, id, reply, label, started).await;
     if reply.code.closes_connection() {
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
@@ -71,13 +71,13 @@ pub(super) async fn serve_request(
     state.inflight.set(state.inflight.get() + 1);
     let _guard = InflightGuard(state.clone());
     let limits = &shard.shared.config.limits;
-    state.note_busy(limits);
+    state.note_busy(limits, started);
     // Over the limit: refused before a byte is read (nothing buffered for it).
     if state.inflight.get() > limits.max_concurrent_streams {
         recv.stop(state.code(ErrorCode::TooManyStreams));
         let reply = ErrorReply::new(ErrorCode::TooManyStreams, "too many requests in flight")
             .retry_after(10);
-        respond_error(shard, &mut send, 0, &reply, "unknown", started).await;
+        respond_error(shard, state, &mut send, 0, &reply, "unknown", started).await;
         return;
     }
     let mut dec = FrameDecoder::new(shard.limits);
@@ -100,7 +100,7 @@ pub(super) async fn serve_request(
             // Half a request, then silence: whatever was buffered goes now.
             recv.stop(state.code(ErrorCode::Timeout));
             let reply = ErrorReply::new(ErrorCode::Timeout, "request not received in time");
-            respond_error(shard, &mut send, 0, &reply, "unknown", started).await;
+            respond_error(shard, state, &mut send, 0, &reply, "unknown", started).await;
             return;
         }
     };
@@ -143,7 +143,7 @@ pub(super) async fn serve_request(
         }
     });
     if let Err(reply) = verdict {
-        respond_error(shard, &mut send, id, &reply, label, started).await;
+        respond_error(shard, state, &mut send, id, &reply, label, started).await;
         return;
     }
     if service == Service::Media {
@@ -221,11 +221,11 @@ pub(super) async fn serve_request(
             // `write_chunk` hands quinn the `Bytes` itself: no copy into its buffer (and
             // no clone, which would allocate for a `Bytes` made from a `Vec`).
             let len = bytes.len() as u64;
-            let _ = send.write_last(bytes).await;
+            answer(shard, state, &mut send, bytes).await;
             shard.hot.sent.inc_by(len);
             record(shard, label, "ok", started);
         }
-        Err(reply) => respond_error(shard, &mut send, id, &reply, label, started).await,
+        Err(reply) => respond_error(shard, state, &mut send, id, &reply, label, started).await,
     }
 }
 
@@ -253,7 +253,7 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
     let (id, label) = (frame.id(), Service::Media.name());
     let Some(handler) = shard.registry.raw_streams().cloned() else {
         let reply = ErrorReply::new(ErrorCode::Unavailable, "media not available on this edge");
-        respond_error(shard, &mut send, id, &reply, label, started).await;
+        respond_error(shard, state, &mut send, id, &reply, label, started).await;
         return;
     };
     let call = shard.registry.call(context(shard, state, shard.id), frame);
@@ -280,11 +280,13 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
         match handler.upload(call, body).await {
             Ok(bytes) => {
                 let len = bytes.len() as u64;
-                let _ = send.write_last(bytes).await;
+                answer(shard, state, &mut send, bytes).await;
                 shard.hot.sent.inc_by(len);
                 record(shard, label, "ok", started);
             }
-            Err(e) => respond_error(shard, &mut send, id, &reply_to(&e), label, started).await,
+            Err(e) => {
+                respond_error(shard, state, &mut send, id, &reply_to(&e), label, started).await
+            }
         }
         return;
     }
@@ -318,7 +320,7 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
             shard.hot.sent.inc_by(sent);
             record(shard, label, "ok", started);
         }
-        Err(e) => respond_error(shard, &mut send, id, &reply_to(&e), label, started).await,
+        Err(e) => respond_error(shard, state, &mut send, id, &reply_to(&e), label, started).await,
     }
 }
 
@@ -527,6 +529,20 @@ fn signal_datagram(enc: &mut selfie_codec::Encoder, bytes: Bytes) -> Option<Byte
     Some(Bytes::copy_from_slice(data))
 }
 
+/// Writes a whole answer and ends the stream; an answer the client has not taken within
+/// the idle timeout is abandoned (`Timeout`), so that a client that never reads cannot
+/// hold the request's task, stream and bytes (its frame's arena block among them).
+async fn answer(shard: &Shard, state: &Conn, send: &mut SendHalf, bytes: Bytes) {
+    let deadline = Duration::from_millis(shard.shared.config.limits.idle_timeout_ms);
+    let handed = send
+        .write_last_within(bytes, deadline, state.code(ErrorCode::Timeout))
+        .await;
+    if handed == super::link::Handed::Abandoned {
+        debug!("answer not taken in time: abandoned");
+        shard.count_protocol_error(ErrorCode::Timeout);
+    }
+}
+
 /// Counts a request (or control `Ping`) under `service` and its result `code`.
 pub(super) fn record(shard: &Shard, service: &'static str, code: &'static str, started: Instant) {
     let mut cache = shard.hot.requests.borrow_mut();
@@ -548,6 +564,7 @@ pub(super) fn record(shard: &Shard, service: &'static str, code: &'static str, s
 
 async fn respond_error(
     shard: &Shard,
+    state: &Conn,
     send: &mut SendHalf,
     id: u64,
     reply: &ErrorReply,
@@ -558,7 +575,7 @@ async fn respond_error(
     // they happened.
     debug!(code = %reply.code, "request refused");
     if let Some(bytes) = shard.error_frame(id, reply) {
-        let _ = send.write_last(bytes).await;
+        answer(shard, state, send, bytes).await;
     }
     record(shard, service, reply.code.label(), started);
 }
