@@ -136,6 +136,21 @@ fn the_deployment_example_configuration_is_valid() {
     );
 }
 
+/// `selfie serve` on loopback ports over `dir`, with `args` added, its stdout and stderr
+/// piped.
+fn serve(dir: &std::path::Path, args: &[&str]) -> std::process::Child {
+    selfie()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("SELFIE_OPS_LISTEN", "127.0.0.1:0")
+        .env("SELFIE_SERVER_PIN_CORES", "false")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start selfie serve")
+}
+
 /// `selfie serve` with no configuration at all: it starts, its first-start log is the
 /// edge's own (no dependency chatter: fjall's lsm-tree logged every table ingestion at
 /// INFO), and SIGTERM drains it to exit 0.
@@ -143,22 +158,7 @@ fn the_deployment_example_configuration_is_valid() {
 fn serve_starts_on_defaults_with_a_readable_log_and_drains_on_sigterm() {
     use std::io::{BufRead, BufReader, Read};
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = selfie()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("SELFIE_OPS_LISTEN", "127.0.0.1:0")
-        .env("SELFIE_SERVER_PIN_CORES", "false")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start selfie serve");
+    let mut child = serve(dir.path(), &["--shards", "2"]);
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut log = String::new();
     let mut line = String::new();
@@ -191,15 +191,7 @@ fn serve_starts_on_defaults_with_a_readable_log_and_drains_on_sigterm() {
 fn sigterm_drains_even_when_stdout_is_closed() {
     use std::io::{BufRead, BufReader, Read};
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = selfie()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("SELFIE_OPS_LISTEN", "127.0.0.1:0")
-        .env("SELFIE_SERVER_PIN_CORES", "false")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start selfie serve");
+    let mut child = serve(dir.path(), &[]);
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
     while out.read_line(&mut line).expect("read") > 0 && !line.starts_with("certificate") {
