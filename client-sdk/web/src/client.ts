@@ -284,6 +284,10 @@ export class Client {
   readonly closed: Promise<CloseInfo>;
   private readonly maxFrameBytes: number;
   private heartbeat: ReturnType<typeof setInterval> | undefined;
+  /** Requests sent and not yet answered. */
+  private inFlight = 0;
+  /** Set by `closeWhenIdle`: close once the last request is answered. */
+  private leaving = false;
 
   private constructor(
     private readonly transport: Transport,
@@ -393,6 +397,18 @@ export class Client {
 
   /** Sends one request and returns the answer's envelope; a `control.Error` throws. */
   async request(bodyType: Body, body: EnvelopeT['body']): Promise<EnvelopeT> {
+    this.inFlight += 1;
+    try {
+      return await this.requestOnce(bodyType, body);
+    } finally {
+      this.inFlight -= 1;
+      if (this.leaving && this.inFlight === 0) {
+        this.close();
+      }
+    }
+  }
+
+  private async requestOnce(bodyType: Body, body: EnvelopeT['body']): Promise<EnvelopeT> {
     const id = this.nextId++;
     const answer = (async () => {
       const stream = await this.transport.openStream();
@@ -500,6 +516,17 @@ export class Client {
         return this;
       },
     };
+  }
+
+  /**
+   * Closes the session once the requests in flight are answered (after a `GoAway`:
+   * the server need not wait its deadline for this client).
+   */
+  closeWhenIdle(): void {
+    this.leaving = true;
+    if (this.inFlight === 0) {
+      this.close();
+    }
   }
 
   /** Closes the session. */

@@ -1,7 +1,8 @@
 /**
  * `@selfie/web`: Selfie's browser SDK. Connect with `Client.connect` (WebTransport
- * first, a WebSocket fallback), wrap the session in `Selfie` for typed requests, and
- * iterate subscriptions with `for await`.
+ * first, a WebSocket fallback) or `ReconnectingClient.connect` (the same, reconnecting by
+ * itself), wrap the session in `Selfie` for typed requests, iterate subscriptions with
+ * `for await`, and follow chat with `ChatSession` (resumes from the device's cursor).
  */
 export * as proto from './proto.js';
 export {
@@ -16,6 +17,8 @@ export {
   type ConnectOptions,
 } from './client.js';
 export { FrameError, FrameReader, decodeDatagram, encodeDatagram, encodeEnvelope, readFrames } from './frame.js';
+export { ChatLog, ChatSession, MAX_CURSOR, type Applied, type ChatSessionStats, type ChatUpdate } from './chat.js';
+export { ReconnectingClient, isIdempotent, type Requester } from './reconnect.js';
 export { AuthApi, ChatApi, FeedApi, GraphApi, NotificationsApi, PostsApi, Selfie, StoriesApi, UsersApi } from './services.js';
 export { certificateHash, hasWebTransport, openWebTransport, type CloseInfo, type DuplexStream, type Transport, type TransportKind } from './transport.js';
 export { WebSocketStreamError, openWebSocket } from './websocket.js';

@@ -5,12 +5,14 @@
  * the generated types.
  */
 import { Body, EnvelopeT, auth, chat, common, control, feed, graph, notifications, posts, stories, users } from './proto.js';
-import { type Client, ErrorCode, SelfieError } from './client.js';
+import { ErrorCode, SelfieError } from './client.js';
+import type { Client } from './client.js';
+import type { Requester } from './reconnect.js';
 
 type Ctor<T> = abstract new (...args: never[]) => T;
 
 /** Sends `body` and returns the answer's op when it is a `T`. */
-async function answer<T>(client: Client, bodyType: Body, body: EnvelopeT['body'], want: Ctor<T>): Promise<T> {
+async function answer<T>(client: Requester, bodyType: Body, body: EnvelopeT['body'], want: Ctor<T>): Promise<T> {
   const env = await client.request(bodyType, body);
   const b = env.body as { op?: unknown } | null;
   if (b === null || !(b.op instanceof want)) {
@@ -20,7 +22,7 @@ async function answer<T>(client: Client, bodyType: Body, body: EnvelopeT['body']
 }
 
 /** Sends `body` for an answer without content (`control.Ack`). */
-async function ack(client: Client, bodyType: Body, body: EnvelopeT['body']): Promise<void> {
+async function ack(client: Requester, bodyType: Body, body: EnvelopeT['body']): Promise<void> {
   await client.request(bodyType, body);
 }
 
@@ -34,7 +36,7 @@ function webDevice(name: string): auth.DeviceInfoT {
 
 /** Accounts: registration, login (with a second factor), tokens, sessions, 2FA. */
 export class AuthApi {
-  constructor(private readonly c: Client) {}
+  constructor(private readonly c: Requester) {}
 
   private call<T>(opType: auth.AuthOp, op: auth.AuthT['op'], want: Ctor<T>): Promise<T> {
     return answer(this.c, Body.Auth, new auth.AuthT(opType, op), want);
@@ -88,7 +90,7 @@ export class AuthApi {
 
 /** Profiles. */
 export class UsersApi {
-  constructor(private readonly c: Client) {}
+  constructor(private readonly c: Requester) {}
 
   /** A profile by id or by username. */
   profile(who: { userId: bigint } | { username: string }): Promise<users.GetProfileResponseT> {
@@ -106,7 +108,7 @@ export class UsersApi {
 
 /** The follow graph. */
 export class GraphApi {
-  constructor(private readonly c: Client) {}
+  constructor(private readonly c: Requester) {}
 
   /** Follows (or asks to follow a private account: see the returned state). */
   follow(userId: bigint): Promise<graph.FollowResponseT> {
@@ -133,7 +135,7 @@ export class GraphApi {
 
 /** Posts. */
 export class PostsApi {
-  constructor(private readonly c: Client) {}
+  constructor(private readonly c: Requester) {}
 
   /** Publishes a post; a retry with the same `idempotencyKey` returns the first one. */
   async create(r: {
@@ -167,7 +169,7 @@ export class PostsApi {
 
 /** Timelines. */
 export class FeedApi {
-  constructor(private readonly c: Client) {}
+  constructor(private readonly c: Requester) {}
 
   /** One page of a feed (home by default), newest first; pass the last page's cursor. */
   page(r: { kind?: feed.FeedKind; targetId?: bigint; cursor?: readonly number[] | null; limit?: number } = {}): Promise<feed.FeedPageT> {
@@ -183,7 +185,7 @@ export class FeedApi {
 
 /** In-app notifications. */
 export class NotificationsApi {
-  constructor(private readonly c: Client) {}
+  constructor(private readonly c: Requester) {}
 
   list(r: { unreadOnly?: boolean; cursor?: readonly number[] | null; limit?: number } = {}): Promise<notifications.NotificationsPageT> {
     const req = new notifications.NotificationsListRequestT(r.unreadOnly ?? false, page(r.cursor ?? null, r.limit ?? 20));
@@ -198,7 +200,7 @@ export class NotificationsApi {
 
 /** Stories. */
 export class StoriesApi {
-  constructor(private readonly c: Client) {}
+  constructor(private readonly c: Requester) {}
 
   /** The tray: followed accounts with live stories, unseen first. */
   tray(): Promise<stories.StoryTrayT> {
@@ -209,7 +211,7 @@ export class StoriesApi {
 
 /** Chat. */
 export class ChatApi {
-  constructor(private readonly c: Client) {}
+  constructor(private readonly c: Requester) {}
 
   /** The direct conversation with `userId` (created on first use). */
   direct(userId: bigint): Promise<chat.ConversationResponseT> {
@@ -228,6 +230,21 @@ export class ChatApi {
     return answer(this.c, Body.Chat, new chat.ChatT(chat.ChatOp.SendMessageRequest, req), chat.SendMessageResponseT);
   }
 
+  /**
+   * Catches up from a device's cursor (`ChatLog.cursor()`): every conversation, or only
+   * `conversationId`. `ChatSession` runs this on every connection.
+   */
+  sync(sinceCursor: readonly number[], conversationId = 0n, limit = 500): Promise<chat.SyncResponseT> {
+    const req = new chat.SyncRequestT([...sinceCursor], limit, conversationId);
+    return answer(this.c, Body.Chat, new chat.ChatT(chat.ChatOp.SyncRequest, req), chat.SyncResponseT);
+  }
+
+  /** Marks `conversationId` read up to `upToSeq` (a read receipt to the members). */
+  read(conversationId: bigint, upToSeq: bigint): Promise<void> {
+    const req = new chat.ReadReceiptRequestT(conversationId, upToSeq);
+    return ack(this.c, Body.Chat, new chat.ChatT(chat.ChatOp.ReadReceiptRequest, req));
+  }
+
   /** Messages before `beforeSeq` (0: the newest). */
   history(conversationId: bigint, beforeSeq = 0n, limit = 50): Promise<chat.MessagesPageT> {
     const req = new chat.HistoryRequestT(conversationId, beforeSeq, limit);
@@ -235,8 +252,9 @@ export class ChatApi {
   }
 }
 
-/** Every service's typed requests over one session. */
-export class Selfie {
+/** Every service's typed requests over one session (a `Client`, or a
+ * `ReconnectingClient` whose requests follow its reconnects). */
+export class Selfie<C extends Requester = Client> {
   readonly auth: AuthApi;
   readonly users: UsersApi;
   readonly graph: GraphApi;
@@ -246,7 +264,7 @@ export class Selfie {
   readonly stories: StoriesApi;
   readonly chat: ChatApi;
 
-  constructor(readonly client: Client) {
+  constructor(readonly client: C) {
     this.auth = new AuthApi(client);
     this.users = new UsersApi(client);
     this.graph = new GraphApi(client);

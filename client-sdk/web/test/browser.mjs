@@ -5,7 +5,9 @@
 // turns on 2FA and logs back in
 // with a code. Then the same with WebTransport removed from the browser: the client
 // falls back to the WebSocket transport. Screenshots of each main screen are kept in
-// $SELFIE_ARTIFACTS.
+// $SELFIE_ARTIFACTS. Last, the SDK's chat resume in the page: the edge restarts (SIGTERM:
+// `GoAway`, drain) while messages are sent, then a client away for 60 messages resumes
+// from its saved cursor (both transports).
 //
 //   SELFIE_BIN=target/debug/selfie node test/browser.mjs
 import { spawn } from 'node:child_process';
@@ -48,9 +50,14 @@ function totp(secret, at = Date.now()) {
   return ((h.readUInt32BE(o) & 0x7fffffff) % 1_000_000).toString().padStart(6, '0');
 }
 
-async function startEdge() {
-  const [quic, ops, web] = [await freePort(), await freePort(), await freePort()];
-  const dir = mkdtempSync(join(tmpdir(), 'selfie-web-'));
+/** Starts `selfie serve`; `same` (an earlier start's ports and directory) restarts it. */
+async function startEdge(same = null) {
+  const { quic, ops, web, dir } = same ?? {
+    quic: await freePort(),
+    ops: await freePort(),
+    web: await freePort(),
+    dir: mkdtempSync(join(tmpdir(), 'selfie-web-')),
+  };
   const args = [
     'serve',
     '--set', `server.data_dir="${dir}"`,
@@ -59,16 +66,19 @@ async function startEdge() {
     '--set', `ops.listen="127.0.0.1:${ops}"`,
     '--set', `web.listen="127.0.0.1:${web}"`,
     '--set', `web.client_dir="${join(here, 'dist/app')}"`,
+    // Every test user registers from 127.0.0.1: room for all of them at once (the
+    // limit itself is tested in the accounts tests).
+    '--set', 'auth.register_burst=16',
   ];
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
+  let log = same?.log() ?? '';
   child.stdout.on('data', (d) => (log += d));
   child.stderr.on('data', (d) => (log += d));
   for (let i = 0; i < 200; i++) {
     try {
       const r = await fetch(`http://127.0.0.1:${ops}/readyz`);
       if (r.status === 200) {
-        return { child, web, ops, dir, log: () => log };
+        return { child, quic, web, ops, dir, log: () => log };
       }
     } catch {
       // Not up yet.
@@ -80,6 +90,16 @@ async function startEdge() {
   }
   child.kill('SIGKILL');
   throw new Error(`selfie serve did not become ready:\n${log}`);
+}
+
+/** Stops the edge as an operator does (SIGTERM: `GoAway`, drain) and waits for it. */
+async function stopEdge(edge) {
+  if (edge.child.exitCode !== null) {
+    return;
+  }
+  const exited = new Promise((r) => edge.child.once('exit', r));
+  edge.child.kill('SIGTERM');
+  await exited;
 }
 
 async function register(page, base, name) {
@@ -180,6 +200,142 @@ async function twoFactor({ a, ana, text }) {
   await a.screenshot({ path: join(artifacts, 'webtransport-home.png'), fullPage: true });
 }
 
+/**
+ * The SDK's own resume path, in the page (the bundle `sdk.js`): Ana follows Ben's chat
+ * through `ReconnectingClient` + `ChatSession`. The edge is stopped with SIGTERM
+ * (`GoAway`, drain) and started again while Ben sends: both reconnect by themselves and
+ * Ana receives what was sent meanwhile. Then Ana closes her session (an app sent to the
+ * background), Ben sends 60 more, and Ana's next session resumes from her saved cursor:
+ * exactly the 76 messages, in order, once each, the missed ones by sync.
+ */
+async function resume(browser, base, edge, mode, failures) {
+  const ctxA = await browser.newContext({ ignoreHTTPSErrors: true });
+  const ctxB = await browser.newContext({ ignoreHTTPSErrors: true });
+  const [a, b] = [await ctxA.newPage(), await ctxB.newPage()];
+  for (const p of [a, b]) {
+    p.on('pageerror', (e) => failures.push(`resume ${mode}: page error: ${e.message}`));
+    await p.goto(`${base}/`);
+  }
+  const suffix = Date.now().toString(36).slice(-5);
+  // Registers, then opens a reconnecting session; `t` holds it for later steps.
+  const open = (p, name) =>
+    p.evaluate(
+      async ({ name, mode }) => {
+        const sdk = await import('/sdk.js');
+        const c = await (await fetch('/client.json', { cache: 'no-store' })).json();
+        const str = (s) => (typeof s === 'string' ? s : new TextDecoder().decode(s));
+        const options = {
+          url: `https://${location.hostname}:${c.quicPort}/`,
+          certificateHashes: c.certificateHash === null ? [] : [c.certificateHash],
+          websocketUrl: `wss://${location.host}/ws`,
+          transports: [mode],
+          timeoutMs: 3000,
+        };
+        const anon = new sdk.Selfie(await sdk.Client.connect(options));
+        const r = await anon.auth.register({ username: name, email: `${name}@example.com`, password: `${name} correct horse` });
+        anon.client.close();
+        const tokens = { ...options, accessToken: str(r.tokens.accessToken) };
+        const backoff = { baseMs: 100, maxMs: 1000 };
+        const rc = await sdk.ReconnectingClient.connect(tokens, backoff);
+        window.t = { sdk, str, tokens, backoff, rc, s: new sdk.Selfie(rc), texts: [], sessions: [] };
+        return r.tokens.userId.toString();
+      },
+      { name, mode },
+    );
+  const anaId = await open(a, `ana${suffix}`);
+  const benId = await open(b, `ben${suffix}`);
+  // Ana follows Ben (his messages are not requests); Ben opens their conversation.
+  await a.evaluate((id) => window.t.s.graph.follow(BigInt(id)), benId);
+  const conversation = await b.evaluate(
+    async (id) => (await window.t.s.chat.direct(BigInt(id))).conversation.conversationId.toString(),
+    anaId,
+  );
+  // Ana's session: every message text, in the order the session hands them over.
+  const follow = () =>
+    a.evaluate(async () => {
+      const t = window.t;
+      const session = await t.sdk.ChatSession.start(t.rc, t.log ?? new t.sdk.ChatLog());
+      t.sessions.push(session);
+      void (async () => {
+        for await (const u of session) {
+          if (u.type === 'event' && u.event.kind === t.sdk.proto.chat.ChatEventKind.MessageCreated) {
+            t.texts.push(t.str(u.event.message?.text ?? ''));
+          }
+        }
+      })();
+    });
+  // Ben sends `from..to`; a send cut off by the restart is retried with its id.
+  const send = (from, to) =>
+    b.evaluate(
+      async ({ conversation, from, to, mode }) => {
+        for (let i = from; i <= to; i++) {
+          for (let attempt = 0; ; attempt++) {
+            try {
+              await window.t.s.chat.send(BigInt(conversation), `${mode}-${i}`, `m${i}`);
+              break;
+            } catch (e) {
+              if (attempt > 100) {
+                throw e;
+              }
+              await new Promise((r) => setTimeout(r, 100));
+            }
+          }
+        }
+      },
+      { conversation, from, to, mode },
+    );
+  const received = (n) => a.waitForFunction((n) => window.t.texts.length >= n, n, { timeout: 30_000 });
+  await follow();
+  await send(1, 5);
+  await received(5);
+
+  // The operator restarts the edge while Ben sends.
+  const sending = send(6, 15);
+  await stopEdge(edge);
+  Object.assign(edge, await startEdge(edge));
+  await sending;
+  await received(15);
+  const moved = await a.evaluate(() => ({ reconnects: window.t.rc.reconnects, goAways: window.t.rc.goAways }));
+  if (moved.reconnects < 1 || moved.goAways < 1) {
+    failures.push(`resume ${mode}: the restart was not followed: ${JSON.stringify(moved)}`);
+  }
+
+  // Ana leaves (her positions saved, as an app going to the background does), Ben
+  // sends 60, Ana comes back on a new connection and resumes from the cursor.
+  await a.evaluate(() => {
+    const t = window.t;
+    for (const s of t.sessions) {
+      s.close();
+    }
+    t.saved = JSON.stringify(t.sessions[t.sessions.length - 1].log);
+    t.rc.close();
+  });
+  await send(16, 75);
+  await a.evaluate(async () => {
+    const t = window.t;
+    t.rc = await t.sdk.ReconnectingClient.connect(t.tokens, t.backoff);
+    t.log = t.sdk.ChatLog.fromJSON(JSON.parse(t.saved));
+  });
+  await follow();
+  await received(75);
+  await send(76, 76);
+  await received(76);
+  const got = await a.evaluate(() => ({
+    texts: window.t.texts,
+    stats: window.t.sessions[window.t.sessions.length - 1].stats,
+  }));
+  const want = Array.from({ length: 76 }, (_, i) => `m${i + 1}`);
+  if (JSON.stringify(got.texts) !== JSON.stringify(want)) {
+    failures.push(`resume ${mode}: got ${JSON.stringify(got.texts)}`);
+  }
+  if (got.stats.synced < 60 || got.stats.pushed < 1) {
+    failures.push(`resume ${mode}: the missed messages did not come by sync: ${JSON.stringify(got.stats)}`);
+  }
+  console.log(`resume ${mode}: ${JSON.stringify({ ...moved, ...got.stats })}`);
+  await ctxA.close();
+  await ctxB.close();
+}
+
 async function run() {
   const edge = await startEdge();
   const browser = await chromium.launch({
@@ -195,6 +351,8 @@ async function run() {
     const first = await scenario(browser, base, 'webtransport', failures);
     await twoFactor(first);
     await scenario(browser, base, 'websocket', failures);
+    await resume(browser, base, edge, 'webtransport', failures);
+    await resume(browser, base, edge, 'websocket', failures);
   } catch (e) {
     failures.push(String(e?.stack ?? e));
     for (const [i, ctx] of browser.contexts().entries()) {
@@ -204,8 +362,7 @@ async function run() {
     }
   } finally {
     await browser.close();
-    edge.child.kill('SIGTERM');
-    await new Promise((r) => edge.child.once('exit', r));
+    await stopEdge(edge);
     rmSync(edge.dir, { recursive: true, force: true });
   }
   if (failures.length > 0) {
@@ -213,7 +370,7 @@ async function run() {
     console.error(`--- selfie serve log ---\n${edge.log().slice(-4000)}`);
     process.exit(1);
   }
-  console.log(`browser tests passed (WebTransport, then the WebSocket fallback); screenshots in ${artifacts}`);
+  console.log(`browser tests passed (WebTransport, then the WebSocket fallback; chat resumed across a restart on each); screenshots in ${artifacts}`);
 }
 
 await run();
