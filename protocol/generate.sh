@@ -26,4 +26,4 @@ cd "$here/schema"
 flatc --rust --gen-all --rust-module-root-file --gen-object-api -o "$rust_out" envelope.fbs
 flatc --ts --gen-all --gen-object-api -o "$ts_out" envelope.fbs
 python3 "$here/scripts/gen_arbitrary.py" "$here/schema" > "$rust_out/arbitrary.rs"
-python3 "$here/scripts/gen_facts.py" "$here/schema" "$rust_out/idempotent.rs" "$ts_out/idempotent.ts"
+python3 "$here/scripts/gen_facts.py" "$here/schema" "$rust_out/idempotent.rs" "$ts_out/idempotent.ts" "$ts_out/ops.ts"

@@ -8,6 +8,7 @@ import { Body, EnvelopeT, auth, chat, common, control, feed, graph, notification
 import { ErrorCode, SelfieError } from './client.js';
 import type { Client } from './client.js';
 import type { Requester } from './reconnect.js';
+import { allOps, type Caller } from '../../../protocol/ts/generated/ops.js';
 
 type Ctor<T> = abstract new (...args: never[]) => T;
 
@@ -20,6 +21,27 @@ async function answer<T>(client: Requester, bodyType: Body, body: EnvelopeT['bod
   }
   return b.op;
 }
+
+/** The generated operations' `Caller` over a session: typed answers, `Ack` checked. */
+function caller(r: Requester): Caller {
+  return {
+    async call<T>(bodyType: Body, body: EnvelopeT['body'], want: Ctor<T> | null): Promise<T> {
+      if (want !== null) {
+        return answer(r, bodyType, body, want);
+      }
+      const env = await r.request(bodyType, body);
+      const c = env.body;
+      if (env.bodyType !== Body.Control || !(c instanceof control.ControlT) || !(c.op instanceof control.AckT)) {
+        throw new SelfieError(ErrorCode.UnexpectedMessage, 'expected Ack');
+      }
+      return undefined as T;
+    },
+  };
+}
+
+/** Every operation the edge serves, one typed method each (generated from the schemas'
+ * `answer` marks): `s.ops.chat.history(new proto.chat.HistoryRequestT(id, 0n, 50))`. */
+export type Ops = ReturnType<typeof allOps>;
 
 /** Sends `body` for an answer without content (`control.Ack`). */
 async function ack(client: Requester, bodyType: Body, body: EnvelopeT['body']): Promise<void> {
@@ -263,8 +285,11 @@ export class Selfie<C extends Requester = Client> {
   readonly notifications: NotificationsApi;
   readonly stories: StoriesApi;
   readonly chat: ChatApi;
+  /** Every operation of every service the edge serves, typed by its answer. */
+  readonly ops: Ops;
 
   constructor(readonly client: C) {
+    this.ops = allOps(caller(client));
     this.auth = new AuthApi(client);
     this.users = new UsersApi(client);
     this.graph = new GraphApi(client);

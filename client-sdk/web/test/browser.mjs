@@ -314,6 +314,7 @@ async function resume(browser, base, edge, mode, failures) {
   await a.evaluate(async () => {
     const t = window.t;
     t.rc = await t.sdk.ReconnectingClient.connect(t.tokens, t.backoff);
+    t.s = new t.sdk.Selfie(t.rc);
     t.log = t.sdk.ChatLog.fromJSON(JSON.parse(t.saved));
   });
   await follow();
@@ -324,6 +325,25 @@ async function resume(browser, base, edge, mode, failures) {
     texts: window.t.texts,
     stats: window.t.sessions[window.t.sessions.length - 1].stats,
   }));
+  // The generated operations against the real server: history, a read receipt, the
+  // conversation's unread count after it.
+  const ops = await a.evaluate(async (conversation) => {
+    const { sdk, s, str } = window.t;
+    const id = BigInt(conversation);
+    const page = await s.ops.chat.history(new sdk.proto.chat.HistoryRequestT(id, 0n, 100));
+    const newest = page.messages.reduce((m, x) => (x.seq > m ? x.seq : m), 0n);
+    const before = await s.ops.chat.getConversation(new sdk.proto.chat.GetConversationRequestT(id));
+    await s.ops.chat.readReceipt(new sdk.proto.chat.ReadReceiptRequestT(id, newest));
+    const after = await s.ops.chat.getConversation(new sdk.proto.chat.GetConversationRequestT(id));
+    return {
+      history: page.messages.map((m) => str(m.text)).filter((t) => t.startsWith('m')).length,
+      unreadBefore: before.conversation.unreadCount,
+      unreadAfter: after.conversation.unreadCount,
+    };
+  }, conversation);
+  if (ops.history !== 76 || ops.unreadBefore !== 76 || ops.unreadAfter !== 0) {
+    failures.push(`resume ${mode}: typed operations: ${JSON.stringify(ops)}`);
+  }
   const want = Array.from({ length: 76 }, (_, i) => `m${i + 1}`);
   if (JSON.stringify(got.texts) !== JSON.stringify(want)) {
     failures.push(`resume ${mode}: got ${JSON.stringify(got.texts)}`);
