@@ -51,7 +51,7 @@ mod facts;
 
 pub use errors::ErrorClass;
 pub use facts::{Priority, Service, op_name, priority_of, priority_of_service};
-pub use idempotent::is_idempotent;
+pub use idempotent::{declared_answer, is_idempotent, operation};
 
 pub use generated::selfie::control::ErrorCode;
 pub use generated::selfie::datagram::{Datagram, DatagramArgs, DatagramBody, DatagramT};
@@ -155,6 +155,41 @@ mod tests {
         assert!(check(PostsOpT::CommentsListRequest(Box::default())));
         assert!(!check(PostsOpT::CreatePostRequest(Box::default())));
         assert!(!check(PostsOpT::ReactRequest(Box::default())));
+    }
+
+    #[test]
+    fn requests_name_their_answers_as_the_schemas_mark_them() {
+        use crate::control::{ControlOpT, ControlT};
+        use crate::posts::{PostsOpT, PostsT};
+        let with = |body: BodyT, f: &dyn Fn(&Envelope<'_>)| {
+            let env = EnvelopeT {
+                body,
+                ..Default::default()
+            };
+            let mut b = flatbuffers::FlatBufferBuilder::new();
+            let e = env.pack(&mut b);
+            b.finish(e, None);
+            f(&flatbuffers::root::<Envelope>(b.finished_data()).expect("valid"));
+        };
+        let posts = |op| BodyT::Posts(Box::new(PostsT { op }));
+        with(posts(PostsOpT::GetPostRequest(Box::default())), &|e| {
+            assert_eq!(declared_answer(e), Some("PostResponse"));
+            assert_eq!(operation(e), Some(("Posts", "GetPostRequest")));
+        });
+        with(posts(PostsOpT::ReactRequest(Box::default())), &|e| {
+            assert_eq!(declared_answer(e), Some("Ack"));
+        });
+        // Answers and control messages answer nothing themselves.
+        with(posts(PostsOpT::PostResponse(Box::default())), &|e| {
+            assert_eq!(declared_answer(e), None);
+        });
+        let control = |op| BodyT::Control(Box::new(ControlT { op }));
+        with(control(ControlOpT::Ping(Box::default())), &|e| {
+            assert_eq!(declared_answer(e), None);
+        });
+        with(control(ControlOpT::Ack(Box::default())), &|e| {
+            assert_eq!(operation(e), Some(("Control", "Ack")));
+        });
     }
 
     #[test]

@@ -20,6 +20,8 @@ mod delivery;
 mod redis_bus;
 mod shards;
 mod table;
+#[cfg(debug_assertions)]
+pub(crate) use table::check_declared_answer;
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;

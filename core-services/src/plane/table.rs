@@ -55,7 +55,12 @@ macro_rules! service_table {
                 match call.env().$body().map(|t| t.op_type()) {
                     $( Some($Op::$variant) => Box::pin(async move {
                         let request = call.op(|e| e.$body()?.$acc())?;
-                        wire.$handler(&call, request).await
+                        let answer = wire.$handler(&call, request).await;
+                        #[cfg(debug_assertions)]
+                        if let Ok(bytes) = &answer {
+                            $crate::plane::check_declared_answer(&call, bytes);
+                        }
+                        answer
                     }), )*
                     _ => Box::pin(async { Err($crate::Error::Unavailable("this operation")) }),
                 }
@@ -82,6 +87,35 @@ macro_rules! service_table {
             }
         }
     };
+}
+
+/// Debug builds (every test): the answer a handler gave must be the operation its
+/// request's schema names (`answer: "..."`), which the TypeScript SDK's typed operations
+/// are generated from. A mismatch is a defect in the handler or the schema, never input.
+#[cfg(debug_assertions)]
+pub(crate) fn check_declared_answer(call: &crate::plane::Call, answer: &bytes::Bytes) {
+    let limits = selfie_codec::Limits {
+        max_frame_bytes: usize::MAX >> 1,
+        max_apparent_size: usize::MAX >> 1,
+        max_tables: usize::MAX >> 1,
+        ..selfie_codec::Limits::DEFAULT
+    };
+    let request = call.env();
+    let declared = selfie_protocol::declared_answer(&request);
+    let asked = selfie_protocol::operation(&request);
+    let Ok(frame) = selfie_codec::Frame::verify(answer.clone(), &limits) else {
+        panic!("{asked:?} was answered with bytes that are not a frame");
+    };
+    let got = selfie_protocol::operation(&frame.envelope());
+    let want = match (declared, asked) {
+        (Some("Ack"), _) => Some(("Control", "Ack")),
+        (Some(op), Some((service, _))) => Some((service, op)),
+        _ => None,
+    };
+    assert!(
+        want.is_some() && got == want,
+        "{asked:?} was answered with {got:?}, but its schema names {declared:?}"
+    );
 }
 
 /// Maps a domain enum to its wire enum and back, variant by variant (same names):
