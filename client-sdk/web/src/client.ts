@@ -9,6 +9,7 @@ import { ErrorCode } from '../../../protocol/ts/generated/selfie/control/error-c
 import { DatagramT } from '../../../protocol/ts/generated/selfie/datagram.js';
 import {
   FrameError,
+  FrameReader,
   DEFAULT_MAX_FRAME_BYTES,
   decodeDatagram,
   encodeDatagram,
@@ -436,6 +437,84 @@ export class Client {
       throw new SelfieError(e.code, text(e.message), e.retryAfterMs, e.field === null ? null : text(e.field));
     }
     return env;
+  }
+
+  /**
+   * A request whose stream carries raw bytes besides frames: `payload` follows the
+   * request's frame (a media chunk after its `UploadChunkHeader`), and the bytes after
+   * the answer's frame (a download after its `DownloadHeader`) go to `onBytes` until
+   * the stream ends. Returns the answer's envelope; a `control.Error` throws. The answer
+   * is awaited within the request timeout, the bytes after it are not.
+   */
+  async rawRequest(
+    bodyType: Body,
+    body: EnvelopeT['body'],
+    payload: Uint8Array | null,
+    onBytes: ((bytes: Uint8Array) => void) | null,
+  ): Promise<EnvelopeT> {
+    this.inFlight += 1;
+    try {
+      const id = this.nextId++;
+      const stream = await this.transport.openStream();
+      const writer = stream.writable.getWriter();
+      const frame = encodeEnvelope(new EnvelopeT(id, bodyType, body));
+      if (payload === null) {
+        await writer.write(frame);
+      } else {
+        const both = new Uint8Array(frame.length + payload.length);
+        both.set(frame, 0);
+        both.set(payload, frame.length);
+        await writer.write(both);
+      }
+      writer.close().catch(() => {});
+      const reader = stream.readable.getReader();
+      const frames = new FrameReader(this.maxFrameBytes);
+      try {
+        const first = await withTimeout(
+          (async () => {
+            for (;;) {
+              const env = frames.next();
+              if (env !== null) {
+                return env;
+              }
+              const { value, done } = await reader.read();
+              if (done) {
+                throw new SelfieError(ErrorCode.Unavailable, 'the stream ended without an answer');
+              }
+              frames.push(value);
+            }
+          })(),
+          this.requestTimeoutMs,
+          'request',
+        );
+        const e = errorOf(first);
+        if (e !== null) {
+          throw new SelfieError(e.code, text(e.message), e.retryAfterMs, e.field === null ? null : text(e.field));
+        }
+        if (onBytes !== null) {
+          for (const chunk of frames.takeRest()) {
+            onBytes(chunk);
+          }
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) {
+              break;
+            }
+            onBytes(value);
+          }
+        } else {
+          void reader.cancel().catch(() => {});
+        }
+        return first;
+      } finally {
+        reader.releaseLock();
+      }
+    } finally {
+      this.inFlight -= 1;
+      if (this.leaving && this.inFlight === 0) {
+        this.close();
+      }
+    }
   }
 
   /**

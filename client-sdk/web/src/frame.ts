@@ -100,6 +100,15 @@ export class FrameReader {
     return decodeEnvelope(whole.subarray(4));
   }
 
+  /** The bytes held after the last whole frame (raw bytes that follow a header frame),
+   * handed over and forgotten. */
+  takeRest(): Uint8Array[] {
+    const rest = this.chunks;
+    this.chunks = [];
+    this.buffered = 0;
+    return rest;
+  }
+
   private peek(n: number): Uint8Array {
     const first = this.chunks[0];
     if (first !== undefined && first.length >= n) {

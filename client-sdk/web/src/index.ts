@@ -21,6 +21,6 @@ export { ChatLog, ChatSession, MAX_CURSOR, type Applied, type ChatSessionStats, 
 export { ReconnectingClient, isIdempotent, type Requester } from './reconnect.js';
 export { type Ops } from './services.js';
 export { AuthOps, ChatOps, FeedOps, GraphOps, MediaOps, NotificationsOps, PostsOps, StoriesOps, UsersOps, type Caller } from '../../../protocol/ts/generated/ops.js';
-export { AuthApi, ChatApi, FeedApi, GraphApi, NotificationsApi, PostsApi, Selfie, StoriesApi, UsersApi } from './services.js';
+export { AuthApi, ChatApi, FeedApi, GraphApi, MediaApi, type Download, type UploadOptions, NotificationsApi, PostsApi, Selfie, StoriesApi, UsersApi } from './services.js';
 export { certificateHash, hasWebTransport, openWebTransport, type CloseInfo, type DuplexStream, type Transport, type TransportKind } from './transport.js';
 export { WebSocketStreamError, openWebSocket } from './websocket.js';

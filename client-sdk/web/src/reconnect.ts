@@ -49,6 +49,13 @@ import {
 /** What typed requests need of a session (`Client` or `ReconnectingClient`). */
 export interface Requester {
   request(bodyType: Body, body: EnvelopeT['body']): Promise<EnvelopeT>;
+  /** See `Client.rawRequest` (media chunks and downloads). */
+  rawRequest(
+    bodyType: Body,
+    body: EnvelopeT['body'],
+    payload: Uint8Array | null,
+    onBytes: ((bytes: Uint8Array) => void) | null,
+  ): Promise<EnvelopeT>;
   subscribe(kind: control.SubscriptionKind, targetId?: bigint, sinceCursor?: readonly number[]): Promise<Subscription>;
 }
 
@@ -193,6 +200,18 @@ export class ReconnectingClient implements Requester {
         }
       }
     }
+  }
+
+  /** A raw-bytes request on the current connection (never replayed: a download that was
+   * cut off is asked again by its caller, from the bytes it has). */
+  async rawRequest(
+    bodyType: Body,
+    body: EnvelopeT['body'],
+    payload: Uint8Array | null,
+    onBytes: ((bytes: Uint8Array) => void) | null,
+  ): Promise<EnvelopeT> {
+    const c = await this.client();
+    return c.rawRequest(bodyType, body, payload, onBytes);
   }
 
   /** Subscribes on the current connection (see `onConnect` to follow reconnects). */

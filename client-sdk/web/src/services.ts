@@ -4,7 +4,7 @@
  * server's `SelfieError`). Anything not wrapped here is one `Client.request` away with
  * the generated types.
  */
-import { Body, EnvelopeT, auth, chat, common, control, feed, graph, notifications, posts, stories, users } from './proto.js';
+import { Body, EnvelopeT, auth, chat, common, control, feed, graph, media, notifications, posts, stories, users } from './proto.js';
 import { ErrorCode, SelfieError } from './client.js';
 import type { Client } from './client.js';
 import type { Requester } from './reconnect.js';
@@ -274,6 +274,192 @@ export class ChatApi {
   }
 }
 
+/** What `MediaApi.upload` may be told. */
+export interface UploadOptions {
+  readonly mimeType?: string;
+  readonly filename?: string;
+  readonly altText?: string;
+  /** Chunks in flight at once (default 4), each on its own stream. */
+  readonly parallel?: number;
+  /** Called as chunks are stored: the server's durable offset, and the total. */
+  readonly onProgress?: (offset: bigint, total: bigint) => void;
+}
+
+/** A download: the header (type, size, range) and the bytes. */
+export interface Download {
+  readonly header: media.DownloadHeaderT;
+  readonly bytes: Uint8Array;
+}
+
+async function sha256(bytes: Uint8Array): Promise<number[]> {
+  return [...new Uint8Array(await crypto.subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>))];
+}
+
+function mediaOp<T>(env: EnvelopeT, want: Ctor<T>): T {
+  const b = env.body;
+  if (!(b instanceof media.MediaT) || !(b.op instanceof want)) {
+    throw new SelfieError(ErrorCode.UnexpectedMessage, `expected ${want.name}`);
+  }
+  return b.op;
+}
+
+/**
+ * Media: resumable chunked uploads (each chunk on its own stream with its SHA-256, a
+ * few in parallel; `uploadResume` goes on from the server's durable offset after a
+ * lost connection or a reload), objects, signed HTTPS URLs for `<img>`, and ranged
+ * downloads over the session.
+ */
+export class MediaApi {
+  constructor(private readonly c: Requester) {}
+
+  private call<T>(opType: media.MediaOp, op: media.MediaT['op'], want: Ctor<T>): Promise<T> {
+    return answer(this.c, Body.Media, new media.MediaT(opType, op), want);
+  }
+
+  /** Uploads `bytes` as a new object: init, chunks, complete. The object is then
+   * `Processing` (renditions being made), then `Ready` (see `waitReady`). */
+  async upload(kind: common.MediaKind, bytes: Uint8Array, options: UploadOptions = {}): Promise<media.MediaInfoT> {
+    const req = new media.UploadInitRequestT(
+      kind,
+      options.mimeType ?? null,
+      BigInt(bytes.length),
+      await sha256(bytes),
+      options.filename ?? null,
+      options.altText ?? null,
+    );
+    const status = await this.call(media.MediaOp.UploadInitRequest, req, media.UploadStatusT);
+    return this.sendFrom(status, bytes, options);
+  }
+
+  /** Goes on with upload `uploadId` of `bytes` from what the server already holds. */
+  async uploadResume(uploadId: bigint, bytes: Uint8Array, options: UploadOptions = {}): Promise<media.MediaInfoT> {
+    const status = await this.call(
+      media.MediaOp.UploadResumeRequest,
+      new media.UploadResumeRequestT(uploadId),
+      media.UploadStatusT,
+    );
+    return this.sendFrom(status, bytes, options);
+  }
+
+  /** Sends one chunk (`UploadChunkHeader` then its bytes) on its own stream. */
+  async sendChunk(uploadId: bigint, offset: bigint, bytes: Uint8Array): Promise<media.UploadStatusT> {
+    const header = new media.UploadChunkHeaderT(uploadId, offset, bytes.length, await sha256(bytes));
+    const env = await this.c.rawRequest(
+      Body.Media,
+      new media.MediaT(media.MediaOp.UploadChunkHeader, header),
+      bytes,
+      null,
+    );
+    return mediaOp(env, media.UploadStatusT);
+  }
+
+  private async sendFrom(status: media.UploadStatusT, bytes: Uint8Array, options: UploadOptions): Promise<media.MediaInfoT> {
+    const total = BigInt(bytes.length);
+    if (status.sizeBytes !== total || status.chunkSize === 0) {
+      throw new SelfieError(ErrorCode.InvalidArgument, 'the upload does not match its bytes');
+    }
+    const chunk = BigInt(status.chunkSize);
+    const offsets: bigint[] = [];
+    for (let o = (status.offset / chunk) * chunk; o < total; o += chunk) {
+      offsets.push(o);
+    }
+    // A few chunks in flight: each worker takes the next offset.
+    const workers = Array.from({ length: Math.max(1, options.parallel ?? 4) }, async () => {
+      for (let o = offsets.shift(); o !== undefined; o = offsets.shift()) {
+        const end = o + chunk < total ? o + chunk : total;
+        const s = await this.sendChunk(status.uploadId, o, bytes.subarray(Number(o), Number(end)));
+        options.onProgress?.(s.offset, total);
+      }
+    });
+    await Promise.all(workers);
+    // Several uploads finishing at once may be told `Overloaded`: back off and retry
+    // for up to half a minute.
+    const digest = await sha256(bytes);
+    const deadline = Date.now() + 30_000;
+    for (let wait = 50; ; wait = Math.min(wait * 2, 2000)) {
+      try {
+        const r = await this.call(
+          media.MediaOp.UploadCompleteRequest,
+          new media.UploadCompleteRequestT(status.uploadId, digest),
+          media.MediaInfoResponseT,
+        );
+        if (r.media === null) {
+          throw new SelfieError(ErrorCode.UnexpectedMessage, 'no object in the answer');
+        }
+        return r.media;
+      } catch (e) {
+        if (!(e instanceof SelfieError) || e.code !== ErrorCode.Overloaded || Date.now() + wait > deadline) {
+          throw e;
+        }
+        await new Promise((r) => setTimeout(r, Math.max(wait, e.retryAfterMs)));
+      }
+    }
+  }
+
+  /** An object, as this user may see it. */
+  async get(mediaId: bigint): Promise<media.MediaInfoT> {
+    const r = await this.call(media.MediaOp.GetMediaRequest, new media.GetMediaRequestT(mediaId), media.MediaInfoResponseT);
+    if (r.media === null) {
+      throw new SelfieError(ErrorCode.UnexpectedMessage, 'no object in the answer');
+    }
+    return r.media;
+  }
+
+  /** Polls until the object is `Ready` (renditions made), `Failed` or `Rejected`. */
+  async waitReady(mediaId: bigint, timeoutMs = 60_000): Promise<media.MediaInfoT> {
+    const until = Date.now() + timeoutMs;
+    for (let wait = 100; ; wait = Math.min(wait * 2, 2000)) {
+      const m = await this.get(mediaId);
+      if (m.state !== media.MediaState.Uploading && m.state !== media.MediaState.Processing) {
+        return m;
+      }
+      if (Date.now() + wait > until) {
+        throw new SelfieError(ErrorCode.Timeout, 'the object is still being processed');
+      }
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+
+  /** A signed, expiring HTTPS URL to a rendition, for `<img src>` (`large`, `small`...). */
+  url(mediaId: bigint, rendition: string): Promise<media.MediaUrlResponseT> {
+    return this.call(media.MediaOp.MediaUrlRequest, new media.MediaUrlRequestT(mediaId, rendition), media.MediaUrlResponseT);
+  }
+
+  /**
+   * Downloads bytes `start..end` (`end` 0n: to the end) of `rendition` (`''`: the
+   * original, for its owner) over the session.
+   */
+  async download(mediaId: bigint, rendition = '', start = 0n, end = 0n): Promise<Download> {
+    const parts: Uint8Array[] = [];
+    let size = 0;
+    const env = await this.c.rawRequest(
+      Body.Media,
+      new media.MediaT(media.MediaOp.DownloadRequest, new media.DownloadRequestT(mediaId, rendition, start, end)),
+      null,
+      (b) => {
+        parts.push(b);
+        size += b.length;
+      },
+    );
+    const header = mediaOp(env, media.DownloadHeaderT);
+    if (BigInt(size) !== header.length) {
+      throw new SelfieError(ErrorCode.Unavailable, `the download ended at ${size} of ${header.length} bytes`);
+    }
+    const bytes = new Uint8Array(size);
+    let at = 0;
+    for (const p of parts) {
+      bytes.set(p, at);
+      at += p.length;
+    }
+    return { header, bytes };
+  }
+
+  /** Deletes an object (its uses end with it). */
+  delete(mediaId: bigint): Promise<void> {
+    return ack(this.c, Body.Media, new media.MediaT(media.MediaOp.DeleteMediaRequest, new media.DeleteMediaRequestT(mediaId)));
+  }
+}
+
 /** Every service's typed requests over one session (a `Client`, or a
  * `ReconnectingClient` whose requests follow its reconnects). */
 export class Selfie<C extends Requester = Client> {
@@ -285,6 +471,7 @@ export class Selfie<C extends Requester = Client> {
   readonly notifications: NotificationsApi;
   readonly stories: StoriesApi;
   readonly chat: ChatApi;
+  readonly media: MediaApi;
   /** Every operation of every service the edge serves, typed by its answer. */
   readonly ops: Ops;
 
@@ -298,6 +485,7 @@ export class Selfie<C extends Requester = Client> {
     this.notifications = new NotificationsApi(client);
     this.stories = new StoriesApi(client);
     this.chat = new ChatApi(client);
+    this.media = new MediaApi(client);
   }
 
   /** Live events of a topic. */

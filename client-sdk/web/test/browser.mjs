@@ -7,7 +7,8 @@
 // falls back to the WebSocket transport. Screenshots of each main screen are kept in
 // $SELFIE_ARTIFACTS. Last, the SDK's chat resume in the page: the edge restarts (SIGTERM:
 // `GoAway`, drain) while messages are sent, then a client away for 60 messages resumes
-// from its saved cursor (both transports).
+// from its saved cursor; media: a chunked upload, one resumed on a new connection, a
+// rendition downloaded over the session and by its signed URL (both transports).
 //
 //   SELFIE_BIN=target/debug/selfie node test/browser.mjs
 import { spawn } from 'node:child_process';
@@ -69,6 +70,8 @@ async function startEdge(same = null) {
     // Every test user registers from 127.0.0.1: room for all of them at once (the
     // limit itself is tested in the accounts tests).
     '--set', 'auth.register_burst=16',
+    // Small chunks: a test image is several of them.
+    '--set', 'media.chunk_bytes=65536',
   ];
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = same?.log() ?? '';
@@ -356,6 +359,124 @@ async function resume(browser, base, edge, mode, failures) {
   await ctxB.close();
 }
 
+/**
+ * Media through the SDK in the page: Ana uploads a PNG drawn on a canvas (several
+ * chunks, in parallel), drops her connection after the first chunk of a second upload
+ * and finishes it with `uploadResume` on a new one, posts the first; Ben, who follows
+ * her, downloads its `large` rendition over the session and loads its signed HTTPS URL.
+ */
+async function mediaFlow(browser, base, mode, failures) {
+  const ctxA = await browser.newContext({ ignoreHTTPSErrors: true });
+  const ctxB = await browser.newContext({ ignoreHTTPSErrors: true });
+  const [a, b] = [await ctxA.newPage(), await ctxB.newPage()];
+  const suffix = Date.now().toString(36).slice(-5);
+  const ids = {};
+  for (const [p, name] of [[a, `mia${suffix}`], [b, `max${suffix}`]]) {
+    p.on('pageerror', (e) => failures.push(`media ${mode}: page error: ${e.message}`));
+    await p.goto(`${base}/`);
+    ids[name[1]] = await p.evaluate(
+      async ({ name, mode }) => {
+        const sdk = await import('/sdk.js');
+        const c = await (await fetch('/client.json', { cache: 'no-store' })).json();
+        const options = {
+          url: `https://${location.hostname}:${c.quicPort}/`,
+          certificateHashes: c.certificateHash === null ? [] : [c.certificateHash],
+          websocketUrl: `wss://${location.host}/ws`,
+          transports: [mode],
+        };
+        const anon = new sdk.Selfie(await sdk.Client.connect(options));
+        const r = await anon.auth.register({ username: name, email: `${name}@example.com`, password: `${name} correct horse` });
+        anon.client.close();
+        const str = (s) => (typeof s === 'string' ? s : new TextDecoder().decode(s));
+        const tokens = { ...options, accessToken: str(r.tokens.accessToken) };
+        const rc = await sdk.ReconnectingClient.connect(tokens);
+        window.t = { sdk, str, tokens, rc, s: new sdk.Selfie(rc) };
+        return r.tokens.userId.toString();
+      },
+      { name, mode },
+    );
+  }
+  await b.evaluate((id) => window.t.s.graph.follow(BigInt(id)), ids.i);
+  const made = await a.evaluate(async () => {
+    const { sdk, tokens } = window.t;
+    // A noisy picture: PNG cannot squeeze it below several 64 KiB chunks.
+    const png = async (seed) => {
+      const canvas = new OffscreenCanvas(400, 300);
+      const g = canvas.getContext('2d');
+      const img = g.createImageData(400, 300);
+      let x = seed;
+      for (let i = 0; i < img.data.length; i++) {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        x >>>= 0;
+        img.data[i] = i % 4 === 3 ? 255 : x & 0xff;
+      }
+      g.putImageData(img, 0, 0);
+      return new Uint8Array(await (await canvas.convertToBlob({ type: 'image/png' })).arrayBuffer());
+    };
+    const kind = sdk.proto.common.MediaKind.Image;
+    const first = await png(1);
+    const progress = [];
+    const up = await window.t.s.media.upload(kind, first, {
+      mimeType: 'image/png',
+      altText: 'noise',
+      parallel: 3,
+      onProgress: (o) => progress.push(o),
+    });
+    const ready = await window.t.s.media.waitReady(up.mediaId);
+    const post = await window.t.s.posts.create({ text: 'a picture', mediaIds: [up.mediaId] });
+    // A second upload cut off after its first chunk, finished on a new connection.
+    const second = await png(2);
+    const digest = [...new Uint8Array(await crypto.subtle.digest('SHA-256', second))];
+    const init = await window.t.s.ops.media.uploadInit(
+      new sdk.proto.media.UploadInitRequestT(kind, 'image/png', BigInt(second.length), digest, null, null),
+    );
+    await window.t.s.media.sendChunk(init.uploadId, 0n, second.subarray(0, init.chunkSize));
+    window.t.rc.close();
+    const rc = await sdk.ReconnectingClient.connect(tokens);
+    const s = new sdk.Selfie(rc);
+    const resumed = await s.media.uploadResume(init.uploadId, second);
+    return {
+      bytes: first.length,
+      chunks: progress.length,
+      state: ready.state,
+      renditions: ready.renditions.map((r) => window.t.str(r.name)),
+      post: post.postId.toString(),
+      media: up.mediaId.toString(),
+      resumedSize: resumed.sizeBytes.toString(),
+      secondBytes: second.length,
+    };
+  });
+  if (made.chunks < 3 || made.secondBytes < 3 * 65536 || made.state !== 2 || !made.renditions.includes('large') || made.resumedSize !== String(made.secondBytes)) {
+    failures.push(`media ${mode}: upload: ${JSON.stringify(made)}`);
+  }
+  const seen = await b.evaluate(async (mediaId) => {
+    const { s, str } = window.t;
+    const id = BigInt(mediaId);
+    const d = await s.media.download(id, 'large');
+    const u = await s.media.url(id, 'large');
+    const r = await fetch(str(u.url));
+    const viaUrl = new Uint8Array(await r.arrayBuffer());
+    // The original is its owner's alone.
+    const original = await s.media.download(id, 'original').then(() => 'allowed', (e) => e.code);
+    return {
+      mime: str(d.header.mimeType),
+      length: d.bytes.length,
+      jpeg: d.bytes[0] === 0xff && d.bytes[1] === 0xd8,
+      status: r.status,
+      same: viaUrl.length === d.bytes.length && viaUrl.every((x, i) => x === d.bytes[i]),
+      original,
+    };
+  }, made.media);
+  if (!seen.jpeg || seen.status !== 200 || !seen.same || seen.length === 0 || seen.original === 'allowed') {
+    failures.push(`media ${mode}: download: ${JSON.stringify(seen)}`);
+  }
+  console.log(`media ${mode}: ${JSON.stringify({ ...made, download: seen })}`);
+  await ctxA.close();
+  await ctxB.close();
+}
+
 async function run() {
   const edge = await startEdge();
   const browser = await chromium.launch({
@@ -373,6 +494,8 @@ async function run() {
     await scenario(browser, base, 'websocket', failures);
     await resume(browser, base, edge, 'webtransport', failures);
     await resume(browser, base, edge, 'websocket', failures);
+    await mediaFlow(browser, base, 'webtransport', failures);
+    await mediaFlow(browser, base, 'websocket', failures);
   } catch (e) {
     failures.push(String(e?.stack ?? e));
     for (const [i, ctx] of browser.contexts().entries()) {
@@ -390,7 +513,7 @@ async function run() {
     console.error(`--- selfie serve log ---\n${edge.log().slice(-4000)}`);
     process.exit(1);
   }
-  console.log(`browser tests passed (WebTransport, then the WebSocket fallback; chat resumed across a restart on each); screenshots in ${artifacts}`);
+  console.log(`browser tests passed (WebTransport, then the WebSocket fallback; chat resumed across a restart and media on each); screenshots in ${artifacts}`);
 }
 
 await run();

@@ -13,6 +13,9 @@ class Recorder implements Requester {
     this.sent.push({ bodyType, body });
     return this.reply;
   }
+  rawRequest(): Promise<EnvelopeT> {
+    throw new Error('not used');
+  }
   subscribe(): Promise<Subscription> {
     throw new Error('not used');
   }
