@@ -1,10 +1,25 @@
 /**
- * The web client: register, log in (with 2FA), follow, post, the home feed, profiles,
- * notifications and the stories tray, live over one WebTransport session (or the
- * WebSocket fallback). Plain DOM, no framework: every user-supplied string goes through
- * `textContent`, never HTML.
+ * The web client: register, log in (with 2FA), follow, post (with a picture), the home
+ * feed, profiles, direct messages, notifications and the stories tray, live over one
+ * WebTransport session (or the WebSocket fallback). Signed in, the session reconnects by
+ * itself (`ReconnectingClient`: a drained edge, a lost network) and subscribes again;
+ * messages come through `ChatSession`, so a reconnect brings exactly what was missed.
+ * Plain DOM, no framework: every user-supplied string goes through `textContent` (and
+ * media through signed URLs in `src`), never HTML.
  */
-import { Client, ErrorCode, Selfie, SelfieError, type Subscription, connectWithBackoff, proto } from '../src/index.js';
+import {
+  ChatSession,
+  Client,
+  type ConnectOptions,
+  ErrorCode,
+  ReconnectingClient,
+  type Requester,
+  Selfie,
+  SelfieError,
+  type Subscription,
+  connectWithBackoff,
+  proto,
+} from '../src/index.js';
 
 interface ClientJson {
   quicPort: number;
@@ -20,7 +35,7 @@ interface Tokens {
 const app = document.getElementById('app') as HTMLElement;
 const status = document.getElementById('status') as HTMLElement;
 let live: Subscription[] = [];
-let session: Selfie | null = null;
+let session: Selfie<Requester & { close(): void }> | null = null;
 
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -56,22 +71,32 @@ async function config(): Promise<ClientJson> {
   return (await r.json()) as ClientJson;
 }
 
-/** Opens a session: WebTransport unless the page says otherwise (`?transport=`). */
-async function connect(accessToken: string | null): Promise<Selfie> {
+/** How to reach the edge: WebTransport unless the page says otherwise (`?transport=`). */
+async function options(accessToken: string | null): Promise<ConnectOptions> {
   const c = await config();
-  const url = `https://${location.hostname}:${c.quicPort}/`;
-  const params = new URLSearchParams(location.search);
-  const only = params.get('transport');
-  const client = await connectWithBackoff(() => Client.connect({
-    url,
+  const only = new URLSearchParams(location.search).get('transport');
+  return {
+    url: `https://${location.hostname}:${c.quicPort}/`,
     certificateHashes: c.certificateHash === null ? [] : [c.certificateHash],
     accessToken,
     app: { name: 'selfie-web-demo', version: '0.1.0' },
     websocketUrl: `wss://${location.host}/ws`,
     transports: only === 'websocket' ? ['websocket'] : only === 'webtransport' ? ['webtransport'] : undefined,
-  }), { attempts: 6 });
-  status.textContent = `${accessToken === null ? 'signed out' : 'signed in'} · ${client.transportKind}`;
-  status.dataset['transport'] = client.transportKind;
+  };
+}
+
+function showStatus(signedIn: boolean, c: Client | null): void {
+  status.textContent = c === null ? 'reconnecting…' : `${signedIn ? 'signed in' : 'signed out'} · ${c.transportKind}`;
+  if (c !== null) {
+    status.dataset['transport'] = c.transportKind;
+  }
+}
+
+/** An anonymous session (sign-up and log-in screens). */
+async function connect(): Promise<Selfie> {
+  const o = await options(null);
+  const client = await connectWithBackoff(() => Client.connect(o), { attempts: 6 });
+  showStatus(false, client);
   return new Selfie(client);
 }
 
@@ -141,13 +166,31 @@ function authScreen(anon: Selfie): void {
   );
 }
 
-function postItem(p: proto.posts.PostT, names: Map<bigint, string>, open: (userId: bigint) => void): HTMLLIElement {
+function postItem(
+  p: proto.posts.PostT,
+  names: Map<bigint, string>,
+  open: (userId: bigint) => void,
+  picture: (mediaId: bigint) => Promise<string>,
+): HTMLLIElement {
   const id = p.author?.userId ?? 0n;
   const name = str(p.author?.username) || names.get(id) || id.toString();
   const who = el('button', { class: 'link author', type: 'button' }, `@${name}`);
   who.addEventListener('click', () => open(p.author?.userId ?? 0n));
   const when = new Date(Number(p.createdAtMs)).toLocaleString();
-  return el('li', { 'data-testid': 'post' }, who, ' ', el('span', { class: 'muted' }, when), el('p', {}, str(p.text)));
+  const item = el('li', { 'data-testid': 'post' }, who, ' ', el('span', { class: 'muted' }, when), el('p', {}, str(p.text)));
+  for (const m of p.media) {
+    // A signed, expiring URL to the picture for this viewer (an object without an image
+    // rendition, a video, is left out); the alt text as the image's.
+    const img = el('img', { alt: str(m.altText), 'data-testid': 'post-image' });
+    if (m.width > 0 && m.height > 0) {
+      img.setAttribute('width', String(Math.min(m.width, 480)));
+    }
+    item.append(img);
+    picture(m.mediaId)
+      .then((url) => (img.src = url))
+      .catch(() => img.remove());
+  }
+  return item;
 }
 
 async function signedIn(tokens: Tokens): Promise<void> {
@@ -156,26 +199,26 @@ async function signedIn(tokens: Tokens): Promise<void> {
     void s.close().catch(() => {});
   }
   live = [];
-  let s: Selfie;
+  let rc: ReconnectingClient;
   try {
-    s = await connect(tokens.accessToken);
+    rc = await ReconnectingClient.connect(await options(tokens.accessToken), { attempts: 6 });
   } catch (e) {
     sessionStorage.removeItem('selfie.tokens');
     status.textContent = `could not sign in: ${message(e)}`;
     return start();
   }
+  const s = new Selfie(rc);
   session = s;
-  // Moved by the edge (drain) or cut off: come back, with backoff, to a fresh screen.
-  const reconnect = (delayMs: number): void => {
-    if (session !== s) {
-      return; // Logged out or already replaced.
+  showStatus(true, rc.connection);
+  // A session the edge refuses later (an expired or revoked token): sign in again.
+  void rc.refused.then((e) => {
+    if (session === s) {
+      session = null;
+      sessionStorage.removeItem('selfie.tokens');
+      status.textContent = `signed out: ${message(e)}`;
+      void start();
     }
-    session = null;
-    status.textContent = 'reconnecting…';
-    setTimeout(() => void signedIn(tokens), delayMs);
-  };
-  void s.client.goAway.then((g) => reconnect(g.reconnectAfterMs));
-  void s.client.closed.then(() => reconnect(0));
+  });
   app.className = '';
   app.replaceChildren();
 
@@ -206,6 +249,7 @@ async function signedIn(tokens: Tokens): Promise<void> {
       ),
     );
   };
+  const picture = async (mediaId: bigint): Promise<string> => str((await s.media.url(mediaId, 'medium')).url);
   const loadFeed = async (): Promise<void> => {
     const page = await s.feed.page({ limit: 30 });
     // Feed items name their authors by id: one lookup for the page's usernames.
@@ -217,7 +261,7 @@ async function signedIn(tokens: Tokens): Promise<void> {
       }
     }
     feedList.replaceChildren(
-      ...page.items.flatMap((i) => (i.post === null ? [] : [postItem(i.post, names, openProfile)])),
+      ...page.items.flatMap((i) => (i.post === null ? [] : [postItem(i.post, names, openProfile, picture)])),
     );
     if (page.items.length === 0) {
       feedList.append(el('li', { class: 'muted' }, 'Nothing yet: follow someone or post.'));
@@ -249,18 +293,36 @@ async function signedIn(tokens: Tokens): Promise<void> {
     'form',
     { 'data-testid': 'compose' },
     el('textarea', { name: 'text', rows: '3', placeholder: "What's happening?", required: '', maxlength: '2000' }),
+    el('input', { name: 'picture', type: 'file', accept: 'image/jpeg,image/png,image/webp,image/gif' }),
     el('button', { type: 'submit' }, 'Post'),
   );
   compose.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    const text = String(new FormData(compose).get('text'));
-    s.posts
-      .create({ text })
-      .then(() => {
-        compose.reset();
-        return loadFeed();
-      })
-      .catch((e: unknown) => (error.textContent = message(e)));
+    const form = new FormData(compose);
+    const text = String(form.get('text'));
+    const file = form.get('picture');
+    void (async () => {
+      const mediaIds: bigint[] = [];
+      if (file instanceof File && file.size > 0) {
+        // Chunks in parallel; the post waits for the renditions.
+        status.textContent = `uploading ${file.name}…`;
+        const bytes = new Uint8Array(await file.arrayBuffer());
+        const m = await s.media.upload(proto.common.MediaKind.Image, bytes, {
+          mimeType: file.type,
+          filename: file.name,
+          onProgress: (offset, total) => (status.textContent = `uploading ${file.name}: ${(offset * 100n) / total}%`),
+        });
+        const ready = await s.media.waitReady(m.mediaId);
+        showStatus(true, rc.connection);
+        if (ready.state !== proto.media.MediaState.Ready) {
+          throw new Error(`the picture was not accepted (${proto.media.MediaState[ready.state]})`);
+        }
+        mediaIds.push(m.mediaId);
+      }
+      await s.posts.create({ text, mediaIds });
+      compose.reset();
+      await loadFeed();
+    })().catch((e: unknown) => (error.textContent = message(e)));
   });
   const follow = el(
     'form',
@@ -393,33 +455,68 @@ async function signedIn(tokens: Tokens): Promise<void> {
     (e: unknown) => (error.textContent = message(e)),
   );
 
-  // Live: each event of a topic reloads what it changed.
-  const follow_live = async (kind: proto.control.SubscriptionKind, reload: () => Promise<void>): Promise<void> => {
+  // Live: each event of a topic reloads what it changed; on every new connection the
+  // topics are subscribed again and reloaded (what changed meanwhile).
+  const followLive = async (c: Client, kind: proto.control.SubscriptionKind, reload: () => Promise<void>): Promise<void> => {
     try {
-      const sub = await s.subscribe(kind);
+      const sub = await c.subscribe(kind);
       live.push(sub);
       for await (const _event of sub) {
         await reload();
       }
     } catch (e) {
-      error.textContent = `live updates stopped: ${message(e)}`;
+      if (rc.connection === c) {
+        error.textContent = `live updates stopped: ${message(e)}`;
+      }
     }
   };
-  void follow_live(proto.control.SubscriptionKind.HomeFeed, loadFeed);
-  void follow_live(proto.control.SubscriptionKind.Notifications, loadNotifications);
-  void follow_live(proto.control.SubscriptionKind.StoryTray, loadTray);
+  const topics: Array<[proto.control.SubscriptionKind, () => Promise<void>]> = [
+    [proto.control.SubscriptionKind.HomeFeed, loadFeed],
+    [proto.control.SubscriptionKind.Notifications, loadNotifications],
+    [proto.control.SubscriptionKind.StoryTray, loadTray],
+  ];
+  const liveOn = (c: Client): void => {
+    for (const [kind, reload] of topics) {
+      void followLive(c, kind, reload);
+    }
+    // Drained or cut off: say so until the next connection is up.
+    void Promise.race([c.goAway, c.closed]).then(() => {
+      if (session === s && (rc.connection === null || rc.connection === c)) {
+        showStatus(true, null);
+      }
+    });
+  };
+  const first = await rc.client();
+  liveOn(first);
+  rc.onConnect((c) => {
+    if (session !== s) {
+      return;
+    }
+    showStatus(true, c);
+    liveOn(c);
+    void Promise.all(topics.map(([, reload]) => reload())).catch((e: unknown) => (error.textContent = message(e)));
+  });
+  // Messages: the history the device is missing, then live, and again after every
+  // reconnect — each message once, in order.
   void (async () => {
     try {
-      const sub = await s.subscribe(proto.control.SubscriptionKind.AllConversations);
-      live.push(sub);
-      for await (const env of sub) {
-        const op = env.body instanceof proto.chat.ChatT ? env.body.op : null;
-        if (
-          op instanceof proto.chat.ChatEventT &&
-          op.kind === proto.chat.ChatEventKind.MessageCreated &&
-          op.message !== null
-        ) {
-          await showMessage(op.message);
+      const chat = await ChatSession.start(rc);
+      for await (const u of chat) {
+        if (session !== s) {
+          chat.close();
+          return;
+        }
+        if (u.type === 'event') {
+          const e = u.event;
+          if (e.kind === proto.chat.ChatEventKind.MessageCreated && e.message !== null) {
+            await showMessage(e.message);
+          }
+        } else {
+          // Too far behind to replay: the newest page of that conversation.
+          const page = await s.chat.history(u.conversationId);
+          for (const m of [...page.messages].sort((a, b) => (a.seq < b.seq ? -1 : 1))) {
+            await showMessage(m);
+          }
         }
       }
     } catch (e) {
@@ -436,7 +533,7 @@ async function start(): Promise<void> {
     return signedIn(JSON.parse(saved) as Tokens);
   }
   try {
-    authScreen(await connect(null));
+    authScreen(await connect());
   } catch (e) {
     status.textContent = `cannot reach the edge: ${message(e)}`;
   }

@@ -124,6 +124,10 @@ export class ReconnectingClient implements Requester {
   private options: ConnectOptions;
   /** New connections made after the first. */
   reconnects = 0;
+  private refuse: (e: SelfieError) => void = () => {};
+  /** Resolves when the edge refuses the session for good (an expired or revoked token,
+   * an unsupported version): sign in again. */
+  readonly refused: Promise<SelfieError> = new Promise((resolve) => (this.refuse = resolve));
   /** `GoAway`s received. */
   goAways = 0;
 
@@ -255,6 +259,7 @@ export class ReconnectingClient implements Requester {
     } catch (e) {
       if (e instanceof SelfieError && !isRetryable(e)) {
         this.failure = e; // The session is refused: final.
+        this.refuse(e);
       }
       throw e;
     }

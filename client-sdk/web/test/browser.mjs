@@ -1,7 +1,8 @@
 // Browser tests: Debian's Chromium (never a downloaded browser), driven by
 // playwright-core, against a real `selfie serve` serving the built web client on its
 // `[web]` HTTPS port. Two users in two browser contexts register, one follows the
-// other, a post arrives live in the follower's feed, a direct message arrives live; one
+// other, a post arrives live in the follower's feed, then one with a picture (uploaded
+// in chunks, shown from a signed URL), a direct message arrives live; one
 // turns on 2FA and logs back in
 // with a code. Then the same with WebTransport removed from the browser: the client
 // falls back to the WebSocket transport. Screenshots of each main screen are kept in
@@ -167,6 +168,25 @@ async function scenario(browser, base, mode, failures) {
   await a.getByTestId('notification').first().waitFor({ timeout: 20_000 });
   await shot(b, 'feed');
   await shot(a, 'notifications');
+
+  // Ana posts a picture (a screenshot: a real PNG); Ben's feed shows its rendition,
+  // loaded from a signed URL.
+  const picture = await a.screenshot();
+  await a.getByTestId('compose').locator('textarea').fill(`a picture from ${ana}`);
+  await a.getByTestId('compose').locator('input[type=file]').setInputFiles({
+    name: 'screen.png',
+    mimeType: 'image/png',
+    buffer: picture,
+  });
+  await a.getByTestId('compose').locator('button').click();
+  const img = b.getByTestId('feed').locator('img[data-testid=post-image]').first();
+  await img.waitFor({ timeout: 30_000 });
+  await b.waitForFunction(
+    () => [...document.querySelectorAll('img[data-testid=post-image]')].some((i) => i.complete && i.naturalWidth > 0),
+    null,
+    { timeout: 30_000 },
+  );
+  await shot(b, 'feed-picture');
 
   // Ana writes to Ben (who follows her); it arrives live in his messages.
   const dm = `psst ${ben}, ${mode} here`;
@@ -494,6 +514,12 @@ async function run() {
     await scenario(browser, base, 'websocket', failures);
     await resume(browser, base, edge, 'webtransport', failures);
     await resume(browser, base, edge, 'websocket', failures);
+    // The web client open since the start came back by itself after both restarts.
+    await first.a.getByTestId('status').filter({ hasText: 'signed in · webtransport' }).waitFor({ timeout: 30_000 });
+    const after = `still here after the restarts, ${first.ana}`;
+    await first.a.getByTestId('compose').locator('textarea').fill(after);
+    await first.a.getByTestId('compose').locator('button').click();
+    await first.a.getByTestId('feed').getByText(after).waitFor({ timeout: 20_000 });
     await mediaFlow(browser, base, 'webtransport', failures);
     await mediaFlow(browser, base, 'websocket', failures);
   } catch (e) {
