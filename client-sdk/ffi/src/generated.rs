@@ -8418,15 +8418,13 @@ impl From<Notification> for p::notifications::NotificationT {
     }
 }
 
-/// Push: a new notification, with the unread counters.
+/// Push: a new notification, with the unread counter.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct NotificationEvent {
     #[uniffi(default)]
     pub notification: Option<Notification>,
     #[uniffi(default)]
     pub unread_notifications: u32,
-    #[uniffi(default)]
-    pub unread_conversations: u32,
 }
 
 impl From<p::notifications::NotificationEventT> for NotificationEvent {
@@ -8434,7 +8432,6 @@ impl From<p::notifications::NotificationEventT> for NotificationEvent {
         Self {
             notification: t.notification.map(|x| (*x).into()),
             unread_notifications: t.unread_notifications,
-            unread_conversations: t.unread_conversations,
         }
     }
 }
@@ -8445,7 +8442,6 @@ impl From<NotificationEvent> for p::notifications::NotificationEventT {
         let mut t = Self::default();
         t.notification = v.notification.map(|x| Box::new(x.into()));
         t.unread_notifications = v.unread_notifications;
-        t.unread_conversations = v.unread_conversations;
         t
     }
 }

@@ -2084,8 +2084,8 @@ pub fn selfie_notifications_notification(depth: u32) -> BoxedStrategy<crate::gen
 /// Arbitrary `selfie.notifications.NotificationEvent`.
 pub fn selfie_notifications_notification_event(depth: u32) -> BoxedStrategy<crate::generated::selfie::notifications::NotificationEventT> {
     let _ = depth;
-    ((if depth == 0 { Just(None).boxed() } else { option::of(selfie_notifications_notification(depth - 1).prop_map(Box::new)).boxed() }, any::<u32>(), any::<u32>(),),)
-        .prop_map(|((notification, unread_notifications, unread_conversations,),)| crate::generated::selfie::notifications::NotificationEventT { notification, unread_notifications, unread_conversations })
+    ((if depth == 0 { Just(None).boxed() } else { option::of(selfie_notifications_notification(depth - 1).prop_map(Box::new)).boxed() }, any::<u32>(),),)
+        .prop_map(|((notification, unread_notifications,),)| crate::generated::selfie::notifications::NotificationEventT { notification, unread_notifications })
         .boxed()
 }
 

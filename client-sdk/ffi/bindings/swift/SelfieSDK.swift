@@ -12013,19 +12013,17 @@ public func FfiConverterTypeNotification_lower(_ value: Notification) -> RustBuf
 
 
 /**
- * Push: a new notification, with the unread counters.
+ * Push: a new notification, with the unread counter.
  */
 public struct NotificationEvent: Equatable, Hashable {
     public var notification: Notification?
     public var unreadNotifications: UInt32
-    public var unreadConversations: UInt32
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(notification: Notification? = nil, unreadNotifications: UInt32 = UInt32(0), unreadConversations: UInt32 = UInt32(0)) {
+    public init(notification: Notification? = nil, unreadNotifications: UInt32 = UInt32(0)) {
         self.notification = notification
         self.unreadNotifications = unreadNotifications
-        self.unreadConversations = unreadConversations
     }
 
     
@@ -12045,15 +12043,13 @@ public struct FfiConverterTypeNotificationEvent: FfiConverterRustBuffer {
         return
             try NotificationEvent(
                 notification: FfiConverterOptionTypeNotification.read(from: &buf), 
-                unreadNotifications: FfiConverterUInt32.read(from: &buf), 
-                unreadConversations: FfiConverterUInt32.read(from: &buf)
+                unreadNotifications: FfiConverterUInt32.read(from: &buf)
         )
     }
 
     public static func write(_ value: NotificationEvent, into buf: inout [UInt8]) {
         FfiConverterOptionTypeNotification.write(value.notification, into: &buf)
         FfiConverterUInt32.write(value.unreadNotifications, into: &buf)
-        FfiConverterUInt32.write(value.unreadConversations, into: &buf)
     }
 }
 

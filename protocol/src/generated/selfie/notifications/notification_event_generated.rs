@@ -5,7 +5,7 @@ use super::*;
 pub enum NotificationEventOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Push: a new notification, with the unread counters.
+/// Push: a new notification, with the unread counter.
 pub struct NotificationEvent<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -21,7 +21,6 @@ impl<'a> ::flatbuffers::Follow<'a> for NotificationEvent<'a> {
 impl<'a> NotificationEvent<'a> {
   pub const VT_NOTIFICATION: ::flatbuffers::VOffsetT = 4;
   pub const VT_UNREAD_NOTIFICATIONS: ::flatbuffers::VOffsetT = 6;
-  pub const VT_UNREAD_CONVERSATIONS: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -33,7 +32,6 @@ impl<'a> NotificationEvent<'a> {
     args: &'args NotificationEventArgs<'args>
   ) -> ::flatbuffers::WIPOffset<NotificationEvent<'bldr>> {
     let mut builder = NotificationEventBuilder::new(_fbb);
-    builder.add_unread_conversations(args.unread_conversations);
     builder.add_unread_notifications(args.unread_notifications);
     if let Some(x) = args.notification { builder.add_notification(x); }
     builder.finish()
@@ -44,11 +42,9 @@ impl<'a> NotificationEvent<'a> {
       alloc::boxed::Box::new(x.unpack())
     });
     let unread_notifications = self.unread_notifications();
-    let unread_conversations = self.unread_conversations();
     NotificationEventT {
       notification,
       unread_notifications,
-      unread_conversations,
     }
   }
 
@@ -66,13 +62,6 @@ impl<'a> NotificationEvent<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(NotificationEvent::VT_UNREAD_NOTIFICATIONS, Some(0)).unwrap()}
   }
-  #[inline]
-  pub fn unread_conversations(&self) -> u32 {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(NotificationEvent::VT_UNREAD_CONVERSATIONS, Some(0)).unwrap()}
-  }
 }
 
 impl ::flatbuffers::Verifiable for NotificationEvent<'_> {
@@ -83,7 +72,6 @@ impl ::flatbuffers::Verifiable for NotificationEvent<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Notification>>("notification", Self::VT_NOTIFICATION, false)?
      .visit_field::<u32>("unread_notifications", Self::VT_UNREAD_NOTIFICATIONS, false)?
-     .visit_field::<u32>("unread_conversations", Self::VT_UNREAD_CONVERSATIONS, false)?
      .finish();
     Ok(())
   }
@@ -91,7 +79,6 @@ impl ::flatbuffers::Verifiable for NotificationEvent<'_> {
 pub struct NotificationEventArgs<'a> {
     pub notification: Option<::flatbuffers::WIPOffset<Notification<'a>>>,
     pub unread_notifications: u32,
-    pub unread_conversations: u32,
 }
 impl<'a> Default for NotificationEventArgs<'a> {
   #[inline]
@@ -99,7 +86,6 @@ impl<'a> Default for NotificationEventArgs<'a> {
     NotificationEventArgs {
       notification: None,
       unread_notifications: 0,
-      unread_conversations: 0,
     }
   }
 }
@@ -116,10 +102,6 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NotificationEventBuilder<'a, 
   #[inline]
   pub fn add_unread_notifications(&mut self, unread_notifications: u32) {
     self.fbb_.push_slot::<u32>(NotificationEvent::VT_UNREAD_NOTIFICATIONS, unread_notifications, 0);
-  }
-  #[inline]
-  pub fn add_unread_conversations(&mut self, unread_conversations: u32) {
-    self.fbb_.push_slot::<u32>(NotificationEvent::VT_UNREAD_CONVERSATIONS, unread_conversations, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NotificationEventBuilder<'a, 'b, A> {
@@ -141,7 +123,6 @@ impl ::core::fmt::Debug for NotificationEvent<'_> {
     let mut ds = f.debug_struct("NotificationEvent");
       ds.field("notification", &self.notification());
       ds.field("unread_notifications", &self.unread_notifications());
-      ds.field("unread_conversations", &self.unread_conversations());
       ds.finish()
   }
 }
@@ -150,14 +131,12 @@ impl ::core::fmt::Debug for NotificationEvent<'_> {
 pub struct NotificationEventT {
   pub notification: Option<alloc::boxed::Box<NotificationT>>,
   pub unread_notifications: u32,
-  pub unread_conversations: u32,
 }
 impl Default for NotificationEventT {
   fn default() -> Self {
     Self {
       notification: None,
       unread_notifications: 0,
-      unread_conversations: 0,
     }
   }
 }
@@ -170,11 +149,9 @@ impl NotificationEventT {
       x.pack(_fbb)
     });
     let unread_notifications = self.unread_notifications;
-    let unread_conversations = self.unread_conversations;
     NotificationEvent::create(_fbb, &NotificationEventArgs{
       notification,
       unread_notifications,
-      unread_conversations,
     })
   }
 }

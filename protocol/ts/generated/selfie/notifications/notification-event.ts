@@ -8,7 +8,7 @@ import { Notification, NotificationT } from '../../selfie/notifications/notifica
 
 
 /**
- * Push: a new notification, with the unread counters.
+ * Push: a new notification, with the unread counter.
  */
 export class NotificationEvent implements flatbuffers.IUnpackableObject<NotificationEventT> {
   bb: flatbuffers.ByteBuffer|null = null;
@@ -38,11 +38,6 @@ unreadNotifications():number {
   return offset ? this.bb!.readUint32(this.bb_pos + offset) : 0;
 }
 
-unreadConversations():number {
-  const offset = this.bb!.__offset(this.bb_pos, 8);
-  return offset ? this.bb!.readUint32(this.bb_pos + offset) : 0;
-}
-
 static startNotificationEvent(builder:flatbuffers.Builder) {
   builder.startObject(3);
 }
@@ -55,20 +50,15 @@ static addUnreadNotifications(builder:flatbuffers.Builder, unreadNotifications:n
   builder.addFieldInt32(1, unreadNotifications, 0);
 }
 
-static addUnreadConversations(builder:flatbuffers.Builder, unreadConversations:number) {
-  builder.addFieldInt32(2, unreadConversations, 0);
-}
-
 static endNotificationEvent(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createNotificationEvent(builder:flatbuffers.Builder, notificationOffset:flatbuffers.Offset, unreadNotifications:number, unreadConversations:number):flatbuffers.Offset {
+static createNotificationEvent(builder:flatbuffers.Builder, notificationOffset:flatbuffers.Offset, unreadNotifications:number):flatbuffers.Offset {
   NotificationEvent.startNotificationEvent(builder);
   NotificationEvent.addNotification(builder, notificationOffset);
   NotificationEvent.addUnreadNotifications(builder, unreadNotifications);
-  NotificationEvent.addUnreadConversations(builder, unreadConversations);
   return NotificationEvent.endNotificationEvent(builder);
 }
 
@@ -76,15 +66,13 @@ unpack(): NotificationEventT {
   return new NotificationEventT(
     (this.notification() !== null ? this.notification()!.unpack() : null),
     this.unreadNotifications(),
-    this.unreadConversations()
-  );
+);
 }
 
 
 unpackTo(_o: NotificationEventT): void {
   _o.notification = (this.notification() !== null ? this.notification()!.unpack() : null);
   _o.unreadNotifications = this.unreadNotifications();
-  _o.unreadConversations = this.unreadConversations();
 }
 }
 
@@ -92,17 +80,14 @@ export class NotificationEventT implements flatbuffers.IGeneratedObject {
 constructor(
   public notification: NotificationT|null = null,
   public unreadNotifications: number = 0,
-  public unreadConversations: number = 0
 ){}
 
 
 pack(builder:flatbuffers.Builder): flatbuffers.Offset {
   const notification = (this.notification !== null ? this.notification!.pack(builder) : 0);
-
   return NotificationEvent.createNotificationEvent(builder,
     notification,
     this.unreadNotifications,
-    this.unreadConversations
-  );
+    );
 }
 }

@@ -11208,14 +11208,12 @@ public object FfiConverterTypeNotification: FfiConverterRustBuffer<Notification>
 
 
 /**
- * Push: a new notification, with the unread counters.
+ * Push: a new notification, with the unread counter.
  */
 data class NotificationEvent (
     var `notification`: Notification? = null 
     , 
     var `unreadNotifications`: kotlin.UInt = 0U 
-    , 
-    var `unreadConversations`: kotlin.UInt = 0U 
     
 ){
     
@@ -11234,20 +11232,17 @@ public object FfiConverterTypeNotificationEvent: FfiConverterRustBuffer<Notifica
         return NotificationEvent(
             FfiConverterOptionalTypeNotification.read(buf),
             FfiConverterUInt.read(buf),
-            FfiConverterUInt.read(buf),
         )
     }
 
     override fun allocationSize(value: NotificationEvent) = (
             FfiConverterOptionalTypeNotification.allocationSize(value.`notification`) +
-            FfiConverterUInt.allocationSize(value.`unreadNotifications`) +
-            FfiConverterUInt.allocationSize(value.`unreadConversations`)
+            FfiConverterUInt.allocationSize(value.`unreadNotifications`)
     )
 
     override fun write(value: NotificationEvent, buf: ByteBuffer) {
             FfiConverterOptionalTypeNotification.write(value.`notification`, buf)
             FfiConverterUInt.write(value.`unreadNotifications`, buf)
-            FfiConverterUInt.write(value.`unreadConversations`, buf)
     }
 }
 
