@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::cql::CqlStore;
 use crate::embedded::EmbeddedStore;
-use crate::{Commit, Mutation, Page, Scan, Store, StoreError, Table};
+use crate::{Commit, Mutation, Page, Queued, Scan, Store, StoreError, Table};
 
 /// Either backend.
 #[derive(Clone)]
@@ -109,6 +109,10 @@ impl Store for AnyStore {
 
     async fn commit(&self, commit: &Commit) -> Result<bool, StoreError> {
         delegate!(self, s => s.commit(commit))
+    }
+
+    async fn commit_queued(&self, commit: &Commit) -> Result<Queued, StoreError> {
+        delegate!(self, s => s.commit_queued(commit))
     }
 
     async fn counter_add(

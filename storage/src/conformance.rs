@@ -565,6 +565,58 @@ pub async fn commits<S: Store>(store: &S) -> Result {
     Ok(())
 }
 
+/// Queued commits apply in the order they were queued: a commit queued behind another,
+/// whose condition expects the other's write, holds once both are durable; one that
+/// expects a value already replaced fails, and takes nothing with it.
+pub async fn queued_commits<S: Store>(store: &S) -> Result {
+    let p = partition();
+    let head = Cell::new(&CLAIMS, p.clone(), ck(1));
+    let log = |n: u64| Cell::new(&ROWS, p.clone(), ck(n));
+    assert!(
+        store
+            .commit(&Commit::new().when(Condition::Absent {
+                row: head.clone(),
+                value: Bytes::from_static(b"0"),
+                ttl: None,
+            }))
+            .await?
+    );
+    // Each step expects the head the step before it writes, queued before that one is
+    // durable (the way a conversation's sends chain).
+    let step = |from: u64, to: u64| {
+        Commit::new()
+            .when(Condition::Equals {
+                row: head.clone(),
+                expected: Bytes::from(from.to_string()),
+                new: Some(Bytes::from(to.to_string())),
+                ttl: None,
+            })
+            .put(log(to), Bytes::from(format!("entry {to}")), None)
+    };
+    let mut queued = Vec::new();
+    for n in 1..=8u64 {
+        queued.push(store.commit_queued(&step(n - 1, n)).await?);
+    }
+    // A stale one, queued last: the head has moved on by then.
+    let stale = store.commit_queued(&step(3, 99)).await?;
+    for q in queued {
+        assert!(q.outcome().await?, "a chained commit failed");
+    }
+    assert!(!stale.outcome().await?, "a stale commit held");
+    assert_eq!(
+        store.get(&CLAIMS, &p, &ck(1)).await?.as_deref(),
+        Some(&b"8"[..])
+    );
+    for n in 1..=8u64 {
+        assert_eq!(
+            store.get(&ROWS, &p, &ck(n)).await?,
+            Some(Bytes::from(format!("entry {n}")))
+        );
+    }
+    assert_eq!(store.get(&ROWS, &p, &ck(99)).await?, None);
+    Ok(())
+}
+
 /// Counters stay exact under concurrent increments and decrements.
 pub async fn counters<S: Store>(store: &S) -> Result {
     let p = partition();

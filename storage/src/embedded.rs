@@ -45,8 +45,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{check_key, check_kind, check_no_batch, check_value, effective_ttl};
 use crate::{
-    Cell, Clock, Commit, Condition, Mutation, Page, Row, Scan, Store, StoreError, Table, TableKind,
-    Write,
+    Cell, Clock, Commit, Condition, Mutation, Page, Queued, Row, Scan, Store, StoreError, Table,
+    TableKind, Write,
 };
 
 /// Most writes made durable by one `fsync`.
@@ -734,6 +734,22 @@ impl Store for EmbeddedStore {
         commit.check()?;
         let op = self.commit_op(commit)?;
         self.submit(WriteOp::Commit(Box::new(op))).await
+    }
+
+    async fn commit_queued(&self, commit: &Commit) -> Result<Queued, StoreError> {
+        commit.check()?;
+        let op = self.commit_op(commit)?;
+        let (reply, rx) = oneshot::channel();
+        let writer = self.inner.writer.as_ref().ok_or(StoreError::Closed)?;
+        // In the writer's queue, in order: it applies commands as they were sent.
+        writer
+            .send(Command {
+                op: WriteOp::Commit(Box::new(op)),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Queued::Pending(rx))
     }
 
     async fn counter_add(

@@ -34,6 +34,6 @@ pub mod redis;
 mod store;
 
 pub use store::{
-    Cell, Clock, Commit, Condition, Cursor, MAX_PAGE_ROWS, Mutation, Page, Row, Scan, Store,
-    StoreError, SystemClock, Table, TableKind, Write,
+    Cell, Clock, Commit, Condition, Cursor, MAX_PAGE_ROWS, Mutation, Page, Queued, Row, Scan,
+    Store, StoreError, SystemClock, Table, TableKind, Write,
 };

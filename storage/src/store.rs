@@ -621,6 +621,25 @@ impl Clock for SystemClock {
     }
 }
 
+/// A commit accepted by [`Store::commit_queued`]: its durable outcome to come.
+#[derive(Debug)]
+pub enum Queued {
+    /// Already known (the backend committed it whole).
+    Done(Result<bool, StoreError>),
+    /// Queued in the embedded writer; the answer comes once the group is on disk.
+    Pending(tokio::sync::oneshot::Receiver<Result<bool, StoreError>>),
+}
+
+impl Queued {
+    /// The commit's outcome once durable: `false` when its condition did not hold.
+    pub async fn outcome(self) -> Result<bool, StoreError> {
+        match self {
+            Queued::Done(r) => r,
+            Queued::Pending(rx) => rx.await.map_err(|_| StoreError::Closed)?,
+        }
+    }
+}
+
 /// The operations every durable backend implements, with the same semantics (checked by
 /// [`crate::conformance`]).
 ///
@@ -709,6 +728,15 @@ pub trait Store {
     /// Applies `commit` (see [`Commit`] for what each backend guarantees); `false` when
     /// its condition did not hold and nothing was written.
     fn commit(&self, commit: &Commit) -> impl Future<Output = Result<bool, StoreError>>;
+
+    /// [`Store::commit`] in two steps, for callers that pipeline commits on one key: the
+    /// future resolves once the commit is queued, in order, behind every commit queued
+    /// before it (so a commit queued later is applied after it and its condition sees
+    /// its writes), and [`Queued::outcome`] once it is durable. Backends without one
+    /// ordered writer (CQL) make the whole commit in the first step.
+    fn commit_queued(&self, commit: &Commit) -> impl Future<Output = Result<Queued, StoreError>> {
+        async move { Ok(Queued::Done(self.commit(commit).await)) }
+    }
 
     /// Adds `delta` (possibly negative) to a counter.
     fn counter_add(

@@ -61,6 +61,7 @@ conformance!(
     concurrent_insert_if_absent,
     conditional_tables,
     commits,
+    queued_commits,
     counters,
     large_partition(10_000),
     typed_errors,

@@ -48,6 +48,7 @@
 mod ephemeral;
 mod limits;
 mod mls;
+mod pipeline;
 mod wire;
 
 use std::cell::RefCell;
@@ -635,6 +636,12 @@ struct Positions {
 type Memo = HashMap<(u64, u64), bool>;
 
 /// What [`Chat::append_once`] did.
+/// An append queued in the store's writer (see [`Chat::queue_append`]).
+struct QueuedAppend {
+    queued: selfie_storage::Queued,
+    epoch: u64,
+}
+
 enum Appended {
     /// Stored with these numbers; the new head.
     Done(Vec<u64>, Head),
@@ -724,6 +731,10 @@ pub struct Chat<S> {
     shapes: RefCell<HashMap<u64, Shape>>,
     /// Where the attachments of deleted messages are released, when media runs.
     media_release: Option<tables::media::Release>,
+    /// Heads queued and not yet durable: the next change chains on them.
+    pending: pipeline::PendingHeads,
+    /// Push order of queued entries, per conversation.
+    turns: pipeline::Turns,
 }
 
 /// What never changes about a conversation (see [`Chat::shape`]).
@@ -751,6 +762,8 @@ impl<S: Store + 'static> Chat<S> {
             memo: RefCell::default(),
             rates: limits::Limits::default(),
             shapes: RefCell::default(),
+            pending: pipeline::PendingHeads::default(),
+            turns: pipeline::Turns::default(),
             media_release: None,
         })
     }
@@ -1017,6 +1030,7 @@ impl<S: Store + 'static> Chat<S> {
 
     /// [`Chat::append`] for a send: stops with [`Appended::Exists`] when the head it
     /// reads already remembers the send `txn` (a retry on another node won the race).
+    /// The caller holds the conversation's lock throughout.
     async fn append_once(
         &self,
         id: u64,
@@ -1028,26 +1042,44 @@ impl<S: Store + 'static> Chat<S> {
     ) -> Result<Appended> {
         for attempt in 0..APPEND_TRIES {
             backoff(attempt).await;
-            let (raw, head) = self.head_raw(id).await?;
+            let (raw, head) = self.current_head(id).await?;
             if let Some(hash) = txn
                 && head.recent.iter().any(|(h, _)| *h == hash)
             {
                 return Ok(Appended::Exists);
             }
             check(&head)?;
-            if let Some((seqs, head)) = self
-                .try_append(id, raw, head, &entries, &change, &extra)
-                .await?
-            {
+            let (seqs, head, queued) = self
+                .queue_append(id, raw, head, &entries, &change, &extra)
+                .await?;
+            if self.settle(id, queued).await? {
+                self.after_earlier_pushes(id).await;
                 return Ok(Appended::Done(seqs, head));
             }
         }
         Err(Error::Busy)
     }
 
-    /// One attempt of an append over the head `raw` (decoded: `head`) as read: `None`
-    /// when another writer changed the head first.
-    async fn try_append(
+    /// Waits until the sends queued before now have pushed their entries. A change made
+    /// under the conversation's lock calls it before pushing its own: the sends queued
+    /// after it wait for the lock, so pushes stay in log order.
+    async fn after_earlier_pushes(&self, id: u64) {
+        self.turns.take(id).ready().await;
+    }
+
+    /// The head the next change of `id` builds on: the newest one queued, while a commit
+    /// is in flight, else the stored one. Call it holding the conversation's lock.
+    async fn current_head(&self, id: u64) -> Result<(Bytes, Head)> {
+        match self.pending.get(id) {
+            Some(queued) => Ok(queued),
+            None => self.head_raw(id).await,
+        }
+    }
+
+    /// Queues an append over the head `raw` (decoded: `head`) in the store's writer, in
+    /// order (see [`pipeline`]): returns the numbers given, the new head, and the commit
+    /// to [`Chat::settle`]. Call it holding the conversation's lock.
+    async fn queue_append(
         &self,
         id: u64,
         raw: Bytes,
@@ -1055,7 +1087,7 @@ impl<S: Store + 'static> Chat<S> {
         entries: &[Entry],
         change: &dyn Fn(&mut Head, &[u64]),
         extra: &dyn Fn(&[u64]) -> Result<Vec<Write>>,
-    ) -> Result<Option<(Vec<u64>, Head)>> {
+    ) -> Result<(Vec<u64>, Head, QueuedAppend)> {
         let seqs: Vec<u64> = (1..=entries.len() as u64)
             .map(|i| head.last_seq + i)
             .collect();
@@ -1064,10 +1096,11 @@ impl<S: Store + 'static> Chat<S> {
         }
         head.last_activity_ms = self.now();
         change(&mut head, &seqs);
+        let new: Bytes = encode("conversation head", &head)?.into();
         let mut commit = Commit::new().when(Condition::Equals {
             row: Cell::new(&HEADS, k(id), Bytes::new()),
             expected: raw,
-            new: Some(encode("conversation head", &head)?.into()),
+            new: Some(new.clone()),
             ttl: None,
         });
         for (seq, entry) in seqs.iter().zip(entries) {
@@ -1079,7 +1112,39 @@ impl<S: Store + 'static> Chat<S> {
             commit = commit.put(row, encode("chat log entry", &entry)?, None);
         }
         commit.writes.extend(extra(&seqs)?);
-        Ok(self.store.commit(&commit).await?.then_some((seqs, head)))
+        let queued = self.store.commit_queued(&commit).await?;
+        let epoch = self.pending.queued(id, new, head.clone());
+        Ok((seqs, head, QueuedAppend { queued, epoch }))
+    }
+
+    /// One append over the head as read, durable before it returns: `None` when another
+    /// writer changed the head first.
+    async fn try_append(
+        &self,
+        id: u64,
+        raw: Bytes,
+        head: Head,
+        entries: &[Entry],
+        change: &dyn Fn(&mut Head, &[u64]),
+        extra: &dyn Fn(&[u64]) -> Result<Vec<Write>>,
+    ) -> Result<Option<(Vec<u64>, Head)>> {
+        let (seqs, head, queued) = self
+            .queue_append(id, raw, head, entries, change, extra)
+            .await?;
+        if !self.settle(id, queued).await? {
+            return Ok(None);
+        }
+        self.after_earlier_pushes(id).await;
+        Ok(Some((seqs, head)))
+    }
+
+    /// Waits for a queued append to be durable: `false` when another writer changed the
+    /// head first (the append is not stored; its chain ends).
+    async fn settle(&self, id: u64, append: QueuedAppend) -> Result<bool> {
+        let outcome = append.queued.outcome().await;
+        self.pending
+            .settled(id, append.epoch, matches!(outcome, Ok(true)));
+        Ok(outcome?)
     }
 
     /// Pushes `item` to the active members who may see it.
@@ -1835,7 +1900,7 @@ impl<S: Store + 'static> Chat<S> {
         // removal is never applied twice and never writes back a stale member row.
         for attempt in 0..APPEND_TRIES {
             backoff(attempt).await;
-            let (raw, head) = self.head_raw(id).await?;
+            let (raw, head) = self.current_head(id).await?;
             let mut members = self.members(id).await?;
             let member = member_of(&members, me).ok_or(Error::NotFound("conversation"))?;
             if head.left.contains(&user) || head.left.contains(&me) {
@@ -1939,7 +2004,7 @@ impl<S: Store + 'static> Chat<S> {
         // head it read.
         for attempt in 0..APPEND_TRIES {
             backoff(attempt).await;
-            let (raw, head) = self.head_raw(id).await?;
+            let (raw, head) = self.current_head(id).await?;
             let members = self.members(id).await?;
             let member = member_of(&members, me).ok_or(Error::NotFound("conversation"))?;
             if head.left.contains(&user) || head.left.contains(&me) {
@@ -2103,7 +2168,9 @@ impl<S: Store + 'static> Chat<S> {
             new.media_ids = original.media_ids;
             new.ref_id = original.ref_id;
         }
-        let _g = self.locks.lock((id, 0)).await;
+        // Held for the checks and the queueing of the commit, not for its durability: the
+        // next send of this conversation queues behind it meanwhile (see `pipeline`).
+        let mut guard = Some(self.locks.lock((id, 0)).await);
         if let Some(sent) = self.txn(&txn_cell).await? {
             return Ok(sent);
         }
@@ -2135,7 +2202,7 @@ impl<S: Store + 'static> Chat<S> {
             }
         }
         if new.reply_to_seq != 0 || new.thread_seq != 0 {
-            let head = self.head(id).await?;
+            let (_, head) = self.current_head(id).await?;
             for seq in [new.reply_to_seq, new.thread_seq] {
                 if seq != 0 && (seq <= member.joined_seq || seq > head.last_seq) {
                     return Err(Error::InvalidArgument {
@@ -2201,40 +2268,62 @@ impl<S: Store + 'static> Chat<S> {
             tables::media::attach(&self.store, &media_ids, attached, "media_ids").await?;
         }
         let epoch = message.mls.as_ref().map(|m| m.epoch);
-        let result = self
-            .append_once(
-                id,
-                vec![Entry::Message(message.clone())],
-                Some(hash),
-                &|h: &Head| match epoch {
-                    Some(e) if e != h.mls_epoch => Err(Error::Stale(
-                        "the group is in another epoch: process its commits first",
-                    )),
-                    _ => Ok(()),
-                },
-                |h, seqs| {
-                    h.last_message_seq = seqs[0];
-                    h.recent.push((hash, seqs[0]));
-                    let extra = h.recent.len().saturating_sub(RECENT_TXNS);
-                    h.recent.drain(..extra);
-                },
-                |seqs| {
-                    let txn = TxnRec {
-                        seq: seqs[0],
-                        message_id,
-                        created_at_ms,
-                    };
-                    let mut writes = vec![put(txn_cell.clone(), encode("chat txn", &txn)?)];
-                    writes.extend(tables::media::settled(&media_ids, attached, seqs[0]));
-                    Ok(writes)
-                },
-            )
-            .await;
-        let seqs = match result? {
-            Appended::Done(seqs, _) => seqs,
-            // A retry of this very send on another node took a number first. On CQL its
-            // entry may not be readable yet: the client retries and gets it then.
-            Appended::Exists => {
+        let entries = [Entry::Message(message.clone())];
+        let change = |h: &mut Head, seqs: &[u64]| {
+            h.last_message_seq = seqs[0];
+            h.recent.push((hash, seqs[0]));
+            let extra = h.recent.len().saturating_sub(RECENT_TXNS);
+            h.recent.drain(..extra);
+        };
+        let extra = |seqs: &[u64]| {
+            let txn = TxnRec {
+                seq: seqs[0],
+                message_id,
+                created_at_ms,
+            };
+            let mut writes = vec![put(txn_cell.clone(), encode("chat txn", &txn)?)];
+            writes.extend(tables::media::settled(&media_ids, attached, seqs[0]));
+            Ok(writes)
+        };
+        let (mut stored, mut exists) = (None, false);
+        for attempt in 0..APPEND_TRIES {
+            if guard.is_none() {
+                backoff(attempt).await;
+                guard = Some(self.locks.lock((id, 0)).await);
+            }
+            let (raw, head) = self.current_head(id).await?;
+            if head.recent.iter().any(|(h, _)| *h == hash) {
+                exists = true; // A retry of this very send took a number first.
+                break;
+            }
+            if let Some(e) = epoch
+                && e != head.mls_epoch
+            {
+                return Err(Error::Stale(
+                    "the group is in another epoch: process its commits first",
+                ));
+            }
+            let (seqs, _, queued) = self
+                .queue_append(id, raw, head, &entries, &change, &extra)
+                .await?;
+            // Its place in the push order is its place in the log.
+            let turn = self.turns.take(id);
+            guard = None;
+            if self.settle(id, queued).await? {
+                stored = Some((seqs, turn));
+                break;
+            }
+            // Another writer changed the head first (or a send chained before this one
+            // failed): start over from the head as it is.
+        }
+        drop(guard);
+        let (seqs, turn) = match stored {
+            Some(stored) => stored,
+            None if !exists => return Err(Error::Busy),
+            // A retry of this very send took a number first (here or on another node).
+            // On CQL its entry may not be readable yet: the client retries and gets it
+            // then.
+            None => {
                 for _ in 0..40 {
                     if let Some(sent) = self.txn(&txn_cell).await? {
                         return Ok(sent);
@@ -2255,7 +2344,10 @@ impl<S: Store + 'static> Chat<S> {
             seq,
             entry: Entry::Message(message),
         };
+        // After every entry queued before it: subscribers get the log in order.
+        turn.ready().await;
         self.push_to_members(&item, &members, &mut memo).await?;
+        drop(turn);
         Ok(Sent {
             message_id,
             seq,

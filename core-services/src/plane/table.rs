@@ -98,6 +98,7 @@ pub(crate) fn check_declared_answer(call: &crate::plane::Call, answer: &bytes::B
         max_frame_bytes: usize::MAX >> 1,
         max_apparent_size: usize::MAX >> 1,
         max_tables: usize::MAX >> 1,
+        max_depth: 1024,
         ..selfie_codec::Limits::DEFAULT
     };
     let request = call.env();
