@@ -8,8 +8,14 @@
  * server replays comes out as `limited` (refetch its history), as the native SDK's
  * `ChatStore` does.
  *
- * The positions are the device's state: save `ChatLog.toJSON()` (localStorage,
- * IndexedDB) and pass `ChatLog.fromJSON` to the next session to resume across reloads.
+ * Numbers may have holes the device never sees (an entry hidden from this user: a
+ * block, an MLS welcome for other members): a sync's cursor says how far the server has
+ * gone, and the device's positions move on to it.
+ *
+ * The positions handed to the app are the device's state: save `session.delivered`
+ * (`toJSON()`, in localStorage or IndexedDB) after handling an update, and pass
+ * `ChatLog.fromJSON` to the next session to resume across reloads: an update read from
+ * the session is in `delivered`, one still queued is not, so nothing is skipped.
  */
 import { ErrorCode, SelfieError, type Client, type Subscription } from './client.js';
 import type { ReconnectingClient } from './reconnect.js';
@@ -89,19 +95,56 @@ export class ChatLog {
     return [...out];
   }
 
-  /** The position a server's cursor gives `conversationId` (absent: not a member). */
-  static positionIn(cursor: readonly number[], conversationId: bigint): bigint | null {
+  /**
+   * Applies an event of a sync page: new when past the position (a sync may skip
+   * numbers hidden from this user; the page's cursor then moves the position on).
+   */
+  applySynced(e: chat.ChatEventT): Applied {
+    if (e.eventSeq === 0n) {
+      return 'state';
+    }
+    if (e.eventSeq <= this.position(e.conversationId)) {
+      return 'duplicate';
+    }
+    this.positions.set(e.conversationId, e.eventSeq);
+    return 'new';
+  }
+
+  /** Moves positions on to `to` (never back). */
+  advance(to: ReadonlyMap<bigint, bigint>): void {
+    for (const [id, seq] of to) {
+      if (seq > this.position(id)) {
+        this.positions.set(id, seq);
+      }
+    }
+  }
+
+  /** The positions a server's cursor holds (empty when it is not one). */
+  static parseCursor(cursor: readonly number[]): Map<bigint, bigint> {
+    const out = new Map<bigint, bigint>();
     if (cursor.length < 1 || cursor[0] !== CURSOR_VERSION) {
-      return null;
+      return out;
     }
     const bytes = Uint8Array.from(cursor);
     const view = new DataView(bytes.buffer);
     for (let at = 1; at + 16 <= bytes.length; at += 16) {
-      if (view.getBigUint64(at) === conversationId) {
-        return view.getBigUint64(at + 8);
-      }
+      out.set(view.getBigUint64(at), view.getBigUint64(at + 8));
     }
-    return null;
+    return out;
+  }
+
+  /** The position a server's cursor gives `conversationId` (absent: not a member). */
+  static positionIn(cursor: readonly number[], conversationId: bigint): bigint | null {
+    return ChatLog.parseCursor(cursor).get(conversationId) ?? null;
+  }
+
+  /** A copy. */
+  clone(): ChatLog {
+    const log = new ChatLog();
+    for (const [k, v] of this.positions) {
+      log.positions.set(k, v);
+    }
+    return log;
   }
 
   /** The positions, for saving (decimal strings: JSON has no 64-bit integers). */
@@ -146,35 +189,73 @@ function eventOf(env: EnvelopeT): chat.ChatEventT | null {
   return env.bodyType === Body.Chat && b instanceof chat.ChatT && b.op instanceof chat.ChatEventT ? b.op : null;
 }
 
-/** A bounded-by-nothing queue of updates: the app reads them as they come. */
-class Updates {
-  private items: ChatUpdate[] = [];
-  private waiters: Array<(r: IteratorResult<ChatUpdate>) => void> = [];
-  private done = false;
+/** What the session queues for the app: an update, or positions to move on to once
+ * the updates before them are read (entries hidden from this user). */
+type Item =
+  | { readonly update: ChatUpdate; readonly reset?: bigint }
+  | { readonly advance: ReadonlyMap<bigint, bigint> };
 
-  push(u: ChatUpdate): void {
+/** Updates queued past this make the session wait (pushes then overflow the
+ * subscription, which ends in a resync: nothing is lost, memory stays bounded). */
+const HIGH_WATER = 4096;
+
+/** The queue between the session and the app. */
+class Updates {
+  private items: Item[] = [];
+  private waiters: Array<(r: Item | null) => void> = [];
+  private roomWaiters: Array<() => void> = [];
+  private done = false;
+  private failure: unknown = null;
+
+  push(i: Item): void {
     const w = this.waiters.shift();
     if (w !== undefined) {
-      w({ value: u, done: false });
+      w(i);
     } else if (!this.done) {
-      this.items.push(u);
+      this.items.push(i);
     }
   }
 
-  end(): void {
+  /** Resolves once fewer than `HIGH_WATER` items wait to be read. */
+  room(): Promise<void> {
+    if (this.items.length < HIGH_WATER || this.done) {
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  end(failure: unknown = null): void {
+    if (this.done) {
+      return;
+    }
     this.done = true;
+    this.failure = failure;
     for (const w of this.waiters.splice(0)) {
-      w({ value: undefined, done: true });
+      w(null);
+    }
+    for (const r of this.roomWaiters.splice(0)) {
+      r();
     }
   }
 
-  next(): Promise<IteratorResult<ChatUpdate>> {
-    const u = this.items.shift();
-    if (u !== undefined) {
-      return Promise.resolve({ value: u, done: false });
+  /** The next item; `null` at the end (after the queued ones are read). */
+  async take(): Promise<Item | null> {
+    const i = this.items.shift();
+    if (this.items.length < HIGH_WATER) {
+      for (const r of this.roomWaiters.splice(0)) {
+        r();
+      }
+    }
+    if (i !== undefined) {
+      return i;
     }
     if (this.done) {
-      return Promise.resolve({ value: undefined, done: true });
+      if (this.failure !== null) {
+        const f = this.failure;
+        this.failure = null;
+        throw f;
+      }
+      return null;
     }
     return new Promise((resolve) => this.waiters.push(resolve));
   }
@@ -188,25 +269,52 @@ export class ChatSession implements AsyncIterableIterator<ChatUpdate> {
   private stopListening: () => void = () => {};
   /** The connection being served and its subscription. */
   private serving: { client: Client; sub: Subscription } | null = null;
+  /** Connections served already (a reconnect under way at start is served once). */
+  private readonly served = new WeakSet<Client>();
   /** Serialises catch-ups and pushes: one conversation's events never interleave. */
   private chain: Promise<void> = Promise.resolve();
+  /** Positions of what was applied (sync cursors, duplicates): ahead of `delivered`. */
+  private readonly applied: ChatLog;
 
   private constructor(
     private readonly rc: ReconnectingClient,
-    /** The device's positions (save `log.toJSON()` to resume after a reload). */
-    readonly log: ChatLog,
-  ) {}
+    /** Positions of what the app has read from the session: save this one. */
+    readonly delivered: ChatLog,
+  ) {
+    this.applied = delivered.clone();
+  }
 
-  /** Starts on `rc`'s connection, catching up from `log`, and follows its reconnects. */
+  /**
+   * Starts on `rc`'s connection, catching up from `log` (positions saved from an
+   * earlier session's `delivered`), and follows its reconnects until `close`, or until
+   * `rc` is closed or refused.
+   */
   static async start(rc: ReconnectingClient, log: ChatLog = new ChatLog()): Promise<ChatSession> {
     const s = new ChatSession(rc, log);
     s.stopListening = rc.onConnect((c) => s.serve(c));
+    void rc.ended.then(() => s.close());
     await s.serve(await rc.client());
     return s;
   }
 
-  next(): Promise<IteratorResult<ChatUpdate>> {
-    return this.updates.next();
+  async next(): Promise<IteratorResult<ChatUpdate>> {
+    for (;;) {
+      const i = await this.updates.take();
+      if (i === null) {
+        return { value: undefined, done: true };
+      }
+      if ('advance' in i) {
+        this.delivered.advance(i.advance);
+        continue;
+      }
+      const u = i.update;
+      if (u.type === 'event') {
+        this.delivered.advance(new Map([[u.event.conversationId, u.event.eventSeq]]));
+      } else {
+        this.delivered.reset(u.conversationId, i.reset ?? 0n);
+      }
+      return { value: u, done: false };
+    }
   }
 
   async return(): Promise<IteratorResult<ChatUpdate>> {
@@ -218,48 +326,61 @@ export class ChatSession implements AsyncIterableIterator<ChatUpdate> {
     return this;
   }
 
-  /** Stops following the conversations (the client stays open). */
+  /** Stops following the conversations (the client stays open); the updates already
+   * queued can still be read. */
   close(): void {
+    this.end(null);
+  }
+
+  private end(failure: unknown): void {
+    if (this.closed) {
+      return;
+    }
     this.closed = true;
     this.stopListening();
     void this.serving?.sub.close().catch(() => {});
     this.serving = null;
-    this.updates.end();
+    this.updates.end(failure);
   }
 
   /**
    * Serves connection `c`: subscribe first (nothing sent meanwhile falls between), then
-   * catch up from the cursor, then apply pushes as they come.
+   * catch up from the cursor, then apply pushes as they come. A refusal while the
+   * connection lives (a rate limit) is retried after the server's pause; one that
+   * persists ends the session with the error.
    */
   private async serve(c: Client): Promise<void> {
-    if (this.closed) {
+    if (this.closed || this.served.has(c)) {
       return;
     }
-    const sub = await c.subscribe(control.SubscriptionKind.AllConversations);
-    if (this.closed) {
-      void sub.close().catch(() => {});
-      return;
-    }
-    this.serving = { client: c, sub };
-    // Catch up; a refusal while the connection lives (a rate limit) is retried after
-    // the server's pause, a lost connection is left to the next `onConnect`.
+    this.served.add(c);
     for (let attempt = 0; ; attempt++) {
       try {
+        const sub = await c.subscribe(control.SubscriptionKind.AllConversations);
+        if (this.closed) {
+          void sub.close().catch(() => {});
+          return;
+        }
+        this.serving = { client: c, sub };
         await this.serial(async () => {
           this.stats.resumes += 1;
           await this.sync(c, 0n);
         });
-        break;
+        void this.pump(c, sub);
+        return;
       } catch (e) {
-        if (this.closed || this.rc.connection !== c || attempt >= 8) {
-          void sub.close().catch(() => {});
-          throw e;
+        void this.serving?.sub.close().catch(() => {});
+        if (this.closed || this.rc.connection !== c) {
+          return; // The connection went: the next one is served by `onConnect`.
         }
-        const told = e instanceof SelfieError ? e.retryAfterMs : 0;
+        if (attempt >= 8) {
+          this.end(e);
+          return;
+        }
+        const told = e instanceof SelfieError ? Math.min(e.retryAfterMs, 15_000) : 0;
         await new Promise((r) => setTimeout(r, Math.max(told, Math.min(15_000, 250 * 2 ** attempt))));
       }
     }
-    void this.pump(c, sub);
   }
 
   /** Runs `f` after whatever this session is doing. */
@@ -279,22 +400,30 @@ export class ChatSession implements AsyncIterableIterator<ChatUpdate> {
         }
         await this.serial(() => this.applyPush(c, e));
       }
-    } catch (e) {
-      // The subscriber fell behind (`ResyncRequired`) while the connection lives:
-      // subscribe again there and catch up; a lost connection comes back by `onConnect`.
-      if (e instanceof SelfieError && e.code === ErrorCode.ResyncRequired && this.rc.connection === c && !this.closed) {
-        void this.serve(c).catch(() => {});
+    } catch {
+      // The subscriber fell behind (`ResyncRequired`), or catching up failed: while the
+      // connection lives, subscribe again there and catch up; a lost connection comes
+      // back by `onConnect`.
+      void sub.close().catch(() => {});
+      if (this.rc.connection === c && !this.closed) {
+        this.served.delete(c);
+        void this.serve(c);
       }
     }
   }
 
   private async applyPush(c: Client, e: chat.ChatEventT): Promise<void> {
-    let applied = this.log.apply(e);
-    if (applied === 'gap') {
-      // Something between was missed (a push lost to a reconnect): fill it from the
-      // server, which brings this event too.
+    await this.updates.room();
+    let applied = this.applied.apply(e);
+    // Something between was missed (a push lost to a reconnect): fill it from the
+    // server, which brings this event too; a server whose copy lags (CQL replicas) is
+    // asked again, a few times.
+    for (let attempt = 0; applied === 'gap' && attempt < 4; attempt++) {
+      if (attempt > 0) {
+        await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+      }
       await this.sync(c, e.conversationId);
-      applied = this.log.apply(e);
+      applied = this.applied.apply(e);
     }
     this.emit(e, applied, 'push');
   }
@@ -305,7 +434,7 @@ export class ChatSession implements AsyncIterableIterator<ChatUpdate> {
       return;
     }
     if (applied === 'gap') {
-      return; // Still missing after a sync: the next sync or push fills it.
+      return; // Still missing after the syncs: the next push or reconnect fills it.
     }
     if (applied === 'new') {
       if (via === 'sync') {
@@ -314,13 +443,14 @@ export class ChatSession implements AsyncIterableIterator<ChatUpdate> {
         this.stats.pushed += 1;
       }
     }
-    this.updates.push({ type: 'event', event: e, via });
+    this.updates.push({ update: { type: 'event', event: e, via } });
   }
 
   /** Catches up from the cursor: every conversation, or only `conversationId`. */
   private async sync(c: Client, conversationId: bigint): Promise<void> {
     for (;;) {
-      const req = new chat.SyncRequestT(this.log.cursor(), SYNC_PAGE, conversationId);
+      await this.updates.room();
+      const req = new chat.SyncRequestT(this.applied.cursor(), SYNC_PAGE, conversationId);
       const env = await c.request(Body.Chat, new chat.ChatT(chat.ChatOp.SyncRequest, req));
       const b = env.body;
       if (!(b instanceof chat.ChatT) || !(b.op instanceof chat.SyncResponseT)) {
@@ -328,19 +458,22 @@ export class ChatSession implements AsyncIterableIterator<ChatUpdate> {
       }
       const page = b.op;
       for (const e of page.events) {
-        const applied = this.log.apply(e);
-        if (applied === 'gap') {
-          throw new SelfieError(ErrorCode.UnexpectedMessage, "the server's sync skipped numbers");
-        }
-        this.emit(e, applied, 'sync');
+        this.emit(e, this.applied.applySynced(e), 'sync');
       }
+      const reached = ChatLog.parseCursor(page.nextCursor);
       for (const id of page.limited) {
         // Start over from the server's position (absent: no longer a member).
-        this.log.reset(id, ChatLog.positionIn(page.nextCursor, id) ?? 0n);
+        const at = reached.get(id) ?? 0n;
+        this.applied.reset(id, at);
+        reached.delete(id);
         this.stats.refetched += 1;
-        this.updates.push({ type: 'limited', conversationId: id });
+        this.updates.push({ update: { type: 'limited', conversationId: id }, reset: at });
       }
-      if (!page.hasMore || page.events.length === 0) {
+      // Past entries hidden from this user: the server's positions.
+      const moved = [...reached].some(([id, seq]) => seq > this.applied.position(id));
+      this.applied.advance(reached);
+      this.updates.push({ advance: reached });
+      if (!page.hasMore || (page.events.length === 0 && !moved)) {
         return;
       }
     }

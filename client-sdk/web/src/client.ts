@@ -38,6 +38,8 @@ export class SelfieError extends Error {
     readonly retryAfterMs = 0,
     /** The request field it is about, when the server names one. */
     readonly field: string | null = null,
+    /** Whether the server answered it (else: the connection, a timeout, this SDK). */
+    readonly fromServer = false,
   ) {
     super(`${ErrorCode[code] ?? code}: ${message}`);
   }
@@ -76,6 +78,9 @@ export interface Backoff {
   /** A uniform random number in [0, 1) (injectable for tests; default `Math.random`). */
   readonly random?: () => number;
 }
+
+/** The longest pause a server's `retryAfterMs` can impose on a reconnect. */
+const MAX_RETRY_AFTER_MS = 300_000;
 
 /** Whether a failure to connect may succeed later: the network, an overloaded or
  * draining edge. A refused `Hello` (bad token, unsupported version) is final. */
@@ -118,7 +123,7 @@ export async function connectWithBackoff<C>(
         break;
       }
       const ceiling = Math.min(max, base * 2 ** i);
-      const told = e instanceof SelfieError ? e.retryAfterMs : 0;
+      const told = e instanceof SelfieError ? Math.min(e.retryAfterMs, MAX_RETRY_AFTER_MS) : 0;
       await sleep(Math.max(told, Math.floor(random() * ceiling)));
     }
   }
@@ -249,6 +254,23 @@ function errorOf(env: EnvelopeT): control.ErrorT | null {
   }
   const c = env.body;
   return c.opType === control.ControlOp.Error && c.op instanceof control.ErrorT ? c.op : null;
+}
+
+/** Throws the server's `control.Error` when `env` is one. */
+function throwIfError(env: EnvelopeT): void {
+  const e = errorOf(env);
+  if (e !== null) {
+    throw new SelfieError(e.code, text(e.message), e.retryAfterMs, e.field === null ? null : text(e.field), true);
+  }
+}
+
+/**
+ * Where a raw-bytes answer goes (`Client.rawRequest`): `header` gets the answer's frame
+ * first and may throw to refuse what it announces; `bytes` gets what follows, in order.
+ */
+export interface RawSink {
+  header(env: EnvelopeT): void;
+  bytes(chunk: Uint8Array): void;
 }
 
 function text(s: string | Uint8Array | null): string {
@@ -383,7 +405,7 @@ export class Client {
       const env = first.value;
       const refusal = errorOf(env);
       if (refusal !== null) {
-        throw new SelfieError(refusal.code, text(refusal.message), refusal.retryAfterMs);
+        throw new SelfieError(refusal.code, text(refusal.message), refusal.retryAfterMs, null, true);
       }
       const c = env.body;
       if (!(c instanceof control.ControlT) || !(c.op instanceof control.WelcomeT)) {
@@ -432,27 +454,26 @@ export class Client {
       return first.value;
     })();
     const env = await withTimeout(answer, this.requestTimeoutMs, 'request');
-    const e = errorOf(env);
-    if (e !== null) {
-      throw new SelfieError(e.code, text(e.message), e.retryAfterMs, e.field === null ? null : text(e.field));
-    }
+    throwIfError(env);
     return env;
   }
 
   /**
    * A request whose stream carries raw bytes besides frames: `payload` follows the
-   * request's frame (a media chunk after its `UploadChunkHeader`), and the bytes after
-   * the answer's frame (a download after its `DownloadHeader`) go to `onBytes` until
-   * the stream ends. Returns the answer's envelope; a `control.Error` throws. The answer
-   * is awaited within the request timeout, the bytes after it are not.
+   * request's frame (a media chunk after its `UploadChunkHeader`), and the answer's
+   * frame goes to `sink.header`, then the bytes after it (a download after its
+   * `DownloadHeader`) to `sink.bytes` until the stream ends. Returns the answer's
+   * envelope; a `control.Error` throws. The answer, and each read after it, must come
+   * within the request timeout; a failure stops reading the stream.
    */
   async rawRequest(
     bodyType: Body,
     body: EnvelopeT['body'],
     payload: Uint8Array | null,
-    onBytes: ((bytes: Uint8Array) => void) | null,
+    sink: RawSink | null,
   ): Promise<EnvelopeT> {
     this.inFlight += 1;
+    let reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
     try {
       const id = this.nextId++;
       const stream = await this.transport.openStream();
@@ -467,49 +488,43 @@ export class Client {
         await writer.write(both);
       }
       writer.close().catch(() => {});
-      const reader = stream.readable.getReader();
+      const r = stream.readable.getReader();
+      reader = r;
+      const read = () => withTimeout(r.read(), this.requestTimeoutMs, 'request');
       const frames = new FrameReader(this.maxFrameBytes);
-      try {
-        const first = await withTimeout(
-          (async () => {
-            for (;;) {
-              const env = frames.next();
-              if (env !== null) {
-                return env;
-              }
-              const { value, done } = await reader.read();
-              if (done) {
-                throw new SelfieError(ErrorCode.Unavailable, 'the stream ended without an answer');
-              }
-              frames.push(value);
-            }
-          })(),
-          this.requestTimeoutMs,
-          'request',
-        );
-        const e = errorOf(first);
-        if (e !== null) {
-          throw new SelfieError(e.code, text(e.message), e.retryAfterMs, e.field === null ? null : text(e.field));
+      let first: EnvelopeT | null = frames.next();
+      while (first === null) {
+        const { value, done } = await read();
+        if (done) {
+          throw new SelfieError(ErrorCode.Unavailable, 'the stream ended without an answer');
         }
-        if (onBytes !== null) {
-          for (const chunk of frames.takeRest()) {
-            onBytes(chunk);
-          }
-          for (;;) {
-            const { value, done } = await reader.read();
-            if (done) {
-              break;
-            }
-            onBytes(value);
-          }
-        } else {
-          void reader.cancel().catch(() => {});
-        }
-        return first;
-      } finally {
-        reader.releaseLock();
+        frames.push(value);
+        first = frames.next();
       }
+      throwIfError(first);
+      if (sink !== null) {
+        sink.header(first);
+        for (const chunk of frames.takeRest()) {
+          sink.bytes(chunk);
+        }
+        for (;;) {
+          const { value, done } = await read();
+          if (done) {
+            break;
+          }
+          sink.bytes(value);
+        }
+      }
+      return first;
     } finally {
+      if (reader !== null) {
+        void reader.cancel().catch(() => {});
+        try {
+          reader.releaseLock();
+        } catch {
+          // A read still pending: the cancel ends it.
+        }
+      }
       this.inFlight -= 1;
       if (this.leaving && this.inFlight === 0) {
         this.close();

@@ -15,12 +15,13 @@ export {
   isRetryable,
   type Backoff,
   type ConnectOptions,
+  type RawSink,
 } from './client.js';
 export { FrameError, FrameReader, decodeDatagram, encodeDatagram, encodeEnvelope, readFrames } from './frame.js';
 export { ChatLog, ChatSession, MAX_CURSOR, type Applied, type ChatSessionStats, type ChatUpdate } from './chat.js';
-export { ReconnectingClient, isIdempotent, type Requester } from './reconnect.js';
+export { ReconnectingClient, isIdempotent, type ReconnectOptions, type Requester } from './reconnect.js';
 export { type Ops } from './services.js';
 export { AuthOps, ChatOps, FeedOps, GraphOps, MediaOps, NotificationsOps, PostsOps, StoriesOps, UsersOps, type Caller } from '../../../protocol/ts/generated/ops.js';
-export { AuthApi, ChatApi, FeedApi, GraphApi, MediaApi, type Download, type UploadOptions, NotificationsApi, PostsApi, Selfie, StoriesApi, UsersApi } from './services.js';
+export { AuthApi, ChatApi, FeedApi, GraphApi, MAX_DOWNLOAD_BYTES, MediaApi, type Download, type UploadOptions, NotificationsApi, PostsApi, Selfie, StoriesApi, UsersApi } from './services.js';
 export { certificateHash, hasWebTransport, openWebTransport, type CloseInfo, type DuplexStream, type Transport, type TransportKind } from './transport.js';
 export { WebSocketStreamError, openWebSocket } from './websocket.js';

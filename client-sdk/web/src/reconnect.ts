@@ -16,6 +16,7 @@
 import {
   type Backoff,
   Client,
+  type RawSink,
   type ConnectOptions,
   ErrorCode,
   SelfieError,
@@ -50,12 +51,7 @@ import {
 export interface Requester {
   request(bodyType: Body, body: EnvelopeT['body']): Promise<EnvelopeT>;
   /** See `Client.rawRequest` (media chunks and downloads). */
-  rawRequest(
-    bodyType: Body,
-    body: EnvelopeT['body'],
-    payload: Uint8Array | null,
-    onBytes: ((bytes: Uint8Array) => void) | null,
-  ): Promise<EnvelopeT>;
+  rawRequest(bodyType: Body, body: EnvelopeT['body'], payload: Uint8Array | null, sink: RawSink | null): Promise<EnvelopeT>;
   subscribe(kind: control.SubscriptionKind, targetId?: bigint, sinceCursor?: readonly number[]): Promise<Subscription>;
 }
 
@@ -93,13 +89,13 @@ export function isIdempotent(bodyType: Body, body: EnvelopeT['body']): boolean {
 
 /** The longest a `GoAway`'s `reconnectAfterMs` is honoured, ms. */
 const MAX_GOAWAY_WAIT_MS = 30_000;
+/** A connection that ends sooner than this after it was made counts as a flap: the next
+ * one waits a growing delay first (no tight loop against an edge that drops it). */
+const FLAP_MS = 5_000;
 
-/** Whether a failed request may have been cut off by its connection (worth another). */
-function connectionLost(e: unknown): boolean {
-  return (
-    !(e instanceof SelfieError) ||
-    [ErrorCode.Unavailable, ErrorCode.Timeout, ErrorCode.Draining, ErrorCode.Overloaded].includes(e.code)
-  );
+/** Whether a server's answer says to try the same request again later. */
+function retryLater(e: SelfieError): boolean {
+  return [ErrorCode.Unavailable, ErrorCode.Timeout, ErrorCode.Overloaded, ErrorCode.RateLimited].includes(e.code);
 }
 
 /** `url` with its host (`host` or `host:port`) replaced: a `GoAway`'s hint. */
@@ -113,27 +109,52 @@ function moved(url: string, host: string): string {
   }
 }
 
+/** The hostname of `host` (`host` or `host:port`, IPv6 in brackets), if it parses. */
+function hostnameOf(host: string): string | null {
+  try {
+    return new URL(`https://${host}/`).hostname;
+  } catch {
+    return null;
+  }
+}
+
+/** How a `ReconnectingClient` reconnects, besides the backoff. */
+export interface ReconnectOptions extends Backoff {
+  /**
+   * Whether to follow a `GoAway`'s host hint (the session's token goes there). Default:
+   * only to the configured hostname (another port of the same edge or balancer).
+   */
+  readonly followHost?: (hostname: string) => boolean;
+}
+
 /** A client that reconnects by itself; see the module docs. */
 export class ReconnectingClient implements Requester {
   private current: Client | null = null;
   private connecting: Promise<Client> | null = null;
   private readonly listeners = new Set<(c: Client) => void | Promise<void>>();
+  /** Each connection's `onConnect` listeners, once they have run. */
+  private readonly listened = new WeakMap<Client, Promise<void>>();
+  private readonly connectedAt = new WeakMap<Client, number>();
+  private flaps = 0;
   private closedByUser = false;
   private connectedOnce = false;
-  private failure: unknown = null;
+  private failure: SelfieError | null = null;
   private options: ConnectOptions;
   /** New connections made after the first. */
   reconnects = 0;
-  private refuse: (e: SelfieError) => void = () => {};
-  /** Resolves when the edge refuses the session for good (an expired or revoked token,
-   * an unsupported version): sign in again. */
-  readonly refused: Promise<SelfieError> = new Promise((resolve) => (this.refuse = resolve));
   /** `GoAway`s received. */
   goAways = 0;
+  private refuse: (e: SelfieError) => void = () => {};
+  /** Resolves when the edge refuses the session (an expired or revoked token, an
+   * unsupported version): sign in again, or `setAccessToken` with a fresh token. */
+  readonly refused: Promise<SelfieError> = new Promise((resolve) => (this.refuse = resolve));
+  private finish: () => void = () => {};
+  /** Resolves when the client is closed or refused: nothing more will come. */
+  readonly ended: Promise<void> = new Promise((resolve) => (this.finish = resolve));
 
   private constructor(
     options: ConnectOptions,
-    private readonly backoff: Backoff,
+    private readonly backoff: ReconnectOptions,
   ) {
     this.options = options;
   }
@@ -142,15 +163,17 @@ export class ReconnectingClient implements Requester {
    * Connects (with `backoff`; by default retrying for as long as failures are
    * transient) and keeps the session connected from then on.
    */
-  static async connect(options: ConnectOptions, backoff: Backoff = {}): Promise<ReconnectingClient> {
+  static async connect(options: ConnectOptions, backoff: ReconnectOptions = {}): Promise<ReconnectingClient> {
     const rc = new ReconnectingClient(options, backoff);
     await rc.client();
     return rc;
   }
 
-  /** The access token used by later connections (after a refresh). */
+  /** The access token for later connections (after a refresh); a session refused for
+   * its token may connect again with the new one. */
   setAccessToken(token: string | null): void {
     this.options = { ...this.options, accessToken: token };
+    this.failure = null;
   }
 
   /** The current connection, if one is open. */
@@ -159,8 +182,8 @@ export class ReconnectingClient implements Requester {
   }
 
   /**
-   * Runs `f` for every new connection (not for the current one): subscribe there again.
-   * Returns a function that stops it.
+   * Runs `f` for every new connection after the first: subscribe there again. Returns a
+   * function that stops it.
    */
   onConnect(f: (c: Client) => void | Promise<void>): () => void {
     this.listeners.add(f);
@@ -178,30 +201,36 @@ export class ReconnectingClient implements Requester {
     if (this.current !== null) {
       return Promise.resolve(this.current);
     }
-    this.connecting ??= this.open(0).finally(() => (this.connecting = null));
-    return this.connecting;
+    return this.connecting ?? this.reopen(0);
   }
 
   /**
-   * Sends a request on the current connection. When the connection is lost under it,
-   * an idempotent request is sent again on the next one (up to the backoff's
-   * attempts); any other request fails with the error.
+   * Sends a request on the current connection. An idempotent request is sent again:
+   * on the next connection when its connection was lost under it, on the same one
+   * (after the server's pause, or a backoff) when the server answered "later"
+   * (`Overloaded`, `Unavailable`, `Timeout`, `RateLimited`); up to the backoff's
+   * attempts. Anything else fails with the error.
    */
   async request(bodyType: Body, body: EnvelopeT['body']): Promise<EnvelopeT> {
     const again = isIdempotent(bodyType, body);
     const attempts = this.backoff.attempts ?? 8;
+    const base = this.backoff.baseMs ?? 250;
+    const max = this.backoff.maxMs ?? 15_000;
+    const sleep = this.backoff.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+    const random = this.backoff.random ?? Math.random;
     for (let i = 0; ; i++) {
       const c = await this.client();
       try {
         return await c.request(bodyType, body);
       } catch (e) {
-        if (!again || !connectionLost(e) || i + 1 >= attempts) {
+        const answered = e instanceof SelfieError && e.fromServer;
+        if (!again || i + 1 >= attempts || (answered && !retryLater(e))) {
           throw e;
         }
-        // Move off a connection that failed it: the next call waits for a new one.
-        if (this.current === c) {
-          this.lost(c);
-        }
+        // A lost connection is replaced by `watch`; a slow or busy server is waited
+        // for. The connection itself is never dropped for a request's sake.
+        const told = e instanceof SelfieError ? Math.min(e.retryAfterMs, max) : 0;
+        await sleep(Math.max(told, Math.floor(random() * Math.min(max, base * 2 ** i))));
       }
     }
   }
@@ -212,10 +241,10 @@ export class ReconnectingClient implements Requester {
     bodyType: Body,
     body: EnvelopeT['body'],
     payload: Uint8Array | null,
-    onBytes: ((bytes: Uint8Array) => void) | null,
+    sink: RawSink | null,
   ): Promise<EnvelopeT> {
     const c = await this.client();
-    return c.rawRequest(bodyType, body, payload, onBytes);
+    return c.rawRequest(bodyType, body, payload, sink);
   }
 
   /** Subscribes on the current connection (see `onConnect` to follow reconnects). */
@@ -229,10 +258,28 @@ export class ReconnectingClient implements Requester {
     this.closedByUser = true;
     this.current?.close();
     this.current = null;
+    this.finish();
+  }
+
+  /** Starts a new connection (after `waitMs`), replacing whatever was being made. */
+  private reopen(waitMs: number, url?: string): Promise<Client> {
+    const p = this.open(waitMs, url);
+    this.connecting = p;
+    void p
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .then(() => {
+        if (this.connecting === p) {
+          this.connecting = null;
+        }
+      });
+    return p;
   }
 
   /** Opens a connection (after `waitMs`, to `url` when a `GoAway` named a host) and
-   * watches it. */
+   * watches it; `onConnect` listeners run once it is the current one. */
   private async open(waitMs: number, url?: string): Promise<Client> {
     const sleep = this.backoff.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
     if (waitMs > 0) {
@@ -241,11 +288,13 @@ export class ReconnectingClient implements Requester {
     let c: Client;
     try {
       // Keep trying while failures are transient (a phone in a tunnel comes back), a
-      // full backoff round at a time; the token is read at each attempt.
-      for (;;) {
+      // full backoff round at a time; the token is read at each attempt. A hinted host
+      // that does not answer a round is given up for the configured one.
+      for (let round = 0; ; round++) {
+        const at = round === 0 ? url : undefined;
         try {
           c = await connectWithBackoff(
-            () => Client.connect(url === undefined ? this.options : { ...this.options, url }),
+            () => Client.connect(at === undefined ? this.options : { ...this.options, url: at }),
             this.backoff,
           );
           break;
@@ -258,8 +307,9 @@ export class ReconnectingClient implements Requester {
       }
     } catch (e) {
       if (e instanceof SelfieError && !isRetryable(e)) {
-        this.failure = e; // The session is refused: final.
+        this.failure = e; // The session is refused: final until a new token.
         this.refuse(e);
+        this.finish();
       }
       throw e;
     }
@@ -273,16 +323,23 @@ export class ReconnectingClient implements Requester {
       this.reconnects += 1;
     }
     this.current = c;
+    this.connectedAt.set(c, Date.now());
     this.watch(c);
-    if (again) {
-      for (const f of this.listeners) {
+    // Listeners run with the connection current (a request made meanwhile uses it);
+    // the connection is handed out at once.
+    const listened = (async () => {
+      if (!again) {
+        return;
+      }
+      for (const f of [...this.listeners]) {
         try {
           await f(c);
         } catch {
-          // A listener's failure is its own (it sees its subscription end and retries).
+          // A listener's failure is its own (it sees its subscription end).
         }
       }
-    }
+    })();
+    this.listened.set(c, listened);
     return c;
   }
 
@@ -294,27 +351,44 @@ export class ReconnectingClient implements Requester {
       }
       this.goAways += 1;
       // Stop using it now (requests in flight finish on it); a new one after the
-      // server's pause.
+      // server's pause, to the hinted host when it may be followed.
       this.current = null;
       const wait = Math.min(g.reconnectAfterMs, MAX_GOAWAY_WAIT_MS);
-      const host = typeof g.reconnectHost === 'string' ? g.reconnectHost : g.reconnectHost === null ? '' : new TextDecoder().decode(g.reconnectHost);
-      const url = host === '' ? undefined : moved(this.options.url, host);
-      this.connecting ??= this.open(wait, url).finally(() => (this.connecting = null));
-      this.connecting.catch(() => {});
-      // Leave once what it carries is answered: the server need not wait its deadline.
-      c.closeWhenIdle();
+      const host =
+        typeof g.reconnectHost === 'string'
+          ? g.reconnectHost
+          : g.reconnectHost === null
+            ? ''
+            : new TextDecoder().decode(g.reconnectHost);
+      const name = host === '' ? null : hostnameOf(host);
+      const configured = hostnameOf(new URL(this.options.url).host);
+      const follow = this.backoff.followHost ?? ((h: string) => h === configured);
+      const url = name !== null && follow(name) ? moved(this.options.url, host) : undefined;
+      const next = this.reopen(wait, url);
+      // The old connection goes once the new one is subscribed again (its pushes
+      // cover the gap), or at the server's deadline.
+      void next
+        .then((n) => this.listened.get(n))
+        .catch(() => undefined)
+        .then(() => c.closeWhenIdle());
     });
     void c.closed.then(() => this.lost(c));
   }
 
-  /** `c` is gone: reconnect now (with backoff) unless the user closed the client. */
+  /** `c` is gone: reconnect (with a growing pause when connections keep dropping soon
+   * after they are made) unless the user closed the client. */
   private lost(c: Client): void {
     if (this.current !== c || this.closedByUser) {
       return;
     }
     this.current = null;
     c.close();
-    this.connecting ??= this.open(0).finally(() => (this.connecting = null));
-    this.connecting.catch(() => {});
+    const lived = Date.now() - (this.connectedAt.get(c) ?? 0);
+    this.flaps = lived < FLAP_MS ? this.flaps + 1 : 0;
+    const base = this.backoff.baseMs ?? 250;
+    const max = this.backoff.maxMs ?? 15_000;
+    const random = this.backoff.random ?? Math.random;
+    const wait = this.flaps === 0 ? 0 : Math.floor(random() * Math.min(max, base * 2 ** this.flaps));
+    this.reopen(wait).catch(() => {});
   }
 }

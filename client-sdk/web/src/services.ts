@@ -283,7 +283,18 @@ export interface UploadOptions {
   readonly parallel?: number;
   /** Called as chunks are stored: the server's durable offset, and the total. */
   readonly onProgress?: (offset: bigint, total: bigint) => void;
+  /** Called once the upload exists: keep `uploadId` to `uploadResume` after a failure
+   * (a lost connection, a reload). */
+  readonly onInit?: (status: media.UploadStatusT) => void;
 }
+
+/** Chunks in flight at most, whatever `parallel` asks. */
+const MAX_PARALLEL = 16;
+/** The chunk sizes a server may set (its `media.chunk_bytes` bounds). */
+const MIN_CHUNK = 64 * 1024;
+const MAX_CHUNK = 16 << 20;
+/** The largest download kept in memory unless `download` is told more. */
+export const MAX_DOWNLOAD_BYTES = 256 << 20;
 
 /** A download: the header (type, size, range) and the bytes. */
 export interface Download {
@@ -328,6 +339,7 @@ export class MediaApi {
       options.altText ?? null,
     );
     const status = await this.call(media.MediaOp.UploadInitRequest, req, media.UploadStatusT);
+    options.onInit?.(status);
     return this.sendFrom(status, bytes, options);
   }
 
@@ -355,20 +367,33 @@ export class MediaApi {
 
   private async sendFrom(status: media.UploadStatusT, bytes: Uint8Array, options: UploadOptions): Promise<media.MediaInfoT> {
     const total = BigInt(bytes.length);
-    if (status.sizeBytes !== total || status.chunkSize === 0) {
+    if (status.sizeBytes !== total) {
       throw new SelfieError(ErrorCode.InvalidArgument, 'the upload does not match its bytes');
+    }
+    // Chunks of at least the server's smallest size (a small object: one chunk).
+    const small = status.chunkSize < MIN_CHUNK && BigInt(status.chunkSize) < total;
+    if (status.chunkSize === 0 || small || status.chunkSize > MAX_CHUNK || status.offset > total) {
+      throw new SelfieError(ErrorCode.UnexpectedMessage, 'the server asked for chunks out of bounds');
     }
     const chunk = BigInt(status.chunkSize);
     const offsets: bigint[] = [];
     for (let o = (status.offset / chunk) * chunk; o < total; o += chunk) {
       offsets.push(o);
     }
-    // A few chunks in flight: each worker takes the next offset.
-    const workers = Array.from({ length: Math.max(1, options.parallel ?? 4) }, async () => {
-      for (let o = offsets.shift(); o !== undefined; o = offsets.shift()) {
+    // A few chunks in flight: each worker takes the next offset; the first failure
+    // stops the others (what is stored stays: `uploadResume` goes on from there).
+    const parallel = Math.min(MAX_PARALLEL, Math.max(1, Math.floor(options.parallel ?? 4) || 1));
+    let failed = false;
+    const workers = Array.from({ length: parallel }, async () => {
+      for (let o = offsets.shift(); o !== undefined && !failed; o = offsets.shift()) {
         const end = o + chunk < total ? o + chunk : total;
-        const s = await this.sendChunk(status.uploadId, o, bytes.subarray(Number(o), Number(end)));
-        options.onProgress?.(s.offset, total);
+        try {
+          const s = await this.sendChunk(status.uploadId, o, bytes.subarray(Number(o), Number(end)));
+          options.onProgress?.(s.offset, total);
+        } catch (e) {
+          failed = true;
+          throw e;
+        }
       }
     });
     await Promise.all(workers);
@@ -427,31 +452,41 @@ export class MediaApi {
 
   /**
    * Downloads bytes `start..end` (`end` 0n: to the end) of `rendition` (`''`: the
-   * original, for its owner) over the session.
+   * original, for its owner) over the session, into memory: at most `maxBytes` (an
+   * answer announcing more, or sending more than it announced, is refused).
    */
-  async download(mediaId: bigint, rendition = '', start = 0n, end = 0n): Promise<Download> {
-    const parts: Uint8Array[] = [];
+  async download(mediaId: bigint, rendition = '', start = 0n, end = 0n, maxBytes = MAX_DOWNLOAD_BYTES): Promise<Download> {
+    let header: media.DownloadHeaderT | null = null;
+    let bytes = new Uint8Array(0);
     let size = 0;
     const env = await this.c.rawRequest(
       Body.Media,
       new media.MediaT(media.MediaOp.DownloadRequest, new media.DownloadRequestT(mediaId, rendition, start, end)),
       null,
-      (b) => {
-        parts.push(b);
-        size += b.length;
+      {
+        header: (env) => {
+          const h = mediaOp(env, media.DownloadHeaderT);
+          const asked = end === 0n ? null : end - start;
+          if (h.mediaId !== mediaId || h.rangeStart !== start || h.length > BigInt(maxBytes) || (asked !== null && h.length > asked)) {
+            throw new SelfieError(ErrorCode.UnexpectedMessage, 'the download is not the one asked for');
+          }
+          header = h;
+          bytes = new Uint8Array(Number(h.length));
+        },
+        bytes: (b) => {
+          if (size + b.length > bytes.length) {
+            throw new SelfieError(ErrorCode.UnexpectedMessage, 'more bytes than the download announced');
+          }
+          bytes.set(b, size);
+          size += b.length;
+        },
       },
     );
-    const header = mediaOp(env, media.DownloadHeaderT);
-    if (BigInt(size) !== header.length) {
-      throw new SelfieError(ErrorCode.Unavailable, `the download ended at ${size} of ${header.length} bytes`);
+    const h = header ?? mediaOp(env, media.DownloadHeaderT);
+    if (size !== bytes.length) {
+      throw new SelfieError(ErrorCode.Unavailable, `the download ended at ${size} of ${h.length} bytes`);
     }
-    const bytes = new Uint8Array(size);
-    let at = 0;
-    for (const p of parts) {
-      bytes.set(p, at);
-      at += p.length;
-    }
-    return { header, bytes };
+    return { header: h, bytes };
   }
 
   /** Deletes an object (its uses end with it). */

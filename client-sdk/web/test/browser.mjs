@@ -330,7 +330,7 @@ async function resume(browser, base, edge, mode, failures) {
     for (const s of t.sessions) {
       s.close();
     }
-    t.saved = JSON.stringify(t.sessions[t.sessions.length - 1].log);
+    t.saved = JSON.stringify(t.sessions[t.sessions.length - 1].delivered);
     t.rc.close();
   });
   await send(16, 75);
