@@ -555,6 +555,13 @@ impl ChatStore {
     }
 
     fn apply_one(&self, event: &pc::ChatEventT) -> Result<Applied, ClientError> {
+        self.apply_at(event, false)
+    }
+
+    /// Applies an event; `synced`: from a sync page, where numbers hidden from this user
+    /// (a block, an MLS welcome for others) are skipped and the page's cursor moves the
+    /// position past them ([`ChatStore::advance`]).
+    fn apply_at(&self, event: &pc::ChatEventT, synced: bool) -> Result<Applied, ClientError> {
         let (conversation, seq) = (event.conversation_id, event.event_seq);
         if seq == 0 {
             return Ok(Applied::State);
@@ -570,7 +577,7 @@ impl ChatStore {
                 event.kind,
                 pc::ChatEventKind::ConversationCreated | pc::ChatEventKind::MemberJoined
             );
-        if seq != have + 1 && !starts {
+        if seq != have + 1 && !starts && !synced {
             return Ok(Applied::Gap {
                 conversation_id: conversation,
                 have,
@@ -629,27 +636,51 @@ impl ChatStore {
             let cursor = self.cursor()?;
             let page = client.chat().sync(&cursor, only, 500).await?;
             for event in page.events.iter().flatten() {
-                match self.apply_one(event)? {
+                match self.apply_at(event, true)? {
                     Applied::New => report.new += 1,
                     Applied::Duplicate => report.duplicates += 1,
-                    Applied::Gap { .. } => {
-                        return Err(ClientError::Protocol(
-                            "the server's sync skipped numbers".into(),
-                        ));
-                    }
-                    Applied::State => {}
+                    Applied::Gap { .. } | Applied::State => {}
                 }
             }
-            for &conversation in page.limited.iter().flatten() {
+            let limited: Vec<u64> = page.limited.iter().flatten().copied().collect();
+            for &conversation in &limited {
                 self.refetch(client, conversation, &page.next_cursor)
                     .await?;
                 report.refetched.push(conversation);
             }
+            let moved = self.advance(page.next_cursor.as_deref().unwrap_or(&[]), &limited)?;
             self.persist()?;
-            if !page.has_more || page.events.as_ref().is_none_or(Vec::is_empty) {
+            let empty = page.events.as_ref().is_none_or(Vec::is_empty);
+            if !page.has_more || (empty && !moved) {
                 return Ok(report);
             }
         }
+    }
+
+    /// Moves positions on to a sync's cursor (past entries hidden from this user), never
+    /// back, leaving out the `refetched` conversations; whether any moved.
+    fn advance(&self, cursor: &[u8], refetched: &[u64]) -> Result<bool, ClientError> {
+        if cursor.first() != Some(&CURSOR_VERSION) {
+            return Ok(false);
+        }
+        let mut moved = false;
+        let mut batch = self.db.batch();
+        for pair in cursor[1..].chunks_exact(16) {
+            let (Some(conversation), Some(seq)) = (u64_at(pair, 0), u64_at(pair, 8)) else {
+                continue;
+            };
+            if refetched.contains(&conversation) || seq <= self.position(conversation)? {
+                continue;
+            }
+            batch.insert(
+                &self.positions,
+                conversation.to_be_bytes(),
+                seq.to_be_bytes(),
+            );
+            moved = true;
+        }
+        batch.commit().map_err(store_err)?;
+        Ok(moved)
     }
 
     /// Drops what the device held of `conversation` and starts over from the newest

@@ -923,4 +923,51 @@ async fn a_block_inside_a_group_stops_pushes_between_those_two_only() {
         .filter_map(|m| m.text.clone())
         .collect();
     assert_eq!(texts, vec!["from ana".to_string()]);
+    // Her device syncs past the hidden entry (a hole in its numbers), and a push after
+    // another hidden one fills its gap by a sync, without stopping.
+    let dir = tempfile::tempdir().expect("dir");
+    let store = ChatStore::open(dir.path()).expect("store");
+    store
+        .sync(&cat.client)
+        .await
+        .expect("sync past a hidden entry");
+    let head = store.position(id).expect("position");
+    let held: Vec<_> = store
+        .messages(id)
+        .expect("messages")
+        .into_iter()
+        .filter_map(|m| m.text)
+        .collect();
+    assert_eq!(held, vec!["from ana".to_string()]);
+    ben.client
+        .chat()
+        .send(id, "b2", "ben again")
+        .await
+        .expect("sent");
+    ana.client
+        .chat()
+        .send(id, "a2", "ana again")
+        .await
+        .expect("sent");
+    let frame = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), cat_live.next())
+            .await
+            .expect("in time")
+            .expect("a push");
+        if push_event(&frame).is_some_and(|e| e.kind == ChatEventKind::MessageCreated) {
+            break frame;
+        }
+    };
+    store
+        .apply_push(&cat.client, &frame)
+        .await
+        .expect("a push past a hidden entry");
+    assert_eq!(store.position(id).expect("position"), head + 2);
+    let held: Vec<_> = store
+        .messages(id)
+        .expect("messages")
+        .into_iter()
+        .filter_map(|m| m.text)
+        .collect();
+    assert_eq!(held, vec!["from ana".to_string(), "ana again".to_string()]);
 }
