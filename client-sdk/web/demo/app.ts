@@ -267,14 +267,26 @@ async function signedIn(tokens: Tokens): Promise<void> {
       feedList.append(el('li', { class: 'muted' }, 'Nothing yet: follow someone or post.'));
     }
   };
+  // Usernames by id: notifications and the tray name users by id only.
+  const known = new Map<bigint, string>([[BigInt(tokens.userId), tokens.username]]);
+  const nameOf = async (ids: readonly bigint[]): Promise<(id: bigint) => string> => {
+    const missing = [...new Set(ids)].filter((id) => id !== 0n && !known.has(id));
+    if (missing.length > 0) {
+      for (const u of (await s.users.lookup({ userIds: missing })).users) {
+        known.set(u.userId, str(u.username));
+      }
+    }
+    return (id) => known.get(id) ?? id.toString();
+  };
   const loadNotifications = async (): Promise<void> => {
     const page = await s.notifications.list({ limit: 20 });
+    const name = await nameOf(page.notifications.map((n) => n.actor?.userId ?? 0n));
     notesList.replaceChildren(
       ...page.notifications.map((n) =>
         el(
           'li',
           { 'data-testid': 'notification' },
-          el('span', { class: 'author' }, `@${str(n.actor?.username)}`),
+          el('span', { class: 'author' }, `@${str(n.actor?.username) || name(n.actor?.userId ?? 0n)}`),
           ` ${proto.notifications.NotificationKind[n.kind] ?? 'activity'}`.toLowerCase(),
           n.actorsCount > 1 ? ` and ${n.actorsCount - 1} others` : '',
         ),
@@ -283,7 +295,10 @@ async function signedIn(tokens: Tokens): Promise<void> {
   };
   const loadTray = async (): Promise<void> => {
     const t = await s.stories.tray();
-    tray.replaceChildren(...t.entries.map((e) => el('span', {}, `@${str(e.author?.username)}`)));
+    const name = await nameOf(t.entries.map((e) => e.author?.userId ?? 0n));
+    tray.replaceChildren(
+      ...t.entries.map((e) => el('span', {}, `@${str(e.author?.username) || name(e.author?.userId ?? 0n)}`)),
+    );
     if (t.entries.length === 0) {
       tray.append(el('span', { class: 'muted' }, 'No stories'));
     }
@@ -347,7 +362,7 @@ async function signedIn(tokens: Tokens): Promise<void> {
   });
   // Direct messages: send to a username; every conversation's new messages, live.
   const messages = el('ul', { 'data-testid': 'messages' });
-  const names = new Map<bigint, string>([[BigInt(tokens.userId), tokens.username]]);
+  const names = known;
   const chatForm = el(
     'form',
     { 'data-testid': 'chat' },

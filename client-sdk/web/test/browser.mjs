@@ -165,7 +165,8 @@ async function scenario(browser, base, mode, failures) {
   await a.getByTestId('compose').locator('textarea').fill(text);
   await a.getByTestId('compose').locator('button').click();
   await b.getByTestId('feed').getByText(text).waitFor({ timeout: 20_000 });
-  await a.getByTestId('notification').first().waitFor({ timeout: 20_000 });
+  // The follow, named.
+  await a.getByTestId('notification').filter({ hasText: `@${ben}` }).first().waitFor({ timeout: 20_000 });
   await shot(b, 'feed');
   await shot(a, 'notifications');
 
