@@ -20,18 +20,24 @@ def snake(name):
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def idempotent_ops(decls):
-    """[(body alias, service union type name, [op aliases])] in schema order."""
+def services(decls):
+    """Each service of the envelope's body, in schema order: (body alias, service table
+    decl, its fully qualified name, its union decl, the union's fully qualified name)."""
     env = decls["selfie.Envelope"]
     body_type = dict((f, t) for f, t, _ in env["fields"])["body"]
     body = decls[resolve(decls, env["ns"], body_type)]
-    out = []
     for alias, sty in body["members"]:
         sfq = resolve(decls, body["ns"], sty)
         service = decls[sfq]
         (_, utype, _), = service["fields"]
         ufq = resolve(decls, service["ns"], utype)
-        union = decls[ufq]
+        yield alias, service, sfq, decls[ufq], ufq
+
+
+def idempotent_ops(decls):
+    """[(body alias, service union type name, [op aliases])] in schema order."""
+    out = []
+    for alias, _service, sfq, union, ufq in services(decls):
         ops = [malias for malias, mty in union["members"]
                if "idempotent" in decls[resolve(decls, union["ns"], mty)].get("attrs", [])]
         out.append((alias, sfq, ufq, ops))
@@ -115,16 +121,8 @@ def ts(facts):
 def answered_ops(decls):
     """[(body alias, service ns, service table, union, [(op alias, answer)])]: the
     requests that name their answer, in schema order."""
-    env = decls["selfie.Envelope"]
-    body_type = dict((f, t) for f, t, _ in env["fields"])["body"]
-    body = decls[resolve(decls, env["ns"], body_type)]
     out = []
-    for alias, sty in body["members"]:
-        sfq = resolve(decls, body["ns"], sty)
-        service = decls[sfq]
-        (_, utype, _), = service["fields"]
-        ufq = resolve(decls, service["ns"], utype)
-        union = decls[ufq]
+    for alias, service, sfq, union, ufq in services(decls):
         ops = []
         for malias, mty in union["members"]:
             mfq = resolve(decls, union["ns"], mty)
