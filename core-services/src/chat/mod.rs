@@ -635,13 +635,26 @@ struct Positions {
 /// operation.
 type Memo = HashMap<(u64, u64), bool>;
 
-/// What [`Chat::append_once`] did.
-/// An append queued in the store's writer (see [`Chat::queue_append`]).
-struct QueuedAppend {
-    queued: selfie_storage::Queued,
+/// An append queued in the store's writer (see [`Chat::queue_append`]). Dropped before
+/// it is settled (the request went away meanwhile), it ends its chain: the next change
+/// reads the stored head, not one that may never be written.
+struct QueuedAppend<'a> {
+    queued: Option<selfie_storage::Queued>,
     epoch: u64,
+    id: u64,
+    heads: &'a pipeline::PendingHeads,
+    settled: bool,
 }
 
+impl Drop for QueuedAppend<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.heads.settled(self.id, self.epoch, false);
+        }
+    }
+}
+
+/// What [`Chat::append_once`] did.
 enum Appended {
     /// Stored with these numbers; the new head.
     Done(Vec<u64>, Head),
@@ -1087,7 +1100,7 @@ impl<S: Store + 'static> Chat<S> {
         entries: &[Entry],
         change: &dyn Fn(&mut Head, &[u64]),
         extra: &dyn Fn(&[u64]) -> Result<Vec<Write>>,
-    ) -> Result<(Vec<u64>, Head, QueuedAppend)> {
+    ) -> Result<(Vec<u64>, Head, QueuedAppend<'_>)> {
         let seqs: Vec<u64> = (1..=entries.len() as u64)
             .map(|i| head.last_seq + i)
             .collect();
@@ -1114,7 +1127,14 @@ impl<S: Store + 'static> Chat<S> {
         commit.writes.extend(extra(&seqs)?);
         let queued = self.store.commit_queued(&commit).await?;
         let epoch = self.pending.queued(id, new, head.clone());
-        Ok((seqs, head, QueuedAppend { queued, epoch }))
+        let queued = QueuedAppend {
+            queued: Some(queued),
+            epoch,
+            id,
+            heads: &self.pending,
+            settled: false,
+        };
+        Ok((seqs, head, queued))
     }
 
     /// One append over the head as read, durable before it returns: `None` when another
@@ -1140,8 +1160,13 @@ impl<S: Store + 'static> Chat<S> {
 
     /// Waits for a queued append to be durable: `false` when another writer changed the
     /// head first (the append is not stored; its chain ends).
-    async fn settle(&self, id: u64, append: QueuedAppend) -> Result<bool> {
-        let outcome = append.queued.outcome().await;
+    async fn settle(&self, id: u64, mut append: QueuedAppend<'_>) -> Result<bool> {
+        let Some(queued) = append.queued.take() else {
+            return Ok(false);
+        };
+        // Dropped during this wait, the guard ends the chain instead.
+        let outcome = queued.outcome().await;
+        append.settled = true;
         self.pending
             .settled(id, append.epoch, matches!(outcome, Ok(true)));
         Ok(outcome?)
