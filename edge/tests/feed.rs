@@ -406,3 +406,196 @@ async fn notifications_arrive_live_and_aggregate() {
     assert_eq!(page.unread_count, 0);
     assert!(page.notifications.unwrap_or_default().is_empty());
 }
+
+/// A post by `c` with `audience`.
+async fn post_to(c: &Client, text: &str, audience: selfie_protocol::common::Audience) -> u64 {
+    let mut r = selfie_protocol::posts::CreatePostRequestT::default();
+    r.text = Some(text.into());
+    r.audience = audience;
+    c.posts().create(r).await.expect("posted").post_id
+}
+
+/// Waits until `reader`'s home page shows `post_id` (a large author's post is merged at
+/// read time once the author is on the large-authors list).
+async fn until_in_home(reader: &User, post_id: u64) {
+    for _ in 0..200 {
+        let page = reader.client.feed().home(20, None).await.expect("page");
+        if page
+            .items
+            .iter()
+            .flatten()
+            .any(|i| i.post.as_ref().is_some_and(|p| p.post_id == post_id))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("post {post_id} never reached the home page");
+}
+
+/// A large author (more followers than `fanout_threshold`) is not fanned out, yet the
+/// connected followers on both shards get the "new posts" push and the new story, each
+/// re-checked: a muting follower gets nothing, a close-friends post reaches only the
+/// close friend. When every subscription closes, the watches end (no topic is left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_authors_posts_and_stories_are_pushed_live() {
+    use selfie_protocol::common::Audience;
+    use selfie_protocol::graph::{CloseFriendsUpdateRequestT, MuteRequestT};
+    use selfie_protocol::stories::StoryEventKind;
+
+    let mut parts = support::parts();
+    parts.feed.fanout_threshold = 2;
+    parts.feed.large_refresh = Duration::ZERO;
+    parts.feed.push_interval = Duration::from_millis(100);
+    let node = support::start_with(
+        &parts,
+        support::tokens(&parts),
+        selfie_services::auth::throttle::LoginThrottle::new(parts.throttle),
+    );
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let star = sign_up(&node, &anon, "star").await;
+    let small = sign_up(&node, &anon, "small").await;
+    let mut readers = Vec::new();
+    for i in 0..4 {
+        let u = sign_up(&node, &anon, &format!("fan{i}")).await;
+        follow(&u, star.id).await;
+        readers.push(u);
+    }
+    follow(&readers[3], small.id).await;
+    // Four followers: the first post puts the star on the large-authors list.
+    let warm = create_post(&star.client, "warm-up").await;
+    until_in_home(&readers[0], warm).await;
+    let mut m = MuteRequestT::default();
+    m.target_id = star.id;
+    call(
+        &readers[3].client,
+        graph(GraphOpT::MuteRequest(Box::new(m))),
+    )
+    .await
+    .expect("muted");
+    let mut cf = CloseFriendsUpdateRequestT::default();
+    cf.add = Some(vec![readers[0].id]);
+    call(
+        &star.client,
+        graph(GraphOpT::CloseFriendsUpdateRequest(Box::new(cf))),
+    )
+    .await
+    .expect("close friend");
+    let mut live = Vec::new();
+    for r in &readers {
+        live.push(r.client.feed().subscribe(None).await.expect("subscribed"));
+        // What an app does next: read the page (which also refreshes the watch).
+        r.client.feed().home(20, None).await.expect("page");
+    }
+    let mut trays = Vec::new();
+    for r in &readers[..2] {
+        trays.push(r.client.stories().subscribe().await.expect("subscribed"));
+        r.client.stories().tray(20, None).await.expect("tray");
+    }
+
+    let p1 = create_post(&star.client, "to everyone").await;
+    for s in &mut live[..3] {
+        let u = next_update(s).await;
+        assert_eq!((u.new_items, u.latest_post_id), (1, p1));
+    }
+    // The muting follower's first push is the small account's post, not the star's.
+    let s1 = create_post(&small.client, "from a small account").await;
+    let u = next_update(&mut live[3]).await;
+    assert_eq!((u.new_items, u.latest_post_id), (1, s1));
+
+    // Close friends only: the close friend is told; the next push to another follower is
+    // the public post after it, alone.
+    tokio::time::sleep(parts.feed.push_interval).await;
+    let p2 = post_to(&star.client, "close friends", Audience::CloseFriends).await;
+    let u = next_update(&mut live[0]).await;
+    assert_eq!((u.new_items, u.latest_post_id), (1, p2));
+    tokio::time::sleep(parts.feed.push_interval).await;
+    let p3 = create_post(&star.client, "public again").await;
+    let u = next_update(&mut live[1]).await;
+    assert_eq!((u.new_items, u.latest_post_id), (1, p3));
+    let page = readers[1].client.feed().home(20, None).await.expect("page");
+    let ids: Vec<u64> = page
+        .items
+        .iter()
+        .flatten()
+        .filter_map(|i| i.post.as_ref().map(|p| p.post_id))
+        .collect();
+    assert_eq!(ids, vec![p3, p1, warm], "the push matches the page");
+
+    // A story reaches the tray subscribers live.
+    let photo = support::photo(&star.client).await;
+    let story = star
+        .client
+        .stories()
+        .create(photo, "live", Audience::Followers, Some("s-1"))
+        .await
+        .expect("story");
+    for t in &mut trays {
+        let u = next_story(t).await;
+        assert_eq!(
+            (u.kind, u.author_id, u.story_id),
+            (StoryEventKind::Created, star.id, story.story_id)
+        );
+    }
+
+    // The author's internal activity topic is not for clients.
+    let refused = readers[2]
+        .client
+        .subscribe(
+            selfie_protocol::control::SubscriptionKind(200),
+            star.id,
+            None,
+        )
+        .await;
+    assert!(refused.is_err());
+
+    // Every subscription closed: the watches end with them.
+    drop(live);
+    drop(trays);
+    for r in readers {
+        r.client.close();
+    }
+    let m = &node.plane.metrics.delivery;
+    let settled = tokio::time::timeout(Duration::from_secs(20), async {
+        while m.topics.get() != 0 || m.subscribers.get() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "topics {} subscribers {} left",
+        m.topics.get(),
+        m.subscribers.get()
+    );
+}
+
+/// On a fleet (one store, real Redis), a large author's post made on one node is pushed
+/// to a connected follower on another: one activity event crosses the bus, and the
+/// follower's node re-checks and pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_authors_post_on_one_node_is_pushed_to_a_reader_on_another() {
+    let redis = selfie_storage::redis::testing::RedisServer::start()
+        .expect("redis-server must be installed");
+    let mut parts = support::parts();
+    parts.feed.fanout_threshold = 0;
+    parts.feed.large_refresh = Duration::ZERO;
+    let a = support::fleet_node(&parts, &redis.url);
+    let b = support::fleet_node(&parts, &redis.url);
+    let anon_a = Client::connect(config(&a.node, None))
+        .await
+        .expect("session");
+    let anon_b = Client::connect(config(&b.node, None))
+        .await
+        .expect("session");
+    let star = sign_up(&a.node, &anon_a, "star").await;
+    let ben = sign_up(&b.node, &anon_b, "ben").await;
+    follow(&ben, star.id).await;
+    let warm = create_post(&star.client, "warm-up").await;
+    until_in_home(&ben, warm).await;
+    let mut live = ben.client.feed().subscribe(None).await.expect("subscribed");
+    ben.client.feed().home(20, None).await.expect("page");
+    let id = create_post(&star.client, "from node a").await;
+    let u = next_update(&mut live).await;
+    assert_eq!((u.new_items, u.latest_post_id), (1, id));
+}

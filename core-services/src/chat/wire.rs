@@ -618,10 +618,7 @@ async fn subscribe<S: Store + Clone + 'static>(
     }
     let delivery = w.0.delivery()?.clone();
     let events = delivery.subscribe(Topic::new(kind, me)).await?;
-    Ok(Subscription {
-        initial: Vec::new(),
-        events,
-    })
+    Ok(Subscription::new(Vec::new(), events))
 }
 
 impl<S: Store + Clone + 'static> crate::plane::Datagrams for ChatWire<S> {

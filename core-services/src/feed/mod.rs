@@ -39,8 +39,8 @@
 //! **Live.** A reader whose timeline got entries is told on their `HomeFeed` topic
 //! ([`crate::plane::Delivery`], every shard and node), coalesced: at most one push per
 //! reader per [`FeedConfig::push_interval`], the later ones folded into one that follows
-//! the interval. Large authors' posts are not pushed (there is no per-follower write to
-//! hang them on); readers see them on their next page.
+//! the interval. Large authors' posts and stories, which no per-follower write carries,
+//! are pushed to the connected followers through a watch on their owner shards ([`live`]).
 //!
 //! **For you** ([`rank`]): the same candidates, scored by a documented formula behind
 //! the [`Scorer`] trait, diversified, seen-filtered, and paged from a snapshot.
@@ -54,6 +54,7 @@
 //! Feeds stand on posts (one way): they read posts through `Posts`, so the read rule
 //! stays in one place. Posts know nothing of feeds beyond the hook the registry wires.
 
+mod live;
 mod rank;
 mod wire;
 
@@ -74,6 +75,7 @@ use crate::posts::{Access, Post, Posts};
 use crate::tables::feed::{FANOUT_JOBS, HIDDEN, HOME, Job, JobKind, LARGE_AUTHORS};
 use crate::tables::{self, id_value, key as k};
 use crate::{Error, Result};
+pub use live::{LiveKind, WatchGuard};
 pub use rank::{Candidate, Formula, RankedAt, RankedItem, RankedPage, Scorer, diversify};
 pub use wire::FeedWire;
 
@@ -283,6 +285,8 @@ pub struct Feed<S> {
     limits: limits::Limits,
     scorer: Rc<dyn Scorer>,
     lists: Option<Rc<crate::graph::lists::Lists<S>>>,
+    /// Connected readers' watches of the large authors they follow ([`live`]).
+    watches: RefCell<live::Watches>,
 }
 
 mod limits {
@@ -397,6 +401,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 ..Formula::default()
             }),
             lists: None,
+            watches: Default::default(),
         }
     }
 
@@ -545,6 +550,11 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 )
                 .await?;
             self.large.replace(None);
+            let activity = match payload {
+                Payload::Post { post_id } => live::Activity::Post(post_id),
+                Payload::Story { story_id, .. } => live::Activity::Story(story_id),
+            };
+            self.announce(author, activity).await;
             return Ok(());
         }
         use crate::posts::Audience;
@@ -682,17 +692,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
         }
         if let Some(delivery) = &self.delivery {
             for &reader in readers {
-                let delivery = delivery.clone();
-                tokio::task::spawn_local(async move {
-                    let topic = Topic::new(SubscriptionKind::StoryTray, reader);
-                    let published = match wire::story_event(&delivery, author, story_id) {
-                        Ok(frame) => delivery.publish(topic, frame).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = published {
-                        tracing::debug!(error = %e, reader, "story update not published");
-                    }
-                });
+                live::publish_story(delivery, reader, author, story_id);
             }
         }
         Ok(())
@@ -867,6 +867,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
     pub(crate) async fn large_followed(&self, reader: u64) -> Result<Vec<u64>> {
         let large = self.large_authors().await?;
         if large.is_empty() {
+            self.rewatch(reader, &[]);
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
@@ -913,6 +914,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
             out.sort_by_key(|a| rank.get(a).copied().unwrap_or(usize::MAX));
         }
         out.truncate(MAX_MERGED_AUTHORS);
+        self.rewatch(reader, &out);
         Ok(out)
     }
 
@@ -1340,6 +1342,11 @@ impl<S: Store + Clone + 'static> Feed<S> {
     }
 
     /// The posts service feeds read through.
+    /// How many readers, and how many large authors, this shard watches for live pushes.
+    pub fn watched(&self) -> (usize, usize) {
+        self.watches.borrow().counts()
+    }
+
     pub(crate) fn posts(&self) -> &Rc<Posts<S>> {
         &self.posts
     }

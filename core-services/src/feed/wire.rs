@@ -236,5 +236,9 @@ async fn subscribe<S: Store + Clone + 'static>(
             initial.push(initial_update(&call, n, latest)?);
         }
     }
-    Ok(Subscription { initial, events })
+    let mut sub = Subscription::new(initial, events);
+    sub.hold =
+        w.0.watch_guard(me, super::LiveKind::Home)
+            .map(|g| Box::new(g) as Box<dyn std::any::Any>);
+    Ok(sub)
 }

@@ -278,8 +278,5 @@ async fn subscribe<S: Store + Clone + 'static>(
         w.0.delivery()?
             .subscribe(Topic::new(SubscriptionKind::Media, me))
             .await?;
-    Ok(Subscription {
-        initial: Vec::new(),
-        events,
-    })
+    Ok(Subscription::new(Vec::new(), events))
 }

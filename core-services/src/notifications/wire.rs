@@ -238,8 +238,5 @@ async fn subscribe<S: Store + Clone + 'static>(
     let events = delivery
         .subscribe(Topic::new(SubscriptionKind::Notifications, me))
         .await?;
-    Ok(Subscription {
-        initial: Vec::new(),
-        events,
-    })
+    Ok(Subscription::new(Vec::new(), events))
 }

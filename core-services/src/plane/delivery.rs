@@ -60,6 +60,12 @@ use crate::{BoxFuture, Error, Result};
 /// there would be nothing to replace).
 pub const PUSH_SEQ_PLACEHOLDER: u64 = u64::MAX;
 
+/// A server-internal topic kind: a large author's new posts and stories, followed by the
+/// feed services of shards whose connected readers follow the author ([`crate::feed`]).
+/// It lies outside the protocol's `SubscriptionKind` values, so no client can subscribe
+/// to it ([`super::subscription_service`] knows no service for it).
+pub const AUTHOR_ACTIVITY: SubscriptionKind = SubscriptionKind(200);
+
 /// What a subscription follows: a kind (the protocol's `SubscriptionKind`) and an id
 /// (a conversation, a user, a post).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,7 +104,10 @@ impl Topic {
 
     /// A stable name, for the fleet's sequence keys and logs (`post:42`).
     pub fn name(&self) -> String {
-        let kind = self.kind.variant_name().unwrap_or("unknown");
+        let kind = match self.kind {
+            AUTHOR_ACTIVITY => "author_activity",
+            k => k.variant_name().unwrap_or("unknown"),
+        };
         format!("{}:{}", kind.to_ascii_lowercase(), self.id)
     }
 }

@@ -36,8 +36,8 @@ use selfie_protocol::{Body, Envelope, EnvelopeArgs, common};
 use selfie_storage::Cursor;
 
 pub use delivery::{
-    Bus, BusEvent, Delivery, DeliveryConfig, DeliveryMetrics, PUSH_SEQ_PLACEHOLDER, ReasonLabel,
-    Subscriber, SubscriberEvent, Topic,
+    AUTHOR_ACTIVITY, Bus, BusEvent, Delivery, DeliveryConfig, DeliveryMetrics,
+    PUSH_SEQ_PLACEHOLDER, ReasonLabel, Subscriber, SubscriberEvent, Topic,
 };
 pub use redis_bus::{RedisBus, run_inbox};
 pub use shards::{MAILBOX_DEPTH, Mailbox, Plane, PlaneMetrics, Shards, serve_mailbox};
@@ -234,6 +234,20 @@ pub struct Subscription {
     pub initial: Vec<Bytes>,
     /// The live events.
     pub events: Subscriber,
+    /// Kept while the subscription lasts and dropped with it: a registration elsewhere
+    /// (another shard's watch of the subscriber) whose guard ends it.
+    pub hold: Option<Box<dyn Any>>,
+}
+
+impl Subscription {
+    /// A subscription of `events`, after `initial`.
+    pub fn new(initial: Vec<Bytes>, events: Subscriber) -> Self {
+        Self {
+            initial,
+            events,
+            hold: None,
+        }
+    }
 }
 
 /// A service on one shard, as the edge sees it. Implemented by

@@ -335,10 +335,7 @@ async fn subscribe<S: Store + Clone + 'static>(
             .await??
     };
     let snapshot = counts_event(&delivery, post_id, counts, [0; 4], Some(as_of))?;
-    Ok(Subscription {
-        initial: vec![snapshot],
-        events,
-    })
+    Ok(Subscription::new(vec![snapshot], events))
 }
 
 /// A `PostCountsEvent` frame: a change to publish (`id` the placeholder that the topic's

@@ -287,6 +287,11 @@ impl<S: Store + Clone + 'static> Stories<S> {
         self
     }
 
+    /// The feed service of this shard (which watches large authors for live trays).
+    pub(crate) fn feed(&self) -> &Rc<Feed<S>> {
+        &self.feed
+    }
+
     pub(crate) fn delivery(&self) -> Result<&Rc<Delivery>> {
         self.delivery
             .as_ref()

@@ -258,8 +258,10 @@ async fn subscribe<S: Store + Clone + 'static>(
     let events = delivery
         .subscribe(Topic::new(SubscriptionKind::StoryTray, me))
         .await?;
-    Ok(Subscription {
-        initial: Vec::new(),
-        events,
-    })
+    let mut sub = Subscription::new(Vec::new(), events);
+    sub.hold =
+        w.0.feed()
+            .watch_guard(me, crate::feed::LiveKind::Tray)
+            .map(|g| Box::new(g) as Box<dyn std::any::Any>);
+    Ok(sub)
 }

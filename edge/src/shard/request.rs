@@ -379,7 +379,11 @@ async fn subscribe(
     state.joining.set(state.joining.get() + 1);
     let sub = svc.subscribe(kind, call).await;
     state.joining.set(state.joining.get() - 1);
-    let sub = sub.map_err(|e| reply_to(&e))?;
+    let selfie_services::plane::Subscription {
+        initial,
+        events,
+        hold,
+    } = sub.map_err(|e| reply_to(&e))?;
     let sub_id = state.next_subscription.get();
     state.next_subscription.set(sub_id + 1);
     let header = shard
@@ -418,13 +422,13 @@ async fn subscribe(
                 return;
             };
             send.set_priority(priority);
-            for bytes in std::iter::once(header).chain(sub.initial) {
+            for bytes in std::iter::once(header).chain(initial) {
                 if send.write_chunk(bytes).await.is_err() {
                     return;
                 }
             }
             loop {
-                match sub.events.next().await {
+                match events.next().await {
                     SubscriberEvent::Event(bytes) if datagrams.is_some() => {
                         let sent = datagrams
                             .as_mut()
@@ -445,7 +449,7 @@ async fn subscribe(
                     SubscriberEvent::Event(bytes) => {
                         tokio::select! {
                             written = send.write_chunk(bytes) => if written.is_err() { return },
-                            () = sub.events.overflowed() => {
+                            () = events.overflowed() => {
                                 send.reset(resync).await;
                                 return;
                             }
@@ -459,6 +463,8 @@ async fn subscribe(
             }
         };
         pushed.await;
+        // What the service registered for this subscription ends with it.
+        drop(hold);
         if let Some(state) = weak.upgrade() {
             state.subscriptions.borrow_mut().remove(&sub_id);
         }

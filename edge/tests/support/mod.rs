@@ -344,10 +344,10 @@ impl Service for Listener {
             let target = call
                 .op(|e| e.body_as_control()?.op_as_subscribe_request())?
                 .target_id();
-            Ok(Subscription {
-                initial: Vec::new(),
-                events: d.subscribe(Topic::new(kind, target)).await?,
-            })
+            Ok(Subscription::new(
+                Vec::new(),
+                d.subscribe(Topic::new(kind, target)).await?,
+            ))
         })
     }
 }

@@ -1,0 +1,416 @@
+//! Live pushes of large authors' posts and stories.
+//!
+//! A large author's post is not fanned out, so no per-follower write carries its push.
+//! Instead, a reader with a live `HomeFeed` or `StoryTray` subscription on this node is
+//! *watched* on their owner shard: that shard keeps the large authors the reader follows
+//! (the ones their pages merge: [`Feed::large_followed`], at most
+//! [`super::MAX_MERGED_AUTHORS`]) and, for each author watched by at least one of its
+//! readers, one subscriber of the author's internal activity topic
+//! ([`AUTHOR_ACTIVITY`]). A large author's post or story publishes one event there — one
+//! job per interested shard, one Redis message per post on a fleet, never one per
+//! follower — and each watching shard re-checks every watching reader with the read rule
+//! the pages use (follow, mute, block, the audience, "not interested") before it pushes,
+//! through the same coalescing as fanned-out posts. So the reader cannot tell the two
+//! paths apart live either.
+//!
+//! Whom a reader watches is taken when they subscribe and again at each of their page
+//! reads that merges large authors (home, "For you", tray): a new follow of a large
+//! account shows live after the reader's next page read. A watch lives while one of the
+//! reader's subscriptions on this node does (a count per kind; the subscription holds a
+//! [`WatchGuard`] that ends it). An activity event the plane drops (the watch fell
+//! behind) costs a hint, never an item: the next page read has it.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::LocalBoxFuture;
+use selfie_codec::{Frame, Limits};
+use selfie_protocol::Body;
+use selfie_protocol::control::SubscriptionKind;
+use selfie_storage::Store;
+
+use super::{Entry, Feed, Rule, WRITES_IN_FLIGHT, wire};
+use crate::plane::{AUTHOR_ACTIVITY, Delivery, Plane, Shards, SubscriberEvent, Topic};
+use crate::{Result, tables};
+
+/// Which subscription a watch serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveKind {
+    /// `HomeFeed`: "new posts" updates.
+    Home,
+    /// `StoryTray`: new stories.
+    Tray,
+}
+
+/// What a large author published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Activity {
+    Post(u64),
+    Story(u64),
+}
+
+/// The watches of one shard.
+#[derive(Default)]
+pub(super) struct Watches {
+    readers: HashMap<u64, Watch>,
+    authors: HashMap<u64, Watched>,
+    /// The shard's feed, for the listeners (set by the first watch).
+    feed: Option<Weak<dyn Listener>>,
+}
+
+/// One reader's watch: how many subscriptions of each kind, and whom.
+#[derive(Default)]
+struct Watch {
+    home: u32,
+    tray: u32,
+    /// Sorted.
+    authors: Vec<u64>,
+}
+
+/// One watched author: the readers, and the task following the author's activity.
+struct Watched {
+    readers: HashSet<u64>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// What a listener task calls on its shard's feed (type-erased over the store).
+trait Listener {
+    fn activity(self: Rc<Self>, author: u64, activity: Activity) -> LocalBoxFuture<'static, ()>;
+}
+
+impl<S: Store + Clone + 'static> Listener for Feed<S> {
+    fn activity(self: Rc<Self>, author: u64, activity: Activity) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move { self.on_activity(author, activity).await })
+    }
+}
+
+/// Ends a reader's watch (one subscription's share of it) when dropped.
+pub struct WatchGuard<S: Store + Clone + 'static> {
+    plane: Arc<Plane>,
+    owner: usize,
+    reader: u64,
+    kind: LiveKind,
+    _store: std::marker::PhantomData<fn() -> S>,
+}
+
+impl<S: Store + Clone + 'static> Drop for WatchGuard<S> {
+    fn drop(&mut self) {
+        let (plane, owner, reader, kind) = (self.plane.clone(), self.owner, self.reader, self.kind);
+        // Waits for room: a lost end would keep the watch for good.
+        tokio::task::spawn_local(async move {
+            let job = Shards::job(move |feed: Rc<Feed<S>>| async move {
+                feed.unwatch(reader, kind);
+            });
+            if let Err(e) = plane
+                .shards()
+                .post_waiting(owner, "feed_unwatch", job)
+                .await
+            {
+                tracing::debug!(error = %e, reader, "watch not ended (shard stopping)");
+            }
+        });
+    }
+}
+
+/// The activity an event of an author's topic announces.
+fn parse_activity(frame: &Bytes) -> Option<Activity> {
+    let frame = Frame::verify(frame.clone(), &Limits::DEFAULT).ok()?;
+    let env = frame.envelope();
+    match env.body_type() {
+        Body::Feed => Some(Activity::Post(
+            env.body_as_feed()?.op_as_feed_update()?.latest_post_id(),
+        )),
+        Body::Stories => Some(Activity::Story(
+            env.body_as_stories()?.op_as_story_update()?.story_id(),
+        )),
+        _ => None,
+    }
+}
+
+impl<S: Store + Clone + 'static> Feed<S> {
+    /// Watches `reader`'s large follows for a subscription of `kind` on this node, until
+    /// the returned guard drops (`None` without a delivery plane, or when the reader's
+    /// owner shard is too busy to take the watch: then only fanned-out items push).
+    pub fn watch_guard(&self, reader: u64, kind: LiveKind) -> Option<WatchGuard<S>> {
+        let delivery = self.delivery.as_ref()?;
+        let plane = delivery.plane().clone();
+        let owner = delivery.owner(Topic::new(SubscriptionKind::HomeFeed, reader));
+        // Posted, not awaited: once the job is in the owner's mailbox the guard exists,
+        // so no cancelled await can leave a watch without its end.
+        let posted =
+            plane
+                .shards()
+                .submit_on(owner, "feed_watch", move |feed: Rc<Feed<S>>| async move {
+                    feed.watch(reader, kind).await
+                });
+        if let Err(e) = posted {
+            tracing::debug!(error = %e, reader, "large authors not watched");
+            return None;
+        }
+        Some(WatchGuard {
+            plane,
+            owner,
+            reader,
+            kind,
+            _store: std::marker::PhantomData,
+        })
+    }
+
+    /// On the reader's owner shard: one more subscription of `kind`; the first one
+    /// takes whom the reader watches.
+    async fn watch(self: Rc<Self>, reader: u64, kind: LiveKind) {
+        {
+            let mut w = self.watches.borrow_mut();
+            if w.feed.is_none() {
+                let me: Rc<dyn Listener> = self.clone();
+                w.feed = Some(Rc::downgrade(&me));
+            }
+            let watch = w.readers.entry(reader).or_default();
+            match kind {
+                LiveKind::Home => watch.home += 1,
+                LiveKind::Tray => watch.tray += 1,
+            }
+            if watch.home + watch.tray > 1 {
+                return;
+            }
+        }
+        // `large_followed` records what it finds for a watched reader.
+        if let Err(e) = self.large_followed(reader).await {
+            tracing::debug!(error = %e, reader, "large follows not read");
+        }
+    }
+
+    /// On the reader's owner shard: one subscription of `kind` fewer.
+    fn unwatch(&self, reader: u64, kind: LiveKind) {
+        let gone = {
+            let mut w = self.watches.borrow_mut();
+            let Some(watch) = w.readers.get_mut(&reader) else {
+                return;
+            };
+            let n = match kind {
+                LiveKind::Home => &mut watch.home,
+                LiveKind::Tray => &mut watch.tray,
+            };
+            *n = n.saturating_sub(1);
+            watch.home + watch.tray == 0
+        };
+        if gone {
+            self.rewatch(reader, &[]);
+            self.watches.borrow_mut().readers.remove(&reader);
+        }
+    }
+
+    /// Records that a watched `reader` follows the large `authors` now (a no-op for
+    /// readers not watched on this shard).
+    pub(super) fn rewatch(&self, reader: u64, authors: &[u64]) {
+        let mut w = self.watches.borrow_mut();
+        let w = &mut *w;
+        let Some(watch) = w.readers.get_mut(&reader) else {
+            return;
+        };
+        let mut now = authors.to_vec();
+        now.sort_unstable();
+        now.dedup();
+        if now == watch.authors {
+            return;
+        }
+        let before = std::mem::replace(&mut watch.authors, now.clone());
+        for a in before.iter().filter(|a| now.binary_search(a).is_err()) {
+            if let Some(watched) = w.authors.get_mut(a) {
+                watched.readers.remove(&reader);
+                if watched.readers.is_empty() {
+                    // Dropping it stops its listener (and leaves the author's topic).
+                    w.authors.remove(a);
+                }
+            }
+        }
+        for &a in now.iter().filter(|a| before.binary_search(a).is_err()) {
+            let feed = w.feed.clone();
+            w.authors
+                .entry(a)
+                .or_insert_with(|| Watched {
+                    readers: HashSet::new(),
+                    listener: listen(self.delivery.clone(), feed, a),
+                })
+                .readers
+                .insert(reader);
+        }
+    }
+
+    /// Publishes `activity` of large `author` to the shards watching them.
+    pub(super) async fn announce(&self, author: u64, activity: Activity) {
+        let Some(delivery) = &self.delivery else {
+            return;
+        };
+        let frame = match activity {
+            Activity::Post(id) => wire::update_event(delivery, 1, id),
+            Activity::Story(id) => wire::story_event(delivery, author, id),
+        };
+        let published = match frame {
+            Ok(frame) => {
+                delivery
+                    .publish(Topic::new(AUTHOR_ACTIVITY, author), frame)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = published {
+            tracing::debug!(error = %e, author, "large author's activity not announced");
+        }
+    }
+
+    /// Pushes `author`'s new post or story to the watching readers who may see it.
+    async fn on_activity(&self, author: u64, activity: Activity) {
+        let readers: Vec<u64> = {
+            let w = self.watches.borrow();
+            let Some(watched) = w.authors.get(&author) else {
+                return;
+            };
+            watched
+                .readers
+                .iter()
+                .copied()
+                .filter(|r| {
+                    w.readers.get(r).is_some_and(|watch| match activity {
+                        Activity::Post(_) => watch.home > 0,
+                        Activity::Story(_) => watch.tray > 0,
+                    })
+                })
+                .collect()
+        };
+        if readers.is_empty() {
+            return;
+        }
+        let outcome = match activity {
+            Activity::Post(post_id) => self.push_post(&readers, author, post_id).await,
+            Activity::Story(story_id) => self.push_story(&readers, author, story_id).await,
+        };
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, author, "large author's activity not pushed");
+        }
+    }
+
+    async fn push_post(&self, readers: &[u64], author: u64, post_id: u64) -> Result<()> {
+        let checks = futures::stream::iter(readers.iter().map(|&reader| async move {
+            let entry = Entry {
+                id: post_id,
+                author,
+            };
+            let shown = self
+                .check(
+                    reader,
+                    entry,
+                    &mut HashMap::new(),
+                    &mut HashSet::new(),
+                    Rule::Followed,
+                )
+                .await?;
+            Ok::<_, crate::Error>(shown.map(|_| reader))
+        }))
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+        for c in checks {
+            if let Some(reader) = c? {
+                self.push(reader, post_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn push_story(&self, readers: &[u64], author: u64, story_id: u64) -> Result<()> {
+        let Some(delivery) = self.delivery.clone() else {
+            return Ok(());
+        };
+        let story = match tables::stories::load(&self.store, story_id).await? {
+            Some(s) if s.author_id == author && s.expires_at_ms > self.clock.now_ms() => s,
+            _ => return Ok(()),
+        };
+        let story = &story;
+        let checks = futures::stream::iter(readers.iter().map(|&reader| async move {
+            let state = self.author_state(reader, author).await?;
+            let admitted = state.follows
+                && !state.muted
+                && !state.access.hidden()
+                && state.access.admits(reader, story.audience, &story.mentions);
+            Ok::<_, crate::Error>(admitted.then_some(reader))
+        }))
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+        for c in checks {
+            if let Some(reader) = c? {
+                publish_story(&delivery, reader, author, story_id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tells `reader`'s tray subscribers of `author`'s new story (best effort, as for
+/// fanned-out stories).
+pub(super) fn publish_story(delivery: &Rc<Delivery>, reader: u64, author: u64, story_id: u64) {
+    let delivery = delivery.clone();
+    tokio::task::spawn_local(async move {
+        let topic = Topic::new(SubscriptionKind::StoryTray, reader);
+        let published = match wire::story_event(&delivery, author, story_id) {
+            Ok(frame) => delivery.publish(topic, frame).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = published {
+            tracing::debug!(error = %e, reader, "story update not published");
+        }
+    });
+}
+
+/// Follows `author`'s activity topic on this shard for as long as the task runs,
+/// handing each event to `feed`.
+fn listen(
+    delivery: Option<Rc<Delivery>>,
+    feed: Option<Weak<dyn Listener>>,
+    author: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_local(async move {
+        let (Some(delivery), Some(feed)) = (delivery, feed) else {
+            return;
+        };
+        let topic = Topic::new(AUTHOR_ACTIVITY, author);
+        loop {
+            let events = match delivery.subscribe(topic).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::debug!(error = %e, author, "author's activity not followed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let SubscriberEvent::Event(frame) = events.next().await {
+                let Some(activity) = parse_activity(&frame) else {
+                    continue;
+                };
+                let Some(feed) = feed.upgrade() else {
+                    return;
+                };
+                feed.activity(author, activity).await;
+            }
+            // Cut off (it fell behind, or events were lost): the pages have what was
+            // missed; follow again from here.
+        }
+    })
+}
+
+impl Watches {
+    /// (readers, authors) watched.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        (self.readers.len(), self.authors.len())
+    }
+}
