@@ -145,6 +145,7 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
         lists,
         posts,
         media: std::cell::OnceCell::new(),
+        erasers: Default::default(),
     });
     let s = &services;
     let (graph, lists, ttl) = (s.graph.clone(), s.lists.clone(), deps.access_ttl);
@@ -173,7 +174,8 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
         Some(_) => stories.with_media_release(release),
         None => stories,
     };
-    registry.register(Service::Stories, Rc::new(StoriesWire(Rc::new(stories))));
+    let stories = Rc::new(stories);
+    registry.register(Service::Stories, Rc::new(StoriesWire(stories.clone())));
     let notifications = Rc::new(
         Notifications::new(deps.store.clone(), deps.clock.clone(), node, id)?
             .with_delivery(registry.delivery().clone()),
@@ -182,6 +184,11 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
         Service::Notifications,
         Rc::new(NotificationsWire(notifications.clone())),
     );
+    s.erasers.borrow_mut().extend([
+        ("feed", feed.clone() as Rc<dyn crate::workflows::Erase>),
+        ("stories", stories as Rc<dyn crate::workflows::Erase>),
+        ("notifications", notifications.clone() as _),
+    ]);
     if let Some(node) = &deps.media {
         let media = Rc::new(
             Media::new(

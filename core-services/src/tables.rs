@@ -51,6 +51,48 @@ macro_rules! counters {
     };
 }
 
+/// Deletes every row of one partition of `table`, page by page (a conditional table's
+/// rows one by one, as its writes must be), and returns how many went: how a service
+/// erases what it keeps for a deleted account. Idempotent.
+pub async fn clear_partition<S: Store>(
+    store: &S,
+    table: &'static Table,
+    partition: &[u8],
+) -> Result<usize, Error> {
+    let mut removed = 0;
+    let mut cursor = None;
+    loop {
+        let page = store
+            .scan(
+                table,
+                partition,
+                &selfie_storage::Scan::all(500).after(cursor),
+            )
+            .await?;
+        if table.conditional {
+            for r in &page.rows {
+                store
+                    .delete_if_present(table, partition, &r.clustering)
+                    .await?;
+            }
+        } else if !page.rows.is_empty() {
+            let deletes: Vec<selfie_storage::Mutation> = page
+                .rows
+                .iter()
+                .map(|r| selfie_storage::Mutation::Delete {
+                    clustering: r.clustering.clone(),
+                })
+                .collect();
+            store.batch(table, partition, &deletes).await?;
+        }
+        removed += page.rows.len();
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(removed),
+        }
+    }
+}
+
 /// The key of an id (user, post, list, session...).
 pub fn key(id: u64) -> Bytes {
     KeyBuilder::new().u64(id).build()

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::rc::Rc;
 
+use futures::future::LocalBoxFuture;
 use selfie_storage::Store;
 
 use crate::Result;
@@ -15,6 +16,13 @@ use crate::graph::{Graph, Relationship};
 use crate::plane::Principal;
 use crate::posts::Posts;
 use crate::users::{Profile, Users};
+
+/// A service's share of account deletion: it removes what it keeps for the user.
+pub trait Erase {
+    /// Removes every row this service keeps for `user` (idempotent: a retry after a
+    /// failure finishes the job) and says how many went.
+    fn erase_user(&self, user: u64) -> LocalBoxFuture<'_, Result<usize>>;
+}
 
 /// The domain services of one shard.
 pub struct Services<S> {
@@ -30,6 +38,9 @@ pub struct Services<S> {
     pub posts: Rc<Posts<S>>,
     /// This shard's media service, when the node serves media (set once it is built).
     pub media: std::cell::OnceCell<Rc<crate::media::Media<S>>>,
+    /// The other services' shares of account deletion (feeds, stories, notifications),
+    /// by name, run in order.
+    pub erasers: std::cell::RefCell<Vec<(&'static str, Rc<dyn Erase>)>>,
 }
 
 /// A profile as a viewer sees it: the profile, its counts and how the viewer relates.
@@ -71,9 +82,12 @@ impl<S: Store + Clone + 'static> Services<S> {
     ///
     /// The owner's other devices are signed out first (nothing acts for the account while
     /// it goes); then each service removes what it holds — the profile is anonymised and
-    /// hidden (its posts with it), graph edges and lists go, every media object and
-    /// unfinished upload is erased — and the credentials go last. Every step is idempotent and a failure leaves the account and this session
-    /// in place, so the owner can simply retry.
+    /// hidden (its posts with it), graph edges and lists go, the posts are deleted, each
+    /// service in [`Services::erasers`] removes its rows (home timeline, "not
+    /// interested" marks, stories, highlights, tray, notifications, push tokens), every
+    /// media object and unfinished upload is erased — and the credentials go last. Every
+    /// step is idempotent and a failure leaves the account and this session in place, so
+    /// the owner can simply retry.
     pub async fn delete_account(
         &self,
         caller: &Principal,
@@ -85,6 +99,13 @@ impl<S: Store + Clone + 'static> Services<S> {
         self.accounts.revoke_others(user, caller.session_id).await?;
         self.users.mark_deleted(user).await?;
         self.graph.remove_user(user).await?;
+        let posts = self.posts.erase_author(user).await?;
+        tracing::info!(user, posts, "account posts deleted");
+        let erasers = self.erasers.borrow().clone();
+        for (service, eraser) in erasers {
+            let rows = eraser.erase_user(user).await?;
+            tracing::info!(user, service, rows, "account rows erased");
+        }
         if let Some(media) = self.media.get() {
             let erased = media.erase_owner(user).await?;
             tracing::info!(user, erased, "account media erased");

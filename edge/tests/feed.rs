@@ -599,3 +599,129 @@ async fn a_large_authors_post_on_one_node_is_pushed_to_a_reader_on_another() {
     let u = next_update(&mut live).await;
     assert_eq!((u.new_items, u.latest_post_id), (1, id));
 }
+
+/// Rows in one partition of `table`.
+async fn rows_in(
+    store: &selfie_storage::embedded::EmbeddedStore,
+    table: &'static selfie_storage::Table,
+    id: u64,
+) -> usize {
+    use selfie_storage::Store;
+    store
+        .scan(
+            table,
+            &selfie_services::tables::key(id),
+            &selfie_storage::Scan::all(1000),
+        )
+        .await
+        .expect("scan")
+        .rows
+        .len()
+}
+
+/// Deleting an account erases what the feed, stories and notifications kept for it —
+/// home timeline, "not interested" marks, stories with their viewer lists, highlights,
+/// tray, inbox, push tokens — and deletes its posts, not only hides them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_accounts_feed_stories_and_notifications_are_erased() {
+    use selfie_protocol::auth::{AccountDeleteRequestT, AuthOpT};
+    use selfie_protocol::common::Audience;
+    use selfie_protocol::notifications::PushPlatform;
+    use selfie_services::tables::{feed, notifications, posts, stories};
+
+    let parts = support::parts();
+    let node = support::start_with(
+        &parts,
+        support::tokens(&parts),
+        selfie_services::auth::throttle::LoginThrottle::new(parts.throttle),
+    );
+    let store = &parts.store;
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    follow(&ana, ben.id).await;
+    follow(&ben, ana.id).await;
+    let from_ben = create_post(&ben.client, "from ben").await;
+    until_in_home(&ana, from_ben).await;
+    let other = create_post(&ben.client, "not for me").await;
+    until_in_home(&ana, other).await;
+    ana.client
+        .feed()
+        .not_interested(other, 0)
+        .await
+        .expect("marked");
+    let own = create_post(&ana.client, "ana's post").await;
+    until_in_home(&ben, own).await;
+    let photo = support::photo(&ana.client).await;
+    let story = ana
+        .client
+        .stories()
+        .create(photo, "kept", Audience::Followers, Some("s-1"))
+        .await
+        .expect("story");
+    ana.client
+        .stories()
+        .highlight(story.story_id)
+        .await
+        .expect("highlighted");
+    ben.client
+        .stories()
+        .seen(&[story.story_id])
+        .await
+        .expect("seen");
+    ana.client
+        .notifications()
+        .register_push_token(PushPlatform::Fcm, "fcm-token-of-ana", "phone")
+        .await
+        .expect("token");
+    // The follow notification (recorded asynchronously on Ana's owner shard).
+    for _ in 0..200 {
+        if rows_in(store, &notifications::INBOX, ana.id).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tables: [(&str, &'static selfie_storage::Table, u64); 9] = [
+        ("home", &feed::HOME, ana.id),
+        ("not interested", &feed::HIDDEN, ana.id),
+        ("posts", &posts::USER_POSTS, ana.id),
+        ("stories", &stories::BY_AUTHOR, ana.id),
+        ("highlights", &stories::HIGHLIGHTS, ana.id),
+        ("viewers", &stories::SEEN, story.story_id),
+        ("inbox", &notifications::INBOX, ana.id),
+        ("groups", &notifications::GROUPS, ana.id),
+        ("push tokens", &notifications::PUSH_TOKENS, ana.id),
+    ];
+    for (what, table, id) in tables {
+        assert!(rows_in(store, table, id).await > 0, "{what} written");
+    }
+
+    let mut r = AccountDeleteRequestT::default();
+    r.password = Some(ana.password.clone());
+    call(
+        &ana.client,
+        support::auth(AuthOpT::AccountDeleteRequest(Box::new(r))),
+    )
+    .await
+    .expect("account deleted");
+    for (what, table, id) in tables {
+        assert_eq!(rows_in(store, table, id).await, 0, "{what} erased");
+    }
+    assert_eq!(
+        rows_in(store, &stories::STORIES, story.story_id).await,
+        0,
+        "the story erased"
+    );
+    // The post is a tombstone now: no text left in storage.
+    let stored = selfie_storage::Store::get(
+        store,
+        &posts::POSTS,
+        &selfie_services::tables::key(own),
+        &[],
+    )
+    .await
+    .expect("read")
+    .unwrap_or_default();
+    assert!(!stored.windows(10).any(|w| w == b"ana's post"));
+    assert!(ben.client.posts().get(own).await.is_err());
+}

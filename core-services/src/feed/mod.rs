@@ -1351,3 +1351,19 @@ impl<S: Store + Clone + 'static> Feed<S> {
         &self.posts
     }
 }
+
+impl<S: Store + Clone + 'static> crate::workflows::Erase for Feed<S> {
+    /// A deleted account's home timeline, "not interested" marks, "For you" snapshots
+    /// and seen list, and its place on the large-authors list.
+    fn erase_user(&self, user: u64) -> futures::future::LocalBoxFuture<'_, Result<usize>> {
+        Box::pin(async move {
+            let mut rows = 0;
+            for table in [&HOME, &HIDDEN, &tables::feed::FOR_YOU, &tables::feed::SEEN] {
+                rows += tables::clear_partition(&self.store, table, &k(user)).await?;
+            }
+            self.store.delete(&LARGE_AUTHORS, &k(0), &k(user)).await?;
+            self.large.replace(None);
+            Ok(rows)
+        })
+    }
+}

@@ -749,3 +749,17 @@ impl<S: Store + Clone + 'static> Notifications<S> {
             .collect()
     }
 }
+
+impl<S: Store + Clone + 'static> crate::workflows::Erase for Notifications<S> {
+    /// A deleted account's inbox, groups, read marks, state and preferences, and device
+    /// push tokens.
+    fn erase_user(&self, user: u64) -> futures::future::LocalBoxFuture<'_, Result<usize>> {
+        Box::pin(async move {
+            let mut rows = 0;
+            for table in [&INBOX, &GROUPS, &GROUP_ACTORS, &READ, &STATE, &PUSH_TOKENS] {
+                rows += tables::clear_partition(&self.store, table, &k(user)).await?;
+            }
+            Ok(rows)
+        })
+    }
+}

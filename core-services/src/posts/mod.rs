@@ -975,6 +975,32 @@ impl<S: Store + 'static> Posts<S> {
         Ok(())
     }
 
+    /// Deletes every post and undoes every repost of `author` (account deletion); how
+    /// many went. Idempotent: a retry goes on where a failure stopped.
+    pub async fn erase_author(&self, author: u64) -> Result<usize> {
+        let mut erased = 0;
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .scan(&USER_POSTS, &k(author), &Scan::all(100).after(cursor))
+                .await?;
+            for r in &page.rows {
+                let Some(post_id) = KeyReader::new(&r.clustering).u64() else {
+                    continue;
+                };
+                match self.delete(author, post_id).await {
+                    Ok(()) | Err(Error::NotFound(_)) => erased += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(erased),
+            }
+        }
+    }
+
     /// Checks that `ids` are ready media objects of `author`.
     async fn own_media(&self, author: u64, ids: &[u64]) -> Result<()> {
         use tables::media::Kind;

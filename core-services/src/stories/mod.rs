@@ -946,3 +946,36 @@ impl<S: Store + Clone + 'static> Stories<S> {
             .await?)
     }
 }
+
+impl<S: Store + Clone + 'static> crate::workflows::Erase for Stories<S> {
+    /// A deleted account's stories (live and kept as highlights) with their viewer
+    /// lists, and its tray. (Their media goes with the account's media.)
+    fn erase_user(&self, user: u64) -> futures::future::LocalBoxFuture<'_, Result<usize>> {
+        Box::pin(async move {
+            let mut rows = 0;
+            for table in [&BY_AUTHOR, &HIGHLIGHTS] {
+                let mut cursor = None;
+                loop {
+                    let page = self
+                        .store
+                        .scan(table, &k(user), &Scan::all(100).after(cursor))
+                        .await?;
+                    for r in &page.rows {
+                        let Some(story_id) = KeyReader::new(&r.clustering).u64() else {
+                            continue;
+                        };
+                        rows += tables::clear_partition(&self.store, &SEEN, &k(story_id)).await?;
+                        self.store.delete(&STORIES, &k(story_id), &[]).await?;
+                    }
+                    match page.cursor {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+                rows += tables::clear_partition(&self.store, table, &k(user)).await?;
+            }
+            rows += tables::clear_partition(&self.store, &TRAY, &k(user)).await?;
+            Ok(rows)
+        })
+    }
+}
