@@ -332,6 +332,97 @@ async fn push_tokens<S: Store + Clone + 'static>(store: S) {
     assert_eq!(*w.pushed.0.borrow(), vec![(ANA, Kind::Follow)]);
 }
 
+/// Rows in `user`'s partition of `table`.
+async fn rows<S: Store>(store: &S, table: &'static selfie_storage::Table, user: u64) -> usize {
+    store
+        .scan(
+            table,
+            &selfie_services::tables::key(user),
+            &selfie_storage::Scan::all(2000),
+        )
+        .await
+        .expect("scan")
+        .rows
+        .len()
+}
+
+/// Account deletion's share here: everything kept for the user goes (plain, conditional
+/// and single-row tables, partitions longer than a page), and nobody else's rows.
+async fn erase_user<S: Store + Clone + 'static>(store: S) {
+    use selfie_services::tables::{clear_partition, feed, key, notifications as t};
+    use selfie_services::workflows::Erase;
+    let w = world(store.clone()).await;
+    for actor in [BEN, CAT, DAN] {
+        w.graph.follow(actor, ANA).await.expect("follow");
+    }
+    w.graph.follow(ANA, BEN).await.expect("follow");
+    w.deliver().await;
+    let newest =
+        w.a.list(ANA, false, 10, None)
+            .await
+            .expect("list")
+            .notifications[0]
+            .notification_id;
+    w.a.mark_read(ANA, 0, &[newest]).await.expect("read");
+    w.a.set_preferences(ANA, &[]).await.expect("preferences");
+    w.a.register_push_token(
+        ANA,
+        PushToken {
+            platform: "fcm".into(),
+            token: "t".into(),
+            device_id: "d".into(),
+            web_push_keys: None,
+        },
+    )
+    .await
+    .expect("token");
+    let tables = [
+        &t::INBOX,
+        &t::GROUPS,
+        &t::GROUP_ACTORS,
+        &t::READ,
+        &t::STATE,
+        &t::PUSH_TOKENS,
+    ];
+    for table in tables {
+        assert!(rows(&store, table, ANA).await > 0, "{} written", table.name);
+    }
+    let erased = w.a.erase_user(ANA).await.expect("erased");
+    assert!(erased >= tables.len());
+    for table in tables {
+        assert_eq!(rows(&store, table, ANA).await, 0, "{} erased", table.name);
+    }
+    assert_eq!(w.inbox(BEN).await.len(), 1, "Ben's notification stays");
+    assert_eq!(w.a.erase_user(ANA).await.expect("again"), 0, "idempotent");
+
+    // A partition longer than one page of the helper, next to another that stays.
+    for (user, n) in [(ANA, 1_234u64), (BEN, 3)] {
+        for post in 0..n {
+            store
+                .put(&feed::HOME, &key(user), &key(post + 1), b"x", None)
+                .await
+                .expect("row");
+        }
+    }
+    let cleared = clear_partition(&store, &feed::HOME, &key(ANA))
+        .await
+        .expect("cleared");
+    assert_eq!(cleared, 1_234);
+    assert_eq!(rows(&store, &feed::HOME, ANA).await, 0);
+    assert_eq!(rows(&store, &feed::HOME, BEN).await, 3);
+}
+
+#[tokio::test]
+async fn erase_user_embedded() {
+    let (s, _d) = embedded();
+    erase_user(s).await;
+}
+
+#[tokio::test]
+async fn erase_user_cql() {
+    erase_user(cql().await).await;
+}
+
 #[tokio::test]
 async fn aggregation_and_rules_embedded() {
     let (s, _d) = embedded();

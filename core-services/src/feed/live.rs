@@ -32,9 +32,12 @@ use selfie_protocol::Body;
 use selfie_protocol::control::SubscriptionKind;
 use selfie_storage::Store;
 
-use super::{Entry, Feed, Rule, WRITES_IN_FLIGHT, wire};
+use super::{Entry, Feed, Rule, wire};
 use crate::plane::{AUTHOR_ACTIVITY, Delivery, Plane, Shards, SubscriberEvent, Topic};
 use crate::{Result, tables};
+
+/// Readers checked at once on one shard for one activity event.
+const CHECKS_IN_FLIGHT: usize = 128;
 
 /// Which subscription a watch serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,7 +319,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 .await?;
             Ok::<_, crate::Error>(shown.map(|_| reader))
         }))
-        .buffer_unordered(WRITES_IN_FLIGHT)
+        .buffer_unordered(CHECKS_IN_FLIGHT)
         .collect::<Vec<_>>()
         .await;
         for c in checks {
@@ -344,7 +347,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 && state.access.admits(reader, story.audience, &story.mentions);
             Ok::<_, crate::Error>(admitted.then_some(reader))
         }))
-        .buffer_unordered(WRITES_IN_FLIGHT)
+        .buffer_unordered(CHECKS_IN_FLIGHT)
         .collect::<Vec<_>>()
         .await;
         for c in checks {

@@ -92,8 +92,10 @@ const SHORT_LARGE_LIST: usize = 64;
 pub const MAX_FOLLOWING_SCANNED: usize = 10_000;
 /// Readers per page of a fan-out.
 pub const FANOUT_PAGE: usize = 1_000;
-/// Timeline writes in flight at once on one shard, per fan-out batch.
-const WRITES_IN_FLIGHT: usize = 128;
+/// Timeline writes in flight at once on one shard, per fan-out batch: a page's share of
+/// one shard fits (the embedded store makes them durable with one group commit, up to
+/// its `GROUP_MAX` of 512, instead of one per 128).
+const WRITES_IN_FLIGHT: usize = 512;
 /// Rows deleted per batch when trimming.
 const TRIM_BATCH: usize = 500;
 /// One timeline write in this many trims the timeline to its length.
@@ -499,11 +501,16 @@ impl<S: Store + Clone + 'static> Feed<S> {
             // Deleted meanwhile (or a commit cut short on CQL): nothing to deliver.
             _ => return self.forget_job(post_id).await,
         };
-        // The author's own timeline always has it.
+        // The author's own timeline always has it: written alongside the first page of
+        // the audience's (one durable write less to wait for before the first push).
         let payload = Payload::Post { post_id };
-        self.send_batch(vec![author], payload, author).await?;
-        self.fan_out_to(payload, author, post.audience, &post.mentions)
-            .await?;
+        let (own, audience) = futures::future::join(
+            self.send_batch(vec![author], payload, author),
+            self.fan_out_to(payload, author, post.audience, &post.mentions),
+        )
+        .await;
+        own?;
+        audience?;
         self.forget_job(post_id).await
     }
 
