@@ -435,8 +435,9 @@ async fn until_in_home(reader: &User, post_id: u64) {
 
 /// A large author (more followers than `fanout_threshold`) is not fanned out, yet the
 /// connected followers on both shards get the "new posts" push and the new story, each
-/// re-checked: a muting follower gets nothing, a close-friends post reaches only the
-/// close friend. When every subscription closes, the watches end (no topic is left).
+/// re-checked: a muting or blocked follower gets nothing, a close-friends post reaches
+/// only the close friend. Closing the tray subscription leaves the home feed's watch;
+/// when every subscription closes, the watches end after their linger (no topic left).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_authors_posts_and_stories_are_pushed_live() {
     use selfie_protocol::common::Audience;
@@ -447,6 +448,7 @@ async fn large_authors_posts_and_stories_are_pushed_live() {
     parts.feed.fanout_threshold = 2;
     parts.feed.large_refresh = Duration::ZERO;
     parts.feed.push_interval = Duration::from_millis(100);
+    parts.feed.watch_linger = Duration::from_millis(300);
     let node = support::start_with(
         &parts,
         support::tokens(&parts),
@@ -462,6 +464,7 @@ async fn large_authors_posts_and_stories_are_pushed_live() {
         readers.push(u);
     }
     follow(&readers[3], small.id).await;
+    follow(&readers[2], small.id).await;
     // Four followers: the first post puts the star on the large-authors list.
     let warm = create_post(&star.client, "warm-up").await;
     until_in_home(&readers[0], warm).await;
@@ -498,10 +501,21 @@ async fn large_authors_posts_and_stories_are_pushed_live() {
         let u = next_update(s).await;
         assert_eq!((u.new_items, u.latest_post_id), (1, p1));
     }
-    // The muting follower's first push is the small account's post, not the star's.
+    // The muting follower's first push is the small account's post, not the star's (the
+    // third follower follows both).
     let s1 = create_post(&small.client, "from a small account").await;
-    let u = next_update(&mut live[3]).await;
-    assert_eq!((u.new_items, u.latest_post_id), (1, s1));
+    for s in [2, 3] {
+        let u = next_update(&mut live[s]).await;
+        assert_eq!((u.new_items, u.latest_post_id), (1, s1));
+    }
+
+    // The star blocks a watching follower: told of nothing more from the star (its first
+    // push from now on is the small account's).
+    star.client
+        .graph()
+        .block(readers[2].id)
+        .await
+        .expect("blocked");
 
     // Close friends only: the close friend is told; the next push to another follower is
     // the public post after it, alone.
@@ -521,6 +535,13 @@ async fn large_authors_posts_and_stories_are_pushed_live() {
         .filter_map(|i| i.post.as_ref().map(|p| p.post_id))
         .collect();
     assert_eq!(ids, vec![p3, p1, warm], "the push matches the page");
+    let s2 = create_post(&small.client, "after the block").await;
+    let u = next_update(&mut live[2]).await;
+    assert_eq!(
+        (u.new_items, u.latest_post_id),
+        (1, s2),
+        "the blocked follower"
+    );
 
     // A story reaches the tray subscribers live.
     let photo = support::photo(&star.client).await;
@@ -537,6 +558,14 @@ async fn large_authors_posts_and_stories_are_pushed_live() {
             (StoryEventKind::Created, star.id, story.story_id)
         );
     }
+
+    // Closing one kind of subscription leaves the other's watch: the home feed is still
+    // told.
+    drop(trays.remove(0));
+    tokio::time::sleep(parts.feed.watch_linger * 2).await;
+    let p4 = create_post(&star.client, "after the tray closed").await;
+    // (The push of the earlier public post may still be unread.)
+    while next_update(&mut live[0]).await.latest_post_id != p4 {}
 
     // The author's internal activity topic is not for clients.
     let refused = readers[2]

@@ -10,15 +10,23 @@
 //! job per interested shard, one Redis message per post on a fleet, never one per
 //! follower — and each watching shard re-checks every watching reader with the read rule
 //! the pages use (follow, mute, block, the audience, "not interested") before it pushes,
-//! through the same coalescing as fanned-out posts. So the reader cannot tell the two
-//! paths apart live either.
+//! through the same coalescing as fanned-out posts.
 //!
-//! Whom a reader watches is taken when they subscribe and again at each of their page
-//! reads that merges large authors (home, "For you", tray): a new follow of a large
-//! account shows live after the reader's next page read. A watch lives while one of the
-//! reader's subscriptions on this node does (a count per kind; the subscription holds a
-//! [`WatchGuard`] that ends it). An activity event the plane drops (the watch fell
-//! behind) costs a hint, never an item: the next page read has it.
+//! Whom a reader watches is taken when the watch starts and again at each of their
+//! page reads that merges large authors (home and tray pages, and "For you" when its
+//! snapshot is rebuilt): a new follow of a large account, or an account that has just
+//! become large, shows live after the reader's next such read. A watch lives while one
+//! of the reader's subscriptions on this node does (a count per kind; the subscription
+//! holds a [`WatchGuard`] that ends it), and lingers for
+//! [`super::FeedConfig::watch_linger`] after the last one ends, so a client that
+//! reconnects (or cycles subscriptions) reuses it rather than having it redone. An
+//! activity event the plane drops (the watch fell behind) costs a hint, never an item:
+//! the next page read has it.
+//!
+//! The checks are the page's: for posts, follow, mute, block, the audience, deletion
+//! and "not interested"; for stories, the tray's (follow, mute, block, the audience —
+//! "not interested" applies to posts only). A reader whose check fails to read is
+//! skipped and logged; the others are still told.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::{Rc, Weak};
@@ -88,11 +96,16 @@ impl Drop for Watched {
 /// What a listener task calls on its shard's feed (type-erased over the store).
 trait Listener {
     fn activity(self: Rc<Self>, author: u64, activity: Activity) -> LocalBoxFuture<'static, ()>;
+    fn linger_over(&self, reader: u64);
 }
 
 impl<S: Store + Clone + 'static> Listener for Feed<S> {
     fn activity(self: Rc<Self>, author: u64, activity: Activity) -> LocalBoxFuture<'static, ()> {
         Box::pin(async move { self.on_activity(author, activity).await })
+    }
+
+    fn linger_over(&self, reader: u64) {
+        self.end_watch(reader);
     }
 }
 
@@ -107,22 +120,41 @@ pub struct WatchGuard<S: Store + Clone + 'static> {
 
 impl<S: Store + Clone + 'static> Drop for WatchGuard<S> {
     fn drop(&mut self) {
-        let (plane, owner, reader, kind) = (self.plane.clone(), self.owner, self.reader, self.kind);
-        // Waits for room: a lost end would keep the watch for good.
-        tokio::task::spawn_local(async move {
-            let job = Shards::job(move |feed: Rc<Feed<S>>| async move {
+        let (owner, reader, kind) = (self.owner, self.reader, self.kind);
+        let job = move || {
+            Shards::job(move |feed: Rc<Feed<S>>| async move {
                 feed.unwatch(reader, kind);
-            });
-            if let Err(e) = plane
-                .shards()
-                .post_waiting(owner, "feed_unwatch", job)
-                .await
-            {
-                tracing::debug!(error = %e, reader, "watch not ended (shard stopping)");
+            })
+        };
+        let posted = self.plane.shards().submit_on(
+            owner,
+            "feed_unwatch",
+            move |feed: Rc<Feed<S>>| async move { feed.unwatch(reader, kind) },
+        );
+        if posted.is_ok() {
+            return;
+        }
+        // The owner's mailbox is full: wait for room (a lost end would keep the watch for
+        // good), on whatever runtime this runs in; none means the node is stopping.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let plane = self.plane.clone();
+        runtime.spawn(async move {
+            let waited = tokio::time::timeout(
+                UNWATCH_WAIT,
+                plane.shards().post_waiting(owner, "feed_unwatch", job()),
+            )
+            .await;
+            if !matches!(waited, Ok(Ok(()))) {
+                tracing::warn!(reader, "watch not ended (owner shard stopping or stuck)");
             }
         });
     }
 }
+
+/// How long an unwatch waits for room in a full mailbox.
+const UNWATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The activity an event of an author's topic announces.
 fn parse_activity(frame: &Bytes) -> Option<Activity> {
@@ -177,12 +209,14 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 let me: Rc<dyn Listener> = self.clone();
                 w.feed = Some(Rc::downgrade(&me));
             }
+            let known = w.readers.contains_key(&reader);
             let watch = w.readers.entry(reader).or_default();
             match kind {
                 LiveKind::Home => watch.home += 1,
                 LiveKind::Tray => watch.tray += 1,
             }
-            if watch.home + watch.tray > 1 {
+            // Already watched (or lingering): nothing to redo.
+            if known {
                 return;
             }
         }
@@ -192,9 +226,10 @@ impl<S: Store + Clone + 'static> Feed<S> {
         }
     }
 
-    /// On the reader's owner shard: one subscription of `kind` fewer.
+    /// On the reader's owner shard: one subscription of `kind` fewer; the watch ends
+    /// [`super::FeedConfig::watch_linger`] after the last one, unless one comes back.
     fn unwatch(&self, reader: u64, kind: LiveKind) {
-        let gone = {
+        let idle = {
             let mut w = self.watches.borrow_mut();
             let Some(watch) = w.readers.get_mut(&reader) else {
                 return;
@@ -206,7 +241,32 @@ impl<S: Store + Clone + 'static> Feed<S> {
             *n = n.saturating_sub(1);
             watch.home + watch.tray == 0
         };
-        if gone {
+        if !idle {
+            return;
+        }
+        let linger = self.config.watch_linger;
+        if linger.is_zero() {
+            self.end_watch(reader);
+            return;
+        }
+        let feed = self.watches.borrow().feed.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(linger).await;
+            if let Some(feed) = feed.and_then(|f| f.upgrade()) {
+                feed.linger_over(reader);
+            }
+        });
+    }
+
+    /// Ends `reader`'s watch if no subscription came back.
+    fn end_watch(&self, reader: u64) {
+        let idle = self
+            .watches
+            .borrow()
+            .readers
+            .get(&reader)
+            .is_some_and(|w| w.home + w.tray == 0);
+        if idle {
             self.rewatch(reader, &[]);
             self.watches.borrow_mut().readers.remove(&reader);
         }
@@ -303,6 +363,11 @@ impl<S: Store + Clone + 'static> Feed<S> {
     }
 
     async fn push_post(&self, readers: &[u64], author: u64, post_id: u64) -> Result<()> {
+        match self.posts.stored(post_id).await? {
+            Some(p) if !p.deleted && p.author_id == author => {}
+            // Deleted meanwhile, or not this author's: nobody is told.
+            _ => return Ok(()),
+        }
         let checks = futures::stream::iter(readers.iter().map(|&reader| async move {
             let entry = Entry {
                 id: post_id,
@@ -316,15 +381,17 @@ impl<S: Store + Clone + 'static> Feed<S> {
                     &mut HashSet::new(),
                     Rule::Followed,
                 )
-                .await?;
-            Ok::<_, crate::Error>(shown.map(|_| reader))
+                .await;
+            (reader, shown.map(|s| s.is_some()))
         }))
         .buffer_unordered(CHECKS_IN_FLIGHT)
         .collect::<Vec<_>>()
         .await;
-        for c in checks {
-            if let Some(reader) = c? {
-                self.push(reader, post_id);
+        for (reader, shown) in checks {
+            match shown {
+                Ok(true) => self.push(reader, post_id),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, reader, "reader not checked: not told"),
             }
         }
         Ok(())
@@ -340,19 +407,22 @@ impl<S: Store + Clone + 'static> Feed<S> {
         };
         let story = &story;
         let checks = futures::stream::iter(readers.iter().map(|&reader| async move {
-            let state = self.author_state(reader, author).await?;
-            let admitted = state.follows
-                && !state.muted
-                && !state.access.hidden()
-                && state.access.admits(reader, story.audience, &story.mentions);
-            Ok::<_, crate::Error>(admitted.then_some(reader))
+            let admitted = self.author_state(reader, author).await.map(|state| {
+                state.follows
+                    && !state.muted
+                    && !state.access.hidden()
+                    && state.access.admits(reader, story.audience, &story.mentions)
+            });
+            (reader, admitted)
         }))
         .buffer_unordered(CHECKS_IN_FLIGHT)
         .collect::<Vec<_>>()
         .await;
-        for c in checks {
-            if let Some(reader) = c? {
-                publish_story(&delivery, reader, author, story_id);
+        for (reader, admitted) in checks {
+            match admitted {
+                Ok(true) => publish_story(&delivery, reader, author, story_id),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, reader, "reader not checked: not told"),
             }
         }
         Ok(())

@@ -118,6 +118,9 @@ pub struct FeedConfig {
     pub home_max: usize,
     /// How long a shard reuses its copy of the large-authors list.
     pub large_refresh: Duration,
+    /// How long a reader's watch of the large authors they follow outlives their last
+    /// live subscription on this node (a reconnect reuses it instead of redoing it).
+    pub watch_linger: Duration,
     /// "For you": most items in a row from one author.
     pub max_consecutive: usize,
     /// "For you": the age at which a post's recency halves.
@@ -131,6 +134,7 @@ impl Default for FeedConfig {
             push_interval: Duration::from_secs(1),
             home_max: 800,
             large_refresh: Duration::from_secs(2),
+            watch_linger: Duration::from_secs(30),
             max_consecutive: 2,
             half_life: Formula::default().half_life,
         }
@@ -510,8 +514,13 @@ impl<S: Store + Clone + 'static> Feed<S> {
         )
         .await;
         own?;
-        audience?;
-        self.forget_job(post_id).await
+        let large = audience?;
+        self.forget_job(post_id).await?;
+        // Announced once the job is gone, so a retried job never announces twice.
+        if large {
+            self.announce(author, live::Activity::Post(post_id)).await;
+        }
+        Ok(())
     }
 
     /// Fans a story out to its audience's trays, then forgets the job.
@@ -524,20 +533,26 @@ impl<S: Store + Clone + 'static> Feed<S> {
             story_id,
             expires_at_ms: story.expires_at_ms,
         };
-        self.fan_out_to(payload, author, story.audience, &story.mentions)
+        let large = self
+            .fan_out_to(payload, author, story.audience, &story.mentions)
             .await?;
-        self.forget_job(story_id).await
+        self.forget_job(story_id).await?;
+        if large {
+            self.announce(author, live::Activity::Story(story_id)).await;
+        }
+        Ok(())
     }
 
     /// Sends `payload` to every reader of `author`'s `audience` page by page, unless the
-    /// author is large (then they join the large-authors list, merged at read time).
+    /// author is large: then they join the large-authors list (merged at read time) and
+    /// the answer is `true` (the caller announces the item to the watching shards).
     async fn fan_out_to(
         &self,
         payload: Payload,
         author: u64,
         audience: crate::posts::Audience,
         mentions: &[u64],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let followers = self
             .store
             .counter_get(
@@ -557,12 +572,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 )
                 .await?;
             self.large.replace(None);
-            let activity = match payload {
-                Payload::Post { post_id } => live::Activity::Post(post_id),
-                Payload::Story { story_id, .. } => live::Activity::Story(story_id),
-            };
-            self.announce(author, activity).await;
-            return Ok(());
+            return Ok(true);
         }
         use crate::posts::Audience;
         let (list, needs_follow): (&'static Table, bool) = match audience {
@@ -575,7 +585,10 @@ impl<S: Store + Clone + 'static> Feed<S> {
                         readers.push(m);
                     }
                 }
-                return self.send_batch(readers, payload, author).await;
+                return self
+                    .send_batch(readers, payload, author)
+                    .await
+                    .map(|()| false);
             }
         };
         let mut cursor = None;
@@ -600,7 +613,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
             self.send_batch(readers, payload, author).await?;
             match page.cursor {
                 Some(c) => cursor = Some(c),
-                None => return Ok(()),
+                None => return Ok(false),
             }
         }
     }
@@ -1348,12 +1361,13 @@ impl<S: Store + Clone + 'static> Feed<S> {
             .ok_or(Error::Unavailable("live updates"))
     }
 
-    /// The posts service feeds read through.
-    /// How many readers, and how many large authors, this shard watches for live pushes.
+    /// How many readers, and how many large authors, this shard watches for live pushes
+    /// (a lingering watch counts until it ends).
     pub fn watched(&self) -> (usize, usize) {
         self.watches.borrow().counts()
     }
 
+    /// The posts service feeds read through.
     pub(crate) fn posts(&self) -> &Rc<Posts<S>> {
         &self.posts
     }

@@ -222,6 +222,9 @@ async fn subscribe<S: Store + Clone + 'static>(
         Some(c) if !c.is_empty() => Some(PageAt::parse(c.bytes())?.entry_id),
         _ => None,
     };
+    // A subscription costs a page read: it counts what was missed, and it starts a watch
+    // of the large authors the reader follows.
+    w.0.spend(me, false)?;
     let delivery = w.0.delivery()?.clone();
     // Join first, then count: an item landing in between is counted and pushed (a
     // duplicate hint), never missed.
@@ -230,7 +233,6 @@ async fn subscribe<S: Store + Clone + 'static>(
         .await?;
     let mut initial = Vec::new();
     if let Some(since) = since {
-        w.0.spend(me, false)?;
         let (n, latest) = w.0.new_since(me, since).await?;
         if n > 0 {
             initial.push(initial_update(&call, n, latest)?);

@@ -287,6 +287,12 @@ impl<S: Store + Clone + 'static> Stories<S> {
         self
     }
 
+    /// Spends one of `user`'s reads (opening a tray subscription costs one, like a tray
+    /// read: it starts a watch of the large authors they follow).
+    pub(crate) fn spend_read(&self, user: u64) -> Result<()> {
+        self.limits.check(user, Path::Read)
+    }
+
     /// The feed service of this shard (which watches large authors for live trays).
     pub(crate) fn feed(&self) -> &Rc<Feed<S>> {
         &self.feed

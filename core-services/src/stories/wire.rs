@@ -254,6 +254,7 @@ async fn subscribe<S: Store + Clone + 'static>(
     if target != 0 && target != me {
         return Err(Error::Forbidden("only your own tray"));
     }
+    w.0.spend_read(me)?;
     let delivery = w.0.delivery()?.clone();
     let events = delivery
         .subscribe(Topic::new(SubscriptionKind::StoryTray, me))
