@@ -146,6 +146,7 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
         posts,
         media: std::cell::OnceCell::new(),
         erasers: Default::default(),
+        deleting: Default::default(),
     });
     let s = &services;
     let (graph, lists, ttl) = (s.graph.clone(), s.lists.clone(), deps.access_ttl);
@@ -188,6 +189,7 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
         ("feed", feed.clone() as Rc<dyn crate::workflows::Erase>),
         ("stories", stories as Rc<dyn crate::workflows::Erase>),
         ("notifications", notifications.clone() as _),
+        ("chat", chat_service.clone() as _),
     ]);
     if let Some(node) = &deps.media {
         let media = Rc::new(

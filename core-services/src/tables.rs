@@ -382,6 +382,15 @@ pub mod users {
         }
     }
 
+    /// Refuses a write by an account being deleted (its profile is marked first), so that
+    /// nothing it writes during the deletion outlives the erasers.
+    pub async fn refuse_deleted<S: Store>(store: &S, user_id: u64) -> Result<(), Error> {
+        match profile(store, user_id).await? {
+            Some(p) if p.deleted => Err(Error::Forbidden("this account is deleted")),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads a profile without any visibility check (for services that check themselves).
     pub async fn profile<S: Store>(store: &S, user_id: u64) -> Result<Option<Profile>, Error> {
         store

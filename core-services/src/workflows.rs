@@ -41,6 +41,32 @@ pub struct Services<S> {
     /// The other services' shares of account deletion (feeds, stories, notifications),
     /// by name, run in order.
     pub erasers: std::cell::RefCell<Vec<(&'static str, Rc<dyn Erase>)>>,
+    /// Accounts being deleted on this shard right now.
+    pub deleting: Rc<std::cell::RefCell<std::collections::HashSet<u64>>>,
+}
+
+/// An account deletion under way (ends when dropped, however the request ends).
+struct Deleting {
+    running: Rc<std::cell::RefCell<std::collections::HashSet<u64>>>,
+    user: u64,
+}
+
+impl Deleting {
+    fn start(
+        running: &Rc<std::cell::RefCell<std::collections::HashSet<u64>>>,
+        user: u64,
+    ) -> Option<Self> {
+        running.borrow_mut().insert(user).then(|| Self {
+            running: running.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for Deleting {
+    fn drop(&mut self) {
+        self.running.borrow_mut().remove(&self.user);
+    }
 }
 
 /// A profile as a viewer sees it: the profile, its counts and how the viewer relates.
@@ -95,6 +121,11 @@ impl<S: Store + Clone + 'static> Services<S> {
         code: Option<&str>,
     ) -> Result<()> {
         let user = caller.user_id;
+        // One deletion of an account at a time on this shard (the caller's owner): a
+        // retry while the first still runs is told to wait, not run it twice.
+        let Some(_running) = Deleting::start(&self.deleting, user) else {
+            return Err(crate::Error::Busy);
+        };
         self.accounts.confirm_deletion(user, password, code).await?;
         self.accounts.revoke_others(user, caller.session_id).await?;
         self.users.mark_deleted(user).await?;

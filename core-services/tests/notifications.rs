@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use selfie_services::Error;
 use selfie_services::graph::Graph;
 use selfie_services::notifications::{
     DevicePush, Kind, Note, Notification, Notifications, Notifier, Preference, PushToken, Target,
@@ -387,6 +388,21 @@ async fn erase_user<S: Store + Clone + 'static>(store: S) {
     for table in tables {
         assert!(rows(&store, table, ANA).await > 0, "{} written", table.name);
     }
+    // Once the profile is marked deleted (the deletion's first step), the account's
+    // session can no longer write what the erasers would miss.
+    w.users.mark_deleted(ANA).await.expect("marked");
+    let refused = w
+        .posts
+        .create(ANA, "during the deletion", Audience::Public, None);
+    assert!(matches!(refused.await, Err(Error::Forbidden(_))));
+    let token = PushToken {
+        platform: "fcm".into(),
+        token: "later".into(),
+        device_id: "d2".into(),
+        web_push_keys: None,
+    };
+    let refused = w.a.register_push_token(ANA, token).await;
+    assert!(matches!(refused, Err(Error::Forbidden(_))));
     let erased = w.a.erase_user(ANA).await.expect("erased");
     assert!(erased >= tables.len());
     for table in tables {

@@ -2953,6 +2953,27 @@ pub(crate) async fn attachment_visible<S: Store>(
         || !tables::graph::blocked_either_way(store, viewer, message.sender_id).await?)
 }
 
+impl<S: Store + Clone + 'static> crate::workflows::Erase for Chat<S> {
+    /// A deleted account's conversation list and waiting requests, its MLS key packages
+    /// (nobody can add it to a group any more), its presence and its send transaction
+    /// ids. Its messages stay in the conversations, under a deleted profile.
+    fn erase_user(&self, user: u64) -> futures::future::LocalBoxFuture<'_, Result<usize>> {
+        Box::pin(async move {
+            let mut rows = 0;
+            for table in [
+                &KEY_PACKAGES,
+                &USER_REQUESTS,
+                &USER_CONVERSATIONS,
+                &PRESENCE,
+                &TXNS,
+            ] {
+                rows += tables::clear_partition(&self.store, table, &k(user)).await?;
+            }
+            Ok(rows)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -690,6 +690,7 @@ impl<S: Store + Clone + 'static> Notifications<S> {
     /// Registers a device push token (at most [`MAX_PUSH_TOKENS`] per user; the same
     /// token again replaces its registration).
     pub async fn register_push_token(&self, user: u64, t: PushToken) -> Result<()> {
+        tables::users::refuse_deleted(&self.store, user).await?;
         if t.token.is_empty() || t.token.len() > MAX_TOKEN_BYTES {
             return Err(Error::InvalidArgument { field: "token" });
         }

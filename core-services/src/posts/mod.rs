@@ -720,6 +720,7 @@ impl<S: Store + 'static> Posts<S> {
         {
             return self.load_created(first).await;
         }
+        tables::users::refuse_deleted(&self.store, author).await?;
         let media_ids = Self::check_media(&new.media_ids)?;
         Self::check_text(&new.text, !media_ids.is_empty())?;
         self.own_media(author, &media_ids).await?;

@@ -339,6 +339,7 @@ impl<S: Store + Clone + 'static> Stories<S> {
             return self.live(first).await?.ok_or(Error::NotFound("story"));
         }
         self.limits.check(author, Path::Create)?;
+        tables::users::refuse_deleted(&self.store, author).await?;
         {
             use tables::media::Kind;
             let kinds = [Kind::Image, Kind::Gif, Kind::Video];
