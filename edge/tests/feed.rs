@@ -498,16 +498,16 @@ async fn large_authors_posts_and_stories_are_pushed_live() {
 
     let p1 = create_post(&star.client, "to everyone").await;
     for s in &mut live[..3] {
-        let u = next_update(s).await;
+        let u = next_update_past(s, warm).await;
         assert_eq!((u.new_items, u.latest_post_id), (1, p1));
     }
     // The muting follower's first push is the small account's post, not the star's (the
     // third follower follows both).
     let s1 = create_post(&small.client, "from a small account").await;
-    for s in [2, 3] {
-        let u = next_update(&mut live[s]).await;
-        assert_eq!((u.new_items, u.latest_post_id), (1, s1));
-    }
+    let u = next_update(&mut live[2]).await;
+    assert_eq!((u.new_items, u.latest_post_id), (1, s1));
+    let u = next_update_past(&mut live[3], warm).await;
+    assert_eq!((u.new_items, u.latest_post_id), (1, s1));
 
     // The star blocks a watching follower: told of nothing more from the star (its first
     // push from now on is the small account's).
@@ -625,8 +625,18 @@ async fn a_large_authors_post_on_one_node_is_pushed_to_a_reader_on_another() {
     let mut live = ben.client.feed().subscribe(None).await.expect("subscribed");
     ben.client.feed().home(20, None).await.expect("page");
     let id = create_post(&star.client, "from node a").await;
-    let u = next_update(&mut live).await;
+    let u = next_update_past(&mut live, warm).await;
     assert_eq!((u.new_items, u.latest_post_id), (1, id));
+}
+
+/// The next feed update pushed to `s`, past a late one for `warm` (the post that made
+/// an author large is fanned out, and its push may land after the subscription).
+async fn next_update_past(s: &mut Subscription, warm: u64) -> FeedUpdateT {
+    let u = next_update(s).await;
+    if u.latest_post_id == warm {
+        return next_update(s).await;
+    }
+    u
 }
 
 /// Rows in one partition of `table`.
@@ -752,5 +762,71 @@ async fn a_deleted_accounts_feed_stories_and_notifications_are_erased() {
     .expect("read")
     .unwrap_or_default();
     assert!(!stored.windows(10).any(|w| w == b"ana's post"));
+    // Nothing of Ben's went with it.
+    assert_eq!(rows_in(store, &posts::USER_POSTS, ben.id).await, 2);
+    assert!(rows_in(store, &feed::HOME, ben.id).await >= 2);
+    assert!(rows_in(store, &notifications::INBOX, ben.id).await > 0);
     assert!(ben.client.posts().get(own).await.is_err());
+}
+
+/// Followers already connected when an account becomes large: the post that makes it
+/// large is fanned out to them as before, and their owner shards adopt the new large
+/// author by themselves (no page read), so the next post is pushed through the watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_connected_when_an_account_becomes_large_keep_getting_pushes() {
+    let mut parts = support::parts();
+    parts.feed.fanout_threshold = 2;
+    parts.feed.large_refresh = Duration::ZERO;
+    parts.feed.adopt_every = Duration::from_millis(50);
+    let node = support::start_with(
+        &parts,
+        support::tokens(&parts),
+        selfie_services::auth::throttle::LoginThrottle::new(parts.throttle),
+    );
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let star = sign_up(&node, &anon, "star").await;
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        let u = sign_up(&node, &anon, &format!("fan{i}")).await;
+        follow(&u, star.id).await;
+        readers.push(u);
+    }
+    let mut live = Vec::new();
+    for r in &readers {
+        live.push(r.client.feed().subscribe(None).await.expect("subscribed"));
+    }
+    let m = &node.plane.metrics.delivery;
+    let before = m.topics.get();
+    // Three followers: this post makes the star large, and still reaches everyone.
+    let first = create_post(&star.client, "now large").await;
+    for s in &mut live {
+        let u = next_update(s).await;
+        assert_eq!((u.new_items, u.latest_post_id), (1, first));
+    }
+    // Each reader's owner shard adopts the star: one activity topic per such shard.
+    let shards: std::collections::HashSet<usize> = readers
+        .iter()
+        .map(|r| node.plane.shards().owner_of(r.id))
+        .collect();
+    let adopted = tokio::time::timeout(Duration::from_secs(20), async {
+        while m.topics.get() < before + shards.len() as i64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(adopted.is_ok(), "the new large author was adopted");
+    let next = create_post(&star.client, "through the watch").await;
+    for s in &mut live {
+        let u = next_update(s).await;
+        assert_eq!((u.new_items, u.latest_post_id), (1, next));
+    }
+    // The page shows each post once (the first is in the timeline and in the merge).
+    let page = readers[0].client.feed().home(20, None).await.expect("page");
+    let ids: Vec<u64> = page
+        .items
+        .iter()
+        .flatten()
+        .filter_map(|i| i.post.as_ref().map(|p| p.post_id))
+        .collect();
+    assert_eq!(ids, vec![next, first]);
 }

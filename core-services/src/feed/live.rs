@@ -14,8 +14,12 @@
 //!
 //! Whom a reader watches is taken when the watch starts and again at each of their
 //! page reads that merges large authors (home and tray pages, and "For you" when its
-//! snapshot is rebuilt): a new follow of a large account, or an account that has just
-//! become large, shows live after the reader's next such read. A watch lives while one
+//! snapshot is rebuilt): a new follow of a large account shows live after the reader's
+//! next such read. An account that has just become large is adopted sooner: when a
+//! shard with watched readers reads the large-authors list again (at a page read, or
+//! every [`super::FeedConfig::adopt_every`] at least) and finds it, each reader watched
+//! there who follows it starts watching it. (The post that makes an author large is
+//! itself still fanned out, so connected followers are told of it too.) A watch lives while one
 //! of the reader's subscriptions on this node does (a count per kind; the subscription
 //! holds a [`WatchGuard`] that ends it), and lingers for
 //! [`super::FeedConfig::watch_linger`] after the last one ends, so a client that
@@ -46,6 +50,9 @@ use crate::{Result, tables};
 
 /// Readers checked at once on one shard for one activity event.
 const CHECKS_IN_FLIGHT: usize = 128;
+/// A shard watching more readers than this leaves new large authors to their next page
+/// read (a follow check per watched reader would cost too much).
+const MAX_ADOPT_READERS: usize = 100_000;
 
 /// Which subscription a watch serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +77,8 @@ pub(super) struct Watches {
     authors: HashMap<u64, Watched>,
     /// The shard's feed, for the listeners (set by the first watch).
     feed: Option<Weak<dyn Listener>>,
+    /// Whether the task that reads the large-authors list now and then runs.
+    ticking: bool,
 }
 
 /// One reader's watch: how many subscriptions of each kind, and whom.
@@ -96,12 +105,36 @@ impl Drop for Watched {
 /// What a listener task calls on its shard's feed (type-erased over the store).
 trait Listener {
     fn activity(self: Rc<Self>, author: u64, activity: Activity) -> LocalBoxFuture<'static, ()>;
+    fn adopt(self: Rc<Self>, added: Vec<u64>) -> LocalBoxFuture<'static, ()>;
+    fn refresh(self: Rc<Self>) -> LocalBoxFuture<'static, bool>;
     fn linger_over(&self, reader: u64);
 }
 
 impl<S: Store + Clone + 'static> Listener for Feed<S> {
     fn activity(self: Rc<Self>, author: u64, activity: Activity) -> LocalBoxFuture<'static, ()> {
         Box::pin(async move { self.on_activity(author, activity).await })
+    }
+
+    fn adopt(self: Rc<Self>, added: Vec<u64>) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move { self.adopt_now(&added).await })
+    }
+
+    /// Reads the large-authors list again when due (which adopts new ones); `false` once
+    /// nobody is watched here (the ticker stops).
+    fn refresh(self: Rc<Self>) -> LocalBoxFuture<'static, bool> {
+        Box::pin(async move {
+            {
+                let mut w = self.watches.borrow_mut();
+                if w.readers.is_empty() {
+                    w.ticking = false;
+                    return false;
+                }
+            }
+            if let Err(e) = self.large_authors().await {
+                tracing::debug!(error = %e, "large authors not read");
+            }
+            true
+        })
     }
 
     fn linger_over(&self, reader: u64) {
@@ -209,6 +242,27 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 let me: Rc<dyn Listener> = self.clone();
                 w.feed = Some(Rc::downgrade(&me));
             }
+            if !w.ticking {
+                // While readers are watched here, the large-authors list is read again
+                // now and then even without page reads, so new large authors are adopted.
+                w.ticking = true;
+                let feed = w.feed.clone();
+                let every = self
+                    .config
+                    .adopt_every
+                    .max(std::time::Duration::from_millis(10));
+                tokio::task::spawn_local(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        let Some(feed) = feed.as_ref().and_then(Weak::upgrade) else {
+                            return;
+                        };
+                        if !feed.refresh().await {
+                            return;
+                        }
+                    }
+                });
+            }
             let known = w.readers.contains_key(&reader);
             let watch = w.readers.entry(reader).or_default();
             match kind {
@@ -306,6 +360,69 @@ impl<S: Store + Clone + 'static> Feed<S> {
                 })
                 .readers
                 .insert(reader);
+        }
+    }
+
+    /// Adopts `added` (authors that have just become large) for the readers watched
+    /// here who follow them, in a task of its own.
+    pub(super) fn adopt_later(&self, added: Vec<u64>) {
+        let feed = {
+            let w = self.watches.borrow();
+            if w.readers.is_empty() {
+                return;
+            }
+            w.feed.clone()
+        };
+        if let Some(feed) = feed.and_then(|f| f.upgrade()) {
+            tokio::task::spawn_local(feed.adopt(added));
+        }
+    }
+
+    /// Each watched reader here who follows one of `added` starts watching it (up to
+    /// [`super::MAX_MERGED_AUTHORS`], as their pages merge).
+    async fn adopt_now(&self, added: &[u64]) {
+        let readers: Vec<u64> = {
+            let w = self.watches.borrow();
+            if w.readers.len() > MAX_ADOPT_READERS {
+                return;
+            }
+            w.readers.keys().copied().collect()
+        };
+        for &author in added {
+            let follows = futures::stream::iter(readers.iter().filter(|&&r| r != author).map(
+                |&reader| async move {
+                    let f = tables::graph::follows(&self.store, reader, author).await;
+                    (reader, f)
+                },
+            ))
+            .buffer_unordered(CHECKS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+            for (reader, follows) in follows {
+                match follows {
+                    Ok(true) => {
+                        let next = {
+                            let w = self.watches.borrow();
+                            match w.readers.get(&reader) {
+                                Some(watch)
+                                    if watch.authors.len() < super::MAX_MERGED_AUTHORS
+                                        && watch.authors.binary_search(&author).is_err() =>
+                                {
+                                    let mut next = watch.authors.clone();
+                                    next.push(author);
+                                    Some(next)
+                                }
+                                _ => None,
+                            }
+                        };
+                        if let Some(next) = next {
+                            self.rewatch(reader, &next);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(error = %e, reader, "follow not read"),
+                }
+            }
         }
     }
 

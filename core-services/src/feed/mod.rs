@@ -121,6 +121,9 @@ pub struct FeedConfig {
     /// How long a reader's watch of the large authors they follow outlives their last
     /// live subscription on this node (a reconnect reuses it instead of redoing it).
     pub watch_linger: Duration,
+    /// How often, at least, a shard with watched readers reads the large-authors list
+    /// again, so that its readers start watching authors that have just become large.
+    pub adopt_every: Duration,
     /// "For you": most items in a row from one author.
     pub max_consecutive: usize,
     /// "For you": the age at which a post's recency halves.
@@ -135,6 +138,7 @@ impl Default for FeedConfig {
             home_max: 800,
             large_refresh: Duration::from_secs(2),
             watch_linger: Duration::from_secs(30),
+            adopt_every: Duration::from_secs(30),
             max_consecutive: 2,
             half_life: Formula::default().half_life,
         }
@@ -287,6 +291,8 @@ pub struct Feed<S> {
     /// Puts a job that kept failing back on the queue, later.
     retry: tokio::sync::mpsc::UnboundedSender<Job>,
     large: RefCell<Option<(Instant, Rc<Vec<u64>>)>>,
+    /// The copy above is to be read again at next use (an author joined or left).
+    large_stale: std::cell::Cell<bool>,
     pushes: Rc<RefCell<HashMap<u64, PushSlot>>>,
     limits: limits::Limits,
     scorer: Rc<dyn Scorer>,
@@ -400,6 +406,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
             jobs: RefCell::new(Some(jobs.rx)),
             retry: jobs.tx,
             large: RefCell::new(None),
+            large_stale: Default::default(),
             pushes: Default::default(),
             limits: Default::default(),
             scorer: Rc::new(Formula {
@@ -562,6 +569,11 @@ impl<S: Store + Clone + 'static> Feed<S> {
             )
             .await?;
         if u64::try_from(followers).unwrap_or(0) > self.config.fanout_threshold {
+            let listed = self
+                .store
+                .get(&LARGE_AUTHORS, &k(0), &k(author))
+                .await?
+                .is_some();
             self.store
                 .put(
                     &LARGE_AUTHORS,
@@ -571,8 +583,13 @@ impl<S: Store + Clone + 'static> Feed<S> {
                     None,
                 )
                 .await?;
-            self.large.replace(None);
-            return Ok(true);
+            self.large_stale.set(true);
+            if listed {
+                return Ok(true);
+            }
+            // The post that makes the author large is still fanned out (the readers
+            // watching large authors do not watch this one yet); a page shows it once,
+            // from either source.
         }
         use crate::posts::Audience;
         let (list, needs_follow): (&'static Table, bool) = match audience {
@@ -852,9 +869,11 @@ impl<S: Store + Clone + 'static> Feed<S> {
     async fn large_authors(&self) -> Result<Rc<Vec<u64>>> {
         if let Some((at, list)) = &*self.large.borrow()
             && at.elapsed() < self.config.large_refresh
+            && !self.large_stale.get()
         {
             return Ok(list.clone());
         }
+        self.large_stale.set(false);
         let mut found: Vec<(u64, u64)> = Vec::new();
         let mut cursor = None;
         loop {
@@ -877,7 +896,20 @@ impl<S: Store + Clone + 'static> Feed<S> {
         found.sort_unstable_by(|a, b| b.cmp(a));
         found.truncate(MAX_LARGE_AUTHORS);
         let list = Rc::new(found.into_iter().map(|(_, a)| a).collect::<Vec<_>>());
-        self.large.replace(Some((Instant::now(), list.clone())));
+        let before = self.large.replace(Some((Instant::now(), list.clone())));
+        if let Some((_, before)) = before {
+            // Authors that have just become large: the readers watched here who follow
+            // one start watching it now, not at their next page read.
+            let known: HashSet<u64> = before.iter().copied().collect();
+            let added: Vec<u64> = list
+                .iter()
+                .copied()
+                .filter(|a| !known.contains(a))
+                .collect();
+            if !added.is_empty() {
+                self.adopt_later(added);
+            }
+        }
         Ok(list)
     }
 
@@ -1383,7 +1415,7 @@ impl<S: Store + Clone + 'static> crate::workflows::Erase for Feed<S> {
                 rows += tables::clear_partition(&self.store, table, &k(user)).await?;
             }
             self.store.delete(&LARGE_AUTHORS, &k(0), &k(user)).await?;
-            self.large.replace(None);
+            self.large_stale.set(true);
             Ok(rows)
         })
     }
