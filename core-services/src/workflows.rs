@@ -137,6 +137,11 @@ impl<S: Store + Clone + 'static> Services<S> {
             let rows = eraser.erase_user(user).await?;
             tracing::info!(user, service, rows, "account rows erased");
         }
+        // A post that passed its check just before the profile was marked and committed
+        // after the first pass goes now; and the profile is marked again, in case an
+        // edit that read it before the mark wrote it back.
+        self.posts.erase_author(user).await?;
+        self.users.mark_deleted(user).await?;
         if let Some(media) = self.media.get() {
             let erased = media.erase_owner(user).await?;
             tracing::info!(user, erased, "account media erased");

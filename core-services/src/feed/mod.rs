@@ -13,7 +13,8 @@
 //! (fan-out is idempotent: a timeline row written twice is one row).
 //!
 //! **Hybrid path.** An author with more than [`FeedConfig::fanout_threshold`] followers
-//! is not fanned out (only their own timeline gets the post): they join the large-authors
+//! is not fanned out (only their own timeline gets the post; the one post that puts a
+//! modestly large author on the list still is, see [`live`]): they join the large-authors
 //! list, and a reader's page merges, at read time, the recent posts of the large authors
 //! they follow with their timeline (as Twitter's timeline service does). A reader's merge
 //! considers at most [`MAX_MERGED_AUTHORS`] large authors, the most recently active ones
@@ -90,6 +91,9 @@ pub const MAX_LARGE_AUTHORS: usize = 5_000;
 const SHORT_LARGE_LIST: usize = 64;
 /// Most rows of a reader's follows scanned to find the large authors among them.
 pub const MAX_FOLLOWING_SCANNED: usize = 10_000;
+/// An author newly on the large-authors list with at most this many times
+/// [`FeedConfig::fanout_threshold`] followers gets that one post fanned out too.
+const TRANSITION_MAX: u64 = 2;
 /// Readers per page of a fan-out.
 pub const FANOUT_PAGE: usize = 1_000;
 /// Timeline writes in flight at once on one shard, per fan-out batch: a page's share of
@@ -293,6 +297,9 @@ pub struct Feed<S> {
     large: RefCell<Option<(Instant, Rc<Vec<u64>>)>>,
     /// The copy above is to be read again at next use (an author joined or left).
     large_stale: std::cell::Cell<bool>,
+    /// Every author this shard has seen on the list (bounded), so that only new ones are
+    /// adopted by the watches.
+    large_seen: RefCell<HashSet<u64>>,
     pushes: Rc<RefCell<HashMap<u64, PushSlot>>>,
     limits: limits::Limits,
     scorer: Rc<dyn Scorer>,
@@ -407,6 +414,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
             retry: jobs.tx,
             large: RefCell::new(None),
             large_stale: Default::default(),
+            large_seen: Default::default(),
             pushes: Default::default(),
             limits: Default::default(),
             scorer: Rc::new(Formula {
@@ -583,13 +591,19 @@ impl<S: Store + Clone + 'static> Feed<S> {
                     None,
                 )
                 .await?;
-            self.large_stale.set(true);
             if listed {
                 return Ok(true);
             }
+            self.large_stale.set(true);
             // The post that makes the author large is still fanned out (the readers
             // watching large authors do not watch this one yet); a page shows it once,
-            // from either source.
+            // from either source. Not for an account far past the threshold (back after
+            // its row expired, or grown fast): that would be an unbounded fan-out.
+            if u64::try_from(followers).unwrap_or(0)
+                > self.config.fanout_threshold.saturating_mul(TRANSITION_MAX)
+            {
+                return Ok(true);
+            }
         }
         use crate::posts::Audience;
         let (list, needs_follow): (&'static Table, bool) = match audience {
@@ -873,7 +887,6 @@ impl<S: Store + Clone + 'static> Feed<S> {
         {
             return Ok(list.clone());
         }
-        self.large_stale.set(false);
         let mut found: Vec<(u64, u64)> = Vec::new();
         let mut cursor = None;
         loop {
@@ -896,19 +909,20 @@ impl<S: Store + Clone + 'static> Feed<S> {
         found.sort_unstable_by(|a, b| b.cmp(a));
         found.truncate(MAX_LARGE_AUTHORS);
         let list = Rc::new(found.into_iter().map(|(_, a)| a).collect::<Vec<_>>());
+        self.large_stale.set(false);
         let before = self.large.replace(Some((Instant::now(), list.clone())));
-        if let Some((_, before)) = before {
-            // Authors that have just become large: the readers watched here who follow
-            // one start watching it now, not at their next page read.
-            let known: HashSet<u64> = before.iter().copied().collect();
-            let added: Vec<u64> = list
-                .iter()
-                .copied()
-                .filter(|a| !known.contains(a))
-                .collect();
-            if !added.is_empty() {
-                self.adopt_later(added);
+        // Authors this shard has never seen on the list (not ones moving back into its
+        // most recent part): the readers watched here who follow one start watching it
+        // now, not at their next page read.
+        let added: Vec<u64> = {
+            let mut seen = self.large_seen.borrow_mut();
+            if seen.len() > 4 * MAX_LARGE_AUTHORS {
+                seen.clear();
             }
+            list.iter().copied().filter(|&a| seen.insert(a)).collect()
+        };
+        if before.is_some() && !added.is_empty() {
+            self.adopt_later(added);
         }
         Ok(list)
     }

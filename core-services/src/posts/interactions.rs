@@ -228,6 +228,7 @@ impl<S: Store + 'static> Posts<S> {
     /// Reposts a public post the viewer may read (followers-only posts stay with their
     /// audience).
     pub async fn repost(&self, viewer: u64, post_id: u64) -> Result<Post> {
+        crate::tables::users::refuse_deleted(&self.store, viewer).await?;
         let original = self.load(post_id).await?.ok_or(Error::NotFound("post"))?;
         let view = self.author_view(viewer, original.author_id).await?;
         if original.deleted || !view.allows(viewer, &original) {
