@@ -19,7 +19,8 @@
 //! shard with watched readers reads the large-authors list again (at a page read, or
 //! every [`super::FeedConfig::adopt_every`] at least) and finds it, each reader watched
 //! there who follows it starts watching it. (The post that makes an author large is
-//! itself still fanned out, so connected followers are told of it too.) A watch lives while one
+//! itself still fanned out, up to twice the threshold's followers, so connected followers
+//! are told of it too.) A watch lives while one
 //! of the reader's subscriptions on this node does (a count per kind; the subscription
 //! holds a [`WatchGuard`] that ends it), and lingers for
 //! [`super::FeedConfig::watch_linger`] after the last one ends, so a client that
@@ -596,11 +597,4 @@ fn listen(
             // missed; follow again from here.
         }
     })
-}
-
-impl Watches {
-    /// (readers, authors) watched.
-    pub(super) fn counts(&self) -> (usize, usize) {
-        (self.readers.len(), self.authors.len())
-    }
 }

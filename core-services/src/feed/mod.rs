@@ -1407,12 +1407,6 @@ impl<S: Store + Clone + 'static> Feed<S> {
             .ok_or(Error::Unavailable("live updates"))
     }
 
-    /// How many readers, and how many large authors, this shard watches for live pushes
-    /// (a lingering watch counts until it ends).
-    pub fn watched(&self) -> (usize, usize) {
-        self.watches.borrow().counts()
-    }
-
     /// The posts service feeds read through.
     pub(crate) fn posts(&self) -> &Rc<Posts<S>> {
         &self.posts
