@@ -93,7 +93,9 @@ pub fn registry<S: Store + Clone + 'static>(shard: ShardId, deps: &Deps<S>) -> R
             }
         })
     };
-    let mut graph = Graph::new(store.clone()).with_notifier(notifier.clone());
+    let mut graph = Graph::new(store.clone())
+        .with_notifier(notifier.clone())
+        .with_follow_hook(Feed::<S>::follow_hook(registry.delivery().clone()));
     if let Some(locks) = &deps.graph_locks {
         graph = graph.with_fleet_locks(locks.clone());
     }

@@ -830,3 +830,60 @@ async fn followers_connected_when_an_account_becomes_large_keep_getting_pushes()
         .collect();
     assert_eq!(ids, vec![next, first]);
 }
+
+/// A connected reader who follows an account that is already large is told of its next
+/// post without reading a page first: the new follow edge starts the watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_follow_of_a_large_account_is_pushed_live_without_a_page_read() {
+    let mut parts = support::parts();
+    parts.feed.fanout_threshold = 1;
+    parts.feed.large_refresh = Duration::ZERO;
+    parts.feed.push_interval = Duration::from_millis(50);
+    let node = support::start_with(
+        &parts,
+        support::tokens(&parts),
+        selfie_services::auth::throttle::LoginThrottle::new(parts.throttle),
+    );
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let star = sign_up(&node, &anon, "star").await;
+    let reader = sign_up(&node, &anon, "reader").await;
+    for i in 0..2 {
+        let fan = sign_up(&node, &anon, &format!("fan{i}")).await;
+        follow(&fan, star.id).await;
+    }
+    // Two followers over a threshold of one: this post puts the star on the list.
+    let warm = create_post(&star.client, "warm-up").await;
+    let mut live = reader
+        .client
+        .feed()
+        .subscribe(None)
+        .await
+        .expect("subscribed");
+    let page = reader.client.feed().home(20, None).await.expect("page");
+    assert!(
+        page.items.iter().flatten().next().is_none(),
+        "follows no one yet"
+    );
+    let m = &node.plane.metrics.delivery;
+    let before = m.topics.get();
+    follow(&reader, star.id).await;
+    // The reader's owner shard starts following the star's activity: one topic more.
+    let watched = tokio::time::timeout(Duration::from_secs(20), async {
+        while m.topics.get() <= before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(watched.is_ok(), "the new follow was watched");
+    let id = create_post(&star.client, "to the new follower").await;
+    let u = next_update(&mut live).await;
+    assert_eq!((u.new_items, u.latest_post_id), (1, id));
+    let page = reader.client.feed().home(20, None).await.expect("page");
+    let ids: Vec<u64> = page
+        .items
+        .iter()
+        .flatten()
+        .filter_map(|i| i.post.as_ref().map(|p| p.post_id))
+        .collect();
+    assert_eq!(ids, vec![id, warm], "the push matches the page");
+}

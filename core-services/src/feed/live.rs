@@ -14,8 +14,10 @@
 //!
 //! Whom a reader watches is taken when the watch starts and again at each of their
 //! page reads that merges large authors (home and tray pages, and "For you" when its
-//! snapshot is rebuilt): a new follow of a large account shows live after the reader's
-//! next such read. An account that has just become large is adopted sooner: when a
+//! snapshot is rebuilt). A new follow of a large account is watched at once: the graph
+//! tells each new edge ([`crate::graph::FollowHook`]) to the follower's owner shard on
+//! the node that made it (a reader watched only on another node of a fleet picks it up
+//! at their next page read there). An account that has just become large is adopted sooner: when a
 //! shard with watched readers reads the large-authors list again (at a page read, or
 //! every [`super::FeedConfig::adopt_every`] at least) and finds it, each reader watched
 //! there who follows it starts watching it. (The post that makes an author large is
@@ -46,6 +48,7 @@ use selfie_protocol::control::SubscriptionKind;
 use selfie_storage::Store;
 
 use super::{Entry, Feed, Rule, wire};
+use crate::graph::FollowHook;
 use crate::plane::{AUTHOR_ACTIVITY, Delivery, Plane, Shards, SubscriberEvent, Topic};
 use crate::{Result, tables};
 
@@ -401,29 +404,64 @@ impl<S: Store + Clone + 'static> Feed<S> {
             .await;
             for (reader, follows) in follows {
                 match follows {
-                    Ok(true) => {
-                        let next = {
-                            let w = self.watches.borrow();
-                            match w.readers.get(&reader) {
-                                Some(watch)
-                                    if watch.authors.len() < super::MAX_MERGED_AUTHORS
-                                        && watch.authors.binary_search(&author).is_err() =>
-                                {
-                                    let mut next = watch.authors.clone();
-                                    next.push(author);
-                                    Some(next)
-                                }
-                                _ => None,
-                            }
-                        };
-                        if let Some(next) = next {
-                            self.rewatch(reader, &next);
-                        }
-                    }
+                    Ok(true) => self.watch_one_more(reader, author),
                     Ok(false) => {}
                     Err(e) => tracing::debug!(error = %e, reader, "follow not read"),
                 }
             }
+        }
+    }
+
+    /// A watched `reader` starts watching `author` too, when they watch fewer than
+    /// [`super::MAX_MERGED_AUTHORS`] (what their pages merge).
+    fn watch_one_more(&self, reader: u64, author: u64) {
+        let next = {
+            let w = self.watches.borrow();
+            match w.readers.get(&reader) {
+                Some(watch)
+                    if watch.authors.len() < super::MAX_MERGED_AUTHORS
+                        && watch.authors.binary_search(&author).is_err() =>
+                {
+                    let mut next = watch.authors.clone();
+                    next.push(author);
+                    Some(next)
+                }
+                _ => None,
+            }
+        };
+        if let Some(next) = next {
+            self.rewatch(reader, &next);
+        }
+    }
+
+    /// The graph's [`FollowHook`]: each new follow edge is told to the follower's
+    /// owner shard on this node ([`Feed::followed`]); a job that cannot be posted (the
+    /// mailbox is full) leaves the follow to the reader's next page read.
+    pub fn follow_hook(delivery: Rc<Delivery>) -> FollowHook {
+        Rc::new(move |reader: u64, author: u64| {
+            let owner = delivery.owner(Topic::new(SubscriptionKind::HomeFeed, reader));
+            let posted = delivery.plane().shards().submit_on(
+                owner,
+                "feed_followed",
+                move |feed: Rc<Feed<S>>| async move { feed.followed(reader, author).await },
+            );
+            if let Err(e) = posted {
+                tracing::debug!(error = %e, reader, "new follow not told to the feed");
+            }
+        })
+    }
+
+    /// On the reader's owner shard: `reader` now follows `author`. A reader watched here
+    /// starts watching `author` at once when it is a large author (its posts are not
+    /// fanned out, so without this they would show live only after the next page read).
+    pub(crate) async fn followed(&self, reader: u64, author: u64) {
+        if !self.watches.borrow().readers.contains_key(&reader) {
+            return;
+        }
+        match self.large_authors().await {
+            Ok(large) if large.contains(&author) => self.watch_one_more(reader, author),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, reader, "large authors not read"),
         }
     }
 

@@ -26,6 +26,8 @@ mod wire;
 
 pub use wire::GraphWire;
 
+use std::rc::Rc;
+
 use bytes::Bytes;
 use selfie_storage::key::KeyReader;
 use selfie_storage::{Cell, Commit, Condition, Cursor, Scan, Store, Table};
@@ -182,7 +184,14 @@ pub struct Graph<S> {
     fleet: Option<std::sync::Arc<dyn FleetLocks>>,
     /// Where follows, requests and approvals are told.
     notifier: Notifier,
+    /// Told of each new follow edge (follower, followee), once it is stored.
+    followed: Option<FollowHook>,
 }
+
+/// Told of each new follow edge `(follower, followee)` once it is stored (a follow of a
+/// public account, or an approved request); the feed uses it to push a newly followed
+/// large account's posts live at once. Called on the shard that made the edge.
+pub type FollowHook = Rc<dyn Fn(u64, u64)>;
 
 /// Holds a pair's lock; forgets the lock when no one else waits for it.
 struct PairGuard<'a> {
@@ -209,6 +218,19 @@ impl<S: Store> Graph<S> {
             pairs: Default::default(),
             fleet: None,
             notifier: Default::default(),
+            followed: None,
+        }
+    }
+
+    /// Tells `hook` of each new follow edge.
+    pub fn with_follow_hook(mut self, hook: FollowHook) -> Self {
+        self.followed = Some(hook);
+        self
+    }
+
+    fn edge_made(&self, follower: u64, followee: u64) {
+        if let Some(hook) = &self.followed {
+            hook(follower, followee);
         }
     }
 
@@ -327,6 +349,7 @@ impl<S: Store> Graph<S> {
         }
         if self.counted_edge(viewer, target, true).await? {
             self.tell(target, viewer, Kind::Follow);
+            self.edge_made(viewer, target);
         }
         Ok(FollowState::Following)
     }
@@ -360,6 +383,7 @@ impl<S: Store> Graph<S> {
         }
         if self.counted_edge(requester, me, true).await? {
             self.tell(requester, me, Kind::FollowAccepted);
+            self.edge_made(requester, me);
         }
         Ok(())
     }
