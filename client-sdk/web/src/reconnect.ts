@@ -8,6 +8,9 @@
  * connection when the first one is lost, anything else fails with the error and the
  * caller retries with its idempotency key (a chat send's `clientMsgId`).
  *
+ * A session that had to fall back to the WebSocket returns to WebTransport by itself
+ * when it can (tried after 5 s, then at growing intervals up to 5 minutes).
+ *
  * Subscriptions belong to one connection: `onConnect` runs for every new connection so
  * that a caller subscribes again there (with its cursor; `ChatSession` does this for
  * chat). A refused session (bad token, unsupported version) is final and ends the
@@ -24,6 +27,7 @@ import {
   connectWithBackoff,
   isRetryable,
 } from './client.js';
+import { hasWebTransport } from './transport.js';
 import {
   Body,
   EnvelopeT,
@@ -92,6 +96,10 @@ const MAX_GOAWAY_WAIT_MS = 30_000;
 /** A connection that ends sooner than this after it was made counts as a flap: the next
  * one waits a growing delay first (no tight loop against an edge that drops it). */
 const FLAP_MS = 5_000;
+/** The first try of a preferred transport after connecting on a fallback, ms. */
+const UPGRADE_FIRST_MS = 5_000;
+/** The longest wait between such tries, ms. */
+const UPGRADE_MAX_MS = 300_000;
 
 /** Whether a server's answer says to try the same request again later. */
 function retryLater(e: SelfieError): boolean {
@@ -144,6 +152,8 @@ export class ReconnectingClient implements Requester {
   reconnects = 0;
   /** `GoAway`s received. */
   goAways = 0;
+  /** Moves from a fallback transport back to a preferred one. */
+  upgrades = 0;
   private refuse: (e: SelfieError) => void = () => {};
   /** Resolves when the edge refuses the session (an expired or revoked token, an
    * unsupported version): sign in again, or `setAccessToken` with a fresh token. */
@@ -317,9 +327,16 @@ export class ReconnectingClient implements Requester {
       c.close();
       throw new SelfieError(ErrorCode.Unavailable, 'the client is closed');
     }
+    return this.install(c, false);
+  }
+
+  /** Makes `c` the current connection: watched, and (after the first connection) the
+   * `onConnect` listeners run on it. A connection on a fallback transport is probed
+   * for an upgrade. */
+  private install(c: Client, upgrade: boolean): Client {
     const again = this.connectedOnce;
     this.connectedOnce = true;
-    if (again) {
+    if (again && !upgrade) {
       this.reconnects += 1;
     }
     this.current = c;
@@ -340,7 +357,52 @@ export class ReconnectingClient implements Requester {
       }
     })();
     this.listened.set(c, listened);
+    this.upgradeLater(c, UPGRADE_FIRST_MS);
     return c;
+  }
+
+  /**
+   * On a fallback transport (the WebSocket, while WebTransport comes first in the
+   * order and the browser has it), tries the preferred transports again after
+   * `delayMs` (jittered, doubling up to `UPGRADE_MAX_MS` while they fail): a session
+   * that fell back while the edge was down or restarting, or on a network that has
+   * since unblocked UDP, returns to WebTransport. The new connection becomes current as
+   * after a `GoAway` (listeners subscribe again there) and the old one goes once idle.
+   */
+  private upgradeLater(c: Client, delayMs: number): void {
+    const order = this.options.transports ?? ['webtransport', 'websocket'];
+    const at = order.indexOf(c.transportKind);
+    const better = order.slice(0, at < 0 ? 0 : at).filter((k) => k !== 'webtransport' || hasWebTransport());
+    if (better.length === 0) {
+      return;
+    }
+    const sleep = this.backoff.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+    const random = this.backoff.random ?? Math.random;
+    void (async () => {
+      await sleep(Math.floor(delayMs / 2 + (random() * delayMs) / 2));
+      if (this.current !== c || this.closedByUser) {
+        return;
+      }
+      let n: Client;
+      try {
+        n = await Client.connect({ ...this.options, transports: better });
+      } catch {
+        if (this.current === c && !this.closedByUser) {
+          this.upgradeLater(c, Math.min(delayMs * 2, UPGRADE_MAX_MS));
+        }
+        return;
+      }
+      if (this.current !== c || this.closedByUser) {
+        n.close();
+        return;
+      }
+      this.upgrades += 1;
+      this.install(n, true);
+      void this.listened
+        .get(n)
+        ?.catch(() => undefined)
+        .then(() => c.closeWhenIdle());
+    })();
   }
 
   /** Follows `c` until it ends or is asked to move. */

@@ -498,6 +498,66 @@ async function mediaFlow(browser, base, mode, failures) {
   await ctxB.close();
 }
 
+/**
+ * A session that had to fall back to the WebSocket (WebTransport failing, as where UDP is
+ * blocked) returns to WebTransport by itself once it works, and keeps its subscriptions:
+ * the page's `WebTransport` is replaced by one that throws, then given back.
+ */
+async function upgrade(browser, base, failures) {
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+  const p = await ctx.newPage();
+  p.on('pageerror', (e) => failures.push(`upgrade: page error: ${e.message}`));
+  await p.goto(`${base}/`);
+  const name = `up${Date.now().toString(36).slice(-5)}`;
+  const seen = await p.evaluate(async (name) => {
+    const sdk = await import('/sdk.js');
+    const c = await (await fetch('/client.json', { cache: 'no-store' })).json();
+    const str = (s) => (typeof s === 'string' ? s : new TextDecoder().decode(s));
+    const options = {
+      url: `https://${location.hostname}:${c.quicPort}/`,
+      certificateHashes: c.certificateHash === null ? [] : [c.certificateHash],
+      websocketUrl: `wss://${location.host}/ws`,
+      timeoutMs: 3000,
+    };
+    const anon = new sdk.Selfie(await sdk.Client.connect(options));
+    const r = await anon.auth.register({ username: name, email: `${name}@example.com`, password: `${name} correct horse` });
+    anon.client.close();
+    const Real = window.WebTransport;
+    window.WebTransport = function Blocked() {
+      throw new Error('blocked for the test');
+    };
+    const rc = await sdk.ReconnectingClient.connect({ ...options, accessToken: str(r.tokens.accessToken) });
+    const before = rc.connection?.transportKind;
+    const s = new sdk.Selfie(rc);
+    // Live notifications, subscribed again on each connection.
+    const kinds = [];
+    const follow = async (conn) => {
+      const sub = await conn.subscribe(sdk.proto.control.SubscriptionKind.Notifications, 0n);
+      kinds.push(conn.transportKind);
+      void (async () => {
+        for await (const _ of sub) {
+          // (Only the subscription's presence matters here.)
+        }
+      })();
+    };
+    await follow(rc.connection);
+    rc.onConnect(follow);
+    window.WebTransport = Real;
+    const deadline = Date.now() + 30_000;
+    while (rc.connection?.transportKind !== 'webtransport' && Date.now() < deadline) {
+      await new Promise((ok) => setTimeout(ok, 100));
+    }
+    const me = await s.users.profile({ userId: r.tokens.userId }).then((u) => str(u.profile?.user?.username ?? ""), (e) => `error ${e}`);
+    return { before, after: rc.connection?.transportKind, upgrades: rc.upgrades, reconnects: rc.reconnects, kinds, me };
+  }, name);
+  if (seen.before !== 'websocket' || seen.after !== 'webtransport' || seen.upgrades !== 1 || seen.reconnects !== 0
+    || seen.kinds.join() !== 'websocket,webtransport' || seen.me !== name) {
+    failures.push(`upgrade: ${JSON.stringify(seen)}`);
+  }
+  console.log(`upgrade: ${JSON.stringify(seen)}`);
+  await ctx.close();
+}
+
 async function run() {
   const edge = await startEdge();
   const browser = await chromium.launch({
@@ -513,6 +573,7 @@ async function run() {
     const first = await scenario(browser, base, 'webtransport', failures);
     await twoFactor(first);
     await scenario(browser, base, 'websocket', failures);
+    await upgrade(browser, base, failures);
     await resume(browser, base, edge, 'webtransport', failures);
     await resume(browser, base, edge, 'websocket', failures);
     // The web client open since the start came back by itself after both restarts.
@@ -540,7 +601,7 @@ async function run() {
     console.error(`--- selfie serve log ---\n${edge.log().slice(-4000)}`);
     process.exit(1);
   }
-  console.log(`browser tests passed (WebTransport, then the WebSocket fallback; chat resumed across a restart and media on each); screenshots in ${artifacts}`);
+  console.log(`browser tests passed (WebTransport, then the WebSocket fallback and the way back; chat resumed across a restart and media on each); screenshots in ${artifacts}`);
 }
 
 await run();
