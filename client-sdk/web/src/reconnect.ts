@@ -100,6 +100,9 @@ const FLAP_MS = 5_000;
 const UPGRADE_FIRST_MS = 5_000;
 /** The longest wait between such tries, ms. */
 const UPGRADE_MAX_MS = 300_000;
+/** A connection on the preferred transport that lives this long resets the wait before
+ * the next upgrade try (shorter lives keep it growing: no flapping between transports). */
+const UPGRADE_STABLE_MS = 60_000;
 
 /** Whether a server's answer says to try the same request again later. */
 function retryLater(e: SelfieError): boolean {
@@ -148,8 +151,13 @@ export class ReconnectingClient implements Requester {
   private connectedOnce = false;
   private failure: SelfieError | null = null;
   private options: ConnectOptions;
-  /** New connections made after the first. */
+  /** New connections made after the first, except upgrades (`upgrades`). */
   reconnects = 0;
+  /** The wait before the next try of a preferred transport. */
+  private upgradeMs = UPGRADE_FIRST_MS;
+  private upgradeTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The URL each connection was made to (a `GoAway`'s hint, or the configured one). */
+  private readonly urls = new WeakMap<Client, string>();
   /** `GoAway`s received. */
   goAways = 0;
   /** Moves from a fallback transport back to a preferred one. */
@@ -266,6 +274,10 @@ export class ReconnectingClient implements Requester {
   /** Closes the session for good. */
   close(): void {
     this.closedByUser = true;
+    if (this.upgradeTimer !== null) {
+      clearTimeout(this.upgradeTimer);
+      this.upgradeTimer = null;
+    }
     this.current?.close();
     this.current = null;
     this.finish();
@@ -307,6 +319,7 @@ export class ReconnectingClient implements Requester {
             () => Client.connect(at === undefined ? this.options : { ...this.options, url: at }),
             this.backoff,
           );
+          this.urls.set(c, at ?? this.options.url);
           break;
         } catch (e) {
           if (!isRetryable(e) || this.closedByUser) {
@@ -357,38 +370,53 @@ export class ReconnectingClient implements Requester {
       }
     })();
     this.listened.set(c, listened);
-    this.upgradeLater(c, UPGRADE_FIRST_MS);
+    this.upgradeLater(c);
     return c;
   }
 
   /**
    * On a fallback transport (the WebSocket, while WebTransport comes first in the
-   * order and the browser has it), tries the preferred transports again after
-   * `delayMs` (jittered, doubling up to `UPGRADE_MAX_MS` while they fail): a session
-   * that fell back while the edge was down or restarting, or on a network that has
-   * since unblocked UDP, returns to WebTransport. The new connection becomes current as
-   * after a `GoAway` (listeners subscribe again there) and the old one goes once idle.
+   * order and the browser has it), tries the preferred transports again, to the same
+   * URL, after a jittered wait that doubles after each try, up to `UPGRADE_MAX_MS` (it
+   * starts again from `UPGRADE_FIRST_MS` once a preferred connection has lived
+   * `UPGRADE_STABLE_MS`): a session that fell back while the edge was down or
+   * restarting, or on a network that has since unblocked UDP, returns to WebTransport.
+   * The new connection becomes current as after a `GoAway` (listeners subscribe again
+   * there) and the old one goes once they have, or after `MAX_GOAWAY_WAIT_MS`.
    */
-  private upgradeLater(c: Client, delayMs: number): void {
+  private upgradeLater(c: Client): void {
     const order = this.options.transports ?? ['webtransport', 'websocket'];
     const at = order.indexOf(c.transportKind);
     const better = order.slice(0, at < 0 ? 0 : at).filter((k) => k !== 'webtransport' || hasWebTransport());
     if (better.length === 0) {
       return;
     }
-    const sleep = this.backoff.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
     const random = this.backoff.random ?? Math.random;
+    const delayMs = this.upgradeMs;
+    this.upgradeMs = Math.min(delayMs * 2, UPGRADE_MAX_MS);
+    const wait = Math.floor(delayMs / 2 + (random() * delayMs) / 2);
+    const slept =
+      this.backoff.sleep?.(wait) ??
+      new Promise<void>((r) => {
+        if (this.upgradeTimer !== null) {
+          clearTimeout(this.upgradeTimer);
+        }
+        this.upgradeTimer = setTimeout(() => {
+          this.upgradeTimer = null;
+          r();
+        }, wait);
+      });
     void (async () => {
-      await sleep(Math.floor(delayMs / 2 + (random() * delayMs) / 2));
+      await slept;
       if (this.current !== c || this.closedByUser) {
         return;
       }
       let n: Client;
       try {
-        n = await Client.connect({ ...this.options, transports: better });
+        n = await Client.connect({ ...this.options, url: this.urls.get(c) ?? this.options.url, transports: better });
       } catch {
         if (this.current === c && !this.closedByUser) {
-          this.upgradeLater(c, Math.min(delayMs * 2, UPGRADE_MAX_MS));
+          this.upgradeLater(c);
         }
         return;
       }
@@ -397,11 +425,11 @@ export class ReconnectingClient implements Requester {
         return;
       }
       this.upgrades += 1;
+      this.urls.set(n, this.urls.get(c) ?? this.options.url);
       this.install(n, true);
-      void this.listened
-        .get(n)
-        ?.catch(() => undefined)
-        .then(() => c.closeWhenIdle());
+      const listened = this.listened.get(n) ?? Promise.resolve();
+      const deadline = new Promise<void>((r) => setTimeout(r, MAX_GOAWAY_WAIT_MS));
+      void Promise.race([listened.catch(() => undefined), deadline]).then(() => c.closeWhenIdle());
     })();
   }
 
@@ -446,6 +474,11 @@ export class ReconnectingClient implements Requester {
     this.current = null;
     c.close();
     const lived = Date.now() - (this.connectedAt.get(c) ?? 0);
+    const order = this.options.transports ?? ['webtransport', 'websocket'];
+    if (c.transportKind === order[0] && lived >= UPGRADE_STABLE_MS) {
+      // The preferred transport held: a later fallback tries it again soon.
+      this.upgradeMs = UPGRADE_FIRST_MS;
+    }
     this.flaps = lived < FLAP_MS ? this.flaps + 1 : 0;
     const base = this.backoff.baseMs ?? 250;
     const max = this.backoff.maxMs ?? 15_000;
