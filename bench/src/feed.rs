@@ -8,7 +8,9 @@
 //!   fan-out: a follower is pushed after its timeline row is durable), timeline writes
 //!   per second (N ÷ trigger-to-last), per-follower latency percentiles and server CPU
 //!   per follower. Side by side in the same run: raw quinn writing one event to N
-//!   connections (`fanout`'s baseline), the network's own floor.
+//!   connections (`fanout`'s baseline), the network's own floor. With `--large` the
+//!   author is above the fan-out threshold: nothing is written per follower, and the
+//!   pushes go through the watches of the followers' owner shards.
 //! - `feed-read` (in process, embedded store): U users following F accounts each, P
 //!   posts fanned out to their followers' timelines with the feed's own `deliver`; then
 //!   home-page reads of random readers (first page, then the next page from its cursor),
@@ -54,7 +56,15 @@ pub struct FanoutArgs {
     /// Registrations in flight while setting up.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Make the author a large account (`feed.fanout_threshold` = 10): its posts are not
+    /// fanned out, and connected followers are pushed through their owner shards'
+    /// watches (one activity event per watching shard, each reader re-checked).
+    #[arg(long)]
+    large: bool,
 }
+
+/// The fan-out threshold of `post-fanout --large`.
+const LARGE_THRESHOLD: usize = 10;
 
 type Arrivals = Rc<RefCell<Vec<Instant>>>;
 
@@ -167,6 +177,35 @@ async fn post_fanout_edge(
         tokio::task::spawn_local(read_pushes(s, arrivals.clone()));
     }
     eprintln!("{} followers connected and subscribed", held.len());
+    if args.large {
+        // The author's next post puts it on the large-authors list (not fanned out past
+        // twice the threshold); once the shards' copies of the list are stale, each
+        // follower reads a page, as an app does, which starts watching the author.
+        let mut create = CreatePostRequestT::default();
+        create.text = Some("now large".into());
+        create.audience = common::Audience::Public;
+        let body = posts(PostsOpT::CreatePostRequest(Box::new(create)));
+        author
+            .request(|b, id| envelope(id, body.clone()).pack(b))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let t = Instant::now();
+        let pages = futures::stream::iter(
+            held.iter()
+                .map(|c| async move { c.feed().home(20, None).await }),
+        )
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+        for p in pages {
+            p?;
+        }
+        eprintln!(
+            "{} followers read a page (watching the author) in {:.1} s",
+            held.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let mut report = FanoutReport {
         first: Vec::new(),
         last: Vec::new(),
@@ -225,17 +264,42 @@ pub fn post_fanout(args: FanoutArgs) -> anyhow::Result<()> {
         crate::fanout::raw_baseline(&echo, args.followers, args.rounds),
     )?;
     drop(echo);
-    let edge = ServerProcess::edge_with(args.shards, &[("SELFIE_FEED_PUSH_INTERVAL_MS", "50")])?;
+    let threshold = if args.large {
+        LARGE_THRESHOLD.to_string()
+    } else {
+        // Above the followers: every post is fanned out.
+        (args.followers + 1).max(50_000).to_string()
+    };
+    let edge = ServerProcess::edge_with(
+        args.shards,
+        &[
+            ("SELFIE_FEED_PUSH_INTERVAL_MS", "50"),
+            ("SELFIE_FEED_FANOUT_THRESHOLD", &threshold),
+        ],
+    )?;
     let ours = local.block_on(&rt, post_fanout_edge(&edge, &args))?;
     drop(edge);
     let n = args.followers as f64;
     let last = median(&ours.last);
     println!(
-        "{:<34} trigger->first {:>8} µs  trigger->last {:>9} µs  {:>9.0} timeline writes+pushes/s  per follower p50 {:>8} µs p99 {:>8} µs  server CPU {:.2} µs/follower",
-        format!("edge post fan-out ({} shards)", args.shards),
+        "{:<34} trigger->first {:>8} µs  trigger->last {:>9} µs  {:>9.0} {}/s  per follower p50 {:>8} µs p99 {:>8} µs  server CPU {:.2} µs/follower",
+        format!(
+            "edge {} ({} shards)",
+            if args.large {
+                "large-author push"
+            } else {
+                "post fan-out"
+            },
+            args.shards
+        ),
         median(&ours.first).as_micros(),
         last.as_micros(),
         n / last.as_secs_f64().max(1e-9),
+        if args.large {
+            "pushes"
+        } else {
+            "timeline writes+pushes"
+        },
         ours.lat.p(0.5),
         ours.lat.p(0.99),
         ours.cpu.as_secs_f64() * 1e6 / ours.pushes.max(1) as f64,

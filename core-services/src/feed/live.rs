@@ -47,13 +47,15 @@ use selfie_protocol::Body;
 use selfie_protocol::control::SubscriptionKind;
 use selfie_storage::Store;
 
-use super::{Entry, Feed, Rule, wire};
+use super::{Entry, Feed, wire};
 use crate::graph::FollowHook;
 use crate::plane::{AUTHOR_ACTIVITY, Delivery, Plane, Shards, SubscriberEvent, Topic};
 use crate::{Result, tables};
 
 /// Readers checked at once on one shard for one activity event.
 const CHECKS_IN_FLIGHT: usize = 128;
+/// Readers checked between two yields of an activity's check loop.
+const YIELD_EVERY: usize = 64;
 /// A shard watching more readers than this leaves new large authors to their next page
 /// read (a follow check per watched reader would cost too much).
 const MAX_ADOPT_READERS: usize = 100_000;
@@ -519,31 +521,51 @@ impl<S: Store + Clone + 'static> Feed<S> {
     }
 
     async fn push_post(&self, readers: &[u64], author: u64, post_id: u64) -> Result<()> {
-        match self.posts.stored(post_id).await? {
-            Some(p) if !p.deleted && p.author_id == author => {}
+        let post = match self.posts.stored(post_id).await? {
+            Some(p) if !p.deleted && p.author_id == author => p,
             // Deleted meanwhile, or not this author's: nobody is told.
             _ => return Ok(()),
-        }
+        };
+        // Read once for every reader: the post and its author's profile (the page's
+        // rule then reads only what depends on the reader).
+        let profile = tables::users::profile(&self.store, author).await?;
+        let (post, profile) = (&post, profile.as_ref());
+        let entry = Entry {
+            id: post_id,
+            author,
+        };
         let checks = futures::stream::iter(readers.iter().map(|&reader| async move {
-            let entry = Entry {
-                id: post_id,
-                author,
-            };
-            let shown = self
-                .check(
+            let shown = async {
+                let access = self.posts.access_given(reader, author, profile).await?;
+                let state = self.author_state_from(reader, author, access).await?;
+                if !state.follows || state.muted || state.hidden {
+                    return Ok(false);
+                }
+                let mut authors = HashMap::from([(author, state)]);
+                self.check_post(
                     reader,
                     entry,
-                    &mut HashMap::new(),
+                    state,
+                    post.clone(),
+                    &mut authors,
                     &mut HashSet::new(),
-                    Rule::Followed,
                 )
-                .await;
-            (reader, shown.map(|s| s.is_some()))
+                .await
+                .map(|item| item.is_some())
+            };
+            (reader, shown.await)
         }))
-        .buffer_unordered(CHECKS_IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
-        for (reader, shown) in checks {
+        .buffer_unordered(CHECKS_IN_FLIGHT);
+        futures::pin_mut!(checks);
+        // Each reader is told as soon as their check is done, and the pushes go out
+        // while later readers are checked (the embedded store answers without
+        // suspending, so this loop yields now and then).
+        let mut done = 0usize;
+        while let Some((reader, shown)) = checks.next().await {
+            done += 1;
+            if done.is_multiple_of(YIELD_EVERY) {
+                tokio::task::yield_now().await;
+            }
             match shown {
                 Ok(true) => self.push(reader, post_id),
                 Ok(false) => {}
@@ -562,8 +584,14 @@ impl<S: Store + Clone + 'static> Feed<S> {
             _ => return Ok(()),
         };
         let story = &story;
+        let profile = tables::users::profile(&self.store, author).await?;
+        let profile = profile.as_ref();
         let checks = futures::stream::iter(readers.iter().map(|&reader| async move {
-            let admitted = self.author_state(reader, author).await.map(|state| {
+            let state = async {
+                let access = self.posts.access_given(reader, author, profile).await?;
+                self.author_state_from(reader, author, access).await
+            };
+            let admitted = state.await.map(|state| {
                 state.follows
                     && !state.muted
                     && !state.access.hidden()
@@ -571,10 +599,14 @@ impl<S: Store + Clone + 'static> Feed<S> {
             });
             (reader, admitted)
         }))
-        .buffer_unordered(CHECKS_IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
-        for (reader, admitted) in checks {
+        .buffer_unordered(CHECKS_IN_FLIGHT);
+        futures::pin_mut!(checks);
+        let mut done = 0usize;
+        while let Some((reader, admitted)) = checks.next().await {
+            done += 1;
+            if done.is_multiple_of(YIELD_EVERY) {
+                tokio::task::yield_now().await;
+            }
             match admitted {
                 Ok(true) => publish_story(&delivery, reader, author, story_id),
                 Ok(false) => {}

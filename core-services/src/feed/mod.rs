@@ -295,6 +295,8 @@ pub struct Feed<S> {
     /// Puts a job that kept failing back on the queue, later.
     retry: tokio::sync::mpsc::UnboundedSender<Job>,
     large: RefCell<Option<(Instant, Rc<Vec<u64>>)>>,
+    /// Whether the large-authors list is being read again now.
+    large_reading: std::cell::Cell<bool>,
     /// The copy above is to be read again at next use (an author joined or left).
     large_stale: std::cell::Cell<bool>,
     /// Every author this shard has seen on the list (bounded), so that only new ones are
@@ -413,6 +415,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
             jobs: RefCell::new(Some(jobs.rx)),
             retry: jobs.tx,
             large: RefCell::new(None),
+            large_reading: Default::default(),
             large_stale: Default::default(),
             large_seen: Default::default(),
             pushes: Default::default(),
@@ -880,20 +883,43 @@ async fn publish_update(delivery: &Rc<Delivery>, reader: u64, new_items: u32, la
 
 impl<S: Store + Clone + 'static> Feed<S> {
     /// The large authors (the most recently active first), from this shard's copy.
+    /// One read of the list at a time per shard: while it is being read again, callers
+    /// get the copy they would have had (a burst of follows or page reads at expiry
+    /// costs one scan, not one each).
     async fn large_authors(&self) -> Result<Rc<Vec<u64>>> {
         if let Some((at, list)) = &*self.large.borrow()
-            && at.elapsed() < self.config.large_refresh
-            && !self.large_stale.get()
+            && ((at.elapsed() < self.config.large_refresh && !self.large_stale.get())
+                || self.large_reading.get())
         {
             return Ok(list.clone());
         }
+        struct Reading<'a>(&'a std::cell::Cell<bool>);
+        impl Drop for Reading<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        self.large_reading.set(true);
+        let _reading = Reading(&self.large_reading);
+        // Cleared before the read: an author who joins during it marks the list again.
+        let was_stale = self.large_stale.replace(false);
         let mut found: Vec<(u64, u64)> = Vec::new();
         let mut cursor = None;
         loop {
-            let page = self
+            let page = match self
                 .store
                 .scan(&LARGE_AUTHORS, &k(0), &Scan::all(1000).after(cursor))
-                .await?;
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    // The mark survives a failed read.
+                    if was_stale {
+                        self.large_stale.set(true);
+                    }
+                    return Err(e.into());
+                }
+            };
             for r in &page.rows {
                 if let (Some(author), Some(at)) =
                     (KeyReader::new(&r.clustering).u64(), id_value(&r.value))
@@ -909,7 +935,6 @@ impl<S: Store + Clone + 'static> Feed<S> {
         found.sort_unstable_by(|a, b| b.cmp(a));
         found.truncate(MAX_LARGE_AUTHORS);
         let list = Rc::new(found.into_iter().map(|(_, a)| a).collect::<Vec<_>>());
-        self.large_stale.set(false);
         let before = self.large.replace(Some((Instant::now(), list.clone())));
         // Authors this shard has never seen on the list (not ones moving back into its
         // most recent part): the readers watched here who follow one start watching it
@@ -985,9 +1010,21 @@ impl<S: Store + Clone + 'static> Feed<S> {
     }
 
     async fn author_state(&self, reader: u64, author: u64) -> Result<AuthorState> {
+        let access = self.posts.access(reader, author).await?;
+        self.author_state_from(reader, author, access).await
+    }
+
+    /// `reader`'s standing towards `author`, given the read rule's [`Access`] (which
+    /// also says whether the reader follows).
+    async fn author_state_from(
+        &self,
+        reader: u64,
+        author: u64,
+        access: Access,
+    ) -> Result<AuthorState> {
         let own = author == reader;
         Ok(AuthorState {
-            follows: own || tables::graph::follows(&self.store, reader, author).await?,
+            follows: access.follows(),
             muted: !own
                 && self
                     .store
@@ -995,7 +1032,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
                     .await?
                     .is_some(),
             hidden: !own && self.hidden(reader, "a", author).await?,
-            access: self.posts.access(reader, author).await?,
+            access,
         })
     }
 
@@ -1031,6 +1068,21 @@ impl<S: Store + Clone + 'static> Feed<S> {
         let Some(post) = self.posts.stored(entry.id).await? else {
             return Ok(None);
         };
+        self.check_post(reader, entry, state, post, authors, shown)
+            .await
+    }
+
+    /// The rest of [`Feed::check`], with the entry's post read and the reader's
+    /// standing towards its author known (and already found to pass the rule).
+    async fn check_post(
+        &self,
+        reader: u64,
+        entry: Entry,
+        state: AuthorState,
+        post: Post,
+        authors: &mut HashMap<u64, AuthorState>,
+        shown: &mut HashSet<u64>,
+    ) -> Result<Option<Item>> {
         if post.deleted || post.author_id != entry.author || !state.access.allows(reader, &post) {
             return Ok(None);
         }

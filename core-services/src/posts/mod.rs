@@ -324,6 +324,16 @@ impl Access {
     pub fn hidden(self) -> bool {
         matches!(self.0, AuthorView::Hidden)
     }
+
+    /// Whether the viewer follows the author (the author counts as followed by
+    /// themselves; `false` when [`Access::hidden`], which shows nothing anyway).
+    pub fn follows(self) -> bool {
+        match self.0 {
+            AuthorView::Own => true,
+            AuthorView::Hidden => false,
+            AuthorView::Other { follows, .. } => follows,
+        }
+    }
 }
 
 /// A post's counters, in the order of `PostCounts`.
@@ -446,6 +456,19 @@ impl<S: Store + 'static> Posts<S> {
     /// What `viewer` may see of `author`'s posts.
     pub async fn access(&self, viewer: u64, author: u64) -> Result<Access> {
         Ok(Access(self.author_view(viewer, author).await?))
+    }
+
+    /// [`Posts::access`] with the author's profile already read (`None`: no profile
+    /// row), for a caller that checks many viewers of one author.
+    pub async fn access_given(
+        &self,
+        viewer: u64,
+        author: u64,
+        profile: Option<&tables::users::Profile>,
+    ) -> Result<Access> {
+        Ok(Access(
+            self.author_view_given(viewer, author, profile).await?,
+        ))
     }
 
     /// A stored post (or its tombstone), unchecked: for services that apply
@@ -648,11 +671,23 @@ impl<S: Store + 'static> Posts<S> {
         if author == viewer {
             return Ok(AuthorView::Own);
         }
-        if tables::graph::blocked_either_way(&self.store, viewer, author).await? {
-            return Ok(AuthorView::Hidden);
-        }
         let profile = tables::users::profile(&self.store, author).await?;
-        if profile.as_ref().is_some_and(|p| p.deleted) {
+        self.author_view_given(viewer, author, profile.as_ref())
+            .await
+    }
+
+    async fn author_view_given(
+        &self,
+        viewer: u64,
+        author: u64,
+        profile: Option<&tables::users::Profile>,
+    ) -> Result<AuthorView> {
+        if author == viewer {
+            return Ok(AuthorView::Own);
+        }
+        if profile.is_some_and(|p| p.deleted)
+            || tables::graph::blocked_either_way(&self.store, viewer, author).await?
+        {
             return Ok(AuthorView::Hidden);
         }
         let follows = tables::graph::follows(&self.store, viewer, author).await?;
