@@ -94,7 +94,8 @@ pub(super) async fn serve_request(
         }
         read_frame(&mut recv, &mut dec).await
     };
-    let read = match tokio::time::timeout(deadline, read).await {
+    // The deadline from the request's one clock read (no second read for the timer).
+    let read = match tokio::time::timeout_at((started + deadline).into(), read).await {
         Ok(read) => read,
         Err(_) => {
             // Half a request, then silence: whatever was buffered goes now.
