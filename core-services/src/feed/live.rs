@@ -620,17 +620,11 @@ impl<S: Store + Clone + 'static> Feed<S> {
 /// Tells `reader`'s tray subscribers of `author`'s new story (best effort, as for
 /// fanned-out stories).
 pub(super) fn publish_story(delivery: &Rc<Delivery>, reader: u64, author: u64, story_id: u64) {
-    let delivery = delivery.clone();
-    tokio::task::spawn_local(async move {
-        let topic = Topic::new(SubscriptionKind::StoryTray, reader);
-        let published = match wire::story_event(&delivery, author, story_id) {
-            Ok(frame) => delivery.publish(topic, frame).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = published {
-            tracing::debug!(error = %e, reader, "story update not published");
-        }
-    });
+    let topic = Topic::new(SubscriptionKind::StoryTray, reader);
+    match wire::story_event(delivery, author, story_id) {
+        Ok(frame) => delivery.publish_soon(topic, frame),
+        Err(e) => tracing::debug!(error = %e, reader, "story update not encoded"),
+    }
 }
 
 /// Follows `author`'s activity topic on this shard for as long as the task runs,

@@ -845,7 +845,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
                             })
                         };
                         if let Some((n, latest)) = due {
-                            publish_update(&delivery, reader, n, latest).await;
+                            publish_update(&delivery, reader, n, latest);
                         }
                     });
                 }
@@ -860,9 +860,8 @@ impl<S: Store + Clone + 'static> Feed<S> {
                         scheduled: false,
                     },
                 );
-                tokio::task::spawn_local(async move {
-                    publish_update(&delivery, reader, 1, post_id).await;
-                });
+                // No task per reader: the plane sequences or posts it now when it can.
+                publish_update(&delivery, reader, 1, post_id);
             }
         }
     }
@@ -870,14 +869,11 @@ impl<S: Store + Clone + 'static> Feed<S> {
 
 /// Publishes a `FeedUpdate` to `reader`'s home-feed subscribers (best effort: a lost
 /// push makes the subscribers resync, and the next page read has the posts anyway).
-async fn publish_update(delivery: &Rc<Delivery>, reader: u64, new_items: u32, latest: u64) {
+fn publish_update(delivery: &Rc<Delivery>, reader: u64, new_items: u32, latest: u64) {
     let topic = Topic::new(SubscriptionKind::HomeFeed, reader);
-    let published = match wire::update_event(delivery, new_items, latest) {
-        Ok(frame) => delivery.publish(topic, frame).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = published {
-        tracing::debug!(error = %e, reader, "feed update not published");
+    match wire::update_event(delivery, new_items, latest) {
+        Ok(frame) => delivery.publish_soon(topic, frame),
+        Err(e) => tracing::debug!(error = %e, reader, "feed update not encoded"),
     }
 }
 

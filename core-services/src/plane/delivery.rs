@@ -527,6 +527,52 @@ impl Delivery {
         }
     }
 
+    /// [`Delivery::publish`] for callers that do not wait for it: on one node the event
+    /// is sequenced at once (owner here) or posted to the owner's mailbox when it has
+    /// room, with no task; otherwise (a full mailbox, a fleet's bus) a task publishes it
+    /// with waiting. Losses are counted and resync the topic's subscribers, as there.
+    pub fn publish_soon(self: &Rc<Self>, topic: Topic, frame: Bytes) {
+        if self.plane.bus().is_none() {
+            let Ok(verified) = Frame::verify(frame.clone(), &Limits::DEFAULT) else {
+                self.metrics().lose("corrupt");
+                return;
+            };
+            if verified.id() != PUSH_SEQ_PLACEHOLDER {
+                self.metrics().lose("corrupt");
+                return;
+            }
+            let owner = self.owner(topic);
+            if owner == self.shard {
+                self.metrics().published.inc();
+                self.sequence(topic, None, verified);
+                return;
+            }
+            let job =
+                Shards::job(
+                    move |d: Rc<Delivery>| async move { d.sequence(topic, None, verified) },
+                );
+            match self.shards().try_post(owner, "delivery", job) {
+                Ok(()) => {
+                    self.metrics().published.inc();
+                    return;
+                }
+                // Full: the waiting path below (which verifies again).
+                Err(Some(_)) => {}
+                Err(None) => {
+                    self.metrics().lose("overloaded");
+                    self.plane.lost(topic);
+                    return;
+                }
+            }
+        }
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = me.publish(topic, frame).await {
+                tracing::debug!(error = %e, topic = %topic.name(), "event not published");
+            }
+        });
+    }
+
     /// The ordered queue to the bus, and its task (started on first use).
     fn outbox(self: &Rc<Self>) -> mpsc::Sender<(Topic, Bytes)> {
         if let Some(tx) = self.outbox.borrow().as_ref() {
@@ -1025,6 +1071,32 @@ mod tests {
                     (0, 0, 0)
                 );
                 assert_eq!(m.delivered.get(), 6);
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn publish_soon_sequences_at_once_on_the_owner_and_refuses_corrupt_events() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (plane, d) = one_shard(DeliveryConfig::default()).await;
+                let topic = Topic::new(SubscriptionKind::Post, 7);
+                let s = d.subscribe(topic).await.expect("subscribed");
+                for n in 1..=3 {
+                    d.publish_soon(topic, event(&d, n));
+                }
+                // No task in between: the events are already in the subscriber's queue.
+                assert_eq!(s.queued(), 3);
+                let got = [s.next().await, s.next().await, s.next().await];
+                assert_eq!(got.iter().map(seq_of).collect::<Vec<_>>(), vec![1, 2, 3]);
+                let m = &plane.metrics.delivery;
+                assert_eq!(m.published.get(), 3);
+                let lost =
+                    |reason: &'static str| m.lost.get_or_create(&ReasonLabel { reason }).get();
+                d.publish_soon(topic, Bytes::from_static(b"not a frame"));
+                assert_eq!(lost("corrupt"), 1);
+                assert_eq!((m.published.get(), s.queued()), (3, 0));
             })
             .await;
     }

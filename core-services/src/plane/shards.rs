@@ -165,6 +165,34 @@ impl Shards {
         }
     }
 
+    /// Posts `job` to `shard` if its mailbox has room now; `Err(Some(job))` back when it
+    /// is full (for the caller to wait with [`Shards::post_waiting`]; not counted as an
+    /// overload), `Err(None)` when the shard is gone.
+    pub(crate) fn try_post(
+        &self,
+        shard: ShardId,
+        kind: &'static str,
+        job: Job,
+    ) -> std::result::Result<(), Option<Job>> {
+        let Some(tx) = self.senders.get(shard) else {
+            return Err(None);
+        };
+        match tx.try_send(job) {
+            Ok(()) => {
+                self.metrics
+                    .calls
+                    .get_or_create(&CallLabels {
+                        shard: shard as u16,
+                        kind,
+                    })
+                    .inc();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(job)) => Err(Some(job)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
+        }
+    }
+
     /// Posts `job` to `shard`, waiting for room (for work that must not be lost, off the
     /// request path: a resync after a dropped delivery).
     pub(crate) async fn post_waiting(
