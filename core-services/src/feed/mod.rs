@@ -889,33 +889,37 @@ impl<S: Store + Clone + 'static> Feed<S> {
         {
             return Ok(list.clone());
         }
-        struct Reading<'a>(&'a std::cell::Cell<bool>);
+        /// Ends the read however it ends; a read that did not finish (failed, or
+        /// dropped mid-scan) leaves the stale mark as it found it.
+        struct Reading<'a> {
+            reading: &'a std::cell::Cell<bool>,
+            stale: &'a std::cell::Cell<bool>,
+            was_stale: bool,
+            done: bool,
+        }
         impl Drop for Reading<'_> {
             fn drop(&mut self) {
-                self.0.set(false);
+                self.reading.set(false);
+                if !self.done && self.was_stale {
+                    self.stale.set(true);
+                }
             }
         }
         self.large_reading.set(true);
-        let _reading = Reading(&self.large_reading);
         // Cleared before the read: an author who joins during it marks the list again.
-        let was_stale = self.large_stale.replace(false);
+        let mut reading = Reading {
+            reading: &self.large_reading,
+            stale: &self.large_stale,
+            was_stale: self.large_stale.replace(false),
+            done: false,
+        };
         let mut found: Vec<(u64, u64)> = Vec::new();
         let mut cursor = None;
         loop {
-            let page = match self
+            let page = self
                 .store
                 .scan(&LARGE_AUTHORS, &k(0), &Scan::all(1000).after(cursor))
-                .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    // The mark survives a failed read.
-                    if was_stale {
-                        self.large_stale.set(true);
-                    }
-                    return Err(e.into());
-                }
-            };
+                .await?;
             for r in &page.rows {
                 if let (Some(author), Some(at)) =
                     (KeyReader::new(&r.clustering).u64(), id_value(&r.value))
@@ -931,6 +935,7 @@ impl<S: Store + Clone + 'static> Feed<S> {
         found.sort_unstable_by(|a, b| b.cmp(a));
         found.truncate(MAX_LARGE_AUTHORS);
         let list = Rc::new(found.into_iter().map(|(_, a)| a).collect::<Vec<_>>());
+        reading.done = true;
         let before = self.large.replace(Some((Instant::now(), list.clone())));
         // Authors this shard has never seen on the list (not ones moving back into its
         // most recent part): the readers watched here who follow one start watching it

@@ -429,6 +429,9 @@ pub struct Delivery {
     encoder: RefCell<Encoder>,
     /// Events on their way to the bus, in order (fleet only; started on first use).
     outbox: RefCell<Option<mpsc::Sender<(Topic, Bytes)>>>,
+    /// [`Delivery::publish_soon`]'s events waiting in tasks for room in a mailbox: while
+    /// any do, later ones queue behind them (in order), never past them.
+    waiting: Cell<usize>,
 }
 
 impl Delivery {
@@ -442,6 +445,7 @@ impl Delivery {
             next_subscriber: Cell::new(1),
             encoder: RefCell::new(Encoder::new(Limits::DEFAULT)),
             outbox: RefCell::new(None),
+            waiting: Cell::new(0),
         }
     }
 
@@ -543,9 +547,13 @@ impl Delivery {
             }
             let owner = self.owner(topic);
             if owner == self.shard {
+                // (A topic owned here never waits in a task on one node.)
                 self.metrics().published.inc();
                 self.sequence(topic, None, verified);
                 return;
+            }
+            if self.waiting.get() > 0 {
+                return self.publish_later(topic, frame);
             }
             let job =
                 Shards::job(
@@ -565,11 +573,25 @@ impl Delivery {
                 }
             }
         }
-        let me = self.clone();
+        self.publish_later(topic, frame);
+    }
+
+    /// [`Delivery::publish`] in a task, counted in `waiting` until it is posted (tasks
+    /// start in spawn order and a mailbox's waiting senders are served in order).
+    fn publish_later(self: &Rc<Self>, topic: Topic, frame: Bytes) {
+        struct Waiting(Rc<Delivery>);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                self.0.waiting.set(self.0.waiting.get().saturating_sub(1));
+            }
+        }
+        self.waiting.set(self.waiting.get() + 1);
+        let waiting = Waiting(self.clone());
         tokio::task::spawn_local(async move {
-            if let Err(e) = me.publish(topic, frame).await {
+            if let Err(e) = waiting.0.publish(topic, frame).await {
                 tracing::debug!(error = %e, topic = %topic.name(), "event not published");
             }
+            drop(waiting);
         });
     }
 

@@ -460,7 +460,7 @@ impl<S: Store + 'static> Posts<S> {
 
     /// [`Posts::access`] with the author's profile already read (`None`: no profile
     /// row), for a caller that checks many viewers of one author.
-    pub async fn access_given(
+    pub(crate) async fn access_given(
         &self,
         viewer: u64,
         author: u64,
