@@ -33,7 +33,10 @@
 //! The checks are the page's: for posts, follow, mute, block, the audience, deletion
 //! and "not interested"; for stories, the tray's (follow, mute, block, the audience —
 //! "not interested" applies to posts only). A reader whose check fails to read is
-//! skipped and logged; the others are still told.
+//! skipped and logged; the others are still told. The post (or story) and the author's
+//! profile are read once per event: one deleted while its readers are being checked
+//! may still be announced to the rest — a hint with its id, which their page read
+//! re-checks and does not show.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::{Rc, Weak};
