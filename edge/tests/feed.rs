@@ -54,11 +54,7 @@ async fn next_update(s: &mut Subscription) -> FeedUpdateT {
 async fn posts_reach_followers_feeds_live_and_coalesced() {
     let mut parts = support::parts();
     parts.feed.push_interval = Duration::from_secs(3);
-    let node = support::start_with(
-        &parts,
-        support::tokens(&parts),
-        selfie_services::auth::throttle::LoginThrottle::new(parts.throttle),
-    );
+    let node = support::start_parts(&parts);
     let anon = Client::connect(config(&node, None)).await.expect("session");
     let ana = sign_up(&node, &anon, "ana").await;
     // Followers enough that both shards own some of them.
@@ -449,11 +445,7 @@ async fn large_authors_posts_and_stories_are_pushed_live() {
     parts.feed.large_refresh = Duration::ZERO;
     parts.feed.push_interval = Duration::from_millis(100);
     parts.feed.watch_linger = Duration::from_millis(300);
-    let node = support::start_with(
-        &parts,
-        support::tokens(&parts),
-        selfie_services::auth::throttle::LoginThrottle::new(parts.throttle),
-    );
+    let node = support::start_parts(&parts);
     let anon = Client::connect(config(&node, None)).await.expect("session");
     let star = sign_up(&node, &anon, "star").await;
     let small = sign_up(&node, &anon, "small").await;
@@ -669,11 +661,7 @@ async fn a_deleted_accounts_feed_stories_and_notifications_are_erased() {
     use selfie_services::tables::{feed, notifications, posts, stories};
 
     let parts = support::parts();
-    let node = support::start_with(
-        &parts,
-        support::tokens(&parts),
-        selfie_services::auth::throttle::LoginThrottle::new(parts.throttle),
-    );
+    let node = support::start_parts(&parts);
     let store = &parts.store;
     let anon = Client::connect(config(&node, None)).await.expect("session");
     let ana = sign_up(&node, &anon, "ana").await;
@@ -778,11 +766,7 @@ async fn followers_connected_when_an_account_becomes_large_keep_getting_pushes()
     parts.feed.fanout_threshold = 2;
     parts.feed.large_refresh = Duration::ZERO;
     parts.feed.adopt_every = Duration::from_millis(50);
-    let node = support::start_with(
-        &parts,
-        support::tokens(&parts),
-        selfie_services::auth::throttle::LoginThrottle::new(parts.throttle),
-    );
+    let node = support::start_parts(&parts);
     let anon = Client::connect(config(&node, None)).await.expect("session");
     let star = sign_up(&node, &anon, "star").await;
     let mut readers = Vec::new();
@@ -839,11 +823,7 @@ async fn a_new_follow_of_a_large_account_is_pushed_live_without_a_page_read() {
     parts.feed.fanout_threshold = 1;
     parts.feed.large_refresh = Duration::ZERO;
     parts.feed.push_interval = Duration::from_millis(50);
-    let node = support::start_with(
-        &parts,
-        support::tokens(&parts),
-        selfie_services::auth::throttle::LoginThrottle::new(parts.throttle),
-    );
+    let node = support::start_parts(&parts);
     let anon = Client::connect(config(&node, None)).await.expect("session");
     let star = sign_up(&node, &anon, "star").await;
     let reader = sign_up(&node, &anon, "reader").await;

@@ -141,27 +141,21 @@ impl Shards {
 
     /// Posts `job` to `shard` without waiting; a full mailbox is `Overloaded`.
     fn post(&self, shard: ShardId, kind: &'static str, job: Job) -> Result<()> {
-        let tx = self
-            .senders
-            .get(shard)
-            .ok_or(Error::Internal("a job for a shard that does not exist"))?;
-        let label = shard as u16;
-        match tx.try_send(job) {
-            Ok(()) => {
-                self.metrics
-                    .calls
-                    .get_or_create(&CallLabels { shard: label, kind })
-                    .inc();
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match self.try_post(shard, kind, job) {
+            Ok(()) => Ok(()),
+            Err(Some(_)) => {
                 self.metrics
                     .overloaded
-                    .get_or_create(&ShardLabel { shard: label })
+                    .get_or_create(&ShardLabel {
+                        shard: shard as u16,
+                    })
                     .inc();
                 Err(Error::Overloaded)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Unavailable("that shard")),
+            Err(None) if shard >= self.senders.len() => {
+                Err(Error::Internal("a job for a shard that does not exist"))
+            }
+            Err(None) => Err(Error::Unavailable("that shard")),
         }
     }
 

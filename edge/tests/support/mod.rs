@@ -90,10 +90,12 @@ pub fn tokens(parts: &Parts) -> AccessTokens {
 
 /// Starts an edge (2 shards) with accounts, users, graph and posts over a fresh store.
 pub fn start() -> Node {
-    let p = parts();
-    let t = tokens(&p);
-    let throttle = LoginThrottle::new(p.throttle);
-    start_with(&p, t, throttle)
+    start_parts(&parts())
+}
+
+/// Starts an edge (2 shards) over `parts`, with its own token keys and login throttle.
+pub fn start_parts(parts: &Parts) -> Node {
+    start_with(parts, tokens(parts), LoginThrottle::new(parts.throttle))
 }
 
 /// Shards of a test node.
