@@ -84,6 +84,11 @@ enum Scenario {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the `selfie` binary: the in-process nodes' S3 clients take the process default.
+    let _ = selfie_edge::tls::crypto_provider()
+        .as_ref()
+        .clone()
+        .install_default();
     match Cli::parse().scenario {
         Scenario::Storage(args) => storage::run(args),
         Scenario::Rpc(args) => edge::rpc(args),

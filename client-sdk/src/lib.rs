@@ -271,7 +271,9 @@ pub fn tls_client_config(
     trust: &Trust,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // aws-lc-rs, as the edge: its default key exchange is post-quantum X25519MLKEM768
+    // (what browsers offer too), and the build holds no other provider.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Config(e.to_string()))?;

@@ -118,6 +118,12 @@ macro_rules! say {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Every TLS configuration of the edge names its provider; this makes the libraries
+    // that take the process default (object_store's S3 client) use the same one.
+    let _ = selfie_edge::tls::crypto_provider()
+        .as_ref()
+        .clone()
+        .install_default();
     let cli = Cli::parse();
     match &cli.command {
         Command::Config { action } => {

@@ -161,14 +161,20 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// overhead), so some tens of MiB when full.
 pub const RESUMABLE_SESSIONS: usize = 131_072;
 
+/// The crypto provider of every TLS configuration the edge builds: aws-lc-rs with its
+/// defaults (X25519MLKEM768 first, then X25519 and P-256), the cheaper of the two
+/// rustls providers per handshake on the server (`bench/tls-providers`).
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
 /// The QUIC server configuration for `selfie/1`, and `h3` (WebTransport) when
 /// `webtransport` (TLS 1.3 only, as QUIC requires).
 pub fn quic_server_config(
     identity: &Identity,
     webtransport: bool,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
@@ -199,8 +205,7 @@ pub fn quic_server_config(
 
 /// The TLS configuration of the HTTPS listener (`[web]`): TLS 1.3 and 1.2, HTTP/1.1.
 pub fn https_server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;

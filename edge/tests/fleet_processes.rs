@@ -331,10 +331,7 @@ async fn a_change_on_one_node_reaches_subscribers_on_another_in_one_fleet_sequen
         &format!("https://{}", b.web.expect("B's HTTPS")),
         1,
     );
-    let web = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .expect("https client");
+    let web = support::https_client();
     let r = web.get(&via_b).send().await.expect("GET on B");
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.expect("body"), from_b);

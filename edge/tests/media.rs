@@ -780,14 +780,6 @@ async fn default_sized_chunks_larger_than_the_stream_window_arrive_whole() {
     assert_eq!(original.as_ref(), photo.as_slice());
 }
 
-/// An HTTPS client as a browser is (the test node's certificate is self-signed).
-fn https() -> reqwest::Client {
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .expect("https client")
-}
-
 #[tokio::test]
 async fn signed_https_urls_serve_ranges_to_their_viewer_and_refuse_the_rest() {
     let mut p = support::parts();
@@ -807,7 +799,7 @@ async fn signed_https_urls_serve_ranges_to_their_viewer_and_refuse_the_rest() {
     let post = post_with(&ana.client, vec![photo], Audience::Followers)
         .await
         .expect("posted");
-    let web = https();
+    let web = support::https_client();
 
     // A follower's URL serves the large rendition, the same bytes as over QUIC.
     let (url, expires) = ben.client.media().url(photo, "").await.expect("minted");
@@ -1134,7 +1126,7 @@ async fn a_deleted_accounts_media_is_gone_for_everyone() {
         .await
         .expect("posted");
     let (url, _) = ben.client.media().url(photo, "").await.expect("minted");
-    let web = https();
+    let web = support::https_client();
     assert_eq!(web.get(&url).send().await.expect("GET").status(), 200);
     let mut r = AccountDeleteRequestT::default();
     r.password = Some(ana.password.clone());

@@ -423,3 +423,14 @@ pub fn totp_code(secret_b32: &str, offset_steps: i64) -> String {
         .as_secs() as i64;
     t.generate((now + offset_steps * 30) as u64)
 }
+
+/// An HTTPS client as a browser is, accepting the test node's self-signed certificate.
+/// reqwest is built without a provider of its own, so this installs the build's one
+/// (aws-lc-rs) as the process default first.
+pub fn https_client() -> reqwest::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("https client")
+}
