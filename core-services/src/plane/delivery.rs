@@ -1123,6 +1123,97 @@ mod tests {
             .await;
     }
 
+    /// The `n` an [`event`] carries.
+    fn n_of(e: &SubscriberEvent) -> u32 {
+        match e {
+            SubscriberEvent::Event(b) => Frame::verify(b.clone(), &Limits::DEFAULT)
+                .expect("valid")
+                .envelope()
+                .body_as_notifications()
+                .and_then(|n| n.op_as_notification_event())
+                .map_or(0, |e| e.unread_notifications()),
+            SubscriberEvent::Resync => 0,
+        }
+    }
+
+    /// The race `publish_soon` must not lose: a topic owned by another shard whose
+    /// mailbox fills, so some events wait in tasks while later ones could be posted at
+    /// once. Every event arrives once, in publishing order, with no sequence hole.
+    #[test]
+    fn publish_soon_keeps_order_across_shards_when_the_owners_mailbox_fills() {
+        const DEPTH: usize = 4;
+        const FIRST: u32 = 20; // published while the owner serves nothing
+        const TOTAL: u32 = 40; // the rest while the waiting ones drain
+        let plane = Plane::with_mailbox_depth(2, DEPTH, DeliveryConfig::default());
+        let topic = (0..)
+            .map(|key| Topic::new(SubscriptionKind::Post, key))
+            .find(|t| plane.shards().owner_of(t.key()) == 1)
+            .expect("a topic owned by shard 1");
+        let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        // The owner: subscribes, then serves its mailbox only when told, and returns
+        // what its subscriber received.
+        let owner = {
+            let plane = plane.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    let registry = Rc::new(Registry::new(1, &plane));
+                    let s = registry.delivery().subscribe(topic).await.expect("sub");
+                    subscribed_tx.send(()).expect("told");
+                    go_rx.await.expect("go");
+                    let mailbox = plane.shards().take_mailbox(1).expect("mailbox");
+                    tokio::task::spawn_local(serve_mailbox(mailbox, registry, plane.clone()));
+                    let mut got = Vec::new();
+                    for _ in 0..TOTAL {
+                        let e = tokio::time::timeout(Duration::from_secs(30), s.next())
+                            .await
+                            .expect("every event arrives");
+                        got.push((seq_of(&e), n_of(&e)));
+                    }
+                    (got, s.queued())
+                })
+            })
+        };
+        subscribed_rx.recv().expect("subscribed");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let registry = Rc::new(Registry::new(0, &plane));
+            let d = registry.delivery().clone();
+            for n in 1..=FIRST {
+                d.publish_soon(topic, event(&d, n));
+            }
+            // The mailbox took DEPTH; the rest wait in tasks, in order.
+            assert_eq!(d.waiting.get(), (FIRST as usize) - DEPTH);
+            go_tx.send(()).expect("go");
+            // More while those drain: none may pass an event still waiting.
+            for n in FIRST + 1..=TOTAL {
+                d.publish_soon(topic, event(&d, n));
+                tokio::task::yield_now().await;
+            }
+            while d.waiting.get() > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let (got, left) = owner.join().expect("owner thread");
+        let expected: Vec<(u64, u32)> = (1..=TOTAL).map(|n| (u64::from(n), n)).collect();
+        assert_eq!(got, expected, "in order, once each, no hole");
+        assert_eq!(left, 0, "nothing more");
+        let m = &plane.metrics.delivery;
+        assert_eq!(m.published.get(), u64::from(TOTAL));
+        for reason in ["overloaded", "corrupt"] {
+            assert_eq!(m.lost.get_or_create(&ReasonLabel { reason }).get(), 0);
+        }
+    }
+
     #[tokio::test]
     async fn a_subscriber_that_falls_behind_is_cut_off_and_the_others_keep_receiving() {
         let local = tokio::task::LocalSet::new();
