@@ -4,10 +4,13 @@
 //! The embedded default keeps blobs as files under the data directory: a blob is written
 //! to a temporary file, fsynced, renamed into place and its directory fsynced, so an
 //! acknowledged blob survives a crash; originals are keyed by their SHA-256 and so stored
-//! once however many users upload them. File I/O never runs on a shard thread: it goes
-//! through `std::fs` on tokio's blocking pool, or through the node's io_uring thread
-//! ([`super::uring`], `media.blob_io`); the store reports which in
-//! [`BlobStore::backend`] (`local-std` or `local-io_uring`). Staged uploads are local to
+//! once however many users upload them. File I/O that can wait for the disk never runs
+//! on a shard thread: it goes through `std::fs` on tokio's blocking pool, or through the
+//! node's io_uring thread ([`super::uring`], `media.blob_io`); the store reports which in
+//! [`BlobStore::backend`] (`local-std` or `local-io_uring`). The one exception is a
+//! download's piece already in the page cache ([`Piecewise`]): the shard copies it with
+//! `preadv2(RWF_NOWAIT)`, which the kernel answers without waiting or not at all (then
+//! the piece is read on the blocking pool), saving two thread hand-offs per piece. Staged uploads are local to
 //! the node that received them, so on a fleet an upload resumes on the same node only.
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -37,6 +40,14 @@ pub trait BlobStore: Send + Sync {
 
     /// The size of `key`, `None` when absent.
     fn size(&self, key: String) -> BoxFuture<'_, Result<Option<u64>>>;
+
+    /// The local file holding `key`, for a download that keeps it open and reads its
+    /// pieces in turn ([`Piecewise`]); `None` when the store has no such file, or when
+    /// its file I/O must go through its own path (io_uring), and pieces are read by key.
+    fn local_file(&self, key: &str) -> Option<PathBuf> {
+        let _ = key;
+        None
+    }
 
     /// Removes `key` (absent is fine).
     fn delete(&self, key: String) -> BoxFuture<'_, Result<()>>;
@@ -256,6 +267,13 @@ impl BlobStore for LocalBlobs {
             })
             .await
         })
+    }
+
+    fn local_file(&self, key: &str) -> Option<PathBuf> {
+        match self.io {
+            Io::Std => self.path(key).ok(),
+            Io::Uring(_) => None,
+        }
     }
 
     fn size(&self, key: String) -> BoxFuture<'_, Result<Option<u64>>> {
@@ -504,6 +522,66 @@ mod tests {
         assert!(checked("r/123/large.jpg").is_ok());
     }
 
+    /// A download's pieces are the blob's bytes whether the page cache holds them (read
+    /// on the calling thread), holds none (the blocking pool) or holds part of a piece.
+    #[tokio::test]
+    async fn a_download_reads_the_same_bytes_from_the_page_cache_or_the_disk() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().expect("dir");
+        let store: std::sync::Arc<dyn BlobStore> =
+            std::sync::Arc::new(LocalBlobs::open(dir.path()).expect("store"));
+        let key = "r/1/original";
+        let bytes: Vec<u8> = (0..(3 << 20) + 123).map(|_| rand::random::<u8>()).collect();
+        store
+            .put(key.to_string(), Bytes::from(bytes.clone()))
+            .await
+            .expect("put");
+        let path = store.local_file(key).expect("a local file");
+        let file = std::fs::File::open(&path).expect("open");
+        let probe = |file: &std::fs::File| {
+            let mut out = vec![std::mem::MaybeUninit::uninit(); 4096];
+            read_cached(file, 0, &mut out)
+        };
+        let whole = |blob: Piecewise| async move {
+            let mut got = Vec::new();
+            loop {
+                let piece = blob.read(got.len() as u64, 256 * 1024).await.expect("read");
+                if piece.is_empty() {
+                    return got;
+                }
+                got.extend_from_slice(&piece);
+            }
+        };
+        // Just written: in the page cache (this kernel answers RWF_NOWAIT reads).
+        assert_eq!(probe(&file), Some(4096));
+        assert!(whole(Piecewise::new(&store, key)).await == bytes, "cached");
+        // Dropped from the page cache (its pages are clean after the fsync).
+        let evict = || {
+            // SAFETY: a plain advice call on an open descriptor.
+            let r =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(r, 0);
+        };
+        evict();
+        assert!(matches!(probe(&file), Some(n) if n < 4096), "evicted");
+        assert!(
+            whole(Piecewise::new(&store, key)).await == bytes,
+            "from disk"
+        );
+        // Part of a piece cached: the rest is read on the blocking pool.
+        evict();
+        let mut head = vec![0; 10_000];
+        file.read_exact_at(&mut head, 0).expect("head");
+        let blob = Piecewise::new(&store, key);
+        let first = blob.read(0, 1 << 20).await.expect("first piece");
+        assert!(first[..] == bytes[..1 << 20], "partly cached");
+        // The end, and a missing blob.
+        let end = blob.read(bytes.len() as u64, 10).await.expect("at the end");
+        assert!(end.is_empty());
+        let missing = Piecewise::new(&store, "r/1/missing").read(0, 10).await;
+        assert!(matches!(missing, Err(Error::NotFound(_))));
+    }
+
     /// Defect: a full or failing disk failed an object for good (an internal error);
     /// it is a storage failure now, which processing tries again.
     #[test]
@@ -542,5 +620,135 @@ mod tests {
             .await
             .expect("staged");
         assert_eq!(staging.sweep(earlier).await.expect("swept"), 0);
+    }
+}
+
+/// A download's blob, opened once and read piece by piece: a local file is opened on the
+/// blocking pool at the first piece and kept open; each piece is first copied from the
+/// page cache on the caller's thread without blocking (`preadv2` with `RWF_NOWAIT`), and
+/// whatever the page cache did not hold is read on the blocking pool. Other stores read
+/// each piece by key.
+#[derive(Clone)]
+pub struct Piecewise {
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    File {
+        path: PathBuf,
+        open: std::rc::Rc<tokio::sync::OnceCell<std::sync::Arc<std::fs::File>>>,
+    },
+    Store {
+        blobs: std::sync::Arc<dyn BlobStore>,
+        key: String,
+    },
+}
+
+impl Piecewise {
+    /// `key` of `blobs`, its file kept open when it has one.
+    pub fn new(blobs: &std::sync::Arc<dyn BlobStore>, key: &str) -> Self {
+        let source = match blobs.local_file(key) {
+            Some(path) => Source::File {
+                path,
+                open: Default::default(),
+            },
+            None => Source::Store {
+                blobs: blobs.clone(),
+                key: key.to_string(),
+            },
+        };
+        Self { source }
+    }
+
+    /// Up to `len` bytes from `start` (fewer at the end).
+    pub async fn read(&self, start: u64, len: usize) -> Result<Bytes> {
+        let (path, open) = match &self.source {
+            Source::Store { blobs, key } => return blobs.read(key.clone(), start, len).await,
+            Source::File { path, open } => (path, open),
+        };
+        let file = open
+            .get_or_try_init(|| {
+                let path = path.clone();
+                async move { blocking(move || open_for_reading(&path)).await }
+            })
+            .await?
+            .clone();
+        let mut buf = Vec::with_capacity(len);
+        if let Some(n) = read_cached(&file, start, &mut buf.spare_capacity_mut()[..len]) {
+            // SAFETY: `read_cached` initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(n) };
+            if n == len {
+                return Ok(Bytes::from(buf));
+            }
+        }
+        blocking(move || {
+            let mut at = buf.len();
+            buf.resize(len, 0);
+            while at < len {
+                match file.read_at(&mut buf[at..], start + at as u64) {
+                    Ok(0) => break,
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(at);
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+}
+
+/// Opens a blob for reading, without updating its access time when the process may
+/// (its own files), so that a read from the page cache never writes the inode.
+fn open_for_reading(path: &Path) -> std::io::Result<std::sync::Arc<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let noatime = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path);
+    let file = match noatime {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::File::open(path)?,
+        other => other?,
+    };
+    Ok(std::sync::Arc::new(file))
+}
+
+/// Whether the kernel answered `RWF_NOWAIT` reads in this process (cleared for good on
+/// `EOPNOTSUPP`/`ENOSYS`/`EINVAL`: older kernels and some file systems).
+static NOWAIT_READS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Copies bytes at `start` of `file` into `out` if the page cache holds them, never
+/// waiting for the disk: `Some(bytes copied)` (possibly fewer than asked, or 0), `None`
+/// when the kernel will not read without waiting.
+fn read_cached(
+    file: &std::fs::File,
+    start: u64,
+    out: &mut [std::mem::MaybeUninit<u8>],
+) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+    if !NOWAIT_READS.load(Ordering::Relaxed) || out.is_empty() {
+        return None;
+    }
+    let offset = libc::off_t::try_from(start).ok()?;
+    let iov = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: out.len(),
+    };
+    // SAFETY: `iov` describes `out`, writable for its length for the call's duration;
+    // the file descriptor is open for as long as `file` is borrowed.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    if n >= 0 {
+        return Some(n as usize);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => Some(0),
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {
+            NOWAIT_READS.store(false, Ordering::Relaxed);
+            None
+        }
+        _ => None,
     }
 }

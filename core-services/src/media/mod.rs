@@ -498,15 +498,15 @@ impl Target {
     /// Its bytes from `start` to `end` (exclusive), read in pieces: the next piece is
     /// read while the one before it is being sent ([`READ_AHEAD`] at a time).
     fn body(&self, blobs: &Arc<dyn BlobStore>, start: u64, end: u64) -> ByteStream {
-        let (blobs, key) = (blobs.clone(), self.key.clone());
+        let blob = blob::Piecewise::new(blobs, &self.key);
         let pieces = (start..end)
             .step_by(DOWNLOAD_PIECE)
             .map(move |at| (at, (end - at).min(DOWNLOAD_PIECE as u64) as usize));
         futures::stream::iter(pieces)
             .map(move |(at, want)| {
-                let (blobs, key) = (blobs.clone(), key.clone());
+                let blob = blob.clone();
                 async move {
-                    match blobs.read(key, at, want).await {
+                    match blob.read(at, want).await {
                         Ok(b) if b.len() == want => Ok(b),
                         // Shorter than its record says.
                         Ok(_) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
