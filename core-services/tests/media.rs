@@ -1155,6 +1155,82 @@ fn erasing_an_account_removes_all_its_media_whatever_uses_it() {
     });
 }
 
+/// A chunk's record is written without an fsync of its own (its bytes are durable
+/// first). A crash that loses the record only makes the chunk be sent again: the resume
+/// offset stops before it, completion waits for it, and the object completes whole.
+#[test]
+fn a_chunk_record_lost_in_a_crash_only_makes_the_chunk_be_sent_again() {
+    local(async {
+        let w = world().await;
+        // A noise photo of several chunks.
+        let img = image::RgbImage::from_fn(640, 480, |x, y| {
+            let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) as u8;
+            image::Rgb([v, v.rotate_left(3), v.rotate_left(5)])
+        });
+        let mut bytes = Vec::new();
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Jpeg,
+            )
+            .expect("jpeg");
+        assert!(bytes.len() > 2 * CHUNK as usize, "{} bytes", bytes.len());
+        let sha = Sha256::digest(&bytes);
+        let open = w
+            .media
+            .init(
+                ANA,
+                NewUpload {
+                    kind: Kind::Image,
+                    size: bytes.len() as u64,
+                    sha256: sha.to_vec(),
+                    alt_text: String::new(),
+                },
+            )
+            .await
+            .expect("init");
+        staged(&w.media, ANA, open.upload_id, &bytes).await;
+        let resumed = w.media.resume(ANA, open.upload_id).await.expect("resume");
+        assert_eq!(resumed.offset, bytes.len() as u64);
+        // The crash: the second chunk's record is gone, its bytes are not.
+        w.store
+            .delete(&t::CHUNKS, &tables::key(open.upload_id), &tables::key(1))
+            .await
+            .expect("lost");
+        let resumed = w.media.resume(ANA, open.upload_id).await.expect("resume");
+        assert_eq!(
+            resumed.offset,
+            u64::from(CHUNK),
+            "resumes at the lost chunk"
+        );
+        assert!(
+            matches!(
+                w.media.complete(ANA, open.upload_id, &sha).await,
+                Err(Error::InvalidArgument { .. })
+            ),
+            "not complete without it"
+        );
+        // The client sends from the offset again.
+        let again = &bytes[CHUNK as usize..];
+        for (i, piece) in again.chunks(CHUNK as usize).enumerate() {
+            let header = ChunkHeader {
+                upload_id: open.upload_id,
+                offset: u64::from(CHUNK) * (i as u64 + 1),
+                length: piece.len() as u32,
+                sha256: Sha256::digest(piece).to_vec(),
+            };
+            let body = futures::stream::iter([Ok(Bytes::copy_from_slice(piece))]).boxed_local();
+            w.media.chunk(ANA, header, body).await.expect("chunk again");
+        }
+        let done = w
+            .media
+            .complete(ANA, open.upload_id, &sha)
+            .await
+            .expect("complete");
+        assert_eq!(done.size, bytes.len() as u64);
+    });
+}
+
 /// Sends all of `bytes` as chunks of `upload_id` (not completed).
 async fn staged(media: &Media<S>, owner: u64, upload_id: u64, bytes: &[u8]) {
     for (i, piece) in bytes.chunks(CHUNK as usize).enumerate() {

@@ -39,6 +39,17 @@ impl Store for AnyStore {
         delegate!(self, s => s.put(table, partition, clustering, value, ttl))
     }
 
+    async fn put_unsynced(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        delegate!(self, s => s.put_unsynced(table, partition, clustering, value, ttl))
+    }
+
     async fn get(
         &self,
         table: &'static Table,

@@ -167,6 +167,12 @@ pub async fn point_operations<S: Store>(store: &S) -> Result {
         store.get(&ROWS, &p, &ck(2)).await?.as_deref(),
         Some(&b""[..])
     );
+    // An unsynced put is visible as soon as it is acknowledged.
+    store.put_unsynced(&ROWS, &p, &ck(3), b"tres", None).await?;
+    assert_eq!(
+        store.get(&ROWS, &p, &ck(3)).await?.as_deref(),
+        Some(&b"tres"[..])
+    );
     store.delete(&ROWS, &p, &ck(1)).await?;
     assert_eq!(store.get(&ROWS, &p, &ck(1)).await?, None);
     store.delete(&ROWS, &p, &ck(99)).await?;
@@ -706,7 +712,14 @@ where
 {
     let p = partition();
     for i in 0..50 {
-        first.put(&ROWS, &p, &ck(i), &i.to_be_bytes(), None).await?;
+        // Every other row unsynced: the synced writes after it make it durable too.
+        if i % 2 == 0 {
+            first.put(&ROWS, &p, &ck(i), &i.to_be_bytes(), None).await?;
+        } else {
+            first
+                .put_unsynced(&ROWS, &p, &ck(i), &i.to_be_bytes(), None)
+                .await?;
+        }
     }
     first
         .batch(&ROWS, &p, &[Mutation::Delete { clustering: ck(0) }])

@@ -12,7 +12,9 @@
 //! (`PersistMode::SyncAll`), and only then acknowledges every write of the group. A write
 //! is therefore acknowledged only when it is on disk, and concurrent writers share one
 //! `fsync`. A batch is one journal entry: after a crash it is either wholly there or
-//! wholly absent.
+//! wholly absent. The one exception is [`Store::put_unsynced`], acknowledged once
+//! applied (before its group's `fsync`, which still makes it durable in journal order):
+//! for rows whose loss only costs a retry.
 //!
 //! **Linearizability.** The single writer applies conditional writes and commits
 //! (`insert_if_absent`, `compare_and_set`, [`Commit`]s) and counter increments in queue
@@ -73,6 +75,8 @@ struct Inner {
 
 struct Command {
     op: WriteOp,
+    /// Acknowledged only after the group's fsync (`false`: once applied, before it).
+    synced: bool,
     reply: oneshot::Sender<Result<bool, StoreError>>,
 }
 
@@ -173,10 +177,14 @@ impl EmbeddedStore {
     }
 
     async fn submit(&self, op: WriteOp) -> Result<bool, StoreError> {
+        self.submit_with(op, true).await
+    }
+
+    async fn submit_with(&self, op: WriteOp, synced: bool) -> Result<bool, StoreError> {
         let (reply, rx) = oneshot::channel();
         let writer = self.inner.writer.as_ref().ok_or(StoreError::Closed)?;
         writer
-            .send(Command { op, reply })
+            .send(Command { op, synced, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -312,6 +320,17 @@ fn writer_loop(db: Database, mut rx: mpsc::Receiver<Command>, clock: Arc<dyn Clo
             }
         }
         flush(&mut combined, &db, &mut pending, &mut group);
+        // Unsynced writes are applied and visible: acknowledged before the fsync (which
+        // makes them durable with the rest, in journal order).
+        let mut i = 0;
+        while i < group.len() {
+            if group[i].0.synced {
+                i += 1;
+            } else {
+                let (cmd, result) = group.swap_remove(i);
+                let _ = cmd.reply.send(result);
+            }
+        }
         // One fsync for the whole group, then the acknowledgements.
         let persisted = db.persist(PersistMode::SyncAll);
         for (cmd, result) in group.drain(..) {
@@ -548,6 +567,25 @@ impl Store for EmbeddedStore {
         .map(|_| ())
     }
 
+    async fn put_unsynced(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        check_kind(table, TableKind::Rows)?;
+        check_key(partition, clustering)?;
+        let value = self.encode_value(table, value, ttl)?;
+        let keyspace = self.keyspace(table)?.clone();
+        let op = WriteOp::Batch {
+            keyspace,
+            items: vec![(row_key(partition, clustering), Some(value))],
+        };
+        self.submit_with(op, false).await.map(|_| ())
+    }
+
     async fn get(
         &self,
         table: &'static Table,
@@ -745,6 +783,7 @@ impl Store for EmbeddedStore {
         writer
             .send(Command {
                 op: WriteOp::Commit(Box::new(op)),
+                synced: true,
                 reply,
             })
             .await

@@ -660,6 +660,23 @@ pub trait Store {
         ttl: Option<Duration>,
     ) -> impl Future<Output = Result<(), StoreError>>;
 
+    /// [`Store::put`] of a row whose loss in a crash only costs a retry (an upload's
+    /// record of a chunk whose bytes are already durable: lost, the chunk is sent
+    /// again): acknowledged once applied and visible to reads, without waiting for the
+    /// backend's durability point. Like every write it is never torn, and it never
+    /// outlives a crash that loses a write acknowledged before it. Backends without a
+    /// cheaper path make it a plain `put`.
+    fn put_unsynced(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<(), StoreError>> {
+        self.put(table, partition, clustering, value, ttl)
+    }
+
     /// Reads one row's value.
     fn get(
         &self,

@@ -886,8 +886,12 @@ impl<S: Store + Clone + 'static> Media<S> {
             .staging
             .write_at(upload.upload_id, header.offset, bytes)
             .await?;
+        // The bytes are durable now; their record need not wait for a second fsync: lost
+        // in a crash, the chunk is missing from the resume offset and sent again (and
+        // `complete`'s own write makes the records durable before anything relies on
+        // them for good).
         self.store
-            .put(
+            .put_unsynced(
                 &t::CHUNKS,
                 &key(upload.upload_id),
                 &key(index),
