@@ -429,8 +429,12 @@ pub struct Delivery {
     encoder: RefCell<Encoder>,
     /// Events on their way to the bus, in order (fleet only; started on first use).
     outbox: RefCell<Option<mpsc::Sender<(Topic, Bytes)>>>,
-    /// [`Delivery::publish_soon`]'s events waiting in tasks for room in a mailbox: while
-    /// any do, later ones queue behind them (in order), never past them.
+    /// [`Delivery::publish_soon`]'s events waiting for room, per destination (an owner
+    /// shard's mailbox, or `None`: the bus), in publishing order, each queue drained by
+    /// one task: while one holds events, later ones for that destination queue behind
+    /// them, never past them.
+    pending: RefCell<HashMap<Option<ShardId>, VecDeque<(Topic, Bytes)>>>,
+    /// Events in `pending`, all destinations (tests, metrics).
     waiting: Cell<usize>,
 }
 
@@ -445,6 +449,7 @@ impl Delivery {
             next_subscriber: Cell::new(1),
             encoder: RefCell::new(Encoder::new(Limits::DEFAULT)),
             outbox: RefCell::new(None),
+            pending: RefCell::default(),
             waiting: Cell::new(0),
         }
     }
@@ -552,7 +557,7 @@ impl Delivery {
                 self.sequence(topic, None, verified);
                 return;
             }
-            if self.waiting.get() > 0 {
+            if self.pending.borrow().contains_key(&Some(owner)) {
                 return self.publish_later(topic, frame);
             }
             let job =
@@ -576,23 +581,51 @@ impl Delivery {
         self.publish_later(topic, frame);
     }
 
-    /// [`Delivery::publish`] in a task, counted in `waiting` until it is posted (tasks
-    /// start in spawn order and a mailbox's waiting senders are served in order).
+    /// Queues the event behind those waiting for its destination, and starts that
+    /// queue's one draining task if none runs. One task per destination, publishing in
+    /// turn, is what keeps the order: with a task per event, a task woken with a freed
+    /// slot from another thread could run after a newer one that found a slot free.
     fn publish_later(self: &Rc<Self>, topic: Topic, frame: Bytes) {
-        struct Waiting(Rc<Delivery>);
-        impl Drop for Waiting {
-            fn drop(&mut self) {
-                self.0.waiting.set(self.0.waiting.get().saturating_sub(1));
-            }
-        }
+        let dest = if self.plane.bus().is_some() {
+            None
+        } else {
+            Some(self.owner(topic))
+        };
         self.waiting.set(self.waiting.get() + 1);
-        let waiting = Waiting(self.clone());
-        tokio::task::spawn_local(async move {
-            if let Err(e) = waiting.0.publish(topic, frame).await {
+        let mut pending = self.pending.borrow_mut();
+        let queue = pending.entry(dest).or_default();
+        queue.push_back((topic, frame));
+        if queue.len() == 1 {
+            tokio::task::spawn_local(self.clone().drain_pending(dest));
+        }
+    }
+
+    /// Publishes `dest`'s waiting events in order ([`Delivery::publish`]: with waiting,
+    /// losses counted), each removed once handled; ends when the queue is empty.
+    async fn drain_pending(self: Rc<Self>, dest: Option<ShardId>) {
+        loop {
+            let next = self
+                .pending
+                .borrow()
+                .get(&dest)
+                .and_then(|q| q.front().cloned());
+            let Some((topic, frame)) = next else {
+                return;
+            };
+            if let Err(e) = self.publish(topic, frame).await {
                 tracing::debug!(error = %e, topic = %topic.name(), "event not published");
             }
-            drop(waiting);
-        });
+            self.waiting.set(self.waiting.get().saturating_sub(1));
+            let mut pending = self.pending.borrow_mut();
+            let Some(queue) = pending.get_mut(&dest) else {
+                return;
+            };
+            queue.pop_front();
+            if queue.is_empty() {
+                pending.remove(&dest);
+                return;
+            }
+        }
     }
 
     /// The ordered queue to the bus, and its task (started on first use).
