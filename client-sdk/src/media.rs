@@ -397,6 +397,11 @@ impl MediaApi<'_> {
             MediaOpT::DownloadHeader(h) => *h,
             _ => return Err(unexpected("DownloadHeader")),
         };
+        if end != 0 && header.length > end.saturating_sub(start) {
+            return Err(ClientError::Protocol(
+                "more bytes announced than asked".into(),
+            ));
+        }
         announced(&header, out);
         let mut left = header.length;
         for piece in dec.take_rest() {
@@ -432,8 +437,9 @@ impl MediaApi<'_> {
         end: u64,
     ) -> Result<(pm::DownloadHeaderT, Bytes), ClientError> {
         // Sized once from the announced length (bounded, as the length is the server's
-        // word): growing by doubling copied each byte about twice more and faulted in
-        // fresh pages each time, which on a phone is battery.
+        // word, and no more than the range asked): growing by doubling copied each byte
+        // about once more on average and faulted in fresh pages at each growth, which on
+        // a phone is battery.
         let mut buf = Vec::new();
         let header = self
             .download_into(media_id, rendition, start, end, &mut buf, |h, buf| {

@@ -175,6 +175,8 @@ fn main() -> anyhow::Result<()> {
             }
             let config = load(&cli, extra)?;
             init_logs(&config);
+            let files = raise_open_file_limit();
+            tracing::info!(open_files = files, "open file limit");
             // Storage: embedded by default, CQL when configured. The CQL driver's
             // connection tasks run on their own runtime, kept as long as the process.
             let mut storage_rt = None;
@@ -488,4 +490,29 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.stop_renewing();
     }
+}
+
+/// Raises the soft limit on open files to the hard one (often 1,024 against 524,288 or
+/// more): a node holds a socket per HTTPS client, a file per download in progress, the
+/// store's segment files. Returns the soft limit in force.
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: a valid rlimit, read from the kernel, with the soft limit at the hard.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    limit.rlim_cur
 }

@@ -9,8 +9,9 @@
 //! node's io_uring thread ([`super::uring`], `media.blob_io`); the store reports which in
 //! [`BlobStore::backend`] (`local-std` or `local-io_uring`). The one exception is a
 //! download's piece already in the page cache ([`Piecewise`]): the shard copies it with
-//! `preadv2(RWF_NOWAIT)`, which the kernel answers without waiting or not at all (then
-//! the piece is read on the blocking pool), saving two thread hand-offs per piece. Staged uploads are local to
+//! `preadv2(RWF_NOWAIT)`, which does not wait for the data (what the page cache lacks
+//! is read on the blocking pool, and so is the rest of that download), saving two
+//! thread hand-offs per piece. Staged uploads are local to
 //! the node that received them, so on a fleet an upload resumes on the same node only.
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -523,7 +524,9 @@ mod tests {
     }
 
     /// A download's pieces are the blob's bytes whether the page cache holds them (read
-    /// on the calling thread), holds none (the blocking pool) or holds part of a piece.
+    /// on the calling thread), holds none (the blocking pool) or holds part of a piece
+    /// (then the rest of the download goes to the blocking pool). Where the file system
+    /// refuses `RWF_NOWAIT` or ignores the eviction (tmpfs), only the bytes are checked.
     #[tokio::test]
     async fn a_download_reads_the_same_bytes_from_the_page_cache_or_the_disk() {
         use std::os::fd::AsRawFd;
@@ -538,43 +541,69 @@ mod tests {
             .expect("put");
         let path = store.local_file(key).expect("a local file");
         let file = std::fs::File::open(&path).expect("open");
-        let probe = |file: &std::fs::File| {
-            let mut out = vec![std::mem::MaybeUninit::uninit(); 4096];
+        let probe = |file: &std::fs::File, len: usize| {
+            let mut out = vec![std::mem::MaybeUninit::uninit(); len];
             read_cached(file, 0, &mut out)
+        };
+        let cold = |blob: &Piecewise| match &blob.source {
+            Source::File(open) => open.cold.get(),
+            Source::Store { .. } => panic!("a local blob is read from its file"),
         };
         let whole = |blob: Piecewise| async move {
             let mut got = Vec::new();
             loop {
                 let piece = blob.read(got.len() as u64, 256 * 1024).await.expect("read");
                 if piece.is_empty() {
-                    return got;
+                    return (got, cold(&blob));
                 }
                 got.extend_from_slice(&piece);
             }
         };
-        // Just written: in the page cache (this kernel answers RWF_NOWAIT reads).
-        assert_eq!(probe(&file), Some(4096));
-        assert!(whole(Piecewise::new(&store, key)).await == bytes, "cached");
-        // Dropped from the page cache (its pages are clean after the fsync).
-        let evict = || {
+        let advise = |advice| {
             // SAFETY: a plain advice call on an open descriptor.
-            let r =
-                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, advice) };
             assert_eq!(r, 0);
         };
-        evict();
-        assert!(matches!(probe(&file), Some(n) if n < 4096), "evicted");
-        assert!(
-            whole(Piecewise::new(&store, key)).await == bytes,
-            "from disk"
-        );
-        // Part of a piece cached: the rest is read on the blocking pool.
-        evict();
+        // Just written, so in the page cache.
+        let nowait = probe(&file, 4096) == Some(4096);
+        let (got, went_cold) = whole(Piecewise::new(&store, key)).await;
+        assert!(got == bytes, "cached");
+        if nowait {
+            // Every piece came from the page cache but the empty read at the end.
+            let blob = Piecewise::new(&store, key);
+            for at in (0..bytes.len() as u64).step_by(256 * 1024) {
+                blob.read(at, 256 * 1024).await.expect("read");
+                assert!(!cold(&blob) || at + 256 * 1024 >= bytes.len() as u64);
+            }
+        } else {
+            eprintln!("RWF_NOWAIT reads refused here: only the bytes are checked");
+            assert!(went_cold);
+        }
+        // Dropped from the page cache (its pages are clean after the fsync).
+        advise(libc::POSIX_FADV_DONTNEED);
+        let evicted = matches!(probe(&file, 4096), Some(n) if n < 4096);
+        let (got, went_cold) = whole(Piecewise::new(&store, key)).await;
+        assert!(got == bytes, "from disk");
+        if nowait && evicted {
+            assert!(
+                went_cold,
+                "the rest of the download went to the blocking pool"
+            );
+        }
+        // Part of the first piece cached (readahead off for this handle).
+        advise(libc::POSIX_FADV_DONTNEED);
+        advise(libc::POSIX_FADV_RANDOM);
         let mut head = vec![0; 10_000];
         file.read_exact_at(&mut head, 0).expect("head");
+        if nowait && evicted {
+            let cached = probe(&file, 1 << 20).expect("answered");
+            assert!((10_000..1 << 20).contains(&cached), "{cached} bytes cached");
+        }
         let blob = Piecewise::new(&store, key);
         let first = blob.read(0, 1 << 20).await.expect("first piece");
         assert!(first[..] == bytes[..1 << 20], "partly cached");
+        let second = blob.read(1 << 20, 1 << 20).await.expect("second piece");
+        assert!(second[..] == bytes[1 << 20..2 << 20], "after it");
         // The end, and a missing blob.
         let end = blob.read(bytes.len() as u64, 10).await.expect("at the end");
         assert!(end.is_empty());
@@ -624,10 +653,12 @@ mod tests {
 }
 
 /// A download's blob, opened once and read piece by piece: a local file is opened on the
-/// blocking pool at the first piece and kept open; each piece is first copied from the
-/// page cache on the caller's thread without blocking (`preadv2` with `RWF_NOWAIT`), and
-/// whatever the page cache did not hold is read on the blocking pool. Other stores read
-/// each piece by key.
+/// blocking pool at the first piece and kept open (up to [`MAX_OPEN_DOWNLOADS`] per
+/// process; past that, pieces are read by key as other stores do); each piece is first
+/// copied from the page cache on the caller's thread (`preadv2` with `RWF_NOWAIT`, which
+/// does not wait for the data), and what the page cache did not hold is read on the
+/// blocking pool, as is the rest of that download (a miss can start readahead on the
+/// calling thread, so a cold file is not probed again piece after piece).
 #[derive(Clone)]
 pub struct Piecewise {
     source: Source,
@@ -635,24 +666,61 @@ pub struct Piecewise {
 
 #[derive(Clone)]
 enum Source {
-    File {
-        path: PathBuf,
-        open: std::rc::Rc<tokio::sync::OnceCell<std::sync::Arc<std::fs::File>>>,
-    },
+    File(std::rc::Rc<OpenFile>),
     Store {
         blobs: std::sync::Arc<dyn BlobStore>,
         key: String,
     },
 }
 
+struct OpenFile {
+    path: PathBuf,
+    file: tokio::sync::OnceCell<std::sync::Arc<std::fs::File>>,
+    /// A piece was not wholly in the page cache: read the rest on the blocking pool.
+    cold: std::cell::Cell<bool>,
+    _slot: OpenSlot,
+}
+
+/// Downloads that may keep their blob's file open at once, per process (each holds one
+/// descriptor while it lasts, a stalled one too).
+pub const MAX_OPEN_DOWNLOADS: usize = 4096;
+
+static OPEN_DOWNLOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`MAX_OPEN_DOWNLOADS`], given back on drop.
+struct OpenSlot;
+
+impl OpenSlot {
+    fn take() -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let before = OPEN_DOWNLOADS.fetch_add(1, Ordering::Relaxed);
+        if before >= MAX_OPEN_DOWNLOADS {
+            OPEN_DOWNLOADS.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self)
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        OPEN_DOWNLOADS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Piecewise {
-    /// `key` of `blobs`, its file kept open when it has one.
+    /// `key` of `blobs`, its file kept open when it has one (and a slot is free).
     pub fn new(blobs: &std::sync::Arc<dyn BlobStore>, key: &str) -> Self {
-        let source = match blobs.local_file(key) {
-            Some(path) => Source::File {
+        let file = blobs.local_file(key).and_then(|path| {
+            OpenSlot::take().map(|slot| OpenFile {
                 path,
-                open: Default::default(),
-            },
+                file: Default::default(),
+                cold: Default::default(),
+                _slot: slot,
+            })
+        });
+        let source = match file {
+            Some(f) => Source::File(std::rc::Rc::new(f)),
             None => Source::Store {
                 blobs: blobs.clone(),
                 key: key.to_string(),
@@ -663,24 +731,30 @@ impl Piecewise {
 
     /// Up to `len` bytes from `start` (fewer at the end).
     pub async fn read(&self, start: u64, len: usize) -> Result<Bytes> {
-        let (path, open) = match &self.source {
+        let open = match &self.source {
             Source::Store { blobs, key } => return blobs.read(key.clone(), start, len).await,
-            Source::File { path, open } => (path, open),
+            Source::File(open) => open,
         };
         let file = open
+            .file
             .get_or_try_init(|| {
-                let path = path.clone();
+                let path = open.path.clone();
                 async move { blocking(move || open_for_reading(&path)).await }
             })
             .await?
             .clone();
         let mut buf = Vec::with_capacity(len);
-        if let Some(n) = read_cached(&file, start, &mut buf.spare_capacity_mut()[..len]) {
-            // SAFETY: `read_cached` initialised the first `n` bytes of the spare capacity.
-            unsafe { buf.set_len(n) };
-            if n == len {
-                return Ok(Bytes::from(buf));
+        if !open.cold.get() {
+            if let Some(n) = read_cached(&file, start, &mut buf.spare_capacity_mut()[..len]) {
+                debug_assert!(n <= len);
+                // SAFETY: `read_cached` initialised the first `n` bytes of the spare
+                // capacity (at most `len`, which the capacity holds).
+                unsafe { buf.set_len(n) };
+                if n == len {
+                    return Ok(Bytes::from(buf));
+                }
             }
+            open.cold.set(true);
         }
         blocking(move || {
             let mut at = buf.len();

@@ -433,10 +433,13 @@ pub struct Delivery {
     /// shard's mailbox, or `None`: the bus), in publishing order, each queue drained by
     /// one task: while one holds events, later ones for that destination queue behind
     /// them, never past them.
-    pending: RefCell<HashMap<Option<ShardId>, VecDeque<(Topic, Bytes)>>>,
+    pending: RefCell<HashMap<Option<ShardId>, Waiting>>,
     /// Events in `pending`, all destinations (tests, metrics).
     waiting: Cell<usize>,
 }
+
+/// Events waiting for one destination, oldest first.
+type Waiting = VecDeque<(Topic, Bytes)>;
 
 impl Delivery {
     /// The delivery plane of `shard` on `plane`.

@@ -159,6 +159,21 @@ impl SendHalf {
         }
     }
 
+    /// [`SendHalf::write_chunk`], `None` when the client has not made room for it within
+    /// `deadline` (a download to a client that stopped reading). No timer is armed when
+    /// the write completes at once.
+    pub(super) async fn write_chunk_within(
+        &mut self,
+        bytes: Bytes,
+        deadline: std::time::Duration,
+    ) -> Option<Result<(), LinkError>> {
+        let mut write = std::pin::pin!(self.write_chunk(bytes));
+        match futures::poll!(&mut write) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => Box::pin(tokio::time::timeout(deadline, write)).await.ok(),
+        }
+    }
+
     /// Ends the stream after what was written.
     pub(super) async fn finish(&mut self) {
         match self {

@@ -298,14 +298,28 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
             if send.write_chunk(download.header).await.is_err() {
                 return;
             }
+            // A client that stops reading is dropped after the idle timeout, with the
+            // download's open file and buffered pieces.
+            let stall = Duration::from_millis(shard.shared.config.limits.idle_timeout_ms);
             let mut body = download.body;
             while let Some(piece) = body.next().await {
                 match piece {
                     Ok(bytes) => {
                         sent += bytes.len() as u64;
-                        if send.write_chunk(bytes).await.is_err() {
-                            shard.hot.sent.inc_by(sent);
-                            return;
+                        match send.write_chunk_within(bytes, stall).await {
+                            Some(Ok(())) => {}
+                            Some(Err(_)) => {
+                                shard.hot.sent.inc_by(sent);
+                                return;
+                            }
+                            None => {
+                                debug!("download not read in time: abandoned");
+                                send.reset(state.code(ErrorCode::Timeout)).await;
+                                shard.count_protocol_error(ErrorCode::Timeout);
+                                shard.hot.sent.inc_by(sent);
+                                record(shard, label, ErrorCode::Timeout.label(), started);
+                                return;
+                            }
                         }
                     }
                     Err(e) => {
