@@ -1226,3 +1226,86 @@ async fn an_animated_gif_becomes_an_mp4_and_a_still_one_does_not() {
     assert!(!names.iter().any(|n| n == "mp4"), "{names:?}");
     assert!(names.iter().any(|n| n == "small"), "{names:?}");
 }
+
+/// A writer that never takes a byte: a client that stops reading its download.
+struct NeverWrites;
+
+impl tokio::io::AsyncWrite for NeverWrites {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Pending
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A download its client stops reading is abandoned once the idle timeout passes without
+/// room for its next piece (the stream reset, its open file and pieces let go), while
+/// the same connection stays served: a stalled download cannot pin the node's files.
+#[tokio::test]
+async fn a_download_its_client_stops_reading_is_abandoned_after_the_idle_timeout() {
+    let mut p = support::parts();
+    p.idle_timeout_ms = 2_000;
+    let node = support::start_parts(&p);
+    let anon = Client::connect(support::config(&node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    // Larger than the client's stream window (1 MiB), so the server blocks on it.
+    let photo = noise_png(1000);
+    assert!(photo.len() > 2 << 20, "{} bytes", photo.len());
+    let id = upload(&ana.client, MediaKind::Image, &photo)
+        .await
+        .expect("uploaded");
+    let timeouts = || async {
+        let body = reqwest::get(format!("http://{}/metrics", node.edge.ops_addr))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        body.lines()
+            .filter(|l| {
+                l.starts_with("selfie_edge_requests_total")
+                    && l.contains("service=\"media\"")
+                    && l.contains("code=\"Timeout\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    assert_eq!(timeouts().await, 0);
+    let media = ana.client.media();
+    let mut never = NeverWrites;
+    let stalled = media.download_to(id, "original", 0, 0, &mut never);
+    // Pings keep the connection busy meanwhile (and must keep being answered).
+    let keep_busy = async {
+        for _ in 0..24 {
+            ana.client.ping().await.expect("answered during the stall");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::select! {
+        r = stalled => panic!("a download into a writer that takes nothing ended: {r:?}"),
+        () = keep_busy => {}
+    }
+    assert_eq!(timeouts().await, 1, "the stalled download was abandoned");
+    // The connection still serves downloads.
+    let (_, original) = media
+        .download(id, "original", 0, 0)
+        .await
+        .expect("another download");
+    assert_eq!(original.as_ref(), photo.as_slice());
+}

@@ -47,6 +47,8 @@ pub struct Parts {
     pub media: selfie_services::media::MediaConfig,
     /// HTTPS (`[web]`) of the nodes: on a free loopback port.
     pub web: selfie_edge::config::WebConfig,
+    /// The nodes' `limits.idle_timeout_ms` (also how long an unread answer is kept).
+    pub idle_timeout_ms: u64,
     dir: Arc<tempfile::TempDir>,
 }
 
@@ -78,6 +80,7 @@ pub fn parts() -> Parts {
             listen: Some("127.0.0.1:0".parse().expect("addr")),
             ..Default::default()
         },
+        idle_timeout_ms: selfie_edge::config::LimitsConfig::default().idle_timeout_ms,
         dir: Arc::new(dir),
     }
 }
@@ -161,6 +164,7 @@ pub fn start_in_fleet(
     config.ops.listen = "127.0.0.1:0".parse().expect("addr");
     // HTTPS for signed media URLs.
     config.web = parts.web.clone();
+    config.limits.idle_timeout_ms = parts.idle_timeout_ms;
     let store = parts.store.clone();
     let mailer = parts.mailer.clone();
     // Distinct node numbers keep ids unique across the nodes of one store.
