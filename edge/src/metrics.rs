@@ -164,6 +164,29 @@ impl prometheus_client::collector::Collector for MediaCollector {
             info.metric_type(),
         )?;
         info.encode(m.encode_family(&labels)?)?;
+        let (cached, read, open) = selfie_services::media::blob::download_stats();
+        for (name, help, value) in [
+            (
+                "selfie_media_download_pieces_cached",
+                "Download pieces copied from the page cache on a shard (RWF_NOWAIT)",
+                cached,
+            ),
+            (
+                "selfie_media_download_pieces_read",
+                "Download pieces read from an open file on the blocking pool",
+                read,
+            ),
+        ] {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let open = ConstGauge::new(i64::try_from(open).unwrap_or(i64::MAX));
+        open.encode(encoder.encode_descriptor(
+            "selfie_media_download_files_open",
+            "Downloads holding their blob's file open",
+            None,
+            open.metric_type(),
+        )?)?;
         let Some(cache) = self.0.cache() else {
             return Ok(());
         };

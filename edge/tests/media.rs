@@ -1308,4 +1308,22 @@ async fn a_download_its_client_stops_reading_is_abandoned_after_the_idle_timeout
         .await
         .expect("another download");
     assert_eq!(original.as_ref(), photo.as_slice());
+    // The pieces were counted by where they came from (process-wide counters: other
+    // tests of this binary add theirs), and the open files are reported.
+    let body = reqwest::get(format!("http://{}/metrics", node.edge.ops_addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str| {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {body}"))
+    };
+    let pieces = value("selfie_media_download_pieces_cached_total")
+        + value("selfie_media_download_pieces_read_total");
+    assert!(pieces >= 4, "{pieces} pieces counted");
+    let _open = value("selfie_media_download_files_open ");
 }

@@ -687,6 +687,22 @@ pub const MAX_OPEN_DOWNLOADS: usize = 4096;
 
 static OPEN_DOWNLOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Download pieces copied from the page cache on the calling thread.
+static PIECES_CACHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Download pieces (or their uncached rest) read from an open file on the blocking pool.
+static PIECES_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How downloads read their pieces, this process: (copied from the page cache on a
+/// shard, read on the blocking pool, downloads holding their file open now).
+pub fn download_stats() -> (u64, u64, usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (
+        PIECES_CACHED.load(Relaxed),
+        PIECES_READ.load(Relaxed),
+        OPEN_DOWNLOADS.load(Relaxed),
+    )
+}
+
 /// One of the [`MAX_OPEN_DOWNLOADS`], given back on drop.
 struct OpenSlot;
 
@@ -751,11 +767,13 @@ impl Piecewise {
                 // capacity (at most `len`, which the capacity holds).
                 unsafe { buf.set_len(n) };
                 if n == len {
+                    PIECES_CACHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(Bytes::from(buf));
                 }
             }
             open.cold.set(true);
         }
+        PIECES_READ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         blocking(move || {
             let mut at = buf.len();
             buf.resize(len, 0);
