@@ -224,9 +224,12 @@ async fn world() -> World {
 }
 
 fn jpeg() -> Vec<u8> {
-    let img = image::RgbImage::from_fn(64, 48, |x, y| {
+    encode_jpeg(image::RgbImage::from_fn(64, 48, |x, y| {
         image::Rgb([(x * 3) as u8, (y * 5) as u8, 90])
-    });
+    }))
+}
+
+fn encode_jpeg(img: image::RgbImage) -> Vec<u8> {
     let mut out = Vec::new();
     image::DynamicImage::ImageRgb8(img)
         .write_to(
@@ -1163,17 +1166,10 @@ fn a_chunk_record_lost_in_a_crash_only_makes_the_chunk_be_sent_again() {
     local(async {
         let w = world().await;
         // A noise photo of several chunks.
-        let img = image::RgbImage::from_fn(640, 480, |x, y| {
+        let bytes = encode_jpeg(image::RgbImage::from_fn(640, 480, |x, y| {
             let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) as u8;
             image::Rgb([v, v.rotate_left(3), v.rotate_left(5)])
-        });
-        let mut bytes = Vec::new();
-        image::DynamicImage::ImageRgb8(img)
-            .write_to(
-                &mut std::io::Cursor::new(&mut bytes),
-                image::ImageFormat::Jpeg,
-            )
-            .expect("jpeg");
+        }));
         assert!(bytes.len() > 2 * CHUNK as usize, "{} bytes", bytes.len());
         let sha = Sha256::digest(&bytes);
         let open = w

@@ -190,6 +190,25 @@ impl EmbeddedStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// A checked, encoded put of one row (for [`Store::put`] and `put_unsynced`).
+    fn put_op(
+        &self,
+        table: &'static Table,
+        partition: &[u8],
+        clustering: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<WriteOp, StoreError> {
+        check_kind(table, TableKind::Rows)?;
+        check_key(partition, clustering)?;
+        let value = self.encode_value(table, value, ttl)?;
+        let keyspace = self.keyspace(table)?.clone();
+        Ok(WriteOp::Batch {
+            keyspace,
+            items: vec![(row_key(partition, clustering), Some(value))],
+        })
+    }
+
     fn encode_value(
         &self,
         table: &Table,
@@ -555,16 +574,8 @@ impl Store for EmbeddedStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        check_kind(table, TableKind::Rows)?;
-        check_key(partition, clustering)?;
-        let value = self.encode_value(table, value, ttl)?;
-        let keyspace = self.keyspace(table)?.clone();
-        self.submit(WriteOp::Batch {
-            keyspace,
-            items: vec![(row_key(partition, clustering), Some(value))],
-        })
-        .await
-        .map(|_| ())
+        let op = self.put_op(table, partition, clustering, value, ttl)?;
+        self.submit(op).await.map(|_| ())
     }
 
     async fn put_unsynced(
@@ -575,14 +586,7 @@ impl Store for EmbeddedStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        check_kind(table, TableKind::Rows)?;
-        check_key(partition, clustering)?;
-        let value = self.encode_value(table, value, ttl)?;
-        let keyspace = self.keyspace(table)?.clone();
-        let op = WriteOp::Batch {
-            keyspace,
-            items: vec![(row_key(partition, clustering), Some(value))],
-        };
+        let op = self.put_op(table, partition, clustering, value, ttl)?;
         self.submit_with(op, false).await.map(|_| ())
     }
 

@@ -541,8 +541,10 @@ impl Delivery {
 
     /// [`Delivery::publish`] for callers that do not wait for it: on one node the event
     /// is sequenced at once (owner here) or posted to the owner's mailbox when it has
-    /// room, with no task; otherwise (a full mailbox, a fleet's bus) a task publishes it
-    /// with waiting. Losses are counted and resync the topic's subscribers, as there.
+    /// room and nothing waits for it, with no task; otherwise (a full mailbox, events
+    /// already waiting, a fleet's bus) it queues behind its destination's waiting
+    /// events, which one task publishes in order, with waiting. Losses are counted and
+    /// resync the topic's subscribers, as there.
     pub fn publish_soon(self: &Rc<Self>, topic: Topic, frame: Bytes) {
         if self.plane.bus().is_none() {
             let Ok(verified) = Frame::verify(frame.clone(), &Limits::DEFAULT) else {
