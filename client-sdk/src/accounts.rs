@@ -8,6 +8,8 @@
 //! with the returned access token (or let `ReconnectingClient::set_access_token` do
 //! it).
 
+use std::time::Duration;
+
 use selfie_protocol::auth::{self as pa, AuthOpT};
 use selfie_protocol::common;
 use selfie_protocol::graph::{self as pg, GraphOpT};
@@ -268,6 +270,84 @@ impl GraphApi<'_> {
         let mut r = pg::BlockRequestT::default();
         r.target_id = user_id;
         self.call(GraphOpT::BlockRequest(Box::new(r))).await?;
+        Ok(())
+    }
+
+    /// Unblocks `user_id`.
+    pub async fn unblock(&self, user_id: u64) -> Result<(), ClientError> {
+        let mut r = pg::UnblockRequestT::default();
+        r.target_id = user_id;
+        self.call(GraphOpT::UnblockRequest(Box::new(r))).await?;
+        Ok(())
+    }
+
+    /// Mutes `user_id` (their posts and stories leave the caller's feeds and tray) for
+    /// `duration`, or until unmuted when `None`.
+    pub async fn mute(&self, user_id: u64, duration: Option<Duration>) -> Result<(), ClientError> {
+        let mut r = pg::MuteRequestT::default();
+        r.target_id = user_id;
+        r.duration_ms = duration.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.call(GraphOpT::MuteRequest(Box::new(r))).await?;
+        Ok(())
+    }
+
+    /// Unmutes `user_id`.
+    pub async fn unmute(&self, user_id: u64) -> Result<(), ClientError> {
+        let mut r = pg::UnmuteRequestT::default();
+        r.target_id = user_id;
+        self.call(GraphOpT::UnmuteRequest(Box::new(r))).await?;
+        Ok(())
+    }
+
+    /// Removes `follower_id` from the caller's followers.
+    pub async fn remove_follower(&self, follower_id: u64) -> Result<(), ClientError> {
+        let mut r = pg::RemoveFollowerRequestT::default();
+        r.follower_id = follower_id;
+        self.call(GraphOpT::RemoveFollowerRequest(Box::new(r)))
+            .await?;
+        Ok(())
+    }
+
+    /// One page of pending follow requests: to the caller (`Incoming`) or by it.
+    pub async fn follow_requests(
+        &self,
+        direction: pg::Direction,
+        limit: u16,
+        cursor: Option<Vec<u8>>,
+    ) -> Result<pg::UserListResponseT, ClientError> {
+        let mut r = pg::FollowRequestsListRequestT::default();
+        r.direction = direction;
+        r.page = page(limit, cursor);
+        self.user_list(GraphOpT::FollowRequestsListRequest(Box::new(r)))
+            .await
+    }
+
+    /// Approves `requester_id`'s request to follow the caller (a private account).
+    pub async fn approve(&self, requester_id: u64) -> Result<(), ClientError> {
+        let mut r = pg::FollowRequestApproveRequestT::default();
+        r.requester_id = requester_id;
+        self.call(GraphOpT::FollowRequestApproveRequest(Box::new(r)))
+            .await?;
+        Ok(())
+    }
+
+    /// Denies `requester_id`'s request to follow the caller.
+    pub async fn deny(&self, requester_id: u64) -> Result<(), ClientError> {
+        let mut r = pg::FollowRequestDenyRequestT::default();
+        r.requester_id = requester_id;
+        self.call(GraphOpT::FollowRequestDenyRequest(Box::new(r)))
+            .await?;
+        Ok(())
+    }
+
+    /// Adds `add` to and removes `remove` from the caller's close friends (who see
+    /// close-friends posts and stories).
+    pub async fn close_friends(&self, add: &[u64], remove: &[u64]) -> Result<(), ClientError> {
+        let mut r = pg::CloseFriendsUpdateRequestT::default();
+        r.add = (!add.is_empty()).then(|| add.to_vec());
+        r.remove = (!remove.is_empty()).then(|| remove.to_vec());
+        self.call(GraphOpT::CloseFriendsUpdateRequest(Box::new(r)))
+            .await?;
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! Home feeds through real edges and real SDK clients: a post reaches followers'
 //! timelines and their live `HomeFeed` subscriptions across shards, pushes are coalesced
 //! per reader, a resumed subscription says what arrived while away, and on a fleet (one
-//! store, real Redis) a post made on one node is pushed to a reader on another.
+//! store, real Redis) a post made on one node is pushed to a reader on another. Every
+//! test runs on both storage backends: `embedded::…` and `cql::…` (the real CQL server
+//! at `SELFIE_CQL_NODES`, started by `scripts/test`).
 
 mod support;
 
@@ -11,7 +13,12 @@ use selfie_client::feed::push_update;
 use selfie_client::{Client, Subscription};
 use selfie_protocol::feed::{FeedReason, FeedUpdateT};
 use selfie_protocol::graph::{FollowRequestT, GraphOpT};
-use support::{User, call, config, create_post, graph, sign_up};
+use support::{Backend, User, call, config, create_post, graph, sign_up};
+
+/// Fresh parts on `backend`, on the system clock.
+async fn parts(backend: Backend) -> support::Parts {
+    support::parts_on(backend, std::sync::Arc::new(selfie_storage::SystemClock)).await
+}
 
 async fn follow(u: &User, target: u64) {
     let mut r = FollowRequestT::default();
@@ -50,9 +57,8 @@ async fn next_update(s: &mut Subscription) -> FeedUpdateT {
     push_update(&frame).expect("a feed update")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn posts_reach_followers_feeds_live_and_coalesced() {
-    let mut parts = support::parts();
+async fn posts_reach_followers_feeds_live_and_coalesced(backend: Backend) {
+    let mut parts = parts(backend).await;
     parts.feed.push_interval = Duration::from_secs(3);
     let node = support::start_parts(&parts);
     let anon = Client::connect(config(&node, None)).await.expect("session");
@@ -186,11 +192,10 @@ async fn posts_reach_followers_feeds_live_and_coalesced() {
 
 /// Two edges of one fleet (one store, one signing key, one real `redis-server`): a post
 /// made on one node is pushed to a follower subscribed on the other.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_post_on_one_node_is_pushed_to_a_reader_on_another() {
+async fn a_post_on_one_node_is_pushed_to_a_reader_on_another(backend: Backend) {
     let redis = selfie_storage::redis::testing::RedisServer::start()
         .expect("redis-server must be installed");
-    let parts = support::parts();
+    let parts = parts(backend).await;
     let a = support::fleet_node(&parts, &redis.url);
     let b = support::fleet_node(&parts, &redis.url);
     let anon_a = Client::connect(config(&a.node, None))
@@ -217,14 +222,13 @@ async fn a_post_on_one_node_is_pushed_to_a_reader_on_another() {
 
 /// A story reaches the trays of followers on both shards live; the author sees views
 /// and reactions live; a reply arrives in the author's chat as a `StoryReply` message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stories_reach_trays_live_and_replies_arrive_in_chat() {
+async fn stories_reach_trays_live_and_replies_arrive_in_chat(backend: Backend) {
     use selfie_client::chat::push_event;
     use selfie_protocol::chat::{ChatEventKind, MessageKind};
     use selfie_protocol::common::Audience;
     use selfie_protocol::stories::StoryEventKind;
 
-    let node = support::start();
+    let node = support::start_parts(&parts(backend).await);
     let anon = Client::connect(config(&node, None)).await.expect("session");
     let ana = sign_up(&node, &anon, "ana").await;
     let mut readers = Vec::new();
@@ -316,12 +320,11 @@ async fn stories_reach_trays_live_and_replies_arrive_in_chat() {
 /// Notifications through real edges: a follow, a mention and reactions by users on other
 /// shards reach the recipient live, aggregated, with the unread count; mark-read clears
 /// it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notifications_arrive_live_and_aggregate() {
+async fn notifications_arrive_live_and_aggregate(backend: Backend) {
     use selfie_protocol::notifications::NotificationKind;
     use selfie_protocol::posts::{PostsOpT, ReactRequestT};
 
-    let node = support::start();
+    let node = support::start_parts(&parts(backend).await);
     let anon = Client::connect(config(&node, None)).await.expect("session");
     let ana = sign_up(&node, &anon, "ana").await;
     let mut fans = Vec::new();
@@ -434,13 +437,12 @@ async fn until_in_home(reader: &User, post_id: u64) {
 /// re-checked: a muting or blocked follower gets nothing, a close-friends post reaches
 /// only the close friend. Closing the tray subscription leaves the home feed's watch;
 /// when every subscription closes, the watches end after their linger (no topic left).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_authors_posts_and_stories_are_pushed_live() {
+async fn large_authors_posts_and_stories_are_pushed_live(backend: Backend) {
     use selfie_protocol::common::Audience;
     use selfie_protocol::graph::{CloseFriendsUpdateRequestT, MuteRequestT};
     use selfie_protocol::stories::StoryEventKind;
 
-    let mut parts = support::parts();
+    let mut parts = parts(backend).await;
     parts.feed.fanout_threshold = 2;
     parts.feed.large_refresh = Duration::ZERO;
     parts.feed.push_interval = Duration::from_millis(100);
@@ -594,11 +596,10 @@ async fn large_authors_posts_and_stories_are_pushed_live() {
 /// On a fleet (one store, real Redis), a large author's post made on one node is pushed
 /// to a connected follower on another: one activity event crosses the bus, and the
 /// follower's node re-checks and pushes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_authors_post_on_one_node_is_pushed_to_a_reader_on_another() {
+async fn a_large_authors_post_on_one_node_is_pushed_to_a_reader_on_another(backend: Backend) {
     let redis = selfie_storage::redis::testing::RedisServer::start()
         .expect("redis-server must be installed");
-    let mut parts = support::parts();
+    let mut parts = parts(backend).await;
     parts.feed.fanout_threshold = 0;
     parts.feed.large_refresh = Duration::ZERO;
     let a = support::fleet_node(&parts, &redis.url);
@@ -633,7 +634,7 @@ async fn next_update_past(s: &mut Subscription, warm: u64) -> FeedUpdateT {
 
 /// Rows in one partition of `table`.
 async fn rows_in(
-    store: &selfie_storage::embedded::EmbeddedStore,
+    store: &selfie_storage::any::AnyStore,
     table: &'static selfie_storage::Table,
     id: u64,
 ) -> usize {
@@ -653,14 +654,13 @@ async fn rows_in(
 /// Deleting an account erases what the feed, stories and notifications kept for it —
 /// home timeline, "not interested" marks, stories with their viewer lists, highlights,
 /// tray, inbox, push tokens — and deletes its posts, not only hides them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_accounts_feed_stories_and_notifications_are_erased() {
+async fn a_deleted_accounts_feed_stories_and_notifications_are_erased(backend: Backend) {
     use selfie_protocol::auth::{AccountDeleteRequestT, AuthOpT};
     use selfie_protocol::common::Audience;
     use selfie_protocol::notifications::PushPlatform;
     use selfie_services::tables::{feed, notifications, posts, stories};
 
-    let parts = support::parts();
+    let parts = parts(backend).await;
     let node = support::start_parts(&parts);
     let store = &parts.store;
     let anon = Client::connect(config(&node, None)).await.expect("session");
@@ -760,9 +760,8 @@ async fn a_deleted_accounts_feed_stories_and_notifications_are_erased() {
 /// Followers already connected when an account becomes large: the post that makes it
 /// large is fanned out to them as before, and their owner shards adopt the new large
 /// author by themselves (no page read), so the next post is pushed through the watch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn followers_connected_when_an_account_becomes_large_keep_getting_pushes() {
-    let mut parts = support::parts();
+async fn followers_connected_when_an_account_becomes_large_keep_getting_pushes(backend: Backend) {
+    let mut parts = parts(backend).await;
     parts.feed.fanout_threshold = 2;
     parts.feed.large_refresh = Duration::ZERO;
     parts.feed.adopt_every = Duration::from_millis(50);
@@ -817,9 +816,8 @@ async fn followers_connected_when_an_account_becomes_large_keep_getting_pushes()
 
 /// A connected reader who follows an account that is already large is told of its next
 /// post without reading a page first: the new follow edge starts the watch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_follow_of_a_large_account_is_pushed_live_without_a_page_read() {
-    let mut parts = support::parts();
+async fn a_new_follow_of_a_large_account_is_pushed_live_without_a_page_read(backend: Backend) {
+    let mut parts = parts(backend).await;
     parts.feed.fanout_threshold = 1;
     parts.feed.large_refresh = Duration::ZERO;
     parts.feed.push_interval = Duration::from_millis(50);
@@ -867,3 +865,37 @@ async fn a_new_follow_of_a_large_account_is_pushed_live_without_a_page_read() {
         .collect();
     assert_eq!(ids, vec![id, warm], "the push matches the page");
 }
+
+/// Each test above, on each storage backend (`embedded::…`, `cql::…`).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Embedded).await
+                }
+            )*
+        }
+        mod cql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Cql).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    posts_reach_followers_feeds_live_and_coalesced,
+    a_post_on_one_node_is_pushed_to_a_reader_on_another,
+    stories_reach_trays_live_and_replies_arrive_in_chat,
+    notifications_arrive_live_and_aggregate,
+    large_authors_posts_and_stories_are_pushed_live,
+    a_large_authors_post_on_one_node_is_pushed_to_a_reader_on_another,
+    a_deleted_accounts_feed_stories_and_notifications_are_erased,
+    followers_connected_when_an_account_becomes_large_keep_getting_pushes,
+    a_new_follow_of_a_large_account_is_pushed_live_without_a_page_read,
+);

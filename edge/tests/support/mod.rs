@@ -1,5 +1,6 @@
 //! Shared by the end-to-end tests: a real edge with every social service over a fresh
-//! embedded store, and requests written with the protocol's object API.
+//! store (embedded, or a keyspace of the real CQL server at `SELFIE_CQL_NODES`, started
+//! by `scripts/test`), and requests written with the protocol's object API.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::sync::Arc;
@@ -21,8 +22,9 @@ use selfie_services::auth::password::PasswordHasher;
 use selfie_services::auth::throttle::{LoginThrottle, ThrottleConfig};
 use selfie_services::auth::tokens::AccessTokens;
 use selfie_services::plane::{Delivery, Subscription, Topic};
-use selfie_storage::SystemClock;
+use selfie_storage::any::AnyStore;
 use selfie_storage::embedded::EmbeddedStore;
+use selfie_storage::{Clock, SystemClock};
 
 /// A running edge, its service plane and the directory of its store.
 pub struct Node {
@@ -35,7 +37,10 @@ pub struct Node {
 /// the signing key, like the nodes of a fleet.
 #[derive(Clone)]
 pub struct Parts {
-    pub store: EmbeddedStore,
+    pub store: AnyStore,
+    /// The services' clock (a [`ManualClock`] where a test moves time on; the embedded
+    /// store's TTLs follow it too).
+    pub clock: Arc<dyn Clock>,
     /// The signing key every node loads (each node has its own revocation set).
     pub secret_key: Vec<u8>,
     pub throttle: ThrottleConfig,
@@ -57,15 +62,89 @@ pub struct Parts {
 /// from 127.0.0.1 (the registration throttle is tested in core-services).
 pub fn parts() -> Parts {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(
+    let store = embedded(&dir, Arc::new(SystemClock));
+    parts_over(AnyStore::Embedded(store), Arc::new(SystemClock), dir)
+}
+
+/// A storage backend of the tests.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    /// fjall in a temporary directory.
+    Embedded,
+    /// A fresh keyspace on the real CQL server at `SELFIE_CQL_NODES` (dropped with the
+    /// store's last clone).
+    Cql,
+}
+
+/// [`parts`] over `backend`, with `clock` for the services (and the embedded store).
+pub async fn parts_on(backend: Backend, clock: Arc<dyn Clock>) -> Parts {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = match backend {
+        Backend::Embedded => AnyStore::Embedded(embedded(&dir, clock.clone())),
+        Backend::Cql => AnyStore::Cql(cql().await),
+    };
+    parts_over(store, clock, dir)
+}
+
+fn embedded(dir: &tempfile::TempDir, clock: Arc<dyn Clock>) -> EmbeddedStore {
+    EmbeddedStore::open(
         dir.path().join("storage"),
         &selfie_services::schema::tables(),
-        Arc::new(SystemClock),
+        clock,
     )
-    .expect("store");
+    .expect("store")
+}
+
+/// A store on a fresh keyspace of the CQL server at `SELFIE_CQL_NODES`.
+pub async fn cql() -> selfie_storage::cql::CqlStore {
+    let nodes = std::env::var("SELFIE_CQL_NODES").expect(
+        "SELFIE_CQL_NODES is not set: run the tests with scripts/test (it starts a CQL server)",
+    );
+    let config = selfie_storage::cql::CqlConfig::from_url(&format!(
+        "cql://{nodes}/edge_{:08x}",
+        rand::random::<u32>()
+    ))
+    .expect("url");
+    selfie_storage::cql::CqlStore::open(
+        &config,
+        selfie_services::schema::MIGRATIONS,
+        &selfie_services::schema::tables(),
+    )
+    .await
+    .expect("store")
+    .drop_keyspace_when_dropped(&config)
+}
+
+/// A clock that only moves when told, starting at the real time (so that access tokens,
+/// which keep the system clock, stay valid).
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock at the current time.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self(std::sync::atomic::AtomicU64::new(
+            SystemClock.now_ms(),
+        )))
+    }
+
+    /// Moves the clock on by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.0
+            .fetch_add(d.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn parts_over(store: AnyStore, clock: Arc<dyn Clock>, dir: tempfile::TempDir) -> Parts {
     let tokens = AccessTokens::generate("selfie-test", Duration::from_secs(900)).expect("key");
     Parts {
         store,
+        clock,
         secret_key: tokens.secret_key_bytes(),
         throttle: ThrottleConfig {
             max_lockout: Duration::from_secs(2),
@@ -185,7 +264,7 @@ pub fn start_in_fleet(
     .expect("media");
     let deps = selfie_services::Deps {
         store,
-        clock: Arc::new(SystemClock),
+        clock: parts.clock.clone(),
         node,
         tokens,
         hasher,
