@@ -414,6 +414,21 @@ impl PostsApi<'_> {
         Ok(())
     }
 
+    /// Reposts `post_id` to the caller's followers: the repost.
+    pub async fn repost(&self, post_id: u64) -> Result<pp::PostT, ClientError> {
+        let mut r = pp::RepostRequestT::default();
+        r.post_id = post_id;
+        self.post(PostsOpT::RepostRequest(Box::new(r))).await
+    }
+
+    /// Takes back the caller's repost of `post_id`.
+    pub async fn undo_repost(&self, post_id: u64) -> Result<(), ClientError> {
+        let mut r = pp::UndoRepostRequestT::default();
+        r.post_id = post_id;
+        self.call(PostsOpT::UndoRepostRequest(Box::new(r))).await?;
+        Ok(())
+    }
+
     /// One page of `user_id`'s posts, newest first.
     pub async fn by_user(
         &self,

@@ -866,6 +866,617 @@ async fn a_new_follow_of_a_large_account_is_pushed_live_without_a_page_read(back
     assert_eq!(ids, vec![id, warm], "the push matches the page");
 }
 
+/// The items of `reader`'s home feed as (text, reposted by), newest first, paged
+/// through in pages of `limit`.
+async fn home_items(reader: &User, limit: u16) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = reader
+            .client
+            .feed()
+            .home(limit, cursor)
+            .await
+            .expect("page");
+        out.extend(page.items.iter().flatten().map(|i| {
+            (
+                i.post
+                    .as_ref()
+                    .and_then(|p| p.text.clone())
+                    .unwrap_or_default(),
+                i.reposted_by.as_ref().and_then(|u| u.username.clone()),
+            )
+        }));
+        match page.page.and_then(|p| p.next_cursor) {
+            Some(next) if !next.is_empty() => cursor = Some(next),
+            _ => return out,
+        }
+    }
+}
+
+/// The texts of `reader`'s home feed, newest first.
+async fn home_texts(reader: &User) -> Vec<String> {
+    home_items(reader, 50)
+        .await
+        .into_iter()
+        .map(|(text, _)| text)
+        .collect()
+}
+
+/// Waits until `reader`'s home feed reads `expected`, newest first (the fan-out is
+/// asynchronous).
+async fn until_home(reader: &User, expected: &[&str]) {
+    let mut texts = Vec::new();
+    for _ in 0..200 {
+        texts = home_texts(reader).await;
+        if texts == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{}'s home feed reads {texts:?}, not {expected:?}",
+        reader.name
+    );
+}
+
+/// The texts of `user_id`'s posts on their profile feed as `reader` may read it (a
+/// refusal reads as nothing).
+async fn profile_texts(reader: &User, user_id: u64) -> Vec<String> {
+    match reader.client.feed().user(user_id, 50, None).await {
+        Ok(page) => page
+            .items
+            .iter()
+            .flatten()
+            .filter_map(|i| i.post.as_ref().and_then(|p| p.text.clone()))
+            .collect(),
+        Err(e) => {
+            assert!(e.code().is_some(), "a typed refusal: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// `reader`'s tray: (author, story ids), sorted.
+async fn tray(reader: &User) -> Vec<(u64, Vec<u64>)> {
+    let tray = reader.client.stories().tray(50, None).await.expect("tray");
+    let mut out: Vec<(u64, Vec<u64>)> = tray
+        .entries
+        .iter()
+        .flatten()
+        .map(|e| {
+            (
+                e.author.as_ref().map_or(0, |a| a.user_id),
+                e.stories.iter().flatten().map(|s| s.story_id).collect(),
+            )
+        })
+        .collect();
+    for (_, stories) in &mut out {
+        stories.sort();
+    }
+    out.sort();
+    out
+}
+
+/// Waits until `reader`'s tray reads `expected` (stories reach trays asynchronously).
+async fn until_tray(reader: &User, expected: &[(u64, Vec<u64>)]) {
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got = tray(reader).await;
+        if got == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{}'s tray reads {got:?}, not {expected:?}", reader.name);
+}
+
+/// The ids of `author`'s live stories that `reader` may see (a refusal reads as none).
+async fn stories_of(reader: &User, author: u64) -> Vec<u64> {
+    match reader.client.stories().of_user(author).await {
+        Ok(stories) => stories.iter().map(|s| s.story_id).collect(),
+        Err(e) => {
+            assert!(e.code().is_some(), "a typed refusal: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// `reader` may not read post `id`, and is not told that it exists.
+async fn assert_hidden(reader: &User, id: u64) {
+    let got = reader.client.posts().get(id).await;
+    assert_eq!(
+        got.as_ref().err().and_then(|e| e.code()),
+        Some(selfie_protocol::ErrorCode::NotFound),
+        "{} reads post {id}: {got:?}",
+        reader.name
+    );
+}
+
+/// Privacy and its propagation through real edges and SDK clients: a private account's
+/// posts and stories reach approved followers only; close-friends posts and stories
+/// reach close friends only; a mentioned-only post reaches the mentioned; direct reads
+/// (by id, profile feed, a user's stories) re-check the same rules; removing a close
+/// friend, muting, unfollowing, blocking and deleting take effect at once.
+async fn privacy_rules_hold_on_every_read_path(backend: Backend) {
+    use selfie_protocol::common::Audience;
+    use selfie_protocol::graph::{Direction, FollowState};
+
+    let node = support::start_parts(&parts(backend).await);
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    let dan = sign_up(&node, &anon, "dan").await;
+    let eve = sign_up(&node, &anon, "eve").await;
+    // Ben is private; Cat's request to follow him is approved, Dan's waits. Cat is Ana's
+    // close friend; Eve follows only Cat.
+    let mut private = selfie_protocol::users::UpdateProfileRequestT::default();
+    private.private = Some(true);
+    ben.client
+        .users()
+        .update_profile(private)
+        .await
+        .expect("private");
+    for (who, whom) in [(&cat, &ana), (&dan, &ana), (&eve, &cat)] {
+        let state = who.client.graph().follow(whom.id).await.expect("follow");
+        assert_eq!(state, FollowState::Following);
+    }
+    for who in [&cat, &dan] {
+        let state = who.client.graph().follow(ben.id).await.expect("follow");
+        assert_eq!(state, FollowState::Requested);
+    }
+    let incoming = ben
+        .client
+        .graph()
+        .follow_requests(Direction::Incoming, 10, None)
+        .await
+        .expect("requests");
+    let mut asking: Vec<u64> = incoming.users.iter().flatten().map(|u| u.user_id).collect();
+    asking.sort();
+    assert_eq!(asking, vec![cat.id, dan.id]);
+    ben.client.graph().approve(cat.id).await.expect("approved");
+    ana.client
+        .graph()
+        .close_friends(&[cat.id], &[])
+        .await
+        .expect("close friend");
+
+    let ana_public = post_to(&ana.client, "ana public", Audience::Public).await;
+    let ben_private = post_to(&ben.client, "ben private", Audience::Public).await;
+    let ana_cf = post_to(&ana.client, "ana close friends", Audience::CloseFriends).await;
+    let ana_followers = post_to(&ana.client, "ana followers", Audience::Followers).await;
+    let ana_mention = post_to(&ana.client, "ana to @eve only", Audience::MentionedOnly).await;
+    until_home(
+        &cat,
+        &[
+            "ana followers",
+            "ana close friends",
+            "ben private",
+            "ana public",
+        ],
+    )
+    .await;
+    until_home(&dan, &["ana followers", "ana public"]).await;
+    until_home(
+        &ana,
+        &[
+            "ana to @eve only",
+            "ana followers",
+            "ana close friends",
+            "ana public",
+        ],
+    )
+    .await;
+    // Eve follows neither: her home feed has nothing of Ana's, though she is mentioned.
+    assert!(home_texts(&eve).await.is_empty());
+    // Every direct read re-checks.
+    for (reader, id) in [
+        (&dan, ben_private),
+        (&eve, ben_private),
+        (&dan, ana_cf),
+        (&eve, ana_cf),
+        (&eve, ana_followers),
+        (&cat, ana_mention),
+        (&dan, ana_mention),
+    ] {
+        assert_hidden(reader, id).await;
+    }
+    let mentioned = eve
+        .client
+        .posts()
+        .get(ana_mention)
+        .await
+        .expect("mentioned");
+    assert_eq!(mentioned.text.as_deref(), Some("ana to @eve only"));
+    assert!(profile_texts(&dan, ben.id).await.is_empty());
+    assert_eq!(profile_texts(&cat, ben.id).await, vec!["ben private"]);
+    let eve_reads = profile_texts(&eve, ana.id).await;
+    assert!(
+        eve_reads.contains(&"ana public".to_string()),
+        "{eve_reads:?}"
+    );
+    assert!(
+        !eve_reads
+            .iter()
+            .any(|t| t == "ana followers" || t == "ana close friends"),
+        "{eve_reads:?}"
+    );
+    let dan_reads = profile_texts(&dan, ana.id).await;
+    assert!(!dan_reads.contains(&"ana close friends".to_string()));
+
+    // Stories: Ben's reach approved Cat only; Ana's close-friends story reaches Cat only.
+    let photo = support::photo(&ben.client).await;
+    let ben_story = ben
+        .client
+        .stories()
+        .create(photo, "private story", Audience::Followers, Some("b-1"))
+        .await
+        .expect("story")
+        .story_id;
+    let photo = support::photo(&ana.client).await;
+    let ana_cf_story = ana
+        .client
+        .stories()
+        .create(
+            photo,
+            "for close friends",
+            Audience::CloseFriends,
+            Some("a-1"),
+        )
+        .await
+        .expect("story")
+        .story_id;
+    let mut expected = vec![(ana.id, vec![ana_cf_story]), (ben.id, vec![ben_story])];
+    expected.sort();
+    until_tray(&cat, &expected).await;
+    assert!(tray(&dan).await.is_empty());
+    assert!(tray(&eve).await.is_empty());
+    assert!(stories_of(&dan, ben.id).await.is_empty());
+    assert!(stories_of(&dan, ana.id).await.is_empty());
+    assert!(stories_of(&eve, ana.id).await.is_empty());
+    assert_eq!(stories_of(&cat, ben.id).await, vec![ben_story]);
+    // Marking seen a story one may not see records nothing; reacting to it is refused as
+    // if it did not exist.
+    dan.client
+        .stories()
+        .seen(&[ben_story])
+        .await
+        .expect("accepted, ignored");
+    let viewers = ben
+        .client
+        .stories()
+        .viewers(ben_story, 10, None)
+        .await
+        .expect("viewers");
+    assert_eq!(viewers.total_count, 0);
+    let refused = dan.client.stories().react(ben_story, "👀").await;
+    assert_eq!(
+        refused.err().and_then(|e| e.code()),
+        Some(selfie_protocol::ErrorCode::NotFound)
+    );
+
+    // No longer a close friend: the post and the story are gone for Cat at once.
+    ana.client
+        .graph()
+        .close_friends(&[], &[cat.id])
+        .await
+        .expect("removed");
+    assert_eq!(
+        home_texts(&cat).await,
+        vec!["ana followers", "ben private", "ana public"]
+    );
+    assert_hidden(&cat, ana_cf).await;
+    assert_eq!(tray(&cat).await, vec![(ben.id, vec![ben_story])]);
+    assert!(stories_of(&cat, ana.id).await.is_empty());
+
+    // Mute hides, unmute shows again; unfollow hides.
+    dan.client.graph().mute(ana.id, None).await.expect("muted");
+    assert!(home_texts(&dan).await.is_empty());
+    dan.client.graph().unmute(ana.id).await.expect("unmuted");
+    assert_eq!(home_texts(&dan).await, vec!["ana followers", "ana public"]);
+    dan.client
+        .graph()
+        .unfollow(ana.id)
+        .await
+        .expect("unfollowed");
+    assert!(home_texts(&dan).await.is_empty());
+
+    // Ana blocks Cat: nothing of Ana's reaches Cat by any path, and Cat cannot follow
+    // her again.
+    ana.client.graph().block(cat.id).await.expect("blocked");
+    assert_eq!(home_texts(&cat).await, vec!["ben private"]);
+    assert_hidden(&cat, ana_public).await;
+    assert!(profile_texts(&cat, ana.id).await.is_empty());
+    assert!(stories_of(&cat, ana.id).await.is_empty());
+    assert!(cat.client.graph().follow(ana.id).await.is_err());
+    // Unblocking does not bring back the follow the block ended.
+    ana.client.graph().unblock(cat.id).await.expect("unblocked");
+    assert_eq!(home_texts(&cat).await, vec!["ben private"]);
+
+    // Deleting a post takes it out of every feed and every read.
+    ben.client
+        .posts()
+        .delete(ben_private)
+        .await
+        .expect("deleted");
+    assert!(home_texts(&cat).await.is_empty());
+    assert_hidden(&cat, ben_private).await;
+    assert!(profile_texts(&cat, ben.id).await.is_empty());
+    // Deleting a story takes it out of the tray.
+    ben.client
+        .stories()
+        .delete(ben_story)
+        .await
+        .expect("deleted");
+    assert!(tray(&cat).await.is_empty());
+}
+
+/// The error code of a refused call.
+fn code<T: std::fmt::Debug>(
+    r: Result<T, selfie_client::ClientError>,
+) -> Option<selfie_protocol::ErrorCode> {
+    match r {
+        Ok(v) => panic!("accepted: {v:?}"),
+        Err(e) => e.code(),
+    }
+}
+
+/// Stories through real edges on an injected clock (no waiting a day): a story vanishes
+/// from the tray, the author's stories, the viewer list and every action 24 hours after
+/// it was posted, on both backends; a highlight outlives it, for the author's followers
+/// only, until the author removes it.
+async fn stories_expire_everywhere_and_highlights_stay(backend: Backend) {
+    use selfie_protocol::ErrorCode;
+    use selfie_protocol::common::Audience;
+
+    let clock = support::ManualClock::new();
+    let node = support::start_parts(&support::parts_on(backend, clock.clone()).await);
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    let eve = sign_up(&node, &anon, "eve").await;
+    follow(&cat, ana.id).await;
+    follow(&ana, cat.id).await;
+    let photo = support::photo(&ana.client).await;
+    let s1 = ana
+        .client
+        .stories()
+        .create(photo, "first", Audience::Followers, Some("s-1"))
+        .await
+        .expect("story")
+        .story_id;
+    clock.advance(Duration::from_secs(2 * 3600));
+    let photo = support::photo(&ana.client).await;
+    let s2 = ana
+        .client
+        .stories()
+        .create(photo, "second", Audience::Followers, Some("s-2"))
+        .await
+        .expect("story")
+        .story_id;
+    until_tray(&cat, &[(ana.id, vec![s1, s2])]).await;
+    cat.client.stories().seen(&[s1, s2]).await.expect("seen");
+    ana.client
+        .stories()
+        .highlight(s1)
+        .await
+        .expect("highlighted");
+    assert_eq!(
+        code(cat.client.stories().highlight(s2).await),
+        Some(ErrorCode::NotFound),
+        "only the author highlights"
+    );
+    let viewers = ana
+        .client
+        .stories()
+        .viewers(s1, 10, None)
+        .await
+        .expect("viewers");
+    assert_eq!(viewers.total_count, 1);
+
+    // 25 hours after the first: it is gone everywhere; the second (23 hours) is not.
+    clock.advance(Duration::from_secs(23 * 3600));
+    assert_eq!(tray(&cat).await, vec![(ana.id, vec![s2])]);
+    assert_eq!(stories_of(&cat, ana.id).await, vec![s2]);
+    assert_eq!(stories_of(&ana, ana.id).await, vec![s2]);
+    assert_eq!(
+        code(ana.client.stories().viewers(s1, 10, None).await),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        code(cat.client.stories().react(s1, "😍").await),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        code(cat.client.stories().reply(s1, "late", "r-1").await),
+        Some(ErrorCode::NotFound)
+    );
+
+    // Two more hours: nothing is left but the highlight.
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert!(tray(&cat).await.is_empty());
+    assert!(stories_of(&cat, ana.id).await.is_empty());
+    assert!(stories_of(&ana, ana.id).await.is_empty());
+    assert_eq!(
+        code(ana.client.stories().viewers(s2, 10, None).await),
+        Some(ErrorCode::NotFound)
+    );
+    let kept = cat
+        .client
+        .stories()
+        .highlights(ana.id, 10, None)
+        .await
+        .expect("highlights");
+    let kept: Vec<u64> = kept.stories.iter().flatten().map(|s| s.story_id).collect();
+    assert_eq!(kept, vec![s1]);
+    // Eve does not follow Ana: a followers-only highlight is not hers to see.
+    let none = eve.client.stories().highlights(ana.id, 10, None).await;
+    assert!(none.map_or(true, |h| h.stories.unwrap_or_default().is_empty()));
+    ana.client
+        .stories()
+        .remove_highlight(s1)
+        .await
+        .expect("removed");
+    let none = ana
+        .client
+        .stories()
+        .highlights(ana.id, 10, None)
+        .await
+        .expect("highlights");
+    assert!(none.stories.unwrap_or_default().is_empty());
+}
+
+/// The same story told to a node that fans every author out and to one where Ana is a
+/// large account (merged into timelines at read time): through real edges, every
+/// reader's home feed reads the same, paged in pages of 1, 3 and 20.
+async fn hybrid_merge_reads_like_fan_out(backend: Backend) {
+    use selfie_protocol::common::Audience;
+
+    let fan_out = support::start_parts(&parts(backend).await);
+    let mut merged_parts = parts(backend).await;
+    merged_parts.feed.fanout_threshold = 2;
+    merged_parts.feed.large_refresh = Duration::ZERO;
+    let merged = support::start_parts(&merged_parts);
+    let mut worlds = Vec::new();
+    for node in [&fan_out, &merged] {
+        let anon = Client::connect(config(node, None)).await.expect("session");
+        let mut users = Vec::new();
+        for name in ["ana", "ben", "cat", "dan", "eve"] {
+            users.push(sign_up(node, &anon, name).await);
+        }
+        let [ana, ben, cat, dan, _eve] = &users[..] else {
+            unreachable!()
+        };
+        // Ana has three followers (a large account on the second node), Ben one.
+        for (x, y) in [(ben, ana), (cat, ana), (dan, ana), (cat, ben)] {
+            follow(x, y.id).await;
+        }
+        ana.client
+            .graph()
+            .close_friends(&[dan.id], &[])
+            .await
+            .expect("close friend");
+        let mut ana_posts = Vec::new();
+        for i in 0..7 {
+            ana_posts.push(post_to(&ana.client, &format!("ana {i}"), Audience::Public).await);
+            post_to(&ben.client, &format!("ben {i}"), Audience::Public).await;
+            if i % 3 == 0 {
+                post_to(&ana.client, &format!("ana cf {i}"), Audience::CloseFriends).await;
+            }
+        }
+        ana.client
+            .posts()
+            .delete(ana_posts[2])
+            .await
+            .expect("deleted");
+        // Ben reposts one of Ana's posts: Cat, who follows both, sees it once.
+        ben.client
+            .posts()
+            .repost(ana_posts[5])
+            .await
+            .expect("reposted");
+        post_to(&ben.client, "ben last", Audience::Public).await;
+        worlds.push((anon, users));
+    }
+    // The second node merges Ana, and only Ana, at read time.
+    let large = selfie_storage::Store::scan(
+        &merged_parts.store,
+        &selfie_services::tables::feed::LARGE_AUTHORS,
+        &selfie_services::tables::key(0),
+        &selfie_storage::Scan::all(10),
+    )
+    .await
+    .expect("scan");
+    assert_eq!(large.rows.len(), 1, "Ana alone is a large account");
+    // What each reader's feed holds once the fan-out is done (Ana's own included).
+    for (reader, count) in [(0, 9), (1, 14), (2, 14), (3, 9), (4, 0)] {
+        let user = &worlds[0].1[reader];
+        let mut items = Vec::new();
+        for _ in 0..200 {
+            items = home_items(user, 50).await;
+            if items.len() == count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(items.len(), count, "{}: {items:?}", user.name);
+        assert!(!items.iter().any(|(t, _)| t == "ana 2"));
+    }
+    for reader in 0..5 {
+        let expected = home_items(&worlds[0].1[reader], 50).await;
+        for limit in [1, 3, 20] {
+            let user = &worlds[1].1[reader];
+            let mut got = Vec::new();
+            for _ in 0..200 {
+                got = home_items(user, limit).await;
+                if got == expected {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(got, expected, "{}, pages of {limit}", user.name);
+            assert_eq!(home_items(&worlds[0].1[reader], limit).await, expected);
+        }
+    }
+}
+
+/// Posts arriving between pages through a real edge neither repeat nor skip anything;
+/// the newer cursor then brings exactly the new ones, oldest page first.
+async fn pages_neither_repeat_nor_skip_while_posts_arrive(backend: Backend) {
+    let node = support::start_parts(&parts(backend).await);
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    follow(&ben, ana.id).await;
+    let old: Vec<String> = (0..12).rev().map(|i| format!("old {i}")).collect();
+    for i in 0..12 {
+        create_post(&ana.client, &format!("old {i}")).await;
+    }
+    let old_refs: Vec<&str> = old.iter().map(String::as_str).collect();
+    until_home(&ben, &old_refs).await;
+    let first = ben.client.feed().home(5, None).await.expect("page");
+    let newer = first.newer_cursor.clone().expect("a newer cursor");
+    let texts = |page: &selfie_protocol::feed::FeedPageT| -> Vec<String> {
+        page.items
+            .iter()
+            .flatten()
+            .filter_map(|i| i.post.as_ref().and_then(|p| p.text.clone()))
+            .collect()
+    };
+    let next = |page: &selfie_protocol::feed::FeedPageT| {
+        page.page
+            .as_ref()
+            .and_then(|p| p.next_cursor.clone())
+            .filter(|c| !c.is_empty())
+    };
+    let mut seen = texts(&first);
+    let mut at = next(&first);
+    let mut n = 0;
+    let mut last_new = 0;
+    while let Some(cursor) = at {
+        last_new = create_post(&ana.client, &format!("new {n}")).await;
+        n += 1;
+        let page = ben.client.feed().home(5, Some(cursor)).await.expect("page");
+        seen.extend(texts(&page));
+        at = next(&page);
+    }
+    assert_eq!(seen, old);
+    assert!(n >= 2);
+    until_in_home(&ben, last_new).await;
+    let mut fresh = Vec::new();
+    let mut at = Some(newer);
+    while let Some(cursor) = at {
+        let page = ben.client.feed().home(2, Some(cursor)).await.expect("page");
+        let mut t = texts(&page);
+        t.reverse();
+        fresh.extend(t);
+        at = next(&page);
+    }
+    let expected: Vec<String> = (0..n).map(|i| format!("new {i}")).collect();
+    assert_eq!(fresh, expected);
+}
+
 /// Each test above, on each storage backend (`embedded::…`, `cql::…`).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -898,4 +1509,8 @@ on_both_backends!(
     a_deleted_accounts_feed_stories_and_notifications_are_erased,
     followers_connected_when_an_account_becomes_large_keep_getting_pushes,
     a_new_follow_of_a_large_account_is_pushed_live_without_a_page_read,
+    privacy_rules_hold_on_every_read_path,
+    stories_expire_everywhere_and_highlights_stay,
+    hybrid_merge_reads_like_fan_out,
+    pages_neither_repeat_nor_skip_while_posts_arrive,
 );
