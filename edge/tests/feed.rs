@@ -1,9 +1,12 @@
-//! Home feeds through real edges and real SDK clients: a post reaches followers'
-//! timelines and their live `HomeFeed` subscriptions across shards, pushes are coalesced
-//! per reader, a resumed subscription says what arrived while away, and on a fleet (one
-//! store, real Redis) a post made on one node is pushed to a reader on another. Every
-//! test runs on both storage backends: `embedded::…` and `cql::…` (the real CQL server
-//! at `SELFIE_CQL_NODES`, started by `scripts/test`).
+//! Feeds, stories and notifications through real edges and real SDK clients: a post
+//! reaches followers' timelines and their live `HomeFeed` subscriptions across shards,
+//! pushes are coalesced per reader, a resumed subscription says what arrived while away;
+//! privacy holds on every read path and its changes propagate at once; a large author
+//! merged at read time reads like one fanned out; pages neither repeat nor skip; stories
+//! expire on an injected clock while highlights stay; and on a fleet (one store, real
+//! Redis) posts, stories and notifications made on one node are pushed to users on
+//! another. Every test runs on both storage backends: `embedded::…` and `cql::…` (the
+//! real CQL server at `SELFIE_CQL_NODES`, started by `scripts/test`).
 
 mod support;
 
@@ -1477,6 +1480,78 @@ async fn pages_neither_repeat_nor_skip_while_posts_arrive(backend: Backend) {
     assert_eq!(fresh, expected);
 }
 
+/// On a fleet (one store, real Redis), a story posted on one node reaches the tray
+/// subscription of a follower connected to another, and that follower's view, reaction
+/// and follow-back reach the author's story and notification subscriptions on the first.
+async fn stories_and_notifications_are_pushed_across_nodes(backend: Backend) {
+    use selfie_protocol::common::Audience;
+    use selfie_protocol::notifications::NotificationKind;
+    use selfie_protocol::stories::StoryEventKind;
+
+    let redis = selfie_storage::redis::testing::RedisServer::start()
+        .expect("redis-server must be installed");
+    let parts = parts(backend).await;
+    let a = support::fleet_node(&parts, &redis.url);
+    let b = support::fleet_node(&parts, &redis.url);
+    let anon_a = Client::connect(config(&a.node, None))
+        .await
+        .expect("session");
+    let anon_b = Client::connect(config(&b.node, None))
+        .await
+        .expect("session");
+    let ana = sign_up(&a.node, &anon_a, "ana").await;
+    let ben = sign_up(&b.node, &anon_b, "ben").await;
+    let mut ana_notes = ana
+        .client
+        .notifications()
+        .subscribe()
+        .await
+        .expect("subscribed");
+    let mut ana_stories = ana.client.stories().subscribe().await.expect("subscribed");
+    follow(&ben, ana.id).await;
+    let e = next_notification(&mut ana_notes).await;
+    let n = e.notification.expect("notification");
+    assert_eq!(
+        (n.kind, n.actor.map(|u| u.user_id)),
+        (NotificationKind::Follow, Some(ben.id))
+    );
+    let mut ben_tray = ben.client.stories().subscribe().await.expect("subscribed");
+    let photo = support::photo(&ana.client).await;
+    let story = ana
+        .client
+        .stories()
+        .create(photo, "from node a", Audience::Followers, Some("s-1"))
+        .await
+        .expect("story")
+        .story_id;
+    let u = next_story(&mut ben_tray).await;
+    assert_eq!(
+        (u.kind, u.author_id, u.story_id),
+        (StoryEventKind::Created, ana.id, story)
+    );
+    ben.client.stories().seen(&[story]).await.expect("seen");
+    let u = next_story(&mut ana_stories).await;
+    assert_eq!(
+        (u.kind, u.actor.map(|a| a.user_id)),
+        (StoryEventKind::Viewed, Some(ben.id))
+    );
+    ben.client
+        .stories()
+        .react(story, "😍")
+        .await
+        .expect("reacted");
+    assert_eq!(
+        next_story(&mut ana_stories).await.kind,
+        StoryEventKind::Reacted
+    );
+    let e = next_notification(&mut ana_notes).await;
+    assert_eq!(
+        e.notification.map(|n| (n.kind, n.target_id)),
+        Some((NotificationKind::StoryReaction, story))
+    );
+    assert_eq!(e.unread_notifications, 2);
+}
+
 /// Each test above, on each storage backend (`embedded::…`, `cql::…`).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -1513,4 +1588,5 @@ on_both_backends!(
     stories_expire_everywhere_and_highlights_stay,
     hybrid_merge_reads_like_fan_out,
     pages_neither_repeat_nor_skip_while_posts_arrive,
+    stories_and_notifications_are_pushed_across_nodes,
 );
