@@ -117,6 +117,11 @@ pub struct FeedConfig {
     pub max_consecutive: usize,
     /// "For you": the age, in seconds, at which a post's recency score halves.
     pub half_life_s: u64,
+    /// "For you": weight of the reader's affinity with the author, within 0..=100 (0:
+    /// affinity does not count).
+    pub affinity_weight: f64,
+    /// "For you": weight of the post's engagement, within 0..=100.
+    pub engagement_weight: f64,
 }
 
 impl Default for FeedConfig {
@@ -128,6 +133,8 @@ impl Default for FeedConfig {
             home_max: d.home_max,
             max_consecutive: d.max_consecutive,
             half_life_s: d.half_life.as_secs(),
+            affinity_weight: d.affinity_weight,
+            engagement_weight: d.engagement_weight,
         }
     }
 }
@@ -141,6 +148,8 @@ impl FeedConfig {
             home_max: self.home_max.clamp(1, 100_000),
             max_consecutive: self.max_consecutive.max(1),
             half_life: std::time::Duration::from_secs(self.half_life_s.max(60)),
+            affinity_weight: self.affinity_weight,
+            engagement_weight: self.engagement_weight,
             ..Default::default()
         }
     }
@@ -623,6 +632,14 @@ impl Config {
                 "delivery.subscriber_queue must be within 1..=65536 and delivery.publish_wait_ms at most 60000".into(),
             ));
         }
+        if ![self.feed.affinity_weight, self.feed.engagement_weight]
+            .iter()
+            .all(|w| (0.0..=100.0).contains(w))
+        {
+            return Err(bad(
+                "feed.affinity_weight and feed.engagement_weight must be within 0..=100".into(),
+            ));
+        }
         self.media.validate().map_err(bad)?;
         if self.storage.media_cache_bytes < selfie_services::media::cache::MIN_CAPACITY {
             return Err(bad(format!(
@@ -794,6 +811,18 @@ mod tests {
         assert!(load(None, env(&[]), &["storage.backend=cql".into()]).is_err());
         assert!(load(None, env(&[]), &["log.format=xml".into()]).is_err());
         assert!(load(None, env(&[]), &["tls.cert=/x.pem".into()]).is_err());
+        for weight in ["-1.0", "101.0", "nan", "inf"] {
+            let set = format!("feed.engagement_weight={weight}");
+            assert!(load(None, env(&[]), &[set]).is_err(), "{weight}");
+        }
+        let c = load(
+            None,
+            env(&[("SELFIE_FEED_AFFINITY_WEIGHT", "2.5")]),
+            &["feed.engagement_weight=0".into()],
+        )
+        .expect("weights");
+        let s = c.feed.settings();
+        assert_eq!((s.affinity_weight, s.engagement_weight), (2.5, 0.0));
     }
 
     #[test]

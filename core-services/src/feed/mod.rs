@@ -132,6 +132,10 @@ pub struct FeedConfig {
     pub max_consecutive: usize,
     /// "For you": the age at which a post's recency halves.
     pub half_life: Duration,
+    /// "For you": weight of the reader's affinity with the author (see [`Formula`]).
+    pub affinity_weight: f64,
+    /// "For you": weight of the post's engagement (see [`Formula`]).
+    pub engagement_weight: f64,
 }
 
 impl Default for FeedConfig {
@@ -145,6 +149,8 @@ impl Default for FeedConfig {
             adopt_every: Duration::from_secs(30),
             max_consecutive: 2,
             half_life: Formula::default().half_life,
+            affinity_weight: Formula::default().affinity_weight,
+            engagement_weight: Formula::default().engagement_weight,
         }
     }
 }
@@ -422,7 +428,8 @@ impl<S: Store + Clone + 'static> Feed<S> {
             limits: Default::default(),
             scorer: Rc::new(Formula {
                 half_life: config.half_life,
-                ..Formula::default()
+                affinity_weight: config.affinity_weight,
+                engagement_weight: config.engagement_weight,
             }),
             lists: None,
             watches: Default::default(),

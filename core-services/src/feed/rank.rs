@@ -358,6 +358,30 @@ mod tests {
     }
 
     #[test]
+    fn the_weights_set_what_affinity_and_engagement_count_for() {
+        let plain = Formula {
+            affinity_weight: 0.0,
+            engagement_weight: 0.0,
+            ..Formula::default()
+        };
+        // Weighted zero: only recency counts.
+        assert_eq!(plain.score(&c(1, 50, 0)), plain.score(&c(1, 0, 100)));
+        // A heavier weight makes the same affinity count for more.
+        let friends = Formula {
+            affinity_weight: 4.0,
+            ..Formula::default()
+        };
+        let gain = |f: &Formula| f.score(&c(1, 10, 0)) / f.score(&c(1, 0, 0));
+        assert!(gain(&friends) > gain(&Formula::default()));
+        let viral = Formula {
+            engagement_weight: 4.0,
+            ..Formula::default()
+        };
+        let gain = |f: &Formula| f.score(&c(1, 0, 100)) / f.score(&c(1, 0, 0));
+        assert!(gain(&viral) > gain(&Formula::default()));
+    }
+
+    #[test]
     fn diversity_breaks_long_runs_of_one_author() {
         let ranked = vec![1, 1, 1, 1, 2, 3, 1];
         assert_eq!(diversify(ranked, |a| *a, 2), vec![1, 1, 2, 1, 1, 3, 1]);
