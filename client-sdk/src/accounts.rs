@@ -414,6 +414,47 @@ impl PostsApi<'_> {
         Ok(())
     }
 
+    /// Reacts with `emoji` to a post or a comment (replacing the caller's earlier
+    /// reaction to it).
+    pub async fn react(
+        &self,
+        target_kind: common::ObjectKind,
+        target_id: u64,
+        emoji: &str,
+    ) -> Result<(), ClientError> {
+        let mut r = pp::ReactRequestT::default();
+        r.target_kind = target_kind;
+        r.target_id = target_id;
+        r.emoji = Some(emoji.to_string());
+        self.call(PostsOpT::ReactRequest(Box::new(r))).await?;
+        Ok(())
+    }
+
+    /// Comments on `post_id`, in reply to comment `parent_id` when given;
+    /// `idempotency_key` makes a retry comment once.
+    pub async fn comment(
+        &self,
+        post_id: u64,
+        parent_id: Option<u64>,
+        text: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<pp::CommentT, ClientError> {
+        let mut r = pp::CreateCommentRequestT::default();
+        r.post_id = post_id;
+        r.parent_id = parent_id.unwrap_or(0);
+        r.text = Some(text.to_string());
+        r.idempotency_key = idempotency_key.map(str::to_string);
+        match self
+            .call(PostsOpT::CreateCommentRequest(Box::new(r)))
+            .await?
+        {
+            PostsOpT::CommentResponse(c) => {
+                c.comment.map(|c| *c).ok_or_else(|| unexpected("comment"))
+            }
+            _ => Err(unexpected("CommentResponse")),
+        }
+    }
+
     /// Reposts `post_id` to the caller's followers: the repost.
     pub async fn repost(&self, post_id: u64) -> Result<pp::PostT, ClientError> {
         let mut r = pp::RepostRequestT::default();

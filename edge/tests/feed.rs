@@ -1552,6 +1552,146 @@ async fn stories_and_notifications_are_pushed_across_nodes(backend: Backend) {
     assert_eq!(e.unread_notifications, 2);
 }
 
+/// `user`'s notifications as (kind, actors, target), sorted (waiting out the read rate
+/// limit, which a polling test reaches).
+async fn inbox(user: &User) -> Vec<(u8, u32, u64)> {
+    let page = loop {
+        match user.client.notifications().list(false, 50, None).await {
+            Ok(page) => break page,
+            Err(e) if e.code() == Some(selfie_protocol::ErrorCode::RateLimited) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("page: {e}"),
+        }
+    };
+    let mut out: Vec<(u8, u32, u64)> = page
+        .notifications
+        .iter()
+        .flatten()
+        .map(|n| (n.kind.0, n.actors_count, n.target_id))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until `user`'s notifications are `expected` (they are written asynchronously).
+async fn until_inbox(
+    user: &User,
+    expected: &[(selfie_protocol::notifications::NotificationKind, u32, u64)],
+) {
+    let mut expected: Vec<(u8, u32, u64)> =
+        expected.iter().map(|(k, n, t)| (k.0, *n, *t)).collect();
+    expected.sort();
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got = inbox(user).await;
+        if got == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{}'s notifications are {got:?}, not {expected:?}",
+        user.name
+    );
+}
+
+/// Every kind of in-app notification through real edges, each to its recipient alone:
+/// follows, follow requests and approvals, reactions, comments (aggregated per post),
+/// replies, reposts, quotes, mentions in posts and in stories.
+async fn every_kind_of_notification_reaches_its_recipient(backend: Backend) {
+    use selfie_protocol::common::{Audience, ObjectKind};
+    use selfie_protocol::graph::FollowState;
+    use selfie_protocol::notifications::NotificationKind as Kind;
+
+    let node = support::start_parts(&parts(backend).await);
+    let anon = Client::connect(config(&node, None)).await.expect("session");
+    let ana = sign_up(&node, &anon, "ana").await;
+    let ben = sign_up(&node, &anon, "ben").await;
+    let cat = sign_up(&node, &anon, "cat").await;
+    let dan = sign_up(&node, &anon, "dan").await;
+    let mut private = selfie_protocol::users::UpdateProfileRequestT::default();
+    private.private = Some(true);
+    dan.client
+        .users()
+        .update_profile(private)
+        .await
+        .expect("private");
+
+    follow(&ben, ana.id).await;
+    let state = ben.client.graph().follow(dan.id).await.expect("asked");
+    assert_eq!(state, FollowState::Requested);
+    until_inbox(&dan, &[(Kind::FollowRequest, 1, 0)]).await;
+    dan.client.graph().approve(ben.id).await.expect("approved");
+
+    let post = create_post(&ana.client, "hello").await;
+    ben.client
+        .posts()
+        .react(ObjectKind::Post, post, "🔥")
+        .await
+        .expect("reacted");
+    let comment = ben
+        .client
+        .posts()
+        .comment(post, None, "nice", Some("c-1"))
+        .await
+        .expect("commented");
+    cat.client
+        .posts()
+        .comment(post, Some(comment.comment_id), "agreed", Some("c-2"))
+        .await
+        .expect("replied");
+    cat.client.posts().repost(post).await.expect("reposted");
+    let mut quote = selfie_protocol::posts::CreatePostRequestT::default();
+    quote.text = Some("look at this".into());
+    quote.audience = Audience::Public;
+    quote.quote_of = post;
+    cat.client.posts().create(quote).await.expect("quoted");
+    let mention = create_post(&ben.client, "hi @ana").await;
+    let photo = support::photo(&cat.client).await;
+    let mut story = selfie_protocol::stories::CreateStoryRequestT::default();
+    story.media_id = photo;
+    story.audience = Audience::Public;
+    story.mentions = Some(vec![ana.id]);
+    let story = match cat
+        .client
+        .stories()
+        .call(selfie_protocol::stories::StoriesOpT::CreateStoryRequest(
+            Box::new(story),
+        ))
+        .await
+        .expect("story")
+    {
+        selfie_protocol::stories::StoriesOpT::StoryResponse(s) => s.story.expect("story").story_id,
+        other => panic!("not a story: {other:?}"),
+    };
+
+    until_inbox(
+        &ana,
+        &[
+            (Kind::Follow, 1, 0),
+            (Kind::Reaction, 1, post),
+            (Kind::Comment, 2, post),
+            (Kind::Repost, 1, post),
+            // Quotes are told of (and aggregated) on the quoted post.
+            (Kind::Quote, 1, post),
+            (Kind::Mention, 1, mention),
+            (Kind::StoryMention, 1, story),
+        ],
+    )
+    .await;
+    until_inbox(
+        &ben,
+        &[
+            (Kind::FollowAccepted, 1, 0),
+            (Kind::Reply, 1, comment.comment_id),
+        ],
+    )
+    .await;
+    until_inbox(&dan, &[(Kind::FollowRequest, 1, 0)]).await;
+    assert!(inbox(&cat).await.is_empty());
+}
+
 /// Each test above, on each storage backend (`embedded::…`, `cql::…`).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -1589,4 +1729,5 @@ on_both_backends!(
     hybrid_merge_reads_like_fan_out,
     pages_neither_repeat_nor_skip_while_posts_arrive,
     stories_and_notifications_are_pushed_across_nodes,
+    every_kind_of_notification_reaches_its_recipient,
 );
