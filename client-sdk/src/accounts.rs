@@ -286,7 +286,10 @@ impl GraphApi<'_> {
     pub async fn mute(&self, user_id: u64, duration: Option<Duration>) -> Result<(), ClientError> {
         let mut r = pg::MuteRequestT::default();
         r.target_id = user_id;
-        r.duration_ms = duration.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // 0 on the wire means "until unmuted": a timed mute is at least 1 ms.
+        r.duration_ms = duration.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
         self.call(GraphOpT::MuteRequest(Box::new(r))).await?;
         Ok(())
     }
@@ -414,17 +417,11 @@ impl PostsApi<'_> {
         Ok(())
     }
 
-    /// Reacts with `emoji` to a post or a comment (replacing the caller's earlier
-    /// reaction to it).
-    pub async fn react(
-        &self,
-        target_kind: common::ObjectKind,
-        target_id: u64,
-        emoji: &str,
-    ) -> Result<(), ClientError> {
+    /// Reacts with `emoji` to `post_id` (replacing the caller's earlier reaction to it).
+    pub async fn react(&self, post_id: u64, emoji: &str) -> Result<(), ClientError> {
         let mut r = pp::ReactRequestT::default();
-        r.target_kind = target_kind;
-        r.target_id = target_id;
+        r.target_kind = common::ObjectKind::Post;
+        r.target_id = post_id;
         r.emoji = Some(emoji.to_string());
         self.call(PostsOpT::ReactRequest(Box::new(r))).await?;
         Ok(())
@@ -455,7 +452,8 @@ impl PostsApi<'_> {
         }
     }
 
-    /// Reposts `post_id` to the caller's followers: the repost.
+    /// Reposts `post_id` (a public post the caller may read) to the caller's followers;
+    /// returns the repost.
     pub async fn repost(&self, post_id: u64) -> Result<pp::PostT, ClientError> {
         let mut r = pp::RepostRequestT::default();
         r.post_id = post_id;
