@@ -1036,13 +1036,7 @@ async fn privacy_rules_hold_on_every_read_path(backend: Backend) {
     let fay = sign_up(&node, &anon, "fay").await;
     // Ben is private; Cat's request to follow him is approved, Dan's waits. Cat is Ana's
     // close friend; Eve follows only Fay.
-    let mut private = selfie_protocol::users::UpdateProfileRequestT::default();
-    private.private = Some(true);
-    ben.client
-        .users()
-        .update_profile(private)
-        .await
-        .expect("private");
+    support::make_private(&ben).await;
     for (who, whom) in [(&cat, &ana), (&dan, &ana), (&eve, &fay)] {
         let state = who.client.graph().follow(whom.id).await.expect("follow");
         assert_eq!(state, FollowState::Following);
@@ -1664,13 +1658,7 @@ async fn every_kind_of_notification_reaches_its_recipient(backend: Backend) {
     let ben = sign_up(&node, &anon, "ben").await;
     let cat = sign_up(&node, &anon, "cat").await;
     let dan = sign_up(&node, &anon, "dan").await;
-    let mut private = selfie_protocol::users::UpdateProfileRequestT::default();
-    private.private = Some(true);
-    dan.client
-        .users()
-        .update_profile(private)
-        .await
-        .expect("private");
+    support::make_private(&dan).await;
 
     follow(&ben, ana.id).await;
     let state = ben.client.graph().follow(dan.id).await.expect("asked");

@@ -176,14 +176,7 @@ async fn every_documented_cell_holds_end_to_end() {
         u.insert(name, sign_up(&node, &anon, name).await);
     }
     // The private account; the picky one takes mentions and comments from followers only.
-    let mut r = pu::UpdateProfileRequestT::default();
-    r.private = Some(true);
-    call(
-        &u["private"].client,
-        users(UsersOpT::UpdateProfileRequest(Box::new(r))),
-    )
-    .await
-    .expect("private");
+    support::make_private(&u["private"]).await;
     let mut r = pu::UpdateSettingsRequestT::default();
     r.who_can_mention = Some(pu::Permission::Followers);
     r.who_can_comment = Some(pu::Permission::Followers);

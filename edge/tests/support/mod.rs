@@ -373,6 +373,17 @@ pub async fn sign_up(node: &Node, anon: &Client, name: &str) -> User {
     }
 }
 
+/// Makes `user`'s account private (new followers need approval).
+pub async fn make_private(user: &User) {
+    let mut r = selfie_protocol::users::UpdateProfileRequestT::default();
+    r.private = Some(true);
+    user.client
+        .users()
+        .update_profile(r)
+        .await
+        .expect("private");
+}
+
 /// Publishes a public text post as `c`'s user; returns its id.
 pub async fn create_post(c: &Client, text: &str) -> u64 {
     use selfie_protocol::posts::{CreatePostRequestT, PostsOpT};
