@@ -637,17 +637,54 @@ pub struct EchoArgs {
     data_dir: PathBuf,
 }
 
+/// Where the media scenario's durable baseline writes: one file, opened twice. Bytes
+/// whose memory, offset and length are page-aligned go through `direct` (`O_DIRECT`,
+/// as the edge writes an upload's chunks, where the filesystem takes it), the rest
+/// through the page cache.
+struct Sink {
+    buffered: std::fs::File,
+    direct: Option<std::fs::File>,
+}
+
+impl Sink {
+    fn create(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let buffered = std::fs::File::create(path)?;
+        let direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
+        Ok(Self { buffered, direct })
+    }
+
+    fn write_durably(&self, data: &[u8], offset: u64, cached: bool) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        const PAGE: usize = selfie_services::media::blob::DIRECT_ALIGN;
+        let aligned = !cached
+            && (data.as_ptr() as usize).is_multiple_of(PAGE)
+            && data.len().is_multiple_of(PAGE)
+            && offset.is_multiple_of(PAGE as u64);
+        let file = match &self.direct {
+            Some(direct) if aligned => direct,
+            _ => &self.buffered,
+        };
+        file.write_all_at(data, offset)?;
+        file.sync_data()
+    }
+}
+
 /// The media scenario's baseline streams: `SINK` reads the bytes (and, when durable,
-/// writes them at their offset in `sink` and fsyncs) and answers their count; `SRCE`
+/// writes them at their offset in `sink` and fsyncs: flag 1 with `O_DIRECT` where the
+/// bytes allow it, flag 2 through the page cache) and answers their count; `SRCE`
 /// writes the asked number of bytes from memory.
 async fn bulk(
-    sink: &Arc<std::fs::File>,
+    sink: &Arc<Sink>,
     head: Vec<u8>,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> anyhow::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let durable = head[4] == 1;
+    let (durable, cached) = (head[4] != 0, head[4] == 2);
     let n = u64::from_be_bytes(head[5..crate::media::HEADER].try_into()?);
     if head.starts_with(crate::media::SOURCE) {
         let piece = Bytes::from(vec![0x5a; 256 * 1024]);
@@ -660,7 +697,9 @@ async fn bulk(
         send.finish()?;
         return Ok(());
     }
-    let mut data = head[crate::media::HEADER..].to_vec();
+    // Room for the largest chunk the edge takes, so the buffer keeps its alignment.
+    let mut data = selfie_services::media::DirectBuf::with_capacity(16 << 20);
+    data.extend_from_slice(&head[crate::media::HEADER..]);
     let mut count = data.len() as u64;
     while let Some(c) = recv.read_chunk(1 << 20, true).await? {
         count += c.bytes.len() as u64;
@@ -670,11 +709,8 @@ async fn bulk(
     }
     if durable {
         let sink = sink.clone();
-        tokio::task::spawn_blocking(move || {
-            sink.write_all_at(&data, n)?;
-            sink.sync_data()
-        })
-        .await??;
+        tokio::task::spawn_blocking(move || sink.write_durably(data.as_slice(), n, cached))
+            .await??;
     }
     send.write_all(&count.to_be_bytes()).await?;
     send.finish()?;
@@ -701,7 +737,7 @@ pub fn echo_server(args: EchoArgs) -> anyhow::Result<()> {
         println!("echo listening on udp://{}", endpoint.local_addr()?);
         println!("certificate sha-256: {}", identity.fingerprint());
         let pushes: Rc<std::cell::RefCell<Vec<quinn::SendStream>>> = Rc::default();
-        let sink = Arc::new(std::fs::File::create(args.data_dir.join("sink.bin"))?);
+        let sink = Arc::new(Sink::create(&args.data_dir.join("sink.bin"))?);
         while let Some(incoming) = endpoint.accept().await {
             let (pushes, sink) = (pushes.clone(), sink.clone());
             tokio::task::spawn_local(async move {

@@ -9,7 +9,11 @@
 //!   per-chunk latency percentiles.
 //! - **Baselines**: raw quinn streams of the same sizes and parallelism to the bench's
 //!   echo server, which (a) reads them into memory and answers, and (b) writes each one
-//!   at its offset in a file and fsyncs it before answering (the durable baseline).
+//!   at its offset in a file and fsyncs it before answering (the durable baseline:
+//!   with `O_DIRECT`, as the edge writes chunks, and with `--buffered` also through
+//!   the page cache).
+//! - **`--buffered`**: the edge's uploads once more with `media.direct_writes = false`
+//!   (every chunk through the page cache), in the same run.
 //! - **Complete**: one full upload of a `--mib` MiB noise PNG (the whole-object SHA-256,
 //!   the sniff and header checks, the content-addressed store), timed once.
 //! - **Download**: that object's `original` downloaded `--downloads` times by its owner
@@ -33,7 +37,8 @@ use sha2::{Digest, Sha256};
 use crate::edge::ServerProcess;
 use crate::report::{Latencies, Line};
 
-/// First bytes of a baseline upload stream: `SINK`, the durable flag (0 or 1), the
+/// First bytes of a baseline upload stream: `SINK`, the durable flag (0 memory, 1
+/// `O_DIRECT` + fsync, 2 page cache + fsync), the
 /// offset (u64, big-endian), then the bytes. The answer is the byte count (u64).
 pub const SINK: &[u8; 4] = b"SINK";
 /// First bytes of a baseline download stream: `SRCE` and the byte count (u64); the
@@ -69,6 +74,10 @@ pub struct Args {
     /// next to the local files, in the same run.
     #[arg(long)]
     s3_url: Option<String>,
+    /// Also upload through an edge with `media.direct_writes = false`, and add a raw
+    /// baseline writing through the page cache, in the same run.
+    #[arg(long)]
+    buffered: bool,
 }
 
 /// What one phase moved: bytes, time, and per-request latencies.
@@ -137,17 +146,22 @@ async fn edge_uploads(client: &Client, args: &Args, object: &Bytes) -> anyhow::R
             "the edge's chunks are {} bytes",
             status.chunk_size
         );
-        let mut sent = futures::stream::iter(chunks(object.len(), args.chunk_bytes as usize))
-            .map(|(offset, len)| {
-                let piece = object.slice(offset as usize..offset as usize + len);
-                let media = &media;
-                async move {
-                    let t = Instant::now();
-                    media.send_chunk(status.upload_id, offset, piece).await?;
-                    anyhow::Ok(t.elapsed())
-                }
-            })
-            .buffer_unordered(args.parallel.max(1));
+        // As the SDK's `upload` sends them: each chunk's digest computed ahead, while the
+        // chunks before it are in flight; a chunk's latency runs from its send.
+        let parallel = args.parallel.max(1);
+        let mut sent =
+            selfie_client::media::digested_chunks(object.clone(), status.chunk_size, 0, parallel)
+                .map(|(offset, piece, digest)| {
+                    let media = &media;
+                    async move {
+                        let t = Instant::now();
+                        media
+                            .send_chunk_with(status.upload_id, offset, piece, digest)
+                            .await?;
+                        anyhow::Ok(t.elapsed())
+                    }
+                })
+                .buffer_unordered(parallel);
         while let Some(done) = sent.next().await {
             lat.record(done?);
         }
@@ -161,7 +175,7 @@ async fn raw_uploads(
     conn: &quinn::Connection,
     args: &Args,
     object: &Bytes,
-    durable: bool,
+    durable: u8,
 ) -> anyhow::Result<Latencies> {
     let mut lat = Latencies::new();
     for round in 0..args.rounds {
@@ -173,7 +187,7 @@ async fn raw_uploads(
                 async move {
                     let t = Instant::now();
                     let mut header = SINK.to_vec();
-                    header.push(u8::from(durable));
+                    header.push(durable);
                     header.extend_from_slice(&(base + offset).to_be_bytes());
                     let (mut send, mut recv) = conn.open_bi().await?;
                     send.write_all_chunks(&mut [Bytes::from(header), piece])
@@ -244,7 +258,7 @@ async fn baseline(
     args: &Args,
     object: &Bytes,
     download: u64,
-) -> anyhow::Result<[Moved; 3]> {
+) -> anyhow::Result<Baseline> {
     let endpoint = selfie_client::endpoint("127.0.0.1:0".parse()?)?;
     let config = selfie_client::quic_client_config(&echo.trust()?)?;
     let conn = endpoint
@@ -253,10 +267,14 @@ async fn baseline(
     let chunks_per_object = chunks(object.len(), args.chunk_bytes as usize).len() as u64;
     let uploaded = (object.len() * args.rounds) as u64;
     let mut out = Vec::new();
-    for (name, durable) in [
-        ("raw quinn upload (memory)", false),
-        ("raw quinn upload + fsync", true),
-    ] {
+    let mut kinds = vec![
+        ("raw quinn upload (memory)", 0),
+        ("raw quinn upload + O_DIRECT + fsync", 1),
+    ];
+    if args.buffered {
+        kinds.push(("raw quinn upload + page cache + fsync", 2));
+    }
+    for (name, durable) in kinds {
         let (cpu0, t) = (echo.cpu(), Instant::now());
         let lat = raw_uploads(&conn, args, object, durable).await?;
         let (elapsed, cpu) = (t.elapsed(), echo.cpu().saturating_sub(cpu0));
@@ -272,18 +290,33 @@ async fn baseline(
     let (cpu0, t) = (echo.cpu(), Instant::now());
     let lat = raw_downloads(&conn, args, download).await?;
     let (elapsed, cpu) = (t.elapsed(), echo.cpu().saturating_sub(cpu0));
-    out.push(moved(
+    let source = moved(
         "raw quinn download (memory)",
         lat,
         args.downloads as u64,
         download * args.downloads as u64,
         elapsed,
         cpu,
-    ));
-    let [a, b, c]: [Moved; 3] = out
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("three phases"))?;
-    Ok([a, b, c])
+    );
+    let mut out = out.into_iter();
+    let (Some(memory), Some(durable)) = (out.next(), out.next()) else {
+        bail!("the baseline's upload phases did not run");
+    };
+    Ok(Baseline {
+        memory,
+        durable,
+        cached: out.next(),
+        source,
+    })
+}
+
+/// The raw quinn lines of one run.
+struct Baseline {
+    memory: Moved,
+    durable: Moved,
+    /// Through the page cache (`--buffered`).
+    cached: Option<Moved>,
+    source: Moved,
 }
 
 async fn register(anon: &Client) -> anyhow::Result<String> {
@@ -497,19 +530,55 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut with_s3 = settings.clone();
             with_s3.push(("SELFIE_STORAGE_MEDIA_URL", url.as_str()));
             let server = ServerProcess::edge_with(1, &with_s3)?;
-            let run = local.block_on(&rt, edge(&server, &args, &object, png, ", S3 + cache"))?;
+            let run = local.block_on(
+                &rt,
+                edge(&server, &args, &object, png.clone(), ", S3 + cache"),
+            )?;
             drop(server);
             Some(run)
         }
         None => None,
     };
+    let buffered = if args.buffered {
+        let mut cached = settings.clone();
+        cached.push(("SELFIE_MEDIA_DIRECT_WRITES", "false"));
+        let server = ServerProcess::edge_with(1, &cached)?;
+        let lat_args = Args {
+            downloads: 1,
+            ..args.clone()
+        };
+        let run = local.block_on(
+            &rt,
+            edge(&server, &lat_args, &object, png.clone(), ", page cache"),
+        )?;
+        drop(server);
+        Some(run.upload)
+    } else {
+        None
+    };
     let echo = ServerProcess::echo()?;
-    let [memory, durable, source] =
-        local.block_on(&rt, baseline(&echo, &args, &object, ours.size))?;
+    let Baseline {
+        memory,
+        durable,
+        cached,
+        source,
+    } = local.block_on(&rt, baseline(&echo, &args, &object, ours.size))?;
     drop(echo);
     println!("{}", memory.text());
     println!("{}", durable.text());
+    if let Some(cached) = &cached {
+        println!("{}", cached.text());
+    }
     println!("{}", ours.upload.text());
+    if let Some(buffered) = &buffered {
+        println!("{}", buffered.text());
+        println!(
+            "O_DIRECT ÷ page cache: edge {:.2}x, raw quinn {:.2}x",
+            ours.upload.mib_per_s() / buffered.mib_per_s().max(f64::EPSILON),
+            cached.as_ref().map_or(0.0, |c| durable.mib_per_s()
+                / c.mib_per_s().max(f64::EPSILON)),
+        );
+    }
     println!("{}", source.text());
     println!("{}", ours.download.text());
     if let Some(https) = &ours.https {

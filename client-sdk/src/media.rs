@@ -219,7 +219,7 @@ impl MediaApi<'_> {
         let status = self
             .init(kind, bytes.len() as u64, sha, &options.alt_text)
             .await?;
-        self.upload_from(&status, bytes, 0, options).await
+        self.upload_from(&status, bytes, sha, 0, options).await
     }
 
     /// Goes on with an upload interrupted (by a dropped connection, on this or a new
@@ -232,13 +232,15 @@ impl MediaApi<'_> {
     ) -> Result<pm::MediaInfoT, ClientError> {
         let status = self.resume(upload_id).await?;
         let offset = status.offset;
-        self.upload_from(&status, bytes, offset, options).await
+        let sha: [u8; 32] = Sha256::digest(&bytes).into();
+        self.upload_from(&status, bytes, sha, offset, options).await
     }
 
     async fn upload_from(
         &self,
         status: &pm::UploadStatusT,
         bytes: Bytes,
+        sha: [u8; 32],
         from: u64,
         options: &UploadOptions,
     ) -> Result<pm::MediaInfoT, ClientError> {
@@ -248,20 +250,12 @@ impl MediaApi<'_> {
                 "upload does not match its bytes".into(),
             ));
         }
-        let sha: [u8; 32] = Sha256::digest(&bytes).into();
-        let chunk = u64::from(status.chunk_size);
-        let offsets: Vec<u64> = (from / chunk * chunk..total)
-            .step_by(chunk as usize)
-            .collect();
         let upload_id = status.upload_id;
         let progress = options.progress.clone();
-        let mut sent = futures::stream::iter(offsets)
-            .map(|offset| {
-                let end = (offset + chunk).min(total);
-                let piece = bytes.slice(offset as usize..end as usize);
-                self.send_chunk(upload_id, offset, piece)
-            })
-            .buffer_unordered(options.parallel.max(1));
+        let parallel = options.parallel.max(1);
+        let mut sent = digested_chunks(bytes, status.chunk_size, from, parallel)
+            .map(|(offset, piece, digest)| self.send_chunk_with(upload_id, offset, piece, digest))
+            .buffer_unordered(parallel);
         while let Some(done) = sent.next().await {
             let s = done?;
             if let Some(p) = &progress {
@@ -453,6 +447,41 @@ impl MediaApi<'_> {
     pub async fn subscribe(&self) -> Result<Subscription, ClientError> {
         self.0.subscribe(SubscriptionKind::Media, 0, None).await
     }
+}
+
+/// The chunks of `bytes` from the one holding `from` on, each with its SHA-256, computed
+/// ahead on tokio's blocking pool: up to `parallel + 1` digests are under way while
+/// the chunks before them are on the wire, so a chunk waits for its hash only when the
+/// network outruns the hashing (one chunk in flight otherwise serialises hash, send
+/// and answer). A chunk is a slice of `bytes`, never a copy.
+pub fn digested_chunks(
+    bytes: Bytes,
+    chunk_size: u32,
+    from: u64,
+    parallel: usize,
+) -> impl futures::Stream<Item = (u64, Bytes, Vec<u8>)> {
+    let total = bytes.len() as u64;
+    let chunk = u64::from(chunk_size.max(1));
+    let offsets = (from / chunk * chunk..total).step_by(chunk as usize);
+    futures::stream::iter(offsets)
+        .map(move |offset| {
+            let end = (offset + chunk).min(total);
+            let piece = bytes.slice(offset as usize..end as usize);
+            // Spawned now, so the hash runs while earlier chunks are sent.
+            let hashing = {
+                let piece = piece.clone();
+                tokio::task::spawn_blocking(move || Sha256::digest(&piece).to_vec())
+            };
+            async move {
+                let digest = match hashing.await {
+                    Ok(d) => d,
+                    // The blocking pool is shutting down with the runtime: hash here.
+                    Err(_) => Sha256::digest(&piece).to_vec(),
+                };
+                (offset, piece, digest)
+            }
+        })
+        .buffered(parallel.max(1) + 1)
 }
 
 /// The object a `Media` subscription's push carries (its new processing state).

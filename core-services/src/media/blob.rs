@@ -307,10 +307,114 @@ impl BlobStore for LocalBlobs {
     }
 }
 
+/// Alignment of `O_DIRECT` writes: the page size, a multiple of every logical block size
+/// a Linux disk reports.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A chunk's bytes in memory that starts at a [`DIRECT_ALIGN`] boundary, so that
+/// [`Staging::write_at`] can write it with `O_DIRECT` (from the buffer to the disk, no
+/// page-cache copy). Filled with [`DirectBuf::extend_from_slice`] up to the capacity it
+/// was made with; past that it stays correct but may lose its alignment, and a write
+/// checks the alignment it has, not the one it was made with.
+pub struct DirectBuf {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl DirectBuf {
+    /// An empty buffer for up to `capacity` bytes, its start aligned.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let buf = Vec::with_capacity(capacity + DIRECT_ALIGN - 1);
+        let start = (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+        let mut buf = buf;
+        buf.resize(start, 0);
+        Self { buf, start }
+    }
+
+    /// Appends `bytes`.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The bytes held.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// How many bytes it holds.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes as [`Bytes`], without a copy (their address, and so their alignment,
+    /// kept).
+    pub fn into_bytes(self) -> Bytes {
+        let start = self.start;
+        Bytes::from(self.buf).slice(start..)
+    }
+}
+
+impl From<Vec<u8>> for DirectBuf {
+    fn from(buf: Vec<u8>) -> Self {
+        Self { buf, start: 0 }
+    }
+}
+
+/// Whether `bytes` written at `offset` meet `O_DIRECT`'s rules: the memory, the offset
+/// and the length all multiples of [`DIRECT_ALIGN`] (an upload's last chunk usually
+/// is not, and is written through the page cache).
+fn direct_ok(bytes: &[u8], offset: u64) -> bool {
+    !bytes.is_empty()
+        && (bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+        && bytes.len().is_multiple_of(DIRECT_ALIGN)
+        && offset.is_multiple_of(DIRECT_ALIGN as u64)
+}
+
+/// Whether files under `dir` take `O_DIRECT` writes (tmpfs before Linux 6.6 refuses
+/// them, some network filesystems too): a probe file is written, synced and removed.
+fn probe_direct(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".direct-probe-{}-{n}", std::process::id()));
+    let written = (|| {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)?;
+        let mut block = DirectBuf::with_capacity(DIRECT_ALIGN);
+        block.extend_from_slice(&[0u8; DIRECT_ALIGN]);
+        f.write_all_at(block.as_slice(), 0)?;
+        f.sync_data()
+    })();
+    let _ = std::fs::remove_file(&path);
+    written.is_ok()
+}
+
 /// Uploads in progress: one sparse file per upload, chunks written at their offsets.
+///
+/// A chunk that is page-aligned in memory, offset and length (every chunk of an upload
+/// but, usually, its last: [`DirectBuf`]) is written with `O_DIRECT` where the
+/// filesystem takes it, then `fdatasync`ed. On the virtual disks of the machines we
+/// measure on, a buffered 2 MiB `pwrite` into a fresh file costs 5.5–8 ms, the kernel
+/// finding fresh page-cache pages, and the direct one ~1 ms; an upload's bytes are
+/// read once more (the whole-object SHA-256 at completion) and then moved to the blob
+/// store, so caching them evicts pages that readers use for nothing. Direct and
+/// buffered writes of one file never share a page (chunks start at multiples of the
+/// chunk size, itself a multiple of the page when it is not the whole object), and
+/// a direct write drops whatever the page cache held of its range first, so reads see
+/// the bytes either way.
 pub struct Staging {
     dir: PathBuf,
     io: Io,
+    direct: bool,
 }
 
 impl Staging {
@@ -323,7 +427,24 @@ impl Staging {
     pub fn open_with(dir: impl Into<PathBuf>, io_path: Io) -> Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io)?;
-        Ok(Self { dir, io: io_path })
+        let direct = probe_direct(&dir);
+        Ok(Self {
+            dir,
+            io: io_path,
+            direct,
+        })
+    }
+
+    /// Whether page-aligned chunks are written with `O_DIRECT` here.
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Turns `O_DIRECT` writes off when `on` is false (`media.direct_writes`); on, they
+    /// are used only where the filesystem takes them.
+    pub fn direct_writes(mut self, on: bool) -> Self {
+        self.direct &= on;
+        self
     }
 
     /// Its file I/O: `std` or `io_uring`.
@@ -357,15 +478,31 @@ impl Staging {
     }
 
     /// Writes `bytes` at `offset` of the upload's file and makes them durable (the file's
-    /// data, and the directory entry when the file is new).
-    pub async fn write_at(&self, upload_id: u64, offset: u64, bytes: Vec<u8>) -> Result<()> {
+    /// data, and the directory entry when the file is new); with `O_DIRECT` when the
+    /// bytes, the offset and the filesystem allow it (see [`Staging`]).
+    pub async fn write_at(
+        &self,
+        upload_id: u64,
+        offset: u64,
+        bytes: impl Into<DirectBuf>,
+    ) -> Result<()> {
+        let bytes = bytes.into();
         let (path, dir) = (self.path(upload_id), self.dir.clone());
+        let direct = self.direct && direct_ok(bytes.as_slice(), offset);
         if let Io::Uring(ring) = &self.io {
             let done: std::io::Result<()> = async {
                 // Created here (not by a concurrent chunk) when the exclusive create wins.
-                let data = Bytes::from(bytes);
+                let data = bytes.into_bytes();
+                let extra = if direct { libc::O_DIRECT } else { 0 };
                 let write = |flags: i32| {
-                    ring.write_file(&path, flags, 0o644, offset, data.clone(), Some(true))
+                    ring.write_file(
+                        &path,
+                        flags | extra,
+                        0o644,
+                        offset,
+                        data.clone(),
+                        Some(true),
+                    )
                 };
                 let created = match write(libc::O_WRONLY).await {
                     Ok(()) => false,
@@ -393,13 +530,15 @@ impl Staging {
             return done.map_err(io);
         }
         blocking(move || {
+            use std::os::unix::fs::OpenOptionsExt;
             let created = !path.exists();
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .custom_flags(if direct { libc::O_DIRECT } else { 0 })
                 .open(&path)?;
-            f.write_all_at(&bytes, offset)?;
+            f.write_all_at(bytes.as_slice(), offset)?;
             f.sync_data()?;
             if created {
                 sync_dir(&dir)?;

@@ -89,7 +89,7 @@ use selfie_storage::{Clock, Scan, Store};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use self::blob::{BlobStore, LocalBlobs, Staging};
+pub use self::blob::{BlobStore, DirectBuf, LocalBlobs, Staging};
 pub use self::cache::{CacheStats, CachedBlobs};
 pub use self::s3::S3Blobs;
 pub use self::wire::MediaWire;
@@ -122,6 +122,9 @@ pub struct MediaConfig {
     /// measured faster on buffered I/O, `bench/RESULTS.md`), `auto` (io_uring when the
     /// kernel allows it, else `std`) or `io_uring` (or refuse to start).
     pub blob_io: uring::BlobIo,
+    /// Write an upload's page-aligned chunks with `O_DIRECT` (the default) where the
+    /// filesystem takes it; `false` writes every chunk through the page cache.
+    pub direct_writes: bool,
 }
 
 impl MediaConfig {
@@ -155,6 +158,7 @@ impl Default for MediaConfig {
             max_open_uploads: 8,
             workers: 2,
             blob_io: uring::BlobIo::Std,
+            direct_writes: true,
         }
     }
 }
@@ -339,7 +343,8 @@ impl MediaNode {
         };
         let origin: Arc<dyn BlobStore> = Arc::new(S3Blobs::open(url)?);
         let cache = Arc::new(CachedBlobs::open(origin, dir.join("cache"), cache_bytes)?);
-        let staging = Staging::open_with(dir.join("staging"), Self::io(config)?)?;
+        let staging = Staging::open_with(dir.join("staging"), Self::io(config)?)?
+            .direct_writes(config.direct_writes);
         let blobs: Arc<dyn BlobStore> = cache.clone();
         Ok(Self::build(blobs, staging, config, Some(cache)))
     }
@@ -348,7 +353,8 @@ impl MediaNode {
     pub fn local(dir: &std::path::Path, config: MediaConfig) -> Result<Arc<Self>> {
         let io_path = Self::io(config)?;
         let blobs = Arc::new(LocalBlobs::open_with(dir.to_path_buf(), io_path.clone())?);
-        let staging = Staging::open_with(dir.join("staging"), io_path)?;
+        let staging =
+            Staging::open_with(dir.join("staging"), io_path)?.direct_writes(config.direct_writes);
         Ok(Self::new(blobs, staging, config))
     }
 
@@ -849,7 +855,10 @@ impl<S: Store + Clone + 'static> Media<S> {
             return Err(Error::Stale("upload already completed"));
         }
         let _buffer = self.node.buffers.take(owner)?;
-        let mut bytes = Vec::with_capacity(expected as usize);
+        // Aligned for an `O_DIRECT` write, and hashed as the pieces arrive (the digest is
+        // ready when the last piece is, not one pass over the chunk later).
+        let mut bytes = DirectBuf::with_capacity(expected as usize);
+        let mut hasher = Sha256::new();
         let read = async {
             loop {
                 let piece = match tokio::time::timeout(PIECE_IDLE, body.next()).await {
@@ -861,6 +870,7 @@ impl<S: Store + Clone + 'static> Media<S> {
                 if (bytes.len() + piece.len()) as u64 > expected {
                     return Err(Error::TooLarge("chunk"));
                 }
+                hasher.update(&piece);
                 bytes.extend_from_slice(&piece);
             }
             Ok(())
@@ -871,7 +881,7 @@ impl<S: Store + Clone + 'static> Media<S> {
         if bytes.len() as u64 != expected {
             return Err(Error::InvalidArgument { field: "chunk" });
         }
-        if <[u8; 32]>::from(Sha256::digest(&bytes)) != digest {
+        if <[u8; 32]>::from(hasher.finalize()) != digest {
             return Err(Error::ChecksumMismatch("chunk"));
         }
         // Chunks write while completion waits (it hashes the file); one that comes after
