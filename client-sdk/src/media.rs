@@ -215,7 +215,7 @@ impl MediaApi<'_> {
         bytes: Bytes,
         options: &UploadOptions,
     ) -> Result<pm::MediaInfoT, ClientError> {
-        let sha: [u8; 32] = Sha256::digest(&bytes).into();
+        let sha = sha256_of(bytes.clone()).await;
         let status = self
             .init(kind, bytes.len() as u64, sha, &options.alt_text)
             .await?;
@@ -232,7 +232,7 @@ impl MediaApi<'_> {
     ) -> Result<pm::MediaInfoT, ClientError> {
         let status = self.resume(upload_id).await?;
         let offset = status.offset;
-        let sha: [u8; 32] = Sha256::digest(&bytes).into();
+        let sha = sha256_of(bytes.clone()).await;
         self.upload_from(&status, bytes, sha, offset, options).await
     }
 
@@ -449,9 +449,21 @@ impl MediaApi<'_> {
     }
 }
 
+/// The SHA-256 of `bytes`, computed on tokio's blocking pool (a video's digest would
+/// stall the caller's thread for seconds).
+async fn sha256_of(bytes: Bytes) -> [u8; 32] {
+    let copy = bytes.clone();
+    match tokio::task::spawn_blocking(move || Sha256::digest(&copy).into()).await {
+        Ok(d) => d,
+        // The blocking pool is shutting down with the runtime: hash here.
+        Err(_) => Sha256::digest(&bytes).into(),
+    }
+}
+
 /// The chunks of `bytes` from the one holding `from` on, each with its SHA-256, computed
-/// ahead on tokio's blocking pool: up to `parallel + 1` digests are under way while
-/// the chunks before them are on the wire, so a chunk waits for its hash only when the
+/// ahead on tokio's blocking pool: up to `parallel + 1` digests (and at most one more
+/// than the machine has cores) are under way while the chunks before them are on the
+/// wire, so a chunk waits for its hash only when the
 /// network outruns the hashing (one chunk in flight otherwise serialises hash, send
 /// and answer). A chunk is a slice of `bytes`, never a copy.
 pub fn digested_chunks(
@@ -481,7 +493,12 @@ pub fn digested_chunks(
                 (offset, piece, digest)
             }
         })
-        .buffered(parallel.max(1) + 1)
+        .buffered(parallel.clamp(1, cores()) + 1)
+}
+
+/// The cores this process may use (4 when unknown).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get())
 }
 
 /// The object a `Media` subscription's push carries (its new processing state).

@@ -307,8 +307,10 @@ impl BlobStore for LocalBlobs {
     }
 }
 
-/// Alignment of `O_DIRECT` writes: the page size, a multiple of every logical block size
-/// a Linux disk reports.
+/// Alignment of `O_DIRECT` writes: 4 KiB, the page size on x86-64 and a multiple of the
+/// logical block size of the disks we run on (512 B or 4 KiB). Where a filesystem asks
+/// for more, the start-up probe fails or a write answers `EINVAL`, and chunks go
+/// through the page cache instead.
 pub const DIRECT_ALIGN: usize = 4096;
 
 /// A chunk's bytes in memory that starts at a [`DIRECT_ALIGN`] boundary, so that
@@ -377,6 +379,7 @@ fn direct_ok(bytes: &[u8], offset: u64) -> bool {
 
 /// Whether files under `dir` take `O_DIRECT` writes (tmpfs before Linux 6.6 refuses
 /// them, some network filesystems too): a probe file is written, synced and removed.
+/// What it found is logged.
 fn probe_direct(dir: &Path) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
     static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -395,7 +398,81 @@ fn probe_direct(dir: &Path) -> bool {
         f.sync_data()
     })();
     let _ = std::fs::remove_file(&path);
-    written.is_ok()
+    match written {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "upload chunks are written with O_DIRECT");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "O_DIRECT writes refused here; upload chunks go through the page cache"
+            );
+            false
+        }
+    }
+}
+
+/// Writes `bytes` at `offset` of `path` (created if missing, its directory then synced)
+/// and `fdatasync`s it; `direct`: with `O_DIRECT`.
+fn write_file_at(
+    path: &Path,
+    dir: &Path,
+    offset: u64,
+    bytes: &[u8],
+    direct: bool,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = !path.exists();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(if direct { libc::O_DIRECT } else { 0 })
+        .open(path)?;
+    f.write_all_at(bytes, offset)?;
+    f.sync_data()?;
+    if created {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// [`write_file_at`] through the ring.
+async fn uring_write(
+    ring: &Uring,
+    path: &Path,
+    dir: &Path,
+    offset: u64,
+    data: Bytes,
+    direct: bool,
+) -> std::io::Result<()> {
+    let extra = if direct { libc::O_DIRECT } else { 0 };
+    let write =
+        |flags: i32| ring.write_file(path, flags | extra, 0o644, offset, data.clone(), Some(true));
+    // Created here (not by a concurrent chunk) when the exclusive create wins.
+    let created = match write(libc::O_WRONLY).await {
+        Ok(()) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match write(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL).await {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    write(libc::O_WRONLY).await?;
+                    false
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    if created {
+        let d = ring
+            .open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .await?;
+        ring.sync(&d, false).await?;
+    }
+    Ok(())
 }
 
 /// Uploads in progress: one sparse file per upload, chunks written at their offsets.
@@ -403,14 +480,17 @@ fn probe_direct(dir: &Path) -> bool {
 /// A chunk that is page-aligned in memory, offset and length (every chunk of an upload
 /// but, usually, its last: [`DirectBuf`]) is written with `O_DIRECT` where the
 /// filesystem takes it, then `fdatasync`ed. On the virtual disks of the machines we
-/// measure on, a buffered 2 MiB `pwrite` into a fresh file costs 5.5–8 ms, the kernel
-/// finding fresh page-cache pages, and the direct one ~1 ms; an upload's bytes are
-/// read once more (the whole-object SHA-256 at completion) and then moved to the blob
-/// store, so caching them evicts pages that readers use for nothing. Direct and
-/// buffered writes of one file never share a page (chunks start at multiples of the
-/// chunk size, itself a multiple of the page when it is not the whole object), and
-/// a direct write drops whatever the page cache held of its range first, so reads see
-/// the bytes either way.
+/// measure on, a buffered 2 MiB `pwrite` into a fresh file costs 5.4–8 ms and the
+/// direct one ~1 ms (`bench/RESULTS.md`); an upload's bytes are read once more (the
+/// whole-object SHA-256 at completion) and then moved to the blob store, so caching
+/// them evicts pages that readers use for nothing. Whether a chunk goes direct depends
+/// on its offset and length only (with `media.chunk_bytes` a multiple of 4 KiB, as the
+/// default 2 MiB is, every chunk but a short last one; otherwise none), so one range is
+/// never written both ways, and writes are kept apart from the completion's read of
+/// the file by the upload's lock: the kernel's flush and invalidation of the range
+/// around a direct write leave nothing stale to read. A direct write refused with
+/// `EINVAL` (a filesystem with larger alignment rules) is written again through the
+/// page cache.
 pub struct Staging {
     dir: PathBuf,
     io: Io,
@@ -486,66 +566,55 @@ impl Staging {
         offset: u64,
         bytes: impl Into<DirectBuf>,
     ) -> Result<()> {
+        self.write_holding(upload_id, offset, bytes, ()).await
+    }
+
+    /// [`Staging::write_at`], holding `guard` until the write has ended — also when the
+    /// caller stops waiting (its future dropped): the write runs to its end on tokio's
+    /// blocking pool or the ring thread either way, and whatever orders it against the
+    /// file's other writers and readers must last as long as it does. The guard comes
+    /// back with the answer.
+    pub async fn write_holding<G: Send + 'static>(
+        &self,
+        upload_id: u64,
+        offset: u64,
+        bytes: impl Into<DirectBuf>,
+        guard: G,
+    ) -> Result<G> {
         let bytes = bytes.into();
         let (path, dir) = (self.path(upload_id), self.dir.clone());
         let direct = self.direct && direct_ok(bytes.as_slice(), offset);
-        if let Io::Uring(ring) = &self.io {
-            let done: std::io::Result<()> = async {
-                // Created here (not by a concurrent chunk) when the exclusive create wins.
+        let (written, guard) = if let Io::Uring(ring) = &self.io {
+            let ring = ring.clone();
+            let write = async move {
                 let data = bytes.into_bytes();
-                let extra = if direct { libc::O_DIRECT } else { 0 };
-                let write = |flags: i32| {
-                    ring.write_file(
-                        &path,
-                        flags | extra,
-                        0o644,
-                        offset,
-                        data.clone(),
-                        Some(true),
-                    )
-                };
-                let created = match write(libc::O_WRONLY).await {
-                    Ok(()) => false,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        match write(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL).await {
-                            Ok(()) => true,
-                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                                write(libc::O_WRONLY).await?;
-                                false
-                            }
-                            Err(e) => return Err(e),
+                let direct = direct && direct_ok(&data, offset);
+                let written =
+                    match uring_write(&ring, &path, &dir, offset, data.clone(), direct).await {
+                        Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                            uring_write(&ring, &path, &dir, offset, data, false).await
                         }
+                        done => done,
+                    };
+                (written, guard)
+            };
+            // A task of its own: the ring's write and the guard end together.
+            tokio::spawn(write).await
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let written = match write_file_at(&path, &dir, offset, bytes.as_slice(), direct) {
+                    Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                        write_file_at(&path, &dir, offset, bytes.as_slice(), false)
                     }
-                    Err(e) => return Err(e),
+                    done => done,
                 };
-                if created {
-                    let d = ring
-                        .open(&dir, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                        .await?;
-                    ring.sync(&d, false).await?;
-                }
-                Ok(())
-            }
-            .await;
-            return done.map_err(io);
+                (written, guard)
+            })
+            .await
         }
-        blocking(move || {
-            use std::os::unix::fs::OpenOptionsExt;
-            let created = !path.exists();
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .custom_flags(if direct { libc::O_DIRECT } else { 0 })
-                .open(&path)?;
-            f.write_all_at(bytes.as_slice(), offset)?;
-            f.sync_data()?;
-            if created {
-                sync_dir(&dir)?;
-            }
-            Ok(())
-        })
-        .await
+        .map_err(|_| Error::Internal("media i/o task failed"))?;
+        written.map_err(io)?;
+        Ok(guard)
     }
 
     /// SHA-256 of the upload's first `len` bytes, and its first up to 64 KiB (to sniff

@@ -885,16 +885,18 @@ impl<S: Store + Clone + 'static> Media<S> {
             return Err(Error::ChecksumMismatch("chunk"));
         }
         // Chunks write while completion waits (it hashes the file); one that comes after
-        // completion (or an abort) writes nothing.
-        let lock = self.node.uploads.get(upload.upload_id);
-        let _shared = lock.read().await;
+        // completion (or an abort) writes nothing. The write holds the share of the lock
+        // (handed back when it is done), so that it ends before a completion starts even
+        // if this request's future is dropped while it runs.
+        let shared = self.node.uploads.get(upload.upload_id).read_owned().await;
         if self.load_upload(owner, upload.upload_id).await?.completed {
             return Err(Error::Stale("upload already completed"));
         }
         let now = self.clock.now_ms();
-        self.node
+        let _shared = self
+            .node
             .staging
-            .write_at(upload.upload_id, header.offset, bytes)
+            .write_holding(upload.upload_id, header.offset, bytes, shared)
             .await?;
         // The bytes are durable now; their record need not wait for a second fsync: lost
         // in a crash, the chunk is missing from the resume offset and sent again (and
