@@ -150,6 +150,14 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(MediaConfig {
+        chunk_bytes: CHUNK,
+        ..MediaConfig::default()
+    })
+    .await
+}
+
+async fn world_with(config: MediaConfig) -> World {
     let clock = ManualClock::new();
     let dir = tempfile::tempdir().expect("temp dir");
     let inner = EmbeddedStore::open(dir.path().join("db"), &schema::tables(), clock.clone())
@@ -179,10 +187,6 @@ async fn world() -> World {
     let stories = Stories::new(store.clone(), clock.clone(), 1, 0, posts.clone(), feed)
         .expect("stories")
         .with_fanout(hook);
-    let config = MediaConfig {
-        chunk_bytes: CHUNK,
-        ..MediaConfig::default()
-    };
     let blobs = Arc::new(GatedBlobs {
         inner: LocalBlobs::open(dir.path().join("media")).expect("blobs"),
         armed: Mutex::new(None),
@@ -1224,6 +1228,59 @@ fn a_chunk_record_lost_in_a_crash_only_makes_the_chunk_be_sent_again() {
             .await
             .expect("complete");
         assert_eq!(done.size, bytes.len() as u64);
+    });
+}
+
+/// A GIF declared as an image is held to the GIF limit when its bytes show what it is
+/// (the size was checked against the declared kind at `init`): refused at completion,
+/// and the upload ends there.
+#[test]
+fn a_gif_declared_as_an_image_is_held_to_the_gif_limit() {
+    local(async {
+        let mut out = Vec::new();
+        {
+            let mut enc = image::codecs::gif::GifEncoder::new(&mut out);
+            let frames = (0..4u32).map(|i| {
+                let img = image::RgbaImage::from_fn(96, 96, |x, y| {
+                    let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503) ^ i) as u8;
+                    image::Rgba([v, v.rotate_left(3), v.rotate_left(5), 255])
+                });
+                image::Frame::from_parts(img, 0, 0, image::Delay::from_numer_denom_ms(100, 1))
+            });
+            enc.encode_frames(frames).expect("gif");
+        }
+        let gif = out;
+        let w = world_with(MediaConfig {
+            chunk_bytes: CHUNK,
+            max_gif_bytes: gif.len() as u64 - 1,
+            ..MediaConfig::default()
+        })
+        .await;
+        let sha = Sha256::digest(&gif);
+        let declared = |kind| NewUpload {
+            kind,
+            size: gif.len() as u64,
+            sha256: sha.to_vec(),
+            alt_text: String::new(),
+        };
+        assert!(matches!(
+            w.media.init(ANA, declared(Kind::Gif)).await,
+            Err(Error::TooLarge(_))
+        ));
+        let open = w
+            .media
+            .init(ANA, declared(Kind::Image))
+            .await
+            .expect("within the image limit");
+        staged(&w.media, ANA, open.upload_id, &gif).await;
+        assert!(matches!(
+            w.media.complete(ANA, open.upload_id, &sha).await,
+            Err(Error::TooLarge(_))
+        ));
+        assert!(matches!(
+            w.media.resume(ANA, open.upload_id).await,
+            Err(Error::NotFound(_))
+        ));
     });
 }
 

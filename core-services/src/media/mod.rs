@@ -892,6 +892,17 @@ impl<S: Store + Clone + 'static> Media<S> {
         if self.load_upload(owner, upload.upload_id).await?.completed {
             return Err(Error::Stale("upload already completed"));
         }
+        // The same bytes sent again (a retry whose answer was lost) are stored already:
+        // answered without writing them (or an fsync) a second time.
+        let stored = self
+            .store
+            .get(&t::CHUNKS, &key(upload.upload_id), &key(index))
+            .await?;
+        if stored.is_some_and(|row| row[..] == digest[..]) {
+            drop(shared);
+            let offset = self.durable_prefix(&upload).await?;
+            return Ok(self.status(&upload, offset));
+        }
         let now = self.clock.now_ms();
         let _shared = self
             .node
@@ -973,6 +984,12 @@ impl<S: Store + Clone + 'static> Media<S> {
             // Busy or a fault of ours: the upload stays, for another completion.
             Err(e) => return Err(e),
         };
+        // The size was checked against the declared kind; the bytes may be another (a GIF
+        // declared as an image), whose own limit holds too.
+        if upload.size > self.max_bytes(checked.kind) {
+            self.forget_upload(&upload).await?;
+            return Err(Error::TooLarge("upload"));
+        }
         let hex = hex::encode(digest);
         let media = Object {
             media_id: upload.media_id,
