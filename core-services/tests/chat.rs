@@ -839,6 +839,35 @@ async fn key_packages_and_commit_order<S: Store + Clone + 'static>(store: S) {
             .all(|p| claimed.iter().all(|c| c.key_package != p.key_package)
                 || p.device_id == "laptop")
     );
+    // A block hides the blocked member's messages, not the group's commits: hidden,
+    // they would leave the blocker in an old epoch, unable to send again.
+    w.graph.block(CAT, BEN).await.expect("block");
+    let epoch = w.a.head(id).await.expect("head").mls_epoch;
+    w.a.mls_commit(BEN, id, epoch, b"rotate".to_vec(), Vec::new(), Vec::new())
+        .await
+        .expect("commit");
+    let synced =
+        w.a.sync(CAT, &SyncCursor::default(), Some(id), 100)
+            .await
+            .expect("sync");
+    assert!(
+        synced
+            .items
+            .iter()
+            .any(|i| matches!(&i.entry, Entry::Message(m)
+        if m.mls.as_ref().is_some_and(|x| x.data == b"rotate")))
+    );
+    let mut next = text("s2", "");
+    next.kind = MessageKind::Mls;
+    next.mls = Some(Mls {
+        epoch: epoch + 1,
+        content_type: 0,
+        data: vec![4, 5, 6],
+        recipients: Vec::new(),
+    });
+    w.a.send(CAT, id, next)
+        .await
+        .expect("the blocker sends in the new epoch");
 }
 
 #[tokio::test]

@@ -292,6 +292,15 @@ pub mod mls_content {
 }
 
 impl Message {
+    /// Whether it is an MLS Commit or Welcome: the group's key schedule, which every
+    /// member it is addressed to must process whoever sent it (hidden by a block, it
+    /// would leave the blocker in an old epoch, unable to send or read again).
+    pub fn carries_group_state(&self) -> bool {
+        self.mls.as_ref().is_some_and(|m| {
+            m.content_type == mls_content::COMMIT || m.content_type == mls_content::WELCOME
+        })
+    }
+
     /// Whether `viewer` may see this message at all (an MLS Welcome is for its
     /// recipients and its sender only).
     pub fn addressed_to(&self, viewer: u64) -> bool {
@@ -1009,13 +1018,13 @@ impl<S: Store + 'static> Chat<S> {
         Ok(v)
     }
 
-    /// What `viewer` sees of an entry: messages of blocked users are left out; events
+    /// What `viewer` sees of an entry: messages of blocked users are left out (but for
+    /// MLS Commits and Welcomes, opaque key-schedule bytes every member needs); events
     /// about a blocked user's message too.
     async fn visible(&self, memo: &mut Memo, viewer: u64, entry: &Entry) -> Result<bool> {
         match entry {
-            Entry::Message(m) => {
-                Ok(m.addressed_to(viewer) && self.sees(memo, viewer, m.sender_id).await?)
-            }
+            Entry::Message(m) => Ok(m.addressed_to(viewer)
+                && (m.carries_group_state() || self.sees(memo, viewer, m.sender_id).await?)),
             Entry::Event(e) => self.sees(memo, viewer, e.actor).await,
         }
     }
@@ -1206,7 +1215,8 @@ impl<S: Store + 'static> Chat<S> {
             if (m.state == MemberState::Declined || item.seq <= m.joined_seq) && !leaving {
                 continue;
             }
-            if !self.sees(memo, *user, author).await? {
+            let group_state = matches!(&item.entry, Entry::Message(m) if m.carries_group_state());
+            if !group_state && !self.sees(memo, *user, author).await? {
                 continue;
             }
             if let Entry::Message(m) = &item.entry
@@ -2754,7 +2764,7 @@ impl<S: Store + 'static> Chat<S> {
             for (seq, e) in batch {
                 if let Entry::Message(mut m) = e
                     && m.addressed_to(me)
-                    && self.sees(&mut memo, me, m.sender_id).await?
+                    && (m.carries_group_state() || self.sees(&mut memo, me, m.sender_id).await?)
                 {
                     m.seq = seq;
                     out.push(m);
