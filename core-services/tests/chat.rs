@@ -3,7 +3,12 @@
 //! `Chat` instances over one store stand for two nodes of a fleet (distinct node numbers,
 //! no shared locks), so the races between nodes run for real.
 
+mod support;
+
 use std::sync::Arc;
+use std::time::Duration;
+
+use support::{Gate, Gated, Op};
 
 use selfie_services::Error;
 use selfie_services::chat::{
@@ -1394,6 +1399,109 @@ async fn edits_are_bounded() {
     assert_eq!(versions[0].text, "v0");
     let now = w.a.readable_message(BEN, id, sent.seq).await.expect("read");
     assert_eq!(now.text, format!("v{MAX_EDITS}"));
+}
+
+/// Races a change or a send loses to another node: each attempt after the first starts
+/// over from the message and the members as the winner left them. On CQL a commit's
+/// writes land after its condition; `Op::CommitWrites` holds them there.
+async fn lost_races_start_over<S: Store + Clone + 'static>(inner: S) {
+    let gate = Gate::default();
+    let w = world(Gated {
+        inner,
+        gate: gate.clone(),
+    })
+    .await;
+    friends(&w).await;
+    let id = w.a.direct(ANA, BEN).await.expect("direct");
+
+    // Ana's edit reads her message, then node 2 deletes it for everyone before the
+    // edit's commit: the edit, retried, finds it deleted (it once wrote the text back).
+    let m = w.a.send(ANA, id, text("r1", "oops")).await.expect("sent");
+    let mut held = gate.arm(Op::Commit, "");
+    let race = async {
+        held.reached().await;
+        w.b.delete(ANA, id, m.seq).await.expect("delete");
+        held.release();
+    };
+    let (edited, ()) = tokio::join!(w.a.edit(ANA, id, m.seq, "fixed"), race);
+    assert!(matches!(edited, Err(Error::Forbidden(_))), "{edited:?}");
+    let now = w.a.readable_message(BEN, id, m.seq).await.expect("read");
+    assert!(now.deleted && now.text.is_empty(), "{now:?}");
+
+    // The same with the delete's head in and its row not yet (CQL): the edit does not
+    // build on the row the head has moved past; it waits for it, then finds it deleted.
+    let m =
+        w.a.send(ANA, id, text("r2", "oops again"))
+            .await
+            .expect("sent");
+    let mut held = gate.arm(Op::CommitWrites, "");
+    let race = async {
+        held.reached().await;
+        let edit = w.b.edit(ANA, id, m.seq, "fixed");
+        tokio::pin!(edit);
+        if let Ok(done) = tokio::time::timeout(Duration::from_millis(50), &mut edit).await {
+            panic!("the edit was decided on a row its head had moved past: {done:?}");
+        }
+        held.release();
+        edit.await
+    };
+    let (deleted, edited) = tokio::join!(w.a.delete(ANA, id, m.seq), race);
+    deleted.expect("delete");
+    assert!(matches!(edited, Err(Error::Forbidden(_))), "{edited:?}");
+    let now = w.b.readable_message(BEN, id, m.seq).await.expect("read");
+    assert!(now.deleted && now.text.is_empty(), "{now:?}");
+    assert!(
+        w.a.versions(ANA, id, m.seq)
+            .await
+            .expect("versions")
+            .is_empty()
+    );
+
+    // Two reactions racing on two nodes: both are kept.
+    let m = w.a.send(ANA, id, text("r3", "react")).await.expect("sent");
+    let mut held = gate.arm(Op::Commit, "");
+    let race = async {
+        held.reached().await;
+        w.b.react(BEN, id, m.seq, Some("🔥")).await.expect("ben");
+        held.release();
+    };
+    let (ana, ()) = tokio::join!(w.a.react(ANA, id, m.seq, Some("👍")), race);
+    ana.expect("ana");
+    let now = w.a.readable_message(ANA, id, m.seq).await.expect("read");
+    let mut reactions = now.reactions.clone();
+    reactions.sort();
+    assert_eq!(
+        reactions,
+        vec![(ANA, "👍".to_string()), (BEN, "🔥".to_string())]
+    );
+
+    // Cat's send reads the members, then node 2 removes her before its commit: the
+    // retry is refused, and nobody reads a message from someone no longer there.
+    let g =
+        w.a.group(ANA, &[BEN, CAT], "trip", false, Vec::new(), None)
+            .await
+            .expect("group");
+    let mut held = gate.arm(Op::Commit, "");
+    let race = async {
+        held.reached().await;
+        w.b.remove_member(ANA, g, CAT).await.expect("removed");
+        held.release();
+    };
+    let (sent, ()) = tokio::join!(w.a.send(CAT, g, text("late", "still here?")), race);
+    assert!(matches!(sent, Err(Error::NotFound(_))), "{sent:?}");
+    let (seen, _) = w.a.history(BEN, g, 0, 50).await.expect("history");
+    assert!(seen.iter().all(|m| m.sender_id != CAT), "{seen:?}");
+}
+
+#[tokio::test]
+async fn lost_races_start_over_on_embedded() {
+    let (s, _d) = embedded();
+    lost_races_start_over(s).await;
+}
+
+#[tokio::test]
+async fn lost_races_start_over_on_cql() {
+    lost_races_start_over(cql().await).await;
 }
 
 /// A flood of message requests (from a thousand throwaway accounts) pushes none of a

@@ -289,6 +289,7 @@ impl<S: Store + 'static> Chat<S> {
                 });
             }
         }
+        let welcome_to = recipients.clone();
         let now = self.now();
         let message = |content_type, data, recipients| {
             Entry::Message(Message {
@@ -324,8 +325,16 @@ impl<S: Store + 'static> Chat<S> {
             Entry::Message(m) => m.message_id,
             Entry::Event(_) => 0,
         };
+        // The members checked above may have changed on another node since: the head
+        // names those removed even where their rows have not caught up.
         let check = |h: &Head| {
-            if h.mls_epoch == epoch {
+            if h.left.contains(&me) {
+                Err(Error::NotFound("conversation"))
+            } else if welcome_to.iter().any(|r| h.left.contains(r)) {
+                Err(Error::InvalidArgument {
+                    field: "welcome_recipients",
+                })
+            } else if h.mls_epoch == epoch {
                 Ok(())
             } else {
                 Err(Error::Stale("another commit took this epoch"))

@@ -212,10 +212,20 @@ pub struct Head {
     /// still hold the old member (on CQL a commit's writes land after its condition).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left: Vec<u64>,
+    /// The last messages changed (edited, deleted, reacted to): (number, digest of the
+    /// row the change wrote), oldest first, at most [`RECENT_CHANGED`]. A change that
+    /// lost a race re-reads the message; on CQL the winner's row may land after its head,
+    /// so a row whose digest is not the one named here is read again, never changed on
+    /// top of (an edit would bring back a message deleted for everyone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<(u64, u64)>,
 }
 
 /// Removed users a head remembers (see [`Head::left`]).
 pub const RECENT_LEFT: usize = 16;
+
+/// Changed messages a head remembers (see [`Head::changed`]).
+pub const RECENT_CHANGED: usize = 8;
 
 /// One member's row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -611,6 +621,13 @@ fn txn_hash(sender: u64, client_msg_id: &str) -> u64 {
     h.update(sender.to_be_bytes());
     h.update(client_msg_id.as_bytes());
     let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// The digest of a stored log row a change wrote (see [`Head::changed`]).
+fn row_digest(row: &[u8]) -> u64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(row);
     u64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
 }
 
@@ -1345,6 +1362,7 @@ impl<S: Store + 'static> Chat<S> {
             recent: Vec::new(),
             mls_epoch: 0,
             left: Vec::new(),
+            changed: Vec::new(),
         };
         let created = Entry::Event(Event {
             kind: EventKind::Created,
@@ -2209,8 +2227,8 @@ impl<S: Store + 'static> Chat<S> {
         if let Some(sent) = self.txn(&txn_cell).await? {
             return Ok(sent);
         }
-        // The members, read once: the sender's membership and the checks here, the
-        // push after the commit.
+        // The members: the sender's membership and the checks here, the push after the
+        // commit (read again when an attempt loses a race).
         let mut members = self.members(id).await?;
         let member = members
             .iter()
@@ -2331,6 +2349,19 @@ impl<S: Store + 'static> Chat<S> {
                 exists = true; // A retry of this very send took a number first.
                 break;
             }
+            // Removed meanwhile (by another node: the head says so even where the
+            // member rows have not caught up yet).
+            if head.left.contains(&me) {
+                return Err(Error::NotFound("conversation"));
+            }
+            if attempt > 0 {
+                // Lost a race: the members may have changed with the head.
+                members = self.members(id).await?;
+                if member_of(&members, me).is_none() {
+                    return Err(Error::NotFound("conversation"));
+                }
+            }
+            members.retain(|(u, _)| !head.left.contains(u));
             if let Some(e) = epoch
                 && e != head.mls_epoch
             {
@@ -2492,7 +2523,9 @@ impl<S: Store + 'static> Chat<S> {
         }
     }
 
-    /// Changes message `seq` with `f` and appends `event`, in one commit.
+    /// Changes message `seq` with `f` and appends `event`, in one commit. Each attempt
+    /// reads the head, then the message, and runs `f` on what it read: an attempt that
+    /// lost the race to another node starts over from the message as that node left it.
     async fn change_message(
         &self,
         me: u64,
@@ -2506,41 +2539,84 @@ impl<S: Store + 'static> Chat<S> {
         if member.state != MemberState::Active {
             return Err(Error::Forbidden("answer the message request first"));
         }
-        let mut message = self.readable_message(me, id, seq).await?;
-        // Commits and Welcomes carry the group's key schedule: nobody may change them.
-        if message
-            .mls
-            .as_ref()
-            .is_some_and(|m| m.content_type != mls_content::APPLICATION)
-        {
-            return Err(Error::Forbidden("MLS handshake messages cannot be changed"));
+        if seq <= member.joined_seq {
+            return Err(Error::NotFound("message"));
         }
-        let version = match f(&mut message, &member, &rec)? {
-            Change::Unchanged => return Ok(()),
-            Change::Changed(v) => v,
-        };
         let row = Cell::new(&LOG, log_partition(id, seq), seq_key(seq));
-        let value: Bytes = encode("chat log entry", &Entry::Message(message))?.into();
-        let version_row = match version {
-            Some((n, v)) => Some(put(
-                Cell::new(&EDITS, k(id), KeyBuilder::new().u64(seq).u64(n).build()),
-                encode("message version", &v)?,
-            )),
-            None => None,
-        };
-        let (seqs, _) = self
-            .append(
-                id,
-                vec![event.clone()],
-                |_, _| {},
-                |_| {
-                    let mut rows = vec![put(row.clone(), value.clone())];
-                    rows.extend(version_row.clone());
-                    Ok(rows)
-                },
-            )
-            .await?;
-        self.push_entry(id, seqs, event).await
+        let mut memo = Memo::new();
+        for attempt in 0..APPEND_TRIES {
+            backoff(attempt).await;
+            // The head first: a change committed after this read fails this attempt's
+            // condition, so the message read next is never older than the head.
+            let (raw, head) = self.current_head(id).await?;
+            if head.left.contains(&me) {
+                return Err(Error::NotFound("conversation"));
+            }
+            let stored = self
+                .store
+                .get(row.table, &row.partition, &row.clustering)
+                .await?
+                .ok_or(Error::NotFound("message"))?;
+            if head
+                .changed
+                .iter()
+                .rev()
+                .find(|(s, _)| *s == seq)
+                .is_some_and(|(_, d)| *d != row_digest(&stored))
+            {
+                // The last change's row has not landed yet (CQL): read it again.
+                continue;
+            }
+            let mut message = match decode("chat log entry", &stored)? {
+                Entry::Message(m)
+                    if m.addressed_to(me) && self.sees(&mut memo, me, m.sender_id).await? =>
+                {
+                    m
+                }
+                _ => return Err(Error::NotFound("message")),
+            };
+            message.seq = seq;
+            // Commits and Welcomes carry the group's key schedule: nobody may change them.
+            if message
+                .mls
+                .as_ref()
+                .is_some_and(|m| m.content_type != mls_content::APPLICATION)
+            {
+                return Err(Error::Forbidden("MLS handshake messages cannot be changed"));
+            }
+            let version = match f(&mut message, &member, &rec)? {
+                Change::Unchanged => return Ok(()),
+                Change::Changed(v) => v,
+            };
+            let value: Bytes = encode("chat log entry", &Entry::Message(message))?.into();
+            let digest = row_digest(&value);
+            let version_row = match version {
+                Some((n, v)) => Some(put(
+                    Cell::new(&EDITS, k(id), KeyBuilder::new().u64(seq).u64(n).build()),
+                    encode("message version", &v)?,
+                )),
+                None => None,
+            };
+            let change = |h: &mut Head, _: &[u64]| {
+                h.changed.retain(|(s, _)| *s != seq);
+                h.changed.push((seq, digest));
+                let extra = h.changed.len().saturating_sub(RECENT_CHANGED);
+                h.changed.drain(..extra);
+            };
+            let extra = |_: &[u64]| {
+                let mut rows = vec![put(row.clone(), value.clone())];
+                rows.extend(version_row.clone());
+                Ok(rows)
+            };
+            let (seqs, _, queued) = self
+                .queue_append(id, raw, head, std::slice::from_ref(&event), &change, &extra)
+                .await?;
+            if self.settle(id, queued).await? {
+                self.after_earlier_pushes(id).await;
+                return self.push_entry(id, seqs, event).await;
+            }
+        }
+        Err(Error::Busy)
     }
 
     /// Edits `me`'s message `seq` (plain conversations; the old text is kept).

@@ -24,6 +24,10 @@ pub enum Op {
     DeleteIfPresent,
     CompareAndSet,
     Commit,
+    /// The writes of a commit whose condition held, applied apart from it the way CQL
+    /// does (the condition is a lightweight transaction, the writes land after it): the
+    /// gate holds them between the two (table name: "").
+    CommitWrites,
 }
 
 enum Action {
@@ -99,6 +103,15 @@ impl Gate {
             table,
             action: Action::Fail,
         });
+    }
+
+    /// Whether the next matching operation is `op` on `table`.
+    fn armed_for(&self, op: Op, table: &str) -> bool {
+        self.0
+            .lock()
+            .expect("gate")
+            .as_ref()
+            .is_some_and(|a| a.op == op && a.table == table)
     }
 
     async fn pass(&self, op: Op, table: &str) -> Result<(), StoreError> {
@@ -248,6 +261,22 @@ impl<S: Store> Store for Gated<S> {
     }
 
     async fn commit(&self, commit: &Commit) -> Result<bool, StoreError> {
+        if commit.condition.is_some() && self.gate.armed_for(Op::CommitWrites, "") {
+            // CQL's order: the condition, then (held here) the writes.
+            let condition = Commit {
+                condition: commit.condition.clone(),
+                writes: Vec::new(),
+            };
+            if !self.inner.commit(&condition).await? {
+                return Ok(false);
+            }
+            self.gate.pass(Op::CommitWrites, "").await?;
+            let writes = Commit {
+                condition: None,
+                writes: commit.writes.clone(),
+            };
+            return self.inner.commit(&writes).await;
+        }
         self.gate.pass(Op::Commit, "").await?;
         self.inner.commit(commit).await
     }
