@@ -12,8 +12,8 @@ use support::{Gate, Gated, Op};
 
 use selfie_services::Error;
 use selfie_services::chat::{
-    Chat, Entry, EventKind, Folder, MessageKind, Mls, NewMessage, Receipt, Role, SyncCursor,
-    SyncLimits, Update,
+    Chat, Entry, EventKind, Folder, MessageKind, Mls, NewMessage, Receipt, Role, SendRate,
+    SyncCursor, SyncLimits, Update,
 };
 use selfie_services::graph::Graph;
 use selfie_services::schema;
@@ -68,6 +68,12 @@ async fn world<S: Store + Clone + 'static>(store: S) -> World<S> {
             .with_limits(SyncLimits {
                 window: 10_000,
                 max_events: 1_000,
+                // The suites send hundreds in a row; `expensive_paths_are_rate_limited`
+                // holds a node to the default.
+                send: SendRate {
+                    burst: 1_000_000,
+                    per_minute: 1_000_000,
+                },
             })
     };
     World {
@@ -576,6 +582,7 @@ async fn limited_when_the_gap_is_too_large<S: Store + Clone + 'static>(store: S)
         .with_limits(SyncLimits {
             window: 5,
             max_events: 100,
+            ..SyncLimits::default()
         });
     let id = chat.direct(ANA, BEN).await.expect("direct");
     let start = chat
@@ -1337,6 +1344,44 @@ async fn expensive_paths_are_rate_limited() {
     w.a.sync(CAT, &SyncCursor::default(), None, 10)
         .await
         .expect("cat's sync");
+    // A cursor naming thousands of conversations costs a sync per hundred of them: the
+    // second such sync in a row waits.
+    let huge = SyncCursor((1u64 << 40..(1u64 << 40) + 3000).map(|c| (c, 1)).collect());
+    let first = w.a.sync(CAT, &huge, None, 10).await.expect("first");
+    assert!(first.cursor.0.len() <= 3000);
+    let second = w.a.sync(CAT, &huge, None, 10).await;
+    assert!(matches!(second, Err(Error::RateLimited(_))), "{second:?}");
+    // History pages and typing signals (flipping start and stop), whether or not the
+    // caller is a member.
+    let id = w.b.direct(ANA, BEN).await.expect("direct");
+    let pages = calls_before_limit!(w.a.history(DAN, id, 0, 10));
+    assert!(matches!(pages, Some(n) if n >= 10), "history: {pages:?}");
+    let mut flips = 0;
+    let typing = calls_before_limit!({
+        flips += 1;
+        w.a.typing(DAN, id, flips % 2 == 0)
+    });
+    assert!(matches!(typing, Some(n) if n >= 10), "typing: {typing:?}");
+    // Sends, on a node with the default rate: a burst, then a wait; a retry of a send
+    // already accepted is still answered; Ben's own sends are his.
+    let node = Chat::new(w.store.clone(), Arc::new(SystemClock), 3, 0).expect("chat");
+    let burst = SendRate::default().burst as usize;
+    let mut sent = 0;
+    let refused = loop {
+        match node.send(ANA, id, text(&format!("s{sent}"), "hi")).await {
+            Ok(_) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent <= 10 * burst, "sends were never limited");
+    };
+    assert!(matches!(refused, Error::RateLimited(_)), "{refused:?}");
+    // (A token comes back each second: a slow machine may fit one or two more.)
+    assert!((burst..2 * burst).contains(&sent), "sends: {sent}");
+    let again = node.send(ANA, id, text("s1", "hi")).await.expect("retry");
+    assert!(again.duplicate);
+    node.send(BEN, id, text("b1", "hi ana"))
+        .await
+        .expect("ben's own bucket");
 }
 
 /// A claim hands out whole users within one answer and names those left out, whose

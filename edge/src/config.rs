@@ -164,6 +164,10 @@ pub struct ChatConfig {
     pub sync_window: u64,
     /// Most events in one sync response.
     pub sync_max_events: usize,
+    /// Messages one user may send at once (per shard) after a quiet spell.
+    pub send_burst: u32,
+    /// Messages one user may send per minute (per shard), sustained.
+    pub sends_per_minute: u32,
 }
 
 impl Default for ChatConfig {
@@ -172,16 +176,22 @@ impl Default for ChatConfig {
         Self {
             sync_window: d.window,
             sync_max_events: d.max_events,
+            send_burst: d.send.burst,
+            sends_per_minute: d.send.per_minute,
         }
     }
 }
 
 impl ChatConfig {
-    /// The chat service's sync limits.
+    /// The chat service's sync limits and send rate.
     pub fn limits(&self) -> selfie_services::chat::SyncLimits {
         selfie_services::chat::SyncLimits {
             window: self.sync_window.max(1),
             max_events: self.sync_max_events.clamp(1, 10_000),
+            send: selfie_services::chat::SendRate {
+                burst: self.send_burst.max(1),
+                per_minute: self.sends_per_minute.max(1),
+            },
         }
     }
 }

@@ -261,7 +261,14 @@ async fn a_retried_send_is_stored_once_even_across_an_edge_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_away_for_a_thousand_messages_resumes_exactly_and_the_outbox_survives() {
-    let node = support::start();
+    // Ana sends a thousand in a row: far past a person's send rate, which is the
+    // operator's to raise.
+    let mut parts = support::parts();
+    parts.chat.send = selfie_services::chat::SendRate {
+        burst: 10_000,
+        per_minute: 10_000,
+    };
+    let node = support::start_parts(&parts);
     let anon = Client::connect(config(&node, None)).await.expect("session");
     let ana = sign_up(&node, &anon, "ana").await;
     let ben = sign_up(&node, &anon, "ben").await;

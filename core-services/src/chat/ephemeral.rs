@@ -104,6 +104,9 @@ impl<S: Store + 'static> Chat<S> {
             }
             memo.typing.insert((me, id), (typing, now));
         }
+        // Whatever the state it says (a client flipping start and stop gets past the
+        // repeat check above) and whether or not `me` is a member.
+        self.rates.check(me, super::Costly::Typing)?;
         let member = self
             .member(id, me)
             .await?

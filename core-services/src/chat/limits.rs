@@ -24,11 +24,51 @@ pub enum Costly {
     Sync,
     /// Viewing one conversation (every member's settings and positions).
     View,
+    /// A page of history (a scan of up to `HISTORY_SCAN` log entries).
+    History,
+    /// A typing signal that reaches the members (a repeat of the same one is dropped
+    /// before it costs anything).
+    Typing,
+    /// Sending a message (a commit, and a push to every member): its rate is the
+    /// operator's ([`SendRate`]).
+    Send,
+}
+
+/// The paths, in their order of declaration (the index of each one's bucket).
+const PATHS: [Costly; 8] = [
+    Costly::List,
+    Costly::Create,
+    Costly::Claim,
+    Costly::Sync,
+    Costly::View,
+    Costly::History,
+    Costly::Typing,
+    Costly::Send,
+];
+
+/// How fast one user may send messages (on one shard): a burst, then a sustained rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendRate {
+    /// Messages sent at once after a quiet spell.
+    pub burst: u32,
+    /// Messages per minute, sustained.
+    pub per_minute: u32,
+}
+
+impl Default for SendRate {
+    /// 60 at once, then one a second on average (a person types slower; a script
+    /// replaying a backlog waits).
+    fn default() -> Self {
+        Self {
+            burst: 60,
+            per_minute: 60,
+        }
+    }
 }
 
 impl Costly {
     /// (burst, sustained per minute).
-    fn quota(self) -> (u32, u32) {
+    fn quota(self, send: SendRate) -> (u32, u32) {
         match self {
             Costly::List => (30, 120),
             Costly::Create => (20, 20),
@@ -36,6 +76,11 @@ impl Costly {
             // A device syncs on every reconnect and to fill a gap in pushes.
             Costly::Sync => (60, 300),
             Costly::View => (60, 300),
+            // Scrolling back through a long conversation.
+            Costly::History => (60, 600),
+            // Start and stop, in a few conversations at once.
+            Costly::Typing => (30, 240),
+            Costly::Send => (send.burst, send.per_minute),
         }
     }
 }
@@ -43,61 +88,65 @@ impl Costly {
 /// Calls between sweeps of idle buckets.
 const SWEEP_EVERY: u32 = 4096;
 
-/// The buckets of one shard.
+/// The buckets of one shard, one per path.
 pub(super) struct Limits {
-    list: DefaultKeyedRateLimiter<u64>,
-    create: DefaultKeyedRateLimiter<u64>,
-    claim: DefaultKeyedRateLimiter<u64>,
-    sync: DefaultKeyedRateLimiter<u64>,
-    view: DefaultKeyedRateLimiter<u64>,
+    buckets: Vec<DefaultKeyedRateLimiter<u64>>,
     calls: Cell<u32>,
 }
 
-fn limiter(path: Costly) -> DefaultKeyedRateLimiter<u64> {
-    let (burst, per_minute) = path.quota();
+fn limiter(path: Costly, send: SendRate) -> DefaultKeyedRateLimiter<u64> {
+    let (burst, per_minute) = path.quota(send);
     let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
     RateLimiter::keyed(Quota::per_minute(n(per_minute)).allow_burst(n(burst)))
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            list: limiter(Costly::List),
-            create: limiter(Costly::Create),
-            claim: limiter(Costly::Claim),
-            sync: limiter(Costly::Sync),
-            view: limiter(Costly::View),
-            calls: Cell::new(0),
-        }
+        Self::new(SendRate::default())
     }
 }
 
 impl Limits {
+    /// The buckets, with sends held to `send`.
+    pub(super) fn new(send: SendRate) -> Self {
+        Self {
+            buckets: PATHS.iter().map(|p| limiter(*p, send)).collect(),
+            calls: Cell::new(0),
+        }
+    }
+
     /// Spends one of `user`'s tokens for `path`, or says how long to wait.
     pub(super) fn check(&self, user: u64, path: Costly) -> Result<()> {
-        let limiter = match path {
-            Costly::List => &self.list,
-            Costly::Create => &self.create,
-            Costly::Claim => &self.claim,
-            Costly::Sync => &self.sync,
-            Costly::View => &self.view,
-        };
+        self.check_n(user, path, 1)
+    }
+
+    /// Spends `n` of `user`'s tokens for `path` (a call that costs as much as `n`; at
+    /// most a whole burst), or says how long to wait.
+    pub(super) fn check_n(&self, user: u64, path: Costly, n: u32) -> Result<()> {
         let calls = self.calls.get().wrapping_add(1);
         self.calls.set(calls);
         if calls.is_multiple_of(SWEEP_EVERY) {
             // Full buckets are the same as none: memory stays bounded by active users.
-            for l in [
-                &self.list,
-                &self.create,
-                &self.claim,
-                &self.sync,
-                &self.view,
-            ] {
+            for l in &self.buckets {
                 l.retain_recent();
                 l.shrink_to_fit();
             }
         }
-        limiter.check_key(&user).map_err(|not_until| {
+        let Some(limiter) = self.buckets.get(path as usize) else {
+            return Ok(());
+        };
+        let Some(n) = NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        let verdict = match limiter.check_key_n(&user, n) {
+            Ok(verdict) => verdict,
+            // More than a burst: a whole burst.
+            Err(governor::InsufficientCapacity(burst)) => match NonZeroU32::new(burst) {
+                Some(burst) => limiter.check_key_n(&user, burst).unwrap_or(Ok(())),
+                None => Ok(()),
+            },
+        };
+        verdict.map_err(|not_until| {
             let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
             let wait: Duration = not_until.wait_time_from(now);
             Error::RateLimited(wait.max(Duration::from_millis(1)))

@@ -74,7 +74,7 @@ pub use ephemeral::{
     PRESENCE_CHANGES, PRESENCE_STALE_MS, PRESENCE_WINDOW, PRESENCE_WRITE_EVERY, Presence,
     TYPING_REPEAT, status as presence_status,
 };
-pub use limits::Costly;
+pub use limits::{Costly, SendRate};
 pub use mls::{KeyPackage, MAX_KEY_PACKAGE_BYTES};
 pub use wire::ChatWire;
 
@@ -103,6 +103,8 @@ pub const SYNC_REQUESTS: usize = 100;
 /// than a sync lists by itself, so that a device keeps syncing older conversations it
 /// knows; a sync's answer never names more.
 pub const MAX_CURSOR_CONVERSATIONS: usize = 4 * MAX_USER_CONVERSATIONS;
+/// Conversations named only by a sync's cursor that cost one more sync token.
+pub const CURSOR_CONVERSATIONS_PER_TOKEN: usize = 100;
 /// Most distinct emoji on one message.
 pub const MAX_REACTION_KINDS: usize = 20;
 /// Unread counts stop here (shown as "99+").
@@ -113,7 +115,7 @@ const APPEND_TRIES: u32 = 32;
 /// ends early with `has_more`).
 const HISTORY_SCAN: usize = 2000;
 
-/// How far [`Chat::sync`] goes.
+/// How far [`Chat::sync`] goes, and how fast one user may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncLimits {
     /// A conversation more than this many entries behind is `limited` instead of
@@ -121,6 +123,8 @@ pub struct SyncLimits {
     pub window: u64,
     /// Most events in one sync response.
     pub max_events: usize,
+    /// Sends per user (on one shard).
+    pub send: SendRate,
 }
 
 impl Default for SyncLimits {
@@ -128,6 +132,7 @@ impl Default for SyncLimits {
         Self {
             window: 10_000,
             max_events: 1000,
+            send: SendRate::default(),
         }
     }
 }
@@ -819,9 +824,10 @@ impl<S: Store + 'static> Chat<S> {
         self
     }
 
-    /// Syncs within `limits`.
+    /// Syncs, and holds sends, within `limits`.
     pub fn with_limits(mut self, limits: SyncLimits) -> Self {
         self.limits = limits;
+        self.rates = limits::Limits::new(limits.send);
         self
     }
 
@@ -2227,6 +2233,8 @@ impl<S: Store + 'static> Chat<S> {
         if let Some(sent) = self.txn(&txn_cell).await? {
             return Ok(sent);
         }
+        // A retry of an accepted send was answered above, free.
+        self.rates.check(me, Costly::Send)?;
         // The members: the sender's membership and the checks here, the push after the
         // commit (read again when an attempt loses a race).
         let mut members = self.members(id).await?;
@@ -2811,6 +2819,7 @@ impl<S: Store + 'static> Chat<S> {
         before: u64,
         limit: usize,
     ) -> Result<(Vec<Message>, Option<u64>)> {
+        self.rates.check(me, Costly::History)?;
         let (_, member) = self.membership(id, me).await?;
         if member.state == MemberState::Declined {
             return Err(Error::NotFound("conversation"));
@@ -2906,6 +2915,11 @@ impl<S: Store + 'static> Chat<S> {
                 out.cursor.0.remove(id);
             }
             known.truncate(room);
+            // Each one costs reads of its own: a sync naming many is charged as that
+            // many syncs' worth, one more for every CURSOR_CONVERSATIONS_PER_TOKEN.
+            let extra = known.len() / CURSOR_CONVERSATIONS_PER_TOKEN;
+            self.rates
+                .check_n(me, Costly::Sync, u32::try_from(extra).unwrap_or(u32::MAX))?;
             conversations.extend(known);
         }
         let mut memo = HashMap::new();

@@ -54,6 +54,8 @@ pub struct Parts {
     pub web: selfie_edge::config::WebConfig,
     /// The nodes' `limits.idle_timeout_ms` (also how long an unread answer is kept).
     pub idle_timeout_ms: u64,
+    /// Chat's sync limits and send rate (the defaults).
+    pub chat: selfie_services::chat::SyncLimits,
     dir: Arc<tempfile::TempDir>,
 }
 
@@ -160,6 +162,7 @@ fn parts_over(store: AnyStore, clock: Arc<dyn Clock>, dir: tempfile::TempDir) ->
             ..Default::default()
         },
         idle_timeout_ms: selfie_edge::config::LimitsConfig::default().idle_timeout_ms,
+        chat: Default::default(),
         dir: Arc::new(dir),
     }
 }
@@ -273,7 +276,7 @@ pub fn start_in_fleet(
         graph_locks,
         access_ttl: Duration::from_secs(900),
         plane: plane.clone(),
-        chat: Default::default(),
+        chat: parts.chat,
         feed: parts.feed,
         media: Some(media.clone()),
     };
