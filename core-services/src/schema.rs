@@ -180,6 +180,12 @@ pub static MIGRATIONS: &[Migration] = &[
         tables: crate::tables::media::OWNED_TABLES,
         statements: &[],
     },
+    Migration {
+        version: 28,
+        name: "chat: recent key package claims by claimer",
+        tables: crate::tables::chat::CLAIM_TABLES,
+        statements: &[],
+    },
 ];
 
 /// Every table of every service (for opening the embedded store).

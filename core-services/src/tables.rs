@@ -669,6 +669,26 @@ pub mod chat {
     /// The MLS table (a later migration).
     pub static MLS_TABLES: &[&Table] = &[&KEY_PACKAGES];
 
+    /// How long a claimer, having taken one of a device's key packages, gets only that
+    /// device's last resort (see [`KEY_PACKAGE_CLAIMS`]).
+    pub const CLAIM_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+    /// (user; claimer, device) → a mark that the claimer took one of the device's
+    /// ordinary packages within [`CLAIM_WINDOW`]: until it expires the claimer gets the
+    /// last resort, so no one drains a user's packages, whichever node it claims on.
+    pub static KEY_PACKAGE_CLAIMS: Table = Table {
+        name: "chat_mls_key_package_claims",
+        kind: TableKind::Rows,
+        partition: &["user_id"],
+        clustering: &["claimer_id", "device_id"],
+        default_ttl: Some(CLAIM_WINDOW),
+        conditional: true,
+        doc: "recent claims of each device's key packages, by claimer",
+    };
+
+    /// The key package claims table (a later migration).
+    pub static CLAIM_TABLES: &[&Table] = &[&KEY_PACKAGE_CLAIMS];
+
     /// The presence table (a later migration).
     pub static PRESENCE_TABLES: &[&Table] = &[&PRESENCE];
 

@@ -1421,6 +1421,56 @@ async fn claims_stop_at_whole_users() {
     assert_eq!((again.len(), left_out.len()), (16, 0));
 }
 
+/// One claimer takes one ordinary package of each device per window, on whichever node
+/// it claims, and the device's last resort meanwhile: nobody drains a user's packages
+/// (each claim it makes would burn one that another claimer needs).
+async fn a_claimer_cannot_drain_packages<S: Store + Clone + 'static>(store: S) {
+    let w = world(store).await;
+    friends(&w).await;
+    let packages: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 40]).collect();
+    let last_resort = vec![99u8; 40];
+    w.a.upload_key_packages(BEN, "phone", &packages, Some(&last_resort))
+        .await
+        .expect("uploaded");
+    let first = w.a.claim_key_packages(DAN, &[BEN]).await.expect("claim");
+    assert_ne!(first[0].key_package, last_resort, "an ordinary one first");
+    for node in [&w.a, &w.b, &w.a, &w.b] {
+        let again = node.claim_key_packages(DAN, &[BEN]).await.expect("claim");
+        assert_eq!(again[0].key_package, last_resort, "then the last resort");
+    }
+    assert_eq!(package_rows(&w.store, BEN).await.len(), 6, "one used up");
+    // Another claimer is not held back by Dan's claims.
+    let cat = w.b.claim_key_packages(CAT, &[BEN]).await.expect("claim");
+    assert_ne!(cat[0].key_package, last_resort);
+    assert_ne!(cat[0].key_package, first[0].key_package);
+    assert_eq!(package_rows(&w.store, BEN).await.len(), 5);
+    // Ben's own other devices are not held to it.
+    w.a.upload_key_packages(BEN, "laptop", &[vec![50; 40], vec![51; 40]], None)
+        .await
+        .expect("uploaded");
+    let own = |got: Vec<selfie_services::chat::KeyPackage>| {
+        got.into_iter()
+            .find(|p| p.device_id == "phone")
+            .map(|p| p.key_package)
+    };
+    let mine = own(w.a.claim_key_packages(BEN, &[BEN]).await.expect("own"));
+    let mine_again = own(w.a.claim_key_packages(BEN, &[BEN]).await.expect("own"));
+    assert_ne!(mine, Some(last_resort.clone()));
+    assert_ne!(mine_again, Some(last_resort));
+    assert_ne!(mine, mine_again);
+}
+
+#[tokio::test]
+async fn a_claimer_cannot_drain_packages_on_embedded() {
+    let (s, _d) = embedded();
+    a_claimer_cannot_drain_packages(s).await;
+}
+
+#[tokio::test]
+async fn a_claimer_cannot_drain_packages_on_cql() {
+    a_claimer_cannot_drain_packages(cql().await).await;
+}
+
 /// A message keeps at most MAX_EDITS edits, every version readable.
 #[tokio::test]
 async fn edits_are_bounded() {

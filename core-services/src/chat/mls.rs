@@ -27,7 +27,7 @@ use selfie_storage::key::{KeyBuilder, KeyReader};
 use selfie_storage::{Scan, Store};
 
 use super::{Chat, Entry, Head, MemberState, Message, MessageKind, Mls, Sent, mls_content};
-use crate::tables::chat::KEY_PACKAGES;
+use crate::tables::chat::{KEY_PACKAGE_CLAIMS, KEY_PACKAGES};
 use crate::tables::{self, key as k};
 use crate::{Error, Result};
 
@@ -174,7 +174,7 @@ impl<S: Store + 'static> Chat<S> {
         let mut out = Vec::with_capacity(users.len());
         let mut budget = CLAIM_BYTES;
         for (i, &user) in users.iter().enumerate() {
-            match self.claim_devices(user, &mut budget).await? {
+            match self.claim_devices(me, user, &mut budget).await? {
                 Some(packages) => out.extend(packages),
                 None => return Ok((out, users[i..].to_vec())),
             }
@@ -184,11 +184,14 @@ impl<S: Store + 'static> Chat<S> {
 
     /// One key package of each of `user`'s devices: a device's first package is handed
     /// out and deleted (a conditional delete, so two claimers never get the same one),
-    /// except a device's last, which stays as its last resort.
+    /// except a device's last, which stays as its last resort. `claimer` takes one
+    /// ordinary package of a device per [`tables::chat::CLAIM_WINDOW`] (on any node),
+    /// and the last resort meanwhile: nobody drains another user's packages.
     /// `None` (handing out nothing) when the user's packages might exceed what is left of
     /// `budget`: the answer must fit one frame, and the caller claims the user again.
     async fn claim_devices(
         &self,
+        claimer: u64,
         user: u64,
         budget: &mut usize,
     ) -> Result<Option<Vec<KeyPackage>>> {
@@ -222,25 +225,47 @@ impl<S: Store + 'static> Chat<S> {
         }
         let mut out = Vec::new();
         for (device, rows) in devices {
+            // Whether `claimer` may take one of the device's ordinary packages: once per
+            // CLAIM_WINDOW, fleet-wide (the mark goes in before the package goes out).
+            let mut fresh = None;
             for (i, row) in rows.iter().enumerate() {
-                let package = KeyPackage {
+                // A last-resort package (marked, or the device's last) stays; any other
+                // is handed out once (lost to another claimer: the device's next one).
+                let last_resort = is_last_resort(&row.clustering) || i + 1 == rows.len();
+                if !last_resort {
+                    let allowed = match fresh {
+                        Some(allowed) => allowed,
+                        None => {
+                            let allowed = claimer == user
+                                || self
+                                    .store
+                                    .insert_if_absent(
+                                        &KEY_PACKAGE_CLAIMS,
+                                        &k(user),
+                                        &KeyBuilder::new().u64(claimer).str(&device).build(),
+                                        &[1],
+                                        None,
+                                    )
+                                    .await?;
+                            *fresh.insert(allowed)
+                        }
+                    };
+                    if !allowed
+                        || !self
+                            .store
+                            .delete_if_present(&KEY_PACKAGES, &k(user), &row.clustering)
+                            .await?
+                    {
+                        continue;
+                    }
+                }
+                *budget -= cost(&device, row);
+                out.push(KeyPackage {
                     user_id: user,
                     device_id: device.clone(),
                     key_package: row.value.to_vec(),
-                };
-                // A last-resort package (marked, or the device's last) stays; any other
-                // is handed out once (lost to another claimer: the device's next one).
-                if is_last_resort(&row.clustering)
-                    || i + 1 == rows.len()
-                    || self
-                        .store
-                        .delete_if_present(&KEY_PACKAGES, &k(user), &row.clustering)
-                        .await?
-                {
-                    *budget -= cost(&device, row);
-                    out.push(package);
-                    break;
-                }
+                });
+                break;
             }
         }
         Ok(Some(out))
