@@ -1283,6 +1283,8 @@ pub mod media {
         /// A chat message's attachment: (conversation, message id). Its row holds the
         /// message's number once the message is stored ([`settle`]).
         Chat(u64, u64),
+        /// A group's avatar (the conversation); its end is recorded (a new avatar).
+        ChatAvatar(u64),
     }
 
     impl Use {
@@ -1294,6 +1296,7 @@ pub mod media {
                 Use::Chat(conversation, message) => {
                     KeyBuilder::new().u64(4).u64(conversation).u64(message)
                 }
+                Use::ChatAvatar(conversation) => KeyBuilder::new().u64(5).u64(conversation),
             };
             Cell::new(&REFS, key(media_id), c.build())
         }
@@ -1307,6 +1310,7 @@ pub mod media {
                 2 => Use::Story(id),
                 3 => Use::Profile(id),
                 4 => Use::Chat(id, id_value(c.get(16..24)?)?),
+                5 => Use::ChatAvatar(id),
                 _ => return None,
             })
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use selfie_services::BoxFuture;
-use selfie_services::chat::{Chat, MessageKind, NewMessage};
+use selfie_services::chat::{Chat, MessageKind, NewMessage, Update};
 use selfie_services::media::{
     BlobStore, ChunkHeader, LocalBlobs, Media, MediaConfig, MediaNode, NewUpload, Staging,
 };
@@ -735,6 +735,59 @@ fn objects_never_used_are_collected_a_day_later() {
         assert!(t::load(&w.store, recent).await.expect("load").is_none());
         assert!(t::load(&w.store, posted).await.expect("load").is_some());
         assert_eq!(w.usage(ANA).await, size);
+    });
+}
+
+/// A group's avatar is one of the admin's own ready images: its members see it, nobody
+/// else does, and it is kept (not collected as unused) while it is the avatar.
+#[test]
+fn a_group_avatar_is_the_admins_own_image_seen_by_its_members() {
+    local(async {
+        let w = world().await;
+        let group = w
+            .chat
+            .group(ANA, &[BEN], "trip", false, Vec::new(), None)
+            .await
+            .expect("group");
+        let avatar = |id| Update {
+            avatar_media_id: Some(id),
+            ..Update::default()
+        };
+        let bens = w.ready(BEN).await;
+        let refused = w.chat.update(ANA, group, avatar(bens)).await;
+        assert!(refused.is_err(), "another user's image: {refused:?}");
+        assert!(w.chat.update(ANA, group, avatar(424242)).await.is_err());
+        let picture = w.ready(ANA).await;
+        w.chat
+            .update(ANA, group, avatar(picture))
+            .await
+            .expect("avatar");
+        w.media.get(BEN, picture).await.expect("a member sees it");
+        assert!(w.media.get(CAT, picture).await.is_err(), "cat is not in it");
+        w.clock.advance(Duration::from_secs(25 * 3600));
+        w.media.collect_unused().await.expect("sweep");
+        assert!(
+            t::load(&w.store, picture).await.expect("load").is_some(),
+            "the avatar was collected as unused"
+        );
+        // A new avatar: the old one is no longer the group's.
+        let next = w.ready(ANA).await;
+        w.chat
+            .update(ANA, group, avatar(next))
+            .await
+            .expect("avatar");
+        let uses = |id| {
+            let store = w.store.clone();
+            async move {
+                store
+                    .scan(&t::REFS, &tables::key(id), &selfie_storage::Scan::all(10))
+                    .await
+                    .expect("refs")
+                    .rows
+                    .len()
+            }
+        };
+        assert_eq!((uses(picture).await, uses(next).await), (0, 1));
     });
 }
 

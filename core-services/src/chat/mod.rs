@@ -1797,12 +1797,29 @@ impl<S: Store + 'static> Chat<S> {
                 }
                 rec.title = t.clone();
             }
-            if let Some(a) = u.avatar_media_id {
+            // An avatar is one of the admin's own ready images, used by the group
+            // from now on (never collected as unused, shown to its members).
+            let old_avatar = rec.avatar_media_id;
+            let avatar = tables::media::Use::ChatAvatar(id);
+            if let Some(a) = u.avatar_media_id
+                && a != old_avatar
+            {
+                if a != 0 {
+                    tables::media::check(
+                        &self.store,
+                        me,
+                        &[a],
+                        &[tables::media::Kind::Image],
+                        "avatar_media_id",
+                    )
+                    .await?;
+                    tables::media::attach(&self.store, &[a], avatar, "avatar_media_id").await?;
+                }
                 rec.avatar_media_id = a;
             }
             let event = self.event(EventKind::Updated, me, 0, 0, "", &rec.title);
             let value: Bytes = encode("conversation", &rec)?.into();
-            let (seqs, _) = self
+            let appended = self
                 .append(
                     id,
                     vec![event.clone()],
@@ -1814,7 +1831,16 @@ impl<S: Store + 'static> Chat<S> {
                         )])
                     },
                 )
-                .await?;
+                .await;
+            // The avatar that is not the group's after this goes back to being unused.
+            let (unused, result) = match appended {
+                Ok(done) => (old_avatar, Ok(done)),
+                Err(e) => (rec.avatar_media_id, Err(e)),
+            };
+            if unused != 0 && old_avatar != rec.avatar_media_id {
+                tables::media::detach(&self.store, &[unused], avatar).await?;
+            }
+            let (seqs, _) = result?;
             self.push_entry(id, seqs, event).await?;
         }
         if u.muted_until_ms.is_some() || u.archived.is_some() || u.pinned.is_some() {

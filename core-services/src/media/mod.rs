@@ -1479,6 +1479,11 @@ impl<S: Store + Clone + 'static> Media<S> {
                         }
                     }
                     Some(Use::Profile(user)) => !self.posts.access(viewer, user).await?.hidden(),
+                    // A group's avatar: its members (any state: a request shows it).
+                    Some(Use::ChatAvatar(conversation)) => {
+                        !unseen.contains(&conversation)
+                            && crate::chat::is_member(&self.store, conversation, viewer).await?
+                    }
                     // A member of the conversation who may read the message.
                     Some(Use::Chat(conversation, message)) => match id_value(&row.value) {
                         Some(_) if unseen.contains(&conversation) => false,
@@ -1947,8 +1952,9 @@ impl<S: Store + Clone + 'static> Media<S> {
                         }
                         None => young(message),
                     },
-                    // Profiles record the end of each use (a new avatar, a cleared one).
-                    Some(Use::Profile(_)) | None => true,
+                    // Profiles and groups record the end of each use (a new avatar, a
+                    // cleared one).
+                    Some(Use::Profile(_) | Use::ChatAvatar(_)) | None => true,
                 };
                 if live {
                     return Ok(true);
