@@ -1042,8 +1042,10 @@ impl<S: Store + 'static> Chat<S> {
     }
 
     /// What `viewer` sees of an entry: messages of blocked users are left out (but for
-    /// MLS Commits and Welcomes, opaque key-schedule bytes every member needs); events
-    /// about a blocked user's message too.
+    /// MLS Commits and Welcomes, opaque key-schedule bytes every member needs), and
+    /// events a blocked user made (their edits carry the new text). An event someone
+    /// else made about a blocked user's message (a reaction, an admin's delete) carries
+    /// none of its content and is kept: the viewer's client has no such message.
     async fn visible(&self, memo: &mut Memo, viewer: u64, entry: &Entry) -> Result<bool> {
         match entry {
             Entry::Message(m) => Ok(m.addressed_to(viewer)

@@ -503,11 +503,22 @@ impl Staging {
         Self::open_with(dir, Io::Std)
     }
 
-    /// Staging under `dir` (created if missing), writing chunks with `io`.
+    /// Staging under `dir` (created if missing), writing chunks with `io`, and with
+    /// `O_DIRECT` where the filesystem takes it.
     pub fn open_with(dir: impl Into<PathBuf>, io_path: Io) -> Result<Self> {
+        Self::open_configured(dir, io_path, true)
+    }
+
+    /// [`Staging::open_with`], trying `O_DIRECT` (a probe write) only when
+    /// `direct_writes` is on (`media.direct_writes`).
+    pub fn open_configured(
+        dir: impl Into<PathBuf>,
+        io_path: Io,
+        direct_writes: bool,
+    ) -> Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let direct = probe_direct(&dir);
+        let direct = direct_writes && probe_direct(&dir);
         Ok(Self {
             dir,
             io: io_path,

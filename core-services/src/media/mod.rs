@@ -343,8 +343,8 @@ impl MediaNode {
         };
         let origin: Arc<dyn BlobStore> = Arc::new(S3Blobs::open(url)?);
         let cache = Arc::new(CachedBlobs::open(origin, dir.join("cache"), cache_bytes)?);
-        let staging = Staging::open_with(dir.join("staging"), Self::io(config)?)?
-            .direct_writes(config.direct_writes);
+        let staging =
+            Staging::open_configured(dir.join("staging"), Self::io(config)?, config.direct_writes)?;
         let blobs: Arc<dyn BlobStore> = cache.clone();
         Ok(Self::build(blobs, staging, config, Some(cache)))
     }
@@ -353,8 +353,7 @@ impl MediaNode {
     pub fn local(dir: &std::path::Path, config: MediaConfig) -> Result<Arc<Self>> {
         let io_path = Self::io(config)?;
         let blobs = Arc::new(LocalBlobs::open_with(dir.to_path_buf(), io_path.clone())?);
-        let staging =
-            Staging::open_with(dir.join("staging"), io_path)?.direct_writes(config.direct_writes);
+        let staging = Staging::open_configured(dir.join("staging"), io_path, config.direct_writes)?;
         Ok(Self::new(blobs, staging, config))
     }
 
