@@ -1450,3 +1450,49 @@ fn a_signed_url_stops_working_when_its_viewer_loses_the_right() {
         ));
     });
 }
+
+/// A `seconds`-long H.264 MP4 of ffmpeg's test pattern at `fps` frames a second.
+fn clip_at(dir: &std::path::Path, fps: u32) -> PathBuf {
+    let path = dir.join(format!("clip-{fps}.mp4"));
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=duration=1:size=64x64:rate={fps}"))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffmpeg runs (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// A video claiming more frames a second than any camera makes (each one decoded is
+/// work) is refused at the probe, before any is decoded; an ordinary one passes.
+#[tokio::test]
+async fn a_video_with_thousands_of_frames_a_second_is_refused_at_the_probe() {
+    use selfie_services::media::process::Refusal;
+    use selfie_services::media::video;
+    let dir = tempfile::tempdir().expect("dir");
+    let ordinary = video::probe(&clip_at(dir.path(), 30), "video/mp4")
+        .await
+        .expect("30 frames a second");
+    assert_eq!((ordinary.width, ordinary.height), (64, 64));
+    let fast = video::probe(&clip_at(dir.path(), 2000), "video/mp4").await;
+    assert!(
+        matches!(
+            fast,
+            Err(Error::UnsupportedMedia(Refusal::TooManyFrames { fps })) if fps >= 1000
+        ),
+        "{fast:?}"
+    );
+}

@@ -58,6 +58,12 @@ pub enum Refusal {
     /// Reading it took longer than allowed (a file built to be slow to parse).
     #[error("too slow to read")]
     TooSlow,
+    /// More frames a second than allowed (a file built to be slow to decode).
+    #[error("frame rate too high ({fps} frames a second)")]
+    TooManyFrames {
+        /// The frame rate it claims (rounded up).
+        fps: u32,
+    },
 }
 
 /// The accepted type of `head` (the first bytes of an object) for an upload declared as

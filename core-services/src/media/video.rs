@@ -96,7 +96,7 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
         "-select_streams",
         "v:0",
         "-show_entries",
-        "stream=width,height:format=duration",
+        "stream=width,height,avg_frame_rate,r_frame_rate:format=duration",
         "-of",
         "json",
     ])
@@ -127,6 +127,18 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
     if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
         return Err(Refusal::TooManyPixels { width, height }.into());
     }
+    // Decoding work grows with the frames: a stream claiming thousands a second is
+    // refused before any is decoded. ("0/0": a rate the container does not say.)
+    for key in ["avg_frame_rate", "r_frame_rate"] {
+        if let Some(fps) = stream[key].as_str().and_then(frame_rate)
+            && fps > f64::from(MAX_FPS)
+        {
+            return Err(Refusal::TooManyFrames {
+                fps: fps.ceil().min(f64::from(u32::MAX)) as u32,
+            }
+            .into());
+        }
+    }
     let duration =
         Duration::try_from_secs_f64(seconds).map_err(|_| Error::from(Refusal::TooLong))?;
     if duration > MAX_DURATION {
@@ -137,6 +149,19 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
         height,
         duration,
     })
+}
+
+/// Most frames a second a video may have (high-speed phone footage is 240).
+pub const MAX_FPS: u32 = 240;
+
+/// A frame rate as ffprobe writes it (`30000/1001`); `None` when unknown (`0/0`).
+fn frame_rate(s: &str) -> Option<f64> {
+    let (num, den) = s.split_once('/')?;
+    let (num, den) = (
+        num.trim().parse::<f64>().ok()?,
+        den.trim().parse::<f64>().ok()?,
+    );
+    (den > 0.0 && num.is_finite() && den.is_finite()).then(|| num / den)
 }
 
 /// How long converting one animated GIF may take.
@@ -151,7 +176,14 @@ pub async fn gif_to_mp4(input: &Path, dir: &Path) -> Result<Output> {
     let out_path = dir.join("animation.mp4");
     let mut c = limited("ffmpeg");
     c.args(["-nostdin", "-v", "error", "-y"])
-        .args(["-protocol_whitelist", "file", "-f", "gif", "-i"])
+        .args(["-protocol_whitelist", "file", "-f", "gif"])
+        .args([
+            "-threads",
+            &ENCODER_THREADS.to_string(),
+            "-filter_threads",
+            "1",
+            "-i",
+        ])
         .arg(input)
         .args(["-map", "0:v:0", "-map_metadata", "-1", "-an"])
         .args(["-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2"])
@@ -216,7 +248,10 @@ pub async fn transcode(input: &Path, mime: &str, probe: Probe, dir: &Path) -> Re
         let mut c = limited("ffmpeg");
         c.args(["-nostdin", "-v", "error", "-y"]);
         input_options(&mut c, mime)?;
-        c.arg("-i")
+        // The decoder's threads too (before `-i`), and the scaler's.
+        c.args(["-threads", &ENCODER_THREADS.to_string()])
+            .args(["-filter_threads", "1"])
+            .arg("-i")
             .arg(input)
             .args(["-map", "0:v:0", "-map", "0:a:0?", "-map_metadata", "-1"])
             .args(["-vf", &format!("scale={width}:{height}")])
@@ -306,7 +341,8 @@ pub async fn transcode(input: &Path, mime: &str, probe: Probe, dir: &Path) -> Re
     };
     c.args(["-nostdin", "-v", "error", "-y", "-ss", at]);
     input_options(&mut c, mime)?;
-    c.arg("-i")
+    c.args(["-threads", &ENCODER_THREADS.to_string()])
+        .arg("-i")
         .arg(input)
         .args([
             "-frames:v",
@@ -330,4 +366,19 @@ pub async fn transcode(input: &Path, mime: &str, probe: Probe, dir: &Path) -> Re
         path: poster,
     });
     Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_rate;
+
+    #[test]
+    fn frame_rates_as_ffprobe_writes_them() {
+        assert_eq!(frame_rate("25/1"), Some(25.0));
+        assert!(frame_rate("30000/1001").is_some_and(|f| (f - 29.97).abs() < 0.01));
+        assert_eq!(frame_rate("0/0"), None);
+        assert_eq!(frame_rate("1/0"), None);
+        assert_eq!(frame_rate("nonsense"), None);
+        assert_eq!(frame_rate("inf/1"), None);
+    }
 }
