@@ -67,6 +67,7 @@
 
 pub mod blob;
 pub mod cache;
+pub mod fair;
 pub mod process;
 pub mod s3;
 pub mod uring;
@@ -295,7 +296,8 @@ pub struct MediaNode {
     buffers: Shares,
     /// Completion checks (whole-file digest, type and header checks, `ffprobe`).
     checks: Shares,
-    workers: tokio::sync::Semaphore,
+    /// Processing workers, taken in turn by the users waiting for them.
+    workers: fair::FairPool,
     /// Signs HTTPS URLs, when the node serves them.
     urls: std::sync::OnceLock<urls::UrlSigner>,
     /// The local cache in front of an object store (fleets), for its metrics.
@@ -323,7 +325,7 @@ impl MediaNode {
             objects: NodeLocks::default(),
             buffers: Shares::new(CHUNK_BUFFERS, CHUNK_BUFFERS_PER_USER),
             checks: Shares::new(CHECKS, CHECKS_PER_USER),
-            workers: tokio::sync::Semaphore::new(config.workers.max(1)),
+            workers: fair::FairPool::new(config.workers),
             urls: std::sync::OnceLock::new(),
             cache,
         })
@@ -1190,12 +1192,8 @@ impl<S: Store + Clone + 'static> Media<S> {
             }
         };
         let done = {
-            let _permit = self
-                .node
-                .workers
-                .acquire()
-                .await
-                .map_err(|_| Error::Overloaded)?;
+            // One user's many uploads take turns with everyone else's.
+            let _worker = self.node.workers.acquire(media.owner_id).await;
             match media.kind {
                 Kind::Video => self.process_video(&media).await,
                 Kind::Image | Kind::Gif => self.process_image(&media).await,
