@@ -6,7 +6,8 @@
 //! without being recorded (an expired story, a post whose commit never came) no longer
 //! pin an object, a use recorded after a delete is refused without taking back earlier
 //! uses, and one user cannot hold every chunk buffer or more than two completion checks
-//! (the next is refused at once, `Overloaded`, while other users' go through).
+//! (the next is refused at once, `Overloaded`, while other users' go through), nor can
+//! slow senders on many accounts (they hold only the bytes they sent).
 
 mod support;
 
@@ -1046,6 +1047,117 @@ fn one_user_holds_two_completion_checks_at_most() {
             .complete(ANA, ana[2], &[])
             .await
             .expect("the checks came back");
+    });
+}
+
+/// Many accounts each holding their share of chunks whose bytes trickle in (a
+/// slowloris spread over sybils) leave room for everyone else: a chunk holds a slot,
+/// and memory only for the bytes it has sent; bytes past the node's chunk memory are
+/// refused `Overloaded`, and come back when their senders go.
+#[test]
+fn slow_senders_on_many_accounts_hold_only_what_they_sent() {
+    local(async {
+        let w = world().await;
+        let header = |upload_id: u64, i: u64| ChunkHeader {
+            upload_id,
+            offset: i * u64::from(CHUNK),
+            length: CHUNK,
+            sha256: vec![0; 32],
+        };
+        let start = |owner: u64| {
+            let media = w.media.clone();
+            async move {
+                media
+                    .init(
+                        owner,
+                        NewUpload {
+                            kind: Kind::Image,
+                            size: 8 * u64::from(CHUNK),
+                            sha256: vec![0; 32],
+                            alt_text: String::new(),
+                        },
+                    )
+                    .await
+                    .expect("init")
+                    .upload_id
+            }
+        };
+        // Twelve accounts, eight chunks each (96, more than the 64 chunks of memory),
+        // each having sent one byte.
+        let mut slow = Vec::new();
+        for owner in 1_000..1_012u64 {
+            let upload = start(owner).await;
+            for i in 0..8 {
+                let media = w.media.clone();
+                let h = header(upload, i);
+                slow.push(tokio::task::spawn_local(async move {
+                    let body = futures::stream::iter([Ok(Bytes::from_static(&[1]))])
+                        .chain(futures::stream::pending());
+                    media.chunk(owner, h, body.boxed_local()).await
+                }));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            slow.iter().all(|t| !t.is_finished()),
+            "a slow sender was cut"
+        );
+        let bytes = vec![7u8; CHUNK as usize];
+        let whole = |upload: u64, bytes: &[u8]| ChunkHeader {
+            sha256: Sha256::digest(bytes).to_vec(),
+            ..header(upload, 0)
+        };
+        let ben = start(BEN).await;
+        w.media
+            .chunk(
+                BEN,
+                whole(ben, &bytes),
+                futures::stream::iter([Ok(Bytes::from(bytes.clone()))]).boxed_local(),
+            )
+            .await
+            .expect("ben's chunk goes through");
+        for t in slow {
+            t.abort();
+            let _ = t.await;
+        }
+        // Sixty-four chunks nearly all sent hold the node's chunk memory: the next
+        // chunk's bytes are refused at once, and taken again once those senders go.
+        let mut full = Vec::new();
+        for owner in 2_000..2_008u64 {
+            let upload = start(owner).await;
+            for i in 0..8 {
+                let media = w.media.clone();
+                let h = header(upload, i);
+                full.push(tokio::task::spawn_local(async move {
+                    let most = Bytes::from(vec![1u8; CHUNK as usize - 1]);
+                    let body = futures::stream::iter([Ok(most)]).chain(futures::stream::pending());
+                    media.chunk(owner, h, body.boxed_local()).await
+                }));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let cat = start(CAT).await;
+        let refused = w
+            .media
+            .chunk(
+                CAT,
+                whole(cat, &bytes),
+                futures::stream::iter([Ok(Bytes::from(bytes.clone()))]).boxed_local(),
+            )
+            .await;
+        assert!(matches!(refused, Err(Error::Overloaded)), "{refused:?}");
+        for t in full {
+            t.abort();
+            let _ = t.await;
+        }
+        w.media
+            .chunk(
+                CAT,
+                whole(cat, &bytes),
+                futures::stream::iter([Ok(Bytes::from(bytes))]).boxed_local(),
+            )
+            .await
+            .expect("the memory came back");
     });
 }
 

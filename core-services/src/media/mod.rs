@@ -164,9 +164,13 @@ impl Default for MediaConfig {
     }
 }
 
-/// Chunk buffers in memory at once on a node (each at most `chunk_bytes`).
+/// Chunks' bytes in memory at once on a node, in chunks of `chunk_bytes`: counted as
+/// they arrive, so a sender that trickles holds only what it sent.
 const CHUNK_BUFFERS: usize = 64;
-/// Chunk buffers one user may hold at once on a node (parallel chunks of their uploads).
+/// Chunks being received at once on a node (a slot is cheap; their bytes are counted
+/// apart, in [`CHUNK_BUFFERS`]): a few accounts sending slowly fill only their share.
+const CHUNK_SLOTS: usize = 1024;
+/// Chunks one user may be sending at once on a node (parallel chunks of their uploads).
 const CHUNK_BUFFERS_PER_USER: usize = 8;
 /// Smallest and largest configurable chunk.
 const MIN_CHUNK_BYTES: u32 = 64 * 1024;
@@ -292,8 +296,10 @@ pub struct MediaNode {
     /// Orders the writers of one object's record on this node (processing, alt text,
     /// removal); across nodes they are ordered by versioned writes.
     objects: NodeLocks,
-    /// Chunk buffers.
+    /// Chunks being received, at most a share per user.
     buffers: Shares,
+    /// Bytes of chunks received and not yet written (permits are bytes).
+    chunk_memory: tokio::sync::Semaphore,
     /// Completion checks (whole-file digest, type and header checks, `ffprobe`).
     checks: Shares,
     /// Processing workers, taken in turn by the users waiting for them.
@@ -323,7 +329,10 @@ impl MediaNode {
             uploads: NodeLocks::default(),
             digests: NodeLocks::default(),
             objects: NodeLocks::default(),
-            buffers: Shares::new(CHUNK_BUFFERS, CHUNK_BUFFERS_PER_USER),
+            buffers: Shares::new(CHUNK_SLOTS, CHUNK_BUFFERS_PER_USER),
+            chunk_memory: tokio::sync::Semaphore::new(
+                CHUNK_BUFFERS.saturating_mul(config.chunk_bytes as usize),
+            ),
             checks: Shares::new(CHECKS, CHECKS_PER_USER),
             workers: fair::FairPool::new(config.workers),
             urls: std::sync::OnceLock::new(),
@@ -855,11 +864,14 @@ impl<S: Store + Clone + 'static> Media<S> {
         if upload.completed {
             return Err(Error::Stale("upload already completed"));
         }
-        let _buffer = self.node.buffers.take(owner)?;
+        let _slot = self.node.buffers.take(owner)?;
         // Aligned for an `O_DIRECT` write, and hashed as the pieces arrive (the digest is
         // ready when the last piece is, not one pass over the chunk later).
         let mut bytes = DirectBuf::with_capacity(expected as usize);
         let mut hasher = Sha256::new();
+        // The node's chunk memory, taken as the bytes come (`Overloaded` when it is all
+        // held) and given back when the chunk is written or refused.
+        let mut memory: Option<tokio::sync::SemaphorePermit<'_>> = None;
         let read = async {
             loop {
                 let piece = match tokio::time::timeout(PIECE_IDLE, body.next()).await {
@@ -870,6 +882,16 @@ impl<S: Store + Clone + 'static> Media<S> {
                 let piece = piece.map_err(|_| Error::InvalidArgument { field: "chunk" })?;
                 if (bytes.len() + piece.len()) as u64 > expected {
                     return Err(Error::TooLarge("chunk"));
+                }
+                let n = u32::try_from(piece.len()).map_err(|_| Error::TooLarge("chunk"))?;
+                let more = self
+                    .node
+                    .chunk_memory
+                    .try_acquire_many(n)
+                    .map_err(|_| Error::Overloaded)?;
+                match &mut memory {
+                    Some(held) => held.merge(more),
+                    None => memory = Some(more),
                 }
                 hasher.update(&piece);
                 bytes.extend_from_slice(&piece);
