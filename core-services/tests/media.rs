@@ -1608,3 +1608,61 @@ async fn a_video_with_thousands_of_frames_a_second_is_refused_at_the_probe() {
         "{fast:?}"
     );
 }
+
+/// Two inits of one owner racing on two nodes for the last open upload: each reserves,
+/// then checks; the one that sees the other's reservation takes its own back. The
+/// owner never has more open uploads (or bytes) than allowed, fleet-wide.
+#[test]
+fn inits_racing_on_two_nodes_keep_the_owners_limits() {
+    local(async {
+        let w = world_with(MediaConfig {
+            chunk_bytes: CHUNK,
+            max_open_uploads: 1,
+            ..MediaConfig::default()
+        })
+        .await;
+        let node2 = MediaNode::new(
+            w.blobs.clone(),
+            Staging::open(w.dir.path().join("node2-staging")).expect("staging"),
+            w.config,
+        );
+        let other = Media::new(
+            w.store.clone(),
+            w.clock.clone(),
+            2,
+            0,
+            node2,
+            w.posts.clone(),
+        )
+        .expect("media");
+        let new = || NewUpload {
+            kind: Kind::Image,
+            size: 1_000,
+            sha256: vec![0; 32],
+            alt_text: String::new(),
+        };
+        // Node 1's init has checked and is about to reserve when node 2's runs whole.
+        let mut held = w.gate.arm(Op::Put, t::OPEN.name);
+        let race = async {
+            held.reached().await;
+            let r = other.init(ANA, new()).await;
+            held.release();
+            r
+        };
+        let (first, second) = tokio::join!(w.media.init(ANA, new()), race);
+        let second = second.expect("node 2's init, whole before node 1 reserved");
+        assert!(
+            matches!(first, Err(Error::QuotaExceeded)),
+            "node 1's init went over the limit: {first:?}"
+        );
+        let open = w
+            .store
+            .scan(&t::OPEN, &tables::key(ANA), &selfie_storage::Scan::all(10))
+            .await
+            .expect("open")
+            .rows;
+        assert_eq!(open.len(), 1, "the refused reservation was taken back");
+        other.abort(ANA, second.upload_id).await.expect("aborted");
+        w.media.init(ANA, new()).await.expect("room again");
+    });
+}

@@ -769,18 +769,37 @@ impl<S: Store + Clone + 'static> Media<S> {
             completed: false,
         };
         let ttl = Some(t::UPLOAD_TTL);
-        // The staged file exists (and its directory entry is durable) before any chunk:
-        // a chunk acknowledged never sits in a file a crash could lose.
-        self.node.staging.create(upload.upload_id).await?;
+        // Reserved first, checked again after: an init of the same owner on another node
+        // (or shard) did the same, so of two that raced for the last room at least one
+        // sees the other's reservation and takes its own back. The owner's quota and
+        // open uploads hold fleet-wide.
+        let open_row = (key(owner), key(upload.upload_id));
         self.store
             .put(
                 &t::OPEN,
-                &key(owner),
-                &key(upload.upload_id),
+                &open_row.0,
+                &open_row.1,
                 &new.size.to_be_bytes(),
                 ttl,
             )
             .await?;
+        let (held, open) = self.usage(owner).await?;
+        let pending: u64 = open.iter().sum();
+        let over = open.len() > self.node.config.max_open_uploads
+            || held.saturating_add(pending) > self.node.config.quota_bytes;
+        // The staged file exists (and its directory entry is durable) before any chunk:
+        // a chunk acknowledged never sits in a file a crash could lose.
+        let created = if over {
+            Err(Error::QuotaExceeded)
+        } else {
+            self.node.staging.create(upload.upload_id).await
+        };
+        if let Err(e) = created {
+            self.store
+                .delete(&t::OPEN, &open_row.0, &open_row.1)
+                .await?;
+            return Err(e);
+        }
         self.store
             .put(
                 &t::UPLOADS,
