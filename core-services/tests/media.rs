@@ -1666,3 +1666,36 @@ fn inits_racing_on_two_nodes_keep_the_owners_limits() {
         w.media.init(ANA, new()).await.expect("room again");
     });
 }
+
+/// An object used a thousand times, none of them readable by the viewer: each look
+/// walks the uses page by page, and past the first page each page costs the viewer a
+/// token, so asking again and again is refused `RateLimited` long before the store is
+/// walked through a thousand times; the owner is not held back.
+#[test]
+fn a_viewer_walking_an_objects_many_uses_is_rate_limited() {
+    local(async {
+        let w = world().await;
+        let photo = w.ready(ANA).await;
+        for post in 0..1_000u64 {
+            let use_of = KeyBuilder::new().u64(1).u64(900_000 + post).build();
+            w.store
+                .put(&t::REFS, &tables::key(photo), &use_of, &[], None)
+                .await
+                .expect("use");
+        }
+        let mut limited = None;
+        for i in 0..200 {
+            match w.media.get(BEN, photo).await {
+                Err(Error::NotFound(_)) => {}
+                Err(Error::RateLimited(_)) => {
+                    limited = Some(i);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let looks = limited.expect("looks through a thousand uses were never limited");
+        assert!(looks >= 1, "limited before one whole look");
+        w.media.get(ANA, photo).await.expect("the owner");
+    });
+}

@@ -564,6 +564,9 @@ pub struct Media<S> {
     delivery: Option<Rc<Delivery>>,
     locks: KeyedLocks,
     limits: crate::rate::PerUser,
+    /// Pages of uses looked through past the first, per viewer (an object used by
+    /// thousands costs a viewer who sees none of them a walk through all of them).
+    walks: crate::rate::PerUser,
     /// Viewers found allowed to see an object when a signed URL was served, until when
     /// (Unix ms): the segments of one HLS playback ask once, not once each.
     url_views: RefCell<HashMap<(u64, u64), u64>>,
@@ -597,6 +600,9 @@ impl<S: Store + Clone + 'static> Media<S> {
             locks: KeyedLocks::default(),
             // Uploads are expensive (disk, CPU): 60 a minute, 20 at once.
             limits: crate::rate::PerUser::new(60, 20),
+            // 50 uses a page: a viewer may look through 3,000 uses a minute beyond the
+            // first 50 of each object (a burst of 1,500).
+            walks: crate::rate::PerUser::new(60, 30),
             url_views: RefCell::new(HashMap::new()),
         })
     }
@@ -1479,7 +1485,10 @@ impl<S: Store + Clone + 'static> Media<S> {
         // Conversations the viewer is found not to be a member of are not asked again.
         let mut unseen = std::collections::HashSet::new();
         let mut cursor = None;
-        for _ in 0..MAX_REF_PAGES {
+        for page in 0..MAX_REF_PAGES {
+            if page > 0 {
+                self.walks.check(viewer)?;
+            }
             let refs = self
                 .store
                 .scan(
