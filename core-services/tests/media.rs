@@ -1699,3 +1699,76 @@ fn a_viewer_walking_an_objects_many_uses_is_rate_limited() {
         w.media.get(ANA, photo).await.expect("the owner");
     });
 }
+
+/// A completion cut short by a storage fault where it makes the object: nothing of it
+/// is left half done; the retry makes the object, counts its bytes once and ends the
+/// upload.
+#[test]
+fn a_completion_cut_short_by_a_storage_fault_counts_the_bytes_once() {
+    local(async {
+        let w = world().await;
+        let bytes = jpeg();
+        let size = bytes.len() as u64;
+        let upload = w
+            .media
+            .init(
+                ANA,
+                NewUpload {
+                    kind: Kind::Image,
+                    size,
+                    sha256: Sha256::digest(&bytes).to_vec(),
+                    alt_text: String::new(),
+                },
+            )
+            .await
+            .expect("init");
+        w.media
+            .chunk(
+                ANA,
+                ChunkHeader {
+                    upload_id: upload.upload_id,
+                    offset: 0,
+                    length: size as u32,
+                    sha256: Sha256::digest(&bytes).to_vec(),
+                },
+                futures::stream::iter([Ok(Bytes::from(bytes))]).boxed_local(),
+            )
+            .await
+            .expect("chunk");
+        w.gate.fail(Op::Commit, "");
+        let cut = w.media.complete(ANA, upload.upload_id, &[]).await;
+        assert!(cut.is_err(), "{cut:?}");
+        assert!(
+            t::load(&w.store, upload.media_id)
+                .await
+                .expect("load")
+                .is_none(),
+            "an object without its bytes counted"
+        );
+        assert_eq!(w.usage(ANA).await, 0);
+        let made = w
+            .media
+            .complete(ANA, upload.upload_id, &[])
+            .await
+            .expect("the retry");
+        assert_eq!(made.media_id, upload.media_id);
+        let again = w
+            .media
+            .complete(ANA, upload.upload_id, &[])
+            .await
+            .expect("answered again");
+        assert_eq!(again.media_id, upload.media_id);
+        assert_eq!(w.usage(ANA).await, size as i64, "counted once");
+        let open = w
+            .store
+            .scan(&t::OPEN, &tables::key(ANA), &selfie_storage::Scan::all(10))
+            .await
+            .expect("open")
+            .rows;
+        assert!(open.is_empty(), "the reservation outlived the upload");
+        w.media
+            .settled(upload.media_id, Duration::from_secs(30))
+            .await
+            .expect("processed");
+    });
+}

@@ -1008,13 +1008,23 @@ impl<S: Store + Clone + 'static> Media<S> {
             });
         }
         let staging = &self.node.staging;
-        let (digest, head) =
-            staging
-                .digest(upload_id, upload.size)
-                .await?
-                .ok_or(Error::InvalidArgument {
-                    field: "incomplete upload",
-                })?;
+        let mut staged = staging.digest(upload_id, upload.size).await?;
+        if staged.is_none() {
+            // A completion cut short after storing the original (which takes the staged
+            // file) and before making the object: the bytes are back from the blob
+            // store, and checked again like any.
+            let original = t::original_key(&hex::encode(upload.sha256));
+            if self.node.blobs.size(original.clone()).await? == Some(upload.size) {
+                self.node
+                    .blobs
+                    .copy_to_file(original, upload.size, staging.path(upload_id))
+                    .await?;
+                staged = staging.digest(upload_id, upload.size).await?;
+            }
+        }
+        let (digest, head) = staged.ok_or(Error::InvalidArgument {
+            field: "incomplete upload",
+        })?;
         if digest != upload.sha256 {
             // Every chunk matched the digest its sender declared for it, so these are the
             // bytes the client sent: its whole-object digest or its chunks are wrong, and
@@ -1085,29 +1095,40 @@ impl<S: Store + Clone + 'static> Media<S> {
         self.store
             .put(&t::OWNED, &key(owner), &key(media.media_id), &[], None)
             .await?;
-        self.save(&media).await?;
-        self.store
-            .counter_add(
-                &t::USAGE,
-                &key(owner),
-                &crate::tables::name_key("bytes"),
-                i64::try_from(upload.size).unwrap_or(i64::MAX),
-            )
-            .await?;
+        // One commit makes the object, counts its bytes against the owner and ends the
+        // upload: a completion cut short by a storage fault is wholly done (a retry
+        // finds the upload completed) or not at all (a retry does it), and the bytes are
+        // never counted twice.
         upload.completed = true;
         let now = self.clock.now_ms();
-        self.store
+        let commit = selfie_storage::Commit::new()
+            .when(selfie_storage::Condition::Absent {
+                row: selfie_storage::Cell::new(&t::MEDIA, key(media.media_id), Bytes::new()),
+                value: encode("media", &media)?.into(),
+                ttl: None,
+            })
+            .add(
+                selfie_storage::Cell::new(&t::USAGE, key(owner), crate::tables::name_key("bytes")),
+                i64::try_from(upload.size).unwrap_or(i64::MAX),
+                None,
+            )
             .put(
-                &t::UPLOADS,
-                &key(upload_id),
-                &[],
-                &encode("upload", &upload)?,
+                selfie_storage::Cell::new(&t::UPLOADS, key(upload_id), Bytes::new()),
+                encode("upload", &upload)?,
                 Some(upload.ttl(now)),
             )
-            .await?;
-        self.store
-            .delete(&t::OPEN, &key(owner), &key(upload_id))
-            .await?;
+            .delete(selfie_storage::Cell::new(
+                &t::OPEN,
+                key(owner),
+                key(upload_id),
+            ));
+        if !self.store.commit(&commit).await? {
+            // The object exists already: a completion before this one made it (on CQL,
+            // one whose later writes the repair pass finishes).
+            return t::load(&self.store, media.media_id)
+                .await?
+                .ok_or(Error::NotFound("media"));
+        }
         // An account erased while this completed (its erasure may have looked before
         // this object existed): the object goes now rather than outlive the account.
         if self.owner_gone(owner).await? {
@@ -1182,19 +1203,6 @@ impl<S: Store + Clone + 'static> Media<S> {
                 None,
             )
             .await?)
-    }
-
-    async fn save(&self, media: &Object) -> Result<()> {
-        self.store
-            .put(
-                &t::MEDIA,
-                &key(media.media_id),
-                &[],
-                &encode("media", media)?,
-                None,
-            )
-            .await?;
-        Ok(())
     }
 
     fn spawn_processing(self: &Rc<Self>, media_id: u64)
