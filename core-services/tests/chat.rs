@@ -1570,6 +1570,27 @@ async fn lost_races_start_over<S: Store + Clone + 'static>(inner: S) {
         vec![(ANA, "👍".to_string()), (BEN, "🔥".to_string())]
     );
 
+    // Ben, an admin, deletes Cat's message while node 2 takes his role away before his
+    // commit: the retry is decided by the role he has now, and refused.
+    let g =
+        w.a.group(ANA, &[BEN, CAT], "roles", false, Vec::new(), None)
+            .await
+            .expect("group");
+    w.a.set_role(ANA, g, BEN, Role::Admin).await.expect("admin");
+    let cats = w.a.send(CAT, g, text("c1", "mine")).await.expect("sent");
+    let mut held = gate.arm(Op::Commit, "");
+    let race = async {
+        held.reached().await;
+        w.b.set_role(ANA, g, BEN, Role::Member)
+            .await
+            .expect("demoted");
+        held.release();
+    };
+    let (deleted, ()) = tokio::join!(w.a.delete(BEN, g, cats.seq), race);
+    assert!(matches!(deleted, Err(Error::Forbidden(_))), "{deleted:?}");
+    let now = w.a.readable_message(CAT, g, cats.seq).await.expect("read");
+    assert!(!now.deleted, "{now:?}");
+
     // Cat's send reads the members, then node 2 removes her before its commit: the
     // retry is refused, and nobody reads a message from someone no longer there.
     let g =

@@ -1770,5 +1770,69 @@ fn a_completion_cut_short_by_a_storage_fault_counts_the_bytes_once() {
             .settled(upload.media_id, Duration::from_secs(30))
             .await
             .expect("processed");
+
+        // As on CQL: the object made (the commit's condition) and its other writes lost.
+        // The retry finishes what was left: the upload ends, its reservation goes, the
+        // object is processed.
+        let bytes = encode_jpeg(image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb([x as u8, y as u8, 7])
+        }));
+        let size = bytes.len() as u64;
+        let upload = w
+            .media
+            .init(
+                ANA,
+                NewUpload {
+                    kind: Kind::Image,
+                    size,
+                    sha256: Sha256::digest(&bytes).to_vec(),
+                    alt_text: String::new(),
+                },
+            )
+            .await
+            .expect("init");
+        w.media
+            .chunk(
+                ANA,
+                ChunkHeader {
+                    upload_id: upload.upload_id,
+                    offset: 0,
+                    length: size as u32,
+                    sha256: Sha256::digest(&bytes).to_vec(),
+                },
+                futures::stream::iter([Ok(Bytes::from(bytes))]).boxed_local(),
+            )
+            .await
+            .expect("chunk");
+        w.gate.fail(Op::CommitWrites, "");
+        let cut = w.media.complete(ANA, upload.upload_id, &[]).await;
+        assert!(cut.is_err(), "{cut:?}");
+        assert!(
+            t::load(&w.store, upload.media_id)
+                .await
+                .expect("load")
+                .is_some()
+        );
+        let made = w
+            .media
+            .complete(ANA, upload.upload_id, &[])
+            .await
+            .expect("the retry finishes it");
+        assert_eq!(made.media_id, upload.media_id);
+        let open = w
+            .store
+            .scan(&t::OPEN, &tables::key(ANA), &selfie_storage::Scan::all(10))
+            .await
+            .expect("open")
+            .rows;
+        assert!(open.is_empty(), "the reservation outlived the upload");
+        let ready = w
+            .media
+            .settled(upload.media_id, Duration::from_secs(30))
+            .await
+            .expect("processed");
+        assert_eq!(ready.state, State::Ready);
+        let again = w.media.complete(ANA, upload.upload_id, &[]).await;
+        assert_eq!(again.expect("answered").state, State::Ready);
     });
 }

@@ -102,11 +102,12 @@ impl<S: Store + 'static> Chat<S> {
             {
                 return Ok(());
             }
+            // Whatever the state it says (a client flipping start and stop gets past the
+            // repeat check above) and whether or not `me` is a member; a refused signal
+            // is not remembered (its retry is not taken for a repeat).
+            self.rates.check(me, super::Costly::Typing)?;
             memo.typing.insert((me, id), (typing, now));
         }
-        // Whatever the state it says (a client flipping start and stop gets past the
-        // repeat check above) and whether or not `me` is a member.
-        self.rates.check(me, super::Costly::Typing)?;
         let member = self
             .member(id, me)
             .await?

@@ -46,6 +46,9 @@ const PATHS: [Costly; 8] = [
     Costly::Send,
 ];
 
+// Every path has its bucket: a variant left out of PATHS would go unlimited.
+const _: () = assert!(PATHS.len() == Costly::Send as usize + 1);
+
 /// How fast one user may send messages (on one shard): a burst, then a sustained rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendRate {

@@ -227,7 +227,7 @@ impl<S: Store + 'static> Chat<S> {
         for (device, rows) in devices {
             // Whether `claimer` may take one of the device's ordinary packages: once per
             // CLAIM_WINDOW, fleet-wide (the mark goes in before the package goes out).
-            let mut fresh = None;
+            let (mut fresh, mut fresh_taken) = (None, false);
             for (i, row) in rows.iter().enumerate() {
                 // A last-resort package (marked, or the device's last) stays; any other
                 // is handed out once (lost to another claimer: the device's next one).
@@ -258,6 +258,18 @@ impl<S: Store + 'static> Chat<S> {
                     {
                         continue;
                     }
+                    fresh_taken = true;
+                }
+                // Every ordinary package went to other claimers: the mark goes too
+                // (this claimer took none, and may take one next time).
+                if last_resort && fresh == Some(true) && !fresh_taken && claimer != user {
+                    self.store
+                        .delete(
+                            &KEY_PACKAGE_CLAIMS,
+                            &k(user),
+                            &KeyBuilder::new().u64(claimer).str(&device).build(),
+                        )
+                        .await?;
                 }
                 *budget -= cost(&device, row);
                 out.push(KeyPackage {

@@ -218,12 +218,14 @@ pub struct Head {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left: Vec<u64>,
     /// The last messages changed (edited, deleted, reacted to): (number, digest of the
-    /// row the change wrote), oldest first, at most [`RECENT_CHANGED`]. A change that
-    /// lost a race re-reads the message; on CQL the winner's row may land after its head,
-    /// so a row whose digest is not the one named here is read again, never changed on
-    /// top of (an edit would bring back a message deleted for everyone).
+    /// row the change wrote, when, Unix ms), oldest first, at most [`RECENT_CHANGED`]. A
+    /// change that lost a race re-reads the message; on CQL the winner's row may land
+    /// after its head, so a row whose digest is not the one named here is read again,
+    /// never changed on top of (an edit would bring back a message deleted for
+    /// everyone). A row still not there [`LOST_CHANGE_MS`] later never will be (its
+    /// node failed between the head and the row): the stored row is the message then.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub changed: Vec<(u64, u64)>,
+    pub changed: Vec<(u64, u64, u64)>,
 }
 
 /// Removed users a head remembers (see [`Head::left`]).
@@ -231,6 +233,10 @@ pub const RECENT_LEFT: usize = 16;
 
 /// Changed messages a head remembers (see [`Head::changed`]).
 pub const RECENT_CHANGED: usize = 8;
+
+/// How long after a change its row is awaited before it is taken as lost (see
+/// [`Head::changed`]).
+pub const LOST_CHANGE_MS: u64 = 5_000;
 
 /// One member's row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -2571,34 +2577,38 @@ impl<S: Store + 'static> Chat<S> {
         f: impl Fn(&mut Message, &MemberRec, &ConversationRec) -> Result<Change>,
     ) -> Result<()> {
         let _g = self.locks.lock((id, 0)).await;
-        let (rec, member) = self.membership(id, me).await?;
-        if member.state != MemberState::Active {
-            return Err(Error::Forbidden("answer the message request first"));
-        }
-        if seq <= member.joined_seq {
-            return Err(Error::NotFound("message"));
-        }
         let row = Cell::new(&LOG, log_partition(id, seq), seq_key(seq));
         let mut memo = Memo::new();
         for attempt in 0..APPEND_TRIES {
             backoff(attempt).await;
             // The head first: a change committed after this read fails this attempt's
-            // condition, so the message read next is never older than the head.
+            // condition, so the membership and message read next are never older than
+            // the head (a role taken away on another node counts from its commit on).
             let (raw, head) = self.current_head(id).await?;
             if head.left.contains(&me) {
                 return Err(Error::NotFound("conversation"));
+            }
+            let (rec, member) = self.membership(id, me).await?;
+            if member.state != MemberState::Active {
+                return Err(Error::Forbidden("answer the message request first"));
+            }
+            if seq <= member.joined_seq {
+                return Err(Error::NotFound("message"));
             }
             let stored = self
                 .store
                 .get(row.table, &row.partition, &row.clustering)
                 .await?
                 .ok_or(Error::NotFound("message"))?;
+            let now = self.now();
             if head
                 .changed
                 .iter()
                 .rev()
-                .find(|(s, _)| *s == seq)
-                .is_some_and(|(_, d)| *d != row_digest(&stored))
+                .find(|(s, _, _)| *s == seq)
+                .is_some_and(|&(_, d, at)| {
+                    d != row_digest(&stored) && now.saturating_sub(at) < LOST_CHANGE_MS
+                })
             {
                 // The last change's row has not landed yet (CQL): read it again.
                 continue;
@@ -2634,8 +2644,8 @@ impl<S: Store + 'static> Chat<S> {
                 None => None,
             };
             let change = |h: &mut Head, _: &[u64]| {
-                h.changed.retain(|(s, _)| *s != seq);
-                h.changed.push((seq, digest));
+                h.changed.retain(|(s, _, _)| *s != seq);
+                h.changed.push((seq, digest, now));
                 let extra = h.changed.len().saturating_sub(RECENT_CHANGED);
                 h.changed.drain(..extra);
             };

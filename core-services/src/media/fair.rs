@@ -98,9 +98,9 @@ impl FairPool {
                 };
                 match tx.send(worker) {
                     Ok(()) => return,
-                    // Its job was dropped: the worker comes back through here, to the
-                    // next in turn. Dropping it under the lock would deadlock, so it is
-                    // forgotten and counted free instead.
+                    // Its job was dropped: the loop offers the worker to the next in
+                    // turn (or counts it free). It is disarmed first: dropped armed,
+                    // it would give itself back under this lock and deadlock.
                     Err(mut worker) => {
                         worker.pool = None;
                         continue;

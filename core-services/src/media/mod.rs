@@ -304,6 +304,8 @@ pub struct MediaNode {
     checks: Shares,
     /// Processing workers, taken in turn by the users waiting for them.
     workers: fair::FairPool,
+    /// Objects being processed on this node.
+    running: Mutex<std::collections::HashSet<u64>>,
     /// Signs HTTPS URLs, when the node serves them.
     urls: std::sync::OnceLock<urls::UrlSigner>,
     /// The local cache in front of an object store (fleets), for its metrics.
@@ -335,6 +337,7 @@ impl MediaNode {
             ),
             checks: Shares::new(CHECKS, CHECKS_PER_USER),
             workers: fair::FairPool::new(config.workers),
+            running: Mutex::default(),
             urls: std::sync::OnceLock::new(),
             cache,
         })
@@ -1013,8 +1016,21 @@ impl<S: Store + Clone + 'static> Media<S> {
             // A completion cut short after storing the original (which takes the staged
             // file) and before making the object: the bytes are back from the blob
             // store, and checked again like any.
-            let original = t::original_key(&hex::encode(upload.sha256));
-            if self.node.blobs.size(original.clone()).await? == Some(upload.size) {
+            // Only when this upload's own reference to the blob is there: it was
+            // written after this upload's bytes matched the digest, so the declared
+            // digest alone gets nobody someone else's bytes.
+            let hex = hex::encode(upload.sha256);
+            let original = t::original_key(&hex);
+            let ours = self
+                .store
+                .get(
+                    &t::BLOBS,
+                    &crate::tables::name_key(&hex),
+                    &key(upload.media_id),
+                )
+                .await?
+                .is_some();
+            if ours && self.node.blobs.size(original.clone()).await? == Some(upload.size) {
                 self.node
                     .blobs
                     .copy_to_file(original, upload.size, staging.path(upload_id))
@@ -1123,11 +1139,30 @@ impl<S: Store + Clone + 'static> Media<S> {
                 key(upload_id),
             ));
         if !self.store.commit(&commit).await? {
-            // The object exists already: a completion before this one made it (on CQL,
-            // one whose later writes the repair pass finishes).
-            return t::load(&self.store, media.media_id)
+            // The object exists already: a completion before this one made it and was
+            // cut short after (on CQL a commit's writes land after its condition). What
+            // it left undone is done here (each write the same whoever makes it); its
+            // bytes may go uncounted on CQL (a lost counter change has nothing to be
+            // counted again from).
+            let made = t::load(&self.store, media.media_id)
                 .await?
-                .ok_or(Error::NotFound("media"));
+                .ok_or(Error::NotFound("media"))?;
+            self.store
+                .put(
+                    &t::UPLOADS,
+                    &key(upload_id),
+                    &[],
+                    &encode("upload", &upload)?,
+                    Some(upload.ttl(now)),
+                )
+                .await?;
+            self.store
+                .delete(&t::OPEN, &key(owner), &key(upload_id))
+                .await?;
+            if made.state == State::Processing {
+                self.spawn_processing(made.media_id);
+            }
+            return Ok(made);
         }
         // An account erased while this completed (its erasure may have looked before
         // this object existed): the object goes now rather than outlive the account.
@@ -1209,8 +1244,24 @@ impl<S: Store + Clone + 'static> Media<S> {
     where
         S: 'static,
     {
+        // One processing of an object at a time on a node (its renditions' keys are
+        // its own: a second run would write, or clean up, the first's files).
+        {
+            let mut running = self.node.running.lock().unwrap_or_else(|p| p.into_inner());
+            if !running.insert(media_id) {
+                return;
+            }
+        }
         let me = self.clone();
         tokio::task::spawn_local(async move {
+            struct Done<'a>(&'a Mutex<std::collections::HashSet<u64>>, u64);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    let mut running = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                    running.remove(&self.1);
+                }
+            }
+            let _done = Done(&me.node.running, media_id);
             // A storage failure (the database or the object store away) leaves the job
             // queued: tried again a few times, backing off, then at the next start.
             let mut wait = Duration::from_secs(2);

@@ -96,7 +96,7 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
         "-select_streams",
         "v:0",
         "-show_entries",
-        "stream=width,height,avg_frame_rate,r_frame_rate:format=duration",
+        "stream=width,height,avg_frame_rate:format=duration",
         "-of",
         "json",
     ])
@@ -127,17 +127,17 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
     if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
         return Err(Refusal::TooManyPixels { width, height }.into());
     }
-    // Decoding work grows with the frames: a stream claiming thousands a second is
-    // refused before any is decoded. ("0/0": a rate the container does not say.)
-    for key in ["avg_frame_rate", "r_frame_rate"] {
-        if let Some(fps) = stream[key].as_str().and_then(frame_rate)
-            && fps > f64::from(MAX_FPS)
-        {
-            return Err(Refusal::TooManyFrames {
-                fps: fps.ceil().min(f64::from(u32::MAX)) as u32,
-            }
-            .into());
+    // Decoding work grows with the frames: a stream averaging thousands a second is
+    // refused before any is decoded. (The average, not `r_frame_rate`, which is the
+    // time base's guess: 1000/1 for many WebM and variable-rate files. "0/0": a rate the
+    // container does not say; the transcoder's time limit bounds those.)
+    if let Some(fps) = stream["avg_frame_rate"].as_str().and_then(frame_rate)
+        && fps > f64::from(MAX_FPS)
+    {
+        return Err(Refusal::TooManyFrames {
+            fps: fps.ceil().min(f64::from(u32::MAX)) as u32,
         }
+        .into());
     }
     let duration =
         Duration::try_from_secs_f64(seconds).map_err(|_| Error::from(Refusal::TooLong))?;
@@ -342,6 +342,7 @@ pub async fn transcode(input: &Path, mime: &str, probe: Probe, dir: &Path) -> Re
     c.args(["-nostdin", "-v", "error", "-y", "-ss", at]);
     input_options(&mut c, mime)?;
     c.args(["-threads", &ENCODER_THREADS.to_string()])
+        .args(["-filter_threads", "1"])
         .arg("-i")
         .arg(input)
         .args([
