@@ -285,6 +285,73 @@ impl Shares {
     }
 }
 
+/// How long a chunk may go without a byte before, when the node's chunk memory runs
+/// out, it is cut to make room for one that is moving.
+const STALL_EVICT: Duration = Duration::from_secs(2);
+
+/// Chunks being received on a node, with when each last got bytes: when their memory
+/// runs out, the one stalled longest is cut (a sender that sends most of a chunk fast,
+/// then a byte now and then, holds the memory only until someone needs it).
+#[derive(Default)]
+struct Receiving {
+    next: std::sync::atomic::AtomicU64,
+    chunks: Mutex<HashMap<u64, (std::time::Instant, Arc<tokio::sync::Notify>)>>,
+}
+
+/// One chunk in [`Receiving`], out of it when dropped.
+struct InFlight<'a> {
+    of: &'a Receiving,
+    id: u64,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.of.lock().remove(&self.id);
+    }
+}
+
+impl Receiving {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, (std::time::Instant, Arc<tokio::sync::Notify>)>>
+    {
+        self.chunks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self) -> InFlight<'_> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cut = Arc::new(tokio::sync::Notify::new());
+        self.lock()
+            .insert(id, (std::time::Instant::now(), cut.clone()));
+        InFlight { of: self, id, cut }
+    }
+
+    fn progressed(&self, id: u64) {
+        if let Some((at, _)) = self.lock().get_mut(&id) {
+            *at = std::time::Instant::now();
+        }
+    }
+
+    /// Cuts the chunk (other than `me`) that has gone longest without a byte, if that
+    /// is at least [`STALL_EVICT`]; whether there was one.
+    fn cut_stalled(&self, me: u64) -> bool {
+        let mut chunks = self.lock();
+        let stalled = chunks
+            .iter()
+            .filter(|(id, (at, _))| **id != me && at.elapsed() >= STALL_EVICT)
+            .min_by_key(|(_, (at, _))| *at)
+            .map(|(id, _)| *id);
+        match stalled.and_then(|id| chunks.remove(&id)) {
+            Some((_, cut)) => {
+                cut.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// What a node's shards share: the blob store, the staging area, the limits, the locks
 /// that order chunks against completion and blob releases, and the processing pool.
 pub struct MediaNode {
@@ -300,6 +367,8 @@ pub struct MediaNode {
     buffers: Shares,
     /// Bytes of chunks received and not yet written (permits are bytes).
     chunk_memory: tokio::sync::Semaphore,
+    /// The chunks being received, to cut stalled ones when that memory runs out.
+    receiving: Receiving,
     /// Completion checks (whole-file digest, type and header checks, `ffprobe`).
     checks: Shares,
     /// Processing workers, taken in turn by the users waiting for them.
@@ -335,6 +404,7 @@ impl MediaNode {
             chunk_memory: tokio::sync::Semaphore::new(
                 CHUNK_BUFFERS.saturating_mul(config.chunk_bytes as usize),
             ),
+            receiving: Receiving::default(),
             checks: Shares::new(CHECKS, CHECKS_PER_USER),
             workers: fair::FairPool::new(config.workers),
             running: Mutex::default(),
@@ -900,9 +970,17 @@ impl<S: Store + Clone + 'static> Media<S> {
         // The node's chunk memory, taken as the bytes come (`Overloaded` when it is all
         // held) and given back when the chunk is written or refused.
         let mut memory: Option<tokio::sync::SemaphorePermit<'_>> = None;
+        let receiving = &self.node.receiving;
+        let this = receiving.enter();
         let read = async {
             loop {
-                let piece = match tokio::time::timeout(PIECE_IDLE, body.next()).await {
+                let next = tokio::select! {
+                    biased;
+                    // Cut to make room for a chunk that is moving (see `Receiving`).
+                    () = this.cut.notified() => return Err(Error::Overloaded),
+                    next = tokio::time::timeout(PIECE_IDLE, body.next()) => next,
+                };
+                let piece = match next {
                     Ok(Some(piece)) => piece,
                     Ok(None) => break,
                     Err(_) => return Err(Error::InvalidArgument { field: "chunk" }),
@@ -912,11 +990,18 @@ impl<S: Store + Clone + 'static> Media<S> {
                     return Err(Error::TooLarge("chunk"));
                 }
                 let n = u32::try_from(piece.len()).map_err(|_| Error::TooLarge("chunk"))?;
-                let more = self
-                    .node
-                    .chunk_memory
-                    .try_acquire_many(n)
-                    .map_err(|_| Error::Overloaded)?;
+                let memory_left = || self.node.chunk_memory.try_acquire_many(n).ok();
+                let mut more = memory_left();
+                // All of it held: room is made by cutting chunks that have stalled.
+                for _ in 0..3 {
+                    if more.is_some() || !receiving.cut_stalled(this.id) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    more = memory_left();
+                }
+                let more = more.ok_or(Error::Overloaded)?;
+                receiving.progressed(this.id);
                 match &mut memory {
                     Some(held) => held.merge(more),
                     None => memory = Some(more),
