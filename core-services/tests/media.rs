@@ -789,6 +789,33 @@ fn a_group_avatar_is_the_admins_own_image_seen_by_its_members() {
             }
         };
         assert_eq!((uses(picture).await, uses(next).await), (0, 1));
+
+        // Two changes of the group racing on two nodes: a rename held before its commit
+        // while the other node sets an avatar. The rename, retried, keeps that avatar
+        // (it once wrote back the record it had read), and the replaced one's use ends.
+        let node2 = Chat::new(w.store.clone(), w.clock.clone(), 2, 0).expect("chat");
+        let third = w.ready(ANA).await;
+        let mut held = w.gate.arm(Op::Commit, "");
+        let race = async {
+            held.reached().await;
+            node2
+                .update(ANA, group, avatar(third))
+                .await
+                .expect("avatar on node 2");
+            held.release();
+        };
+        let rename = Update {
+            title: Some("renamed".into()),
+            ..Update::default()
+        };
+        let (renamed, ()) = tokio::join!(w.chat.update(ANA, group, rename), race);
+        renamed.expect("renamed");
+        let view = w.chat.view(BEN, group).await.expect("view");
+        assert_eq!(
+            (view.rec.title.as_str(), view.rec.avatar_media_id),
+            ("renamed", third)
+        );
+        assert_eq!((uses(next).await, uses(third).await), (0, 1));
     });
 }
 

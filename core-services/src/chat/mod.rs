@@ -1795,61 +1795,13 @@ impl<S: Store + 'static> Chat<S> {
             if rec.kind != Kind::Group {
                 return Err(Error::InvalidArgument { field: "title" });
             }
-            if member.role < Role::Admin || member.state != MemberState::Active {
-                return Err(Error::Forbidden("only admins may change the group"));
-            }
-            let mut rec = rec.clone();
-            if let Some(t) = &u.title {
-                if !chars_within(t, MAX_TITLE_CHARS) {
-                    return Err(Error::InvalidArgument { field: "title" });
-                }
-                rec.title = t.clone();
-            }
-            // An avatar is one of the admin's own ready images, used by the group
-            // from now on (never collected as unused, shown to its members).
-            let old_avatar = rec.avatar_media_id;
-            let avatar = tables::media::Use::ChatAvatar(id);
-            if let Some(a) = u.avatar_media_id
-                && a != old_avatar
+            if u.title
+                .as_ref()
+                .is_some_and(|t| !chars_within(t, MAX_TITLE_CHARS))
             {
-                if a != 0 {
-                    tables::media::check(
-                        &self.store,
-                        me,
-                        &[a],
-                        &[tables::media::Kind::Image],
-                        "avatar_media_id",
-                    )
-                    .await?;
-                    tables::media::attach(&self.store, &[a], avatar, "avatar_media_id").await?;
-                }
-                rec.avatar_media_id = a;
+                return Err(Error::InvalidArgument { field: "title" });
             }
-            let event = self.event(EventKind::Updated, me, 0, 0, "", &rec.title);
-            let value: Bytes = encode("conversation", &rec)?.into();
-            let appended = self
-                .append(
-                    id,
-                    vec![event.clone()],
-                    |_, _| {},
-                    |_| {
-                        Ok(vec![put(
-                            Cell::new(&CONVERSATIONS, k(id), Bytes::new()),
-                            value.clone(),
-                        )])
-                    },
-                )
-                .await;
-            // The avatar that is not the group's after this goes back to being unused.
-            let (unused, result) = match appended {
-                Ok(done) => (old_avatar, Ok(done)),
-                Err(e) => (rec.avatar_media_id, Err(e)),
-            };
-            if unused != 0 && old_avatar != rec.avatar_media_id {
-                tables::media::detach(&self.store, &[unused], avatar).await?;
-            }
-            let (seqs, _) = result?;
-            self.push_entry(id, seqs, event).await?;
+            self.update_group(me, id, &u).await?;
         }
         if u.muted_until_ms.is_some() || u.archived.is_some() || u.pinned.is_some() {
             // A request is answered first; a declined one is not in the list at all.
@@ -1877,6 +1829,99 @@ impl<S: Store + 'static> Chat<S> {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The group part of [`Chat::update`] (title, avatar; admins), under the
+    /// conversation's lock. Each attempt reads the head, then the admin's membership
+    /// and the group's record (again, once the head's change of it has landed: see
+    /// [`Head::changed`], where number 0 stands for the record), so that a change
+    /// another node made meanwhile (a title, an avatar, a role) is built on, not undone.
+    async fn update_group(&self, me: u64, id: u64, u: &Update) -> Result<()> {
+        // An avatar is one of the admin's own ready images, used by the group from now
+        // on (never collected as unused, shown to its members).
+        let avatar = tables::media::Use::ChatAvatar(id);
+        let new_avatar = u.avatar_media_id.filter(|a| *a != 0);
+        if let Some(a) = new_avatar {
+            tables::media::check(
+                &self.store,
+                me,
+                &[a],
+                &[tables::media::Kind::Image],
+                "avatar_media_id",
+            )
+            .await?;
+            tables::media::attach(&self.store, &[a], avatar, "avatar_media_id").await?;
+        }
+        let row = Cell::new(&CONVERSATIONS, k(id), Bytes::new());
+        let mut outcome = Err(Error::Busy);
+        for attempt in 0..APPEND_TRIES {
+            backoff(attempt).await;
+            let (raw, head) = self.current_head(id).await?;
+            if head.left.contains(&me) {
+                outcome = Err(Error::NotFound("conversation"));
+                break;
+            }
+            let (_, member) = self.membership(id, me).await?;
+            if member.role < Role::Admin || member.state != MemberState::Active {
+                outcome = Err(Error::Forbidden("only admins may change the group"));
+                break;
+            }
+            let stored = self
+                .store
+                .get(row.table, &row.partition, &row.clustering)
+                .await?
+                .ok_or(Error::NotFound("conversation"))?;
+            let now = self.now();
+            if head
+                .changed
+                .iter()
+                .rev()
+                .find(|(s, _, _)| *s == 0)
+                .is_some_and(|&(_, d, at)| {
+                    d != row_digest(&stored) && now.saturating_sub(at) < LOST_CHANGE_MS
+                })
+            {
+                continue;
+            }
+            let mut rec: ConversationRec = decode("conversation", &stored)?;
+            let old_avatar = rec.avatar_media_id;
+            if let Some(t) = &u.title {
+                rec.title = t.clone();
+            }
+            if let Some(a) = u.avatar_media_id {
+                rec.avatar_media_id = a;
+            }
+            let event = self.event(EventKind::Updated, me, 0, 0, "", &rec.title);
+            let value: Bytes = encode("conversation", &rec)?.into();
+            let digest = row_digest(&value);
+            let change = |h: &mut Head, _: &[u64]| {
+                h.changed.retain(|(s, _, _)| *s != 0);
+                h.changed.push((0, digest, now));
+                let extra = h.changed.len().saturating_sub(RECENT_CHANGED);
+                h.changed.drain(..extra);
+            };
+            let extra = |_: &[u64]| Ok(vec![put(row.clone(), value.clone())]);
+            let (seqs, _, queued) = self
+                .queue_append(id, raw, head, std::slice::from_ref(&event), &change, &extra)
+                .await?;
+            if self.settle(id, queued).await? {
+                self.after_earlier_pushes(id).await;
+                // The avatar replaced (as it was when this change won) is no longer
+                // the group's.
+                if old_avatar != 0 && old_avatar != rec.avatar_media_id {
+                    tables::media::detach(&self.store, &[old_avatar], avatar).await?;
+                }
+                return self.push_entry(id, seqs, event).await;
+            }
+        }
+        // Not made: the avatar attached for it goes back to being unused (unless it is
+        // the group's already).
+        if let Some(a) = new_avatar
+            && self.conversation(id).await?.map(|r| r.avatar_media_id) != Some(a)
+        {
+            tables::media::detach(&self.store, &[a], avatar).await?;
+        }
+        outcome
     }
 
     fn event(
