@@ -1382,6 +1382,28 @@ async fn expensive_paths_are_rate_limited() {
     node.send(BEN, id, text("b1", "hi ana"))
         .await
         .expect("ben's own bucket");
+    // Receipts that move a position, one entry at a time: a burst, then a wait; one
+    // that moves nothing costs nothing.
+    for i in 0..200 {
+        w.a.send(BEN, id, text(&format!("r{i}"), "more"))
+            .await
+            .expect("sent");
+    }
+    let head = w.a.head(id).await.expect("head").last_seq;
+    let mut moved = 0;
+    let refused = loop {
+        let up_to = head - 250 + moved;
+        match w.b.receipt(ANA, id, Receipt::Read, up_to).await {
+            Ok(()) => moved += 1,
+            Err(e) => break e,
+        }
+        assert!(moved < 250, "receipts were never limited");
+    };
+    assert!(matches!(refused, Error::RateLimited(_)), "{refused:?}");
+    assert!(moved >= 100, "limited too early: {moved}");
+    w.b.receipt(ANA, id, Receipt::Read, 1)
+        .await
+        .expect("moves nothing: free");
 }
 
 /// A claim hands out whole users within one answer and names those left out, whose

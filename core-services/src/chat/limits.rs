@@ -29,13 +29,17 @@ pub enum Costly {
     /// A typing signal that reaches the members (a repeat of the same one is dropped
     /// before it costs anything).
     Typing,
+    /// A receipt that moves the sender's position (a write, and a push to every member,
+    /// a read receipt after a look at each one's settings). Receipts that move nothing
+    /// are free.
+    Receipt,
     /// Sending a message (a commit, and a push to every member): its rate is the
     /// operator's ([`SendRate`]).
     Send,
 }
 
 /// The paths, in their order of declaration (the index of each one's bucket).
-const PATHS: [Costly; 8] = [
+const PATHS: [Costly; 9] = [
     Costly::List,
     Costly::Create,
     Costly::Claim,
@@ -43,6 +47,7 @@ const PATHS: [Costly; 8] = [
     Costly::View,
     Costly::History,
     Costly::Typing,
+    Costly::Receipt,
     Costly::Send,
 ];
 
@@ -83,6 +88,8 @@ impl Costly {
             Costly::History => (60, 600),
             // Start and stop, in a few conversations at once.
             Costly::Typing => (30, 240),
+            // Reading through many conversations at once.
+            Costly::Receipt => (120, 1200),
             Costly::Send => (send.burst, send.per_minute),
         }
     }

@@ -2861,6 +2861,7 @@ impl<S: Store + 'static> Chat<S> {
         if up_to <= before {
             return Ok(());
         }
+        self.rates.check(me, Costly::Receipt)?;
         self.move_positions(id, me, kind, up_to).await?;
         if member.state != MemberState::Active {
             return Ok(());
