@@ -1612,6 +1612,23 @@ async fn lost_races_start_over<S: Store + Clone + 'static>(inner: S) {
     assert!(matches!(deleted, Err(Error::Forbidden(_))), "{deleted:?}");
     let now = w.a.readable_message(CAT, g, cats.seq).await.expect("read");
     assert!(!now.deleted, "{now:?}");
+    // The same for adding a member: Ben, an admin again, adds Dan while node 2 takes
+    // his role away before his commit.
+    w.a.set_role(ANA, g, BEN, Role::Admin).await.expect("admin");
+    let mut held = gate.arm(Op::Commit, "");
+    let race = async {
+        held.reached().await;
+        w.b.set_role(ANA, g, BEN, Role::Member)
+            .await
+            .expect("demoted");
+        held.release();
+    };
+    let (added, ()) = tokio::join!(w.a.add_members(BEN, g, &[DAN]), race);
+    assert!(matches!(added, Err(Error::Forbidden(_))), "{added:?}");
+    assert!(matches!(
+        w.a.history(DAN, g, 0, 10).await,
+        Err(Error::NotFound(_))
+    ));
 
     // Cat's send reads the members, then node 2 removes her before its commit: the
     // retry is refused, and nobody reads a message from someone no longer there.

@@ -393,7 +393,7 @@ impl<S: Store + 'static> Chat<S> {
             )
             .await?;
         let seqs = match appended {
-            super::Appended::Done(seqs, _) => seqs,
+            super::Appended::Done(seqs) => seqs,
             super::Appended::Exists => {
                 let head = self.head(id).await?;
                 let seq = head

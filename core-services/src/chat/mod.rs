@@ -693,8 +693,8 @@ impl Drop for QueuedAppend<'_> {
 
 /// What [`Chat::append_once`] did.
 enum Appended {
-    /// Stored with these numbers; the new head.
-    Done(Vec<u64>, Head),
+    /// Stored with these numbers.
+    Done(Vec<u64>),
     /// The send was already stored.
     Exists,
 }
@@ -1062,26 +1062,11 @@ impl<S: Store + 'static> Chat<S> {
 
     // ---- writing the log ----
 
-    /// Appends entries to `id`'s log in one commit that also swaps the head; `extra` are
-    /// further writes of the same commit. Retries when another node took the number.
-    /// Returns the numbers given and the new head.
-    async fn append(
-        &self,
-        id: u64,
-        entries: Vec<Entry>,
-        change: impl Fn(&mut Head, &[u64]),
-        extra: impl Fn(&[u64]) -> Result<Vec<Write>>,
-    ) -> Result<(Vec<u64>, Head)> {
-        match self
-            .append_once(id, entries, None, &|_| Ok(()), change, extra)
-            .await?
-        {
-            Appended::Done(seqs, head) => Ok((seqs, head)),
-            Appended::Exists => Err(Error::Busy),
-        }
-    }
-
-    /// [`Chat::append`] for a send: stops with [`Appended::Exists`] when the head it
+    /// Appends entries to `id`'s log in one commit that also swaps the head (`extra` are
+    /// further writes of the same commit), retrying from the head as it is when another
+    /// node took the number (the entries and writes must not depend on what the head
+    /// moved past: changes that read rows build each attempt themselves, see
+    /// [`Chat::change_message`]). Stops with [`Appended::Exists`] when the head it
     /// reads already remembers the send `txn` (a retry on another node won the race).
     /// The caller holds the conversation's lock throughout.
     async fn append_once(
@@ -1102,12 +1087,12 @@ impl<S: Store + 'static> Chat<S> {
                 return Ok(Appended::Exists);
             }
             check(&head)?;
-            let (seqs, head, queued) = self
+            let (seqs, _, queued) = self
                 .queue_append(id, raw, head, &entries, &change, &extra)
                 .await?;
             if self.settle(id, queued).await? {
                 self.after_earlier_pushes(id).await;
-                return Ok(Appended::Done(seqs, head));
+                return Ok(Appended::Done(seqs));
             }
         }
         Err(Error::Busy)
@@ -1984,42 +1969,69 @@ impl<S: Store + 'static> Chat<S> {
                 return Err(Error::Blocked);
             }
             let state = self.arrival(me, user).await?;
-            // Counted from the member rows, not the head's counter: on CQL two nodes
-            // racing one removal can both decrement it.
-            if self.members(id).await?.len() >= MAX_MEMBERS {
-                return Err(Error::Forbidden("the group is full"));
-            }
             let event = self.event(EventKind::Joined, me, 0, user, "", "");
             let now = self.now();
-            let (seqs, _) = self
-                .append(
-                    id,
-                    vec![event.clone()],
-                    |h, _| {
-                        h.members += 1;
-                        h.left.retain(|u| *u != user);
-                    },
-                    |seqs| {
-                        let joined_seq = seqs[0] - 1;
-                        let m = MemberRec {
-                            role: Role::Member,
-                            state,
-                            joined_at_ms: now,
-                            joined_seq,
-                            last_read_seq: joined_seq,
-                            last_delivered_seq: joined_seq,
-                        };
-                        Ok(vec![
-                            put(
-                                Cell::new(&MEMBERS, k(id), k(user)),
-                                encode("chat member", &m)?,
-                            ),
-                            put(list_row(user, id, state), list_value()?),
-                        ])
-                    },
-                )
-                .await?;
-            self.push_entry(id, seqs, event).await?;
+            // Each attempt checks again, after the head it builds on, that `me` is still
+            // an admin, `user` not in yet and the group not full (another node may have
+            // changed any of them meanwhile).
+            let mut added = None;
+            for attempt in 0..APPEND_TRIES {
+                backoff(attempt).await;
+                let (raw, head) = self.current_head(id).await?;
+                if head.left.contains(&me) {
+                    return Err(Error::Forbidden("only admins may add members"));
+                }
+                let members = self.members(id).await?;
+                let still_admin = member_of(&members, me)
+                    .is_some_and(|m| m.role >= Role::Admin && m.state == MemberState::Active);
+                if !still_admin {
+                    return Err(Error::Forbidden("only admins may add members"));
+                }
+                if member_of(&members, user).is_some() && !head.left.contains(&user) {
+                    break; // Added meanwhile.
+                }
+                // Counted from the member rows, not the head's counter: on CQL two nodes
+                // racing one removal can both decrement it.
+                if members.len() >= MAX_MEMBERS {
+                    return Err(Error::Forbidden("the group is full"));
+                }
+                let change = |h: &mut Head, _: &[u64]| {
+                    h.members += 1;
+                    h.left.retain(|u| *u != user);
+                };
+                let extra = |seqs: &[u64]| {
+                    let joined_seq = seqs[0] - 1;
+                    let m = MemberRec {
+                        role: Role::Member,
+                        state,
+                        joined_at_ms: now,
+                        joined_seq,
+                        last_read_seq: joined_seq,
+                        last_delivered_seq: joined_seq,
+                    };
+                    Ok(vec![
+                        put(
+                            Cell::new(&MEMBERS, k(id), k(user)),
+                            encode("chat member", &m)?,
+                        ),
+                        put(list_row(user, id, state), list_value()?),
+                    ])
+                };
+                let (seqs, _, queued) = self
+                    .queue_append(id, raw, head, std::slice::from_ref(&event), &change, &extra)
+                    .await?;
+                if self.settle(id, queued).await? {
+                    self.after_earlier_pushes(id).await;
+                    added = Some(seqs);
+                    break;
+                }
+                if attempt + 1 == APPEND_TRIES {
+                    return Err(Error::Busy);
+                }
+            }
+            if let Some(seqs) = added {
+                self.push_entry(id, seqs, event).await?;
+            }
         }
         Ok(())
     }
