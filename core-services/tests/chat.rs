@@ -1630,6 +1630,36 @@ async fn lost_races_start_over<S: Store + Clone + 'static>(inner: S) {
         Err(Error::NotFound(_))
     ));
 
+    // Dan's claim marks Ben's phone as claimed, then loses its one ordinary package to
+    // Cat's claim on node 2: Dan gets the last resort, and his mark is taken back (he
+    // took nothing fresh), so his next claim gets the package Ben uploads next.
+    let last_resort = vec![90u8; 40];
+    w.a.upload_key_packages(BEN, "phone", &[vec![91; 40]], Some(&last_resort))
+        .await
+        .expect("uploaded");
+    let mut held = gate.arm(Op::DeleteIfPresent, "chat_mls_key_packages");
+    let race = async {
+        held.reached().await;
+        let cat = w.b.claim_key_packages(CAT, &[BEN]).await.expect("cat");
+        held.release();
+        cat
+    };
+    let (dan, cat) = tokio::join!(w.a.claim_key_packages(DAN, &[BEN]), race);
+    assert_eq!(cat[0].key_package, vec![91; 40]);
+    assert_eq!(dan.expect("dan")[0].key_package, last_resort);
+    w.a.upload_key_packages(BEN, "phone", &[vec![92; 40]], None)
+        .await
+        .expect("uploaded");
+    let again =
+        w.a.claim_key_packages(DAN, &[BEN])
+            .await
+            .expect("dan again");
+    assert_eq!(
+        again[0].key_package,
+        vec![92; 40],
+        "the mark was taken back"
+    );
+
     // Cat's send reads the members, then node 2 removes her before its commit: the
     // retry is refused, and nobody reads a message from someone no longer there.
     let g =

@@ -51,8 +51,37 @@ const PATHS: [Costly; 9] = [
     Costly::Send,
 ];
 
-// Every path has its bucket: a variant left out of PATHS would go unlimited.
-const _: () = assert!(PATHS.len() == Costly::Send as usize + 1);
+// Every path has its bucket, at its own index: a variant left out of PATHS, or PATHS
+// out of order, would go unlimited or take another path's bucket.
+const _: () = {
+    let mut i = 0;
+    while i < PATHS.len() {
+        assert!(PATHS[i] as usize == i);
+        i += 1;
+    }
+    assert!(PATHS.len() == Costly::COUNT);
+};
+
+impl Costly {
+    /// How many paths there are (the exhaustive match makes a new one a compile error
+    /// here until it is counted).
+    const COUNT: usize = {
+        const fn counted(p: Costly) -> usize {
+            match p {
+                Costly::List
+                | Costly::Create
+                | Costly::Claim
+                | Costly::Sync
+                | Costly::View
+                | Costly::History
+                | Costly::Typing
+                | Costly::Receipt
+                | Costly::Send => 9,
+            }
+        }
+        counted(Costly::List)
+    };
+}
 
 /// How fast one user may send messages (on one shard): a burst, then a sustained rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -264,7 +264,7 @@ impl<S: Store + 'static> Chat<S> {
                 // (this claimer took none, and may take one next time).
                 if last_resort && fresh == Some(true) && !fresh_taken && claimer != user {
                     self.store
-                        .delete(
+                        .delete_if_present(
                             &KEY_PACKAGE_CLAIMS,
                             &k(user),
                             &KeyBuilder::new().u64(claimer).str(&device).build(),

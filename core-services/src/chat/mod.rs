@@ -224,8 +224,33 @@ pub struct Head {
     /// never changed on top of (an edit would bring back a message deleted for
     /// everyone). A row still not there [`LOST_CHANGE_MS`] later never will be (its
     /// node failed between the head and the row): the stored row is the message then.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "changed_entries"
+    )]
     pub changed: Vec<(u64, u64, u64)>,
+}
+
+/// [`Head::changed`] as stored: entries of three numbers, or of two (written before the
+/// time was kept: taken as long ago).
+fn changed_entries<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<(u64, u64, u64)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Timed(u64, u64, u64),
+        Untimed(u64, u64),
+    }
+    let stored: Vec<Stored> = Deserialize::deserialize(d)?;
+    Ok(stored
+        .into_iter()
+        .map(|e| match e {
+            Stored::Timed(s, d, at) => (s, d, at),
+            Stored::Untimed(s, d) => (s, d, 0),
+        })
+        .collect())
 }
 
 /// Removed users a head remembers (see [`Head::left`]).
@@ -235,7 +260,9 @@ pub const RECENT_LEFT: usize = 16;
 pub const RECENT_CHANGED: usize = 8;
 
 /// How long after a change its row is awaited before it is taken as lost (see
-/// [`Head::changed`]).
+/// [`Head::changed`]). Measured between the clocks of the node that made the change and
+/// the node that reads it: the fleet's clocks are kept in step (NTP), as its ids and
+/// TTLs already need.
 pub const LOST_CHANGE_MS: u64 = 5_000;
 
 /// One member's row.
@@ -1837,19 +1864,54 @@ impl<S: Store + 'static> Chat<S> {
             .await?;
             tables::media::attach(&self.store, &[a], avatar, "avatar_media_id").await?;
         }
+        let made = self.update_group_attempts(me, id, u).await;
+        match made {
+            Ok(Some((seqs, event, replaced))) => {
+                self.push_entry(id, seqs, event).await?;
+                // The avatar replaced (as it was when this change won) is no longer the
+                // group's; a failure here leaves a use a later sweep may keep, never a
+                // change unpushed.
+                if let Some(old) = replaced
+                    && let Err(e) = tables::media::detach(&self.store, &[old], avatar).await
+                {
+                    tracing::warn!(conversation = id, error = %e, "old group avatar not detached");
+                }
+                Ok(())
+            }
+            outcome => {
+                // Not made: the avatar attached for it goes back to being unused (unless
+                // it is the group's already).
+                if let Some(a) = new_avatar
+                    && self.conversation(id).await?.map(|r| r.avatar_media_id) != Some(a)
+                {
+                    tables::media::detach(&self.store, &[a], avatar).await?;
+                }
+                match outcome {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(Error::Busy),
+                }
+            }
+        }
+    }
+
+    /// The attempts of [`Chat::update_group`]: the numbers and event of the change made
+    /// and the avatar it replaced, or `None` when every attempt lost its race.
+    async fn update_group_attempts(
+        &self,
+        me: u64,
+        id: u64,
+        u: &Update,
+    ) -> Result<Option<(Vec<u64>, Entry, Option<u64>)>> {
         let row = Cell::new(&CONVERSATIONS, k(id), Bytes::new());
-        let mut outcome = Err(Error::Busy);
         for attempt in 0..APPEND_TRIES {
             backoff(attempt).await;
             let (raw, head) = self.current_head(id).await?;
             if head.left.contains(&me) {
-                outcome = Err(Error::NotFound("conversation"));
-                break;
+                return Err(Error::NotFound("conversation"));
             }
             let (_, member) = self.membership(id, me).await?;
             if member.role < Role::Admin || member.state != MemberState::Active {
-                outcome = Err(Error::Forbidden("only admins may change the group"));
-                break;
+                return Err(Error::Forbidden("only admins may change the group"));
             }
             let stored = self
                 .store
@@ -1891,22 +1953,12 @@ impl<S: Store + 'static> Chat<S> {
                 .await?;
             if self.settle(id, queued).await? {
                 self.after_earlier_pushes(id).await;
-                // The avatar replaced (as it was when this change won) is no longer
-                // the group's.
-                if old_avatar != 0 && old_avatar != rec.avatar_media_id {
-                    tables::media::detach(&self.store, &[old_avatar], avatar).await?;
-                }
-                return self.push_entry(id, seqs, event).await;
+                let replaced =
+                    (old_avatar != 0 && old_avatar != rec.avatar_media_id).then_some(old_avatar);
+                return Ok(Some((seqs, event, replaced)));
             }
         }
-        // Not made: the avatar attached for it goes back to being unused (unless it is
-        // the group's already).
-        if let Some(a) = new_avatar
-            && self.conversation(id).await?.map(|r| r.avatar_media_id) != Some(a)
-        {
-            tables::media::detach(&self.store, &[a], avatar).await?;
-        }
-        outcome
+        Ok(None)
     }
 
     fn event(
@@ -1979,7 +2031,7 @@ impl<S: Store + 'static> Chat<S> {
                 backoff(attempt).await;
                 let (raw, head) = self.current_head(id).await?;
                 if head.left.contains(&me) {
-                    return Err(Error::Forbidden("only admins may add members"));
+                    return Err(Error::NotFound("conversation"));
                 }
                 let members = self.members(id).await?;
                 let still_admin = member_of(&members, me)
@@ -2639,8 +2691,9 @@ impl<S: Store + 'static> Chat<S> {
         for attempt in 0..APPEND_TRIES {
             backoff(attempt).await;
             // The head first: a change committed after this read fails this attempt's
-            // condition, so the membership and message read next are never older than
-            // the head (a role taken away on another node counts from its commit on).
+            // condition, so the message read next is never older than the head, nor is
+            // the membership on the embedded store (on CQL a role change's row lands a
+            // moment after its head: within that moment the old role may still count).
             let (raw, head) = self.current_head(id).await?;
             if head.left.contains(&me) {
                 return Err(Error::NotFound("conversation"));
@@ -3184,5 +3237,23 @@ mod tests {
         );
         assert!(SyncCursor::from_bytes(&[1, 2, 3]).is_err());
         assert!(SyncCursor::from_bytes(&[9; 17]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::Head;
+
+    #[test]
+    fn heads_stored_before_changes_were_timed_still_read() {
+        let old: Head =
+            serde_json::from_str(r#"{"last_seq":9,"changed":[[3,77]]}"#).expect("old head");
+        assert_eq!(old.changed, vec![(3, 77, 0)]);
+        let new: Head =
+            serde_json::from_str(r#"{"last_seq":9,"changed":[[3,77,5]]}"#).expect("new head");
+        assert_eq!(new.changed, vec![(3, 77, 5)]);
+        let again: Head =
+            serde_json::from_str(&serde_json::to_string(&new).expect("json")).expect("round");
+        assert_eq!(again.changed, new.changed);
     }
 }

@@ -289,14 +289,19 @@ impl Shares {
 /// out, it is cut to make room for one that is moving.
 const STALL_EVICT: Duration = Duration::from_secs(2);
 
-/// Chunks being received on a node, with when each last got bytes: when their memory
-/// runs out, the one stalled longest is cut (a sender that sends most of a chunk fast,
-/// then a byte now and then, holds the memory only until someone needs it).
+/// Chunks being received on a node, with when each last got bytes and how many it
+/// holds: when their memory runs out, the one holding bytes and stalled longest (no byte
+/// for [`STALL_EVICT`]) is cut. A sender that sends most of a chunk fast, then a byte
+/// less often than that, holds the memory only until someone needs it.
 #[derive(Default)]
 struct Receiving {
     next: std::sync::atomic::AtomicU64,
-    chunks: Mutex<HashMap<u64, (std::time::Instant, Arc<tokio::sync::Notify>)>>,
+    /// Each chunk's last byte, the bytes it holds, and how to cut it.
+    chunks: Mutex<HashMap<u64, Moving>>,
 }
+
+/// A chunk being received: when it last got bytes, how many it holds, how to cut it.
+type Moving = (std::time::Instant, usize, Arc<tokio::sync::Notify>);
 
 /// One chunk in [`Receiving`], out of it when dropped.
 struct InFlight<'a> {
@@ -312,10 +317,7 @@ impl Drop for InFlight<'_> {
 }
 
 impl Receiving {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, (std::time::Instant, Arc<tokio::sync::Notify>)>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Moving>> {
         self.chunks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -323,27 +325,28 @@ impl Receiving {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cut = Arc::new(tokio::sync::Notify::new());
         self.lock()
-            .insert(id, (std::time::Instant::now(), cut.clone()));
+            .insert(id, (std::time::Instant::now(), 0, cut.clone()));
         InFlight { of: self, id, cut }
     }
 
-    fn progressed(&self, id: u64) {
-        if let Some((at, _)) = self.lock().get_mut(&id) {
+    fn progressed(&self, id: u64, bytes: usize) {
+        if let Some((at, held, _)) = self.lock().get_mut(&id) {
             *at = std::time::Instant::now();
+            *held += bytes;
         }
     }
 
-    /// Cuts the chunk (other than `me`) that has gone longest without a byte, if that
-    /// is at least [`STALL_EVICT`]; whether there was one.
+    /// Cuts the chunk (other than `me`, and holding bytes) that has gone longest
+    /// without a byte, if that is at least [`STALL_EVICT`]; whether there was one.
     fn cut_stalled(&self, me: u64) -> bool {
         let mut chunks = self.lock();
         let stalled = chunks
             .iter()
-            .filter(|(id, (at, _))| **id != me && at.elapsed() >= STALL_EVICT)
-            .min_by_key(|(_, (at, _))| *at)
+            .filter(|(id, (at, held, _))| **id != me && *held > 0 && at.elapsed() >= STALL_EVICT)
+            .min_by_key(|(_, (at, _, _))| *at)
             .map(|(id, _)| *id);
         match stalled.and_then(|id| chunks.remove(&id)) {
-            Some((_, cut)) => {
+            Some((_, _, cut)) => {
                 cut.notify_one();
                 true
             }
@@ -1001,7 +1004,7 @@ impl<S: Store + Clone + 'static> Media<S> {
                     more = memory_left();
                 }
                 let more = more.ok_or(Error::Overloaded)?;
-                receiving.progressed(this.id);
+                receiving.progressed(this.id, piece.len());
                 match &mut memory {
                     Some(held) => held.merge(more),
                     None => memory = Some(more),
@@ -1014,6 +1017,8 @@ impl<S: Store + Clone + 'static> Media<S> {
         tokio::time::timeout(CHUNK_DEADLINE, read)
             .await
             .map_err(|_| Error::InvalidArgument { field: "chunk" })??;
+        // Read whole: no longer a chunk to cut (its memory goes with its write).
+        drop(this);
         if bytes.len() as u64 != expected {
             return Err(Error::InvalidArgument { field: "chunk" });
         }
@@ -1244,6 +1249,12 @@ impl<S: Store + Clone + 'static> Media<S> {
             self.store
                 .delete(&t::OPEN, &key(owner), &key(upload_id))
                 .await?;
+            if self.owner_gone(owner).await? {
+                self.remove(made.media_id, Some(owner), true).await?;
+                return Err(Error::NotFound("user"));
+            }
+            // (Uploads complete on their own node, whose processing of an object is
+            // one at a time: see `spawn_processing`.)
             if made.state == State::Processing {
                 self.spawn_processing(made.media_id);
             }
