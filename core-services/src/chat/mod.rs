@@ -232,6 +232,20 @@ pub struct Head {
     pub changed: Vec<(u64, u64, u64)>,
 }
 
+impl Head {
+    /// Whether `stored`, the row of message `seq` (0: the conversation's record) read
+    /// after this head, is the one the head's last change of it wrote, or that change is
+    /// taken as lost (see [`Head::changed`]); `false`: read it again.
+    fn landed(&self, seq: u64, stored: &[u8], now_ms: u64) -> bool {
+        match self.changed.iter().rev().find(|(s, _, _)| *s == seq) {
+            Some(&(_, digest, at)) => {
+                digest == row_digest(stored) || now_ms.saturating_sub(at) >= LOST_CHANGE_MS
+            }
+            None => true,
+        }
+    }
+}
+
 /// [`Head::changed`] as stored: entries of three numbers, or of two (written before the
 /// time was kept: taken as long ago).
 fn changed_entries<'de, D: serde::Deserializer<'de>>(
@@ -1919,15 +1933,7 @@ impl<S: Store + 'static> Chat<S> {
                 .await?
                 .ok_or(Error::NotFound("conversation"))?;
             let now = self.now();
-            if head
-                .changed
-                .iter()
-                .rev()
-                .find(|(s, _, _)| *s == 0)
-                .is_some_and(|&(_, d, at)| {
-                    d != row_digest(&stored) && now.saturating_sub(at) < LOST_CHANGE_MS
-                })
-            {
+            if !head.landed(0, &stored, now) {
                 continue;
             }
             let mut rec: ConversationRec = decode("conversation", &stored)?;
@@ -2711,15 +2717,7 @@ impl<S: Store + 'static> Chat<S> {
                 .await?
                 .ok_or(Error::NotFound("message"))?;
             let now = self.now();
-            if head
-                .changed
-                .iter()
-                .rev()
-                .find(|(s, _, _)| *s == seq)
-                .is_some_and(|&(_, d, at)| {
-                    d != row_digest(&stored) && now.saturating_sub(at) < LOST_CHANGE_MS
-                })
-            {
+            if !head.landed(seq, &stored, now) {
                 // The last change's row has not landed yet (CQL): read it again.
                 continue;
             }
