@@ -246,6 +246,38 @@ fn encode_jpeg(img: image::RgbImage) -> Vec<u8> {
 }
 
 impl World {
+    /// An upload of `bytes` (one chunk) by `owner`, every byte sent, not completed.
+    async fn staged(&self, owner: u64, bytes: Vec<u8>) -> selfie_services::media::UploadStatus {
+        let size = bytes.len() as u64;
+        let upload = self
+            .media
+            .init(
+                owner,
+                NewUpload {
+                    kind: Kind::Image,
+                    size,
+                    sha256: Sha256::digest(&bytes).to_vec(),
+                    alt_text: String::new(),
+                },
+            )
+            .await
+            .expect("init");
+        self.media
+            .chunk(
+                owner,
+                ChunkHeader {
+                    upload_id: upload.upload_id,
+                    offset: 0,
+                    length: size as u32,
+                    sha256: Sha256::digest(&bytes).to_vec(),
+                },
+                futures::stream::iter([Ok(Bytes::from(bytes))]).boxed_local(),
+            )
+            .await
+            .expect("chunk");
+        upload
+    }
+
     async fn usage(&self, owner: u64) -> i64 {
         self.store
             .counter_get(&t::USAGE, &tables::key(owner), &tables::name_key("bytes"))
@@ -1760,32 +1792,7 @@ fn a_completion_cut_short_by_a_storage_fault_counts_the_bytes_once() {
         let w = world().await;
         let bytes = jpeg();
         let size = bytes.len() as u64;
-        let upload = w
-            .media
-            .init(
-                ANA,
-                NewUpload {
-                    kind: Kind::Image,
-                    size,
-                    sha256: Sha256::digest(&bytes).to_vec(),
-                    alt_text: String::new(),
-                },
-            )
-            .await
-            .expect("init");
-        w.media
-            .chunk(
-                ANA,
-                ChunkHeader {
-                    upload_id: upload.upload_id,
-                    offset: 0,
-                    length: size as u32,
-                    sha256: Sha256::digest(&bytes).to_vec(),
-                },
-                futures::stream::iter([Ok(Bytes::from(bytes))]).boxed_local(),
-            )
-            .await
-            .expect("chunk");
+        let upload = w.staged(ANA, bytes).await;
         w.gate.fail(Op::Commit, "");
         let cut = w.media.complete(ANA, upload.upload_id, &[]).await;
         assert!(cut.is_err(), "{cut:?}");
@@ -1828,33 +1835,7 @@ fn a_completion_cut_short_by_a_storage_fault_counts_the_bytes_once() {
         let bytes = encode_jpeg(image::RgbImage::from_fn(32, 32, |x, y| {
             image::Rgb([x as u8, y as u8, 7])
         }));
-        let size = bytes.len() as u64;
-        let upload = w
-            .media
-            .init(
-                ANA,
-                NewUpload {
-                    kind: Kind::Image,
-                    size,
-                    sha256: Sha256::digest(&bytes).to_vec(),
-                    alt_text: String::new(),
-                },
-            )
-            .await
-            .expect("init");
-        w.media
-            .chunk(
-                ANA,
-                ChunkHeader {
-                    upload_id: upload.upload_id,
-                    offset: 0,
-                    length: size as u32,
-                    sha256: Sha256::digest(&bytes).to_vec(),
-                },
-                futures::stream::iter([Ok(Bytes::from(bytes))]).boxed_local(),
-            )
-            .await
-            .expect("chunk");
+        let upload = w.staged(ANA, bytes).await;
         w.gate.fail(Op::CommitWrites, "");
         let cut = w.media.complete(ANA, upload.upload_id, &[]).await;
         assert!(cut.is_err(), "{cut:?}");

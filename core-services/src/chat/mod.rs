@@ -233,6 +233,15 @@ pub struct Head {
 }
 
 impl Head {
+    /// Notes that the change it commits writes the row of `seq` (0: the conversation's
+    /// record) with digest `digest` at `now_ms` (see [`Head::changed`]).
+    fn remember_change(&mut self, seq: u64, digest: u64, now_ms: u64) {
+        self.changed.retain(|(s, _, _)| *s != seq);
+        self.changed.push((seq, digest, now_ms));
+        let extra = self.changed.len().saturating_sub(RECENT_CHANGED);
+        self.changed.drain(..extra);
+    }
+
     /// Whether `stored`, the row of message `seq` (0: the conversation's record) read
     /// after this head, is the one the head's last change of it wrote, or that change is
     /// taken as lost (see [`Head::changed`]); `false`: read it again.
@@ -1947,12 +1956,7 @@ impl<S: Store + 'static> Chat<S> {
             let event = self.event(EventKind::Updated, me, 0, 0, "", &rec.title);
             let value: Bytes = encode("conversation", &rec)?.into();
             let digest = row_digest(&value);
-            let change = |h: &mut Head, _: &[u64]| {
-                h.changed.retain(|(s, _, _)| *s != 0);
-                h.changed.push((0, digest, now));
-                let extra = h.changed.len().saturating_sub(RECENT_CHANGED);
-                h.changed.drain(..extra);
-            };
+            let change = |h: &mut Head, _: &[u64]| h.remember_change(0, digest, now);
             let extra = |_: &[u64]| Ok(vec![put(row.clone(), value.clone())]);
             let (seqs, _, queued) = self
                 .queue_append(id, raw, head, std::slice::from_ref(&event), &change, &extra)
@@ -2751,12 +2755,7 @@ impl<S: Store + 'static> Chat<S> {
                 )),
                 None => None,
             };
-            let change = |h: &mut Head, _: &[u64]| {
-                h.changed.retain(|(s, _, _)| *s != seq);
-                h.changed.push((seq, digest, now));
-                let extra = h.changed.len().saturating_sub(RECENT_CHANGED);
-                h.changed.drain(..extra);
-            };
+            let change = |h: &mut Head, _: &[u64]| h.remember_change(seq, digest, now);
             let extra = |_: &[u64]| {
                 let mut rows = vec![put(row.clone(), value.clone())];
                 rows.extend(version_row.clone());
