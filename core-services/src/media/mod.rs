@@ -641,7 +641,8 @@ pub struct Media<S> {
     locks: KeyedLocks,
     limits: crate::rate::PerUser,
     /// Pages of uses looked through past the first, per viewer (an object used by
-    /// thousands costs a viewer who sees none of them a walk through all of them).
+    /// thousands costs a viewer who sees none of them a walk through all of them); a
+    /// viewer out of pages is not shown the object until the bucket refills.
     walks: crate::rate::PerUser,
     /// Viewers found allowed to see an object when a signed URL was served, until when
     /// (Unix ms): the segments of one HLS playback ask once, not once each.
@@ -1641,8 +1642,12 @@ impl<S: Store + Clone + 'static> Media<S> {
         let mut unseen = std::collections::HashSet::new();
         let mut cursor = None;
         for page in 0..MAX_REF_PAGES {
-            if page > 0 {
-                self.walks.check(viewer)?;
+            // Out of pages for now: not shown, answered like a missing object (a
+            // `RateLimited` here would tell a stranger the object exists and is used
+            // widely). Only views walking past the first page of unseen uses are cut.
+            if page > 0 && self.walks.check(viewer).is_err() {
+                tracing::debug!(viewer, media = media.media_id, "media view walk cut short");
+                return Ok(false);
             }
             let refs = self
                 .store

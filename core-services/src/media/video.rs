@@ -95,8 +95,11 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
         "error",
         "-select_streams",
         "v:0",
+        // Every packet counted (demuxed, not decoded): the frame count the header
+        // may not say (`avg_frame_rate` is "0/0" in many WebM and Matroska files).
+        "-count_packets",
         "-show_entries",
-        "stream=width,height,avg_frame_rate:format=duration",
+        "stream=width,height,avg_frame_rate,nb_read_packets:format=duration",
         "-of",
         "json",
     ])
@@ -129,9 +132,17 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
     }
     // Decoding work grows with the frames: a stream averaging thousands a second is
     // refused before any is decoded. (The average, not `r_frame_rate`, which is the
-    // time base's guess: 1000/1 for many WebM and variable-rate files. "0/0": a rate the
-    // container does not say; the transcoder's time limit bounds those.)
-    if let Some(fps) = stream["avg_frame_rate"].as_str().and_then(frame_rate)
+    // time base's guess: 1000/1 for many WebM and variable-rate files.) Where the
+    // container does not say its rate ("0/0", as WebM and Matroska often do), the
+    // packets counted over the duration: more than a second's worth at `MAX_FPS`, at a
+    // higher rate than it, is refused too.
+    let declared = stream["avg_frame_rate"].as_str().and_then(frame_rate);
+    let counted = stream["nb_read_packets"]
+        .as_str()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n > u64::from(MAX_FPS))
+        .map(|n| n as f64 / seconds);
+    if let Some(fps) = declared.into_iter().chain(counted).reduce(f64::max)
         && fps > f64::from(MAX_FPS)
     {
         return Err(Refusal::TooManyFrames {
