@@ -739,6 +739,10 @@ impl Client {
                 return Err(e);
             }
         };
+        // The end usually arrives with the answer: read it if it is there (never waiting
+        // for it), so that dropping the stream does not send the server a
+        // `STOP_SENDING` (a frame, and its retransmission state, per request).
+        let _ = futures::FutureExt::now_or_never(recv.read_chunk(1, true));
         server_error(&frame)?;
         Ok(frame)
     }
