@@ -27,7 +27,7 @@ mod error;
 mod limits;
 
 pub use decode::{DatagramFrame, Frame, FrameDecoder, decode_datagram};
-pub use encode::{Builder, Encoder, FrameArena, build};
+pub use encode::{Builder, Encoder, FrameArena, PongTemplate, build};
 pub use error::CodecError;
 pub use limits::Limits;
 

@@ -8,7 +8,9 @@ use std::cell::RefCell;
 use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use selfie_codec::{CodecError, Encoder, Frame, FrameDecoder, Limits, decode_datagram};
+use selfie_codec::{
+    CodecError, Encoder, Frame, FrameArena, FrameDecoder, Limits, PongTemplate, decode_datagram,
+};
 use selfie_protocol::EnvelopeT;
 use selfie_protocol::arbitrary;
 
@@ -230,4 +232,37 @@ fn a_frame_without_an_id_cannot_be_restamped() {
         frame.with_id(7, &Limits::DEFAULT).is_none(),
         "a default id is not stored"
     );
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 256, failure_persistence: None, ..Config::default() })]
+
+    /// A `Pong` from the template reads back as the numbers written into it, and is the
+    /// builder's own bytes whenever the builder writes all three fields (none is zero).
+    #[test]
+    fn a_templated_pong_is_the_built_pong(
+        id in prop_oneof![Just(0u64), any::<u64>()],
+        nonce in prop_oneof![Just(0u64), any::<u64>()],
+        time in prop_oneof![Just(0u64), any::<u64>()],
+    ) {
+        let template = PongTemplate::new(Limits::DEFAULT).expect("template");
+        let mut arena = FrameArena::default();
+        let wire = template.write_in(&mut arena, id, nonce, time);
+        let mut enc = Encoder::new(Limits::DEFAULT);
+        let built = enc
+            .encode(|b| selfie_codec::build::pong(b, id, nonce, time))
+            .expect("fits")
+            .to_vec();
+        if id != 0 && nonce != 0 && time != 0 {
+            prop_assert_eq!(&wire[..], &built[..]);
+        }
+        let mut dec = FrameDecoder::new(Limits::DEFAULT);
+        dec.push(wire);
+        let frame = dec.next_frame().expect("valid").expect("one frame");
+        prop_assert!(dec.next_frame().expect("nothing more").is_none());
+        let env = frame.envelope();
+        prop_assert_eq!(env.id(), id);
+        let pong = env.body_as_control().and_then(|c| c.op_as_pong()).expect("a pong");
+        prop_assert_eq!((pong.nonce(), pong.server_time_ms()), (nonce, time));
+    }
 }

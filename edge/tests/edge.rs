@@ -557,6 +557,57 @@ async fn hostile_clients_get_typed_errors_and_others_are_unaffected() {
     assert!(metrics.contains("code=\"RateLimited\""), "{metrics}");
 }
 
+/// An address's request budget holds across its connections, however they take turns:
+/// connections take requests from the address's bucket a lease at a time, in advance,
+/// so together they never make more than the bucket allows (the burst, plus what it
+/// refilled meanwhile), and each is refused `RateLimited` with a wait once it is spent.
+#[tokio::test]
+async fn an_address_budget_holds_across_its_connections() {
+    const BURST: u32 = 40;
+    let t = start(1, |c| {
+        c.limits.ip_requests_per_second = 1;
+        c.limits.ip_request_burst = BURST;
+        c.limits.connection_requests_per_second = 10_000;
+        c.limits.connection_request_burst = 10_000;
+    });
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(
+            Client::connect(client_config(&t, None))
+                .await
+                .expect("connect"),
+        );
+    }
+    let started = std::time::Instant::now();
+    let mut served = 0u64;
+    let mut refused = [false; 3];
+    while refused.iter().any(|r| !r) && served < 1_000 {
+        for (i, client) in clients.iter().enumerate() {
+            match client.ping().await {
+                Ok(_) => served += 1,
+                Err(ClientError::Server {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms,
+                    ..
+                }) => {
+                    assert!(retry_after_ms > 0);
+                    refused[i] = true;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let refilled = started.elapsed().as_secs() + 1;
+    assert!(
+        refused.iter().all(|r| *r),
+        "not every connection was refused"
+    );
+    assert!(
+        served >= u64::from(BURST) && served <= u64::from(BURST) + refilled,
+        "{served} requests served on a budget of {BURST} (+{refilled} refilled)"
+    );
+}
+
 /// A new connection is allowed `INITIAL_STREAMS` streams (quinn keeps state per allowed
 /// stream on every connection, idle or not); once it is busy the edge raises the
 /// allowance to its limit, so requests beyond the initial allowance run at once instead

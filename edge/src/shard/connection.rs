@@ -16,6 +16,9 @@ pub(super) struct Conn {
     pub(super) ip: IpAddr,
     pub(super) session: SessionInfo,
     pub(super) limiter: DefaultDirectRateLimiter,
+    /// Requests this connection has already taken from its address's bucket and not
+    /// yet made (see [`IP_LEASE`]).
+    pub(super) ip_tokens: Cell<u32>,
     /// Datagrams handed to the services (typing, presence) from this connection.
     pub(super) datagram_limiter: DefaultDirectRateLimiter,
     pub(super) inflight: Cell<u32>,
@@ -35,6 +38,12 @@ pub(super) struct Conn {
     /// Requests started since the instant: the burst [`Conn::note_busy`] watches.
     pub(super) burst: Cell<(Instant, u32)>,
 }
+
+/// Requests a connection takes from its address's bucket at a time, so that the shared,
+/// keyed bucket is consulted once per this many requests rather than for each. Taken in
+/// advance, never on credit: an address never makes more requests than its bucket
+/// allows; a connection that closes with some unspent leaves them unused.
+pub(super) const IP_LEASE: u32 = 16;
 
 /// The window in which [`Conn::note_busy`] counts a burst of requests.
 const BURST_WINDOW: Duration = Duration::from_secs(1);
@@ -409,6 +418,7 @@ pub(super) async fn run_session(
             Quota::per_second(per_second(limits.connection_requests_per_second))
                 .allow_burst(per_second(limits.connection_request_burst)),
         ),
+        ip_tokens: Cell::new(0),
         datagram_limiter: RateLimiter::direct(
             Quota::per_second(per_second(DATAGRAMS_PER_SECOND))
                 .allow_burst(per_second(DATAGRAM_BURST)),
@@ -642,7 +652,7 @@ async fn on_control(
     match env.body_as_control().and_then(|c| c.op_as_ping()) {
         Some(ping) => {
             let answer = match super::request::admit_rate(shard, state) {
-                Ok(()) => shard.encode(|b| build::pong(b, env.id(), ping.nonce(), now_ms())),
+                Ok(()) => shard.pong(env.id(), ping.nonce()),
                 Err(reply) => {
                     super::request::record(shard, "control", reply.code.label(), started);
                     if let Some(bytes) = shard.error_frame(env.id(), &reply) {

@@ -90,6 +90,8 @@ struct Shard {
     /// Where the shard's own small frames (pongs, acks, refusals) are copied: no
     /// allocation per frame in steady state.
     arena: RefCell<selfie_codec::FrameArena>,
+    /// `Pong`s copied from one encoded once (`None`: built each time).
+    pong: Option<selfie_codec::PongTemplate>,
     connections: Cell<usize>,
     next_connection: Cell<u64>,
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -136,6 +138,17 @@ impl Shard {
     ) -> Option<Bytes> {
         let mut arena = self.arena.borrow_mut();
         self.encoder.borrow_mut().encode_in(&mut arena, f).ok()
+    }
+
+    /// The `Pong` answering ping `id` with `nonce`, stamped with the server's time.
+    fn pong(&self, id: u64, nonce: u64) -> Option<Bytes> {
+        match &self.pong {
+            Some(template) => {
+                let mut arena = self.arena.borrow_mut();
+                Some(template.write_in(&mut arena, id, nonce, now_ms()))
+            }
+            None => self.encode(|b| build::pong(b, id, nonce, now_ms())),
+        }
     }
 
     fn error_frame(&self, id: u64, e: &ErrorReply) -> Option<Bytes> {
@@ -196,6 +209,7 @@ async fn serve(
         limits,
         encoder: RefCell::new(Encoder::new(limits)),
         arena: RefCell::default(),
+        pong: selfie_codec::PongTemplate::new(limits),
         connections: Cell::new(0),
         next_connection: Cell::new(1),
         ip_limiter: RateLimiter::keyed(

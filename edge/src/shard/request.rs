@@ -1,7 +1,7 @@
 //! One request stream: admission (concurrency, rate limits, session rights), dispatch to
 //! the owner shard's service, subscriptions, metrics.
 
-use super::connection::{Conn, ConnError, MAX_SUBSCRIPTIONS, read_frame};
+use super::connection::{Conn, ConnError, IP_LEASE, MAX_SUBSCRIPTIONS, read_frame};
 use super::link::{RecvHalf, SendHalf};
 use super::*;
 
@@ -31,6 +31,19 @@ pub(super) fn admit_rate(shard: &Shard, state: &Conn) -> Result<(), ErrorReply> 
             ErrorReply::new(ErrorCode::RateLimited, "connection request rate exceeded")
                 .retry_after(retry_after_ms(&not_until)),
         );
+    }
+    // The address's bucket, a lease of requests at a time; its last few one by one.
+    if let Some(left) = state.ip_tokens.get().checked_sub(1) {
+        state.ip_tokens.set(left);
+        return Ok(());
+    }
+    const LEASE: std::num::NonZeroU32 = match std::num::NonZeroU32::new(IP_LEASE) {
+        Some(n) => n,
+        None => std::num::NonZeroU32::MIN,
+    };
+    if let Ok(Ok(())) = shard.ip_limiter.check_key_n(&state.ip, LEASE) {
+        state.ip_tokens.set(LEASE.get() - 1);
+        return Ok(());
     }
     if let Err(not_until) = shard.ip_limiter.check_key(&state.ip) {
         return Err(
@@ -169,7 +182,7 @@ pub(super) async fn serve_request(
         let control = env.body_as_control();
         if let Some(ping) = control.and_then(|c| c.op_as_ping()) {
             shard
-                .encode(|b| build::pong(b, id, ping.nonce(), now_ms()))
+                .pong(id, ping.nonce())
                 .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
         } else if let Some(req) = control.and_then(|c| c.op_as_subscribe_request()) {
             Box::pin(subscribe(shard, state, id, req.kind(), frame.clone())).await
