@@ -24,6 +24,7 @@
 mod decode;
 mod encode;
 mod error;
+mod known;
 mod limits;
 
 pub use decode::{DatagramFrame, Frame, FrameDecoder, decode_datagram};

@@ -652,7 +652,7 @@ async fn on_control(
     match env.body_as_control().and_then(|c| c.op_as_ping()) {
         Some(ping) => {
             let answer = match super::request::admit_rate(shard, state) {
-                Ok(()) => shard.pong(env.id(), ping.nonce()),
+                Ok(()) => shard.pong(env.id(), ping.nonce(), Instant::now()),
                 Err(reply) => {
                     super::request::record(shard, "control", reply.code.label(), started);
                     if let Some(bytes) = shard.error_frame(env.id(), &reply) {

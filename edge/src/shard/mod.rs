@@ -92,6 +92,9 @@ struct Shard {
     arena: RefCell<selfie_codec::FrameArena>,
     /// `Pong`s copied from one encoded once (`None`: built each time).
     pong: Option<selfie_codec::PongTemplate>,
+    /// A monotonic instant and the wall clock (Unix ms) read with it: `Pong`s tell the
+    /// time from the request's own clock read (see [`Shard::wall_ms`]).
+    wall: Cell<(Instant, u64)>,
     connections: Cell<usize>,
     next_connection: Cell<u64>,
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -140,14 +143,32 @@ impl Shard {
         self.encoder.borrow_mut().encode_in(&mut arena, f).ok()
     }
 
-    /// The `Pong` answering ping `id` with `nonce`, stamped with the server's time.
-    fn pong(&self, id: u64, nonce: u64) -> Option<Bytes> {
+    /// The `Pong` answering ping `id` with `nonce`, stamped with the server's time at
+    /// `now`.
+    fn pong(&self, id: u64, nonce: u64, now: Instant) -> Option<Bytes> {
+        let time = self.wall_ms(now);
         match &self.pong {
             Some(template) => {
                 let mut arena = self.arena.borrow_mut();
-                Some(template.write_in(&mut arena, id, nonce, now_ms()))
+                Some(template.write_in(&mut arena, id, nonce, time))
             }
-            None => self.encode(|b| build::pong(b, id, nonce, now_ms())),
+            None => self.encode(|b| build::pong(b, id, nonce, time)),
+        }
+    }
+
+    /// The wall clock (Unix ms) at `now`, from the last wall-clock read and the
+    /// monotonic time since: one clock read a second instead of one per ping, and a
+    /// step of the wall clock shows within a second.
+    fn wall_ms(&self, now: Instant) -> u64 {
+        const RESYNC: Duration = Duration::from_secs(1);
+        let (at, ms) = self.wall.get();
+        match now.checked_duration_since(at) {
+            Some(since) if since < RESYNC => ms + since.as_millis() as u64,
+            _ => {
+                let ms = now_ms();
+                self.wall.set((now, ms));
+                ms
+            }
         }
     }
 
@@ -210,6 +231,7 @@ async fn serve(
         encoder: RefCell::new(Encoder::new(limits)),
         arena: RefCell::default(),
         pong: selfie_codec::PongTemplate::new(limits),
+        wall: Cell::new((Instant::now(), now_ms())),
         connections: Cell::new(0),
         next_connection: Cell::new(1),
         ip_limiter: RateLimiter::keyed(

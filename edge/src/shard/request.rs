@@ -107,8 +107,17 @@ pub(super) async fn serve_request(
         }
         read_frame(&mut recv, &mut dec).await
     };
-    // The deadline from the request's one clock read (no second read for the timer).
-    let read = match tokio::time::timeout_at((started + deadline).into(), read).await {
+    // Usually the whole request came with the stream: read at once, no timer armed.
+    // Otherwise the deadline from the request's one clock read (no second read for the
+    // timer).
+    let read = {
+        let mut read = std::pin::pin!(read);
+        match futures::FutureExt::now_or_never(read.as_mut()) {
+            Some(read) => Ok(read),
+            None => tokio::time::timeout_at((started + deadline).into(), read).await,
+        }
+    };
+    let read = match read {
         Ok(read) => read,
         Err(_) => {
             // Half a request, then silence: whatever was buffered goes now.
@@ -182,7 +191,7 @@ pub(super) async fn serve_request(
         let control = env.body_as_control();
         if let Some(ping) = control.and_then(|c| c.op_as_ping()) {
             shard
-                .pong(id, ping.nonce())
+                .pong(id, ping.nonce(), started)
                 .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
         } else if let Some(req) = control.and_then(|c| c.op_as_subscribe_request()) {
             Box::pin(subscribe(shard, state, id, req.kind(), frame.clone())).await
