@@ -139,21 +139,43 @@ impl SendHalf {
         deadline: std::time::Duration,
         code: VarInt,
     ) -> Handed {
-        let written = {
-            let mut write = std::pin::pin!(self.write_last(bytes));
-            match futures::poll!(&mut write) {
-                std::task::Poll::Ready(r) => Some(r),
-                // Boxed: the timer's state stays out of every request's task.
-                std::task::Poll::Pending => {
-                    Box::pin(tokio::time::timeout(deadline, write)).await.ok()
+        // QUIC, the usual case: written at once when the stream has room for it, by a
+        // future made and dropped here (`write_chunks` writes only when it resolves), so
+        // nothing of the write is held in the caller's task across an await. A blocked
+        // or partial write, and the WebSocket fallback, go on boxed, with the timer.
+        let rest = match self {
+            SendHalf::Quic(s) => {
+                let mut chunks = [bytes];
+                match futures::FutureExt::now_or_never(s.write_chunks(&mut chunks)) {
+                    Some(Err(_)) => return Handed::Failed,
+                    Some(Ok(_)) if chunks[0].is_empty() => {
+                        let _ = s.finish();
+                        return Handed::Over;
+                    }
+                    // Blocked (nothing written) or written in part (the rest is left).
+                    _ => {
+                        let [rest] = chunks;
+                        rest
+                    }
                 }
             }
+            SendHalf::Ws(_) => bytes,
         };
-        match written {
-            Some(Ok(())) => Handed::Over,
-            Some(Err(_)) => Handed::Failed,
-            None => {
-                Box::pin(self.reset(code)).await;
+        Box::pin(self.write_last_waiting(rest, deadline, code)).await
+    }
+
+    /// The rest of [`SendHalf::write_last_within`]: the write that has to wait for room.
+    async fn write_last_waiting(
+        &mut self,
+        bytes: Bytes,
+        deadline: std::time::Duration,
+        code: VarInt,
+    ) -> Handed {
+        match tokio::time::timeout(deadline, self.write_last(bytes)).await {
+            Ok(Ok(())) => Handed::Over,
+            Ok(Err(_)) => Handed::Failed,
+            Err(_) => {
+                self.reset(code).await;
                 Handed::Abandoned
             }
         }

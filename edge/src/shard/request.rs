@@ -73,6 +73,9 @@ async fn refuse_and_violate(
     state.violation(shard, reply.code);
 }
 
+/// Refusals and error answers are boxed where they are awaited (`Box::pin(respond_error
+/// ..)`): their futures hold an answer's write and its timer, and unboxed they would size
+/// every request's task, which is moved into place each time one is spawned.
 pub(super) async fn serve_request(
     shard: &Rc<Shard>,
     state: &Rc<Conn>,
@@ -90,15 +93,19 @@ pub(super) async fn serve_request(
         recv.stop(state.code(ErrorCode::TooManyStreams));
         let reply = ErrorReply::new(ErrorCode::TooManyStreams, "too many requests in flight")
             .retry_after(10);
-        respond_error(shard, state, &mut send, 0, &reply, "unknown", started).await;
+        Box::pin(respond_error(
+            shard, state, &mut send, 0, &reply, "unknown", started,
+        ))
+        .await;
         return;
     }
     let mut dec = FrameDecoder::new(shard.limits);
     let deadline = Duration::from_millis(limits.request_read_timeout_ms);
     let read = async {
-        // A WebTransport stream names its session before its first frame.
+        // A WebTransport stream names its session before its first frame (boxed: a
+        // browser's path, kept out of every request's task).
         if let Some(wt) = &state.wt
-            && let Err(code) = wt.read_stream_header(&mut recv).await
+            && let Err(code) = Box::pin(wt.read_stream_header(&mut recv)).await
         {
             recv.stop(VarInt::from_u32(code));
             return Err(ConnError::Codec(CodecError::Malformed {
@@ -123,7 +130,10 @@ pub(super) async fn serve_request(
             // Half a request, then silence: whatever was buffered goes now.
             recv.stop(state.code(ErrorCode::Timeout));
             let reply = ErrorReply::new(ErrorCode::Timeout, "request not received in time");
-            respond_error(shard, state, &mut send, 0, &reply, "unknown", started).await;
+            Box::pin(respond_error(
+                shard, state, &mut send, 0, &reply, "unknown", started,
+            ))
+            .await;
             return;
         }
     };
@@ -132,13 +142,19 @@ pub(super) async fn serve_request(
         Ok(None) => {
             // An empty request stream.
             let reply = ErrorReply::new(ErrorCode::TruncatedFrame, "empty request");
-            refuse_and_violate(shard, state, &mut send, 0, &reply, "unknown", started).await;
+            Box::pin(refuse_and_violate(
+                shard, state, &mut send, 0, &reply, "unknown", started,
+            ))
+            .await;
             return;
         }
         Err(ConnError::Codec(e)) => {
             recv.stop(state.code(e.code()));
             let reply = ErrorReply::new(e.code(), e.to_string());
-            refuse_and_violate(shard, state, &mut send, 0, &reply, "unknown", started).await;
+            Box::pin(refuse_and_violate(
+                shard, state, &mut send, 0, &reply, "unknown", started,
+            ))
+            .await;
             return;
         }
         Err(_) => return,
@@ -166,7 +182,10 @@ pub(super) async fn serve_request(
         }
     });
     if let Err(reply) = verdict {
-        respond_error(shard, state, &mut send, id, &reply, label, started).await;
+        Box::pin(respond_error(
+            shard, state, &mut send, id, &reply, label, started,
+        ))
+        .await;
         return;
     }
     if service == Service::Media {
@@ -186,7 +205,11 @@ pub(super) async fn serve_request(
             return;
         }
     }
+    // Neither is needed past here: dropped now, they are not kept in the task's state
+    // across the awaits below.
+    drop(dec);
     recv.take_end();
+    drop(recv);
     let result = if service == Service::Control {
         let control = env.body_as_control();
         if let Some(ping) = control.and_then(|c| c.op_as_ping()) {
@@ -213,7 +236,10 @@ pub(super) async fn serve_request(
             // `Hello` again, `Welcome`, a push header...: a protocol violation, which
             // closes the connection once the answer is delivered.
             let reply = ErrorReply::new(ErrorCode::UnexpectedMessage, "not a request");
-            refuse_and_violate(shard, state, &mut send, id, &reply, label, started).await;
+            Box::pin(refuse_and_violate(
+                shard, state, &mut send, id, &reply, label, started,
+            ))
+            .await;
             return;
         }
     } else {
@@ -248,7 +274,12 @@ pub(super) async fn serve_request(
             shard.hot.sent.inc_by(len);
             record(shard, label, "ok", started);
         }
-        Err(reply) => respond_error(shard, state, &mut send, id, &reply, label, started).await,
+        Err(reply) => {
+            Box::pin(respond_error(
+                shard, state, &mut send, id, &reply, label, started,
+            ))
+            .await
+        }
     }
 }
 
