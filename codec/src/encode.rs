@@ -280,8 +280,11 @@ impl FrameArena {
             // Reclaims the whole block when no view of it is left; otherwise a new one.
             self.buf.reserve(self.block);
         }
+        let from = self.buf.len();
         self.buf.extend_from_slice(data);
-        patch(&mut self.buf);
+        if let Some(copy) = self.buf.get_mut(from..) {
+            patch(copy);
+        }
         self.buf.split().freeze()
     }
 }

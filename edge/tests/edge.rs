@@ -608,6 +608,26 @@ async fn an_address_budget_holds_across_its_connections() {
     );
 }
 
+/// Connections that make one request each take one request each from their address's
+/// bucket (a lease grows only with use): the whole budget serves as many of them.
+#[tokio::test]
+async fn one_request_connections_spend_one_request_each() {
+    const BURST: u32 = 24;
+    let t = start(1, |c| {
+        c.limits.ip_requests_per_second = 1;
+        c.limits.ip_request_burst = BURST;
+    });
+    for n in 0..BURST - 1 {
+        let client = Client::connect(client_config(&t, None))
+            .await
+            .expect("connect");
+        client
+            .ping()
+            .await
+            .unwrap_or_else(|e| panic!("connection {n} of {BURST}: {e}"));
+    }
+}
+
 /// A new connection is allowed `INITIAL_STREAMS` streams (quinn keeps state per allowed
 /// stream on every connection, idle or not); once it is busy the edge raises the
 /// allowance to its limit, so requests beyond the initial allowance run at once instead

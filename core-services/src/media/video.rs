@@ -95,9 +95,15 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
         "error",
         "-select_streams",
         "v:0",
-        // Every packet counted (demuxed, not decoded): the frame count the header
-        // may not say (`avg_frame_rate` is "0/0" in many WebM and Matroska files).
+        // Packets counted (demuxed, not decoded): the frame count the header may not
+        // say (`avg_frame_rate` is "0/0" in many WebM and Matroska files). At most one
+        // more than the longest video may have at `MAX_FPS`, so that a file of many
+        // tiny packets is not read to its end: one that reaches the cap is refused.
         "-count_packets",
+        "-read_intervals",
+    ])
+    .arg(format!("%+#{}", MAX_PACKETS + 1))
+    .args([
         "-show_entries",
         "stream=width,height,avg_frame_rate,nb_read_packets:format=duration",
         "-of",
@@ -141,7 +147,13 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
         .as_str()
         .and_then(|n| n.parse::<u64>().ok())
         .filter(|&n| n > u64::from(MAX_FPS))
-        .map(|n| n as f64 / seconds);
+        .map(|n| {
+            if n > MAX_PACKETS {
+                f64::INFINITY
+            } else {
+                n as f64 / seconds
+            }
+        });
     if let Some(fps) = declared.into_iter().chain(counted).reduce(f64::max)
         && fps > f64::from(MAX_FPS)
     {
@@ -164,6 +176,10 @@ pub async fn probe(path: &Path, mime: &str) -> Result<Probe> {
 
 /// Most frames a second a video may have (high-speed phone footage is 240).
 pub const MAX_FPS: u32 = 240;
+
+/// Most packets the probe counts: the frames of the longest video at `MAX_FPS` (a packet
+/// is usually a frame; a few codecs pack more than one in some).
+const MAX_PACKETS: u64 = MAX_FPS as u64 * MAX_DURATION.as_secs();
 
 /// A frame rate as ffprobe writes it (`30000/1001`); `None` when unknown (`0/0`).
 fn frame_rate(s: &str) -> Option<f64> {

@@ -17,8 +17,9 @@ pub(super) struct Conn {
     pub(super) session: SessionInfo,
     pub(super) limiter: DefaultDirectRateLimiter,
     /// Requests this connection has already taken from its address's bucket and not
-    /// yet made (see [`IP_LEASE`]).
+    /// yet made, and how many it takes next time (see [`IP_LEASE`]).
     pub(super) ip_tokens: Cell<u32>,
+    pub(super) ip_lease: Cell<u32>,
     /// Datagrams handed to the services (typing, presence) from this connection.
     pub(super) datagram_limiter: DefaultDirectRateLimiter,
     pub(super) inflight: Cell<u32>,
@@ -39,10 +40,13 @@ pub(super) struct Conn {
     pub(super) burst: Cell<(Instant, u32)>,
 }
 
-/// Requests a connection takes from its address's bucket at a time, so that the shared,
-/// keyed bucket is consulted once per this many requests rather than for each. Taken in
-/// advance, never on credit: an address never makes more requests than its bucket
-/// allows; a connection that closes with some unspent leaves them unused.
+/// The most requests a connection takes from its address's bucket at a time, so that a
+/// busy connection consults the shared, keyed bucket once per this many requests rather
+/// than for each. The lease grows with use (1, 2, 4, ... this many) and falls back to
+/// one when the bucket is short, so a connection making a few requests takes only what
+/// it makes, and one that closes leaves fewer unused than it made. Taken in advance,
+/// never on credit: over any window an address makes at most what its bucket allowed
+/// plus what its busy connections took before it (under `IP_LEASE` each).
 pub(super) const IP_LEASE: u32 = 16;
 
 /// The window in which [`Conn::note_busy`] counts a burst of requests.
@@ -419,6 +423,7 @@ pub(super) async fn run_session(
                 .allow_burst(per_second(limits.connection_request_burst)),
         ),
         ip_tokens: Cell::new(0),
+        ip_lease: Cell::new(1),
         datagram_limiter: RateLimiter::direct(
             Quota::per_second(per_second(DATAGRAMS_PER_SECOND))
                 .allow_burst(per_second(DATAGRAM_BURST)),
@@ -664,7 +669,7 @@ async fn on_control(
             if let Some(bytes) = answer {
                 send.write_all(&bytes).await?;
             }
-            super::request::record(shard, "control", "ok", started);
+            super::request::record_ok(shard, Service::Control, started);
         }
         None => {
             let e = ErrorReply::new(

@@ -115,6 +115,8 @@ struct HotMetrics {
     sent: Counter,
     forwarded: Counter,
     requests: RefCell<HashMap<RequestKey, (Counter, Histogram)>>,
+    /// Successful requests' handles by service index (see `request::record_ok`).
+    ok: [std::cell::OnceCell<(Counter, Histogram)>; Service::ALL.len()],
 }
 
 /// (service, result code) of a request, for [`HotMetrics::requests`].
@@ -128,6 +130,7 @@ impl HotMetrics {
             sent: metrics.sent_bytes_total.get_or_create(label).clone(),
             forwarded: metrics.forwarded_total.get_or_create(label).clone(),
             requests: RefCell::new(HashMap::new()),
+            ok: [const { std::cell::OnceCell::new() }; Service::ALL.len()],
         }
     }
 }
@@ -157,18 +160,20 @@ impl Shard {
     }
 
     /// The wall clock (Unix ms) at `now`, from the last wall-clock read and the
-    /// monotonic time since: one clock read a second instead of one per ping, and a
-    /// step of the wall clock shows within a second.
+    /// monotonic time between: one clock read a second instead of one per ping, and a
+    /// step of the wall clock shows within a second. `now` may be older than the last
+    /// read (a request that started before it): counted back from it, and the anchor is
+    /// only ever moved to a fresh reading.
     fn wall_ms(&self, now: Instant) -> u64 {
         const RESYNC: Duration = Duration::from_secs(1);
-        let (at, ms) = self.wall.get();
+        let (mut at, mut ms) = self.wall.get();
+        if now.saturating_duration_since(at) >= RESYNC {
+            (at, ms) = (Instant::now(), now_ms());
+            self.wall.set((at, ms));
+        }
         match now.checked_duration_since(at) {
-            Some(since) if since < RESYNC => ms + since.as_millis() as u64,
-            _ => {
-                let ms = now_ms();
-                self.wall.set((now, ms));
-                ms
-            }
+            Some(since) => ms + since.as_millis() as u64,
+            None => ms.saturating_sub(at.duration_since(now).as_millis() as u64),
         }
     }
 

@@ -32,19 +32,21 @@ pub(super) fn admit_rate(shard: &Shard, state: &Conn) -> Result<(), ErrorReply> 
                 .retry_after(retry_after_ms(&not_until)),
         );
     }
-    // The address's bucket, a lease of requests at a time; its last few one by one.
+    // The address's bucket, a lease of requests at a time (see `IP_LEASE`); one by one
+    // when the bucket is short.
     if let Some(left) = state.ip_tokens.get().checked_sub(1) {
         state.ip_tokens.set(left);
         return Ok(());
     }
-    const LEASE: std::num::NonZeroU32 = match std::num::NonZeroU32::new(IP_LEASE) {
-        Some(n) => n,
-        None => std::num::NonZeroU32::MIN,
-    };
-    if let Ok(Ok(())) = shard.ip_limiter.check_key_n(&state.ip, LEASE) {
-        state.ip_tokens.set(LEASE.get() - 1);
+    let lease = state.ip_lease.get().clamp(1, IP_LEASE);
+    if let Some(n) = std::num::NonZeroU32::new(lease)
+        && let Ok(Ok(())) = shard.ip_limiter.check_key_n(&state.ip, n)
+    {
+        state.ip_tokens.set(lease - 1);
+        state.ip_lease.set((lease * 2).min(IP_LEASE));
         return Ok(());
     }
+    state.ip_lease.set(1);
     if let Err(not_until) = shard.ip_limiter.check_key(&state.ip) {
         return Err(
             ErrorReply::new(ErrorCode::RateLimited, "address request rate exceeded")
@@ -267,12 +269,12 @@ pub(super) async fn serve_request(
     };
     match result {
         Ok(bytes) => {
-            // `write_chunk` hands quinn the `Bytes` itself: no copy into its buffer (and
+            // `write_chunks` hands quinn the `Bytes` itself: no copy into its buffer (and
             // no clone, which would allocate for a `Bytes` made from a `Vec`).
             let len = bytes.len() as u64;
             answer(shard, state, &mut send, bytes).await;
             shard.hot.sent.inc_by(len);
-            record(shard, label, "ok", started);
+            record_ok(shard, service, started);
         }
         Err(reply) => {
             Box::pin(respond_error(
@@ -336,7 +338,7 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
                 let len = bytes.len() as u64;
                 answer(shard, state, &mut send, bytes).await;
                 shard.hot.sent.inc_by(len);
-                record(shard, label, "ok", started);
+                record_ok(shard, Service::Media, started);
             }
             Err(e) => {
                 respond_error(shard, state, &mut send, id, &reply_to(&e), label, started).await
@@ -386,7 +388,7 @@ async fn serve_raw(shard: &Rc<Shard>, state: &Rc<Conn>, raw: Raw, upload: bool) 
             }
             send.finish().await;
             shard.hot.sent.inc_by(sent);
-            record(shard, label, "ok", started);
+            record_ok(shard, Service::Media, started);
         }
         Err(e) => respond_error(shard, state, &mut send, id, &reply_to(&e), label, started).await,
     }
@@ -615,6 +617,28 @@ async fn answer(shard: &Shard, state: &Conn, send: &mut SendHalf, bytes: Bytes) 
         debug!("answer not taken in time: abandoned");
         shard.count_protocol_error(ErrorCode::Timeout);
     }
+}
+
+/// Counts a successful request of `service` (the common case: its metric handles are
+/// found by the service's index, without hashing the labels).
+pub(super) fn record_ok(shard: &Shard, service: Service, started: Instant) {
+    let Some(slot) = shard.hot.ok.get(service as usize) else {
+        return record(shard, service.name(), "ok", started);
+    };
+    let (count, latency) = slot.get_or_init(|| {
+        let labels = RequestLabels {
+            shard: shard.id as u16,
+            service: service.name(),
+            code: "ok",
+        };
+        let m = &shard.shared.metrics;
+        (
+            m.requests_total.get_or_create(&labels).clone(),
+            m.request_duration_seconds.get_or_create(&labels).clone(),
+        )
+    });
+    count.inc();
+    latency.observe(started.elapsed().as_secs_f64());
 }
 
 /// Counts a request (or control `Ping`) under `service` and its result `code`.
