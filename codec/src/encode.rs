@@ -315,29 +315,17 @@ impl PongTemplate {
     /// Encodes the template; `None` if its numbers cannot be found in it exactly once
     /// (callers then build each `Pong`).
     pub fn new(limits: Limits) -> Option<Self> {
-        // Distinct, non-zero (so that the builder writes each field) and unlike
-        // anything else in a frame.
-        const MARKS: [u64; 3] = [
-            0x51e1_f1e0_0000_0a01,
-            0x51e1_f1e0_0000_0b02,
-            0x51e1_f1e0_0000_0c03,
-        ];
+        use crate::known::{MARKS, find_once};
         let mut enc = Encoder::new(limits);
         let frame = enc
             .encode(|b| build::pong(b, MARKS[0], MARKS[1], MARKS[2]))
             .ok()?
             .to_vec();
-        let find = |mark: u64| {
-            let mark = mark.to_le_bytes();
-            let mut hits = frame
-                .windows(mark.len())
-                .enumerate()
-                .filter(|(_, w)| *w == mark)
-                .map(|(i, _)| i);
-            let first = hits.next()?;
-            hits.next().is_none().then_some(first)
-        };
-        let at = [find(MARKS[0])?, find(MARKS[1])?, find(MARKS[2])?];
+        let at = [
+            find_once(&frame, MARKS[0])?,
+            find_once(&frame, MARKS[1])?,
+            find_once(&frame, MARKS[2])?,
+        ];
         Some(Self { frame, at })
     }
 

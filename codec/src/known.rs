@@ -12,7 +12,7 @@
 use std::sync::LazyLock;
 
 use flatbuffers::VerifierOptions;
-use selfie_protocol::control::{ControlOp, Ping, PingArgs, Pong, PongArgs};
+use selfie_protocol::control::{ControlOp, Ping, PingArgs};
 
 use crate::encode::build;
 use crate::{Encoder, Limits};
@@ -49,9 +49,10 @@ const CHECKED_UNDER: VerifierOptions = VerifierOptions {
     ignore_missing_null_terminator: false,
 };
 
-/// Markers for the (up to) three `u64` fields of a shape: distinct and unlike anything
-/// else in a small frame.
-const MARKS: [u64; 3] = [
+/// Markers for the (up to) three `u64` fields of a shape (and of the `PongTemplate`):
+/// distinct, non-zero (so that the builder writes each field) and unlike anything else
+/// in a small frame.
+pub(crate) const MARKS: [u64; 3] = [
     0x9e37_79b9_7f4a_7c15,
     0xbf58_476d_1ce4_e5b9,
     0x94d0_49bb_1331_11eb,
@@ -69,34 +70,26 @@ fn shapes() -> Vec<Shape> {
             if present & (1 << i) != 0 { MARKS[i] } else { 0 }
         };
         let (id, a, b) = (value(0), value(1), value(2));
-        let ping = enc
-            .encode(|fbb| {
-                let op = Ping::create(
-                    fbb,
-                    &PingArgs {
-                        nonce: a,
-                        sent_at_ms: b,
-                    },
-                );
-                build::control(fbb, id, ControlOp::Ping, op.as_union_value())
-            })
-            .map(<[u8]>::to_vec);
+        let ping = enc.encode(|fbb| ping(fbb, id, a, b)).map(<[u8]>::to_vec);
         out.extend(ping.ok().and_then(|bytes| shape(bytes, [id, a, b])));
         let pong = enc
-            .encode(|fbb| {
-                let op = Pong::create(
-                    fbb,
-                    &PongArgs {
-                        nonce: a,
-                        server_time_ms: b,
-                    },
-                );
-                build::control(fbb, id, ControlOp::Pong, op.as_union_value())
-            })
+            .encode(|fbb| build::pong(fbb, id, a, b))
             .map(<[u8]>::to_vec);
         out.extend(pong.ok().and_then(|bytes| shape(bytes, [id, a, b])));
     }
     out
+}
+
+/// A `Ping` as `build::ping` lays it out, with a nonce of its own (`build::ping` uses the
+/// request id).
+fn ping(
+    fbb: &mut crate::Builder,
+    id: u64,
+    nonce: u64,
+    sent_at_ms: u64,
+) -> flatbuffers::WIPOffset<selfie_protocol::Envelope<'static>> {
+    let op = Ping::create(fbb, &PingArgs { nonce, sent_at_ms });
+    build::control(fbb, id, ControlOp::Ping, op.as_union_value())
 }
 
 /// `bytes` as a shape, when it verifies and each non-zero value in `values` is found in
@@ -107,23 +100,25 @@ fn shape(bytes: Vec<u8>, values: [u64; 3]) -> Option<Shape> {
         .ok()?;
     let mut holes = Vec::new();
     for value in values.into_iter().filter(|v| *v != 0) {
-        let mark = value.to_le_bytes();
-        let mut hits = bytes
-            .windows(mark.len())
-            .enumerate()
-            .filter(|(_, w)| *w == mark)
-            .map(|(i, _)| i);
-        let first = hits.next()?;
-        if hits.next().is_some() {
-            return None;
-        }
-        holes.push(first);
+        holes.push(find_once(&bytes, value)?);
     }
     holes.sort_unstable();
     if holes.windows(2).any(|w| w[0] + 8 > w[1]) {
         return None;
     }
     Some(Shape { bytes, holes })
+}
+
+/// Where `value`'s little-endian bytes are in `bytes`, when they are there exactly once.
+pub(crate) fn find_once(bytes: &[u8], value: u64) -> Option<usize> {
+    let mark = value.to_le_bytes();
+    let mut hits = bytes
+        .windows(mark.len())
+        .enumerate()
+        .filter(|(_, w)| *w == mark)
+        .map(|(i, _)| i);
+    let first = hits.next()?;
+    hits.next().is_none().then_some(first)
 }
 
 /// Whether `frame` (length prefix included) is one of the known shapes, so valid under
@@ -142,18 +137,9 @@ mod tests {
     use proptest::prelude::*;
     use selfie_protocol::size_prefixed_root_as_envelope_with_opts;
 
-    fn ping(id: u64, nonce: u64, sent: u64) -> Vec<u8> {
+    fn ping_bytes(id: u64, nonce: u64, sent: u64) -> Vec<u8> {
         Encoder::new(Limits::DEFAULT)
-            .encode(|fbb| {
-                let op = Ping::create(
-                    fbb,
-                    &PingArgs {
-                        nonce,
-                        sent_at_ms: sent,
-                    },
-                );
-                build::control(fbb, id, ControlOp::Ping, op.as_union_value())
-            })
+            .encode(|fbb| ping(fbb, id, nonce, sent))
             .expect("fits")
             .to_vec()
     }
@@ -162,7 +148,7 @@ mod tests {
     fn every_ping_and_pong_layout_is_a_shape() {
         assert_eq!(SHAPES.len(), 16);
         let opts = Limits::DEFAULT.verifier_options();
-        assert!(is_known(&ping(7, 7, 0), &opts), "the SDK's ping");
+        assert!(is_known(&ping_bytes(7, 7, 0), &opts), "the SDK's ping");
         let pong = Encoder::new(Limits::DEFAULT)
             .encode(|b| build::pong(b, 7, 7, 1_700_000_000_000))
             .expect("fits")
@@ -178,7 +164,7 @@ mod tests {
             ..opts
         };
         assert!(
-            !is_known(&ping(7, 7, 0), &strict),
+            !is_known(&ping_bytes(7, 7, 0), &strict),
             "stricter options verify"
         );
     }
@@ -204,7 +190,7 @@ mod tests {
                     .expect("fits")
                     .to_vec()
             } else {
-                ping(id, nonce, time)
+                ping_bytes(id, nonce, time)
             };
             prop_assert!(is_known(&frame, &opts));
             for (at, byte) in changes {

@@ -58,26 +58,25 @@ pub(super) fn admit_rate(shard: &Shard, state: &Conn) -> Result<(), ErrorReply> 
 
 /// Answers `reply` on the stream, then records the violation (which may close the
 /// connection): a closing violation first waits briefly for the answer to be delivered,
-/// since a close discards unsent stream data.
-async fn refuse_and_violate(
-    shard: &Shard,
-    state: &Conn,
-    send: &mut SendHalf,
+/// since a close discards unsent stream data. Boxed, as [`respond_error`] is.
+fn refuse_and_violate<'a>(
+    shard: &'a Shard,
+    state: &'a Conn,
+    send: &'a mut SendHalf,
     id: u64,
-    reply: &ErrorReply,
+    reply: &'a ErrorReply,
     label: &'static str,
     started: Instant,
-) {
-    respond_error(shard, state, send, id, reply, label, started).await;
-    if reply.code.closes_connection() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-    }
-    state.violation(shard, reply.code);
+) -> futures::future::LocalBoxFuture<'a, ()> {
+    Box::pin(async move {
+        respond_error(shard, state, send, id, reply, label, started).await;
+        if reply.code.closes_connection() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        }
+        state.violation(shard, reply.code);
+    })
 }
 
-/// Refusals and error answers are boxed where they are awaited (`Box::pin(respond_error
-/// ..)`): their futures hold an answer's write and its timer, and unboxed they would size
-/// every request's task, which is moved into place each time one is spawned.
 pub(super) async fn serve_request(
     shard: &Rc<Shard>,
     state: &Rc<Conn>,
@@ -95,10 +94,7 @@ pub(super) async fn serve_request(
         recv.stop(state.code(ErrorCode::TooManyStreams));
         let reply = ErrorReply::new(ErrorCode::TooManyStreams, "too many requests in flight")
             .retry_after(10);
-        Box::pin(respond_error(
-            shard, state, &mut send, 0, &reply, "unknown", started,
-        ))
-        .await;
+        respond_error(shard, state, &mut send, 0, &reply, "unknown", started).await;
         return;
     }
     let mut dec = FrameDecoder::new(shard.limits);
@@ -132,10 +128,7 @@ pub(super) async fn serve_request(
             // Half a request, then silence: whatever was buffered goes now.
             recv.stop(state.code(ErrorCode::Timeout));
             let reply = ErrorReply::new(ErrorCode::Timeout, "request not received in time");
-            Box::pin(respond_error(
-                shard, state, &mut send, 0, &reply, "unknown", started,
-            ))
-            .await;
+            respond_error(shard, state, &mut send, 0, &reply, "unknown", started).await;
             return;
         }
     };
@@ -144,19 +137,13 @@ pub(super) async fn serve_request(
         Ok(None) => {
             // An empty request stream.
             let reply = ErrorReply::new(ErrorCode::TruncatedFrame, "empty request");
-            Box::pin(refuse_and_violate(
-                shard, state, &mut send, 0, &reply, "unknown", started,
-            ))
-            .await;
+            refuse_and_violate(shard, state, &mut send, 0, &reply, "unknown", started).await;
             return;
         }
         Err(ConnError::Codec(e)) => {
             recv.stop(state.code(e.code()));
             let reply = ErrorReply::new(e.code(), e.to_string());
-            Box::pin(refuse_and_violate(
-                shard, state, &mut send, 0, &reply, "unknown", started,
-            ))
-            .await;
+            refuse_and_violate(shard, state, &mut send, 0, &reply, "unknown", started).await;
             return;
         }
         Err(_) => return,
@@ -184,10 +171,7 @@ pub(super) async fn serve_request(
         }
     });
     if let Err(reply) = verdict {
-        Box::pin(respond_error(
-            shard, state, &mut send, id, &reply, label, started,
-        ))
-        .await;
+        respond_error(shard, state, &mut send, id, &reply, label, started).await;
         return;
     }
     if service == Service::Media {
@@ -238,10 +222,7 @@ pub(super) async fn serve_request(
             // `Hello` again, `Welcome`, a push header...: a protocol violation, which
             // closes the connection once the answer is delivered.
             let reply = ErrorReply::new(ErrorCode::UnexpectedMessage, "not a request");
-            Box::pin(refuse_and_violate(
-                shard, state, &mut send, id, &reply, label, started,
-            ))
-            .await;
+            refuse_and_violate(shard, state, &mut send, id, &reply, label, started).await;
             return;
         }
     } else {
@@ -276,12 +257,7 @@ pub(super) async fn serve_request(
             shard.hot.sent.inc_by(len);
             record_ok(shard, service, started);
         }
-        Err(reply) => {
-            Box::pin(respond_error(
-                shard, state, &mut send, id, &reply, label, started,
-            ))
-            .await
-        }
+        Err(reply) => respond_error(shard, state, &mut send, id, &reply, label, started).await,
     }
 }
 
@@ -625,18 +601,7 @@ pub(super) fn record_ok(shard: &Shard, service: Service, started: Instant) {
     let Some(slot) = shard.hot.ok.get(service as usize) else {
         return record(shard, service.name(), "ok", started);
     };
-    let (count, latency) = slot.get_or_init(|| {
-        let labels = RequestLabels {
-            shard: shard.id as u16,
-            service: service.name(),
-            code: "ok",
-        };
-        let m = &shard.shared.metrics;
-        (
-            m.requests_total.get_or_create(&labels).clone(),
-            m.request_duration_seconds.get_or_create(&labels).clone(),
-        )
-    });
+    let (count, latency) = slot.get_or_init(|| request_metrics(shard, service.name(), "ok"));
     count.inc();
     latency.observe(started.elapsed().as_secs_f64());
 }
@@ -644,36 +609,49 @@ pub(super) fn record_ok(shard: &Shard, service: Service, started: Instant) {
 /// Counts a request (or control `Ping`) under `service` and its result `code`.
 pub(super) fn record(shard: &Shard, service: &'static str, code: &'static str, started: Instant) {
     let mut cache = shard.hot.requests.borrow_mut();
-    let (count, latency) = cache.entry((service, code)).or_insert_with(|| {
-        let labels = RequestLabels {
-            shard: shard.id as u16,
-            service,
-            code,
-        };
-        let m = &shard.shared.metrics;
-        (
-            m.requests_total.get_or_create(&labels).clone(),
-            m.request_duration_seconds.get_or_create(&labels).clone(),
-        )
-    });
+    let (count, latency) = cache
+        .entry((service, code))
+        .or_insert_with(|| request_metrics(shard, service, code));
     count.inc();
     latency.observe(started.elapsed().as_secs_f64());
 }
 
-async fn respond_error(
+/// This shard's request count and latency handles for `service` and `code`.
+fn request_metrics(
     shard: &Shard,
-    state: &Conn,
-    send: &mut SendHalf,
+    service: &'static str,
+    code: &'static str,
+) -> (Counter, Histogram) {
+    let labels = RequestLabels {
+        shard: shard.id as u16,
+        service,
+        code,
+    };
+    let m = &shard.shared.metrics;
+    (
+        m.requests_total.get_or_create(&labels).clone(),
+        m.request_duration_seconds.get_or_create(&labels).clone(),
+    )
+}
+
+/// Answers `reply` and counts it. Boxed: a refusal's future holds an answer's write, and
+/// unboxed it would size every request's task (moved into place at each spawn).
+fn respond_error<'a>(
+    shard: &'a Shard,
+    state: &'a Conn,
+    send: &'a mut SendHalf,
     id: u64,
-    reply: &ErrorReply,
+    reply: &'a ErrorReply,
     service: &'static str,
     started: Instant,
-) {
-    // Floods produce many refusals; server faults were logged with their details where
-    // they happened.
-    debug!(code = %reply.code, "request refused");
-    if let Some(bytes) = shard.error_frame(id, reply) {
-        answer(shard, state, send, bytes).await;
-    }
-    record(shard, service, reply.code.label(), started);
+) -> futures::future::LocalBoxFuture<'a, ()> {
+    Box::pin(async move {
+        // Floods produce many refusals; server faults were logged with their details
+        // where they happened.
+        debug!(code = %reply.code, "request refused");
+        if let Some(bytes) = shard.error_frame(id, reply) {
+            answer(shard, state, send, bytes).await;
+        }
+        record(shard, service, reply.code.label(), started);
+    })
 }
