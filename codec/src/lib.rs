@@ -15,6 +15,9 @@
 //!   against [`Limits::max_frame_bytes`] before anything is buffered.
 //! - [`Encoder`] builds frames with one reusable `FlatBufferBuilder` (no allocation per
 //!   frame in steady state).
+//! - Pings and pongs laid out as this crate builds them are recognised by their bytes
+//!   (a layout verified once, differing only inside `u64` fields) instead of walked by
+//!   the verifier; [`PongTemplate`] makes pongs by copying one encoded once.
 //! - [`decode_datagram`] / [`Encoder::encode_datagram`] handle QUIC datagrams.
 //! - Every failure is a [`CodecError`] that maps to a protocol [`ErrorCode`].
 //!
