@@ -537,6 +537,74 @@ pub fn connect(args: ConnectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Arguments of `tls-sessions`.
+#[derive(clap::Args, Clone)]
+pub struct SessionArgs {
+    /// Sessions held (the edge's `RESUMABLE_SESSIONS` by default).
+    #[arg(long, default_value_t = selfie_edge::tls::RESUMABLE_SESSIONS)]
+    sessions: usize,
+    /// Returning clients measured per store.
+    #[arg(long, default_value_t = 20_000)]
+    returns: usize,
+}
+
+/// `tls-sessions`: what a returning client's resumption costs the session store once
+/// it is full (each handshake stores one single-use session; clients that never
+/// return fill it): rustls's `ServerSessionMemoryCache` against the edge's
+/// `SessionCache`, the same keys and sessions, in this process.
+pub fn tls_sessions(args: SessionArgs) -> anyhow::Result<()> {
+    use rustls::server::StoresServerSessions;
+    // 32-byte random-looking ids and 150-byte sessions, like rustls's own.
+    let key = |i: u64| {
+        let mut k = [0u8; 32];
+        for (j, c) in k.chunks_mut(8).enumerate() {
+            let v = (i ^ ((j as u64) << 56)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+        k.to_vec()
+    };
+    let run = |name: &str, store: &dyn StoresServerSessions| -> anyhow::Result<Line> {
+        let n = args.sessions as u64;
+        for i in 0..n {
+            store.put(key(i), vec![0x5A; 150]);
+        }
+        let mut lat = Latencies::new();
+        let start = Instant::now();
+        for i in n..n + args.returns as u64 {
+            // A handshake stores a session; its client comes back and takes it.
+            let t = Instant::now();
+            store.put(key(i), vec![0x5A; 150]);
+            anyhow::ensure!(store.take(&key(i)).is_some(), "session {i} was kept");
+            lat.record(t.elapsed());
+        }
+        Ok(Line {
+            name: name.into(),
+            ops: args.returns as u64,
+            elapsed: start.elapsed(),
+            lat,
+        })
+    };
+    println!(
+        "tls-sessions: {} sessions held, {} returning clients each (put + take)",
+        args.sessions, args.returns
+    );
+    let base = run(
+        "rustls ServerSessionMemoryCache",
+        &*rustls::server::ServerSessionMemoryCache::new(args.sessions),
+    )?;
+    let ours = run(
+        "edge SessionCache",
+        &*selfie_edge::tls::SessionCache::new(args.sessions),
+    )?;
+    println!("{}\n{}", base.text(), ours.text());
+    println!(
+        "mean per resumption: rustls {:.2} µs, edge {:.2} µs",
+        base.elapsed.as_secs_f64() * 1e6 / base.ops as f64,
+        ours.elapsed.as_secs_f64() * 1e6 / ours.ops as f64,
+    );
+    Ok(())
+}
+
 /// Arguments of `idle`.
 #[derive(clap::Args, Clone)]
 pub struct IdleArgs {

@@ -58,6 +58,8 @@ enum Scenario {
     Connect(edge::ConnectArgs),
     /// Server memory per idle connection, edge vs raw quinn.
     Idle(edge::IdleArgs),
+    /// Resumable TLS sessions, full: rustls's memory cache vs the edge's session cache.
+    TlsSessions(edge::SessionArgs),
     /// Accounts, follow graph, posts and reads through a real edge.
     Social(social::Args),
     /// Edge vs baseline over several runs, written as JSON and SVG plots.
@@ -94,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Rpc(args) => edge::rpc(args),
         Scenario::Connect(args) => edge::connect(args),
         Scenario::Idle(args) => edge::idle(args),
+        Scenario::TlsSessions(args) => edge::tls_sessions(args),
         Scenario::Social(args) => social::run(args),
         Scenario::Sdk(args) => sdk::run(args),
         Scenario::Report(args) => publish::run(args),

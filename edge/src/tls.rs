@@ -157,9 +157,121 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Sessions a node keeps for clients to resume (with 0-RTT), oldest evicted first: a
-/// few hundred bytes each (an encoded session of ~150 bytes, its id, the map's
+/// few hundred bytes each (an encoded session of ~150 bytes, its id twice, the map's
 /// overhead), so some tens of MiB when full.
 pub const RESUMABLE_SESSIONS: usize = 131_072;
+
+/// Locks of a [`SessionCache`]: the shards resume clients at once without queueing on
+/// one lock.
+const SESSION_LOCKS: usize = 16;
+
+/// The node's resumable TLS sessions (single-use, so that rustls accepts 0-RTT from
+/// them): every operation O(1), at most `capacity`, the oldest evicted first.
+///
+/// rustls's own `ServerSessionMemoryCache` finds a session's place in its eviction
+/// queue by a linear scan on every resumption (`LimitedCache::remove`): with
+/// [`RESUMABLE_SESSIONS`] that is up to 131,072 key comparisons per returning client,
+/// under one lock for all shards, and anyone can fill the queue by connecting without
+/// returning. Here the queue is not touched when a session is taken: it keeps the taken
+/// session's key until that entry reaches the front or the queue is compacted (when it
+/// holds twice the capacity), each entry tagged with its insertion number so that a
+/// stale one never evicts a newer session.
+pub struct SessionCache {
+    locks: Box<[std::sync::Mutex<SessionLock>]>,
+    per_lock: usize,
+    hasher: std::hash::RandomState,
+}
+
+#[derive(Default)]
+struct SessionLock {
+    map: std::collections::HashMap<Vec<u8>, (u64, Vec<u8>)>,
+    order: std::collections::VecDeque<(u64, Vec<u8>)>,
+    next: u64,
+}
+
+impl SessionCache {
+    /// A cache of at most `capacity` sessions (at least one per lock).
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            locks: (0..SESSION_LOCKS).map(|_| Default::default()).collect(),
+            per_lock: capacity.div_ceil(SESSION_LOCKS).max(1),
+            hasher: std::hash::RandomState::new(),
+        })
+    }
+
+    /// Sessions held now.
+    pub fn len(&self) -> usize {
+        self.locks.iter().map(|l| lock(l).map.len()).sum()
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock_of(&self, key: &[u8]) -> std::sync::MutexGuard<'_, SessionLock> {
+        use std::hash::BuildHasher;
+        let i = self.hasher.hash_one(key) as usize % self.locks.len();
+        lock(&self.locks[i])
+    }
+}
+
+impl SessionLock {
+    /// Adds a session, then evicts the oldest while over `cap`, and compacts the queue
+    /// when it holds more than twice `cap` (taken sessions leave their entries).
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>, cap: usize) {
+        let seq = self.next;
+        self.next += 1;
+        self.order.push_back((seq, key.clone()));
+        self.map.insert(key, (seq, value));
+        while self.map.len() > cap {
+            let Some((seq, key)) = self.order.pop_front() else {
+                break;
+            };
+            // A stale entry (its session taken, maybe put again since) evicts nothing.
+            if self.map.get(&key).is_some_and(|(s, _)| *s == seq) {
+                self.map.remove(&key);
+            }
+        }
+        if self.order.len() > 2 * cap {
+            let map = &self.map;
+            self.order
+                .retain(|(seq, key)| map.get(key).is_some_and(|(s, _)| s == seq));
+        }
+    }
+}
+
+/// A poisoned lock still holds a consistent cache (no operation panics half-way).
+fn lock(l: &std::sync::Mutex<SessionLock>) -> std::sync::MutexGuard<'_, SessionLock> {
+    l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("capacity", &(self.per_lock * self.locks.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl rustls::server::StoresServerSessions for SessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.lock_of(&key).put(key, value, self.per_lock);
+        true
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.lock_of(key).map.get(key).map(|(_, v)| v.clone())
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.lock_of(key).map.remove(key).map(|(_, v)| v)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
 
 /// The crypto provider of every TLS configuration the edge builds: aws-lc-rs with its
 /// defaults (X25519MLKEM768 first, then X25519 and P-256), the cheaper of the two
@@ -196,7 +308,7 @@ pub fn quic_server_config(
     // but rustls accepts early data only from single-use (stateful) sessions, its
     // replay protection; so the cache is large instead, and each handshake issues one
     // ticket (a client gets a fresh one with every connection).
-    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(RESUMABLE_SESSIONS);
+    tls.session_storage = SessionCache::new(RESUMABLE_SESSIONS);
     tls.send_tls13_tickets = 1;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
@@ -216,6 +328,81 @@ pub fn https_server_config(identity: &Identity) -> Result<Arc<rustls::ServerConf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use rustls::server::StoresServerSessions;
+
+    fn key(i: u32) -> Vec<u8> {
+        let mut k = vec![0xA5; 32];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        k
+    }
+
+    #[test]
+    fn a_session_is_taken_once() {
+        let c = SessionCache::new(64);
+        assert!(c.put(key(1), b"one".to_vec()));
+        assert_eq!(c.get(&key(1)).as_deref(), Some(&b"one"[..]));
+        assert_eq!(c.take(&key(1)).as_deref(), Some(&b"one"[..]));
+        // Single use: a replayed ticket finds nothing (rustls's 0-RTT replay guard).
+        assert_eq!(c.take(&key(1)), None);
+        assert_eq!(c.get(&key(1)), None);
+        assert_eq!(c.take(&key(2)), None);
+    }
+
+    #[test]
+    fn the_oldest_sessions_go_first_and_the_cache_stays_bounded() {
+        let c = SessionCache::new(SESSION_LOCKS * 8);
+        for i in 0..10_000 {
+            c.put(key(i), i.to_be_bytes().to_vec());
+        }
+        assert!(c.len() <= SESSION_LOCKS * 8, "{} held", c.len());
+        assert!(c.len() >= SESSION_LOCKS * 8 / 2, "{} held", c.len());
+        // The newest are held, the oldest gone.
+        assert_eq!(
+            c.take(&key(9_999)).as_deref(),
+            Some(&9_999u32.to_be_bytes()[..])
+        );
+        for i in 0..1_000 {
+            assert_eq!(
+                c.get(&key(i)),
+                None,
+                "session {i} outlived 9,000 newer ones"
+            );
+        }
+    }
+
+    #[test]
+    fn taking_sessions_leaves_the_queue_bounded() {
+        let c = SessionCache::new(SESSION_LOCKS * 4);
+        // A client that returns at once, over and over: each put is taken again, so
+        // the map never fills and eviction never runs; the queue is compacted instead.
+        for i in 0..50_000 {
+            c.put(key(i), vec![1]);
+            assert!(c.take(&key(i)).is_some());
+        }
+        assert!(c.is_empty());
+        for l in c.locks.iter() {
+            assert!(lock(l).order.len() <= 2 * c.per_lock + 1);
+        }
+    }
+
+    #[test]
+    fn a_stale_queue_entry_never_evicts_a_newer_session() {
+        let mut l = SessionLock::default();
+        l.put(key(7), b"first".to_vec(), 2);
+        assert!(l.map.remove(&key(7)).is_some(), "taken");
+        l.put(key(1), b"a".to_vec(), 2);
+        l.put(key(7), b"second".to_vec(), 2);
+        // Over capacity: the front entry is the first key 7's, stale; the oldest live
+        // session (key 1) is the one to go.
+        l.put(key(2), b"b".to_vec(), 2);
+        assert_eq!(l.map.len(), 2);
+        assert_eq!(
+            l.map.get(&key(7)).map(|(_, v)| &v[..]),
+            Some(&b"second"[..])
+        );
+        assert!(!l.map.contains_key(&key(1)));
+    }
 
     #[test]
     fn the_development_certificate_is_created_once_and_reused() {

@@ -5,7 +5,6 @@
 
 use std::cell::Cell;
 use std::num::NonZeroU32;
-use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -185,10 +184,6 @@ impl Limits {
                 None => Ok(()),
             },
         };
-        verdict.map_err(|not_until| {
-            let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
-            let wait: Duration = not_until.wait_time_from(now);
-            Error::RateLimited(wait.max(Duration::from_millis(1)))
-        })
+        verdict.map_err(|not_until| Error::RateLimited(crate::rate::wait_until(&not_until)))
     }
 }

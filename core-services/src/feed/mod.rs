@@ -318,7 +318,6 @@ pub struct Feed<S> {
 
 mod limits {
     use std::num::NonZeroU32;
-    use std::time::Duration;
 
     use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -358,11 +357,8 @@ mod limits {
                 }
             }
             let l = if mark { &self.marks } else { &self.pages };
-            l.check_key(&user).map_err(|not_until| {
-                let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
-                let wait: Duration = not_until.wait_time_from(now);
-                Error::RateLimited(wait.max(Duration::from_millis(1)))
-            })
+            l.check_key(&user)
+                .map_err(|not_until| Error::RateLimited(crate::rate::wait_until(&not_until)))
         }
     }
 }

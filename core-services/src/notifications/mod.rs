@@ -194,7 +194,6 @@ pub struct Notifications<S> {
 
 mod limits {
     use std::num::NonZeroU32;
-    use std::time::Duration;
 
     use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -224,11 +223,9 @@ mod limits {
                 self.requests.retain_recent();
                 self.requests.shrink_to_fit();
             }
-            self.requests.check_key(&user).map_err(|not_until| {
-                let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
-                let wait: Duration = not_until.wait_time_from(now);
-                Error::RateLimited(wait.max(Duration::from_millis(1)))
-            })
+            self.requests
+                .check_key(&user)
+                .map_err(|not_until| Error::RateLimited(crate::rate::wait_until(&not_until)))
         }
     }
 }

@@ -163,7 +163,6 @@ pub struct Stories<S> {
 
 mod limits {
     use std::num::NonZeroU32;
-    use std::time::Duration;
 
     use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -219,11 +218,8 @@ mod limits {
                 Path::Read => &self.read,
                 Path::React => &self.react,
             };
-            l.check_key(&user).map_err(|not_until| {
-                let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
-                let wait: Duration = not_until.wait_time_from(now);
-                Error::RateLimited(wait.max(Duration::from_millis(1)))
-            })
+            l.check_key(&user)
+                .map_err(|not_until| Error::RateLimited(crate::rate::wait_until(&not_until)))
         }
     }
 }

@@ -418,15 +418,17 @@ pub(super) async fn run_session(
         id: conn_id,
         ip,
         conn: conn.clone(),
-        limiter: RateLimiter::direct(
+        limiter: RateLimiter::direct_with_clock(
             Quota::per_second(per_second(limits.connection_requests_per_second))
                 .allow_burst(per_second(limits.connection_request_burst)),
+            selfie_services::rate::clock(),
         ),
         ip_tokens: Cell::new(0),
         ip_lease: Cell::new(1),
-        datagram_limiter: RateLimiter::direct(
+        datagram_limiter: RateLimiter::direct_with_clock(
             Quota::per_second(per_second(DATAGRAMS_PER_SECOND))
                 .allow_burst(per_second(DATAGRAM_BURST)),
+            selfie_services::rate::clock(),
         ),
         session,
         inflight: Cell::new(0),

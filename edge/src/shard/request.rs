@@ -7,9 +7,7 @@ use super::*;
 
 /// Milliseconds until a rate limiter would allow the next request (at least 1).
 fn retry_after_ms(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -> u32 {
-    let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
-    not_until
-        .wait_time_from(now)
+    selfie_services::rate::wait_until(not_until)
         .as_millis()
         .clamp(1, u128::from(u32::MAX)) as u32
 }
