@@ -139,10 +139,11 @@ impl SendHalf {
         deadline: std::time::Duration,
         code: VarInt,
     ) -> Handed {
-        // QUIC, the usual case: written at once when the stream has room for it, by a
-        // future made and dropped here (`write_chunks` writes only when it resolves), so
-        // nothing of the write is held in the caller's task across an await. A blocked
-        // or partial write, and the WebSocket fallback, go on boxed, with the timer.
+        // Written at once when the stream has room for it, as answers to a reading
+        // client are: for QUIC by a future made and dropped here (`write_chunks` writes
+        // only when it resolves), for the WebSocket fallback by a queueing that never
+        // waits; nothing of the write is held in the caller's task across an await. A
+        // blocked or partial write goes on boxed, with the timer.
         let rest = match self {
             SendHalf::Quic(s) => {
                 let mut chunks = [bytes];
@@ -159,7 +160,11 @@ impl SendHalf {
                     }
                 }
             }
-            SendHalf::Ws(_) => bytes,
+            SendHalf::Ws(s) => match s.try_write_last(&bytes) {
+                Some(Ok(())) => return Handed::Over,
+                Some(Err(_)) => return Handed::Failed,
+                None => bytes,
+            },
         };
         Box::pin(self.write_last_waiting(rest, deadline, code)).await
     }

@@ -173,7 +173,8 @@ impl Mux {
             .map_err(|_| StreamError::Closed)
     }
 
-    /// Queues `msg` if it fits now (datagrams, stops, closes: never waits).
+    /// Queues `msg` if it fits now (datagrams, stops, closes, answers that fit: never
+    /// waits).
     fn try_send(&self, msg: Message) -> bool {
         match self
             .outbound
@@ -474,6 +475,22 @@ impl WsSend {
         self.mux.send(message(FIN, self.id, bytes)).await
     }
 
+    /// [`WsSend::write_last`] when the socket's queue has room for it now: `None`, and
+    /// nothing sent, when it would have to wait (the caller then waits, with its timer).
+    pub fn try_write_last(&mut self, bytes: &[u8]) -> Option<Result<(), StreamError>> {
+        if let Err(e) = self.check() {
+            return Some(Err(e));
+        }
+        if self.done {
+            return Some(Err(StreamError::Closed));
+        }
+        if !self.mux.try_send(message(FIN, self.id, bytes)) {
+            return None;
+        }
+        self.done = true;
+        Some(Ok(()))
+    }
+
     /// Ends the stream.
     pub async fn finish(&mut self) -> Result<(), StreamError> {
         self.check()?;
@@ -574,6 +591,68 @@ impl Drop for WsRecv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection's mux with a `budget` of outbound bytes and its queue's receiver
+    /// (the socket writer's end).
+    #[allow(clippy::type_complexity)]
+    fn mux(
+        budget: usize,
+    ) -> (
+        Rc<Mux>,
+        mpsc::Receiver<(Message, Option<OwnedSemaphorePermit>)>,
+    ) {
+        let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let mux = Rc::new(Mux {
+            out,
+            inbound: RefCell::new(HashMap::new()),
+            stopped: RefCell::new(HashMap::new()),
+            stop_signal: Notify::new(),
+            next_uni: Cell::new(3),
+            client_open: Cell::new(0),
+            closed: Cell::new(false),
+            closing: tokio::sync::watch::channel(false).0,
+            outbound: Arc::new(Semaphore::new(budget)),
+        });
+        (mux, rx)
+    }
+
+    #[test]
+    fn an_answer_that_fits_is_queued_at_once_and_one_that_does_not_is_left_whole() {
+        let (mux, mut rx) = mux(64);
+        let mut first = WsSend::new(1, &mux);
+        assert!(matches!(first.try_write_last(b"pong"), Some(Ok(()))));
+        let (msg, permit) = rx.try_recv().expect("queued");
+        assert_eq!(msg, message(FIN, 1, b"pong"));
+        // The socket writer wrote it: its bytes go back to the budget.
+        drop(permit);
+        // A second answer on the same stream: closed, nothing queued.
+        assert!(matches!(
+            first.try_write_last(b"again"),
+            Some(Err(StreamError::Closed))
+        ));
+        assert!(rx.try_recv().is_err());
+        // The budget taken by a socket that is behind: not queued, the stream still open
+        // for the waiting write.
+        let held = mux
+            .outbound
+            .clone()
+            .try_acquire_many_owned(64)
+            .expect("budget");
+        let mut second = WsSend::new(2, &mux);
+        assert!(second.try_write_last(b"pong").is_none());
+        assert!(rx.try_recv().is_err());
+        drop(held);
+        assert!(matches!(second.try_write_last(b"pong"), Some(Ok(()))));
+        assert_eq!(rx.try_recv().expect("queued").0, message(FIN, 2, b"pong"));
+        // A stream the client stopped: its code, nothing queued.
+        let mut third = WsSend::new(3, &mux);
+        mux.stopped.borrow_mut().insert(3, Some(9));
+        assert!(matches!(
+            third.try_write_last(b"pong"),
+            Some(Err(StreamError::Reset(9)))
+        ));
+        assert!(rx.try_recv().is_err());
+    }
 
     #[test]
     fn varints_round_trip_at_every_length() {
