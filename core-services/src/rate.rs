@@ -13,12 +13,14 @@ use crate::{Error, Result};
 
 static CLOCK: LazyLock<QuantaClock> = LazyLock::new(QuantaClock::default);
 
-/// The process's one limiter clock, for limiters made per connection or per request
-/// (`RateLimiter::direct_with_clock`). `QuantaClock::default()`, which `governor` uses
-/// for a limiter made without a clock, runs `quanta::Clock::new()`: several `cpuid`
-/// instructions each time, each a trap to the hypervisor on a VM (about 60 µs of a
-/// connection's setup when the edge made two limiters per connection that way). A clone
-/// of this one copies the calibration.
+/// The process's one limiter clock, for every limiter made at run time (per
+/// connection, per service) via `RateLimiter::*_with_clock`. `QuantaClock::default()`,
+/// which `governor` uses for a limiter made without a clock and which its callers used
+/// to read "now" for a refusal's wait, runs `quanta::Clock::new()`: its counter-support
+/// checks are several `cpuid` instructions each time, each a trap to the hypervisor on
+/// a VM (about 60 µs of a connection's setup when the edge made two limiters per
+/// connection that way). quanta calibrates once per process, so instants of any
+/// `QuantaClock`, this one or a limiter's own, compare (what [`wait_until`] relies on).
 pub fn clock() -> QuantaClock {
     CLOCK.clone()
 }
