@@ -253,10 +253,11 @@ async fn the_edge_allocates_no_more_per_request_than_raw_quinn() {
         "server allocations per request: edge ping {edge_ping:.2}, edge service call \
          {edge_call:.2}, raw quinn echo {echo:.2}"
     );
-    // The edge's own path (read, admission, rate limits, dispatch, answer, metrics)
-    // allocates nothing: what is left is quinn's, the same as the echo's.
+    // The edge's own path (read, admission, rate limits, answer, metrics) allocates
+    // nothing, and a `Ping` that came whole with its stream is answered by the accept
+    // loop without a task: one allocation fewer than the echo (a task per stream).
     assert!(
-        edge_ping <= echo + 0.05,
+        edge_ping <= echo - 0.95,
         "the edge allocates {edge_ping:.2} per ping, raw quinn {echo:.2} per echo"
     );
     // A service call adds one allocation: the handler's boxed future (services are

@@ -2,7 +2,7 @@
 //! `Ping`, `GoAway`), datagrams, the loop that accepts request streams, and drain.
 
 use super::link::{Link, LinkError, RecvHalf, SendHalf};
-use super::request::serve_request;
+use super::request::start_request;
 use super::webtransport;
 use super::ws::StreamError;
 use super::*;
@@ -508,16 +508,9 @@ pub(super) async fn run_session(
                 let Some((send, recv)) = stream else {
                     return Ok(());
                 };
-                let (shard, state) = (shard.clone(), state.clone());
                 // A debug-level span: free unless debug logging is on for this module.
                 let span = tracing::debug_span!("request", stream = %send.id());
-                // Under tokio's boxing threshold (2 KiB in debug builds, 16 KiB in
-                // release), so the task is the request's one allocation; rare paths are
-                // boxed inside `serve_request` to keep it so (2,040 bytes in a debug
-                // build: `tests/allocations.rs` fails when it grows past).
-                tokio::task::spawn_local(
-                    async move { serve_request(&shard, &state, send, recv).await }.instrument(span),
-                );
+                start_request(shard, &state, send, recv, span);
             }
         }
     }
@@ -659,7 +652,7 @@ async fn on_control(
     match env.body_as_control().and_then(|c| c.op_as_ping()) {
         Some(ping) => {
             let answer = match super::request::admit_rate(shard, state) {
-                Ok(()) => shard.pong(env.id(), ping.nonce(), Instant::now()),
+                Ok(()) => shard.pong(env.id(), ping.nonce(), started),
                 Err(reply) => {
                     super::request::record(shard, "control", reply.code.label(), started);
                     if let Some(bytes) = shard.error_frame(env.id(), &reply) {

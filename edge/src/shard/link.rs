@@ -139,38 +139,46 @@ impl SendHalf {
         deadline: std::time::Duration,
         code: VarInt,
     ) -> Handed {
-        // Written at once when the stream has room for it, as answers to a reading
-        // client are: for QUIC by a future made and dropped here (`write_chunks` writes
-        // only when it resolves), for the WebSocket fallback by a queueing that never
-        // waits; nothing of the write is held in the caller's task across an await. A
-        // blocked or partial write goes on boxed, with the timer.
-        let rest = match self {
+        match self.try_write_last(bytes) {
+            Ok(handed) => handed,
+            Err(rest) => Box::pin(self.write_last_waiting(rest, deadline, code)).await,
+        }
+    }
+
+    /// [`SendHalf::write_last`] when the transport takes the whole answer now, as it
+    /// does for a reading client: `Ok` with how it was handed, or `Err` with what is left
+    /// to write (all of it when nothing was taken), for [`SendHalf::write_last_waiting`].
+    /// For QUIC a future made and dropped here (`write_chunks` writes only when it
+    /// resolves), for the WebSocket fallback a queueing that never waits: nothing of the
+    /// write is held by the caller.
+    pub(super) fn try_write_last(&mut self, bytes: Bytes) -> Result<Handed, Bytes> {
+        match self {
             SendHalf::Quic(s) => {
                 let mut chunks = [bytes];
                 match futures::FutureExt::now_or_never(s.write_chunks(&mut chunks)) {
-                    Some(Err(_)) => return Handed::Failed,
+                    Some(Err(_)) => Ok(Handed::Failed),
                     Some(Ok(_)) if chunks[0].is_empty() => {
                         let _ = s.finish();
-                        return Handed::Over;
+                        Ok(Handed::Over)
                     }
                     // Blocked (nothing written) or written in part (the rest is left).
                     _ => {
                         let [rest] = chunks;
-                        rest
+                        Err(rest)
                     }
                 }
             }
             SendHalf::Ws(s) => match s.try_write_last(&bytes) {
-                Some(Ok(())) => return Handed::Over,
-                Some(Err(_)) => return Handed::Failed,
-                None => bytes,
+                Some(Ok(())) => Ok(Handed::Over),
+                Some(Err(_)) => Ok(Handed::Failed),
+                None => Err(bytes),
             },
-        };
-        Box::pin(self.write_last_waiting(rest, deadline, code)).await
+        }
     }
 
-    /// The rest of [`SendHalf::write_last_within`]: the write that has to wait for room.
-    async fn write_last_waiting(
+    /// The rest of [`SendHalf::write_last_within`]: the write that has to wait for room,
+    /// abandoned (the stream reset with `code`) after `deadline`.
+    pub(super) async fn write_last_waiting(
         &mut self,
         bytes: Bytes,
         deadline: std::time::Duration,

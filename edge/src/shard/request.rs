@@ -75,58 +75,217 @@ fn refuse_and_violate<'a>(
     })
 }
 
-pub(super) async fn serve_request(
+/// A request stream from its start: its halves, its decoder, the one clock read and its
+/// in-flight slot.
+pub(super) struct Stream {
+    send: SendHalf,
+    recv: RecvHalf,
+    dec: FrameDecoder,
+    started: Instant,
+    guard: InflightGuard,
+}
+
+/// How a request's task starts: decided in the accept loop, in the order the streams
+/// arrived.
+enum Start {
+    /// Over the connection's limit of requests in flight: refused unread.
+    OverLimit,
+    /// Nothing read yet.
+    Unread,
+    /// The first frame, read by [`start_request`] (`Ok(None)`: the stream ended without
+    /// one).
+    Read(Result<Option<Frame>, ConnError>),
+}
+
+/// Each request stream the accept loop takes starts here. When its whole request came
+/// with it and is a `Ping` (keep-alives and RTT probes, the most frequent request), it is
+/// answered here, without a task; otherwise its task is spawned, with what was read.
+pub(super) fn start_request(
     shard: &Rc<Shard>,
     state: &Rc<Conn>,
-    mut send: SendHalf,
-    mut recv: RecvHalf,
+    send: SendHalf,
+    recv: RecvHalf,
+    span: tracing::Span,
 ) {
+    let _entered = span.enter();
     let started = Instant::now();
     shard.hot.streams.inc();
     state.inflight.set(state.inflight.get() + 1);
-    let _guard = InflightGuard(state.clone());
+    let guard = InflightGuard(state.clone());
     let limits = &shard.shared.config.limits;
     state.note_busy(limits, started);
-    // Over the limit: refused before a byte is read (nothing buffered for it).
-    if state.inflight.get() > limits.max_concurrent_streams {
-        recv.stop(state.code(ErrorCode::TooManyStreams));
-        let reply = ErrorReply::new(ErrorCode::TooManyStreams, "too many requests in flight")
-            .retry_after(10);
-        respond_error(shard, state, &mut send, 0, &reply, "unknown", started).await;
-        return;
-    }
-    let mut dec = FrameDecoder::new(shard.limits);
-    let deadline = Duration::from_millis(limits.request_read_timeout_ms);
-    let read = async {
-        // A WebTransport stream names its session before its first frame (boxed: a
-        // browser's path, kept out of every request's task).
-        if let Some(wt) = &state.wt
-            && let Err(code) = Box::pin(wt.read_stream_header(&mut recv)).await
+    let mut stream = Stream {
+        send,
+        recv,
+        dec: FrameDecoder::new(shard.limits),
+        started,
+        guard,
+    };
+    // Over the limit: refused before a byte is read (nothing buffered for it), the
+    // streams over it and not the ones before them.
+    let mut start = if state.inflight.get() > limits.max_concurrent_streams {
+        Start::OverLimit
+    } else {
+        Start::Unread
+    };
+    // A WebTransport stream names its session first: read in the task.
+    if matches!(start, Start::Unread) && state.wt.is_none() {
+        // Dropped when not complete: what it read is kept in the decoder.
+        if let Some(read) =
+            futures::FutureExt::now_or_never(read_frame(&mut stream.recv, &mut stream.dec))
         {
-            recv.stop(VarInt::from_u32(code));
-            return Err(ConnError::Codec(CodecError::Malformed {
-                reason: "not a stream of this WebTransport session",
-            }));
+            start = Start::Read(read);
         }
-        read_frame(&mut recv, &mut dec).await
+        if let Start::Read(Ok(Some(frame))) = start {
+            match ping_at_once(shard, state, stream, frame) {
+                None => return,
+                Some((back, frame)) => {
+                    stream = back;
+                    start = Start::Read(Ok(Some(frame)));
+                }
+            }
+        }
+    }
+    drop(_entered);
+    // Under tokio's boxing threshold (2 KiB in debug builds, 16 KiB in release), so the
+    // task is the request's one allocation; rare paths are boxed inside `serve_request`
+    // to keep it so (`tests/allocations.rs` fails when it grows past). Spawned as it is,
+    // not inside an `async` block, which would hold a second copy of its arguments.
+    tokio::task::spawn_local(
+        serve_request(shard.clone(), state.clone(), stream, start).instrument(span),
+    );
+}
+
+/// Answers a `Ping` without waiting when it can, as [`serve_request`] answers a request
+/// (admission, the answer's priority, metrics), or hands the stream and the frame back
+/// when the request is not a `Ping`. What has to wait (a refusal's or a blocked answer's
+/// write) goes on in a task of its own.
+fn ping_at_once(
+    shard: &Rc<Shard>,
+    state: &Rc<Conn>,
+    stream: Stream,
+    frame: Frame,
+) -> Option<(Stream, Frame)> {
+    let env = frame.envelope();
+    let Some(nonce) = env
+        .body_as_control()
+        .and_then(|c| c.op_as_ping())
+        .map(|p| p.nonce())
+    else {
+        return Some((stream, frame));
     };
-    // Usually the whole request came with the stream: read at once, no timer armed.
-    // Otherwise the deadline from the request's one clock read (no second read for the
-    // timer).
-    let read = {
-        let mut read = std::pin::pin!(read);
-        match futures::FutureExt::now_or_never(read.as_mut()) {
-            Some(read) => Ok(read),
-            None => tokio::time::timeout_at((started + deadline).into(), read).await,
+    let id = env.id();
+    let Stream {
+        mut send,
+        mut recv,
+        dec,
+        started,
+        guard,
+    } = stream;
+    shard.hot.received.inc_by(frame.as_bytes().len() as u64);
+    send.set_priority(selfie_protocol::Priority::Control.quic_priority());
+    let label = Service::Control.name();
+    let verdict = admit_rate(shard, state).and_then(|()| {
+        if state.session.may_call(Service::Control) {
+            Ok(())
+        } else {
+            Err(ErrorReply::new(ErrorCode::Unauthenticated, "sign in first"))
+        }
+    });
+    drop(dec);
+    recv.take_end();
+    drop(recv);
+    let (bytes, refused) = match verdict.and_then(|()| {
+        shard
+            .pong(id, nonce, started)
+            .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
+    }) {
+        Ok(bytes) => (Some(bytes), None),
+        Err(reply) => {
+            debug!(code = %reply.code, "request refused");
+            (shard.error_frame(id, &reply), Some(reply.code))
         }
     };
+    // Counted as `serve_request` counts an answer or a refusal.
+    let count = move |shard: &Shard, len: u64| match refused {
+        None => {
+            shard.hot.sent.inc_by(len);
+            record_ok(shard, Service::Control, started);
+        }
+        Some(code) => record(shard, label, code.label(), started),
+    };
+    let Some(bytes) = bytes else {
+        count(shard, 0);
+        return None;
+    };
+    let len = bytes.len() as u64;
+    // Refusals too are written here when they can be: a flood of pings refused by the
+    // rate limits must not pile up tasks that each hold an in-flight slot.
+    match send.try_write_last(bytes) {
+        Ok(_) => count(shard, len),
+        Err(rest) => {
+            let (shard, state) = (shard.clone(), state.clone());
+            tokio::task::spawn_local(async move {
+                let _guard = guard;
+                answer(&shard, &state, &mut send, rest).await;
+                count(&shard, len);
+            });
+        }
+    }
+    None
+}
+
+/// A request's task: refuses it when it came over the limit, reads its frame (unless
+/// [`start_request`] did), admits it, calls its service and answers.
+async fn serve_request(shard: Rc<Shard>, state: Rc<Conn>, mut stream: Stream, start: Start) {
+    // The arguments are the task's state: used in place, not moved into locals (which
+    // would be a second copy in the task).
+    let (shard, state) = (&shard, &state);
+    let (send, recv, started) = (&mut stream.send, &mut stream.recv, stream.started);
+    let limits = &shard.shared.config.limits;
+    let read = match start {
+        Start::OverLimit => {
+            recv.stop(state.code(ErrorCode::TooManyStreams));
+            let reply = ErrorReply::new(ErrorCode::TooManyStreams, "too many requests in flight")
+                .retry_after(10);
+            respond_error(shard, state, send, 0, &reply, "unknown", started).await;
+            return;
+        }
+        Start::Read(read) => Ok(read),
+        Start::Unread => {
+            let dec = &mut stream.dec;
+            let deadline = Duration::from_millis(limits.request_read_timeout_ms);
+            let read = async {
+                // A WebTransport stream names its session before its first frame (boxed:
+                // a browser's path, kept out of every request's task).
+                if let Some(wt) = &state.wt
+                    && let Err(code) = Box::pin(wt.read_stream_header(recv)).await
+                {
+                    recv.stop(VarInt::from_u32(code));
+                    return Err(ConnError::Codec(CodecError::Malformed {
+                        reason: "not a stream of this WebTransport session",
+                    }));
+                }
+                read_frame(recv, dec).await
+            };
+            // Usually the whole request came with the stream: read at once, no timer
+            // armed. Otherwise the deadline from the request's one clock read (no second
+            // read for the timer), boxed with its timer: a slow client's path.
+            let mut read = std::pin::pin!(read);
+            match futures::FutureExt::now_or_never(read.as_mut()) {
+                Some(read) => Ok(read),
+                None => Box::pin(tokio::time::timeout_at((started + deadline).into(), read)).await,
+            }
+        }
+    };
+    let (send, recv) = (&mut stream.send, &mut stream.recv);
     let read = match read {
         Ok(read) => read,
         Err(_) => {
             // Half a request, then silence: whatever was buffered goes now.
             recv.stop(state.code(ErrorCode::Timeout));
             let reply = ErrorReply::new(ErrorCode::Timeout, "request not received in time");
-            respond_error(shard, state, &mut send, 0, &reply, "unknown", started).await;
+            respond_error(shard, state, send, 0, &reply, "unknown", started).await;
             return;
         }
     };
@@ -135,17 +294,27 @@ pub(super) async fn serve_request(
         Ok(None) => {
             // An empty request stream.
             let reply = ErrorReply::new(ErrorCode::TruncatedFrame, "empty request");
-            refuse_and_violate(shard, state, &mut send, 0, &reply, "unknown", started).await;
+            refuse_and_violate(shard, state, send, 0, &reply, "unknown", started).await;
             return;
         }
         Err(ConnError::Codec(e)) => {
             recv.stop(state.code(e.code()));
             let reply = ErrorReply::new(e.code(), e.to_string());
-            refuse_and_violate(shard, state, &mut send, 0, &reply, "unknown", started).await;
+            refuse_and_violate(shard, state, send, 0, &reply, "unknown", started).await;
             return;
         }
         Err(_) => return,
     };
+    let Some((stream, frame)) = ping_at_once(shard, state, stream, frame) else {
+        return;
+    };
+    let Stream {
+        mut send,
+        mut recv,
+        dec,
+        started,
+        guard: _guard,
+    } = stream;
     shard.hot.received.inc_by(frame.as_bytes().len() as u64);
     let env = frame.envelope();
     let id = env.id();
@@ -195,12 +364,9 @@ pub(super) async fn serve_request(
     recv.take_end();
     drop(recv);
     let result = if service == Service::Control {
+        // (`Ping`s were answered by `ping_at_once`.)
         let control = env.body_as_control();
-        if let Some(ping) = control.and_then(|c| c.op_as_ping()) {
-            shard
-                .pong(id, ping.nonce(), started)
-                .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "encode failed"))
-        } else if let Some(req) = control.and_then(|c| c.op_as_subscribe_request()) {
+        if let Some(req) = control.and_then(|c| c.op_as_subscribe_request()) {
             Box::pin(subscribe(shard, state, id, req.kind(), frame.clone())).await
         } else if let Some(req) = control.and_then(|c| c.op_as_unsubscribe_request()) {
             let task = state
