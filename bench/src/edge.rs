@@ -27,6 +27,53 @@ use selfie_codec::{Encoder, Limits, build};
 
 use crate::report::{Latencies, Line};
 
+/// The CPUs server children are started on (`--server-cpus`), if set.
+static SERVER_CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+/// Starts every later server child on `cpus`.
+pub fn set_server_cpus(cpus: Vec<usize>) {
+    let _ = SERVER_CPUS.set(cpus);
+}
+
+/// `0-3,6` → [0, 1, 2, 3, 6].
+pub fn parse_cpus(list: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.trim().parse::<usize>()?..=b.trim().parse::<usize>()?),
+            None => cpus.push(part.parse()?),
+        }
+    }
+    anyhow::ensure!(!cpus.is_empty(), "no CPUs in {list:?}");
+    Ok(cpus)
+}
+
+/// A CPU mask of `cpus` (those beyond the mask's size are ignored).
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: `cpu_set_t` is plain bits; all zeros is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if c < libc::CPU_SETSIZE as usize {
+            // SAFETY: `c` is within the set's size.
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+    }
+    set
+}
+
+/// Pins this process (its threads started later inherit it) to `cpus`.
+pub fn pin_this_process(cpus: &[usize]) -> anyhow::Result<()> {
+    let set = cpu_set(cpus);
+    // SAFETY: a valid set of the size passed, for this process.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    anyhow::ensure!(
+        rc == 0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 /// A server child process and what it printed about itself.
 pub struct ServerProcess {
     child: Child,
@@ -41,6 +88,21 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> anyhow::Result<Self> {
+        if let Some(cpus) = SERVER_CPUS.get() {
+            use std::os::unix::process::CommandExt;
+            let set = cpu_set(cpus);
+            // SAFETY: between fork and exec only `sched_setaffinity` runs (async-signal
+            // safe), on a set built before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -46,6 +46,13 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
+    /// CPUs the servers run on (e.g. `0-7` or `0,2,4`), so that the load generator does
+    /// not share them; both the edge and the raw quinn baseline get the same set.
+    #[arg(long, global = true)]
+    server_cpus: Option<String>,
+    /// CPUs this load generator runs on.
+    #[arg(long, global = true)]
+    client_cpus: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -91,7 +98,14 @@ fn main() -> anyhow::Result<()> {
         .as_ref()
         .clone()
         .install_default();
-    match Cli::parse().scenario {
+    let cli = Cli::parse();
+    if let Some(cpus) = &cli.server_cpus {
+        edge::set_server_cpus(edge::parse_cpus(cpus)?);
+    }
+    if let Some(cpus) = &cli.client_cpus {
+        edge::pin_this_process(&edge::parse_cpus(cpus)?)?;
+    }
+    match cli.scenario {
         Scenario::Storage(args) => storage::run(args),
         Scenario::Rpc(args) => edge::rpc(args),
         Scenario::Connect(args) => edge::connect(args),

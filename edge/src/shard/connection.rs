@@ -485,7 +485,8 @@ pub(super) async fn run_session(
     }
 
     // Datagrams and the control stream run in their own tasks, so that the accept loop
-    // below polls only for new request streams and the drain signal.
+    // below polls only for new request streams (starting each, and answering the pings
+    // that came whole, in `start_request`) and the drain signal.
     tokio::task::spawn_local(datagram_loop(shard.clone(), state.clone()));
     let ctl_send = Rc::new(tokio::sync::Mutex::new(ctl_send));
     tokio::task::spawn_local(control_loop(
@@ -511,6 +512,9 @@ pub(super) async fn run_session(
                 // A debug-level span: free unless debug logging is on for this module.
                 let span = tracing::debug_span!("request", stream = %send.id());
                 start_request(shard, &state, send, recv, span);
+                // quinn's `accept_bi` spends no coop budget, and pings are answered in
+                // this loop: yield now and then to the shard's other connections.
+                tokio::task::consume_budget().await;
             }
         }
     }

@@ -77,7 +77,7 @@ fn refuse_and_violate<'a>(
 
 /// A request stream from its start: its halves, its decoder, the one clock read and its
 /// in-flight slot.
-pub(super) struct Stream {
+struct RequestStream {
     send: SendHalf,
     recv: RecvHalf,
     dec: FrameDecoder,
@@ -114,7 +114,7 @@ pub(super) fn start_request(
     let guard = InflightGuard(state.clone());
     let limits = &shard.shared.config.limits;
     state.note_busy(limits, started);
-    let mut stream = Stream {
+    let mut stream = RequestStream {
         send,
         recv,
         dec: FrameDecoder::new(shard.limits),
@@ -163,9 +163,9 @@ pub(super) fn start_request(
 fn ping_at_once(
     shard: &Rc<Shard>,
     state: &Rc<Conn>,
-    stream: Stream,
+    stream: RequestStream,
     frame: Frame,
-) -> Option<(Stream, Frame)> {
+) -> Option<(RequestStream, Frame)> {
     let env = frame.envelope();
     let Some(nonce) = env
         .body_as_control()
@@ -175,7 +175,7 @@ fn ping_at_once(
         return Some((stream, frame));
     };
     let id = env.id();
-    let Stream {
+    let RequestStream {
         mut send,
         mut recv,
         dec,
@@ -225,11 +225,14 @@ fn ping_at_once(
         Ok(_) => count(shard, len),
         Err(rest) => {
             let (shard, state) = (shard.clone(), state.clone());
-            tokio::task::spawn_local(async move {
-                let _guard = guard;
-                answer(&shard, &state, &mut send, rest).await;
-                count(&shard, len);
-            });
+            tokio::task::spawn_local(
+                async move {
+                    let _guard = guard;
+                    answer(&shard, &state, &mut send, rest).await;
+                    count(&shard, len);
+                }
+                .instrument(tracing::Span::current()),
+            );
         }
     }
     None
@@ -237,7 +240,7 @@ fn ping_at_once(
 
 /// A request's task: refuses it when it came over the limit, reads its frame (unless
 /// [`start_request`] did), admits it, calls its service and answers.
-async fn serve_request(shard: Rc<Shard>, state: Rc<Conn>, mut stream: Stream, start: Start) {
+async fn serve_request(shard: Rc<Shard>, state: Rc<Conn>, mut stream: RequestStream, start: Start) {
     // The arguments are the task's state: used in place, not moved into locals (which
     // would be a second copy in the task).
     let (shard, state) = (&shard, &state);
@@ -308,7 +311,7 @@ async fn serve_request(shard: Rc<Shard>, state: Rc<Conn>, mut stream: Stream, st
     let Some((stream, frame)) = ping_at_once(shard, state, stream, frame) else {
         return;
     };
-    let Stream {
+    let RequestStream {
         mut send,
         mut recv,
         dec,

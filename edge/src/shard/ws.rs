@@ -616,13 +616,14 @@ mod tests {
         (mux, rx)
     }
 
+    /// Client streams (ids 0, 4, 8: client-initiated bidirectional) answered by the edge.
     #[test]
     fn an_answer_that_fits_is_queued_at_once_and_one_that_does_not_is_left_whole() {
         let (mux, mut rx) = mux(64);
-        let mut first = WsSend::new(1, &mux);
+        let mut first = WsSend::new(0, &mux);
         assert!(matches!(first.try_write_last(b"pong"), Some(Ok(()))));
         let (msg, permit) = rx.try_recv().expect("queued");
-        assert_eq!(msg, message(FIN, 1, b"pong"));
+        assert_eq!(msg, message(FIN, 0, b"pong"));
         // The socket writer wrote it: its bytes go back to the budget.
         drop(permit);
         // A second answer on the same stream: closed, nothing queued.
@@ -638,15 +639,15 @@ mod tests {
             .clone()
             .try_acquire_many_owned(64)
             .expect("budget");
-        let mut second = WsSend::new(2, &mux);
+        let mut second = WsSend::new(4, &mux);
         assert!(second.try_write_last(b"pong").is_none());
         assert!(rx.try_recv().is_err());
         drop(held);
         assert!(matches!(second.try_write_last(b"pong"), Some(Ok(()))));
-        assert_eq!(rx.try_recv().expect("queued").0, message(FIN, 2, b"pong"));
+        assert_eq!(rx.try_recv().expect("queued").0, message(FIN, 4, b"pong"));
         // A stream the client stopped: its code, nothing queued.
-        let mut third = WsSend::new(3, &mux);
-        mux.stopped.borrow_mut().insert(3, Some(9));
+        let mut third = WsSend::new(8, &mux);
+        mux.stopped.borrow_mut().insert(8, Some(9));
         assert!(matches!(
             third.try_write_last(b"pong"),
             Some(Err(StreamError::Reset(9)))
