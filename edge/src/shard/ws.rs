@@ -143,6 +143,21 @@ struct Mux {
 }
 
 impl Mux {
+    /// A connection's mux, queueing on `out` with `budget` bytes outstanding at most.
+    fn new(out: mpsc::Sender<(Message, Option<OwnedSemaphorePermit>)>, budget: usize) -> Self {
+        Mux {
+            out,
+            inbound: RefCell::new(HashMap::new()),
+            stopped: RefCell::new(HashMap::new()),
+            stop_signal: Notify::new(),
+            next_uni: Cell::new(3),
+            client_open: Cell::new(0),
+            closed: Cell::new(false),
+            closing: tokio::sync::watch::channel(false).0,
+            outbound: Arc::new(Semaphore::new(budget)),
+        }
+    }
+
     fn close_all(&self) {
         self.closed.set(true);
         self.inbound.borrow_mut().clear();
@@ -216,17 +231,7 @@ impl WsLink {
         let (out, mut out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let (datagram_tx, datagram_rx) = mpsc::channel(DATAGRAM_QUEUE);
-        let mux = Rc::new(Mux {
-            out,
-            inbound: RefCell::new(HashMap::new()),
-            stopped: RefCell::new(HashMap::new()),
-            stop_signal: Notify::new(),
-            next_uni: Cell::new(3),
-            client_open: Cell::new(0),
-            closed: Cell::new(false),
-            closing: tokio::sync::watch::channel(false).0,
-            outbound: Arc::new(Semaphore::new(OUTBOUND_BUDGET)),
-        });
+        let mux = Rc::new(Mux::new(out, OUTBOUND_BUDGET));
         // Writer: everything queued, in order. On close it flushes what was queued (the
         // close frame included) for at most CLOSE_GRACE, then drops its half of the
         // socket; a write the peer does not take is abandoned at the close too.
@@ -602,17 +607,7 @@ mod tests {
         mpsc::Receiver<(Message, Option<OwnedSemaphorePermit>)>,
     ) {
         let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let mux = Rc::new(Mux {
-            out,
-            inbound: RefCell::new(HashMap::new()),
-            stopped: RefCell::new(HashMap::new()),
-            stop_signal: Notify::new(),
-            next_uni: Cell::new(3),
-            client_open: Cell::new(0),
-            closed: Cell::new(false),
-            closing: tokio::sync::watch::channel(false).0,
-            outbound: Arc::new(Semaphore::new(budget)),
-        });
+        let mux = Rc::new(Mux::new(out, budget));
         (mux, rx)
     }
 
