@@ -277,6 +277,9 @@ impl Default for AuthConfig {
     }
 }
 
+/// The longest busy-poll window a shard may be given ([`ServerConfig::busy_poll_us`]).
+pub const MAX_BUSY_POLL_US: u64 = 10_000;
+
 /// QUIC listener and shards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -302,6 +305,12 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Milliseconds that drain waits for in-flight requests before closing connections.
     pub drain_deadline_ms: u64,
+    /// Microseconds a shard keeps polling its sockets after an admitted request before
+    /// it parks in `epoll_wait` (0: park at once; at most 10,000). A packet that comes
+    /// within the window is read without waking the thread (a wake-up costs several µs,
+    /// more on a VM); the price is about min(1, requests/s × window) of a core per
+    /// shard, so a shard whose requests come less than a window apart reads as busy.
+    pub busy_poll_us: u64,
 }
 
 /// TLS certificate: both paths, or neither for a generated development certificate.
@@ -399,6 +408,7 @@ impl Default for ServerConfig {
             node_lease_s: 30,
             data_dir: PathBuf::from(".selfie"),
             drain_deadline_ms: 10_000,
+            busy_poll_us: 100,
         }
     }
 }
@@ -604,6 +614,11 @@ impl Config {
         }
         if let Some(url) = &self.storage.cql_url {
             selfie_storage::cql::CqlConfig::from_url(url).map_err(|e| bad(e.to_string()))?;
+        }
+        if self.server.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(bad(format!(
+                "server.busy_poll_us must be at most {MAX_BUSY_POLL_US} (a longer window only burns CPU)"
+            )));
         }
         if self.limits.max_frame_bytes < 1024 || self.limits.max_frame_bytes > 16 << 20 {
             return Err(bad(
@@ -821,6 +836,9 @@ mod tests {
         assert!(load(None, env(&[]), &["storage.backend=cql".into()]).is_err());
         assert!(load(None, env(&[]), &["log.format=xml".into()]).is_err());
         assert!(load(None, env(&[]), &["tls.cert=/x.pem".into()]).is_err());
+        assert!(load(None, env(&[]), &["server.busy_poll_us=10001".into()]).is_err());
+        assert!(load(None, env(&[]), &["server.busy_poll_us=10000".into()]).is_ok());
+        assert!(load(None, env(&[("SELFIE_SERVER_BUSY_POLL_US", "0")]), &[]).is_ok());
         for weight in ["-1.0", "101.0", "nan", "inf"] {
             let set = format!("feed.engagement_weight={weight}");
             assert!(load(None, env(&[]), &[set]).is_err(), "{weight}");

@@ -3,6 +3,7 @@
 //! thread; each shard only touches its own label values, so there is no contention.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -95,6 +96,11 @@ pub struct Metrics {
     pub websocket_sessions_total: Family<OutcomeLabels, Counter>,
     /// Request streams opened by clients.
     pub streams_total: Family<ShardLabel, Counter>,
+    /// Wall-clock seconds of shards' busy-poll windows (`busy_poll_us`): polling their
+    /// sockets instead of parking, and the requests served meanwhile.
+    pub busy_poll_seconds_total: Family<ShardLabel, Counter<f64, AtomicU64>>,
+    /// Busy-poll windows that ended with the shard parking (no request came within it).
+    pub busy_polls_total: Family<ShardLabel, Counter>,
     /// Requests by service and result.
     pub requests_total: Family<RequestLabels, Counter>,
     /// Request latency, from the first byte read to the response written.
@@ -238,6 +244,8 @@ impl Metrics {
             webtransport_sessions_total: Family::default(),
             websocket_sessions_total: Family::default(),
             streams_total: Family::default(),
+            busy_poll_seconds_total: Family::default(),
+            busy_polls_total: Family::default(),
             requests_total: Family::default(),
             request_duration_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_025, 2.0, 18))
@@ -287,6 +295,16 @@ impl Metrics {
             "selfie_edge_streams",
             "Request streams opened by clients",
             m.streams_total.clone(),
+        );
+        r.register(
+            "selfie_edge_busy_poll_seconds",
+            "Wall-clock seconds in busy-poll windows (polling instead of parking)",
+            m.busy_poll_seconds_total.clone(),
+        );
+        r.register(
+            "selfie_edge_busy_polls",
+            "Busy-poll windows that ended with the shard parking",
+            m.busy_polls_total.clone(),
         );
         r.register(
             "selfie_edge_requests",

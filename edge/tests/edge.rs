@@ -316,6 +316,120 @@ async fn requests_end_without_stop_sending_either_way() {
     );
 }
 
+/// The value of a metric line that starts with `series` (0 when absent).
+fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A shard polls its sockets for `busy_poll_us` after admitted requests, and then parks:
+/// an idle shard spends no CPU polling.
+#[tokio::test]
+async fn a_shard_polls_after_requests_and_parks_when_idle() {
+    let t = start(1, |c| c.server.busy_poll_us = 2_000);
+    let client = Client::connect(client_config(&t, None))
+        .await
+        .expect("connect");
+    for _ in 0..100 {
+        client.ping().await.expect("pong");
+    }
+    const SECONDS: &str = "selfie_edge_busy_poll_seconds_total{shard=\"0\"}";
+    const WINDOWS: &str = "selfie_edge_busy_polls_total{shard=\"0\"}";
+    // Wait until the shard has parked: a window has ended and two readings far apart
+    // (against its 2 ms) agree.
+    let since = std::time::Instant::now();
+    let mut last = String::new();
+    let parked = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, m) = http_get(t.edge.ops_addr, "/metrics").await;
+        let settled = metric_value(&m, WINDOWS) >= 1.0
+            && metric_value(&m, WINDOWS) == metric_value(&last, WINDOWS)
+            && metric_value(&m, SECONDS) == metric_value(&last, SECONDS);
+        if settled {
+            break m;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the shard did not park: {m}"
+        );
+        last = m;
+    };
+    let polled = metric_value(&parked, SECONDS);
+    assert!(polled > 0.0, "the shard polled after the pings: {parked}");
+    // Idle: neither figure moves.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, later) = http_get(t.edge.ops_addr, "/metrics").await;
+    assert_eq!(metric_value(&later, SECONDS), polled, "{later}");
+    assert_eq!(
+        metric_value(&later, WINDOWS),
+        metric_value(&parked, WINDOWS)
+    );
+    // A new request starts a new window.
+    client.ping().await.expect("pong");
+    let since = std::time::Instant::now();
+    loop {
+        let (_, m) = http_get(t.edge.ops_addr, "/metrics").await;
+        if metric_value(&m, WINDOWS) > metric_value(&parked, WINDOWS) {
+            assert!(metric_value(&m, SECONDS) > polled, "{m}");
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "no window after the new ping: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Refused requests do not keep a shard polling: after one admitted ping, a flood of
+    // pings over the connection's rate starts no window.
+    let limited = start(1, |c| {
+        c.server.busy_poll_us = 2_000;
+        c.limits.connection_requests_per_second = 1;
+        c.limits.connection_request_burst = 1;
+    });
+    let client = Client::connect(client_config(&limited, None))
+        .await
+        .expect("connect");
+    client.ping().await.expect("the one admitted ping");
+    let since = std::time::Instant::now();
+    let admitted = loop {
+        let (_, m) = http_get(limited.edge.ops_addr, "/metrics").await;
+        if metric_value(&m, WINDOWS) >= 1.0 {
+            break metric_value(&m, WINDOWS);
+        }
+        assert!(since.elapsed() < Duration::from_secs(10), "no window: {m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Spaced wider than the window: each would start one of its own if it counted.
+    let mut refused = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if let Err(e) = client.ping().await {
+            assert_eq!(e.code(), Some(ErrorCode::RateLimited), "{e}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 45, "only {refused} of 50 pings refused");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, m) = http_get(limited.edge.ops_addr, "/metrics").await;
+    let after = metric_value(&m, WINDOWS);
+    assert!(
+        after - admitted <= 50.0 - f64::from(refused),
+        "refused pings started windows: {admitted} → {after}"
+    );
+
+    // Off: no polling at all.
+    let off = start(1, |c| c.server.busy_poll_us = 0);
+    let client = Client::connect(client_config(&off, None))
+        .await
+        .expect("connect");
+    client.ping().await.expect("pong");
+    let (_, m) = http_get(off.edge.ops_addr, "/metrics").await;
+    assert_eq!(metric_value(&m, WINDOWS), 0.0, "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_connections_each_make_requests() {
     let t = start(2, |_| {});

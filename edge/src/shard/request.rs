@@ -22,8 +22,18 @@ impl Drop for InflightGuard {
 }
 
 /// The per-connection and per-address request rates: `Err` with the refusal when either
-/// is exceeded. Every request, control-stream `Ping`s included, passes here.
+/// is exceeded. Every request, control-stream `Ping`s included, passes here; an admitted
+/// one restarts the shard's busy-poll window (refused ones do not: a flood of streams
+/// that are refused keeps no shard polling).
 pub(super) fn admit_rate(shard: &Shard, state: &Conn) -> Result<(), ErrorReply> {
+    let verdict = check_rates(shard, state);
+    if verdict.is_ok() {
+        shard.note_activity();
+    }
+    verdict
+}
+
+fn check_rates(shard: &Shard, state: &Conn) -> Result<(), ErrorReply> {
     if let Err(not_until) = state.limiter.check() {
         return Err(
             ErrorReply::new(ErrorCode::RateLimited, "connection request rate exceeded")

@@ -241,6 +241,9 @@ pub fn start_in_fleet(
         .path()
         .join(format!("node-{:08x}", rand::random::<u32>()));
     config.server.drain_deadline_ms = 1_000;
+    // No busy polling: these nodes share two cores with their clients and each other
+    // (`edge.rs` keeps the default and tests the polling itself).
+    config.server.busy_poll_us = 0;
     // Every test client connects from 127.0.0.1 (the delivery test opens a thousand).
     config.limits.max_connections_per_address = 4_096;
     config.ops.listen = "127.0.0.1:0".parse().expect("addr");
