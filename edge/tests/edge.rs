@@ -316,6 +316,41 @@ async fn requests_end_without_stop_sending_either_way() {
     );
 }
 
+/// A pong that does not fit the client's stream window at once is written when the window
+/// opens, and counted once: the accept loop hands it to a task of its own.
+#[tokio::test]
+async fn a_pong_that_waits_for_the_clients_window_arrives_whole_and_is_counted() {
+    let t = start(1, |_| {});
+    let mut config = client_config(&t, None);
+    let mut quic = selfie_client::quic_client_config(&config.trust).expect("quic");
+    let mut transport = quinn::TransportConfig::default();
+    // Smaller than a pong: each answer waits for the client to read its first bytes.
+    transport.stream_receive_window(quinn::VarInt::from_u32(8));
+    quic.transport_config(Arc::new(transport));
+    config.quic = Some(quic);
+    let client = Client::connect(config).await.expect("connect");
+    const PINGS: usize = 20;
+    for _ in 0..PINGS {
+        client.ping().await.expect("the whole pong");
+    }
+    const OK: &str = "selfie_edge_requests_total{shard=\"0\",service=\"control\",code=\"ok\"}";
+    let since = std::time::Instant::now();
+    loop {
+        let (_, m) = http_get(t.edge.ops_addr, "/metrics").await;
+        let counted = metric_value(&m, OK);
+        // The handshake's `Hello` is not a request; every pong counted once.
+        if counted >= PINGS as f64 {
+            assert_eq!(counted, PINGS as f64, "{m}");
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "pongs not counted: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The value of a metric line that starts with `series` (0 when absent).
 fn metric_value(metrics: &str, series: &str) -> f64 {
     metrics

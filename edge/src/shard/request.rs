@@ -148,8 +148,15 @@ pub(super) fn start_request(
         }
         if let Start::Read(Ok(Some(frame))) = start {
             match ping_at_once(shard, state, stream, frame) {
-                None => return,
-                Some((back, frame)) => {
+                Ping::Answered => return,
+                Ping::Blocked(pong) => {
+                    let (shard, state) = (shard.clone(), state.clone());
+                    tokio::task::spawn_local(
+                        async move { pong.finish(&shard, &state).await }.instrument(span.clone()),
+                    );
+                    return;
+                }
+                Ping::Other(back, frame) => {
                     stream = back;
                     start = Start::Read(Ok(Some(frame)));
                 }
@@ -166,23 +173,58 @@ pub(super) fn start_request(
     );
 }
 
+/// What [`ping_at_once`] did with a request.
+enum Ping {
+    /// Answered (or refused) at once.
+    Answered,
+    /// A `Ping` whose answer has to wait for room on the stream.
+    Blocked(BlockedPong),
+    /// Not a `Ping`: the stream and the frame, handed back.
+    Other(RequestStream, Frame),
+}
+
+/// A `Ping`'s answer (or refusal) that could not be written at once.
+struct BlockedPong {
+    send: SendHalf,
+    rest: Bytes,
+    len: u64,
+    started: Instant,
+    refused: Option<ErrorCode>,
+    _guard: InflightGuard,
+}
+
+impl BlockedPong {
+    /// Writes the answer when the stream has room (or abandons it after the idle
+    /// timeout), then counts it as [`ping_at_once`] counts one written at once.
+    async fn finish(mut self, shard: &Shard, state: &Conn) {
+        answer(shard, state, &mut self.send, self.rest).await;
+        count_ping(shard, self.refused, self.started, self.len);
+    }
+}
+
+/// Counts a `Ping`'s answer as `serve_request` counts an answer or a refusal.
+fn count_ping(shard: &Shard, refused: Option<ErrorCode>, started: Instant, len: u64) {
+    match refused {
+        None => {
+            shard.hot.sent.inc_by(len);
+            record_ok(shard, Service::Control, started);
+        }
+        Some(code) => record(shard, Service::Control.name(), code.label(), started),
+    }
+}
+
 /// Answers a `Ping` without waiting when it can, as [`serve_request`] answers a request
 /// (admission, the answer's priority, metrics), or hands the stream and the frame back
-/// when the request is not a `Ping`. What has to wait (a refusal's or a blocked answer's
-/// write) goes on in a task of its own.
-fn ping_at_once(
-    shard: &Rc<Shard>,
-    state: &Rc<Conn>,
-    stream: RequestStream,
-    frame: Frame,
-) -> Option<(RequestStream, Frame)> {
+/// when the request is not a `Ping`. A refusal's or an answer's write that has to wait
+/// is handed back too ([`Ping::Blocked`]), for the caller's task to finish.
+fn ping_at_once(shard: &Rc<Shard>, state: &Rc<Conn>, stream: RequestStream, frame: Frame) -> Ping {
     let env = frame.envelope();
     let Some(nonce) = env
         .body_as_control()
         .and_then(|c| c.op_as_ping())
         .map(|p| p.nonce())
     else {
-        return Some((stream, frame));
+        return Ping::Other(stream, frame);
     };
     let id = env.id();
     let RequestStream {
@@ -194,7 +236,6 @@ fn ping_at_once(
     } = stream;
     shard.hot.received.inc_by(frame.as_bytes().len() as u64);
     send.set_priority(selfie_protocol::Priority::Control.quic_priority());
-    let label = Service::Control.name();
     let verdict = admit_rate(shard, state).and_then(|()| {
         if state.session.may_call(Service::Control) {
             Ok(())
@@ -216,36 +257,27 @@ fn ping_at_once(
             (shard.error_frame(id, &reply), Some(reply.code))
         }
     };
-    // Counted as `serve_request` counts an answer or a refusal.
-    let count = move |shard: &Shard, len: u64| match refused {
-        None => {
-            shard.hot.sent.inc_by(len);
-            record_ok(shard, Service::Control, started);
-        }
-        Some(code) => record(shard, label, code.label(), started),
-    };
     let Some(bytes) = bytes else {
-        count(shard, 0);
-        return None;
+        count_ping(shard, refused, started, 0);
+        return Ping::Answered;
     };
     let len = bytes.len() as u64;
     // Refusals too are written here when they can be: a flood of pings refused by the
     // rate limits must not pile up tasks that each hold an in-flight slot.
     match send.try_write_last(bytes) {
-        Ok(_) => count(shard, len),
-        Err(rest) => {
-            let (shard, state) = (shard.clone(), state.clone());
-            tokio::task::spawn_local(
-                async move {
-                    let _guard = guard;
-                    answer(&shard, &state, &mut send, rest).await;
-                    count(&shard, len);
-                }
-                .instrument(tracing::Span::current()),
-            );
+        Ok(_) => {
+            count_ping(shard, refused, started, len);
+            Ping::Answered
         }
+        Err(rest) => Ping::Blocked(BlockedPong {
+            send,
+            rest,
+            len,
+            started,
+            refused,
+            _guard: guard,
+        }),
     }
-    None
 }
 
 /// A request's task: refuses it when it came over the limit, reads its frame (unless
@@ -318,8 +350,11 @@ async fn serve_request(shard: Rc<Shard>, state: Rc<Conn>, mut stream: RequestStr
         }
         Err(_) => return,
     };
-    let Some((stream, frame)) = ping_at_once(shard, state, stream, frame) else {
-        return;
+    let (stream, frame) = match ping_at_once(shard, state, stream, frame) {
+        Ping::Answered => return,
+        // Boxed: a rare path, kept out of every request's task.
+        Ping::Blocked(pong) => return Box::pin(pong.finish(shard, state)).await,
+        Ping::Other(stream, frame) => (stream, frame),
     };
     let RequestStream {
         mut send,
