@@ -323,6 +323,8 @@ async fn a_pong_that_waits_for_the_clients_window_arrives_whole_and_is_counted()
     let t = start(1, |_| {});
     let mut config = client_config(&t, None);
     let mut quic = selfie_client::quic_client_config(&config.trust).expect("quic");
+    // (A transport of its own: without the SDK's keep-alive and windows, which this short
+    // test does not need.)
     let mut transport = quinn::TransportConfig::default();
     // Smaller than a pong: each answer waits for the client to read its first bytes.
     transport.stream_receive_window(quinn::VarInt::from_u32(8));
@@ -333,14 +335,37 @@ async fn a_pong_that_waits_for_the_clients_window_arrives_whole_and_is_counted()
     for _ in 0..PINGS {
         client.ping().await.expect("the whole pong");
     }
+    // A ping in two pieces, the second later: read and answered by the request's task,
+    // which finishes the blocked pong itself.
+    let ping = Encoder::new(Limits::DEFAULT)
+        .encode_bytes(|b| selfie_codec::build::ping(b, 1, 0))
+        .expect("ping");
+    let (mut send, mut recv) = client.connection().open_bi().await.expect("stream");
+    send.write_all(&ping[..ping.len() / 2]).await.expect("half");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    send.write_all(&ping[ping.len() / 2..]).await.expect("rest");
+    send.finish().expect("finish");
+    let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(4096))
+        .await
+        .expect("answered")
+        .expect("the whole pong");
+    let mut dec = selfie_codec::FrameDecoder::new(Limits::DEFAULT);
+    dec.push(Bytes::from(answer));
+    let pong = dec.next_frame().expect("a frame").expect("one frame");
+    assert!(
+        pong.envelope()
+            .body_as_control()
+            .and_then(|c| c.op_as_pong())
+            .is_some()
+    );
     const OK: &str = "selfie_edge_requests_total{shard=\"0\",service=\"control\",code=\"ok\"}";
     let since = std::time::Instant::now();
     loop {
         let (_, m) = http_get(t.edge.ops_addr, "/metrics").await;
         let counted = metric_value(&m, OK);
         // The handshake's `Hello` is not a request; every pong counted once.
-        if counted >= PINGS as f64 {
-            assert_eq!(counted, PINGS as f64, "{m}");
+        if counted >= (PINGS + 1) as f64 {
+            assert_eq!(counted, (PINGS + 1) as f64, "{m}");
             break;
         }
         assert!(

@@ -109,7 +109,8 @@ enum Start {
 
 /// Each request stream the accept loop takes starts here. When its whole request came
 /// with it and is a `Ping` (keep-alives and RTT probes, the most frequent request), it is
-/// answered here, without a task; otherwise its task is spawned, with what was read.
+/// answered here, without a task (an answer that must wait for room gets one task of its
+/// own); otherwise its task is spawned, with what was read.
 pub(super) fn start_request(
     shard: &Rc<Shard>,
     state: &Rc<Conn>,
@@ -175,7 +176,7 @@ pub(super) fn start_request(
 
 /// What [`ping_at_once`] did with a request.
 enum Ping {
-    /// Answered (or refused) at once.
+    /// Answered or refused at once (or nothing could be encoded: counted, nothing sent).
     Answered,
     /// A `Ping` whose answer has to wait for room on the stream.
     Blocked(BlockedPong),
@@ -199,6 +200,13 @@ impl BlockedPong {
     async fn finish(mut self, shard: &Shard, state: &Conn) {
         answer(shard, state, &mut self.send, self.rest).await;
         count_ping(shard, self.refused, self.started, self.len);
+    }
+}
+
+/// Finishes a [`Ping::Blocked`] answer (nothing to do for the other variants).
+async fn finish_blocked(ping: Ping, shard: &Shard, state: &Conn) {
+    if let Ping::Blocked(pong) = ping {
+        pong.finish(shard, state).await;
     }
 }
 
@@ -352,9 +360,10 @@ async fn serve_request(shard: Rc<Shard>, state: Rc<Conn>, mut stream: RequestStr
     };
     let (stream, frame) = match ping_at_once(shard, state, stream, frame) {
         Ping::Answered => return,
-        // Boxed: a rare path, kept out of every request's task.
-        Ping::Blocked(pong) => return Box::pin(pong.finish(shard, state)).await,
         Ping::Other(stream, frame) => (stream, frame),
+        // The whole value moved into a box: a rare path, kept out of every request's
+        // task (a partial move would keep the `Ping`'s storage in it across the await).
+        blocked => return Box::pin(finish_blocked(blocked, shard, state)).await,
     };
     let RequestStream {
         mut send,
