@@ -105,9 +105,9 @@ struct Shard {
     sessions: RefCell<HashMap<u64, Vec<std::rc::Weak<connection::Conn>>>>,
     /// Open HTTPS connections (`[web]`).
     web_open: Cell<usize>,
-    /// Bumped by every request stream the shard accepts (see [`busy_poll_idle`]).
+    /// Bumped by every request the shard admits (see [`busy_poll_idle`]).
     activity: Cell<u64>,
-    /// The busy-poll task's waker while it waits for the next request stream.
+    /// The busy-poll task's waker while it waits for the next admitted request.
     busy_poll_waker: Cell<Option<std::task::Waker>>,
 }
 
@@ -140,7 +140,7 @@ impl HotMetrics {
 }
 
 impl Shard {
-    /// A request stream arrived: restarts the busy-poll window (see [`busy_poll_idle`]).
+    /// A request was admitted: restarts the busy-poll window (see [`busy_poll_idle`]).
     fn note_activity(&self) {
         self.activity.set(self.activity.get().wrapping_add(1));
         if let Some(waker) = self.busy_poll_waker.take() {
